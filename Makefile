@@ -1,0 +1,45 @@
+# meshplug: the two README commands are `make demo` and `make test`; each installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+export MESHPLUG_CACHE ?= $(HOME)/.cache/meshplug
+export PATH := $(BIN):$(PATH)
+
+.PHONY: demo test setup system plugins lint unit integration bench clean
+
+setup: $(VENV)/.stamp
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+system:
+	scripts/install-system-deps.sh
+
+plugins: setup system
+	$(BIN)/python scripts/build_plugins.py
+
+lint: setup
+	$(BIN)/ruff check meshplug tests bench scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+unit: setup
+	$(BIN)/pytest -m unit -q
+
+integration: setup system plugins
+	$(BIN)/pytest -m integration -q
+
+# The whole suite: quality gates, fast unit tests, then integration tests against the real test bed.
+test: lint unit integration
+
+demo: setup system plugins
+	$(BIN)/python scripts/demo.py
+
+bench: setup system plugins
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

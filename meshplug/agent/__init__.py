@@ -1,0 +1,5 @@
+"""The in-pod agent: server (I/O shell) -> chain (sans-IO) -> host (wasm lifecycle) -> abi -> vm.
+
+Imports no operator code (controller, render, spec). The chain imports neither the wasm runtime nor
+the HTTP server.
+"""

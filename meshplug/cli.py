@@ -1,0 +1,56 @@
+"""argv -> subcommand, nothing else.
+
+Subcommands live in `meshplug.commands.<name>`; this table names them and they are imported
+only when chosen, so one subcommand's heavy imports (kopf, wasmtime) never slow another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from meshplug import errors
+
+# name -> (module under meshplug.commands, one-line help); add one line per subcommand
+COMMANDS: dict[str, tuple[str, str]] = {
+    "version": ("version", "print the meshplug version and its runtime pins"),
+}
+
+
+def _load(name: str) -> ModuleType:
+    return importlib.import_module(f"meshplug.commands.{COMMANDS[name][0]}")
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshplug",
+        description="proxy-wasm plugins on Kubernetes: operator, module supply, validation, agent",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:
+            # only the chosen command's module is imported
+            _load(name).add_arguments(sp)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in args_list if not a.startswith("-")), None)
+    if selected not in COMMANDS:
+        selected = None
+    parser = build_parser(selected)
+    args = parser.parse_args(args_list)
+    module = _load(args.command)
+    try:
+        result: int = module.run(args)
+    except errors.MeshplugError as exc:
+        print(f"meshplug {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return result

@@ -1,0 +1,83 @@
+"""The one exception tree of meshplug. Every error a user can cause is one of these.
+
+    MeshplugError                      exit code 1 unless stated
+    ├── ConfigError                    bad user input: CLI flags, agent config file, plugin spec (exit 2)
+    │   └── SpecError                  a WasmPlugin resource that cannot be turned into a PluginSpec
+    ├── FetchError                     a module could not be supplied; ``reason`` is a metric label:
+    │                                  download_failure, manifest_failure, checksum_mismatched,
+    │                                  too_large, not_wasm, blocked, not_found, unauthorized
+    ├── ValidationError                a module fails the proxy-wasm ABI check; ``reasons`` lists why
+    ├── HostError                      the wasm host could not run a plugin
+    │   ├── PluginStartError           instantiate / _initialize / on_vm_start / on_configure failed
+    │   └── PluginRuntimeError         a trap, CPU budget or memory cap hit while serving
+    ├── ProtocolError                  a malformed or unauthenticated operator <-> agent message
+    ├── PushError                      an agent rejected (NACK) or did not answer a config push
+    └── ApplyError                     the Kubernetes API refused what the operator rendered
+
+Stages raise the most specific class; callers catch the narrowest class they can act on.
+Messages are one line, name the offending value, and never contain secrets.
+"""
+
+from __future__ import annotations
+
+
+class MeshplugError(Exception):
+    """Base of every meshplug error."""
+
+    exit_code: int = 1
+    #: short machine-readable reason (metric label, condition reason)
+    reason: str = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.reason
+
+
+class ConfigError(MeshplugError):
+    exit_code = 2
+    reason = "invalid_config"
+
+
+class SpecError(ConfigError):
+    reason = "invalid_spec"
+
+
+class FetchError(MeshplugError):
+    reason = "download_failure"
+
+
+class ValidationError(MeshplugError):
+    reason = "invalid_module"
+
+    def __init__(self, message: str, *, reasons: tuple[str, ...] = (), reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.reasons = reasons
+
+
+class HostError(MeshplugError):
+    reason = "host_error"
+
+
+class PluginStartError(HostError):
+    reason = "start_failed"
+
+
+class PluginRuntimeError(HostError):
+    reason = "runtime_error"
+
+
+class ProtocolError(MeshplugError):
+    reason = "protocol_error"
+
+
+class PushError(MeshplugError):
+    reason = "push_failed"
+
+
+class ApplyError(MeshplugError):
+    reason = "apply_failed"

@@ -1,0 +1,52 @@
+"""Named limits. Every bound meshplug enforces is defined here, once, with its reason.
+
+Values mirror the reference systems where one exists (Istio's agent, proxy-wasm-cpp-host, Kubernetes).
+"""
+
+from __future__ import annotations
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+# --- module supply -------------------------------------------------------------------------------
+#: largest module body accepted from any source (Istio agent: 256 MiB)
+MAX_MODULE_BYTES = 256 * MiB
+#: largest size a gzip/tar wrapper may expand to while looking for the wasm magic
+MAX_DECOMPRESSED_BYTES = 256 * MiB
+#: HTTP fetch: per-request timeout, attempts, first backoff (Istio: 15 s, 5, 500 ms)
+HTTP_REQUEST_TIMEOUT_S = 15.0
+HTTP_MAX_ATTEMPTS = 5
+HTTP_FIRST_BACKOFF_S = 0.5
+#: overall deadline for one module fetch, all attempts included
+FETCH_OVERALL_TIMEOUT_S = 120.0
+#: redirects followed by the HTTP fetcher (each one re-checked by the SSRF guard)
+MAX_REDIRECTS = 5
+#: Kubernetes ConfigMap payload limit; larger modules are served remotely
+CONFIGMAP_MAX_BYTES = 1 * MiB
+
+# --- wasm host -----------------------------------------------------------------------------------
+#: linear memory cap per VM (proxy-wasm-cpp-host: 1 GiB); meshplug is stricter by default
+VM_MAX_MEMORY_BYTES = 256 * MiB
+#: wall-clock CPU budget per guest callback before it is interrupted (epoch deadline)
+CALLBACK_DEADLINE_MS = 1000
+#: VM start (instantiate, _initialize, on_vm_start, on_configure) budget
+START_DEADLINE_MS = 10_000
+#: header-pairs buffers from the guest (cpp-host: 1 MiB, 1024 pairs)
+MAX_PAIRS_BYTES = 1 * MiB
+MAX_PAIRS_COUNT = 1024
+#: bytes a paused body may buffer before the host answers 413 (Envoy default buffer limit)
+MAX_BUFFERED_BODY_BYTES = 1 * MiB
+#: random_get length cap (cpp-host)
+MAX_RANDOM_BYTES = 64 * KiB
+
+# --- agent ---------------------------------------------------------------------------------------
+MAX_REQUEST_HEADER_BYTES = 60 * KiB
+UPSTREAM_CONNECT_TIMEOUT_S = 5.0
+UPSTREAM_RESPONSE_TIMEOUT_S = 15.0
+DRAIN_TIMEOUT_S = 20.0
+MAX_PUSH_BYTES = 4 * MiB
+
+# --- operator ------------------------------------------------------------------------------------
+MAX_VM_ENV_VARS = 256
+MAX_TARGET_REFS = 16

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install the Debian packages the build and the test bed need; only what is missing.
+# Runs as root (CI and developer machines) or through sudo when available.
+set -euo pipefail
+
+PACKAGES=(
+  docker-registry      # OCI registry of the test bed (CNCF distribution)
+  apache2-utils        # htpasswd (bcrypt) for the registry's auth variant
+  openssl              # test CAs and serving certificates
+  wabt                 # wat2wasm / wasm-objdump for edge-case guests
+  clang lld wasi-libc  # C plugins (wasm32-wasi)
+  rustc cargo libstd-rust-dev-wasm32  # Rust plugins (Debian's wasm32 std)
+  wrk nginx-light      # benchmarks: load generator and a fast upstream
+  etcd-server          # storage of the test bed's kube-apiserver
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "installing Debian packages: ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
