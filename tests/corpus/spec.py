@@ -1,0 +1,539 @@
+"""Behaviour specs of the plugin corpus: `examples/filters/<sdk>/<name>/spec.yaml` -> frozen `Spec`.
+
+The format is written down in examples/filters/SPEC.md. This module is its only parser: it checks every
+field (unknown keys, types, allowed values) and names the offending path in `SpecFormatError`, so a typo in a
+spec fails loudly instead of testing nothing. Called by tests/corpus/runner.py, the corpus tests
+(tests/integration/test_corpus_*.py), tests/unit/test_corpus_spec.py and scripts that list the corpus.
+Nothing here knows about a particular data plane.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FILTERS_DIR = REPO_ROOT / "examples" / "filters"
+
+#: log levels of the proxy-wasm ABI (proxy_log), data-plane neutral spelling
+LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
+#: kinds of test-bed services a spec's cluster can name (tests/testbed/upstream.py implements them)
+SERVICE_KINDS = ("echo", "auth", "counter", "tcp_echo")
+#: the cluster every request is routed to (http: an echo service, network: a tcp_echo service)
+UPSTREAM_CLUSTER = "upstream"
+DEFAULT_WAIT_S = 10.0
+
+
+class SpecFormatError(ValueError):
+    """A spec.yaml that does not follow SPEC.md; the message names the file and the field."""
+
+
+# --- the value types -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """One filter of the chain (chain order = list order)."""
+
+    module: str  # "<sdk>/<name>" key of a built corpus module
+    name: str  # plugin_name
+    root_id: str
+    vm_id: str
+    configuration: str  # already JSON-encoded when the spec gave an object
+    vm_configuration: str
+    env: tuple[tuple[str, str], ...]  # VM environment variables, sorted by key
+    fail_open: bool
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    service: str  # one of SERVICE_KINDS
+
+
+@dataclass(frozen=True)
+class LogExpect:
+    contains: str
+    level: str | None  # None: any level
+
+
+@dataclass(frozen=True)
+class MetricExpect:
+    name: str  # the name the plugin defined, without any data-plane prefix
+    value: int | None  # None: only that the metric exists (histograms)
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body_chunks: tuple[bytes, ...]  # empty: no body; one element: a plain body; more: chunked upload
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body_chunks: tuple[bytes, ...]  # sent as a chunked response when there is more than one
+
+
+@dataclass(frozen=True)
+class UpstreamExpect:
+    method: str | None
+    path: str | None
+    headers: tuple[tuple[str, str], ...]
+    absent_headers: tuple[str, ...]
+    body: bytes | None
+    body_contains: bytes | None
+
+
+@dataclass(frozen=True)
+class HttpExpect:
+    status: int | None
+    headers: tuple[tuple[str, str], ...]
+    absent_headers: tuple[str, ...]
+    body: bytes | None
+    body_contains: bytes | None
+    upstream: UpstreamExpect | None
+    upstream_reached: bool | None  # False: `upstream: null` (must not be reached); None: not checked
+    logs: tuple[LogExpect, ...]
+    metrics: tuple[MetricExpect, ...]
+
+
+@dataclass(frozen=True)
+class WaitFor:
+    logs: tuple[LogExpect, ...]
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class HttpCase:
+    name: str
+    request: Request
+    upstream_response: UpstreamResponse | None
+    expect: HttpExpect
+    wait_for: WaitFor | None
+
+
+@dataclass(frozen=True)
+class NetworkExpect:
+    received: bytes | None
+    received_contains: bytes | None
+    logs: tuple[LogExpect, ...]
+    metrics: tuple[MetricExpect, ...]
+
+
+@dataclass(frozen=True)
+class NetworkCase:
+    name: str
+    send: tuple[bytes, ...]
+    expect: NetworkExpect
+    wait_for: WaitFor | None
+
+
+@dataclass(frozen=True)
+class StartFailure:
+    """The plane must refuse the chain when plugin `plugin` gets this configuration instead."""
+
+    name: str
+    plugin: int
+    configuration: str
+    logs: tuple[LogExpect, ...]
+
+
+@dataclass(frozen=True)
+class Spec:
+    key: str  # "<sdk>/<name>", the plugin dir relative to examples/filters
+    path: Path
+    description: str
+    type: Literal["http", "network"]
+    behaviours: tuple[str, ...]
+    plugins: tuple[PluginSpec, ...]
+    clusters: tuple[ClusterSpec, ...]
+    start_logs: tuple[LogExpect, ...]
+    http_cases: tuple[HttpCase, ...]
+    network_cases: tuple[NetworkCase, ...]
+    start_failures: tuple[StartFailure, ...]
+    envoy_broken: str | None
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return tuple(sorted({p.module for p in self.plugins}))
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+class _At:
+    """A mapping being read at a known path; every access is checked and every key must be used."""
+
+    def __init__(self, where: str, raw: object) -> None:
+        if not isinstance(raw, Mapping):
+            raise SpecFormatError(f"{where}: expected a mapping, got {type(raw).__name__}")
+        bad = [k for k in raw if not isinstance(k, str)]
+        if bad:
+            raise SpecFormatError(f"{where}: keys must be strings, got {bad[0]!r}")
+        self.where = where
+        self.raw: Mapping[str, Any] = raw
+
+    def _p(self, key: str) -> str:
+        return f"{self.where}.{key}"
+
+    def only(self, *allowed: str) -> None:
+        extra = sorted(set(self.raw) - set(allowed))
+        if extra:
+            raise SpecFormatError(f"{self.where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
+
+    def has(self, key: str) -> bool:
+        return key in self.raw
+
+    def str_(self, key: str, default: str | None = None) -> str:
+        if key not in self.raw:
+            if default is None:
+                raise SpecFormatError(f"{self._p(key)}: required")
+            return default
+        value = self.raw[key]
+        if not isinstance(value, str):
+            raise SpecFormatError(f"{self._p(key)}: expected a string, got {type(value).__name__}")
+        return value
+
+    def opt_str(self, key: str) -> str | None:
+        return self.str_(key) if self.raw.get(key) is not None else None
+
+    def bool_(self, key: str, default: bool) -> bool:
+        value = self.raw.get(key, default)
+        if not isinstance(value, bool):
+            raise SpecFormatError(f"{self._p(key)}: expected true/false, got {value!r}")
+        return value
+
+    def opt_int(self, key: str, lo: int, hi: int) -> int | None:
+        if self.raw.get(key) is None:
+            return None
+        value = self.raw[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise SpecFormatError(f"{self._p(key)}: expected an integer in [{lo}, {hi}], got {value!r}")
+        return value
+
+    def number(self, key: str, default: float) -> float:
+        value = self.raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise SpecFormatError(f"{self._p(key)}: expected a positive number, got {value!r}")
+        return float(value)
+
+    def list_(self, key: str, *, required: bool = False) -> list[Any]:
+        if key not in self.raw or self.raw[key] is None:
+            if required:
+                raise SpecFormatError(f"{self._p(key)}: required")
+            return []
+        value = self.raw[key]
+        if not isinstance(value, list):
+            raise SpecFormatError(f"{self._p(key)}: expected a list, got {type(value).__name__}")
+        return value
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        items = self.list_(key)
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise SpecFormatError(f"{self._p(key)}[{i}]: expected a string, got {item!r}")
+        return tuple(items)
+
+    def str_map(self, key: str, *, lower_keys: bool = False) -> tuple[tuple[str, str], ...]:
+        value = self.raw.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, Mapping):
+            raise SpecFormatError(f"{self._p(key)}: expected a mapping, got {type(value).__name__}")
+        out: list[tuple[str, str]] = []
+        for k, v in value.items():
+            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, str | int):
+                raise SpecFormatError(f"{self._p(key)}: {k!r}: names and values must be strings, got {v!r}")
+            out.append((k.lower() if lower_keys else k, str(v)))
+        return tuple(sorted(out))
+
+    def sub(self, key: str) -> _At:
+        return _At(self._p(key), self.raw[key])
+
+    def at(self, key: str, index: int) -> str:
+        return f"{self._p(key)}[{index}]"
+
+    def opt_bytes(self, key: str) -> bytes | None:
+        text = self.opt_str(key)
+        return None if text is None else text.encode()
+
+    def chunks(self, one: str, many: str) -> tuple[bytes, ...]:
+        if self.has(one) and self.has(many):
+            raise SpecFormatError(f"{self.where}: give `{one}` or `{many}`, not both")
+        if self.has(one):
+            text = self.str_(one)
+            return (text.encode(),) if text else ()
+        return tuple(s.encode() for s in self.str_list(many))
+
+
+def _config_value(where: str, value: object) -> str:
+    """A plugin/VM configuration: a string as is, any other YAML value as compact JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping | list | int | float | bool):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    raise SpecFormatError(f"{where}: expected a string or a YAML value, got {type(value).__name__}")
+
+
+def _logs(at: _At, key: str) -> tuple[LogExpect, ...]:
+    out: list[LogExpect] = []
+    for i, raw in enumerate(at.list_(key)):
+        item = _At(at.at(key, i), raw)
+        item.only("level", "contains")
+        level = item.opt_str("level")
+        if level is not None and level not in LOG_LEVELS:
+            raise SpecFormatError(f"{item.where}.level: {level!r} is not one of {list(LOG_LEVELS)}")
+        out.append(LogExpect(contains=item.str_("contains"), level=level))
+    return tuple(out)
+
+
+def _metrics(at: _At, key: str) -> tuple[MetricExpect, ...]:
+    out: list[MetricExpect] = []
+    for i, raw in enumerate(at.list_(key)):
+        item = _At(at.at(key, i), raw)
+        item.only("name", "value")
+        out.append(MetricExpect(name=item.str_("name"), value=item.opt_int("value", -(2**63), 2**64 - 1)))
+    return tuple(out)
+
+
+def _wait_for(at: _At) -> WaitFor | None:
+    if at.raw.get("wait_for") is None:
+        return None
+    w = at.sub("wait_for")
+    w.only("logs", "timeout_s")
+    logs = _logs(w, "logs")
+    if not logs:
+        raise SpecFormatError(f"{w.where}.logs: at least one log expectation is needed")
+    return WaitFor(logs=logs, timeout_s=w.number("timeout_s", DEFAULT_WAIT_S))
+
+
+def _plugin(where: str, raw: object, default_module: str) -> PluginSpec:
+    p = _At(where, raw)
+    p.only("module", "name", "root_id", "vm_id", "configuration", "vm_configuration", "env", "fail_open")
+    module = p.str_("module", default_module)
+    if module.count("/") != 1 or not all(module.split("/")):
+        raise SpecFormatError(f"{where}.module: expected '<sdk>/<name>', got {module!r}")
+    return PluginSpec(
+        module=module,
+        name=p.str_("name", module.split("/")[1]),
+        root_id=p.str_("root_id", ""),
+        vm_id=p.str_("vm_id", ""),
+        configuration=_config_value(f"{where}.configuration", p.raw.get("configuration")),
+        vm_configuration=_config_value(f"{where}.vm_configuration", p.raw.get("vm_configuration")),
+        env=p.str_map("env"),
+        fail_open=p.bool_("fail_open", default=False),
+    )
+
+
+def _request(where: str, raw: object) -> Request:
+    r = _At(where, raw)
+    r.only("method", "path", "headers", "body", "body_chunks")
+    path = r.str_("path", "/")
+    if not path.startswith("/"):
+        raise SpecFormatError(f"{where}.path: must start with '/', got {path!r}")
+    return Request(
+        method=r.str_("method", "GET").upper(),
+        path=path,
+        headers=r.str_map("headers", lower_keys=True),
+        body_chunks=r.chunks("body", "body_chunks"),
+    )
+
+
+def _upstream_response(where: str, raw: object) -> UpstreamResponse:
+    r = _At(where, raw)
+    r.only("status", "headers", "body", "body_chunks")
+    return UpstreamResponse(
+        status=r.opt_int("status", 100, 599) or 200,
+        headers=r.str_map("headers", lower_keys=True),
+        body_chunks=r.chunks("body", "body_chunks"),
+    )
+
+
+def _body_expect(at: _At) -> tuple[bytes | None, bytes | None]:
+    if at.has("body") and at.has("body_contains"):
+        raise SpecFormatError(f"{at.where}: give `body` or `body_contains`, not both")
+    return at.opt_bytes("body"), at.opt_bytes("body_contains")
+
+
+def _http_expect(where: str, raw: object) -> HttpExpect:
+    e = _At(where, raw)
+    e.only("status", "headers", "absent_headers", "body", "body_contains", "upstream", "logs", "metrics")
+    body, contains = _body_expect(e)
+    upstream: UpstreamExpect | None = None
+    reached: bool | None = None
+    if e.has("upstream"):
+        if e.raw["upstream"] is None:
+            reached = False
+        else:
+            u = e.sub("upstream")
+            u.only("method", "path", "headers", "absent_headers", "body", "body_contains")
+            u_body, u_contains = _body_expect(u)
+            reached = True
+            upstream = UpstreamExpect(
+                method=u.opt_str("method"),
+                path=u.opt_str("path"),
+                headers=u.str_map("headers", lower_keys=True),
+                absent_headers=tuple(h.lower() for h in u.str_list("absent_headers")),
+                body=u_body,
+                body_contains=u_contains,
+            )
+    return HttpExpect(
+        status=e.opt_int("status", 100, 599),
+        headers=e.str_map("headers", lower_keys=True),
+        absent_headers=tuple(h.lower() for h in e.str_list("absent_headers")),
+        body=body,
+        body_contains=contains,
+        upstream=upstream,
+        upstream_reached=reached,
+        logs=_logs(e, "logs"),
+        metrics=_metrics(e, "metrics"),
+    )
+
+
+def _http_case(where: str, raw: object) -> HttpCase:
+    c = _At(where, raw)
+    c.only("name", "request", "upstream_response", "expect", "wait_for")
+    return HttpCase(
+        name=c.str_("name"),
+        request=_request(f"{where}.request", c.raw.get("request", {})),
+        upstream_response=(
+            _upstream_response(f"{where}.upstream_response", c.raw["upstream_response"])
+            if c.raw.get("upstream_response") is not None
+            else None
+        ),
+        expect=_http_expect(f"{where}.expect", c.raw.get("expect", {})),
+        wait_for=_wait_for(c),
+    )
+
+
+def _network_case(where: str, raw: object) -> NetworkCase:
+    c = _At(where, raw)
+    c.only("name", "send", "expect", "wait_for")
+    e = _At(f"{where}.expect", c.raw.get("expect", {}))
+    e.only("received", "received_contains", "logs", "metrics")
+    if e.has("received") and e.has("received_contains"):
+        raise SpecFormatError(f"{e.where}: give `received` or `received_contains`, not both")
+    send = tuple(s.encode() for s in c.str_list("send"))
+    if not send:
+        raise SpecFormatError(f"{where}.send: at least one chunk to send is needed")
+    return NetworkCase(
+        name=c.str_("name"),
+        send=send,
+        expect=NetworkExpect(
+            received=e.opt_bytes("received"),
+            received_contains=e.opt_bytes("received_contains"),
+            logs=_logs(e, "logs"),
+            metrics=_metrics(e, "metrics"),
+        ),
+        wait_for=_wait_for(c),
+    )
+
+
+def parse(raw: object, *, key: str, path: Path) -> Spec:
+    """Validate one spec document (already YAML-decoded) for the plugin `key` ("<sdk>/<name>")."""
+    top = _At(str(path), raw)
+    top.only(
+        "description", "type", "behaviours", "plugins", "clusters", "start_logs", "cases", "start_failures",
+        "envoy_broken",
+    )  # fmt: skip
+    kind = top.str_("type", "http")
+    if kind not in ("http", "network"):
+        raise SpecFormatError(f"{path}.type: expected 'http' or 'network', got {kind!r}")
+    raw_plugins = top.list_("plugins") or [{}]
+    plugins = tuple(_plugin(top.at("plugins", i), p, key) for i, p in enumerate(raw_plugins))
+
+    clusters: list[ClusterSpec] = []
+    for i, raw_c in enumerate(top.list_("clusters")):
+        c = _At(top.at("clusters", i), raw_c)
+        c.only("name", "service")
+        cluster = ClusterSpec(name=c.str_("name"), service=c.str_("service"))
+        if cluster.service not in SERVICE_KINDS:
+            raise SpecFormatError(f"{c.where}.service: {cluster.service!r} is not one of {list(SERVICE_KINDS)}")
+        if cluster.name == UPSTREAM_CLUSTER or cluster.name in {x.name for x in clusters}:
+            raise SpecFormatError(f"{c.where}.name: {cluster.name!r} is reserved or given twice")
+        clusters.append(cluster)
+
+    cases = top.list_("cases", required=True)
+    if not cases:
+        raise SpecFormatError(f"{path}.cases: at least one case is needed")
+    http_cases: tuple[HttpCase, ...] = ()
+    network_cases: tuple[NetworkCase, ...] = ()
+    if kind == "http":
+        http_cases = tuple(_http_case(top.at("cases", i), c) for i, c in enumerate(cases))
+        names = [c.name for c in http_cases]
+    else:
+        network_cases = tuple(_network_case(top.at("cases", i), c) for i, c in enumerate(cases))
+        names = [c.name for c in network_cases]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SpecFormatError(f"{path}.cases: case names must be unique, repeated: {dupes}")
+
+    failures: list[StartFailure] = []
+    for i, raw_f in enumerate(top.list_("start_failures")):
+        f = _At(top.at("start_failures", i), raw_f)
+        f.only("name", "plugin", "configuration", "logs")
+        index = f.opt_int("plugin", 0, len(plugins) - 1) or 0
+        if not f.has("configuration"):
+            raise SpecFormatError(f"{f.where}.configuration: required")
+        failures.append(
+            StartFailure(
+                name=f.str_("name"),
+                plugin=index,
+                configuration=_config_value(f"{f.where}.configuration", f.raw["configuration"]),
+                logs=_logs(f, "logs"),
+            )
+        )
+
+    return Spec(
+        key=key,
+        path=path,
+        description=top.str_("description"),
+        type="http" if kind == "http" else "network",
+        behaviours=top.str_list("behaviours"),
+        plugins=plugins,
+        clusters=tuple(clusters),
+        start_logs=_logs(top, "start_logs"),
+        http_cases=http_cases,
+        network_cases=network_cases,
+        start_failures=tuple(failures),
+        envoy_broken=top.opt_str("envoy_broken"),
+    )
+
+
+def load(path: Path) -> Spec:
+    """Read and validate `<plugin dir>/spec.yaml`; its key is the dir relative to examples/filters."""
+    path = path.resolve()
+    try:
+        key = path.parent.relative_to(FILTERS_DIR).as_posix()
+    except ValueError:
+        key = f"{path.parent.parent.name}/{path.parent.name}"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecFormatError(f"{path}: not valid YAML: {exc}") from None
+    return parse(raw, key=key, path=path)
+
+
+def find_specs(root: Path = FILTERS_DIR) -> list[Path]:
+    """Every plugin spec under examples/filters (skipping SDK-shared `_*` dirs and build outputs)."""
+    out: list[Path] = []
+    for path in sorted(root.glob("*/*/spec.yaml")):
+        if any(part.startswith(("_", ".")) for part in path.relative_to(root).parts[:-1]):
+            continue
+        out.append(path)
+    return out
+
+
+def load_all(paths: Sequence[Path] | None = None) -> list[Spec]:
+    return [load(p) for p in (find_specs() if paths is None else paths)]

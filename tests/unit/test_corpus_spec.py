@@ -1,0 +1,161 @@
+"""The corpus spec parser (tests/corpus/spec.py): defaults, encodings and errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.corpus import runner
+from tests.corpus import spec as S
+
+P = Path("examples/filters/rust/demo/spec.yaml")
+
+
+def parse(doc: dict[str, Any]) -> S.Spec:
+    return S.parse(doc, key="rust/demo", path=P)
+
+
+MINIMAL: dict[str, Any] = {"description": "d", "cases": [{"name": "c"}]}
+
+
+def test_minimal_spec_gets_defaults() -> None:
+    spec = parse(MINIMAL)
+    assert spec.type == "http"
+    (plugin,) = spec.plugins
+    assert (plugin.module, plugin.name, plugin.root_id, plugin.vm_id, plugin.configuration) == (
+        "rust/demo", "demo", "", "", "",
+    )  # fmt: skip
+    (case,) = spec.http_cases
+    assert (case.request.method, case.request.path, case.request.body_chunks) == ("GET", "/", ())
+    assert case.expect.upstream_reached is None
+    assert spec.modules == ("rust/demo",)
+
+
+@pytest.mark.parametrize(
+    ("configuration", "encoded"),
+    [
+        ({"b": 1, "a": [True, None]}, '{"a":[true,null],"b":1}'),
+        ("raw text", "raw text"),
+        ([1, 2], "[1,2]"),
+        (None, ""),
+    ],
+)
+def test_configuration_encoding(configuration: object, encoded: str) -> None:
+    spec = parse({**MINIMAL, "plugins": [{"configuration": configuration, "env": {"K": 1}}]})
+    assert spec.plugins[0].configuration == encoded
+    assert spec.plugins[0].env == (("K", "1"),)
+
+
+def test_full_http_case() -> None:
+    doc = {
+        **MINIMAL,
+        "clusters": [{"name": "authz", "service": "auth"}],
+        "cases": [
+            {
+                "name": "c",
+                "wait_for": {"logs": [{"contains": "ready"}], "timeout_s": 3},
+                "request": {"method": "post", "path": "/x", "headers": {"X-A": "1"}, "body_chunks": ["a", "b"]},
+                "upstream_response": {"status": 201, "body": "hi"},
+                "expect": {
+                    "status": 201,
+                    "headers": {"X-B": "2"},
+                    "body_contains": "h",
+                    "upstream": {"path": "/x", "absent_headers": ["X-C"]},
+                    "logs": [{"level": "warn", "contains": "w"}],
+                    "metrics": [{"name": "m", "value": 2}, {"name": "h"}],
+                },
+            },
+            {"name": "d", "expect": {"upstream": None}},
+        ],
+    }
+    spec = parse(doc)
+    c, d = spec.http_cases
+    assert c.request.method == "POST" and c.request.headers == (("x-a", "1"),)
+    assert c.request.body_chunks == (b"a", b"b")
+    assert c.upstream_response == S.UpstreamResponse(201, (), (b"hi",))
+    assert c.expect.headers == (("x-b", "2"),) and c.expect.body_contains == b"h"
+    assert c.expect.upstream is not None and c.expect.upstream.absent_headers == ("x-c",)
+    assert c.expect.metrics == (S.MetricExpect("m", 2), S.MetricExpect("h", None))
+    assert c.wait_for == S.WaitFor((S.LogExpect("ready", None),), 3.0)
+    assert d.expect.upstream_reached is False and d.expect.upstream is None
+
+
+def test_network_spec_and_start_failures() -> None:
+    spec = parse(
+        {
+            "description": "d",
+            "type": "network",
+            "cases": [{"name": "n", "send": ["ab", "c"], "expect": {"received": "ABC"}}],
+            "start_failures": [{"name": "f", "configuration": "{bad", "logs": [{"contains": "bad"}]}],
+        }
+    )
+    assert spec.network_cases[0].send == (b"ab", b"c")
+    assert spec.network_cases[0].expect.received == b"ABC"
+    assert spec.start_failures == (S.StartFailure("f", 0, "{bad", (S.LogExpect("bad", None),)),)
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"cases": [{"name": "c"}]}, r"description: required"),
+        ({**MINIMAL, "typo": 1}, r"unknown key\(s\) \['typo'\]"),
+        ({**MINIMAL, "type": "grpc"}, r"type: expected 'http' or 'network'"),
+        ({**MINIMAL, "cases": []}, r"cases: at least one case"),
+        ({"description": "d"}, r"cases: required"),
+        ({**MINIMAL, "cases": [{"name": "c"}, {"name": "c"}]}, r"case names must be unique"),
+        ({**MINIMAL, "cases": [{"name": "c", "expect": {"status": "200"}}]}, r"cases\[0\]\.expect\.status"),
+        ({**MINIMAL, "cases": [{"name": "c", "expect": {"status": 99}}]}, r"in \[100, 599\]"),
+        ({**MINIMAL, "cases": [{"name": "c", "request": {"path": "x"}}]}, r"request\.path: must start with '/'"),
+        ({**MINIMAL, "cases": [{"name": "c", "request": {"body": "a", "body_chunks": ["a"]}}]}, r"not both"),
+        ({**MINIMAL, "cases": [{"name": "c", "expect": {"logs": [{"level": "loud", "contains": "x"}]}}]}, "loud"),
+        ({**MINIMAL, "cases": [{"name": "c", "wait_for": {"logs": []}}]}, r"wait_for\.logs: at least one"),
+        ({**MINIMAL, "plugins": [{"module": "nosdk"}]}, r"plugins\[0\]\.module: expected '<sdk>/<name>'"),
+        ({**MINIMAL, "plugins": [{"fail_open": "yes"}]}, r"fail_open: expected true/false"),
+        ({**MINIMAL, "clusters": [{"name": "x", "service": "nginx"}]}, r"service: 'nginx' is not one of"),
+        ({**MINIMAL, "clusters": [{"name": "upstream", "service": "echo"}]}, r"reserved or given twice"),
+        ({**MINIMAL, "start_failures": [{"name": "f"}]}, r"start_failures\[0\]\.configuration: required"),
+        ({**MINIMAL, "start_failures": [{"name": "f", "plugin": 3, "configuration": ""}]}, r"plugin: expected"),
+        ({"description": "d", "type": "network", "cases": [{"name": "n"}]}, r"send: at least one chunk"),
+        ([1, 2], r"expected a mapping, got list"),
+    ],
+)
+def test_bad_specs_are_rejected_with_the_field_named(doc: object, message: str) -> None:
+    with pytest.raises(S.SpecFormatError, match=message):
+        S.parse(doc, key="rust/demo", path=P)
+
+
+def test_load_names_the_file_for_bad_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "sdk" / "p" / "spec.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text("cases: [unclosed\n")
+    with pytest.raises(S.SpecFormatError, match="not valid YAML"):
+        S.load(path)
+
+
+def test_find_specs_skips_shared_dirs(tmp_path: Path) -> None:
+    for rel in ("rust/a/spec.yaml", "rust/_common/spec.yaml", "c/b/spec.yaml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(yaml.safe_dump(MINIMAL))
+    assert [p.relative_to(tmp_path).as_posix() for p in S.find_specs(tmp_path)] == ["c/b/spec.yaml", "rust/a/spec.yaml"]
+
+
+@pytest.mark.parametrize("path", S.find_specs(), ids=lambda p: p.parent.relative_to(S.FILTERS_DIR).as_posix())
+def test_every_corpus_spec_parses(path: Path) -> None:
+    spec = S.load(path)
+    assert spec.key == path.parent.relative_to(S.FILTERS_DIR).as_posix()
+
+
+@pytest.mark.parametrize(
+    ("expect", "record", "matches"),
+    [
+        (S.LogExpect("hello", None), ("info", "say hello world"), True),
+        (S.LogExpect("hello", "warn"), ("info", "hello"), False),
+        (S.LogExpect("hello", "warn"), ("warn", "hello"), True),
+        (S.LogExpect("bye", None), ("info", "hello"), False),
+    ],
+)
+def test_log_matching(expect: S.LogExpect, record: tuple[str, str], matches: bool) -> None:
+    assert runner.log_matches(expect, record) is matches
