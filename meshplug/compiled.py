@@ -1,0 +1,237 @@
+"""Precompiled modules: compile once per module digest, keep wasmtime's serialized artifact on disk, load it fast.
+
+Called by the agent's host when it loads a plugin (and by bench/precompile.py). The caller owns its
+``wasmtime.Engine`` (its Config: epoch interruption, fuel, ...) and describes that configuration in a
+``settings`` string; an artifact is only reused by an engine with the same wasmtime version and settings.
+
+File layout (one file per key, under ``<root>/<sha256[:2]>/``)::
+
+    MAGIC (8 bytes)  u32le header length  header (JSON: module sha256, wasmtime version, settings fingerprint,
+                                                  payload length, payload sha256)  payload (Module.serialize())
+
+`wasmtime.Module.deserialize` trusts its input completely (it maps machine code), so a file is used only when
+the header names exactly this key and the payload's sha256 matches the header. Anything else (other
+version/settings: ``stale``; truncated, bad magic, bad checksum, wasmtime refusing it: ``corrupt``) is rebuilt
+and replaced, never loaded. Writes go to a temp file in the same directory, are fsynced, then `os.replace`d;
+a per-key ``flock`` makes a second process wait for the first compile instead of repeating it, and readers
+never see a partial file. Outcome names double as metric labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import wasmtime
+
+from meshplug import errors
+
+MAGIC = b"MPWASM1\n"
+_LEN = struct.Struct("<I")
+#: the longest header we accept when reading (real ones are ~250 bytes)
+_MAX_HEADER = 4096
+
+
+class Outcome(enum.StrEnum):
+    HIT = "hit"  # a valid artifact was loaded
+    MISS = "miss"  # none on disk: compiled and stored
+    STALE = "stale"  # one for another wasmtime version / engine settings: compiled and replaced
+    CORRUPT = "corrupt"  # unreadable, truncated, wrong checksum or refused by wasmtime: compiled and replaced
+
+
+def wasmtime_version() -> str:
+    return importlib.metadata.version("wasmtime")
+
+
+def default_root() -> Path:
+    base = os.environ.get("MESHPLUG_CACHE") or str(Path.home() / ".cache" / "meshplug")
+    return Path(base) / "compiled"
+
+
+@dataclass(frozen=True)
+class ArtifactKey:
+    """What an artifact was compiled from and for."""
+
+    module_sha256: str
+    wasmtime_version: str
+    #: sha256 (first 16 hex) of the caller's engine-settings string
+    settings_fingerprint: str
+
+    @classmethod
+    def make(cls, module_sha256: str, settings: str) -> ArtifactKey:
+        return cls(module_sha256, wasmtime_version(), hashlib.sha256(settings.encode()).hexdigest()[:16])
+
+    @property
+    def filename(self) -> str:
+        return f"{self.module_sha256}.{self.wasmtime_version}.{self.settings_fingerprint}.cwasm"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    module: wasmtime.Module
+    outcome: Outcome
+    path: Path
+    key: ArtifactKey
+    #: False when the artifact could not be written (read-only or full disk): the module still works
+    stored: bool = True
+
+
+def encode(key: ArtifactKey, payload: bytes) -> bytes:
+    """Header + payload, as written to disk."""
+    header = json.dumps(
+        {
+            "module_sha256": key.module_sha256,
+            "wasmtime_version": key.wasmtime_version,
+            "settings_fingerprint": key.settings_fingerprint,
+            "payload_len": len(payload),
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        },
+        sort_keys=True,
+    ).encode()
+    return MAGIC + _LEN.pack(len(header)) + header + payload
+
+
+class _Stale(Exception):
+    pass
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def decode(key: ArtifactKey, blob: bytes) -> bytes:
+    """The payload if ``blob`` is a sound artifact for ``key``; raises _Stale or _Corrupt otherwise."""
+    if len(blob) < len(MAGIC) + _LEN.size or not blob.startswith(MAGIC):
+        raise _Corrupt("bad magic or truncated header")
+    (hlen,) = _LEN.unpack_from(blob, len(MAGIC))
+    start = len(MAGIC) + _LEN.size
+    if hlen > _MAX_HEADER or start + hlen > len(blob):
+        raise _Corrupt("header length out of range")
+    try:
+        header = json.loads(blob[start : start + hlen])
+        theirs = ArtifactKey(
+            str(header["module_sha256"]), str(header["wasmtime_version"]), str(header["settings_fingerprint"])
+        )
+        payload_len = int(header["payload_len"])
+        payload_sha = str(header["payload_sha256"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _Corrupt(f"unreadable header: {exc}") from None
+    if theirs != key:
+        raise _Stale(f"artifact is for {theirs}, wanted {key}")
+    payload = blob[start + hlen :]
+    if len(payload) != payload_len:
+        raise _Corrupt(f"payload is {len(payload)} bytes, header says {payload_len}")
+    if hashlib.sha256(payload).hexdigest() != payload_sha:
+        raise _Corrupt("payload checksum mismatch")
+    return payload
+
+
+def _write_atomic(path: Path, blob: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[bool]:
+    """Hold an exclusive flock on ``path``'s lock file; yields False (no lock) if it cannot be created."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+class ArtifactCache:
+    """Compiled-module cache for one Engine configuration."""
+
+    def __init__(self, engine: wasmtime.Engine, *, settings: str, root: Path | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.root = root if root is not None else default_root()
+
+    def key(self, module_sha256: str) -> ArtifactKey:
+        return ArtifactKey.make(module_sha256, self.settings)
+
+    def path(self, key: ArtifactKey) -> Path:
+        return self.root / key.module_sha256[:2] / key.filename
+
+    def _try_load(self, key: ArtifactKey, path: Path) -> tuple[wasmtime.Module | None, Outcome]:
+        try:
+            blob = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None, Outcome.MISS
+        except OSError:
+            return None, Outcome.CORRUPT
+        try:
+            payload = decode(key, blob)
+        except _Stale:
+            return None, Outcome.STALE
+        except _Corrupt:
+            return None, Outcome.CORRUPT
+        try:
+            return wasmtime.Module.deserialize(self.engine, payload), Outcome.HIT
+        except wasmtime.WasmtimeError:
+            # sound file, but this engine refuses it (e.g. a Config difference the settings string missed)
+            return None, Outcome.STALE
+
+    def load(self, data: bytes, *, sha256: str | None = None) -> Loaded:
+        """The compiled module for ``data``, from the cache when a sound artifact exists.
+
+        ``sha256``: the module's digest when the caller already verified it (e.g. a fetched artifact); else
+        computed here. Raises errors.PluginStartError(reason="compile_failed") if wasmtime cannot compile it.
+        """
+        digest = sha256 if sha256 is not None else hashlib.sha256(data).hexdigest()
+        key = self.key(digest)
+        path = self.path(key)
+        module, outcome = self._try_load(key, path)
+        if module is not None:
+            return Loaded(module, outcome, path, key)
+        with _locked(path):
+            # another process may have compiled it while we waited for the lock
+            module, again = self._try_load(key, path)
+            if module is not None:
+                return Loaded(module, Outcome.HIT, path, key)
+            try:
+                module = wasmtime.Module(self.engine, data)
+            except wasmtime.WasmtimeError as exc:
+                text = " ".join(str(exc).split())
+                raise errors.PluginStartError(
+                    f"module sha256:{digest[:12]} does not compile: {text}", reason="compile_failed"
+                ) from None
+            stored = True
+            try:
+                _write_atomic(path, encode(key, bytes(module.serialize())))
+            except OSError:
+                stored = False
+            return Loaded(module, outcome if outcome is not Outcome.MISS else again, path, key, stored)
