@@ -50,3 +50,8 @@ MAX_PUSH_BYTES = 4 * MiB
 # --- operator ------------------------------------------------------------------------------------
 MAX_VM_ENV_VARS = 256
 MAX_TARGET_REFS = 16
+#: Envoy's own fetch of a module served by the operator (`code.remote`): timeout and retries (Istio: 30 s)
+REMOTE_CODE_TIMEOUT_S = 30
+REMOTE_CODE_RETRIES = 5
+#: failing pods listed in a WasmPlugin's status (the CRD's maxItems); the counts cover all of them
+MAX_FAILING_PODS_REPORTED = 20

@@ -1,0 +1,100 @@
+"""Inputs and outputs of the renderers: the module to deliver, where the operator serves modules, how code is reached.
+
+Built by the controller from a fetched and validated `Artifact` (render never reads the network or the API);
+read by `meshplug.render.envoy`, `meshplug.render.istio`, `meshplug.render.podtemplate` and `meshplug.render.agent`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from meshplug import limits
+
+_SHA256 = re.compile(r"^[a-f0-9]{64}$")
+
+#: labels and annotations the operator puts on what it generates (cleanup finds them by label)
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "meshplug"
+PLUGIN_LABEL = "meshplug.io/plugin"
+DIGEST_ANNOTATION = "meshplug.io/digest"
+#: where sidecars mount ConfigMap-delivered modules: <MODULE_MOUNT_ROOT>/<plugin name>/<sha256>.wasm
+MODULE_MOUNT_ROOT = "/var/local/meshplug/wasm"
+
+
+@dataclass(frozen=True)
+class Module:
+    """A validated module's bytes and identity (hex sha256 of the bytes)."""
+
+    sha256: str
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if not _SHA256.match(self.sha256):
+            raise ValueError(f"Module.sha256 {self.sha256!r} is not 64 lowercase hex digits")
+
+    @classmethod
+    def of(cls, data: bytes) -> Module:
+        return cls(sha256=hashlib.sha256(data).hexdigest(), data=data)
+
+    @property
+    def digest(self) -> str:
+        return f"sha256:{self.sha256}"
+
+    @property
+    def fits_config_map(self) -> bool:
+        return len(self.data) <= limits.CONFIGMAP_MAX_BYTES
+
+    def __repr__(self) -> str:
+        return f"Module(sha256={self.sha256[:12]}…, size={len(self.data)})"
+
+
+@dataclass(frozen=True)
+class ModuleServer:
+    """The operator's module server as pods reach it: a Service host (FQDN) and port, plain HTTP in the mesh."""
+
+    host: str
+    port: int
+    path_prefix: str = "/modules"
+    scheme: str = "http"
+
+    def url(self, sha256: str) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}{self.path_prefix}/{sha256}.wasm"
+
+    @property
+    def istio_cluster(self) -> str:
+        """The cluster name an Istio sidecar has for this service (outbound|port||host)."""
+        return f"outbound|{self.port}||{self.host}"
+
+
+@dataclass(frozen=True)
+class LocalCode:
+    """Module delivered in a ConfigMap mounted into the sidecar; Envoy reads ``filename``."""
+
+    config_map: str
+    volume: str
+    mount_dir: str
+    filename: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RemoteCode:
+    """Module too large for a ConfigMap: Envoy fetches ``uri`` through ``cluster`` and checks ``sha256``."""
+
+    uri: str
+    cluster: str
+    sha256: str
+
+
+Code = LocalCode | RemoteCode
+
+
+def dns_name(prefix: str, name: str, max_len: int) -> str:
+    """``<prefix><name>``, shortened with a stable hash suffix when longer than ``max_len`` (DNS label rules)."""
+    full = f"{prefix}{name}"
+    if len(full) <= max_len:
+        return full
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{full[: max_len - 9].rstrip('-.')}-{digest}"

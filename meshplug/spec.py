@@ -1,0 +1,372 @@
+"""WasmPlugin custom resource body -> frozen `PluginSpec`; every default is decided here and nowhere else.
+
+Called by the controller on the first line of each handler (and by the admission webhook and `meshplug`
+tooling): `parse(body)` turns the untyped dict kopf hands over into a `PluginSpec` or raises
+`errors.SpecError` with a one-line message naming the field. The API server's schema and CEL rules
+(crds/wasmplugins.meshplug.io.yaml) already rejected most bad input; this module re-checks what it relies on,
+because a CR may have been stored before a rule existed.
+
+Istio semantics (extensions.istio.io WasmPlugin) carried over:
+- url without a scheme is ``oci://``; schemes oci, http, https, file.
+- ``imagePullPolicy`` unset: IfNotPresent, except an OCI reference whose tag is ``latest`` (or has neither
+  tag nor digest, which means latest): Always.
+- ``pluginName`` is Envoy's root id; Envoy's plugin name is ``<namespace>.<name>``.
+- ``failStrategy`` unset: FAIL_CLOSE. ``type`` unset: HTTP. ``match`` empty: every traffic direction.
+- ``vmConfig.env[].valueFrom`` unset: INLINE.
+- ``priority`` unset sorts after any explicit value within its phase.
+meshplug's own: ``dataPlane`` (istio | agent, default istio) and ``pluginConfigSchema`` (a JSON Schema the
+``pluginConfig`` must satisfy; `check_plugin_config` is the one check, used here and by the webhook).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import jsonschema.exceptions
+import jsonschema.validators
+
+from meshplug import errors, limits
+
+API_GROUP = "meshplug.io"
+API_VERSION = "v1alpha1"
+KIND = "WasmPlugin"
+PLURAL = "wasmplugins"
+
+_SHA256 = re.compile(r"^[a-f0-9]{64}$")
+_URL_DIGEST = re.compile(r"@sha256:([a-f0-9]{64})$")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+class Scheme(enum.StrEnum):
+    OCI = "oci"
+    HTTP = "http"
+    HTTPS = "https"
+    FILE = "file"
+
+
+class DataPlane(enum.StrEnum):
+    ISTIO = "istio"
+    AGENT = "agent"
+
+
+class Phase(enum.StrEnum):
+    """Where in the filter chain: UNSPECIFIED = end of chain (before the router)."""
+
+    UNSPECIFIED = "UNSPECIFIED_PHASE"
+    AUTHN = "AUTHN"
+    AUTHZ = "AUTHZ"
+    STATS = "STATS"
+
+
+class FailStrategy(enum.StrEnum):
+    FAIL_CLOSE = "FAIL_CLOSE"
+    FAIL_OPEN = "FAIL_OPEN"
+    FAIL_RELOAD = "FAIL_RELOAD"
+
+
+class PluginType(enum.StrEnum):
+    HTTP = "HTTP"
+    NETWORK = "NETWORK"
+
+
+class PullPolicy(enum.StrEnum):
+    IF_NOT_PRESENT = "IfNotPresent"
+    ALWAYS = "Always"
+
+
+class MatchMode(enum.StrEnum):
+    CLIENT = "CLIENT"  # outbound traffic of the workload
+    SERVER = "SERVER"  # inbound traffic of the workload
+    CLIENT_AND_SERVER = "CLIENT_AND_SERVER"
+
+
+class EnvSource(enum.StrEnum):
+    INLINE = "INLINE"
+    HOST = "HOST"
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    source: EnvSource
+    value: str  # "" for HOST
+
+
+@dataclass(frozen=True)
+class TrafficMatch:
+    """One entry of ``match``: a direction and optional ports (empty = every port)."""
+
+    mode: MatchMode
+    ports: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    group: str
+    kind: str
+    name: str
+    namespace: str
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A WasmPlugin after defaulting. Hashable and comparable; no field is ever None unless it says so."""
+
+    namespace: str
+    name: str
+    generation: int
+    url: str  # with its scheme, always
+    scheme: Scheme
+    sha256: str | None  # hex; from ``sha256`` or the url's @sha256: digest
+    pull_policy: PullPolicy
+    pull_secret: str | None
+    plugin_config: str  # canonical JSON text ("" when unset), what the plugin receives as configuration
+    config_schema: str | None  # canonical JSON text of pluginConfigSchema
+    root_id: str  # pluginName ("" = the module's default root context)
+    phase: Phase
+    priority: int | None
+    fail_strategy: FailStrategy
+    env: tuple[EnvVar, ...]
+    match: tuple[TrafficMatch, ...]  # never empty: default is one CLIENT_AND_SERVER entry on every port
+    type: PluginType
+    data_plane: DataPlane
+    selector: tuple[tuple[str, str], ...]  # sorted matchLabels; empty = every workload of the namespace
+    target_refs: tuple[TargetRef, ...]
+
+    @property
+    def envoy_name(self) -> str:
+        """Envoy's plugin name, as Istio names it: ``<namespace>.<name>``."""
+        return f"{self.namespace}.{self.name}"
+
+    @property
+    def selector_labels(self) -> dict[str, str]:
+        return dict(self.selector)
+
+    @property
+    def plugin_config_value(self) -> Any:
+        return json.loads(self.plugin_config) if self.plugin_config else None
+
+
+def canonical_json(value: Any) -> str:
+    """Stable JSON text: sorted keys, no spaces (equal configs render byte-identical)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def check_plugin_config(config: Any, schema: Mapping[str, Any]) -> None:
+    """Raise SpecError unless ``schema`` is a valid JSON Schema and ``config`` satisfies it.
+
+    ``config`` is None when pluginConfig is unset. The message names the failing path and rule.
+    """
+    schema = dict(schema)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        raise errors.SpecError(
+            f"pluginConfigSchema is not a valid JSON Schema: {exc.message}", reason="InvalidPluginConfigSchema"
+        ) from None
+    validator = cls(schema)
+    found = sorted(validator.iter_errors({} if config is None else config), key=lambda e: list(e.absolute_path))
+    if found:
+        first = found[0]
+        where = "pluginConfig" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in first.absolute_path)
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise errors.SpecError(f"{where}: {first.message}{more}", reason="InvalidPluginConfig")
+
+
+def _str(spec: Mapping[str, Any], key: str) -> str:
+    value = spec.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise errors.SpecError(f"spec.{key} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _enum(spec: Mapping[str, Any], key: str, cls: type[enum.StrEnum], default: enum.StrEnum, unset: str = "") -> Any:
+    raw = _str(spec, key)
+    if raw in ("", unset):
+        return default
+    try:
+        return cls(raw)
+    except ValueError:
+        allowed = ", ".join(m.value for m in cls)
+        raise errors.SpecError(f"spec.{key}: {raw!r} is not one of {allowed}") from None
+
+
+def normalise_url(raw: str) -> tuple[str, Scheme]:
+    """Add the default ``oci://`` scheme and check the scheme is one we fetch from."""
+    if not raw:
+        raise errors.SpecError("spec.url is required")
+    if any(c.isspace() for c in raw):
+        raise errors.SpecError(f"spec.url {raw!r} contains whitespace")
+    m = _SCHEME.match(raw)
+    if m is None:
+        return f"oci://{raw}", Scheme.OCI
+    try:
+        scheme = Scheme(m.group(1).lower())
+    except ValueError:
+        raise errors.SpecError(f"spec.url {raw!r}: scheme {m.group(1)!r} is not oci, http, https or file") from None
+    return raw, scheme
+
+
+def oci_tag(url: str) -> str | None:
+    """The tag of an ``oci://`` reference; ``latest`` when it has neither tag nor digest; None with a digest."""
+    ref = url.removeprefix("oci://")
+    if "@" in ref:
+        return None
+    last = ref.rsplit("/", 1)[-1]
+    return last.rsplit(":", 1)[1] if ":" in last else "latest"
+
+
+def _pull_policy(spec: Mapping[str, Any], url: str, scheme: Scheme) -> PullPolicy:
+    raw = _str(spec, "imagePullPolicy")
+    if raw not in ("", "UNSPECIFIED_POLICY"):
+        return _enum(spec, "imagePullPolicy", PullPolicy, PullPolicy.IF_NOT_PRESENT)  # type: ignore[no-any-return]
+    if scheme is Scheme.OCI and oci_tag(url) == "latest":
+        return PullPolicy.ALWAYS
+    return PullPolicy.IF_NOT_PRESENT
+
+
+def _sha256(spec: Mapping[str, Any], url: str) -> str | None:
+    given = _str(spec, "sha256")
+    if given and not _SHA256.match(given):
+        raise errors.SpecError(f"spec.sha256 {given!r} is not 64 lowercase hex digits")
+    in_url = _URL_DIGEST.search(url)
+    if "@sha256:" in url and in_url is None:
+        raise errors.SpecError(f"spec.url {url!r}: @sha256: must be followed by 64 lowercase hex digits")
+    if given and in_url and in_url.group(1) != given:
+        raise errors.SpecError("spec.sha256 does not match the @sha256: digest in spec.url")
+    return given or (in_url.group(1) if in_url else None)
+
+
+def _env(spec: Mapping[str, Any]) -> tuple[EnvVar, ...]:
+    vm = spec.get("vmConfig") or {}
+    if not isinstance(vm, Mapping):
+        raise errors.SpecError("spec.vmConfig must be an object")
+    items = vm.get("env") or []
+    if not isinstance(items, list):
+        raise errors.SpecError("spec.vmConfig.env must be a list")
+    if len(items) > limits.MAX_VM_ENV_VARS:
+        raise errors.SpecError(f"spec.vmConfig.env has {len(items)} entries; at most {limits.MAX_VM_ENV_VARS}")
+    out: list[EnvVar] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        name = _str(item, "name")
+        if not name:
+            raise errors.SpecError(f"spec.vmConfig.env[{i}].name is required")
+        if name in seen:
+            raise errors.SpecError(f"spec.vmConfig.env: duplicate name {name!r}")
+        seen.add(name)
+        source = _enum(item, "valueFrom", EnvSource, EnvSource.INLINE)
+        value = _str(item, "value")
+        if source is EnvSource.HOST and value:
+            raise errors.SpecError(f"spec.vmConfig.env[{i}] ({name}): value may only be set when valueFrom is INLINE")
+        out.append(EnvVar(name=name, source=source, value=value))
+    return tuple(out)
+
+
+def _match(spec: Mapping[str, Any]) -> tuple[TrafficMatch, ...]:
+    items = spec.get("match") or []
+    if not isinstance(items, list):
+        raise errors.SpecError("spec.match must be a list")
+    out: list[TrafficMatch] = []
+    for i, item in enumerate(items):
+        mode = _enum(item, "mode", MatchMode, MatchMode.CLIENT_AND_SERVER, unset="UNDEFINED")
+        ports: list[int] = []
+        for port in item.get("ports") or []:
+            number = port.get("number") if isinstance(port, Mapping) else None
+            if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+                raise errors.SpecError(f"spec.match[{i}].ports: {number!r} is not a port number (1-65535)")
+            ports.append(number)
+        out.append(TrafficMatch(mode=mode, ports=tuple(sorted(set(ports)))))
+    return tuple(out) or (TrafficMatch(mode=MatchMode.CLIENT_AND_SERVER, ports=()),)
+
+
+def _selector(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    sel = spec.get("selector") or {}
+    labels = (sel.get("matchLabels") or {}) if isinstance(sel, Mapping) else None
+    if not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values()):
+        raise errors.SpecError("spec.selector.matchLabels must map label names to strings")
+    return tuple(sorted((str(k), v) for k, v in labels.items()))
+
+
+def _target_refs(spec: Mapping[str, Any], namespace: str) -> tuple[TargetRef, ...]:
+    items = spec.get("targetRefs") or []
+    if len(items) > limits.MAX_TARGET_REFS:
+        raise errors.SpecError(f"spec.targetRefs has {len(items)} entries; at most {limits.MAX_TARGET_REFS}")
+    return tuple(
+        TargetRef(
+            group=_str(r, "group"),
+            kind=_str(r, "kind"),
+            name=_str(r, "name"),
+            namespace=_str(r, "namespace") or namespace,
+        )
+        for r in items
+    )
+
+
+def _priority(spec: Mapping[str, Any]) -> int | None:
+    value = spec.get("priority")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or abs(value) > 2**31 - 1:
+        raise errors.SpecError(f"spec.priority {value!r} is not a 32-bit integer")
+    return value
+
+
+def parse(body: Mapping[str, Any]) -> PluginSpec:
+    """A WasmPlugin object (``metadata`` + ``spec``) -> PluginSpec. Raises SpecError naming the field."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec")
+    if not isinstance(spec, Mapping):
+        raise errors.SpecError("spec is missing")
+    namespace = str(meta.get("namespace") or "")
+    name = str(meta.get("name") or "")
+    if not namespace or not name:
+        raise errors.SpecError("metadata.name and metadata.namespace are required")
+    url, scheme = normalise_url(_str(spec, "url"))
+    if spec.get("selector") is not None and spec.get("targetRefs"):
+        raise errors.SpecError("only one of spec.selector or spec.targetRefs can be set")
+    data_plane = _enum(spec, "dataPlane", DataPlane, DataPlane.ISTIO)
+    target_refs = _target_refs(spec, namespace)
+    if data_plane is DataPlane.AGENT and target_refs:
+        raise errors.SpecError("spec.targetRefs need the istio data plane; the agent data plane uses spec.selector")
+
+    raw_config = spec.get("pluginConfig")
+    if raw_config is not None and not isinstance(raw_config, Mapping):
+        raise errors.SpecError("spec.pluginConfig must be an object")
+    raw_schema = spec.get("pluginConfigSchema")
+    if raw_schema is not None:
+        if not isinstance(raw_schema, Mapping):
+            raise errors.SpecError("spec.pluginConfigSchema must be an object (a JSON Schema)")
+        check_plugin_config(raw_config, raw_schema)
+
+    return PluginSpec(
+        namespace=namespace,
+        name=name,
+        generation=int(meta.get("generation") or 0),
+        url=url,
+        scheme=scheme,
+        sha256=_sha256(spec, url),
+        pull_policy=_pull_policy(spec, url, scheme),
+        pull_secret=_str(spec, "imagePullSecret") or None,
+        plugin_config=canonical_json(raw_config) if raw_config is not None else "",
+        config_schema=canonical_json(raw_schema) if raw_schema is not None else None,
+        root_id=_str(spec, "pluginName"),
+        phase=_enum(spec, "phase", Phase, Phase.UNSPECIFIED),
+        priority=_priority(spec),
+        fail_strategy=_enum(spec, "failStrategy", FailStrategy, FailStrategy.FAIL_CLOSE),
+        env=_env(spec),
+        match=_match(spec),
+        type=_enum(spec, "type", PluginType, PluginType.HTTP, unset="UNSPECIFIED_PLUGIN_TYPE"),
+        data_plane=data_plane,
+        selector=_selector(spec),
+        target_refs=target_refs,
+    )
