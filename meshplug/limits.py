@@ -32,6 +32,8 @@ VM_MAX_MEMORY_BYTES = 256 * MiB
 CALLBACK_DEADLINE_MS = 1000
 #: VM start (instantiate, _initialize, on_vm_start, on_configure) budget
 START_DEADLINE_MS = 10_000
+#: epoch ticker period: the granularity of the callback CPU budget (a wakeup per tick while VMs exist)
+EPOCH_TICK_MS = 20
 #: header-pairs buffers from the guest (cpp-host: 1 MiB, 1024 pairs)
 MAX_PAIRS_BYTES = 1 * MiB
 MAX_PAIRS_COUNT = 1024
