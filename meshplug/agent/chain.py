@@ -1,0 +1,606 @@
+"""The sans-IO HTTP filter chain: plugins ordered by phase and priority; events in, decisions out.
+
+Called by the agent's I/O shell (meshplug.agent.server). It imports neither wasmtime, nor an HTTP server,
+nor asyncio (an .importlinter contract enforces it): filters are anything implementing `Filter`
+(meshplug.agent.host.Plugin does), and all I/O is the shell's.
+
+Shell usage::
+
+    chain = Chain([plugin_a, plugin_b])              # sorted: AUTHN, AUTHZ, STATS, UNSPECIFIED; priority desc
+    s = chain.new_stream(StreamInfo(remote_address="10.0.0.7", remote_port=5555, protocol="HTTP/1.1"))
+    s.on_progress = wake                              # called when async work (http-call response, tick,
+                                                      # queue) produced outputs for this stream
+    out = s.recv_request_headers(http1_request_headers(b"GET", b"/x", hdrs), end_stream=False)
+    out += s.recv_request_data(b"...", end_stream=True)
+    ... perform `out` in order:
+        SendHeaders(UPSTREAM|DOWNSTREAM, headers, end_stream)   headers keep pseudo-headers; see split_pseudo
+        SendData(target, data, end_stream)   SendTrailers(target, trailers)
+        AbortUpstream(reason)    a local reply replaced the upstream exchange: drop/close the upstream request
+        ResetStream(reason)      close downstream (and upstream) now; nothing more will be emitted
+    out = s.recv_response_headers(http1_response_headers(200, hdrs), end_stream=False); ... recv_response_data
+    s.complete()                                      # always, once: runs on_log / on_done / on_delete
+    later = s.take_outputs()                          # outputs produced asynchronously (after on_progress)
+
+Semantics follow Envoy's filter manager as proxy-wasm plugins observe it: request events visit filters in
+chain order, response events in reverse order; a filter that stops on headers holds the whole direction
+(later data queues and is delivered to it, coalesced, once it resumes); a filter that stops on a body chunk
+buffers it and is called again with the accumulated size; `Action.FAIL` applies the filter's
+`FailStrategy` (FAIL_OPEN bypasses it for the rest of the stream, FAIL_CLOSE / FAIL_RELOAD answer 503,
+details ``wasm_fail_stream``); a local reply stops the request direction and is encoded through the
+response path of the filters that saw the request (Envoy runs its encoder filters on local replies).
+Buffered bodies above `limits.MAX_BUFFERED_BODY_BYTES` get 413 (request) / 500 (response), as Envoy.
+Filters act on the stream only through their `StreamControl`, whose methods may be called at any time
+outside a filter callback (e.g. from an http-call response); the chain then advances the stream and calls
+`on_progress`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+from typing import Protocol
+
+from meshplug import limits
+
+Header = tuple[bytes, bytes]
+Headers = list[Header]
+
+
+class Phase(IntEnum):
+    """Istio WasmPlugin phases, in chain order."""
+
+    AUTHN = 0
+    AUTHZ = 1
+    STATS = 2
+    UNSPECIFIED = 3
+
+
+class FailStrategy(Enum):
+    FAIL_CLOSE = "FAIL_CLOSE"
+    FAIL_OPEN = "FAIL_OPEN"
+    FAIL_RELOAD = "FAIL_RELOAD"
+
+
+class Action(Enum):
+    """What a filter callback decided (proxy-wasm return codes are mapped by the host, ABI ref. 1.7)."""
+
+    CONTINUE = "continue"
+    STOP = "stop"  # headers/trailers: stop all iteration until resumed
+    BUFFER = "buffer"  # body: keep the chunk, call again with the accumulated body
+    FAIL = "fail"  # the plugin failed (trap, budget): apply its FailStrategy
+
+
+class Direction(IntEnum):
+    REQUEST = 0
+    RESPONSE = 1
+
+
+class Target(Enum):
+    UPSTREAM = "upstream"
+    DOWNSTREAM = "downstream"
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """Connection facts the shell knows; plugins read them as properties."""
+
+    remote_address: str = "127.0.0.1"
+    remote_port: int = 0
+    local_address: str = "127.0.0.1"
+    local_port: int = 0
+    protocol: str = "HTTP/1.1"
+    scheme: str = "http"
+    connection_id: int = 0
+    start_time_ns: int = 0
+    mtls: bool = False
+
+
+@dataclass(frozen=True)
+class LocalReply:
+    status: int
+    headers: tuple[Header, ...] = ()
+    body: bytes = b""
+    details: str = ""
+    grpc_status: int | None = None
+
+
+# ---- outputs --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SendHeaders:
+    target: Target
+    headers: tuple[Header, ...]
+    end_stream: bool
+
+
+@dataclass(frozen=True)
+class SendData:
+    target: Target
+    data: bytes
+    end_stream: bool
+
+
+@dataclass(frozen=True)
+class SendTrailers:
+    target: Target
+    trailers: tuple[Header, ...]
+
+
+@dataclass(frozen=True)
+class AbortUpstream:
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResetStream:
+    reason: str
+
+
+Output = SendHeaders | SendData | SendTrailers | AbortUpstream | ResetStream
+
+
+# ---- what filters implement -----------------------------------------------------------------------
+class FilterStream(Protocol):
+    """One filter's state for one stream (a proxy-wasm HTTP context)."""
+
+    def on_headers(self, direction: Direction, end_stream: bool) -> Action: ...
+
+    def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action: ...
+
+    def on_trailers(self, direction: Direction) -> Action: ...
+
+    def on_complete(self) -> None: ...
+
+
+class Filter(Protocol):
+    """A plugin instance as the chain sees it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def phase(self) -> Phase: ...
+
+    @property
+    def priority(self) -> int | None: ...
+
+    @property
+    def fail_strategy(self) -> FailStrategy: ...
+
+    def new_stream(self, control: StreamControl) -> FilterStream | None:
+        """A stream context; None = bypass this filter for the stream (e.g. failed and FAIL_OPEN)."""
+        ...
+
+
+def order(filters: Sequence[Filter]) -> list[Filter]:
+    """Istio order: phase (AUTHN, AUTHZ, STATS, UNSPECIFIED), then priority high->low (unset last),
+    then the given order (creation time), then name."""
+    indexed = list(enumerate(filters))
+
+    def key(item: tuple[int, Filter]) -> tuple[int, int, int, int, str]:
+        idx, f = item
+        prio = f.priority
+        return (int(f.phase), 0 if prio is not None else 1, -(prio or 0), idx, f.name)
+
+    return [f for _, f in sorted(indexed, key=key)]
+
+
+# ---- HTTP/1.1 pseudo-header helpers ---------------------------------------------------------------
+def http1_request_headers(method: bytes, target: bytes, headers: Sequence[Header], scheme: bytes = b"http") -> Headers:
+    """HTTP/1.1 request line + headers -> proxy-wasm request map: :method :path :authority :scheme first,
+    keys lower-cased, Host folded into :authority (as Envoy's HTTP/1 codec does)."""
+    authority = b""
+    rest: Headers = []
+    for k, v in headers:
+        lk = k.lower()
+        if lk == b"host":
+            if not authority:
+                authority = v
+            continue
+        rest.append((lk, v))
+    return [(b":method", method), (b":path", target), (b":authority", authority), (b":scheme", scheme), *rest]
+
+
+def http1_response_headers(status: int, headers: Sequence[Header]) -> Headers:
+    return [(b":status", str(status).encode()), *((k.lower(), v) for k, v in headers)]
+
+
+def split_pseudo(headers: Sequence[Header]) -> tuple[dict[bytes, bytes], Headers]:
+    """(pseudo-headers by name, regular headers) for the shell to write an HTTP/1.1 message;
+    :authority becomes Host."""
+    pseudo: dict[bytes, bytes] = {}
+    regular: Headers = []
+    for k, v in headers:
+        if k.startswith(b":"):
+            pseudo.setdefault(k, v)
+        else:
+            regular.append((k, v))
+    return pseudo, regular
+
+
+# ---- the chain ------------------------------------------------------------------------------------
+class Chain:
+    """An ordered set of filters; makes streams. Immutable once built (a new config builds a new chain)."""
+
+    def __init__(self, filters: Sequence[Filter]) -> None:
+        self.filters: tuple[Filter, ...] = tuple(order(filters))
+
+    def new_stream(self, info: StreamInfo | None = None) -> Stream:
+        return Stream(self, info or StreamInfo())
+
+
+_FRAME_HEADERS = "h"
+_FRAME_DATA = "d"
+_FRAME_TRAILERS = "t"
+
+
+@dataclass
+class _Frame:
+    kind: str
+    end_stream: bool = False
+    data: bytes = b""
+
+
+@dataclass
+class _Lane:
+    """One direction's pipeline: position i holds frames waiting for filter i (i == n: output)."""
+
+    n: int
+    inbox: list[deque[_Frame]] = field(default_factory=list)
+    held: list[_Frame | None] = field(default_factory=list)  # headers/trailers frame held by a stop
+    body: list[bytearray] = field(default_factory=list)
+    buffering: list[bool] = field(default_factory=list)
+    body_end: list[bool] = field(default_factory=list)
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.inbox = [deque() for _ in range(self.n + 1)]
+        self.held = [None] * self.n
+        self.body = [bytearray() for _ in range(self.n)]
+        self.buffering = [False] * self.n
+        self.body_end = [False] * self.n
+
+
+class StreamControl:
+    """A filter's handle on one stream: the maps and bodies it may read/write, and its actions."""
+
+    def __init__(self, stream: Stream, index: int) -> None:
+        self._stream = stream
+        self.index = index  # position in request order
+
+    @property
+    def info(self) -> StreamInfo:
+        return self._stream.info
+
+    def headers(self, direction: Direction) -> Headers:
+        s = self._stream
+        return s.request_headers if direction == Direction.REQUEST else s.response_headers
+
+    def trailers(self, direction: Direction) -> Headers:
+        s = self._stream
+        return s.request_trailers if direction == Direction.REQUEST else s.response_trailers
+
+    def body(self, direction: Direction) -> bytearray:
+        """The body this filter is being shown (its accumulated buffer)."""
+        lane = self._stream._lanes[direction]
+        return lane.body[self._stream._pos(direction, self.index)]
+
+    def resume(self, direction: Direction) -> None:
+        self._stream._control(("resume", self.index, direction))
+
+    def send_local_reply(self, reply: LocalReply) -> None:
+        self._stream._control(("reply", self.index, reply))
+
+    def close(self) -> None:
+        self._stream._control(("close", self.index, None))
+
+    def fail(self) -> None:
+        """The plugin failed outside a callback (e.g. a trap in an http-call response)."""
+        self._stream._control(("fail", self.index, None))
+
+    @property
+    def response_started(self) -> bool:
+        return self._stream.response_started
+
+
+_Control = tuple[str, int, object]
+
+
+class Stream:
+    """One HTTP exchange through the chain. Not thread-safe; the shell serializes calls per chain."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, chain: Chain, info: StreamInfo) -> None:
+        self.id = next(Stream._ids)
+        self.chain = chain
+        self.info = info
+        self.request_headers: Headers = []
+        self.response_headers: Headers = []
+        self.request_trailers: Headers = []
+        self.response_trailers: Headers = []
+        self.on_progress: Callable[[Stream], None] | None = None
+        self.response_started = False  # response headers went downstream
+        self.upstream_started = False
+        self.local_reply: LocalReply | None = None
+        self.reset: str | None = None
+        self.completed = False
+        n = len(chain.filters)
+        self._n = n
+        self._lanes = (_Lane(n), _Lane(n))
+        self._ctx: list[FilterStream | None] = [None] * n
+        self._created = [False] * n
+        self._bypass = [False] * n
+        self._seen_request = [False] * n
+        self._controls: deque[_Control] = deque()
+        self._outputs: list[Output] = []
+        self._busy = False
+
+    # ---- positions: request lane uses chain order, response lane the reverse ------------------------
+    def _pos(self, direction: Direction, index: int) -> int:
+        return index if direction == Direction.REQUEST else self._n - 1 - index
+
+    def _index(self, direction: Direction, pos: int) -> int:
+        return pos if direction == Direction.REQUEST else self._n - 1 - pos
+
+    def _filter_stream(self, index: int) -> FilterStream | None:
+        if not self._created[index]:
+            self._created[index] = True
+            self._ctx[index] = self.chain.filters[index].new_stream(StreamControl(self, index))
+        if self._bypass[index]:
+            return None
+        return self._ctx[index]
+
+    # ---- events in -------------------------------------------------------------------------------
+    def recv_request_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
+        self.request_headers[:] = headers
+        return self._feed(Direction.REQUEST, _Frame(_FRAME_HEADERS, end_stream))
+
+    def recv_request_data(self, data: bytes, end_stream: bool) -> list[Output]:
+        return self._feed(Direction.REQUEST, _Frame(_FRAME_DATA, end_stream, bytes(data)))
+
+    def recv_request_trailers(self, trailers: Headers) -> list[Output]:
+        self.request_trailers[:] = [(k.lower(), v) for k, v in trailers]
+        return self._feed(Direction.REQUEST, _Frame(_FRAME_TRAILERS, True))
+
+    def recv_response_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
+        if self.local_reply is not None or self.reset is not None:
+            return self.take_outputs()
+        self.response_headers[:] = headers
+        return self._feed(Direction.RESPONSE, _Frame(_FRAME_HEADERS, end_stream))
+
+    def recv_response_data(self, data: bytes, end_stream: bool) -> list[Output]:
+        if self.local_reply is not None or self.reset is not None:
+            return self.take_outputs()
+        return self._feed(Direction.RESPONSE, _Frame(_FRAME_DATA, end_stream, bytes(data)))
+
+    def recv_response_trailers(self, trailers: Headers) -> list[Output]:
+        if self.local_reply is not None or self.reset is not None:
+            return self.take_outputs()
+        self.response_trailers[:] = [(k.lower(), v) for k, v in trailers]
+        return self._feed(Direction.RESPONSE, _Frame(_FRAME_TRAILERS, True))
+
+    def complete(self) -> list[Output]:
+        """The exchange is over (or the client went away): log/done/delete every created context once."""
+        if not self.completed:
+            self.completed = True
+            for ctx in self._ctx:
+                if ctx is not None:
+                    ctx.on_complete()
+        return self.take_outputs()
+
+    def take_outputs(self) -> list[Output]:
+        out, self._outputs = self._outputs, []
+        return out
+
+    # ---- machinery -------------------------------------------------------------------------------
+    def _feed(self, direction: Direction, frame: _Frame) -> list[Output]:
+        lane = self._lanes[direction]
+        if not lane.closed and self.reset is None:
+            lane.inbox[0].append(frame)
+            self._run()
+        return self.take_outputs()
+
+    def _control(self, control: _Control) -> None:
+        self._controls.append(control)
+        if not self._busy:
+            self._run()
+            if self._outputs and self.on_progress is not None:
+                self.on_progress(self)
+
+    def _run(self) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            progress = True
+            while progress:
+                progress = self._apply_controls()
+                for direction in (Direction.REQUEST, Direction.RESPONSE):
+                    progress = self._step(direction) or progress
+        finally:
+            self._busy = False
+
+    def _step(self, direction: Direction) -> bool:
+        lane = self._lanes[direction]
+        moved = False
+        for pos in range(self._n):
+            if lane.closed or self.reset is not None:
+                return moved
+            while lane.inbox[pos] and lane.held[pos] is None and not lane.closed and self.reset is None:
+                frame = lane.inbox[pos].popleft()
+                if frame.kind == _FRAME_DATA:
+                    # coalesce what queued while the filter held the direction
+                    while lane.inbox[pos] and lane.inbox[pos][0].kind == _FRAME_DATA:
+                        nxt = lane.inbox[pos].popleft()
+                        frame = _Frame(_FRAME_DATA, nxt.end_stream, frame.data + nxt.data)
+                self._deliver(direction, pos, frame)
+                moved = True
+                if self._controls:
+                    return True
+        self._emit(direction)
+        return moved
+
+    def _deliver(self, direction: Direction, pos: int, frame: _Frame) -> None:
+        lane = self._lanes[direction]
+        index = self._index(direction, pos)
+        if direction == Direction.REQUEST and frame.kind == _FRAME_HEADERS:
+            self._seen_request[index] = True
+        fs = self._filter_stream(index)
+        if fs is None or (direction == Direction.RESPONSE and not self._seen_request[index]):
+            lane.inbox[pos + 1].append(frame)
+            return
+        if frame.kind == _FRAME_HEADERS:
+            action = fs.on_headers(direction, frame.end_stream)
+        elif frame.kind == _FRAME_TRAILERS:
+            action = fs.on_trailers(direction)
+        else:
+            body = lane.body[pos]
+            body += frame.data
+            lane.body_end[pos] = frame.end_stream
+            if len(body) > limits.MAX_BUFFERED_BODY_BYTES:
+                self._overflow(direction)
+                return
+            action = fs.on_body(direction, len(body), frame.end_stream)
+        if action == Action.FAIL:
+            self._controls.appendleft(("fail", index, None))
+            # the frame continues if the strategy bypasses the filter
+            lane.held[pos] = frame
+            return
+        if action == Action.CONTINUE:
+            self._forward(lane, pos, frame)
+        elif frame.kind == _FRAME_DATA:
+            lane.buffering[pos] = True
+        else:
+            lane.held[pos] = frame
+
+    def _forward(self, lane: _Lane, pos: int, frame: _Frame) -> None:
+        nxt = lane.inbox[pos + 1]
+        if frame.kind == _FRAME_DATA:
+            data = bytes(lane.body[pos])
+            lane.body[pos].clear()
+            lane.buffering[pos] = False
+            nxt.append(_Frame(_FRAME_DATA, frame.end_stream, data))
+            return
+        if frame.kind == _FRAME_TRAILERS and lane.body[pos]:
+            nxt.append(_Frame(_FRAME_DATA, False, bytes(lane.body[pos])))
+            lane.body[pos].clear()
+            lane.buffering[pos] = False
+        nxt.append(frame)
+
+    def _resume(self, direction: Direction, pos: int) -> None:
+        lane = self._lanes[direction]
+        held = lane.held[pos]
+        if held is not None:
+            lane.held[pos] = None
+            self._forward(lane, pos, held)
+        elif lane.buffering[pos]:
+            self._forward(lane, pos, _Frame(_FRAME_DATA, lane.body_end[pos]))
+
+    def _emit(self, direction: Direction) -> None:
+        lane = self._lanes[direction]
+        out = lane.inbox[self._n]
+        target = Target.UPSTREAM if direction == Direction.REQUEST else Target.DOWNSTREAM
+        while out:
+            frame = out.popleft()
+            if frame.kind == _FRAME_HEADERS:
+                headers = self.request_headers if direction == Direction.REQUEST else self.response_headers
+                self._outputs.append(SendHeaders(target, tuple(headers), frame.end_stream))
+                if direction == Direction.REQUEST:
+                    self.upstream_started = True
+                else:
+                    self.response_started = True
+            elif frame.kind == _FRAME_DATA:
+                self._outputs.append(SendData(target, frame.data, frame.end_stream))
+            else:
+                trailers = self.request_trailers if direction == Direction.REQUEST else self.response_trailers
+                self._outputs.append(SendTrailers(target, tuple(trailers)))
+
+    def _apply_controls(self) -> bool:
+        applied = False
+        while self._controls:
+            if self.reset is not None:
+                self._controls.clear()
+                return applied
+            kind, index, arg = self._controls.popleft()
+            applied = True
+            if kind == "resume":
+                assert isinstance(arg, Direction)
+                if self.local_reply is None or arg == Direction.RESPONSE:
+                    self._resume(arg, self._pos(arg, index))
+            elif kind == "reply":
+                assert isinstance(arg, LocalReply)
+                if self.local_reply is not None:
+                    # a second reply (e.g. from the reply's own response callbacks) is ignored, as Envoy does
+                    self._resume(Direction.RESPONSE, self._pos(Direction.RESPONSE, index))
+                else:
+                    self._send_local_reply(arg, index)
+            elif kind == "close":
+                self._reset("wasm_close_stream")
+            elif kind == "fail":
+                self._fail(index)
+        return applied
+
+    def _fail(self, index: int) -> None:
+        f = self.chain.filters[index]
+        self._bypass[index] = True
+        if f.fail_strategy == FailStrategy.FAIL_OPEN:
+            for direction in (Direction.REQUEST, Direction.RESPONSE):
+                self._resume(direction, self._pos(direction, index))
+            return
+        if self.response_started:
+            self._reset("wasm_fail_stream")
+            return
+        self._send_local_reply(LocalReply(503, details="wasm_fail_stream", grpc_status=14), index)
+
+    def _overflow(self, direction: Direction) -> None:
+        if direction == Direction.REQUEST:
+            self._send_local_reply(LocalReply(413, body=b"Payload Too Large", details="request_payload_too_large"), 0)
+        elif not self.response_started:
+            self._send_local_reply(
+                LocalReply(500, body=b"Internal Server Error", details="response_payload_too_large"), self._n - 1
+            )
+        else:
+            self._reset("response_payload_too_large")
+
+    def _reset(self, reason: str) -> None:
+        if self.reset is None:
+            self.reset = reason
+            for lane in self._lanes:
+                lane.closed = True
+            self._outputs.append(ResetStream(reason))
+
+    def _send_local_reply(self, reply: LocalReply, index: int) -> None:
+        if self.local_reply is not None:
+            return
+        if self.response_started:
+            self._reset(reply.details or "local_reply_after_response_started")
+            return
+        self.local_reply = reply
+        req = self._lanes[Direction.REQUEST]
+        req.closed = True
+        self._outputs.append(AbortUpstream(reply.details or "local_reply"))
+        headers: Headers = [(b":status", str(reply.status).encode())]
+        names = set()
+        for k, v in reply.headers:
+            headers.append((k.lower(), v))
+            names.add(k.lower())
+        if reply.body and b"content-type" not in names:
+            headers.append((b"content-type", b"text/plain"))
+        if b"content-length" not in names:
+            headers.append((b"content-length", str(len(reply.body)).encode()))
+        if reply.grpc_status is not None and 0 <= reply.grpc_status <= 16:
+            headers.append((b"grpc-status", str(reply.grpc_status).encode()))
+        # a fresh response lane, entered after the position of the replying filter (response order):
+        # filters later in the chain never saw the request and are skipped
+        lane = _Lane(self._n)
+        self._lanes = (req, lane)
+        self.response_headers[:] = headers
+        self.response_trailers.clear()
+        start = 0
+        end_stream = not reply.body
+        lane.inbox[start].append(_Frame(_FRAME_HEADERS, end_stream))
+        if reply.body:
+            lane.inbox[start].append(_Frame(_FRAME_DATA, True, reply.body))

@@ -1,0 +1,641 @@
+"""One wasm instance behind a small interface: the only module that touches wasmtime's low-level bindings.
+
+meshplug.agent.host creates a `Guest` per VM through `Runtime.new_guest(...)` and drives it with plain
+Python ints: `guest.func("proxy_on_request_headers")(ctx, n, eos)`; host functions (built by
+meshplug.agent.abi and meshplug.agent.wasi) receive unsigned ints (i32 masked to u32, i64 to u64) and
+return an int (or None for `() -> ()`). Guest memory is read and written through bounds-checked
+`read`/`write`/`read_u32`/`write_u32`/`write_u64`, which raise `MemoryFault` when out of range.
+
+Two backends implement the same interface:
+
+* ``fast`` -- wasmtime's C API through ctypes (`wasmtime_func_call_unchecked`,
+  `wasmtime_linker_define_func_unchecked`, the raw linear-memory pointer behind a cached memoryview).
+  It relies on the C ABI of the pinned wasmtime==50.0.1 (checked at import: `FAST_AVAILABLE`).
+* ``public`` -- wasmtime-py's public API (`Func.__call__`, `Linker.define_func`, `Memory.read`), ~30x
+  slower per call; kept as the reference the fast path is tested against.
+
+Sandbox: the `Runtime`'s engine has epoch interruption on; a ticker thread advances the epoch every
+`limits.EPOCH_TICK_MS` and every top-level guest call gets a deadline (`limits.CALLBACK_DEADLINE_MS`), so a
+loop traps with reason ``cpu_budget``. Each store's linear memory is capped (`limits.VM_MAX_MEMORY_BYTES`).
+A trap surfaces as `PluginRuntimeError`; an exception raised by a host function propagates unchanged.
+
+Modules: `Runtime.load(data)` compiles (or deserializes, via meshplug.compiled when present) once per
+digest; never call it on the request path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib
+import importlib.metadata
+import struct
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+from meshplug import errors, limits
+
+#: the exact wasmtime-py version whose C ABI the fast backend is written against
+PINNED_WASMTIME = "50.0.1"
+WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+FAST_AVAILABLE = WASMTIME_VERSION == PINNED_WASMTIME
+
+#: engine settings; part of every precompiled artifact's cache key (meshplug.compiled)
+ENGINE_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("epoch_interruption", "1"),
+    ("cranelift_opt_level", "speed"),
+)
+ENGINE_FINGERPRINT = hashlib.sha256(
+    ";".join(f"{k}={v}" for k, v in (("wasmtime", WASMTIME_VERSION), *ENGINE_SETTINGS)).encode()
+).hexdigest()[:16]
+
+BACKENDS = ("fast", "public")
+
+HostFunc = Callable[..., int | None]
+GuestFunc = Callable[..., int]
+
+_MASK = {"i32": 0xFFFF_FFFF, "i64": 0xFFFF_FFFF_FFFF_FFFF}
+
+
+@dataclass(frozen=True)
+class Signature:
+    params: tuple[str, ...]
+    results: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ImportDecl:
+    module: str
+    name: str
+    sig: Signature
+
+
+class MemoryFault(Exception):
+    """A guest pointer/length pair outside the linear memory."""
+
+
+class GuestExit(Exception):
+    """Raised by the proc_exit shim; the host decides whether it is success (code 0 in _start)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"proc_exit({code})")
+        self.code = code
+
+
+def _valtype_name(vt: wasmtime.ValType) -> str:
+    return str(vt)
+
+
+def _sig(ft: wasmtime.FuncType) -> Signature:
+    return Signature(tuple(_valtype_name(p) for p in ft.params), tuple(_valtype_name(r) for r in ft.results))
+
+
+_VALTYPES: dict[str, Callable[[], wasmtime.ValType]] = {
+    "i32": wasmtime.ValType.i32,
+    "i64": wasmtime.ValType.i64,
+    "f32": wasmtime.ValType.f32,
+    "f64": wasmtime.ValType.f64,
+}
+
+
+def functype(sig: Signature) -> wasmtime.FuncType:
+    return wasmtime.FuncType([_VALTYPES[p]() for p in sig.params], [_VALTYPES[r]() for r in sig.results])
+
+
+def _compiled_module() -> Any | None:
+    try:
+        return importlib.import_module("meshplug.compiled")
+    except ImportError:
+        return None
+
+
+class Runtime:
+    """One engine (epoch interruption on), its epoch ticker, and module loading. Shared by all VMs."""
+
+    def __init__(self, *, tick_ms: int = limits.EPOCH_TICK_MS) -> None:
+        cfg = wasmtime.Config()
+        settings = dict(ENGINE_SETTINGS)
+        cfg.epoch_interruption = settings["epoch_interruption"] == "1"
+        cfg.cranelift_opt_level = settings["cranelift_opt_level"]
+        self.engine = wasmtime.Engine(cfg)
+        self.tick_ms = tick_ms
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- epoch ticker ------------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self._ticker is None:
+                self._stop.clear()
+                self._ticker = threading.Thread(target=self._tick, name="meshplug-epoch", daemon=True)
+                self._ticker.start()
+
+    def close(self) -> None:
+        with self._lock:
+            ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            self._stop.set()
+            ticker.join()
+
+    def _tick(self) -> None:
+        period = self.tick_ms / 1000.0
+        while not self._stop.wait(period):
+            self.engine.increment_epoch()
+
+    def deadline_ticks(self, deadline_ms: int) -> int:
+        return -(-deadline_ms // self.tick_ms) + 1
+
+    # -- modules -----------------------------------------------------------------------------------
+    def load(self, data: bytes) -> wasmtime.Module:
+        """Compile `data` (or deserialize its cached artifact through meshplug.compiled when present)."""
+        compiled = _compiled_module()
+        try:
+            if compiled is not None and hasattr(compiled, "load_module"):
+                return cast(wasmtime.Module, compiled.load_module(self.engine, data, ENGINE_FINGERPRINT))
+            return wasmtime.Module(self.engine, data)
+        except wasmtime.WasmtimeError as exc:
+            raise errors.PluginStartError(f"module does not compile: {exc}", reason="compile_failed") from exc
+
+    def deserialize(self, blob: bytes) -> wasmtime.Module:
+        return wasmtime.Module.deserialize(self.engine, blob)
+
+    @staticmethod
+    def imports(module: wasmtime.Module) -> list[ImportDecl]:
+        out: list[ImportDecl] = []
+        for imp in module.imports:
+            ty = imp.type
+            if not isinstance(ty, wasmtime.FuncType):
+                raise errors.PluginStartError(
+                    f"module imports non-function {imp.module}.{imp.name}", reason="unsupported_import"
+                )
+            out.append(ImportDecl(imp.module, imp.name or "", _sig(ty)))
+        return out
+
+    @staticmethod
+    def exports(module: wasmtime.Module) -> dict[str, Signature]:
+        return {e.name: _sig(e.type) for e in module.exports if isinstance(e.type, wasmtime.FuncType)}
+
+    def new_guest(
+        self,
+        module: wasmtime.Module,
+        imports: Sequence[tuple[ImportDecl, HostFunc]],
+        *,
+        backend: str = "fast",
+        memory_cap: int = limits.VM_MAX_MEMORY_BYTES,
+        deadline_ms: int = limits.CALLBACK_DEADLINE_MS,
+    ) -> Guest:
+        """A not-yet-instantiated guest; call `instantiate()` (host functions may run during it)."""
+        self.start()
+        if backend == "fast" and FAST_AVAILABLE:
+            return FastGuest(self, module, imports, memory_cap=memory_cap, deadline_ms=deadline_ms)
+        if backend in BACKENDS:
+            return PublicGuest(self, module, imports, memory_cap=memory_cap, deadline_ms=deadline_ms)
+        raise errors.HostError(f"unknown wasm backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+
+_default_runtime: Runtime | None = None
+_default_lock = threading.Lock()
+
+
+def default_runtime() -> Runtime:
+    """The process-wide runtime (one engine, one ticker)."""
+    global _default_runtime  # noqa: PLW0603 -- one engine per process is the point
+    with _default_lock:
+        if _default_runtime is None:
+            _default_runtime = Runtime()
+        return _default_runtime
+
+
+def _trap_error(trap: wasmtime.Trap | wasmtime.WasmtimeError) -> errors.PluginRuntimeError:
+    code = trap.trap_code if isinstance(trap, wasmtime.Trap) else None
+    if code == wasmtime.TrapCode.INTERRUPT:
+        return errors.PluginRuntimeError("guest exceeded its CPU budget (epoch deadline)", reason="cpu_budget")
+    text = str(trap).splitlines()[0] if str(trap) else "trap"
+    return errors.PluginRuntimeError(f"guest trapped: {text}", reason="trap")
+
+
+class Guest(ABC):
+    """One wasm instance in its own store. Not thread-safe; one VM call at a time (re-entrant for allocs)."""
+
+    backend: ClassVar[str]
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        module: wasmtime.Module,
+        imports: Sequence[tuple[ImportDecl, HostFunc]],
+        *,
+        memory_cap: int,
+        deadline_ms: int,
+    ) -> None:
+        self.runtime = runtime
+        self.module = module
+        self.exports = runtime.exports(module)
+        self.store = wasmtime.Store(runtime.engine)
+        self.store.set_limits(memory_size=memory_cap)
+        self.memory_cap = memory_cap
+        self.deadline_ticks = runtime.deadline_ticks(deadline_ms)
+        self.store.set_epoch_deadline(runtime.deadline_ticks(limits.START_DEADLINE_MS))
+        self.depth = 0
+        self.instance: wasmtime.Instance | None = None
+        self._imports = list(imports)
+
+    @abstractmethod
+    def instantiate(self) -> None:
+        """Instantiate (runs the start section). Traps raise PluginStartError."""
+
+    @abstractmethod
+    def func(self, name: str) -> GuestFunc | None:
+        """A callable for export `name` taking/returning unsigned ints, or None if not exported."""
+
+    @abstractmethod
+    def memory_size(self) -> int: ...
+
+    @abstractmethod
+    def read(self, ptr: int, size: int) -> bytes: ...
+
+    @abstractmethod
+    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None: ...
+
+    def read_u32(self, ptr: int) -> int:
+        return int.from_bytes(self.read(ptr, 4), "little")
+
+    def write_u32(self, ptr: int, value: int) -> None:
+        self.write(ptr, (value & 0xFFFF_FFFF).to_bytes(4, "little"))
+
+    def write_u64(self, ptr: int, value: int) -> None:
+        self.write(ptr, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
+
+    def set_deadline_ms(self, deadline_ms: int) -> None:
+        """Budget for the next top-level calls (the host widens it during VM start)."""
+        self.deadline_ticks = self.runtime.deadline_ticks(deadline_ms)
+
+    def _check_start(self, exc: BaseException) -> None:
+        if isinstance(exc, wasmtime.Trap | wasmtime.WasmtimeError):
+            err = _trap_error(exc)
+            raise errors.PluginStartError(f"instantiation failed: {err.message}", reason=err.reason) from exc
+
+
+# ------------------------------------------------------------------------------------------------
+# public-API backend (reference)
+# ------------------------------------------------------------------------------------------------
+class PublicGuest(Guest):
+    backend = "public"
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        module: wasmtime.Module,
+        imports: Sequence[tuple[ImportDecl, HostFunc]],
+        *,
+        memory_cap: int,
+        deadline_ms: int,
+    ) -> None:
+        super().__init__(runtime, module, imports, memory_cap=memory_cap, deadline_ms=deadline_ms)
+        self._caller: wasmtime.Caller | None = None
+        self._memory: wasmtime.Memory | None = None
+        self._funcs: dict[str, GuestFunc | None] = {}
+        self.linker = wasmtime.Linker(runtime.engine)
+        for decl, fn in self._imports:
+            self.linker.define_func(decl.module, decl.name, functype(decl.sig), self._wrap(decl, fn), True)
+
+    def _wrap(self, decl: ImportDecl, fn: HostFunc) -> Callable[..., Any]:
+        masks = tuple(_MASK.get(p, 0) for p in decl.sig.params)
+        has_result = bool(decl.sig.results)
+        signed_result = decl.sig.results[:1] == ("i32",)
+
+        def host(caller: wasmtime.Caller, *args: Any) -> Any:
+            outer = self._caller
+            self._caller = caller
+            try:
+                vals = [a & m if m else a for a, m in zip(args, masks, strict=True)]
+                result = fn(*vals)
+            finally:
+                self._caller = outer
+            if not has_result:
+                return None
+            value = int(result or 0)
+            if signed_result:
+                value &= 0xFFFF_FFFF
+                return value - (1 << 32) if value >= 1 << 31 else value
+            value &= 0xFFFF_FFFF_FFFF_FFFF
+            return value - (1 << 64) if value >= 1 << 63 else value
+
+        return host
+
+    def instantiate(self) -> None:
+        try:
+            self.instance = self.linker.instantiate(self.store, self.module)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            self._check_start(exc)
+            raise
+        mem = self.instance.exports(self.store).get("memory")
+        if isinstance(mem, wasmtime.Memory):
+            self._memory = mem
+
+    def func(self, name: str) -> GuestFunc | None:
+        if name in self._funcs:
+            return self._funcs[name]
+        sig = self.exports.get(name)
+        fn: GuestFunc | None = None
+        target: Any = None
+        if self.instance is not None:
+            target = self.instance.exports(self.store).get(name)
+        elif self._caller is not None:
+            target = self._caller.get(name)
+        if sig is not None and isinstance(target, wasmtime.Func):
+            fn = self._make_call(target, sig)
+        if self.instance is not None:
+            self._funcs[name] = fn
+        return fn
+
+    def _make_call(self, target: wasmtime.Func, sig: Signature) -> GuestFunc:
+        mask = _MASK.get(sig.results[0], 0) if sig.results else 0
+
+        def call(*args: int) -> int:
+            signed = [a - (1 << 32) if a >= 1 << 31 else a for a in args]
+            top = self.depth == 0
+            if top:
+                self.store.set_epoch_deadline(self.deadline_ticks)
+            self.depth += 1
+            try:
+                store: Any = self._caller if self._caller is not None else self.store
+                result = target(store, *signed)
+            except wasmtime.Trap as exc:
+                raise _trap_error(exc) from None
+            except wasmtime.WasmtimeError as exc:
+                raise _trap_error(exc) from None
+            finally:
+                self.depth -= 1
+            if result is None or not mask:
+                return 0
+            return int(result) & mask
+
+        return call
+
+    def _mem(self) -> tuple[wasmtime.Memory, Any]:
+        if self._caller is not None:
+            mem = self._caller.get("memory")
+            if isinstance(mem, wasmtime.Memory):
+                return mem, self._caller
+        if self._memory is None:
+            raise MemoryFault("module exports no memory")
+        return self._memory, self.store
+
+    def memory_size(self) -> int:
+        mem, store = self._mem()
+        return int(mem.data_len(store))
+
+    def read(self, ptr: int, size: int) -> bytes:
+        if size == 0:
+            return b""
+        mem, store = self._mem()
+        if ptr < 0 or size < 0 or ptr + size > mem.data_len(store):
+            raise MemoryFault(f"read [{ptr}, {ptr + size}) outside memory")
+        return bytes(mem.read(store, ptr, ptr + size))
+
+    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
+        if len(data) == 0:
+            return
+        mem, store = self._mem()
+        if ptr < 0 or ptr + len(data) > mem.data_len(store):
+            raise MemoryFault(f"write [{ptr}, {ptr + len(data)}) outside memory")
+        mem.write(store, bytes(data), ptr)
+
+
+# ------------------------------------------------------------------------------------------------
+# fast backend: wasmtime C API via ctypes (pinned wasmtime==50.0.1)
+# ------------------------------------------------------------------------------------------------
+_c_void_p = ctypes.c_void_p
+_c_size_t = ctypes.c_size_t
+
+# our own prototypes on the same library, so wasmtime-py's own argtypes stay untouched
+_UNCHECKED_CB = ctypes.CFUNCTYPE(_c_size_t, _c_void_p, _c_void_p, _c_void_p, _c_size_t)
+_dll = ffi.dll
+_call_unchecked = ctypes.CFUNCTYPE(_c_void_p, _c_void_p, _c_void_p, _c_void_p, _c_size_t, _c_void_p)(
+    ("wasmtime_func_call_unchecked", _dll)
+)
+_define_unchecked = ctypes.CFUNCTYPE(
+    _c_void_p,
+    _c_void_p,
+    ctypes.c_char_p,
+    _c_size_t,
+    ctypes.c_char_p,
+    _c_size_t,
+    _c_void_p,
+    _UNCHECKED_CB,
+    _c_void_p,
+    _c_void_p,
+)(("wasmtime_linker_define_func_unchecked", _dll))
+_memory_data = ctypes.CFUNCTYPE(_c_void_p, _c_void_p, _c_void_p)(("wasmtime_memory_data", _dll))
+_memory_data_size = ctypes.CFUNCTYPE(_c_size_t, _c_void_p, _c_void_p)(("wasmtime_memory_data_size", _dll))
+_set_epoch_deadline = ctypes.CFUNCTYPE(None, _c_void_p, ctypes.c_uint64)(("wasmtime_context_set_epoch_deadline", _dll))
+_trap_new = ctypes.CFUNCTYPE(_c_void_p, ctypes.c_char_p, _c_size_t)(("wasmtime_trap_new", _dll))
+_caller_export_get = ctypes.CFUNCTYPE(ctypes.c_bool, _c_void_p, ctypes.c_char_p, _c_size_t, _c_void_p)(
+    ("wasmtime_caller_export_get", _dll)
+)
+
+_RAW = 16  # sizeof(wasmtime_val_raw_t)
+_FMT = {"i32": "I12x", "i64": "Q8x", "f32": "f12x", "f64": "d8x"}
+_HOST_TRAP_MSG = b"meshplug host function failed"
+
+
+def _addr(obj: Any) -> int:
+    return int(ctypes.cast(obj, _c_void_p).value or 0)
+
+
+class FastGuest(Guest):
+    backend = "fast"
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        module: wasmtime.Module,
+        imports: Sequence[tuple[ImportDecl, HostFunc]],
+        *,
+        memory_cap: int,
+        deadline_ms: int,
+    ) -> None:
+        super().__init__(runtime, module, imports, memory_cap=memory_cap, deadline_ms=deadline_ms)
+        self._ctx = _addr(self.store._context())
+        self._exc: BaseException | None = None
+        self._caller = 0
+        self._trap = _c_void_p()
+        self._trap_addr = ctypes.addressof(self._trap)
+        self._mem_addr = 0
+        self._mem_keep: Any = None
+        self._mv: memoryview = memoryview(b"")
+        self._mv_size = -1
+        self._funcs: dict[str, GuestFunc | None] = {}
+        self._keep: list[Any] = []
+        self.linker = wasmtime.Linker(runtime.engine)
+        linker_ptr = _addr(self.linker.ptr())
+        for decl, fn in self._imports:
+            ft = functype(decl.sig)
+            cb = _UNCHECKED_CB(self._make_host(decl, fn))
+            self._keep.append((ft, cb))
+            mod, name = decl.module.encode(), decl.name.encode()
+            err = _define_unchecked(linker_ptr, mod, len(mod), name, len(name), _addr(ft.ptr()), cb, None, None)
+            if err:
+                raise errors.PluginStartError(f"cannot define {decl.module}.{decl.name}", reason="link_failed")
+
+    def _make_host(self, decl: ImportDecl, fn: HostFunc) -> Callable[[int, int, int, int], int]:
+        n = max(len(decl.sig.params), len(decl.sig.results))
+        args_fmt = struct.Struct("<" + "".join(_FMT[p] for p in decl.sig.params))
+        res_fmt = struct.Struct("<" + _FMT[decl.sig.results[0]]) if decl.sig.results else None
+        res_mask = _MASK.get(decl.sig.results[0], 0) if decl.sig.results else 0
+        array_t = ctypes.c_char * (n * _RAW)
+        unpack = args_fmt.unpack_from
+        guest = self
+
+        def host(_env: int, caller: int, args: int, _nargs: int) -> int:
+            outer = guest._caller
+            guest._caller = caller
+            guest._mv_size = -1  # the guest ran since the last look: memory may have grown
+            try:
+                buf = array_t.from_address(args)
+                result = fn(*unpack(buf))
+                if res_fmt is not None:
+                    res_fmt.pack_into(buf, 0, (int(result or 0) & res_mask) if res_mask else (result or 0))
+                return 0
+            except BaseException as exc:
+                guest._exc = exc
+                return int(_trap_new(_HOST_TRAP_MSG, len(_HOST_TRAP_MSG)) or 0)
+            finally:
+                guest._caller = outer
+                guest._mv_size = -1
+
+        return host
+
+    def _raise_pending(self, trap_or_err: wasmtime.Trap | wasmtime.WasmtimeError | None) -> None:
+        exc, self._exc = self._exc, None
+        if exc is not None:
+            raise exc
+        if trap_or_err is not None:
+            raise _trap_error(trap_or_err)
+
+    def instantiate(self) -> None:
+        try:
+            self.instance = self.linker.instantiate(self.store, self.module)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            pending, self._exc = self._exc, None
+            if pending is not None:
+                raise pending from None
+            self._check_start(exc)
+            raise
+        mem = self.instance.exports(self.store).get("memory")
+        if isinstance(mem, wasmtime.Memory):
+            self._mem_keep = mem
+            self._mem_addr = ctypes.addressof(mem._memory)
+
+    def func(self, name: str) -> GuestFunc | None:
+        if name in self._funcs:
+            return self._funcs[name]
+        sig = self.exports.get(name)
+        target = self.instance.exports(self.store).get(name) if self.instance is not None else None
+        fn = self._make_call(target, sig) if sig is not None and isinstance(target, wasmtime.Func) else None
+        if self.instance is not None:
+            self._funcs[name] = fn
+        return fn
+
+    def _make_call(self, target: wasmtime.Func, sig: Signature) -> GuestFunc:
+        n = max(len(sig.params), len(sig.results), 1)
+        arr = (ctypes.c_char * (n * _RAW))()
+        arr_addr = ctypes.addressof(arr)
+        func_addr = ctypes.addressof(target._func)
+        pack = struct.Struct("<" + "".join(_FMT[p] for p in sig.params)).pack_into
+        res = struct.Struct("<" + _FMT[sig.results[0]]).unpack_from if sig.results else None
+        mask = _MASK.get(sig.results[0], 0) if sig.results else 0
+        ctx = self._ctx
+        trap = self._trap
+        trap_addr = self._trap_addr
+        keep = (arr, target)
+        self._keep.append(keep)
+        guest = self
+
+        def call(*args: int) -> int:
+            pack(arr, 0, *args)
+            if guest.depth == 0:
+                _set_epoch_deadline(ctx, guest.deadline_ticks)
+            guest.depth += 1
+            trap.value = None
+            try:
+                err = _call_unchecked(ctx, func_addr, arr_addr, n, trap_addr)
+            finally:
+                guest.depth -= 1
+                guest._mv_size = -1
+            if err or trap.value or guest._exc is not None:
+                guest._fail(err, trap.value)
+            if res is None:
+                return 0
+            value = res(arr, 0)[0]
+            return int(value) & mask if mask else int(value)
+
+        return call
+
+    def _fail(self, err: int | None, trap_ptr: int | None) -> None:
+        decoded: wasmtime.Trap | wasmtime.WasmtimeError | None = None
+        if trap_ptr:
+            decoded = wasmtime.Trap._from_ptr(ctypes.cast(trap_ptr, ctypes.POINTER(ffi.wasm_trap_t)))
+        elif err:
+            decoded = wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t)))
+        self._raise_pending(decoded)
+        raise errors.PluginRuntimeError("guest call failed without a trap", reason="trap")
+
+    def _memory_handle(self) -> int:
+        if self._mem_addr:
+            return self._mem_addr
+        if self._caller:
+            ext = ffi.wasmtime_extern_t()
+            if _caller_export_get(self._caller, b"memory", 6, ctypes.addressof(ext)) and (
+                int(cast(Any, ext.kind)) == ffi.WASMTIME_EXTERN_MEMORY.value
+            ):
+                self._mem_keep = ext
+                self._mem_addr = ctypes.addressof(ext.of.memory)
+                return self._mem_addr
+        raise MemoryFault("module exports no memory")
+
+    def _view(self) -> memoryview:
+        if self._mv_size < 0:
+            handle = self._memory_handle()
+            size = int(_memory_data_size(self._ctx, handle))
+            if size != len(self._mv):
+                base = int(_memory_data(self._ctx, handle) or 0)
+                self._mv = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B") if size else memoryview(b"")
+            self._mv_size = size
+        return self._mv
+
+    def memory_size(self) -> int:
+        return len(self._view())
+
+    def read(self, ptr: int, size: int) -> bytes:
+        if size == 0:
+            return b""
+        mv = self._view()
+        end = ptr + size
+        if ptr < 0 or size < 0 or end > len(mv):
+            raise MemoryFault(f"read [{ptr}, {end}) outside memory of {len(mv)} bytes")
+        return mv[ptr:end].tobytes()
+
+    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
+        size = len(data)
+        if size == 0:
+            return
+        mv = self._view()
+        end = ptr + size
+        if ptr < 0 or end > len(mv):
+            raise MemoryFault(f"write [{ptr}, {end}) outside memory of {len(mv)} bytes")
+        mv[ptr:end] = data
+
+    def read_u32(self, ptr: int) -> int:
+        mv = self._view()
+        if ptr < 0 or ptr + 4 > len(mv):
+            raise MemoryFault(f"read [{ptr}, {ptr + 4}) outside memory of {len(mv)} bytes")
+        return int.from_bytes(mv[ptr : ptr + 4], "little")
