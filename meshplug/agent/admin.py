@@ -1,0 +1,190 @@
+"""The agent's control-plane HTTP: a small request/response server, the admin routes, and their rendering.
+
+Called by `meshplug.agent.runtime`, which starts one `ControlServer` for admin (127.0.0.1 by default) and,
+when configured, one for pushes (`meshplug.agent.push` supplies that handler). Requests are read whole
+(bounded by `limits.MAX_CONTROL_REQUEST_BYTES`), handled by an async function, answered, and the
+connection closed; none of this is on the data path.
+
+Admin routes:
+    GET  /ready               200 "LIVE" once the listeners accept traffic and a plugin set is applied, else 503
+    GET  /config_dump         JSON: version_info, nonce, per-plugin name/root_id/sha256/size/state, listeners,
+                              clusters, last push outcome
+    GET  /stats/prometheus    text exposition: proxy counters (meshplug_agent_*) + the plugins' own metrics
+    GET  /logging             current level;  POST /logging?level=debug|info|warning|error  sets it
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httptools
+
+from meshplug import limits
+
+log = logging.getLogger("meshplug.agent.admin")
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, handler: Handler, tasks: set[asyncio.Task[None]]) -> None:
+        self.handler = handler
+        self.tasks = tasks
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.size = 0
+        self.done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.size += len(data)
+        if self.size > limits.MAX_CONTROL_REQUEST_BYTES:
+            self._answer(Response(413, b"request too large\n"))
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._answer(Response(400, b"bad request\n"))
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        url = urllib.parse.urlsplit(self.url.decode("latin-1"))
+        request = Request(
+            method=self.parser.get_method().decode(),
+            path=url.path,
+            query=dict(urllib.parse.parse_qsl(url.query)),
+            headers=self.headers,
+            body=b"".join(self.body),
+        )
+        task = asyncio.get_running_loop().create_task(self._serve(request))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, request: Request) -> None:
+        try:
+            response = await self.handler(request)
+        except Exception:
+            log.exception("control request %s %s failed", request.method, request.path)
+            response = Response(500, b"internal error\n")
+        self._answer(response)
+
+    def _answer(self, response: Response) -> None:
+        self.done = True
+        if self.transport is None or self.transport.is_closing():
+            return
+        head = (
+            f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Status')}\r\n"
+            f"content-type: {response.content_type}\r\ncontent-length: {len(response.body)}\r\n"
+            "connection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + response.body)
+        self.transport.close()
+
+
+class ControlServer:
+    """One control endpoint (admin or push) on its own port."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.server: asyncio.AbstractServer | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, address: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Conn(self.handler, self.tasks), address, port)
+        sockets: list[Any] = list(getattr(self.server, "sockets", None) or [])
+        return int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+# --- rendering -----------------------------------------------------------------------------------------
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus(counters: dict[str, int], *, gauges: frozenset[str], labels: dict[str, str], extra: str) -> bytes:
+    """Prometheus text exposition of the proxy counters, followed by `extra` (the plugins' own metrics)."""
+    label = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+    lines: list[str] = []
+    for name, value in counters.items():
+        metric = f"meshplug_agent_{name}"
+        kind = "gauge" if name in gauges else "counter"
+        lines.append(f"# TYPE {metric} {kind}")
+        lines.append(f"{metric}{{{label}}} {value}" if label else f"{metric} {value}")
+    text = "\n".join(lines) + "\n"
+    if extra:
+        text += extra if extra.endswith("\n") else extra + "\n"
+    return text.encode()
+
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def logging_route(request: Request) -> Response:
+    root = logging.getLogger("meshplug")
+    if request.method == "POST":
+        level = request.query.get("level", "").lower()
+        if level not in LEVELS:
+            return Response(400, f"level must be one of {', '.join(LEVELS)}\n".encode())
+        root.setLevel(LEVELS[level])
+        log.warning("log level set to %s", level)
+    name = logging.getLevelName(root.getEffectiveLevel()).lower()
+    return Response(200, f"level: {name}\n".encode())

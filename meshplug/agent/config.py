@@ -1,0 +1,263 @@
+"""The agent's static configuration file (like Envoy's static bootstrap), parsed into frozen dataclasses.
+
+Called by `meshplug agent --config FILE` and `meshplug run`; everything after this module sees only
+`AgentConfig`. Every problem is a `ConfigError` naming the offending key. YAML or JSON:
+
+    listeners:                       # where the proxy accepts traffic (>= 1)
+      - {name: inbound, address: 127.0.0.1, port: 15006, cluster: app}
+    clusters:                        # named upstreams: the listeners' targets and plugins' http-call targets
+      - {name: app, address: 127.0.0.1, port: 8080, connect_timeout_s: 5, response_timeout_s: 15}
+    admin: {address: 127.0.0.1, port: 15000}         # /ready /config_dump /stats/prometheus /logging
+    push: {address: 0.0.0.0, port: 15010, token_file: /var/run/secrets/meshplug/push-token}   # optional
+    state_dir: /var/lib/meshplug     # optional: last good pushed config + modules survive restarts
+    drain_timeout_s: 20
+    plugins:                         # chain order; same fields as a pushed protocol.ExtensionConfig
+      - name: add-header
+        root_id: add_header
+        module: {file: ./add_header.wasm}            # or {url: https://..., sha256: <64 hex>}
+        configuration: {"header": "x-hello"}          # a string, or any JSON value (sent JSON-encoded)
+        vm_env: {LEVEL: debug}
+        fail_strategy: FAIL_CLOSE
+
+Relative paths (module files, token_file, state_dir) are relative to the config file's directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshplug import errors, limits, protocol
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    address: str
+    port: int
+    cluster: str
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    address: str
+    port: int
+    connect_timeout_s: float = limits.UPSTREAM_CONNECT_TIMEOUT_S
+    response_timeout_s: float = limits.UPSTREAM_RESPONSE_TIMEOUT_S
+    max_idle_connections: int = limits.UPSTREAM_MAX_IDLE_CONNECTIONS
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class PushEndpoint:
+    address: str
+    port: int
+    token_file: Path
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    listeners: tuple[Listener, ...]
+    clusters: tuple[Cluster, ...]
+    admin: Endpoint
+    push: PushEndpoint | None = None
+    state_dir: Path | None = None
+    drain_timeout_s: float = limits.DRAIN_TIMEOUT_S
+    plugins: tuple[protocol.ExtensionConfig, ...] = ()
+
+    def cluster(self, name: str) -> Cluster:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        raise errors.ConfigError(f"unknown cluster {name!r}")
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+
+
+def _obj(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise errors.ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise errors.ConfigError(f"{where}: keys must be strings, got {key!r}")
+    return value
+
+
+def _keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise errors.ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
+    value = obj.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise errors.ConfigError(f"{where}.{key} must be a non-empty string")
+    return value
+
+
+def _port(obj: Mapping[str, Any], where: str) -> int:
+    value = obj.get("port")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise errors.ConfigError(f"{where}.port must be an integer 0..65535, got {value!r}")
+    return value
+
+
+def _seconds(obj: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise errors.ConfigError(f"{where}.{key} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _path(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _plugin(raw: Any, where: str, base: Path) -> protocol.ExtensionConfig:
+    obj = _obj(raw, where)
+    _keys(obj, {"name", "root_id", "module", "configuration", "vm_env", "fail_strategy"}, where)
+    module = _obj(obj.get("module"), f"{where}.module")
+    _keys(module, {"file", "url", "sha256"}, f"{where}.module")
+    if ("file" in module) == ("url" in module):
+        raise errors.ConfigError(f"{where}.module needs exactly one of file, url")
+    if "file" in module:
+        url = _path(base, _str(module, "file", f"{where}.module")).as_uri()
+    else:
+        url = _str(module, "url", f"{where}.module")
+    conf = obj.get("configuration", "")
+    configuration = conf if isinstance(conf, str) else json.dumps(conf, separators=(",", ":"))
+    wire = {
+        "name": _str(obj, "name", where),
+        "root_id": obj.get("root_id", ""),
+        "url": url,
+        "sha256": module.get("sha256", ""),
+        "configuration": configuration,
+        "vm_env": obj.get("vm_env", {}),
+        "fail_strategy": obj.get("fail_strategy", protocol.FailStrategy.FAIL_CLOSE.value),
+    }
+    try:
+        return protocol.decode_extension_config(wire, where)
+    except errors.ProtocolError as exc:
+        raise errors.ConfigError(exc.message) from None
+
+
+def parse(raw: Any, *, base: Path) -> AgentConfig:
+    """Turn a loaded YAML/JSON document into `AgentConfig`; `base` resolves relative paths."""
+    top = _obj(raw, "config")
+    _keys(top, {"listeners", "clusters", "admin", "push", "state_dir", "drain_timeout_s", "plugins"}, "config")
+
+    clusters: list[Cluster] = []
+    for i, c in enumerate(top.get("clusters") or []):
+        where = f"clusters[{i}]"
+        obj = _obj(c, where)
+        _keys(
+            obj,
+            {"name", "address", "port", "connect_timeout_s", "response_timeout_s", "max_idle_connections"},
+            where,
+        )
+        idle = obj.get("max_idle_connections", limits.UPSTREAM_MAX_IDLE_CONNECTIONS)
+        if isinstance(idle, bool) or not isinstance(idle, int) or idle < 0:
+            raise errors.ConfigError(f"{where}.max_idle_connections must be a non-negative integer")
+        clusters.append(
+            Cluster(
+                name=_str(obj, "name", where),
+                address=_str(obj, "address", where, "127.0.0.1"),
+                port=_port(obj, where),
+                connect_timeout_s=_seconds(obj, "connect_timeout_s", where, limits.UPSTREAM_CONNECT_TIMEOUT_S),
+                response_timeout_s=_seconds(obj, "response_timeout_s", where, limits.UPSTREAM_RESPONSE_TIMEOUT_S),
+                max_idle_connections=idle,
+            )
+        )
+    names = [c.name for c in clusters]
+    if len(set(names)) != len(names):
+        raise errors.ConfigError(f"clusters: duplicate names in {names}")
+
+    listeners: list[Listener] = []
+    raw_listeners = top.get("listeners")
+    if not isinstance(raw_listeners, list) or not raw_listeners:
+        raise errors.ConfigError("listeners must be a non-empty list")
+    for i, item in enumerate(raw_listeners):
+        where = f"listeners[{i}]"
+        obj = _obj(item, where)
+        _keys(obj, {"name", "address", "port", "cluster"}, where)
+        cluster = _str(obj, "cluster", where)
+        if cluster not in names:
+            raise errors.ConfigError(f"{where}.cluster {cluster!r} is not a defined cluster (have {names})")
+        listeners.append(
+            Listener(
+                name=_str(obj, "name", where, f"listener{i}"),
+                address=_str(obj, "address", where, "127.0.0.1"),
+                port=_port(obj, where),
+                cluster=cluster,
+            )
+        )
+
+    admin_obj = _obj(top.get("admin", {}), "admin")
+    _keys(admin_obj, {"address", "port"}, "admin")
+    admin = Endpoint(address=_str(admin_obj, "address", "admin", "127.0.0.1"), port=_port(admin_obj, "admin"))
+
+    push: PushEndpoint | None = None
+    if top.get("push") is not None:
+        p = _obj(top["push"], "push")
+        _keys(p, {"address", "port", "token_file"}, "push")
+        push = PushEndpoint(
+            address=_str(p, "address", "push", "127.0.0.1"),
+            port=_port(p, "push"),
+            token_file=_path(base, _str(p, "token_file", "push")),
+        )
+
+    state_dir = _path(base, _str(top, "state_dir", "config")) if top.get("state_dir") is not None else None
+    plugins_raw = top.get("plugins") or []
+    if not isinstance(plugins_raw, list):
+        raise errors.ConfigError("plugins must be a list")
+    plugins = tuple(_plugin(p, f"plugins[{i}]", base) for i, p in enumerate(plugins_raw))
+    pnames = [p.name for p in plugins]
+    if len(set(pnames)) != len(pnames):
+        raise errors.ConfigError(f"plugins: duplicate names in {pnames}")
+    return AgentConfig(
+        listeners=tuple(listeners),
+        clusters=tuple(clusters),
+        admin=admin,
+        push=push,
+        state_dir=state_dir,
+        drain_timeout_s=_seconds(top, "drain_timeout_s", "config", limits.DRAIN_TIMEOUT_S),
+        plugins=plugins,
+    )
+
+
+def load(path: Path) -> AgentConfig:
+    """Read and parse a config file (YAML, of which JSON is a subset)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise errors.ConfigError(f"cannot read agent config {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise errors.ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse(raw, base=path.resolve().parent)
+
+
+def read_token(path: Path) -> str:
+    """The push bearer token, as mounted from a Secret (surrounding whitespace ignored)."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise errors.ConfigError(f"cannot read push token file {path}: {exc.strerror}") from None
+    if not token:
+        raise errors.ConfigError(f"push token file {path} is empty")
+    return token

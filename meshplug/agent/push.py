@@ -1,0 +1,148 @@
+"""Applying plugin sets: the push endpoint (ECDS-style, bearer-authenticated) and the one `Applier` behind it.
+
+Called by `meshplug.agent.runtime`: at start (the persisted last good set, else the static config's plugins)
+and for every push. `Applier.apply` serialises applies, loads the new set in a worker thread
+(`meshplug.agent.loader.load`), swaps the proxy's chain in one assignment (exchanges already started keep
+the chain they began with), persists it, and answers with a `protocol.Reply`. A failed load changes
+nothing: the reply is a NACK naming the resource and the reason, and the last good set keeps serving.
+
+Authentication: `Authorization: Bearer <token>`, compared in constant time to the token file's content,
+re-read on every push so a rotated Secret takes effect without a restart. Missing or wrong -> 401 and a
+NACK body with reason ``unauthorized``; nothing is read or changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshplug import errors, limits, protocol
+from meshplug.agent import admin, config, loader, server
+
+log = logging.getLogger("meshplug.agent.push")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The last apply attempt, for /config_dump and metrics."""
+
+    version_info: str
+    nonce: str
+    ack: bool
+    reason: str = ""
+    message: str = ""
+    resource: str = ""
+    at: float = 0.0
+
+
+class Applier:
+    def __init__(
+        self,
+        proxy: server.Proxy,
+        *,
+        store: loader.StateStore,
+        build: loader.ChainBuilder,
+        retire_after_s: float = limits.UPSTREAM_RESPONSE_TIMEOUT_S,
+    ) -> None:
+        self.proxy = proxy
+        self.store = store
+        self.build = build
+        self.retire_after_s = retire_after_s
+        self.active: loader.LoadedSet | None = None
+        self.last: Outcome | None = None
+        self.acks = 0
+        self.nacks = 0
+        self._lock = asyncio.Lock()
+
+    def statuses(self) -> tuple[protocol.PluginStatus, ...]:
+        if self.active is None:
+            return ()
+        return tuple(
+            protocol.PluginStatus(name=v.name, sha256=v.sha256, state=v.state) for v in self.active.chain.views()
+        )
+
+    def _nack(self, push: protocol.Push, error: errors.MeshplugError, resource: str = "") -> protocol.Reply:
+        self.nacks += 1
+        self.last = Outcome(push.version_info, push.nonce, False, error.reason, error.message, resource, time.time())
+        log.warning("NACK %s (nonce %s): %s %s", push.version_info, push.nonce, resource, error.message)
+        return protocol.Reply(
+            ack=False,
+            version_info=self.active.version_info if self.active else "",
+            nonce=push.nonce,
+            error_detail=protocol.ErrorDetail(reason=error.reason, message=error.message, resource=resource),
+            plugins=self.statuses(),
+        )
+
+    async def apply(self, push: protocol.Push, *, persist: bool = True) -> protocol.Reply:
+        async with self._lock:
+            if self.active is not None and self.active.same_as(push):
+                self.acks += 1
+                self.last = Outcome(push.version_info, push.nonce, True, at=time.time())
+                return protocol.Reply(
+                    ack=True, version_info=push.version_info, nonce=push.nonce, plugins=self.statuses()
+                )
+            loop = asyncio.get_running_loop()
+            try:
+                loaded, modules = await loop.run_in_executor(
+                    None, lambda: loader.load(push, store=self.store, build=self.build)
+                )
+            except loader.ResourceError as exc:
+                return self._nack(push, exc.error, exc.resource)
+            except errors.MeshplugError as exc:
+                return self._nack(push, exc, str(getattr(exc, "resource", "")))
+            old, self.active = self.active, loaded
+            self.proxy.filters = loaded.chain.filters  # the swap: new exchanges take the new chain
+            if old is not None:
+                loop.call_later(self.retire_after_s, old.chain.close)
+            if persist:
+                try:
+                    await loop.run_in_executor(None, self.store.save, loaded, modules)
+                except OSError as exc:
+                    log.error("applied %s but could not persist it: %s", push.version_info, exc)
+            self.acks += 1
+            self.last = Outcome(push.version_info, push.nonce, True, at=time.time())
+            log.info("applied %s (nonce %s): %d plugin(s)", push.version_info, push.nonce, len(push.resources))
+            return protocol.Reply(ack=True, version_info=push.version_info, nonce=push.nonce, plugins=self.statuses())
+
+
+def _reply_response(status: int, reply: protocol.Reply) -> admin.Response:
+    return admin.Response(status, protocol.encode(reply), protocol.CONTENT_TYPE)
+
+
+def authorized(request: admin.Request, token_file: Path) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return False
+    try:
+        expected = config.read_token(token_file)
+    except errors.ConfigError as exc:
+        log.error("push refused: %s", exc.message)
+        return False
+    return hmac.compare_digest(presented.strip().encode(), expected.encode())
+
+
+def handler(applier: Applier, token_file: Path) -> admin.Handler:
+    """The push endpoint's request handler."""
+
+    async def handle(request: admin.Request) -> admin.Response:
+        if request.path != protocol.PUSH_PATH:
+            return admin.Response(404, b"not found\n")
+        if request.method not in ("PUT", "POST"):
+            return admin.Response(405, b"use PUT\n")
+        current = applier.active.version_info if applier.active else ""
+        if not authorized(request, token_file):
+            detail = protocol.ErrorDetail(reason="unauthorized", message="missing or invalid bearer token")
+            return _reply_response(401, protocol.Reply(ack=False, version_info=current, nonce="", error_detail=detail))
+        try:
+            push = protocol.decode_push(request.body)
+        except errors.ProtocolError as exc:
+            detail = protocol.ErrorDetail(reason=exc.reason, message=exc.message)
+            return _reply_response(400, protocol.Reply(ack=False, version_info=current, nonce="", error_detail=detail))
+        return _reply_response(200, await applier.apply(push))
+
+    return handle

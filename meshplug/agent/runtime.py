@@ -1,0 +1,173 @@
+"""The agent process: event loop (uvloop), proxy listeners, admin and push endpoints, signals, drain.
+
+Called by `meshplug agent` and `meshplug run` (meshplug.commands). Start order: apply the initial plugin
+set (the persisted last good push if there is one, else the static config's plugins) BEFORE the listeners
+open, so the first request already sees the plugins; then listeners, admin, push. SIGTERM/SIGINT: stop
+accepting, let in-flight exchanges finish (connections close after their current response) up to the
+drain timeout, then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import uvloop
+
+from meshplug import errors, protocol
+from meshplug.agent import admin, config, loader, push, server
+
+log = logging.getLogger("meshplug.agent")
+
+_GAUGES = frozenset({"downstream_cx_active", "downstream_rq_active", "upstream_cx_active"})
+
+
+def build_chain(plugins: Sequence[tuple[protocol.ExtensionConfig, bytes]]) -> loader.Chain:
+    """Start every plugin's VM and make the chain (blocking; runs in a worker thread)."""
+    if not plugins:
+        return loader.empty_chain()
+    from meshplug.agent import filters  # noqa: PLC0415 -- the wasm host is imported only when a plugin needs it
+
+    chain: loader.Chain = filters.build(plugins)
+    return chain
+
+
+class Agent:
+    def __init__(self, cfg: config.AgentConfig, *, build: loader.ChainBuilder = build_chain) -> None:
+        self.cfg = cfg
+        self.loop = asyncio.get_running_loop()
+        self.proxy = server.Proxy(cfg, loop=self.loop)
+        self.store = loader.StateStore(cfg.state_dir)
+        self.applier = push.Applier(self.proxy, store=self.store, build=build)
+        self.admin = admin.ControlServer(self._admin)
+        self.push_server: admin.ControlServer | None = None
+        self.ready = False
+        self.ports: dict[str, int] = {}
+        self._stop = asyncio.Event()
+
+    async def _initial(self) -> None:
+        persisted = self.store.last_good()
+        if persisted is not None:
+            reply = await self.applier.apply(persisted, persist=False)
+            if reply.ack:
+                log.info("serving persisted config %s", persisted.version_info)
+                return
+            assert reply.error_detail is not None
+            log.error("persisted config %s failed to load: %s", persisted.version_info, reply.error_detail.message)
+        static = protocol.Push(version_info=protocol.STATIC_VERSION, nonce="", resources=self.cfg.plugins)
+        reply = await self.applier.apply(static, persist=False)
+        if not reply.ack:
+            assert reply.error_detail is not None
+            d = reply.error_detail
+            raise errors.ConfigError(f"static plugin {d.resource or '?'} failed to load: {d.message}", reason=d.reason)
+
+    async def start(self) -> None:
+        await self._initial()
+        await self.proxy.start()
+        for lst, srv in zip(self.cfg.listeners, self.proxy.servers, strict=True):
+            self.ports[lst.name] = self.proxy.port_of(srv)
+        self.ports["admin"] = await self.admin.start(self.cfg.admin.address, self.cfg.admin.port)
+        if self.cfg.push is not None:
+            self.push_server = admin.ControlServer(push.handler(self.applier, self.cfg.push.token_file))
+            self.ports["push"] = await self.push_server.start(self.cfg.push.address, self.cfg.push.port)
+        self.ready = True
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._stop.set)
+        # one machine-readable line: tools and tests learn the bound ports (config may say port 0)
+        sys.stdout.write(json.dumps({"event": "ready", "ports": self.ports}) + "\n")
+        sys.stdout.flush()
+
+    async def run_until_stopped(self) -> bool:
+        await self._stop.wait()
+        log.info("draining (up to %.0fs)", self.cfg.drain_timeout_s)
+        self.ready = False
+        clean = await self.proxy.drain(self.cfg.drain_timeout_s)
+        await self.admin.stop()
+        if self.push_server is not None:
+            await self.push_server.stop()
+        if self.applier.active is not None:
+            self.applier.active.chain.close()
+        log.info("stopped (%s)", "drained" if clean else "drain deadline hit, connections aborted")
+        return clean
+
+    # --- admin routes ---
+    async def _admin(self, request: admin.Request) -> admin.Response:
+        path = request.path
+        if path == "/ready":
+            if self.ready:
+                return admin.Response(200, b"LIVE\n")
+            return admin.Response(503, b"DRAINING\n" if self.proxy.draining else b"PRE_INITIALIZING\n")
+        if path == "/config_dump":
+            return admin.Response(200, loader.dumps(self.config_dump()), "application/json")
+        if path == "/stats/prometheus":
+            return admin.Response(200, self.prometheus(), "text/plain; version=0.0.4")
+        if path == "/logging":
+            return admin.logging_route(request)
+        return admin.Response(404, b"not found\n")
+
+    def config_dump(self) -> dict[str, object]:
+        active = self.applier.active
+        last = self.applier.last
+        return {
+            "version_info": active.version_info if active else "",
+            "nonce": active.nonce if active else "",
+            "plugins": loader.json_views(active.chain.views()) if active else [],
+            "resources": [r.to_json() for r in active.resources] if active else [],
+            "digests": dict(active.digests) if active else {},
+            "last_push": None
+            if last is None
+            else {
+                "version_info": last.version_info,
+                "nonce": last.nonce,
+                "ack": last.ack,
+                "reason": last.reason,
+                "message": last.message,
+                "resource": last.resource,
+                "at": last.at,
+            },
+            "listeners": [
+                {
+                    "name": lst.name,
+                    "address": lst.address,
+                    "port": self.ports.get(lst.name, lst.port),
+                    "cluster": lst.cluster,
+                }
+                for lst in self.cfg.listeners
+            ],
+            "clusters": [{"name": c.name, "address": c.address, "port": c.port} for c in self.cfg.clusters],
+        }
+
+    def prometheus(self) -> bytes:
+        counters = self.proxy.stats.as_dict()
+        counters["push_ack_total"] = self.applier.acks
+        counters["push_nack_total"] = self.applier.nacks
+        active = self.applier.active
+        extra = active.chain.metrics() if active else ""
+        return admin.prometheus(counters, gauges=_GAUGES, labels={}, extra=extra)
+
+
+async def _main(cfg: config.AgentConfig) -> int:
+    agent = Agent(cfg)
+    try:
+        await agent.start()
+    except OSError as exc:
+        raise errors.ConfigError(f"cannot listen: {exc.strerror or exc}") from None
+    clean = await agent.run_until_stopped()
+    return 0 if clean else 1
+
+
+def serve(cfg: config.AgentConfig, *, log_level: str = "info") -> int:
+    """Run the agent until SIGTERM/SIGINT; the exit status says whether the drain finished in time."""
+    logging.basicConfig(
+        level=admin.LEVELS.get(log_level, logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        return uvloop.run(_main(cfg))
+    return 130

@@ -1,0 +1,959 @@
+"""The agent's data path: listener -> filter chain -> upstream, as asyncio Protocols over httptools + uvloop.
+
+Called by `meshplug.agent.runtime` (which owns the event loop, admin and push); holds no configuration
+logic of its own. One `Proxy` serves every listener; per downstream connection a `Downstream` protocol
+parses requests (httptools) into `Exchange`s, served strictly in order (pipelining); each exchange borrows
+an `Upstream` connection from its cluster's keep-alive `Pool`, streams the request head and body to it,
+and streams the response back. Flow control both ways: a full write buffer on one side pauses reading on
+the other (asyncio's pause_writing/resume_writing -> pause_reading/resume_reading).
+
+Filters: the proxy asks `Proxy.filters` (swapped atomically by the push path) for a per-exchange stream
+at request-headers time; an exchange keeps the chain it started with, so in-flight requests finish on the
+old chain after a swap. `filters = None` is the empty chain.
+
+Local replies follow Envoy's wording (503 "upstream connect error or disconnect/reset before headers.
+reset reason: connection failure", 504 "upstream request timeout", 502 for an unparseable upstream
+response), `text/plain`, so clients and the corpus see the same bodies from both data planes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import functools
+import http
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import httptools
+
+from meshplug import limits
+from meshplug.agent import config as agent_config
+
+log = logging.getLogger("meshplug.agent.server")
+
+Headers = list[tuple[bytes, bytes]]
+
+#: request/response headers that describe one hop only (RFC 9110 7.6.1) and are never forwarded
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+_REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+
+RESET_CONNECT_FAILURE = "connection failure"
+RESET_TERMINATION = "connection termination"
+RESET_PROTOCOL = "protocol error"
+BODY_TIMEOUT = b"upstream request timeout"
+
+
+def reset_body(reason: str) -> bytes:
+    return f"upstream connect error or disconnect/reset before headers. reset reason: {reason}".encode()
+
+
+class _DateCache:
+    """RFC 9110 Date header value, formatted at most once per second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = email.utils.formatdate(now, usegmt=True).encode()
+        return self._value
+
+
+_DATE = _DateCache()
+
+
+# --- filter seam -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalReply:
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+class FilterStream(Protocol):
+    """One exchange's pass through the filter chain, as the proxy drives it (adapter over the host's chain)."""
+
+    def request_headers(self, headers: Headers, end_of_stream: bool) -> LocalReply | None: ...
+
+    def response_headers(self, status: int, headers: Headers, end_of_stream: bool) -> LocalReply | None: ...
+
+    def done(self) -> None: ...
+
+
+class Filters(Protocol):
+    """The active chain: a factory of per-exchange streams."""
+
+    def new_stream(self, *, method: bytes, path: bytes, peer: tuple[str, int] | None) -> FilterStream: ...
+
+
+# --- statistics --------------------------------------------------------------------------------------
+
+
+class Stats:
+    """Proxy counters; rendered by the admin endpoint. Plain ints: the data path only increments."""
+
+    NAMES = (
+        "downstream_cx_active",
+        "downstream_cx_total",
+        "downstream_rq_1xx",
+        "downstream_rq_2xx",
+        "downstream_rq_3xx",
+        "downstream_rq_4xx",
+        "downstream_rq_5xx",
+        "downstream_rq_active",
+        "downstream_rq_local_reply",
+        "downstream_rq_total",
+        "upstream_cx_active",
+        "upstream_cx_connect_fail",
+        "upstream_cx_total",
+        "upstream_rq_reset",
+        "upstream_rq_retry_stale",
+        "upstream_rq_timeout",
+        "upstream_rq_total",
+    )
+
+    def __init__(self) -> None:
+        self.downstream_cx_active = 0
+        self.downstream_cx_total = 0
+        self.downstream_rq_1xx = 0
+        self.downstream_rq_2xx = 0
+        self.downstream_rq_3xx = 0
+        self.downstream_rq_4xx = 0
+        self.downstream_rq_5xx = 0
+        self.downstream_rq_active = 0
+        self.downstream_rq_local_reply = 0
+        self.downstream_rq_total = 0
+        self.upstream_cx_active = 0
+        self.upstream_cx_connect_fail = 0
+        self.upstream_cx_total = 0
+        self.upstream_rq_reset = 0
+        self.upstream_rq_retry_stale = 0
+        self.upstream_rq_timeout = 0
+        self.upstream_rq_total = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: int(getattr(self, name)) for name in self.NAMES}
+
+    def count_status(self, status: int) -> None:
+        klass = status // 100
+        if klass == 2:
+            self.downstream_rq_2xx += 1
+        elif klass == 5:
+            self.downstream_rq_5xx += 1
+        elif klass == 4:
+            self.downstream_rq_4xx += 1
+        elif klass == 3:
+            self.downstream_rq_3xx += 1
+        else:
+            self.downstream_rq_1xx += 1
+
+
+# --- upstream side -----------------------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    """Who an upstream connection delivers a response to (an `Exchange`, or a plugin's http call)."""
+
+    def up_headers(self, status: int, reason: bytes, headers: Headers, parser: Any) -> None: ...
+
+    def up_body(self, data: bytes) -> None: ...
+
+    def up_complete(self) -> None: ...
+
+    def up_failed(self, reset_reason: str) -> None: ...
+
+    def up_pause(self) -> None: ...
+
+    def up_resume(self) -> None: ...
+
+
+class Upstream(asyncio.Protocol):
+    """One keep-alive connection to a cluster; parses one response at a time for its current `sink`."""
+
+    __slots__ = (
+        "_headers",
+        "_interim",
+        "_reason",
+        "got_bytes",
+        "head_request",
+        "keep_alive",
+        "parser",
+        "pool",
+        "reused",
+        "sink",
+        "transport",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.sink: Sink | None = None
+        self.reused = False
+        self.got_bytes = False
+        self.head_request = False
+        self.keep_alive = True
+        self._headers: Headers = []
+        self._reason = b""
+        self._interim = False
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
+        self.pool.stats.upstream_cx_total += 1
+        self.pool.stats.upstream_cx_active += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.stats.upstream_cx_active -= 1
+        self.pool.forget(self)
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.up_failed(RESET_TERMINATION)
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is None:  # bytes on an idle connection: the server is misbehaving; drop it
+            self.close()
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            sink, self.sink = self.sink, None
+            self.close()
+            if sink is not None:
+                sink.up_failed(RESET_PROTOCOL)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost reports to the sink
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.up_pause()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.up_resume()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = b""
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status: int = self.parser.get_status_code()
+        if 100 <= status < 200:  # interim (100 Continue, 103): the proxy answers 100 itself; drop these
+            self._interim = True
+            return
+        self._interim = False
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.sink is not None:
+            self.sink.up_headers(status, self._reason, self._headers, self.parser)
+        if self.head_request and self.sink is not None:
+            # a response to HEAD has no body whatever its content-length says; llhttp cannot be told,
+            # so the message ends here and the next response gets a fresh parser
+            self.parser = httptools.HttpResponseParser(self)
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.up_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.up_complete()
+
+    # used by sinks
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def reusable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing() and self.keep_alive
+
+
+class Pool:
+    """A cluster: its address, timeouts and idle keep-alive connections (LIFO: the warmest first)."""
+
+    def __init__(self, cluster: agent_config.Cluster, stats: Stats) -> None:
+        self.cluster = cluster
+        self.stats = stats
+        self.idle: list[Upstream] = []
+
+    def take_idle(self) -> Upstream | None:
+        idle = self.idle
+        while idle:
+            up = idle.pop()
+            if up.transport is not None and not up.transport.is_closing():
+                up.reused = True
+                up.got_bytes = False
+                return up
+        return None
+
+    async def connect(self) -> Upstream:
+        """A new connection; raises OSError or TimeoutError."""
+        loop = asyncio.get_running_loop()
+        c = self.cluster
+        _, up = await asyncio.wait_for(
+            loop.create_connection(lambda: Upstream(self), c.address, c.port), timeout=c.connect_timeout_s
+        )
+        return up
+
+    def release(self, up: Upstream) -> None:
+        if up.reusable() and len(self.idle) < self.cluster.max_idle_connections:
+            up.sink = None
+            up.resume_reading()
+            self.idle.append(up)
+        else:
+            up.close()
+
+    def forget(self, up: Upstream) -> None:
+        with contextlib.suppress(ValueError):
+            self.idle.remove(up)
+
+    def close(self) -> None:
+        for up in self.idle:
+            up.close()
+        self.idle.clear()
+
+
+# --- downstream side ---------------------------------------------------------------------------------
+
+_PAUSE_UPSTREAM_FULL = 1  # upstream write buffer full
+_PAUSE_BUFFER = 2  # body buffered while waiting for an upstream connection
+_PAUSE_PIPELINE = 4  # a complete request is waiting for its response
+
+
+class Exchange:
+    """One request/response through the proxy; the `Sink` of its upstream connection."""
+
+    __slots__ = (
+        "body_bytes_buffered",
+        "body_pending",
+        "chunked_in",
+        "conn",
+        "filter_stream",
+        "has_body",
+        "head",
+        "http11",
+        "keep_alive",
+        "method",
+        "req_done",
+        "resp_done",
+        "resp_mode",
+        "resp_started",
+        "retried",
+        "status",
+        "timer",
+        "up",
+    )
+
+    def __init__(self, conn: Downstream, method: bytes, head: bytes, keep_alive: bool, has_body: bool) -> None:
+        self.conn = conn
+        self.method = method
+        self.head = head  # the request head to send upstream (built once, re-sent on a stale-connection retry)
+        self.keep_alive = keep_alive
+        self.has_body = has_body
+        self.http11 = conn.http11
+        self.chunked_in = False
+        self.req_done = False
+        self.body_pending: list[bytes] = []
+        self.body_bytes_buffered = 0
+        self.up: Upstream | None = None
+        self.resp_started = False
+        self.resp_done = False
+        self.resp_mode = 0  # 0 raw, 1 re-chunk, 2 close-delimited
+        self.status = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.retried = False
+        self.filter_stream: FilterStream | None = None
+
+    # --- request side ---
+    def start(self) -> None:
+        """This exchange reached the head of its connection's queue: borrow a connection and send."""
+        conn = self.conn
+        pool = conn.pool
+        up = pool.take_idle()
+        if up is not None:
+            self.attach(up)
+        else:
+            conn.proxy.loop.create_task(self._connect(pool))
+
+    async def _connect(self, pool: Pool) -> None:
+        try:
+            up = await pool.connect()
+        except (OSError, TimeoutError) as exc:
+            pool.stats.upstream_cx_connect_fail += 1
+            log.debug("connect to cluster %s failed: %r", pool.cluster.name, exc)
+            self.local_reply(503, reset_body(RESET_CONNECT_FAILURE))
+            return
+        if self.conn.closed or self.resp_done:
+            pool.release(up)
+            return
+        self.attach(up)
+
+    def attach(self, up: Upstream) -> None:
+        self.up = up
+        up.sink = self
+        up.head_request = self.method == b"HEAD"
+        self.conn.proxy.stats.upstream_rq_total += 1
+        up.write(self.head)
+        if self.body_pending:
+            for chunk in self.body_pending:
+                up.write(self._frame(chunk))
+            self.body_pending = []
+            self.body_bytes_buffered = 0
+            self.conn.resume(_PAUSE_BUFFER)
+        if self.req_done:
+            self._request_sent()
+
+    def _frame(self, chunk: bytes) -> bytes:
+        if self.chunked_in:
+            return b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        return chunk
+
+    def request_body(self, chunk: bytes) -> None:
+        up = self.up
+        if up is not None and up.sink is self:
+            up.write(self._frame(chunk))
+        elif not self.resp_done:
+            self.body_pending.append(chunk)
+            self.body_bytes_buffered += len(chunk)
+            if self.body_bytes_buffered > limits.PROXY_BUFFER_HIGH_WATER:
+                self.conn.pause(_PAUSE_BUFFER)
+
+    def request_complete(self) -> None:
+        self.req_done = True
+        if self.up is not None and self.up.sink is self:
+            self._request_sent()
+
+    def _request_sent(self) -> None:
+        if self.chunked_in:
+            assert self.up is not None
+            self.up.write(b"0\r\n\r\n")
+        timeout = self.conn.pool.cluster.response_timeout_s
+        self.timer = self.conn.proxy.loop.call_later(timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        self.conn.proxy.stats.upstream_rq_timeout += 1
+        self._drop_upstream()
+        if self.resp_started:
+            self.conn.abort()
+        else:
+            self.local_reply(504, BODY_TIMEOUT)
+
+    # --- Sink: response side ---
+    def up_headers(self, status: int, reason: bytes, headers: Headers, parser: Any) -> None:
+        self.status = status
+        conn = self.conn
+        if self.filter_stream is not None:
+            reply = self.filter_stream.response_headers(status, headers, False)
+            if reply is not None:
+                self._drop_upstream()
+                self.local_reply(reply.status, reply.body, reply.headers)
+                return
+        keep = self.keep_alive and not conn.proxy.draining
+        out = [b"HTTP/1.1 %d %b\r\n" % (status, reason or _REASONS.get(status, b"Unknown"))]
+        framed = False
+        no_body = self.method == b"HEAD" or status in (204, 304)
+        for name, value in headers:
+            if name in HOP_BY_HOP:
+                if name == b"transfer-encoding":
+                    framed = framed or no_body
+                continue
+            if name == b"content-length":
+                framed = True
+            out.append(b"%b: %b\r\n" % (name, value))
+        if no_body or framed:
+            self.resp_mode = 0
+        elif self.http11:
+            self.resp_mode = 1
+            out.append(b"transfer-encoding: chunked\r\n")
+        else:
+            self.resp_mode = 2
+            keep = False
+        if not keep:
+            self.keep_alive = False
+            out.append(b"connection: close\r\n")
+        elif not self.http11:
+            out.append(b"connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        self.resp_started = True
+        conn.write(b"".join(out))
+
+    def up_body(self, data: bytes) -> None:
+        if self.resp_mode == 1:
+            if data:
+                self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.conn.write(data)
+
+    def up_complete(self) -> None:
+        if self.resp_mode == 1:
+            self.conn.write(b"0\r\n\r\n")
+        up, self.up = self.up, None
+        if up is not None:
+            if self.req_done:
+                self.conn.pool.release(up)
+            else:
+                up.close()
+        self._finish()
+
+    def up_failed(self, reset_reason: str) -> None:
+        up, self.up = self.up, None
+        if self.resp_started:
+            if self.resp_mode == 2 and reset_reason == RESET_TERMINATION:
+                self._finish()  # close-delimited body: end of connection is end of body
+            else:
+                self.conn.proxy.stats.upstream_rq_reset += 1
+                self.conn.abort()
+            return
+        if (
+            up is not None
+            and up.reused
+            and not up.got_bytes
+            and not self.has_body
+            and not self.retried
+            and reset_reason == RESET_TERMINATION
+        ):
+            # the app closed an idle pooled connection as we reused it: retry once on a fresh one
+            self.retried = True
+            self.conn.proxy.stats.upstream_rq_retry_stale += 1
+            self._cancel_timer()
+            self.conn.proxy.loop.create_task(self._connect(self.conn.pool))
+            return
+        self.conn.proxy.stats.upstream_rq_reset += 1
+        status = 502 if reset_reason == RESET_PROTOCOL else 503
+        self.local_reply(status, reset_body(reset_reason))
+
+    def up_pause(self) -> None:
+        self.conn.pause(_PAUSE_UPSTREAM_FULL)
+
+    def up_resume(self) -> None:
+        self.conn.resume(_PAUSE_UPSTREAM_FULL)
+
+    # --- endings ---
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _drop_upstream(self) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            up.sink = None
+            up.close()
+
+    def local_reply(self, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """Answer from the proxy itself (errors, plugin replies)."""
+        if self.resp_done or self.conn.closed:
+            return
+        if self.resp_started:
+            self.conn.abort()
+            return
+        self._drop_upstream()
+        self.conn.proxy.stats.downstream_rq_local_reply += 1
+        self.status = status
+        keep = self.keep_alive and self.req_done and not self.conn.proxy.draining
+        self.keep_alive = keep
+        out = [b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        has_type = False
+        for name, value in headers:
+            if name in HOP_BY_HOP or name == b"content-length":
+                continue
+            has_type = has_type or name == b"content-type"
+            out.append(b"%b: %b\r\n" % (name, value))
+        if body and not has_type:
+            out.append(b"content-type: text/plain\r\n")
+        out.append(b"content-length: %d\r\ndate: %b\r\nserver: meshplug\r\n" % (len(body), _DATE.get()))
+        if not keep:
+            out.append(b"connection: close\r\n")
+        out.append(b"\r\n")
+        if self.method != b"HEAD":
+            out.append(body)
+        self.resp_started = True
+        self.resp_mode = 0
+        self.conn.write(b"".join(out))
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.resp_done:
+            return
+        self.resp_done = True
+        self._cancel_timer()
+        if self.filter_stream is not None:
+            self.filter_stream.done()
+            self.filter_stream = None
+        self.conn.proxy.stats.count_status(self.status)
+        self.conn.exchange_done(self, reusable=self.keep_alive and self.req_done and self.resp_mode != 2)
+
+    def abandon(self) -> None:
+        """The downstream connection went away."""
+        self._cancel_timer()
+        self.resp_done = True
+        self._drop_upstream()
+        if self.filter_stream is not None:
+            self.filter_stream.done()
+            self.filter_stream = None
+
+
+class Downstream(asyncio.Protocol):
+    """One client connection: parse requests, queue them, serve them in order."""
+
+    def __init__(self, proxy: Proxy, pool: Pool) -> None:
+        self.proxy = proxy
+        self.pool = pool
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] | None = None
+        self.queue: deque[Exchange] = deque()
+        self.current: Exchange | None = None  # the exchange being parsed
+        self.closed = False
+        self.eof = False
+        self.http11 = True
+        self._paused = 0
+        self._write_paused = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._url = b""
+        self._headers: Headers = []
+        self._head_bytes = 0
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
+        self.peer = transport.get_extra_info("peername")
+        self.proxy.connections.add(self)
+        self.proxy.stats.downstream_cx_total += 1
+        self.proxy.stats.downstream_cx_active += 1
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.proxy.connections.discard(self)
+        self.proxy.stats.downstream_cx_active -= 1
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        while self.queue:
+            ex = self.queue.popleft()
+            if not ex.resp_done:
+                self.proxy.stats.downstream_rq_active -= 1
+            ex.abandon()
+        self.proxy.connection_closed()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(501, b"upgrade not supported")
+        except httptools.HttpParserError:
+            self._reject(400, b"Bad Request")
+
+    def eof_received(self) -> bool | None:
+        # the client half-closed: finish what is queued, then close (pipelined requests may still be served)
+        self.eof = True
+        if not self.queue:
+            return None
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.queue and self.queue[0].up is not None:
+            self.queue[0].up.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.queue and self.queue[0].up is not None:
+            self.queue[0].up.resume_reading()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > limits.MAX_REQUEST_HEADER_BYTES:
+            raise httptools.HttpParserError("request head too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > limits.MAX_REQUEST_HEADER_BYTES:
+            raise httptools.HttpParserError("request head too large")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        method: bytes = parser.get_method()
+        self.http11 = parser.get_http_version() == "1.1"
+        keep_alive: bool = parser.should_keep_alive()
+        headers = self._headers
+        proxy = self.proxy
+        proxy.stats.downstream_rq_total += 1
+        proxy.stats.downstream_rq_active += 1
+
+        # which headers name more hop-by-hop headers
+        drop = HOP_BY_HOP
+        has_rid = has_host = chunked = expect_continue = False
+        content_length = -1
+        for name, value in headers:
+            if name == b"connection":
+                extra = {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive", b""}
+                if extra:
+                    drop = drop | extra
+            elif name == b"x-request-id":
+                has_rid = True
+            elif name == b"host":
+                has_host = True
+            elif name == b"transfer-encoding":
+                chunked = chunked or b"chunked" in value.lower()
+            elif name == b"content-length":
+                with contextlib.suppress(ValueError):
+                    content_length = int(value)
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expect_continue = True
+        if not has_rid:
+            headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
+        if not has_host:
+            c = self.pool.cluster
+            headers.append((b"host", f"{c.address}:{c.port}".encode()))
+        has_body = chunked or content_length > 0
+
+        ex = Exchange(self, method, b"", keep_alive, has_body)
+        ex.chunked_in = chunked
+        filters = proxy.filters
+        if filters is not None:
+            stream = filters.new_stream(method=method, path=self._url, peer=self.peer)
+            ex.filter_stream = stream
+            reply = stream.request_headers(headers, not has_body)
+            if reply is not None:
+                self.queue.append(ex)
+                self.current = ex
+                ex.req_done = not has_body
+                ex.resp_done = False
+                self._defer_reply(ex, reply)
+                return
+
+        out = [b"%b %b HTTP/1.1\r\n" % (method, self._url)]
+        for name, value in headers:
+            if name in drop or name == b"content-length" or (name == b"expect" and expect_continue):
+                continue
+            out.append(b"%b: %b\r\n" % (name, value))
+        if chunked:
+            out.append(b"transfer-encoding: chunked\r\n")
+        elif content_length >= 0:
+            out.append(b"content-length: %d\r\n" % content_length)
+        out.append(b"\r\n")
+        ex.head = b"".join(out)
+
+        self.current = ex
+        self.queue.append(ex)
+        if expect_continue and has_body and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if len(self.queue) == 1:
+            ex.start()
+
+    def _defer_reply(self, ex: Exchange, reply: LocalReply) -> None:
+        if self.queue[0] is ex:
+            ex.local_reply(reply.status, reply.body, reply.headers)
+        else:  # a pipelined request answered by a filter waits its turn
+            ex.head = b""
+            ex.filter_stream = None
+            self.proxy.loop.call_soon(self._queued_reply, ex, reply)
+
+    def _queued_reply(self, ex: Exchange, reply: LocalReply) -> None:
+        if self.queue and self.queue[0] is ex:
+            ex.local_reply(reply.status, reply.body, reply.headers)
+        elif not self.closed and not ex.resp_done:
+            self.proxy.loop.call_soon(self._queued_reply, ex, reply)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.current
+        if ex is None:
+            return
+        if self.queue and ex is self.queue[0]:
+            ex.request_body(body)
+        elif not ex.resp_done:
+            ex.body_pending.append(body)
+            ex.body_bytes_buffered += len(body)
+
+    def on_message_complete(self) -> None:
+        ex, self.current = self.current, None
+        if ex is None:
+            return
+        if self.queue and ex is self.queue[0]:
+            ex.request_complete()
+        else:
+            ex.req_done = True
+        if not ex.resp_done:
+            self.pause(_PAUSE_PIPELINE)
+
+    # --- flow control and writes ---
+    def pause(self, reason: int) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def resume(self, reason: int) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if not self._paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _reject(self, status: int, body: bytes) -> None:
+        ex = Exchange(self, b"GET", b"", False, False)
+        ex.req_done = True
+        if self.queue and not self.queue[-1].resp_done:
+            # a response is still in flight: we cannot answer in order, just end the connection
+            self.abort()
+            return
+        self.queue.append(ex)
+        self.proxy.stats.downstream_rq_total += 1
+        self.proxy.stats.downstream_rq_active += 1
+        ex.local_reply(status, body)
+
+    def _arm_idle(self) -> None:
+        self._idle_timer = self.proxy.loop.call_later(self.proxy.idle_timeout_s, self.close)
+
+    def exchange_done(self, ex: Exchange, *, reusable: bool) -> None:
+        self.proxy.stats.downstream_rq_active -= 1
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        if not reusable or self.proxy.draining or (self.eof and not self.queue):
+            self.close()
+            return
+        if self.queue:
+            nxt = self.queue[0]
+            nxt.start()
+            if nxt.req_done:
+                return  # still paused for the pipeline: resume once this one is answered
+        self.resume(_PAUSE_PIPELINE)
+        if self._write_paused and self.queue and self.queue[0].up is not None:
+            self.queue[0].up.pause_reading()
+        if not self.queue and self.current is None and self.transport is not None and not self.transport.is_closing():
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            self._arm_idle()
+
+
+# --- the proxy -----------------------------------------------------------------------------------------
+
+
+class Proxy:
+    """Listeners, cluster pools, counters, the active filter chain, and drain."""
+
+    def __init__(
+        self,
+        cfg: agent_config.AgentConfig,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        idle_timeout_s: float = limits.DOWNSTREAM_IDLE_TIMEOUT_S,
+    ) -> None:
+        self.cfg = cfg
+        self.loop = loop
+        self.stats = Stats()
+        self.pools = {c.name: Pool(c, self.stats) for c in cfg.clusters}
+        self.filters: Filters | None = None
+        self.idle_timeout_s = idle_timeout_s
+        self.draining = False
+        self.connections: set[Downstream] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+        self._drained: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        for lst in self.cfg.listeners:
+            pool = self.pools[lst.cluster]
+            server = await self.loop.create_server(
+                functools.partial(Downstream, self, pool), lst.address, lst.port, reuse_address=True, backlog=1024
+            )
+            self.servers.append(server)
+            log.info("listener %s on %s:%d -> cluster %s", lst.name, lst.address, self.port_of(server), lst.cluster)
+
+    @staticmethod
+    def port_of(server: asyncio.AbstractServer) -> int:
+        sockets = getattr(server, "sockets", ())
+        return int(sockets[0].getsockname()[1]) if sockets else 0
+
+    def connection_closed(self) -> None:
+        if self.draining and not self.connections and self._drained is not None:
+            self._drained.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop accepting, let in-flight exchanges finish (closing each connection after), up to `timeout_s`.
+
+        Returns True when every connection ended in time; remaining ones are aborted otherwise.
+        """
+        self.draining = True
+        for server in self.servers:
+            server.close()
+        self._drained = asyncio.Event()
+        for conn in list(self.connections):
+            if not conn.queue:
+                conn.close()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), timeout_s)
+        clean = not self.connections
+        for conn in list(self.connections):
+            conn.abort()
+        for pool in self.pools.values():
+            pool.close()
+        return clean

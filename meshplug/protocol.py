@@ -1,0 +1,291 @@
+"""The operator <-> agent wire format: ECDS-style pushes of extension configs, answered by ACK or NACK.
+
+Both sides import this module (the operator to build pushes and read replies, the agent to read pushes and
+build replies); it imports only the standard library and `meshplug.errors`, and does no I/O.
+
+Shape (JSON over HTTP, like Envoy's ECDS DiscoveryResponse / DiscoveryRequest pair, without gRPC):
+
+    PUT {PUSH_PATH}   Authorization: Bearer <token>   Content-Type: application/json
+    {"version_info": "v42", "nonce": "n-1", "resources": [ExtensionConfig, ...]}
+
+`resources` is the FULL desired set, in chain order (the operator sorts by phase, then priority); a plugin
+missing from the set is removed. Each resource names where the agent fetches the module and its sha256::
+
+    {"name": "ns.plugin", "root_id": "add_header", "url": "https://operator:8443/modules/<sha256>.wasm",
+     "sha256": "<64 hex>", "configuration": "<plugin config string>", "vm_env": {"K": "V"},
+     "fail_strategy": "FAIL_CLOSE"}
+
+The agent answers 200 with a Reply in both outcomes (the HTTP status only says the push was read):
+
+    ACK:  {"ack": true,  "version_info": "v42", "nonce": "n-1", "error_detail": null,
+           "plugins": [{"name": ..., "sha256": ..., "state": "running"}]}
+    NACK: {"ack": false, "version_info": "v41" (the version still applied, "" if none), "nonce": "n-1",
+           "error_detail": {"reason": "checksum_mismatched", "resource": "ns.plugin", "message": "..."},
+           "plugins": [... the plugins still serving ...]}
+
+401 (missing/wrong token) and 400 (unparseable push) carry a Reply-shaped NACK body too, with reason
+``unauthorized`` / ``protocol_error``; nothing changes on the agent in either case. A push whose
+(version_info, resources) equal the applied ones is ACKed without reloading anything.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshplug import errors
+
+#: where the agent accepts pushes (method PUT or POST) on its push port
+PUSH_PATH = "/v1/extension_configs"
+#: media type of pushes and replies
+CONTENT_TYPE = "application/json"
+#: version_info the agent reports for the plugin set of its static config file
+STATIC_VERSION = "static"
+
+_SHA256 = re.compile(r"^[a-f0-9]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,252}$")
+
+
+class FailStrategy(enum.StrEnum):
+    """What the agent does with a request when the plugin cannot serve it (Istio's failStrategy)."""
+
+    FAIL_CLOSE = "FAIL_CLOSE"
+    FAIL_OPEN = "FAIL_OPEN"
+    FAIL_RELOAD = "FAIL_RELOAD"
+
+
+class PluginState(enum.StrEnum):
+    RUNNING = "running"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ExtensionConfig:
+    """One plugin the agent must run: the module (url + sha256) and how to configure it."""
+
+    name: str
+    root_id: str
+    url: str
+    sha256: str
+    configuration: str = ""
+    vm_env: tuple[tuple[str, str], ...] = ()
+    fail_strategy: FailStrategy = FailStrategy.FAIL_CLOSE
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "root_id": self.root_id,
+            "url": self.url,
+            "sha256": self.sha256,
+            "configuration": self.configuration,
+            "vm_env": dict(self.vm_env),
+            "fail_strategy": self.fail_strategy.value,
+        }
+
+
+@dataclass(frozen=True)
+class Push:
+    """The full desired set of extension configs, versioned; `nonce` ties the reply to this push."""
+
+    version_info: str
+    nonce: str
+    resources: tuple[ExtensionConfig, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version_info": self.version_info,
+            "nonce": self.nonce,
+            "resources": [r.to_json() for r in self.resources],
+        }
+
+
+@dataclass(frozen=True)
+class ErrorDetail:
+    """Why a push was NACKed. `reason` is a metric label (a `MeshplugError.reason`)."""
+
+    reason: str
+    message: str
+    resource: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"reason": self.reason, "message": self.message, "resource": self.resource}
+
+
+@dataclass(frozen=True)
+class PluginStatus:
+    """One plugin as the agent runs it after the push (or still runs it, after a NACK)."""
+
+    name: str
+    sha256: str
+    state: PluginState
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "sha256": self.sha256, "state": self.state.value}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """ACK (`ack=True`, `version_info` = the version now applied) or NACK (`error_detail` set)."""
+
+    ack: bool
+    version_info: str
+    nonce: str
+    error_detail: ErrorDetail | None = None
+    plugins: tuple[PluginStatus, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ack": self.ack,
+            "version_info": self.version_info,
+            "nonce": self.nonce,
+            "error_detail": None if self.error_detail is None else self.error_detail.to_json(),
+            "plugins": [p.to_json() for p in self.plugins],
+        }
+
+
+# --- encoding --------------------------------------------------------------------------------------
+
+
+def encode(message: Push | Reply) -> bytes:
+    return json.dumps(message.to_json(), separators=(",", ":"), sort_keys=True).encode()
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The request headers that authenticate a push."""
+    return {"authorization": f"Bearer {token}", "content-type": CONTENT_TYPE}
+
+
+# --- decoding (strict: every problem is a ProtocolError naming the field) ----------------------------
+
+
+def _load(data: bytes | str) -> Mapping[str, Any]:
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.ProtocolError(f"message is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise errors.ProtocolError("message must be a JSON object")
+    return raw
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str, *, default: str | None = None) -> str:
+    value = obj.get(key, default)
+    if not isinstance(value, str):
+        raise errors.ProtocolError(f"{where}.{key} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(obj: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise errors.ProtocolError(f"{where}: unknown field(s) {', '.join(unknown)}")
+
+
+_RESOURCE_KEYS = frozenset({"name", "root_id", "url", "sha256", "configuration", "vm_env", "fail_strategy"})
+
+
+def decode_extension_config(obj: Any, where: str) -> ExtensionConfig:
+    if not isinstance(obj, dict):
+        raise errors.ProtocolError(f"{where} must be an object")
+    _check_keys(obj, _RESOURCE_KEYS, where)
+    name = _str(obj, "name", where)
+    if not _NAME.match(name):
+        raise errors.ProtocolError(f"{where}.name {name!r} is not a valid plugin name")
+    sha256 = _str(obj, "sha256", where, default="")
+    if sha256 and not _SHA256.match(sha256):
+        raise errors.ProtocolError(f"{where}.sha256 {sha256!r} is not 64 lower-case hex digits")
+    url = _str(obj, "url", where)
+    if not url.startswith(("http://", "https://", "file://")):
+        raise errors.ProtocolError(f"{where}.url {url!r}: scheme must be http, https or file")
+    if not sha256 and not url.startswith("file://"):
+        raise errors.ProtocolError(f"{where}.sha256 is required for {url.split(':', 1)[0]} modules")
+    env_raw = obj.get("vm_env", {})
+    if not isinstance(env_raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env_raw.items()):
+        raise errors.ProtocolError(f"{where}.vm_env must be an object of strings")
+    strategy = _str(obj, "fail_strategy", where, default=FailStrategy.FAIL_CLOSE.value)
+    try:
+        fail_strategy = FailStrategy(strategy)
+    except ValueError:
+        raise errors.ProtocolError(
+            f"{where}.fail_strategy {strategy!r} is not one of {', '.join(s.value for s in FailStrategy)}"
+        ) from None
+    return ExtensionConfig(
+        name=name,
+        root_id=_str(obj, "root_id", where, default=""),
+        url=url,
+        sha256=sha256,
+        configuration=_str(obj, "configuration", where, default=""),
+        vm_env=tuple(sorted(env_raw.items())),
+        fail_strategy=fail_strategy,
+    )
+
+
+def decode_push(data: bytes | str) -> Push:
+    obj = _load(data)
+    _check_keys(obj, frozenset({"version_info", "nonce", "resources"}), "push")
+    version = _str(obj, "version_info", "push")
+    if not version:
+        raise errors.ProtocolError("push.version_info must not be empty")
+    nonce = _str(obj, "nonce", "push")
+    resources_raw = obj.get("resources")
+    if not isinstance(resources_raw, list):
+        raise errors.ProtocolError("push.resources must be a list")
+    resources = tuple(decode_extension_config(r, f"push.resources[{i}]") for i, r in enumerate(resources_raw))
+    names = [r.name for r in resources]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise errors.ProtocolError(f"push.resources: duplicate name(s) {', '.join(dup)}")
+    return Push(version_info=version, nonce=nonce, resources=resources)
+
+
+def decode_reply(data: bytes | str) -> Reply:
+    obj = _load(data)
+    ack = obj.get("ack")
+    if not isinstance(ack, bool):
+        raise errors.ProtocolError("reply.ack must be a boolean")
+    detail_raw = obj.get("error_detail")
+    detail: ErrorDetail | None = None
+    if detail_raw is not None:
+        if not isinstance(detail_raw, dict):
+            raise errors.ProtocolError("reply.error_detail must be an object or null")
+        detail = ErrorDetail(
+            reason=_str(detail_raw, "reason", "reply.error_detail"),
+            message=_str(detail_raw, "message", "reply.error_detail"),
+            resource=_str(detail_raw, "resource", "reply.error_detail", default=""),
+        )
+    if not ack and detail is None:
+        raise errors.ProtocolError("reply: a NACK must carry error_detail")
+    plugins_raw = obj.get("plugins", [])
+    if not isinstance(plugins_raw, list):
+        raise errors.ProtocolError("reply.plugins must be a list")
+    plugins: list[PluginStatus] = []
+    for i, p in enumerate(plugins_raw):
+        where = f"reply.plugins[{i}]"
+        if not isinstance(p, dict):
+            raise errors.ProtocolError(f"{where} must be an object")
+        try:
+            state = PluginState(_str(p, "state", where))
+        except ValueError:
+            raise errors.ProtocolError(f"{where}.state is not a known plugin state") from None
+        plugins.append(PluginStatus(name=_str(p, "name", where), sha256=_str(p, "sha256", where), state=state))
+    return Reply(
+        ack=ack,
+        version_info=_str(obj, "version_info", "reply"),
+        nonce=_str(obj, "nonce", "reply"),
+        error_detail=detail,
+        plugins=tuple(plugins),
+    )
+
+
+def raise_for_nack(reply: Reply) -> Reply:
+    """Return an ACK unchanged; turn a NACK into `PushError` (reason = the agent's reason)."""
+    if reply.ack:
+        return reply
+    assert reply.error_detail is not None
+    d = reply.error_detail
+    where = f" ({d.resource})" if d.resource else ""
+    raise errors.PushError(f"agent NACKed push {reply.nonce!r}{where}: {d.message}", reason=d.reason)
