@@ -17,6 +17,8 @@ from meshplug import errors
 # name -> (module under meshplug.commands, one-line help); add one line per subcommand
 COMMANDS: dict[str, tuple[str, str]] = {
     "version": ("version", "print the meshplug version and its runtime pins"),
+    "agent": ("agent", "run the in-pod agent: proxy with proxy-wasm plugins, admin and push endpoints"),
+    "run": ("run", "run one plugin locally in front of an upstream URL (the agent, no containers)"),
 }
 
 

@@ -48,6 +48,14 @@ UPSTREAM_CONNECT_TIMEOUT_S = 5.0
 UPSTREAM_RESPONSE_TIMEOUT_S = 15.0
 DRAIN_TIMEOUT_S = 20.0
 MAX_PUSH_BYTES = 4 * MiB
+#: idle pooled keep-alive connections kept per upstream cluster
+UPSTREAM_MAX_IDLE_CONNECTIONS = 64
+#: a downstream keep-alive connection with no request in flight is closed after this long (Envoy: 1 h)
+DOWNSTREAM_IDLE_TIMEOUT_S = 300.0
+#: body bytes buffered per exchange before the proxy stops reading the sender (flow-control watermark)
+PROXY_BUFFER_HIGH_WATER = 64 * KiB
+#: admin/push endpoints: largest request head + body read
+MAX_CONTROL_REQUEST_BYTES = MAX_PUSH_BYTES + 64 * KiB
 
 # --- operator ------------------------------------------------------------------------------------
 MAX_VM_ENV_VARS = 256
