@@ -5,7 +5,7 @@
     │   └── SpecError                  a WasmPlugin resource that cannot be turned into a PluginSpec
     ├── FetchError                     a module could not be supplied; ``reason`` is a metric label:
     │                                  download_failure, manifest_failure, checksum_mismatched,
-    │                                  too_large, not_wasm, blocked, not_found, unauthorized
+    │                                  too_large, not_wasm, blocked, not_found, unauthorized, timeout
     ├── ValidationError                a module fails the proxy-wasm ABI check; ``reasons`` lists why
     ├── HostError                      the wasm host could not run a plugin
     │   ├── PluginStartError           instantiate / _initialize / on_vm_start / on_configure failed

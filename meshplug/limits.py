@@ -22,6 +22,12 @@ HTTP_FIRST_BACKOFF_S = 0.5
 FETCH_OVERALL_TIMEOUT_S = 120.0
 #: redirects followed by the HTTP fetcher (each one re-checked by the SSRF guard)
 MAX_REDIRECTS = 5
+#: largest OCI manifest / index / token response read from a registry
+MAX_MANIFEST_BYTES = 4 * MiB
+#: gzip/tar wrappers unwrapped around one module before giving up (tar.gz = 2)
+MAX_UNBOX_DEPTH = 3
+#: cached modules unused for this long are removed (Istio agent: 24 h)
+CACHE_UNUSED_EXPIRY_S = 24 * 3600.0
 #: Kubernetes ConfigMap payload limit; larger modules are served remotely
 CONFIGMAP_MAX_BYTES = 1 * MiB
 

@@ -1,5 +1,183 @@
 """Module supply: https/http, oci and file sources, sha256 verification, SSRF guard, content cache.
 
-Called by the operator (controller) and the agent's loader; imports nothing from the rest of meshplug
-except `errors` and `limits`. Output: an Artifact (bytes, sha256, source).
+Called by the operator (controller), the agent's loader and `meshplug fetch`; imports nothing from
+the rest of meshplug except `errors` and `limits`. The whole API::
+
+    fetcher = Fetcher(FetchOptions(file_roots=(Path("/modules"),)))
+    artifact = fetcher.fetch(url, sha256=None, pull_secret=None, pull_policy=None)   # -> Artifact
+    fetcher.metrics.exposition()        # Prometheus text
+    fetcher.expire()                    # drop modules unused for options.unused_expiry_s
+
+`fetch` blocks; asyncio callers use ``await asyncio.to_thread(fetcher.fetch, url, ...)`` and still
+share single-flight with every other thread. Failures are `errors.FetchError` with ``reason`` one of
+`Reason.ALL`. The flow for each call, in this order:
+
+1. the source's cache key is the url plus a fingerprint of the pull secret's credentials;
+2. under IfNotPresent a cached result for that key is returned (unless its re-resolve interval passed);
+3. one flight per key: http/file are downloaded/read; for OCI the manifest digest is resolved first and
+   the cache consulted with it before any blob is pulled;
+4. ``sha256`` (of the wasm bytes) is checked before anything is written to the cache.
 """
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+from meshplug import errors
+from meshplug.fetch import cache as cache_mod
+from meshplug.fetch import http, local, oci
+from meshplug.fetch.artifact import WASM_MAGIC, Artifact, Layout, Reason, sha256_hex
+from meshplug.fetch.metrics import FetchMetrics
+from meshplug.fetch.options import FetchOptions, PullPolicy
+
+__all__ = ["WASM_MAGIC", "Artifact", "FetchMetrics", "FetchOptions", "Fetcher", "Layout", "PullPolicy", "Reason"]
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _pin(sha256: str | None) -> str | None:
+    if sha256 is None or sha256 == "":
+        return None
+    value = sha256.lower().removeprefix("sha256:")
+    if not _HEX64.match(value):
+        raise errors.ConfigError(f"sha256 must be 64 hex digits, got {sha256!r}")
+    return value
+
+
+def scheme_of(url: str) -> str:
+    """``http``, ``file`` or ``oci`` (no scheme means oci); anything else is refused."""
+    if "://" not in url:
+        return "oci"
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme == "https":
+        return "http"
+    if scheme in ("http", "file", "oci"):
+        return scheme
+    raise errors.FetchError(f"unsupported url scheme {scheme!r} in {url!r}", reason=Reason.BLOCKED)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One fetch call, as decided before the flight starts."""
+
+    url: str
+    scheme: str
+    ref: oci.Reference | None
+    creds: oci.Credentials | None
+    key: str
+    pin: str | None
+    always: bool
+    progress: http.Progress | None
+
+
+class Fetcher:
+    """Supplies verified wasm modules through the content-addressed cache. Thread-safe."""
+
+    def __init__(self, options: FetchOptions | None = None, *, metrics: FetchMetrics | None = None) -> None:
+        self.options = (options or FetchOptions()).sanitized()
+        self.cache = cache_mod.Cache(self.options.cache_dir)
+        self.transport = http.Transport(self.options)
+        self.metrics = metrics or FetchMetrics(entries=self.cache.entries)
+        self._flights: cache_mod.SingleFlight[Artifact] = cache_mod.SingleFlight()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def expire(self) -> list[str]:
+        """Remove modules unused for ``options.unused_expiry_s``; their sha256s."""
+        return self.cache.expire(self.options.unused_expiry_s)
+
+    def fetch(
+        self,
+        url: str,
+        *,
+        sha256: str | None = None,
+        pull_secret: bytes | None = None,
+        pull_policy: PullPolicy | str | None = None,
+        progress: http.Progress | None = None,
+    ) -> Artifact:
+        """The verified module at ``url``; see the module docstring for the order of things."""
+        pin = _pin(sha256)
+        policy = None if pull_policy in (None, "") else PullPolicy(pull_policy)
+        scheme = scheme_of(url)
+        ref = oci.parse_reference(url) if scheme == "oci" else None
+        creds = oci.credentials_for(pull_secret, ref.registry) if ref is not None and pull_secret else None
+        key = f"{url}\0{creds.fingerprint() if creds else ''}"
+        always = policy is PullPolicy.ALWAYS or (
+            policy is None and ref is not None and ref.digest is None and ref.tag == "latest"
+        )
+        request = _Request(url, scheme, ref, creds, key, pin, always, progress)
+        flight = f"{key}\0{pin or ''}\0{'always' if always else 'ifnotpresent'}"
+        try:
+            artifact, shared = self._flights.do(flight, lambda: self._fetch(request))
+        except errors.FetchError as exc:
+            self.metrics.record_fetch(exc.reason)
+            raise
+        self.metrics.record_lookup(hit=artifact.from_cache or shared)
+        if not artifact.from_cache and not shared:
+            self.metrics.record_fetch(Reason.SUCCESS)
+        return artifact
+
+    def _fetch(self, req: _Request) -> Artifact:
+        deadline = http.Deadline.after(self.options.overall_timeout_s)
+        known = None if req.always or req.scheme == "file" else self.cache.get_ref(req.key)
+        if known is not None and (req.pin is None or known.sha256 == req.pin):
+            interval = self.options.reresolve_interval_s
+            mutable = req.ref is None or req.ref.mutable
+            stale = interval is not None and mutable and time.time() - known.resolved_at >= interval
+            data = None if stale else self.cache.get_blob(known.sha256)
+            if data is not None:
+                return Artifact(data, known.sha256, req.url, known.manifest_digest, known.layout, from_cache=True)
+        if req.ref is not None:
+            return self._fetch_oci(req, req.ref, known, deadline)
+        if req.scheme == "file":
+            data, layout = local.read_file(req.url, self.options), Layout.FILE
+        else:
+            data = http.fetch_http(self.transport, req.url, deadline=deadline, progress=req.progress)
+            layout = Layout.HTTP
+        digest = self._verify(req.url, data, req.pin, None)
+        self._store(req, data, digest, None, layout)
+        return Artifact(data, digest, req.url, None, layout)
+
+    def _fetch_oci(
+        self, req: _Request, ref: oci.Reference, known: cache_mod.RefEntry | None, deadline: http.Deadline
+    ) -> Artifact:
+        client = oci.RegistryClient(self.transport, ref, req.creds)
+        manifest_digest = client.resolve(deadline)
+        moved = known.manifest_digest if known is not None and known.manifest_digest != manifest_digest else None
+        entry = self.cache.get_manifest(ref.name, manifest_digest)
+        data = self.cache.get_blob(entry.sha256) if entry is not None else None
+        if entry is not None and data is not None:
+            layout, from_cache = entry.layout, True
+        else:
+            data, layout = client.pull(manifest_digest, deadline, req.progress)
+            from_cache = False
+        digest = self._verify(req.url, data, req.pin, manifest_digest)
+        self._store(req, data, digest, manifest_digest, layout)
+        return Artifact(
+            data, digest, req.url, manifest_digest, layout, from_cache=from_cache, previous_manifest_digest=moved
+        )
+
+    @staticmethod
+    def _verify(url: str, data: bytes, pin: str | None, manifest_digest: str | None) -> str:
+        digest = sha256_hex(data)
+        if pin is not None and digest != pin:
+            hint = ""
+            if manifest_digest == f"sha256:{pin}":
+                hint = (
+                    " (that is the image manifest digest; meshplug's sha256 is of the wasm bytes;"
+                    " pin a manifest with url@sha256:...)"
+                )
+            raise errors.FetchError(
+                f"{url}: sha256 of the module is {digest}, expected {pin}{hint}", reason=Reason.CHECKSUM_MISMATCHED
+            )
+        return digest
+
+    def _store(self, req: _Request, data: bytes, digest: str, manifest_digest: str | None, layout: Layout) -> None:
+        self.cache.put_blob(data)
+        if req.ref is not None and manifest_digest is not None:
+            self.cache.put_manifest(req.ref.name, manifest_digest, cache_mod.ManifestEntry(digest, layout))
+        self.cache.put_ref(req.key, cache_mod.RefEntry(req.url, digest, manifest_digest, layout, time.time()))

@@ -1,0 +1,170 @@
+"""SSRF guard: refuse link-local, cloud-metadata and configured addresses at connect time.
+
+`guarded_session()` (called by `http` and `oci`) returns a requests Session whose urllib3 connections
+resolve the host themselves, check every resolved address with `Guard.check()`, and connect to the
+address they checked (no second DNS lookup that a rebinding server could answer differently). Every
+connection is checked, so redirects and token realms are covered without extra code; callers also call
+`check_url()` on each hop so refusals happen before any socket is opened. Environment proxies are
+ignored (a proxy would make the guard check the proxy, not the target).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import ssl
+import urllib.parse
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import requests
+import requests.adapters
+import urllib3.connection
+import urllib3.connectionpool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+
+from meshplug import errors
+from meshplug.fetch.artifact import Reason
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: always refused: link-local (where the cloud metadata services live) and other metadata endpoints
+DEFAULT_BLOCKED: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(c)
+    for c in (
+        "169.254.0.0/16",  # IPv4 link-local; AWS/GCP/Azure/OCI metadata at 169.254.169.254
+        "fe80::/10",  # IPv6 link-local
+        "fd00:ec2::254/128",  # AWS IMDS over IPv6
+        "100.100.100.200/32",  # Alibaba Cloud metadata
+        "168.63.129.16/32",  # Azure wire server
+    )
+)
+#: refused only when loopback is blocked; 0.0.0.0 and :: reach the local host on Linux
+LOOPBACK: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(c) for c in ("127.0.0.0/8", "::1/128", "0.0.0.0/8", "::/128")
+)
+
+
+class Guard:
+    """Decides whether an address may be connected to."""
+
+    def __init__(self, extra_blocked: Iterable[IPNetwork] = (), *, block_loopback: bool = False) -> None:
+        self.blocked: tuple[IPNetwork, ...] = DEFAULT_BLOCKED + tuple(extra_blocked)
+        if block_loopback:
+            self.blocked += LOOPBACK
+
+    def refused(self, ip: IPAddress) -> bool:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == net.version and ip in net for net in self.blocked)
+
+    def check(self, host: str, ip: IPAddress) -> None:
+        if self.refused(ip):
+            raise errors.FetchError(f"refused to connect to {host} ({ip}): blocked address", reason=Reason.BLOCKED)
+
+    def resolve(self, host: str, port: int) -> list[tuple[Any, ...]]:
+        """getaddrinfo for ``host``, every answer checked; raises FetchError(blocked) if any is refused."""
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        for info in infos:
+            self.check(host, ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]))
+        return infos
+
+    def check_url(self, url: str) -> None:
+        """Refuse a URL whose host is a literal blocked address (names are checked at connect time)."""
+        host = urllib.parse.urlsplit(url).hostname or ""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return
+        self.check(host, ip)
+
+
+def _connect(guard: Guard, host: str, port: int, timeout: Any, options: Any) -> socket.socket:
+    """Connect to the first reachable checked address of ``host``."""
+    try:
+        infos = guard.resolve(host, port)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve {host}: {exc}") from exc
+    last: OSError | None = None
+    for family, kind, proto, _, addr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            for opt in options or ():
+                sock.setsockopt(*opt)
+            if isinstance(timeout, int | float):
+                sock.settimeout(timeout)
+            sock.connect(addr)
+            return sock
+        except OSError as exc:
+            last = exc
+            sock.close()
+    raise last or OSError(f"no address for {host}")
+
+
+class _GuardedHTTPConnection(urllib3.connection.HTTPConnection):
+    guard: ClassVar[Guard]
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            return _connect(self.guard, self._dns_host, self.port, self.timeout, self.socket_options)
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(self, f"connection to {self.host} timed out") from exc
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        except OSError as exc:
+            raise NewConnectionError(self, f"failed to connect to {self.host}: {exc}") from exc
+
+
+class _GuardedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    guard: ClassVar[Guard]
+
+    def _new_conn(self) -> socket.socket:
+        return _GuardedHTTPConnection._new_conn(self)  # type: ignore[arg-type]
+
+
+class _GuardedAdapter(requests.adapters.HTTPAdapter):
+    def __init__(self, guard: Guard) -> None:
+        self._http_conn = type("GuardedHTTPConnection", (_GuardedHTTPConnection,), {"guard": guard})
+        self._https_conn = type("GuardedHTTPSConnection", (_GuardedHTTPSConnection,), {"guard": guard})
+        super().__init__(max_retries=0, pool_maxsize=16)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        http_pool = type(
+            "GuardedHTTPConnectionPool",
+            (urllib3.connectionpool.HTTPConnectionPool,),
+            {"ConnectionCls": self._http_conn},
+        )
+        https_pool = type(
+            "GuardedHTTPSConnectionPool",
+            (urllib3.connectionpool.HTTPSConnectionPool,),
+            {"ConnectionCls": self._https_conn},
+        )
+        self.poolmanager.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        raise errors.FetchError("proxies are not supported by the guarded fetcher", reason=Reason.BLOCKED)
+
+
+def guarded_session(guard: Guard, *, user_agent: str) -> requests.Session:
+    """A Session whose every connection is checked by ``guard``; no environment proxies or .netrc."""
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = {}
+    adapter = _GuardedAdapter(guard)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = user_agent
+    session.headers["Accept-Encoding"] = "identity"
+    return session
+
+
+def system_ca_bundle() -> str | bool:
+    """The system's CA file when there is one (else requests' own bundle): the default TLS roots."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return True
