@@ -1,0 +1,118 @@
+"""`meshplug inspect FILE_OR_URL`: describe a proxy-wasm module and give the validator's verdict.
+
+Called by `meshplug.cli`. Reads a local file directly (``.wat`` text is assembled first), or supplies a URL
+(https://, oci://, a bare OCI reference) through `meshplug.fetch`, then runs `meshplug.validate.describe`.
+Prints a summary (or ``--json``); exit 0 when the module is accepted, 1 when it is rejected, 2 for input errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from meshplug import errors, validate
+
+HELP = "describe a proxy-wasm module (ABI, entry point, allocator, kind, imports) and validate it"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="FILE_OR_URL", help="a .wasm file, an https:// url or an OCI reference")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--kind",
+        choices=[k.value for k in validate.FilterKind],
+        help="how the plugin will be configured (warns when its callbacks do not fit)",
+    )
+    parser.add_argument("--sha256", help="expected sha256 of the module (URLs only; the fetch verifies it)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="list every import and callback")
+
+
+def _is_url(source: str) -> bool:
+    return "://" in source or (not Path(source).exists() and ":" in source and "/" in source)
+
+
+def _read(source: str, sha256: str | None) -> bytes:
+    if not _is_url(source):
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise errors.ConfigError(f"cannot read {source}: {exc.strerror or exc}") from None
+        if path.suffix == ".wat":
+            import wasmtime  # noqa: PLC0415 - text guests only
+
+            try:
+                return bytes(wasmtime.wat2wasm(data.decode("utf-8", errors="replace")))
+            except wasmtime.WasmtimeError as exc:
+                raise errors.ConfigError(f"{source} is not valid WAT: {str(exc).splitlines()[0]}") from None
+        return data
+    from meshplug import fetch  # noqa: PLC0415 - only URL sources pay for the fetch stack
+
+    fetcher = fetch.Fetcher(fetch.FetchOptions())
+    try:
+        return fetcher.fetch(source, sha256=sha256).data
+    finally:
+        fetcher.close()
+
+
+def _summary(source: str, info: validate.ModuleInfo, verbose: bool) -> list[str]:
+    verdict = "ACCEPTED" if info.accepted else "REJECTED"
+    if info.warnings:
+        verdict += f" ({len(info.warnings)} warning{'s' if len(info.warnings) > 1 else ''})"
+    lines = [
+        f"module      {source}",
+        f"size        {info.size} bytes",
+        f"sha256      {info.sha256}",
+        f"verdict     {verdict}",
+    ]
+    if info.compiled:
+        abi = str(info.abi_version) if info.abi_version else "none"
+        if info.markers:
+            abi += f" (marker {', '.join(info.markers)})"
+        if info.header_arity is not None:
+            abi += f"; header callbacks take {info.header_arity} args"
+        lines += [
+            f"abi         {abi}",
+            f"entry       {info.entry_point}" + (" (+ start section)" if info.has_start_section else ""),
+            f"allocator   {info.allocator or 'none'}",
+            f"memory      {'exported' if info.memory_exported else 'not exported'}",
+            f"kind        {info.plugin_kind}",
+        ]
+        produced = "; ".join(
+            f"{label}: {', '.join(values)}"
+            for label, values in (
+                ("language", info.producers.language),
+                ("processed-by", info.producers.processed_by),
+                ("sdk", info.producers.sdk),
+            )
+            if values
+        )
+        lines.append(f"producers   {produced or '(no producers section)'}")
+        for group, imports in info.imports_by_group().items():
+            if not imports:
+                continue
+            bad = [i for i in imports if not i.type_matches]
+            state = "all provided" if not bad else f"{len(bad)} not usable"
+            lines.append(f"imports     {group}: {len(imports)} ({state})")
+            for imp in imports if verbose else bad:
+                mark = "ok" if imp.type_matches else ("TYPE" if imp.provided else "MISSING")
+                lines.append(f"  {mark:8}  {imp.module}.{imp.name} {imp.declared}")
+        if verbose:
+            lines.append(f"callbacks   {', '.join(info.callbacks) or 'none'}")
+    for p in info.errors:
+        lines.append(f"error       {p}")
+    for p in info.warnings:
+        lines.append(f"warning     {p}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    data = _read(args.source, args.sha256)
+    kind = validate.FilterKind(args.kind) if args.kind else None
+    info = validate.describe(data, kind=kind)
+    if args.json:
+        print(json.dumps({"source": args.source, **info.to_json()}, indent=2, sort_keys=True))
+    else:
+        print("\n".join(_summary(args.source, info, args.verbose)))
+    return 0 if info.accepted else errors.ValidationError.exit_code
