@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export MESHPLUG_CACHE ?= $(HOME)/.cache/meshplug
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test setup system plugins lint unit integration bench clean
+.PHONY: demo test setup system plugins kube lint unit integration bench clean
 
 setup: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
@@ -29,7 +29,11 @@ lint: setup
 unit: setup
 	$(BIN)/pytest -m unit -q
 
-integration: setup system plugins
+# kube-apiserver + kube-controller-manager for the test bed, built once into $(MESHPLUG_CACHE)/kube/<version>
+kube: system
+	nice -n 10 scripts/install-kube.sh
+
+integration: setup system plugins kube
 	$(BIN)/pytest -m integration -q
 
 # The whole suite: quality gates, fast unit tests, then integration tests against the real test bed.
