@@ -13,7 +13,7 @@ missing from the set is removed. Each resource names where the agent fetches the
 
     {"name": "ns.plugin", "root_id": "add_header", "url": "https://operator:8443/modules/<sha256>.wasm",
      "sha256": "<64 hex>", "configuration": "<plugin config string>", "vm_env": {"K": "V"},
-     "fail_strategy": "FAIL_CLOSE"}
+     "fail_strategy": "FAIL_CLOSE", "vm_id": "", "vm_configuration": ""}
 
 The agent answers 200 with a Reply in both outcomes (the HTTP status only says the push was read):
 
@@ -74,6 +74,9 @@ class ExtensionConfig:
     configuration: str = ""
     vm_env: tuple[tuple[str, str], ...] = ()
     fail_strategy: FailStrategy = FailStrategy.FAIL_CLOSE
+    #: plugins with the same non-empty vm_id, module and vm_configuration share one VM (Envoy semantics)
+    vm_id: str = ""
+    vm_configuration: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,8 @@ class ExtensionConfig:
             "configuration": self.configuration,
             "vm_env": dict(self.vm_env),
             "fail_strategy": self.fail_strategy.value,
+            "vm_id": self.vm_id,
+            "vm_configuration": self.vm_configuration,
         }
 
 
@@ -185,7 +190,9 @@ def _check_keys(obj: Mapping[str, Any], allowed: frozenset[str], where: str) -> 
         raise errors.ProtocolError(f"{where}: unknown field(s) {', '.join(unknown)}")
 
 
-_RESOURCE_KEYS = frozenset({"name", "root_id", "url", "sha256", "configuration", "vm_env", "fail_strategy"})
+_RESOURCE_KEYS = frozenset(
+    {"name", "root_id", "url", "sha256", "configuration", "vm_env", "fail_strategy", "vm_id", "vm_configuration"}
+)
 
 
 def decode_extension_config(obj: Any, where: str) -> ExtensionConfig:
@@ -221,6 +228,8 @@ def decode_extension_config(obj: Any, where: str) -> ExtensionConfig:
         configuration=_str(obj, "configuration", where, default=""),
         vm_env=tuple(sorted(env_raw.items())),
         fail_strategy=fail_strategy,
+        vm_id=_str(obj, "vm_id", where, default=""),
+        vm_configuration=_str(obj, "vm_configuration", where, default=""),
     )
 
 

@@ -10,6 +10,7 @@ Admin routes:
     GET  /config_dump         JSON: version_info, nonce, per-plugin name/root_id/sha256/size/state, listeners,
                               clusters, last push outcome
     GET  /stats/prometheus    text exposition: proxy counters (meshplug_agent_*) + the plugins' own metrics
+    GET  /plugin_logs         JSON: the plugins' proxy_log records;  GET /plugin_stats  JSON: their metrics
     GET  /logging             current level;  POST /logging?level=debug|info|warning|error  sets it
 """
 

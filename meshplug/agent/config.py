@@ -129,7 +129,11 @@ def _path(base: Path, value: str) -> Path:
 
 def _plugin(raw: Any, where: str, base: Path) -> protocol.ExtensionConfig:
     obj = _obj(raw, where)
-    _keys(obj, {"name", "root_id", "module", "configuration", "vm_env", "fail_strategy"}, where)
+    _keys(
+        obj,
+        {"name", "root_id", "module", "configuration", "vm_env", "fail_strategy", "vm_id", "vm_configuration"},
+        where,
+    )
     module = _obj(obj.get("module"), f"{where}.module")
     _keys(module, {"file", "url", "sha256"}, f"{where}.module")
     if ("file" in module) == ("url" in module):
@@ -148,6 +152,8 @@ def _plugin(raw: Any, where: str, base: Path) -> protocol.ExtensionConfig:
         "configuration": configuration,
         "vm_env": obj.get("vm_env", {}),
         "fail_strategy": obj.get("fail_strategy", protocol.FailStrategy.FAIL_CLOSE.value),
+        "vm_id": obj.get("vm_id", ""),
+        "vm_configuration": obj.get("vm_configuration", ""),
     }
     try:
         return protocol.decode_extension_config(wire, where)

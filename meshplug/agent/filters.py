@@ -1,24 +1,165 @@
-"""Glue between the loader and the wasm host: plugin set -> started plugins -> `chain.Chain` for the proxy.
+"""Glue between the loader, the wasm host and the proxy: a plugin set -> started plugins -> a chain.
 
-Called by `meshplug.agent.runtime.build_chain` in a worker thread, only when a set has plugins (so an agent
-with no plugins never imports wasmtime). Returns a `loader.Chain`: the proxy's filters plus the views,
-metrics and close hooks admin and the applier use.
+Called by `meshplug.agent.runtime`'s chain builder in a worker thread, only for sets with plugins (so an
+agent with no plugins never imports wasmtime). Each applied set gets its own `host.Host` (VMs, shared
+data, queues, metrics) and a `Driver` that performs the host's asynchronous work on the event loop:
+plugins' HTTP calls through the proxy's named clusters, ticks, and deferred queue notifications.
+The returned `loader.Chain` carries the `chain.Chain` the proxy uses plus views, metrics and close hooks.
 """
 
 from __future__ import annotations
 
-import importlib
+import asyncio
+import logging
+import re
+import time
 from collections.abc import Sequence
 
 from meshplug import errors, protocol
-from meshplug.agent import loader
+from meshplug.agent import chain, host, loader, server
+
+log = logging.getLogger("meshplug.agent.filters")
 
 
-def build(plugins: Sequence[tuple[protocol.ExtensionConfig, bytes]]) -> loader.Chain:
-    try:
-        importlib.import_module("meshplug.agent.host")
-    except ImportError:
-        raise errors.HostError(
-            f"cannot start {plugins[0][0].name}: the wasm host (meshplug.agent.host) is not installed"
-        ) from None
-    raise errors.HostError("the wasm host's plugin API is not wired into the agent yet")
+class Driver:
+    """Runs one host's timers, callouts and deferred work on the event loop."""
+
+    def __init__(self, proxy: server.Proxy, loop: asyncio.AbstractEventLoop) -> None:
+        self.proxy = proxy
+        self.loop = loop
+        self.host: host.Host | None = None
+        self.closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wakeup(self) -> None:
+        """The host has new work; may be called from the loader's worker thread."""
+        if not self.closed:
+            self.loop.call_soon_threadsafe(self.run)
+
+    def run(self) -> None:
+        h = self.host
+        if self.closed or h is None:
+            return
+        try:
+            for call in h.take_http_calls():
+                task = self.loop.create_task(self._call(h, call))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            h.run_deferred()
+            due = h.next_timer()
+            if due is not None and due <= time.monotonic():
+                h.run_timers()
+                due = h.next_timer()
+        except errors.MeshplugError as exc:  # the host contains plugin failures; this is a last resort
+            log.error("host work failed: %s", exc.message)
+            due = h.next_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if due is not None:
+            self._timer = self.loop.call_later(max(0.0, due - time.monotonic()), self.run)
+
+    async def _call(self, h: host.Host, call: host.HttpCallout) -> None:
+        outcome = await self.proxy.http_call(call.upstream, call.headers, call.body, call.timeout_ms / 1000.0)
+        if self.closed:
+            return
+        if outcome is None:
+            result = None
+        else:
+            status, headers, body = outcome
+            result = host.HttpCalloutResult(headers=((b":status", str(status).encode()), *headers), body=body)
+        h.complete_http_call(call.id, result)
+        self.run()
+
+    def close(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        if self.host is not None:
+            self.host.close()
+
+
+_METRIC_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _metrics_text(h: host.Host) -> str:
+    lines: list[str] = []
+    m = h.metrics
+    kinds = {host.Metrics.COUNTER: "counter", host.Metrics.GAUGE: "gauge", host.Metrics.HISTOGRAM: "untyped"}
+    for mid, value in sorted(m.value.items(), key=lambda kv: m.name[kv[0]]):
+        name = "meshplug_plugin_" + _METRIC_CHARS.sub("_", m.name[mid].decode(errors="replace"))
+        lines.append(f"# TYPE {name} {kinds.get(m.kind[mid], 'untyped')}")
+        lines.append(f"{name} {value}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+_LEVEL_NAMES = {0: "trace", 1: "debug", 2: "info", 3: "warn", 4: "error", 5: "critical"}
+
+
+def _metric_values(h: host.Host) -> dict[str, int | None]:
+    m = h.metrics
+    return {
+        m.name[mid].decode(errors="replace"): None if m.kind[mid] == host.Metrics.HISTOGRAM else value
+        for mid, value in m.value.items()
+    }
+
+
+def build(
+    plugins: Sequence[tuple[protocol.ExtensionConfig, bytes]],
+    *,
+    proxy: server.Proxy,
+    loop: asyncio.AbstractEventLoop,
+) -> loader.Chain:
+    """Start every plugin (blocking: compile/deserialize, instantiate, vm_start, configure)."""
+    driver = Driver(proxy, loop)
+    h = host.Host(upstreams=set(proxy.pools), on_wakeup=driver.wakeup)
+    driver.host = h
+    started: list[tuple[protocol.ExtensionConfig, host.Plugin, str, int]] = []
+    for resource, data in plugins:
+        cfg = host.PluginConfig(
+            name=resource.name,
+            root_id=resource.root_id,
+            configuration=resource.configuration.encode(),
+            fail_strategy=chain.FailStrategy(resource.fail_strategy.value),
+            env=resource.vm_env,
+            vm_id=resource.vm_id,
+            vm_configuration=resource.vm_configuration.encode(),
+        )
+        try:
+            plugin = h.load(cfg, data, digest=resource.sha256 or None)
+        except errors.HostError as exc:
+            driver.close()
+            raise loader.ResourceError(resource.name, exc) from None
+        except errors.MeshplugError as exc:  # e.g. a module the runtime cannot compile
+            driver.close()
+            raise loader.ResourceError(resource.name, exc) from None
+        started.append((resource, plugin, loader.sha256_hex(data), len(data)))
+
+    def views() -> list[loader.PluginView]:
+        out: list[loader.PluginView] = []
+        for resource, plugin, digest, size in started:
+            failed = plugin.failed
+            out.append(
+                loader.PluginView(
+                    name=resource.name,
+                    root_id=resource.root_id,
+                    sha256=digest,
+                    size=size,
+                    state=protocol.PluginState.FAILED if failed is not None else protocol.PluginState.RUNNING,
+                    detail=failed.message if failed is not None else "",
+                )
+            )
+        return out
+
+    loop.call_soon_threadsafe(driver.run)
+    return loader.Chain(
+        filters=chain.Chain([p for _, p, _, _ in started]),
+        views=views,
+        metrics=lambda: _metrics_text(h),
+        metric_values=lambda: _metric_values(h),
+        logs=lambda: [(r.plugin, _LEVEL_NAMES.get(r.level, str(r.level)), r.message) for r in h.logs],
+        close=driver.close,
+    )

@@ -26,7 +26,7 @@ from pathlib import Path
 import requests
 
 from meshplug import errors, limits, protocol
-from meshplug.agent import server
+from meshplug.agent import chain
 
 log = logging.getLogger("meshplug.agent.loader")
 
@@ -50,9 +50,11 @@ class PluginView:
 class Chain:
     """A built chain: the proxy's `Filters` (None when there are no plugins) and its introspection hooks."""
 
-    filters: server.Filters | None
+    filters: chain.Chain | None
     views: Callable[[], list[PluginView]] = field(default=list)
     metrics: Callable[[], str] = field(default=lambda: "")
+    metric_values: Callable[[], dict[str, int | None]] = field(default=dict)
+    logs: Callable[[], list[tuple[str, str, str]]] = field(default=list)  # (plugin, level, message)
     close: Callable[[], None] = field(default=lambda: None)
 
 

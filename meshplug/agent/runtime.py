@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -27,22 +28,24 @@ log = logging.getLogger("meshplug.agent")
 _GAUGES = frozenset({"downstream_cx_active", "downstream_rq_active", "upstream_cx_active"})
 
 
-def build_chain(plugins: Sequence[tuple[protocol.ExtensionConfig, bytes]]) -> loader.Chain:
+def build_chain(
+    plugins: Sequence[tuple[protocol.ExtensionConfig, bytes]], *, proxy: server.Proxy, loop: asyncio.AbstractEventLoop
+) -> loader.Chain:
     """Start every plugin's VM and make the chain (blocking; runs in a worker thread)."""
     if not plugins:
         return loader.empty_chain()
     from meshplug.agent import filters  # noqa: PLC0415 -- the wasm host is imported only when a plugin needs it
 
-    chain: loader.Chain = filters.build(plugins)
-    return chain
+    return filters.build(plugins, proxy=proxy, loop=loop)
 
 
 class Agent:
-    def __init__(self, cfg: config.AgentConfig, *, build: loader.ChainBuilder = build_chain) -> None:
+    def __init__(self, cfg: config.AgentConfig) -> None:
         self.cfg = cfg
         self.loop = asyncio.get_running_loop()
         self.proxy = server.Proxy(cfg, loop=self.loop)
         self.store = loader.StateStore(cfg.state_dir)
+        build = functools.partial(build_chain, proxy=self.proxy, loop=self.loop)
         self.applier = push.Applier(self.proxy, store=self.store, build=build)
         self.admin = admin.ControlServer(self._admin)
         self.push_server: admin.ControlServer | None = None
@@ -108,6 +111,13 @@ class Agent:
             return admin.Response(200, self.prometheus(), "text/plain; version=0.0.4")
         if path == "/logging":
             return admin.logging_route(request)
+        if path == "/plugin_logs":  # the plugins' proxy_log records, oldest first (bounded by the host)
+            logs = active.chain.logs() if (active := self.applier.active) else []
+            body = [{"plugin": p, "level": lvl, "message": m} for p, lvl, m in logs]
+            return admin.Response(200, loader.dumps(body), "application/json")
+        if path == "/plugin_stats":  # the plugins' own metrics by the name they defined (histograms: null)
+            values = active.chain.metric_values() if (active := self.applier.active) else {}
+            return admin.Response(200, loader.dumps(values), "application/json")
         return admin.Response(404, b"not found\n")
 
     def config_dump(self) -> dict[str, object]:

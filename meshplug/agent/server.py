@@ -7,9 +7,11 @@ an `Upstream` connection from its cluster's keep-alive `Pool`, streams the reque
 and streams the response back. Flow control both ways: a full write buffer on one side pauses reading on
 the other (asyncio's pause_writing/resume_writing -> pause_reading/resume_reading).
 
-Filters: the proxy asks `Proxy.filters` (swapped atomically by the push path) for a per-exchange stream
-at request-headers time; an exchange keeps the chain it started with, so in-flight requests finish on the
-old chain after a swap. `filters = None` is the empty chain.
+Filters: `Proxy.filters` is the active `chain.Chain` (swapped in one assignment by the push path) or None
+(no plugins: the fast path, `Exchange`). With a chain, each request becomes a `FilteredExchange`, which feeds
+the sans-IO `chain.Stream` events and performs its outputs (send headers/data upstream or downstream, abort
+the upstream, reset). An exchange keeps the chain it started with, so in-flight requests finish on the old
+chain after a swap.
 
 Local replies follow Envoy's wording (503 "upstream connect error or disconnect/reset before headers.
 reset reason: connection failure", 504 "upstream request timeout", 502 for an unparseable upstream
@@ -23,16 +25,18 @@ import contextlib
 import email.utils
 import functools
 import http
+import itertools
 import logging
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
 import httptools
 
 from meshplug import limits
+from meshplug.agent import chain as agent_chain
 from meshplug.agent import config as agent_config
 
 log = logging.getLogger("meshplug.agent.server")
@@ -73,32 +77,6 @@ class _DateCache:
 
 
 _DATE = _DateCache()
-
-
-# --- filter seam -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LocalReply:
-    status: int
-    body: bytes = b""
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-
-
-class FilterStream(Protocol):
-    """One exchange's pass through the filter chain, as the proxy drives it (adapter over the host's chain)."""
-
-    def request_headers(self, headers: Headers, end_of_stream: bool) -> LocalReply | None: ...
-
-    def response_headers(self, status: int, headers: Headers, end_of_stream: bool) -> LocalReply | None: ...
-
-    def done(self) -> None: ...
-
-
-class Filters(Protocol):
-    """The active chain: a factory of per-exchange streams."""
-
-    def new_stream(self, *, method: bytes, path: bytes, peer: tuple[str, int] | None) -> FilterStream: ...
 
 
 # --- statistics --------------------------------------------------------------------------------------
@@ -358,6 +336,19 @@ class Pool:
 
 # --- downstream side ---------------------------------------------------------------------------------
 
+_CONNECTION_IDS = itertools.count(1)
+
+
+def _close_delimited(method: bytes, status: int, headers: Headers) -> bool:
+    """A response whose body runs until the upstream closes (no length, not chunked; RFC 9112 6.3)."""
+    if method == b"HEAD" or status in (204, 304) or status < 200:
+        return False
+    for name, value in headers:
+        if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
+            return False
+    return True
+
+
 _PAUSE_UPSTREAM_FULL = 1  # upstream write buffer full
 _PAUSE_BUFFER = 2  # body buffered while waiting for an upstream connection
 _PAUSE_PIPELINE = 4  # a complete request is waiting for its response
@@ -371,7 +362,6 @@ class Exchange:
         "body_pending",
         "chunked_in",
         "conn",
-        "filter_stream",
         "has_body",
         "head",
         "http11",
@@ -385,6 +375,8 @@ class Exchange:
         "status",
         "timer",
         "up",
+        "up_end",
+        "up_eof_ends",
     )
 
     def __init__(self, conn: Downstream, method: bytes, head: bytes, keep_alive: bool, has_body: bool) -> None:
@@ -405,7 +397,8 @@ class Exchange:
         self.status = 0
         self.timer: asyncio.TimerHandle | None = None
         self.retried = False
-        self.filter_stream: FilterStream | None = None
+        self.up_end = False  # the whole request has been handed to the upstream side
+        self.up_eof_ends = False  # the upstream response is close-delimited: its EOF ends the body
 
     # --- request side ---
     def start(self) -> None:
@@ -443,7 +436,7 @@ class Exchange:
             self.body_pending = []
             self.body_bytes_buffered = 0
             self.conn.resume(_PAUSE_BUFFER)
-        if self.req_done:
+        if self.up_end:
             self._request_sent()
 
     def _frame(self, chunk: bytes) -> bytes:
@@ -463,6 +456,7 @@ class Exchange:
 
     def request_complete(self) -> None:
         self.req_done = True
+        self.up_end = True
         if self.up is not None and self.up.sink is self:
             self._request_sent()
 
@@ -485,13 +479,8 @@ class Exchange:
     # --- Sink: response side ---
     def up_headers(self, status: int, reason: bytes, headers: Headers, parser: Any) -> None:
         self.status = status
+        self.up_eof_ends = _close_delimited(self.method, status, headers)
         conn = self.conn
-        if self.filter_stream is not None:
-            reply = self.filter_stream.response_headers(status, headers, False)
-            if reply is not None:
-                self._drop_upstream()
-                self.local_reply(reply.status, reply.body, reply.headers)
-                return
         keep = self.keep_alive and not conn.proxy.draining
         out = [b"HTTP/1.1 %d %b\r\n" % (status, reason or _REASONS.get(status, b"Unknown"))]
         framed = False
@@ -533,20 +522,20 @@ class Exchange:
             self.conn.write(b"0\r\n\r\n")
         up, self.up = self.up, None
         if up is not None:
-            if self.req_done:
+            if self.up_end:
                 self.conn.pool.release(up)
             else:
                 up.close()
         self._finish()
 
     def up_failed(self, reset_reason: str) -> None:
+        if self.up_eof_ends and reset_reason == RESET_TERMINATION:
+            self.up_complete()  # close-delimited body: end of connection is end of body
+            return
         up, self.up = self.up, None
         if self.resp_started:
-            if self.resp_mode == 2 and reset_reason == RESET_TERMINATION:
-                self._finish()  # close-delimited body: end of connection is end of body
-            else:
-                self.conn.proxy.stats.upstream_rq_reset += 1
-                self.conn.abort()
+            self.conn.proxy.stats.upstream_rq_reset += 1
+            self.conn.abort()
             return
         if (
             up is not None
@@ -621,9 +610,7 @@ class Exchange:
             return
         self.resp_done = True
         self._cancel_timer()
-        if self.filter_stream is not None:
-            self.filter_stream.done()
-            self.filter_stream = None
+        self._ended()
         self.conn.proxy.stats.count_status(self.status)
         self.conn.exchange_done(self, reusable=self.keep_alive and self.req_done and self.resp_mode != 2)
 
@@ -632,9 +619,213 @@ class Exchange:
         self._cancel_timer()
         self.resp_done = True
         self._drop_upstream()
-        if self.filter_stream is not None:
-            self.filter_stream.done()
-            self.filter_stream = None
+        self._ended()
+
+    def _ended(self) -> None:
+        """Hook: the exchange is over (answered or abandoned)."""
+
+
+class FilteredExchange(Exchange):
+    """An exchange through a plugin chain: HTTP events go into a `chain.Stream`, its outputs are performed."""
+
+    __slots__ = ("fed_end", "path", "request_headers", "resp_end_fed", "stream")
+
+    def __init__(
+        self, conn: Downstream, method: bytes, keep_alive: bool, has_body: bool, chain: agent_chain.Chain
+    ) -> None:
+        super().__init__(conn, method, b"", keep_alive, has_body)
+        peer = conn.peer or ("", 0)
+        local = conn.local or ("", 0)
+        info = agent_chain.StreamInfo(
+            remote_address=str(peer[0]),
+            remote_port=int(peer[1]),
+            local_address=str(local[0]),
+            local_port=int(local[1]),
+            protocol="HTTP/1.1" if self.http11 else "HTTP/1.0",
+            connection_id=conn.id,
+            start_time_ns=time.time_ns(),
+        )
+        self.stream = chain.new_stream(info)
+        self.stream.on_progress = self._progress
+        self.request_headers: Headers = []
+        self.path = b""
+        self.fed_end = False
+        self.resp_end_fed = False
+
+    # --- driving the chain ---
+    def _progress(self, _stream: agent_chain.Stream) -> None:
+        self.conn.proxy.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        if not self.resp_done:
+            self.perform(self.stream.take_outputs())
+
+    def start(self) -> None:
+        headers = agent_chain.http1_request_headers(self.method, self.path, self.request_headers)
+        self.request_headers = []
+        self.perform(self.stream.recv_request_headers(headers, not self.has_body))
+        pending, self.body_pending = self.body_pending, []
+        self.body_bytes_buffered = 0
+        for chunk in pending:
+            if self.resp_done:
+                return
+            self.perform(self.stream.recv_request_data(chunk, False))
+        if self.req_done:
+            self.request_complete()
+
+    def request_body(self, chunk: bytes) -> None:
+        if not self.resp_done:
+            self.perform(self.stream.recv_request_data(chunk, False))
+
+    def request_complete(self) -> None:
+        self.req_done = True
+        if self.has_body and not self.fed_end and not self.resp_done:
+            self.fed_end = True
+            self.perform(self.stream.recv_request_data(b"", True))
+
+    def up_headers(self, status: int, reason: bytes, headers: Headers, parser: Any) -> None:
+        self.status = status
+        self.up_eof_ends = _close_delimited(self.method, status, headers)
+        no_body = self.method == b"HEAD" or status in (204, 304) or status < 200
+        self.resp_end_fed = no_body
+        kept = [(n, v) for n, v in headers if n not in HOP_BY_HOP]
+        self.perform(self.stream.recv_response_headers(agent_chain.http1_response_headers(status, kept), no_body))
+
+    def up_body(self, data: bytes) -> None:
+        if data and not self.resp_done:
+            self.perform(self.stream.recv_response_data(data, False))
+
+    def up_complete(self) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            if self.up_end:
+                self.conn.pool.release(up)
+            else:
+                up.close()
+        if not self.resp_end_fed and not self.resp_done:
+            self.resp_end_fed = True
+            self.perform(self.stream.recv_response_data(b"", True))
+
+    def _ended(self) -> None:
+        self.stream.complete()
+
+    # --- performing outputs ---
+    def perform(self, outputs: list[agent_chain.Output]) -> None:
+        for out in outputs:
+            if self.resp_done:
+                return
+            if isinstance(out, agent_chain.SendData):
+                if out.target is agent_chain.Target.UPSTREAM:
+                    self._send_up_data(out.data, out.end_stream)
+                else:
+                    self._send_down_data(out.data, out.end_stream)
+            elif isinstance(out, agent_chain.SendHeaders):
+                if out.target is agent_chain.Target.UPSTREAM:
+                    self._send_up_headers(out.headers, out.end_stream)
+                else:
+                    self._send_down_headers(out.headers, out.end_stream)
+            elif isinstance(out, agent_chain.SendTrailers):
+                if out.target is agent_chain.Target.UPSTREAM:
+                    self._send_up_data(b"", True)
+                else:
+                    self._send_down_data(b"", True)
+            elif isinstance(out, agent_chain.AbortUpstream):
+                self._cancel_timer()
+                self._drop_upstream()
+                self.up_end = True  # nothing more goes upstream
+            else:  # ResetStream
+                self.conn.abort()
+                return
+
+    def _send_up_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
+        pseudo, regular = agent_chain.split_pseudo(headers)
+        method = pseudo.get(b":method", self.method)
+        self.method = method
+        out = [b"%b %b HTTP/1.1\r\n" % (method, pseudo.get(b":path", b"/"))]
+        authority = pseudo.get(b":authority")
+        if authority:
+            out.append(b"host: %b\r\n" % authority)
+        has_length = False
+        for name, value in regular:
+            if name in HOP_BY_HOP or (authority and name == b"host"):
+                continue
+            has_length = has_length or name == b"content-length"
+            out.append(b"%b: %b\r\n" % (name, value))
+        if not end_stream and not has_length:
+            self.chunked_in = True
+            out.append(b"transfer-encoding: chunked\r\n")
+        out.append(b"\r\n")
+        self.head = b"".join(out)
+        self.up_end = end_stream
+        pool = self.conn.pool
+        up = pool.take_idle()
+        if up is not None:
+            self.attach(up)
+        else:
+            self.conn.proxy.loop.create_task(self._connect(pool))
+
+    def _send_up_data(self, data: bytes, end_stream: bool) -> None:
+        up = self.up
+        attached = up is not None and up.sink is self
+        if data:
+            if attached and up is not None:
+                up.write(self._frame(data))
+            else:
+                self.body_pending.append(data)
+        if end_stream and not self.up_end:
+            self.up_end = True
+            if attached:
+                self._request_sent()
+
+    def _send_down_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
+        pseudo, regular = agent_chain.split_pseudo(headers)
+        try:
+            status = int(pseudo.get(b":status", b"200"))
+        except ValueError:
+            status = 502
+        self.status = status
+        conn = self.conn
+        keep = self.keep_alive and not conn.proxy.draining
+        out = [b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        framed = False
+        for name, value in regular:
+            if name in HOP_BY_HOP:
+                continue
+            framed = framed or name == b"content-length"
+            out.append(b"%b: %b\r\n" % (name, value))
+        no_body = self.method == b"HEAD" or status in (204, 304)
+        if no_body or framed:
+            self.resp_mode = 0
+        elif end_stream:
+            self.resp_mode = 0
+            out.append(b"content-length: 0\r\n")
+        elif self.http11:
+            self.resp_mode = 1
+            out.append(b"transfer-encoding: chunked\r\n")
+        else:
+            self.resp_mode = 2
+            keep = False
+        if not keep:
+            self.keep_alive = False
+            out.append(b"connection: close\r\n")
+        elif not self.http11:
+            out.append(b"connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        self.resp_started = True
+        conn.write(b"".join(out))
+        if end_stream:
+            self._finish()
+
+    def _send_down_data(self, data: bytes, end_stream: bool) -> None:
+        if data:
+            self.up_body_raw(data)
+        if end_stream:
+            if self.resp_mode == 1:
+                self.conn.write(b"0\r\n\r\n")
+            self._finish()
+
+    def up_body_raw(self, data: bytes) -> None:
+        Exchange.up_body(self, data)
 
 
 class Downstream(asyncio.Protocol):
@@ -646,6 +837,8 @@ class Downstream(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
+        self.local: tuple[str, int] | None = None
+        self.id = next(_CONNECTION_IDS)
         self.queue: deque[Exchange] = deque()
         self.current: Exchange | None = None  # the exchange being parsed
         self.closed = False
@@ -662,6 +855,7 @@ class Downstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
         self.peer = transport.get_extra_info("peername")
+        self.local = transport.get_extra_info("sockname")
         self.proxy.connections.add(self)
         self.proxy.stats.downstream_cx_total += 1
         self.proxy.stats.downstream_cx_active += 1
@@ -764,21 +958,21 @@ class Downstream(asyncio.Protocol):
             headers.append((b"host", f"{c.address}:{c.port}".encode()))
         has_body = chunked or content_length > 0
 
-        ex = Exchange(self, method, b"", keep_alive, has_body)
-        ex.chunked_in = chunked
         filters = proxy.filters
         if filters is not None:
-            stream = filters.new_stream(method=method, path=self._url, peer=self.peer)
-            ex.filter_stream = stream
-            reply = stream.request_headers(headers, not has_body)
-            if reply is not None:
-                self.queue.append(ex)
-                self.current = ex
-                ex.req_done = not has_body
-                ex.resp_done = False
-                self._defer_reply(ex, reply)
-                return
+            fx = FilteredExchange(self, method, keep_alive, has_body, filters)
+            fx.request_headers = [(n, v) for n, v in headers if not (n in drop or (n == b"expect" and expect_continue))]
+            fx.path = self._url
+            self.current = fx
+            self.queue.append(fx)
+            if expect_continue and has_body and self.transport is not None:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if len(self.queue) == 1:
+                fx.start()
+            return
 
+        ex = Exchange(self, method, b"", keep_alive, has_body)
+        ex.chunked_in = chunked
         out = [b"%b %b HTTP/1.1\r\n" % (method, self._url)]
         for name, value in headers:
             if name in drop or name == b"content-length" or (name == b"expect" and expect_continue):
@@ -797,20 +991,6 @@ class Downstream(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if len(self.queue) == 1:
             ex.start()
-
-    def _defer_reply(self, ex: Exchange, reply: LocalReply) -> None:
-        if self.queue[0] is ex:
-            ex.local_reply(reply.status, reply.body, reply.headers)
-        else:  # a pipelined request answered by a filter waits its turn
-            ex.head = b""
-            ex.filter_stream = None
-            self.proxy.loop.call_soon(self._queued_reply, ex, reply)
-
-    def _queued_reply(self, ex: Exchange, reply: LocalReply) -> None:
-        if self.queue and self.queue[0] is ex:
-            ex.local_reply(reply.status, reply.body, reply.headers)
-        elif not self.closed and not ex.resp_done:
-            self.proxy.loop.call_soon(self._queued_reply, ex, reply)
 
     def on_body(self, body: bytes) -> None:
         ex = self.current
@@ -894,6 +1074,42 @@ class Downstream(asyncio.Protocol):
             self._arm_idle()
 
 
+# --- plugins' http calls ---------------------------------------------------------------------------
+
+
+class _CallSink:
+    """Collects one whole response for a plugin's http call."""
+
+    def __init__(self, future: asyncio.Future[tuple[int, Headers, bytes] | None], up: Upstream) -> None:
+        self.future = future
+        self.up = up
+        self.status = 0
+        self.headers: Headers = []
+        self.body: list[bytes] = []
+
+    def up_headers(self, status: int, reason: bytes, headers: Headers, parser: Any) -> None:
+        self.status = status
+        self.headers = [(n, v) for n, v in headers if n not in HOP_BY_HOP]
+
+    def up_body(self, data: bytes) -> None:
+        self.body.append(data)
+
+    def up_complete(self) -> None:
+        self.up.pool.release(self.up)
+        if not self.future.done():
+            self.future.set_result((self.status, self.headers, b"".join(self.body)))
+
+    def up_failed(self, reset_reason: str) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def up_pause(self) -> None:
+        return None
+
+    def up_resume(self) -> None:
+        return None
+
+
 # --- the proxy -----------------------------------------------------------------------------------------
 
 
@@ -911,7 +1127,7 @@ class Proxy:
         self.loop = loop
         self.stats = Stats()
         self.pools = {c.name: Pool(c, self.stats) for c in cfg.clusters}
-        self.filters: Filters | None = None
+        self.filters: agent_chain.Chain | None = None
         self.idle_timeout_s = idle_timeout_s
         self.draining = False
         self.connections: set[Downstream] = set()
@@ -957,3 +1173,52 @@ class Proxy:
         for pool in self.pools.values():
             pool.close()
         return clean
+
+    async def http_call(
+        self, cluster: str, headers: Sequence[tuple[bytes, bytes]], body: bytes, timeout_s: float
+    ) -> tuple[int, Headers, bytes] | None:
+        """A plugin's HTTP call to a named cluster: (status, headers, body), or None on connect/reset failure.
+
+        A timeout answers 504 "upstream request timeout", as Envoy's async client reports it.
+        """
+        pool = self.pools.get(cluster)
+        if pool is None:
+            return None
+        method, path, authority = b"GET", b"/", b""
+        out: list[bytes] = []
+        for name, value in headers:
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            elif not name.startswith(b":") and name not in HOP_BY_HOP and name not in (b"content-length", b"host"):
+                out.append(b"%b: %b\r\n" % (name, value))
+        host = authority or f"{pool.cluster.address}:{pool.cluster.port}".encode()
+        head = b"%b %b HTTP/1.1\r\nhost: %b\r\n%bcontent-length: %d\r\n\r\n" % (
+            method,
+            path,
+            host,
+            b"".join(out),
+            len(body),
+        )
+        up = pool.take_idle()
+        if up is None:
+            try:
+                up = await pool.connect()
+            except (OSError, TimeoutError):
+                self.stats.upstream_cx_connect_fail += 1
+                return None
+        future: asyncio.Future[tuple[int, Headers, bytes] | None] = self.loop.create_future()
+        up.sink = _CallSink(future, up)
+        up.head_request = method == b"HEAD"
+        self.stats.upstream_rq_total += 1
+        up.write(head + body)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            up.sink = None
+            up.close()
+            self.stats.upstream_rq_timeout += 1
+            return 504, [(b"content-type", b"text/plain")], BODY_TIMEOUT
