@@ -1,0 +1,618 @@
+"""Every proxy-wasm host import, as thin shims over the host (ABI reference section 2).
+
+Called by meshplug.agent.host: `HostCalls(vm).bind(declared_imports)` returns (import, function) pairs for
+meshplug.agent.vm to link. Binding follows the module's *declared* imports: an import known to
+meshplug.abi_table with the declared type gets its shim (`SHIMS`: name -> method, one loop binds them);
+WASI imports go to meshplug.agent.wasi; anything else gets a stub of the declared type that logs once and
+returns UNIMPLEMENTED (``env.abort`` traps, as AssemblyScript expects).
+
+Each shim: check enum ranges, bounds-check guest memory (a `MemoryFault` becomes INVALID_MEMORY_ACCESS),
+delegate to the effective context / host, write results, return a status the SDKs accept (lenient where
+Envoy's answer would crash the Rust SDK: map mutations on an unavailable map, set_property on a root).
+All ABI versions' imports are offered whatever the module's marker.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from meshplug import abi_table, errors
+from meshplug.agent import pairs, properties, vm, wasi
+from meshplug.agent.chain import Direction, LocalReply
+
+if TYPE_CHECKING:
+    from meshplug.agent.host import Context, WasmVm
+
+# proxy_status_t
+OK = 0
+NOT_FOUND = 1
+BAD_ARGUMENT = 2
+SERIALIZATION_FAILURE = 3
+PARSE_FAILURE = 4
+INVALID_MEMORY_ACCESS = 6
+EMPTY = 7
+CAS_MISMATCH = 8
+INTERNAL_FAILURE = 10
+BROKEN_CONNECTION = 11
+UNIMPLEMENTED = 12
+
+# proxy_buffer_type_t
+BUF_HTTP_REQUEST_BODY = 0
+BUF_HTTP_RESPONSE_BODY = 1
+BUF_DOWNSTREAM_DATA = 2
+BUF_UPSTREAM_DATA = 3
+BUF_HTTP_CALL_RESPONSE_BODY = 4
+BUF_GRPC_RECEIVE = 5
+BUF_VM_CONFIGURATION = 6
+BUF_PLUGIN_CONFIGURATION = 7
+BUF_FOREIGN_FUNCTION_ARGUMENTS = 8
+_MAX_BUFFER_TYPE = 8
+
+# proxy_map_type_t
+MAP_REQUEST_HEADERS = 0
+MAP_REQUEST_TRAILERS = 1
+MAP_RESPONSE_HEADERS = 2
+MAP_RESPONSE_TRAILERS = 3
+MAP_GRPC_INITIAL_METADATA = 4
+MAP_GRPC_TRAILING_METADATA = 5
+MAP_HTTP_CALL_RESPONSE_HEADERS = 6
+MAP_HTTP_CALL_RESPONSE_TRAILERS = 7
+_MAX_MAP_TYPE = 7
+
+# proxy_stream_type_t
+STREAM_REQUEST, STREAM_RESPONSE, STREAM_DOWNSTREAM, STREAM_UPSTREAM = range(4)
+
+_U32 = 0xFFFF_FFFF
+_READ_ONLY_BUFFERS = frozenset(
+    {BUF_HTTP_CALL_RESPONSE_BODY, BUF_GRPC_RECEIVE, BUF_VM_CONFIGURATION, BUF_PLUGIN_CONFIGURATION, 8}
+)
+
+HostFunc = vm.HostFunc
+
+
+def _shim(fn: Callable[..., int]) -> Callable[..., int]:
+    """Guest memory faults become INVALID_MEMORY_ACCESS; pairs errors BAD_ARGUMENT."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: int) -> int:
+        try:
+            return fn(*args)
+        except vm.MemoryFault:
+            return INVALID_MEMORY_ACCESS
+        except pairs.PairsError:
+            return BAD_ARGUMENT
+
+    return wrapper
+
+
+class HostCalls:
+    """The import implementations for one VM. Methods are named after the imports they implement."""
+
+    def __init__(self, wvm: WasmVm) -> None:
+        self.vm = wvm
+        self.wasi = wasi.Wasi(wvm)
+        self._warned: set[str] = set()
+
+    @property
+    def guest(self) -> vm.Guest:
+        return self.vm.guest
+
+    # -- binding -----------------------------------------------------------------------------------
+    def bind(self, decls: Sequence[vm.ImportDecl]) -> list[tuple[vm.ImportDecl, HostFunc]]:
+        out: list[tuple[vm.ImportDecl, HostFunc]] = []
+        for decl in decls:
+            out.append((decl, self._resolve(decl)))
+        return out
+
+    def _resolve(self, decl: vm.ImportDecl) -> HostFunc:
+        known = abi_table.lookup(decl.module, decl.name)
+        sig_ok = known is not None and known.sig.params == decl.sig.params and known.sig.results == decl.sig.results
+        if decl.module in abi_table.WASI_MODULES:
+            fn = self.wasi.shim(decl.name) if sig_ok else None
+            if fn is not None:
+                return fn
+            return self._stub(decl, wasi.ERRNO_NOSYS)
+        if decl.module == abi_table.ENV and sig_ok:
+            method = SHIMS.get(decl.name)
+            if method is not None:
+                return _shim(getattr(self, method))
+        if decl.module == abi_table.ENV and decl.name == "abort":
+            return self._abort
+        return self._stub(decl, UNIMPLEMENTED)
+
+    def _stub(self, decl: vm.ImportDecl, result: int) -> HostFunc:
+        label = f"{decl.module}.{decl.name}"
+        has_result = bool(decl.sig.results)
+
+        def stub(*_args: int) -> int | None:
+            if label not in self._warned:
+                self._warned.add(label)
+                self.vm.log(3, f"unimplemented import {label} called")
+            return result if has_result else None
+
+        return stub
+
+    def _abort(self, *_args: int) -> None:
+        raise errors.PluginRuntimeError("guest called env.abort", reason="abort")
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _ctx(self) -> Context | None:
+        return self.vm.effective
+
+    def _read(self, ptr: int, size: int) -> bytes:
+        return self.guest.read(ptr, size)
+
+    def _give(self, data: bytes | bytearray, ptr_ptr: int, size_ptr: int) -> int:
+        """Copy `data` into a fresh guest allocation of exactly len(data) (ABI ref. 3.3)."""
+        n = len(data)
+        p = 0
+        if n:
+            p = self.vm.allocate(n)
+            if p == 0:
+                return INVALID_MEMORY_ACCESS
+            self.guest.write(p, data)
+        self.guest.write_u32(ptr_ptr, p)
+        self.guest.write_u32(size_ptr, n)
+        return OK
+
+    # -- logging, time, ticks ----------------------------------------------------------------------
+    def proxy_log(self, level: int, ptr: int, size: int) -> int:
+        if level > 5:
+            return BAD_ARGUMENT
+        self.vm.log(level, self._read(ptr, size).decode(errors="replace"))
+        return OK
+
+    def proxy_get_log_level(self, ret: int) -> int:
+        self.guest.write_u32(ret, self.vm.host.log_level)
+        return OK
+
+    def proxy_get_current_time_nanoseconds(self, ret: int) -> int:
+        self.guest.write_u64(ret, time.time_ns())
+        return OK
+
+    def proxy_set_tick_period_milliseconds(self, period: int) -> int:
+        ctx = self._ctx()
+        if ctx is not None:
+            self.vm.host.set_tick_period(ctx.root, period)
+        return OK
+
+    # -- configuration (0.1.0) and buffers -----------------------------------------------------------
+    def proxy_get_configuration(self, ptr_ptr: int, size_ptr: int) -> int:
+        ctx = self._ctx()
+        if ctx is None:
+            return NOT_FOUND
+        root = ctx.root
+        if root.in_callback == "vm_start":
+            data = root.plugin_ref.config.vm_configuration
+        else:
+            data = root.plugin_ref.config.configuration
+        return self._give(data, ptr_ptr, size_ptr)
+
+    def proxy_get_buffer_bytes(self, btype: int, start: int, max_size: int, ptr_ptr: int, size_ptr: int) -> int:
+        if btype > _MAX_BUFFER_TYPE:
+            return BAD_ARGUMENT
+        ctx = self._ctx()
+        buf = ctx.buffer(btype) if ctx is not None else None
+        if buf is None:
+            return NOT_FOUND
+        if start > start + max_size:
+            return BAD_ARGUMENT
+        length = len(buf)
+        if start >= length:
+            return self._give(b"", ptr_ptr, size_ptr)
+        end = min(length, start + max_size)
+        return self._give(bytes(buf[start:end]), ptr_ptr, size_ptr)
+
+    def proxy_set_buffer_bytes(self, btype: int, start: int, size: int, ptr: int, vsize: int) -> int:
+        if btype > _MAX_BUFFER_TYPE or btype in _READ_ONLY_BUFFERS:
+            return BAD_ARGUMENT
+        ctx = self._ctx()
+        buf = ctx.writable_buffer(btype) if ctx is not None else None
+        if buf is None:
+            return NOT_FOUND
+        value = self._read(ptr, vsize)
+        if start == 0:
+            del buf[: min(size, len(buf))]
+            buf[0:0] = value
+        elif start >= len(buf):
+            buf += value
+        else:
+            return BAD_ARGUMENT
+        return OK
+
+    def proxy_get_buffer_status(self, btype: int, len_ptr: int, flags_ptr: int) -> int:
+        if btype > _MAX_BUFFER_TYPE:
+            return BAD_ARGUMENT
+        ctx = self._ctx()
+        buf = ctx.buffer(btype) if ctx is not None else None
+        if buf is None:
+            return NOT_FOUND
+        self.guest.write_u32(len_ptr, len(buf))
+        self.guest.write_u32(flags_ptr, 0)
+        return OK
+
+    # -- header maps -------------------------------------------------------------------------------
+    def _map(self, mtype: int) -> list[tuple[bytes, bytes]] | None:
+        ctx = self._ctx()
+        return ctx.header_map(mtype) if ctx is not None else None
+
+    def proxy_get_header_map_pairs(self, mtype: int, ptr_ptr: int, size_ptr: int) -> int:
+        if mtype > _MAX_MAP_TYPE:
+            return BAD_ARGUMENT
+        hmap = self._map(mtype)
+        return self._give(pairs.encode(hmap or []), ptr_ptr, size_ptr)
+
+    def proxy_set_header_map_pairs(self, mtype: int, ptr: int, size: int) -> int:
+        if mtype > _MAX_MAP_TYPE:
+            return BAD_ARGUMENT
+        new = pairs.decode(self._read(ptr, size))
+        hmap = self._map(mtype)
+        if hmap is not None:
+            hmap[:] = [(k.lower(), v) for k, v in new]
+        return OK
+
+    def proxy_get_header_map_value(self, mtype: int, kptr: int, ksize: int, ptr_ptr: int, size_ptr: int) -> int:
+        if mtype > _MAX_MAP_TYPE:
+            return BAD_ARGUMENT
+        key = self._read(kptr, ksize).lower()
+        hmap = self._map(mtype)
+        if hmap is not None:
+            for k, v in hmap:
+                if k == key:
+                    return self._give(v, ptr_ptr, size_ptr)
+        if "proxy_abi_version_0_1_0" in self.guest.exports:
+            return self._give(b"", ptr_ptr, size_ptr)  # 0.1.0: OK with an empty value (Envoy)
+        return NOT_FOUND
+
+    def proxy_add_header_map_value(self, mtype: int, kptr: int, ksize: int, vptr: int, vsize: int) -> int:
+        if mtype > _MAX_MAP_TYPE:
+            return BAD_ARGUMENT
+        key, value = self._read(kptr, ksize).lower(), self._read(vptr, vsize)
+        hmap = self._map(mtype)
+        if hmap is not None:
+            hmap.append((key, value))
+        return OK
+
+    def proxy_replace_header_map_value(self, mtype: int, kptr: int, ksize: int, vptr: int, vsize: int) -> int:
+        if mtype > _MAX_MAP_TYPE:
+            return BAD_ARGUMENT
+        key, value = self._read(kptr, ksize).lower(), self._read(vptr, vsize)
+        hmap = self._map(mtype)
+        if hmap is not None:
+            for i, (k, _) in enumerate(hmap):
+                if k == key:
+                    hmap[i] = (key, value)
+                    hmap[i + 1 :] = [(k2, v2) for k2, v2 in hmap[i + 1 :] if k2 != key]
+                    break
+            else:
+                hmap.append((key, value))
+        return OK
+
+    def proxy_remove_header_map_value(self, mtype: int, kptr: int, ksize: int) -> int:
+        if mtype > _MAX_MAP_TYPE:
+            return BAD_ARGUMENT
+        key = self._read(kptr, ksize).lower()
+        hmap = self._map(mtype)
+        if hmap is not None:
+            hmap[:] = [(k, v) for k, v in hmap if k != key]
+        return OK
+
+    def proxy_get_header_map_size(self, mtype: int, ret: int) -> int:
+        if mtype > _MAX_MAP_TYPE:
+            return BAD_ARGUMENT
+        self.guest.write_u32(ret, pairs.encoded_size(self._map(mtype) or []))
+        return OK
+
+    # -- properties --------------------------------------------------------------------------------
+    def proxy_get_property(self, pptr: int, psize: int, ptr_ptr: int, size_ptr: int) -> int:
+        path = self._read(pptr, psize)
+        ctx = self._ctx()
+        if ctx is None:
+            return NOT_FOUND
+        value = properties.lookup(ctx, path)
+        if value is None:
+            return NOT_FOUND
+        return self._give(value, ptr_ptr, size_ptr)
+
+    def proxy_set_property(self, pptr: int, psize: int, vptr: int, vsize: int) -> int:
+        path, value = self._read(pptr, psize), self._read(vptr, vsize)
+        ctx = self._ctx()
+        if ctx is not None:
+            ctx.properties[path] = value
+        return OK
+
+    # -- stream control, local replies -------------------------------------------------------------
+    def _stream(self, stype: int, *, close: bool) -> int:
+        from meshplug.agent.host import HttpContext, TcpStream  # noqa: PLC0415 -- host imports this module
+
+        if stype > STREAM_UPSTREAM:
+            return BAD_ARGUMENT
+        ctx = self._ctx()
+        if isinstance(ctx, HttpContext):
+            if stype > STREAM_RESPONSE:
+                return BAD_ARGUMENT
+            control = ctx.control
+            if close:
+                self.vm.defer(control.close)
+            else:
+                direction = Direction.REQUEST if stype == STREAM_REQUEST else Direction.RESPONSE
+                self.vm.defer(lambda: control.resume(direction))
+            return OK
+        if isinstance(ctx, TcpStream):
+            if stype == STREAM_UPSTREAM and not close:
+                return UNIMPLEMENTED
+            if close:
+                ctx.closed = True
+            else:
+                ctx.resumed.add(stype)
+            return OK
+        return OK
+
+    def proxy_continue_stream(self, stype: int) -> int:
+        return self._stream(stype, close=False)
+
+    def proxy_close_stream(self, stype: int) -> int:
+        return self._stream(stype, close=True)
+
+    def proxy_continue_request(self) -> int:
+        return self._stream(STREAM_REQUEST, close=False)
+
+    def proxy_continue_response(self) -> int:
+        return self._stream(STREAM_RESPONSE, close=False)
+
+    def proxy_clear_route_cache(self) -> int:
+        return OK
+
+    def proxy_send_local_response(  # noqa: PLR0917 -- the ABI's argument list
+        self, status: int, dptr: int, dsize: int, bptr: int, bsize: int, hptr: int, hsize: int, grpc: int
+    ) -> int:
+        from meshplug.agent.host import HttpContext  # noqa: PLC0415
+
+        details = b"_".join(self._read(dptr, dsize).split()).decode(errors="replace")
+        body = self._read(bptr, bsize)
+        headers = tuple((k.lower(), v) for k, v in pairs.decode(self._read(hptr, hsize)))
+        grpc_status = grpc if grpc <= 16 else None
+        ctx = self._ctx()
+        if not isinstance(ctx, HttpContext):
+            return BAD_ARGUMENT
+        self.vm.host.local_reply(ctx, LocalReply(status, headers, body, details, grpc_status))
+        return OK
+
+    def proxy_get_status(self, code_ptr: int, ptr_ptr: int, size_ptr: int) -> int:
+        ctx = self._ctx()
+        code, msg = ctx.root.status if ctx is not None else (0, b"")
+        self.guest.write_u32(code_ptr, code)
+        return self._give(msg, ptr_ptr, size_ptr)
+
+    # -- http / grpc callouts ----------------------------------------------------------------------
+    def proxy_http_call(  # noqa: PLR0917 -- the ABI's argument list
+        self,
+        uptr: int,
+        usize: int,
+        hptr: int,
+        hsize: int,
+        bptr: int,
+        bsize: int,
+        tptr: int,
+        tsize: int,
+        timeout_ms: int,
+        token_ptr: int,
+    ) -> int:
+        upstream = self._read(uptr, usize).decode(errors="replace")
+        headers = [(k.lower(), v) for k, v in pairs.decode(self._read(hptr, hsize))]
+        body = self._read(bptr, bsize)
+        trailers = [(k.lower(), v) for k, v in pairs.decode(self._read(tptr, tsize))]
+        self.guest.write_u32(token_ptr, 0)  # validate the out-pointer before dispatch (cpp-host)
+        names = {k for k, _ in headers}
+        if not {b":method", b":path", b":authority"} <= names:
+            return BAD_ARGUMENT
+        host = self.vm.host
+        if host.upstreams is not None and upstream not in host.upstreams:
+            return BAD_ARGUMENT
+        ctx = self._ctx()
+        if ctx is None:
+            return BAD_ARGUMENT
+        if body and b"content-length" not in names:
+            headers.append((b"content-length", str(len(body)).encode()))
+        token = host.dispatch_http_call(
+            self.vm, ctx.root, upstream=upstream, headers=headers, body=body, trailers=trailers, timeout_ms=timeout_ms
+        )
+        self.guest.write_u32(token_ptr, token)
+        return OK
+
+    def proxy_grpc_call(self, *args: int) -> int:
+        return PARSE_FAILURE  # Envoy: an unknown gRPC service/cluster (no corpus plugin needs real gRPC)
+
+    def proxy_grpc_stream(self, *args: int) -> int:
+        return PARSE_FAILURE
+
+    def proxy_grpc_send(self, token: int, ptr: int, size: int, end: int) -> int:
+        return NOT_FOUND
+
+    def proxy_grpc_cancel(self, token: int) -> int:
+        return NOT_FOUND
+
+    def proxy_grpc_close(self, token: int) -> int:
+        return NOT_FOUND
+
+    # -- shared data and queues --------------------------------------------------------------------
+    def proxy_get_shared_data(self, kptr: int, ksize: int, ptr_ptr: int, size_ptr: int, cas_ptr: int) -> int:
+        found = self.vm.host.shared_data.get(self.vm.vm_id, self._read(kptr, ksize))
+        if found is None:
+            return NOT_FOUND
+        value, cas = found
+        status = self._give(value, ptr_ptr, size_ptr)
+        if status == OK:
+            self.guest.write_u32(cas_ptr, cas)
+        return status
+
+    def proxy_set_shared_data(self, kptr: int, ksize: int, vptr: int, vsize: int, cas: int) -> int:
+        key, value = self._read(kptr, ksize), self._read(vptr, vsize)
+        ok = self.vm.host.shared_data.set(self.vm.vm_id, key, value, cas)
+        return OK if ok else CAS_MISMATCH
+
+    def proxy_register_shared_queue(self, nptr: int, nsize: int, ret: int) -> int:
+        ctx = self._ctx()
+        if ctx is None:
+            return BAD_ARGUMENT
+        qid = self.vm.host.register_queue(self.vm, ctx.root, self._read(nptr, nsize))
+        self.guest.write_u32(ret, qid)
+        return OK
+
+    def proxy_resolve_shared_queue(self, vptr: int, vsize: int, nptr: int, nsize: int, ret: int) -> int:
+        vm_id = self._read(vptr, vsize).decode(errors="replace") or self.vm.vm_id
+        qid = self.vm.host.resolve_queue(vm_id, self._read(nptr, nsize))
+        if qid is None:
+            return NOT_FOUND
+        self.guest.write_u32(ret, qid)
+        return OK
+
+    def proxy_enqueue_shared_queue(self, qid: int, ptr: int, size: int) -> int:
+        return OK if self.vm.host.enqueue(qid, self._read(ptr, size)) else NOT_FOUND
+
+    def proxy_dequeue_shared_queue(self, qid: int, ptr_ptr: int, size_ptr: int) -> int:
+        item = self.vm.host.dequeue(qid)
+        if item is False:
+            return NOT_FOUND
+        if item is None or item is True:
+            return EMPTY
+        return self._give(item, ptr_ptr, size_ptr)
+
+    # -- metrics -----------------------------------------------------------------------------------
+    def proxy_define_metric(self, mtype: int, nptr: int, nsize: int, ret: int) -> int:
+        if mtype > 2:
+            return BAD_ARGUMENT
+        mid = self.vm.host.metrics.define(mtype, self._read(nptr, nsize))
+        self.guest.write_u32(ret, mid)
+        return OK
+
+    def proxy_increment_metric(self, mid: int, offset: int) -> int:
+        m = self.vm.host.metrics
+        kind = m.kind.get(mid)
+        if kind is None:
+            return NOT_FOUND
+        delta = offset - (1 << 64) if offset >= 1 << 63 else offset
+        if kind == m.HISTOGRAM or (kind == m.COUNTER and delta <= 0):
+            return BAD_ARGUMENT
+        m.value[mid] += delta
+        return OK
+
+    def proxy_record_metric(self, mid: int, value: int) -> int:
+        m = self.vm.host.metrics
+        kind = m.kind.get(mid)
+        if kind is None:
+            return NOT_FOUND
+        if kind == m.GAUGE:
+            m.value[mid] = value
+        elif kind == m.COUNTER:
+            m.value[mid] += value  # Envoy adds
+        else:
+            m.samples[mid].append(value)
+            m.value[mid] = len(m.samples[mid])
+        return OK
+
+    def proxy_get_metric(self, mid: int, ret: int) -> int:
+        m = self.vm.host.metrics
+        kind = m.kind.get(mid)
+        if kind is None:
+            return NOT_FOUND
+        if kind == m.HISTOGRAM:
+            return BAD_ARGUMENT
+        self.guest.write_u64(ret, m.value[mid])
+        return OK
+
+    # -- context control, foreign functions --------------------------------------------------------
+    def proxy_set_effective_context(self, cid: int) -> int:
+        ctx = self.vm.contexts.get(cid)
+        if ctx is None or ctx.deleted:
+            return BAD_ARGUMENT
+        self.vm.effective = ctx
+        return OK
+
+    def proxy_done(self) -> int:
+        from meshplug.agent.host import RootContext  # noqa: PLC0415
+
+        ctx = self._ctx()
+        if not isinstance(ctx, RootContext) or not ctx.done_pending:
+            return NOT_FOUND
+        ctx.done_pending = False
+        self.vm.defer(ctx.plugin_ref.delete_root)
+        return OK
+
+    def proxy_call_foreign_function(  # noqa: PLR0917 -- the ABI's argument list
+        self, nptr: int, nsize: int, aptr: int, asize: int, ptr_ptr: int, size_ptr: int
+    ) -> int:
+        name, args = self._read(nptr, nsize), self._read(aptr, asize)
+        fn = self.vm.host.foreign.get(name)
+        if fn is None:
+            return NOT_FOUND
+        try:
+            result = fn(args)
+        except Exception:
+            return SERIALIZATION_FAILURE
+        if result is None or ptr_ptr == 0:
+            return OK
+        return self._give(result, ptr_ptr, size_ptr)
+
+    # -- toolchain extras --------------------------------------------------------------------------
+    def emscripten_notify_memory_growth(self, _index: int) -> None:
+        return None
+
+    def pthread_equal(self, a: int, b: int) -> int:
+        return int(a == b)
+
+
+#: import name -> HostCalls method (types come from meshplug.abi_table; one loop in `_resolve` binds them)
+SHIMS: dict[str, str] = {
+    name: name
+    for name in (
+        "proxy_log",
+        "proxy_get_log_level",
+        "proxy_get_current_time_nanoseconds",
+        "proxy_set_tick_period_milliseconds",
+        "proxy_get_configuration",
+        "proxy_get_buffer_bytes",
+        "proxy_set_buffer_bytes",
+        "proxy_get_buffer_status",
+        "proxy_get_header_map_pairs",
+        "proxy_set_header_map_pairs",
+        "proxy_get_header_map_value",
+        "proxy_add_header_map_value",
+        "proxy_replace_header_map_value",
+        "proxy_remove_header_map_value",
+        "proxy_get_header_map_size",
+        "proxy_get_property",
+        "proxy_set_property",
+        "proxy_continue_stream",
+        "proxy_close_stream",
+        "proxy_continue_request",
+        "proxy_continue_response",
+        "proxy_clear_route_cache",
+        "proxy_send_local_response",
+        "proxy_get_status",
+        "proxy_http_call",
+        "proxy_grpc_call",
+        "proxy_grpc_stream",
+        "proxy_grpc_send",
+        "proxy_grpc_cancel",
+        "proxy_grpc_close",
+        "proxy_get_shared_data",
+        "proxy_set_shared_data",
+        "proxy_register_shared_queue",
+        "proxy_resolve_shared_queue",
+        "proxy_enqueue_shared_queue",
+        "proxy_dequeue_shared_queue",
+        "proxy_define_metric",
+        "proxy_increment_metric",
+        "proxy_record_metric",
+        "proxy_get_metric",
+        "proxy_set_effective_context",
+        "proxy_done",
+        "proxy_call_foreign_function",
+        "emscripten_notify_memory_growth",
+        "pthread_equal",
+    )
+}

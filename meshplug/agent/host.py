@@ -1,0 +1,887 @@
+"""The proxy-wasm host: VMs, plugin lifecycle, contexts, and the process-wide state plugins share.
+
+Called by the agent's I/O shell (meshplug.agent.server and its chain builder). Usage::
+
+    host = Host(upstreams={"auth", "cache"}, node={"NAME": "pod-1", "NAMESPACE": "ns"})
+    plugin = host.load(PluginConfig(name="ns.add-header", root_id="add_header", configuration=b"{...}",
+                                    fail_strategy=FailStrategy.FAIL_OPEN, phase=Phase.AUTHN), module_bytes)
+    chain = meshplug.agent.chain.Chain([plugin, ...])     # Plugin implements chain.Filter
+    ... per request: chain.new_stream(...) (see chain.py) ...
+    # async work the shell performs and feeds back (host.on_wakeup() is called when there is new work):
+    for call in host.take_http_calls():  # HttpCallout(id, upstream, headers, body, trailers, timeout_ms)
+        ... later: host.complete_http_call(call.id, HttpCalloutResult(headers, body, trailers) or None)
+    host.next_timer() -> monotonic deadline | None ;  host.run_timers(now)
+    host.run_deferred()                  # shared-queue notifications (never delivered inline)
+    conn = plugin.new_connection(info)   # network (L4) plugins: TcpStream.on_downstream_data(...) etc.
+    host.close()
+
+Lifecycle as Envoy drives it (ABI reference section 5): per VM instantiate, `_initialize` (+`main(0,0)` or
+`__main_void`) else `_start` (proc_exit(0) there is success); per plugin `proxy_on_context_create(root, 0)`,
+`proxy_on_vm_start`, `proxy_on_configure`; stream contexts created lazily at the first callback; request/
+response callbacks with the arity of the module's own exports; end of stream `on_log`, `on_done`,
+`on_delete`. Side effects a plugin asks for inside a callback (resume, local reply, close) run after the VM
+call returns; http-call responses are delivered on the root id; plugins naming the same non-empty vm_id
+with the same module and VM configuration share one VM (and its shared data / queues namespace).
+
+Sandbox: every guest call has a CPU budget (epoch deadline) and each VM a memory cap (meshplug.agent.vm).
+A trap, a budget overrun, a memory bomb or `proc_exit` fails that VM only: the callback in flight returns
+`Action.FAIL` (the chain applies the FailStrategy), streams paused on it are failed through their
+`StreamControl`, later streams see the strategy: FAIL_OPEN bypasses the plugin, FAIL_CLOSE answers 503,
+FAIL_RELOAD starts a fresh VM for the next stream (the failing stream still gets 503, as in Envoy).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import time
+import zlib
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import wasmtime
+
+from meshplug import errors, limits
+from meshplug.agent import abi, chain, vm
+from meshplug.agent.chain import Action, Direction, FailStrategy, LocalReply, Phase
+
+log = logging.getLogger("meshplug.agent.host")
+plugin_log = logging.getLogger("meshplug.agent.plugin")
+
+Headers = chain.Headers
+
+# proxy_log_level_t
+TRACE, DEBUG, INFO, WARN, ERROR, CRITICAL = range(6)
+_PY_LEVEL = {
+    TRACE: logging.DEBUG,
+    DEBUG: logging.DEBUG,
+    INFO: logging.INFO,
+    WARN: logging.WARNING,
+    ERROR: logging.ERROR,
+    CRITICAL: logging.CRITICAL,
+}
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """One plugin as the agent was told to run it (a WasmPlugin resource after defaulting)."""
+
+    name: str
+    root_id: str = ""
+    vm_id: str = ""
+    configuration: bytes = b""
+    vm_configuration: bytes = b""
+    fail_strategy: FailStrategy = FailStrategy.FAIL_CLOSE
+    phase: Phase = Phase.UNSPECIFIED
+    priority: int | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class HttpCallout:
+    """An HTTP call a plugin dispatched (proxy_http_call); the shell performs it against `upstream`."""
+
+    id: int
+    upstream: str
+    headers: tuple[chain.Header, ...]
+    body: bytes
+    trailers: tuple[chain.Header, ...]
+    timeout_ms: int
+
+
+@dataclass(frozen=True)
+class HttpCalloutResult:
+    headers: tuple[chain.Header, ...]
+    body: bytes = b""
+    trailers: tuple[chain.Header, ...] = ()
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    plugin: str
+    level: int
+    message: str
+
+
+# --- process-wide shared state ----------------------------------------------------------------------
+class SharedData:
+    """Key/value store with CAS, one namespace per vm_id (proxy-wasm-cpp-host semantics)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, dict[bytes, tuple[bytes, int]]] = {}
+        self._cas = itertools.count(1)
+
+    def get(self, vm_id: str, key: bytes) -> tuple[bytes, int] | None:
+        return self._data.get(vm_id, {}).get(key)
+
+    def set(self, vm_id: str, key: bytes, value: bytes, cas: int) -> bool:
+        space = self._data.setdefault(vm_id, {})
+        current = space.get(key)
+        if cas and current is not None and current[1] != cas:
+            return False
+        space[key] = (value, next(self._cas))
+        return True
+
+
+@dataclass
+class _Queue:
+    id: int
+    vm_id: str
+    name: bytes
+    items: collections.deque[bytes] = field(default_factory=collections.deque)
+    owner: tuple[WasmVm, int] | None = None  # (vm, root context id) receiving on_queue_ready
+
+
+class Metrics:
+    """Plugin-defined metrics; ids carry the type in the low 2 bits (cpp-host)."""
+
+    COUNTER, GAUGE, HISTOGRAM = 0, 1, 2
+
+    def __init__(self) -> None:
+        self._by_name: dict[tuple[int, bytes], int] = {}
+        self.kind: dict[int, int] = {}
+        self.name: dict[int, bytes] = {}
+        self.value: dict[int, int] = {}
+        self.samples: dict[int, list[int]] = {}
+        self._seq = [itertools.count(1) for _ in range(3)]
+
+    def define(self, kind: int, name: bytes) -> int:
+        key = (kind, name)
+        if key not in self._by_name:
+            mid = (next(self._seq[kind]) << 2) | kind
+            self._by_name[key] = mid
+            self.kind[mid] = kind
+            self.name[mid] = name
+            self.value[mid] = 0
+            self.samples[mid] = []
+        return self._by_name[key]
+
+    def snapshot(self) -> dict[str, int]:
+        return {self.name[m].decode(errors="replace"): v for m, v in self.value.items()}
+
+
+# --- contexts ---------------------------------------------------------------------------------------
+class Context:
+    """A proxy-wasm context on one VM. Shims act on `vm.effective` through these methods."""
+
+    def __init__(self, vm_: WasmVm, cid: int, root: RootContext | None) -> None:
+        self.vm = vm_
+        self.id = cid
+        self.root: RootContext = root if root is not None else self  # type: ignore[assignment]
+        self.properties: dict[bytes, bytes] = {}
+        self.deleted = False
+
+    @property
+    def plugin(self) -> Plugin:
+        return self.root.plugin_ref
+
+    def header_map(self, map_type: int) -> Headers | None:
+        return None
+
+    def buffer(self, buffer_type: int) -> bytes | bytearray | None:
+        return None
+
+    def writable_buffer(self, buffer_type: int) -> bytearray | None:
+        return None
+
+
+class RootContext(Context):
+    def __init__(self, vm_: WasmVm, cid: int, plugin: Plugin) -> None:
+        super().__init__(vm_, cid, None)
+        self.plugin_ref = plugin
+        self.buffers: dict[int, bytes] = {}
+        self.maps: dict[int, Headers] = {}
+        self.in_callback = ""
+        self.tick_period_ms = 0
+        self.next_tick: float | None = None
+        self.status: tuple[int, bytes] = (0, b"")
+        self.done_pending = False
+
+    def header_map(self, map_type: int) -> Headers | None:
+        return self.maps.get(map_type)
+
+    def buffer(self, buffer_type: int) -> bytes | bytearray | None:
+        if buffer_type == abi.BUF_VM_CONFIGURATION:
+            return self.plugin_ref.config.vm_configuration
+        return self.buffers.get(buffer_type)
+
+
+class HttpContext(Context):
+    """One plugin's context for one HTTP stream; implements chain.FilterStream."""
+
+    def __init__(self, vm_: WasmVm, root: RootContext, control: chain.StreamControl) -> None:
+        super().__init__(vm_, 0, root)
+        self.control = control
+        self.created = False
+        self.local_reply_sent = False
+        self.generation = root.plugin_ref.generation
+
+    # map/buffer access for shims
+    def header_map(self, map_type: int) -> Headers | None:
+        if map_type == abi.MAP_REQUEST_HEADERS:
+            return self.control.headers(Direction.REQUEST)
+        if map_type == abi.MAP_REQUEST_TRAILERS:
+            return self.control.trailers(Direction.REQUEST)
+        if map_type == abi.MAP_RESPONSE_HEADERS:
+            return self.control.headers(Direction.RESPONSE)
+        if map_type == abi.MAP_RESPONSE_TRAILERS:
+            return self.control.trailers(Direction.RESPONSE)
+        return self.root.maps.get(map_type)
+
+    def buffer(self, buffer_type: int) -> bytes | bytearray | None:
+        return self.writable_buffer(buffer_type) or self.root.buffer(buffer_type)
+
+    def writable_buffer(self, buffer_type: int) -> bytearray | None:
+        if buffer_type == abi.BUF_HTTP_REQUEST_BODY:
+            return self.control.body(Direction.REQUEST)
+        if buffer_type == abi.BUF_HTTP_RESPONSE_BODY:
+            return self.control.body(Direction.RESPONSE)
+        return None
+
+    # chain.FilterStream
+    def _alive(self) -> bool:
+        return self.vm.failed is None and not self.deleted and self.generation == self.plugin.generation
+
+    def _ensure(self) -> bool:
+        if not self._alive():
+            return False
+        if not self.created:
+            self.created = True
+            self.id = self.vm.next_id()
+            self.vm.contexts[self.id] = self
+            if not self.vm.invoke(self, "proxy_on_context_create", self.id, self.root.id):
+                return False
+        return True
+
+    def on_headers(self, direction: Direction, end_stream: bool) -> Action:
+        if not self._ensure():
+            return Action.FAIL
+        name = "proxy_on_request_headers" if direction == Direction.REQUEST else "proxy_on_response_headers"
+        n = len(self.control.headers(direction))
+        if self.vm.arity(name) == 2:
+            ok, r = self.vm.call(self, name, self.id, n)
+        else:
+            ok, r = self.vm.call(self, name, self.id, n, int(end_stream))
+        return self._action(ok, r, body=False)
+
+    def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
+        if not self._ensure():
+            return Action.FAIL
+        name = "proxy_on_request_body" if direction == Direction.REQUEST else "proxy_on_response_body"
+        ok, r = self.vm.call(self, name, self.id, size, int(end_stream))
+        return self._action(ok, r, body=True)
+
+    def on_trailers(self, direction: Direction) -> Action:
+        if not self._ensure():
+            return Action.FAIL
+        name = "proxy_on_request_trailers" if direction == Direction.REQUEST else "proxy_on_response_trailers"
+        ok, r = self.vm.call(self, name, self.id, len(self.control.trailers(direction)))
+        return self._action(ok, r, body=False)
+
+    def _action(self, ok: bool, result: int | None, *, body: bool) -> Action:
+        if not ok:
+            return Action.FAIL
+        if self.local_reply_sent:
+            return Action.STOP
+        r = result or 0
+        if body:
+            return Action.CONTINUE if r == 0 else Action.BUFFER
+        # headers: 2 (ContinueAndEndStream) ends up as continue in Envoy; every other non-zero stops all
+        return Action.CONTINUE if r in (0, 2) else Action.STOP
+
+    def on_complete(self) -> None:
+        if not self.created or self.deleted:
+            return
+        if self._alive():
+            # Envoy HTTP order: access log, then done, then delete
+            self.vm.invoke(self, "proxy_on_log", self.id)
+            if self._alive():
+                self.vm.invoke(self, "proxy_on_done", self.id)
+            if self._alive():
+                self.vm.invoke(self, "proxy_on_delete", self.id)
+        self.deleted = True
+        self.vm.contexts.pop(self.id, None)
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """What a network (L4) plugin may read as properties."""
+
+    stream: chain.StreamInfo = field(default_factory=chain.StreamInfo)
+
+
+class TcpStream(Context):
+    """One plugin's context for one TCP connection (network filter callbacks, sans-IO).
+
+    `on_downstream_data(data, end_stream)` / `on_upstream_data(...)` return (Action, bytes to forward):
+    CONTINUE forwards the (possibly modified) buffered bytes, STOP keeps them buffered for the next call.
+    """
+
+    def __init__(self, vm_: WasmVm, root: RootContext, info: chain.StreamInfo) -> None:
+        super().__init__(vm_, vm_.next_id(), root)
+        self.info = info
+        self.downstream = bytearray()
+        self.upstream = bytearray()
+        self.closed = False
+        self.resumed: set[int] = set()
+        vm_.contexts[self.id] = self
+
+    def writable_buffer(self, buffer_type: int) -> bytearray | None:
+        if buffer_type == abi.BUF_DOWNSTREAM_DATA:
+            return self.downstream
+        if buffer_type == abi.BUF_UPSTREAM_DATA:
+            return self.upstream
+        return None
+
+    def buffer(self, buffer_type: int) -> bytes | bytearray | None:
+        return self.writable_buffer(buffer_type) or self.root.buffer(buffer_type)
+
+    def start(self) -> Action:
+        if not self.vm.invoke(self, "proxy_on_context_create", self.id, self.root.id):
+            return Action.FAIL
+        ok, r = self.vm.call(self, "proxy_on_new_connection", self.id)
+        return Action.FAIL if not ok else (Action.CONTINUE if not r else Action.STOP)
+
+    def _data(self, buf: bytearray, name: str, data: bytes, end_stream: bool) -> tuple[Action, bytes]:
+        buf += data
+        ok, r = self.vm.call(self, name, self.id, len(buf), int(end_stream))
+        if not ok:
+            return Action.FAIL, b""
+        if r:
+            return Action.STOP, b""
+        out = bytes(buf)
+        buf.clear()
+        return Action.CONTINUE, out
+
+    def on_downstream_data(self, data: bytes, end_stream: bool) -> tuple[Action, bytes]:
+        return self._data(self.downstream, "proxy_on_downstream_data", data, end_stream)
+
+    def on_upstream_data(self, data: bytes, end_stream: bool) -> tuple[Action, bytes]:
+        return self._data(self.upstream, "proxy_on_upstream_data", data, end_stream)
+
+    def on_close(self, peer: str, peer_type: int = 2) -> None:
+        name = "proxy_on_downstream_connection_close" if peer == "downstream" else "proxy_on_upstream_connection_close"
+        self.vm.invoke(self, name, self.id, peer_type)
+
+    def finish(self) -> None:
+        if not self.deleted:
+            # cpp-host network order: done, log, delete
+            self.vm.invoke(self, "proxy_on_done", self.id)
+            self.vm.invoke(self, "proxy_on_log", self.id)
+            self.vm.invoke(self, "proxy_on_delete", self.id)
+            self.deleted = True
+            self.vm.contexts.pop(self.id, None)
+
+
+class _FailedStream:
+    """A stream on a failed FAIL_CLOSE plugin: every callback reports the failure (chain answers 503)."""
+
+    def on_headers(self, direction: Direction, end_stream: bool) -> Action:
+        return Action.FAIL
+
+    def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
+        return Action.FAIL
+
+    def on_trailers(self, direction: Direction) -> Action:
+        return Action.FAIL
+
+    def on_complete(self) -> None:
+        return None
+
+
+# --- one VM -----------------------------------------------------------------------------------------
+class WasmVm:
+    """One wasm instance and the contexts living in it."""
+
+    def __init__(self, host: Host, module: wasmtime.Module, *, vm_id: str, key: tuple[Any, ...], label: str) -> None:
+        self.host = host
+        self.vm_id = vm_id
+        self.key = key
+        self.label = label
+        self.contexts: dict[int, Context] = {}
+        self.roots: list[RootContext] = []
+        self.current: Context | None = None
+        self.effective: Context | None = None
+        self.failed: errors.PluginRuntimeError | None = None
+        self.after: list[Callable[[], None]] = []
+        self.env: tuple[tuple[str, str], ...] = ()
+        self._ids = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self.calls = abi.HostCalls(self)
+        decls = host.runtime.imports(module)
+        self.guest = host.runtime.new_guest(module, self.calls.bind(decls), backend=host.backend)
+        self._funcs: dict[str, vm.GuestFunc | None] = {}
+        self._alloc: vm.GuestFunc | None = None
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def next_token(self) -> int:
+        return next(self._tokens) << 2  # cpp-host: low 2 bits = callout kind (0 = HTTP); first token 4
+
+    def arity(self, name: str) -> int:
+        sig = self.guest.exports.get(name)
+        return len(sig.params) if sig is not None else 0
+
+    def func(self, name: str) -> vm.GuestFunc | None:
+        if name not in self._funcs:
+            self._funcs[name] = self.guest.func(name)
+        return self._funcs[name]
+
+    # -- start -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        guest = self.guest
+        guest.set_deadline_ms(limits.START_DEADLINE_MS)
+        try:
+            guest.instantiate()
+            if "_initialize" in guest.exports:
+                self._entry("_initialize")
+                if "main" in guest.exports and guest.exports["main"].params == ("i32", "i32"):
+                    self._entry("main", 0, 0)
+                elif "__main_void" in guest.exports:
+                    self._entry("__main_void")
+            elif "_start" in guest.exports:
+                self._entry("_start")
+        except vm.GuestExit as exc:
+            raise errors.PluginStartError(
+                f"{self.label}: proc_exit({exc.code}) during start", reason="start_failed"
+            ) from None
+        except errors.PluginRuntimeError as exc:
+            raise errors.PluginStartError(f"{self.label}: {exc.message}", reason=exc.reason) from exc
+        for name in ("proxy_on_memory_allocate", "malloc"):  # spec order, not cpp-host's (see ABI ref. 1.2)
+            fn = self.func(name)
+            if fn is not None and guest.exports[name] == vm.Signature(("i32",), ("i32",)):
+                self._alloc = fn
+                break
+
+    def _entry(self, name: str, *args: int) -> None:
+        fn = self.func(name)
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except vm.GuestExit as exc:
+            if exc.code != 0 or name != "_start":
+                raise
+
+    def begin_plugin_start(self) -> None:
+        self.guest.set_deadline_ms(limits.START_DEADLINE_MS)
+
+    def end_plugin_start(self) -> None:
+        self.guest.set_deadline_ms(self.host.deadline_ms)
+
+    # -- memory ------------------------------------------------------------------------------------
+    def allocate(self, size: int) -> int:
+        """Allocate `size` (> 0) bytes in the guest; runs with no current context (cpp-host: context 0)."""
+        if self._alloc is None:
+            if self.guest.instance is None:
+                return 0
+            raise errors.PluginRuntimeError(f"{self.label}: module exports no allocator", reason="no_allocator")
+        saved = (self.current, self.effective)
+        self.current = self.effective = None
+        try:
+            return self._alloc(size)
+        finally:
+            self.current, self.effective = saved
+
+    # -- calls -------------------------------------------------------------------------------------
+    def call(self, ctx: Context, name: str, *args: int) -> tuple[bool, int | None]:
+        """Call callback `name` for `ctx`. (False, None) if the VM failed; (True, None) if not exported."""
+        if self.failed is not None:
+            return False, None
+        fn = self.func(name)
+        if fn is None:
+            return True, None
+        saved = (self.current, self.effective)
+        self.current = self.effective = ctx
+        outermost = self.guest.depth == 0
+        try:
+            result = fn(*args)
+        except errors.PluginRuntimeError as exc:
+            self.fail(exc, ctx)
+            return False, None
+        except vm.GuestExit as exc:
+            self.fail(errors.PluginRuntimeError(f"proc_exit({exc.code})", reason="proc_exit"), ctx)
+            return False, None
+        except Exception as exc:
+            log.exception("%s: host error in %s", self.label, name)
+            self.fail(errors.PluginRuntimeError(f"host error in {name}: {exc}", reason="host_error"), ctx)
+            return False, None
+        finally:
+            self.current, self.effective = saved
+        if outermost:
+            self.run_after()
+        return True, result
+
+    def invoke(self, ctx: Context, name: str, *args: int) -> bool:
+        ok, _ = self.call(ctx, name, *args)
+        return ok
+
+    def run_after(self) -> None:
+        while self.after:
+            pending, self.after = self.after, []
+            for action in pending:
+                action()
+
+    def defer(self, action: Callable[[], None]) -> None:
+        self.after.append(action)
+
+    def fail(self, exc: errors.PluginRuntimeError, ctx: Context | None) -> None:
+        if self.failed is not None:
+            return
+        self.failed = exc
+        self.after.clear()
+        log.error("%s: VM failed (%s): %s", self.label, exc.reason, exc.message)
+        self.host.vm_failed(self)
+        # streams paused on this VM learn it through their control; the one in flight gets Action.FAIL
+        for other in list(self.contexts.values()):
+            if isinstance(other, HttpContext) and other is not ctx and other.created and not other.deleted:
+                other.control.fail()
+
+    def log(self, level: int, message: str) -> None:
+        plugin = self.effective.plugin.config.name if self.effective is not None else self.label
+        self.host.record_log(plugin, level, message)
+
+
+# --- plugin -----------------------------------------------------------------------------------------
+class Plugin:
+    """A configured plugin (root context) on a VM; implements chain.Filter."""
+
+    def __init__(self, host: Host, config: PluginConfig, module: wasmtime.Module, digest: str) -> None:
+        self.host = host
+        self.config = config
+        self.module = module
+        self.digest = digest
+        self.generation = 0
+        self.reloads = 0
+        self.vm: WasmVm
+        self.root: RootContext
+
+    # chain.Filter
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def phase(self) -> Phase:
+        return self.config.phase
+
+    @property
+    def priority(self) -> int | None:
+        return self.config.priority
+
+    @property
+    def fail_strategy(self) -> FailStrategy:
+        return self.config.fail_strategy
+
+    @property
+    def failed(self) -> errors.PluginRuntimeError | None:
+        return self.vm.failed
+
+    def start(self, shared: WasmVm | None) -> None:
+        if shared is None:
+            shared = self.host.new_vm(self.module, self.config, self.digest)
+        wvm = shared
+        self.vm = wvm
+        root = RootContext(wvm, wvm.next_id(), self)
+        self.root = root
+        wvm.contexts[root.id] = root
+        wvm.roots.append(root)
+        wvm.begin_plugin_start()
+        try:
+            if not wvm.invoke(root, "proxy_on_context_create", root.id, 0):
+                raise self._start_error("proxy_on_context_create")
+            root.in_callback = "vm_start"
+            ok, r = wvm.call(root, "proxy_on_vm_start", root.id, len(self.config.vm_configuration))
+            if not ok or (r == 0 and r is not None):
+                raise self._start_error("proxy_on_vm_start")
+            root.in_callback = "configure"
+            root.buffers[abi.BUF_PLUGIN_CONFIGURATION] = self.config.configuration
+            ok, r = wvm.call(root, "proxy_on_configure", root.id, len(self.config.configuration))
+            if not ok or (r == 0 and r is not None):
+                raise self._start_error("proxy_on_configure")
+        finally:
+            root.in_callback = ""
+            root.buffers.pop(abi.BUF_PLUGIN_CONFIGURATION, None)
+            wvm.end_plugin_start()
+
+    def _start_error(self, step: str) -> errors.PluginStartError:
+        failed = self.vm.failed
+        detail = f"trapped: {failed.message}" if failed is not None else "returned false"
+        reason = "configure_failed" if step == "proxy_on_configure" else "start_failed"
+        return errors.PluginStartError(f"plugin {self.config.name}: {step} {detail}", reason=reason)
+
+    def new_stream(self, control: chain.StreamControl) -> chain.FilterStream | None:
+        if self.vm.failed is not None:
+            if self.config.fail_strategy == FailStrategy.FAIL_OPEN:
+                return None
+            if self.config.fail_strategy == FailStrategy.FAIL_RELOAD and not self.reload():
+                return _FailedStream()
+            if self.config.fail_strategy == FailStrategy.FAIL_CLOSE:
+                return _FailedStream()
+        return HttpContext(self.vm, self.root, control)
+
+    def new_connection(self, info: chain.StreamInfo | None = None) -> TcpStream | None:
+        if self.vm.failed is not None and not (self.config.fail_strategy == FailStrategy.FAIL_RELOAD and self.reload()):
+            return None
+        return TcpStream(self.vm, self.root, info or chain.StreamInfo())
+
+    def reload(self) -> bool:
+        """A fresh VM for this plugin after a runtime failure (FAIL_RELOAD)."""
+        self.generation += 1
+        self.reloads += 1
+        try:
+            self.start(None)
+        except errors.PluginStartError as exc:
+            log.error("plugin %s: reload failed: %s", self.config.name, exc.message)
+            return False
+        log.warning("plugin %s: reloaded its VM (reload #%d)", self.config.name, self.reloads)
+        return True
+
+    def stop(self) -> None:
+        """Shut down: proxy_on_done(root), then on_delete unless the plugin defers with proxy_done()."""
+        root, wvm = self.root, self.vm
+        if wvm.failed is not None or root.deleted:
+            return
+        ok, r = wvm.call(root, "proxy_on_done", root.id)
+        if ok and r == 0 and wvm.func("proxy_on_done") is not None:
+            root.done_pending = True
+            return
+        self.delete_root()
+
+    def delete_root(self) -> None:
+        root = self.root
+        if not root.deleted:
+            self.vm.invoke(root, "proxy_on_delete", root.id)
+            root.deleted = True
+            self.vm.contexts.pop(root.id, None)
+
+
+# --- the host ---------------------------------------------------------------------------------------
+class Host:
+    """Everything plugins share in one process: runtime, VMs, shared data/queues, metrics, callouts, timers."""
+
+    def __init__(
+        self,
+        *,
+        runtime: vm.Runtime | None = None,
+        backend: str = "fast",
+        upstreams: Collection[str] | None = None,
+        node: Mapping[str, str] | None = None,
+        node_id: str = "",
+        cluster: str = "",
+        log_level: int = INFO,
+        deadline_ms: int = limits.CALLBACK_DEADLINE_MS,
+        on_wakeup: Callable[[], None] | None = None,
+    ) -> None:
+        self.runtime = runtime or vm.default_runtime()
+        self.backend = backend
+        self.upstreams = None if upstreams is None else frozenset(upstreams)
+        self.node = dict(node or {})
+        self.node_id = node_id
+        self.cluster = cluster
+        self.log_level = log_level
+        self.deadline_ms = deadline_ms
+        self.on_wakeup = on_wakeup
+        self.shared_data = SharedData()
+        self.metrics = Metrics()
+        self.logs: collections.deque[LogRecord] = collections.deque(maxlen=10_000)
+        self.plugins: list[Plugin] = []
+        self.vms: dict[tuple[Any, ...], WasmVm] = {}
+        self._modules: dict[str, wasmtime.Module] = {}
+        self._queues: dict[int, _Queue] = {}
+        self._queue_names: dict[tuple[str, bytes], int] = {}
+        self._queue_ids = itertools.count(1)
+        self._notify: collections.deque[int] = collections.deque()
+        self._callouts: dict[int, tuple[WasmVm, RootContext, int]] = {}
+        self._outbox: list[HttpCallout] = []
+        self._callout_ids = itertools.count(1)
+        self.foreign: dict[bytes, Callable[[bytes], bytes | None]] = {
+            b"compress": zlib.compress,
+            b"uncompress": zlib.decompress,
+        }
+
+    # -- loading -----------------------------------------------------------------------------------
+    def module(self, data: bytes, digest: str) -> wasmtime.Module:
+        if digest not in self._modules:
+            self._modules[digest] = self.runtime.load(data)
+        return self._modules[digest]
+
+    def load(self, config: PluginConfig, data: bytes, *, digest: str | None = None) -> Plugin:
+        """Start `config` on a VM (shared when vm_id, module and VM config match). Raises PluginStartError."""
+        import hashlib  # noqa: PLC0415 -- only on the (rare) load path
+
+        digest = digest or hashlib.sha256(data).hexdigest()
+        module = self.module(data, digest)
+        plugin = Plugin(self, config, module, digest)
+        shared = None
+        if config.vm_id:
+            key = (config.vm_id, digest, config.vm_configuration, config.env)
+            cand = self.vms.get(key)
+            if cand is not None and cand.failed is None:
+                shared = cand
+        plugin.start(shared)
+        self.plugins.append(plugin)
+        return plugin
+
+    def new_vm(self, module: wasmtime.Module, config: PluginConfig, digest: str) -> WasmVm:
+        key = (config.vm_id, digest, config.vm_configuration, config.env)
+        wvm = WasmVm(self, module, vm_id=config.vm_id, key=key, label=config.name)
+        wvm.env = config.env
+        wvm.start()
+        if config.vm_id:
+            self.vms[key] = wvm
+        return wvm
+
+    def vm_failed(self, wvm: WasmVm) -> None:
+        if self.vms.get(wvm.key) is wvm:
+            del self.vms[wvm.key]
+        for cid in [c for c, (v, _, _) in self._callouts.items() if v is wvm]:
+            del self._callouts[cid]
+
+    def close(self) -> None:
+        for plugin in self.plugins:
+            plugin.stop()
+        self.plugins.clear()
+
+    # -- logs / metrics ------------------------------------------------------------------------------
+    def record_log(self, plugin: str, level: int, message: str) -> None:
+        if level < self.log_level:
+            return
+        self.logs.append(LogRecord(plugin, level, message))
+        plugin_log.log(_PY_LEVEL.get(level, logging.INFO), "[%s] %s", plugin, message)
+
+    def metric_values(self) -> dict[str, int]:
+        return self.metrics.snapshot()
+
+    def _wake(self) -> None:
+        if self.on_wakeup is not None:
+            self.on_wakeup()
+
+    # -- http callouts -------------------------------------------------------------------------------
+    def dispatch_http_call(
+        self,
+        wvm: WasmVm,
+        root: RootContext,
+        *,
+        upstream: str,
+        headers: Headers,
+        body: bytes,
+        trailers: Headers,
+        timeout_ms: int,
+    ) -> int:
+        token = wvm.next_token()
+        cid = next(self._callout_ids)
+        self._callouts[cid] = (wvm, root, token)
+        self._outbox.append(HttpCallout(cid, upstream, tuple(headers), body, tuple(trailers), timeout_ms))
+        self._wake()
+        return token
+
+    def take_http_calls(self) -> list[HttpCallout]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def complete_http_call(self, call_id: int, result: HttpCalloutResult | None) -> None:
+        """Deliver an http-call outcome (None = failure/reset) on the owning root context."""
+        entry = self._callouts.pop(call_id, None)
+        if entry is None:
+            return
+        wvm, root, token = entry
+        if wvm.failed is not None or root.deleted:
+            return
+        if result is None:
+            root.status = (abi.BROKEN_CONNECTION, b"reset")
+            args = (root.id, token, 0, 0, 0)
+        else:
+            root.status = (abi.OK, b"")
+            root.maps[abi.MAP_HTTP_CALL_RESPONSE_HEADERS] = list(result.headers)
+            root.maps[abi.MAP_HTTP_CALL_RESPONSE_TRAILERS] = list(result.trailers)
+            root.buffers[abi.BUF_HTTP_CALL_RESPONSE_BODY] = result.body
+            args = (root.id, token, len(result.headers), len(result.body), len(result.trailers))
+        try:
+            wvm.invoke(root, "proxy_on_http_call_response", *args)
+        finally:
+            root.maps.pop(abi.MAP_HTTP_CALL_RESPONSE_HEADERS, None)
+            root.maps.pop(abi.MAP_HTTP_CALL_RESPONSE_TRAILERS, None)
+            root.buffers.pop(abi.BUF_HTTP_CALL_RESPONSE_BODY, None)
+
+    # -- timers --------------------------------------------------------------------------------------
+    def set_tick_period(self, root: RootContext, period_ms: int) -> None:
+        root.tick_period_ms = period_ms
+        root.next_tick = time.monotonic() + period_ms / 1000.0 if period_ms else None
+        self._wake()
+
+    def _roots(self) -> list[RootContext]:
+        return [p.root for p in self.plugins if p.vm.failed is None and not p.root.deleted]
+
+    def next_timer(self) -> float | None:
+        """Monotonic time of the next due tick, or None."""
+        due = [r.next_tick for r in self._roots() if r.next_tick is not None]
+        return min(due) if due else None
+
+    def run_timers(self, now: float | None = None) -> int:
+        """Call proxy_on_tick on every root whose tick is due; returns how many ran."""
+        now = time.monotonic() if now is None else now
+        ran = 0
+        for root in self._roots():
+            if root.next_tick is not None and root.next_tick <= now and root.tick_period_ms:
+                root.next_tick = now + root.tick_period_ms / 1000.0
+                root.vm.invoke(root, "proxy_on_tick", root.id)
+                ran += 1
+        return ran
+
+    # -- shared queues -------------------------------------------------------------------------------
+    def register_queue(self, wvm: WasmVm, root: RootContext, name: bytes) -> int:
+        key = (wvm.vm_id, name)
+        qid = self._queue_names.get(key)
+        if qid is None:
+            qid = next(self._queue_ids)
+            self._queue_names[key] = qid
+            self._queues[qid] = _Queue(qid, wvm.vm_id, name)
+        self._queues[qid].owner = (wvm, root.id)
+        return qid
+
+    def resolve_queue(self, vm_id: str, name: bytes) -> int | None:
+        return self._queue_names.get((vm_id, name))
+
+    def enqueue(self, qid: int, value: bytes) -> bool:
+        q = self._queues.get(qid)
+        if q is None:
+            return False
+        q.items.append(value)
+        if q.owner is not None:
+            self._notify.append(qid)
+            self._wake()
+        return True
+
+    def dequeue(self, qid: int) -> bytes | bool | None:
+        """The next item, None when empty, False for an unknown queue."""
+        q = self._queues.get(qid)
+        if q is None:
+            return False
+        return q.items.popleft() if q.items else None
+
+    def pending(self) -> bool:
+        return bool(self._notify or self._outbox)
+
+    def run_deferred(self) -> int:
+        """Deliver queued proxy_on_queue_ready notifications (posted, never inline). Returns how many."""
+        ran = 0
+        while self._notify:
+            qid = self._notify.popleft()
+            q = self._queues.get(qid)
+            if q is None or q.owner is None:
+                continue
+            wvm, root_id = q.owner
+            root = wvm.contexts.get(root_id)
+            if wvm.failed is None and isinstance(root, RootContext):
+                wvm.invoke(root, "proxy_on_queue_ready", root_id, qid)
+                ran += 1
+        return ran
+
+    # -- shared data ---------------------------------------------------------------------------------
+    def local_reply(self, ctx: HttpContext, reply: LocalReply) -> None:
+        ctx.local_reply_sent = True
+        ctx.vm.defer(lambda: ctx.control.send_local_reply(reply))

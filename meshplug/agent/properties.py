@@ -1,0 +1,176 @@
+"""`proxy_get_property`: Envoy 1.40's attribute names and binary encodings (ABI reference sections 3.2, 6).
+
+Called by meshplug.agent.abi with the effective context and the raw NUL-separated path. Encodings: strings
+raw, ints/durations/timestamps 8-byte little-endian, bools 1 byte, maps as header pairs. Values written
+with `proxy_set_property` are read back for the same path (Envoy: filter state "wasm.<name>"). Istio node
+metadata (`node.metadata.<KEY>`, also under `xds.node`) comes from the host's `node` mapping.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from meshplug.agent import pairs
+from meshplug.agent.chain import Direction
+
+if TYPE_CHECKING:
+    from meshplug.agent.host import Context
+
+_I64 = struct.Struct("<q")
+
+
+def enc_int(value: int) -> bytes:
+    return _I64.pack(value)
+
+
+def enc_bool(value: bool) -> bytes:
+    return b"\x01" if value else b"\x00"
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+def _joined(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Envoy's header map attribute: one entry per name, values comma-joined."""
+    out: dict[bytes, list[bytes]] = {}
+    for k, v in headers:
+        out.setdefault(k, []).append(v)
+    return [(k, b",".join(vs)) for k, vs in out.items()]
+
+
+def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
+    from meshplug.agent.host import HttpContext, TcpStream  # noqa: PLC0415 -- host imports abi imports us
+
+    if isinstance(ctx, HttpContext):
+        control = ctx.control
+        info = control.info
+        req = control.headers(Direction.REQUEST)
+        resp = control.headers(Direction.RESPONSE)
+    elif isinstance(ctx, TcpStream):
+        info = ctx.info
+        req, resp = [], []
+    else:
+        return None
+    head = segs[0]
+    if head == b"request" and len(segs) >= 2:
+        key = segs[1]
+        path = _header(req, b":path")
+        if key == b"path":
+            return path
+        if key == b"url_path":
+            return urlsplit(path or b"").path if path is not None else None
+        if key == b"query":
+            return urlsplit(path or b"").query if path is not None else None
+        if key == b"host":
+            return _header(req, b":authority")
+        if key == b"scheme":
+            return _header(req, b":scheme")
+        if key == b"method":
+            return _header(req, b":method")
+        if key == b"headers":
+            if len(segs) >= 3:
+                return _header(_joined(req), segs[2].lower())
+            return pairs.encode(_joined(req))
+        if key == b"referer":
+            return _header(req, b"referer")
+        if key == b"useragent":
+            return _header(req, b"user-agent")
+        if key == b"id":
+            return _header(req, b"x-request-id")
+        if key == b"protocol":
+            return info.protocol.encode()
+        if key == b"time":
+            return enc_int(info.start_time_ns) if info.start_time_ns else None
+        return None
+    if head == b"response" and len(segs) >= 2:
+        key = segs[1]
+        if key == b"code":
+            status = _header(resp, b":status")
+            return enc_int(int(status)) if status and status.isdigit() else None
+        if key == b"headers":
+            if len(segs) >= 3:
+                return _header(_joined(resp), segs[2].lower())
+            return pairs.encode(_joined(resp))
+        if key == b"trailers" and isinstance(ctx, HttpContext):
+            return pairs.encode(_joined(ctx.control.trailers(Direction.RESPONSE)))
+        return None
+    if head in (b"source", b"destination", b"connection", b"connection_id") and len(segs) >= 1:
+        key = segs[1] if len(segs) >= 2 else b""
+        if head == b"source":
+            return (
+                info.remote_address.encode()
+                if key == b"address"
+                else enc_int(info.remote_port)
+                if key == b"port"
+                else None
+            )
+        if head == b"destination":
+            return (
+                info.local_address.encode()
+                if key == b"address"
+                else enc_int(info.local_port)
+                if key == b"port"
+                else None
+            )
+        if head == b"connection_id" or key == b"id":
+            return enc_int(info.connection_id)
+        if key == b"mtls":
+            return enc_bool(info.mtls)
+    return None
+
+
+def _node_value(ctx: Context, segs: list[bytes]) -> bytes | None:
+    host = ctx.vm.host
+    if not segs:
+        return None
+    key = segs[0]
+    if key == b"id":
+        return host.node_id.encode()
+    if key == b"cluster":
+        return host.cluster.encode()
+    if key == b"metadata":
+        if len(segs) == 1:
+            return pairs.encode([(k.encode(), v.encode()) for k, v in host.node.items()])
+        value = host.node.get(segs[1].decode(errors="replace"))
+        return value.encode() if value is not None else None
+    return None
+
+
+def _plugin_value(ctx: Context, name: bytes) -> bytes | None:
+    from meshplug.agent.host import PluginConfig  # noqa: PLC0415
+
+    config: PluginConfig = ctx.plugin.config
+    if name == b"plugin_name":
+        return config.name.encode()
+    if name == b"plugin_root_id":
+        return config.root_id.encode()
+    if name == b"plugin_vm_id":
+        return config.vm_id.encode()
+    return None
+
+
+def lookup(ctx: Context, raw_path: bytes) -> bytes | None:
+    """The encoded value of property `raw_path` for `ctx`, or None (NOT_FOUND)."""
+    segs = raw_path.split(b"\0")
+    while segs and segs[-1] == b"":
+        segs.pop()
+    if not segs:
+        return None
+    if raw_path in ctx.properties:
+        return ctx.properties[raw_path]
+    if raw_path in ctx.root.properties:
+        return ctx.root.properties[raw_path]
+    head = segs[0]
+    if len(segs) == 1 and head.startswith(b"plugin_"):
+        return _plugin_value(ctx, head)
+    if head == b"node":
+        return _node_value(ctx, segs[1:])
+    if head == b"xds" and len(segs) >= 2 and segs[1] == b"node":
+        return _node_value(ctx, segs[2:])
+    return _stream_value(ctx, segs)
