@@ -107,7 +107,9 @@ def code_for(plugin: spec.PluginSpec, module: model.Module, server: model.Module
             filename=f"{mount_dir}/{module.sha256}.wasm",
             sha256=module.sha256,
         )
-    return model.RemoteCode(uri=server.url(module.sha256), cluster=server.istio_cluster, sha256=module.sha256)
+    return model.RemoteCode(
+        uri=server.url(module.sha256, signed=True), cluster=server.istio_cluster, sha256=module.sha256
+    )
 
 
 def _labels(plugin: spec.PluginSpec) -> dict[str, str]:

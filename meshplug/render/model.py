@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshplug import limits
+from meshplug.fetch import serve
 
 _SHA256 = re.compile(r"^[a-f0-9]{64}$")
 
@@ -52,15 +53,22 @@ class Module:
 
 @dataclass(frozen=True)
 class ModuleServer:
-    """The operator's module server as pods reach it: a Service host (FQDN) and port, plain HTTP in the mesh."""
+    """The operator's module server (`meshplug.fetch.serve`) as pods reach it: a Service host and port.
+
+    ``token`` signs per-module URLs for clients that cannot send a bearer token (Envoy's ``code.remote``);
+    agents authenticate with the token itself and get unsigned URLs.
+    """
 
     host: str
     port: int
-    path_prefix: str = "/modules"
     scheme: str = "http"
+    token: str = field(default="", repr=False)
 
-    def url(self, sha256: str) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}{self.path_prefix}/{sha256}.wasm"
+    def url(self, sha256: str, *, signed: bool = False) -> str:
+        url = f"{self.scheme}://{self.host}:{self.port}/modules/sha256/{sha256}"
+        if signed and self.token:
+            url += f"?sig={serve.signature(self.token, sha256)}"
+        return url
 
     @property
     def istio_cluster(self) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 from meshplug import errors, limits, spec
 from meshplug.render import envoy, istio, model, podtemplate
 
-SERVER = model.ModuleServer(host="meshplug-modules.meshplug-system.svc.cluster.local", port=8080)
+SERVER = model.ModuleServer(host="meshplug-modules.meshplug-system.svc.cluster.local", port=8080, token="t" * 32)
 SMALL = model.Module.of(b"\x00asm\x01\x00\x00\x00" + b"\x00" * 100)
 LARGE = model.Module.of(b"\x00asm\x01\x00\x00\x00" + b"\x01" * limits.CONFIGMAP_MAX_BYTES)
 
@@ -74,12 +76,14 @@ def test_small_module_goes_in_a_config_map() -> None:
 
 
 def test_large_module_is_fetched_remotely_with_sha256() -> None:
+    # the module server's per-module capability: hex hmac-sha256(token, sha256)
+    sig = hmac.new(b"t" * 32, LARGE.sha256.encode(), hashlib.sha256).hexdigest()
     out = istio.render(plugin(), LARGE, SERVER)
     assert out.config_map is None
     code = wasm_config(out.envoy_filter)["vm_config"]["code"]  # type: ignore[arg-type]
     assert code["remote"]["sha256"] == LARGE.sha256
     assert code["remote"]["http_uri"] == {
-        "uri": f"http://meshplug-modules.meshplug-system.svc.cluster.local:8080/modules/{LARGE.sha256}.wasm",
+        "uri": f"http://meshplug-modules.meshplug-system.svc.cluster.local:8080/modules/sha256/{LARGE.sha256}?sig={sig}",
         "cluster": "outbound|8080||meshplug-modules.meshplug-system.svc.cluster.local",
         "timeout": "30s",
     }
