@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import re
 import socket
 import time
 import uuid
@@ -232,6 +233,12 @@ def _run_http_case(case: S.HttpCase, plane: RunningPlane, echo: upstream.Service
     if e.status is not None and result.status != e.status:
         problems.append(f"status: expected {e.status}, got {result.status} (body {_show(result.body, 200)})")
     problems += _headers_problems("response", result.headers, e.headers, e.absent_headers)
+    for name, pattern in e.headers_match:
+        values = [v for k, v in result.headers if k == name]
+        if not any(re.fullmatch(pattern, v) for v in values):
+            problems.append(
+                f"response header {name!r}: expected a value matching {pattern!r}, got {values or 'nothing'}"
+            )
     problems += _body_problems("response", result.body, e.body, e.body_contains)
     if e.upstream_reached is not None:
         seen = echo.seen(case_id)

@@ -10,6 +10,7 @@ Nothing here knows about a particular data plane.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,7 @@ class UpstreamExpect:
 class HttpExpect:
     status: int | None
     headers: tuple[tuple[str, str], ...]
+    headers_match: tuple[tuple[str, str], ...]  # name -> regex that one value must fully match
     absent_headers: tuple[str, ...]
     body: bytes | None
     body_contains: bytes | None
@@ -368,7 +370,14 @@ def _body_expect(at: _At) -> tuple[bytes | None, bytes | None]:
 
 def _http_expect(where: str, raw: object) -> HttpExpect:
     e = _At(where, raw)
-    e.only("status", "headers", "absent_headers", "body", "body_contains", "upstream", "logs", "metrics")
+    e.only(
+        "status", "headers", "headers_match", "absent_headers", "body", "body_contains", "upstream", "logs", "metrics"
+    )  # fmt: skip
+    for name, pattern in e.str_map("headers_match"):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise SpecFormatError(f"{where}.headers_match.{name}: bad regex {pattern!r}: {exc}") from None
     body, contains = _body_expect(e)
     upstream: UpstreamExpect | None = None
     reached: bool | None = None
@@ -391,6 +400,7 @@ def _http_expect(where: str, raw: object) -> HttpExpect:
     return HttpExpect(
         status=e.opt_int("status", 100, 599),
         headers=e.str_map("headers", lower_keys=True),
+        headers_match=e.str_map("headers_match", lower_keys=True),
         absent_headers=tuple(h.lower() for h in e.str_list("absent_headers")),
         body=body,
         body_contains=contains,
@@ -486,6 +496,8 @@ def parse(raw: object, *, key: str, path: Path) -> Spec:
         index = f.opt_int("plugin", 0, len(plugins) - 1) or 0
         if not f.has("configuration"):
             raise SpecFormatError(f"{f.where}.configuration: required")
+        if not f.raw.get("logs"):
+            raise SpecFormatError(f"{f.where}.logs: name at least one plugin log line that shows the refusal")
         failures.append(
             StartFailure(
                 name=f.str_("name"),

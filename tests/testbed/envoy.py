@@ -145,19 +145,30 @@ def wasm_logs(text: str) -> list[tuple[str, str]]:
 
 
 class EnvoyConfigError(RuntimeError):
-    """`envoy --mode validate` rejected a config; the message carries Envoy's own words."""
+    """`envoy --mode validate` rejected a config; the message carries Envoy's own words, `output` all of them.
+
+    Validation instantiates Wasm plugins and runs their on_configure, so a plugin refusing its configuration
+    is reported here too (its log lines are in `output`, in LOG_FORMAT).
+    """
+
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
 
 
 def validate_config(path: Path, timeout: float = 60.0) -> None:
     result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error", "--disable-hot-restart"],
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "info", "--component-log-level", "wasm:trace",
+         "--log-format", LOG_FORMAT, "--disable-hot-restart"],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-    )
+    )  # fmt: skip
     if result.returncode != 0:
-        raise EnvoyConfigError(f"envoy --mode validate rejected {path}:\n{(result.stdout + result.stderr)[-4000:]}")
+        output = result.stdout + result.stderr
+        errors = "\n".join(line for line in output.splitlines() if line.startswith(("error|", "critical|")))
+        raise EnvoyConfigError(f"envoy --mode validate rejected {path}:\n{(errors or output)[-4000:]}", output)
 
 
 def admin_get(admin_port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:

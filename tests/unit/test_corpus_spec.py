@@ -62,6 +62,7 @@ def test_full_http_case() -> None:
                 "expect": {
                     "status": 201,
                     "headers": {"X-B": "2"},
+                    "headers_match": {"X-N": "[0-9]+"},
                     "body_contains": "h",
                     "upstream": {"path": "/x", "absent_headers": ["X-C"]},
                     "logs": [{"level": "warn", "contains": "w"}],
@@ -77,6 +78,7 @@ def test_full_http_case() -> None:
     assert c.request.body_chunks == (b"a", b"b")
     assert c.upstream_response == S.UpstreamResponse(201, (), (b"hi",))
     assert c.expect.headers == (("x-b", "2"),) and c.expect.body_contains == b"h"
+    assert c.expect.headers_match == (("x-n", "[0-9]+"),)
     assert c.expect.upstream is not None and c.expect.upstream.absent_headers == ("x-c",)
     assert c.expect.metrics == (S.MetricExpect("m", 2), S.MetricExpect("h", None))
     assert c.wait_for == S.WaitFor((S.LogExpect("ready", None),), 3.0)
@@ -114,10 +116,15 @@ def test_network_spec_and_start_failures() -> None:
         ({**MINIMAL, "cases": [{"name": "c", "wait_for": {"logs": []}}]}, r"wait_for\.logs: at least one"),
         ({**MINIMAL, "plugins": [{"module": "nosdk"}]}, r"plugins\[0\]\.module: expected '<sdk>/<name>'"),
         ({**MINIMAL, "plugins": [{"fail_open": "yes"}]}, r"fail_open: expected true/false"),
+        (
+            {**MINIMAL, "cases": [{"name": "c", "expect": {"headers_match": {"x": "("}}}]},
+            r"headers_match\.x: bad regex",
+        ),
         ({**MINIMAL, "clusters": [{"name": "x", "service": "nginx"}]}, r"service: 'nginx' is not one of"),
         ({**MINIMAL, "clusters": [{"name": "upstream", "service": "echo"}]}, r"reserved or given twice"),
         ({**MINIMAL, "start_failures": [{"name": "f"}]}, r"start_failures\[0\]\.configuration: required"),
         ({**MINIMAL, "start_failures": [{"name": "f", "plugin": 3, "configuration": ""}]}, r"plugin: expected"),
+        ({**MINIMAL, "start_failures": [{"name": "f", "configuration": ""}]}, r"logs: name at least one"),
         ({"description": "d", "type": "network", "cases": [{"name": "n"}]}, r"send: at least one chunk"),
         ([1, 2], r"expected a mapping, got list"),
     ],

@@ -101,7 +101,11 @@ class EnvoyPlane:
         port, admin_port = procs.free_port(), procs.free_port()
         config = render(spec, modules, services, port=port, admin_port=admin_port)
         path = tb_envoy.write_config(config, log_dir / "envoy")
-        tb_envoy.validate_config(path)
+        try:
+            tb_envoy.validate_config(path)
+        except tb_envoy.EnvoyConfigError as exc:
+            # validation runs the plugins' on_configure: a refused configuration ends here
+            raise runner.PlaneStartError(str(exc), tb_envoy.wasm_logs(exc.output)) from None
         try:
             envoy = tb_envoy.start_envoy(path, admin_port=admin_port, log_dir=log_dir)
         except RuntimeError as exc:
