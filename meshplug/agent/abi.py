@@ -121,7 +121,9 @@ class HostCalls:
                 return _shim(getattr(self, method))
         if decl.module == abi_table.ENV and decl.name == "abort":
             return self._abort
-        return self._stub(decl, UNIMPLEMENTED)
+        # Envoy's linker refuses a module whose env imports it cannot satisfy; so do we
+        why = "has a type the ABI does not define" if known is not None else "is not a host function"
+        raise errors.PluginStartError(f"import {decl.module}.{decl.name} {why}", reason="unsupported_import")
 
     def _stub(self, decl: vm.ImportDecl, result: int) -> HostFunc:
         label = f"{decl.module}.{decl.name}"

@@ -43,11 +43,20 @@ from typing import Any
 
 import wasmtime
 
-from meshplug import errors, limits
+from meshplug import abi_table, errors, limits
 from meshplug.agent import abi, chain, vm
 from meshplug.agent.chain import Action, Direction, FailStrategy, LocalReply, Phase
 
 log = logging.getLogger("meshplug.agent.host")
+
+_HTTP_CALLBACKS = (
+    "proxy_on_request_headers",
+    "proxy_on_request_body",
+    "proxy_on_request_trailers",
+    "proxy_on_response_headers",
+    "proxy_on_response_body",
+    "proxy_on_response_trailers",
+)
 plugin_log = logging.getLogger("meshplug.agent.plugin")
 
 Headers = chain.Headers
@@ -245,7 +254,8 @@ class HttpContext(Context):
         return self.vm.failed is None and not self.deleted and self.generation == self.plugin.generation
 
     def _ensure(self) -> bool:
-        if not self._alive():
+        if not self._alive() or not self.vm.http_capable:
+            # a root-only module installed as an HTTP filter: Envoy answers 503 (fail strategy applies)
             return False
         if not self.created:
             self.created = True
@@ -414,6 +424,7 @@ class WasmVm:
         self.guest = host.runtime.new_guest(module, self.calls.bind(decls), backend=host.backend)
         self._funcs: dict[str, vm.GuestFunc | None] = {}
         self._alloc: vm.GuestFunc | None = None
+        self.http_capable = True
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -433,7 +444,15 @@ class WasmVm:
     # -- start -------------------------------------------------------------------------------------
     def start(self) -> None:
         guest = self.guest
-        guest.set_deadline_ms(limits.START_DEADLINE_MS)
+        exports = guest.exports
+        if not any(name in exports for name in abi_table.MARKERS):
+            raise errors.PluginStartError(f"{self.label}: Missing or unknown Proxy-Wasm ABI version", reason="no_abi")
+        if "memory" not in {e.name for e in self.guest.module.exports}:
+            raise errors.PluginStartError(f"{self.label}: module exports no memory", reason="no_memory")
+        if not any(exports.get(n) == vm.Signature(("i32",), ("i32",)) for n in ("proxy_on_memory_allocate", "malloc")):
+            raise errors.PluginStartError(f"{self.label}: module exports no allocator", reason="no_allocator")
+        self.http_capable = any(name in exports for name in _HTTP_CALLBACKS)
+        guest.set_deadline_ms(self.host.start_deadline_ms)
         try:
             guest.instantiate()
             if "_initialize" in guest.exports:
@@ -467,7 +486,7 @@ class WasmVm:
                 raise
 
     def begin_plugin_start(self) -> None:
-        self.guest.set_deadline_ms(limits.START_DEADLINE_MS)
+        self.guest.set_deadline_ms(self.host.start_deadline_ms)
 
     def end_plugin_start(self) -> None:
         self.guest.set_deadline_ms(self.host.deadline_ms)
@@ -674,6 +693,7 @@ class Host:
         cluster: str = "",
         log_level: int = INFO,
         deadline_ms: int = limits.CALLBACK_DEADLINE_MS,
+        start_deadline_ms: int = limits.START_DEADLINE_MS,
         on_wakeup: Callable[[], None] | None = None,
     ) -> None:
         self.runtime = runtime or vm.default_runtime()
@@ -684,6 +704,7 @@ class Host:
         self.cluster = cluster
         self.log_level = log_level
         self.deadline_ms = deadline_ms
+        self.start_deadline_ms = start_deadline_ms
         self.on_wakeup = on_wakeup
         self.shared_data = SharedData()
         self.metrics = Metrics()
