@@ -106,9 +106,19 @@ class Transport:
         raise errors.FetchError(f"{what}: {last} (after {self.options.max_attempts} attempts)", reason=last.reason)
 
     def open(
-        self, method: str, url: str, *, deadline: Deadline, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        *,
+        deadline: Deadline,
+        headers: Mapping[str, str] | None = None,
+        verify: str | bool | None = None,
     ) -> requests.Response:
-        """One request, redirects followed by hand; the response of any status, body not yet read."""
+        """One request, redirects followed by hand; the response of any status, body not yet read.
+
+        ``verify`` overrides the CA choice for the first hop (a registry's token realm uses the
+        registry's bundle when the realm host has none of its own).
+        """
         send_headers = dict(headers or {})
         origin = _origin(url)
         for _ in range(self.options.max_redirects + 1):
@@ -125,10 +135,10 @@ class Transport:
                     stream=True,
                     allow_redirects=False,
                     timeout=(timeout, timeout),
-                    verify=self.verify_for(url),
+                    verify=self.verify_for(url) if verify is None else verify,
                 )
             except requests.exceptions.SSLError as exc:
-                raise errors.FetchError(f"{_redact(url)}: TLS verification failed: {_short(exc)}") from None
+                raise errors.FetchError(f"{_redact(url)}: TLS failed: {_short(exc)}") from None
             except requests.exceptions.Timeout as exc:
                 raise Retryable(f"{_redact(url)}: timed out: {_short(exc)}", Reason.TIMEOUT) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
@@ -143,6 +153,7 @@ class Transport:
                 raise errors.FetchError(f"{_redact(url)}: redirect leaves https", reason=Reason.BLOCKED)
             if _origin(target) != origin:
                 send_headers.pop("Authorization", None)
+                verify = None
             if resp.status_code == 303:
                 method = "GET"
             url = target

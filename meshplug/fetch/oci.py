@@ -230,6 +230,11 @@ def _pick_from_index(index: Mapping[str, Any]) -> str:
     return _descriptor(entries[0])[1]
 
 
+def _host_port(registry: str) -> tuple[str, int | None]:
+    parts = urllib.parse.urlsplit(f"//{registry}")
+    return parts.hostname or registry, parts.port
+
+
 # --- registry client ---------------------------------------------------------------------------------
 class RegistryClient:
     """The distribution API for one repository, with one set of credentials, over a guarded Transport."""
@@ -284,7 +289,12 @@ class RegistryClient:
         if self.credentials is not None:
             pair = f"{self.credentials.username}:{self.credentials.password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        resp = self.transport.open("GET", url, deadline=deadline, headers=headers)
+        options = self.transport.options
+        bundle = options.ca_bundle_for(parts.hostname or "", parts.port) or options.ca_bundle_for(
+            *_host_port(self.ref.registry)
+        )
+        verify = None if bundle is None else str(bundle)
+        resp = self.transport.open("GET", url, deadline=deadline, headers=headers, verify=verify)
         if resp.status_code != 200:
             resp.close()
             status_error(resp, f"token from {parts.netloc}")
