@@ -291,9 +291,10 @@ class HttpContext(Context):
         return self._action(ok, r, body=False)
 
     def _action(self, ok: bool, result: int | None, *, body: bool) -> Action:
+        sent, self.local_reply_sent = self.local_reply_sent, False
         if not ok:
             return Action.FAIL
-        if self.local_reply_sent:
+        if sent:  # a local reply sent in this callback forces "stop" (cpp-host)
             return Action.STOP
         r = result or 0
         if body:
