@@ -44,6 +44,7 @@ class Code(enum.StrEnum):
     CALLBACK_TYPE_MISMATCH = "callback_type_mismatch"
     IMPORT_OUTSIDE_ABI_VERSION = "import_outside_abi_version"
     SEVERAL_ABI_MARKERS = "several_abi_markers"
+    HEADER_ARITY_UNLIKE_MARKER = "header_arity_unlike_marker"
     MALFORMED_PRODUCERS = "malformed_producers"
 
 
@@ -54,6 +55,7 @@ _WARNINGS = frozenset(
         Code.CALLBACK_TYPE_MISMATCH,
         Code.IMPORT_OUTSIDE_ABI_VERSION,
         Code.SEVERAL_ABI_MARKERS,
+        Code.HEADER_ARITY_UNLIKE_MARKER,
         Code.MALFORMED_PRODUCERS,
     }
 )
@@ -404,6 +406,18 @@ def describe(data: bytes, *, kind: FilterKind | None = None, engine: wasmtime.En
     arities = {len(funcs[n].params) for n in abi_table.HEADER_CALLBACKS if n in callbacks}
     header_arity = max(arities) if arities else None
 
+    version = abi_table.MARKERS.get(markers[0]) if markers else None
+    if version is not None and header_arity is not None:
+        marker_arity = 2 if version is abi_table.AbiVersion.V0_1_0 else 3
+        if header_arity != marker_arity:
+            problems.append(
+                Problem(
+                    Code.HEADER_ARITY_UNLIKE_MARKER,
+                    f"ABI {version} header callbacks take {marker_arity} args but this module's take {header_arity};"
+                    " meshplug's host follows the export's type, Envoy refuses to load it ('Bad function signature')",
+                )
+            )
+
     kinds = {abi_table.CALLBACKS[n].kind for n in callbacks}
     is_http, is_net = abi_table.Kind.HTTP in kinds, abi_table.Kind.NETWORK in kinds
     plugin_kind = (
@@ -443,7 +457,6 @@ def describe(data: bytes, *, kind: FilterKind | None = None, engine: wasmtime.En
 
     imports, import_problems = _check_imports(module)
     problems.extend(import_problems)
-    version = abi_table.MARKERS.get(markers[0]) if markers else None
     if version is not None:
         for imp in imports:
             spec = abi_table.lookup(imp.module, imp.name)

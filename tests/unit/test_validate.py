@@ -64,7 +64,8 @@ def test_unusable_input_is_rejected_with_one_reason(data: bytes, code: validate.
         # unknown first marker decides, as in cpp-host; the second is reported
         (plugin('(func (export "proxy_abi_version_0_x_x"))'), (
             validate.Code.UNKNOWN_ABI_MARKER, validate.Code.SEVERAL_ABI_MARKERS)),
-        (plugin('(func (export "proxy_abi_version_0_1_0"))'), (validate.Code.SEVERAL_ABI_MARKERS,)),
+        (plugin('(func (export "proxy_abi_version_0_2_0"))'), (validate.Code.SEVERAL_ABI_MARKERS,)),
+        (plugin(marker="proxy_abi_version_0_1_0"), (validate.Code.HEADER_ARITY_UNLIKE_MARKER,)),
         (plugin('(import "env" "proxy_nope" (func))'), (validate.Code.MISSING_IMPORT,)),
         (plugin('(import "wasi_unstable" "sock_accept" (func (param i32 i32 i32) (result i32)))'), (
             validate.Code.MISSING_IMPORT,)),
@@ -76,7 +77,7 @@ def test_unusable_input_is_rejected_with_one_reason(data: bytes, code: validate.
             validate.Code.IMPORT_OUTSIDE_ABI_VERSION,)),
         (plugin('(func (export "proxy_on_tick") (param i32 i32))'), (validate.Code.CALLBACK_TYPE_MISMATCH,)),
     ],
-    ids=["good", "no-marker", "0_x_x", "9_9_9", "global-marker", "unknown-first", "two-known", "missing-env",
+    ids=["good", "no-marker", "0_x_x", "9_9_9", "global-marker", "unknown-first", "two-known", "arity-vs-marker", "missing-env",
          "missing-wasi-unstable", "memory-import", "env-type", "wasi-type", "outside-version", "callback-type"],
 )  # fmt: skip
 def test_codes(data: bytes, codes: tuple[validate.Code, ...]) -> None:
