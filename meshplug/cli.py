@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect", "describe a proxy-wasm module and validate it against the ABI (exit 1 on reject)"),
     "agent": ("agent", "run the in-pod agent: proxy with proxy-wasm plugins, admin and push endpoints"),
     "run": ("run", "run one plugin locally in front of an upstream URL (the agent, no containers)"),
+    "operator": ("operator", "run the WasmPlugin operator: fetch, validate, render, apply; serve modules"),
 }
 
 

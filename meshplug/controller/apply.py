@@ -1,0 +1,156 @@
+"""The operator's only Kubernetes API writer (and its reader): server-side apply, deletes, status, Events.
+
+Called by `meshplug.controller.handlers` (and nothing else writes to the API). Every call is synchronous
+(asyncio callers use ``asyncio.to_thread``), keyword-only where it matters, and maps API refusals to
+`errors.ApplyError` with ``reason`` = the API's reason (``Forbidden``, ``Invalid``, ``Conflict``, ...), so a
+missing RBAC permission surfaces as a condition and an Event instead of passing silently.
+Objects are written with server-side apply under the field manager ``meshplug``: GitOps tools that own
+other fields of the same objects keep them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+
+from meshplug import errors, spec
+
+FIELD_MANAGER = "meshplug"
+
+# (apiVersion, kind) -> plural; the kinds the operator reads or writes
+_PLURALS = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Secret"): "secrets",
+    ("v1", "Pod"): "pods",
+    ("v1", "Event"): "events",
+    ("apps/v1", "Deployment"): "deployments",
+    ("networking.istio.io/v1alpha3", "EnvoyFilter"): "envoyfilters",
+    (f"{spec.API_GROUP}/{spec.API_VERSION}", spec.KIND): spec.PLURAL,
+}
+
+
+def resource_path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
+    plural = _PLURALS[(api_version, kind)]
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+class Writer:
+    """API access through one kubernetes-client ApiClient (kubeconfig or in-cluster credentials)."""
+
+    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+        self._api = api
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: Mapping[str, str] | None = None,
+    ) -> Any:
+        config = self._api.configuration
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        for auth in config.auth_settings().values():
+            if auth["in"] == "header" and auth["value"]:
+                headers[auth["key"]] = auth["value"]
+        url = config.host + path + (("?" + urllib.parse.urlencode(query)) if query else "")
+        try:
+            resp = self._api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+            raw = resp.read()  # type: ignore[no-untyped-call]
+            status = resp.status
+        except kubernetes.client.ApiException as exc:
+            raw, status = (exc.body or b""), exc.status
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
+        try:
+            decoded: Any = json.loads(text) if text else None
+        except ValueError:
+            decoded = text
+        if status >= 300:
+            reason = decoded.get("reason", "") if isinstance(decoded, dict) else ""
+            message = decoded.get("message", text) if isinstance(decoded, dict) else text
+            raise errors.ApplyError(f"{method} {path}: {status} {message}"[:500], reason=reason or f"HTTP{status}")
+        return decoded
+
+    # --- reads -----------------------------------------------------------------------------------------------
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = self._call("GET", resource_path(api_version, kind, namespace, name))
+        except errors.ApplyError as exc:
+            if exc.reason == "NotFound":
+                return None
+            raise
+        return obj
+
+    def list(self, api_version: str, kind: str, namespace: str, *, label_selector: str = "") -> list[dict[str, Any]]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        out = self._call("GET", resource_path(api_version, kind, namespace), query=query)
+        items: list[dict[str, Any]] = out.get("items", []) if isinstance(out, dict) else []
+        return items
+
+    # --- writes ----------------------------------------------------------------------------------------------
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply ``obj`` (must carry apiVersion, kind, metadata.name/namespace)."""
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        out: dict[str, Any] = self._call(
+            "PATCH",
+            path,
+            body=dict(obj),
+            content_type="application/apply-patch+yaml",
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+        )
+        return out
+
+    def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        path = resource_path(api_version, kind, namespace, name)
+        self._call("PATCH", path, body=dict(patch), content_type="application/merge-patch+json")
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete; False when it was already gone."""
+        try:
+            self._call("DELETE", resource_path(api_version, kind, namespace, name))
+        except errors.ApplyError as exc:
+            if exc.reason == "NotFound":
+                return False
+            raise
+        return True
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch the WasmPlugin's status subresource."""
+        path = resource_path(f"{spec.API_GROUP}/{spec.API_VERSION}", spec.KIND, namespace, name) + "/status"
+        self._call("PATCH", path, body={"status": dict(status)}, content_type="application/merge-patch+json")
+
+    def event(self, involved: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:
+        """Record a core/v1 Event on ``involved`` (a WasmPlugin body)."""
+        meta = involved["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion", f"{spec.API_GROUP}/{spec.API_VERSION}"),
+                "kind": involved.get("kind", spec.KIND),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "type": "Warning" if warning else "Normal",
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "meshplug-operator"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self._call("POST", resource_path("v1", "Event", meta["namespace"]), body=body)

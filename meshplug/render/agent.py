@@ -1,0 +1,54 @@
+"""PluginSpecs + Modules -> the agent data plane's desired set: `protocol.ExtensionConfig`s in chain order.
+
+Called by the controller when it builds the full push for one pod's agent (every agent-plane plugin that
+selects the pod). Pure: no I/O. The agent fetches each module from the operator's module server by sha256.
+Chain order is Istio's: phase (AUTHN, AUTHZ, STATS, UNSPECIFIED), then priority (higher first, unset last),
+then the caller's tie-break key (creation time, then namespace/name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from meshplug import protocol, spec
+from meshplug.render import model
+
+_PHASE_ORDER = (spec.Phase.AUTHN, spec.Phase.AUTHZ, spec.Phase.STATS, spec.Phase.UNSPECIFIED)
+
+
+def extension_config(
+    plugin: spec.PluginSpec, module: model.Module, server: model.ModuleServer
+) -> protocol.ExtensionConfig:
+    # the agent has no HOST environment of its own to copy from: HOST variables are read from the agent's env
+    return protocol.ExtensionConfig(
+        name=plugin.envoy_name,
+        root_id=plugin.root_id,
+        url=server.url(module.sha256),
+        sha256=module.sha256,
+        configuration=plugin.plugin_config,
+        vm_env=tuple((e.name, e.value) for e in plugin.env if e.source is spec.EnvSource.INLINE),
+        fail_strategy=protocol.FailStrategy(plugin.fail_strategy.value),
+    )
+
+
+def chain_key(plugin: spec.PluginSpec, tie_break: str) -> tuple[int, int, int, str]:
+    """Sort key: phase, explicit priority before unset, higher priority first, then ``tie_break``."""
+    unset = 1 if plugin.priority is None else 0
+    return (_PHASE_ORDER.index(plugin.phase), unset, -(plugin.priority or 0), tie_break)
+
+
+def desired_set(
+    entries: Sequence[tuple[spec.PluginSpec, model.Module, str]], server: model.ModuleServer
+) -> tuple[protocol.ExtensionConfig, ...]:
+    """(plugin, module, tie_break) for every agent-plane plugin selecting a pod -> resources in chain order."""
+    ordered = sorted(entries, key=lambda e: chain_key(e[0], e[2]))
+    return tuple(extension_config(p, m, server) for p, m, _ in ordered)
+
+
+def version_of(resources: Sequence[protocol.ExtensionConfig]) -> str:
+    """A version_info that changes exactly when the desired set changes."""
+    h = hashlib.sha256()
+    for r in resources:
+        h.update(repr(r).encode())
+    return h.hexdigest()[:16]
