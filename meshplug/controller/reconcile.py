@@ -153,7 +153,7 @@ class Reconciler:
                 Condition(READY, "False", exc.reason, f"module rejected: {reasons}"),
             ]
             self._finish(body, conds, digest=artifact.digest, event=(True, f"Validate:{exc.reason}", reasons))
-            raise Retry(reasons, max(60.0, backoff(retry))) from None
+            raise Retry(reasons, max(15.0, backoff(retry))) from None  # a mutable tag may be re-pushed
         warnings = [p for p in info.problems if p.severity is validate.Severity.WARNING]
         validated = Condition(
             VALIDATED,

@@ -1,0 +1,47 @@
+"""meshplug.controller.reconcile's pure parts: condition bookkeeping, label selection, retry backoff."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from meshplug.controller import reconcile
+
+C = reconcile.Condition
+OLD = [{"type": "Ready", "status": "False", "reason": "x", "message": "", "lastTransitionTime": "2020-01-01T00:00:00Z"}]
+
+
+@pytest.mark.parametrize(
+    ("previous", "new", "keeps_time"),
+    [
+        (OLD, C("Ready", "False", "other", "m"), True),  # same status: the transition time stays
+        (OLD, C("Ready", "True", "Applied", "m"), False),  # status changed: new transition time
+        ([], C("Ready", "True", "Applied", "m"), False),
+    ],
+)
+def test_transition_time_moves_only_on_status_change(
+    previous: list[dict[str, Any]], new: reconcile.Condition, keeps_time: bool
+) -> None:
+    (out,) = reconcile.merge_conditions(previous, [new], generation=4)
+    assert (out["lastTransitionTime"] == "2020-01-01T00:00:00Z") is keeps_time
+    assert out["observedGeneration"] == 4 and out["reason"] == new.reason
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "selected"),
+    [
+        ({}, None, True),
+        ({}, {"app": "x"}, True),
+        ({"app": "x"}, {"app": "x", "v": "1"}, True),
+        ({"app": "x"}, {"app": "y"}, False),
+        ({"app": "x", "v": "1"}, {"app": "x"}, False),
+    ],
+)
+def test_selects(selector: dict[str, str], labels: dict[str, str] | None, selected: bool) -> None:
+    assert reconcile.selects(selector, labels) is selected
+
+
+@pytest.mark.parametrize(("retry", "delay"), [(0, 5.0), (1, 10.0), (3, 40.0), (6, 300.0), (60, 300.0)])
+def test_backoff(retry: int, delay: float) -> None:
+    assert reconcile.backoff(retry) == delay
