@@ -49,9 +49,9 @@ def _pin(sha256: str | None) -> str | None:
 
 def scheme_of(url: str) -> str:
     """``http``, ``file`` or ``oci`` (no scheme means oci); anything else is refused."""
-    if "://" not in url:
-        return "oci"
     scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if "://" not in url and scheme not in ("file", "http", "https", "oci"):
+        return "oci"  # registry/repo:tag (a "host:port/..." reference parses as scheme "host")
     if scheme == "https":
         return "http"
     if scheme in ("http", "file", "oci"):

@@ -200,6 +200,7 @@ class _Call(Generic[T]):
         self.done = threading.Event()
         self.result: T | None = None
         self.error: BaseException | None = None
+        self.waiters = 0
 
 
 class SingleFlight(Generic[T]):
@@ -213,6 +214,12 @@ class SingleFlight(Generic[T]):
         self._lock = threading.Lock()
         self._calls: dict[str, _Call[T]] = {}
 
+    def waiters(self, key: str) -> int:
+        """Callers waiting on the flight for ``key`` now (0 when none is in the air)."""
+        with self._lock:
+            call = self._calls.get(key)
+            return 0 if call is None else call.waiters
+
     def do(self, key: str, fn: Callable[[], T]) -> tuple[T, bool]:
         """``(result, shared)``: ``shared`` is True when another caller's flight produced the result."""
         with self._lock:
@@ -220,6 +227,8 @@ class SingleFlight(Generic[T]):
             leader = call is None
             if call is None:
                 call = self._calls[key] = _Call()
+            else:
+                call.waiters += 1
         if not leader:
             call.done.wait()
             if call.error is not None:

@@ -56,19 +56,21 @@ def read_file(url: str, options: FetchOptions) -> bytes:
         fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise errors.FetchError(f"{url}: cannot open: {exc.strerror}", reason=Reason.DOWNLOAD_FAILURE) from None
-    with os.fdopen(fd, "rb") as handle:
+    try:
+        info = os.fstat(fd)
         opened = Path(f"/proc/self/fd/{fd}")
         if opened.exists() and not _inside(Path(os.readlink(opened)), options.file_roots):
             raise errors.FetchError(f"{url}: opened file lies outside the allowed roots", reason=Reason.BLOCKED)
-        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise errors.FetchError(f"{url}: not a regular file", reason=Reason.DOWNLOAD_FAILURE)
-        size = info.st_size
-        if size > options.max_module_bytes:
+        if info.st_size > options.max_module_bytes:
             raise errors.FetchError(
-                f"{url}: {size} bytes exceeds the cap of {options.max_module_bytes}", reason=Reason.TOO_LARGE
+                f"{url}: {info.st_size} bytes exceeds the cap of {options.max_module_bytes}", reason=Reason.TOO_LARGE
             )
-        data = handle.read(options.max_module_bytes + 1)
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(options.max_module_bytes + 1)
+    finally:
+        os.close(fd)
     if len(data) > options.max_module_bytes:
         raise errors.FetchError(f"{url}: exceeds the cap of {options.max_module_bytes} bytes", reason=Reason.TOO_LARGE)
     return unbox(data, cap=options.max_decompressed_bytes)

@@ -71,7 +71,7 @@ class Reference:
 def parse_reference(url: str) -> Reference:
     """An ``oci://`` url (or a schemeless image reference) as a Reference; Docker Hub names expanded."""
     text = url.removeprefix("oci://")
-    if "://" in text or not text or any(c.isspace() for c in text):
+    if "://" in text or text.lower().startswith("oci:") or not text or any(c.isspace() for c in text):
         raise errors.FetchError(f"not an image reference: {url!r}", reason=Reason.MANIFEST_FAILURE)
     digest = None
     if "@" in text:
