@@ -17,6 +17,7 @@ from meshplug import errors
 # name -> (module under meshplug.commands, one-line help); add one line per subcommand
 COMMANDS: dict[str, tuple[str, str]] = {
     "version": ("version", "print the meshplug version and its runtime pins"),
+    "fetch": ("fetch", "fetch a wasm module (https, oci, file), verify its sha256, cache it and write it out"),
     "inspect": ("inspect", "describe a proxy-wasm module and validate it against the ABI (exit 1 on reject)"),
     "agent": ("agent", "run the in-pod agent: proxy with proxy-wasm plugins, admin and push endpoints"),
     "run": ("run", "run one plugin locally in front of an upstream URL (the agent, no containers)"),

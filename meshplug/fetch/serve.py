@@ -128,7 +128,9 @@ class ModuleServer:
         if ssl_context is not None:
             self._server.socket = ssl_context.wrap_socket(self._server.socket, server_side=True)
         self._scheme = "https" if ssl_context is not None else "http"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="meshplug-modules", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="meshplug-modules", daemon=True
+        )
 
     @property
     def port(self) -> int:
