@@ -16,7 +16,8 @@ from meshplug import compiled
 WAT = (
     "(module "
     + " ".join(
-        f'(func (export "f{i}") (param i32) (result i32) (i32.mul (i32.add (local.get 0) (i32.const {i})) (i32.const 3)))'
+        f'(func (export "f{i}") (param i32) (result i32)'
+        f" (i32.mul (i32.add (local.get 0) (i32.const {i})) (i32.const 3)))"
         for i in range(3000)
     )
     + ")"

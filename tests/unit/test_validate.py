@@ -77,8 +77,9 @@ def test_unusable_input_is_rejected_with_one_reason(data: bytes, code: validate.
             validate.Code.IMPORT_OUTSIDE_ABI_VERSION,)),
         (plugin('(func (export "proxy_on_tick") (param i32 i32))'), (validate.Code.CALLBACK_TYPE_MISMATCH,)),
     ],
-    ids=["good", "no-marker", "0_x_x", "9_9_9", "global-marker", "unknown-first", "two-known", "arity-vs-marker", "missing-env",
-         "missing-wasi-unstable", "memory-import", "env-type", "wasi-type", "outside-version", "callback-type"],
+    ids=["good", "no-marker", "0_x_x", "9_9_9", "global-marker", "unknown-first", "two-known", "arity-vs-marker",
+         "missing-env", "missing-wasi-unstable", "memory-import", "env-type", "wasi-type", "outside-version",
+         "callback-type"],
 )  # fmt: skip
 def test_codes(data: bytes, codes: tuple[validate.Code, ...]) -> None:
     assert validate.describe(data).codes() == codes
