@@ -235,3 +235,10 @@ class ArtifactCache:
             except OSError:
                 stored = False
             return Loaded(module, outcome if outcome is not Outcome.MISS else again, path, key, stored)
+
+
+def load_module(
+    engine: wasmtime.Engine, data: bytes, settings: str, *, root: Path | None = None, sha256: str | None = None
+) -> wasmtime.Module:
+    """One-call form of `ArtifactCache(engine, settings=settings, root=root).load(data, sha256=sha256).module`."""
+    return ArtifactCache(engine, settings=settings, root=root).load(data, sha256=sha256).module

@@ -141,3 +141,10 @@ def test_encode_decode_round_trip_and_key_check() -> None:
     other = compiled.ArtifactKey.make(SHA, "t")
     with pytest.raises(Exception, match="wanted"):
         compiled.decode(other, blob)
+
+
+def test_load_module_one_call_form(tmp_path: Path) -> None:
+    eng = engine()
+    module = compiled.load_module(eng, DATA, "s", root=tmp_path)
+    assert call_answer(eng, module) == 42
+    assert compiled.ArtifactCache(eng, settings="s", root=tmp_path).load(DATA).outcome is compiled.Outcome.HIT
