@@ -1,6 +1,7 @@
 // Plugin properties: reads host properties and reports them as response headers.
 //
-// For each property below the response gets "x-prop-<name>" (dots and underscores become dashes) with the
+// The properties are read at request headers (Envoy serves request.* only while the request headers are
+// being processed) and reported on the response. For each property below the response gets "x-prop-<name>" (dots and underscores become dashes) with the
 // value decoded by its type (strings as is, integers from 8-byte little-endian, booleans as true/false). A
 // property the host does not have gives the value "!NotFound" (another error: "!<error>"), so a spec can
 // pin which properties a data plane provides.
@@ -9,6 +10,10 @@
 //	source.address source.port destination.address destination.port
 //	plugin_name plugin_root_id plugin_vm_id
 //	xds.cluster_name xds.route_name xds.node.id xds.node.cluster
+//
+// "x-prop-request-path-at-response" holds request.path read again at response headers, to pin whether a
+// data plane still serves request properties then (Envoy 1.40: "!NotFound").
+// Each "*.address" property ("host:port") also gives "x-prop-<name>-ip" with the port cut off.
 //
 // Configuration (JSON, optional): {"node_metadata_key": "KEY"} adds "x-prop-node-meta" with the string value
 // of xds.node.metadata.KEY.
@@ -101,7 +106,8 @@ func (p *pluginContext) NewHttpContext(uint32) types.HttpContext { return &httpC
 
 type httpContext struct {
 	types.DefaultHttpContext
-	props []property
+	props  []property
+	values []string
 }
 
 func decode(raw []byte, k kind) string {
@@ -114,21 +120,45 @@ func decode(raw []byte, k kind) string {
 	return string(raw)
 }
 
+func read(p property) string {
+	raw, err := proxywasm.GetProperty(p.path)
+	switch {
+	case err == types.ErrorStatusNotFound:
+		return "!NotFound"
+	case err != nil:
+		return "!" + err.Error()
+	default:
+		return decode(raw, p.kind)
+	}
+}
+
+func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
+	h.values = make([]string, len(h.props))
+	for i, p := range h.props {
+		h.values[i] = read(p)
+	}
+	return types.ActionContinue
+}
+
+func setHeader(name, value string) {
+	if err := proxywasm.ReplaceHttpResponseHeader(name, value); err != nil {
+		proxywasm.LogWarnf("properties: setting %s: %v", name, err)
+	}
+}
+
 func (h *httpContext) OnHttpResponseHeaders(int, bool) types.Action {
-	for _, p := range h.props {
-		raw, err := proxywasm.GetProperty(p.path)
-		value := ""
-		switch {
-		case err == types.ErrorStatusNotFound:
-			value = "!NotFound"
-		case err != nil:
-			value = "!" + err.Error()
-		default:
-			value = decode(raw, p.kind)
+	for i, p := range h.props {
+		if i >= len(h.values) {
+			break
 		}
-		if err := proxywasm.ReplaceHttpResponseHeader(p.header, value); err != nil {
-			proxywasm.LogWarnf("properties: setting %s: %v", p.header, err)
+		value := h.values[i]
+		setHeader(p.header, value)
+		if strings.HasSuffix(p.header, "-address") {
+			if j := strings.LastIndexByte(value, ':'); j > 0 && value[0] != '!' {
+				setHeader(p.header+"-ip", value[:j])
+			}
 		}
 	}
+	setHeader("x-prop-request-path-at-response", read(prop("request.path", str)))
 	return types.ActionContinue
 }

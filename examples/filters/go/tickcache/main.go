@@ -2,18 +2,19 @@
 //
 // Configuration (JSON):
 //
-//	{"cluster": "token", "authority": "token.local", "path": "/token", "period_ms": 200}
+//	{"cluster": "token", "authority": "token.local", "path": "/token", "period_ms": 200,
+//	 "headers": {"authorization": "Bearer tick-client"}}
 //
-// The root context sets a tick period; on every tick it calls `GET <path>` on <cluster> (one call in flight
-// at a time) and stores a 2xx answer's body in the shared data key "tickcache.token". Each request reads
-// that key: when present the request goes on with "x-cached-token: <value>" added (and the response gets
-// "x-cached-token-cas" with the key's CAS); before the first refresh the request is answered locally with
-// 503 "token not ready\n".
+// The root context sets a tick period; on every tick it calls `GET <path>` on <cluster> with the configured
+// extra headers (one call in flight at a time) and stores a 2xx answer's body in the shared data key
+// "tickcache.token", logging "tickcache: token refreshed (<n> bytes)" at debug. Each request reads that key:
+// when present the request goes on with "x-cached-token: <value>" added and the response gets
+// "x-token-source: shared-data"; before the first refresh the request is answered locally with 503
+// "token not ready\n".
 package main
 
 import (
 	"encoding/json"
-	"strconv"
 
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
@@ -22,10 +23,11 @@ import (
 const sharedKey = "tickcache.token"
 
 type config struct {
-	Cluster   string `json:"cluster"`
-	Authority string `json:"authority"`
-	Path      string `json:"path"`
-	PeriodMs  uint32 `json:"period_ms"`
+	Cluster   string            `json:"cluster"`
+	Authority string            `json:"authority"`
+	Path      string            `json:"path"`
+	PeriodMs  uint32            `json:"period_ms"`
+	Headers   map[string]string `json:"headers"`
 }
 
 func main() {}
@@ -60,6 +62,9 @@ func (p *pluginContext) OnTick() {
 		return
 	}
 	headers := [][2]string{{":method", "GET"}, {":path", p.cfg.Path}, {":authority", p.cfg.Authority}}
+	for k, v := range p.cfg.Headers {
+		headers = append(headers, [2]string{k, v})
+	}
 	if _, err := proxywasm.DispatchHttpCall(p.cfg.Cluster, headers, nil, nil, 5000, p.onToken); err != nil {
 		proxywasm.LogWarnf("tickcache: dispatch to %q failed: %v", p.cfg.Cluster, err)
 		return
@@ -97,18 +102,18 @@ func (p *pluginContext) NewHttpContext(uint32) types.HttpContext { return &httpC
 
 type httpContext struct {
 	types.DefaultHttpContext
-	cas uint32
+	fromCache bool
 }
 
 func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
-	value, cas, err := proxywasm.GetSharedData(sharedKey)
+	value, _, err := proxywasm.GetSharedData(sharedKey)
 	if err != nil || len(value) == 0 {
 		if err := proxywasm.SendHttpResponse(503, [][2]string{{"content-type", "text/plain"}}, []byte("token not ready\n"), -1); err != nil {
 			proxywasm.LogErrorf("tickcache: local reply: %v", err)
 		}
 		return types.ActionPause
 	}
-	h.cas = cas
+	h.fromCache = true
 	if err := proxywasm.ReplaceHttpRequestHeader("x-cached-token", string(value)); err != nil {
 		proxywasm.LogErrorf("tickcache: setting x-cached-token: %v", err)
 	}
@@ -116,8 +121,8 @@ func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
 }
 
 func (h *httpContext) OnHttpResponseHeaders(int, bool) types.Action {
-	if h.cas != 0 {
-		_ = proxywasm.ReplaceHttpResponseHeader("x-cached-token-cas", strconv.FormatUint(uint64(h.cas), 10))
+	if h.fromCache {
+		_ = proxywasm.ReplaceHttpResponseHeader("x-token-source", "shared-data")
 	}
 	return types.ActionContinue
 }
