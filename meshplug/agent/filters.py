@@ -96,6 +96,16 @@ def _metrics_text(h: host.Host) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def _host_log_level() -> int:
+    """The proxy-wasm log level matching the agent's logging level (debug lets trace records through)."""
+    plugin_log = logging.getLogger("meshplug.agent.plugin")
+    if plugin_log.isEnabledFor(logging.DEBUG):
+        return host.TRACE
+    if plugin_log.isEnabledFor(logging.INFO):
+        return host.INFO
+    return host.WARN if plugin_log.isEnabledFor(logging.WARNING) else host.ERROR
+
+
 _LEVEL_NAMES = {0: "trace", 1: "debug", 2: "info", 3: "warn", 4: "error", 5: "critical"}
 
 
@@ -115,7 +125,7 @@ def build(
 ) -> loader.Chain:
     """Start every plugin (blocking: compile/deserialize, instantiate, vm_start, configure)."""
     driver = Driver(proxy, loop)
-    h = host.Host(upstreams=set(proxy.pools), on_wakeup=driver.wakeup)
+    h = host.Host(upstreams=set(proxy.pools), on_wakeup=driver.wakeup, log_level=_host_log_level())
     driver.host = h
     started: list[tuple[protocol.ExtensionConfig, host.Plugin, str, int]] = []
     for resource, data in plugins:

@@ -5,7 +5,8 @@ worker thread: fetching, sha256 checks, validation, compilation and VM start all
 the event loop. The result, a `LoadedSet`, is swapped into the proxy in one assignment by the caller.
 
 Module bytes come from, in order: the state directory (modules of the last good set, by sha256), then the
-resource's URL (file:// or http(s)). Every byte string is checked against the resource's sha256 before use.
+resource's URL (file:// or http(s)). Every byte string is checked against the resource's sha256 and then
+by `meshplug.validate` (the proxy-wasm ABI check, HTTP filter kind) before the host sees it.
 
 Persistence (`StateStore`): `<state_dir>/modules/<sha256>.wasm` and `<state_dir>/last_good.json` (the
 `protocol.Push` of the applied set), each written to a temp file, fsynced and renamed, modules first, so a
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import requests
 
-from meshplug import errors, limits, protocol
+from meshplug import errors, limits, protocol, validate
 from meshplug.agent import chain
 
 log = logging.getLogger("meshplug.agent.loader")
@@ -179,8 +180,7 @@ def module_bytes(resource: protocol.ExtensionConfig, store: StateStore) -> bytes
         raise errors.FetchError(
             f"module of {resource.name} has sha256 {digest}, expected {resource.sha256}", reason="checksum_mismatched"
         )
-    if data[:4] != b"\0asm":
-        raise errors.ValidationError(f"module of {resource.name} is not a wasm binary", reason="not_wasm")
+    validate.validate(data, kind=validate.FilterKind.HTTP)  # ValidationError names every ABI problem
     return data
 
 

@@ -103,7 +103,7 @@ class Applier:
                     await loop.run_in_executor(None, self.store.save, loaded, modules)
                 except OSError as exc:
                     log.error("applied %s but could not persist it: %s", push.version_info, exc)
-            self.acks += 1
+            self.acks += persist  # the start-up apply (persisted or static set) is not a push
             self.last = Outcome(push.version_info, push.nonce, True, at=time.time())
             log.info("applied %s (nonce %s): %d plugin(s)", push.version_info, push.nonce, len(push.resources))
             return protocol.Reply(ack=True, version_info=push.version_info, nonce=push.nonce, plugins=self.statuses())

@@ -70,6 +70,7 @@ class Agent:
             raise errors.ConfigError(f"static plugin {d.resource or '?'} failed to load: {d.message}", reason=d.reason)
 
     async def start(self) -> None:
+        server.refresh_debug()
         await self._initial()
         await self.proxy.start()
         for lst, srv in zip(self.cfg.listeners, self.proxy.servers, strict=True):

@@ -79,6 +79,11 @@ class _DateCache:
 _DATE = _DateCache()
 
 
+def refresh_debug() -> None:
+    """Re-read whether debug logging of the data path is on (called at start and when the level changes)."""
+    _DEBUG[0] = log.isEnabledFor(logging.DEBUG)
+
+
 # --- statistics --------------------------------------------------------------------------------------
 
 
@@ -337,6 +342,8 @@ class Pool:
 # --- downstream side ---------------------------------------------------------------------------------
 
 _CONNECTION_IDS = itertools.count(1)
+#: whether the data path logs per-exchange details (read once per start/level change, not per call)
+_DEBUG = [False]
 
 
 def _close_delimited(method: bytes, status: int, headers: Headers) -> bool:
@@ -654,6 +661,8 @@ class FilteredExchange(Exchange):
 
     # --- driving the chain ---
     def _progress(self, _stream: agent_chain.Stream) -> None:
+        if _DEBUG[0]:
+            log.debug("stream %d progressed", self.stream.id)
         self.conn.proxy.loop.call_soon(self._pump)
 
     def _pump(self) -> None:
@@ -711,6 +720,8 @@ class FilteredExchange(Exchange):
 
     # --- performing outputs ---
     def perform(self, outputs: list[agent_chain.Output]) -> None:
+        if _DEBUG[0]:
+            log.debug("stream %d outputs: %s", self.stream.id, [type(o).__name__ for o in outputs])
         for out in outputs:
             if self.resp_done:
                 return

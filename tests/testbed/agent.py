@@ -1,0 +1,134 @@
+"""meshplug's agent as a real process of the test bed: write its config, start it, wait for /ready, stop by pid.
+
+Used by tests/integration/test_agent_*.py, the agent corpus plane and bench/agent_vs_envoy.py.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.testbed import procs
+
+
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+@dataclass
+class Agent:
+    proc: procs.Proc
+    port: int
+    admin_port: int
+    push_port: int | None
+    config_path: Path
+
+    def admin(self, path: str, method: str = "GET") -> tuple[int, bytes]:
+        status, _, body = http_request(self.admin_port, method, path)
+        return status, body
+
+    def admin_json(self, path: str) -> Any:
+        status, body = self.admin(path)
+        if status != 200:
+            raise RuntimeError(f"agent admin {path} answered {status}: {body[:200]!r}")
+        return json.loads(body)
+
+    def config_dump(self) -> dict[str, Any]:
+        dump: dict[str, Any] = self.admin_json("/config_dump")
+        return dump
+
+    def ready(self) -> bool:
+        try:
+            return self.admin("/ready")[0] == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+
+def write_config(directory: Path, raw: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "agent.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def base_config(
+    *,
+    port: int,
+    admin_port: int,
+    clusters: dict[str, int],
+    listener_cluster: str = "upstream",
+    plugins: list[dict[str, Any]] | None = None,
+    push: dict[str, Any] | None = None,
+    state_dir: Path | None = None,
+    drain_timeout_s: float | None = None,
+) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "listeners": [{"name": "main", "address": "127.0.0.1", "port": port, "cluster": listener_cluster}],
+        "clusters": [{"name": n, "address": "127.0.0.1", "port": p} for n, p in sorted(clusters.items())],
+        "admin": {"address": "127.0.0.1", "port": admin_port},
+        "plugins": plugins or [],
+    }
+    if push is not None:
+        raw["push"] = push
+    if state_dir is not None:
+        raw["state_dir"] = str(state_dir)
+    if drain_timeout_s is not None:
+        raw["drain_timeout_s"] = drain_timeout_s
+    return raw
+
+
+def start_agent(
+    raw: dict[str, Any], *, work_dir: Path, log_dir: Path, name: str = "agent", timeout: float = 60.0
+) -> Agent:
+    """Start `meshplug agent --config` for `raw` (ports must be concrete) and wait until /ready says LIVE."""
+    path = write_config(work_dir, raw)
+    admin_port = int(raw["admin"]["port"])
+    port = int(raw["listeners"][0]["port"])
+    push_port = int(raw["push"]["port"]) if raw.get("push") else None
+    proc = procs.start(
+        name,
+        [sys.executable, "-m", "meshplug", "agent", "--config", str(path), "--log-level", "debug"],
+        log_dir=log_dir,
+        ready=None,
+        ports={"main": port, "admin": admin_port},
+    )
+    agent = Agent(proc=proc, port=port, admin_port=admin_port, push_port=push_port, config_path=path)
+    try:
+        procs.wait_until(lambda: _alive_and_ready(agent), timeout=timeout, what=f"{name} to answer /ready with LIVE")
+    except BaseException:
+        tail = proc.log()[-4000:]
+        proc.stop()
+        raise RuntimeError(f"{name} did not become ready; log tail:\n{tail}") from None
+    return agent
+
+
+def _alive_and_ready(agent: Agent) -> bool:
+    if not agent.proc.alive():
+        raise RuntimeError(f"agent exited with {agent.proc.popen.returncode}")
+    return agent.ready()
