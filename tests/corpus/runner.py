@@ -26,7 +26,7 @@ from tests.corpus import spec as S
 from tests.testbed import upstream
 
 #: how long a case waits for expected logs or metrics to show up after its request
-SETTLE_S = 5.0
+SETTLE_S = 15.0
 REQUEST_TIMEOUT_S = 20.0
 
 LogRecord = tuple[str, str]  # (level as in spec.LOG_LEVELS, message)

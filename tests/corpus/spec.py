@@ -27,7 +27,7 @@ LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
 SERVICE_KINDS = ("echo", "auth", "counter", "tcp_echo")
 #: the cluster every request is routed to (http: an echo service, network: a tcp_echo service)
 UPSTREAM_CLUSTER = "upstream"
-DEFAULT_WAIT_S = 10.0
+DEFAULT_WAIT_S = 30.0
 
 
 class SpecFormatError(ValueError):

@@ -156,7 +156,7 @@ class EnvoyConfigError(RuntimeError):
         self.output = output
 
 
-def validate_config(path: Path, timeout: float = 60.0) -> None:
+def validate_config(path: Path, timeout: float = 180.0) -> None:
     result = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "info", "--component-log-level", "wasm:trace",
          "--log-format", LOG_FORMAT, "--disable-hot-restart"],
@@ -221,7 +221,7 @@ def start_envoy(
     log_dir: Path,
     name: str = "envoy",
     component_log_levels: str = "wasm:trace",
-    timeout: float = 60.0,
+    timeout: float = 120.0,
 ) -> Envoy:
     """Start Envoy on a validated config; return when admin /ready says LIVE (raises with the log tail)."""
 
