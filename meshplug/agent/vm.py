@@ -19,27 +19,29 @@ Sandbox: the `Runtime`'s engine has epoch interruption on; a ticker thread advan
 loop traps with reason ``cpu_budget``. Each store's linear memory is capped (`limits.VM_MAX_MEMORY_BYTES`).
 A trap surfaces as `PluginRuntimeError`; an exception raised by a host function propagates unchanged.
 
-Modules: `Runtime.load(data)` compiles (or deserializes, via meshplug.compiled when present) once per
-digest; never call it on the request path.
+Modules: `Runtime.load(data)` deserializes the module's precompiled artifact (meshplug.compiled, keyed by
+its sha256 and ENGINE_FINGERPRINT), compiling and storing it only on a miss; never call it on the request
+path.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import hashlib
-import importlib
 import importlib.metadata
 import struct
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from meshplug import errors, limits
+from meshplug import compiled, errors, limits
 
 #: the exact wasmtime-py version whose C ABI the fast backend is written against
 PINNED_WASMTIME = "50.0.1"
@@ -108,26 +110,33 @@ def functype(sig: Signature) -> wasmtime.FuncType:
     return wasmtime.FuncType([_VALTYPES[p]() for p in sig.params], [_VALTYPES[r]() for r in sig.results])
 
 
-def _compiled_module() -> Any | None:
-    try:
-        return importlib.import_module("meshplug.compiled")
-    except ImportError:
-        return None
-
-
 class Runtime:
     """One engine (epoch interruption on), its epoch ticker, and module loading. Shared by all VMs."""
 
-    def __init__(self, *, tick_ms: int = limits.EPOCH_TICK_MS) -> None:
+    def __init__(
+        self, *, tick_ms: int = limits.EPOCH_TICK_MS, cache_root: Path | None = None, precompiled: bool = True
+    ) -> None:
+        """`cache_root`: where compiled artifacts live (default: meshplug.compiled.default_root());
+        `precompiled=False` compiles every load (tests of the compiler path)."""
         cfg = wasmtime.Config()
         settings = dict(ENGINE_SETTINGS)
         cfg.epoch_interruption = settings["epoch_interruption"] == "1"
         cfg.cranelift_opt_level = settings["cranelift_opt_level"]
         self.engine = wasmtime.Engine(cfg)
         self.tick_ms = tick_ms
+        self.artifacts = (
+            compiled.ArtifactCache(self.engine, settings=ENGINE_FINGERPRINT, root=cache_root) if precompiled else None
+        )
+        #: how each load was served (meshplug.compiled.Outcome values, "compiled" without a cache): metrics
+        self.load_outcomes: collections.Counter[str] = collections.Counter()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: the ticker's count, mirrored in Python and advanced just before the engine's (so it is never
+        #: behind): the fast backend re-arms a store's epoch deadline only when this moved since it last
+        #: armed it (or after a failed call), which keeps every top-level call's budget >= the configured
+        #: ticks - 1 without a C call per guest call
+        self.epoch = 0
 
     # -- epoch ticker ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -147,6 +156,7 @@ class Runtime:
     def _tick(self) -> None:
         period = self.tick_ms / 1000.0
         while not self._stop.wait(period):
+            self.epoch += 1
             self.engine.increment_epoch()
 
     def deadline_ticks(self, deadline_ms: int) -> int:
@@ -154,14 +164,19 @@ class Runtime:
 
     # -- modules -----------------------------------------------------------------------------------
     def load(self, data: bytes) -> wasmtime.Module:
-        """Compile `data` (or deserialize its cached artifact through meshplug.compiled when present)."""
-        compiled = _compiled_module()
+        """The compiled module for `data`: deserialized from its precompiled artifact (meshplug.compiled,
+        keyed by the module's sha256 -- computed here, never taken from a caller -- and ENGINE_FINGERPRINT),
+        else compiled and stored for the next load. Raises PluginStartError(reason="compile_failed")."""
+        if self.artifacts is not None:
+            loaded = self.artifacts.load(data)
+            self.load_outcomes[loaded.outcome.value] += 1
+            return loaded.module
         try:
-            if compiled is not None and hasattr(compiled, "load_module"):
-                return cast(wasmtime.Module, compiled.load_module(self.engine, data, ENGINE_FINGERPRINT))
-            return wasmtime.Module(self.engine, data)
+            module = wasmtime.Module(self.engine, data)
         except wasmtime.WasmtimeError as exc:
             raise errors.PluginStartError(f"module does not compile: {exc}", reason="compile_failed") from exc
+        self.load_outcomes["compiled"] += 1
+        return module
 
     def deserialize(self, blob: bytes) -> wasmtime.Module:
         return wasmtime.Module.deserialize(self.engine, blob)
@@ -243,9 +258,18 @@ class Guest(ABC):
         self.memory_cap = memory_cap
         self.deadline_ticks = runtime.deadline_ticks(deadline_ms)
         self.store.set_epoch_deadline(runtime.deadline_ticks(limits.START_DEADLINE_MS))
+        #: runtime.epoch when the fast backend last armed the deadline (-1: re-arm before the next call)
+        self.armed_epoch = -1
         self.depth = 0
         self.instance: wasmtime.Instance | None = None
-        self._imports = list(imports)
+        # a module may import one name twice (TinyGo: wasi fd_write); the linker takes one definition, and
+        # instantiation reports a type clash if the two declarations differ
+        seen: set[tuple[str, str]] = set()
+        self._imports: list[tuple[ImportDecl, HostFunc]] = []
+        for decl, fn in imports:
+            if (decl.module, decl.name) not in seen:
+                seen.add((decl.module, decl.name))
+                self._imports.append((decl, fn))
 
     @abstractmethod
     def instantiate(self) -> None:
@@ -276,6 +300,7 @@ class Guest(ABC):
     def set_deadline_ms(self, deadline_ms: int) -> None:
         """Budget for the next top-level calls (the host widens it during VM start)."""
         self.deadline_ticks = self.runtime.deadline_ticks(deadline_ms)
+        self.armed_epoch = -1
 
     def _check_start(self, exc: BaseException) -> None:
         if isinstance(exc, wasmtime.Trap | wasmtime.WasmtimeError):
@@ -358,9 +383,11 @@ class PublicGuest(Guest):
 
     def _make_call(self, target: wasmtime.Func, sig: Signature) -> GuestFunc:
         mask = _MASK.get(sig.results[0], 0) if sig.results else 0
+        bits = tuple(32 if p == "i32" else 64 if p == "i64" else 0 for p in sig.params)
 
         def call(*args: int) -> int:
-            signed = [a - (1 << 32) if a >= 1 << 31 else a for a in args]
+            # unsigned ints in, the signed values wasmtime-py's Val conversion expects out (floats as given)
+            signed = [a - (1 << b) if b and a >= 1 << (b - 1) else a for a, b in zip(args, bits, strict=True)]
             top = self.depth == 0
             if top:
                 self.store.set_epoch_deadline(self.deadline_ticks)
@@ -419,9 +446,9 @@ _c_size_t = ctypes.c_size_t
 # our own prototypes on the same library, so wasmtime-py's own argtypes stay untouched
 _UNCHECKED_CB = ctypes.CFUNCTYPE(_c_size_t, _c_void_p, _c_void_p, _c_void_p, _c_size_t)
 _dll = ffi.dll
-_call_unchecked = ctypes.CFUNCTYPE(_c_void_p, _c_void_p, _c_void_p, _c_void_p, _c_size_t, _c_void_p)(
-    ("wasmtime_func_call_unchecked", _dll)
-)
+# no argtypes: every call passes prebuilt ctypes objects, which ctypes hands over without conversion
+_call_unchecked = ctypes.CDLL(_dll._name).wasmtime_func_call_unchecked
+_call_unchecked.restype = _c_void_p
 _define_unchecked = ctypes.CFUNCTYPE(
     _c_void_p,
     _c_void_p,
@@ -435,7 +462,8 @@ _define_unchecked = ctypes.CFUNCTYPE(
     _c_void_p,
 )(("wasmtime_linker_define_func_unchecked", _dll))
 _memory_data = ctypes.CFUNCTYPE(_c_void_p, _c_void_p, _c_void_p)(("wasmtime_memory_data", _dll))
-_memory_data_size = ctypes.CFUNCTYPE(_c_size_t, _c_void_p, _c_void_p)(("wasmtime_memory_data_size", _dll))
+_memory_data_size = ctypes.CDLL(_dll._name).wasmtime_memory_data_size  # prebuilt ctypes arguments
+_memory_data_size.restype = _c_size_t
 _set_epoch_deadline = ctypes.CFUNCTYPE(None, _c_void_p, ctypes.c_uint64)(("wasmtime_context_set_epoch_deadline", _dll))
 _trap_new = ctypes.CFUNCTYPE(_c_void_p, ctypes.c_char_p, _c_size_t)(("wasmtime_trap_new", _dll))
 _caller_export_get = ctypes.CFUNCTYPE(ctypes.c_bool, _c_void_p, ctypes.c_char_p, _c_size_t, _c_void_p)(
@@ -473,6 +501,8 @@ class FastGuest(Guest):
         self._mem_keep: Any = None
         self._mv: memoryview = memoryview(b"")
         self._mv_size = -1
+        self._size_handle = 0
+        self._size_args: tuple[Any, ...] = ()  # (store context, memory) for wasmtime_memory_data_size
         self._funcs: dict[str, GuestFunc | None] = {}
         self._keep: list[Any] = []
         self.linker = wasmtime.Linker(runtime.engine)
@@ -506,11 +536,12 @@ class FastGuest(Guest):
                     res_fmt.pack_into(buf, 0, (int(result or 0) & res_mask) if res_mask else (result or 0))
                 return 0
             except BaseException as exc:
-                guest._exc = exc
+                guest._exc = exc  # raised again by the guest call once the trap unwinds (_fail)
                 return int(_trap_new(_HOST_TRAP_MSG, len(_HOST_TRAP_MSG)) or 0)
             finally:
+                # the guest runs again before Python next reads memory: whoever does (another host call,
+                # the returning guest call) invalidates the view first
                 guest._caller = outer
-                guest._mv_size = -1
 
         return host
 
@@ -548,31 +579,40 @@ class FastGuest(Guest):
     def _make_call(self, target: wasmtime.Func, sig: Signature) -> GuestFunc:
         n = max(len(sig.params), len(sig.results), 1)
         arr = (ctypes.c_char * (n * _RAW))()
-        arr_addr = ctypes.addressof(arr)
-        func_addr = ctypes.addressof(target._func)
         pack = struct.Struct("<" + "".join(_FMT[p] for p in sig.params)).pack_into
         res = struct.Struct("<" + _FMT[sig.results[0]]).unpack_from if sig.results else None
         mask = _MASK.get(sig.results[0], 0) if sig.results else 0
+        runtime = self.runtime
         ctx = self._ctx
         trap = self._trap
-        trap_addr = self._trap_addr
-        keep = (arr, target)
-        self._keep.append(keep)
+        # the call's arguments never change: the store context, the function, the ValRaw array, its
+        # length, the trap out-pointer
+        c_args = (
+            _c_void_p(ctx),
+            _c_void_p(ctypes.addressof(target._func)),
+            _c_void_p(ctypes.addressof(arr)),
+            _c_size_t(n),
+            _c_void_p(self._trap_addr),
+        )
+        self._keep.append((arr, target, c_args))
         guest = self
+        integral = sig.results[:1] in (("i32",), ("i64",))  # "I"/"Q" already unpack as unsigned ints
 
         def call(*args: int) -> int:
             pack(arr, 0, *args)
-            if guest.depth == 0:
+            if guest.depth == 0 and guest.armed_epoch != runtime.epoch:
+                guest.armed_epoch = runtime.epoch
                 _set_epoch_deadline(ctx, guest.deadline_ticks)
             guest.depth += 1
-            trap.value = None
             try:
-                err = _call_unchecked(ctx, func_addr, arr_addr, n, trap_addr)
+                err = _call_unchecked(*c_args)
             finally:
                 guest.depth -= 1
                 guest._mv_size = -1
-            if err or trap.value or guest._exc is not None:
+            if err or trap.value:  # a failing host function returns a trap too (see _make_host)
                 guest._fail(err, trap.value)
+            if integral:
+                return cast(int, res(arr, 0)[0])  # type: ignore[misc]
             if res is None:
                 return 0
             value = res(arr, 0)[0]
@@ -581,6 +621,8 @@ class FastGuest(Guest):
         return call
 
     def _fail(self, err: int | None, trap_ptr: int | None) -> None:
+        self._trap.value = None  # wasmtime writes it only on a trap: reset it for the next call
+        self.armed_epoch = -1  # the deadline may be what trapped: the next call gets a fresh one
         decoded: wasmtime.Trap | wasmtime.WasmtimeError | None = None
         if trap_ptr:
             decoded = wasmtime.Trap._from_ptr(ctypes.cast(trap_ptr, ctypes.POINTER(ffi.wasm_trap_t)))
@@ -604,8 +646,11 @@ class FastGuest(Guest):
 
     def _view(self) -> memoryview:
         if self._mv_size < 0:
-            handle = self._memory_handle()
-            size = int(_memory_data_size(self._ctx, handle))
+            handle = self._mem_addr or self._memory_handle()
+            if handle != self._size_handle:  # prebuilt arguments for the handle `_mem_keep` holds now
+                self._size_handle = handle
+                self._size_args = (_c_void_p(self._ctx), _c_void_p(handle))
+            size = int(_memory_data_size(*self._size_args))
             if size != len(self._mv):
                 base = int(_memory_data(self._ctx, handle) or 0)
                 self._mv = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B") if size else memoryview(b"")

@@ -1,0 +1,166 @@
+"""meshplug.agent.vm: the fast (ctypes) backend agrees with the public wasmtime-py API on the same guest --
+argument/result encodings, host functions, guest memory, traps, CPU budget, host exceptions."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import pytest
+import wasmtime
+
+from meshplug import errors
+from meshplug.agent import vm
+
+WAT = """
+(module
+  (import "env" "mix" (func $mix (param i32 i64) (result i64)))
+  (import "env" "boom" (func $boom))
+  (import "env" "poke" (func $poke (param i32)))
+  (memory (export "memory") 1 4)
+  (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
+  (func (export "wide") (param i64) (result i64) (i64.mul (local.get 0) (i64.const 3)))
+  (func (export "via_host") (param i32 i64) (result i64) (call $mix (local.get 0) (local.get 1)))
+  (func (export "store") (param i32 i32) (i32.store (local.get 0) (local.get 1)))
+  (func (export "load") (param i32) (result i32) (i32.load (local.get 0)))
+  (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
+  (func (export "poke_after_grow") (param i32)
+    (drop (memory.grow (i32.const 1)))
+    (i32.store (local.get 0) (i32.const 0x64636261))
+    (call $poke (local.get 0)))
+  (func (export "trap") unreachable)
+  (func (export "spin") (loop $l (br $l)))
+  (func (export "raise") (call $boom))
+)
+"""
+
+
+@functools.cache
+def module_bytes() -> bytes:
+    return bytes(wasmtime.wat2wasm(WAT))
+
+
+class Harness:
+    def __init__(self, backend: str, *, deadline_ms: int = 1000) -> None:
+        self.runtime = vm.Runtime(precompiled=False)
+        module = self.runtime.load(module_bytes())
+        self.seen: list[tuple[int, ...]] = []
+        self.poked: list[bytes] = []
+        host: dict[str, Callable[..., int | None]] = {"mix": self.mix, "boom": self.boom, "poke": self.poke}
+        imports = [(d, host[d.name]) for d in self.runtime.imports(module)]
+        self.guest = self.runtime.new_guest(module, imports, backend=backend, deadline_ms=deadline_ms)
+        self.guest.instantiate()
+        self.guest.set_deadline_ms(deadline_ms)
+
+    def mix(self, a: int, b: int) -> int:
+        self.seen.append((a, b))
+        return a + b  # wraps to u64 on the way back
+
+    def boom(self) -> None:
+        raise LookupError("host function failed on purpose")
+
+    def poke(self, ptr: int) -> None:
+        # reads memory the guest just grew: the host's view must follow the growth
+        self.poked.append(self.guest.read(ptr, 4))
+
+    def call(self, name: str, *args: int) -> int:
+        fn = self.guest.func(name)
+        assert fn is not None, name
+        return fn(*args)
+
+    def close(self) -> None:
+        self.runtime.close()
+
+
+def run_script(backend: str) -> list[object]:
+    """One fixed sequence of operations; every observable outcome, in order."""
+    h = Harness(backend)
+    out: list[object] = []
+    try:
+        out.append(h.guest.func("absent"))
+        out.append(h.call("add", 0xFFFF_FFFF, 1))
+        out.append(h.call("add", 1 << 31, 5))
+        out.append(h.call("wide", (1 << 63) + 7))
+        out.append(h.call("via_host", 0xFFFF_FFFE, (1 << 64) - 1))
+        out.append(list(h.seen))
+        h.guest.write(100, b"\x01\x02\x03\x04")
+        out.append(h.call("load", 100))
+        h.call("store", 200, 0xDEADBEEF)
+        out.append(h.guest.read(200, 4))
+        out.append(h.guest.read_u32(200))
+        h.guest.write_u32(300, 0x1_0000_0005)
+        h.guest.write_u64(308, (1 << 64) + 9)
+        out.append(h.guest.read(300, 16))
+        out.append(h.guest.memory_size())
+        for ptr, size in ((65_535, 2), (-1, 1), (1 << 32, 1)):
+            try:
+                h.guest.read(ptr, size)
+                out.append("read ok")
+            except vm.MemoryFault:
+                out.append("fault")
+        out.append(h.call("grow", 1))
+        out.append(h.guest.memory_size())
+        h.guest.write(65_536 + 10, b"late")
+        out.append(h.guest.read(65_536 + 10, 4))
+        h.call("poke_after_grow", 3 * 65_536 - 4)  # grows to 3 pages, stores there, calls the host
+        out.append(list(h.poked))
+        for name in ("trap", "raise"):
+            try:
+                h.call(name)
+                out.append(f"{name}: returned")
+            except errors.PluginRuntimeError as exc:
+                out.append(f"{name}: {exc.reason}")
+            except LookupError as exc:
+                out.append(f"{name}: host {exc}")
+            out.append(h.call("add", 2, 3))  # the instance keeps working after a trap
+        out.append(h.guest.depth)
+    finally:
+        h.close()
+    return out
+
+
+def test_backends_agree_on_every_observable_outcome() -> None:
+    fast, public = run_script("fast"), run_script("public")
+    assert fast == public
+    wide = (((1 << 63) + 7) * 3) % (1 << 64)
+    assert fast[:6] == [None, 0, (1 << 31) + 5, wide, 0xFFFF_FFFD, [(0xFFFF_FFFE, (1 << 64) - 1)]]
+    assert "trap: trap" in fast and "raise: host host function failed on purpose" in fast
+    assert [b"abcd"] in fast
+
+
+@pytest.mark.parametrize("backend", vm.BACKENDS)
+def test_a_loop_exhausts_the_budget_and_the_next_call_gets_a_fresh_one(backend: str) -> None:
+    h = Harness(backend, deadline_ms=60)
+    try:
+        for _ in range(2):
+            with pytest.raises(errors.PluginRuntimeError) as info:
+                h.call("spin")
+            assert info.value.reason == "cpu_budget"
+            assert h.call("add", 20, 22) == 42
+    finally:
+        h.close()
+
+
+def test_the_fast_backend_is_the_pinned_one() -> None:
+    assert vm.FAST_AVAILABLE, f"wasmtime {vm.WASMTIME_VERSION} is not the pinned {vm.PINNED_WASMTIME}"
+    h = Harness("fast")
+    try:
+        assert h.guest.backend == "fast"
+    finally:
+        h.close()
+
+
+def test_an_import_declared_twice_links_once() -> None:
+    wat = """(module
+      (import "env" "twice" (func $a (param i32) (result i32)))
+      (import "env" "twice" (func $b (param i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "both") (param i32) (result i32) (i32.add (call $a (local.get 0)) (call $b (local.get 0)))))"""
+    for backend in vm.BACKENDS:
+        runtime = vm.Runtime(precompiled=False)
+        module = runtime.load(bytes(wasmtime.wat2wasm(wat)))
+        guest = runtime.new_guest(module, [(d, lambda x: x + 1) for d in runtime.imports(module)], backend=backend)
+        guest.instantiate()
+        fn = guest.func("both")
+        assert fn is not None and fn(10) == 22
+        runtime.close()
