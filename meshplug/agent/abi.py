@@ -95,10 +95,7 @@ class HostCalls:
         self.vm = wvm
         self.wasi = wasi.Wasi(wvm)
         self._warned: set[str] = set()
-
-    @property
-    def guest(self) -> vm.Guest:
-        return self.vm.guest
+        self.guest: vm.Guest  # set by the VM once its guest exists (shims run only after that)
 
     # -- binding -----------------------------------------------------------------------------------
     def bind(self, decls: Sequence[vm.ImportDecl]) -> list[tuple[vm.ImportDecl, HostFunc]]:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Protocol
 
@@ -231,40 +231,50 @@ class Chain:
         return Stream(self, info or StreamInfo())
 
 
-_FRAME_HEADERS = "h"
-_FRAME_DATA = "d"
-_FRAME_TRAILERS = "t"
+# A frame is (kind, end_stream, data); data only for _DATA.
+_HEADERS = 0
+_DATA = 1
+_TRAILERS = 2
+_Frame = tuple[int, bool, bytes]
 
 
-@dataclass
-class _Frame:
-    kind: str
-    end_stream: bool = False
-    data: bytes = b""
-
-
-@dataclass
 class _Lane:
-    """One direction's pipeline: position i holds frames waiting for filter i (i == n: output)."""
+    """One direction's pipeline. Position i is filter i in this direction's order (the response lane runs
+    the chain backwards); frames that must wait for position i queue in ``inbox[i]`` (i == n: output)."""
 
-    n: int
-    inbox: list[deque[_Frame]] = field(default_factory=list)
-    held: list[_Frame | None] = field(default_factory=list)  # headers/trailers frame held by a stop
-    body: list[bytearray] = field(default_factory=list)
-    buffering: list[bool] = field(default_factory=list)
-    body_end: list[bool] = field(default_factory=list)
-    closed: bool = False
+    __slots__ = ("body", "body_end", "buffering", "closed", "held", "inbox", "n", "stalled")
 
-    def __post_init__(self) -> None:
-        self.inbox = [deque() for _ in range(self.n + 1)]
-        self.held = [None] * self.n
-        self.body = [bytearray() for _ in range(self.n)]
-        self.buffering = [False] * self.n
-        self.body_end = [False] * self.n
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.inbox: list[deque[_Frame]] | None = None  # created the first time a frame has to wait
+        self.held: list[_Frame | None] = [None] * n  # headers/trailers (or a failed frame) held by a stop
+        self.body: list[bytearray] = [bytearray() for _ in range(n)]
+        self.buffering = [False] * n
+        self.body_end = [False] * n
+        self.closed = False
+        #: some position holds a frame or buffers a body, or frames are queued: new frames must queue too
+        self.stalled = False
+
+    def queue(self, pos: int) -> deque[_Frame]:
+        if self.inbox is None:
+            self.inbox = [deque() for _ in range(self.n + 1)]
+        self.stalled = True
+        return self.inbox[pos]
+
+    def settle(self) -> None:
+        """Recompute `stalled` once the stream is idle."""
+        if self.stalled:
+            self.stalled = (
+                any(h is not None for h in self.held)
+                or any(self.buffering)
+                or (self.inbox is not None and any(self.inbox))
+            )
 
 
 class StreamControl:
     """A filter's handle on one stream: the maps and bodies it may read/write, and its actions."""
+
+    __slots__ = ("_stream", "index")
 
     def __init__(self, stream: Stream, index: int) -> None:
         self._stream = stream
@@ -284,8 +294,8 @@ class StreamControl:
 
     def body(self, direction: Direction) -> bytearray:
         """The body this filter is being shown (its accumulated buffer)."""
-        lane = self._stream._lanes[direction]
-        return lane.body[self._stream._pos(direction, self.index)]
+        s = self._stream
+        return s._lane(direction).body[s._pos(direction, self.index)]
 
     def resume(self, direction: Direction) -> None:
         self._stream._control(("resume", self.index, direction))
@@ -306,10 +316,25 @@ class StreamControl:
 
 
 _Control = tuple[str, int, object]
+_REQUEST = Direction.REQUEST
+_RESPONSE = Direction.RESPONSE
+_CONTINUE = Action.CONTINUE
+_FAIL = Action.FAIL
+
+
+class _NotCreated:
+    """Marks a filter whose stream context is not created yet."""
+
+
+_NEW = _NotCreated()
 
 
 class Stream:
-    """One HTTP exchange through the chain. Not thread-safe; the shell serializes calls per chain."""
+    """One HTTP exchange through the chain. Not thread-safe; the shell serializes calls per chain.
+
+    A frame that meets no stopped filter and no queued frame is pushed through the filters in one pass
+    (the common case); otherwise frames queue per position and a loop delivers them as filters resume.
+    """
 
     _ids = itertools.count(1)
 
@@ -329,58 +354,60 @@ class Stream:
         self.completed = False
         n = len(chain.filters)
         self._n = n
-        self._lanes = (_Lane(n), _Lane(n))
-        self._ctx: list[FilterStream | None] = [None] * n
-        self._created = [False] * n
-        self._bypass = [False] * n
+        self._lanes: list[_Lane | None] = [None, None]
+        self._ctx: list[FilterStream | None] = [None] * n  # every created context (on_complete)
+        self._active: list[FilterStream | _NotCreated | None] = [_NEW] * n  # None: bypassed / no context
         self._seen_request = [False] * n
         self._controls: deque[_Control] = deque()
         self._outputs: list[Output] = []
         self._busy = False
+        self._pending = False  # frames were queued since the loop last ran
 
     # ---- positions: request lane uses chain order, response lane the reverse ------------------------
     def _pos(self, direction: Direction, index: int) -> int:
-        return index if direction == Direction.REQUEST else self._n - 1 - index
+        return index if direction == _REQUEST else self._n - 1 - index
 
-    def _index(self, direction: Direction, pos: int) -> int:
-        return pos if direction == Direction.REQUEST else self._n - 1 - pos
+    def _lane(self, direction: Direction) -> _Lane:
+        lane = self._lanes[direction]
+        if lane is None:
+            lane = self._lanes[direction] = _Lane(self._n)
+        return lane
 
     def _filter_stream(self, index: int) -> FilterStream | None:
-        if not self._created[index]:
-            self._created[index] = True
-            self._ctx[index] = self.chain.filters[index].new_stream(StreamControl(self, index))
-        if self._bypass[index]:
-            return None
-        return self._ctx[index]
+        fs = self._active[index]
+        if fs is _NEW:
+            fs = self.chain.filters[index].new_stream(StreamControl(self, index))
+            self._ctx[index] = self._active[index] = fs
+        return fs  # type: ignore[return-value]
 
     # ---- events in -------------------------------------------------------------------------------
     def recv_request_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
         self.request_headers[:] = headers
-        return self._feed(Direction.REQUEST, _Frame(_FRAME_HEADERS, end_stream))
+        return self._feed(_REQUEST, (_HEADERS, end_stream, b""))
 
     def recv_request_data(self, data: bytes, end_stream: bool) -> list[Output]:
-        return self._feed(Direction.REQUEST, _Frame(_FRAME_DATA, end_stream, bytes(data)))
+        return self._feed(_REQUEST, (_DATA, end_stream, bytes(data)))
 
     def recv_request_trailers(self, trailers: Headers) -> list[Output]:
         self.request_trailers[:] = [(k.lower(), v) for k, v in trailers]
-        return self._feed(Direction.REQUEST, _Frame(_FRAME_TRAILERS, True))
+        return self._feed(_REQUEST, (_TRAILERS, True, b""))
 
     def recv_response_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
         if self.local_reply is not None or self.reset is not None:
             return self.take_outputs()
         self.response_headers[:] = headers
-        return self._feed(Direction.RESPONSE, _Frame(_FRAME_HEADERS, end_stream))
+        return self._feed(_RESPONSE, (_HEADERS, end_stream, b""))
 
     def recv_response_data(self, data: bytes, end_stream: bool) -> list[Output]:
         if self.local_reply is not None or self.reset is not None:
             return self.take_outputs()
-        return self._feed(Direction.RESPONSE, _Frame(_FRAME_DATA, end_stream, bytes(data)))
+        return self._feed(_RESPONSE, (_DATA, end_stream, bytes(data)))
 
     def recv_response_trailers(self, trailers: Headers) -> list[Output]:
         if self.local_reply is not None or self.reset is not None:
             return self.take_outputs()
         self.response_trailers[:] = [(k.lower(), v) for k, v in trailers]
-        return self._feed(Direction.RESPONSE, _Frame(_FRAME_TRAILERS, True))
+        return self._feed(_RESPONSE, (_TRAILERS, True, b""))
 
     def complete(self) -> list[Output]:
         """The exchange is over (or the client went away): log/done/delete every created context once."""
@@ -397,11 +424,36 @@ class Stream:
 
     # ---- machinery -------------------------------------------------------------------------------
     def _feed(self, direction: Direction, frame: _Frame) -> list[Output]:
-        lane = self._lanes[direction]
-        if not lane.closed and self.reset is None:
-            lane.inbox[0].append(frame)
+        lane = self._lanes[direction] or self._lane(direction)
+        if lane.closed or self.reset is not None:
+            return self.take_outputs()
+        if lane.stalled or self._busy or self._controls:
+            lane.queue(0).append(frame)
+            self._pending = True
             self._run()
-        return self.take_outputs()
+        elif not self._push(direction, lane, frame) or self._pending:
+            self._run()
+        out, self._outputs = self._outputs, []
+        return out
+
+    def _push(self, direction: Direction, lane: _Lane, frame: _Frame) -> bool:
+        """Deliver `frame` through every position in one pass. False when it stopped (held, buffered,
+        failed, or a filter asked for something): the loop (`_run`) takes over from there."""
+        self._busy = True
+        try:
+            for pos in range(self._n):
+                out = self._deliver(direction, lane, pos, frame)
+                if out is None:
+                    return False
+                frame = out
+                if self._controls:
+                    lane.queue(pos + 1).append(frame)
+                    self._pending = True
+                    return False
+            self._emit(direction, frame)
+            return True
+        finally:
+            self._busy = False
 
     def _control(self, control: _Control) -> None:
         self._controls.append(control)
@@ -417,106 +469,136 @@ class Stream:
         try:
             progress = True
             while progress:
+                self._pending = False
                 progress = self._apply_controls()
-                for direction in (Direction.REQUEST, Direction.RESPONSE):
-                    progress = self._step(direction) or progress
+                for direction in (_REQUEST, _RESPONSE):
+                    lane = self._lanes[direction]
+                    if lane is not None and lane.inbox is not None:
+                        progress = self._step(direction, lane) or progress
+                progress = progress or self._pending
         finally:
             self._busy = False
+        for lane in self._lanes:
+            if lane is not None:
+                lane.settle()
 
-    def _step(self, direction: Direction) -> bool:
-        lane = self._lanes[direction]
+    def _step(self, direction: Direction, lane: _Lane) -> bool:
+        inbox = lane.inbox
+        assert inbox is not None
         moved = False
         for pos in range(self._n):
             if lane.closed or self.reset is not None:
                 return moved
-            while lane.inbox[pos] and lane.held[pos] is None and not lane.closed and self.reset is None:
-                frame = lane.inbox[pos].popleft()
-                if frame.kind == _FRAME_DATA:
+            q = inbox[pos]
+            while q and lane.held[pos] is None and not lane.closed and self.reset is None:
+                frame = q.popleft()
+                if frame[0] == _DATA:
                     # coalesce what queued while the filter held the direction
-                    while lane.inbox[pos] and lane.inbox[pos][0].kind == _FRAME_DATA:
-                        nxt = lane.inbox[pos].popleft()
-                        frame = _Frame(_FRAME_DATA, nxt.end_stream, frame.data + nxt.data)
-                self._deliver(direction, pos, frame)
+                    while q and q[0][0] == _DATA:
+                        nxt = q.popleft()
+                        frame = (_DATA, nxt[1], frame[2] + nxt[2])
+                out = self._deliver(direction, lane, pos, frame)
+                if out is not None:
+                    inbox[pos + 1].append(out)
                 moved = True
                 if self._controls:
                     return True
-        self._emit(direction)
+        q = inbox[self._n]
+        while q:
+            self._emit(direction, q.popleft())
         return moved
 
-    def _deliver(self, direction: Direction, pos: int, frame: _Frame) -> None:
-        lane = self._lanes[direction]
-        index = self._index(direction, pos)
-        if direction == Direction.REQUEST and frame.kind == _FRAME_HEADERS:
+    def _deliver(self, direction: Direction, lane: _Lane, pos: int, frame: _Frame) -> _Frame | None:
+        """Show `frame` to the filter at `pos`; returns what passes on to `pos + 1` (None: nothing now)."""
+        index = pos if direction == _REQUEST else self._n - 1 - pos
+        kind = frame[0]
+        if kind == _HEADERS and direction == _REQUEST:
             self._seen_request[index] = True
-        fs = self._filter_stream(index)
-        if fs is None or (direction == Direction.RESPONSE and not self._seen_request[index]):
-            lane.inbox[pos + 1].append(frame)
-            return
-        if frame.kind == _FRAME_HEADERS:
-            action = fs.on_headers(direction, frame.end_stream)
-        elif frame.kind == _FRAME_TRAILERS:
+        fs = self._active[index]
+        if fs is _NEW:
+            fs = self._filter_stream(index)
+        if fs is None or (direction == _RESPONSE and not self._seen_request[index]):
+            return frame
+        assert not isinstance(fs, _NotCreated)
+        if kind == _HEADERS:
+            action = fs.on_headers(direction, frame[1])
+        elif kind == _TRAILERS:
             action = fs.on_trailers(direction)
         else:
             body = lane.body[pos]
-            body += frame.data
-            lane.body_end[pos] = frame.end_stream
+            body += frame[2]
+            lane.body_end[pos] = frame[1]
             if len(body) > limits.MAX_BUFFERED_BODY_BYTES:
                 self._overflow(direction)
-                return
-            action = fs.on_body(direction, len(body), frame.end_stream)
-        if action == Action.FAIL:
+                return None
+            action = fs.on_body(direction, len(body), frame[1])
+        if action is _CONTINUE:
+            return self._release(lane, pos, frame)
+        lane.stalled = True
+        if action is _FAIL:
             self._controls.appendleft(("fail", index, None))
-            # the frame continues if the strategy bypasses the filter
-            lane.held[pos] = frame
-            return
-        if action == Action.CONTINUE:
-            self._forward(lane, pos, frame)
-        elif frame.kind == _FRAME_DATA:
+            lane.held[pos] = frame  # the frame continues if the strategy bypasses the filter
+        elif kind == _DATA:
             lane.buffering[pos] = True
         else:
             lane.held[pos] = frame
+        return None
 
-    def _forward(self, lane: _Lane, pos: int, frame: _Frame) -> None:
-        nxt = lane.inbox[pos + 1]
-        if frame.kind == _FRAME_DATA:
-            data = bytes(lane.body[pos])
-            lane.body[pos].clear()
+    def _release(self, lane: _Lane, pos: int, frame: _Frame) -> _Frame | None:
+        """What a filter that continues passes on: data carries its whole (possibly modified) buffer;
+        trailers let a buffered body go first."""
+        kind = frame[0]
+        if kind == _HEADERS:
+            return frame
+        body = lane.body[pos]
+        if kind == _DATA:
+            data = bytes(body)
+            body.clear()
             lane.buffering[pos] = False
-            nxt.append(_Frame(_FRAME_DATA, frame.end_stream, data))
-            return
-        if frame.kind == _FRAME_TRAILERS and lane.body[pos]:
-            nxt.append(_Frame(_FRAME_DATA, False, bytes(lane.body[pos])))
-            lane.body[pos].clear()
+            return (_DATA, frame[1], data)
+        if body:
+            q = lane.queue(pos + 1)
+            q.append((_DATA, False, bytes(body)))
+            body.clear()
             lane.buffering[pos] = False
-        nxt.append(frame)
+            q.append(frame)
+            self._pending = True
+            return None
+        return frame
 
     def _resume(self, direction: Direction, pos: int) -> None:
         lane = self._lanes[direction]
+        if lane is None:
+            return
         held = lane.held[pos]
         if held is not None:
             lane.held[pos] = None
-            self._forward(lane, pos, held)
+            out = self._release(lane, pos, held)
         elif lane.buffering[pos]:
-            self._forward(lane, pos, _Frame(_FRAME_DATA, lane.body_end[pos]))
+            out = self._release(lane, pos, (_DATA, lane.body_end[pos], b""))
+        else:
+            return
+        if out is not None:
+            lane.queue(pos + 1).append(out)
+            self._pending = True
 
-    def _emit(self, direction: Direction) -> None:
-        lane = self._lanes[direction]
-        out = lane.inbox[self._n]
-        target = Target.UPSTREAM if direction == Direction.REQUEST else Target.DOWNSTREAM
-        while out:
-            frame = out.popleft()
-            if frame.kind == _FRAME_HEADERS:
-                headers = self.request_headers if direction == Direction.REQUEST else self.response_headers
-                self._outputs.append(SendHeaders(target, tuple(headers), frame.end_stream))
-                if direction == Direction.REQUEST:
-                    self.upstream_started = True
-                else:
-                    self.response_started = True
-            elif frame.kind == _FRAME_DATA:
-                self._outputs.append(SendData(target, frame.data, frame.end_stream))
+    def _emit(self, direction: Direction, frame: _Frame) -> None:
+        kind = frame[0]
+        if direction == _REQUEST:
+            if kind == _HEADERS:
+                self._outputs.append(SendHeaders(Target.UPSTREAM, tuple(self.request_headers), frame[1]))
+                self.upstream_started = True
+            elif kind == _DATA:
+                self._outputs.append(SendData(Target.UPSTREAM, frame[2], frame[1]))
             else:
-                trailers = self.request_trailers if direction == Direction.REQUEST else self.response_trailers
-                self._outputs.append(SendTrailers(target, tuple(trailers)))
+                self._outputs.append(SendTrailers(Target.UPSTREAM, tuple(self.request_trailers)))
+        elif kind == _HEADERS:
+            self._outputs.append(SendHeaders(Target.DOWNSTREAM, tuple(self.response_headers), frame[1]))
+            self.response_started = True
+        elif kind == _DATA:
+            self._outputs.append(SendData(Target.DOWNSTREAM, frame[2], frame[1]))
+        else:
+            self._outputs.append(SendTrailers(Target.DOWNSTREAM, tuple(self.response_trailers)))
 
     def _apply_controls(self) -> bool:
         applied = False
@@ -528,13 +610,13 @@ class Stream:
             applied = True
             if kind == "resume":
                 assert isinstance(arg, Direction)
-                if self.local_reply is None or arg == Direction.RESPONSE:
+                if self.local_reply is None or arg == _RESPONSE:
                     self._resume(arg, self._pos(arg, index))
             elif kind == "reply":
                 assert isinstance(arg, LocalReply)
                 if self.local_reply is not None:
                     # a second reply (e.g. from the reply's own response callbacks) is ignored, as Envoy does
-                    self._resume(Direction.RESPONSE, self._pos(Direction.RESPONSE, index))
+                    self._resume(_RESPONSE, self._pos(_RESPONSE, index))
                 else:
                     self._send_local_reply(arg, index)
             elif kind == "close":
@@ -545,9 +627,10 @@ class Stream:
 
     def _fail(self, index: int) -> None:
         f = self.chain.filters[index]
-        self._bypass[index] = True
+        self._filter_stream(index)
+        self._active[index] = None
         if f.fail_strategy == FailStrategy.FAIL_OPEN:
-            for direction in (Direction.REQUEST, Direction.RESPONSE):
+            for direction in (_REQUEST, _RESPONSE):
                 self._resume(direction, self._pos(direction, index))
             return
         if self.response_started:
@@ -556,7 +639,7 @@ class Stream:
         self._send_local_reply(LocalReply(503, details="wasm_fail_stream", grpc_status=14), index)
 
     def _overflow(self, direction: Direction) -> None:
-        if direction == Direction.REQUEST:
+        if direction == _REQUEST:
             self._send_local_reply(LocalReply(413, body=b"Payload Too Large", details="request_payload_too_large"), 0)
         elif not self.response_started:
             self._send_local_reply(
@@ -569,7 +652,8 @@ class Stream:
         if self.reset is None:
             self.reset = reason
             for lane in self._lanes:
-                lane.closed = True
+                if lane is not None:
+                    lane.closed = True
             self._outputs.append(ResetStream(reason))
 
     def _send_local_reply(self, reply: LocalReply, index: int) -> None:
@@ -579,8 +663,7 @@ class Stream:
             self._reset(reply.details or "local_reply_after_response_started")
             return
         self.local_reply = reply
-        req = self._lanes[Direction.REQUEST]
-        req.closed = True
+        self._lane(_REQUEST).closed = True
         self._outputs.append(AbortUpstream(reply.details or "local_reply"))
         headers: Headers = [(b":status", str(reply.status).encode())]
         names = set()
@@ -593,14 +676,13 @@ class Stream:
             headers.append((b"content-length", str(len(reply.body)).encode()))
         if reply.grpc_status is not None and 0 <= reply.grpc_status <= 16:
             headers.append((b"grpc-status", str(reply.grpc_status).encode()))
-        # a fresh response lane, entered after the position of the replying filter (response order):
-        # filters later in the chain never saw the request and are skipped
+        # a fresh response lane: filters that never saw the request are skipped (see _deliver)
         lane = _Lane(self._n)
-        self._lanes = (req, lane)
+        self._lanes[_RESPONSE] = lane
         self.response_headers[:] = headers
         self.response_trailers.clear()
-        start = 0
-        end_stream = not reply.body
-        lane.inbox[start].append(_Frame(_FRAME_HEADERS, end_stream))
+        q = lane.queue(0)
+        q.append((_HEADERS, not reply.body, b""))
         if reply.body:
-            lane.inbox[start].append(_Frame(_FRAME_DATA, True, reply.body))
+            q.append((_DATA, True, reply.body))
+        self._pending = True

@@ -225,6 +225,7 @@ class HttpContext(Context):
         self.control = control
         self.created = False
         self.local_reply_sent = False
+        self.plugin_ref = root.plugin_ref
         self.generation = root.plugin_ref.generation
 
     # map/buffer access for shims
@@ -251,7 +252,7 @@ class HttpContext(Context):
 
     # chain.FilterStream
     def _alive(self) -> bool:
-        return self.vm.failed is None and not self.deleted and self.generation == self.plugin.generation
+        return self.vm.failed is None and not self.deleted and self.generation == self.plugin_ref.generation
 
     def _ensure(self) -> bool:
         if not self._alive() or not self.vm.http_capable:
@@ -259,44 +260,51 @@ class HttpContext(Context):
             return False
         if not self.created:
             self.created = True
-            self.id = self.vm.next_id()
-            self.vm.contexts[self.id] = self
-            if not self.vm.invoke(self, "proxy_on_context_create", self.id, self.root.id):
+            wvm = self.vm
+            self.id = wvm.next_id()
+            wvm.contexts[self.id] = self
+            fn = wvm.cb.context_create
+            if fn is not None and wvm.call_fn(self, fn, self.id, self.root.id) < 0:
                 return False
         return True
 
     def on_headers(self, direction: Direction, end_stream: bool) -> Action:
         if not self._ensure():
             return Action.FAIL
-        name = "proxy_on_request_headers" if direction == Direction.REQUEST else "proxy_on_response_headers"
+        cb = self.vm.cb
+        fn = cb.headers[direction]
+        if fn is None:  # not exported: nothing to call (Envoy calls only exported callbacks)
+            return Action.CONTINUE
         n = len(self.control.headers(direction))
-        if self.vm.arity(name) == 2:
-            ok, r = self.vm.call(self, name, self.id, n)
+        if cb.headers_eos[direction]:
+            r = self.vm.call_fn(self, fn, self.id, n, int(end_stream))
         else:
-            ok, r = self.vm.call(self, name, self.id, n, int(end_stream))
-        return self._action(ok, r, body=False)
+            r = self.vm.call_fn(self, fn, self.id, n)
+        return self._action(r, body=False)
 
     def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
         if not self._ensure():
             return Action.FAIL
-        name = "proxy_on_request_body" if direction == Direction.REQUEST else "proxy_on_response_body"
-        ok, r = self.vm.call(self, name, self.id, size, int(end_stream))
-        return self._action(ok, r, body=True)
+        fn = self.vm.cb.body[direction]
+        if fn is None:
+            return Action.CONTINUE
+        return self._action(self.vm.call_fn(self, fn, self.id, size, int(end_stream)), body=True)
 
     def on_trailers(self, direction: Direction) -> Action:
         if not self._ensure():
             return Action.FAIL
-        name = "proxy_on_request_trailers" if direction == Direction.REQUEST else "proxy_on_response_trailers"
-        ok, r = self.vm.call(self, name, self.id, len(self.control.trailers(direction)))
-        return self._action(ok, r, body=False)
+        fn = self.vm.cb.trailers[direction]
+        if fn is None:
+            return Action.CONTINUE
+        return self._action(self.vm.call_fn(self, fn, self.id, len(self.control.trailers(direction))), body=False)
 
-    def _action(self, ok: bool, result: int | None, *, body: bool) -> Action:
+    def _action(self, r: int, *, body: bool) -> Action:
+        """Map a callback's result (-1: the VM failed) to the chain's Action (ABI ref. 1.7)."""
         sent, self.local_reply_sent = self.local_reply_sent, False
-        if not ok:
+        if r < 0:
             return Action.FAIL
         if sent:  # a local reply sent in this callback forces "stop" (cpp-host)
             return Action.STOP
-        r = result or 0
         if body:
             return Action.CONTINUE if r == 0 else Action.BUFFER
         # headers: 2 (ContinueAndEndStream) ends up as continue in Envoy; every other non-zero stops all
@@ -305,13 +313,11 @@ class HttpContext(Context):
     def on_complete(self) -> None:
         if not self.created or self.deleted:
             return
-        if self._alive():
-            # Envoy HTTP order: access log, then done, then delete
-            self.vm.invoke(self, "proxy_on_log", self.id)
-            if self._alive():
-                self.vm.invoke(self, "proxy_on_done", self.id)
-            if self._alive():
-                self.vm.invoke(self, "proxy_on_delete", self.id)
+        cb = self.vm.cb
+        # Envoy HTTP order: access log, then done, then delete
+        for fn in (cb.log, cb.done, cb.delete):
+            if fn is not None and self._alive():
+                self.vm.call_fn(self, fn, self.id)
         self.deleted = True
         self.vm.contexts.pop(self.id, None)
 
@@ -403,6 +409,37 @@ class _FailedStream:
 
 
 # --- one VM -----------------------------------------------------------------------------------------
+class _Callbacks:
+    """A VM's stream callbacks, looked up once after start (None: not exported); per direction where
+    there is one (index = Direction)."""
+
+    __slots__ = ("body", "context_create", "delete", "done", "headers", "headers_eos", "log", "trailers")
+
+    def __init__(self) -> None:
+        none: tuple[vm.GuestFunc | None, vm.GuestFunc | None] = (None, None)
+        self.context_create: vm.GuestFunc | None = None
+        self.headers = self.body = self.trailers = none
+        self.headers_eos = (True, True)  # False: the 0.1.0 two-argument headers callbacks
+        self.log: vm.GuestFunc | None = None
+        self.done: vm.GuestFunc | None = None
+        self.delete: vm.GuestFunc | None = None
+
+    @classmethod
+    def resolve(cls, wvm: WasmVm) -> _Callbacks:
+        cb = cls()
+        f = wvm.func
+        cb.context_create = f("proxy_on_context_create")
+        cb.headers = (f("proxy_on_request_headers"), f("proxy_on_response_headers"))
+        cb.headers_eos = (
+            wvm.arity("proxy_on_request_headers") != 2,
+            wvm.arity("proxy_on_response_headers") != 2,
+        )
+        cb.body = (f("proxy_on_request_body"), f("proxy_on_response_body"))
+        cb.trailers = (f("proxy_on_request_trailers"), f("proxy_on_response_trailers"))
+        cb.log, cb.done, cb.delete = f("proxy_on_log"), f("proxy_on_done"), f("proxy_on_delete")
+        return cb
+
+
 class WasmVm:
     """One wasm instance and the contexts living in it."""
 
@@ -423,9 +460,12 @@ class WasmVm:
         self.calls = abi.HostCalls(self)
         decls = host.runtime.imports(module)
         self.guest = host.runtime.new_guest(module, self.calls.bind(decls), backend=host.backend)
+        self.calls.guest = self.guest
         self._funcs: dict[str, vm.GuestFunc | None] = {}
+        self._names: dict[vm.GuestFunc, str] = {}
         self._alloc: vm.GuestFunc | None = None
         self.http_capable = True
+        self.cb = _Callbacks()
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -439,7 +479,9 @@ class WasmVm:
 
     def func(self, name: str) -> vm.GuestFunc | None:
         if name not in self._funcs:
-            self._funcs[name] = self.guest.func(name)
+            fn = self._funcs[name] = self.guest.func(name)
+            if fn is not None:
+                self._names[fn] = name
         return self._funcs[name]
 
     # -- start -------------------------------------------------------------------------------------
@@ -475,6 +517,7 @@ class WasmVm:
             if fn is not None and guest.exports[name] == vm.Signature(("i32",), ("i32",)):
                 self._alloc = fn
                 break
+        self.cb = _Callbacks.resolve(self)
 
     def _entry(self, name: str, *args: int) -> None:
         fn = self.func(name)
@@ -514,26 +557,35 @@ class WasmVm:
         fn = self.func(name)
         if fn is None:
             return True, None
-        saved = (self.current, self.effective)
+        r = self.call_fn(ctx, fn, *args)
+        return (False, None) if r < 0 else (True, r)
+
+    def call_fn(self, ctx: Context, fn: vm.GuestFunc, *args: int) -> int:
+        """`fn(*args)` (an export of this VM) for `ctx`: its unsigned result, or -1 if the VM failed (now
+        or before). Side effects deferred during the call run after the outermost call returns."""
+        if self.failed is not None:
+            return -1
+        saved_current, saved_effective = self.current, self.effective
         self.current = self.effective = ctx
         outermost = self.guest.depth == 0
         try:
             result = fn(*args)
         except errors.PluginRuntimeError as exc:
             self.fail(exc, ctx)
-            return False, None
+            return -1
         except vm.GuestExit as exc:
             self.fail(errors.PluginRuntimeError(f"proc_exit({exc.code})", reason="proc_exit"), ctx)
-            return False, None
+            return -1
         except Exception as exc:
+            name = self._names.get(fn, "?")
             log.exception("%s: host error in %s", self.label, name)
             self.fail(errors.PluginRuntimeError(f"host error in {name}: {exc}", reason="host_error"), ctx)
-            return False, None
+            return -1
         finally:
-            self.current, self.effective = saved
-        if outermost:
+            self.current, self.effective = saved_current, saved_effective
+        if outermost and self.after:
             self.run_after()
-        return True, result
+        return result
 
     def invoke(self, ctx: Context, name: str, *args: int) -> bool:
         ok, _ = self.call(ctx, name, *args)
