@@ -858,6 +858,7 @@ class Downstream(asyncio.Protocol):
         self._paused = 0
         self._write_paused = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []
         self._url = b""
         self._headers: Headers = []
         self._head_bytes = 0
@@ -976,8 +977,8 @@ class Downstream(asyncio.Protocol):
             fx.path = self._url
             self.current = fx
             self.queue.append(fx)
-            if expect_continue and has_body and self.transport is not None:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if expect_continue and has_body:
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if len(self.queue) == 1:
                 fx.start()
             return
@@ -998,8 +999,8 @@ class Downstream(asyncio.Protocol):
 
         self.current = ex
         self.queue.append(ex)
-        if expect_continue and has_body and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if expect_continue and has_body:
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if len(self.queue) == 1:
             ex.start()
 
@@ -1038,14 +1039,28 @@ class Downstream(asyncio.Protocol):
             self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
+        """Queue `data`; everything written in one loop iteration leaves in one send (head + body together)."""
+        out = self._out
+        out.append(data)
+        if len(out) == 1:
+            self.proxy.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
     def abort(self) -> None:
+        self._out.clear()
         if self.transport is not None:
             self.transport.abort()
 
     def close(self) -> None:
+        self.flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 

@@ -104,7 +104,13 @@ def base_config(
 
 
 def start_agent(
-    raw: dict[str, Any], *, work_dir: Path, log_dir: Path, name: str = "agent", timeout: float = 60.0
+    raw: dict[str, Any],
+    *,
+    work_dir: Path,
+    log_dir: Path,
+    name: str = "agent",
+    timeout: float = 60.0,
+    log_level: str = "debug",
 ) -> Agent:
     """Start `meshplug agent --config` for `raw` (ports must be concrete) and wait until /ready says LIVE."""
     path = write_config(work_dir, raw)
@@ -113,7 +119,7 @@ def start_agent(
     push_port = int(raw["push"]["port"]) if raw.get("push") else None
     proc = procs.start(
         name,
-        [sys.executable, "-m", "meshplug", "agent", "--config", str(path), "--log-level", "debug"],
+        [sys.executable, "-m", "meshplug", "agent", "--config", str(path), "--log-level", log_level],
         log_dir=log_dir,
         ready=None,
         ports={"main": port, "admin": admin_port},
