@@ -1,0 +1,95 @@
+"""meshplug.protocol: pushes and replies round-trip, and every malformed message is a ProtocolError."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from meshplug import errors, protocol
+
+SHA = "a" * 64
+GOOD: dict[str, Any] = {
+    "version_info": "v1",
+    "nonce": "n1",
+    "resources": [{"name": "ns.p", "root_id": "r", "url": "https://op/m.wasm", "sha256": SHA}],
+}
+
+
+def _with(**changes: Any) -> bytes:
+    doc = json.loads(json.dumps(GOOD))
+    for key, value in changes.items():
+        if key.startswith("r_"):
+            doc["resources"][0][key[2:]] = value
+        else:
+            doc[key] = value
+    return json.dumps(doc).encode()
+
+
+def test_push_round_trips() -> None:
+    push = protocol.Push(
+        version_info="v9",
+        nonce="x",
+        resources=(
+            protocol.ExtensionConfig(
+                name="a",
+                root_id="r",
+                url="file:///m.wasm",
+                sha256="",
+                configuration='{"k":1}',
+                vm_env=(("A", "1"),),
+                fail_strategy=protocol.FailStrategy.FAIL_OPEN,
+                vm_id="shared",
+            ),
+        ),
+    )
+    assert protocol.decode_push(protocol.encode(push)) == push
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        protocol.Reply(
+            ack=True,
+            version_info="v1",
+            nonce="n",
+            plugins=(protocol.PluginStatus("p", SHA, protocol.PluginState.RUNNING),),
+        ),
+        protocol.Reply(ack=False, version_info="", nonce="n", error_detail=protocol.ErrorDetail("r", "m", "p")),
+    ],
+    ids=["ack", "nack"],
+)
+def test_reply_round_trips(reply: protocol.Reply) -> None:
+    assert protocol.decode_reply(protocol.encode(reply)) == reply
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"not json", "not JSON"),
+        (b"[]", "JSON object"),
+        (_with(version_info=""), "version_info must not be empty"),
+        (_with(extra=1), "unknown field"),
+        (_with(resources={}), "must be a list"),
+        (_with(r_sha256="ABC"), "64 lower-case hex"),
+        (_with(r_sha256=""), "sha256 is required"),
+        (_with(r_url="oci://reg/x"), "scheme must be"),
+        (_with(r_name="bad name"), "not a valid plugin name"),
+        (_with(r_fail_strategy="SOMETIMES"), "fail_strategy"),
+        (_with(r_vm_env={"A": 1}), "vm_env"),
+        (_with(resources=[GOOD["resources"][0], GOOD["resources"][0]]), "duplicate name"),
+    ],
+)
+def test_malformed_pushes_are_protocol_errors(data: bytes, fragment: str) -> None:
+    with pytest.raises(errors.ProtocolError, match=fragment):
+        protocol.decode_push(data)
+
+
+def test_a_nack_without_detail_is_malformed_and_raise_for_nack_maps_the_reason() -> None:
+    with pytest.raises(errors.ProtocolError, match="error_detail"):
+        protocol.decode_reply(b'{"ack": false, "version_info": "", "nonce": ""}')
+    nack = protocol.Reply(ack=False, version_info="v0", nonce="n", error_detail=protocol.ErrorDetail("x_y", "boom"))
+    with pytest.raises(errors.PushError, match="boom") as info:
+        protocol.raise_for_nack(nack)
+    assert info.value.reason == "x_y"
