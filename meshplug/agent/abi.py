@@ -14,7 +14,6 @@ All ABI versions' imports are offered whatever the module's marker.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -73,19 +72,15 @@ _READ_ONLY_BUFFERS = frozenset(
 HostFunc = vm.HostFunc
 
 
-def _shim(fn: Callable[..., int]) -> Callable[..., int]:
-    """Guest memory faults become INVALID_MEMORY_ACCESS; pairs errors BAD_ARGUMENT."""
+#: guest memory faults become INVALID_MEMORY_ACCESS, malformed pairs BAD_ARGUMENT (mapped by the vm's trampoline)
+_SHIM_FAULTS: tuple[tuple[type[BaseException], int], ...] = (
+    (vm.MemoryFault, INVALID_MEMORY_ACCESS),
+    (pairs.PairsError, BAD_ARGUMENT),
+)
 
-    @functools.wraps(fn)
-    def wrapper(*args: int) -> int:
-        try:
-            return fn(*args)
-        except vm.MemoryFault:
-            return INVALID_MEMORY_ACCESS
-        except pairs.PairsError:
-            return BAD_ARGUMENT
 
-    return wrapper
+def _shim(fn: Callable[..., int]) -> vm.Faulting:
+    return vm.Faulting(fn, _SHIM_FAULTS)
 
 
 class HostCalls:
@@ -98,13 +93,13 @@ class HostCalls:
         self.guest: vm.Guest  # set by the VM once its guest exists (shims run only after that)
 
     # -- binding -----------------------------------------------------------------------------------
-    def bind(self, decls: Sequence[vm.ImportDecl]) -> list[tuple[vm.ImportDecl, HostFunc]]:
-        out: list[tuple[vm.ImportDecl, HostFunc]] = []
+    def bind(self, decls: Sequence[vm.ImportDecl]) -> list[tuple[vm.ImportDecl, vm.HostImpl]]:
+        out: list[tuple[vm.ImportDecl, vm.HostImpl]] = []
         for decl in decls:
             out.append((decl, self._resolve(decl)))
         return out
 
-    def _resolve(self, decl: vm.ImportDecl) -> HostFunc:
+    def _resolve(self, decl: vm.ImportDecl) -> vm.HostImpl:
         known = abi_table.lookup(decl.module, decl.name)
         sig_ok = known is not None and known.sig.params == decl.sig.params and known.sig.results == decl.sig.results
         if decl.module in abi_table.WASI_MODULES:
@@ -141,9 +136,6 @@ class HostCalls:
     def _ctx(self) -> Context | None:
         return self.vm.effective
 
-    def _read(self, ptr: int, size: int) -> bytes:
-        return self.guest.read(ptr, size)
-
     def _give(self, data: bytes | bytearray, ptr_ptr: int, size_ptr: int) -> int:
         """Copy `data` into a fresh guest allocation of exactly len(data) (ABI ref. 3.3)."""
         n = len(data)
@@ -161,7 +153,7 @@ class HostCalls:
     def proxy_log(self, level: int, ptr: int, size: int) -> int:
         if level > 5:
             return BAD_ARGUMENT
-        self.vm.log(level, self._read(ptr, size).decode(errors="replace"))
+        self.vm.log(level, self.guest.read(ptr, size).decode(errors="replace"))
         return OK
 
     def proxy_get_log_level(self, ret: int) -> int:
@@ -212,7 +204,7 @@ class HostCalls:
         buf = ctx.writable_buffer(btype) if ctx is not None else None
         if buf is None:
             return NOT_FOUND
-        value = self._read(ptr, vsize)
+        value = self.guest.read(ptr, vsize)
         if start == 0:
             del buf[: min(size, len(buf))]
             buf[0:0] = value
@@ -247,7 +239,7 @@ class HostCalls:
     def proxy_set_header_map_pairs(self, mtype: int, ptr: int, size: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        new = pairs.decode(self._read(ptr, size))
+        new = pairs.decode(self.guest.read(ptr, size))
         hmap = self._map(mtype)
         if hmap is not None:
             hmap[:] = [(k.lower(), v) for k, v in new]
@@ -256,7 +248,7 @@ class HostCalls:
     def proxy_get_header_map_value(self, mtype: int, kptr: int, ksize: int, ptr_ptr: int, size_ptr: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        key = self._read(kptr, ksize).lower()
+        key = self.guest.read(kptr, ksize).lower()
         hmap = self._map(mtype)
         if hmap is not None:
             for k, v in hmap:
@@ -269,7 +261,7 @@ class HostCalls:
     def proxy_add_header_map_value(self, mtype: int, kptr: int, ksize: int, vptr: int, vsize: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        key, value = self._read(kptr, ksize).lower(), self._read(vptr, vsize)
+        key, value = self.guest.read(kptr, ksize).lower(), self.guest.read(vptr, vsize)
         hmap = self._map(mtype)
         if hmap is not None:
             hmap.append((key, value))
@@ -278,7 +270,7 @@ class HostCalls:
     def proxy_replace_header_map_value(self, mtype: int, kptr: int, ksize: int, vptr: int, vsize: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        key, value = self._read(kptr, ksize).lower(), self._read(vptr, vsize)
+        key, value = self.guest.read(kptr, ksize).lower(), self.guest.read(vptr, vsize)
         hmap = self._map(mtype)
         if hmap is not None:
             for i, (k, _) in enumerate(hmap):
@@ -293,7 +285,7 @@ class HostCalls:
     def proxy_remove_header_map_value(self, mtype: int, kptr: int, ksize: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        key = self._read(kptr, ksize).lower()
+        key = self.guest.read(kptr, ksize).lower()
         hmap = self._map(mtype)
         if hmap is not None:
             hmap[:] = [(k, v) for k, v in hmap if k != key]
@@ -307,7 +299,7 @@ class HostCalls:
 
     # -- properties --------------------------------------------------------------------------------
     def proxy_get_property(self, pptr: int, psize: int, ptr_ptr: int, size_ptr: int) -> int:
-        path = self._read(pptr, psize)
+        path = self.guest.read(pptr, psize)
         ctx = self._ctx()
         if ctx is None:
             return NOT_FOUND
@@ -317,7 +309,7 @@ class HostCalls:
         return self._give(value, ptr_ptr, size_ptr)
 
     def proxy_set_property(self, pptr: int, psize: int, vptr: int, vsize: int) -> int:
-        path, value = self._read(pptr, psize), self._read(vptr, vsize)
+        path, value = self.guest.read(pptr, psize), self.guest.read(vptr, vsize)
         ctx = self._ctx()
         if ctx is not None:
             ctx.properties[path] = value
@@ -370,9 +362,9 @@ class HostCalls:
     ) -> int:
         from meshplug.agent.host import HttpContext  # noqa: PLC0415
 
-        details = b"_".join(self._read(dptr, dsize).split()).decode(errors="replace")
-        body = self._read(bptr, bsize)
-        headers = tuple((k.lower(), v) for k, v in pairs.decode(self._read(hptr, hsize)))
+        details = b"_".join(self.guest.read(dptr, dsize).split()).decode(errors="replace")
+        body = self.guest.read(bptr, bsize)
+        headers = tuple((k.lower(), v) for k, v in pairs.decode(self.guest.read(hptr, hsize)))
         grpc_status = grpc if grpc <= 16 else None
         ctx = self._ctx()
         if not isinstance(ctx, HttpContext):
@@ -400,10 +392,10 @@ class HostCalls:
         timeout_ms: int,
         token_ptr: int,
     ) -> int:
-        upstream = self._read(uptr, usize).decode(errors="replace")
-        headers = [(k.lower(), v) for k, v in pairs.decode(self._read(hptr, hsize))]
-        body = self._read(bptr, bsize)
-        trailers = [(k.lower(), v) for k, v in pairs.decode(self._read(tptr, tsize))]
+        upstream = self.guest.read(uptr, usize).decode(errors="replace")
+        headers = [(k.lower(), v) for k, v in pairs.decode(self.guest.read(hptr, hsize))]
+        body = self.guest.read(bptr, bsize)
+        trailers = [(k.lower(), v) for k, v in pairs.decode(self.guest.read(tptr, tsize))]
         self.guest.write_u32(token_ptr, 0)  # validate the out-pointer before dispatch (cpp-host)
         names = {k for k, _ in headers}
         if not {b":method", b":path", b":authority"} <= names:
@@ -439,7 +431,7 @@ class HostCalls:
 
     # -- shared data and queues --------------------------------------------------------------------
     def proxy_get_shared_data(self, kptr: int, ksize: int, ptr_ptr: int, size_ptr: int, cas_ptr: int) -> int:
-        found = self.vm.host.shared_data.get(self.vm.vm_id, self._read(kptr, ksize))
+        found = self.vm.host.shared_data.get(self.vm.vm_id, self.guest.read(kptr, ksize))
         if found is None:
             return NOT_FOUND
         value, cas = found
@@ -449,7 +441,7 @@ class HostCalls:
         return status
 
     def proxy_set_shared_data(self, kptr: int, ksize: int, vptr: int, vsize: int, cas: int) -> int:
-        key, value = self._read(kptr, ksize), self._read(vptr, vsize)
+        key, value = self.guest.read(kptr, ksize), self.guest.read(vptr, vsize)
         ok = self.vm.host.shared_data.set(self.vm.vm_id, key, value, cas)
         return OK if ok else CAS_MISMATCH
 
@@ -457,20 +449,20 @@ class HostCalls:
         ctx = self._ctx()
         if ctx is None:
             return BAD_ARGUMENT
-        qid = self.vm.host.register_queue(self.vm, ctx.root, self._read(nptr, nsize))
+        qid = self.vm.host.register_queue(self.vm, ctx.root, self.guest.read(nptr, nsize))
         self.guest.write_u32(ret, qid)
         return OK
 
     def proxy_resolve_shared_queue(self, vptr: int, vsize: int, nptr: int, nsize: int, ret: int) -> int:
-        vm_id = self._read(vptr, vsize).decode(errors="replace") or self.vm.vm_id
-        qid = self.vm.host.resolve_queue(vm_id, self._read(nptr, nsize))
+        vm_id = self.guest.read(vptr, vsize).decode(errors="replace") or self.vm.vm_id
+        qid = self.vm.host.resolve_queue(vm_id, self.guest.read(nptr, nsize))
         if qid is None:
             return NOT_FOUND
         self.guest.write_u32(ret, qid)
         return OK
 
     def proxy_enqueue_shared_queue(self, qid: int, ptr: int, size: int) -> int:
-        return OK if self.vm.host.enqueue(qid, self._read(ptr, size)) else NOT_FOUND
+        return OK if self.vm.host.enqueue(qid, self.guest.read(ptr, size)) else NOT_FOUND
 
     def proxy_dequeue_shared_queue(self, qid: int, ptr_ptr: int, size_ptr: int) -> int:
         item = self.vm.host.dequeue(qid)
@@ -484,7 +476,7 @@ class HostCalls:
     def proxy_define_metric(self, mtype: int, nptr: int, nsize: int, ret: int) -> int:
         if mtype > 2:
             return BAD_ARGUMENT
-        mid = self.vm.host.metrics.define(mtype, self._read(nptr, nsize))
+        mid = self.vm.host.metrics.define(mtype, self.guest.read(nptr, nsize))
         self.guest.write_u32(ret, mid)
         return OK
 
@@ -544,7 +536,7 @@ class HostCalls:
     def proxy_call_foreign_function(  # noqa: PLR0917 -- the ABI's argument list
         self, nptr: int, nsize: int, aptr: int, asize: int, ptr_ptr: int, size_ptr: int
     ) -> int:
-        name, args = self._read(nptr, nsize), self._read(aptr, asize)
+        name, args = self.guest.read(nptr, nsize), self.guest.read(aptr, asize)
         fn = self.vm.host.foreign.get(name)
         if fn is None:
             return NOT_FOUND

@@ -62,6 +62,27 @@ BACKENDS = ("fast", "public")
 HostFunc = Callable[..., int | None]
 GuestFunc = Callable[..., int]
 
+
+@dataclass(frozen=True)
+class Faulting:
+    """A host function whose listed exceptions become its result (e.g. MemoryFault -> a status code),
+    mapped by the backend's own trampoline: no wrapper frame per call."""
+
+    fn: HostFunc
+    faults: tuple[tuple[type[BaseException], int], ...]
+
+    def __call__(self, *args: int) -> int | None:
+        try:
+            return self.fn(*args)
+        except BaseException as exc:
+            for kind, result in self.faults:
+                if isinstance(exc, kind):
+                    return result
+            raise
+
+
+HostImpl = HostFunc | Faulting
+
 _MASK = {"i32": 0xFFFF_FFFF, "i64": 0xFFFF_FFFF_FFFF_FFFF}
 
 
@@ -200,7 +221,7 @@ class Runtime:
     def new_guest(
         self,
         module: wasmtime.Module,
-        imports: Sequence[tuple[ImportDecl, HostFunc]],
+        imports: Sequence[tuple[ImportDecl, HostImpl]],
         *,
         backend: str = "fast",
         memory_cap: int = limits.VM_MAX_MEMORY_BYTES,
@@ -245,7 +266,7 @@ class Guest(ABC):
         self,
         runtime: Runtime,
         module: wasmtime.Module,
-        imports: Sequence[tuple[ImportDecl, HostFunc]],
+        imports: Sequence[tuple[ImportDecl, HostImpl]],
         *,
         memory_cap: int,
         deadline_ms: int,
@@ -265,7 +286,7 @@ class Guest(ABC):
         # a module may import one name twice (TinyGo: wasi fd_write); the linker takes one definition, and
         # instantiation reports a type clash if the two declarations differ
         seen: set[tuple[str, str]] = set()
-        self._imports: list[tuple[ImportDecl, HostFunc]] = []
+        self._imports: list[tuple[ImportDecl, HostImpl]] = []
         for decl, fn in imports:
             if (decl.module, decl.name) not in seen:
                 seen.add((decl.module, decl.name))
@@ -318,7 +339,7 @@ class PublicGuest(Guest):
         self,
         runtime: Runtime,
         module: wasmtime.Module,
-        imports: Sequence[tuple[ImportDecl, HostFunc]],
+        imports: Sequence[tuple[ImportDecl, HostImpl]],
         *,
         memory_cap: int,
         deadline_ms: int,
@@ -331,7 +352,7 @@ class PublicGuest(Guest):
         for decl, fn in self._imports:
             self.linker.define_func(decl.module, decl.name, functype(decl.sig), self._wrap(decl, fn), True)
 
-    def _wrap(self, decl: ImportDecl, fn: HostFunc) -> Callable[..., Any]:
+    def _wrap(self, decl: ImportDecl, fn: HostImpl) -> Callable[..., Any]:
         masks = tuple(_MASK.get(p, 0) for p in decl.sig.params)
         has_result = bool(decl.sig.results)
         signed_result = decl.sig.results[:1] == ("i32",)
@@ -486,7 +507,7 @@ class FastGuest(Guest):
         self,
         runtime: Runtime,
         module: wasmtime.Module,
-        imports: Sequence[tuple[ImportDecl, HostFunc]],
+        imports: Sequence[tuple[ImportDecl, HostImpl]],
         *,
         memory_cap: int,
         deadline_ms: int,
@@ -516,7 +537,7 @@ class FastGuest(Guest):
             if err:
                 raise errors.PluginStartError(f"cannot define {decl.module}.{decl.name}", reason="link_failed")
 
-    def _make_host(self, decl: ImportDecl, fn: HostFunc) -> Callable[[int, int, int, int], int]:
+    def _make_host(self, decl: ImportDecl, impl: HostImpl) -> Callable[[int, int, int, int], int]:
         n = max(len(decl.sig.params), len(decl.sig.results))
         args_fmt = struct.Struct("<" + "".join(_FMT[p] for p in decl.sig.params))
         res_fmt = struct.Struct("<" + _FMT[decl.sig.results[0]]) if decl.sig.results else None
@@ -524,6 +545,8 @@ class FastGuest(Guest):
         array_t = ctypes.c_char * (n * _RAW)
         unpack = args_fmt.unpack_from
         guest = self
+        fn, faults = (impl.fn, impl.faults) if isinstance(impl, Faulting) else (impl, ())
+        fault_types = tuple(kind for kind, _ in faults)  # () catches nothing
 
         def host(_env: int, caller: int, args: int, _nargs: int) -> int:
             outer = guest._caller
@@ -531,7 +554,10 @@ class FastGuest(Guest):
             guest._mv_size = -1  # the guest ran since the last look: memory may have grown
             try:
                 buf = array_t.from_address(args)
-                result = fn(*unpack(buf))
+                try:
+                    result = fn(*unpack(buf))
+                except fault_types as exc:
+                    result = next(r for kind, r in faults if isinstance(exc, kind))
                 if res_fmt is not None:
                     res_fmt.pack_into(buf, 0, (int(result or 0) & res_mask) if res_mask else (result or 0))
                 return 0
