@@ -15,6 +15,7 @@ Usage: build_plugins.py [--only SDK[/NAME] ...] [--force] [--list]
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -129,17 +130,20 @@ def main(argv: list[str] | None = None) -> int:
             print(key)
         return 0
     index_path = cache_root() / "index.json"
-    index: dict[str, dict[str, object]] = {}
-    if index_path.exists():
-        index = json.loads(index_path.read_text())
-    for key, plugin in plugins:
-        index[key] = build(key, plugin, force=args.force)
+    results = {key: build(key, plugin, force=args.force) for key, plugin in plugins}
     known = {k for k, _ in plugin_dirs()}
-    index = {k: v for k, v in sorted(index.items()) if k in known}
-    tmp = index_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, index_path)
-    built = sum(1 for k, _ in plugins if index[k]["built"])
+    # merge under an exclusive lock: concurrent `--only` runs must not drop each other's entries
+    with (cache_root() / "index.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        index: dict[str, dict[str, object]] = {}
+        if index_path.exists():
+            index = json.loads(index_path.read_text())
+        index.update(results)
+        index = {k: v for k, v in sorted(index.items()) if k in known and Path(str(v["path"])).exists()}
+        tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(index, indent=2) + "\n")
+        os.replace(tmp, index_path)
+    built = sum(1 for r in results.values() if r["built"])
     print(f"plugins: {len(plugins)} ({built} built, {len(plugins) - built} cached) -> {index_path}")
     return 0
 
