@@ -13,11 +13,28 @@ import {
   RootContext, Context, registerRootContext, FilterHeadersStatusValues, FilterDataStatusValues,
   stream_context, log, LogLevelValues,
 } from "@solo-io/proxy-runtime";
+import { readPluginConfiguration } from "../../_shared/config";
 import { get_buffer_bytes, BufferTypeValues, WasmResultValues } from "@solo-io/proxy-runtime/runtime";
 
 // @ts-ignore: decorator
 @external("env", "proxy_set_buffer_bytes")
 declare function proxy_set_buffer_bytes(typ: i32, start: u32, length: u32, data: usize, size: usize): u32;
+
+// Every `search` in `text` replaced by `replacement`. Not String#replaceAll: assemblyscript 0.14.9's writes
+// past its output buffer when the replacement is longer than the search string (heap corruption, then a trap).
+function replaceEvery(text: string, search: string, replacement: string): string {
+  if (search.length == 0) return text;
+  const parts = new Array<string>();
+  let from = 0;
+  let at = text.indexOf(search, from);
+  while (at >= 0) {
+    parts.push(text.substring(from, at));
+    from = at + search.length;
+    at = text.indexOf(search, from);
+  }
+  parts.push(text.substring(from));
+  return parts.join(replacement);
+}
 
 class Rules {
   appendText: string = "";
@@ -29,9 +46,7 @@ class Rules {
   }
 
   apply(body: string): string {
-    let out = body;
-    if (this.replaceOld.length > 0) out = out.replaceAll(this.replaceOld, this.replaceNew);
-    return out + this.appendText;
+    return replaceEvery(body, this.replaceOld, this.replaceNew) + this.appendText;
   }
 }
 
@@ -40,18 +55,22 @@ class BodyRoot extends RootContext {
   response: Rules = new Rules();
 
   onConfigure(configuration_size: u32): bool {
-    if (!super.onConfigure(configuration_size)) return false;
+    const configuration = readPluginConfiguration(configuration_size);
     const request = new Rules();
     const response = new Rules();
-    const lines = this.getConfiguration().split("\n");
+    const lines = configuration.split("\n");
     for (let i = 0; i < lines.length; i++) {
       const line = lines[i];
       const eq = line.indexOf("=");
       if (eq <= 0) continue;
       const key = line.substring(0, eq).trim();
       const value = line.substring(eq + 1);
-      const rules = key.startsWith("request.") ? request : key.startsWith("response.") ? response : null;
-      if (rules === null) {
+      let rules: Rules;
+      if (key.startsWith("request.")) {
+        rules = request;
+      } else if (key.startsWith("response.")) {
+        rules = response;
+      } else {
         log(LogLevelValues.error, "body: unknown rule " + key);
         return false;
       }

@@ -8,13 +8,14 @@ import {
   RootContext, Context, registerRootContext, FilterHeadersStatusValues, GrpcStatusValues, HeaderPair,
   stream_context, send_local_response, log, LogLevelValues,
 } from "@solo-io/proxy-runtime";
+import { readPluginConfiguration } from "../../_shared/config";
 
 class DenyPrefixRoot extends RootContext {
   prefixes: Array<string> = [];
 
   onConfigure(configuration_size: u32): bool {
-    if (!super.onConfigure(configuration_size)) return false;
-    const lines = this.getConfiguration().split("\n");
+    const configuration = readPluginConfiguration(configuration_size);
+    const lines = configuration.split("\n");
     const prefixes = new Array<string>();
     for (let i = 0; i < lines.length; i++) {
       const p = lines[i].trim();

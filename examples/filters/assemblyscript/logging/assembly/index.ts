@@ -7,11 +7,12 @@ export * from "@solo-io/proxy-runtime/proxy";
 import {
   RootContext, Context, registerRootContext, FilterHeadersStatusValues, stream_context, log, LogLevelValues,
 } from "@solo-io/proxy-runtime";
+import { readPluginConfiguration } from "../../_shared/config";
 
 class LoggingRoot extends RootContext {
   onConfigure(configuration_size: u32): bool {
-    if (!super.onConfigure(configuration_size)) return false;
-    log(LogLevelValues.info, "logging: configured " + this.getConfiguration());
+    const configuration = readPluginConfiguration(configuration_size);
+    log(LogLevelValues.info, "logging: configured " + configuration);
     return true;
   }
 

@@ -10,6 +10,7 @@ export * from "@solo-io/proxy-runtime/proxy";
 import {
   RootContext, Context, registerRootContext, FilterHeadersStatusValues, stream_context, log, LogLevelValues,
 } from "@solo-io/proxy-runtime";
+import { readPluginConfiguration } from "../../_shared/config";
 import { WasmResultValues } from "@solo-io/proxy-runtime/runtime";
 import { free } from "@solo-io/proxy-runtime/malloc";
 
@@ -48,7 +49,7 @@ function readProperty(dotted: string): string {
 
 class PropertiesRoot extends RootContext {
   onConfigure(configuration_size: u32): bool {
-    if (!super.onConfigure(configuration_size)) return false;
+    const configuration = readPluginConfiguration(configuration_size);
     log(LogLevelValues.info, "properties: root id " + readProperty("plugin_root_id"));
     return true;
   }

@@ -1,12 +1,14 @@
 // Plugin respheaders (root id "respheaders"): adds response headers taken from the plugin configuration.
 //
 // Configuration: one header per line, "name: value" (lines without ':' are ignored; names are trimmed and
-// lower-cased, values trimmed). Every response gets each header added (appended: an upstream header of the
-// same name keeps its value too), plus "x-respheaders-count: <n>" with the number of configured headers.
+// lower-cased, values trimmed). Every response gets each header added with proxy_add_header_map_value (an
+// upstream header of the same name keeps its value: Envoy joins both into one comma-separated value), plus
+// "x-respheaders-count: <n>" with the number of configured headers.
 export * from "@solo-io/proxy-runtime/proxy";
 import {
   RootContext, Context, registerRootContext, FilterHeadersStatusValues, stream_context, log, LogLevelValues,
 } from "@solo-io/proxy-runtime";
+import { readPluginConfiguration } from "../../_shared/config";
 
 class HeaderPairText {
   constructor(public name: string, public value: string) {}
@@ -16,8 +18,8 @@ class RespHeadersRoot extends RootContext {
   headers: Array<HeaderPairText> = [];
 
   onConfigure(configuration_size: u32): bool {
-    if (!super.onConfigure(configuration_size)) return false;
-    const lines = this.getConfiguration().split("\n");
+    const configuration = readPluginConfiguration(configuration_size);
+    const lines = configuration.split("\n");
     const parsed = new Array<HeaderPairText>();
     for (let i = 0; i < lines.length; i++) {
       const line = lines[i];
