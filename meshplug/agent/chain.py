@@ -410,10 +410,15 @@ class Stream:
         return self._feed(_RESPONSE, (_TRAILERS, True, b""))
 
     def complete(self) -> list[Output]:
-        """The exchange is over (or the client went away): log/done/delete every created context once."""
+        """The exchange is over (or the client went away): `on_complete` once for every filter of the chain,
+        in chain order -- also those the request never reached (a local reply, a pause, a reset before them):
+        Envoy registers each wasm filter as an access logger and creates its context there if needed."""
         if not self.completed:
             self.completed = True
-            for ctx in self._ctx:
+            for index in range(self._n):
+                ctx = self._ctx[index]
+                if ctx is None and self._active[index] is _NEW:
+                    ctx = self._filter_stream(index)
                 if ctx is not None:
                     ctx.on_complete()
         return self.take_outputs()
@@ -514,10 +519,12 @@ class Stream:
         kind = frame[0]
         if kind == _HEADERS and direction == _REQUEST:
             self._seen_request[index] = True
+        if direction == _RESPONSE and not self._seen_request[index]:
+            return frame  # a local reply passes filters the request never reached
         fs = self._active[index]
         if fs is _NEW:
             fs = self._filter_stream(index)
-        if fs is None or (direction == _RESPONSE and not self._seen_request[index]):
+        if fs is None:
             return frame
         assert not isinstance(fs, _NotCreated)
         if kind == _HEADERS:

@@ -311,7 +311,11 @@ class HttpContext(Context):
         return Action.CONTINUE if r in (0, 2) else Action.STOP
 
     def on_complete(self) -> None:
-        if not self.created or self.deleted:
+        if self.deleted:
+            return
+        if not self.created and not self._ensure():
+            # Envoy's access-log hook creates the context of a filter the request never reached
+            # (a local reply or reset before it) so that on_log / on_done / on_delete stay balanced
             return
         cb = self.vm.cb
         # Envoy HTTP order: access log, then done, then delete

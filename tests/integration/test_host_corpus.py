@@ -110,10 +110,10 @@ def test_corpus_module_runs_on_the_host(sp: spec.Spec, backend: str) -> None:
             conn.finish()
     else:
         ch = C.Chain(plugins)
-        for case in sp.http_cases:
-            status, called = run_case(host, ch, case)
-            if case.expect.status is not None and not called:
-                assert status == case.expect.status, case.name
+        for http_case in sp.http_cases:
+            status, called = run_case(host, ch, http_case)
+            if http_case.expect.status is not None and not called:
+                assert status == http_case.expect.status, http_case.name
     host.run_timers(now=(host.next_timer() or 0) + 3600)
     host.run_deferred()
     assert [p.name for p in plugins if p.failed is not None] == []

@@ -1,0 +1,443 @@
+"""meshplug.agent.chain with scripted in-process filters: Istio order by phase and priority, request events
+in chain order and response events in reverse, pause/resume across several filters, body buffering and
+redelivery of the accumulated buffer, local replies from every phase, fail strategies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from meshplug import limits
+from meshplug.agent import chain as C
+
+A = C.Action
+REQ, RESP = C.Direction.REQUEST, C.Direction.RESPONSE
+_DIR = {REQ: "req", RESP: "resp"}
+
+Reaction = A | Callable[["ScriptStream"], A]
+
+
+@dataclass
+class ScriptFilter:
+    """A filter whose callbacks log what they saw and answer from `script` (event -> Action or callable);
+    events: req.headers, req.body, req.trailers, resp.headers, resp.body, resp.trailers."""
+
+    name: str
+    log: list[tuple[str, ...]]
+    script: dict[str, Reaction] = field(default_factory=dict)
+    phase: C.Phase = C.Phase.UNSPECIFIED
+    priority: int | None = None
+    fail_strategy: C.FailStrategy = C.FailStrategy.FAIL_CLOSE
+    streams: list[ScriptStream] = field(default_factory=list)
+
+    def new_stream(self, control: C.StreamControl) -> ScriptStream:
+        s = ScriptStream(self, control)
+        self.streams.append(s)
+        return s
+
+
+class ScriptStream:
+    def __init__(self, f: ScriptFilter, control: C.StreamControl) -> None:
+        self.f = f
+        self.control = control
+        self.counts: dict[str, int] = {}
+
+    def _react(self, event: str, *detail: str) -> A:
+        self.f.log.append((self.f.name, event, *detail))
+        self.counts[event] = self.counts.get(event, 0) + 1
+        reaction = self.f.script.get(event, A.CONTINUE)
+        return reaction if isinstance(reaction, A) else reaction(self)
+
+    def on_headers(self, direction: C.Direction, end_stream: bool) -> A:
+        return self._react(f"{_DIR[direction]}.headers", f"eos={int(end_stream)}")
+
+    def on_body(self, direction: C.Direction, size: int, end_stream: bool) -> A:
+        body = bytes(self.control.body(direction))
+        assert len(body) == size
+        return self._react(f"{_DIR[direction]}.body", body.decode(), f"eos={int(end_stream)}")
+
+    def on_trailers(self, direction: C.Direction) -> A:
+        return self._react(f"{_DIR[direction]}.trailers")
+
+    def on_complete(self) -> None:
+        self.f.log.append((self.f.name, "complete"))
+
+
+def summary(outputs: list[C.Output]) -> list[tuple[object, ...]]:
+    """Outputs as short tuples: ('up'|'down', 'headers'|'data'|'trailers', ...), ('abort', r), ('reset', r)."""
+    out: list[tuple[object, ...]] = []
+    for o in outputs:
+        if isinstance(o, C.SendHeaders):
+            side = "up" if o.target is C.Target.UPSTREAM else "down"
+            status = dict(o.headers).get(b":status")
+            out.append((side, "headers", status.decode() if status else dict(o.headers).get(b":path"), o.end_stream))
+        elif isinstance(o, C.SendData):
+            out.append(("up" if o.target is C.Target.UPSTREAM else "down", "data", o.data, o.end_stream))
+        elif isinstance(o, C.SendTrailers):
+            out.append(("up" if o.target is C.Target.UPSTREAM else "down", "trailers"))
+        elif isinstance(o, C.AbortUpstream):
+            out.append(("abort", o.reason))
+        else:
+            out.append(("reset", o.reason))
+    return out
+
+
+def request(method: bytes = b"GET", path: bytes = b"/p") -> C.Headers:
+    return C.http1_request_headers(method, path, [(b"host", b"svc")])
+
+
+def response(status: int = 200) -> C.Headers:
+    return C.http1_response_headers(status, [(b"content-type", b"text/plain")])
+
+
+def names(log: list[tuple[str, ...]], event: str) -> list[str]:
+    return [e[0] for e in log if e[1] == event]
+
+
+# ---- order ------------------------------------------------------------------------------------------
+U, AUTHN, AUTHZ, STATS = C.Phase.UNSPECIFIED, C.Phase.AUTHN, C.Phase.AUTHZ, C.Phase.STATS
+ORDER_CASES = [
+    ("phases", [("a", U, None), ("b", AUTHN, None), ("c", STATS, None), ("d", AUTHZ, None)], "bdca"),
+    ("priority high first, unset last", [("l", U, 1), ("h", U, 10), ("u", U, None), ("n", U, -5)], "hlnu"),
+    ("phase beats priority", [("p", STATS, 100), ("q", AUTHN, -100)], "qp"),
+    ("tie: creation order, not name", [("z", U, 5), ("a", U, 5), ("m", U, 5)], "zam"),
+    ("tie among unset: creation order", [("y", AUTHZ, None), ("x", AUTHZ, None)], "yx"),
+    ("zero is explicit", [("u", U, None), ("z", U, 0), ("n", U, -1)], "znu"),
+]
+
+
+@pytest.mark.parametrize(("plugins", "expected"), [(p, e) for _, p, e in ORDER_CASES], ids=[c[0] for c in ORDER_CASES])
+def test_order_is_istios(plugins: list[tuple[str, C.Phase, int | None]], expected: str) -> None:
+    log: list[tuple[str, ...]] = []
+    filters = [ScriptFilter(n, log, phase=ph, priority=pr) for n, ph, pr in plugins]
+    ch = C.Chain(filters)
+    assert "".join(f.name for f in ch.filters) == expected
+    s = ch.new_stream()
+    s.recv_request_headers(request(), True)
+    s.recv_response_headers(response(), True)
+    s.complete()
+    assert "".join(names(log, "req.headers")) == expected
+    assert "".join(names(log, "resp.headers")) == expected[::-1]
+    assert "".join(names(log, "complete")) == expected
+
+
+# ---- the plain path ---------------------------------------------------------------------------------
+def test_everything_continues_frames_pass_unchanged_and_in_order() -> None:
+    log: list[tuple[str, ...]] = []
+    ch = C.Chain([ScriptFilter("a", log), ScriptFilter("b", log)])
+    s = ch.new_stream()
+    out = s.recv_request_headers(request(b"POST"), False)
+    out += s.recv_request_data(b"ab", False)
+    out += s.recv_request_data(b"cd", True)
+    out += s.recv_response_headers(response(), False)
+    out += s.recv_response_data(b"xy", False)
+    out += s.recv_response_trailers([(b"X-T", b"1")])
+    out += s.complete()
+    assert summary(out) == [
+        ("up", "headers", b"/p", False),
+        ("up", "data", b"ab", False),
+        ("up", "data", b"cd", True),
+        ("down", "headers", "200", False),
+        ("down", "data", b"xy", False),
+        ("down", "trailers"),
+    ]
+    assert log == [
+        ("a", "req.headers", "eos=0"),
+        ("b", "req.headers", "eos=0"),
+        ("a", "req.body", "ab", "eos=0"),
+        ("b", "req.body", "ab", "eos=0"),
+        ("a", "req.body", "cd", "eos=1"),
+        ("b", "req.body", "cd", "eos=1"),
+        ("b", "resp.headers", "eos=0"),
+        ("a", "resp.headers", "eos=0"),
+        ("b", "resp.body", "xy", "eos=0"),
+        ("a", "resp.body", "xy", "eos=0"),
+        ("b", "resp.trailers"),
+        ("a", "resp.trailers"),
+        ("a", "complete"),
+        ("b", "complete"),
+    ]
+    assert s.request_trailers == [] and s.response_trailers == [(b"x-t", b"1")]
+
+
+def test_a_filter_that_returns_no_stream_is_bypassed() -> None:
+    log: list[tuple[str, ...]] = []
+
+    class Absent(ScriptFilter):
+        def new_stream(self, control: C.StreamControl) -> None:  # type: ignore[override]
+            return None
+
+    ch = C.Chain([ScriptFilter("a", log), Absent("gone", log), ScriptFilter("b", log)])
+    s = ch.new_stream()
+    out = s.recv_request_headers(request(), True)
+    assert summary(out) == [("up", "headers", b"/p", True)]
+    assert names(log, "req.headers") == ["a", "b"]
+
+
+# ---- pause and resume across several filters ----------------------------------------------------------
+def test_a_stopped_header_holds_the_direction_and_later_data_is_coalesced_on_resume() -> None:
+    log: list[tuple[str, ...]] = []
+    a = ScriptFilter("a", log)
+    b = ScriptFilter("b", log, {"req.headers": A.STOP})
+    c = ScriptFilter("c", log)
+    s = C.Chain([a, b, c]).new_stream()
+    out = s.recv_request_headers(request(b"POST"), False)
+    out += s.recv_request_data(b"ab", False)
+    out += s.recv_request_data(b"cd", True)
+    assert out == []
+    # a saw every chunk as it came; b holds the direction: neither b nor c has seen the data
+    assert [e for e in log if e[1] == "req.body"] == [
+        ("a", "req.body", "ab", "eos=0"),
+        ("a", "req.body", "cd", "eos=1"),
+    ]
+    b.streams[0].control.resume(REQ)
+    out = s.take_outputs()
+    assert summary(out) == [("up", "headers", b"/p", False), ("up", "data", b"abcd", True)]
+    assert [e for e in log if e[0] in "bc" and e[1] != "req.headers"] == [
+        ("b", "req.body", "abcd", "eos=1"),
+        ("c", "req.body", "abcd", "eos=1"),
+    ]
+
+
+def test_resume_outside_a_callback_wakes_the_shell() -> None:
+    log: list[tuple[str, ...]] = []
+    b = ScriptFilter("b", log, {"req.headers": A.STOP})
+    s = C.Chain([ScriptFilter("a", log), b]).new_stream()
+    woken: list[C.Stream] = []
+    s.on_progress = woken.append
+    assert s.recv_request_headers(request(), True) == []
+    b.streams[0].control.resume(REQ)
+    assert woken == [s]
+    assert summary(s.take_outputs()) == [("up", "headers", b"/p", True)]
+
+
+def test_two_filters_pause_in_turn() -> None:
+    log: list[tuple[str, ...]] = []
+    a = ScriptFilter("a", log, {"req.headers": A.STOP})
+    b = ScriptFilter("b", log, {"req.headers": A.STOP})
+    c = ScriptFilter("c", log)
+    s = C.Chain([a, b, c]).new_stream()
+    assert s.recv_request_headers(request(), True) == []
+    assert names(log, "req.headers") == ["a"]
+    assert b.streams == []  # b's context is created when the request reaches it
+    a.streams[0].control.resume(REQ)
+    assert s.take_outputs() == [] and names(log, "req.headers") == ["a", "b"]
+    a.streams[0].control.resume(REQ)  # resuming again is a no-op
+    assert s.take_outputs() == []
+    b.streams[0].control.resume(REQ)
+    assert summary(s.take_outputs()) == [("up", "headers", b"/p", True)]
+    assert names(log, "req.headers") == ["a", "b", "c"]
+
+
+def test_resume_from_inside_the_callback_continues_after_it_returns() -> None:
+    log: list[tuple[str, ...]] = []
+
+    def stop_and_resume(st: ScriptStream) -> A:
+        st.control.resume(REQ)  # as a host defers proxy_continue_stream until the VM call returns
+        return A.STOP
+
+    s = C.Chain([ScriptFilter("a", log, {"req.headers": stop_and_resume}), ScriptFilter("b", log)]).new_stream()
+    assert summary(s.recv_request_headers(request(), True)) == [("up", "headers", b"/p", True)]
+    assert names(log, "req.headers") == ["a", "b"]
+
+
+def test_response_pause_holds_the_response_only() -> None:
+    log: list[tuple[str, ...]] = []
+    a = ScriptFilter("a", log, {"resp.headers": A.STOP})
+    b = ScriptFilter("b", log)
+    s = C.Chain([a, b]).new_stream()
+    assert summary(s.recv_request_headers(request(), True)) == [("up", "headers", b"/p", True)]
+    out = s.recv_response_headers(response(), False) + s.recv_response_data(b"hi", True)
+    assert out == [] and names(log, "resp.headers") == ["b", "a"]
+    a.streams[0].control.resume(RESP)
+    assert summary(s.take_outputs()) == [("down", "headers", "200", False), ("down", "data", b"hi", True)]
+
+
+# ---- body buffering ---------------------------------------------------------------------------------
+def test_buffer_redelivers_the_accumulated_body_and_forwards_the_modified_buffer() -> None:
+    log: list[tuple[str, ...]] = []
+
+    def buffer_until_end(st: ScriptStream) -> A:
+        body = st.control.body(REQ)
+        if not st.f.log[-1][-1].endswith("1"):
+            return A.BUFFER
+        body[:] = body.upper()
+        return A.CONTINUE
+
+    a = ScriptFilter("a", log, {"req.body": buffer_until_end})
+    b = ScriptFilter("b", log)
+    s = C.Chain([a, b]).new_stream()
+    out = s.recv_request_headers(request(b"POST"), False)
+    out += s.recv_request_data(b"ab", False)
+    out += s.recv_request_data(b"cd", False)
+    out += s.recv_request_data(b"ef", True)
+    assert summary(out) == [("up", "headers", b"/p", False), ("up", "data", b"ABCDEF", True)]
+    assert [e[1:] for e in log if e[1] == "req.body"] == [
+        ("req.body", "ab", "eos=0"),
+        ("req.body", "abcd", "eos=0"),
+        ("req.body", "abcdef", "eos=1"),
+        ("req.body", "ABCDEF", "eos=1"),  # b: the whole buffer once
+    ]
+
+
+def test_a_buffered_body_goes_before_the_trailers() -> None:
+    log: list[tuple[str, ...]] = []
+    a = ScriptFilter("a", log, {"req.body": A.BUFFER})
+    s = C.Chain([a, ScriptFilter("b", log)]).new_stream()
+    out = s.recv_request_headers(request(b"POST"), False)
+    out += s.recv_request_data(b"ab", False)
+    out += s.recv_request_data(b"cd", False)
+    out += s.recv_request_trailers([(b"grpc-status", b"0")])
+    assert summary(out) == [("up", "headers", b"/p", False), ("up", "data", b"abcd", False), ("up", "trailers")]
+    assert [e for e in log if e[0] == "b"] == [
+        ("b", "req.headers", "eos=0"),
+        ("b", "req.body", "abcd", "eos=0"),
+        ("b", "req.trailers"),
+    ]
+
+
+def test_a_buffered_body_resumed_from_outside_is_forwarded_whole() -> None:
+    log: list[tuple[str, ...]] = []
+    a = ScriptFilter("a", log, {"resp.body": A.BUFFER})
+    s = C.Chain([a]).new_stream()
+    s.recv_request_headers(request(), True)
+    out = s.recv_response_headers(response(), False)
+    out += s.recv_response_data(b"12", False)
+    out += s.recv_response_data(b"34", True)
+    assert summary(out) == [("down", "headers", "200", False)]
+    a.streams[0].control.resume(RESP)
+    assert summary(s.take_outputs()) == [("down", "data", b"1234", True)]
+
+
+def test_a_body_over_the_buffer_limit_is_413_on_requests() -> None:
+    log: list[tuple[str, ...]] = []
+    s = C.Chain([ScriptFilter("a", log, {"req.body": A.BUFFER})]).new_stream()
+    out = s.recv_request_headers(request(b"POST"), False)
+    out += s.recv_request_data(b"x" * limits.MAX_BUFFERED_BODY_BYTES, False)
+    out += s.recv_request_data(b"y", False)
+    assert summary(out)[-3:] == [
+        ("abort", "request_payload_too_large"),
+        ("down", "headers", "413", False),
+        ("down", "data", b"Payload Too Large", True),
+    ]
+
+
+# ---- local replies ----------------------------------------------------------------------------------
+def reply_from(event: str, status: int = 401) -> dict[str, Reaction]:
+    def send(st: ScriptStream) -> A:
+        st.control.send_local_reply(C.LocalReply(status, ((b"X-Why", b"no"),), b"denied", "denied_by_test"))
+        return A.STOP
+
+    return {event: send}
+
+
+@pytest.mark.parametrize("event", ["req.headers", "req.body", "req.trailers"])
+def test_local_reply_from_the_request_path_goes_back_through_the_filters_that_saw_the_request(event: str) -> None:
+    log: list[tuple[str, ...]] = []
+    a, b, c = ScriptFilter("a", log), ScriptFilter("b", log, reply_from(event)), ScriptFilter("c", log)
+    s = C.Chain([a, b, c]).new_stream()
+    out = s.recv_request_headers(request(b"POST"), False)
+    out += s.recv_request_data(b"body", False)
+    out += s.recv_request_trailers([(b"t", b"1")])
+    out += s.recv_response_headers(response(), True)  # the upstream answer that lost the race is ignored
+    out += s.complete()
+    sent_up = [o for o in summary(out) if o[0] == "up"]
+    assert ("abort", "denied_by_test") in summary(out)
+    assert summary(out)[-2:] == [("down", "headers", "401", False), ("down", "data", b"denied", True)]
+    down = next(o for o in out if isinstance(o, C.SendHeaders) and o.target is C.Target.DOWNSTREAM)
+    assert (b"x-why", b"no") in down.headers and (b"content-length", b"6") in down.headers
+    # nothing after the reply reaches the request path of any filter
+    replied_at = [e[:2] for e in log].index(("b", event))
+    assert [e for e in log[replied_at + 1 :] if e[1].startswith("req.")] == []
+    # the reply's response callbacks: every filter that saw the request headers, reverse order
+    saw = [n for n in "abc" if (n, "req.headers", "eos=0") in log]
+    assert names(log, "resp.headers") == saw[::-1]
+    assert names(log, "complete") == ["a", "b", "c"]  # every filter is logged (Envoy's access-log hook)
+    if event == "req.headers":
+        assert sent_up == []
+
+
+def test_local_reply_from_outside_a_callback_while_paused() -> None:
+    log: list[tuple[str, ...]] = []
+    a = ScriptFilter("a", log, {"req.headers": A.STOP})
+    s = C.Chain([a, ScriptFilter("b", log)]).new_stream()
+    woken: list[C.Stream] = []
+    s.on_progress = woken.append
+    assert s.recv_request_headers(request(), True) == []
+    a.streams[0].control.send_local_reply(C.LocalReply(403, body=b"", details="async"))
+    assert woken == [s]
+    assert summary(s.take_outputs()) == [("abort", "async"), ("down", "headers", "403", True)]
+    assert names(log, "resp.headers") == ["a"]
+
+
+def test_second_local_reply_is_ignored() -> None:
+    log: list[tuple[str, ...]] = []
+
+    def reply_again(st: ScriptStream) -> A:
+        st.control.send_local_reply(C.LocalReply(500, details="second"))
+        return A.CONTINUE
+
+    a = ScriptFilter("a", log, {"resp.headers": reply_again})
+    b = ScriptFilter("b", log, reply_from("req.headers", 418))
+    s = C.Chain([a, b]).new_stream()
+    out = summary(s.recv_request_headers(request(), True))
+    assert out == [("abort", "denied_by_test"), ("down", "headers", "418", False), ("down", "data", b"denied", True)]
+
+
+# ---- fail strategies --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [
+        (C.FailStrategy.FAIL_OPEN, [("up", "headers", b"/p", True), ("down", "headers", "200", True)]),
+        (C.FailStrategy.FAIL_CLOSE, [("abort", "wasm_fail_stream"), ("down", "headers", "503", True)]),
+        (C.FailStrategy.FAIL_RELOAD, [("abort", "wasm_fail_stream"), ("down", "headers", "503", True)]),
+    ],
+)
+def test_a_failing_filter_applies_its_strategy(strategy: C.FailStrategy, expected: list[tuple[object, ...]]) -> None:
+    log: list[tuple[str, ...]] = []
+    a = ScriptFilter("a", log)
+    bad = ScriptFilter("bad", log, {"req.headers": A.FAIL, "resp.headers": A.FAIL}, fail_strategy=strategy)
+    c = ScriptFilter("c", log)
+    s = C.Chain([a, bad, c]).new_stream()
+    out = s.recv_request_headers(request(), True)
+    if strategy is C.FailStrategy.FAIL_OPEN:
+        out += s.recv_response_headers(response(), True)
+    out += s.complete()
+    assert summary(out) == expected
+    # a bypassed (failed) filter is never called again for this stream
+    assert names(log, "req.headers") == (["a", "bad", "c"] if strategy is C.FailStrategy.FAIL_OPEN else ["a", "bad"])
+    assert "bad" not in names(log, "resp.headers")
+    assert names(log, "complete") == ["a", "bad", "c"]
+
+
+def test_a_failure_after_the_response_started_resets_the_stream() -> None:
+    log: list[tuple[str, ...]] = []
+    bad = ScriptFilter("bad", log, {"resp.body": A.FAIL})
+    s = C.Chain([bad]).new_stream()
+    s.recv_request_headers(request(), True)
+    out = s.recv_response_headers(response(), False) + s.recv_response_data(b"x", True)
+    assert summary(out) == [("down", "headers", "200", False), ("reset", "wasm_fail_stream")]
+    assert s.recv_response_trailers([]) == []
+
+
+def test_fail_from_outside_a_callback_while_paused() -> None:
+    log: list[tuple[str, ...]] = []
+    a = ScriptFilter("a", log, {"req.headers": A.STOP}, fail_strategy=C.FailStrategy.FAIL_OPEN)
+    s = C.Chain([a, ScriptFilter("b", log)]).new_stream()
+    assert s.recv_request_headers(request(), True) == []
+    a.streams[0].control.fail()  # e.g. the VM trapped in an http-call response
+    assert summary(s.take_outputs()) == [("up", "headers", b"/p", True)]
+
+
+def test_close_resets_the_stream() -> None:
+    log: list[tuple[str, ...]] = []
+
+    def close(st: ScriptStream) -> A:
+        st.control.close()
+        return A.STOP
+
+    s = C.Chain([ScriptFilter("a", log, {"req.headers": close})]).new_stream()
+    assert summary(s.recv_request_headers(request(), False)) == [("reset", "wasm_close_stream")]
+    assert s.recv_request_data(b"late", True) == []

@@ -1,0 +1,163 @@
+"""The host's HTTP lifecycle with real wasm guests (generated WAT "tracers" that log every callback):
+callbacks only for exports, Envoy's end-of-stream order, contexts of plugins a local reply never reached
+still get created + logged, the replying plugin's own response callbacks run, body return codes 0-3."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import wasmtime
+
+from meshplug.agent import chain as C
+from meshplug.agent import host as H
+
+CALLBACKS = (
+    "proxy_on_context_create",
+    "proxy_on_request_headers",
+    "proxy_on_request_body",
+    "proxy_on_request_trailers",
+    "proxy_on_response_headers",
+    "proxy_on_response_body",
+    "proxy_on_response_trailers",
+    "proxy_on_log",
+    "proxy_on_done",
+    "proxy_on_delete",
+)
+_PARAMS = {
+    "proxy_on_context_create": 2,
+    "proxy_on_request_headers": 3,
+    "proxy_on_request_body": 3,
+    "proxy_on_request_trailers": 2,
+    "proxy_on_response_headers": 3,
+    "proxy_on_response_body": 3,
+    "proxy_on_response_trailers": 2,
+    "proxy_on_log": 1,
+    "proxy_on_done": 1,
+    "proxy_on_delete": 1,
+}
+_NO_RESULT = {"proxy_on_context_create", "proxy_on_log", "proxy_on_delete"}
+
+
+@functools.cache
+def tracer(omit: tuple[str, ...] = (), returns: tuple[tuple[str, int], ...] = (), reply_in: str = "") -> bytes:
+    """A proxy-wasm 0.2.1 guest whose every exported stream callback logs its short name ("request_body");
+    `returns` overrides results (default 0, on_done 1); `reply_in` sends a local 403 from that callback."""
+    result = dict(returns)
+    data: list[str] = []
+    funcs: list[str] = []
+    offset = 2048
+    for name in CALLBACKS:
+        if name in omit:
+            continue
+        short = name.removeprefix("proxy_on_")
+        data.append(f'(data (i32.const {offset}) "{short}")')
+        params = " ".join("(param i32)" for _ in range(_PARAMS[name]))
+        body = f"(drop (call $log (i32.const 2) (i32.const {offset}) (i32.const {len(short)})))"
+        if name == reply_in:
+            # status 403, details "traced", body "nope", no headers, no gRPC status
+            body += " (drop (call $reply (i32.const 403) (i32.const 1800) (i32.const 6)"
+            body += " (i32.const 1808) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const -1)))"
+        if name not in _NO_RESULT:
+            value = result.get(name, 1 if name == "proxy_on_done" else 0)
+            funcs.append(f'(func (export "{name}") {params} (result i32) {body} (i32.const {value}))')
+        else:
+            funcs.append(f'(func (export "{name}") {params} {body})')
+        offset += 32
+    wat = f"""(module
+      (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+      (import "env" "proxy_send_local_response"
+        (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 2)
+      (global $heap (mut i32) (i32.const 65536))
+      (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (local $p i32)
+        (local.set $p (global.get $heap))
+        (global.set $heap (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+        (local.get $p))
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+      {" ".join(funcs)}
+      (data (i32.const 1800) "traced")
+      (data (i32.const 1808) "nope")
+      {" ".join(data)})"""
+    return bytes(wasmtime.wat2wasm(wat))
+
+
+def trace(host: H.Host, plugin: str) -> list[str]:
+    return [r.message for r in host.logs if r.plugin == plugin]
+
+
+def new_host(backend: str) -> H.Host:
+    return H.Host(backend=backend, log_level=H.TRACE)
+
+
+def summary(out: list[C.Output]) -> list[tuple[object, ...]]:
+    rows: list[tuple[object, ...]] = []
+    for o in out:
+        if isinstance(o, C.SendHeaders):
+            rows.append((o.target.value, dict(o.headers).get(b":status"), o.end_stream))
+        elif isinstance(o, C.SendData):
+            rows.append((o.target.value, o.data, o.end_stream))
+        else:
+            rows.append((type(o).__name__,))
+    return rows
+
+
+BACKENDS = ("fast", "public")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_envoy_order_and_only_exported_callbacks(backend: str) -> None:
+    host = new_host(backend)
+    full = host.load(H.PluginConfig(name="full"), tracer())
+    sparse = host.load(
+        H.PluginConfig(name="sparse"),
+        tracer(omit=("proxy_on_request_body", "proxy_on_response_body", "proxy_on_done")),
+    )
+    host.logs.clear()  # the roots' context_create
+    s = C.Chain([full, sparse]).new_stream()
+    out = s.recv_request_headers(C.http1_request_headers(b"POST", b"/", [(b"host", b"h")]), False)
+    out += s.recv_request_data(b"abc", True)
+    out += s.recv_response_headers(C.http1_response_headers(200, []), False)
+    out += s.recv_response_data(b"ok", False)
+    out += s.recv_response_trailers([(b"x", b"1")])
+    s.complete()
+    assert summary(out)[2:] == [("downstream", b"200", False), ("downstream", b"ok", False), ("SendTrailers",)]
+    assert trace(host, "full") == [
+        "context_create",
+        "request_headers",
+        "request_body",
+        "response_headers",
+        "response_body",
+        "response_trailers",
+        "log",
+        "done",
+        "delete",
+    ]
+    assert trace(host, "sparse") == [
+        "context_create",
+        "request_headers",
+        "response_headers",
+        "response_trailers",
+        "log",
+        "delete",
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_local_reply_runs_the_repliers_response_callbacks_and_logs_every_plugin(backend: str) -> None:
+    host = new_host(backend)
+    first = host.load(H.PluginConfig(name="first"), tracer())
+    replier = host.load(H.PluginConfig(name="replier"), tracer(reply_in="proxy_on_request_headers"))
+    never = host.load(H.PluginConfig(name="never"), tracer())
+    host.logs.clear()
+    s = C.Chain([first, replier, never]).new_stream()
+    out = s.recv_request_headers(C.http1_request_headers(b"GET", b"/", [(b"host", b"h")]), True)
+    s.complete()
+    assert summary(out) == [("AbortUpstream",), ("downstream", b"403", False), ("downstream", b"nope", True)]
+    tail = ["response_headers", "response_body", "log", "done", "delete"]
+    assert trace(host, "replier") == ["context_create", "request_headers", *tail]
+    assert trace(host, "first") == ["context_create", "request_headers", *tail]
+    # Envoy's access-log hook creates the context of a filter the request never reached
+    assert trace(host, "never") == ["context_create", "log", "done", "delete"]
