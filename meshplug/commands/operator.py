@@ -7,6 +7,7 @@ listens on ``--module-listen`` and pods reach it as ``--module-host``:``--module
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -33,10 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--module-port", type=int, default=8080, help="the module server's Service port")
     parser.add_argument("--file-root", action="append", type=Path, default=[], help="allow file:// below this dir")
     parser.add_argument("--cache-dir", type=Path, help="module cache directory")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://127.0.0.1:8081/healthz")
 
 
 def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kubeconfig = args.kubeconfig or (Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None)
     if kubeconfig is not None:
         os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf logs in from the same file

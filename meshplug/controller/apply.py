@@ -14,6 +14,7 @@ import datetime
 import json
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes
@@ -39,6 +40,17 @@ def resource_path(api_version: str, kind: str, namespace: str, name: str = "") -
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     path = f"{base}/namespaces/{namespace}/{plural}"
     return f"{path}/{name}" if name else path
+
+
+@dataclass(frozen=True)
+class Credentials:
+    server: str
+    ca_path: str | None
+    insecure: bool
+    scheme: str | None
+    token: str | None = field(repr=False)
+    certificate_path: str | None
+    private_key_path: str | None
 
 
 class Writer:
@@ -78,6 +90,21 @@ class Writer:
             message = decoded.get("message", text) if isinstance(decoded, dict) else text
             raise errors.ApplyError(f"{method} {path}: {status} {message}"[:500], reason=reason or f"HTTP{status}")
         return decoded
+
+    def credentials(self) -> Credentials:
+        """What the client authenticates with; kopf logs in with the same (re-read on every re-login)."""
+        config = self._api.configuration
+        auth = config.auth_settings().get("BearerToken", {})
+        scheme, _, token = str(auth.get("value") or "").partition(" ")
+        return Credentials(
+            server=str(config.host),
+            ca_path=config.ssl_ca_cert,
+            insecure=not config.verify_ssl,
+            scheme=scheme or None,
+            token=token or None,
+            certificate_path=config.cert_file,
+            private_key_path=config.key_file,
+        )
 
     # --- reads -----------------------------------------------------------------------------------------------
 

@@ -27,6 +27,20 @@ _RESOURCE = (spec.API_GROUP, spec.API_VERSION, spec.PLURAL)
 def build_registry(reconciler: reconcile.Reconciler) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # the same credentials as the API writer (kubeconfig or in-cluster; re-read on every re-login)
+        creds = reconciler.writer.credentials()
+        return kopf.ConnectionInfo(
+            server=creds.server,
+            ca_path=creds.ca_path,
+            insecure=creds.insecure,
+            scheme=creds.scheme,
+            token=creds.token,
+            certificate_path=creds.certificate_path,
+            private_key_path=creds.private_key_path,
+        )
+
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="meshplug.io")
@@ -45,13 +59,13 @@ def build_registry(reconciler: reconcile.Reconciler) -> kopf.OperatorRegistry:
         except reconcile.Permanent as exc:
             raise kopf.PermanentError(str(exc)) from None
 
-    @kopf.on.resume(*_RESOURCE, registry=registry, retries=None)
-    @kopf.on.create(*_RESOURCE, registry=registry, retries=None)
-    @kopf.on.update(*_RESOURCE, registry=registry, retries=None, field="spec")
+    @kopf.on.resume(*_RESOURCE, registry=registry, retries=None, id="reconcile")
+    @kopf.on.create(*_RESOURCE, registry=registry, retries=None, id="reconcile")
+    @kopf.on.update(*_RESOURCE, registry=registry, retries=None, field="spec", id="reconcile")
     async def reconcile_plugin(body: kopf.Body, retry: int, **_: Any) -> None:
         await _reconcile(body, retry)
 
-    @kopf.on.delete(*_RESOURCE, registry=registry, retries=None)
+    @kopf.on.delete(*_RESOURCE, registry=registry, retries=None, id="cleanup")
     async def cleanup_plugin(body: kopf.Body, **_: Any) -> None:
         await asyncio.to_thread(reconciler.cleanup, dict(body))
 
