@@ -26,8 +26,12 @@ chain order, response events in reverse order; a filter that stops on headers ho
 (later data queues and is delivered to it, coalesced, once it resumes); a filter that stops on a body chunk
 buffers it and is called again with the accumulated size; `Action.FAIL` applies the filter's
 `FailStrategy` (FAIL_OPEN bypasses it for the rest of the stream, FAIL_CLOSE / FAIL_RELOAD answer 503,
-details ``wasm_fail_stream``); a local reply stops the request direction and is encoded through the
-response path of the filters that saw the request (Envoy runs its encoder filters on local replies).
+details ``wasm_fail_stream``); body results WATERMARK / NO_BUFFER keep / drop the chunk while later calls
+see only new data (Envoy's StopIterationAndWatermark / NoBuffer). A local reply stops the request
+direction; before the upstream response entered the chain it is encoded through the response path of
+the filters that saw the request (Envoy's sendLocalReplyViaFilterChain), after that it goes straight
+downstream (sendDirectLocalReply), once the response went downstream the stream is reset. `complete()`
+reaches every filter (Envoy's access-log hook).
 Buffered bodies above `limits.MAX_BUFFERED_BODY_BYTES` get 413 (request) / 500 (response), as Envoy.
 Filters act on the stream only through their `StreamControl`, whose methods may be called at any time
 outside a filter callback (e.g. from an http-call response); the chain then advances the stream and calls
@@ -69,8 +73,12 @@ class Action(Enum):
 
     CONTINUE = "continue"
     STOP = "stop"  # headers/trailers: stop all iteration until resumed
-    BUFFER = "buffer"  # body: keep the chunk, call again with the accumulated body
+    BUFFER = "buffer"  # body: keep the chunk, call again with the accumulated body (StopIterationAndBuffer)
     FAIL = "fail"  # the plugin failed (trap, budget): apply its FailStrategy
+    # body: keep the chunk out of the filter's view -- later calls show only new data -- and forward
+    # everything kept when the filter continues (Envoy's StopIterationAndWatermark)
+    WATERMARK = "watermark"
+    NO_BUFFER = "no_buffer"  # body: drop the chunk, stop (Envoy's StopIterationNoBuffer)
 
 
 class Direction(IntEnum):
@@ -242,7 +250,7 @@ class _Lane:
     """One direction's pipeline. Position i is filter i in this direction's order (the response lane runs
     the chain backwards); frames that must wait for position i queue in ``inbox[i]`` (i == n: output)."""
 
-    __slots__ = ("body", "body_end", "buffering", "closed", "held", "inbox", "n", "stalled")
+    __slots__ = ("body", "body_end", "buffering", "closed", "held", "inbox", "n", "stalled", "stash")
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -251,6 +259,7 @@ class _Lane:
         self.body: list[bytearray] = [bytearray() for _ in range(n)]
         self.buffering = [False] * n
         self.body_end = [False] * n
+        self.stash: dict[int, bytearray] | None = None  # data kept out of a filter's view (WATERMARK)
         self.closed = False
         #: some position holds a frame or buffers a body, or frames are queued: new frames must queue too
         self.stalled = False
@@ -267,6 +276,7 @@ class _Lane:
             self.stalled = (
                 any(h is not None for h in self.held)
                 or any(self.buffering)
+                or bool(self.stash)
                 or (self.inbox is not None and any(self.inbox))
             )
 
@@ -313,6 +323,16 @@ class StreamControl:
     @property
     def response_started(self) -> bool:
         return self._stream.response_started
+
+    @property
+    def bytes_received(self) -> int:
+        """Request body bytes received from downstream so far."""
+        return self._stream.bytes_received
+
+    @property
+    def bytes_sent(self) -> int:
+        """Response body bytes sent downstream so far."""
+        return self._stream.bytes_sent
 
 
 _Control = tuple[str, int, object]
@@ -362,6 +382,9 @@ class Stream:
         self._outputs: list[Output] = []
         self._busy = False
         self._pending = False  # frames were queued since the loop last ran
+        self.bytes_received = 0  # request body bytes from downstream (Envoy's bytesReceived)
+        self.bytes_sent = 0  # response body bytes sent downstream (bytesSent)
+        self.response_entered = False  # upstream response headers entered the chain
 
     # ---- positions: request lane uses chain order, response lane the reverse ------------------------
     def _pos(self, direction: Direction, index: int) -> int:
@@ -386,6 +409,7 @@ class Stream:
         return self._feed(_REQUEST, (_HEADERS, end_stream, b""))
 
     def recv_request_data(self, data: bytes, end_stream: bool) -> list[Output]:
+        self.bytes_received += len(data)
         return self._feed(_REQUEST, (_DATA, end_stream, bytes(data)))
 
     def recv_request_trailers(self, trailers: Headers) -> list[Output]:
@@ -396,6 +420,7 @@ class Stream:
         if self.local_reply is not None or self.reset is not None:
             return self.take_outputs()
         self.response_headers[:] = headers
+        self.response_entered = True
         return self._feed(_RESPONSE, (_HEADERS, end_stream, b""))
 
     def recv_response_data(self, data: bytes, end_stream: bool) -> list[Output]:
@@ -535,7 +560,10 @@ class Stream:
             body = lane.body[pos]
             body += frame[2]
             lane.body_end[pos] = frame[1]
-            if len(body) > limits.MAX_BUFFERED_BODY_BYTES:
+            kept = len(body) + (len(lane.stash[pos]) if lane.stash is not None and pos in lane.stash else 0)
+            if kept > limits.MAX_BUFFERED_BODY_BYTES:
+                # also for WATERMARK: the shell applies no backpressure through the chain, so the limit
+                # Envoy enforces with flow control is a 413 / 500 here
                 self._overflow(direction)
                 return None
             action = fs.on_body(direction, len(body), frame[1])
@@ -547,6 +575,13 @@ class Stream:
             lane.held[pos] = frame  # the frame continues if the strategy bypasses the filter
         elif kind == _DATA:
             lane.buffering[pos] = True
+            if action is Action.WATERMARK:
+                if lane.stash is None:
+                    lane.stash = {}
+                lane.stash.setdefault(pos, bytearray()).extend(lane.body[pos])
+                lane.body[pos].clear()
+            elif action is Action.NO_BUFFER:
+                lane.body[pos].clear()
         else:
             lane.held[pos] = frame
         return None
@@ -558,6 +593,8 @@ class Stream:
         if kind == _HEADERS:
             return frame
         body = lane.body[pos]
+        if lane.stash is not None and pos in lane.stash:  # kept chunks go first
+            body[0:0] = lane.stash.pop(pos)
         if kind == _DATA:
             data = bytes(body)
             body.clear()
@@ -583,6 +620,8 @@ class Stream:
             out = self._release(lane, pos, held)
         elif lane.buffering[pos]:
             out = self._release(lane, pos, (_DATA, lane.body_end[pos], b""))
+            if out is not None and not out[2] and not out[1]:
+                return  # nothing kept (NO_BUFFER) and the stream goes on: nothing to forward yet
         else:
             return
         if out is not None:
@@ -603,6 +642,7 @@ class Stream:
             self._outputs.append(SendHeaders(Target.DOWNSTREAM, tuple(self.response_headers), frame[1]))
             self.response_started = True
         elif kind == _DATA:
+            self.bytes_sent += len(frame[2])
             self._outputs.append(SendData(Target.DOWNSTREAM, frame[2], frame[1]))
         else:
             self._outputs.append(SendTrailers(Target.DOWNSTREAM, tuple(self.response_trailers)))
@@ -683,11 +723,19 @@ class Stream:
             headers.append((b"content-length", str(len(reply.body)).encode()))
         if reply.grpc_status is not None and 0 <= reply.grpc_status <= 16:
             headers.append((b"grpc-status", str(reply.grpc_status).encode()))
-        # a fresh response lane: filters that never saw the request are skipped (see _deliver)
+        # a fresh response lane (whatever the upstream response left in the old one is dropped); filters
+        # that never saw the request are skipped (see _deliver)
         lane = _Lane(self._n)
         self._lanes[_RESPONSE] = lane
         self.response_headers[:] = headers
         self.response_trailers.clear()
+        if self.response_entered:
+            # the upstream response already entered the filters: Envoy bypasses them (sendDirectLocalReply)
+            lane.closed = True
+            self._emit(_RESPONSE, (_HEADERS, not reply.body, b""))
+            if reply.body:
+                self._emit(_RESPONSE, (_DATA, True, reply.body))
+            return
         q = lane.queue(0)
         q.append((_HEADERS, not reply.body, b""))
         if reply.body:

@@ -172,6 +172,10 @@ class Metrics:
 
 
 # --- contexts ---------------------------------------------------------------------------------------
+#: proxy-wasm body results 0-2 (3 and above: StopIterationNoBuffer)
+_BODY_ACTIONS = (Action.CONTINUE, Action.BUFFER, Action.WATERMARK)
+
+
 class Context:
     """A proxy-wasm context on one VM. Shims act on `vm.effective` through these methods."""
 
@@ -227,6 +231,7 @@ class HttpContext(Context):
         self.local_reply_sent = False
         self.plugin_ref = root.plugin_ref
         self.generation = root.plugin_ref.generation
+        self.completed_ns = 0
 
     # map/buffer access for shims
     def header_map(self, map_type: int) -> Headers | None:
@@ -305,14 +310,15 @@ class HttpContext(Context):
             return Action.FAIL
         if sent:  # a local reply sent in this callback forces "stop" (cpp-host)
             return Action.STOP
-        if body:
-            return Action.CONTINUE if r == 0 else Action.BUFFER
+        if body:  # as Envoy's Context::onRequestBody / onResponseBody map them
+            return _BODY_ACTIONS[r] if r < 3 else Action.NO_BUFFER
         # headers: 2 (ContinueAndEndStream) ends up as continue in Envoy; every other non-zero stops all
         return Action.CONTINUE if r in (0, 2) else Action.STOP
 
     def on_complete(self) -> None:
         if self.deleted:
             return
+        self.completed_ns = time.time_ns()  # request.duration (Envoy: requestComplete, known at on_log)
         if not self.created and not self._ensure():
             # Envoy's access-log hook creates the context of a filter the request never reached
             # (a local reply or reset before it) so that on_log / on_done / on_delete stay balanced

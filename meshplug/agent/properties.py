@@ -1,7 +1,10 @@
 """`proxy_get_property`: Envoy 1.40's attribute names and binary encodings (ABI reference sections 3.2, 6).
 
 Called by meshplug.agent.abi with the effective context and the raw NUL-separated path. Encodings: strings
-raw, ints/durations/timestamps 8-byte little-endian, bools 1 byte, maps as header pairs. Values written
+raw, ints/durations/timestamps 8-byte little-endian, bools 1 byte, maps as header pairs. Sizes follow
+Envoy's attributes: request.size (content-length, else body bytes received), request.total_size (body +
+header bytes), response.size / total_size (body bytes sent, + headers + trailers), request.duration (ns,
+once the stream is complete, i.e. in on_log). Values written
 with `proxy_set_property` are read back for the same path (Envoy: filter state "wasm.<name>"). Istio node
 metadata (`node.metadata.<KEY>`, also under `xds.node`) comes from the host's `node` mapping.
 """
@@ -34,6 +37,11 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
         if k == name:
             return v
     return None
+
+
+def _byte_size(headers: list[tuple[bytes, bytes]]) -> int:
+    """Envoy's HeaderMap::byteSize: key and value lengths of every entry (pseudo-headers included)."""
+    return sum(len(k) + len(v) for k, v in headers)
 
 
 def _joined(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -87,6 +95,19 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
             return info.protocol.encode()
         if key == b"time":
             return enc_int(info.start_time_ns) if info.start_time_ns else None
+        if isinstance(ctx, HttpContext):
+            received = ctx.control.bytes_received
+            if key == b"size":  # Envoy: content-length when present, else the body bytes received
+                length = _header(req, b"content-length")
+                if length is None:
+                    return enc_int(received)
+                return enc_int(int(length)) if length.strip().isdigit() else None
+            if key == b"total_size":
+                return enc_int(received + _byte_size(req))
+            if key == b"duration":  # Envoy: requestComplete(), set once the stream is over (on_log)
+                if ctx.completed_ns and info.start_time_ns:
+                    return enc_int(max(0, ctx.completed_ns - info.start_time_ns))
+                return None
         return None
     if head == b"response" and len(segs) >= 2:
         key = segs[1]
@@ -99,6 +120,12 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
             return pairs.encode(_joined(resp))
         if key == b"trailers" and isinstance(ctx, HttpContext):
             return pairs.encode(_joined(ctx.control.trailers(Direction.RESPONSE)))
+        if isinstance(ctx, HttpContext):
+            sent = ctx.control.bytes_sent
+            if key == b"size":
+                return enc_int(sent)
+            if key == b"total_size":
+                return enc_int(sent + _byte_size(resp) + _byte_size(ctx.control.trailers(Direction.RESPONSE)))
         return None
     if head in (b"source", b"destination", b"connection", b"connection_id") and len(segs) >= 1:
         key = segs[1] if len(segs) >= 2 else b""

@@ -441,3 +441,97 @@ def test_close_resets_the_stream() -> None:
     s = C.Chain([ScriptFilter("a", log, {"req.headers": close})]).new_stream()
     assert summary(s.recv_request_headers(request(), False)) == [("reset", "wasm_close_stream")]
     assert s.recv_request_data(b"late", True) == []
+
+
+# ---- body results 2 and 3 (Envoy's StopIterationAndWatermark / StopIterationNoBuffer) ---------------------
+def until_end(stopped: A) -> Callable[[ScriptStream], A]:
+    def react(st: ScriptStream) -> A:
+        return A.CONTINUE if st.f.log[-1][-1] == "eos=1" else stopped
+
+    return react
+
+
+@pytest.mark.parametrize(
+    ("stopped", "seen", "upstream"),
+    [
+        (A.BUFFER, ["ab", "abcd", "abcdef"], b"abcdef"),  # the accumulated buffer each time
+        (A.WATERMARK, ["ab", "cd", "ef"], b"abcdef"),  # only new data; all of it forwarded at the end
+        (A.NO_BUFFER, ["ab", "cd", "ef"], b"ef"),  # only new data; what it stopped on is dropped
+    ],
+)
+def test_body_stop_flavours(stopped: A, seen: list[str], upstream: bytes) -> None:
+    log: list[tuple[str, ...]] = []
+    s = C.Chain([ScriptFilter("a", log, {"req.body": until_end(stopped)}), ScriptFilter("b", log)]).new_stream()
+    out = s.recv_request_headers(request(b"POST"), False)
+    for chunk, last in ((b"ab", False), (b"cd", False), (b"ef", True)):
+        out += s.recv_request_data(chunk, last)
+    assert [e[2] for e in log if e[:2] == ("a", "req.body")] == seen
+    assert [e[2] for e in log if e[:2] == ("b", "req.body")] == [upstream.decode()]
+    assert summary(out) == [("up", "headers", b"/p", False), ("up", "data", upstream, True)]
+
+
+def test_watermarked_data_goes_before_the_trailers_and_on_resume() -> None:
+    log: list[tuple[str, ...]] = []
+    a = ScriptFilter("a", log, {"req.body": A.WATERMARK, "resp.body": A.WATERMARK})
+    s = C.Chain([a]).new_stream()
+    out = s.recv_request_headers(request(b"POST"), False)
+    out += s.recv_request_data(b"ab", False)
+    out += s.recv_request_data(b"cd", False)
+    out += s.recv_request_trailers([(b"t", b"1")])
+    assert summary(out)[1:] == [("up", "data", b"abcd", False), ("up", "trailers")]
+    out = s.recv_response_headers(response(), False) + s.recv_response_data(b"xy", True)
+    assert summary(out) == [("down", "headers", "200", False)]
+    a.streams[0].control.resume(RESP)
+    assert summary(s.take_outputs()) == [("down", "data", b"xy", True)]
+
+
+def test_no_buffer_then_resume_ends_the_stream_with_an_empty_chunk() -> None:
+    log: list[tuple[str, ...]] = []
+    a = ScriptFilter("a", log, {"req.body": A.NO_BUFFER})
+    s = C.Chain([a]).new_stream()
+    out = s.recv_request_headers(request(b"POST"), False) + s.recv_request_data(b"gone", True)
+    assert summary(out) == [("up", "headers", b"/p", False)]
+    a.streams[0].control.resume(REQ)
+    assert summary(s.take_outputs()) == [("up", "data", b"", True)]
+
+
+# ---- a local reply after the response entered the chain goes straight downstream ------------------------
+def test_local_reply_from_the_response_path_bypasses_the_filters() -> None:
+    log: list[tuple[str, ...]] = []
+    a = ScriptFilter("a", log)
+    b = ScriptFilter("b", log, reply_from("resp.headers", 502))
+    s = C.Chain([a, b]).new_stream()
+    s.recv_request_headers(request(), True)
+    out = s.recv_response_headers(response(), False)
+    out += s.recv_response_data(b"upstream body", True)  # dropped: the reply replaced the response
+    assert summary(out) == [
+        ("abort", "denied_by_test"),
+        ("down", "headers", "502", False),
+        ("down", "data", b"denied", True),
+    ]
+    # Envoy's sendDirectLocalReply: no filter sees the reply (b's own call was the upstream response's)
+    assert names(log, "resp.headers") == ["b"]
+    assert names(log, "resp.body") == []
+
+
+def test_local_reply_after_the_response_went_downstream_resets() -> None:
+    log: list[tuple[str, ...]] = []
+    b = ScriptFilter("b", log, reply_from("resp.body"))
+    s = C.Chain([b]).new_stream()
+    s.recv_request_headers(request(), True)
+    out = s.recv_response_headers(response(), False) + s.recv_response_data(b"x", True)
+    assert summary(out) == [("down", "headers", "200", False), ("reset", "denied_by_test")]
+
+
+def test_byte_counters() -> None:
+    log: list[tuple[str, ...]] = []
+    a = ScriptFilter("a", log)
+    s = C.Chain([a]).new_stream()
+    s.recv_request_headers(request(b"POST"), False)
+    s.recv_request_data(b"12345", True)
+    s.recv_response_headers(response(), False)
+    s.recv_response_data(b"abc", False)
+    s.recv_response_data(b"de", True)
+    assert (s.bytes_received, s.bytes_sent) == (5, 5)
+    control = a.streams[0].control
+    assert (control.bytes_received, control.bytes_sent) == (5, 5)

@@ -161,3 +161,121 @@ def test_a_local_reply_runs_the_repliers_response_callbacks_and_logs_every_plugi
     assert trace(host, "first") == ["context_create", "request_headers", *tail]
     # Envoy's access-log hook creates the context of a filter the request never reached
     assert trace(host, "never") == ["context_create", "log", "done", "delete"]
+
+
+def _guest(body: str, imports: str = "", data: str = "") -> bytes:
+    wat = f"""(module
+      (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+      {imports}
+      (memory (export "memory") 2)
+      (global $heap (mut i32) (i32.const 65536))
+      (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (local $p i32)
+        (local.set $p (global.get $heap))
+        (global.set $heap (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+        (local.get $p))
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_context_create") (param i32 i32))
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+      {body}
+      {data})"""
+    return bytes(wasmtime.wat2wasm(wat))
+
+
+@functools.cache
+def body_guest(stopped: int) -> bytes:
+    """proxy_on_request_body logs the size it is shown (one digit) and returns `stopped` until end of stream."""
+    return _guest(f"""
+      (func (export "proxy_on_request_body") (param $id i32) (param $size i32) (param $eos i32) (result i32)
+        (i32.store8 (i32.const 3000) (i32.add (local.get $size) (i32.const 48)))
+        (drop (call $log (i32.const 2) (i32.const 3000) (i32.const 1)))
+        (select (i32.const 0) (i32.const {stopped}) (local.get $eos)))""")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("code", "sizes", "upstream"),
+    [
+        (1, ["2", "4", "6"], b"abcdef"),  # StopIterationAndBuffer: the accumulated body each time
+        (2, ["2", "2", "2"], b"abcdef"),  # StopIterationAndWatermark: only new data, all forwarded
+        (3, ["2", "2", "2"], b"ef"),  # StopIterationNoBuffer: the stopped chunks are dropped
+        (7, ["2", "2", "2"], b"ef"),  # anything else: NoBuffer (Envoy's default branch)
+    ],
+)
+def test_body_return_codes_as_envoy_maps_them(backend: str, code: int, sizes: list[str], upstream: bytes) -> None:
+    host = new_host(backend)
+    plugin = host.load(H.PluginConfig(name="body"), body_guest(code))
+    s = C.Chain([plugin]).new_stream()
+    out = s.recv_request_headers(C.http1_request_headers(b"POST", b"/", [(b"host", b"h")]), False)
+    for chunk, last in ((b"ab", False), (b"cd", False), (b"ef", True)):
+        out += s.recv_request_data(chunk, last)
+    s.complete()
+    assert trace(host, "body") == sizes
+    assert [(o.data, o.end_stream) for o in out if isinstance(o, C.SendData)] == [(upstream, True)]
+
+
+PROPERTIES = ("request\0size", "request\0total_size", "response\0size", "response\0total_size", "request\0duration")
+
+
+@functools.cache
+def property_guest() -> bytes:
+    """In request headers and in on_log: for each of PROPERTIES log the status digit, then the value if OK."""
+    data, reads, offset = [], [], 2048
+    for path in PROPERTIES:
+        wat_path = path.replace("\0", "\\00")
+        data.append(f'(data (i32.const {offset}) "{wat_path}")')
+        reads.append(f"""
+          (local.set $st (call $prop (i32.const {offset}) (i32.const {len(path)}) (i32.const 4000) (i32.const 4004)))
+          (i32.store8 (i32.const 4100) (i32.add (local.get $st) (i32.const 48)))
+          (drop (call $log (i32.const 2) (i32.const 4100) (i32.const 1)))
+          (if (i32.eqz (local.get $st))
+            (then (drop (call $log (i32.const 2) (i32.load (i32.const 4000)) (i32.load (i32.const 4004))))))""")
+        offset += 64
+    return _guest(
+        f"""
+      (func $read_all (local $st i32) {"".join(reads)})
+      (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (call $read_all) (i32.const 0))
+      (func (export "proxy_on_log") (param i32) (call $read_all))""",
+        imports='(import "env" "proxy_get_property" (func $prop (param i32 i32 i32 i32) (result i32)))',
+        data=" ".join(data),
+    )
+
+
+def ints(messages: list[str]) -> list[int | str]:
+    """status digits stay strings, 8-byte values (small enough to be ASCII here) become ints."""
+    return [int.from_bytes(m.encode(), "little") if len(m) == 8 else m for m in messages]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sizes_and_duration_properties(backend: str) -> None:
+    host = new_host(backend)
+    plugin = host.load(H.PluginConfig(name="props"), property_guest())
+    s = C.Chain([plugin]).new_stream(C.StreamInfo(start_time_ns=1))
+    req = C.http1_request_headers(b"POST", b"/", [(b"host", b"h")])  # 7+4 + 5+1 + 10+1 + 7+4 = 39 bytes
+    s.recv_request_headers(req, False)
+    s.recv_request_data(b"abc", False)
+    s.recv_request_data(b"de", True)
+    s.recv_response_headers([(b":status", b"200")], False)  # 10 bytes
+    s.recv_response_data(b"xyz", False)
+    s.recv_response_trailers([(b"t", b"1")])  # 2 bytes
+    s.complete()
+    messages = trace(host, "props")
+    at_headers, at_log = ints(messages[:9]), ints(messages[9:])
+    # response headers: 5 body bytes received, nothing sent yet, the request is not complete
+    assert at_headers == ["0", 5, "0", 5 + 39, "0", 0, "0", 0 + 10, "1"]
+    # on_log: 3 body bytes sent, headers + trailers counted, the duration is known
+    assert at_log[:8] == ["0", 5, "0", 5 + 39, "0", 3, "0", 3 + 10 + 2]
+    assert at_log[8] == "0" and len(messages[17]) >= 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_request_size_prefers_content_length(backend: str) -> None:
+    host = new_host(backend)
+    plugin = host.load(H.PluginConfig(name="props"), property_guest())
+    s = C.Chain([plugin]).new_stream()
+    s.recv_request_headers(C.http1_request_headers(b"POST", b"/", [(b"host", b"h"), (b"content-length", b"9")]), False)
+    s.recv_request_data(b"ab", True)
+    s.recv_response_headers([(b":status", b"200")], True)
+    s.complete()
+    assert ints(trace(host, "props")[:2]) == ["0", 9]
