@@ -53,17 +53,19 @@ def _loop(ch: C.Chain, n: int) -> float:
     return (time.process_time() - t0) / n
 
 
-def host_added_us(data: bytes, backend: str, rounds: int, n: int) -> float:
+def host_added_us(data: bytes, backend: str, rounds: int, n: int) -> tuple[float, float]:
+    """(median added CPU per request with the plugin, median CPU per request of the empty chain), in us."""
     host = H.Host(backend=backend)
     plugin = host.load(H.PluginConfig(name="bench", configuration=json.dumps(CONFIG).encode()), data)
     with_p, without = C.Chain([plugin]), C.Chain([])
     _loop(with_p, n // 10)
-    diffs = []
+    diffs, bases = [], []
     for _ in range(rounds):
         a = _loop(without, n)
         b = _loop(with_p, n)
         diffs.append((b - a) * 1e6)
-    return statistics.median(diffs)
+        bases.append(a * 1e6)
+    return statistics.median(diffs), statistics.median(bases)
 
 
 # --- Envoy ------------------------------------------------------------------------------------------
@@ -244,14 +246,15 @@ def main() -> int:
     args = ap.parse_args()
     built = modules.module(args.module)
     data = built.path.read_bytes()
-    fast = host_added_us(data, "fast", args.rounds, args.requests)
-    public = host_added_us(data, "public", max(2, args.rounds // 2), max(300, args.requests // 10))
+    fast, chain_base = host_added_us(data, "fast", args.rounds, args.requests)
+    public, _ = host_added_us(data, "public", max(2, args.rounds // 2), max(300, args.requests // 10))
     with tempfile.TemporaryDirectory(prefix="mp-bench-") as tmp:
         envoy, envoy_base = envoy_added_us(built.path, args.rounds, args.seconds, Path(tmp))
     print(f"module {args.module}, rounds {args.rounds}, medians of per-round differences")
     print(f"{'plane':<34}{'added CPU/req (us)':>20}")
     print(f"{'meshplug host, fast backend':<34}{fast:>20.1f}")
     print(f"{'meshplug host, public backend':<34}{public:>20.1f}")
+    print(f"{'(meshplug empty chain, per request)':<34}{chain_base:>20.1f}")
     print(f"{'Envoy 1.40 + V8 (base ' + f'{envoy_base:.0f} us/req)':<34}{envoy:>20.1f}")
     ratio = fast / envoy if envoy > 0 else float("inf")
     print(f"ratio host(fast)/Envoy = {ratio:.2f}  (target <= 2.00: {'met' if ratio <= 2 else 'NOT met'})")

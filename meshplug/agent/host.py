@@ -260,12 +260,17 @@ class HttpContext(Context):
         return self.vm.failed is None and not self.deleted and self.generation == self.plugin_ref.generation
 
     def _ensure(self) -> bool:
-        if not self._alive() or not self.vm.http_capable:
+        wvm = self.vm
+        if (
+            wvm.failed is not None
+            or self.deleted
+            or self.generation != self.plugin_ref.generation
+            or not wvm.http_capable
+        ):
             # a root-only module installed as an HTTP filter: Envoy answers 503 (fail strategy applies)
             return False
         if not self.created:
             self.created = True
-            wvm = self.vm
             self.id = wvm.next_id()
             wvm.contexts[self.id] = self
             fn = wvm.cb.context_create

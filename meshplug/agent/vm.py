@@ -623,6 +623,7 @@ class FastGuest(Guest):
         self._keep.append((arr, target, c_args))
         guest = self
         integral = sig.results[:1] in (("i32",), ("i64",))  # "I"/"Q" already unpack as unsigned ints
+        unpack_result = res or struct.Struct("<I").unpack_from
 
         def call(*args: int) -> int:
             pack(arr, 0, *args)
@@ -638,11 +639,12 @@ class FastGuest(Guest):
             if err or trap.value:  # a failing host function returns a trap too (see _make_host)
                 guest._fail(err, trap.value)
             if integral:
-                return cast(int, res(arr, 0)[0])  # type: ignore[misc]
+                value: int = unpack_result(arr, 0)[0]
+                return value
             if res is None:
                 return 0
-            value = res(arr, 0)[0]
-            return int(value) & mask if mask else int(value)
+            result = res(arr, 0)[0]
+            return int(result) & mask if mask else int(result)
 
         return call
 
