@@ -71,3 +71,15 @@ REMOTE_CODE_TIMEOUT_S = 30
 REMOTE_CODE_RETRIES = 5
 #: failing pods listed in a WasmPlugin's status (the CRD's maxItems); the counts cover all of them
 MAX_FAILING_PODS_REPORTED = 20
+#: one push to one pod's agent (connect + load + reply; the agent fetches and starts modules before replying)
+AGENT_PUSH_TIMEOUT_S = 30.0
+#: pushes to different pods' agents in flight at once (per operator)
+AGENT_PUSH_CONCURRENCY = 16
+#: reconcile workers (threads) draining the operator's work queue
+RECONCILE_WORKERS = 4
+#: retry delay after a failed reconcile: first, cap (doubling in between)
+RECONCILE_BACKOFF_FIRST_S = 5.0
+RECONCILE_BACKOFF_MAX_S = 300.0
+#: leader election Lease: how long a holder's claim lasts without renewal, and how often it renews
+LEASE_DURATION_S = 15.0
+LEASE_RENEW_S = 5.0
