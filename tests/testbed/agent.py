@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,13 @@ def base_config(
     push: dict[str, Any] | None = None,
     state_dir: Path | None = None,
     drain_timeout_s: float | None = None,
+    listener_type: str = "http",
 ) -> dict[str, Any]:
+    listener = {"name": "main", "address": "127.0.0.1", "port": port, "cluster": listener_cluster}
+    if listener_type != "http":
+        listener["type"] = listener_type
     raw: dict[str, Any] = {
-        "listeners": [{"name": "main", "address": "127.0.0.1", "port": port, "cluster": listener_cluster}],
+        "listeners": [listener],
         "clusters": [{"name": n, "address": "127.0.0.1", "port": p} for n, p in sorted(clusters.items())],
         "admin": {"address": "127.0.0.1", "port": admin_port},
         "plugins": plugins or [],
@@ -126,15 +131,20 @@ def start_agent(
     )
     agent = Agent(proc=proc, port=port, admin_port=admin_port, push_port=push_port, config_path=path)
     try:
-        procs.wait_until(lambda: _alive_and_ready(agent), timeout=timeout, what=f"{name} to answer /ready with LIVE")
-    except BaseException:
+        _wait_ready(agent, timeout=timeout, name=name)
+    except BaseException as exc:
         tail = proc.log()[-4000:]
         proc.stop()
-        raise RuntimeError(f"{name} did not become ready; log tail:\n{tail}") from None
+        raise RuntimeError(f"{name} did not become ready ({exc}); log tail:\n{tail}") from None
     return agent
 
 
-def _alive_and_ready(agent: Agent) -> bool:
-    if not agent.proc.alive():
-        raise RuntimeError(f"agent exited with {agent.proc.popen.returncode}")
-    return agent.ready()
+def _wait_ready(agent: Agent, *, timeout: float, name: str) -> None:
+    """Poll /ready until LIVE; an agent that exits (e.g. refused its config) ends the wait at once."""
+    deadline = time.monotonic() + timeout
+    while not agent.ready():
+        if not agent.proc.alive():
+            raise RuntimeError(f"{name} exited with {agent.proc.popen.returncode}")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {name} to answer /ready with LIVE")
+        time.sleep(0.05)
