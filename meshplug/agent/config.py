@@ -4,12 +4,19 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
 `AgentConfig`. Every problem is a `ConfigError` naming the offending key. YAML or JSON:
 
     listeners:                       # where the proxy accepts traffic (>= 1)
-      - {name: inbound, address: 127.0.0.1, port: 15006, cluster: app}
+      - {name: inbound, address: 127.0.0.1, port: 15006, cluster: app}     # type: http (the default)
+      - {name: db, port: 15007, cluster: db, type: tcp}   # L4: bytes through the network plugins (tcp_proxy)
     clusters:                        # named upstreams: the listeners' targets and plugins' http-call targets
       - {name: app, address: 127.0.0.1, port: 8080, connect_timeout_s: 5, response_timeout_s: 15}
     admin: {address: 127.0.0.1, port: 15000}         # /ready /config_dump /stats/prometheus /logging
     push: {address: 0.0.0.0, port: 15010, token_file: /var/run/secrets/meshplug/push-token}   # optional
     state_dir: /var/lib/meshplug     # optional: last good pushed config + modules survive restarts
+    modules:                         # optional: module supply (meshplug.fetch: https, oci, file + sha256)
+      cache_dir: /var/lib/meshplug/cache       # default <state_dir>/cache, else $MESHPLUG_CACHE/modules
+      file_roots: [/modules]         # file:// URLs are read only below these (+ the static plugins' files)
+      server:                        # the operator's module server: its URLs get the bearer token
+        url: http://meshplug-modules.meshplug-system:8080
+        token_file: /var/run/secrets/meshplug/module-token
     drain_timeout_s: 20
     plugins:                         # chain order; same fields as a pushed protocol.ExtensionConfig
       - name: add-header
@@ -25,6 +32,7 @@ Relative paths (module files, token_file, state_dir) are relative to the config 
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +42,10 @@ import yaml
 
 from meshplug import errors, limits, protocol
 
+#: listener types: an HTTP/1.1 reverse proxy through the HTTP filter chain, or a TCP proxy through the
+#: plugins' network (L4) callbacks
+LISTENER_TYPES = ("http", "tcp")
+
 
 @dataclass(frozen=True)
 class Listener:
@@ -41,6 +53,7 @@ class Listener:
     address: str
     port: int
     cluster: str
+    type: str = "http"
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,23 @@ class PushEndpoint:
 
 
 @dataclass(frozen=True)
+class ModuleServer:
+    """Where the operator serves modules; requests to this origin carry `Authorization: Bearer <token>`."""
+
+    url: str
+    token_file: Path
+
+
+@dataclass(frozen=True)
+class Modules:
+    """Module supply: the fetch cache, the directories file:// URLs may read, the module server."""
+
+    cache_dir: Path | None = None
+    file_roots: tuple[Path, ...] = ()
+    server: ModuleServer | None = None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     listeners: tuple[Listener, ...]
     clusters: tuple[Cluster, ...]
@@ -75,6 +105,15 @@ class AgentConfig:
     state_dir: Path | None = None
     drain_timeout_s: float = limits.DRAIN_TIMEOUT_S
     plugins: tuple[protocol.ExtensionConfig, ...] = ()
+    modules: Modules = Modules()
+
+    @property
+    def plugin_kind(self) -> str | None:
+        """How plugins are used: "http" or "network" when every listener is of one type, None when both."""
+        kinds = {lst.type for lst in self.listeners}
+        if kinds == {"tcp"}:
+            return "network"
+        return "http" if kinds == {"http"} else None
 
     def cluster(self, name: str) -> Cluster:
         for c in self.clusters:
@@ -161,10 +200,37 @@ def _plugin(raw: Any, where: str, base: Path) -> protocol.ExtensionConfig:
         raise errors.ConfigError(exc.message) from None
 
 
+def _modules(raw: Any, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]) -> Modules:
+    obj = _obj(raw, "modules")
+    _keys(obj, {"cache_dir", "file_roots", "server"}, "modules")
+    cache_dir = _path(base, _str(obj, "cache_dir", "modules")) if obj.get("cache_dir") is not None else None
+    roots_raw = obj.get("file_roots") or []
+    if not isinstance(roots_raw, list) or not all(isinstance(r, str) and r for r in roots_raw):
+        raise errors.ConfigError("modules.file_roots must be a list of directories")
+    roots = [_path(base, r) for r in roots_raw]
+    for plugin in plugins:  # the static config's own module files are trusted: their directories are roots
+        parts = urllib.parse.urlsplit(plugin.url)
+        if parts.scheme == "file":
+            roots.append(Path(urllib.parse.unquote(parts.path)).parent)
+    server: ModuleServer | None = None
+    if obj.get("server") is not None:
+        srv = _obj(obj["server"], "modules.server")
+        _keys(srv, {"url", "token_file"}, "modules.server")
+        url = _str(srv, "url", "modules.server")
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https") or not urllib.parse.urlsplit(url).hostname:
+            raise errors.ConfigError(f"modules.server.url must be an http(s) URL, got {url!r}")
+        server = ModuleServer(url=url, token_file=_path(base, _str(srv, "token_file", "modules.server")))
+    return Modules(cache_dir=cache_dir, file_roots=tuple(dict.fromkeys(roots)), server=server)
+
+
 def parse(raw: Any, *, base: Path) -> AgentConfig:
     """Turn a loaded YAML/JSON document into `AgentConfig`; `base` resolves relative paths."""
     top = _obj(raw, "config")
-    _keys(top, {"listeners", "clusters", "admin", "push", "state_dir", "drain_timeout_s", "plugins"}, "config")
+    _keys(
+        top,
+        {"listeners", "clusters", "admin", "push", "state_dir", "drain_timeout_s", "plugins", "modules"},
+        "config",
+    )
 
     clusters: list[Cluster] = []
     for i, c in enumerate(top.get("clusters") or []):
@@ -199,8 +265,11 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
     for i, item in enumerate(raw_listeners):
         where = f"listeners[{i}]"
         obj = _obj(item, where)
-        _keys(obj, {"name", "address", "port", "cluster"}, where)
+        _keys(obj, {"name", "address", "port", "cluster", "type"}, where)
         cluster = _str(obj, "cluster", where)
+        kind = _str(obj, "type", where, "http")
+        if kind not in LISTENER_TYPES:
+            raise errors.ConfigError(f"{where}.type must be one of {', '.join(LISTENER_TYPES)}, got {kind!r}")
         if cluster not in names:
             raise errors.ConfigError(f"{where}.cluster {cluster!r} is not a defined cluster (have {names})")
         listeners.append(
@@ -209,6 +278,7 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
                 address=_str(obj, "address", where, "127.0.0.1"),
                 port=_port(obj, where),
                 cluster=cluster,
+                type=kind,
             )
         )
 
@@ -235,6 +305,7 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
     if len(set(pnames)) != len(pnames):
         raise errors.ConfigError(f"plugins: duplicate names in {pnames}")
     return AgentConfig(
+        modules=_modules(top.get("modules") or {}, base, plugins),
         listeners=tuple(listeners),
         clusters=tuple(clusters),
         admin=admin,

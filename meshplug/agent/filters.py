@@ -167,6 +167,7 @@ def build(
     loop.call_soon_threadsafe(driver.run)
     return loader.Chain(
         filters=chain.Chain([p for _, p, _, _ in started]),
+        network=tuple(p for _, p, _, _ in started),
         views=views,
         metrics=lambda: _metrics_text(h),
         metric_values=lambda: _metric_values(h),

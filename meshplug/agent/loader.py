@@ -5,8 +5,10 @@ worker thread: fetching, sha256 checks, validation, compilation and VM start all
 the event loop. The result, a `LoadedSet`, is swapped into the proxy in one assignment by the caller.
 
 Module bytes come from, in order: the state directory (modules of the last good set, by sha256), then the
-resource's URL (file:// or http(s)). Every byte string is checked against the resource's sha256 and then
-by `meshplug.validate` (the proxy-wasm ABI check, HTTP filter kind) before the host sees it.
+resource's URL through meshplug.fetch (`Sources`: https with the module server's bearer token or a signed
+URL, oci, file:// below the configured roots; content-addressed cache under the state directory). Every
+byte string is checked against the resource's sha256 and then by `meshplug.validate` (the proxy-wasm ABI
+check, for the filter kind the listeners use) before the host sees it.
 
 Persistence (`StateStore`): `<state_dir>/modules/<sha256>.wasm` and `<state_dir>/last_good.json` (the
 `protocol.Push` of the applied set), each written to a temp file, fsynced and renamed, modules first, so a
@@ -15,6 +17,7 @@ Persistence (`StateStore`): `<state_dir>/modules/<sha256>.wasm` and `<state_dir>
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,8 +29,9 @@ from pathlib import Path
 
 import requests
 
-from meshplug import errors, limits, protocol, validate
-from meshplug.agent import chain
+from meshplug import errors, fetch, protocol, validate
+from meshplug.agent import chain, config, server
+from meshplug.fetch import http as fetch_http
 
 log = logging.getLogger("meshplug.agent.loader")
 
@@ -52,6 +56,7 @@ class Chain:
     """A built chain: the proxy's `Filters` (None when there are no plugins) and its introspection hooks."""
 
     filters: chain.Chain | None
+    network: tuple[server.NetworkFilter, ...] = ()  # the same plugins as network (L4) filters
     views: Callable[[], list[PluginView]] = field(default=list)
     metrics: Callable[[], str] = field(default=lambda: "")
     metric_values: Callable[[], dict[str, int | None]] = field(default=dict)
@@ -140,47 +145,77 @@ class StateStore:
             return None
 
 
-def fetch_module(resource: protocol.ExtensionConfig) -> bytes:
-    """The module bytes at the resource's URL (file:// or http(s)), size-capped; not yet digest-checked."""
-    url = resource.url
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme == "file":
-        path = Path(urllib.parse.unquote(parsed.path))
-        try:
-            size = path.stat().st_size
-            if size > limits.MAX_MODULE_BYTES:
-                raise errors.FetchError(f"{path}: {size} bytes exceeds the module size limit", reason="too_large")
-            return path.read_bytes()
-        except OSError as exc:
-            raise errors.FetchError(f"cannot read module {path}: {exc.strerror}", reason="not_found") from None
-    try:
-        with requests.get(url, timeout=limits.HTTP_REQUEST_TIMEOUT_S, stream=True) as resp:
-            if resp.status_code != 200:
-                reason = "not_found" if resp.status_code == 404 else "download_failure"
-                raise errors.FetchError(f"GET {url}: HTTP {resp.status_code}", reason=reason)
-            chunks: list[bytes] = []
-            total = 0
-            for chunk in resp.iter_content(64 * 1024):
-                total += len(chunk)
-                if total > limits.MAX_MODULE_BYTES:
-                    raise errors.FetchError(f"GET {url}: body exceeds the module size limit", reason="too_large")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except requests.RequestException as exc:
-        raise errors.FetchError(f"GET {url}: {type(exc).__name__}", reason="download_failure") from None
+class _ModuleServerTransport(fetch_http.Transport):
+    """meshplug.fetch's HTTP transport, adding the module server's bearer token to requests for its origin.
+
+    The token file is re-read per request (a rotated Secret applies without a restart); redirects to
+    another origin lose the header (the base transport drops it).
+    """
+
+    def __init__(self, options: fetch.FetchOptions, server: config.ModuleServer) -> None:
+        super().__init__(options)
+        self.server = server
+        self._origin = _origin(server.url)
+
+    def open(
+        self,
+        method: str,
+        url: str,
+        *,
+        deadline: fetch_http.Deadline,
+        headers: Mapping[str, str] | None = None,
+        verify: str | bool | None = None,
+    ) -> requests.Response:
+        if _origin(url) == self._origin:
+            token = config.read_token(self.server.token_file)
+            headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
+        return super().open(method, url, deadline=deadline, headers=headers, verify=verify)
 
 
-def module_bytes(resource: protocol.ExtensionConfig, store: StateStore) -> bytes:
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+
+
+class Sources:
+    """Where module bytes come from: meshplug.fetch's `Fetcher` (https, oci, file roots, content cache,
+    sha256 pinning, SSRF guard), with the module server's token. Thread-safe; `fetch` blocks."""
+
+    def __init__(self, modules: config.Modules, *, state_dir: Path | None = None) -> None:
+        cache_dir = modules.cache_dir or (state_dir / "cache" if state_dir is not None else None)
+        options = fetch.FetchOptions(file_roots=modules.file_roots)
+        if cache_dir is not None:
+            options = dataclasses.replace(options, cache_dir=cache_dir)
+        self.fetcher = fetch.Fetcher(options)
+        if modules.server is not None:
+            self.fetcher.transport.close()
+            self.fetcher.transport = _ModuleServerTransport(self.fetcher.options, modules.server)
+
+    def fetch(self, resource: protocol.ExtensionConfig) -> bytes:
+        """The module at the resource's URL, checked against its sha256 (when it has one)."""
+        return self.fetcher.fetch(resource.url, sha256=resource.sha256 or None).data
+
+    def close(self) -> None:
+        self.fetcher.close()
+
+
+def module_bytes(
+    resource: protocol.ExtensionConfig,
+    store: StateStore,
+    sources: Sources,
+    kind: validate.FilterKind | None = validate.FilterKind.HTTP,
+) -> bytes:
     """Bytes for `resource`, from the state store or its URL, checked against its sha256 (if any)."""
     data = store.module(resource.sha256)
     if data is None:
-        data = fetch_module(resource)
+        data = sources.fetch(resource)
     digest = sha256_hex(data)
     if resource.sha256 and digest != resource.sha256:
         raise errors.FetchError(
             f"module of {resource.name} has sha256 {digest}, expected {resource.sha256}", reason="checksum_mismatched"
         )
-    validate.validate(data, kind=validate.FilterKind.HTTP)  # ValidationError names every ABI problem
+    validate.validate(data, kind=kind)  # ValidationError names every ABI problem
     return data
 
 
@@ -193,8 +228,17 @@ class ResourceError(Exception):
         self.error = error
 
 
-def load(push: protocol.Push, *, store: StateStore, build: ChainBuilder) -> tuple[LoadedSet, dict[str, bytes]]:
+def load(
+    push: protocol.Push,
+    *,
+    store: StateStore,
+    sources: Sources,
+    build: ChainBuilder,
+    kind: validate.FilterKind | None = validate.FilterKind.HTTP,
+) -> tuple[LoadedSet, dict[str, bytes]]:
     """Fetch, check and start every plugin of `push`; blocking, run it in a worker thread.
+
+    `kind`: what the modules are validated as (HTTP filters, network filters, or None: either).
 
     Raises `ResourceError` (fetch/validation of one resource) or `errors.HostError` (starting the chain).
     """
@@ -203,7 +247,7 @@ def load(push: protocol.Push, *, store: StateStore, build: ChainBuilder) -> tupl
     digests: dict[str, str] = {}
     for resource in push.resources:
         try:
-            data = module_bytes(resource, store)
+            data = module_bytes(resource, store, sources, kind)
         except errors.MeshplugError as exc:
             raise ResourceError(resource.name, exc) from None
         digest = sha256_hex(data)

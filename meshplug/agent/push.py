@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshplug import errors, limits, protocol
+from meshplug import errors, limits, protocol, validate
 from meshplug.agent import admin, config, loader, server
 
 log = logging.getLogger("meshplug.agent.push")
@@ -45,11 +45,13 @@ class Applier:
         proxy: server.Proxy,
         *,
         store: loader.StateStore,
+        sources: loader.Sources,
         build: loader.ChainBuilder,
         retire_after_s: float = limits.UPSTREAM_RESPONSE_TIMEOUT_S,
     ) -> None:
         self.proxy = proxy
         self.store = store
+        self.sources = sources
         self.build = build
         self.retire_after_s = retire_after_s
         self.active: loader.LoadedSet | None = None
@@ -87,15 +89,25 @@ class Applier:
                 )
             loop = asyncio.get_running_loop()
             try:
+                kind = self.proxy.cfg.plugin_kind
                 loaded, modules = await loop.run_in_executor(
-                    None, lambda: loader.load(push, store=self.store, build=self.build)
+                    None,
+                    lambda: loader.load(
+                        push,
+                        store=self.store,
+                        sources=self.sources,
+                        build=self.build,
+                        kind=None if kind is None else validate.FilterKind(kind),
+                    ),
                 )
             except loader.ResourceError as exc:
                 return self._nack(push, exc.error, exc.resource)
             except errors.MeshplugError as exc:
                 return self._nack(push, exc, str(getattr(exc, "resource", "")))
             old, self.active = self.active, loaded
-            self.proxy.filters = loaded.chain.filters  # the swap: new exchanges take the new chain
+            # the swap (no await in between): new exchanges and connections take the new chain
+            self.proxy.filters = loaded.chain.filters
+            self.proxy.network_filters = loaded.chain.network
             if old is not None:
                 loop.call_later(self.retire_after_s, old.chain.close)
             if persist:

@@ -46,7 +46,8 @@ class Agent:
         self.proxy = server.Proxy(cfg, loop=self.loop)
         self.store = loader.StateStore(cfg.state_dir)
         build = functools.partial(build_chain, proxy=self.proxy, loop=self.loop)
-        self.applier = push.Applier(self.proxy, store=self.store, build=build)
+        self.sources = loader.Sources(cfg.modules, state_dir=cfg.state_dir)
+        self.applier = push.Applier(self.proxy, store=self.store, sources=self.sources, build=build)
         self.admin = admin.ControlServer(self._admin)
         self.push_server: admin.ControlServer | None = None
         self.ready = False
@@ -96,6 +97,7 @@ class Agent:
             await self.push_server.stop()
         if self.applier.active is not None:
             self.applier.active.chain.close()
+        self.sources.close()
         log.info("stopped (%s)", "drained" if clean else "drain deadline hit, connections aborted")
         return clean
 

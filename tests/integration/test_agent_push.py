@@ -102,6 +102,8 @@ def _config(work: Path, upstream: procs.Proc, modules: dict[str, Module], state_
 @pytest.fixture
 def agent(work: Path, upstream: procs.Proc, modules: dict[str, Module], tmp_path: Path) -> Iterator[tb_agent.Agent]:
     raw = _config(work, upstream, modules, tmp_path / "state")
+    raw["modules"] = {"file_roots": [str(tmp_path / "pushed")]}  # pushed file:// URLs are read only below it
+    (tmp_path / "pushed").mkdir()
     a = tb_agent.start_agent(raw, work_dir=tmp_path / "cfg", log_dir=tmp_path)
     yield a
     a.stop()
@@ -130,6 +132,7 @@ def test_unauthenticated_push_is_refused_and_changes_nothing(
         ("not-wasm", None),
         ("traps-at-start", "start_failed"),
         ("missing-file", "not_found"),
+        ("outside-file-roots", "blocked"),
     ],
 )
 def test_bad_push_is_nacked_and_the_old_plugins_keep_serving(
@@ -139,13 +142,17 @@ def test_bad_push_is_nacked_and_the_old_plugins_keep_serving(
     if case == "wrong-sha256":
         bad = resource(modules["abi_0_2_0"], sha256="0" * 64)
     elif case == "not-wasm":
-        junk = tmp_path / "junk.wasm"
+        junk = tmp_path / "pushed" / "junk.wasm"
         junk.write_bytes(b"\0asm\x01\0\0\0this is not a module")
         bad = resource(Module(junk, hashlib.sha256(junk.read_bytes()).hexdigest()))
     elif case == "traps-at-start":
         bad = resource(modules["trap_vm_start"])
-    else:
-        bad = resource(Module(tmp_path / "absent.wasm", "1" * 64))
+    elif case == "missing-file":
+        bad = resource(Module(tmp_path / "pushed" / "absent.wasm", "1" * 64))
+    else:  # the static config's module directory is readable, any other place is not
+        outside = tmp_path / "elsewhere.wasm"
+        outside.write_bytes(modules["abi_0_2_0"].path.read_bytes())
+        bad = resource(Module(outside, modules["abi_0_2_0"].sha256))
     status, reply = push(agent, "v-bad", [good, bad])
     assert status == 200
     assert not reply.ack, reply

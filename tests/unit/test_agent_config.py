@@ -54,6 +54,11 @@ def test_full_config(tmp_path: Path) -> None:
         (_cfg(plugins=[{"name": "a", "module": {"url": "https://x/a.wasm"}}]), "sha256 is required"),
         (_cfg(plugins=[{"name": "a", "module": {"file": "a"}}, {"name": "a", "module": {"file": "b"}}]), "duplicate"),
         (_cfg(push={"port": 1}), "token_file"),
+        (_cfg(listeners=[{"port": 1, "cluster": "app", "type": "udp"}]), r"listeners\[0\].type must be one of"),
+        (_cfg(modules={"file_roots": "/m"}), "modules.file_roots must be a list"),
+        (_cfg(modules={"server": {"url": "ftp://x", "token_file": "t"}}), "modules.server.url"),
+        (_cfg(modules={"server": {"url": "http://x"}}), "modules.server.token_file"),
+        (_cfg(modules={"cache": "x"}), "unknown key"),
     ],
 )
 def test_mistakes_are_config_errors(raw: Any, fragment: str, tmp_path: Path) -> None:
@@ -71,3 +76,29 @@ def test_read_token(tmp_path: Path, content: str | None, ok: bool) -> None:
     else:
         with pytest.raises(errors.ConfigError):
             config.read_token(path)
+
+
+def test_listener_types_decide_the_plugin_kind(tmp_path: Path) -> None:
+    assert config.parse(BASE, base=tmp_path).plugin_kind == "http"
+    tcp = {"name": "db", "port": 1, "cluster": "app", "type": "tcp"}
+    cfg = config.parse(_cfg(listeners=[tcp]), base=tmp_path)
+    assert cfg.listeners[0].type == "tcp" and cfg.plugin_kind == "network"
+    assert config.parse(_cfg(listeners=[*BASE["listeners"], tcp]), base=tmp_path).plugin_kind is None
+
+
+def test_modules_section(tmp_path: Path) -> None:
+    raw = _cfg(
+        state_dir="state",
+        modules={
+            "cache_dir": "cache",
+            "file_roots": ["mods"],
+            "server": {"url": "https://modules.ns:8443", "token_file": "module-token"},
+        },
+        plugins=[{"name": "a", "module": {"file": "wasm/a.wasm"}}],
+    )
+    m = config.parse(raw, base=tmp_path).modules
+    assert m.cache_dir == tmp_path / "cache"
+    # the static plugins' own files are readable: their directories join the configured roots
+    assert m.file_roots == (tmp_path / "mods", tmp_path / "wasm")
+    assert m.server == config.ModuleServer("https://modules.ns:8443", tmp_path / "module-token")
+    assert config.parse(BASE, base=tmp_path).modules == config.Modules()

@@ -5,8 +5,8 @@ for plugins' http calls, plugins from the built module files with their sha256),
 runs as its own process. Plugin logs and metrics come from the agent's admin endpoints (/plugin_logs,
 /plugin_stats). Used by tests/integration/test_corpus_agent.py through `AgentPlane`.
 
-Network (L4) specs are not served by the agent (it proxies HTTP only): `start` refuses them with
-`NotImplementedError`, and the test skips them naming that reason.
+Network (L4) specs get a listener of type `tcp`: the agent proxies the bytes to cluster `upstream`
+(tcp_echo) through the plugins' network callbacks, as Envoy's tcp_proxy with wasm network filters.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def render(
         clusters={name: ep.port for name, ep in services.items()},
         listener_cluster=S.UPSTREAM_CLUSTER,
         plugins=[plugin_entry(p, modules[p.module]) for p in spec.plugins],
+        listener_type="http" if spec.type == "http" else "tcp",
     )
 
 
@@ -91,8 +92,6 @@ class AgentPlane:
     def start(
         self, spec: S.Spec, modules: Mapping[str, Path], services: Mapping[str, runner.Endpoint], log_dir: Path
     ) -> RunningAgent:
-        if spec.type != "http":
-            raise NotImplementedError("the agent proxies HTTP only; network (L4) plugins are not served")
         log_dir.mkdir(parents=True, exist_ok=True)
         port, admin_port = procs.free_port(), procs.free_port()
         raw = render(spec, modules, services, port=port, admin_port=admin_port)

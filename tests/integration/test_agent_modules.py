@@ -1,0 +1,125 @@
+"""The agent fetches pushed modules through meshplug.fetch: the operator's module server (bearer token or
+signed URL), sha256 pinning, the content cache under the agent's state directory.
+
+A real `meshplug agent` process; the module server is meshplug.fetch.serve's (real HTTP on a free port,
+in this process); nginx is the upstream. The guest module (tests/guests/abi_0_2_0.wat) adds `x-guest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from meshplug import protocol
+from meshplug.fetch import cache as fetch_cache
+from meshplug.fetch import serve
+from tests.testbed import agent as tb_agent
+from tests.testbed import nginx as tb_nginx
+from tests.testbed import procs
+
+GUESTS = Path(__file__).resolve().parents[1] / "guests"
+PUSH_TOKEN = "push-token-0123456789"
+MODULE_TOKEN = "module-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("modules")
+
+
+@pytest.fixture(scope="module")
+def module(work: Path) -> tuple[bytes, str]:
+    data = bytes(wasmtime.wat2wasm((GUESTS / "abi_0_2_0.wat").read_text()))
+    return data, hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def server(work: Path, module: tuple[bytes, str]) -> Iterator[serve.ModuleServer]:
+    cache = fetch_cache.Cache(work / "operator-cache")
+    cache.put_blob(module[0])
+    with serve.ModuleServer(cache, token=MODULE_TOKEN) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def upstream(work: Path) -> Iterator[procs.Proc]:
+    proc = tb_nginx.start_nginx(log_dir=work / "logs")
+    yield proc
+    proc.stop()
+
+
+def _agent(tmp_path: Path, upstream: procs.Proc, server: serve.ModuleServer, module_token: str) -> tb_agent.Agent:
+    (tmp_path / "push-token").write_text(PUSH_TOKEN)
+    (tmp_path / "module-token").write_text(module_token + "\n")
+    raw = tb_agent.base_config(
+        port=procs.free_port(),
+        admin_port=procs.free_port(),
+        clusters={"upstream": upstream.ports["http"]},
+        push={"address": "127.0.0.1", "port": procs.free_port(), "token_file": str(tmp_path / "push-token")},
+        state_dir=tmp_path / "state",
+    )
+    raw["modules"] = {"server": {"url": server.base_url, "token_file": str(tmp_path / "module-token")}}
+    return tb_agent.start_agent(raw, work_dir=tmp_path / "cfg", log_dir=tmp_path)
+
+
+def _push(agent: tb_agent.Agent, version: str, url: str, sha256: str) -> protocol.Reply:
+    assert agent.push_port is not None
+    resource = protocol.ExtensionConfig(name="guest", root_id="", url=url, sha256=sha256)
+    body = protocol.encode(protocol.Push(version_info=version, nonce=f"n-{version}", resources=(resource,)))
+    conn = http.client.HTTPConnection("127.0.0.1", agent.push_port, timeout=60)
+    try:
+        conn.request("PUT", protocol.PUSH_PATH, body=body, headers=protocol.bearer(PUSH_TOKEN))
+        resp = conn.getresponse()
+        assert resp.status == 200
+        return protocol.decode_reply(resp.read())
+    finally:
+        conn.close()
+
+
+def _served_by(agent: tb_agent.Agent) -> str | None:
+    return tb_agent.http_request(agent.port, "GET", "/")[1].get("x-guest")
+
+
+def test_module_server_with_bearer_token_then_signed_url(
+    tmp_path: Path, upstream: procs.Proc, server: serve.ModuleServer, module: tuple[bytes, str]
+) -> None:
+    data, sha = module
+    agent = _agent(tmp_path, upstream, server, MODULE_TOKEN)
+    try:
+        reply = _push(agent, "v1", server.url_for(sha), sha)
+        assert reply.ack, reply.error_detail
+        assert _served_by(agent) == "abi_0_2_0"
+        # the fetched module sits in the content cache under the state directory
+        blobs = [p for p in (tmp_path / "state" / "cache").rglob("*") if p.is_file() and p.read_bytes() == data]
+        assert blobs
+        # a signed URL needs no token (and a version change makes the agent load it again)
+        reply = _push(agent, "v2", server.url_for(sha, signed=True), sha)
+        assert reply.ack, reply.error_detail
+    finally:
+        agent.stop()
+
+
+def test_wrong_module_token_or_sha256_is_a_nack(
+    tmp_path: Path, upstream: procs.Proc, server: serve.ModuleServer, module: tuple[bytes, str]
+) -> None:
+    _, sha = module
+    agent = _agent(tmp_path, upstream, server, "not-the-module-token")
+    try:
+        reply = _push(agent, "v1", server.url_for(sha), sha)
+        assert not reply.ack and reply.error_detail is not None
+        # the module server refused the fetch (a refused push would name no resource)
+        assert reply.error_detail.resource == "guest"
+        assert "HTTP 401" in reply.error_detail.message
+        assert reply.error_detail.reason == "unauthorized"
+        # served the signed URL, but pinned to another digest: refused before anything is loaded
+        reply = _push(agent, "v2", server.url_for(sha, signed=True), "0" * 64)
+        assert not reply.ack and reply.error_detail is not None
+        assert reply.error_detail.reason in ("checksum_mismatched", "not_found")
+        assert agent.config_dump()["version_info"] == protocol.STATIC_VERSION
+    finally:
+        agent.stop()
