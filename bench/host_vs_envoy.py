@@ -14,6 +14,7 @@ Usage: bench/host_vs_envoy.py [--module rust/header_rules] [--rounds 5] [--secon
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -219,7 +220,7 @@ def envoy_added_us(wasm: Path, rounds: int, seconds: int, work: Path) -> tuple[f
                 "--base-id",
                 str(procs.free_port()),
             ]
-            p = procs.start(f"envoy-{name}", argv, log_dir=work, ready=lambda a=admin: _ready(a), timeout=60)
+            p = procs.start(f"envoy-{name}", argv, log_dir=work, ready=functools.partial(_ready, admin), timeout=60)
             started.append(p)
             planes[name] = (p, port)
         per: dict[str, list[float]] = {"plain": [], "wasm": []}

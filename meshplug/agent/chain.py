@@ -385,6 +385,7 @@ class Stream:
         self.bytes_received = 0  # request body bytes from downstream (Envoy's bytesReceived)
         self.bytes_sent = 0  # response body bytes sent downstream (bytesSent)
         self.response_entered = False  # upstream response headers entered the chain
+        self._trailers_in = [False, False]  # trailers arrived from the peer, per direction
 
     # ---- positions: request lane uses chain order, response lane the reverse ------------------------
     def _pos(self, direction: Direction, index: int) -> int:
@@ -414,6 +415,7 @@ class Stream:
 
     def recv_request_trailers(self, trailers: Headers) -> list[Output]:
         self.request_trailers[:] = [(k.lower(), v) for k, v in trailers]
+        self._trailers_in[_REQUEST] = True
         return self._feed(_REQUEST, (_TRAILERS, True, b""))
 
     def recv_response_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
@@ -432,6 +434,7 @@ class Stream:
         if self.local_reply is not None or self.reset is not None:
             return self.take_outputs()
         self.response_trailers[:] = [(k.lower(), v) for k, v in trailers]
+        self._trailers_in[_RESPONSE] = True
         return self._feed(_RESPONSE, (_TRAILERS, True, b""))
 
     def complete(self) -> list[Output]:
@@ -588,7 +591,8 @@ class Stream:
 
     def _release(self, lane: _Lane, pos: int, frame: _Frame) -> _Frame | None:
         """What a filter that continues passes on: data carries its whole (possibly modified) buffer;
-        trailers let a buffered body go first."""
+        trailers let a buffered body go first; trailers a filter added in its last body callback follow
+        that body (Envoy's addDecodedTrailers / addEncodedTrailers) and visit the filters after it."""
         kind = frame[0]
         if kind == _HEADERS:
             return frame
@@ -599,6 +603,12 @@ class Stream:
             data = bytes(body)
             body.clear()
             lane.buffering[pos] = False
+            if frame[1]:
+                direction = _REQUEST if lane is self._lanes[_REQUEST] else _RESPONSE
+                added = self.request_trailers if direction == _REQUEST else self.response_trailers
+                if added and not self._trailers_in[direction]:
+                    self._add_trailers(direction, lane, pos, data)
+                    return None
             return (_DATA, frame[1], data)
         if body:
             q = lane.queue(pos + 1)
@@ -609,6 +619,13 @@ class Stream:
             self._pending = True
             return None
         return frame
+
+    def _add_trailers(self, direction: Direction, lane: _Lane, pos: int, data: bytes) -> None:
+        self._trailers_in[direction] = True
+        q = lane.queue(pos + 1)
+        q.append((_DATA, False, data))
+        q.append((_TRAILERS, True, b""))
+        self._pending = True
 
     def _resume(self, direction: Direction, pos: int) -> None:
         lane = self._lanes[direction]

@@ -232,18 +232,25 @@ class HttpContext(Context):
         self.plugin_ref = root.plugin_ref
         self.generation = root.plugin_ref.generation
         self.completed_ns = 0
+        self.eos_body: Direction | None = None  # inside the end-of-stream body callback of this direction
 
     # map/buffer access for shims
     def header_map(self, map_type: int) -> Headers | None:
         if map_type == abi.MAP_REQUEST_HEADERS:
             return self.control.headers(Direction.REQUEST)
         if map_type == abi.MAP_REQUEST_TRAILERS:
-            return self.control.trailers(Direction.REQUEST)
+            return self._trailers(Direction.REQUEST)
         if map_type == abi.MAP_RESPONSE_HEADERS:
             return self.control.headers(Direction.RESPONSE)
         if map_type == abi.MAP_RESPONSE_TRAILERS:
-            return self.control.trailers(Direction.RESPONSE)
+            return self._trailers(Direction.RESPONSE)
         return self.root.maps.get(map_type)
+
+    def _trailers(self, direction: Direction) -> Headers | None:
+        """The trailers once they exist; a plugin may create them only in its end-of-stream body callback
+        (Envoy's getMap: addDecodedTrailers / addEncodedTrailers), elsewhere there is no map."""
+        trailers = self.control.trailers(direction)
+        return trailers if trailers or self.eos_body == direction else None
 
     def buffer(self, buffer_type: int) -> bytes | bytearray | None:
         return self.writable_buffer(buffer_type) or self.root.buffer(buffer_type)
@@ -298,7 +305,13 @@ class HttpContext(Context):
         fn = self.vm.cb.body[direction]
         if fn is None:
             return Action.CONTINUE
-        return self._action(self.vm.call_fn(self, fn, self.id, size, int(end_stream)), body=True)
+        if not end_stream:
+            return self._action(self.vm.call_fn(self, fn, self.id, size, 0), body=True)
+        self.eos_body = direction
+        try:
+            return self._action(self.vm.call_fn(self, fn, self.id, size, 1), body=True)
+        finally:
+            self.eos_body = None
 
     def on_trailers(self, direction: Direction) -> Action:
         if not self._ensure():

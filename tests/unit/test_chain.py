@@ -535,3 +535,31 @@ def test_byte_counters() -> None:
     assert (s.bytes_received, s.bytes_sent) == (5, 5)
     control = a.streams[0].control
     assert (control.bytes_received, control.bytes_sent) == (5, 5)
+
+
+# ---- trailers a filter adds in its last body callback (Envoy's addDecodedTrailers/addEncodedTrailers) ---
+@pytest.mark.parametrize("direction", [REQ, RESP])
+def test_trailers_added_in_the_last_body_callback_follow_the_body(direction: C.Direction) -> None:
+    log: list[tuple[str, ...]] = []
+    side = _DIR[direction]
+
+    def add_trailer(st: ScriptStream) -> A:
+        if st.f.log[-1][-1] == "eos=1":
+            st.control.trailers(direction).append((b"x-added", b"1"))
+        return A.CONTINUE
+
+    # request order a -> b; response order b -> a: the adder is first in the direction either way
+    adder, other = ScriptFilter("adder", log, {f"{side}.body": add_trailer}), ScriptFilter("other", log)
+    s = C.Chain([adder, other] if direction is REQ else [other, adder]).new_stream()
+    out = s.recv_request_headers(request(b"POST"), False)
+    out += s.recv_request_data(b"q", True)
+    out += s.recv_response_headers(response(), False)
+    out += s.recv_response_data(b"r", True)
+    target = "up" if direction is REQ else "down"
+    body = b"q" if direction is REQ else b"r"
+    assert [o for o in summary(out) if o[0] == target and o[1] != "headers"] == [
+        (target, "data", body, False),
+        (target, "trailers"),
+    ]
+    assert (s.request_trailers if direction is REQ else s.response_trailers) == [(b"x-added", b"1")]
+    assert ("other", f"{side}.trailers") in log  # the filters after the adder see them

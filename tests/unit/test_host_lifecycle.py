@@ -279,3 +279,34 @@ def test_request_size_prefers_content_length(backend: str) -> None:
     s.recv_response_headers([(b":status", b"200")], True)
     s.complete()
     assert ints(trace(host, "props")[:2]) == ["0", 9]
+
+
+@functools.cache
+def trailer_guest(callback: str) -> bytes:
+    """Adds response trailer `x-t: 1` from `callback` (response_headers or response_body at end of stream)."""
+    add = "(drop (call $add (i32.const 3) (i32.const 3000) (i32.const 3) (i32.const 3010) (i32.const 1)))"
+    headers_body = add if callback == "response_headers" else ""
+    body_body = f"(if (local.get $eos) (then {add}))" if callback == "response_body" else ""
+    return _guest(
+        f"""
+      (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) {headers_body} (i32.const 0))
+      (func (export "proxy_on_response_body") (param $id i32) (param $size i32) (param $eos i32) (result i32)
+        {body_body} (i32.const 0))""",
+        imports='(import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))',
+        data='(data (i32.const 3000) "x-t") (data (i32.const 3010) "1")',
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("callback", "trailers"), [("response_body", True), ("response_headers", False)])
+def test_trailers_can_be_added_only_in_the_last_body_callback(backend: str, callback: str, trailers: bool) -> None:
+    host = new_host(backend)
+    plugin = host.load(H.PluginConfig(name="trailers"), trailer_guest(callback))
+    s = C.Chain([plugin]).new_stream()
+    s.recv_request_headers(C.http1_request_headers(b"GET", b"/", [(b"host", b"h")]), True)
+    out = s.recv_response_headers(C.http1_response_headers(200, []), False)
+    out += s.recv_response_data(b"body", True)
+    s.complete()
+    sent = [o for o in out if isinstance(o, C.SendTrailers)]
+    assert [o.trailers for o in sent] == ([((b"x-t", b"1"),)] if trailers else [])
+    assert [o.end_stream for o in out if isinstance(o, C.SendData)] == [not trailers]
