@@ -38,6 +38,9 @@ VM_MAX_MEMORY_BYTES = 256 * MiB
 CALLBACK_DEADLINE_MS = 1000
 #: VM start (instantiate, _initialize, on_vm_start, on_configure) budget
 START_DEADLINE_MS = 10_000
+#: FAIL_RELOAD: least time between two reloads of a plugin's failed VM, doubling up to 10x while the reloaded
+#: VMs keep failing (Envoy's ReloadConfig backoff: 1 s base interval, max 10x); in between, streams get 503
+VM_RELOAD_BACKOFF_MS = 1000
 #: epoch ticker period: the granularity of the callback CPU budget (a wakeup per tick while VMs exist)
 EPOCH_TICK_MS = 20
 #: header-pairs buffers from the guest (cpp-host: 1 MiB, 1024 pairs)

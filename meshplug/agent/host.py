@@ -656,6 +656,8 @@ class Plugin:
         self.digest = digest
         self.generation = 0
         self.reloads = 0
+        self._reload_at = 0.0  # host.clock() of the last reload
+        self._reload_gap = 0.0  # least time until the next one (0: none yet)
         self.vm: WasmVm
         self.root: RootContext
 
@@ -729,11 +731,28 @@ class Plugin:
         return TcpStream(self.vm, self.root, info or chain.StreamInfo())
 
     def reload(self) -> bool:
-        """A fresh VM for this plugin after a runtime failure (FAIL_RELOAD)."""
+        """A fresh VM for this plugin after a runtime failure (FAIL_RELOAD); False while backing off.
+
+        The first reload is immediate; each further one waits the current gap since the previous reload,
+        the gap doubling from `host.reload_backoff_ms` up to 10x and starting over once a reloaded VM
+        outlived the largest gap (Envoy's ReloadConfig backoff). A plugin that shares its VM by vm_id
+        rejoins the VM another plugin of the same key already reloaded.
+        """
+        now = self.host.clock()
+        base = self.host.reload_backoff_ms / 1000.0
+        if self._reload_gap and now - self._reload_at < self._reload_gap:
+            return False
+        if not self._reload_gap or now - self._reload_at >= 10 * base:
+            self._reload_gap = base  # the first reload, or the previous VM lasted: not a crash loop
+        else:
+            self._reload_gap = min(self._reload_gap * 2, 10 * base)
+        self._reload_at = now
         self.generation += 1
         self.reloads += 1
+        config = self.config
+        shared = self.host.vms.get((config.vm_id, self.digest, config.vm_configuration, config.env))
         try:
-            self.start(None)
+            self.start(shared if config.vm_id and shared is not None and shared.failed is None else None)
         except errors.PluginStartError as exc:
             log.error("plugin %s: reload failed: %s", self.config.name, exc.message)
             return False
@@ -776,6 +795,8 @@ class Host:
         deadline_ms: int = limits.CALLBACK_DEADLINE_MS,
         start_deadline_ms: int = limits.START_DEADLINE_MS,
         on_wakeup: Callable[[], None] | None = None,
+        reload_backoff_ms: int = limits.VM_RELOAD_BACKOFF_MS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runtime = runtime or vm.default_runtime()
         self.backend = backend
@@ -787,6 +808,8 @@ class Host:
         self.deadline_ms = deadline_ms
         self.start_deadline_ms = start_deadline_ms
         self.on_wakeup = on_wakeup
+        self.reload_backoff_ms = reload_backoff_ms
+        self.clock = clock  # FAIL_RELOAD backoff
         self.shared_data = SharedData()
         self.metrics = Metrics()
         self.logs: collections.deque[LogRecord] = collections.deque(maxlen=10_000)

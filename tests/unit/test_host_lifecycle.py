@@ -5,6 +5,7 @@ still get created + logged, the replying plugin's own response callbacks run, bo
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import wasmtime
@@ -310,3 +311,68 @@ def test_trailers_can_be_added_only_in_the_last_body_callback(backend: str, call
     sent = [o for o in out if isinstance(o, C.SendTrailers)]
     assert [o.trailers for o in sent] == ([((b"x-t", b"1"),)] if trailers else [])
     assert [o.end_stream for o in out if isinstance(o, C.SendData)] == [not trailers]
+
+
+# ---- FAIL_RELOAD: backoff between reloads, VM sharing kept -------------------------------------------------
+GUESTS = Path(__file__).resolve().parents[1] / "guests"
+
+
+@functools.cache
+def trap_on_body() -> bytes:
+    """tests/guests/trap_request_body.wat: serves bodyless requests, traps on a request body."""
+    return bytes(wasmtime.wat2wasm((GUESTS / "trap_request_body.wat").read_text()))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def status(plugin: H.Plugin, *, body: bytes = b"") -> int:
+    s = C.Chain([plugin]).new_stream()
+    out = s.recv_request_headers(C.http1_request_headers(b"POST", b"/", [(b"host", b"h")]), not body)
+    if body:
+        out += s.recv_request_data(body, True)
+    if not any(isinstance(o, C.AbortUpstream) for o in out):
+        out += s.recv_response_headers(C.http1_response_headers(200, []), True)
+    s.complete()
+    down = [o for o in out if isinstance(o, C.SendHeaders) and o.target is C.Target.DOWNSTREAM]
+    return int(dict(down[0].headers)[b":status"])
+
+
+def test_reloads_back_off_while_the_reloaded_vm_keeps_failing() -> None:
+    clock = FakeClock()
+    host = H.Host(clock=clock, reload_backoff_ms=1000)
+    plugin = host.load(H.PluginConfig(name="r", fail_strategy=C.FailStrategy.FAIL_RELOAD), trap_on_body())
+    timeline: list[tuple[float, int, int]] = []
+    for at, body in [(0, b"x"), (0.1, b""), (0.5, b"x"), (0.9, b""), (1.1, b""), (1.2, b"x"), (2.5, b""), (3.1, b"")]:
+        clock.now = 100.0 + at
+        timeline.append((at, status(plugin, body=body), plugin.reloads))
+    assert timeline == [
+        (0, 503, 0),  # the trap: this stream gets 503
+        (0.1, 200, 1),  # first reload at once
+        (0.5, 503, 1),  # the reloaded VM traps too
+        (0.9, 503, 1),  # < 1 s since the last reload: backing off, 503
+        (1.1, 200, 2),  # reload #2
+        (1.2, 503, 2),  # and it fails again
+        (2.5, 503, 2),  # gap now 2 s: 1.4 s since reload #2 is not enough
+        (3.1, 200, 3),  # reload #3
+    ]
+    clock.now += 60  # a VM that lasted longer than the largest gap: the next failure reloads at once
+    assert status(plugin, body=b"x") == 503
+    assert (status(plugin), plugin.reloads) == (200, 4)
+
+
+def test_plugins_sharing_a_vm_share_the_reloaded_one() -> None:
+    host = H.Host(clock=FakeClock())
+    reload = C.FailStrategy.FAIL_RELOAD
+    a = host.load(H.PluginConfig(name="a", vm_id="shared", fail_strategy=reload), trap_on_body())
+    b = host.load(H.PluginConfig(name="b", vm_id="shared", fail_strategy=reload), trap_on_body())
+    assert a.vm is b.vm
+    assert status(a, body=b"boom") == 503
+    assert a.failed is not None and b.failed is not None  # one VM, one failure
+    assert status(a) == 200 and status(b) == 200
+    assert a.vm is b.vm and a.root.id != b.root.id and (a.reloads, b.reloads) == (1, 1)
