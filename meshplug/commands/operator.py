@@ -2,6 +2,8 @@
 
 Called by meshplug.cli. Credentials: ``--kubeconfig`` (else $KUBECONFIG, else in-cluster). The module server
 listens on ``--module-listen`` and pods reach it as ``--module-host``:``--module-port`` (the Service).
+Prometheus metrics and /healthz on ``--metrics-listen`` (standby replicas serve them too). With
+``--lease-namespace`` (default: $POD_NAMESPACE) only the replica holding the Lease reconciles.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import argparse
 import logging
 import os
 import secrets
+import socket
+import sys
 from pathlib import Path
 
 import kubernetes
 
 from meshplug import fetch
 from meshplug.controller import apply, handlers, reconcile
+from meshplug.controller import metrics as metrics_mod
 from meshplug.fetch import serve
 from meshplug.render import model
 
@@ -36,6 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="module cache directory")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://127.0.0.1:8081/healthz")
+    parser.add_argument("--metrics-listen", default="0.0.0.0:9090", help="/metrics and /healthz HOST:PORT ('' = off)")
+    parser.add_argument(
+        "--agent-token-secret",
+        default=reconcile.DEFAULT_AGENT_TOKEN_SECRET,
+        help="Secret (in each plugin's namespace, key 'token') authenticating pushes to the agents",
+    )
+    parser.add_argument(
+        "--reresolve-interval", type=float, default=300.0, help="re-check mutable tags/urls every N seconds (0 = off)"
+    )
+    parser.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE"),
+        help="namespace of the leader-election Lease (default $POD_NAMESPACE; unset: no election, one replica)",
+    )
+    parser.add_argument("--lease-duration", type=float, default=15.0, help="leader Lease duration in seconds")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,20 +67,49 @@ def run(args: argparse.Namespace) -> int:
     else:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
         api = kubernetes.client.ApiClient()
-    options: dict[str, object] = {"file_roots": tuple(args.file_root)}
+    reresolve = args.reresolve_interval if args.reresolve_interval > 0 else None
+    options: dict[str, object] = {"file_roots": tuple(args.file_root), "reresolve_interval_s": reresolve}
     if args.cache_dir is not None:
         options["cache_dir"] = args.cache_dir
     fetcher = fetch.Fetcher(fetch.FetchOptions(**options))  # type: ignore[arg-type]
     token = os.environ.get("MESHPLUG_MODULE_TOKEN") or secrets.token_hex(24)
     host, _, port = args.module_listen.rpartition(":")
     server = serve.ModuleServer(fetcher.cache, token=token, host=host or "0.0.0.0", port=int(port))  # noqa: S104
+    writer = apply.Writer(api)
+    metrics = metrics_mod.Metrics()
     reconciler = reconcile.Reconciler(
-        apply.Writer(api), fetcher, model.ModuleServer(host=args.module_host, port=args.module_port, token=token)
+        writer,
+        fetcher,
+        model.ModuleServer(host=args.module_host, port=args.module_port, token=token),
+        metrics=metrics,
+        agent_token_secret=args.agent_token_secret,
+    )
+    metrics_server = None
+    if args.metrics_listen:
+        mhost, _, mport = args.metrics_listen.rpartition(":")
+        metrics_server = metrics_mod.MetricsServer(
+            metrics,
+            lambda: metrics.exposition(writer.requests()) + fetcher.metrics.exposition(),
+            host=mhost or "0.0.0.0",  # noqa: S104
+            port=int(mport),
+        ).start()
+    opts = handlers.Options(
+        namespaces=tuple(args.namespace),
+        liveness_endpoint=args.liveness,
+        reresolve_s=reresolve,
+        lease_namespace=args.lease_namespace or None,
+        identity=f"{socket.gethostname()}-{os.getpid()}",
+        lease_duration_s=args.lease_duration,
     )
     with server:
         try:
-            handlers.run_operator(reconciler, namespaces=args.namespace, liveness_endpoint=args.liveness)
+            code = handlers.run_operator(reconciler, opts)
         finally:
+            reconciler.close()
             fetcher.close()
             api.close()
-    return 0
+            if metrics_server is not None:
+                metrics_server.stop()
+    if code:
+        print("meshplug operator: lost the leader Lease; exiting so a restart stands by", file=sys.stderr)
+    return code

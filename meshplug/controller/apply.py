@@ -10,8 +10,10 @@ other fields of the same objects keep them.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
+import threading
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +32,9 @@ _PLURALS = {
     ("v1", "Pod"): "pods",
     ("v1", "Event"): "events",
     ("apps/v1", "Deployment"): "deployments",
+    ("apps/v1", "StatefulSet"): "statefulsets",
+    ("apps/v1", "DaemonSet"): "daemonsets",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
     ("networking.istio.io/v1alpha3", "EnvoyFilter"): "envoyfilters",
     (f"{spec.API_GROUP}/{spec.API_VERSION}", spec.KIND): spec.PLURAL,
 }
@@ -58,6 +63,13 @@ class Writer:
 
     def __init__(self, api: kubernetes.client.ApiClient) -> None:
         self._api = api
+        self._count_lock = threading.Lock()
+        self._requests: collections.Counter[str] = collections.Counter()
+
+    def requests(self) -> dict[str, int]:
+        """API requests this writer sent, by HTTP method (a metric; the scale bench reads it)."""
+        with self._count_lock:
+            return dict(self._requests)
 
     def _call(
         self,
@@ -74,6 +86,8 @@ class Writer:
             if auth["in"] == "header" and auth["value"]:
                 headers[auth["key"]] = auth["value"]
         url = config.host + path + (("?" + urllib.parse.urlencode(query)) if query else "")
+        with self._count_lock:
+            self._requests[method] += 1
         try:
             resp = self._api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
             raw = resp.read()  # type: ignore[no-untyped-call]
@@ -123,6 +137,19 @@ class Writer:
         items: list[dict[str, Any]] = out.get("items", []) if isinstance(out, dict) else []
         return items
 
+    def access_review(self, verb: str, group: str, resource: str, namespace: str = "") -> tuple[bool, str]:
+        """SelfSubjectAccessReview: may the operator's identity ``verb`` ``resource`` (``plural[/sub]``)?"""
+        plural, _, sub = resource.partition("/")
+        attrs = {"verb": verb, "group": group, "resource": plural, "subresource": sub, "namespace": namespace}
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {k: v for k, v in attrs.items() if v}},
+        }
+        out = self._call("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=body)
+        status = (out or {}).get("status") or {}
+        return bool(status.get("allowed")), str(status.get("reason") or "")
+
     # --- writes ----------------------------------------------------------------------------------------------
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,6 +163,21 @@ class Writer:
             content_type="application/apply-patch+yaml",
             query={"fieldManager": FIELD_MANAGER, "force": "true"},
         )
+        return out
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """POST ``obj``; ApplyError reason ``AlreadyExists`` when it is there."""
+        meta = obj["metadata"]
+        out: dict[str, Any] = self._call(
+            "POST", resource_path(obj["apiVersion"], obj["kind"], meta["namespace"]), body=dict(obj)
+        )
+        return out
+
+    def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT ``obj`` (optimistic concurrency: its metadata.resourceVersion must be current, else ``Conflict``)."""
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        out: dict[str, Any] = self._call("PUT", path, body=dict(obj))
         return out
 
     def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
@@ -158,7 +200,7 @@ class Writer:
         self._call("PATCH", path, body={"status": dict(status)}, content_type="application/merge-patch+json")
 
     def event(self, involved: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:
-        """Record a core/v1 Event on ``involved`` (a WasmPlugin body)."""
+        """Record a core/v1 Event on ``involved`` (a WasmPlugin body, or any object with apiVersion/kind)."""
         meta = involved["metadata"]
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {

@@ -1,30 +1,69 @@
-"""kopf wiring for WasmPlugin: handlers, settings and the operator's run loop (the only kopf importer).
+"""kopf wiring for WasmPlugin: watches, the work queue, leader election and the operator's run loop.
 
-Called by `meshplug.commands.operator` (`run_operator`). Handlers turn the body into work for
-`meshplug.controller.reconcile.Reconciler` on a worker thread and map its signals to kopf's:
-`Retry` -> `kopf.TemporaryError(delay=...)` (kopf re-runs the handler; a fixed cause heals on its own),
-`Permanent` -> `kopf.PermanentError` (wait for the next spec change). A finalizer (kopf adds it because a
-delete handler is registered) keeps the resource until `Reconciler.cleanup` removed what was generated.
-kopf's own bookkeeping goes to annotations under ``meshplug.io/`` (the status schema is structural and would
-prune kopf's status fields).
+Called by `meshplug.commands.operator` (`run_operator`). kopf watches WasmPlugins, Pods and the apps workloads;
+its event handlers only feed `meshplug.controller.index.Index`, which names the plugins to queue, and
+`meshplug.controller.workqueue.WorkQueue` hands each key to one worker thread at a time that runs
+`Reconciler.reconcile_key` (the API's current object: restarts are idempotent). A failed reconcile is queued
+again after its backoff (a fetch that would now succeed, an agent that answers again, a permission granted);
+a plugin whose url can move (tag, unpinned http) is re-checked every ``reresolve_s``. The finalizer (kopf adds it
+because a delete handler is registered) keeps the resource until `Reconciler.cleanup` removed what was
+generated and pushed the agents their set without it.
+
+Several replicas: only the holder of the ``meshplug-operator`` Lease (`meshplug.controller.lease`) runs kopf;
+the others stand by. At start the operator checks every permission listed in `meshplug.controller` with
+SelfSubjectAccessReviews and logs each missing one by name (and /healthz turns 503).
+kopf's own bookkeeping goes to annotations under ``meshplug.io/`` (the structural status schema would prune it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
-from meshplug import spec
-from meshplug.controller import reconcile
+from meshplug import controller, limits, spec
+from meshplug.controller import index, lease, reconcile, webhooks, workqueue
 
+log = logging.getLogger("meshplug.controller.handlers")
 _RESOURCE = (spec.API_GROUP, spec.API_VERSION, spec.PLURAL)
+_WORKLOADS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
 
 
-def build_registry(reconciler: reconcile.Reconciler) -> kopf.OperatorRegistry:
+@dataclass(frozen=True)
+class Options:
+    namespaces: tuple[str, ...]  # empty: cluster-wide
+    liveness_endpoint: str | None
+    reresolve_s: float | None  # re-check mutable urls this often (None: only on spec changes and retries)
+    lease_namespace: str | None  # None: no leader election (a single replica)
+    identity: str
+    lease_duration_s: float = limits.LEASE_DURATION_S
+    workers: int = limits.RECONCILE_WORKERS
+
+
+def check_permissions(reconciler: reconcile.Reconciler, opts: Options) -> list[str]:
+    """Every rule of `controller.rbac_rules()` the operator's identity lacks, as 'verb resource.group in ns'."""
+    missing: list[str] = []
+    for rule in controller.rbac_rules():
+        scopes = [opts.lease_namespace or ""] if rule.scope == "own" else list(opts.namespaces) or [""]
+        if rule.scope == "own" and opts.lease_namespace is None:
+            continue
+        for namespace in scopes:
+            for verb in rule.verbs:
+                allowed, _ = reconciler.writer.access_review(verb, rule.api_group, rule.resource, namespace)
+                if not allowed:
+                    what = f"{rule.resource}.{rule.api_group}" if rule.api_group else rule.resource
+                    missing.append(f"{verb} {what}" + (f" in namespace {namespace}" if namespace else " cluster-wide"))
+    return missing
+
+
+def build_registry(
+    reconciler: reconcile.Reconciler, queue: workqueue.WorkQueue, idx: index.Index
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -50,44 +89,116 @@ def build_registry(reconciler: reconcile.Reconciler) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = "meshplug.io/cleanup"
         settings.posting.level = 100  # Events are written by the reconciler itself, with specific reasons
         settings.watching.server_timeout = 300
+        settings.scanning.disabled = True  # no CRD/namespace scanning: no RBAC beyond the listed rules
 
-    async def _reconcile(body: kopf.Body, retry: int) -> None:
-        try:
-            await asyncio.to_thread(reconciler.reconcile, dict(body), retry)
-        except reconcile.Retry as exc:
-            raise kopf.TemporaryError(str(exc), delay=exc.delay) from None
-        except reconcile.Permanent as exc:
-            raise kopf.PermanentError(str(exc)) from None
+    def add(keys: Sequence[index.Key]) -> None:
+        for key in keys:
+            queue.add(key)
 
-    @kopf.on.resume(*_RESOURCE, registry=registry, retries=None, id="reconcile")
-    @kopf.on.create(*_RESOURCE, registry=registry, retries=None, id="reconcile")
-    @kopf.on.update(*_RESOURCE, registry=registry, retries=None, field="spec", id="reconcile")
-    async def reconcile_plugin(body: kopf.Body, retry: int, **_: Any) -> None:
-        await _reconcile(body, retry)
+    @kopf.on.event(*_RESOURCE, registry=registry)
+    def plugin_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        add(idx.plugin_event(type, body))
+
+    @kopf.on.event("", "v1", "pods", registry=registry)
+    def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        if type == "DELETED":
+            reconciler.forget_pod(body["metadata"]["namespace"], body["metadata"]["name"])
+        add(idx.pod_event(type, body))
+
+    for kind, plural in _WORKLOADS.items():
+
+        def workload_event(type: str | None, body: kopf.Body, _kind: str = kind, **_: Any) -> None:
+            add(idx.workload_event(_kind, type, body))
+
+        kopf.on.event("apps", "v1", plural, registry=registry, id=f"{plural}-event")(workload_event)
 
     @kopf.on.delete(*_RESOURCE, registry=registry, retries=None, id="cleanup")
     async def cleanup_plugin(body: kopf.Body, **_: Any) -> None:
-        await asyncio.to_thread(reconciler.cleanup, dict(body))
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        held = await asyncio.to_thread(queue.hold, key)
+        try:
+            await asyncio.to_thread(reconciler.cleanup, dict(body))
+        finally:
+            if held:
+                queue.done(key)
 
+    webhooks.register(registry)  # admission webhooks (agent injection, WasmPlugin checks) when configured
     return registry
+
+
+def _work(reconciler: reconcile.Reconciler, queue: workqueue.WorkQueue, idx: index.Index, opts: Options) -> Any:
+    def work(key: workqueue.Key) -> None:
+        delay = reconciler.reconcile_key(key)
+        if delay is not None:
+            queue.add(key, after=delay)
+            return
+        ref = idx.plugin(*key)
+        if opts.reresolve_s is not None and ref is not None and ref.mutable:
+            queue.add(key, after=opts.reresolve_s)
+
+    return work
 
 
 def run_operator(
     reconciler: reconcile.Reconciler,
+    opts: Options,
     *,
-    namespaces: Sequence[str],
-    liveness_endpoint: str | None,
     stop_flag: threading.Event | None = None,
-) -> None:
-    """Run until stopped (SIGINT/SIGTERM or ``stop_flag``); one namespace list or cluster-wide when empty."""
-    registry = build_registry(reconciler)
-    asyncio.run(
-        kopf.operator(
-            registry=registry,
-            standalone=True,
-            clusterwide=not namespaces,
-            namespaces=list(namespaces),
-            liveness_endpoint=liveness_endpoint,
-            stop_flag=stop_flag,
+) -> int:
+    """Run until stopped (SIGINT/SIGTERM or ``stop_flag``) or the Lease is lost (exit code 1)."""
+    stop = stop_flag or threading.Event()
+    missing = check_permissions(reconciler, opts)
+    for what in missing:
+        log.error("missing RBAC permission: %s (see meshplug.controller's docstring for the rules)", what)
+    if missing:
+        reconciler.metrics.unhealthy = f"missing RBAC permission(s): {'; '.join(missing)}"
+
+    elector: lease.Elector | None = None
+    if opts.lease_namespace is not None:
+        elector = lease.Elector(
+            reconciler.writer,
+            namespace=opts.lease_namespace,
+            name="meshplug-operator",
+            identity=opts.identity,
+            duration_s=opts.lease_duration_s,
+            renew_s=max(0.5, opts.lease_duration_s / 3),
         )
-    )
+        if not elector.wait_until_leader(stop):
+            return 0
+    reconciler.metrics.leader = True
+    lost = threading.Event()
+
+    def on_lost() -> None:
+        lost.set()
+        stop.set()
+
+    renewer = None
+    if elector is not None:
+        renewer = threading.Thread(target=elector.run, args=(stop, on_lost), name="meshplug-lease", daemon=True)
+        renewer.start()
+
+    queue = workqueue.WorkQueue()
+    idx = index.Index()
+    reconciler.enqueue = lambda key, after: queue.add(key, after=after)
+    workers = workqueue.Workers(queue, _work(reconciler, queue, idx, opts), opts.workers).start()
+    registry = build_registry(reconciler, queue, idx)
+    try:
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                standalone=True,
+                clusterwide=not opts.namespaces,
+                namespaces=list(opts.namespaces),
+                liveness_endpoint=opts.liveness_endpoint,
+                stop_flag=stop,
+            )
+        )
+    finally:
+        stop.set()
+        workers.stop()
+        reconciler.metrics.leader = False
+        if renewer is not None:
+            renewer.join(timeout=10)
+        if elector is not None and not lost.is_set():
+            elector.release()
+    return 1 if lost.is_set() else 0

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import pytest
 import wasmtime
 
 from tests.testbed import kube as kube_mod
+from tests.testbed import operator as operator_mod
 from tests.testbed import procs
 
 _WAT = """(module
@@ -43,30 +42,14 @@ def operator(
     """The operator watching `kube_namespace`, with file:// allowed below a temp dir; yields (ns, module dir)."""
     modules = tmp_path / "modules"
     modules.mkdir()
-    live = procs.free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "meshplug",
-        "operator",
-        f"--kubeconfig={kube.kubeconfig}",
-        f"--namespace={kube_namespace}",
-        f"--module-listen=127.0.0.1:{procs.free_port()}",
-        f"--file-root={modules}",
-        f"--cache-dir={tmp_path / 'cache'}",
-        f"--liveness=http://127.0.0.1:{live}/healthz",
-    ]
-
-    def ready() -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{live}/healthz", timeout=2) as resp:
-            return bool(resp.status == 200)
-
-    proc = procs.start("operator", argv, log_dir=tmp_path / "logs", ready=ready, timeout=60)
+    op = operator_mod.start_operator(
+        kube.kubeconfig, tmp_path, namespaces=[kube_namespace], extra=[f"--file-root={modules}"]
+    )
     try:
         yield kube_namespace, modules
     finally:
-        proc.stop()
-        print(proc.log()[-6000:])
+        op.stop()
+        print(op.proc.log()[-6000:])
 
 
 def _deployment(kube: kube_mod.Kube, ns: str, name: str, labels: dict[str, str]) -> None:

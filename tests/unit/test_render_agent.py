@@ -26,6 +26,6 @@ def test_agent_desired_set_in_chain_order() -> None:
     assert [r.name for r in resources] == ["shop.first", "shop.mid-hi", "shop.mid-lo", "shop.last"]
     assert resources[1].configuration == '{"k":1}'
     assert resources[2].fail_strategy is protocol.FailStrategy.FAIL_OPEN
-    assert resources[0].url == SERVER.url(SMALL.sha256) and resources[0].sha256 == SMALL.sha256
+    assert resources[0].url == SERVER.url(SMALL.sha256, signed=True) and resources[0].sha256 == SMALL.sha256
     assert agent.version_of(resources) == agent.version_of(agent.desired_set(list(reversed(entries)), SERVER))
     assert agent.version_of(resources) != agent.version_of(resources[:3])

@@ -1,0 +1,129 @@
+"""Pushes to the in-pod agents: one pod's full desired set over `meshplug.protocol`, and the reply as an outcome.
+
+Called by `meshplug.controller.reconcile` (agent data plane) for each selected pod. The agent listens at the pod
+IP on the port named by the pod annotation `PUSH_PORT_ANNOTATION` (else `DEFAULT_PUSH_PORT`) and takes a bearer
+token (the Secret the operator reads, `--agent-token-secret`). Not a Kubernetes API client: the only API writer
+stays `meshplug.controller.apply`.
+
+Outcomes: ``ack`` (the agent applied or already had the set), ``nack`` (it refused the set; the reply names the
+resource and reason and the agent keeps serving its last good set), ``unreachable`` (no answer, or an answer
+that is not a protocol reply: retried with backoff), ``unauthorized`` (401: the token is wrong).
+"""
+
+from __future__ import annotations
+
+import enum
+import http.client
+import ipaddress
+import itertools
+import json
+from dataclasses import dataclass
+
+from meshplug import errors, limits, protocol
+
+PUSH_PORT_ANNOTATION = "meshplug.io/agent-push-port"
+DEFAULT_PUSH_PORT = 15010
+
+_nonces = itertools.count(1)
+
+
+class Result(enum.StrEnum):
+    """A push's outcome; also the ``result`` label of ``meshplug_operator_pushes_total``."""
+
+    ACK = "ack"
+    NACK = "nack"
+    UNREACHABLE = "unreachable"
+    UNAUTHORIZED = "unauthorized"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one pod's agent takes pushes."""
+
+    namespace: str
+    pod: str
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one push to one pod's agent came to."""
+
+    result: Result
+    version_info: str  # the version pushed
+    applied_version: str  # the version the agent runs afterwards ("" if unknown)
+    reason: str = ""
+    message: str = ""
+    resource: str = ""
+    running: tuple[tuple[str, str], ...] = ()  # (plugin name, sha256) the agent reports running
+
+
+def target_of(pod: dict[str, object]) -> Target | None:
+    """The pod's agent endpoint; None while it has no IP (Pending, or not scheduled yet)."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    assert isinstance(meta, dict) and isinstance(status, dict)
+    ip = status.get("podIP")
+    if not isinstance(ip, str) or not ip:
+        return None
+    annotations = meta.get("annotations") or {}
+    raw = annotations.get(PUSH_PORT_ANNOTATION) if isinstance(annotations, dict) else None
+    try:
+        port = int(raw) if raw is not None else DEFAULT_PUSH_PORT
+    except ValueError:
+        raise errors.ConfigError(
+            f"pod {meta.get('name')}: annotation {PUSH_PORT_ANNOTATION}={raw!r} is not a port", reason="BadPushPort"
+        ) from None
+    if not 1 <= port <= 65535:
+        raise errors.ConfigError(
+            f"pod {meta.get('name')}: annotation {PUSH_PORT_ANNOTATION}={raw!r} is not a port", reason="BadPushPort"
+        )
+    return Target(namespace=str(meta.get("namespace")), pod=str(meta.get("name")), ip=ip, port=port)
+
+
+def push(target: Target, version: str, resources: tuple[protocol.ExtensionConfig, ...], token: str) -> Outcome:
+    """PUT the full set to the agent and read its reply. Never raises for the agent's or the network's faults."""
+    message = protocol.Push(version_info=version, nonce=f"n-{next(_nonces)}", resources=resources)
+    body = protocol.encode(message)
+    host = f"[{target.ip}]" if ipaddress.ip_address(target.ip).version == 6 else target.ip
+    conn = http.client.HTTPConnection(host.strip("[]"), target.port, timeout=limits.AGENT_PUSH_TIMEOUT_S)
+    try:
+        conn.request("PUT", protocol.PUSH_PATH, body=body, headers=protocol.bearer(token))
+        resp = conn.getresponse()
+        raw = resp.read(limits.MAX_CONTROL_REQUEST_BYTES)
+        status = resp.status
+    except (OSError, http.client.HTTPException) as exc:
+        return Outcome(Result.UNREACHABLE, version, "", "AgentUnreachable", f"{target.ip}:{target.port}: {exc}")
+    finally:
+        conn.close()
+    try:
+        reply = protocol.decode_reply(raw)
+    except errors.ProtocolError as exc:
+        return Outcome(Result.UNREACHABLE, version, "", "AgentProtocolError", f"HTTP {status}: {exc.message}")
+    running = tuple((p.name, p.sha256) for p in reply.plugins if p.state is protocol.PluginState.RUNNING)
+    if status == 401:
+        return Outcome(Result.UNAUTHORIZED, version, reply.version_info, "AgentUnauthorized", _detail(reply))
+    if reply.ack and reply.nonce == message.nonce and reply.version_info == version:
+        return Outcome(Result.ACK, version, reply.version_info, running=running)
+    if reply.ack:  # an ACK for something else: not a confirmation of this push
+        return Outcome(
+            Result.UNREACHABLE, version, reply.version_info, "AgentProtocolError", "reply does not match the push"
+        )
+    detail = reply.error_detail
+    return Outcome(
+        Result.NACK,
+        version,
+        reply.version_info,
+        reason=detail.reason if detail else "nack",
+        message=_detail(reply),
+        resource=detail.resource if detail else "",
+        running=running,
+    )
+
+
+def _detail(reply: protocol.Reply) -> str:
+    d = reply.error_detail
+    if d is None:
+        return json.dumps(reply.to_json())[:200]
+    return f"{d.resource}: {d.message}" if d.resource else d.message

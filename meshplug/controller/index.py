@@ -1,0 +1,136 @@
+"""Which WasmPlugins to reconcile when something they depend on changes: an in-memory index fed by the watches.
+
+Called by `meshplug.controller.handlers` for every watch event (WasmPlugins, Pods, Deployments, StatefulSets,
+DaemonSets); each method returns the plugin keys to queue. A WasmPlugin is queued when it is new to this process
+(start-up listing, so restarts re-reconcile everything once) or its generation changed; a Pod when what the
+plugins selecting it (before or after the change) depend on changed: labels, IP, phase, readiness, restarts,
+the agent push port, the sidecar volume annotations; a workload when its pod-template labels or volume
+annotations changed. Thread-safe; kopf-free.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from meshplug import spec
+from meshplug.controller import agents
+from meshplug.render import podtemplate
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class PluginRef:
+    selector: tuple[tuple[str, str], ...]
+    selects_pods: bool  # False with targetRefs
+    data_plane: str
+    generation: int
+    mutable: bool  # the url can move (a tag or an http url without a pinned sha256)
+
+
+def _selects(selector: tuple[tuple[str, str], ...], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector)
+
+
+def _pod_print(pod: Mapping[str, Any]) -> tuple[Any, ...]:
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    conds = tuple(sorted((c.get("type"), c.get("status")) for c in status.get("conditions") or []))
+    restarts = sum(int(s.get("restartCount") or 0) for s in status.get("containerStatuses") or [])
+    return (
+        tuple(sorted((meta.get("labels") or {}).items())),
+        status.get("podIP"),
+        status.get("phase"),
+        conds,
+        restarts,
+        annotations.get(agents.PUSH_PORT_ANNOTATION),
+        annotations.get(podtemplate.USER_VOLUME),
+        bool(meta.get("deletionTimestamp")),
+    )
+
+
+def _workload_print(workload: Mapping[str, Any]) -> tuple[Any, ...]:
+    meta = ((workload.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    return (tuple(sorted((meta.get("labels") or {}).items())), annotations.get(podtemplate.USER_VOLUME))
+
+
+def _mutable(plugin: spec.PluginSpec) -> bool:
+    if plugin.scheme is spec.Scheme.OCI:
+        return "@sha256:" not in plugin.url
+    return plugin.scheme in (spec.Scheme.HTTP, spec.Scheme.HTTPS) and plugin.sha256 is None
+
+
+class Index:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._plugins: dict[str, dict[str, PluginRef]] = {}
+        self._pods: dict[Key, tuple[Any, ...]] = {}
+        self._workloads: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+
+    def plugin(self, namespace: str, name: str) -> PluginRef | None:
+        with self._lock:
+            return self._plugins.get(namespace, {}).get(name)
+
+    def plugin_event(self, event_type: str | None, body: Mapping[str, Any]) -> list[Key]:
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        if event_type == "DELETED":
+            with self._lock:
+                self._plugins.get(namespace, {}).pop(name, None)
+            return []
+        generation = int(meta.get("generation") or 0)
+        try:
+            plugin = spec.parse(body)
+            ref = PluginRef(
+                plugin.selector, not plugin.target_refs, plugin.data_plane.value, generation, _mutable(plugin)
+            )
+        except Exception:  # an invalid spec is still reconciled (its status says why), but selects nothing
+            ref = PluginRef((), False, "", generation, False)
+        with self._lock:
+            known = self._plugins.setdefault(namespace, {}).get(name)
+            self._plugins[namespace][name] = ref
+        if meta.get("deletionTimestamp"):
+            return []
+        return [(namespace, name)] if known is None or known.generation != generation else []
+
+    def _selecting(self, namespace: str, labels: Sequence[Mapping[str, str]], plane: str | None) -> list[Key]:
+        with self._lock:
+            plugins = dict(self._plugins.get(namespace, {}))
+        return [
+            (namespace, name)
+            for name, ref in sorted(plugins.items())
+            if ref.selects_pods
+            and (plane is None or ref.data_plane == plane)
+            and any(_selects(ref.selector, lab) for lab in labels)
+        ]
+
+    def pod_event(self, event_type: str | None, body: Mapping[str, Any]) -> list[Key]:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        new = None if event_type == "DELETED" else _pod_print(body)
+        with self._lock:
+            old = self._pods.pop(key, None)
+            if new is not None:
+                self._pods[key] = new
+        if old == new:
+            return []
+        labels = [dict(p[0]) for p in (old, new) if p is not None]
+        return self._selecting(key[0], labels, None)
+
+    def workload_event(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> list[Key]:
+        meta = body.get("metadata") or {}
+        key = (kind, str(meta.get("namespace")), str(meta.get("name")))
+        new = None if event_type == "DELETED" else _workload_print(body)
+        with self._lock:
+            old = self._workloads.pop(key, None)
+            if new is not None:
+                self._workloads[key] = new
+        if old == new or new is None:
+            return []
+        labels = [dict(p[0]) for p in (old, new) if p is not None]
+        return self._selecting(key[1], labels, spec.DataPlane.ISTIO.value)

@@ -1,0 +1,235 @@
+"""Admission webhooks served by the operator over HTTPS (kopf's admission server): agent injection, plugin checks.
+
+Called by `meshplug.controller.handlers.build_registry` through `register(registry)`. Nothing is registered
+unless ``$MESHPLUG_WEBHOOK_CONFIG`` names a webhook config file (the chart mounts one from its values):
+
+    listen: {address: 0.0.0.0, port: 9443}
+    tls: {certFile: /etc/meshplug/webhook-tls/tls.crt, keyFile: /etc/meshplug/webhook-tls/tls.key}
+    injection:                      # mutating webhook on Pod CREATE (meshplug.injection makes the patch)
+      enabled: true
+      agent: {image: ..., imagePullPolicy: IfNotPresent, listenPort: 15006, adminPort: 15000, pushPort: 15010,
+              tokenSecret: meshplug-agent-token, moduleServerUrl: "", runAsUser: 65532, logLevel: info,
+              resources: {requests: {cpu: 50m, memory: 64Mi}, limits: {memory: 256Mi}}}
+    validation:                     # validating webhook on WasmPlugin CREATE/UPDATE
+      enabled: true
+      allowedUrlPrefixes: [oci://registry.example.com/]    # empty: any url
+
+Paths (kopf routes by handler id): ``/inject-agent`` and ``/validate-wasmplugin``. The Mutating/
+ValidatingWebhookConfiguration objects and their CA bundle belong to the chart (kopf does not manage them, so
+the operator needs no RBAC on webhook configurations). kopf re-reads the certificate files when they change.
+A rejected WasmPlugin gets the reason of `meshplug.spec.parse` (pluginConfig vs pluginConfigSchema via
+`spec.check_plugin_config`) or ``UrlNotAllowed``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kopf
+import yaml
+
+from meshplug import errors, injection, spec
+
+CONFIG_ENV = "MESHPLUG_WEBHOOK_CONFIG"
+INJECT_PATH = "inject-agent"
+VALIDATE_PATH = "validate-wasmplugin"
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    address: str
+    port: int
+    cert_file: Path
+    key_file: Path
+    injection: injection.InjectionSettings | None  # None: injection off
+    validation: bool
+    allowed_url_prefixes: tuple[str, ...]
+
+
+def _obj(raw: Any, where: str, allowed: set[str]) -> Mapping[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise errors.ConfigError(f"webhook config: {where} must be a mapping")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise errors.ConfigError(f"webhook config: {where}: unknown keys {unknown}")
+    return raw
+
+
+def _int(obj: Mapping[str, Any], key: str, where: str, default: int) -> int:
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise errors.ConfigError(f"webhook config: {where}.{key} must be an integer")
+    return value
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str, default: str) -> str:
+    value = obj.get(key, default)
+    if not isinstance(value, str):
+        raise errors.ConfigError(f"webhook config: {where}.{key} must be a string")
+    return value
+
+
+def _agent(raw: Any) -> injection.InjectionSettings:
+    where = "injection.agent"
+    agent = _obj(
+        raw,
+        where,
+        {
+            "image",
+            "imagePullPolicy",
+            "listenPort",
+            "adminPort",
+            "pushPort",
+            "tokenSecret",
+            "moduleServerUrl",
+            "runAsUser",
+            "logLevel",
+            "resources",
+        },
+    )
+    image = _str(agent, "image", where, "")
+    if not image:
+        raise errors.ConfigError("webhook config: injection.agent.image is required")
+    res = _obj(agent.get("resources"), f"{where}.resources", {"requests", "limits"})
+    req = _obj(res.get("requests"), f"{where}.resources.requests", {"cpu", "memory"})
+    lim = _obj(res.get("limits"), f"{where}.resources.limits", {"cpu", "memory"})
+    d = injection.InjectionSettings(image=image)
+    return injection.InjectionSettings(
+        image=image,
+        image_pull_policy=_str(agent, "imagePullPolicy", where, d.image_pull_policy),
+        listen_port=_int(agent, "listenPort", where, d.listen_port),
+        admin_port=_int(agent, "adminPort", where, d.admin_port),
+        push_port=_int(agent, "pushPort", where, d.push_port),
+        token_secret=_str(agent, "tokenSecret", where, d.token_secret),
+        module_server_url=_str(agent, "moduleServerUrl", where, d.module_server_url),
+        run_as_user=_int(agent, "runAsUser", where, d.run_as_user),
+        log_level=_str(agent, "logLevel", where, d.log_level),
+        resources=injection.Resources(
+            cpu_request=str(req.get("cpu", "")),
+            memory_request=str(req.get("memory", "")),
+            cpu_limit=str(lim.get("cpu", "")),
+            memory_limit=str(lim.get("memory", "")),
+        ),
+    )
+
+
+def parse_config(raw: Any, base: Path) -> WebhookConfig:
+    """A loaded webhook config document -> WebhookConfig; ConfigError names the offending key."""
+    top = _obj(raw, "config", {"listen", "tls", "injection", "validation"})
+    listen = _obj(top.get("listen"), "listen", {"address", "port"})
+    tls = _obj(top.get("tls"), "tls", {"certFile", "keyFile"})
+    inj = _obj(top.get("injection"), "injection", {"enabled", "agent"})
+    val = _obj(top.get("validation"), "validation", {"enabled", "allowedUrlPrefixes"})
+    if not tls.get("certFile") or not tls.get("keyFile"):
+        raise errors.ConfigError("webhook config: tls.certFile and tls.keyFile are required (HTTPS only)")
+    prefixes = val.get("allowedUrlPrefixes") or []
+    if not isinstance(prefixes, list) or not all(isinstance(p, str) and p for p in prefixes):
+        raise errors.ConfigError("webhook config: validation.allowedUrlPrefixes must be a list of strings")
+    port = _int(listen, "port", "listen", 9443)
+    if not 0 < port < 65536:
+        raise errors.ConfigError(f"webhook config: listen.port {port} out of range")
+    return WebhookConfig(
+        address=_str(listen, "address", "listen", "0.0.0.0"),  # noqa: S104 - the apiserver connects from outside
+        port=port,
+        cert_file=base / _str(tls, "certFile", "tls", ""),
+        key_file=base / _str(tls, "keyFile", "tls", ""),
+        injection=_agent(inj.get("agent")) if inj.get("enabled", True) else None,
+        validation=bool(val.get("enabled", True)),
+        allowed_url_prefixes=tuple(prefixes),
+    )
+
+
+def load_config(path: Path) -> WebhookConfig:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise errors.ConfigError(f"cannot read webhook config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise errors.ConfigError(f"webhook config {path}: not valid YAML: {exc}") from None
+    return parse_config(raw, path.resolve().parent)
+
+
+# --- the checks (pure) -----------------------------------------------------------------------------------------
+
+
+def check_plugin(body: Mapping[str, Any], allowed_url_prefixes: Sequence[str]) -> None:
+    """Raise SpecError unless the WasmPlugin parses (pluginConfig satisfies its schema) and its url is allowed."""
+    plugin = spec.parse(body)
+    if allowed_url_prefixes and not any(plugin.url.startswith(p) for p in allowed_url_prefixes):
+        raise errors.SpecError(
+            f"spec.url {plugin.url!r} is not allowed; allowed prefixes: {', '.join(allowed_url_prefixes)}",
+            reason="UrlNotAllowed",
+        )
+
+
+def needs_check(body: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    """Check creations and spec changes; never block deletion (finalizer removal) or metadata-only updates."""
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return old is None or old.get("spec") != body.get("spec")
+
+
+# --- kopf wiring -----------------------------------------------------------------------------------------------
+
+
+def register(registry: kopf.OperatorRegistry, config_path: Path | None = None) -> WebhookConfig | None:
+    """Register the admission server and handlers on ``registry`` when a webhook config is given."""
+    if config_path is None:
+        env = os.environ.get(CONFIG_ENV, "")
+        if not env:
+            return None
+        config_path = Path(env)
+    config = load_config(config_path)
+
+    @kopf.on.startup(registry=registry)
+    def admission_server(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.admission.server = kopf.WebhookServer(
+            addr=config.address,
+            port=config.port,
+            certfile=str(config.cert_file),
+            pkeyfile=str(config.key_file),
+        )
+        settings.admission.managed = None  # the chart owns the webhook configurations
+
+    agent = config.injection
+    if agent is not None:
+
+        @kopf.on.mutate("", "v1", "pods", id=INJECT_PATH, registry=registry, operations=["CREATE"])
+        def inject_agent(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+            try:
+                ops = injection.patch(body, agent)
+            except errors.ConfigError as exc:
+                raise kopf.AdmissionError(f"meshplug agent injection: {exc.message}", code=400) from None
+            if ops:
+
+                def apply_ops(doc: Any) -> None:
+                    doc.update(injection.apply_patch(doc, ops))
+
+                patch.fns.append(apply_ops)
+
+    if config.validation:
+        prefixes = config.allowed_url_prefixes
+
+        @kopf.on.validate(
+            spec.API_GROUP,
+            spec.API_VERSION,
+            spec.PLURAL,
+            id=VALIDATE_PATH,
+            registry=registry,
+            operations=["CREATE", "UPDATE"],
+        )
+        def validate_plugin(body: kopf.Body, **kwargs: Any) -> None:
+            if not needs_check(body, kwargs.get("old")):
+                return
+            try:
+                check_plugin(body, prefixes)
+            except errors.SpecError as exc:
+                raise kopf.AdmissionError(f"{exc.reason}: {exc.message}", code=422) from None
+
+    return config

@@ -1,0 +1,136 @@
+"""A de-duplicating, delaying work queue of WasmPlugin keys, drained by worker threads.
+
+Called by `meshplug.controller.handlers`: kopf's watch handlers (WasmPlugins, Pods, workloads) only `add` keys;
+`Workers` run `Reconciler.reconcile_key` for them. Semantics as controller-runtime's queue: a key is queued at
+most once (the earliest due time wins); a key is never processed by two workers at once (an `add` while it
+runs marks it dirty and it runs again afterwards); ``add(key, after=s)`` schedules a retry. kopf-free.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("meshplug.controller.workqueue")
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(order=True)
+class _Item:
+    due: float
+    seq: int
+    key: Key = field(compare=False)
+
+
+class WorkQueue:
+    """Thread-safe; `get` blocks until a key is due or the queue is shut down (then returns None)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._heap: list[_Item] = []
+        self._due: dict[Key, float] = {}  # queued keys and their due time
+        self._running: set[Key] = set()
+        self._dirty: dict[Key, float] = {}  # added while running: re-queue at this due time when done
+        self._seq = 0
+        self._closed = False
+
+    def add(self, key: Key, *, after: float = 0.0) -> None:
+        due = self._clock() + max(0.0, after)
+        with self._cond:
+            if self._closed:
+                return
+            if key in self._running:
+                self._dirty[key] = min(due, self._dirty.get(key, due))
+                return
+            if key in self._due and self._due[key] <= due:
+                return
+            self._push(key, due)
+
+    def _push(self, key: Key, due: float) -> None:
+        self._due[key] = due
+        self._seq += 1
+        heapq.heappush(self._heap, _Item(due, self._seq, key))
+        self._cond.notify_all()
+
+    def get(self) -> Key | None:
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                while self._heap and self._due.get(self._heap[0].key) != self._heap[0].due:
+                    heapq.heappop(self._heap)  # superseded by an earlier due time
+                if self._heap and self._heap[0].due <= self._clock():
+                    item = heapq.heappop(self._heap)
+                    del self._due[item.key]
+                    self._running.add(item.key)
+                    return item.key
+                timeout = None if not self._heap else max(0.0, self._heap[0].due - self._clock())
+                self._cond.wait(timeout)
+
+    def done(self, key: Key) -> None:
+        with self._cond:
+            self._running.discard(key)
+            self._cond.notify_all()
+            due = self._dirty.pop(key, None)
+            if due is not None and not self._closed and (key not in self._due or self._due[key] > due):
+                self._push(key, due)
+
+    def hold(self, key: Key, timeout: float = 60.0) -> bool:
+        """Wait until no worker runs ``key`` and mark it running (release with `done`); False on timeout.
+        The delete handler holds a key so no reconcile re-creates what its cleanup removes."""
+        deadline = self._clock() + timeout
+        with self._cond:
+            while key in self._running:
+                left = deadline - self._clock()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            self._running.add(key)
+            return True
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._due) + len(self._running)
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class Workers:
+    """``count`` threads running ``work(key)`` for each key the queue hands out, until `stop`."""
+
+    def __init__(self, queue: WorkQueue, work: Callable[[Key], None], count: int) -> None:
+        self.queue = queue
+        self._work = work
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"meshplug-reconcile-{i}", daemon=True) for i in range(count)
+        ]
+
+    def _loop(self) -> None:
+        while (key := self.queue.get()) is not None:
+            try:
+                self._work(key)
+            except Exception:  # a bug in one reconcile must not kill the worker; it is logged with its key
+                log.exception("reconcile of %s/%s failed unexpectedly", *key)
+                self.queue.add(key, after=30.0)
+            finally:
+                self.queue.done(key)
+
+    def start(self) -> Workers:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.queue.shutdown()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,90 @@
+"""`meshplug operator` as a real process of the test bed: start it against a test-bed apiserver, read its metrics.
+
+Used by tests/integration/test_kube_operator.py, test_operator_*.py and bench/operator_scale.py. The operator
+listens on free 127.0.0.1 ports (module server, metrics, kopf liveness); readiness is /healthz of the metrics
+server (standby replicas and replicas missing permissions answer 503 there, so `ready` can be turned off).
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.testbed import procs
+
+
+@dataclass
+class Operator:
+    proc: procs.Proc
+    metrics_port: int
+    module_port: int
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as resp:
+                return int(resp.status), resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode()
+
+    def metrics(self) -> dict[str, float]:
+        """Samples of /metrics: 'name{labels}' -> value."""
+        status, text = self.get("/metrics")
+        if status != 200:
+            raise RuntimeError(f"/metrics answered {status}")
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def healthy(self) -> bool:
+        try:
+            return self.get("/healthz")[0] == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def start_operator(
+    kubeconfig: Path,
+    work_dir: Path,
+    *,
+    namespaces: Sequence[str] = (),
+    name: str = "operator",
+    extra: Sequence[str] = (),
+    wait_healthy: bool = True,
+    timeout: float = 60.0,
+) -> Operator:
+    metrics_port, module_port = procs.free_port(), procs.free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "meshplug",
+        "operator",
+        f"--kubeconfig={kubeconfig}",
+        *(f"--namespace={ns}" for ns in namespaces),
+        f"--module-listen=127.0.0.1:{module_port}",
+        "--module-host=127.0.0.1",
+        f"--module-port={module_port}",
+        f"--cache-dir={work_dir / 'cache'}",
+        f"--metrics-listen=127.0.0.1:{metrics_port}",
+        f"--liveness=http://127.0.0.1:{procs.free_port()}/healthz",
+        *extra,
+    ]
+    op = Operator(proc=None, metrics_port=metrics_port, module_port=module_port)  # type: ignore[arg-type]
+    op.proc = procs.start(
+        name,
+        argv,
+        log_dir=work_dir / "logs",
+        ready=(op.healthy if wait_healthy else (lambda: procs.port_open(metrics_port))),
+        timeout=timeout,
+        ports={"metrics": metrics_port, "modules": module_port},
+    )
+    return op
