@@ -1,0 +1,85 @@
+{{/* Names and labels shared by every template. */}}
+{{- define "meshplug.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "meshplug.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "meshplug.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "meshplug.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "meshplug.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "meshplug.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: meshplug
+{{- end -}}
+
+{{- define "meshplug.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "meshplug.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "meshplug.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (printf "%s-operator" (include "meshplug.fullname" .)) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create=false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "meshplug.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "meshplug.webhookSecretName" -}}
+{{- default (printf "%s-webhook-tls" (include "meshplug.fullname" .)) .Values.webhook.tls.secretName -}}
+{{- end -}}
+
+{{- define "meshplug.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "meshplug.fullname" .) -}}
+{{- end -}}
+
+{{- define "meshplug.modulesServiceName" -}}
+{{- printf "%s-modules" (include "meshplug.fullname" .) -}}
+{{- end -}}
+
+{{/* The webhook config file the operator reads ($MESHPLUG_WEBHOOK_CONFIG; format: meshplug/controller/webhooks.py). */}}
+{{- define "meshplug.webhookConfig" -}}
+listen:
+  address: 0.0.0.0
+  port: {{ .Values.webhook.port }}
+tls:
+  certFile: /etc/meshplug/webhook-tls/tls.crt
+  keyFile: /etc/meshplug/webhook-tls/tls.key
+injection:
+  enabled: {{ .Values.injection.enabled }}
+  agent:
+    image: {{ default (include "meshplug.image" .) .Values.agent.image | quote }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    listenPort: {{ .Values.agent.listenPort }}
+    adminPort: {{ .Values.agent.adminPort }}
+    pushPort: {{ .Values.agent.pushPort }}
+    tokenSecret: {{ .Values.agent.tokenSecret | quote }}
+    moduleServerUrl: {{ printf "http://%s.%s.svc:%d" (include "meshplug.modulesServiceName" .) .Release.Namespace (int .Values.operator.modulePort) | quote }}
+    runAsUser: {{ .Values.agent.runAsUser }}
+    logLevel: {{ .Values.agent.logLevel }}
+    resources:
+      {{- toYaml .Values.agent.resources | nindent 6 }}
+validation:
+  enabled: {{ .Values.validation.enabled }}
+  allowedUrlPrefixes:
+    {{- toYaml .Values.validation.allowedUrlPrefixes | nindent 4 }}
+{{- end -}}

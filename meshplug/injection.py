@@ -1,0 +1,300 @@
+"""Agent injection, pure: a Pod (as the API server hands it to a mutating webhook) -> a JSON patch (RFC 6902).
+
+Called by `meshplug.controller.webhooks` (the mutating admission webhook on Pod CREATE) and by the tests.
+No I/O, no Kubernetes client: the same pod and settings always give the same patch.
+
+Opt-in: label or annotation ``meshplug.io/inject: enabled`` (``true`` too); the annotation ``disabled`` wins
+over the label. A pod that already has the ``meshplug-agent`` container is left alone (reinvocation-safe).
+
+Traffic, without NET_ADMIN or iptables (port takeover): the agent listens on ``listen_port`` in the pod's
+network namespace and forwards to the application on ``127.0.0.1:<app port>``. Services reach the agent by
+targeting the app port's *name*: the patch moves that name from the application's port to the agent's port
+(the application's port keeps its number, loses its name; its probes that used the name get the number, so
+the kubelet still probes the application directly). A Service whose ``targetPort`` is a number keeps reaching
+the application directly; point it at the agent's port name (``meshplug-http`` when the app port has no
+name) to route through the agent. The app port is the annotation ``meshplug.io/app-port`` (number or name),
+else the first TCP port of the first container that declares one.
+
+The agent's config file is the pod annotation ``meshplug.io/agent-config`` (JSON, written by this patch),
+projected into the agent's config volume by the downward API together with the Secret ``token_secret`` of the
+pod's namespace (key ``token``: the operator's ``--agent-token-secret``; key ``module-token`` when a module server
+is set). The operator pushes plugins to ``<pod IP>:<push port>`` with that token (annotation
+``meshplug.io/agent-push-port``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from meshplug import errors
+
+INJECT_KEY = "meshplug.io/inject"
+APP_PORT_ANNOTATION = "meshplug.io/app-port"
+CONFIG_ANNOTATION = "meshplug.io/agent-config"
+PUSH_PORT_ANNOTATION = "meshplug.io/agent-push-port"
+STATUS_ANNOTATION = "meshplug.io/injected"
+CONTAINER_NAME = "meshplug-agent"
+CONFIG_VOLUME = "meshplug-agent-config"
+STATE_VOLUME = "meshplug-agent-state"
+CONFIG_DIR = "/etc/meshplug/agent"
+STATE_DIR = "/var/lib/meshplug"
+CONFIG_FILE = "config.json"
+PUSH_TOKEN_KEY = "token"  # noqa: S105 - a Secret key's name, not a secret
+MODULE_TOKEN_KEY = "module-token"  # noqa: S105 - a Secret key's name, not a secret
+#: the agent's proxy and push listeners accept connections from other pods (the Service, the operator)
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104
+#: the agent port's name when the application's port has none
+DEFAULT_PORT_NAME = "meshplug-http"
+_ENABLED = ("enabled", "true")
+_DISABLED = ("disabled", "false")
+
+JsonPatch = tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Container resources as Kubernetes quantities ("" = not set)."""
+
+    cpu_request: str = "50m"
+    memory_request: str = "64Mi"
+    cpu_limit: str = ""
+    memory_limit: str = "256Mi"
+
+    def as_k8s(self) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for section, cpu, memory in (
+            ("requests", self.cpu_request, self.memory_request),
+            ("limits", self.cpu_limit, self.memory_limit),
+        ):
+            values = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v}
+            if values:
+                out[section] = values
+        return out
+
+
+@dataclass(frozen=True)
+class InjectionSettings:
+    """What the webhook injects; the chart's ``agent`` values, passed through the webhook config file."""
+
+    image: str
+    image_pull_policy: str = "IfNotPresent"
+    listen_port: int = 15006
+    admin_port: int = 15000
+    push_port: int = 15010
+    token_secret: str = "meshplug-agent-token"  # noqa: S105 - the Secret's name
+    module_server_url: str = ""  # the operator's module server as pods reach it; "" = no module-token
+    run_as_user: int = 65532
+    log_level: str = "info"
+    resources: Resources = Resources()
+
+
+def wants_injection(pod: Mapping[str, Any]) -> bool:
+    """True when the pod opted in and has no agent yet."""
+    meta = pod.get("metadata") or {}
+    annotation = str((meta.get("annotations") or {}).get(INJECT_KEY, "")).lower()
+    label = str((meta.get("labels") or {}).get(INJECT_KEY, "")).lower()
+    if annotation in _DISABLED:
+        return False
+    if annotation not in _ENABLED and label not in _ENABLED:
+        return False
+    containers = (pod.get("spec") or {}).get("containers") or []
+    return not any(c.get("name") == CONTAINER_NAME for c in containers)
+
+
+@dataclass(frozen=True)
+class AppPort:
+    container: int  # index in spec.containers
+    port: int  # index in that container's ports, -1 when the annotation names a port not declared
+    number: int
+    name: str  # "" when unnamed
+
+
+def find_app_port(pod: Mapping[str, Any]) -> AppPort:
+    """The application port the agent fronts (see the module docstring); ConfigError when there is none."""
+    meta = pod.get("metadata") or {}
+    containers = (pod.get("spec") or {}).get("containers") or []
+    wanted = str((meta.get("annotations") or {}).get(APP_PORT_ANNOTATION, "")).strip()
+    declared = [
+        (ci, pi, p)
+        for ci, c in enumerate(containers)
+        for pi, p in enumerate(c.get("ports") or [])
+        if str(p.get("protocol", "TCP")).upper() == "TCP"
+    ]
+    if wanted:
+        for ci, pi, p in declared:
+            if wanted in (str(p.get("containerPort")), str(p.get("name", ""))):
+                return AppPort(ci, pi, int(p["containerPort"]), str(p.get("name", "")))
+        if wanted.isdigit() and 0 < int(wanted) < 65536:
+            return AppPort(0, -1, int(wanted), "")
+        raise errors.ConfigError(
+            f"annotation {APP_PORT_ANNOTATION}={wanted!r} names no TCP containerPort of the pod",
+            reason="NoAppPort",
+        )
+    if not declared:
+        raise errors.ConfigError(
+            f"the pod declares no TCP containerPort; set annotation {APP_PORT_ANNOTATION}", reason="NoAppPort"
+        )
+    ci, pi, p = declared[0]
+    return AppPort(ci, pi, int(p["containerPort"]), str(p.get("name", "")))
+
+
+def agent_config(app: AppPort, settings: InjectionSettings) -> dict[str, Any]:
+    """The agent's config file (meshplug.agent.config format) for one pod."""
+    config: dict[str, Any] = {
+        "listeners": [{"name": "inbound", "address": ALL_INTERFACES, "port": settings.listen_port, "cluster": "app"}],
+        "clusters": [{"name": "app", "address": "127.0.0.1", "port": app.number}],
+        "admin": {"address": "127.0.0.1", "port": settings.admin_port},
+        "push": {
+            "address": ALL_INTERFACES,
+            "port": settings.push_port,
+            "token_file": f"{CONFIG_DIR}/{PUSH_TOKEN_KEY}",
+        },
+        "state_dir": STATE_DIR,
+    }
+    if settings.module_server_url:
+        config["modules"] = {
+            "server": {"url": settings.module_server_url, "token_file": f"{CONFIG_DIR}/{MODULE_TOKEN_KEY}"}
+        }
+    return config
+
+
+def _pointer(*parts: str | int) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _security_context(settings: InjectionSettings) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": settings.run_as_user,
+        "runAsGroup": settings.run_as_user,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container(app: AppPort, settings: InjectionSettings) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": ["agent", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--log-level", settings.log_level],
+        "ports": [
+            {"name": app.name or DEFAULT_PORT_NAME, "containerPort": settings.listen_port, "protocol": "TCP"},
+            {"name": "meshplug-push", "containerPort": settings.push_port, "protocol": "TCP"},
+        ],
+        # the admin endpoint stays on 127.0.0.1; the kubelet checks that the proxy listener accepts connections
+        "readinessProbe": {"tcpSocket": {"port": settings.listen_port}, "periodSeconds": 5},
+        "securityContext": _security_context(settings),
+        "volumeMounts": [
+            {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": STATE_VOLUME, "mountPath": STATE_DIR},
+        ],
+    }
+    resources = settings.resources.as_k8s()
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def _volumes(settings: InjectionSettings) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": CONFIG_VOLUME,
+            "projected": {
+                "sources": [
+                    {
+                        "downwardAPI": {
+                            "items": [
+                                {
+                                    "path": CONFIG_FILE,
+                                    "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"},
+                                }
+                            ]
+                        }
+                    },
+                    {"secret": {"name": settings.token_secret}},
+                ]
+            },
+        },
+        {"name": STATE_VOLUME, "emptyDir": {}},
+    ]
+
+
+def _probe_ops(container: Mapping[str, Any], ci: int, name: str, number: int) -> list[dict[str, Any]]:
+    """Probes and lifecycle hooks of the app container that name the moved port get its number."""
+    ops: list[dict[str, Any]] = []
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        for action in ("httpGet", "tcpSocket"):
+            if ((container.get(probe) or {}).get(action) or {}).get("port") == name:
+                path = _pointer("spec", "containers", ci, probe, action, "port")
+                ops.append({"op": "replace", "path": path, "value": number})
+    for hook in ("postStart", "preStop"):
+        for action in ("httpGet", "tcpSocket"):
+            if (((container.get("lifecycle") or {}).get(hook) or {}).get(action) or {}).get("port") == name:
+                path = _pointer("spec", "containers", ci, "lifecycle", hook, action, "port")
+                ops.append({"op": "replace", "path": path, "value": number})
+    return ops
+
+
+def patch(pod: Mapping[str, Any], settings: InjectionSettings) -> JsonPatch:
+    """The JSON patch that injects the agent; empty when the pod did not opt in (or has an agent already)."""
+    if not wants_injection(pod):
+        return ()
+    app = find_app_port(pod)
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    ops: list[dict[str, Any]] = []
+    if not meta.get("annotations"):
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
+    for key, value in (
+        (CONFIG_ANNOTATION, json.dumps(agent_config(app, settings), sort_keys=True, separators=(",", ":"))),
+        (PUSH_PORT_ANNOTATION, str(settings.push_port)),
+        (STATUS_ANNOTATION, settings.image),
+    ):
+        ops.append({"op": "add", "path": _pointer("metadata", "annotations", key), "value": value})
+    if app.name and app.port >= 0:
+        # port takeover: the name (what Services target) moves to the agent's port
+        ops.append({"op": "remove", "path": _pointer("spec", "containers", app.container, "ports", app.port, "name")})
+        ops += _probe_ops(spec["containers"][app.container], app.container, app.name, app.number)
+    ops.append({"op": "add", "path": "/spec/containers/-", "value": _container(app, settings)})
+    if not spec.get("volumes"):
+        ops.append({"op": "add", "path": "/spec/volumes", "value": []})
+    ops += [{"op": "add", "path": "/spec/volumes/-", "value": v} for v in _volumes(settings)]
+    return tuple(ops)
+
+
+def _walk(doc: Any, parts: Sequence[str]) -> Any:
+    for part in parts:
+        doc = doc[int(part)] if isinstance(doc, list) else doc[part]
+    return doc
+
+
+def apply_patch(document: Mapping[str, Any], ops: JsonPatch) -> dict[str, Any]:
+    """Apply add/replace/remove ops (what `patch` emits) to a copy of ``document``; ConfigError on a bad path."""
+    doc: dict[str, Any] = copy.deepcopy(dict(document))
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        try:
+            parent = _walk(doc, parts[:-1])
+            last = parts[-1]
+            if op["op"] == "remove":
+                del parent[int(last) if isinstance(parent, list) else last]
+            elif isinstance(parent, list):
+                index = len(parent) if last == "-" else int(last)
+                if op["op"] == "add":
+                    parent.insert(index, copy.deepcopy(op["value"]))
+                else:
+                    parent[index] = copy.deepcopy(op["value"])
+            else:
+                if op["op"] == "replace" and last not in parent:
+                    raise KeyError(last)
+                parent[last] = copy.deepcopy(op["value"])
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise errors.ConfigError(f"JSON patch op {op['op']} {op['path']}: no such location") from None
+    return doc

@@ -1,0 +1,192 @@
+"""`helm install` of charts/meshplug into a real kube-apiserver (a control plane of its own): CRD, least-privilege
+RBAC, Services, the operator Deployment with secure defaults, webhook configurations whose caBundle signs the
+serving certificate; upgrades keep the certificate; uninstall keeps the CRD; a values typo fails the install."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+
+from meshplug import controller
+from tests.testbed import helm as helm_mod
+from tests.testbed import kube as kube_mod
+
+NS = "meshplug-system"
+CRD = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/wasmplugins.meshplug.io"
+RBAC = "/apis/rbac.authorization.k8s.io/v1"
+ADMISSION = "/apis/admissionregistration.k8s.io/v1"
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[kube_mod.Kube]:
+    with kube_mod.control_plane(tmp_path_factory.mktemp("helm-kube"), logs_dir / "helm") as kube:
+        yield kube
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("helm-home")
+
+
+def _get(kube: kube_mod.Kube, path: str) -> dict[str, Any]:
+    status, body = kube.request("GET", path)
+    assert status == 200, f"GET {path}: {status} {body}"
+    return dict(body)
+
+
+def _rules(role: dict[str, Any], scope: str) -> set[tuple[str, str, str, tuple[str, ...]]]:
+    return {
+        (scope, group, resource, tuple(sorted(rule["verbs"])))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+
+
+def test_install_upgrade_uninstall(plane: kube_mod.Kube, home: Path) -> None:
+    out = helm_mod.helm(
+        ["install", "mp", str(helm_mod.CHART), "--namespace", NS, "--create-namespace"],
+        kubeconfig=plane.kubeconfig,
+        home=home,
+    )
+    assert "STATUS: deployed" in out.stdout
+
+    crd = _get(plane, CRD)
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    conds = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert conds.get("Established") == "True"
+    source = yaml.safe_load((helm_mod.procs.REPO_ROOT / "crds" / "wasmplugins.meshplug.io.yaml").read_text())
+    assert crd["spec"]["versions"][0]["schema"] == source["spec"]["versions"][0]["schema"]
+
+    # RBAC: exactly the operator's listed rules, cluster and own-namespace parts
+    cluster = _rules(_get(plane, f"{RBAC}/clusterroles/mp-meshplug-operator"), "cluster")
+    own = _rules(_get(plane, f"{RBAC}/namespaces/{NS}/roles/mp-meshplug-operator"), "own")
+    listed = {(r.scope, r.api_group, r.resource, tuple(sorted(r.verbs))) for r in controller.rbac_rules()}
+    assert cluster | own == listed
+    binding = _get(plane, f"{RBAC}/clusterrolebindings/mp-meshplug-operator")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mp-meshplug-operator", "namespace": NS}]
+    _get(plane, f"/api/v1/namespaces/{NS}/serviceaccounts/mp-meshplug-operator")
+
+    # the operator Deployment: `meshplug operator`, secure defaults, ports named as the Services target them
+    deploy = _get(plane, f"/apis/apps/v1/namespaces/{NS}/deployments/mp-meshplug-operator")
+    pod = deploy["spec"]["template"]["spec"]
+    (ctr,) = pod["containers"]
+    assert ctr["args"][0] == "operator" and ctr["image"] == "ghcr.io/meshplug/meshplug:0.1.0"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = ctr["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    ports = {p["name"] for p in ctr["ports"]}
+    for svc, target in (("mp-meshplug-modules", "modules"), ("mp-meshplug-webhook", "webhook")):
+        service = _get(plane, f"/api/v1/namespaces/{NS}/services/{svc}")
+        assert service["spec"]["ports"][0]["targetPort"] == target and target in ports
+
+    # webhooks: both configurations trust the CA in the Secret, which signed the serving certificate
+    secret = _get(plane, f"/api/v1/namespaces/{NS}/secrets/mp-meshplug-webhook-tls")
+    ca_b64 = secret["data"]["ca.crt"]
+    ca = x509.load_pem_x509_certificate(base64.b64decode(ca_b64))
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    cert.verify_directly_issued_by(ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert f"mp-meshplug-webhook.{NS}.svc" in sans
+    mutating = _get(plane, f"{ADMISSION}/mutatingwebhookconfigurations/mp-meshplug-inject")
+    validating = _get(plane, f"{ADMISSION}/validatingwebhookconfigurations/mp-meshplug-validate")
+    for config, path in ((mutating, "/inject-agent"), (validating, "/validate-wasmplugin")):
+        (hook,) = config["webhooks"]
+        assert hook["clientConfig"]["caBundle"] == ca_b64
+        assert hook["clientConfig"]["service"] == {
+            "name": "mp-meshplug-webhook",
+            "namespace": NS,
+            "path": path,
+            "port": 443,
+        }
+        assert hook["sideEffects"] == "None" and hook["failurePolicy"] == "Fail"
+    assert mutating["webhooks"][0]["objectSelector"]["matchExpressions"][0]["key"] == "meshplug.io/inject"
+    excluded = mutating["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert NS in excluded and "kube-system" in excluded
+
+    # an upgrade keeps the generated certificate (lookup of the existing Secret)
+    helm_mod.helm(["upgrade", "mp", str(helm_mod.CHART), "--namespace", NS], kubeconfig=plane.kubeconfig, home=home)
+    again = _get(plane, f"/api/v1/namespaces/{NS}/secrets/mp-meshplug-webhook-tls")
+    assert again["data"] == secret["data"]
+
+    # uninstall removes everything but the CRD (crds.keep)
+    helm_mod.helm(["uninstall", "mp", "--namespace", NS], kubeconfig=plane.kubeconfig, home=home)
+    assert plane.request("GET", CRD)[0] == 200
+    for path in (
+        f"{RBAC}/clusterroles/mp-meshplug-operator",
+        f"{ADMISSION}/mutatingwebhookconfigurations/mp-meshplug-inject",
+        f"/apis/apps/v1/namespaces/{NS}/deployments/mp-meshplug-operator",
+    ):
+        assert plane.request("GET", path)[0] == 404, path
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "message"),
+    [
+        ("top-level typo", ["--set", "operater.replicas=2"], "operater"),
+        ("nested typo", ["--set", "crds.enable=false"], "enable"),
+        ("security context typo", ["--set", "securityContext.runAsNonroot=true"], "runAsNonroot"),
+        ("unknown enum", ["--set", "webhook.tls.mode=selfSigned"], "mode"),
+        ("wrong type", ["--set-string", "operator.replicas=two"], "replicas"),
+    ],
+)
+def test_values_typo_fails_the_install(
+    plane: kube_mod.Kube, home: Path, case: str, args: list[str], message: str
+) -> None:
+    release = "typo"
+    out = helm_mod.helm(
+        ["install", release, str(helm_mod.CHART), "--namespace", "typo", "--create-namespace", *args],
+        kubeconfig=plane.kubeconfig,
+        home=home,
+        check=False,
+    )
+    assert out.returncode != 0, case
+    assert "values don't meet the specifications of the schema" in out.stderr, out.stderr
+    assert message in out.stderr, out.stderr
+    listed = helm_mod.helm(["list", "--all", "--namespace", "typo", "-q"], kubeconfig=plane.kubeconfig, home=home)
+    assert release not in listed.stdout.split()
+    assert plane.request("GET", f"{RBAC}/clusterroles/typo-meshplug-operator")[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "kinds_absent", "kinds_present"),
+    [
+        ("no CRDs", ["--set", "crds.enabled=false"], {"CustomResourceDefinition"}, {"Deployment"}),
+        (
+            "no webhooks",
+            ["--set", "webhook.enabled=false"],
+            {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "Secret"},
+            {"CustomResourceDefinition", "ClusterRole"},
+        ),
+        (
+            "validation only",
+            ["--set", "injection.enabled=false"],
+            {"MutatingWebhookConfiguration"},
+            {"ValidatingWebhookConfiguration"},
+        ),
+        ("cert-manager", ["--set", "webhook.tls.mode=certManager"], {"Secret"}, {"Certificate", "Issuer"}),
+    ],
+)
+def test_switches(home: Path, case: str, args: list[str], kinds_absent: set[str], kinds_present: set[str]) -> None:
+    out = helm_mod.helm(["template", "mp", str(helm_mod.CHART), "--namespace", NS, *args], kubeconfig=None, home=home)
+    kinds = {d["kind"] for d in yaml.safe_load_all(out.stdout) if d}
+    assert not kinds & kinds_absent, case
+    assert kinds_present <= kinds, case
+
+
+def test_webhook_url_needs_provided_tls(home: Path) -> None:
+    out = helm_mod.helm(
+        ["template", "mp", str(helm_mod.CHART), "--set", "webhook.url=https://127.0.0.1:9443"],
+        kubeconfig=None,
+        home=home,
+        check=False,
+    )
+    assert out.returncode != 0 and "webhook.tls.mode=provided" in out.stderr
