@@ -104,6 +104,8 @@ class StreamInfo:
     connection_id: int = 0
     start_time_ns: int = 0
     mtls: bool = False
+    #: the route's upstream cluster (property xds.cluster_name); "" = unknown (NotFound)
+    cluster_name: str = ""
 
 
 @dataclass(frozen=True)

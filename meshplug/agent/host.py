@@ -233,6 +233,9 @@ class HttpContext(Context):
         self.generation = root.plugin_ref.generation
         self.completed_ns = 0
         self.eos_body: Direction | None = None  # inside the end-of-stream body callback of this direction
+        #: Envoy attaches the request headers to the context only from on_request_headers until it
+        #: continues (and again in the access-log phase): header-derived request.* properties follow
+        self.request_headers_attached = False
 
     # map/buffer access for shims
     def header_map(self, map_type: int) -> Headers | None:
@@ -293,11 +296,16 @@ class HttpContext(Context):
         if fn is None:  # not exported: nothing to call (Envoy calls only exported callbacks)
             return Action.CONTINUE
         n = len(self.control.headers(direction))
+        if direction == Direction.REQUEST:
+            self.request_headers_attached = True
         if cb.headers_eos[direction]:
             r = self.vm.call_fn(self, fn, self.id, n, int(end_stream))
         else:
             r = self.vm.call_fn(self, fn, self.id, n)
-        return self._action(r, body=False)
+        action = self._action(r, body=False)
+        if direction == Direction.REQUEST and action is Action.CONTINUE:
+            self.request_headers_attached = False
+        return action
 
     def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
         if not self._ensure():
@@ -337,6 +345,7 @@ class HttpContext(Context):
         if self.deleted:
             return
         self.completed_ns = time.time_ns()  # request.duration (Envoy: requestComplete, known at on_log)
+        self.request_headers_attached = True  # Envoy's access-log phase sees the request headers again
         if not self.created and not self._ensure():
             # Envoy's access-log hook creates the context of a filter the request never reached
             # (a local reply or reset before it) so that on_log / on_done / on_delete stay balanced

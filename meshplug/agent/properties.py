@@ -6,7 +6,10 @@ Envoy's attributes: request.size (content-length, else body bytes received), req
 header bytes), response.size / total_size (body bytes sent, + headers + trailers), request.duration (ns,
 once the stream is complete, i.e. in on_log). Values written
 with `proxy_set_property` are read back for the same path (Envoy: filter state "wasm.<name>"). Istio node
-metadata (`node.metadata.<KEY>`, also under `xds.node`) comes from the host's `node` mapping.
+metadata (`node.metadata.<KEY>`, also under `xds.node`) comes from the host's `node` mapping; xds.cluster_name
+from `StreamInfo.cluster_name`. As Envoy 1.40: header-derived request.* (path, method, headers, ...) are
+NotFound outside the context's request-header callbacks (until it continues) except in on_log;
+source/destination.address are "ip:port".
 """
 
 from __future__ import annotations
@@ -52,6 +55,17 @@ def _joined(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(k, b",".join(vs)) for k, vs in out.items()]
 
 
+#: request.* attributes Envoy derives from the request header map
+_REQUEST_HEADER_KEYS = frozenset(
+    {b"path", b"url_path", b"query", b"host", b"scheme", b"method", b"headers", b"referer", b"useragent", b"id"}
+)
+
+
+def _address(host: str, port: int) -> bytes:
+    """Envoy's Address::asString: ip:port, IPv6 in brackets."""
+    return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
+
+
 def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
     from meshplug.agent.host import HttpContext, TcpStream  # noqa: PLC0415 -- host imports abi imports us
 
@@ -68,6 +82,11 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
     head = segs[0]
     if head == b"request" and len(segs) >= 2:
         key = segs[1]
+        attached = not isinstance(ctx, HttpContext) or ctx.request_headers_attached
+        if not attached:
+            if key in _REQUEST_HEADER_KEYS:
+                return None  # Envoy: no request header map outside the request-header callbacks
+            req = []
         path = _header(req, b":path")
         if key == b"path":
             return path
@@ -99,7 +118,7 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
             received = ctx.control.bytes_received
             if key == b"size":  # Envoy: content-length when present, else the body bytes received
                 length = _header(req, b"content-length")
-                if length is None:
+                if length is None or not attached:
                     return enc_int(received)
                 return enc_int(int(length)) if length.strip().isdigit() else None
             if key == b"total_size":
@@ -131,7 +150,7 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
         key = segs[1] if len(segs) >= 2 else b""
         if head == b"source":
             return (
-                info.remote_address.encode()
+                _address(info.remote_address, info.remote_port)
                 if key == b"address"
                 else enc_int(info.remote_port)
                 if key == b"port"
@@ -139,7 +158,7 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
             )
         if head == b"destination":
             return (
-                info.local_address.encode()
+                _address(info.local_address, info.local_port)
                 if key == b"address"
                 else enc_int(info.local_port)
                 if key == b"port"
@@ -150,6 +169,13 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
         if key == b"mtls":
             return enc_bool(info.mtls)
     return None
+
+
+def _cluster_name(ctx: Context) -> bytes | None:
+    from meshplug.agent.host import HttpContext, TcpStream  # noqa: PLC0415
+
+    info = ctx.control.info if isinstance(ctx, HttpContext) else ctx.info if isinstance(ctx, TcpStream) else None
+    return info.cluster_name.encode() if info is not None and info.cluster_name else None
 
 
 def _node_value(ctx: Context, segs: list[bytes]) -> bytes | None:
@@ -200,4 +226,6 @@ def lookup(ctx: Context, raw_path: bytes) -> bytes | None:
         return _node_value(ctx, segs[1:])
     if head == b"xds" and len(segs) >= 2 and segs[1] == b"node":
         return _node_value(ctx, segs[2:])
+    if head == b"xds" and len(segs) == 2 and segs[1] == b"cluster_name":
+        return _cluster_name(ctx)
     return _stream_value(ctx, segs)

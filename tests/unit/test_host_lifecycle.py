@@ -178,7 +178,6 @@ def _guest(body: str, imports: str = "", data: str = "") -> bytes:
       (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
       (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
       (func (export "proxy_on_context_create") (param i32 i32))
-      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
       {body}
       {data})"""
     return bytes(wasmtime.wat2wasm(wat))
@@ -188,6 +187,7 @@ def _guest(body: str, imports: str = "", data: str = "") -> bytes:
 def body_guest(stopped: int) -> bytes:
     """proxy_on_request_body logs the size it is shown (one digit) and returns `stopped` until end of stream."""
     return _guest(f"""
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
       (func (export "proxy_on_request_body") (param $id i32) (param $size i32) (param $eos i32) (result i32)
         (i32.store8 (i32.const 3000) (i32.add (local.get $size) (i32.const 48)))
         (drop (call $log (i32.const 2) (i32.const 3000) (i32.const 1)))
@@ -220,10 +220,11 @@ PROPERTIES = ("request\0size", "request\0total_size", "response\0size", "respons
 
 
 @functools.cache
-def property_guest() -> bytes:
-    """In request headers and in on_log: for each of PROPERTIES log the status digit, then the value if OK."""
+def property_guest(paths: tuple[str, ...] = PROPERTIES, *, in_request: bool = False) -> bytes:
+    """In response headers (and request headers if `in_request`) and in on_log: for each path log the status
+    digit, then the value if OK."""
     data, reads, offset = [], [], 2048
-    for path in PROPERTIES:
+    for path in paths:
         wat_path = path.replace("\0", "\\00")
         data.append(f'(data (i32.const {offset}) "{wat_path}")')
         reads.append(f"""
@@ -233,9 +234,11 @@ def property_guest() -> bytes:
           (if (i32.eqz (local.get $st))
             (then (drop (call $log (i32.const 2) (i32.load (i32.const 4000)) (i32.load (i32.const 4004))))))""")
         offset += 64
+    request = "(call $read_all)" if in_request else ""
     return _guest(
         f"""
       (func $read_all (local $st i32) {"".join(reads)})
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) {request} (i32.const 0))
       (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (call $read_all) (i32.const 0))
       (func (export "proxy_on_log") (param i32) (call $read_all))""",
         imports='(import "env" "proxy_get_property" (func $prop (param i32 i32 i32 i32) (result i32)))',
@@ -263,23 +266,44 @@ def test_sizes_and_duration_properties(backend: str) -> None:
     s.complete()
     messages = trace(host, "props")
     at_headers, at_log = ints(messages[:9]), ints(messages[9:])
-    # response headers: 5 body bytes received, nothing sent yet, the request is not complete
-    assert at_headers == ["0", 5, "0", 5 + 39, "0", 0, "0", 0 + 10, "1"]
-    # on_log: 3 body bytes sent, headers + trailers counted, the duration is known
+    # response headers: 5 body bytes received, nothing sent yet, the request is not complete; as in Envoy
+    # the request header map is no longer attached, so total_size counts the body only
+    assert at_headers == ["0", 5, "0", 5, "0", 0, "0", 0 + 10, "1"]
+    # on_log (Envoy's access-log phase sees the request headers again): 3 body bytes sent, headers and
+    # trailers counted, the duration is known
     assert at_log[:8] == ["0", 5, "0", 5 + 39, "0", 3, "0", 3 + 10 + 2]
     assert at_log[8] == "0" and len(messages[17]) >= 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_request_size_prefers_content_length(backend: str) -> None:
+def test_request_size_prefers_content_length_while_the_headers_are_attached(backend: str) -> None:
     host = new_host(backend)
-    plugin = host.load(H.PluginConfig(name="props"), property_guest())
+    plugin = host.load(H.PluginConfig(name="props"), property_guest(("request\0size",), in_request=True))
     s = C.Chain([plugin]).new_stream()
     s.recv_request_headers(C.http1_request_headers(b"POST", b"/", [(b"host", b"h"), (b"content-length", b"9")]), False)
     s.recv_request_data(b"ab", True)
     s.recv_response_headers([(b":status", b"200")], True)
     s.complete()
-    assert ints(trace(host, "props")[:2]) == ["0", 9]
+    # request headers: content-length; response headers: the 2 bytes received; on_log: content-length again
+    assert ints(trace(host, "props")) == ["0", 9, "0", 2, "0", 9]
+
+
+STRINGS = ("request\0path", "request\0method", "request\0protocol", "source\0address", "xds\0cluster_name")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_string_properties_as_envoy_answers_them(backend: str) -> None:
+    host = new_host(backend)
+    plugin = host.load(H.PluginConfig(name="props"), property_guest(STRINGS, in_request=True))
+    info = C.StreamInfo(remote_address="10.1.2.3", remote_port=4567, cluster_name="upstream")
+    s = C.Chain([plugin]).new_stream(info)
+    s.recv_request_headers(C.http1_request_headers(b"PUT", b"/p?x=1", [(b"host", b"h")]), True)
+    s.recv_response_headers([(b":status", b"200")], True)
+    s.complete()
+    found = ["0", "/p?x=1", "0", "PUT", "0", "HTTP/1.1", "0", "10.1.2.3:4567", "0", "upstream"]
+    # response phase: no request header map (NotFound = status 1) for path and method; the rest stays
+    response_phase = ["1", "1", "0", "HTTP/1.1", "0", "10.1.2.3:4567", "0", "upstream"]
+    assert trace(host, "props") == found + response_phase + found
 
 
 @functools.cache
@@ -290,6 +314,7 @@ def trailer_guest(callback: str) -> bytes:
     body_body = f"(if (local.get $eos) (then {add}))" if callback == "response_body" else ""
     return _guest(
         f"""
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
       (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) {headers_body} (i32.const 0))
       (func (export "proxy_on_response_body") (param $id i32) (param $size i32) (param $eos i32) (result i32)
         {body_body} (i32.const 0))""",
