@@ -1,8 +1,11 @@
-"""Every HTTP plugin behaviour spec under examples/filters/** passes through meshplug's agent (real sockets).
+"""Every plugin behaviour spec under examples/filters/** passes through meshplug's agent (real sockets).
 
-The same runner and specs as tests/integration/test_corpus_envoy.py, with the agent as the data plane.
-Skipped only: specs Envoy itself cannot run (`envoy_broken`, the oracle has no verdict) and network (L4)
-specs, which the agent does not serve.
+The same runner and specs as tests/integration/test_corpus_envoy.py, with the agent as the data plane;
+network (L4) specs run through a `tcp` listener. Skipped only: specs Envoy itself cannot run
+(`envoy_broken`, the oracle has no verdict). Specs that fail because of a known bug of the wasm host
+(meshplug/agent/host.py, properties.py: not the agent's I/O side) are strict xfails naming the bug, so
+they flip loudly once it is fixed; `test_local_reply_from_http_call_response_reaches_the_client`
+reproduces the first of them in-process, without sockets.
 """
 
 from __future__ import annotations
@@ -11,19 +14,86 @@ from pathlib import Path
 
 import pytest
 
+from meshplug.agent import chain as C
+from meshplug.agent import host as H
+from tests.corpus import modules as corpus_modules
 from tests.corpus import runner
 from tests.corpus import spec as S
 from tests.corpus.planes.agent import AgentPlane
 
 SPECS = S.find_specs()
 
+_LOCAL_REPLY_FLAG = (
+    "host bug: a local reply sent from proxy_on_http_call_response leaves HttpContext.local_reply_sent set; "
+    "the next callback, the reply's own on_response_headers, returns Continue but _action() turns it into STOP "
+    "(the flag is consumed there), so the chain holds the reply's headers: the client sees only AbortUpstream "
+    "and waits until its timeout"
+)
+_REQUEST_PROPS_AFTER_HEADERS = (
+    "Envoy 1.40 answers NotFound for request.* once the request-header callbacks are over; "
+    "properties.py still answers them in the response phase"
+)
+_XDS_CLUSTER = (
+    "xds.cluster_name (the route's upstream cluster) is NotFound: chain.StreamInfo carries no cluster name for "
+    "properties.py to answer with (the agent knows it: listener cluster `upstream`)"
+)
+_SOURCE_ADDRESS = "source.address/destination.address are the bare IP; Envoy answers 'ip:port'"
+HOST_BUGS: dict[str, str] = {
+    "rust/auth_call": _LOCAL_REPLY_FLAG,
+    "go/authcall": _LOCAL_REPLY_FLAG,
+    "assemblyscript/respheaders": (
+        "host bug: proxy_add_header_map_value appends a second `cache-control` entry; Envoy keeps cache-control "
+        "(an inline header) as one entry and appends ',no-store' to its value (client sees 'max-age=60,no-store')"
+    ),
+    "assemblyscript/properties": f"host bug: {_REQUEST_PROPS_AFTER_HEADERS}; {_XDS_CLUSTER}",
+    "c/properties": f"host bug: {_REQUEST_PROPS_AFTER_HEADERS}; {_XDS_CLUSTER}; {_SOURCE_ADDRESS}",
+    "go/properties": f"host bug: {_REQUEST_PROPS_AFTER_HEADERS}; {_XDS_CLUSTER}; {_SOURCE_ADDRESS}",
+}
 
-@pytest.mark.parametrize("path", SPECS, ids=[p.parent.relative_to(S.FILTERS_DIR).as_posix() for p in SPECS])
+
+def _key(path: Path) -> str:
+    return path.parent.relative_to(S.FILTERS_DIR).as_posix()
+
+
+def _param(path: Path) -> object:
+    reason = HOST_BUGS.get(_key(path))
+    # a mismatch, or the client's timeout when a reply never comes
+    raises = (runner.SpecFailure, TimeoutError)
+    marks = [pytest.mark.xfail(strict=True, raises=raises, reason=reason)] if reason else []
+    return pytest.param(path, id=_key(path), marks=marks)
+
+
+def test_host_bugs_name_existing_specs() -> None:
+    assert set(HOST_BUGS) <= {_key(p) for p in SPECS}
+
+
+@pytest.mark.parametrize("path", [_param(p) for p in SPECS])
 def test_spec_passes_on_agent(path: Path, tmp_path: Path) -> None:
     spec = S.load(path)
     if spec.envoy_broken:
         pytest.skip(f"Envoy-broken plugin (no oracle verdict): {spec.envoy_broken}")
-    if spec.type != "http":
-        pytest.skip("network (L4) plugin: the agent proxies HTTP only")
     report = runner.run_spec(spec, AgentPlane(), log_dir=tmp_path)
-    assert len(report.cases) == len(spec.http_cases)
+    assert len(report.cases) == len(spec.http_cases) + len(spec.network_cases)
+
+
+@pytest.mark.xfail(strict=True, reason=_LOCAL_REPLY_FLAG)
+def test_local_reply_from_http_call_response_reaches_the_client() -> None:
+    """rust/auth_call on the host and chain alone: the auth service answers 401 to the plugin's call, the
+    plugin sends a local reply from its http-call response callback; the chain must emit the reply."""
+    host = H.Host(upstreams=None)
+    module = corpus_modules.module("rust/auth_call").path.read_bytes()
+    config = b'{"cluster":"authz","path":"/check","timeout_ms":3000}'
+    plugin = host.load(H.PluginConfig(name="auth_call", configuration=config), module)
+    stream = C.Chain([plugin]).new_stream(C.StreamInfo())
+    progressed: list[C.Output] = []
+    stream.on_progress = lambda s: progressed.extend(s.take_outputs())
+    assert stream.recv_request_headers(C.http1_request_headers(b"GET", b"/orders", [(b"host", b"x")]), True) == []
+    (call,) = host.take_http_calls()
+    host.complete_http_call(call.id, H.HttpCalloutResult(((b":status", b"401"),)))
+    progressed += stream.take_outputs()
+    kinds = [type(o).__name__ for o in progressed]
+    assert kinds[:1] == ["AbortUpstream"]
+    head = next((o for o in progressed if isinstance(o, C.SendHeaders)), None)
+    assert head is not None, f"the local reply's headers never left the chain: {kinds}"
+    assert (b":status", b"401") in head.headers and (b"x-auth-by", b"auth_call") in head.headers
+    host.close()
