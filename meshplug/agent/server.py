@@ -79,6 +79,27 @@ class _DateCache:
 _DATE = _DateCache()
 
 
+class _RequestIds:
+    """x-request-id values shaped like a UUID4: a random per-process prefix, then a counter in the last
+    48 bits. Unique per process by construction, across processes by the ~62 random bits of the prefix;
+    costs one %-format per request instead of uuid4()'s urandom + UUID object + str()."""
+
+    __slots__ = ("_next", "_prefix")
+
+    def __init__(self) -> None:
+        u = uuid.uuid4().hex
+        self._prefix = f"{u[:8]}-{u[8:12]}-4{u[13:16]}-{'89ab'[int(u[16], 16) & 3]}{u[17:20]}-".encode()
+        self._next = itertools.count(int(u[20:32], 16)).__next__
+
+    def new(self) -> bytes:
+        return b"%b%012x" % (self._prefix, self._next() & 0xFFFFFFFFFFFF)
+
+
+_REQUEST_IDS = _RequestIds()
+#: ":status" values by code, encoded once
+_STATUS_BYTES = {code: str(code).encode() for code in range(100, 600)}
+
+
 def refresh_debug() -> None:
     """Re-read whether debug logging of the data path is on (called at start and when the level changes)."""
     _DEBUG[0] = log.isEnabledFor(logging.DEBUG)
@@ -635,7 +656,7 @@ class Exchange:
 class FilteredExchange(Exchange):
     """An exchange through a plugin chain: HTTP events go into a `chain.Stream`, its outputs are performed."""
 
-    __slots__ = ("fed_end", "path", "request_headers", "resp_end_fed", "stream")
+    __slots__ = ("fed_end", "request_headers", "resp_end_fed", "stream")
 
     def __init__(
         self, conn: Downstream, method: bytes, keep_alive: bool, has_body: bool, chain: agent_chain.Chain
@@ -654,8 +675,7 @@ class FilteredExchange(Exchange):
         )
         self.stream = chain.new_stream(info)
         self.stream.on_progress = self._progress
-        self.request_headers: Headers = []
-        self.path = b""
+        self.request_headers: Headers = []  # in the chain's form (pseudo-headers first)
         self.fed_end = False
         self.resp_end_fed = False
 
@@ -670,8 +690,7 @@ class FilteredExchange(Exchange):
             self.perform(self.stream.take_outputs())
 
     def start(self) -> None:
-        headers = agent_chain.http1_request_headers(self.method, self.path, self.request_headers)
-        self.request_headers = []
+        headers, self.request_headers = self.request_headers, []
         self.perform(self.stream.recv_request_headers(headers, not self.has_body))
         pending, self.body_pending = self.body_pending, []
         self.body_bytes_buffered = 0
@@ -697,8 +716,10 @@ class FilteredExchange(Exchange):
         self.up_eof_ends = _close_delimited(self.method, status, headers)
         no_body = self.method == b"HEAD" or status in (204, 304) or status < 200
         self.resp_end_fed = no_body
-        kept = [(n, v) for n, v in headers if n not in HOP_BY_HOP]
-        self.perform(self.stream.recv_response_headers(agent_chain.http1_response_headers(status, kept), no_body))
+        # the chain's form (names are lower-case already): :status first, hop-by-hop headers dropped
+        chain_headers: Headers = [(b":status", _STATUS_BYTES.get(status) or str(status).encode())]
+        chain_headers += [(n, v) for n, v in headers if n not in HOP_BY_HOP]
+        self.perform(self.stream.recv_response_headers(chain_headers, no_body))
 
     def up_body(self, data: bytes) -> None:
         if data and not self.resp_done:
@@ -749,19 +770,32 @@ class FilteredExchange(Exchange):
                 return
 
     def _send_up_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
-        pseudo, regular = agent_chain.split_pseudo(headers)
-        method = pseudo.get(b":method", self.method)
-        self.method = method
-        out = [b"%b %b HTTP/1.1\r\n" % (method, pseudo.get(b":path", b"/"))]
-        authority = pseudo.get(b":authority")
-        if authority:
-            out.append(b"host: %b\r\n" % authority)
+        method = path = authority = None
+        out = [b""]  # the request line goes first, once the pseudo-headers are known
+        host: bytes | None = None
         has_length = False
-        for name, value in regular:
-            if name in HOP_BY_HOP or (authority and name == b"host"):
+        for name, value in headers:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = method or value
+                elif name == b":path":
+                    path = path or value
+                elif name == b":authority":
+                    authority = authority or value
+                continue
+            if name in HOP_BY_HOP:
+                continue
+            if name == b"host":
+                host = host or value
                 continue
             has_length = has_length or name == b"content-length"
             out.append(b"%b: %b\r\n" % (name, value))
+        method = method or self.method
+        self.method = method
+        out[0] = b"%b %b HTTP/1.1\r\n" % (method, path or b"/")
+        authority = authority or host
+        if authority:
+            out.append(b"host: %b\r\n" % authority)
         if not end_stream and not has_length:
             self.chunked_in = True
             out.append(b"transfer-encoding: chunked\r\n")
@@ -789,21 +823,26 @@ class FilteredExchange(Exchange):
                 self._request_sent()
 
     def _send_down_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
-        pseudo, regular = agent_chain.split_pseudo(headers)
+        raw_status: bytes | None = None
+        out = [b""]  # the status line, once :status is known
+        framed = False
+        for name, value in headers:
+            if name[:1] == b":":
+                if name == b":status" and raw_status is None:
+                    raw_status = value
+                continue
+            if name in HOP_BY_HOP:
+                continue
+            framed = framed or name == b"content-length"
+            out.append(b"%b: %b\r\n" % (name, value))
         try:
-            status = int(pseudo.get(b":status", b"200"))
+            status = int(raw_status or b"200")
         except ValueError:
             status = 502
         self.status = status
         conn = self.conn
         keep = self.keep_alive and not conn.proxy.draining
-        out = [b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown"))]
-        framed = False
-        for name, value in regular:
-            if name in HOP_BY_HOP:
-                continue
-            framed = framed or name == b"content-length"
-            out.append(b"%b: %b\r\n" % (name, value))
+        out[0] = b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown"))
         no_body = self.method == b"HEAD" or status in (204, 304)
         if no_body or framed:
             self.resp_mode = 0
@@ -964,7 +1003,7 @@ class Downstream(asyncio.Protocol):
             elif name == b"expect" and value.lower() == b"100-continue":
                 expect_continue = True
         if not has_rid:
-            headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
+            headers.append((b"x-request-id", _REQUEST_IDS.new()))
         if not has_host:
             c = self.pool.cluster
             headers.append((b"host", f"{c.address}:{c.port}".encode()))
@@ -973,8 +1012,25 @@ class Downstream(asyncio.Protocol):
         filters = proxy.filters
         if filters is not None:
             fx = FilteredExchange(self, method, keep_alive, has_body, filters)
-            fx.request_headers = [(n, v) for n, v in headers if not (n in drop or (n == b"expect" and expect_continue))]
-            fx.path = self._url
+            # the chain's form in one pass (names are lower-case already): pseudo-headers first, Host folded
+            # into :authority as Envoy's HTTP/1 codec does, hop-by-hop headers dropped
+            authority = b""
+            rest: Headers = []
+            for name, value in headers:
+                if name in drop or (name == b"expect" and expect_continue):
+                    continue
+                if name == b"host":
+                    if not authority:
+                        authority = value
+                    continue
+                rest.append((name, value))
+            fx.request_headers = [
+                (b":method", method),
+                (b":path", self._url),
+                (b":authority", authority),
+                (b":scheme", b"http"),
+                *rest,
+            ]
             self.current = fx
             self.queue.append(fx)
             if expect_continue and has_body:
