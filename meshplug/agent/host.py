@@ -27,7 +27,12 @@ Sandbox: every guest call has a CPU budget (epoch deadline) and each VM a memory
 A trap, a budget overrun, a memory bomb or `proc_exit` fails that VM only: the callback in flight returns
 `Action.FAIL` (the chain applies the FailStrategy), streams paused on it are failed through their
 `StreamControl`, later streams see the strategy: FAIL_OPEN bypasses the plugin, FAIL_CLOSE answers 503,
-FAIL_RELOAD starts a fresh VM for the next stream (the failing stream still gets 503, as in Envoy).
+FAIL_RELOAD starts a fresh VM for the next stream (the failing stream still gets 503, as in Envoy), then
+backs off between reloads while the reloaded VMs keep failing (Envoy's ReloadConfig; 503 meanwhile).
+
+Per request the host does no work for callbacks a module does not export (resolved once per VM, `cb`);
+a plugin the request never reached (a local reply before it) still gets context_create + on_log +
+on_done + on_delete at the end, as Envoy's access-log hook does.
 """
 
 from __future__ import annotations
