@@ -672,6 +672,7 @@ class FilteredExchange(Exchange):
             protocol="HTTP/1.1" if self.http11 else "HTTP/1.0",
             connection_id=conn.id,
             start_time_ns=time.time_ns(),
+            cluster_name=conn.pool.cluster.name,
         )
         self.stream = chain.new_stream(info)
         self.stream.on_progress = self._progress
@@ -1260,6 +1261,7 @@ class TcpDownstream(asyncio.Protocol):
             protocol="",
             connection_id=self.id,
             start_time_ns=time.time_ns(),
+            cluster_name=self.pool.cluster.name,
         )
         for f in proxy.network_filters:
             stream = f.new_connection(info)

@@ -3,7 +3,7 @@
 The same runner and specs as tests/integration/test_corpus_envoy.py, with the agent as the data plane;
 network (L4) specs run through a `tcp` listener. Skipped only: specs Envoy itself cannot run
 (`envoy_broken`, the oracle has no verdict). Specs that fail because of a known bug of the wasm host
-(meshplug/agent/host.py, properties.py: not the agent's I/O side) are strict xfails naming the bug, so
+(meshplug/agent/host.py: not the agent's I/O side) are strict xfails naming the bug, so
 they flip loudly once it is fixed; `test_local_reply_from_http_call_response_reaches_the_client`
 reproduces the first of them in-process, without sockets.
 """
@@ -29,15 +29,6 @@ _LOCAL_REPLY_FLAG = (
     "(the flag is consumed there), so the chain holds the reply's headers: the client sees only AbortUpstream "
     "and waits until its timeout"
 )
-_REQUEST_PROPS_AFTER_HEADERS = (
-    "Envoy 1.40 answers NotFound for request.* once the request-header callbacks are over; "
-    "properties.py still answers them in the response phase"
-)
-_XDS_CLUSTER = (
-    "xds.cluster_name (the route's upstream cluster) is NotFound: chain.StreamInfo carries no cluster name for "
-    "properties.py to answer with (the agent knows it: listener cluster `upstream`)"
-)
-_SOURCE_ADDRESS = "source.address/destination.address are the bare IP; Envoy answers 'ip:port'"
 HOST_BUGS: dict[str, str] = {
     "rust/auth_call": _LOCAL_REPLY_FLAG,
     "go/authcall": _LOCAL_REPLY_FLAG,
@@ -45,9 +36,6 @@ HOST_BUGS: dict[str, str] = {
         "host bug: proxy_add_header_map_value appends a second `cache-control` entry; Envoy keeps cache-control "
         "(an inline header) as one entry and appends ',no-store' to its value (client sees 'max-age=60,no-store')"
     ),
-    "assemblyscript/properties": f"host bug: {_REQUEST_PROPS_AFTER_HEADERS}; {_XDS_CLUSTER}",
-    "c/properties": f"host bug: {_REQUEST_PROPS_AFTER_HEADERS}; {_XDS_CLUSTER}; {_SOURCE_ADDRESS}",
-    "go/properties": f"host bug: {_REQUEST_PROPS_AFTER_HEADERS}; {_XDS_CLUSTER}; {_SOURCE_ADDRESS}",
 }
 
 
