@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export MESHPLUG_CACHE ?= $(HOME)/.cache/meshplug
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test setup system plugins kube lint unit integration bench clean
+.PHONY: demo test setup system plugins kube helm lint unit integration bench clean
 
 setup: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
@@ -33,7 +33,11 @@ unit: setup
 kube: system
 	nice -n 10 scripts/install-kube.sh
 
-integration: setup system plugins kube
+# helm v3 for the chart tests, built once from the Go module proxy into $(MESHPLUG_CACHE)/helm/<version>
+helm: system
+	nice -n 10 scripts/install-helm.sh
+
+integration: setup system plugins kube helm
 	$(BIN)/pytest -m integration -q
 
 # The whole suite: quality gates, fast unit tests, then integration tests against the real test bed.
