@@ -312,12 +312,16 @@ class Reconciler:
             raise Retry(reasons, max(15.0, backoff(retry))) from None  # a mutable tag may be re-pushed
         validated = Condition(VALIDATED, "True", "Valid", "proxy-wasm ABI check passed")
 
+        first_time = (body.get("status") or {}).get("observedGeneration") != plugin.generation
         if plugin.data_plane is spec.DataPlane.AGENT:
+            if first_time:  # this generation may have moved the plugin from the istio plane
+                self._remove_istio(plugin.namespace, plugin.name)
             self._reconcile_agent(
                 body=body, plugin=plugin, module=module, conds=[fetched, validated], digest=artifact.digest, retry=retry
             )
             return
         try:
+            self._remove_agent(key, force=False)  # in case this generation moved it from the agent plane
             ready_pods, total, failing = self._deliver_istio(plugin, module)
         except errors.ApplyError as exc:
             self._note_forbidden(key, exc)
@@ -556,8 +560,13 @@ class Reconciler:
                 retry = retry or (message if reason in ("AgentTokenMissing", "BadPushPort") else "")
                 continue
             out = state.outcome
-            if out.result is agents.Result.ACK and (plugin.envoy_name, module.sha256) in out.running:
-                ready += 1
+            if (
+                out.result in (agents.Result.ACK, agents.Result.NACK)
+                and (plugin.envoy_name, module.sha256) in out.running
+            ):
+                ready += 1  # confirmed; after a NACK the agent still runs it (the set was refused for another plugin)
+                if out.result is agents.Result.NACK and pushed_now:
+                    nacks.append((name, out))
                 continue
             if out.result is agents.Result.ACK:
                 failing.append({"name": name, "reason": "NotRunning", "message": "the agent reports it not running"})
@@ -635,9 +644,22 @@ class Reconciler:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         key: Key = (namespace, name)
+        self._remove_istio(namespace, name)
+        self.metrics.forget(key)
+        self._retries.pop(key, None)
+        self._remove_agent(key, force=(body.get("spec") or {}).get("dataPlane") == spec.DataPlane.AGENT.value)
+
+    def _remove_istio(self, namespace: str, name: str) -> None:
+        """Delete the plugin's EnvoyFilter and ConfigMap, remove its volume from every workload's template."""
         label = f"{model.PLUGIN_LABEL}={name},{model.MANAGED_BY_LABEL}={model.MANAGED_BY}"
         for api_version, kind in (ISTIO_EF, ("v1", "ConfigMap")):
-            for obj in self.writer.list(api_version, kind, namespace, label_selector=label):
+            try:
+                found = self.writer.list(api_version, kind, namespace, label_selector=label)
+            except errors.ApplyError as exc:
+                if exc.reason in ("NotFound", "HTTP404"):  # no EnvoyFilter kind: a cluster without Istio
+                    continue
+                raise
+            for obj in found:
                 self.writer.delete(api_version, kind, namespace, obj["metadata"]["name"])
         _, _, vol_name = istio.names(_stub(namespace, name))
         for kind, workload in self._workloads(namespace):
@@ -645,15 +667,16 @@ class Reconciler:
             patch = podtemplate.without_module_volume(annotations, vol_name)
             if patch is not None:
                 self._patch_template(kind, namespace, workload["metadata"]["name"], patch)
+
+    def _remove_agent(self, key: Key, *, force: bool) -> None:
+        """Push every pod that ran the plugin its set without it (deleted, or moved to the istio plane)."""
+        namespace, name = key
         with self._lock:
             entry = self._entries.pop(key, None)
             pushed = self._pushed.pop(key, frozenset())
-        self.metrics.forget(key)
-        self._retries.pop(key, None)
-        plane = (body.get("spec") or {}).get("dataPlane")
-        if entry is None and not pushed and plane != spec.DataPlane.AGENT.value:
+        if entry is None and not pushed and not force:
             return
-        self._refresh_entries(namespace)  # the deleted plugin is not listed any more (deletionTimestamp)
+        self._refresh_entries(namespace)  # a deleted plugin is not listed any more (deletionTimestamp)
         with self._lock:
             self._entries.pop(key, None)
         selector = entry.plugin.selector_labels if entry is not None else None

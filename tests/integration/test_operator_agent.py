@@ -1,0 +1,284 @@
+"""The agent data plane end to end: `meshplug operator` (a process) against the real kube-apiserver pushes each
+selected pod's full plugin set to real agents (processes at 127.0.0.x, set as the pods' status.podIP through the
+status subresource: the test bed has no kubelet), and the WasmPlugin's status reports per-pod confirmation.
+
+Covered: Ready only when every selected pod's agent confirmed the digest; chain order across plugins; a NACKing
+agent gives reason AgentNACK + an Event, other plugins stay Ready, fixing the cause heals it; pods appearing,
+going and no longer matching re-reconcile; an unreachable agent heals by retry once it answers; deleting a plugin
+pushes the agents their set without it; metrics count pushes and ready pods.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+
+from tests.testbed import agent as agent_mod
+from tests.testbed import kube as kube_mod
+from tests.testbed import operator as operator_mod
+from tests.testbed import procs
+
+TOKEN = "push-token-for-the-operator-test"
+PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
+_WAT = """(module
+ (memory (export "memory") 1)
+ (func (export "proxy_abi_version_0_2_1"))
+ (func (export "malloc") (param i32) (result i32) i32.const 1024)
+ (func (export "proxy_on_context_create") (param i32 i32))
+ (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const %d)
+ (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1)
+ (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
+ (func (export "proxy_on_done") (param i32) (result i32) i32.const 1)
+ (func (export "proxy_on_delete") (param i32))
+ (data (i32.const 2048) "%s"))"""
+GOOD = wasmtime.wat2wasm(_WAT % (1, "good"))
+GOOD_V2 = wasmtime.wat2wasm(_WAT % (1, "good-v2"))
+FAILS_TO_START = wasmtime.wat2wasm(_WAT % (0, "vm-start-fails"))  # passes the ABI check, the agent NACKs it
+_hosts = itertools.count(2)
+
+
+@dataclass
+class Bed:
+    kube: kube_mod.Kube
+    ns: str
+    modules: Path
+    work: Path
+    op: operator_mod.Operator
+    agents: dict[str, agent_mod.Agent]
+
+    def module(self, name: str, data: bytes) -> str:
+        (self.modules / name).write_bytes(data)
+        return f"file://{self.modules / name}"
+
+    def agent(self, pod: str) -> agent_mod.Agent:
+        """A real agent at its own loopback address (the pod's IP), push port authenticated by TOKEN."""
+        ip = f"127.0.0.{next(_hosts)}"
+        token_file = self.work / "token"
+        token_file.write_text(TOKEN)
+        raw = agent_mod.base_config(
+            port=procs.free_port(),
+            admin_port=procs.free_port(),
+            clusters={"upstream": procs.free_port()},
+            push={"address": ip, "port": procs.free_port(), "token_file": str(token_file)},
+        )
+        started = agent_mod.start_agent(raw, work_dir=self.work / pod, log_dir=self.work / "logs", name=f"agent-{pod}")
+        self.agents[pod] = started
+        return started
+
+    def pod(self, name: str, labels: dict[str, str], agent: agent_mod.Agent | None, ip: str | None = None) -> None:
+        push_ip = ip or (agent_ip(agent) if agent else None)
+        annotations = {"meshplug.io/agent-push-port": str(agent.push_port if agent else procs.free_port())}
+        body = {
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/app:v1"}]},
+        }
+        status, out = self.kube.request("POST", f"/api/v1/namespaces/{self.ns}/pods", body)
+        assert status == 201, out
+        if push_ip is not None:
+            self.set_ip(name, push_ip)
+
+    def set_ip(self, name: str, ip: str) -> None:
+        status_body = {
+            "status": {
+                "phase": "Running",
+                "podIP": ip,
+                "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
+        }
+        status, out = self.kube.request(
+            "PATCH",
+            f"/api/v1/namespaces/{self.ns}/pods/{name}/status",
+            status_body,
+            content_type="application/merge-patch+json",
+        )
+        assert status == 200, out
+
+    def plugin(self, name: str, spec: dict[str, Any]) -> None:
+        body = {"apiVersion": "meshplug.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": name}, "spec": spec}
+        status, out = self.kube.request("POST", PLUGINS.format(ns=self.ns), body)
+        assert status == 201, out
+
+    def patch_plugin(self, name: str, spec: dict[str, Any]) -> None:
+        status, out = self.kube.request(
+            "PATCH", f"{PLUGINS.format(ns=self.ns)}/{name}", {"spec": spec}, content_type="application/merge-patch+json"
+        )
+        assert status == 200, out
+
+    def status(self, name: str) -> dict[str, Any]:
+        _, obj = self.kube.request("GET", f"{PLUGINS.format(ns=self.ns)}/{name}")
+        return dict(obj.get("status") or {})
+
+    def wait_ready(self, name: str, status: str, reason: str, summary: str | None = None) -> dict[str, Any]:
+        def ok() -> bool:
+            st = self.status(name)
+            ready = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
+            return (
+                ready.get("status") == status
+                and ready.get("reason") == reason
+                and (summary is None or (st.get("pods") or {}).get("summary") == summary)
+            )
+
+        procs.wait_until(ok, timeout=90, interval=0.2, what=f"{name}: Ready={status} ({reason}) pods {summary}")
+        return self.status(name)
+
+    def events(self, name: str) -> list[tuple[str, str, str]]:
+        _, out = self.kube.request("GET", f"/api/v1/namespaces/{self.ns}/events")
+        return [(e["type"], e["reason"], e["message"]) for e in out["items"] if e["involvedObject"]["name"] == name]
+
+
+def agent_ip(agent: agent_mod.Agent) -> str:
+    raw = agent_mod.yaml.safe_load(agent.config_path.read_text())
+    return str(raw["push"]["address"])
+
+
+def running(agent: agent_mod.Agent) -> list[tuple[str, str]]:
+    """(plugin name, sha256) the agent runs, in chain order."""
+    return [(p["name"], p["sha256"]) for p in agent.config_dump()["plugins"]]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def bed(kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path: Path) -> Iterator[Bed]:
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    secret = {
+        "metadata": {"name": "meshplug-agent-token"},
+        "data": {"token": base64.b64encode(TOKEN.encode()).decode()},
+    }
+    status, out = kube.request("POST", f"/api/v1/namespaces/{kube_namespace}/secrets", secret)
+    assert status == 201, out
+    op = operator_mod.start_operator(
+        kube.kubeconfig, tmp_path, namespaces=[kube_namespace], extra=[f"--file-root={modules}"]
+    )
+    b = Bed(kube, kube_namespace, modules, tmp_path, op, {})
+    try:
+        yield b
+    finally:
+        op.stop()
+        for a in b.agents.values():
+            a.stop()
+        print(op.proc.log()[-8000:])
+
+
+def test_agents_confirm_every_pod_in_chain_order_and_follow_pods(bed: Bed) -> None:
+    a, b = bed.agent("a"), bed.agent("b")
+    bed.pod("a", {"app": "cart"}, a)
+    bed.pod("b", {"app": "cart"}, b)
+    bed.pod("other", {"app": "other"}, bed.agent("other"))
+    bed.plugin(
+        "hdr", {"url": bed.module("hdr.wasm", GOOD), "selector": {"matchLabels": {"app": "cart"}}, "dataPlane": "agent"}
+    )
+    st = bed.wait_ready("hdr", "True", "Confirmed", "2/2")
+    assert st["digest"] == f"sha256:{sha(GOOD)}" and st["failingPods"] == []
+    ns = bed.ns
+    assert running(a) == running(b) == [(f"{ns}.hdr", sha(GOOD))]
+    assert running(bed.agents["other"]) == []
+
+    # a second plugin in an earlier phase goes first in both pods' chains
+    bed.plugin(
+        "authn",
+        {
+            "url": bed.module("authn.wasm", GOOD_V2),
+            "phase": "AUTHN",
+            "selector": {"matchLabels": {"app": "cart"}},
+            "dataPlane": "agent",
+        },
+    )
+    bed.wait_ready("authn", "True", "Confirmed", "2/2")
+    assert running(a) == [(f"{ns}.authn", sha(GOOD_V2)), (f"{ns}.hdr", sha(GOOD))]
+
+    # a pod appears: re-reconciled without any change to the plugins
+    c = bed.agent("c")
+    bed.pod("c", {"app": "cart"}, c)
+    bed.wait_ready("hdr", "True", "Confirmed", "3/3")
+    procs.wait_until(lambda: len(running(c)) == 2, timeout=60, what="pod c's agent gets both plugins")
+
+    # a pod stops matching: its agent gets an empty set; counts follow
+    status, out = bed.kube.request(
+        "PATCH",
+        f"/api/v1/namespaces/{ns}/pods/c",
+        {"metadata": {"labels": {"app": "moved"}}},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 200, out
+    bed.wait_ready("hdr", "True", "Confirmed", "2/2")
+    procs.wait_until(lambda: running(c) == [], timeout=60, what="pod c's agent emptied")
+
+    # a pod goes
+    assert bed.kube.request("DELETE", f"/api/v1/namespaces/{ns}/pods/b?gracePeriodSeconds=0")[0] == 200
+    bed.wait_ready("hdr", "True", "Confirmed", "1/1")
+
+    # delete: the finalizer pushes the set without the plugin
+    assert bed.kube.request("DELETE", f"{PLUGINS.format(ns=ns)}/hdr")[0] == 200
+    procs.wait_until(
+        lambda: bed.kube.request("GET", f"{PLUGINS.format(ns=ns)}/hdr")[0] == 404, timeout=60, what="hdr deleted"
+    )
+    assert running(a) == [(f"{ns}.authn", sha(GOOD_V2))]
+
+    metrics = bed.op.metrics()
+    assert metrics['meshplug_operator_pushes_total{result="ack"}'] >= 6
+    assert metrics[f'meshplug_operator_pods_ready{{namespace="{ns}",plugin="authn"}}'] == 1
+    assert metrics['meshplug_operator_reconciles_total{result="ok"}'] >= 3
+
+
+def test_nacking_agent_is_reported_other_plugins_unaffected_and_heals(bed: Bed) -> None:
+    a = bed.agent("a")
+    bed.pod("a", {"app": "cart"}, a)
+    sel = {"matchLabels": {"app": "cart"}}
+    bed.plugin("good", {"url": bed.module("good.wasm", GOOD), "selector": sel, "dataPlane": "agent"})
+    bed.wait_ready("good", "True", "Confirmed", "1/1")
+
+    bed.plugin("bad", {"url": bed.module("bad.wasm", FAILS_TO_START), "selector": sel, "dataPlane": "agent"})
+    st = bed.wait_ready("bad", "False", "AgentNACK", "0/1")
+    assert st["failingPods"][0]["name"] == "a" and "start_failed" in st["failingPods"][0]["message"]
+    procs.wait_until(
+        lambda: any(t == "Warning" and r == "AgentNACK" for t, r, _ in bed.events("bad")), timeout=30, what="Event"
+    )
+    # the agent keeps its last good set: the other plugin stays confirmed
+    bed.wait_ready("good", "True", "Confirmed", "1/1")
+    assert running(a) == [(f"{bed.ns}.good", sha(GOOD))]
+    pushes = bed.op.metrics()['meshplug_operator_pushes_total{result="nack"}']
+    assert pushes >= 1
+
+    # fixing the cause (a new module) heals it without a manual kick
+    bed.patch_plugin("bad", {"url": bed.module("fixed.wasm", GOOD_V2)})
+    bed.wait_ready("bad", "True", "Confirmed", "1/1")
+    bed.wait_ready("good", "True", "Confirmed", "1/1")
+    assert sorted(running(a)) == sorted([(f"{bed.ns}.good", sha(GOOD)), (f"{bed.ns}.bad", sha(GOOD_V2))])
+
+
+def test_unreachable_agent_heals_by_retry(bed: Bed) -> None:
+    ip = f"127.0.0.{next(_hosts)}"
+    bed.pod("late", {"app": "late"}, None, ip=ip)
+    bed.plugin(
+        "p", {"url": bed.module("p.wasm", GOOD), "selector": {"matchLabels": {"app": "late"}}, "dataPlane": "agent"}
+    )
+    st = bed.wait_ready("p", "False", "AgentUnreachable", "0/1")
+    assert st["failingPods"][0]["reason"] == "AgentUnreachable"
+    # the agent comes up at that address and port: the backoff retry confirms it, no spec change
+    _, pod = bed.kube.request("GET", f"/api/v1/namespaces/{bed.ns}/pods/late")
+    port = int(pod["metadata"]["annotations"]["meshplug.io/agent-push-port"])
+    token_file = bed.work / "token"
+    token_file.write_text(TOKEN)
+    raw = agent_mod.base_config(
+        port=procs.free_port(),
+        admin_port=procs.free_port(),
+        clusters={"upstream": procs.free_port()},
+        push={"address": ip, "port": port, "token_file": str(token_file)},
+    )
+    bed.agents["late"] = agent_mod.start_agent(
+        raw, work_dir=bed.work / "late", log_dir=bed.work / "logs", name="agent-late"
+    )
+    bed.wait_ready("p", "True", "Confirmed", "1/1")
