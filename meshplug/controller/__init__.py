@@ -14,17 +14,18 @@ rules in a Role in the operator's own namespace.
     cluster  core                 configmaps          get,list,create,patch,delete
     cluster  core                 secrets             get
     cluster  core                 events              create,patch
-    cluster  apps                 deployments         get,list,patch
-    cluster  apps                 statefulsets        get,list,patch
-    cluster  apps                 daemonsets          get,list,patch
+    cluster  apps                 deployments         get,list,watch,patch
+    cluster  apps                 statefulsets        get,list,watch,patch
+    cluster  apps                 daemonsets          get,list,watch,patch
     cluster  networking.istio.io  envoyfilters        get,list,create,patch,delete
     own      coordination.k8s.io  leases              get,create,update
 
 Why: wasmplugins (kopf watches them and patches finalizers/progress annotations), their status (conditions);
 pods (the selection, pod IPs of agents, re-reconcile on pods appearing or going); configmaps (modules for the
 istio plane); secrets (imagePullSecret, the agents' push token); events (Warning/Normal Events on plugins);
-apps workloads (pod-template volume annotations for the istio plane); envoyfilters (the istio plane); leases
-(one active replica: the ``meshplug-operator`` Lease in the operator's namespace).
+apps workloads (pod-template volume annotations for the istio plane; watched for template label changes);
+envoyfilters (the istio plane); leases (one active replica: the ``meshplug-operator`` Lease in the operator's
+namespace).
 """
 
 from __future__ import annotations
