@@ -58,6 +58,15 @@ class ClusterSpec:
 
 
 @dataclass(frozen=True)
+class NodeSpec:
+    """The proxy's node (Envoy's bootstrap `node`): what plugins read as `xds.node.*` and `node.*`."""
+
+    id: str  # "" when the spec gave none
+    cluster: str  # "" when the spec gave none
+    metadata: tuple[tuple[str, str], ...]  # string values, sorted by key
+
+
+@dataclass(frozen=True)
 class LogExpect:
     contains: str
     level: str | None  # None: any level
@@ -163,6 +172,7 @@ class Spec:
     network_cases: tuple[NetworkCase, ...]
     start_failures: tuple[StartFailure, ...]
     envoy_broken: str | None
+    node: NodeSpec | None  # None: the plane's default node (Envoy: empty id and cluster, no metadata)
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -338,6 +348,23 @@ def _plugin(where: str, raw: object, default_module: str) -> PluginSpec:
     )
 
 
+def _node(top: _At) -> NodeSpec | None:
+    if top.raw.get("node") is None:
+        return None
+    n = top.sub("node")
+    n.only("id", "cluster", "metadata")
+    metadata: list[tuple[str, str]] = []
+    if n.raw.get("metadata") is not None:
+        m = n.sub("metadata")
+        for key, value in m.raw.items():
+            if not key:
+                raise SpecFormatError(f"{m.where}: keys must not be empty")
+            if not isinstance(value, str):
+                raise SpecFormatError(f"{m.where}.{key}: expected a string, got {type(value).__name__} {value!r}")
+            metadata.append((key, value))
+    return NodeSpec(id=n.str_("id", ""), cluster=n.str_("cluster", ""), metadata=tuple(sorted(metadata)))
+
+
 def _request(where: str, raw: object) -> Request:
     r = _At(where, raw)
     r.only("method", "path", "headers", "body", "body_chunks")
@@ -455,7 +482,7 @@ def parse(raw: object, *, key: str, path: Path) -> Spec:
     top = _At(str(path), raw)
     top.only(
         "description", "type", "behaviours", "plugins", "clusters", "start_logs", "cases", "start_failures",
-        "envoy_broken",
+        "envoy_broken", "node",
     )  # fmt: skip
     kind = top.str_("type", "http")
     if kind not in ("http", "network"):
@@ -520,6 +547,7 @@ def parse(raw: object, *, key: str, path: Path) -> Spec:
         network_cases=network_cases,
         start_failures=tuple(failures),
         envoy_broken=top.opt_str("envoy_broken"),
+        node=_node(top),
     )
 
 

@@ -37,6 +37,13 @@ HOST_BUGS: dict[str, str] = {
         "(an inline header) as one entry and appends ',no-store' to its value (client sees 'max-age=60,no-store')"
     ),
 }
+#: specs the agent plane cannot honour yet (not host bugs): strict xfails, removed once the gap is closed
+PLANE_GAPS: dict[str, str] = {
+    "go/properties": (
+        "agent plane gap: the spec's `node` (id, cluster, metadata) is not passed to the agent yet, so "
+        "xds.node.id/cluster read as '' and xds.node.metadata.REGION as NotFound"
+    ),
+}
 
 
 def _key(path: Path) -> str:
@@ -44,7 +51,7 @@ def _key(path: Path) -> str:
 
 
 def _param(path: Path) -> object:
-    reason = HOST_BUGS.get(_key(path))
+    reason = HOST_BUGS.get(_key(path)) or PLANE_GAPS.get(_key(path))
     # a mismatch, or the client's timeout when a reply never comes
     raises = (runner.SpecFailure, TimeoutError)
     marks = [pytest.mark.xfail(strict=True, raises=raises, reason=reason)] if reason else []
@@ -52,7 +59,7 @@ def _param(path: Path) -> object:
 
 
 def test_host_bugs_name_existing_specs() -> None:
-    assert set(HOST_BUGS) <= {_key(p) for p in SPECS}
+    assert set(HOST_BUGS) | set(PLANE_GAPS) <= {_key(p) for p in SPECS}
 
 
 @pytest.mark.parametrize("path", [_param(p) for p in SPECS])

@@ -10,6 +10,7 @@ import yaml
 
 from tests.corpus import runner
 from tests.corpus import spec as S
+from tests.corpus.planes import envoy as envoy_plane
 
 P = Path("examples/filters/rust/demo/spec.yaml")
 
@@ -97,6 +98,61 @@ def test_network_spec_and_start_failures() -> None:
     assert spec.network_cases[0].send == (b"ab", b"c")
     assert spec.network_cases[0].expect.received == b"ABC"
     assert spec.start_failures == (S.StartFailure("f", 0, "{bad", (S.LogExpect("bad", None),)),)
+
+
+@pytest.mark.parametrize(
+    ("node", "parsed"),
+    [
+        (None, None),
+        ({}, S.NodeSpec("", "", ())),
+        ({"id": "n-1"}, S.NodeSpec("n-1", "", ())),
+        ({"cluster": "c-1", "metadata": None}, S.NodeSpec("", "c-1", ())),
+        (
+            {"id": "n", "cluster": "c", "metadata": {"ZONE": "b", "REGION": "eu-1", "EMPTY": ""}},
+            S.NodeSpec("n", "c", (("EMPTY", ""), ("REGION", "eu-1"), ("ZONE", "b"))),
+        ),
+    ],
+)
+def test_node(node: object, parsed: S.NodeSpec | None) -> None:
+    assert parse({**MINIMAL, "node": node}).node == parsed
+
+
+def test_node_defaults_to_none() -> None:
+    assert parse(MINIMAL).node is None
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        ("n-1", r"spec\.yaml\.node: expected a mapping, got str"),
+        (["n-1"], r"\.node: expected a mapping, got list"),
+        ({"id": 7}, r"\.node\.id: expected a string, got int"),
+        ({"cluster": True}, r"\.node\.cluster: expected a string, got bool"),
+        ({"name": "n"}, r"\.node: unknown key\(s\) \['name'\]; allowed: \['cluster', 'id', 'metadata'\]"),
+        ({"metadata": ["REGION"]}, r"\.node\.metadata: expected a mapping, got list"),
+        ({"metadata": {"PORT": 8080}}, r"\.node\.metadata\.PORT: expected a string, got int 8080"),
+        ({"metadata": {"ON": True}}, r"\.node\.metadata\.ON: expected a string, got bool"),
+        ({"metadata": {"NESTED": {"a": "b"}}}, r"\.node\.metadata\.NESTED: expected a string, got dict"),
+        ({"metadata": {"NONE": None}}, r"\.node\.metadata\.NONE: expected a string, got NoneType"),
+        ({"metadata": {1: "x"}}, r"\.node\.metadata: keys must be strings, got 1"),
+        ({"metadata": {"": "x"}}, r"\.node\.metadata: keys must not be empty"),
+    ],
+)
+def test_bad_node_is_rejected_with_the_field_named(node: object, message: str) -> None:
+    with pytest.raises(S.SpecFormatError, match=message):
+        parse({**MINIMAL, "node": node})
+
+
+def test_envoy_plane_renders_node_into_the_bootstrap() -> None:
+    services = {"upstream": runner.Endpoint("upstream", "echo", 1234)}
+    modules = {"rust/demo": Path("/m/demo.wasm")}
+    bare = envoy_plane.render(parse(MINIMAL), modules, services, port=1, admin_port=2)
+    assert "node" not in bare
+    node = {"id": "n", "cluster": "c", "metadata": {"REGION": "eu-1"}}
+    config = envoy_plane.render(parse({**MINIMAL, "node": node}), modules, services, port=1, admin_port=2)
+    assert config["node"] == {"id": "n", "cluster": "c", "metadata": {"REGION": "eu-1"}}
+    config = envoy_plane.render(parse({**MINIMAL, "node": {"id": "n"}}), modules, services, port=1, admin_port=2)
+    assert config["node"] == {"id": "n", "cluster": ""}
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,9 @@
 HTTP specs: listener -> http_connection_manager -> one envoy.filters.http.wasm per plugin (chain order)
 -> router -> cluster `upstream`. Network specs: listener -> one envoy.filters.network.wasm per plugin ->
 tcp_proxy -> cluster `upstream`. Every spec cluster becomes a static cluster of the same name (for
-dispatch_http_call). Plugins run on V8 from local files. Each rendered config passes `envoy --mode validate`
-before Envoy starts. Used by tests/integration/test_corpus_envoy.py through `EnvoyPlane`.
+dispatch_http_call). A spec `node` becomes the bootstrap's `node` (plugins read it as `xds.node.*`).
+Plugins run on V8 from local files. Each rendered config passes `envoy --mode validate` before Envoy starts.
+Used by tests/integration/test_corpus_envoy.py through `EnvoyPlane`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,18 @@ def render(
     else:
         listener = tb_envoy.tcp_listener("corpus", port, cluster=S.UPSTREAM_CLUSTER, network_filters=filters)
     clusters = [tb_envoy.static_cluster(name, ep.port) for name, ep in sorted(services.items())]
-    return tb_envoy.bootstrap(admin_port, [listener], clusters)
+    config = tb_envoy.bootstrap(admin_port, [listener], clusters)
+    if spec.node is not None:
+        config["node"] = node_config(spec.node)
+    return config
+
+
+def node_config(node: S.NodeSpec) -> dict[str, Any]:
+    """config.core.v3.Node: id, cluster and metadata (a google.protobuf.Struct of string values)."""
+    out: dict[str, Any] = {"id": node.id, "cluster": node.cluster}
+    if node.metadata:
+        out["metadata"] = dict(node.metadata)
+    return out
 
 
 @dataclass
