@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from meshplug import abi_table, errors
-from meshplug.agent import pairs, properties, vm, wasi
+from meshplug.agent import chain, pairs, properties, vm, wasi
 from meshplug.agent.chain import Direction, LocalReply
 
 if TYPE_CHECKING:
@@ -60,6 +60,14 @@ MAP_GRPC_TRAILING_METADATA = 5
 MAP_HTTP_CALL_RESPONSE_HEADERS = 6
 MAP_HTTP_CALL_RESPONSE_TRAILERS = 7
 _MAX_MAP_TYPE = 7
+#: per map type, the names Envoy keeps as one inline entry (adding to one appends ",value": chain.add_header)
+_INLINE = {
+    MAP_REQUEST_HEADERS: chain.REQUEST_INLINE_HEADERS,
+    MAP_REQUEST_TRAILERS: chain.REQUEST_TRAILER_INLINE_HEADERS,
+    MAP_RESPONSE_HEADERS: chain.RESPONSE_INLINE_HEADERS,
+    MAP_RESPONSE_TRAILERS: chain.RESPONSE_TRAILER_INLINE_HEADERS,
+}
+_NO_INLINE: frozenset[bytes] = frozenset()
 
 # proxy_stream_type_t
 STREAM_REQUEST, STREAM_RESPONSE, STREAM_DOWNSTREAM, STREAM_UPSTREAM = range(4)
@@ -242,7 +250,10 @@ class HostCalls:
         new = pairs.decode(self.guest.read(ptr, size))
         hmap = self._map(mtype)
         if hmap is not None:
-            hmap[:] = [(k.lower(), v) for k, v in new]
+            hmap.clear()
+            inline = _INLINE.get(mtype, _NO_INLINE)
+            for k, v in new:  # Envoy: remove every entry, then addCopy each pair (inline names coalesce)
+                chain.add_header(hmap, k.lower(), v, inline)
         return OK
 
     def proxy_get_header_map_value(self, mtype: int, kptr: int, ksize: int, ptr_ptr: int, size_ptr: int) -> int:
@@ -264,7 +275,7 @@ class HostCalls:
         key, value = self.guest.read(kptr, ksize).lower(), self.guest.read(vptr, vsize)
         hmap = self._map(mtype)
         if hmap is not None:
-            hmap.append((key, value))
+            chain.add_header(hmap, key, value, _INLINE.get(mtype, _NO_INLINE))
         return OK
 
     def proxy_replace_header_map_value(self, mtype: int, kptr: int, ksize: int, vptr: int, vsize: int) -> int:
@@ -312,6 +323,8 @@ class HostCalls:
         path, value = self.guest.read(pptr, psize), self.guest.read(vptr, vsize)
         ctx = self._ctx()
         if ctx is not None:
+            if ctx.root.declared.get(path) and path in ctx.properties:
+                return BAD_ARGUMENT  # declared read-only (declare_property) and already set: Envoy refuses
             ctx.properties[path] = value
         return OK
 
@@ -537,6 +550,8 @@ class HostCalls:
         self, nptr: int, nsize: int, aptr: int, asize: int, ptr_ptr: int, size_ptr: int
     ) -> int:
         name, args = self.guest.read(nptr, nsize), self.guest.read(aptr, asize)
+        if name in _CONTEXT_FOREIGN:
+            return self._context_foreign(name, args)
         fn = self.vm.host.foreign.get(name)
         if fn is None:
             return NOT_FOUND
@@ -547,6 +562,34 @@ class HostCalls:
         if result is None or ptr_ptr == 0:
             return OK
         return self._give(result, ptr_ptr, size_ptr)
+
+    def _context_foreign(self, name: bytes, args: bytes) -> int:
+        """Envoy's context-bound foreign functions. Their arguments are protobuf messages
+        (envoy.source.extensions.common.wasm.DeclarePropertyArguments / SetEnvoyFilterStateArguments):
+        unparsable -> BAD_ARGUMENT, as Envoy.
+
+        declare_property(name=1, readonly=2, type=3, schema=4, span=5): records the property on the root
+        context; declaring a name twice -> BAD_ARGUMENT; a read-only one accepts one proxy_set_property per
+        stream, later writes -> BAD_ARGUMENT (Envoy's CelState). Values read back as the raw bytes written
+        (what Envoy's serializer gives for the bytes/string/protobuf types too).
+        set_envoy_filter_state(path=1, value=2, span=3): NOT_FOUND -- Envoy answers that for a key with
+        no registered filter-state object factory, and nothing in the agent consumes Envoy filter state.
+        """
+        try:
+            fields = _proto_fields(args)
+        except ValueError:
+            return BAD_ARGUMENT
+        if name == b"set_envoy_filter_state":
+            return NOT_FOUND
+        ctx = self._ctx()
+        path = fields.get(1, b"")
+        if ctx is None or not isinstance(path, bytes) or not path:
+            return BAD_ARGUMENT
+        declared = ctx.root.declared
+        if path in declared:
+            return BAD_ARGUMENT
+        declared[path] = bool(fields.get(2, 0))
+        return OK
 
     # -- toolchain extras --------------------------------------------------------------------------
     def emscripten_notify_memory_growth(self, _index: int) -> None:
@@ -607,3 +650,44 @@ SHIMS: dict[str, str] = {
         "pthread_equal",
     )
 }
+
+
+#: foreign functions that act on the calling context (handled by HostCalls._context_foreign)
+_CONTEXT_FOREIGN = frozenset({b"declare_property", b"set_envoy_filter_state"})
+
+
+def _proto_fields(data: bytes) -> dict[int, int | bytes]:
+    """The last value of each field of a protobuf message (varint and length-delimited wire types only;
+    enough for Envoy's foreign-function argument messages). Raises ValueError on malformed input."""
+    out: dict[int, int | bytes] = {}
+    i, n = 0, len(data)
+
+    def varint() -> int:
+        nonlocal i
+        value = shift = 0
+        while True:
+            if i >= n or shift > 63:
+                raise ValueError("truncated varint")
+            b = data[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return value
+
+    while i < n:
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise ValueError("field 0")
+        if wire == 0:
+            out[field] = varint()
+        elif wire == 2:
+            size = varint()
+            if i + size > n:
+                raise ValueError("truncated field")
+            out[field] = data[i : i + size]
+            i += size
+        else:
+            raise ValueError(f"wire type {wire}")
+    return out

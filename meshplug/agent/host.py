@@ -216,6 +216,8 @@ class RootContext(Context):
         self.next_tick: float | None = None
         self.status: tuple[int, bytes] = (0, b"")
         self.done_pending = False
+        #: properties declared with the declare_property foreign function: path -> read-only
+        self.declared: dict[bytes, bool] = {}
 
     def header_map(self, map_type: int) -> Headers | None:
         return self.maps.get(map_type)
@@ -241,6 +243,9 @@ class HttpContext(Context):
         #: Envoy attaches the request headers to the context only from on_request_headers until it
         #: continues (and again in the access-log phase): header-derived request.* properties follow
         self.request_headers_attached = False
+        #: the same for the response headers: from on_response_headers until it continues, and in on_log
+        #: (response.headers.* NotFound in on_response_body; checked against Envoy 1.40)
+        self.response_headers_attached = False
 
     # map/buffer access for shims
     def header_map(self, map_type: int) -> Headers | None:
@@ -301,15 +306,21 @@ class HttpContext(Context):
         if fn is None:  # not exported: nothing to call (Envoy calls only exported callbacks)
             return Action.CONTINUE
         n = len(self.control.headers(direction))
-        if direction == Direction.REQUEST:
+        request = direction == Direction.REQUEST
+        if request:
             self.request_headers_attached = True
+        else:
+            self.response_headers_attached = True
         if cb.headers_eos[direction]:
             r = self.vm.call_fn(self, fn, self.id, n, int(end_stream))
         else:
             r = self.vm.call_fn(self, fn, self.id, n)
         action = self._action(r, body=False)
-        if direction == Direction.REQUEST and action is Action.CONTINUE:
-            self.request_headers_attached = False
+        if action is Action.CONTINUE:
+            if request:
+                self.request_headers_attached = False
+            else:
+                self.response_headers_attached = False
         return action
 
     def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
@@ -350,7 +361,8 @@ class HttpContext(Context):
         if self.deleted:
             return
         self.completed_ns = time.time_ns()  # request.duration (Envoy: requestComplete, known at on_log)
-        self.request_headers_attached = True  # Envoy's access-log phase sees the request headers again
+        # Envoy's access-log phase sees the request and response headers again
+        self.request_headers_attached = self.response_headers_attached = True
         if not self.created and not self._ensure():
             # Envoy's access-log hook creates the context of a filter the request never reached
             # (a local reply or reset before it) so that on_log / on_done / on_delete stay balanced
@@ -1022,5 +1034,11 @@ class Host:
 
     # -- shared data ---------------------------------------------------------------------------------
     def local_reply(self, ctx: HttpContext, reply: LocalReply) -> None:
-        ctx.local_reply_sent = True
+        # cpp-host's stopNextIteration is VM-wide and cleared when the VM call returns: it forces the stream
+        # callback in flight to stop, whichever context the reply is for; a reply sent from a root callback
+        # (proxy_on_http_call_response with the effective context set) forces nothing -- the stream's next
+        # callback, the reply's own on_response_headers, keeps its own result
+        current = ctx.vm.current
+        if isinstance(current, HttpContext):
+            current.local_reply_sent = True
         ctx.vm.defer(lambda: ctx.control.send_local_reply(reply))

@@ -9,7 +9,14 @@ with `proxy_set_property` are read back for the same path (Envoy: filter state "
 metadata (`node.metadata.<KEY>`, also under `xds.node`) comes from the host's `node` mapping; xds.cluster_name
 from `StreamInfo.cluster_name`. As Envoy 1.40: header-derived request.* (path, method, headers, ...) are
 NotFound outside the context's request-header callbacks (until it continues) except in on_log;
-source/destination.address are "ip:port".
+source/destination.address are "ip:port". The same for the response side: response.headers(.*)
+NotFound after on_response_headers continued (found again in on_log); response.trailers an (empty) map;
+response.code_details ("via_upstream", a local reply's details, ...) and response.flags (RESPONSE_FLAG_*
+bits) from the chain's Stream; upstream.address / port / local_address ("ip:port") from
+StreamInfo.upstream_* once the shell called Stream.set_upstream (NotFound before), with
+upstream.transport_failure_reason "" and upstream.request_attempt_count 1 then; connection.requested_server_name
+("" on plaintext) and connection.tls_version (NotFound on plaintext). Each checked against Envoy 1.40 with a
+probe guest.
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ def enc_int(value: int) -> bytes:
 
 def enc_bool(value: bool) -> bytes:
     return b"\x01" if value else b"\x00"
+
+
+def _map(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A map attribute's value: header pairs; an empty map is the 4-byte zero count (Envoy's serializer),
+    not the empty buffer the host hands over for an empty header map."""
+    return pairs.encode(headers) or b"\0\0\0\0"
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -103,7 +116,7 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
         if key == b"headers":
             if len(segs) >= 3:
                 return _header(_joined(req), segs[2].lower())
-            return pairs.encode(_joined(req))
+            return _map(_joined(req))
         if key == b"referer":
             return _header(req, b"referer")
         if key == b"useragent":
@@ -133,18 +146,46 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
         if key == b"code":
             status = _header(resp, b":status")
             return enc_int(int(status)) if status and status.isdigit() else None
+        if not isinstance(ctx, HttpContext):
+            return None
+        control = ctx.control
+        attached = ctx.response_headers_attached
         if key == b"headers":
+            if not attached:
+                return None  # Envoy: no response header map after on_response_headers continued
             if len(segs) >= 3:
                 return _header(_joined(resp), segs[2].lower())
-            return pairs.encode(_joined(resp))
-        if key == b"trailers" and isinstance(ctx, HttpContext):
-            return pairs.encode(_joined(ctx.control.trailers(Direction.RESPONSE)))
-        if isinstance(ctx, HttpContext):
-            sent = ctx.control.bytes_sent
-            if key == b"size":
-                return enc_int(sent)
-            if key == b"total_size":
-                return enc_int(sent + _byte_size(resp) + _byte_size(ctx.control.trailers(Direction.RESPONSE)))
+            return _map(_joined(resp))
+        if key == b"trailers":
+            return _map(_joined(control.trailers(Direction.RESPONSE)))
+        if key == b"code_details":
+            details = control.code_details
+            return details.encode() if details is not None else None
+        if key == b"flags":
+            return enc_int(control.response_flags)
+        sent = control.bytes_sent
+        if key == b"size":
+            return enc_int(sent)
+        if key == b"total_size":
+            head_bytes = _byte_size(resp) if attached else 0
+            return enc_int(sent + head_bytes + _byte_size(control.trailers(Direction.RESPONSE)))
+        return None
+    if head == b"upstream" and len(segs) >= 2:
+        if not info.upstream_address:
+            return None  # no upstream connection (yet)
+        key = segs[1]
+        if key == b"address":
+            return _address(info.upstream_address, info.upstream_port)
+        if key == b"port":
+            return enc_int(info.upstream_port)
+        if key == b"local_address":
+            if not info.upstream_local_address:
+                return None
+            return _address(info.upstream_local_address, info.upstream_local_port)
+        if key == b"transport_failure_reason":
+            return b""
+        if key == b"request_attempt_count":
+            return enc_int(1)
         return None
     if head in (b"source", b"destination", b"connection", b"connection_id") and len(segs) >= 1:
         key = segs[1] if len(segs) >= 2 else b""
@@ -168,6 +209,10 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
             return enc_int(info.connection_id)
         if key == b"mtls":
             return enc_bool(info.mtls)
+        if key == b"requested_server_name":
+            return info.requested_server_name.encode()  # Envoy: "" on a plaintext connection
+        if key == b"tls_version":
+            return info.tls_version.encode() if info.tls_version else None
     return None
 
 
