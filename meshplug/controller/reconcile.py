@@ -403,9 +403,10 @@ class Reconciler:
     def _selected_pods(self, plugin: spec.PluginSpec) -> list[dict[str, Any]]:
         if plugin.target_refs:
             return []
+        selector = ",".join(f"{k}={v}" for k, v in plugin.selector)  # the API filters: no list of every pod
         return [
             p
-            for p in self.writer.list("v1", "Pod", plugin.namespace)
+            for p in self.writer.list("v1", "Pod", plugin.namespace, label_selector=selector)
             if selects(plugin.selector_labels, p["metadata"].get("labels"))
             and not p["metadata"].get("deletionTimestamp")
             and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")

@@ -1,0 +1,233 @@
+"""Operator at scale against the real kube-apiserver (+ etcd) of the test bed: 500 pods, 50 WasmPlugins.
+
+Starts etcd + kube-apiserver (free ports), the WasmPlugin and EnvoyFilter CRDs, ``--workloads`` Deployments with
+``--pods`` Pods spread over them (status set through the status subresource: no kubelet), then `meshplug operator`
+as a process. Applies ``--plugins`` WasmPlugins (istio data plane; each selects one workload's pods) as fast as
+it can and prints, from apply to Ready (polled every 0.1 s): per-plugin p50/p95/max and the time until all are
+Ready; API requests per reconcile counted in the operator's client (its writer, read from its /metrics) and, for
+everything it sends including kopf's watches and finalizer patches, at the apiserver (`apiserver_request_total`
+minus this script's own requests); then the same after a pod churn (``--churn`` pods deleted and re-created) and
+the requests of an idle ``--idle`` s. Bounded: every wait has a deadline (``--deadline`` s overall).
+
+    .venv/bin/python bench/operator_scale.py [--pods 500] [--plugins 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.testbed import fixtures_kube, procs
+from tests.testbed import kube as kube_mod
+from tests.testbed import operator as operator_mod
+
+NS = "scale"
+PLUGINS = f"/apis/meshplug.io/v1alpha1/namespaces/{NS}/wasmplugins"
+MODULE = wasmtime.wat2wasm(
+    """(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
+ (func (export "malloc") (param i32) (result i32) i32.const 1024)
+ (func (export "proxy_on_context_create") (param i32 i32))
+ (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0))"""
+)
+
+
+class Client:
+    """The bench's own API calls, counted (subtracted from the apiserver's totals)."""
+
+    def __init__(self, kube: kube_mod.Kube) -> None:
+        self.kube = kube
+        self.requests = 0
+
+    def __call__(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        self.requests += 1
+        status, out = self.kube.request(method, path, body, content_type=content_type)
+        if status >= 300:
+            raise RuntimeError(f"{method} {path}: {status} {out}")
+        return out
+
+
+def apiserver_requests(client: Client) -> float:
+    """Sum of apiserver_request_total (every request the apiserver served; the scrape itself counts)."""
+    text = client("GET", "/metrics")
+    return sum(
+        float(line.rpartition(" ")[2]) for line in str(text).splitlines() if line.startswith("apiserver_request_total{")
+    )
+
+
+def ready_times(client: Client, names: list[str], started: dict[str, float], deadline: float) -> dict[str, float]:
+    done: dict[str, float] = {}
+    while len(done) < len(names):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(done)}/{len(names)} plugins Ready before the deadline")
+        items = client("GET", PLUGINS)["items"]
+        now = time.monotonic()
+        for obj in items:
+            name = obj["metadata"]["name"]
+            gen = obj["metadata"].get("generation")
+            st = obj.get("status") or {}
+            ok = any(c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions") or [])
+            if name in started and name not in done and ok and st.get("observedGeneration") == gen:
+                done[name] = now - started[name]
+        time.sleep(0.1)
+    return done
+
+
+def pod_body(i: int, workloads: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"pod-{i}", "labels": {"app": f"app-{i % workloads}"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:v1"}]},
+    }
+
+
+def make_pod(client: Client, i: int, workloads: int) -> None:
+    client("POST", f"/api/v1/namespaces/{NS}/pods", pod_body(i, workloads))
+    status = {
+        "status": {
+            "phase": "Running",
+            "podIP": f"10.1.{i // 250}.{i % 250 + 1}",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }
+    }
+    client("PATCH", f"/api/v1/namespaces/{NS}/pods/pod-{i}/status", status, "application/merge-patch+json")
+
+
+def operator_counts(op: operator_mod.Operator) -> tuple[float, float]:
+    m = op.metrics()
+    writes = sum(v for k, v in m.items() if k.startswith("meshplug_operator_api_requests_total"))
+    reconciles = sum(v for k, v in m.items() if k.startswith("meshplug_operator_reconciles_total"))
+    return writes, reconciles
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pods", type=int, default=500)
+    ap.add_argument("--plugins", type=int, default=50)
+    ap.add_argument("--workloads", type=int, default=10)
+    ap.add_argument("--churn", type=int, default=50)
+    ap.add_argument("--idle", type=float, default=10.0)
+    ap.add_argument("--deadline", type=float, default=600.0)
+    args = ap.parse_args()
+    deadline = time.monotonic() + args.deadline
+    with tempfile.TemporaryDirectory(prefix="meshplug-scale-") as tmp:
+        work = Path(tmp)
+        with kube_mod.control_plane(work / "kube", work / "logs") as kube:
+            client = Client(kube)
+            fixtures_kube.install_crd(kube, fixtures_kube.crd_body())
+            fixtures_kube.install_crd(kube, fixtures_kube.ENVOYFILTER_CRD)
+            fixtures_kube.ensure_namespace(kube, NS)
+            t = time.monotonic()
+            for w in range(args.workloads):
+                labels = {"app": f"app-{w}"}
+                client(
+                    "POST",
+                    f"/apis/apps/v1/namespaces/{NS}/deployments",
+                    {
+                        "metadata": {"name": f"app-{w}"},
+                        "spec": {
+                            "selector": {"matchLabels": labels},
+                            "template": {
+                                "metadata": {"labels": labels},
+                                "spec": {"containers": [{"name": "app", "image": "registry.example/app:v1"}]},
+                            },
+                        },
+                    },
+                )
+            for i in range(args.pods):
+                make_pod(client, i, args.workloads)
+            print(f"setup: {args.workloads} Deployments, {args.pods} Pods in {time.monotonic() - t:.1f}s")
+            modules = work / "modules"
+            modules.mkdir()
+            (modules / "m.wasm").write_bytes(MODULE)
+            op = operator_mod.start_operator(
+                kube.kubeconfig, work / "op", namespaces=[NS], extra=[f"--file-root={modules}"]
+            )
+            try:
+                writes0, rec0 = operator_counts(op)
+                server0, own0 = apiserver_requests(client), client.requests
+                started: dict[str, float] = {}
+                names = [f"plugin-{i}" for i in range(args.plugins)]
+                t0 = time.monotonic()
+                for i, name in enumerate(names):
+                    spec = {
+                        "url": f"file://{modules / 'm.wasm'}",
+                        "sha256": hashlib.sha256(MODULE).hexdigest(),
+                        "selector": {"matchLabels": {"app": f"app-{i % args.workloads}"}},
+                        "priority": i,
+                        "pluginConfig": {"n": i},
+                    }
+                    body = {
+                        "apiVersion": "meshplug.io/v1alpha1",
+                        "kind": "WasmPlugin",
+                        "metadata": {"name": name},
+                        "spec": spec,
+                    }
+                    started[name] = time.monotonic()
+                    client("POST", PLUGINS, body)
+                times = ready_times(client, names, started, deadline)
+                total = time.monotonic() - t0
+                writes1, rec1 = operator_counts(op)
+                server1, own1 = apiserver_requests(client), client.requests
+                lat = sorted(times.values())
+                reconciles = rec1 - rec0
+                print(
+                    f"apply -> Ready, {args.plugins} plugins over {args.pods} pods: p50 {statistics.median(lat):.2f}s "
+                    f"p95 {lat[int(0.95 * (len(lat) - 1))]:.2f}s max {lat[-1]:.2f}s; all Ready after {total:.2f}s"
+                )
+                op_requests = (server1 - server0) - (own1 - own0)  # minus ours (the scrapes cancel out)
+                print(
+                    f"reconciles: {reconciles:.0f}; API requests per reconcile: {(writes1 - writes0) / reconciles:.1f} "
+                    f"(operator's writer), {op_requests / reconciles:.1f} (all operator requests at the apiserver)"
+                )
+
+                # churn: pods go and come back; every plugin selecting them re-reconciles
+                writes1, rec1 = operator_counts(op)
+                server1, own1 = apiserver_requests(client), client.requests
+                t1 = time.monotonic()
+                for i in range(args.churn):
+                    client("DELETE", f"/api/v1/namespaces/{NS}/pods/pod-{i}?gracePeriodSeconds=0")
+                for i in range(args.churn):
+                    make_pod(client, i, args.workloads)
+
+                def settled() -> bool:
+                    items = client("GET", PLUGINS)["items"]
+                    want = args.pods // args.workloads
+                    return all((o.get("status") or {}).get("pods", {}).get("total") == want for o in items)
+
+                # pods lack the module volume (no rollout without a controller manager): wait for counts to settle
+                def quiet() -> bool:
+                    a = operator_counts(op)[1]
+                    time.sleep(1.0)
+                    return operator_counts(op)[1] == a and op.metrics().get("meshplug_operator_healthy") == 1
+
+                procs.wait_until(quiet, timeout=max(1.0, deadline - time.monotonic()), what="reconciles to settle")
+                writes2, rec2 = operator_counts(op)
+                server2, own2 = apiserver_requests(client), client.requests
+                churn_rec = rec2 - rec1
+                print(
+                    f"churn of {args.churn} pods (delete + re-create + status): settled in "
+                    f"{time.monotonic() - t1 - 1.0:.1f}s, {churn_rec:.0f} reconciles, "
+                    f"{(writes2 - writes1) / max(churn_rec, 1):.1f} writer requests/reconcile, "
+                    f"{((server2 - server1) - (own2 - own1)) / max(churn_rec, 1):.1f} all requests/reconcile "
+                    f"(every plugin counts all its pods again: {settled()})"
+                )
+                idle0, own_idle0 = apiserver_requests(client), client.requests
+                time.sleep(args.idle)  # measuring an idle period, not synchronising
+                idle1, own_idle1 = apiserver_requests(client), client.requests
+                print(f"idle {args.idle:.0f}s: {(idle1 - idle0) - (own_idle1 - own_idle0):.0f} operator requests")
+            finally:
+                op.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

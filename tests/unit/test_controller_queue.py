@@ -1,0 +1,130 @@
+"""meshplug.controller's kopf-free parts in process: the work queue, the watch index, agent targets, RBAC rules."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from meshplug import controller, errors
+from meshplug.controller import agents, index, workqueue
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("adds", "expected"),
+    [
+        ([("a", 0.0), ("a", 0.0)], [("ns", "a")]),  # de-duplicated
+        ([("a", 5.0), ("b", 0.0)], [("ns", "b")]),  # a is not due yet
+        ([("a", 5.0), ("a", 0.0)], [("ns", "a")]),  # the earlier due time wins
+        ([("a", 0.0), ("a", 5.0)], [("ns", "a")]),  # a later add does not delay it
+    ],
+)
+def test_queue_dedupes_and_delays(adds: list[tuple[str, float]], expected: list[tuple[str, str]]) -> None:
+    clock = Clock()
+    q = workqueue.WorkQueue(clock=clock)
+    for name, after in adds:
+        q.add(("ns", name), after=after)
+    got = []
+    for _ in expected:
+        key = q.get()
+        assert key is not None
+        got.append(key)
+        q.done(key)
+    assert got == expected
+    assert q.pending() == len({n for n, _ in adds}) - len(expected)
+
+
+def test_key_added_while_running_runs_again_afterwards_never_twice_at_once() -> None:
+    q = workqueue.WorkQueue()
+    q.add(("ns", "a"))
+    assert q.get() == ("ns", "a")
+    q.add(("ns", "a"))  # while it runs: dirty, not handed out
+    assert q.pending() == 1
+    q.done(("ns", "a"))
+    assert q.get() == ("ns", "a")
+    q.done(("ns", "a"))
+    assert q.pending() == 0
+
+
+def test_hold_waits_for_the_running_worker_and_shutdown_releases_get() -> None:
+    q = workqueue.WorkQueue()
+    q.add(("ns", "a"))
+    key = q.get()
+    assert key is not None
+    assert q.hold(key, timeout=0.05) is False  # a worker runs it
+    threading.Timer(0.05, q.done, args=(key,)).start()
+    assert q.hold(key, timeout=10) is True
+    q.done(key)
+    threading.Timer(0.05, q.shutdown).start()
+    assert q.get() is None
+
+
+def pod(name: str, labels: dict[str, str], **status: Any) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": name, "labels": labels}, "status": status}
+
+
+def plugin(name: str, selector: dict[str, str] | None, generation: int = 1, plane: str = "agent") -> dict[str, Any]:
+    spec: dict[str, Any] = {"url": "oci://reg/p:v1", "dataPlane": plane}
+    if selector is not None:
+        spec["selector"] = {"matchLabels": selector}
+    return {"metadata": {"namespace": "ns", "name": name, "generation": generation}, "spec": spec}
+
+
+def test_index_maps_events_to_the_plugins_they_concern() -> None:
+    idx = index.Index()
+    assert idx.plugin_event(None, plugin("cart", {"app": "cart"})) == [("ns", "cart")]  # new: reconcile
+    assert idx.plugin_event("MODIFIED", plugin("cart", {"app": "cart"})) == []  # status write: same generation
+    assert idx.plugin_event("MODIFIED", plugin("cart", {"app": "cart"}, generation=2)) == [("ns", "cart")]
+    assert idx.plugin_event(None, plugin("all", None)) == [("ns", "all")]
+    # pods: appear, unchanged, get an IP, change labels (old and new selectors both count), go
+    assert idx.pod_event("ADDED", pod("p", {"app": "cart"})) == [("ns", "all"), ("ns", "cart")]
+    assert idx.pod_event("MODIFIED", pod("p", {"app": "cart"})) == []
+    assert idx.pod_event("MODIFIED", pod("p", {"app": "cart"}, podIP="10.0.0.9")) == [("ns", "all"), ("ns", "cart")]
+    moved = pod("p", {"app": "other"}, podIP="10.0.0.9")
+    assert idx.pod_event("MODIFIED", moved) == [("ns", "all"), ("ns", "cart")]
+    assert idx.pod_event("MODIFIED", moved) == []
+    assert idx.pod_event("DELETED", moved) == [("ns", "all")]
+    # workloads concern istio-plane plugins only
+    idx.plugin_event(None, plugin("mesh", {"app": "cart"}, plane="istio"))
+    wl = {"metadata": {"namespace": "ns", "name": "d"}, "spec": {"template": {"metadata": {"labels": {"app": "cart"}}}}}
+    assert idx.workload_event("Deployment", "ADDED", wl) == [("ns", "mesh")]
+    assert idx.workload_event("Deployment", "MODIFIED", wl) == []
+    assert idx.plugin_event("DELETED", plugin("cart", {"app": "cart"})) == []
+    assert idx.plugin("ns", "cart") is None
+
+
+@pytest.mark.parametrize(
+    ("annotations", "status", "expected"),
+    [
+        ({}, {}, None),  # no IP yet
+        ({}, {"podIP": "10.0.0.5"}, ("10.0.0.5", agents.DEFAULT_PUSH_PORT)),
+        ({agents.PUSH_PORT_ANNOTATION: "9911"}, {"podIP": "10.0.0.5"}, ("10.0.0.5", 9911)),
+        ({agents.PUSH_PORT_ANNOTATION: "x"}, {"podIP": "10.0.0.5"}, errors.ConfigError),
+        ({agents.PUSH_PORT_ANNOTATION: "70000"}, {"podIP": "10.0.0.5"}, errors.ConfigError),
+    ],
+)
+def test_agent_target(annotations: dict[str, str], status: dict[str, str], expected: Any) -> None:
+    body = {"metadata": {"namespace": "ns", "name": "p", "annotations": annotations}, "status": status}
+    if isinstance(expected, type):
+        with pytest.raises(expected):
+            agents.target_of(body)
+        return
+    target = agents.target_of(body)
+    assert (None if target is None else (target.ip, target.port)) == expected
+
+
+def test_rbac_rules_parse_from_the_docstring() -> None:
+    rules = {(r.scope, r.api_group, r.resource): r.verbs for r in controller.rbac_rules()}
+    assert rules[("cluster", "", "pods")] == ("get", "list", "watch")
+    assert rules[("own", "coordination.k8s.io", "leases")] == ("get", "create", "update")
+    assert all(scope in ("cluster", "own") for scope, _, _ in rules)
+    assert len(rules) == 11
