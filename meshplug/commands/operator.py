@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--module-port", type=int, default=8080, help="the module server's Service port")
     parser.add_argument("--file-root", action="append", type=Path, default=[], help="allow file:// below this dir")
     parser.add_argument("--cache-dir", type=Path, help="module cache directory")
+    parser.add_argument(
+        "--insecure-registry", action="append", default=[], help="registry host[:port] reached over plain HTTP"
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://127.0.0.1:8081/healthz")
     parser.add_argument("--metrics-listen", default="0.0.0.0:9090", help="/metrics and /healthz HOST:PORT ('' = off)")
@@ -68,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
         api = kubernetes.client.ApiClient()
     reresolve = args.reresolve_interval if args.reresolve_interval > 0 else None
-    options: dict[str, object] = {"file_roots": tuple(args.file_root), "reresolve_interval_s": reresolve}
+    options: dict[str, object] = {
+        "file_roots": tuple(args.file_root),
+        "reresolve_interval_s": reresolve,
+        "allow_insecure_registries": tuple(args.insecure_registry),
+    }
     if args.cache_dir is not None:
         options["cache_dir"] = args.cache_dir
     fetcher = fetch.Fetcher(fetch.FetchOptions(**options))  # type: ignore[arg-type]

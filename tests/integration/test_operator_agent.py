@@ -282,3 +282,46 @@ def test_unreachable_agent_heals_by_retry(bed: Bed) -> None:
         raw, work_dir=bed.work / "late", log_dir=bed.work / "logs", name="agent-late"
     )
     bed.wait_ready("p", "True", "Confirmed", "1/1")
+
+
+def test_a_moved_tag_is_delivered_without_a_spec_change(
+    kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path: Path, registries: dict[str, Any]
+) -> None:
+    """A tracked mutable tag (oci://...:v1, re-resolved every 2 s) moves: a TagMoved Event, the new digest on
+    every pod's agent, Ready again; nothing touched the WasmPlugin."""
+    registry = registries["plain"]
+    registry.push_layout("oci-image", "meshplug/moving", "v1", GOOD)
+    secret = {
+        "metadata": {"name": "meshplug-agent-token"},
+        "data": {"token": base64.b64encode(TOKEN.encode()).decode()},
+    }
+    assert kube.request("POST", f"/api/v1/namespaces/{kube_namespace}/secrets", secret)[0] == 201
+    op = operator_mod.start_operator(
+        kube.kubeconfig,
+        tmp_path,
+        namespaces=[kube_namespace],
+        extra=[f"--insecure-registry={registry.host}", "--reresolve-interval=2"],
+    )
+    b = Bed(kube, kube_namespace, tmp_path, tmp_path, op, {})
+    try:
+        a = b.agent("a")
+        b.pod("a", {"app": "cart"}, a)
+        url = registry.url("meshplug/moving", "v1")
+        b.plugin("tagged", {"url": url, "selector": {"matchLabels": {"app": "cart"}}, "dataPlane": "agent"})
+        assert b.wait_ready("tagged", "True", "Confirmed", "1/1")["digest"] == f"sha256:{sha(GOOD)}"
+        _, before = kube.request("GET", f"{PLUGINS.format(ns=kube_namespace)}/tagged")
+
+        registry.push_layout("oci-image", "meshplug/moving", "v1", GOOD_V2)
+        procs.wait_until(
+            lambda: b.status("tagged").get("digest") == f"sha256:{sha(GOOD_V2)}", timeout=60, what="the new digest"
+        )
+        b.wait_ready("tagged", "True", "Confirmed", "1/1")
+        assert running(a) == [(f"{kube_namespace}.tagged", sha(GOOD_V2))]
+        assert any(r == "TagMoved" for _, r, _ in b.events("tagged"))
+        _, after = kube.request("GET", f"{PLUGINS.format(ns=kube_namespace)}/tagged")
+        assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    finally:
+        op.stop()
+        for agent in b.agents.values():
+            agent.stop()
+        print(op.proc.log()[-4000:])
