@@ -164,6 +164,9 @@ def build(
             )
         return out
 
+    def relevel() -> None:
+        h.log_level = _host_log_level()
+
     loop.call_soon_threadsafe(driver.run)
     return loader.Chain(
         filters=chain.Chain([p for _, p, _, _ in started]),
@@ -173,4 +176,5 @@ def build(
         metric_values=lambda: _metric_values(h),
         logs=lambda: [(r.plugin, _LEVEL_NAMES.get(r.level, str(r.level)), r.message) for r in h.logs],
         close=driver.close,
+        relevel=relevel,
     )

@@ -62,6 +62,8 @@ class Chain:
     metric_values: Callable[[], dict[str, int | None]] = field(default=dict)
     logs: Callable[[], list[tuple[str, str, str]]] = field(default=list)  # (plugin, level, message)
     close: Callable[[], None] = field(default=lambda: None)
+    #: the logging level changed: pass it on to the plugins' hosts
+    relevel: Callable[[], None] = field(default=lambda: None)
 
 
 @dataclass(frozen=True)

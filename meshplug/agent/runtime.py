@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import logging
 import signal
@@ -72,6 +73,9 @@ class Agent:
 
     async def start(self) -> None:
         server.refresh_debug()
+        # everything imported and configured so far lives as long as the process: out of the collector's
+        # sight, so its full collections stay cheap (plugin chains come after: they must stay collectable)
+        gc.freeze()
         await self._initial()
         await self.proxy.start()
         for lst, srv in zip(self.cfg.listeners, self.proxy.servers, strict=True):
@@ -113,7 +117,12 @@ class Agent:
         if path == "/stats/prometheus":
             return admin.Response(200, self.prometheus(), "text/plain; version=0.0.4")
         if path == "/logging":
-            return admin.logging_route(request)
+            response = admin.logging_route(request)
+            if request.method == "POST" and response.status == 200:
+                server.refresh_debug()  # the data path's cached debug switch
+                if (active := self.applier.active) is not None:
+                    active.chain.relevel()  # the running hosts' proxy_get_log_level and log filter
+            return response
         if path == "/plugin_logs":  # the plugins' proxy_log records, oldest first (bounded by the host)
             logs = active.chain.logs() if (active := self.applier.active) else []
             body = [{"plugin": p, "level": lvl, "message": m} for p, lvl, m in logs]

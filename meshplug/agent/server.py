@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import functools
 import http
@@ -98,6 +99,7 @@ class _RequestIds:
 _REQUEST_IDS = _RequestIds()
 #: ":status" values by code, encoded once
 _STATUS_BYTES = {code: str(code).encode() for code in range(100, 600)}
+_SCHEME_HTTP = (b":scheme", b"http")
 
 
 def refresh_debug() -> None:
@@ -179,6 +181,8 @@ class Sink(Protocol):
 
     def up_complete(self) -> None: ...
 
+    def up_trailers(self, trailers: Headers) -> None: ...
+
     def up_failed(self, reset_reason: str) -> None: ...
 
     def up_pause(self) -> None: ...
@@ -193,8 +197,10 @@ class Upstream(asyncio.Protocol):
         "_headers",
         "_interim",
         "_reason",
+        "flush_sink",
         "got_bytes",
         "head_request",
+        "info_fields",
         "keep_alive",
         "parser",
         "pool",
@@ -215,6 +221,11 @@ class Upstream(asyncio.Protocol):
         self._headers: Headers = []
         self._reason = b""
         self._interim = False
+        #: an exchange holding the last body chunk of this read back (to deliver it with end_stream when the
+        #: message ends in the same read, as Envoy's codec does); told when the read is parsed
+        self.flush_sink: FilteredExchange | None = None
+        #: StreamInfo's upstream_* fields for this connection, computed on first use
+        self.info_fields: dict[str, Any] | None = None
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -237,10 +248,16 @@ class Upstream(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
+            self.flush_sink = None
             sink, self.sink = self.sink, None
             self.close()
             if sink is not None:
                 sink.up_failed(RESET_PROTOCOL)
+            return
+        held = self.flush_sink
+        if held is not None:
+            self.flush_sink = None
+            held.up_flush()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost reports to the sink
@@ -271,8 +288,10 @@ class Upstream(asyncio.Protocol):
             return
         self._interim = False
         self.keep_alive = self.parser.should_keep_alive()
+        headers = self._headers
+        self._headers = []  # header lines after the body are trailers
         if self.sink is not None:
-            self.sink.up_headers(status, self._reason, self._headers, self.parser)
+            self.sink.up_headers(status, self._reason, headers, self.parser)
         if self.head_request and self.sink is not None:
             # a response to HEAD has no body whatever its content-length says; llhttp cannot be told,
             # so the message ends here and the next response gets a fresh parser
@@ -287,6 +306,9 @@ class Upstream(asyncio.Protocol):
         if self._interim:
             self._interim = False
             return
+        trailers = self._headers
+        if trailers and self.sink is not None:
+            self.sink.up_trailers(trailers)
         self._finish()
 
     def _finish(self) -> None:
@@ -313,6 +335,21 @@ class Upstream(asyncio.Protocol):
 
     def reusable(self) -> bool:
         return self.transport is not None and not self.transport.is_closing() and self.keep_alive
+
+    def upstream_fields(self) -> dict[str, Any]:
+        """StreamInfo's upstream_* values for this connection (Stream.set_upstream's arguments)."""
+        fields = self.info_fields
+        if fields is None:
+            t = self.transport
+            peer = (t.get_extra_info("peername") if t is not None else None) or ("", 0)
+            local = (t.get_extra_info("sockname") if t is not None else None) or ("", 0)
+            fields = self.info_fields = {
+                "upstream_address": str(peer[0]),
+                "upstream_port": int(peer[1]),
+                "upstream_local_address": str(local[0]),
+                "upstream_local_port": int(local[1]),
+            }
+        return fields
 
 
 class Pool:
@@ -381,6 +418,37 @@ _PAUSE_UPSTREAM_FULL = 1  # upstream write buffer full
 _PAUSE_BUFFER = 2  # body buffered while waiting for an upstream connection
 _PAUSE_PIPELINE = 4  # a complete request is waiting for its response
 
+#: header fields never forwarded as trailers (framing, routing; RFC 9110 6.5.1)
+_NOT_TRAILERS = HOP_BY_HOP | {b"content-length", b"host"}
+_LAST_CHUNK = b"0\r\n\r\n"
+
+#: how proxy-generated replies are described to plugins (response.code_details / response.flags), as Envoy's router
+_DETAILS_CONNECT = "upstream_reset_before_response_started{connection_failure}"
+_DETAILS_TIMEOUT = "upstream_response_timeout"
+
+
+def _reset_details(reason: str) -> str:
+    return "upstream_reset_before_response_started{" + reason.replace(" ", "_") + "}"
+
+
+def _last_chunk(trailers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The end of a chunked body carrying `trailers` (RFC 9112 7.1.2)."""
+    lines = [b"%b: %b\r\n" % (n, v) for n, v in trailers if n[:1] != b":" and n not in _NOT_TRAILERS]
+    return b"0\r\n%b\r\n" % b"".join(lines) if lines else _LAST_CHUNK
+
+
+def _info_copy(info: agent_chain.StreamInfo, fields: dict[str, Any]) -> agent_chain.StreamInfo:
+    """`dataclasses.replace(info, **fields)` without re-running the frozen dataclass's __init__ (~6 us with
+    its 17 fields): a new instance with a copied __dict__. `info` itself is never changed."""
+    d = getattr(info, "__dict__", None)
+    if d is None:  # a slotted StreamInfo: the slow, general way
+        return dataclasses.replace(info, **fields)
+    new = object.__new__(type(info))
+    nd = new.__dict__
+    nd.update(d)
+    nd.update(fields)
+    return new
+
 
 class Exchange:
     """One request/response through the proxy; the `Sink` of its upstream connection."""
@@ -396,6 +464,7 @@ class Exchange:
         "keep_alive",
         "method",
         "req_done",
+        "req_tail",
         "resp_done",
         "resp_mode",
         "resp_started",
@@ -416,6 +485,7 @@ class Exchange:
         self.http11 = conn.http11
         self.chunked_in = False
         self.req_done = False
+        self.req_tail = _LAST_CHUNK  # what ends a chunked upstream request (with the trailers, if any)
         self.body_pending: list[bytes] = []
         self.body_bytes_buffered = 0
         self.up: Upstream | None = None
@@ -445,7 +515,12 @@ class Exchange:
         except (OSError, TimeoutError) as exc:
             pool.stats.upstream_cx_connect_fail += 1
             log.debug("connect to cluster %s failed: %r", pool.cluster.name, exc)
-            self.local_reply(503, reset_body(RESET_CONNECT_FAILURE))
+            self.proxy_reply(
+                503,
+                reset_body(RESET_CONNECT_FAILURE),
+                _DETAILS_CONNECT,
+                agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE,
+            )
             return
         if self.conn.closed or self.resp_done:
             pool.release(up)
@@ -453,19 +528,26 @@ class Exchange:
         self.attach(up)
 
     def attach(self, up: Upstream) -> None:
+        """Send the request head, whatever body is buffered (and its end, if known) in one write."""
         self.up = up
         up.sink = self
         up.head_request = self.method == b"HEAD"
-        self.conn.proxy.stats.upstream_rq_total += 1
-        up.write(self.head)
-        if self.body_pending:
-            for chunk in self.body_pending:
-                up.write(self._frame(chunk))
-            self.body_pending = []
-            self.body_bytes_buffered = 0
-            self.conn.resume(_PAUSE_BUFFER)
+        conn = self.conn
+        conn.proxy.stats.upstream_rq_total += 1
+        data = self.head
+        if self.body_pending or (self.up_end and self.chunked_in):
+            parts = [data]
+            parts += [self._frame(chunk) for chunk in self.body_pending]
+            if self.up_end and self.chunked_in:
+                parts.append(self.req_tail)
+            data = b"".join(parts)
+            if self.body_pending:
+                self.body_pending = []
+                self.body_bytes_buffered = 0
+                conn.resume(_PAUSE_BUFFER)
+        conn.up_write(up, data)
         if self.up_end:
-            self._request_sent()
+            self._arm_timer()
 
     def _frame(self, chunk: bytes) -> bytes:
         if self.chunked_in:
@@ -475,12 +557,16 @@ class Exchange:
     def request_body(self, chunk: bytes) -> None:
         up = self.up
         if up is not None and up.sink is self:
-            up.write(self._frame(chunk))
+            self.conn.up_write(up, self._frame(chunk))
         elif not self.resp_done:
             self.body_pending.append(chunk)
             self.body_bytes_buffered += len(chunk)
             if self.body_bytes_buffered > limits.PROXY_BUFFER_HIGH_WATER:
                 self.conn.pause(_PAUSE_BUFFER)
+
+    def request_trailers(self, trailers: Headers) -> None:
+        """Trailers of a chunked request (before `request_complete`)."""
+        self.req_tail = _last_chunk(trailers)
 
     def request_complete(self) -> None:
         self.req_done = True
@@ -489,9 +575,11 @@ class Exchange:
             self._request_sent()
 
     def _request_sent(self) -> None:
-        if self.chunked_in:
-            assert self.up is not None
-            self.up.write(b"0\r\n\r\n")
+        if self.chunked_in and self.up is not None:
+            self.conn.up_write(self.up, self.req_tail)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
         timeout = self.conn.pool.cluster.response_timeout_s
         self.timer = self.conn.proxy.loop.call_later(timeout, self._timed_out)
 
@@ -502,7 +590,7 @@ class Exchange:
         if self.resp_started:
             self.conn.abort()
         else:
-            self.local_reply(504, BODY_TIMEOUT)
+            self.proxy_reply(504, BODY_TIMEOUT, _DETAILS_TIMEOUT, agent_chain.RESPONSE_FLAG_UPSTREAM_REQUEST_TIMEOUT)
 
     # --- Sink: response side ---
     def up_headers(self, status: int, reason: bytes, headers: Headers, parser: Any) -> None:
@@ -545,9 +633,14 @@ class Exchange:
         else:
             self.conn.write(data)
 
+    def up_trailers(self, trailers: Headers) -> None:
+        if self.resp_mode == 1:  # re-chunked: the trailers go in its last chunk (otherwise there is no place)
+            self.conn.write(_last_chunk(trailers))
+            self.resp_mode = 0
+
     def up_complete(self) -> None:
         if self.resp_mode == 1:
-            self.conn.write(b"0\r\n\r\n")
+            self.conn.write(_LAST_CHUNK)
         up, self.up = self.up, None
         if up is not None:
             if self.up_end:
@@ -581,7 +674,8 @@ class Exchange:
             return
         self.conn.proxy.stats.upstream_rq_reset += 1
         status = 502 if reset_reason == RESET_PROTOCOL else 503
-        self.local_reply(status, reset_body(reset_reason))
+        flags = agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_TERMINATION if status == 503 else 0
+        self.proxy_reply(status, reset_body(reset_reason), _reset_details(reset_reason), flags)
 
     def up_pause(self) -> None:
         self.conn.pause(_PAUSE_UPSTREAM_FULL)
@@ -598,11 +692,17 @@ class Exchange:
     def _drop_upstream(self) -> None:
         up, self.up = self.up, None
         if up is not None:
+            self.conn.discard_up(up)
             up.sink = None
             up.close()
 
+    def proxy_reply(self, status: int, body: bytes, details: str, flags: int) -> None:
+        """A reply the proxy generates (connect failure, reset, timeout); `details`/`flags` describe it to
+        plugins (response.code_details / response.flags), which only a filtered exchange has."""
+        self.local_reply(status, body)
+
     def local_reply(self, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        """Answer from the proxy itself (errors, plugin replies)."""
+        """Answer from the proxy itself, bypassing any plugin (errors, plugin replies)."""
         if self.resp_done or self.conn.closed:
             return
         if self.resp_started:
@@ -653,32 +753,71 @@ class Exchange:
         """Hook: the exchange is over (answered or abandoned)."""
 
 
-class FilteredExchange(Exchange):
-    """An exchange through a plugin chain: HTTP events go into a `chain.Stream`, its outputs are performed."""
+_SendHeaders = agent_chain.SendHeaders
+_SendData = agent_chain.SendData
+_SendTrailers = agent_chain.SendTrailers
+_AbortUpstream = agent_chain.AbortUpstream
+_UPSTREAM = agent_chain.Target.UPSTREAM
 
-    __slots__ = ("fed_end", "request_headers", "resp_end_fed", "stream")
+
+class FilteredExchange(Exchange):
+    """An exchange through a plugin chain: HTTP events go into a `chain.Stream`, its outputs are performed.
+
+    Costs on top of `Exchange` when every plugin continues: the chain's own work, nothing else of note.
+    The request and response heads are serialized in the same pass that builds the chain's header lists;
+    when the chain hands back the same headers (compared by identity of the entries: cheap), those bytes
+    are sent; headers plugins appended after the received ones are serialized alone. The last body chunk
+    of a read is held back until the read is parsed, so a body that ends in the same read reaches the
+    plugins as one chunk with end_stream (as Envoy's codec dispatches it), not as data + an empty end.
+    Upstream writes of one downstream read leave in one send (`Downstream.up_write`), downstream writes of
+    one loop iteration in one send (`Downstream.write`); no task or future unless a plugin pauses.
+    """
+
+    __slots__ = (
+        "fed_end",
+        "proxy_made",
+        "req_fed",
+        "req_framed",
+        "req_hold",
+        "req_lines",
+        "req_trailers",
+        "request_headers",
+        "resp_end_fed",
+        "resp_fed",
+        "resp_framed",
+        "resp_hold",
+        "resp_lines",
+        "stream",
+    )
 
     def __init__(
-        self, conn: Downstream, method: bytes, keep_alive: bool, has_body: bool, chain: agent_chain.Chain
+        self,
+        conn: Downstream,
+        method: bytes,
+        keep_alive: bool,
+        has_body: bool,
+        chain: agent_chain.Chain,
+        *,
+        headers: Headers,
+        lines: list[bytes],
+        framed: bool,
     ) -> None:
         super().__init__(conn, method, b"", keep_alive, has_body)
-        peer = conn.peer or ("", 0)
-        local = conn.local or ("", 0)
-        info = agent_chain.StreamInfo(
-            remote_address=str(peer[0]),
-            remote_port=int(peer[1]),
-            local_address=str(local[0]),
-            local_port=int(local[1]),
-            protocol="HTTP/1.1" if self.http11 else "HTTP/1.0",
-            connection_id=conn.id,
-            start_time_ns=time.time_ns(),
-            cluster_name=conn.pool.cluster.name,
-        )
-        self.stream = chain.new_stream(info)
-        self.stream.on_progress = self._progress
-        self.request_headers: Headers = []  # in the chain's form (pseudo-headers first)
+        self.stream = stream = chain.new_stream(conn.stream_info())
+        stream.on_progress = self._progress
+        self.request_headers = headers  # in the chain's form (pseudo-headers first), fed at `start`
+        self.req_fed: tuple[tuple[bytes, bytes], ...] = ()  # what the chain got, to recognise it unchanged
+        self.req_lines = lines  # the upstream head of `request_headers`: request line + host, then a line each
+        self.req_framed = framed  # request_headers has content-length
+        self.req_hold: bytes | None = None
+        self.req_trailers: Headers | None = None
         self.fed_end = False
+        self.resp_fed: tuple[tuple[bytes, bytes], ...] = ()
+        self.resp_lines: list[bytes] = []
+        self.resp_framed = False
+        self.resp_hold: bytes | None = None
         self.resp_end_fed = False
+        self.proxy_made = False  # the response is a reply the proxy generated (gets date and server)
 
     # --- driving the chain ---
     def _progress(self, _stream: agent_chain.Stream) -> None:
@@ -691,54 +830,159 @@ class FilteredExchange(Exchange):
             self.perform(self.stream.take_outputs())
 
     def start(self) -> None:
-        headers, self.request_headers = self.request_headers, []
+        headers = self.request_headers
+        self.request_headers = []
+        self.req_fed = tuple(headers)
+        if not self.has_body:
+            self.fed_end = True
         self.perform(self.stream.recv_request_headers(headers, not self.has_body))
-        pending, self.body_pending = self.body_pending, []
-        self.body_bytes_buffered = 0
-        for chunk in pending:
-            if self.resp_done:
-                return
-            self.perform(self.stream.recv_request_data(chunk, False))
+        if self.body_pending:
+            pending, self.body_pending = self.body_pending, []
+            self.body_bytes_buffered = 0
+            for chunk in pending:
+                self.request_body(chunk)
+            if not self.req_done:
+                self.flush_request()
         if self.req_done:
             self.request_complete()
 
     def request_body(self, chunk: bytes) -> None:
-        if not self.resp_done:
-            self.perform(self.stream.recv_request_data(chunk, False))
+        if self.resp_done or not chunk:
+            return
+        held = self.req_hold
+        self.req_hold = chunk
+        if held is None:
+            self.conn.hold = self  # delivered when this read is parsed, or with the request's end
+        else:
+            self.perform(self.stream.recv_request_data(held, False))
+
+    def flush_request(self) -> None:
+        held, self.req_hold = self.req_hold, None
+        if held is not None and not self.resp_done:
+            self.perform(self.stream.recv_request_data(held, False))
+
+    def request_trailers(self, trailers: Headers) -> None:
+        self.req_trailers = trailers
 
     def request_complete(self) -> None:
         self.req_done = True
-        if self.has_body and not self.fed_end and not self.resp_done:
-            self.fed_end = True
-            self.perform(self.stream.recv_request_data(b"", True))
+        held, self.req_hold = self.req_hold, None
+        if self.fed_end or self.resp_done:
+            return
+        self.fed_end = True
+        stream = self.stream
+        trailers = self.req_trailers
+        if trailers:
+            if held:
+                self.perform(stream.recv_request_data(held, False))
+            if not self.resp_done:
+                self.perform(stream.recv_request_trailers(trailers))
+        else:
+            self.perform(stream.recv_request_data(held or b"", True))
+
+    def attach(self, up: Upstream) -> None:
+        stream = self.stream
+        stream.info = _info_copy(stream.info, up.upstream_fields())  # what Stream.set_upstream does
+        Exchange.attach(self, up)
 
     def up_headers(self, status: int, reason: bytes, headers: Headers, parser: Any) -> None:
         self.status = status
-        self.up_eof_ends = _close_delimited(self.method, status, headers)
         no_body = self.method == b"HEAD" or status in (204, 304) or status < 200
         self.resp_end_fed = no_body
-        # the chain's form (names are lower-case already): :status first, hop-by-hop headers dropped
+        # the chain's form (names are lower-case already): :status first, hop-by-hop headers dropped; the
+        # downstream head lines in the same pass
         chain_headers: Headers = [(b":status", _STATUS_BYTES.get(status) or str(status).encode())]
-        chain_headers += [(n, v) for n, v in headers if n not in HOP_BY_HOP]
+        lines: list[bytes] = []
+        framed = chunked = False
+        for h in headers:
+            name = h[0]
+            if name in HOP_BY_HOP:
+                if name == b"transfer-encoding" and b"chunked" in h[1].lower():
+                    chunked = True
+                continue
+            if name == b"content-length":
+                framed = True
+            chain_headers.append(h)
+            lines.append(b"%b: %b\r\n" % h)
+        self.up_eof_ends = not (no_body or framed or chunked)  # _close_delimited
+        self.resp_fed = tuple(chain_headers)
+        self.resp_lines = lines
+        self.resp_framed = framed
         self.perform(self.stream.recv_response_headers(chain_headers, no_body))
 
     def up_body(self, data: bytes) -> None:
-        if data and not self.resp_done:
-            self.perform(self.stream.recv_response_data(data, False))
+        if not data or self.resp_done:
+            return
+        held = self.resp_hold
+        self.resp_hold = data
+        if held is not None:
+            self.perform(self.stream.recv_response_data(held, False))
+        elif self.up is not None:
+            self.up.flush_sink = self  # delivered when this read is parsed, or with the message's end
+        else:
+            self.up_flush()
+
+    def up_flush(self) -> None:
+        held, self.resp_hold = self.resp_hold, None
+        if held is not None and not self.resp_done:
+            self.perform(self.stream.recv_response_data(held, False))
+
+    def up_trailers(self, trailers: Headers) -> None:
+        held, self.resp_hold = self.resp_hold, None
+        if self.resp_done or self.resp_end_fed:
+            return
+        self.resp_end_fed = True
+        stream = self.stream
+        if held:
+            self.perform(stream.recv_response_data(held, False))
+        if not self.resp_done:
+            self.perform(stream.recv_response_trailers([h for h in trailers if h[0] not in _NOT_TRAILERS]))
 
     def up_complete(self) -> None:
         up, self.up = self.up, None
         if up is not None:
+            up.flush_sink = None
             if self.up_end:
                 self.conn.pool.release(up)
             else:
                 up.close()
+        held, self.resp_hold = self.resp_hold, None
         if not self.resp_end_fed and not self.resp_done:
             self.resp_end_fed = True
-            self.perform(self.stream.recv_response_data(b"", True))
+            self.perform(self.stream.recv_response_data(held or b"", True))
+
+    def proxy_reply(self, status: int, body: bytes, details: str, flags: int) -> None:
+        """Through the plugins' response callbacks, as Envoy's router sends its local replies
+        (sendLocalReply from the last filter: every plugin that saw the request sees the reply)."""
+        stream = self.stream
+        if (
+            self.resp_done
+            or self.conn.closed
+            or self.resp_started
+            or stream.completed
+            or stream.reset is not None
+            or stream.local_reply is not None
+        ):
+            self.local_reply(status, body)  # aborts or answers directly
+            return
+        self._cancel_timer()
+        self._drop_upstream()
+        self.up_end = True
+        self.conn.proxy.stats.downstream_rq_local_reply += 1
+        self.proxy_made = True
+        stream.response_flags |= flags
+        reply = agent_chain.LocalReply(status, body=body, details=details)
+        progress, stream.on_progress = stream.on_progress, None  # the outputs are taken right here
+        try:
+            agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_local_reply(reply)
+        finally:
+            stream.on_progress = progress
+        self.perform(stream.take_outputs())
 
     def _ended(self) -> None:
-        self.stream.complete()
+        stream = self.stream
+        stream.complete()
+        stream.on_progress = None  # the exchange <-> stream cycle ends here: freed by refcount, not by the GC
 
     # --- performing outputs ---
     def perform(self, outputs: list[agent_chain.Output]) -> None:
@@ -747,22 +991,23 @@ class FilteredExchange(Exchange):
         for out in outputs:
             if self.resp_done:
                 return
-            if isinstance(out, agent_chain.SendData):
-                if out.target is agent_chain.Target.UPSTREAM:
+            # exact types, the most frequent first (no isinstance chain)
+            if type(out) is _SendData:
+                if out.target is _UPSTREAM:
                     self._send_up_data(out.data, out.end_stream)
                 else:
                     self._send_down_data(out.data, out.end_stream)
-            elif isinstance(out, agent_chain.SendHeaders):
-                if out.target is agent_chain.Target.UPSTREAM:
+            elif type(out) is _SendHeaders:
+                if out.target is _UPSTREAM:
                     self._send_up_headers(out.headers, out.end_stream)
                 else:
                     self._send_down_headers(out.headers, out.end_stream)
-            elif isinstance(out, agent_chain.SendTrailers):
-                if out.target is agent_chain.Target.UPSTREAM:
-                    self._send_up_data(b"", True)
+            elif type(out) is _SendTrailers:
+                if out.target is _UPSTREAM:
+                    self._send_up_trailers(out.trailers)
                 else:
-                    self._send_down_data(b"", True)
-            elif isinstance(out, agent_chain.AbortUpstream):
+                    self._send_down_trailers(out.trailers)
+            elif type(out) is _AbortUpstream:
                 self._cancel_timer()
                 self._drop_upstream()
                 self.up_end = True  # nothing more goes upstream
@@ -771,10 +1016,29 @@ class FilteredExchange(Exchange):
                 return
 
     def _send_up_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
-        method = path = authority = None
-        out = [b""]  # the request line goes first, once the pseudo-headers are known
-        host: bytes | None = None
-        has_length = False
+        if headers == self.req_fed:  # unchanged: the lines built while parsing
+            out = self.req_lines
+            has_length = self.req_framed
+        else:
+            out = self._up_head_lines(headers)
+            has_length = any(name == b"content-length" for name, _ in headers)
+        self.req_lines = []
+        if not end_stream and not has_length:
+            self.chunked_in = True
+            out.append(b"transfer-encoding: chunked\r\n")
+        out.append(b"\r\n")
+        self.head = b"".join(out)
+        self.up_end = end_stream
+        pool = self.conn.pool
+        up = pool.take_idle()
+        if up is not None:
+            self.attach(up)
+        else:
+            self.conn.proxy.loop.create_task(self._connect(pool))
+
+    def _up_head_lines(self, headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        method = path = authority = host = None
+        out = [b""]  # the request line and host go first, once the pseudo-headers are known
         for name, value in headers:
             if name[:1] == b":":
                 if name == b":method":
@@ -789,33 +1053,22 @@ class FilteredExchange(Exchange):
             if name == b"host":
                 host = host or value
                 continue
-            has_length = has_length or name == b"content-length"
             out.append(b"%b: %b\r\n" % (name, value))
         method = method or self.method
         self.method = method
-        out[0] = b"%b %b HTTP/1.1\r\n" % (method, path or b"/")
         authority = authority or host
         if authority:
-            out.append(b"host: %b\r\n" % authority)
-        if not end_stream and not has_length:
-            self.chunked_in = True
-            out.append(b"transfer-encoding: chunked\r\n")
-        out.append(b"\r\n")
-        self.head = b"".join(out)
-        self.up_end = end_stream
-        pool = self.conn.pool
-        up = pool.take_idle()
-        if up is not None:
-            self.attach(up)
+            out[0] = b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path or b"/", authority)
         else:
-            self.conn.proxy.loop.create_task(self._connect(pool))
+            out[0] = b"%b %b HTTP/1.1\r\n" % (method, path or b"/")
+        return out
 
     def _send_up_data(self, data: bytes, end_stream: bool) -> None:
         up = self.up
         attached = up is not None and up.sink is self
         if data:
             if attached and up is not None:
-                up.write(self._frame(data))
+                self.conn.up_write(up, self._frame(data))
             else:
                 self.body_pending.append(data)
         if end_stream and not self.up_end:
@@ -823,27 +1076,28 @@ class FilteredExchange(Exchange):
             if attached:
                 self._request_sent()
 
+    def _send_up_trailers(self, trailers: tuple[tuple[bytes, bytes], ...]) -> None:
+        if self.chunked_in:  # a request sent with content-length has no place for trailers
+            self.req_tail = _last_chunk(trailers)
+        self._send_up_data(b"", True)
+
     def _send_down_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
-        raw_status: bytes | None = None
-        out = [b""]  # the status line, once :status is known
-        framed = False
-        for name, value in headers:
-            if name[:1] == b":":
-                if name == b":status" and raw_status is None:
-                    raw_status = value
-                continue
-            if name in HOP_BY_HOP:
-                continue
-            framed = framed or name == b"content-length"
-            out.append(b"%b: %b\r\n" % (name, value))
-        try:
-            status = int(raw_status or b"200")
-        except ValueError:
-            status = 502
-        self.status = status
+        fed = self.resp_fed
+        n = len(fed)
+        if n and headers[:n] == fed:  # the received headers, maybe with some appended: serialize only those
+            status = self.status
+            out = [b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown")), *self.resp_lines]
+            framed = self.resp_framed
+            for name, value in headers[n:]:
+                if name[:1] == b":" or name in HOP_BY_HOP:
+                    continue
+                framed = framed or name == b"content-length"
+                out.append(b"%b: %b\r\n" % (name, value))
+        else:
+            out, status, framed = self._down_head_lines(headers)
+            self.status = status
         conn = self.conn
         keep = self.keep_alive and not conn.proxy.draining
-        out[0] = b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown"))
         no_body = self.method == b"HEAD" or status in (204, 304)
         if no_body or framed:
             self.resp_mode = 0
@@ -867,16 +1121,50 @@ class FilteredExchange(Exchange):
         if end_stream:
             self._finish()
 
+    def _down_head_lines(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[list[bytes], int, bool]:
+        raw_status: bytes | None = None
+        out = [b""]  # the status line, once :status is known
+        framed = has_date = has_server = False
+        for name, value in headers:
+            if name[:1] == b":":
+                if name == b":status" and raw_status is None:
+                    raw_status = value
+                continue
+            if name in HOP_BY_HOP:
+                continue
+            framed = framed or name == b"content-length"
+            has_date = has_date or name == b"date"
+            has_server = has_server or name == b"server"
+            out.append(b"%b: %b\r\n" % (name, value))
+        try:
+            status = int(raw_status or b"200")
+        except ValueError:
+            status = 502
+        out[0] = b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown"))
+        if self.proxy_made:  # as `local_reply` answers without plugins
+            if not has_date:
+                out.append(b"date: %b\r\n" % _DATE.get())
+            if not has_server:
+                out.append(b"server: meshplug\r\n")
+        return out, status, framed
+
     def _send_down_data(self, data: bytes, end_stream: bool) -> None:
+        conn = self.conn
         if data:
-            self.up_body_raw(data)
+            if self.resp_mode == 1:
+                conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+            else:
+                conn.write(data)
         if end_stream:
             if self.resp_mode == 1:
-                self.conn.write(b"0\r\n\r\n")
+                conn.write(_LAST_CHUNK)
             self._finish()
 
-    def up_body_raw(self, data: bytes) -> None:
-        Exchange.up_body(self, data)
+    def _send_down_trailers(self, trailers: tuple[tuple[bytes, bytes], ...]) -> None:
+        if self.resp_mode == 1:
+            self.conn.write(_last_chunk(trailers))
+            self.resp_mode = 0
+        self._finish()
 
 
 class Downstream(asyncio.Protocol):
@@ -902,6 +1190,13 @@ class Downstream(asyncio.Protocol):
         self._url = b""
         self._headers: Headers = []
         self._head_bytes = 0
+        #: while a read is parsed, upstream writes collect here and leave in one send when it is done
+        self._parsing = False
+        self._up_target: Upstream | None = None
+        self._up_out: list[bytes] = []
+        #: a filtered exchange holding the last request body chunk of this read (see FilteredExchange)
+        self.hold: FilteredExchange | None = None
+        self._info: agent_chain.StreamInfo | None = None  # this connection's StreamInfo, without the time
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -928,12 +1223,21 @@ class Downstream(asyncio.Protocol):
         self.proxy.connection_closed()
 
     def data_received(self, data: bytes) -> None:
+        self._parsing = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(501, b"upgrade not supported")
         except httptools.HttpParserError:
             self._reject(400, b"Bad Request")
+        finally:
+            held = self.hold
+            if held is not None:
+                self.hold = None
+                held.flush_request()
+            self._parsing = False
+            if self._up_target is not None:
+                self._flush_up()
 
     def eof_received(self) -> bool | None:
         # the client half-closed: finish what is queued, then close (pipelined requests may still be served)
@@ -979,6 +1283,7 @@ class Downstream(asyncio.Protocol):
         self.http11 = parser.get_http_version() == "1.1"
         keep_alive: bool = parser.should_keep_alive()
         headers = self._headers
+        self._headers = []  # header lines after the body are trailers
         proxy = self.proxy
         proxy.stats.downstream_rq_total += 1
         proxy.stats.downstream_rq_active += 1
@@ -1012,26 +1317,34 @@ class Downstream(asyncio.Protocol):
 
         filters = proxy.filters
         if filters is not None:
-            fx = FilteredExchange(self, method, keep_alive, has_body, filters)
             # the chain's form in one pass (names are lower-case already): pseudo-headers first, Host folded
-            # into :authority as Envoy's HTTP/1 codec does, hop-by-hop headers dropped
+            # into :authority as Envoy's HTTP/1 codec does, hop-by-hop headers dropped; and the upstream head
+            # of the same headers, sent as is when the plugins leave them unchanged
+            url = self._url
             authority = b""
-            rest: Headers = []
-            for name, value in headers:
+            chain_headers: Headers = [(b":method", method), (b":path", url), (b":authority", b""), _SCHEME_HTTP]
+            lines = [b""]
+            framed = False
+            for h in headers:
+                name = h[0]
                 if name in drop or (name == b"expect" and expect_continue):
                     continue
                 if name == b"host":
                     if not authority:
-                        authority = value
+                        authority = h[1]
                     continue
-                rest.append((name, value))
-            fx.request_headers = [
-                (b":method", method),
-                (b":path", self._url),
-                (b":authority", authority),
-                (b":scheme", b"http"),
-                *rest,
-            ]
+                if name == b"content-length":
+                    framed = True
+                chain_headers.append(h)
+                lines.append(b"%b: %b\r\n" % h)
+            if authority:
+                chain_headers[2] = (b":authority", authority)
+                lines[0] = b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, url, authority)
+            else:
+                lines[0] = b"%b %b HTTP/1.1\r\n" % (method, url)
+            fx = FilteredExchange(
+                self, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
+            )
             self.current = fx
             self.queue.append(fx)
             if expect_continue and has_body:
@@ -1075,6 +1388,10 @@ class Downstream(asyncio.Protocol):
         ex, self.current = self.current, None
         if ex is None:
             return
+        trailers = self._headers
+        if trailers:
+            self._headers = []
+            ex.request_trailers(trailers)
         if self.queue and ex is self.queue[0]:
             ex.request_complete()
         else:
@@ -1094,6 +1411,51 @@ class Downstream(asyncio.Protocol):
         self._paused &= ~reason
         if not self._paused and self.transport is not None and not self.closed:
             self.transport.resume_reading()
+
+    def stream_info(self) -> agent_chain.StreamInfo:
+        """A new StreamInfo for a stream of this connection (the connection's facts are computed once)."""
+        info = self._info
+        if info is None:
+            peer = self.peer or ("", 0)
+            local = self.local or ("", 0)
+            info = self._info = agent_chain.StreamInfo(
+                remote_address=str(peer[0]),
+                remote_port=int(peer[1]),
+                local_address=str(local[0]),
+                local_port=int(local[1]),
+                protocol="HTTP/1.1" if self.http11 else "HTTP/1.0",
+                connection_id=self.id,
+                cluster_name=self.pool.cluster.name,
+            )
+        elif (info.protocol == "HTTP/1.1") is not self.http11:
+            info = self._info = _info_copy(info, {"protocol": "HTTP/1.1" if self.http11 else "HTTP/1.0"})
+        return _info_copy(info, {"start_time_ns": time.time_ns()})
+
+    def up_write(self, up: Upstream, data: bytes) -> None:
+        """Write to an upstream connection; while a read is parsed, the writes leave together after it."""
+        if not self._parsing:
+            up.write(data)
+            return
+        target = self._up_target
+        if target is not up:
+            if target is not None:
+                self._flush_up()
+            self._up_target = up
+        self._up_out.append(data)
+
+    def _flush_up(self) -> None:
+        up, self._up_target = self._up_target, None
+        out = self._up_out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if up is not None and up.transport is not None and not up.transport.is_closing():
+            up.transport.write(data)
+
+    def discard_up(self, up: Upstream) -> None:
+        """`up` is being dropped: what is pending for it is not sent."""
+        if self._up_target is up:
+            self._up_target = None
+            self._up_out.clear()
 
     def write(self, data: bytes) -> None:
         """Queue `data`; everything written in one loop iteration leaves in one send (head + body together)."""
@@ -1454,6 +1816,9 @@ class _CallSink:
 
     def up_body(self, data: bytes) -> None:
         self.body.append(data)
+
+    def up_trailers(self, trailers: Headers) -> None:
+        return None
 
     def up_complete(self) -> None:
         self.up.pool.release(self.up)

@@ -5,7 +5,7 @@ network (L4) specs run through a `tcp` listener. Skipped only: specs Envoy itsel
 (`envoy_broken`, the oracle has no verdict). Specs that fail because of a known bug of the wasm host
 (meshplug/agent/host.py: not the agent's I/O side) are strict xfails naming the bug, so
 they flip loudly once it is fixed; `test_local_reply_from_http_call_response_reaches_the_client`
-reproduces the first of them in-process, without sockets.
+keeps a fixed one covered in-process, without sockets.
 """
 
 from __future__ import annotations
@@ -23,20 +23,8 @@ from tests.corpus.planes.agent import AgentPlane
 
 SPECS = S.find_specs()
 
-_LOCAL_REPLY_FLAG = (
-    "host bug: a local reply sent from proxy_on_http_call_response leaves HttpContext.local_reply_sent set; "
-    "the next callback, the reply's own on_response_headers, returns Continue but _action() turns it into STOP "
-    "(the flag is consumed there), so the chain holds the reply's headers: the client sees only AbortUpstream "
-    "and waits until its timeout"
-)
-HOST_BUGS: dict[str, str] = {
-    "rust/auth_call": _LOCAL_REPLY_FLAG,
-    "go/authcall": _LOCAL_REPLY_FLAG,
-    "assemblyscript/respheaders": (
-        "host bug: proxy_add_header_map_value appends a second `cache-control` entry; Envoy keeps cache-control "
-        "(an inline header) as one entry and appends ',no-store' to its value (client sees 'max-age=60,no-store')"
-    ),
-}
+#: specs failing because of a known bug of the wasm host: strict xfails naming the bug (none known now)
+HOST_BUGS: dict[str, str] = {}
 #: specs the agent plane cannot honour yet (not host bugs): strict xfails, removed once the gap is closed
 PLANE_GAPS: dict[str, str] = {
     "go/properties": (
@@ -71,10 +59,10 @@ def test_spec_passes_on_agent(path: Path, tmp_path: Path) -> None:
     assert len(report.cases) == len(spec.http_cases) + len(spec.network_cases)
 
 
-@pytest.mark.xfail(strict=True, reason=_LOCAL_REPLY_FLAG)
 def test_local_reply_from_http_call_response_reaches_the_client() -> None:
     """rust/auth_call on the host and chain alone: the auth service answers 401 to the plugin's call, the
-    plugin sends a local reply from its http-call response callback; the chain must emit the reply."""
+    plugin sends a local reply from its http-call response callback; the chain must emit the reply (a host
+    bug once held it: the reply's own on_response_headers was turned into STOP by a stale flag)."""
     host = H.Host(upstreams=None)
     module = corpus_modules.module("rust/auth_call").path.read_bytes()
     config = b'{"cluster":"authz","path":"/check","timeout_ms":3000}'
