@@ -199,3 +199,87 @@ def test_failures_have_specific_reasons_and_heal(
         )
         assert status == 200, out
     _wait_condition(kube, ns, "p", "Ready", status="True", reason="Applied")
+
+
+def _workload(kube: kube_mod.Kube, ns: str, kind: str, name: str, labels: dict[str, str]) -> str:
+    """Create a StatefulSet/DaemonSet/Deployment whose pod template carries ``labels``; returns its API path."""
+    plural = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}[kind]
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"w": name}},
+            "template": {
+                "metadata": {"labels": {"w": name, **labels}, "annotations": {"keep": "me"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/app:v1"}]},
+            },
+        },
+    }
+    if kind == "StatefulSet":
+        body["spec"]["serviceName"] = name  # type: ignore[index]
+    status, out = kube.request("POST", f"/apis/apps/v1/namespaces/{ns}/{plural}", body)
+    assert status == 201, out
+    return f"/apis/apps/v1/namespaces/{ns}/{plural}/{name}"
+
+
+def _template_annotations(kube: kube_mod.Kube, path: str) -> dict[str, str]:
+    _, obj = kube.request("GET", path)
+    return dict(obj["spec"]["template"]["metadata"].get("annotations") or {})
+
+
+VOLUME = [{"name": "meshplug-wasm-hdr", "configMap": {"name": "meshplug-wasm-hdr"}}]
+
+
+def _mounted(annotations: dict[str, str]) -> bool:
+    raw = annotations.get("sidecar.istio.io/userVolume")
+    return raw is not None and json.loads(raw) == VOLUME
+
+
+def test_statefulsets_and_daemonsets_are_patched_and_unmatched_workloads_unpatched(
+    kube: kube_mod.Kube, operator: tuple[str, Path]
+) -> None:
+    """Every apps workload kind whose pod template matches gets the volume; a workload whose template stops
+    matching (labels changed) loses it while the others keep it; deleting the plugin removes it everywhere."""
+    ns, modules = operator
+    (modules / "hdr.wasm").write_bytes(MODULE)
+    paths = {kind: _workload(kube, ns, kind, kind.lower(), {"app": "cart"}) for kind in ("StatefulSet", "DaemonSet")}
+    paths["Deployment"] = _workload(kube, ns, "Deployment", "deployment", {"app": "cart"})
+    _plugin(kube, ns, "hdr", {"url": f"file://{modules / 'hdr.wasm'}", "selector": {"matchLabels": {"app": "cart"}}})
+    _wait_condition(kube, ns, "hdr", "Ready", status="True", reason="Applied")
+    for kind, path in paths.items():
+        procs.wait_until(lambda p=path: _mounted(_template_annotations(kube, p)), timeout=60, what=f"{kind} patched")
+        mounts = json.loads(_template_annotations(kube, path)["sidecar.istio.io/userVolumeMount"])
+        assert mounts == [{"name": "meshplug-wasm-hdr", "mountPath": "/var/local/meshplug/wasm/hdr", "readOnly": True}]
+
+    # the StatefulSet's template stops matching: its volume goes, the others keep theirs
+    status, out = kube.request(
+        "PATCH",
+        paths["StatefulSet"],
+        {"spec": {"template": {"metadata": {"labels": {"app": "cart-legacy"}}}}},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 200, out
+    procs.wait_until(
+        lambda: _template_annotations(kube, paths["StatefulSet"]) == {"keep": "me"},
+        timeout=60,
+        what="the StatefulSet's volume annotations removed",
+    )
+    assert _mounted(_template_annotations(kube, paths["DaemonSet"]))
+    assert _mounted(_template_annotations(kube, paths["Deployment"]))
+
+    # matching again brings it back; deleting the plugin removes it from every kind
+    status, out = kube.request(
+        "PATCH",
+        paths["StatefulSet"],
+        {"spec": {"template": {"metadata": {"labels": {"app": "cart"}}}}},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 200, out
+    procs.wait_until(lambda: _mounted(_template_annotations(kube, paths["StatefulSet"])), timeout=60, what="re-added")
+    kube.request("DELETE", f"{PLUGINS.format(ns=ns)}/hdr")
+    procs.wait_until(
+        lambda: kube.request("GET", f"{PLUGINS.format(ns=ns)}/hdr")[0] == 404, timeout=60, what="plugin deleted"
+    )
+    for path in paths.values():
+        assert _template_annotations(kube, path) == {"keep": "me"}
