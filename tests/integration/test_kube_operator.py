@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,10 @@ def _mounted(annotations: dict[str, str]) -> bool:
     return raw is not None and json.loads(raw) == VOLUME
 
 
+def _patched(kube: kube_mod.Kube, path: str) -> bool:
+    return _mounted(_template_annotations(kube, path))
+
+
 def test_statefulsets_and_daemonsets_are_patched_and_unmatched_workloads_unpatched(
     kube: kube_mod.Kube, operator: tuple[str, Path]
 ) -> None:
@@ -248,7 +253,7 @@ def test_statefulsets_and_daemonsets_are_patched_and_unmatched_workloads_unpatch
     _plugin(kube, ns, "hdr", {"url": f"file://{modules / 'hdr.wasm'}", "selector": {"matchLabels": {"app": "cart"}}})
     _wait_condition(kube, ns, "hdr", "Ready", status="True", reason="Applied")
     for kind, path in paths.items():
-        procs.wait_until(lambda p=path: _mounted(_template_annotations(kube, p)), timeout=60, what=f"{kind} patched")
+        procs.wait_until(partial(_patched, kube, path), timeout=60, what=f"{kind} patched")
         mounts = json.loads(_template_annotations(kube, path)["sidecar.istio.io/userVolumeMount"])
         assert mounts == [{"name": "meshplug-wasm-hdr", "mountPath": "/var/local/meshplug/wasm/hdr", "readOnly": True}]
 
