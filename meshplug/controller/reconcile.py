@@ -378,7 +378,16 @@ class Reconciler:
         objects = istio.render(plugin, module, self.server, previous)
         if objects.config_map is not None:
             self.writer.apply(objects.config_map)  # the file exists before any EnvoyFilter names it
-        self.writer.apply(objects.envoy_filter)
+        try:
+            self.writer.apply(objects.envoy_filter)
+        except errors.ApplyError as exc:
+            if exc.reason not in ("NotFound", "HTTP404"):
+                raise
+            raise errors.ApplyError(
+                f"the cluster has no {ISTIO_EF[0]} {ISTIO_EF[1]} kind (is Istio installed?); "
+                "install Istio or use dataPlane: agent",
+                reason="EnvoyFilterKindMissing",
+            ) from None
         if objects.config_map is None:
             self.writer.delete("v1", "ConfigMap", plugin.namespace, cm_name)
         code = objects.code
