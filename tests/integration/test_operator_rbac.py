@@ -14,9 +14,9 @@ import pytest
 import wasmtime
 
 from meshplug import controller
+from tests.testbed import fixtures_kube, procs
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
-from tests.testbed import procs
 
 PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
 MODULE = wasmtime.wat2wasm(
@@ -181,3 +181,129 @@ def test_exact_rules_suffice_and_a_missing_one_fails_loudly(
     procs.wait_until(lambda: not op.healthy(), timeout=30, what="/healthz to turn 503")
     assert "missing RBAC permission while reconciling" in op.proc.log()
     assert op.metrics()["meshplug_operator_healthy"] == 0
+
+
+# --- cluster-wide install: a ClusterRole (+ the Lease Role in the operator's own namespace) ------------------
+
+OWN_NS = "meshplug-system"
+
+
+def _put(kube: kube_mod.Kube, collection: str, body: dict[str, Any]) -> None:
+    status, out = kube.request("PUT", f"{collection}/{body['metadata']['name']}", body)
+    if status == 404:
+        status, out = kube.request("POST", collection, body)
+    assert status in (200, 201), out
+
+
+def put_cluster_roles(kube: kube_mod.Kube, drop: tuple[str, str] | None = None) -> None:
+    """ClusterRole + ClusterRoleBinding with the ``cluster`` rules, Role + RoleBinding in OWN_NS with ``own``."""
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    subject = [{"kind": "ServiceAccount", "name": SA, "namespace": OWN_NS}]
+    rules = controller.rbac_rules()
+    _put(
+        kube,
+        f"{rbac}/clusterroles",
+        {"metadata": {"name": "meshplug-operator"}, "rules": role(rules, "cluster", drop)},
+    )
+    _put(
+        kube,
+        f"{rbac}/clusterrolebindings",
+        {
+            "metadata": {"name": "meshplug-operator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "meshplug-operator"},
+            "subjects": subject,
+        },
+    )
+    _put(
+        kube,
+        f"{rbac}/namespaces/{OWN_NS}/roles",
+        {"metadata": {"name": "meshplug-operator", "namespace": OWN_NS}, "rules": role(rules, "own", drop)},
+    )
+    _put(
+        kube,
+        f"{rbac}/namespaces/{OWN_NS}/rolebindings",
+        {
+            "metadata": {"name": "meshplug-operator", "namespace": OWN_NS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "meshplug-operator"},
+            "subjects": subject,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster_plane(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[kube_mod.Kube]:
+    """Its own apiserver: a cluster-wide operator must not see the other tests' namespaces."""
+    with kube_mod.control_plane(tmp_path_factory.mktemp("rbac-cluster"), logs_dir / "rbac-cluster") as plane:
+        fixtures_kube.install_crd(plane, fixtures_kube.crd_body())
+        fixtures_kube.install_crd(plane, fixtures_kube.ENVOYFILTER_CRD)
+        for ns in (OWN_NS, "shop-a", "shop-b"):
+            fixtures_kube.ensure_namespace(plane, ns)
+        yield plane
+
+
+def test_cluster_role_suffices_cluster_wide_and_a_missing_rule_fails_loudly(
+    cluster_plane: kube_mod.Kube, tmp_path: Path
+) -> None:
+    kube = cluster_plane
+    status, out = kube.request("POST", f"/api/v1/namespaces/{OWN_NS}/serviceaccounts", {"metadata": {"name": SA}})
+    assert status == 201, out
+    put_cluster_roles(kube)
+    token = kube.service_account_token(OWN_NS, SA)
+    kubeconfig = kube.kubeconfig_for(token, f"system:serviceaccount:{OWN_NS}:{SA}", tmp_path / "sa.kubeconfig")
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "m.wasm").write_bytes(MODULE)
+    ops: list[operator_mod.Operator] = []
+
+    def start(name: str, wait_healthy: bool = True) -> operator_mod.Operator:
+        extra = [f"--file-root={modules}", f"--lease-namespace={OWN_NS}"]
+        ops.append(operator_mod.start_operator(kubeconfig, tmp_path, name=name, extra=extra, wait_healthy=wait_healthy))
+        return ops[-1]
+
+    try:
+        op = start("operator-clusterwide")  # no --namespace: every namespace
+        for ns in ("shop-a", "shop-b"):
+            _deployment(kube, ns, "cart")
+            body = {
+                "apiVersion": "meshplug.io/v1alpha1",
+                "kind": "WasmPlugin",
+                "metadata": {"name": "hdr"},
+                "spec": {"url": f"file://{modules / 'm.wasm'}", "selector": {"matchLabels": {"app": "cart"}}},
+            }
+            assert kube.request("POST", PLUGINS.format(ns=ns), body)[0] == 201
+        for ns in ("shop-a", "shop-b"):
+            procs.wait_until(
+                lambda ns=ns: _ready(kube, ns, "hdr").get("reason") == "Applied",  # type: ignore[misc]
+                timeout=90,
+                interval=0.2,
+                what=f"{ns}/hdr applied",
+            )
+            _, cart = kube.request("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/cart")
+            assert "sidecar.istio.io/userVolume" in cart["spec"]["template"]["metadata"]["annotations"]
+        _, lease = kube.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{OWN_NS}/leases/meshplug-operator")
+        assert lease["spec"]["holderIdentity"]
+        assert op.healthy()
+        assert "403" not in op.proc.log() and "Forbidden" not in op.proc.log(), op.proc.log()[-3000:]
+
+        # one verb fewer in the ClusterRole: the next workload cannot be patched, loudly
+        put_cluster_roles(kube, drop=("deployments", "patch"))
+        _deployment(kube, "shop-b", "cart-2")
+        procs.wait_until(
+            lambda: _ready(kube, "shop-b", "hdr").get("reason") == "Forbidden", timeout=90, interval=0.2, what="403"
+        )
+        assert 'cannot patch resource "deployments"' in _ready(kube, "shop-b", "hdr")["message"]
+        procs.wait_until(lambda: not op.healthy(), timeout=30, what="/healthz to turn 503")
+
+        # restarted without it: the start-up check names the cluster-wide permission
+        op.stop()
+        again = start("operator-clusterwide-restarted", wait_healthy=False)
+        procs.wait_until(
+            lambda: "missing RBAC permission: patch deployments.apps cluster-wide" in again.proc.log(),
+            timeout=60,
+            what="the start-up check to name the missing permission",
+        )
+        assert not again.healthy()
+    finally:
+        for started_op in ops:
+            started_op.stop()
+        print(ops[0].proc.log()[-6000:] if ops else "")
