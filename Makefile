@@ -43,7 +43,7 @@ integration: setup system plugins kube helm
 # The whole suite: quality gates, fast unit tests, then integration tests against the real test bed.
 test: lint unit integration
 
-demo: setup system plugins
+demo: setup system plugins kube helm
 	$(BIN)/python scripts/demo.py
 
 bench: setup system plugins
