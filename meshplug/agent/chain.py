@@ -669,12 +669,16 @@ class Stream:
         Envoy registers each wasm filter as an access logger and creates its context there if needed."""
         if not self.completed:
             self.completed = True
+            contexts, active = self._ctx, self._active
             for index in range(self._n):
-                ctx = self._ctx[index]
-                if ctx is None and self._active[index] is _NEW:
+                ctx = contexts[index]
+                if ctx is None and active[index] is _NEW:
                     ctx = self._filter_stream(index)
                 if ctx is not None:
                     ctx.on_complete()
+                # the stream -> context -> control -> stream cycle ends here: the stream is freed by its
+                # reference count, never by the cyclic GC; nothing reaches a filter after its on_complete
+                contexts[index] = active[index] = None
         return self.take_outputs()
 
     def take_outputs(self) -> list[Output]:

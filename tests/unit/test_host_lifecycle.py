@@ -5,6 +5,8 @@ still get created + logged, the replying plugin's own response callbacks run, bo
 from __future__ import annotations
 
 import functools
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -401,3 +403,37 @@ def test_plugins_sharing_a_vm_share_the_reloaded_one() -> None:
     assert a.failed is not None and b.failed is not None  # one VM, one failure
     assert status(a) == 200 and status(b) == 200
     assert a.vm is b.vm and a.root.id != b.root.id and (a.reloads, b.reloads) == (1, 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_completed_stream_leaves_no_cyclic_garbage(backend: str) -> None:
+    """Per request nothing needs the cyclic GC: once the shell drops a completed stream, reference counting
+    frees it with its contexts and controls (a stream -> context -> control -> stream cycle cost the agent
+    ~13 us per request in GC)."""
+    host = new_host(backend)
+    plugin = host.load(H.PluginConfig(name="full"), tracer())
+    chain = C.Chain([plugin])
+
+    def exchange() -> weakref.ref[C.Stream]:
+        s = chain.new_stream()
+        s.recv_request_headers(C.http1_request_headers(b"POST", b"/", [(b"host", b"h")]), False)
+        s.recv_request_data(b"abc", True)
+        s.recv_response_headers(C.http1_response_headers(200, []), False)
+        s.recv_response_data(b"ok", True)
+        s.complete()
+        return weakref.ref(s)
+
+    exchange()  # first use of the VM may allocate long-lived state
+    gc.collect()
+    gc.disable()
+    try:
+        ref = exchange()
+        assert ref() is None  # freed when the last reference went, without a collection
+        if backend == "fast":  # wasmtime-py's public call path makes ctypes array types (cycles) per call
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            exchange()
+            assert gc.collect() == 0
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
