@@ -8,6 +8,9 @@ because a CR may have been stored before a rule existed.
 
 Istio semantics (extensions.istio.io WasmPlugin) carried over:
 - url without a scheme is ``oci://``; schemes oci, http, https, file.
+- ``sha256`` of an ``oci://`` url is the image manifest digest (it must agree with an ``@sha256:`` in the url):
+  it pins the reference (``PluginSpec.url`` carries ``@sha256:``, ``PluginSpec.sha256`` is None); for http(s)
+  and file urls it is the sha256 of the module bytes (Istio ignores it for file://; meshplug checks it).
 - ``imagePullPolicy`` unset: IfNotPresent, except an OCI reference whose tag is ``latest`` (or has neither
   tag nor digest, which means latest): Always.
 - ``pluginName`` is Envoy's root id; Envoy's plugin name is ``<namespace>.<name>``.
@@ -123,7 +126,7 @@ class PluginSpec:
     generation: int
     url: str  # with its scheme, always
     scheme: Scheme
-    sha256: str | None  # hex; from ``sha256`` or the url's @sha256: digest
+    sha256: str | None  # hex sha256 of the module's bytes (http/https/file pin); always None for oci (see url)
     pull_policy: PullPolicy
     pull_secret: str | None
     plugin_config: str  # canonical JSON text ("" when unset), what the plugin receives as configuration
@@ -332,6 +335,9 @@ def parse(body: Mapping[str, Any]) -> PluginSpec:
     if not namespace or not name:
         raise errors.SpecError("metadata.name and metadata.namespace are required")
     url, scheme = normalise_url(_str(spec, "url"))
+    sha256 = _sha256(spec, url)
+    if scheme is Scheme.OCI and sha256 is not None and "@" not in url:
+        url = f"{url}@sha256:{sha256}"  # Istio: an OCI sha256 is the image manifest digest, i.e. a pinned reference
     if spec.get("selector") is not None and spec.get("targetRefs"):
         raise errors.SpecError("only one of spec.selector or spec.targetRefs can be set")
     data_plane = _enum(spec, "dataPlane", DataPlane, DataPlane.ISTIO)
@@ -354,7 +360,7 @@ def parse(body: Mapping[str, Any]) -> PluginSpec:
         generation=int(meta.get("generation") or 0),
         url=url,
         scheme=scheme,
-        sha256=_sha256(spec, url),
+        sha256=None if scheme is Scheme.OCI else sha256,
         pull_policy=_pull_policy(spec, url, scheme),
         pull_secret=_str(spec, "imagePullSecret") or None,
         plugin_config=canonical_json(raw_config) if raw_config is not None else "",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +61,7 @@ def start_operator(
     extra: Sequence[str] = (),
     wait_healthy: bool = True,
     timeout: float = 60.0,
+    env: Mapping[str, str] | None = None,
 ) -> Operator:
     metrics_port, module_port = procs.free_port(), procs.free_port()
     argv = [
@@ -85,6 +86,7 @@ def start_operator(
         log_dir=work_dir / "logs",
         ready=(op.healthy if wait_healthy else (lambda: procs.port_open(metrics_port))),
         timeout=timeout,
+        env=env,
         ports={"metrics": metrics_port, "modules": module_port},
     )
     return op
