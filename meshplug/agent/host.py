@@ -179,6 +179,8 @@ class Metrics:
 # --- contexts ---------------------------------------------------------------------------------------
 #: proxy-wasm body results 0-2 (3 and above: StopIterationNoBuffer)
 _BODY_ACTIONS = (Action.CONTINUE, Action.BUFFER, Action.WATERMARK)
+_CONTINUE = Action.CONTINUE
+_REQUEST = Direction.REQUEST
 
 
 class Context:
@@ -232,7 +234,12 @@ class HttpContext(Context):
     """One plugin's context for one HTTP stream; implements chain.FilterStream."""
 
     def __init__(self, vm_: WasmVm, root: RootContext, control: chain.StreamControl) -> None:
-        super().__init__(vm_, 0, root)
+        # Context.__init__ inlined (one per plugin per request)
+        self.vm = vm_
+        self.id = 0
+        self.root = root
+        self.properties = {}
+        self.deleted = False
         self.control = control
         self.created = False
         self.local_reply_sent = False
@@ -298,25 +305,39 @@ class HttpContext(Context):
                 return False
         return True
 
+    def _ready(self) -> bool:
+        """`_ensure()`, with the common case (created, alive) in one test."""
+        if self.created and self.vm.failed is None and not self.deleted:
+            return self.generation == self.plugin_ref.generation
+        return self._ensure()
+
     def on_headers(self, direction: Direction, end_stream: bool) -> Action:
-        if not self._ensure():
+        if not self._ready():
             return Action.FAIL
-        cb = self.vm.cb
+        wvm = self.vm
+        cb = wvm.cb
         fn = cb.headers[direction]
         if fn is None:  # not exported: nothing to call (Envoy calls only exported callbacks)
             return Action.CONTINUE
         n = len(self.control.headers(direction))
-        request = direction == Direction.REQUEST
+        request = direction == _REQUEST
         if request:
             self.request_headers_attached = True
         else:
             self.response_headers_attached = True
         if cb.headers_eos[direction]:
-            r = self.vm.call_fn(self, fn, self.id, n, int(end_stream))
+            r = wvm.call_fn(self, fn, self.id, n, 1 if end_stream else 0)
         else:
-            r = self.vm.call_fn(self, fn, self.id, n)
+            r = wvm.call_fn(self, fn, self.id, n)
+        if (r == 0 or r == 2) and not self.local_reply_sent:  # noqa: PLR1714 -- ints: == is the cheap test
+            # continue (2, ContinueAndEndStream, ends up as continue in Envoy): detach the headers again
+            if request:
+                self.request_headers_attached = False
+            else:
+                self.response_headers_attached = False
+            return _CONTINUE
         action = self._action(r, body=False)
-        if action is Action.CONTINUE:
+        if action is _CONTINUE:
             if request:
                 self.request_headers_attached = False
             else:
@@ -324,21 +345,24 @@ class HttpContext(Context):
         return action
 
     def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
-        if not self._ensure():
+        if not self._ready():
             return Action.FAIL
         fn = self.vm.cb.body[direction]
         if fn is None:
-            return Action.CONTINUE
+            return _CONTINUE
         if not end_stream:
             return self._action(self.vm.call_fn(self, fn, self.id, size, 0), body=True)
         self.eos_body = direction
         try:
-            return self._action(self.vm.call_fn(self, fn, self.id, size, 1), body=True)
+            r = self.vm.call_fn(self, fn, self.id, size, 1)
         finally:
             self.eos_body = None
+        if r == 0 and not self.local_reply_sent:
+            return _CONTINUE
+        return self._action(r, body=True)
 
     def on_trailers(self, direction: Direction) -> Action:
-        if not self._ensure():
+        if not self._ready():
             return Action.FAIL
         fn = self.vm.cb.trailers[direction]
         if fn is None:
@@ -367,13 +391,13 @@ class HttpContext(Context):
             # Envoy's access-log hook creates the context of a filter the request never reached
             # (a local reply or reset before it) so that on_log / on_done / on_delete stay balanced
             return
-        cb = self.vm.cb
-        # Envoy HTTP order: access log, then done, then delete
-        for fn in (cb.log, cb.done, cb.delete):
-            if fn is not None and self._alive():
-                self.vm.call_fn(self, fn, self.id)
+        wvm = self.vm
+        # Envoy HTTP order: access log, then done, then delete (the exported ones: cb.end)
+        for fn in wvm.cb.end:
+            if self._alive():
+                wvm.call_fn(self, fn, self.id)
         self.deleted = True
-        self.vm.contexts.pop(self.id, None)
+        wvm.contexts.pop(self.id, None)
 
 
 @dataclass(frozen=True)
@@ -467,7 +491,7 @@ class _Callbacks:
     """A VM's stream callbacks, looked up once after start (None: not exported); per direction where
     there is one (index = Direction)."""
 
-    __slots__ = ("body", "context_create", "delete", "done", "headers", "headers_eos", "log", "trailers")
+    __slots__ = ("body", "context_create", "delete", "done", "end", "headers", "headers_eos", "log", "trailers")
 
     def __init__(self) -> None:
         none: tuple[vm.GuestFunc | None, vm.GuestFunc | None] = (None, None)
@@ -477,6 +501,7 @@ class _Callbacks:
         self.log: vm.GuestFunc | None = None
         self.done: vm.GuestFunc | None = None
         self.delete: vm.GuestFunc | None = None
+        self.end: tuple[vm.GuestFunc, ...] = ()  # the exported ones of log, done, delete, in that order
 
     @classmethod
     def resolve(cls, wvm: WasmVm) -> _Callbacks:
@@ -491,6 +516,7 @@ class _Callbacks:
         cb.body = (f("proxy_on_request_body"), f("proxy_on_response_body"))
         cb.trailers = (f("proxy_on_request_trailers"), f("proxy_on_response_trailers"))
         cb.log, cb.done, cb.delete = f("proxy_on_log"), f("proxy_on_done"), f("proxy_on_delete")
+        cb.end = tuple(fn for fn in (cb.log, cb.done, cb.delete) if fn is not None)
         return cb
 
 
