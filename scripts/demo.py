@@ -78,6 +78,7 @@ class Demo:
     current: str = ""  # the component the running step depends on most
     step_no: int = 0
     kube: kube_mod.Kube | None = None
+    stop_times: dict[str, float] = field(default_factory=dict)
 
     def step(self, title: str, component: str) -> None:
         self.step_no += 1
@@ -87,6 +88,18 @@ class Demo:
     def say(self, text: str) -> None:
         for line in text.splitlines():
             print(f"      {line}", flush=True)
+
+    def stopper(self, name: str, stop: Callable[[], None]) -> Callable[[], None]:
+        """``stop`` as a cleanup callback that records how long stopping ``name`` took."""
+
+        def timed() -> None:
+            t0 = time.monotonic()
+            try:
+                stop()
+            finally:
+                self.stop_times[name] = time.monotonic() - t0
+
+        return timed
 
     def track(self, name: str, proc: procs.Proc) -> None:
         self.components[name] = proc
@@ -215,9 +228,8 @@ def wait_plugin_ready(demo: Demo, sha256: str) -> dict[str, Any]:
         demo.wait(ok, f"WasmPlugin {PLUGIN} Ready with digest sha256:{sha256[:12]}... on 1/1 pods")
     except DemoError as exc:
         ready = ready_condition(plugin_status(demo))
-        raise DemoError(
-            f"{exc} (last Ready: {ready.get('status')} {ready.get('reason')}: {ready.get('message')})"
-        ) from None
+        last = f" (last Ready={ready.get('status')} {ready.get('reason')}: {ready.get('message')})" if ready else ""
+        raise DemoError(f"{exc}{last}", exc.component) from None
     obj: dict[str, Any] = demo.api("GET", f"{PLUGINS_PATH}/{PLUGIN}")
     return obj
 
@@ -301,6 +313,7 @@ def run(demo: Demo, stack: contextlib.ExitStack) -> None:
     # 1 ---------------------------------------------------------------------------------------------------------
     demo.step("Starting etcd + kube-apiserver (test-bed build) on 127.0.0.1", "kube-apiserver")
     kube = stack.enter_context(kube_mod.control_plane(demo.work / "kube", demo.logs))
+    stack.callback(demo.stopper("kube-apiserver + etcd", kube.stop))
     demo.kube = kube
     for proc in kube.procs:
         demo.track(proc.name, proc)
@@ -355,7 +368,7 @@ def run(demo: Demo, stack: contextlib.ExitStack) -> None:
         )
     except RuntimeError as exc:
         raise DemoError(f"operator did not become healthy: {str(exc).splitlines()[0]}", "operator") from None
-    stack.callback(op.stop)
+    stack.callback(demo.stopper("operator", op.stop))
     demo.track("operator", op.proc)
     demo.wait(lambda: _tls_ready(webhook_port, tls.ca_cert), "the operator's webhook server", timeout=60)
     demo.say(
@@ -366,7 +379,7 @@ def run(demo: Demo, stack: contextlib.ExitStack) -> None:
     # 3 ---------------------------------------------------------------------------------------------------------
     demo.step("Starting the demo app (echo service) on 127.0.0.1", "echo-app")
     app = upstream.start_service("echo", log_dir=demo.logs, name="echo-app")
-    stack.callback(app.stop)
+    stack.callback(demo.stopper("echo-app", app.stop))
     demo.track("echo-app", app.proc)
     demo.say(f"echo app pid {app.proc.pid} on 127.0.0.1:{app.port} (answers with the request it saw, as JSON)")
 
@@ -431,7 +444,7 @@ def run(demo: Demo, stack: contextlib.ExitStack) -> None:
         )
     except RuntimeError as exc:
         raise DemoError(str(exc).splitlines()[0], "agent") from None
-    stack.callback(agent.stop)
+    stack.callback(demo.stopper("agent", agent.stop))
     demo.track("agent", agent.proc)
     status_patch = {
         "status": {
@@ -550,18 +563,19 @@ def diagnose(demo: Demo, exc: BaseException) -> tuple[str, str]:
     try:
         lines = log.read_text(errors="replace").splitlines()[-25:]
     except FileNotFoundError:
-        return reason, f"(no log of {component} at {log})"
+        return reason, ""  # nothing of that component ran (e.g. a missing prerequisite)
     return reason, f"--- {component}: last lines of {log}\n" + "\n".join(lines)
 
 
 @contextlib.contextmanager
 def _signals_as_interrupts() -> Iterator[None]:
-    """SIGTERM/SIGHUP end the demo like Ctrl-C does: through the cleanup."""
+    """Ctrl-C, SIGTERM and SIGHUP end the demo through the cleanup."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a shell that starts the demo in the background may have set it to ignored
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
@@ -588,18 +602,22 @@ def main(argv: list[str] | None = None) -> int:
                     raise Failed(exc, *diagnose(demo, exc)) from exc
         except Failed as failed:
             code = 130 if isinstance(failed.cause, KeyboardInterrupt) else 1
-            print(f"FAILED at step {demo.step_no}/{STEPS}: {failed.reason}", flush=True)
+            where = f"at step {demo.step_no}/{STEPS}" if demo.step_no else "before step 1"
+            print(f"FAILED {where}: {failed.reason}", flush=True)
             if failed.tail:
                 print(failed.tail, flush=True)
             print(f"logs kept in {demo.logs}", flush=True)
     elapsed = time.monotonic() - demo.started
-    stopped = ", ".join(f"{n} (pid {p.pid})" for n, p in demo.components.items())
+    stopped = ", ".join(f"{n} {t:.1f}s" for n, t in demo.stop_times.items())
     running = [f"{n} (pid {p.pid})" for n, p in demo.components.items() if p.alive()]
     if running:  # the cleanup stops every process it started; say so loudly if one survived
         print(f"still running after the cleanup: {', '.join(running)}", flush=True)
         code = code or 1
+    print(f"stopped by pid: {stopped or 'nothing was started'}", flush=True)
+    killed = [n for n, t in demo.stop_times.items() if t >= 9.5]
+    if killed:  # procs.Proc.stop: SIGTERM, then SIGKILL after 10 s
+        print(f"note: {', '.join(killed)} did not exit within 10s of SIGTERM and got SIGKILL", flush=True)
     if code == 0:
-        print(f"stopped: {stopped}")
         print(f"demo OK in {elapsed:.1f}s: agent injected, plugin applied, updated with 0 failed requests, cleaned up")
         if args.keep:
             print(f"logs in {demo.logs}")
