@@ -458,6 +458,7 @@ class Exchange:
         "body_pending",
         "chunked_in",
         "conn",
+        "deadline",
         "has_body",
         "head",
         "http11",
@@ -470,7 +471,6 @@ class Exchange:
         "resp_started",
         "retried",
         "status",
-        "timer",
         "up",
         "up_end",
         "up_eof_ends",
@@ -493,7 +493,9 @@ class Exchange:
         self.resp_done = False
         self.resp_mode = 0  # 0 raw, 1 re-chunk, 2 close-delimited
         self.status = 0
-        self.timer: asyncio.TimerHandle | None = None
+        #: loop time by which the upstream response must have ended (0: no deadline); the connection's one
+        #: timer checks it (Downstream.wake_at): no timer handle per request
+        self.deadline = 0.0
         self.retried = False
         self.up_end = False  # the whole request has been handed to the upstream side
         self.up_eof_ends = False  # the upstream response is close-delimited: its EOF ends the body
@@ -580,11 +582,12 @@ class Exchange:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        timeout = self.conn.pool.cluster.response_timeout_s
-        self.timer = self.conn.proxy.loop.call_later(timeout, self._timed_out)
+        conn = self.conn
+        self.deadline = deadline = conn.proxy.loop.time() + conn.pool.cluster.response_timeout_s
+        conn.wake_at(deadline)
 
     def _timed_out(self) -> None:
-        self.timer = None
+        self.deadline = 0.0
         self.conn.proxy.stats.upstream_rq_timeout += 1
         self._drop_upstream()
         if self.resp_started:
@@ -685,9 +688,7 @@ class Exchange:
 
     # --- endings ---
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
 
     def _drop_upstream(self) -> None:
         up, self.up = self.up, None
@@ -1185,7 +1186,13 @@ class Downstream(asyncio.Protocol):
         self.http11 = True
         self._paused = 0
         self._write_paused = False
-        self._idle_timer: asyncio.TimerHandle | None = None
+        #: one timer per connection, firing at `_timer_at` at the latest, for the earliest deadline: the idle
+        #: timeout (`_idle_at`, loop time; 0 = busy) and the response deadline of the exchange being served
+        #: (`Exchange.deadline`). Deadlines move without touching the timer (lazily: when it fires it
+        #: re-arms for what is still pending), so a request costs no timer handle.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._idle_at = 0.0
         self._out: list[bytes] = []
         self._url = b""
         self._headers: Headers = []
@@ -1212,9 +1219,10 @@ class Downstream(asyncio.Protocol):
         self.closed = True
         self.proxy.connections.discard(self)
         self.proxy.stats.downstream_cx_active -= 1
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._idle_at = 0.0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self.queue:
             ex = self.queue.popleft()
             if not ex.resp_done:
@@ -1261,9 +1269,7 @@ class Downstream(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_bytes = 0
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._idle_at = 0.0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -1496,7 +1502,43 @@ class Downstream(asyncio.Protocol):
         ex.local_reply(status, body)
 
     def _arm_idle(self) -> None:
-        self._idle_timer = self.proxy.loop.call_later(self.proxy.idle_timeout_s, self.close)
+        self._idle_at = idle_at = self.proxy.loop.time() + self.proxy.idle_timeout_s
+        self.wake_at(idle_at)
+
+    def wake_at(self, when: float) -> None:
+        """Make the connection's timer fire by loop time `when` (a deadline was set)."""
+        if self._timer is None or when < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self.closed:
+                self._timer = None
+                return
+            self._timer_at = when
+            self._timer = self.proxy.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        now = self.proxy.loop.time()
+        pending = 0.0
+        for ex in list(self.queue):
+            deadline = ex.deadline
+            if deadline:
+                if deadline <= now:
+                    ex._timed_out()
+                elif not pending or deadline < pending:
+                    pending = deadline
+        idle_at = self._idle_at
+        if idle_at:
+            if idle_at <= now:
+                self._idle_at = 0.0
+                self.close()
+                return
+            if not pending or idle_at < pending:
+                pending = idle_at
+        if pending:
+            self.wake_at(pending)
 
     def exchange_done(self, ex: Exchange, *, reusable: bool) -> None:
         self.proxy.stats.downstream_rq_active -= 1
@@ -1514,8 +1556,6 @@ class Downstream(asyncio.Protocol):
         if self._write_paused and self.queue and self.queue[0].up is not None:
             self.queue[0].up.pause_reading()
         if not self.queue and self.current is None and self.transport is not None and not self.transport.is_closing():
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
             self._arm_idle()
 
 

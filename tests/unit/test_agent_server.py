@@ -1,9 +1,14 @@
-"""meshplug.agent.server's pure helpers: request ids, close-delimited responses."""
+"""meshplug.agent.server's pure helpers (request ids, close-delimited responses) and the connection's lazy
+deadlines (idle and response timeouts) on a manual clock."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
 
+from meshplug.agent import config as agent_config
 from meshplug.agent import server
 
 
@@ -25,3 +30,123 @@ def test_close_delimited() -> None:
     assert not server._close_delimited(b"GET", 200, [(b"transfer-encoding", b"Chunked")])
     assert not server._close_delimited(b"HEAD", 200, [])
     assert not server._close_delimited(b"GET", 204, [])
+
+
+# --- the connection's lazy deadlines (one timer per connection, no timer handle per request) -------------
+class _Handle:
+    def __init__(self, loop: _Loop, when: float, fn: Callable[[], None]) -> None:
+        self.loop, self.when, self.fn, self.cancelled = loop, when, fn, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Loop:
+    """A manual clock: `advance(s)` runs the timers due by then; call_soon runs at once."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.timers: list[_Handle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_soon(self, fn: Callable[..., None], *args: Any) -> None:
+        fn(*args)
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> _Handle:
+        handle = _Handle(self, when, fn)
+        self.timers.append(handle)
+        return handle
+
+    def live(self) -> int:
+        return sum(not h.cancelled for h in self.timers)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        while due := [h for h in self.timers if not h.cancelled and h.when <= self.now]:
+            for h in due:
+                self.timers.remove(h)
+                h.fn()
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def get_extra_info(self, _key: str) -> tuple[str, int]:
+        return ("127.0.0.1", 5555)
+
+
+def _proxy(loop: _Loop) -> tuple[server.Proxy, server.Pool]:
+    cfg = agent_config.parse(
+        {
+            "listeners": [{"name": "m", "address": "127.0.0.1", "port": 1, "cluster": "u"}],
+            "clusters": [{"name": "u", "address": "127.0.0.1", "port": 2, "response_timeout_s": 5}],
+            "admin": {"address": "127.0.0.1", "port": 3},
+        },
+        base=Path("/tmp"),
+    )
+    proxy = server.Proxy(cfg, loop=cast(Any, loop), idle_timeout_s=30.0)
+    return proxy, proxy.pools["u"]
+
+
+_REQ = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+_RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def _connected(loop: _Loop) -> tuple[server.Downstream, _Transport, server.Upstream, _Transport]:
+    proxy, pool = _proxy(loop)
+    up, ut = server.Upstream(pool), _Transport()
+    up.connection_made(cast(Any, ut))
+    pool.idle.append(up)
+    down, dt = server.Downstream(proxy, pool), _Transport()
+    down.connection_made(cast(Any, dt))
+    return down, dt, up, ut
+
+
+def test_an_idle_connection_closes_after_the_idle_timeout_counted_from_its_last_response() -> None:
+    loop = _Loop()
+    down, dt, up, _ = _connected(loop)
+    loop.advance(20)
+    for _ in range(50):  # requests move the idle deadline without a timer each
+        down.data_received(_REQ)
+        up.data_received(_RESP)
+    assert b"".join(dt.out).count(b"200 OK") == 50
+    assert loop.live() == 1
+    loop.advance(20)  # the first timer fires 30 s after connect: the connection was busy since, not idle
+    assert not dt.closed and loop.live() == 1
+    loop.advance(9.9)
+    assert not dt.closed
+    loop.advance(0.2)
+    assert dt.closed
+
+
+def test_a_response_deadline_answers_504_and_a_served_request_leaves_none() -> None:
+    loop = _Loop()
+    down, dt, up, ut = _connected(loop)
+    down.data_received(_REQ)
+    up.data_received(_RESP)
+    loop.advance(4.9)
+    down.data_received(_REQ)  # sent upstream; no answer
+    assert len(ut.out) == 2
+    loop.advance(4.9)
+    assert b"504" not in b"".join(dt.out)
+    loop.advance(0.2)
+    assert b"HTTP/1.1 504 Gateway Timeout" in dt.out[-1] and b"upstream request timeout" in dt.out[-1]
