@@ -1,12 +1,12 @@
 """`make demo`: meshplug's main job end to end on the embedded local test bed, in eight numbered steps.
 
 A real etcd + kube-apiserver, the real Helm chart (webhooks pointed at 127.0.0.1 with a test CA), `meshplug
-operator` as a local process under the chart's ServiceAccount, an echo app, a Pod the mutating webhook injects
-the agent into (its agent runs as a local process at the pod's IP, a 127.0.0.x address, with the config the
-webhook wrote; no kubelet, so the script sets the pod's status), a WasmPlugin with a corpus module served over
-file://, a request showing the plugin's effect, an update to another module under steady traffic with no failed
-request, and the cleanup. Every process is started here and stopped by pid at the end, also on errors and
-Ctrl-C. On failure: exit 1 with a one-line reason and the log tail of the failing component.
+operator` as a local process (the chart's ServiceAccount and webhook config), an echo app, a Pod the mutating
+webhook injects the agent into (its agent runs as a local process at the pod's IP, a 127.0.0.x address, with
+the config the webhook wrote; no kubelet, so the script sets the pod's status), a WasmPlugin with a corpus
+module served over file://, a request showing the plugin's effect, an update to another module under steady
+traffic with no failed request, and the cleanup. Every process is started here and stopped by pid at the end,
+also on errors and Ctrl-C. On failure: exit 1 with a one-line reason and the log tail of the failing component.
 
     python scripts/demo.py [--keep] [--timeout SECONDS]
 
@@ -353,15 +353,19 @@ def run(demo: Demo, stack: contextlib.ExitStack) -> None:
     config["listen"] = {"address": "127.0.0.1", "port": webhook_port}  # only where it listens and its files differ
     config["tls"] = {"certFile": str(tls.cert), "keyFile": str(tls.key)}
     (demo.work / "webhook.yaml").write_text(yaml.safe_dump(config))
-    # the operator runs with the admin kubeconfig, as the integration tests run it (the chart's ClusterRole
-    # lacks `watch` on apps workloads for now: tests/unit/test_chart.py::test_rbac_equals_the_operators_listed_rules)
+    # the operator runs as the chart's ServiceAccount: exactly the RBAC the chart grants
+    sa = f"{RELEASE}-meshplug-operator"
+    identity = f"system:serviceaccount:{SYSTEM_NS}:{sa}"
+    operator_kubeconfig = kube.kubeconfig_for(
+        kube.service_account_token(SYSTEM_NS, sa), identity, demo.work / "operator.kubeconfig"
+    )
     module_token = base64.b16encode(os.urandom(16)).decode().lower()
     os.environ["MESHPLUG_WEBHOOK_CONFIG"] = str(demo.work / "webhook.yaml")
     os.environ["MESHPLUG_MODULE_TOKEN"] = module_token
     demo.current = "operator"
     try:
         op = operator_mod.start_operator(
-            kube.kubeconfig,
+            operator_kubeconfig,
             demo.work,  # its logs go to demo.logs, its module cache to work/cache
             name="operator",
             extra=[f"--file-root={modules}", f"--lease-namespace={SYSTEM_NS}"],
@@ -372,7 +376,7 @@ def run(demo: Demo, stack: contextlib.ExitStack) -> None:
     demo.track("operator", op.proc)
     demo.wait(lambda: _tls_ready(webhook_port, tls.ca_cert), "the operator's webhook server", timeout=60)
     demo.say(
-        f"meshplug operator pid {op.proc.pid} with the chart's webhook config:\n"
+        f"meshplug operator pid {op.proc.pid} as ServiceAccount {SYSTEM_NS}/{sa} (the chart's RBAC):\n"
         f"webhooks https://127.0.0.1:{webhook_port}, modules http://127.0.0.1:{op.module_port}, metrics http://127.0.0.1:{op.metrics_port}/metrics"
     )
 
