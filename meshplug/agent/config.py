@@ -18,6 +18,10 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
         url: http://meshplug-modules.meshplug-system:8080
         token_file: /var/run/secrets/meshplug/module-token
     drain_timeout_s: 20
+    node:                            # optional: what plugins read as node.* / xds.node.* (Envoy's bootstrap node)
+      id: sidecar~10.0.0.7~web-1.shop~shop.svc.cluster.local
+      cluster: web.shop
+      metadata: {NAME: web-1, NAMESPACE: shop}   # string values
     plugins:                         # chain order; same fields as a pushed protocol.ExtensionConfig
       - name: add-header
         root_id: add_header
@@ -27,11 +31,17 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
         fail_strategy: FAIL_CLOSE
 
 Relative paths (module files, token_file, state_dir) are relative to the config file's directory.
+
+`load` (what `meshplug agent` uses) also takes the node from the Downward API's environment variables, like
+Istio's sidecar: POD_NAME and POD_NAMESPACE fill node metadata NAME and NAMESPACE, and the node id defaults
+to `<POD_NAME>.<POD_NAMESPACE>`; anything the file's `node` sets wins.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -97,6 +107,15 @@ class Modules:
 
 
 @dataclass(frozen=True)
+class Node:
+    """The proxy's node (Envoy's bootstrap `node`): plugins read it as `node.*` and `xds.node.*`."""
+
+    id: str = ""
+    cluster: str = ""
+    metadata: tuple[tuple[str, str], ...] = ()  # string values, in the file's order
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     listeners: tuple[Listener, ...]
     clusters: tuple[Cluster, ...]
@@ -106,6 +125,7 @@ class AgentConfig:
     drain_timeout_s: float = limits.DRAIN_TIMEOUT_S
     plugins: tuple[protocol.ExtensionConfig, ...] = ()
     modules: Modules = Modules()
+    node: Node = Node()
 
     @property
     def plugin_kind(self) -> str | None:
@@ -223,12 +243,39 @@ def _modules(raw: Any, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]
     return Modules(cache_dir=cache_dir, file_roots=tuple(dict.fromkeys(roots)), server=server)
 
 
+def _node(raw: Any) -> Node:
+    obj = _obj(raw, "node")
+    _keys(obj, {"id", "cluster", "metadata"}, "node")
+    for key in ("id", "cluster"):
+        if not isinstance(obj.get(key, ""), str):
+            raise errors.ConfigError(f"node.{key} must be a string, got {type(obj[key]).__name__}")
+    meta = _obj(obj.get("metadata") or {}, "node.metadata")
+    for key, value in meta.items():
+        if not isinstance(value, str):
+            raise errors.ConfigError(f"node.metadata.{key} must be a string, got {type(value).__name__}")
+    return Node(id=obj.get("id", ""), cluster=obj.get("cluster", ""), metadata=tuple(meta.items()))
+
+
+#: Downward API environment variables -> node metadata keys (as Istio's sidecar sets them)
+NODE_ENV = (("POD_NAME", "NAME"), ("POD_NAMESPACE", "NAMESPACE"))
+
+
+def node_from_env(node: Node, environ: Mapping[str, str]) -> Node:
+    """`node` completed from POD_NAME / POD_NAMESPACE: metadata NAME / NAMESPACE and a default id."""
+    have = dict(node.metadata)
+    extra = tuple((key, environ[var]) for var, key in NODE_ENV if environ.get(var) and key not in have)
+    node_id = node.id
+    if not node_id and environ.get("POD_NAME") and environ.get("POD_NAMESPACE"):
+        node_id = f"{environ['POD_NAME']}.{environ['POD_NAMESPACE']}"
+    return Node(id=node_id, cluster=node.cluster, metadata=node.metadata + extra)
+
+
 def parse(raw: Any, *, base: Path) -> AgentConfig:
     """Turn a loaded YAML/JSON document into `AgentConfig`; `base` resolves relative paths."""
     top = _obj(raw, "config")
     _keys(
         top,
-        {"listeners", "clusters", "admin", "push", "state_dir", "drain_timeout_s", "plugins", "modules"},
+        {"listeners", "clusters", "admin", "push", "state_dir", "drain_timeout_s", "plugins", "modules", "node"},
         "config",
     )
 
@@ -313,11 +360,13 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
         state_dir=state_dir,
         drain_timeout_s=_seconds(top, "drain_timeout_s", "config", limits.DRAIN_TIMEOUT_S),
         plugins=plugins,
+        node=_node(top["node"]) if top.get("node") is not None else Node(),
     )
 
 
-def load(path: Path) -> AgentConfig:
-    """Read and parse a config file (YAML, of which JSON is a subset)."""
+def load(path: Path, *, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read and parse a config file (YAML, of which JSON is a subset); the node is completed from
+    `environ` (default: the process environment, see `node_from_env`)."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -326,7 +375,9 @@ def load(path: Path) -> AgentConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise errors.ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse(raw, base=path.resolve().parent)
+    cfg = parse(raw, base=path.resolve().parent)
+    node = node_from_env(cfg.node, os.environ if environ is None else environ)
+    return cfg if node == cfg.node else dataclasses.replace(cfg, node=node)
 
 
 def read_token(path: Path) -> str:

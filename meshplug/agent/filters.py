@@ -125,7 +125,15 @@ def build(
 ) -> loader.Chain:
     """Start every plugin (blocking: compile/deserialize, instantiate, vm_start, configure)."""
     driver = Driver(proxy, loop)
-    h = host.Host(upstreams=set(proxy.pools), on_wakeup=driver.wakeup, log_level=_host_log_level())
+    node = proxy.cfg.node
+    h = host.Host(
+        upstreams=set(proxy.pools),
+        on_wakeup=driver.wakeup,
+        log_level=_host_log_level(),
+        node=dict(node.metadata),
+        node_id=node.id,
+        cluster=node.cluster,
+    )
     driver.host = h
     started: list[tuple[protocol.ExtensionConfig, host.Plugin, str, int]] = []
     for resource, data in plugins:

@@ -26,12 +26,7 @@ SPECS = S.find_specs()
 #: specs failing because of a known bug of the wasm host: strict xfails naming the bug (none known now)
 HOST_BUGS: dict[str, str] = {}
 #: specs the agent plane cannot honour yet (not host bugs): strict xfails, removed once the gap is closed
-PLANE_GAPS: dict[str, str] = {
-    "go/properties": (
-        "agent plane gap: the spec's `node` (id, cluster, metadata) is not passed to the agent yet, so "
-        "xds.node.id/cluster read as '' and xds.node.metadata.REGION as NotFound"
-    ),
-}
+PLANE_GAPS: dict[str, str] = {}
 
 
 def _key(path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,11 @@ def test_full_config(tmp_path: Path) -> None:
         (_cfg(modules={"server": {"url": "ftp://x", "token_file": "t"}}), "modules.server.url"),
         (_cfg(modules={"server": {"url": "http://x"}}), "modules.server.token_file"),
         (_cfg(modules={"cache": "x"}), "unknown key"),
+        (_cfg(node={"id": 1}), "node.id must be a string"),
+        (_cfg(node={"cluster": ["c"]}), "node.cluster must be a string"),
+        (_cfg(node={"metadata": {"REGION": 1}}), "node.metadata.REGION must be a string"),
+        (_cfg(node={"metadata": ["x"]}), "node.metadata must be a mapping"),
+        (_cfg(node={"name": "x"}), "node: unknown key"),
     ],
 )
 def test_mistakes_are_config_errors(raw: Any, fragment: str, tmp_path: Path) -> None:
@@ -102,3 +108,22 @@ def test_modules_section(tmp_path: Path) -> None:
     assert m.file_roots == (tmp_path / "mods", tmp_path / "wasm")
     assert m.server == config.ModuleServer("https://modules.ns:8443", tmp_path / "module-token")
     assert config.parse(BASE, base=tmp_path).modules == config.Modules()
+
+
+def test_node(tmp_path: Path) -> None:
+    assert config.parse(BASE, base=tmp_path).node == config.Node()
+    raw = _cfg(node={"id": "n1", "cluster": "c1", "metadata": {"REGION": "eu", "NAME": "p"}})
+    assert config.parse(raw, base=tmp_path).node == config.Node("n1", "c1", (("REGION", "eu"), ("NAME", "p")))
+
+
+def test_load_takes_the_node_from_the_downward_api(tmp_path: Path) -> None:
+    path = tmp_path / "agent.json"
+    path.write_text(json.dumps(BASE))
+    env = {"POD_NAME": "web-1", "POD_NAMESPACE": "shop"}
+    node = config.load(path, environ=env).node
+    assert node == config.Node("web-1.shop", "", (("NAME", "web-1"), ("NAMESPACE", "shop")))
+    assert config.load(path, environ={}).node == config.Node()
+    # the file's node wins over the environment
+    path.write_text(json.dumps(_cfg(node={"id": "mine", "metadata": {"NAME": "x"}})))
+    node = config.load(path, environ=env).node
+    assert node == config.Node("mine", "", (("NAME", "x"), ("NAMESPACE", "shop")))

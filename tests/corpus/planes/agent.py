@@ -46,7 +46,7 @@ def render(
     spec: S.Spec, modules: Mapping[str, Path], services: Mapping[str, runner.Endpoint], *, port: int, admin_port: int
 ) -> dict[str, Any]:
     """The agent config for `spec` (pure)."""
-    return tb_agent.base_config(
+    raw = tb_agent.base_config(
         port=port,
         admin_port=admin_port,
         clusters={name: ep.port for name, ep in services.items()},
@@ -54,6 +54,9 @@ def render(
         plugins=[plugin_entry(p, modules[p.module]) for p in spec.plugins],
         listener_type="http" if spec.type == "http" else "tcp",
     )
+    if spec.node is not None:
+        raw["node"] = {"id": spec.node.id, "cluster": spec.node.cluster, "metadata": dict(spec.node.metadata)}
+    return raw
 
 
 def plugin_log_lines(text: str) -> list[runner.LogRecord]:
