@@ -27,14 +27,13 @@ import importlib.metadata
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
 
-from meshplug import errors
+from meshplug import errors, files
 
 MAGIC = b"MPWASM1\n"
 _LEN = struct.Struct("<I")
@@ -136,26 +135,6 @@ def decode(key: ArtifactKey, blob: bytes) -> bytes:
     return payload
 
 
-def _write_atomic(path: Path, blob: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[bool]:
     """Hold an exclusive flock on ``path``'s lock file; yields False (no lock) if it cannot be created."""
@@ -231,7 +210,7 @@ class ArtifactCache:
                 ) from None
             stored = True
             try:
-                _write_atomic(path, encode(key, bytes(module.serialize())))
+                files.write_atomic(path, encode(key, bytes(module.serialize())))
             except OSError:
                 stored = False
             return Loaded(module, outcome if outcome is not Outcome.MISS else again, path, key, stored)

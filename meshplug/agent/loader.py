@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import requests
 
-from meshplug import errors, fetch, protocol, validate
+from meshplug import errors, fetch, files, protocol, validate
 from meshplug.agent import chain, config, server
 from meshplug.fetch import http as fetch_http
 
@@ -87,21 +86,6 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class StateStore:
     """The last good pushed set and its modules, under one directory (absent: nothing persists)."""
 
@@ -127,8 +111,8 @@ class StateStore:
         for digest, data in modules.items():
             path = self.root / "modules" / f"{digest}.wasm"
             if not path.exists():
-                _write_atomic(path, data)
-        _write_atomic(self.root / "last_good.json", protocol.encode(loaded.push()))
+                files.write_atomic(path, data)
+        files.write_atomic(self.root / "last_good.json", protocol.encode(loaded.push()))
         keep = set(modules)
         for stale in (self.root / "modules").glob("*.wasm"):
             if stale.stem not in keep:

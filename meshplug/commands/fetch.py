@@ -7,13 +7,10 @@ Prints a progress bar on a terminal, one line per failure kind, and exits with a
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from meshplug import errors
+from meshplug import errors, files
 from meshplug.fetch import Fetcher, FetchOptions, PullPolicy, Reason
 
 HELP = "fetch a wasm module (https, oci, file), verify it, cache it and write it out"
@@ -93,17 +90,7 @@ def _write(output: str, data: bytes) -> None:
         sys.stdout.flush()
         return
     target = Path(output)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    files.write_atomic(target, data, sync_dir=False)
 
 
 def run(args: argparse.Namespace) -> int:

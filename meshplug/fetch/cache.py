@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from meshplug import files
 from meshplug.fetch.artifact import Layout, sha256_hex
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -79,38 +79,20 @@ class Cache:
         return self.root / "refs" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
     # --- writes --------------------------------------------------------------------------------------
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix=path.name[:16] + ".")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
     def put_blob(self, data: bytes) -> str:
         digest = sha256_hex(data)
         path = self.blob_path(digest)
         if path.exists():
             os.utime(path)
         else:
-            self._write_atomic(path, data)
+            _write(self.root, path, data)
         return digest
 
     def put_manifest(self, name: str, digest: str, entry: ManifestEntry) -> None:
-        self._write_atomic(self._manifest_path(name, digest), json.dumps(asdict(entry)).encode())
+        _write(self.root, self._manifest_path(name, digest), json.dumps(asdict(entry)).encode())
 
     def put_ref(self, key: str, entry: RefEntry) -> None:
-        self._write_atomic(self._ref_path(key), json.dumps(asdict(entry)).encode())
+        _write(self.root, self._ref_path(key), json.dumps(asdict(entry)).encode())
 
     # --- reads ---------------------------------------------------------------------------------------
     def get_blob(self, sha256: str) -> bytes | None:
@@ -244,3 +226,7 @@ class SingleFlight(Generic[T]):
             with self._lock:
                 del self._calls[key]
             call.done.set()
+
+
+def _write(root: Path, path: Path, data: bytes) -> None:
+    files.write_atomic(path, data, tmp_dir=root / "tmp")
