@@ -15,8 +15,6 @@ Without kubelet and scheduler Pods stay Pending; tests set pod status themselves
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import secrets
@@ -29,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.testbed import pki as pki_mod
 from tests.testbed import procs
 
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "1.36.2")
@@ -68,68 +65,32 @@ class Pki:
     sa_pub: Path
 
 
-def _write_key(key: Any, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    path.chmod(0o600)
-
-
 def make_pki(directory: Path) -> Pki:
     """A CA, a serving certificate for the apiserver's names, and a service-account signing key pair."""
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshplug-test-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [
-        x509.DNSName(n)
-        for n in (
+    serving = pki_mod.serving_pki(
+        directory,
+        ca_cn="meshplug-test-ca",
+        server_cn="kube-apiserver",
+        dns_names=[
             "localhost",
             "kubernetes",
             "kubernetes.default",
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
-        )
-    ]
-    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "10.0.0.1")]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
+        ],
+        ip_addresses=["127.0.0.1", "10.0.0.1"],
+        names=("ca.crt", "apiserver.crt", "apiserver.key"),
     )
     pki = Pki(
         dir=directory,
-        ca_cert=directory / "ca.crt",
-        serving_cert=directory / "apiserver.crt",
-        serving_key=directory / "apiserver.key",
+        ca_cert=serving.ca_cert,
+        serving_cert=serving.cert,
+        serving_key=serving.key,
         sa_key=directory / "sa.key",
         sa_pub=directory / "sa.pub",
     )
-    pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    pki.serving_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(key, pki.serving_key)
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    _write_key(sa, pki.sa_key)
+    pki_mod.write_key(sa, pki.sa_key)
     pki.sa_pub.write_bytes(
         sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
