@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/lint-imports
 
 unit: setup
-	$(BIN)/pytest -m unit -q
+	$(BIN)/pytest tests/unit -m unit -q
 
 # kube-apiserver + kube-controller-manager for the test bed, built once into $(MESHPLUG_CACHE)/kube/<version>
 kube: system
@@ -38,7 +38,7 @@ helm: system
 	nice -n 10 scripts/install-helm.sh
 
 integration: setup system plugins kube helm
-	$(BIN)/pytest -m integration -q
+	$(BIN)/pytest tests/integration -m integration -q
 
 # The whole suite: quality gates, fast unit tests, then integration tests against the real test bed.
 test: lint unit integration
