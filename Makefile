@@ -26,7 +26,7 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-unit: setup
+unit: setup system plugins
 	$(BIN)/pytest tests/unit -m unit -q
 
 # kube-apiserver + kube-controller-manager for the test bed, built once into $(MESHPLUG_CACHE)/kube/<version>
