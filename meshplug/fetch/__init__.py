@@ -16,7 +16,9 @@ share single-flight with every other thread. Failures are `errors.FetchError` wi
 2. under IfNotPresent a cached result for that key is returned (unless its re-resolve interval passed);
 3. one flight per key: http/file are downloaded/read; for OCI the manifest digest is resolved first and
    the cache consulted with it before any blob is pulled;
-4. ``sha256`` (of the wasm bytes) is checked before anything is written to the cache.
+4. ``sha256`` is checked before anything is written to the cache: it is the sha256 of the wasm bytes; for an
+   OCI source a value equal to the image manifest digest (Istio's meaning of the field) is accepted too, since
+   the manifest pins its layers. A url pinned ``@sha256:`` is always checked against the manifest.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ from meshplug.fetch.options import FetchOptions, PullPolicy
 __all__ = ["WASM_MAGIC", "Artifact", "FetchMetrics", "FetchOptions", "Fetcher", "Layout", "PullPolicy", "Reason"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _pinned_by(pin: str | None, wasm_sha256: str, manifest_digest: str | None) -> bool:
+    """Whether ``pin`` (hex) admits this module: no pin, the wasm bytes' sha256, or the OCI manifest digest."""
+    return pin is None or pin == wasm_sha256 or (manifest_digest is not None and manifest_digest == f"sha256:{pin}")
 
 
 def _pin(sha256: str | None) -> str | None:
@@ -124,7 +131,7 @@ class Fetcher:
     def _fetch(self, req: _Request) -> Artifact:
         deadline = http.Deadline.after(self.options.overall_timeout_s)
         known = None if req.always or req.scheme == "file" else self.cache.get_ref(req.key)
-        if known is not None and (req.pin is None or known.sha256 == req.pin):
+        if known is not None and _pinned_by(req.pin, known.sha256, known.manifest_digest):
             interval = self.options.reresolve_interval_s
             mutable = req.ref is None or req.ref.mutable
             stale = interval is not None and mutable and time.time() - known.resolved_at >= interval
@@ -164,15 +171,13 @@ class Fetcher:
     @staticmethod
     def _verify(url: str, data: bytes, pin: str | None, manifest_digest: str | None) -> str:
         digest = sha256_hex(data)
-        if pin is not None and digest != pin:
-            hint = ""
-            if manifest_digest == f"sha256:{pin}":
-                hint = (
-                    " (that is the image manifest digest; meshplug's sha256 is of the wasm bytes;"
-                    " pin a manifest with url@sha256:...)"
-                )
+        if not _pinned_by(pin, digest, manifest_digest):
+            which = "module bytes or image manifest" if manifest_digest is not None else "module"
             raise errors.FetchError(
-                f"{url}: sha256 of the module is {digest}, expected {pin}{hint}", reason=Reason.CHECKSUM_MISMATCHED
+                f"{url}: sha256 of the {which} is {digest}"
+                + (f" / {manifest_digest.removeprefix('sha256:')}" if manifest_digest is not None else "")
+                + f", expected {pin}",
+                reason=Reason.CHECKSUM_MISMATCHED,
             )
         return digest
 

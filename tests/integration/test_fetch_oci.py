@@ -82,10 +82,14 @@ def test_pinned_digest_and_sha256_semantics(registries: dict[str, Registry], tmp
     registry = registries["tls"]
     digest = registry.push_layout("cncf-wasm-artifact", "fetch/pinned", "v1", WASM)
     fetcher = fetcher_for(registry, tmp_path)
-    with pytest.raises(errors.FetchError, match="image manifest digest") as caught:
-        fetcher.fetch(registry.url("fetch/pinned", "v1"), sha256=digest.removeprefix("sha256:"))
+    wrong = "2" * 64
+    with pytest.raises(errors.FetchError, match="module bytes or image manifest") as caught:
+        fetcher.fetch(registry.url("fetch/pinned", "v1"), sha256=wrong)
     assert caught.value.reason == "checksum_mismatched"
     assert fetcher.cache.listing() == {}
+    # Istio's meaning of sha256 for OCI (the manifest digest) pins the image too, so Istio manifests port as is
+    by_manifest = fetcher.fetch(registry.url("fetch/pinned", "v1"), sha256=digest.removeprefix("sha256:"))
+    assert by_manifest.sha256 == WASM_SHA and by_manifest.manifest_digest == digest
     other = "sha256:" + "1" * 64
     with pytest.raises(errors.FetchError) as caught:
         fetcher.fetch(registry.url("fetch/pinned", other))
