@@ -563,3 +563,52 @@ def test_trailers_added_in_the_last_body_callback_follow_the_body(direction: C.D
     ]
     assert (s.request_trailers if direction is REQ else s.response_trailers) == [(b"x-added", b"1")]
     assert ("other", f"{side}.trailers") in log  # the filters after the adder see them
+
+
+# ---- the direct path (pass_*): the shell sends what passed itself --------------------------------------
+def test_pass_methods_hand_back_what_passed_when_every_filter_continues() -> None:
+    log: list[tuple[str, ...]] = []
+    s = C.Chain([ScriptFilter("a", log), ScriptFilter("b", log)]).new_stream()
+    assert s.pass_request_headers(request(b"POST"), False) is True
+    assert s.upstream_started and s.request_headers == request(b"POST")
+    assert s.pass_request_data(b"ab", True) == b"ab"
+    assert s.upstream_started and s.bytes_received == 2
+    assert s.pass_response_headers(response(), False) is True
+    assert s.response_started and s.code_details == "via_upstream"
+    assert s.pass_response_data(b"xy", True) == b"xy"
+    assert s.bytes_sent == 2 and s.take_outputs() == []
+    assert names(log, "resp.headers") == ["b", "a"]
+    assert C.Chain([]).new_stream().pass_request_headers(request(), True) is True
+
+
+def test_pass_methods_fall_back_to_outputs_when_a_filter_stops() -> None:
+    log: list[tuple[str, ...]] = []
+    a = ScriptFilter("a", log, {"req.headers": A.STOP})
+    s = C.Chain([a, ScriptFilter("b", log)]).new_stream()
+    assert s.pass_request_headers(request(), False) is False
+    assert s.take_outputs() == []
+    assert s.pass_request_data(b"ab", True) is None  # queued behind the stopped headers
+    a.streams[0].control.resume(REQ)
+    assert summary(s.take_outputs()) == [("up", "headers", b"/p", False), ("up", "data", b"ab", True)]
+    # a local reply: the response path gives no direct pass
+    r = ScriptFilter("r", log, {"req.headers": lambda st: st.control.send_local_reply(C.LocalReply(403)) or A.STOP})
+    s = C.Chain([r]).new_stream()
+    assert s.pass_request_headers(request(), True) is False
+    assert [o[0] for o in summary(s.take_outputs())] == ["abort", "down"]
+    assert s.pass_response_headers(response(), True) is False and s.take_outputs() == []
+
+
+def test_stream_info_is_built_lazily_from_its_parts() -> None:
+    base = C.StreamInfo(remote_address="10.0.0.7", remote_port=5555)
+    s = C.Chain([]).new_stream(base, start_time_ns=42)
+    s.set_upstream_fields({"upstream_address": "10.0.0.8", "upstream_port": 80})
+    info = s.info
+    assert (info.remote_address, info.start_time_ns, info.upstream_address, info.upstream_port) == (
+        "10.0.0.7",
+        42,
+        "10.0.0.8",
+        80,
+    )
+    assert base.start_time_ns == 0 and s.info is info
+    s.set_upstream("10.0.0.9", 81)
+    assert (s.info.upstream_address, s.info.upstream_port, s.info.start_time_ns) == ("10.0.0.9", 81, 42)
