@@ -69,6 +69,9 @@ MAX_CONTROL_REQUEST_BYTES = MAX_PUSH_BYTES + 64 * KiB
 # --- operator ------------------------------------------------------------------------------------
 MAX_VM_ENV_VARS = 256
 MAX_TARGET_REFS = 16
+#: WasmPlugin.spec.matchRules: rules, and hosts / paths per rule (the CRD's maxItems)
+MAX_MATCH_RULES = 16
+MAX_MATCH_RULE_ITEMS = 32
 #: Envoy's own fetch of a module served by the operator (`code.remote`): timeout and retries (Istio: 30 s)
 REMOTE_CODE_TIMEOUT_S = 30
 REMOTE_CODE_RETRIES = 5
@@ -86,3 +89,5 @@ RECONCILE_BACKOFF_MAX_S = 300.0
 #: leader election Lease: how long a holder's claim lasts without renewal, and how often it renews
 LEASE_DURATION_S = 15.0
 LEASE_RENEW_S = 5.0
+#: operator shutdown (SIGTERM): how long in-flight reconciles and the Lease renewer get to finish
+SHUTDOWN_DRAIN_S = 2.0

@@ -18,11 +18,13 @@ kopf's own bookkeeping goes to annotations under ``meshplug.io/`` (the structura
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 
@@ -31,6 +33,7 @@ from meshplug.controller import index, lease, reconcile, webhooks, workqueue
 
 log = logging.getLogger("meshplug.controller.handlers")
 _RESOURCE = (spec.API_GROUP, spec.API_VERSION, spec.PLURAL)
+T = TypeVar("T")
 _WORKLOADS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
 
 
@@ -115,15 +118,42 @@ def build_registry(
     @kopf.on.delete(*_RESOURCE, registry=registry, retries=None, id="cleanup")
     async def cleanup_plugin(body: kopf.Body, **_: Any) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        held = await asyncio.to_thread(queue.hold, key)
+        held = await _off_loop(queue.hold, key)
         try:
-            await asyncio.to_thread(reconciler.cleanup, dict(body))
+            await _off_loop(reconciler.cleanup, dict(body))
         finally:
             if held:
                 queue.done(key)
 
     webhooks.register(registry)  # admission webhooks (agent injection, WasmPlugin checks) when configured
     return registry
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a daemon thread. Not `asyncio.to_thread`: the loop's executor is joined when kopf stops,
+    so a cleanup blocked on an agent that does not answer would hold the stopping operator (the finalizer stays
+    and the next leader cleans up)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if future.done():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, exc = fn(*args), None
+        except BaseException as e:  # handed to the awaiting handler
+            result, exc = None, e
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the operator stopped meanwhile
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    threading.Thread(target=run, name="meshplug-cleanup", daemon=True).start()
+    return await future
 
 
 def _work(reconciler: reconcile.Reconciler, queue: workqueue.WorkQueue, idx: index.Index, opts: Options) -> Any:
@@ -147,6 +177,7 @@ def run_operator(
 ) -> int:
     """Run until stopped (SIGINT/SIGTERM or ``stop_flag``) or the Lease is lost (exit code 1)."""
     stop = stop_flag or threading.Event()
+    _on_signals(stop)  # a SIGTERM while checking permissions or standing by stops at once, and cleanly
     missing = check_permissions(reconciler, opts)
     for what in missing:
         log.error("missing RBAC permission: %s (see meshplug.controller's docstring for the rules)", what)
@@ -183,22 +214,39 @@ def run_operator(
     workers = workqueue.Workers(queue, _work(reconciler, queue, idx, opts), opts.workers).start()
     registry = build_registry(reconciler, queue, idx)
     try:
-        asyncio.run(
-            kopf.operator(
-                registry=registry,
-                standalone=True,
-                clusterwide=not opts.namespaces,
-                namespaces=list(opts.namespaces),
-                liveness_endpoint=opts.liveness_endpoint,
-                stop_flag=stop,
-            )
-        )
+        asyncio.run(_kopf(registry, opts, stop))
     finally:
         stop.set()
-        workers.stop()
+        _on_signals(stop)  # asyncio's loop restored the default handlers on closing: a 2nd SIGTERM must not kill
+        workers.stop(timeout=limits.SHUTDOWN_DRAIN_S)  # daemon threads: a reconcile still running is abandoned
         reconciler.metrics.leader = False
         if renewer is not None:
-            renewer.join(timeout=10)
+            renewer.join(timeout=limits.SHUTDOWN_DRAIN_S)
         if elector is not None and not lost.is_set():
             elector.release()
     return 1 if lost.is_set() else 0
+
+
+async def _kopf(registry: kopf.OperatorRegistry, opts: Options, stop: threading.Event) -> None:
+    try:
+        await kopf.operator(
+            registry=registry,
+            standalone=True,
+            clusterwide=not opts.namespaces,
+            namespaces=list(opts.namespaces),
+            liveness_endpoint=opts.liveness_endpoint,
+            stop_flag=stop,
+        )
+    finally:
+        # kopf waits for a threading.Event stop flag in a thread of the loop's default executor; when kopf stops
+        # for a signal that thread still blocks in stop.wait(), and asyncio.run's executor shutdown would wait
+        # for it forever (the operator logged "Operator is stopping." and never exited)
+        stop.set()
+
+
+def _on_signals(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT set ``stop`` (outside kopf's run, which installs its own handlers on its loop)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())

@@ -20,7 +20,6 @@ Data planes:
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import datetime
 import logging
 import threading
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshplug import errors, fetch, limits, spec, validate
-from meshplug.controller import agents, apply
+from meshplug.controller import agents, apply, workqueue
 from meshplug.controller import metrics as metrics_mod
 from meshplug.render import agent as agent_render
 from meshplug.render import istio, model, podtemplate
@@ -171,12 +170,11 @@ class Reconciler:
         self._pod_locks: dict[Key, threading.Lock] = {}
         self._retries: dict[Key, int] = {}
         self._forbidden: dict[Key, str] = {}
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            limits.AGENT_PUSH_CONCURRENCY, thread_name_prefix="meshplug-push"
-        )
+        self._pool = workqueue.Pool(limits.AGENT_PUSH_CONCURRENCY, "meshplug-push")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop pushing: pushes still running are abandoned (their reconciles raise `workqueue.ShuttingDown`)."""
+        self._pool.close()
 
     # --- the queue's entry point ------------------------------------------------------------------------------
 
@@ -560,7 +558,7 @@ class Reconciler:
             self._pushed[key] = names
         others = [p for p in self.writer.list("v1", "Pod", plugin.namespace) if p["metadata"]["name"] in gone]
         token = self._token(plugin.namespace)
-        results = list(self._pool.map(lambda p: self._sync_pod(p, token), [*pods, *others]))
+        results = self._pool.map(lambda p: self._sync_pod(p, token), [*pods, *others])
         ready, failing, retry, nacks = 0, [], "", []
         for pod, (state, pushed_now) in zip(pods, results, strict=False):
             name = pod["metadata"]["name"]

@@ -4,20 +4,35 @@ Called by `meshplug.controller.handlers`: kopf's watch handlers (WasmPlugins, Po
 `Workers` run `Reconciler.reconcile_key` for them. Semantics as controller-runtime's queue: a key is queued at
 most once (the earliest due time wins); a key is never processed by two workers at once (an `add` while it
 runs marks it dirty and it runs again afterwards); ``add(key, after=s)`` schedules a retry. kopf-free.
+
+Shutdown never waits on a blocked call: `Workers` and `Pool` (the reconciler's pushes to agents) run daemon
+threads, unlike ``concurrent.futures.ThreadPoolExecutor`` whose threads the interpreter joins at exit (a push to
+an agent that does not answer would hold a stopping operator for its whole timeout). Work still running when
+they are stopped is abandoned, and redone by the next leader: every reconcile starts from the API's state.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import heapq
 import logging
+import queue as queue_mod
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 log = logging.getLogger("meshplug.controller.workqueue")
 
 Key = tuple[str, str]  # (namespace, name)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ShuttingDown(Exception):
+    """The operator is stopping: the call was abandoned (the next leader redoes it)."""
 
 
 @dataclass(order=True)
@@ -82,11 +97,13 @@ class WorkQueue:
                 self._push(key, due)
 
     def hold(self, key: Key, timeout: float = 60.0) -> bool:
-        """Wait until no worker runs ``key`` and mark it running (release with `done`); False on timeout.
-        The delete handler holds a key so no reconcile re-creates what its cleanup removes."""
+        """Wait until no worker runs ``key`` and mark it running (release with `done`); False on timeout or
+        shutdown. The delete handler holds a key so no reconcile re-creates what its cleanup removes."""
         deadline = self._clock() + timeout
         with self._cond:
             while key in self._running:
+                if self._closed:
+                    return False
                 left = deadline - self._clock()
                 if left <= 0:
                     return False
@@ -118,6 +135,8 @@ class Workers:
         while (key := self.queue.get()) is not None:
             try:
                 self._work(key)
+            except ShuttingDown:
+                log.debug("reconcile of %s/%s abandoned: the operator is stopping", *key)
             except Exception:  # a bug in one reconcile must not kill the worker; it is logged with its key
                 log.exception("reconcile of %s/%s failed unexpectedly", *key)
                 self.queue.add(key, after=30.0)
@@ -134,3 +153,80 @@ class Workers:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+
+
+class Pool:
+    """Up to ``count`` daemon threads (started on demand) running calls for `map`. `close` abandons what runs:
+    `map` callers waiting for it get `ShuttingDown` at once, later `map` calls too."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._count = count
+        self._name = name
+        self._tasks: queue_mod.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None] = (
+            queue_mod.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._closed = False
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """``[fn(item) for item in items]``, run concurrently; raises the first call's exception."""
+        futures = [self._submit(functools.partial(fn, item)) for item in items]
+        return [f.result() for f in futures]
+
+    def _submit(self, call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise ShuttingDown("the operator is stopping")
+            self._pending.add(future)
+            if self._idle == 0 and len(self._threads) < self._count:
+                thread = threading.Thread(target=self._loop, name=f"{self._name}-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                self._idle += 1
+                thread.start()
+            self._tasks.put((call, future))
+        return future
+
+    def _loop(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            call, future = task
+            with self._lock:
+                self._idle -= 1
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        result = call()
+                    except BaseException as exc:  # handed to the map caller, who re-raises it
+                        _settle(future, exc=exc)
+                    else:
+                        _settle(future, result=result)
+            finally:
+                with self._lock:
+                    self._idle += 1
+                    self._pending.discard(future)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending, self._pending = self._pending, set()
+            threads = len(self._threads)
+        for future in pending:
+            if not future.cancel():  # already running: its caller stops waiting for it
+                _settle(future, exc=ShuttingDown("the operator is stopping"))
+        for _ in range(threads):
+            self._tasks.put(None)
+
+
+def _settle(future: concurrent.futures.Future[Any], *, result: Any = None, exc: BaseException | None = None) -> None:
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass  # settled already (abandoned by close)

@@ -68,6 +68,64 @@ def test_hold_waits_for_the_running_worker_and_shutdown_releases_get() -> None:
     assert q.get() is None
 
 
+def test_hold_returns_false_at_once_on_shutdown() -> None:
+    q = workqueue.WorkQueue()
+    q.add(("ns", "a"))
+    key = q.get()
+    assert key is not None
+    entered = threading.Event()
+    result: list[bool] = []
+
+    def holder() -> None:
+        entered.set()
+        result.append(q.hold(key, timeout=3600))
+
+    t = threading.Thread(target=holder, daemon=True)
+    t.start()
+    entered.wait()
+    q.shutdown()
+    t.join()  # a delete handler holding a key does not keep a stopping operator for the hold's timeout
+    assert result == [False]
+
+
+def test_pool_maps_in_order_and_reraises() -> None:
+    pool = workqueue.Pool(3, "t")
+    try:
+        assert pool.map(lambda x: x * 2, range(10)) == [x * 2 for x in range(10)]
+        with pytest.raises(ZeroDivisionError):
+            pool.map(lambda x: 1 // x, [1, 0, 2])
+        assert all(t.daemon for t in pool._threads) and len(pool._threads) <= 3
+    finally:
+        pool.close()
+
+
+def test_pool_close_abandons_a_blocked_call_and_refuses_new_work() -> None:
+    pool = workqueue.Pool(2, "t")
+    started, never = threading.Event(), threading.Event()
+    raised: list[BaseException] = []
+
+    def blocked(_: int) -> int:
+        started.set()
+        never.wait()  # an agent that does not answer
+        return 1
+
+    def caller() -> None:
+        try:
+            pool.map(blocked, [1, 2, 3])
+        except workqueue.ShuttingDown as exc:
+            raised.append(exc)
+
+    t = threading.Thread(target=caller, daemon=True)
+    t.start()
+    started.wait()
+    pool.close()
+    t.join()  # the waiting caller is released although the call still blocks
+    assert len(raised) == 1
+    with pytest.raises(workqueue.ShuttingDown):
+        pool.map(lambda x: x, [1])
+    never.set()
+
+
 def pod(name: str, labels: dict[str, str], **status: Any) -> dict[str, Any]:
     return {"metadata": {"namespace": "ns", "name": name, "labels": labels}, "status": status}
 
