@@ -15,6 +15,17 @@ missing from the set is removed. Each resource names where the agent fetches the
      "sha256": "<64 hex>", "configuration": "<plugin config string>", "vm_env": {"K": "V"},
      "fail_strategy": "FAIL_CLOSE", "vm_id": "", "vm_configuration": ""}
 
+Optional ``match`` (omitted when empty, so agents predating it accept every push that does not use it, and an
+agent that does not know it refuses a push that does, instead of running the plugin on every request)::
+
+    "match": [{"hosts": ["api.example.com", "*.example.org"], "path_prefixes": ["/v1/"], "exact_paths": ["/"]}]
+
+The plugin runs for a request only when some rule matches it: any of ``hosts`` matches the request's host
+(``:authority``/Host without its port, case-insensitive; ``*.d`` matches any name ending in ``.d``) AND any of
+``path_prefixes`` / ``exact_paths`` matches its path (prefix: plain string prefix of the path, query included,
+as Envoy's route ``prefix``; exact: the path without its query string). An empty list matches everything.
+Otherwise the request skips the plugin as if it were not in the chain.
+
 The agent answers 200 with a Reply in both outcomes (the HTTP status only says the push was read):
 
     ACK:  {"ack": true,  "version_info": "v42", "nonce": "n-1", "error_detail": null,
@@ -64,6 +75,22 @@ class PluginState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class MatchRule:
+    """When a plugin runs: hosts (any of) AND paths (any prefix or exact path); empty tuples match everything."""
+
+    hosts: tuple[str, ...] = ()
+    path_prefixes: tuple[str, ...] = ()
+    exact_paths: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {
+            "hosts": list(self.hosts),
+            "path_prefixes": list(self.path_prefixes),
+            "exact_paths": list(self.exact_paths),
+        }
+
+
+@dataclass(frozen=True)
 class ExtensionConfig:
     """One plugin the agent must run: the module (url + sha256) and how to configure it."""
 
@@ -77,9 +104,11 @@ class ExtensionConfig:
     #: plugins with the same non-empty vm_id, module and vm_configuration share one VM (Envoy semantics)
     vm_id: str = ""
     vm_configuration: str = ""
+    #: run only for requests matching one of these rules; empty: every request
+    match: tuple[MatchRule, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "root_id": self.root_id,
             "url": self.url,
@@ -90,6 +119,9 @@ class ExtensionConfig:
             "vm_id": self.vm_id,
             "vm_configuration": self.vm_configuration,
         }
+        if self.match:
+            out["match"] = [m.to_json() for m in self.match]
+        return out
 
 
 @dataclass(frozen=True)
@@ -191,8 +223,50 @@ def _check_keys(obj: Mapping[str, Any], allowed: frozenset[str], where: str) -> 
 
 
 _RESOURCE_KEYS = frozenset(
-    {"name", "root_id", "url", "sha256", "configuration", "vm_env", "fail_strategy", "vm_id", "vm_configuration"}
+    {
+        "name",
+        "root_id",
+        "url",
+        "sha256",
+        "configuration",
+        "vm_env",
+        "fail_strategy",
+        "vm_id",
+        "vm_configuration",
+        "match",
+    }
 )
+_MATCH_KEYS = frozenset({"hosts", "path_prefixes", "exact_paths"})
+_MAX_MATCH = 64
+
+
+def _strings(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = obj.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or len(value) > _MAX_MATCH:
+        raise errors.ProtocolError(f"{where}.{key} must be a list of at most {_MAX_MATCH} non-empty strings")
+    return tuple(value)
+
+
+def decode_match(obj: Any, where: str) -> tuple[MatchRule, ...]:
+    if not isinstance(obj, list) or len(obj) > _MAX_MATCH:
+        raise errors.ProtocolError(f"{where} must be a list of at most {_MAX_MATCH} rules")
+    rules: list[MatchRule] = []
+    for i, raw in enumerate(obj):
+        at = f"{where}[{i}]"
+        if not isinstance(raw, dict):
+            raise errors.ProtocolError(f"{at} must be an object")
+        _check_keys(raw, _MATCH_KEYS, at)
+        rule = MatchRule(
+            hosts=tuple(h.lower() for h in _strings(raw, "hosts", at)),
+            path_prefixes=_strings(raw, "path_prefixes", at),
+            exact_paths=_strings(raw, "exact_paths", at),
+        )
+        if not all(p.startswith("/") for p in (*rule.path_prefixes, *rule.exact_paths)):
+            raise errors.ProtocolError(f"{at}: paths must start with /")
+        if not (rule.hosts or rule.path_prefixes or rule.exact_paths):
+            raise errors.ProtocolError(f"{at} matches everything: leave it out")
+        rules.append(rule)
+    return tuple(rules)
 
 
 def decode_extension_config(obj: Any, where: str) -> ExtensionConfig:
@@ -230,6 +304,7 @@ def decode_extension_config(obj: Any, where: str) -> ExtensionConfig:
         fail_strategy=fail_strategy,
         vm_id=_str(obj, "vm_id", where, default=""),
         vm_configuration=_str(obj, "vm_configuration", where, default=""),
+        match=decode_match(obj.get("match", []), f"{where}.match"),
     )
 
 

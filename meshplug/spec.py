@@ -17,8 +17,13 @@ Istio semantics (extensions.istio.io WasmPlugin) carried over:
 - ``failStrategy`` unset: FAIL_CLOSE. ``type`` unset: HTTP. ``match`` empty: every traffic direction.
 - ``vmConfig.env[].valueFrom`` unset: INLINE.
 - ``priority`` unset sorts after any explicit value within its phase.
-meshplug's own: ``dataPlane`` (istio | agent, default istio) and ``pluginConfigSchema`` (a JSON Schema the
-``pluginConfig`` must satisfy; `check_plugin_config` is the one check, used here and by the webhook).
+meshplug's own: ``dataPlane`` (istio | agent, default istio), ``pluginConfigSchema`` (a JSON Schema the
+``pluginConfig`` must satisfy; `check_plugin_config` is the one check, used here and by the webhook) and
+``matchRules`` (HTTP only): when set, the plugin runs only for requests matching a rule, with the first matching
+rule's ``pluginConfig`` (else the plugin's). A rule matches when its ``hosts`` (any; ``*.example.com`` matches
+subdomains; the port of ``:authority`` is ignored; case-insensitive) AND its ``paths`` (any; ``prefix`` as an
+Envoy route prefix, ``exact`` ignoring the query string) match; an empty list matches everything. A rule's own
+``pluginConfig`` needs the istio data plane (the agent's protocol carries one configuration per plugin).
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ KIND = "WasmPlugin"
 PLURAL = "wasmplugins"
 
 _SHA256 = re.compile(r"^[a-f0-9]{64}$")
+HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+PATH_PATTERN = r"^/[^?#\s]*$"
+_HOST = re.compile(HOST_PATTERN)
+_PATH = re.compile(PATH_PATTERN)
 _URL_DIGEST = re.compile(r"@sha256:([a-f0-9]{64})$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -110,6 +119,16 @@ class TrafficMatch:
 
 
 @dataclass(frozen=True)
+class MatchRule:
+    """One entry of ``matchRules``: hosts (any of) AND paths (any of); an empty tuple matches everything."""
+
+    hosts: tuple[str, ...]  # lower-case; "*.example.com" matches any subdomain
+    path_prefixes: tuple[str, ...]
+    exact_paths: tuple[str, ...]
+    plugin_config: str | None  # canonical JSON; None: the plugin's own pluginConfig
+
+
+@dataclass(frozen=True)
 class TargetRef:
     group: str
     kind: str
@@ -141,6 +160,7 @@ class PluginSpec:
     data_plane: DataPlane
     selector: tuple[tuple[str, str], ...]  # sorted matchLabels; empty = every workload of the namespace
     target_refs: tuple[TargetRef, ...]
+    match_rules: tuple[MatchRule, ...] = ()  # empty: every request; else only requests matching a rule
 
     @property
     def envoy_name(self) -> str:
@@ -292,6 +312,56 @@ def _match(spec: Mapping[str, Any]) -> tuple[TrafficMatch, ...]:
     return tuple(out) or (TrafficMatch(mode=MatchMode.CLIENT_AND_SERVER, ports=()),)
 
 
+def _match_rules(spec: Mapping[str, Any], schema: Mapping[str, Any] | None) -> tuple[MatchRule, ...]:
+    items = spec.get("matchRules") or []
+    if not isinstance(items, list):
+        raise errors.SpecError("spec.matchRules must be a list")
+    if len(items) > limits.MAX_MATCH_RULES:
+        raise errors.SpecError(f"spec.matchRules has {len(items)} entries; at most {limits.MAX_MATCH_RULES}")
+    out: list[MatchRule] = []
+    for i, item in enumerate(items):
+        where = f"spec.matchRules[{i}]"
+        if not isinstance(item, Mapping):
+            raise errors.SpecError(f"{where} must be an object")
+        hosts, paths = item.get("hosts") or [], item.get("paths") or []
+        if not isinstance(hosts, list) or not isinstance(paths, list):
+            raise errors.SpecError(f"{where}: hosts and paths must be lists")
+        if not hosts and not paths:
+            raise errors.SpecError(f"{where} needs hosts or paths (a rule matching everything is no rule)")
+        if len(hosts) > limits.MAX_MATCH_RULE_ITEMS or len(paths) > limits.MAX_MATCH_RULE_ITEMS:
+            raise errors.SpecError(f"{where}: at most {limits.MAX_MATCH_RULE_ITEMS} hosts and paths")
+        for host in hosts:
+            if not isinstance(host, str) or not _HOST.match(host):
+                raise errors.SpecError(f"{where}.hosts: {host!r} is not a lower-case host name (or *.domain)")
+        prefixes: list[str] = []
+        exact: list[str] = []
+        for path in paths:
+            kinds = sorted(set(path) & {"prefix", "exact"}) if isinstance(path, Mapping) else []
+            if not isinstance(path, Mapping) or len(kinds) != 1 or len(path) != 1:
+                raise errors.SpecError(f"{where}.paths: {path!r} must set exactly one of prefix or exact")
+            value = path[kinds[0]]
+            if not isinstance(value, str) or not _PATH.match(value):
+                raise errors.SpecError(f"{where}.paths: {value!r} must start with / (no query, no spaces)")
+            (prefixes if kinds[0] == "prefix" else exact).append(value)
+        config = item.get("pluginConfig")
+        if config is not None and not isinstance(config, Mapping):
+            raise errors.SpecError(f"{where}.pluginConfig must be an object")
+        if config is not None and schema is not None:
+            try:
+                check_plugin_config(config, schema)
+            except errors.SpecError as exc:
+                raise errors.SpecError(f"{where}.{exc.message}", reason=exc.reason) from None
+        out.append(
+            MatchRule(
+                hosts=tuple(dict.fromkeys(hosts)),
+                path_prefixes=tuple(dict.fromkeys(prefixes)),
+                exact_paths=tuple(dict.fromkeys(exact)),
+                plugin_config=canonical_json(config) if config is not None else None,
+            )
+        )
+    return tuple(out)
+
+
 def _selector(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     sel = spec.get("selector") or {}
     labels = (sel.get("matchLabels") or {}) if isinstance(sel, Mapping) else None
@@ -353,6 +423,14 @@ def parse(body: Mapping[str, Any]) -> PluginSpec:
         if not isinstance(raw_schema, Mapping):
             raise errors.SpecError("spec.pluginConfigSchema must be an object (a JSON Schema)")
         check_plugin_config(raw_config, raw_schema)
+    match_rules = _match_rules(spec, raw_schema)
+    plugin_type = _enum(spec, "type", PluginType, PluginType.HTTP, unset="UNSPECIFIED_PLUGIN_TYPE")
+    if match_rules and plugin_type is PluginType.NETWORK:
+        raise errors.SpecError("spec.matchRules match hosts and paths: they need type HTTP")
+    if data_plane is DataPlane.AGENT and any(r.plugin_config is not None for r in match_rules):
+        raise errors.SpecError(
+            "spec.matchRules[].pluginConfig needs the istio data plane (the agent runs one configuration per plugin)"
+        )
 
     return PluginSpec(
         namespace=namespace,
@@ -371,8 +449,9 @@ def parse(body: Mapping[str, Any]) -> PluginSpec:
         fail_strategy=_enum(spec, "failStrategy", FailStrategy, FailStrategy.FAIL_CLOSE),
         env=_env(spec),
         match=_match(spec),
-        type=_enum(spec, "type", PluginType, PluginType.HTTP, unset="UNSPECIFIED_PLUGIN_TYPE"),
+        type=plugin_type,
         data_plane=data_plane,
         selector=_selector(spec),
         target_refs=target_refs,
+        match_rules=match_rules,
     )

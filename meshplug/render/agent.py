@@ -3,7 +3,9 @@
 Called by the controller when it builds the full push for one pod's agent (every agent-plane plugin that
 selects the pod). Pure: no I/O. The agent fetches each module from the operator's module server by sha256.
 Chain order is Istio's: phase (AUTHN, AUTHZ, STATS, UNSPECIFIED), then priority (higher first, unset last),
-then the caller's tie-break key (creation time, then namespace/name).
+then the caller's tie-break key (creation time, then namespace/name). ``matchRules`` become the resource's
+``match`` (the agent skips the plugin for requests no rule matches); per-rule pluginConfig is istio-only
+(`meshplug.spec` refuses it for the agent plane).
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ def extension_config(
         configuration=plugin.plugin_config,
         vm_env=tuple((e.name, e.value) for e in plugin.env if e.source is spec.EnvSource.INLINE),
         fail_strategy=protocol.FailStrategy(plugin.fail_strategy.value),
+        match=match_of(plugin),
+    )
+
+
+def match_of(plugin: spec.PluginSpec) -> tuple[protocol.MatchRule, ...]:
+    return tuple(
+        protocol.MatchRule(hosts=r.hosts, path_prefixes=r.path_prefixes, exact_paths=r.exact_paths)
+        for r in plugin.match_rules
     )
 
 

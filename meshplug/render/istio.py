@@ -22,6 +22,8 @@ keeps application order, INSERT_FIRST reverses it, hence the sign flip for AUTHN
 
 Match: mode CLIENT -> SIDECAR_OUTBOUND, SERVER -> SIDECAR_INBOUND, CLIENT_AND_SERVER -> ANY, one patch per
 port (``listener.portNumber``); with targetRefs to a Gateway/GatewayClass the context is GATEWAY.
+matchRules: the patched filter is `meshplug.render.envoy.plugin_filter`'s composite, run per request only where a
+rule matches (same placement, same name).
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ def _patch(plugin: spec.PluginSpec, code: model.Code, context: str, port: int | 
     return {
         "applyTo": apply_to,
         "match": {"context": context, "listener": listener},
-        "patch": {"operation": place.operation, "value": envoy.wasm_filter(plugin, code)},
+        "patch": {"operation": place.operation, "value": envoy.plugin_filter(plugin, code)},
     }
 
 

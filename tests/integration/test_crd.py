@@ -71,6 +71,18 @@ VALID: list[tuple[str, dict[str, Any]]] = [
             "dataPlane": "agent",
         },
     ),
+    (
+        "match-rules",
+        {
+            "pluginConfig": {"k": 1},
+            "matchRules": [
+                {"hosts": ["api.example.com", "*.example.org"], "pluginConfig": {"k": 2}},
+                {"paths": [{"prefix": "/v1/"}, {"exact": "/"}]},
+                {"hosts": ["web"], "paths": [{"exact": "/healthz"}]},
+            ],
+        },
+    ),
+    ("match-rules-agent", {"dataPlane": "agent", "matchRules": [{"paths": [{"prefix": "/api"}]}]}),
 ]
 
 
@@ -152,6 +164,17 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("plugin-config-not-object", {"pluginConfig": "x=1"}, 'spec.pluginConfig: Invalid value: "string"'),
     ("wildcard-label", {"selector": {"matchLabels": {"*": "x"}}}, "wildcard and empty label keys are not supported"),
+    ("match-rule-empty", {"matchRules": [{}]}, "a match rule needs hosts or paths"),
+    ("match-rule-host", {"matchRules": [{"hosts": ["API.example.com"]}]}, "spec.matchRules[0].hosts[0]"),
+    ("match-rule-path", {"matchRules": [{"paths": [{"prefix": "api"}]}]}, "spec.matchRules[0].paths[0].prefix"),
+    ("match-rule-both", {"matchRules": [{"paths": [{"prefix": "/", "exact": "/"}]}]}, "exactly one of prefix or exact"),
+    ("match-rules-many", {"matchRules": [{"hosts": ["a"]}] * 17}, "must have at most 16 items"),
+    ("match-rules-network", {"type": "NETWORK", "matchRules": [{"hosts": ["a"]}]}, "they need type HTTP"),
+    (
+        "match-rule-config-agent",
+        {"dataPlane": "agent", "matchRules": [{"hosts": ["a"], "pluginConfig": {"k": 1}}]},
+        "matchRules[].pluginConfig needs the istio data plane",
+    ),
 ]
 
 

@@ -1,8 +1,12 @@
 """Every rendered EnvoyFilter, applied to a sidecar-shaped bootstrap as istiod would, passes real Envoy's
-`--mode validate` with the real module bytes mounted from the rendered ConfigMap (V8 loads the module)."""
+`--mode validate` with the real module bytes mounted from the rendered ConfigMap (V8 loads the module).
+matchRules also run for real: the rendered filter in a running Envoy in front of the echo service, with a
+header-setting corpus module, sets each rule's header only on the requests that rule matches."""
 
 from __future__ import annotations
 
+import http.client
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,8 @@ import wasmtime
 
 from meshplug import limits, spec
 from meshplug.render import istio, model
-from tests.testbed import envoy, sidecar
+from tests.corpus import modules as corpus_modules
+from tests.testbed import envoy, procs, sidecar, upstream
 
 SERVER = model.ModuleServer(host="meshplug-modules.meshplug-system.svc.cluster.local", port=8080)
 
@@ -106,6 +111,30 @@ CASES: list[tuple[str, dict[str, Any], model.Module, dict[str, list[str]]]] = [
         {"inbound_tcp_9090": [P, TCP], "inbound_http_9080": [P, HCM]},
     ),
     (
+        "match-rules",
+        {
+            "pluginConfig": {"who": "default"},
+            "matchRules": [
+                {"hosts": ["api.example.com", "*.example.org"], "pluginConfig": {"who": "api"}},
+                {"paths": [{"prefix": "/v1/"}, {"exact": "/healthz"}]},
+                {"hosts": ["web"], "paths": [{"exact": "/"}], "pluginConfig": {"who": "web-root"}},
+            ],
+            "failStrategy": "FAIL_OPEN",
+        },
+        SMALL,
+        {
+            "inbound_http_9080": [MX, AUTHN, RBAC, STATS, P, ROUTER],
+            "outbound_http_80": [MX, AUTHN, RBAC, STATS, P, ROUTER],
+            "outbound_http_8080": [MX, AUTHN, RBAC, STATS, P, ROUTER],
+        },
+    ),
+    (
+        "match-rules-remote-large-module",
+        {"matchRules": [{"paths": [{"prefix": "/a"}]}], "match": [{"mode": "CLIENT", "ports": [{"number": 80}]}]},
+        LARGE,
+        {"outbound_http_80": [MX, AUTHN, RBAC, STATS, P, ROUTER]},
+    ),
+    (
         "remote-large-module",
         {"failStrategy": "FAIL_OPEN", "match": [{"mode": "CLIENT", "ports": [{"number": 80}]}]},
         LARGE,
@@ -177,3 +206,62 @@ def test_validation_catches_an_unknown_failure_policy(tmp_path: Path) -> None:
     wasm["typed_config"]["config"]["failure_policy"] = "FAIL_SOMETIMES"
     with pytest.raises(envoy.EnvoyConfigError, match="FAIL_SOMETIMES"):
         envoy.validate_config(envoy.write_config(config, tmp_path / "sidecar"))
+
+
+def test_match_rules_run_only_where_they_match(
+    tmp_path: Path,
+    envoy_runner: Callable[[Mapping[str, Any]], envoy.Envoy],
+    upstream_service: Callable[[str], upstream.Service],
+) -> None:
+    built = corpus_modules.module("rust/header_rules")  # {"request": {"set": {name: value}}}: sets request headers
+    module = model.Module.of(built.path.read_bytes())
+
+    def sets(value: str) -> dict[str, Any]:
+        return {"request": {"set": {"x-rule": value}}}
+
+    plugin = _plugin(
+        {
+            "pluginConfig": sets("default"),
+            "matchRules": [
+                {"hosts": ["api.example.com"], "pluginConfig": sets("api")},
+                {"hosts": ["*.example.org"], "paths": [{"prefix": "/v1/"}], "pluginConfig": sets("org-v1")},
+                {"paths": [{"exact": "/healthz"}]},  # the plugin's own configuration
+            ],
+        }
+    )
+    objects = istio.render(plugin, module, SERVER)
+    assert objects.config_map is not None and isinstance(objects.code, model.LocalCode)
+    mounted = sidecar.mount_config_map(objects.config_map, tmp_path / "mnt")
+    ef = _replace_prefix(objects.envoy_filter, objects.code.mount_dir, str(mounted))
+    rendered = ef["spec"]["configPatches"][0]["patch"]["value"]  # the filter the sidecar would get
+    echo = upstream_service("echo")
+    port = procs.free_port()
+    listener = envoy.http_listener("in", port, cluster="echo", http_filters=[rendered])
+    proxy = envoy_runner(envoy.bootstrap(procs.free_port(), [listener], [envoy.static_cluster("echo", echo.port)]))
+    cases = [
+        ("api.example.com", "/anything", "api"),
+        ("API.example.com:8080", "/", "api"),  # case and port of :authority ignored
+        ("a.example.org", "/v1/x", "org-v1"),
+        ("a.b.example.org:443", "/v1/", "org-v1"),
+        ("a.example.org", "/v2/x", None),  # host matches, path does not
+        ("example.org", "/v1/x", None),  # *.example.org needs a subdomain
+        ("other", "/healthz", "default"),
+        ("other", "/healthz?probe=1", "default"),  # exact path ignores the query
+        ("other", "/healthz/x", None),
+        ("other", "/", None),
+        ("api.example.com.evil", "/", None),
+    ]
+    got = []
+    for host, path, _ in cases:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", path, headers={"Host": host})
+            resp = conn.getresponse()
+            body = resp.read()
+            assert resp.status == 200, (host, path, resp.status, body[:200])
+        finally:
+            conn.close()
+        record = upstream.decode_record(body)
+        values = [v for k, v in record["headers"] if k.lower() == "x-rule"]
+        got.append((host, path, values[0] if values else None))
+    assert got == cases, proxy.proc.log()[-3000:]

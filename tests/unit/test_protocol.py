@@ -93,3 +93,36 @@ def test_a_nack_without_detail_is_malformed_and_raise_for_nack_maps_the_reason()
     with pytest.raises(errors.PushError, match="boom") as info:
         protocol.raise_for_nack(nack)
     assert info.value.reason == "x_y"
+
+
+def test_match_round_trips_and_is_left_out_when_empty() -> None:
+    rules = (
+        protocol.MatchRule(hosts=("api.example.com", "*.example.org")),
+        protocol.MatchRule(path_prefixes=("/v1/",), exact_paths=("/",)),
+    )
+    cfg = protocol.ExtensionConfig(name="a", root_id="", url="file:///m.wasm", sha256="", match=rules)
+    push = protocol.Push(version_info="v1", nonce="n", resources=(cfg,))
+    assert protocol.decode_push(protocol.encode(push)) == push
+    # backward compatible: without rules the resource has no "match" key (agents predating it accept it), and
+    # a resource without the key decodes to "every request"
+    plain = protocol.ExtensionConfig(name="a", root_id="", url="file:///m.wasm", sha256="")
+    assert "match" not in plain.to_json()
+    assert protocol.decode_push(_with()).resources[0].match == ()
+    hosts = protocol.decode_push(_with(r_match=[{"hosts": ["API.Example.com"]}])).resources[0].match
+    assert hosts == (protocol.MatchRule(hosts=("api.example.com",)),)
+
+
+@pytest.mark.parametrize(
+    ("match", "fragment"),
+    [
+        ({}, "must be a list"),
+        ([{}], "matches everything"),
+        ([{"hosts": "a"}], "list of at most"),
+        ([{"hosts": [""]}], "non-empty strings"),
+        ([{"path_prefixes": ["v1"]}], "must start with /"),
+        ([{"paths": ["/"]}], "unknown field"),
+    ],
+)
+def test_malformed_match_is_a_protocol_error(match: Any, fragment: str) -> None:
+    with pytest.raises(errors.ProtocolError, match=fragment):
+        protocol.decode_push(_with(r_match=match))

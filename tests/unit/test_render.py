@@ -294,3 +294,22 @@ def test_remove_module_volume(annotations: dict[str, str], expected: dict[str, s
 def test_foreign_garbage_in_annotations_is_an_apply_error(bad: str) -> None:
     with pytest.raises(errors.ApplyError):
         podtemplate.with_module_volume({podtemplate.USER_VOLUME: bad}, CODE)
+
+
+def test_match_rules_render_a_composite_with_one_action_per_rule() -> None:
+    rules = [
+        {"hosts": ["api.example.com"], "pluginConfig": {"who": "api"}},
+        {"paths": [{"prefix": "/v1/"}]},
+    ]
+    p = plugin(pluginConfig={"who": "default"}, matchRules=rules)
+    code = istio.code_for(p, SMALL, SERVER)
+    value = istio.envoy_filter(p, code)["spec"]["configPatches"][0]["patch"]["value"]
+    assert value["name"] == "shop.hdr"  # same name, same placement as without rules
+    assert value["typed_config"]["@type"] == envoy.EXTENSION_WITH_MATCHER
+    assert value["typed_config"]["extension_config"]["typed_config"]["@type"] == envoy.COMPOSITE
+    matchers = value["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
+    configs = [m["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]["config"] for m in matchers]
+    # a rule with its own configuration gets its own VM; one with the plugin's shares the plugin's VM
+    assert [c["vm_config"]["vm_id"] for c in configs] == ["shop.hdr.rule0", "shop.hdr"]
+    assert [c["configuration"]["value"] for c in configs] == ['{"who":"api"}', '{"who":"default"}']
+    assert "xds_matcher" not in json.dumps(envoy.plugin_filter(plugin(), code))  # no rules: the plain filter

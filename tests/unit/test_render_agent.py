@@ -29,3 +29,17 @@ def test_agent_desired_set_in_chain_order() -> None:
     assert resources[0].url == SERVER.url(SMALL.sha256, signed=True) and resources[0].sha256 == SMALL.sha256
     assert agent.version_of(resources) == agent.version_of(agent.desired_set(list(reversed(entries)), SERVER))
     assert agent.version_of(resources) != agent.version_of(resources[:3])
+
+
+def test_match_rules_become_the_resource_match() -> None:
+    rules = [
+        {"hosts": ["api.example.com", "*.example.org"]},
+        {"paths": [{"prefix": "/v1/"}, {"exact": "/healthz"}], "hosts": ["web"]},
+    ]
+    (res,) = agent.desired_set([(plugin(dataPlane="agent", matchRules=rules), SMALL, "0")], SERVER)
+    assert res.match == (
+        protocol.MatchRule(hosts=("api.example.com", "*.example.org")),
+        protocol.MatchRule(hosts=("web",), path_prefixes=("/v1/",), exact_paths=("/healthz",)),
+    )
+    (plain,) = agent.desired_set([(plugin(dataPlane="agent"), SMALL, "0")], SERVER)
+    assert plain.match == () and "match" not in plain.to_json()

@@ -193,3 +193,44 @@ def test_invalid_schema_is_its_own_reason() -> None:
 )
 def test_oci_tag(url: str, tag: str | None) -> None:
     assert spec.oci_tag(url) == tag
+
+
+def test_match_rules() -> None:
+    rules = [
+        {"hosts": ["api.example.com", "*.example.org", "api.example.com"], "pluginConfig": {"k": 2}},
+        {"paths": [{"prefix": "/v1/"}, {"exact": "/"}]},
+    ]
+    got = spec.parse(body(matchRules=rules, pluginConfig={"k": 1})).match_rules
+    assert got == (
+        spec.MatchRule(
+            hosts=("api.example.com", "*.example.org"), path_prefixes=(), exact_paths=(), plugin_config='{"k":2}'
+        ),
+        spec.MatchRule(hosts=(), path_prefixes=("/v1/",), exact_paths=("/",), plugin_config=None),
+    )
+    assert spec.parse(body()).match_rules == ()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"matchRules": [{}]}, "needs hosts or paths"),
+        ({"matchRules": [{"hosts": ["API.example.com"]}]}, "lower-case host"),
+        ({"matchRules": [{"hosts": ["a.*.com"]}]}, "lower-case host"),
+        ({"matchRules": [{"paths": [{"prefix": "v1"}]}]}, "must start with /"),
+        ({"matchRules": [{"paths": [{"exact": "/a?b=1"}]}]}, "must start with /"),
+        ({"matchRules": [{"paths": [{"prefix": "/", "exact": "/"}]}]}, "exactly one of prefix or exact"),
+        ({"matchRules": [{"hosts": ["a"]}] * 17}, "at most 16"),
+        ({"matchRules": [{"hosts": ["a"]}], "type": "NETWORK"}, "need type HTTP"),
+        ({"matchRules": [{"hosts": ["a"], "pluginConfig": {}}], "dataPlane": "agent"}, "needs the istio data plane"),
+        (
+            {
+                "matchRules": [{"hosts": ["a"], "pluginConfig": {"k": "x"}}],
+                "pluginConfigSchema": {"properties": {"k": {"type": "integer"}}},
+            },
+            r"matchRules\[0\]\.pluginConfig\.k",
+        ),
+    ],
+)
+def test_match_rules_rejected(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(errors.SpecError, match=message):
+        spec.parse(body(**fields))
