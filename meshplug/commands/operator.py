@@ -25,9 +25,26 @@ from meshplug.fetch import serve
 from meshplug.render import model
 
 HELP = "run the WasmPlugin operator: fetch, validate, render and apply plugins; serve modules"
+EPILOG = """\
+WasmPlugin (meshplug.io/v1alpha1) takes Istio's WasmPlugin fields plus:
+  dataPlane: istio | agent        istio (default): EnvoyFilter + ConfigMap on Istio sidecars;
+                                  agent: pushed to meshplug's in-pod agent (Ready = every agent confirmed)
+  pluginConfigSchema: {...}       JSON Schema that pluginConfig must satisfy (checked at admission)
+      pluginConfigSchema: {type: object, required: [header], properties: {header: {type: string}}}
+  matchRules: [...]               HTTP only: run only where a rule matches (hosts AND paths), with the
+                                  first matching rule's pluginConfig (istio plane) or the plugin's own
+      matchRules:
+        - hosts: [api.example.com, "*.example.org"]
+          pluginConfig: {header: x-api}
+        - paths: [{prefix: /v1/}, {exact: /healthz}]
+
+SIGTERM/SIGINT: stops within a few seconds, releasing the leader Lease (a standby takes over at once).
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: $KUBECONFIG, else in-cluster)")
     parser.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
     parser.add_argument("--module-listen", default="0.0.0.0:8080", help="module server bind address HOST:PORT")
