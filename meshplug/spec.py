@@ -8,9 +8,11 @@ because a CR may have been stored before a rule existed.
 
 Istio semantics (extensions.istio.io WasmPlugin) carried over:
 - url without a scheme is ``oci://``; schemes oci, http, https, file.
-- ``sha256`` of an ``oci://`` url is the image manifest digest (it must agree with an ``@sha256:`` in the url):
-  it pins the reference (``PluginSpec.url`` carries ``@sha256:``, ``PluginSpec.sha256`` is None); for http(s)
-  and file urls it is the sha256 of the module bytes (Istio ignores it for file://; meshplug checks it).
+- ``sha256`` is the sha256 of the module's wasm bytes for every scheme (Istio ignores it for file://; meshplug
+  checks it). For ``oci://`` the fetcher also accepts the image manifest digest there (Istio's meaning), so an
+  Istio manifest ports unchanged; an ``@sha256:`` in the url pins the manifest and is checked against it, and
+  may differ from ``sha256`` (one pins the manifest, the other the bytes). Setting ``sha256`` makes the
+  default pull policy IfNotPresent, as in Istio.
 - ``imagePullPolicy`` unset: IfNotPresent, except an OCI reference whose tag is ``latest`` (or has neither
   tag nor digest, which means latest): Always.
 - ``pluginName`` is Envoy's root id; Envoy's plugin name is ``<namespace>.<name>``.
@@ -145,7 +147,7 @@ class PluginSpec:
     generation: int
     url: str  # with its scheme, always
     scheme: Scheme
-    sha256: str | None  # hex sha256 of the module's bytes (http/https/file pin); always None for oci (see url)
+    sha256: str | None  # hex sha256 of the module's bytes (for oci also accepted: the manifest digest)
     pull_policy: PullPolicy
     pull_secret: str | None
     plugin_config: str  # canonical JSON text ("" when unset), what the plugin receives as configuration
@@ -248,11 +250,11 @@ def oci_tag(url: str) -> str | None:
     return last.rsplit(":", 1)[1] if ":" in last else "latest"
 
 
-def _pull_policy(spec: Mapping[str, Any], url: str, scheme: Scheme) -> PullPolicy:
+def _pull_policy(spec: Mapping[str, Any], url: str, scheme: Scheme, *, pinned: bool) -> PullPolicy:
     raw = _str(spec, "imagePullPolicy")
     if raw not in ("", "UNSPECIFIED_POLICY"):
         return _enum(spec, "imagePullPolicy", PullPolicy, PullPolicy.IF_NOT_PRESENT)  # type: ignore[no-any-return]
-    if scheme is Scheme.OCI and oci_tag(url) == "latest":
+    if scheme is Scheme.OCI and oci_tag(url) == "latest" and not pinned:
         return PullPolicy.ALWAYS
     return PullPolicy.IF_NOT_PRESENT
 
@@ -264,9 +266,7 @@ def _sha256(spec: Mapping[str, Any], url: str) -> str | None:
     in_url = _URL_DIGEST.search(url)
     if "@sha256:" in url and in_url is None:
         raise errors.SpecError(f"spec.url {url!r}: @sha256: must be followed by 64 lowercase hex digits")
-    if given and in_url and in_url.group(1) != given:
-        raise errors.SpecError("spec.sha256 does not match the @sha256: digest in spec.url")
-    return given or (in_url.group(1) if in_url else None)
+    return given or None
 
 
 def _env(spec: Mapping[str, Any]) -> tuple[EnvVar, ...]:
@@ -406,8 +406,6 @@ def parse(body: Mapping[str, Any]) -> PluginSpec:
         raise errors.SpecError("metadata.name and metadata.namespace are required")
     url, scheme = normalise_url(_str(spec, "url"))
     sha256 = _sha256(spec, url)
-    if scheme is Scheme.OCI and sha256 is not None and "@" not in url:
-        url = f"{url}@sha256:{sha256}"  # Istio: an OCI sha256 is the image manifest digest, i.e. a pinned reference
     if spec.get("selector") is not None and spec.get("targetRefs"):
         raise errors.SpecError("only one of spec.selector or spec.targetRefs can be set")
     data_plane = _enum(spec, "dataPlane", DataPlane, DataPlane.ISTIO)
@@ -438,8 +436,8 @@ def parse(body: Mapping[str, Any]) -> PluginSpec:
         generation=int(meta.get("generation") or 0),
         url=url,
         scheme=scheme,
-        sha256=None if scheme is Scheme.OCI else sha256,
-        pull_policy=_pull_policy(spec, url, scheme),
+        sha256=sha256,
+        pull_policy=_pull_policy(spec, url, scheme, pinned=sha256 is not None),
         pull_secret=_str(spec, "imagePullSecret") or None,
         plugin_config=canonical_json(raw_config) if raw_config is not None else "",
         config_schema=canonical_json(raw_schema) if raw_schema is not None else None,
