@@ -607,6 +607,25 @@ class Stream:
 
     _ids = itertools.count(1)
 
+    # scalar state at its initial value: class attributes, shadowed per stream on first change (a stream
+    # is made per request: each assignment saved in __init__ counts)
+    on_progress: Callable[[Stream], None] | None = None
+    response_started = False  # response headers went downstream
+    upstream_started = False
+    local_reply: LocalReply | None = None
+    reset: str | None = None
+    completed = False
+    _busy = False
+    _pending = False  # frames were queued since the loop last ran
+    bytes_received = 0  # request body bytes from downstream (Envoy's bytesReceived)
+    bytes_sent = 0  # response body bytes sent downstream (bytesSent)
+    response_entered = False  # upstream response headers entered the chain
+    #: property response.code_details: "via_upstream" once the upstream response entered, a local
+    #: reply's details, a reset's reason (Envoy's StreamInfo::responseCodeDetails); None = not yet
+    code_details: str | None = None
+    #: property response.flags: RESPONSE_FLAG_* bits the shell sets (e.g. upstream connect failure)
+    response_flags = 0
+
     def __init__(self, chain: Chain, info: StreamInfo, start_time_ns: int | None = None) -> None:
         self.id = next(Stream._ids)
         self.chain = chain
@@ -618,12 +637,6 @@ class Stream:
         self.response_headers: Headers = []
         self.request_trailers: Headers = []
         self.response_trailers: Headers = []
-        self.on_progress: Callable[[Stream], None] | None = None
-        self.response_started = False  # response headers went downstream
-        self.upstream_started = False
-        self.local_reply: LocalReply | None = None
-        self.reset: str | None = None
-        self.completed = False
         n = len(chain.filters)
         self._n = n
         self._lanes: list[_Lane | None] = [None, None]
@@ -632,16 +645,6 @@ class Stream:
         self._seen_request = [False] * n
         self._controls: deque[_Control] = deque()
         self._outputs: list[Output] = []
-        self._busy = False
-        self._pending = False  # frames were queued since the loop last ran
-        self.bytes_received = 0  # request body bytes from downstream (Envoy's bytesReceived)
-        self.bytes_sent = 0  # response body bytes sent downstream (bytesSent)
-        self.response_entered = False  # upstream response headers entered the chain
-        #: property response.code_details: "via_upstream" once the upstream response entered, a local
-        #: reply's details, a reset's reason (Envoy's StreamInfo::responseCodeDetails); None = not yet
-        self.code_details: str | None = None
-        #: property response.flags: RESPONSE_FLAG_* bits the shell sets (e.g. upstream connect failure)
-        self.response_flags = 0
         self._trailers_in = [False, False]  # trailers arrived from the peer, per direction
 
     @property
@@ -919,11 +922,12 @@ class Stream:
             fs = self._filter_stream(index)
         if fs is None:
             return frame
-        assert not isinstance(fs, _NotCreated)
         if kind == _HEADERS:
-            action = fs.on_headers(direction, frame[1])
+            action = fs.on_headers(direction, frame[1])  # type: ignore[union-attr]
+            if action is _CONTINUE:
+                return frame  # what _release does for headers
         elif kind == _TRAILERS:
-            action = fs.on_trailers(direction)
+            action = fs.on_trailers(direction)  # type: ignore[union-attr]
         else:
             body = lane.body[pos]
             body += frame[2]
@@ -934,7 +938,7 @@ class Stream:
                 # Envoy enforces with flow control is a 413 / 500 here
                 self._overflow(direction)
                 return None
-            action = fs.on_body(direction, len(body), frame[1])
+            action = fs.on_body(direction, len(body), frame[1])  # type: ignore[union-attr]
         if action is _CONTINUE:
             return self._release(lane, pos, frame)
         lane.stalled = True

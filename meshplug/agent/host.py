@@ -241,6 +241,8 @@ class HttpContext(Context):
         self.properties = {}
         self.deleted = False
         self.control = control
+        #: the stream's header lists (the chain keeps each list's identity for the stream's life), by direction
+        self.maps = (control.headers(Direction.REQUEST), control.headers(Direction.RESPONSE))
         self.created = False
         self.local_reply_sent = False
         self.plugin_ref = root.plugin_ref
@@ -257,11 +259,11 @@ class HttpContext(Context):
     # map/buffer access for shims
     def header_map(self, map_type: int) -> Headers | None:
         if map_type == abi.MAP_REQUEST_HEADERS:
-            return self.control.headers(Direction.REQUEST)
+            return self.maps[0]
         if map_type == abi.MAP_REQUEST_TRAILERS:
             return self._trailers(Direction.REQUEST)
         if map_type == abi.MAP_RESPONSE_HEADERS:
-            return self.control.headers(Direction.RESPONSE)
+            return self.maps[1]
         if map_type == abi.MAP_RESPONSE_TRAILERS:
             return self._trailers(Direction.RESPONSE)
         return self.root.maps.get(map_type)
@@ -298,7 +300,7 @@ class HttpContext(Context):
             return False
         if not self.created:
             self.created = True
-            self.id = wvm.next_id()
+            self.id = next(wvm._ids)
             wvm.contexts[self.id] = self
             fn = wvm.cb.context_create
             if fn is not None and wvm.call_fn(self, fn, self.id, self.root.id) < 0:
@@ -312,14 +314,23 @@ class HttpContext(Context):
         return self._ensure()
 
     def on_headers(self, direction: Direction, end_stream: bool) -> Action:
-        if not self._ready():
-            return Action.FAIL
         wvm = self.vm
+        # `_ready()` inline: the common case (created, alive) in one test
+        if (
+            not (
+                self.created
+                and wvm.failed is None
+                and not self.deleted
+                and self.generation == self.plugin_ref.generation
+            )
+            and not self._ensure()
+        ):
+            return Action.FAIL
         cb = wvm.cb
         fn = cb.headers[direction]
         if fn is None:  # not exported: nothing to call (Envoy calls only exported callbacks)
             return Action.CONTINUE
-        n = len(self.control.headers(direction))
+        n = len(self.maps[direction])
         request = direction == _REQUEST
         if request:
             self.request_headers_attached = True
@@ -345,16 +356,25 @@ class HttpContext(Context):
         return action
 
     def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
-        if not self._ready():
+        wvm = self.vm
+        if (
+            not (
+                self.created
+                and wvm.failed is None
+                and not self.deleted
+                and self.generation == self.plugin_ref.generation
+            )
+            and not self._ensure()
+        ):
             return Action.FAIL
-        fn = self.vm.cb.body[direction]
+        fn = wvm.cb.body[direction]
         if fn is None:
             return _CONTINUE
         if not end_stream:
-            return self._action(self.vm.call_fn(self, fn, self.id, size, 0), body=True)
+            return self._action(wvm.call_fn(self, fn, self.id, size, 0), body=True)
         self.eos_body = direction
         try:
-            r = self.vm.call_fn(self, fn, self.id, size, 1)
+            r = wvm.call_fn(self, fn, self.id, size, 1)
         finally:
             self.eos_body = None
         if r == 0 and not self.local_reply_sent:
@@ -392,9 +412,11 @@ class HttpContext(Context):
             # (a local reply or reset before it) so that on_log / on_done / on_delete stay balanced
             return
         wvm = self.vm
-        # Envoy HTTP order: access log, then done, then delete (the exported ones: cb.end)
+        plugin = self.plugin_ref
+        # Envoy HTTP order: access log, then done, then delete (the exported ones: cb.end); each while the
+        # context is alive (`_alive()` inline)
         for fn in wvm.cb.end:
-            if self._alive():
+            if wvm.failed is None and not self.deleted and self.generation == plugin.generation:
                 wvm.call_fn(self, fn, self.id)
         self.deleted = True
         wvm.contexts.pop(self.id, None)
@@ -647,7 +669,6 @@ class WasmVm:
             return -1
         saved_current, saved_effective = self.current, self.effective
         self.current = self.effective = ctx
-        outermost = self.guest.depth == 0
         try:
             result = fn(*args)
         except errors.PluginRuntimeError as exc:
@@ -663,7 +684,8 @@ class WasmVm:
             return -1
         finally:
             self.current, self.effective = saved_current, saved_effective
-        if outermost and self.after:
+        # the guest's call depth is back to what it was before the call: 0 for an outermost call
+        if self.after and self.guest.depth == 0:
             self.run_after()
         return result
 

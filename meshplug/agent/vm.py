@@ -631,14 +631,15 @@ class FastGuest(Guest):
 
         def call(*args: int) -> int:
             pack(arr, 0, *args)
-            if guest.depth == 0 and guest.armed_epoch != runtime.epoch:
+            depth = guest.depth
+            if not depth and guest.armed_epoch != runtime.epoch:
                 guest.armed_epoch = runtime.epoch
                 _set_epoch_deadline(ctx, guest.deadline_ticks)
-            guest.depth += 1
+            guest.depth = depth + 1
             try:
                 err = _call_unchecked(*c_args)
             finally:
-                guest.depth -= 1
+                guest.depth = depth
                 guest._mv_size = -1
             if err or trap.value:  # a failing host function returns a trap too (see _make_host)
                 guest._fail(err, trap.value)
