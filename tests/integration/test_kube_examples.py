@@ -207,6 +207,14 @@ def _generated(kube: kube_mod.Kube, ns: str, name: str) -> dict[str, list[str]]:
     return out
 
 
+def _wasm_configs(typed_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The wasm filter configs of a rendered HTTP filter: one, or one per matchRule in the composite filter."""
+    if "config" in typed_config:
+        return [typed_config["config"]]
+    matchers = typed_config["xds_matcher"]["matcher_list"]["matchers"]
+    return [m["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]["config"] for m in matchers]
+
+
 def _template_annotations(kube: kube_mod.Kube, ns: str) -> dict[str, dict[str, str]]:
     _, found = kube.request("GET", f"/apis/apps/v1/namespaces/{ns}/deployments")
     return {d["metadata"]["name"]: d["spec"]["template"]["metadata"].get("annotations") or {} for d in found["items"]}
@@ -309,10 +317,16 @@ def test_example_yields_expected_objects_status_and_cleans_up(  # noqa: PLR0917 
                 assert ef["spec"]["workloadSelector"] == {"labels": labels}
             patch = ef["spec"]["configPatches"][0]
             assert patch["applyTo"] == ("NETWORK_FILTER" if spec.get("type") == "NETWORK" else "HTTP_FILTER")
-            wasm = patch["patch"]["value"]["typed_config"]["config"]
-            assert wasm["name"] == f"{ns}.{name}" and wasm.get("root_id", "") == spec.get("pluginName", "")
-            if "pluginConfig" in spec:
-                assert json.loads(wasm["configuration"]["value"]) == spec["pluginConfig"]
+            configs = _wasm_configs(patch["patch"]["value"]["typed_config"])
+            for wasm in configs:
+                assert wasm["name"] == f"{ns}.{name}" and wasm.get("root_id", "") == spec.get("pluginName", "")
+            expected_configs = [r.get("pluginConfig", spec.get("pluginConfig")) for r in spec.get("matchRules", [])]
+            if not spec.get("matchRules"):
+                expected_configs = [spec["pluginConfig"]] if "pluginConfig" in spec else [None]
+            assert [
+                json.loads(w["configuration"]["value"]) if "configuration" in w else None for w in configs
+            ] == expected_configs
+            wasm = configs[0]
             code = wasm["vm_config"]["code"]
             annotations = _template_annotations(kube, ns)
             if len(example.module) <= CONFIGMAP_MAX:
