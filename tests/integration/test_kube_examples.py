@@ -167,13 +167,22 @@ def _start_agent_pod(kube: kube_mod.Kube, ns: str, labels: dict[str, str], token
         push={"address": ip, "port": procs.free_port(), "token_file": str(work / "token")},
     )
     agent = agent_mod.start_agent(raw, work_dir=work / "agent", log_dir=work / "logs", name="agent-example")
+    try:
+        _create_running_pod(kube, ns, labels, ip, raw["push"]["port"])
+    except BaseException:
+        agent.stop()  # the caller only stops what we return
+        raise
+    return agent
+
+
+def _create_running_pod(kube: kube_mod.Kube, ns: str, labels: dict[str, str], ip: str, push_port: int) -> None:
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": "selected",
             "labels": labels,
-            "annotations": {"meshplug.io/agent-push-port": str(raw["push"]["port"])},
+            "annotations": {"meshplug.io/agent-push-port": str(push_port)},
         },
         "spec": {"containers": [{"name": "app", "image": "registry.example/app:v1"}]},
     }
@@ -192,7 +201,6 @@ def _start_agent_pod(kube: kube_mod.Kube, ns: str, labels: dict[str, str], token
         content_type="application/merge-patch+json",
     )
     assert status == 200, out
-    return agent
 
 
 def _generated(kube: kube_mod.Kube, ns: str, name: str) -> dict[str, list[str]]:
