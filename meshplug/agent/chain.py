@@ -32,6 +32,9 @@ direction; before the upstream response entered the chain it is encoded through 
 the filters that saw the request (Envoy's sendLocalReplyViaFilterChain), after that it goes straight
 downstream (sendDirectLocalReply), once the response went downstream the stream is reset. `complete()`
 reaches every filter (Envoy's access-log hook).
+A filter given match rules (`Chain(filters, match=...)`, `Match`) runs only for requests some rule matches;
+the chain decides once, when the request headers arrive, and bypasses the others entirely for the stream
+(no context, no callback, no `on_complete`). A chain without rules makes plain `Stream`s (no cost).
 Buffered bodies above `limits.MAX_BUFFERED_BODY_BYTES` get 413 (request) / 500 (response), as Envoy.
 Filters act on the stream only through their `StreamControl`, whose methods may be called at any time
 outside a filter callback (e.g. from an http-call response); the chain then advances the stream and calls
@@ -411,14 +414,103 @@ class Filter(Protocol):
 def order(filters: Sequence[Filter]) -> list[Filter]:
     """Istio order: phase (AUTHN, AUTHZ, STATS, UNSPECIFIED), then priority high->low (unset last),
     then the given order (creation time), then name."""
-    indexed = list(enumerate(filters))
+    return [filters[i] for i in _order_indices(filters)]
 
-    def key(item: tuple[int, Filter]) -> tuple[int, int, int, int, str]:
-        idx, f = item
+
+def _order_indices(filters: Sequence[Filter]) -> list[int]:
+    """`order` as indices into `filters`."""
+
+    def key(idx: int) -> tuple[int, int, int, int, str]:
+        f = filters[idx]
         prio = f.priority
         return (int(f.phase), 0 if prio is not None else 1, -(prio or 0), idx, f.name)
 
-    return [f for _, f in sorted(indexed, key=key)]
+    return sorted(range(len(filters)), key=key)
+
+
+# ---- match rules: which requests a filter sees ----------------------------------------------------
+class Rule(Protocol):
+    """One match rule (meshplug.protocol.MatchRule has this shape): hosts (any of) AND paths (any prefix
+    or exact path); an empty sequence matches everything."""
+
+    @property
+    def hosts(self) -> Sequence[str]: ...
+
+    @property
+    def path_prefixes(self) -> Sequence[str]: ...
+
+    @property
+    def exact_paths(self) -> Sequence[str]: ...
+
+
+def request_host(authority: bytes) -> bytes:
+    """The host of an :authority / Host value: without its port, lower-case ("[::1]:80" -> "[::1]")."""
+    if authority.startswith(b"["):  # an IPv6 literal keeps its brackets
+        end = authority.find(b"]")
+        return (authority if end < 0 else authority[: end + 1]).lower()
+    return authority.partition(b":")[0].lower()
+
+
+class _CompiledRule:
+    __slots__ = ("exact", "names", "prefixes", "suffixes")
+
+    def __init__(self, rule: Rule) -> None:
+        hosts = [h.lower().encode() for h in rule.hosts]
+        #: None: any host; else exact names and the ".d" suffixes of "*.d" patterns
+        self.names: frozenset[bytes] | None = frozenset(h for h in hosts if not h.startswith(b"*.")) if hosts else None
+        self.suffixes = tuple(h[1:] for h in hosts if h.startswith(b"*."))
+        prefixes = tuple(p.encode() for p in rule.path_prefixes)
+        exact = frozenset(p.encode() for p in rule.exact_paths)
+        if not prefixes and not exact:  # any path: every path starts with ""
+            prefixes = (b"",)
+        self.prefixes = prefixes
+        self.exact = exact
+
+    def matches(self, host: bytes, path: bytes) -> bool:
+        names = self.names
+        # "*.d" matches names ending in ".d", not ".d" itself
+        if names is not None and host not in names and not any(host.endswith(s) and host != s for s in self.suffixes):
+            return False
+        if path.startswith(self.prefixes):  # a plain prefix of the raw path, query included (Envoy's prefix)
+            return True
+        return bool(self.exact) and path.partition(b"?")[0] in self.exact
+
+
+class Match:
+    """A filter's match rules, compiled: `matches` is true when any rule matches the request
+    (see meshplug.protocol: host without port, case-insensitive, exact or "*.d"; path prefix of the raw
+    path, exact path without the query). No rules: every request matches."""
+
+    __slots__ = ("_rules",)
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self._rules = tuple(_CompiledRule(r) for r in rules)
+
+    def __bool__(self) -> bool:
+        return bool(self._rules)
+
+    def matches(self, host: bytes, path: bytes) -> bool:
+        """`host` as `request_host` returns it; `path` the raw :path."""
+        return not self._rules or any(r.matches(host, path) for r in self._rules)
+
+    def matches_request(self, headers: Sequence[Header]) -> bool:
+        """The rules against a request map (:authority, else Host; :path)."""
+        host, path = _host_and_path(headers)
+        return self.matches(host, path)
+
+
+def _host_and_path(headers: Sequence[Header]) -> tuple[bytes, bytes]:
+    authority = path = host = None
+    for k, v in headers:
+        if k == b":authority":
+            if authority is None:
+                authority = v
+        elif k == b":path":
+            if path is None:
+                path = v
+        elif k == b"host" and host is None:
+            host = v
+    return request_host(authority or host or b""), path or b""
 
 
 # ---- HTTP/1.1 pseudo-header helpers ---------------------------------------------------------------
@@ -458,13 +550,29 @@ def split_pseudo(headers: Sequence[Header]) -> tuple[dict[bytes, bytes], Headers
 class Chain:
     """An ordered set of filters; makes streams. Immutable once built (a new config builds a new chain)."""
 
-    def __init__(self, filters: Sequence[Filter]) -> None:
-        self.filters: tuple[Filter, ...] = tuple(order(filters))
+    def __init__(self, filters: Sequence[Filter], match: Sequence[Sequence[Rule]] | None = None) -> None:
+        """`match`: per filter (same order as `filters`), the rules of the requests it runs for; a filter
+        whose rules are empty (or absent) runs for every request."""
+        if match is not None and len(match) != len(filters):
+            raise ValueError(f"{len(match)} match rule sets for {len(filters)} filters")
+        indices = _order_indices(filters)
+        self.filters: tuple[Filter, ...] = tuple(filters[i] for i in indices)
+        #: (position in chain order, its rules) of every filter that has rules
+        self.matchers: tuple[tuple[int, Match], ...] = tuple(
+            (pos, Match(match[i])) for pos, i in enumerate(indices) if match is not None and match[i]
+        )
+        if self.matchers:
+            # streams that decide per request; a chain without rules keeps the class's `new_stream` (plain
+            # `Stream`s): match rules cost it nothing per request, not even an attribute read
+            self.new_stream = self._new_match_stream  # type: ignore[method-assign]
 
     def new_stream(self, info: StreamInfo | None = None, *, start_time_ns: int | None = None) -> Stream:
         """A stream; `start_time_ns` (if given) replaces info's start_time_ns, lazily: the StreamInfo a
         plugin reads is built only when one asks (`Stream.info`), not per request."""
         return Stream(self, info or StreamInfo(), start_time_ns)
+
+    def _new_match_stream(self, info: StreamInfo | None = None, *, start_time_ns: int | None = None) -> Stream:
+        return _MatchStream(self, info or StreamInfo(), start_time_ns)
 
 
 def replace_info(info: StreamInfo, fields: dict[str, object]) -> StreamInfo:
@@ -1120,6 +1228,38 @@ class Stream:
         if body:
             q.append((_DATA, True, body))
         self._pending = True
+
+
+class _MatchStream(Stream):
+    """A stream of a chain with match rules: when the request headers arrive (before any filter sees
+    them) every filter whose rules do not match the request is bypassed for the whole stream, as if it
+    were not in the chain: no context, no callback, not even `on_complete`."""
+
+    _decided = False
+
+    def _decide(self, headers: Sequence[Header]) -> None:
+        self._decided = True
+        host, path = _host_and_path(headers)
+        active = self._active
+        for index, match in self.chain.matchers:
+            if not match.matches(host, path) and active[index] is _NEW:
+                active[index] = None
+
+    def recv_request_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
+        if not self._decided:
+            self._decide(headers)
+        return super().recv_request_headers(headers, end_stream)
+
+    def pass_request_headers(self, headers: Headers, end_stream: bool) -> bool:
+        if not self._decided:
+            self._decide(headers)
+        return super().pass_request_headers(headers, end_stream)
+
+    def complete(self) -> list[Output]:
+        # a request that never reached the chain (e.g. the proxy answered it) matches no rule: no host, no path
+        if not self._decided and not self.completed:
+            self._decide(self.request_headers)
+        return super().complete()
 
 
 def local_reply_headers(reply: LocalReply, *, grpc: bool) -> tuple[Headers, bytes]:

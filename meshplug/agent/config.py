@@ -29,6 +29,8 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
         configuration: {"header": "x-hello"}          # a string, or any JSON value (sent JSON-encoded)
         vm_env: {LEVEL: debug}
         fail_strategy: FAIL_CLOSE
+        match:                                        # optional: run only for requests some rule matches
+          - {hosts: [api.example.com, "*.example.org"], path_prefixes: [/v1/], exact_paths: [/healthz]}
 
 Relative paths (module files, token_file, state_dir) are relative to the config file's directory.
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -190,7 +193,7 @@ def _plugin(raw: Any, where: str, base: Path) -> protocol.ExtensionConfig:
     obj = _obj(raw, where)
     _keys(
         obj,
-        {"name", "root_id", "module", "configuration", "vm_env", "fail_strategy", "vm_id", "vm_configuration"},
+        {"name", "root_id", "module", "configuration", "vm_env", "fail_strategy", "vm_id", "vm_configuration", "match"},
         where,
     )
     module = _obj(obj.get("module"), f"{where}.module")
@@ -213,11 +216,44 @@ def _plugin(raw: Any, where: str, base: Path) -> protocol.ExtensionConfig:
         "fail_strategy": obj.get("fail_strategy", protocol.FailStrategy.FAIL_CLOSE.value),
         "vm_id": obj.get("vm_id", ""),
         "vm_configuration": obj.get("vm_configuration", ""),
+        "match": _match(obj.get("match", []), f"{where}.match"),
     }
     try:
         return protocol.decode_extension_config(wire, where)
     except errors.ProtocolError as exc:
         raise errors.ConfigError(exc.message) from None
+
+
+_HOST_NAME = re.compile(
+    r"^(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*$"
+)
+
+
+def _match(raw: Any, where: str) -> Any:
+    """A plugin's `match` rules, checked beyond the wire format's shape (protocol.decode_match checks that):
+    hosts are names or ``*.domain`` without a port, paths start with ``/``."""
+    if raw is None:
+        raise errors.ConfigError(f"{where} must be a list of rules (leave it out to match every request)")
+    if not isinstance(raw, list):
+        raise errors.ConfigError(f"{where} must be a list of rules, got {type(raw).__name__}")
+    for i, rule in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(rule, dict):
+            raise errors.ConfigError(f"{at} must be a mapping with hosts, path_prefixes, exact_paths")
+        if "paths" in rule:
+            raise errors.ConfigError(f"{at}: unknown key paths (use path_prefixes and exact_paths)")
+        for key in ("hosts", "path_prefixes", "exact_paths"):
+            values = rule.get(key, [])
+            if not isinstance(values, list):
+                raise errors.ConfigError(f"{at}.{key} must be a list of strings, got {type(values).__name__}")
+            for value in values:
+                if not isinstance(value, str) or not value:
+                    raise errors.ConfigError(f"{at}.{key}: {value!r} is not a non-empty string")
+                if key == "hosts" and not _HOST_NAME.match(value):
+                    raise errors.ConfigError(f"{at}.hosts: {value!r} is not a host name or *.domain (and has no port)")
+                if key != "hosts" and not value.startswith("/"):
+                    raise errors.ConfigError(f"{at}.{key}: {value!r} does not start with /")
+    return raw
 
 
 def _modules(raw: Any, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]) -> Modules:

@@ -4,7 +4,8 @@ Called by `meshplug.agent.runtime`'s chain builder in a worker thread, only for 
 agent with no plugins never imports wasmtime). Each applied set gets its own `host.Host` (VMs, shared
 data, queues, metrics) and a `Driver` that performs the host's asynchronous work on the event loop:
 plugins' HTTP calls through the proxy's named clusters, ticks, and deferred queue notifications.
-The returned `loader.Chain` carries the `chain.Chain` the proxy uses plus views, metrics and close hooks.
+The returned `loader.Chain` carries the `chain.Chain` the proxy uses (each plugin with its resource's `match`
+rules) plus views, metrics and close hooks.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def build(
 
     loop.call_soon_threadsafe(driver.run)
     return loader.Chain(
-        filters=chain.Chain([p for _, p, _, _ in started]),
+        filters=chain.Chain([p for _, p, _, _ in started], match=[r.match for r, _, _, _ in started]),
         network=tuple(p for _, p, _, _ in started),
         views=views,
         metrics=lambda: _metrics_text(h),

@@ -22,6 +22,10 @@ def _cfg(**extra: Any) -> dict[str, Any]:
     return {**BASE, **extra}
 
 
+def _plugin_match(match: Any) -> dict[str, Any]:
+    return _cfg(plugins=[{"name": "a", "module": {"file": "a.wasm"}, "match": match}])
+
+
 def test_full_config(tmp_path: Path) -> None:
     raw = _cfg(
         push={"address": "0.0.0.0", "port": 15010, "token_file": "token"},
@@ -39,6 +43,29 @@ def test_full_config(tmp_path: Path) -> None:
     a, b = cfg.plugins
     assert a.url == (tmp_path / "a.wasm").as_uri() and a.configuration == '{"k":[1]}'
     assert b.fail_strategy is protocol.FailStrategy.FAIL_OPEN
+
+
+def test_plugin_match_rules(tmp_path: Path) -> None:
+    rules = [
+        {"hosts": ["API.example.com", "*.example.org"], "path_prefixes": ["/v1/"]},
+        {"exact_paths": ["/healthz"]},
+    ]
+    cfg = config.parse(
+        _cfg(
+            plugins=[
+                {"name": "a", "module": {"file": "a.wasm"}, "match": rules},
+                {"name": "b", "module": {"file": "b"}},
+            ]
+        ),
+        base=tmp_path,
+    )
+    a, b = cfg.plugins
+    assert a.match == (
+        protocol.MatchRule(hosts=("api.example.com", "*.example.org"), path_prefixes=("/v1/",)),
+        protocol.MatchRule(exact_paths=("/healthz",)),
+    )
+    assert b.match == ()  # no match: every request
+    assert config.parse(_plugin_match([]), base=tmp_path).plugins[0].match == ()
 
 
 @pytest.mark.parametrize(
@@ -65,6 +92,18 @@ def test_full_config(tmp_path: Path) -> None:
         (_cfg(node={"metadata": {"REGION": 1}}), "node.metadata.REGION must be a string"),
         (_cfg(node={"metadata": ["x"]}), "node.metadata must be a mapping"),
         (_cfg(node={"name": "x"}), "node: unknown key"),
+        (_plugin_match(None), r"plugins\[0\].match must be a list of rules"),
+        (_plugin_match({"hosts": ["a"]}), r"plugins\[0\].match must be a list of rules, got dict"),
+        (_plugin_match(["a.com"]), r"plugins\[0\].match\[0\] must be a mapping"),
+        (_plugin_match([{"paths": [{"prefix": "/"}]}]), r"match\[0\]: unknown key paths \(use path_prefixes"),
+        (_plugin_match([{"hosts": "a.com"}]), r"match\[0\].hosts must be a list of strings, got str"),
+        (_plugin_match([{"hosts": [""]}]), r"match\[0\].hosts: '' is not a non-empty string"),
+        (_plugin_match([{"hosts": ["a.com:8080"]}]), r"match\[0\].hosts: 'a.com:8080' is not a host name"),
+        (_plugin_match([{"hosts": ["a.*.com"]}]), r"'a.\*.com' is not a host name or \*.domain"),
+        (_plugin_match([{"path_prefixes": ["v1/"]}]), r"match\[0\].path_prefixes: 'v1/' does not start with /"),
+        (_plugin_match([{"exact_paths": [3]}]), r"match\[0\].exact_paths: 3 is not a non-empty string"),
+        (_plugin_match([{}]), r"plugins\[0\].match\[0\] matches everything"),
+        (_plugin_match([{"hosts": ["a"], "methods": ["GET"]}]), r"match\[0\]: unknown field\(s\) methods"),
     ],
 )
 def test_mistakes_are_config_errors(raw: Any, fragment: str, tmp_path: Path) -> None:

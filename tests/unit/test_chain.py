@@ -612,3 +612,180 @@ def test_stream_info_is_built_lazily_from_its_parts() -> None:
     assert base.start_time_ns == 0 and s.info is info
     s.set_upstream("10.0.0.9", 81)
     assert (s.info.upstream_address, s.info.upstream_port, s.info.start_time_ns) == ("10.0.0.9", 81, 42)
+
+
+# ---- match rules ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    hosts: tuple[str, ...] = ()
+    path_prefixes: tuple[str, ...] = ()
+    exact_paths: tuple[str, ...] = ()
+
+
+API = Rule(hosts=("api.example.com",))
+ORG_V1 = Rule(hosts=("*.example.org",), path_prefixes=("/v1/",))
+HEALTHZ = Rule(exact_paths=("/healthz",))
+MATCH_CASES = [
+    # (authority, path, rules, matches)
+    ("api.example.com", "/anything", [API], True),
+    ("api.example.com:8080", "/", [API], True),  # port ignored
+    ("API.Example.COM", "/", [API], True),  # case-insensitive
+    ("API.example.com:8080", "/", [API], True),
+    ("api.example.com.evil", "/", [API], False),
+    ("evil-api.example.com", "/", [API], False),
+    ("", "/", [API], False),  # no host
+    ("a.example.org", "/v1/x", [ORG_V1], True),
+    ("a.b.example.org:443", "/v1/", [ORG_V1], True),  # any depth of subdomain
+    ("A.EXAMPLE.ORG", "/v1/x", [ORG_V1], True),
+    ("example.org", "/v1/x", [ORG_V1], False),  # *.d needs a subdomain: not d itself
+    (".example.org", "/v1/x", [ORG_V1], False),
+    ("aexample.org", "/v1/x", [ORG_V1], False),
+    ("a.example.org", "/v2/x", [ORG_V1], False),  # host matches, path does not
+    ("a.example.org", "/v1", [ORG_V1], False),  # a plain string prefix: "/v1" is not under "/v1/"
+    ("a.example.org", "/v1/?q=1", [ORG_V1], True),
+    ("x", "/healthz", [HEALTHZ], True),  # no hosts: any host
+    ("x", "/healthz?probe=1", [HEALTHZ], True),  # exact ignores the query
+    ("x", "/healthz/x", [HEALTHZ], False),
+    ("x", "/healthzz", [HEALTHZ], False),
+    ("x", "/Healthz", [HEALTHZ], False),  # paths are case-sensitive
+    ("x", "/search?q=a", [Rule(path_prefixes=("/search?q=",))], True),  # prefix sees the query
+    ("x", "/search?p=a", [Rule(path_prefixes=("/search?q=",))], False),
+    ("x", "/healthz?x", [Rule(path_prefixes=("/a",), exact_paths=("/healthz",))], True),  # paths: any of
+    ("x", "/a/b", [Rule(path_prefixes=("/a",), exact_paths=("/healthz",))], True),
+    ("x", "/b", [Rule(path_prefixes=("/a",), exact_paths=("/healthz",))], False),
+    ("a.com", "/p", [Rule(hosts=("a.com", "b.com"), path_prefixes=("/p",))], True),  # hosts AND paths
+    ("b.com", "/q", [Rule(hosts=("a.com", "b.com"), path_prefixes=("/p",))], False),
+    ("other", "/healthz", [API, ORG_V1, HEALTHZ], True),  # rules: any of
+    ("other", "/", [API, ORG_V1, HEALTHZ], False),
+    ("anything", "/", [], True),  # no rules: every request
+    ("[::1]:8080", "/", [Rule(hosts=("[::1]",))], True),  # IPv6 literal keeps its brackets, loses its port
+    ("10.0.0.1:80", "/", [Rule(hosts=("10.0.0.1",))], True),
+]
+
+
+@pytest.mark.parametrize(
+    ("authority", "path", "rules", "expected"),
+    MATCH_CASES,
+    ids=[
+        f"{a or '-'}{p}-{'|'.join(map(str, (r.hosts + r.path_prefixes + r.exact_paths for r in rs)))}"
+        for a, p, rs, _ in MATCH_CASES
+    ],
+)
+def test_match_rules(authority: str, path: str, rules: list[Rule], expected: bool) -> None:
+    m = C.Match(rules)
+    assert m.matches(C.request_host(authority.encode()), path.encode()) is expected
+    headers = C.http1_request_headers(b"GET", path.encode(), [(b"Host", authority.encode())])
+    assert m.matches_request(headers) is expected
+
+
+def test_match_reads_host_when_there_is_no_authority() -> None:
+    assert C.Match([API]).matches_request([(b":path", b"/"), (b"host", b"API.example.com:1")])
+    assert not C.Match([API]).matches_request([(b":path", b"/")])
+
+
+def _match_chain(
+    log: list[tuple[str, ...]], rules: dict[str, list[Rule]], **scripts: dict[str, Reaction]
+) -> tuple[C.Chain, dict[str, ScriptFilter]]:
+    filters = {n: ScriptFilter(n, log, script=scripts.get(n, {})) for n in ("a", "m", "z")}
+    return C.Chain(list(filters.values()), match=[rules.get(n, []) for n in filters]), filters
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["recv", "pass"])
+def test_a_filter_whose_rules_do_not_match_sees_nothing_of_the_request(direct: bool) -> None:
+    log: list[tuple[str, ...]] = []
+    ch, filters = _match_chain(log, {"m": [API]})
+    for host, runs in (("api.example.com:80", True), ("other", False)):
+        log.clear()
+        s = ch.new_stream()
+        headers = C.http1_request_headers(b"POST", b"/x", [(b"host", host.encode())])
+        if direct:
+            assert s.pass_request_headers(headers, False)
+            assert s.pass_request_data(b"hi", True) == b"hi"
+            assert s.pass_response_headers(response(), False)
+            assert s.pass_response_data(b"ok", True) == b"ok"
+        else:
+            out = s.recv_request_headers(headers, False) + s.recv_request_data(b"hi", True)
+            out += s.recv_response_headers(response(), False) + s.recv_response_data(b"ok", True)
+            assert [o[:2] for o in summary(out)] == [
+                ("up", "headers"),
+                ("up", "data"),
+                ("down", "headers"),
+                ("down", "data"),
+            ]
+        s.complete()
+        expected = ["a", "m", "z"] if runs else ["a", "z"]
+        assert names(log, "req.headers") == expected
+        assert names(log, "req.body") == expected
+        assert names(log, "resp.headers") == expected[::-1]
+        assert names(log, "resp.body") == expected[::-1]
+        assert names(log, "complete") == expected  # not even on_complete: no context at all
+    assert len(filters["m"].streams) == 1  # one context: the matching request's
+    assert len(filters["a"].streams) == len(filters["z"].streams) == 2
+
+
+def test_a_skipped_filter_is_skipped_by_local_replies_and_trailers_too() -> None:
+    log: list[tuple[str, ...]] = []
+    reply = C.LocalReply(403, body=b"no")
+
+    def deny(st: ScriptStream) -> A:
+        st.control.send_local_reply(reply)
+        return A.STOP
+
+    ch, filters = _match_chain(log, {"a": [HEALTHZ]}, z={"req.headers": deny})
+    s = ch.new_stream()
+    out = s.recv_request_headers(request(path=b"/p"), False)
+    assert ("down", "headers", "403", False) in summary(out)
+    s.complete()
+    assert [e for e in log if e[0] == "a"] == []
+    assert filters["a"].streams == []
+    assert names(log, "resp.headers") == ["z", "m"]  # the reply's response path skips "a" as well
+    # trailers: only the filters that run see them
+    for path, expected in ((b"/healthz?x=1", ["a", "m", "z"]), (b"/p", ["m", "z"])):
+        log.clear()
+        ch, _ = _match_chain(log, {"a": [HEALTHZ]})
+        s = ch.new_stream()
+        s.recv_request_headers(request(path=path), False)
+        s.recv_request_data(b"b", False)
+        out = s.recv_request_trailers([(b"t", b"1")])
+        assert summary(out)[-1] == ("up", "trailers")
+        s.complete()
+        assert names(log, "req.trailers") == names(log, "complete") == expected
+
+
+def test_the_decision_is_made_once_on_the_request_headers() -> None:
+    """A filter before the matched one rewriting :path / :authority does not change the decision: it is
+    made when the request headers arrive, before any callback."""
+    log: list[tuple[str, ...]] = []
+
+    def rewrite(st: ScriptStream) -> A:
+        h = st.control.headers(REQ)
+        h[:] = [(k, b"/healthz" if k == b":path" else v) for k, v in h]
+        return A.CONTINUE
+
+    ch, _ = _match_chain(log, {"m": [HEALTHZ]}, a={"req.headers": rewrite})
+    s = ch.new_stream()
+    out = s.recv_request_headers(request(path=b"/p"), True)
+    assert summary(out)[0] == ("up", "headers", b"/healthz", True)
+    s.complete()
+    assert names(log, "req.headers") == ["a", "z"]
+
+
+def test_a_request_that_never_reached_the_chain_skips_filters_with_rules() -> None:
+    log: list[tuple[str, ...]] = []
+    ch, filters = _match_chain(log, {"m": [HEALTHZ]})
+    s = ch.new_stream()
+    s.complete()  # e.g. the client went away before its headers were complete
+    assert names(log, "complete") == ["a", "z"]
+    assert filters["m"].streams == []
+
+
+def test_chains_without_rules_make_plain_streams() -> None:
+    log: list[tuple[str, ...]] = []
+    plain = C.Chain([ScriptFilter("a", log)], match=[[]])
+    assert plain.matchers == () and type(plain.new_stream()) is C.Stream
+    assert type(C.Chain([ScriptFilter("a", log)]).new_stream()) is C.Stream
+    ruled = C.Chain([ScriptFilter("a", log, phase=STATS), ScriptFilter("b", log, phase=AUTHN)], match=[[API], []])
+    assert [f.name for f in ruled.filters] == ["b", "a"]
+    assert [(pos, bool(m)) for pos, m in ruled.matchers] == [(1, True)]  # the rules follow their filter's order
+    with pytest.raises(ValueError, match="1 match rule sets for 2 filters"):
+        C.Chain([ScriptFilter("a", log), ScriptFilter("b", log)], match=[[]])
