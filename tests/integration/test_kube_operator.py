@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sys
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -163,6 +164,7 @@ def test_plugin_is_delivered_with_status_and_cleaned_up(kube: kube_mod.Kube, ope
     [
         ("wrong-sha256", "Fetched", "checksum_mismatched"),
         ("missing-file", "Fetched", "not_found"),
+        ("unreachable-url", "Fetched", "download_failure"),
         ("not-proxy-wasm", "Validated", "no_abi_marker"),
         ("bad-plugin-config", "Ready", "InvalidPluginConfig"),
     ],
@@ -173,7 +175,11 @@ def test_failures_have_specific_reasons_and_heal(
     ns, modules = operator
     path = modules / "m.wasm"
     spec: dict[str, Any] = {"url": f"file://{path}"}
-    if case == "wrong-sha256":
+    origin_port = procs.free_port()  # nothing listens there until the cause is fixed
+    if case == "unreachable-url":
+        path.write_bytes(MODULE)
+        spec = {"url": f"http://127.0.0.1:{origin_port}/m.wasm", "sha256": hashlib.sha256(MODULE).hexdigest()}
+    elif case == "wrong-sha256":
         path.write_bytes(MODULE)
         spec["sha256"] = hashlib.sha256(MODULE_V2).hexdigest()
     elif case == "not-proxy-wasm":
@@ -187,6 +193,18 @@ def test_failures_have_specific_reasons_and_heal(
     procs.wait_until(lambda: any(t == "Warning" for t, _ in _events(kube, ns, "p")), timeout=30, what="a Warning Event")
 
     # fix the cause; the operator notices without a manual kick
+    if case == "unreachable-url":
+        origin = procs.start(
+            "origin",
+            [sys.executable, "-m", "http.server", str(origin_port), "--bind", "127.0.0.1", "--directory", str(modules)],
+            log_dir=modules / "logs",
+            ready=lambda: procs.port_open(origin_port),
+        )
+        try:
+            _wait_condition(kube, ns, "p", "Ready", status="True", reason="Applied")
+        finally:
+            origin.stop()
+        return
     if case == "wrong-sha256":
         path.write_bytes(MODULE_V2)
     elif case in ("missing-file", "not-proxy-wasm"):
