@@ -68,10 +68,17 @@ def _joined(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(k, b",".join(vs)) for k, vs in out.items()]
 
 
+#: request.* attributes that are one request header's value, by attribute key
+_REQUEST_HEADER_ATTRS = {
+    b"host": b":authority",
+    b"scheme": b":scheme",
+    b"method": b":method",
+    b"referer": b"referer",
+    b"useragent": b"user-agent",
+    b"id": b"x-request-id",
+}
 #: request.* attributes Envoy derives from the request header map
-_REQUEST_HEADER_KEYS = frozenset(
-    {b"path", b"url_path", b"query", b"host", b"scheme", b"method", b"headers", b"referer", b"useragent", b"id"}
-)
+_REQUEST_HEADER_KEYS = frozenset({b"path", b"url_path", b"query", b"headers", *_REQUEST_HEADER_ATTRS})
 
 
 def _address(host: str, port: int) -> bytes:
@@ -107,22 +114,13 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
             return urlsplit(path or b"").path if path is not None else None
         if key == b"query":
             return urlsplit(path or b"").query if path is not None else None
-        if key == b"host":
-            return _header(req, b":authority")
-        if key == b"scheme":
-            return _header(req, b":scheme")
-        if key == b"method":
-            return _header(req, b":method")
+        name = _REQUEST_HEADER_ATTRS.get(key)
+        if name is not None:
+            return _header(req, name)
         if key == b"headers":
             if len(segs) >= 3:
                 return _header(_joined(req), segs[2].lower())
             return _map(_joined(req))
-        if key == b"referer":
-            return _header(req, b"referer")
-        if key == b"useragent":
-            return _header(req, b"user-agent")
-        if key == b"id":
-            return _header(req, b"x-request-id")
         if key == b"protocol":
             return info.protocol.encode()
         if key == b"time":
@@ -189,22 +187,12 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
         return None
     if head in (b"source", b"destination", b"connection", b"connection_id") and len(segs) >= 1:
         key = segs[1] if len(segs) >= 2 else b""
-        if head == b"source":
-            return (
-                _address(info.remote_address, info.remote_port)
-                if key == b"address"
-                else enc_int(info.remote_port)
-                if key == b"port"
-                else None
-            )
-        if head == b"destination":
-            return (
-                _address(info.local_address, info.local_port)
-                if key == b"address"
-                else enc_int(info.local_port)
-                if key == b"port"
-                else None
-            )
+        if head in (b"source", b"destination"):
+            if head == b"source":
+                host, port = info.remote_address, info.remote_port
+            else:
+                host, port = info.local_address, info.local_port
+            return _address(host, port) if key == b"address" else enc_int(port) if key == b"port" else None
         if head == b"connection_id" or key == b"id":
             return enc_int(info.connection_id)
         if key == b"mtls":
