@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import cpu_ns
 from tests.corpus import modules
 from tests.testbed import agent as tb_agent
 from tests.testbed import envoy as tb_envoy
@@ -44,16 +45,6 @@ class Run:
     p99_ms: float
     cpu_us: float
     rss_mib: float
-
-
-def cpu_ns(pid: int) -> int:
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
 
 
 def rss_mib(pid: int) -> float:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import cpu_ns
 from meshplug.agent import chain as C
 from meshplug.agent import host as H
 from tests.corpus import modules
@@ -70,16 +71,6 @@ def host_added_us(data: bytes, backend: str, rounds: int, n: int) -> tuple[float
 
 
 # --- Envoy ------------------------------------------------------------------------------------------
-def _cpu_ns(pid: int) -> int:
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
-
-
 def _envoy_yaml(port: int, admin: int, upstream: int, wasm: Path | None) -> str:
     filters = []
     if wasm is not None:
@@ -228,9 +219,9 @@ def envoy_added_us(wasm: Path, rounds: int, seconds: int, work: Path) -> tuple[f
             _wrk(port, 1)
         for _ in range(rounds):
             for name, (p, port) in planes.items():
-                c0 = _cpu_ns(p.pid)
+                c0 = cpu_ns(p.pid)
                 n = _wrk(port, seconds)
-                per[name].append((_cpu_ns(p.pid) - c0) / max(n, 1) / 1000.0)
+                per[name].append((cpu_ns(p.pid) - c0) / max(n, 1) / 1000.0)
         diffs = [w - b for w, b in zip(per["wasm"], per["plain"], strict=True)]
         return statistics.median(diffs), statistics.median(per["plain"])
     finally:
