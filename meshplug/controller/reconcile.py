@@ -326,7 +326,7 @@ class Reconciler:
             conds = [fetched, validated, Condition(READY, "False", exc.reason, exc.message)]
             self._finish(body, conds, digest=artifact.digest, event=(True, f"Apply:{exc.reason}", exc.message))
             raise Retry(exc.message, backoff(retry)) from None
-        ef_name, _, _ = istio.names(plugin)
+        ef_name, _, _ = istio.names(plugin.name)
         ready = Condition(
             READY,
             "True",
@@ -371,7 +371,7 @@ class Reconciler:
         return model.Module(sha256=sha, data=base64.b64decode(raw))
 
     def _deliver_istio(self, plugin: spec.PluginSpec, module: model.Module) -> tuple[int, int, list[dict[str, str]]]:
-        _, cm_name, vol_name = istio.names(plugin)
+        _, cm_name, vol_name = istio.names(plugin.name)
         previous = self._previous_module(plugin, cm_name, module.sha256) if module.fits_config_map else None
         objects = istio.render(plugin, module, self.server, previous)
         if objects.config_map is not None:
@@ -669,7 +669,7 @@ class Reconciler:
                 raise
             for obj in found:
                 self.writer.delete(api_version, kind, namespace, obj["metadata"]["name"])
-        _, _, vol_name = istio.names(_stub(namespace, name))
+        _, _, vol_name = istio.names(name)
         for kind, workload in self._workloads(namespace):
             annotations = (workload["spec"]["template"].get("metadata") or {}).get("annotations") or {}
             patch = podtemplate.without_module_volume(annotations, vol_name)
@@ -699,8 +699,3 @@ class Reconciler:
             if isinstance(state, str) or state.outcome.result is not agents.Result.ACK:
                 why = state if isinstance(state, str) else f"{state.outcome.reason}: {state.outcome.message}"
                 log.warning("removing %s/%s from pod %s's agent: %s", namespace, name, pod["metadata"]["name"], why)
-
-
-def _stub(namespace: str, name: str) -> spec.PluginSpec:
-    """A PluginSpec carrying only the identity (names of generated objects depend on nothing else)."""
-    return spec.parse({"metadata": {"namespace": namespace, "name": name}, "spec": {"url": "oci://unused/x:v"}})

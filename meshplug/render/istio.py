@@ -89,18 +89,19 @@ def placement(plugin: spec.PluginSpec) -> Placement:
     return Placement("INSERT_BEFORE", (ROUTER,), prio)
 
 
-def names(plugin: spec.PluginSpec) -> tuple[str, str, str]:
-    """(EnvoyFilter name, ConfigMap name, volume name): stable per plugin, never per module."""
-    ef = model.dns_name("meshplug-", plugin.name, 253)
-    cm = model.dns_name("meshplug-wasm-", plugin.name, 253)
-    vol = model.dns_name("meshplug-wasm-", plugin.name, 63)
+def names(plugin_name: str) -> tuple[str, str, str]:
+    """(EnvoyFilter name, ConfigMap name, volume name) of the WasmPlugin named ``plugin_name``: stable per
+    plugin, never per module (the namespace is the plugin's own)."""
+    ef = model.dns_name("meshplug-", plugin_name, 253)
+    cm = model.dns_name("meshplug-wasm-", plugin_name, 253)
+    vol = model.dns_name("meshplug-wasm-", plugin_name, 63)
     return ef, cm, vol
 
 
 def code_for(plugin: spec.PluginSpec, module: model.Module, server: model.ModuleServer) -> model.Code:
     """ConfigMap-mounted file when the module fits, else the module server."""
     if module.fits_config_map:
-        _, cm, vol = names(plugin)
+        _, cm, vol = names(plugin.name)
         mount_dir = f"{model.MODULE_MOUNT_ROOT}/{plugin.name}"
         return model.LocalCode(
             config_map=cm,
@@ -165,7 +166,7 @@ def envoy_filter(plugin: spec.PluginSpec, code: model.Code) -> dict[str, Any]:
         ]
     elif plugin.selector:
         body["workloadSelector"] = {"labels": plugin.selector_labels}
-    ef_name, _, _ = names(plugin)
+    ef_name, _, _ = names(plugin.name)
     return {
         "apiVersion": ENVOY_FILTER_API,
         "kind": "EnvoyFilter",
