@@ -588,8 +588,6 @@ class Exchange:
     def up_headers(self, status: int, reason: bytes, headers: Headers, parser: Any) -> None:
         self.status = status
         self.up_eof_ends = _close_delimited(self.method, status, headers)
-        conn = self.conn
-        keep = self.keep_alive and not conn.proxy.draining
         out = [b"HTTP/1.1 %d %b\r\n" % (status, reason or _REASONS.get(status, b"Unknown"))]
         framed = False
         no_body = self.method == b"HEAD" or status in (204, 304)
@@ -601,8 +599,17 @@ class Exchange:
             if name == b"content-length":
                 framed = True
             out.append(b"%b: %b\r\n" % (name, value))
-        if no_body or framed:
+        self._send_head(out, bodiless=no_body or framed, empty=False)
+
+    def _send_head(self, out: list[bytes], *, bodiless: bool, empty: bool) -> None:
+        """Finish a response head: its framing (as received, re-chunked, content-length 0 when ``empty``, or
+        close-delimited for HTTP/1.0), the connection header, the blank line; then send it in one write."""
+        keep = self.keep_alive and not self.conn.proxy.draining
+        if bodiless:
             self.resp_mode = 0
+        elif empty:
+            self.resp_mode = 0
+            out.append(b"content-length: 0\r\n")
         elif self.http11:
             self.resp_mode = 1
             out.append(b"transfer-encoding: chunked\r\n")
@@ -616,7 +623,7 @@ class Exchange:
             out.append(b"connection: keep-alive\r\n")
         out.append(b"\r\n")
         self.resp_started = True
-        conn.write(b"".join(out))
+        self.conn.write(b"".join(out))
 
     def up_body(self, data: bytes) -> None:
         if self.resp_mode == 1:
@@ -1110,28 +1117,8 @@ class FilteredExchange(Exchange):
         else:
             out, status, framed = self._down_head_lines(headers)
             self.status = status
-        conn = self.conn
-        keep = self.keep_alive and not conn.proxy.draining
         no_body = self.method == b"HEAD" or status in (204, 304)
-        if no_body or framed:
-            self.resp_mode = 0
-        elif end_stream:
-            self.resp_mode = 0
-            out.append(b"content-length: 0\r\n")
-        elif self.http11:
-            self.resp_mode = 1
-            out.append(b"transfer-encoding: chunked\r\n")
-        else:
-            self.resp_mode = 2
-            keep = False
-        if not keep:
-            self.keep_alive = False
-            out.append(b"connection: close\r\n")
-        elif not self.http11:
-            out.append(b"connection: keep-alive\r\n")
-        out.append(b"\r\n")
-        self.resp_started = True
-        conn.write(b"".join(out))
+        self._send_head(out, bodiless=no_body or framed, empty=end_stream)
         if end_stream:
             self._finish()
 
