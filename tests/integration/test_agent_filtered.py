@@ -9,11 +9,9 @@ plugin's response callback); raw TCP peers started here play the upstreams.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,8 +23,8 @@ from tests.corpus import modules
 from tests.testbed import agent as tb_agent
 from tests.testbed import procs
 from tests.testbed import upstream as tb_upstream
+from tests.testbed.rawpeer import RESET_PREFIX, RawPeer
 
-RESET_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
 PLUGIN_HEADER = b"x-plugin: seen"
 _CHUNKED_END = re.compile(rb"\r\n0\r\n((?:[^\r\n]+\r\n)*)\r\n$")
 
@@ -39,33 +37,6 @@ def _recv_until(conn: socket.socket, done: Callable[[bytes], bool]) -> bytes:
             break
         data += chunk
     return data
-
-
-class RawPeer:
-    """A TCP listener on 127.0.0.1 that handles each connection with `behave(sock)` in a thread."""
-
-    def __init__(self, behave: Callable[[socket.socket], None]) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self.behave = behave
-        self.stopped = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            self.behave(conn)
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.sock.close()
 
 
 class TrailerPeer(RawPeer):

@@ -9,7 +9,6 @@ answer slowly); one closed port for "connection refused".
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import json
 import re
@@ -17,7 +16,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,36 +25,7 @@ import pytest
 from tests.testbed import agent as tb_agent
 from tests.testbed import procs
 from tests.testbed import upstream as tb_upstream
-
-RESET_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
-
-
-class RawPeer:
-    """A TCP listener on 127.0.0.1 that handles each connection with `behave(sock)` in a thread."""
-
-    def __init__(self, behave: Callable[[socket.socket], None]) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self.behave = behave
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            self.behave(conn)
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.sock.close()
+from tests.testbed.rawpeer import RESET_PREFIX, RawPeer
 
 
 def _read_head(conn: socket.socket) -> None:
