@@ -96,8 +96,6 @@ def run_case(host: H.Host, ch: C.Chain, case: spec.HttpCase) -> tuple[int, bool]
 @pytest.mark.parametrize("backend", ["fast", "public"])
 @pytest.mark.parametrize("sp", SPECS, ids=lambda s: s.key)
 def test_corpus_module_runs_on_the_host(sp: spec.Spec, backend: str) -> None:
-    if backend == "public" and sp.key.startswith("go/"):
-        pytest.skip("Go modules: the fast backend covers them; the public one is the slow reference")
     host, plugins = load(sp, backend)
     if sp.type == "network":
         for case in sp.network_cases:
