@@ -49,7 +49,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from meshplug import limits
 
@@ -354,28 +354,8 @@ Output = SendHeaders | SendData | SendTrailers | AbortUpstream | ResetStream
 
 _UPSTREAM = Target.UPSTREAM
 _DOWNSTREAM = Target.DOWNSTREAM
-_new = object.__new__
-
-
-def _send_headers(target: Target, headers: tuple[Header, ...], end_stream: bool) -> SendHeaders:
-    """SendHeaders(target, headers, end_stream) without the frozen dataclass's __init__ (one
-    object.__setattr__ per field: ~2x the cost); the per-frame outputs of the common path."""
-    out = _new(SendHeaders)
-    d = out.__dict__
-    d["target"] = target
-    d["headers"] = headers
-    d["end_stream"] = end_stream
-    return out
-
-
-def _send_data(target: Target, data: bytes, end_stream: bool) -> SendData:
-    """SendData(target, data, end_stream), as `_send_headers`."""
-    out = _new(SendData)
-    d = out.__dict__
-    d["target"] = target
-    d["data"] = data
-    d["end_stream"] = end_stream
-    return out
+_send_headers = SendHeaders
+_send_data = SendData
 
 
 # ---- what filters implement -----------------------------------------------------------------------
@@ -561,18 +541,14 @@ class Chain:
         self.matchers: tuple[tuple[int, Match], ...] = tuple(
             (pos, Match(match[i])) for pos, i in enumerate(indices) if match is not None and match[i]
         )
-        if self.matchers:
-            # streams that decide per request; a chain without rules keeps the class's `new_stream` (plain
-            # `Stream`s): match rules cost it nothing per request, not even an attribute read
-            self.new_stream = self._new_match_stream  # type: ignore[method-assign]
 
     def new_stream(self, info: StreamInfo | None = None, *, start_time_ns: int | None = None) -> Stream:
-        """A stream; `start_time_ns` (if given) replaces info's start_time_ns, lazily: the StreamInfo a
-        plugin reads is built only when one asks (`Stream.info`), not per request."""
+        """A stream (one that decides per request which filters run when any filter has rules);
+        `start_time_ns` (if given) replaces info's start_time_ns, lazily: the StreamInfo a plugin reads is
+        built only when one asks (`Stream.info`), not per request."""
+        if self.matchers:
+            return _MatchStream(self, info or StreamInfo(), start_time_ns)
         return Stream(self, info or StreamInfo(), start_time_ns)
-
-    def _new_match_stream(self, info: StreamInfo | None = None, *, start_time_ns: int | None = None) -> Stream:
-        return _MatchStream(self, info or StreamInfo(), start_time_ns)
 
 
 def replace_info(info: StreamInfo, fields: dict[str, object]) -> StreamInfo:
@@ -713,7 +689,7 @@ class Stream:
     (the common case); otherwise frames queue per position and a loop delivers them as filters resume.
     """
 
-    _ids = itertools.count(1)
+    _ids: ClassVar[itertools.count[int]] = itertools.count(1)
 
     # scalar state at its initial value: class attributes, shadowed per stream on first change (a stream
     # is made per request: each assignment saved in __init__ counts)

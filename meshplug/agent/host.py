@@ -44,7 +44,7 @@ import time
 import zlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import wasmtime
 
@@ -151,7 +151,9 @@ class _Queue:
 class Metrics:
     """Plugin-defined metrics; ids carry the type in the low 2 bits (cpp-host)."""
 
-    COUNTER, GAUGE, HISTOGRAM = 0, 1, 2
+    COUNTER: Final = 0
+    GAUGE: Final = 1
+    HISTOGRAM: Final = 2
 
     def __init__(self) -> None:
         self._by_name: dict[tuple[int, bytes], int] = {}
