@@ -6,28 +6,33 @@ BIN := $(abspath $(VENV))/bin
 export MESHPLUG_CACHE ?= $(HOME)/.cache/meshplug
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test setup system plugins kube helm lint unit integration bench clean
+.PHONY: demo test setup system native plugins kube helm lint unit integration bench clean
 
 setup: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	MESHPLUG_NATIVE=0 $(BIN)/pip install -q -e '.[dev]'  # native parts: `make native`
 	touch $@
 
 system:
 	scripts/install-system-deps.sh
 
+# the agent's compiled data path (meshplug/native.py), built in place; a no-op when it matches the sources
+native: setup system
+	$(BIN)/python scripts/build_native.py
+
 plugins: setup system
 	$(BIN)/python scripts/build_plugins.py
 
 lint: setup
-	$(BIN)/ruff check meshplug tests bench scripts
+	$(BIN)/ruff check meshplug tests bench scripts setup.py
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-unit: setup system plugins
-	$(BIN)/pytest tests/unit -m unit -q
+# the tests run the compiled data path they ship: a missing or stale build fails them (MESHPLUG_REQUIRE_NATIVE)
+unit: setup system native plugins
+	MESHPLUG_REQUIRE_NATIVE=1 $(BIN)/pytest tests/unit -m unit -q
 
 # kube-apiserver + kube-controller-manager for the test bed, built once into $(MESHPLUG_CACHE)/kube/<version>
 kube: system
@@ -37,17 +42,18 @@ kube: system
 helm: system
 	nice -n 10 scripts/install-helm.sh
 
-integration: setup system plugins kube helm
-	$(BIN)/pytest tests/integration -m integration -q
+integration: setup system native plugins kube helm
+	MESHPLUG_REQUIRE_NATIVE=1 $(BIN)/pytest tests/integration -m integration -q
 
 # The whole suite: quality gates, fast unit tests, then integration tests against the real test bed.
 test: lint unit integration
 
-demo: setup system plugins kube helm
+demo: setup system native plugins kube helm
 	$(BIN)/python scripts/demo.py
 
-bench: setup system plugins
+bench: setup system native plugins
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build meshplug/_native.json
+	find meshplug -name '*.so' -delete

@@ -8,18 +8,20 @@ return an int (or None for `() -> ()`). Guest memory is read and written through
 
 Two backends implement the same interface:
 
-* ``fast`` -- wasmtime's C API through ctypes (`wasmtime_func_call_unchecked` with prebuilt arguments and
-  one reused ValRaw array per export, `wasmtime_linker_define_func_unchecked` trampolines that map listed
-  exceptions to results (`Faulting`), the raw linear-memory pointer behind a cached memoryview). It relies
-  on the C ABI of the pinned wasmtime==50.0.1 (checked at import: `FAST_AVAILABLE`); ~0.8 us per guest
-  call, ~1 us more per host call (tests/unit/test_vm_backends.py checks it agrees with ``public``).
+* ``fast`` -- wasmtime's C API: guest calls and host imports cross in C (meshplug/agent/_wasmcall.c:
+  `wasmtime_func_call_unchecked` on a stack ValRaw array, the GIL released around it; one
+  `wasmtime_linker_define_func_unchecked` trampoline that calls the Python host function and maps listed
+  exceptions to results (`Faulting`)); linear memory through the raw pointer behind a cached memoryview
+  (ctypes, re-read only after the guest ran). It relies on the C ABI of the pinned wasmtime==50.0.1 and on
+  the built extension (`FAST_AVAILABLE`; meshplug.native); tests/unit/test_vm_backends.py checks it agrees
+  with ``public``.
 * ``public`` -- wasmtime-py's public API (`Func.__call__`, `Linker.define_func`, `Memory.read`), ~30x
   slower per call; kept as the reference the fast path is tested against.
 
 Sandbox: the `Runtime`'s engine has epoch interruption on; a ticker thread advances the epoch every
 `limits.EPOCH_TICK_MS` and every top-level guest call runs under a deadline of `limits.CALLBACK_DEADLINE_MS`
 (at least that minus one tick: the fast backend re-arms it only when the epoch moved since it last did, or
-after a failed call -- one C call per tick instead of one per guest call), so a loop traps with reason
+after a failed call -- one wasmtime call per tick instead of one per guest call), so a loop traps with reason
 ``cpu_budget``. Each store's linear memory is capped (`limits.VM_MAX_MEMORY_BYTES`).
 A trap surfaces as `PluginRuntimeError`; an exception raised by a host function propagates unchanged.
 
@@ -34,7 +36,6 @@ import collections
 import ctypes
 import hashlib
 import importlib.metadata
-import struct
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -47,10 +48,15 @@ from wasmtime import _ffi as ffi
 
 from meshplug import compiled, errors, limits
 
+try:
+    from meshplug.agent import _wasmcall
+except ImportError:  # not built (`make native`): the fast backend is unavailable, `public` serves
+    _wasmcall = None  # type: ignore[assignment]
+
 #: the exact wasmtime-py version whose C ABI the fast backend is written against
 PINNED_WASMTIME = "50.0.1"
 WASMTIME_VERSION = importlib.metadata.version("wasmtime")
-FAST_AVAILABLE = WASMTIME_VERSION == PINNED_WASMTIME
+FAST_AVAILABLE = WASMTIME_VERSION == PINNED_WASMTIME and _wasmcall is not None
 
 #: engine settings; part of every precompiled artifact's cache key (meshplug.compiled)
 ENGINE_SETTINGS: tuple[tuple[str, str], ...] = (
@@ -161,7 +167,7 @@ class Runtime:
         #: behind): the fast backend re-arms a store's epoch deadline only when this moved since it last
         #: armed it (or after a failed call), which keeps every top-level call's budget >= the configured
         #: ticks - 1 without a C call per guest call
-        self.epoch = 0
+        self.clock = _wasmcall.Epoch() if _wasmcall is not None else None
 
     # -- epoch ticker ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -181,7 +187,8 @@ class Runtime:
     def _tick(self) -> None:
         period = self.tick_ms / 1000.0
         while not self._stop.wait(period):
-            self.epoch += 1
+            if self.clock is not None:
+                self.clock.value += 1
             self.engine.increment_epoch()
 
     def deadline_ticks(self, deadline_ms: int) -> int:
@@ -283,8 +290,7 @@ class Guest(ABC):
         self.memory_cap = memory_cap
         self.deadline_ticks = runtime.deadline_ticks(deadline_ms)
         self.store.set_epoch_deadline(runtime.deadline_ticks(limits.START_DEADLINE_MS))
-        #: runtime.epoch when the fast backend last armed the deadline (-1: re-arm before the next call)
-        self.armed_epoch = -1
+        #: guest calls in progress (0: none; host functions may call the guest again)
         self.depth = 0
         self.instance: wasmtime.Instance | None = None
         # a module may import one name twice (TinyGo: wasi fd_write); the linker takes one definition, and
@@ -325,7 +331,6 @@ class Guest(ABC):
     def set_deadline_ms(self, deadline_ms: int) -> None:
         """Budget for the next top-level calls (the host widens it during VM start)."""
         self.deadline_ticks = self.runtime.deadline_ticks(deadline_ms)
-        self.armed_epoch = -1
 
     def _check_start(self, exc: BaseException) -> None:
         if isinstance(exc, wasmtime.Trap | wasmtime.WasmtimeError):
@@ -463,17 +468,13 @@ class PublicGuest(Guest):
 
 
 # ------------------------------------------------------------------------------------------------
-# fast backend: wasmtime C API via ctypes (pinned wasmtime==50.0.1)
+# fast backend: wasmtime C API (pinned wasmtime==50.0.1) through meshplug.agent._wasmcall
 # ------------------------------------------------------------------------------------------------
 _c_void_p = ctypes.c_void_p
 _c_size_t = ctypes.c_size_t
 
-# our own prototypes on the same library, so wasmtime-py's own argtypes stay untouched
-_UNCHECKED_CB = ctypes.CFUNCTYPE(_c_size_t, _c_void_p, _c_void_p, _c_void_p, _c_size_t)
 _dll = ffi.dll
-# no argtypes: every call passes prebuilt ctypes objects, which ctypes hands over without conversion
-_call_unchecked = ctypes.CDLL(_dll._name).wasmtime_func_call_unchecked
-_call_unchecked.restype = _c_void_p
+# our own prototypes on the same library, so wasmtime-py's own argtypes stay untouched
 _define_unchecked = ctypes.CFUNCTYPE(
     _c_void_p,
     _c_void_p,
@@ -482,26 +483,35 @@ _define_unchecked = ctypes.CFUNCTYPE(
     ctypes.c_char_p,
     _c_size_t,
     _c_void_p,
-    _UNCHECKED_CB,
+    _c_void_p,  # wasmtime_func_unchecked_callback_t: _wasmcall.TRAMPOLINE
     _c_void_p,
     _c_void_p,
 )(("wasmtime_linker_define_func_unchecked", _dll))
 _memory_data = ctypes.CFUNCTYPE(_c_void_p, _c_void_p, _c_void_p)(("wasmtime_memory_data", _dll))
 _memory_data_size = ctypes.CDLL(_dll._name).wasmtime_memory_data_size  # prebuilt ctypes arguments
 _memory_data_size.restype = _c_size_t
-_set_epoch_deadline = ctypes.CFUNCTYPE(None, _c_void_p, ctypes.c_uint64)(("wasmtime_context_set_epoch_deadline", _dll))
-_trap_new = ctypes.CFUNCTYPE(_c_void_p, ctypes.c_char_p, _c_size_t)(("wasmtime_trap_new", _dll))
 _caller_export_get = ctypes.CFUNCTYPE(ctypes.c_bool, _c_void_p, ctypes.c_char_p, _c_size_t, _c_void_p)(
     ("wasmtime_caller_export_get", _dll)
 )
 
-_RAW = 16  # sizeof(wasmtime_val_raw_t)
-_FMT = {"i32": "I12x", "i64": "Q8x", "f32": "f12x", "f64": "d8x"}
-_HOST_TRAP_MSG = b"meshplug host function failed"
+#: value kinds as _wasmcall numbers them (0: no result)
+_KIND = {"i32": 1, "i64": 2, "f32": 3, "f64": 4}
 
 
 def _addr(obj: Any) -> int:
     return int(ctypes.cast(obj, _c_void_p).value or 0)
+
+
+if _wasmcall is not None:
+    _wasmcall.init(
+        _addr(_dll.wasmtime_func_call_unchecked),
+        _addr(_dll.wasmtime_context_set_epoch_deadline),
+        _addr(_dll.wasmtime_trap_new),
+    )
+
+
+def _kinds(types: Sequence[str]) -> bytes:
+    return bytes(_KIND[t] for t in types)
 
 
 class FastGuest(Guest):
@@ -517,66 +527,48 @@ class FastGuest(Guest):
         deadline_ms: int,
     ) -> None:
         super().__init__(runtime, module, imports, memory_cap=memory_cap, deadline_ms=deadline_ms)
+        assert _wasmcall is not None, "FastGuest needs meshplug.agent._wasmcall (FAST_AVAILABLE)"
         self._ctx = _addr(self.store._context())
-        self._exc: BaseException | None = None
-        self._caller = 0
-        self._trap = _c_void_p()
-        self._trap_addr = ctypes.addressof(self._trap)
+        #: depth, epoch arming, the running host call's caller and the pending host exception, kept in C
+        self.state = _wasmcall.State(self._ctx, runtime.clock, self.deadline_ticks)
         self._mem_addr = 0
         self._mem_keep: Any = None
         self._mv: memoryview = memoryview(b"")
-        self._mv_size = -1
         self._size_handle = 0
         self._size_args: tuple[Any, ...] = ()  # (store context, memory) for wasmtime_memory_data_size
         self._funcs: dict[str, GuestFunc | None] = {}
         self._keep: list[Any] = []
         self.linker = wasmtime.Linker(runtime.engine)
         linker_ptr = _addr(self.linker.ptr())
-        for decl, fn in self._imports:
+        for decl, impl in self._imports:
             ft = functype(decl.sig)
-            cb = _UNCHECKED_CB(self._make_host(decl, fn))
-            self._keep.append((ft, cb))
+            fn, faults = (impl.fn, impl.faults) if isinstance(impl, Faulting) else (impl, ())
+            result = _KIND[decl.sig.results[0]] if decl.sig.results else 0
+            host = _wasmcall.HostFunc(self.state, fn, _kinds(decl.sig.params), result, faults)
+            self._keep.append((ft, host))
             mod, name = decl.module.encode(), decl.name.encode()
-            err = _define_unchecked(linker_ptr, mod, len(mod), name, len(name), _addr(ft.ptr()), cb, None, None)
+            err = _define_unchecked(
+                linker_ptr, mod, len(mod), name, len(name), _addr(ft.ptr()), _wasmcall.TRAMPOLINE, host.env, None
+            )
             if err:
                 raise errors.PluginStartError(f"cannot define {decl.module}.{decl.name}", reason="link_failed")
 
-    def _make_host(self, decl: ImportDecl, impl: HostImpl) -> Callable[[int, int, int, int], int]:
-        n = max(len(decl.sig.params), len(decl.sig.results))
-        args_fmt = struct.Struct("<" + "".join(_FMT[p] for p in decl.sig.params))
-        res_fmt = struct.Struct("<" + _FMT[decl.sig.results[0]]) if decl.sig.results else None
-        res_mask = _MASK.get(decl.sig.results[0], 0) if decl.sig.results else 0
-        array_t = ctypes.c_char * (n * _RAW)
-        unpack = args_fmt.unpack_from
-        guest = self
-        fn, faults = (impl.fn, impl.faults) if isinstance(impl, Faulting) else (impl, ())
-        fault_types = tuple(kind for kind, _ in faults)  # () catches nothing
+    @property
+    def depth(self) -> int:
+        return int(self.state.depth) if hasattr(self, "state") else 0
 
-        def host(_env: int, caller: int, args: int, _nargs: int) -> int:
-            outer = guest._caller
-            guest._caller = caller
-            guest._mv_size = -1  # the guest ran since the last look: memory may have grown
-            try:
-                buf = array_t.from_address(args)
-                try:
-                    result = fn(*unpack(buf))
-                except fault_types as exc:
-                    result = next(r for kind, r in faults if isinstance(exc, kind))
-                if res_fmt is not None:
-                    res_fmt.pack_into(buf, 0, (int(result or 0) & res_mask) if res_mask else (result or 0))
-                return 0
-            except BaseException as exc:
-                guest._exc = exc  # raised again by the guest call once the trap unwinds (_fail)
-                return int(_trap_new(_HOST_TRAP_MSG, len(_HOST_TRAP_MSG)) or 0)
-            finally:
-                # the guest runs again before Python next reads memory: whoever does (another host call,
-                # the returning guest call) invalidates the view first
-                guest._caller = outer
+    @depth.setter
+    def depth(self, value: int) -> None:
+        if hasattr(self, "state"):
+            self.state.depth = value
 
-        return host
+    def set_deadline_ms(self, deadline_ms: int) -> None:
+        super().set_deadline_ms(deadline_ms)
+        self.state.deadline_ticks = self.deadline_ticks
+        self.state.armed = -1
 
     def _raise_pending(self, trap_or_err: wasmtime.Trap | wasmtime.WasmtimeError | None) -> None:
-        exc, self._exc = self._exc, None
+        exc = self.state.take_exc()
         if exc is not None:
             raise exc
         if trap_or_err is not None:
@@ -586,7 +578,7 @@ class FastGuest(Guest):
         try:
             self.instance = self.linker.instantiate(self.store, self.module)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            pending, self._exc = self._exc, None
+            pending = self.state.take_exc()
             if pending is not None:
                 raise pending from None
             self._check_start(exc)
@@ -607,55 +599,16 @@ class FastGuest(Guest):
         return fn
 
     def _make_call(self, target: wasmtime.Func, sig: Signature) -> GuestFunc:
-        n = max(len(sig.params), len(sig.results), 1)
-        arr = (ctypes.c_char * (n * _RAW))()
-        pack = struct.Struct("<" + "".join(_FMT[p] for p in sig.params)).pack_into
-        res = struct.Struct("<" + _FMT[sig.results[0]]).unpack_from if sig.results else None
-        mask = _MASK.get(sig.results[0], 0) if sig.results else 0
-        runtime = self.runtime
-        ctx = self._ctx
-        trap = self._trap
-        # the call's arguments never change: the store context, the function, the ValRaw array, its
-        # length, the trap out-pointer
-        c_args = (
-            _c_void_p(ctx),
-            _c_void_p(ctypes.addressof(target._func)),
-            _c_void_p(ctypes.addressof(arr)),
-            _c_size_t(n),
-            _c_void_p(self._trap_addr),
+        assert _wasmcall is not None
+        result = _KIND[sig.results[0]] if sig.results else 0
+        self._keep.append(target)  # owns the wasmtime_func_t the call points at
+        call: GuestFunc = _wasmcall.GuestCall(
+            self.state, ctypes.addressof(target._func), _kinds(sig.params), result, self._fail
         )
-        self._keep.append((arr, target, c_args))
-        guest = self
-        integral = sig.results[:1] in (("i32",), ("i64",))  # "I"/"Q" already unpack as unsigned ints
-        unpack_result = res or struct.Struct("<I").unpack_from
-
-        def call(*args: int) -> int:
-            pack(arr, 0, *args)
-            depth = guest.depth
-            if not depth and guest.armed_epoch != runtime.epoch:
-                guest.armed_epoch = runtime.epoch
-                _set_epoch_deadline(ctx, guest.deadline_ticks)
-            guest.depth = depth + 1
-            try:
-                err = _call_unchecked(*c_args)
-            finally:
-                guest.depth = depth
-                guest._mv_size = -1
-            if err or trap.value:  # a failing host function returns a trap too (see _make_host)
-                guest._fail(err, trap.value)
-            if integral:
-                value: int = unpack_result(arr, 0)[0]
-                return value
-            if res is None:
-                return 0
-            result = res(arr, 0)[0]
-            return int(result) & mask if mask else int(result)
-
         return call
 
-    def _fail(self, err: int | None, trap_ptr: int | None) -> None:
-        self._trap.value = None  # wasmtime writes it only on a trap: reset it for the next call
-        self.armed_epoch = -1  # the deadline may be what trapped: the next call gets a fresh one
+    def _fail(self, err: int, trap_ptr: int) -> None:
+        self.state.armed = -1  # the deadline may be what trapped: the next call gets a fresh one
         decoded: wasmtime.Trap | wasmtime.WasmtimeError | None = None
         if trap_ptr:
             decoded = wasmtime.Trap._from_ptr(ctypes.cast(trap_ptr, ctypes.POINTER(ffi.wasm_trap_t)))
@@ -667,9 +620,10 @@ class FastGuest(Guest):
     def _memory_handle(self) -> int:
         if self._mem_addr:
             return self._mem_addr
-        if self._caller:
+        caller = self.state.caller
+        if caller:
             ext = ffi.wasmtime_extern_t()
-            if _caller_export_get(self._caller, b"memory", 6, ctypes.addressof(ext)) and (
+            if _caller_export_get(caller, b"memory", 6, ctypes.addressof(ext)) and (
                 int(cast(Any, ext.kind)) == ffi.WASMTIME_EXTERN_MEMORY.value
             ):
                 self._mem_keep = ext
@@ -678,7 +632,7 @@ class FastGuest(Guest):
         raise MemoryFault("module exports no memory")
 
     def _view(self) -> memoryview:
-        if self._mv_size < 0:
+        if self.state.dirty:
             handle = self._mem_addr or self._memory_handle()
             if handle != self._size_handle:  # prebuilt arguments for the handle `_mem_keep` holds now
                 self._size_handle = handle
@@ -687,7 +641,7 @@ class FastGuest(Guest):
             if size != len(self._mv):
                 base = int(_memory_data(self._ctx, handle) or 0)
                 self._mv = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B") if size else memoryview(b"")
-            self._mv_size = size
+            self.state.dirty = 0
         return self._mv
 
     def memory_size(self) -> int:

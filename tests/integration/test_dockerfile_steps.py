@@ -1,6 +1,7 @@
 """The Dockerfile's two pip steps, run on this machine (no Docker engine here): the build stage's `pip wheel` over
-a copy of exactly what the build stage COPYs, then the final stage's offline install into a venv without pip,
-then `meshplug version` from that venv (the image's ENTRYPOINT + CMD)."""
+a copy of exactly what the build stage COPYs (compiling the agent's data path with this machine's gcc, which the
+build stage installs with apt-get), then the final stage's offline install into a venv without pip, then
+`meshplug version` from that venv (the image's ENTRYPOINT + CMD): the installed data path is the compiled one."""
 
 from __future__ import annotations
 
@@ -38,12 +39,16 @@ def test_wheel_build_and_offline_install_give_a_working_meshplug(tmp_path: Path)
             src = procs.REPO_ROOT / source
             target = context / (src.name if dest.endswith("/") or dest == "./" else dest)
             if src.is_dir():
-                shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                shutil.copytree(
+                    src, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "_native.json")
+                )
             else:
                 shutil.copy2(src, target)
     paths = {"/wheels": str(tmp_path / "wheels"), "/opt/meshplug": str(tmp_path / "venv")}
 
-    (wheel_step,) = build.all("RUN")
+    apt_step, wheel_step = build.all("RUN")
+    # the build stage's compiler, which this machine has (scripts/install-system-deps.sh) instead of apt-get here
+    assert "gcc" in apt_step.split() and shutil.which("gcc"), apt_step
     out = subprocess.run(
         _substitute(wheel_step, paths), cwd=context, capture_output=True, text=True, timeout=900, check=False
     )
@@ -70,6 +75,7 @@ def test_wheel_build_and_offline_install_give_a_working_meshplug(tmp_path: Path)
     assert out.returncode == 0, out.stderr
     versions = json.loads(out.stdout)
     assert versions["meshplug"] == "0.1.0"
+    assert versions["dataplane"] == "compiled", versions  # the wheel carries the built data path
     assert "not installed" not in versions.values(), versions
     # both entrypoints the chart uses parse their arguments in the installed image
     for sub in ("operator", "agent"):

@@ -107,4 +107,4 @@ def test_dockerignore_sends_only_the_package() -> None:
     for arg in STAGES[0].all("COPY"):
         *sources, _dest = arg.split()
         copied |= {s.rstrip("/") for s in sources}
-    assert copied == allowed == {"pyproject.toml", "README.md", "meshplug"}
+    assert copied == allowed == {"pyproject.toml", "setup.py", "README.md", "meshplug"}

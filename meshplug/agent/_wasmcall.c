@@ -1,0 +1,551 @@
+/*
+ * meshplug.agent._wasmcall: the guest-call and host-call boundary of the fast wasm backend, in C.
+ *
+ * meshplug.agent.vm hands this module the addresses of three functions of the wasmtime C library that
+ * wasmtime-py already loaded (pinned wasmtime==50.0.1: vm.PINNED_WASMTIME), so nothing here links against
+ * wasmtime or needs its headers; the few types used are declared below with the layout of that C API.
+ *
+ *   GuestCall  calls one export: packs Python ints into a ValRaw array, arms the store's epoch deadline for
+ *              top-level calls, releases the GIL around wasmtime_func_call_unchecked (so the epoch ticker
+ *              keeps running while a guest loops), and returns the result as a Python int. On a trap or
+ *              error it calls `fail(error_ptr, trap_ptr)` (Python), which raises.
+ *   HostFunc   one host import: `TRAMPOLINE` is a wasmtime_func_unchecked_callback_t whose env is a HostFunc;
+ *              it takes the GIL, calls the Python function with unsigned ints, maps the listed exceptions to
+ *              results, and turns any other exception into a trap (the exception is kept on the State and
+ *              raised again by vm.FastGuest once the guest call unwinds).
+ *   State      per store: call depth, the epoch the deadline was last armed at, the deadline in ticks, the
+ *              current caller (for host functions running before `memory` is known), a flag telling Python
+ *              its cached memory view may be stale, and the pending host exception.
+ *   Epoch      a counter the runtime's ticker advances just before the engine's epoch.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef union {
+    int32_t i32;
+    int64_t i64;
+    uint32_t u32;
+    uint64_t u64;
+    float f32;
+    double f64;
+    uint8_t v128[16];
+} val_raw_t; /* wasmtime_val_raw_t: 16 bytes */
+
+typedef void *(*call_unchecked_fn)(void *ctx, const void *func, val_raw_t *vals, size_t n, void **trap);
+typedef void (*set_deadline_fn)(void *ctx, uint64_t ticks);
+typedef void *(*trap_new_fn)(const char *msg, size_t len);
+
+static call_unchecked_fn c_call_unchecked = NULL;
+static set_deadline_fn c_set_deadline = NULL;
+static trap_new_fn c_trap_new = NULL;
+
+static const char HOST_TRAP_MSG[] = "meshplug host function failed";
+
+enum { K_NONE = 0, K_I32 = 1, K_I64 = 2, K_F32 = 3, K_F64 = 4 };
+#define MAX_VALS 32
+
+/* ---------------------------------------------------------------------------------------------- */
+typedef struct {
+    PyObject_HEAD
+    unsigned long long value;
+} EpochObject;
+
+static PyMemberDef Epoch_members[] = {
+    {"value", T_ULONGLONG, offsetof(EpochObject, value), 0, "ticks so far"},
+    {NULL},
+};
+
+static PyTypeObject EpochType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "meshplug.agent._wasmcall.Epoch",
+    .tp_basicsize = sizeof(EpochObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_members = Epoch_members,
+    .tp_doc = "The runtime's epoch count, advanced by its ticker.",
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+typedef struct {
+    PyObject_HEAD
+    void *ctx;
+    EpochObject *epoch;
+    long long armed;
+    unsigned long long deadline_ticks;
+    int depth;
+    int dirty;
+    unsigned long long caller;
+    PyObject *exc;
+} StateObject;
+
+static int State_init(StateObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"ctx", "epoch", "deadline_ticks", NULL};
+    unsigned long long ctx, ticks;
+    PyObject *epoch;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KO!K", kwlist, &ctx, &EpochType, &epoch, &ticks)) {
+        return -1;
+    }
+    self->ctx = (void *)(uintptr_t)ctx;
+    Py_INCREF(epoch);
+    Py_XSETREF(self->epoch, (EpochObject *)epoch);
+    self->deadline_ticks = ticks;
+    self->armed = -1;
+    self->depth = 0;
+    self->dirty = 1;
+    self->caller = 0;
+    return 0;
+}
+
+static int State_traverse(StateObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->epoch);
+    Py_VISIT(self->exc);
+    return 0;
+}
+
+static int State_clear(StateObject *self) {
+    Py_CLEAR(self->epoch);
+    Py_CLEAR(self->exc);
+    return 0;
+}
+
+static void State_dealloc(StateObject *self) {
+    PyObject_GC_UnTrack(self);
+    State_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *State_take_exc(StateObject *self, PyObject *Py_UNUSED(ignored)) {
+    PyObject *exc = self->exc;
+    self->exc = NULL;
+    if (exc == NULL) {
+        Py_RETURN_NONE;
+    }
+    return exc;
+}
+
+static PyMethodDef State_methods[] = {
+    {"take_exc", (PyCFunction)State_take_exc, METH_NOARGS,
+     "The exception a host function raised during the last guest call (None if none); clears it."},
+    {NULL},
+};
+
+static PyMemberDef State_members[] = {
+    {"armed", T_LONGLONG, offsetof(StateObject, armed), 0, "epoch the deadline was armed at (-1: re-arm)"},
+    {"deadline_ticks", T_ULONGLONG, offsetof(StateObject, deadline_ticks), 0, "budget of a top-level call"},
+    {"depth", T_INT, offsetof(StateObject, depth), 0, "guest calls in progress"},
+    {"dirty", T_INT, offsetof(StateObject, dirty), 0, "1: the guest ran since Python looked at memory"},
+    {"caller", T_ULONGLONG, offsetof(StateObject, caller), 0, "wasmtime_caller_t* of the running host call"},
+    {NULL},
+};
+
+static PyTypeObject StateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "meshplug.agent._wasmcall.State",
+    .tp_basicsize = sizeof(StateObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)State_init,
+    .tp_traverse = (traverseproc)State_traverse,
+    .tp_clear = (inquiry)State_clear,
+    .tp_dealloc = (destructor)State_dealloc,
+    .tp_members = State_members,
+    .tp_methods = State_methods,
+    .tp_doc = "State(ctx, epoch, deadline_ticks): one store's call state.",
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+static int parse_kinds(PyObject *kinds, unsigned char *out, Py_ssize_t *n) {
+    char *buf;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(kinds, &buf, &len) < 0) {
+        return -1;
+    }
+    if (len > MAX_VALS) {
+        PyErr_Format(PyExc_ValueError, "at most %d parameters", MAX_VALS);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        unsigned char k = (unsigned char)buf[i];
+        if (k < K_I32 || k > K_F64) {
+            PyErr_Format(PyExc_ValueError, "unknown value kind %d", (int)k);
+            return -1;
+        }
+        out[i] = k;
+    }
+    *n = len;
+    return 0;
+}
+
+static int store_val(val_raw_t *slot, unsigned char kind, PyObject *v) {
+    memset(slot, 0, sizeof(*slot));
+    switch (kind) {
+    case K_I32: {
+        unsigned long long x = PyLong_AsUnsignedLongLongMask(v);
+        if (x == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+        slot->u32 = (uint32_t)x;
+        return 0;
+    }
+    case K_I64: {
+        unsigned long long x = PyLong_AsUnsignedLongLongMask(v);
+        if (x == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+        slot->u64 = (uint64_t)x;
+        return 0;
+    }
+    case K_F32: {
+        double d = PyFloat_AsDouble(v);
+        if (d == -1.0 && PyErr_Occurred()) return -1;
+        slot->f32 = (float)d;
+        return 0;
+    }
+    case K_F64: {
+        double d = PyFloat_AsDouble(v);
+        if (d == -1.0 && PyErr_Occurred()) return -1;
+        slot->f64 = d;
+        return 0;
+    }
+    }
+    return 0;
+}
+
+static PyObject *load_val(const val_raw_t *slot, unsigned char kind) {
+    switch (kind) {
+    case K_I32:
+        return PyLong_FromUnsignedLong(slot->u32);
+    case K_I64:
+        return PyLong_FromUnsignedLongLong(slot->u64);
+    case K_F32:
+        return PyFloat_FromDouble((double)slot->f32);
+    case K_F64:
+        return PyFloat_FromDouble(slot->f64);
+    }
+    return PyLong_FromLong(0);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    StateObject *state;
+    const void *func; /* wasmtime_func_t* (kept alive by the Python side) */
+    PyObject *fail;
+    Py_ssize_t nparams;
+    Py_ssize_t nvals;
+    unsigned char kinds[MAX_VALS];
+    unsigned char result;
+} GuestCallObject;
+
+static PyObject *GuestCall_vectorcall(GuestCallObject *self, PyObject *const *args, size_t nargsf, PyObject *kw) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    val_raw_t vals[MAX_VALS];
+    if (kw != NULL && PyTuple_GET_SIZE(kw) != 0) {
+        PyErr_SetString(PyExc_TypeError, "guest functions take positional arguments only");
+        return NULL;
+    }
+    if (nargs != self->nparams) {
+        PyErr_Format(PyExc_TypeError, "guest function takes %zd arguments (%zd given)", self->nparams, nargs);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        if (store_val(&vals[i], self->kinds[i], args[i]) < 0) return NULL;
+    }
+    if (nargs == 0) memset(&vals[0], 0, sizeof(vals[0]));
+    StateObject *st = self->state;
+    int depth = st->depth;
+    if (depth == 0 && st->armed != (long long)st->epoch->value) {
+        st->armed = (long long)st->epoch->value;
+        c_set_deadline(st->ctx, st->deadline_ticks);
+    }
+    st->depth = depth + 1;
+    void *trap = NULL;
+    void *err;
+    Py_BEGIN_ALLOW_THREADS
+    err = c_call_unchecked(st->ctx, self->func, vals, (size_t)self->nvals, &trap);
+    Py_END_ALLOW_THREADS
+    st->depth = depth;
+    st->dirty = 1;
+    if (err != NULL || trap != NULL) {
+        PyObject *r = PyObject_CallFunction(self->fail, "KK", (unsigned long long)(uintptr_t)err,
+                                            (unsigned long long)(uintptr_t)trap);
+        if (r == NULL) return NULL;
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_RuntimeError, "guest call failed and fail() did not raise");
+        return NULL;
+    }
+    if (self->result == K_NONE) return PyLong_FromLong(0);
+    if (self->result == K_F32) return PyLong_FromDouble((double)vals[0].f32);
+    if (self->result == K_F64) return PyLong_FromDouble(vals[0].f64);
+    return load_val(&vals[0], self->result);
+}
+
+static int GuestCall_init(GuestCallObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"state", "func", "params", "result", "fail", NULL};
+    PyObject *state, *params, *fail;
+    unsigned long long func;
+    int result;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!KSiO", kwlist, &StateType, &state, &func, &params, &result,
+                                     &fail)) {
+        return -1;
+    }
+    if (result < K_NONE || result > K_F64) {
+        PyErr_Format(PyExc_ValueError, "unknown result kind %d", result);
+        return -1;
+    }
+    if (parse_kinds(params, self->kinds, &self->nparams) < 0) return -1;
+    Py_INCREF(state);
+    Py_XSETREF(self->state, (StateObject *)state);
+    Py_INCREF(fail);
+    Py_XSETREF(self->fail, fail);
+    self->func = (const void *)(uintptr_t)func;
+    self->result = (unsigned char)result;
+    self->nvals = self->nparams > 1 ? self->nparams : 1;
+    self->vectorcall = (vectorcallfunc)GuestCall_vectorcall;
+    return 0;
+}
+
+static int GuestCall_traverse(GuestCallObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->state);
+    Py_VISIT(self->fail);
+    return 0;
+}
+
+static int GuestCall_clear(GuestCallObject *self) {
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->fail);
+    return 0;
+}
+
+static void GuestCall_dealloc(GuestCallObject *self) {
+    PyObject_GC_UnTrack(self);
+    GuestCall_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject GuestCallType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "meshplug.agent._wasmcall.GuestCall",
+    .tp_basicsize = sizeof(GuestCallObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)GuestCall_init,
+    .tp_traverse = (traverseproc)GuestCall_traverse,
+    .tp_clear = (inquiry)GuestCall_clear,
+    .tp_dealloc = (destructor)GuestCall_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(GuestCallObject, vectorcall),
+    .tp_doc = "GuestCall(state, func, params, result, fail): call one export with unsigned ints.",
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+typedef struct {
+    PyObject_HEAD
+    StateObject *state;
+    PyObject *fn;
+    PyObject *faults; /* tuple of (exception type, int result) */
+    Py_ssize_t nparams;
+    unsigned char kinds[MAX_VALS];
+    unsigned char result;
+} HostFuncObject;
+
+static int HostFunc_init(HostFuncObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"state", "fn", "params", "result", "faults", NULL};
+    PyObject *state, *fn, *params, *faults;
+    int result;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OSiO!", kwlist, &StateType, &state, &fn, &params, &result,
+                                     &PyTuple_Type, &faults)) {
+        return -1;
+    }
+    if (result < K_NONE || result > K_F64) {
+        PyErr_Format(PyExc_ValueError, "unknown result kind %d", result);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(faults); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(faults, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyLong_Check(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_SetString(PyExc_TypeError, "faults: a tuple of (exception type, int)");
+            return -1;
+        }
+    }
+    if (parse_kinds(params, self->kinds, &self->nparams) < 0) return -1;
+    Py_INCREF(state);
+    Py_XSETREF(self->state, (StateObject *)state);
+    Py_INCREF(fn);
+    Py_XSETREF(self->fn, fn);
+    Py_INCREF(faults);
+    Py_XSETREF(self->faults, faults);
+    self->result = (unsigned char)result;
+    return 0;
+}
+
+static int HostFunc_traverse(HostFuncObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->state);
+    Py_VISIT(self->fn);
+    Py_VISIT(self->faults);
+    return 0;
+}
+
+static int HostFunc_clear(HostFuncObject *self) {
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->fn);
+    Py_CLEAR(self->faults);
+    return 0;
+}
+
+static void HostFunc_dealloc(HostFuncObject *self) {
+    PyObject_GC_UnTrack(self);
+    HostFunc_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *HostFunc_get_env(HostFuncObject *self, void *closure) {
+    return PyLong_FromVoidPtr((void *)self);
+}
+
+static PyGetSetDef HostFunc_getset[] = {
+    {"env", (getter)HostFunc_get_env, NULL, "the env pointer to register with TRAMPOLINE", NULL},
+    {NULL},
+};
+
+static PyTypeObject HostFuncType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "meshplug.agent._wasmcall.HostFunc",
+    .tp_basicsize = sizeof(HostFuncObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)HostFunc_init,
+    .tp_traverse = (traverseproc)HostFunc_traverse,
+    .tp_clear = (inquiry)HostFunc_clear,
+    .tp_dealloc = (destructor)HostFunc_dealloc,
+    .tp_getset = HostFunc_getset,
+    .tp_doc = "HostFunc(state, fn, params, result, faults): one host import behind TRAMPOLINE.",
+};
+
+/* the result of a listed fault, or -1 with the exception left set when none matches */
+static int fault_result(HostFuncObject *hf, long long *out) {
+    Py_ssize_t n = PyTuple_GET_SIZE(hf->faults);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PyTuple_GET_ITEM(hf->faults, i);
+        if (PyErr_ExceptionMatches(PyTuple_GET_ITEM(pair, 0))) {
+            long long r = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 1));
+            PyErr_Clear();
+            *out = r;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int store_result(val_raw_t *slot, unsigned char kind, PyObject *res) {
+    if (kind == K_NONE) return 0;
+    if (res == Py_None) {
+        memset(slot, 0, sizeof(*slot));
+        return 0;
+    }
+    if (kind == K_I32 || kind == K_I64) {
+        PyObject *as_int = PyNumber_Index(res);
+        int rc;
+        if (as_int == NULL) {
+            PyErr_Clear();
+            as_int = PyNumber_Long(res);
+            if (as_int == NULL) return -1;
+        }
+        rc = store_val(slot, kind, as_int);
+        Py_DECREF(as_int);
+        return rc;
+    }
+    return store_val(slot, kind, res);
+}
+
+static void *host_trampoline(void *env, void *caller, val_raw_t *vals, size_t nvals) {
+    HostFuncObject *hf = (HostFuncObject *)env;
+    void *trap = NULL;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    StateObject *st = hf->state;
+    unsigned long long outer = st->caller;
+    PyObject *argv[MAX_VALS + 1];
+    PyObject *res = NULL;
+    Py_ssize_t made = 0;
+    st->caller = (unsigned long long)(uintptr_t)caller;
+    st->dirty = 1; /* the guest ran since the last look: memory may have grown */
+    for (; made < hf->nparams; made++) {
+        argv[made + 1] = load_val(&vals[made], hf->kinds[made]);
+        if (argv[made + 1] == NULL) break;
+    }
+    if (made == hf->nparams) {
+        res = PyObject_Vectorcall(hf->fn, argv + 1, (size_t)made | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    for (Py_ssize_t i = 0; i < made; i++) Py_DECREF(argv[i + 1]);
+    if (res == NULL) {
+        long long r;
+        if (fault_result(hf, &r) == 0) {
+            res = PyLong_FromLongLong(r);
+        }
+    }
+    if (res != NULL) {
+        if (store_result(&vals[0], hf->result, res) < 0) {
+            Py_CLEAR(res);
+        } else {
+            Py_DECREF(res);
+        }
+    }
+    if (res == NULL && PyErr_Occurred()) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL && value != NULL) PyException_SetTraceback(value, tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        Py_XSETREF(st->exc, value); /* raised again by the guest call once the trap unwinds */
+        trap = c_trap_new(HOST_TRAP_MSG, sizeof(HOST_TRAP_MSG) - 1);
+    }
+    (void)nvals;
+    st->caller = outer;
+    PyGILState_Release(gil);
+    return trap;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+static PyObject *wc_init(PyObject *mod, PyObject *args) {
+    unsigned long long call, deadline, trap_new;
+    if (!PyArg_ParseTuple(args, "KKK", &call, &deadline, &trap_new)) return NULL;
+    if (!call || !deadline || !trap_new) {
+        PyErr_SetString(PyExc_ValueError, "null function address");
+        return NULL;
+    }
+    c_call_unchecked = (call_unchecked_fn)(uintptr_t)call;
+    c_set_deadline = (set_deadline_fn)(uintptr_t)deadline;
+    c_trap_new = (trap_new_fn)(uintptr_t)trap_new;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef wc_methods[] = {
+    {"init", wc_init, METH_VARARGS,
+     "init(wasmtime_func_call_unchecked, wasmtime_context_set_epoch_deadline, wasmtime_trap_new): addresses."},
+    {NULL},
+};
+
+static struct PyModuleDef wc_module = {
+    PyModuleDef_HEAD_INIT, "meshplug.agent._wasmcall", "The fast backend's guest/host call boundary.", -1, wc_methods,
+};
+
+PyMODINIT_FUNC PyInit__wasmcall(void) {
+    PyObject *m;
+    if (PyType_Ready(&EpochType) < 0 || PyType_Ready(&StateType) < 0 || PyType_Ready(&GuestCallType) < 0 ||
+        PyType_Ready(&HostFuncType) < 0) {
+        return NULL;
+    }
+    m = PyModule_Create(&wc_module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Epoch", (PyObject *)&EpochType) < 0 ||
+        PyModule_AddObjectRef(m, "State", (PyObject *)&StateType) < 0 ||
+        PyModule_AddObjectRef(m, "GuestCall", (PyObject *)&GuestCallType) < 0 ||
+        PyModule_AddObjectRef(m, "HostFunc", (PyObject *)&HostFuncType) < 0 ||
+        PyModule_AddObject(m, "TRAMPOLINE", PyLong_FromVoidPtr((void *)host_trampoline)) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_VALS", MAX_VALS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

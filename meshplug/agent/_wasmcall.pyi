@@ -1,0 +1,37 @@
+"""Types of the C extension meshplug/agent/_wasmcall.c (see its header comment)."""
+
+from collections.abc import Callable
+
+MAX_VALS: int
+TRAMPOLINE: int
+
+def init(call_unchecked: int, set_epoch_deadline: int, trap_new: int, /) -> None: ...
+
+class Epoch:
+    value: int
+
+class State:
+    armed: int
+    deadline_ticks: int
+    depth: int
+    dirty: int
+    caller: int
+    def __init__(self, ctx: int, epoch: Epoch, deadline_ticks: int) -> None: ...
+    def take_exc(self) -> BaseException | None: ...
+
+class GuestCall:
+    def __init__(
+        self, state: State, func: int, params: bytes, result: int, fail: Callable[[int, int], None]
+    ) -> None: ...
+    def __call__(self, *args: int | float) -> int: ...
+
+class HostFunc:
+    env: int
+    def __init__(
+        self,
+        state: State,
+        fn: Callable[..., int | float | None],
+        params: bytes,
+        result: int,
+        faults: tuple[tuple[type[BaseException], int], ...],
+    ) -> None: ...

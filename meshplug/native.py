@@ -1,0 +1,158 @@
+"""The agent's compiled data path: which modules are compiled, and a guard that never runs a stale build.
+
+Two kinds of native code, built in place by `make native` (scripts/build_native.py -> setup.py build_ext)
+and into wheels by `pip wheel .`:
+
+* `EXTENSION`: meshplug/agent/_wasmcall.c, the fast wasm backend's guest/host call boundary (plain C against
+  the Python API; wasmtime's functions are handed over as addresses at import).
+* `COMPILED`: the per-request modules, compiled by mypyc from their (mypy --strict) sources into one shared
+  library (`GROUP`). The .py files stay the source of truth; the interpreter runs them when no build is
+  present.
+
+The build writes `STAMP` (sha256 of every source it compiled from). `guard()` runs when meshplug.agent is
+imported: a build whose stamp does not match the sources on disk is never loaded -- the mypyc modules are
+all imported from source (they call each other natively, so it is all or none) and the C extension is
+refused (meshplug.agent.vm then serves with the ``public`` backend). Environment:
+
+* ``MESHPLUG_NATIVE=0``: ignore any build (interpreted data path; the fallback tests use this).
+* ``MESHPLUG_REQUIRE_NATIVE=1``: a missing or stale build is an error at import (`make test` and CI set it,
+  so the suite always runs the compiled code it ships).
+
+This module imports nothing from meshplug: setup.py loads it by path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ROOT = PACKAGE_DIR.parent
+EXTENSION = "meshplug.agent._wasmcall"
+EXTENSION_SOURCE = "meshplug/agent/_wasmcall.c"
+#: compiled by mypyc, in one group (calls between them are native)
+COMPILED: tuple[str, ...] = (
+    "meshplug.agent.abi",
+    "meshplug.agent.chain",
+    "meshplug.agent.filters",
+    "meshplug.agent.host",
+    "meshplug.agent.pairs",
+    "meshplug.agent.properties",
+    "meshplug.agent.server",
+)
+GROUP = "meshplug.agent._dataplane"
+STAMP = PACKAGE_DIR / "_native.json"
+
+
+def source_path(module: str) -> str:
+    """Repository-relative path of a compiled module's source."""
+    return EXTENSION_SOURCE if module == EXTENSION else module.replace(".", "/") + ".py"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_tag() -> str:
+    """What a build is only valid for: this interpreter's extension ABI."""
+    return str(importlib.machinery.EXTENSION_SUFFIXES[0])
+
+
+def expected() -> dict[str, object]:
+    """The stamp a build of the sources on disk writes."""
+    sources = {m: _digest(ROOT / source_path(m)) for m in (EXTENSION, *COMPILED)}
+    return {"abi": build_tag(), "sources": sources}
+
+
+def write_stamp(target_dir: Path) -> Path:
+    """Record, next to a fresh build in `target_dir` (a package root), what it was built from."""
+    path = target_dir / "meshplug" / STAMP.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(expected(), indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def _built(module: str) -> bool:
+    parent, _, leaf = module.rpartition(".")
+    folder = ROOT / parent.replace(".", "/")
+    return any((folder / f"{leaf}{suffix}").exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Status:
+    """Which native parts this process may load, and why not."""
+
+    extension: bool
+    compiled: bool
+    reason: str  # "" when both are in use
+
+    def as_dict(self) -> dict[str, object]:
+        return {"extension": self.extension, "compiled": self.compiled, "reason": self.reason}
+
+
+def check() -> Status:
+    """Compare what is built with the sources on disk (cheap: hashes ~10 files)."""
+    if os.environ.get("MESHPLUG_NATIVE") == "0":
+        return Status(False, False, "MESHPLUG_NATIVE=0")
+    want = expected()
+    try:
+        have = json.loads(STAMP.read_text())
+    except (OSError, ValueError):
+        have = {}
+    if not isinstance(have, dict) or have.get("abi") != want["abi"]:
+        return Status(False, False, "not built (run `make native`)")
+    want_src = want["sources"]
+    have_src = have.get("sources") or {}
+    assert isinstance(want_src, dict)
+    stale = sorted(m for m in want_src if have_src.get(m) != want_src[m])
+    ext = EXTENSION not in stale and _built(EXTENSION)
+    compiled = not any(m in stale or not _built(m) for m in COMPILED)
+    if ext and compiled:
+        return Status(True, True, "")
+    parts = [m.rsplit(".", 1)[1] for m in stale] or ["(binaries missing)"]
+    return Status(ext, compiled, "sources changed since the build: " + ", ".join(parts) + " (run `make native`)")
+
+
+class _FromSource(importlib.abc.MetaPathFinder):
+    """Imports `sources` from their .py files and refuses `blocked`, ahead of the extension-first default."""
+
+    def __init__(self, sources: Sequence[str], blocked: Sequence[str]) -> None:
+        self.sources = frozenset(sources)
+        self.blocked = frozenset(blocked)
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname in self.blocked:
+            raise ImportError(f"{fullname}: its build is stale or disabled ({STATUS.reason})", name=fullname)
+        if fullname in self.sources:
+            return importlib.util.spec_from_file_location(fullname, ROOT / source_path(fullname))
+        return None
+
+
+class NativeBuildError(ImportError):
+    """MESHPLUG_REQUIRE_NATIVE=1 and the native build is missing or stale."""
+
+
+STATUS = Status(False, False, "guard() not run")
+
+
+def guard() -> Status:
+    """Route imports so that only a build matching the sources is loaded; returns what is in use."""
+    global STATUS  # noqa: PLW0603 -- decided once per process, before the data path is imported
+    if any(isinstance(f, _FromSource) for f in sys.meta_path):
+        return STATUS
+    STATUS = check()
+    if os.environ.get("MESHPLUG_REQUIRE_NATIVE") == "1" and STATUS.reason:
+        raise NativeBuildError(f"MESHPLUG_REQUIRE_NATIVE=1 but the compiled data path is unusable: {STATUS.reason}")
+    sys.meta_path.insert(0, _FromSource(() if STATUS.compiled else COMPILED, () if STATUS.extension else (EXTENSION,)))
+    return STATUS
