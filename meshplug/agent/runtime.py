@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import uvloop
 
-from meshplug import errors, protocol
+from meshplug import errors, native, protocol
 from meshplug.agent import admin, config, loader, push, server
 
 log = logging.getLogger("meshplug.agent")
@@ -136,6 +136,7 @@ class Agent:
         active = self.applier.active
         last = self.applier.last
         return {
+            "dataplane": native.STATUS.as_dict(),
             "version_info": active.version_info if active else "",
             "nonce": active.nonce if active else "",
             "plugins": loader.json_views(active.chain.views()) if active else [],
@@ -190,6 +191,8 @@ def serve(cfg: config.AgentConfig, *, log_level: str = "info") -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if native.STATUS.reason:
+        log.warning("data path interpreted, several times slower than compiled: %s", native.STATUS.reason)
     with contextlib.suppress(KeyboardInterrupt):
         return uvloop.run(_main(cfg))
     return 130

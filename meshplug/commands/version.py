@@ -7,8 +7,9 @@ import importlib.metadata
 import json
 
 import meshplug
+from meshplug import native
 
-HELP = "print the meshplug version and its runtime pins"
+HELP = "print the meshplug version, its runtime pins and whether the agent's data path is compiled"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = "not installed"
+    status = native.check()
+    versions["dataplane"] = "compiled" if not status.reason else f"interpreted: {status.reason}"
     if args.json:
         print(json.dumps(versions, sort_keys=True))
     else:
