@@ -1,8 +1,21 @@
-"""Helpers the benchmarks share."""
+"""Helpers the benchmarks share: CPU and memory of a process, one wrk run, and the two proxies under test
+(meshplug's agent and Envoy 1.40 + V8) started with the same module, configuration and upstream."""
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from tests.testbed import agent as tb_agent
+from tests.testbed import envoy as tb_envoy
+from tests.testbed import procs
+
+PROXY_CPU, LOAD_CPU = 1, 0
 
 
 def cpu_ns(pid: int) -> int:
@@ -14,3 +27,90 @@ def cpu_ns(pid: int) -> int:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pin_pid(pid: int, cpu: int) -> None:
+    subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True)
+
+
+@dataclass(frozen=True)
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float
+    rss_mib: float
+
+
+def _ms(text: str, pct: str) -> float:
+    m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if m is None:
+        return float("nan")
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+def measure(pid: int, port: int, seconds: int, pin: list[str]) -> Run:
+    """wrk -t1 -c16 against `port` for `seconds`; the proxy's CPU per request from schedstat, its RSS after."""
+    before = cpu_ns(pid)
+    out = subprocess.run(
+        [*pin, "wrk", "-t1", "-c16", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    used = cpu_ns(pid) - before
+    m = re.search(r"(\d+) requests in ([\d.]+)s", out)
+    if m is None:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"errors under load:\n{out}")
+    n = int(m.group(1))
+    return Run(n / float(m.group(2)), _ms(out, "50"), _ms(out, "99"), used / n / 1000, rss_mib(pid))
+
+
+def start_agent(
+    work: Path, name: str, upstream_port: int, wasm: Path | None, config: Mapping[str, Any]
+) -> tuple[procs.Proc, int]:
+    """`meshplug agent` with one plugin (`wasm` configured with `config`) or none, in front of the upstream."""
+    plugins = [] if wasm is None else [{"name": "bench", "module": {"file": str(wasm)}, "configuration": config}]
+    port, admin = procs.free_port(), procs.free_port()
+    raw = tb_agent.base_config(port=port, admin_port=admin, clusters={"upstream": upstream_port}, plugins=plugins)
+    agent = tb_agent.start_agent(raw, work_dir=work / name, log_dir=work, name=name, log_level="warning")
+    return agent.proc, port
+
+
+def start_envoy(
+    work: Path, name: str, upstream_port: int, wasm: Path | None, config: Mapping[str, Any]
+) -> tuple[procs.Proc, int]:
+    """Envoy (--concurrency 1) with the same plugin on V8 (or none), in front of the same upstream."""
+    filters = []
+    if wasm is not None:
+        filters = [
+            {
+                "name": "envoy.filters.http.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": "bench",
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": json.dumps(config),
+                        },
+                        "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}},
+                    },
+                },
+            }
+        ]
+    port, admin = procs.free_port(), procs.free_port()
+    listener = tb_envoy.http_listener("bench", port, cluster="upstream", http_filters=filters)
+    cfg = tb_envoy.bootstrap(admin, [listener], [tb_envoy.static_cluster("upstream", upstream_port)])
+    path = tb_envoy.write_config(cfg, work / f"{name}.json")
+    envoy = tb_envoy.start_envoy(path, admin_port=admin, log_dir=work, name=name, component_log_levels="wasm:warn")
+    return envoy.proc, port

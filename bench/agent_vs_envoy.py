@@ -15,72 +15,20 @@ Usage: bench/agent_vs_envoy.py [--rounds 5] [--seconds 5] [--module rust/header_
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import cpu_ns
+from bench._common import LOAD_CPU, PROXY_CPU, Run, measure, pin_pid, start_agent, start_envoy
 from tests.corpus import modules
-from tests.testbed import agent as tb_agent
-from tests.testbed import envoy as tb_envoy
 from tests.testbed import nginx as tb_nginx
 from tests.testbed import procs
 
 CONFIG = {"response": {"add": {"x-bench": "1"}}}
-PROXY_CPU, LOAD_CPU = 1, 0
-
-
-@dataclass(frozen=True)
-class Run:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    cpu_us: float
-    rss_mib: float
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _ms(text: str, pct: str) -> float:
-    m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-    if m is None:
-        return float("nan")
-    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-
-def measure(pid: int, port: int, seconds: int, pin: list[str]) -> Run:
-    before = cpu_ns(pid)
-    out = subprocess.run(
-        [*pin, "wrk", "-t1", "-c16", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    used = cpu_ns(pid) - before
-    m = re.search(r"(\d+) requests in ([\d.]+)s", out)
-    if m is None:
-        raise RuntimeError(f"cannot parse wrk output:\n{out}")
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(f"errors under load:\n{out}")
-    n = int(m.group(1))
-    return Run(n / float(m.group(2)), _ms(out, "50"), _ms(out, "99"), used / n / 1000, rss_mib(pid))
-
-
-def pin_pid(pid: int, cpu: int) -> None:
-    subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     procs.which_or_fail("wrk", "install Debian wrk (scripts/install-system-deps.sh)")
     can_pin = (os.cpu_count() or 1) > 1
     load_pin = ["taskset", "-c", str(LOAD_CPU)] if can_pin else []
-    wasm = modules.module(args.module).path
+    wasm = None if args.no_plugin else modules.module(args.module).path
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         work = Path(tmp)
         started: list[procs.Proc] = []
@@ -101,44 +49,12 @@ def main(argv: list[str] | None = None) -> int:
             upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if can_pin else None)
             started.append(upstream)
             up_port = upstream.ports["http"]
+            agent, a_port = start_agent(work, "agent", up_port, wasm, CONFIG)
+            started.append(agent)
+            envoy, e_port = start_envoy(work, "envoy", up_port, wasm, CONFIG)
+            started.append(envoy)
 
-            plugins = []
-            if not args.no_plugin:
-                plugins = [{"name": "bench", "module": {"file": str(wasm)}, "configuration": CONFIG}]
-            a_port, a_admin = procs.free_port(), procs.free_port()
-            raw = tb_agent.base_config(port=a_port, admin_port=a_admin, clusters={"upstream": up_port}, plugins=plugins)
-            agent = tb_agent.start_agent(raw, work_dir=work / "agent", log_dir=work, log_level="warning")
-            started.append(agent.proc)
-
-            e_port, e_admin = procs.free_port(), procs.free_port()
-            filters = []
-            if not args.no_plugin:
-                filters = [
-                    {
-                        "name": "envoy.filters.http.wasm",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                            "config": {
-                                "name": "bench",
-                                "configuration": {
-                                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                                    "value": json.dumps(CONFIG),
-                                },
-                                "vm_config": {
-                                    "runtime": "envoy.wasm.runtime.v8",
-                                    "code": {"local": {"filename": str(wasm)}},
-                                },
-                            },
-                        },
-                    }
-                ]
-            listener = tb_envoy.http_listener("bench", e_port, cluster="upstream", http_filters=filters)
-            cfg = tb_envoy.bootstrap(e_admin, [listener], [tb_envoy.static_cluster("upstream", up_port)])
-            path = tb_envoy.write_config(cfg, work / "envoy.json")
-            envoy = tb_envoy.start_envoy(path, admin_port=e_admin, log_dir=work, component_log_levels="wasm:warn")
-            started.append(envoy.proc)
-
-            systems = {"agent": (agent.proc.pid, a_port), "envoy": (envoy.proc.pid, e_port)}
+            systems = {"agent": (agent.pid, a_port), "envoy": (envoy.pid, e_port)}
             for pid, port in systems.values():
                 if can_pin:
                     pin_pid(pid, PROXY_CPU)

