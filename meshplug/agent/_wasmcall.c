@@ -5,7 +5,7 @@
  * wasmtime-py already loaded (pinned wasmtime==50.0.1: vm.PINNED_WASMTIME), so nothing here links against
  * wasmtime or needs its headers; the few types used are declared below with the layout of that C API.
  *
- *   GuestCall  calls one export: packs Python ints into a ValRaw array, arms the store's epoch deadline for
+ *   GuestCall  calls one export: packs Python ints into a ValRaw array (max(params, results) long), arms the store's epoch deadline for
  *              top-level calls, releases the GIL around wasmtime_func_call_unchecked (so the epoch ticker
  *              keeps running while a guest loops), and returns the result as a Python int. On a trap or
  *              error it calls `fail(error_ptr, trap_ptr)` (Python), which raises.
@@ -251,7 +251,7 @@ static PyObject *GuestCall_vectorcall(GuestCallObject *self, PyObject *const *ar
     for (Py_ssize_t i = 0; i < nargs; i++) {
         if (store_val(&vals[i], self->kinds[i], args[i]) < 0) return NULL;
     }
-    if (nargs == 0) memset(&vals[0], 0, sizeof(vals[0]));
+    for (Py_ssize_t i = nargs; i < self->nvals; i++) memset(&vals[i], 0, sizeof(vals[i]));
     StateObject *st = self->state;
     int depth = st->depth;
     if (depth == 0 && st->armed != (long long)st->epoch->value) {
@@ -281,26 +281,25 @@ static PyObject *GuestCall_vectorcall(GuestCallObject *self, PyObject *const *ar
 }
 
 static int GuestCall_init(GuestCallObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"state", "func", "params", "result", "fail", NULL};
-    PyObject *state, *params, *fail;
+    static char *kwlist[] = {"state", "func", "params", "results", "fail", NULL};
+    PyObject *state, *params, *results, *fail;
     unsigned long long func;
-    int result;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!KSiO", kwlist, &StateType, &state, &func, &params, &result,
+    unsigned char result_kinds[MAX_VALS];
+    Py_ssize_t nresults;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!KSSO", kwlist, &StateType, &state, &func, &params, &results,
                                      &fail)) {
         return -1;
     }
-    if (result < K_NONE || result > K_F64) {
-        PyErr_Format(PyExc_ValueError, "unknown result kind %d", result);
-        return -1;
-    }
     if (parse_kinds(params, self->kinds, &self->nparams) < 0) return -1;
+    if (parse_kinds(results, result_kinds, &nresults) < 0) return -1;
     Py_INCREF(state);
     Py_XSETREF(self->state, (StateObject *)state);
     Py_INCREF(fail);
     Py_XSETREF(self->fail, fail);
     self->func = (const void *)(uintptr_t)func;
-    self->result = (unsigned char)result;
-    self->nvals = self->nparams > 1 ? self->nparams : 1;
+    self->result = nresults ? result_kinds[0] : K_NONE; /* the first result is returned */
+    self->nvals = self->nparams > nresults ? self->nparams : nresults; /* wasmtime: max(params, results) */
+    if (self->nvals == 0) self->nvals = 1;
     self->vectorcall = (vectorcallfunc)GuestCall_vectorcall;
     return 0;
 }
@@ -335,7 +334,7 @@ static PyTypeObject GuestCallType = {
     .tp_dealloc = (destructor)GuestCall_dealloc,
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(GuestCallObject, vectorcall),
-    .tp_doc = "GuestCall(state, func, params, result, fail): call one export with unsigned ints.",
+    .tp_doc = "GuestCall(state, func, params, results, fail): call one export with unsigned ints.",
 };
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -21,7 +21,7 @@ class State:
 
 class GuestCall:
     def __init__(
-        self, state: State, func: int, params: bytes, result: int, fail: Callable[[int, int], None]
+        self, state: State, func: int, params: bytes, results: bytes, fail: Callable[[int, int], None]
     ) -> None: ...
     def __call__(self, *args: int | float) -> int: ...
 

@@ -431,6 +431,8 @@ class PublicGuest(Guest):
                 raise _trap_error(exc) from None
             finally:
                 self.depth -= 1
+            if isinstance(result, list):  # several results: the first (proxy-wasm exports have one at most)
+                result = result[0]
             if result is None or not mask:
                 return 0
             return int(result) & mask
@@ -600,10 +602,9 @@ class FastGuest(Guest):
 
     def _make_call(self, target: wasmtime.Func, sig: Signature) -> GuestFunc:
         assert _wasmcall is not None
-        result = _KIND[sig.results[0]] if sig.results else 0
         self._keep.append(target)  # owns the wasmtime_func_t the call points at
         call: GuestFunc = _wasmcall.GuestCall(
-            self.state, ctypes.addressof(target._func), _kinds(sig.params), result, self._fail
+            self.state, ctypes.addressof(target._func), _kinds(sig.params), _kinds(sig.results), self._fail
         )
         return call
 

@@ -1,4 +1,4 @@
-"""meshplug.agent.vm: the fast (ctypes) backend agrees with the public wasmtime-py API on the same guest --
+"""meshplug.agent.vm: the fast (C) backend agrees with the public wasmtime-py API on the same guest --
 argument/result encodings, host functions, guest memory, traps, CPU budget, host exceptions."""
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ WAT = """
   (memory (export "memory") 1 4)
   (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
   (func (export "wide") (param i64) (result i64) (i64.mul (local.get 0) (i64.const 3)))
+  (func (export "two") (result i32 i64) (i32.const 7) (i64.const 8))
+  (func (export "many") (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+    (i32.add (local.get 0) (local.get 7)))
   (func (export "via_host") (param i32 i64) (result i64) (call $mix (local.get 0) (local.get 1)))
   (func (export "store") (param i32 i32) (i32.store (local.get 0) (local.get 1)))
   (func (export "load") (param i32) (result i32) (i32.load (local.get 0)))
@@ -81,6 +84,8 @@ def run_script(backend: str) -> list[object]:
         out.append(h.call("add", 0xFFFF_FFFF, 1))
         out.append(h.call("add", 1 << 31, 5))
         out.append(h.call("wide", (1 << 63) + 7))
+        out.append(h.call("two"))  # more results than parameters: the first result
+        out.append(h.call("many", 1, 0, 0, 0, 0, 0, 0, 0xFFFF_FFFF))
         out.append(h.call("via_host", 0xFFFF_FFFE, (1 << 64) - 1))
         out.append(list(h.seen))
         h.guest.write(100, b"\x01\x02\x03\x04")
@@ -123,7 +128,7 @@ def test_backends_agree_on_every_observable_outcome() -> None:
     fast, public = run_script("fast"), run_script("public")
     assert fast == public
     wide = (((1 << 63) + 7) * 3) % (1 << 64)
-    assert fast[:6] == [None, 0, (1 << 31) + 5, wide, 0xFFFF_FFFD, [(0xFFFF_FFFE, (1 << 64) - 1)]]
+    assert fast[:8] == [None, 0, (1 << 31) + 5, wide, 7, 0, 0xFFFF_FFFD, [(0xFFFF_FFFE, (1 << 64) - 1)]]
     assert "trap: trap" in fast and "raise: host host function failed on purpose" in fast
     assert [b"abcd"] in fast
 
