@@ -1,5 +1,6 @@
 """Native parts of meshplug's agent (see meshplug/native.py): the _wasmcall C extension and the mypyc-compiled
-data path. Everything else is in pyproject.toml. MESHPLUG_NATIVE=0 builds a pure-Python package."""
+data path. Everything else is in pyproject.toml. MESHPLUG_NATIVE=0 builds a pure-Python package; so does a
+machine without a C compiler (the extensions are optional; meshplug.native loads only what was built)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def extensions() -> list[Extension]:
         extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"],
     )
     compiled = mypycify([native.source_path(m) for m in native.COMPILED], opt_level="3", group_name=native.GROUP)
-    return [wasmcall, *compiled]
+    exts = [wasmcall, *compiled]
+    for ext in exts:  # no compiler: a pure-Python install (meshplug.native then runs the sources)
+        ext.optional = True
+    return exts
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildNative})

@@ -115,11 +115,15 @@ def check() -> Status:
     assert isinstance(want_src, dict)
     stale = sorted(m for m in want_src if have_src.get(m) != want_src[m])
     ext = EXTENSION not in stale and _built(EXTENSION)
-    compiled = not any(m in stale or not _built(m) for m in COMPILED)
+    compiled = _built(GROUP + "__mypyc") and not any(m in stale or not _built(m) for m in COMPILED)
     if ext and compiled:
         return Status(True, True, "")
-    parts = [m.rsplit(".", 1)[1] for m in stale] or ["(binaries missing)"]
-    return Status(ext, compiled, "sources changed since the build: " + ", ".join(parts) + " (run `make native`)")
+    if stale:
+        names = ", ".join(m.rsplit(".", 1)[1] for m in stale)
+        return Status(ext, compiled, f"sources changed since the build: {names} (run `make native`)")
+    missing = [] if ext else ["the C extension"]
+    missing += [] if compiled else ["the mypyc modules"]
+    return Status(ext, compiled, f"built without {' and '.join(missing)} (no C compiler at build time?)")
 
 
 class _FromSource(importlib.abc.MetaPathFinder):
