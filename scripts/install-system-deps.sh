@@ -8,7 +8,7 @@ PACKAGES=(
   apache2-utils        # htpasswd (bcrypt) for the registry's auth variant
   openssl              # test CAs and serving certificates
   wabt                 # wat2wasm / wasm-objdump for edge-case guests
-  gcc libc6-dev        # the agent's compiled data path (make native: C extension + mypyc)
+  gcc libc6-dev python3-dev  # the agent's compiled data path (make native: C extension + mypyc)
   clang lld wasi-libc  # C plugins (wasm32-wasi)
   rustc cargo libstd-rust-dev-wasm32  # Rust plugins (Debian's wasm32 std)
   wrk nginx-light      # benchmarks: load generator and a fast upstream
