@@ -14,13 +14,15 @@
  *              results, and turns any other exception into a trap (the exception is kept on the State and
  *              raised again by vm.FastGuest once the guest call unwinds).
  *   State      per store: call depth, the epoch the deadline was last armed at, the deadline in ticks, the
- *              current caller (for host functions running before `memory` is known), a flag telling Python
- *              its cached memory view may be stale, and the pending host exception.
+ *              current caller (for host functions running before `memory` is known), the pending host
+ *              exception, and the linear memory: bounds-checked read/write against its base and size,
+ *              looked up again only after the guest ran (`dirty`: it may have grown).
  *   Epoch      a counter the runtime's ticker advances just before the engine's epoch.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -37,10 +39,15 @@ typedef union {
 typedef void *(*call_unchecked_fn)(void *ctx, const void *func, val_raw_t *vals, size_t n, void **trap);
 typedef void (*set_deadline_fn)(void *ctx, uint64_t ticks);
 typedef void *(*trap_new_fn)(const char *msg, size_t len);
+typedef uint8_t *(*memory_data_fn)(const void *ctx, const void *memory);
+typedef size_t (*memory_data_size_fn)(const void *ctx, const void *memory);
 
 static call_unchecked_fn c_call_unchecked = NULL;
 static set_deadline_fn c_set_deadline = NULL;
 static trap_new_fn c_trap_new = NULL;
+static memory_data_fn c_memory_data = NULL;
+static memory_data_size_fn c_memory_data_size = NULL;
+static PyObject *memory_fault = NULL; /* vm.MemoryFault */
 
 static const char HOST_TRAP_MSG[] = "meshplug host function failed";
 
@@ -79,6 +86,9 @@ typedef struct {
     int dirty;
     unsigned long long caller;
     PyObject *exc;
+    const void *memory; /* wasmtime_memory_t* (kept alive by the Python side); NULL until known */
+    uint8_t *base;
+    size_t size;
 } StateObject;
 
 static int State_init(StateObject *self, PyObject *args, PyObject *kwds) {
@@ -96,6 +106,9 @@ static int State_init(StateObject *self, PyObject *args, PyObject *kwds) {
     self->depth = 0;
     self->dirty = 1;
     self->caller = 0;
+    self->memory = NULL;
+    self->base = NULL;
+    self->size = 0;
     return 0;
 }
 
@@ -126,9 +139,128 @@ static PyObject *State_take_exc(StateObject *self, PyObject *Py_UNUSED(ignored))
     return exc;
 }
 
+/* the memory's current base and size (0 without a memory handle) */
+static int State_mem(StateObject *self) {
+    if (self->memory == NULL) {
+        PyErr_SetString(memory_fault, "module exports no memory");
+        return -1;
+    }
+    if (self->dirty) {
+        self->size = c_memory_data_size(self->ctx, self->memory);
+        self->base = c_memory_data(self->ctx, self->memory);
+        self->dirty = 0;
+    }
+    return 0;
+}
+
+static int State_span(StateObject *self, const char *what, long long ptr, long long size) {
+    if (State_mem(self) < 0) return -1;
+    if (ptr < 0 || size < 0 || (unsigned long long)ptr + (unsigned long long)size > self->size) {
+        PyErr_Format(memory_fault, "%s [%lld, %lld) outside memory of %zu bytes", what, ptr, ptr + size, self->size);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *State_set_memory(StateObject *self, PyObject *arg) {
+    unsigned long long handle = PyLong_AsUnsignedLongLong(arg);
+    if (handle == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    self->memory = (const void *)(uintptr_t)handle;
+    self->dirty = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *State_memory_size(StateObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (State_mem(self) < 0) return NULL;
+    return PyLong_FromSize_t(self->size);
+}
+
+static int as_offset(PyObject *v, long long *out) {
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    *out = overflow > 0 ? LLONG_MAX / 2 : overflow < 0 ? -1 : x; /* out of range either way */
+    return 0;
+}
+
+static PyObject *State_read(StateObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long ptr, size;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "read(ptr, size)");
+        return NULL;
+    }
+    if (as_offset(args[0], &ptr) < 0 || as_offset(args[1], &size) < 0) return NULL;
+    if (size == 0) return PyBytes_FromStringAndSize(NULL, 0);
+    if (State_span(self, "read", ptr, size) < 0) return NULL;
+    return PyBytes_FromStringAndSize((const char *)self->base + ptr, (Py_ssize_t)size);
+}
+
+static PyObject *State_write(StateObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long ptr;
+    Py_buffer view;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "write(ptr, data)");
+        return NULL;
+    }
+    if (as_offset(args[0], &ptr) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_CONTIG_RO) < 0) return NULL;
+    if (view.len > 0) {
+        if (State_span(self, "write", ptr, view.len) < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        memcpy(self->base + ptr, view.buf, (size_t)view.len);
+    }
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+static PyObject *State_read_u32(StateObject *self, PyObject *arg) {
+    long long ptr;
+    uint32_t v;
+    if (as_offset(arg, &ptr) < 0 || State_span(self, "read", ptr, 4) < 0) return NULL;
+    memcpy(&v, self->base + ptr, 4); /* wasm memory is little-endian, as is every host meshplug runs on */
+    return PyLong_FromUnsignedLong(v);
+}
+
+static PyObject *State_write_int(StateObject *self, PyObject *const *args, Py_ssize_t nargs, int width) {
+    long long ptr;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "write_u32/write_u64(ptr, value)");
+        return NULL;
+    }
+    if (as_offset(args[0], &ptr) < 0) return NULL;
+    unsigned long long value = PyLong_AsUnsignedLongLongMask(args[1]);
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (State_span(self, "write", ptr, width) < 0) return NULL;
+    if (width == 4) {
+        uint32_t v = (uint32_t)value;
+        memcpy(self->base + ptr, &v, 4);
+    } else {
+        uint64_t v = (uint64_t)value;
+        memcpy(self->base + ptr, &v, 8);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *State_write_u32(StateObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return State_write_int(self, args, nargs, 4);
+}
+
+static PyObject *State_write_u64(StateObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return State_write_int(self, args, nargs, 8);
+}
+
 static PyMethodDef State_methods[] = {
     {"take_exc", (PyCFunction)State_take_exc, METH_NOARGS,
      "The exception a host function raised during the last guest call (None if none); clears it."},
+    {"set_memory", (PyCFunction)State_set_memory, METH_O, "set_memory(wasmtime_memory_t address)"},
+    {"memory_size", (PyCFunction)State_memory_size, METH_NOARGS, "the linear memory's size in bytes"},
+    {"read", (PyCFunction)(void (*)(void))State_read, METH_FASTCALL, "read(ptr, size) -> bytes"},
+    {"write", (PyCFunction)(void (*)(void))State_write, METH_FASTCALL, "write(ptr, data)"},
+    {"read_u32", (PyCFunction)State_read_u32, METH_O, "read_u32(ptr) -> int (little-endian)"},
+    {"write_u32", (PyCFunction)(void (*)(void))State_write_u32, METH_FASTCALL, "write_u32(ptr, value)"},
+    {"write_u64", (PyCFunction)(void (*)(void))State_write_u64, METH_FASTCALL, "write_u64(ptr, value)"},
     {NULL},
 };
 
@@ -507,21 +639,31 @@ static void *host_trampoline(void *env, void *caller, val_raw_t *vals, size_t nv
 
 /* ---------------------------------------------------------------------------------------------- */
 static PyObject *wc_init(PyObject *mod, PyObject *args) {
-    unsigned long long call, deadline, trap_new;
-    if (!PyArg_ParseTuple(args, "KKK", &call, &deadline, &trap_new)) return NULL;
-    if (!call || !deadline || !trap_new) {
+    unsigned long long call, deadline, trap_new, data, data_size;
+    PyObject *fault;
+    if (!PyArg_ParseTuple(args, "KKKKKO", &call, &deadline, &trap_new, &data, &data_size, &fault)) return NULL;
+    if (!call || !deadline || !trap_new || !data || !data_size) {
         PyErr_SetString(PyExc_ValueError, "null function address");
+        return NULL;
+    }
+    if (!PyExceptionClass_Check(fault)) {
+        PyErr_SetString(PyExc_TypeError, "memory_fault: an exception class");
         return NULL;
     }
     c_call_unchecked = (call_unchecked_fn)(uintptr_t)call;
     c_set_deadline = (set_deadline_fn)(uintptr_t)deadline;
     c_trap_new = (trap_new_fn)(uintptr_t)trap_new;
+    c_memory_data = (memory_data_fn)(uintptr_t)data;
+    c_memory_data_size = (memory_data_size_fn)(uintptr_t)data_size;
+    Py_INCREF(fault);
+    Py_XSETREF(memory_fault, fault);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef wc_methods[] = {
     {"init", wc_init, METH_VARARGS,
-     "init(wasmtime_func_call_unchecked, wasmtime_context_set_epoch_deadline, wasmtime_trap_new): addresses."},
+     "init(wasmtime_func_call_unchecked, wasmtime_context_set_epoch_deadline, wasmtime_trap_new, "
+     "wasmtime_memory_data, wasmtime_memory_data_size, MemoryFault): the functions' addresses and the fault class."},
     {NULL},
 };
 

@@ -489,9 +489,6 @@ _define_unchecked = ctypes.CFUNCTYPE(
     _c_void_p,
     _c_void_p,
 )(("wasmtime_linker_define_func_unchecked", _dll))
-_memory_data = ctypes.CFUNCTYPE(_c_void_p, _c_void_p, _c_void_p)(("wasmtime_memory_data", _dll))
-_memory_data_size = ctypes.CDLL(_dll._name).wasmtime_memory_data_size  # prebuilt ctypes arguments
-_memory_data_size.restype = _c_size_t
 _caller_export_get = ctypes.CFUNCTYPE(ctypes.c_bool, _c_void_p, ctypes.c_char_p, _c_size_t, _c_void_p)(
     ("wasmtime_caller_export_get", _dll)
 )
@@ -509,6 +506,9 @@ if _wasmcall is not None:
         _addr(_dll.wasmtime_func_call_unchecked),
         _addr(_dll.wasmtime_context_set_epoch_deadline),
         _addr(_dll.wasmtime_trap_new),
+        _addr(_dll.wasmtime_memory_data),
+        _addr(_dll.wasmtime_memory_data_size),
+        MemoryFault,
     )
 
 
@@ -534,10 +534,7 @@ class FastGuest(Guest):
         #: depth, epoch arming, the running host call's caller and the pending host exception, kept in C
         self.state = _wasmcall.State(self._ctx, runtime.clock, self.deadline_ticks)
         self._mem_addr = 0
-        self._mem_keep: Any = None
-        self._mv: memoryview = memoryview(b"")
-        self._size_handle = 0
-        self._size_args: tuple[Any, ...] = ()  # (store context, memory) for wasmtime_memory_data_size
+        self._mem_keep: Any = None  # owns the wasmtime_memory_t `state` reads through
         self._funcs: dict[str, GuestFunc | None] = {}
         self._keep: list[Any] = []
         self.linker = wasmtime.Linker(runtime.engine)
@@ -589,6 +586,14 @@ class FastGuest(Guest):
         if isinstance(mem, wasmtime.Memory):
             self._mem_keep = mem
             self._mem_addr = ctypes.addressof(mem._memory)
+            self.state.set_memory(self._mem_addr)
+            # the memory is known for good: guest memory access goes straight to C (no Python frame)
+            self.read = self.state.read  # type: ignore[method-assign,assignment]
+            self.write = self.state.write  # type: ignore[method-assign,assignment]
+            self.read_u32 = self.state.read_u32  # type: ignore[method-assign,assignment]
+            self.write_u32 = self.state.write_u32  # type: ignore[method-assign,assignment]
+            self.write_u64 = self.state.write_u64  # type: ignore[method-assign,assignment]
+            self.memory_size = self.state.memory_size  # type: ignore[method-assign]
 
     def func(self, name: str) -> GuestFunc | None:
         if name in self._funcs:
@@ -618,57 +623,39 @@ class FastGuest(Guest):
         self._raise_pending(decoded)
         raise errors.PluginRuntimeError("guest call failed without a trap", reason="trap")
 
-    def _memory_handle(self) -> int:
-        if self._mem_addr:
-            return self._mem_addr
-        caller = self.state.caller
-        if caller:
+    def _memory(self) -> _wasmcall.State:
+        """The state, once it knows the memory: found through the running host call's caller when the
+        instance did not export one at instantiation (a start function's host calls)."""
+        if not self._mem_addr:
+            caller = self.state.caller
             ext = ffi.wasmtime_extern_t()
-            if _caller_export_get(caller, b"memory", 6, ctypes.addressof(ext)) and (
-                int(cast(Any, ext.kind)) == ffi.WASMTIME_EXTERN_MEMORY.value
+            if not (
+                caller
+                and _caller_export_get(caller, b"memory", 6, ctypes.addressof(ext))
+                and int(cast(Any, ext.kind)) == ffi.WASMTIME_EXTERN_MEMORY.value
             ):
-                self._mem_keep = ext
-                self._mem_addr = ctypes.addressof(ext.of.memory)
-                return self._mem_addr
-        raise MemoryFault("module exports no memory")
+                raise MemoryFault("module exports no memory")
+            self._mem_keep = ext
+            self._mem_addr = ctypes.addressof(ext.of.memory)
+            self.state.set_memory(self._mem_addr)
+        return self.state
 
-    def _view(self) -> memoryview:
-        if self.state.dirty:
-            handle = self._mem_addr or self._memory_handle()
-            if handle != self._size_handle:  # prebuilt arguments for the handle `_mem_keep` holds now
-                self._size_handle = handle
-                self._size_args = (_c_void_p(self._ctx), _c_void_p(handle))
-            size = int(_memory_data_size(*self._size_args))
-            if size != len(self._mv):
-                base = int(_memory_data(self._ctx, handle) or 0)
-                self._mv = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B") if size else memoryview(b"")
-            self.state.dirty = 0
-        return self._mv
-
+    # until instantiate() finds the exported memory (then the State's C methods replace these)
     def memory_size(self) -> int:
-        return len(self._view())
+        return self._memory().memory_size()
 
     def read(self, ptr: int, size: int) -> bytes:
-        if size == 0:
-            return b""
-        mv = self._view()
-        end = ptr + size
-        if ptr < 0 or size < 0 or end > len(mv):
-            raise MemoryFault(f"read [{ptr}, {end}) outside memory of {len(mv)} bytes")
-        return mv[ptr:end].tobytes()
+        return self._memory().read(ptr, size) if size else b""
 
     def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
-        size = len(data)
-        if size == 0:
-            return
-        mv = self._view()
-        end = ptr + size
-        if ptr < 0 or end > len(mv):
-            raise MemoryFault(f"write [{ptr}, {end}) outside memory of {len(mv)} bytes")
-        mv[ptr:end] = data
+        if len(data):
+            self._memory().write(ptr, data)
 
     def read_u32(self, ptr: int) -> int:
-        mv = self._view()
-        if ptr < 0 or ptr + 4 > len(mv):
-            raise MemoryFault(f"read [{ptr}, {ptr + 4}) outside memory of {len(mv)} bytes")
-        return int.from_bytes(mv[ptr : ptr + 4], "little")
+        return self._memory().read_u32(ptr)
+
+    def write_u32(self, ptr: int, value: int) -> None:
+        self._memory().write_u32(ptr, value)
+
+    def write_u64(self, ptr: int, value: int) -> None:
+        self._memory().write_u64(ptr, value)
