@@ -76,10 +76,13 @@ def measure(pid: int, port: int, seconds: int, pin: list[str]) -> Run:
 
 
 def start_agent(
-    work: Path, name: str, upstream_port: int, wasm: Path | None, config: Mapping[str, Any]
+    work: Path, name: str, upstream_port: int, wasm: Path | None, config: Mapping[str, Any], *, count: int = 1
 ) -> tuple[procs.Proc, int]:
-    """`meshplug agent` with one plugin (`wasm` configured with `config`) or none, in front of the upstream."""
-    plugins = [] if wasm is None else [{"name": "bench", "module": {"file": str(wasm)}, "configuration": config}]
+    """`meshplug agent` with `count` plugins (`wasm` configured with `config`) or none, in front of the upstream."""
+    plugins = [
+        {"name": f"bench-{i}", "module": {"file": str(wasm)}, "configuration": config}
+        for i in range(count if wasm is not None else 0)
+    ]
     port, admin = procs.free_port(), procs.free_port()
     raw = tb_agent.base_config(port=port, admin_port=admin, clusters={"upstream": upstream_port}, plugins=plugins)
     agent = tb_agent.start_agent(raw, work_dir=work / name, log_dir=work, name=name, log_level="warning")
@@ -87,9 +90,9 @@ def start_agent(
 
 
 def start_envoy(
-    work: Path, name: str, upstream_port: int, wasm: Path | None, config: Mapping[str, Any]
+    work: Path, name: str, upstream_port: int, wasm: Path | None, config: Mapping[str, Any], *, count: int = 1
 ) -> tuple[procs.Proc, int]:
-    """Envoy (--concurrency 1) with the same plugin on V8 (or none), in front of the same upstream."""
+    """Envoy (--concurrency 1) with the same plugin on V8 `count` times (or none), in front of the same upstream."""
     filters = []
     if wasm is not None:
         filters = [
@@ -98,7 +101,7 @@ def start_envoy(
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                     "config": {
-                        "name": "bench",
+                        "name": f"bench-{i}",
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",
                             "value": json.dumps(config),
@@ -107,6 +110,7 @@ def start_envoy(
                     },
                 },
             }
+            for i in range(count)
         ]
     port, admin = procs.free_port(), procs.free_port()
     listener = tb_envoy.http_listener("bench", port, cluster="upstream", http_filters=filters)
