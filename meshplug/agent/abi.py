@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from meshplug import abi_table, errors
 from meshplug.agent import chain, pairs, properties, vm, wasi
@@ -26,42 +26,42 @@ if TYPE_CHECKING:
     from meshplug.agent.host import Context, WasmVm
 
 # proxy_status_t
-OK = 0
-NOT_FOUND = 1
-BAD_ARGUMENT = 2
-SERIALIZATION_FAILURE = 3
-PARSE_FAILURE = 4
-INVALID_MEMORY_ACCESS = 6
-EMPTY = 7
-CAS_MISMATCH = 8
-INTERNAL_FAILURE = 10
-BROKEN_CONNECTION = 11
-UNIMPLEMENTED = 12
+OK: Final = 0
+NOT_FOUND: Final = 1
+BAD_ARGUMENT: Final = 2
+SERIALIZATION_FAILURE: Final = 3
+PARSE_FAILURE: Final = 4
+INVALID_MEMORY_ACCESS: Final = 6
+EMPTY: Final = 7
+CAS_MISMATCH: Final = 8
+INTERNAL_FAILURE: Final = 10
+BROKEN_CONNECTION: Final = 11
+UNIMPLEMENTED: Final = 12
 
 # proxy_buffer_type_t
-BUF_HTTP_REQUEST_BODY = 0
-BUF_HTTP_RESPONSE_BODY = 1
-BUF_DOWNSTREAM_DATA = 2
-BUF_UPSTREAM_DATA = 3
-BUF_HTTP_CALL_RESPONSE_BODY = 4
-BUF_GRPC_RECEIVE = 5
-BUF_VM_CONFIGURATION = 6
-BUF_PLUGIN_CONFIGURATION = 7
-BUF_FOREIGN_FUNCTION_ARGUMENTS = 8
-_MAX_BUFFER_TYPE = 8
+BUF_HTTP_REQUEST_BODY: Final = 0
+BUF_HTTP_RESPONSE_BODY: Final = 1
+BUF_DOWNSTREAM_DATA: Final = 2
+BUF_UPSTREAM_DATA: Final = 3
+BUF_HTTP_CALL_RESPONSE_BODY: Final = 4
+BUF_GRPC_RECEIVE: Final = 5
+BUF_VM_CONFIGURATION: Final = 6
+BUF_PLUGIN_CONFIGURATION: Final = 7
+BUF_FOREIGN_FUNCTION_ARGUMENTS: Final = 8
+_MAX_BUFFER_TYPE: Final = 8
 
 # proxy_map_type_t
-MAP_REQUEST_HEADERS = 0
-MAP_REQUEST_TRAILERS = 1
-MAP_RESPONSE_HEADERS = 2
-MAP_RESPONSE_TRAILERS = 3
-MAP_GRPC_INITIAL_METADATA = 4
-MAP_GRPC_TRAILING_METADATA = 5
-MAP_HTTP_CALL_RESPONSE_HEADERS = 6
-MAP_HTTP_CALL_RESPONSE_TRAILERS = 7
-_MAX_MAP_TYPE = 7
+MAP_REQUEST_HEADERS: Final = 0
+MAP_REQUEST_TRAILERS: Final = 1
+MAP_RESPONSE_HEADERS: Final = 2
+MAP_RESPONSE_TRAILERS: Final = 3
+MAP_GRPC_INITIAL_METADATA: Final = 4
+MAP_GRPC_TRAILING_METADATA: Final = 5
+MAP_HTTP_CALL_RESPONSE_HEADERS: Final = 6
+MAP_HTTP_CALL_RESPONSE_TRAILERS: Final = 7
+_MAX_MAP_TYPE: Final = 7
 #: per map type, the names Envoy keeps as one inline entry (adding to one appends ",value": chain.add_header)
-_INLINE = {
+_INLINE: Final = {
     MAP_REQUEST_HEADERS: chain.REQUEST_INLINE_HEADERS,
     MAP_REQUEST_TRAILERS: chain.REQUEST_TRAILER_INLINE_HEADERS,
     MAP_RESPONSE_HEADERS: chain.RESPONSE_INLINE_HEADERS,
@@ -72,8 +72,8 @@ _NO_INLINE: frozenset[bytes] = frozenset()
 # proxy_stream_type_t
 STREAM_REQUEST, STREAM_RESPONSE, STREAM_DOWNSTREAM, STREAM_UPSTREAM = range(4)
 
-_U32 = 0xFFFF_FFFF
-_READ_ONLY_BUFFERS = frozenset(
+_U32: Final = 0xFFFF_FFFF
+_READ_ONLY_BUFFERS: Final = frozenset(
     {BUF_HTTP_CALL_RESPONSE_BODY, BUF_GRPC_RECEIVE, BUF_VM_CONFIGURATION, BUF_PLUGIN_CONFIGURATION, 8}
 )
 
@@ -653,7 +653,7 @@ SHIMS: dict[str, str] = {
 
 
 #: foreign functions that act on the calling context (handled by HostCalls._context_foreign)
-_CONTEXT_FOREIGN = frozenset({b"declare_property", b"set_envoy_filter_state"})
+_CONTEXT_FOREIGN: Final = frozenset({b"declare_property", b"set_envoy_filter_state"})
 
 
 def _proto_fields(data: bytes) -> dict[int, int | bytes]:

@@ -49,7 +49,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import ClassVar, Protocol
+from typing import ClassVar, Final, Protocol
 
 from meshplug import limits
 
@@ -129,7 +129,7 @@ class StreamInfo:
 # appendToHeader, an empty value adds nothing); any other name gets a second entry. Envoy does this for
 # proxy_add_header_map_value, proxy_set_header_map_pairs, local-reply headers and header lines from the
 # wire alike (cache-control: "max-age=60" + add "no-store" -> "max-age=60,no-store").
-REQUEST_INLINE_HEADERS = frozenset(
+REQUEST_INLINE_HEADERS: Final = frozenset(
     name.encode()
     for name in [
         ":authority",
@@ -202,7 +202,7 @@ REQUEST_INLINE_HEADERS = frozenset(
         "x-request-id",
     ]
 )
-RESPONSE_INLINE_HEADERS = frozenset(
+RESPONSE_INLINE_HEADERS: Final = frozenset(
     name.encode()
     for name in [
         ":status",
@@ -245,7 +245,7 @@ RESPONSE_INLINE_HEADERS = frozenset(
         "x-request-id",
     ]
 )
-RESPONSE_TRAILER_INLINE_HEADERS = frozenset({b"grpc-message", b"grpc-status"})
+RESPONSE_TRAILER_INLINE_HEADERS: Final = frozenset({b"grpc-message", b"grpc-status"})
 REQUEST_TRAILER_INLINE_HEADERS: frozenset[bytes] = frozenset()
 
 
@@ -300,14 +300,14 @@ def _grpc_message(body: bytes) -> bytes:
 
 #: StreamInfo response flags (property response.flags; Envoy's legacy ResponseFlag bits) the shell may set
 #: on `Stream.response_flags`: e.g. UF upstream connection failure, UT upstream request timeout
-RESPONSE_FLAG_NO_HEALTHY_UPSTREAM = 0x2
-RESPONSE_FLAG_UPSTREAM_REQUEST_TIMEOUT = 0x4
-RESPONSE_FLAG_LOCAL_RESET = 0x8
-RESPONSE_FLAG_UPSTREAM_REMOTE_RESET = 0x10
-RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE = 0x20
-RESPONSE_FLAG_UPSTREAM_CONNECTION_TERMINATION = 0x40
-RESPONSE_FLAG_UPSTREAM_OVERFLOW = 0x80
-RESPONSE_FLAG_NO_ROUTE_FOUND = 0x100
+RESPONSE_FLAG_NO_HEALTHY_UPSTREAM: Final = 0x2
+RESPONSE_FLAG_UPSTREAM_REQUEST_TIMEOUT: Final = 0x4
+RESPONSE_FLAG_LOCAL_RESET: Final = 0x8
+RESPONSE_FLAG_UPSTREAM_REMOTE_RESET: Final = 0x10
+RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE: Final = 0x20
+RESPONSE_FLAG_UPSTREAM_CONNECTION_TERMINATION: Final = 0x40
+RESPONSE_FLAG_UPSTREAM_OVERFLOW: Final = 0x80
+RESPONSE_FLAG_NO_ROUTE_FOUND: Final = 0x100
 
 
 @dataclass(frozen=True)
@@ -352,8 +352,8 @@ class ResetStream:
 
 Output = SendHeaders | SendData | SendTrailers | AbortUpstream | ResetStream
 
-_UPSTREAM = Target.UPSTREAM
-_DOWNSTREAM = Target.DOWNSTREAM
+_UPSTREAM: Final = Target.UPSTREAM
+_DOWNSTREAM: Final = Target.DOWNSTREAM
 _send_headers = SendHeaders
 _send_data = SendData
 
@@ -565,9 +565,9 @@ def replace_info(info: StreamInfo, fields: dict[str, object]) -> StreamInfo:
 
 
 # A frame is (kind, end_stream, data); data only for _DATA.
-_HEADERS = 0
-_DATA = 1
-_TRAILERS = 2
+_HEADERS: Final = 0
+_DATA: Final = 1
+_TRAILERS: Final = 2
 _Frame = tuple[int, bool, bytes]
 
 
@@ -669,17 +669,17 @@ class StreamControl:
 
 
 _Control = tuple[str, int, object]
-_REQUEST = Direction.REQUEST
-_RESPONSE = Direction.RESPONSE
-_CONTINUE = Action.CONTINUE
-_FAIL = Action.FAIL
+_REQUEST: Final = Direction.REQUEST
+_RESPONSE: Final = Direction.RESPONSE
+_CONTINUE: Final = Action.CONTINUE
+_FAIL: Final = Action.FAIL
 
 
 class _NotCreated:
     """Marks a filter whose stream context is not created yet."""
 
 
-_NEW = _NotCreated()
+_NEW: Final = _NotCreated()
 
 
 class Stream:

@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
+from typing import Final
 
 from meshplug import errors, protocol
 from meshplug.agent import chain, host, loader, server
@@ -83,7 +84,7 @@ class Driver:
             self.host.close()
 
 
-_METRIC_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+_METRIC_CHARS: Final = re.compile(r"[^a-zA-Z0-9_]")
 
 
 def _metrics_text(h: host.Host) -> str:
@@ -107,7 +108,7 @@ def _host_log_level() -> int:
     return host.WARN if plugin_log.isEnabledFor(logging.WARNING) else host.ERROR
 
 
-_LEVEL_NAMES = {0: "trace", 1: "debug", 2: "info", 3: "warn", 4: "error", 5: "critical"}
+_LEVEL_NAMES: Final = {0: "trace", 1: "debug", 2: "info", 3: "warn", 4: "error", 5: "critical"}
 
 
 def _metric_values(h: host.Host) -> dict[str, int | None]:

@@ -54,7 +54,7 @@ from meshplug.agent.chain import Action, Direction, FailStrategy, LocalReply, Ph
 
 log = logging.getLogger("meshplug.agent.host")
 
-_HTTP_CALLBACKS = (
+_HTTP_CALLBACKS: Final = (
     "proxy_on_request_headers",
     "proxy_on_request_body",
     "proxy_on_request_trailers",
@@ -68,7 +68,7 @@ Headers = chain.Headers
 
 # proxy_log_level_t
 TRACE, DEBUG, INFO, WARN, ERROR, CRITICAL = range(6)
-_PY_LEVEL = {
+_PY_LEVEL: Final = {
     TRACE: logging.DEBUG,
     DEBUG: logging.DEBUG,
     INFO: logging.INFO,
@@ -180,9 +180,9 @@ class Metrics:
 
 # --- contexts ---------------------------------------------------------------------------------------
 #: proxy-wasm body results 0-2 (3 and above: StopIterationNoBuffer)
-_BODY_ACTIONS = (Action.CONTINUE, Action.BUFFER, Action.WATERMARK)
-_CONTINUE = Action.CONTINUE
-_REQUEST = Direction.REQUEST
+_BODY_ACTIONS: Final = (Action.CONTINUE, Action.BUFFER, Action.WATERMARK)
+_CONTINUE: Final = Action.CONTINUE
+_REQUEST: Final = Direction.REQUEST
 
 
 class Context:

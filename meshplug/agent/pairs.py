@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Final
 
 from meshplug import limits
 
 Pair = tuple[bytes, bytes]
 
-_U32 = struct.Struct("<I")
+_U32: Final = struct.Struct("<I")
 
 
 class PairsError(ValueError):

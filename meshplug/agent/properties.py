@@ -22,7 +22,7 @@ probe guest.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from meshplug.agent import pairs
@@ -31,7 +31,7 @@ from meshplug.agent.chain import Direction
 if TYPE_CHECKING:
     from meshplug.agent.host import Context
 
-_I64 = struct.Struct("<q")
+_I64: Final = struct.Struct("<q")
 
 
 def enc_int(value: int) -> bytes:
@@ -69,7 +69,7 @@ def _joined(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
 
 
 #: request.* attributes that are one request header's value, by attribute key
-_REQUEST_HEADER_ATTRS = {
+_REQUEST_HEADER_ATTRS: Final = {
     b"host": b":authority",
     b"scheme": b":scheme",
     b"method": b":method",
@@ -78,7 +78,7 @@ _REQUEST_HEADER_ATTRS = {
     b"id": b"x-request-id",
 }
 #: request.* attributes Envoy derives from the request header map
-_REQUEST_HEADER_KEYS = frozenset({b"path", b"url_path", b"query", b"headers", *_REQUEST_HEADER_ATTRS})
+_REQUEST_HEADER_KEYS: Final = frozenset({b"path", b"url_path", b"query", b"headers", *_REQUEST_HEADER_ATTRS})
 
 
 def _address(host: str, port: int) -> bytes:

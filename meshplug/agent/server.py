@@ -31,7 +31,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import httptools
 
@@ -44,15 +44,15 @@ log = logging.getLogger("meshplug.agent.server")
 Headers = list[tuple[bytes, bytes]]
 
 #: request/response headers that describe one hop only (RFC 9110 7.6.1) and are never forwarded
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
-_REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+_REASONS: Final = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
-RESET_CONNECT_FAILURE = "connection failure"
-RESET_TERMINATION = "connection termination"
-RESET_PROTOCOL = "protocol error"
-BODY_TIMEOUT = b"upstream request timeout"
+RESET_CONNECT_FAILURE: Final = "connection failure"
+RESET_TERMINATION: Final = "connection termination"
+RESET_PROTOCOL: Final = "protocol error"
+BODY_TIMEOUT: Final = b"upstream request timeout"
 
 
 def reset_body(reason: str) -> bytes:
@@ -76,7 +76,7 @@ class _DateCache:
         return self._value
 
 
-_DATE = _DateCache()
+_DATE: Final = _DateCache()
 
 
 class _RequestIds:
@@ -95,10 +95,10 @@ class _RequestIds:
         return b"%b%012x" % (self._prefix, self._next() & 0xFFFFFFFFFFFF)
 
 
-_REQUEST_IDS = _RequestIds()
+_REQUEST_IDS: Final = _RequestIds()
 #: ":status" values by code, encoded once
-_STATUS_BYTES = {code: str(code).encode() for code in range(100, 600)}
-_SCHEME_HTTP = (b":scheme", b"http")
+_STATUS_BYTES: Final = {code: str(code).encode() for code in range(100, 600)}
+_SCHEME_HTTP: Final = (b":scheme", b"http")
 
 
 def refresh_debug() -> None:
@@ -398,9 +398,9 @@ class Pool:
 
 # --- downstream side ---------------------------------------------------------------------------------
 
-_CONNECTION_IDS = itertools.count(1)
+_CONNECTION_IDS: Final = itertools.count(1)
 #: whether the data path logs per-exchange details (read once per start/level change, not per call)
-_DEBUG = [False]
+_DEBUG: Final = [False]
 
 
 def _close_delimited(method: bytes, status: int, headers: Headers) -> bool:
@@ -413,17 +413,17 @@ def _close_delimited(method: bytes, status: int, headers: Headers) -> bool:
     return True
 
 
-_PAUSE_UPSTREAM_FULL = 1  # upstream write buffer full
-_PAUSE_BUFFER = 2  # body buffered while waiting for an upstream connection
-_PAUSE_PIPELINE = 4  # a complete request is waiting for its response
+_PAUSE_UPSTREAM_FULL: Final = 1  # upstream write buffer full
+_PAUSE_BUFFER: Final = 2  # body buffered while waiting for an upstream connection
+_PAUSE_PIPELINE: Final = 4  # a complete request is waiting for its response
 
 #: header fields never forwarded as trailers (framing, routing; RFC 9110 6.5.1)
-_NOT_TRAILERS = HOP_BY_HOP | {b"content-length", b"host"}
-_LAST_CHUNK = b"0\r\n\r\n"
+_NOT_TRAILERS: Final = HOP_BY_HOP | {b"content-length", b"host"}
+_LAST_CHUNK: Final = b"0\r\n\r\n"
 
 #: how proxy-generated replies are described to plugins (response.code_details / response.flags), as Envoy's router
-_DETAILS_CONNECT = "upstream_reset_before_response_started{connection_failure}"
-_DETAILS_TIMEOUT = "upstream_response_timeout"
+_DETAILS_CONNECT: Final = "upstream_reset_before_response_started{connection_failure}"
+_DETAILS_TIMEOUT: Final = "upstream_response_timeout"
 
 
 def _reset_details(reason: str) -> str:
@@ -754,7 +754,7 @@ _SendHeaders = agent_chain.SendHeaders
 _SendData = agent_chain.SendData
 _SendTrailers = agent_chain.SendTrailers
 _AbortUpstream = agent_chain.AbortUpstream
-_UPSTREAM = agent_chain.Target.UPSTREAM
+_UPSTREAM: Final = agent_chain.Target.UPSTREAM
 
 
 class FilteredExchange(Exchange):
