@@ -11,8 +11,8 @@ Two backends implement the same interface:
 * ``fast`` -- wasmtime's C API: guest calls and host imports cross in C (meshplug/agent/_wasmcall.c:
   `wasmtime_func_call_unchecked` on a stack ValRaw array, the GIL released around it; one
   `wasmtime_linker_define_func_unchecked` trampoline that calls the Python host function and maps listed
-  exceptions to results (`Faulting`)); linear memory through the raw pointer behind a cached memoryview
-  (ctypes, re-read only after the guest ran). It relies on the C ABI of the pinned wasmtime==50.0.1 and on
+  exceptions to results (`Faulting`); bounds-checked linear-memory access on the memory's base pointer,
+  looked up again only after the guest ran). It relies on the C ABI of the pinned wasmtime==50.0.1 and on
   the built extension (`FAST_AVAILABLE`; meshplug.native); tests/unit/test_vm_backends.py checks it agrees
   with ``public``.
 * ``public`` -- wasmtime-py's public API (`Func.__call__`, `Linker.define_func`, `Memory.read`), ~30x
