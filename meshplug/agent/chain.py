@@ -354,8 +354,6 @@ Output = SendHeaders | SendData | SendTrailers | AbortUpstream | ResetStream
 
 _UPSTREAM: Final = Target.UPSTREAM
 _DOWNSTREAM: Final = Target.DOWNSTREAM
-_send_headers = SendHeaders
-_send_data = SendData
 
 
 # ---- what filters implement -----------------------------------------------------------------------
@@ -1102,18 +1100,18 @@ class Stream:
         kind = frame[0]
         if direction == _REQUEST:
             if kind == _HEADERS:
-                self._outputs.append(_send_headers(_UPSTREAM, tuple(self.request_headers), frame[1]))
+                self._outputs.append(SendHeaders(_UPSTREAM, tuple(self.request_headers), frame[1]))
                 self.upstream_started = True
             elif kind == _DATA:
-                self._outputs.append(_send_data(_UPSTREAM, frame[2], frame[1]))
+                self._outputs.append(SendData(_UPSTREAM, frame[2], frame[1]))
             else:
                 self._outputs.append(SendTrailers(Target.UPSTREAM, tuple(self.request_trailers)))
         elif kind == _HEADERS:
-            self._outputs.append(_send_headers(_DOWNSTREAM, tuple(self.response_headers), frame[1]))
+            self._outputs.append(SendHeaders(_DOWNSTREAM, tuple(self.response_headers), frame[1]))
             self.response_started = True
         elif kind == _DATA:
             self.bytes_sent += len(frame[2])
-            self._outputs.append(_send_data(_DOWNSTREAM, frame[2], frame[1]))
+            self._outputs.append(SendData(_DOWNSTREAM, frame[2], frame[1]))
         else:
             self._outputs.append(SendTrailers(Target.DOWNSTREAM, tuple(self.response_trailers)))
 

@@ -236,12 +236,7 @@ class HttpContext(Context):
     """One plugin's context for one HTTP stream; implements chain.FilterStream."""
 
     def __init__(self, vm_: WasmVm, root: RootContext, control: chain.StreamControl) -> None:
-        # Context.__init__ inlined (one per plugin per request)
-        self.vm = vm_
-        self.id = 0
-        self.root = root
-        self.properties = {}
-        self.deleted = False
+        super().__init__(vm_, 0, root)
         self.control = control
         #: the stream's header lists (the chain keeps each list's identity for the stream's life), by direction
         self.maps = (control.headers(Direction.REQUEST), control.headers(Direction.RESPONSE))
@@ -316,18 +311,9 @@ class HttpContext(Context):
         return self._ensure()
 
     def on_headers(self, direction: Direction, end_stream: bool) -> Action:
-        wvm = self.vm
-        # `_ready()` inline: the common case (created, alive) in one test
-        if (
-            not (
-                self.created
-                and wvm.failed is None
-                and not self.deleted
-                and self.generation == self.plugin_ref.generation
-            )
-            and not self._ensure()
-        ):
+        if not self._ready():
             return Action.FAIL
+        wvm = self.vm
         cb = wvm.cb
         fn = cb.headers[direction]
         if fn is None:  # not exported: nothing to call (Envoy calls only exported callbacks)
@@ -358,17 +344,9 @@ class HttpContext(Context):
         return action
 
     def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
-        wvm = self.vm
-        if (
-            not (
-                self.created
-                and wvm.failed is None
-                and not self.deleted
-                and self.generation == self.plugin_ref.generation
-            )
-            and not self._ensure()
-        ):
+        if not self._ready():
             return Action.FAIL
+        wvm = self.vm
         fn = wvm.cb.body[direction]
         if fn is None:
             return _CONTINUE
@@ -414,11 +392,10 @@ class HttpContext(Context):
             # (a local reply or reset before it) so that on_log / on_done / on_delete stay balanced
             return
         wvm = self.vm
-        plugin = self.plugin_ref
         # Envoy HTTP order: access log, then done, then delete (the exported ones: cb.end); each while the
-        # context is alive (`_alive()` inline)
+        # context is alive
         for fn in wvm.cb.end:
-            if wvm.failed is None and not self.deleted and self.generation == plugin.generation:
+            if self._alive():
                 wvm.call_fn(self, fn, self.id)
         self.deleted = True
         wvm.contexts.pop(self.id, None)

@@ -436,9 +436,6 @@ def _last_chunk(trailers: Sequence[tuple[bytes, bytes]]) -> bytes:
     return b"0\r\n%b\r\n" % b"".join(lines) if lines else _LAST_CHUNK
 
 
-_info_copy = agent_chain.replace_info
-
-
 class Exchange:
     """One request/response through the proxy; the `Sink` of its upstream connection."""
 
@@ -1434,7 +1431,7 @@ class Downstream(asyncio.Protocol):
                 cluster_name=self.pool.cluster.name,
             )
         elif (info.protocol == "HTTP/1.1") is not self.http11:
-            info = self._info = _info_copy(info, {"protocol": "HTTP/1.1" if self.http11 else "HTTP/1.0"})
+            info = self._info = agent_chain.replace_info(info, {"protocol": "HTTP/1.1" if self.http11 else "HTTP/1.0"})
         return info
 
     def up_write(self, up: Upstream, data: bytes) -> None:

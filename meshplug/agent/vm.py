@@ -290,8 +290,6 @@ class Guest(ABC):
         self.memory_cap = memory_cap
         self.deadline_ticks = runtime.deadline_ticks(deadline_ms)
         self.store.set_epoch_deadline(runtime.deadline_ticks(limits.START_DEADLINE_MS))
-        #: guest calls in progress (0: none; host functions may call the guest again)
-        self.depth = 0
         self.instance: wasmtime.Instance | None = None
         # a module may import one name twice (TinyGo: wasi fd_write); the linker takes one definition, and
         # instantiation reports a type clash if the two declarations differ
@@ -309,6 +307,11 @@ class Guest(ABC):
     @abstractmethod
     def func(self, name: str) -> GuestFunc | None:
         """A callable for export `name` taking/returning unsigned ints, or None if not exported."""
+
+    @property
+    @abstractmethod
+    def depth(self) -> int:
+        """Guest calls in progress (0: none; host functions may call the guest again)."""
 
     @abstractmethod
     def memory_size(self) -> int: ...
@@ -354,6 +357,7 @@ class PublicGuest(Guest):
         deadline_ms: int,
     ) -> None:
         super().__init__(runtime, module, imports, memory_cap=memory_cap, deadline_ms=deadline_ms)
+        self._depth = 0
         self._caller: wasmtime.Caller | None = None
         self._memory: wasmtime.Memory | None = None
         self._funcs: dict[str, GuestFunc | None] = {}
@@ -384,6 +388,10 @@ class PublicGuest(Guest):
             return value - (1 << 64) if value >= 1 << 63 else value
 
         return host
+
+    @property
+    def depth(self) -> int:
+        return self._depth
 
     def instantiate(self) -> None:
         try:
@@ -418,10 +426,10 @@ class PublicGuest(Guest):
         def call(*args: int) -> int:
             # unsigned ints in, the signed values wasmtime-py's Val conversion expects out (floats as given)
             signed = [a - (1 << b) if b and a >= 1 << (b - 1) else a for a, b in zip(args, bits, strict=True)]
-            top = self.depth == 0
+            top = self._depth == 0
             if top:
                 self.store.set_epoch_deadline(self.deadline_ticks)
-            self.depth += 1
+            self._depth += 1
             try:
                 store: Any = self._caller if self._caller is not None else self.store
                 result = target(store, *signed)
@@ -430,7 +438,7 @@ class PublicGuest(Guest):
             except wasmtime.WasmtimeError as exc:
                 raise _trap_error(exc) from None
             finally:
-                self.depth -= 1
+                self._depth -= 1
             if isinstance(result, list):  # several results: the first (proxy-wasm exports have one at most)
                 result = result[0]
             if result is None or not mask:
@@ -554,12 +562,7 @@ class FastGuest(Guest):
 
     @property
     def depth(self) -> int:
-        return int(self.state.depth) if hasattr(self, "state") else 0
-
-    @depth.setter
-    def depth(self, value: int) -> None:
-        if hasattr(self, "state"):
-            self.state.depth = value
+        return int(self.state.depth)
 
     def set_deadline_ms(self, deadline_ms: int) -> None:
         super().set_deadline_ms(deadline_ms)
