@@ -23,6 +23,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from meshplug.serving import ServerThread
+
 Key = tuple[str, str]
 
 
@@ -127,24 +129,8 @@ class _Server(http.server.ThreadingHTTPServer):
         self.render = render
 
 
-class MetricsServer:
+class MetricsServer(ServerThread):
     """Serves ``render()`` at /metrics and the health of ``metrics`` at /healthz on ``host:port`` until `stop`."""
 
     def __init__(self, metrics: Metrics, render: Callable[[], str], *, host: str, port: int) -> None:
-        self._server = _Server((host, port), metrics, render)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="meshplug-metrics", daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> MetricsServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        super().__init__(_Server((host, port), metrics, render), name="meshplug-metrics", poll_interval=0.1)

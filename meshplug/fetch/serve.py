@@ -19,11 +19,11 @@ import hmac
 import http.server
 import re
 import ssl
-import threading
 import urllib.parse
 from typing import Any
 
 from meshplug.fetch.cache import Cache
+from meshplug.serving import ServerThread
 
 _ROUTE = re.compile(r"^/modules/sha256/([0-9a-f]{64})$")
 
@@ -110,7 +110,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.token = token
 
 
-class ModuleServer:
+class ModuleServer(ServerThread):
     """Serves ``cache`` on ``host:port`` (port 0: any free port) until `stop()`."""
 
     def __init__(
@@ -124,17 +124,12 @@ class ModuleServer:
     ) -> None:
         if len(token) < 16:
             raise ValueError("module server token must be at least 16 characters")
-        self._server = _Server((host, port), cache, token)
+        server = _Server((host, port), cache, token)
         if ssl_context is not None:
-            self._server.socket = ssl_context.wrap_socket(self._server.socket, server_side=True)
+            server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
+        super().__init__(server, name="meshplug-modules", poll_interval=0.05)
+        self._token = token
         self._scheme = "https" if ssl_context is not None else "http"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="meshplug-modules", daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
 
     @property
     def base_url(self) -> str:
@@ -144,19 +139,4 @@ class ModuleServer:
     def url_for(self, sha256: str, *, signed: bool = False) -> str:
         """The module's URL; ``signed`` appends the capability signature (for Envoy ``code.remote``)."""
         url = f"{self.base_url}/modules/sha256/{sha256}"
-        return f"{url}?sig={signature(self._server.token, sha256)}" if signed else url
-
-    def start(self) -> ModuleServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> ModuleServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return f"{url}?sig={signature(self._token, sha256)}" if signed else url
