@@ -16,23 +16,13 @@ from typing import Any
 import pytest
 import wasmtime
 
+from tests.guests import minimal
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
 from tests.testbed import procs
 
-_WAT = """(module
- (memory (export "memory") 1)
- (func (export "proxy_abi_version_0_2_1"))
- (func (export "malloc") (param i32) (result i32) i32.const 1024)
- (func (export "proxy_on_context_create") (param i32 i32))
- (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const 1)
- (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1)
- (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
- (func (export "proxy_on_done") (param i32) (result i32) i32.const 1)
- (func (export "proxy_on_delete") (param i32))
- %s)"""
-MODULE = wasmtime.wat2wasm(_WAT % "")
-MODULE_V2 = wasmtime.wat2wasm(_WAT % '(data (i32.const 2048) "v2")')
+MODULE = minimal.passthrough()
+MODULE_V2 = minimal.passthrough('(data (i32.const 2048) "v2")')
 NOT_PROXY_WASM = wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "hello")))')
 PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import wasmtime
 
+from tests.guests import minimal
 from tests.testbed import agent as agent_mod
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
@@ -28,20 +28,10 @@ from tests.testbed import procs
 
 TOKEN = "push-token-for-the-operator-test"
 PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
-_WAT = """(module
- (memory (export "memory") 1)
- (func (export "proxy_abi_version_0_2_1"))
- (func (export "malloc") (param i32) (result i32) i32.const 1024)
- (func (export "proxy_on_context_create") (param i32 i32))
- (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const %d)
- (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1)
- (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
- (func (export "proxy_on_done") (param i32) (result i32) i32.const 1)
- (func (export "proxy_on_delete") (param i32))
- (data (i32.const 2048) "%s"))"""
-GOOD = wasmtime.wat2wasm(_WAT % (1, "good"))
-GOOD_V2 = wasmtime.wat2wasm(_WAT % (1, "good-v2"))
-FAILS_TO_START = wasmtime.wat2wasm(_WAT % (0, "vm-start-fails"))  # passes the ABI check, the agent NACKs it
+GOOD = minimal.passthrough('(data (i32.const 2048) "good")')
+GOOD_V2 = minimal.passthrough('(data (i32.const 2048) "good-v2")')
+# passes the ABI check, the agent NACKs it
+FAILS_TO_START = minimal.passthrough('(data (i32.const 2048) "vm-start-fails")', vm_start=0)
 _hosts = itertools.count(2)
 
 

@@ -11,33 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import wasmtime
 
 from meshplug import limits, spec
 from meshplug.render import istio, model
 from tests.corpus import modules as corpus_modules
+from tests.guests import minimal
 from tests.testbed import envoy, procs, sidecar, upstream
 
 SERVER = model.ModuleServer(host="meshplug-modules.meshplug-system.svc.cluster.local", port=8080)
 
 # a minimal proxy-wasm module: starts, configures, passes every request and connection on
-_WAT = """(module
- (memory (export "memory") 1)
- (func (export "proxy_abi_version_0_2_1"))
- (func (export "malloc") (param i32) (result i32) i32.const 1024)
- (func (export "proxy_on_context_create") (param i32 i32))
- (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const 1)
- (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1)
- (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
- (func (export "proxy_on_new_connection") (param i32) (result i32) i32.const 0)
- (func (export "proxy_on_downstream_data") (param i32 i32 i32) (result i32) i32.const 0)
- (func (export "proxy_on_upstream_data") (param i32 i32 i32) (result i32) i32.const 0)
- (func (export "proxy_on_done") (param i32) (result i32) i32.const 1)
- (func (export "proxy_on_delete") (param i32))
- %s)"""
-SMALL = model.Module.of(wasmtime.wat2wasm(_WAT % ""))
+SMALL = model.Module.of(minimal.passthrough(network=True))
 # over the ConfigMap limit: a data segment makes it large, so it is served remotely
-LARGE = model.Module.of(wasmtime.wat2wasm(_WAT % f'(data (i32.const 4096) "{"x" * (limits.CONFIGMAP_MAX_BYTES + 1)}")'))
+LARGE = model.Module.of(
+    minimal.passthrough(f'(data (i32.const 4096) "{"x" * (limits.CONFIGMAP_MAX_BYTES + 1)}")', network=True)
+)
 
 P = "shop.hdr"  # Envoy's name of the plugin under test
 MX, AUTHN, RBAC, STATS, ROUTER = (
