@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import sys
 import tempfile
 import threading
@@ -374,7 +373,7 @@ def run(demo: Demo, stack: contextlib.ExitStack) -> None:
         raise DemoError(f"operator did not become healthy: {str(exc).splitlines()[0]}", "operator") from None
     stack.callback(demo.stopper("operator", op.stop))
     demo.track("operator", op.proc)
-    demo.wait(lambda: _tls_ready(webhook_port, tls.ca_cert), "the operator's webhook server", timeout=60)
+    demo.wait(lambda: procs.tls_ready(webhook_port, tls.ca_cert), "the operator's webhook server", timeout=60)
     demo.say(
         f"meshplug operator pid {op.proc.pid} as ServiceAccount {SYSTEM_NS}/{sa} (the chart's RBAC):\n"
         f"webhooks https://127.0.0.1:{webhook_port}, modules http://127.0.0.1:{op.module_port}, metrics http://127.0.0.1:{op.metrics_port}/metrics"
@@ -533,15 +532,6 @@ def run(demo: Demo, stack: contextlib.ExitStack) -> None:
     pushes = op.metrics()
     acks = int(pushes.get('meshplug_operator_pushes_total{result="ack"}', 0))
     demo.say(f"operator pushes acknowledged by the agent: {acks}")
-
-
-def _tls_ready(port: int, ca: Path) -> bool:
-    ctx = ssl.create_default_context(cafile=str(ca))
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=1) as raw,
-        ctx.wrap_socket(raw, server_hostname="127.0.0.1"),
-    ):
-        return True
 
 
 class Failed(Exception):

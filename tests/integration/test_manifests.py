@@ -10,7 +10,6 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -21,32 +20,6 @@ from tests.testbed import kube as kube_mod
 
 MANIFESTS = procs.REPO_ROOT / "manifests"
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
-
-
-def _standin_crd(kind: str, plural: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.cert-manager.io"},
-        "spec": {
-            "group": "cert-manager.io",
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-                        }
-                    },
-                }
-            ],
-        },
-    }
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +64,8 @@ def test_kubectl_server_dry_run_accepts_the_manifests(plane: kube_mod.Kube) -> N
     assert minor >= 18, "kubectl too old for --dry-run=server"
     # what the manifests need to exist for real before a server-side dry run: their namespace, cert-manager's kinds
     fixtures_kube.ensure_namespace(plane, "meshplug-system")
-    fixtures_kube.install_crd(plane, _standin_crd("Issuer", "issuers"))
-    fixtures_kube.install_crd(plane, _standin_crd("Certificate", "certificates"))
+    fixtures_kube.install_crd(plane, fixtures_kube.stand_in_crd("cert-manager.io", "v1", "Issuer", "issuers"))
+    fixtures_kube.install_crd(plane, fixtures_kube.stand_in_crd("cert-manager.io", "v1", "Certificate", "certificates"))
     out = subprocess.run(
         [KUBECTL, f"--kubeconfig={plane.kubeconfig}", "apply", "--dry-run=server", "-f", str(MANIFESTS)],
         capture_output=True,

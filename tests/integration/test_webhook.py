@@ -5,8 +5,6 @@ the webhook config the chart rendered; Pods created in the API server get the ag
 from __future__ import annotations
 
 import json
-import socket
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,15 +30,6 @@ ALLOWED = ["oci://registry.example.com/", "https://modules.example.com/"]
 def plane(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[kube_mod.Kube]:
     with kube_mod.control_plane(tmp_path_factory.mktemp("webhook-kube"), logs_dir / "webhook") as kube:
         yield kube
-
-
-def _tls_ready(port: int, ca: Path) -> bool:
-    ctx = ssl.create_default_context(cafile=str(ca))
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=1) as raw,
-        ctx.wrap_socket(raw, server_hostname="127.0.0.1"),
-    ):
-        return True
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +60,7 @@ def webhooks(plane: kube_mod.Kube, tmp_path_factory: pytest.TempPathFactory) -> 
         mp.setenv("MESHPLUG_WEBHOOK_CONFIG", str(work / "webhook.yaml"))
         op = operator_mod.start_operator(plane.kubeconfig, work, name="operator-webhooks")
     try:
-        procs.wait_until(lambda: _tls_ready(port, tls.ca_cert), timeout=60, what="the operator's webhook server")
+        procs.wait_until(lambda: procs.tls_ready(port, tls.ca_cert), timeout=60, what="the operator's webhook server")
         yield op
     finally:
         op.stop()

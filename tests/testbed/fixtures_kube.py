@@ -106,36 +106,36 @@ def wasmplugin_crd(kube: kube_mod.Kube) -> str:
     return str(body["metadata"]["name"])
 
 
+def stand_in_crd(group: str, version: str, kind: str, plural: str) -> dict[str, Any]:
+    """A namespaced CRD that stores any `spec` (for kinds whose controllers the test bed does not run)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+            "versions": [
+                {
+                    "name": version,
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
 # Istio's EnvoyFilter kind, as a permissive CRD: the test bed has no istiod, and the operator only needs the
 # API server to store EnvoyFilters (their Envoy side is checked by tests/integration/test_render_envoy_validate.py)
-ENVOYFILTER_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "envoyfilters.networking.istio.io"},
-    "spec": {
-        "group": "networking.istio.io",
-        "scope": "Namespaced",
-        "names": {
-            "kind": "EnvoyFilter",
-            "plural": "envoyfilters",
-            "singular": "envoyfilter",
-            "listKind": "EnvoyFilterList",
-        },
-        "versions": [
-            {
-                "name": "v1alpha3",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-                    }
-                },
-            }
-        ],
-    },
-}
+ENVOYFILTER_CRD = stand_in_crd("networking.istio.io", "v1alpha3", "EnvoyFilter", "envoyfilters")
 
 
 @pytest.fixture(scope="session")

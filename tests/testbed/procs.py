@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -51,6 +52,16 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
         return True
     return False
+
+
+def tls_ready(port: int, ca: Path) -> bool:
+    """A TLS handshake with 127.0.0.1:`port` verifies against `ca` (raises until it does: poll it)."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=1) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1"),
+    ):
+        return True
 
 
 @dataclass

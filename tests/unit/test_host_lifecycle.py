@@ -39,6 +39,16 @@ _PARAMS = {
     "proxy_on_delete": 1,
 }
 _NO_RESULT = {"proxy_on_context_create", "proxy_on_log", "proxy_on_delete"}
+# every test guest: a bump allocator over page 2, ABI 0.2.1, a VM start and configure that succeed
+_BASE = """(memory (export "memory") 2)
+      (global $heap (mut i32) (i32.const 65536))
+      (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (local $p i32)
+        (local.set $p (global.get $heap))
+        (global.set $heap (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+        (local.get $p))
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))"""
 
 
 @functools.cache
@@ -70,15 +80,7 @@ def tracer(omit: tuple[str, ...] = (), returns: tuple[tuple[str, int], ...] = ()
       (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
       (import "env" "proxy_send_local_response"
         (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
-      (memory (export "memory") 2)
-      (global $heap (mut i32) (i32.const 65536))
-      (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (local $p i32)
-        (local.set $p (global.get $heap))
-        (global.set $heap (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
-        (local.get $p))
-      (func (export "proxy_abi_version_0_2_1"))
-      (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-      (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+      {_BASE}
       {" ".join(funcs)}
       (data (i32.const 1800) "traced")
       (data (i32.const 1808) "nope")
@@ -169,15 +171,7 @@ def _guest(body: str, imports: str = "", data: str = "") -> bytes:
     wat = f"""(module
       (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
       {imports}
-      (memory (export "memory") 2)
-      (global $heap (mut i32) (i32.const 65536))
-      (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (local $p i32)
-        (local.set $p (global.get $heap))
-        (global.set $heap (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
-        (local.get $p))
-      (func (export "proxy_abi_version_0_2_1"))
-      (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-      (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+      {_BASE}
       (func (export "proxy_on_context_create") (param i32 i32))
       {body}
       {data})"""
