@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from meshplug import native
+from meshplug.agent import chain, vm
 from tests.testbed import procs
 
 REQUIRED = os.environ.get("MESHPLUG_REQUIRE_NATIVE") == "1"
@@ -94,14 +95,10 @@ def test_require_native_refuses_to_run_without_the_build() -> None:
     )
 
 
-@pytest.mark.skipif(not REQUIRED, reason="runs where the suite requires the build (make test, CI)")
 def test_the_suite_runs_the_compiled_data_path() -> None:
-    from meshplug.agent import (
-        chain,
-        vm,
-    )
-
-    assert native.Status(True, True, "") == native.STATUS
+    """`make unit` / `make integration` build it first (`make native`) and set MESHPLUG_REQUIRE_NATIVE=1."""
+    assert REQUIRED, "run the tests through make (it builds the data path and sets MESHPLUG_REQUIRE_NATIVE=1)"
+    assert native.Status(True, True, "") == native.STATUS, native.STATUS.reason
     assert not chain.__file__.endswith(".py") and vm.FAST_AVAILABLE
 
 
