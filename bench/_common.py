@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import Mapping
@@ -16,6 +17,8 @@ from tests.testbed import envoy as tb_envoy
 from tests.testbed import procs
 
 PROXY_CPU, LOAD_CPU = 1, 0
+#: proxies on PROXY_CPU, wrk and the upstream on LOAD_CPU (a 1-CPU machine runs everything unpinned)
+CAN_PIN = (os.cpu_count() or 1) > 1
 
 
 def cpu_ns(pid: int) -> int:
@@ -73,6 +76,22 @@ def measure(pid: int, port: int, seconds: int, pin: list[str]) -> Run:
         raise RuntimeError(f"errors under load:\n{out}")
     n = int(m.group(1))
     return Run(n / float(m.group(2)), _ms(out, "50"), _ms(out, "99"), used / n / 1000, rss_mib(pid))
+
+
+def interleaved(systems: Mapping[str, tuple[int, int]], rounds: int, seconds: int) -> dict[str, list[Run]]:
+    """`systems`: name -> (proxy pid, port). Pins each proxy, warms each up for 1 s, then runs `rounds` rounds
+    of `seconds` per system, system after system, so noise falls on all of them alike."""
+    procs.which_or_fail("wrk", "install Debian wrk (scripts/install-system-deps.sh)")
+    load_pin = ["taskset", "-c", str(LOAD_CPU)] if CAN_PIN else []
+    for pid, port in systems.values():
+        if CAN_PIN:
+            pin_pid(pid, PROXY_CPU)
+        measure(pid, port, 1, load_pin)  # warm up: connections, JIT, caches
+    runs: dict[str, list[Run]] = {name: [] for name in systems}
+    for _ in range(rounds):
+        for name, (pid, port) in systems.items():
+            runs[name].append(measure(pid, port, seconds, load_pin))
+    return runs
 
 
 def start_agent(

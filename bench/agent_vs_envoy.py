@@ -15,7 +15,6 @@ Usage: bench/agent_vs_envoy.py [--rounds 5] [--seconds 5] [--module rust/header_
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import LOAD_CPU, PROXY_CPU, Run, measure, pin_pid, start_agent, start_envoy
+from bench._common import CAN_PIN, LOAD_CPU, interleaved, start_agent, start_envoy
 from tests.corpus import modules
 from tests.testbed import nginx as tb_nginx
 from tests.testbed import procs
@@ -38,15 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--module", default="rust/header_rules")
     ap.add_argument("--no-plugin", action="store_true", help="compare the bare proxies")
     args = ap.parse_args(argv)
-    procs.which_or_fail("wrk", "install Debian wrk (scripts/install-system-deps.sh)")
-    can_pin = (os.cpu_count() or 1) > 1
-    load_pin = ["taskset", "-c", str(LOAD_CPU)] if can_pin else []
     wasm = None if args.no_plugin else modules.module(args.module).path
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         work = Path(tmp)
         started: list[procs.Proc] = []
         try:
-            upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if can_pin else None)
+            upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if CAN_PIN else None)
             started.append(upstream)
             up_port = upstream.ports["http"]
             agent, a_port = start_agent(work, "agent", up_port, wasm, CONFIG)
@@ -55,21 +51,14 @@ def main(argv: list[str] | None = None) -> int:
             started.append(envoy)
 
             systems = {"agent": (agent.pid, a_port), "envoy": (envoy.pid, e_port)}
-            for pid, port in systems.values():
-                if can_pin:
-                    pin_pid(pid, PROXY_CPU)
-                measure(pid, port, 1, load_pin)  # warm up: connections, JIT, caches
-            runs: dict[str, list[Run]] = {name: [] for name in systems}
-            for _ in range(args.rounds):
-                for name, (pid, port) in systems.items():
-                    runs[name].append(measure(pid, port, args.seconds, load_pin))
+            runs = interleaved(systems, args.rounds, args.seconds)
         finally:
             for proc in reversed(started):
                 proc.stop()
 
     what = "no plugin" if args.no_plugin else f"{args.module} adding one response header"
     print(f"agent vs Envoy 1.40+V8, {what}; nginx upstream; wrk -t1 -c16 -d{args.seconds}s")
-    print(f"{args.rounds} interleaved rounds, medians; proxies pinned: {'CPU 1' if can_pin else 'no'}")
+    print(f"{args.rounds} interleaved rounds, medians; proxies pinned: {'CPU 1' if CAN_PIN else 'no'}")
     print(f"{'system':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU/req us':>11} {'RSS MiB':>8}")
     for name, rs in runs.items():
         print(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import LOAD_CPU, PROXY_CPU, Run, measure, pin_pid, start_agent, start_envoy
+from bench._common import CAN_PIN, LOAD_CPU, PROXY_CPU, Run, interleaved, start_agent, start_envoy
 from meshplug.agent import chain as C
 from meshplug.agent import host as H
 from tests.corpus import modules
@@ -77,12 +77,9 @@ def host_added_us(data: bytes, backend: str, rounds: int, n: int, count: int) ->
 # --- the proxies -------------------------------------------------------------------------------------
 def proxies_added(wasm: Path, rounds: int, seconds: int, work: Path, count: int) -> dict[str, list[Run]]:
     """Agent and Envoy, each without and with `count` copies of the plugin, same nginx upstream, interleaved."""
-    procs.which_or_fail("wrk", "install Debian wrk (scripts/install-system-deps.sh)")
-    can_pin = (os.cpu_count() or 1) > 1
-    load_pin = ["taskset", "-c", str(LOAD_CPU)] if can_pin else []
     started: list[procs.Proc] = []
     try:
-        upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if can_pin else None)
+        upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if CAN_PIN else None)
         started.append(upstream)
         up = upstream.ports["http"]
         systems: dict[str, tuple[int, int]] = {}
@@ -94,16 +91,8 @@ def proxies_added(wasm: Path, rounds: int, seconds: int, work: Path, count: int)
         ):
             proc, port = start(work, name.replace("+", "-"), up, module, CONFIG, count=count)
             started.append(proc)
-            if can_pin:
-                pin_pid(proc.pid, PROXY_CPU)
             systems[name] = (proc.pid, port)
-        for pid, port in systems.values():
-            measure(pid, port, 1, load_pin)  # warm up
-        runs: dict[str, list[Run]] = {name: [] for name in systems}
-        for _ in range(rounds):
-            for name, (pid, port) in systems.items():
-                runs[name].append(measure(pid, port, seconds, load_pin))
-        return runs
+        return interleaved(systems, rounds, seconds)
     finally:
         for proc in reversed(started):
             proc.stop()
@@ -132,7 +121,7 @@ def main() -> int:
     built = modules.module(args.module)
     data = built.path.read_bytes()
     k = args.plugins
-    if (os.cpu_count() or 1) > 1:  # the in-process loop on the proxies' CPU, as the proxies run
+    if CAN_PIN:  # the in-process loop on the proxies' CPU, as the proxies run
         os.sched_setaffinity(0, {PROXY_CPU})
     fast, chain_base = host_added_us(data, "fast", args.rounds, args.requests, k)
     public, _ = host_added_us(data, "public", max(2, args.rounds // 2), max(300, args.requests // 10), k)
