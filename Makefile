@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export MESHPLUG_CACHE ?= $(HOME)/.cache/meshplug
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test setup system native plugins kube helm lint unit integration bench clean
+.PHONY: demo test setup system native plugins kube helm istio lint unit integration bench clean
 
 setup: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
@@ -42,7 +42,11 @@ kube: system
 helm: system
 	nice -n 10 scripts/install-helm.sh
 
-integration: setup system native plugins kube helm
+# istiod (pilot-discovery) + istio-agent (pilot-agent) for the real Istio test bed, built once from the Go module proxy
+istio: system
+	nice -n 10 scripts/install-istio.sh
+
+integration: setup system native plugins kube helm istio
 	MESHPLUG_REQUIRE_NATIVE=1 $(BIN)/pytest tests/integration -m integration -q
 
 # The whole suite: quality gates, fast unit tests, then integration tests against the real test bed.
