@@ -43,11 +43,18 @@ EXTENSION_SOURCE = "meshplug/agent/_wasmcall.c"
 COMPILED: tuple[str, ...] = (
     "meshplug.agent.abi",
     "meshplug.agent.chain",
+    "meshplug.agent.downstream",
+    "meshplug.agent.exchange",
+    "meshplug.agent.filtered",
     "meshplug.agent.filters",
     "meshplug.agent.host",
     "meshplug.agent.pairs",
     "meshplug.agent.properties",
     "meshplug.agent.server",
+    "meshplug.agent.stats",
+    "meshplug.agent.tcp",
+    "meshplug.agent.upstream",
+    "meshplug.agent.wire",
 )
 GROUP = "meshplug.agent._dataplane"
 STAMP = PACKAGE_DIR / "_native.json"

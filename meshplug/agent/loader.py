@@ -29,7 +29,7 @@ from pathlib import Path
 import requests
 
 from meshplug import errors, fetch, files, protocol, validate
-from meshplug.agent import chain, config, server
+from meshplug.agent import chain, config, tcp
 from meshplug.fetch import http as fetch_http
 
 log = logging.getLogger("meshplug.agent.loader")
@@ -55,7 +55,7 @@ class Chain:
     """A built chain: the proxy's `Filters` (None when there are no plugins) and its introspection hooks."""
 
     filters: chain.Chain | None
-    network: tuple[server.NetworkFilter, ...] = ()  # the same plugins as network (L4) filters
+    network: tuple[tcp.NetworkFilter, ...] = ()  # the same plugins as network (L4) filters
     views: Callable[[], list[PluginView]] = field(default=list)
     metrics: Callable[[], str] = field(default=lambda: "")
     metric_values: Callable[[], dict[str, int | None]] = field(default=dict)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import uvloop
 
 from meshplug import errors, native, protocol
-from meshplug.agent import admin, config, loader, push, server
+from meshplug.agent import admin, config, loader, push, server, wire
 
 log = logging.getLogger("meshplug.agent")
 
@@ -72,7 +72,7 @@ class Agent:
             raise errors.ConfigError(f"static plugin {d.resource or '?'} failed to load: {d.message}", reason=d.reason)
 
     async def start(self) -> None:
-        server.refresh_debug()
+        wire.refresh_debug()
         # everything imported and configured so far lives as long as the process: out of the collector's
         # sight, so its full collections stay cheap (plugin chains come after: they must stay collectable)
         gc.freeze()
@@ -119,7 +119,7 @@ class Agent:
         if path == "/logging":
             response = admin.logging_route(request)
             if request.method == "POST" and response.status == 200:
-                server.refresh_debug()  # the data path's cached debug switch
+                wire.refresh_debug()  # the data path's cached debug switch
                 if (active := self.applier.active) is not None:
                     active.chain.relevel()  # the running hosts' proxy_get_log_level and log filter
             return response

@@ -1,4 +1,4 @@
-"""meshplug.agent.server's pure helpers (request ids, close-delimited responses) and the connection's lazy
+"""The data path's pure helpers (meshplug.agent.wire: request ids, close-delimited responses) and the connection's lazy
 deadlines (idle and response timeouts) on a manual clock."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from meshplug.agent import config as agent_config
-from meshplug.agent import server
+from meshplug.agent import downstream, server, upstream, wire
 
 
 def test_request_ids_are_uuid4_shaped_and_unique() -> None:
-    ids = server._RequestIds()
+    ids = wire.RequestIds()
     values = [ids.new() for _ in range(10_000)]
     assert len(set(values)) == len(values)
     for raw in (values[0], values[-1]):
@@ -21,15 +21,15 @@ def test_request_ids_are_uuid4_shaped_and_unique() -> None:
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
         assert str(parsed).encode() == raw
     # two processes (two generators) do not share a prefix
-    assert server._RequestIds().new()[:24] != values[0][:24]
+    assert wire.RequestIds().new()[:24] != values[0][:24]
 
 
 def test_close_delimited() -> None:
-    assert server._close_delimited(b"GET", 200, [])
-    assert not server._close_delimited(b"GET", 200, [(b"content-length", b"3")])
-    assert not server._close_delimited(b"GET", 200, [(b"transfer-encoding", b"Chunked")])
-    assert not server._close_delimited(b"HEAD", 200, [])
-    assert not server._close_delimited(b"GET", 204, [])
+    assert wire.close_delimited(b"GET", 200, [])
+    assert not wire.close_delimited(b"GET", 200, [(b"content-length", b"3")])
+    assert not wire.close_delimited(b"GET", 200, [(b"transfer-encoding", b"Chunked")])
+    assert not wire.close_delimited(b"HEAD", 200, [])
+    assert not wire.close_delimited(b"GET", 204, [])
 
 
 # --- the connection's lazy deadlines (one timer per connection, no timer handle per request) -------------
@@ -94,7 +94,7 @@ class _Transport:
         return ("127.0.0.1", 5555)
 
 
-def _proxy(loop: _Loop) -> tuple[server.Proxy, server.Pool]:
+def _proxy(loop: _Loop) -> tuple[server.Proxy, upstream.Pool]:
     cfg = agent_config.parse(
         {
             "listeners": [{"name": "m", "address": "127.0.0.1", "port": 1, "cluster": "u"}],
@@ -111,12 +111,12 @@ _REQ = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
 _RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-def _connected(loop: _Loop) -> tuple[server.Downstream, _Transport, server.Upstream, _Transport]:
+def _connected(loop: _Loop) -> tuple[downstream.Downstream, _Transport, upstream.Upstream, _Transport]:
     proxy, pool = _proxy(loop)
-    up, ut = server.Upstream(pool), _Transport()
+    up, ut = upstream.Upstream(pool), _Transport()
     up.connection_made(cast(Any, ut))
     pool.idle.append(up)
-    down, dt = server.Downstream(proxy, pool), _Transport()
+    down, dt = downstream.Downstream(proxy, pool), _Transport()
     down.connection_made(cast(Any, dt))
     return down, dt, up, ut
 

@@ -1,0 +1,337 @@
+"""One request/response through the proxy without plugins (the fast path): `Exchange`.
+
+Created by `meshplug.agent.downstream.Downstream` for each parsed request, served strictly in order; it
+borrows an `Upstream` from its cluster's `Pool` (`meshplug.agent.upstream`), streams the request head and
+body to it and, as the connection's `Sink`, the response back: re-chunked for HTTP/1.1 clients when the
+upstream sent no length, close-delimited for HTTP/1.0 ones. Also the base of
+`meshplug.agent.filtered.FilteredExchange` and the answerer of local replies (errors, proxy replies with
+Envoy's wording).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from meshplug import limits
+from meshplug.agent import chain as agent_chain
+from meshplug.agent import wire
+from meshplug.agent.upstream import Pool, Upstream
+
+if TYPE_CHECKING:
+    from meshplug.agent.downstream import Downstream
+
+log = logging.getLogger("meshplug.agent.exchange")
+
+
+class Exchange:
+    """One request/response through the proxy; the `Sink` of its upstream connection."""
+
+    __slots__ = (
+        "body_bytes_buffered",
+        "body_pending",
+        "chunked_in",
+        "conn",
+        "deadline",
+        "has_body",
+        "head",
+        "http11",
+        "keep_alive",
+        "method",
+        "req_done",
+        "req_tail",
+        "resp_done",
+        "resp_mode",
+        "resp_started",
+        "retried",
+        "status",
+        "up",
+        "up_end",
+        "up_eof_ends",
+    )
+
+    def __init__(self, conn: Downstream, method: bytes, head: bytes, keep_alive: bool, has_body: bool) -> None:
+        self.conn = conn
+        self.method = method
+        self.head = head  # the request head to send upstream (built once, re-sent on a stale-connection retry)
+        self.keep_alive = keep_alive
+        self.has_body = has_body
+        self.http11 = conn.http11
+        self.chunked_in = False
+        self.req_done = False
+        self.req_tail = wire.LAST_CHUNK  # what ends a chunked upstream request (with the trailers, if any)
+        self.body_pending: list[bytes] = []
+        self.body_bytes_buffered = 0
+        self.up: Upstream | None = None
+        self.resp_started = False
+        self.resp_done = False
+        self.resp_mode = 0  # 0 raw, 1 re-chunk, 2 close-delimited
+        self.status = 0
+        #: loop time by which the upstream response must have ended (0: no deadline); the connection's one
+        #: timer checks it (Downstream.wake_at): no timer handle per request
+        self.deadline = 0.0
+        self.retried = False
+        self.up_end = False  # the whole request has been handed to the upstream side
+        self.up_eof_ends = False  # the upstream response is close-delimited: its EOF ends the body
+
+    # --- request side ---
+    def start(self) -> None:
+        """This exchange reached the head of its connection's queue: borrow a connection and send."""
+        conn = self.conn
+        pool = conn.pool
+        up = pool.take_idle()
+        if up is not None:
+            self.attach(up)
+        else:
+            conn.proxy.loop.create_task(self._connect(pool))
+
+    async def _connect(self, pool: Pool) -> None:
+        try:
+            up = await pool.connect()
+        except (OSError, TimeoutError) as exc:
+            pool.stats.upstream_cx_connect_fail += 1
+            log.debug("connect to cluster %s failed: %r", pool.cluster.name, exc)
+            self.proxy_reply(
+                503,
+                wire.reset_body(wire.RESET_CONNECT_FAILURE),
+                wire.DETAILS_CONNECT,
+                agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE,
+            )
+            return
+        if self.conn.closed or self.resp_done:
+            pool.release(up)
+            return
+        self.attach(up)
+
+    def attach(self, up: Upstream) -> None:
+        """Send the request head, whatever body is buffered (and its end, if known) in one write."""
+        self.up = up
+        up.sink = self
+        up.head_request = self.method == b"HEAD"
+        conn = self.conn
+        conn.proxy.stats.upstream_rq_total += 1
+        data = self.head
+        if self.body_pending or (self.up_end and self.chunked_in):
+            parts = [data]
+            parts += [self._frame(chunk) for chunk in self.body_pending]
+            if self.up_end and self.chunked_in:
+                parts.append(self.req_tail)
+            data = b"".join(parts)
+            if self.body_pending:
+                self.body_pending = []
+                self.body_bytes_buffered = 0
+                conn.resume(wire.PAUSE_BUFFER)
+        conn.up_write(up, data)
+        if self.up_end:
+            self._arm_timer()
+
+    def _frame(self, chunk: bytes) -> bytes:
+        if self.chunked_in:
+            return b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        return chunk
+
+    def request_body(self, chunk: bytes) -> None:
+        up = self.up
+        if up is not None and up.sink is self:
+            self.conn.up_write(up, self._frame(chunk))
+        elif not self.resp_done:
+            self.body_pending.append(chunk)
+            self.body_bytes_buffered += len(chunk)
+            if self.body_bytes_buffered > limits.PROXY_BUFFER_HIGH_WATER:
+                self.conn.pause(wire.PAUSE_BUFFER)
+
+    def request_trailers(self, trailers: wire.Headers) -> None:
+        """Trailers of a chunked request (before `request_complete`)."""
+        self.req_tail = wire.last_chunk(trailers)
+
+    def request_complete(self) -> None:
+        self.req_done = True
+        self.up_end = True
+        if self.up is not None and self.up.sink is self:
+            self._request_sent()
+
+    def _request_sent(self) -> None:
+        if self.chunked_in and self.up is not None:
+            self.conn.up_write(self.up, self.req_tail)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        conn = self.conn
+        self.deadline = deadline = conn.proxy.loop.time() + conn.pool.cluster.response_timeout_s
+        conn.wake_at(deadline)
+
+    def _timed_out(self) -> None:
+        self.deadline = 0.0
+        self.conn.proxy.stats.upstream_rq_timeout += 1
+        self._drop_upstream()
+        if self.resp_started:
+            self.conn.abort()
+        else:
+            self.proxy_reply(
+                504, wire.BODY_TIMEOUT, wire.DETAILS_TIMEOUT, agent_chain.RESPONSE_FLAG_UPSTREAM_REQUEST_TIMEOUT
+            )
+
+    # --- Sink: response side ---
+    def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None:
+        self.status = status
+        self.up_eof_ends = wire.close_delimited(self.method, status, headers)
+        out = [b"HTTP/1.1 %d %b\r\n" % (status, reason or wire.REASONS.get(status, b"Unknown"))]
+        framed = False
+        no_body = self.method == b"HEAD" or status in (204, 304)
+        for name, value in headers:
+            if name in wire.HOP_BY_HOP:
+                if name == b"transfer-encoding":
+                    framed = framed or no_body
+                continue
+            if name == b"content-length":
+                framed = True
+            out.append(b"%b: %b\r\n" % (name, value))
+        self._send_head(out, bodiless=no_body or framed, empty=False)
+
+    def _send_head(self, out: list[bytes], *, bodiless: bool, empty: bool) -> None:
+        """Finish a response head: its framing (as received, re-chunked, content-length 0 when ``empty``, or
+        close-delimited for HTTP/1.0), the connection header, the blank line; then send it in one write."""
+        keep = self.keep_alive and not self.conn.proxy.draining
+        if bodiless:
+            self.resp_mode = 0
+        elif empty:
+            self.resp_mode = 0
+            out.append(b"content-length: 0\r\n")
+        elif self.http11:
+            self.resp_mode = 1
+            out.append(b"transfer-encoding: chunked\r\n")
+        else:
+            self.resp_mode = 2
+            keep = False
+        if not keep:
+            self.keep_alive = False
+            out.append(b"connection: close\r\n")
+        elif not self.http11:
+            out.append(b"connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        self.resp_started = True
+        self.conn.write(b"".join(out))
+
+    def up_body(self, data: bytes) -> None:
+        if self.resp_mode == 1:
+            if data:
+                self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.conn.write(data)
+
+    def up_trailers(self, trailers: wire.Headers) -> None:
+        if self.resp_mode == 1:  # re-chunked: the trailers go in its last chunk (otherwise there is no place)
+            self.conn.write(wire.last_chunk(trailers))
+            self.resp_mode = 0
+
+    def up_complete(self) -> None:
+        if self.resp_mode == 1:
+            self.conn.write(wire.LAST_CHUNK)
+        up, self.up = self.up, None
+        if up is not None:
+            if self.up_end:
+                self.conn.pool.release(up)
+            else:
+                up.close()
+        self._finish()
+
+    def up_failed(self, reset_reason: str) -> None:
+        if self.up_eof_ends and reset_reason == wire.RESET_TERMINATION:
+            self.up_complete()  # close-delimited body: end of connection is end of body
+            return
+        up, self.up = self.up, None
+        if self.resp_started:
+            self.conn.proxy.stats.upstream_rq_reset += 1
+            self.conn.abort()
+            return
+        if (
+            up is not None
+            and up.reused
+            and not up.got_bytes
+            and not self.has_body
+            and not self.retried
+            and reset_reason == wire.RESET_TERMINATION
+        ):
+            # the app closed an idle pooled connection as we reused it: retry once on a fresh one
+            self.retried = True
+            self.conn.proxy.stats.upstream_rq_retry_stale += 1
+            self._cancel_timer()
+            self.conn.proxy.loop.create_task(self._connect(self.conn.pool))
+            return
+        self.conn.proxy.stats.upstream_rq_reset += 1
+        status = 502 if reset_reason == wire.RESET_PROTOCOL else 503
+        flags = agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_TERMINATION if status == 503 else 0
+        self.proxy_reply(status, wire.reset_body(reset_reason), wire.reset_details(reset_reason), flags)
+
+    def up_pause(self) -> None:
+        self.conn.pause(wire.PAUSE_UPSTREAM_FULL)
+
+    def up_resume(self) -> None:
+        self.conn.resume(wire.PAUSE_UPSTREAM_FULL)
+
+    # --- endings ---
+    def _cancel_timer(self) -> None:
+        self.deadline = 0.0
+
+    def _drop_upstream(self) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            self.conn.discard_up(up)
+            up.sink = None
+            up.close()
+
+    def proxy_reply(self, status: int, body: bytes, details: str, flags: int) -> None:
+        """A reply the proxy generates (connect failure, reset, timeout); `details`/`flags` describe it to
+        plugins (response.code_details / response.flags), which only a filtered exchange has."""
+        self.local_reply(status, body)
+
+    def local_reply(self, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """Answer from the proxy itself, bypassing any plugin (errors, plugin replies)."""
+        if self.resp_done or self.conn.closed:
+            return
+        if self.resp_started:
+            self.conn.abort()
+            return
+        self._drop_upstream()
+        self.conn.proxy.stats.downstream_rq_local_reply += 1
+        self.status = status
+        keep = self.keep_alive and self.req_done and not self.conn.proxy.draining
+        self.keep_alive = keep
+        out = [b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]
+        has_type = False
+        for name, value in headers:
+            if name in wire.HOP_BY_HOP or name == b"content-length":
+                continue
+            has_type = has_type or name == b"content-type"
+            out.append(b"%b: %b\r\n" % (name, value))
+        if body and not has_type:
+            out.append(b"content-type: text/plain\r\n")
+        out.append(b"content-length: %d\r\ndate: %b\r\nserver: meshplug\r\n" % (len(body), wire.DATE.get()))
+        if not keep:
+            out.append(b"connection: close\r\n")
+        out.append(b"\r\n")
+        if self.method != b"HEAD":
+            out.append(body)
+        self.resp_started = True
+        self.resp_mode = 0
+        self.conn.write(b"".join(out))
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.resp_done:
+            return
+        self.resp_done = True
+        self._cancel_timer()
+        self._ended()
+        self.conn.proxy.stats.count_status(self.status)
+        self.conn.exchange_done(self, reusable=self.keep_alive and self.req_done and self.resp_mode != 2)
+
+    def abandon(self) -> None:
+        """The downstream connection went away."""
+        self._cancel_timer()
+        self.resp_done = True
+        self._drop_upstream()
+        self._ended()
+
+    def _ended(self) -> None:
+        """Hook: the exchange is over (answered or abandoned)."""

@@ -1,0 +1,442 @@
+"""One request/response through a plugin chain: `FilteredExchange`, the `Exchange` that feeds HTTP events to
+a sans-IO `chain.Stream` and performs its outputs (send headers/data/trailers upstream or downstream, abort
+the upstream, reset).
+
+Created by `meshplug.agent.downstream.Downstream` when the proxy has an active chain (`Proxy.filters`); an
+exchange keeps the chain it started with, so in-flight requests finish on the old chain after a push swaps it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from meshplug.agent import chain as agent_chain
+from meshplug.agent import wire
+from meshplug.agent.exchange import Exchange
+from meshplug.agent.upstream import Upstream
+
+if TYPE_CHECKING:
+    from meshplug.agent.downstream import Downstream
+
+log = logging.getLogger("meshplug.agent.filtered")
+
+
+_SendHeaders = agent_chain.SendHeaders
+_SendData = agent_chain.SendData
+_SendTrailers = agent_chain.SendTrailers
+_AbortUpstream = agent_chain.AbortUpstream
+_UPSTREAM: Final = agent_chain.Target.UPSTREAM
+
+
+class FilteredExchange(Exchange):
+    """An exchange through a plugin chain: HTTP events go into a `chain.Stream`, its outputs are performed.
+
+    Costs on top of `Exchange` when every plugin continues: the chain's own work, nothing else of note.
+    The request and response heads are serialized in the same pass that builds the chain's header lists;
+    when the chain hands back the same headers (compared by identity of the entries: cheap), those bytes
+    are sent; headers plugins appended after the received ones are serialized alone. The last body chunk
+    of a read is held back until the read is parsed, so a body that ends in the same read reaches the
+    plugins as one chunk with end_stream (as Envoy's codec dispatches it), not as data + an empty end.
+    Upstream writes of one downstream read leave in one send (`Downstream.up_write`), downstream writes of
+    one loop iteration in one send (`Downstream.write`); no task or future unless a plugin pauses.
+    """
+
+    __slots__ = (
+        "fed_end",
+        "proxy_made",
+        "req_fed",
+        "req_framed",
+        "req_hold",
+        "req_lines",
+        "req_trailers",
+        "request_headers",
+        "resp_end_fed",
+        "resp_fed",
+        "resp_framed",
+        "resp_hold",
+        "resp_lines",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        conn: Downstream,
+        method: bytes,
+        keep_alive: bool,
+        has_body: bool,
+        chain: agent_chain.Chain,
+        *,
+        headers: wire.Headers,
+        lines: list[bytes],
+        framed: bool,
+    ) -> None:
+        super().__init__(conn, method, b"", keep_alive, has_body)
+        self.stream = stream = chain.new_stream(conn.stream_info(), start_time_ns=time.time_ns())
+        stream.on_progress = self._progress
+        self.request_headers = headers  # in the chain's form (pseudo-headers first), fed at `start`
+        self.req_fed: tuple[tuple[bytes, bytes], ...] = ()  # what the chain got, to recognise it unchanged
+        self.req_lines = lines  # the upstream head of `request_headers`: request line + host, then a line each
+        self.req_framed = framed  # request_headers has content-length
+        self.req_hold: bytes | None = None
+        self.req_trailers: wire.Headers | None = None
+        self.fed_end = False
+        self.resp_fed: tuple[tuple[bytes, bytes], ...] = ()
+        self.resp_lines: list[bytes] = []
+        self.resp_framed = False
+        self.resp_hold: bytes | None = None
+        self.resp_end_fed = False
+        self.proxy_made = False  # the response is a reply the proxy generated (gets date and server)
+
+    # --- driving the chain ---
+    def _progress(self, _stream: agent_chain.Stream) -> None:
+        if wire.DEBUG[0]:
+            log.debug("stream %d progressed", self.stream.id)
+        self.conn.proxy.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        if not self.resp_done:
+            self.perform(self.stream.take_outputs())
+
+    def start(self) -> None:
+        headers = self.request_headers
+        self.request_headers = []
+        self.req_fed = tuple(headers)
+        if not self.has_body:
+            self.fed_end = True
+        stream = self.stream
+        if stream.pass_request_headers(headers, not self.has_body):
+            self._send_up_headers(tuple(stream.request_headers), not self.has_body)
+        else:
+            self.perform(stream.take_outputs())
+        if self.body_pending:
+            pending, self.body_pending = self.body_pending, []
+            self.body_bytes_buffered = 0
+            for chunk in pending:
+                self.request_body(chunk)
+            if not self.req_done:
+                self.flush_request()
+        if self.req_done:
+            self.request_complete()
+
+    def request_body(self, chunk: bytes) -> None:
+        if self.resp_done or not chunk:
+            return
+        held = self.req_hold
+        self.req_hold = chunk
+        if held is None:
+            self.conn.hold = self  # delivered when this read is parsed, or with the request's end
+        else:
+            self._request_data(held, False)
+
+    def flush_request(self) -> None:
+        held, self.req_hold = self.req_hold, None
+        if held is not None and not self.resp_done:
+            self._request_data(held, False)
+
+    def _request_data(self, data: bytes, end_stream: bool) -> None:
+        stream = self.stream
+        out = stream.pass_request_data(data, end_stream)
+        if out is None:
+            self.perform(stream.take_outputs())
+        elif not self.resp_done:
+            self._send_up_data(out, end_stream)
+
+    def request_trailers(self, trailers: wire.Headers) -> None:
+        self.req_trailers = trailers
+
+    def request_complete(self) -> None:
+        self.req_done = True
+        held, self.req_hold = self.req_hold, None
+        if self.fed_end or self.resp_done:
+            return
+        self.fed_end = True
+        stream = self.stream
+        trailers = self.req_trailers
+        if trailers:
+            if held:
+                self._request_data(held, False)
+            if not self.resp_done:
+                self.perform(stream.recv_request_trailers(trailers))
+        else:
+            self._request_data(held or b"", True)
+
+    def attach(self, up: Upstream) -> None:
+        self.stream.set_upstream_fields(up.upstream_fields())
+        Exchange.attach(self, up)
+
+    def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None:
+        self.status = status
+        no_body = self.method == b"HEAD" or status in (204, 304) or status < 200
+        self.resp_end_fed = no_body
+        # the chain's form (names are lower-case already): :status first, hop-by-hop headers dropped; the
+        # downstream head lines in the same pass
+        chain_headers: wire.Headers = [(b":status", wire.STATUS_BYTES.get(status) or str(status).encode())]
+        lines: list[bytes] = []
+        framed = chunked = False
+        for h in headers:
+            name = h[0]
+            if name in wire.HOP_BY_HOP:
+                if name == b"transfer-encoding" and b"chunked" in h[1].lower():
+                    chunked = True
+                continue
+            if name == b"content-length":
+                framed = True
+            chain_headers.append(h)
+            lines.append(b"%b: %b\r\n" % h)
+        self.up_eof_ends = not (no_body or framed or chunked)  # wire.close_delimited
+        self.resp_fed = tuple(chain_headers)
+        self.resp_lines = lines
+        self.resp_framed = framed
+        stream = self.stream
+        if stream.pass_response_headers(chain_headers, no_body):
+            if not self.resp_done:
+                self._send_down_headers(tuple(stream.response_headers), no_body)
+        else:
+            self.perform(stream.take_outputs())
+
+    def _response_data(self, data: bytes, end_stream: bool) -> None:
+        stream = self.stream
+        out = stream.pass_response_data(data, end_stream)
+        if out is None:
+            self.perform(stream.take_outputs())
+        elif not self.resp_done:
+            self._send_down_data(out, end_stream)
+
+    def up_body(self, data: bytes) -> None:
+        if not data or self.resp_done:
+            return
+        held = self.resp_hold
+        self.resp_hold = data
+        if held is not None:
+            self._response_data(held, False)
+        elif self.up is not None:
+            self.up.flush_sink = self  # delivered when this read is parsed, or with the message's end
+        else:
+            self.up_flush()
+
+    def up_flush(self) -> None:
+        held, self.resp_hold = self.resp_hold, None
+        if held is not None and not self.resp_done:
+            self._response_data(held, False)
+
+    def up_trailers(self, trailers: wire.Headers) -> None:
+        held, self.resp_hold = self.resp_hold, None
+        if self.resp_done or self.resp_end_fed:
+            return
+        self.resp_end_fed = True
+        stream = self.stream
+        if held:
+            self._response_data(held, False)
+        if not self.resp_done:
+            self.perform(stream.recv_response_trailers([h for h in trailers if h[0] not in wire.NOT_TRAILERS]))
+
+    def up_complete(self) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            up.flush_sink = None
+            if self.up_end:
+                self.conn.pool.release(up)
+            else:
+                up.close()
+        held, self.resp_hold = self.resp_hold, None
+        if not self.resp_end_fed and not self.resp_done:
+            self.resp_end_fed = True
+            self._response_data(held or b"", True)
+
+    def proxy_reply(self, status: int, body: bytes, details: str, flags: int) -> None:
+        """Through the plugins' response callbacks, as Envoy's router sends its local replies
+        (sendLocalReply from the last filter: every plugin that saw the request sees the reply)."""
+        stream = self.stream
+        if (
+            self.resp_done
+            or self.conn.closed
+            or self.resp_started
+            or stream.completed
+            or stream.reset is not None
+            or stream.local_reply is not None
+        ):
+            self.local_reply(status, body)  # aborts or answers directly
+            return
+        self._cancel_timer()
+        self._drop_upstream()
+        self.up_end = True
+        self.conn.proxy.stats.downstream_rq_local_reply += 1
+        self.proxy_made = True
+        stream.response_flags |= flags
+        reply = agent_chain.LocalReply(status, body=body, details=details)
+        progress, stream.on_progress = stream.on_progress, None  # the outputs are taken right here
+        try:
+            agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_local_reply(reply)
+        finally:
+            stream.on_progress = progress
+        self.perform(stream.take_outputs())
+
+    def _ended(self) -> None:
+        stream = self.stream
+        stream.complete()
+        stream.on_progress = None  # the exchange <-> stream cycle ends here: freed by refcount, not by the GC
+
+    # --- performing outputs ---
+    def perform(self, outputs: list[agent_chain.Output]) -> None:
+        if wire.DEBUG[0]:
+            log.debug("stream %d outputs: %s", self.stream.id, [type(o).__name__ for o in outputs])
+        for out in outputs:
+            if self.resp_done:
+                return
+            # exact types, the most frequent first (no isinstance chain)
+            if type(out) is _SendData:
+                if out.target is _UPSTREAM:
+                    self._send_up_data(out.data, out.end_stream)
+                else:
+                    self._send_down_data(out.data, out.end_stream)
+            elif type(out) is _SendHeaders:
+                if out.target is _UPSTREAM:
+                    self._send_up_headers(out.headers, out.end_stream)
+                else:
+                    self._send_down_headers(out.headers, out.end_stream)
+            elif type(out) is _SendTrailers:
+                if out.target is _UPSTREAM:
+                    self._send_up_trailers(out.trailers)
+                else:
+                    self._send_down_trailers(out.trailers)
+            elif type(out) is _AbortUpstream:
+                self._cancel_timer()
+                self._drop_upstream()
+                self.up_end = True  # nothing more goes upstream
+            else:  # ResetStream
+                self.conn.abort()
+                return
+
+    def _send_up_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
+        if headers == self.req_fed:  # unchanged: the lines built while parsing
+            out = self.req_lines
+            has_length = self.req_framed
+        else:
+            out = self._up_head_lines(headers)
+            has_length = any(name == b"content-length" for name, _ in headers)
+        self.req_lines = []
+        if not end_stream and not has_length:
+            self.chunked_in = True
+            out.append(b"transfer-encoding: chunked\r\n")
+        out.append(b"\r\n")
+        self.head = b"".join(out)
+        self.up_end = end_stream
+        pool = self.conn.pool
+        up = pool.take_idle()
+        if up is not None:
+            self.attach(up)
+        else:
+            self.conn.proxy.loop.create_task(self._connect(pool))
+
+    def _up_head_lines(self, headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        method = path = authority = host = None
+        out = [b""]  # the request line and host go first, once the pseudo-headers are known
+        for name, value in headers:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = method or value
+                elif name == b":path":
+                    path = path or value
+                elif name == b":authority":
+                    authority = authority or value
+                continue
+            if name in wire.HOP_BY_HOP:
+                continue
+            if name == b"host":
+                host = host or value
+                continue
+            out.append(b"%b: %b\r\n" % (name, value))
+        method = method or self.method
+        self.method = method
+        authority = authority or host
+        if authority:
+            out[0] = b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path or b"/", authority)
+        else:
+            out[0] = b"%b %b HTTP/1.1\r\n" % (method, path or b"/")
+        return out
+
+    def _send_up_data(self, data: bytes, end_stream: bool) -> None:
+        up = self.up
+        attached = up is not None and up.sink is self
+        if data:
+            if attached and up is not None:
+                self.conn.up_write(up, self._frame(data))
+            else:
+                self.body_pending.append(data)
+        if end_stream and not self.up_end:
+            self.up_end = True
+            if attached:
+                self._request_sent()
+
+    def _send_up_trailers(self, trailers: tuple[tuple[bytes, bytes], ...]) -> None:
+        if self.chunked_in:  # a request sent with content-length has no place for trailers
+            self.req_tail = wire.last_chunk(trailers)
+        self._send_up_data(b"", True)
+
+    def _send_down_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
+        fed = self.resp_fed
+        n = len(fed)
+        if n and headers[:n] == fed:  # the received headers, maybe with some appended: serialize only those
+            status = self.status
+            out = [b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown")), *self.resp_lines]
+            framed = self.resp_framed
+            for name, value in headers[n:]:
+                if name[:1] == b":" or name in wire.HOP_BY_HOP:
+                    continue
+                framed = framed or name == b"content-length"
+                out.append(b"%b: %b\r\n" % (name, value))
+        else:
+            out, status, framed = self._down_head_lines(headers)
+            self.status = status
+        no_body = self.method == b"HEAD" or status in (204, 304)
+        self._send_head(out, bodiless=no_body or framed, empty=end_stream)
+        if end_stream:
+            self._finish()
+
+    def _down_head_lines(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[list[bytes], int, bool]:
+        raw_status: bytes | None = None
+        out = [b""]  # the status line, once :status is known
+        framed = has_date = has_server = False
+        for name, value in headers:
+            if name[:1] == b":":
+                if name == b":status" and raw_status is None:
+                    raw_status = value
+                continue
+            if name in wire.HOP_BY_HOP:
+                continue
+            framed = framed or name == b"content-length"
+            has_date = has_date or name == b"date"
+            has_server = has_server or name == b"server"
+            out.append(b"%b: %b\r\n" % (name, value))
+        try:
+            status = int(raw_status or b"200")
+        except ValueError:
+            status = 502
+        out[0] = b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))
+        if self.proxy_made:  # as `local_reply` answers without plugins
+            if not has_date:
+                out.append(b"date: %b\r\n" % wire.DATE.get())
+            if not has_server:
+                out.append(b"server: meshplug\r\n")
+        return out, status, framed
+
+    def _send_down_data(self, data: bytes, end_stream: bool) -> None:
+        conn = self.conn
+        if data:
+            if self.resp_mode == 1:
+                conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+            else:
+                conn.write(data)
+        if end_stream:
+            if self.resp_mode == 1:
+                conn.write(wire.LAST_CHUNK)
+            self._finish()
+
+    def _send_down_trailers(self, trailers: tuple[tuple[bytes, bytes], ...]) -> None:
+        if self.resp_mode == 1:
+            self.conn.write(wire.last_chunk(trailers))
+            self.resp_mode = 0
+        self._finish()

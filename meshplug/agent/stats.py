@@ -1,0 +1,66 @@
+"""The proxy's counters (Envoy-style names: downstream_rq_2xx, upstream_cx_connect_fail, ...).
+
+One `Stats` per `meshplug.agent.server.Proxy`, incremented by the data path modules and rendered by the admin
+endpoint (`meshplug.agent.runtime` -> `meshplug.agent.admin.prometheus`).
+"""
+
+from __future__ import annotations
+
+
+class Stats:
+    """Proxy counters; rendered by the admin endpoint. Plain ints: the data path only increments."""
+
+    NAMES = (
+        "downstream_cx_active",
+        "downstream_cx_total",
+        "downstream_rq_1xx",
+        "downstream_rq_2xx",
+        "downstream_rq_3xx",
+        "downstream_rq_4xx",
+        "downstream_rq_5xx",
+        "downstream_rq_active",
+        "downstream_rq_local_reply",
+        "downstream_rq_total",
+        "upstream_cx_active",
+        "upstream_cx_connect_fail",
+        "upstream_cx_total",
+        "upstream_rq_reset",
+        "upstream_rq_retry_stale",
+        "upstream_rq_timeout",
+        "upstream_rq_total",
+    )
+
+    def __init__(self) -> None:
+        self.downstream_cx_active = 0
+        self.downstream_cx_total = 0
+        self.downstream_rq_1xx = 0
+        self.downstream_rq_2xx = 0
+        self.downstream_rq_3xx = 0
+        self.downstream_rq_4xx = 0
+        self.downstream_rq_5xx = 0
+        self.downstream_rq_active = 0
+        self.downstream_rq_local_reply = 0
+        self.downstream_rq_total = 0
+        self.upstream_cx_active = 0
+        self.upstream_cx_connect_fail = 0
+        self.upstream_cx_total = 0
+        self.upstream_rq_reset = 0
+        self.upstream_rq_retry_stale = 0
+        self.upstream_rq_timeout = 0
+        self.upstream_rq_total = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: int(getattr(self, name)) for name in self.NAMES}
+
+    def count_status(self, status: int) -> None:
+        klass = status // 100
+        if klass == 2:
+            self.downstream_rq_2xx += 1
+        elif klass == 5:
+            self.downstream_rq_5xx += 1
+        elif klass == 4:
+            self.downstream_rq_4xx += 1
+        elif klass == 3:
+            self.downstream_rq_3xx += 1
+        else:
+            self.downstream_rq_1xx += 1

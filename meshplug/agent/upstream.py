@@ -1,0 +1,337 @@
+"""The upstream side of the HTTP data path: one keep-alive connection (`Upstream`), a cluster's pool of them
+(`Pool`), the `Sink` interface a connection delivers a response to, and plugins' HTTP calls (`http_call`).
+
+Called by the exchanges (`meshplug.agent.exchange`, `meshplug.agent.filtered`), which borrow a connection per
+request and are its sink while the response streams, and by `meshplug.agent.server.Proxy.http_call`. An
+`Upstream` parses one response at a time (httptools); interim 1xx responses are dropped (the proxy answers
+100 Continue itself), a HEAD response ends at its head, and a parse error or a close is reported to the sink
+with Envoy's reset reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import httptools
+
+from meshplug.agent import config as agent_config
+from meshplug.agent import stats as agent_stats
+from meshplug.agent import wire
+
+if TYPE_CHECKING:
+    from meshplug.agent.filtered import FilteredExchange
+
+
+class Sink(Protocol):
+    """Who an upstream connection delivers a response to (an `Exchange`, or a plugin's http call)."""
+
+    def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None: ...
+
+    def up_body(self, data: bytes) -> None: ...
+
+    def up_complete(self) -> None: ...
+
+    def up_trailers(self, trailers: wire.Headers) -> None: ...
+
+    def up_failed(self, reset_reason: str) -> None: ...
+
+    def up_pause(self) -> None: ...
+
+    def up_resume(self) -> None: ...
+
+
+class Upstream(asyncio.Protocol):
+    """One keep-alive connection to a cluster; parses one response at a time for its current `sink`."""
+
+    __slots__ = (
+        "_headers",
+        "_interim",
+        "_reason",
+        "flush_sink",
+        "got_bytes",
+        "head_request",
+        "info_fields",
+        "keep_alive",
+        "parser",
+        "pool",
+        "reused",
+        "sink",
+        "transport",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.sink: Sink | None = None
+        self.reused = False
+        self.got_bytes = False
+        self.head_request = False
+        self.keep_alive = True
+        self._headers: wire.Headers = []
+        self._reason = b""
+        self._interim = False
+        #: an exchange holding the last body chunk of this read back (to deliver it with end_stream when the
+        #: message ends in the same read, as Envoy's codec does); told when the read is parsed
+        self.flush_sink: FilteredExchange | None = None
+        #: StreamInfo's upstream_* fields for this connection, computed on first use
+        self.info_fields: dict[str, Any] | None = None
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
+        self.pool.stats.upstream_cx_total += 1
+        self.pool.stats.upstream_cx_active += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.stats.upstream_cx_active -= 1
+        self.pool.forget(self)
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.up_failed(wire.RESET_TERMINATION)
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is None:  # bytes on an idle connection: the server is misbehaving; drop it
+            self.close()
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.flush_sink = None
+            sink, self.sink = self.sink, None
+            self.close()
+            if sink is not None:
+                sink.up_failed(wire.RESET_PROTOCOL)
+            return
+        held = self.flush_sink
+        if held is not None:
+            self.flush_sink = None
+            held.up_flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost reports to the sink
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.up_pause()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.up_resume()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = b""
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status: int = self.parser.get_status_code()
+        if 100 <= status < 200:  # interim (100 Continue, 103): the proxy answers 100 itself; drop these
+            self._interim = True
+            return
+        self._interim = False
+        self.keep_alive = self.parser.should_keep_alive()
+        headers = self._headers
+        self._headers = []  # header lines after the body are trailers
+        if self.sink is not None:
+            self.sink.up_headers(status, self._reason, headers, self.parser)
+        if self.head_request and self.sink is not None:
+            # a response to HEAD has no body whatever its content-length says; llhttp cannot be told,
+            # so the message ends here and the next response gets a fresh parser
+            self.parser = httptools.HttpResponseParser(self)
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.up_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        trailers = self._headers
+        if trailers and self.sink is not None:
+            self.sink.up_trailers(trailers)
+        self._finish()
+
+    def _finish(self) -> None:
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.up_complete()
+
+    # used by sinks
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def reusable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing() and self.keep_alive
+
+    def upstream_fields(self) -> dict[str, Any]:
+        """StreamInfo's upstream_* values for this connection (Stream.set_upstream's arguments)."""
+        fields = self.info_fields
+        if fields is None:
+            t = self.transport
+            peer = (t.get_extra_info("peername") if t is not None else None) or ("", 0)
+            local = (t.get_extra_info("sockname") if t is not None else None) or ("", 0)
+            fields = self.info_fields = {
+                "upstream_address": str(peer[0]),
+                "upstream_port": int(peer[1]),
+                "upstream_local_address": str(local[0]),
+                "upstream_local_port": int(local[1]),
+            }
+        return fields
+
+
+class Pool:
+    """A cluster: its address, timeouts and idle keep-alive connections (LIFO: the warmest first)."""
+
+    def __init__(self, cluster: agent_config.Cluster, stats: agent_stats.Stats) -> None:
+        self.cluster = cluster
+        self.stats = stats
+        self.idle: list[Upstream] = []
+
+    def take_idle(self) -> Upstream | None:
+        idle = self.idle
+        while idle:
+            up = idle.pop()
+            if up.transport is not None and not up.transport.is_closing():
+                up.reused = True
+                up.got_bytes = False
+                return up
+        return None
+
+    async def connect(self) -> Upstream:
+        """A new connection; raises OSError or TimeoutError."""
+        loop = asyncio.get_running_loop()
+        c = self.cluster
+        _, up = await asyncio.wait_for(
+            loop.create_connection(lambda: Upstream(self), c.address, c.port), timeout=c.connect_timeout_s
+        )
+        return up
+
+    def release(self, up: Upstream) -> None:
+        if up.reusable() and len(self.idle) < self.cluster.max_idle_connections:
+            up.sink = None
+            up.resume_reading()
+            self.idle.append(up)
+        else:
+            up.close()
+
+    def forget(self, up: Upstream) -> None:
+        with contextlib.suppress(ValueError):
+            self.idle.remove(up)
+
+    def close(self) -> None:
+        for up in self.idle:
+            up.close()
+        self.idle.clear()
+
+
+# --- plugins' http calls ---------------------------------------------------------------------------
+
+
+class CallSink:
+    """Collects one whole response for a plugin's http call."""
+
+    def __init__(self, future: asyncio.Future[tuple[int, wire.Headers, bytes] | None], up: Upstream) -> None:
+        self.future = future
+        self.up = up
+        self.status = 0
+        self.headers: wire.Headers = []
+        self.body: list[bytes] = []
+
+    def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None:
+        self.status = status
+        self.headers = [(n, v) for n, v in headers if n not in wire.HOP_BY_HOP]
+
+    def up_body(self, data: bytes) -> None:
+        self.body.append(data)
+
+    def up_trailers(self, trailers: wire.Headers) -> None:
+        return None
+
+    def up_complete(self) -> None:
+        self.up.pool.release(self.up)
+        if not self.future.done():
+            self.future.set_result((self.status, self.headers, b"".join(self.body)))
+
+    def up_failed(self, reset_reason: str) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def up_pause(self) -> None:
+        return None
+
+    def up_resume(self) -> None:
+        return None
+
+
+async def http_call(
+    pool: Pool, headers: Sequence[tuple[bytes, bytes]], body: bytes, timeout_s: float
+) -> tuple[int, wire.Headers, bytes] | None:
+    """A plugin's HTTP call to `pool`'s cluster: (status, headers, body), or None on connect/reset failure.
+
+    A timeout answers 504 "upstream request timeout", as Envoy's async client reports it.
+    """
+    stats = pool.stats
+    method, path, authority = b"GET", b"/", b""
+    out: list[bytes] = []
+    for name, value in headers:
+        if name == b":method":
+            method = value
+        elif name == b":path":
+            path = value
+        elif name == b":authority":
+            authority = value
+        elif not name.startswith(b":") and name not in wire.HOP_BY_HOP and name not in (b"content-length", b"host"):
+            out.append(b"%b: %b\r\n" % (name, value))
+    host = authority or f"{pool.cluster.address}:{pool.cluster.port}".encode()
+    head = b"%b %b HTTP/1.1\r\nhost: %b\r\n%bcontent-length: %d\r\n\r\n" % (
+        method,
+        path,
+        host,
+        b"".join(out),
+        len(body),
+    )
+    up = pool.take_idle()
+    if up is None:
+        try:
+            up = await pool.connect()
+        except (OSError, TimeoutError):
+            stats.upstream_cx_connect_fail += 1
+            return None
+    future: asyncio.Future[tuple[int, wire.Headers, bytes] | None] = asyncio.get_running_loop().create_future()
+    up.sink = CallSink(future, up)
+    up.head_request = method == b"HEAD"
+    stats.upstream_rq_total += 1
+    up.write(head + body)
+    try:
+        return await asyncio.wait_for(future, timeout_s)
+    except TimeoutError:
+        up.sink = None
+        up.close()
+        stats.upstream_rq_timeout += 1
+        return 504, [(b"content-type", b"text/plain")], wire.BODY_TIMEOUT

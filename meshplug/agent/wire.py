@@ -1,0 +1,124 @@
+"""What the agent's HTTP/1.1 data path modules share: header and reply constants, Envoy's reset wording, the
+Date and x-request-id generators, chunked-framing helpers, flow-control reasons and the debug switch.
+
+Imported by every module of the data path (`downstream`, `exchange`, `filtered`, `upstream`, `tcp`, `server`);
+imports nothing of theirs. Values that are per request are built once here (status bytes, the Date of the
+current second) so the per-request modules only look them up.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Final
+
+log = logging.getLogger("meshplug.agent")
+
+Headers = list[tuple[bytes, bytes]]
+
+#: request/response headers that describe one hop only (RFC 9110 7.6.1) and are never forwarded
+HOP_BY_HOP: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+REASONS: Final = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+
+RESET_CONNECT_FAILURE: Final = "connection failure"
+RESET_TERMINATION: Final = "connection termination"
+RESET_PROTOCOL: Final = "protocol error"
+BODY_TIMEOUT: Final = b"upstream request timeout"
+
+
+def reset_body(reason: str) -> bytes:
+    return f"upstream connect error or disconnect/reset before headers. reset reason: {reason}".encode()
+
+
+#: how proxy-generated replies are described to plugins (response.code_details / response.flags), as Envoy's router
+DETAILS_CONNECT: Final = "upstream_reset_before_response_started{connection_failure}"
+DETAILS_TIMEOUT: Final = "upstream_response_timeout"
+
+
+def reset_details(reason: str) -> str:
+    return "upstream_reset_before_response_started{" + reason.replace(" ", "_") + "}"
+
+
+class DateCache:
+    """RFC 9110 Date header value, formatted at most once per second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = email.utils.formatdate(now, usegmt=True).encode()
+        return self._value
+
+
+DATE: Final = DateCache()
+
+
+class RequestIds:
+    """x-request-id values shaped like a UUID4: a random per-process prefix, then a counter in the last
+    48 bits. Unique per process by construction, across processes by the ~62 random bits of the prefix;
+    costs one %-format per request instead of uuid4()'s urandom + UUID object + str()."""
+
+    __slots__ = ("_next", "_prefix")
+
+    def __init__(self) -> None:
+        u = uuid.uuid4().hex
+        self._prefix = f"{u[:8]}-{u[8:12]}-4{u[13:16]}-{'89ab'[int(u[16], 16) & 3]}{u[17:20]}-".encode()
+        self._next = itertools.count(int(u[20:32], 16)).__next__
+
+    def new(self) -> bytes:
+        return b"%b%012x" % (self._prefix, self._next() & 0xFFFFFFFFFFFF)
+
+
+REQUEST_IDS: Final = RequestIds()
+#: ":status" values by code, encoded once
+STATUS_BYTES: Final = {code: str(code).encode() for code in range(100, 600)}
+SCHEME_HTTP: Final = (b":scheme", b"http")
+
+#: downstream connection ids (HTTP and TCP listeners share the sequence, as Envoy's connection ids)
+CONNECTION_IDS: Final = itertools.count(1)
+#: whether the data path logs per-exchange details (read once per start/level change, not per call)
+DEBUG: Final = [False]
+
+
+def refresh_debug() -> None:
+    """Re-read whether debug logging of the data path is on (called at start and when the level changes)."""
+    DEBUG[0] = log.isEnabledFor(logging.DEBUG)
+
+
+def close_delimited(method: bytes, status: int, headers: Headers) -> bool:
+    """A response whose body runs until the upstream closes (no length, not chunked; RFC 9112 6.3)."""
+    if method == b"HEAD" or status in (204, 304) or status < 200:
+        return False
+    for name, value in headers:
+        if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
+            return False
+    return True
+
+
+#: why a downstream connection stopped reading (bits of Downstream's pause mask)
+PAUSE_UPSTREAM_FULL: Final = 1  # upstream write buffer full
+PAUSE_BUFFER: Final = 2  # body buffered while waiting for an upstream connection
+PAUSE_PIPELINE: Final = 4  # a complete request is waiting for its response
+
+#: header fields never forwarded as trailers (framing, routing; RFC 9110 6.5.1)
+NOT_TRAILERS: Final = HOP_BY_HOP | {b"content-length", b"host"}
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+def last_chunk(trailers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The end of a chunked body carrying `trailers` (RFC 9112 7.1.2)."""
+    lines = [b"%b: %b\r\n" % (n, v) for n, v in trailers if n[:1] != b":" and n not in NOT_TRAILERS]
+    return b"0\r\n%b\r\n" % b"".join(lines) if lines else LAST_CHUNK
