@@ -21,6 +21,7 @@ import kubernetes
 from meshplug import fetch
 from meshplug.controller import apply, handlers, reconcile
 from meshplug.controller import metrics as metrics_mod
+from meshplug.controller.delivery import agent as agent_delivery
 from meshplug.fetch import serve
 from meshplug.render import model
 
@@ -64,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-listen", default="0.0.0.0:9090", help="/metrics and /healthz HOST:PORT ('' = off)")
     parser.add_argument(
         "--agent-token-secret",
-        default=reconcile.DEFAULT_AGENT_TOKEN_SECRET,
+        default=agent_delivery.DEFAULT_AGENT_TOKEN_SECRET,
         help="Secret (in each plugin's namespace, key 'token') authenticating pushes to the agents",
     )
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""meshplug.controller.reconcile's pure parts: condition bookkeeping, label selection, retry backoff."""
+"""meshplug.controller.status and delivery's pure parts: condition bookkeeping, label selection, retry backoff."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from meshplug.controller import reconcile
+from meshplug.controller import delivery, status
 
-C = reconcile.Condition
+C = status.Condition
 OLD = [{"type": "Ready", "status": "False", "reason": "x", "message": "", "lastTransitionTime": "2020-01-01T00:00:00Z"}]
 
 
@@ -21,9 +21,9 @@ OLD = [{"type": "Ready", "status": "False", "reason": "x", "message": "", "lastT
     ],
 )
 def test_transition_time_moves_only_on_status_change(
-    previous: list[dict[str, Any]], new: reconcile.Condition, keeps_time: bool
+    previous: list[dict[str, Any]], new: status.Condition, keeps_time: bool
 ) -> None:
-    (out,) = reconcile.merge_conditions(previous, [new], generation=4)
+    (out,) = status.merge_conditions(previous, [new], generation=4)
     assert (out["lastTransitionTime"] == "2020-01-01T00:00:00Z") is keeps_time
     assert out["observedGeneration"] == 4 and out["reason"] == new.reason
 
@@ -39,9 +39,9 @@ def test_transition_time_moves_only_on_status_change(
     ],
 )
 def test_selects(selector: dict[str, str], labels: dict[str, str] | None, selected: bool) -> None:
-    assert reconcile.selects(selector, labels) is selected
+    assert delivery.selects(selector, labels) is selected
 
 
 @pytest.mark.parametrize(("retry", "delay"), [(0, 5.0), (1, 10.0), (3, 40.0), (6, 300.0), (60, 300.0)])
 def test_backoff(retry: int, delay: float) -> None:
-    assert reconcile.backoff(retry) == delay
+    assert status.backoff(retry) == delay

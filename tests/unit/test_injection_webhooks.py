@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from meshplug import errors, injection
-from meshplug.controller import agents, reconcile, webhooks
+from meshplug.controller import agents, webhooks
+from meshplug.controller.delivery import agent as agent_delivery
 
 REPO = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = {
@@ -70,13 +71,13 @@ def test_chart_default_config_parses(tmp_path: Path) -> None:
         },
     }
     cfg = webhooks.parse_config(raw, tmp_path)
-    assert cfg.injection is not None and cfg.injection.token_secret == reconcile.DEFAULT_AGENT_TOKEN_SECRET
+    assert cfg.injection is not None and cfg.injection.token_secret == agent_delivery.DEFAULT_AGENT_TOKEN_SECRET
 
 
 def test_names_shared_with_the_operator() -> None:
     assert injection.PUSH_PORT_ANNOTATION == agents.PUSH_PORT_ANNOTATION
     assert injection.InjectionSettings(image="i").push_port == agents.DEFAULT_PUSH_PORT
-    assert injection.InjectionSettings(image="i").token_secret == reconcile.DEFAULT_AGENT_TOKEN_SECRET
+    assert injection.InjectionSettings(image="i").token_secret == agent_delivery.DEFAULT_AGENT_TOKEN_SECRET
 
 
 def _plugin(spec: dict[str, Any], **meta: Any) -> dict[str, Any]:

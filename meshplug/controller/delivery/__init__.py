@@ -1,0 +1,90 @@
+"""Delivery paths: how a validated module reaches the proxies of one data plane, behind one small interface.
+
+Called by `meshplug.controller.reconcile`, which walks each WasmPlugin through
+spec -> fetch -> validate -> render -> ``deliver(plane)`` -> status: it picks the plugin's `Delivery`, hands it
+a `Request` (the parsed spec and the validated module) and writes the `Report` it returns as the status
+(``Ready`` condition, pod counts, failing pods, an Event). A path renders with `meshplug.render` and writes only
+through `meshplug.controller.apply`. `remove` takes back everything a path delivered for a plugin (deleted, or
+moved to another path). An `errors.ApplyError` raised by a path becomes ``Ready=False`` with the API's reason
+and a retry.
+
+The paths, one module each:
+- `meshplug.controller.delivery.istio_configmap`: EnvoyFilter + ConfigMap (or the module server) + the
+  sidecar's volume annotations (the seed's route);
+- `meshplug.controller.delivery.agent`: pushes to meshplug's in-pod agents, ACKed or NACKed per pod.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from meshplug import spec
+from meshplug.controller import apply, status
+from meshplug.render import model
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One plugin to deliver: the resource as read, its parsed spec, its fetched and validated module."""
+
+    body: Mapping[str, Any]
+    plugin: spec.PluginSpec
+    module: model.Module
+
+    @property
+    def key(self) -> Key:
+        return (self.plugin.namespace, self.plugin.name)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a path tells the status: Ready, and per pod (None: the path does not count pods)."""
+
+    ready: status.Condition
+    pods: tuple[int, int] | None = None  # (ready, total)
+    failing: tuple[Mapping[str, str], ...] = ()
+    event: tuple[bool, str, str] | None = None  # (warning, reason, message)
+    retry: str = ""  # non-empty: reconcile again with backoff (a cause that heals by itself)
+
+
+class Delivery(Protocol):
+    """One delivery path."""
+
+    #: the name status messages and logs use for the path
+    name: str
+
+    def deliver(self, request: Request) -> Report:
+        """Bring the plugin to every proxy it selects; what they run now."""
+
+    def remove(self, namespace: str, name: str, *, owned: bool) -> None:
+        """Take back everything delivered for the plugin ``namespace/name``; ``owned``: the resource (deleted now)
+        named this path, so look even when this process delivered nothing for it."""
+
+
+def selects(selector: Mapping[str, str], labels: Mapping[str, str] | None) -> bool:
+    labels = labels or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def tie_break(body: Mapping[str, Any]) -> str:
+    """Istio's tie-break within a phase and priority: creation time, then namespace/name."""
+    meta = body.get("metadata") or {}
+    return f"{meta.get('creationTimestamp', '')}/{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def selected_pods(writer: apply.Writer, plugin: spec.PluginSpec) -> list[dict[str, Any]]:
+    """The live pods of the plugin's namespace its selector picks (none with targetRefs)."""
+    if plugin.target_refs:
+        return []
+    selector = ",".join(f"{k}={v}" for k, v in plugin.selector)  # the API filters: no list of every pod
+    return [
+        p
+        for p in writer.list("v1", "Pod", plugin.namespace, label_selector=selector)
+        if selects(plugin.selector_labels, p["metadata"].get("labels"))
+        and not p["metadata"].get("deletionTimestamp")
+        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    ]

@@ -1,0 +1,305 @@
+"""The agent data plane: each selected pod's in-pod agent gets its pod's full desired set, ACKed or NACKed.
+
+Called by `meshplug.controller.reconcile` through the `meshplug.controller.delivery.Delivery` interface (and
+`forget_pod` by the pod watch). Each selected pod's agent gets its pod's FULL desired set (every agent-plane
+WasmPlugin selecting the pod, in chain order: `meshplug.render.agent.desired_set`), modules served by the
+operator's module server under signed URLs. Ready only when every selected pod's agent ACKed a set in which this
+plugin runs with this digest. A NACKed set is not pushed again until something changes (the set, the pod's
+address or its restarts); unreachable agents are retried with backoff. Pods that stop being selected get their
+new set. The push token is the key ``token`` of the Secret ``token_secret`` in the plugin's namespace.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshplug import errors, limits, spec
+from meshplug.controller import agents, apply, delivery, status, workqueue
+from meshplug.controller import metrics as metrics_mod
+from meshplug.render import agent as agent_render
+from meshplug.render import model
+
+log = logging.getLogger("meshplug.controller.delivery.agent")
+
+PLUGIN_API = f"{spec.API_GROUP}/{spec.API_VERSION}"
+#: the Secret (in each plugin's namespace) whose key ``token`` authenticates pushes to that namespace's agents
+DEFAULT_AGENT_TOKEN_SECRET = "meshplug-agent-token"  # noqa: S105 (a Secret's name)
+
+Key = delivery.Key
+#: fetch and validate another plugin of the namespace (its module belongs in the pods' sets too)
+Loader = Callable[[spec.PluginSpec], model.Module]
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """An agent-plane plugin as it is delivered: its spec, its validated module, its chain tie-break."""
+
+    plugin: spec.PluginSpec
+    module: model.Module
+    tie_break: str  # creationTimestamp + namespace/name (Istio's tie-break within a phase and priority)
+
+
+@dataclass(frozen=True)
+class PodState:
+    """The last push to one pod's agent: to which address, which set, what came back."""
+
+    target: agents.Target
+    restarts: int
+    outcome: agents.Outcome
+
+
+@dataclass(frozen=True)
+class PodReport:
+    ready: int
+    total: int
+    failing: tuple[dict[str, str], ...]
+    retry: str  # non-empty: a cause that heals by retrying (unreachable agent, missing token)
+
+
+def restarts_of(pod: Mapping[str, Any]) -> int:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return sum(int(s.get("restartCount") or 0) for s in statuses)
+
+
+class AgentDelivery:
+    """Pushes to meshplug's agents, with the per-pod state of what each agent confirmed."""
+
+    name = "agent"
+
+    def __init__(
+        self,
+        writer: apply.Writer,
+        server: model.ModuleServer,
+        load: Loader,
+        *,
+        metrics: metrics_mod.Metrics,
+        token_secret: str = DEFAULT_AGENT_TOKEN_SECRET,
+    ) -> None:
+        self.writer = writer
+        self.server = server
+        self.load = load
+        self.metrics = metrics
+        self.token_secret = token_secret
+        self.enqueue: Callable[[Key, float], None] | None = None
+        self._lock = threading.Lock()
+        self._entries: dict[Key, PluginEntry] = {}  # agent-plane plugins, last good module
+        self._pods: dict[Key, PodState] = {}  # (namespace, pod) -> last push
+        self._pushed: dict[Key, frozenset[str]] = {}  # plugin -> pods it was pushed to
+        self._pod_locks: dict[Key, threading.Lock] = {}
+        self._pool = workqueue.Pool(limits.AGENT_PUSH_CONCURRENCY, "meshplug-push")
+
+    def close(self) -> None:
+        """Stop pushing: pushes still running are abandoned (their reconciles raise `workqueue.ShuttingDown`)."""
+        self._pool.close()
+
+    def deliver(self, request: delivery.Request) -> delivery.Report:
+        plugin, module = request.plugin, request.module
+        with self._lock:
+            self._entries[request.key] = PluginEntry(plugin, module, delivery.tie_break(request.body))
+        report, nacks = self._deliver(plugin, module)
+        digest = module.digest
+        if report.ready == report.total:
+            ready = status.Condition(
+                status.READY, "True", "Confirmed", f"{report.ready}/{report.total} selected pods' agents run {digest}"
+            )
+        else:
+            reasons = {f["reason"] for f in report.failing}
+            reason = next(
+                (
+                    r
+                    for r in ("AgentNACK", "AgentUnauthorized", "AgentUnreachable", "AgentTokenMissing")
+                    if r in reasons
+                ),
+                "AgentsPending",
+            )
+            first = report.failing[0]
+            ready = status.Condition(
+                status.READY,
+                "False",
+                reason,
+                f"{report.ready}/{report.total} selected pods' agents confirmed {digest}; "
+                f"{first['name']}: {first['reason']}: {first['message']}",
+            )
+        event = None
+        if nacks:
+            pod, outcome = nacks[0]
+            more = f" (and {len(nacks) - 1} more pods)" if len(nacks) > 1 else ""
+            event = (True, "AgentNACK", f"pod {pod}: {outcome.reason}: {outcome.message}{more}")
+        return delivery.Report(
+            ready=ready, pods=(report.ready, report.total), failing=report.failing, event=event, retry=report.retry
+        )
+
+    def _token(self, namespace: str) -> str | None:
+        secret = self.writer.get("v1", "Secret", namespace, self.token_secret)
+        raw = ((secret or {}).get("data") or {}).get("token")
+        return base64.b64decode(raw).decode().strip() if raw else None
+
+    def _refresh_entries(self, namespace: str) -> None:
+        """Make the registry of agent-plane plugins of ``namespace`` match the API (after a restart the
+        operator must not push a set that lacks plugins it has not reconciled yet)."""
+        present: set[str] = set()
+        for body in self.writer.list(PLUGIN_API, spec.KIND, namespace):
+            meta = body["metadata"]
+            if meta.get("deletionTimestamp"):
+                continue
+            try:
+                plugin = spec.parse(body)
+            except errors.SpecError:
+                continue
+            if plugin.data_plane is not spec.DataPlane.AGENT:
+                continue
+            present.add(plugin.name)
+            key = (namespace, plugin.name)
+            with self._lock:
+                known = self._entries.get(key)
+            if known is not None and known.plugin == plugin:
+                continue
+            try:
+                module = self.load(plugin)
+            except errors.MeshplugError as exc:  # its own reconcile reports it; keep its last good module
+                log.info("agent set of %s: %s/%s not deliverable yet: %s", namespace, namespace, plugin.name, exc)
+                continue
+            with self._lock:
+                self._entries[key] = PluginEntry(plugin, module, delivery.tie_break(body))
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == namespace and k[1] not in present]:
+                del self._entries[key]
+
+    def _desired(self, namespace: str, labels: Mapping[str, str]) -> tuple[str, tuple[Any, ...]]:
+        with self._lock:
+            entries = [
+                (e.plugin, e.module, e.tie_break)
+                for (ns, _), e in self._entries.items()
+                if ns == namespace and delivery.selects(e.plugin.selector_labels, labels)
+            ]
+        resources = agent_render.desired_set(entries, self.server)
+        return agent_render.version_of(resources), resources
+
+    def _deliver(
+        self, plugin: spec.PluginSpec, module: model.Module
+    ) -> tuple[PodReport, list[tuple[str, agents.Outcome]]]:
+        key: Key = (plugin.namespace, plugin.name)
+        self._refresh_entries(plugin.namespace)
+        pods = delivery.selected_pods(self.writer, plugin)
+        names = frozenset(p["metadata"]["name"] for p in pods)
+        with self._lock:
+            gone = self._pushed.get(key, frozenset()) - names
+            self._pushed[key] = names
+        others = [p for p in self.writer.list("v1", "Pod", plugin.namespace) if p["metadata"]["name"] in gone]
+        token = self._token(plugin.namespace)
+        results = self._pool.map(lambda p: self._sync_pod(p, token), [*pods, *others])
+        ready, failing, retry, nacks = 0, [], "", []
+        for pod, (state, pushed_now) in zip(pods, results, strict=False):
+            name = pod["metadata"]["name"]
+            if isinstance(state, str):  # no push possible: why
+                reason, message = state.split(":", 1)
+                failing.append({"name": name, "reason": reason, "message": message.strip()})
+                retry = retry or (message if reason in ("AgentTokenMissing", "BadPushPort") else "")
+                continue
+            out = state.outcome
+            if (
+                out.result in (agents.Result.ACK, agents.Result.NACK)
+                and (plugin.envoy_name, module.sha256) in out.running
+            ):
+                ready += 1  # confirmed; after a NACK the agent still runs it (the set was refused for another plugin)
+                if out.result is agents.Result.NACK and pushed_now:
+                    nacks.append((name, out))
+                continue
+            if out.result is agents.Result.ACK:
+                failing.append({"name": name, "reason": "NotRunning", "message": "the agent reports it not running"})
+            elif out.result is agents.Result.NACK:
+                failing.append({"name": name, "reason": "AgentNACK", "message": f"{out.reason}: {out.message}"})
+                if pushed_now:
+                    nacks.append((name, out))
+            else:
+                reason = "AgentUnauthorized" if out.result is agents.Result.UNAUTHORIZED else "AgentUnreachable"
+                failing.append({"name": name, "reason": reason, "message": out.message})
+                retry = retry or out.message
+        return PodReport(ready, len(pods), tuple(failing), retry), nacks
+
+    def _sync_pod(self, pod: Mapping[str, Any], token: str | None) -> tuple[PodState | str, bool]:
+        """Push the pod's desired set unless its agent already confirmed (or refused) exactly that set at this
+        address; (its state, whether a push happened) or "Reason: why no push was possible"."""
+        meta = pod["metadata"]
+        pod_key: Key = (meta["namespace"], meta["name"])
+        try:
+            target = agents.target_of(dict(pod))
+        except errors.ConfigError as exc:
+            return f"{exc.reason}: {exc.message}", False
+        if target is None:
+            return "PodHasNoIP: the pod has no IP yet (not running)", False
+        if token is None:
+            return (
+                f"AgentTokenMissing: Secret {meta['namespace']}/{self.token_secret} (key token) is missing",
+                False,
+            )
+        version, resources = self._desired(meta["namespace"], meta.get("labels") or {})
+        restarts = restarts_of(pod)
+        with self._lock:
+            lock = self._pod_locks.setdefault(pod_key, threading.Lock())
+        with lock:
+            with self._lock:
+                state = self._pods.get(pod_key)
+            if (
+                state is not None
+                and state.target == target
+                and state.restarts == restarts
+                and state.outcome.version_info == version
+                and state.outcome.result in (agents.Result.ACK, agents.Result.NACK)
+            ):
+                return state, False
+            outcome = agents.push(target, version, resources, token)
+            self.metrics.pushed(outcome.result.value)
+            new = PodState(target, restarts, outcome)
+            with self._lock:
+                self._pods[pod_key] = new
+        if state is None or state.outcome != outcome:
+            self._kick_others(pod_key, meta.get("labels") or {})
+        return new, True
+
+    def _kick_others(self, pod_key: Key, labels: Mapping[str, str]) -> None:
+        """The pod's agent state changed: the other plugins selecting it re-read it for their status."""
+        if self.enqueue is None:
+            return
+        with self._lock:
+            keys = [
+                k
+                for k, e in self._entries.items()
+                if k[0] == pod_key[0] and delivery.selects(e.plugin.selector_labels, labels)
+            ]
+        for key in keys:
+            self.enqueue(key, 0.0)
+
+    def forget_pod(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._pods.pop((namespace, name), None)
+            self._pod_locks.pop((namespace, name), None)
+
+    def remove(self, namespace: str, name: str, *, owned: bool) -> None:
+        """Push every pod that ran the plugin its set without it (deleted, or moved to another path)."""
+        key: Key = (namespace, name)
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            pushed = self._pushed.pop(key, frozenset())
+        if entry is None and not pushed and not owned:
+            return
+        self._refresh_entries(namespace)  # a deleted plugin is not listed any more (deletionTimestamp)
+        with self._lock:
+            self._entries.pop(key, None)
+        selector = entry.plugin.selector_labels if entry is not None else None
+        pods = [
+            p
+            for p in self.writer.list("v1", "Pod", namespace)
+            if p["metadata"]["name"] in pushed
+            or (selector is not None and delivery.selects(selector, p["metadata"].get("labels")))
+        ]
+        token = self._token(namespace)
+        for pod, (state, _) in zip(pods, self._pool.map(lambda p: self._sync_pod(p, token), pods), strict=False):
+            if isinstance(state, str) or state.outcome.result is not agents.Result.ACK:
+                why = state if isinstance(state, str) else f"{state.outcome.reason}: {state.outcome.message}"
+                log.warning("removing %s/%s from pod %s's agent: %s", namespace, name, pod["metadata"]["name"], why)

@@ -1,0 +1,75 @@
+"""A WasmPlugin's status: conditions and their bookkeeping, the retry verdicts, the status body.
+
+Called by `meshplug.controller.reconcile` (which writes the status) and by the delivery paths
+(`meshplug.controller.delivery`), which report their part as a Ready condition with pod counts. Pure: no I/O.
+
+Conditions: ``Fetched``, ``Validated``, ``Ready``, each with a specific reason; ``lastTransitionTime`` moves only
+when a condition's status changes. `Retry` means run again later (the cause may heal without a spec change);
+`Permanent` means only a spec change helps.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from meshplug import limits
+
+FETCHED, VALIDATED, READY = "Fetched", "Validated", "Ready"
+
+
+class Retry(Exception):
+    """Run the reconcile again after `delay` seconds (the cause may heal without a spec change)."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class Permanent(Exception):
+    """Only a spec change can help; do not retry."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_conditions(
+    previous: Sequence[Mapping[str, Any]], new: Sequence[Condition], generation: int
+) -> list[dict[str, Any]]:
+    """Conditions for the status; lastTransitionTime moves only when a condition's status changes."""
+    old = {c.get("type"): c for c in previous}
+    out = []
+    for c in new:
+        prior = old.get(c.type)
+        since = prior.get("lastTransitionTime") if prior and prior.get("status") == c.status else None
+        out.append(
+            {
+                "type": c.type,
+                "status": c.status,
+                "reason": c.reason,
+                "message": c.message[:1024],
+                "observedGeneration": generation,
+                "lastTransitionTime": since or _now(),
+            }
+        )
+    return out
+
+
+def backoff(retry: int) -> float:
+    first, cap = limits.RECONCILE_BACKOFF_FIRST_S, limits.RECONCILE_BACKOFF_MAX_S
+    return float(min(cap, first * 2 ** min(retry, 6)))
+
+
+def pods_block(ready: int, total: int) -> dict[str, Any]:
+    return {"total": total, "ready": ready, "failing": total - ready, "summary": f"{ready}/{total}"}
