@@ -51,6 +51,20 @@ MAX_BUFFERED_BODY_BYTES = 1 * MiB
 #: random_get length cap (cpp-host)
 MAX_RANDOM_BYTES = 64 * KiB
 
+# --- Lua filters --------------------------------------------------------------------------------
+#: inline Lua per TrafficExtension (Istio: lua.inlineCode maxLength 65536)
+MAX_LUA_CODE_BYTES = 64 * KiB
+#: Lua bytecode instructions one stream's script may run (both directions together); Envoy has no such bound
+LUA_STREAM_INSTRUCTIONS = 20_000_000
+#: granularity of that budget: the count hook runs every this many instructions
+LUA_HOOK_INSTRUCTIONS = 1000
+#: memory of one Lua filter's state (its globals and every stream's coroutine)
+LUA_MAX_MEMORY_BYTES = 64 * MiB
+#: lupa's hard cap is this much above it: Python must never meet an exhausted state (the process would abort)
+LUA_MEMORY_HEADROOM_BYTES = 16 * MiB
+#: nesting of a table a script stores as dynamic metadata
+LUA_METADATA_DEPTH = 32
+
 # --- agent ---------------------------------------------------------------------------------------
 MAX_REQUEST_HEADER_BYTES = 60 * KiB
 UPSTREAM_CONNECT_TIMEOUT_S = 5.0

@@ -20,6 +20,11 @@ agent that does not know it refuses a push that does, instead of running the plu
 
     "match": [{"hosts": ["api.example.com", "*.example.org"], "path_prefixes": ["/v1/"], "exact_paths": ["/"]}]
 
+A Lua filter (a TrafficExtension with ``lua.inlineCode``) carries its script instead of a module: ``"lua":
+{"inline_code": "<script>"}``, no ``url``; ``sha256`` is then the sha256 of the script's UTF-8 bytes (optional on
+the wire, checked when given) and ``root_id``, ``vm_*`` and ``configuration`` must stay empty. An agent that does
+not know ``lua`` refuses the push (unknown field) instead of running something else.
+
 The plugin runs for a request only when some rule matches it: any of ``hosts`` matches the request's host
 (``:authority``/Host without its port, case-insensitive; ``*.d`` matches any name ending in ``.d``) AND any of
 ``path_prefixes`` / ``exact_paths`` matches its path (prefix: plain string prefix of the path, query included,
@@ -42,6 +47,7 @@ The agent answers 200 with a Reply in both outcomes (the HTTP status only says t
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -106,6 +112,8 @@ class ExtensionConfig:
     vm_configuration: str = ""
     #: run only for requests matching one of these rules; empty: every request
     match: tuple[MatchRule, ...] = ()
+    #: inline Lua (Envoy's Lua filter) instead of a wasm module; then `url` is "" and `sha256` the script's
+    lua: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -119,6 +127,9 @@ class ExtensionConfig:
             "vm_id": self.vm_id,
             "vm_configuration": self.vm_configuration,
         }
+        if self.lua:
+            del out["url"]
+            out["lua"] = {"inline_code": self.lua}
         if self.match:
             out["match"] = [m.to_json() for m in self.match]
         return out
@@ -234,6 +245,7 @@ _RESOURCE_KEYS = frozenset(
         "vm_id",
         "vm_configuration",
         "match",
+        "lua",
     }
 )
 _MATCH_KEYS = frozenset({"hosts", "path_prefixes", "exact_paths"})
@@ -279,6 +291,8 @@ def decode_extension_config(obj: Any, where: str) -> ExtensionConfig:
     sha256 = _str(obj, "sha256", where, default="")
     if sha256 and not _SHA256.match(sha256):
         raise errors.ProtocolError(f"{where}.sha256 {sha256!r} is not 64 lower-case hex digits")
+    if "lua" in obj:
+        return _decode_lua(obj, where, name, sha256)
     url = _str(obj, "url", where)
     if not url.startswith(("http://", "https://", "file://")):
         raise errors.ProtocolError(f"{where}.url {url!r}: scheme must be http, https or file")
@@ -305,6 +319,39 @@ def decode_extension_config(obj: Any, where: str) -> ExtensionConfig:
         vm_id=_str(obj, "vm_id", where, default=""),
         vm_configuration=_str(obj, "vm_configuration", where, default=""),
         match=decode_match(obj.get("match", []), f"{where}.match"),
+    )
+
+
+def lua_sha256(code: str) -> str:
+    """The digest a Lua resource is known by: sha256 of the script's UTF-8 bytes."""
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+def _decode_lua(obj: Mapping[str, Any], where: str, name: str, sha256: str) -> ExtensionConfig:
+    if "url" in obj:
+        raise errors.ProtocolError(f"{where}: give url (a wasm module) or lua (inline code), not both")
+    lua = obj["lua"]
+    if not isinstance(lua, dict):
+        raise errors.ProtocolError(f"{where}.lua must be an object")
+    _check_keys(lua, frozenset({"inline_code"}), f"{where}.lua")
+    code = _str(lua, "inline_code", f"{where}.lua")
+    if not code:
+        raise errors.ProtocolError(f"{where}.lua.inline_code must not be empty")
+    digest = lua_sha256(code)
+    if sha256 and sha256 != digest:
+        raise errors.ProtocolError(f"{where}.sha256 {sha256} is not the sha256 of lua.inline_code ({digest})")
+    for key in ("root_id", "configuration", "vm_id", "vm_configuration"):
+        if obj.get(key):
+            raise errors.ProtocolError(f"{where}.{key} does not apply to a lua filter")
+    if obj.get("vm_env"):
+        raise errors.ProtocolError(f"{where}.vm_env does not apply to a lua filter")
+    return ExtensionConfig(
+        name=name,
+        root_id="",
+        url="",
+        sha256=digest,
+        match=decode_match(obj.get("match", []), f"{where}.match"),
+        lua=code,
     )
 
 

@@ -83,6 +83,10 @@ class Action(Enum):
     # everything kept when the filter continues (Envoy's StopIterationAndWatermark)
     WATERMARK = "watermark"
     NO_BUFFER = "no_buffer"  # body: drop the chunk, stop (Envoy's StopIterationNoBuffer)
+    # headers: hold them here but keep showing this direction's body and trailers to this filter; they go
+    # on (before any body it buffered) when it continues from a later callback or resumes (Envoy's
+    # StopIteration, as the Lua filter returns it)
+    HOLD = "hold"
 
 
 class Direction(IntEnum):
@@ -573,7 +577,7 @@ class _Lane:
     """One direction's pipeline. Position i is filter i in this direction's order (the response lane runs
     the chain backwards); frames that must wait for position i queue in ``inbox[i]`` (i == n: output)."""
 
-    __slots__ = ("body", "body_end", "buffering", "closed", "held", "inbox", "n", "stalled", "stash")
+    __slots__ = ("body", "body_end", "buffering", "closed", "held", "hold", "inbox", "n", "stalled", "stash")
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -583,6 +587,7 @@ class _Lane:
         self.buffering = [False] * n
         self.body_end = [False] * n
         self.stash: dict[int, bytearray] | None = None  # data kept out of a filter's view (WATERMARK)
+        self.hold: list[_Frame | None] | None = None  # headers a filter holds while it sees the body (HOLD)
         self.closed = False
         #: some position holds a frame or buffers a body, or frames are queued: new frames must queue too
         self.stalled = False
@@ -600,6 +605,7 @@ class _Lane:
                 any(h is not None for h in self.held)
                 or any(self.buffering)
                 or bool(self.stash)
+                or (self.hold is not None and any(h is not None for h in self.hold))
                 or (self.inbox is not None and any(self.inbox))
             )
 
@@ -665,6 +671,15 @@ class StreamControl:
     def response_flags(self) -> int:
         return self._stream.response_flags
 
+    @property
+    def dynamic_metadata(self) -> dict[str, dict[str, object]]:
+        """The stream's dynamic metadata (Envoy's StreamInfo filter metadata): namespace -> key -> value,
+        shared by every filter of the stream (a Lua filter's streamInfo():dynamicMetadata())."""
+        s = self._stream
+        if s.dynamic_metadata is None:
+            s.dynamic_metadata = {}
+        return s.dynamic_metadata
+
 
 _Control = tuple[str, int, object]
 _REQUEST: Final = Direction.REQUEST
@@ -707,6 +722,8 @@ class Stream:
     code_details: str | None = None
     #: property response.flags: RESPONSE_FLAG_* bits the shell sets (e.g. upstream connect failure)
     response_flags = 0
+    #: namespace -> key -> value, made on first use (StreamControl.dynamic_metadata)
+    dynamic_metadata: dict[str, dict[str, object]] | None = None
 
     def __init__(self, chain: Chain, info: StreamInfo, start_time_ns: int | None = None) -> None:
         self.id = next(Stream._ids)
@@ -1027,6 +1044,10 @@ class Stream:
         if action is _FAIL:
             self._controls.appendleft(("fail", index, None))
             lane.held[pos] = frame  # the frame continues if the strategy bypasses the filter
+        elif action is Action.HOLD and kind == _HEADERS:
+            if lane.hold is None:
+                lane.hold = [None] * self._n
+            lane.hold[pos] = frame
         elif kind == _DATA:
             lane.buffering[pos] = True
             if action is Action.WATERMARK:
@@ -1043,7 +1064,18 @@ class Stream:
     def _release(self, lane: _Lane, pos: int, frame: _Frame) -> _Frame | None:
         """What a filter that continues passes on: data carries its whole (possibly modified) buffer;
         trailers let a buffered body go first; trailers a filter added in its last body callback follow
-        that body (Envoy's addDecodedTrailers / addEncodedTrailers) and visit the filters after it."""
+        that body (Envoy's addDecodedTrailers / addEncodedTrailers) and visit the filters after it.
+        Headers the filter holds (HOLD) go before all of it."""
+        hold = lane.hold
+        if hold is not None and hold[pos] is not None:
+            q = lane.queue(pos + 1)
+            q.append(hold[pos])  # type: ignore[arg-type]
+            hold[pos] = None
+            self._pending = True
+            out = self._release(lane, pos, frame)
+            if out is not None and (out[0] != _DATA or out[1] or out[2]):
+                q.append(out)
+            return None
         kind = frame[0]
         if kind == _HEADERS:
             return frame
@@ -1083,6 +1115,12 @@ class Stream:
         if lane is None:
             return
         held = lane.held[pos]
+        hold = lane.hold
+        if held is None and not lane.buffering[pos] and hold is not None and hold[pos] is not None:
+            lane.queue(pos + 1).append(hold[pos])  # type: ignore[arg-type]
+            hold[pos] = None
+            self._pending = True
+            return
         if held is not None:
             lane.held[pos] = None
             out = self._release(lane, pos, held)

@@ -31,6 +31,8 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
         fail_strategy: FAIL_CLOSE
         match:                                        # optional: run only for requests some rule matches
           - {hosts: [api.example.com, "*.example.org"], path_prefixes: [/v1/], exact_paths: [/healthz]}
+      - name: lua-header                              # a Lua filter (Envoy's Lua filter API) instead of a module
+        lua: {inline_code: "function envoy_on_request(h) h:headers():add('x-lua', '1') end"}
 
 Relative paths (module files, token_file, state_dir) are relative to the config file's directory.
 
@@ -193,9 +195,19 @@ def _plugin(raw: Any, where: str, base: Path) -> protocol.ExtensionConfig:
     obj = _obj(raw, where)
     _keys(
         obj,
-        {"name", "root_id", "module", "configuration", "vm_env", "fail_strategy", "vm_id", "vm_configuration", "match"},
+        {"name", "root_id", "module", "configuration", "vm_env", "fail_strategy", "vm_id", "vm_configuration", "match",
+         "lua"},
         where,
-    )
+    )  # fmt: skip
+    if "lua" in obj:
+        if "module" in obj:
+            raise errors.ConfigError(f"{where} needs exactly one of module, lua")
+        lua_wire = {k: v for k, v in obj.items() if k != "match"}
+        lua_wire["match"] = _match(obj.get("match", []), f"{where}.match")
+        try:
+            return protocol.decode_extension_config(lua_wire, where)
+        except errors.ProtocolError as exc:
+            raise errors.ConfigError(exc.message) from None
     module = _obj(obj.get("module"), f"{where}.module")
     _keys(module, {"file", "url", "sha256"}, f"{where}.module")
     if ("file" in module) == ("url" in module):
@@ -265,6 +277,8 @@ def _modules(raw: Any, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]
         raise errors.ConfigError("modules.file_roots must be a list of directories")
     roots = [_path(base, r) for r in roots_raw]
     for plugin in plugins:  # the static config's own module files are trusted: their directories are roots
+        if plugin.lua:
+            continue
         parts = urllib.parse.urlsplit(plugin.url)
         if parts.scheme == "file":
             roots.append(Path(urllib.parse.unquote(parts.path)).parent)

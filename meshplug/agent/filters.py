@@ -2,8 +2,9 @@
 
 Called by `meshplug.agent.runtime`'s chain builder in a worker thread, only for sets with plugins (so an
 agent with no plugins never imports wasmtime). Each applied set gets its own `host.Host` (VMs, shared
-data, queues, metrics) and a `Driver` that performs the host's asynchronous work on the event loop:
-plugins' HTTP calls through the proxy's named clusters, ticks, and deferred queue notifications.
+data, queues, metrics) when it has wasm plugins, a `lua.Runtime` when it has Lua filters (each filter its
+own LuaJIT state), and a `Driver` that performs their asynchronous work on the event loop: HTTP calls
+through the proxy's named clusters, ticks, and deferred queue notifications.
 The returned `loader.Chain` carries the `chain.Chain` the proxy uses (each plugin with its resource's `match`
 rules) plus views, metrics and close hooks.
 """
@@ -17,8 +18,8 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
-from meshplug import errors, protocol
-from meshplug.agent import chain, host, loader, server
+from meshplug import errors, limits, protocol
+from meshplug.agent import chain, host, loader, lua, server
 
 log = logging.getLogger("meshplug.agent.filters")
 
@@ -30,6 +31,7 @@ class Driver:
         self.proxy = proxy
         self.loop = loop
         self.host: host.Host | None = None
+        self.lua: lua.Runtime | None = None
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -40,8 +42,15 @@ class Driver:
             self.loop.call_soon_threadsafe(self.run)
 
     def run(self) -> None:
+        if self.closed:
+            return
+        if self.lua is not None:
+            for lua_call in self.lua.take_http_calls():
+                lua_task = self.loop.create_task(self._lua_call(self.lua, lua_call))
+                self._tasks.add(lua_task)
+                lua_task.add_done_callback(self._tasks.discard)
         h = self.host
-        if self.closed or h is None:
+        if h is None:
             return
         try:
             for call in h.take_http_calls():
@@ -74,6 +83,14 @@ class Driver:
         h.complete_http_call(call.id, result)
         self.run()
 
+    async def _lua_call(self, rt: lua.Runtime, call: lua.Callout) -> None:
+        timeout_s = call.timeout_ms / 1000.0 if call.timeout_ms > 0 else limits.UPSTREAM_RESPONSE_TIMEOUT_S
+        outcome = await self.proxy.http_call(call.cluster, call.headers, call.body, timeout_s)
+        if self.closed:
+            return
+        rt.complete_http_call(call.id, outcome)
+        self.run()
+
     def close(self) -> None:
         self.closed = True
         if self._timer is not None:
@@ -82,9 +99,20 @@ class Driver:
             task.cancel()
         if self.host is not None:
             self.host.close()
+        if self.lua is not None:
+            self.lua.close()
 
 
 _METRIC_CHARS: Final = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _lua_metrics_text(rt: lua.Runtime) -> str:
+    """Envoy's per-filter Lua stats (<stat_prefix>.errors / .executions) as labelled counters."""
+    lines = ["# TYPE meshplug_lua_errors_total counter"]
+    lines += [f'meshplug_lua_errors_total{{filter="{f.name}"}} {f.errors}' for f in rt.filters]
+    lines.append("# TYPE meshplug_lua_executions_total counter")
+    lines += [f'meshplug_lua_executions_total{{filter="{f.name}"}} {f.executions}' for f in rt.filters]
+    return "\n".join(lines) + "\n"
 
 
 def _metrics_text(h: host.Host) -> str:
@@ -125,35 +153,49 @@ def build(
     proxy: server.Proxy,
     loop: asyncio.AbstractEventLoop,
 ) -> loader.Chain:
-    """Start every plugin (blocking: compile/deserialize, instantiate, vm_start, configure)."""
+    """Start every plugin (blocking: compile/deserialize, instantiate, vm_start, configure) and Lua filter
+    (compile, run its top-level code), in the push's order."""
     driver = Driver(proxy, loop)
     node = proxy.cfg.node
-    h = host.Host(
-        upstreams=set(proxy.pools),
-        on_wakeup=driver.wakeup,
-        log_level=_host_log_level(),
-        node=dict(node.metadata),
-        node_id=node.id,
-        cluster=node.cluster,
-    )
-    driver.host = h
-    started: list[tuple[protocol.ExtensionConfig, host.Plugin, str, int]] = []
-    for resource, data in plugins:
-        cfg = host.PluginConfig(
-            name=resource.name,
-            root_id=resource.root_id,
-            configuration=resource.configuration.encode(),
-            fail_strategy=chain.FailStrategy(resource.fail_strategy.value),
-            env=resource.vm_env,
-            vm_id=resource.vm_id,
-            vm_configuration=resource.vm_configuration.encode(),
+    h: host.Host | None = None
+    if any(not r.lua for r, _ in plugins):
+        h = host.Host(
+            upstreams=set(proxy.pools),
+            on_wakeup=driver.wakeup,
+            log_level=_host_log_level(),
+            node=dict(node.metadata),
+            node_id=node.id,
+            cluster=node.cluster,
         )
+    rt: lua.Runtime | None = None
+    if any(r.lua for r, _ in plugins):
+        rt = lua.Runtime(
+            clusters=set(proxy.pools),
+            on_wakeup=driver.wakeup,
+            record_log=None if h is None else h.record_log,  # one log, in order, for both kinds
+            log_level=_host_log_level(),
+        )
+    driver.host, driver.lua = h, rt
+    started: list[tuple[protocol.ExtensionConfig, host.Plugin | lua.LuaFilter, str, int]] = []
+    for resource, data in plugins:
         try:
+            if resource.lua:
+                assert rt is not None
+                script = rt.load(lua.LuaConfig(resource.name, resource.lua))
+                started.append((resource, script, resource.sha256, len(data)))
+                continue
+            assert h is not None
+            cfg = host.PluginConfig(
+                name=resource.name,
+                root_id=resource.root_id,
+                configuration=resource.configuration.encode(),
+                fail_strategy=chain.FailStrategy(resource.fail_strategy.value),
+                env=resource.vm_env,
+                vm_id=resource.vm_id,
+                vm_configuration=resource.vm_configuration.encode(),
+            )
             plugin = h.load(cfg, data, digest=resource.sha256 or None)
-        except errors.HostError as exc:
-            driver.close()
-            raise loader.ResourceError(resource.name, exc) from None
-        except errors.MeshplugError as exc:  # e.g. a module the runtime cannot compile
+        except errors.MeshplugError as exc:  # a plugin that fails to start, a module or script that does not compile
             driver.close()
             raise loader.ResourceError(resource.name, exc) from None
         started.append((resource, plugin, loader.sha256_hex(data), len(data)))
@@ -161,7 +203,7 @@ def build(
     def views() -> list[loader.PluginView]:
         out: list[loader.PluginView] = []
         for resource, plugin, digest, size in started:
-            failed = plugin.failed
+            failed = plugin.failed if isinstance(plugin, host.Plugin) else None
             out.append(
                 loader.PluginView(
                     name=resource.name,
@@ -175,16 +217,32 @@ def build(
         return out
 
     def relevel() -> None:
-        h.log_level = _host_log_level()
+        if h is not None:
+            h.log_level = _host_log_level()
+        if rt is not None:
+            rt.log_level = _host_log_level()
+
+    def metrics() -> str:
+        return (_metrics_text(h) if h is not None else "") + (_lua_metrics_text(rt) if rt is not None else "")
+
+    def metric_values() -> dict[str, int | None]:
+        out: dict[str, int | None] = _metric_values(h) if h is not None else {}
+        if rt is not None:
+            out.update(lua.metric_values(rt))
+        return out
+
+    def logs() -> list[tuple[str, str, str]]:
+        records = h.logs if h is not None else rt.logs if rt is not None else ()
+        return [(r.plugin, _LEVEL_NAMES.get(r.level, str(r.level)), r.message) for r in records]
 
     loop.call_soon_threadsafe(driver.run)
     return loader.Chain(
         filters=chain.Chain([p for _, p, _, _ in started], match=[r.match for r, _, _, _ in started]),
-        network=tuple(p for _, p, _, _ in started),
+        network=tuple(p for _, p, _, _ in started if isinstance(p, host.Plugin)),
         views=views,
-        metrics=lambda: _metrics_text(h),
-        metric_values=lambda: _metric_values(h),
-        logs=lambda: [(r.plugin, _LEVEL_NAMES.get(r.level, str(r.level)), r.message) for r in h.logs],
+        metrics=metrics,
+        metric_values=metric_values,
+        logs=logs,
         close=driver.close,
         relevel=relevel,
     )

@@ -192,7 +192,10 @@ def module_bytes(
     sources: Sources,
     kind: validate.FilterKind | None = validate.FilterKind.HTTP,
 ) -> bytes:
-    """Bytes for `resource`, from the state store or its URL, checked against its sha256 (if any)."""
+    """Bytes for `resource`, from the state store or its URL, checked against its sha256 (if any); a Lua
+    filter's are its script (compiled when its filter starts)."""
+    if resource.lua:
+        return resource.lua.encode()
     data = store.module(resource.sha256)
     if data is None:
         data = sources.fetch(resource)
@@ -237,7 +240,8 @@ def load(
         except errors.MeshplugError as exc:
             raise ResourceError(resource.name, exc) from None
         digest = sha256_hex(data)
-        modules[digest] = data
+        if not resource.lua:  # a script travels in the persisted push itself
+            modules[digest] = data
         digests[resource.name] = digest
         pairs.append((resource, data))
     chain = build(pairs)

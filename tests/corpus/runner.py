@@ -300,13 +300,22 @@ def _start_failure(
     endpoints: Mapping[str, Endpoint], echo: upstream.Service, log_dir: Path,
 ) -> list[str]:  # fmt: skip
     plugins = list(spec.plugins)
-    plugins[failure.plugin] = dataclasses.replace(plugins[failure.plugin], configuration=failure.configuration)
+    if failure.lua is not None:
+        plugins[failure.plugin] = dataclasses.replace(plugins[failure.plugin], lua=failure.lua)
+    else:
+        plugins[failure.plugin] = dataclasses.replace(plugins[failure.plugin], configuration=failure.configuration)
     bad = dataclasses.replace(spec, plugins=tuple(plugins))
     try:
         running = plane.start(bad, modules, endpoints, log_dir / f"start-failure-{failure.name.replace(' ', '_')}")
     except PlaneStartError as exc:
         missing = missing_logs(failure.logs, exc.logs)
-        return [f"no log containing {m.contains!r} (logs: {exc.logs[-10:]})" for m in missing]
+        problems = [f"no log containing {m.contains!r} (logs: {exc.logs[-10:]})" for m in missing]
+        if failure.error is not None and failure.error not in str(exc):
+            problems.append(f"the refusal does not say {failure.error!r}: {str(exc)[-1500:]}")
+        return problems
+    if failure.lua is not None:  # a script that does not load is refused outright: no plane may start with it
+        running.stop()
+        return ["the plane started with a script it should have refused"]
     # the plane started: then the refused plugin must fail requests closed, without reaching the upstream
     try:
         problems: list[str] = []

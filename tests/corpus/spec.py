@@ -39,16 +39,17 @@ class SpecFormatError(ValueError):
 
 @dataclass(frozen=True)
 class PluginSpec:
-    """One filter of the chain (chain order = list order)."""
+    """One filter of the chain (chain order = list order): a wasm plugin, or a Lua filter (`lua` set)."""
 
-    module: str  # "<sdk>/<name>" key of a built corpus module
-    name: str  # plugin_name
+    module: str  # "<sdk>/<name>" key of a built corpus module ("" for a Lua filter)
+    name: str  # plugin_name (a Lua filter's stat prefix)
     root_id: str
     vm_id: str
     configuration: str  # already JSON-encoded when the spec gave an object
     vm_configuration: str
     env: tuple[tuple[str, str], ...]  # VM environment variables, sorted by key
     fail_open: bool
+    lua: str | None = None  # the script of a Lua filter (Envoy's envoy.filters.http.lua)
 
 
 @dataclass(frozen=True)
@@ -150,12 +151,15 @@ class NetworkCase:
 
 @dataclass(frozen=True)
 class StartFailure:
-    """The plane must refuse the chain when plugin `plugin` gets this configuration instead."""
+    """The plane must refuse the chain when plugin `plugin` gets this configuration (a Lua filter: this
+    script) instead."""
 
     name: str
     plugin: int
     configuration: str
     logs: tuple[LogExpect, ...]
+    lua: str | None = None  # the replacement script of a Lua filter
+    error: str | None = None  # must appear in the plane's refusal (e.g. the Lua compile error)
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ class Spec:
 
     @property
     def modules(self) -> tuple[str, ...]:
-        return tuple(sorted({p.module for p in self.plugins}))
+        return tuple(sorted({p.module for p in self.plugins if p.lua is None}))
 
 
 # --- parsing -------------------------------------------------------------------------------------
@@ -330,8 +334,27 @@ def _wait_for(at: _At) -> WaitFor | None:
     return WaitFor(logs=logs, timeout_s=w.number("timeout_s", DEFAULT_WAIT_S))
 
 
-def _plugin(where: str, raw: object, default_module: str) -> PluginSpec:
+#: SDK directory of Lua filters: its specs' plugins default to `lua: filter.lua`
+LUA_DIR = "lua"
+LUA_DEFAULT_FILE = "filter.lua"
+
+
+def _lua_plugin(p: _At, spec_dir: Path, default_name: str) -> PluginSpec:
+    p.only("lua", "name")
+    file = p.str_("lua")
+    script = (spec_dir / file).resolve()
+    if spec_dir.resolve() not in script.parents or not script.is_file():
+        raise SpecFormatError(f"{p.where}.lua: {file!r} is not a file in {spec_dir}")
+    return PluginSpec(
+        module="", name=p.str_("name", default_name), root_id="", vm_id="", configuration="",
+        vm_configuration="", env=(), fail_open=False, lua=script.read_text(),
+    )  # fmt: skip
+
+
+def _plugin(where: str, raw: object, default_module: str, spec_dir: Path) -> PluginSpec:
     p = _At(where, raw)
+    if p.has("lua"):
+        return _lua_plugin(p, spec_dir, Path(p.str_("lua")).stem)
     p.only("module", "name", "root_id", "vm_id", "configuration", "vm_configuration", "env", "fail_open")
     module = p.str_("module", default_module)
     if module.count("/") != 1 or not all(module.split("/")):
@@ -487,8 +510,11 @@ def parse(raw: object, *, key: str, path: Path) -> Spec:
     kind = top.str_("type", "http")
     if kind not in ("http", "network"):
         raise SpecFormatError(f"{path}.type: expected 'http' or 'network', got {kind!r}")
-    raw_plugins = top.list_("plugins") or [{}]
-    plugins = tuple(_plugin(top.at("plugins", i), p, key) for i, p in enumerate(raw_plugins))
+    default_plugin: dict[str, str] = {}
+    if key.split("/", maxsplit=1)[0] == LUA_DIR:
+        default_plugin = {"lua": LUA_DEFAULT_FILE, "name": key.rsplit("/", maxsplit=1)[-1]}
+    raw_plugins = top.list_("plugins") or [default_plugin]
+    plugins = tuple(_plugin(top.at("plugins", i), p, key, path.parent) for i, p in enumerate(raw_plugins))
 
     clusters: list[ClusterSpec] = []
     for i, raw_c in enumerate(top.list_("clusters")):
@@ -519,8 +545,18 @@ def parse(raw: object, *, key: str, path: Path) -> Spec:
     failures: list[StartFailure] = []
     for i, raw_f in enumerate(top.list_("start_failures")):
         f = _At(top.at("start_failures", i), raw_f)
-        f.only("name", "plugin", "configuration", "logs")
         index = f.opt_int("plugin", 0, len(plugins) - 1) or 0
+        if plugins[index].lua is not None:
+            f.only("name", "plugin", "lua", "error", "logs")
+            replaced = _lua_plugin(_At(f.where, {"lua": f.str_("lua")}), path.parent, plugins[index].name)
+            failures.append(
+                StartFailure(
+                    name=f.str_("name"), plugin=index, configuration="", logs=_logs(f, "logs"), lua=replaced.lua,
+                    error=f.str_("error"),
+                )
+            )  # fmt: skip
+            continue
+        f.only("name", "plugin", "configuration", "logs")
         if not f.has("configuration"):
             raise SpecFormatError(f"{f.where}.configuration: required")
         if not f.raw.get("logs"):

@@ -27,6 +27,10 @@ LOG_FORMAT = "%l|%n|%v"
 _LOG_LINE = re.compile(r"^(trace|debug|info|warning|error|critical)\|([\w.]+)\|(.*)$")
 #: Envoy's wasm log lines: "wasm log <plugin_name> <root_id> <vm_id>: <message>" (ids may be empty)
 _WASM_LOG = re.compile(r"^wasm log(?: [^:]*)?: (.*)$")
+#: Envoy's Lua filter: a script's handle:log*() and its errors, logger `lua`
+_LUA_LOG = "script log: "
+#: component log levels the test bed runs Envoy with: every plugin and script log line
+PLUGIN_LOG_LEVELS = "wasm:trace,lua:trace"
 _LEVELS = {"warning": "warn"}
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -129,6 +133,19 @@ def log_records(text: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def plugin_logs(text: str) -> list[tuple[str, str]]:
+    """`wasm_logs` and the Lua filters' script log lines (their errors too), in log order."""
+    out: list[tuple[str, str]] = []
+    for level, logger, message in log_records(text):
+        if logger == "wasm":
+            m = _WASM_LOG.match(message)
+            if m:
+                out.append((_LEVELS.get(level, level), m.group(1)))
+        elif logger == "lua" and message.startswith(_LUA_LOG):
+            out.append((_LEVELS.get(level, level), message[len(_LUA_LOG) :]))
+    return out
+
+
 def wasm_logs(text: str) -> list[tuple[str, str]]:
     """(level, message) of every plugin log line (proxy_log), levels spelled as in the ABI (warn, not warning)."""
     out: list[tuple[str, str]] = []
@@ -158,8 +175,8 @@ class EnvoyConfigError(RuntimeError):
 
 def validate_config(path: Path, timeout: float = 180.0) -> None:
     result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "info", "--component-log-level", "wasm:trace",
-         "--log-format", LOG_FORMAT, "--disable-hot-restart"],
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "info",
+         "--component-log-level", PLUGIN_LOG_LEVELS, "--log-format", LOG_FORMAT, "--disable-hot-restart"],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -198,6 +215,9 @@ class Envoy:
     def wasm_logs(self) -> list[tuple[str, str]]:
         return wasm_logs(self.proc.log())
 
+    def plugin_logs(self) -> list[tuple[str, str]]:
+        return plugin_logs(self.proc.log())
+
     def stats(self) -> dict[str, Any]:
         """Admin /stats as JSON: {name: value} for counters and gauges, {name: None} for histograms."""
         status, body = admin_get(self.admin_port, "/stats?format=json")
@@ -220,7 +240,7 @@ def start_envoy(
     admin_port: int,
     log_dir: Path,
     name: str = "envoy",
-    component_log_levels: str = "wasm:trace",
+    component_log_levels: str = PLUGIN_LOG_LEVELS,
     timeout: float = 120.0,
 ) -> Envoy:
     """Start Envoy on a validated config; return when admin /ready says LIVE (raises with the log tail)."""

@@ -28,7 +28,10 @@ _PLUGIN_LINE = re.compile(r" (DEBUG|INFO|WARNING|ERROR|CRITICAL) meshplug\.agent
 _LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "critical"}
 
 
-def plugin_entry(plugin: S.PluginSpec, module_path: Path) -> dict[str, Any]:
+def plugin_entry(plugin: S.PluginSpec, module_path: Path | None) -> dict[str, Any]:
+    if plugin.lua is not None:
+        return {"name": plugin.name, "lua": {"inline_code": plugin.lua}}
+    assert module_path is not None
     entry: dict[str, Any] = {
         "name": plugin.name,
         "root_id": plugin.root_id,
@@ -51,7 +54,7 @@ def render(
         admin_port=admin_port,
         clusters={name: ep.port for name, ep in services.items()},
         listener_cluster=S.UPSTREAM_CLUSTER,
-        plugins=[plugin_entry(p, modules[p.module]) for p in spec.plugins],
+        plugins=[plugin_entry(p, modules.get(p.module)) for p in spec.plugins],
         listener_type="http" if spec.type == "http" else "tcp",
     )
     if spec.node is not None:

@@ -1,7 +1,9 @@
 """The Envoy data plane for the corpus runner: a spec's chain rendered as a static Envoy 1.40 bootstrap.
 
 HTTP specs: listener -> http_connection_manager -> one envoy.filters.http.wasm per plugin (chain order)
--> router -> cluster `upstream`. Network specs: listener -> one envoy.filters.network.wasm per plugin ->
+-> router -> cluster `upstream` (a Lua filter of the spec is an envoy.filters.http.lua in its place, with the
+plugin's name as stat prefix: its `lua.<name>.errors` counter is a metric of the run). Network specs:
+listener -> one envoy.filters.network.wasm per plugin ->
 tcp_proxy -> cluster `upstream`. Every spec cluster becomes a static cluster of the same name (for
 dispatch_http_call). A spec `node` becomes the bootstrap's `node` (plugins read it as `xds.node.*`).
 Plugins run on V8 from local files. Each rendered config passes `envoy --mode validate` before Envoy starts.
@@ -23,9 +25,12 @@ from tests.testbed import procs
 RUNTIME = "envoy.wasm.runtime.v8"
 HTTP_WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 NETWORK_WASM = "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm"
+HTTP_LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
 #: Envoy puts plugin-defined metrics under this stats prefix
 CUSTOM_METRIC_PREFIX = "wasmcustom."
+#: the listener's HTTP stats prefix; Lua filter stats are `<this>lua.<stat_prefix>.<counter>`
+HTTP_STATS_PREFIX = "http.corpus."
 
 
 def plugin_config(plugin: S.PluginSpec, module_path: Path) -> dict[str, Any]:
@@ -53,7 +58,9 @@ def render(
     """The whole bootstrap for `spec` (pure: no files, no processes)."""
     wasm_type = HTTP_WASM if spec.type == "http" else NETWORK_WASM
     filters = [
-        {
+        lua_filter(f"lua.{i}.{p.name}", p.name, p.lua)
+        if p.lua is not None
+        else {
             "name": f"wasm.{i}.{p.name}",
             "typed_config": {"@type": wasm_type, "config": plugin_config(p, modules[p.module])},
         }
@@ -68,6 +75,14 @@ def render(
     if spec.node is not None:
         config["node"] = node_config(spec.node)
     return config
+
+
+def lua_filter(name: str, stat_prefix: str, code: str) -> dict[str, Any]:
+    """An envoy.filters.http.lua HTTP filter running `code` (its stats under `lua.<stat_prefix>.`)."""
+    return {
+        "name": name,
+        "typed_config": {"@type": HTTP_LUA, "default_source_code": {"inline_string": code}, "stat_prefix": stat_prefix},
+    }
 
 
 def node_config(node: S.NodeSpec) -> dict[str, Any]:
@@ -88,13 +103,15 @@ class RunningEnvoy:
         return self.listener_port
 
     def logs(self) -> list[runner.LogRecord]:
-        return self.envoy.wasm_logs()
+        return self.envoy.plugin_logs()
 
     def metrics(self) -> dict[str, int | None]:
         out: dict[str, int | None] = {}
         for name, value in self.envoy.stats().items():
             if name.startswith(CUSTOM_METRIC_PREFIX):
                 out[name[len(CUSTOM_METRIC_PREFIX) :]] = None if value is None else int(value)
+            elif name.startswith(HTTP_STATS_PREFIX + "lua."):
+                out[name[len(HTTP_STATS_PREFIX) :]] = None if value is None else int(value)
         return out
 
     def stop(self) -> None:
@@ -117,11 +134,11 @@ class EnvoyPlane:
             tb_envoy.validate_config(path)
         except tb_envoy.EnvoyConfigError as exc:
             # validation runs the plugins' on_configure: a refused configuration ends here
-            raise runner.PlaneStartError(str(exc), tb_envoy.wasm_logs(exc.output)) from None
+            raise runner.PlaneStartError(str(exc), tb_envoy.plugin_logs(exc.output)) from None
         try:
             envoy = tb_envoy.start_envoy(path, admin_port=admin_port, log_dir=log_dir)
         except RuntimeError as exc:
             # the process is gone: recover the plugin log lines from its log file
             text = (log_dir / "envoy.log").read_text(errors="replace")
-            raise runner.PlaneStartError(str(exc)[-2000:], tb_envoy.wasm_logs(text)) from None
+            raise runner.PlaneStartError(str(exc)[-2000:], tb_envoy.plugin_logs(text)) from None
         return RunningEnvoy(envoy, port)

@@ -1,0 +1,10 @@
+function envoy_on_request(request_handle)
+   -- Do something on the request path.
+   request_handle:headers():add("NewHeader", "XYZ")
+ end
+ function envoy_on_response(response_handle)
+   -- Do something on the response path.
+  response_handle:logInfo("Log something")
+ response_handle:headers:add("response_size",response_handle:body():length())
+  response_handle:headers:remove("proxy")
+end

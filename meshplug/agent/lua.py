@@ -1,0 +1,548 @@
+"""Lua filters in the agent: Envoy's HTTP Lua filter (envoy.filters.http.lua) on LuaJIT, in the sans-IO chain.
+
+Called by the chain builder (meshplug.agent.filters) for every pushed resource that carries inline Lua (a
+TrafficExtension `lua.inlineCode`). Usage::
+
+    rt = Runtime(clusters={"auth"}, on_wakeup=wake)        # shared by the Lua filters of one chain
+    f = rt.load(LuaConfig(name="ns.add-header", code=src))  # a chain.Filter; ValidationError / PluginStartError
+    chain = meshplug.agent.chain.Chain([f, wasm_plugin, ...])
+    for call in rt.take_http_calls(): ... rt.complete_http_call(call.id, (status, headers, body) or None)
+
+The script API is Envoy's stream handle (meshplug/agent/lua_api.lua implements it in Lua; this module holds
+the Python side: header maps, bodies, http calls, local replies, stream info, dynamic metadata, logs).
+Semantics follow what Envoy 1.40 does, checked against it by the Lua corpus (examples/filters/lua/):
+`envoy_on_request` / `envoy_on_response` run as coroutines per stream; `body()` holds the headers
+(StopIteration) and buffers until the end of stream; `bodyChunks()` lets each chunk through after the
+script saw it; `httpCall()` suspends the script until the response (asynchronous calls do not); a script
+error is logged at error level, counted per filter (`errors`) and ends the script for that stream only --
+the stream goes on with what the script did so far, as in Envoy (which answers no 500 for it).
+
+Sandbox, each filter its own LuaJIT state (lupa's LuaJIT 2.1: Envoy's runtime): scripts run in an
+environment without os (but time/clock/date/difftime), io, require, package, debug, jit, ffi, getfenv,
+setfenv, string.dump, or binary chunks; the state runs with the JIT off so that a count hook can enforce an
+instruction budget per stream (`limits.LUA_STREAM_INSTRUCTIONS`), and lupa caps its memory
+(`limits.LUA_MAX_MEMORY_BYTES`). A script over either is stopped like a script error: only the stream that
+ran it is affected (one state runs one coroutine at a time), the state is collected afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import importlib.resources
+import itertools
+import logging
+import re
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import lupa.luajit21 as luajit
+
+from meshplug import errors, limits
+from meshplug.agent import chain
+from meshplug.agent.chain import Action, Direction, FailStrategy, Phase
+
+log = logging.getLogger("meshplug.agent.lua")
+script_log = logging.getLogger("meshplug.agent.plugin")
+
+# proxy-wasm / Envoy log levels: trace .. critical
+TRACE, DEBUG, INFO, WARN, ERROR, CRITICAL = range(6)
+_PY_LEVEL: Final = (logging.DEBUG, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+#: the driver's action codes (lua_api.lua) -> what the chain does with the frame
+_ACTIONS: Final = (Action.CONTINUE, Action.HOLD, Action.BUFFER, Action.NO_BUFFER)
+#: header map kinds the script names: request headers, response headers, their trailers
+_INLINE: Final = (
+    chain.REQUEST_INLINE_HEADERS,
+    chain.RESPONSE_INLINE_HEADERS,
+    chain.REQUEST_TRAILER_INLINE_HEADERS,
+    chain.RESPONSE_TRAILER_INLINE_HEADERS,
+)
+#: EnvoyTimestampResolution values
+_RES_MS: Final = 0
+_RES_US: Final = 1
+#: Envoy's router answer to an http call whose connection failed (what the script sees)
+_CALL_FAILURE_BODY: Final = (
+    b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+)
+_TOKEN: Final = re.compile(rb"^:?[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_API_SOURCE: Final = importlib.resources.files("meshplug.agent").joinpath("lua_api.lua").read_bytes()
+
+
+@dataclass(frozen=True)
+class LuaConfig:
+    """One Lua filter as the agent was told to run it."""
+
+    name: str
+    code: str
+    phase: Phase = Phase.UNSPECIFIED
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
+class Callout:
+    """An http call a script made (handle:httpCall); the shell performs it against cluster `cluster`."""
+
+    id: int
+    cluster: str
+    headers: tuple[chain.Header, ...]
+    body: bytes
+    timeout_ms: int  # 0: no timeout of the script's own (the shell's limit applies)
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    plugin: str
+    level: int
+    message: str
+
+
+CallResult = tuple[int, Sequence[chain.Header], bytes]
+
+
+def compile_error(code: str) -> str | None:
+    """The Lua compile error of `code` as LuaJIT words it (Envoy's "script load error" text), else None."""
+    rt = luajit.LuaRuntime(encoding=None, register_eval=False, register_builtins=False, max_memory=16 * limits.MiB)
+    check = rt.eval("function(code) local f, err = loadstring(code) return err end")
+    err = check(code.encode())
+    return None if err is None else bytes(err).decode(errors="replace")
+
+
+class Runtime:
+    """What the Lua filters of one chain share: their http-call outbox, logs and the clusters they may call."""
+
+    def __init__(
+        self,
+        *,
+        clusters: Collection[str] | None = None,
+        on_wakeup: Callable[[], None] | None = None,
+        record_log: Callable[[str, int, str], None] | None = None,
+        log_level: int = INFO,
+        instructions: int = limits.LUA_STREAM_INSTRUCTIONS,
+        max_memory: int = limits.LUA_MAX_MEMORY_BYTES,
+    ) -> None:
+        self.clusters = None if clusters is None else frozenset(clusters)
+        self.on_wakeup = on_wakeup
+        self.log_level = log_level
+        self.logs: collections.deque[LogRecord] = collections.deque(maxlen=10_000)
+        self._record = record_log
+        self.units = max(1, instructions // limits.LUA_HOOK_INSTRUCTIONS)
+        self.max_memory = max_memory
+        self.filters: list[LuaFilter] = []
+        self._outbox: list[Callout] = []
+        self._pending: dict[int, tuple[_Stream, Direction]] = {}
+        self._ids = itertools.count(1)
+
+    def load(self, config: LuaConfig) -> LuaFilter:
+        """Compile and run the script's top-level code in a new state. Raises errors.ValidationError (does not
+        compile) or errors.PluginStartError (its top-level code failed), both with the Lua error."""
+        f = LuaFilter(self, config)
+        self.filters.append(f)
+        return f
+
+    def record_log(self, plugin: str, level: int, message: str) -> None:
+        if self._record is not None:
+            self._record(plugin, level, message)
+            return
+        if level < self.log_level:
+            return
+        self.logs.append(LogRecord(plugin, level, message))
+        script_log.log(_PY_LEVEL[level] if 0 <= level < len(_PY_LEVEL) else logging.INFO, "[%s] %s", plugin, message)
+
+    # -- http calls ---------------------------------------------------------------------------------
+    def _dispatch(self, stream: _Stream, direction: Direction, call: Callout, asynchronous: bool) -> None:
+        if not asynchronous:
+            self._pending[call.id] = (stream, direction)
+        self._outbox.append(call)
+        if self.on_wakeup is not None:
+            self.on_wakeup()
+
+    def next_call_id(self) -> int:
+        return next(self._ids)
+
+    def take_http_calls(self) -> list[Callout]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def complete_http_call(self, call_id: int, result: CallResult | None) -> None:
+        """Deliver a call's outcome (None: connect failure / reset) to the script waiting for it."""
+        entry = self._pending.pop(call_id, None)
+        if entry is None:
+            return
+        stream, direction = entry
+        headers: Sequence[chain.Header]
+        if result is None:
+            status, body = 503, _CALL_FAILURE_BODY
+            headers = [(b"content-length", b"%d" % len(body)), (b"content-type", b"text/plain")]
+        else:
+            status, headers, body = result
+        stream.call_done(direction, status, headers, body)
+
+    def error_counts(self) -> dict[str, int]:
+        return {f.name: f.errors for f in self.filters}
+
+    def close(self) -> None:
+        self._pending.clear()
+        self._outbox.clear()
+        for f in self.filters:
+            f.close()
+        self.filters.clear()
+
+
+class LuaFilter:
+    """One Lua script in its own LuaJIT state: a chain.Filter."""
+
+    fail_strategy = FailStrategy.FAIL_OPEN  # a failing script never fails the stream (Envoy)
+
+    def __init__(self, runtime: Runtime, config: LuaConfig) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.errors = 0  # script errors while serving (Envoy's <stat_prefix>.errors)
+        self.executions = 0  # coroutines started (Envoy's <stat_prefix>.executions)
+        code = config.code.encode()
+        if len(code) > limits.MAX_LUA_CODE_BYTES:
+            raise errors.ValidationError(
+                f"lua code of {config.name} is {len(code)} bytes, more than {limits.MAX_LUA_CODE_BYTES}",
+                reason="invalid_lua",
+            )
+        self.lua = luajit.LuaRuntime(
+            encoding=None,
+            register_eval=False,
+            register_builtins=False,
+            unpack_returned_tuples=True,
+            max_memory=runtime.max_memory + limits.LUA_MEMORY_HEADROOM_BYTES,
+        )
+        api = self.lua.execute(
+            _API_SOURCE, self._helpers(), limits.LUA_HOOK_INSTRUCTIONS, _RES_MS, _RES_US, runtime.max_memory // 1024
+        )
+        self._headers = api[b"headers"]
+        self._data = api[b"data"]
+        self._trailers = api[b"trailers"]
+        self._call_done = api[b"call_done"]
+        try:
+            has_request, detail = api[b"load"](code, runtime.units)
+        except luajit.LuaError as exc:  # e.g. out of memory outside the script's own pcall
+            raise errors.PluginStartError(f"lua {config.name}: {exc}") from None
+        if has_request is None:
+            message = bytes(detail).decode(errors="replace")
+            if compile_error(config.code) is not None:
+                raise errors.ValidationError(f"lua {config.name} does not compile: {message}", reason="invalid_lua")
+            raise errors.PluginStartError(f"lua {config.name} failed to load: {message}")
+        self.on = (bool(has_request), bool(detail))
+
+    def _helpers(self) -> Any:
+        rt = self.lua
+        table = rt.table_from(
+            {
+                b"log": self._log,
+                b"error": self._error,
+                b"h_get": _h_get,
+                b"h_count": _h_count,
+                b"h_at": _h_at,
+                b"h_add": _h_add,
+                b"h_replace": _h_replace,
+                b"h_remove": _h_remove,
+                b"h_pairs": _h_pairs,
+                b"h_valid": _h_valid,
+                b"b_len": _b_len,
+                b"b_get": _b_get,
+                b"b_set": _b_set,
+                b"http_call": self._http_call,
+                b"respond": _respond,
+                b"info": _info,
+                b"dm_get": self._dm_get,
+                b"dm_set": _dm_set,
+                b"dm_keys": _dm_keys,
+                b"b64": _b64,
+                b"now": _now,
+            }
+        )
+        return table
+
+    # -- chain.Filter -------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def phase(self) -> Phase:
+        return self.config.phase
+
+    @property
+    def priority(self) -> int | None:
+        return self.config.priority
+
+    def new_stream(self, control: chain.StreamControl) -> chain.FilterStream | None:
+        if not (self.on[0] or self.on[1]):
+            return None
+        return _Stream(self, control)
+
+    def close(self) -> None:
+        self.on = (False, False)
+
+    # -- Python side of the script API (called from Lua) --------------------------------------------
+    def _log(self, stream: _Stream, level: int, message: bytes) -> None:
+        self.runtime.record_log(self.config.name, level, message.decode(errors="replace"))
+
+    def _error(self, stream: _Stream, message: bytes) -> None:
+        self.errors += 1
+        self.runtime.record_log(self.config.name, ERROR, message.decode(errors="replace"))
+
+    def _http_call(
+        self, stream: _Stream, cluster: bytes, body: bytes, timeout_ms: int, asynchronous: bool, *flat: bytes
+    ) -> tuple[int | None, bytes | None]:
+        name = cluster.decode(errors="replace")
+        clusters = self.runtime.clusters
+        if clusters is not None and name not in clusters:
+            return None, b"http call cluster invalid. Must be configured"
+        headers = tuple((flat[i].lower(), flat[i + 1]) for i in range(0, len(flat) - 1, 2))
+        call = Callout(self.runtime.next_call_id(), name, headers, bytes(body), int(timeout_ms))
+        self.runtime._dispatch(stream, stream.current, call, asynchronous)
+        return call.id, None
+
+    def _dm_get(self, stream: _Stream, namespace: bytes) -> Any:
+        space = stream.control.dynamic_metadata.get(namespace.decode(errors="replace"))
+        if space is None:
+            return None
+        return self.lua.table_from(_to_lua(space), recursive=True)
+
+
+class _Stream:
+    """One stream through one Lua filter (chain.FilterStream): the script's two coroutines."""
+
+    __slots__ = ("budget", "control", "current", "filter", "st")
+
+    def __init__(self, f: LuaFilter, control: chain.StreamControl) -> None:
+        self.filter = f
+        self.control = control
+        self.budget = f.runtime.units
+        self.st: list[Any] = [None, None]  # the driver's state per direction
+        self.current = Direction.REQUEST  # the direction whose script runs (for httpCall)
+
+    def _fail_call(self, exc: luajit.LuaError) -> None:
+        # the driver itself failed (memory exhausted between script steps): the script is over
+        self.filter._error(self, str(exc).encode())
+
+    def on_headers(self, direction: Direction, end_stream: bool) -> Action:
+        f = self.filter
+        if not f.on[direction]:
+            return Action.CONTINUE
+        f.executions += 1
+        self.current = direction
+        c = self.control
+        try:
+            action, st, self.budget = f._headers(
+                self, int(direction), c.headers(direction), c.trailers(direction), end_stream, self.budget
+            )
+        except luajit.LuaError as exc:
+            self._fail_call(exc)
+            return Action.CONTINUE
+        self.st[direction] = st
+        return _ACTIONS[action]
+
+    def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
+        st = self.st[direction]
+        if st is None:
+            return Action.CONTINUE
+        self.current = direction
+        try:
+            action, self.budget = self.filter._data(st, end_stream, self.budget)
+        except luajit.LuaError as exc:
+            self._fail_call(exc)
+            return Action.CONTINUE
+        return _ACTIONS[action]
+
+    def on_trailers(self, direction: Direction) -> Action:
+        st = self.st[direction]
+        if st is None:
+            return Action.CONTINUE
+        self.current = direction
+        try:
+            action, self.budget = self.filter._trailers(st, self.budget)
+        except luajit.LuaError as exc:
+            self._fail_call(exc)
+            return Action.CONTINUE
+        return Action.STOP if action == 1 else _ACTIONS[action]
+
+    def call_done(self, direction: Direction, status: int, headers: Sequence[chain.Header], body: bytes) -> None:
+        st = self.st[direction]
+        if st is None:
+            return
+        flat: list[bytes] = [b":status", str(status).encode()]
+        for k, v in headers:
+            flat.append(k)
+            flat.append(v)
+        self.current = direction
+        try:
+            go_on, self.budget = self.filter._call_done(st, self.budget, body or None, *flat)
+        except luajit.LuaError as exc:
+            self._fail_call(exc)
+            go_on = True
+        if go_on:
+            self.control.resume(direction)
+
+    def on_complete(self) -> None:
+        self.st = [None, None]
+
+
+# --- helpers the Lua side calls (module level: no per-filter state) ------------------------------------
+def _h_get(headers: chain.Headers, key: bytes) -> bytes | None:
+    key = key.lower()
+    values = [v for k, v in headers if k == key]
+    return b",".join(values) if values else None
+
+
+def _h_count(headers: chain.Headers, key: bytes) -> int:
+    key = key.lower()
+    return sum(1 for k, _ in headers if k == key)
+
+
+def _h_at(headers: chain.Headers, key: bytes, index: int) -> bytes | None:
+    key = key.lower()
+    values = [v for k, v in headers if k == key]
+    return values[index] if 0 <= index < len(values) else None
+
+
+def _h_add(headers: chain.Headers, key: bytes, value: bytes, kind: int) -> None:
+    chain.add_header(headers, key.lower(), value, _INLINE[kind])
+
+
+def _h_replace(headers: chain.Headers, key: bytes, value: bytes, kind: int) -> None:
+    # Envoy's setCopy: every entry of the name goes, the new one is added (at the end, or coalesced)
+    key = key.lower()
+    headers[:] = [(k, v) for k, v in headers if k != key]
+    chain.add_header(headers, key, value, _INLINE[kind])
+
+
+def _h_remove(headers: chain.Headers, key: bytes) -> None:
+    key = key.lower()
+    headers[:] = [(k, v) for k, v in headers if k != key]
+
+
+def _h_pairs(headers: chain.Headers) -> tuple[bytes, ...]:
+    return tuple(x for pair in headers for x in pair)
+
+
+def _h_valid(key: bytes, value: bytes) -> bool:
+    return bool(_TOKEN.match(key)) and b"\r" not in value and b"\n" not in value and b"\0" not in value
+
+
+def _b_len(stream: _Stream, direction: int) -> int:
+    return len(stream.control.body(Direction(direction)))
+
+
+def _b_get(stream: _Stream, direction: int, index: int, length: int) -> bytes:
+    return bytes(stream.control.body(Direction(direction))[index : index + length])
+
+
+def _b_set(stream: _Stream, direction: int, data: bytes, content_length: bool) -> None:
+    d = Direction(direction)
+    stream.control.body(d)[:] = data
+    if content_length:  # Envoy's setContentLength on headers that have not gone on yet
+        headers = stream.control.headers(d)
+        value = b"%d" % len(data)
+        for i, (k, _) in enumerate(headers):
+            if k == b"content-length":
+                headers[i] = (k, value)
+                break
+        else:
+            headers.append((b"content-length", value))
+
+
+def _respond(stream: _Stream, status: int, body: bytes | None, *flat: bytes) -> None:
+    headers = tuple((flat[i].lower(), flat[i + 1]) for i in range(0, len(flat) - 1, 2) if flat[i] != b":status")
+    reply = chain.LocalReply(int(status), headers=headers, body=bytes(body or b""), details="lua_response")
+    stream.control.send_local_reply(reply)
+
+
+def _info(stream: _Stream, what: bytes) -> bytes:
+    info = stream.control.info
+    if what == b"protocol":
+        return info.protocol.encode()
+    if what == b"local":
+        return f"{info.local_address}:{info.local_port}".encode()
+    if what == b"remote":
+        return f"{info.remote_address}:{info.remote_port}".encode()
+    if what == b"sni":
+        return info.requested_server_name.encode()
+    if what == b"tls":
+        return info.tls_version.encode()
+    if what == b"mtls":
+        return b"1" if info.mtls else b""
+    return b""
+
+
+def _from_lua(value: Any, depth: int = 0) -> object:
+    """A Lua value for dynamic metadata (Envoy's Struct): tables with keys 1..n become lists."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if luajit.lua_type(value) == "table":
+        if depth > limits.LUA_METADATA_DEPTH:
+            raise ValueError("dynamicMetadata value nests too deep")
+        items = list(value.items())
+        if (
+            items
+            and all(isinstance(k, int) for k, _ in items)
+            and sorted(k for k, _ in items) == list(range(1, len(items) + 1))
+        ):
+            return [_from_lua(v, depth + 1) for _, v in sorted(items, key=lambda kv: kv[0])]
+        out: dict[str, object] = {}
+        for k, v in items:
+            if not isinstance(k, bytes | int | float):
+                raise ValueError("dynamicMetadata table keys must be strings or numbers")
+            out[k.decode(errors="replace") if isinstance(k, bytes) else _number_key(k)] = _from_lua(v, depth + 1)
+        return out
+    raise ValueError(f"unexpected type '{luajit.lua_type(value)}' in dynamicMetadata")
+
+
+def _number_key(k: float) -> str:
+    return str(int(k)) if float(k).is_integer() else repr(k)
+
+
+def _to_lua(value: object) -> object:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, list):
+        return [_to_lua(v) for v in value]
+    if isinstance(value, dict):
+        return {k.encode(): _to_lua(v) for k, v in value.items()}
+    return value
+
+
+def _dm_set(stream: _Stream, namespace: bytes, key: bytes, value: Any) -> tuple[bool, bytes | None]:
+    try:
+        converted = _from_lua(value)
+    except ValueError as exc:
+        return False, str(exc).encode()
+    space = stream.control.dynamic_metadata.setdefault(namespace.decode(errors="replace"), {})
+    space[key.decode(errors="replace")] = converted
+    return True, None
+
+
+def _dm_keys(stream: _Stream) -> tuple[bytes, ...]:
+    return tuple(k.encode() for k in stream.control.dynamic_metadata)
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+def _now(resolution: int) -> int:
+    ns = time.time_ns()
+    return ns // 1000 if resolution == _RES_US else ns // 1_000_000
+
+
+def logs_of(runtime: Runtime) -> list[tuple[str, int, str]]:
+    return [(r.plugin, r.level, r.message) for r in runtime.logs]
+
+
+def metric_values(runtime: Runtime) -> Mapping[str, int]:
+    """Per-filter counters by Envoy's stat names under the filter's stat prefix (`lua.<name>.errors`)."""
+    out: dict[str, int] = {}
+    for f in runtime.filters:
+        out[f"lua.{f.name}.errors"] = f.errors
+        out[f"lua.{f.name}.executions"] = f.executions
+    return out
