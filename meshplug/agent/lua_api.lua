@@ -138,18 +138,20 @@ end
 -- ---- objects -----------------------------------------------------------------------------------------
 local SCOPE = "object used outside of proper scope"
 
--- raise `msg` at the script's line that called into this API (as Envoy's errors read), whatever the depth
+-- raise `msg` at the script's line that called into this API, as LuaJIT words a C function's errors in
+-- Envoy: the position of the Lua caller, none when the API was reached through a tail call
 local getinfo = debug.getinfo
 local API_SOURCE = getinfo(1, "S").source
 local function fail(msg)
   local level = 2
   while true do
     local info = getinfo(level, "S")
-    if info == nil then error(msg, 0) end
-    if info.source ~= API_SOURCE and info.what ~= "C" then error(msg, level) end
+    if info == nil or info.what == "C" then error(msg, 0) end
+    if info.source ~= API_SOURCE then error(msg, level) end
     level = level + 1
   end
 end
+
 local function str_arg(v, n, fname)
   local t = type(v)
   if t == "string" then return v end
@@ -278,7 +280,7 @@ function Buffer:getBytes(index, length)
   if index == nil or length == nil then fail("bad argument to 'getBytes' (number expected)") end
   local size = b_len(st.ctx, st.dir)
   if index < 0 or length < 0 or index + length > size then
-    error("index/length must be >= 0 and (index + length) must be <= buffer size", 0)
+    fail("index/length must be >= 0 and (index + length) must be <= buffer size")
   end
   return b_get(st.ctx, st.dir, floor(index), floor(length))
 end
@@ -356,7 +358,7 @@ end
 local function body_now(st, always_wrap)
   if st.end_stream then
     if not st.buffered and st.saw_body then
-      error("cannot call body() after body has been streamed", 0)
+      fail("cannot call body() after body has been streamed")
     end
     if not st.saw_body then
       if always_wrap then return new(Buffer, st, {added = true}) end
@@ -370,8 +372,9 @@ end
 function Handle:body(always_wrap)
   local st = handle_live(self)
   local b = body_now(st, always_wrap)
+  if b == nil then return end  -- nothing at all, not nil, as Envoy
   if b ~= false then return b end
-  if st.saw_body then error("cannot call body() after body streaming has started", 0) end
+  if st.saw_body then fail("cannot call body() after body streaming has started") end
   st.buffered = true
   suspend(st, "body")
   b = body_now(st, always_wrap)
@@ -400,7 +403,7 @@ end
 -- a Lua table of headers (string or list-of-strings values) -> flat {k1, v1, k2, v2, ...}
 local function flatten(t, into)
   for k, v in pairs(t) do
-    if type(k) ~= "string" then error("headers keys must be strings", 0) end
+    if type(k) ~= "string" then fail("headers keys must be strings") end
     if type(v) == "table" then
       for _, item in ipairs(v) do
         into[#into + 1] = k
@@ -417,7 +420,7 @@ end
 function Handle:respond(headers, body)
   local st = handle_live(self)
   if st.dir ~= 0 then fail("respond not currently supported in the response path") end
-  if st.headers_continued then error("respond() cannot be called if headers have been continued", 0) end
+  if st.headers_continued then fail("respond() cannot be called if headers have been continued") end
   if type(headers) ~= "table" then
     fail(sfmt("bad argument #1 to 'respond' (table expected, got %s)", type(headers)))
   end
@@ -426,7 +429,7 @@ function Handle:respond(headers, body)
   for i = 1, #flat, 2 do
     if flat[i] == ":status" then status = tonumber(flat[i + 1]) end
   end
-  if status == nil or status < 200 or status >= 600 then error(":status must be between 200-599", 0) end
+  if status == nil or status < 200 or status >= 600 then fail(":status must be between 200-599") end
   if body ~= nil then body = str_arg(body, 2, "respond") end
   p_respond(st.ctx, status, body, unpack(flat))
   suspend(st, "responded")  -- never resumed: the script ends here, as in Envoy
@@ -449,16 +452,16 @@ function Handle:httpCall(cluster, headers, body, timeout_or_options, asynchronou
     if timeout_ms == nil then fail("bad argument #4 to 'httpCall' (number expected)") end
     async = asynchronous == true
   end
-  if timeout_ms < 0 then error("http call timeout must be >= 0", 0) end
+  if timeout_ms < 0 then fail("http call timeout must be >= 0") end
   if body ~= nil then body = str_arg(body, 3, "httpCall") end
   local flat = flatten(headers, {})
   local have = {}
   for i = 1, #flat, 2 do have[flat[i]] = true end
   if not (have[":path"] and have[":method"] and have[":authority"]) then
-    error("http call headers must include ':path', ':method', and ':authority'", 0)
+    fail("http call headers must include ':path', ':method', and ':authority'")
   end
   local id, err = p_call(st.ctx, cluster, body or "", floor(timeout_ms), async, unpack(flat))
-  if id == nil then error(err, 0) end
+  if id == nil then fail(err) end
   if async then return end
   local result = suspend(st, "call")
   -- result: flat response headers and body, stored by the driver
