@@ -102,6 +102,13 @@ def start_agent(
         {"name": f"bench-{i}", "module": {"file": str(wasm)}, "configuration": config}
         for i in range(count if wasm is not None else 0)
     ]
+    return start_agent_with(work, name, upstream_port, plugins)
+
+
+def start_agent_with(
+    work: Path, name: str, upstream_port: int, plugins: list[dict[str, Any]]
+) -> tuple[procs.Proc, int]:
+    """`meshplug agent` with these config `plugins` entries (wasm modules or Lua filters) in front of the upstream."""
     port, admin = procs.free_port(), procs.free_port()
     raw = tb_agent.base_config(port=port, admin_port=admin, clusters={"upstream": upstream_port}, plugins=plugins)
     agent = tb_agent.start_agent(raw, work_dir=work / name, log_dir=work, name=name, log_level="warning")
@@ -131,9 +138,18 @@ def start_envoy(
             }
             for i in range(count)
         ]
+    return start_envoy_with(work, name, upstream_port, filters)
+
+
+def start_envoy_with(
+    work: Path, name: str, upstream_port: int, http_filters: list[dict[str, Any]]
+) -> tuple[procs.Proc, int]:
+    """Envoy (--concurrency 1) with these HTTP filters (before the router) in front of the upstream."""
     port, admin = procs.free_port(), procs.free_port()
-    listener = tb_envoy.http_listener("bench", port, cluster="upstream", http_filters=filters)
+    listener = tb_envoy.http_listener("bench", port, cluster="upstream", http_filters=http_filters)
     cfg = tb_envoy.bootstrap(admin, [listener], [tb_envoy.static_cluster("upstream", upstream_port)])
     path = tb_envoy.write_config(cfg, work / f"{name}.json")
-    envoy = tb_envoy.start_envoy(path, admin_port=admin, log_dir=work, name=name, component_log_levels="wasm:warn")
+    envoy = tb_envoy.start_envoy(
+        path, admin_port=admin, log_dir=work, name=name, component_log_levels="wasm:warn,lua:warn"
+    )
     return envoy.proc, port

@@ -32,11 +32,10 @@ import collections
 import importlib.resources
 import itertools
 import logging
-import re
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import lupa.luajit21 as luajit
 
@@ -50,8 +49,12 @@ script_log = logging.getLogger("meshplug.agent.plugin")
 # proxy-wasm / Envoy log levels: trace .. critical
 TRACE, DEBUG, INFO, WARN, ERROR, CRITICAL = range(6)
 _PY_LEVEL: Final = (logging.DEBUG, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
-#: the driver's action codes (lua_api.lua) -> what the chain does with the frame
-_ACTIONS: Final = (Action.CONTINUE, Action.HOLD, Action.BUFFER, Action.NO_BUFFER)
+#: the driver's action codes (lua_api.lua) -> what the chain does with the frame; _DONE: continue, and the
+#: script of that direction is over (no more calls for it)
+_ACTIONS: Final = (Action.CONTINUE, Action.HOLD, Action.BUFFER, Action.NO_BUFFER, Action.CONTINUE)
+_HOLD: Final = 1
+_DONE: Final = 4
+_DIRECTIONS: Final = (Direction.REQUEST, Direction.RESPONSE)
 #: header map kinds the script names: request headers, response headers, their trailers
 _INLINE: Final = (
     chain.REQUEST_INLINE_HEADERS,
@@ -66,7 +69,6 @@ _RES_US: Final = 1
 _CALL_FAILURE_BODY: Final = (
     b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
 )
-_TOKEN: Final = re.compile(rb"^:?[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _API_SOURCE: Final = importlib.resources.files("meshplug.agent").joinpath("lua_api.lua").read_bytes()
 
 
@@ -220,6 +222,8 @@ class LuaFilter:
         self._data = api[b"data"]
         self._trailers = api[b"trailers"]
         self._call_done = api[b"call_done"]
+        self._release = api[b"release"]
+        self.active: _Stream | None = None  # the stream whose script runs (set before every driver call)
         try:
             has_request, detail = api[b"load"](code, runtime.units)
         except luajit.LuaError as exc:  # e.g. out of memory outside the script's own pcall
@@ -232,33 +236,11 @@ class LuaFilter:
         self.on = (bool(has_request), bool(detail))
 
     def _helpers(self) -> Any:
-        rt = self.lua
-        table = rt.table_from(
-            {
-                b"log": self._log,
-                b"error": self._error,
-                b"h_get": _h_get,
-                b"h_count": _h_count,
-                b"h_at": _h_at,
-                b"h_add": _h_add,
-                b"h_replace": _h_replace,
-                b"h_remove": _h_remove,
-                b"h_pairs": _h_pairs,
-                b"h_valid": _h_valid,
-                b"b_len": _b_len,
-                b"b_get": _b_get,
-                b"b_set": _b_set,
-                b"http_call": self._http_call,
-                b"respond": _respond,
-                b"info": _info,
-                b"dm_get": self._dm_get,
-                b"dm_set": _dm_set,
-                b"dm_keys": _dm_keys,
-                b"b64": _b64,
-                b"now": _now,
-            }
-        )
-        return table
+        names = (
+            "log", "error", "h_get", "h_count", "h_at", "h_add", "h_replace", "h_remove", "h_pairs",
+            "b_len", "b_get", "b_set", "http_call", "respond", "info", "dm_get", "dm_set", "dm_keys", "b64", "now",
+        )  # fmt: skip
+        return self.lua.table_from({name.encode(): getattr(self, "_" + name) for name in names})
 
     # -- chain.Filter -------------------------------------------------------------------------------
     @property
@@ -281,17 +263,75 @@ class LuaFilter:
     def close(self) -> None:
         self.on = (False, False)
 
-    # -- Python side of the script API (called from Lua) --------------------------------------------
-    def _log(self, stream: _Stream, level: int, message: bytes) -> None:
+    # -- Python side of the script API (called from Lua, for the stream in `active`) ------------------
+    def _map(self, kind: int) -> chain.Headers:
+        c = self.active.control  # type: ignore[union-attr]
+        return c.headers(_DIRECTIONS[kind & 1]) if kind < 2 else c.trailers(_DIRECTIONS[kind & 1])
+
+    def _log(self, level: int, message: bytes) -> None:
         self.runtime.record_log(self.config.name, level, message.decode(errors="replace"))
 
-    def _error(self, stream: _Stream, message: bytes) -> None:
+    def _error(self, message: bytes) -> None:
         self.errors += 1
         self.runtime.record_log(self.config.name, ERROR, message.decode(errors="replace"))
 
+    def _h_get(self, kind: int, key: bytes) -> bytes | None:
+        key = key.lower()
+        values = [v for k, v in self._map(kind) if k == key]
+        return b",".join(values) if values else None
+
+    def _h_count(self, kind: int, key: bytes) -> int:
+        key = key.lower()
+        return sum(1 for k, _ in self._map(kind) if k == key)
+
+    def _h_at(self, kind: int, key: bytes, index: int) -> bytes | None:
+        key = key.lower()
+        values = [v for k, v in self._map(kind) if k == key]
+        return values[index] if 0 <= index < len(values) else None
+
+    def _h_add(self, kind: int, key: bytes, value: bytes) -> None:
+        chain.add_header(self._map(kind), key.lower(), value, _INLINE[kind])
+
+    def _h_replace(self, kind: int, key: bytes, value: bytes) -> None:
+        # Envoy's setCopy: every entry of the name goes, the new one is added (at the end, or coalesced)
+        headers = self._map(kind)
+        key = key.lower()
+        headers[:] = [(k, v) for k, v in headers if k != key]
+        chain.add_header(headers, key, value, _INLINE[kind])
+
+    def _h_remove(self, kind: int, key: bytes) -> None:
+        headers = self._map(kind)
+        key = key.lower()
+        headers[:] = [(k, v) for k, v in headers if k != key]
+
+    def _h_pairs(self, kind: int) -> tuple[bytes, ...]:
+        return tuple(x for pair in self._map(kind) for x in pair)
+
+    def _b_len(self, direction: int) -> int:
+        return len(self.active.control.body(_DIRECTIONS[direction]))  # type: ignore[union-attr]
+
+    def _b_get(self, direction: int, index: int, length: int) -> bytes:
+        return bytes(self.active.control.body(_DIRECTIONS[direction])[index : index + length])  # type: ignore[union-attr]
+
+    def _b_set(self, direction: int, data: bytes, content_length: bool) -> None:
+        control = self.active.control  # type: ignore[union-attr]
+        d = _DIRECTIONS[direction]
+        control.body(d)[:] = data
+        if content_length:  # Envoy's setContentLength on headers that have not gone on yet
+            headers = control.headers(d)
+            value = b"%d" % len(data)
+            for i, (k, _) in enumerate(headers):
+                if k == b"content-length":
+                    headers[i] = (k, value)
+                    break
+            else:
+                headers.append((b"content-length", value))
+
     def _http_call(
-        self, stream: _Stream, cluster: bytes, body: bytes, timeout_ms: int, asynchronous: bool, *flat: bytes
+        self, cluster: bytes, body: bytes, timeout_ms: int, asynchronous: bool, *flat: bytes
     ) -> tuple[int | None, bytes | None]:
+        stream = self.active
+        assert stream is not None
         name = cluster.decode(errors="replace")
         clusters = self.runtime.clusters
         if clusters is not None and name not in clusters:
@@ -301,178 +341,151 @@ class LuaFilter:
         self.runtime._dispatch(stream, stream.current, call, asynchronous)
         return call.id, None
 
-    def _dm_get(self, stream: _Stream, namespace: bytes) -> Any:
-        space = stream.control.dynamic_metadata.get(namespace.decode(errors="replace"))
+    def _respond(self, status: int, body: bytes | None, *flat: bytes) -> None:
+        headers = tuple(
+            (flat[i].lower(), flat[i + 1]) for i in range(0, len(flat) - 1, 2) if flat[i] != b":status"
+        )  # fmt: skip
+        reply = chain.LocalReply(int(status), headers=headers, body=bytes(body or b""), details="lua_response")
+        self.active.control.send_local_reply(reply)  # type: ignore[union-attr]
+
+    def _info(self, what: bytes) -> bytes:
+        info = self.active.control.info  # type: ignore[union-attr]
+        if what == b"protocol":
+            return info.protocol.encode()
+        if what == b"local":
+            return f"{info.local_address}:{info.local_port}".encode()
+        if what == b"remote":
+            return f"{info.remote_address}:{info.remote_port}".encode()
+        if what == b"sni":
+            return info.requested_server_name.encode()
+        if what == b"tls":
+            return info.tls_version.encode()
+        if what == b"mtls":
+            return b"1" if info.mtls else b""
+        return b""
+
+    def _dm_get(self, namespace: bytes) -> Any:
+        metadata = self.active.control.dynamic_metadata  # type: ignore[union-attr]
+        space = metadata.get(namespace.decode(errors="replace"))
         if space is None:
             return None
         return self.lua.table_from(_to_lua(space), recursive=True)
 
+    def _dm_set(self, namespace: bytes, key: bytes, value: Any) -> tuple[bool, bytes | None]:
+        try:
+            converted = _from_lua(value)
+        except ValueError as exc:
+            return False, str(exc).encode()
+        metadata = self.active.control.dynamic_metadata  # type: ignore[union-attr]
+        metadata.setdefault(namespace.decode(errors="replace"), {})[key.decode(errors="replace")] = converted
+        return True, None
+
+    def _dm_keys(self) -> tuple[bytes, ...]:
+        return tuple(k.encode() for k in self.active.control.dynamic_metadata)  # type: ignore[union-attr]
+
+    @staticmethod
+    def _b64(data: bytes) -> bytes:
+        return base64.b64encode(data)
+
+    @staticmethod
+    def _now(resolution: int) -> int:
+        ns = time.time_ns()
+        return ns // 1000 if resolution == _RES_US else ns // 1_000_000
+
 
 class _Stream:
-    """One stream through one Lua filter (chain.FilterStream): the script's two coroutines."""
+    """One stream through one Lua filter (chain.FilterStream): the script's two coroutines, kept in the Lua
+    state under the keys `2 * id` (request) and `2 * id + 1` (response) while they may still run."""
 
-    __slots__ = ("budget", "control", "current", "filter", "st")
+    __slots__ = ("budget", "control", "current", "filter", "id", "live")
+
+    _ids: ClassVar[Iterator[int]] = itertools.count(1)
 
     def __init__(self, f: LuaFilter, control: chain.StreamControl) -> None:
         self.filter = f
         self.control = control
         self.budget = f.runtime.units
-        self.st: list[Any] = [None, None]  # the driver's state per direction
-        self.current = Direction.REQUEST  # the direction whose script runs (for httpCall)
+        self.id = next(_Stream._ids)
+        self.live = [False, False]  # a coroutine of that direction is suspended in the state
+        self.current = Direction.REQUEST  # the direction whose script runs (its http calls answer there)
 
-    def _fail_call(self, exc: luajit.LuaError) -> None:
-        # the driver itself failed (memory exhausted between script steps): the script is over
-        self.filter._error(self, str(exc).encode())
+    def _act(self, direction: Direction, code: int) -> Action:
+        if code == _DONE:
+            self.live[direction] = False
+            return Action.CONTINUE
+        return _ACTIONS[code]
+
+    def _failed(self, direction: Direction, exc: luajit.LuaError) -> Action:
+        # the driver itself failed (the state ran out of memory between script steps): the script is over
+        self.filter._error(str(exc).encode())
+        self.live[direction] = False
+        self.filter._release(2 * self.id + direction)
+        return Action.CONTINUE
 
     def on_headers(self, direction: Direction, end_stream: bool) -> Action:
         f = self.filter
         if not f.on[direction]:
             return Action.CONTINUE
         f.executions += 1
+        f.active = self
         self.current = direction
-        c = self.control
+        self.live[direction] = True
         try:
-            action, st, self.budget = f._headers(
-                self, int(direction), c.headers(direction), c.trailers(direction), end_stream, self.budget
-            )
+            code, self.budget = f._headers(2 * self.id + direction, direction, end_stream, self.budget)
         except luajit.LuaError as exc:
-            self._fail_call(exc)
-            return Action.CONTINUE
-        self.st[direction] = st
-        return _ACTIONS[action]
+            return self._failed(direction, exc)
+        return self._act(direction, code)
 
     def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
-        st = self.st[direction]
-        if st is None:
+        if not self.live[direction]:
             return Action.CONTINUE
+        f = self.filter
+        f.active = self
         self.current = direction
         try:
-            action, self.budget = self.filter._data(st, end_stream, self.budget)
+            code, self.budget = f._data(2 * self.id + direction, end_stream, self.budget)
         except luajit.LuaError as exc:
-            self._fail_call(exc)
-            return Action.CONTINUE
-        return _ACTIONS[action]
+            return self._failed(direction, exc)
+        return self._act(direction, code)
 
     def on_trailers(self, direction: Direction) -> Action:
-        st = self.st[direction]
-        if st is None:
+        if not self.live[direction]:
             return Action.CONTINUE
+        f = self.filter
+        f.active = self
         self.current = direction
         try:
-            action, self.budget = self.filter._trailers(st, self.budget)
+            code, self.budget = f._trailers(2 * self.id + direction, self.budget)
         except luajit.LuaError as exc:
-            self._fail_call(exc)
-            return Action.CONTINUE
-        return Action.STOP if action == 1 else _ACTIONS[action]
+            return self._failed(direction, exc)
+        return Action.STOP if code == _HOLD else self._act(direction, code)
 
     def call_done(self, direction: Direction, status: int, headers: Sequence[chain.Header], body: bytes) -> None:
-        st = self.st[direction]
-        if st is None:
+        if not self.live[direction]:
             return
-        flat: list[bytes] = [b":status", str(status).encode()]
+        flat: list[bytes] = [b":status", b"%d" % status]
         for k, v in headers:
             flat.append(k)
             flat.append(v)
+        f = self.filter
+        f.active = self
         self.current = direction
         try:
-            go_on, self.budget = self.filter._call_done(st, self.budget, body or None, *flat)
+            go_on, self.budget = f._call_done(2 * self.id + direction, self.budget, body or None, *flat)
         except luajit.LuaError as exc:
-            self._fail_call(exc)
+            self._failed(direction, exc)
             go_on = True
         if go_on:
             self.control.resume(direction)
 
     def on_complete(self) -> None:
-        self.st = [None, None]
+        for direction in _DIRECTIONS:
+            if self.live[direction]:  # still suspended (a body or call that never came): drop it
+                self.live[direction] = False
+                self.filter._release(2 * self.id + direction)
 
 
-# --- helpers the Lua side calls (module level: no per-filter state) ------------------------------------
-def _h_get(headers: chain.Headers, key: bytes) -> bytes | None:
-    key = key.lower()
-    values = [v for k, v in headers if k == key]
-    return b",".join(values) if values else None
-
-
-def _h_count(headers: chain.Headers, key: bytes) -> int:
-    key = key.lower()
-    return sum(1 for k, _ in headers if k == key)
-
-
-def _h_at(headers: chain.Headers, key: bytes, index: int) -> bytes | None:
-    key = key.lower()
-    values = [v for k, v in headers if k == key]
-    return values[index] if 0 <= index < len(values) else None
-
-
-def _h_add(headers: chain.Headers, key: bytes, value: bytes, kind: int) -> None:
-    chain.add_header(headers, key.lower(), value, _INLINE[kind])
-
-
-def _h_replace(headers: chain.Headers, key: bytes, value: bytes, kind: int) -> None:
-    # Envoy's setCopy: every entry of the name goes, the new one is added (at the end, or coalesced)
-    key = key.lower()
-    headers[:] = [(k, v) for k, v in headers if k != key]
-    chain.add_header(headers, key, value, _INLINE[kind])
-
-
-def _h_remove(headers: chain.Headers, key: bytes) -> None:
-    key = key.lower()
-    headers[:] = [(k, v) for k, v in headers if k != key]
-
-
-def _h_pairs(headers: chain.Headers) -> tuple[bytes, ...]:
-    return tuple(x for pair in headers for x in pair)
-
-
-def _h_valid(key: bytes, value: bytes) -> bool:
-    return bool(_TOKEN.match(key)) and b"\r" not in value and b"\n" not in value and b"\0" not in value
-
-
-def _b_len(stream: _Stream, direction: int) -> int:
-    return len(stream.control.body(Direction(direction)))
-
-
-def _b_get(stream: _Stream, direction: int, index: int, length: int) -> bytes:
-    return bytes(stream.control.body(Direction(direction))[index : index + length])
-
-
-def _b_set(stream: _Stream, direction: int, data: bytes, content_length: bool) -> None:
-    d = Direction(direction)
-    stream.control.body(d)[:] = data
-    if content_length:  # Envoy's setContentLength on headers that have not gone on yet
-        headers = stream.control.headers(d)
-        value = b"%d" % len(data)
-        for i, (k, _) in enumerate(headers):
-            if k == b"content-length":
-                headers[i] = (k, value)
-                break
-        else:
-            headers.append((b"content-length", value))
-
-
-def _respond(stream: _Stream, status: int, body: bytes | None, *flat: bytes) -> None:
-    headers = tuple((flat[i].lower(), flat[i + 1]) for i in range(0, len(flat) - 1, 2) if flat[i] != b":status")
-    reply = chain.LocalReply(int(status), headers=headers, body=bytes(body or b""), details="lua_response")
-    stream.control.send_local_reply(reply)
-
-
-def _info(stream: _Stream, what: bytes) -> bytes:
-    info = stream.control.info
-    if what == b"protocol":
-        return info.protocol.encode()
-    if what == b"local":
-        return f"{info.local_address}:{info.local_port}".encode()
-    if what == b"remote":
-        return f"{info.remote_address}:{info.remote_port}".encode()
-    if what == b"sni":
-        return info.requested_server_name.encode()
-    if what == b"tls":
-        return info.tls_version.encode()
-    if what == b"mtls":
-        return b"1" if info.mtls else b""
-    return b""
-
-
+# --- dynamic metadata values: Lua <-> Python (Envoy keeps them as a protobuf Struct) ------------------
 def _from_lua(value: Any, depth: int = 0) -> object:
     """A Lua value for dynamic metadata (Envoy's Struct): tables with keys 1..n become lists."""
     if value is None or isinstance(value, bool | int | float):
@@ -510,29 +523,6 @@ def _to_lua(value: object) -> object:
     if isinstance(value, dict):
         return {k.encode(): _to_lua(v) for k, v in value.items()}
     return value
-
-
-def _dm_set(stream: _Stream, namespace: bytes, key: bytes, value: Any) -> tuple[bool, bytes | None]:
-    try:
-        converted = _from_lua(value)
-    except ValueError as exc:
-        return False, str(exc).encode()
-    space = stream.control.dynamic_metadata.setdefault(namespace.decode(errors="replace"), {})
-    space[key.decode(errors="replace")] = converted
-    return True, None
-
-
-def _dm_keys(stream: _Stream) -> tuple[bytes, ...]:
-    return tuple(k.encode() for k in stream.control.dynamic_metadata)
-
-
-def _b64(data: bytes) -> bytes:
-    return base64.b64encode(data)
-
-
-def _now(resolution: int) -> int:
-    ns = time.time_ns()
-    return ns // 1000 if resolution == _RES_US else ns // 1_000_000
 
 
 def logs_of(runtime: Runtime) -> list[tuple[str, int, str]]:

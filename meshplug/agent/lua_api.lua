@@ -6,7 +6,11 @@
 -- `sandbox` (no os/io/require/debug/jit/ffi, no binary chunks, no getfenv/setfenv), under an instruction
 -- budget enforced by a count hook (the interpreter checks hooks; the state runs with the JIT off).
 --
--- Per stream and direction a state table `st` tracks what Envoy's StreamHandleWrapper tracks: the coroutine,
+-- The Python side knows which stream runs (one coroutine of this state runs at a time, always inside a driver
+-- call), so the helpers it gives take no stream argument: header maps are named by kind (0 request headers,
+-- 1 response headers, 2/3 their trailers), bodies by direction.
+--
+-- Per stream and direction a state table `st` (in `streams`, by the key Python chose) tracks what Envoy's StreamHandleWrapper tracks: the coroutine,
 -- why it is suspended (`wait`), whether the end of stream / a body / trailers were seen, whether the headers
 -- went on to the next filter. Objects handed to the script die when the coroutine suspends ("object used
 -- outside of proper scope", as Envoy); the handle itself is usable only while its coroutine runs.
@@ -25,14 +29,14 @@ local collect = collectgarbage
 
 -- Python helpers, as locals (one table lookup saved per call)
 local p_log, p_error = py.log, py.error
-local h_get, h_count, h_at, h_add, h_replace, h_remove, h_pairs, h_valid =
-  py.h_get, py.h_count, py.h_at, py.h_add, py.h_replace, py.h_remove, py.h_pairs, py.h_valid
+local h_get, h_count, h_at, h_add, h_replace, h_remove, h_pairs =
+  py.h_get, py.h_count, py.h_at, py.h_add, py.h_replace, py.h_remove, py.h_pairs
 local b_len, b_get, b_set = py.b_len, py.b_get, py.b_set
 local p_call, p_respond, p_info, p_dm_get, p_dm_set, p_dm_keys, p_b64, p_now =
   py.http_call, py.respond, py.info, py.dm_get, py.dm_set, py.dm_keys, py.b64, py.now
 
--- chain actions (meshplug.agent.lua.ACTIONS)
-local CONTINUE, STOP, BUFFER, NO_BUFFER = 0, 1, 2, 3
+-- chain actions (meshplug.agent.lua._ACTIONS); DONE: continue, and this direction needs no more events
+local CONTINUE, STOP, BUFFER, NO_BUFFER, DONE = 0, 1, 2, 3, 4
 
 -- ---- instruction budget ------------------------------------------------------------------------------
 -- The memory cap is checked here too, below lupa's hard cap: a state out of memory while Python pushes
@@ -166,7 +170,7 @@ local function class()
   c.__metatable = false
   for name, level in pairs(LEVELS) do
     c[name] = function(self, msg)
-      p_log(self.st.ctx, level, str_arg(msg, 1, name))
+      p_log(level, str_arg(msg, 1, name))
     end
   end
   return c
@@ -203,19 +207,19 @@ end
 -- headers / trailers (Envoy's HeaderMapWrapper)
 function Headers:get(key)
   live(self)
-  local v = h_get(self.list, str_arg(key, 1, "get"))
+  local v = h_get(self.kind, str_arg(key, 1, "get"))
   if v ~= nil then return v end
 end
 function Headers:getAtIndex(key, index)
   live(self)
   local i = tonumber(index)
   if i == nil then fail(sfmt("bad argument #2 to 'getAtIndex' (number expected, got %s)", type(index))) end
-  local v = h_at(self.list, str_arg(key, 1, "getAtIndex"), floor(i))
+  local v = h_at(self.kind, str_arg(key, 1, "getAtIndex"), floor(i))
   if v ~= nil then return v end
 end
 function Headers:getNumValues(key)
   live(self)
-  return h_count(self.list, str_arg(key, 1, "getNumValues"))
+  return h_count(self.kind, str_arg(key, 1, "getNumValues"))
 end
 local function modifiable(self, fname)
   local st = live(self)
@@ -229,8 +233,9 @@ local function modifiable(self, fname)
 end
 local function checked(key, value, fname)
   key, value = str_arg(key, 1, fname), str_arg(value, 2, fname)
-  -- stricter than Envoy, whose HTTP/1 codec writes such values as they are (header injection)
-  if not h_valid(key, value) then
+  -- stricter than Envoy, whose HTTP/1 codec writes such values as they are (header injection): a name is
+  -- an RFC 9110 token (or a pseudo-header), a value has no CR, LF or NUL
+  if sfind(value, "[\r\n%z]") or not sfind(key, "^:?[%w!#$%%&'*+%-.^_`|~]+$") then
     fail(sfmt("invalid header name or value for %q (CR, LF or NUL, or a bad name)", key))
   end
   return key, value
@@ -238,16 +243,16 @@ end
 function Headers:add(key, value)
   modifiable(self, "add")
   key, value = checked(key, value, "add")
-  h_add(self.list, key, value, self.kind)
+  h_add(self.kind, key, value)
 end
 function Headers:replace(key, value)
   modifiable(self, "replace")
   key, value = checked(key, value, "replace")
-  h_replace(self.list, key, value, self.kind)
+  h_replace(self.kind, key, value)
 end
 function Headers:remove(key)
   modifiable(self, "remove")
-  h_remove(self.list, str_arg(key, 1, "remove"))
+  h_remove(self.kind, str_arg(key, 1, "remove"))
 end
 function Headers:setHttp1ReasonPhrase(phrase)
   local st = live(self)
@@ -256,7 +261,7 @@ function Headers:setHttp1ReasonPhrase(phrase)
 end
 function Headers:__pairs()
   live(self)
-  local flat = {h_pairs(self.list)}
+  local flat = {h_pairs(self.kind)}
   local i, n = -1, #flat
   self.iterating = true
   return function()
@@ -272,17 +277,17 @@ end
 -- bodies (Envoy's BufferWrapper): the chain's buffer of this filter and direction, read on demand
 function Buffer:length()
   local st = live(self)
-  return b_len(st.ctx, st.dir)
+  return b_len(st.dir)
 end
 function Buffer:getBytes(index, length)
   local st = live(self)
   index, length = tonumber(index), tonumber(length)
   if index == nil or length == nil then fail("bad argument to 'getBytes' (number expected)") end
-  local size = b_len(st.ctx, st.dir)
+  local size = b_len(st.dir)
   if index < 0 or length < 0 or index + length > size then
     fail("index/length must be >= 0 and (index + length) must be <= buffer size")
   end
-  return b_get(st.ctx, st.dir, floor(index), floor(length))
+  return b_get(st.dir, floor(index), floor(length))
 end
 function Buffer:setBytes(data)
   local st = live(self)
@@ -291,16 +296,16 @@ function Buffer:setBytes(data)
     if data ~= "" then fail("setBytes() cannot add a body to a message that ended without one (meshplug)") end
     return
   end
-  b_set(st.ctx, st.dir, data, not st.headers_continued)
+  b_set(st.dir, data, not st.headers_continued)
 end
 
 -- stream info, dynamic metadata, route metadata, connection
-function StreamInfo:protocol() live(self) return p_info(self.st.ctx, "protocol") end
-function StreamInfo:downstreamLocalAddress() live(self) return p_info(self.st.ctx, "local") end
-function StreamInfo:downstreamDirectLocalAddress() live(self) return p_info(self.st.ctx, "local") end
-function StreamInfo:downstreamRemoteAddress() live(self) return p_info(self.st.ctx, "remote") end
-function StreamInfo:downstreamDirectRemoteAddress() live(self) return p_info(self.st.ctx, "remote") end
-function StreamInfo:requestedServerName() live(self) return p_info(self.st.ctx, "sni") end
+function StreamInfo:protocol() live(self) return p_info("protocol") end
+function StreamInfo:downstreamLocalAddress() live(self) return p_info("local") end
+function StreamInfo:downstreamDirectLocalAddress() live(self) return p_info("local") end
+function StreamInfo:downstreamRemoteAddress() live(self) return p_info("remote") end
+function StreamInfo:downstreamDirectRemoteAddress() live(self) return p_info("remote") end
+function StreamInfo:requestedServerName() live(self) return p_info("sni") end
 function StreamInfo:routeName() live(self) return "" end
 function StreamInfo:virtualClusterName() live(self) return "" end
 function StreamInfo:dynamicMetadata()
@@ -308,29 +313,29 @@ function StreamInfo:dynamicMetadata()
 end
 function StreamInfo:downstreamSslConnection()
   local st = live(self)
-  if p_info(st.ctx, "tls") ~= "" then return new(Ssl, st, {}) end
+  if p_info("tls") ~= "" then return new(Ssl, st, {}) end
   return nil
 end
 
 function DynMeta:get(filter)
   local st = live(self)
-  local t = p_dm_get(st.ctx, str_arg(filter, 1, "get"))
+  local t = p_dm_get(str_arg(filter, 1, "get"))
   if t ~= nil then return t end
 end
 function DynMeta:set(filter, key, value)
   local st = live(self)
-  local ok, err = p_dm_set(st.ctx, str_arg(filter, 1, "set"), str_arg(key, 2, "set"), value)
+  local ok, err = p_dm_set(str_arg(filter, 1, "set"), str_arg(key, 2, "set"), value)
   if not ok then fail(err) end
 end
 function DynMeta:__pairs()
   local st = live(self)
-  local names = {p_dm_keys(st.ctx)}
+  local names = {p_dm_keys()}
   local i = 0
   return function()
     i = i + 1
     local name = names[i]
     if name == nil then return nil end
-    return name, p_dm_get(st.ctx, name)
+    return name, p_dm_get(name)
   end, self, nil
 end
 
@@ -342,17 +347,17 @@ end
 
 function Connection:ssl()
   local st = live(self)
-  if p_info(st.ctx, "tls") ~= "" then return new(Ssl, st, {}) end
+  if p_info("tls") ~= "" then return new(Ssl, st, {}) end
   return nil
 end
-function Ssl:peerCertificatePresented() return p_info(live(self).ctx, "mtls") == "1" end
-function Ssl:peerCertificateValidated() return p_info(live(self).ctx, "mtls") == "1" end
-function Ssl:tlsVersion() return p_info(live(self).ctx, "tls") end
+function Ssl:peerCertificatePresented() return p_info(live(self) and "mtls") == "1" end
+function Ssl:peerCertificateValidated() return p_info(live(self) and "mtls") == "1" end
+function Ssl:tlsVersion() return p_info(live(self) and "tls") end
 
 -- ---- the stream handle ------------------------------------------------------------------------------------
 function Handle:headers()
   local st = handle_live(self)
-  return new(Headers, st, {list = st.hdrs, kind = st.dir})
+  return new(Headers, st, {kind = st.dir})
 end
 
 local function body_now(st, always_wrap)
@@ -394,10 +399,10 @@ end
 
 function Handle:trailers()
   local st = handle_live(self)
-  if st.has_trailers then return new(Headers, st, {list = st.trl, kind = st.dir + 2, trailers = true}) end
+  if st.has_trailers then return new(Headers, st, {kind = st.dir + 2, trailers = true}) end
   if st.end_stream then return nil end
   suspend(st, "trailers")
-  if st.has_trailers then return new(Headers, st, {list = st.trl, kind = st.dir + 2, trailers = true}) end
+  if st.has_trailers then return new(Headers, st, {kind = st.dir + 2, trailers = true}) end
 end
 
 -- a Lua table of headers (string or list-of-strings values) -> flat {k1, v1, k2, v2, ...}
@@ -431,7 +436,7 @@ function Handle:respond(headers, body)
   end
   if status == nil or status < 200 or status >= 600 then fail(":status must be between 200-599") end
   if body ~= nil then body = str_arg(body, 2, "respond") end
-  p_respond(st.ctx, status, body, unpack(flat))
+  p_respond(status, body, unpack(flat))
   suspend(st, "responded")  -- never resumed: the script ends here, as in Envoy
 end
 
@@ -460,7 +465,7 @@ function Handle:httpCall(cluster, headers, body, timeout_or_options, asynchronou
   if not (have[":path"] and have[":method"] and have[":authority"]) then
     fail("http call headers must include ':path', ':method', and ':authority'")
   end
-  local id, err = p_call(st.ctx, cluster, body or "", floor(timeout_ms), async, unpack(flat))
+  local id, err = p_call(cluster, body or "", floor(timeout_ms), async, unpack(flat))
   if id == nil then fail(err) end
   if async then return end
   local result = suspend(st, "call")
@@ -532,7 +537,7 @@ local function run(st, ...)
     st.failed = true
     st.co = nil  -- a dead coroutine keeps its stack (and what the script allocated) until collected
     if err == BUDGET_MESSAGE or err == MEMORY_MESSAGE or err == "not enough memory" then collect() end
-    p_error(st.ctx, type(err) == "string" and err or tostring(err))
+    p_error(type(err) == "string" and err or tostring(err))
   elseif co_status(st.co) == "dead" then
     st.wait = "done"
     st.co = nil
@@ -540,8 +545,16 @@ local function run(st, ...)
   st.epoch = st.epoch + 1
 end
 
+local streams = {}  -- key -> st, while its coroutine may still run
+
 local function after(st, frame)
   local w = st.wait
+  if w == "done" then
+    streams[st.key] = nil
+    st.headers_continued = true
+    st.trailers_continued = true
+    return DONE
+  end
   if frame == "headers" then
     if w == "body" or w == "call" or w == "responded" then return STOP end
     st.headers_continued = true
@@ -558,30 +571,30 @@ local function after(st, frame)
   return CONTINUE
 end
 
-function drv.headers(ctx, dir, hdrs, trl, end_stream, units)
-  local f = on[dir]
-  local st = {ctx = ctx, dir = dir, hdrs = hdrs, trl = trl, epoch = 0, end_stream = end_stream,
-              saw_body = false, buffered = false, has_trailers = false, headers_continued = false,
-              trailers_continued = false, running = false, wait = "done"}
-  st.co = co_create(f)
+function drv.headers(key, dir, end_stream, units)
+  local st = {key = key, dir = dir, epoch = 0, end_stream = end_stream, saw_body = false, buffered = false,
+              has_trailers = false, headers_continued = false, trailers_continued = false, running = false,
+              wait = "done"}
+  streams[key] = st
+  st.co = co_create(on[dir])
   budget = units
   run(st, setmetatable({st = st}, Handle))
   local action = after(st, "headers")
   local left = budget
   budget = huge
-  return action, st, left
+  return action, left
 end
 
-function drv.data(st, end_stream, units)
+function drv.data(key, end_stream, units)
+  local st = streams[key]
+  if st == nil then return DONE, units end
   st.end_stream = end_stream
   st.saw_body = true
   local w = st.wait
   budget = units
   if w == "chunk" then
     run(st, true)
-  elseif w == "body" and end_stream then
-    run(st)
-  elseif w == "trailers" and end_stream then
+  elseif (w == "body" or w == "trailers") and end_stream then
     run(st)
   end
   local action = after(st, "data")
@@ -590,7 +603,9 @@ function drv.data(st, end_stream, units)
   return action, left
 end
 
-function drv.trailers(st, units)
+function drv.trailers(key, units)
+  local st = streams[key]
+  if st == nil then return DONE, units end
   st.end_stream = true
   st.has_trailers = true
   budget = units
@@ -605,16 +620,23 @@ end
 
 -- An http call of this stream finished: resume with its response. Returns (continue?, budget left):
 -- true when the chain may go on (the script ended or waits for something that does not hold the stream).
-function drv.call_done(st, units, body, ...)
-  if st.wait ~= "call" then return false, units end
+function drv.call_done(key, units, body, ...)
+  local st = streams[key]
+  if st == nil or st.wait ~= "call" then return false, units end
   budget = units
   run(st, {headers = {...}, body = body})
   local left = budget
   budget = huge
   local w = st.wait
+  if w == "done" then streams[key] = nil end
   if w == "call" or w == "body" or w == "responded" then return false, left end
   st.headers_continued = true
   return true, left
+end
+
+-- the stream is over: a script still suspended (waiting for a body that never came) is dropped
+function drv.release(key)
+  streams[key] = nil
 end
 
 return drv
