@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export MESHPLUG_CACHE ?= $(HOME)/.cache/meshplug
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test setup system native plugins kube helm istio lint unit integration bench clean
+.PHONY: demo test setup system native plugins kube helm istio debian-root lint unit integration bench clean
 
 setup: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
@@ -46,7 +46,11 @@ helm: system
 istio: system
 	nice -n 10 scripts/install-istio.sh
 
-integration: setup system native plugins kube helm istio
+# a clean Debian root (debootstrap), cached in $(MESHPLUG_CACHE)/debian/<suite>-<date>: the image is built on it
+debian-root: system
+	scripts/install-debian-root.sh >/dev/null
+
+integration: setup system native plugins kube helm istio debian-root
 	MESHPLUG_REQUIRE_NATIVE=1 $(BIN)/pytest tests/integration -m integration -q
 
 # The whole suite: quality gates, fast unit tests, then integration tests against the real test bed.

@@ -13,6 +13,8 @@ PACKAGES=(
   rustc cargo libstd-rust-dev-wasm32  # Rust plugins (Debian's wasm32 std)
   wrk nginx-light      # benchmarks: load generator and a fast upstream
   etcd-server          # storage of the test bed's kube-apiserver
+  debootstrap curl     # the clean Debian root the image is built on (scripts/install-debian-root.sh)
+  buildah              # builds the Dockerfile on it without a Docker engine (tests/integration/test_image_build.py)
 )
 
 missing=()

@@ -1,5 +1,6 @@
-"""The Dockerfile, parsed (no Docker engine runs here): pinned base, stages, non-root numeric USER, exec-form
-ENTRYPOINT, no build tools or wheels in the final stage, and a .dockerignore that sends only the package."""
+"""The Dockerfile, parsed: Debian's slim base, stages, non-root numeric USER, exec-form ENTRYPOINT, no build tools,
+pip or wheels in the final stage, and a .dockerignore that sends only the package. The image is really built and
+run by tests/integration/test_image_build.py."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BASE = "python:3.11-slim-bookworm"
+BASE = "debian:bookworm-slim"
 
 
 @dataclass
 class Stage:
     base: str
     name: str
+    args: dict[str, str] = field(default_factory=dict)  # global ARGs in scope (their defaults)
     instructions: list[tuple[str, str]] = field(default_factory=list)
 
     def all(self, keyword: str) -> list[str]:
@@ -37,13 +39,18 @@ def parse(text: str) -> list[Stage]:
         logical.append(buf + line)
         buf = ""
     stages: list[Stage] = []
+    global_args: dict[str, str] = {}
     for entry in logical:
         keyword, _, args = entry.strip().partition(" ")
         keyword, args = keyword.upper(), " ".join(args.split())
-        if keyword == "FROM":
+        if keyword == "ARG" and not stages:
+            name, _, default = args.partition("=")
+            global_args[name] = default
+        elif keyword == "FROM":
             m = re.fullmatch(r"(\S+)(?: AS (\S+))?", args, re.IGNORECASE)
             assert m, args
-            stages.append(Stage(base=m.group(1), name=m.group(2) or ""))
+            base = re.sub(r"\$\{(\w+)\}", lambda v: global_args[v.group(1)], m.group(1))
+            stages.append(Stage(base=base, name=m.group(2) or "", args=dict(global_args)))
         else:
             assert stages, f"{keyword} before FROM"
             stages[-1].instructions.append((keyword, args))
@@ -79,20 +86,28 @@ def test_entrypoint_is_meshplug_in_exec_form() -> None:
     assert cmd and json.loads(cmd[-1])[0] in ("version", "--help")
 
 
-@pytest.mark.parametrize("tool", ["gcc", "build-essential", "apt-get", "git", "make", "cargo", "go "])
+@pytest.mark.parametrize("tool", ["gcc", "build-essential", "-dev", "python3-venv", "git", "make", "cargo", "go "])
 def test_no_build_tools_in_the_final_stage(tool: str) -> None:
     assert all(tool not in arg for _, arg in FINAL.instructions)
+
+
+def test_the_final_stage_installs_only_the_runtime_from_debian() -> None:
+    (apt,) = [r for r in FINAL.all("RUN") if "apt-get" in r]
+    installed = apt.split("--no-install-recommends", 1)[1].split("&&")[0].split()
+    assert installed == ["python3", "ca-certificates"], installed
+    assert "rm -rf /var/lib/apt/lists/*" in apt
 
 
 def test_wheels_reach_the_final_stage_only_through_a_bind_mount() -> None:
     assert FINAL.all("COPY") == [] and FINAL.all("ADD") == []
     runs = FINAL.all("RUN")
     assert any("--mount=type=bind,from=build,source=/wheels,target=/wheels" in r for r in runs)
-    install = next(r for r in runs if " install " in r)
+    install = next(r for r in runs if "--find-links" in r)
     assert "--no-index" in install and "--find-links /wheels" in install
     assert "--without-pip" in install, "the runtime venv carries no pip"
+    assert '/wheels/pip-${PIP_VERSION}-py3-none-any.whl/pip" install' in install, "pip runs from its wheel"
     build_runs = STAGES[0].all("RUN")
-    assert any("pip wheel --wheel-dir /wheels ." in r for r in build_runs)
+    assert any('pip wheel --wheel-dir /wheels . "pip==${PIP_VERSION}"' in r for r in build_runs)
 
 
 def test_dockerignore_sends_only_the_package() -> None:
