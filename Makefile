@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export MESHPLUG_CACHE ?= $(HOME)/.cache/meshplug
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test setup system native plugins kube helm istio debian-root lint unit integration bench clean
+.PHONY: demo test setup system native plugins kube helm istio cosign debian-root lint unit integration bench clean
 
 setup: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
@@ -46,11 +46,15 @@ helm: system
 istio: system
 	nice -n 10 scripts/install-istio.sh
 
+# the real cosign (signature tests), built once from the Go module proxy into $(MESHPLUG_CACHE)/cosign/<version>
+cosign: system
+	nice -n 10 scripts/install-cosign.sh
+
 # a clean Debian root (debootstrap), cached in $(MESHPLUG_CACHE)/debian/<suite>-<date>: the image is built on it
 debian-root: system
 	scripts/install-debian-root.sh >/dev/null
 
-integration: setup system native plugins kube helm istio debian-root
+integration: setup system native plugins kube helm istio cosign debian-root
 	MESHPLUG_REQUIRE_NATIVE=1 $(BIN)/pytest tests/integration -m integration -q
 
 # The whole suite: quality gates, fast unit tests, then integration tests against the real test bed.

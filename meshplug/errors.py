@@ -6,6 +6,8 @@
     ├── FetchError                     a module could not be supplied; ``reason`` is a metric label:
     │                                  download_failure, manifest_failure, checksum_mismatched,
     │                                  too_large, not_wasm, blocked, not_found, unauthorized, timeout
+    │   └── SignatureError             no cosign signature of the module verifies under the required key(s)
+    │                                      (reason signature_invalid; exit code 20)
     ├── ValidationError                a module fails the proxy-wasm ABI check; ``reasons`` lists why
     ├── HostError                      the wasm host could not run a plugin
     │   ├── PluginStartError           instantiate / _initialize / on_vm_start / on_configure failed
@@ -49,6 +51,11 @@ class SpecError(ConfigError):
 
 class FetchError(MeshplugError):
     reason = "download_failure"
+
+
+class SignatureError(FetchError):
+    exit_code = 20
+    reason = "signature_invalid"
 
 
 class ValidationError(MeshplugError):

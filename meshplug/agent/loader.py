@@ -151,11 +151,12 @@ class _ModuleServerTransport(fetch_http.Transport):
         deadline: fetch_http.Deadline,
         headers: Mapping[str, str] | None = None,
         verify: str | bool | None = None,
+        data: bytes | None = None,
     ) -> requests.Response:
         if _origin(url) == self._origin:
             token = config.read_token(self.server.token_file)
             headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
-        return super().open(method, url, deadline=deadline, headers=headers, verify=verify)
+        return super().open(method, url, deadline=deadline, headers=headers, verify=verify, data=data)
 
 
 def _origin(url: str) -> tuple[str, str, int]:

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from meshplug import errors, files
-from meshplug.fetch import Fetcher, FetchOptions, PullPolicy, Reason
+from meshplug.commands import _registry
+from meshplug.fetch import Artifact, Fetcher, PublicKey, PullPolicy, Reason, load_public_key
 
 HELP = "fetch a wasm module (https, oci, file), verify it, cache it and write it out"
 
@@ -26,6 +27,7 @@ EXIT_CODES: dict[str, int] = {
     Reason.NOT_FOUND: 16,
     Reason.UNAUTHORIZED: 17,
     Reason.TIMEOUT: 18,
+    Reason.SIGNATURE_INVALID: errors.SignatureError.exit_code,
 }
 LABELS: dict[str, str] = {
     Reason.DOWNLOAD_FAILURE: "download failed",
@@ -37,6 +39,7 @@ LABELS: dict[str, str] = {
     Reason.NOT_FOUND: "not found",
     Reason.UNAUTHORIZED: "unauthorized",
     Reason.TIMEOUT: "timed out",
+    Reason.SIGNATURE_INVALID: "signature invalid",
 }
 
 
@@ -45,14 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="where to write the module ('-' for stdout)")
     parser.add_argument("--sha256", help="expected sha256 of the wasm bytes (64 hex)")
     parser.add_argument(
-        "--pull-secret", type=Path, help="a dockerconfigjson file or kubernetes.io/dockerconfigjson Secret"
+        "--key", type=Path, action="append", default=[], help="require a cosign signature under this public key"
     )
-    parser.add_argument("--ca", type=Path, help="CA bundle to verify the source's TLS certificate with")
-    parser.add_argument("--insecure-registry", action="store_true", help="allow this url's registry over plain HTTP")
-    parser.add_argument("--file-root", type=Path, action="append", default=[], help="allow file:// below DIR")
+    _registry.add_arguments(parser)
     parser.add_argument("--pull-policy", choices=[p.value for p in PullPolicy], help="default: IfNotPresent")
-    parser.add_argument("--cache-dir", type=Path, help="module cache (default: $MESHPLUG_CACHE/modules)")
-    parser.add_argument("--timeout", type=float, help="overall deadline in seconds")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -80,10 +79,6 @@ class _Bar:
             sys.stderr.write("\n")
 
 
-def _registry_of(url: str) -> str:
-    return url.removeprefix("oci://").split("/", 1)[0]
-
-
 def _write(output: str, data: bytes) -> None:
     if output == "-":
         sys.stdout.buffer.write(data)
@@ -93,38 +88,50 @@ def _write(output: str, data: bytes) -> None:
     files.write_atomic(target, data, sync_dir=False)
 
 
-def run(args: argparse.Namespace) -> int:
-    options: dict[str, object] = {"file_roots": tuple(p.absolute() for p in args.file_root)}
-    if args.cache_dir is not None:
-        options["cache_dir"] = args.cache_dir
-    if args.ca is not None:
-        options["ca_bundles"] = {"*": args.ca}
-    if args.insecure_registry:
-        options["allow_insecure_registries"] = (_registry_of(args.url),)
-    if args.timeout is not None:
-        options["overall_timeout_s"] = args.timeout
-    secret = None
-    if args.pull_secret is not None:
+def public_keys(paths: list[Path]) -> list[PublicKey]:
+    keys = []
+    for path in paths:
         try:
-            secret = args.pull_secret.read_bytes()
+            keys.append(load_public_key(path.read_bytes(), what=str(path)))
         except OSError as exc:
-            raise errors.ConfigError(f"cannot read pull secret {str(args.pull_secret)!r}: {exc.strerror}") from None
-    fetcher = Fetcher(FetchOptions(**options))  # type: ignore[arg-type]
-    bar = _Bar(enabled=not args.quiet and sys.stderr.isatty())
+            raise errors.ConfigError(f"cannot read key {str(path)!r}: {exc.strerror}") from None
+    return keys
+
+
+def fetch_once(args: argparse.Namespace, keys: list[PublicKey], progress: _Bar | None = None) -> Artifact:
+    """The module at ``args.url`` as the operator would supply it (FetchError on any failure)."""
+    fetcher = Fetcher(_registry.options(args, args.url))
     try:
-        artifact = fetcher.fetch(
-            args.url, sha256=args.sha256, pull_secret=secret, pull_policy=args.pull_policy, progress=bar
+        return fetcher.fetch(
+            args.url,
+            sha256=args.sha256,
+            pull_secret=_registry.secret(args),
+            pull_policy=getattr(args, "pull_policy", None),
+            progress=progress,
+            keys=keys,
         )
-    except errors.FetchError as exc:
-        bar.finish()
-        print(f"meshplug fetch: {LABELS.get(exc.reason, exc.reason)}: {exc}", file=sys.stderr)
-        return EXIT_CODES.get(exc.reason, 1)
     finally:
         fetcher.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    keys = public_keys(args.key)
+    bar = _Bar(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        artifact = fetch_once(args, keys, bar)
+    except errors.FetchError as exc:
+        bar.finish()
+        print(f"meshplug {args.command}: {LABELS.get(exc.reason, exc.reason)}: {exc}", file=sys.stderr)
+        return exit_code(exc)
     bar.finish()
     _write(args.output, artifact.data)
     if args.output != "-":
         origin = "cache" if artifact.from_cache else artifact.layout.value
         manifest = f" manifest={artifact.manifest_digest}" if artifact.manifest_digest else ""
-        print(f"{args.output}: sha256={artifact.sha256} size={len(artifact.data)} from={origin}{manifest}")
+        signed = f" signed-by={artifact.signature.key_id} ({artifact.signature.layout})" if artifact.signature else ""
+        print(f"{args.output}: sha256={artifact.sha256} size={len(artifact.data)} from={origin}{manifest}{signed}")
     return 0
+
+
+def exit_code(exc: errors.FetchError) -> int:
+    return EXIT_CODES.get(exc.reason, exc.exit_code)

@@ -19,6 +19,11 @@ share single-flight with every other thread. Failures are `errors.FetchError` wi
 4. ``sha256`` is checked before anything is written to the cache: it is the sha256 of the wasm bytes; for an
    OCI source a value equal to the image manifest digest (Istio's meaning of the field) is accepted too, since
    the manifest pins its layers. A url pinned ``@sha256:`` is always checked against the manifest.
+5. with ``keys`` (a WasmPlugin's ``verificationKey``, the operator's signature policy) the module must be an
+   OCI image with a cosign signature under one of them for exactly its manifest digest (`signatures`):
+   checked after the digest is resolved and before its blob is pulled, and again for a cached module (the
+   result is remembered per manifest digest and key set). A module without one fails with
+   `errors.SignatureError`; http and file modules carry no cosign signature and fail the same way.
 """
 
 from __future__ import annotations
@@ -26,16 +31,30 @@ from __future__ import annotations
 import re
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meshplug import errors
 from meshplug.fetch import cache as cache_mod
-from meshplug.fetch import http, local, oci
-from meshplug.fetch.artifact import WASM_MAGIC, Artifact, Layout, Reason, sha256_hex
+from meshplug.fetch import http, local, oci, signatures
+from meshplug.fetch.artifact import WASM_MAGIC, Artifact, Evidence, Layout, Reason, sha256_hex
+from meshplug.fetch.keys import PublicKey, load_public_key
 from meshplug.fetch.metrics import FetchMetrics
 from meshplug.fetch.options import FetchOptions, PullPolicy
 
-__all__ = ["WASM_MAGIC", "Artifact", "FetchMetrics", "FetchOptions", "Fetcher", "Layout", "PullPolicy", "Reason"]
+__all__ = [
+    "WASM_MAGIC",
+    "Artifact",
+    "Evidence",
+    "FetchMetrics",
+    "FetchOptions",
+    "Fetcher",
+    "Layout",
+    "PublicKey",
+    "PullPolicy",
+    "Reason",
+    "load_public_key",
+]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -78,6 +97,7 @@ class _Request:
     pin: str | None
     always: bool
     progress: http.Progress | None
+    keys: tuple[PublicKey, ...] = ()
 
 
 class Fetcher:
@@ -89,6 +109,7 @@ class Fetcher:
         self.transport = http.Transport(self.options)
         self.metrics = metrics or FetchMetrics(entries=self.cache.entries)
         self._flights: cache_mod.SingleFlight[Artifact] = cache_mod.SingleFlight()
+        self._verified: dict[tuple[str, str, frozenset[str]], Evidence] = {}  # (repo, digest, key ids) -> proof
 
     def close(self) -> None:
         self.transport.close()
@@ -105,6 +126,7 @@ class Fetcher:
         pull_secret: bytes | None = None,
         pull_policy: PullPolicy | str | None = None,
         progress: http.Progress | None = None,
+        keys: Sequence[PublicKey] = (),
     ) -> Artifact:
         """The verified module at ``url``; see the module docstring for the order of things."""
         pin = _pin(sha256)
@@ -116,8 +138,14 @@ class Fetcher:
         always = policy is PullPolicy.ALWAYS or (
             policy is None and ref is not None and ref.digest is None and ref.tag == "latest"
         )
-        request = _Request(url, scheme, ref, creds, key, pin, always, progress)
-        flight = f"{key}\0{pin or ''}\0{'always' if always else 'ifnotpresent'}"
+        if keys and ref is None:
+            raise errors.SignatureError(
+                f"{url}: a signature is required (verificationKey or the operator's policy), but only oci:// "
+                "modules carry cosign signatures"
+            )
+        request = _Request(url, scheme, ref, creds, key, pin, always, progress, tuple(keys))
+        key_ids = ",".join(sorted(k.key_id for k in keys))
+        flight = f"{key}\0{pin or ''}\0{'always' if always else 'ifnotpresent'}\0{key_ids}"
         try:
             artifact, shared = self._flights.do(flight, lambda: self._fetch(request))
         except errors.FetchError as exc:
@@ -137,7 +165,19 @@ class Fetcher:
             stale = interval is not None and mutable and time.time() - known.resolved_at >= interval
             data = None if stale else self.cache.get_blob(known.sha256)
             if data is not None:
-                return Artifact(data, known.sha256, req.url, known.manifest_digest, known.layout, from_cache=True)
+                evidence = None
+                if req.keys and req.ref is not None and known.manifest_digest is not None:
+                    client = oci.RegistryClient(self.transport, req.ref, req.creds)
+                    evidence = self._signature(client, known.manifest_digest, req.keys, deadline)
+                return Artifact(
+                    data,
+                    known.sha256,
+                    req.url,
+                    known.manifest_digest,
+                    known.layout,
+                    from_cache=True,
+                    signature=evidence,
+                )
         if req.ref is not None:
             return self._fetch_oci(req, req.ref, known, deadline)
         if req.scheme == "file":
@@ -154,6 +194,7 @@ class Fetcher:
     ) -> Artifact:
         client = oci.RegistryClient(self.transport, ref, req.creds)
         manifest_digest = client.resolve(deadline)
+        evidence = self._signature(client, manifest_digest, req.keys, deadline) if req.keys else None
         moved = known.manifest_digest if known is not None and known.manifest_digest != manifest_digest else None
         entry = self.cache.get_manifest(ref.name, manifest_digest)
         data = self.cache.get_blob(entry.sha256) if entry is not None else None
@@ -165,8 +206,27 @@ class Fetcher:
         digest = self._verify(req.url, data, req.pin, manifest_digest)
         self._store(req, data, digest, manifest_digest, layout)
         return Artifact(
-            data, digest, req.url, manifest_digest, layout, from_cache=from_cache, previous_manifest_digest=moved
+            data,
+            digest,
+            req.url,
+            manifest_digest,
+            layout,
+            from_cache=from_cache,
+            previous_manifest_digest=moved,
+            signature=evidence,
         )
+
+    def _signature(
+        self, client: oci.RegistryClient, manifest_digest: str, keys: Sequence[PublicKey], deadline: http.Deadline
+    ) -> Evidence:
+        """The signature of ``manifest_digest`` under ``keys``, from memory or the registry."""
+        memo = (client.ref.name, manifest_digest, frozenset(k.key_id for k in keys))
+        known = self._verified.get(memo)
+        if known is not None:
+            return known
+        evidence = signatures.verify(client, manifest_digest, keys, deadline)
+        self._verified[memo] = evidence
+        return evidence
 
     @staticmethod
     def _verify(url: str, data: bytes, pin: str | None, manifest_digest: str | None) -> str:

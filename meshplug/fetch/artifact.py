@@ -6,6 +6,7 @@ the agent only read them. Outcome names double as `FetchError.reason` values and
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class Reason:
     NOT_FOUND = "not_found"
     UNAUTHORIZED = "unauthorized"
     TIMEOUT = "timeout"
+    SIGNATURE_INVALID = "signature_invalid"
 
     ALL: tuple[str, ...] = (
         SUCCESS,
@@ -52,7 +54,29 @@ class Reason:
         NOT_FOUND,
         UNAUTHORIZED,
         TIMEOUT,
+        SIGNATURE_INVALID,
     )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A verified cosign signature of a module's manifest: layout, key, and what was signed (base64 in JSON), so
+    that whoever receives the module from us (the agent) can check it again offline."""
+
+    layout: str  # "tag" | "bundle"
+    key_id: str
+    manifest_digest: str
+    payload: bytes  # the signed bytes (simple-signing JSON, or the DSSE pre-authentication encoding)
+    signature: bytes
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "layout": self.layout,
+            "key_id": self.key_id,
+            "manifest_digest": self.manifest_digest,
+            "payload": base64.b64encode(self.payload).decode(),
+            "signature": base64.b64encode(self.signature).decode(),
+        }
 
 
 @dataclass(frozen=True)
@@ -71,6 +95,8 @@ class Artifact:
     layout: Layout
     from_cache: bool = False
     previous_manifest_digest: str | None = None
+    #: the signature that was verified, when the fetch required one
+    signature: Evidence | None = None
 
     @property
     def digest(self) -> str:

@@ -113,6 +113,7 @@ class Transport:
         deadline: Deadline,
         headers: Mapping[str, str] | None = None,
         verify: str | bool | None = None,
+        data: bytes | None = None,
     ) -> requests.Response:
         """One request, redirects followed by hand; the response of any status, body not yet read.
 
@@ -132,6 +133,7 @@ class Transport:
                     method,
                     url,
                     headers=send_headers,
+                    data=data,
                     stream=True,
                     allow_redirects=False,
                     timeout=(timeout, timeout),

@@ -249,18 +249,29 @@ class RegistryClient:
         self._authorization: str | None = None
 
     # requests with the registry's auth dance ------------------------------------------------------
-    def _open(self, method: str, url: str, accept: str | None, deadline: Deadline) -> requests.Response:
+    def _open(
+        self,
+        method: str,
+        url: str,
+        accept: str | None,
+        deadline: Deadline,
+        *,
+        data: bytes | None = None,
+        content_type: str | None = None,
+    ) -> requests.Response:
         headers = {"Accept": accept} if accept else {}
+        if content_type:
+            headers["Content-Type"] = content_type
         if self._authorization:
             headers["Authorization"] = self._authorization
-        resp = self.transport.open(method, url, deadline=deadline, headers=headers)
+        resp = self.transport.open(method, url, deadline=deadline, headers=headers, data=data)
         if resp.status_code != 401 or (self._authorization is not None and "Bearer" not in self._authorization):
             return resp
         challenge = resp.headers.get("www-authenticate", "")
         resp.close()
         self._authorization = self._answer(challenge, deadline)
         headers["Authorization"] = self._authorization
-        return self.transport.open(method, url, deadline=deadline, headers=headers)
+        return self.transport.open(method, url, deadline=deadline, headers=headers, data=data)
 
     def _answer(self, challenge: str, deadline: Deadline) -> str:
         scheme = challenge.split(" ", 1)[0].lower()

@@ -1,0 +1,78 @@
+"""What every command that talks to a module source shares: its flags (CA, insecure registry, credentials, file
+roots, cache, timeout) and turning them into `fetch.FetchOptions` and registry credentials.
+
+Used by `meshplug fetch`, `pull`, `push`, `sign` and `verify`. Registry credentials come from ``--pull-secret``
+(a dockerconfigjson file or a kubernetes.io/dockerconfigjson Secret), else from Docker's own config
+($DOCKER_CONFIG/config.json, ~/.docker/config.json) as `docker login` writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from meshplug import errors
+from meshplug.fetch import FetchOptions, oci
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, files: bool = True) -> None:
+    parser.add_argument(
+        "--pull-secret",
+        type=Path,
+        help="registry credentials: a dockerconfigjson file or kubernetes.io/dockerconfigjson Secret "
+        "(default: $DOCKER_CONFIG/config.json or ~/.docker/config.json when present)",
+    )
+    parser.add_argument("--ca", type=Path, help="CA bundle to verify the source's TLS certificate with")
+    parser.add_argument("--insecure-registry", action="store_true", help="allow this url's registry over plain HTTP")
+    if files:
+        parser.add_argument("--file-root", type=Path, action="append", default=[], help="allow file:// below DIR")
+    parser.add_argument("--cache-dir", type=Path, help="module cache (default: $MESHPLUG_CACHE/modules)")
+    parser.add_argument("--timeout", type=float, help="overall deadline in seconds")
+
+
+def registry_of(url: str) -> str:
+    return url.removeprefix("oci://").split("/", 1)[0]
+
+
+def options(args: argparse.Namespace, url: str) -> FetchOptions:
+    values: dict[str, object] = {"file_roots": tuple(p.absolute() for p in getattr(args, "file_root", []))}
+    if args.cache_dir is not None:
+        values["cache_dir"] = args.cache_dir
+    if args.ca is not None:
+        values["ca_bundles"] = {"*": args.ca}
+    if args.insecure_registry:
+        values["allow_insecure_registries"] = (registry_of(url),)
+    if args.timeout is not None:
+        values["overall_timeout_s"] = args.timeout
+    return FetchOptions(**values).sanitized()  # type: ignore[arg-type]
+
+
+def _docker_config() -> Path | None:
+    base = os.environ.get("DOCKER_CONFIG")
+    path = Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
+    return path if path.is_file() else None
+
+
+def secret(args: argparse.Namespace) -> bytes | None:
+    """The credentials document: ``--pull-secret``, else Docker's config when it holds an ``auths`` map."""
+    path = args.pull_secret or _docker_config()
+    if path is None:
+        return None
+    try:
+        data = bytes(path.read_bytes())
+    except OSError as exc:
+        raise errors.ConfigError(f"cannot read registry credentials {str(path)!r}: {exc.strerror}") from None
+    if args.pull_secret is None:  # Docker's config may keep everything in a credential helper: then none here
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return None
+        return data if isinstance(doc, dict) and isinstance(doc.get("auths"), dict) else None
+    return data
+
+
+def credentials(args: argparse.Namespace, ref: oci.Reference) -> oci.Credentials | None:
+    doc = secret(args)
+    return oci.credentials_for(doc, ref.registry) if doc else None
