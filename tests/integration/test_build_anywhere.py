@@ -58,10 +58,11 @@ def _clean_env(venv: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The committed package sources, as a fresh clone has them (no in-place build, no egg-info)."""
-    src = tmp_path_factory.mktemp("src")
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """The committed package sources, as a fresh clone has them (no in-place build, no egg-info); a new copy
+    per test, since pip builds in the source tree and setuptools would reuse the last build's extensions."""
+    src = tmp_path / "src"
     listed = subprocess.run(
         ["git", "ls-files", "-z", *SOURCES], cwd=procs.REPO_ROOT, capture_output=True, check=True
     ).stdout.decode()
@@ -90,7 +91,8 @@ def _interpreted_probe(venv: Venv, site: Path | None, cwd: Path) -> tuple[str, b
         "import json; from meshplug import native; import meshplug.agent.chain as c, meshplug.agent.vm as v;"
         "print(json.dumps([c.__file__, v.FAST_AVAILABLE, native.STATUS.as_dict()]))"
     )
-    out = venv.run(venv.python, "-c", probe, cwd=cwd, env={"PYTHONPATH": str(site)} if site else None)
+    # this interpreter has the runtime dependencies; PYTHONPATH puts the unpacked wheel before its own meshplug
+    out = venv.run(sys.executable, "-c", probe, cwd=cwd, env={"PYTHONPATH": str(site)} if site else None)
     assert out.returncode == 0, out.stderr
     file, fast, status = json.loads(out.stdout)
     return str(file), bool(fast), dict(status)
