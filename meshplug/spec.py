@@ -1,4 +1,4 @@
-"""WasmPlugin custom resource body -> frozen `PluginSpec`; every default is decided here and nowhere else.
+"""WasmPlugin / TrafficExtension custom resource body -> frozen `PluginSpec`; every default is decided here.
 
 Called by the controller on the first line of each handler (and by the admission webhook and `meshplug`
 tooling): `parse(body)` turns the untyped dict kopf hands over into a `PluginSpec` or raises
@@ -26,11 +26,20 @@ rule's ``pluginConfig`` (else the plugin's). A rule matches when its ``hosts`` (
 subdomains; the port of ``:authority`` is ignored; case-insensitive) AND its ``paths`` (any; ``prefix`` as an
 Envoy route prefix, ``exact`` ignoring the query string) match; an empty list matches everything. A rule's own
 ``pluginConfig`` needs the istio data plane (the agent's protocol carries one configuration per plugin).
+
+TrafficExtension (Istio 1.30's unified kind, ``meshplug.io/v1alpha1`` here too): the same targeting (selector |
+targetRefs), ``phase`` (``UNSPECIFIED`` is the end of the chain, like WasmPlugin's ``UNSPECIFIED_PHASE``),
+``priority`` and ``match`` at the top, meshplug's ``dataPlane`` and ``matchRules`` beside them, and exactly one
+of ``wasm`` (WasmPlugin's module fields with their meaning and defaults, ``pluginConfigSchema`` included) or
+``lua.inlineCode`` (at most 64 KiB; `PluginSpec.lua`, no module: scheme INLINE, ``sha256`` the script's). Both
+kinds share one chain order per workload: phase, priority, creation time, name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -47,6 +56,16 @@ API_GROUP = "meshplug.io"
 API_VERSION = "v1alpha1"
 KIND = "WasmPlugin"
 PLURAL = "wasmplugins"
+KIND_TRAFFIC_EXTENSION = "TrafficExtension"
+PLURAL_TRAFFIC_EXTENSION = "trafficextensions"
+#: every kind the operator reconciles -> its plural
+PLURALS = {KIND: PLURAL, KIND_TRAFFIC_EXTENSION: PLURAL_TRAFFIC_EXTENSION}
+#: TrafficExtension.wasm fields (WasmPlugin's module fields); everything else of WasmPlugin's spec is top-level
+WASM_FIELDS = (
+    "url", "sha256", "imagePullPolicy", "imagePullSecret", "pluginConfig", "pluginConfigSchema", "pluginName",
+    "failStrategy", "vmConfig", "type", "verificationKey",
+)  # fmt: skip
+TOP_FIELDS = ("selector", "targetRefs", "phase", "priority", "match", "dataPlane", "matchRules")
 
 _SHA256 = re.compile(r"^[a-f0-9]{64}$")
 HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -62,6 +81,7 @@ class Scheme(enum.StrEnum):
     HTTP = "http"
     HTTPS = "https"
     FILE = "file"
+    INLINE = "inline"  # a TrafficExtension's lua: the script is in the resource, nothing is fetched
 
 
 class DataPlane(enum.StrEnum):
@@ -163,6 +183,8 @@ class PluginSpec:
     selector: tuple[tuple[str, str], ...]  # sorted matchLabels; empty = every workload of the namespace
     target_refs: tuple[TargetRef, ...]
     match_rules: tuple[MatchRule, ...] = ()  # empty: every request; else only requests matching a rule
+    kind: str = KIND  # WasmPlugin or TrafficExtension
+    lua: str | None = None  # a TrafficExtension's lua.inlineCode (then url is "" and scheme INLINE)
 
     @property
     def envoy_name(self) -> str:
@@ -237,7 +259,9 @@ def normalise_url(raw: str) -> tuple[str, Scheme]:
     try:
         scheme = Scheme(m.group(1).lower())
     except ValueError:
-        raise errors.SpecError(f"spec.url {raw!r}: scheme {m.group(1)!r} is not oci, http, https or file") from None
+        scheme = Scheme.INLINE
+    if scheme is Scheme.INLINE:
+        raise errors.SpecError(f"spec.url {raw!r}: scheme {m.group(1)!r} is not oci, http, https or file")
     return raw, scheme
 
 
@@ -395,15 +419,100 @@ def _priority(spec: Mapping[str, Any]) -> int | None:
 
 
 def parse(body: Mapping[str, Any]) -> PluginSpec:
-    """A WasmPlugin object (``metadata`` + ``spec``) -> PluginSpec. Raises SpecError naming the field."""
+    """A WasmPlugin or TrafficExtension object (``metadata`` + ``spec``, by ``kind``; WasmPlugin when absent) ->
+    PluginSpec. Raises SpecError naming the field."""
+    if body.get("kind") == KIND_TRAFFIC_EXTENSION:
+        return parse_traffic_extension(body)
+    return _parse_wasm(body, body.get("spec"))
+
+
+def _identity(body: Mapping[str, Any], spec: object) -> tuple[str, str, int]:
     meta = body.get("metadata") or {}
-    spec = body.get("spec")
     if not isinstance(spec, Mapping):
         raise errors.SpecError("spec is missing")
     namespace = str(meta.get("namespace") or "")
     name = str(meta.get("name") or "")
     if not namespace or not name:
         raise errors.SpecError("metadata.name and metadata.namespace are required")
+    return namespace, name, int(meta.get("generation") or 0)
+
+
+def parse_traffic_extension(body: Mapping[str, Any]) -> PluginSpec:
+    """A TrafficExtension -> PluginSpec: ``wasm`` parsed as a WasmPlugin's module fields (messages name
+    ``spec.wasm.<field>``), or ``lua`` as an inline script."""
+    raw = body.get("spec")
+    namespace, name, generation = _identity(body, raw)
+    assert isinstance(raw, Mapping)
+    unknown = sorted(set(raw) - {*TOP_FIELDS, "wasm", "lua"})
+    if unknown:
+        raise errors.SpecError(f"spec: unknown field(s) {', '.join(unknown)}")
+    wasm, lua = raw.get("wasm"), raw.get("lua")
+    if (wasm is None) == (lua is None):
+        raise errors.SpecError("exactly one of spec.wasm or spec.lua must be set")
+    top = {k: raw[k] for k in TOP_FIELDS if k in raw}
+    if top.get("phase") == "UNSPECIFIED":  # Istio's TrafficExtension spelling
+        top["phase"] = Phase.UNSPECIFIED.value
+    if wasm is not None:
+        if not isinstance(wasm, Mapping):
+            raise errors.SpecError("spec.wasm must be an object")
+        extra = sorted(set(wasm) - set(WASM_FIELDS))
+        if extra:
+            raise errors.SpecError(f"spec.wasm: unknown field(s) {', '.join(extra)}")
+        try:
+            plugin = _parse_wasm(body, {**top, **wasm})
+        except errors.SpecError as exc:
+            message = exc.message
+            for field in WASM_FIELDS:
+                message = message.replace(f"spec.{field}", f"spec.wasm.{field}")
+            raise errors.SpecError(message, reason=exc.reason) from None
+        return dataclasses.replace(plugin, kind=KIND_TRAFFIC_EXTENSION)
+    if not isinstance(lua, Mapping) or set(lua) != {"inlineCode"}:
+        raise errors.SpecError("spec.lua must be an object with exactly inlineCode")
+    code = lua["inlineCode"]
+    if not isinstance(code, str) or not code:
+        raise errors.SpecError("spec.lua.inlineCode must be a non-empty string")
+    size = len(code.encode())
+    if size > limits.MAX_LUA_CODE_BYTES:
+        raise errors.SpecError(f"spec.lua.inlineCode is {size} bytes; at most {limits.MAX_LUA_CODE_BYTES}")
+    if raw.get("selector") is not None and raw.get("targetRefs"):
+        raise errors.SpecError("only one of spec.selector or spec.targetRefs can be set")
+    data_plane = _enum(top, "dataPlane", DataPlane, DataPlane.ISTIO)
+    target_refs = _target_refs(top, namespace)
+    if data_plane is DataPlane.AGENT and target_refs:
+        raise errors.SpecError("spec.targetRefs need the istio data plane; the agent data plane uses spec.selector")
+    match_rules = _match_rules(top, None)
+    if any(r.plugin_config is not None for r in match_rules):
+        raise errors.SpecError("spec.matchRules[].pluginConfig configures a wasm plugin; a Lua filter has none")
+    return PluginSpec(
+        namespace=namespace,
+        name=name,
+        generation=generation,
+        url="",
+        scheme=Scheme.INLINE,
+        sha256=hashlib.sha256(code.encode()).hexdigest(),
+        pull_policy=PullPolicy.IF_NOT_PRESENT,
+        pull_secret=None,
+        plugin_config="",
+        config_schema=None,
+        root_id="",
+        phase=_enum(top, "phase", Phase, Phase.UNSPECIFIED),
+        priority=_priority(top),
+        fail_strategy=FailStrategy.FAIL_CLOSE,
+        env=(),
+        match=_match(top),
+        type=PluginType.HTTP,
+        data_plane=data_plane,
+        selector=_selector(top),
+        target_refs=target_refs,
+        match_rules=match_rules,
+        kind=KIND_TRAFFIC_EXTENSION,
+        lua=code,
+    )
+
+
+def _parse_wasm(body: Mapping[str, Any], spec: Any) -> PluginSpec:
+    """A WasmPlugin's spec (or a TrafficExtension's top-level fields with its wasm ones) -> PluginSpec."""
+    namespace, name, generation = _identity(body, spec)
     url, scheme = normalise_url(_str(spec, "url"))
     sha256 = _sha256(spec, url)
     if spec.get("selector") is not None and spec.get("targetRefs"):
@@ -433,7 +542,7 @@ def parse(body: Mapping[str, Any]) -> PluginSpec:
     return PluginSpec(
         namespace=namespace,
         name=name,
-        generation=int(meta.get("generation") or 0),
+        generation=generation,
         url=url,
         scheme=scheme,
         sha256=sha256,

@@ -42,6 +42,7 @@ import lupa.luajit21 as luajit
 from meshplug import errors, limits
 from meshplug.agent import chain
 from meshplug.agent.chain import Action, Direction, FailStrategy, Phase
+from meshplug.validate import lua as validate_lua
 
 log = logging.getLogger("meshplug.agent.lua")
 script_log = logging.getLogger("meshplug.agent.plugin")
@@ -101,14 +102,6 @@ class LogRecord:
 
 
 CallResult = tuple[int, Sequence[chain.Header], bytes]
-
-
-def compile_error(code: str) -> str | None:
-    """The Lua compile error of `code` as LuaJIT words it (Envoy's "script load error" text), else None."""
-    rt = luajit.LuaRuntime(encoding=None, register_eval=False, register_builtins=False, max_memory=16 * limits.MiB)
-    check = rt.eval("function(code) local f, err = loadstring(code) return err end")
-    err = check(code.encode())
-    return None if err is None else bytes(err).decode(errors="replace")
 
 
 class Runtime:
@@ -203,11 +196,7 @@ class LuaFilter:
         self.errors = 0  # script errors while serving (Envoy's <stat_prefix>.errors)
         self.executions = 0  # coroutines started (Envoy's <stat_prefix>.executions)
         code = config.code.encode()
-        if len(code) > limits.MAX_LUA_CODE_BYTES:
-            raise errors.ValidationError(
-                f"lua code of {config.name} is {len(code)} bytes, more than {limits.MAX_LUA_CODE_BYTES}",
-                reason="invalid_lua",
-            )
+        validate_lua.check(config.code, where=f"lua {config.name}")  # ValidationError with the Lua error
         self.lua = luajit.LuaRuntime(
             encoding=None,
             register_eval=False,
@@ -228,10 +217,8 @@ class LuaFilter:
             has_request, detail = api[b"load"](code, runtime.units)
         except luajit.LuaError as exc:  # e.g. out of memory outside the script's own pcall
             raise errors.PluginStartError(f"lua {config.name}: {exc}") from None
-        if has_request is None:
+        if has_request is None:  # it compiled (checked above): its top-level code failed
             message = bytes(detail).decode(errors="replace")
-            if compile_error(config.code) is not None:
-                raise errors.ValidationError(f"lua {config.name} does not compile: {message}", reason="invalid_lua")
             raise errors.PluginStartError(f"lua {config.name} failed to load: {message}")
         self.on = (bool(has_request), bool(detail))
 

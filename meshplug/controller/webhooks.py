@@ -33,10 +33,12 @@ import kopf
 import yaml
 
 from meshplug import errors, injection, spec
+from meshplug.validate import lua as validate_lua
 
 CONFIG_ENV = "MESHPLUG_WEBHOOK_CONFIG"
 INJECT_PATH = "inject-agent"
 VALIDATE_PATH = "validate-wasmplugin"
+VALIDATE_TE_PATH = "validate-trafficextension"
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,15 @@ def load_config(path: Path) -> WebhookConfig:
 
 
 def check_plugin(body: Mapping[str, Any], allowed_url_prefixes: Sequence[str]) -> None:
-    """Raise SpecError unless the WasmPlugin parses (pluginConfig satisfies its schema) and its url is allowed."""
+    """Raise SpecError unless the WasmPlugin / TrafficExtension parses (pluginConfig satisfies its schema) and its
+    url is allowed, or its Lua compiles (the message carries LuaJIT's error and the line, as Envoy reports it)."""
     plugin = spec.parse(body)
+    if plugin.lua is not None:
+        try:
+            validate_lua.check(plugin.lua, where="spec.lua.inlineCode")
+        except errors.ValidationError as exc:
+            raise errors.SpecError(exc.message, reason="InvalidLua") from None
+        return
     if allowed_url_prefixes and not any(plugin.url.startswith(p) for p in allowed_url_prefixes):
         raise errors.SpecError(
             f"spec.url {plugin.url!r} is not allowed; allowed prefixes: {', '.join(allowed_url_prefixes)}",
@@ -231,5 +240,14 @@ def register(registry: kopf.OperatorRegistry, config_path: Path | None = None) -
                 check_plugin(body, prefixes)
             except errors.SpecError as exc:
                 raise kopf.AdmissionError(f"{exc.reason}: {exc.message}", code=422) from None
+
+        kopf.on.validate(
+            spec.API_GROUP,
+            spec.API_VERSION,
+            spec.PLURAL_TRAFFIC_EXTENSION,
+            id=VALIDATE_TE_PATH,
+            registry=registry,
+            operations=["CREATE", "UPDATE"],
+        )(validate_plugin)
 
     return config

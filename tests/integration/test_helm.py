@@ -98,8 +98,11 @@ def test_install_upgrade_uninstall(plane: kube_mod.Kube, home: Path) -> None:
     assert f"mp-meshplug-webhook.{NS}.svc" in sans
     mutating = _get(plane, f"{ADMISSION}/mutatingwebhookconfigurations/mp-meshplug-inject")
     validating = _get(plane, f"{ADMISSION}/validatingwebhookconfigurations/mp-meshplug-validate")
-    for config, path in ((mutating, "/inject-agent"), (validating, "/validate-wasmplugin")):
-        (hook,) = config["webhooks"]
+    hooks = [(mutating["webhooks"], "/inject-agent")]
+    hooks += [([h], f"/validate-{h['name'].split('.')[1]}") for h in validating["webhooks"]]
+    assert [p for _, p in hooks] == ["/inject-agent", "/validate-wasmplugin", "/validate-trafficextension"]
+    for config_hooks, path in hooks:
+        (hook,) = config_hooks
         assert hook["clientConfig"]["caBundle"] == ca_b64
         assert hook["clientConfig"]["service"] == {
             "name": "mp-meshplug-webhook",

@@ -203,6 +203,32 @@ def test_good_wasmplugin_is_admitted_and_a_bad_update_refused(
     procs.wait_until(lambda: plane.request("GET", f"{PLUGINS}/good")[0] == 404, timeout=60, what="plugin deleted")
 
 
+EXTENSIONS = f"/apis/meshplug.io/v1alpha1/namespaces/{APPS}/trafficextensions"
+
+
+def test_trafficextensions_istios_examples_are_admitted_and_lua_that_does_not_compile_is_refused(
+    plane: kube_mod.Kube, webhooks: operator_mod.Operator
+) -> None:
+    """Istio's TrafficExtension examples (wasm + Lua, apiVersion changed) pass the webhook; a Lua script that does
+    not compile (seed 004's snippet as printed) is refused with LuaJIT's error and its line, as Envoy words it."""
+    examples = procs.REPO_ROOT / "examples" / "istio" / "trafficextensions.yaml"
+    for doc in (d for d in yaml.safe_load_all(examples.read_text()) if d):
+        body = doc | {"apiVersion": "meshplug.io/v1alpha1", "metadata": {"name": doc["metadata"]["name"]}}
+        if "wasm" in body["spec"]:  # this install allows only its own registries
+            body["spec"] = body["spec"] | {"wasm": body["spec"]["wasm"] | {"url": ALLOWED[1] + "header_rules.wasm"}}
+        status, out = plane.request("POST", EXTENSIONS, body)
+        assert status == 201, out
+    broken = "function envoy_on_response(r)\n  r:logInfo('x')\n  r:headers:add('a', 'b')\nend\n"
+    bad = {"apiVersion": "meshplug.io/v1alpha1", "kind": "TrafficExtension", "metadata": {"name": "broken"},
+           "spec": {"lua": {"inlineCode": broken}}}  # fmt: skip
+    status, out = plane.request("POST", EXTENSIONS, bad)
+    assert status >= 400, out
+    message = out["message"]
+    assert "validate.trafficextension.meshplug.io" in message and "InvalidLua" in message, message
+    assert "does not compile (line 3)" in message and ":3: function arguments expected near ':'" in message, message
+    assert plane.request("GET", f"{EXTENSIONS}/broken")[0] == 404
+
+
 EXAMPLE_TEMPLATES = [
     (path, doc)
     for path in sorted((procs.REPO_ROOT / "examples").glob("*.yaml"))

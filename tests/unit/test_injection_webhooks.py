@@ -169,4 +169,4 @@ def test_register_with_config_adds_both_webhooks(tmp_path: Path) -> None:
     registry = kopf.OperatorRegistry()
     assert webhooks.register(registry, path) is not None
     ids = sorted(h.id for h in registry._webhooks.get_all_handlers())
-    assert ids == [webhooks.INJECT_PATH, webhooks.VALIDATE_PATH]
+    assert ids == sorted([webhooks.INJECT_PATH, webhooks.VALIDATE_PATH, webhooks.VALIDATE_TE_PATH])

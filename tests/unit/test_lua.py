@@ -16,6 +16,7 @@ from meshplug import errors, limits, protocol
 from meshplug.agent import chain as C
 from meshplug.agent import config
 from meshplug.agent import lua as L
+from meshplug.validate import lua as validate_lua
 
 pytestmark = pytest.mark.unit
 
@@ -179,8 +180,9 @@ def test_the_budget_counts_the_whole_stream() -> None:
         ("while true do end", errors.PluginStartError, "instruction budget exceeded"),
         ("\x1bLJ\x02\x00", errors.ValidationError, "precompiled bytecode is not accepted"),
         ("x" * (limits.MAX_LUA_CODE_BYTES + 1), errors.ValidationError, "more than 65536"),
+        ("function envoy_on_request(h)\n  local x = = 1\nend", errors.ValidationError, "does not compile (line 2)"),
     ],
-    ids=["syntax", "top-level-error", "top-level-loop", "bytecode", "too-large"],
+    ids=["syntax", "top-level-error", "top-level-loop", "bytecode", "too-large", "line"],
 )  # fmt: skip
 def test_a_script_that_does_not_load_is_refused_with_the_lua_error(
     code: str, kind: type[errors.MeshplugError], words: str
@@ -193,10 +195,10 @@ def test_a_script_that_does_not_load_is_refused_with_the_lua_error(
 def test_compile_error_reads_as_envoys() -> None:
     seed = "function envoy_on_response(r)\n r:headers:add('a', 1)\nend\n"
     assert (
-        L.compile_error(seed)
+        validate_lua.compile_error(seed)
         == """[string "function envoy_on_response(r)..."]:2: function arguments expected near ':'"""
     )
-    assert L.compile_error("function envoy_on_request(h) end") is None
+    assert validate_lua.compile_error("function envoy_on_request(h) end") is None
 
 
 def test_body_holds_the_headers_until_the_whole_body_is_in() -> None:
