@@ -48,6 +48,7 @@ COMPILED: tuple[str, ...] = (
     "meshplug.agent.filtered",
     "meshplug.agent.filters",
     "meshplug.agent.host",
+    "meshplug.agent.hostapi",
     "meshplug.agent.pairs",
     "meshplug.agent.properties",
     "meshplug.agent.server",

@@ -16,50 +16,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from meshplug import abi_table, errors
-from meshplug.agent import chain, pairs, properties, vm, wasi
-from meshplug.agent.chain import Direction, LocalReply
+from meshplug.agent import chain, hostapi, pairs, properties, vm, wasi
+from meshplug.agent.chain import LocalReply
+from meshplug.agent.hostapi import (
+    BAD_ARGUMENT,
+    BUF_FOREIGN_FUNCTION_ARGUMENTS,
+    BUF_GRPC_RECEIVE,
+    BUF_HTTP_CALL_RESPONSE_BODY,
+    BUF_PLUGIN_CONFIGURATION,
+    BUF_VM_CONFIGURATION,
+    CAS_MISMATCH,
+    EMPTY,
+    INVALID_MEMORY_ACCESS,
+    MAP_REQUEST_HEADERS,
+    MAP_REQUEST_TRAILERS,
+    MAP_RESPONSE_HEADERS,
+    MAP_RESPONSE_TRAILERS,
+    NOT_FOUND,
+    OK,
+    PARSE_FAILURE,
+    SERIALIZATION_FAILURE,
+    STREAM_REQUEST,
+    STREAM_RESPONSE,
+    Context,
+)
 
-if TYPE_CHECKING:
-    from meshplug.agent.host import Context, WasmVm
-
-# proxy_status_t
-OK: Final = 0
-NOT_FOUND: Final = 1
-BAD_ARGUMENT: Final = 2
-SERIALIZATION_FAILURE: Final = 3
-PARSE_FAILURE: Final = 4
-INVALID_MEMORY_ACCESS: Final = 6
-EMPTY: Final = 7
-CAS_MISMATCH: Final = 8
-INTERNAL_FAILURE: Final = 10
-BROKEN_CONNECTION: Final = 11
-UNIMPLEMENTED: Final = 12
-
-# proxy_buffer_type_t
-BUF_HTTP_REQUEST_BODY: Final = 0
-BUF_HTTP_RESPONSE_BODY: Final = 1
-BUF_DOWNSTREAM_DATA: Final = 2
-BUF_UPSTREAM_DATA: Final = 3
-BUF_HTTP_CALL_RESPONSE_BODY: Final = 4
-BUF_GRPC_RECEIVE: Final = 5
-BUF_VM_CONFIGURATION: Final = 6
-BUF_PLUGIN_CONFIGURATION: Final = 7
-BUF_FOREIGN_FUNCTION_ARGUMENTS: Final = 8
-_MAX_BUFFER_TYPE: Final = 8
-
-# proxy_map_type_t
-MAP_REQUEST_HEADERS: Final = 0
-MAP_REQUEST_TRAILERS: Final = 1
-MAP_RESPONSE_HEADERS: Final = 2
-MAP_RESPONSE_TRAILERS: Final = 3
-MAP_GRPC_INITIAL_METADATA: Final = 4
-MAP_GRPC_TRAILING_METADATA: Final = 5
-MAP_HTTP_CALL_RESPONSE_HEADERS: Final = 6
-MAP_HTTP_CALL_RESPONSE_TRAILERS: Final = 7
-_MAX_MAP_TYPE: Final = 7
+_MAX_BUFFER_TYPE: Final = hostapi.MAX_BUFFER_TYPE
+_MAX_MAP_TYPE: Final = hostapi.MAX_MAP_TYPE
 #: per map type, the names Envoy keeps as one inline entry (adding to one appends ",value": chain.add_header)
 _INLINE: Final = {
     MAP_REQUEST_HEADERS: chain.REQUEST_INLINE_HEADERS,
@@ -69,12 +55,15 @@ _INLINE: Final = {
 }
 _NO_INLINE: frozenset[bytes] = frozenset()
 
-# proxy_stream_type_t
-STREAM_REQUEST, STREAM_RESPONSE, STREAM_DOWNSTREAM, STREAM_UPSTREAM = range(4)
-
 _U32: Final = 0xFFFF_FFFF
 _READ_ONLY_BUFFERS: Final = frozenset(
-    {BUF_HTTP_CALL_RESPONSE_BODY, BUF_GRPC_RECEIVE, BUF_VM_CONFIGURATION, BUF_PLUGIN_CONFIGURATION, 8}
+    {
+        BUF_HTTP_CALL_RESPONSE_BODY,
+        BUF_GRPC_RECEIVE,
+        BUF_VM_CONFIGURATION,
+        BUF_PLUGIN_CONFIGURATION,
+        BUF_FOREIGN_FUNCTION_ARGUMENTS,
+    }
 )
 
 HostFunc = vm.HostFunc
@@ -94,7 +83,7 @@ def _shim(fn: Callable[..., int]) -> vm.Faulting:
 class HostCalls:
     """The import implementations for one VM. Methods are named after the imports they implement."""
 
-    def __init__(self, wvm: WasmVm) -> None:
+    def __init__(self, wvm: hostapi.Vm) -> None:
         self.vm = wvm
         self.wasi = wasi.Wasi(wvm)
         self._warned: set[str] = set()
@@ -184,10 +173,8 @@ class HostCalls:
         if ctx is None:
             return NOT_FOUND
         root = ctx.root
-        if root.in_callback == "vm_start":
-            data = root.plugin_ref.config.vm_configuration
-        else:
-            data = root.plugin_ref.config.configuration
+        config = root.plugin_ref.config
+        data = config.vm_configuration if root.in_callback == "vm_start" else config.configuration
         return self._give(data, ptr_ptr, size_ptr)
 
     def proxy_get_buffer_bytes(self, btype: int, start: int, max_size: int, ptr_ptr: int, size_ptr: int) -> int:
@@ -330,30 +317,10 @@ class HostCalls:
 
     # -- stream control, local replies -------------------------------------------------------------
     def _stream(self, stype: int, *, close: bool) -> int:
-        from meshplug.agent.host import HttpContext, TcpStream  # noqa: PLC0415 -- host imports this module
-
-        if stype > STREAM_UPSTREAM:
-            return BAD_ARGUMENT
         ctx = self._ctx()
-        if isinstance(ctx, HttpContext):
-            if stype > STREAM_RESPONSE:
-                return BAD_ARGUMENT
-            control = ctx.control
-            if close:
-                self.vm.defer(control.close)
-            else:
-                direction = Direction.REQUEST if stype == STREAM_REQUEST else Direction.RESPONSE
-                self.vm.defer(lambda: control.resume(direction))
+        if ctx is None:
             return OK
-        if isinstance(ctx, TcpStream):
-            if stype == STREAM_UPSTREAM and not close:
-                return UNIMPLEMENTED
-            if close:
-                ctx.closed = True
-            else:
-                ctx.resumed.add(stype)
-            return OK
-        return OK
+        return ctx.close_stream(stype) if close else ctx.continue_stream(stype)
 
     def proxy_continue_stream(self, stype: int) -> int:
         return self._stream(stype, close=False)
@@ -368,22 +335,22 @@ class HostCalls:
         return self._stream(STREAM_RESPONSE, close=False)
 
     def proxy_clear_route_cache(self) -> int:
+        ctx = self._ctx()
+        if ctx is not None:
+            ctx.clear_route_cache()
         return OK
 
     def proxy_send_local_response(  # noqa: PLR0917 -- the ABI's argument list
         self, status: int, dptr: int, dsize: int, bptr: int, bsize: int, hptr: int, hsize: int, grpc: int
     ) -> int:
-        from meshplug.agent.host import HttpContext  # noqa: PLC0415
-
         details = b"_".join(self.guest.read(dptr, dsize).split()).decode(errors="replace")
         body = self.guest.read(bptr, bsize)
         headers = tuple((k.lower(), v) for k, v in pairs.decode(self.guest.read(hptr, hsize)))
         grpc_status = grpc if grpc <= 16 else None
         ctx = self._ctx()
-        if not isinstance(ctx, HttpContext):
+        if ctx is None:
             return BAD_ARGUMENT
-        self.vm.host.local_reply(ctx, LocalReply(status, headers, body, details, grpc_status))
-        return OK
+        return ctx.send_local_response(LocalReply(status, headers, body, details, grpc_status))
 
     def proxy_get_status(self, code_ptr: int, ptr_ptr: int, size_ptr: int) -> int:
         ctx = self._ctx()
@@ -537,14 +504,8 @@ class HostCalls:
         return OK
 
     def proxy_done(self) -> int:
-        from meshplug.agent.host import RootContext  # noqa: PLC0415
-
         ctx = self._ctx()
-        if not isinstance(ctx, RootContext) or not ctx.done_pending:
-            return NOT_FOUND
-        ctx.done_pending = False
-        self.vm.defer(ctx.plugin_ref.delete_root)
-        return OK
+        return ctx.done() if ctx is not None else NOT_FOUND
 
     def proxy_call_foreign_function(  # noqa: PLR0917 -- the ABI's argument list
         self, nptr: int, nsize: int, aptr: int, asize: int, ptr_ptr: int, size_ptr: int

@@ -30,6 +30,9 @@ A trap, a budget overrun, a memory bomb or `proc_exit` fails that VM only: the c
 FAIL_RELOAD starts a fresh VM for the next stream (the failing stream still gets 503, as in Envoy), then
 backs off between reloads while the reloaded VMs keep failing (Envoy's ReloadConfig; 503 meanwhile).
 
+The imports (meshplug.agent.abi, one table of thin shims) work over the interface in meshplug.agent.hostapi
+(contexts, the VM, the host as the ABI sees them), which this module implements: nothing below it imports it.
+
 Per request the host does no work for callbacks a module does not export (resolved once per VM, `cb`);
 a plugin the request never reached (a local reply before it) still gets context_create + on_log +
 on_done + on_delete at the end, as Envoy's access-log hook does.
@@ -49,8 +52,47 @@ from typing import Any, Final
 import wasmtime
 
 from meshplug import abi_table, errors, limits
-from meshplug.agent import abi, chain, vm
+from meshplug.agent import abi, chain, hostapi, vm
 from meshplug.agent.chain import Action, Direction, FailStrategy, LocalReply, Phase
+from meshplug.agent.hostapi import (
+    CRITICAL,
+    DEBUG,
+    ERROR,
+    INFO,
+    KIND_HTTP,
+    KIND_TCP,
+    TRACE,
+    WARN,
+    Context,
+    Metrics,
+    PluginConfig,
+    RootContext,
+    SharedData,
+)
+
+__all__ = [
+    "CRITICAL",
+    "DEBUG",
+    "ERROR",
+    "INFO",
+    "TRACE",
+    "WARN",
+    "ConnectionInfo",
+    "Context",
+    "Headers",
+    "Host",
+    "HttpCallout",
+    "HttpCalloutResult",
+    "HttpContext",
+    "LogRecord",
+    "Metrics",
+    "Plugin",
+    "PluginConfig",
+    "RootContext",
+    "SharedData",
+    "TcpStream",
+    "WasmVm",
+]
 
 log = logging.getLogger("meshplug.agent.host")
 
@@ -66,8 +108,6 @@ plugin_log = logging.getLogger("meshplug.agent.plugin")
 
 Headers = chain.Headers
 
-# proxy_log_level_t
-TRACE, DEBUG, INFO, WARN, ERROR, CRITICAL = range(6)
 _PY_LEVEL: Final = {
     TRACE: logging.DEBUG,
     DEBUG: logging.DEBUG,
@@ -76,21 +116,6 @@ _PY_LEVEL: Final = {
     ERROR: logging.ERROR,
     CRITICAL: logging.CRITICAL,
 }
-
-
-@dataclass(frozen=True)
-class PluginConfig:
-    """One plugin as the agent was told to run it (a WasmPlugin resource after defaulting)."""
-
-    name: str
-    root_id: str = ""
-    vm_id: str = ""
-    configuration: bytes = b""
-    vm_configuration: bytes = b""
-    fail_strategy: FailStrategy = FailStrategy.FAIL_CLOSE
-    phase: Phase = Phase.UNSPECIFIED
-    priority: int | None = None
-    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,25 +145,6 @@ class LogRecord:
 
 
 # --- process-wide shared state ----------------------------------------------------------------------
-class SharedData:
-    """Key/value store with CAS, one namespace per vm_id (proxy-wasm-cpp-host semantics)."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, dict[bytes, tuple[bytes, int]]] = {}
-        self._cas = itertools.count(1)
-
-    def get(self, vm_id: str, key: bytes) -> tuple[bytes, int] | None:
-        return self._data.get(vm_id, {}).get(key)
-
-    def set(self, vm_id: str, key: bytes, value: bytes, cas: int) -> bool:
-        space = self._data.setdefault(vm_id, {})
-        current = space.get(key)
-        if cas and current is not None and current[1] != cas:
-            return False
-        space[key] = (value, next(self._cas))
-        return True
-
-
 @dataclass
 class _Queue:
     id: int
@@ -148,36 +154,6 @@ class _Queue:
     owner: tuple[WasmVm, int] | None = None  # (vm, root context id) receiving on_queue_ready
 
 
-class Metrics:
-    """Plugin-defined metrics; ids carry the type in the low 2 bits (cpp-host)."""
-
-    COUNTER: Final = 0
-    GAUGE: Final = 1
-    HISTOGRAM: Final = 2
-
-    def __init__(self) -> None:
-        self._by_name: dict[tuple[int, bytes], int] = {}
-        self.kind: dict[int, int] = {}
-        self.name: dict[int, bytes] = {}
-        self.value: dict[int, int] = {}
-        self.samples: dict[int, list[int]] = {}
-        self._seq = [itertools.count(1) for _ in range(3)]
-
-    def define(self, kind: int, name: bytes) -> int:
-        key = (kind, name)
-        if key not in self._by_name:
-            mid = (next(self._seq[kind]) << 2) | kind
-            self._by_name[key] = mid
-            self.kind[mid] = kind
-            self.name[mid] = name
-            self.value[mid] = 0
-            self.samples[mid] = []
-        return self._by_name[key]
-
-    def snapshot(self) -> dict[str, int]:
-        return {self.name[m].decode(errors="replace"): v for m, v in self.value.items()}
-
-
 # --- contexts ---------------------------------------------------------------------------------------
 #: proxy-wasm body results 0-2 (3 and above: StopIterationNoBuffer)
 _BODY_ACTIONS: Final = (Action.CONTINUE, Action.BUFFER, Action.WATERMARK)
@@ -185,83 +161,34 @@ _CONTINUE: Final = Action.CONTINUE
 _REQUEST: Final = Direction.REQUEST
 
 
-class Context:
-    """A proxy-wasm context on one VM. Shims act on `vm.effective` through these methods."""
-
-    def __init__(self, vm_: WasmVm, cid: int, root: RootContext | None) -> None:
-        self.vm = vm_
-        self.id = cid
-        self.root: RootContext = root if root is not None else self  # type: ignore[assignment]
-        self.properties: dict[bytes, bytes] = {}
-        self.deleted = False
-
-    @property
-    def plugin(self) -> Plugin:
-        return self.root.plugin_ref
-
-    def header_map(self, map_type: int) -> Headers | None:
-        return None
-
-    def buffer(self, buffer_type: int) -> bytes | bytearray | None:
-        return None
-
-    def writable_buffer(self, buffer_type: int) -> bytearray | None:
-        return None
-
-
-class RootContext(Context):
-    def __init__(self, vm_: WasmVm, cid: int, plugin: Plugin) -> None:
-        super().__init__(vm_, cid, None)
-        self.plugin_ref = plugin
-        self.buffers: dict[int, bytes] = {}
-        self.maps: dict[int, Headers] = {}
-        self.in_callback = ""
-        self.tick_period_ms = 0
-        self.next_tick: float | None = None
-        self.status: tuple[int, bytes] = (0, b"")
-        self.done_pending = False
-        #: properties declared with the declare_property foreign function: path -> read-only
-        self.declared: dict[bytes, bool] = {}
-
-    def header_map(self, map_type: int) -> Headers | None:
-        return self.maps.get(map_type)
-
-    def buffer(self, buffer_type: int) -> bytes | bytearray | None:
-        if buffer_type == abi.BUF_VM_CONFIGURATION:
-            return self.plugin_ref.config.vm_configuration
-        return self.buffers.get(buffer_type)
-
-
 class HttpContext(Context):
     """One plugin's context for one HTTP stream; implements chain.FilterStream."""
 
-    def __init__(self, vm_: WasmVm, root: RootContext, control: chain.StreamControl) -> None:
-        super().__init__(vm_, 0, root)
+    def __init__(self, vm_: WasmVm, root: RootContext, control: chain.StreamControl, plugin: Plugin) -> None:
+        super().__init__(vm_, 0, root, KIND_HTTP)
+        self.wvm = vm_
         self.control = control
         #: the stream's header lists (the chain keeps each list's identity for the stream's life), by direction
         self.maps = (control.headers(Direction.REQUEST), control.headers(Direction.RESPONSE))
         self.created = False
-        self.local_reply_sent = False
-        self.plugin_ref = root.plugin_ref
-        self.generation = root.plugin_ref.generation
-        self.completed_ns = 0
+        self.plugin_ref = plugin
+        self.generation = plugin.generation
         self.eos_body: Direction | None = None  # inside the end-of-stream body callback of this direction
-        #: Envoy attaches the request headers to the context only from on_request_headers until it
-        #: continues (and again in the access-log phase): header-derived request.* properties follow
-        self.request_headers_attached = False
-        #: the same for the response headers: from on_response_headers until it continues, and in on_log
-        #: (response.headers.* NotFound in on_response_body; checked against Envoy 1.40)
-        self.response_headers_attached = False
+        # request_headers_attached (hostapi.Context): Envoy attaches the request headers to the context only
+        # from on_request_headers until it continues (and again in the access-log phase): header-derived
+        # request.* properties follow. response_headers_attached: the same for the response headers, from
+        # on_response_headers until it continues, and in on_log (response.headers.* NotFound in
+        # on_response_body; checked against Envoy 1.40)
 
     # map/buffer access for shims
     def header_map(self, map_type: int) -> Headers | None:
-        if map_type == abi.MAP_REQUEST_HEADERS:
+        if map_type == hostapi.MAP_REQUEST_HEADERS:
             return self.maps[0]
-        if map_type == abi.MAP_REQUEST_TRAILERS:
+        if map_type == hostapi.MAP_REQUEST_TRAILERS:
             return self._trailers(Direction.REQUEST)
-        if map_type == abi.MAP_RESPONSE_HEADERS:
+        if map_type == hostapi.MAP_RESPONSE_HEADERS:
             return self.maps[1]
-        if map_type == abi.MAP_RESPONSE_TRAILERS:
+        if map_type == hostapi.MAP_RESPONSE_TRAILERS:
             return self._trailers(Direction.RESPONSE)
         return self.root.maps.get(map_type)
 
@@ -275,18 +202,51 @@ class HttpContext(Context):
         return self.writable_buffer(buffer_type) or self.root.buffer(buffer_type)
 
     def writable_buffer(self, buffer_type: int) -> bytearray | None:
-        if buffer_type == abi.BUF_HTTP_REQUEST_BODY:
+        if buffer_type == hostapi.BUF_HTTP_REQUEST_BODY:
             return self.control.body(Direction.REQUEST)
-        if buffer_type == abi.BUF_HTTP_RESPONSE_BODY:
+        if buffer_type == hostapi.BUF_HTTP_RESPONSE_BODY:
             return self.control.body(Direction.RESPONSE)
         return None
 
+    def stream_info(self) -> chain.StreamInfo:
+        return self.control.info
+
+    def stream_control(self) -> chain.StreamControl:
+        return self.control
+
+    # stream actions for the imports (run after the guest call returns)
+    def continue_stream(self, stream_type: int) -> int:
+        if stream_type > hostapi.STREAM_RESPONSE:
+            return hostapi.BAD_ARGUMENT
+        control = self.control
+        direction = Direction.REQUEST if stream_type == hostapi.STREAM_REQUEST else Direction.RESPONSE
+        self.wvm.defer(lambda: control.resume(direction))
+        return hostapi.OK
+
+    def close_stream(self, stream_type: int) -> int:
+        if stream_type > hostapi.STREAM_RESPONSE:
+            return hostapi.BAD_ARGUMENT
+        self.wvm.defer(self.control.close)
+        return hostapi.OK
+
+    def send_local_response(self, reply: LocalReply) -> int:
+        # cpp-host's stopNextIteration is VM-wide and cleared when the VM call returns: it forces the stream
+        # callback in flight to stop, whichever context the reply is for; a reply sent from a root callback
+        # (proxy_on_http_call_response with the effective context set) forces nothing -- the stream's next
+        # callback, the reply's own on_response_headers, keeps its own result
+        current = self.wvm.current
+        if current is not None and current.kind == KIND_HTTP:
+            current.local_reply_sent = True
+        control = self.control
+        self.wvm.defer(lambda: control.send_local_reply(reply))
+        return hostapi.OK
+
     # chain.FilterStream
     def _alive(self) -> bool:
-        return self.vm.failed is None and not self.deleted and self.generation == self.plugin_ref.generation
+        return self.wvm.failed is None and not self.deleted and self.generation == self.plugin_ref.generation
 
     def _ensure(self) -> bool:
-        wvm = self.vm
+        wvm = self.wvm
         if (
             wvm.failed is not None
             or self.deleted
@@ -306,14 +266,14 @@ class HttpContext(Context):
 
     def _ready(self) -> bool:
         """`_ensure()`, with the common case (created, alive) in one test."""
-        if self.created and self.vm.failed is None and not self.deleted:
+        if self.created and self.wvm.failed is None and not self.deleted:
             return self.generation == self.plugin_ref.generation
         return self._ensure()
 
     def on_headers(self, direction: Direction, end_stream: bool) -> Action:
         if not self._ready():
             return Action.FAIL
-        wvm = self.vm
+        wvm = self.wvm
         cb = wvm.cb
         fn = cb.headers[direction]
         if fn is None:  # not exported: nothing to call (Envoy calls only exported callbacks)
@@ -346,7 +306,7 @@ class HttpContext(Context):
     def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
         if not self._ready():
             return Action.FAIL
-        wvm = self.vm
+        wvm = self.wvm
         fn = wvm.cb.body[direction]
         if fn is None:
             return _CONTINUE
@@ -364,10 +324,10 @@ class HttpContext(Context):
     def on_trailers(self, direction: Direction) -> Action:
         if not self._ready():
             return Action.FAIL
-        fn = self.vm.cb.trailers[direction]
+        fn = self.wvm.cb.trailers[direction]
         if fn is None:
             return Action.CONTINUE
-        return self._action(self.vm.call_fn(self, fn, self.id, len(self.control.trailers(direction))), body=False)
+        return self._action(self.wvm.call_fn(self, fn, self.id, len(self.control.trailers(direction))), body=False)
 
     def _action(self, r: int, *, body: bool) -> Action:
         """Map a callback's result (-1: the VM failed) to the chain's Action (ABI ref. 1.7)."""
@@ -391,7 +351,7 @@ class HttpContext(Context):
             # Envoy's access-log hook creates the context of a filter the request never reached
             # (a local reply or reset before it) so that on_log / on_done / on_delete stay balanced
             return
-        wvm = self.vm
+        wvm = self.wvm
         # Envoy HTTP order: access log, then done, then delete (the exported ones: cb.end); each while the
         # context is alive
         for fn in wvm.cb.end:
@@ -416,7 +376,8 @@ class TcpStream(Context):
     """
 
     def __init__(self, vm_: WasmVm, root: RootContext, info: chain.StreamInfo) -> None:
-        super().__init__(vm_, vm_.next_id(), root)
+        super().__init__(vm_, vm_.next_id(), root, KIND_TCP)
+        self.wvm = vm_
         self.info = info
         self.downstream = bytearray()
         self.upstream = bytearray()
@@ -425,24 +386,41 @@ class TcpStream(Context):
         vm_.contexts[self.id] = self
 
     def writable_buffer(self, buffer_type: int) -> bytearray | None:
-        if buffer_type == abi.BUF_DOWNSTREAM_DATA:
+        if buffer_type == hostapi.BUF_DOWNSTREAM_DATA:
             return self.downstream
-        if buffer_type == abi.BUF_UPSTREAM_DATA:
+        if buffer_type == hostapi.BUF_UPSTREAM_DATA:
             return self.upstream
         return None
 
     def buffer(self, buffer_type: int) -> bytes | bytearray | None:
         return self.writable_buffer(buffer_type) or self.root.buffer(buffer_type)
 
+    def stream_info(self) -> chain.StreamInfo:
+        return self.info
+
+    def continue_stream(self, stream_type: int) -> int:
+        if stream_type > hostapi.STREAM_UPSTREAM:
+            return hostapi.BAD_ARGUMENT
+        if stream_type == hostapi.STREAM_UPSTREAM:
+            return hostapi.UNIMPLEMENTED
+        self.resumed.add(stream_type)
+        return hostapi.OK
+
+    def close_stream(self, stream_type: int) -> int:
+        if stream_type > hostapi.STREAM_UPSTREAM:
+            return hostapi.BAD_ARGUMENT
+        self.closed = True
+        return hostapi.OK
+
     def start(self) -> Action:
-        if not self.vm.invoke(self, "proxy_on_context_create", self.id, self.root.id):
+        if not self.wvm.invoke(self, "proxy_on_context_create", self.id, self.root.id):
             return Action.FAIL
-        ok, r = self.vm.call(self, "proxy_on_new_connection", self.id)
+        ok, r = self.wvm.call(self, "proxy_on_new_connection", self.id)
         return Action.FAIL if not ok else (Action.CONTINUE if not r else Action.STOP)
 
     def _data(self, buf: bytearray, name: str, data: bytes, end_stream: bool) -> tuple[Action, bytes]:
         buf += data
-        ok, r = self.vm.call(self, name, self.id, len(buf), int(end_stream))
+        ok, r = self.wvm.call(self, name, self.id, len(buf), int(end_stream))
         if not ok:
             return Action.FAIL, b""
         if r:
@@ -459,16 +437,16 @@ class TcpStream(Context):
 
     def on_close(self, peer: str, peer_type: int = 2) -> None:
         name = "proxy_on_downstream_connection_close" if peer == "downstream" else "proxy_on_upstream_connection_close"
-        self.vm.invoke(self, name, self.id, peer_type)
+        self.wvm.invoke(self, name, self.id, peer_type)
 
     def finish(self) -> None:
         if not self.deleted:
             # cpp-host network order: done, log, delete
-            self.vm.invoke(self, "proxy_on_done", self.id)
-            self.vm.invoke(self, "proxy_on_log", self.id)
-            self.vm.invoke(self, "proxy_on_delete", self.id)
+            self.wvm.invoke(self, "proxy_on_done", self.id)
+            self.wvm.invoke(self, "proxy_on_log", self.id)
+            self.wvm.invoke(self, "proxy_on_delete", self.id)
             self.deleted = True
-            self.vm.contexts.pop(self.id, None)
+            self.wvm.contexts.pop(self.id, None)
 
 
 class _FailedStream:
@@ -521,11 +499,12 @@ class _Callbacks:
         return cb
 
 
-class WasmVm:
+class WasmVm(hostapi.Vm):
     """One wasm instance and the contexts living in it."""
 
     def __init__(self, host: Host, module: wasmtime.Module, *, vm_id: str, key: tuple[Any, ...], label: str) -> None:
         self.host = host
+        self.owner = host  # the same, as this module's own type
         self.vm_id = vm_id
         self.key = key
         self.label = label
@@ -576,7 +555,7 @@ class WasmVm:
         if not any(exports.get(n) == vm.Signature(("i32",), ("i32",)) for n in ("proxy_on_memory_allocate", "malloc")):
             raise errors.PluginStartError(f"{self.label}: module exports no allocator", reason="no_allocator")
         self.http_capable = any(name in exports for name in _HTTP_CALLBACKS)
-        guest.set_deadline_ms(self.host.start_deadline_ms)
+        guest.set_deadline_ms(self.owner.start_deadline_ms)
         try:
             guest.instantiate()
             if "_initialize" in guest.exports:
@@ -611,10 +590,10 @@ class WasmVm:
                 raise
 
     def begin_plugin_start(self) -> None:
-        self.guest.set_deadline_ms(self.host.start_deadline_ms)
+        self.guest.set_deadline_ms(self.owner.start_deadline_ms)
 
     def end_plugin_start(self) -> None:
-        self.guest.set_deadline_ms(self.host.deadline_ms)
+        self.guest.set_deadline_ms(self.owner.deadline_ms)
 
     # -- memory ------------------------------------------------------------------------------------
     def allocate(self, size: int) -> int:
@@ -687,7 +666,7 @@ class WasmVm:
         self.failed = exc
         self.after.clear()
         log.error("%s: VM failed (%s): %s", self.label, exc.reason, exc.message)
-        self.host.vm_failed(self)
+        self.owner.vm_failed(self)
         # streams paused on this VM learn it through their control; the one in flight gets Action.FAIL
         for other in list(self.contexts.values()):
             if isinstance(other, HttpContext) and other is not ctx and other.created and not other.deleted:
@@ -695,11 +674,11 @@ class WasmVm:
 
     def log(self, level: int, message: str) -> None:
         plugin = self.effective.plugin.config.name if self.effective is not None else self.label
-        self.host.record_log(plugin, level, message)
+        self.owner.record_log(plugin, level, message)
 
 
 # --- plugin -----------------------------------------------------------------------------------------
-class Plugin:
+class Plugin(hostapi.PluginRef):
     """A configured plugin (root context) on a VM; implements chain.Filter."""
 
     def __init__(self, host: Host, config: PluginConfig, module: wasmtime.Module, digest: str) -> None:
@@ -753,13 +732,13 @@ class Plugin:
             if not ok or (r == 0 and r is not None):
                 raise self._start_error("proxy_on_vm_start")
             root.in_callback = "configure"
-            root.buffers[abi.BUF_PLUGIN_CONFIGURATION] = self.config.configuration
+            root.buffers[hostapi.BUF_PLUGIN_CONFIGURATION] = self.config.configuration
             ok, r = wvm.call(root, "proxy_on_configure", root.id, len(self.config.configuration))
             if not ok or (r == 0 and r is not None):
                 raise self._start_error("proxy_on_configure")
         finally:
             root.in_callback = ""
-            root.buffers.pop(abi.BUF_PLUGIN_CONFIGURATION, None)
+            root.buffers.pop(hostapi.BUF_PLUGIN_CONFIGURATION, None)
             wvm.end_plugin_start()
 
     def _start_error(self, step: str) -> errors.PluginStartError:
@@ -776,7 +755,7 @@ class Plugin:
                 return _FailedStream()
             if self.config.fail_strategy == FailStrategy.FAIL_CLOSE:
                 return _FailedStream()
-        return HttpContext(self.vm, self.root, control)
+        return HttpContext(self.vm, self.root, control, self)
 
     def new_connection(self, info: chain.StreamInfo | None = None) -> TcpStream | None:
         if self.vm.failed is not None and not (self.config.fail_strategy == FailStrategy.FAIL_RELOAD and self.reload()):
@@ -832,7 +811,7 @@ class Plugin:
 
 
 # --- the host ---------------------------------------------------------------------------------------
-class Host:
+class Host(hostapi.Host):
     """Everything plugins share in one process: runtime, VMs, shared data/queues, metrics, callouts, timers."""
 
     def __init__(
@@ -941,7 +920,7 @@ class Host:
     # -- http callouts -------------------------------------------------------------------------------
     def dispatch_http_call(
         self,
-        wvm: WasmVm,
+        wvm: hostapi.Vm,
         root: RootContext,
         *,
         upstream: str,
@@ -950,6 +929,7 @@ class Host:
         trailers: Headers,
         timeout_ms: int,
     ) -> int:
+        assert isinstance(wvm, WasmVm)
         token = wvm.next_token()
         cid = next(self._callout_ids)
         self._callouts[cid] = (wvm, root, token)
@@ -970,20 +950,20 @@ class Host:
         if wvm.failed is not None or root.deleted:
             return
         if result is None:
-            root.status = (abi.BROKEN_CONNECTION, b"reset")
+            root.status = (hostapi.BROKEN_CONNECTION, b"reset")
             args = (root.id, token, 0, 0, 0)
         else:
-            root.status = (abi.OK, b"")
-            root.maps[abi.MAP_HTTP_CALL_RESPONSE_HEADERS] = list(result.headers)
-            root.maps[abi.MAP_HTTP_CALL_RESPONSE_TRAILERS] = list(result.trailers)
-            root.buffers[abi.BUF_HTTP_CALL_RESPONSE_BODY] = result.body
+            root.status = (hostapi.OK, b"")
+            root.maps[hostapi.MAP_HTTP_CALL_RESPONSE_HEADERS] = list(result.headers)
+            root.maps[hostapi.MAP_HTTP_CALL_RESPONSE_TRAILERS] = list(result.trailers)
+            root.buffers[hostapi.BUF_HTTP_CALL_RESPONSE_BODY] = result.body
             args = (root.id, token, len(result.headers), len(result.body), len(result.trailers))
         try:
             wvm.invoke(root, "proxy_on_http_call_response", *args)
         finally:
-            root.maps.pop(abi.MAP_HTTP_CALL_RESPONSE_HEADERS, None)
-            root.maps.pop(abi.MAP_HTTP_CALL_RESPONSE_TRAILERS, None)
-            root.buffers.pop(abi.BUF_HTTP_CALL_RESPONSE_BODY, None)
+            root.maps.pop(hostapi.MAP_HTTP_CALL_RESPONSE_HEADERS, None)
+            root.maps.pop(hostapi.MAP_HTTP_CALL_RESPONSE_TRAILERS, None)
+            root.buffers.pop(hostapi.BUF_HTTP_CALL_RESPONSE_BODY, None)
 
     # -- timers --------------------------------------------------------------------------------------
     def set_tick_period(self, root: RootContext, period_ms: int) -> None:
@@ -991,27 +971,29 @@ class Host:
         root.next_tick = time.monotonic() + period_ms / 1000.0 if period_ms else None
         self._wake()
 
-    def _roots(self) -> list[RootContext]:
-        return [p.root for p in self.plugins if p.vm.failed is None and not p.root.deleted]
+    def _roots(self) -> list[Plugin]:
+        return [p for p in self.plugins if p.vm.failed is None and not p.root.deleted]
 
     def next_timer(self) -> float | None:
         """Monotonic time of the next due tick, or None."""
-        due = [r.next_tick for r in self._roots() if r.next_tick is not None]
+        due = [p.root.next_tick for p in self._roots() if p.root.next_tick is not None]
         return min(due) if due else None
 
     def run_timers(self, now: float | None = None) -> int:
         """Call proxy_on_tick on every root whose tick is due; returns how many ran."""
         now = time.monotonic() if now is None else now
         ran = 0
-        for root in self._roots():
+        for plugin in self._roots():
+            root = plugin.root
             if root.next_tick is not None and root.next_tick <= now and root.tick_period_ms:
                 root.next_tick = now + root.tick_period_ms / 1000.0
-                root.vm.invoke(root, "proxy_on_tick", root.id)
+                plugin.vm.invoke(root, "proxy_on_tick", root.id)
                 ran += 1
         return ran
 
     # -- shared queues -------------------------------------------------------------------------------
-    def register_queue(self, wvm: WasmVm, root: RootContext, name: bytes) -> int:
+    def register_queue(self, wvm: hostapi.Vm, root: RootContext, name: bytes) -> int:
+        assert isinstance(wvm, WasmVm)
         key = (wvm.vm_id, name)
         qid = self._queue_names.get(key)
         if qid is None:
@@ -1058,14 +1040,3 @@ class Host:
                 wvm.invoke(root, "proxy_on_queue_ready", root_id, qid)
                 ran += 1
         return ran
-
-    # -- shared data ---------------------------------------------------------------------------------
-    def local_reply(self, ctx: HttpContext, reply: LocalReply) -> None:
-        # cpp-host's stopNextIteration is VM-wide and cleared when the VM call returns: it forces the stream
-        # callback in flight to stop, whichever context the reply is for; a reply sent from a root callback
-        # (proxy_on_http_call_response with the effective context set) forces nothing -- the stream's next
-        # callback, the reply's own on_response_headers, keeps its own result
-        current = ctx.vm.current
-        if isinstance(current, HttpContext):
-            current.local_reply_sent = True
-        ctx.vm.defer(lambda: ctx.control.send_local_reply(reply))

@@ -22,14 +22,12 @@ probe guest.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Final
+from typing import Final
 from urllib.parse import urlsplit
 
-from meshplug.agent import pairs
+from meshplug.agent import hostapi, pairs
 from meshplug.agent.chain import Direction
-
-if TYPE_CHECKING:
-    from meshplug.agent.host import Context
+from meshplug.agent.hostapi import Context
 
 _I64: Final = struct.Struct("<q")
 
@@ -87,22 +85,19 @@ def _address(host: str, port: int) -> bytes:
 
 
 def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
-    from meshplug.agent.host import HttpContext, TcpStream  # noqa: PLC0415 -- host imports abi imports us
-
-    if isinstance(ctx, HttpContext):
-        control = ctx.control
-        info = control.info
+    info = ctx.stream_info()
+    if info is None:
+        return None
+    control = ctx.stream_control()
+    if control is not None:
         req = control.headers(Direction.REQUEST)
         resp = control.headers(Direction.RESPONSE)
-    elif isinstance(ctx, TcpStream):
-        info = ctx.info
-        req, resp = [], []
     else:
-        return None
+        req, resp = [], []
     head = segs[0]
     if head == b"request" and len(segs) >= 2:
         key = segs[1]
-        attached = not isinstance(ctx, HttpContext) or ctx.request_headers_attached
+        attached = control is None or ctx.request_headers_attached
         if not attached:
             if key in _REQUEST_HEADER_KEYS:
                 return None  # Envoy: no request header map outside the request-header callbacks
@@ -125,8 +120,8 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
             return info.protocol.encode()
         if key == b"time":
             return enc_int(info.start_time_ns) if info.start_time_ns else None
-        if isinstance(ctx, HttpContext):
-            received = ctx.control.bytes_received
+        if control is not None:
+            received = control.bytes_received
             if key == b"size":  # Envoy: content-length when present, else the body bytes received
                 length = _header(req, b"content-length")
                 if length is None or not attached:
@@ -144,9 +139,8 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
         if key == b"code":
             status = _header(resp, b":status")
             return enc_int(int(status)) if status and status.isdigit() else None
-        if not isinstance(ctx, HttpContext):
+        if control is None:
             return None
-        control = ctx.control
         attached = ctx.response_headers_attached
         if key == b"headers":
             if not attached:
@@ -205,9 +199,7 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
 
 
 def _cluster_name(ctx: Context) -> bytes | None:
-    from meshplug.agent.host import HttpContext, TcpStream  # noqa: PLC0415
-
-    info = ctx.control.info if isinstance(ctx, HttpContext) else ctx.info if isinstance(ctx, TcpStream) else None
+    info = ctx.stream_info()
     return info.cluster_name.encode() if info is not None and info.cluster_name else None
 
 
@@ -229,9 +221,7 @@ def _node_value(ctx: Context, segs: list[bytes]) -> bytes | None:
 
 
 def _plugin_value(ctx: Context, name: bytes) -> bytes | None:
-    from meshplug.agent.host import PluginConfig  # noqa: PLC0415
-
-    config: PluginConfig = ctx.plugin.config
+    config: hostapi.PluginConfig = ctx.plugin.config
     if name == b"plugin_name":
         return config.name.encode()
     if name == b"plugin_root_id":

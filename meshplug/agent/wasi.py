@@ -12,13 +12,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from meshplug import limits
-from meshplug.agent import vm
-
-if TYPE_CHECKING:
-    from meshplug.agent.host import WasmVm
+from meshplug.agent import hostapi, vm
 
 ERRNO_SUCCESS = 0
 ERRNO_BADF = 8
@@ -34,7 +30,7 @@ _STD = (1, 2)
 class Wasi:
     """The WASI functions of one VM."""
 
-    def __init__(self, wvm: WasmVm) -> None:
+    def __init__(self, wvm: hostapi.Vm) -> None:
         self.vm = wvm
 
     def shim(self, name: str) -> Callable[..., int | None] | None:

@@ -1,0 +1,317 @@
+"""The host interface the proxy-wasm imports work over: contexts, the VM and the host as the ABI sees them.
+
+proxy-wasm-cpp-host keeps its imports (exports.cc) as a table of thin functions over `ContextBase` and
+`WasmBase`; this module is the same seam for meshplug. `meshplug.agent.abi` (the import table),
+`meshplug.agent.properties` (proxy_get_property) and `meshplug.agent.wasi` import only this module and
+never the host; `meshplug.agent.host` implements it (WasmVm is a `Vm`, Host a `Host`, its stream contexts
+are `Context`s) and imports them. The .importlinter contract "wasm-host-layers" keeps it that way:
+host -> abi -> properties | wasi -> hostapi.
+
+What lives here is what both sides must agree on: the ABI's enums (statuses, buffer, map, stream and log
+types), a plugin's configuration (`PluginConfig`), the process-wide shared stores with their semantics
+(`SharedData`, `Metrics`), and the base classes whose methods the imports call. A context answers for its own
+kind (root, HTTP stream, TCP connection) through methods -- `continue_stream`, `close_stream`,
+`send_local_response`, `done`, `clear_route_cache`, the map and buffer accessors -- with the root-context
+answers as defaults, so no import asks "which kind of context is this" (cpp-host's virtual methods).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from meshplug.agent import chain, vm
+from meshplug.agent.chain import FailStrategy, Phase
+
+# proxy_status_t
+OK: Final = 0
+NOT_FOUND: Final = 1
+BAD_ARGUMENT: Final = 2
+SERIALIZATION_FAILURE: Final = 3
+PARSE_FAILURE: Final = 4
+INVALID_MEMORY_ACCESS: Final = 6
+EMPTY: Final = 7
+CAS_MISMATCH: Final = 8
+INTERNAL_FAILURE: Final = 10
+BROKEN_CONNECTION: Final = 11
+UNIMPLEMENTED: Final = 12
+
+# proxy_buffer_type_t
+BUF_HTTP_REQUEST_BODY: Final = 0
+BUF_HTTP_RESPONSE_BODY: Final = 1
+BUF_DOWNSTREAM_DATA: Final = 2
+BUF_UPSTREAM_DATA: Final = 3
+BUF_HTTP_CALL_RESPONSE_BODY: Final = 4
+BUF_GRPC_RECEIVE: Final = 5
+BUF_VM_CONFIGURATION: Final = 6
+BUF_PLUGIN_CONFIGURATION: Final = 7
+BUF_FOREIGN_FUNCTION_ARGUMENTS: Final = 8
+MAX_BUFFER_TYPE: Final = 8
+
+# proxy_map_type_t
+MAP_REQUEST_HEADERS: Final = 0
+MAP_REQUEST_TRAILERS: Final = 1
+MAP_RESPONSE_HEADERS: Final = 2
+MAP_RESPONSE_TRAILERS: Final = 3
+MAP_GRPC_INITIAL_METADATA: Final = 4
+MAP_GRPC_TRAILING_METADATA: Final = 5
+MAP_HTTP_CALL_RESPONSE_HEADERS: Final = 6
+MAP_HTTP_CALL_RESPONSE_TRAILERS: Final = 7
+MAX_MAP_TYPE: Final = 7
+
+# proxy_stream_type_t
+STREAM_REQUEST: Final = 0
+STREAM_RESPONSE: Final = 1
+STREAM_DOWNSTREAM: Final = 2
+STREAM_UPSTREAM: Final = 3
+
+# proxy_log_level_t
+TRACE: Final = 0
+DEBUG: Final = 1
+INFO: Final = 2
+WARN: Final = 3
+ERROR: Final = 4
+CRITICAL: Final = 5
+
+# context kinds (what a context answers for; the imports never branch on it, properties do)
+KIND_ROOT: Final = 0
+KIND_HTTP: Final = 1
+KIND_TCP: Final = 2
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """One plugin as the agent was told to run it (a WasmPlugin resource or an Envoy PluginConfig after
+    defaulting). `configuration` / `vm_configuration` are the bytes the plugin reads, as Envoy hands them
+    over (a StringValue's string, a BytesValue's bytes, any other message's serialized protobuf)."""
+
+    name: str
+    root_id: str = ""
+    vm_id: str = ""
+    configuration: bytes = b""
+    vm_configuration: bytes = b""
+    fail_strategy: FailStrategy = FailStrategy.FAIL_CLOSE
+    phase: Phase = Phase.UNSPECIFIED
+    priority: int | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+
+# --- process-wide shared stores ---------------------------------------------------------------------
+class SharedData:
+    """Key/value store with CAS, one namespace per vm_id (proxy-wasm-cpp-host semantics)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, dict[bytes, tuple[bytes, int]]] = {}
+        self._cas = itertools.count(1)
+
+    def get(self, vm_id: str, key: bytes) -> tuple[bytes, int] | None:
+        return self._data.get(vm_id, {}).get(key)
+
+    def set(self, vm_id: str, key: bytes, value: bytes, cas: int) -> bool:
+        space = self._data.setdefault(vm_id, {})
+        current = space.get(key)
+        if cas and current is not None and current[1] != cas:
+            return False
+        space[key] = (value, next(self._cas))
+        return True
+
+
+class Metrics:
+    """Plugin-defined metrics; ids carry the type in the low 2 bits (cpp-host)."""
+
+    COUNTER: Final = 0
+    GAUGE: Final = 1
+    HISTOGRAM: Final = 2
+
+    def __init__(self) -> None:
+        self._by_name: dict[tuple[int, bytes], int] = {}
+        self.kind: dict[int, int] = {}
+        self.name: dict[int, bytes] = {}
+        self.value: dict[int, int] = {}
+        self.samples: dict[int, list[int]] = {}
+        self._seq = [itertools.count(1) for _ in range(3)]
+
+    def define(self, kind: int, name: bytes) -> int:
+        key = (kind, name)
+        if key not in self._by_name:
+            mid = (next(self._seq[kind]) << 2) | kind
+            self._by_name[key] = mid
+            self.kind[mid] = kind
+            self.name[mid] = name
+            self.value[mid] = 0
+            self.samples[mid] = []
+        return self._by_name[key]
+
+    def snapshot(self) -> dict[str, int]:
+        return {self.name[m].decode(errors="replace"): v for m, v in self.value.items()}
+
+
+# --- what the imports call ----------------------------------------------------------------------------
+class Host:
+    """The process-wide services imports reach through `vm.host` (meshplug.agent.host.Host implements it)."""
+
+    log_level: int
+    upstreams: frozenset[str] | None
+    node: dict[str, str]
+    node_id: str
+    cluster: str
+    shared_data: SharedData
+    metrics: Metrics
+    foreign: dict[bytes, Callable[[bytes], bytes | None]]
+
+    def set_tick_period(self, root: RootContext, period_ms: int) -> None:
+        raise NotImplementedError
+
+    def dispatch_http_call(
+        self,
+        wvm: Vm,
+        root: RootContext,
+        *,
+        upstream: str,
+        headers: chain.Headers,
+        body: bytes,
+        trailers: chain.Headers,
+        timeout_ms: int,
+    ) -> int:
+        raise NotImplementedError
+
+    def register_queue(self, wvm: Vm, root: RootContext, name: bytes) -> int:
+        raise NotImplementedError
+
+    def resolve_queue(self, vm_id: str, name: bytes) -> int | None:
+        raise NotImplementedError
+
+    def enqueue(self, qid: int, value: bytes) -> bool:
+        raise NotImplementedError
+
+    def dequeue(self, qid: int) -> bytes | bool | None:
+        raise NotImplementedError
+
+
+class Vm:
+    """One wasm instance as the imports see it (meshplug.agent.host.WasmVm implements it)."""
+
+    host: Host
+    vm_id: str
+    label: str
+    env: tuple[tuple[str, str], ...]
+    contexts: dict[int, Context]
+    current: Context | None
+    effective: Context | None
+    after: list[Callable[[], None]]
+    guest: vm.Guest
+
+    def allocate(self, size: int) -> int:
+        """Allocate `size` (> 0) bytes in the guest; 0 on failure."""
+        raise NotImplementedError
+
+    def next_token(self) -> int:
+        raise NotImplementedError
+
+    def defer(self, action: Callable[[], None]) -> None:
+        """Run `action` after the outermost guest call returns (side effects are never re-entrant)."""
+        self.after.append(action)
+
+    def log(self, level: int, message: str) -> None:
+        raise NotImplementedError
+
+
+class PluginRef:
+    """A configured plugin as its contexts see it (meshplug.agent.host.Plugin implements it)."""
+
+    config: PluginConfig
+
+    def delete_root(self) -> None:
+        raise NotImplementedError
+
+
+class Context:
+    """A proxy-wasm context on one VM. The defaults are a root context's answers; stream contexts
+    override what applies to them."""
+
+    #: facts of an HTTP context that properties read (see meshplug.agent.host.HttpContext)
+    request_headers_attached = False
+    response_headers_attached = False
+    completed_ns = 0
+    #: a local reply was sent during the callback in flight on this context (forces "stop", cpp-host)
+    local_reply_sent = False
+
+    def __init__(self, vm_: Vm, cid: int, root: RootContext | None, kind: int) -> None:
+        self.vm = vm_
+        self.id = cid
+        self.root: RootContext = root if root is not None else self  # type: ignore[assignment]
+        self.kind = kind
+        self.properties: dict[bytes, bytes] = {}
+        self.deleted = False
+
+    @property
+    def plugin(self) -> PluginRef:
+        return self.root.plugin_ref
+
+    def header_map(self, map_type: int) -> chain.Headers | None:
+        return None
+
+    def buffer(self, buffer_type: int) -> bytes | bytearray | None:
+        return None
+
+    def writable_buffer(self, buffer_type: int) -> bytearray | None:
+        return None
+
+    def stream_info(self) -> chain.StreamInfo | None:
+        """The connection/stream facts of a stream context (None for a root)."""
+        return None
+
+    def stream_control(self) -> chain.StreamControl | None:
+        """The HTTP stream an HTTP context acts on (None for roots and TCP contexts)."""
+        return None
+
+    # stream actions (proxy_continue_stream & co.): a root has no stream, cpp-host answers OK
+    def continue_stream(self, stream_type: int) -> int:
+        return OK if stream_type <= STREAM_UPSTREAM else BAD_ARGUMENT
+
+    def close_stream(self, stream_type: int) -> int:
+        return OK if stream_type <= STREAM_UPSTREAM else BAD_ARGUMENT
+
+    def send_local_response(self, reply: chain.LocalReply) -> int:
+        return BAD_ARGUMENT
+
+    def clear_route_cache(self) -> None:
+        return None
+
+    def done(self) -> int:
+        """proxy_done: only a root context whose on_done deferred its deletion may call it."""
+        return NOT_FOUND
+
+
+class RootContext(Context):
+    """A plugin's root context: its configuration buffers, http-call results, tick period, status."""
+
+    def __init__(self, vm_: Vm, cid: int, plugin: PluginRef) -> None:
+        super().__init__(vm_, cid, None, KIND_ROOT)
+        self.plugin_ref = plugin
+        self.buffers: dict[int, bytes] = {}
+        self.maps: dict[int, chain.Headers] = {}
+        self.in_callback = ""
+        self.tick_period_ms = 0
+        self.next_tick: float | None = None
+        self.status: tuple[int, bytes] = (0, b"")
+        self.done_pending = False
+        #: properties declared with the declare_property foreign function: path -> read-only
+        self.declared: dict[bytes, bool] = {}
+
+    def header_map(self, map_type: int) -> chain.Headers | None:
+        return self.maps.get(map_type)
+
+    def buffer(self, buffer_type: int) -> bytes | bytearray | None:
+        if buffer_type == BUF_VM_CONFIGURATION:
+            return self.plugin_ref.config.vm_configuration
+        return self.buffers.get(buffer_type)
+
+    def done(self) -> int:
+        if not self.done_pending:
+            return NOT_FOUND
+        self.done_pending = False
+        self.vm.defer(self.plugin_ref.delete_root)
+        return OK
