@@ -1,4 +1,6 @@
-"""PluginSpec + Code -> the Envoy wasm filter (``{name, typed_config}``) for an HTTP or network filter chain.
+"""PluginSpec + Code -> the Envoy wasm filter (``{name, typed_config}``) for an HTTP or network filter chain; a
+TrafficExtension's Lua -> Envoy's Lua filter (``envoy.filters.http.lua``, the script inline as
+``default_source_code``, stats under ``<namespace>.<name>``).
 
 Called by `meshplug.render.istio` (the EnvoyFilter patch value) and by tests that embed the filter in a
 bootstrap for ``envoy --mode validate``. Pure: no I/O.
@@ -30,6 +32,7 @@ from meshplug import limits, spec
 from meshplug.render import model
 
 HTTP_WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+HTTP_LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 NETWORK_WASM = "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm"
 STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
 EXTENSION_WITH_MATCHER = "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher"
@@ -86,24 +89,40 @@ def plugin_config(plugin: spec.PluginSpec, code: model.Code) -> dict[str, Any]:
     return config
 
 
+def lua_filter(plugin: spec.PluginSpec) -> dict[str, Any]:
+    """A TrafficExtension's Lua as Envoy's Lua filter (what istiod renders for it, plus a stat prefix)."""
+    assert plugin.lua is not None
+    return {
+        "name": plugin.envoy_name,
+        "typed_config": {
+            "@type": HTTP_LUA,
+            "default_source_code": {"inline_string": plugin.lua},
+            "stat_prefix": plugin.envoy_name,
+        },
+    }
+
+
 def wasm_filter(plugin: spec.PluginSpec, code: model.Code) -> dict[str, Any]:
     """The filter entry (``name`` + ``typed_config``) of an http_filters or filters list."""
     type_url = NETWORK_WASM if plugin.type is spec.PluginType.NETWORK else HTTP_WASM
     return {"name": plugin.envoy_name, "typed_config": {"@type": type_url, "config": plugin_config(plugin, code)}}
 
 
-def plugin_filter(plugin: spec.PluginSpec, code: model.Code) -> dict[str, Any]:
-    """The plugin's HTTP/network filter entry: `wasm_filter`, or with matchRules the composite filter that runs
-    it only for matching requests."""
+def plugin_filter(plugin: spec.PluginSpec, code: model.Code | None) -> dict[str, Any]:
+    """The plugin's HTTP/network filter entry: `wasm_filter` (or `lua_filter`; `code` None), or with matchRules
+    the composite filter that runs it only for matching requests."""
     if not plugin.match_rules:
-        return wasm_filter(plugin, code)
+        return lua_filter(plugin) if plugin.lua is not None else wasm_filter(plugin, _code(code))
     matchers = []
     for i, rule in enumerate(plugin.match_rules):
-        config = plugin_config(plugin, code)
-        if rule.plugin_config is not None:
-            config["vm_config"]["vm_id"] = f"{plugin.envoy_name}.rule{i}"
-            config["configuration"] = {"@type": STRING_VALUE, "value": rule.plugin_config}
-        action = {"name": plugin.envoy_name, "typed_config": {"@type": HTTP_WASM, "config": config}}
+        if plugin.lua is not None:
+            action = lua_filter(plugin)
+        else:
+            config = plugin_config(plugin, _code(code))
+            if rule.plugin_config is not None:
+                config["vm_config"]["vm_id"] = f"{plugin.envoy_name}.rule{i}"
+                config["configuration"] = {"@type": STRING_VALUE, "value": rule.plugin_config}
+            action = {"name": plugin.envoy_name, "typed_config": {"@type": HTTP_WASM, "config": config}}
         matchers.append(
             {
                 "predicate": _rule_predicate(rule),
@@ -123,6 +142,12 @@ def plugin_filter(plugin: spec.PluginSpec, code: model.Code) -> dict[str, Any]:
             "xds_matcher": {"matcher_list": {"matchers": matchers}},
         },
     }
+
+
+def _code(code: model.Code | None) -> model.Code:
+    if code is None:
+        raise ValueError("a wasm plugin's filter needs its code")
+    return code
 
 
 def _header(name: str, match: dict[str, Any]) -> dict[str, Any]:

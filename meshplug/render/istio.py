@@ -24,6 +24,9 @@ Match: mode CLIENT -> SIDECAR_OUTBOUND, SERVER -> SIDECAR_INBOUND, CLIENT_AND_SE
 port (``listener.portNumber``); with targetRefs to a Gateway/GatewayClass the context is GATEWAY.
 matchRules: the patched filter is `meshplug.render.envoy.plugin_filter`'s composite, run per request only where a
 rule matches (same placement, same name).
+
+A TrafficExtension's Lua is placed the same way, as ``envoy.filters.http.lua`` with the script inline: no
+module, so no ConfigMap and no volume; the EnvoyFilter's digest annotation is the script's sha256.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class IstioObjects:
 
     envoy_filter: Mapping[str, Any]
     config_map: Mapping[str, Any] | None
-    code: model.Code
+    code: model.Code | None  # None: a Lua filter (the script is inline)
 
 
 def envoy_filter_priority(phase: spec.Phase, priority: int | None) -> int:
@@ -130,7 +133,7 @@ def _contexts(plugin: spec.PluginSpec) -> list[tuple[str, int | None]]:
     return out
 
 
-def _patch(plugin: spec.PluginSpec, code: model.Code, context: str, port: int | None, anchor: str | None) -> Any:
+def _patch(plugin: spec.PluginSpec, code: model.Code | None, context: str, port: int | None, anchor: str | None) -> Any:
     place = placement(plugin)
     listener: dict[str, Any] = {}
     if port is not None:
@@ -152,8 +155,8 @@ def _patch(plugin: spec.PluginSpec, code: model.Code, context: str, port: int | 
     }
 
 
-def envoy_filter(plugin: spec.PluginSpec, code: model.Code) -> dict[str, Any]:
-    """The EnvoyFilter (networking.istio.io/v1alpha3) that places the plugin's filter."""
+def envoy_filter(plugin: spec.PluginSpec, code: model.Code | None) -> dict[str, Any]:
+    """The EnvoyFilter (networking.istio.io/v1alpha3) that places the plugin's filter (`code` None: Lua)."""
     place = placement(plugin)
     anchors: tuple[str | None, ...] = place.anchors or (None,)
     if plugin.type is spec.PluginType.HTTP and place.operation == "INSERT_FIRST":
@@ -174,7 +177,7 @@ def envoy_filter(plugin: spec.PluginSpec, code: model.Code) -> dict[str, Any]:
             "name": ef_name,
             "namespace": plugin.namespace,
             "labels": _labels(plugin),
-            "annotations": {model.DIGEST_ANNOTATION: f"sha256:{code.sha256}"},
+            "annotations": {model.DIGEST_ANNOTATION: f"sha256:{code.sha256 if code is not None else plugin.sha256}"},
         },
         "spec": body,
     }
@@ -211,7 +214,9 @@ def render(
     server: model.ModuleServer,
     previous: model.Module | None = None,
 ) -> IstioObjects:
-    """All istio data-plane objects for one plugin and module."""
+    """All istio data-plane objects for one plugin and module (a Lua filter: the EnvoyFilter alone)."""
+    if plugin.lua is not None:
+        return IstioObjects(envoy_filter=envoy_filter(plugin, None), config_map=None, code=None)
     code = code_for(plugin, module, server)
     cm = config_map(plugin, module, code, previous) if isinstance(code, model.LocalCode) else None
     return IstioObjects(envoy_filter=envoy_filter(plugin, code), config_map=cm, code=code)

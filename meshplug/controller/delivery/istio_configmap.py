@@ -98,7 +98,7 @@ class IstioConfigMap:
         body = {"spec": {"template": {"metadata": {"annotations": patch}}}}
         self.writer.merge_patch("apps/v1", kind, namespace, name, body)
 
-    def _pod_counts(self, plugin: spec.PluginSpec, code: model.Code) -> tuple[int, int, list[dict[str, str]]]:
+    def _pod_counts(self, plugin: spec.PluginSpec, code: model.Code | None) -> tuple[int, int, list[dict[str, str]]]:
         pods = delivery.selected_pods(self.writer, plugin)
         ready, failing = 0, []
         for pod in pods:
