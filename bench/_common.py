@@ -95,9 +95,18 @@ def interleaved(systems: Mapping[str, tuple[int, int]], rounds: int, seconds: in
 
 
 def start_agent(
-    work: Path, name: str, upstream_port: int, wasm: Path | None, config: Mapping[str, Any], *, count: int = 1
+    work: Path,
+    name: str,
+    upstream_port: int,
+    wasm: Path | None,
+    config: Mapping[str, Any],
+    *,
+    count: int = 1,
+    source: Path | None = None,
 ) -> tuple[procs.Proc, int]:
-    """`meshplug agent` with `count` plugins (`wasm` configured with `config`) or none, in front of the upstream."""
+    """`meshplug agent` with `count` plugins (`wasm` configured with `config`) or none, in front of the upstream;
+    `source`: run the meshplug package of that checkout instead (built with `make native`), to compare two
+    versions of the agent in one interleaved run."""
     plugins = [
         {"name": f"bench-{i}", "module": {"file": str(wasm)}, "configuration": config}
         for i in range(count if wasm is not None else 0)
@@ -111,7 +120,8 @@ def start_agent_with(
     """`meshplug agent` with these config `plugins` entries (wasm modules or Lua filters) in front of the upstream."""
     port, admin = procs.free_port(), procs.free_port()
     raw = tb_agent.base_config(port=port, admin_port=admin, clusters={"upstream": upstream_port}, plugins=plugins)
-    agent = tb_agent.start_agent(raw, work_dir=work / name, log_dir=work, name=name, log_level="warning")
+    env = None if source is None else {"PYTHONPATH": str(source), "MESHPLUG_REQUIRE_NATIVE": "1"}
+    agent = tb_agent.start_agent(raw, work_dir=work / name, log_dir=work, name=name, log_level="warning", env=env)
     return agent.proc, port
 
 

@@ -9,7 +9,10 @@ req/s, p50/p99 latency (wrk --latency), proxy CPU per request (sum of /proc/PID/
 after, divided by the requests wrk completed), and resident memory (VmRSS). Prints medians per system and
 the median of the per-round agent/Envoy ratios. Loopback only; about rounds * 2 * seconds + ~20 s.
 
-Usage: bench/agent_vs_envoy.py [--rounds 5] [--seconds 5] [--module rust/header_rules] [--no-plugin]
+`--baseline DIR` adds a third system, "baseline": the agent of another checkout (its `make native` build),
+interleaved with the others, to measure a change before/after in one run (the ratio is printed too).
+
+Usage: bench/agent_vs_envoy.py [--rounds 5] [--seconds 5] [--module rust/header_rules] [--no-plugin] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--module", default="rust/header_rules")
     ap.add_argument("--no-plugin", action="store_true", help="compare the bare proxies")
+    ap.add_argument("--baseline", type=Path, help="also run the agent of this checkout (e.g. before a change)")
     args = ap.parse_args(argv)
     wasm = None if args.no_plugin else modules.module(args.module).path
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
@@ -51,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             started.append(envoy)
 
             systems = {"agent": (agent.pid, a_port), "envoy": (envoy.pid, e_port)}
+            if args.baseline is not None:
+                base, b_port = start_agent(work, "baseline", up_port, wasm, CONFIG, source=args.baseline.resolve())
+                started.append(base)
+                systems["baseline"] = (base.pid, b_port)
             runs = interleaved(systems, args.rounds, args.seconds)
         finally:
             for proc in reversed(started):
@@ -72,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratios agent/envoy: CPU/req {cpu_ratio:.2f}x  req/s {rps_ratio:.2f}x  RSS {rss_ratio:.2f}x")
     print(f"per-round CPU/req agent: {[round(r.cpu_us, 1) for r in runs['agent']]}")
     print(f"per-round CPU/req envoy: {[round(r.cpu_us, 1) for r in runs['envoy']]}")
+    if "baseline" in runs:
+        pairs = zip(runs["agent"], runs["baseline"], strict=True)
+        print(f"per-round CPU/req baseline: {[round(r.cpu_us, 1) for r in runs['baseline']]}")
+        print(f"ratio agent/baseline: CPU/req {statistics.median(a.cpu_us / b.cpu_us for a, b in pairs):.3f}x")
     return 0
 
 

@@ -116,6 +116,7 @@ def start_agent(
     name: str = "agent",
     timeout: float = 60.0,
     log_level: str = "debug",
+    env: dict[str, str] | None = None,
 ) -> Agent:
     """Start `meshplug agent --config` for `raw` (ports must be concrete) and wait until /ready says LIVE."""
     path = write_config(work_dir, raw)
@@ -127,6 +128,7 @@ def start_agent(
         [sys.executable, "-m", "meshplug", "agent", "--config", str(path), "--log-level", log_level],
         log_dir=log_dir,
         ready=None,
+        env=env,
         ports={"main": port, "admin": admin_port},
     )
     agent = Agent(proc=proc, port=port, admin_port=admin_port, push_port=push_port, config_path=path)
