@@ -66,7 +66,21 @@ LUA_MEMORY_HEADROOM_BYTES = 16 * MiB
 LUA_METADATA_DEPTH = 32
 
 # --- agent ---------------------------------------------------------------------------------------
-MAX_REQUEST_HEADER_BYTES = 60 * KiB
+# HTTP/1.1 downstream and upstream, as Envoy's http_connection_manager / cluster protocol options default them
+# (each is a field of the agent config's `http:` section under Envoy's name)
+#: request line + header lines (max_request_headers_kb: 431 beyond) and header count (max_headers_count: 431)
+MAX_REQUEST_HEADERS_KB = 60
+MAX_REQUEST_HEADER_BYTES = MAX_REQUEST_HEADERS_KB * KiB
+MAX_HEADERS_COUNT = 100
+#: the same for an upstream's response head (beyond: the upstream is reset, 502)
+MAX_RESPONSE_HEADERS_KB = 60
+MAX_RESPONSE_HEADERS_COUNT = 100
+#: a request whose head is not complete this long after its first byte: 408 (request_headers_timeout; 0 = off)
+REQUEST_HEADERS_TIMEOUT_S = 0.0
+#: a stream (request) with no activity this long: 408 if nothing was answered yet, else reset (stream_idle_timeout)
+STREAM_IDLE_TIMEOUT_S = 300.0
+#: a downstream connection is drained (closed after its current response) this long after it opened (0 = off)
+MAX_CONNECTION_DURATION_S = 0.0
 UPSTREAM_CONNECT_TIMEOUT_S = 5.0
 UPSTREAM_RESPONSE_TIMEOUT_S = 15.0
 DRAIN_TIMEOUT_S = 20.0
@@ -79,6 +93,12 @@ DOWNSTREAM_IDLE_TIMEOUT_S = 300.0
 PROXY_BUFFER_HIGH_WATER = 64 * KiB
 #: admin/push endpoints: largest request head + body read
 MAX_CONTROL_REQUEST_BYTES = MAX_PUSH_BYTES + 64 * KiB
+#: admin/push endpoints: largest request head (line + headers; 431 beyond), checked before any body is read
+MAX_CONTROL_HEAD_BYTES = 16 * KiB
+#: admin/push endpoints: a connection must deliver its whole request within this (408 otherwise)
+CONTROL_REQUEST_TIMEOUT_S = 10.0
+#: admin/push endpoints: connections open at once per endpoint (more are closed at accept)
+CONTROL_MAX_CONNECTIONS = 32
 
 # --- operator ------------------------------------------------------------------------------------
 MAX_VM_ENV_VARS = 256

@@ -47,6 +47,7 @@ COMPILED: tuple[str, ...] = (
     "meshplug.agent.exchange",
     "meshplug.agent.filtered",
     "meshplug.agent.filters",
+    "meshplug.agent.framing",
     "meshplug.agent.host",
     "meshplug.agent.hostapi",
     "meshplug.agent.pairs",

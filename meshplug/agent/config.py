@@ -18,6 +18,16 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
         url: http://meshplug-modules.meshplug-system:8080
         token_file: /var/run/secrets/meshplug/module-token
     drain_timeout_s: 20
+    http:                            # optional: HTTP/1.1 limits and timeouts, Envoy's names and defaults (0 = off)
+      max_request_headers_kb: 60     # request line + headers; 431 beyond
+      max_headers_count: 100         # 431 beyond
+      max_response_headers_kb: 60    # an upstream's response head; 502 beyond
+      max_response_headers_count: 100
+      request_headers_timeout_s: 0   # whole head within this after its first byte, else 408
+      stream_idle_timeout_s: 300     # no activity on a request this long: 408 (or reset once answering)
+      idle_timeout_s: 300            # a connection without a request this long is closed
+      max_connection_duration_s: 0   # then the connection closes after its current response
+      accept_http_10: false          # HTTP/1.0 (and 0.9) requests get 426 unless true
     node:                            # optional: what plugins read as node.* / xds.node.* (Envoy's bootstrap node)
       id: sidecar~10.0.0.7~web-1.shop~shop.svc.cluster.local
       cluster: web.shop
@@ -121,6 +131,22 @@ class Node:
 
 
 @dataclass(frozen=True)
+class HttpOptions:
+    """HTTP/1.1 limits and timeouts (the config's `http:` section), named and defaulted as Envoy's
+    http_connection_manager and cluster protocol options; a timeout of 0 is off."""
+
+    max_request_headers_kb: int = limits.MAX_REQUEST_HEADERS_KB
+    max_headers_count: int = limits.MAX_HEADERS_COUNT
+    max_response_headers_kb: int = limits.MAX_RESPONSE_HEADERS_KB
+    max_response_headers_count: int = limits.MAX_RESPONSE_HEADERS_COUNT
+    request_headers_timeout_s: float = limits.REQUEST_HEADERS_TIMEOUT_S
+    stream_idle_timeout_s: float = limits.STREAM_IDLE_TIMEOUT_S
+    idle_timeout_s: float = limits.DOWNSTREAM_IDLE_TIMEOUT_S
+    max_connection_duration_s: float = limits.MAX_CONNECTION_DURATION_S
+    accept_http_10: bool = False
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     listeners: tuple[Listener, ...]
     clusters: tuple[Cluster, ...]
@@ -131,6 +157,7 @@ class AgentConfig:
     plugins: tuple[protocol.ExtensionConfig, ...] = ()
     modules: Modules = Modules()
     node: Node = Node()
+    http: HttpOptions = HttpOptions()
 
     @property
     def plugin_kind(self) -> str | None:
@@ -293,6 +320,26 @@ def _modules(raw: Any, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]
     return Modules(cache_dir=cache_dir, file_roots=tuple(dict.fromkeys(roots)), server=server)
 
 
+def _http(raw: Any) -> HttpOptions:
+    obj = _obj(raw, "http")
+    fields = {f.name: f for f in dataclasses.fields(HttpOptions)}
+    _keys(obj, set(fields), "http")
+    values: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key == "accept_http_10":
+            if not isinstance(value, bool):
+                raise errors.ConfigError(f"http.{key} must be true or false, got {value!r}")
+        elif key.endswith("_s"):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise errors.ConfigError(f"http.{key} must be a number of seconds >= 0 (0: off), got {value!r}")
+            values[key] = float(value)
+            continue
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise errors.ConfigError(f"http.{key} must be a positive integer, got {value!r}")
+        values[key] = value
+    return HttpOptions(**values)
+
+
 def _node(raw: Any) -> Node:
     obj = _obj(raw, "node")
     _keys(obj, {"id", "cluster", "metadata"}, "node")
@@ -325,7 +372,8 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
     top = _obj(raw, "config")
     _keys(
         top,
-        {"listeners", "clusters", "admin", "push", "state_dir", "drain_timeout_s", "plugins", "modules", "node"},
+        {"listeners", "clusters", "admin", "push", "state_dir", "drain_timeout_s", "plugins", "modules", "node"}
+        | {"http"},
         "config",
     )
 
@@ -411,6 +459,7 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
         drain_timeout_s=_seconds(top, "drain_timeout_s", "config", limits.DRAIN_TIMEOUT_S),
         plugins=plugins,
         node=_node(top["node"]) if top.get("node") is not None else Node(),
+        http=_http(top["http"]) if top.get("http") is not None else HttpOptions(),
     )
 
 

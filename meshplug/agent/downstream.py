@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from meshplug import limits
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import wire
+from meshplug.agent import framing, wire
 from meshplug.agent.exchange import Exchange
 from meshplug.agent.filtered import FilteredExchange
 from meshplug.agent.upstream import Pool, Upstream
@@ -35,6 +35,7 @@ class Downstream(asyncio.Protocol):
     def __init__(self, proxy: Proxy, pool: Pool) -> None:
         self.proxy = proxy
         self.pool = pool
+        self.opts = opts = proxy.cfg.http
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
@@ -48,16 +49,31 @@ class Downstream(asyncio.Protocol):
         self._paused = 0
         self._write_paused = False
         #: one timer per connection, firing at `_timer_at` at the latest, for the earliest deadline: the idle
-        #: timeout (`_idle_at`, loop time; 0 = busy) and the response deadline of the exchange being served
-        #: (`Exchange.deadline`). Deadlines move without touching the timer (lazily: when it fires it
-        #: re-arms for what is still pending), so a request costs no timer handle.
+        #: timeout (`_idle_at`, loop time; 0 = busy), the stream deadline of a request still being received
+        #: (`_stream_at`: stream idle / request headers timeout), the connection's end of life (`_end_at`) and
+        #: the response deadline of the exchange being served (`Exchange.deadline`). Deadlines move without
+        #: touching the timer (lazily: when it fires it re-arms for what is still pending), so a request costs
+        #: no timer handle.
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._idle_at = 0.0
+        self._stream_at = 0.0
+        self._headers_at = 0.0
+        self._end_at = 0.0
         self._out: list[bytes] = []
         self._url = b""
         self._headers: wire.Headers = []
-        self._head_bytes = 0
+        #: the request head's bounds, held while parsing (a head never grows past them, however slowly sent):
+        #: bytes left for the head being read (`_in_head`: between messages or inside a head) and header lines
+        self._in_head = True
+        self._head_room = self._max_head = opts.max_request_headers_kb * 1024
+        self._max_count = opts.max_headers_count
+        self._count = 0
+        self._begun = False  # a request has started (its first byte arrived) and is not complete
+        #: why parsing stopped on purpose (set before raising from a callback): the local reply to give
+        self._refusal: framing.Refusal | None = None
+        self._stopped = False  # nothing more is read from this connection
+        self.expired = False  # max_connection_duration passed: close after the current response
         #: while a read is parsed, upstream writes collect here and leave in one send when it is done
         self._parsing = False
         self._up_target: Upstream | None = None
@@ -74,6 +90,8 @@ class Downstream(asyncio.Protocol):
         self.proxy.connections.add(self)
         self.proxy.stats.downstream_cx_total += 1
         self.proxy.stats.downstream_cx_active += 1
+        if self.opts.max_connection_duration_s:
+            self._end_at = self.proxy.loop.time() + self.opts.max_connection_duration_s
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -92,13 +110,18 @@ class Downstream(asyncio.Protocol):
         self.proxy.connection_closed()
 
     def data_received(self, data: bytes) -> None:
+        if self._stopped:
+            return
         self._parsing = True
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(501, b"upgrade not supported")
-        except httptools.HttpParserError:
-            self._reject(400, b"Bad Request")
+            if self._in_head and len(data) > self._head_room:
+                self._feed_bounded(data)
+            else:
+                if self._in_head:
+                    self._head_room -= len(data)
+                self._feed(data)
+        except httptools.HttpParserError as exc:
+            self._parse_error(exc)
         finally:
             held = self.hold
             if held is not None:
@@ -107,10 +130,47 @@ class Downstream(asyncio.Protocol):
             self._parsing = False
             if self._up_target is not None:
                 self._flush_up()
+        if self._begun and not self._stopped:
+            self._stream_active()
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # only an h2c upgrade gets here (on_headers_complete refuses the others): served as HTTP/1.1, the
+            # bytes after its head are the next request, for a fresh parser
+            self.parser = httptools.HttpRequestParser(self)
+            offset = int(exc.args[0]) if exc.args else len(data)
+            if offset < len(data):
+                self._feed(data[offset:])
+
+    def _feed_bounded(self, data: bytes) -> None:
+        """Feed a read that could take the head past its limit: up to the limit first; a head still not
+        complete there is refused (431) before the parser holds any more of it."""
+        while data:
+            room = self._head_room
+            if not self._in_head or len(data) <= room:
+                if self._in_head:
+                    self._head_room = room - len(data)
+                self._feed(data)
+                return
+            part, data = data[:room], data[room:]
+            self._head_room = 0
+            self._feed(part)
+            if self._stopped:
+                return
+            if self._in_head:
+                self._refuse_now(framing.Refusal(431, b"Request Header Fields Too Large"))
+                return
 
     def eof_received(self) -> bool | None:
-        # the client half-closed: finish what is queued, then close (pipelined requests may still be served)
         self.eof = True
+        if self._begun:
+            # the client went away in the middle of a request: it can never complete; both sides end now
+            self._stopped = True
+            self.abort()
+            return None
+        # the client half-closed after whole requests: finish what is queued, then close
         if not self.queue:
             return None
         return True
@@ -129,91 +189,119 @@ class Downstream(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._head_bytes = 0
+        self._count = 0
         self._idle_at = 0.0
+        self._begun = True
+        if self.opts.request_headers_timeout_s:
+            self._headers_at = self.proxy.loop.time() + self.opts.request_headers_timeout_s
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._head_bytes += len(url)
-        if self._head_bytes > limits.MAX_REQUEST_HEADER_BYTES:
-            raise httptools.HttpParserError("request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > limits.MAX_REQUEST_HEADER_BYTES:
-            raise httptools.HttpParserError("request head too large")
+        self._count += 1
+        if self._count > self._max_count:
+            self._refusal = framing.Refusal(431, b"Request Header Fields Too Large")
+            raise self._refusal
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._headers_at = 0.0
         parser = self.parser
         method: bytes = parser.get_method()
-        self.http11 = parser.get_http_version() == "1.1"
+        version: str = parser.get_http_version()
+        if version != "1.1" and (version != "1.0" or not self.opts.accept_http_10):
+            self._refuse(426, b"Upgrade Required")
+        self.http11 = version == "1.1"
         keep_alive: bool = parser.should_keep_alive()
         headers = self._headers
         self._headers = []  # header lines after the body are trailers
-        proxy = self.proxy
-        proxy.stats.downstream_rq_total += 1
-        proxy.stats.downstream_rq_active += 1
+        if method == b"CONNECT":  # no route serves CONNECT (Envoy: 404; 400 for an origin-form target)
+            self._refuse(400 if self._url[:1] == b"/" else 404, b"")
+        try:
+            path, authority = framing.request_target(method, self._url)
+        except framing.Refusal as refusal:
+            self._refusal = refusal
+            raise
 
-        # which headers name more hop-by-hop headers
+        # which headers name more hop-by-hop headers; Host, framing, upgrade
         drop = wire.HOP_BY_HOP
-        has_rid = has_host = chunked = expect_continue = False
+        has_rid = expect_continue = upgrade = False
+        hosts = 0
+        host = b""
+        te: list[bytes] | None = None
         content_length = -1
         for name, value in headers:
             if name == b"connection":
                 extra = {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive", b""}
                 if extra:
+                    if b"host" in extra:  # a hop-by-hop Host (Envoy: 400)
+                        self._refuse(400, framing.BAD_REQUEST)
+                    upgrade = upgrade or b"upgrade" in extra
                     drop = drop | extra
             elif name == b"x-request-id":
                 has_rid = True
             elif name == b"host":
-                has_host = True
+                hosts += 1
+                host = value
             elif name == b"transfer-encoding":
-                chunked = chunked or b"chunked" in value.lower()
+                te = [value] if te is None else [*te, value]
             elif name == b"content-length":
                 with contextlib.suppress(ValueError):
                     content_length = int(value)
             elif name == b"expect" and value.lower() == b"100-continue":
                 expect_continue = True
+            elif name == b"te" and value.strip().lower() == b"trailers":
+                drop = drop - {b"te"}  # the one TE value that goes on (as Envoy forwards it)
+        if te is not None and any(n == b"content-length" for n, _ in headers):
+            self._refuse(400, framing.BAD_REQUEST)  # both framings (RFC 9112 6.1: a smuggling vector), as Envoy
+        chunked = te is not None and self._check(framing.chunked, te)
+        if hosts > 1 or (hosts and not framing.authority_ok(host)):
+            self._refuse(400, framing.BAD_REQUEST)  # RFC 9112 3.2 (stricter than Envoy, which merges them)
+        if upgrade and self._upgrade(headers):
+            drop = drop | {b"http2-settings"}
+        else:
+            upgrade = False
+        has_body = chunked or content_length > 0
+        if upgrade and has_body:  # an h2c upgrade with a body: the parser took it for upgraded bytes
+            self._refuse(400, framing.BAD_REQUEST)
+        if authority:
+            hosts = 1
+        elif hosts:
+            authority = host
+        elif self.http11:
+            self._refuse(400, framing.BAD_REQUEST)  # RFC 9112 3.2, as Envoy
+        else:  # HTTP/1.0 (accept_http_10) without Host: the cluster's address
+            c = self.pool.cluster
+            authority = f"{c.address}:{c.port}".encode()
         if not has_rid:
             headers.append((b"x-request-id", wire.REQUEST_IDS.new()))
-        if not has_host:
-            c = self.pool.cluster
-            headers.append((b"host", f"{c.address}:{c.port}".encode()))
-        has_body = chunked or content_length > 0
+        proxy = self.proxy
+        proxy.stats.downstream_rq_total += 1
+        proxy.stats.downstream_rq_active += 1
 
         filters = proxy.filters
         if filters is not None:
             # the chain's form in one pass (names are lower-case already): pseudo-headers first, Host folded
             # into :authority as Envoy's HTTP/1 codec does, hop-by-hop headers dropped; and the upstream head
             # of the same headers, sent as is when the plugins leave them unchanged
-            url = self._url
-            authority = b""
             chain_headers: wire.Headers = [
                 (b":method", method),
-                (b":path", url),
-                (b":authority", b""),
+                (b":path", path),
+                (b":authority", authority),
                 wire.SCHEME_HTTP,
             ]
-            lines = [b""]
+            lines = [b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path, authority)]
             framed = False
             for h in headers:
                 name = h[0]
-                if name in drop or (name == b"expect" and expect_continue):
-                    continue
-                if name == b"host":
-                    if not authority:
-                        authority = h[1]
+                if name in drop or name == b"host" or (name == b"expect" and expect_continue):
                     continue
                 if name == b"content-length":
                     framed = True
                 chain_headers.append(h)
                 lines.append(b"%b: %b\r\n" % h)
-            if authority:
-                chain_headers[2] = (b":authority", authority)
-                lines[0] = b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, url, authority)
-            else:
-                lines[0] = b"%b %b HTTP/1.1\r\n" % (method, url)
             fx = FilteredExchange(
                 self, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
             )
@@ -227,9 +315,9 @@ class Downstream(asyncio.Protocol):
 
         ex = Exchange(self, method, b"", keep_alive, has_body)
         ex.chunked_in = chunked
-        out = [b"%b %b HTTP/1.1\r\n" % (method, self._url)]
+        out = [b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path, authority)]
         for name, value in headers:
-            if name in drop or name == b"content-length" or (name == b"expect" and expect_continue):
+            if name in drop or name in (b"content-length", b"host") or (name == b"expect" and expect_continue):
                 continue
             out.append(b"%b: %b\r\n" % (name, value))
         if chunked:
@@ -246,6 +334,26 @@ class Downstream(asyncio.Protocol):
         if len(self.queue) == 1:
             ex.start()
 
+    def _refuse(self, status: int, body: bytes) -> None:
+        """Stop parsing this request (from a parser callback): it is answered `status` instead."""
+        self._refusal = framing.Refusal(status, body)
+        raise self._refusal
+
+    def _check(self, rule: Callable[[list[bytes]], bool], values: list[bytes]) -> bool:
+        try:
+            return rule(values)
+        except framing.Refusal as refusal:
+            self._refusal = refusal
+            raise
+
+    def _upgrade(self, headers: wire.Headers) -> bool:
+        """`Connection: upgrade`: h2c is served as HTTP/1.1 (True: its Upgrade and HTTP2-Settings are dropped,
+        as Envoy does); any other upgrade (WebSocket, ...) is not enabled: 403, as Envoy without upgrade_configs."""
+        offered = [v.strip().lower() for n, v in headers if n == b"upgrade"]
+        if offered and offered != [b"h2c"]:
+            self._refuse(403, b"")
+        return bool(offered)
+
     def on_body(self, body: bytes) -> None:
         ex = self.current
         if ex is None:
@@ -257,9 +365,15 @@ class Downstream(asyncio.Protocol):
             ex.body_bytes_buffered += len(body)
 
     def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_room = self._max_head
+        self._begun = False
+        self._stream_at = 0.0
         ex, self.current = self.current, None
         if ex is None:
             return
+        if ex.resp_done and not self.queue and not self.closed:
+            self._arm_idle()  # answered before its end was read (a bodiless request a plugin answered)
         trailers = self._headers
         if trailers:
             self._headers = []
@@ -355,17 +469,67 @@ class Downstream(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
-    def _reject(self, status: int, body: bytes) -> None:
+    def _parse_error(self, exc: httptools.HttpParserError) -> None:
+        refusal, self._refusal = self._refusal, None
+        if refusal is None and isinstance(exc.__context__, framing.Refusal):
+            refusal = exc.__context__
+        if refusal is None:
+            if not self._begun and self.queue and not self.queue[-1].keep_alive:
+                # bytes after a request that ends the connection (Connection: close): that request is
+                # answered, the bytes ignored (as Envoy does)
+                self._stop_reading()
+                return
+            # the parser's own refusals: malformed framing or syntax (Envoy: 400), an unknown coding (501)
+            unknown_coding = "`Transfer-Encoding`" in str(exc)
+            refusal = framing.Refusal(
+                501 if unknown_coding else 400, b"Not Implemented" if unknown_coding else b"Bad Request"
+            )
+        self._refuse_now(refusal)
+
+    def _stop_reading(self) -> None:
+        self._stopped = True
+        self._begun = False
+        self._stream_at = self._headers_at = 0.0
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def _refuse_now(self, refusal: framing.Refusal) -> None:
+        """Answer the request being read with `refusal` (in its turn), read nothing more, close after.
+        A request whose head already went upstream loses its upstream side; one already being answered is
+        reset (as Envoy's codec errors do)."""
+        self._stop_reading()
+        cur, self.current = self.current, None
+        if cur is not None:
+            cur.keep_alive = False
+            if cur.resp_started or cur.resp_done:
+                if cur.resp_started and not cur.resp_done:
+                    self.abort()
+                elif not self.queue:
+                    self.close()
+                return
+            if self.queue and self.queue[0] is cur:
+                cur.local_reply(refusal.status, refusal.body)
+            else:
+                cur.refusal = refusal  # answered when its turn comes
+            return
         ex = Exchange(self, b"GET", b"", False, False)
         ex.req_done = True
-        if self.queue and not self.queue[-1].resp_done:
-            # a response is still in flight: we cannot answer in order, just end the connection
-            self.abort()
-            return
         self.queue.append(ex)
         self.proxy.stats.downstream_rq_total += 1
         self.proxy.stats.downstream_rq_active += 1
-        ex.local_reply(status, body)
+        if len(self.queue) == 1:
+            ex.local_reply(refusal.status, refusal.body)
+        else:
+            ex.refusal = refusal
+
+    def _stream_active(self) -> None:
+        """Bytes of an unfinished request arrived: its stream idle deadline moves (and is watched)."""
+        idle = self.opts.stream_idle_timeout_s
+        if idle:
+            self._stream_at = at = self.proxy.loop.time() + idle
+            self.wake_at(at)
+        if self._headers_at:
+            self.wake_at(self._headers_at)
 
     def _arm_idle(self) -> None:
         self._idle_at = idle_at = self.proxy.loop.time() + self.proxy.idle_timeout_s
@@ -395,6 +559,26 @@ class Downstream(asyncio.Protocol):
                     ex._timed_out()
                 elif not pending or deadline < pending:
                     pending = deadline
+        for at, status, body in (
+            (self._headers_at, 408, b"request header timeout"),
+            (self._stream_at, 408, b"stream timeout"),
+        ):
+            if at:
+                if at <= now:
+                    self._refuse_now(framing.Refusal(status, body))
+                    return
+                if not pending or at < pending:
+                    pending = at
+        end_at = self._end_at
+        if end_at:
+            if end_at <= now:  # max_connection_duration: no more requests; close once idle
+                self._end_at = 0.0
+                self.expired = True
+                if not self.queue and not self._begun:
+                    self.close()
+                    return
+            elif not pending or end_at < pending:
+                pending = end_at
         idle_at = self._idle_at
         if idle_at:
             if idle_at <= now:
@@ -410,11 +594,15 @@ class Downstream(asyncio.Protocol):
         self.proxy.stats.downstream_rq_active -= 1
         if self.queue and self.queue[0] is ex:
             self.queue.popleft()
-        if not reusable or self.proxy.draining or (self.eof and not self.queue):
+        if not reusable or self.proxy.draining or self.expired or (self.eof and not self.queue):
             self.close()
             return
         if self.queue:
             nxt = self.queue[0]
+            refusal = nxt.refusal
+            if refusal is not None:
+                nxt.local_reply(refusal.status, refusal.body)
+                return
             nxt.start()
             if nxt.req_done:
                 return  # still paused for the pipeline: resume once this one is answered

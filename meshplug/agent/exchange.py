@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import wire
+from meshplug.agent import framing, wire
 from meshplug.agent.upstream import Pool, Upstream
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class Exchange:
         "http11",
         "keep_alive",
         "method",
+        "refusal",
         "req_done",
         "req_tail",
         "resp_done",
@@ -60,6 +61,8 @@ class Exchange:
         self.chunked_in = False
         self.req_done = False
         self.req_tail = wire.LAST_CHUNK  # what ends a chunked upstream request (with the trailers, if any)
+        #: refused while queued behind another (a parse error, a timeout): answered so when its turn comes
+        self.refusal: framing.Refusal | None = None
         self.body_pending: list[bytes] = []
         self.body_bytes_buffered = 0
         self.up: Upstream | None = None
@@ -295,7 +298,7 @@ class Exchange:
         self._drop_upstream()
         self.conn.proxy.stats.downstream_rq_local_reply += 1
         self.status = status
-        keep = self.keep_alive and self.req_done and not self.conn.proxy.draining
+        keep = self.keep_alive and (self.req_done or not self.has_body) and not self.conn.proxy.draining
         self.keep_alive = keep
         out = [b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]
         has_type = False
@@ -324,7 +327,9 @@ class Exchange:
         self._cancel_timer()
         self._ended()
         self.conn.proxy.stats.count_status(self.status)
-        self.conn.exchange_done(self, reusable=self.keep_alive and self.req_done and self.resp_mode != 2)
+        self.conn.exchange_done(
+            self, reusable=self.keep_alive and (self.req_done or not self.has_body) and self.resp_mode != 2
+        )
 
     def abandon(self) -> None:
         """The downstream connection went away."""

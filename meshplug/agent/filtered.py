@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import wire
+from meshplug.agent import framing, wire
 from meshplug.agent.exchange import Exchange
 from meshplug.agent.upstream import Upstream
 
@@ -29,6 +29,8 @@ _SendData = agent_chain.SendData
 _SendTrailers = agent_chain.SendTrailers
 _AbortUpstream = agent_chain.AbortUpstream
 _UPSTREAM: Final = agent_chain.Target.UPSTREAM
+#: the local reply when a plugin's header cannot be written (Envoy: "invalid header value")
+INVALID_HEADER: Final = b"invalid header value"
 
 
 class FilteredExchange(Exchange):
@@ -315,7 +317,11 @@ class FilteredExchange(Exchange):
             out = self.req_lines
             has_length = self.req_framed
         else:
-            out = self._up_head_lines(headers)
+            lines = self._up_head_lines(headers)
+            if lines is None:  # a plugin set a header that cannot be written (CR, LF, NUL, not a token)
+                self.local_reply(503, INVALID_HEADER)
+                return
+            out = lines
             has_length = any(name == b"content-length" for name, _ in headers)
         self.req_lines = []
         if not end_stream and not has_length:
@@ -331,10 +337,13 @@ class FilteredExchange(Exchange):
         else:
             self.conn.proxy.loop.create_task(self._connect(pool))
 
-    def _up_head_lines(self, headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    def _up_head_lines(self, headers: Sequence[tuple[bytes, bytes]]) -> list[bytes] | None:
+        """The upstream head of headers a plugin changed; None when one of them cannot be written."""
         method = path = authority = host = None
         out = [b""]  # the request line and host go first, once the pseudo-headers are known
         for name, value in headers:
+            if not framing.field_ok(name, value):
+                return None
             if name[:1] == b":":
                 if name == b":method":
                     method = method or value
@@ -343,16 +352,18 @@ class FilteredExchange(Exchange):
                 elif name == b":authority":
                     authority = authority or value
                 continue
-            if name in wire.HOP_BY_HOP:
+            if name in wire.HOP_BY_HOP and not (name == b"te" and value.strip().lower() == b"trailers"):
                 continue
             if name == b"host":
-                host = host or value
+                host = value if host is None else host
                 continue
             out.append(b"%b: %b\r\n" % (name, value))
         method = method or self.method
+        if not framing.field_ok(method, b"") or (path is not None and b" " in path):
+            return None
         self.method = method
-        authority = authority or host
-        if authority:
+        authority = authority if authority is not None else host
+        if authority is not None:
             out[0] = b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path or b"/", authority)
         else:
             out[0] = b"%b %b HTTP/1.1\r\n" % (method, path or b"/")
@@ -386,9 +397,15 @@ class FilteredExchange(Exchange):
             for name, value in headers[n:]:
                 if name[:1] == b":" or name in wire.HOP_BY_HOP:
                     continue
+                if not framing.field_ok(name, value):
+                    self.local_reply(502, INVALID_HEADER)
+                    return
                 framed = framed or name == b"content-length"
                 out.append(b"%b: %b\r\n" % (name, value))
         else:
+            if not all(framing.field_ok(name, value) for name, value in headers):
+                self.local_reply(502, INVALID_HEADER)
+                return
             out, status, framed = self._down_head_lines(headers)
             self.status = status
         no_body = self.method == b"HEAD" or status in (204, 304)

@@ -29,7 +29,6 @@ import functools
 import logging
 from collections.abc import Sequence
 
-from meshplug import limits
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import config as agent_config
 from meshplug.agent import stats as agent_stats
@@ -48,14 +47,14 @@ class Proxy:
         cfg: agent_config.AgentConfig,
         *,
         loop: asyncio.AbstractEventLoop,
-        idle_timeout_s: float = limits.DOWNSTREAM_IDLE_TIMEOUT_S,
+        idle_timeout_s: float | None = None,
     ) -> None:
         self.cfg = cfg
         self.loop = loop
         self.stats = agent_stats.Stats()
-        self.pools = {c.name: upstream.Pool(c, self.stats) for c in cfg.clusters}
+        self.pools = {c.name: upstream.Pool(c, self.stats, cfg.http) for c in cfg.clusters}
         self.filters: agent_chain.Chain | None = None
-        self.idle_timeout_s = idle_timeout_s
+        self.idle_timeout_s = cfg.http.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
         self.draining = False
         self.network_filters: tuple[NetworkFilter, ...] = ()  # swapped with `filters` by the push path
         self.connections: set[Downstream | TcpDownstream] = set()

@@ -47,7 +47,10 @@ class Upstream(asyncio.Protocol):
     """One keep-alive connection to a cluster; parses one response at a time for its current `sink`."""
 
     __slots__ = (
+        "_count",
+        "_head_room",
         "_headers",
+        "_in_head",
         "_interim",
         "_reason",
         "flush_sink",
@@ -74,6 +77,11 @@ class Upstream(asyncio.Protocol):
         self._headers: wire.Headers = []
         self._reason = b""
         self._interim = False
+        #: the response head's bounds, held while parsing (max_response_headers_kb / _count): bytes left for
+        #: the head being read (`_in_head`) and header lines so far
+        self._in_head = True
+        self._head_room = pool.max_head
+        self._count = 0
         #: an exchange holding the last body chunk of this read back (to deliver it with end_stream when the
         #: message ends in the same read, as Envoy's codec does); told when the read is parsed
         self.flush_sink: FilteredExchange | None = None
@@ -99,8 +107,16 @@ class Upstream(asyncio.Protocol):
             return
         self.got_bytes = True
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
+            if self._in_head and len(data) > self._head_room:
+                self._feed_bounded(data)
+            else:
+                if self._in_head:
+                    self._head_room -= len(data)
+                self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadEnd):
+                self._head_ended(data)
+                return
             self.flush_sink = None
             sink, self.sink = self.sink, None
             self.close()
@@ -111,6 +127,32 @@ class Upstream(asyncio.Protocol):
         if held is not None:
             self.flush_sink = None
             held.up_flush()
+
+    def _head_ended(self, data: bytes) -> None:
+        """A HEAD response's head was read: its message ends; bytes after it in the same read (a body the
+        server sent anyway) leave the connection out of step: it is closed, not reused."""
+        self.parser = httptools.HttpResponseParser(self)
+        self._in_head = True
+        self._head_room = self.pool.max_head
+        if not data.endswith(b"\r\n\r\n"):
+            self.close()
+        self._finish()
+
+    def _feed_bounded(self, data: bytes) -> None:
+        """Feed a read that could take the head past its limit: a head not complete at the limit is a
+        protocol error (Envoy resets the upstream: 502), before the parser holds more of it."""
+        while data:
+            room = self._head_room
+            if not self._in_head or len(data) <= room:
+                if self._in_head:
+                    self._head_room = room - len(data)
+                self.parser.feed_data(data)
+                return
+            part, data = data[:room], data[room:]
+            self._head_room = 0
+            self.parser.feed_data(part)
+            if self._in_head:
+                raise httptools.HttpParserError("upstream response head too large")
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost reports to the sink
@@ -125,13 +167,21 @@ class Upstream(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        if self.sink is None:
+            # more bytes after the response ended (past its length, a body on 204/304/HEAD): the connection
+            # is out of step and never reused, or the next request would get them (as Envoy drops it)
+            raise _OutOfStep
         self._headers = []
         self._reason = b""
+        self._count = 0
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count += 1
+        if self._count > self.pool.max_count:
+            raise httptools.HttpParserError("upstream response has too many headers")
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -140,22 +190,29 @@ class Upstream(asyncio.Protocol):
             self._interim = True
             return
         self._interim = False
+        self._in_head = False
         self.keep_alive = self.parser.should_keep_alive()
         headers = self._headers
         self._headers = []  # header lines after the body are trailers
+        te = [v for n, v in headers if n == b"transfer-encoding"]
+        if te and (len(te) > 1 or te[0].strip(b" \t").lower() != b"chunked"):
+            # a coding other than chunked alone cannot be framed or passed on (Envoy: 502)
+            raise httptools.HttpParserError("upstream response transfer-encoding is not chunked")
         if self.sink is not None:
             self.sink.up_headers(status, self._reason, headers, self.parser)
         if self.head_request and self.sink is not None:
-            # a response to HEAD has no body whatever its content-length says; llhttp cannot be told,
-            # so the message ends here and the next response gets a fresh parser
-            self.parser = httptools.HttpResponseParser(self)
-            self._finish()
+            # a response to HEAD has no body whatever its content-length says; llhttp cannot be told, so the
+            # parser stops here (data_received ends the message; the next response gets a fresh parser)
+            raise _HeadEnd
 
     def on_body(self, body: bytes) -> None:
-        if self.sink is not None:
-            self.sink.up_body(body)
+        if self.sink is None:
+            raise _OutOfStep  # body bytes of a response that already ended (a HEAD response's "length")
+        self.sink.up_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_room = self.pool.max_head
         if self._interim:
             self._interim = False
             return
@@ -205,12 +262,28 @@ class Upstream(asyncio.Protocol):
         return fields
 
 
+class _OutOfStep(Exception):
+    """Raised from a parser callback: bytes arrived for no request."""
+
+
+class _HeadEnd(Exception):
+    """Raised from a parser callback: a HEAD response ends with its head."""
+
+
 class Pool:
     """A cluster: its address, timeouts and idle keep-alive connections (LIFO: the warmest first)."""
 
-    def __init__(self, cluster: agent_config.Cluster, stats: agent_stats.Stats) -> None:
+    def __init__(
+        self,
+        cluster: agent_config.Cluster,
+        stats: agent_stats.Stats,
+        http: agent_config.HttpOptions | None = None,
+    ) -> None:
         self.cluster = cluster
         self.stats = stats
+        http = http or agent_config.HttpOptions()
+        self.max_head = http.max_response_headers_kb * 1024
+        self.max_count = http.max_response_headers_count
         self.idle: list[Upstream] = []
 
     def take_idle(self) -> Upstream | None:

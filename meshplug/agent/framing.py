@@ -1,0 +1,103 @@
+"""The HTTP/1.1 request rules the agent enforces before anything goes upstream, as Envoy 1.40 does: the
+request target (origin form; absolute form normalised to origin form with the authority from the target;
+`*` and fragments refused), the authority's characters, Transfer-Encoding (only `chunked`, once: 501 for
+any other coding), and header values a plugin hands back (no CR, LF or NUL; names are tokens).
+
+Pure functions over bytes, sans-IO; called by `meshplug.agent.downstream` while it reads a request head and by
+`meshplug.agent.filtered` for headers a plugin changed. A refusal is a `Refusal` carrying the status and body
+of the local reply. tests/differential holds every rule next to what Envoy does with the same bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Final
+
+
+class Refusal(Exception):
+    """The request is answered locally with `status` and `body` (and the connection closed) instead."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status, body)
+        self.status = status
+        self.body = body
+
+
+BAD_REQUEST: Final = b"Bad Request"
+#: an authority: RFC 3986 reg-name / IP-literal characters, userinfo, port (what Envoy's authority check admits)
+_AUTHORITY: Final = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:@\[\]%]*")
+#: a field name: an RFC 9110 token
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: what a field value may not contain (RFC 9110 5.5: no CR, LF or NUL; Envoy's header value check)
+_BAD_VALUE: Final = re.compile(rb"[\x00\r\n]")
+#: request targets: no whitespace, control characters or fragment (Envoy: 400)
+_BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f#]")
+
+
+def authority_ok(value: bytes) -> bool:
+    return _AUTHORITY.fullmatch(value) is not None
+
+
+def request_target(method: bytes, url: bytes) -> tuple[bytes, bytes]:
+    """(path, authority) of a request target: origin form as is (authority b""), absolute form (http or
+    https, any case) normalised to its path (``/`` when empty) and authority. Raises Refusal."""
+    if url[:1] == b"/":
+        if _BAD_TARGET.search(url) is not None:
+            raise Refusal(400, BAD_REQUEST)
+        return url, b""
+    if url == b"*":  # asterisk form: no route serves it (Envoy: OPTIONS * is 404, anything else 400)
+        raise Refusal(404 if method == b"OPTIONS" else 400, b"" if method == b"OPTIONS" else BAD_REQUEST)
+    lower = url[:8].lower()
+    if lower.startswith(b"http://"):
+        rest = url[7:]
+    elif lower.startswith(b"https://"):
+        rest = url[8:]
+    else:
+        raise Refusal(400, BAD_REQUEST)
+    if _BAD_TARGET.search(rest) is not None:
+        raise Refusal(400, BAD_REQUEST)
+    end = len(rest)
+    for sep in (b"/", b"?"):
+        i = rest.find(sep)
+        if 0 <= i < end:
+            end = i
+    authority, path = rest[:end], rest[end:]
+    if not authority or not authority_ok(authority) or not _port_ok(authority):
+        raise Refusal(400, BAD_REQUEST)
+    authority = authority[authority.rfind(b"@") + 1 :]  # userinfo is not forwarded (Envoy sends the host alone)
+    if not authority:
+        raise Refusal(400, BAD_REQUEST)
+    if not path:
+        path = b"/"
+    elif path[:1] == b"?":
+        path = b"/" + path
+    return path, authority
+
+
+def _port_ok(authority: bytes) -> bool:
+    """A port, if any, is digits (an IPv6 literal's colons are inside its brackets)."""
+    if authority[:1] == b"[":
+        close = authority.find(b"]")
+        rest = authority[close + 1 :]
+        return close > 0 and (rest == b"" or (rest[:1] == b":" and (rest[1:] == b"" or rest[1:].isdigit())))
+    host, sep, port = authority.rpartition(b":")
+    return not sep or (b":" not in host and (port == b"" or port.isdigit()))
+
+
+def chunked(values: Sequence[bytes]) -> bool:
+    """Whether a request's Transfer-Encoding header lines frame it chunked; Envoy admits exactly one line
+    that says `chunked` (any case, surrounding blanks): anything else is 501, never re-framed or passed on."""
+    if len(values) != 1 or values[0].strip(b" \t").lower() != b"chunked":
+        raise Refusal(501, b"Not Implemented")
+    return True
+
+
+def field_ok(name: bytes, value: bytes) -> bool:
+    """A header a plugin set is writable on the wire: token name (pseudo-headers aside), no CR/LF/NUL in the
+    value (Envoy refuses the stream otherwise: "invalid header value")."""
+    if _BAD_VALUE.search(value) is not None:
+        return False
+    if name[:1] == b":":
+        return _TOKEN.fullmatch(name[1:]) is not None
+    return _TOKEN.fullmatch(name) is not None

@@ -1,0 +1,603 @@
+"""The differential corpus: raw HTTP/1.1 requests (and scripted upstream responses) in families -- the findings of
+issue 13, the published request-smuggling families (TE/CL variants, obs-fold, whitespace before the colon,
+chunk extensions, bare CR/LF, absolute and asterisk form, method/version oddities), header and line limits,
+pipelining, upgrades, Host handling, and upstream-response oddities. `CASES` is what the suite runs; cases the
+fuzzer found live in found.yaml (loaded here too).
+
+A case marked `stricter` is one where the agent refuses by design what Envoy forwards (the reason is the
+marking); the bed then allows that, never the reverse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import yaml
+
+from tests.differential.bed import Case
+
+FOUND = Path(__file__).with_name("found.yaml")
+
+
+def req(
+    method: str = "GET",
+    target: str = "/",
+    version: str = "HTTP/1.1",
+    headers: Sequence[tuple[str, str]] = (("Host", "a.test"),),
+    body: bytes = b"",
+) -> bytes:
+    head = f"{method} {target} {version}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
+    return head.encode("utf-8") + body
+
+
+def _get(*extra: tuple[str, str], target: str = "/") -> bytes:
+    return req(target=target, headers=(("Host", "a.test"), *extra))
+
+
+def _post(body: bytes, *headers: tuple[str, str], target: str = "/p") -> bytes:
+    return req("POST", target, headers=(("Host", "a.test"), *headers), body=body)
+
+
+FOLLOW = _get(target="/next")  # a second, well-formed request after the one under test
+
+
+def _findings() -> Iterable[Case]:
+    f = "finding"
+    # 1 absolute form
+    yield Case("f1-absolute-admin", f, req(target="http://x.test/admin/users", headers=(("Host", "x.test"),)))
+    yield Case("f1-absolute-authority", f, req(target="http://admin.internal/a", headers=(("Host", "public"),)))
+    yield Case("f1-absolute-no-path", f, req(target="http://x.test", headers=(("Host", "x.test"),)))
+    yield Case("f1-absolute-query", f, req(target="http://x.test/admin?q=1", headers=(("Host", "x.test"),)))
+    # 2 header growth (the slow, unbounded variant is an integration test of its own)
+    yield Case("f2-header-70k", f, _get(("X-Big", "a" * 70_000)))
+    yield Case("f2-name-70k", f, _get(("X" * 70_000, "a")))
+    yield Case("f2-url-70k", f, _get(target="/" + "u" * 70_000))
+    # 3/4 partial requests then silence: both time out the stream
+    yield Case("f4-partial-head", f, b"GET / HTTP/1.1\r\nHost: a.test\r\n", deadline=STREAM_WAIT)
+    yield Case("f4-one-byte", f, b"G", deadline=STREAM_WAIT)
+    yield Case("f4-partial-body", f, _post(b"abc", ("Content-Length", "100")), deadline=STREAM_WAIT)
+    yield Case("f4-partial-chunk", f, _post(b"5\r\nab", ("Transfer-Encoding", "chunked")), deadline=STREAM_WAIT)
+    # 6 an upstream that sends more than its Content-Length / a body on 204/304: the next client must not get it
+    extra = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil"
+    yield Case("f6-extra-after-length", f, _get(), upstream=(extra,), then=_get(target="/second"))
+    partial = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 403 Forbidden\r\ncontent-length: 40\r\n\r\nx"
+    yield Case("f6-partial-extra", f, _get(), upstream=(partial,), then=_get(target="/second"))
+    body204 = b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil"
+    yield Case("f6-204-with-body", f, _get(), upstream=(body204,), then=_get(target="/second"))
+    cl204 = b"HTTP/1.1 204 No Content\r\ncontent-length: 4\r\n\r\nevil"
+    yield Case("f6-204-with-length", f, _get(), upstream=(cl204,), then=_get(target="/second"))
+    body304 = b"HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil"
+    yield Case("f6-304-with-body", f, _get(), upstream=(body304,), then=_get(target="/second"))
+    # 8 upgrades
+    yield Case(
+        "f8-h2c",
+        f,
+        _get(("Connection", "Upgrade, HTTP2-Settings"), ("Upgrade", "h2c"), ("HTTP2-Settings", "AAMAAABkAAQAAP__")),
+    )
+    yield Case(
+        "f8-h2c-then-get",
+        f,
+        _get(("Connection", "Upgrade, HTTP2-Settings"), ("Upgrade", "h2c"), ("HTTP2-Settings", "AAMAAABkAAQAAP__"))
+        + FOLLOW,
+    )
+    ws = (
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    )
+    yield Case("f8-websocket", f, _get(*ws))
+    yield Case("f8-websocket-then-bytes", f, _get(*ws) + b"\x81\x05hello")
+    yield Case("f8-connect", f, req("CONNECT", "x.test:443", headers=(("Host", "x.test:443"),)))
+    yield Case(
+        "f8-connect-then-bytes", f, req("CONNECT", "x.test:443", headers=(("Host", "x.test:443"),)) + b"\x16\x03\x01"
+    )
+    # 9/10 chunked framing errors and codings
+    for size in (b"3x", b"-3", b"0x3", b" 3", b"3 ", b"ffffffffffffffffff", b"", b"g"):
+        yield Case(
+            f"f9-chunk-size-{size.hex() or 'empty'}",
+            f,
+            _post(size + b"\r\nabc\r\n0\r\n\r\n", ("Transfer-Encoding", "chunked")),
+        )
+    yield Case("f9-chunk-no-crlf", f, _post(b"3\r\nabcX\r\n0\r\n\r\n", ("Transfer-Encoding", "chunked")))
+    yield Case("f9-chunk-lf-only", f, _post(b"3\nabc\n0\n\n", ("Transfer-Encoding", "chunked")))
+    yield Case("f9-chunk-ext-bare-cr", f, _post(b"3;a\rb\r\nabc\r\n0\r\n\r\n", ("Transfer-Encoding", "chunked")))
+    for te in ("xchunked", "chunkedx", "identity, chunked", "gzip, chunked", "chunked, chunked", "deflate", "identity"):
+        yield Case(f"f10-te-{te.replace(', ', '+')}", f, _post(b"3\r\nabc\r\n0\r\n\r\n", ("Transfer-Encoding", te)))
+    yield Case(
+        "f10-te-twice",
+        f,
+        _post(b"3\r\nabc\r\n0\r\n\r\n", ("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")),
+    )
+    yield Case(
+        "f10-te-gzip-then-chunked",
+        f,
+        _post(b"3\r\nabc\r\n0\r\n\r\n", ("Transfer-Encoding", "gzip"), ("Transfer-Encoding", "chunked")),
+    )
+    # 11 header count
+    yield Case("f11-100-headers", f, _get(*[(f"X-H{i}", "v") for i in range(99)]))
+    yield Case("f11-101-headers", f, _get(*[(f"X-H{i}", "v") for i in range(100)]))
+    yield Case("f11-200-headers", f, _get(*[(f"X-H{i}", "v") for i in range(199)]))
+    # 12 a huge upstream response head
+    big = b"HTTP/1.1 200 OK\r\nx-big: " + b"b" * 70_000 + b"\r\ncontent-length: 2\r\n\r\nok"
+    yield Case("f12-response-header-70k", f, _get(), upstream=(big,))
+    for size in (76_000, 80_000, 84_000, 100_000, 1_000_000):
+        huge = b"HTTP/1.1 200 OK\r\nx-big: " + b"b" * size + b"\r\ncontent-length: 2\r\n\r\nok"
+        yield Case(f"f12-response-header-{size}", f, _get(), upstream=(huge,))
+    many = b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-r%d: v\r\n" % i for i in range(150)) + b"content-length: 2\r\n\r\nok"
+    yield Case("f12-response-150-headers", f, _get(), upstream=(many,))
+    # 13 Host
+    yield Case("f13-no-host", f, req(headers=()))
+    yield Case("f13-connection-host", f, _get(("Connection", "host")))
+    yield Case(
+        "f13-two-hosts",
+        f,
+        req(headers=(("Host", "a.test"), ("Host", "b.test"))),
+        stricter="RFC 9112 3.2: more than one Host is a 400",
+    )
+    yield Case(
+        "f13-two-hosts-same",
+        f,
+        req(headers=(("Host", "a.test"), ("Host", "a.test"))),
+        stricter="RFC 9112 3.2: more than one Host is a 400",
+    )
+    # 14 targets and versions
+    yield Case("f14-get-star", f, req(target="*"))
+    yield Case("f14-fragment", f, req(target="/a#frag"))
+    yield Case("f14-http-2-0", f, req(version="HTTP/2.0"))
+    yield Case("f14-http-0-9", f, b"GET /\r\n\r\n")
+    yield Case("f14-http-0-9-bare", f, b"GET /\r\n")
+    # 15 Connection: close with more bytes in the same packet
+    yield Case("f15-close-then-more", f, _get(("Connection", "close")) + FOLLOW)
+    yield Case("f15-close-then-garbage", f, _get(("Connection", "close")) + b"garbage\r\n\r\n")
+    # 16 upstream codings it cannot frame, then close
+    for te in (b"chunked, gzip", b"xchunked", b"gzip", b"identity"):
+        up = b"HTTP/1.1 200 OK\r\ntransfer-encoding: " + te + b"\r\n\r\nsome bytes"
+        yield Case(f"f16-response-te-{te.decode().replace(', ', '+')}", f, _get(), upstream=(up,), upstream_close=True)
+
+
+STREAM_WAIT = 4.0  # longer than bed.STREAM_IDLE_S: both proxies time the stream out within it
+
+
+def _te_cl() -> Iterable[Case]:
+    f = "te-cl"
+    body = b"3\r\nabc\r\n0\r\n\r\n"
+    yield Case("cl-te", f, _post(body, ("Content-Length", "4"), ("Transfer-Encoding", "chunked")))
+    yield Case("te-cl", f, _post(body, ("Transfer-Encoding", "chunked"), ("Content-Length", "4")))
+    yield Case("te-cl-zero", f, _post(body, ("Transfer-Encoding", "chunked"), ("Content-Length", "0")))
+    for te in (
+        "Chunked",
+        "CHUNKED",
+        " chunked",
+        "chunked ",
+        "chunked\t",
+        "\tchunked",
+        "chunked,",
+        ",chunked",
+        "chunk",
+        "chunked;q=1",
+        '"chunked"',
+        "chunked\x0b",
+        "\x0bchunked",
+    ):
+        name = te.encode().hex()
+        yield Case(f"te-value-{name}", f, _post(body, ("Transfer-Encoding", te)))
+        yield Case(f"te-value-cl-{name}", f, _post(body, ("Content-Length", "3"), ("Transfer-Encoding", te)))
+    for header in (
+        "Transfer-Encoding ",
+        "Transfer_Encoding",
+        "Transfer-Encodings",
+        "transfer-encoding",
+        "TRANSFER-ENCODING",
+        "Transfer-\x00Encoding",
+    ):
+        yield Case(
+            f"te-name-{header.encode().hex()}",
+            f,
+            req("POST", "/p", headers=(("Host", "a.test"), (header, "chunked")), body=body),
+        )
+    for cl in ("+3", "-1", "3 ", " 3", "03", "3,3", "3, 4", "0x3", "3a", "", "18446744073709551619", "1e1", "\uff13"):
+        yield Case(f"cl-value-{cl.encode().hex() or 'empty'}", f, _post(b"abc", ("Content-Length", cl)))
+    yield Case("cl-twice-same", f, _post(b"abc", ("Content-Length", "3"), ("Content-Length", "3")))
+    yield Case("cl-twice-different", f, _post(b"abcd", ("Content-Length", "3"), ("Content-Length", "4")))
+    yield Case(
+        "cl-short-body-pipelined",
+        f,
+        _post(b"abcGET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n", ("Content-Length", "3")),
+    )
+    yield Case("cl-zero-body-pipelined", f, _post(b"", ("Content-Length", "0")) + FOLLOW)
+    yield Case(
+        "cl-on-get", f, req("GET", "/", headers=(("Host", "a.test"), ("Content-Length", "3")), body=b"abc") + FOLLOW
+    )
+    yield Case(
+        "te-on-get",
+        f,
+        req("GET", "/", headers=(("Host", "a.test"), ("Transfer-Encoding", "chunked")), body=body) + FOLLOW,
+    )
+    yield Case(
+        "chunked-smuggle-zero",
+        f,
+        _post(b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n", ("Transfer-Encoding", "chunked")),
+    )
+    yield Case("chunked-trailers", f, _post(b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n", ("Transfer-Encoding", "chunked")))
+    yield Case(
+        "chunked-trailer-cl", f, _post(b"3\r\nabc\r\n0\r\nContent-Length: 50\r\n\r\n", ("Transfer-Encoding", "chunked"))
+    )
+    yield Case(
+        "chunked-bad-trailer", f, _post(b"3\r\nabc\r\n0\r\nbad trailer\r\n\r\n", ("Transfer-Encoding", "chunked"))
+    )
+    yield Case(
+        "chunked-many",
+        f,
+        _post(b"".join(b"1\r\nx\r\n" for _ in range(50)) + b"0\r\n\r\n", ("Transfer-Encoding", "chunked")),
+    )
+    yield Case("chunked-leading-zeros", f, _post(b"0003\r\nabc\r\n0\r\n\r\n", ("Transfer-Encoding", "chunked")))
+    yield Case("chunked-upper-hex", f, _post(b"A\r\n0123456789\r\n0\r\n\r\n", ("Transfer-Encoding", "chunked")))
+
+
+def _chunk_extensions() -> Iterable[Case]:
+    f = "chunk-ext"
+    for ext in (
+        b";a=b",
+        b";a",
+        b';a="q"',
+        b" ;a",
+        b";a=b;c=d",
+        b";",
+        b';a="\\""',
+        b";=b",
+        b";a b",
+        b";a\x00",
+        b";" + b"e" * 4000,
+    ):
+        yield Case(
+            f"chunk-ext-{ext[:12].hex()}-{len(ext)}",
+            f,
+            _post(b"3" + ext + b"\r\nabc\r\n0\r\n\r\n", ("Transfer-Encoding", "chunked")),
+        )
+
+
+def _whitespace_and_folding() -> Iterable[Case]:
+    f = "obs-fold-ws"
+    yield Case("obs-fold-value", f, req(headers=(("Host", "a.test"), ("X-A", "a\r\n b"))))
+    yield Case("obs-fold-tab", f, req(headers=(("Host", "a.test"), ("X-A", "a\r\n\tb"))))
+    yield Case("obs-fold-te", f, _post(b"3\r\nabc\r\n0\r\n\r\n", ("Transfer-Encoding", "\r\n chunked")))
+    yield Case("obs-fold-first-line", f, b"GET / HTTP/1.1\r\n Host: a.test\r\n\r\n")
+    yield Case("space-before-colon", f, req(headers=(("Host ", "a.test"),)))
+    yield Case("tab-before-colon", f, req(headers=(("Host", "a.test"), ("X-A\t", "1"))))
+    yield Case("space-before-colon-cl", f, _post(b"abc", ("Content-Length ", "3")))
+    yield Case("space-in-name", f, req(headers=(("Host", "a.test"), ("X A", "1"))))
+    yield Case("empty-name", f, b"GET / HTTP/1.1\r\nHost: a.test\r\n: v\r\n\r\n")
+    yield Case("no-colon", f, b"GET / HTTP/1.1\r\nHost: a.test\r\nnocolon\r\n\r\n")
+    yield Case("value-leading-tabs", f, req(headers=(("Host", "a.test"), ("X-A", "\t\tv\t"))))
+    yield Case("value-empty", f, req(headers=(("Host", "a.test"), ("X-A", ""))))
+    yield Case("leading-crlf", f, b"\r\n" + _get())
+    yield Case("leading-crlf-x3", f, b"\r\n\r\n\r\n" + _get())
+    yield Case("leading-space", f, b" " + _get())
+    yield Case("request-line-double-space", f, b"GET  / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    yield Case("request-line-tab", f, b"GET\t/\tHTTP/1.1\r\nHost: a.test\r\n\r\n")
+    yield Case("request-line-trailing-space", f, b"GET / HTTP/1.1 \r\nHost: a.test\r\n\r\n")
+
+
+def _bare_cr_lf_nul() -> Iterable[Case]:
+    f = "cr-lf-nul"
+    yield Case("lf-only-lines", f, b"GET / HTTP/1.1\nHost: a.test\n\n")
+    yield Case("lf-only-headers", f, b"GET / HTTP/1.1\r\nHost: a.test\nX-A: 1\n\r\n")
+    yield Case("cr-only-lines", f, b"GET / HTTP/1.1\rHost: a.test\r\r")
+    yield Case("bare-cr-in-value", f, b"GET / HTTP/1.1\r\nHost: a.test\r\nX-A: a\rb\r\n\r\n")
+    yield Case("bare-lf-in-value", f, b"GET / HTTP/1.1\r\nHost: a.test\r\nX-A: a\nb: c\r\n\r\n")
+    yield Case("nul-in-value", f, b"GET / HTTP/1.1\r\nHost: a.test\r\nX-A: a\x00b\r\n\r\n")
+    yield Case("nul-in-name", f, b"GET / HTTP/1.1\r\nHost: a.test\r\nX\x00A: 1\r\n\r\n")
+    yield Case("nul-in-target", f, b"GET /a\x00b HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    yield Case("ctl-in-target", f, b"GET /a\x01b HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    yield Case("del-in-target", f, b"GET /a\x7fb HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    yield Case("high-byte-in-target", f, b"GET /a\xffb HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    yield Case("space-in-target", f, b"GET /a b HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    yield Case("obs-text-in-value", f, b"GET / HTTP/1.1\r\nHost: a.test\r\nX-A: caf\xe9\r\n\r\n")
+    yield Case("high-byte-in-name", f, b"GET / HTTP/1.1\r\nHost: a.test\r\nX-\xe9: 1\r\n\r\n")
+    yield Case("del-in-value", f, b"GET / HTTP/1.1\r\nHost: a.test\r\nX-A: a\x7fb\r\n\r\n")
+    yield Case("ctl-in-value", f, b"GET / HTTP/1.1\r\nHost: a.test\r\nX-A: a\x01b\r\n\r\n")
+    yield Case("cr-in-chunk-size", f, _post(b"3\r\r\nabc\r\n0\r\n\r\n", ("Transfer-Encoding", "chunked")))
+    yield Case("lf-after-chunk-data", f, _post(b"3\r\nabc\n0\r\n\r\n", ("Transfer-Encoding", "chunked")))
+    yield Case("cr-lf-in-host", f, b"GET / HTTP/1.1\r\nHost: a.test\rX: 1\r\n\r\n")
+
+
+def _targets() -> Iterable[Case]:
+    f = "target-form"
+    for target in (
+        "https://x.test/a",
+        "HTTP://X.TEST/a",
+        "http://x.test:8080/a",
+        "http://user@x.test/a",
+        "http://x.test/a?b#c",
+        "ftp://x.test/a",
+        "//x.test/a",
+        "x.test/a",
+        "a",
+        "/a/../b",
+        "/a/./b",
+        "//a",
+        "/%2e%2e/a",
+        "/a%00b",
+        "/a?b=c&d",
+        "/" + "a" * 8000,
+        "http://",
+        "http:///a",
+        "http://[::1]/a",
+        "http://x.test:abc/a",
+    ):
+        yield Case(
+            f"target-{target[:24].encode().hex()}-{len(target)}", f, req(target=target, headers=(("Host", "x.test"),))
+        )
+    yield Case("options-star", f, req("OPTIONS", "*"))
+    yield Case("empty-target", f, b"GET  HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    yield Case("connect-origin-form", f, req("CONNECT", "/a"))
+
+
+def _methods_versions() -> Iterable[Case]:
+    f = "method-version"
+    for method in ("get", "FOO", "G@T", "GET\x00", "PROPFIND", "PATCH", "DELETE", "OPTIONS", "TRACE", "M" * 100, "PRI"):
+        yield Case(f"method-{method[:12].encode().hex()}-{len(method)}", f, req(method=method))
+    yield Case("head", f, req("HEAD"), head=True)
+    yield Case("head-pipelined", f, req("HEAD") + req("HEAD", "/2"), head=True)
+    for version in (
+        "HTTP/1.0",
+        "HTTP/1.2",
+        "HTTP/1.10",
+        "HTTP/2.0",
+        "HTTP/3.0",
+        "http/1.1",
+        "HTTP/1.1x",
+        "HTTP/1",
+        "HTTP/01.1",
+        "HTTPS/1.1",
+        "HTTP/9.9",
+    ):
+        yield Case(f"version-{version.encode().hex()}", f, req(version=version))
+    yield Case("http10-no-host", f, req(version="HTTP/1.0", headers=()))
+    yield Case(
+        "http10-keep-alive", f, req(version="HTTP/1.0", headers=(("Host", "a.test"), ("Connection", "keep-alive")))
+    )
+    yield Case("pri-preface", f, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+
+
+def _limits() -> Iterable[Case]:
+    f = "limits"
+    for size in (8_000, 30_000, 50_000, 58_000):
+        yield Case(f"header-value-{size}", f, _get(("X-Big", "a" * size)))
+    for size in (61_500, 64_000, 80_000, 200_000):
+        yield Case(f"header-value-{size}", f, _get(("X-Big", "a" * size)))
+    yield Case("many-headers-50k-total", f, _get(*[(f"X-H{i}", "v" * 500) for i in range(90)]))
+    yield Case("many-headers-70k-total", f, _get(*[(f"X-H{i}", "v" * 700) for i in range(99)]))
+    yield Case("url-50k", f, _get(target="/" + "u" * 50_000))
+    yield Case("url-65k", f, _get(target="/" + "u" * 65_000))
+    yield Case("body-1m", f, _post(b"b" * (1 << 20), ("Content-Length", str(1 << 20))))
+    yield Case(
+        "chunked-body-256k",
+        f,
+        _post(b"40000\r\n" + b"c" * (1 << 18) + b"\r\n0\r\n\r\n", ("Transfer-Encoding", "chunked")),
+    )
+
+
+def _pipelining() -> Iterable[Case]:
+    f = "pipelining"
+    yield Case("pipe-2", f, _get(target="/1") + _get(target="/2"))
+    yield Case("pipe-3", f, _get(target="/1") + _get(target="/2") + _get(target="/3"))
+    yield Case("pipe-post-get", f, _post(b"abc", ("Content-Length", "3")) + FOLLOW)
+    yield Case("pipe-chunked-get", f, _post(b"3\r\nabc\r\n0\r\n\r\n", ("Transfer-Encoding", "chunked")) + FOLLOW)
+    yield Case("pipe-get-bad", f, _get(target="/1") + b"BROKEN\r\n\r\n")
+    yield Case(
+        "pipe-get-bad-te", f, _get(target="/1") + _post(b"3\r\nabc\r\n0\r\n\r\n", ("Transfer-Encoding", "xchunked"))
+    )
+    yield Case("pipe-get-partial", f, _get(target="/1") + b"GET /2 HTTP/1.1\r\nHo", deadline=STREAM_WAIT)
+    yield Case("pipe-admin-then-ok", f, _get(target="/admin/x") + _get(target="/ok"))
+    yield Case("pipe-10", f, b"".join(_get(target=f"/{i}") for i in range(10)))
+    yield Case(
+        "pipe-http10", f, req(version="HTTP/1.0", headers=(("Host", "a.test"), ("Connection", "keep-alive"))) + FOLLOW
+    )
+
+
+def _connection_headers() -> Iterable[Case]:
+    f = "connection"
+    yield Case("conn-close", f, _get(("Connection", "close")))
+    yield Case("conn-keep-alive", f, _get(("Connection", "keep-alive")))
+    yield Case("conn-names-header", f, _get(("Connection", "x-hop"), ("X-Hop", "1"), ("X-End", "kept")))
+    yield Case("conn-content-length", f, _post(b"abc", ("Connection", "content-length"), ("Content-Length", "3")))
+    yield Case(
+        "conn-transfer-encoding",
+        f,
+        _post(b"3\r\nabc\r\n0\r\n\r\n", ("Connection", "transfer-encoding"), ("Transfer-Encoding", "chunked")),
+    )
+    yield Case("conn-x-request-id", f, _get(("Connection", "x-request-id"), ("X-Request-Id", "given")))
+    yield Case("conn-upgrade-no-upgrade", f, _get(("Connection", "upgrade")))
+    yield Case("upgrade-no-connection", f, _get(("Upgrade", "websocket")))
+    yield Case("conn-empty", f, _get(("Connection", "")))
+    yield Case("conn-many-tokens", f, _get(("Connection", "a, b, , c,keep-alive"), ("A", "1"), ("C", "2")))
+    yield Case("te-trailers", f, _get(("TE", "trailers")))
+    yield Case("te-gzip", f, _get(("TE", "gzip")))
+    yield Case("keep-alive-header", f, _get(("Keep-Alive", "timeout=5")))
+    yield Case("proxy-connection", f, _get(("Proxy-Connection", "keep-alive")))
+    yield Case("expect-continue", f, _post(b"abc", ("Content-Length", "3"), ("Expect", "100-continue")))
+    yield Case("expect-continue-no-body", f, _get(("Expect", "100-continue")))
+    yield Case("expect-other", f, _post(b"abc", ("Content-Length", "3"), ("Expect", "201-whatever")))
+
+
+def _hosts() -> Iterable[Case]:
+    f = "host"
+    for host in (
+        "a.test:8080",
+        "",
+        "a.test:",
+        "a b",
+        "a.test:99999",
+        "[::1]:80",
+        "user@a.test",
+        "a.test/x",
+        "a_b.test",
+        "A.TEST",
+        "a.test.",
+    ):
+        yield Case(f"host-{host.encode().hex() or 'empty'}", f, req(headers=(("Host", host),)))
+    yield Case("host-absolute-mismatch-admin", f, req(target="http://x.test/admin", headers=(("Host", "a.test"),)))
+
+
+def _plugin_paths() -> Iterable[Case]:
+    f = "plugin"
+    for target in (
+        "/admin",
+        "/admin/x",
+        "/Admin",
+        "/%61dmin",
+        "//admin",
+        "/./admin",
+        "/x/../admin",
+        "/admin?x=1",
+        "/adminx",
+        "/ad%6din",
+    ):
+        yield Case(f"deny-{target.encode().hex()}", f, req(target=target), pairs=("filtered",))
+
+
+def _responses() -> Iterable[Case]:
+    f = "response"
+    table = {
+        "cl-te": b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "dup-cl": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc",
+        "dup-cl-same": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok",
+        "neg-cl": b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\nok",
+        "chunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        "chunked-trailers": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n",
+        "bad-chunk": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+        "continue-then-200": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        "103-then-200": b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        "no-reason": b"HTTP/1.1 200\r\ncontent-length: 2\r\n\r\nok",
+        "status-999": b"HTTP/1.1 999 Odd\r\ncontent-length: 2\r\n\r\nok",
+        "status-2-digits": b"HTTP/1.1 20 OK\r\ncontent-length: 2\r\n\r\nok",
+        "http10-response": b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        "lf-only": b"HTTP/1.1 200 OK\ncontent-length: 2\n\nok",
+        "obs-fold": b"HTTP/1.1 200 OK\r\nx-a: a\r\n b\r\ncontent-length: 2\r\n\r\nok",
+        "nul-in-value": b"HTTP/1.1 200 OK\r\nx-a: a\x00b\r\ncontent-length: 2\r\n\r\nok",
+        "space-before-colon": b"HTTP/1.1 200 OK\r\ncontent-length : 2\r\n\r\nok",
+        "101-unrequested": b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+        "garbage": b"NOT HTTP\r\n\r\n",
+        "empty-close": b"",
+        "304-with-length": b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n",
+        "set-cookie-twice": b"HTTP/1.1 200 OK\r\nset-cookie: a=1\r\nset-cookie: b=2\r\ncontent-length: 2\r\n\r\nok",
+        "connection-close": b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+        "hop-headers": b"HTTP/1.1 200 OK\r\nconnection: x-up\r\nx-up: 1\r\nkeep-alive: timeout=1\r\n"
+        b"content-length: 2\r\n\r\nok",
+        "500": b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 2\r\n\r\nno",
+        "early-413": b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno",
+    }
+    for name, raw in table.items():
+        close = name in ("empty-close", "garbage", "connection-close", "early-413", "101-unrequested")
+        yield Case(f"resp-{name}", f, _get(), upstream=(raw,), upstream_close=close)
+    yield Case(
+        "resp-close-delimited", f, _get(), upstream=(b"HTTP/1.1 200 OK\r\n\r\nuntil close",), upstream_close=True
+    )
+    yield Case(
+        "resp-short-body-close",
+        f,
+        _get(),
+        upstream=(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",),
+        upstream_close=True,
+    )
+    yield Case(
+        "resp-chunked-no-end-close",
+        f,
+        _get(),
+        upstream=(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n",),
+        upstream_close=True,
+    )
+    yield Case(
+        "resp-head-with-body",
+        f,
+        req("HEAD"),
+        upstream=(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",),
+        head=True,
+        then=req("HEAD", "/2"),
+    )
+
+
+def _found() -> Iterable[Case]:
+    if not FOUND.exists():
+        return
+    for entry in yaml.safe_load(FOUND.read_text()) or []:
+        yield Case(
+            name=str(entry["name"]),
+            family="found",
+            request=str(entry["request"]).encode("latin-1"),
+            stricter=str(entry.get("stricter", "")),
+        )
+
+
+#: where the agent refuses by design what Envoy 1.40 (its Balsa parser) lets through: llhttp in strict mode
+_LENIENT = "Envoy's parser tolerates it; the agent's (llhttp, strict) refuses it with 400"
+STRICTER: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "f9-chunk-size-3320",  # "3 " before CRLF
+            "f9-chunk-no-crlf",
+            "chunk-ext-203b61-3",  # " ;a"
+            "chunk-ext-3b-1",  # ";" alone
+            "chunk-ext-3b612062-4",  # ";a b"
+            "chunk-ext-3b6100-3",  # NUL in an extension
+            "obs-fold-value",
+            "obs-fold-tab",
+            "obs-fold-te",
+            "request-line-tab",
+            "request-line-trailing-space",
+            "lf-only-lines",
+            "lf-only-headers",
+            "cr-only-lines",
+            "bare-cr-in-value",
+            "bare-lf-in-value",
+            "lf-after-chunk-data",
+            "pri-preface",
+            "te-value-6368756e6b656409",  # "chunked<TAB>"
+            "chunked-trailer-cl",  # Content-Length in the trailers
+        ),
+        _LENIENT,
+    ),
+    "f13-two-hosts": "RFC 9112 3.2: more than one Host is a 400 (Envoy merges them)",
+    "f13-two-hosts-same": "RFC 9112 3.2: more than one Host is a 400 (Envoy merges them)",
+    "f14-http-0-9-bare": "an HTTP/0.9 line alone: the agent waits for the end of the head (then 408); Envoy 426",
+    "resp-lf-only": "a response with bare-LF lines is not relayed (502); Envoy's parser tolerates it",
+    "resp-obs-fold": "a folded response header is not relayed (502); Envoy's parser tolerates it",
+    "resp-101-unrequested": "a 101 the client did not ask for is not relayed (503); Envoy passes it on",
+}
+#: documented differences in what the first client sees, the upstream and the second client's checks still hold
+DIVERGENCE: dict[str, str] = {
+    "f6-204-with-length": "the agent relays the 204 and drops the upstream connection; Envoy answers 502",
+}
+
+
+def _marked(case: Case) -> Case:
+    return dataclasses.replace(
+        case, stricter=STRICTER.get(case.name, case.stricter), divergence=DIVERGENCE.get(case.name, "")
+    )
+
+
+CASES: tuple[Case, ...] = tuple(
+    map(
+        _marked,
+        (
+            *_findings(),
+            *_te_cl(),
+            *_chunk_extensions(),
+            *_whitespace_and_folding(),
+            *_bare_cr_lf_nul(),
+            *_targets(),
+            *_methods_versions(),
+            *_limits(),
+            *_pipelining(),
+            *_connection_headers(),
+            *_hosts(),
+            *_plugin_paths(),
+            *_responses(),
+            *_found(),
+        ),
+    )
+)
