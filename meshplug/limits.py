@@ -72,8 +72,8 @@ LUA_METADATA_DEPTH = 32
 MAX_REQUEST_HEADERS_KB = 60
 MAX_REQUEST_HEADER_BYTES = MAX_REQUEST_HEADERS_KB * KiB
 MAX_HEADERS_COUNT = 100
-#: the same for an upstream's response head (beyond: the upstream is reset, 502)
-MAX_RESPONSE_HEADERS_KB = 60
+#: an upstream's response head (Envoy 1.40 cluster default: 80 KiB; beyond: the upstream is reset, 502)
+MAX_RESPONSE_HEADERS_KB = 80
 MAX_RESPONSE_HEADERS_COUNT = 100
 #: a request whose head is not complete this long after its first byte: 408 (request_headers_timeout; 0 = off)
 REQUEST_HEADERS_TIMEOUT_S = 0.0

@@ -21,7 +21,7 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
     http:                            # optional: HTTP/1.1 limits and timeouts, Envoy's names and defaults (0 = off)
       max_request_headers_kb: 60     # request line + headers; 431 beyond
       max_headers_count: 100         # 431 beyond
-      max_response_headers_kb: 60    # an upstream's response head; 502 beyond
+      max_response_headers_kb: 80    # an upstream's response head; 502 beyond
       max_response_headers_count: 100
       request_headers_timeout_s: 0   # whole head within this after its first byte, else 408
       stream_idle_timeout_s: 300     # no activity on a request this long: 408 (or reset once answering)

@@ -108,6 +108,7 @@ def _config(clusters: dict[str, int], *, response_timeout_s: float = 15.0) -> tu
         ],
         "admin": {"address": "127.0.0.1", "port": procs.free_port()},
         "drain_timeout_s": 10,
+        "http": {"accept_http_10": True},  # Envoy's default refuses HTTP/1.0 (426); these tests serve it
     }
     return raw, ports
 
