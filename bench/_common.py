@@ -111,13 +111,14 @@ def start_agent(
         {"name": f"bench-{i}", "module": {"file": str(wasm)}, "configuration": config}
         for i in range(count if wasm is not None else 0)
     ]
-    return start_agent_with(work, name, upstream_port, plugins)
+    return start_agent_with(work, name, upstream_port, plugins, source=source)
 
 
 def start_agent_with(
-    work: Path, name: str, upstream_port: int, plugins: list[dict[str, Any]]
+    work: Path, name: str, upstream_port: int, plugins: list[dict[str, Any]], *, source: Path | None = None
 ) -> tuple[procs.Proc, int]:
-    """`meshplug agent` with these config `plugins` entries (wasm modules or Lua filters) in front of the upstream."""
+    """`meshplug agent` with these config `plugins` entries (wasm modules or Lua filters) in front of the upstream
+    (`source`: as in `start_agent`)."""
     port, admin = procs.free_port(), procs.free_port()
     raw = tb_agent.base_config(port=port, admin_port=admin, clusters={"upstream": upstream_port}, plugins=plugins)
     env = None if source is None else {"PYTHONPATH": str(source), "MESHPLUG_REQUIRE_NATIVE": "1"}
