@@ -185,6 +185,7 @@ class PluginSpec:
     match_rules: tuple[MatchRule, ...] = ()  # empty: every request; else only requests matching a rule
     kind: str = KIND  # WasmPlugin or TrafficExtension
     lua: str | None = None  # a TrafficExtension's lua.inlineCode (then url is "" and scheme INLINE)
+    verification_key: str = ""  # stored and reported; enforced by the signature checks of the fetch stage
 
     @property
     def envoy_name(self) -> str:
@@ -561,4 +562,5 @@ def _parse_wasm(body: Mapping[str, Any], spec: Any) -> PluginSpec:
         selector=_selector(spec),
         target_refs=target_refs,
         match_rules=match_rules,
+        verification_key=_str(spec, "verificationKey"),
     )

@@ -19,7 +19,8 @@ from pathlib import Path
 import kubernetes
 
 from meshplug import fetch
-from meshplug.controller import apply, handlers, reconcile
+from meshplug.commands import fetch as fetch_command
+from meshplug.controller import apply, handlers, reconcile, signing
 from meshplug.controller import metrics as metrics_mod
 from meshplug.controller.delivery import agent as agent_delivery
 from meshplug.fetch import serve
@@ -38,6 +39,12 @@ WasmPlugin (meshplug.io/v1alpha1) takes Istio's WasmPlugin fields plus:
         - hosts: [api.example.com, "*.example.org"]
           pluginConfig: {header: x-api}
         - paths: [{prefix: /v1/}, {exact: /healthz}]
+
+  verificationKey: PEM            Istio's field: the module must be an oci:// image with a cosign signature
+                                  under this key (tag or Sigstore bundle layout) for its manifest digest, else
+                                  Ready=False SignatureInvalid and nothing is delivered (the last good stays)
+Signature policy: --require-signatures refuses every module not signed under the plugin's verificationKey
+or, for plugins without one, under a --trusted-key.
 
 SIGTERM/SIGINT: stops within a few seconds, releasing the leader Lease (a standby takes over at once).
 """
@@ -77,6 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="namespace of the leader-election Lease (default $POD_NAMESPACE; unset: no election, one replica)",
     )
     parser.add_argument("--lease-duration", type=float, default=15.0, help="leader Lease duration in seconds")
+    parser.add_argument(
+        "--require-signatures",
+        action="store_true",
+        help="refuse modules without a cosign signature (under the plugin's verificationKey, else --trusted-key)",
+    )
+    parser.add_argument(
+        "--trusted-key", type=Path, action="append", default=[], help="cosign public key (PEM) trusted by the policy"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,12 +117,16 @@ def run(args: argparse.Namespace) -> int:
     server = serve.ModuleServer(fetcher.cache, token=token, host=host or "0.0.0.0", port=int(port))  # noqa: S104
     writer = apply.Writer(api)
     metrics = metrics_mod.Metrics()
+    policy = signing.SignaturePolicy(
+        required=args.require_signatures, trusted=tuple(fetch_command.public_keys(args.trusted_key))
+    )
     reconciler = reconcile.Reconciler(
         writer,
         fetcher,
         model.ModuleServer(host=args.module_host, port=args.module_port, token=token),
         metrics=metrics,
         agent_token_secret=args.agent_token_secret,
+        signature_policy=policy,
     )
     metrics_server = None
     if args.metrics_listen:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from meshplug import errors, fetch, limits, spec, validate
-from meshplug.controller import apply, delivery, status
+from meshplug.controller import apply, delivery, signing, status
 from meshplug.controller import metrics as metrics_mod
 from meshplug.controller.delivery import agent as agent_delivery
 from meshplug.controller.delivery import istio_configmap
@@ -46,10 +46,12 @@ class Reconciler:
         metrics: metrics_mod.Metrics | None = None,
         agent_token_secret: str = agent_delivery.DEFAULT_AGENT_TOKEN_SECRET,
         enqueue: Callable[[Key, float], None] | None = None,
+        signature_policy: signing.SignaturePolicy | None = None,
     ) -> None:
         self.writer = writer
         self.fetcher = fetcher
         self.server = server
+        self.signature_policy = signature_policy or signing.SignaturePolicy()
         self.metrics = metrics or metrics_mod.Metrics()
         self.agent = agent_delivery.AgentDelivery(
             writer, server, self._load, metrics=self.metrics, token_secret=agent_token_secret
@@ -177,8 +179,8 @@ class Reconciler:
         try:
             plugin = spec.parse(body)
         except errors.SpecError as exc:
-            cond = status.Condition(status.READY, "False", exc.reason, exc.message)
-            self._finish(body, [cond], event=(True, exc.reason, exc.message))
+            cond = status.Condition(status.READY, "False", status.reason(exc.reason), exc.message)
+            self._finish(body, [cond], event=(True, status.reason(exc.reason), exc.message))
             raise status.Permanent(exc.message) from None
 
         try:
@@ -186,12 +188,14 @@ class Reconciler:
         except errors.MeshplugError as exc:
             if isinstance(exc, errors.ApplyError):
                 self._note_forbidden(key, exc)
+            why = status.reason(exc.reason)
+            refused = "module refused" if isinstance(exc, errors.SignatureError) else "fetch failed"
             conds = [
-                status.Condition(status.FETCHED, "False", exc.reason, exc.message),
+                status.Condition(status.FETCHED, "False", why, exc.message),
                 status.Condition(status.VALIDATED, "Unknown", "NotFetched", "the module was not fetched"),
-                status.Condition(status.READY, "False", exc.reason, f"fetch failed: {exc.message}"),
+                status.Condition(status.READY, "False", why, f"{refused}: {exc.message}"),
             ]
-            self._finish(body, conds, event=(True, f"Fetch:{exc.reason}", exc.message))
+            self._finish(body, conds, event=(True, why, exc.message))
             raise status.Retry(exc.message, status.backoff(retry)) from None
         fetched = status.Condition(status.FETCHED, "True", "Fetched", f"{artifact.digest} from {artifact.source_url}")
         if artifact.previous_manifest_digest is not None:
@@ -206,12 +210,13 @@ class Reconciler:
             module = self._validate(plugin, artifact)
         except errors.ValidationError as exc:
             reasons = "; ".join(exc.reasons) or exc.message
+            why = status.reason(exc.reason)
             conds = [
                 fetched,
-                status.Condition(status.VALIDATED, "False", exc.reason, reasons),
-                status.Condition(status.READY, "False", exc.reason, f"module rejected: {reasons}"),
+                status.Condition(status.VALIDATED, "False", why, reasons),
+                status.Condition(status.READY, "False", why, f"module rejected: {reasons}"),
             ]
-            self._finish(body, conds, digest=artifact.digest, event=(True, f"Validate:{exc.reason}", reasons))
+            self._finish(body, conds, digest=artifact.digest, event=(True, why, reasons))
             raise status.Retry(reasons, max(15.0, status.backoff(retry))) from None  # a mutable tag may be re-pushed
         validated = status.Condition(status.VALIDATED, "True", "Valid", "proxy-wasm ABI check passed")
 
@@ -225,8 +230,9 @@ class Reconciler:
             report = path.deliver(delivery.Request(body=body, plugin=plugin, module=module))
         except errors.ApplyError as exc:
             self._note_forbidden(key, exc)
-            conds = [fetched, validated, status.Condition(status.READY, "False", exc.reason, exc.message)]
-            self._finish(body, conds, digest=artifact.digest, event=(True, f"Apply:{exc.reason}", exc.message))
+            why = status.reason(exc.reason)
+            conds = [fetched, validated, status.Condition(status.READY, "False", why, exc.message)]
+            self._finish(body, conds, digest=artifact.digest, event=(True, why, exc.message))
             raise status.Retry(exc.message, status.backoff(retry)) from None
         self._finish(
             body,
@@ -260,7 +266,11 @@ class Reconciler:
                 )
             secret = base64.b64decode(raw)
         return self.fetcher.fetch(
-            plugin.url, sha256=plugin.sha256, pull_secret=secret, pull_policy=plugin.pull_policy.value
+            plugin.url,
+            sha256=plugin.sha256,
+            pull_secret=secret,
+            pull_policy=plugin.pull_policy.value,
+            keys=self.signature_policy.keys_for(plugin),
         )
 
     # --- cleanup ---------------------------------------------------------------------------------------------

@@ -66,6 +66,20 @@ def merge_conditions(
     return out
 
 
+#: error reasons whose CamelCase form reads better than the word-by-word one
+_REASON_NAMES = {"checksum_mismatched": "ChecksumMismatch", "not_wasm": "NotWasm", "too_large": "TooLarge"}
+
+
+def reason(raw: str) -> str:
+    """A condition or Event reason in Kubernetes' CamelCase: ``signature_invalid`` -> ``SignatureInvalid``
+    (error reasons are snake_case because they double as metric labels); CamelCase ones pass unchanged."""
+    if raw in _REASON_NAMES:
+        return _REASON_NAMES[raw]
+    if "_" not in raw and raw[:1].isupper():
+        return raw
+    return "".join(part[:1].upper() + part[1:] for part in raw.replace("-", "_").split("_") if part)
+
+
 def backoff(retry: int) -> float:
     first, cap = limits.RECONCILE_BACKOFF_FIRST_S, limits.RECONCILE_BACKOFF_MAX_S
     return float(min(cap, first * 2 ** min(retry, 6)))

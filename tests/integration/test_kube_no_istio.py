@@ -103,7 +103,7 @@ def test_istio_plane_without_envoyfilter_kind_reports_it_and_deletes(bare: kube_
     assert ready["status"] == "False"
     assert "networking.istio.io/v1alpha3 EnvoyFilter" in ready["message"]
     _, events = bare.request("GET", f"/api/v1/namespaces/{NS}/events")
-    assert any(e["reason"] == "Apply:EnvoyFilterKindMissing" for e in events["items"])
+    assert any(e["reason"] == "EnvoyFilterKindMissing" for e in events["items"])
 
     _delete_and_wait(bare, "istio-plane")
     _, cms = bare.request("GET", f"/api/v1/namespaces/{NS}/configmaps?labelSelector=meshplug.io/plugin=istio-plane")

@@ -152,10 +152,10 @@ def test_plugin_is_delivered_with_status_and_cleaned_up(kube: kube_mod.Kube, ope
 @pytest.mark.parametrize(
     ("case", "condition", "reason"),
     [
-        ("wrong-sha256", "Fetched", "checksum_mismatched"),
-        ("missing-file", "Fetched", "not_found"),
-        ("unreachable-url", "Fetched", "download_failure"),
-        ("not-proxy-wasm", "Validated", "no_abi_marker"),
+        ("wrong-sha256", "Fetched", "ChecksumMismatch"),
+        ("missing-file", "Fetched", "NotFound"),
+        ("unreachable-url", "Fetched", "DownloadFailure"),
+        ("not-proxy-wasm", "Validated", "NoAbiMarker"),
         ("bad-plugin-config", "Ready", "InvalidPluginConfig"),
     ],
 )

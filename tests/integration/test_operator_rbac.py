@@ -188,7 +188,7 @@ def test_exact_rules_suffice_and_a_missing_one_fails_loudly(
     )
     assert 'cannot patch resource "deployments"' in _ready(kube, ns, "hdr")["message"]
     _, events = kube.request("GET", f"/api/v1/namespaces/{ns}/events")
-    assert any(e["reason"] == "Apply:Forbidden" and e["type"] == "Warning" for e in events["items"])
+    assert any(e["reason"] == "Forbidden" and e["type"] == "Warning" for e in events["items"])
     procs.wait_until(lambda: not op.healthy(), timeout=30, what="/healthz to turn 503")
     assert "missing RBAC permission while reconciling" in op.proc.log()
     assert op.metrics()["meshplug_operator_healthy"] == 0

@@ -1,0 +1,109 @@
+"""`verificationKey` enforced by the operator (a real process on the real kube-apiserver), with modules signed by
+the real cosign in the test bed's registry: a signed module (tag or bundle layout) becomes Ready; an unsigned
+module and one signed by another key are refused before anything rolls out (Ready=False SignatureInvalid, a
+Warning Event SignatureInvalid, no EnvoyFilter); when a Ready plugin's new module is unsigned, its last good
+module keeps being delivered. `--require-signatures` refuses plugins without a key of their own."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.guests import minimal
+from tests.integration.test_kube_operator import PLUGINS, _events, _plugin, _wait_condition
+from tests.testbed import kube as kube_mod
+from tests.testbed import operator as operator_mod
+from tests.testbed import procs
+from tests.testbed.fixtures_cosign import CosignKit
+from tests.testbed.registry import Registry
+
+SIGNED = minimal.passthrough('(data (i32.const 2048) "signed v1")')
+UNSIGNED = minimal.passthrough('(data (i32.const 2048) "unsigned v2")')
+
+
+@pytest.fixture
+def signed_operator(
+    kube: kube_mod.Kube, kube_namespace: str, registries: dict[str, Registry], tmp_path: Path
+) -> Iterator[tuple[str, Registry]]:
+    """The operator (CRDs applied by the test's usefixtures) with --require-signatures and no trusted key."""
+    registry = registries["plain"]
+    op = operator_mod.start_operator(
+        kube.kubeconfig,
+        tmp_path,
+        namespaces=[kube_namespace],
+        extra=[f"--insecure-registry={registry.host}", "--require-signatures"],
+    )
+    try:
+        yield kube_namespace, registry
+    finally:
+        op.stop()
+        print(op.proc.log()[-6000:])
+
+
+def _configmap_digest(kube: kube_mod.Kube, ns: str, plugin: str) -> str:
+    _, cm = kube.request("GET", f"/api/v1/namespaces/{ns}/configmaps/meshplug-wasm-{plugin}")
+    return str(((cm.get("metadata") or {}).get("annotations") or {}).get("meshplug.io/digest", ""))
+
+
+def _refused(kube: kube_mod.Kube, ns: str, name: str, message: str) -> dict[str, Any]:
+    obj = _wait_condition(kube, ns, name, "Ready", status="False", reason="SignatureInvalid")
+    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+    assert message in ready["message"], ready
+    assert "Error" not in ready["message"]  # no internal class names
+    procs.wait_until(
+        lambda: ("Warning", "SignatureInvalid") in _events(kube, ns, name), timeout=30, what="a SignatureInvalid Event"
+    )
+    return obj
+
+
+@pytest.mark.usefixtures("wasmplugin_crd", "envoyfilter_crd")
+def test_verification_key_gates_rollout(
+    kube: kube_mod.Kube, signed_operator: tuple[str, Registry], cosign: CosignKit
+) -> None:
+    ns, registry = signed_operator
+    key = cosign.signer.pub.read_text()
+    tag_digest = registry.push_layout("wasm-content-single-layer", "gate/app", "v1", SIGNED)
+    cosign.cosign.sign(registry, f"gate/app@{tag_digest}", cosign.signer)
+    bundle_module = minimal.passthrough('(data (i32.const 2048) "bundle")')
+    bundle_digest = registry.push_layout("cncf-wasm-artifact", "gate/bundle", "v1", bundle_module)
+    cosign.cosign.sign(registry, f"gate/bundle@{bundle_digest}", cosign.signer, bundle=True)
+    registry.push_layout("wasm-content-single-layer", "gate/unsigned", "v1", UNSIGNED)
+    other_digest = registry.push_layout("wasm-content-single-layer", "gate/other", "v1", UNSIGNED)
+    cosign.cosign.sign(registry, f"gate/other@{other_digest}", cosign.other)
+
+    url = f"oci://{registry.host}/gate"
+    _plugin(kube, ns, "tagged", {"url": f"{url}/app:v1", "verificationKey": key})
+    _plugin(kube, ns, "bundled", {"url": f"{url}/bundle:v1", "verificationKey": key})
+    _plugin(kube, ns, "unsigned", {"url": f"{url}/unsigned:v1", "verificationKey": key})
+    _plugin(kube, ns, "otherkey", {"url": f"{url}/other:v1", "verificationKey": key})
+    _plugin(kube, ns, "nokey", {"url": f"{url}/app:v1"})  # signed, but the plugin names no key: policy refuses
+
+    for name, module in (("tagged", SIGNED), ("bundled", bundle_module)):
+        obj = _wait_condition(kube, ns, name, "Ready", status="True", reason="Applied")
+        assert obj["status"]["digest"] == "sha256:" + hashlib.sha256(module).hexdigest()
+    _refused(kube, ns, "unsigned", "has no cosign signature")
+    _refused(kube, ns, "otherkey", "none verifies under key")
+    _refused(kube, ns, "nokey", "--require-signatures")
+    for name in ("unsigned", "otherkey", "nokey"):  # nothing rolled out for them
+        ef = f"/apis/networking.istio.io/v1alpha3/namespaces/{ns}/envoyfilters/meshplug-{name}"
+        assert kube.request("GET", ef)[0] == 404
+        assert kube.request("GET", f"/api/v1/namespaces/{ns}/configmaps/meshplug-wasm-{name}")[0] == 404
+
+    # the Ready plugin moves to an unsigned module: refused, and the signed one keeps being delivered
+    good = "sha256:" + hashlib.sha256(SIGNED).hexdigest()
+    assert _configmap_digest(kube, ns, "tagged") == good
+    status, out = kube.request(
+        "PATCH",
+        f"{PLUGINS.format(ns=ns)}/tagged",
+        {"spec": {"url": f"{url}/unsigned:v1"}},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 200, out
+    _refused(kube, ns, "tagged", "has no cosign signature")
+    assert _configmap_digest(kube, ns, "tagged") == good
+    ef = f"/apis/networking.istio.io/v1alpha3/namespaces/{ns}/envoyfilters/meshplug-tagged"
+    assert kube.request("GET", ef)[0] == 200
