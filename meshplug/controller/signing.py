@@ -9,6 +9,7 @@ under one of them for exactly its manifest digest, before the module is pulled.
     verificationKey set          -> that key, whatever the policy
     unset, signatures required   -> the trusted keys; none configured: refused (nothing could verify it)
     unset, not required          -> no check
+    inline Lua (TrafficExtension)  -> no check: there is no module, the code is in the resource
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class SignaturePolicy:
     trusted: tuple[fetch.PublicKey, ...] = ()
 
     def keys_for(self, plugin: spec.PluginSpec) -> tuple[fetch.PublicKey, ...]:
+        if plugin.lua is not None:  # inline Lua: no module to sign (the code is in the resource itself)
+            return ()
         if plugin.verification_key:
             try:
                 return (fetch.load_public_key(plugin.verification_key, what="verificationKey"),)
