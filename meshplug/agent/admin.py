@@ -3,7 +3,11 @@
 Called by `meshplug.agent.runtime`, which starts one `ControlServer` for admin (127.0.0.1 by default) and,
 when configured, one for pushes (`meshplug.agent.push` supplies that handler). Requests are read whole
 (bounded by `limits.MAX_CONTROL_REQUEST_BYTES`), handled by an async function, answered, and the
-connection closed; none of this is on the data path.
+connection closed; none of this is on the data path. Every connection is bounded: its head (431 beyond
+`limits.MAX_CONTROL_HEAD_BYTES`), its declared body (413 before reading it), the time to deliver the whole
+request (408 after `limits.CONTROL_REQUEST_TIMEOUT_S`) and how many are open at once per endpoint
+(`limits.CONTROL_MAX_CONNECTIONS`; more are closed at accept). A handler with an ``authorize(head)`` method
+(the push endpoint's) judges the request from its head, before any body byte is read.
 
 Admin routes:
     GET  /ready               200 "LIVE" once the listeners accept traffic and a plugin set is applied, else 503
@@ -11,7 +15,8 @@ Admin routes:
                               clusters, last push outcome
     GET  /stats/prometheus    text exposition: proxy counters (meshplug_agent_*) + the plugins' own metrics
     GET  /plugin_logs         JSON: the plugins' proxy_log records;  GET /plugin_stats  JSON: their metrics
-    GET  /logging             current level;  POST /logging?level=debug|info|warning|error  sets it
+    POST /logging             current level;  POST /logging?level=debug|info|warning|error  sets it (GET: 405,
+                              as Envoy's admin answers state-changing endpoints)
 """
 
 from __future__ import annotations
@@ -54,14 +59,16 @@ _REASONS = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     413: "Content Too Large",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
 
 class _Conn(asyncio.Protocol):
-    def __init__(self, handler: Handler, tasks: set[asyncio.Task[None]]) -> None:
+    def __init__(self, handler: Handler, tasks: set[asyncio.Task[None]], conns: set[_Conn] | None = None) -> None:
         self.handler = handler
         self.tasks = tasks
         self.parser = httptools.HttpRequestParser(self)
@@ -71,9 +78,28 @@ class _Conn(asyncio.Protocol):
         self.body: list[bytes] = []
         self.size = 0
         self.done = False
+        #: the endpoint's open connections (capped), this one's head bytes so far, its request deadline
+        self.conns: set[_Conn] = set() if conns is None else conns
+        self.head_done = False
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
+        if len(self.conns) >= limits.CONTROL_MAX_CONNECTIONS:
+            self.done = True
+            self.transport.abort()
+            return
+        self.conns.add(self)
+        self.timer = asyncio.get_running_loop().call_later(limits.CONTROL_REQUEST_TIMEOUT_S, self._timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conns.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def _timed_out(self) -> None:
+        if not self.done:
+            self._answer(Response(408, b"request timeout\n"))
 
     def data_received(self, data: bytes) -> None:
         if self.done:
@@ -83,9 +109,33 @@ class _Conn(asyncio.Protocol):
             self._answer(Response(413, b"request too large\n"))
             return
         try:
+            if self._in_head() and self.size > limits.MAX_CONTROL_HEAD_BYTES:
+                # at most the head's limit before the head must be complete (nothing more is held)
+                room = max(0, limits.MAX_CONTROL_HEAD_BYTES - (self.size - len(data)))
+                self.parser.feed_data(data[:room])
+                if self._in_head():
+                    self._answer(Response(431, b"request head too large\n"))
+                    return
+                data = data[room:]
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            self._answer(Response(400, b"bad request\n"))
+            self._answer(Response(400, b"bad request\n"))  # (no-op when a callback answered already)
+
+    def _in_head(self) -> bool:
+        return not self.head_done
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        length = self.headers.get("content-length", "0").strip()
+        if not length.isdigit() or int(length) > limits.MAX_CONTROL_REQUEST_BYTES:
+            self._answer(Response(413, b"request too large\n"))
+            raise httptools.HttpParserError("refused")  # stop parsing: nothing of the body is read
+        authorize: Callable[[Request], Response | None] | None = getattr(self.handler, "authorize", None)
+        if authorize is not None:
+            refusal = authorize(self._request(b""))
+            if refusal is not None:
+                self._answer(refusal)
+                raise httptools.HttpParserError("refused")
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -96,16 +146,21 @@ class _Conn(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
 
-    def on_message_complete(self) -> None:
-        self.done = True
+    def _request(self, body: bytes) -> Request:
         url = urllib.parse.urlsplit(self.url.decode("latin-1"))
-        request = Request(
+        return Request(
             method=self.parser.get_method().decode(),
             path=url.path,
             query=dict(urllib.parse.parse_qsl(url.query)),
             headers=self.headers,
-            body=b"".join(self.body),
+            body=body,
         )
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        request = self._request(b"".join(self.body))
         task = asyncio.get_running_loop().create_task(self._serve(request))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -119,7 +174,11 @@ class _Conn(asyncio.Protocol):
         self._answer(response)
 
     def _answer(self, response: Response) -> None:
+        if self.transport is not None and self.transport.is_closing():
+            return
         self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
         if self.transport is None or self.transport.is_closing():
             return
         head = (
@@ -138,10 +197,11 @@ class ControlServer:
         self.handler = handler
         self.server: asyncio.AbstractServer | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.conns: set[_Conn] = set()
 
     async def start(self, address: str, port: int) -> int:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _Conn(self.handler, self.tasks), address, port)
+        self.server = await loop.create_server(lambda: _Conn(self.handler, self.tasks, self.conns), address, port)
         sockets: list[Any] = list(getattr(self.server, "sockets", None) or [])
         return int(sockets[0].getsockname()[1])
 
@@ -180,8 +240,10 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 
 
 def logging_route(request: Request) -> Response:
+    if request.method != "POST":  # as Envoy's admin: a state-changing endpoint takes POST only
+        return Response(405, b"Method GET not allowed, POST required.\n")
     root = logging.getLogger("meshplug")
-    if request.method == "POST":
+    if request.query.get("level") is not None:
         level = request.query.get("level", "").lower()
         if level not in LEVELS:
             return Response(400, f"level must be one of {', '.join(LEVELS)}\n".encode())

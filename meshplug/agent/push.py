@@ -138,23 +138,41 @@ def authorized(request: admin.Request, token_file: Path) -> bool:
     return hmac.compare_digest(presented.strip().encode(), expected.encode())
 
 
-def handler(applier: Applier, token_file: Path) -> admin.Handler:
-    """The push endpoint's request handler."""
+class _Handler:
+    """The push endpoint: `authorize` judges a request from its head (admin.ControlServer calls it before
+    reading any body byte), the call handles the whole request."""
 
-    async def handle(request: admin.Request) -> admin.Response:
+    def __init__(self, applier: Applier, token_file: Path) -> None:
+        self.applier = applier
+        self.token_file = token_file
+
+    def _nack(self, status: int, reason: str, message: str) -> admin.Response:
+        current = self.applier.active.version_info if self.applier.active else ""
+        detail = protocol.ErrorDetail(reason=reason, message=message)
+        return _reply_response(status, protocol.Reply(ack=False, version_info=current, nonce="", error_detail=detail))
+
+    def authorize(self, request: admin.Request) -> admin.Response | None:
         if request.path != protocol.PUSH_PATH:
             return admin.Response(404, b"not found\n")
         if request.method not in ("PUT", "POST"):
             return admin.Response(405, b"use PUT\n")
-        current = applier.active.version_info if applier.active else ""
-        if not authorized(request, token_file):
-            detail = protocol.ErrorDetail(reason="unauthorized", message="missing or invalid bearer token")
-            return _reply_response(401, protocol.Reply(ack=False, version_info=current, nonce="", error_detail=detail))
+        if not authorized(request, self.token_file):
+            return self._nack(401, "unauthorized", "missing or invalid bearer token")
+        return None
+
+    async def __call__(self, request: admin.Request) -> admin.Response:
+        refusal = self.authorize(request)
+        if refusal is not None:
+            return refusal
         try:
             push = protocol.decode_push(request.body)
         except errors.ProtocolError as exc:
-            detail = protocol.ErrorDetail(reason=exc.reason, message=exc.message)
-            return _reply_response(400, protocol.Reply(ack=False, version_info=current, nonce="", error_detail=detail))
-        return _reply_response(200, await applier.apply(push))
+            return self._nack(400, exc.reason, exc.message)
+        except RecursionError:  # JSON nested past the parser's depth: a bad push, not a fault of the agent
+            return self._nack(400, errors.ProtocolError.reason, "push body is nested too deeply")
+        return _reply_response(200, await self.applier.apply(push))
 
-    return handle
+
+def handler(applier: Applier, token_file: Path) -> admin.Handler:
+    """The push endpoint's request handler (with its `authorize` pre-check)."""
+    return _Handler(applier, token_file)

@@ -287,7 +287,7 @@ class Bed:
         self.recorder.close()
 
 
-def _wasm_filter(name: str, key: str, conf: object) -> dict[str, Any]:
+def wasm_filter(name: str, key: str, conf: object) -> dict[str, Any]:
     config = {
         "name": name,
         "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(conf)},
@@ -303,7 +303,7 @@ def _wasm_filter(name: str, key: str, conf: object) -> dict[str, Any]:
 
 
 def _envoy_config(bed_ports: dict[str, int], upstream: dict[str, int], lanes: int, admin: int) -> dict[str, Any]:
-    filters = [_wasm_filter(name, key, conf) for name, key, conf in PLUGINS]
+    filters = [wasm_filter(name, key, conf) for name, key, conf in PLUGINS]
     listeners, clusters = [], []
     for pair in PAIRS:
         for lane in range(lanes):
