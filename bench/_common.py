@@ -122,7 +122,9 @@ def start_agent_with(
     port, admin = procs.free_port(), procs.free_port()
     raw = tb_agent.base_config(port=port, admin_port=admin, clusters={"upstream": upstream_port}, plugins=plugins)
     env = None if source is None else {"PYTHONPATH": str(source), "MESHPLUG_REQUIRE_NATIVE": "1"}
-    agent = tb_agent.start_agent(raw, work_dir=work / name, log_dir=work, name=name, log_level="warning", env=env)
+    agent = tb_agent.start_agent(
+        raw, work_dir=work / name, log_dir=work, name=name, log_level="warning", env=env, cwd=source
+    )  # (`python -m` puts the working directory first on the path: it must be the checkout run)
     return agent.proc, port
 
 

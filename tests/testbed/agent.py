@@ -117,6 +117,7 @@ def start_agent(
     timeout: float = 60.0,
     log_level: str = "debug",
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Agent:
     """Start `meshplug agent --config` for `raw` (ports must be concrete) and wait until /ready says LIVE."""
     path = write_config(work_dir, raw)
@@ -129,6 +130,7 @@ def start_agent(
         log_dir=log_dir,
         ready=None,
         env=env,
+        cwd=cwd,
         ports={"main": port, "admin": admin_port},
     )
     agent = Agent(proc=proc, port=port, admin_port=admin_port, push_port=push_port, config_path=path)
