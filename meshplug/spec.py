@@ -60,6 +60,20 @@ KIND_TRAFFIC_EXTENSION = "TrafficExtension"
 PLURAL_TRAFFIC_EXTENSION = "trafficextensions"
 #: every kind the operator reconciles -> its plural
 PLURALS = {KIND: PLURAL, KIND_TRAFFIC_EXTENSION: PLURAL_TRAFFIC_EXTENSION}
+
+
+def key_name(kind: str, name: str) -> str:
+    """The name part of the operator's work-queue key of a resource: its name for a WasmPlugin, ``<Kind>/<name>``
+    for another kind (a Kubernetes name has no ``/``), so a WasmPlugin and a TrafficExtension may share a name."""
+    return name if kind == KIND else f"{kind}/{name}"
+
+
+def split_key_name(key_name: str) -> tuple[str, str]:
+    """`key_name`'s inverse: (kind, name)."""
+    kind, sep, name = key_name.partition("/")
+    return (kind, name) if sep else (KIND, key_name)
+
+
 #: TrafficExtension.wasm fields (WasmPlugin's module fields); everything else of WasmPlugin's spec is top-level
 WASM_FIELDS = (
     "url", "sha256", "imagePullPolicy", "imagePullSecret", "pluginConfig", "pluginConfigSchema", "pluginName",

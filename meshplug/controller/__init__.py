@@ -10,6 +10,8 @@ rules in a Role in the operator's own namespace.
 
     cluster  meshplug.io          wasmplugins         get,list,watch,patch,update
     cluster  meshplug.io          wasmplugins/status  get,patch,update
+    cluster  meshplug.io          trafficextensions         get,list,watch,patch,update
+    cluster  meshplug.io          trafficextensions/status  get,patch,update
     cluster  core                 pods                get,list,watch
     cluster  core                 configmaps          get,list,create,patch,delete
     cluster  core                 secrets             get
@@ -20,7 +22,8 @@ rules in a Role in the operator's own namespace.
     cluster  networking.istio.io  envoyfilters        get,list,create,patch,delete
     own      coordination.k8s.io  leases              get,create,update
 
-Why: wasmplugins (kopf watches them and patches finalizers/progress annotations), their status (conditions);
+Why: wasmplugins and trafficextensions (kopf watches them and patches finalizers/progress annotations), their
+status (conditions);
 pods (the selection, pod IPs of agents, re-reconcile on pods appearing or going); configmaps (modules for the
 istio plane); secrets (imagePullSecret, the agents' push token); events (Warning/Normal Events on plugins);
 apps workloads (pod-template volume annotations for the istio plane; watched for template label changes);

@@ -37,6 +37,7 @@ _PLURALS = {
     ("coordination.k8s.io/v1", "Lease"): "leases",
     ("networking.istio.io/v1alpha3", "EnvoyFilter"): "envoyfilters",
     (f"{spec.API_GROUP}/{spec.API_VERSION}", spec.KIND): spec.PLURAL,
+    (f"{spec.API_GROUP}/{spec.API_VERSION}", spec.KIND_TRAFFIC_EXTENSION): spec.PLURAL_TRAFFIC_EXTENSION,
 }
 
 
@@ -194,9 +195,9 @@ class Writer:
             raise
         return True
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Merge-patch the WasmPlugin's status subresource."""
-        path = resource_path(f"{spec.API_GROUP}/{spec.API_VERSION}", spec.KIND, namespace, name) + "/status"
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], *, kind: str = spec.KIND) -> None:
+        """Merge-patch the WasmPlugin's (or TrafficExtension's) status subresource."""
+        path = resource_path(f"{spec.API_GROUP}/{spec.API_VERSION}", kind, namespace, name) + "/status"
         self._call("PATCH", path, body={"status": dict(status)}, content_type="application/merge-patch+json")
 
     def event(self, involved: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:

@@ -33,6 +33,7 @@ from meshplug.controller import index, lease, reconcile, webhooks, workqueue
 
 log = logging.getLogger("meshplug.controller.handlers")
 _RESOURCE = (spec.API_GROUP, spec.API_VERSION, spec.PLURAL)
+_TE_RESOURCE = (spec.API_GROUP, spec.API_VERSION, spec.PLURAL_TRAFFIC_EXTENSION)
 T = TypeVar("T")
 _WORKLOADS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
 
@@ -102,6 +103,8 @@ def build_registry(
     def plugin_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         add(idx.plugin_event(type, body))
 
+    kopf.on.event(*_TE_RESOURCE, registry=registry, id="trafficextensions-event")(plugin_event)
+
     @kopf.on.event("", "v1", "pods", registry=registry)
     def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
@@ -117,7 +120,7 @@ def build_registry(
 
     @kopf.on.delete(*_RESOURCE, registry=registry, retries=None, id="cleanup")
     async def cleanup_plugin(body: kopf.Body, **_: Any) -> None:
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        key = (body["metadata"]["namespace"], spec.key_name(str(body.get("kind")), body["metadata"]["name"]))
         held = await _off_loop(queue.hold, key)
         try:
             await _off_loop(reconciler.cleanup, dict(body))
@@ -125,6 +128,7 @@ def build_registry(
             if held:
                 queue.done(key)
 
+    kopf.on.delete(*_TE_RESOURCE, registry=registry, retries=None, id="cleanup-trafficextension")(cleanup_plugin)
     webhooks.register(registry)  # admission webhooks (agent injection, WasmPlugin checks) when configured
     return registry
 

@@ -78,7 +78,8 @@ class Index:
 
     def plugin_event(self, event_type: str | None, body: Mapping[str, Any]) -> list[Key]:
         meta = body.get("metadata") or {}
-        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        namespace = str(meta.get("namespace"))
+        name = spec.key_name(str(body.get("kind") or spec.KIND), str(meta.get("name")))
         if event_type == "DELETED":
             with self._lock:
                 self._plugins.get(namespace, {}).pop(name, None)

@@ -26,6 +26,7 @@ from meshplug.controller import metrics as metrics_mod
 from meshplug.controller.delivery import agent as agent_delivery
 from meshplug.controller.delivery import istio_configmap
 from meshplug.render import model
+from meshplug.validate import lua as validate_lua
 
 log = logging.getLogger("meshplug.controller.reconcile")
 
@@ -90,9 +91,10 @@ class Reconciler:
 
     def reconcile_key(self, key: Key) -> float | None:
         """Reconcile the WasmPlugin ``key`` as the API has it now; the delay before a retry, or None."""
-        namespace, name = key
+        namespace, key_name = key
+        kind, name = spec.split_key_name(key_name)
         try:
-            body = self.writer.get(PLUGIN_API, spec.KIND, namespace, name)
+            body = self.writer.get(PLUGIN_API, kind, namespace, name)
         except errors.ApplyError as exc:
             self._note_forbidden(key, exc)
             self.metrics.reconciled("error")
@@ -162,12 +164,12 @@ class Reconciler:
             self.writer.event(body, warning=warning, reason=reason, message=message)
         current = body.get("status") or {}
         if any(current.get(k) != v for k, v in new.items()):  # an unchanged status is not written again
-            self.writer.patch_status(meta["namespace"], meta["name"], new)
+            self.writer.patch_status(meta["namespace"], meta["name"], new, kind=str(body.get("kind") or spec.KIND))
 
     # --- reconcile -------------------------------------------------------------------------------------------
 
     def reconcile(self, body: Mapping[str, Any], retry: int = 0) -> None:
-        key: Key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        key: Key = (body["metadata"]["namespace"], spec.key_name(str(body.get("kind")), body["metadata"]["name"]))
         try:
             self._reconcile(body, retry)
         except errors.ApplyError as exc:  # the status or Event write itself was refused
@@ -175,7 +177,7 @@ class Reconciler:
             raise status.Retry(exc.message, status.backoff(retry)) from None
 
     def _reconcile(self, body: Mapping[str, Any], retry: int) -> None:
-        key: Key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        key: Key = (body["metadata"]["namespace"], spec.key_name(str(body.get("kind")), body["metadata"]["name"]))
         try:
             plugin = spec.parse(body)
         except errors.SpecError as exc:
@@ -183,6 +185,9 @@ class Reconciler:
             self._finish(body, [cond], event=(True, status.reason(exc.reason), exc.message))
             raise status.Permanent(exc.message) from None
 
+        if plugin.lua is not None:
+            self._reconcile_lua(body, plugin, key, retry)
+            return
         try:
             artifact = self._fetch(plugin)
         except errors.MeshplugError as exc:
@@ -219,25 +224,57 @@ class Reconciler:
             self._finish(body, conds, digest=artifact.digest, event=(True, why, reasons))
             raise status.Retry(reasons, max(15.0, status.backoff(retry))) from None  # a mutable tag may be re-pushed
         validated = status.Condition(status.VALIDATED, "True", "Valid", "proxy-wasm ABI check passed")
+        self._deliver(body, plugin, module, key=key, retry=retry, checked=(fetched, validated), digest=artifact.digest)
 
+    def _reconcile_lua(self, body: Mapping[str, Any], plugin: spec.PluginSpec, key: Key, retry: int) -> None:
+        """A TrafficExtension's Lua: nothing to fetch (the script is the resource), compiled as Envoy would load it."""
+        assert plugin.lua is not None and plugin.sha256 is not None
+        digest = f"sha256:{plugin.sha256}"
+        fetched = status.Condition(status.FETCHED, "True", "Inline", "the Lua script is part of the resource")
+        try:
+            validate_lua.check(plugin.lua, where="spec.lua.inlineCode")
+        except errors.ValidationError as exc:
+            conds = [
+                fetched,
+                status.Condition(status.VALIDATED, "False", "InvalidLua", exc.message),
+                status.Condition(status.READY, "False", "InvalidLua", exc.message),
+            ]
+            self._finish(body, conds, digest=digest, event=(True, "InvalidLua", exc.message))
+            raise status.Permanent(exc.message) from None
+        validated = status.Condition(status.VALIDATED, "True", "Compiled", "the Lua script compiles (LuaJIT 2.1)")
+        module = model.Module(sha256=plugin.sha256, data=plugin.lua.encode())
+        self._deliver(body, plugin, module, key=key, retry=retry, checked=(fetched, validated), digest=digest)
+
+    def _deliver(
+        self,
+        body: Mapping[str, Any],
+        plugin: spec.PluginSpec,
+        module: model.Module,
+        *,
+        key: Key,
+        retry: int,
+        checked: tuple[status.Condition, status.Condition],
+        digest: str,
+    ) -> None:
+        fetched, validated = checked
         path = self.path_for(plugin)
         try:
             first_time = (body.get("status") or {}).get("observedGeneration") != plugin.generation
             for other in self.paths():
                 # this generation may have moved the plugin from another path (the agent path's check is in memory)
                 if other is not path and (first_time or other is self.agent):
-                    other.remove(plugin.namespace, plugin.name, owned=False)
+                    other.remove(plugin.namespace, key[1], owned=False)
             report = path.deliver(delivery.Request(body=body, plugin=plugin, module=module))
         except errors.ApplyError as exc:
             self._note_forbidden(key, exc)
             why = status.reason(exc.reason)
             conds = [fetched, validated, status.Condition(status.READY, "False", why, exc.message)]
-            self._finish(body, conds, digest=artifact.digest, event=(True, why, exc.message))
+            self._finish(body, conds, digest=digest, event=(True, why, exc.message))
             raise status.Retry(exc.message, status.backoff(retry)) from None
         self._finish(
             body,
             [fetched, validated, report.ready],
-            digest=artifact.digest,
+            digest=digest,
             pods=report.pods,
             failing=report.failing,
             event=report.event,
@@ -247,6 +284,10 @@ class Reconciler:
 
     def _load(self, plugin: spec.PluginSpec) -> model.Module:
         """Fetch and validate (for paths that deliver other plugins' modules alongside, the agent's sets)."""
+        if plugin.lua is not None:
+            assert plugin.sha256 is not None
+            validate_lua.check(plugin.lua, where="spec.lua.inlineCode")
+            return model.Module(sha256=plugin.sha256, data=plugin.lua.encode())
         return self._validate(plugin, self._fetch(plugin))
 
     def _validate(self, plugin: spec.PluginSpec, artifact: fetch.Artifact) -> model.Module:
@@ -278,7 +319,7 @@ class Reconciler:
     def cleanup(self, body: Mapping[str, Any]) -> None:
         """Remove what this plugin generated on every path (the path it named looks even without memory of it)."""
         meta = body["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
+        namespace, name = meta["namespace"], spec.key_name(str(body.get("kind")), meta["name"])
         key: Key = (namespace, name)
         self.metrics.forget(key)
         self._retries.pop(key, None)

@@ -22,6 +22,15 @@ _PHASE_ORDER = (spec.Phase.AUTHN, spec.Phase.AUTHZ, spec.Phase.STATS, spec.Phase
 def extension_config(
     plugin: spec.PluginSpec, module: model.Module, server: model.ModuleServer
 ) -> protocol.ExtensionConfig:
+    if plugin.lua is not None:  # a TrafficExtension's Lua: the script travels in the push
+        return protocol.ExtensionConfig(
+            name=plugin.envoy_name,
+            root_id="",
+            url="",
+            sha256=protocol.lua_sha256(plugin.lua),
+            match=match_of(plugin),
+            lua=plugin.lua,
+        )
     # the agent has no HOST environment of its own to copy from: HOST variables are read from the agent's env
     return protocol.ExtensionConfig(
         name=plugin.envoy_name,

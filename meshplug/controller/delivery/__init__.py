@@ -37,7 +37,7 @@ class Request:
 
     @property
     def key(self) -> Key:
-        return (self.plugin.namespace, self.plugin.name)
+        return (self.plugin.namespace, spec.key_name(self.plugin.kind, self.plugin.name))
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,14 @@ class AgentDelivery:
         """Make the registry of agent-plane plugins of ``namespace`` match the API (after a restart the
         operator must not push a set that lacks plugins it has not reconciled yet)."""
         present: set[str] = set()
-        for body in self.writer.list(PLUGIN_API, spec.KIND, namespace):
+        bodies: list[dict[str, Any]] = []
+        for kind in spec.PLURALS:
+            try:
+                bodies += [{"kind": kind, **body} for body in self.writer.list(PLUGIN_API, kind, namespace)]
+            except errors.ApplyError as exc:
+                if exc.reason not in ("NotFound", "HTTP404") or kind == spec.KIND:
+                    raise  # a cluster without the TrafficExtension CRD (an older install) has none of them
+        for body in bodies:
             meta = body["metadata"]
             if meta.get("deletionTimestamp"):
                 continue
@@ -153,8 +160,8 @@ class AgentDelivery:
                 continue
             if plugin.data_plane is not spec.DataPlane.AGENT:
                 continue
-            present.add(plugin.name)
-            key = (namespace, plugin.name)
+            key = (namespace, spec.key_name(plugin.kind, plugin.name))
+            present.add(key[1])
             with self._lock:
                 known = self._entries.get(key)
             if known is not None and known.plugin == plugin:
@@ -183,7 +190,7 @@ class AgentDelivery:
     def _deliver(
         self, plugin: spec.PluginSpec, module: model.Module
     ) -> tuple[PodReport, list[tuple[str, agents.Outcome]]]:
-        key: Key = (plugin.namespace, plugin.name)
+        key: Key = (plugin.namespace, spec.key_name(plugin.kind, plugin.name))
         self._refresh_entries(plugin.namespace)
         pods = delivery.selected_pods(self.writer, plugin)
         names = frozenset(p["metadata"]["name"] for p in pods)

@@ -123,6 +123,7 @@ class IstioConfigMap:
         """Delete the plugin's EnvoyFilter and ConfigMap, remove its volume from every workload's template (always
         looked for: what this path wrote is found by label)."""
         del owned
+        _, name = spec.split_key_name(name)  # what this path renders is labelled with the resource's name
         label = f"{model.PLUGIN_LABEL}={name},{model.MANAGED_BY_LABEL}={model.MANAGED_BY}"
         for api_version, kind in (ISTIO_EF, ("v1", "ConfigMap")):
             try:
