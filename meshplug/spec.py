@@ -489,12 +489,7 @@ def parse_traffic_extension(body: Mapping[str, Any]) -> PluginSpec:
     size = len(code.encode())
     if size > limits.MAX_LUA_CODE_BYTES:
         raise errors.SpecError(f"spec.lua.inlineCode is {size} bytes; at most {limits.MAX_LUA_CODE_BYTES}")
-    if raw.get("selector") is not None and raw.get("targetRefs"):
-        raise errors.SpecError("only one of spec.selector or spec.targetRefs can be set")
-    data_plane = _enum(top, "dataPlane", DataPlane, DataPlane.ISTIO)
-    target_refs = _target_refs(top, namespace)
-    if data_plane is DataPlane.AGENT and target_refs:
-        raise errors.SpecError("spec.targetRefs need the istio data plane; the agent data plane uses spec.selector")
+    data_plane, target_refs = _targeting(top, namespace)
     match_rules = _match_rules(top, None)
     if any(r.plugin_config is not None for r in match_rules):
         raise errors.SpecError("spec.matchRules[].pluginConfig configures a wasm plugin; a Lua filter has none")
@@ -525,17 +520,23 @@ def parse_traffic_extension(body: Mapping[str, Any]) -> PluginSpec:
     )
 
 
+def _targeting(spec: Mapping[str, Any], namespace: str) -> tuple[DataPlane, tuple[TargetRef, ...]]:
+    """The data plane and targetRefs, with the rules that tie them to the selector."""
+    if spec.get("selector") is not None and spec.get("targetRefs"):
+        raise errors.SpecError("only one of spec.selector or spec.targetRefs can be set")
+    data_plane: DataPlane = _enum(spec, "dataPlane", DataPlane, DataPlane.ISTIO)
+    target_refs = _target_refs(spec, namespace)
+    if data_plane is DataPlane.AGENT and target_refs:
+        raise errors.SpecError("spec.targetRefs need the istio data plane; the agent data plane uses spec.selector")
+    return data_plane, target_refs
+
+
 def _parse_wasm(body: Mapping[str, Any], spec: Any) -> PluginSpec:
     """A WasmPlugin's spec (or a TrafficExtension's top-level fields with its wasm ones) -> PluginSpec."""
     namespace, name, generation = _identity(body, spec)
     url, scheme = normalise_url(_str(spec, "url"))
     sha256 = _sha256(spec, url)
-    if spec.get("selector") is not None and spec.get("targetRefs"):
-        raise errors.SpecError("only one of spec.selector or spec.targetRefs can be set")
-    data_plane = _enum(spec, "dataPlane", DataPlane, DataPlane.ISTIO)
-    target_refs = _target_refs(spec, namespace)
-    if data_plane is DataPlane.AGENT and target_refs:
-        raise errors.SpecError("spec.targetRefs need the istio data plane; the agent data plane uses spec.selector")
+    data_plane, target_refs = _targeting(spec, namespace)
 
     raw_config = spec.get("pluginConfig")
     if raw_config is not None and not isinstance(raw_config, Mapping):

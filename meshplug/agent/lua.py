@@ -402,49 +402,45 @@ class _Stream:
             return Action.CONTINUE
         return _ACTIONS[code]
 
-    def _failed(self, direction: Direction, exc: luajit.LuaError) -> Action:
+    def _failed(self, direction: Direction, exc: luajit.LuaError) -> None:
         # the driver itself failed (the state ran out of memory between script steps): the script is over
         self.filter._error(str(exc).encode())
         self.live[direction] = False
         self.filter._release(2 * self.id + direction)
-        return Action.CONTINUE
+
+    def _drive(self, direction: Direction, step: Any, *args: object) -> int | None:
+        """Run one driver step for `direction` (the key first, the budget last); its code, None if it failed."""
+        f = self.filter
+        f.active = self
+        self.current = direction
+        try:
+            code, self.budget = step(2 * self.id + direction, *args, self.budget)
+        except luajit.LuaError as exc:
+            self._failed(direction, exc)
+            return None
+        return int(code)
 
     def on_headers(self, direction: Direction, end_stream: bool) -> Action:
         f = self.filter
         if not f.on[direction]:
             return Action.CONTINUE
         f.executions += 1
-        f.active = self
-        self.current = direction
         self.live[direction] = True
-        try:
-            code, self.budget = f._headers(2 * self.id + direction, direction, end_stream, self.budget)
-        except luajit.LuaError as exc:
-            return self._failed(direction, exc)
-        return self._act(direction, code)
+        code = self._drive(direction, f._headers, direction, end_stream)
+        return Action.CONTINUE if code is None else self._act(direction, code)
 
     def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
         if not self.live[direction]:
             return Action.CONTINUE
-        f = self.filter
-        f.active = self
-        self.current = direction
-        try:
-            code, self.budget = f._data(2 * self.id + direction, end_stream, self.budget)
-        except luajit.LuaError as exc:
-            return self._failed(direction, exc)
-        return self._act(direction, code)
+        code = self._drive(direction, self.filter._data, end_stream)
+        return Action.CONTINUE if code is None else self._act(direction, code)
 
     def on_trailers(self, direction: Direction) -> Action:
         if not self.live[direction]:
             return Action.CONTINUE
-        f = self.filter
-        f.active = self
-        self.current = direction
-        try:
-            code, self.budget = f._trailers(2 * self.id + direction, self.budget)
-        except luajit.LuaError as exc:
-            return self._failed(direction, exc)
+        code = self._drive(direction, self.filter._trailers)
+        if code is None:
+            return Action.CONTINUE
         return Action.STOP if code == _HOLD else self._act(direction, code)
 
     def call_done(self, direction: Direction, status: int, headers: Sequence[chain.Header], body: bytes) -> None:

@@ -225,14 +225,6 @@ def register(registry: kopf.OperatorRegistry, config_path: Path | None = None) -
     if config.validation:
         prefixes = config.allowed_url_prefixes
 
-        @kopf.on.validate(
-            spec.API_GROUP,
-            spec.API_VERSION,
-            spec.PLURAL,
-            id=VALIDATE_PATH,
-            registry=registry,
-            operations=["CREATE", "UPDATE"],
-        )
         def validate_plugin(body: kopf.Body, **kwargs: Any) -> None:
             if not needs_check(body, kwargs.get("old")):
                 return
@@ -241,13 +233,9 @@ def register(registry: kopf.OperatorRegistry, config_path: Path | None = None) -
             except errors.SpecError as exc:
                 raise kopf.AdmissionError(f"{exc.reason}: {exc.message}", code=422) from None
 
-        kopf.on.validate(
-            spec.API_GROUP,
-            spec.API_VERSION,
-            spec.PLURAL_TRAFFIC_EXTENSION,
-            id=VALIDATE_TE_PATH,
-            registry=registry,
-            operations=["CREATE", "UPDATE"],
-        )(validate_plugin)
+        for plural, path in ((spec.PLURAL, VALIDATE_PATH), (spec.PLURAL_TRAFFIC_EXTENSION, VALIDATE_TE_PATH)):
+            kopf.on.validate(
+                spec.API_GROUP, spec.API_VERSION, plural, id=path, registry=registry, operations=["CREATE", "UPDATE"]
+            )(validate_plugin)
 
     return config

@@ -15,21 +15,14 @@ import pytest
 from meshplug import spec
 from meshplug.render import istio, model
 from tests.corpus import spec as corpus_spec
+from tests.integration.test_render_envoy_validate import AUTHN, MX, RBAC, ROUTER, SERVER, STATS
 from tests.testbed import envoy, procs, sidecar, upstream
 
 pytestmark = pytest.mark.integration
 
-SERVER = model.ModuleServer(host="meshplug-modules.meshplug-system.svc.cluster.local", port=8080)
 SEED = (corpus_spec.FILTERS_DIR / "lua" / "seed_chapter_header" / "filter.lua").read_text()
 HEADERS = (corpus_spec.FILTERS_DIR / "lua" / "headers" / "filter.lua").read_text()
 P = "shop.lua"
-MX, AUTHN, RBAC, STATS, ROUTER = (
-    "istio.metadata_exchange",
-    "istio_authn",
-    "envoy.filters.http.rbac",
-    "istio.stats",
-    ("envoy.filters.http.router"),
-)
 
 
 def extension(code: str, **fields: Any) -> spec.PluginSpec:
