@@ -1,8 +1,10 @@
 """The Envoy data plane for the corpus runner: a spec's chain rendered as a static Envoy 1.40 bootstrap.
 
 HTTP specs: listener -> http_connection_manager -> one envoy.filters.http.wasm per plugin (chain order)
--> router -> cluster `upstream` (a Lua filter of the spec is an envoy.filters.http.lua in its place, with the
-plugin's name as stat prefix: its `lua.<name>.errors` counter is a metric of the run). Network specs:
+-> router -> cluster `upstream` (a Lua filter of the spec is the envoy.filters.http.lua that meshplug's istio-plane
+renderer makes of it as a TrafficExtension -- `meshplug.render.envoy.lua_filter`, what the EnvoyFilter route
+patches into sidecars -- so every Lua spec on Envoy also runs the rendered filter; its `lua.<name>.errors` counter
+is a metric of the run). Network specs:
 listener -> one envoy.filters.network.wasm per plugin ->
 tcp_proxy -> cluster `upstream`. Every spec cluster becomes a static cluster of the same name (for
 dispatch_http_call). A spec `node` becomes the bootstrap's `node` (plugins read it as `xds.node.*`).
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshplug import spec as mp_spec
+from meshplug.render import envoy as mp_envoy
 from tests.corpus import runner
 from tests.corpus import spec as S
 from tests.testbed import envoy as tb_envoy
@@ -58,7 +62,7 @@ def render(
     """The whole bootstrap for `spec` (pure: no files, no processes)."""
     wasm_type = HTTP_WASM if spec.type == "http" else NETWORK_WASM
     filters = [
-        lua_filter(f"lua.{i}.{p.name}", p.name, p.lua)
+        rendered_lua_filter(p)
         if p.lua is not None
         else {
             "name": f"wasm.{i}.{p.name}",
@@ -75,6 +79,20 @@ def render(
     if spec.node is not None:
         config["node"] = node_config(spec.node)
     return config
+
+
+#: the namespace the corpus's Lua filters are rendered in (their Envoy stat prefix is `<this>.<name>`)
+RENDER_NAMESPACE = "corpus"
+
+
+def rendered_lua_filter(plugin: S.PluginSpec) -> dict[str, Any]:
+    """The spec's Lua filter as meshplug renders a TrafficExtension carrying it for the istio plane."""
+    te = {
+        "kind": mp_spec.KIND_TRAFFIC_EXTENSION,
+        "metadata": {"name": plugin.name, "namespace": RENDER_NAMESPACE},
+        "spec": {"lua": {"inlineCode": plugin.lua}},
+    }
+    return mp_envoy.lua_filter(mp_spec.parse(te))
 
 
 def lua_filter(name: str, stat_prefix: str, code: str) -> dict[str, Any]:
@@ -110,8 +128,9 @@ class RunningEnvoy:
         for name, value in self.envoy.stats().items():
             if name.startswith(CUSTOM_METRIC_PREFIX):
                 out[name[len(CUSTOM_METRIC_PREFIX) :]] = None if value is None else int(value)
-            elif name.startswith(HTTP_STATS_PREFIX + "lua."):
-                out[name[len(HTTP_STATS_PREFIX) :]] = None if value is None else int(value)
+            elif name.startswith(HTTP_STATS_PREFIX + f"lua.{RENDER_NAMESPACE}."):
+                short = "lua." + name[len(HTTP_STATS_PREFIX + f"lua.{RENDER_NAMESPACE}.") :]
+                out[short] = None if value is None else int(value)
         return out
 
     def stop(self) -> None:
