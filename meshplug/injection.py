@@ -3,8 +3,10 @@
 Called by `meshplug.controller.webhooks` (the mutating admission webhook on Pod CREATE) and by the tests.
 No I/O, no Kubernetes client: the same pod and settings always give the same patch.
 
-Opt-in: label or annotation ``meshplug.io/inject: enabled`` (``true`` too); the annotation ``disabled`` wins
-over the label. A pod that already has the ``meshplug-agent`` container is left alone (reinvocation-safe).
+Opt-in: label or annotation ``meshplug.io/inject: enabled`` (``true`` too) on the pod, or the same label on its
+namespace (the webhook's second entry selects those namespaces and calls with ``namespace_opt_in``); the pod's
+annotation or label ``disabled`` (``false``) wins over both. A pod that already has the ``meshplug-agent``
+container is left alone (reinvocation-safe).
 
 Traffic, without NET_ADMIN or iptables (port takeover): the agent listens on ``listen_port`` in the pod's
 network namespace and forwards to the application on ``127.0.0.1:<app port>``. Services reach the agent by
@@ -16,10 +18,13 @@ name) to route through the agent. The app port is the annotation ``meshplug.io/a
 else the first TCP port of the first container that declares one.
 
 The agent's config file is the pod annotation ``meshplug.io/agent-config`` (JSON, written by this patch),
-projected into the agent's config volume by the downward API together with the Secret ``token_secret`` of the
-pod's namespace (key ``token``: the operator's ``--agent-token-secret``; key ``module-token`` when a module server
-is set). The operator pushes plugins to ``<pod IP>:<push port>`` with that token (annotation
-``meshplug.io/agent-push-port``).
+projected into the agent's config volume by the downward API together with
+- the agent Secret ``secret_name`` of the pod's namespace, which the operator creates and rotates
+  (`meshplug.controller.identity`): ``ca.crt``, ``tls.crt``/``tls.key`` (the push port's mutual TLS) and
+  ``token`` (the pushes' bearer tokens);
+- the pod's ServiceAccount token for the audience ``token_audience`` (``sa-token``, refreshed by the kubelet),
+  which the agent presents to the operator's module server.
+The operator pushes plugins to ``<pod IP>:<push port>`` (annotation ``meshplug.io/agent-push-port``).
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ CONFIG_DIR = "/etc/meshplug/agent"
 STATE_DIR = "/var/lib/meshplug"
 CONFIG_FILE = "config.json"
 PUSH_TOKEN_KEY = "token"  # noqa: S105 - a Secret key's name, not a secret
-MODULE_TOKEN_KEY = "module-token"  # noqa: S105 - a Secret key's name, not a secret
+CA_KEY, CERT_KEY, KEY_KEY = "ca.crt", "tls.crt", "tls.key"
+SA_TOKEN_PATH = "sa-token"  # noqa: S105 - a file name, not a secret
 #: the agent's proxy and push listeners accept connections from other pods (the Service, the operator)
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104
 #: the agent port's name when the application's port has none
@@ -85,21 +91,23 @@ class InjectionSettings:
     listen_port: int = 15006
     admin_port: int = 15000
     push_port: int = 15010
-    token_secret: str = "meshplug-agent-token"  # noqa: S105 - the Secret's name
-    module_server_url: str = ""  # the operator's module server as pods reach it; "" = no module-token
+    secret_name: str = "meshplug-agent"  # noqa: S105 - the Secret's name (the operator's --agent-secret)
+    module_server_url: str = ""  # the operator's module server (HTTPS) as pods reach it; "" = none
+    token_audience: str = "meshplug"  # noqa: S105 - the audience of the pod's ServiceAccount token
+    token_expiration_s: int = 3600
     run_as_user: int = 65532
     log_level: str = "info"
     resources: Resources = Resources()
 
 
-def wants_injection(pod: Mapping[str, Any]) -> bool:
-    """True when the pod opted in and has no agent yet."""
+def wants_injection(pod: Mapping[str, Any], *, namespace_opt_in: bool = False) -> bool:
+    """True when the pod opted in (or its namespace did and the pod did not opt out) and has no agent yet."""
     meta = pod.get("metadata") or {}
     annotation = str((meta.get("annotations") or {}).get(INJECT_KEY, "")).lower()
     label = str((meta.get("labels") or {}).get(INJECT_KEY, "")).lower()
-    if annotation in _DISABLED:
+    if annotation in _DISABLED or (label in _DISABLED and annotation not in _ENABLED):
         return False
-    if annotation not in _ENABLED and label not in _ENABLED:
+    if annotation not in _ENABLED and label not in _ENABLED and not namespace_opt_in:
         return False
     containers = (pod.get("spec") or {}).get("containers") or []
     return not any(c.get("name") == CONTAINER_NAME for c in containers)
@@ -152,12 +160,21 @@ def agent_config(app: AppPort, settings: InjectionSettings) -> dict[str, Any]:
             "address": ALL_INTERFACES,
             "port": settings.push_port,
             "token_file": f"{CONFIG_DIR}/{PUSH_TOKEN_KEY}",
+            "tls": {
+                "cert_file": f"{CONFIG_DIR}/{CERT_KEY}",
+                "key_file": f"{CONFIG_DIR}/{KEY_KEY}",
+                "client_ca_file": f"{CONFIG_DIR}/{CA_KEY}",
+            },
         },
         "state_dir": STATE_DIR,
     }
     if settings.module_server_url:
         config["modules"] = {
-            "server": {"url": settings.module_server_url, "token_file": f"{CONFIG_DIR}/{MODULE_TOKEN_KEY}"}
+            "server": {
+                "url": settings.module_server_url,
+                "token_file": f"{CONFIG_DIR}/{SA_TOKEN_PATH}",
+                "ca_file": f"{CONFIG_DIR}/{CA_KEY}",
+            }
         }
     return config
 
@@ -218,7 +235,14 @@ def _volumes(settings: InjectionSettings) -> list[dict[str, Any]]:
                             ]
                         }
                     },
-                    {"secret": {"name": settings.token_secret}},
+                    {"secret": {"name": settings.secret_name}},
+                    {
+                        "serviceAccountToken": {
+                            "path": SA_TOKEN_PATH,
+                            "audience": settings.token_audience,
+                            "expirationSeconds": settings.token_expiration_s,
+                        }
+                    },
                 ]
             },
         },
@@ -242,9 +266,9 @@ def _probe_ops(container: Mapping[str, Any], ci: int, name: str, number: int) ->
     return ops
 
 
-def patch(pod: Mapping[str, Any], settings: InjectionSettings) -> JsonPatch:
+def patch(pod: Mapping[str, Any], settings: InjectionSettings, *, namespace_opt_in: bool = False) -> JsonPatch:
     """The JSON patch that injects the agent; empty when the pod did not opt in (or has an agent already)."""
-    if not wants_injection(pod):
+    if not wants_injection(pod, namespace_opt_in=namespace_opt_in):
         return ()
     app = find_app_port(pod)
     meta = pod.get("metadata") or {}

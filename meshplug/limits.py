@@ -125,3 +125,19 @@ LEASE_DURATION_S = 15.0
 LEASE_RENEW_S = 5.0
 #: operator shutdown (SIGTERM): how long in-flight reconciles and the Lease renewer get to finish
 SHUTDOWN_DRAIN_S = 2.0
+#: the operator's CA (kept in its identity Secret), the agents' push serving certificates (in each namespace's agent
+#: Secret), and the certificates each operator process issues itself in memory (push client, module server)
+CA_VALIDITY_DAYS = 3650
+AGENT_CERT_VALIDITY_DAYS = 90
+OPERATOR_CERT_VALIDITY_S = 24 * 3600.0
+#: a certificate is re-issued once less than this fraction of its validity remains
+CERT_RENEW_FRACTION = 1 / 3
+#: the agents' push bearer token: replaced this often; the previous one stays accepted this long beside the new
+#: one (the kubelet refreshes projected Secrets within about a minute)
+PUSH_TOKEN_ROTATION_S = 30 * 24 * 3600.0
+PUSH_TOKEN_OVERLAP_S = 24 * 3600.0
+#: how often the operator re-reads its identity Secret and (the leader) rotates what is due
+IDENTITY_CHECK_S = 60.0
+#: a ServiceAccount token the API server confirmed (TokenReview) is trusted this long without asking again
+TOKEN_REVIEW_CACHE_S = 60.0
+TOKEN_REVIEW_CACHE_ENTRIES = 10_000

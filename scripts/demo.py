@@ -1,30 +1,38 @@
-"""`make demo`: meshplug's main job end to end on the embedded local test bed, in eight numbered steps.
+"""`make demo`: meshplug installed from its Helm chart alone, used as a user would, on a one-node test-bed cluster.
 
-A real etcd + kube-apiserver, the real Helm chart (webhooks pointed at 127.0.0.1 with a test CA), `meshplug
-operator` as a local process (the chart's ServiceAccount and webhook config), an echo app, a Pod the mutating
-webhook injects the agent into (its agent runs as a local process at the pod's IP, a 127.0.0.x address, with
-the config the webhook wrote; no kubelet, so the script sets the pod's status), a WasmPlugin with a corpus
-module served over file://, a request showing the plugin's effect, an update to another module under steady
-traffic with no failed request, and the cleanup. Every process is started here and stopped by pid at the end,
-also on errors and Ctrl-C. On failure: exit 1 with a one-line reason and the log tail of the failing component.
+The same run is the chart-only end-to-end test (tests/integration/test_chart_only.py runs this script): nothing
+here writes a Secret, an environment variable or a file that the chart or the operator did not. The steps:
+
+ 1. a one-node cluster (tests/testbed/node.py): etcd, kube-apiserver, kube-controller-manager, and the test bed's
+    node agent (scheduler + kubelet + kube-proxy), with pods in their own network and mount namespaces;
+ 2. module sources outside the cluster, on the node's address: an HTTPS origin and an OCI registry, both with a
+    private test CA, holding two corpus modules;
+ 3. ``helm install`` of charts/meshplug with default values plus ``operator.trustedCA`` (the README's one setting
+    for sources behind a private CA); the chart's operator Deployment runs on the node;
+ 4. a namespace labelled ``meshplug.io/inject=enabled`` with an echo Deployment and its Service: the webhook injects
+    the agent, the operator made the namespace's agent Secret;
+ 5. a WasmPlugin (``dataPlane: agent``) from the HTTPS origin, until Ready;
+ 6. a request through the Service shows the plugin's header;
+ 7. the operator restarted (rollout) and scaled to 2 replicas; the plugin stays Ready, the CA stays the same;
+ 8. an update to the second module, from the registry, under steady traffic: no request fails;
+ 9. the WasmPlugin deleted: the finalizer empties the agent;
+10. every Secret write of the run, from the API server's audit log: only Helm and the operator wrote any.
 
     python scripts/demo.py [--keep] [--timeout SECONDS]
 
-Needs what `make demo` installs first: the plugin corpus (`make plugins`), kube-apiserver (`make kube`), helm
-(`make helm`), etcd (`make system`).
+Needs what `make demo` installs first: the plugin corpus (`make plugins`), kube-apiserver and the controller manager
+(`make kube`), helm (`make helm`), etcd and docker-registry (`make system`); root (network namespaces).
+On failure: exit 1 with a one-line reason and the failing component's log tail. Every process is stopped by pid.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import http.client
 import json
-import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -35,25 +43,25 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `meshplug` and `tests.testbed` importable
     sys.path.insert(0, str(REPO))
 
 from meshplug import injection  # noqa: E402
-from tests.testbed import agent as agent_mod  # noqa: E402
+from meshplug.controller import identity  # noqa: E402
 from tests.testbed import helm as helm_mod  # noqa: E402
-from tests.testbed import kube as kube_mod  # noqa: E402
-from tests.testbed import operator as operator_mod  # noqa: E402
-from tests.testbed import procs, upstream  # noqa: E402
+from tests.testbed import node as node_mod  # noqa: E402
+from tests.testbed import origin as origin_mod  # noqa: E402
+from tests.testbed import pki, procs  # noqa: E402
+from tests.testbed import registry as registry_mod  # noqa: E402
 
-STEPS = 8
 RELEASE, SYSTEM_NS, NS = "mp", "meshplug-system", "demo"
-POD, PLUGIN, SECRET = "demo-app", "demo-headers", "meshplug-agent-token"
-HEADER = "x-meshplug-demo"
+APP, PLUGIN, HEADER = "echo", "demo-headers", "x-meshplug-demo"
+OPERATOR = f"{RELEASE}-meshplug-operator"
+IDENTITY_SECRET = f"{RELEASE}-meshplug-identity"
 PLUGINS_PATH = f"/apis/meshplug.io/v1alpha1/namespaces/{NS}/wasmplugins"
-PODS_PATH = f"/api/v1/namespaces/{NS}/pods"
+DEPLOYMENTS = "/apis/apps/v1/namespaces"
+APP_PORT = 8080
 # the two module versions: corpus plugins that add headers from their JSON configuration
 V1 = ("rust/header_rules", "v1 rust/header_rules")
 V2 = ("go/headers", "v2 go/headers")
@@ -72,17 +80,25 @@ class Demo:
     work: Path
     logs: Path
     timeout: float
+    stack: contextlib.ExitStack
     started: float = field(default_factory=time.monotonic)
     components: dict[str, procs.Proc] = field(default_factory=dict)
     current: str = ""  # the component the running step depends on most
     step_no: int = 0
-    kube: kube_mod.Kube | None = None
+    cluster: node_mod.Cluster | None = None
     stop_times: dict[str, float] = field(default_factory=dict)
+    # what the steps hand on
+    ca_file: Path | None = None
+    modules: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (url as pods see it, sha256)
+    service_port: int = 0  # a host port reaching the app's Service
+    ca_fingerprint: str = ""
+
+    # --- narration and waiting ---
 
     def step(self, title: str, component: str) -> None:
         self.step_no += 1
         self.current = component
-        print(f"[{self.step_no}/{STEPS}] {title} ...", flush=True)
+        print(f"[{self.step_no}/{len(STEPS)}] {title} ...", flush=True)
 
     def say(self, text: str) -> None:
         for line in text.splitlines():
@@ -122,14 +138,18 @@ class Demo:
                 raise
             except Exception as exc:  # a probe that fails is "not yet"
                 last = exc
-            time.sleep(0.1)
+            time.sleep(0.2)
         raise DemoError(
             f"timed out after {timeout or self.timeout:.0f}s waiting for {what}" + (f" ({last})" if last else "")
         )
 
+    @property
+    def kube_cluster(self) -> node_mod.Cluster:
+        assert self.cluster is not None
+        return self.cluster
+
     def api(self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (200, 201), **kw: Any) -> Any:
-        assert self.kube is not None
-        status, out = self.kube.request(method, path, body, **kw)
+        status, out = self.kube_cluster.kube.request(method, path, body, **kw)
         if status not in ok:
             message = out.get("message", out) if isinstance(out, dict) else out
             raise DemoError(f"{method} {path}: HTTP {status}: {message}", "kube-apiserver")
@@ -150,34 +170,14 @@ def corpus_module(key: str) -> tuple[Path, str]:
     return Path(entry["path"]), str(entry["sha256"])
 
 
-def bindable(ip: str, *ports: int) -> bool:
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((ip, port))
-            except OSError:
-                return False
-    return True
-
-
-def pod_ip(ports: tuple[int, ...]) -> str:
-    """A loopback address (the pod's IP) where the injected agent's ports are free."""
-    for last in range(200, 254):
-        ip = f"127.0.0.{last}"
-        if bindable(ip, *ports):
-            return ip
-    raise DemoError(f"no 127.0.0.x address with ports {ports} free")
-
-
-def request(
-    ip: str, port: int, path: str = "/", conn: http.client.HTTPConnection | None = None
-) -> tuple[int, dict[str, str], bytes]:
+def request(port: int, path: str = "/", conn: http.client.HTTPConnection | None = None) -> tuple[int, dict[str, str]]:
     own = conn is None
-    c = conn or http.client.HTTPConnection(ip, port, timeout=10)
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         c.request("GET", path, headers={"user-agent": "meshplug-demo"})
         resp = c.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}
     finally:
         if own:
             c.close()
@@ -185,6 +185,11 @@ def request(
 
 def ready_condition(status: dict[str, Any]) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def show_plugin(demo: Demo, obj: dict[str, Any]) -> None:
@@ -204,18 +209,11 @@ def show_plugin(demo: Demo, obj: dict[str, Any]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         demo.say("   ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    conds = ", ".join(f"{c['type']}={c['status']} ({c.get('reason', '')})" for c in st.get("conditions") or [])
-    demo.say(f"conditions: {conds}")
-
-
-def plugin_status(demo: Demo) -> dict[str, Any]:
-    obj = demo.api("GET", f"{PLUGINS_PATH}/{PLUGIN}")
-    return dict(obj.get("status") or {})
 
 
 def wait_plugin_ready(demo: Demo, sha256: str) -> dict[str, Any]:
     def ok() -> bool:
-        st = plugin_status(demo)
+        st = dict(demo.api("GET", f"{PLUGINS_PATH}/{PLUGIN}").get("status") or {})
         ready = ready_condition(st)
         return (
             ready.get("status") == "True"
@@ -226,22 +224,39 @@ def wait_plugin_ready(demo: Demo, sha256: str) -> dict[str, Any]:
     try:
         demo.wait(ok, f"WasmPlugin {PLUGIN} Ready with digest sha256:{sha256[:12]}... on 1/1 pods")
     except DemoError as exc:
-        ready = ready_condition(plugin_status(demo))
+        st = dict(demo.api("GET", f"{PLUGINS_PATH}/{PLUGIN}").get("status") or {})
+        ready = ready_condition(st)
         last = f" (last Ready={ready.get('status')} {ready.get('reason')}: {ready.get('message')})" if ready else ""
-        raise DemoError(f"{exc}{last}", exc.component) from None
+        raise DemoError(f"{exc}{last}", "operator") from None
     obj: dict[str, Any] = demo.api("GET", f"{PLUGINS_PATH}/{PLUGIN}")
     return obj
 
 
-def plugin_spec(module_url: str, sha256: str, label: str) -> dict[str, Any]:
-    return {
-        "dataPlane": "agent",
-        "selector": {"matchLabels": {"app": POD}},
-        "url": module_url,
-        "sha256": sha256,
-        "phase": "STATS",
-        "pluginConfig": {"request": {"add": {"x-meshplug-plugin": label}}, "response": {"add": {HEADER: label}}},
-    }
+def plugin_config(label: str) -> dict[str, Any]:
+    return {"request": {"add": {"x-meshplug-plugin": label}}, "response": {"add": {HEADER: label}}}
+
+
+def operator_pods(demo: Demo) -> list[dict[str, Any]]:
+    return demo.kube_cluster.pods(SYSTEM_NS, "app.kubernetes.io/component=operator")
+
+
+def wait_operators(demo: Demo, replicas: int, what: str) -> list[dict[str, Any]]:
+    """The operator Deployment rolled out: ``replicas`` pods of its newest ReplicaSet, one of them Ready (the
+    leader; standby replicas stay not-Ready so the Services reach only the leader)."""
+
+    def ok() -> bool:
+        dep = demo.api("GET", f"{DEPLOYMENTS}/{SYSTEM_NS}/deployments/{OPERATOR}")
+        st = dep.get("status") or {}
+        pods = [p for p in operator_pods(demo) if not p["metadata"].get("deletionTimestamp")]
+        return (
+            st.get("observedGeneration") == dep["metadata"]["generation"]
+            and st.get("updatedReplicas") == replicas
+            and len(pods) == replicas
+            and sum(pod_ready(p) for p in pods) == 1
+        )
+
+    demo.wait(ok, what)
+    return operator_pods(demo)
 
 
 # --- the load loop -------------------------------------------------------------------------------------------
@@ -251,7 +266,6 @@ def plugin_spec(module_url: str, sha256: str, label: str) -> dict[str, Any]:
 class Load:
     """Requests sent back to back on keep-alive connections until stopped (bounded by ``limit_s``)."""
 
-    ip: str
     port: int
     limit_s: float
     sent: int = 0
@@ -263,16 +277,16 @@ class Load:
 
     def run(self) -> None:
         deadline = time.monotonic() + self.limit_s
-        conn = http.client.HTTPConnection(self.ip, self.port, timeout=10)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             while not self.stop.is_set() and time.monotonic() < deadline:
                 self.sent += 1
                 try:
-                    status, headers, _ = request(self.ip, self.port, "/load", conn)
+                    status, headers = request(self.port, "/load", conn)
                 except (OSError, http.client.HTTPException) as exc:
                     self._fail(f"{type(exc).__name__}: {exc}")
                     conn.close()
-                    conn = http.client.HTTPConnection(self.ip, self.port, timeout=10)
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
                     continue
                 if status != 200:
                     self._fail(f"HTTP {status}")
@@ -297,209 +311,220 @@ class Load:
             self.thread.join(timeout=30)
 
 
-# --- the story -----------------------------------------------------------------------------------------------
+# --- the steps -----------------------------------------------------------------------------------------------
 
 
-def run(demo: Demo, stack: contextlib.ExitStack) -> None:
-    v1_path, v1_sha = corpus_module(V1[0])
-    v2_path, v2_sha = corpus_module(V2[0])
-    modules = demo.work / "modules"
-    modules.mkdir()
-    v1_file, v2_file = modules / "header_rules-v1.wasm", modules / "headers-v2.wasm"
-    shutil.copyfile(v1_path, v1_file)
-    shutil.copyfile(v2_path, v2_file)
-
-    # 1 ---------------------------------------------------------------------------------------------------------
-    demo.step("Starting etcd + kube-apiserver (test-bed build) on 127.0.0.1", "kube-apiserver")
-    kube = stack.enter_context(kube_mod.control_plane(demo.work / "kube", demo.logs))
-    stack.callback(demo.stopper("kube-apiserver + etcd", kube.stop))
-    demo.kube = kube
-    for proc in kube.procs:
+def start_cluster(demo: Demo) -> None:
+    demo.step("Starting a one-node cluster (etcd, kube-apiserver, controller manager, node agent)", "kube-apiserver")
+    cluster = demo.stack.enter_context(node_mod.cluster(demo.work / "cluster", demo.logs))
+    demo.cluster = cluster
+    for proc in [*cluster.kube.procs, cluster.kubelet]:
         demo.track(proc.name, proc)
     version = demo.api("GET", "/version")
-    demo.say(f"kube-apiserver {version.get('gitVersion')} at {kube.url} (etcd pid {kube.procs[0].pid})")
-
-    # 2 ---------------------------------------------------------------------------------------------------------
-    demo.step("Installing meshplug with Helm (charts/meshplug; webhooks at 127.0.0.1, TLS mode provided)", "helm")
-    tls = helm_mod.webhook_tls(demo.work / "webhook-tls")
-    webhook_port = procs.free_port()
-    values = {
-        "webhook": {"url": f"https://127.0.0.1:{webhook_port}", "tls": {"mode": "provided", "caBundle": tls.ca_bundle}},
-        "validation": {"allowedUrlPrefixes": [f"file://{modules}/"]},
-    }
-    (demo.work / "values.yaml").write_text(yaml.safe_dump(values))
-    try:
-        out = helm_mod.helm(
-            [
-                "install",
-                RELEASE,
-                str(helm_mod.CHART),
-                "-n",
-                SYSTEM_NS,
-                "--create-namespace",
-                "-f",
-                str(demo.work / "values.yaml"),
-            ],
-            kubeconfig=kube.kubeconfig,
-            home=demo.work / "helm",
-        )
-    except (AssertionError, RuntimeError) as exc:
-        raise DemoError(str(exc).splitlines()[0], "helm") from None
-    status_line = next((ln for ln in out.stdout.splitlines() if ln.startswith("STATUS:")), "STATUS: ?")
-    demo.say(f"helm install {RELEASE} charts/meshplug -n {SYSTEM_NS}: {status_line}")
-    cm = demo.api("GET", f"/api/v1/namespaces/{SYSTEM_NS}/configmaps/{RELEASE}-meshplug-webhook")
-    config = yaml.safe_load(cm["data"]["webhook.yaml"])
-    config["listen"] = {"address": "127.0.0.1", "port": webhook_port}  # only where it listens and its files differ
-    config["tls"] = {"certFile": str(tls.cert), "keyFile": str(tls.key)}
-    (demo.work / "webhook.yaml").write_text(yaml.safe_dump(config))
-    # the operator runs as the chart's ServiceAccount: exactly the RBAC the chart grants
-    sa = f"{RELEASE}-meshplug-operator"
-    identity = f"system:serviceaccount:{SYSTEM_NS}:{sa}"
-    operator_kubeconfig = kube.kubeconfig_for(
-        kube.service_account_token(SYSTEM_NS, sa), identity, demo.work / "operator.kubeconfig"
-    )
-    module_token = base64.b16encode(os.urandom(16)).decode().lower()
-    os.environ["MESHPLUG_WEBHOOK_CONFIG"] = str(demo.work / "webhook.yaml")
-    os.environ["MESHPLUG_MODULE_TOKEN"] = module_token
-    demo.current = "operator"
-    try:
-        op = operator_mod.start_operator(
-            operator_kubeconfig,
-            demo.work,  # its logs go to demo.logs, its module cache to work/cache
-            name="operator",
-            extra=[f"--file-root={modules}", f"--lease-namespace={SYSTEM_NS}"],
-        )
-    except RuntimeError as exc:
-        raise DemoError(f"operator did not become healthy: {str(exc).splitlines()[0]}", "operator") from None
-    stack.callback(demo.stopper("operator", op.stop))
-    demo.track("operator", op.proc)
-    demo.wait(lambda: procs.tls_ready(webhook_port, tls.ca_cert), "the operator's webhook server", timeout=60)
     demo.say(
-        f"meshplug operator pid {op.proc.pid} as ServiceAccount {SYSTEM_NS}/{sa} (the chart's RBAC):\n"
-        f"webhooks https://127.0.0.1:{webhook_port}, modules http://127.0.0.1:{op.module_port}, metrics http://127.0.0.1:{op.metrics_port}/metrics"
+        f"kube-apiserver {version.get('gitVersion')} at {cluster.kube.url}; node {node_mod.NODE_NAME} at "
+        f"{node_mod.NODE_IP} (pods get 10.244.0.x in their own network namespaces)"
     )
 
-    # 3 ---------------------------------------------------------------------------------------------------------
-    demo.step("Starting the demo app (echo service) on 127.0.0.1", "echo-app")
-    app = upstream.start_service("echo", log_dir=demo.logs, name="echo-app")
-    stack.callback(demo.stopper("echo-app", app.stop))
-    demo.track("echo-app", app.proc)
-    demo.say(f"echo app pid {app.proc.pid} on 127.0.0.1:{app.port} (answers with the request it saw, as JSON)")
 
-    # 4 ---------------------------------------------------------------------------------------------------------
-    demo.step(f"Creating pod {POD} (label {injection.INJECT_KEY}=enabled)", "operator")
-    demo.api("POST", "/api/v1/namespaces", {"metadata": {"name": NS}}, ok=(201, 409))
-    demo.api("POST", f"/api/v1/namespaces/{NS}/serviceaccounts", {"metadata": {"name": "default"}}, ok=(201, 409))
-    push_token = base64.b16encode(os.urandom(24)).decode().lower()
-    secret_data = {injection.PUSH_TOKEN_KEY: push_token, injection.MODULE_TOKEN_KEY: module_token}
-    demo.api(
-        "POST",
-        f"/api/v1/namespaces/{NS}/secrets",
-        {"metadata": {"name": SECRET}, "type": "Opaque", "stringData": secret_data},
+def start_sources(demo: Demo) -> None:
+    demo.step("Starting module sources outside the cluster: an HTTPS origin and an OCI registry", "origin")
+    cluster = demo.kube_cluster
+    tls = pki.serving_pki(
+        demo.work / "sources-tls",
+        ca_cn="demo-private-ca",
+        server_cn="modules.demo",
+        dns_names=["localhost"],
+        ip_addresses=["127.0.0.1", node_mod.NODE_IP],
     )
-    pod_body = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": POD, "labels": {"app": POD, injection.INJECT_KEY: "enabled"}},
+    demo.ca_file = tls.ca_cert
+    # the origin: pods reach it at the node's address; this script through a forward on the same port number
+    port = procs.free_port()
+    cluster.net.forward("127.0.0.1", port, local_port=port)
+    origin_argv = [sys.executable, str(REPO / "tests" / "testbed" / "origin.py"), "--port", str(port)]
+    origin_argv += ["--cert", str(tls.cert), "--key", str(tls.key), "--host", "0.0.0.0"]
+    origin = origin_mod.Origin(proc=None, port=port, ca_file=tls.ca_cert)
+    origin.proc = cluster.run_inside("origin", origin_argv, log_dir=demo.logs, ready=origin.healthy, timeout=30)
+    demo.track("origin", origin.proc)
+    v1_path, v1_sha = corpus_module(V1[0])
+    origin.program("/plugins/header_rules.wasm", body=v1_path.read_bytes())
+    demo.modules["v1"] = (f"https://{node_mod.NODE_IP}:{port}/plugins/header_rules.wasm", v1_sha)
+    # the registry
+    reg_port = procs.free_port()
+    cluster.net.forward("127.0.0.1", reg_port, local_port=reg_port)
+    registry = registry_mod.start_registry(
+        "registry",
+        demo.work / "registry",
+        demo.logs,
+        tls=(tls.cert, tls.key),
+        ca_file=tls.ca_cert,
+        bind="0.0.0.0",
+        port=reg_port,
+        argv_prefix=node_mod.netns.enter(cluster.net.netns),
+    )
+    assert registry.proc is not None
+    demo.stack.callback(demo.stopper("registry", registry.proc.stop))
+    demo.track("registry", registry.proc)
+    v2_path, v2_sha = corpus_module(V2[0])
+    registry.push_layout("oci-image", "plugins/headers", "v2", v2_path.read_bytes())
+    demo.modules["v2"] = (f"oci://{node_mod.NODE_IP}:{reg_port}/plugins/headers:v2", v2_sha)
+    demo.say(f"origin https://{node_mod.NODE_IP}:{port}/plugins/header_rules.wasm ({V1[0]}, sha256 {v1_sha[:12]}...)")
+    demo.say(f"registry {demo.modules['v2'][0]} ({V2[0]}, sha256 {v2_sha[:12]}...); both signed by a private test CA")
+
+
+def helm_as_admin(demo: Demo) -> Path:
+    """A kubeconfig for helm: a ServiceAccount bound to cluster-admin (so the audit log tells helm's writes apart)."""
+    kube = demo.kube_cluster.kube
+    demo.api("POST", "/api/v1/namespaces/kube-system/serviceaccounts", {"metadata": {"name": "helm"}}, ok=(201, 409))
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "helm-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "helm", "namespace": "kube-system"}],
+    }
+    demo.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding, ok=(201, 409))
+    token = kube.service_account_token("kube-system", "helm")
+    return kube.kubeconfig_for(token, "system:serviceaccount:kube-system:helm", demo.work / "helm.kubeconfig")
+
+
+def install_chart(demo: Demo) -> None:
+    demo.step("helm install charts/meshplug (default values + operator.trustedCA for the private CA)", "helm")
+    assert demo.ca_file is not None
+    args = ["install", RELEASE, str(helm_mod.CHART), "-n", SYSTEM_NS, "--create-namespace"]
+    args += ["--set-file", f"operator.trustedCA={demo.ca_file}", "--wait", "--timeout", f"{int(demo.timeout)}s"]
+    t0 = time.monotonic()
+    try:
+        out = helm_mod.helm(args, kubeconfig=helm_as_admin(demo), home=demo.work / "helm", timeout=demo.timeout + 30)
+    except (AssertionError, RuntimeError) as exc:
+        raise DemoError(str(exc).splitlines()[0], "operator") from None
+    status_line = next((ln for ln in out.stdout.splitlines() if ln.startswith("STATUS:")), "STATUS: ?")
+    pods = wait_operators(demo, 1, "the operator Deployment to be Available")
+    secret = demo.api("GET", f"/api/v1/namespaces/{SYSTEM_NS}/secrets/{IDENTITY_SECRET}")
+    owners = [f"{o['kind']}/{o['name']}" for o in secret["metadata"].get("ownerReferences") or []]
+    demo.ca_fingerprint = secret["data"][identity.CA_CERT]
+    demo.say(f"helm install {RELEASE} -n {SYSTEM_NS} --wait: {status_line} after {time.monotonic() - t0:.1f}s")
+    demo.say(
+        f"operator pod {pods[0]['metadata']['name']} Ready at {pods[0]['status']['podIP']} (run by the node agent)"
+    )
+    demo.say(f"the operator made Secret {SYSTEM_NS}/{IDENTITY_SECRET} (its CA), owned by {', '.join(owners)}")
+
+
+def deploy_app(demo: Demo) -> None:
+    demo.step(f"Namespace {NS} labelled {injection.INJECT_KEY}=enabled, Deployment {APP} + Service", "operator")
+    demo.api("POST", "/api/v1/namespaces", {"metadata": {"name": NS, "labels": {injection.INJECT_KEY: "enabled"}}})
+    labels = {"app": APP}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": APP},
         "spec": {
-            "containers": [
-                {
-                    "name": "app",
-                    "image": "registry.example.com/demo/echo:1",
-                    "ports": [{"name": "http", "containerPort": app.port}],
-                }
-            ]
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": f"{node_mod.ECHO_IMAGE}:1",
+                            "args": [str(APP_PORT), "0.0.0.0"],
+                            "ports": [{"name": "http", "containerPort": APP_PORT}],
+                            "readinessProbe": {"tcpSocket": {"port": APP_PORT}, "periodSeconds": 5},
+                        }
+                    ]
+                },
+            },
         },
     }
-    pod = demo.api("POST", PODS_PATH, pod_body)
+    demo.api("POST", f"{DEPLOYMENTS}/{NS}/deployments", deployment)
+    service = {"metadata": {"name": APP}, "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": "http"}]}}
+    svc = demo.api("POST", f"/api/v1/namespaces/{NS}/services", service)
+    demo.wait(lambda: any(pod_ready(p) for p in demo.kube_cluster.pods(NS, f"app={APP}")), f"a Ready {APP} pod")
+    pod = demo.kube_cluster.pods(NS, f"app={APP}")[0]
     containers = [c["name"] for c in pod["spec"]["containers"]]
     if injection.CONTAINER_NAME not in containers:
         raise DemoError(f"the webhook did not inject the agent: containers {containers}", "operator")
-    agent_c = next(c for c in pod["spec"]["containers"] if c["name"] == injection.CONTAINER_NAME)
-    ports = ", ".join(f"{p.get('name')}:{p['containerPort']}" for p in agent_c["ports"])
-    demo.say(f"injected containers: {', '.join(containers)} (agent ports {ports}; port name http moved to the agent)")
-
-    # what the kubelet would do: mount the projected config volume, run the agent container, report the pod IP
-    demo.current = "agent"
-    annotations = pod["metadata"]["annotations"]
-    raw = json.loads(annotations[injection.CONFIG_ANNOTATION])
-    push_port = int(annotations[injection.PUSH_PORT_ANNOTATION])
-    listen_port = int(raw["listeners"][0]["port"])
-    ip = pod_ip((listen_port, push_port))
-    volume = demo.work / "pod" / "etc-meshplug-agent"
-    volume.mkdir(parents=True)
-    (volume / injection.CONFIG_FILE).write_text(annotations[injection.CONFIG_ANNOTATION])
-    for key, value in secret_data.items():
-        (volume / key).write_text(value)
-    # the pod's network namespace is 127.0.0.x here; file paths point into the emulated volumes
-    raw["listeners"][0]["address"] = ip
-    raw["push"]["address"] = ip
-    raw["push"]["token_file"] = str(volume / injection.PUSH_TOKEN_KEY)
-    raw["admin"]["port"] = procs.free_port()  # 127.0.0.1 is every local pod's loopback: a free port there
-    raw["state_dir"] = str(demo.work / "pod" / "state")
-    server = raw.get("modules", {}).get("server")
-    if server:  # the module server's Service name does not resolve here: the operator's local port
-        server["url"] = f"http://127.0.0.1:{op.module_port}"
-        server["token_file"] = str(volume / injection.MODULE_TOKEN_KEY)
-    try:
-        agent = agent_mod.start_agent(
-            raw, work_dir=demo.work / "pod", log_dir=demo.logs, name="agent", log_level="info", timeout=demo.timeout
-        )
-    except RuntimeError as exc:
-        raise DemoError(str(exc).splitlines()[0], "agent") from None
-    stack.callback(demo.stopper("agent", agent.stop))
-    demo.track("agent", agent.proc)
-    status_patch = {
-        "status": {
-            "phase": "Running",
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
-            "conditions": [{"type": "Ready", "status": "True"}],
-        }
-    }
-    demo.api("PATCH", f"{PODS_PATH}/{POD}/status", status_patch, content_type="application/merge-patch+json")
+    secret = demo.api("GET", f"/api/v1/namespaces/{NS}/secrets/{identity.DEFAULT_AGENT_SECRET}")
+    demo.service_port = demo.kube_cluster.forward(svc["spec"]["clusterIP"], 80)
+    demo.say(f"pod {pod['metadata']['name']} Ready at {pod['status']['podIP']}: containers {', '.join(containers)}")
     demo.say(
-        f"agent pid {agent.proc.pid} with the injected config: proxy {ip}:{listen_port} -> app 127.0.0.1:{app.port}, "
-        f"push {ip}:{push_port}; pod status set: podIP {ip}, Ready"
+        f"Secret {NS}/{identity.DEFAULT_AGENT_SECRET} made by the operator: {', '.join(sorted(secret['data']))}; "
+        f"Service {APP} at {svc['spec']['clusterIP']}:80 -> the agent's port"
     )
 
-    # 5 ---------------------------------------------------------------------------------------------------------
-    demo.step(f"Applying WasmPlugin {PLUGIN} (dataPlane: agent, module {V1[0]}, file:// under --file-root)", "operator")
+
+def apply_plugin(demo: Demo) -> None:
+    url, sha = demo.modules["v1"]
+    demo.step(f"Applying WasmPlugin {PLUGIN} (dataPlane: agent, {V1[0]} from the HTTPS origin)", "operator")
     body = {
         "apiVersion": "meshplug.io/v1alpha1",
         "kind": "WasmPlugin",
         "metadata": {"name": PLUGIN},
-        "spec": plugin_spec(f"file://{v1_file}", v1_sha, V1[1]),
+        "spec": {
+            "dataPlane": "agent",
+            "selector": {"matchLabels": {"app": APP}},
+            "url": url,
+            "sha256": sha,
+            "phase": "STATS",
+            "pluginConfig": plugin_config(V1[1]),
+        },
     }
     demo.api("POST", PLUGINS_PATH, body, ok=(201,))
     t0 = time.monotonic()
-    obj = wait_plugin_ready(demo, v1_sha)
-    demo.say(f"Ready after {time.monotonic() - t0:.1f}s:")
+    obj = wait_plugin_ready(demo, sha)
+    demo.say(f"Ready after {time.monotonic() - t0:.1f}s (pushed over mutual TLS; the agent fetched over HTTPS):")
     show_plugin(demo, obj)
 
-    # 6 ---------------------------------------------------------------------------------------------------------
-    demo.step(f"Sending a request through the agent at {ip}:{listen_port}", "agent")
-    status, headers, raw_body = request(ip, listen_port, "/hello")
-    seen = {k.lower(): v for k, v in json.loads(raw_body).get("headers", [])} if status == 200 else {}
+
+def send_request(demo: Demo) -> None:
+    demo.step(f"Sending a request through Service {APP}", "agent")
+    status, headers = request(demo.service_port, "/hello")
     demo.say(f"GET /hello -> {status}; response header {HEADER}: {headers.get(HEADER, '(missing)')}")
-    demo.say(f"the app saw request header x-meshplug-plugin: {seen.get('x-meshplug-plugin', '(missing)')}")
     if status != 200 or headers.get(HEADER) != V1[1]:
         raise DemoError(f"expected 200 with {HEADER}: {V1[1]}, got {status} {headers}", "agent")
 
-    # 7 ---------------------------------------------------------------------------------------------------------
-    demo.step(f"Updating {PLUGIN} to module {V2[0]} under steady traffic", "operator")
-    load = Load(ip, listen_port, limit_s=demo.timeout + 60)
+
+def restart_and_scale(demo: Demo) -> None:
+    demo.step("Restarting the operator (rollout) and scaling it to 2 replicas", "operator")
+    path = f"{DEPLOYMENTS}/{SYSTEM_NS}/deployments/{OPERATOR}"
+    restart = {"spec": {"template": {"metadata": {"annotations": {"demo.meshplug.io/restartedAt": str(time.time())}}}}}
+    before = {p["metadata"]["name"] for p in operator_pods(demo)}
+    demo.api("PATCH", path, restart, content_type="application/merge-patch+json")
+    pods = wait_operators(demo, 1, "the restarted operator")
+    demo.say(f"rollout: {', '.join(sorted(before))} -> {pods[0]['metadata']['name']}")
+    demo.api("PATCH", path, {"spec": {"replicas": 2}}, content_type="application/merge-patch+json")
+    pods = wait_operators(demo, 2, "2 operator replicas (one leader)")
+    roles = ", ".join(f"{p['metadata']['name']} ({'leader' if pod_ready(p) else 'standby'})" for p in pods)
+    demo.say(f"replicas: {roles}")
+    secret = demo.api("GET", f"/api/v1/namespaces/{SYSTEM_NS}/secrets/{IDENTITY_SECRET}")
+    if secret["data"][identity.CA_CERT] != demo.ca_fingerprint:
+        raise DemoError("the operator's CA changed across the restart", "operator")
+    wait_plugin_ready(demo, demo.modules["v1"][1])
+    status, headers = request(demo.service_port, "/after-restart")
+    demo.say(
+        f"same CA in {IDENTITY_SECRET}; plugin still Ready; GET /after-restart -> {status}, {HEADER}: "
+        f"{headers.get(HEADER, '(missing)')}"
+    )
+    if headers.get(HEADER) != V1[1]:
+        raise DemoError(f"the plugin stopped answering after the restart: {headers}", "agent")
+
+
+def update_plugin(demo: Demo) -> None:
+    url, sha = demo.modules["v2"]
+    demo.step(f"Updating {PLUGIN} to {V2[0]} from the registry under steady traffic", "operator")
+    load = Load(demo.service_port, limit_s=demo.timeout + 60)
     load.start()
     try:
         demo.wait(lambda: load.sent >= 50, "the request loop to get going", timeout=30)
         update = [
-            {"op": "replace", "path": "/spec/url", "value": f"file://{v2_file}"},
-            {"op": "replace", "path": "/spec/sha256", "value": v2_sha},
-            {"op": "replace", "path": "/spec/pluginConfig", "value": plugin_spec("", "", V2[1])["pluginConfig"]},
+            {"op": "replace", "path": "/spec/url", "value": url},
+            {"op": "replace", "path": "/spec/sha256", "value": sha},
+            {"op": "replace", "path": "/spec/pluginConfig", "value": plugin_config(V2[1])},
         ]
         t0 = time.monotonic()
         demo.api("PATCH", f"{PLUGINS_PATH}/{PLUGIN}", update, content_type="application/json-patch+json")
-        obj = wait_plugin_ready(demo, v2_sha)
+        obj = wait_plugin_ready(demo, sha)
         took = time.monotonic() - t0
         demo.wait(lambda: load.values[-1][1] == V2[1], f"responses with {HEADER}: {V2[1]}", timeout=30)
         sent_at_ready = load.sent
@@ -515,23 +540,57 @@ def run(demo: Demo, stack: contextlib.ExitStack) -> None:
     if [v for _, v in load.values] != [V1[1], V2[1]]:
         raise DemoError(f"responses did not switch once from v1 to v2: {switches}", "agent")
 
-    # 8 ---------------------------------------------------------------------------------------------------------
-    demo.step(f"Deleting WasmPlugin {PLUGIN} and stopping everything", "operator")
+
+def delete_plugin(demo: Demo) -> None:
+    demo.step(f"Deleting WasmPlugin {PLUGIN}", "operator")
     demo.api("DELETE", f"{PLUGINS_PATH}/{PLUGIN}")
     demo.wait(
-        lambda: demo.kube is not None and demo.kube.request("GET", f"{PLUGINS_PATH}/{PLUGIN}")[0] == 404,
+        lambda: demo.kube_cluster.kube.request("GET", f"{PLUGINS_PATH}/{PLUGIN}")[0] == 404,
         "the finalizer to release the WasmPlugin",
     )
-    demo.wait(lambda: not agent.config_dump()["plugins"], "the agent to drop the plugin")
-    status, headers, _ = request(ip, listen_port, "/bye")
+    demo.wait(lambda: HEADER not in request(demo.service_port, "/bye")[1], "the agent to drop the plugin", timeout=30)
+    status, headers = request(demo.service_port, "/bye")
     demo.say(
         f"finalizer pushed the agent an empty set; GET /bye -> {status}, {HEADER}: {headers.get(HEADER, '(none)')}"
     )
-    if HEADER in headers:
-        raise DemoError(f"the plugin still answers after deletion: {headers[HEADER]}", "agent")
-    pushes = op.metrics()
-    acks = int(pushes.get('meshplug_operator_pushes_total{result="ack"}', 0))
-    demo.say(f"operator pushes acknowledged by the agent: {acks}")
+
+
+def check_secret_writers(demo: Demo) -> None:
+    demo.step("Who wrote Secrets (the API server's audit log)", "kube-apiserver")
+    operator = f"system:serviceaccount:{SYSTEM_NS}:{OPERATOR}"
+    helm = "system:serviceaccount:kube-system:helm"
+    writes: dict[str, list[str]] = {}
+    for event in node_mod.audit_events(demo.kube_cluster.audit_log):
+        if event.get("responseStatus", {}).get("code", 0) >= 300:
+            continue
+        ref = event.get("objectRef") or {}
+        user = event.get("user", {}).get("username", "?")
+        writes.setdefault(user, []).append(f"{event['verb']} {ref.get('namespace')}/{ref.get('name', '')}")
+    for user, what in sorted(writes.items()):
+        label = {operator: "the operator", helm: "helm"}.get(user, user)
+        demo.say(f"{label}: {', '.join(sorted(set(what)))}")
+    others = {u: w for u, w in writes.items() if u not in (operator, helm)}
+    if others:
+        raise DemoError(f"Secrets written by someone other than Helm and the operator: {others}")
+    if operator not in writes:
+        raise DemoError("the audit log shows no Secret written by the operator")
+
+
+STEPS: tuple[Callable[[Demo], None], ...] = (
+    start_cluster,
+    start_sources,
+    install_chart,
+    deploy_app,
+    apply_plugin,
+    send_request,
+    restart_and_scale,
+    update_plugin,
+    delete_plugin,
+    check_secret_writers,
+)
+
+
+# --- failure and cleanup -------------------------------------------------------------------------------------
 
 
 class Failed(Exception):
@@ -543,7 +602,8 @@ class Failed(Exception):
 
 
 def diagnose(demo: Demo, exc: BaseException) -> tuple[str, str]:
-    """(one-line reason, log tail of the failing component): a component that died, else the one named."""
+    """(one-line reason, log tail of the failing component): a process that died, else the one named; the
+    operator and the agent are containers: their logs come from the node agent."""
     text = str(exc).strip()
     reason = text.splitlines()[0] if text else type(exc).__name__
     if isinstance(exc, KeyboardInterrupt):
@@ -552,6 +612,16 @@ def diagnose(demo: Demo, exc: BaseException) -> tuple[str, str]:
         reason = f"{type(exc).__name__}: {reason}"
     dead = [n for n, p in demo.components.items() if not p.alive()]
     component = dead[0] if dead else (getattr(exc, "component", "") or demo.current)
+    if component in ("operator", "agent") and demo.cluster is not None:
+        namespace, selector, container = (
+            (SYSTEM_NS, "app.kubernetes.io/component=operator", "operator")
+            if component == "operator"
+            else (NS, f"app={APP}", injection.CONTAINER_NAME)
+        )
+        try:
+            return reason, demo.cluster.logs(namespace, selector, container, tail=25)
+        except RuntimeError:
+            return reason, ""
     proc = demo.components.get(component)
     log = proc.log_path if proc is not None else demo.logs / f"{component}.log"
     try:
@@ -577,44 +647,50 @@ def _signals_as_interrupts() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def run(demo: Demo) -> None:
+    for step in STEPS:
+        step(demo)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) after a success")
-    parser.add_argument("--timeout", type=float, default=120.0, help="deadline of each wait, seconds")
+    parser.add_argument("--timeout", type=float, default=180.0, help="deadline of each wait, seconds")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="meshplug-demo-"))
-    demo = Demo(work=work, logs=work / "logs", timeout=args.timeout)
-    print(f"meshplug demo: a WasmPlugin on an injected pod's agent, end to end (work dir {work})", flush=True)
+    print(f"meshplug demo: installed from the Helm chart alone, used as a user would (work dir {work})", flush=True)
     code = 0
+    demo: Demo | None = None
     with _signals_as_interrupts():
         try:
             with contextlib.ExitStack() as stack:
+                demo = Demo(work=work, logs=work / "logs", timeout=args.timeout, stack=stack)
                 try:
-                    run(demo, stack)
+                    run(demo)
                 except BaseException as exc:
                     # diagnose before the cleanup stops the processes: which one failed, its log tail
                     raise Failed(exc, *diagnose(demo, exc)) from exc
         except Failed as failed:
             code = 130 if isinstance(failed.cause, KeyboardInterrupt) else 1
-            where = f"at step {demo.step_no}/{STEPS}" if demo.step_no else "before step 1"
+            assert demo is not None
+            where = f"at step {demo.step_no}/{len(STEPS)}" if demo.step_no else "before step 1"
             print(f"FAILED {where}: {failed.reason}", flush=True)
             if failed.tail:
                 print(failed.tail, flush=True)
-            print(f"logs kept in {demo.logs}", flush=True)
+            print(f"logs kept in {work}", flush=True)
+    assert demo is not None
     elapsed = time.monotonic() - demo.started
-    stopped = ", ".join(f"{n} {t:.1f}s" for n, t in demo.stop_times.items())
-    running = [f"{n} (pid {p.pid})" for n, p in demo.components.items() if p.alive()]
-    if running:  # the cleanup stops every process it started; say so loudly if one survived
-        print(f"still running after the cleanup: {', '.join(running)}", flush=True)
+    leftovers = [f"{n} (pid {p.pid})" for n, p in demo.components.items() if p.alive()]
+    if leftovers:  # the cleanup stops every process it started; say so loudly if one survived
+        print(f"still running after the cleanup: {', '.join(leftovers)}", flush=True)
         code = code or 1
-    print(f"stopped by pid: {stopped or 'nothing was started'}", flush=True)
-    killed = [n for n, t in demo.stop_times.items() if t >= 9.5]
-    if killed:  # procs.Proc.stop: SIGTERM, then SIGKILL after 10 s
-        print(f"note: {', '.join(killed)} did not exit within 10s of SIGTERM and got SIGKILL", flush=True)
     if code == 0:
-        print(f"demo OK in {elapsed:.1f}s: agent injected, plugin applied, updated with 0 failed requests, cleaned up")
+        print(
+            f"demo OK in {elapsed:.1f}s: chart installed, agent injected, plugin applied, operator restarted and "
+            "scaled, updated with 0 failed requests, cleaned up; Secrets written only by Helm and the operator"
+        )
         if args.keep:
-            print(f"logs in {demo.logs}")
+            print(f"logs in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
     else:

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -53,6 +54,16 @@ class Response:
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+
+class TLS(Protocol):
+    """A server TLS context that may change its files between connections (`meshplug.agent.tls`)."""
+
+    context: ssl.SSLContext
+
+    def refresh(self) -> None: ...
+
+    def peer_allowed(self, peercert: Any) -> bool: ...
+
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -67,10 +78,21 @@ _REASONS = {
 }
 
 
+#: decides, from a TLS connection's verified peer certificate, whether to serve it
+PeerCheck = Callable[[Any], bool]
+
+
 class _Conn(asyncio.Protocol):
-    def __init__(self, handler: Handler, tasks: set[asyncio.Task[None]], conns: set[_Conn] | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        tasks: set[asyncio.Task[None]],
+        conns: set[_Conn] | None = None,
+        peer_check: PeerCheck | None = None,
+    ) -> None:
         self.handler = handler
         self.tasks = tasks
+        self.peer_check = peer_check
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -85,6 +107,10 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
+        if self.peer_check is not None and not self.peer_check(transport.get_extra_info("peercert")):
+            self.done = True
+            self.transport.abort()
+            return
         if len(self.conns) >= limits.CONTROL_MAX_CONNECTIONS:
             self.done = True
             self.transport.abort()
@@ -191,17 +217,34 @@ class _Conn(asyncio.Protocol):
 
 
 class ControlServer:
-    """One control endpoint (admin or push) on its own port."""
+    """One control endpoint (admin or push) on its own port; with ``tls``, TLS whose peer passes its check (the
+    handshake itself bounded by the request timeout)."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, *, tls: TLS | None = None) -> None:
         self.handler = handler
+        self.tls = tls
         self.server: asyncio.AbstractServer | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.conns: set[_Conn] = set()
 
+    def _connection(self) -> _Conn:
+        if self.tls is None:
+            return _Conn(self.handler, self.tasks, self.conns)
+        self.tls.refresh()  # before this connection's handshake: rotated files apply to it
+        return _Conn(self.handler, self.tasks, self.conns, self.tls.peer_allowed)
+
     async def start(self, address: str, port: int) -> int:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _Conn(self.handler, self.tasks, self.conns), address, port)
+        if self.tls is None:
+            self.server = await loop.create_server(self._connection, address, port)
+        else:
+            self.server = await loop.create_server(
+                self._connection,
+                address,
+                port,
+                ssl=self.tls.context,
+                ssl_handshake_timeout=limits.CONTROL_REQUEST_TIMEOUT_S,
+            )
         sockets: list[Any] = list(getattr(self.server, "sockets", None) or [])
         return int(sockets[0].getsockname()[1])
 

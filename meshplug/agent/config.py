@@ -9,14 +9,24 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
     clusters:                        # named upstreams: the listeners' targets and plugins' http-call targets
       - {name: app, address: 127.0.0.1, port: 8080, connect_timeout_s: 5, response_timeout_s: 15}
     admin: {address: 127.0.0.1, port: 15000}         # /ready /config_dump /stats/prometheus /logging
-    push: {address: 0.0.0.0, port: 15010, token_file: /var/run/secrets/meshplug/push-token}   # optional
+    push:                            # optional: where the operator pushes plugin sets
+      address: 0.0.0.0
+      port: 15010
+      token_file: /etc/meshplug/agent/token        # accepted bearer tokens, one per line (the second factor)
+      tls:                                         # mutual TLS; required unless allow_plaintext
+        cert_file: /etc/meshplug/agent/tls.crt
+        key_file: /etc/meshplug/agent/tls.key
+        client_ca_file: /etc/meshplug/agent/ca.crt # the client certificate must be issued by this CA ...
+        client_name: meshplug-operator             # ... to this common name (the default)
+      allow_plaintext: false         # true: plain HTTP pushes, for local runs only
     state_dir: /var/lib/meshplug     # optional: last good pushed config + modules survive restarts
     modules:                         # optional: module supply (meshplug.fetch: https, oci, file + sha256)
       cache_dir: /var/lib/meshplug/cache       # default <state_dir>/cache, else $MESHPLUG_CACHE/modules
       file_roots: [/modules]         # file:// URLs are read only below these (+ the static plugins' files)
-      server:                        # the operator's module server: its URLs get the bearer token
-        url: http://meshplug-modules.meshplug-system:8080
-        token_file: /var/run/secrets/meshplug/module-token
+      server:                        # the operator's module server: requests to it carry the bearer token
+        url: https://meshplug-modules.meshplug-system.svc:8443
+        token_file: /etc/meshplug/agent/sa-token   # the pod's projected ServiceAccount token (re-read per request)
+        ca_file: /etc/meshplug/agent/ca.crt        # optional: verify the server with this CA (else system roots)
     drain_timeout_s: 20
     http:                            # optional: HTTP/1.1 limits and timeouts, Envoy's names and defaults (0 = off)
       max_request_headers_kb: 60     # request line + headers; 431 beyond
@@ -44,7 +54,9 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
       - name: lua-header                              # a Lua filter (Envoy's Lua filter API) instead of a module
         lua: {inline_code: "function envoy_on_request(h) h:headers():add('x-lua', '1') end"}
 
-Relative paths (module files, token_file, state_dir) are relative to the config file's directory.
+Relative paths (module files, token, certificate and key files, state_dir) are relative to the config file's
+directory. Files mounted from Secrets (tokens, certificates) are re-read when they change: a rotation needs no
+restart.
 
 `load` (what `meshplug agent` uses) also takes the node from the Downward API's environment variables, like
 Istio's sidecar: POD_NAME and POD_NAMESPACE fill node metadata NAME and NAMESPACE, and the node id defaults
@@ -97,11 +109,26 @@ class Endpoint:
     port: int
 
 
+#: the common name the push client certificate must carry by default (the operator's)
+OPERATOR_NAME = "meshplug-operator"
+
+
+@dataclass(frozen=True)
+class PushTLS:
+    """Mutual TLS on the push port: our certificate, and the CA and name the client's must have."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path
+    client_name: str = OPERATOR_NAME
+
+
 @dataclass(frozen=True)
 class PushEndpoint:
     address: str
     port: int
     token_file: Path
+    tls: PushTLS | None = None  # None only with allow_plaintext
 
 
 @dataclass(frozen=True)
@@ -110,6 +137,7 @@ class ModuleServer:
 
     url: str
     token_file: Path
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -312,11 +340,12 @@ def _modules(raw: Any, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]
     server: ModuleServer | None = None
     if obj.get("server") is not None:
         srv = _obj(obj["server"], "modules.server")
-        _keys(srv, {"url", "token_file"}, "modules.server")
+        _keys(srv, {"url", "token_file", "ca_file"}, "modules.server")
         url = _str(srv, "url", "modules.server")
         if urllib.parse.urlsplit(url).scheme not in ("http", "https") or not urllib.parse.urlsplit(url).hostname:
             raise errors.ConfigError(f"modules.server.url must be an http(s) URL, got {url!r}")
-        server = ModuleServer(url=url, token_file=_path(base, _str(srv, "token_file", "modules.server")))
+        ca = _path(base, _str(srv, "ca_file", "modules.server")) if srv.get("ca_file") is not None else None
+        server = ModuleServer(url=url, token_file=_path(base, _str(srv, "token_file", "modules.server")), ca_file=ca)
     return Modules(cache_dir=cache_dir, file_roots=tuple(dict.fromkeys(roots)), server=server)
 
 
@@ -434,11 +463,30 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
     push: PushEndpoint | None = None
     if top.get("push") is not None:
         p = _obj(top["push"], "push")
-        _keys(p, {"address", "port", "token_file"}, "push")
+        _keys(p, {"address", "port", "token_file", "tls", "allow_plaintext"}, "push")
+        tls: PushTLS | None = None
+        if p.get("tls") is not None:
+            t = _obj(p["tls"], "push.tls")
+            _keys(t, {"cert_file", "key_file", "client_ca_file", "client_name"}, "push.tls")
+            tls = PushTLS(
+                cert_file=_path(base, _str(t, "cert_file", "push.tls")),
+                key_file=_path(base, _str(t, "key_file", "push.tls")),
+                client_ca_file=_path(base, _str(t, "client_ca_file", "push.tls")),
+                client_name=_str(t, "client_name", "push.tls", OPERATOR_NAME),
+            )
+        plaintext = p.get("allow_plaintext", False)
+        if not isinstance(plaintext, bool):
+            raise errors.ConfigError(f"push.allow_plaintext must be true or false, got {plaintext!r}")
+        if tls is None and not plaintext:
+            raise errors.ConfigError(
+                "push needs tls (mutual TLS with the operator); plain HTTP pushes only with "
+                "push.allow_plaintext: true, for local runs"
+            )
         push = PushEndpoint(
             address=_str(p, "address", "push", "127.0.0.1"),
             port=_port(p, "push"),
             token_file=_path(base, _str(p, "token_file", "push")),
+            tls=tls,
         )
 
     state_dir = _path(base, _str(top, "state_dir", "config")) if top.get("state_dir") is not None else None
@@ -479,12 +527,13 @@ def load(path: Path, *, environ: Mapping[str, str] | None = None) -> AgentConfig
     return cfg if node == cfg.node else dataclasses.replace(cfg, node=node)
 
 
-def read_token(path: Path) -> str:
-    """The push bearer token, as mounted from a Secret (surrounding whitespace ignored)."""
+def read_tokens(path: Path) -> tuple[str, ...]:
+    """The bearer tokens of a token file mounted from a Secret or projected by the kubelet: one per line, the
+    newest first (surrounding whitespace ignored). ConfigError when it cannot be read or holds none."""
     try:
-        token = path.read_text().strip()
+        tokens = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     except OSError as exc:
-        raise errors.ConfigError(f"cannot read push token file {path}: {exc.strerror}") from None
-    if not token:
-        raise errors.ConfigError(f"push token file {path} is empty")
-    return token
+        raise errors.ConfigError(f"cannot read token file {path}: {exc.strerror}") from None
+    if not tokens:
+        raise errors.ConfigError(f"token file {path} is empty")
+    return tokens

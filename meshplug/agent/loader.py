@@ -5,8 +5,9 @@ worker thread: fetching, sha256 checks, validation, compilation and VM start all
 the event loop. The result, a `LoadedSet`, is swapped into the proxy in one assignment by the caller.
 
 Module bytes come from, in order: the state directory (modules of the last good set, by sha256), then the
-resource's URL through meshplug.fetch (`Sources`: https with the module server's bearer token or a signed
-URL, oci, file:// below the configured roots; content-addressed cache under the state directory). Every
+resource's URL through meshplug.fetch (`Sources`: https, where requests to the operator's module server carry
+the pod's projected ServiceAccount token and its certificate is checked against the operator's CA; oci;
+file:// below the configured roots; content-addressed cache under the state directory). Every
 byte string is checked against the resource's sha256 and then by `meshplug.validate` (the proxy-wasm ABI
 check, for the filter kind the listeners use) before the host sees it.
 
@@ -154,7 +155,7 @@ class _ModuleServerTransport(fetch_http.Transport):
         data: bytes | None = None,
     ) -> requests.Response:
         if _origin(url) == self._origin:
-            token = config.read_token(self.server.token_file)
+            token = config.read_tokens(self.server.token_file)[0]  # the kubelet refreshes the projected token
             headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
         return super().open(method, url, deadline=deadline, headers=headers, verify=verify, data=data)
 
@@ -171,7 +172,11 @@ class Sources:
 
     def __init__(self, modules: config.Modules, *, state_dir: Path | None = None) -> None:
         cache_dir = modules.cache_dir or (state_dir / "cache" if state_dir is not None else None)
-        options = fetch.FetchOptions(file_roots=modules.file_roots)
+        bundles: dict[str, Path] = {}
+        if modules.server is not None and modules.server.ca_file is not None:
+            _, host, port = _origin(modules.server.url)
+            bundles[f"{host}:{port}"] = modules.server.ca_file
+        options = fetch.FetchOptions(file_roots=modules.file_roots, ca_bundles=bundles)
         if cache_dir is not None:
             options = dataclasses.replace(options, cache_dir=cache_dir)
         self.fetcher = fetch.Fetcher(options)

@@ -6,9 +6,11 @@ and for every push. `Applier.apply` serialises applies, loads the new set in a w
 the chain they began with), persists it, and answers with a `protocol.Reply`. A failed load changes
 nothing: the reply is a NACK naming the resource and the reason, and the last good set keeps serving.
 
-Authentication: `Authorization: Bearer <token>`, compared in constant time to the token file's content,
-re-read on every push so a rotated Secret takes effect without a restart. Missing or wrong -> 401 and a
-NACK body with reason ``unauthorized``; nothing is read or changed.
+Authentication: mutual TLS on the port (`meshplug.agent.tls`: only the operator's client certificate gets a
+connection), then `Authorization: Bearer <token>`, compared in constant time to each token of the token file
+(one per line: during a rotation the new and the previous token), re-read on every push so a rotated Secret
+takes effect without a restart. Missing or wrong -> 401 and a NACK body with reason ``unauthorized``; nothing
+is read or changed.
 """
 
 from __future__ import annotations
@@ -131,11 +133,12 @@ def authorized(request: admin.Request, token_file: Path) -> bool:
     if scheme.lower() != "bearer" or not presented:
         return False
     try:
-        expected = config.read_token(token_file)
+        expected = config.read_tokens(token_file)
     except errors.ConfigError as exc:
         log.error("push refused: %s", exc.message)
         return False
-    return hmac.compare_digest(presented.strip().encode(), expected.encode())
+    offered = presented.strip().encode()
+    return any([hmac.compare_digest(offered, token.encode()) for token in expected])  # every one compared
 
 
 class _Handler:

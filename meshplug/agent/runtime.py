@@ -16,13 +16,14 @@ import gc
 import json
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 
 import uvloop
 
 from meshplug import errors, native, protocol
-from meshplug.agent import admin, config, loader, push, server, wire
+from meshplug.agent import admin, config, loader, push, server, tls, wire
 
 log = logging.getLogger("meshplug.agent")
 
@@ -38,6 +39,15 @@ def build_chain(
     from meshplug.agent import filters  # noqa: PLC0415 -- the wasm host is imported only when a plugin needs it
 
     return filters.build(plugins, proxy=proxy, loop=loop)
+
+
+def _push_tls(settings: config.PushTLS | None) -> tls.ReloadingContext | None:
+    if settings is None:
+        return None
+    try:
+        return tls.ReloadingContext(settings)
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.ConfigError(f"push.tls: cannot load {settings.cert_file} / {settings.key_file}: {exc}") from None
 
 
 class Agent:
@@ -82,7 +92,10 @@ class Agent:
             self.ports[lst.name] = self.proxy.port_of(srv)
         self.ports["admin"] = await self.admin.start(self.cfg.admin.address, self.cfg.admin.port)
         if self.cfg.push is not None:
-            self.push_server = admin.ControlServer(push.handler(self.applier, self.cfg.push.token_file))
+            push_tls = _push_tls(self.cfg.push.tls)
+            if push_tls is None:
+                log.warning("push port %d takes plain HTTP (push.allow_plaintext): local runs only", self.cfg.push.port)
+            self.push_server = admin.ControlServer(push.handler(self.applier, self.cfg.push.token_file), tls=push_tls)
             self.ports["push"] = await self.push_server.start(self.cfg.push.address, self.cfg.push.port)
         self.ready = True
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,28 +1,31 @@
 """`meshplug operator`: run the WasmPlugin operator (kopf) with its module fetcher and module server.
 
 Called by meshplug.cli. Credentials: ``--kubeconfig`` (else $KUBECONFIG, else in-cluster). The module server
-listens on ``--module-listen`` and pods reach it as ``--module-host``:``--module-port`` (the Service).
-Prometheus metrics and /healthz on ``--metrics-listen`` (standby replicas serve them too). With
-``--lease-namespace`` (default: $POD_NAMESPACE) only the replica holding the Lease reconciles.
+listens twice: ``--module-tls-listen`` (HTTPS, for agents: their ServiceAccount token, checked by TokenReview)
+and ``--module-listen`` (HTTP, signed URLs only, for Envoy's ``code.remote``); pods reach them as
+``--module-host``:``--module-tls-port`` / ``--module-port`` (the Service). Every replica loads (or the first
+creates) the identity Secret (`meshplug.controller.identity`) before anything else. Prometheus metrics and
+/healthz on ``--metrics-listen`` (standby replicas serve them too). With ``--lease-namespace`` (default:
+$POD_NAMESPACE) only the replica holding the Lease reconciles.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
-import secrets
 import socket
 import sys
+import threading
 from pathlib import Path
 
 import kubernetes
 
-from meshplug import fetch
+from meshplug import errors, fetch
 from meshplug.commands import fetch as fetch_command
-from meshplug.controller import apply, handlers, reconcile, signing
+from meshplug.controller import access, apply, handlers, identity, reconcile, signing
 from meshplug.controller import metrics as metrics_mod
-from meshplug.controller.delivery import agent as agent_delivery
 from meshplug.fetch import serve
 from meshplug.render import model
 
@@ -62,8 +65,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the module server's Service name as pods reach it",
     )
     parser.add_argument("--module-port", type=int, default=8080, help="the module server's Service port")
+    parser.add_argument(
+        "--module-tls-listen", default="0.0.0.0:8443", help="module server HTTPS bind address HOST:PORT (agents)"
+    )
+    parser.add_argument("--module-tls-port", type=int, default=8443, help="the module server's HTTPS Service port")
     parser.add_argument("--file-root", action="append", type=Path, default=[], help="allow file:// below this dir")
     parser.add_argument("--cache-dir", type=Path, help="module cache directory")
+    parser.add_argument(
+        "--extra-ca-file",
+        type=Path,
+        help="PEM CA certificates trusted beside the system roots for module origins and registries",
+    )
     parser.add_argument(
         "--insecure-registry", action="append", default=[], help="registry host[:port] reached over plain HTTP"
     )
@@ -71,9 +83,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://127.0.0.1:8081/healthz")
     parser.add_argument("--metrics-listen", default="0.0.0.0:9090", help="/metrics and /healthz HOST:PORT ('' = off)")
     parser.add_argument(
-        "--agent-token-secret",
-        default=agent_delivery.DEFAULT_AGENT_TOKEN_SECRET,
-        help="Secret (in each plugin's namespace, key 'token') authenticating pushes to the agents",
+        "--identity-namespace",
+        default=os.environ.get("POD_NAMESPACE"),
+        help="the operator's own namespace, where it keeps its identity Secret (default $POD_NAMESPACE)",
+    )
+    parser.add_argument(
+        "--identity-secret",
+        default=identity.DEFAULT_IDENTITY_SECRET,
+        help="the Secret the operator creates for its CA and URL signing key (shared by all replicas)",
+    )
+    parser.add_argument(
+        "--owner-deployment", default="", help="the operator's Deployment: owner of the identity Secret"
+    )
+    parser.add_argument(
+        "--agent-secret",
+        default=identity.DEFAULT_AGENT_SECRET,
+        help="the Secret the operator creates in each namespace with agents (push TLS and tokens)",
+    )
+    parser.add_argument(
+        "--token-audience",
+        default=identity.DEFAULT_AUDIENCE,
+        help="audience of the agents' ServiceAccount tokens (the injected projected token's)",
+    )
+    parser.add_argument(
+        "--allow-plaintext-push",
+        action="store_true",
+        help="push to agents over plain HTTP (agents with push.allow_plaintext; local runs only)",
     )
     parser.add_argument(
         "--reresolve-interval", type=float, default=300.0, help="re-check mutable tags/urls every N seconds (0 = off)"
@@ -111,11 +146,22 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.cache_dir is not None:
         options["cache_dir"] = args.cache_dir
+    if args.extra_ca_file is not None:
+        options["extra_ca_file"] = args.extra_ca_file
     fetcher = fetch.Fetcher(fetch.FetchOptions(**options))  # type: ignore[arg-type]
-    token = os.environ.get("MESHPLUG_MODULE_TOKEN") or secrets.token_hex(24)
-    host, _, port = args.module_listen.rpartition(":")
-    server = serve.ModuleServer(fetcher.cache, token=token, host=host or "0.0.0.0", port=int(port))  # noqa: S104
     writer = apply.Writer(api)
+    ident = identity.Identity(
+        writer,
+        namespace=args.identity_namespace or "",
+        secret=args.identity_secret,
+        agent_secret=args.agent_secret,
+        owner_deployment=args.owner_deployment,
+        plaintext_push=args.allow_plaintext_push,
+    )
+    try:
+        ident.load()
+    except errors.ApplyError as exc:
+        raise errors.ConfigError(f"cannot load the identity Secret: {exc.message}") from None
     metrics = metrics_mod.Metrics()
     policy = signing.SignaturePolicy(
         required=args.require_signatures, trusted=tuple(fetch_command.public_keys(args.trusted_key))
@@ -123,11 +169,33 @@ def run(args: argparse.Namespace) -> int:
     reconciler = reconcile.Reconciler(
         writer,
         fetcher,
-        model.ModuleServer(host=args.module_host, port=args.module_port, token=token),
+        model.ModuleServer(
+            host=args.module_host, port=args.module_port, token=ident.signing_key, agent_port=args.module_tls_port
+        ),
+        identity=ident,
         metrics=metrics,
-        agent_token_secret=args.agent_token_secret,
         signature_policy=policy,
     )
+    module_access = access.ModuleAccess(
+        identity.Reviewer(writer, (args.token_audience,)),
+        writer,
+        cache_has=lambda sha256: fetcher.cache.blob_path(sha256).exists(),
+        fetch_module=reconciler.fetch_module,
+        granted=reconciler.agent.granted,
+    )
+    plain_host, plain_port = _listen(args.module_listen)
+    tls_host, tls_port = _listen(args.module_tls_listen)
+    servers = [
+        serve.ModuleServer(fetcher.cache, signing_key=ident.signing_key, host=plain_host, port=plain_port),
+        serve.ModuleServer(
+            fetcher.cache,
+            signing_key=ident.signing_key,
+            access=module_access,
+            ssl_context=ident.server_context(*_names(args.module_host)),
+            host=tls_host,
+            port=tls_port,
+        ),
+    ]
     metrics_server = None
     if args.metrics_listen:
         mhost, _, mport = args.metrics_listen.rpartition(":")
@@ -145,15 +213,41 @@ def run(args: argparse.Namespace) -> int:
         identity=f"{socket.gethostname()}-{os.getpid()}",
         lease_duration_s=args.lease_duration,
     )
-    with server:
-        try:
-            code = handlers.run_operator(reconciler, opts)
-        finally:
-            reconciler.close()
-            fetcher.close()
-            api.close()
-            if metrics_server is not None:
-                metrics_server.stop()
+    stop_identity = threading.Event()
+    threading.Thread(
+        target=ident.run, args=(stop_identity, lambda: metrics.leader), name="meshplug-identity-check", daemon=True
+    ).start()
+    for module_server in servers:
+        module_server.start()
+    try:
+        code = handlers.run_operator(reconciler, opts)
+    finally:
+        stop_identity.set()
+        for module_server in servers:
+            module_server.stop()
+        reconciler.close()
+        fetcher.close()
+        api.close()
+        if metrics_server is not None:
+            metrics_server.stop()
     if code:
         print("meshplug operator: lost the leader Lease; exiting so a restart stands by", file=sys.stderr)
     return code
+
+
+def _listen(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - pods connect from outside
+
+
+def _names(module_host: str) -> tuple[list[str], list[str]]:
+    """DNS names and IP addresses for the module server's certificate: the host pods use and its shorter forms."""
+    try:
+        ipaddress.ip_address(module_host)
+    except ValueError:
+        parts = module_host.split(".")
+        names = [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
+        if "svc" in parts:  # a Service name: the cluster-domain form as well
+            names.insert(0, ".".join(parts[: parts.index("svc") + 1]) + ".cluster.local")
+        return list(dict.fromkeys(names)), []
+    return [], [module_host]

@@ -14,21 +14,26 @@ rules in a Role in the operator's own namespace.
     cluster  meshplug.io          trafficextensions/status  get,patch,update
     cluster  core                 pods                get,list,watch
     cluster  core                 configmaps          get,list,create,patch,delete
-    cluster  core                 secrets             get
+    cluster  core                 secrets             get,create,update
     cluster  core                 events              create,patch
     cluster  apps                 deployments         get,list,watch,patch
     cluster  apps                 statefulsets        get,list,watch,patch
     cluster  apps                 daemonsets          get,list,watch,patch
     cluster  networking.istio.io  envoyfilters        get,list,create,patch,delete
+    cluster  authentication.k8s.io  tokenreviews      create
     own      coordination.k8s.io  leases              get,create,update
+    own      core                 secrets             get,create,update
+    own      apps                 deployments         get
 
 Why: wasmplugins and trafficextensions (kopf watches them and patches finalizers/progress annotations), their
 status (conditions);
 pods (the selection, pod IPs of agents, re-reconcile on pods appearing or going); configmaps (modules for the
-istio plane); secrets (imagePullSecret, the agents' push token); events (Warning/Normal Events on plugins);
-apps workloads (pod-template volume annotations for the istio plane; watched for template label changes);
-envoyfilters (the istio plane); leases (one active replica: the ``meshplug-operator`` Lease in the operator's
-namespace).
+istio plane); secrets (imagePullSecret; the agent Secret of each namespace with agents, which the operator
+creates and updates: `meshplug.controller.identity`); tokenreviews (the module server checks the agents'
+ServiceAccount tokens); events (Warning/Normal Events on plugins); apps workloads (pod-template volume
+annotations for the istio plane; watched for template label changes); envoyfilters (the istio plane); in its own
+namespace: leases (one active replica: the ``meshplug-operator`` Lease), secrets and its Deployment (the identity
+Secret, owned by the operator's Deployment; listed again for a namespace-scoped install).
 """
 
 from __future__ import annotations

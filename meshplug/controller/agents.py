@@ -1,25 +1,32 @@
 """Pushes to the in-pod agents: one pod's full desired set over `meshplug.protocol`, and the reply as an outcome.
 
 Called by `meshplug.controller.reconcile` (agent data plane) for each selected pod. The agent listens at the pod
-IP on the port named by the pod annotation `PUSH_PORT_ANNOTATION` (else `DEFAULT_PUSH_PORT`) and takes a bearer
-token (the Secret the operator reads, `--agent-token-secret`). Not a Kubernetes API client: the only API writer
-stays `meshplug.controller.apply`.
+IP on the port named by the pod annotation `PUSH_PORT_ANNOTATION` (else `DEFAULT_PUSH_PORT`). Each push is
+mutually authenticated TLS (the operator's client certificate; the agent's certificate must carry
+``meshplug-agent.<namespace>``, both from the operator's CA: `meshplug.controller.identity`) and carries a bearer
+token from the namespace's agent Secret as a second factor; on a 401 the next (older) token is tried, so a
+rotation that has not reached the agent's mounted Secret yet costs nothing. Plain HTTP only when the operator
+was started with ``--allow-plaintext-push`` (local runs). Not a Kubernetes API client: the only API writer stays
+`meshplug.controller.apply`.
 
 Outcomes: ``ack`` (the agent applied or already had the set), ``nack`` (it refused the set; the reply names the
-resource and reason and the agent keeps serving its last good set), ``unreachable`` (no answer, or an answer
-that is not a protocol reply: retried with backoff), ``unauthorized`` (401: the token is wrong).
+resource and reason and the agent keeps serving its last good set), ``unreachable`` (no answer, a failed TLS
+handshake, or an answer that is not a protocol reply: retried with backoff), ``unauthorized`` (401: no token
+was accepted).
 """
 
 from __future__ import annotations
 
 import enum
 import http.client
-import ipaddress
 import itertools
 import json
+import socket
+import ssl
 from dataclasses import dataclass
 
 from meshplug import errors, limits, protocol
+from meshplug.controller import identity
 
 PUSH_PORT_ANNOTATION = "meshplug.io/agent-push-port"
 DEFAULT_PUSH_PORT = 15010
@@ -82,21 +89,55 @@ def target_of(pod: dict[str, object]) -> Target | None:
     return Target(namespace=str(meta.get("namespace")), pod=str(meta.get("name")), ip=ip, port=port)
 
 
-def push(target: Target, version: str, resources: tuple[protocol.ExtensionConfig, ...], token: str) -> Outcome:
-    """PUT the full set to the agent and read its reply. Never raises for the agent's or the network's faults."""
-    message = protocol.Push(version_info=version, nonce=f"n-{next(_nonces)}", resources=resources)
-    body = protocol.encode(message)
-    host = f"[{target.ip}]" if ipaddress.ip_address(target.ip).version == 6 else target.ip
-    conn = http.client.HTTPConnection(host.strip("[]"), target.port, timeout=limits.AGENT_PUSH_TIMEOUT_S)
+class _TLSConnection(http.client.HTTPSConnection):
+    """HTTPS to a pod IP whose certificate names ``server_name`` (not the address it is reached at)."""
+
+    def __init__(self, host: str, port: int, *, context: ssl.SSLContext, server_name: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._server_name = server_name
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)  # type: ignore[attr-defined]
+
+
+def _exchange(target: Target, body: bytes, token: str, creds: identity.PushCredentials) -> tuple[int, bytes]:
+    """One PUT of ``body``; (status, reply bytes); raises OSError/HTTPException for the network's faults."""
+    ip = target.ip.strip("[]")
+    timeout = limits.AGENT_PUSH_TIMEOUT_S
+    conn: http.client.HTTPConnection
+    if creds.context is None:
+        conn = http.client.HTTPConnection(ip, target.port, timeout=timeout)
+    else:
+        conn = _TLSConnection(ip, target.port, context=creds.context, server_name=creds.server_name, timeout=timeout)
     try:
         conn.request("PUT", protocol.PUSH_PATH, body=body, headers=protocol.bearer(token))
         resp = conn.getresponse()
-        raw = resp.read(limits.MAX_CONTROL_REQUEST_BYTES)
-        status = resp.status
-    except (OSError, http.client.HTTPException) as exc:
-        return Outcome(Result.UNREACHABLE, version, "", "AgentUnreachable", f"{target.ip}:{target.port}: {exc}")
+        return resp.status, resp.read(limits.MAX_CONTROL_REQUEST_BYTES)
     finally:
         conn.close()
+
+
+def push(
+    target: Target,
+    version: str,
+    resources: tuple[protocol.ExtensionConfig, ...],
+    creds: identity.PushCredentials,
+) -> Outcome:
+    """PUT the full set to the agent and read its reply. Never raises for the agent's or the network's faults."""
+    message = protocol.Push(version_info=version, nonce=f"n-{next(_nonces)}", resources=resources)
+    body = protocol.encode(message)
+    status, raw = 401, b""
+    for token in creds.tokens or ("",):
+        try:
+            status, raw = _exchange(target, body, token, creds)
+        except ssl.SSLError as exc:  # a certificate the CA did not issue for this namespace, or no TLS at all
+            where = f"{target.ip}:{target.port}"
+            return Outcome(Result.UNREACHABLE, version, "", "AgentTLSFailed", f"{where}: TLS: {exc.reason or exc}")
+        except (OSError, http.client.HTTPException) as exc:
+            return Outcome(Result.UNREACHABLE, version, "", "AgentUnreachable", f"{target.ip}:{target.port}: {exc}")
+        if status != 401:
+            break
     try:
         reply = protocol.decode_reply(raw)
     except errors.ProtocolError as exc:

@@ -151,6 +151,17 @@ class Writer:
         status = (out or {}).get("status") or {}
         return bool(status.get("allowed")), str(status.get("reason") or "")
 
+    def token_review(self, token: str, audiences: tuple[str, ...]) -> dict[str, Any]:
+        """TokenReview: the API server's verdict on a bearer token for ``audiences`` (its ``status``)."""
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": list(audiences)},
+        }
+        out = self._call("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body=body)
+        status: dict[str, Any] = (out or {}).get("status") or {}
+        return status
+
     # --- writes ----------------------------------------------------------------------------------------------
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import kopf
 
-from meshplug import controller, limits, spec
+from meshplug import controller, injection, limits, spec
 from meshplug.controller import index, lease, reconcile, webhooks, workqueue
 
 log = logging.getLogger("meshplug.controller.handlers")
@@ -109,6 +109,8 @@ def build_registry(
     def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
             reconciler.forget_pod(body["metadata"]["namespace"], body["metadata"]["name"])
+        elif injection.STATUS_ANNOTATION in (body["metadata"].get("annotations") or {}):
+            reconciler.identity.adopt_later(body)  # its agent Secret lives as long as injected pods do
         add(idx.pod_event(type, body))
 
     for kind, plural in _WORKLOADS.items():
@@ -129,7 +131,8 @@ def build_registry(
                 queue.done(key)
 
     kopf.on.delete(*_TE_RESOURCE, registry=registry, retries=None, id="cleanup-trafficextension")(cleanup_plugin)
-    webhooks.register(registry)  # admission webhooks (agent injection, WasmPlugin checks) when configured
+    # admission webhooks (agent injection, WasmPlugin checks) when configured
+    webhooks.register(registry, identity=reconciler.identity)
     return registry
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from meshplug import errors, fetch, limits, spec, validate
-from meshplug.controller import apply, delivery, signing, status
+from meshplug.controller import apply, delivery, identity, signing, status
 from meshplug.controller import metrics as metrics_mod
 from meshplug.controller.delivery import agent as agent_delivery
 from meshplug.controller.delivery import istio_configmap
@@ -44,8 +44,8 @@ class Reconciler:
         fetcher: fetch.Fetcher,
         server: model.ModuleServer,
         *,
+        identity: identity.Identity,
         metrics: metrics_mod.Metrics | None = None,
-        agent_token_secret: str = agent_delivery.DEFAULT_AGENT_TOKEN_SECRET,
         enqueue: Callable[[Key, float], None] | None = None,
         signature_policy: signing.SignaturePolicy | None = None,
     ) -> None:
@@ -53,10 +53,9 @@ class Reconciler:
         self.fetcher = fetcher
         self.server = server
         self.signature_policy = signature_policy or signing.SignaturePolicy()
+        self.identity = identity
         self.metrics = metrics or metrics_mod.Metrics()
-        self.agent = agent_delivery.AgentDelivery(
-            writer, server, self._load, metrics=self.metrics, token_secret=agent_token_secret
-        )
+        self.agent = agent_delivery.AgentDelivery(writer, server, self._load, metrics=self.metrics, identity=identity)
         self.agent.enqueue = enqueue
         self.istio_configmap = istio_configmap.IstioConfigMap(writer, server)
         self._lock = threading.Lock()
@@ -281,6 +280,11 @@ class Reconciler:
         )
         if report.retry:
             raise status.Retry(report.retry, status.backoff(retry))
+
+    def fetch_module(self, plugin: spec.PluginSpec) -> fetch.Artifact:
+        """The plugin's module as its url gives it now (pull secret and pull policy applied): the module server
+        fetches what another replica pushed."""
+        return self._fetch(plugin)
 
     def _load(self, plugin: spec.PluginSpec) -> model.Module:
         """Fetch and validate (for paths that deliver other plugins' modules alongside, the agent's sets)."""

@@ -8,17 +8,20 @@ unless ``$MESHPLUG_WEBHOOK_CONFIG`` names a webhook config file (the chart mount
     injection:                      # mutating webhook on Pod CREATE (meshplug.injection makes the patch)
       enabled: true
       agent: {image: ..., imagePullPolicy: IfNotPresent, listenPort: 15006, adminPort: 15000, pushPort: 15010,
-              tokenSecret: meshplug-agent-token, moduleServerUrl: "", runAsUser: 65532, logLevel: info,
+              secretName: meshplug-agent, moduleServerUrl: "https://...:8443", tokenAudience: meshplug,
+              tokenExpirationSeconds: 3600, runAsUser: 65532, logLevel: info,
               resources: {requests: {cpu: 50m, memory: 64Mi}, limits: {memory: 256Mi}}}
     validation:                     # validating webhook on WasmPlugin CREATE/UPDATE
       enabled: true
       allowedUrlPrefixes: [oci://registry.example.com/]    # empty: any url
 
-Paths (kopf routes by handler id): ``/inject-agent`` and ``/validate-wasmplugin``. The Mutating/
+Paths (kopf routes by handler id): ``/inject-agent`` (pods labelled for injection), ``/inject-agent-namespace``
+(every pod of a namespace labelled for injection, unless the pod opts out) and ``/validate-wasmplugin``. The Mutating/
 ValidatingWebhookConfiguration objects and their CA bundle belong to the chart (kopf does not manage them, so
 the operator needs no RBAC on webhook configurations). kopf re-reads the certificate files when they change.
 A rejected WasmPlugin gets the reason of `meshplug.spec.parse` (pluginConfig vs pluginConfigSchema via
-`spec.check_plugin_config`) or ``UrlNotAllowed``.
+`spec.check_plugin_config`) or ``UrlNotAllowed``. Before it admits a pod, the injection webhook makes sure the
+namespace's agent Secret exists (`meshplug.controller.identity`): the kubelet needs it to start the agent.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ import kopf
 import yaml
 
 from meshplug import errors, injection, spec
+from meshplug.controller import identity as identity_mod
 from meshplug.validate import lua as validate_lua
 
 CONFIG_ENV = "MESHPLUG_WEBHOOK_CONFIG"
 INJECT_PATH = "inject-agent"
+INJECT_NAMESPACE_PATH = "inject-agent-namespace"
 VALIDATE_PATH = "validate-wasmplugin"
 VALIDATE_TE_PATH = "validate-trafficextension"
 
@@ -88,8 +93,10 @@ def _agent(raw: Any) -> injection.InjectionSettings:
             "listenPort",
             "adminPort",
             "pushPort",
-            "tokenSecret",
+            "secretName",
             "moduleServerUrl",
+            "tokenAudience",
+            "tokenExpirationSeconds",
             "runAsUser",
             "logLevel",
             "resources",
@@ -108,8 +115,10 @@ def _agent(raw: Any) -> injection.InjectionSettings:
         listen_port=_int(agent, "listenPort", where, d.listen_port),
         admin_port=_int(agent, "adminPort", where, d.admin_port),
         push_port=_int(agent, "pushPort", where, d.push_port),
-        token_secret=_str(agent, "tokenSecret", where, d.token_secret),
+        secret_name=_str(agent, "secretName", where, d.secret_name),
         module_server_url=_str(agent, "moduleServerUrl", where, d.module_server_url),
+        token_audience=_str(agent, "tokenAudience", where, d.token_audience),
+        token_expiration_s=_int(agent, "tokenExpirationSeconds", where, d.token_expiration_s),
         run_as_user=_int(agent, "runAsUser", where, d.run_as_user),
         log_level=_str(agent, "logLevel", where, d.log_level),
         resources=injection.Resources(
@@ -187,8 +196,44 @@ def needs_check(body: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
 # --- kopf wiring -----------------------------------------------------------------------------------------------
 
 
-def register(registry: kopf.OperatorRegistry, config_path: Path | None = None) -> WebhookConfig | None:
-    """Register the admission server and handlers on ``registry`` when a webhook config is given."""
+def _injector(
+    agent: injection.InjectionSettings, identity: identity_mod.Identity | None, *, namespace_opt_in: bool
+) -> Any:
+    """The mutating handler: the patch, and (not on dry runs) the namespace's agent Secret made beforehand."""
+
+    def inject_agent(body: kopf.Body, patch: kopf.Patch, dryrun: bool = False, **_: Any) -> None:
+        try:
+            ops = injection.patch(body, agent, namespace_opt_in=namespace_opt_in)
+        except errors.ConfigError as exc:
+            raise kopf.AdmissionError(f"meshplug agent injection: {exc.message}", code=400) from None
+        if not ops:
+            return
+        namespace = str(body.get("metadata", {}).get("namespace") or "")
+        if identity is not None and namespace and not dryrun:
+            try:
+                identity.ensure_agent_secret(namespace)
+            except errors.MeshplugError as exc:
+                raise kopf.AdmissionError(
+                    f"meshplug agent injection: cannot make Secret {namespace}/{agent.secret_name}: {exc.message}",
+                    code=500,
+                ) from None
+
+        def apply_ops(doc: Any) -> None:
+            doc.update(injection.apply_patch(doc, ops))
+
+        patch.fns.append(apply_ops)
+
+    return inject_agent
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    config_path: Path | None = None,
+    *,
+    identity: identity_mod.Identity | None = None,
+) -> WebhookConfig | None:
+    """Register the admission server and handlers on ``registry`` when a webhook config is given; ``identity``
+    makes the agent Secret of a namespace before its first pod is admitted."""
     if config_path is None:
         env = os.environ.get(CONFIG_ENV, "")
         if not env:
@@ -208,19 +253,10 @@ def register(registry: kopf.OperatorRegistry, config_path: Path | None = None) -
 
     agent = config.injection
     if agent is not None:
-
-        @kopf.on.mutate("", "v1", "pods", id=INJECT_PATH, registry=registry, operations=["CREATE"])
-        def inject_agent(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-            try:
-                ops = injection.patch(body, agent)
-            except errors.ConfigError as exc:
-                raise kopf.AdmissionError(f"meshplug agent injection: {exc.message}", code=400) from None
-            if ops:
-
-                def apply_ops(doc: Any) -> None:
-                    doc.update(injection.apply_patch(doc, ops))
-
-                patch.fns.append(apply_ops)
+        for path, namespace_opt_in in ((INJECT_PATH, False), (INJECT_NAMESPACE_PATH, True)):
+            kopf.on.mutate("", "v1", "pods", id=path, registry=registry, operations=["CREATE"])(
+                _injector(agent, identity, namespace_opt_in=namespace_opt_in)
+            )
 
     if config.validation:
         prefixes = config.allowed_url_prefixes

@@ -10,12 +10,15 @@ ignored (a proxy would make the guard check the proxy, not the target).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import socket
 import ssl
+import tempfile
 import urllib.parse
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import requests
@@ -161,10 +164,27 @@ def guarded_session(guard: Guard, *, user_agent: str) -> requests.Session:
     return session
 
 
-def system_ca_bundle() -> str | bool:
-    """The system's CA file when there is one (else requests' own bundle): the default TLS roots."""
+def system_ca_bundle(extra: Path | None = None) -> str | bool:
+    """The system's CA file when there is one (else requests' own bundle): the default TLS roots; with ``extra``,
+    a file holding both (written once per content into a private temporary directory)."""
     paths = ssl.get_default_verify_paths()
+    system: str | bool = True
     for candidate in (paths.cafile, paths.openssl_cafile):
         if candidate and os.path.isfile(candidate):
-            return candidate
-    return True
+            system = candidate
+            break
+    if extra is None:
+        return system
+    if isinstance(system, str):
+        roots = Path(system).read_bytes()
+    else:
+        import certifi  # noqa: PLC0415 - requests' own bundle, only when the system has none
+
+        roots = Path(certifi.where()).read_bytes()
+    data = roots.rstrip(b"\n") + b"\n" + Path(extra).read_bytes()
+    path = Path(tempfile.gettempdir()) / f"meshplug-ca-{hashlib.sha256(data).hexdigest()[:16]}.pem"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return str(path)

@@ -54,6 +54,8 @@ class FetchOptions:
     allow_insecure_registries: tuple[str, ...] = ()
     #: CA bundle per source host (host or host:port; "*" for every source); others use system roots
     ca_bundles: Mapping[str, Path] = field(default_factory=dict)
+    #: CA certificates trusted beside the system roots, for every source (a private CA of origins and registries)
+    extra_ca_file: Path | None = None
     cache_dir: Path = field(default_factory=default_cache_dir)
     #: re-resolve mutable OCI tags (and http urls) cached longer than this, even under IfNotPresent
     reresolve_interval_s: float | None = None
@@ -86,6 +88,8 @@ class FetchOptions:
             if not path.is_absolute():
                 raise errors.ConfigError(f"file_roots: not an absolute path: {str(root)!r}")
             roots.append(path.resolve())
+        if self.extra_ca_file is not None and not Path(self.extra_ca_file).is_file():
+            raise errors.ConfigError(f"extra CA file is not a file: {str(self.extra_ca_file)!r}")
         bundles = {}
         for source, bundle in self.ca_bundles.items():
             path = Path(bundle)

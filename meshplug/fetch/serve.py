@@ -1,14 +1,20 @@
 """The module server: cached modules over HTTP by digest, for agents and Envoy's `code.remote`.
 
-Started by the operator (and `meshplug serve-modules`) next to its `Fetcher`'s cache. One route::
+Started by the operator next to its `Fetcher`'s cache, twice: over HTTPS for the agents, over plain HTTP for
+Envoy sidecars (signed URLs only). One route::
 
     GET|HEAD /modules/sha256/<hex>     the module; ETag "sha256:<hex>", Digest/Repr-Digest headers,
                                        If-None-Match answered with 304
 
-Authentication: ``Authorization: Bearer <token>`` (agents), or ``?sig=<hex hmac-sha256(token, hex)>``,
-a per-module capability for clients that cannot send headers (Envoy's remote data source); build it
-with `ModuleServer.url_for()`. Bytes are re-verified against the digest on every read. `/healthz`
-answers 200 without auth. A stdlib ThreadingHTTPServer on its own thread; optional TLS.
+Authentication, one of:
+- ``?sig=<hex hmac-sha256(signing key, hex)>``: a per-module capability for clients that cannot send headers
+  (Envoy's remote data source); build it with `ModuleServer.url_for()`;
+- ``Authorization: Bearer <token>``, over TLS only: the caller's token and the digest go to `Access.check`
+  (the operator's: a ServiceAccount token the API server confirms, of a pod that runs that module), which
+  answers 401 or 403 by raising ProtocolError with reason ``unauthorized`` or ``forbidden``, and may put the
+  module into the cache before it returns (another replica fetched and pushed it).
+Bytes are re-verified against the digest on every read. `/healthz` answers 200 without auth. A stdlib
+ThreadingHTTPServer on its own thread.
 """
 
 from __future__ import annotations
@@ -20,20 +26,35 @@ import http.server
 import re
 import ssl
 import urllib.parse
-from typing import Any
+from typing import Any, Protocol
 
+from meshplug import errors
 from meshplug.fetch.cache import Cache
 from meshplug.serving import ServerThread
 
 _ROUTE = re.compile(r"^/modules/sha256/([0-9a-f]{64})$")
 
 
-def signature(token: str, sha256: str) -> str:
-    return hmac.new(token.encode(), sha256.encode(), hashlib.sha256).hexdigest()
+#: signing keys shorter than this are refused
+MIN_SIGNING_KEY = 16
+#: a TLS client must finish its handshake within this
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+def signature(key: str, sha256: str) -> str:
+    return hmac.new(key.encode(), sha256.encode(), hashlib.sha256).hexdigest()
+
+
+class Access(Protocol):
+    """Decides whether the bearer of ``token`` may fetch module ``sha256``."""
+
+    def check(self, token: str, sha256: str) -> None:
+        """Return when allowed; raise errors.ProtocolError (reason ``unauthorized`` or ``forbidden``)."""
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
+    timeout = HANDSHAKE_TIMEOUT_S * 3  # each read and write on the connection
     protocol_version = "HTTP/1.1"
     server_version = "meshplug-modules"
     sys_version = ""
@@ -52,13 +73,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _authorized(self, sha256: str, query: str) -> bool:
-        token = self.server.token
-        auth = self.headers.get("Authorization", "")
-        if auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip().encode(), token.encode()):
-            return True
+    def _refusal(self, sha256: str, query: str) -> tuple[int, str] | None:
+        """None when the request may have the module, else (status, why)."""
         sig = urllib.parse.parse_qs(query).get("sig", [""])[0]
-        return bool(sig) and hmac.compare_digest(sig.encode(), signature(token, sha256).encode())
+        if sig:
+            if hmac.compare_digest(sig.encode(), signature(self.server.signing_key, sha256).encode()):
+                return None
+            return 401, "bad signature"
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return 401, "unauthorized"
+        if self.server.access is None or not self.server.tls:
+            return 401, "bearer tokens are accepted over TLS only"
+        try:
+            self.server.access.check(token.strip(), sha256)
+        except errors.ProtocolError as exc:
+            return (403 if exc.reason == "forbidden" else 401), exc.message
+        return None
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -73,8 +104,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._plain(404, "no such route")
             return
         sha256 = match.group(1)
-        if not self._authorized(sha256, query):
-            self._plain(401, "unauthorized", {"WWW-Authenticate": 'Bearer realm="meshplug-modules"'})
+        refusal = self._refusal(sha256, query)
+        if refusal is not None:
+            status, why = refusal
+            challenge = {"WWW-Authenticate": 'Bearer realm="meshplug-modules"'} if status == 401 else {}
+            self._plain(status, why, challenge)
             return
         etag = f'"sha256:{sha256}"'
         data = self.server.cache.get_blob(sha256)
@@ -104,10 +138,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], cache: Cache, token: str) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        cache: Cache,
+        signing_key: str,
+        access: Access | None,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
         super().__init__(address, _Handler)
         self.cache = cache
-        self.token = token
+        self.signing_key = signing_key
+        self.access = access
+        self.ssl_context = ssl_context
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_context is not None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """The TLS handshake happens here, on the connection's own thread (a client that never finishes it
+        holds only that thread, for at most the handshake timeout)."""
+        if self.ssl_context is not None:
+            request.settimeout(HANDSHAKE_TIMEOUT_S)
+            try:
+                request = self.ssl_context.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError):
+                return
+        super().finish_request(request, client_address)
 
 
 class ModuleServer(ServerThread):
@@ -117,18 +175,17 @@ class ModuleServer(ServerThread):
         self,
         cache: Cache,
         *,
-        token: str,
+        signing_key: str,
+        access: Access | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        if len(token) < 16:
-            raise ValueError("module server token must be at least 16 characters")
-        server = _Server((host, port), cache, token)
-        if ssl_context is not None:
-            server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
+        if len(signing_key) < MIN_SIGNING_KEY:
+            raise ValueError(f"module server signing key must be at least {MIN_SIGNING_KEY} characters")
+        server = _Server((host, port), cache, signing_key, access, ssl_context)
         super().__init__(server, name="meshplug-modules", poll_interval=0.05)
-        self._token = token
+        self._signing_key = signing_key
         self._scheme = "https" if ssl_context is not None else "http"
 
     @property
@@ -139,4 +196,4 @@ class ModuleServer(ServerThread):
     def url_for(self, sha256: str, *, signed: bool = False) -> str:
         """The module's URL; ``signed`` appends the capability signature (for Envoy ``code.remote``)."""
         url = f"{self.base_url}/modules/sha256/{sha256}"
-        return f"{url}?sig={signature(self._token, sha256)}" if signed else url
+        return f"{url}?sig={signature(self._signing_key, sha256)}" if signed else url

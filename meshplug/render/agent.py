@@ -35,7 +35,7 @@ def extension_config(
     return protocol.ExtensionConfig(
         name=plugin.envoy_name,
         root_id=plugin.root_id,
-        url=server.url(module.sha256, signed=True),
+        url=server.agent_url(module.sha256),
         sha256=module.sha256,
         configuration=plugin.plugin_config,
         vm_env=tuple((e.name, e.value) for e in plugin.env if e.source is spec.EnvSource.INLINE),

@@ -55,14 +55,21 @@ class Module:
 class ModuleServer:
     """The operator's module server (`meshplug.fetch.serve`) as pods reach it: a Service host and port.
 
-    ``token`` signs per-module URLs for clients that cannot send a bearer token (Envoy's ``code.remote``);
-    agents authenticate with the token itself and get unsigned URLs.
+    ``token`` (the operator's signing key) signs per-module URLs for clients that cannot send a bearer token
+    (Envoy's ``code.remote``) on ``port``; agents get unsigned URLs on ``agent_port`` (HTTPS), where they present
+    their ServiceAccount token.
     """
 
     host: str
     port: int
     scheme: str = "http"
     token: str = field(default="", repr=False)
+    agent_port: int = 0  # 0: agents get signed URLs on ``port`` too
+
+    def agent_url(self, sha256: str) -> str:
+        if not self.agent_port:
+            return self.url(sha256, signed=True)
+        return f"https://{self.host}:{self.agent_port}/modules/sha256/{sha256}"
 
     def url(self, sha256: str, *, signed: bool = False) -> str:
         url = f"{self.scheme}://{self.host}:{self.port}/modules/sha256/{sha256}"

@@ -7,6 +7,9 @@ kube-controller-manager built by scripts/install-kube.sh into $MESHPLUG_CACHE/ku
 readiness with a deadline (/health for etcd, /readyz for the apiserver, /healthz for the controller
 manager) and stopped by pid.
 
+With ``node`` (tests/testbed/netns.py), every component runs inside the node's network namespace, where pods
+reach it; each port is forwarded to the same port number on the host's 127.0.0.1, so one URL serves both sides.
+
 Security as in a real cluster: TLS with a test CA, token authentication (an admin token in
 `system:masters`; `add_user_token` is not offered: use ServiceAccounts and `service_account_token` for
 least-privilege callers), RBAC authorization, service-account signing keys so TokenRequest works.
@@ -30,6 +33,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.testbed import netns as netns_mod
 from tests.testbed import pki as pki_mod
 from tests.testbed import procs
 
@@ -177,11 +181,21 @@ class Kube:
         self.procs.clear()
 
 
-def start_etcd(workdir: Path, log_dir: Path) -> procs.Proc:
+def _inside(node: netns_mod.NodeNet | None, *ports: int) -> list[str]:
+    """The argv prefix that runs a component in ``node`` (ports forwarded from the host), or nothing."""
+    if node is None:
+        return []
+    for port in ports:
+        node.forward("127.0.0.1", port, local_port=port)
+    return netns_mod.enter(node.netns)
+
+
+def start_etcd(workdir: Path, log_dir: Path, *, node: netns_mod.NodeNet | None = None) -> procs.Proc:
     client, peer = procs.free_port(), procs.free_port()
     data = workdir / "etcd-data"
     data.mkdir(parents=True, exist_ok=True)
     argv = [
+        *_inside(node, client),
         etcd_bin(),
         "--name=test",
         f"--data-dir={data}",
@@ -212,7 +226,13 @@ def _etcd_minor() -> int:
 
 
 def start_apiserver(
-    workdir: Path, log_dir: Path, etcd_port: int, *, extra_args: Sequence[str] = (), timeout: float = 120.0
+    workdir: Path,
+    log_dir: Path,
+    etcd_port: int,
+    *,
+    extra_args: Sequence[str] = (),
+    timeout: float = 120.0,
+    node: netns_mod.NodeNet | None = None,
 ) -> Kube:
     pki = make_pki(workdir / "pki")
     token = secrets.token_urlsafe(32)
@@ -222,6 +242,7 @@ def start_apiserver(
     port = procs.free_port()
     url = f"https://127.0.0.1:{port}"
     argv = [
+        *_inside(node, port),
         str(kube_bin("kube-apiserver")),
         f"--etcd-servers=http://127.0.0.1:{etcd_port}",
         "--bind-address=127.0.0.1",
@@ -256,10 +277,13 @@ def start_apiserver(
     return kube
 
 
-def start_controller_manager(kube: Kube, log_dir: Path, *, timeout: float = 90.0) -> procs.Proc:
+def start_controller_manager(
+    kube: Kube, log_dir: Path, *, timeout: float = 90.0, node: netns_mod.NodeNet | None = None
+) -> procs.Proc:
     """kube-controller-manager against ``kube``: Deployments -> ReplicaSets -> Pods, GC, namespaces, SAs."""
     port = procs.free_port()
     argv = [
+        *_inside(node, port),
         str(kube_bin("kube-controller-manager")),
         f"--kubeconfig={kube.kubeconfig}",
         f"--authentication-kubeconfig={kube.kubeconfig}",
@@ -290,18 +314,25 @@ def start_controller_manager(kube: Kube, log_dir: Path, *, timeout: float = 90.0
 
 
 @contextmanager
-def control_plane(workdir: Path, log_dir: Path, *, controller_manager: bool = False) -> Iterator[Kube]:
-    """etcd + apiserver (+ controller manager), stopped in reverse order on exit."""
-    etcd = start_etcd(workdir, log_dir)
+def control_plane(
+    workdir: Path,
+    log_dir: Path,
+    *,
+    controller_manager: bool = False,
+    node: netns_mod.NodeNet | None = None,
+    apiserver_args: Sequence[str] = (),
+) -> Iterator[Kube]:
+    """etcd + apiserver (+ controller manager), stopped in reverse order on exit; inside ``node`` when given."""
+    etcd = start_etcd(workdir, log_dir, node=node)
     try:
-        kube = start_apiserver(workdir, log_dir, etcd.ports["client"])
+        kube = start_apiserver(workdir, log_dir, etcd.ports["client"], node=node, extra_args=apiserver_args)
     except BaseException:
         etcd.stop()
         raise
     kube.procs.insert(0, etcd)
     try:
         if controller_manager:
-            start_controller_manager(kube, log_dir)
+            start_controller_manager(kube, log_dir, node=node)
         yield kube
     finally:
         kube.stop()

@@ -1,6 +1,6 @@
 """A programmable HTTPS origin for module-supply tests: a separate process, and the client that drives it.
 
-Run as a script (`python tests/testbed/origin.py --port P --cert C --key K`), it serves TLS on 127.0.0.1
+Run as a script (`python tests/testbed/origin.py --port P --cert C --key K [--host H]`), it serves TLS on 127.0.0.1
 and answers each path as programmed through its control API (same port, `/_control/...`):
 
     POST /_control/program   {"path": "/m.wasm", "body_b64": ..., "status": 200, "headers": {...},
@@ -173,8 +173,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-def serve(port: int, cert: str, key: str) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+def serve(port: int, cert: str, key: str, host: str = "127.0.0.1") -> None:
+    server = ThreadingHTTPServer((host, port), _Handler)
     server.daemon_threads = True
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -231,8 +231,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     args = parser.parse_args()
-    serve(args.port, args.cert, args.key)
+    serve(args.port, args.cert, args.key, args.host)
 
 
 def wasm_module(n: int = 0) -> bytes:

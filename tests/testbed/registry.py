@@ -18,6 +18,7 @@ import re
 import subprocess
 import tarfile
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,16 +213,20 @@ def start_registry(
     ca_file: Path | None = None,
     htpasswd: tuple[str, str] | None = None,
     token: dict[str, str] | None = None,
+    bind: str = "127.0.0.1",
+    port: int = 0,
+    argv_prefix: Sequence[str] = (),
 ) -> Registry:
     """Start ``docker-registry serve`` on a free port with the given auth/TLS; wait until /v2/ answers.
 
     ``token``: {"realm", "service", "issuer", "rootcertbundle"} of the Bearer token auth; with it,
-    ``htpasswd`` only names the credentials the token endpoint accepts.
+    ``htpasswd`` only names the credentials the token endpoint accepts. ``bind``, ``port`` and ``argv_prefix``
+    (e.g. a network namespace's nsenter) place it elsewhere; ``localhost:<port>`` must still reach it.
     """
     binary = procs.which_or_fail("docker-registry", "install it with scripts/install-system-deps.sh")
     workdir.mkdir(parents=True, exist_ok=True)
-    port = procs.free_port()
-    http: dict[str, Any] = {"addr": f"127.0.0.1:{port}", "secret": "meshplug-test-secret"}
+    port = port or procs.free_port()
+    http: dict[str, Any] = {"addr": f"{bind}:{port}", "secret": "meshplug-test-secret"}
     if tls is not None:
         http["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
     config: dict[str, Any] = {
@@ -252,7 +257,7 @@ def start_registry(
     )
     registry.proc = procs.start(
         name,
-        [binary, "serve", str(workdir / "config.yml")],
+        [*argv_prefix, binary, "serve", str(workdir / "config.yml")],
         log_dir=log_dir,
         ready=registry.ready,
         ports={"http": port},

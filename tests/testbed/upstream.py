@@ -182,18 +182,18 @@ class _TcpEcho(socketserver.StreamRequestHandler):
         self.request.shutdown(socket.SHUT_WR)
 
 
-def serve(kind: str, port: int) -> None:
+def serve(kind: str, port: int, host: str = "127.0.0.1") -> None:
     if kind == "tcp_echo":
         socketserver.ThreadingTCPServer.allow_reuse_address = True
         socketserver.ThreadingTCPServer.daemon_threads = True
-        with socketserver.ThreadingTCPServer(("127.0.0.1", port), _TcpEcho) as tcp:
-            print(f"tcp_echo listening on 127.0.0.1:{port}", flush=True)
+        with socketserver.ThreadingTCPServer((host, port), _TcpEcho) as tcp:
+            print(f"tcp_echo listening on {host}:{port}", flush=True)
             tcp.serve_forever()
         return
     handler = type(f"{kind}_handler", (_Handler,), {"kind": kind, "state": _State()})
-    http = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    http = ThreadingHTTPServer((host, port), handler)
     http.daemon_threads = True
-    print(f"{kind} listening on 127.0.0.1:{port}", flush=True)
+    print(f"{kind} listening on {host}:{port}", flush=True)
     http.serve_forever()
 
 
@@ -259,7 +259,7 @@ def start_service(kind: str, *, log_dir: Path, name: str | None = None) -> Servi
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in KINDS:
-        sys.exit(f"usage: upstream.py {{{'|'.join(KINDS)}}} PORT")
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in KINDS:
+        sys.exit(f"usage: upstream.py {{{'|'.join(KINDS)}}} PORT [HOST]")
     with contextlib.suppress(KeyboardInterrupt):
-        serve(sys.argv[1], int(sys.argv[2]))
+        serve(sys.argv[1], int(sys.argv[2]), *sys.argv[3:])

@@ -27,8 +27,9 @@ def _plugin_match(match: Any) -> dict[str, Any]:
 
 
 def test_full_config(tmp_path: Path) -> None:
+    tls = {"cert_file": "tls.crt", "key_file": "tls.key", "client_ca_file": "ca.crt"}
     raw = _cfg(
-        push={"address": "0.0.0.0", "port": 15010, "token_file": "token"},
+        push={"address": "0.0.0.0", "port": 15010, "token_file": "token", "tls": tls},
         state_dir="state",
         plugins=[
             {"name": "a", "module": {"file": "a.wasm"}, "configuration": {"k": [1]}},
@@ -38,7 +39,8 @@ def test_full_config(tmp_path: Path) -> None:
     cfg = config.parse(raw, base=tmp_path)
     assert cfg.listeners == (config.Listener("in", "127.0.0.1", 15006, "app"),)
     assert cfg.cluster("app").port == 8080
-    assert cfg.push == config.PushEndpoint("0.0.0.0", 15010, tmp_path / "token")
+    push_tls = config.PushTLS(tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "ca.crt", "meshplug-operator")
+    assert cfg.push == config.PushEndpoint("0.0.0.0", 15010, tmp_path / "token", push_tls)
     assert cfg.state_dir == tmp_path / "state"
     a, b = cfg.plugins
     assert a.url == (tmp_path / "a.wasm").as_uri() and a.configuration == '{"k":[1]}'
@@ -81,7 +83,10 @@ def test_plugin_match_rules(tmp_path: Path) -> None:
         (_cfg(plugins=[{"name": "a", "module": {}}]), "exactly one of file, url"),
         (_cfg(plugins=[{"name": "a", "module": {"url": "https://x/a.wasm"}}]), "sha256 is required"),
         (_cfg(plugins=[{"name": "a", "module": {"file": "a"}}, {"name": "a", "module": {"file": "b"}}]), "duplicate"),
-        (_cfg(push={"port": 1}), "token_file"),
+        (_cfg(push={"port": 1, "allow_plaintext": True}), "token_file"),
+        (_cfg(push={"port": 1, "token_file": "t"}), "push needs tls .* push.allow_plaintext: true"),
+        (_cfg(push={"port": 1, "token_file": "t", "allow_plaintext": "yes"}), "allow_plaintext must be true or false"),
+        (_cfg(push={"port": 1, "token_file": "t", "tls": {"cert_file": "c"}}), "push.tls.key_file"),
         (_cfg(listeners=[{"port": 1, "cluster": "app", "type": "udp"}]), r"listeners\[0\].type must be one of"),
         (_cfg(modules={"file_roots": "/m"}), "modules.file_roots must be a list"),
         (_cfg(modules={"server": {"url": "ftp://x", "token_file": "t"}}), "modules.server.url"),
@@ -111,16 +116,19 @@ def test_mistakes_are_config_errors(raw: Any, fragment: str, tmp_path: Path) -> 
         config.parse(raw, base=tmp_path)
 
 
-@pytest.mark.parametrize(("content", "ok"), [("tok\n", True), ("  \n", False), (None, False)])
-def test_read_token(tmp_path: Path, content: str | None, ok: bool) -> None:
+@pytest.mark.parametrize(
+    ("content", "tokens"),
+    [("tok\n", ("tok",)), ("new\n old \n\n", ("new", "old")), ("  \n", None), (None, None)],
+)
+def test_read_tokens(tmp_path: Path, content: str | None, tokens: tuple[str, ...] | None) -> None:
     path = tmp_path / "token"
     if content is not None:
         path.write_text(content)
-    if ok:
-        assert config.read_token(path) == "tok"
+    if tokens is not None:
+        assert config.read_tokens(path) == tokens
     else:
         with pytest.raises(errors.ConfigError):
-            config.read_token(path)
+            config.read_tokens(path)
 
 
 def test_listener_types_decide_the_plugin_kind(tmp_path: Path) -> None:
@@ -137,7 +145,7 @@ def test_modules_section(tmp_path: Path) -> None:
         modules={
             "cache_dir": "cache",
             "file_roots": ["mods"],
-            "server": {"url": "https://modules.ns:8443", "token_file": "module-token"},
+            "server": {"url": "https://modules.ns:8443", "token_file": "sa-token", "ca_file": "ca.crt"},
         },
         plugins=[{"name": "a", "module": {"file": "wasm/a.wasm"}}],
     )
@@ -145,7 +153,7 @@ def test_modules_section(tmp_path: Path) -> None:
     assert m.cache_dir == tmp_path / "cache"
     # the static plugins' own files are readable: their directories join the configured roots
     assert m.file_roots == (tmp_path / "mods", tmp_path / "wasm")
-    assert m.server == config.ModuleServer("https://modules.ns:8443", tmp_path / "module-token")
+    assert m.server == config.ModuleServer("https://modules.ns:8443", tmp_path / "sa-token", tmp_path / "ca.crt")
     assert config.parse(BASE, base=tmp_path).modules == config.Modules()
 
 

@@ -185,4 +185,5 @@ def test_rbac_rules_parse_from_the_docstring() -> None:
     assert rules[("cluster", "", "pods")] == ("get", "list", "watch")
     assert rules[("own", "coordination.k8s.io", "leases")] == ("get", "create", "update")
     assert all(scope in ("cluster", "own") for scope, _, _ in rules)
-    assert len(rules) == 13
+    assert rules[("cluster", "authentication.k8s.io", "tokenreviews")] == ("create",)
+    assert len(rules) == 16

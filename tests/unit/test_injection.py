@@ -13,7 +13,7 @@ import pytest
 from meshplug import errors, injection
 from meshplug.agent import config as agent_config
 
-SETTINGS = injection.InjectionSettings(image="ghcr.io/meshplug/meshplug:0.1.0", module_server_url="http://mods:8080")
+SETTINGS = injection.InjectionSettings(image="ghcr.io/meshplug/meshplug:0.1.0", module_server_url="https://mods:8443")
 
 
 def pod(
@@ -188,14 +188,16 @@ def test_patch_adds_container_volumes_and_annotations(
     assert body == pod(labels=ON, annotations=annotations, volumes=volumes), "the input is not modified"
 
 
-def test_config_volume_projects_the_annotation_and_the_token_secret() -> None:
+def test_config_volume_projects_the_annotation_the_agent_secret_and_a_service_account_token() -> None:
     result = _injected(pod(labels=ON))
     volume = next(v for v in result["spec"]["volumes"] if v["name"] == injection.CONFIG_VOLUME)
     sources = volume["projected"]["sources"]
     field = sources[0]["downwardAPI"]["items"][0]
     assert field["path"] == injection.CONFIG_FILE
     assert field["fieldRef"]["fieldPath"] == f"metadata.annotations['{injection.CONFIG_ANNOTATION}']"
-    assert sources[1] == {"secret": {"name": SETTINGS.token_secret}}
+    assert sources[1] == {"secret": {"name": SETTINGS.secret_name}}
+    token = {"path": "sa-token", "audience": SETTINGS.token_audience, "expirationSeconds": SETTINGS.token_expiration_s}
+    assert sources[2] == {"serviceAccountToken": token}
 
 
 @pytest.mark.parametrize(
@@ -217,7 +219,13 @@ def test_agent_config_is_accepted_by_the_agent(
     assert cfg.admin.address == "127.0.0.1", "the admin endpoint stays inside the pod"
     assert cfg.push is not None and cfg.push.port == settings.push_port
     assert cfg.push.token_file == Path(injection.CONFIG_DIR) / injection.PUSH_TOKEN_KEY
+    assert cfg.push.tls is not None, "pushes to an injected agent are always mutual TLS"
+    assert cfg.push.tls.cert_file == Path(injection.CONFIG_DIR) / "tls.crt"
+    assert cfg.push.tls.client_ca_file == Path(injection.CONFIG_DIR) / "ca.crt"
     assert (cfg.modules.server is not None) is bool(settings.module_server_url), case
+    if cfg.modules.server is not None:  # the projected ServiceAccount token, the server checked against the CA
+        assert cfg.modules.server.token_file == Path(injection.CONFIG_DIR) / "sa-token"
+        assert cfg.modules.server.ca_file == Path(injection.CONFIG_DIR) / "ca.crt"
 
 
 def test_injected_pod_has_valid_unique_port_names() -> None:

@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from meshplug import errors, injection
-from meshplug.controller import agents, webhooks
-from meshplug.controller.delivery import agent as agent_delivery
+from meshplug.controller import agents, identity, webhooks
 
 REPO = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = {
@@ -63,7 +62,9 @@ def test_chart_default_config_parses(tmp_path: Path) -> None:
             "enabled": True,
             "agent": {
                 "image": "img:1",
-                "tokenSecret": agent["tokenSecret"],
+                "secretName": agent["secretName"],
+                "tokenAudience": agent["tokenAudience"],
+                "tokenExpirationSeconds": agent["tokenExpirationSeconds"],
                 "listenPort": agent["listenPort"],
                 "pushPort": agent["pushPort"],
                 "resources": agent["resources"],
@@ -71,13 +72,17 @@ def test_chart_default_config_parses(tmp_path: Path) -> None:
         },
     }
     cfg = webhooks.parse_config(raw, tmp_path)
-    assert cfg.injection is not None and cfg.injection.token_secret == agent_delivery.DEFAULT_AGENT_TOKEN_SECRET
+    assert cfg.injection is not None and cfg.injection.secret_name == identity.DEFAULT_AGENT_SECRET
+    assert cfg.injection.token_audience == identity.DEFAULT_AUDIENCE
 
 
 def test_names_shared_with_the_operator() -> None:
     assert injection.PUSH_PORT_ANNOTATION == agents.PUSH_PORT_ANNOTATION
     assert injection.InjectionSettings(image="i").push_port == agents.DEFAULT_PUSH_PORT
-    assert injection.InjectionSettings(image="i").token_secret == agent_delivery.DEFAULT_AGENT_TOKEN_SECRET
+    assert injection.InjectionSettings(image="i").secret_name == identity.DEFAULT_AGENT_SECRET
+    assert injection.InjectionSettings(image="i").token_audience == identity.DEFAULT_AUDIENCE
+    assert injection.CA_KEY == identity.CA_CERT and injection.PUSH_TOKEN_KEY == identity.AGENT_TOKEN
+    assert (injection.CERT_KEY, injection.KEY_KEY) == (identity.AGENT_CERT, identity.AGENT_KEY)
 
 
 def _plugin(spec: dict[str, Any], **meta: Any) -> dict[str, Any]:

@@ -72,8 +72,10 @@ injection:
     listenPort: {{ .Values.agent.listenPort }}
     adminPort: {{ .Values.agent.adminPort }}
     pushPort: {{ .Values.agent.pushPort }}
-    tokenSecret: {{ .Values.agent.tokenSecret | quote }}
-    moduleServerUrl: {{ printf "http://%s.%s.svc:%d" (include "meshplug.modulesServiceName" .) .Release.Namespace (int .Values.operator.modulePort) | quote }}
+    secretName: {{ .Values.agent.secretName | quote }}
+    moduleServerUrl: {{ printf "https://%s.%s.svc:%d" (include "meshplug.modulesServiceName" .) .Release.Namespace (int .Values.operator.moduleTlsPort) | quote }}
+    tokenAudience: {{ .Values.agent.tokenAudience | quote }}
+    tokenExpirationSeconds: {{ .Values.agent.tokenExpirationSeconds }}
     runAsUser: {{ .Values.agent.runAsUser }}
     logLevel: {{ .Values.agent.logLevel }}
     resources:

@@ -3,15 +3,15 @@
 Called by `meshplug.controller.reconcile` through the `meshplug.controller.delivery.Delivery` interface (and
 `forget_pod` by the pod watch). Each selected pod's agent gets its pod's FULL desired set (every agent-plane
 WasmPlugin selecting the pod, in chain order: `meshplug.render.agent.desired_set`), modules served by the
-operator's module server under signed URLs. Ready only when every selected pod's agent ACKed a set in which this
-plugin runs with this digest. A NACKed set is not pushed again until something changes (the set, the pod's
-address or its restarts); unreachable agents are retried with backoff. Pods that stop being selected get their
-new set. The push token is the key ``token`` of the Secret ``token_secret`` in the plugin's namespace.
+operator's module server over HTTPS (each pod may fetch the modules of the sets pushed to it: `granted`). Ready
+only when every selected pod's agent ACKed a set in which this plugin runs with this digest. A NACKed set is not
+pushed again until something changes (the set, the pod's address or its restarts); unreachable agents are retried
+with backoff. Pods that stop being selected get their new set. Pushes are authenticated by mutual TLS and the push
+tokens of the namespace's agent Secret (`meshplug.controller.identity.Identity.push_credentials`).
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshplug import errors, limits, spec
-from meshplug.controller import agents, apply, delivery, status, workqueue
+from meshplug.controller import agents, apply, delivery, identity, status, workqueue
 from meshplug.controller import metrics as metrics_mod
 from meshplug.render import agent as agent_render
 from meshplug.render import model
@@ -27,8 +27,6 @@ from meshplug.render import model
 log = logging.getLogger("meshplug.controller.delivery.agent")
 
 PLUGIN_API = f"{spec.API_GROUP}/{spec.API_VERSION}"
-#: the Secret (in each plugin's namespace) whose key ``token`` authenticates pushes to that namespace's agents
-DEFAULT_AGENT_TOKEN_SECRET = "meshplug-agent-token"  # noqa: S105 (a Secret's name)
 
 Key = delivery.Key
 #: fetch and validate another plugin of the namespace (its module belongs in the pods' sets too)
@@ -58,7 +56,7 @@ class PodReport:
     ready: int
     total: int
     failing: tuple[dict[str, str], ...]
-    retry: str  # non-empty: a cause that heals by retrying (unreachable agent, missing token)
+    retry: str  # non-empty: a cause that heals by retrying (unreachable agent, a pod without IP yet)
 
 
 def restarts_of(pod: Mapping[str, Any]) -> int:
@@ -78,19 +76,20 @@ class AgentDelivery:
         load: Loader,
         *,
         metrics: metrics_mod.Metrics,
-        token_secret: str = DEFAULT_AGENT_TOKEN_SECRET,
+        identity: identity.Identity,
     ) -> None:
         self.writer = writer
         self.server = server
         self.load = load
         self.metrics = metrics
-        self.token_secret = token_secret
+        self.identity = identity
         self.enqueue: Callable[[Key, float], None] | None = None
         self._lock = threading.Lock()
         self._entries: dict[Key, PluginEntry] = {}  # agent-plane plugins, last good module
         self._pods: dict[Key, PodState] = {}  # (namespace, pod) -> last push
         self._pushed: dict[Key, frozenset[str]] = {}  # plugin -> pods it was pushed to
         self._pod_locks: dict[Key, threading.Lock] = {}
+        self._grants: dict[Key, frozenset[str]] = {}  # (namespace, pod) -> modules (sha256) of the sets pushed to it
         self._pool = workqueue.Pool(limits.AGENT_PUSH_CONCURRENCY, "meshplug-push")
 
     def close(self) -> None:
@@ -112,7 +111,7 @@ class AgentDelivery:
             reason = next(
                 (
                     r
-                    for r in ("AgentNACK", "AgentUnauthorized", "AgentUnreachable", "AgentTokenMissing")
+                    for r in ("AgentNACK", "AgentUnauthorized", "AgentUnreachable")
                     if r in reasons
                 ),
                 "AgentsPending",
@@ -133,11 +132,6 @@ class AgentDelivery:
         return delivery.Report(
             ready=ready, pods=(report.ready, report.total), failing=report.failing, event=event, retry=report.retry
         )
-
-    def _token(self, namespace: str) -> str | None:
-        secret = self.writer.get("v1", "Secret", namespace, self.token_secret)
-        raw = ((secret or {}).get("data") or {}).get("token")
-        return base64.b64decode(raw).decode().strip() if raw else None
 
     def _refresh_entries(self, namespace: str) -> None:
         """Make the registry of agent-plane plugins of ``namespace`` match the API (after a restart the
@@ -198,15 +192,15 @@ class AgentDelivery:
             gone = self._pushed.get(key, frozenset()) - names
             self._pushed[key] = names
         others = [p for p in self.writer.list("v1", "Pod", plugin.namespace) if p["metadata"]["name"] in gone]
-        token = self._token(plugin.namespace)
-        results = self._pool.map(lambda p: self._sync_pod(p, token), [*pods, *others])
+        creds = self.identity.push_credentials(plugin.namespace)
+        results = self._pool.map(lambda p: self._sync_pod(p, creds), [*pods, *others])
         ready, failing, retry, nacks = 0, [], "", []
         for pod, (state, pushed_now) in zip(pods, results, strict=False):
             name = pod["metadata"]["name"]
             if isinstance(state, str):  # no push possible: why
                 reason, message = state.split(":", 1)
                 failing.append({"name": name, "reason": reason, "message": message.strip()})
-                retry = retry or (message if reason in ("AgentTokenMissing", "BadPushPort") else "")
+                retry = retry or (message if reason == "BadPushPort" else "")
                 continue
             out = state.outcome
             if (
@@ -229,7 +223,7 @@ class AgentDelivery:
                 retry = retry or out.message
         return PodReport(ready, len(pods), tuple(failing), retry), nacks
 
-    def _sync_pod(self, pod: Mapping[str, Any], token: str | None) -> tuple[PodState | str, bool]:
+    def _sync_pod(self, pod: Mapping[str, Any], creds: identity.PushCredentials) -> tuple[PodState | str, bool]:
         """Push the pod's desired set unless its agent already confirmed (or refused) exactly that set at this
         address; (its state, whether a push happened) or "Reason: why no push was possible"."""
         meta = pod["metadata"]
@@ -240,11 +234,6 @@ class AgentDelivery:
             return f"{exc.reason}: {exc.message}", False
         if target is None:
             return "PodHasNoIP: the pod has no IP yet (not running)", False
-        if token is None:
-            return (
-                f"AgentTokenMissing: Secret {meta['namespace']}/{self.token_secret} (key token) is missing",
-                False,
-            )
         version, resources = self._desired(meta["namespace"], meta.get("labels") or {})
         restarts = restarts_of(pod)
         with self._lock:
@@ -260,7 +249,12 @@ class AgentDelivery:
                 and state.outcome.result in (agents.Result.ACK, agents.Result.NACK)
             ):
                 return state, False
-            outcome = agents.push(target, version, resources, token)
+            with self._lock:  # the module server lets this pod fetch these modules (before the push asks it to)
+                self._grants[pod_key] = frozenset(r.sha256 for r in resources) | self._grants.get(pod_key, frozenset())
+            outcome = agents.push(target, version, resources, creds)
+            if outcome.result is agents.Result.ACK:
+                with self._lock:
+                    self._grants[pod_key] = frozenset(r.sha256 for r in resources)
             self.metrics.pushed(outcome.result.value)
             new = PodState(target, restarts, outcome)
             with self._lock:
@@ -286,6 +280,12 @@ class AgentDelivery:
         with self._lock:
             self._pods.pop((namespace, name), None)
             self._pod_locks.pop((namespace, name), None)
+            self._grants.pop((namespace, name), None)
+
+    def granted(self, namespace: str, pod: str, sha256: str) -> bool:
+        """Whether this operator pushed ``pod`` a set with module ``sha256`` (the module server's fast path)."""
+        with self._lock:
+            return sha256 in self._grants.get((namespace, pod), frozenset())
 
     def remove(self, namespace: str, name: str, *, owned: bool) -> None:
         """Push every pod that ran the plugin its set without it (deleted, or moved to another path)."""
@@ -305,8 +305,8 @@ class AgentDelivery:
             if p["metadata"]["name"] in pushed
             or (selector is not None and delivery.selects(selector, p["metadata"].get("labels")))
         ]
-        token = self._token(namespace)
-        for pod, (state, _) in zip(pods, self._pool.map(lambda p: self._sync_pod(p, token), pods), strict=False):
+        creds = self.identity.push_credentials(namespace)
+        for pod, (state, _) in zip(pods, self._pool.map(lambda p: self._sync_pod(p, creds), pods), strict=False):
             if isinstance(state, str) or state.outcome.result is not agents.Result.ACK:
                 why = state if isinstance(state, str) else f"{state.outcome.reason}: {state.outcome.message}"
                 log.warning("removing %s/%s from pod %s's agent: %s", namespace, name, pod["metadata"]["name"], why)
