@@ -131,6 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    handlers.on_signals(stop)  # a SIGTERM during start-up stops it cleanly too
     kubeconfig = args.kubeconfig or (Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None)
     if kubeconfig is not None:
         os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf logs in from the same file
@@ -220,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     for module_server in servers:
         module_server.start()
     try:
-        code = handlers.run_operator(reconciler, opts)
+        code = handlers.run_operator(reconciler, opts, stop_flag=stop)
     finally:
         stop_identity.set()
         for module_server in servers:

@@ -184,7 +184,7 @@ def run_operator(
 ) -> int:
     """Run until stopped (SIGINT/SIGTERM or ``stop_flag``) or the Lease is lost (exit code 1)."""
     stop = stop_flag or threading.Event()
-    _on_signals(stop)  # a SIGTERM while checking permissions or standing by stops at once, and cleanly
+    on_signals(stop)  # a SIGTERM while checking permissions or standing by stops at once, and cleanly
     missing = check_permissions(reconciler, opts)
     for what in missing:
         log.error("missing RBAC permission: %s (see meshplug.controller's docstring for the rules)", what)
@@ -224,7 +224,7 @@ def run_operator(
         asyncio.run(_kopf(registry, opts, stop))
     finally:
         stop.set()
-        _on_signals(stop)  # asyncio's loop restored the default handlers on closing: a 2nd SIGTERM must not kill
+        on_signals(stop)  # asyncio's loop restored the default handlers on closing: a 2nd SIGTERM must not kill
         workers.stop(timeout=limits.SHUTDOWN_DRAIN_S)  # daemon threads: a reconcile still running is abandoned
         reconciler.metrics.leader = False
         if renewer is not None:
@@ -251,7 +251,7 @@ async def _kopf(registry: kopf.OperatorRegistry, opts: Options, stop: threading.
         stop.set()
 
 
-def _on_signals(stop: threading.Event) -> None:
+def on_signals(stop: threading.Event) -> None:
     """SIGTERM/SIGINT set ``stop`` (outside kopf's run, which installs its own handlers on its loop)."""
     if threading.current_thread() is not threading.main_thread():
         return

@@ -187,7 +187,7 @@ class Identity:
         return changed
 
     def _create_identity(self, existing: Mapping[str, Any] | None) -> dict[str, Any]:
-        authority = pki.Authority.generate(f"meshplug-operator-ca.{self.namespace}", days=limits.CA_VALIDITY_DAYS)
+        authority = pki.Authority.generate("meshplug-operator-ca", days=limits.CA_VALIDITY_DAYS)
         body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -267,7 +267,7 @@ class Identity:
         renewing = _RenewingContext(
             context,
             lambda: self.authority.issue(
-                dns_names[0] if dns_names else OPERATOR_NAME,
+                "meshplug-modules",
                 client=False,
                 validity=datetime.timedelta(seconds=limits.OPERATOR_CERT_VALIDITY_S),
                 dns_names=dns_names,
@@ -345,7 +345,7 @@ class Identity:
             or not key
         ):
             issued = authority.issue(
-                name,
+                "meshplug-agent",  # a common name has at most 64 characters; the DNS name carries the namespace
                 client=False,
                 validity=datetime.timedelta(days=limits.AGENT_CERT_VALIDITY_DAYS),
                 dns_names=[name],

@@ -121,7 +121,8 @@ class Authority:
         dns_names: Sequence[str] = (),
         ip_addresses: Sequence[str] = (),
     ) -> Issued:
-        """A leaf certificate for ``common_name`` (also its first DNS name when it is a server's) and a new key."""
+        """A leaf certificate for ``common_name`` (at most 64 characters) with these subject alternative names,
+        and a new key."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         end = min(now + validity, self.cert.not_valid_after_utc)

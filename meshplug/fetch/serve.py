@@ -159,13 +159,18 @@ class _Server(http.server.ThreadingHTTPServer):
     def finish_request(self, request: Any, client_address: Any) -> None:
         """The TLS handshake happens here, on the connection's own thread (a client that never finishes it
         holds only that thread, for at most the handshake timeout)."""
-        if self.ssl_context is not None:
-            request.settimeout(HANDSHAKE_TIMEOUT_S)
-            try:
-                request = self.ssl_context.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError):
-                return
-        super().finish_request(request, client_address)
+        if self.ssl_context is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            wrapped = self.ssl_context.wrap_socket(request, server_side=True)  # takes over the socket's descriptor
+        except (OSError, ssl.SSLError):
+            return
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            self.shutdown_request(wrapped)
 
 
 class ModuleServer(ServerThread):

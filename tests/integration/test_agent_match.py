@@ -67,7 +67,7 @@ def agent(tmp_path: Path) -> Iterator[tuple[tb_agent.Agent, tb_upstream.Service,
                     "match": [{"hosts": ["*.example.org"], "exact_paths": ["/static"]}],
                 }
             ],
-            push={"address": "127.0.0.1", "port": procs.free_port(), "token_file": str(token)},
+            push={"address": "127.0.0.1", "port": procs.free_port(), "token_file": str(token), "allow_plaintext": True},
         )
         a = tb_agent.start_agent(raw, work_dir=tmp_path / "cfg", log_dir=tmp_path / "logs")
         try:

@@ -1,30 +1,40 @@
-"""The agent fetches pushed modules through meshplug.fetch: the operator's module server (bearer token or
-signed URL), sha256 pinning, the content cache under the agent's state directory.
+"""The agent fetches pushed modules through meshplug.fetch: the operator's module server (over HTTPS with the
+token file's bearer token, checked against the CA file; or a signed URL), sha256 pinning, the content cache under
+the agent's state directory.
 
-A real `meshplug agent` process; the module server is meshplug.fetch.serve's (real HTTP on a free port,
-in this process); nginx is the upstream. The guest module (tests/guests/abi_0_2_0.wat) adds `x-guest`.
+A real `meshplug agent` process; the module server is meshplug.fetch.serve's (real HTTPS on a free port, in this
+process, with an access check that accepts one token: the operator's TokenReview-based check runs against the
+API server in test_operator_agent.py); nginx is the upstream. The guest module (tests/guests/abi_0_2_0.wat) adds
+`x-guest`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import wasmtime
 
-from meshplug import protocol
+from meshplug import errors, protocol
 from meshplug.fetch import cache as fetch_cache
 from meshplug.fetch import serve
 from tests.testbed import agent as tb_agent
 from tests.testbed import nginx as tb_nginx
-from tests.testbed import procs
+from tests.testbed import pki, procs
 
 GUESTS = Path(__file__).resolve().parents[1] / "guests"
 PUSH_TOKEN = "push-token-0123456789"
 MODULE_TOKEN = "module-token-0123456789"
+
+
+class OneToken:
+    def check(self, token: str, sha256: str) -> None:
+        if token != MODULE_TOKEN:
+            raise errors.ProtocolError("token not accepted", reason="unauthorized")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +49,17 @@ def module(work: Path) -> tuple[bytes, str]:
 
 
 @pytest.fixture(scope="module")
-def server(work: Path, module: tuple[bytes, str]) -> Iterator[serve.ModuleServer]:
+def tls(work: Path) -> pki.ServingPki:
+    return pki.serving_pki(work / "tls", ca_cn="ca", server_cn="modules", dns_names=[], ip_addresses=["127.0.0.1"])
+
+
+@pytest.fixture(scope="module")
+def server(work: Path, module: tuple[bytes, str], tls: pki.ServingPki) -> Iterator[serve.ModuleServer]:
     cache = fetch_cache.Cache(work / "operator-cache")
     cache.put_blob(module[0])
-    with serve.ModuleServer(cache, token=MODULE_TOKEN) as srv:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls.cert, tls.key)
+    with serve.ModuleServer(cache, signing_key="k" * 32, access=OneToken(), ssl_context=context) as srv:
         yield srv
 
 
@@ -53,17 +70,26 @@ def upstream(work: Path) -> Iterator[procs.Proc]:
     proc.stop()
 
 
-def _agent(tmp_path: Path, upstream: procs.Proc, server: serve.ModuleServer, module_token: str) -> tb_agent.Agent:
+def _agent(
+    tmp_path: Path, upstream: procs.Proc, server: serve.ModuleServer, module_token: str, ca: Path
+) -> tb_agent.Agent:
     (tmp_path / "push-token").write_text(PUSH_TOKEN)
     (tmp_path / "module-token").write_text(module_token + "\n")
     raw = tb_agent.base_config(
         port=procs.free_port(),
         admin_port=procs.free_port(),
         clusters={"upstream": upstream.ports["http"]},
-        push={"address": "127.0.0.1", "port": procs.free_port(), "token_file": str(tmp_path / "push-token")},
+        push={
+            "address": "127.0.0.1",
+            "port": procs.free_port(),
+            "token_file": str(tmp_path / "push-token"),
+            "allow_plaintext": True,
+        },
         state_dir=tmp_path / "state",
     )
-    raw["modules"] = {"server": {"url": server.base_url, "token_file": str(tmp_path / "module-token")}}
+    raw["modules"] = {
+        "server": {"url": server.base_url, "token_file": str(tmp_path / "module-token"), "ca_file": str(ca)}
+    }
     return tb_agent.start_agent(raw, work_dir=tmp_path / "cfg", log_dir=tmp_path)
 
 
@@ -86,10 +112,10 @@ def _served_by(agent: tb_agent.Agent) -> str | None:
 
 
 def test_module_server_with_bearer_token_then_signed_url(
-    tmp_path: Path, upstream: procs.Proc, server: serve.ModuleServer, module: tuple[bytes, str]
+    tmp_path: Path, upstream: procs.Proc, server: serve.ModuleServer, module: tuple[bytes, str], tls: pki.ServingPki
 ) -> None:
     data, sha = module
-    agent = _agent(tmp_path, upstream, server, MODULE_TOKEN)
+    agent = _agent(tmp_path, upstream, server, MODULE_TOKEN, tls.ca_cert)
     try:
         reply = _push(agent, "v1", server.url_for(sha), sha)
         assert reply.ack, reply.error_detail
@@ -105,10 +131,10 @@ def test_module_server_with_bearer_token_then_signed_url(
 
 
 def test_wrong_module_token_or_sha256_is_a_nack(
-    tmp_path: Path, upstream: procs.Proc, server: serve.ModuleServer, module: tuple[bytes, str]
+    tmp_path: Path, upstream: procs.Proc, server: serve.ModuleServer, module: tuple[bytes, str], tls: pki.ServingPki
 ) -> None:
     _, sha = module
-    agent = _agent(tmp_path, upstream, server, "not-the-module-token")
+    agent = _agent(tmp_path, upstream, server, "not-the-module-token", tls.ca_cert)
     try:
         reply = _push(agent, "v1", server.url_for(sha), sha)
         assert not reply.ack and reply.error_detail is not None
@@ -121,5 +147,21 @@ def test_wrong_module_token_or_sha256_is_a_nack(
         assert not reply.ack and reply.error_detail is not None
         assert reply.error_detail.reason in ("checksum_mismatched", "not_found")
         assert agent.config_dump()["version_info"] == protocol.STATIC_VERSION
+    finally:
+        agent.stop()
+
+
+def test_a_module_server_the_ca_file_does_not_vouch_for_is_a_nack(
+    tmp_path: Path, upstream: procs.Proc, server: serve.ModuleServer, module: tuple[bytes, str]
+) -> None:
+    """The bearer token never reaches a server whose certificate the operator's CA did not issue."""
+    _, sha = module
+    other = pki.serving_pki(tmp_path / "other", ca_cn="other", server_cn="x", dns_names=[], ip_addresses=["127.0.0.1"])
+    agent = _agent(tmp_path, upstream, server, MODULE_TOKEN, other.ca_cert)
+    try:
+        reply = _push(agent, "v1", server.url_for(sha), sha)
+        assert not reply.ack and reply.error_detail is not None
+        assert reply.error_detail.resource == "guest"
+        assert "certificate" in reply.error_detail.message.lower(), reply.error_detail.message
     finally:
         agent.stop()

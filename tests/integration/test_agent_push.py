@@ -94,7 +94,12 @@ def _config(work: Path, upstream: procs.Proc, modules: dict[str, Module], state_
         admin_port=procs.free_port(),
         clusters={"upstream": upstream.ports["http"]},
         plugins=[{"name": "guest", "module": {"file": str(v1.path), "sha256": v1.sha256}}],
-        push={"address": "127.0.0.1", "port": procs.free_port(), "token_file": str(token_file)},
+        push={
+            "address": "127.0.0.1",
+            "port": procs.free_port(),
+            "token_file": str(token_file),
+            "allow_plaintext": True,
+        },
         state_dir=state_dir,
     )
 

@@ -1,49 +1,90 @@
-"""The module server on a real socket: bearer and signed-URL auth, ETag/digest headers, 304, 404, HEAD."""
+"""The module server on a real socket: signed URLs over HTTP; over HTTPS also bearer tokens, decided by its `Access`
+(401 / 403 as it says); ETag/digest headers, 304, 404, HEAD; a client that never finishes its TLS handshake holds
+nobody else up."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import socket
+import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
+from meshplug import errors
 from meshplug.fetch import cache
 from meshplug.fetch.serve import ModuleServer
+from tests.testbed import pki
 from tests.testbed.origin import wasm_module
 
 WASM = wasm_module(41)
 SHA = hashlib.sha256(WASM).hexdigest()
-TOKEN = "t0ken-for-the-module-server"
+KEY = "signing-key-of-the-module-server"
+
+
+class Access:
+    """Stands in for the operator's TokenReview-based access (tested against the API server elsewhere): token
+    ``pod-a`` may fetch SHA, ``pod-b`` is a valid caller that runs no such module, anything else is not valid."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    def check(self, token: str, sha256: str) -> None:
+        self.asked.append((token, sha256))
+        if token == "pod-b":
+            raise errors.ProtocolError("pod b runs no such module", reason="forbidden")
+        if token != "pod-a":
+            raise errors.ProtocolError("token not accepted", reason="unauthorized")
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ModuleServer]:
-    store = cache.Cache(tmp_path / "cache")
-    store.put_blob(WASM)
-    with ModuleServer(store, token=TOKEN) as srv:
+def store(tmp_path: Path) -> cache.Cache:
+    c = cache.Cache(tmp_path / "cache")
+    c.put_blob(WASM)
+    return c
+
+
+@pytest.fixture
+def plain(store: cache.Cache) -> Iterator[ModuleServer]:
+    with ModuleServer(store, signing_key=KEY, access=Access()) as srv:
         yield srv
 
 
+@pytest.fixture
+def tls(store: cache.Cache, tmp_path: Path) -> Iterator[tuple[ModuleServer, Path, Access]]:
+    files = pki.serving_pki(tmp_path / "tls", ca_cn="ca", server_cn="modules", dns_names=["localhost"], ip_addresses=[])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.cert, files.key)
+    access = Access()
+    with ModuleServer(store, signing_key=KEY, access=access, ssl_context=context) as srv:
+        yield srv, files.ca_cert, access
+
+
 CASES = [
-    ("bearer", "", {"Authorization": f"Bearer {TOKEN}"}, "GET", 200),
-    ("no auth", "", {}, "GET", 401),
-    ("wrong token", "", {"Authorization": "Bearer nope-nope-nope-nope"}, "GET", 401),
-    ("basic is not bearer", "", {"Authorization": f"Basic {TOKEN}"}, "GET", 401),
     ("signed url", "signed", {}, "GET", 200),
     ("bad signature", "?sig=" + "0" * 64, {}, "GET", 401),
-    ("head", "", {"Authorization": f"Bearer {TOKEN}"}, "HEAD", 200),
-    ("etag matches", "", {"Authorization": f"Bearer {TOKEN}", "If-None-Match": f'"sha256:{SHA}"'}, "GET", 304),
+    ("no auth", "", {}, "GET", 401),
+    ("a valid pod's token", "", {"Authorization": "Bearer pod-a"}, "GET", 200),
+    ("a pod that runs no such module", "", {"Authorization": "Bearer pod-b"}, "GET", 403),
+    ("an invalid token", "", {"Authorization": "Bearer nope-nope-nope-nope"}, "GET", 401),
+    ("basic is not bearer", "", {"Authorization": "Basic pod-a"}, "GET", 401),
+    ("head", "", {"Authorization": "Bearer pod-a"}, "HEAD", 200),
+    ("etag matches", "", {"Authorization": "Bearer pod-a", "If-None-Match": f'"sha256:{SHA}"'}, "GET", 304),
 ]
 
 
 @pytest.mark.parametrize(("suffix", "headers", "method", "status"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_module_route(server: ModuleServer, suffix: str, headers: dict[str, str], method: str, status: int) -> None:
+def test_module_route_over_tls(
+    tls: tuple[ModuleServer, Path, Access], suffix: str, headers: dict[str, str], method: str, status: int
+) -> None:
+    server, ca, _ = tls
     url = server.url_for(SHA, signed=True) if suffix == "signed" else server.url_for(SHA) + suffix
-    resp = requests.request(method, url, headers=headers, timeout=10)
-    assert resp.status_code == status
+    resp = requests.request(method, url.replace("127.0.0.1", "localhost"), headers=headers, timeout=10, verify=str(ca))
+    assert resp.status_code == status, resp.text
     if status == 200:
         assert resp.headers["ETag"] == f'"sha256:{SHA}"'
         assert resp.headers["Digest"] == "sha-256=" + base64.b64encode(bytes.fromhex(SHA)).decode()
@@ -52,6 +93,13 @@ def test_module_route(server: ModuleServer, suffix: str, headers: dict[str, str]
         assert resp.content == (WASM if method == "GET" else b"")
     if status == 401:
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_plain_http_takes_signed_urls_only(plain: ModuleServer) -> None:
+    """A bearer token sent in clear text is refused (and never reaches the access check)."""
+    assert requests.get(plain.url_for(SHA, signed=True), timeout=10).status_code == 200
+    resp = requests.get(plain.url_for(SHA), headers={"Authorization": "Bearer pod-a"}, timeout=10)
+    assert resp.status_code == 401 and "TLS only" in resp.text
 
 
 @pytest.mark.parametrize(
@@ -63,17 +111,31 @@ def test_module_route(server: ModuleServer, suffix: str, headers: dict[str, str]
         ("/healthz", 200),
     ],
 )
-def test_other_paths(server: ModuleServer, path: str, status: int) -> None:
-    resp = requests.get(server.base_url + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+def test_other_paths(tls: tuple[ModuleServer, Path, Access], path: str, status: int) -> None:
+    server, ca, _ = tls
+    base = server.base_url.replace("127.0.0.1", "localhost")
+    resp = requests.get(base + path, headers={"Authorization": "Bearer pod-a"}, timeout=10, verify=str(ca))
     assert resp.status_code == status
 
 
-def test_a_corrupted_cache_file_is_not_served(server: ModuleServer, tmp_path: Path) -> None:
+def test_a_corrupted_cache_file_is_not_served(plain: ModuleServer, tmp_path: Path) -> None:
     cache.Cache(tmp_path / "cache").blob_path(SHA).write_bytes(b"\0asm tampered")
-    resp = requests.get(server.url_for(SHA), headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
-    assert resp.status_code == 404
+    assert requests.get(plain.url_for(SHA, signed=True), timeout=10).status_code == 404
 
 
-def test_short_tokens_are_refused(tmp_path: Path) -> None:
+def test_short_signing_keys_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 16"):
-        ModuleServer(cache.Cache(tmp_path), token="short")
+        ModuleServer(cache.Cache(tmp_path), signing_key="short")
+
+
+def test_a_stalled_handshake_holds_no_one_up(tls: tuple[ModuleServer, Path, Access]) -> None:
+    server, ca, _ = tls
+    with socket.create_connection(("127.0.0.1", server.port)):  # connects, never says hello
+        t0 = time.monotonic()
+        resp = requests.get(
+            server.url_for(SHA).replace("127.0.0.1", "localhost"),
+            headers={"Authorization": "Bearer pod-a"},
+            timeout=10,
+            verify=str(ca),
+        )
+        assert resp.status_code == 200 and time.monotonic() - t0 < 5

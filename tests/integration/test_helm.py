@@ -98,22 +98,21 @@ def test_install_upgrade_uninstall(plane: kube_mod.Kube, home: Path) -> None:
     assert f"mp-meshplug-webhook.{NS}.svc" in sans
     mutating = _get(plane, f"{ADMISSION}/mutatingwebhookconfigurations/mp-meshplug-inject")
     validating = _get(plane, f"{ADMISSION}/validatingwebhookconfigurations/mp-meshplug-validate")
-    hooks = [(mutating["webhooks"], "/inject-agent")]
-    hooks += [([h], f"/validate-{h['name'].split('.')[1]}") for h in validating["webhooks"]]
-    assert [p for _, p in hooks] == ["/inject-agent", "/validate-wasmplugin", "/validate-trafficextension"]
-    for config_hooks, path in hooks:
-        (hook,) = config_hooks
+    hooks = [(h, "NoneOnDryRun") for h in mutating["webhooks"]] + [(h, "None") for h in validating["webhooks"]]
+    paths = [h["clientConfig"]["service"]["path"] for h, _ in hooks]
+    assert paths == ["/inject-agent", "/inject-agent-namespace", "/validate-wasmplugin", "/validate-trafficextension"]
+    for hook, side_effects in hooks:
         assert hook["clientConfig"]["caBundle"] == ca_b64
-        assert hook["clientConfig"]["service"] == {
-            "name": "mp-meshplug-webhook",
-            "namespace": NS,
-            "path": path,
-            "port": 443,
-        }
-        assert hook["sideEffects"] == "None" and hook["failurePolicy"] == "Fail"
-    assert mutating["webhooks"][0]["objectSelector"]["matchExpressions"][0]["key"] == "meshplug.io/inject"
-    excluded = mutating["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
-    assert NS in excluded and "kube-system" in excluded
+        assert hook["clientConfig"]["service"]["name"] == "mp-meshplug-webhook"
+        assert (hook["clientConfig"]["service"]["namespace"], hook["clientConfig"]["service"]["port"]) == (NS, 443)
+        # injection makes the namespace's agent Secret before admitting a pod (never on a dry run)
+        assert hook["sideEffects"] == side_effects and hook["failurePolicy"] == "Fail"
+    by_pod, by_namespace = mutating["webhooks"]
+    assert by_pod["objectSelector"]["matchExpressions"][0]["key"] == "meshplug.io/inject"
+    assert by_namespace["namespaceSelector"]["matchExpressions"][1]["key"] == "meshplug.io/inject"
+    for hook in (by_pod, by_namespace):
+        excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"]
+        assert NS in excluded and "kube-system" in excluded
 
     # an upgrade keeps the generated certificate (lookup of the existing Secret)
     helm_mod.helm(["upgrade", "mp", str(helm_mod.CHART), "--namespace", NS], kubeconfig=plane.kubeconfig, home=home)

@@ -14,8 +14,10 @@ the host of each url to a test-bed source serving the same path, and pushes ther
   module's sha256, or the pushed manifest's digest).
 The operator trusts the test CA through SSL_CERT_FILE (its system roots). Objects are created in the test's
 namespace instead of the example's. Workloads: an example's own objects are created as they are; an istio-plane
-example with a selector gets a Deployment whose pod template matches; an agent-plane example gets a Pod whose
-agent (at its own loopback address, as the pod IP) takes the pushes with the example's token Secret.
+example with a selector gets a Deployment whose pod template matches; an agent-plane example gets a Pod (annotated
+as the injection webhook does) whose agent runs at its own loopback address (as the pod IP) with what the kubelet
+would mount: the agent Secret the operator makes, and a ServiceAccount token bound to the pod. No example creates a
+Secret for the agent plane.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ from tests.testbed.registry import Registry
 EXAMPLES = sorted((procs.REPO_ROOT / "examples").glob("*.yaml"))
 PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
 CONFIGMAP_MAX = 1024 * 1024
-TOKEN_SECRET = "meshplug-agent-token"
 ALL_TRUE = {"Fetched": "True", "Validated": "True", "Ready": "True"}
 _MODULE_LINE = re.compile(r"^# Module: examples/filters/(\S+)", re.MULTILINE)
 _PATHS = {
@@ -157,37 +158,28 @@ def _ready(st: dict[str, Any]) -> dict[str, Any]:
     return next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
 
 
-def _start_agent_pod(kube: kube_mod.Kube, ns: str, labels: dict[str, str], token: str, work: Path) -> agent_mod.Agent:
-    ip = f"127.0.0.{next(_hosts)}"
-    (work / "token").write_text(token)
-    raw = agent_mod.base_config(
-        port=procs.free_port(),
-        admin_port=procs.free_port(),
-        clusters={"upstream": procs.free_port()},
-        push={"address": ip, "port": procs.free_port(), "token_file": str(work / "token")},
-    )
-    agent = agent_mod.start_agent(raw, work_dir=work / "agent", log_dir=work / "logs", name="agent-example")
-    try:
-        _create_running_pod(kube, ns, labels, ip, raw["push"]["port"])
-    except BaseException:
-        agent.stop()  # the caller only stops what we return
-        raise
-    return agent
-
-
-def _create_running_pod(kube: kube_mod.Kube, ns: str, labels: dict[str, str], ip: str, push_port: int) -> None:
+def _start_agent_pod(
+    kube: kube_mod.Kube, ns: str, labels: dict[str, str], work: Path, module_tls_port: int
+) -> agent_mod.Agent:
+    ip, port = f"127.0.0.{next(_hosts)}", procs.free_port()
+    annotations = {"meshplug.io/agent-push-port": str(port), agent_mod.INJECTED_ANNOTATION: "test"}
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": "selected",
-            "labels": labels,
-            "annotations": {"meshplug.io/agent-push-port": str(push_port)},
-        },
+        "metadata": {"name": "selected", "labels": labels, "annotations": annotations},
         "spec": {"containers": [{"name": "app", "image": "registry.example/app:v1"}]},
     }
     status, out = kube.request("POST", f"/api/v1/namespaces/{ns}/pods", pod)
     assert status == 201, out
+    files = agent_mod.mount_identity(kube, ns, "selected", work / "etc")
+    raw = agent_mod.base_config(
+        port=procs.free_port(),
+        admin_port=procs.free_port(),
+        clusters={"upstream": procs.free_port()},
+        push=agent_mod.injected_push(files, address=ip, port=port),
+    )
+    raw["modules"] = agent_mod.injected_modules(files, f"https://127.0.0.1:{module_tls_port}")
+    agent = agent_mod.start_agent(raw, work_dir=work / "agent", log_dir=work / "logs", name="agent-example")
     running = {
         "phase": "Running",
         "podIP": ip,
@@ -200,7 +192,10 @@ def _create_running_pod(kube: kube_mod.Kube, ns: str, labels: dict[str, str], ip
         {"status": running},
         content_type="application/merge-patch+json",
     )
+    if status != 200:
+        agent.stop()  # the caller only stops what we return
     assert status == 200, out
+    return agent
 
 
 def _generated(kube: kube_mod.Kube, ns: str, name: str) -> dict[str, list[str]]:
@@ -254,22 +249,8 @@ def test_example_yields_expected_objects_status_and_cleans_up(  # noqa: PLR0917 
     labels = (spec.get("selector") or {}).get("matchLabels")
     agent = None
     if agent_plane:
-        token_secret = next(
-            (d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "meshplug-agent-token"), None
-        )
-        token = token_secret["stringData"]["token"] if token_secret else "example-push-token"
-        if token_secret is None:
-            _create(
-                kube,
-                ns,
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": "meshplug-agent-token"},
-                    "stringData": {"token": token},
-                },
-            )
-        agent = _start_agent_pod(kube, ns, labels, token, tmp_path)
+        assert not any(d["kind"] == "Secret" for d in docs), "the agent plane needs no Secret from the user"
+        agent = _start_agent_pod(kube, ns, labels, tmp_path, operator.module_tls_port)
     elif labels and not any(d["kind"] == "Deployment" for d in docs):
         _create(
             kube,

@@ -1,6 +1,8 @@
 """The agent data plane end to end: `meshplug operator` (a process) against the real kube-apiserver pushes each
 selected pod's full plugin set to real agents (processes at 127.0.0.x, set as the pods' status.podIP through the
-status subresource: the test bed has no kubelet), and the WasmPlugin's status reports per-pod confirmation.
+status subresource: the test bed has no kubelet), and the WasmPlugin's status reports per-pod confirmation. Each
+agent runs as injected: what it mounts is what the operator made (its namespace's agent Secret: mutual TLS and
+push tokens) and a ServiceAccount token bound to its pod (the module server checks it with TokenReview).
 
 Covered: Ready only when every selected pod's agent confirmed the digest; chain order across plugins; a NACKing
 agent gives reason AgentNACK + an Event, other plugins stay Ready, fixing the cause heals it; pods appearing,
@@ -10,7 +12,6 @@ pushes the agents their set without it; metrics count pushes and ready pods.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import itertools
 from collections.abc import Iterator
@@ -26,7 +27,6 @@ from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
 from tests.testbed import procs
 
-TOKEN = "push-token-for-the-operator-test"
 PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
 GOOD = minimal.passthrough('(data (i32.const 2048) "good")')
 GOOD_V2 = minimal.passthrough('(data (i32.const 2048) "good-v2")')
@@ -48,32 +48,36 @@ class Bed:
         (self.modules / name).write_bytes(data)
         return f"file://{self.modules / name}"
 
-    def agent(self, pod: str) -> agent_mod.Agent:
-        """A real agent at its own loopback address (the pod's IP), push port authenticated by TOKEN."""
-        ip = f"127.0.0.{next(_hosts)}"
-        token_file = self.work / "token"
-        token_file.write_text(TOKEN)
-        raw = agent_mod.base_config(
-            port=procs.free_port(),
-            admin_port=procs.free_port(),
-            clusters={"upstream": procs.free_port()},
-            push={"address": ip, "port": procs.free_port(), "token_file": str(token_file)},
-        )
-        started = agent_mod.start_agent(raw, work_dir=self.work / pod, log_dir=self.work / "logs", name=f"agent-{pod}")
-        self.agents[pod] = started
-        return started
-
-    def pod(self, name: str, labels: dict[str, str], agent: agent_mod.Agent | None, ip: str | None = None) -> None:
-        push_ip = ip or (agent_ip(agent) if agent else None)
-        annotations = {"meshplug.io/agent-push-port": str(agent.push_port if agent else procs.free_port())}
+    def pod(
+        self, name: str, labels: dict[str, str], *, agent: bool = True, ip: str | None = None
+    ) -> agent_mod.Agent | None:
+        """An injected pod (its annotations as the webhook writes them); with ``agent``, its agent runs at a
+        loopback address of its own (the pod's IP) with what the kubelet would mount."""
+        port = procs.free_port()
+        annotations = {"meshplug.io/agent-push-port": str(port), agent_mod.INJECTED_ANNOTATION: "test"}
         body = {
             "metadata": {"name": name, "labels": labels, "annotations": annotations},
             "spec": {"containers": [{"name": "app", "image": "registry.example/app:v1"}]},
         }
         status, out = self.kube.request("POST", f"/api/v1/namespaces/{self.ns}/pods", body)
         assert status == 201, out
-        if push_ip is not None:
-            self.set_ip(name, push_ip)
+        ip = ip or f"127.0.0.{next(_hosts)}"
+        started = self.start_agent(name, ip, port) if agent else None
+        self.set_ip(name, ip)
+        return started
+
+    def start_agent(self, pod: str, ip: str, port: int) -> agent_mod.Agent:
+        files = agent_mod.mount_identity(self.kube, self.ns, pod, self.work / pod / "etc")
+        raw = agent_mod.base_config(
+            port=procs.free_port(),
+            admin_port=procs.free_port(),
+            clusters={"upstream": procs.free_port()},
+            push=agent_mod.injected_push(files, address=ip, port=port),
+        )
+        raw["modules"] = agent_mod.injected_modules(files, f"https://127.0.0.1:{self.op.module_tls_port}")
+        started = agent_mod.start_agent(raw, work_dir=self.work / pod, log_dir=self.work / "logs", name=f"agent-{pod}")
+        self.agents[pod] = started
+        return started
 
     def set_ip(self, name: str, ip: str) -> None:
         status_body = {
@@ -125,11 +129,6 @@ class Bed:
         return [(e["type"], e["reason"], e["message"]) for e in out["items"] if e["involvedObject"]["name"] == name]
 
 
-def agent_ip(agent: agent_mod.Agent) -> str:
-    raw = agent_mod.yaml.safe_load(agent.config_path.read_text())
-    return str(raw["push"]["address"])
-
-
 def running(agent: agent_mod.Agent) -> list[tuple[str, str]]:
     """(plugin name, sha256) the agent runs, in chain order."""
     return [(p["name"], p["sha256"]) for p in agent.config_dump()["plugins"]]
@@ -143,12 +142,6 @@ def sha(data: bytes) -> str:
 def bed(kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path: Path) -> Iterator[Bed]:
     modules = tmp_path / "modules"
     modules.mkdir()
-    secret = {
-        "metadata": {"name": "meshplug-agent-token"},
-        "data": {"token": base64.b64encode(TOKEN.encode()).decode()},
-    }
-    status, out = kube.request("POST", f"/api/v1/namespaces/{kube_namespace}/secrets", secret)
-    assert status == 201, out
     op = operator_mod.start_operator(
         kube.kubeconfig, tmp_path, namespaces=[kube_namespace], extra=[f"--file-root={modules}"]
     )
@@ -163,10 +156,9 @@ def bed(kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path:
 
 
 def test_agents_confirm_every_pod_in_chain_order_and_follow_pods(bed: Bed) -> None:
-    a, b = bed.agent("a"), bed.agent("b")
-    bed.pod("a", {"app": "cart"}, a)
-    bed.pod("b", {"app": "cart"}, b)
-    bed.pod("other", {"app": "other"}, bed.agent("other"))
+    a, b = bed.pod("a", {"app": "cart"}), bed.pod("b", {"app": "cart"})
+    assert a is not None and b is not None
+    bed.pod("other", {"app": "other"})
     bed.plugin(
         "hdr", {"url": bed.module("hdr.wasm", GOOD), "selector": {"matchLabels": {"app": "cart"}}, "dataPlane": "agent"}
     )
@@ -190,8 +182,8 @@ def test_agents_confirm_every_pod_in_chain_order_and_follow_pods(bed: Bed) -> No
     assert running(a) == [(f"{ns}.authn", sha(GOOD_V2)), (f"{ns}.hdr", sha(GOOD))]
 
     # a pod appears: re-reconciled without any change to the plugins
-    c = bed.agent("c")
-    bed.pod("c", {"app": "cart"}, c)
+    c = bed.pod("c", {"app": "cart"})
+    assert c is not None
     bed.wait_ready("hdr", "True", "Confirmed", "3/3")
     procs.wait_until(lambda: len(running(c)) == 2, timeout=60, what="pod c's agent gets both plugins")
 
@@ -224,8 +216,8 @@ def test_agents_confirm_every_pod_in_chain_order_and_follow_pods(bed: Bed) -> No
 
 
 def test_nacking_agent_is_reported_other_plugins_unaffected_and_heals(bed: Bed) -> None:
-    a = bed.agent("a")
-    bed.pod("a", {"app": "cart"}, a)
+    a = bed.pod("a", {"app": "cart"})
+    assert a is not None
     sel = {"matchLabels": {"app": "cart"}}
     bed.plugin("good", {"url": bed.module("good.wasm", GOOD), "selector": sel, "dataPlane": "agent"})
     bed.wait_ready("good", "True", "Confirmed", "1/1")
@@ -251,7 +243,7 @@ def test_nacking_agent_is_reported_other_plugins_unaffected_and_heals(bed: Bed) 
 
 def test_unreachable_agent_heals_by_retry(bed: Bed) -> None:
     ip = f"127.0.0.{next(_hosts)}"
-    bed.pod("late", {"app": "late"}, None, ip=ip)
+    bed.pod("late", {"app": "late"}, agent=False, ip=ip)
     bed.plugin(
         "p", {"url": bed.module("p.wasm", GOOD), "selector": {"matchLabels": {"app": "late"}}, "dataPlane": "agent"}
     )
@@ -260,17 +252,7 @@ def test_unreachable_agent_heals_by_retry(bed: Bed) -> None:
     # the agent comes up at that address and port: the backoff retry confirms it, no spec change
     _, pod = bed.kube.request("GET", f"/api/v1/namespaces/{bed.ns}/pods/late")
     port = int(pod["metadata"]["annotations"]["meshplug.io/agent-push-port"])
-    token_file = bed.work / "token"
-    token_file.write_text(TOKEN)
-    raw = agent_mod.base_config(
-        port=procs.free_port(),
-        admin_port=procs.free_port(),
-        clusters={"upstream": procs.free_port()},
-        push={"address": ip, "port": port, "token_file": str(token_file)},
-    )
-    bed.agents["late"] = agent_mod.start_agent(
-        raw, work_dir=bed.work / "late", log_dir=bed.work / "logs", name="agent-late"
-    )
+    bed.start_agent("late", ip, port)
     bed.wait_ready("p", "True", "Confirmed", "1/1")
 
 
@@ -281,11 +263,6 @@ def test_a_moved_tag_is_delivered_without_a_spec_change(
     every pod's agent, Ready again; nothing touched the WasmPlugin."""
     registry = registries["plain"]
     registry.push_layout("oci-image", "meshplug/moving", "v1", GOOD)
-    secret = {
-        "metadata": {"name": "meshplug-agent-token"},
-        "data": {"token": base64.b64encode(TOKEN.encode()).decode()},
-    }
-    assert kube.request("POST", f"/api/v1/namespaces/{kube_namespace}/secrets", secret)[0] == 201
     op = operator_mod.start_operator(
         kube.kubeconfig,
         tmp_path,
@@ -294,8 +271,8 @@ def test_a_moved_tag_is_delivered_without_a_spec_change(
     )
     b = Bed(kube, kube_namespace, tmp_path, tmp_path, op, {})
     try:
-        a = b.agent("a")
-        b.pod("a", {"app": "cart"}, a)
+        a = b.pod("a", {"app": "cart"})
+        assert a is not None
         url = registry.url("meshplug/moving", "v1")
         b.plugin("tagged", {"url": url, "selector": {"matchLabels": {"app": "cart"}}, "dataPlane": "agent"})
         assert b.wait_ready("tagged", "True", "Confirmed", "1/1")["digest"] == f"sha256:{sha(GOOD)}"

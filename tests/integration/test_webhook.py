@@ -1,6 +1,8 @@
 """The admission webhooks end to end: the chart installed into a real kube-apiserver with webhook.url pointing at
 127.0.0.1 (tls.mode=provided, the test CA as caBundle), `meshplug operator` as a real process serving them with
-the webhook config the chart rendered; Pods created in the API server get the agent, bad WasmPlugins are refused."""
+the webhook config the chart rendered; Pods created in the API server get the agent (labelled pods, or every pod of
+a labelled namespace), the operator makes the namespace's agent Secret before it admits the first, bad WasmPlugins
+are refused. The whole chart running in a cluster is tests/integration/test_chart_only.py."""
 
 from __future__ import annotations
 
@@ -104,13 +106,41 @@ def test_opted_in_pod_gets_the_agent(plane: kube_mod.Kube, webhooks: operator_mo
     assert containers["app"]["readinessProbe"]["httpGet"]["port"] == 8080
     volumes = {v["name"]: v for v in stored["spec"]["volumes"]}
     sources = volumes[injection.CONFIG_VOLUME]["projected"]["sources"]
-    assert {"secret": {"name": "meshplug-agent-token"}} in sources
+    assert {"secret": {"name": "meshplug-agent"}} in sources
+    token = {"path": "sa-token", "audience": "meshplug", "expirationSeconds": 3600}
+    assert {"serviceAccountToken": token} in sources
     annotations = stored["metadata"]["annotations"]
     assert annotations[injection.PUSH_PORT_ANNOTATION] == "15010"
     cfg = agent_config.parse(json.loads(annotations[injection.CONFIG_ANNOTATION]), base=Path("/"))
     assert cfg.cluster("app").port == 8080 and cfg.listeners[0].port == 15006
+    assert cfg.push is not None and cfg.push.tls is not None
     assert cfg.modules.server is not None
-    assert cfg.modules.server.url == f"http://mp-meshplug-modules.{NS}.svc:8080"
+    assert cfg.modules.server.url == f"https://mp-meshplug-modules.{NS}.svc:8443"
+    # the Secret the agent mounts was made by the operator before the pod was admitted
+    status, secret = plane.request("GET", f"/api/v1/namespaces/{APPS}/secrets/meshplug-agent")
+    assert status == 200, secret
+    assert sorted(secret["data"]) == ["ca.crt", "tls.crt", "tls.key", "token"]
+    assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "meshplug"
+
+
+def test_every_pod_of_a_labelled_namespace_gets_the_agent_unless_it_opts_out(
+    plane: kube_mod.Kube, webhooks: operator_mod.Operator
+) -> None:
+    ns = "labelled"
+    body = {"metadata": {"name": ns, "labels": {injection.INJECT_KEY: "enabled"}}}
+    assert plane.request("POST", "/api/v1/namespaces", body)[0] in (201, 409)
+    assert plane.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": "default"}})[0] in (
+        201,
+        409,
+    )
+    pods = f"/api/v1/namespaces/{ns}/pods"
+    status, created = plane.request("POST", pods, _pod("any", labels={"app": "any"}))
+    assert status == 201, created
+    assert [c["name"] for c in created["spec"]["containers"]] == ["app", injection.CONTAINER_NAME]
+    status, created = plane.request("POST", pods, _pod("out", labels={injection.INJECT_KEY: "disabled"}))
+    assert status == 201, created
+    assert [c["name"] for c in created["spec"]["containers"]] == ["app"]
+    assert plane.request("GET", f"/api/v1/namespaces/{ns}/secrets/meshplug-agent")[0] == 200
 
 
 @pytest.mark.parametrize(

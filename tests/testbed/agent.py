@@ -152,3 +152,81 @@ def _wait_ready(agent: Agent, *, timeout: float, name: str) -> None:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {name} to answer /ready with LIVE")
         time.sleep(0.05)
+
+
+# --- an injected agent, as the kubelet would run it ------------------------------------------------------------
+
+#: the annotation the injection webhook sets (the operator adopts such pods' agent Secret)
+INJECTED_ANNOTATION = "meshplug.io/injected"
+
+
+def mount_identity(
+    kube: Any,
+    namespace: str,
+    pod: str,
+    directory: Path,
+    *,
+    secret: str = "meshplug-agent",
+    audience: str = "meshplug",
+    timeout: float = 60.0,
+) -> Path:
+    """What the kubelet projects into an injected agent's config volume, written into ``directory``: the agent
+    Secret the operator makes for ``namespace`` (waited for: the operator creates it, nobody else does) and a
+    ServiceAccount token bound to ``pod`` for ``audience`` (TokenRequest, as the kubelet asks for it)."""
+    import base64
+
+    found: dict[str, Any] = {}
+
+    def made() -> bool:
+        status, body = kube.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{secret}")
+        if status == 200:
+            found.update(body)
+        return status == 200
+
+    procs.wait_until(made, timeout=timeout, what=f"the operator to make Secret {namespace}/{secret}")
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, value in found["data"].items():
+        (directory / key).write_bytes(base64.b64decode(value))
+    status, body = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}")
+    if status != 200:
+        raise RuntimeError(f"pod {namespace}/{pod}: {status} {body}")
+    request = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {
+            "audiences": [audience],
+            "expirationSeconds": 3600,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": body["metadata"]["uid"]},
+        },
+    }
+    sa = body["spec"].get("serviceAccountName") or "default"
+    status, out = kube.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token", request)
+    if status != 201:
+        raise RuntimeError(f"TokenRequest for pod {namespace}/{pod}: {status} {out}")
+    (directory / "sa-token").write_text(out["status"]["token"])
+    return directory
+
+
+def injected_push(directory: Path, *, address: str, port: int) -> dict[str, Any]:
+    """The push section the injection webhook writes, with the mounted files of `mount_identity`."""
+    return {
+        "address": address,
+        "port": port,
+        "token_file": str(directory / "token"),
+        "tls": {
+            "cert_file": str(directory / "tls.crt"),
+            "key_file": str(directory / "tls.key"),
+            "client_ca_file": str(directory / "ca.crt"),
+        },
+    }
+
+
+def injected_modules(directory: Path, module_server_url: str) -> dict[str, Any]:
+    """The modules section the injection webhook writes (the operator's HTTPS module server)."""
+    return {
+        "server": {
+            "url": module_server_url,
+            "token_file": str(directory / "sa-token"),
+            "ca_file": str(directory / "ca.crt"),
+        }
+    }

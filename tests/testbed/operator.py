@@ -1,8 +1,10 @@
 """`meshplug operator` as a real process of the test bed: start it against a test-bed apiserver, read its metrics.
 
 Used by tests/integration/test_kube_operator.py, test_operator_*.py and bench/operator_scale.py. The operator
-listens on free 127.0.0.1 ports (module server, metrics, kopf liveness); readiness is /healthz of the metrics
-server (standby replicas and replicas missing permissions answer 503 there, so `ready` can be turned off).
+listens on free 127.0.0.1 ports (module server over HTTP and HTTPS, metrics, kopf liveness); its own namespace
+(where it keeps its identity Secret) is the lease namespace, else the first watched one, else ``default``;
+readiness is /healthz of the metrics server (standby replicas and replicas missing permissions answer 503 there,
+so `ready` can be turned off).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from tests.testbed import procs
 class Operator:
     proc: procs.Proc
     metrics_port: int
-    module_port: int
+    module_port: int  # plain HTTP: signed URLs
+    module_tls_port: int = 0  # HTTPS: agents with their ServiceAccount token
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -63,7 +66,10 @@ def start_operator(
     timeout: float = 60.0,
     env: Mapping[str, str] | None = None,
 ) -> Operator:
-    metrics_port, module_port = procs.free_port(), procs.free_port()
+    metrics_port, module_port, module_tls_port = procs.free_port(), procs.free_port(), procs.free_port()
+    # the operator's own namespace (its identity Secret): the lease namespace, else the first watched one
+    lease = next((a.split("=", 1)[1] for a in extra if a.startswith("--lease-namespace=")), "")
+    own = lease or (namespaces[0] if namespaces else "default")
     argv = [
         sys.executable,
         "-m",
@@ -74,12 +80,15 @@ def start_operator(
         f"--module-listen=127.0.0.1:{module_port}",
         "--module-host=127.0.0.1",
         f"--module-port={module_port}",
+        f"--module-tls-listen=127.0.0.1:{module_tls_port}",
+        f"--module-tls-port={module_tls_port}",
+        f"--identity-namespace={own}",
         f"--cache-dir={work_dir / 'cache'}",
         f"--metrics-listen=127.0.0.1:{metrics_port}",
         f"--liveness=http://127.0.0.1:{procs.free_port()}/healthz",
         *extra,
     ]
-    op = Operator(proc=None, metrics_port=metrics_port, module_port=module_port)  # type: ignore[arg-type]
+    op = Operator(proc=None, metrics_port=metrics_port, module_port=module_port, module_tls_port=module_tls_port)  # type: ignore[arg-type]
     op.proc = procs.start(
         name,
         argv,
@@ -87,6 +96,6 @@ def start_operator(
         ready=(op.healthy if wait_healthy else (lambda: procs.port_open(metrics_port))),
         timeout=timeout,
         env=env,
-        ports={"metrics": metrics_port, "modules": module_port},
+        ports={"metrics": metrics_port, "modules": module_port, "modules-tls": module_tls_port},
     )
     return op

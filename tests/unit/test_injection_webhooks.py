@@ -166,7 +166,7 @@ def test_register_without_config_registers_nothing(monkeypatch: pytest.MonkeyPat
     assert list(registry._webhooks.get_all_handlers()) == []
 
 
-def test_register_with_config_adds_both_webhooks(tmp_path: Path) -> None:
+def test_register_with_config_adds_every_webhook(tmp_path: Path) -> None:
     import kopf
 
     path = tmp_path / "webhook.yaml"
@@ -174,4 +174,6 @@ def test_register_with_config_adds_both_webhooks(tmp_path: Path) -> None:
     registry = kopf.OperatorRegistry()
     assert webhooks.register(registry, path) is not None
     ids = sorted(h.id for h in registry._webhooks.get_all_handlers())
-    assert ids == sorted([webhooks.INJECT_PATH, webhooks.VALIDATE_PATH, webhooks.VALIDATE_TE_PATH])
+    assert ids == sorted(
+        [webhooks.INJECT_PATH, webhooks.INJECT_NAMESPACE_PATH, webhooks.VALIDATE_PATH, webhooks.VALIDATE_TE_PATH]
+    )
