@@ -15,7 +15,7 @@ rules in a Role in the operator's own namespace.
     cluster  core                 pods                get,list,watch
     cluster  core                 configmaps          get,list,create,patch,delete
     cluster  core                 secrets             get,create,update
-    cluster  core                 events              create,patch
+    cluster  core                 events              create,get,patch
     cluster  apps                 deployments         get,list,watch,patch
     cluster  apps                 statefulsets        get,list,watch,patch
     cluster  apps                 daemonsets          get,list,watch,patch

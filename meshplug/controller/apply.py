@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import hashlib
 import json
 import threading
 import urllib.parse
@@ -24,6 +25,8 @@ import kubernetes
 from meshplug import errors, spec
 
 FIELD_MANAGER = "meshplug"
+#: Event series remembered in memory (their counts); beyond it the memory is dropped and rebuilt from the API
+_MAX_EVENT_SERIES = 10_000
 
 # (apiVersion, kind) -> plural; the kinds the operator reads or writes
 _PLURALS = {
@@ -65,6 +68,8 @@ class Writer:
     def __init__(self, api: kubernetes.client.ApiClient) -> None:
         self._api = api
         self._count_lock = threading.Lock()
+        self._events_lock = threading.Lock()
+        self._events: dict[tuple[str, str], int] = {}  # (namespace, Event name) -> the count last written
         self._requests: collections.Counter[str] = collections.Counter()
 
     def requests(self) -> dict[str, int]:
@@ -212,21 +217,35 @@ class Writer:
         self._call("PATCH", path, body={"status": dict(status)}, content_type="application/merge-patch+json")
 
     def event(self, involved: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:
-        """Record a core/v1 Event on ``involved`` (a WasmPlugin body, or any object with apiVersion/kind)."""
+        """Record a core/v1 Event on ``involved`` (a WasmPlugin body, or any object with apiVersion/kind).
+
+        One Event per (object, type, reason), as client-go's recorder aggregates them: a repeat raises its
+        ``count`` and moves ``lastTimestamp`` (and takes the newest message) instead of adding an Event per
+        retry. The Event's name is derived from that key, so a restarted operator finds its series again.
+        """
         meta = involved["metadata"]
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        kind = involved.get("kind", spec.KIND)
+        kind_type = "Warning" if warning else "Normal"
+        series = hashlib.sha256(f"{meta.get('uid', '')}\0{kind}\0{kind_type}\0{reason}".encode()).hexdigest()[:16]
+        name = f"{meta['name'][:200]}.{series}"
+        namespace = meta["namespace"]
+        with self._events_lock:
+            count = self._events.get((namespace, name))
+        if count is not None and self._bump_event(namespace, name, count + 1, now, message):
+            return
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "metadata": {"name": name, "namespace": namespace},
             "involvedObject": {
                 "apiVersion": involved.get("apiVersion", f"{spec.API_GROUP}/{spec.API_VERSION}"),
-                "kind": involved.get("kind", spec.KIND),
+                "kind": kind,
                 "name": meta["name"],
-                "namespace": meta["namespace"],
+                "namespace": namespace,
                 "uid": meta.get("uid", ""),
             },
-            "type": "Warning" if warning else "Normal",
+            "type": kind_type,
             "reason": reason,
             "message": message[:1024],
             "source": {"component": "meshplug-operator"},
@@ -234,4 +253,30 @@ class Writer:
             "lastTimestamp": now,
             "count": 1,
         }
-        self._call("POST", resource_path("v1", "Event", meta["namespace"]), body=body)
+        try:
+            self._call("POST", resource_path("v1", "Event", namespace), body=body)
+        except errors.ApplyError as exc:
+            if exc.reason != "AlreadyExists":
+                raise
+            existing = self.get("v1", "Event", namespace, name) or {}  # a series this process has not seen yet
+            self._bump_event(namespace, name, int(existing.get("count") or 1) + 1, now, message)
+            return
+        with self._events_lock:
+            self._events[(namespace, name)] = 1
+
+    def _bump_event(self, namespace: str, name: str, count: int, now: str, message: str) -> bool:
+        """Count one more occurrence of an existing Event; False when it is gone (Events expire)."""
+        patch = {"count": count, "lastTimestamp": now, "message": message[:1024]}
+        try:
+            self.merge_patch("v1", "Event", namespace, name, patch)
+        except errors.ApplyError as exc:
+            if exc.reason != "NotFound":
+                raise
+            with self._events_lock:
+                self._events.pop((namespace, name), None)
+            return False
+        with self._events_lock:
+            if len(self._events) >= _MAX_EVENT_SERIES:
+                self._events.clear()  # a bound on memory; a forgotten series is found again by its name
+            self._events[(namespace, name)] = count
+        return True

@@ -60,6 +60,11 @@ def _refused(kube: kube_mod.Kube, ns: str, name: str, message: str) -> dict[str,
     return obj
 
 
+def _event_counts(kube: kube_mod.Kube, ns: str, name: str) -> list[tuple[str, int]]:
+    _, out = kube.request("GET", f"/api/v1/namespaces/{ns}/events")
+    return [(e["reason"], int(e.get("count") or 1)) for e in out["items"] if e["involvedObject"]["name"] == name]
+
+
 @pytest.mark.usefixtures("wasmplugin_crd", "envoyfilter_crd")
 def test_verification_key_gates_rollout(
     kube: kube_mod.Kube, signed_operator: tuple[str, Registry], cosign: CosignKit
@@ -86,6 +91,13 @@ def test_verification_key_gates_rollout(
         obj = _wait_condition(kube, ns, name, "Ready", status="True", reason="Applied")
         assert obj["status"]["digest"] == "sha256:" + hashlib.sha256(module).hexdigest()
     _refused(kube, ns, "unsigned", "has no cosign signature")
+    # the retries add no Events: one series for (plugin, SignatureInvalid), its count rising
+    procs.wait_until(
+        lambda: next(c for r, c in _event_counts(kube, ns, "unsigned") if r == "SignatureInvalid") >= 2,
+        timeout=60,
+        what="the SignatureInvalid Event counted again",
+    )
+    assert [r for r, _ in _event_counts(kube, ns, "unsigned")].count("SignatureInvalid") == 1
     _refused(kube, ns, "otherkey", "none verifies under key")
     _refused(kube, ns, "nokey", "--require-signatures")
     for name in ("unsigned", "otherkey", "nokey"):  # nothing rolled out for them
