@@ -216,6 +216,7 @@ def run_operator(
         renewer.start()
 
     queue = workqueue.WorkQueue()
+    reconciler.metrics.queue_depth = queue.pending
     idx = index.Index()
     reconciler.enqueue = lambda key, after: queue.add(key, after=after)
     workers = workqueue.Workers(queue, _work(reconciler, queue, idx, opts), opts.workers).start()

@@ -1,17 +1,23 @@
 """The operator's Prometheus metrics and the small HTTP server that serves them (``/metrics``, ``/healthz``).
 
-Recorded by `meshplug.controller.reconcile` (reconciles, pushes, pods ready) and read from `apply.Writer`
-(API requests) and `fetch.FetchMetrics` (module supply, appended as is); served by `meshplug operator
---metrics-listen`. Text exposition format, no client library::
+Recorded by `meshplug.controller.reconcile` (reconciles, validation, per-plugin Ready and pod counts), the agent
+delivery path (pushes) and `handlers` (leader, work queue); read from `apply.Writer` (API requests) and
+`fetch.FetchMetrics` (module supply, appended as is); served by `meshplug operator --metrics-listen`. Text
+exposition (`meshplug.prometheus`), no client library::
 
-    meshplug_operator_reconciles_total{result}            ok | retry | permanent | error
-    meshplug_operator_pushes_total{result}                ack | nack | unreachable | unauthorized
-    meshplug_operator_pods_ready{namespace,plugin}        selected pods whose data plane confirmed the digest
-    meshplug_operator_pods_selected{namespace,plugin}     selected pods
-    meshplug_operator_api_requests_total{method}          Kubernetes API requests sent by the operator's writer
-    meshplug_operator_leader                              1 while this replica holds the Lease
-    meshplug_operator_healthy                             0 when the last reconcile was refused by the API (RBAC)
-    meshplug_wasm_*                                       module supply (meshplug.fetch)
+    meshplug_operator_reconciles_total{result}                    ok | retry | permanent | error
+    meshplug_operator_reconcile_duration_seconds{result}          histogram of one reconcile
+    meshplug_operator_validate_duration_seconds                   histogram of the proxy-wasm ABI check
+    meshplug_operator_pushes_total{result}                        ack | nack | unreachable | unauthorized
+    meshplug_operator_push_duration_seconds{result}               histogram of one push to one agent
+    meshplug_operator_workqueue_depth                             keys queued or being reconciled
+    meshplug_operator_plugin_ready{namespace,plugin}              1 while the plugin's Ready condition is True
+    meshplug_operator_pods_ready{namespace,plugin}                selected pods whose data plane confirmed the digest
+    meshplug_operator_pods_selected{namespace,plugin}             selected pods
+    meshplug_operator_api_requests_total{method}                  Kubernetes API requests sent by the operator
+    meshplug_operator_leader                                      1 while this replica holds the Lease
+    meshplug_operator_healthy                                     0 when the last reconcile was refused by the API
+    meshplug_wasm_*                                               module supply (meshplug.fetch.metrics)
 
 ``/healthz`` answers 200 while healthy, 503 with the reason otherwise (e.g. a missing RBAC permission).
 """
@@ -23,37 +29,62 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from meshplug import prometheus
 from meshplug.serving import ServerThread
 
 Key = tuple[str, str]
 
 
 class Metrics:
-    """Counters and gauges; thread-safe."""
+    """Counters, gauges and histograms; thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._reconciles: dict[str, int] = {r: 0 for r in ("ok", "retry", "permanent", "error")}
         self._pushes: dict[str, int] = {r: 0 for r in ("ack", "nack", "unreachable", "unauthorized")}
         self._pods: dict[Key, tuple[int, int]] = {}
+        self._ready: dict[Key, bool] = {}
+        self.reconcile_seconds = prometheus.Histogram(
+            "meshplug_operator_reconcile_duration_seconds", "Duration of one WasmPlugin reconcile, by result."
+        )
+        self.validate_seconds = prometheus.Histogram(
+            "meshplug_operator_validate_duration_seconds", "Duration of the proxy-wasm ABI check of one module."
+        )
+        self.push_seconds = prometheus.Histogram(
+            "meshplug_operator_push_duration_seconds", "Duration of one config push to one agent, by result."
+        )
+        #: the work queue's depth (set by the handlers once the queue exists)
+        self.queue_depth: Callable[[], int] = lambda: 0
         self.leader = False
         self.unhealthy: str = ""  # why the operator is unhealthy ("" when healthy)
 
-    def reconciled(self, result: str) -> None:
+    def reconciled(self, result: str, seconds: float | None = None) -> None:
         with self._lock:
             self._reconciles[result] = self._reconciles.get(result, 0) + 1
+        if seconds is not None:
+            self.reconcile_seconds.observe(seconds, result=result)
 
-    def pushed(self, result: str) -> None:
+    def validated(self, seconds: float) -> None:
+        self.validate_seconds.observe(seconds)
+
+    def pushed(self, result: str, seconds: float | None = None) -> None:
         with self._lock:
             self._pushes[result] = self._pushes.get(result, 0) + 1
+        if seconds is not None:
+            self.push_seconds.observe(seconds, result=result)
 
     def pods(self, key: Key, ready: int, total: int) -> None:
         with self._lock:
             self._pods[key] = (ready, total)
 
+    def ready(self, key: Key, ready: bool) -> None:
+        with self._lock:
+            self._ready[key] = ready
+
     def forget(self, key: Key) -> None:
         with self._lock:
             self._pods.pop(key, None)
+            self._ready.pop(key, None)
 
     def reconciles(self, result: str) -> int:
         with self._lock:
@@ -61,35 +92,67 @@ class Metrics:
 
     def exposition(self, requests: dict[str, int]) -> str:
         with self._lock:
-            reconciles, pushes, pods = dict(self._reconciles), dict(self._pushes), dict(self._pods)
+            reconciles, pushes = dict(self._reconciles), dict(self._pushes)
+            pods, ready = dict(self._pods), dict(self._ready)
+
+        def per_plugin(values: dict[Key, float]) -> list[tuple[prometheus.Labels, float]]:
+            return [((("namespace", ns), ("plugin", name)), v) for (ns, name), v in sorted(values.items())]
+
         lines = [
-            "# HELP meshplug_operator_reconciles_total WasmPlugin reconciles by result.",
-            "# TYPE meshplug_operator_reconciles_total counter",
-            *(f'meshplug_operator_reconciles_total{{result="{r}"}} {n}' for r, n in sorted(reconciles.items())),
-            "# HELP meshplug_operator_pushes_total Config pushes to agents by result.",
-            "# TYPE meshplug_operator_pushes_total counter",
-            *(f'meshplug_operator_pushes_total{{result="{r}"}} {n}' for r, n in sorted(pushes.items())),
-            "# HELP meshplug_operator_pods_ready Selected pods whose data plane confirmed the plugin's digest.",
-            "# TYPE meshplug_operator_pods_ready gauge",
-            *(
-                f'meshplug_operator_pods_ready{{namespace="{ns}",plugin="{n}"}} {r}'
-                for (ns, n), (r, _) in sorted(pods.items())
+            *prometheus.family(
+                "meshplug_operator_reconciles_total",
+                "counter",
+                "WasmPlugin reconciles by result.",
+                [((("result", r),), n) for r, n in sorted(reconciles.items())],
             ),
-            "# HELP meshplug_operator_pods_selected Pods a WasmPlugin selects.",
-            "# TYPE meshplug_operator_pods_selected gauge",
-            *(
-                f'meshplug_operator_pods_selected{{namespace="{ns}",plugin="{n}"}} {t}'
-                for (ns, n), (_, t) in sorted(pods.items())
+            *self.reconcile_seconds.lines(),
+            *self.validate_seconds.lines(),
+            *prometheus.family(
+                "meshplug_operator_pushes_total",
+                "counter",
+                "Config pushes to agents by result.",
+                [((("result", r),), n) for r, n in sorted(pushes.items())],
             ),
-            "# HELP meshplug_operator_api_requests_total Kubernetes API requests sent by the operator's writer.",
-            "# TYPE meshplug_operator_api_requests_total counter",
-            *(f'meshplug_operator_api_requests_total{{method="{m}"}} {n}' for m, n in sorted(requests.items())),
-            "# HELP meshplug_operator_leader 1 while this replica holds the leader Lease.",
-            "# TYPE meshplug_operator_leader gauge",
-            f"meshplug_operator_leader {int(self.leader)}",
-            "# HELP meshplug_operator_healthy 0 while the API refuses the operator something it needs.",
-            "# TYPE meshplug_operator_healthy gauge",
-            f"meshplug_operator_healthy {int(not self.unhealthy)}",
+            *self.push_seconds.lines(),
+            *prometheus.family(
+                "meshplug_operator_workqueue_depth",
+                "gauge",
+                "WasmPlugin keys queued or being reconciled.",
+                [((), self.queue_depth())],
+            ),
+            *prometheus.family(
+                "meshplug_operator_plugin_ready",
+                "gauge",
+                "1 while the WasmPlugin's Ready condition is True, else 0.",
+                per_plugin({k: float(v) for k, v in ready.items()}),
+            ),
+            *prometheus.family(
+                "meshplug_operator_pods_ready",
+                "gauge",
+                "Selected pods whose data plane confirmed the plugin's digest.",
+                per_plugin({k: r for k, (r, _) in pods.items()}),
+            ),
+            *prometheus.family(
+                "meshplug_operator_pods_selected",
+                "gauge",
+                "Pods a WasmPlugin selects.",
+                per_plugin({k: t for k, (_, t) in pods.items()}),
+            ),
+            *prometheus.family(
+                "meshplug_operator_api_requests_total",
+                "counter",
+                "Kubernetes API requests sent by the operator's writer.",
+                [((("method", m),), n) for m, n in sorted(requests.items())],
+            ),
+            *prometheus.family(
+                "meshplug_operator_leader", "gauge", "1 while this replica holds the leader Lease.", [((), self.leader)]
+            ),
+            *prometheus.family(
+                "meshplug_operator_healthy",
+                "gauge",
+                "0 while the API refuses the operator something it needs.",
+                [((), not self.unhealthy)],
+            ),
         ]
         return "\n".join(lines) + "\n"
 

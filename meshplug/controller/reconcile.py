@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -101,18 +102,19 @@ class Reconciler:
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             self._retries.pop(key, None)
             return None  # gone, or the delete handler (finalizer) is cleaning up
+        started = time.monotonic()
         try:
             self.reconcile(body, self._retries.get(key, 0))
         except status.Retry as exc:
-            self.metrics.reconciled("retry")
+            self.metrics.reconciled("retry", time.monotonic() - started)
             n = self._retries.get(key, 0)
             self._retries[key] = n + 1
             return exc.delay
         except status.Permanent:
-            self.metrics.reconciled("permanent")
+            self.metrics.reconciled("permanent", time.monotonic() - started)
             self._retries.pop(key, None)
             return None
-        self.metrics.reconciled("ok")
+        self.metrics.reconciled("ok", time.monotonic() - started)
         self._retries.pop(key, None)
         with self._lock:
             self._forbidden.pop(key, None)
@@ -158,6 +160,9 @@ class Reconciler:
             new["pods"] = status.pods_block(ready, total)
             new["failingPods"] = [dict(f) for f in failing][: limits.MAX_FAILING_PODS_REPORTED]
             self.metrics.pods((meta["namespace"], meta["name"]), ready, total)
+        ready_condition = next((c for c in conditions if c.type == status.READY), None)
+        if ready_condition is not None:
+            self.metrics.ready((meta["namespace"], meta["name"]), ready_condition.status == "True")
         if event is not None:
             warning, reason, message = event
             self.writer.event(body, warning=warning, reason=reason, message=message)
@@ -296,7 +301,11 @@ class Reconciler:
 
     def _validate(self, plugin: spec.PluginSpec, artifact: fetch.Artifact) -> model.Module:
         kind = validate.FilterKind.NETWORK if plugin.type is spec.PluginType.NETWORK else validate.FilterKind.HTTP
-        validate.validate(artifact.data, kind=kind)
+        started = time.monotonic()
+        try:
+            validate.validate(artifact.data, kind=kind)
+        finally:
+            self.metrics.validated(time.monotonic() - started)
         return model.Module(sha256=artifact.sha256, data=artifact.data)
 
     def _fetch(self, plugin: spec.PluginSpec) -> fetch.Artifact:

@@ -146,14 +146,15 @@ class Fetcher:
         request = _Request(url, scheme, ref, creds, key, pin, always, progress, tuple(keys))
         key_ids = ",".join(sorted(k.key_id for k in keys))
         flight = f"{key}\0{pin or ''}\0{'always' if always else 'ifnotpresent'}\0{key_ids}"
+        started = time.monotonic()
         try:
             artifact, shared = self._flights.do(flight, lambda: self._fetch(request))
         except errors.FetchError as exc:
-            self.metrics.record_fetch(exc.reason)
+            self.metrics.record_fetch(exc.reason, time.monotonic() - started)
             raise
         self.metrics.record_lookup(hit=artifact.from_cache or shared)
         if not artifact.from_cache and not shared:
-            self.metrics.record_fetch(Reason.SUCCESS)
+            self.metrics.record_fetch(Reason.SUCCESS, time.monotonic() - started)
         return artifact
 
     def _fetch(self, req: _Request) -> Artifact:

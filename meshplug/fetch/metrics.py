@@ -4,6 +4,7 @@ The `Fetcher` records into a `FetchMetrics`; the operator's (or agent's) /metric
 `exposition()` to its own output. Names follow Istio's agent with a `meshplug_` prefix:
 
     meshplug_wasm_remote_fetch_total{result=...}   remote fetches by outcome (success or a FetchError reason)
+    meshplug_wasm_fetch_duration_seconds{result}   histogram of remote fetches (signature checks included)
     meshplug_wasm_cache_lookup_total{hit=...}      fetch calls answered from the cache (true) or not (false)
     meshplug_wasm_cache_entries                    modules in the cache
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from meshplug import prometheus
 from meshplug.fetch.artifact import Reason
 
 
@@ -24,10 +26,15 @@ class FetchMetrics:
         self._fetches: dict[str, int] = dict.fromkeys(Reason.ALL, 0)
         self._lookups = {"true": 0, "false": 0}
         self._entries = entries
+        self.fetch_seconds = prometheus.Histogram(
+            "meshplug_wasm_fetch_duration_seconds", "Duration of remote wasm module fetches, by result."
+        )
 
-    def record_fetch(self, result: str) -> None:
+    def record_fetch(self, result: str, seconds: float | None = None) -> None:
         with self._lock:
             self._fetches[result] = self._fetches.get(result, 0) + 1
+        if seconds is not None:
+            self.fetch_seconds.observe(seconds, result=result)
 
     def record_lookup(self, *, hit: bool) -> None:
         with self._lock:
@@ -52,6 +59,7 @@ class FetchMetrics:
             "# HELP meshplug_wasm_cache_lookup_total Wasm module requests answered from the cache (hit) or not.",
             "# TYPE meshplug_wasm_cache_lookup_total counter",
             *(f'meshplug_wasm_cache_lookup_total{{hit="{h}"}} {n}' for h, n in sorted(lookups.items())),
+            *self.fetch_seconds.lines(),
         ]
         if self._entries is not None:
             lines += [

@@ -17,7 +17,7 @@ from tests.guests import minimal
 from tests.integration.test_kube_operator import PLUGINS, _events, _plugin, _wait_condition
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
-from tests.testbed import procs
+from tests.testbed import procs, promtext
 from tests.testbed.fixtures_cosign import CosignKit
 from tests.testbed.registry import Registry
 
@@ -28,7 +28,7 @@ UNSIGNED = minimal.passthrough('(data (i32.const 2048) "unsigned v2")')
 @pytest.fixture
 def signed_operator(
     kube: kube_mod.Kube, kube_namespace: str, registries: dict[str, Registry], tmp_path: Path
-) -> Iterator[tuple[str, Registry]]:
+) -> Iterator[tuple[str, Registry, operator_mod.Operator]]:
     """The operator (CRDs applied by the test's usefixtures) with --require-signatures and no trusted key."""
     registry = registries["plain"]
     op = operator_mod.start_operator(
@@ -38,7 +38,7 @@ def signed_operator(
         extra=[f"--insecure-registry={registry.host}", "--require-signatures"],
     )
     try:
-        yield kube_namespace, registry
+        yield kube_namespace, registry, op
     finally:
         op.stop()
         print(op.proc.log()[-6000:])
@@ -67,9 +67,9 @@ def _event_counts(kube: kube_mod.Kube, ns: str, name: str) -> list[tuple[str, in
 
 @pytest.mark.usefixtures("wasmplugin_crd", "envoyfilter_crd")
 def test_verification_key_gates_rollout(
-    kube: kube_mod.Kube, signed_operator: tuple[str, Registry], cosign: CosignKit
+    kube: kube_mod.Kube, signed_operator: tuple[str, Registry, operator_mod.Operator], cosign: CosignKit
 ) -> None:
-    ns, registry = signed_operator
+    ns, registry, op = signed_operator
     key = cosign.signer.pub.read_text()
     tag_digest = registry.push_layout("wasm-content-single-layer", "gate/app", "v1", SIGNED)
     cosign.cosign.sign(registry, f"gate/app@{tag_digest}", cosign.signer)
@@ -119,3 +119,13 @@ def test_verification_key_gates_rollout(
     assert _configmap_digest(kube, ns, "tagged") == good
     ef = f"/apis/networking.istio.io/v1alpha3/namespaces/{ns}/envoyfilters/meshplug-tagged"
     assert kube.request("GET", ef)[0] == 200
+
+    # the operator's metrics say the same, by plugin label, in Prometheus' conventions
+    status, text = op.get("/metrics")
+    assert status == 200
+    families = promtext.check(text)
+    assert promtext.value(families, "meshplug_operator_plugin_ready", namespace=ns, plugin="bundled") == 1
+    assert promtext.value(families, "meshplug_operator_plugin_ready", namespace=ns, plugin="unsigned") == 0
+    assert (promtext.value(families, "meshplug_wasm_remote_fetch_total", result="signature_invalid") or 0) >= 3
+    assert (promtext.value(families, "meshplug_operator_reconcile_duration_seconds_count", result="ok") or 0) >= 2
+    assert promtext.value(families, "meshplug_operator_workqueue_depth") is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -251,11 +252,12 @@ class AgentDelivery:
                 return state, False
             with self._lock:  # the module server lets this pod fetch these modules (before the push asks it to)
                 self._grants[pod_key] = frozenset(r.sha256 for r in resources) | self._grants.get(pod_key, frozenset())
+            started = time.monotonic()
             outcome = agents.push(target, version, resources, creds)
+            self.metrics.pushed(outcome.result.value, time.monotonic() - started)
             if outcome.result is agents.Result.ACK:
                 with self._lock:
                     self._grants[pod_key] = frozenset(r.sha256 for r in resources)
-            self.metrics.pushed(outcome.result.value)
             new = PodState(target, restarts, outcome)
             with self._lock:
                 self._pods[pod_key] = new
