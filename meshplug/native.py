@@ -42,19 +42,25 @@ EXTENSION_SOURCE = "meshplug/agent/_wasmcall.c"
 #: compiled by mypyc, in one group (calls between them are native)
 COMPILED: tuple[str, ...] = (
     "meshplug.agent.abi",
+    "meshplug.agent.bridge",
     "meshplug.agent.chain",
     "meshplug.agent.downstream",
     "meshplug.agent.exchange",
     "meshplug.agent.filtered",
     "meshplug.agent.filters",
     "meshplug.agent.framing",
+    "meshplug.agent.h2down",
+    "meshplug.agent.h2up",
+    "meshplug.agent.h2wire",
     "meshplug.agent.host",
     "meshplug.agent.hostapi",
     "meshplug.agent.pairs",
     "meshplug.agent.properties",
+    "meshplug.agent.relay",
     "meshplug.agent.server",
     "meshplug.agent.stats",
     "meshplug.agent.tcp",
+    "meshplug.agent.tunnel",
     "meshplug.agent.upstream",
     "meshplug.agent.wire",
 )
@@ -82,11 +88,13 @@ def expected() -> dict[str, object]:
     return {"abi": build_tag(), "sources": sources}
 
 
-def write_stamp(target_dir: Path) -> Path:
-    """Record, next to a fresh build in `target_dir` (a package root), what it was built from."""
+def write_stamp(target_dir: Path, built_from: dict[str, object] | None = None) -> Path:
+    """Record, next to a fresh build in `target_dir` (a package root), what it was built from: `built_from`
+    as `expected()` answered when the build read its sources (a source edited while the C compiles must
+    leave the build stale), else the sources now."""
     path = target_dir / "meshplug" / STAMP.name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(expected(), indent=1, sort_keys=True) + "\n")
+    path.write_text(json.dumps(expected() if built_from is None else built_from, indent=1, sort_keys=True) + "\n")
     return path
 
 

@@ -12,6 +12,7 @@ PACKAGES=(
   clang lld wasi-libc  # C plugins (wasm32-wasi)
   rustc cargo libstd-rust-dev-wasm32  # Rust plugins (Debian's wasm32 std)
   wrk nginx-light      # benchmarks: load generator and a fast upstream
+  nghttp2-client       # h2load / nghttp: raw HTTP/2 peers of the test bed and the h2 benchmark
   etcd-server          # storage of the test bed's kube-apiserver
   debootstrap curl     # the clean Debian root the image is built on (scripts/install-debian-root.sh)
   buildah              # builds the Dockerfile on it without a Docker engine (tests/integration/test_image_build.py)

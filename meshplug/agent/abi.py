@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from meshplug import abi_table, errors
-from meshplug.agent import chain, hostapi, pairs, properties, vm, wasi
+from meshplug.agent import chain, grpcwire, hostapi, pairs, properties, vm, wasi
 from meshplug.agent.chain import LocalReply
 from meshplug.agent.hostapi import (
     BAD_ARGUMENT,
@@ -394,20 +394,44 @@ class HostCalls:
         self.guest.write_u32(token_ptr, token)
         return OK
 
-    def proxy_grpc_call(self, *args: int) -> int:
-        return PARSE_FAILURE  # Envoy: an unknown gRPC service/cluster (no corpus plugin needs real gRPC)
+    def _grpc_open(  # noqa: PLR0917 -- the ABI's argument list
+        self, uptr: int, usize: int, sptr: int, ssize: int, mptr: int, msize: int, hptr: int, hsize: int,
+        message: bytes | None, timeout_ms: int, token_ptr: int,
+    ) -> int:  # fmt: skip
+        target = grpcwire.upstream_cluster(self.guest.read(uptr, usize))
+        service, method = self.guest.read(sptr, ssize), self.guest.read(mptr, msize)
+        metadata = [(k.lower(), v) for k, v in pairs.decode(self.guest.read(hptr, hsize))]
+        self.guest.write_u32(token_ptr, 0)  # validate the out-pointer before dispatch (cpp-host)
+        host = self.vm.host
+        ctx = self._ctx()
+        if target is None or ctx is None or (host.upstreams is not None and target[0] not in host.upstreams):
+            return PARSE_FAILURE  # Envoy: an upstream it cannot parse or resolve (the Rust SDK accepts this one)
+        token = host.dispatch_grpc(self.vm, ctx.root, target[0], target[1], service, method, metadata, message,
+                                   timeout_ms)  # fmt: skip
+        self.guest.write_u32(token_ptr, token)
+        return OK
 
-    def proxy_grpc_stream(self, *args: int) -> int:
-        return PARSE_FAILURE
+    def proxy_grpc_call(  # noqa: PLR0917 -- the ABI's argument list
+        self, uptr: int, usize: int, sptr: int, ssize: int, mptr: int, msize: int, hptr: int, hsize: int,
+        bptr: int, bsize: int, timeout_ms: int, token_ptr: int,
+    ) -> int:  # fmt: skip
+        message = self.guest.read(bptr, bsize)
+        return self._grpc_open(uptr, usize, sptr, ssize, mptr, msize, hptr, hsize, message, timeout_ms, token_ptr)
+
+    def proxy_grpc_stream(  # noqa: PLR0917 -- the ABI's argument list
+        self, uptr: int, usize: int, sptr: int, ssize: int, mptr: int, msize: int, hptr: int, hsize: int,
+        token_ptr: int,
+    ) -> int:  # fmt: skip
+        return self._grpc_open(uptr, usize, sptr, ssize, mptr, msize, hptr, hsize, None, 0, token_ptr)
 
     def proxy_grpc_send(self, token: int, ptr: int, size: int, end: int) -> int:
-        return NOT_FOUND
+        return self.vm.host.grpc_op(self.vm, token, "send", self.guest.read(ptr, size), bool(end))
 
     def proxy_grpc_cancel(self, token: int) -> int:
-        return NOT_FOUND
+        return self.vm.host.grpc_op(self.vm, token, "cancel")
 
     def proxy_grpc_close(self, token: int) -> int:
-        return NOT_FOUND
+        return self.vm.host.grpc_op(self.vm, token, "close")
 
     # -- shared data and queues --------------------------------------------------------------------
     def proxy_get_shared_data(self, kptr: int, ksize: int, ptr_ptr: int, size_ptr: int, cas_ptr: int) -> int:

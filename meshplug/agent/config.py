@@ -6,8 +6,13 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
     listeners:                       # where the proxy accepts traffic (>= 1)
       - {name: inbound, address: 127.0.0.1, port: 15006, cluster: app}     # type: http (the default)
       - {name: db, port: 15007, cluster: db, type: tcp}   # L4: bytes through the network plugins (tcp_proxy)
+      # http listeners serve HTTP/1.1 and HTTP/2 (h2c with prior knowledge; h2 by ALPN with tls) on one port;
+      # upgrade_types: the Upgrade protocols passed through (Envoy's upgrade_configs), others answer 403
+      - {name: ws, port: 15008, cluster: app, upgrade_types: [websocket]}
+      - {name: secure, port: 15443, cluster: app, tls: {cert_file: tls.crt, key_file: tls.key}}
     clusters:                        # named upstreams: the listeners' targets and plugins' http-call targets
       - {name: app, address: 127.0.0.1, port: 8080, connect_timeout_s: 5, response_timeout_s: 15}
+      - {name: grpc, port: 9090, http2: true}    # speaks HTTP/2 (h2c) upstream: many streams per connection
     admin: {address: 127.0.0.1, port: 15000}         # /ready /config_dump /stats/prometheus /logging
     push:                            # optional: where the operator pushes plugin sets
       address: 0.0.0.0
@@ -85,12 +90,24 @@ LISTENER_TYPES = ("http", "tcp")
 
 
 @dataclass(frozen=True)
+class ListenerTls:
+    """A listener's TLS (Envoy's DownstreamTlsContext): serving certificate chain and key, PEM files; ALPN
+    offers h2 and http/1.1."""
+
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True)
 class Listener:
     name: str
     address: str
     port: int
     cluster: str
     type: str = "http"
+    #: Upgrade protocols passed through to the cluster (Envoy's upgrade_configs[].upgrade_type, lower-case)
+    upgrade_types: tuple[str, ...] = ()
+    tls: ListenerTls | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,9 @@ class Cluster:
     connect_timeout_s: float = limits.UPSTREAM_CONNECT_TIMEOUT_S
     response_timeout_s: float = limits.UPSTREAM_RESPONSE_TIMEOUT_S
     max_idle_connections: int = limits.UPSTREAM_MAX_IDLE_CONNECTIONS
+    #: the cluster speaks HTTP/2 (h2c with prior knowledge): Envoy's typed_extension_protocol_options
+    #: envoy.extensions.upstreams.http.v3.HttpProtocolOptions explicit_http_config.http2_protocol_options
+    http2: bool = False
 
 
 @dataclass(frozen=True)
@@ -323,6 +343,29 @@ def _match(raw: Any, where: str) -> Any:
     return raw
 
 
+def _upgrade_types(raw: Any, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(t, str) and re.fullmatch(r"[!-~]+", t) for t in raw):
+        raise errors.ConfigError(f"{where}.upgrade_types must be a list of protocol tokens (e.g. [websocket])")
+    return tuple(dict.fromkeys(t.lower() for t in raw))
+
+
+def _listener_tls(raw: Any, where: str, base: Path) -> ListenerTls | None:
+    if raw is None:
+        return None
+    obj = _obj(raw, f"{where}.tls")
+    _keys(obj, {"cert_file", "key_file"}, f"{where}.tls")
+    tls = ListenerTls(
+        cert_file=_path(base, _str(obj, "cert_file", f"{where}.tls")),
+        key_file=_path(base, _str(obj, "key_file", f"{where}.tls")),
+    )
+    for f in (tls.cert_file, tls.key_file):
+        if not f.is_file():
+            raise errors.ConfigError(f"{where}.tls: {f} is not a readable file")
+    return tls
+
+
 def _modules(raw: Any, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]) -> Modules:
     obj = _obj(raw, "modules")
     _keys(obj, {"cache_dir", "file_roots", "server"}, "modules")
@@ -412,9 +455,12 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
         obj = _obj(c, where)
         _keys(
             obj,
-            {"name", "address", "port", "connect_timeout_s", "response_timeout_s", "max_idle_connections"},
+            {"name", "address", "port", "connect_timeout_s", "response_timeout_s", "max_idle_connections", "http2"},
             where,
         )
+        http2 = obj.get("http2", False)
+        if not isinstance(http2, bool):
+            raise errors.ConfigError(f"{where}.http2 must be true or false, got {http2!r}")
         idle = obj.get("max_idle_connections", limits.UPSTREAM_MAX_IDLE_CONNECTIONS)
         if isinstance(idle, bool) or not isinstance(idle, int) or idle < 0:
             raise errors.ConfigError(f"{where}.max_idle_connections must be a non-negative integer")
@@ -426,6 +472,7 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
                 connect_timeout_s=_seconds(obj, "connect_timeout_s", where, limits.UPSTREAM_CONNECT_TIMEOUT_S),
                 response_timeout_s=_seconds(obj, "response_timeout_s", where, limits.UPSTREAM_RESPONSE_TIMEOUT_S),
                 max_idle_connections=idle,
+                http2=http2,
             )
         )
     names = [c.name for c in clusters]
@@ -439,7 +486,7 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
     for i, item in enumerate(raw_listeners):
         where = f"listeners[{i}]"
         obj = _obj(item, where)
-        _keys(obj, {"name", "address", "port", "cluster", "type"}, where)
+        _keys(obj, {"name", "address", "port", "cluster", "type", "upgrade_types", "tls"}, where)
         cluster = _str(obj, "cluster", where)
         kind = _str(obj, "type", where, "http")
         if kind not in LISTENER_TYPES:
@@ -453,6 +500,8 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
                 port=_port(obj, where),
                 cluster=cluster,
                 type=kind,
+                upgrade_types=_upgrade_types(obj.get("upgrade_types"), where),
+                tls=_listener_tls(obj.get("tls"), where, base),
             )
         )
 

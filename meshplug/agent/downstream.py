@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
@@ -21,8 +22,11 @@ import httptools
 
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, wire
+from meshplug.agent.bridge import EMPTY_CHAIN, H2UpExchange
 from meshplug.agent.exchange import Exchange
 from meshplug.agent.filtered import FilteredExchange
+from meshplug.agent.h2down import PREFACE, H2Downstream
+from meshplug.agent.tunnel import Tunnel
 from meshplug.agent.upstream import Pool, Upstream
 
 if TYPE_CHECKING:
@@ -32,9 +36,15 @@ if TYPE_CHECKING:
 class Downstream(asyncio.Protocol):
     """One client connection: parse requests, queue them, serve them in order."""
 
-    def __init__(self, proxy: Proxy, pool: Pool) -> None:
+    def __init__(self, proxy: Proxy, pool: Pool, upgrade_types: tuple[str, ...] = ()) -> None:
         self.proxy = proxy
         self.pool = pool
+        #: Upgrade tokens this listener passes through (Envoy's upgrade_configs); others get 403
+        self.upgrade_types = upgrade_types
+        self._tunnel_head = b""  # an allowed upgrade's request head, sent once the parser stops at it
+        #: the first bytes are not in yet: they tell HTTP/2 (the connection preface) from HTTP/1.1
+        self.sniffing = True
+        self._sniffed = b""
         self.opts = opts = proxy.cfg.http
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -92,6 +102,10 @@ class Downstream(asyncio.Protocol):
         self.proxy.stats.downstream_cx_active += 1
         if self.opts.max_connection_duration_s:
             self._end_at = self.proxy.loop.time() + self.opts.max_connection_duration_s
+        ssl_object = transport.get_extra_info("ssl_object")
+        if isinstance(ssl_object, ssl.SSLObject) and ssl_object.selected_alpn_protocol() == "h2":
+            self._to_h2(b"", tls=True)
+            return
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -110,6 +124,10 @@ class Downstream(asyncio.Protocol):
         self.proxy.connection_closed()
 
     def data_received(self, data: bytes) -> None:
+        if self.sniffing:
+            data = self._sniff(data)
+            if not data:
+                return
         if self._stopped:
             return
         self._parsing = True
@@ -137,10 +155,13 @@ class Downstream(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # only an h2c upgrade gets here (on_headers_complete refuses the others): served as HTTP/1.1, the
-            # bytes after its head are the next request, for a fresh parser
-            self.parser = httptools.HttpRequestParser(self)
             offset = int(exc.args[0]) if exc.args else len(data)
+            if self._tunnel_head:  # an upgrade the listener allows: the connection becomes a tunnel
+                self._start_tunnel(data[offset:])
+                return
+            # an h2c upgrade (on_headers_complete refuses the others): served as HTTP/1.1, the bytes after its
+            # head are the next request, for a fresh parser
+            self.parser = httptools.HttpRequestParser(self)
             if offset < len(data):
                 self._feed(data[offset:])
 
@@ -162,6 +183,66 @@ class Downstream(asyncio.Protocol):
             if self._in_head:
                 self._refuse_now(framing.Refusal(431, b"Request Header Fields Too Large"))
                 return
+
+    def _sniff(self, data: bytes) -> bytes:
+        """The connection's first bytes: the HTTP/2 preface hands the connection over (returns b""), a part of
+        it waits for more; anything else is HTTP/1.1 (returned to be parsed)."""
+        buf = self._sniffed + data if self._sniffed else data
+        if buf[:24] == PREFACE:
+            tls = self.transport is not None and isinstance(self.transport.get_extra_info("ssl_object"), ssl.SSLObject)
+            self._to_h2(buf, tls=tls)
+            return b""
+        if len(buf) < 24 and PREFACE.startswith(buf):
+            self._sniffed = buf
+            return b""
+        self.sniffing = False
+        self._sniffed = b""
+        return buf
+
+    def _to_h2(self, data: bytes, *, tls: bool) -> None:
+        """Hand the connection to the HTTP/2 downstream (prior knowledge, or ALPN h2 over TLS)."""
+        self.sniffing = False
+        self._stopped = True
+        transport = self.transport
+        assert transport is not None
+        proxy = self.proxy
+        self._drop_timer()
+        proxy.connections.discard(self)
+        conn = H2Downstream(proxy, self.pool, proxy.h2pools.get(self.pool.cluster.name), tls=tls)
+        transport.set_protocol(conn)
+        conn.take_over(transport, data, self.peer, self.local, self.id)
+
+    def _tunnel(self, method: bytes, path: bytes, headers: wire.Headers) -> bool:
+        """`Connection: upgrade` with Upgrade tokens this listener allows (Envoy's upgrade_configs): the request
+        is the head of a tunnel, started when the parser stops at the head's end (True: no exchange)."""
+        offered = [v.strip().lower().decode("latin-1") for n, v in headers if n == b"upgrade"]
+        if not offered or offered == ["h2c"] or self.queue or not all(t in self.upgrade_types for t in offered):
+            return False
+        self.proxy.stats.downstream_rq_total += 1
+        lines = [b"%b %b HTTP/1.1\r\n" % (method, path)]
+        lines += [b"%b: %b\r\n" % h for h in headers]
+        if not any(n == b"x-request-id" for n, _ in headers):
+            lines.append(b"x-request-id: %b\r\n" % wire.REQUEST_IDS.new())
+        lines.append(b"\r\n")
+        self._tunnel_head = b"".join(lines)
+        return True
+
+    def _start_tunnel(self, rest: bytes) -> None:
+        """Hand the connection to a tunnel (the upgrade's head, then `rest`, go to the cluster first)."""
+        transport = self.transport
+        self._stopped = True
+        if transport is None or self.closed:
+            return
+        self._drop_timer()
+        self.proxy.connections.discard(self)
+        Tunnel(self.proxy, self.pool).start(transport, self._tunnel_head, rest)
+        self._tunnel_head = b""
+
+    def _drop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._idle_at = self._stream_at = self._end_at = 0.0
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -259,6 +340,8 @@ class Downstream(asyncio.Protocol):
         chunked = te is not None and self._check(framing.chunked, te)
         if hosts > 1 or (hosts and not framing.authority_ok(host)):
             self._refuse(400, framing.BAD_REQUEST)  # RFC 9112 3.2 (stricter than Envoy, which merges them)
+        if upgrade and self.upgrade_types and self._tunnel(method, path, headers):
+            return
         if upgrade and self._upgrade(headers):
             drop = drop | {b"http2-settings"}
         else:
@@ -282,6 +365,8 @@ class Downstream(asyncio.Protocol):
         proxy.stats.downstream_rq_active += 1
 
         filters = proxy.filters
+        if filters is None and self.pool.cluster.http2:
+            filters = EMPTY_CHAIN  # an HTTP/2 cluster: the request goes as a header list (bridge.H2UpExchange)
         if filters is not None:
             # the chain's form in one pass (names are lower-case already): pseudo-headers first, Host folded
             # into :authority as Envoy's HTTP/1 codec does, hop-by-hop headers dropped; and the upstream head
@@ -302,7 +387,7 @@ class Downstream(asyncio.Protocol):
                     framed = True
                 chain_headers.append(h)
                 lines.append(b"%b: %b\r\n" % h)
-            fx = FilteredExchange(
+            fx = (H2UpExchange if self.pool.cluster.http2 else FilteredExchange)(
                 self, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
             )
             self.current = fx

@@ -339,34 +339,10 @@ class FilteredExchange(Exchange):
 
     def _up_head_lines(self, headers: Sequence[tuple[bytes, bytes]]) -> list[bytes] | None:
         """The upstream head of headers a plugin changed; None when one of them cannot be written."""
-        method = path = authority = host = None
-        out = [b""]  # the request line and host go first, once the pseudo-headers are known
-        for name, value in headers:
-            if not framing.field_ok(name, value):
-                return None
-            if name[:1] == b":":
-                if name == b":method":
-                    method = method or value
-                elif name == b":path":
-                    path = path or value
-                elif name == b":authority":
-                    authority = authority or value
-                continue
-            if name in wire.HOP_BY_HOP and not (name == b"te" and value.strip().lower() == b"trailers"):
-                continue
-            if name == b"host":
-                host = value if host is None else host
-                continue
-            out.append(b"%b: %b\r\n" % (name, value))
-        method = method or self.method
-        if not framing.field_ok(method, b"") or (path is not None and b" " in path):
+        head = framing.request_head_lines(headers, self.method, wire.HOP_BY_HOP)
+        if head is None:
             return None
-        self.method = method
-        authority = authority if authority is not None else host
-        if authority is not None:
-            out[0] = b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path or b"/", authority)
-        else:
-            out[0] = b"%b %b HTTP/1.1\r\n" % (method, path or b"/")
+        self.method, out = head
         return out
 
     def _send_up_data(self, data: bytes, end_stream: bool) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from meshplug import errors, limits, protocol
-from meshplug.agent import chain, host, loader, lua, server
+from meshplug.agent import chain, grpccall, host, loader, lua, server
 
 log = logging.getLogger("meshplug.agent.filters")
 
@@ -35,6 +35,7 @@ class Driver:
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._grpc: dict[int, grpccall.GrpcClientCall] = {}  # plugins' open gRPC calls and streams
 
     def wakeup(self) -> None:
         """The host has new work; may be called from the loader's worker thread."""
@@ -57,6 +58,8 @@ class Driver:
                 task = self.loop.create_task(self._call(h, call))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            for work in h.take_grpc_work():
+                self._grpc_work(work)
             h.run_deferred()
             due = h.next_timer()
             if due is not None and due <= time.monotonic():
@@ -78,8 +81,10 @@ class Driver:
         if outcome is None:
             result = None
         else:
-            status, headers, body = outcome
-            result = host.HttpCalloutResult(headers=((b":status", str(status).encode()), *headers), body=body)
+            status, headers, body, trailers = outcome
+            result = host.HttpCalloutResult(
+                headers=((b":status", str(status).encode()), *headers), body=body, trailers=tuple(trailers)
+            )
         h.complete_http_call(call.id, result)
         self.run()
 
@@ -88,11 +93,42 @@ class Driver:
         outcome = await self.proxy.http_call(call.cluster, call.headers, call.body, timeout_s)
         if self.closed:
             return
-        rt.complete_http_call(call.id, outcome)
+        rt.complete_http_call(call.id, None if outcome is None else outcome[:3])
         self.run()
+
+    # gRPC calls: the host's work performed, their outcome handed back (grpccall.Events)
+    def _grpc_work(self, work: host.GrpcWork) -> None:
+        if isinstance(work, host.GrpcCallout):
+            call = grpccall.GrpcClientCall(work.id, _GrpcEvents(self), stream=work.message is None)
+            self._grpc[work.id] = call
+            path = b"/%b/%b" % (work.service, work.method)
+            proxy = self.proxy
+            call.start(
+                proxy.pools[work.cluster],
+                proxy.h2pools.get(work.cluster),
+                work.authority or work.cluster,
+                path,
+                work.metadata,
+                work.message,
+                work.timeout_ms,
+            )
+            return
+        live = self._grpc.get(work.id)
+        if live is None:
+            return
+        if isinstance(work, host.GrpcSend):
+            live.send(work.message, work.end_stream)
+        elif work.cancel:
+            self._grpc.pop(work.id, None)
+            live.cancel()
+        else:
+            live.half_close()
 
     def close(self) -> None:
         self.closed = True
+        for live in self._grpc.values():
+            live.cancel()
+        self._grpc.clear()
         if self._timer is not None:
             self._timer.cancel()
         for task in self._tasks:
@@ -101,6 +137,48 @@ class Driver:
             self.host.close()
         if self.lua is not None:
             self.lua.close()
+
+
+class _GrpcEvents:
+    """A gRPC call's outcome to the host (grpccall.Events), then the driver runs what the plugin asked for."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    def _host(self) -> host.Host | None:
+        d = self.driver
+        return None if d.closed else d.host
+
+    def _after(self) -> None:
+        self.driver.loop.call_soon(self.driver.run)
+
+    def initial_metadata(self, call_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        h = self._host()
+        if h is not None:
+            h.grpc_initial_metadata(call_id, headers)
+            self._after()
+
+    def message(self, call_id: int, message: bytes) -> None:
+        live = self.driver._grpc.get(call_id)
+        if live is not None and not live.stream:
+            self.driver._grpc.pop(call_id, None)
+        h = self._host()
+        if h is not None:
+            h.grpc_message(call_id, message)
+            self._after()
+
+    def trailing_metadata(self, call_id: int, trailers: list[tuple[bytes, bytes]]) -> None:
+        h = self._host()
+        if h is not None:
+            h.grpc_trailing_metadata(call_id, trailers)
+            self._after()
+
+    def close(self, call_id: int, status: int, message: bytes) -> None:
+        self.driver._grpc.pop(call_id, None)
+        h = self._host()
+        if h is not None:
+            h.grpc_close(call_id, status, message)
+            self._after()
 
 
 _METRIC_CHARS: Final = re.compile(r"[^a-zA-Z0-9_]")

@@ -101,3 +101,39 @@ def field_ok(name: bytes, value: bytes) -> bool:
     if name[:1] == b":":
         return _TOKEN.fullmatch(name[1:]) is not None
     return _TOKEN.fullmatch(name) is not None
+
+
+def request_head_lines(
+    headers: Sequence[tuple[bytes, bytes]], default_method: bytes, hop_by_hop: frozenset[bytes]
+) -> tuple[bytes, list[bytes]] | None:
+    """An HTTP/1.1 request head from a header list in the chain's form (pseudo-headers first): (method, [request
+    line + host, one line per header]) without the blank line, hop-by-hop headers dropped but TE: trailers;
+    None when a field cannot be written (CR, LF, NUL, a bad name, a space in :path)."""
+    method = path = authority = host = None
+    out = [b""]  # the request line and host go first, once the pseudo-headers are known
+    for name, value in headers:
+        if not field_ok(name, value):
+            return None
+        if name[:1] == b":":
+            if name == b":method":
+                method = method or value
+            elif name == b":path":
+                path = path or value
+            elif name == b":authority":
+                authority = authority or value
+            continue
+        if name in hop_by_hop and not (name == b"te" and value.strip().lower() == b"trailers"):
+            continue
+        if name == b"host":
+            host = value if host is None else host
+            continue
+        out.append(b"%b: %b\r\n" % (name, value))
+    method = method or default_method
+    if not field_ok(method, b"") or (path is not None and b" " in path):
+        return None
+    authority = authority if authority is not None else host
+    if authority is not None:
+        out[0] = b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path or b"/", authority)
+    else:
+        out[0] = b"%b %b HTTP/1.1\r\n" % (method, path or b"/")
+    return method, out

@@ -138,6 +138,42 @@ class HttpCalloutResult:
 
 
 @dataclass(frozen=True)
+class GrpcCallout:
+    """A gRPC call (`message` set) or stream (`message` None) a plugin opened (proxy_grpc_call /
+    proxy_grpc_stream); the shell performs it against `cluster` and reports back through `Host.grpc_*`."""
+
+    id: int
+    cluster: str
+    authority: str
+    service: bytes
+    method: bytes
+    metadata: tuple[chain.Header, ...]
+    message: bytes | None
+    timeout_ms: int
+
+
+@dataclass(frozen=True)
+class GrpcSend:
+    """A message on an open gRPC stream (proxy_grpc_send); `end_stream` half-closes it."""
+
+    id: int
+    message: bytes
+    end_stream: bool
+
+
+@dataclass(frozen=True)
+class GrpcEnd:
+    """proxy_grpc_cancel (`cancel`: reset, nothing more is delivered) or proxy_grpc_close on a stream
+    (half-close: the server's messages and close still arrive)."""
+
+    id: int
+    cancel: bool
+
+
+GrpcWork = GrpcCallout | GrpcSend | GrpcEnd
+
+
+@dataclass(frozen=True)
 class LogRecord:
     plugin: str
     level: int
@@ -855,6 +891,10 @@ class Host(hostapi.Host):
         self._callouts: dict[int, tuple[WasmVm, RootContext, int]] = {}
         self._outbox: list[HttpCallout] = []
         self._callout_ids = itertools.count(1)
+        #: open gRPC calls and streams: id -> (vm, root, token, is a stream); token -> id per VM
+        self._grpc: dict[int, tuple[WasmVm, RootContext, int, bool]] = {}
+        self._grpc_ids: dict[tuple[WasmVm, int], int] = {}
+        self._grpc_outbox: list[GrpcWork] = []
         self.foreign: dict[bytes, Callable[[bytes], bytes | None]] = {
             b"compress": zlib.compress,
             b"uncompress": zlib.decompress,
@@ -897,6 +937,9 @@ class Host(hostapi.Host):
             del self.vms[wvm.key]
         for cid in [c for c, (v, _, _) in self._callouts.items() if v is wvm]:
             del self._callouts[cid]
+        for gid in [g for g, (v, _, _, _) in self._grpc.items() if v is wvm]:
+            self._grpc_forget(gid)
+            self._grpc_outbox.append(GrpcEnd(gid, cancel=True))
 
     def close(self) -> None:
         for plugin in self.plugins:
@@ -965,6 +1008,117 @@ class Host(hostapi.Host):
             root.maps.pop(hostapi.MAP_HTTP_CALL_RESPONSE_TRAILERS, None)
             root.buffers.pop(hostapi.BUF_HTTP_CALL_RESPONSE_BODY, None)
 
+    # -- gRPC callouts -------------------------------------------------------------------------------
+    # As Envoy's wasm Context: a unary call ends with proxy_on_grpc_receive (success: the response message) or
+    # proxy_on_grpc_close (failure: status, message via proxy_get_status), never both, and no metadata
+    # callbacks; a stream gets initial metadata, each message, trailing metadata and a close. Tokens carry
+    # the kind in their low bits as in cpp-host (call 1, stream 2); everything is delivered on the root.
+    def dispatch_grpc(  # noqa: PLR0917 -- the call's parts
+        self,
+        wvm: hostapi.Vm,
+        root: hostapi.RootContext,
+        cluster: str,
+        authority: str,
+        service: bytes,
+        method: bytes,
+        metadata: Headers,
+        message: bytes | None,
+        timeout_ms: int,
+    ) -> int:
+        assert isinstance(wvm, WasmVm)
+        assert isinstance(root, RootContext)
+        stream = message is None
+        token = wvm.next_token() | (2 if stream else 1)
+        gid = next(self._callout_ids)
+        self._grpc[gid] = (wvm, root, token, stream)
+        self._grpc_ids[(wvm, token)] = gid
+        self._grpc_outbox.append(
+            GrpcCallout(gid, cluster, authority, service, method, tuple(metadata), message, timeout_ms)
+        )
+        self._wake()
+        return token
+
+    def grpc_op(self, wvm: hostapi.Vm, token: int, op: str, message: bytes = b"", end_stream: bool = False) -> int:
+        """proxy_grpc_send ("send") / _cancel ("cancel") / _close ("close") on `token`: an ABI status."""
+        assert isinstance(wvm, WasmVm)
+        gid = self._grpc_ids.get((wvm, token))
+        if gid is None:
+            return hostapi.NOT_FOUND
+        stream = self._grpc[gid][3]
+        if op == "send":
+            if not stream:
+                return hostapi.BAD_ARGUMENT
+            self._grpc_outbox.append(GrpcSend(gid, message, end_stream))
+        elif op == "close" and stream:
+            self._grpc_outbox.append(GrpcEnd(gid, cancel=False))
+        else:  # cancel, or close of a unary call (Envoy cancels it): nothing more is delivered
+            self._grpc_forget(gid)
+            self._grpc_outbox.append(GrpcEnd(gid, cancel=True))
+        self._wake()
+        return hostapi.OK
+
+    def take_grpc_work(self) -> list[GrpcWork]:
+        out, self._grpc_outbox = self._grpc_outbox, []
+        return out
+
+    def _grpc_forget(self, gid: int) -> None:
+        entry = self._grpc.pop(gid, None)
+        if entry is not None:
+            self._grpc_ids.pop((entry[0], entry[2]), None)
+
+    def _grpc_deliver(self, gid: int, callback: str, n: int, *, final: bool = False) -> None:
+        entry = self._grpc.get(gid)
+        if entry is None:
+            return
+        wvm, root, token, _ = entry
+        if final:
+            self._grpc_forget(gid)
+        if wvm.failed is not None or root.deleted:
+            return
+        wvm.invoke(root, callback, root.id, token, n)
+
+    def grpc_initial_metadata(self, gid: int, headers: Headers) -> None:
+        entry = self._grpc.get(gid)
+        if entry is None:
+            return
+        root = entry[1]
+        root.maps[hostapi.MAP_GRPC_INITIAL_METADATA] = list(headers)
+        try:
+            self._grpc_deliver(gid, "proxy_on_grpc_receive_initial_metadata", len(headers))
+        finally:
+            root.maps.pop(hostapi.MAP_GRPC_INITIAL_METADATA, None)
+
+    def grpc_message(self, gid: int, message: bytes) -> None:
+        """A response message: a stream's next one, or a unary call's answer (which ends the call)."""
+        entry = self._grpc.get(gid)
+        if entry is None:
+            return
+        root = entry[1]
+        root.buffers[hostapi.BUF_GRPC_RECEIVE] = message
+        try:
+            self._grpc_deliver(gid, "proxy_on_grpc_receive", len(message), final=not entry[3])
+        finally:
+            root.buffers.pop(hostapi.BUF_GRPC_RECEIVE, None)
+
+    def grpc_trailing_metadata(self, gid: int, trailers: Headers) -> None:
+        entry = self._grpc.get(gid)
+        if entry is None:
+            return
+        root = entry[1]
+        root.maps[hostapi.MAP_GRPC_TRAILING_METADATA] = list(trailers)
+        try:
+            self._grpc_deliver(gid, "proxy_on_grpc_receive_trailing_metadata", len(trailers))
+        finally:
+            root.maps.pop(hostapi.MAP_GRPC_TRAILING_METADATA, None)
+
+    def grpc_close(self, gid: int, status: int, message: bytes) -> None:
+        """The call or stream ended with `status` (a unary call: only when it failed)."""
+        entry = self._grpc.get(gid)
+        if entry is None:
+            return
+        entry[1].status = (status, message)
+        self._grpc_deliver(gid, "proxy_on_grpc_close", status, final=True)
+
     # -- timers --------------------------------------------------------------------------------------
     def set_tick_period(self, root: RootContext, period_ms: int) -> None:
         root.tick_period_ms = period_ms
@@ -1024,7 +1178,7 @@ class Host(hostapi.Host):
         return q.items.popleft() if q.items else None
 
     def pending(self) -> bool:
-        return bool(self._notify or self._outbox)
+        return bool(self._notify or self._outbox or self._grpc_outbox)
 
     def run_deferred(self) -> int:
         """Deliver queued proxy_on_queue_ready notifications (posted, never inline). Returns how many."""

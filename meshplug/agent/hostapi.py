@@ -177,6 +177,25 @@ class Host:
     ) -> int:
         raise NotImplementedError
 
+    def dispatch_grpc(  # noqa: PLR0917 -- the call's parts
+        self,
+        wvm: Vm,
+        root: RootContext,
+        cluster: str,
+        authority: str,
+        service: bytes,
+        method: bytes,
+        metadata: chain.Headers,
+        message: bytes | None,
+        timeout_ms: int,
+    ) -> int:
+        """A gRPC call (`message` set) or stream (None) to `cluster`: its token."""
+        raise NotImplementedError
+
+    def grpc_op(self, wvm: Vm, token: int, op: str, message: bytes = b"", end_stream: bool = False) -> int:
+        """proxy_grpc_send ("send") / _cancel ("cancel") / _close ("close") on `token`: an ABI status."""
+        raise NotImplementedError
+
     def register_queue(self, wvm: Vm, root: RootContext, name: bytes) -> int:
         raise NotImplementedError
 

@@ -27,14 +27,17 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Sequence
+import ssl
+from collections.abc import Callable, Sequence
 
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import config as agent_config
+from meshplug.agent import h2up, relay, upstream, wire
 from meshplug.agent import stats as agent_stats
-from meshplug.agent import upstream, wire
 from meshplug.agent.downstream import Downstream
+from meshplug.agent.h2down import H2Downstream
 from meshplug.agent.tcp import NetworkFilter, TcpDownstream
+from meshplug.agent.tunnel import Tunnel
 
 log = logging.getLogger("meshplug.agent.server")
 
@@ -53,19 +56,27 @@ class Proxy:
         self.loop = loop
         self.stats = agent_stats.Stats()
         self.pools = {c.name: upstream.Pool(c, self.stats, cfg.http) for c in cfg.clusters}
+        #: clusters that speak HTTP/2: their streams go here (`pools` keeps their HTTP/1.1 form unused)
+        self.h2pools = {c.name: h2up.H2Pool(c, self.stats) for c in cfg.clusters if c.http2}
         self.filters: agent_chain.Chain | None = None
         self.idle_timeout_s = cfg.http.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
         self.draining = False
         self.network_filters: tuple[NetworkFilter, ...] = ()  # swapped with `filters` by the push path
-        self.connections: set[Downstream | TcpDownstream] = set()
+        self.connections: set[Downstream | H2Downstream | TcpDownstream | Tunnel] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self._drained: asyncio.Event | None = None
 
     async def start(self) -> None:
         for lst in self.cfg.listeners:
             pool = self.pools[lst.cluster]
-            factory = functools.partial(TcpDownstream if lst.type == "tcp" else Downstream, self, pool)
-            server = await self.loop.create_server(factory, lst.address, lst.port, reuse_address=True, backlog=1024)
+            factory: Callable[[], asyncio.Protocol]
+            if lst.type == "tcp":
+                factory = functools.partial(TcpDownstream, self, pool)
+            else:
+                factory = functools.partial(Downstream, self, pool, lst.upgrade_types)
+            server = await self.loop.create_server(
+                factory, lst.address, lst.port, reuse_address=True, backlog=1024, ssl=self._tls(lst)
+            )
             self.servers.append(server)
             log.info(
                 "%s listener %s on %s:%d -> cluster %s",
@@ -75,6 +86,16 @@ class Proxy:
                 self.port_of(server),
                 lst.cluster,
             )
+
+    @staticmethod
+    def _tls(lst: agent_config.Listener) -> ssl.SSLContext | None:
+        """A TLS listener's context: its certificate, ALPN h2 then http/1.1 (Envoy's default for HCM)."""
+        if lst.tls is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(lst.tls.cert_file), str(lst.tls.key_file))
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        return ctx
 
     @staticmethod
     def port_of(server: asyncio.AbstractServer) -> int:
@@ -95,7 +116,9 @@ class Proxy:
             server.close()
         self._drained = asyncio.Event()
         for conn in list(self.connections):
-            if isinstance(conn, Downstream) and not conn.queue:
+            if isinstance(conn, H2Downstream):
+                conn.close()  # GOAWAY: streams in flight finish, new ones are refused
+            elif isinstance(conn, Downstream) and not conn.queue:
                 conn.close()  # idle HTTP connections end now; TCP ones run until they end or the deadline
         if self.connections:
             with contextlib.suppress(TimeoutError):
@@ -105,13 +128,20 @@ class Proxy:
             conn.abort()
         for pool in self.pools.values():
             pool.close()
+        for h2pool in self.h2pools.values():
+            h2pool.close()
         return clean
 
     async def http_call(
         self, cluster: str, headers: Sequence[tuple[bytes, bytes]], body: bytes, timeout_s: float
-    ) -> tuple[int, wire.Headers, bytes] | None:
-        """A plugin's HTTP call to a named cluster (`upstream.http_call`); None for an unknown cluster."""
+    ) -> tuple[int, wire.Headers, bytes, wire.Headers] | None:
+        """A plugin's HTTP call to a named cluster: (status, headers, body, trailers); None for an unknown
+        cluster or a failure. HTTP/2 clusters get it as a stream (`relay.call`), others over HTTP/1.1."""
         pool = self.pools.get(cluster)
         if pool is None:
             return None
-        return await upstream.http_call(pool, headers, body, timeout_s)
+        h2pool = self.h2pools.get(cluster)
+        if h2pool is not None:
+            return await relay.call(pool, h2pool, headers, body, (), timeout_s)
+        result = await upstream.http_call(pool, headers, body, timeout_s)
+        return None if result is None else (*result, [])

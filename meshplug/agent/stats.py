@@ -12,7 +12,9 @@ class Stats:
 
     NAMES = (
         "downstream_cx_active",
+        "downstream_cx_http2_total",
         "downstream_cx_total",
+        "downstream_cx_upgrades_total",
         "downstream_rq_1xx",
         "downstream_rq_2xx",
         "downstream_rq_3xx",
@@ -20,6 +22,8 @@ class Stats:
         "downstream_rq_5xx",
         "downstream_rq_active",
         "downstream_rq_local_reply",
+        "downstream_rq_rx_reset",
+        "downstream_rq_too_many_premature_resets",
         "downstream_rq_total",
         "upstream_cx_active",
         "upstream_cx_connect_fail",
@@ -33,6 +37,10 @@ class Stats:
     def __init__(self) -> None:
         self.downstream_cx_active = 0
         self.downstream_cx_total = 0
+        self.downstream_cx_http2_total = 0
+        self.downstream_cx_upgrades_total = 0
+        self.downstream_rq_rx_reset = 0
+        self.downstream_rq_too_many_premature_resets = 0
         self.downstream_rq_1xx = 0
         self.downstream_rq_2xx = 0
         self.downstream_rq_3xx = 0

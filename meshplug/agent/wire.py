@@ -113,6 +113,10 @@ PAUSE_UPSTREAM_FULL: Final = 1  # upstream write buffer full
 PAUSE_BUFFER: Final = 2  # body buffered while waiting for an upstream connection
 PAUSE_PIPELINE: Final = 4  # a complete request is waiting for its response
 
+#: `Sink.up_headers`' last argument when the response ended with its head (HTTP/2 HEADERS with END_STREAM)
+END_STREAM: Final = object()
+
+
 #: header fields never forwarded as trailers (framing, routing; RFC 9110 6.5.1)
 NOT_TRAILERS: Final = HOP_BY_HOP | {b"content-length", b"host"}
 LAST_CHUNK: Final = b"0\r\n\r\n"

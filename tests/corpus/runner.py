@@ -23,7 +23,7 @@ from typing import Protocol
 
 from tests.corpus import modules as corpus_modules
 from tests.corpus import spec as S
-from tests.testbed import upstream
+from tests.testbed import grpcpeer, upstream
 
 #: how long a case waits for expected logs or metrics to show up after its request
 SETTLE_S = 15.0
@@ -216,10 +216,34 @@ def _wait(plane: RunningPlane, wait_for: S.WaitFor | None) -> list[str]:
     return ["wait_for: " + p for p in _check_logs(plane, wait_for.logs, 0, wait_for.timeout_s)]
 
 
+def _run_grpc_case(case: S.HttpCase, call: S.GrpcRequest, plane: RunningPlane) -> list[str]:
+    since = len(plane.logs())
+    out = grpcpeer.call(plane.port, call.method, call.messages, metadata=call.metadata, timeout=call.timeout_s)
+    problems: list[str] = []
+    g = case.expect.grpc
+    if g is not None:
+        if g.status is not None and out.code.value[0] != g.status:
+            problems.append(
+                f"grpc status: expected {g.status}, got {out.code.value[0]} ({out.code.name}: {out.details!r})"
+            )
+        if g.message is not None and out.details != g.message:
+            problems.append(f"grpc message: expected {g.message!r}, got {out.details!r}")
+        if g.messages is not None and tuple(out.messages) != g.messages:
+            problems.append(f"grpc messages: expected {list(g.messages)}, got {out.messages}")
+        problems += _headers_problems("initial metadata", out.initial, g.initial_metadata, ())
+        problems += _headers_problems("trailing metadata", out.trailing, g.trailing_metadata, ())
+        problems += _headers_problems("metadata", out.initial + out.trailing, (), g.absent_metadata)
+    problems += _check_logs(plane, case.expect.logs, since, SETTLE_S)
+    problems += _check_metrics(plane, case.expect.metrics, SETTLE_S)
+    return problems
+
+
 def _run_http_case(case: S.HttpCase, plane: RunningPlane, echo: upstream.Service) -> list[str]:
     waited = _wait(plane, case.wait_for)
     if waited:
         return waited
+    if case.grpc is not None:
+        return _run_grpc_case(case, case.grpc, plane)
     case_id = f"c-{uuid.uuid4().hex[:12]}"
     extra = [(upstream.CASE_HEADER, case_id)]
     if case.upstream_response is not None:
@@ -283,7 +307,7 @@ def resolve_modules(spec: S.Spec) -> dict[str, Path]:
 
 def _start_services(spec: S.Spec, log_dir: Path) -> dict[str, upstream.Service]:
     services: dict[str, upstream.Service] = {}
-    wanted = [(S.UPSTREAM_CLUSTER, "echo" if spec.type == "http" else "tcp_echo")]
+    wanted = [(S.UPSTREAM_CLUSTER, spec.upstream if spec.type == "http" else "tcp_echo")]
     wanted += [(c.name, c.service) for c in spec.clusters]
     try:
         for name, kind in wanted:

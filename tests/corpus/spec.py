@@ -24,7 +24,12 @@ FILTERS_DIR = REPO_ROOT / "examples" / "filters"
 #: log levels of the proxy-wasm ABI (proxy_log), data-plane neutral spelling
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
 #: kinds of test-bed services a spec's cluster can name (tests/testbed/upstream.py implements them)
-SERVICE_KINDS = ("echo", "auth", "counter", "tcp_echo")
+SERVICE_KINDS = ("echo", "auth", "counter", "tcp_echo", "grpc")
+#: services that speak HTTP/2: their clusters are HTTP/2 clusters in every plane
+HTTP2_SERVICES = frozenset({"grpc"})
+#: what a spec's chain can route to (`upstream:`): an HTTP/1.1 echo, or the gRPC test service over HTTP/2
+UPSTREAM_KINDS = ("echo", "grpc")
+GRPC_METHODS = ("Unary", "ServerStream", "ClientStream", "Bidi")
 #: the cluster every request is routed to (http: an echo service, network: a tcp_echo service)
 UPSTREAM_CLUSTER = "upstream"
 DEFAULT_WAIT_S = 30.0
@@ -116,6 +121,27 @@ class HttpExpect:
     upstream_reached: bool | None  # False: `upstream: null` (must not be reached); None: not checked
     logs: tuple[LogExpect, ...]
     metrics: tuple[MetricExpect, ...]
+    grpc: GrpcExpect | None = None
+
+
+@dataclass(frozen=True)
+class GrpcRequest:
+    """A gRPC call of the test service (tests/testbed/grpcpeer.py) made with grpcio through the plane."""
+
+    method: str  # one of GRPC_METHODS
+    messages: tuple[bytes, ...]
+    metadata: tuple[tuple[str, str], ...]
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class GrpcExpect:
+    status: int | None  # the grpc-status the client saw (0 OK ... 16)
+    message: str | None  # its grpc-message
+    messages: tuple[bytes, ...] | None  # the response messages, in order
+    initial_metadata: tuple[tuple[str, str], ...]
+    trailing_metadata: tuple[tuple[str, str], ...]
+    absent_metadata: tuple[str, ...]  # in neither
 
 
 @dataclass(frozen=True)
@@ -131,6 +157,7 @@ class HttpCase:
     upstream_response: UpstreamResponse | None
     expect: HttpExpect
     wait_for: WaitFor | None
+    grpc: GrpcRequest | None = None  # a gRPC call instead of `request` (the spec's upstream is grpc)
 
 
 @dataclass(frozen=True)
@@ -177,6 +204,7 @@ class Spec:
     start_failures: tuple[StartFailure, ...]
     envoy_broken: str | None
     node: NodeSpec | None  # None: the plane's default node (Envoy: empty id and cluster, no metadata)
+    upstream: str = "echo"  # the service kind behind cluster `upstream` (UPSTREAM_KINDS)
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -418,10 +446,39 @@ def _body_expect(at: _At) -> tuple[bytes | None, bytes | None]:
     return at.opt_bytes("body"), at.opt_bytes("body_contains")
 
 
+def _grpc_request(where: str, raw: object) -> GrpcRequest:
+    g = _At(where, raw)
+    g.only("method", "messages", "metadata", "timeout_s")
+    method = g.str_("method", "Unary")
+    if method not in GRPC_METHODS:
+        raise SpecFormatError(f"{where}.method: {method!r} is not one of {list(GRPC_METHODS)}")
+    messages = tuple(m.encode() for m in g.str_list("messages"))
+    if not messages and method in ("Unary", "ServerStream"):
+        raise SpecFormatError(f"{where}.messages: a {method} call sends one message")
+    return GrpcRequest(
+        method=method, messages=messages, metadata=g.str_map("metadata", lower_keys=True),
+        timeout_s=g.number("timeout_s", 10.0),
+    )  # fmt: skip
+
+
+def _grpc_expect(where: str, raw: object) -> GrpcExpect:
+    g = _At(where, raw)
+    g.only("status", "message", "messages", "initial_metadata", "trailing_metadata", "absent_metadata")
+    return GrpcExpect(
+        status=g.opt_int("status", 0, 16),
+        message=g.opt_str("message"),
+        messages=tuple(m.encode() for m in g.str_list("messages")) if g.has("messages") else None,
+        initial_metadata=g.str_map("initial_metadata", lower_keys=True),
+        trailing_metadata=g.str_map("trailing_metadata", lower_keys=True),
+        absent_metadata=tuple(h.lower() for h in g.str_list("absent_metadata")),
+    )
+
+
 def _http_expect(where: str, raw: object) -> HttpExpect:
     e = _At(where, raw)
     e.only(
-        "status", "headers", "headers_match", "absent_headers", "body", "body_contains", "upstream", "logs", "metrics"
+        "status", "headers", "headers_match", "absent_headers", "body", "body_contains", "upstream", "logs", "metrics",
+        "grpc",
     )  # fmt: skip
     for name, pattern in e.str_map("headers_match"):
         try:
@@ -458,12 +515,23 @@ def _http_expect(where: str, raw: object) -> HttpExpect:
         upstream_reached=reached,
         logs=_logs(e, "logs"),
         metrics=_metrics(e, "metrics"),
+        grpc=_grpc_expect(f"{where}.grpc", e.raw["grpc"]) if e.raw.get("grpc") is not None else None,
     )
 
 
 def _http_case(where: str, raw: object) -> HttpCase:
     c = _At(where, raw)
-    c.only("name", "request", "upstream_response", "expect", "wait_for")
+    c.only("name", "request", "upstream_response", "expect", "wait_for", "grpc")
+    if c.has("grpc"):
+        if c.has("request") or c.has("upstream_response"):
+            raise SpecFormatError(f"{where}: a `grpc` case has no `request` or `upstream_response`")
+        expect = _http_expect(f"{where}.expect", c.raw.get("expect", {}))
+        if expect.status is not None or expect.body is not None or expect.upstream_reached is not None:
+            raise SpecFormatError(f"{where}.expect: a `grpc` case checks `grpc`, logs and metrics")
+        return HttpCase(
+            name=c.str_("name"), request=Request("POST", "/", (), ()), upstream_response=None, expect=expect,
+            wait_for=_wait_for(c), grpc=_grpc_request(f"{where}.grpc", c.raw["grpc"]),
+        )  # fmt: skip
     return HttpCase(
         name=c.str_("name"),
         request=_request(f"{where}.request", c.raw.get("request", {})),
@@ -505,8 +573,11 @@ def parse(raw: object, *, key: str, path: Path) -> Spec:
     top = _At(str(path), raw)
     top.only(
         "description", "type", "behaviours", "plugins", "clusters", "start_logs", "cases", "start_failures",
-        "envoy_broken", "node",
+        "envoy_broken", "node", "upstream",
     )  # fmt: skip
+    upstream_kind = top.str_("upstream", "echo")
+    if upstream_kind not in UPSTREAM_KINDS or (upstream_kind != "echo" and top.raw.get("type", "http") != "http"):
+        raise SpecFormatError(f"{path}.upstream: expected one of {list(UPSTREAM_KINDS)} (HTTP specs only)")
     kind = top.str_("type", "http")
     if kind not in ("http", "network"):
         raise SpecFormatError(f"{path}.type: expected 'http' or 'network', got {kind!r}")
@@ -535,6 +606,8 @@ def parse(raw: object, *, key: str, path: Path) -> Spec:
     if kind == "http":
         http_cases = tuple(_http_case(top.at("cases", i), c) for i, c in enumerate(cases))
         names = [c.name for c in http_cases]
+        if any(c.grpc is not None for c in http_cases) and upstream_kind != "grpc":
+            raise SpecFormatError(f"{path}.upstream: `grpc` cases need `upstream: grpc`")
     else:
         network_cases = tuple(_network_case(top.at("cases", i), c) for i, c in enumerate(cases))
         names = [c.name for c in network_cases]
@@ -584,6 +657,7 @@ def parse(raw: object, *, key: str, path: Path) -> Spec:
         start_failures=tuple(failures),
         envoy_broken=top.opt_str("envoy_broken"),
         node=_node(top),
+        upstream=upstream_kind,
     )
 
 

@@ -89,13 +89,21 @@ def base_config(
     state_dir: Path | None = None,
     drain_timeout_s: float | None = None,
     listener_type: str = "http",
+    http2_clusters: frozenset[str] = frozenset(),
+    upgrade_types: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    listener = {"name": "main", "address": "127.0.0.1", "port": port, "cluster": listener_cluster}
+    """An agent config: listener `main` on `port` to `listener_cluster`; `http2_clusters` speak HTTP/2."""
+    listener: dict[str, Any] = {"name": "main", "address": "127.0.0.1", "port": port, "cluster": listener_cluster}
     if listener_type != "http":
         listener["type"] = listener_type
+    if upgrade_types:
+        listener["upgrade_types"] = list(upgrade_types)
     raw: dict[str, Any] = {
         "listeners": [listener],
-        "clusters": [{"name": n, "address": "127.0.0.1", "port": p} for n, p in sorted(clusters.items())],
+        "clusters": [
+            {"name": n, "address": "127.0.0.1", "port": p, **({"http2": True} if n in http2_clusters else {})}
+            for n, p in sorted(clusters.items())
+        ],
         "admin": {"address": "127.0.0.1", "port": admin_port},
         "plugins": plugins or [],
     }

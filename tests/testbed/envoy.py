@@ -56,8 +56,12 @@ def socket_address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def static_cluster(name: str, port: int, *, connect_timeout: str = "2s") -> dict[str, Any]:
-    return {
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def static_cluster(name: str, port: int, *, connect_timeout: str = "2s", http2: bool = False) -> dict[str, Any]:
+    """A STATIC cluster on 127.0.0.1:`port`; `http2`: it speaks HTTP/2 (h2c), as the agent's `http2: true`."""
+    cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": connect_timeout,
@@ -66,13 +70,28 @@ def static_cluster(name: str, port: int, *, connect_timeout: str = "2s") -> dict
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(port)}}]}],
         },
     }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            HTTP_PROTOCOL_OPTIONS: {
+                "@type": f"type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
 
 
 def http_listener(
-    name: str, port: int, *, cluster: str, http_filters: Sequence[Mapping[str, Any]] = (), timeout: str = "15s"
+    name: str,
+    port: int,
+    *,
+    cluster: str,
+    http_filters: Sequence[Mapping[str, Any]] = (),
+    timeout: str = "15s",
+    upgrade_types: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """A listener with an http_connection_manager: `http_filters` then the router to `cluster`."""
-    hcm = {
+    """A listener with an http_connection_manager: `http_filters` then the router to `cluster`; HTTP/1.1 and
+    HTTP/2 (codec AUTO); `upgrade_types` allowed through (upgrade_configs, e.g. websocket)."""
+    hcm: dict[str, Any] = {
         "@type": HCM,
         "stat_prefix": name,
         "route_config": {
@@ -87,6 +106,8 @@ def http_listener(
         },
         "http_filters": [*http_filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
     }
+    if upgrade_types:
+        hcm["upgrade_configs"] = [{"upgrade_type": t} for t in upgrade_types]
     return {
         "name": name,
         "address": socket_address(port),

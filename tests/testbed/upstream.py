@@ -14,6 +14,7 @@ auth      HTTP/1.1. `authorization: Bearer NAME` -> 200 with `x-auth-user: NAME`
           -> 403; no/other authorization -> 401. Records the last request under `/__seen/_last`.
 counter   HTTP/1.1. The n-th request is answered 200 with body `n` and header `x-counter: n`.
 tcp_echo  TCP. Echoes every byte back; closes its side when the client half-closes.
+grpc      gRPC over h2c: the test service of tests/testbed/grpcpeer.py (started from there).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make `tests.testbed` importabl
 
 from tests.testbed import procs
 
-KINDS = ("echo", "auth", "counter", "tcp_echo")
+KINDS = ("echo", "auth", "counter", "tcp_echo", "grpc")
 CASE_HEADER = "x-echo-case"
 RESPOND_HEADER = "x-echo-respond"
 
@@ -240,6 +241,11 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
 def start_service(kind: str, *, log_dir: Path, name: str | None = None) -> Service:
     if kind not in KINDS:
         raise ValueError(f"unknown service kind {kind!r}; known: {KINDS}")
+    if kind == "grpc":
+        from tests.testbed import grpcpeer
+
+        server = grpcpeer.start_server(log_dir=log_dir, name=name or "grpc")
+        return Service(kind=kind, port=server.port, proc=server.proc)
     port = procs.free_port()
 
     def ready() -> bool:

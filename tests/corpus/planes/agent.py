@@ -56,6 +56,7 @@ def render(
         listener_cluster=S.UPSTREAM_CLUSTER,
         plugins=[plugin_entry(p, modules.get(p.module)) for p in spec.plugins],
         listener_type="http" if spec.type == "http" else "tcp",
+        http2_clusters=frozenset(name for name, ep in services.items() if ep.kind in S.HTTP2_SERVICES),
     )
     if spec.node is not None:
         raw["node"] = {"id": spec.node.id, "cluster": spec.node.cluster, "metadata": dict(spec.node.metadata)}

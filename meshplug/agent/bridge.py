@@ -1,0 +1,97 @@
+"""An HTTP/1.1 request to a cluster that speaks HTTP/2: `H2UpExchange`, the `FilteredExchange` whose upstream
+side is a stream (`meshplug.agent.relay.H2Request`) instead of a keep-alive connection.
+
+Created by `meshplug.agent.downstream.Downstream` for listeners whose cluster has `http2: true`, with or
+without plugins (no plugins: an empty chain, which passes every event through). The request's header list is
+already in the chain's form (pseudo-headers first, Host folded into :authority, hop-by-hop headers dropped),
+which is what an HTTP/2 request is made of; the response arrives per DATA frame through the same `Sink`
+callbacks an HTTP/1.1 connection uses, and leaves as HTTP/1.1 (chunked when it has no length, trailers in the
+last chunk).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from meshplug.agent import chain as agent_chain
+from meshplug.agent import relay, wire
+from meshplug.agent.filtered import FilteredExchange
+
+#: what plugins see when there are none: every event passes through
+EMPTY_CHAIN = agent_chain.Chain([])
+
+
+class H2UpExchange(FilteredExchange):
+    """A filtered exchange whose upstream is an HTTP/2 stream."""
+
+    __slots__ = ("req",)
+
+    req: relay.H2Request | None
+
+    def _send_up_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
+        self.req_lines = []
+        self.up_end = end_stream
+        h2pool = self.conn.proxy.h2pools[self.conn.pool.cluster.name]
+        req = self.req = relay.H2Request(h2pool, self)
+        req.send_headers(h2_request_headers(headers), end_stream)
+        pending, self.body_pending = self.body_pending, []
+        self.body_bytes_buffered = 0
+        for chunk in pending:
+            req.send_data(chunk, False)
+        if end_stream:
+            self._arm_timer()
+
+    def _send_up_data(self, data: bytes, end_stream: bool) -> None:
+        req = getattr(self, "req", None)
+        if req is None:
+            if data:
+                self.body_pending.append(data)
+            return
+        if self.up_end:
+            return
+        if data or end_stream:
+            req.send_data(data, end_stream)
+        if end_stream:
+            self.up_end = True
+            self._arm_timer()
+
+    def _send_up_trailers(self, trailers: tuple[tuple[bytes, bytes], ...]) -> None:
+        req = getattr(self, "req", None)
+        if req is None or self.up_end:
+            return
+        req.send_trailers(trailers)
+        self.up_end = True
+        self._arm_timer()
+
+    def _drop_upstream(self) -> None:
+        req = getattr(self, "req", None)
+        self.req = None
+        if req is not None:
+            req.cancel()
+
+    def attach(self, up: object) -> None:
+        raise AssertionError("an HTTP/2 cluster's exchange has no HTTP/1.1 connection")
+
+    def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: object) -> None:
+        req = getattr(self, "req", None)
+        if req is not None:
+            self.stream.set_upstream_fields(req.upstream_fields())
+        super().up_headers(status, reason, headers, parser)
+
+    def up_failed(self, reset_reason: str) -> None:
+        self.req = None
+        if reset_reason == wire.RESET_CONNECT_FAILURE:
+            self.proxy_reply(
+                503,
+                wire.reset_body(reset_reason),
+                wire.DETAILS_CONNECT,
+                agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE,
+            )
+            return
+        super().up_failed(reset_reason)
+
+
+def h2_request_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A chain-form request head as an HTTP/2 request: no hop-by-hop headers but TE: trailers, no Host
+    (:authority has it)."""
+    return [h for h in headers if (h[0] not in wire.HOP_BY_HOP and h[0] != b"host") or h == (b"te", b"trailers")]

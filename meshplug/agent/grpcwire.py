@@ -1,0 +1,172 @@
+"""gRPC's wire details the agent needs: length-prefixed message framing, the status codes, and the
+`envoy.config.core.v3.GrpcService` a plugin may name its upstream with.
+
+Used by the host's gRPC calls (`meshplug.agent.abi` parses the upstream, `meshplug.agent.grpccall` frames
+messages and reads the response). Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+OK: Final = 0
+CANCELLED: Final = 1
+UNKNOWN: Final = 2
+DEADLINE_EXCEEDED: Final = 4
+INTERNAL: Final = 13
+UNAVAILABLE: Final = 14
+
+#: HTTP status of a gRPC response that is not 200 -> grpc-status (Envoy's Grpc::Utility::httpToGrpcStatus)
+_HTTP_TO_GRPC: Final = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+#: messages larger than this are refused (grpc's default max receive size, 4 MiB)
+MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
+
+
+def http_to_grpc(status: int) -> int:
+    return _HTTP_TO_GRPC.get(status, UNKNOWN)
+
+
+def frame(message: bytes) -> bytes:
+    """One uncompressed gRPC message: flag 0, 4-byte big-endian length, the bytes."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+class Deframer:
+    """Splits a response body into messages as DATA arrives; `error` is set on a compressed or oversized one."""
+
+    __slots__ = ("buf", "error")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.error = ""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buf += data
+        out: list[bytes] = []
+        buf = self.buf
+        while len(buf) >= 5 and not self.error:
+            if buf[0] != 0:
+                self.error = "compressed gRPC message (no grpc-encoding was offered)"
+                break
+            n = int.from_bytes(buf[1:5], "big")
+            if n > MAX_MESSAGE_BYTES:
+                self.error = f"gRPC message of {n} bytes is larger than {MAX_MESSAGE_BYTES}"
+                break
+            if len(buf) < 5 + n:
+                break
+            out.append(bytes(buf[5 : 5 + n]))
+            del buf[: 5 + n]
+        return out
+
+    @property
+    def partial(self) -> bool:
+        """Bytes of an unfinished message are left (a truncated response)."""
+        return bool(self.buf)
+
+
+def status_of(headers: Sequence[tuple[bytes, bytes]]) -> tuple[int, bytes] | None:
+    """(grpc-status, grpc-message percent-decoded) from a trailers (or trailers-only) block, None if absent."""
+    code: int | None = None
+    message = b""
+    for name, value in headers:
+        if name == b"grpc-status" and code is None:
+            try:
+                code = int(value)
+            except ValueError:
+                code = UNKNOWN
+        elif name == b"grpc-message":
+            message = _percent_decode(value)
+    return None if code is None else (code, message)
+
+
+def _percent_decode(value: bytes) -> bytes:
+    out = bytearray()
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if c == 0x25 and i + 2 < len(value) and _hex(value[i + 1 : i + 3]):
+            out.append(int(value[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(c)
+            i += 1
+    return bytes(out)
+
+
+def _hex(pair: bytes) -> bool:
+    return len(pair) == 2 and all(c in b"0123456789abcdefABCDEF" for c in pair)
+
+
+# --- GrpcService (a plugin's upstream may be a serialized envoy.config.core.v3.GrpcService) -------------
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def _fields(data: bytes) -> list[tuple[int, int, bytes | int]]:
+    """(field number, wire type, value) of a protobuf message; raises ValueError when it is not one."""
+    out: list[tuple[int, int, bytes | int]] = []
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire_type == 0:
+            value, i = _varint(data, i)
+            out.append((number, 0, value))
+        elif wire_type == 2:
+            n, i = _varint(data, i)
+            if i + n > len(data):
+                raise ValueError("truncated field")
+            out.append((number, 2, data[i : i + n]))
+            i += n
+        elif wire_type in (1, 5):
+            size = 8 if wire_type == 1 else 4
+            if i + size > len(data):
+                raise ValueError("truncated field")
+            i += size
+        else:
+            raise ValueError(f"wire type {wire_type}")
+    return out
+
+
+def upstream_cluster(upstream: bytes) -> tuple[str, str] | None:
+    """The (cluster, authority) a plugin's gRPC upstream names: a serialized GrpcService with envoy_grpc
+    {cluster_name, authority} (tried first, as Envoy does), else the bytes as a plain cluster name; None
+    when it is neither (Envoy: ParseFailure)."""
+    try:
+        fields = _fields(upstream)
+    except ValueError:
+        fields = []
+    for number, wire_type, value in fields:
+        if number == 1 and wire_type == 2 and isinstance(value, bytes):  # envoy_grpc
+            cluster = authority = ""
+            try:
+                for n2, w2, v2 in _fields(value):
+                    if w2 == 2 and isinstance(v2, bytes):
+                        if n2 == 1:
+                            cluster = v2.decode()
+                        elif n2 == 2:
+                            authority = v2.decode()
+            except (ValueError, UnicodeDecodeError):
+                return None
+            return (cluster, authority) if cluster else None
+    try:
+        name = upstream.decode()
+    except UnicodeDecodeError:
+        return None
+    if not name or any(c.isspace() or not c.isprintable() for c in name):
+        return None
+    return name, ""

@@ -1,0 +1,741 @@
+"""The HTTP/2 downstream: a client connection speaking h2c (prior knowledge) or h2 (TLS, ALPN) --
+`H2Downstream` -- and each of its streams as one request/response through the proxy -- `H2Exchange`.
+
+A connection starts as `meshplug.agent.downstream.Downstream` (HTTP/1.1); when its first bytes are the
+HTTP/2 connection preface (or TLS negotiated "h2") it hands itself over here (`H2Downstream.take_over`). The
+`h2` library (sans-IO) does framing, HPACK and the protocol's checks; this module applies Envoy's limits
+(`limits.H2_*`: SETTINGS, rapid reset; the listener's `http:` options: header list size and count, stream
+idle timeout), runs each stream through the
+active plugin chain (as `chain.Stream` events: request headers with their pseudo-headers as received, body
+callbacks per DATA frame with the frame's END_STREAM, trailers both ways) and sends it to the listener's
+cluster over HTTP/1.1 or HTTP/2 (`meshplug.agent.relay`).
+
+Local replies are Envoy's (`chain.local_reply_headers`): a gRPC request (content-type application/grpc) gets
+a trailers-only response -- one HEADERS frame with END_STREAM carrying :status 200, grpc-status and
+grpc-message. A client resetting streams in a loop (rapid reset) loses its connection as in Envoy's
+premature-reset check; a request head beyond 60 KiB or 100 headers after HPACK decoding is reset; a header
+block that decodes past the hard bound (an HPACK bomb) ends the connection (GOAWAY ENHANCE_YOUR_CALM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from meshplug import limits
+from meshplug.agent import chain as agent_chain
+from meshplug.agent import h2wire, relay, wire
+from meshplug.agent.h2up import H2Pool
+from meshplug.agent.upstream import Pool
+
+if TYPE_CHECKING:
+    from meshplug.agent.server import Proxy
+
+log = logging.getLogger("meshplug.agent.h2down")
+
+Header = tuple[bytes, bytes]
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+_SERVER_CONFIG: Final = h2.config.H2Configuration(
+    client_side=False,
+    header_encoding=None,
+    validate_inbound_headers=True,
+    normalize_inbound_headers=True,
+    validate_outbound_headers=True,  # plugins edit what goes out: no CR/LF/NUL, no upper-case names
+    normalize_outbound_headers=False,
+)
+#: response headers that are meaningless (and forbidden) in HTTP/2
+_NOT_H2: Final = wire.HOP_BY_HOP
+_REQUEST_ID: Final = b"x-request-id"
+
+
+def server_settings() -> dict[h2.settings.SettingCodes | int, int]:
+    """The SETTINGS the agent announces to clients: Envoy 1.40's."""
+    return {
+        h2.settings.SettingCodes.HEADER_TABLE_SIZE: limits.H2_HEADER_TABLE_SIZE,
+        h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.H2_MAX_CONCURRENT_STREAMS,
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.H2_INITIAL_STREAM_WINDOW,
+    }
+
+
+def response_headers(status: int, headers: Sequence[Header]) -> list[Header]:
+    """An upstream response head as HTTP/2 sends it: :status first, hop-by-hop headers dropped."""
+    out: list[Header] = [(b":status", wire.STATUS_BYTES.get(status) or str(status).encode())]
+    out += [h for h in headers if h[0] not in _NOT_H2]
+    return out
+
+
+class H2Exchange:
+    """One stream: request in (chain optional), to the cluster, response back; the sink of its upstream."""
+
+    __slots__ = (
+        "conn",
+        "created",
+        "deadline",
+        "end_in",
+        "grpc",
+        "head",
+        "last_active",
+        "method",
+        "out",
+        "proxy_made",
+        "req_done",
+        "resp_done",
+        "resp_end_fed",
+        "resp_started",
+        "status",
+        "stream",
+        "unacked",
+        "up",
+        "up_end",
+        "up_paused",
+    )
+
+    def __init__(self, conn: H2Downstream, stream_id: int, headers: list[Header], end_stream: bool) -> None:
+        self.conn = conn
+        self.out = h2wire.OutStream(stream_id)
+        self.head = headers
+        self.method = b"GET"
+        for name, value in headers:
+            if name == b":method":
+                self.method = value
+                break
+        self.grpc = agent_chain.is_grpc_request(headers)
+        self.end_in = end_stream  # the client's side of the stream ended
+        self.req_done = end_stream
+        self.up: relay.UpRequest | None = None
+        self.up_end = False  # everything of the request went to the upstream
+        self.up_paused = False
+        self.unacked = 0
+        self.stream: agent_chain.Stream | None = None
+        self.status = 0
+        self.resp_started = False
+        self.resp_done = False
+        self.resp_end_fed = False
+        self.proxy_made = False
+        self.deadline = 0.0
+        self.created = self.last_active = conn.proxy.loop.time()
+
+    # --- request side ---
+    def start(self) -> None:
+        conn = self.conn
+        headers = self.head
+        if not any(name == _REQUEST_ID for name, _ in headers):
+            headers.append((_REQUEST_ID, wire.REQUEST_IDS.new()))
+        filters = conn.proxy.filters
+        end = self.req_done
+        if filters is None:
+            self._send_up_headers(headers, end)
+            return
+        stream = self.stream = filters.new_stream(conn.stream_info(), start_time_ns=time.time_ns())
+        stream.on_progress = self._progress
+        self.perform(stream.recv_request_headers(headers, end))
+
+    def request_data(self, data: bytes, end_stream: bool) -> None:
+        self.last_active = self.conn.proxy.loop.time()
+        if end_stream:
+            self.req_done = True
+        if self.resp_done:
+            return
+        stream = self.stream
+        if stream is None:
+            self._send_up_data(data, end_stream)
+        else:
+            self.perform(stream.recv_request_data(data, end_stream))
+
+    def request_trailers(self, trailers: list[Header]) -> None:
+        self.last_active = self.conn.proxy.loop.time()
+        self.req_done = True
+        if self.resp_done:
+            return
+        stream = self.stream
+        if stream is None:
+            self._send_up_trailers(trailers)
+        else:
+            self.perform(stream.recv_request_trailers(trailers))
+
+    def _send_up_headers(self, headers: Sequence[Header], end_stream: bool) -> None:
+        conn = self.conn
+        up = self.up = relay.open_request(conn.pool, conn.h2pool, self)
+        up.send_headers([h for h in headers if h[0] != b"te" or h[1].lower() == b"trailers"], end_stream)
+        if end_stream:
+            self._request_sent()
+
+    def _send_up_data(self, data: bytes, end_stream: bool) -> None:
+        up = self.up
+        if up is None or self.up_end:
+            return
+        up.send_data(data, end_stream)
+        if end_stream:
+            self._request_sent()
+
+    def _send_up_trailers(self, trailers: Sequence[Header]) -> None:
+        up = self.up
+        if up is None or self.up_end:
+            return
+        up.send_trailers(trailers)
+        self._request_sent()
+
+    def _request_sent(self) -> None:
+        self.up_end = True
+        conn = self.conn
+        self.deadline = deadline = conn.proxy.loop.time() + conn.pool.cluster.response_timeout_s
+        conn.wake_at(deadline)
+
+    # --- Sink: the response ---
+    def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None:
+        if self.resp_done:
+            return
+        self.last_active = self.conn.proxy.loop.time()
+        if 100 <= status < 200:
+            return
+        self.status = status
+        end = parser is wire.END_STREAM or self.method == b"HEAD" or status in (204, 304)
+        self.resp_end_fed = end
+        hdrs = response_headers(status, headers)
+        stream = self.stream
+        if stream is None:
+            self._send_down_headers(hdrs, end)
+            if end:
+                self._finish()
+            return
+        if self.up is not None:
+            stream.set_upstream_fields(self.up.upstream_fields())
+        self.perform(stream.recv_response_headers(hdrs, end))
+
+    def up_body(self, data: bytes) -> None:
+        if self.resp_done or self.resp_end_fed:
+            return
+        self.last_active = self.conn.proxy.loop.time()
+        stream = self.stream
+        if stream is None:
+            self.conn.send_data(self.out, data, False)
+        else:
+            self.perform(stream.recv_response_data(data, False))
+
+    def up_trailers(self, trailers: wire.Headers) -> None:
+        if self.resp_done or self.resp_end_fed:
+            return
+        self.resp_end_fed = True
+        trailers = [h for h in trailers if h[0] not in wire.NOT_TRAILERS]
+        stream = self.stream
+        if stream is None:
+            self._send_down_trailers(trailers)
+        else:
+            self.perform(stream.recv_response_trailers(trailers))
+
+    def up_complete(self) -> None:
+        self.up = None
+        if self.resp_done or self.resp_end_fed:
+            return
+        self.resp_end_fed = True
+        stream = self.stream
+        if stream is None:
+            self._send_down_data(b"", True)
+        else:
+            self.perform(stream.recv_response_data(b"", True))
+
+    def up_failed(self, reset_reason: str) -> None:
+        self.up = None
+        if self.resp_done:
+            return
+        stats = self.conn.proxy.stats
+        if self.resp_started:
+            stats.upstream_rq_reset += 1
+            self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return
+        if reset_reason == wire.RESET_CONNECT_FAILURE:
+            self.proxy_reply(
+                503,
+                wire.reset_body(reset_reason),
+                wire.DETAILS_CONNECT,
+                agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE,
+            )
+            return
+        stats.upstream_rq_reset += 1
+        status = 502 if reset_reason == wire.RESET_PROTOCOL else 503
+        flags = agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_TERMINATION if status == 503 else 0
+        self.proxy_reply(status, wire.reset_body(reset_reason), wire.reset_details(reset_reason), flags)
+
+    def up_pause(self) -> None:
+        self.up_paused = True
+
+    def up_resume(self) -> None:
+        if self.up_paused:
+            self.up_paused = False
+            if self.unacked:
+                self.conn.ack(self.out.id, self.unacked)
+                self.unacked = 0
+
+    # --- the chain ---
+    def _progress(self, _stream: agent_chain.Stream) -> None:
+        self.conn.proxy.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        if not self.resp_done and self.stream is not None:
+            self.perform(self.stream.take_outputs())
+
+    def perform(self, outputs: list[agent_chain.Output]) -> None:
+        for o in outputs:
+            if self.resp_done:
+                return
+            t = type(o)
+            if t is agent_chain.SendData:
+                d = cast(agent_chain.SendData, o)
+                if d.target is agent_chain.Target.UPSTREAM:
+                    self._send_up_data(d.data, d.end_stream)
+                else:
+                    self._send_down_data(d.data, d.end_stream)
+            elif t is agent_chain.SendHeaders:
+                h = cast(agent_chain.SendHeaders, o)
+                if h.target is agent_chain.Target.UPSTREAM:
+                    self._send_up_headers(list(h.headers), h.end_stream)
+                else:
+                    self._send_down_headers(h.headers, h.end_stream)
+                    if h.end_stream:
+                        self._finish()
+            elif t is agent_chain.SendTrailers:
+                tr = cast(agent_chain.SendTrailers, o)
+                if tr.target is agent_chain.Target.UPSTREAM:
+                    self._send_up_trailers(tr.trailers)
+                else:
+                    self._send_down_trailers(tr.trailers)
+            elif t is agent_chain.AbortUpstream:
+                self._drop_upstream()
+                self.up_end = True
+                self.deadline = 0.0
+            else:  # ResetStream
+                self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
+                return
+
+    # --- downstream writes ---
+    def _send_down_headers(self, headers: Sequence[Header], end_stream: bool) -> None:
+        out: list[Header] = []
+        status = 0
+        for raw_name, value in headers:
+            if raw_name[:1] == b":":
+                if raw_name == b":status" and not status:
+                    try:
+                        status = int(value)
+                    except ValueError:
+                        status = 502
+                continue
+            name = raw_name.lower()
+            if name in _NOT_H2:
+                continue
+            out.append((name, value))
+        status = status or 200
+        self.status = status
+        if self.proxy_made:
+            if not any(n == b"date" for n, _ in out):
+                out.append((b"date", wire.DATE.get()))
+            if not any(n == b"server" for n, _ in out):
+                out.append((b"server", b"meshplug"))
+        out.insert(0, (b":status", wire.STATUS_BYTES.get(status) or str(status).encode()))
+        self.resp_started = True
+        self.conn.send_headers(self.out, out, end_stream)
+
+    def _send_down_data(self, data: bytes, end_stream: bool) -> None:
+        self.conn.send_data(self.out, data, end_stream)
+        if end_stream:
+            self._finish()
+
+    def _send_down_trailers(self, trailers: Sequence[Header]) -> None:
+        self.conn.send_trailers(self.out, [(n.lower(), v) for n, v in trailers if n[:1] != b":"])
+        self._finish()
+
+    def proxy_reply(self, status: int, body: bytes, details: str, flags: int) -> None:
+        """A reply the proxy generates: through the plugins' response callbacks when there are plugins (as
+        Envoy's router sends its local replies), else straight to the client."""
+        if self.resp_done:
+            return
+        if self.resp_started:
+            self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return
+        self._drop_upstream()
+        self.up_end = True
+        self.deadline = 0.0
+        stats = self.conn.proxy.stats
+        stats.downstream_rq_local_reply += 1
+        self.proxy_made = True
+        stream = self.stream
+        reply = agent_chain.LocalReply(status, body=body, details=details)
+        if stream is None or stream.completed or stream.reset is not None or stream.local_reply is not None:
+            headers, body = agent_chain.local_reply_headers(reply, grpc=self.grpc)
+            headers = [h for h in headers if h[0] != b"content-length" or body]
+            self._send_down_headers(headers, not body)
+            if body:
+                self._send_down_data(body, True)
+            else:
+                self._finish()
+            return
+        stream.response_flags |= flags
+        progress, stream.on_progress = stream.on_progress, None  # the outputs are taken right here
+        try:
+            agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_local_reply(reply)
+        finally:
+            stream.on_progress = progress
+        self.perform(stream.take_outputs())
+
+    def _drop_upstream(self) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            up.cancel()
+
+    # --- endings ---
+    def timed_out(self) -> None:
+        self.deadline = 0.0
+        self.conn.proxy.stats.upstream_rq_timeout += 1
+        if self.resp_started:
+            self._drop_upstream()
+            self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
+        else:
+            self.proxy_reply(
+                504, wire.BODY_TIMEOUT, wire.DETAILS_TIMEOUT, agent_chain.RESPONSE_FLAG_UPSTREAM_REQUEST_TIMEOUT
+            )
+
+    def idle_timed_out(self) -> None:
+        """No frame either way for the stream idle timeout: 408 before the response started, else reset."""
+        if self.resp_started:
+            self._drop_upstream()
+            self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
+        else:
+            self.proxy_reply(408, b"stream timeout", "stream_idle_timeout", 0)
+
+    def reset(self, code: int) -> None:
+        """Reset the stream towards the client (and drop the upstream side)."""
+        if self.resp_done:
+            return
+        self._drop_upstream()
+        self.conn.reset_stream(self.out, code)
+        self._ended(counted=False)
+
+    def peer_reset(self) -> None:
+        """The client reset the stream."""
+        if self.resp_done:
+            return
+        self._drop_upstream()
+        self._ended(counted=False)
+
+    def _finish(self) -> None:
+        if self.resp_done:
+            return
+        self.conn.proxy.stats.count_status(self.status)
+        if not self.end_in:
+            # answered before the request ended: the rest of it is not wanted (RST_STREAM NO_ERROR)
+            self.conn.reset_after_response(self.out)
+        self._ended(counted=True)
+
+    def _ended(self, *, counted: bool) -> None:
+        self.resp_done = True
+        self.deadline = 0.0
+        stream = self.stream
+        if stream is not None:
+            stream.complete()
+            stream.on_progress = None
+        self.conn.stream_done(self)
+
+
+class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
+    """One HTTP/2 client connection: its streams, Envoy's limits, one timer."""
+
+    def __init__(self, proxy: Proxy, pool: Pool, h2pool: H2Pool | None, *, tls: bool = False) -> None:
+        super().__init__(h2.connection.H2Connection(config=_SERVER_CONFIG))
+        self.proxy = proxy
+        self.pool = pool
+        self.h2pool = h2pool
+        self.tls = tls
+        self.streams: dict[int, H2Exchange] = {}
+        self.peer: tuple[str, int] | None = None
+        self.local: tuple[str, int] | None = None
+        self.id = next(wire.CONNECTION_IDS)
+        self.closed = False
+        self.going_away = False
+        self.closed_streams = 0
+        self.premature_resets = 0
+        self._info: agent_chain.StreamInfo | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._idle_at = 0.0
+
+    @property
+    def queue(self) -> dict[int, H2Exchange]:
+        """Streams in flight (what the proxy's drain waits for)."""
+        return self.streams
+
+    # --- start ---
+    def take_over(self, transport: asyncio.Transport, data: bytes, peer: Any, local: Any, conn_id: int) -> None:
+        """Continue a connection `Downstream` accepted; `data` is what it read so far (the preface)."""
+        self.id = conn_id
+        self.transport = transport
+        self.peer = peer
+        self.local = local
+        self.proxy.connections.add(self)
+        self.proxy.stats.downstream_cx_http2_total += 1
+        self._start()
+        if data:
+            self.data_received(data)
+
+    def _start(self) -> None:
+        h = self.h2
+        h.local_settings.update(server_settings())
+        h.local_settings.acknowledge()  # enforced from now on: what we announce is what we apply
+        opts = self.proxy.cfg.http
+        h.decoder.max_header_list_size = limits.H2_HPACK_BOMB_FACTOR * opts.max_request_headers_kb * 1024
+        h.max_inbound_frame_size = h.local_settings.max_frame_size
+        h.initiate_connection()
+        # initiate_connection sent our SETTINGS; the local side re-announced above is already in force
+        h.increment_flow_control_window(limits.H2_INITIAL_CONNECTION_WINDOW - 65535)
+        self.flush()
+        self._arm_idle()
+
+    # --- asyncio callbacks ---
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.proxy.connections.discard(self)
+        self.proxy.stats.downstream_cx_active -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for ex in list(self.streams.values()):
+            ex.peer_reset()
+        self.streams.clear()
+        self.proxy.connection_closed()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            log.debug("h2 connection %d: protocol error: %s", self.id, exc)
+            self.going_away = True
+            self.flush()  # h2 queued its GOAWAY
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for event in events:
+            if self.closed:
+                return
+            self._event(event)
+        self.schedule_flush()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        for ex in self.streams.values():
+            if ex.up is not None:
+                ex.up.pause_reading()
+
+    def resume_writing(self) -> None:
+        for ex in self.streams.values():
+            if ex.up is not None:
+                ex.up.resume_reading()
+
+    # --- events ---
+    def _event(self, event: h2.events.Event) -> None:
+        t = type(event)
+        if t is h2.events.RequestReceived:
+            ev = cast(h2.events.RequestReceived, event)
+            self._request(ev.stream_id, ev.headers, ev.stream_ended is not None)
+        elif t is h2.events.DataReceived:
+            ev_d = cast(h2.events.DataReceived, event)
+            sid = ev_d.stream_id
+            size = ev_d.flow_controlled_length
+            ex = self.streams.get(sid)
+            if ex is None:
+                if size:
+                    self.ack(sid, size)
+                return
+            end = ev_d.stream_ended is not None
+            if end:
+                ex.end_in = True
+            if size:
+                if ex.up_paused:
+                    ex.unacked += size
+                else:
+                    self.ack(sid, size)
+            ex.request_data(ev_d.data, end)
+        elif t is h2.events.TrailersReceived:
+            ev_t = cast(h2.events.TrailersReceived, event)
+            ex = self.streams.get(ev_t.stream_id)
+            if ex is not None:
+                ex.end_in = True
+                ex.request_trailers([(n, v) for n, v in ev_t.headers])
+        elif t is h2.events.StreamEnded:
+            ex = self.streams.get(cast(h2.events.StreamEnded, event).stream_id)
+            if ex is not None and not ex.end_in:  # ended without data in this event (never, with h2 4.x)
+                ex.end_in = True
+                ex.request_data(b"", True)
+        elif t is h2.events.StreamReset:
+            ev_x = cast(h2.events.StreamReset, event)
+            ex = self.streams.get(ev_x.stream_id)
+            if ex is not None and ev_x.remote_reset:
+                self.proxy.stats.downstream_rq_rx_reset += 1
+                if self.proxy.loop.time() - ex.created < limits.H2_PREMATURE_RESET_MIN_LIFETIME_S:
+                    self.premature_resets += 1
+                self.forget_stream(ex.out)
+                ex.peer_reset()
+        elif t is h2.events.WindowUpdated or t is h2.events.RemoteSettingsChanged:
+            self.unblock()
+        elif t is h2.events.ConnectionTerminated:
+            ev_g = cast(h2.events.ConnectionTerminated, event)
+            self.going_away = True
+            if ev_g.error_code:
+                self.abort()
+            elif not self.streams:
+                self.close()
+
+    def _request(self, sid: int, headers: list[Header], end_stream: bool) -> None:
+        stats = self.proxy.stats
+        stats.downstream_rq_total += 1
+        size = 0
+        for name, value in headers:
+            size += len(name) + len(value)
+        opts = self.proxy.cfg.http
+        if size > opts.max_request_headers_kb * 1024 or len(headers) > opts.max_headers_count:
+            # Envoy: the stream is reset (its codec refuses the header block); the connection goes on
+            stats.downstream_rq_4xx += 1
+            self.reset_stream(h2wire.OutStream(sid), h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.closed_streams += 1
+            return
+        if self.going_away or self.proxy.draining:
+            self.reset_stream(h2wire.OutStream(sid), h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        stats.downstream_rq_active += 1
+        self._idle_at = 0.0
+        ex = H2Exchange(self, sid, headers, end_stream)
+        self.streams[sid] = ex
+        ex.start()
+
+    # --- used by exchanges ---
+    def stream_info(self) -> agent_chain.StreamInfo:
+        info = self._info
+        if info is None:
+            peer = self.peer or ("", 0)
+            local = self.local or ("", 0)
+            info = self._info = agent_chain.StreamInfo(
+                remote_address=str(peer[0]),
+                remote_port=int(peer[1]),
+                local_address=str(local[0]),
+                local_port=int(local[1]),
+                protocol="HTTP/2",
+                scheme="https" if self.tls else "http",
+                connection_id=self.id,
+                cluster_name=self.pool.cluster.name,
+            )
+        return info
+
+    def ack(self, sid: int, size: int) -> None:
+        try:
+            self.h2.acknowledge_received_data(size, sid)
+        except h2wire.SEND_ERRORS:
+            return
+        self.schedule_flush()
+
+    def send_failed(self, s: h2wire.OutStream) -> None:
+        ex = self.streams.get(s.id)
+        if ex is not None:
+            ex.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
+        else:
+            self.reset_stream(s, h2.errors.ErrorCodes.INTERNAL_ERROR)
+
+    def reset_after_response(self, s: h2wire.OutStream) -> None:
+        """The response ended before the request did: the client may stop sending (RFC 9113 8.1)."""
+        if s.pending or s in self._blocked:
+            return  # the reset would cut the response: the request's remainder is read and dropped instead
+        self.reset_stream(s, h2.errors.ErrorCodes.NO_ERROR)
+
+    def stream_done(self, ex: H2Exchange) -> None:
+        if self.streams.pop(ex.out.id, None) is None:
+            return
+        self.proxy.stats.downstream_rq_active -= 1
+        self.closed_streams += 1
+        self._check_premature_resets()
+        if not self.streams:
+            if self.going_away or self.proxy.draining:
+                self.close()
+            elif not self.closed:
+                self._arm_idle()
+
+    def _check_premature_resets(self) -> None:
+        """Envoy's rapid-reset guard (ConnectionManagerImpl::maybeDrainDueToPrematureResets)."""
+        premature, total = self.premature_resets, limits.H2_PREMATURE_RESET_TOTAL
+        if self.closed_streams < total:
+            if premature < total // 2:
+                return
+        elif premature * 2 < self.closed_streams:
+            return
+        self.proxy.stats.downstream_rq_too_many_premature_resets += 1
+        log.warning("h2 connection %d: closed after %d premature stream resets", self.id, premature)
+        self.going_away = True
+        self.goaway(h2.errors.ErrorCodes.NO_ERROR)
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- timers: one per connection (idle timeout, response deadlines, stream idle timeouts) ---
+    def _arm_idle(self) -> None:
+        self._idle_at = idle_at = self.proxy.loop.time() + self.proxy.idle_timeout_s
+        self.wake_at(idle_at)
+
+    def wake_at(self, when: float) -> None:
+        if self._timer is None or when < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self.closed:
+                self._timer = None
+                return
+            self._timer_at = when
+            self._timer = self.proxy.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        now = self.proxy.loop.time()
+        pending = 0.0
+        stream_idle = self.proxy.cfg.http.stream_idle_timeout_s or float("inf")  # 0: off
+        for ex in list(self.streams.values()):
+            idle_at = ex.last_active + stream_idle
+            if ex.deadline and ex.deadline <= now:
+                ex.timed_out()
+            elif idle_at <= now:
+                ex.idle_timed_out()
+            else:
+                due = min(idle_at, ex.deadline) if ex.deadline else idle_at
+                if due != float("inf") and (not pending or due < pending):
+                    pending = due
+        idle_at = self._idle_at
+        if idle_at and not self.streams:
+            if idle_at <= now:
+                self.close()
+                return
+            if not pending or idle_at < pending:
+                pending = idle_at
+        if pending:
+            self.wake_at(pending)
+
+    # --- endings ---
+    def close(self) -> None:
+        """GOAWAY; the connection closes once its streams are done (at once when there are none)."""
+        self.going_away = True
+        if self.closed or self.transport is None:
+            return
+        self.goaway(h2.errors.ErrorCodes.NO_ERROR)
+        if not self.streams and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.going_away = True
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,360 @@
+"""The upstream side for clusters that speak HTTP/2 (`Cluster.http2`): one h2c connection carrying many
+streams (`H2Upstream`), a request on it (`UpStream`) and the cluster's connections (`H2Pool`).
+
+Used by the HTTP/2 downstream (`meshplug.agent.h2down`), the HTTP/1.1 exchanges of listeners whose cluster
+speaks HTTP/2, and plugins' HTTP and gRPC calls (`meshplug.agent.grpccall`). Framing and HPACK are the `h2`
+library's (sans-IO); this module does the I/O, flow control and stream bookkeeping. A stream delivers its
+response to a `meshplug.agent.upstream.Sink` exactly as an HTTP/1.1 connection does (`up_headers`, `up_body`
+per DATA frame, `up_trailers`, `up_complete`, `up_failed` with Envoy's reset reason), so the exchanges do not
+care which protocol the cluster speaks.
+
+Connections are opened with prior knowledge (the preface at once, Envoy's `http2_protocol_options` on a
+plaintext cluster) and shared: a new stream goes on the newest connection that has room under the server's
+SETTINGS_MAX_CONCURRENT_STREAMS (and `limits.H2_UPSTREAM_MAX_STREAMS`); concurrent requests wait for one
+connection being opened rather than each opening its own. GOAWAY: the connection takes no new stream;
+streams above its last-stream-id fail with "remote refused stream reset" (never processed: the exchange may
+retry them), the others finish. Flow control both ways: request bodies wait for window; response DATA is
+acknowledged (window re-opened) only while the receiving side is not paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Final, cast
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from meshplug import limits
+from meshplug.agent import config as agent_config
+from meshplug.agent import h2wire, wire
+from meshplug.agent import stats as agent_stats
+from meshplug.agent.upstream import Sink
+
+Header = tuple[bytes, bytes]
+
+#: Envoy's reset reasons for an HTTP/2 upstream stream (the tail of its 503 body)
+RESET_REMOTE: Final = "remote reset"
+RESET_REFUSED: Final = "remote refused stream reset"
+RESET_OVERFLOW: Final = "overflow"
+
+_CLIENT_CONFIG: Final = h2.config.H2Configuration(
+    client_side=True,
+    header_encoding=None,
+    validate_outbound_headers=False,  # what we send was checked where it entered the proxy
+    normalize_outbound_headers=False,
+    validate_inbound_headers=True,
+    normalize_inbound_headers=True,
+)
+
+
+def client_settings() -> dict[h2.settings.SettingCodes | int, int]:
+    """The SETTINGS the agent sends an upstream: header table and list size, no push. The stream window is
+    opened per stream by a WINDOW_UPDATE after its HEADERS (`H2Upstream.send_headers`), not by
+    SETTINGS_INITIAL_WINDOW_SIZE: grpc-core's server ignores a larger initial window for a stream opened
+    in the same flight as the SETTINGS and stalls at 64 KiB (seen with grpcio 1.85)."""
+    return {
+        h2.settings.SettingCodes.ENABLE_PUSH: 0,
+        h2.settings.SettingCodes.HEADER_TABLE_SIZE: limits.H2_HEADER_TABLE_SIZE,
+        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.H2_MAX_HEADER_LIST_BYTES,
+    }
+
+
+class UpStream(h2wire.OutStream):
+    """One request on an upstream HTTP/2 connection; its response goes to `sink`."""
+
+    __slots__ = ("conn", "paused", "sink", "unacked")
+
+    def __init__(self, conn: H2Upstream, stream_id: int, sink: Sink) -> None:
+        super().__init__(stream_id)
+        self.conn = conn
+        self.sink: Sink | None = sink
+        self.paused = False  # the receiving side cannot take more: DATA is not acknowledged meanwhile
+        self.unacked = 0
+
+    def send_headers(self, headers: Sequence[Header], end_stream: bool) -> None:
+        """The request head; pseudo-headers first (:method, :scheme, :authority, :path), lower-case names."""
+        self.conn.send_headers(self, headers, end_stream)
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        self.conn.send_data(self, data, end_stream)
+
+    def send_trailers(self, trailers: Sequence[Header]) -> None:
+        self.conn.send_trailers(self, trailers)
+
+    def cancel(self) -> None:
+        """Reset the stream (RST_STREAM CANCEL); nothing more is delivered to the sink."""
+        self.sink = None
+        if not self.closed:
+            self.conn.drop(self, h2.errors.ErrorCodes.CANCEL)
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.unacked and not self.closed:
+                self.conn.ack(self, self.unacked)
+            self.unacked = 0
+
+
+class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
+    """One HTTP/2 connection to a cluster: its streams and their flow control."""
+
+    def __init__(self, pool: H2Pool) -> None:
+        super().__init__(h2.connection.H2Connection(config=_CLIENT_CONFIG))
+        self.pool = pool
+        self.streams: dict[int, UpStream] = {}
+        self.goaway_seen = False
+        self.closed = False
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.pool.stats.upstream_cx_total += 1
+        self.pool.stats.upstream_cx_active += 1
+        h = self.h2
+        h.local_settings.update(client_settings())  # sent with the preface, applied once acknowledged
+        h.initiate_connection()
+        h.increment_flow_control_window(limits.H2_INITIAL_CONNECTION_WINDOW - 65535)
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.stats.upstream_cx_active -= 1
+        self.pool.forget(self)
+        self._fail_all(wire.RESET_TERMINATION)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.goaway_seen = True
+            self.flush()  # h2 queued its GOAWAY
+            self._fail_all(wire.RESET_PROTOCOL)
+            self.close()
+            return
+        for event in events:
+            self._event(event)
+        self.schedule_flush()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        for s in list(self.streams.values()):
+            if s.sink is not None:
+                s.sink.up_pause()
+
+    def resume_writing(self) -> None:
+        for s in list(self.streams.values()):
+            if s.sink is not None:
+                s.sink.up_resume()
+
+    def _event(self, event: h2.events.Event) -> None:
+        t = type(event)
+        if t is h2.events.DataReceived:
+            ev_d = cast(h2.events.DataReceived, event)
+            sid = ev_d.stream_id
+            s = self.streams.get(sid)
+            size = ev_d.flow_controlled_length
+            if s is None:
+                if size:
+                    self.h2.acknowledge_received_data(size, sid)
+                return
+            if size:
+                if s.paused:
+                    s.unacked += size
+                else:
+                    self.h2.acknowledge_received_data(size, sid)
+            data = ev_d.data
+            if data and s.sink is not None:
+                s.sink.up_body(data)
+            if ev_d.stream_ended is not None:
+                self._ended(s)
+        elif t is h2.events.ResponseReceived:
+            ev_r = cast(h2.events.ResponseReceived, event)
+            s = self.streams.get(ev_r.stream_id)
+            if s is None or s.sink is None:
+                return
+            status = 0
+            headers: list[Header] = []
+            for name, value in ev_r.headers:
+                if name == b":status":
+                    status = int(value)
+                elif name[:1] != b":":
+                    headers.append((name, value))
+            ended = ev_r.stream_ended is not None
+            s.sink.up_headers(status, b"", headers, wire.END_STREAM if ended else None)
+            if ended:
+                self._ended(s)
+        elif t is h2.events.TrailersReceived:
+            ev_t = cast(h2.events.TrailersReceived, event)
+            s = self.streams.get(ev_t.stream_id)
+            if s is not None:
+                if s.sink is not None:
+                    s.sink.up_trailers([(n, v) for n, v in ev_t.headers if n[:1] != b":"])
+                self._ended(s)
+        elif t is h2.events.StreamEnded:
+            s = self.streams.get(cast(h2.events.StreamEnded, event).stream_id)
+            if s is not None:
+                self._ended(s)
+        elif t is h2.events.StreamReset:
+            ev_x = cast(h2.events.StreamReset, event)
+            s = self.streams.pop(ev_x.stream_id, None)
+            if s is not None:
+                self.forget_stream(s)
+                sink, s.sink = s.sink, None
+                if sink is not None:
+                    refused = ev_x.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                    sink.up_failed(RESET_REFUSED if refused else RESET_REMOTE)
+                self._settle()
+        elif t is h2.events.WindowUpdated or t is h2.events.RemoteSettingsChanged:
+            self.unblock()  # a larger window may let waiting bodies go
+        elif t is h2.events.ConnectionTerminated:
+            ev_g = cast(h2.events.ConnectionTerminated, event)
+            self.goaway_seen = True
+            self.pool.forget(self)
+            last = ev_g.last_stream_id or 0
+            for sid in [sid for sid in self.streams if sid > last]:
+                s = self.streams.pop(sid)
+                self.forget_stream(s)
+                sink, s.sink = s.sink, None
+                if sink is not None:
+                    sink.up_failed(RESET_REFUSED)  # never processed by the server
+            self._settle()
+
+    def _ended(self, s: UpStream) -> None:
+        if self.streams.pop(s.id, None) is None:
+            return
+        self.forget_stream(s)
+        sink, s.sink = s.sink, None
+        if sink is not None:
+            sink.up_complete()
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.goaway_seen and not self.streams:
+            self.close()
+
+    def _fail_all(self, reason: str) -> None:
+        streams, self.streams = self.streams, {}
+        for s in streams.values():
+            self.forget_stream(s)
+            sink, s.sink = s.sink, None
+            if sink is not None:
+                sink.up_failed(reason)
+
+    # streams
+    def has_room(self) -> bool:
+        if self.goaway_seen or self.closed or self.transport is None or self.transport.is_closing():
+            return False
+        remote = self.h2.remote_settings.max_concurrent_streams
+        return len(self.streams) < min(remote, limits.H2_UPSTREAM_MAX_STREAMS)
+
+    def open(self, sink: Sink) -> UpStream:
+        s = UpStream(self, self.h2.get_next_available_stream_id(), sink)
+        self.streams[s.id] = s
+        self.pool.stats.upstream_rq_total += 1
+        return s
+
+    def send_headers(self, s: h2wire.OutStream, headers: Sequence[Header], end_stream: bool) -> None:
+        super().send_headers(s, headers, end_stream)
+        if not s.closed:  # the response's window: Envoy's initial stream window (see client_settings)
+            with contextlib.suppress(*h2wire.SEND_ERRORS):
+                self.h2.increment_flow_control_window(limits.H2_INITIAL_STREAM_WINDOW - 65535, s.id)
+
+    def send_failed(self, s: h2wire.OutStream) -> None:
+        up = self.streams.get(s.id)
+        sink = None
+        if up is not None:
+            sink, up.sink = up.sink, None
+        self.drop(s, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        if sink is not None:
+            sink.up_failed(wire.RESET_PROTOCOL)
+
+    def ack(self, s: UpStream, size: int) -> None:
+        with contextlib.suppress(*h2wire.SEND_ERRORS):
+            self.h2.acknowledge_received_data(size, s.id)
+        self.schedule_flush()
+
+    def drop(self, s: h2wire.OutStream, code: int) -> None:
+        """Reset `s` and forget it (its sink is told nothing)."""
+        if self.streams.pop(s.id, None) is not None:
+            self.reset_stream(s, code)
+        else:
+            self.forget_stream(s)
+        self._settle()
+
+    def close(self) -> None:
+        """GOAWAY (unless the connection is gone) and close once written."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if not self.closed:
+            self.goaway()
+        self.transport.close()
+
+
+class H2Pool:
+    """A cluster that speaks HTTP/2: its connections; streams go on the newest one with room."""
+
+    def __init__(self, cluster: agent_config.Cluster, stats: agent_stats.Stats) -> None:
+        self.cluster = cluster
+        self.stats = stats
+        self.conns: list[H2Upstream] = []
+        self._connecting: asyncio.Future[H2Upstream] | None = None
+
+    def take(self, sink: Sink) -> UpStream | None:
+        """A stream on an open connection with room, or None (then `open` connects)."""
+        for conn in reversed(self.conns):
+            if conn.has_room():
+                return conn.open(sink)
+        return None
+
+    async def open(self, sink: Sink) -> UpStream:
+        """A stream, connecting when no connection has room; raises OSError or TimeoutError."""
+        while True:
+            s = self.take(sink)
+            if s is not None:
+                return s
+            conn = await self._connect()
+            if conn.has_room():
+                return conn.open(sink)
+
+    async def _connect(self) -> H2Upstream:
+        pending = self._connecting
+        if pending is not None:
+            return await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[H2Upstream] = loop.create_future()
+        self._connecting = fut
+        c = self.cluster
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: H2Upstream(self), c.address, c.port), timeout=c.connect_timeout_s
+            )
+        except (OSError, TimeoutError) as exc:
+            self._connecting = None
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters re-raise it, nobody else needs to
+            raise
+        self._connecting = None
+        self.conns.append(conn)
+        fut.set_result(conn)
+        return conn
+
+    def forget(self, conn: H2Upstream) -> None:
+        with contextlib.suppress(ValueError):
+            self.conns.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self.conns):
+            conn.close()
+        self.conns.clear()

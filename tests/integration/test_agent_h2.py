@@ -1,0 +1,201 @@
+"""HTTP/2 at the frame level: the same bytes to Envoy 1.40 and to the agent, the answers compared.
+
+A raw client (tests/testbed/h2raw.py: the h2 library with its checks off) sends what a well-behaved client
+never would -- oversized or too many headers, an HPACK bomb, malformed header blocks, bad frames, a rapid
+reset loop -- to an HTTP/1.1 echo app behind each proxy. Each case names what both must do: answer it, or
+refuse it (stream reset, GOAWAY or closed connection); where the agent refuses differently (GOAWAY where
+Envoy resets only the stream) the case says so. The agent may never answer what Envoy refuses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hpack
+import pytest
+from hyperframe.frame import HeadersFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
+
+from tests.testbed import agent as tb_agent
+from tests.testbed import envoy as tb_envoy
+from tests.testbed import h2raw, procs, upstream
+from tests.testbed.h2raw import BASE, RawClient
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Bed:
+    envoy_port: int
+    agent: tb_agent.Agent
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    tmp: Path = tmp_path_factory.mktemp("h2")
+    logs = tmp / "logs"
+    started: list[Any] = []
+    try:
+        echo = upstream.start_service("echo", log_dir=logs)
+        started.append(echo)
+        port, admin = procs.free_port(), procs.free_port()
+        config = tb_envoy.bootstrap(
+            admin, [tb_envoy.http_listener("l", port, cluster="echo")], [tb_envoy.static_cluster("echo", echo.port)]
+        )
+        path = tb_envoy.write_config(config, tmp / "envoy")
+        tb_envoy.validate_config(path)
+        started.append(tb_envoy.start_envoy(path, admin_port=admin, log_dir=logs))
+        raw = tb_agent.base_config(
+            port=procs.free_port(), admin_port=procs.free_port(), clusters={"echo": echo.port}, listener_cluster="echo"
+        )
+        agent = tb_agent.start_agent(raw, work_dir=tmp / "agent", log_dir=logs, log_level="info")
+        started.append(agent)
+        yield Bed(port, agent)
+    finally:
+        for item in reversed(started):
+            item.stop()
+
+
+def _headers_frame(stream_id: int, block: bytes, *, end_stream: bool = True) -> bytes:
+    f = HeadersFrame(stream_id)
+    f.data = block
+    f.flags.add("END_HEADERS")
+    if end_stream:
+        f.flags.add("END_STREAM")
+    return f.serialize()
+
+
+def _request(
+    extra: list[tuple[bytes, bytes]], base: tuple[tuple[bytes, bytes], ...] = BASE
+) -> Callable[[RawClient], None]:
+    return lambda c: c.request(1, [*base, *extra])
+
+
+def _hpack_bomb(c: RawClient) -> None:
+    """A 4 KB value indexed once, then referenced 30 times: ~8 KB on the wire, 120 KB decoded."""
+    enc = hpack.Encoder()
+    first = enc.encode([*BASE, (b"x-bomb", b"b" * 4000)])
+    c.send_raw(_headers_frame(1, first))
+    block = enc.encode([*BASE, *[(b"x-bomb", b"b" * 4000)] * 30])
+    c.send_raw(_headers_frame(3, block))
+
+
+def _rapid_reset(c: RawClient) -> None:
+    """HEADERS then RST_STREAM, 1,200 times (CVE-2023-44487)."""
+    enc = hpack.Encoder()
+    out = []
+    for i in range(1200):
+        sid = 1 + 2 * i
+        out.append(_headers_frame(sid, enc.encode(list(BASE))))
+        rst = RstStreamFrame(sid)
+        rst.error_code = 8
+        out.append(rst.serialize())
+        if len(out) >= 200:
+            c.send_raw(b"".join(out))
+            out = []
+    c.send_raw(b"".join(out))
+
+
+def _zero_window_update_connection(c: RawClient) -> None:
+    w = WindowUpdateFrame(0)
+    w.window_increment = 0
+    c.send_raw(w.serialize())
+
+
+def _data_on_stream_zero(c: RawClient) -> None:
+    c.send_raw(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")  # DATA, length 1, stream 0 (hyperframe refuses to build it)
+
+
+def _bad_settings(c: RawClient) -> None:
+    s = SettingsFrame(0)
+    s.settings = {SettingsFrame.INITIAL_WINDOW_SIZE: 2**31}
+    c.send_raw(s.serialize())
+
+
+def _length_mismatch(c: RawClient) -> None:
+    c.h2.send_headers(1, [(b":method", b"POST"), *BASE[1:], (b"content-length", b"10")])
+    c.h2.send_data(1, b"12345", end_stream=True)
+    c.flush()
+
+
+def _unknown_frame_then_request(c: RawClient) -> None:
+    c.send_raw(b"\x00\x00\x03\xfa\x00\x00\x00\x00\x00abc")  # type 0xfa: must be ignored
+    c.request(1, list(BASE))
+
+
+# name, what the client sends, what both proxies must do ("ok" = answered 200, "refused" = not answered)
+CASES: list[tuple[str, Callable[[RawClient], None], str]] = [
+    ("plain request", _request([]), "ok"),
+    ("header list over 60 KiB", _request([(b"x-big", b"a" * 70_000)]), "refused"),
+    ("101 headers", _request([(b"x-h%d" % i, b"v") for i in range(101)]), "refused"),
+    ("99 headers", _request([(b"x-h%d" % i, b"v") for i in range(95)]), "ok"),
+    ("HPACK bomb", _hpack_bomb, "refused"),
+    ("connection-specific header", _request([(b"connection", b"close")]), "refused"),
+    ("upper-case header name", _request([(b"X-Upper", b"1")]), "refused"),
+    ("te other than trailers", _request([(b"te", b"gzip")]), "refused"),
+    ("te trailers", _request([(b"te", b"trailers")]), "ok"),
+    ("missing :path", _request([], base=(BASE[0], BASE[1], BASE[3])), "refused"),
+    ("pseudo-header after a regular one", _request([(b":foo", b"x")]), "refused"),
+    ("content-length does not match the body", _length_mismatch, "refused"),
+    ("zero WINDOW_UPDATE on the connection", _zero_window_update_connection, "goaway"),
+    ("bad SETTINGS_INITIAL_WINDOW_SIZE", _bad_settings, "goaway"),
+    ("DATA on stream 0", _data_on_stream_zero, "goaway"),
+    ("unknown frame type is ignored", _unknown_frame_then_request, "ok"),
+]
+
+
+def _verdict(out: h2raw.H2Outcome, stream_id: int = 1) -> str:
+    if out.statuses.get(stream_id) == 200:
+        return "ok"
+    if stream_id in out.statuses:
+        return f"status {out.statuses[stream_id]}"
+    return "refused"
+
+
+@pytest.mark.parametrize(("name", "send", "expect"), CASES, ids=[c[0] for c in CASES])
+def test_frame_level_case_matches_envoy(bed: Bed, name: str, send: Callable[[RawClient], None], expect: str) -> None:
+    done = (lambda o: 1 in o.statuses and 1 in o.bodies) if expect == "ok" else None
+    timeout = 3.0 if expect == "ok" else 1.5
+    via_envoy = h2raw.run(bed.envoy_port, send, until=done, timeout=timeout)
+    via_agent = h2raw.run(bed.agent.port, send, until=done, timeout=timeout)
+    if expect == "goaway":  # a connection error: GOAWAY and/or close
+        assert via_envoy.goaway is not None or via_envoy.closed, via_envoy
+        assert via_agent.goaway is not None or via_agent.closed, via_agent
+        return
+    sid = 3 if name == "HPACK bomb" else 1
+    assert _verdict(via_envoy, sid) == expect, via_envoy
+    assert _verdict(via_agent, sid) == expect, via_agent
+
+
+def test_oversized_headers_reset_only_the_stream(bed: Bed) -> None:
+    """As Envoy: the refused stream is reset, the connection serves the next request."""
+
+    def send(c: RawClient) -> None:
+        c.request(1, [*BASE, (b"x-big", b"a" * 70_000)])
+        c.request(3, list(BASE))
+
+    for port in (bed.envoy_port, bed.agent.port):
+        out = h2raw.run(port, send, until=lambda o: 3 in o.bodies, timeout=3.0)
+        assert 1 in out.resets and out.statuses.get(3) == 200, out
+
+
+def test_rapid_reset_closes_the_connection(bed: Bed) -> None:
+    """Envoy's premature-reset guard: a client resetting its streams in a loop loses the connection."""
+    for port in (bed.envoy_port, bed.agent.port):
+        out = h2raw.run(port, _rapid_reset, timeout=5.0)
+        assert out.closed or out.goaway is not None, out
+    text = tb_agent.http_request(bed.agent.admin_port, "GET", "/stats/prometheus")[2].decode()
+    m = re.search(r"downstream_rq_too_many_premature_resets\S* (\d+)", text)
+    assert m and int(m.group(1)) >= 1, text
+
+
+def test_settings_as_envoy(bed: Bed) -> None:
+    """The SETTINGS a client gets: Envoy 1.40's max concurrent streams, initial window and header table."""
+    got = {}
+    for plane, port in (("envoy", bed.envoy_port), ("agent", bed.agent.port)):
+        out = h2raw.run(port, lambda c: None, until=lambda o: bool(o.settings), timeout=2.0)
+        got[plane] = {k: out.settings.get(k) for k in (1, 3, 4, 8)}  # table size, streams, window, connect
+    assert got["agent"] == got["envoy"] == {1: 4096, 3: 1024, 4: 16 * 1024 * 1024, 8: 0}

@@ -1,0 +1,115 @@
+"""WebSocket through the agent, against Envoy 1.40 in the same run: a listener that allows the upgrade
+(agent `upgrade_types: [websocket]`, Envoy `upgrade_configs: [{upgrade_type: websocket}]`) passes it through
+to a real WebSocket echo server (PyPI websockets) and messages flow both ways; a listener that does not
+answers 403 in both. An h2c Upgrade header is ignored and the request served as HTTP/1.1, as Envoy does.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.testbed import agent as tb_agent
+from tests.testbed import envoy as tb_envoy
+from tests.testbed import procs, upstream, wspeer
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Bed:
+    envoy: dict[str, int]  # allowed, refused, echo
+    agent: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    tmp: Path = tmp_path_factory.mktemp("ws")
+    logs = tmp / "logs"
+    started: list[Any] = []
+    try:
+        ws = wspeer.start_server(log_dir=logs)
+        started.append(ws)
+        echo = upstream.start_service("echo", log_dir=logs)
+        started.append(echo)
+        e_ports = {n: procs.free_port() for n in ("allowed", "refused", "echo")}
+        admin = procs.free_port()
+        config = tb_envoy.bootstrap(
+            admin,
+            [
+                tb_envoy.http_listener("allowed", e_ports["allowed"], cluster="ws", upgrade_types=["websocket"]),
+                tb_envoy.http_listener("refused", e_ports["refused"], cluster="ws"),
+                tb_envoy.http_listener("echo", e_ports["echo"], cluster="echo"),
+            ],
+            [tb_envoy.static_cluster("ws", ws.port), tb_envoy.static_cluster("echo", echo.port)],
+        )
+        path = tb_envoy.write_config(config, tmp / "envoy")
+        tb_envoy.validate_config(path)
+        started.append(tb_envoy.start_envoy(path, admin_port=admin, log_dir=logs))
+        a_ports = {n: procs.free_port() for n in ("allowed", "refused", "echo")}
+        raw = tb_agent.base_config(
+            port=a_ports["allowed"], admin_port=procs.free_port(), clusters={"ws": ws.port, "echo": echo.port},
+            listener_cluster="ws", upgrade_types=("websocket",),
+        )  # fmt: skip
+        for name, cluster in (("refused", "ws"), ("echo", "echo")):
+            raw["listeners"].append({"name": name, "address": "127.0.0.1", "port": a_ports[name], "cluster": cluster})
+        started.append(tb_agent.start_agent(raw, work_dir=tmp / "agent", log_dir=logs, log_level="info"))
+        yield Bed(e_ports, a_ports)
+    finally:
+        for item in reversed(started):
+            item.stop()
+
+
+MESSAGES: list[str | bytes] = ["hello", b"\x00\x01binary", "x" * 70_000]
+
+
+def test_websocket_passes_through_when_allowed(bed: Bed) -> None:
+    via_envoy = wspeer.exchange(bed.envoy["allowed"], MESSAGES)
+    via_agent = wspeer.exchange(bed.agent["allowed"], MESSAGES)
+    assert via_envoy.status == 101
+    assert via_envoy.replies == ["echo: hello", b"echo: \x00\x01binary", "echo: " + "x" * 70_000]
+    assert via_agent == via_envoy
+
+
+def test_websocket_handshake_headers_reach_the_app(bed: Bed) -> None:
+    seen = {}
+    for plane, port in (("envoy", bed.envoy["allowed"]), ("agent", bed.agent["allowed"])):
+        out = wspeer.exchange(port, [], path="/headers")
+        assert out.status == 101
+        headers = json.loads(out.replies[0])
+        seen[plane] = {k: headers.get(k) for k in ("upgrade", "connection", "sec-websocket-version")}
+        assert headers.get("x-request-id")
+    assert seen["agent"] == seen["envoy"]
+
+
+def test_websocket_refused_when_not_allowed(bed: Bed) -> None:
+    assert wspeer.exchange(bed.envoy["refused"], ["hello"]).status == 403
+    assert wspeer.exchange(bed.agent["refused"], ["hello"]).status == 403
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def test_h2c_upgrade_is_served_as_http1(bed: Bed) -> None:
+    request = (
+        b"GET /h2c HTTP/1.1\r\nhost: x\r\nconnection: upgrade, http2-settings, close\r\nupgrade: h2c\r\n"
+        b"http2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+    )
+    for port in (bed.envoy["echo"], bed.agent["echo"]):
+        reply = _raw(port, request)
+        assert reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply[:200]
+        seen = json.loads(reply.partition(b"\r\n\r\n")[2])
+        names = {k.lower() for k, _ in seen["headers"]}
+        assert "upgrade" not in names and "http2-settings" not in names, seen["headers"]

@@ -1,0 +1,155 @@
+"""A raw HTTP/2 client for frame-level cases: the `h2` library with its own checks off, so a test can send
+what a well-behaved client never would, and record what the proxy answered as a comparable `H2Outcome`.
+
+Used by tests/integration/test_agent_h2.py to run the same bytes through Envoy and the agent. Only 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+
+Header = tuple[bytes, bytes]
+BASE: tuple[Header, ...] = ((b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"x"))
+
+
+@dataclass
+class H2Outcome:
+    """What came back: per stream its status (or reset code), and how the connection ended."""
+
+    statuses: dict[int, int] = field(default_factory=dict)
+    resets: dict[int, str] = field(default_factory=dict)
+    bodies: dict[int, bytes] = field(default_factory=dict)
+    headers: dict[int, list[Header]] = field(default_factory=dict)
+    trailers: dict[int, list[Header]] = field(default_factory=dict)
+    goaway: str | None = None
+    closed: bool = False
+    settings: dict[int, int] = field(default_factory=dict)
+
+    def kind(self, stream_id: int = 1) -> str:
+        """ "status 200", "reset PROTOCOL_ERROR", "goaway ..." or "closed" for one stream."""
+        if stream_id in self.statuses:
+            return f"status {self.statuses[stream_id]}"
+        if stream_id in self.resets:
+            return f"reset {self.resets[stream_id]}"
+        if self.goaway is not None:
+            return f"goaway {self.goaway}"
+        return "closed" if self.closed else "nothing"
+
+    def refused(self, stream_id: int = 1) -> bool:
+        """The request got no response: reset, GOAWAY or closed connection."""
+        return stream_id not in self.statuses
+
+
+def _name(code: int) -> str:
+    try:
+        return h2.errors.ErrorCodes(code).name
+    except ValueError:
+        return str(code)
+
+
+class RawClient:
+    """One connection; `send(fn)` lets a case drive the h2 state machine, `read()` collects the outcome."""
+
+    def __init__(self, port: int, timeout: float = 3.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.settimeout(timeout)
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            validate_inbound_headers=False,
+        )
+        self.h2 = h2.connection.H2Connection(config)
+        self.h2.initiate_connection()
+        self.outcome = H2Outcome()
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                self.outcome.closed = True
+
+    def send_raw(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            self.outcome.closed = True
+
+    def request(self, stream_id: int, headers: Sequence[Header], body: bytes | None = None) -> None:
+        self.h2.send_headers(stream_id, list(headers), end_stream=body is None)
+        if body is not None:
+            self.h2.send_data(stream_id, body, end_stream=True)
+        self.flush()
+
+    def read(self, *, until: Callable[[H2Outcome], bool] | None = None, timeout: float = 3.0) -> H2Outcome:
+        out = self.outcome
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not out.closed:
+            if until is not None and until(out):
+                break
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                break
+            except OSError:
+                out.closed = True
+                break
+            if not data:
+                out.closed = True
+                break
+            try:
+                events = self.h2.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                out.closed = True
+                break
+            for ev in events:
+                self._event(ev)
+            self.flush()
+        return out
+
+    def _event(self, ev: h2.events.Event) -> None:
+        out = self.outcome
+        if isinstance(ev, h2.events.ResponseReceived):
+            sid = int(ev.stream_id or 0)
+            hdrs = list(ev.headers or [])
+            out.statuses[sid] = int(dict(hdrs)[b":status"])
+            out.headers[sid] = hdrs
+        elif isinstance(ev, h2.events.DataReceived):
+            sid = int(ev.stream_id or 0)
+            out.bodies[sid] = out.bodies.get(sid, b"") + bytes(ev.data or b"")
+            self.h2.acknowledge_received_data(int(ev.flow_controlled_length or 0), sid)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            out.trailers[int(ev.stream_id or 0)] = list(ev.headers or [])
+        elif isinstance(ev, h2.events.StreamReset):
+            out.resets[int(ev.stream_id or 0)] = _name(int(ev.error_code or 0))
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            out.goaway = _name(int(ev.error_code or 0))
+        elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            out.settings.update({int(k): int(v.new_value) for k, v in ev.changed_settings.items()})
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def run(port: int, case: Callable[[RawClient], None], *, timeout: float = 3.0,
+        until: Callable[[H2Outcome], bool] | None = None) -> H2Outcome:  # fmt: skip
+    """Connect to 127.0.0.1:`port`, let `case` send, read what comes back for up to `timeout` seconds."""
+    client = RawClient(port, timeout=min(timeout, 2.0))
+    try:
+        case(client)
+        return client.read(until=until, timeout=timeout)
+    finally:
+        client.close()

@@ -1,0 +1,87 @@
+"""A WebSocket echo server of the test bed (PyPI websockets) and the client calls the tests make.
+
+Run as `python tests/testbed/wspeer.py PORT`; from tests, `start_server(log_dir=...)` starts it as its own
+process. Every message is echoed back, prefixed with `echo: `; the handshake's request headers are answered
+as the first message when the path is `/headers` (so a test sees what the proxy forwarded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+from websockets.sync.server import ServerConnection, serve
+
+if __package__ in (None, ""):  # run as a script: make `tests.testbed` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.testbed import procs
+
+
+def _echo(ws: ServerConnection) -> None:
+    if ws.request is not None and ws.request.path == "/headers":
+        ws.send(json.dumps({k.lower(): v for k, v in ws.request.headers.raw_items()}))
+    for message in ws:
+        ws.send(("echo: " + message) if isinstance(message, str) else b"echo: " + message)
+
+
+def serve_forever(port: int) -> None:
+    with serve(_echo, "127.0.0.1", port) as server:
+        print(f"websocket echo listening on 127.0.0.1:{port}", flush=True)
+        server.serve_forever()
+
+
+@dataclass
+class WsOutcome:
+    status: int  # 101 when the upgrade went through, else the HTTP status the proxy answered
+    replies: list[str | bytes]
+
+
+def exchange(port: int, messages: Sequence[str | bytes], path: str = "/", timeout: float = 10.0) -> WsOutcome:
+    """Open ws://127.0.0.1:`port``path`, send each message, read one reply per message (one more for /headers)."""
+    try:
+        with connect(f"ws://127.0.0.1:{port}{path}", open_timeout=timeout, close_timeout=2) as ws:
+            replies: list[str | bytes] = []
+            if path == "/headers":
+                replies.append(ws.recv(timeout=timeout))
+            for m in messages:
+                ws.send(m)
+                replies.append(ws.recv(timeout=timeout))
+            return WsOutcome(101, replies)
+    except InvalidStatus as exc:
+        return WsOutcome(exc.response.status_code, [])
+
+
+@dataclass
+class WsServer:
+    port: int
+    proc: procs.Proc
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def start_server(*, log_dir: Path, name: str = "websocket") -> WsServer:
+    port = procs.free_port()
+    proc = procs.start(
+        name,
+        [sys.executable, str(Path(__file__).resolve()), str(port)],
+        log_dir=log_dir,
+        ready=lambda: procs.port_open(port),
+        timeout=20.0,
+        ports={"main": port},
+    )
+    return WsServer(port=port, proc=proc)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: wspeer.py PORT")
+    with contextlib.suppress(KeyboardInterrupt):
+        serve_forever(int(sys.argv[1]))
