@@ -1,4 +1,5 @@
-"""HTTP/2 at the frame level: the same bytes to Envoy 1.40 and to the agent, the answers compared.
+"""The differential suite's HTTP/2 half (beside test_differential_http1.py): frame-level cases, the same bytes to
+Envoy 1.40 and to the agent, the answers compared.
 
 A raw client (tests/testbed/h2raw.py: the h2 library with its checks off) sends what a well-behaved client
 never would -- oversized or too many headers, an HPACK bomb, malformed header blocks, bad frames, a rapid
