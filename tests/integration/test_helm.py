@@ -192,3 +192,48 @@ def test_webhook_url_needs_provided_tls(home: Path) -> None:
         check=False,
     )
     assert out.returncode != 0 and "webhook.tls.mode=provided" in out.stderr
+
+
+def test_metrics_service_and_service_monitor(home: Path) -> None:
+    def render(*args: str) -> list[dict[str, Any]]:
+        out = helm_mod.helm(
+            ["template", "mp", str(helm_mod.CHART), "--namespace", NS, *args], kubeconfig=None, home=home
+        )
+        return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+    docs = render()
+    (service,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics")]
+    (port,) = service["spec"]["ports"]
+    assert port["name"] == "http-metrics" and port["targetPort"] == "metrics" and port["port"] == 9090
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container_ports = {p["name"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+    assert "metrics" in container_ports
+    assert not [d for d in docs if d["kind"] == "ServiceMonitor"]
+
+    docs = render("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=prom")
+    (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["labels"]["release"] == "prom"
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics"))
+    assert selected.items() <= service["metadata"]["labels"].items()
+    others = [d for d in docs if d["kind"] == "Service" and d is not service]
+    assert all(not selected.items() <= (d["metadata"].get("labels") or {}).items() for d in others)
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "http-metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
+
+    out = helm_mod.helm(
+        [
+            "template",
+            "mp",
+            str(helm_mod.CHART),
+            "--set",
+            "metrics.service.enabled=false",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+        ],
+        kubeconfig=None,
+        home=home,
+        check=False,
+    )
+    assert out.returncode != 0 and "needs metrics.service.enabled" in out.stderr
