@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = module.run(args)
     except errors.MeshplugError as exc:
         print(f"meshplug {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return errors.exit_code_of(exc)
     except KeyboardInterrupt:
         return 130
     return result

@@ -16,6 +16,12 @@
     ├── PushError                      an agent rejected (NACK) or did not answer a config push
     └── ApplyError                     the Kubernetes API refused what the operator rendered
 
+Exit codes of the CLI (`exit_code_of`), the same for every command: 0 success; 1 a module rejected (ABI check) or
+another failure; 2 bad input (flags, files, specs); 3 a named object not found (``meshplug status PLUGIN``);
+4 the Kubernetes API unreachable or refusing; 10-18 a module that could not be supplied, by reason (10 download,
+11 manifest, 12 checksum, 13 too large, 14 not wasm, 15 blocked, 16 not found, 17 unauthorized, 18 timeout);
+20 a signature refused.
+
 Stages raise the most specific class; callers catch the narrowest class they can act on.
 Messages are one line, name the offending value, and never contain secrets.
 """
@@ -88,3 +94,25 @@ class PushError(MeshplugError):
 
 class ApplyError(MeshplugError):
     reason = "apply_failed"
+
+
+#: `FetchError.reason` -> exit code (see the module docstring)
+FETCH_EXIT_CODES: dict[str, int] = {
+    "download_failure": 10,
+    "manifest_failure": 11,
+    "checksum_mismatched": 12,
+    "too_large": 13,
+    "not_wasm": 14,
+    "blocked": 15,
+    "not_found": 16,
+    "unauthorized": 17,
+    "timeout": 18,
+    "signature_invalid": 20,
+}
+
+
+def exit_code_of(exc: MeshplugError) -> int:
+    """The CLI's exit code for ``exc``: by reason for supply failures, else the class's."""
+    if isinstance(exc, FetchError):
+        return FETCH_EXIT_CODES.get(exc.reason, FETCH_EXIT_CODES["download_failure"])
+    return exc.exit_code

@@ -64,6 +64,7 @@ class TLS(Protocol):
 
     def peer_allowed(self, peercert: Any) -> bool: ...
 
+
 _REASONS = {
     200: "OK",
     400: "Bad Request",

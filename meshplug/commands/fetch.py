@@ -1,7 +1,7 @@
 """`meshplug fetch URL -o OUT`: supply one module as the operator would (verify, cache), write it to OUT.
 
 Prints a progress bar on a terminal, one line per failure kind, and exits with a code per kind
-(EXIT_CODES). Uses `meshplug.fetch.Fetcher` with the cache under $MESHPLUG_CACHE/modules.
+(`errors.exit_code_of`). Uses `meshplug.fetch.Fetcher` with the cache under $MESHPLUG_CACHE/modules.
 """
 
 from __future__ import annotations
@@ -16,19 +16,6 @@ from meshplug.fetch import Artifact, Fetcher, PublicKey, PullPolicy, Reason, loa
 
 HELP = "fetch a wasm module (https, oci, file), verify it, cache it and write it out"
 
-#: one exit code per failure kind (2 is a usage/config error, as everywhere in meshplug)
-EXIT_CODES: dict[str, int] = {
-    Reason.DOWNLOAD_FAILURE: 10,
-    Reason.MANIFEST_FAILURE: 11,
-    Reason.CHECKSUM_MISMATCHED: 12,
-    Reason.TOO_LARGE: 13,
-    Reason.NOT_WASM: 14,
-    Reason.BLOCKED: 15,
-    Reason.NOT_FOUND: 16,
-    Reason.UNAUTHORIZED: 17,
-    Reason.TIMEOUT: 18,
-    Reason.SIGNATURE_INVALID: errors.SignatureError.exit_code,
-}
 LABELS: dict[str, str] = {
     Reason.DOWNLOAD_FAILURE: "download failed",
     Reason.MANIFEST_FAILURE: "unusable image manifest",
@@ -134,4 +121,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def exit_code(exc: errors.FetchError) -> int:
-    return EXIT_CODES.get(exc.reason, exc.exit_code)
+    return errors.exit_code_of(exc)

@@ -2,16 +2,22 @@
 
 Called by `meshplug.cli`. Reads a local file directly (``.wat`` text is assembled first), or supplies a URL
 (https://, oci://, a bare OCI reference) through `meshplug.fetch`, then runs `meshplug.validate.describe`.
-Prints a summary (or ``--json``); exit 0 when the module is accepted, 1 when it is rejected, 2 for input errors.
+Prints a summary (or ``--json``); exit 0 when the module is accepted, 1 when it is rejected, 2 for input errors,
+and `meshplug fetch`'s codes when the module could not be had (10-18 by kind: 12 for a ``--sha256`` that does
+not match, for local files too; 20 for a refused signature), so an unreachable registry never reads as a
+rejected module.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import sys
 from pathlib import Path
 
-from meshplug import errors, validate
+from meshplug import errors, fetch, validate
+from meshplug.commands import fetch as fetch_command
 
 HELP = "describe a proxy-wasm module (ABI, entry point, allocator, kind, imports) and validate it"
 
@@ -24,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[k.value for k in validate.FilterKind],
         help="how the plugin will be configured (warns when its callbacks do not fit)",
     )
-    parser.add_argument("--sha256", help="expected sha256 of the module (URLs only; the fetch verifies it)")
+    parser.add_argument("--sha256", help="expected sha256 of the module (checked for files and URLs alike)")
+    parser.add_argument("--file-root", type=Path, action="append", default=[], help="allow file:// below DIR")
     parser.add_argument("-v", "--verbose", action="store_true", help="list every import and callback")
 
 
@@ -32,11 +39,23 @@ def _is_url(source: str) -> bool:
     return "://" in source or (not Path(source).exists() and ":" in source and "/" in source)
 
 
-def _read(source: str, sha256: str | None) -> bytes:
+def _check_sha256(source: str, data: bytes, sha256: str | None) -> bytes:
+    if sha256 is None:
+        return data
+    want = sha256.lower().removeprefix("sha256:")
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        raise errors.ConfigError(f"--sha256 must be 64 hex digits, got {sha256!r}")
+    got = hashlib.sha256(data).hexdigest()
+    if got != want:
+        raise errors.FetchError(f"{source}: sha256 is {got}, expected {want}", reason=fetch.Reason.CHECKSUM_MISMATCHED)
+    return data
+
+
+def _read(source: str, sha256: str | None, file_roots: list[Path]) -> bytes:
     if not _is_url(source):
         path = Path(source)
         try:
-            data = path.read_bytes()
+            data = _check_sha256(source, path.read_bytes(), sha256)
         except OSError as exc:
             raise errors.ConfigError(f"cannot read {source}: {exc.strerror or exc}") from None
         if path.suffix == ".wat":
@@ -47,9 +66,7 @@ def _read(source: str, sha256: str | None) -> bytes:
             except wasmtime.WasmtimeError as exc:
                 raise errors.ConfigError(f"{source} is not valid WAT: {str(exc).splitlines()[0]}") from None
         return data
-    from meshplug import fetch  # noqa: PLC0415 - only URL sources pay for the fetch stack
-
-    fetcher = fetch.Fetcher(fetch.FetchOptions())
+    fetcher = fetch.Fetcher(fetch.FetchOptions(file_roots=tuple(p.absolute() for p in file_roots)))
     try:
         return fetcher.fetch(source, sha256=sha256).data
     finally:
@@ -108,7 +125,11 @@ def _summary(source: str, info: validate.ModuleInfo, verbose: bool) -> list[str]
 
 
 def run(args: argparse.Namespace) -> int:
-    data = _read(args.source, args.sha256)
+    try:
+        data = _read(args.source, args.sha256, args.file_root)
+    except errors.FetchError as exc:
+        print(f"meshplug inspect: {fetch_command.LABELS.get(exc.reason, exc.reason)}: {exc}", file=sys.stderr)
+        return fetch_command.exit_code(exc)
     kind = validate.FilterKind(args.kind) if args.kind else None
     info = validate.describe(data, kind=kind)
     if args.json:

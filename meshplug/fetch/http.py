@@ -10,6 +10,7 @@ and must be exactly as long as announced.
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -235,6 +236,9 @@ def _redact(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+_CONNECTION_PREFIX = re.compile(r"^\w*Connection(?:Pool)?\([^)]*\): ")
+
+
 def _short(exc: BaseException) -> str:
     """The innermost useful message of a requests/urllib3 exception chain, one line."""
     inner: BaseException = exc
@@ -243,4 +247,5 @@ def _short(exc: BaseException) -> str:
     reason = getattr(inner, "reason", None)
     if isinstance(reason, BaseException):
         inner = reason
-    return " ".join(str(inner).split())[:200]
+    # urllib3 prefixes "<ConnectionClass>(host='h', port=p): "; the url already names the host
+    return _CONNECTION_PREFIX.sub("", " ".join(str(inner).split()))[:200]

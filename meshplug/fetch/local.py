@@ -32,6 +32,17 @@ def path_of(url: str) -> Path:
     return Path(raw)
 
 
+#: how a user allows a directory, wherever the fetch runs
+ALLOW_HINT = (
+    "to allow a directory, pass --file-root DIR (meshplug fetch, inspect, operator) or set operator.fileRoots "
+    "in the Helm chart"
+)
+
+
+def _roots(roots: tuple[Path, ...]) -> str:
+    return ", ".join(str(r) for r in roots)
+
+
 def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
     return any(path == root or path.is_relative_to(root) for root in roots)
 
@@ -40,18 +51,26 @@ def read_file(url: str, options: FetchOptions) -> bytes:
     """The wasm module at a file:// url below one of ``options.file_roots``."""
     requested = path_of(url)
     if not options.file_roots:
-        raise errors.FetchError(f"{url}: file:// sources are disabled (no file roots)", reason=Reason.BLOCKED)
+        raise errors.FetchError(
+            f"{url}: file:// sources are disabled (no file roots); {ALLOW_HINT}", reason=Reason.BLOCKED
+        )
     try:
         resolved = requested.resolve(strict=True)
     except FileNotFoundError:
         # report an escape as an escape even when its target does not exist
         if not _inside(requested.resolve(strict=False), options.file_roots):
-            raise errors.FetchError(f"{url}: outside the allowed file roots", reason=Reason.BLOCKED) from None
+            raise errors.FetchError(
+                f"{url}: outside the allowed file roots ({_roots(options.file_roots)}); {ALLOW_HINT}",
+                reason=Reason.BLOCKED,
+            ) from None
         raise errors.FetchError(f"{url}: no such file", reason=Reason.NOT_FOUND) from None
     except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop
         raise errors.FetchError(f"{url}: cannot resolve: {exc}", reason=Reason.DOWNLOAD_FAILURE) from None
     if not _inside(resolved, options.file_roots):
-        raise errors.FetchError(f"{url}: resolves outside the allowed file roots", reason=Reason.BLOCKED)
+        raise errors.FetchError(
+            f"{url}: resolves outside the allowed file roots ({_roots(options.file_roots)}); {ALLOW_HINT}",
+            reason=Reason.BLOCKED,
+        )
     try:
         fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from meshplug.commands.fetch import EXIT_CODES
+from meshplug.errors import FETCH_EXIT_CODES as EXIT_CODES
 from tests.testbed.origin import Origin, wasm_module
 from tests.testbed.registry import Registry
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,10 @@ def test_python_dash_m_runs_the_cli() -> None:
         (errors.MeshplugError("x"), 1),
         (errors.ConfigError("bad flag"), 2),
         (errors.SpecError("bad spec"), 2),
-        (errors.FetchError("boom", reason="checksum_mismatched"), 1),
+        (errors.FetchError("boom", reason="checksum_mismatched"), 12),
+        (errors.FetchError("boom", reason="download_failure"), 10),
+        (errors.SignatureError("unsigned"), 20),
+        (errors.ValidationError("rejected"), 1),
     ],
 )
 def test_errors_map_to_exit_codes(
@@ -56,3 +60,25 @@ def test_fetch_error_keeps_reason() -> None:
     err = errors.FetchError("sha256 differs", reason="checksum_mismatched")
     assert err.reason == "checksum_mismatched"
     assert isinstance(err, errors.MeshplugError)
+
+
+def test_inspect_checks_sha256_of_local_files_and_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.guests.minimal import passthrough
+
+    module = tmp_path / "m.wasm"
+    module.write_bytes(passthrough())
+    assert cli.main(["inspect", str(module), "--sha256", "0" * 64]) == 12
+    assert "checksum mismatch" in capsys.readouterr().err
+    import hashlib
+
+    assert cli.main(["inspect", str(module), "--sha256", hashlib.sha256(module.read_bytes()).hexdigest()]) == 0
+    rejected = tmp_path / "r.wasm"
+    rejected.write_bytes(b"\0asm\x01\0\0\0")
+    assert cli.main(["inspect", str(rejected)]) == 1
+
+
+def test_file_urls_outside_the_roots_say_how_to_allow_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.wasm"
+    assert cli.main(["fetch", "file:///etc/hostname", "-o", str(out), "--file-root", str(tmp_path)]) == 15
+    err = capsys.readouterr().err
+    assert "outside the allowed file roots" in err and "--file-root DIR" in err and "operator.fileRoots" in err

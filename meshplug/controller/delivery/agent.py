@@ -110,11 +110,7 @@ class AgentDelivery:
         else:
             reasons = {f["reason"] for f in report.failing}
             reason = next(
-                (
-                    r
-                    for r in ("AgentNACK", "AgentUnauthorized", "AgentUnreachable")
-                    if r in reasons
-                ),
+                (r for r in ("AgentNACK", "AgentUnauthorized", "AgentUnreachable") if r in reasons),
                 "AgentsPending",
             )
             first = report.failing[0]
