@@ -7,6 +7,9 @@ module keeps being delivered. `--require-signatures` refuses plugins without a k
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,3 +132,33 @@ def test_verification_key_gates_rollout(
     assert (promtext.value(families, "meshplug_wasm_remote_fetch_total", result="signature_invalid") or 0) >= 3
     assert (promtext.value(families, "meshplug_operator_reconcile_duration_seconds_count", result="ok") or 0) >= 2
     assert promtext.value(families, "meshplug_operator_workqueue_depth") is not None
+
+    # meshplug status, as a kubectl user runs it
+    def status(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "meshplug", "status", "--kubeconfig", str(kube.kubeconfig), *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+    listing = status("-n", ns)
+    assert listing.returncode == 0, listing.stderr
+    lines = {line.split()[0]: line.split() for line in listing.stdout.splitlines()[1:]}
+    assert lines["bundled"][3:5] == ["True", "Applied"], listing.stdout
+    assert lines["unsigned"][3:5] == ["False", "SignatureInvalid"], listing.stdout
+    everywhere = status("-A")
+    assert everywhere.returncode == 0 and everywhere.stdout.startswith("NAMESPACE"), everywhere.stderr
+    one = status("bundled", "-n", ns, "-o", "json")
+    assert one.returncode == 0, one.stderr
+    doc = json.loads(one.stdout)
+    assert doc["ready"] == "True" and doc["digest"] == "sha256:" + hashlib.sha256(bundle_module).hexdigest()
+    refused = status("tagged", "-n", ns)
+    assert refused.returncode == 1 and "SignatureInvalid" in refused.stdout, refused.stdout
+    assert status("no-such-plugin", "-n", ns).returncode == 3
+    dead = kube.kubeconfig.parent / "dead-kubeconfig"
+    dead.write_text(kube.kubeconfig.read_text().replace(kube.url, f"https://127.0.0.1:{procs.free_port()}"))
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "meshplug", "status", "--kubeconfig", str(dead), "-n", ns],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert unreachable.returncode == 4 and "cannot reach the Kubernetes API" in unreachable.stderr, unreachable.stderr
