@@ -12,7 +12,8 @@ the median of the per-round agent/Envoy ratios. Loopback only; about rounds * 2 
 `--baseline DIR` adds a third system, "baseline": the agent of another checkout (its `make native` build),
 interleaved with the others, to measure a change before/after in one run (the ratio is printed too).
 
-Usage: bench/agent_vs_envoy.py [--rounds 5] [--seconds 5] [--module rust/header_rules] [--no-plugin] [--baseline DIR]
+Usage: bench/agent_vs_envoy.py [--rounds 5] [--seconds 5] [--module rust/header_rules] [--no-plugin]
+       [--baseline DIR] [--source DIR]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--module", default="rust/header_rules")
     ap.add_argument("--no-plugin", action="store_true", help="compare the bare proxies")
     ap.add_argument("--baseline", type=Path, help="also run the agent of this checkout (e.g. before a change)")
+    ap.add_argument("--source", type=Path, help="run the agent of this checkout instead of this one")
     args = ap.parse_args(argv)
     wasm = None if args.no_plugin else modules.module(args.module).path
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if CAN_PIN else None)
             started.append(upstream)
             up_port = upstream.ports["http"]
-            agent, a_port = start_agent(work, "agent", up_port, wasm, CONFIG)
+            source = args.source.resolve() if args.source is not None else None
+            agent, a_port = start_agent(work, "agent", up_port, wasm, CONFIG, source=source)
             started.append(agent)
             envoy, e_port = start_envoy(work, "envoy", up_port, wasm, CONFIG)
             started.append(envoy)

@@ -107,6 +107,8 @@ class Downstream(asyncio.Protocol):
             self._to_h2(b"", tls=True)
             return
         self._arm_idle()
+        if self._end_at:
+            self.wake_at(self._end_at)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

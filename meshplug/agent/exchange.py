@@ -194,7 +194,7 @@ class Exchange:
     def _send_head(self, out: list[bytes], *, bodiless: bool, empty: bool) -> None:
         """Finish a response head: its framing (as received, re-chunked, content-length 0 when ``empty``, or
         close-delimited for HTTP/1.0), the connection header, the blank line; then send it in one write."""
-        keep = self.keep_alive and not self.conn.proxy.draining
+        keep = self.keep_alive and not self.conn.proxy.draining and not self.conn.expired
         if bodiless:
             self.resp_mode = 0
         elif empty:

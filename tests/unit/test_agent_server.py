@@ -94,12 +94,13 @@ class _Transport:
         return ("127.0.0.1", 5555)
 
 
-def _proxy(loop: _Loop) -> tuple[server.Proxy, upstream.Pool]:
+def _proxy(loop: _Loop, http: dict[str, Any] | None = None) -> tuple[server.Proxy, upstream.Pool]:
     cfg = agent_config.parse(
         {
             "listeners": [{"name": "m", "address": "127.0.0.1", "port": 1, "cluster": "u"}],
             "clusters": [{"name": "u", "address": "127.0.0.1", "port": 2, "response_timeout_s": 5}],
             "admin": {"address": "127.0.0.1", "port": 3},
+            "http": http or {},
         },
         base=Path("/tmp"),
     )
@@ -111,8 +112,10 @@ _REQ = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
 _RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-def _connected(loop: _Loop) -> tuple[downstream.Downstream, _Transport, upstream.Upstream, _Transport]:
-    proxy, pool = _proxy(loop)
+def _connected(
+    loop: _Loop, http: dict[str, Any] | None = None
+) -> tuple[downstream.Downstream, _Transport, upstream.Upstream, _Transport]:
+    proxy, pool = _proxy(loop, http)
     up, ut = upstream.Upstream(pool), _Transport()
     up.connection_made(cast(Any, ut))
     pool.idle.append(up)
@@ -150,3 +153,43 @@ def test_a_response_deadline_answers_504_and_a_served_request_leaves_none() -> N
     assert b"504" not in b"".join(dt.out)
     loop.advance(0.2)
     assert b"HTTP/1.1 504 Gateway Timeout" in dt.out[-1] and b"upstream request timeout" in dt.out[-1]
+
+
+# --- the request's own deadlines (stream idle, request headers) and the connection's lifetime --------------
+
+
+def test_a_stalled_partial_request_gets_408_at_the_stream_idle_timeout_and_activity_moves_it() -> None:
+    loop = _Loop()
+    down, dt, _, ut = _connected(loop, {"stream_idle_timeout_s": 10})
+    down.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nab")
+    loop.advance(9)
+    down.data_received(b"cd")  # activity: the deadline moves
+    loop.advance(9)
+    assert not dt.closed and not any(b"408" in o for o in dt.out)
+    loop.advance(1.5)
+    assert dt.out[-1].startswith(b"HTTP/1.1 408 Request Timeout") and dt.out[-1].endswith(b"stream timeout")
+    assert dt.closed and ut.closed  # the half-sent request's upstream connection goes too
+
+
+def test_request_headers_timeout_counts_from_the_first_byte_whatever_follows() -> None:
+    loop = _Loop()
+    down, dt, _, _ = _connected(loop, {"request_headers_timeout_s": 5})
+    down.data_received(b"GET / HTTP/1.1\r\n")
+    for _ in range(4):
+        loop.advance(1)
+        down.data_received(b"X-Slow: 1\r\n")  # trickling headers do not move it
+    loop.advance(1.1)
+    assert dt.out[-1].startswith(b"HTTP/1.1 408 ") and dt.out[-1].endswith(b"request header timeout")
+
+
+def test_max_connection_duration_closes_after_the_response_in_flight() -> None:
+    loop = _Loop()
+    down, dt, up, _ = _connected(loop, {"max_connection_duration_s": 3})
+    down.data_received(_REQ)
+    up.data_received(_RESP)
+    down.data_received(_REQ)  # in flight when the duration ends (before its 5 s response timeout)
+    loop.advance(3.5)
+    assert not dt.closed
+    up.data_received(_RESP)
+    out = b"".join(dt.out)
+    assert out.count(b"200 OK") == 2 and out.endswith(b"connection: close\r\n\r\nok") and dt.closed
