@@ -78,6 +78,7 @@ class Downstream(asyncio.Protocol):
         self._in_head = True
         self._head_room = self._max_head = opts.max_request_headers_kb * 1024
         self._max_count = opts.max_headers_count
+        self._headers_timeout = opts.request_headers_timeout_s
         self._count = 0
         self._begun = False  # a request has started (its first byte arrived) and is not complete
         #: why parsing stopped on purpose (set before raising from a callback): the local reply to give
@@ -275,8 +276,8 @@ class Downstream(asyncio.Protocol):
         self._count = 0
         self._idle_at = 0.0
         self._begun = True
-        if self.opts.request_headers_timeout_s:
-            self._headers_at = self.proxy.loop.time() + self.opts.request_headers_timeout_s
+        if self._headers_timeout:
+            self._headers_at = self.proxy.loop.time() + self._headers_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url += url

@@ -25,25 +25,27 @@ class Refusal(Exception):
 
 
 BAD_REQUEST: Final = b"Bad Request"
+_ALNUM: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 #: an authority: RFC 3986 reg-name / IP-literal characters, userinfo, port (what Envoy's authority check admits)
-_AUTHORITY: Final = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:@\[\]%]*")
+_AUTHORITY_CHARS: Final = _ALNUM + b"-._~!$&'()*+,;=:@[]%"
 #: a field name: an RFC 9110 token
-_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-#: what a field value may not contain (RFC 9110 5.5: no CR, LF or NUL; Envoy's header value check)
-_BAD_VALUE: Final = re.compile(rb"[\x00\r\n]")
+_TOKEN_CHARS: Final = _ALNUM + b"!#$%&'*+-.^_`|~"
 #: request targets: no whitespace, control characters or fragment (Envoy: 400)
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f#]")
 
+# (bytes.translate(None, allowed) leaves what is not allowed: one C pass, no regex, on the per-request path)
+
 
 def authority_ok(value: bytes) -> bool:
-    return _AUTHORITY.fullmatch(value) is not None
+    return not value.translate(None, _AUTHORITY_CHARS)
 
 
 def request_target(method: bytes, url: bytes) -> tuple[bytes, bytes]:
     """(path, authority) of a request target: origin form as is (authority b""), absolute form (http or
-    https, any case) normalised to its path (``/`` when empty) and authority. Raises Refusal."""
+    https, any case) normalised to its path (``/`` when empty) and authority. Raises Refusal. The parser has
+    refused whitespace and control characters in the target already; the fragment is left to refuse here."""
     if url[:1] == b"/":
-        if _BAD_TARGET.search(url) is not None:
+        if b"#" in url:
             raise Refusal(400, BAD_REQUEST)
         return url, b""
     if url == b"*":  # asterisk form: no route serves it (Envoy: OPTIONS * is 404, anything else 400)
@@ -96,11 +98,11 @@ def chunked(values: Sequence[bytes]) -> bool:
 def field_ok(name: bytes, value: bytes) -> bool:
     """A header a plugin set is writable on the wire: token name (pseudo-headers aside), no CR/LF/NUL in the
     value (Envoy refuses the stream otherwise: "invalid header value")."""
-    if _BAD_VALUE.search(value) is not None:
+    if b"\r" in value or b"\n" in value or b"\x00" in value:
         return False
-    if name[:1] == b":":
-        return _TOKEN.fullmatch(name[1:]) is not None
-    return _TOKEN.fullmatch(name) is not None
+    token = name[1:] if name[:1] == b":" else name
+    return bool(token) and not token.translate(None, _TOKEN_CHARS)
+
 
 
 def request_head_lines(

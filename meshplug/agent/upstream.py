@@ -53,6 +53,7 @@ class Upstream(asyncio.Protocol):
         "_in_head",
         "_interim",
         "_reason",
+        "_te",
         "flush_sink",
         "got_bytes",
         "head_request",
@@ -82,6 +83,7 @@ class Upstream(asyncio.Protocol):
         self._in_head = True
         self._head_room = pool.max_head
         self._count = 0
+        self._te = False  # the response head has a Transfer-Encoding line
         #: an exchange holding the last body chunk of this read back (to deliver it with end_stream when the
         #: message ends in the same read, as Envoy's codec does); told when the read is parsed
         self.flush_sink: FilteredExchange | None = None
@@ -174,6 +176,7 @@ class Upstream(asyncio.Protocol):
         self._headers = []
         self._reason = b""
         self._count = 0
+        self._te = False
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
@@ -182,7 +185,10 @@ class Upstream(asyncio.Protocol):
         self._count += 1
         if self._count > self.pool.max_count:
             raise httptools.HttpParserError("upstream response has too many headers")
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"transfer-encoding":
+            self._te = True
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status: int = self.parser.get_status_code()
@@ -194,10 +200,11 @@ class Upstream(asyncio.Protocol):
         self.keep_alive = self.parser.should_keep_alive()
         headers = self._headers
         self._headers = []  # header lines after the body are trailers
-        te = [v for n, v in headers if n == b"transfer-encoding"]
-        if te and (len(te) > 1 or te[0].strip(b" \t").lower() != b"chunked"):
-            # a coding other than chunked alone cannot be framed or passed on (Envoy: 502)
-            raise httptools.HttpParserError("upstream response transfer-encoding is not chunked")
+        if self._te:
+            te = [v for n, v in headers if n == b"transfer-encoding"]
+            if len(te) > 1 or te[0].strip(b" \t").lower() != b"chunked":
+                # a coding other than chunked alone cannot be framed or passed on (Envoy: 502)
+                raise httptools.HttpParserError("upstream response transfer-encoding is not chunked")
         if self.sink is not None:
             self.sink.up_headers(status, self._reason, headers, self.parser)
         if self.head_request and self.sink is not None:
