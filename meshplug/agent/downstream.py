@@ -303,11 +303,14 @@ class Downstream(asyncio.Protocol):
         self._headers = []  # header lines after the body are trailers
         if method == b"CONNECT":  # no route serves CONNECT (Envoy: 404; 400 for an origin-form target)
             self._refuse(400 if self._url[:1] == b"/" else 404, b"")
-        try:
-            path, authority = framing.request_target(method, self._url)
-        except framing.Refusal as refusal:
-            self._refusal = refusal
-            raise
+        path = self._url
+        authority = b""
+        if path[:1] != b"/" or 35 in path:  # not plain origin form (35: "#"): the rules decide
+            try:
+                path, authority = framing.request_target(method, path)
+            except framing.Refusal as refusal:
+                self._refusal = refusal
+                raise
 
         # which headers name more hop-by-hop headers; Host, framing, upgrade
         drop = wire.HOP_BY_HOP

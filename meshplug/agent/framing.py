@@ -33,11 +33,30 @@ _TOKEN_CHARS: Final = _ALNUM + b"!#$%&'*+-.^_`|~"
 #: request targets: no whitespace, control characters or fragment (Envoy: 400)
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f#]")
 
-# (bytes.translate(None, allowed) leaves what is not allowed: one C pass, no regex, on the per-request path)
+# (bytes.translate(None, allowed) leaves what is not allowed: one C pass, no regex). Hosts and header names
+# repeat from request to request: their verdicts are remembered (a bounded table, emptied when full).
+_MEMO_MAX: Final = 4096
+_AUTHORITY_OK: Final[dict[bytes, bool]] = {}
+_TOKEN_OK: Final[dict[bytes, bool]] = {}
 
 
 def authority_ok(value: bytes) -> bool:
-    return not value.translate(None, _AUTHORITY_CHARS)
+    ok = _AUTHORITY_OK.get(value)
+    if ok is None:
+        if len(_AUTHORITY_OK) >= _MEMO_MAX:
+            _AUTHORITY_OK.clear()
+        ok = _AUTHORITY_OK[value] = not value.translate(None, _AUTHORITY_CHARS)
+    return ok
+
+
+def _token_ok(name: bytes) -> bool:
+    ok = _TOKEN_OK.get(name)
+    if ok is None:
+        if len(_TOKEN_OK) >= _MEMO_MAX:
+            _TOKEN_OK.clear()
+        token = name[1:] if name[:1] == b":" else name
+        ok = _TOKEN_OK[name] = bool(token) and not token.translate(None, _TOKEN_CHARS)
+    return ok
 
 
 def request_target(method: bytes, url: bytes) -> tuple[bytes, bytes]:
@@ -45,7 +64,7 @@ def request_target(method: bytes, url: bytes) -> tuple[bytes, bytes]:
     https, any case) normalised to its path (``/`` when empty) and authority. Raises Refusal. The parser has
     refused whitespace and control characters in the target already; the fragment is left to refuse here."""
     if url[:1] == b"/":
-        if b"#" in url:
+        if 35 in url:  # "#": a fragment
             raise Refusal(400, BAD_REQUEST)
         return url, b""
     if url == b"*":  # asterisk form: no route serves it (Envoy: OPTIONS * is 404, anything else 400)
@@ -98,11 +117,9 @@ def chunked(values: Sequence[bytes]) -> bool:
 def field_ok(name: bytes, value: bytes) -> bool:
     """A header a plugin set is writable on the wire: token name (pseudo-headers aside), no CR/LF/NUL in the
     value (Envoy refuses the stream otherwise: "invalid header value")."""
-    if b"\r" in value or b"\n" in value or b"\x00" in value:
+    if 13 in value or 10 in value or 0 in value:  # CR, LF, NUL (int lookups: memchr, no buffer protocol)
         return False
-    token = name[1:] if name[:1] == b":" else name
-    return bool(token) and not token.translate(None, _TOKEN_CHARS)
-
+    return _token_ok(name)
 
 
 def request_head_lines(
