@@ -72,7 +72,12 @@ def agent(work: Path, upstream: Upstream) -> Iterator[tb_agent.Agent]:
         port=procs.free_port(),
         admin_port=procs.free_port(),
         clusters={"upstream": upstream.peer.port},
-        push={"address": "127.0.0.1", "port": procs.free_port(), "token_file": str(token_file)},
+        push={
+            "address": "127.0.0.1",
+            "port": procs.free_port(),
+            "token_file": str(token_file),
+            "allow_plaintext": True,
+        },
     )
     raw["http"] = {"stream_idle_timeout_s": 1.5}
     a = tb_agent.start_agent(raw, work_dir=work / "agent", log_dir=work, log_level="info")
