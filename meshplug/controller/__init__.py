@@ -2,48 +2,59 @@
 
 The only package that imports kopf. Drives spec -> fetch -> validate -> render -> apply.
 
-RBAC: the operator needs exactly these rules, no more (the chart's RBAC copies them; `rbac_rules()` parses this
-block and tests/integration/test_operator_rbac.py runs the operator under a ServiceAccount holding exactly them).
-Each line is ``<scope> <apiGroup or "core"> <resource> <verb,verb,...>``; scope ``cluster`` rules go in the
-operator's ClusterRole (or, for a namespace-scoped install, a Role in each watched namespace), scope ``own``
-rules in a Role in the operator's own namespace.
+RBAC: the operator needs exactly these rules, no more. This block is their single source: `rbac_rules()` parses
+it, scripts/render-manifests.sh copies it into the chart (charts/meshplug/files/rbac.yaml, rendered by
+templates/rbac.yaml), the operator checks each at start (SelfSubjectAccessReviews) and the README's "Permissions"
+table lists them; tests/integration/test_operator_rbac.py compares `kubectl auth can-i --list` of the chart-installed
+ServiceAccount with that table and the requests the operator made (the API server's audit log) with these rules.
+Each line is ``<scope> <apiGroup or "core"> <resource> <verb,verb,...>``. Scopes:
 
-    cluster  meshplug.io          wasmplugins         get,list,watch,patch,update
-    cluster  meshplug.io          wasmplugins/status  get,patch,update
-    cluster  meshplug.io          trafficextensions         get,list,watch,patch,update
-    cluster  meshplug.io          trafficextensions/status  get,patch,update
-    cluster  core                 pods                get,list,watch
-    cluster  core                 configmaps          get,list,create,patch,delete
-    cluster  core                 secrets             get,create,update
-    cluster  core                 events              create,get,patch
-    cluster  apps                 deployments         get,list,watch,patch
-    cluster  apps                 statefulsets        get,list,watch,patch
-    cluster  apps                 daemonsets          get,list,watch,patch
-    cluster  networking.istio.io  envoyfilters        get,list,create,patch,delete
+- ``watched``: namespaced rules needed in every namespace the operator watches. Cluster-wide (no ``--namespace``):
+  a ClusterRole bound by a ClusterRoleBinding, so they hold in every namespace, kube-system included (RBAC has no
+  exceptions). With ``--namespace`` (the chart's ``watchNamespaces``): a Role + RoleBinding in each of those
+  namespaces and nothing anywhere else.
+- ``cluster``: cluster-scoped resources only (a ClusterRole in either install).
+- ``own``: a Role in the operator's own namespace.
+
+    watched  meshplug.io          wasmplugins         get,list,watch,patch
+    watched  meshplug.io          wasmplugins/status  patch
+    watched  meshplug.io          trafficextensions         get,list,watch,patch
+    watched  meshplug.io          trafficextensions/status  patch
+    watched  core                 pods                list,watch
+    watched  core                 configmaps          get,list,create,patch,delete
+    watched  core                 secrets             get,create,update
+    watched  core                 events              create,get,patch
+    watched  apps                 deployments         list,watch,patch
+    watched  apps                 statefulsets        list,watch,patch
+    watched  apps                 daemonsets          list,watch,patch
+    watched  networking.istio.io  envoyfilters        list,create,patch,delete
     cluster  authentication.k8s.io  tokenreviews      create
     own      coordination.k8s.io  leases              get,create,update
     own      core                 secrets             get,create,update
     own      apps                 deployments         get
 
-Why: wasmplugins and trafficextensions (kopf watches them and patches finalizers/progress annotations), their
-status (conditions);
-pods (the selection, pod IPs of agents, re-reconcile on pods appearing or going); configmaps (modules for the
-istio plane); secrets (imagePullSecret; the agent Secret of each namespace with agents, which the operator
-creates and updates: `meshplug.controller.identity`); tokenreviews (the module server checks the agents'
-ServiceAccount tokens); events (Warning/Normal Events on plugins); apps workloads (pod-template volume
-annotations for the istio plane; watched for template label changes); envoyfilters (the istio plane); in its own
-namespace: leases (one active replica: the ``meshplug-operator`` Lease), secrets and its Deployment (the identity
-Secret, owned by the operator's Deployment; listed again for a namespace-scoped install).
+Why: wasmplugins and trafficextensions (kopf lists and watches them and patches its finalizer; the reconciler
+reads the current object), their status (conditions, digest, pod counts); pods (the selection, agents' addresses,
+re-reconcile on pods appearing or going); configmaps (modules of the istio plane; ``create`` because a server-side
+apply that creates an object is authorized as a create); secrets (imagePullSecret; the agent Secret of each
+namespace with agents, which the operator creates and updates: `meshplug.controller.identity`); events
+(Warning/Normal Events on plugins, one series per reason: read and patched on repeats); apps workloads
+(pod-template volume annotations for the istio plane; watched for template label changes); envoyfilters (the istio
+plane); tokenreviews (the module server checks the agents' ServiceAccount tokens); in its own namespace: leases (one
+active replica: the ``meshplug-operator`` Lease), secrets and its Deployment (the identity Secret, owned by the
+operator's Deployment).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+SCOPES = ("watched", "cluster", "own")
+
 
 @dataclass(frozen=True)
 class Rule:
-    """One RBAC rule the operator needs; ``scope`` is ``cluster`` or ``own`` (the operator's namespace)."""
+    """One RBAC rule the operator needs; ``scope`` is one of `SCOPES` (see this module's docstring)."""
 
     scope: str
     api_group: str  # "" for the core group
@@ -56,7 +67,7 @@ def rbac_rules() -> tuple[Rule, ...]:
     out: list[Rule] = []
     for line in (__doc__ or "").splitlines():
         parts = line.split()
-        if len(parts) == 4 and parts[0] in ("cluster", "own") and parts[3].replace(",", "").isalpha():
+        if len(parts) == 4 and parts[0] in SCOPES and parts[3].replace(",", "").isalpha():
             group = "" if parts[1] == "core" else parts[1]
             out.append(Rule(parts[0], group, parts[2], tuple(parts[3].split(","))))
     return tuple(out)

@@ -52,11 +52,11 @@ class Options:
 def check_permissions(reconciler: reconcile.Reconciler, opts: Options) -> list[str]:
     """Every rule of `controller.rbac_rules()` the operator's identity lacks, as 'verb resource.group in ns'."""
     missing: list[str] = []
+    where = {"watched": list(opts.namespaces) or [""], "cluster": [""], "own": [opts.lease_namespace or ""]}
     for rule in controller.rbac_rules():
-        scopes = [opts.lease_namespace or ""] if rule.scope == "own" else list(opts.namespaces) or [""]
         if rule.scope == "own" and opts.lease_namespace is None:
             continue
-        for namespace in scopes:
+        for namespace in where[rule.scope]:
             for verb in rule.verbs:
                 allowed, _ = reconciler.writer.access_review(verb, rule.api_group, rule.resource, namespace)
                 if not allowed:

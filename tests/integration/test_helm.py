@@ -64,11 +64,13 @@ def test_install_upgrade_uninstall(plane: kube_mod.Kube, home: Path) -> None:
     source = yaml.safe_load((helm_mod.procs.REPO_ROOT / "crds" / "wasmplugins.meshplug.io.yaml").read_text())
     assert crd["spec"]["versions"][0]["schema"] == source["spec"]["versions"][0]["schema"]
 
-    # RBAC: exactly the operator's listed rules, cluster and own-namespace parts
-    cluster = _rules(_get(plane, f"{RBAC}/clusterroles/mp-meshplug-operator"), "cluster")
-    own = _rules(_get(plane, f"{RBAC}/namespaces/{NS}/roles/mp-meshplug-operator"), "own")
+    # RBAC: exactly the operator's listed rules (cluster-wide install: the watched ones in a ClusterRole)
+    installed = _rules(_get(plane, f"{RBAC}/clusterroles/mp-meshplug-operator"), "watched")
+    installed |= _rules(_get(plane, f"{RBAC}/namespaces/{NS}/roles/mp-meshplug-operator-own"), "own")
+    if any(r.scope == "cluster" for r in controller.rbac_rules()):
+        installed |= _rules(_get(plane, f"{RBAC}/clusterroles/mp-meshplug-operator-cluster"), "cluster")
     listed = {(r.scope, r.api_group, r.resource, tuple(sorted(r.verbs))) for r in controller.rbac_rules()}
-    assert cluster | own == listed
+    assert installed == listed
     binding = _get(plane, f"{RBAC}/clusterrolebindings/mp-meshplug-operator")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mp-meshplug-operator", "namespace": NS}]
     _get(plane, f"/api/v1/namespaces/{NS}/serviceaccounts/mp-meshplug-operator")

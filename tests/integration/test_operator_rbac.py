@@ -1,320 +1,497 @@
-"""Least privilege: the operator runs under a ServiceAccount whose Roles hold exactly the rules listed in
-`meshplug.controller`'s docstring (`rbac_rules()`), delivers a plugin with them, and fails loudly when one is
-taken away: the plugin's Ready condition and a Warning Event name the refusal, the log names the permission,
-/healthz turns 503 and the `meshplug_operator_healthy` gauge drops to 0; at start it lists what is missing."""
+"""Least privilege, on the RBAC the chart installs (`helm install` of charts/meshplug on a real kube-apiserver):
+
+- `kubectl auth can-i --list` as the operator's ServiceAccount equals the README's "Permissions" table, in the
+  operator's namespace, a plugin's namespace and kube-system: cluster-wide, and with ``watchNamespaces`` (Roles in
+  those namespaces, and nothing in kube-system or any other namespace). What Kubernetes grants every account is
+  measured in the same run (a ServiceAccount with no binding) and set aside;
+- the operator, run as that ServiceAccount with the installed Deployment's flags (tests/testbed/installed.py),
+  delivers plugins on each data plane the code offers, and the API server's audit log shows every listed rule
+  used and no request refused: the list holds exactly what the code uses;
+- a rule taken away fails loudly: the plugin's Ready condition and a Warning Event name the refusal, /healthz
+  turns 503 and the `meshplug_operator_healthy` gauge 0, and a restarted operator names the missing permission.
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import itertools
 import re
+import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import wasmtime
+import yaml
 
-from meshplug import controller
-from tests.testbed import fixtures_kube, procs
+from meshplug import controller, injection
+from tests.guests import minimal
+from tests.testbed import agent as agent_mod
+from tests.testbed import fixtures_kube, installed, procs
+from tests.testbed import helm as helm_mod
 from tests.testbed import kube as kube_mod
-from tests.testbed import operator as operator_mod
 
-PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
-MODULE = wasmtime.wat2wasm(
-    """(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
- (func (export "malloc") (param i32) (result i32) i32.const 1024)
- (func (export "proxy_on_context_create") (param i32 i32))
- (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0))"""
-)
-SA = "meshplug-operator"
+README = procs.REPO_ROOT / "README.md"
+RBAC = "/apis/rbac.authorization.k8s.io/v1"
+API = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/{plural}"
+MODULE = minimal.passthrough('(data (i32.const 2048) "rbac")')
+MODULE_V2 = minimal.passthrough('(data (i32.const 2048) "rbac-v2")')
+TOKEN = "push-token-for-the-rbac-test"
+_hosts = itertools.count(120)
 
-
-_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", re.M)
-
-
-def _refused(log: str) -> bool:
-    """Whether the operator's log shows an API request refused (403 / Forbidden); the log lines' timestamps are
-    dropped first (their milliseconds may read 403)."""
-    text = _TIMESTAMP.sub("", log)
-    return bool(re.search(r"\b403\b", text)) or "Forbidden" in text
+CLUSTER_WIDE = ("mp", "meshplug-system")  # release, namespace
+NAMESPACED = ("mpns", "meshplug-ns")
+WATCHED = ("shop-x", "shop-y")
 
 
-def role(rules: tuple[controller.Rule, ...], scope: str, drop: tuple[str, str] | None) -> list[dict[str, Any]]:
-    out = []
-    for r in rules:
-        if r.scope != scope:
-            continue
-        verbs = [v for v in r.verbs if drop is None or (r.resource, v) != drop]
-        if verbs:
-            out.append({"apiGroups": [r.api_group], "resources": [r.resource], "verbs": verbs})
+# --- the documented list and what kubectl shows ------------------------------------------------------------
+
+
+def _pairs(resource: str, verbs: str) -> set[tuple[str, str]]:
+    return {(resource, v) for v in re.split(r"[,\s]+", verbs.strip()) if v}
+
+
+def documented() -> dict[str, set[tuple[str, str]]]:
+    """README's "Permissions" table: scope -> {(resource as kubectl names it, verb)}."""
+    text = README.read_text()
+    section = text.split("### Permissions", 1)[1].split("\n#", 1)[0]
+    out: dict[str, set[tuple[str, str]]] = {scope: set() for scope in controller.SCOPES}
+    for line in section.splitlines():
+        m = re.match(r"^\| `([^`]+)` \| ([a-z, ]+) \| (\w+) \|", line)
+        if m:
+            out[m.group(3)] |= _pairs(m.group(1), m.group(2))
     return out
 
 
-def put_roles(kube: kube_mod.Kube, ns: str, drop: tuple[str, str] | None = None) -> None:
-    rules = controller.rbac_rules()
-    for name, scope in (("meshplug-operator", "cluster"), ("meshplug-operator-own", "own")):
-        body = {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": name, "namespace": ns},
-            "rules": role(rules, scope, drop),
-        }
-        status, out = kube.request("PUT", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/{name}", body)
-        if status == 404:
-            status, out = kube.request("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles", body)
-        assert status in (200, 201), out
-        binding = {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": name, "namespace": ns},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": ns}],
-        }
-        status, out = kube.request("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings", binding)
-        assert status in (201, 409), out
+def listed() -> dict[str, set[tuple[str, str]]]:
+    """`controller.rbac_rules()` in kubectl's naming (``plural.group``, core: ``plural``)."""
+    out: dict[str, set[tuple[str, str]]] = {scope: set() for scope in controller.SCOPES}
+    for r in controller.rbac_rules():
+        plural, _, sub = r.resource.partition("/")
+        name = f"{plural}.{r.api_group}" if r.api_group else plural
+        out[r.scope] |= _pairs(name + (f"/{sub}" if sub else ""), ",".join(r.verbs))
+    return out
 
 
-@pytest.fixture
-def sa_kubeconfig(kube: kube_mod.Kube, kube_namespace: str, tmp_path: Path) -> Path:
-    status, out = kube.request(
-        "POST", f"/api/v1/namespaces/{kube_namespace}/serviceaccounts", {"metadata": {"name": SA}}
+_ROW = re.compile(r"^(\S*)\s+\[(.*?)\]\s+\[(.*?)\]\s+\[(.*?)\]\s*$")
+
+
+def can_i(kubeconfig: Path, namespace: str) -> set[tuple[str, str]]:
+    """`kubectl auth can-i --list -n namespace`: (resource or non-resource URL, verb) per row and verb."""
+    out = subprocess.run(
+        ["kubectl", f"--kubeconfig={kubeconfig}", "auth", "can-i", "--list", "-n", namespace],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
-    assert status == 201, out
-    put_roles(kube, kube_namespace)
-    token = kube.service_account_token(kube_namespace, SA)
-    return kube.kubeconfig_for(token, f"system:serviceaccount:{kube_namespace}:{SA}", tmp_path / "sa.kubeconfig")
+    rows: set[tuple[str, str]] = set()
+    header, *lines = out.stdout.splitlines()
+    assert header.split()[0] == "Resources", out.stdout
+    for line in lines:
+        m = _ROW.match(line)
+        assert m is not None, line
+        resource, urls, names, verbs = m.groups()
+        assert names == "", f"no rule of the operator names objects: {line}"
+        rows |= _pairs(resource or urls, verbs)
+    return rows
 
 
-@pytest.fixture
-def started(  # noqa: PLR0917 (pytest fixtures)
-    kube: kube_mod.Kube,
-    wasmplugin_crd: str,
-    envoyfilter_crd: str,
-    kube_namespace: str,
-    sa_kubeconfig: Path,
-    tmp_path: Path,
-) -> Iterator[tuple[operator_mod.Operator, Path]]:
-    modules = tmp_path / "modules"
-    modules.mkdir()
-    (modules / "m.wasm").write_bytes(MODULE)
-    ops: list[operator_mod.Operator] = []
+def test_readme_lists_exactly_the_operators_rules() -> None:
+    assert documented() == listed()
 
-    def start(name: str, wait_healthy: bool = True) -> operator_mod.Operator:
-        op = operator_mod.start_operator(
-            sa_kubeconfig,
-            tmp_path,
-            namespaces=[kube_namespace],
-            name=name,
-            extra=[f"--file-root={modules}", f"--lease-namespace={kube_namespace}"],
-            wait_healthy=wait_healthy,
+
+# --- the test bed ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plane:
+    kube: kube_mod.Kube
+    audit: Path
+    work: Path
+    baseline: Path  # kubeconfig of a ServiceAccount with no binding at all
+    agents: list[agent_mod.Agent] = field(default_factory=list)
+
+    def as_user(self, namespace: str, fullname: str) -> Path:
+        token = self.kube.service_account_token(namespace, installed.service_account(fullname))
+        return self.kube.kubeconfig_for(token, installed.user(namespace, fullname), self.work / f"{fullname}.kc")
+
+    def granted(self, kubeconfig: Path, namespace: str) -> set[tuple[str, str]]:
+        """What ``kubeconfig``'s account may do in ``namespace`` beyond what every account may."""
+        return can_i(kubeconfig, namespace) - can_i(self.baseline, namespace)
+
+    def install(self, release: str, namespace: str, values: dict[str, Any]) -> None:
+        path = self.work / f"{release}-values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        helm_mod.helm(
+            ["install", release, str(helm_mod.CHART), "-n", namespace, "--create-namespace", "-f", str(path)],
+            kubeconfig=self.kube.kubeconfig,
+            home=self.work / "helm",
         )
-        ops.append(op)
-        return op
 
-    first = start("operator")
-    try:
-        yield first, modules
-        # restarted without the permission: it names what is missing at start and reports unhealthy
-        first.stop()
-        put_roles(kube, kube_namespace, drop=("deployments", "patch"))
-        again = start("operator-restarted", wait_healthy=False)
-        procs.wait_until(
-            lambda: (
-                f"missing RBAC permission: patch deployments.apps in namespace {kube_namespace}" in again.proc.log()
-            ),
-            timeout=60,
-            what="the start-up check to name the missing permission",
-        )
-        assert not again.healthy()
-        assert again.metrics()["meshplug_operator_healthy"] == 0
-    finally:
-        for op in ops:
-            op.stop()
-        print(ops[0].proc.log()[-6000:])
+    def used(self, user: str) -> tuple[set[tuple[str, str, str]], list[str]]:
+        """(namespace, resource, verb) of every request ``user`` made, and those the API refused."""
+        used, refused = set(), []
+        for e in installed.audit_events(self.audit, user):
+            ref = e.get("objectRef") or {}
+            if not ref.get("resource"):
+                continue
+            name = f"{ref['resource']}.{ref['apiGroup']}" if ref.get("apiGroup") else ref["resource"]
+            name += f"/{ref['subresource']}" if ref.get("subresource") else ""
+            used.add((ref.get("namespace", ""), name, e["verb"]))
+            if e["verb"] == "patch" and e["responseStatus"]["code"] == 201:
+                # a server-side apply that creates the object is authorized for create as well (logged as patch)
+                used.add((ref.get("namespace", ""), name, "create"))
+            if e["responseStatus"]["code"] == 403:
+                refused.append(f"{e['verb']} {name} in {ref.get('namespace', '')}: {e['responseStatus']}")
+        return used, refused
 
+    def wait_lease_renewed(self, namespace: str) -> None:
+        """Until the leader renewed its Lease once (an update, like every renewal after it)."""
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/meshplug-operator"
 
-def _deployment(kube: kube_mod.Kube, ns: str, name: str) -> None:
-    body = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "selector": {"matchLabels": {"app": "cart"}},
-            "template": {
-                "metadata": {"labels": {"app": "cart"}},
-                "spec": {"containers": [{"name": "app", "image": "registry.example/app:v1"}]},
-            },
-        },
-    }
-    status, out = kube.request("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", body)
-    assert status == 201, out
+        def renewed() -> bool:
+            _, lease = self.kube.request("GET", path)
+            spec = (lease or {}).get("spec") or {}
+            return bool(spec.get("renewTime")) and spec.get("renewTime") != spec.get("acquireTime")
 
-
-def _ready(kube: kube_mod.Kube, ns: str, name: str) -> dict[str, Any]:
-    _, obj = kube.request("GET", f"{PLUGINS.format(ns=ns)}/{name}")
-    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
-
-
-def test_exact_rules_suffice_and_a_missing_one_fails_loudly(
-    kube: kube_mod.Kube, kube_namespace: str, started: tuple[operator_mod.Operator, Path]
-) -> None:
-    op, modules = started
-    ns = kube_namespace
-    _deployment(kube, ns, "cart")
-    body = {
-        "apiVersion": "meshplug.io/v1alpha1",
-        "kind": "WasmPlugin",
-        "metadata": {"name": "hdr"},
-        "spec": {
-            "url": f"file://{modules / 'm.wasm'}",
-            "sha256": hashlib.sha256(MODULE).hexdigest(),
-            "selector": {"matchLabels": {"app": "cart"}},
-        },
-    }
-    assert kube.request("POST", PLUGINS.format(ns=ns), body)[0] == 201
-    procs.wait_until(
-        lambda: _ready(kube, ns, "hdr").get("reason") == "Applied", timeout=90, interval=0.2, what="hdr applied"
-    )
-    _, cart = kube.request("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/cart")
-    assert "sidecar.istio.io/userVolume" in cart["spec"]["template"]["metadata"]["annotations"]
-    assert op.healthy()
-    assert not _refused(op.proc.log()), op.proc.log()[-3000:]
-
-    # take one permission away: the next workload cannot be patched
-    put_roles(kube, ns, drop=("deployments", "patch"))
-    _deployment(kube, ns, "cart-2")
-    procs.wait_until(
-        lambda: _ready(kube, ns, "hdr").get("reason") == "Forbidden", timeout=90, interval=0.2, what="Forbidden"
-    )
-    assert 'cannot patch resource "deployments"' in _ready(kube, ns, "hdr")["message"]
-    _, events = kube.request("GET", f"/api/v1/namespaces/{ns}/events")
-    assert any(e["reason"] == "Forbidden" and e["type"] == "Warning" for e in events["items"])
-    procs.wait_until(lambda: not op.healthy(), timeout=30, what="/healthz to turn 503")
-    assert "missing RBAC permission while reconciling" in op.proc.log()
-    assert op.metrics()["meshplug_operator_healthy"] == 0
-
-
-# --- cluster-wide install: a ClusterRole (+ the Lease Role in the operator's own namespace) ------------------
-
-OWN_NS = "meshplug-system"
-
-
-def _put(kube: kube_mod.Kube, collection: str, body: dict[str, Any]) -> None:
-    status, out = kube.request("PUT", f"{collection}/{body['metadata']['name']}", body)
-    if status == 404:
-        status, out = kube.request("POST", collection, body)
-    assert status in (200, 201), out
-
-
-def put_cluster_roles(kube: kube_mod.Kube, drop: tuple[str, str] | None = None) -> None:
-    """ClusterRole + ClusterRoleBinding with the ``cluster`` rules, Role + RoleBinding in OWN_NS with ``own``."""
-    rbac = "/apis/rbac.authorization.k8s.io/v1"
-    subject = [{"kind": "ServiceAccount", "name": SA, "namespace": OWN_NS}]
-    rules = controller.rbac_rules()
-    _put(
-        kube,
-        f"{rbac}/clusterroles",
-        {"metadata": {"name": "meshplug-operator"}, "rules": role(rules, "cluster", drop)},
-    )
-    _put(
-        kube,
-        f"{rbac}/clusterrolebindings",
-        {
-            "metadata": {"name": "meshplug-operator"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "meshplug-operator"},
-            "subjects": subject,
-        },
-    )
-    _put(
-        kube,
-        f"{rbac}/namespaces/{OWN_NS}/roles",
-        {"metadata": {"name": "meshplug-operator", "namespace": OWN_NS}, "rules": role(rules, "own", drop)},
-    )
-    _put(
-        kube,
-        f"{rbac}/namespaces/{OWN_NS}/rolebindings",
-        {
-            "metadata": {"name": "meshplug-operator", "namespace": OWN_NS},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "meshplug-operator"},
-            "subjects": subject,
-        },
-    )
+        procs.wait_until(renewed, timeout=30, what="the leader to renew its Lease")
 
 
 @pytest.fixture(scope="module")
-def cluster_plane(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[kube_mod.Kube]:
-    """Its own apiserver: a cluster-wide operator must not see the other tests' namespaces."""
-    with kube_mod.control_plane(tmp_path_factory.mktemp("rbac-cluster"), logs_dir / "rbac-cluster") as plane:
-        fixtures_kube.install_crd(plane, fixtures_kube.crd_body())
-        fixtures_kube.install_crd(plane, fixtures_kube.ENVOYFILTER_CRD)
-        for ns in (OWN_NS, "shop-a", "shop-b"):
-            fixtures_kube.ensure_namespace(plane, ns)
-        yield plane
+def plane(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[Plane]:
+    """A control plane of its own (a cluster-wide operator must not see other tests' namespaces), with an audit log
+    of every ServiceAccount's requests."""
+    work = tmp_path_factory.mktemp("rbac")
+    audit = work / "audit.log"
+    with kube_mod.control_plane(work / "kube", logs_dir / "rbac", apiserver_args=installed.audit_policy(audit)) as kube:
+        for crd in sorted((procs.REPO_ROOT / "crds").glob("*.yaml")):
+            fixtures_kube.install_crd(kube, yaml.safe_load(crd.read_text()))
+        fixtures_kube.install_crd(kube, fixtures_kube.ENVOYFILTER_CRD)
+        for ns in ("shop-a", *WATCHED):
+            fixtures_kube.ensure_namespace(kube, ns)
+        assert kube.request("POST", "/api/v1/namespaces/default/serviceaccounts", {"metadata": {"name": "nobody"}})[0]
+        token = kube.service_account_token("default", "nobody")
+        baseline = kube.kubeconfig_for(token, "system:serviceaccount:default:nobody", work / "nobody.kc")
+        p = Plane(kube, audit, work, baseline)
+        try:
+            yield p
+        finally:
+            for a in p.agents:
+                a.stop()
 
 
-def test_cluster_role_suffices_cluster_wide_and_a_missing_rule_fails_loudly(
-    cluster_plane: kube_mod.Kube, tmp_path: Path
-) -> None:
-    kube = cluster_plane
-    status, out = kube.request("POST", f"/api/v1/namespaces/{OWN_NS}/serviceaccounts", {"metadata": {"name": SA}})
-    assert status == 201, out
-    put_cluster_roles(kube)
-    token = kube.service_account_token(OWN_NS, SA)
-    kubeconfig = kube.kubeconfig_for(token, f"system:serviceaccount:{OWN_NS}:{SA}", tmp_path / "sa.kubeconfig")
+def chart_values(webhook: installed.Webhook, modules: Path, **more: Any) -> dict[str, Any]:
+    return {
+        **webhook.values(),
+        "crds": {"enabled": False, "keep": True},  # the module's fixture installed them
+        "operator": {"fileRoots": [str(modules)]},
+        **more,
+    }
+
+
+# --- what the operator is asked to do: one plugin per data plane ------------------------------------------
+
+
+@dataclass
+class Shop:
+    """A namespace with a pod whose agent runs as a local process, a Deployment, and the agents' push token."""
+
+    plane: Plane
+    ns: str
+    modules: Path
+
+    def module(self, name: str, data: bytes) -> tuple[str, str]:
+        (self.modules / name).write_bytes(data)
+        return f"file://{self.modules / name}", hashlib.sha256(data).hexdigest()
+
+    def request(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201)) -> Any:
+        status, out = self.plane.kube.request(
+            method, path, body, content_type="application/merge-patch+json" if method == "PATCH" else "application/json"
+        )
+        assert status in ok, f"{method} {path}: {status} {out}"
+        return out
+
+    def setup(self) -> None:
+        token = {
+            "metadata": {"name": "meshplug-agent-token"},
+            "data": {"token": base64.b64encode(TOKEN.encode()).decode()},
+        }
+        self.request("POST", f"/api/v1/namespaces/{self.ns}/secrets", token)
+        work = self.plane.work / self.ns
+        work.mkdir(exist_ok=True)
+        (work / "token").write_text(TOKEN)
+        ip = f"127.0.0.{next(_hosts)}"
+        raw = agent_mod.base_config(
+            port=procs.free_port(),
+            admin_port=procs.free_port(),
+            clusters={"upstream": procs.free_port()},
+            push={"address": ip, "port": procs.free_port(), "token_file": str(work / "token")},
+        )
+        agent = agent_mod.start_agent(raw, work_dir=work, log_dir=work / "logs", name=f"agent-{self.ns}")
+        self.plane.agents.append(agent)
+        pod = {
+            "metadata": {"name": "cart-0", "labels": {"app": "cart"}},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/app:v1"}]},
+        }
+        pod["metadata"]["annotations"] = {"meshplug.io/agent-push-port": str(agent.push_port)}
+        self.request("POST", f"/api/v1/namespaces/{self.ns}/pods", pod)
+        running = {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }
+        self.request("PATCH", f"/api/v1/namespaces/{self.ns}/pods/cart-0/status", {"status": running})
+        deployment = {
+            "metadata": {"name": "cart"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "cart"}},
+                "template": {"metadata": {"labels": {"app": "cart"}}, "spec": pod["spec"]},
+            },
+        }
+        self.request("POST", f"/apis/apps/v1/namespaces/{self.ns}/deployments", deployment)
+        self.request(
+            "POST", f"/apis/apps/v1/namespaces/{self.ns}/daemonsets", {**deployment, "metadata": {"name": "cart-ds"}}
+        )
+        sts = {**deployment, "metadata": {"name": "cart-sts"}, "spec": {**deployment["spec"], "serviceName": "cart"}}
+        self.request("POST", f"/apis/apps/v1/namespaces/{self.ns}/statefulsets", sts)
+
+    def ready(self, plural: str, name: str) -> dict[str, Any]:
+        _, obj = self.plane.kube.request("GET", f"{API.format(ns=self.ns, plural=plural)}/{name}")
+        return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+
+    def wait(self, plural: str, name: str, reason: str) -> None:
+        procs.wait_until(
+            lambda: self.ready(plural, name).get("reason") == reason,
+            timeout=90,
+            interval=0.2,
+            what=f"{self.ns}/{name}: Ready reason {reason} (now {self.ready(plural, name)})",
+        )
+
+    def create(self, plural: str, kind: str, name: str, spec: dict[str, Any]) -> None:
+        body = {"apiVersion": "meshplug.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+        self.request("POST", API.format(ns=self.ns, plural=plural), body)
+
+    def delete(self, plural: str, name: str) -> None:
+        path = f"{API.format(ns=self.ns, plural=plural)}/{name}"
+        self.request("DELETE", path, ok=(200, 202))
+        procs.wait_until(
+            lambda: self.plane.kube.request("GET", path)[0] == 404, timeout=60, what=f"{name} finalized and gone"
+        )
+
+    def injected(self, name: str) -> list[str]:
+        """Create a pod that opts in to agent injection; the containers it was admitted with."""
+        pod = {
+            "metadata": {"name": name, "labels": {"app": "web", injection.INJECT_KEY: "enabled"}},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "app",
+                        "image": "registry.example/app:v1",
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                    }
+                ]
+            },
+        }
+        out = self.request("POST", f"/api/v1/namespaces/{self.ns}/pods", pod)
+        return [c["name"] for c in out["spec"]["containers"]]
+
+    def every_plane(self) -> None:
+        """A WasmPlugin per data plane, updated and deleted; a Lua TrafficExtension; an injected pod."""
+        assert self.injected("web-0") == ["app", injection.CONTAINER_NAME]
+        url, sha = self.module("m.wasm", MODULE)
+        selector = {"matchLabels": {"app": "cart"}}
+        self.create(
+            "wasmplugins",
+            "WasmPlugin",
+            "agent",
+            {"url": url, "sha256": sha, "selector": selector, "dataPlane": "agent"},
+        )
+        self.create("wasmplugins", "WasmPlugin", "istio", {"url": url, "sha256": sha, "selector": selector})
+        lua = "function envoy_on_response(h) h:headers():add('x-lua', '1') end\n"
+        self.create(
+            "trafficextensions",
+            "TrafficExtension",
+            "lua",
+            {"lua": {"inlineCode": lua}, "selector": selector, "dataPlane": "agent"},
+        )
+        self.wait("wasmplugins", "agent", "Confirmed")
+        self.wait("wasmplugins", "istio", "Applied")
+        self.wait("trafficextensions", "lua", "Confirmed")
+        url2, sha2 = self.module("m2.wasm", MODULE_V2)
+        for name in ("agent", "istio"):
+            self.request(
+                "PATCH",
+                f"{API.format(ns=self.ns, plural='wasmplugins')}/{name}",
+                {"spec": {"url": url2, "sha256": sha2}},
+            )
+        procs.wait_until(
+            lambda: all(
+                self.plane.kube.request("GET", f"{API.format(ns=self.ns, plural='wasmplugins')}/{n}")[1]
+                .get("status", {})
+                .get("digest")
+                == f"sha256:{sha2}"
+                for n in ("agent", "istio")
+            ),
+            timeout=90,
+            what="both plugins on the new module",
+        )
+        self.delete("wasmplugins", "agent")
+        self.delete("wasmplugins", "istio")
+        self.delete("trafficextensions", "lua")
+        # a module that is not what its sha256 says: Ready=False and a Warning Event
+        self.create(
+            "wasmplugins", "WasmPlugin", "bad", {"url": url, "sha256": sha2, "selector": selector, "dataPlane": "agent"}
+        )
+        procs.wait_until(
+            lambda: self.ready("wasmplugins", "bad").get("status") == "False", timeout=60, what="bad: Ready=False"
+        )
+        procs.wait_until(lambda: self.warnings("bad"), timeout=30, what="a Warning Event on bad")
+        self.delete("wasmplugins", "bad")
+
+    def warnings(self, name: str) -> list[str]:
+        _, events = self.plane.kube.request("GET", f"/api/v1/namespaces/{self.ns}/events")
+        return [e["reason"] for e in events["items"] if e["type"] == "Warning" and e["involvedObject"]["name"] == name]
+
+
+def unused_and_unlisted(used: set[tuple[str, str, str]], release_ns: str) -> dict[str, set[tuple[str, str]]]:
+    """Listed rules the operator never used, and requests no listed rule covers (both empty when the list is
+    exactly what the code uses)."""
+    by_scope, docs = rules_used(used, release_ns), documented()
+    return {
+        "unused": {(scope, *rule) for scope in docs for rule in docs[scope] - by_scope[scope]},
+        "unlisted": {(scope, *rule) for scope in docs for rule in by_scope[scope] - docs[scope]},
+    }
+
+
+def rules_used(used: set[tuple[str, str, str]], release_ns: str) -> dict[str, set[tuple[str, str]]]:
+    """The audit log's requests sorted into the list's scopes: cluster-scoped (no namespace), the operator's own
+    namespace (resources listed as ``own``), the rest ``watched``."""
+    own_resources = {r for r, _ in listed()["own"]}
+    out: dict[str, set[tuple[str, str]]] = {scope: set() for scope in controller.SCOPES}
+    for ns, resource, verb in used:
+        if resource.startswith("selfsubject"):
+            continue  # every account may (the start-up check; kubectl auth can-i)
+        if not ns:
+            scope = "watched" if (resource, verb) in listed()["watched"] else "cluster"
+        elif ns == release_ns and resource in own_resources:
+            scope = "own"
+        else:
+            scope = "watched"
+        out[scope].add((resource, verb))
+    return out
+
+
+# --- the tests -------------------------------------------------------------------------------------------
+
+
+def test_cluster_wide_install(plane: Plane, tmp_path: Path) -> None:
+    release, ns = CLUSTER_WIDE
+    fullname = f"{release}-meshplug"
     modules = tmp_path / "modules"
     modules.mkdir()
-    (modules / "m.wasm").write_bytes(MODULE)
-    ops: list[operator_mod.Operator] = []
+    webhook = installed.Webhook.make(tmp_path / "webhook-tls")
+    plane.install(release, ns, chart_values(webhook, modules))
+    sa = plane.as_user(ns, fullname)
+    docs = documented()
+    everywhere = docs["watched"] | docs["cluster"]
+    assert plane.granted(sa, "shop-a") == everywhere
+    # RBAC cannot leave a namespace out of a ClusterRoleBinding: the watched rules hold in kube-system too
+    assert plane.granted(sa, "kube-system") == everywhere
+    assert plane.granted(sa, ns) == everywhere | docs["own"]
 
-    def start(name: str, wait_healthy: bool = True) -> operator_mod.Operator:
-        extra = [f"--file-root={modules}", f"--lease-namespace={OWN_NS}"]
-        ops.append(operator_mod.start_operator(kubeconfig, tmp_path, name=name, extra=extra, wait_healthy=wait_healthy))
-        return ops[-1]
-
+    shop = Shop(plane, "shop-a", modules)
+    shop.setup()
+    op = installed.start_operator(plane.kube, ns, fullname, tmp_path, webhook=webhook)
     try:
-        op = start("operator-clusterwide")  # no --namespace: every namespace
-        for ns in ("shop-a", "shop-b"):
-            _deployment(kube, ns, "cart")
-            body = {
-                "apiVersion": "meshplug.io/v1alpha1",
-                "kind": "WasmPlugin",
-                "metadata": {"name": "hdr"},
-                "spec": {"url": f"file://{modules / 'm.wasm'}", "selector": {"matchLabels": {"app": "cart"}}},
-            }
-            assert kube.request("POST", PLUGINS.format(ns=ns), body)[0] == 201
-        for ns in ("shop-a", "shop-b"):
-            procs.wait_until(
-                lambda ns=ns: _ready(kube, ns, "hdr").get("reason") == "Applied",  # type: ignore[misc]
-                timeout=90,
-                interval=0.2,
-                what=f"{ns}/hdr applied",
-            )
-            _, cart = kube.request("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/cart")
-            assert "sidecar.istio.io/userVolume" in cart["spec"]["template"]["metadata"]["annotations"]
-        _, lease = kube.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{OWN_NS}/leases/meshplug-operator")
-        assert lease["spec"]["holderIdentity"]
+        shop.every_plane()
         assert op.healthy()
-        assert not _refused(op.proc.log()), op.proc.log()[-3000:]
+        plane.wait_lease_renewed(ns)
+        used, refused = plane.used(installed.user(ns, fullname))
+        assert refused == []
+        gaps = unused_and_unlisted(used, ns)
+        assert gaps == {"unused": set(), "unlisted": set()}, "\n".join(f"{k}: {sorted(v)}" for k, v in gaps.items())
 
-        # one verb fewer in the ClusterRole: the next workload cannot be patched, loudly
-        put_cluster_roles(kube, drop=("deployments", "patch"))
-        _deployment(kube, "shop-b", "cart-2")
-        procs.wait_until(
-            lambda: _ready(kube, "shop-b", "hdr").get("reason") == "Forbidden", timeout=90, interval=0.2, what="403"
+        # one rule fewer in the installed ClusterRole (secrets get): the next reconcile is refused, loudly
+        status, role = plane.kube.request("GET", f"{RBAC}/clusterroles/{fullname}-operator")
+        assert status == 200
+        role["rules"] = [rule for rule in role["rules"] if rule["resources"] != ["secrets"]]
+        assert plane.kube.request("PUT", f"{RBAC}/clusterroles/{fullname}-operator", role)[0] == 200
+        url, sha = shop.module("m.wasm", MODULE)
+        shop.create(
+            "wasmplugins",
+            "WasmPlugin",
+            "denied",
+            {"url": url, "sha256": sha, "selector": {"matchLabels": {"app": "cart"}}, "dataPlane": "agent"},
         )
-        assert 'cannot patch resource "deployments"' in _ready(kube, "shop-b", "hdr")["message"]
+        shop.wait("wasmplugins", "denied", "Forbidden")
+        assert 'cannot get resource "secrets"' in shop.ready("wasmplugins", "denied")["message"]
+        assert "Forbidden" in shop.warnings("denied")
         procs.wait_until(lambda: not op.healthy(), timeout=30, what="/healthz to turn 503")
-
-        # restarted without it: the start-up check names the cluster-wide permission
+        assert op.metrics()["meshplug_operator_healthy"] == 0
         op.stop()
-        again = start("operator-clusterwide-restarted", wait_healthy=False)
-        procs.wait_until(
-            lambda: "missing RBAC permission: patch deployments.apps cluster-wide" in again.proc.log(),
-            timeout=60,
-            what="the start-up check to name the missing permission",
+        again = installed.start_operator(
+            plane.kube, ns, fullname, tmp_path, webhook=None, name="restarted", wait_healthy=False
         )
-        assert not again.healthy()
+        try:
+            procs.wait_until(
+                lambda: "missing RBAC permission: get secrets cluster-wide" in again.proc.log(),
+                timeout=60,
+                what="the start-up check to name the missing permission",
+            )
+            assert not again.healthy()
+        finally:
+            again.stop()
     finally:
-        for started_op in ops:
-            started_op.stop()
-        print(ops[0].proc.log()[-6000:] if ops else "")
+        op.stop()
+        print(op.proc.log()[-6000:])
+        # its webhooks (failurePolicy Fail) would refuse every plugin once it is gone
+        helm_mod.helm(["uninstall", release, "-n", ns], kubeconfig=plane.kube.kubeconfig, home=plane.work / "helm")
+
+
+def test_namespaced_install(plane: Plane, tmp_path: Path) -> None:
+    release, ns = NAMESPACED
+    fullname = f"{release}-meshplug"
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    webhook = installed.Webhook.make(tmp_path / "webhook-tls")
+    plane.install(release, ns, chart_values(webhook, modules, watchNamespaces=list(WATCHED)))
+    sa = plane.as_user(ns, fullname)
+    docs = documented()
+    for watched in WATCHED:
+        assert plane.granted(sa, watched) == docs["watched"] | docs["cluster"]
+    # nothing in kube-system, nor in a namespace it does not watch: only cluster-scoped rules, if any
+    assert plane.granted(sa, "kube-system") == docs["cluster"]
+    assert plane.granted(sa, "shop-a") == docs["cluster"]
+    assert plane.granted(sa, ns) == docs["own"] | docs["cluster"]
+    _, roles = plane.kube.request("GET", f"{RBAC}/clusterroles?labelSelector=app.kubernetes.io/instance={release}")
+    assert [r["metadata"]["name"] for r in roles["items"]] == (
+        [f"{fullname}-operator-cluster"] if docs["cluster"] else []
+    )
+
+    shop = Shop(plane, WATCHED[0], modules)
+    shop.setup()
+    op = installed.start_operator(plane.kube, ns, fullname, tmp_path, webhook=webhook)
+    try:
+        assert f"--namespace={WATCHED[0]}" in op.proc.argv and f"--namespace={WATCHED[1]}" in op.proc.argv
+        # outside the watched namespaces neither the webhooks nor the operator act
+        elsewhere = Shop(plane, "shop-a", modules)
+        assert elsewhere.injected("web-1") == ["app"]
+        url, sha = elsewhere.module("m.wasm", MODULE)
+        elsewhere.create("wasmplugins", "WasmPlugin", "elsewhere", {"url": url, "sha256": sha, "dataPlane": "agent"})
+        shop.every_plane()
+        assert op.healthy()
+        plane.wait_lease_renewed(ns)
+        used, refused = plane.used(installed.user(ns, fullname))
+        assert refused == []
+        assert {n for n, _, _ in used} <= {ns, *WATCHED, ""}
+        _, untouched = plane.kube.request("GET", f"{API.format(ns='shop-a', plural='wasmplugins')}/elsewhere")
+        assert "status" not in untouched and not untouched["metadata"].get("finalizers")
+        gaps = unused_and_unlisted(used, ns)
+        assert gaps == {"unused": set(), "unlisted": set()}, "\n".join(f"{k}: {sorted(v)}" for k, v in gaps.items())
+    finally:
+        op.stop()
+        print(op.proc.log()[-6000:])

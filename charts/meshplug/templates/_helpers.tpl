@@ -85,3 +85,13 @@ validation:
   allowedUrlPrefixes:
     {{- toYaml .Values.validation.allowedUrlPrefixes | nindent 4 }}
 {{- end -}}
+
+{{/* With watchNamespaces: the namespaceSelector expression that keeps the webhooks to those namespaces. */}}
+{{- define "meshplug.watchedNamespacesExpression" -}}
+{{- with .Values.watchNamespaces }}
+- key: kubernetes.io/metadata.name
+  operator: In
+  values:
+    {{- toYaml (. | uniq) | nindent 4 }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,147 @@
+"""meshplug as the chart installs it, on a test-bed control plane: the operator run the way the chart's Deployment
+runs it -- as the chart's ServiceAccount (a TokenRequest token: exactly the RBAC the chart granted), with the
+Deployment's own flags (``--namespace`` per ``watchNamespaces``, ``--file-root``, ...) and the chart's webhook
+config -- but as a local process listening on 127.0.0.1 (the test bed has no kubelet). The API server reaches its
+webhooks through ``webhook.url`` with ``webhook.tls.mode=provided`` (`values`).
+
+Works whether the chart's objects came from ``helm install`` or from ``helm template`` applied by another tool: it
+reads the Deployment and the webhook ConfigMap from the API. Used by tests/integration/test_operator_rbac.py and
+test_gitops.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.testbed import helm as helm_mod
+from tests.testbed import kube as kube_mod
+from tests.testbed import operator as operator_mod
+from tests.testbed import procs
+
+#: flags of the chart's Deployment that `operator_mod.start_operator` sets itself (local ports and directories)
+_LOCAL_FLAGS = ("--module-listen", "--module-host", "--module-port", "--cache-dir", "--metrics-listen", "--liveness")
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Where the operator's admission webhooks listen on 127.0.0.1, with the TLS files the chart's values name."""
+
+    port: int
+    tls: helm_mod.WebhookTls
+
+    @classmethod
+    def make(cls, directory: Path) -> Webhook:
+        return cls(port=procs.free_port(), tls=helm_mod.webhook_tls(directory))
+
+    def values(self) -> dict[str, Any]:
+        """The chart values that point the webhook configurations at this listener."""
+        return {
+            "webhook": {
+                "url": f"https://127.0.0.1:{self.port}",
+                "tls": {"mode": "provided", "caBundle": self.tls.ca_bundle},
+            }
+        }
+
+
+def audit_policy(path: Path, groups: Sequence[str] = ("system:serviceaccounts",)) -> list[str]:
+    """apiserver flags for an audit log of every request by ``groups`` (Metadata level: verb, resource, namespace,
+    name, response code), JSON lines in ``path``; `audit_events` reads it."""
+    policy = {
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived"],
+        "rules": [{"level": "Metadata", "userGroups": list(groups)}, {"level": "None"}],
+    }
+    policy_file = path.with_suffix(".policy.json")
+    policy_file.write_text(json.dumps(policy))
+    return [f"--audit-policy-file={policy_file}", f"--audit-log-path={path}", "--audit-log-maxbackup=0"]
+
+
+def audit_events(path: Path, user: str) -> list[dict[str, Any]]:
+    """The requests of ``user`` in the audit log, one event each: its last stage (a watch still open has only
+    ResponseStarted)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    events: dict[str, dict[str, Any]] = {}
+    for line in lines:
+        if line.strip():
+            event = json.loads(line)
+            if event["user"]["username"] == user:
+                events[event["auditID"]] = event
+    return list(events.values())
+
+
+def service_account(fullname: str) -> str:
+    return f"{fullname}-operator"
+
+
+def user(namespace: str, fullname: str) -> str:
+    return f"system:serviceaccount:{namespace}:{service_account(fullname)}"
+
+
+def operator_flags(deployment: Mapping[str, Any], work: Path) -> list[str]:
+    """The operator container's flags, minus the local ones `start_operator` sets; other listen addresses move to a
+    free port on 127.0.0.1."""
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = list(container.get("args") or [])
+    assert args[0] == "operator", args
+    out = []
+    for arg in args[1:]:
+        flag, _, value = arg.partition("=")
+        if flag in _LOCAL_FLAGS:
+            continue
+        if flag.endswith("-listen") and value:
+            arg = f"{flag}=127.0.0.1:{procs.free_port()}"
+        out.append(arg)
+    return out
+
+
+def start_operator(
+    kube: kube_mod.Kube,
+    namespace: str,
+    fullname: str,
+    work: Path,
+    *,
+    webhook: Webhook | None,
+    name: str = "operator",
+    wait_healthy: bool = True,
+) -> operator_mod.Operator:
+    """Run the installed operator locally as its ServiceAccount (see the module docstring)."""
+    status, deployment = kube.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{fullname}-operator")
+    assert status == 200, deployment
+    work.mkdir(parents=True, exist_ok=True)
+    sa_user = user(namespace, fullname)
+    token = kube.service_account_token(namespace, service_account(fullname))
+    kubeconfig = kube.kubeconfig_for(token, sa_user, work / f"{name}.kubeconfig")
+    env = {"POD_NAMESPACE": namespace}  # as the Deployment's downward API sets it (the Lease's namespace)
+    if webhook is not None:
+        status, cm = kube.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{fullname}-webhook")
+        assert status == 200, cm
+        config = yaml.safe_load(cm["data"]["webhook.yaml"])
+        # only where it listens and its certificate files differ from the chart's config
+        config["listen"] = {"address": "127.0.0.1", "port": webhook.port}
+        config["tls"] = {"certFile": str(webhook.tls.cert), "keyFile": str(webhook.tls.key)}
+        path = work / f"{name}-webhook.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env["MESHPLUG_WEBHOOK_CONFIG"] = str(path)
+    op = operator_mod.start_operator(
+        kubeconfig,
+        work,
+        name=name,
+        extra=operator_flags(deployment, work),
+        wait_healthy=wait_healthy,
+        env=env,
+    )
+    if webhook is not None and wait_healthy:
+        procs.wait_until(
+            lambda: procs.tls_ready(webhook.port, webhook.tls.ca_cert), timeout=60, what="the webhook server"
+        )
+    return op
