@@ -32,6 +32,7 @@ from tests.testbed import agent as agent_mod
 from tests.testbed import fixtures_kube, installed, procs
 from tests.testbed import helm as helm_mod
 from tests.testbed import kube as kube_mod
+from tests.testbed import operator as operator_mod
 
 README = procs.REPO_ROOT / "README.md"
 RBAC = "/apis/rbac.authorization.k8s.io/v1"
@@ -41,8 +42,6 @@ MODULE_V2 = minimal.passthrough('(data (i32.const 2048) "rbac-v2")')
 TOKEN = "push-token-for-the-rbac-test"
 _hosts = itertools.count(120)
 
-CLUSTER_WIDE = ("mp", "meshplug-system")  # release, namespace
-NAMESPACED = ("mpns", "meshplug-ns")
 WATCHED = ("shop-x", "shop-y")
 
 
@@ -106,6 +105,23 @@ def test_readme_lists_exactly_the_operators_rules() -> None:
 # --- the test bed ------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Install:
+    """A release of the chart and what a test needs of it."""
+
+    release: str
+    namespace: str
+    fullname: str
+    user: str  # the operator's ServiceAccount as the API names it
+    sa: Path  # a kubeconfig of that ServiceAccount
+    modules: Path  # the chart's operator.fileRoots
+    webhook: installed.Webhook
+    work: Path
+
+    def start_operator(self, kube: kube_mod.Kube, **kw: Any) -> operator_mod.Operator:
+        return installed.start_operator(kube, self.namespace, self.fullname, self.work, webhook=self.webhook, **kw)
+
+
 @dataclass
 class Plane:
     kube: kube_mod.Kube
@@ -114,22 +130,41 @@ class Plane:
     baseline: Path  # kubeconfig of a ServiceAccount with no binding at all
     agents: list[agent_mod.Agent] = field(default_factory=list)
 
-    def as_user(self, namespace: str, fullname: str) -> Path:
-        token = self.kube.service_account_token(namespace, installed.service_account(fullname))
-        return self.kube.kubeconfig_for(token, installed.user(namespace, fullname), self.work / f"{fullname}.kc")
-
     def granted(self, kubeconfig: Path, namespace: str) -> set[tuple[str, str]]:
         """What ``kubeconfig``'s account may do in ``namespace`` beyond what every account may."""
         return can_i(kubeconfig, namespace) - can_i(self.baseline, namespace)
 
-    def install(self, release: str, namespace: str, values: dict[str, Any]) -> None:
-        path = self.work / f"{release}-values.yaml"
+    def install(self, release: str, namespace: str, work: Path, **more: Any) -> Install:
+        """`helm install` of the chart (webhooks at a local listener, CRDs left to the fixture), ``more`` values."""
+        modules = work / "modules"
+        modules.mkdir()
+        webhook = installed.Webhook.make(work / "webhook-tls")
+        values = {
+            **webhook.values(),
+            "crds": {"enabled": False, "keep": True},
+            "operator": {"fileRoots": [str(modules)]},
+            **more,
+        }
+        path = work / "values.yaml"
         path.write_text(yaml.safe_dump(values))
         helm_mod.helm(
             ["install", release, str(helm_mod.CHART), "-n", namespace, "--create-namespace", "-f", str(path)],
             kubeconfig=self.kube.kubeconfig,
             home=self.work / "helm",
         )
+        fullname = f"{release}-meshplug"
+        token = self.kube.service_account_token(namespace, installed.service_account(fullname))
+        user = installed.user(namespace, fullname)
+        sa = self.kube.kubeconfig_for(token, user, work / "sa.kubeconfig")
+        return Install(release, namespace, fullname, user, sa, modules, webhook, work)
+
+    def exactly_used(self, at: Install) -> None:
+        """The operator's requests so far: none refused, every listed rule used, none outside the list."""
+        self.wait_lease_renewed(at.namespace)
+        used, refused = self.used(at.user)
+        assert refused == []
+        gaps = unused_and_unlisted(used, at.namespace)
+        assert gaps == {"unused": set(), "unlisted": set()}, "\n".join(f"{k}: {sorted(v)}" for k, v in gaps.items())
 
     def used(self, user: str) -> tuple[set[tuple[str, str, str]], list[str]]:
         """(namespace, resource, verb) of every request ``user`` made, and those the API refused."""
@@ -181,15 +216,6 @@ def plane(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[
         finally:
             for a in p.agents:
                 a.stop()
-
-
-def chart_values(webhook: installed.Webhook, modules: Path, **more: Any) -> dict[str, Any]:
-    return {
-        **webhook.values(),
-        "crds": {"enabled": False, "keep": True},  # the module's fixture installed them
-        "operator": {"fileRoots": [str(modules)]},
-        **more,
-    }
 
 
 # --- what the operator is asked to do: one plugin per data plane ------------------------------------------
@@ -389,43 +415,34 @@ def rules_used(used: set[tuple[str, str, str]], release_ns: str) -> dict[str, se
 
 
 def test_cluster_wide_install(plane: Plane, tmp_path: Path) -> None:
-    release, ns = CLUSTER_WIDE
-    fullname = f"{release}-meshplug"
-    modules = tmp_path / "modules"
-    modules.mkdir()
-    webhook = installed.Webhook.make(tmp_path / "webhook-tls")
-    plane.install(release, ns, chart_values(webhook, modules))
-    sa = plane.as_user(ns, fullname)
+    at = plane.install("mp", "meshplug-system", tmp_path)
     docs = documented()
     everywhere = docs["watched"] | docs["cluster"]
-    assert plane.granted(sa, "shop-a") == everywhere
+    assert plane.granted(at.sa, "shop-a") == everywhere
     # RBAC cannot leave a namespace out of a ClusterRoleBinding: the watched rules hold in kube-system too
-    assert plane.granted(sa, "kube-system") == everywhere
-    assert plane.granted(sa, ns) == everywhere | docs["own"]
+    assert plane.granted(at.sa, "kube-system") == everywhere
+    assert plane.granted(at.sa, at.namespace) == everywhere | docs["own"]
 
-    shop = Shop(plane, "shop-a", modules)
+    shop = Shop(plane, "shop-a", at.modules)
     shop.setup()
-    op = installed.start_operator(plane.kube, ns, fullname, tmp_path, webhook=webhook)
+    op = at.start_operator(plane.kube)
     try:
         shop.every_plane()
         assert op.healthy()
-        plane.wait_lease_renewed(ns)
-        used, refused = plane.used(installed.user(ns, fullname))
-        assert refused == []
-        gaps = unused_and_unlisted(used, ns)
-        assert gaps == {"unused": set(), "unlisted": set()}, "\n".join(f"{k}: {sorted(v)}" for k, v in gaps.items())
+        plane.exactly_used(at)
 
         # one rule fewer in the installed ClusterRole (secrets get): the next reconcile is refused, loudly
-        status, role = plane.kube.request("GET", f"{RBAC}/clusterroles/{fullname}-operator")
-        assert status == 200
+        path = f"{RBAC}/clusterroles/{at.fullname}-operator"
+        _, role = plane.kube.request("GET", path)
         role["rules"] = [rule for rule in role["rules"] if rule["resources"] != ["secrets"]]
-        assert plane.kube.request("PUT", f"{RBAC}/clusterroles/{fullname}-operator", role)[0] == 200
+        assert plane.kube.request("PUT", path, role)[0] == 200
         url, sha = shop.module("m.wasm", MODULE)
+        selector = {"matchLabels": {"app": "cart"}}
         shop.create(
             "wasmplugins",
             "WasmPlugin",
             "denied",
-            {"url": url, "sha256": sha, "selector": {"matchLabels": {"app": "cart"}}, "dataPlane": "agent"},
+            {"url": url, "sha256": sha, "selector": selector, "dataPlane": "agent"},
         )
         shop.wait("wasmplugins", "denied", "Forbidden")
         assert 'cannot get resource "secrets"' in shop.ready("wasmplugins", "denied")["message"]
@@ -433,9 +450,7 @@ def test_cluster_wide_install(plane: Plane, tmp_path: Path) -> None:
         procs.wait_until(lambda: not op.healthy(), timeout=30, what="/healthz to turn 503")
         assert op.metrics()["meshplug_operator_healthy"] == 0
         op.stop()
-        again = installed.start_operator(
-            plane.kube, ns, fullname, tmp_path, webhook=None, name="restarted", wait_healthy=False
-        )
+        again = at.start_operator(plane.kube, name="restarted", wait_healthy=False)
         try:
             procs.wait_until(
                 lambda: "missing RBAC permission: get secrets cluster-wide" in again.proc.log(),
@@ -449,49 +464,40 @@ def test_cluster_wide_install(plane: Plane, tmp_path: Path) -> None:
         op.stop()
         print(op.proc.log()[-6000:])
         # its webhooks (failurePolicy Fail) would refuse every plugin once it is gone
-        helm_mod.helm(["uninstall", release, "-n", ns], kubeconfig=plane.kube.kubeconfig, home=plane.work / "helm")
+        helm_mod.helm(
+            ["uninstall", at.release, "-n", at.namespace], kubeconfig=plane.kube.kubeconfig, home=plane.work / "helm"
+        )
 
 
 def test_namespaced_install(plane: Plane, tmp_path: Path) -> None:
-    release, ns = NAMESPACED
-    fullname = f"{release}-meshplug"
-    modules = tmp_path / "modules"
-    modules.mkdir()
-    webhook = installed.Webhook.make(tmp_path / "webhook-tls")
-    plane.install(release, ns, chart_values(webhook, modules, watchNamespaces=list(WATCHED)))
-    sa = plane.as_user(ns, fullname)
+    at = plane.install("mpns", "meshplug-ns", tmp_path, watchNamespaces=list(WATCHED))
     docs = documented()
     for watched in WATCHED:
-        assert plane.granted(sa, watched) == docs["watched"] | docs["cluster"]
+        assert plane.granted(at.sa, watched) == docs["watched"] | docs["cluster"]
     # nothing in kube-system, nor in a namespace it does not watch: only cluster-scoped rules, if any
-    assert plane.granted(sa, "kube-system") == docs["cluster"]
-    assert plane.granted(sa, "shop-a") == docs["cluster"]
-    assert plane.granted(sa, ns) == docs["own"] | docs["cluster"]
-    _, roles = plane.kube.request("GET", f"{RBAC}/clusterroles?labelSelector=app.kubernetes.io/instance={release}")
-    assert [r["metadata"]["name"] for r in roles["items"]] == (
-        [f"{fullname}-operator-cluster"] if docs["cluster"] else []
-    )
+    assert plane.granted(at.sa, "kube-system") == docs["cluster"]
+    assert plane.granted(at.sa, "shop-a") == docs["cluster"]
+    assert plane.granted(at.sa, at.namespace) == docs["own"] | docs["cluster"]
+    _, roles = plane.kube.request("GET", f"{RBAC}/clusterroles?labelSelector=app.kubernetes.io/instance={at.release}")
+    expected = [f"{at.fullname}-operator-cluster"] if docs["cluster"] else []
+    assert [r["metadata"]["name"] for r in roles["items"]] == expected
 
-    shop = Shop(plane, WATCHED[0], modules)
+    shop = Shop(plane, WATCHED[0], at.modules)
     shop.setup()
-    op = installed.start_operator(plane.kube, ns, fullname, tmp_path, webhook=webhook)
+    op = at.start_operator(plane.kube)
     try:
         assert f"--namespace={WATCHED[0]}" in op.proc.argv and f"--namespace={WATCHED[1]}" in op.proc.argv
         # outside the watched namespaces neither the webhooks nor the operator act
-        elsewhere = Shop(plane, "shop-a", modules)
+        elsewhere = Shop(plane, "shop-a", at.modules)
         assert elsewhere.injected("web-1") == ["app"]
         url, sha = elsewhere.module("m.wasm", MODULE)
         elsewhere.create("wasmplugins", "WasmPlugin", "elsewhere", {"url": url, "sha256": sha, "dataPlane": "agent"})
         shop.every_plane()
         assert op.healthy()
-        plane.wait_lease_renewed(ns)
-        used, refused = plane.used(installed.user(ns, fullname))
-        assert refused == []
-        assert {n for n, _, _ in used} <= {ns, *WATCHED, ""}
+        plane.exactly_used(at)
+        assert {ns for ns, _, _ in plane.used(at.user)[0]} <= {at.namespace, *WATCHED, ""}
         _, untouched = plane.kube.request("GET", f"{API.format(ns='shop-a', plural='wasmplugins')}/elsewhere")
         assert "status" not in untouched and not untouched["metadata"].get("finalizers")
-        gaps = unused_and_unlisted(used, ns)
-        assert gaps == {"unused": set(), "unlisted": set()}, "\n".join(f"{k}: {sorted(v)}" for k, v in gaps.items())
     finally:
         op.stop()
         print(op.proc.log()[-6000:])
