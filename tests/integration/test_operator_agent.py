@@ -67,15 +67,10 @@ class Bed:
         return started
 
     def start_agent(self, pod: str, ip: str, port: int) -> agent_mod.Agent:
-        files = agent_mod.mount_identity(self.kube, self.ns, pod, self.work / pod / "etc")
-        raw = agent_mod.base_config(
-            port=procs.free_port(),
-            admin_port=procs.free_port(),
-            clusters={"upstream": procs.free_port()},
-            push=agent_mod.injected_push(files, address=ip, port=port),
+        server = f"https://127.0.0.1:{self.op.module_tls_port}"
+        started = agent_mod.start_injected(
+            self.kube, self.ns, pod, self.work, ip=ip, port=port, module_server_url=server
         )
-        raw["modules"] = agent_mod.injected_modules(files, f"https://127.0.0.1:{self.op.module_tls_port}")
-        started = agent_mod.start_agent(raw, work_dir=self.work / pod, log_dir=self.work / "logs", name=f"agent-{pod}")
         self.agents[pod] = started
         return started
 

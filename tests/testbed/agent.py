@@ -238,3 +238,19 @@ def injected_modules(directory: Path, module_server_url: str) -> dict[str, Any]:
             "ca_file": str(directory / "ca.crt"),
         }
     }
+
+
+def start_injected(
+    kube: Any, namespace: str, pod: str, work: Path, *, ip: str, port: int, module_server_url: str
+) -> Agent:
+    """An injected pod's agent as a local process at ``ip`` (the pod's IP): push port ``port``, what the kubelet
+    would mount (`mount_identity`), the operator's HTTPS module server at ``module_server_url``."""
+    files = mount_identity(kube, namespace, pod, work / pod / "etc")
+    raw = base_config(
+        port=procs.free_port(),
+        admin_port=procs.free_port(),
+        clusters={"upstream": procs.free_port()},
+        push=injected_push(files, address=ip, port=port),
+    )
+    raw["modules"] = injected_modules(files, module_server_url)
+    return start_agent(raw, work_dir=work / pod, log_dir=work / "logs", name=f"agent-{pod}")

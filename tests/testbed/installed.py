@@ -25,7 +25,16 @@ from tests.testbed import operator as operator_mod
 from tests.testbed import procs
 
 #: flags of the chart's Deployment that `operator_mod.start_operator` sets itself (local ports and directories)
-_LOCAL_FLAGS = ("--module-listen", "--module-host", "--module-port", "--cache-dir", "--metrics-listen", "--liveness")
+_LOCAL_FLAGS = (
+    "--module-listen",
+    "--module-host",
+    "--module-port",
+    "--module-tls-listen",
+    "--module-tls-port",
+    "--cache-dir",
+    "--metrics-listen",
+    "--liveness",
+)
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,7 @@ def start_operator(
     sa_user = user(namespace, fullname)
     token = kube.service_account_token(namespace, service_account(fullname))
     kubeconfig = kube.kubeconfig_for(token, sa_user, work / f"{name}.kubeconfig")
-    env = {"POD_NAMESPACE": namespace}  # as the Deployment's downward API sets it (the Lease's namespace)
+    env = {"POD_NAMESPACE": namespace}  # as the Deployment's downward API sets it
     if webhook is not None:
         status, cm = kube.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{fullname}-webhook")
         assert status == 200, cm
@@ -136,7 +145,12 @@ def start_operator(
         kubeconfig,
         work,
         name=name,
-        extra=operator_flags(deployment, work),
+        # what $POD_NAMESPACE gives the Deployment's operator (start_operator names other defaults)
+        extra=[
+            *operator_flags(deployment, work),
+            f"--lease-namespace={namespace}",
+            f"--identity-namespace={namespace}",
+        ],
         wait_healthy=wait_healthy,
         env=env,
     )
