@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("agent", "run the in-pod agent: proxy with proxy-wasm plugins, admin and push endpoints"),
     "run": ("run", "run one plugin locally in front of an upstream URL (the agent, no containers)"),
     "operator": ("operator", "run the WasmPlugin operator: fetch, validate, render, apply; serve modules"),
+    "init": ("init", "create a plugin project (rust, go, assemblyscript or cpp) with a behaviour test"),
+    "build": ("build", "build a plugin project with its SDK's toolchain, then validate the module"),
     "push": ("push", "push a wasm module to an OCI registry (Istio/Envoy Gateway layout or CNCF), optionally signed"),
     "pull": ("pull", "pull a wasm module from an OCI registry (any layout meshplug reads) and verify it"),
     "sign": ("sign", "sign a module image with a cosign key (cosign's tag or Sigstore bundle layout)"),

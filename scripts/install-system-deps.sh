@@ -10,6 +10,7 @@ PACKAGES=(
   wabt                 # wat2wasm / wasm-objdump for edge-case guests
   gcc libc6-dev python3-dev  # the agent's compiled data path (make native: C extension + mypyc)
   clang lld wasi-libc  # C plugins (wasm32-wasi)
+  libc++-dev-wasm32 libclang-rt-dev-wasm32  # C++ plugins (meshplug init --sdk cpp): libc++ and builtins for wasm32
   rustc cargo libstd-rust-dev-wasm32  # Rust plugins (Debian's wasm32 std)
   wrk nginx-light      # benchmarks: load generator and a fast upstream
   nghttp2-client       # h2load / nghttp: raw HTTP/2 peers of the test bed and the h2 benchmark
