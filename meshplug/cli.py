@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pull": ("pull", "pull a wasm module from an OCI registry (any layout meshplug reads) and verify it"),
     "sign": ("sign", "sign a module image with a cosign key (cosign's tag or Sigstore bundle layout)"),
     "verify": ("verify", "verify a module image's cosign signature against public keys"),
+    "render": ("render", "print what the operator would create for WasmPlugin manifests, offline (GitOps review)"),
     "status": ("status", "show WasmPlugins' status: Ready, digest, and per pod what runs and why not"),
 }
 

@@ -82,3 +82,39 @@ def test_file_urls_outside_the_roots_say_how_to_allow_them(tmp_path: Path, capsy
     assert cli.main(["fetch", "file:///etc/hostname", "-o", str(out), "--file-root", str(tmp_path)]) == 15
     err = capsys.readouterr().err
     assert "outside the allowed file roots" in err and "--file-root DIR" in err and "operator.fileRoots" in err
+
+
+def test_render_shows_what_the_operator_would_create_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    import yaml
+
+    from tests.guests.minimal import passthrough
+
+    module = tmp_path / "plugin.wasm"
+    module.write_bytes(passthrough())
+    digest = hashlib.sha256(module.read_bytes()).hexdigest()
+    manifests = tmp_path / "plugins.yaml"
+    manifests.write_text(
+        "apiVersion: meshplug.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: hdr, namespace: shop}\n"
+        f"spec: {{url: 'file://{module}', sha256: {digest}, selector: {{matchLabels: {{app: cart}}}}}}\n"
+        "---\napiVersion: meshplug.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: edge}\n"
+        "spec: {url: oci://registry.example/edge:v1, dataPlane: agent}\n"
+    )
+    assert cli.main(["render", str(manifests), "--module", str(module), "--elide-data"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    kinds = [(d["kind"], (d.get("metadata") or {}).get("name") or d.get("plugin")) for d in docs]
+    assert kinds == [("ConfigMap", "meshplug-wasm-hdr"), ("EnvoyFilter", "meshplug-hdr"), ("AgentPush", "default/edge")]
+    assert docs[0]["binaryData"] == {f"{digest}.wasm": f"<{module.stat().st_size} bytes, sha256 {digest}>"}
+    assert docs[2]["push"]["resources"][0]["sha256"] == digest
+    # a module the manifest's sha256 does not describe, a rejected module, an oci url without --module
+    bad = tmp_path / "bad.wasm"
+    bad.write_bytes(b"\0asm\x01\0\0\0")
+    assert cli.main(["render", str(manifests), "--module", str(bad)]) == 12
+    only_agent = tmp_path / "agent.yaml"
+    only_agent.write_text(manifests.read_text().split("---\n")[1])
+    assert cli.main(["render", str(only_agent), "--module", str(bad)]) == 1
+    assert cli.main(["render", str(only_agent)]) == 2
+    assert "pass --module" in capsys.readouterr().err
