@@ -48,7 +48,6 @@ if str(REPO) not in sys.path:  # run as a script: make `meshplug` and `tests.tes
     sys.path.insert(0, str(REPO))
 
 from meshplug import injection  # noqa: E402
-from meshplug.controller import identity  # noqa: E402
 from tests.testbed import helm as helm_mod  # noqa: E402
 from tests.testbed import node as node_mod  # noqa: E402
 from tests.testbed import origin as origin_mod  # noqa: E402
@@ -58,7 +57,8 @@ from tests.testbed import registry as registry_mod  # noqa: E402
 RELEASE, SYSTEM_NS, NS = "mp", "meshplug-system", "demo"
 APP, PLUGIN, HEADER = "echo", "demo-headers", "x-meshplug-demo"
 OPERATOR = f"{RELEASE}-meshplug-operator"
-IDENTITY_SECRET = f"{RELEASE}-meshplug-identity"
+#: what the operator labels the Secrets it makes (meshplug.controller.identity)
+MADE_BY_OPERATOR = "app.kubernetes.io/managed-by=meshplug"
 PLUGINS_PATH = f"/apis/meshplug.io/v1alpha1/namespaces/{NS}/wasmplugins"
 DEPLOYMENTS = "/apis/apps/v1/namespaces"
 APP_PORT = 8080
@@ -91,7 +91,7 @@ class Demo:
     ca_file: Path | None = None
     modules: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (url as pods see it, sha256)
     service_port: int = 0  # a host port reaching the app's Service
-    ca_fingerprint: str = ""
+    ca: str = ""  # the operator's CA certificate, as its identity Secret holds it
 
     # --- narration and waiting ---
 
@@ -234,6 +234,18 @@ def wait_plugin_ready(demo: Demo, sha256: str) -> dict[str, Any]:
 
 def plugin_config(label: str) -> dict[str, Any]:
     return {"request": {"add": {"x-meshplug-plugin": label}}, "response": {"add": {HEADER: label}}}
+
+
+def operator_secrets(demo: Demo, namespace: str) -> list[dict[str, Any]]:
+    """The Secrets of ``namespace`` the operator made (by its label)."""
+    out = demo.api("GET", f"/api/v1/namespaces/{namespace}/secrets?labelSelector={MADE_BY_OPERATOR}")
+    return list(out.get("items") or [])
+
+
+def describe(secret: dict[str, Any]) -> str:
+    meta = secret["metadata"]
+    owners = ", ".join(f"{o['kind']}/{o['name']}" for o in meta.get("ownerReferences") or []) or "nobody"
+    return f"{meta['namespace']}/{meta['name']} ({', '.join(sorted(secret.get('data') or {}))}; owned by {owners})"
 
 
 def operator_pods(demo: Demo) -> list[dict[str, Any]]:
@@ -400,14 +412,13 @@ def install_chart(demo: Demo) -> None:
         raise DemoError(str(exc).splitlines()[0], "operator") from None
     status_line = next((ln for ln in out.stdout.splitlines() if ln.startswith("STATUS:")), "STATUS: ?")
     pods = wait_operators(demo, 1, "the operator Deployment to be Available")
-    secret = demo.api("GET", f"/api/v1/namespaces/{SYSTEM_NS}/secrets/{IDENTITY_SECRET}")
-    owners = [f"{o['kind']}/{o['name']}" for o in secret["metadata"].get("ownerReferences") or []]
-    demo.ca_fingerprint = secret["data"][identity.CA_CERT]
+    made = operator_secrets(demo, SYSTEM_NS)
+    demo.ca = next((s["data"].get("ca.crt", "") for s in made), "")
     demo.say(f"helm install {RELEASE} -n {SYSTEM_NS} --wait: {status_line} after {time.monotonic() - t0:.1f}s")
     demo.say(
         f"operator pod {pods[0]['metadata']['name']} Ready at {pods[0]['status']['podIP']} (run by the node agent)"
     )
-    demo.say(f"the operator made Secret {SYSTEM_NS}/{IDENTITY_SECRET} (its CA), owned by {', '.join(owners)}")
+    demo.say(f"Secrets the operator made here: {'; '.join(describe(s) for s in made) or 'none'}")
 
 
 def deploy_app(demo: Demo) -> None:
@@ -445,13 +456,11 @@ def deploy_app(demo: Demo) -> None:
     containers = [c["name"] for c in pod["spec"]["containers"]]
     if injection.CONTAINER_NAME not in containers:
         raise DemoError(f"the webhook did not inject the agent: containers {containers}", "operator")
-    secret = demo.api("GET", f"/api/v1/namespaces/{NS}/secrets/{identity.DEFAULT_AGENT_SECRET}")
     demo.service_port = demo.kube_cluster.forward(svc["spec"]["clusterIP"], 80)
     demo.say(f"pod {pod['metadata']['name']} Ready at {pod['status']['podIP']}: containers {', '.join(containers)}")
-    demo.say(
-        f"Secret {NS}/{identity.DEFAULT_AGENT_SECRET} made by the operator: {', '.join(sorted(secret['data']))}; "
-        f"Service {APP} at {svc['spec']['clusterIP']}:80 -> the agent's port"
-    )
+    demo.say(f"Service {APP} at {svc['spec']['clusterIP']}:80 -> the agent's port")
+    made = "; ".join(describe(s) for s in operator_secrets(demo, NS)) or "none"
+    demo.say(f"Secrets the operator made for the agents: {made}")
 
 
 def apply_plugin(demo: Demo) -> None:
@@ -497,13 +506,12 @@ def restart_and_scale(demo: Demo) -> None:
     pods = wait_operators(demo, 2, "2 operator replicas (one leader)")
     roles = ", ".join(f"{p['metadata']['name']} ({'leader' if pod_ready(p) else 'standby'})" for p in pods)
     demo.say(f"replicas: {roles}")
-    secret = demo.api("GET", f"/api/v1/namespaces/{SYSTEM_NS}/secrets/{IDENTITY_SECRET}")
-    if secret["data"][identity.CA_CERT] != demo.ca_fingerprint:
+    if next((s["data"].get("ca.crt", "") for s in operator_secrets(demo, SYSTEM_NS)), "") != demo.ca:
         raise DemoError("the operator's CA changed across the restart", "operator")
     wait_plugin_ready(demo, demo.modules["v1"][1])
     status, headers = request(demo.service_port, "/after-restart")
     demo.say(
-        f"same CA in {IDENTITY_SECRET}; plugin still Ready; GET /after-restart -> {status}, {HEADER}: "
+        f"the operator's CA unchanged; plugin still Ready; GET /after-restart -> {status}, {HEADER}: "
         f"{headers.get(HEADER, '(missing)')}"
     )
     if headers.get(HEADER) != V1[1]:

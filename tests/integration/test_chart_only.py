@@ -37,11 +37,16 @@ def test_the_chart_alone_runs_the_agent_plane() -> None:
         assert f"[{n}/10] " in text, text
     assert "STATUS: deployed" in text, text
     assert "containers app, meshplug-agent" in text, text
-    assert re.search(r"Secret demo/meshplug-agent made by the operator: ca.crt, tls.crt, tls.key, token", text), text
+    identity = (
+        "meshplug-system/mp-meshplug-identity (ca.crt, ca.key, signing.key; owned by Deployment/mp-meshplug-operator)"
+    )
+    assert f"Secrets the operator made here: {identity}" in text, text
+    agents = r"demo/meshplug-agent \(ca.crt, tls.crt, tls.key, token; owned by ReplicaSet/echo-\w+\)"
+    assert re.search(f"Secrets the operator made for the agents: {agents}", text), text
     assert "response header x-meshplug-demo: v1 rust/header_rules" in text, text
     replicas = re.search(r"replicas: (\S+) \((\w+)\), (\S+) \((\w+)\)", text)
     assert replicas is not None and sorted(replicas.group(2, 4)) == ["leader", "standby"], text
-    assert "same CA in mp-meshplug-identity; plugin still Ready" in text, text
+    assert "the operator's CA unchanged; plugin still Ready" in text, text
     sent = re.search(r"requests sent: (\d+), failed: (\d+); x-meshplug-demo over time: (.*)", text)
     assert sent is not None, text
     assert int(sent.group(1)) > 0 and sent.group(2) == "0", sent.group(0)
