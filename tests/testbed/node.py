@@ -28,7 +28,8 @@ NODE_IP = netns.NODE_IP
 MESHPLUG_IMAGE = "ghcr.io/meshplug/meshplug"
 ECHO_IMAGE = "registry.test/meshplug/echo"
 IMAGES: dict[str, list[str]] = {
-    MESHPLUG_IMAGE: [sys.executable, "-m", "meshplug"],  # the Dockerfile's ENTRYPOINT ["meshplug"]
+    # the Dockerfile's ENTRYPOINT ["meshplug"], from this checkout (whatever the virtualenv was installed from)
+    MESHPLUG_IMAGE: ["env", f"PYTHONPATH={procs.REPO_ROOT}", sys.executable, "-m", "meshplug"],
     ECHO_IMAGE: [sys.executable, str(procs.REPO_ROOT / "tests" / "testbed" / "upstream.py"), "echo"],
 }
 
