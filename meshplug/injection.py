@@ -95,6 +95,9 @@ class InjectionSettings:
     module_server_url: str = ""  # the operator's module server (HTTPS) as pods reach it; "" = none
     token_audience: str = "meshplug"  # noqa: S105 - the audience of the pod's ServiceAccount token
     token_expiration_s: int = 3600
+    #: the agent's SSRF guard for module fetches (loopback refused unless allowed; these networks too)
+    allow_loopback: bool = False
+    block_cidrs: tuple[str, ...] = ()
     run_as_user: int = 65532
     log_level: str = "info"
     resources: Resources = Resources()
@@ -168,14 +171,14 @@ def agent_config(app: AppPort, settings: InjectionSettings) -> dict[str, Any]:
         },
         "state_dir": STATE_DIR,
     }
+    modules: dict[str, Any] = {"allow_loopback": settings.allow_loopback, "block_cidrs": list(settings.block_cidrs)}
     if settings.module_server_url:
-        config["modules"] = {
-            "server": {
-                "url": settings.module_server_url,
-                "token_file": f"{CONFIG_DIR}/{SA_TOKEN_PATH}",
-                "ca_file": f"{CONFIG_DIR}/{CA_KEY}",
-            }
+        modules["server"] = {
+            "url": settings.module_server_url,
+            "token_file": f"{CONFIG_DIR}/{SA_TOKEN_PATH}",
+            "ca_file": f"{CONFIG_DIR}/{CA_KEY}",
         }
+    config["modules"] = modules
     return config
 
 

@@ -28,6 +28,8 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
     modules:                         # optional: module supply (meshplug.fetch: https, oci, file + sha256)
       cache_dir: /var/lib/meshplug/cache       # default <state_dir>/cache, else $MESHPLUG_CACHE/modules
       file_roots: [/modules]         # file:// URLs are read only below these (+ the static plugins' files)
+      allow_loopback: false          # SSRF guard: loopback is refused unless true (local runs); link-local and
+      block_cidrs: [10.0.0.0/8]      # cloud metadata always are; these networks too
       server:                        # the operator's module server: requests to it carry the bearer token
         url: https://meshplug-modules.meshplug-system.svc:8443
         token_file: /etc/meshplug/agent/sa-token   # the pod's projected ServiceAccount token (re-read per request)
@@ -71,6 +73,7 @@ to `<POD_NAME>.<POD_NAMESPACE>`; anything the file's `node` sets wins.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -162,11 +165,13 @@ class ModuleServer:
 
 @dataclass(frozen=True)
 class Modules:
-    """Module supply: the fetch cache, the directories file:// URLs may read, the module server."""
+    """Module supply: the fetch cache, the directories file:// URLs may read, the module server, the SSRF guard."""
 
     cache_dir: Path | None = None
     file_roots: tuple[Path, ...] = ()
     server: ModuleServer | None = None
+    allow_loopback: bool = False
+    block_cidrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -368,7 +373,18 @@ def _listener_tls(raw: Any, where: str, base: Path) -> ListenerTls | None:
 
 def _modules(raw: Any, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]) -> Modules:
     obj = _obj(raw, "modules")
-    _keys(obj, {"cache_dir", "file_roots", "server"}, "modules")
+    _keys(obj, {"cache_dir", "file_roots", "server", "allow_loopback", "block_cidrs"}, "modules")
+    allow_loopback = obj.get("allow_loopback", False)
+    if not isinstance(allow_loopback, bool):
+        raise errors.ConfigError(f"modules.allow_loopback must be true or false, got {allow_loopback!r}")
+    cidrs = obj.get("block_cidrs") or []
+    if not isinstance(cidrs, list) or not all(isinstance(c, str) and c for c in cidrs):
+        raise errors.ConfigError("modules.block_cidrs must be a list of CIDRs")
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise errors.ConfigError(f"modules.block_cidrs: not a CIDR: {cidr!r}") from None
     cache_dir = _path(base, _str(obj, "cache_dir", "modules")) if obj.get("cache_dir") is not None else None
     roots_raw = obj.get("file_roots") or []
     if not isinstance(roots_raw, list) or not all(isinstance(r, str) and r for r in roots_raw):
@@ -389,7 +405,13 @@ def _modules(raw: Any, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]
             raise errors.ConfigError(f"modules.server.url must be an http(s) URL, got {url!r}")
         ca = _path(base, _str(srv, "ca_file", "modules.server")) if srv.get("ca_file") is not None else None
         server = ModuleServer(url=url, token_file=_path(base, _str(srv, "token_file", "modules.server")), ca_file=ca)
-    return Modules(cache_dir=cache_dir, file_roots=tuple(dict.fromkeys(roots)), server=server)
+    return Modules(
+        cache_dir=cache_dir,
+        file_roots=tuple(dict.fromkeys(roots)),
+        server=server,
+        allow_loopback=allow_loopback,
+        block_cidrs=tuple(cidrs),
+    )
 
 
 def _http(raw: Any) -> HttpOptions:

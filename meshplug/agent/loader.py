@@ -176,7 +176,12 @@ class Sources:
         if modules.server is not None and modules.server.ca_file is not None:
             _, host, port = _origin(modules.server.url)
             bundles[f"{host}:{port}"] = modules.server.ca_file
-        options = fetch.FetchOptions(file_roots=modules.file_roots, ca_bundles=bundles)
+        options = fetch.FetchOptions(
+            file_roots=modules.file_roots,
+            ca_bundles=bundles,
+            allow_loopback=modules.allow_loopback,
+            blocked_cidrs=modules.block_cidrs,
+        )
         if cache_dir is not None:
             options = dataclasses.replace(options, cache_dir=cache_dir)
         self.fetcher = fetch.Fetcher(options)

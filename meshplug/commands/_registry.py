@@ -37,7 +37,11 @@ def registry_of(url: str) -> str:
 
 
 def options(args: argparse.Namespace, url: str) -> FetchOptions:
-    values: dict[str, object] = {"file_roots": tuple(p.absolute() for p in getattr(args, "file_root", []))}
+    # a terminal fetches the URL its user typed: nothing to forge, and a registry on localhost is common
+    values: dict[str, object] = {
+        "file_roots": tuple(p.absolute() for p in getattr(args, "file_root", [])),
+        "allow_loopback": True,
+    }
     if args.cache_dir is not None:
         values["cache_dir"] = args.cache_dir
     if args.ca is not None:

@@ -66,7 +66,9 @@ def _read(source: str, sha256: str | None, file_roots: list[Path]) -> bytes:
             except wasmtime.WasmtimeError as exc:
                 raise errors.ConfigError(f"{source} is not valid WAT: {str(exc).splitlines()[0]}") from None
         return data
-    fetcher = fetch.Fetcher(fetch.FetchOptions(file_roots=tuple(p.absolute() for p in file_roots)))
+    # the user's own URL, from a terminal: loopback allowed
+    options = fetch.FetchOptions(file_roots=tuple(p.absolute() for p in file_roots), allow_loopback=True)
+    fetcher = fetch.Fetcher(options)
     try:
         return fetcher.fetch(source, sha256=sha256).data
     finally:

@@ -49,6 +49,12 @@ WasmPlugin (meshplug.io/v1alpha1) takes Istio's WasmPlugin fields plus:
 Signature policy: --require-signatures refuses every module not signed under the plugin's verificationKey
 or, for plugins without one, under a --trusted-key.
 
+SSRF guard (every connection of a module fetch, redirects and token realms included): link-local
+(169.254.0.0/16, fe80::/10) and cloud-metadata addresses are always refused; loopback (127.0.0.0/8,
+::1, 0.0.0.0/8) is refused unless --allow-loopback (local runs and the test bed only); --block-cidr
+refuses more (repeatable, e.g. --block-cidr 10.0.0.0/8 for the cluster's own ranges). Chart values:
+ssrf.allowLoopback, ssrf.blockCIDRs (the injected agents get the same).
+
 SIGTERM/SIGINT: stops within a few seconds, releasing the leader Lease (a standby takes over at once).
 """
 
@@ -78,6 +84,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--insecure-registry", action="append", default=[], help="registry host[:port] reached over plain HTTP"
+    )
+    parser.add_argument(
+        "--allow-loopback",
+        action="store_true",
+        help="let module fetches reach loopback addresses (refused by default; local runs only)",
+    )
+    parser.add_argument(
+        "--block-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="refuse module fetches to this network too (repeatable); link-local and metadata always are",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://127.0.0.1:8081/healthz")
@@ -145,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
         "file_roots": tuple(args.file_root),
         "reresolve_interval_s": reresolve,
         "allow_insecure_registries": tuple(args.insecure_registry),
+        "allow_loopback": args.allow_loopback,
+        "blocked_cidrs": tuple(args.block_cidr),
     }
     if args.cache_dir is not None:
         options["cache_dir"] = args.cache_dir

@@ -9,7 +9,7 @@ unless ``$MESHPLUG_WEBHOOK_CONFIG`` names a webhook config file (the chart mount
       enabled: true
       agent: {image: ..., imagePullPolicy: IfNotPresent, listenPort: 15006, adminPort: 15000, pushPort: 15010,
               secretName: meshplug-agent, moduleServerUrl: "https://...:8443", tokenAudience: meshplug,
-              tokenExpirationSeconds: 3600, runAsUser: 65532, logLevel: info,
+              tokenExpirationSeconds: 3600, allowLoopback: false, blockCIDRs: [], runAsUser: 65532, logLevel: info,
               resources: {requests: {cpu: 50m, memory: 64Mi}, limits: {memory: 256Mi}}}
     validation:                     # validating webhook on WasmPlugin CREATE/UPDATE
       enabled: true
@@ -26,6 +26,7 @@ namespace's agent Secret exists (`meshplug.controller.identity`): the kubelet ne
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,25 @@ def _int(obj: Mapping[str, Any], key: str, where: str, default: int) -> int:
     return value
 
 
+def _bool(obj: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    value = obj.get(key, default)
+    if not isinstance(value, bool):
+        raise errors.ConfigError(f"webhook config: {where}.{key} must be true or false")
+    return value
+
+
+def _cidrs(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = obj.get(key) or []
+    if not isinstance(value, list):
+        raise errors.ConfigError(f"webhook config: {where}.{key} must be a list of CIDRs")
+    for cidr in value:
+        try:
+            ipaddress.ip_network(str(cidr), strict=False)
+        except ValueError:
+            raise errors.ConfigError(f"webhook config: {where}.{key}: not a CIDR: {cidr!r}") from None
+    return tuple(str(c) for c in value)
+
+
 def _str(obj: Mapping[str, Any], key: str, where: str, default: str) -> str:
     value = obj.get(key, default)
     if not isinstance(value, str):
@@ -97,6 +117,8 @@ def _agent(raw: Any) -> injection.InjectionSettings:
             "moduleServerUrl",
             "tokenAudience",
             "tokenExpirationSeconds",
+            "allowLoopback",
+            "blockCIDRs",
             "runAsUser",
             "logLevel",
             "resources",
@@ -119,6 +141,8 @@ def _agent(raw: Any) -> injection.InjectionSettings:
         module_server_url=_str(agent, "moduleServerUrl", where, d.module_server_url),
         token_audience=_str(agent, "tokenAudience", where, d.token_audience),
         token_expiration_s=_int(agent, "tokenExpirationSeconds", where, d.token_expiration_s),
+        allow_loopback=_bool(agent, "allowLoopback", where, d.allow_loopback),
+        block_cidrs=_cidrs(agent, "blockCIDRs", where),
         run_as_user=_int(agent, "runAsUser", where, d.run_as_user),
         log_level=_str(agent, "logLevel", where, d.log_level),
         resources=injection.Resources(

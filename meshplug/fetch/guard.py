@@ -1,4 +1,7 @@
-"""SSRF guard: refuse link-local, cloud-metadata and configured addresses at connect time.
+"""SSRF guard: refuse loopback, link-local, cloud-metadata and configured addresses at connect time.
+
+Loopback is refused unless allowed (``FetchOptions.allow_loopback``: local runs and the test bed opt in; the
+operator's ``--allow-loopback``, the agent config's ``modules.allow_loopback``); the rest is always refused.
 
 `guarded_session()` (called by `http` and `oci`) returns a requests Session whose urllib3 connections
 resolve the host themselves, check every resolved address with `Guard.check()`, and connect to the
@@ -44,7 +47,7 @@ DEFAULT_BLOCKED: tuple[IPNetwork, ...] = tuple(
         "168.63.129.16/32",  # Azure wire server
     )
 )
-#: refused only when loopback is blocked; 0.0.0.0 and :: reach the local host on Linux
+#: refused unless loopback is allowed; 0.0.0.0 and :: reach the local host on Linux
 LOOPBACK: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(c) for c in ("127.0.0.0/8", "::1/128", "0.0.0.0/8", "::/128")
 )
@@ -53,9 +56,9 @@ LOOPBACK: tuple[IPNetwork, ...] = tuple(
 class Guard:
     """Decides whether an address may be connected to."""
 
-    def __init__(self, extra_blocked: Iterable[IPNetwork] = (), *, block_loopback: bool = False) -> None:
+    def __init__(self, extra_blocked: Iterable[IPNetwork] = (), *, allow_loopback: bool = False) -> None:
         self.blocked: tuple[IPNetwork, ...] = DEFAULT_BLOCKED + tuple(extra_blocked)
-        if block_loopback:
+        if not allow_loopback:
             self.blocked += LOOPBACK
 
     def refused(self, ip: IPAddress) -> bool:

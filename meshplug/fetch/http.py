@@ -73,7 +73,7 @@ class Transport:
 
     def __init__(self, options: FetchOptions, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.options = options
-        self.guard = guard_mod.Guard(options.blocked_networks(), block_loopback=options.block_loopback)
+        self.guard = guard_mod.Guard(options.blocked_networks(), allow_loopback=options.allow_loopback)
         self.session = guard_mod.guarded_session(self.guard, user_agent=options.user_agent)
         self._system_roots = guard_mod.system_ca_bundle(options.extra_ca_file)
         self._sleep = sleep

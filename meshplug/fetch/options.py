@@ -46,10 +46,11 @@ class FetchOptions:
     max_decompressed_bytes: int = limits.MAX_DECOMPRESSED_BYTES
     #: file:// urls are served only from below these directories (none: file:// is refused)
     file_roots: tuple[Path, ...] = ()
-    #: CIDRs refused in addition to link-local and cloud-metadata addresses
+    #: CIDRs refused in addition to loopback, link-local and cloud-metadata addresses
     blocked_cidrs: tuple[str, ...] = ()
-    #: loopback (127.0.0.0/8, ::1, 0.0.0.0) is allowed unless this is set
-    block_loopback: bool = False
+    #: loopback (127.0.0.0/8, ::1, 0.0.0.0/8, ::) is refused unless this is set: a server fetching URLs that users
+    #: write must not reach its own local services (the operator's and agent's default); local runs opt in
+    allow_loopback: bool = False
     #: registries (host or host:port, "*" for all) that may be spoken to over plain HTTP
     allow_insecure_registries: tuple[str, ...] = ()
     #: CA bundle per source host (host or host:port; "*" for every source); others use system roots

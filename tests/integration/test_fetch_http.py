@@ -46,6 +46,7 @@ def make_fetcher(tmp_path: Path, origin: Origin, **overrides: Any) -> Fetcher:
         "first_backoff_s": 0.05,
         "max_module_bytes": 256 * 1024,
         "max_decompressed_bytes": 1024 * 1024,
+        "allow_loopback": True,  # the test bed's origin listens on 127.0.0.1
     }
     options.update(overrides)
     return Fetcher(FetchOptions(**options))
@@ -132,7 +133,7 @@ def test_failure_is_specific_and_leaves_the_cache_alone(
 def test_connect_time_guard_refuses_a_name_that_resolves_to_a_blocked_address(tmp_path: Path, origin: Origin) -> None:
     path = f"/{uuid.uuid4().hex}"
     url = origin.program(path, body=WASM)  # https://localhost:... -> resolved only when connecting
-    fetcher = make_fetcher(tmp_path, origin, block_loopback=True)
+    fetcher = make_fetcher(tmp_path, origin, allow_loopback=False)  # the default of a server
     with pytest.raises(errors.FetchError) as caught:
         fetcher.fetch(url)
     assert caught.value.reason == "blocked"

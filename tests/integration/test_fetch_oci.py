@@ -34,6 +34,7 @@ def fetcher_for(registry: Registry, tmp_path: Path, **overrides: Any) -> Fetcher
         options["ca_bundles"] = {registry.host: registry.ca_file}
     else:
         options["allow_insecure_registries"] = (registry.host,)
+    options["allow_loopback"] = True  # the test bed's registries listen on 127.0.0.1
     options.update(overrides)
     return Fetcher(FetchOptions(**options))
 

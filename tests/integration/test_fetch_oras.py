@@ -43,6 +43,9 @@ def test_oras_pushed_artifact_is_fetched(
         disable_path_validation=True,
         quiet=True,
     )
-    fetcher = Fetcher(FetchOptions(cache_dir=tmp_path / "cache", allow_insecure_registries=(registry.host,)))
+    options = FetchOptions(
+        cache_dir=tmp_path / "cache", allow_insecure_registries=(registry.host,), allow_loopback=True
+    )
+    fetcher = Fetcher(options)
     artifact = fetcher.fetch(f"oci://{target}", sha256=hashlib.sha256(WASM).hexdigest())
     assert (artifact.data, artifact.layout) == (WASM, layout)

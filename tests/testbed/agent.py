@@ -230,8 +230,10 @@ def injected_push(directory: Path, *, address: str, port: int) -> dict[str, Any]
 
 
 def injected_modules(directory: Path, module_server_url: str) -> dict[str, Any]:
-    """The modules section the injection webhook writes (the operator's HTTPS module server)."""
+    """The modules section the injection webhook writes (the operator's HTTPS module server), opted in to loopback:
+    the test bed's module server listens on 127.0.0.1."""
     return {
+        "allow_loopback": True,
         "server": {
             "url": module_server_url,
             "token_file": str(directory / "sa-token"),

@@ -65,7 +65,10 @@ def start_operator(
     wait_healthy: bool = True,
     timeout: float = 60.0,
     env: Mapping[str, str] | None = None,
+    allow_loopback: bool = True,
 ) -> Operator:
+    """The operator on 127.0.0.1; ``allow_loopback``: the test bed's sources and module server are on loopback, so
+    it opts in explicitly (`--allow-loopback`; a cluster install refuses loopback)."""
     metrics_port, module_port, module_tls_port = procs.free_port(), procs.free_port(), procs.free_port()
     # the operator's own namespace (its identity Secret): the lease namespace, else the first watched one
     lease = next((a.split("=", 1)[1] for a in extra if a.startswith("--lease-namespace=")), "")
@@ -86,6 +89,7 @@ def start_operator(
         f"--cache-dir={work_dir / 'cache'}",
         f"--metrics-listen=127.0.0.1:{metrics_port}",
         f"--liveness=http://127.0.0.1:{procs.free_port()}/healthz",
+        *(["--allow-loopback"] if allow_loopback else []),
         *extra,
     ]
     op = Operator(proc=None, metrics_port=metrics_port, module_port=module_port, module_tls_port=module_tls_port)  # type: ignore[arg-type]

@@ -92,6 +92,8 @@ def test_plugin_match_rules(tmp_path: Path) -> None:
         (_cfg(modules={"server": {"url": "ftp://x", "token_file": "t"}}), "modules.server.url"),
         (_cfg(modules={"server": {"url": "http://x"}}), "modules.server.token_file"),
         (_cfg(modules={"cache": "x"}), "unknown key"),
+        (_cfg(modules={"allow_loopback": "yes"}), "modules.allow_loopback must be true or false"),
+        (_cfg(modules={"block_cidrs": ["10.0.0.0/33"]}), "modules.block_cidrs: not a CIDR"),
         (_cfg(node={"id": 1}), "node.id must be a string"),
         (_cfg(node={"cluster": ["c"]}), "node.cluster must be a string"),
         (_cfg(node={"metadata": {"REGION": 1}}), "node.metadata.REGION must be a string"),
@@ -146,6 +148,8 @@ def test_modules_section(tmp_path: Path) -> None:
             "cache_dir": "cache",
             "file_roots": ["mods"],
             "server": {"url": "https://modules.ns:8443", "token_file": "sa-token", "ca_file": "ca.crt"},
+            "allow_loopback": True,
+            "block_cidrs": ["10.0.0.0/8"],
         },
         plugins=[{"name": "a", "module": {"file": "wasm/a.wasm"}}],
     )
@@ -154,6 +158,8 @@ def test_modules_section(tmp_path: Path) -> None:
     # the static plugins' own files are readable: their directories join the configured roots
     assert m.file_roots == (tmp_path / "mods", tmp_path / "wasm")
     assert m.server == config.ModuleServer("https://modules.ns:8443", tmp_path / "sa-token", tmp_path / "ca.crt")
+    assert m.allow_loopback is True and m.block_cidrs == ("10.0.0.0/8",)
+    assert config.Modules().allow_loopback is False, "loopback is refused unless allowed"
     assert config.parse(BASE, base=tmp_path).modules == config.Modules()
 
 

@@ -89,6 +89,8 @@ def test_secure_defaults_are_values() -> None:
     assert ctr["seccompProfile"] == {"type": "RuntimeDefault"}
     assert VALUES["crds"] == {"enabled": True, "keep": True}
     assert VALUES["injection"]["failurePolicy"] == "Fail" and VALUES["validation"]["failurePolicy"] == "Fail"
+    # the SSRF guard refuses loopback in a cluster (only a local test bed turns it on)
+    assert VALUES["ssrf"] == {"allowLoopback": False, "blockCIDRs": []}
 
 
 def test_chart_crds_are_a_verbatim_copy_of_crds_dir() -> None:

@@ -28,27 +28,34 @@ WASM = wasm_module(31)
 
 # --- guard -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("address", "block_loopback", "extra", "refused"),
+    ("address", "allow_loopback", "extra", "refused"),
     [
-        ("169.254.169.254", False, (), True),
-        ("169.254.0.1", False, (), True),
-        ("fe80::1", False, (), True),
-        ("::ffff:169.254.169.254", False, (), True),
-        ("fd00:ec2::254", False, (), True),
-        ("100.100.100.200", False, (), True),
-        ("127.0.0.1", False, (), False),
-        ("127.0.0.1", True, (), True),
-        ("0.0.0.0", True, (), True),
-        ("::1", True, (), True),
+        ("169.254.169.254", True, (), True),
+        ("169.254.0.1", True, (), True),
+        ("fe80::1", True, (), True),
+        ("::ffff:169.254.169.254", True, (), True),
+        ("fd00:ec2::254", True, (), True),
+        ("100.100.100.200", True, (), True),
+        ("127.0.0.1", False, (), True),  # the default: loopback refused
+        ("127.0.0.1", True, (), False),
+        ("::ffff:127.0.0.1", False, (), True),
+        ("0.0.0.0", False, (), True),
+        ("::1", False, (), True),
+        ("::", False, (), True),
         ("10.1.2.3", False, (), False),
         ("10.1.2.3", False, ("10.0.0.0/8",), True),
         ("2001:db8::1", False, ("2001:db8::/32",), True),
         ("93.184.216.34", False, ("10.0.0.0/8",), False),
     ],
 )
-def test_guard_decisions(address: str, block_loopback: bool, extra: tuple[str, ...], refused: bool) -> None:
-    g = guard.Guard([ipaddress.ip_network(c) for c in extra], block_loopback=block_loopback)
+def test_guard_decisions(address: str, allow_loopback: bool, extra: tuple[str, ...], refused: bool) -> None:
+    g = guard.Guard([ipaddress.ip_network(c) for c in extra], allow_loopback=allow_loopback)
     assert g.refused(ipaddress.ip_address(address)) is refused
+
+
+def test_loopback_is_refused_unless_allowed_by_default() -> None:
+    assert guard.Guard().refused(ipaddress.ip_address("127.0.0.1"))
+    assert not FetchOptions().allow_loopback
 
 
 @pytest.mark.parametrize(

@@ -223,6 +223,7 @@ def test_agent_config_is_accepted_by_the_agent(
     assert cfg.push.tls.cert_file == Path(injection.CONFIG_DIR) / "tls.crt"
     assert cfg.push.tls.client_ca_file == Path(injection.CONFIG_DIR) / "ca.crt"
     assert (cfg.modules.server is not None) is bool(settings.module_server_url), case
+    assert cfg.modules.allow_loopback is False and cfg.modules.block_cidrs == (), "the SSRF guard's defaults"
     if cfg.modules.server is not None:  # the projected ServiceAccount token, the server checked against the CA
         assert cfg.modules.server.token_file == Path(injection.CONFIG_DIR) / "sa-token"
         assert cfg.modules.server.ca_file == Path(injection.CONFIG_DIR) / "ca.crt"

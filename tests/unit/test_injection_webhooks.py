@@ -21,6 +21,15 @@ BASE: dict[str, Any] = {
 }
 
 
+def test_the_agents_ssrf_settings_reach_their_config(tmp_path: Path) -> None:
+    agent = {"image": "i", "allowLoopback": True, "blockCIDRs": ["10.0.0.0/8"]}
+    cfg = webhooks.parse_config({**BASE, "injection": {"agent": agent}}, tmp_path)
+    assert cfg.injection is not None
+    assert cfg.injection.allow_loopback is True and cfg.injection.block_cidrs == ("10.0.0.0/8",)
+    modules = injection.agent_config(injection.AppPort(0, 0, 8080, "http"), cfg.injection)["modules"]
+    assert modules["allow_loopback"] is True and modules["block_cidrs"] == ["10.0.0.0/8"]
+
+
 def test_config_parses_with_defaults(tmp_path: Path) -> None:
     cfg = webhooks.parse_config(BASE, tmp_path)
     assert (cfg.address, cfg.port) == ("127.0.0.1", 9443)
@@ -39,6 +48,8 @@ def test_config_parses_with_defaults(tmp_path: Path) -> None:
         ("port not a number", {"listen": {"port": "9443"}}, "listen.port must be an integer"),
         ("port out of range", {"listen": {"port": 70000}}, "out of range"),
         ("prefixes not a list", {"validation": {"allowedUrlPrefixes": "oci://"}}, "must be a list of strings"),
+        ("loopback not a bool", {"injection": {"agent": {"image": "i", "allowLoopback": "no"}}}, "true or false"),
+        ("not a CIDR", {"injection": {"agent": {"image": "i", "blockCIDRs": ["10.0.0.0/99"]}}}, "not a CIDR"),
     ],
 )
 def test_bad_config_is_refused(case: str, change: dict[str, Any], message: str, tmp_path: Path) -> None:

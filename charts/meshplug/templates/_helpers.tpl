@@ -76,6 +76,9 @@ injection:
     moduleServerUrl: {{ printf "https://%s.%s.svc:%d" (include "meshplug.modulesServiceName" .) .Release.Namespace (int .Values.operator.moduleTlsPort) | quote }}
     tokenAudience: {{ .Values.agent.tokenAudience | quote }}
     tokenExpirationSeconds: {{ .Values.agent.tokenExpirationSeconds }}
+    allowLoopback: {{ .Values.ssrf.allowLoopback }}
+    blockCIDRs:
+      {{- toYaml .Values.ssrf.blockCIDRs | nindent 6 }}
     runAsUser: {{ .Values.agent.runAsUser }}
     logLevel: {{ .Values.agent.logLevel }}
     resources:
