@@ -6,8 +6,9 @@
  * wasmtime or needs its headers; the few types used are declared below with the layout of that C API.
  *
  *   GuestCall  calls one export: packs Python ints into a ValRaw array (max(params, results) long), arms the store's epoch deadline for
- *              top-level calls, releases the GIL around wasmtime_func_call_unchecked (so the epoch ticker
- *              keeps running while a guest loops), and returns the result as a Python int. On a trap or
+ *              top-level calls, calls wasmtime_func_call_unchecked holding the GIL (the ticker below needs no
+ *              GIL, so a looping guest is still interrupted; releasing and taking the GIL twice per call
+ *              cost more than the call itself), and returns the result as a Python int. On a trap or
  *              error it calls `fail(error_ptr, trap_ptr)` (Python), which raises.
  *   HostFunc   one host import: `TRAMPOLINE` is a wasmtime_func_unchecked_callback_t whose env is a HostFunc;
  *              it takes the GIL, calls the Python function with unsigned ints, maps the listed exceptions to
@@ -18,13 +19,19 @@
  *              exception, and the linear memory: bounds-checked read/write against its base and size,
  *              looked up again only after the guest ran (`dirty`: it may have grown).
  *   Epoch      a counter the runtime's ticker advances just before the engine's epoch.
+ *   Ticker     the runtime's epoch ticker: a native thread (no GIL, no Python) that every period advances
+ *              the Epoch counter, then the engine's epoch (wasmtime_engine_increment_epoch, on its own
+ *              clone of the engine, wasmtime_engine_clone, so the engine outlives the thread).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 typedef union {
     int32_t i32;
@@ -41,12 +48,18 @@ typedef void (*set_deadline_fn)(void *ctx, uint64_t ticks);
 typedef void *(*trap_new_fn)(const char *msg, size_t len);
 typedef uint8_t *(*memory_data_fn)(const void *ctx, const void *memory);
 typedef size_t (*memory_data_size_fn)(const void *ctx, const void *memory);
+typedef void *(*engine_clone_fn)(void *engine);
+typedef void (*engine_increment_epoch_fn)(void *engine);
+typedef void (*engine_delete_fn)(void *engine);
 
 static call_unchecked_fn c_call_unchecked = NULL;
 static set_deadline_fn c_set_deadline = NULL;
 static trap_new_fn c_trap_new = NULL;
 static memory_data_fn c_memory_data = NULL;
 static memory_data_size_fn c_memory_data_size = NULL;
+static engine_clone_fn c_engine_clone = NULL;
+static engine_increment_epoch_fn c_engine_increment_epoch = NULL;
+static engine_delete_fn c_engine_delete = NULL;
 static PyObject *memory_fault = NULL; /* vm.MemoryFault */
 
 static const char HOST_TRAP_MSG[] = "meshplug host function failed";
@@ -386,16 +399,17 @@ static PyObject *GuestCall_vectorcall(GuestCallObject *self, PyObject *const *ar
     for (Py_ssize_t i = nargs; i < self->nvals; i++) memset(&vals[i], 0, sizeof(vals[i]));
     StateObject *st = self->state;
     int depth = st->depth;
-    if (depth == 0 && st->armed != (long long)st->epoch->value) {
-        st->armed = (long long)st->epoch->value;
-        c_set_deadline(st->ctx, st->deadline_ticks);
+    if (depth == 0) {
+        long long now = (long long)__atomic_load_n(&st->epoch->value, __ATOMIC_RELAXED);
+        if (st->armed != now) {
+            st->armed = now;
+            c_set_deadline(st->ctx, st->deadline_ticks);
+        }
     }
     st->depth = depth + 1;
     void *trap = NULL;
     void *err;
-    Py_BEGIN_ALLOW_THREADS
     err = c_call_unchecked(st->ctx, self->func, vals, (size_t)self->nvals, &trap);
-    Py_END_ALLOW_THREADS
     st->depth = depth;
     st->dirty = 1;
     if (err != NULL || trap != NULL) {
@@ -637,12 +651,153 @@ static void *host_trampoline(void *env, void *caller, val_raw_t *vals, size_t nv
     return trap;
 }
 
+
+/* ---------------------------------------------------------------------------------------------- */
+typedef struct {
+    PyObject_HEAD
+    EpochObject *epoch;
+    void *engine; /* our clone of the runtime's engine (deleted after the thread stopped) */
+    long period_ns;
+    int running;
+    int stop;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+} TickerObject;
+
+static void *ticker_main(void *arg) {
+    TickerObject *t = (TickerObject *)arg;
+    struct timespec due;
+    clock_gettime(CLOCK_MONOTONIC, &due);
+    pthread_mutex_lock(&t->lock);
+    while (!t->stop) {
+        due.tv_nsec += t->period_ns;
+        while (due.tv_nsec >= 1000000000L) {
+            due.tv_nsec -= 1000000000L;
+            due.tv_sec += 1;
+        }
+        int rc = 0;
+        while (!t->stop && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&t->wake, &t->lock, &due);
+        if (t->stop) break;
+        /* the counter first: it is never behind the engine (GuestCall re-arms when it moved) */
+        __atomic_add_fetch(&t->epoch->value, 1, __ATOMIC_RELAXED);
+        c_engine_increment_epoch(t->engine);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+static int Ticker_init(TickerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"epoch", "engine", "period_ms", NULL};
+    PyObject *epoch;
+    unsigned long long engine;
+    long period_ms;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!Kl", kwlist, &EpochType, &epoch, &engine, &period_ms)) return -1;
+    if (self->running || self->engine != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Ticker already initialised");
+        return -1;
+    }
+    if (!engine || period_ms <= 0) {
+        PyErr_SetString(PyExc_ValueError, "Ticker needs an engine and a positive period");
+        return -1;
+    }
+    if (c_engine_clone == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_wasmcall.init() was not called");
+        return -1;
+    }
+    Py_INCREF(epoch);
+    Py_XSETREF(self->epoch, (EpochObject *)epoch);
+    self->engine = c_engine_clone((void *)(uintptr_t)engine);
+    self->period_ns = period_ms * 1000000L;
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&self->wake, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&self->lock, NULL);
+    return 0;
+}
+
+static PyObject *Ticker_start(TickerObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->engine == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Ticker not initialised");
+        return NULL;
+    }
+    if (!self->running) {
+        self->stop = 0;
+        if (pthread_create(&self->thread, NULL, ticker_main, self) != 0) {
+            PyErr_SetString(PyExc_OSError, "cannot start the epoch ticker thread");
+            return NULL;
+        }
+        self->running = 1;
+        Py_INCREF(self); /* the thread uses it: alive until stop() joined it */
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Ticker_stop(TickerObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->running) {
+        pthread_mutex_lock(&self->lock);
+        self->stop = 1;
+        pthread_cond_signal(&self->wake);
+        pthread_mutex_unlock(&self->lock);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_join(self->thread, NULL);
+        Py_END_ALLOW_THREADS
+        self->running = 0;
+        Py_DECREF(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Ticker_get_running(TickerObject *self, void *closure) {
+    return PyBool_FromLong(self->running);
+}
+
+static void Ticker_dealloc(TickerObject *self) {
+    /* never running here: a running ticker holds a reference to itself */
+    if (self->engine != NULL) {
+        c_engine_delete(self->engine);
+        pthread_mutex_destroy(&self->lock);
+        pthread_cond_destroy(&self->wake);
+    }
+    Py_XDECREF(self->epoch);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Ticker_methods[] = {
+    {"start", (PyCFunction)Ticker_start, METH_NOARGS, "start the thread (no-op when running)"},
+    {"stop", (PyCFunction)Ticker_stop, METH_NOARGS, "stop the thread and wait for it (no-op when stopped)"},
+    {NULL},
+};
+
+static PyGetSetDef Ticker_getset[] = {
+    {"running", (getter)Ticker_get_running, NULL, "the thread runs", NULL},
+    {NULL},
+};
+
+static PyTypeObject TickerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "meshplug.agent._wasmcall.Ticker",
+    .tp_basicsize = sizeof(TickerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Ticker_init,
+    .tp_dealloc = (destructor)Ticker_dealloc,
+    .tp_methods = Ticker_methods,
+    .tp_getset = Ticker_getset,
+    .tp_doc = "Ticker(epoch, engine_address, period_ms): advances `epoch` and the engine's epoch every period.",
+};
+
 /* ---------------------------------------------------------------------------------------------- */
 static PyObject *wc_init(PyObject *mod, PyObject *args) {
-    unsigned long long call, deadline, trap_new, data, data_size;
+    unsigned long long call, deadline, trap_new, data, data_size, eclone, eincr, edelete;
     PyObject *fault;
-    if (!PyArg_ParseTuple(args, "KKKKKO", &call, &deadline, &trap_new, &data, &data_size, &fault)) return NULL;
-    if (!call || !deadline || !trap_new || !data || !data_size) {
+    if (!PyArg_ParseTuple(args, "KKKKKKKKO", &call, &deadline, &trap_new, &data, &data_size, &eclone, &eincr,
+                          &edelete, &fault)) {
+        return NULL;
+    }
+    if (!call || !deadline || !trap_new || !data || !data_size || !eclone || !eincr || !edelete) {
         PyErr_SetString(PyExc_ValueError, "null function address");
         return NULL;
     }
@@ -655,6 +810,9 @@ static PyObject *wc_init(PyObject *mod, PyObject *args) {
     c_trap_new = (trap_new_fn)(uintptr_t)trap_new;
     c_memory_data = (memory_data_fn)(uintptr_t)data;
     c_memory_data_size = (memory_data_size_fn)(uintptr_t)data_size;
+    c_engine_clone = (engine_clone_fn)(uintptr_t)eclone;
+    c_engine_increment_epoch = (engine_increment_epoch_fn)(uintptr_t)eincr;
+    c_engine_delete = (engine_delete_fn)(uintptr_t)edelete;
     Py_INCREF(fault);
     Py_XSETREF(memory_fault, fault);
     Py_RETURN_NONE;
@@ -663,7 +821,8 @@ static PyObject *wc_init(PyObject *mod, PyObject *args) {
 static PyMethodDef wc_methods[] = {
     {"init", wc_init, METH_VARARGS,
      "init(wasmtime_func_call_unchecked, wasmtime_context_set_epoch_deadline, wasmtime_trap_new, "
-     "wasmtime_memory_data, wasmtime_memory_data_size, MemoryFault): the functions' addresses and the fault class."},
+     "wasmtime_memory_data, wasmtime_memory_data_size, wasmtime_engine_clone, wasmtime_engine_increment_epoch, "
+     "wasm_engine_delete, MemoryFault): the functions' addresses and the fault class."},
     {NULL},
 };
 
@@ -674,7 +833,7 @@ static struct PyModuleDef wc_module = {
 PyMODINIT_FUNC PyInit__wasmcall(void) {
     PyObject *m;
     if (PyType_Ready(&EpochType) < 0 || PyType_Ready(&StateType) < 0 || PyType_Ready(&GuestCallType) < 0 ||
-        PyType_Ready(&HostFuncType) < 0) {
+        PyType_Ready(&HostFuncType) < 0 || PyType_Ready(&TickerType) < 0) {
         return NULL;
     }
     m = PyModule_Create(&wc_module);
@@ -683,6 +842,7 @@ PyMODINIT_FUNC PyInit__wasmcall(void) {
         PyModule_AddObjectRef(m, "State", (PyObject *)&StateType) < 0 ||
         PyModule_AddObjectRef(m, "GuestCall", (PyObject *)&GuestCallType) < 0 ||
         PyModule_AddObjectRef(m, "HostFunc", (PyObject *)&HostFuncType) < 0 ||
+        PyModule_AddObjectRef(m, "Ticker", (PyObject *)&TickerType) < 0 ||
         PyModule_AddObject(m, "TRAMPOLINE", PyLong_FromVoidPtr((void *)host_trampoline)) < 0 ||
         PyModule_AddIntConstant(m, "MAX_VALS", MAX_VALS) < 0) {
         Py_DECREF(m);

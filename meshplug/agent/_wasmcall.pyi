@@ -11,12 +11,21 @@ def init(
     trap_new: int,
     memory_data: int,
     memory_data_size: int,
+    engine_clone: int,
+    engine_increment_epoch: int,
+    engine_delete: int,
     memory_fault: type[Exception],
     /,
 ) -> None: ...
 
 class Epoch:
     value: int
+
+class Ticker:
+    running: bool
+    def __init__(self, epoch: Epoch, engine: int, period_ms: int) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
 
 class State:
     armed: int

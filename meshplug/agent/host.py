@@ -296,7 +296,7 @@ class HttpContext(Context):
             self.id = next(wvm._ids)
             wvm.contexts[self.id] = self
             fn = wvm.cb.context_create
-            if fn is not None and wvm.call_fn(self, fn, self.id, self.root.id) < 0:
+            if fn is not None and wvm.call_n(self, fn, 2, self.id, self.root.id) < 0:
                 return False
         return True
 
@@ -321,9 +321,9 @@ class HttpContext(Context):
         else:
             self.response_headers_attached = True
         if cb.headers_eos[direction]:
-            r = wvm.call_fn(self, fn, self.id, n, 1 if end_stream else 0)
+            r = wvm.call_n(self, fn, 3, self.id, n, 1 if end_stream else 0)
         else:
-            r = wvm.call_fn(self, fn, self.id, n)
+            r = wvm.call_n(self, fn, 2, self.id, n)
         if (r == 0 or r == 2) and not self.local_reply_sent:  # noqa: PLR1714 -- ints: == is the cheap test
             # continue (2, ContinueAndEndStream, ends up as continue in Envoy): detach the headers again
             if request:
@@ -347,10 +347,10 @@ class HttpContext(Context):
         if fn is None:
             return _CONTINUE
         if not end_stream:
-            return self._action(wvm.call_fn(self, fn, self.id, size, 0), body=True)
+            return self._action(wvm.call_n(self, fn, 3, self.id, size, 0), body=True)
         self.eos_body = direction
         try:
-            r = wvm.call_fn(self, fn, self.id, size, 1)
+            r = wvm.call_n(self, fn, 3, self.id, size, 1)
         finally:
             self.eos_body = None
         if r == 0 and not self.local_reply_sent:
@@ -363,7 +363,7 @@ class HttpContext(Context):
         fn = self.wvm.cb.trailers[direction]
         if fn is None:
             return Action.CONTINUE
-        return self._action(self.wvm.call_fn(self, fn, self.id, len(self.control.trailers(direction))), body=False)
+        return self._action(self.wvm.call_n(self, fn, 2, self.id, len(self.control.trailers(direction))), body=False)
 
     def _action(self, r: int, *, body: bool) -> Action:
         """Map a callback's result (-1: the VM failed) to the chain's Action (ABI ref. 1.7)."""
@@ -392,7 +392,7 @@ class HttpContext(Context):
         # context is alive
         for fn in wvm.cb.end:
             if self._alive():
-                wvm.call_fn(self, fn, self.id)
+                wvm.call_n(self, fn, 1, self.id)
         self.deleted = True
         wvm.contexts.pop(self.id, None)
 
@@ -665,23 +665,48 @@ class WasmVm(hostapi.Vm):
         self.current = self.effective = ctx
         try:
             result = fn(*args)
-        except errors.PluginRuntimeError as exc:
-            self.fail(exc, ctx)
-            return -1
-        except vm.GuestExit as exc:
-            self.fail(errors.PluginRuntimeError(f"proc_exit({exc.code})", reason="proc_exit"), ctx)
-            return -1
         except Exception as exc:
-            name = self._names.get(fn, "?")
-            log.exception("%s: host error in %s", self.label, name)
-            self.fail(errors.PluginRuntimeError(f"host error in {name}: {exc}", reason="host_error"), ctx)
-            return -1
+            return self._failed(exc, ctx, fn)
         finally:
             self.current, self.effective = saved_current, saved_effective
         # the guest's call depth is back to what it was before the call: 0 for an outermost call
         if self.after and self.guest.depth == 0:
             self.run_after()
         return result
+
+    def call_n(self, ctx: Context, fn: vm.GuestFunc, n: int, a: int, b: int = 0, c: int = 0) -> int:
+        """`call_fn` for the per-request callbacks: the first `n` (1-3) of a, b, c, passed without packing
+        them into a tuple (a stream's callbacks are most of the host's guest calls)."""
+        if self.failed is not None:
+            return -1
+        saved_current, saved_effective = self.current, self.effective
+        self.current = self.effective = ctx
+        try:
+            if n == 1:
+                result = fn(a)
+            elif n == 2:
+                result = fn(a, b)
+            else:
+                result = fn(a, b, c)
+        except Exception as exc:
+            return self._failed(exc, ctx, fn)
+        finally:
+            self.current, self.effective = saved_current, saved_effective
+        if self.after and self.guest.depth == 0:
+            self.run_after()
+        return result
+
+    def _failed(self, exc: Exception, ctx: Context, fn: vm.GuestFunc) -> int:
+        """A guest call raised: fail the VM with the matching reason; -1 (the callers' "VM failed")."""
+        if isinstance(exc, errors.PluginRuntimeError):
+            self.fail(exc, ctx)
+        elif isinstance(exc, vm.GuestExit):
+            self.fail(errors.PluginRuntimeError(f"proc_exit({exc.code})", reason="proc_exit"), ctx)
+        else:
+            name = self._names.get(fn, "?")
+            log.error("%s: host error in %s", self.label, name, exc_info=exc)
+            self.fail(errors.PluginRuntimeError(f"host error in {name}: {exc}", reason="host_error"), ctx)
+        return -1
 
     def invoke(self, ctx: Context, name: str, *args: int) -> bool:
         ok, _ = self.call(ctx, name, *args)

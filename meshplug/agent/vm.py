@@ -9,7 +9,8 @@ return an int (or None for `() -> ()`). Guest memory is read and written through
 Two backends implement the same interface:
 
 * ``fast`` -- wasmtime's C API: guest calls and host imports cross in C (meshplug/agent/_wasmcall.c:
-  `wasmtime_func_call_unchecked` on a stack ValRaw array, the GIL released around it; one
+  `wasmtime_func_call_unchecked` on a stack ValRaw array, holding the GIL (the epoch ticker is a native
+  thread there); one
   `wasmtime_linker_define_func_unchecked` trampoline that calls the Python host function and maps listed
   exceptions to results (`Faulting`); bounds-checked linear-memory access on the memory's base pointer,
   looked up again only after the guest ran). It relies on the C ABI of the pinned wasmtime==50.0.1 and on
@@ -163,16 +164,23 @@ class Runtime:
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._lock = threading.Lock()
-        #: the ticker's count, mirrored in Python and advanced just before the engine's (so it is never
-        #: behind): the fast backend re-arms a store's epoch deadline only when this moved since it last
-        #: armed it (or after a failed call), which keeps every top-level call's budget >= the configured
-        #: ticks - 1 without a C call per guest call
-        self.clock = _wasmcall.Epoch() if _wasmcall is not None else None
+        #: the ticker's count, advanced just before the engine's (so it is never behind): the fast backend
+        #: re-arms a store's epoch deadline only when this moved since it last armed it (or after a failed
+        #: call), which keeps every top-level call's budget >= the configured ticks - 1 without a C call per
+        #: guest call. With the extension the ticker is its native thread (`_wasmcall.Ticker`): the fast
+        #: backend's guest calls hold the GIL, so a Python ticker could not interrupt a looping guest
+        self.clock: _wasmcall.Epoch | None = _wasmcall.Epoch() if _wasmcall is not None else None
+        self._native_ticker: _wasmcall.Ticker | None = None
 
-    # -- epoch ticker ------------------------------------------------------------------------------
+    # -- epoch ticker ---------------------------------------------------------------------------------
     def start(self) -> None:
         with self._lock:
-            if self._ticker is None:
+            if self.clock is not None:  # a native thread: guest calls keep the GIL, the ticker needs none
+                if self._native_ticker is None:
+                    assert _wasmcall is not None
+                    self._native_ticker = _wasmcall.Ticker(self.clock, _addr(self.engine.ptr()), self.tick_ms)
+                self._native_ticker.start()
+            elif self._ticker is None:
                 self._stop.clear()
                 self._ticker = threading.Thread(target=self._tick, name="meshplug-epoch", daemon=True)
                 self._ticker.start()
@@ -180,6 +188,8 @@ class Runtime:
     def close(self) -> None:
         with self._lock:
             ticker, self._ticker = self._ticker, None
+            if self._native_ticker is not None:
+                self._native_ticker.stop()
         if ticker is not None:
             self._stop.set()
             ticker.join()
@@ -187,8 +197,6 @@ class Runtime:
     def _tick(self) -> None:
         period = self.tick_ms / 1000.0
         while not self._stop.wait(period):
-            if self.clock is not None:
-                self.clock.value += 1
             self.engine.increment_epoch()
 
     def deadline_ticks(self, deadline_ms: int) -> int:
@@ -516,6 +524,9 @@ if _wasmcall is not None:
         _addr(_dll.wasmtime_trap_new),
         _addr(_dll.wasmtime_memory_data),
         _addr(_dll.wasmtime_memory_data_size),
+        _addr(_dll.wasmtime_engine_clone),
+        _addr(_dll.wasmtime_engine_increment_epoch),
+        _addr(_dll.wasm_engine_delete),
         MemoryFault,
     )
 
@@ -538,6 +549,7 @@ class FastGuest(Guest):
     ) -> None:
         super().__init__(runtime, module, imports, memory_cap=memory_cap, deadline_ms=deadline_ms)
         assert _wasmcall is not None, "FastGuest needs meshplug.agent._wasmcall (FAST_AVAILABLE)"
+        assert runtime.clock is not None
         self._ctx = _addr(self.store._context())
         #: depth, epoch arming, the running host call's caller and the pending host exception, kept in C
         self.state = _wasmcall.State(self._ctx, runtime.clock, self.deadline_ticks)
