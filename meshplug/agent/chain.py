@@ -393,6 +393,69 @@ class Filter(Protocol):
         ...
 
 
+class NativeFilterStream:
+    """A base for `FilterStream`s compiled with the chain (the wasm host's contexts): the compiled chain calls
+    them directly (a vtable call) where a Protocol call is a method lookup by name and an argument-parsing
+    wrapper, several times per filter per request. Any other `FilterStream` gets a forwarding adapter."""
+
+    __slots__ = ()
+
+    def on_headers(self, direction: Direction, end_stream: bool) -> Action:
+        raise NotImplementedError
+
+    def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
+        raise NotImplementedError
+
+    def on_trailers(self, direction: Direction) -> Action:
+        raise NotImplementedError
+
+    def on_complete(self) -> None:
+        raise NotImplementedError
+
+
+class NativeFilter:
+    """A base for `Filter`s compiled with the chain (the wasm host's plugins): `new_stream` called directly,
+    as `NativeFilterStream`'s methods are."""
+
+    __slots__ = ()
+
+    def new_stream(self, control: StreamControl) -> FilterStream | None:
+        raise NotImplementedError
+
+
+class _ForeignStream(NativeFilterStream):
+    """A `FilterStream` that is not a `NativeFilterStream`, as the chain calls it."""
+
+    __slots__ = ("fs",)
+
+    def __init__(self, fs: FilterStream) -> None:
+        self.fs = fs
+
+    def on_headers(self, direction: Direction, end_stream: bool) -> Action:
+        return self.fs.on_headers(direction, end_stream)
+
+    def on_body(self, direction: Direction, size: int, end_stream: bool) -> Action:
+        return self.fs.on_body(direction, size, end_stream)
+
+    def on_trailers(self, direction: Direction) -> Action:
+        return self.fs.on_trailers(direction)
+
+    def on_complete(self) -> None:
+        self.fs.on_complete()
+
+
+class _ForeignFilter(NativeFilter):
+    """A `Filter` that is not a `NativeFilter`, as the chain calls it."""
+
+    __slots__ = ("f",)
+
+    def __init__(self, f: Filter) -> None:
+        self.f = f
+
+    def new_stream(self, control: StreamControl) -> FilterStream | None:
+        return self.f.new_stream(control)
+
+
 def order(filters: Sequence[Filter]) -> list[Filter]:
     """Istio order: phase (AUTHN, AUTHZ, STATS, UNSPECIFIED), then priority high->low (unset last),
     then the given order (creation time), then name."""
@@ -539,6 +602,10 @@ class Chain:
             raise ValueError(f"{len(match)} match rule sets for {len(filters)} filters")
         indices = _order_indices(filters)
         self.filters: tuple[Filter, ...] = tuple(filters[i] for i in indices)
+        #: the same, as the chain calls them (`NativeFilter`s as they are, others behind an adapter)
+        self.makers: tuple[NativeFilter, ...] = tuple(
+            f if isinstance(f, NativeFilter) else _ForeignFilter(f) for f in self.filters
+        )
         #: (position in chain order, its rules) of every filter that has rules
         self.matchers: tuple[tuple[int, Match], ...] = tuple(
             (pos, Match(match[i])) for pos, i in enumerate(indices) if match is not None and match[i]
@@ -739,8 +806,9 @@ class Stream:
         n = len(chain.filters)
         self._n = n
         self._lanes: list[_Lane | None] = [None, None]
-        self._ctx: list[FilterStream | None] = [None] * n  # every created context (on_complete)
-        self._active: list[FilterStream | _NotCreated | None] = [_NEW] * n  # None: bypassed / no context
+        self._ctx: list[NativeFilterStream | None] = [None] * n  # every created context (on_complete)
+        #: None: bypassed / no context
+        self._active: list[NativeFilterStream | _NotCreated | None] = [_NEW] * n
         self._seen_request = [False] * n
         self._controls: deque[_Control] = deque()
         self._outputs: list[Output] = []
@@ -768,12 +836,14 @@ class Stream:
             lane = self._lanes[direction] = _Lane(self._n)
         return lane
 
-    def _filter_stream(self, index: int) -> FilterStream | None:
-        fs = self._active[index]
-        if fs is _NEW:
-            fs = self.chain.filters[index].new_stream(StreamControl(self, index))
-            self._ctx[index] = self._active[index] = fs
-        return fs  # type: ignore[return-value]
+    def _filter_stream(self, index: int) -> NativeFilterStream | None:
+        current = self._active[index]
+        if current is not _NEW:
+            return current  # type: ignore[return-value]
+        made = self.chain.makers[index].new_stream(StreamControl(self, index))
+        fs = made if made is None or isinstance(made, NativeFilterStream) else _ForeignStream(made)
+        self._ctx[index] = self._active[index] = fs
+        return fs
 
     # ---- events in -------------------------------------------------------------------------------
     def recv_request_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
@@ -1016,17 +1086,17 @@ class Stream:
             self._seen_request[index] = True
         if direction == _RESPONSE and not self._seen_request[index]:
             return frame  # a local reply passes filters the request never reached
-        fs = self._active[index]
-        if fs is _NEW:
-            fs = self._filter_stream(index)
+        active = self._active[index]
+        fs = self._filter_stream(index) if active is _NEW else active
         if fs is None:
             return frame
+        assert isinstance(fs, NativeFilterStream)
         if kind == _HEADERS:
-            action = fs.on_headers(direction, frame[1])  # type: ignore[union-attr]
+            action = fs.on_headers(direction, frame[1])
             if action is _CONTINUE:
                 return frame  # what _release does for headers
         elif kind == _TRAILERS:
-            action = fs.on_trailers(direction)  # type: ignore[union-attr]
+            action = fs.on_trailers(direction)
         else:
             body = lane.body[pos]
             body += frame[2]
@@ -1037,7 +1107,7 @@ class Stream:
                 # Envoy enforces with flow control is a 413 / 500 here
                 self._overflow(direction)
                 return None
-            action = fs.on_body(direction, len(body), frame[1])  # type: ignore[union-attr]
+            action = fs.on_body(direction, len(body), frame[1])
         if action is _CONTINUE:
             return self._release(lane, pos, frame)
         lane.stalled = True

@@ -485,7 +485,7 @@ class TcpStream(Context):
             self.wvm.contexts.pop(self.id, None)
 
 
-class _FailedStream:
+class _FailedStream(chain.NativeFilterStream):
     """A stream on a failed FAIL_CLOSE plugin: every callback reports the failure (chain answers 503)."""
 
     def on_headers(self, direction: Direction, end_stream: bool) -> Action:

@@ -237,8 +237,9 @@ class Vm:
         raise NotImplementedError
 
 
-class PluginRef:
-    """A configured plugin as its contexts see it (meshplug.agent.host.Plugin implements it)."""
+class PluginRef(chain.NativeFilter):
+    """A configured plugin as its contexts see it (meshplug.agent.host.Plugin implements it); a chain filter
+    the compiled chain calls directly."""
 
     config: PluginConfig
 
@@ -246,9 +247,9 @@ class PluginRef:
         raise NotImplementedError
 
 
-class Context:
+class Context(chain.NativeFilterStream):
     """A proxy-wasm context on one VM. The defaults are a root context's answers; stream contexts
-    override what applies to them."""
+    override what applies to them (an HTTP context is the chain's filter stream, called directly)."""
 
     #: facts of an HTTP context that properties read (see meshplug.agent.host.HttpContext)
     request_headers_attached = False
