@@ -1,8 +1,13 @@
 """Precompiled modules: compile once per module digest, keep wasmtime's serialized artifact on disk, load it fast.
 
-Called by the agent's host when it loads a plugin (and by bench/precompile.py). The caller owns its
-``wasmtime.Engine`` (its Config: epoch interruption, fuel, ...) and describes that configuration in a
-``settings`` string; an artifact is only reused by an engine with the same wasmtime version and settings.
+Called by the agent's host when it loads a plugin, by the operator's validation (which compiles with the
+agent's engine settings, `new_engine()` / `ENGINE_FINGERPRINT`, so that the artifact it produces is what the
+agents load: the module server hands it to them, meshplug.agent.loader checks and `install`s it) and by
+bench/precompile.py. The caller owns its ``wasmtime.Engine`` (its Config: epoch interruption, fuel, ...) and
+describes that configuration in a ``settings`` string; an artifact is only reused by an engine with the same
+wasmtime version and settings. `ENGINE_FINGERPRINT` covers the agent's engine settings and this machine's
+CPU (wasmtime compiles for the host's CPU features): an artifact made on another CPU has another key and is
+never fetched; wasmtime refusing one anyway (``stale``) falls back to compiling.
 
 File layout (one file per key, under ``<root>/<sha256[:2]>/``)::
 
@@ -26,6 +31,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import platform
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,15 +47,53 @@ _LEN = struct.Struct("<I")
 _MAX_HEADER = 4096
 
 
+#: the agent's engine settings (meshplug.agent.vm builds its engine from them; the operator compiles with them)
+ENGINE_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("epoch_interruption", "1"),
+    ("cranelift_opt_level", "speed"),
+)
+
+
+def cpu_fingerprint() -> str:
+    """This machine's architecture and CPU feature flags (what wasmtime's native compilation depends on)."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() in ("flags", "Features"):
+                flags = " ".join(sorted(value.split()))
+                break
+    except OSError:
+        pass
+    return hashlib.sha256(f"{platform.machine()};{flags}".encode()).hexdigest()[:16]
+
+
+def wasmtime_version() -> str:
+    return importlib.metadata.version("wasmtime")
+
+
+#: the settings string of the agent's engine on this machine: wasmtime version, ENGINE_SETTINGS, CPU
+ENGINE_FINGERPRINT = hashlib.sha256(
+    ";".join(
+        f"{k}={v}" for k, v in (("wasmtime", wasmtime_version()), *ENGINE_SETTINGS, ("cpu", cpu_fingerprint()))
+    ).encode()
+).hexdigest()[:16]
+
+
+def new_engine() -> wasmtime.Engine:
+    """An engine with the agent's settings (ENGINE_SETTINGS)."""
+    cfg = wasmtime.Config()
+    settings = dict(ENGINE_SETTINGS)
+    cfg.epoch_interruption = settings["epoch_interruption"] == "1"
+    cfg.cranelift_opt_level = settings["cranelift_opt_level"]
+    return wasmtime.Engine(cfg)
+
+
 class Outcome(enum.StrEnum):
     HIT = "hit"  # a valid artifact was loaded
     MISS = "miss"  # none on disk: compiled and stored
     STALE = "stale"  # one for another wasmtime version / engine settings: compiled and replaced
     CORRUPT = "corrupt"  # unreadable, truncated, wrong checksum or refused by wasmtime: compiled and replaced
-
-
-def wasmtime_version() -> str:
-    return importlib.metadata.version("wasmtime")
 
 
 def default_root() -> Path:
@@ -183,6 +227,24 @@ class ArtifactCache:
         except wasmtime.WasmtimeError:
             # sound file, but this engine refuses it (e.g. a Config difference the settings string missed)
             return None, Outcome.STALE
+
+    def install(self, module_sha256: str, blob: bytes) -> bool:
+        """Put an artifact made elsewhere (the operator's) in place for ``module_sha256``: only a sound one for
+        this cache's key (magic, header naming exactly the key, payload checksum), written atomically. False
+        (nothing written) when it is not; `load` still checks it again and wasmtime may refuse it (stale)."""
+        key = self.key(module_sha256)
+        try:
+            decode(key, blob)
+        except (_Stale, _Corrupt):
+            return False
+        path = self.path(key)
+        with _locked(path):
+            if not path.exists():
+                try:
+                    files.write_atomic(path, blob)
+                except OSError:
+                    return False
+        return True
 
     def load(self, data: bytes, *, sha256: str | None = None) -> Loaded:
         """The compiled module for ``data``, from the cache when a sound artifact exists.

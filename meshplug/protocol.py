@@ -20,6 +20,16 @@ agent that does not know it refuses a push that does, instead of running the plu
 
     "match": [{"hosts": ["api.example.com", "*.example.org"], "path_prefixes": ["/v1/"], "exact_paths": ["/"]}]
 
+Optional ``compiled`` (omitted when the operator has none): the module precompiled by the operator with the
+agent's engine settings (meshplug.compiled), for agents whose artifact key -- module sha256, wasmtime version,
+engine settings and CPU fingerprint, as its file name -- is exactly ``key``; any other agent ignores it and
+compiles the module itself. The agent checks the downloaded file against ``sha256`` (this push is what vouches
+for the machine code: it travels on the same authenticated channel as the module's digest) and the artifact's
+own header and payload checksum before it loads it::
+
+    "compiled": {"key": "<module sha256>.<wasmtime version>.<16 hex>.cwasm",
+                 "url": "https://operator:8443/compiled/<key>", "sha256": "<64 hex of the file>"}
+
 A Lua filter (a TrafficExtension with ``lua.inlineCode``) carries its script instead of a module: ``"lua":
 {"inline_code": "<script>"}``, no ``url``; ``sha256`` is then the sha256 of the script's UTF-8 bytes (optional on
 the wire, checked when given) and ``root_id``, ``vm_*`` and ``configuration`` must stay empty. An agent that does
@@ -97,6 +107,18 @@ class MatchRule:
 
 
 @dataclass(frozen=True)
+class CompiledArtifact:
+    """A module precompiled by the operator: its artifact key (file name), where to get it, its file's sha256."""
+
+    key: str
+    url: str
+    sha256: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"key": self.key, "url": self.url, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
 class ExtensionConfig:
     """One plugin the agent must run: the module (url + sha256) and how to configure it."""
 
@@ -114,6 +136,8 @@ class ExtensionConfig:
     match: tuple[MatchRule, ...] = ()
     #: inline Lua (Envoy's Lua filter) instead of a wasm module; then `url` is "" and `sha256` the script's
     lua: str = ""
+    #: the module precompiled by the operator (agents with the same artifact key load it instead of compiling)
+    compiled: CompiledArtifact | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -132,6 +156,8 @@ class ExtensionConfig:
             out["lua"] = {"inline_code": self.lua}
         if self.match:
             out["match"] = [m.to_json() for m in self.match]
+        if self.compiled is not None:
+            out["compiled"] = self.compiled.to_json()
         return out
 
 
@@ -246,8 +272,28 @@ _RESOURCE_KEYS = frozenset(
         "vm_configuration",
         "match",
         "lua",
+        "compiled",
     }
 )
+_COMPILED_KEYS = frozenset({"key", "url", "sha256"})
+_ARTIFACT_KEY = re.compile(r"^([0-9a-f]{64})\.[A-Za-z0-9.+-]{1,64}\.[0-9a-f]{16}\.cwasm$")
+
+
+def decode_compiled(obj: Any, where: str, sha256: str) -> CompiledArtifact:
+    if not isinstance(obj, dict):
+        raise errors.ProtocolError(f"{where} must be an object")
+    _check_keys(obj, _COMPILED_KEYS, where)
+    key, url, digest = _str(obj, "key", where), _str(obj, "url", where), _str(obj, "sha256", where)
+    m = _ARTIFACT_KEY.match(key)
+    if m is None or m.group(1) != sha256:
+        raise errors.ProtocolError(f"{where}.key {key!r} is not an artifact key of the module sha256 {sha256}")
+    if not url.startswith(("http://", "https://")):
+        raise errors.ProtocolError(f"{where}.url {url!r}: scheme must be http or https")
+    if not _SHA256.match(digest):
+        raise errors.ProtocolError(f"{where}.sha256 {digest!r} is not 64 lower-case hex digits")
+    return CompiledArtifact(key=key, url=url, sha256=digest)
+
+
 _MATCH_KEYS = frozenset({"hosts", "path_prefixes", "exact_paths"})
 _MAX_MATCH = 64
 
@@ -319,6 +365,7 @@ def decode_extension_config(obj: Any, where: str) -> ExtensionConfig:
         vm_id=_str(obj, "vm_id", where, default=""),
         vm_configuration=_str(obj, "vm_configuration", where, default=""),
         match=decode_match(obj.get("match", []), f"{where}.match"),
+        compiled=None if "compiled" not in obj else decode_compiled(obj["compiled"], f"{where}.compiled", sha256),
     )
 
 
@@ -340,7 +387,7 @@ def _decode_lua(obj: Mapping[str, Any], where: str, name: str, sha256: str) -> E
     digest = lua_sha256(code)
     if sha256 and sha256 != digest:
         raise errors.ProtocolError(f"{where}.sha256 {sha256} is not the sha256 of lua.inline_code ({digest})")
-    for key in ("root_id", "configuration", "vm_id", "vm_configuration"):
+    for key in ("root_id", "configuration", "vm_id", "vm_configuration", "compiled"):
         if obj.get(key):
             raise errors.ProtocolError(f"{where}.{key} does not apply to a lua filter")
     if obj.get("vm_env"):

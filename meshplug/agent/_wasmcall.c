@@ -8,7 +8,8 @@
  *   GuestCall  calls one export: packs Python ints into a ValRaw array (max(params, results) long), arms the store's epoch deadline for
  *              top-level calls, calls wasmtime_func_call_unchecked holding the GIL (the ticker below needs no
  *              GIL, so a looping guest is still interrupted; releasing and taking the GIL twice per call
- *              cost more than the call itself), and returns the result as a Python int. On a trap or
+ *              cost more than the call itself; a State may ask for it while its VM starts on a worker thread
+ *              beside other VMs starting), and returns the result as a Python int. On a trap or
  *              error it calls `fail(error_ptr, trap_ptr)` (Python), which raises.
  *   HostFunc   one host import: `TRAMPOLINE` is a wasmtime_func_unchecked_callback_t whose env is a HostFunc;
  *              it takes the GIL, calls the Python function with unsigned ints, maps the listed exceptions to
@@ -97,6 +98,7 @@ typedef struct {
     unsigned long long deadline_ticks;
     int depth;
     int dirty;
+    int release_gil; /* 1: guest calls release the GIL (a VM starting on a worker thread beside others) */
     unsigned long long caller;
     PyObject *exc;
     const void *memory; /* wasmtime_memory_t* (kept alive by the Python side); NULL until known */
@@ -118,6 +120,7 @@ static int State_init(StateObject *self, PyObject *args, PyObject *kwds) {
     self->armed = -1;
     self->depth = 0;
     self->dirty = 1;
+    self->release_gil = 0;
     self->caller = 0;
     self->memory = NULL;
     self->base = NULL;
@@ -282,6 +285,7 @@ static PyMemberDef State_members[] = {
     {"deadline_ticks", T_ULONGLONG, offsetof(StateObject, deadline_ticks), 0, "budget of a top-level call"},
     {"depth", T_INT, offsetof(StateObject, depth), 0, "guest calls in progress"},
     {"dirty", T_INT, offsetof(StateObject, dirty), 0, "1: the guest ran since Python looked at memory"},
+    {"release_gil", T_INT, offsetof(StateObject, release_gil), 0, "1: guest calls release the GIL"},
     {"caller", T_ULONGLONG, offsetof(StateObject, caller), 0, "wasmtime_caller_t* of the running host call"},
     {NULL},
 };
@@ -409,7 +413,13 @@ static PyObject *GuestCall_vectorcall(GuestCallObject *self, PyObject *const *ar
     st->depth = depth + 1;
     void *trap = NULL;
     void *err;
-    err = c_call_unchecked(st->ctx, self->func, vals, (size_t)self->nvals, &trap);
+    if (st->release_gil) {
+        Py_BEGIN_ALLOW_THREADS
+        err = c_call_unchecked(st->ctx, self->func, vals, (size_t)self->nvals, &trap);
+        Py_END_ALLOW_THREADS
+    } else {
+        err = c_call_unchecked(st->ctx, self->func, vals, (size_t)self->nvals, &trap);
+    }
     st->depth = depth;
     st->dirty = 1;
     if (err != NULL || trap != NULL) {

@@ -32,6 +32,7 @@ class State:
     deadline_ticks: int
     depth: int
     dirty: int
+    release_gil: int
     caller: int
     def __init__(self, ctx: int, epoch: Epoch, deadline_ticks: int) -> None: ...
     def take_exc(self) -> BaseException | None: ...

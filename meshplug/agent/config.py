@@ -34,6 +34,8 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
         url: https://meshplug-modules.meshplug-system.svc:8443
         token_file: /etc/meshplug/agent/sa-token   # the pod's projected ServiceAccount token (re-read per request)
         ca_file: /etc/meshplug/agent/ca.crt        # optional: verify the server with this CA (else system roots)
+      precompiled: true              # load the operator's precompiled module when a push names one for this
+                                     # agent's engine and CPU (checked against the push's sha256); false: compile
     drain_timeout_s: 20
     http:                            # optional: HTTP/1.1 limits and timeouts, Envoy's names and defaults (0 = off)
       max_request_headers_kb: 60     # request line + headers; 431 beyond
@@ -172,6 +174,8 @@ class Modules:
     server: ModuleServer | None = None
     allow_loopback: bool = False
     block_cidrs: tuple[str, ...] = ()
+    #: load the operator's precompiled artifacts (protocol.CompiledArtifact) instead of compiling
+    precompiled: bool = True
 
 
 @dataclass(frozen=True)
@@ -373,7 +377,7 @@ def _listener_tls(raw: Any, where: str, base: Path) -> ListenerTls | None:
 
 def _modules(raw: Any, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]) -> Modules:
     obj = _obj(raw, "modules")
-    _keys(obj, {"cache_dir", "file_roots", "server", "allow_loopback", "block_cidrs"}, "modules")
+    _keys(obj, {"cache_dir", "file_roots", "server", "allow_loopback", "block_cidrs", "precompiled"}, "modules")
     allow_loopback = obj.get("allow_loopback", False)
     if not isinstance(allow_loopback, bool):
         raise errors.ConfigError(f"modules.allow_loopback must be true or false, got {allow_loopback!r}")
@@ -385,6 +389,9 @@ def _modules(raw: Any, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise errors.ConfigError(f"modules.block_cidrs: not a CIDR: {cidr!r}") from None
+    precompiled = obj.get("precompiled", True)
+    if not isinstance(precompiled, bool):
+        raise errors.ConfigError("modules.precompiled must be true or false")
     cache_dir = _path(base, _str(obj, "cache_dir", "modules")) if obj.get("cache_dir") is not None else None
     roots_raw = obj.get("file_roots") or []
     if not isinstance(roots_raw, list) or not all(isinstance(r, str) and r for r in roots_raw):
@@ -411,6 +418,7 @@ def _modules(raw: Any, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]
         server=server,
         allow_loopback=allow_loopback,
         block_cidrs=tuple(cidrs),
+        precompiled=precompiled,
     )
 
 

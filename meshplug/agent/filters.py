@@ -225,6 +225,18 @@ def _metric_values(h: host.Host) -> dict[str, int | None]:
     }
 
 
+def _plugin_config(resource: protocol.ExtensionConfig) -> host.PluginConfig:
+    return host.PluginConfig(
+        name=resource.name,
+        root_id=resource.root_id,
+        configuration=resource.configuration.encode(),
+        fail_strategy=chain.FailStrategy(resource.fail_strategy.value),
+        env=resource.vm_env,
+        vm_id=resource.vm_id,
+        vm_configuration=resource.vm_configuration.encode(),
+    )
+
+
 def build(
     plugins: Sequence[tuple[protocol.ExtensionConfig, bytes]],
     *,
@@ -254,6 +266,9 @@ def build(
             log_level=_host_log_level(),
         )
     driver.host, driver.lua = h, rt
+    configs = {resource.name: _plugin_config(resource) for resource, _ in plugins if not resource.lua}
+    if h is not None:  # the wasm VMs start at once (each plugin's own start callbacks below, in order)
+        h.prestart([(configs[r.name], data, r.sha256 or loader.sha256_hex(data)) for r, data in plugins if not r.lua])
     started: list[tuple[protocol.ExtensionConfig, host.Plugin | lua.LuaFilter, str, int]] = []
     for resource, data in plugins:
         try:
@@ -263,16 +278,7 @@ def build(
                 started.append((resource, script, resource.sha256, len(data)))
                 continue
             assert h is not None
-            cfg = host.PluginConfig(
-                name=resource.name,
-                root_id=resource.root_id,
-                configuration=resource.configuration.encode(),
-                fail_strategy=chain.FailStrategy(resource.fail_strategy.value),
-                env=resource.vm_env,
-                vm_id=resource.vm_id,
-                vm_configuration=resource.vm_configuration.encode(),
-            )
-            plugin = h.load(cfg, data, digest=resource.sha256 or None)
+            plugin = h.load(configs[resource.name], data, digest=resource.sha256 or None)
         except errors.MeshplugError as exc:  # a plugin that fails to start, a module or script that does not compile
             driver.close()
             raise loader.ResourceError(resource.name, exc) from None

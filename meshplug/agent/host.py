@@ -41,11 +41,12 @@ on_done + on_delete at the end, as Envoy's access-log hook does.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import itertools
 import logging
 import time
 import zlib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -581,7 +582,9 @@ class WasmVm(hostapi.Vm):
         return self._funcs[name]
 
     # -- start -------------------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, *, parallel: bool = False) -> None:
+        """Instantiate and run the module's entry point; `parallel`: on a worker thread beside other VMs
+        starting (their guest code runs at the same time; the host functions it calls take the GIL)."""
         guest = self.guest
         exports = guest.exports
         if not any(name in exports for name in abi_table.MARKERS):
@@ -592,6 +595,7 @@ class WasmVm(hostapi.Vm):
             raise errors.PluginStartError(f"{self.label}: module exports no allocator", reason="no_allocator")
         self.http_capable = any(name in exports for name in _HTTP_CALLBACKS)
         guest.set_deadline_ms(self.owner.start_deadline_ms)
+        guest.set_parallel(parallel)
         try:
             guest.instantiate()
             if "_initialize" in guest.exports:
@@ -608,6 +612,8 @@ class WasmVm(hostapi.Vm):
             ) from None
         except errors.PluginRuntimeError as exc:
             raise errors.PluginStartError(f"{self.label}: {exc.message}", reason=exc.reason) from exc
+        finally:
+            guest.set_parallel(False)
         for name in ("proxy_on_memory_allocate", "malloc"):  # spec order, not cpp-host's (see ABI ref. 1.2)
             fn = self.func(name)
             if fn is not None and guest.exports[name] == vm.Signature(("i32",), ("i32",)):
@@ -674,7 +680,7 @@ class WasmVm(hostapi.Vm):
             self.run_after()
         return result
 
-    def call_n(self, ctx: Context, fn: vm.GuestFunc, n: int, a: int, b: int = 0, c: int = 0) -> int:
+    def call_n(self, ctx: Context, fn: vm.GuestFunc, n: int, a: int, b: int = 0, c: int = 0) -> int:  # noqa: PLR0917
         """`call_fn` for the per-request callbacks: the first `n` (1-3) of a, b, c, passed without packing
         them into a tuple (a stream's callbacks are most of the host's guest calls)."""
         if self.failed is not None:
@@ -908,6 +914,8 @@ class Host(hostapi.Host):
         self.logs: collections.deque[LogRecord] = collections.deque(maxlen=10_000)
         self.plugins: list[Plugin] = []
         self.vms: dict[tuple[Any, ...], WasmVm] = {}
+        #: VMs `prestart` started for plugins `load` has not started yet, by VM key, in load order
+        self._prestarted: dict[tuple[Any, ...], collections.deque[WasmVm | errors.PluginStartError]] = {}
         self._modules: dict[str, wasmtime.Module] = {}
         self._queues: dict[int, _Queue] = {}
         self._queue_names: dict[tuple[str, bytes], int] = {}
@@ -948,11 +956,52 @@ class Host(hostapi.Host):
         self.plugins.append(plugin)
         return plugin
 
+    def prestart(self, plugins: Sequence[tuple[PluginConfig, bytes, str]]) -> None:
+        """Start the VMs `load` will need for `plugins` (config, module bytes, sha256; in load order) at once,
+        on up to `limits.AGENT_PREPARE_THREADS` threads: instantiation and the module's entry point (the Go,
+        C and AssemblyScript runtimes' initialisation) touch no state VMs share. Each plugin's own start
+        (context create, vm_start, configure: shared data, queues, metrics) stays in `load`, in chain order.
+        A VM that fails to start fails its plugin's `load` with that error, as if it had started there."""
+        wanted: list[tuple[tuple[Any, ...], PluginConfig, wasmtime.Module]] = []
+        shared: set[tuple[Any, ...]] = set()
+        for config, data, digest in plugins:
+            key = (config.vm_id, digest, config.vm_configuration, config.env)
+            if config.vm_id:  # one VM for all plugins naming it
+                if key in shared or key in self.vms:
+                    continue
+                shared.add(key)
+            wanted.append((key, config, self.module(data, digest)))
+        if len(wanted) < 2:
+            return  # nothing to overlap: `load` starts it
+
+        def make(item: tuple[tuple[Any, ...], PluginConfig, wasmtime.Module]) -> WasmVm | errors.PluginStartError:
+            key, config, module = item
+            try:
+                wvm = WasmVm(self, module, vm_id=config.vm_id, key=key, label=config.name)
+                wvm.env = config.env
+                wvm.start(parallel=True)
+            except errors.PluginStartError as exc:
+                return exc
+            return wvm
+
+        workers = min(limits.AGENT_PREPARE_THREADS, len(wanted))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="meshplug-vm") as pool:
+            for (key, _, _), made in zip(wanted, pool.map(make, wanted), strict=True):
+                self._prestarted.setdefault(key, collections.deque()).append(made)
+
     def new_vm(self, module: wasmtime.Module, config: PluginConfig, digest: str) -> WasmVm:
         key = (config.vm_id, digest, config.vm_configuration, config.env)
-        wvm = WasmVm(self, module, vm_id=config.vm_id, key=key, label=config.name)
-        wvm.env = config.env
-        wvm.start()
+        ready = self._prestarted.get(key)
+        if ready:
+            made = ready.popleft()
+            if isinstance(made, errors.PluginStartError):
+                raise made
+            wvm = made
+            wvm.label = config.name
+        else:
+            wvm = WasmVm(self, module, vm_id=config.vm_id, key=key, label=config.name)
+            wvm.env = config.env
+            wvm.start()
         if config.vm_id:
             self.vms[key] = wvm
         return wvm

@@ -18,20 +18,26 @@ Persistence (`StateStore`): `<state_dir>/modules/<sha256>.wasm` and `<state_dir>
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import logging
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
-from meshplug import errors, fetch, files, protocol, validate
+from meshplug import errors, fetch, files, limits, protocol, validate
 from meshplug.agent import chain, config, tcp
 from meshplug.fetch import http as fetch_http
+
+if TYPE_CHECKING:
+    from meshplug.agent import vm
 
 log = logging.getLogger("meshplug.agent.loader")
 
@@ -75,6 +81,8 @@ class LoadedSet:
     resources: tuple[protocol.ExtensionConfig, ...]
     digests: Mapping[str, str]  # plugin name -> sha256 of the module actually loaded
     chain: Chain
+    #: how long preparing (per resource: fetch, artifact, load, validate) and starting the set took, in ms
+    timings: Mapping[str, object] = field(default_factory=dict)
 
     def push(self) -> protocol.Push:
         return protocol.Push(version_info=self.version_info, nonce=self.nonce, resources=self.resources)
@@ -185,6 +193,11 @@ class Sources:
         if cache_dir is not None:
             options = dataclasses.replace(options, cache_dir=cache_dir)
         self.fetcher = fetch.Fetcher(options)
+        self.precompiled = modules.precompiled
+        #: precompiled artifacts are fetched here, beside their modules
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=limits.AGENT_PREPARE_THREADS, thread_name_prefix="meshplug-artifact"
+        )
         if modules.server is not None:
             self.fetcher.transport.close()
             self.fetcher.transport = _ModuleServerTransport(self.fetcher.options, modules.server)
@@ -193,30 +206,98 @@ class Sources:
         """The module at the resource's URL, checked against its sha256 (when it has one)."""
         return self.fetcher.fetch(resource.url, sha256=resource.sha256 or None).data
 
+    def install_compiled(self, artifact: protocol.CompiledArtifact, digest: str, runtime: vm.Runtime) -> str:
+        """Put the operator's precompiled module for `digest` in the runtime's artifact cache when it was made
+        for this agent's engine key; how it went: ``local`` (ours already there), ``operator`` (fetched, its
+        sha256 is the push's, its header names our key), ``other-engine`` (another wasmtime, settings or CPU),
+        ``unavailable`` (not fetched) or ``refused`` (not sound for our key). Never raises: compiling here is
+        the fallback."""
+        artifacts = runtime.artifacts
+        if artifacts is None or artifact.key != artifacts.key(digest).filename:
+            return "other-engine"
+        if artifacts.path(artifacts.key(digest)).exists():
+            return "local"
+        options = self.fetcher.options
+        try:
+            blob = self.fetcher.transport.download(
+                artifact.url,
+                deadline=fetch_http.Deadline.after(options.overall_timeout_s),
+                cap=options.max_decompressed_bytes,
+            )
+        except errors.MeshplugError as exc:
+            log.warning("precompiled module %s not fetched, compiling instead: %s", artifact.key, exc.message)
+            return "unavailable"
+        if sha256_hex(blob) != artifact.sha256 or not artifacts.install(digest, blob):
+            log.warning("precompiled module %s refused (sha256 or header), compiling instead", artifact.key)
+            return "refused"
+        return "operator"
+
     def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
         self.fetcher.close()
 
 
-def module_bytes(
+@dataclass(frozen=True)
+class Prepared:
+    """One resource ready to start: its bytes (a Lua filter's: its script), its module compiled or loaded for
+    the agent's engine (None for Lua; held until the chain is built, so starting it loads nothing again), and
+    how long each step took (for /config_dump's last_push and bench/ready.py)."""
+
+    data: bytes
+    module: object | None
+    timings: Mapping[str, float | str]
+
+
+def prepare(
     resource: protocol.ExtensionConfig,
     store: StateStore,
     sources: Sources,
     kind: validate.FilterKind | None = validate.FilterKind.HTTP,
-) -> bytes:
-    """Bytes for `resource`, from the state store or its URL, checked against its sha256 (if any); a Lua
-    filter's are its script (compiled when its filter starts)."""
+) -> Prepared:
+    """Bytes for `resource`, from the state store or its URL, checked against its sha256 (if any), compiled
+    -- or loaded from a precompiled artifact: ours, or the operator's when the push names one for this
+    agent's engine key -- and validated on that compiled module (no second compile). A Lua filter's bytes are
+    its script (compiled when its filter starts)."""
     if resource.lua:
-        return resource.lua.encode()
+        return Prepared(resource.lua.encode(), None, {})
+    from meshplug.agent import vm  # noqa: PLC0415 -- wasmtime only for sets with a wasm module
+
+    timings: dict[str, float | str] = {}
+    runtime = vm.default_runtime()
+    artifact: concurrent.futures.Future[str] | None = None
+    compiled = resource.compiled
+    if compiled is not None and sources.precompiled and resource.sha256:  # fetched beside the module
+        t1 = time.monotonic()
+        artifact = sources.pool.submit(sources.install_compiled, compiled, resource.sha256, runtime)
+    t0 = time.monotonic()
     data = store.module(resource.sha256)
     if data is None:
         data = sources.fetch(resource)
+        timings["fetch_ms"] = _ms(t0)
     digest = sha256_hex(data)
     if resource.sha256 and digest != resource.sha256:
         raise errors.FetchError(
             f"module of {resource.name} has sha256 {digest}, expected {resource.sha256}", reason="checksum_mismatched"
         )
-    validate.validate(data, kind=kind)  # ValidationError names every ABI problem
-    return data
+    if artifact is not None:
+        timings["artifact"] = artifact.result()
+        timings["artifact_ms"] = _ms(t1)
+    t2 = time.monotonic()
+    try:
+        module, outcome = runtime.load_with_outcome(data)
+    except errors.PluginStartError:  # does not compile: validation says why, with the compiler's message
+        validate.validate(data, kind=kind)
+        raise
+    timings["load"] = outcome  # compiled here (miss/stale/corrupt), or loaded (hit, memory)
+    timings["load_ms"] = _ms(t2)
+    t3 = time.monotonic()
+    validate.validate(data, kind=kind, module=module)  # ValidationError names every ABI problem
+    timings["validate_ms"] = _ms(t3)
+    return Prepared(data, module, timings)
+
+
+def _ms(since: float) -> float:
+    return round((time.monotonic() - since) * 1000, 1)
 
 
 class ResourceError(Exception):
@@ -242,27 +323,43 @@ def load(
 
     Raises `ResourceError` (fetch/validation of one resource) or `errors.HostError` (starting the chain).
     """
+    t0 = time.monotonic()
+    resources = push.resources
+    workers = min(limits.AGENT_PREPARE_THREADS, max(1, len(resources)))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="meshplug-load") as pool:
+        futures = [pool.submit(prepare, r, store, sources, kind) for r in resources]
+        prepared: list[Prepared] = []
+        for resource, future in zip(resources, futures, strict=True):
+            try:
+                prepared.append(future.result())
+            except errors.MeshplugError as exc:
+                for other in futures:
+                    other.cancel()
+                raise ResourceError(resource.name, exc) from None
+    timings: dict[str, object] = {"prepare_ms": _ms(t0)}
     pairs: list[tuple[protocol.ExtensionConfig, bytes]] = []
     modules: dict[str, bytes] = {}
     digests: dict[str, str] = {}
-    for resource in push.resources:
-        try:
-            data = module_bytes(resource, store, sources, kind)
-        except errors.MeshplugError as exc:
-            raise ResourceError(resource.name, exc) from None
-        digest = sha256_hex(data)
+    for resource, ready in zip(resources, prepared, strict=True):
+        digest = sha256_hex(ready.data)
         if not resource.lua:  # a script travels in the persisted push itself
-            modules[digest] = data
+            modules[digest] = ready.data
         digests[resource.name] = digest
-        pairs.append((resource, data))
-    chain = build(pairs)
+        pairs.append((resource, ready.data))
+        if ready.timings:
+            timings[resource.name] = dict(ready.timings)
+    t1 = time.monotonic()
+    chain = build(pairs)  # the prepared modules stay referenced (loaded once) until the chain is built
+    timings["start_ms"] = _ms(t1)
     loaded = LoadedSet(
         version_info=push.version_info,
         nonce=push.nonce,
         resources=push.resources,
         digests=digests,
         chain=chain,
+        timings=timings,
     )
+    del prepared
     return loaded, modules
 
 

@@ -19,7 +19,8 @@ import asyncio
 import hmac
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshplug import errors, limits, protocol, validate
@@ -39,6 +40,9 @@ class Outcome:
     message: str = ""
     resource: str = ""
     at: float = 0.0
+    #: how long the apply took, in ms: prepare (per resource: fetch, artifact, load, validate), start, persist,
+    #: total (a set already applied: total only)
+    timings: Mapping[str, object] = field(default_factory=dict)
 
 
 class Applier:
@@ -83,6 +87,7 @@ class Applier:
 
     async def apply(self, push: protocol.Push, *, persist: bool = True) -> protocol.Reply:
         async with self._lock:
+            t0 = time.monotonic()
             if self.active is not None and self.active.same_as(push):
                 self.acks += 1
                 self.last = Outcome(push.version_info, push.nonce, True, at=time.time())
@@ -112,13 +117,17 @@ class Applier:
             self.proxy.network_filters = loaded.chain.network
             if old is not None:
                 loop.call_later(self.retire_after_s, old.chain.close)
+            timings = dict(loaded.timings)
             if persist:
+                t1 = time.monotonic()
                 try:
                     await loop.run_in_executor(None, self.store.save, loaded, modules)
                 except OSError as exc:
                     log.error("applied %s but could not persist it: %s", push.version_info, exc)
+                timings["persist_ms"] = round((time.monotonic() - t1) * 1000, 1)
+            timings["total_ms"] = round((time.monotonic() - t0) * 1000, 1)
             self.acks += persist  # the start-up apply (persisted or static set) is not a push
-            self.last = Outcome(push.version_info, push.nonce, True, at=time.time())
+            self.last = Outcome(push.version_info, push.nonce, True, at=time.time(), timings=timings)
             log.info("applied %s (nonce %s): %d plugin(s)", push.version_info, push.nonce, len(push.resources))
             return protocol.Reply(ack=True, version_info=push.version_info, nonce=push.nonce, plugins=self.statuses())
 

@@ -165,6 +165,7 @@ class Agent:
                 "message": last.message,
                 "resource": last.resource,
                 "at": last.at,
+                "timings": dict(last.timings),
             },
             "listeners": [
                 {

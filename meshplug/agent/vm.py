@@ -38,6 +38,7 @@ import ctypes
 import hashlib
 import importlib.metadata
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,14 +60,10 @@ PINNED_WASMTIME = "50.0.1"
 WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 FAST_AVAILABLE = WASMTIME_VERSION == PINNED_WASMTIME and _wasmcall is not None
 
-#: engine settings; part of every precompiled artifact's cache key (meshplug.compiled)
-ENGINE_SETTINGS: tuple[tuple[str, str], ...] = (
-    ("epoch_interruption", "1"),
-    ("cranelift_opt_level", "speed"),
-)
-ENGINE_FINGERPRINT = hashlib.sha256(
-    ";".join(f"{k}={v}" for k, v in (("wasmtime", WASMTIME_VERSION), *ENGINE_SETTINGS)).encode()
-).hexdigest()[:16]
+#: engine settings (meshplug.compiled: the operator compiles with the same); the fingerprint (settings, wasmtime
+#: version, CPU) is part of every precompiled artifact's cache key
+ENGINE_SETTINGS = compiled.ENGINE_SETTINGS
+ENGINE_FINGERPRINT = compiled.ENGINE_FINGERPRINT
 
 BACKENDS = ("fast", "public")
 
@@ -150,17 +147,17 @@ class Runtime:
     ) -> None:
         """`cache_root`: where compiled artifacts live (default: meshplug.compiled.default_root());
         `precompiled=False` compiles every load (tests of the compiler path)."""
-        cfg = wasmtime.Config()
-        settings = dict(ENGINE_SETTINGS)
-        cfg.epoch_interruption = settings["epoch_interruption"] == "1"
-        cfg.cranelift_opt_level = settings["cranelift_opt_level"]
-        self.engine = wasmtime.Engine(cfg)
+        self.engine = compiled.new_engine()
         self.tick_ms = tick_ms
         self.artifacts = (
             compiled.ArtifactCache(self.engine, settings=ENGINE_FINGERPRINT, root=cache_root) if precompiled else None
         )
-        #: how each load was served (meshplug.compiled.Outcome values, "compiled" without a cache): metrics
+        #: how each load was served (meshplug.compiled.Outcome values, "compiled" without a cache, "memory" for
+        #: a module still loaded): metrics
         self.load_outcomes: collections.Counter[str] = collections.Counter()
+        #: modules by the sha256 of their bytes while something holds them (a VM, the loader between its
+        #: validation and the VM start): loaded once per set, however many steps and plugins need it
+        self._loaded: weakref.WeakValueDictionary[str, wasmtime.Module] = weakref.WeakValueDictionary()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -207,16 +204,29 @@ class Runtime:
         """The compiled module for `data`: deserialized from its precompiled artifact (meshplug.compiled,
         keyed by the module's sha256 -- computed here, never taken from a caller -- and ENGINE_FINGERPRINT),
         else compiled and stored for the next load. Raises PluginStartError(reason="compile_failed")."""
-        if self.artifacts is not None:
-            loaded = self.artifacts.load(data)
-            self.load_outcomes[loaded.outcome.value] += 1
-            return loaded.module
-        try:
-            module = wasmtime.Module(self.engine, data)
-        except wasmtime.WasmtimeError as exc:
-            raise errors.PluginStartError(f"module does not compile: {exc}", reason="compile_failed") from exc
-        self.load_outcomes["compiled"] += 1
-        return module
+        return self.load_with_outcome(data)[0]
+
+    def load_with_outcome(self, data: bytes) -> tuple[wasmtime.Module, str]:
+        """`load`, and how: a meshplug.compiled.Outcome value (``hit``: loaded from an artifact; ``miss``,
+        ``stale``, ``corrupt``: compiled), ``compiled`` (no artifact cache) or ``memory`` (still loaded)."""
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            module = self._loaded.get(digest)
+        if module is not None:  # loaded already and still in use (e.g. validated by the loader, now started)
+            outcome = "memory"
+        elif self.artifacts is not None:
+            loaded = self.artifacts.load(data, sha256=digest)
+            module, outcome = loaded.module, loaded.outcome.value
+        else:
+            try:
+                module = wasmtime.Module(self.engine, data)
+            except wasmtime.WasmtimeError as exc:
+                raise errors.PluginStartError(f"module does not compile: {exc}", reason="compile_failed") from exc
+            outcome = "compiled"
+        with self._lock:
+            self.load_outcomes[outcome] += 1
+            self._loaded[digest] = module
+        return module, outcome
 
     def deserialize(self, blob: bytes) -> wasmtime.Module:
         return wasmtime.Module.deserialize(self.engine, blob)
@@ -342,6 +352,10 @@ class Guest(ABC):
     def set_deadline_ms(self, deadline_ms: int) -> None:
         """Budget for the next top-level calls (the host widens it during VM start)."""
         self.deadline_ticks = self.runtime.deadline_ticks(deadline_ms)
+
+    def set_parallel(self, parallel: bool) -> None:  # noqa: B027 -- a no-op unless the backend holds the GIL
+        """True while the VM starts on a worker thread beside others: guest calls let other threads run
+        (the public backend's always do)."""
 
     def _check_start(self, exc: BaseException) -> None:
         if isinstance(exc, wasmtime.Trap | wasmtime.WasmtimeError):
@@ -580,6 +594,9 @@ class FastGuest(Guest):
         super().set_deadline_ms(deadline_ms)
         self.state.deadline_ticks = self.deadline_ticks
         self.state.armed = -1
+
+    def set_parallel(self, parallel: bool) -> None:
+        self.state.release_gil = int(parallel)
 
     def _raise_pending(self, trap_or_err: wasmtime.Trap | wasmtime.WasmtimeError | None) -> None:
         exc = self.state.take_exc()

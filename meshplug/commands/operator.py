@@ -24,7 +24,7 @@ import kubernetes
 
 from meshplug import errors, fetch
 from meshplug.commands import fetch as fetch_command
-from meshplug.controller import access, apply, handlers, identity, reconcile, signing
+from meshplug.controller import access, apply, handlers, identity, precompile, reconcile, signing
 from meshplug.controller import metrics as metrics_mod
 from meshplug.fetch import serve
 from meshplug.render import model
@@ -188,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     policy = signing.SignaturePolicy(
         required=args.require_signatures, trusted=tuple(fetch_command.public_keys(args.trusted_key))
     )
+    precompiler = precompile.Precompiler(fetcher.cache.root / "compiled")  # agent-plane modules, compiled once
     reconciler = reconcile.Reconciler(
         writer,
         fetcher,
@@ -197,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         identity=ident,
         metrics=metrics,
         signature_policy=policy,
+        precompiler=precompiler,
     )
     module_access = access.ModuleAccess(
         identity.Reviewer(writer, (args.token_audience,)),
@@ -208,7 +210,13 @@ def run(args: argparse.Namespace) -> int:
     plain_host, plain_port = _listen(args.module_listen)
     tls_host, tls_port = _listen(args.module_tls_listen)
     servers = [
-        serve.ModuleServer(fetcher.cache, signing_key=ident.signing_key, host=plain_host, port=plain_port),
+        serve.ModuleServer(
+            fetcher.cache,
+            signing_key=ident.signing_key,
+            host=plain_host,
+            port=plain_port,
+            compiled_root=precompiler.root,
+        ),
         serve.ModuleServer(
             fetcher.cache,
             signing_key=ident.signing_key,
@@ -216,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
             ssl_context=ident.server_context(*_names(args.module_host)),
             host=tls_host,
             port=tls_port,
+            compiled_root=precompiler.root,
         ),
     ]
     metrics_server = None

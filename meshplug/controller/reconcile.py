@@ -15,6 +15,7 @@ a plugin to another path, the other paths take back what they delivered.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from meshplug import errors, fetch, limits, spec, validate
-from meshplug.controller import apply, delivery, identity, signing, status
+from meshplug.controller import apply, delivery, identity, precompile, signing, status
 from meshplug.controller import metrics as metrics_mod
 from meshplug.controller.delivery import agent as agent_delivery
 from meshplug.controller.delivery import istio_configmap
@@ -34,6 +35,32 @@ log = logging.getLogger("meshplug.controller.reconcile")
 PLUGIN_API = f"{spec.API_GROUP}/{spec.API_VERSION}"
 
 Key = delivery.Key
+
+
+class _Stages:
+    """How long each stage of one reconcile took, logged as one JSON line (bench/ready.py reads it)."""
+
+    def __init__(self, key: Key, generation: int) -> None:
+        self.key = key
+        self.generation = generation
+        self.started = time.time()
+        self.last = time.monotonic()
+        self.ms: dict[str, float] = {}
+
+    def done(self, stage: str) -> None:
+        now = time.monotonic()
+        self.ms[stage] = round((now - self.last) * 1000, 1)
+        self.last = now
+
+    def log(self, **facts: object) -> None:
+        line = {
+            "plugin": "/".join(self.key),
+            "generation": self.generation,
+            "started": round(self.started, 3),
+            "ms": self.ms,
+            **facts,
+        }
+        log.info("reconcile stages %s", json.dumps(line, sort_keys=True))
 
 
 class Reconciler:
@@ -49,13 +76,17 @@ class Reconciler:
         metrics: metrics_mod.Metrics | None = None,
         enqueue: Callable[[Key, float], None] | None = None,
         signature_policy: signing.SignaturePolicy | None = None,
+        precompiler: precompile.Precompiler | None = None,
     ) -> None:
+        """`precompiler`: where agent-plane modules are compiled for the agents (default: ``compiled/`` in the
+        fetcher's cache, which `meshplug operator` serves at /compiled/)."""
         self.writer = writer
         self.fetcher = fetcher
         self.server = server
         self.signature_policy = signature_policy or signing.SignaturePolicy()
         self.identity = identity
         self.metrics = metrics or metrics_mod.Metrics()
+        self.precompiler = precompiler or precompile.Precompiler(fetcher.cache.root / "compiled")
         self.agent = agent_delivery.AgentDelivery(writer, server, self._load, metrics=self.metrics, identity=identity)
         self.agent.enqueue = enqueue
         self.istio_configmap = istio_configmap.IstioConfigMap(writer, server)
@@ -192,6 +223,7 @@ class Reconciler:
         if plugin.lua is not None:
             self._reconcile_lua(body, plugin, key, retry)
             return
+        clock = _Stages(key, plugin.generation)
         try:
             artifact = self._fetch(plugin)
         except errors.MeshplugError as exc:
@@ -206,6 +238,7 @@ class Reconciler:
             ]
             self._finish(body, conds, event=(True, why, exc.message))
             raise status.Retry(exc.message, status.backoff(retry)) from None
+        clock.done("fetch")
         fetched = status.Condition(status.FETCHED, "True", "Fetched", f"{artifact.digest} from {artifact.source_url}")
         if artifact.previous_manifest_digest is not None:
             self.writer.event(
@@ -228,7 +261,10 @@ class Reconciler:
             self._finish(body, conds, digest=artifact.digest, event=(True, why, reasons))
             raise status.Retry(reasons, max(15.0, status.backoff(retry))) from None  # a mutable tag may be re-pushed
         validated = status.Condition(status.VALIDATED, "True", "Valid", "proxy-wasm ABI check passed")
-        self._deliver(body, plugin, module, key=key, retry=retry, checked=(fetched, validated), digest=artifact.digest)
+        clock.done("validate")
+        self._deliver(
+            body, plugin, module, key=key, retry=retry, checked=(fetched, validated), digest=artifact.digest, clock=clock
+        )
 
     def _reconcile_lua(self, body: Mapping[str, Any], plugin: spec.PluginSpec, key: Key, retry: int) -> None:
         """A TrafficExtension's Lua: nothing to fetch (the script is the resource), compiled as Envoy would load it."""
@@ -259,8 +295,10 @@ class Reconciler:
         retry: int,
         checked: tuple[status.Condition, status.Condition],
         digest: str,
+        clock: _Stages | None = None,
     ) -> None:
         fetched, validated = checked
+        clock = clock or _Stages(key, plugin.generation)
         path = self.path_for(plugin)
         try:
             first_time = (body.get("status") or {}).get("observedGeneration") != plugin.generation
@@ -275,6 +313,7 @@ class Reconciler:
             conds = [fetched, validated, status.Condition(status.READY, "False", why, exc.message)]
             self._finish(body, conds, digest=digest, event=(True, why, exc.message))
             raise status.Retry(exc.message, status.backoff(retry)) from None
+        clock.done("deliver")
         self._finish(
             body,
             [fetched, validated, report.ready],
@@ -283,6 +322,8 @@ class Reconciler:
             failing=report.failing,
             event=report.event,
         )
+        clock.done("status")
+        clock.log(ready=report.ready.status == "True", compiled=module.compiled is not None)
         if report.retry:
             raise status.Retry(report.retry, status.backoff(retry))
 
@@ -303,6 +344,10 @@ class Reconciler:
         kind = validate.FilterKind.NETWORK if plugin.type is spec.PluginType.NETWORK else validate.FilterKind.HTTP
         started = time.monotonic()
         try:
+            if plugin.data_plane is spec.DataPlane.AGENT:
+                # compiled with the agents' engine settings: the artifact they load instead of compiling
+                ready = self.precompiler.validate(artifact.data, artifact.sha256, kind)
+                return model.Module(sha256=artifact.sha256, data=artifact.data, compiled=ready)
             validate.validate(artifact.data, kind=kind)
         finally:
             self.metrics.validated(time.monotonic() - started)

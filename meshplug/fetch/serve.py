@@ -1,10 +1,14 @@
 """The module server: cached modules over HTTP by digest, for agents and Envoy's `code.remote`.
 
 Started by the operator next to its `Fetcher`'s cache, twice: over HTTPS for the agents, over plain HTTP for
-Envoy sidecars (signed URLs only). One route::
+Envoy sidecars (signed URLs only). Routes::
 
     GET|HEAD /modules/sha256/<hex>     the module; ETag "sha256:<hex>", Digest/Repr-Digest headers,
                                        If-None-Match answered with 304
+    GET|HEAD /compiled/<key>           the module precompiled for the agents (meshplug.compiled's artifact file
+                                       ``<module sha256>.<wasmtime version>.<fingerprint>.cwasm`` under
+                                       ``compiled_root``, when the operator has one); Digest of the file bytes.
+                                       The same access as its module (a signature is over the key)
 
 Authentication, one of:
 - ``?sig=<hex hmac-sha256(signing key, hex)>``: a per-module capability for clients that cannot send headers
@@ -26,6 +30,7 @@ import http.server
 import re
 import ssl
 import urllib.parse
+from pathlib import Path
 from typing import Any, Protocol
 
 from meshplug import errors
@@ -33,6 +38,7 @@ from meshplug.fetch.cache import Cache
 from meshplug.serving import ServerThread
 
 _ROUTE = re.compile(r"^/modules/sha256/([0-9a-f]{64})$")
+_COMPILED_ROUTE = re.compile(r"^/compiled/(([0-9a-f]{64})\.[A-Za-z0-9.+-]{1,64}\.[0-9a-f]{16}\.cwasm)$")
 
 
 #: signing keys shorter than this are refused
@@ -73,11 +79,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _refusal(self, sha256: str, query: str) -> tuple[int, str] | None:
-        """None when the request may have the module, else (status, why)."""
+    def _refusal(self, sha256: str, query: str, signed: str = "") -> tuple[int, str] | None:
+        """None when the request may have the module (or its artifact: `signed` is what a signature covers,
+        default the digest), else (status, why)."""
         sig = urllib.parse.parse_qs(query).get("sig", [""])[0]
         if sig:
-            if hmac.compare_digest(sig.encode(), signature(self.server.signing_key, sha256).encode()):
+            if hmac.compare_digest(sig.encode(), signature(self.server.signing_key, signed or sha256).encode()):
                 return None
             return 401, "bad signature"
         scheme, _, token = self.headers.get("Authorization", "").partition(" ")
@@ -99,16 +106,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if path == "/healthz":
             self._plain(200, "ok")
             return
+        compiled = _COMPILED_ROUTE.match(path)
+        if compiled is not None:
+            self._compiled(compiled.group(1), compiled.group(2), query)
+            return
         match = _ROUTE.match(path)
         if match is None:
             self._plain(404, "no such route")
             return
         sha256 = match.group(1)
-        refusal = self._refusal(sha256, query)
-        if refusal is not None:
-            status, why = refusal
-            challenge = {"WWW-Authenticate": 'Bearer realm="meshplug-modules"'} if status == 401 else {}
-            self._plain(status, why, challenge)
+        if self._refused(self._refusal(sha256, query)):
             return
         etag = f'"sha256:{sha256}"'
         data = self.server.cache.get_blob(sha256)
@@ -135,6 +142,36 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
 
 
+    def _refused(self, refusal: tuple[int, str] | None) -> bool:
+        if refusal is None:
+            return False
+        status, why = refusal
+        challenge = {"WWW-Authenticate": 'Bearer realm="meshplug-modules"'} if status == 401 else {}
+        self._plain(status, why, challenge)
+        return True
+
+    def _compiled(self, key: str, sha256: str, query: str) -> None:
+        if self._refused(self._refusal(sha256, query, signed=key)):
+            return
+        root = self.server.compiled_root
+        try:
+            data = b"" if root is None else (root / sha256[:2] / key).read_bytes()
+        except OSError:
+            data = b""
+        if not data:
+            self._plain(404, "no such precompiled module")
+            return
+        digest = hashlib.sha256(data).digest()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Digest", f"sha-256={base64.b64encode(digest).decode()}")
+        self.send_header("Cache-Control", "private, no-transform")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
@@ -145,12 +182,14 @@ class _Server(http.server.ThreadingHTTPServer):
         signing_key: str,
         access: Access | None,
         ssl_context: ssl.SSLContext | None,
+        compiled_root: Path | None = None,
     ) -> None:
         super().__init__(address, _Handler)
         self.cache = cache
         self.signing_key = signing_key
         self.access = access
         self.ssl_context = ssl_context
+        self.compiled_root = compiled_root
 
     @property
     def tls(self) -> bool:
@@ -185,10 +224,12 @@ class ModuleServer(ServerThread):
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        compiled_root: Path | None = None,
     ) -> None:
+        """``compiled_root``: the operator's precompiled artifacts (meshplug.compiled.ArtifactCache's root)."""
         if len(signing_key) < MIN_SIGNING_KEY:
             raise ValueError(f"module server signing key must be at least {MIN_SIGNING_KEY} characters")
-        server = _Server((host, port), cache, signing_key, access, ssl_context)
+        server = _Server((host, port), cache, signing_key, access, ssl_context, compiled_root)
         super().__init__(server, name="meshplug-modules", poll_interval=0.05)
         self._signing_key = signing_key
         self._scheme = "https" if ssl_context is not None else "http"

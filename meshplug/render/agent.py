@@ -41,6 +41,11 @@ def extension_config(
         vm_env=tuple((e.name, e.value) for e in plugin.env if e.source is spec.EnvSource.INLINE),
         fail_strategy=protocol.FailStrategy(plugin.fail_strategy.value),
         match=match_of(plugin),
+        compiled=None
+        if module.compiled is None
+        else protocol.CompiledArtifact(
+            key=module.compiled.key, url=server.compiled_url(module.compiled.key), sha256=module.compiled.sha256
+        ),
     )
 
 

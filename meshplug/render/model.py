@@ -25,11 +25,22 @@ MODULE_MOUNT_ROOT = "/var/local/meshplug/wasm"
 
 
 @dataclass(frozen=True)
+class Compiled:
+    """The module precompiled with the agents' engine settings (meshplug.compiled): its artifact key (file
+    name under the operator's artifact root, served at /compiled/<key>) and the sha256 of that file."""
+
+    key: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Module:
-    """A validated module's bytes and identity (hex sha256 of the bytes)."""
+    """A validated module's bytes and identity (hex sha256 of the bytes); `compiled` when the operator has
+    its artifact for the agents."""
 
     sha256: str
     data: bytes
+    compiled: Compiled | None = None
 
     def __post_init__(self) -> None:
         if not _SHA256.match(self.sha256):
@@ -75,6 +86,15 @@ class ModuleServer:
         url = f"{self.scheme}://{self.host}:{self.port}/modules/sha256/{sha256}"
         if signed and self.token:
             url += f"?sig={serve.signature(self.token, sha256)}"
+        return url
+
+    def compiled_url(self, key: str) -> str:
+        """Where agents get a precompiled module: as its module (`agent_url`), the signature over the key."""
+        if self.agent_port:
+            return f"https://{self.host}:{self.agent_port}/compiled/{key}"
+        url = f"{self.scheme}://{self.host}:{self.port}/compiled/{key}"
+        if self.token:
+            url += f"?sig={serve.signature(self.token, key)}"
         return url
 
     @property

@@ -308,11 +308,18 @@ def _producers(data: bytes, customs: tuple[binary.CustomSection, ...]) -> tuple[
     return Producers(), []
 
 
-def describe(data: bytes, *, kind: FilterKind | None = None, engine: wasmtime.Engine | None = None) -> ModuleInfo:
+def describe(
+    data: bytes,
+    *,
+    kind: FilterKind | None = None,
+    engine: wasmtime.Engine | None = None,
+    module: wasmtime.Module | None = None,
+) -> ModuleInfo:
     """Inspect ``data``; never raises for a bad module (the reasons are in ``ModuleInfo.problems``).
 
     ``kind`` is how the plugin will be configured (None: unknown, no kind warnings). ``engine``: the wasmtime
-    Engine to compile with (default: one shared default Engine).
+    Engine to compile with (default: one shared default Engine). ``module``: ``data`` already compiled (e.g.
+    loaded from its precompiled artifact): nothing is compiled again.
     """
     size = len(data)
     sha = hashlib.sha256(data).hexdigest()
@@ -328,7 +335,8 @@ def describe(data: bytes, *, kind: FilterKind | None = None, engine: wasmtime.En
     if header is not None:
         return ModuleInfo(size, sha, problems=(Problem(Code.NOT_WASM, f"input {header}"),))
     try:
-        module = wasmtime.Module(engine or _default_engine(), data)
+        if module is None:
+            module = wasmtime.Module(engine or _default_engine(), data)
     except wasmtime.WasmtimeError as exc:
         text = " ".join(str(exc).split())
         return ModuleInfo(size, sha, problems=(Problem(Code.COMPILE_FAILED, f"wasmtime cannot compile it: {text}"),))
@@ -495,9 +503,15 @@ def describe(data: bytes, *, kind: FilterKind | None = None, engine: wasmtime.En
     )
 
 
-def validate(data: bytes, *, kind: FilterKind | None = None, engine: wasmtime.Engine | None = None) -> ModuleInfo:
+def validate(
+    data: bytes,
+    *,
+    kind: FilterKind | None = None,
+    engine: wasmtime.Engine | None = None,
+    module: wasmtime.Module | None = None,
+) -> ModuleInfo:
     """`describe`, then raise errors.ValidationError(reasons=...) if any problem is an error."""
-    info = describe(data, kind=kind, engine=engine)
+    info = describe(data, kind=kind, engine=engine, module=module)
     if not info.accepted:
         reasons = tuple(str(p) for p in info.errors)
         raise errors.ValidationError(
