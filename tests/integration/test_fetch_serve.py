@@ -17,7 +17,8 @@ import requests
 
 from meshplug import errors
 from meshplug.fetch import cache
-from meshplug.fetch.serve import ModuleServer
+from meshplug.fetch.serve import ModuleServer, signature
+from meshplug.render import model
 from tests.testbed import pki
 from tests.testbed.origin import wasm_module
 
@@ -139,3 +140,26 @@ def test_a_stalled_handshake_holds_no_one_up(tls: tuple[ModuleServer, Path, Acce
             verify=str(ca),
         )
         assert resp.status_code == 200 and time.monotonic() - t0 < 5
+
+
+def test_compiled_route_serves_the_operators_artifacts_with_the_modules_access(
+    store: cache.Cache, tmp_path: Path
+) -> None:
+    key = f"{SHA}.50.0.1.{'b' * 16}.cwasm"
+    root = tmp_path / "compiled"
+    (root / SHA[:2]).mkdir(parents=True)
+    (root / SHA[:2] / key).write_bytes(b"MPWASM1\n artifact bytes")
+    with ModuleServer(store, signing_key=KEY, compiled_root=root) as srv:
+        ref = model.ModuleServer(host="127.0.0.1", port=srv.port, token=KEY)
+        signed = requests.get(ref.compiled_url(key), timeout=10)
+        assert signed.status_code == 200 and signed.content == b"MPWASM1\n artifact bytes"
+        digest = base64.b64encode(hashlib.sha256(signed.content).digest()).decode()
+        assert signed.headers["Digest"] == f"sha-256={digest}"
+        bare = f"{srv.base_url}/compiled/{key}"
+        assert requests.get(bare, timeout=10).status_code == 401
+        assert requests.get(f"{bare}?sig={signature(KEY, SHA)}", timeout=10).status_code == 401  # the module's sig
+        other = f"{srv.base_url}/compiled/{'0' * 64}.50.0.1.{'b' * 16}.cwasm"
+        assert requests.get(f"{other}?sig={signature(KEY, other.rpartition('/')[2])}", timeout=10).status_code == 404
+        assert requests.get(f"{srv.base_url}/compiled/../{SHA[:2]}/{key}", timeout=10).status_code == 404
+    with ModuleServer(store, signing_key=KEY) as srv:  # no artifact root: none served
+        assert requests.get(f"{srv.base_url}/compiled/{key}?sig={signature(KEY, key)}", timeout=10).status_code == 404

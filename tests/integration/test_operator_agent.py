@@ -49,7 +49,7 @@ class Bed:
         return f"file://{self.modules / name}"
 
     def pod(
-        self, name: str, labels: dict[str, str], *, agent: bool = True, ip: str | None = None
+        self, name: str, labels: dict[str, str], *, agent: bool = True, ip: str | None = None, precompiled: bool = True
     ) -> agent_mod.Agent | None:
         """An injected pod (its annotations as the webhook writes them); with ``agent``, its agent runs at a
         loopback address of its own (the pod's IP) with what the kubelet would mount."""
@@ -62,14 +62,24 @@ class Bed:
         status, out = self.kube.request("POST", f"/api/v1/namespaces/{self.ns}/pods", body)
         assert status == 201, out
         ip = ip or f"127.0.0.{next(_hosts)}"
-        started = self.start_agent(name, ip, port) if agent else None
+        started = self.start_agent(name, ip, port, precompiled=precompiled) if agent else None
         self.set_ip(name, ip)
         return started
 
-    def start_agent(self, pod: str, ip: str, port: int) -> agent_mod.Agent:
+    def start_agent(self, pod: str, ip: str, port: int, *, precompiled: bool = True) -> agent_mod.Agent:
+        """The pod's agent, with an artifact cache of its own (empty); `precompiled=False`: it compiles modules
+        rather than load the operator's artifacts."""
         server = f"https://127.0.0.1:{self.op.module_tls_port}"
         started = agent_mod.start_injected(
-            self.kube, self.ns, pod, self.work, ip=ip, port=port, module_server_url=server
+            self.kube,
+            self.ns,
+            pod,
+            self.work,
+            ip=ip,
+            port=port,
+            module_server_url=server,
+            modules={"precompiled": precompiled},
+            env={"MESHPLUG_CACHE": str(self.work / pod / "cache")},
         )
         self.agents[pod] = started
         return started
@@ -287,3 +297,23 @@ def test_a_moved_tag_is_delivered_without_a_spec_change(
         for agent in b.agents.values():
             agent.stop()
         print(op.proc.log()[-4000:])
+
+
+def test_agents_load_the_module_the_operator_compiled(bed: Bed) -> None:
+    # the operator compiled the module for the agents' engine while validating it; an agent with the same key
+    # (same wasmtime, settings and CPU here) fetches that artifact (its ServiceAccount token, as for the module),
+    # checks it and loads it: no compile there; an agent told not to compiles the module itself
+    fast = bed.pod("fast", {"app": "pre"})
+    own = bed.pod("own", {"app": "pre"}, precompiled=False)
+    assert fast is not None and own is not None
+    bed.plugin(
+        "pre", {"url": bed.module("pre.wasm", GOOD), "selector": {"matchLabels": {"app": "pre"}}, "dataPlane": "agent"}
+    )
+    bed.wait_ready("pre", "True", "Confirmed", "2/2")
+    name = f"{bed.ns}.pre"
+    loaded = fast.config_dump()["last_push"]["timings"][name]
+    assert (loaded["artifact"], loaded["load"]) == ("operator", "hit")
+    compiled_here = own.config_dump()["last_push"]["timings"][name]
+    assert "artifact" not in compiled_here and compiled_here["load"] == "miss"
+    assert running(fast) == running(own) == [(name, sha(GOOD))]
+    assert "compiled sha256:" + sha(GOOD) + " for the agents" in bed.op.proc.log()

@@ -9,6 +9,7 @@ import http.client
 import json
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,10 +244,21 @@ def injected_modules(directory: Path, module_server_url: str) -> dict[str, Any]:
 
 
 def start_injected(
-    kube: Any, namespace: str, pod: str, work: Path, *, ip: str, port: int, module_server_url: str
+    kube: Any,
+    namespace: str,
+    pod: str,
+    work: Path,
+    *,
+    ip: str,
+    port: int,
+    module_server_url: str,
+    modules: Mapping[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    log_level: str = "debug",
 ) -> Agent:
     """An injected pod's agent as a local process at ``ip`` (the pod's IP): push port ``port``, what the kubelet
-    would mount (`mount_identity`), the operator's HTTPS module server at ``module_server_url``."""
+    would mount (`mount_identity`), the operator's HTTPS module server at ``module_server_url``; ``modules``: more
+    keys of the config's modules section."""
     files = mount_identity(kube, namespace, pod, work / pod / "etc")
     raw = base_config(
         port=procs.free_port(),
@@ -254,5 +266,7 @@ def start_injected(
         clusters={"upstream": procs.free_port()},
         push=injected_push(files, address=ip, port=port),
     )
-    raw["modules"] = injected_modules(files, module_server_url)
-    return start_agent(raw, work_dir=work / pod, log_dir=work / "logs", name=f"agent-{pod}")
+    raw["modules"] = {**injected_modules(files, module_server_url), **(modules or {})}
+    return start_agent(
+        raw, work_dir=work / pod, log_dir=work / "logs", name=f"agent-{pod}", env=env, log_level=log_level
+    )

@@ -148,3 +148,24 @@ def test_load_module_one_call_form(tmp_path: Path) -> None:
     module = compiled.load_module(eng, DATA, "s", root=tmp_path)
     assert call_answer(eng, module) == 42
     assert compiled.ArtifactCache(eng, settings="s", root=tmp_path).load(DATA).outcome is compiled.Outcome.HIT
+
+
+def test_install_takes_only_a_sound_artifact_for_its_own_key(tmp_path: Path) -> None:
+    # the operator's cache and an agent's, same engine settings: the operator's file loads as a hit there
+    eng = compiled.new_engine()
+    made = compiled.ArtifactCache(eng, settings=compiled.ENGINE_FINGERPRINT, root=tmp_path / "op").load(DATA)
+    blob = made.path.read_bytes()
+    agent = compiled.ArtifactCache(eng, settings=compiled.ENGINE_FINGERPRINT, root=tmp_path / "agent")
+    assert not agent.install("ee" * 32, blob)  # made for another module
+    assert not agent.install(SHA, blob[:-1])  # truncated
+    assert not compiled.ArtifactCache(eng, settings="other", root=tmp_path / "x").install(SHA, blob)  # other key
+    assert not list((tmp_path / "agent").rglob("*.cwasm"))
+    assert agent.install(SHA, blob)
+    loaded = agent.load(DATA)
+    assert loaded.outcome is compiled.Outcome.HIT
+
+
+def test_engine_fingerprint_covers_settings_version_and_cpu() -> None:
+    assert compiled.cpu_fingerprint() == compiled.cpu_fingerprint() and len(compiled.cpu_fingerprint()) == 16
+    assert dict(compiled.ENGINE_SETTINGS)["epoch_interruption"] == "1"
+    assert len(compiled.ENGINE_FINGERPRINT) == 16

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import functools
 import gc
+import hashlib
 from pathlib import Path
 
 import pytest
 import wasmtime
 
+from meshplug import errors
 from meshplug.agent import chain as C
 from meshplug.agent import host as H
 
@@ -434,3 +436,33 @@ def test_a_completed_stream_leaves_no_cyclic_garbage(backend: str) -> None:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prestart_starts_the_vms_at_once_and_each_plugin_starts_in_order(backend: str) -> None:
+    # distinct VMs for plugins without vm_id (even with the same module), one for those naming the same vm_id;
+    # a VM whose entry point fails fails its own plugin's load with that error, the others start
+    good = tracer()
+    broken = bytes(wasmtime.wat2wasm(f'(module {_BASE} (func (export "_start") unreachable))'))
+    host = H.Host(backend=backend, log_level=H.TRACE)
+    configs = [
+        (H.PluginConfig(name="a"), good),
+        (H.PluginConfig(name="b"), good),
+        (H.PluginConfig(name="s1", vm_id="v"), good),
+        (H.PluginConfig(name="s2", vm_id="v"), good),
+        (H.PluginConfig(name="broken"), broken),
+    ]
+    host.prestart([(cfg, data, hashlib.sha256(data).hexdigest()) for cfg, data in configs])
+    plugins = {}
+    for cfg, data in configs[:4]:
+        plugins[cfg.name] = host.load(cfg, data)
+    with pytest.raises(errors.PluginStartError, match="broken: guest trapped"):
+        host.load(*configs[4])
+    assert len({id(p.vm) for p in plugins.values()}) == 3
+    assert plugins["s1"].vm is plugins["s2"].vm and plugins["a"].vm is not plugins["b"].vm
+    assert plugins["a"].vm.label == "a" and plugins["b"].vm.label == "b"
+    ch = C.Chain(list(plugins.values()))
+    s = ch.new_stream()
+    s.recv_request_headers(C.http1_request_headers(b"GET", b"/", [(b"host", b"x")]), True)
+    s.complete()
+    assert trace(host, "a")[-3:] == ["log", "done", "delete"] and trace(host, "s2")[-1] == "delete"

@@ -126,3 +126,32 @@ def test_match_round_trips_and_is_left_out_when_empty() -> None:
 def test_malformed_match_is_a_protocol_error(match: Any, fragment: str) -> None:
     with pytest.raises(errors.ProtocolError, match=fragment):
         protocol.decode_push(_with(r_match=match))
+
+
+KEY = f"{SHA}.50.0.1.{'b' * 16}.cwasm"
+
+
+def test_compiled_round_trips_and_is_left_out_when_absent() -> None:
+    art = protocol.CompiledArtifact(key=KEY, url=f"https://op/compiled/{KEY}", sha256="c" * 64)
+    cfg = protocol.ExtensionConfig(name="a", root_id="", url="https://op/m.wasm", sha256=SHA, compiled=art)
+    push = protocol.Push(version_info="v1", nonce="n", resources=(cfg,))
+    assert protocol.decode_push(protocol.encode(push)) == push
+    assert "compiled" not in protocol.ExtensionConfig(name="a", root_id="", url="https://op/m", sha256=SHA).to_json()
+    assert protocol.decode_push(_with()).resources[0].compiled is None
+
+
+@pytest.mark.parametrize(
+    ("compiled", "fragment"),
+    [
+        ([], "must be an object"),
+        ({"key": KEY, "url": "https://op/c", "sha256": "c" * 64, "x": 1}, "unknown field"),
+        ({"key": KEY.replace(SHA, "d" * 64), "url": "https://op/c", "sha256": "c" * 64}, "not an artifact key of"),
+        ({"key": "m.cwasm", "url": "https://op/c", "sha256": "c" * 64}, "not an artifact key of"),
+        ({"key": KEY, "url": "file:///c", "sha256": "c" * 64}, "scheme must be http or https"),
+        ({"key": KEY, "url": "https://op/c", "sha256": "C" * 64}, "64 lower-case hex"),
+        ({"key": KEY, "url": "https://op/c"}, "sha256"),
+    ],
+)
+def test_malformed_compiled_is_a_protocol_error(compiled: Any, fragment: str) -> None:
+    with pytest.raises(errors.ProtocolError, match=fragment):
+        protocol.decode_push(_with(r_compiled=compiled))
