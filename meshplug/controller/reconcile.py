@@ -262,9 +262,8 @@ class Reconciler:
             raise status.Retry(reasons, max(15.0, status.backoff(retry))) from None  # a mutable tag may be re-pushed
         validated = status.Condition(status.VALIDATED, "True", "Valid", "proxy-wasm ABI check passed")
         clock.done("validate")
-        self._deliver(
-            body, plugin, module, key=key, retry=retry, checked=(fetched, validated), digest=artifact.digest, clock=clock
-        )
+        checked = (fetched, validated)
+        self._deliver(body, plugin, module, key=key, retry=retry, checked=checked, digest=artifact.digest, clock=clock)
 
     def _reconcile_lua(self, body: Mapping[str, Any], plugin: spec.PluginSpec, key: Key, retry: int) -> None:
         """A TrafficExtension's Lua: nothing to fetch (the script is the resource), compiled as Envoy would load it."""

@@ -182,6 +182,7 @@ class _Server(http.server.ThreadingHTTPServer):
         signing_key: str,
         access: Access | None,
         ssl_context: ssl.SSLContext | None,
+        *,
         compiled_root: Path | None = None,
     ) -> None:
         super().__init__(address, _Handler)
@@ -229,7 +230,7 @@ class ModuleServer(ServerThread):
         """``compiled_root``: the operator's precompiled artifacts (meshplug.compiled.ArtifactCache's root)."""
         if len(signing_key) < MIN_SIGNING_KEY:
             raise ValueError(f"module server signing key must be at least {MIN_SIGNING_KEY} characters")
-        server = _Server((host, port), cache, signing_key, access, ssl_context, compiled_root)
+        server = _Server((host, port), cache, signing_key, access, ssl_context, compiled_root=compiled_root)
         super().__init__(server, name="meshplug-modules", poll_interval=0.05)
         self._signing_key = signing_key
         self._scheme = "https" if ssl_context is not None else "http"
