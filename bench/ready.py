@@ -93,21 +93,16 @@ def start_pod(kube: kube_mod.Kube, op: operator_mod.Operator, work: Path, i: int
         "spec": {"containers": [{"name": "app", "image": "registry.example/app:v1"}]},
     }
     request(kube, "POST", f"/api/v1/namespaces/{NS}/pods", body)
-    files = agent_mod.mount_identity(kube, NS, name, work / name / "etc")
-    raw = agent_mod.base_config(
-        port=procs.free_port(),
-        admin_port=procs.free_port(),
-        clusters={"upstream": procs.free_port()},
-        push=agent_mod.injected_push(files, address=ip, port=push_port),
-    )
-    raw["modules"] = agent_mod.injected_modules(files, f"https://127.0.0.1:{op.module_tls_port}")
-    agent = agent_mod.start_agent(
-        raw,
-        work_dir=work / name,
-        log_dir=work / "logs",
-        name=f"agent-{name}",
-        log_level="info",
+    agent = agent_mod.start_injected(
+        kube,
+        NS,
+        name,
+        work,
+        ip=ip,
+        port=push_port,
+        module_server_url=f"https://127.0.0.1:{op.module_tls_port}",
         env={"MESHPLUG_CACHE": str(work / name / "cache")},  # its own artifact cache: nothing compiled yet
+        log_level="info",
     )
     status = {
         "status": {

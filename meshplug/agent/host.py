@@ -659,30 +659,16 @@ class WasmVm(hostapi.Vm):
         fn = self.func(name)
         if fn is None:
             return True, None
-        r = self.call_fn(ctx, fn, *args)
+        r = self.call_n(ctx, fn, len(args), *args)
         return (False, None) if r < 0 else (True, r)
 
-    def call_fn(self, ctx: Context, fn: vm.GuestFunc, *args: int) -> int:
-        """`fn(*args)` (an export of this VM) for `ctx`: its unsigned result, or -1 if the VM failed (now
-        or before). Side effects deferred during the call run after the outermost call returns."""
-        if self.failed is not None:
-            return -1
-        saved_current, saved_effective = self.current, self.effective
-        self.current = self.effective = ctx
-        try:
-            result = fn(*args)
-        except Exception as exc:
-            return self._failed(exc, ctx, fn)
-        finally:
-            self.current, self.effective = saved_current, saved_effective
-        # the guest's call depth is back to what it was before the call: 0 for an outermost call
-        if self.after and self.guest.depth == 0:
-            self.run_after()
-        return result
-
-    def call_n(self, ctx: Context, fn: vm.GuestFunc, n: int, a: int, b: int = 0, c: int = 0) -> int:  # noqa: PLR0917
-        """`call_fn` for the per-request callbacks: the first `n` (1-3) of a, b, c, passed without packing
-        them into a tuple (a stream's callbacks are most of the host's guest calls)."""
+    def call_n(  # noqa: PLR0917 -- positional ints on the per-request path: no argument tuple
+        self, ctx: Context, fn: vm.GuestFunc, n: int, a: int = 0, b: int = 0, c: int = 0, d: int = 0, e: int = 0
+    ) -> int:
+        """`fn` (an export of this VM) called with the first `n` (0-5) of a..e for `ctx`: its unsigned result,
+        or -1 if the VM failed (now or before). Side effects deferred during the call run after the outermost
+        call returns. The arguments are not packed into a tuple: a stream's callbacks are most of the host's
+        guest calls."""
         if self.failed is not None:
             return -1
         saved_current, saved_effective = self.current, self.effective
@@ -692,12 +678,15 @@ class WasmVm(hostapi.Vm):
                 result = fn(a)
             elif n == 2:
                 result = fn(a, b)
-            else:
+            elif n == 3:
                 result = fn(a, b, c)
+            else:
+                result = fn(*(a, b, c, d, e)[:n])
         except Exception as exc:
             return self._failed(exc, ctx, fn)
         finally:
             self.current, self.effective = saved_current, saved_effective
+        # the guest's call depth is back to what it was before the call: 0 for an outermost call
         if self.after and self.guest.depth == 0:
             self.run_after()
         return result
