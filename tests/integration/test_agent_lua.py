@@ -45,7 +45,12 @@ def _config(tmp: Path, upstream: procs.Proc) -> dict[str, object]:
         admin_port=procs.free_port(),
         clusters={"upstream": upstream.ports["http"]},
         plugins=[{"name": "ns.static", "lua": {"inline_code": adds("x-lua", "static")}}],
-        push={"address": "127.0.0.1", "port": procs.free_port(), "token_file": str(token_file), "allow_plaintext": True},
+        push={
+            "address": "127.0.0.1",
+            "port": procs.free_port(),
+            "token_file": str(token_file),
+            "allow_plaintext": True,
+        },
         state_dir=tmp / "state",
     )
     raw["modules"] = {"file_roots": [str(tmp)]}  # pushed file:// modules are read below it
