@@ -7,7 +7,7 @@ it, scripts/render-manifests.sh copies it into the chart (charts/meshplug/files/
 templates/rbac.yaml), the operator checks each at start (SelfSubjectAccessReviews) and the README's "Permissions"
 table lists them; tests/integration/test_operator_rbac.py compares `kubectl auth can-i --list` of the chart-installed
 ServiceAccount with that table and the requests the operator made (the API server's audit log) with these rules.
-Each line is ``<scope> <apiGroup or "core"> <resource> <verb,verb,...>``. Scopes:
+Each line is ``<scope> <apiGroup or "core"> <resource> <verb,verb,...> [names=<set>]``. Scopes:
 
 - ``watched``: namespaced rules needed in every namespace the operator watches. Cluster-wide (no ``--namespace``):
   a ClusterRole bound by a ClusterRoleBinding, so they hold in every namespace, kube-system included (RBAC has no
@@ -15,6 +15,10 @@ Each line is ``<scope> <apiGroup or "core"> <resource> <verb,verb,...>``. Scopes
   namespaces and nothing anywhere else.
 - ``cluster``: cluster-scoped resources only (a ClusterRole in either install).
 - ``own``: a Role in the operator's own namespace.
+
+``names=ca-bundle`` restricts a rule to the webhook configurations whose caBundle the operator keeps
+(`meshplug.controller.webhook_tls`; ``webhook.tls.mode=operator``, the chart's default): the chart grants it by
+resourceNames for exactly those, and not at all in the other TLS modes.
 
     watched  meshplug.io          wasmplugins         get,list,watch,patch
     watched  meshplug.io          wasmplugins/status  patch
@@ -29,6 +33,8 @@ Each line is ``<scope> <apiGroup or "core"> <resource> <verb,verb,...>``. Scopes
     watched  apps                 daemonsets          list,watch,patch
     watched  networking.istio.io  envoyfilters        list,create,patch,delete
     cluster  authentication.k8s.io  tokenreviews      create
+    cluster  admissionregistration.k8s.io  mutatingwebhookconfigurations    get,patch  names=ca-bundle
+    cluster  admissionregistration.k8s.io  validatingwebhookconfigurations  get,patch  names=ca-bundle
     own      coordination.k8s.io  leases              get,create,update
     own      core                 secrets             get,create,update
     own      apps                 deployments         get
@@ -40,7 +46,8 @@ apply that creates an object is authorized as a create); secrets (imagePullSecre
 namespace with agents, which the operator creates and updates: `meshplug.controller.identity`); events
 (Warning/Normal Events on plugins, one series per reason: read and patched on repeats); apps workloads
 (pod-template volume annotations for the istio plane; watched for template label changes); envoyfilters (the istio
-plane); tokenreviews (the module server checks the agents' ServiceAccount tokens); in its own namespace: leases (one
+plane); tokenreviews (the module server checks the agents' ServiceAccount tokens); its own webhook configurations
+(their caBundle: the CA of the webhooks' serving certificate); in its own namespace: leases (one
 active replica: the ``meshplug-operator`` Lease), secrets and its Deployment (the identity Secret, owned by the
 operator's Deployment).
 """
@@ -50,16 +57,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCOPES = ("watched", "cluster", "own")
+#: named sets a rule may be restricted to (``names=<set>``): the webhook configurations whose caBundle it keeps
+NAME_SETS = ("ca-bundle",)
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One RBAC rule the operator needs; ``scope`` is one of `SCOPES` (see this module's docstring)."""
+    """One RBAC rule the operator needs; ``scope`` is one of `SCOPES` (see this module's docstring); ``names``, when
+    set, one of `NAME_SETS`: the rule holds for those objects only."""
 
     scope: str
     api_group: str  # "" for the core group
     resource: str
     verbs: tuple[str, ...]
+    names: str = ""
 
 
 def rbac_rules() -> tuple[Rule, ...]:
@@ -67,7 +78,11 @@ def rbac_rules() -> tuple[Rule, ...]:
     out: list[Rule] = []
     for line in (__doc__ or "").splitlines():
         parts = line.split()
-        if len(parts) == 4 and parts[0] in SCOPES and parts[3].replace(",", "").isalpha():
-            group = "" if parts[1] == "core" else parts[1]
-            out.append(Rule(parts[0], group, parts[2], tuple(parts[3].split(","))))
+        if len(parts) not in (4, 5) or parts[0] not in SCOPES or not parts[3].replace(",", "").isalpha():
+            continue
+        names = parts[4].removeprefix("names=") if len(parts) == 5 else ""
+        if len(parts) == 5 and (not parts[4].startswith("names=") or names not in NAME_SETS):
+            raise ValueError(f"RBAC rule {line.strip()!r}: the fifth column must be names=<one of {NAME_SETS}>")
+        group = "" if parts[1] == "core" else parts[1]
+        out.append(Rule(parts[0], group, parts[2], tuple(parts[3].split(",")), names))
     return tuple(out)

@@ -4,8 +4,8 @@ Called by `meshplug.controller.handlers` (and nothing else writes to the API). E
 (asyncio callers use ``asyncio.to_thread``), keyword-only where it matters, and maps API refusals to
 `errors.ApplyError` with ``reason`` = the API's reason (``Forbidden``, ``Invalid``, ``Conflict``, ...), so a
 missing RBAC permission surfaces as a condition and an Event instead of passing silently.
-Objects are written with server-side apply under the field manager ``meshplug``: GitOps tools that own
-other fields of the same objects keep them.
+Objects are written with server-side apply, and every write names the field manager ``meshplug``: GitOps tools
+that own other fields of the same objects keep them, and managedFields show what the operator owns.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import hashlib
 import json
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,13 +41,18 @@ _PLURALS = {
     ("networking.istio.io/v1alpha3", "EnvoyFilter"): "envoyfilters",
     (f"{spec.API_GROUP}/{spec.API_VERSION}", spec.KIND): spec.PLURAL,
     (f"{spec.API_GROUP}/{spec.API_VERSION}", spec.KIND_TRAFFIC_EXTENSION): spec.PLURAL_TRAFFIC_EXTENSION,
+    ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"): "mutatingwebhookconfigurations",
+    ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration"): "validatingwebhookconfigurations",
 }
+#: every write names the operator as its field manager (managedFields show what it owns, e.g. to a GitOps tool)
+_WRITE = {"fieldManager": FIELD_MANAGER}
 
 
 def resource_path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
+    """The API path of a kind's collection (or of one object); ``namespace`` "" for cluster-scoped kinds."""
     plural = _PLURALS[(api_version, kind)]
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    path = f"{base}/namespaces/{namespace}/{plural}"
+    path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
     return f"{path}/{name}" if name else path
 
 
@@ -143,10 +148,13 @@ class Writer:
         items: list[dict[str, Any]] = out.get("items", []) if isinstance(out, dict) else []
         return items
 
-    def access_review(self, verb: str, group: str, resource: str, namespace: str = "") -> tuple[bool, str]:
+    def access_review(
+        self, verb: str, group: str, resource: str, namespace: str = "", name: str = ""
+    ) -> tuple[bool, str]:
         """SelfSubjectAccessReview: may the operator's identity ``verb`` ``resource`` (``plural[/sub]``)?"""
         plural, _, sub = resource.partition("/")
         attrs = {"verb": verb, "group": group, "resource": plural, "subresource": sub, "namespace": namespace}
+        attrs["name"] = name
         body = {
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SelfSubjectAccessReview",
@@ -186,7 +194,7 @@ class Writer:
         """POST ``obj``; ApplyError reason ``AlreadyExists`` when it is there."""
         meta = obj["metadata"]
         out: dict[str, Any] = self._call(
-            "POST", resource_path(obj["apiVersion"], obj["kind"], meta["namespace"]), body=dict(obj)
+            "POST", resource_path(obj["apiVersion"], obj["kind"], meta["namespace"]), body=dict(obj), query=_WRITE
         )
         return out
 
@@ -194,12 +202,21 @@ class Writer:
         """PUT ``obj`` (optimistic concurrency: its metadata.resourceVersion must be current, else ``Conflict``)."""
         meta = obj["metadata"]
         path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
-        out: dict[str, Any] = self._call("PUT", path, body=dict(obj))
+        out: dict[str, Any] = self._call("PUT", path, body=dict(obj), query=_WRITE)
         return out
 
     def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         path = resource_path(api_version, kind, namespace, name)
-        self._call("PATCH", path, body=dict(patch), content_type="application/merge-patch+json")
+        self._call("PATCH", path, body=dict(patch), content_type="application/merge-patch+json", query=_WRITE)
+
+    def json_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, ops: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """An RFC 6902 patch (``test`` operations guard it): the operator then owns only the fields it changed."""
+        path = resource_path(api_version, kind, namespace, name)
+        self._call(
+            "PATCH", path, body=[dict(op) for op in ops], content_type="application/json-patch+json", query=_WRITE
+        )
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """Delete; False when it was already gone."""
@@ -214,7 +231,9 @@ class Writer:
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], *, kind: str = spec.KIND) -> None:
         """Merge-patch the WasmPlugin's (or TrafficExtension's) status subresource."""
         path = resource_path(f"{spec.API_GROUP}/{spec.API_VERSION}", kind, namespace, name) + "/status"
-        self._call("PATCH", path, body={"status": dict(status)}, content_type="application/merge-patch+json")
+        self._call(
+            "PATCH", path, body={"status": dict(status)}, content_type="application/merge-patch+json", query=_WRITE
+        )
 
     def event(self, involved: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:
         """Record a core/v1 Event on ``involved`` (a WasmPlugin body, or any object with apiVersion/kind).
@@ -254,7 +273,7 @@ class Writer:
             "count": 1,
         }
         try:
-            self._call("POST", resource_path("v1", "Event", namespace), body=body)
+            self._call("POST", resource_path("v1", "Event", namespace), body=body, query=_WRITE)
         except errors.ApplyError as exc:
             if exc.reason != "AlreadyExists":
                 raise

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import signal
 import threading
@@ -53,14 +54,17 @@ def check_permissions(reconciler: reconcile.Reconciler, opts: Options) -> list[s
     """Every rule of `controller.rbac_rules()` the operator's identity lacks, as 'verb resource.group in ns'."""
     missing: list[str] = []
     where = {"watched": list(opts.namespaces) or [""], "cluster": [""], "own": [opts.lease_namespace or ""]}
+    ca_bundle = webhooks.ca_bundle_targets()  # the objects of the names=ca-bundle rules (none: not needed)
     for rule in controller.rbac_rules():
         if rule.scope == "own" and opts.lease_namespace is None:
             continue
+        names = ca_bundle.get(rule.resource, ()) if rule.names else ("",)
         for namespace in where[rule.scope]:
-            for verb in rule.verbs:
-                allowed, _ = reconciler.writer.access_review(verb, rule.api_group, rule.resource, namespace)
+            for verb, name in itertools.product(rule.verbs, names):
+                allowed, _ = reconciler.writer.access_review(verb, rule.api_group, rule.resource, namespace, name)
                 if not allowed:
                     what = f"{rule.resource}.{rule.api_group}" if rule.api_group else rule.resource
+                    what += f" {name}" if name else ""
                     missing.append(f"{verb} {what}" + (f" in namespace {namespace}" if namespace else " cluster-wide"))
     return missing
 

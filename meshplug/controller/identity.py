@@ -147,6 +147,7 @@ class Identity:
         self._signing_key = b""
         self._client: _RenewingContext | None = None
         self._servers: list[_RenewingContext] = []
+        self._after_check: list[Callable[[], None]] = []
         self._namespaces: dict[str, str] = {}  # agent Secrets this process keeps: namespace -> the Secret's uid
         self._adopted: set[tuple[str, str]] = set()  # (namespace, owner uid) already in the Secret's owners
         self._pending: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
@@ -461,12 +462,23 @@ class Identity:
             namespaces = sorted(self._namespaces)
         for renewing in contexts:
             renewing.renew()
+        for after in self.after_checks():
+            after()
         if leader:
             for namespace in namespaces:
                 try:
                     self.ensure_agent_secret(namespace, maintain=True)
                 except errors.ApplyError as exc:
                     log.warning("identity: agent Secret of %s: %s", namespace, exc.message)
+
+    def on_check(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` after each `check`'s renewals (e.g. what else is issued from the CA: the webhooks' TLS)."""
+        with self._lock:
+            self._after_check.append(fn)
+
+    def after_checks(self) -> list[Callable[[], None]]:
+        with self._lock:
+            return list(self._after_check)
 
     def run(self, stop: threading.Event, leader: Callable[[], bool]) -> None:
         """`check` every `limits.IDENTITY_CHECK_S` until ``stop``."""

@@ -5,6 +5,9 @@ unless ``$MESHPLUG_WEBHOOK_CONFIG`` names a webhook config file (the chart mount
 
     listen: {address: 0.0.0.0, port: 9443}
     tls: {certFile: /etc/meshplug/webhook-tls/tls.crt, keyFile: /etc/meshplug/webhook-tls/tls.key}
+    # or, with the operator's own CA (the chart's default, `meshplug.controller.webhook_tls`):
+    # tls: {issue: {dnsNames: [meshplug-webhook.meshplug-system.svc], ipAddresses: []},
+    #       caBundle: {mutatingWebhookConfigurations: [meshplug-inject], validatingWebhookConfigurations: [...]}}
     injection:                      # mutating webhook on Pod CREATE (meshplug.injection makes the patch)
       enabled: true
       agent: {image: ..., imagePullPolicy: IfNotPresent, listenPort: 15006, adminPort: 15000, pushPort: 15010,
@@ -17,8 +20,9 @@ unless ``$MESHPLUG_WEBHOOK_CONFIG`` names a webhook config file (the chart mount
 
 Paths (kopf routes by handler id): ``/inject-agent`` (pods labelled for injection), ``/inject-agent-namespace``
 (every pod of a namespace labelled for injection, unless the pod opts out) and ``/validate-wasmplugin``. The Mutating/
-ValidatingWebhookConfiguration objects and their CA bundle belong to the chart (kopf does not manage them, so
-the operator needs no RBAC on webhook configurations). kopf re-reads the certificate files when they change.
+ValidatingWebhookConfiguration objects belong to the chart (kopf does not manage them); with ``tls.issue`` the
+operator sets their caBundle and nothing else (RBAC: get,patch on those names only). kopf re-reads the
+certificate files when they change.
 A rejected WasmPlugin gets the reason of `meshplug.spec.parse` (pluginConfig vs pluginConfigSchema via
 `spec.check_plugin_config`) or ``UrlNotAllowed``. Before it admits a pod, the injection webhook makes sure the
 namespace's agent Secret exists (`meshplug.controller.identity`): the kubelet needs it to start the agent.
@@ -27,6 +31,7 @@ namespace's agent Secret exists (`meshplug.controller.identity`): the kubelet ne
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +43,10 @@ import yaml
 
 from meshplug import errors, injection, spec
 from meshplug.controller import identity as identity_mod
+from meshplug.controller import webhook_tls
 from meshplug.validate import lua as validate_lua
+
+log = logging.getLogger("meshplug.controller.webhooks")
 
 CONFIG_ENV = "MESHPLUG_WEBHOOK_CONFIG"
 INJECT_PATH = "inject-agent"
@@ -48,11 +56,22 @@ VALIDATE_TE_PATH = "validate-trafficextension"
 
 
 @dataclass(frozen=True)
+class IssuedTls:
+    """``tls.issue`` (+ ``tls.caBundle``): a serving certificate from the operator's own CA, and the webhook
+    configurations whose caBundle the operator keeps (`meshplug.controller.webhook_tls`)."""
+
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    ca_bundle: Mapping[str, tuple[str, ...]]  # plural (mutatingwebhookconfigurations, ...) -> names
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     address: str
     port: int
-    cert_file: Path
-    key_file: Path
+    cert_file: Path | None  # tls.certFile/keyFile (a mounted Secret), or
+    key_file: Path | None
+    issued: IssuedTls | None  # tls.issue (the operator's CA)
     injection: injection.InjectionSettings | None  # None: injection off
     validation: bool
     allowed_url_prefixes: tuple[str, ...]
@@ -154,15 +173,51 @@ def _agent(raw: Any) -> injection.InjectionSettings:
     )
 
 
+def _names(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    raw = obj.get(key) or []
+    if not isinstance(raw, list) or not all(isinstance(n, str) and n for n in raw):
+        raise errors.ConfigError(f"webhook config: {where}.{key} must be a list of names")
+    return tuple(raw)
+
+
+def _issued(tls: Mapping[str, Any]) -> IssuedTls | None:
+    if tls.get("issue") is None:
+        if tls.get("caBundle") is not None:
+            raise errors.ConfigError("webhook config: tls.caBundle goes with tls.issue (the operator's CA)")
+        return None
+    if tls.get("certFile") or tls.get("keyFile"):
+        raise errors.ConfigError("webhook config: tls.issue or tls.certFile/keyFile, not both")
+    issue = _obj(tls.get("issue"), "tls.issue", {"dnsNames", "ipAddresses"})
+    kinds = {"mutatingWebhookConfigurations", "validatingWebhookConfigurations"}
+    bundle = _obj(tls.get("caBundle"), "tls.caBundle", kinds)
+    issued = IssuedTls(
+        dns_names=_names(issue, "dnsNames", "tls.issue"),
+        ip_addresses=_names(issue, "ipAddresses", "tls.issue"),
+        ca_bundle={key.lower(): _names(bundle, key, "tls.caBundle") for key in bundle},
+    )
+    if not issued.dns_names and not issued.ip_addresses:
+        raise errors.ConfigError("webhook config: tls.issue names no dnsNames or ipAddresses")
+    return issued
+
+
+def ca_bundle_targets() -> Mapping[str, tuple[str, ...]]:
+    """The webhook configurations whose caBundle this operator keeps (plural -> names): none unless
+    ``$MESHPLUG_WEBHOOK_CONFIG`` asks for the operator's CA (tls.issue)."""
+    path = os.environ.get(CONFIG_ENV, "")
+    issued = load_config(Path(path)).issued if path else None
+    return issued.ca_bundle if issued is not None else {}
+
+
 def parse_config(raw: Any, base: Path) -> WebhookConfig:
     """A loaded webhook config document -> WebhookConfig; ConfigError names the offending key."""
     top = _obj(raw, "config", {"listen", "tls", "injection", "validation"})
     listen = _obj(top.get("listen"), "listen", {"address", "port"})
-    tls = _obj(top.get("tls"), "tls", {"certFile", "keyFile"})
+    tls = _obj(top.get("tls"), "tls", {"certFile", "keyFile", "issue", "caBundle"})
     inj = _obj(top.get("injection"), "injection", {"enabled", "agent"})
     val = _obj(top.get("validation"), "validation", {"enabled", "allowedUrlPrefixes"})
-    if not tls.get("certFile") or not tls.get("keyFile"):
-        raise errors.ConfigError("webhook config: tls.certFile and tls.keyFile are required (HTTPS only)")
+    issued = _issued(tls)
+    if issued is None and (not tls.get("certFile") or not tls.get("keyFile")):
+        raise errors.ConfigError("webhook config: tls needs certFile and keyFile, or issue (HTTPS only)")
     prefixes = val.get("allowedUrlPrefixes") or []
     if not isinstance(prefixes, list) or not all(isinstance(p, str) and p for p in prefixes):
         raise errors.ConfigError("webhook config: validation.allowedUrlPrefixes must be a list of strings")
@@ -172,8 +227,9 @@ def parse_config(raw: Any, base: Path) -> WebhookConfig:
     return WebhookConfig(
         address=_str(listen, "address", "listen", "0.0.0.0"),  # noqa: S104 - the apiserver connects from outside
         port=port,
-        cert_file=base / _str(tls, "certFile", "tls", ""),
-        key_file=base / _str(tls, "keyFile", "tls", ""),
+        cert_file=None if issued else base / _str(tls, "certFile", "tls", ""),
+        key_file=None if issued else base / _str(tls, "keyFile", "tls", ""),
+        issued=issued,
         injection=_agent(inj.get("agent")) if inj.get("enabled", True) else None,
         validation=bool(val.get("enabled", True)),
         allowed_url_prefixes=tuple(prefixes),
@@ -250,6 +306,24 @@ def _injector(
     return inject_agent
 
 
+def _operator_tls(issued: IssuedTls, ident: identity_mod.Identity) -> tuple[str, str, bytes]:
+    """The serving certificate from the operator's CA (key and certificate in one file) and the caBundle of the
+    chart's webhook configurations, kept current after each identity check (`meshplug.controller.webhook_tls`)."""
+    files = webhook_tls.ServingFiles(ident, issued.dns_names, issued.ip_addresses)
+    bundle = webhook_tls.CaBundle(ident.writer, issued.ca_bundle)
+
+    def keep() -> None:
+        files.refresh()
+        bundle.ensure(ident.authority.cert_pem)
+
+    try:
+        bundle.ensure(ident.authority.cert_pem)
+    except errors.ApplyError as exc:  # retried after the next identity check
+        log.error("webhook TLS: cannot set the caBundle: %s", exc.message)
+    ident.on_check(keep)
+    return str(files.path), str(files.path), ident.authority.cert_pem
+
+
 def register(
     registry: kopf.OperatorRegistry,
     config_path: Path | None = None,
@@ -265,13 +339,16 @@ def register(
         config_path = Path(env)
     config = load_config(config_path)
 
+    certfile, pkeyfile, cadata = str(config.cert_file), str(config.key_file), None
+    if config.issued is not None:
+        if identity is None:
+            raise errors.ConfigError("webhook config: tls.issue needs the operator's identity (its CA)")
+        certfile, pkeyfile, cadata = _operator_tls(config.issued, identity)
+
     @kopf.on.startup(registry=registry)
     def admission_server(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.admission.server = kopf.WebhookServer(
-            addr=config.address,
-            port=config.port,
-            certfile=str(config.cert_file),
-            pkeyfile=str(config.key_file),
+            addr=config.address, port=config.port, certfile=certfile, pkeyfile=pkeyfile, cadata=cadata
         )
         settings.admission.managed = None  # the chart owns the webhook configurations
 

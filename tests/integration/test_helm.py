@@ -1,6 +1,7 @@
 """`helm install` of charts/meshplug into a real kube-apiserver (a control plane of its own): CRD, least-privilege
-RBAC, Services, the operator Deployment with secure defaults, webhook configurations whose caBundle signs the
-serving certificate; upgrades keep the certificate; uninstall keeps the CRD; a values typo fails the install."""
+RBAC, Services, the operator Deployment with secure defaults, webhook configurations without caBundle by default
+(the operator sets its own CA) or, with tls.mode=helm, whose caBundle signs the serving certificate (upgrades keep
+it); uninstall keeps the CRD; a values typo fails the install; `helm template` renders the same bytes every time."""
 
 from __future__ import annotations
 
@@ -90,7 +91,16 @@ def test_install_upgrade_uninstall(plane: kube_mod.Kube, home: Path) -> None:
         service = _get(plane, f"/api/v1/namespaces/{NS}/services/{svc}")
         assert service["spec"]["ports"][0]["targetPort"] == target and target in ports
 
-    # webhooks: both configurations trust the CA in the Secret, which signed the serving certificate
+    # webhooks, default TLS (the operator's own CA): no Secret and no caBundle from the chart (the operator sets it)
+    assert plane.request("GET", f"/api/v1/namespaces/{NS}/secrets/mp-meshplug-webhook-tls")[0] == 404
+    for kind, name in (("mutating", "inject"), ("validating", "validate")):
+        config = _get(plane, f"{ADMISSION}/{kind}webhookconfigurations/mp-meshplug-{name}")
+        assert all("caBundle" not in hook["clientConfig"] for hook in config["webhooks"])
+    assert "webhook-tls" not in {v["name"] for v in pod["volumes"]}
+
+    # tls.mode=helm: both configurations trust the CA in the Secret, which signed the serving certificate
+    helm_tls = ["--set", "webhook.tls.mode=helm"]
+    helm_mod.helm(["upgrade", "mp", str(helm_mod.CHART), "-n", NS, *helm_tls], kubeconfig=plane.kubeconfig, home=home)
     secret = _get(plane, f"/api/v1/namespaces/{NS}/secrets/mp-meshplug-webhook-tls")
     ca_b64 = secret["data"]["ca.crt"]
     ca = x509.load_pem_x509_certificate(base64.b64decode(ca_b64))
@@ -117,7 +127,7 @@ def test_install_upgrade_uninstall(plane: kube_mod.Kube, home: Path) -> None:
         assert NS in excluded and "kube-system" in excluded
 
     # an upgrade keeps the generated certificate (lookup of the existing Secret)
-    helm_mod.helm(["upgrade", "mp", str(helm_mod.CHART), "--namespace", NS], kubeconfig=plane.kubeconfig, home=home)
+    helm_mod.helm(["upgrade", "mp", str(helm_mod.CHART), "-n", NS, *helm_tls], kubeconfig=plane.kubeconfig, home=home)
     again = _get(plane, f"/api/v1/namespaces/{NS}/secrets/mp-meshplug-webhook-tls")
     assert again["data"] == secret["data"]
 
@@ -177,6 +187,7 @@ def test_values_typo_fails_the_install(
             {"ValidatingWebhookConfiguration"},
         ),
         ("cert-manager", ["--set", "webhook.tls.mode=certManager"], {"Secret"}, {"Certificate", "Issuer"}),
+        ("the operator's CA (default)", [], {"Secret", "Certificate", "Issuer"}, {"ValidatingWebhookConfiguration"}),
     ],
 )
 def test_switches(home: Path, case: str, args: list[str], kinds_absent: set[str], kinds_present: set[str]) -> None:
@@ -186,14 +197,45 @@ def test_switches(home: Path, case: str, args: list[str], kinds_absent: set[str]
     assert kinds_present <= kinds, case
 
 
-def test_webhook_url_needs_provided_tls(home: Path) -> None:
-    out = helm_mod.helm(
-        ["template", "mp", str(helm_mod.CHART), "--set", "webhook.url=https://127.0.0.1:9443"],
-        kubeconfig=None,
-        home=home,
-        check=False,
-    )
-    assert out.returncode != 0 and "webhook.tls.mode=provided" in out.stderr
+def test_webhook_url_needs_tls_valid_for_it(home: Path) -> None:
+    url = ["--set", "webhook.url=https://127.0.0.1:9443"]
+    for mode in ("helm", "certManager"):
+        out = helm_mod.helm(
+            ["template", "mp", str(helm_mod.CHART), *url, "--set", f"webhook.tls.mode={mode}"],
+            kubeconfig=None,
+            home=home,
+            check=False,
+        )
+        assert out.returncode != 0 and "webhook.tls.mode=operator or provided" in out.stderr, mode
+    # the operator's CA issues for the url's host
+    out = helm_mod.helm(["template", "mp", str(helm_mod.CHART), *url], kubeconfig=None, home=home)
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mp-meshplug-webhook"]
+    assert yaml.safe_load(cm["data"]["webhook.yaml"])["tls"]["issue"] == {"dnsNames": [], "ipAddresses": ["127.0.0.1"]}
+
+
+@pytest.mark.parametrize(
+    ("case", "args"),
+    [
+        ("defaults", []),
+        ("namespaced", ["--set", "watchNamespaces={shop-a,shop-b}"]),
+        ("webhook url", ["--set", "webhook.url=https://hooks.example.com:9443"]),
+        ("cert-manager", ["--set", "webhook.tls.mode=certManager"]),
+        ("provided", ["--set", "webhook.tls.mode=provided", "--set", "webhook.tls.caBundle=QUJD"]),
+    ],
+)
+def test_template_renders_the_same_bytes_every_time(home: Path, case: str, args: list[str]) -> None:
+    """What a GitOps tool renders from the same values never changes (no CA made per render): no sync drift."""
+    render = ["template", "mp", str(helm_mod.CHART), "--namespace", NS, *args]
+    first, second = (helm_mod.helm(render, kubeconfig=None, home=home).stdout for _ in range(2))
+    assert first == second, case
+
+
+def test_helm_tls_mode_renders_a_new_ca_every_time(home: Path) -> None:
+    """Why tls.mode=helm is no longer the default: each render makes another CA (the check above can fail)."""
+    render = ["template", "mp", str(helm_mod.CHART), "--set", "webhook.tls.mode=helm"]
+    first, second = (helm_mod.helm(render, kubeconfig=None, home=home).stdout for _ in range(2))
+    assert first != second
 
 
 def test_metrics_service_and_service_monitor(home: Path) -> None:

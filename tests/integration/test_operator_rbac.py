@@ -77,8 +77,9 @@ def listed() -> dict[str, set[tuple[str, str]]]:
 _ROW = re.compile(r"^(\S*)\s+\[(.*?)\]\s+\[(.*?)\]\s+\[(.*?)\]\s*$")
 
 
-def can_i(kubeconfig: Path, namespace: str) -> set[tuple[str, str]]:
-    """`kubectl auth can-i --list -n namespace`: (resource or non-resource URL, verb) per row and verb."""
+def can_i(kubeconfig: Path, namespace: str) -> set[tuple[str, str, str]]:
+    """`kubectl auth can-i --list -n namespace`: (resource or non-resource URL, verb, resource names) per row and
+    verb."""
     out = subprocess.run(
         ["kubectl", f"--kubeconfig={kubeconfig}", "auth", "can-i", "--list", "-n", namespace],
         capture_output=True,
@@ -86,16 +87,24 @@ def can_i(kubeconfig: Path, namespace: str) -> set[tuple[str, str]]:
         timeout=60,
         check=True,
     )
-    rows: set[tuple[str, str]] = set()
+    rows: set[tuple[str, str, str]] = set()
     header, *lines = out.stdout.splitlines()
     assert header.split()[0] == "Resources", out.stdout
     for line in lines:
         m = _ROW.match(line)
         assert m is not None, line
         resource, urls, names, verbs = m.groups()
-        assert names == "", f"no rule of the operator names objects: {line}"
-        rows |= _pairs(resource or urls, verbs)
+        rows |= {(r, v, names) for r, v in _pairs(resource or urls, verbs)}
     return rows
+
+
+def ca_bundle_names(fullname: str) -> dict[str, str]:
+    """The only objects the names=ca-bundle rules reach: the release's own webhook configurations."""
+    group = "admissionregistration.k8s.io"
+    return {
+        f"mutatingwebhookconfigurations.{group}": f"{fullname}-inject",
+        f"validatingwebhookconfigurations.{group}": f"{fullname}-validate",
+    }
 
 
 def test_readme_lists_exactly_the_operators_rules() -> None:
@@ -130,9 +139,13 @@ class Plane:
     baseline: Path  # kubeconfig of a ServiceAccount with no binding at all
     agents: list[agent_mod.Agent] = field(default_factory=list)
 
-    def granted(self, kubeconfig: Path, namespace: str) -> set[tuple[str, str]]:
-        """What ``kubeconfig``'s account may do in ``namespace`` beyond what every account may."""
-        return can_i(kubeconfig, namespace) - can_i(self.baseline, namespace)
+    def granted(self, at: Install, namespace: str) -> set[tuple[str, str]]:
+        """What the release's operator may do in ``namespace`` beyond what every account may; the rules that name
+        objects name only the release's webhook configurations."""
+        rows = can_i(at.sa, namespace) - can_i(self.baseline, namespace)
+        named = {resource: names for resource, _, names in rows if names}
+        assert named == {r: n for r, n in ca_bundle_names(at.fullname).items() if r in named}
+        return {(resource, verb) for resource, verb, _ in rows}
 
     def install(self, release: str, namespace: str, work: Path, **more: Any) -> Install:
         """`helm install` of the chart (webhooks at a local listener, CRDs left to the fixture), ``more`` values."""
@@ -422,10 +435,10 @@ def test_cluster_wide_install(plane: Plane, tmp_path: Path) -> None:
     at = plane.install("mp", "meshplug-system", tmp_path)
     docs = documented()
     everywhere = docs["watched"] | docs["cluster"]
-    assert plane.granted(at.sa, "shop-a") == everywhere
+    assert plane.granted(at, "shop-a") == everywhere
     # RBAC cannot leave a namespace out of a ClusterRoleBinding: the watched rules hold in kube-system too
-    assert plane.granted(at.sa, "kube-system") == everywhere
-    assert plane.granted(at.sa, at.namespace) == everywhere | docs["own"]
+    assert plane.granted(at, "kube-system") == everywhere
+    assert plane.granted(at, at.namespace) == everywhere | docs["own"]
 
     shop = Shop(plane, "shop-a", at.modules)
     op = at.start_operator(plane.kube)
@@ -488,11 +501,11 @@ def test_namespaced_install(plane: Plane, tmp_path: Path) -> None:
     at = plane.install("mpns", "meshplug-ns", tmp_path, watchNamespaces=list(WATCHED))
     docs = documented()
     for watched in WATCHED:
-        assert plane.granted(at.sa, watched) == docs["watched"] | docs["cluster"]
+        assert plane.granted(at, watched) == docs["watched"] | docs["cluster"]
     # nothing in kube-system, nor in a namespace it does not watch: only cluster-scoped rules, if any
-    assert plane.granted(at.sa, "kube-system") == docs["cluster"]
-    assert plane.granted(at.sa, "shop-a") == docs["cluster"]
-    assert plane.granted(at.sa, at.namespace) == docs["own"] | docs["cluster"]
+    assert plane.granted(at, "kube-system") == docs["cluster"]
+    assert plane.granted(at, "shop-a") == docs["cluster"]
+    assert plane.granted(at, at.namespace) == docs["own"] | docs["cluster"]
     _, roles = plane.kube.request("GET", f"{RBAC}/clusterroles?labelSelector=app.kubernetes.io/instance={at.release}")
     expected = [f"{at.fullname}-operator-cluster"] if docs["cluster"] else []
     assert [r["metadata"]["name"] for r in roles["items"]] == expected

@@ -1,8 +1,8 @@
 """meshplug as the chart installs it, on a test-bed control plane: the operator run the way the chart's Deployment
 runs it -- as the chart's ServiceAccount (a TokenRequest token: exactly the RBAC the chart granted), with the
 Deployment's own flags (``--namespace`` per ``watchNamespaces``, ``--file-root``, ...) and the chart's webhook
-config -- but as a local process listening on 127.0.0.1 (the test bed has no kubelet). The API server reaches its
-webhooks through ``webhook.url`` with ``webhook.tls.mode=provided`` (`values`).
+config -- but as a local process listening on 127.0.0.1. The API server reaches its webhooks through
+``webhook.url`` (`Webhook.values`), TLS from the operator's own CA (the chart's default) or a test CA.
 
 Works whether the chart's objects came from ``helm install`` or from ``helm template`` applied by another tool: it
 reads the Deployment and the webhook ConfigMap from the API. Used by tests/integration/test_operator_rbac.py and
@@ -11,6 +11,7 @@ test_gitops.py.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,23 +40,30 @@ _LOCAL_FLAGS = (
 
 @dataclass(frozen=True)
 class Webhook:
-    """Where the operator's admission webhooks listen on 127.0.0.1, with the TLS files the chart's values name."""
+    """Where the operator's admission webhooks listen on 127.0.0.1, and their TLS: the operator's own CA
+    (``tls`` None: webhook.tls.mode=operator, the chart's default) or a test CA (tls.mode=provided)."""
 
     port: int
-    tls: helm_mod.WebhookTls
+    tls: helm_mod.WebhookTls | None = None
 
     @classmethod
-    def make(cls, directory: Path) -> Webhook:
-        return cls(port=procs.free_port(), tls=helm_mod.webhook_tls(directory))
+    def make(cls, directory: Path, *, provided: bool = False) -> Webhook:
+        return cls(port=procs.free_port(), tls=helm_mod.webhook_tls(directory) if provided else None)
 
     def values(self) -> dict[str, Any]:
         """The chart values that point the webhook configurations at this listener."""
-        return {
-            "webhook": {
-                "url": f"https://127.0.0.1:{self.port}",
-                "tls": {"mode": "provided", "caBundle": self.tls.ca_bundle},
-            }
-        }
+        tls = {"mode": "operator"} if self.tls is None else {"mode": "provided", "caBundle": self.tls.ca_bundle}
+        return {"webhook": {"url": f"https://127.0.0.1:{self.port}", "tls": tls}}
+
+    def ca_file(self, kube: kube_mod.Kube, namespace: str, fullname: str, work: Path) -> Path:
+        """The CA the API server is to trust: the test CA, or the operator's (from its identity Secret)."""
+        if self.tls is not None:
+            return self.tls.ca_cert
+        status, secret = kube.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{fullname}-identity")
+        assert status == 200, secret
+        path = work / f"{fullname}-ca.crt"
+        path.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
+        return path
 
 
 def audit_policy(path: Path, groups: Sequence[str] = ("system:serviceaccounts",)) -> list[str]:
@@ -135,9 +143,10 @@ def start_operator(
         status, cm = kube.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{fullname}-webhook")
         assert status == 200, cm
         config = yaml.safe_load(cm["data"]["webhook.yaml"])
-        # only where it listens and its certificate files differ from the chart's config
+        # only where it listens (and, with a test CA, its certificate files) differ from the chart's config
         config["listen"] = {"address": "127.0.0.1", "port": webhook.port}
-        config["tls"] = {"certFile": str(webhook.tls.cert), "keyFile": str(webhook.tls.key)}
+        if webhook.tls is not None:
+            config["tls"] = {"certFile": str(webhook.tls.cert), "keyFile": str(webhook.tls.key)}
         path = work / f"{name}-webhook.yaml"
         path.write_text(yaml.safe_dump(config))
         env["MESHPLUG_WEBHOOK_CONFIG"] = str(path)
@@ -155,7 +164,6 @@ def start_operator(
         env=env,
     )
     if webhook is not None and wait_healthy:
-        procs.wait_until(
-            lambda: procs.tls_ready(webhook.port, webhook.tls.ca_cert), timeout=60, what="the webhook server"
-        )
+        ca = webhook.ca_file(kube, namespace, fullname, work)
+        procs.wait_until(lambda: procs.tls_ready(webhook.port, ca), timeout=60, what="the webhook server")
     return op

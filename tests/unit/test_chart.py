@@ -104,13 +104,13 @@ def test_rbac_equals_the_operators_listed_rules() -> None:
     """files/rbac.yaml (what templates/rbac.yaml renders) is the operator's rule list, scope by scope."""
     copied = yaml.safe_load((CHART / "files" / "rbac.yaml").read_text())
     assert set(copied) == set(controller.SCOPES)
-    chart: set[tuple[str, str, str, tuple[str, ...]]] = set()
+    chart: set[tuple[str, str, str, tuple[str, ...], str]] = set()
     for scope, rules in copied.items():
         for rule in rules:
-            assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
+            assert set(rule) <= {"apiGroups", "resources", "verbs", "names"}, rule
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
-                    chart.add((scope, group, resource, tuple(sorted(rule["verbs"]))))
-    listed = {(r.scope, r.api_group, r.resource, tuple(sorted(r.verbs))) for r in controller.rbac_rules()}
+                    chart.add((scope, group, resource, tuple(sorted(rule["verbs"])), rule.get("names", "")))
+    listed = {(r.scope, r.api_group, r.resource, tuple(sorted(r.verbs)), r.names) for r in controller.rbac_rules()}
     assert listed, "meshplug/controller/__init__.py lists no RBAC rules"
     assert chart == listed, "charts/meshplug/files/rbac.yaml is stale: run scripts/render-manifests.sh"

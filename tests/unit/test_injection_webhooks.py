@@ -42,7 +42,12 @@ def test_config_parses_with_defaults(tmp_path: Path) -> None:
     ("case", "change", "message"),
     [
         ("unknown top-level key", {"lisen": {}}, "unknown keys ['lisen']"),
-        ("no certificate", {"tls": {"certFile": "a"}}, "tls.certFile and tls.keyFile are required"),
+        ("no certificate", {"tls": {"certFile": "a"}}, "tls needs certFile and keyFile, or issue"),
+        ("files and issue", {"tls": {"certFile": "a", "keyFile": "b", "issue": {"dnsNames": ["w"]}}}, "not both"),
+        ("issue without names", {"tls": {"issue": {}}}, "tls.issue names no dnsNames or ipAddresses"),
+        ("caBundle without issue", {"tls": {"certFile": "a", "keyFile": "b", "caBundle": {}}}, "goes with tls.issue"),
+        ("caBundle kind typo", {"tls": {"issue": {"dnsNames": ["w"]}, "caBundle": {"mutating": ["x"]}}}, "unknown"),
+        ("names not a list", {"tls": {"issue": {"dnsNames": "w"}}}, "tls.issue.dnsNames must be a list of names"),
         ("agent without image", {"injection": {"agent": {}}}, "injection.agent.image is required"),
         ("agent typo", {"injection": {"agent": {"image": "i", "pushport": 1}}}, "unknown keys ['pushport']"),
         ("port not a number", {"listen": {"port": "9443"}}, "listen.port must be an integer"),
@@ -56,6 +61,20 @@ def test_bad_config_is_refused(case: str, change: dict[str, Any], message: str, 
     with pytest.raises(errors.ConfigError) as info:
         webhooks.parse_config({**BASE, **change}, tmp_path)
     assert message in info.value.message, case
+
+
+def test_operator_issued_tls_parses(tmp_path: Path) -> None:
+    tls = {
+        "issue": {"dnsNames": ["hooks.ns.svc"], "ipAddresses": ["127.0.0.1"]},
+        "caBundle": {"mutatingWebhookConfigurations": ["mp-inject"], "validatingWebhookConfigurations": ["mp-v"]},
+    }
+    cfg = webhooks.parse_config({**BASE, "tls": tls}, tmp_path)
+    assert cfg.cert_file is None and cfg.key_file is None
+    assert cfg.issued == webhooks.IssuedTls(
+        dns_names=("hooks.ns.svc",),
+        ip_addresses=("127.0.0.1",),
+        ca_bundle={"mutatingwebhookconfigurations": ("mp-inject",), "validatingwebhookconfigurations": ("mp-v",)},
+    )
 
 
 def test_injection_can_be_off(tmp_path: Path) -> None:

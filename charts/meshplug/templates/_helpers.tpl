@@ -62,8 +62,16 @@ listen:
   address: 0.0.0.0
   port: {{ .Values.webhook.port }}
 tls:
+  {{- if eq .Values.webhook.tls.mode "operator" }}
+  {{- include "meshplug.webhookIssue" . | nindent 2 }}
+  caBundle:
+    {{- with (include "meshplug.caBundleTargets" . | fromYaml) }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- else }}
   certFile: /etc/meshplug/webhook-tls/tls.crt
   keyFile: /etc/meshplug/webhook-tls/tls.key
+  {{- end }}
 injection:
   enabled: {{ .Values.injection.enabled }}
   agent:
@@ -96,5 +104,38 @@ validation:
   operator: In
   values:
     {{- toYaml (. | uniq) | nindent 4 }}
+{{- end }}
+{{- end -}}
+
+{{/* tls.mode=operator: the names the operator's serving certificate carries (the Service's, or webhook.url's host). */}}
+{{- define "meshplug.webhookIssue" -}}
+{{- $dns := list }}
+{{- $ips := list }}
+{{- if .Values.webhook.url }}
+{{- $host := (urlParse .Values.webhook.url).hostname }}
+{{- if regexMatch "^[0-9.]+$|:" $host }}
+{{- $ips = append $ips $host }}
+{{- else }}
+{{- $dns = append $dns $host }}
+{{- end }}
+{{- else }}
+{{- $svc := include "meshplug.webhookServiceName" . }}
+{{- $dns = list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) }}
+{{- end -}}
+issue:
+  dnsNames: {{ toJson $dns }}
+  ipAddresses: {{ toJson $ips }}
+{{- end -}}
+
+{{/* tls.mode=operator: the webhook configurations whose caBundle the operator keeps, by RBAC resource (RBAC grants
+get,patch on exactly these: templates/rbac.yaml). */}}
+{{- define "meshplug.caBundleTargets" -}}
+{{- if and .Values.webhook.enabled (eq .Values.webhook.tls.mode "operator") }}
+{{- if .Values.injection.enabled }}
+mutatingWebhookConfigurations: [{{ printf "%s-inject" (include "meshplug.fullname" .) }}]
+{{- end }}
+{{- if .Values.validation.enabled }}
+validatingWebhookConfigurations: [{{ printf "%s-validate" (include "meshplug.fullname" .) }}]
+{{- end }}
 {{- end }}
 {{- end -}}
