@@ -641,38 +641,4 @@ SHIMS: dict[str, str] = {
 _CONTEXT_FOREIGN: Final = frozenset({b"declare_property", b"set_envoy_filter_state"})
 
 
-def _proto_fields(data: bytes) -> dict[int, int | bytes]:
-    """The last value of each field of a protobuf message (varint and length-delimited wire types only;
-    enough for Envoy's foreign-function argument messages). Raises ValueError on malformed input."""
-    out: dict[int, int | bytes] = {}
-    i, n = 0, len(data)
-
-    def varint() -> int:
-        nonlocal i
-        value = shift = 0
-        while True:
-            if i >= n or shift > 63:
-                raise ValueError("truncated varint")
-            b = data[i]
-            i += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return value
-
-    while i < n:
-        key = varint()
-        field, wire = key >> 3, key & 7
-        if field == 0:
-            raise ValueError("field 0")
-        if wire == 0:
-            out[field] = varint()
-        elif wire == 2:
-            size = varint()
-            if i + size > n:
-                raise ValueError("truncated field")
-            out[field] = data[i : i + size]
-            i += size
-        else:
-            raise ValueError(f"wire type {wire}")
-    return out
+_proto_fields = grpcwire.proto_fields

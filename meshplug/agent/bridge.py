@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import relay, wire
+from meshplug.agent.exchange import failure_reply
 from meshplug.agent.filtered import FilteredExchange
 
 #: what plugins see when there are none: every event passes through
@@ -81,12 +82,7 @@ class H2UpExchange(FilteredExchange):
     def up_failed(self, reset_reason: str) -> None:
         self.req = None
         if reset_reason == wire.RESET_CONNECT_FAILURE:
-            self.proxy_reply(
-                503,
-                wire.reset_body(reset_reason),
-                wire.DETAILS_CONNECT,
-                agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE,
-            )
+            self.proxy_reply(*failure_reply(reset_reason))
             return
         super().up_failed(reset_reason)
 

@@ -24,6 +24,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshplug.agent.exchange")
 
 
+def failure_reply(reset_reason: str) -> tuple[int, bytes, str, int]:
+    """The reply to a request its upstream failed before answering, as Envoy's router words it: (status, body,
+    response.code_details, response.flags) -- 503 for a connect failure or a reset, 502 for a protocol error."""
+    if reset_reason == wire.RESET_CONNECT_FAILURE:
+        return (
+            503,
+            wire.reset_body(reset_reason),
+            wire.DETAILS_CONNECT,
+            agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE,
+        )
+    status = 502 if reset_reason == wire.RESET_PROTOCOL else 503
+    flags = agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_TERMINATION if status == 503 else 0
+    return status, wire.reset_body(reset_reason), wire.reset_details(reset_reason), flags
+
+
 class Exchange:
     """One request/response through the proxy; the `Sink` of its upstream connection."""
 
@@ -94,12 +109,7 @@ class Exchange:
         except (OSError, TimeoutError) as exc:
             pool.stats.upstream_cx_connect_fail += 1
             log.debug("connect to cluster %s failed: %r", pool.cluster.name, exc)
-            self.proxy_reply(
-                503,
-                wire.reset_body(wire.RESET_CONNECT_FAILURE),
-                wire.DETAILS_CONNECT,
-                agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE,
-            )
+            self.proxy_reply(*failure_reply(wire.RESET_CONNECT_FAILURE))
             return
         if self.conn.closed or self.resp_done:
             pool.release(up)
@@ -262,9 +272,7 @@ class Exchange:
             self.conn.proxy.loop.create_task(self._connect(self.conn.pool))
             return
         self.conn.proxy.stats.upstream_rq_reset += 1
-        status = 502 if reset_reason == wire.RESET_PROTOCOL else 503
-        flags = agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_TERMINATION if status == 503 else 0
-        self.proxy_reply(status, wire.reset_body(reset_reason), wire.reset_details(reset_reason), flags)
+        self.proxy_reply(*failure_reply(reset_reason))
 
     def up_pause(self) -> None:
         self.conn.pause(wire.PAUSE_UPSTREAM_FULL)

@@ -101,42 +101,43 @@ def _hex(pair: bytes) -> bool:
 # --- GrpcService (a plugin's upstream may be a serialized envoy.config.core.v3.GrpcService) -------------
 
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        b = data[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return value, i
+def proto_fields(data: bytes) -> dict[int, int | bytes]:
+    """The last value of each field of a protobuf message (varint and length-delimited values; fixed 32/64-bit
+    fields are skipped): enough for GrpcService and Envoy's foreign-function argument messages. Raises
+    ValueError on malformed input."""
+    out: dict[int, int | bytes] = {}
+    i, n = 0, len(data)
 
+    def varint() -> int:
+        nonlocal i
+        value = shift = 0
+        while True:
+            if i >= n or shift > 63:
+                raise ValueError("truncated varint")
+            b = data[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return value
 
-def _fields(data: bytes) -> list[tuple[int, int, bytes | int]]:
-    """(field number, wire type, value) of a protobuf message; raises ValueError when it is not one."""
-    out: list[tuple[int, int, bytes | int]] = []
-    i = 0
-    while i < len(data):
-        key, i = _varint(data, i)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise ValueError("field number 0")
+    while i < n:
+        key = varint()
+        field, wire_type = key >> 3, key & 7
+        if field == 0:
+            raise ValueError("field 0")
         if wire_type == 0:
-            value, i = _varint(data, i)
-            out.append((number, 0, value))
+            out[field] = varint()
         elif wire_type == 2:
-            n, i = _varint(data, i)
-            if i + n > len(data):
+            size = varint()
+            if i + size > n:
                 raise ValueError("truncated field")
-            out.append((number, 2, data[i : i + n]))
-            i += n
-        elif wire_type in (1, 5):
-            size = 8 if wire_type == 1 else 4
-            if i + size > len(data):
-                raise ValueError("truncated field")
+            out[field] = data[i : i + size]
             i += size
+        elif wire_type in (1, 5):
+            i += 8 if wire_type == 1 else 4
+            if i > n:
+                raise ValueError("truncated field")
         else:
             raise ValueError(f"wire type {wire_type}")
     return out
@@ -147,22 +148,18 @@ def upstream_cluster(upstream: bytes) -> tuple[str, str] | None:
     {cluster_name, authority} (tried first, as Envoy does), else the bytes as a plain cluster name; None
     when it is neither (Envoy: ParseFailure)."""
     try:
-        fields = _fields(upstream)
+        envoy_grpc = proto_fields(upstream).get(1)
+        inner = proto_fields(envoy_grpc) if isinstance(envoy_grpc, bytes) else None
     except ValueError:
-        fields = []
-    for number, wire_type, value in fields:
-        if number == 1 and wire_type == 2 and isinstance(value, bytes):  # envoy_grpc
-            cluster = authority = ""
-            try:
-                for n2, w2, v2 in _fields(value):
-                    if w2 == 2 and isinstance(v2, bytes):
-                        if n2 == 1:
-                            cluster = v2.decode()
-                        elif n2 == 2:
-                            authority = v2.decode()
-            except (ValueError, UnicodeDecodeError):
-                return None
-            return (cluster, authority) if cluster else None
+        inner = None
+    if inner is not None:  # envoy_grpc {cluster_name = 1, authority = 2}
+        cluster, authority = inner.get(1), inner.get(2, b"")
+        if not isinstance(cluster, bytes) or not cluster or not isinstance(authority, bytes):
+            return None
+        try:
+            return cluster.decode(), authority.decode()
+        except UnicodeDecodeError:
+            return None
     try:
         name = upstream.decode()
     except UnicodeDecodeError:

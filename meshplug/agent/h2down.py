@@ -35,6 +35,7 @@ import h2.settings
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import h2wire, relay, wire
+from meshplug.agent.exchange import failure_reply
 from meshplug.agent.h2up import H2Pool
 from meshplug.agent.upstream import Pool
 
@@ -255,18 +256,9 @@ class H2Exchange:
             stats.upstream_rq_reset += 1
             self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
             return
-        if reset_reason == wire.RESET_CONNECT_FAILURE:
-            self.proxy_reply(
-                503,
-                wire.reset_body(reset_reason),
-                wire.DETAILS_CONNECT,
-                agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE,
-            )
-            return
-        stats.upstream_rq_reset += 1
-        status = 502 if reset_reason == wire.RESET_PROTOCOL else 503
-        flags = agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_TERMINATION if status == 503 else 0
-        self.proxy_reply(status, wire.reset_body(reset_reason), wire.reset_details(reset_reason), flags)
+        if reset_reason != wire.RESET_CONNECT_FAILURE:
+            stats.upstream_rq_reset += 1
+        self.proxy_reply(*failure_reply(reset_reason))
 
     def up_pause(self) -> None:
         self.up_paused = True

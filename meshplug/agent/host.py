@@ -1140,16 +1140,19 @@ class Host(hostapi.Host):
             return
         wvm.invoke(root, callback, root.id, token, n)
 
-    def grpc_initial_metadata(self, gid: int, headers: Headers) -> None:
+    def _grpc_metadata(self, gid: int, map_type: int, callback: str, headers: Headers) -> None:
         entry = self._grpc.get(gid)
         if entry is None:
             return
         root = entry[1]
-        root.maps[hostapi.MAP_GRPC_INITIAL_METADATA] = list(headers)
+        root.maps[map_type] = list(headers)
         try:
-            self._grpc_deliver(gid, "proxy_on_grpc_receive_initial_metadata", len(headers))
+            self._grpc_deliver(gid, callback, len(headers))
         finally:
-            root.maps.pop(hostapi.MAP_GRPC_INITIAL_METADATA, None)
+            root.maps.pop(map_type, None)
+
+    def grpc_initial_metadata(self, gid: int, headers: Headers) -> None:
+        self._grpc_metadata(gid, hostapi.MAP_GRPC_INITIAL_METADATA, "proxy_on_grpc_receive_initial_metadata", headers)
 
     def grpc_message(self, gid: int, message: bytes) -> None:
         """A response message: a stream's next one, or a unary call's answer (which ends the call)."""
@@ -1164,15 +1167,9 @@ class Host(hostapi.Host):
             root.buffers.pop(hostapi.BUF_GRPC_RECEIVE, None)
 
     def grpc_trailing_metadata(self, gid: int, trailers: Headers) -> None:
-        entry = self._grpc.get(gid)
-        if entry is None:
-            return
-        root = entry[1]
-        root.maps[hostapi.MAP_GRPC_TRAILING_METADATA] = list(trailers)
-        try:
-            self._grpc_deliver(gid, "proxy_on_grpc_receive_trailing_metadata", len(trailers))
-        finally:
-            root.maps.pop(hostapi.MAP_GRPC_TRAILING_METADATA, None)
+        self._grpc_metadata(
+            gid, hostapi.MAP_GRPC_TRAILING_METADATA, "proxy_on_grpc_receive_trailing_metadata", trailers
+        )
 
     def grpc_close(self, gid: int, status: int, message: bytes) -> None:
         """The call or stream ended with `status` (a unary call: only when it failed)."""

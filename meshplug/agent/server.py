@@ -135,13 +135,9 @@ class Proxy:
     async def http_call(
         self, cluster: str, headers: Sequence[tuple[bytes, bytes]], body: bytes, timeout_s: float
     ) -> tuple[int, wire.Headers, bytes, wire.Headers] | None:
-        """A plugin's HTTP call to a named cluster: (status, headers, body, trailers); None for an unknown
-        cluster or a failure. HTTP/2 clusters get it as a stream (`relay.call`), others over HTTP/1.1."""
+        """A plugin's HTTP call to a named cluster (`relay.call`: a stream on an HTTP/2 cluster, else a keep-alive
+        connection): (status, headers, body, trailers); None for an unknown cluster or a failure."""
         pool = self.pools.get(cluster)
         if pool is None:
             return None
-        h2pool = self.h2pools.get(cluster)
-        if h2pool is not None:
-            return await relay.call(pool, h2pool, headers, body, (), timeout_s)
-        result = await upstream.http_call(pool, headers, body, timeout_s)
-        return None if result is None else (*result, [])
+        return await relay.call(pool, self.h2pools.get(cluster), headers, body, (), timeout_s)

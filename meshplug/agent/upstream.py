@@ -1,8 +1,9 @@
 """The upstream side of the HTTP data path: one keep-alive connection (`Upstream`), a cluster's pool of them
-(`Pool`), the `Sink` interface a connection delivers a response to, and plugins' HTTP calls (`http_call`).
+(`Pool`) and the `Sink` interface a connection delivers a response to.
 
-Called by the exchanges (`meshplug.agent.exchange`, `meshplug.agent.filtered`), which borrow a connection per
-request and are its sink while the response streams, and by `meshplug.agent.server.Proxy.http_call`. An
+Called by the exchanges (`meshplug.agent.exchange`, `meshplug.agent.filtered`) and `meshplug.agent.relay` (plugins'
+calls, HTTP/2 streams' HTTP/1.1 side), which borrow a connection per request and are its sink while the response
+streams. An
 `Upstream` parses one response at a time (httptools); interim 1xx responses are dropped (the proxy answers
 100 Continue itself), a HEAD response ends at its head, and a parse error or a close is reported to the sink
 with Envoy's reset reason.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httptools
@@ -328,90 +328,3 @@ class Pool:
         for up in self.idle:
             up.close()
         self.idle.clear()
-
-
-# --- plugins' http calls ---------------------------------------------------------------------------
-
-
-class CallSink:
-    """Collects one whole response for a plugin's http call."""
-
-    def __init__(self, future: asyncio.Future[tuple[int, wire.Headers, bytes] | None], up: Upstream) -> None:
-        self.future = future
-        self.up = up
-        self.status = 0
-        self.headers: wire.Headers = []
-        self.body: list[bytes] = []
-
-    def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None:
-        self.status = status
-        self.headers = [(n, v) for n, v in headers if n not in wire.HOP_BY_HOP]
-
-    def up_body(self, data: bytes) -> None:
-        self.body.append(data)
-
-    def up_trailers(self, trailers: wire.Headers) -> None:
-        return None
-
-    def up_complete(self) -> None:
-        self.up.pool.release(self.up)
-        if not self.future.done():
-            self.future.set_result((self.status, self.headers, b"".join(self.body)))
-
-    def up_failed(self, reset_reason: str) -> None:
-        if not self.future.done():
-            self.future.set_result(None)
-
-    def up_pause(self) -> None:
-        return None
-
-    def up_resume(self) -> None:
-        return None
-
-
-async def http_call(
-    pool: Pool, headers: Sequence[tuple[bytes, bytes]], body: bytes, timeout_s: float
-) -> tuple[int, wire.Headers, bytes] | None:
-    """A plugin's HTTP call to `pool`'s cluster: (status, headers, body), or None on connect/reset failure.
-
-    A timeout answers 504 "upstream request timeout", as Envoy's async client reports it.
-    """
-    stats = pool.stats
-    method, path, authority = b"GET", b"/", b""
-    out: list[bytes] = []
-    for name, value in headers:
-        if name == b":method":
-            method = value
-        elif name == b":path":
-            path = value
-        elif name == b":authority":
-            authority = value
-        elif not name.startswith(b":") and name not in wire.HOP_BY_HOP and name not in (b"content-length", b"host"):
-            out.append(b"%b: %b\r\n" % (name, value))
-    host = authority or f"{pool.cluster.address}:{pool.cluster.port}".encode()
-    head = b"%b %b HTTP/1.1\r\nhost: %b\r\n%bcontent-length: %d\r\n\r\n" % (
-        method,
-        path,
-        host,
-        b"".join(out),
-        len(body),
-    )
-    up = pool.take_idle()
-    if up is None:
-        try:
-            up = await pool.connect()
-        except (OSError, TimeoutError):
-            stats.upstream_cx_connect_fail += 1
-            return None
-    future: asyncio.Future[tuple[int, wire.Headers, bytes] | None] = asyncio.get_running_loop().create_future()
-    up.sink = CallSink(future, up)
-    up.head_request = method == b"HEAD"
-    stats.upstream_rq_total += 1
-    up.write(head + body)
-    try:
-        return await asyncio.wait_for(future, timeout_s)
-    except TimeoutError:
-        up.sink = None
-        up.close()
-        stats.upstream_rq_timeout += 1
-        return 504, [(b"content-type", b"text/plain")], wire.BODY_TIMEOUT

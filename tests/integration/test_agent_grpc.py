@@ -37,7 +37,7 @@ HEADER_RULES = {"request": {"add": {"x-added": "yes"}}, "response": {"add": {"x-
 
 @dataclass
 class Bed:
-    grpc: grpcpeer.GrpcServer
+    grpc: procs.Peer
     echo: upstream.Service
     envoy: tb_envoy.Envoy
     envoy_ports: dict[str, int]  # listener -> port: plain, plugin, echo, fast

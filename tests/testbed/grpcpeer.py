@@ -166,26 +166,8 @@ def call(
                            _pairs(rpc_exc.trailing_metadata()), [])  # fmt: skip
 
 
-@dataclass
-class GrpcServer:
-    port: int
-    proc: procs.Proc
-
-    def stop(self) -> None:
-        self.proc.stop()
-
-
-def start_server(*, log_dir: Path, name: str = "grpc") -> GrpcServer:
-    port = procs.free_port()
-    proc = procs.start(
-        name,
-        [sys.executable, str(Path(__file__).resolve()), str(port)],
-        log_dir=log_dir,
-        ready=lambda: procs.port_open(port),
-        timeout=20.0,
-        ports={"main": port},
-    )
-    return GrpcServer(port=port, proc=proc)
+def start_server(*, log_dir: Path, name: str = "grpc") -> procs.Peer:
+    return procs.start_peer(Path(__file__).resolve(), name=name, log_dir=log_dir)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,3 +166,28 @@ def which_or_fail(binary: str, hint: str) -> str:
     if path is None:
         raise RuntimeError(f"{binary} not found on PATH; {hint}")
     return path
+
+
+@dataclass
+class Peer:
+    """A test-bed server run as its own Python process on a free port (tests/testbed/grpcpeer.py, wspeer.py)."""
+
+    port: int
+    proc: Proc
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def start_peer(script: Path, *, name: str, log_dir: Path) -> Peer:
+    """Run `python script PORT` on a free port; ready when the port accepts connections."""
+    port = free_port()
+    proc = start(
+        name,
+        [sys.executable, str(script), str(port)],
+        log_dir=log_dir,
+        ready=lambda: port_open(port),
+        timeout=20.0,
+        ports={"main": port},
+    )
+    return Peer(port=port, proc=proc)

@@ -58,26 +58,8 @@ def exchange(port: int, messages: Sequence[str | bytes], path: str = "/", timeou
         return WsOutcome(exc.response.status_code, [])
 
 
-@dataclass
-class WsServer:
-    port: int
-    proc: procs.Proc
-
-    def stop(self) -> None:
-        self.proc.stop()
-
-
-def start_server(*, log_dir: Path, name: str = "websocket") -> WsServer:
-    port = procs.free_port()
-    proc = procs.start(
-        name,
-        [sys.executable, str(Path(__file__).resolve()), str(port)],
-        log_dir=log_dir,
-        ready=lambda: procs.port_open(port),
-        timeout=20.0,
-        ports={"main": port},
-    )
-    return WsServer(port=port, proc=proc)
+def start_server(*, log_dir: Path, name: str = "websocket") -> procs.Peer:
+    return procs.start_peer(Path(__file__).resolve(), name=name, log_dir=log_dir)
 
 
 if __name__ == "__main__":
