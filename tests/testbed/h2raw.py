@@ -100,10 +100,11 @@ class RawClient:
         while time.monotonic() < deadline and not out.closed:
             if until is not None and until(out):
                 break
+            self.sock.settimeout(max(0.05, min(0.5, deadline - time.monotonic())))
             try:
                 data = self.sock.recv(65536)
             except TimeoutError:
-                break
+                continue  # nothing yet: wait on until the deadline
             except OSError:
                 out.closed = True
                 break
