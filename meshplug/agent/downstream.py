@@ -41,6 +41,7 @@ class Downstream(asyncio.Protocol):
         self.pool = pool
         #: Upgrade tokens this listener passes through (Envoy's upgrade_configs); others get 403
         self.upgrade_types = upgrade_types
+        self.http2_cluster = pool.cluster.http2  # requests go as header lists (bridge.H2UpExchange)
         self._tunnel_head = b""  # an allowed upgrade's request head, sent once the parser stops at it
         #: the first bytes are not in yet: they tell HTTP/2 (the connection preface) from HTTP/1.1
         self.sniffing = True
@@ -371,7 +372,7 @@ class Downstream(asyncio.Protocol):
         proxy.stats.downstream_rq_active += 1
 
         filters = proxy.filters
-        if filters is None and self.pool.cluster.http2:
+        if filters is None and self.http2_cluster:
             filters = EMPTY_CHAIN  # an HTTP/2 cluster: the request goes as a header list (bridge.H2UpExchange)
         if filters is not None:
             # the chain's form in one pass (names are lower-case already): pseudo-headers first, Host folded
@@ -393,7 +394,7 @@ class Downstream(asyncio.Protocol):
                     framed = True
                 chain_headers.append(h)
                 lines.append(b"%b: %b\r\n" % h)
-            fx = (H2UpExchange if self.pool.cluster.http2 else FilteredExchange)(
+            fx = (H2UpExchange if self.http2_cluster else FilteredExchange)(
                 self, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
             )
             self.current = fx

@@ -34,7 +34,7 @@ import h2.settings
 
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import h2wire, relay, wire
+from meshplug.agent import framing, h2wire, relay, wire
 from meshplug.agent.exchange import failure_reply
 from meshplug.agent.h2up import H2Pool
 from meshplug.agent.upstream import Pool
@@ -52,12 +52,14 @@ _SERVER_CONFIG: Final = h2.config.H2Configuration(
     header_encoding=None,
     validate_inbound_headers=True,
     normalize_inbound_headers=True,
-    validate_outbound_headers=True,  # plugins edit what goes out: no CR/LF/NUL, no upper-case names
+    validate_outbound_headers=False,  # what plugins set is checked by H2Exchange (framing.field_ok), once
     normalize_outbound_headers=False,
 )
 #: response headers that are meaningless (and forbidden) in HTTP/2
 _NOT_H2: Final = wire.HOP_BY_HOP
 _REQUEST_ID: Final = b"x-request-id"
+#: the local reply when a plugin's header cannot be written (Envoy: "invalid header value")
+INVALID_HEADER: Final = b"invalid header value"
 
 
 def server_settings() -> dict[h2.settings.SettingCodes | int, int]:
@@ -167,6 +169,10 @@ class H2Exchange:
             self.perform(stream.recv_request_trailers(trailers))
 
     def _send_up_headers(self, headers: Sequence[Header], end_stream: bool) -> None:
+        if self.stream is not None and not all(framing.field_ok(n, v) for n, v in headers):
+            # a plugin set a header no protocol can carry (CR, LF, NUL, not a token): as the HTTP/1.1 path
+            self.local_reply(503, INVALID_HEADER)
+            return
         conn = self.conn
         up = self.up = relay.open_request(conn.pool, conn.h2pool, self)
         up.send_headers([h for h in headers if h[0] != b"te" or h[1].lower() == b"trailers"], end_stream)
@@ -313,6 +319,9 @@ class H2Exchange:
 
     # --- downstream writes ---
     def _send_down_headers(self, headers: Sequence[Header], end_stream: bool) -> None:
+        if self.stream is not None and not all(framing.field_ok(n.lower(), v) for n, v in headers):
+            self.local_reply(502, INVALID_HEADER)
+            return
         out: list[Header] = []
         status = 0
         for raw_name, value in headers:
@@ -344,12 +353,20 @@ class H2Exchange:
             self._finish()
 
     def _send_down_trailers(self, trailers: Sequence[Header]) -> None:
-        self.conn.send_trailers(self.out, [(n.lower(), v) for n, v in trailers if n[:1] != b":"])
+        out = [(n.lower(), v) for n, v in trailers if n[:1] != b":"]
+        if self.stream is not None and not all(framing.field_ok(n, v) for n, v in out):
+            self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return
+        self.conn.send_trailers(self.out, out)
         self._finish()
 
     def proxy_reply(self, status: int, body: bytes, details: str, flags: int) -> None:
         """A reply the proxy generates: through the plugins' response callbacks when there are plugins (as
-        Envoy's router sends its local replies), else straight to the client."""
+        Envoy's router sends its local replies), else straight to the client (`local_reply`)."""
+        stream = self.stream
+        if stream is None or stream.completed or stream.reset is not None or stream.local_reply is not None:
+            self.local_reply(status, body)
+            return
         if self.resp_done:
             return
         if self.resp_started:
@@ -358,27 +375,39 @@ class H2Exchange:
         self._drop_upstream()
         self.up_end = True
         self.deadline = 0.0
-        stats = self.conn.proxy.stats
-        stats.downstream_rq_local_reply += 1
+        self.conn.proxy.stats.downstream_rq_local_reply += 1
         self.proxy_made = True
-        stream = self.stream
-        reply = agent_chain.LocalReply(status, body=body, details=details)
-        if stream is None or stream.completed or stream.reset is not None or stream.local_reply is not None:
-            headers, body = agent_chain.local_reply_headers(reply, grpc=self.grpc)
-            headers = [h for h in headers if h[0] != b"content-length" or body]
-            self._send_down_headers(headers, not body)
-            if body:
-                self._send_down_data(body, True)
-            else:
-                self._finish()
-            return
         stream.response_flags |= flags
+        reply = agent_chain.LocalReply(status, body=body, details=details)
         progress, stream.on_progress = stream.on_progress, None  # the outputs are taken right here
         try:
             agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_local_reply(reply)
         finally:
             stream.on_progress = progress
         self.perform(stream.take_outputs())
+
+    def local_reply(self, status: int, body: bytes) -> None:
+        """Answer straight to the client, past the plugins (a reply they cannot see: their own headers failed)."""
+        if self.resp_done:
+            return
+        if self.resp_started:
+            self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return
+        self._drop_upstream()
+        self.up_end = True
+        self.deadline = 0.0
+        self.conn.proxy.stats.downstream_rq_local_reply += 1
+        self.proxy_made = True
+        stream, self.stream = self.stream, None  # what follows is not shown to the plugins
+        headers, body = agent_chain.local_reply_headers(agent_chain.LocalReply(status, body=body), grpc=self.grpc)
+        self._send_down_headers([h for h in headers if h[0] != b"content-length" or body], not body)
+        if body:
+            self._send_down_data(body, True)
+        else:
+            self._finish()
+        if stream is not None and not stream.completed:
+            stream.complete()
+            stream.on_progress = None
 
     def _drop_upstream(self) -> None:
         up, self.up = self.up, None
