@@ -394,9 +394,14 @@ class Downstream(asyncio.Protocol):
                     framed = True
                 chain_headers.append(h)
                 lines.append(b"%b: %b\r\n" % h)
-            fx = (H2UpExchange if self.http2_cluster else FilteredExchange)(
-                self, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
-            )
+            if self.http2_cluster:
+                fx: FilteredExchange = H2UpExchange(
+                    self, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
+                )
+            else:  # a direct constructor call: mypyc makes it a native one
+                fx = FilteredExchange(
+                    self, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
+                )
             self.current = fx
             self.queue.append(fx)
             if expect_continue and has_body:
