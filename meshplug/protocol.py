@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshplug import errors
+from meshplug.fields import REQUIRED, Fields
 
 #: where the agent accepts pushes (method PUT or POST) on its push port
 PUSH_PATH = "/v1/extension_configs"
@@ -246,17 +247,8 @@ def _load(data: bytes | str) -> Mapping[str, Any]:
     return raw
 
 
-def _str(obj: Mapping[str, Any], key: str, where: str, *, default: str | None = None) -> str:
-    value = obj.get(key, default)
-    if not isinstance(value, str):
-        raise errors.ProtocolError(f"{where}.{key} must be a string, got {type(value).__name__}")
-    return value
-
-
-def _check_keys(obj: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        raise errors.ProtocolError(f"{where}: unknown field(s) {', '.join(unknown)}")
+def _fields(raw: Any, where: str) -> Fields:
+    return Fields(raw, where, error=errors.ProtocolError)
 
 
 _RESOURCE_KEYS = frozenset(
@@ -280,10 +272,8 @@ _ARTIFACT_KEY = re.compile(r"^([0-9a-f]{64})\.[A-Za-z0-9.+-]{1,64}\.[0-9a-f]{16}
 
 
 def decode_compiled(obj: Any, where: str, sha256: str) -> CompiledArtifact:
-    if not isinstance(obj, dict):
-        raise errors.ProtocolError(f"{where} must be an object")
-    _check_keys(obj, _COMPILED_KEYS, where)
-    key, url, digest = _str(obj, "key", where), _str(obj, "url", where), _str(obj, "sha256", where)
+    art = _fields(obj, where).only(*_COMPILED_KEYS)
+    key, url, digest = art.text("key"), art.text("url"), art.text("sha256")
     m = _ARTIFACT_KEY.match(key)
     if m is None or m.group(1) != sha256:
         raise errors.ProtocolError(f"{where}.key {key!r} is not an artifact key of the module sha256 {sha256}")
@@ -298,74 +288,52 @@ _MATCH_KEYS = frozenset({"hosts", "path_prefixes", "exact_paths"})
 _MAX_MATCH = 64
 
 
-def _strings(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    value = obj.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or len(value) > _MAX_MATCH:
-        raise errors.ProtocolError(f"{where}.{key} must be a list of at most {_MAX_MATCH} non-empty strings")
-    return tuple(value)
-
-
 def decode_match(obj: Any, where: str) -> tuple[MatchRule, ...]:
     if not isinstance(obj, list) or len(obj) > _MAX_MATCH:
         raise errors.ProtocolError(f"{where} must be a list of at most {_MAX_MATCH} rules")
     rules: list[MatchRule] = []
     for i, raw in enumerate(obj):
-        at = f"{where}[{i}]"
-        if not isinstance(raw, dict):
-            raise errors.ProtocolError(f"{at} must be an object")
-        _check_keys(raw, _MATCH_KEYS, at)
+        at = _fields(raw, f"{where}[{i}]").only(*_MATCH_KEYS)
         rule = MatchRule(
-            hosts=tuple(h.lower() for h in _strings(raw, "hosts", at)),
-            path_prefixes=_strings(raw, "path_prefixes", at),
-            exact_paths=_strings(raw, "exact_paths", at),
+            hosts=tuple(h.lower() for h in at.strings("hosts", max_items=_MAX_MATCH)),
+            path_prefixes=at.strings("path_prefixes", max_items=_MAX_MATCH),
+            exact_paths=at.strings("exact_paths", max_items=_MAX_MATCH),
         )
         if not all(p.startswith("/") for p in (*rule.path_prefixes, *rule.exact_paths)):
-            raise errors.ProtocolError(f"{at}: paths must start with /")
+            raise errors.ProtocolError(f"{at.where}: paths must start with /")
         if not (rule.hosts or rule.path_prefixes or rule.exact_paths):
-            raise errors.ProtocolError(f"{at} matches everything: leave it out")
+            raise errors.ProtocolError(f"{at.where} matches everything: leave it out")
         rules.append(rule)
     return tuple(rules)
 
 
 def decode_extension_config(obj: Any, where: str) -> ExtensionConfig:
-    if not isinstance(obj, dict):
-        raise errors.ProtocolError(f"{where} must be an object")
-    _check_keys(obj, _RESOURCE_KEYS, where)
-    name = _str(obj, "name", where)
+    res = _fields(obj, where).only(*_RESOURCE_KEYS)
+    name = res.text("name")
     if not _NAME.match(name):
         raise errors.ProtocolError(f"{where}.name {name!r} is not a valid plugin name")
-    sha256 = _str(obj, "sha256", where, default="")
+    sha256 = res.text("sha256", "", empty=True)
     if sha256 and not _SHA256.match(sha256):
         raise errors.ProtocolError(f"{where}.sha256 {sha256!r} is not 64 lower-case hex digits")
-    if "lua" in obj:
-        return _decode_lua(obj, where, name, sha256)
-    url = _str(obj, "url", where)
+    if "lua" in res.raw:
+        return _decode_lua(res, name, sha256)
+    url = res.text("url")
     if not url.startswith(("http://", "https://", "file://")):
         raise errors.ProtocolError(f"{where}.url {url!r}: scheme must be http, https or file")
     if not sha256 and not url.startswith("file://"):
         raise errors.ProtocolError(f"{where}.sha256 is required for {url.split(':', 1)[0]} modules")
-    env_raw = obj.get("vm_env", {})
-    if not isinstance(env_raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env_raw.items()):
-        raise errors.ProtocolError(f"{where}.vm_env must be an object of strings")
-    strategy = _str(obj, "fail_strategy", where, default=FailStrategy.FAIL_CLOSE.value)
-    try:
-        fail_strategy = FailStrategy(strategy)
-    except ValueError:
-        raise errors.ProtocolError(
-            f"{where}.fail_strategy {strategy!r} is not one of {', '.join(s.value for s in FailStrategy)}"
-        ) from None
     return ExtensionConfig(
         name=name,
-        root_id=_str(obj, "root_id", where, default=""),
+        root_id=res.text("root_id", "", empty=True),
         url=url,
         sha256=sha256,
-        configuration=_str(obj, "configuration", where, default=""),
-        vm_env=tuple(sorted(env_raw.items())),
-        fail_strategy=fail_strategy,
-        vm_id=_str(obj, "vm_id", where, default=""),
-        vm_configuration=_str(obj, "vm_configuration", where, default=""),
-        match=decode_match(obj.get("match", []), f"{where}.match"),
-        compiled=None if "compiled" not in obj else decode_compiled(obj["compiled"], f"{where}.compiled", sha256),
+        configuration=res.text("configuration", "", empty=True),
+        vm_env=tuple(sorted(res.text_map("vm_env").items())),
+        fail_strategy=FailStrategy(res.choice("fail_strategy", [s.value for s in FailStrategy], "FAIL_CLOSE")),
+        vm_id=res.text("vm_id", "", empty=True),
+        vm_configuration=res.text("vm_configuration", "", empty=True),
+        match=decode_match(res.value("match", []), f"{where}.match"),
+        compiled=decode_compiled(res.raw["compiled"], f"{where}.compiled", sha256) if res.has("compiled") else None,
     )
 
 
@@ -374,16 +342,11 @@ def lua_sha256(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
 
-def _decode_lua(obj: Mapping[str, Any], where: str, name: str, sha256: str) -> ExtensionConfig:
+def _decode_lua(res: Fields, name: str, sha256: str) -> ExtensionConfig:
+    where, obj = res.where, res.raw
     if "url" in obj:
         raise errors.ProtocolError(f"{where}: give url (a wasm module) or lua (inline code), not both")
-    lua = obj["lua"]
-    if not isinstance(lua, dict):
-        raise errors.ProtocolError(f"{where}.lua must be an object")
-    _check_keys(lua, frozenset({"inline_code"}), f"{where}.lua")
-    code = _str(lua, "inline_code", f"{where}.lua")
-    if not code:
-        raise errors.ProtocolError(f"{where}.lua.inline_code must not be empty")
+    code = _fields(obj["lua"], f"{where}.lua").only("inline_code").text("inline_code")
     digest = lua_sha256(code)
     if sha256 and sha256 != digest:
         raise errors.ProtocolError(f"{where}.sha256 {sha256} is not the sha256 of lua.inline_code ({digest})")
@@ -403,15 +366,10 @@ def _decode_lua(obj: Mapping[str, Any], where: str, name: str, sha256: str) -> E
 
 
 def decode_push(data: bytes | str) -> Push:
-    obj = _load(data)
-    _check_keys(obj, frozenset({"version_info", "nonce", "resources"}), "push")
-    version = _str(obj, "version_info", "push")
-    if not version:
-        raise errors.ProtocolError("push.version_info must not be empty")
-    nonce = _str(obj, "nonce", "push")
-    resources_raw = obj.get("resources")
-    if not isinstance(resources_raw, list):
-        raise errors.ProtocolError("push.resources must be a list")
+    obj = _fields(_load(data), "push").only("version_info", "nonce", "resources")
+    version = obj.text("version_info")
+    nonce = obj.text("nonce", empty=True)
+    resources_raw = obj.array("resources", REQUIRED)
     resources = tuple(decode_extension_config(r, f"push.resources[{i}]") for i, r in enumerate(resources_raw))
     names = [r.name for r in resources]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -421,39 +379,28 @@ def decode_push(data: bytes | str) -> Push:
 
 
 def decode_reply(data: bytes | str) -> Reply:
-    obj = _load(data)
-    ack = obj.get("ack")
-    if not isinstance(ack, bool):
-        raise errors.ProtocolError("reply.ack must be a boolean")
-    detail_raw = obj.get("error_detail")
+    obj = _fields(_load(data), "reply")
+    ack = obj.flag("ack")
     detail: ErrorDetail | None = None
-    if detail_raw is not None:
-        if not isinstance(detail_raw, dict):
-            raise errors.ProtocolError("reply.error_detail must be an object or null")
+    if obj.has("error_detail"):
+        d = obj.sub("error_detail")
         detail = ErrorDetail(
-            reason=_str(detail_raw, "reason", "reply.error_detail"),
-            message=_str(detail_raw, "message", "reply.error_detail"),
-            resource=_str(detail_raw, "resource", "reply.error_detail", default=""),
+            reason=d.text("reason"), message=d.text("message", empty=True), resource=d.text("resource", "", empty=True)
         )
     if not ack and detail is None:
         raise errors.ProtocolError("reply: a NACK must carry error_detail")
-    plugins_raw = obj.get("plugins", [])
-    if not isinstance(plugins_raw, list):
-        raise errors.ProtocolError("reply.plugins must be a list")
-    plugins: list[PluginStatus] = []
-    for i, p in enumerate(plugins_raw):
-        where = f"reply.plugins[{i}]"
-        if not isinstance(p, dict):
-            raise errors.ProtocolError(f"{where} must be an object")
-        try:
-            state = PluginState(_str(p, "state", where))
-        except ValueError:
-            raise errors.ProtocolError(f"{where}.state is not a known plugin state") from None
-        plugins.append(PluginStatus(name=_str(p, "name", where), sha256=_str(p, "sha256", where), state=state))
+    plugins = [
+        PluginStatus(
+            name=p.text("name"),
+            sha256=p.text("sha256", empty=True),
+            state=PluginState(p.choice("state", [s.value for s in PluginState])),
+        )
+        for p in obj.items("plugins")
+    ]
     return Reply(
         ack=ack,
-        version_info=_str(obj, "version_info", "reply"),
-        nonce=_str(obj, "nonce", "reply"),
+        version_info=obj.text("version_info", empty=True),
+        nonce=obj.text("nonce", empty=True),
         error_detail=detail,
         plugins=tuple(plugins),
     )

@@ -51,6 +51,7 @@ import jsonschema.exceptions
 import jsonschema.validators
 
 from meshplug import errors, limits
+from meshplug.fields import Fields
 
 API_GROUP = "meshplug.io"
 API_VERSION = "v1alpha1"
@@ -242,24 +243,32 @@ def check_plugin_config(config: Any, schema: Mapping[str, Any]) -> None:
         raise errors.SpecError(f"{where}: {first.message}{more}", reason="InvalidPluginConfig")
 
 
-def _str(spec: Mapping[str, Any], key: str) -> str:
-    value = spec.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise errors.SpecError(f"spec.{key} must be a string, got {type(value).__name__}")
-    return value
+def _fields(raw: Any, where: str = "spec") -> Fields:
+    return Fields(raw, where, error=errors.SpecError, optional=True)
 
 
-def _enum(spec: Mapping[str, Any], key: str, cls: type[enum.StrEnum], default: enum.StrEnum, unset: str = "") -> Any:
-    raw = _str(spec, key)
+def _str(spec: Mapping[str, Any], key: str, where: str = "spec") -> str:
+    """A string field of a spec: absent, null and "" all mean unset (Istio's proto3 reading)."""
+    return _fields(spec, where).text(key, "", empty=True)
+
+
+def _enum(
+    spec: Mapping[str, Any],
+    key: str,
+    cls: type[enum.StrEnum],
+    default: enum.StrEnum,
+    *,
+    unset: str = "",
+    where: str = "spec",
+) -> Any:
+    raw = _str(spec, key, where)
     if raw in ("", unset):
         return default
     try:
         return cls(raw)
     except ValueError:
         allowed = ", ".join(m.value for m in cls)
-        raise errors.SpecError(f"spec.{key}: {raw!r} is not one of {allowed}") from None
+        raise errors.SpecError(f"{where}.{key}: {raw!r} is not one of {allowed}") from None
 
 
 def normalise_url(raw: str) -> tuple[str, Scheme]:
@@ -309,66 +318,47 @@ def _sha256(spec: Mapping[str, Any], url: str) -> str | None:
 
 
 def _env(spec: Mapping[str, Any]) -> tuple[EnvVar, ...]:
-    vm = spec.get("vmConfig") or {}
-    if not isinstance(vm, Mapping):
-        raise errors.SpecError("spec.vmConfig must be an object")
-    items = vm.get("env") or []
-    if not isinstance(items, list):
-        raise errors.SpecError("spec.vmConfig.env must be a list")
-    if len(items) > limits.MAX_VM_ENV_VARS:
-        raise errors.SpecError(f"spec.vmConfig.env has {len(items)} entries; at most {limits.MAX_VM_ENV_VARS}")
+    vm = _fields(spec).sub("vmConfig")
     out: list[EnvVar] = []
     seen: set[str] = set()
-    for i, item in enumerate(items):
-        name = _str(item, "name")
-        if not name:
-            raise errors.SpecError(f"spec.vmConfig.env[{i}].name is required")
+    for item in vm.items("env"):
+        if len(vm.raw["env"]) > limits.MAX_VM_ENV_VARS:
+            raise errors.SpecError(
+                f"spec.vmConfig.env has {len(vm.raw['env'])} entries; at most {limits.MAX_VM_ENV_VARS}"
+            )
+        name = item.text("name")
         if name in seen:
             raise errors.SpecError(f"spec.vmConfig.env: duplicate name {name!r}")
         seen.add(name)
-        source = _enum(item, "valueFrom", EnvSource, EnvSource.INLINE)
-        value = _str(item, "value")
+        source = _enum(item.raw, "valueFrom", EnvSource, EnvSource.INLINE, where=item.where)
+        value = item.text("value", "", empty=True)
         if source is EnvSource.HOST and value:
-            raise errors.SpecError(f"spec.vmConfig.env[{i}] ({name}): value may only be set when valueFrom is INLINE")
+            raise errors.SpecError(f"{item.where} ({name}): value may only be set when valueFrom is INLINE")
         out.append(EnvVar(name=name, source=source, value=value))
     return tuple(out)
 
 
 def _match(spec: Mapping[str, Any]) -> tuple[TrafficMatch, ...]:
-    items = spec.get("match") or []
-    if not isinstance(items, list):
-        raise errors.SpecError("spec.match must be a list")
     out: list[TrafficMatch] = []
-    for i, item in enumerate(items):
-        mode = _enum(item, "mode", MatchMode, MatchMode.CLIENT_AND_SERVER, unset="UNDEFINED")
-        ports: list[int] = []
-        for port in item.get("ports") or []:
-            number = port.get("number") if isinstance(port, Mapping) else None
-            if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
-                raise errors.SpecError(f"spec.match[{i}].ports: {number!r} is not a port number (1-65535)")
-            ports.append(number)
+    for item in _fields(spec).items("match"):
+        mode = _enum(item.raw, "mode", MatchMode, MatchMode.CLIENT_AND_SERVER, unset="UNDEFINED", where=item.where)
+        ports = [port.integer("number", lo=1, hi=65535) for port in item.items("ports")]
         out.append(TrafficMatch(mode=mode, ports=tuple(sorted(set(ports)))))
     return tuple(out) or (TrafficMatch(mode=MatchMode.CLIENT_AND_SERVER, ports=()),)
 
 
 def _match_rules(spec: Mapping[str, Any], schema: Mapping[str, Any] | None) -> tuple[MatchRule, ...]:
-    items = spec.get("matchRules") or []
-    if not isinstance(items, list):
-        raise errors.SpecError("spec.matchRules must be a list")
-    if len(items) > limits.MAX_MATCH_RULES:
-        raise errors.SpecError(f"spec.matchRules has {len(items)} entries; at most {limits.MAX_MATCH_RULES}")
     out: list[MatchRule] = []
-    for i, item in enumerate(items):
-        where = f"spec.matchRules[{i}]"
-        if not isinstance(item, Mapping):
-            raise errors.SpecError(f"{where} must be an object")
-        hosts, paths = item.get("hosts") or [], item.get("paths") or []
-        if not isinstance(hosts, list) or not isinstance(paths, list):
-            raise errors.SpecError(f"{where}: hosts and paths must be lists")
+    for rule in _fields(spec).items("matchRules"):
+        item, where = rule.raw, rule.where
+        if len(spec["matchRules"]) > limits.MAX_MATCH_RULES:
+            raise errors.SpecError(
+                f"spec.matchRules has {len(spec['matchRules'])} entries; at most {limits.MAX_MATCH_RULES}"
+            )
+        hosts = rule.array("hosts", max_items=limits.MAX_MATCH_RULE_ITEMS)
+        paths = rule.array("paths", max_items=limits.MAX_MATCH_RULE_ITEMS)
         if not hosts and not paths:
             raise errors.SpecError(f"{where} needs hosts or paths (a rule matching everything is no rule)")
-        if len(hosts) > limits.MAX_MATCH_RULE_ITEMS or len(paths) > limits.MAX_MATCH_RULE_ITEMS:
-            raise errors.SpecError(f"{where}: at most {limits.MAX_MATCH_RULE_ITEMS} hosts and paths")
         for host in hosts:
             if not isinstance(host, str) or not _HOST.match(host):
                 raise errors.SpecError(f"{where}.hosts: {host!r} is not a lower-case host name (or *.domain)")
@@ -402,35 +392,27 @@ def _match_rules(spec: Mapping[str, Any], schema: Mapping[str, Any] | None) -> t
 
 
 def _selector(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    sel = spec.get("selector") or {}
-    labels = (sel.get("matchLabels") or {}) if isinstance(sel, Mapping) else None
-    if not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values()):
-        raise errors.SpecError("spec.selector.matchLabels must map label names to strings")
-    return tuple(sorted((str(k), v) for k, v in labels.items()))
+    labels = _fields(spec).sub("selector").text_map("matchLabels")
+    return tuple(sorted(labels.items()))
 
 
 def _target_refs(spec: Mapping[str, Any], namespace: str) -> tuple[TargetRef, ...]:
-    items = spec.get("targetRefs") or []
-    if len(items) > limits.MAX_TARGET_REFS:
-        raise errors.SpecError(f"spec.targetRefs has {len(items)} entries; at most {limits.MAX_TARGET_REFS}")
+    refs = _fields(spec).items("targetRefs")
+    if len(refs) > limits.MAX_TARGET_REFS:
+        raise errors.SpecError(f"spec.targetRefs has {len(refs)} entries; at most {limits.MAX_TARGET_REFS}")
     return tuple(
         TargetRef(
-            group=_str(r, "group"),
-            kind=_str(r, "kind"),
-            name=_str(r, "name"),
-            namespace=_str(r, "namespace") or namespace,
+            group=r.text("group", "", empty=True),
+            kind=r.text("kind", "", empty=True),
+            name=r.text("name", "", empty=True),
+            namespace=r.text("namespace", "", empty=True) or namespace,
         )
-        for r in items
+        for r in refs
     )
 
 
 def _priority(spec: Mapping[str, Any]) -> int | None:
-    value = spec.get("priority")
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or abs(value) > 2**31 - 1:
-        raise errors.SpecError(f"spec.priority {value!r} is not a 32-bit integer")
-    return value
+    return _fields(spec).opt_integer("priority", lo=-(2**31 - 1), hi=2**31 - 1)
 
 
 def parse(body: Mapping[str, Any]) -> PluginSpec:

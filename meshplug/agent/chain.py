@@ -1078,7 +1078,7 @@ class Stream:
             self._emit(direction, q.popleft())
         return moved
 
-    def _deliver(self, direction: Direction, lane: _Lane, pos: int, frame: _Frame) -> _Frame | None:
+    def _deliver(self, direction: Direction, lane: _Lane, pos: int, frame: _Frame) -> _Frame | None:  # noqa: PLR0912 - per frame on the data path: one branch per frame kind and action, inlined (mypyc)
         """Show `frame` to the filter at `pos`; returns what passes on to `pos + 1` (None: nothing now)."""
         index = pos if direction == _REQUEST else self._n - 1 - pos
         kind = frame[0]

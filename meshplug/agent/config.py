@@ -88,6 +88,7 @@ from typing import Any
 import yaml
 
 from meshplug import errors, limits, protocol
+from meshplug.fields import Fields
 
 #: listener types: an HTTP/1.1 reverse proxy through the HTTP filter chain, or a TCP proxy through the
 #: plugins' network (L4) callbacks
@@ -231,43 +232,7 @@ class AgentConfig:
         raise errors.ConfigError(f"unknown cluster {name!r}")
 
 
-# --- parsing ---------------------------------------------------------------------------------------
-
-
-def _obj(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise errors.ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
-    for key in value:
-        if not isinstance(key, str):
-            raise errors.ConfigError(f"{where}: keys must be strings, got {key!r}")
-    return value
-
-
-def _keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        raise errors.ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
-
-
-def _str(obj: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
-    value = obj.get(key, default)
-    if not isinstance(value, str) or not value:
-        raise errors.ConfigError(f"{where}.{key} must be a non-empty string")
-    return value
-
-
-def _port(obj: Mapping[str, Any], where: str) -> int:
-    value = obj.get("port")
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise errors.ConfigError(f"{where}.port must be an integer 0..65535, got {value!r}")
-    return value
-
-
-def _seconds(obj: Mapping[str, Any], key: str, where: str, default: float) -> float:
-    value = obj.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise errors.ConfigError(f"{where}.{key} must be a positive number of seconds, got {value!r}")
-    return float(value)
+# --- parsing (meshplug.fields: one set of rules; every problem is a ConfigError naming the key) ---------------
 
 
 def _path(base: Path, value: str) -> Path:
@@ -275,45 +240,47 @@ def _path(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-def _plugin(raw: Any, where: str, base: Path) -> protocol.ExtensionConfig:
-    obj = _obj(raw, where)
-    _keys(
-        obj,
-        {"name", "root_id", "module", "configuration", "vm_env", "fail_strategy", "vm_id", "vm_configuration", "match",
-         "lua"},
-        where,
-    )  # fmt: skip
-    if "lua" in obj:
-        if "module" in obj:
+def _file(fields: Fields, key: str, base: Path) -> Path:
+    return _path(base, fields.text(key))
+
+
+def _port(fields: Fields) -> int:
+    return fields.integer("port", lo=0, hi=65535)
+
+
+_PLUGIN_KEYS = ("name", "root_id", "module", "configuration", "vm_env", "fail_strategy", "vm_id", "vm_configuration")
+
+
+def _plugin(obj: Fields, base: Path) -> protocol.ExtensionConfig:
+    where = obj.where
+    obj.only(*_PLUGIN_KEYS, "match", "lua")
+    if obj.has("lua"):
+        if obj.has("module"):
             raise errors.ConfigError(f"{where} needs exactly one of module, lua")
-        lua_wire = {k: v for k, v in obj.items() if k != "match"}
-        lua_wire["match"] = _match(obj.get("match", []), f"{where}.match")
-        try:
-            return protocol.decode_extension_config(lua_wire, where)
-        except errors.ProtocolError as exc:
-            raise errors.ConfigError(exc.message) from None
-    module = _obj(obj.get("module"), f"{where}.module")
-    _keys(module, {"file", "url", "sha256"}, f"{where}.module")
-    if ("file" in module) == ("url" in module):
+        lua_wire = {k: v for k, v in obj.raw.items() if k != "match"}
+        lua_wire["match"] = _match(obj)
+        return _decoded(lua_wire, where)
+    module = obj.sub("module", "file", "url", "sha256")
+    if module.has("file") == module.has("url"):
         raise errors.ConfigError(f"{where}.module needs exactly one of file, url")
-    if "file" in module:
-        url = _path(base, _str(module, "file", f"{where}.module")).as_uri()
-    else:
-        url = _str(module, "url", f"{where}.module")
-    conf = obj.get("configuration", "")
-    configuration = conf if isinstance(conf, str) else json.dumps(conf, separators=(",", ":"))
+    url = _file(module, "file", base).as_uri() if module.has("file") else module.text("url")
+    conf = obj.value("configuration", "")
     wire = {
-        "name": _str(obj, "name", where),
-        "root_id": obj.get("root_id", ""),
+        "name": obj.text("name"),
+        "root_id": obj.value("root_id", ""),
         "url": url,
-        "sha256": module.get("sha256", ""),
-        "configuration": configuration,
-        "vm_env": obj.get("vm_env", {}),
-        "fail_strategy": obj.get("fail_strategy", protocol.FailStrategy.FAIL_CLOSE.value),
-        "vm_id": obj.get("vm_id", ""),
-        "vm_configuration": obj.get("vm_configuration", ""),
-        "match": _match(obj.get("match", []), f"{where}.match"),
+        "sha256": module.value("sha256", ""),
+        "configuration": conf if isinstance(conf, str) else json.dumps(conf, separators=(",", ":")),
+        "vm_env": obj.value("vm_env", {}),
+        "fail_strategy": obj.value("fail_strategy", protocol.FailStrategy.FAIL_CLOSE.value),
+        "vm_id": obj.value("vm_id", ""),
+        "vm_configuration": obj.value("vm_configuration", ""),
+        "match": _match(obj),
     }
+    return _decoded(wire, where)
+
+
+def _decoded(wire: Mapping[str, Any], where: str) -> protocol.ExtensionConfig:
     try:
         return protocol.decode_extension_config(wire, where)
     except errors.ProtocolError as exc:
@@ -325,134 +292,107 @@ _HOST_NAME = re.compile(
 )
 
 
-def _match(raw: Any, where: str) -> Any:
+def _match(plugin: Fields) -> list[Any]:
     """A plugin's `match` rules, checked beyond the wire format's shape (protocol.decode_match checks that):
     hosts are names or ``*.domain`` without a port, paths start with ``/``."""
-    if raw is None:
-        raise errors.ConfigError(f"{where} must be a list of rules (leave it out to match every request)")
-    if not isinstance(raw, list):
-        raise errors.ConfigError(f"{where} must be a list of rules, got {type(raw).__name__}")
-    for i, rule in enumerate(raw):
-        at = f"{where}[{i}]"
-        if not isinstance(rule, dict):
-            raise errors.ConfigError(f"{at} must be a mapping with hosts, path_prefixes, exact_paths")
-        if "paths" in rule:
-            raise errors.ConfigError(f"{at}: unknown key paths (use path_prefixes and exact_paths)")
+    if "match" in plugin.raw and plugin.raw["match"] is None:
+        raise errors.ConfigError(f"{plugin.at('match')} must be a list of rules (leave it out to match every request)")
+    for rule in plugin.items("match"):
+        if "paths" in rule.raw:
+            raise errors.ConfigError(f"{rule.where}: unknown key paths (use path_prefixes and exact_paths)")
         for key in ("hosts", "path_prefixes", "exact_paths"):
-            values = rule.get(key, [])
-            if not isinstance(values, list):
-                raise errors.ConfigError(f"{at}.{key} must be a list of strings, got {type(values).__name__}")
-            for value in values:
-                if not isinstance(value, str) or not value:
-                    raise errors.ConfigError(f"{at}.{key}: {value!r} is not a non-empty string")
+            for value in rule.strings(key):
                 if key == "hosts" and not _HOST_NAME.match(value):
-                    raise errors.ConfigError(f"{at}.hosts: {value!r} is not a host name or *.domain (and has no port)")
+                    raise errors.ConfigError(
+                        f"{rule.at('hosts')}: {value!r} is not a host name or *.domain (and has no port)"
+                    )
                 if key != "hosts" and not value.startswith("/"):
-                    raise errors.ConfigError(f"{at}.{key}: {value!r} does not start with /")
-    return raw
+                    raise errors.ConfigError(f"{rule.at(key)}: {value!r} does not start with /")
+    return plugin.array("match")
 
 
-def _upgrade_types(raw: Any, where: str) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not all(isinstance(t, str) and re.fullmatch(r"[!-~]+", t) for t in raw):
-        raise errors.ConfigError(f"{where}.upgrade_types must be a list of protocol tokens (e.g. [websocket])")
-    return tuple(dict.fromkeys(t.lower() for t in raw))
+def _upgrade_types(listener: Fields) -> tuple[str, ...]:
+    types = listener.strings("upgrade_types")
+    if not all(re.fullmatch(r"[!-~]+", t) for t in types):
+        raise listener.fail("upgrade_types", "a list of protocol tokens (e.g. [websocket])")
+    return tuple(dict.fromkeys(t.lower() for t in types))
 
 
-def _listener_tls(raw: Any, where: str, base: Path) -> ListenerTls | None:
-    if raw is None:
+def _listener_tls(listener: Fields, base: Path) -> ListenerTls | None:
+    if not listener.has("tls"):
         return None
-    obj = _obj(raw, f"{where}.tls")
-    _keys(obj, {"cert_file", "key_file"}, f"{where}.tls")
-    tls = ListenerTls(
-        cert_file=_path(base, _str(obj, "cert_file", f"{where}.tls")),
-        key_file=_path(base, _str(obj, "key_file", f"{where}.tls")),
-    )
+    obj = listener.sub("tls", "cert_file", "key_file")
+    tls = ListenerTls(cert_file=_file(obj, "cert_file", base), key_file=_file(obj, "key_file", base))
     for f in (tls.cert_file, tls.key_file):
         if not f.is_file():
-            raise errors.ConfigError(f"{where}.tls: {f} is not a readable file")
+            raise errors.ConfigError(f"{obj.where}: {f} is not a readable file")
     return tls
 
 
-def _modules(raw: Any, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]) -> Modules:
-    obj = _obj(raw, "modules")
-    _keys(obj, {"cache_dir", "file_roots", "server", "allow_loopback", "block_cidrs", "precompiled"}, "modules")
-    allow_loopback = obj.get("allow_loopback", False)
-    if not isinstance(allow_loopback, bool):
-        raise errors.ConfigError(f"modules.allow_loopback must be true or false, got {allow_loopback!r}")
-    cidrs = obj.get("block_cidrs") or []
-    if not isinstance(cidrs, list) or not all(isinstance(c, str) and c for c in cidrs):
-        raise errors.ConfigError("modules.block_cidrs must be a list of CIDRs")
+def _cidrs(fields: Fields, key: str) -> tuple[str, ...]:
+    cidrs = fields.strings(key)
     for cidr in cidrs:
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
-            raise errors.ConfigError(f"modules.block_cidrs: not a CIDR: {cidr!r}") from None
-    precompiled = obj.get("precompiled", True)
-    if not isinstance(precompiled, bool):
-        raise errors.ConfigError("modules.precompiled must be true or false")
-    cache_dir = _path(base, _str(obj, "cache_dir", "modules")) if obj.get("cache_dir") is not None else None
-    roots_raw = obj.get("file_roots") or []
-    if not isinstance(roots_raw, list) or not all(isinstance(r, str) and r for r in roots_raw):
-        raise errors.ConfigError("modules.file_roots must be a list of directories")
-    roots = [_path(base, r) for r in roots_raw]
+            raise fields.fail(key, "a list of CIDRs") from None
+    return cidrs
+
+
+def _module_server(obj: Fields, base: Path) -> ModuleServer | None:
+    if not obj.has("server"):
+        return None
+    srv = obj.sub("server", "url", "token_file", "ca_file")
+    url = srv.text("url")
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https") or not urllib.parse.urlsplit(url).hostname:
+        raise srv.fail("url", "an http(s) URL")
+    ca = _file(srv, "ca_file", base) if srv.has("ca_file") else None
+    return ModuleServer(url=url, token_file=_file(srv, "token_file", base), ca_file=ca)
+
+
+def _modules(obj: Fields, base: Path, plugins: tuple[protocol.ExtensionConfig, ...]) -> Modules:
+    obj.only("cache_dir", "file_roots", "server", "allow_loopback", "block_cidrs", "precompiled")
+    roots = [_path(base, r) for r in obj.strings("file_roots")]
     for plugin in plugins:  # the static config's own module files are trusted: their directories are roots
         if plugin.lua:
             continue
         parts = urllib.parse.urlsplit(plugin.url)
         if parts.scheme == "file":
             roots.append(Path(urllib.parse.unquote(parts.path)).parent)
-    server: ModuleServer | None = None
-    if obj.get("server") is not None:
-        srv = _obj(obj["server"], "modules.server")
-        _keys(srv, {"url", "token_file", "ca_file"}, "modules.server")
-        url = _str(srv, "url", "modules.server")
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https") or not urllib.parse.urlsplit(url).hostname:
-            raise errors.ConfigError(f"modules.server.url must be an http(s) URL, got {url!r}")
-        ca = _path(base, _str(srv, "ca_file", "modules.server")) if srv.get("ca_file") is not None else None
-        server = ModuleServer(url=url, token_file=_path(base, _str(srv, "token_file", "modules.server")), ca_file=ca)
     return Modules(
-        cache_dir=cache_dir,
+        cache_dir=_file(obj, "cache_dir", base) if obj.has("cache_dir") else None,
         file_roots=tuple(dict.fromkeys(roots)),
-        server=server,
-        allow_loopback=allow_loopback,
-        block_cidrs=tuple(cidrs),
-        precompiled=precompiled,
+        server=_module_server(obj, base),
+        allow_loopback=obj.flag("allow_loopback", False),
+        block_cidrs=_cidrs(obj, "block_cidrs"),
+        precompiled=obj.flag("precompiled", True),
     )
 
 
-def _http(raw: Any) -> HttpOptions:
-    obj = _obj(raw, "http")
-    fields = {f.name: f for f in dataclasses.fields(HttpOptions)}
-    _keys(obj, set(fields), "http")
+def _http(obj: Fields) -> HttpOptions:
+    names = [f.name for f in dataclasses.fields(HttpOptions)]
+    obj.only(*names)
     values: dict[str, Any] = {}
-    for key, value in obj.items():
-        if key == "accept_http_10":
-            if not isinstance(value, bool):
-                raise errors.ConfigError(f"http.{key} must be true or false, got {value!r}")
-        elif key.endswith("_s"):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise errors.ConfigError(f"http.{key} must be a number of seconds >= 0 (0: off), got {value!r}")
-            values[key] = float(value)
+    for key in names:
+        if not obj.has(key):
             continue
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise errors.ConfigError(f"http.{key} must be a positive integer, got {value!r}")
-        values[key] = value
+        if key == "accept_http_10":
+            values[key] = obj.flag(key)
+        elif key.endswith("_s"):  # 0: off
+            if obj.number(key) < 0:
+                raise obj.fail(key, "a number of seconds >= 0 (0: off)")
+            values[key] = obj.number(key)
+        else:
+            values[key] = obj.integer(key, lo=1)
     return HttpOptions(**values)
 
 
-def _node(raw: Any) -> Node:
-    obj = _obj(raw, "node")
-    _keys(obj, {"id", "cluster", "metadata"}, "node")
-    for key in ("id", "cluster"):
-        if not isinstance(obj.get(key, ""), str):
-            raise errors.ConfigError(f"node.{key} must be a string, got {type(obj[key]).__name__}")
-    meta = _obj(obj.get("metadata") or {}, "node.metadata")
-    for key, value in meta.items():
-        if not isinstance(value, str):
-            raise errors.ConfigError(f"node.metadata.{key} must be a string, got {type(value).__name__}")
-    return Node(id=obj.get("id", ""), cluster=obj.get("cluster", ""), metadata=tuple(meta.items()))
+def _node(obj: Fields) -> Node:
+    obj.only("id", "cluster", "metadata")
+    meta = obj.text_map("metadata")
+    return Node(
+        id=obj.text("id", "", empty=True), cluster=obj.text("cluster", "", empty=True), metadata=tuple(meta.items())
+    )
 
 
 #: Downward API environment variables -> node metadata keys (as Istio's sidecar sets them)
@@ -469,124 +409,100 @@ def node_from_env(node: Node, environ: Mapping[str, str]) -> Node:
     return Node(id=node_id, cluster=node.cluster, metadata=node.metadata + extra)
 
 
-def parse(raw: Any, *, base: Path) -> AgentConfig:
-    """Turn a loaded YAML/JSON document into `AgentConfig`; `base` resolves relative paths."""
-    top = _obj(raw, "config")
-    _keys(
-        top,
-        {"listeners", "clusters", "admin", "push", "state_dir", "drain_timeout_s", "plugins", "modules", "node"}
-        | {"http"},
-        "config",
-    )
-
+def _clusters(top: Fields) -> tuple[Cluster, ...]:
     clusters: list[Cluster] = []
-    for i, c in enumerate(top.get("clusters") or []):
-        where = f"clusters[{i}]"
-        obj = _obj(c, where)
-        _keys(
-            obj,
-            {"name", "address", "port", "connect_timeout_s", "response_timeout_s", "max_idle_connections", "http2"},
-            where,
-        )
-        http2 = obj.get("http2", False)
-        if not isinstance(http2, bool):
-            raise errors.ConfigError(f"{where}.http2 must be true or false, got {http2!r}")
-        idle = obj.get("max_idle_connections", limits.UPSTREAM_MAX_IDLE_CONNECTIONS)
-        if isinstance(idle, bool) or not isinstance(idle, int) or idle < 0:
-            raise errors.ConfigError(f"{where}.max_idle_connections must be a non-negative integer")
+    for obj in top.items("clusters"):
+        obj.only("name", "address", "port", "connect_timeout_s", "response_timeout_s", "max_idle_connections", "http2")
         clusters.append(
             Cluster(
-                name=_str(obj, "name", where),
-                address=_str(obj, "address", where, "127.0.0.1"),
-                port=_port(obj, where),
-                connect_timeout_s=_seconds(obj, "connect_timeout_s", where, limits.UPSTREAM_CONNECT_TIMEOUT_S),
-                response_timeout_s=_seconds(obj, "response_timeout_s", where, limits.UPSTREAM_RESPONSE_TIMEOUT_S),
-                max_idle_connections=idle,
-                http2=http2,
+                name=obj.text("name"),
+                address=obj.text("address", "127.0.0.1"),
+                port=_port(obj),
+                connect_timeout_s=obj.number("connect_timeout_s", limits.UPSTREAM_CONNECT_TIMEOUT_S, positive=True),
+                response_timeout_s=obj.number("response_timeout_s", limits.UPSTREAM_RESPONSE_TIMEOUT_S, positive=True),
+                max_idle_connections=obj.integer("max_idle_connections", limits.UPSTREAM_MAX_IDLE_CONNECTIONS, lo=0),
+                http2=obj.flag("http2", False),
             )
         )
     names = [c.name for c in clusters]
     if len(set(names)) != len(names):
         raise errors.ConfigError(f"clusters: duplicate names in {names}")
+    return tuple(clusters)
 
-    listeners: list[Listener] = []
-    raw_listeners = top.get("listeners")
-    if not isinstance(raw_listeners, list) or not raw_listeners:
+
+def _listeners(top: Fields, clusters: tuple[Cluster, ...], base: Path) -> tuple[Listener, ...]:
+    names = [c.name for c in clusters]
+    listeners = []
+    items = top.items("listeners")
+    if not items:
         raise errors.ConfigError("listeners must be a non-empty list")
-    for i, item in enumerate(raw_listeners):
-        where = f"listeners[{i}]"
-        obj = _obj(item, where)
-        _keys(obj, {"name", "address", "port", "cluster", "type", "upgrade_types", "tls"}, where)
-        cluster = _str(obj, "cluster", where)
-        kind = _str(obj, "type", where, "http")
-        if kind not in LISTENER_TYPES:
-            raise errors.ConfigError(f"{where}.type must be one of {', '.join(LISTENER_TYPES)}, got {kind!r}")
+    for i, obj in enumerate(items):
+        obj.only("name", "address", "port", "cluster", "type", "upgrade_types", "tls")
+        cluster = obj.text("cluster")
         if cluster not in names:
-            raise errors.ConfigError(f"{where}.cluster {cluster!r} is not a defined cluster (have {names})")
+            raise errors.ConfigError(f"{obj.at('cluster')} {cluster!r} is not a defined cluster (have {names})")
         listeners.append(
             Listener(
-                name=_str(obj, "name", where, f"listener{i}"),
-                address=_str(obj, "address", where, "127.0.0.1"),
-                port=_port(obj, where),
+                name=obj.text("name", f"listener{i}"),
+                address=obj.text("address", "127.0.0.1"),
+                port=_port(obj),
                 cluster=cluster,
-                type=kind,
-                upgrade_types=_upgrade_types(obj.get("upgrade_types"), where),
-                tls=_listener_tls(obj.get("tls"), where, base),
+                type=obj.choice("type", LISTENER_TYPES, "http"),
+                upgrade_types=_upgrade_types(obj),
+                tls=_listener_tls(obj, base),
             )
         )
+    return tuple(listeners)
 
-    admin_obj = _obj(top.get("admin", {}), "admin")
-    _keys(admin_obj, {"address", "port"}, "admin")
-    admin = Endpoint(address=_str(admin_obj, "address", "admin", "127.0.0.1"), port=_port(admin_obj, "admin"))
 
-    push: PushEndpoint | None = None
-    if top.get("push") is not None:
-        p = _obj(top["push"], "push")
-        _keys(p, {"address", "port", "token_file", "tls", "allow_plaintext"}, "push")
-        tls: PushTLS | None = None
-        if p.get("tls") is not None:
-            t = _obj(p["tls"], "push.tls")
-            _keys(t, {"cert_file", "key_file", "client_ca_file", "client_name"}, "push.tls")
-            tls = PushTLS(
-                cert_file=_path(base, _str(t, "cert_file", "push.tls")),
-                key_file=_path(base, _str(t, "key_file", "push.tls")),
-                client_ca_file=_path(base, _str(t, "client_ca_file", "push.tls")),
-                client_name=_str(t, "client_name", "push.tls", OPERATOR_NAME),
-            )
-        plaintext = p.get("allow_plaintext", False)
-        if not isinstance(plaintext, bool):
-            raise errors.ConfigError(f"push.allow_plaintext must be true or false, got {plaintext!r}")
-        if tls is None and not plaintext:
-            raise errors.ConfigError(
-                "push needs tls (mutual TLS with the operator); plain HTTP pushes only with "
-                "push.allow_plaintext: true, for local runs"
-            )
-        push = PushEndpoint(
-            address=_str(p, "address", "push", "127.0.0.1"),
-            port=_port(p, "push"),
-            token_file=_path(base, _str(p, "token_file", "push")),
-            tls=tls,
+def _push(top: Fields, base: Path) -> PushEndpoint | None:
+    if not top.has("push"):
+        return None
+    p = top.sub("push", "address", "port", "token_file", "tls", "allow_plaintext")
+    tls: PushTLS | None = None
+    if p.has("tls"):
+        t = p.sub("tls", "cert_file", "key_file", "client_ca_file", "client_name")
+        tls = PushTLS(
+            cert_file=_file(t, "cert_file", base),
+            key_file=_file(t, "key_file", base),
+            client_ca_file=_file(t, "client_ca_file", base),
+            client_name=t.text("client_name", OPERATOR_NAME),
         )
+    if tls is None and not p.flag("allow_plaintext", False):
+        raise errors.ConfigError(
+            "push needs tls (mutual TLS with the operator); plain HTTP pushes only with "
+            "push.allow_plaintext: true, for local runs"
+        )
+    return PushEndpoint(
+        address=p.text("address", "127.0.0.1"), port=_port(p), token_file=_file(p, "token_file", base), tls=tls
+    )
 
-    state_dir = _path(base, _str(top, "state_dir", "config")) if top.get("state_dir") is not None else None
-    plugins_raw = top.get("plugins") or []
-    if not isinstance(plugins_raw, list):
-        raise errors.ConfigError("plugins must be a list")
-    plugins = tuple(_plugin(p, f"plugins[{i}]", base) for i, p in enumerate(plugins_raw))
+
+_TOP_KEYS = ("listeners", "clusters", "admin", "push", "state_dir", "drain_timeout_s", "plugins", "modules", "node")
+
+
+def parse(raw: Any, *, base: Path) -> AgentConfig:
+    """Turn a loaded YAML/JSON document into `AgentConfig`; `base` resolves relative paths."""
+    if not isinstance(raw, Mapping):
+        raise errors.ConfigError(f"config must be a mapping, got {type(raw).__name__}")
+    top = Fields(raw, "").only(*_TOP_KEYS, "http")
+    clusters = _clusters(top)
+    admin = top.sub("admin", "address", "port")
+    plugins = tuple(_plugin(p, base) for p in top.items("plugins"))
     pnames = [p.name for p in plugins]
     if len(set(pnames)) != len(pnames):
         raise errors.ConfigError(f"plugins: duplicate names in {pnames}")
     return AgentConfig(
-        modules=_modules(top.get("modules") or {}, base, plugins),
-        listeners=tuple(listeners),
-        clusters=tuple(clusters),
-        admin=admin,
-        push=push,
-        state_dir=state_dir,
-        drain_timeout_s=_seconds(top, "drain_timeout_s", "config", limits.DRAIN_TIMEOUT_S),
+        modules=_modules(top.sub("modules"), base, plugins),
+        listeners=_listeners(top, clusters, base),
+        clusters=clusters,
+        admin=Endpoint(address=admin.text("address", "127.0.0.1"), port=_port(admin)),
+        push=_push(top, base),
+        state_dir=_file(top, "state_dir", base) if top.has("state_dir") else None,
+        drain_timeout_s=top.number("drain_timeout_s", limits.DRAIN_TIMEOUT_S, positive=True),
         plugins=plugins,
-        node=_node(top["node"]) if top.get("node") is not None else Node(),
-        http=_http(top["http"]) if top.get("http") is not None else HttpOptions(),
+        node=_node(top.sub("node")),
+        http=_http(top.sub("http")),
     )
 
 

@@ -290,7 +290,7 @@ class Downstream(asyncio.Protocol):
             raise self._refusal
         self._headers.append((name.lower(), value))
 
-    def on_headers_complete(self) -> None:
+    def on_headers_complete(self) -> None:  # noqa: PLR0912, PLR0915 - the request head's checks in Envoy's order, once per request on the data path (mypyc); split, each refusal would cost a call
         self._in_head = False
         self._headers_at = 0.0
         parser = self.parser
@@ -643,7 +643,7 @@ class Downstream(asyncio.Protocol):
             self._timer_at = when
             self._timer = self.proxy.loop.call_at(when, self._on_timer)
 
-    def _on_timer(self) -> None:
+    def _on_timer(self) -> None:  # noqa: PLR0912 - one timer per connection: one branch per phase it can fire in
         self._timer = None
         if self.closed:
             return

@@ -282,7 +282,7 @@ class FilteredExchange(Exchange):
         stream.on_progress = None  # the exchange <-> stream cycle ends here: freed by refcount, not by the GC
 
     # --- performing outputs ---
-    def perform(self, outputs: list[agent_chain.Output]) -> None:
+    def perform(self, outputs: list[agent_chain.Output]) -> None:  # noqa: PLR0912 - one branch per chain output type
         if wire.DEBUG[0]:
             log.debug("stream %d outputs: %s", self.stream.id, [type(o).__name__ for o in outputs])
         for out in outputs:

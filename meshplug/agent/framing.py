@@ -59,7 +59,7 @@ def _token_ok(name: bytes) -> bool:
     return ok
 
 
-def request_target(method: bytes, url: bytes) -> tuple[bytes, bytes]:
+def request_target(method: bytes, url: bytes) -> tuple[bytes, bytes]:  # noqa: PLR0912 - the request-target forms of RFC 9112 section 3.2, one branch each
     """(path, authority) of a request target: origin form as is (authority b""), absolute form (http or
     https, any case) normalised to its path (``/`` when empty) and authority. Raises Refusal. The parser has
     refused whitespace and control characters in the target already; the fragment is left to refuse here."""

@@ -335,7 +335,7 @@ class LuaFilter:
         reply = chain.LocalReply(int(status), headers=headers, body=bytes(body or b""), details="lua_response")
         self.active.control.send_local_reply(reply)  # type: ignore[union-attr]
 
-    def _info(self, what: bytes) -> bytes:
+    def _info(self, what: bytes) -> bytes:  # noqa: PLR0911 - one return per streamInfo field: a table
         info = self.active.control.info  # type: ignore[union-attr]
         if what == b"protocol":
             return info.protocol.encode()

@@ -84,7 +84,7 @@ def _address(host: str, port: int) -> bytes:
     return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
 
 
-def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:
+def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:  # noqa: PLR0911, PLR0912, PLR0915 - Envoy's attribute table, one branch per attribute
     info = ctx.stream_info()
     if info is None:
         return None
@@ -231,7 +231,7 @@ def _plugin_value(ctx: Context, name: bytes) -> bytes | None:
     return None
 
 
-def lookup(ctx: Context, raw_path: bytes) -> bytes | None:
+def lookup(ctx: Context, raw_path: bytes) -> bytes | None:  # noqa: PLR0911 - one return per property root: a table
     """The encoded value of property `raw_path` for `ctx`, or None (NOT_FOUND)."""
     segs = raw_path.split(b"\0")
     while segs and segs[-1] == b"":

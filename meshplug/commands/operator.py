@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import kubernetes
 
@@ -151,26 +152,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     handlers.on_signals(stop)  # a SIGTERM during start-up stops it cleanly too
-    kubeconfig = args.kubeconfig or (Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None)
-    if kubeconfig is not None:
-        os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf logs in from the same file
-        api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-    else:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-        api = kubernetes.client.ApiClient()
+    api = _api_client(args)
     reresolve = args.reresolve_interval if args.reresolve_interval > 0 else None
-    options: dict[str, object] = {
-        "file_roots": tuple(args.file_root),
-        "reresolve_interval_s": reresolve,
-        "allow_insecure_registries": tuple(args.insecure_registry),
-        "allow_loopback": args.allow_loopback,
-        "blocked_cidrs": tuple(args.block_cidr),
-    }
-    if args.cache_dir is not None:
-        options["cache_dir"] = args.cache_dir
-    if args.extra_ca_file is not None:
-        options["extra_ca_file"] = args.extra_ca_file
-    fetcher = fetch.Fetcher(fetch.FetchOptions(**options))  # type: ignore[arg-type]
+    fetcher = fetch.Fetcher(_fetch_options(args, reresolve))
     writer = apply.Writer(api)
     ident = identity.Identity(
         writer,
@@ -264,6 +248,30 @@ def run(args: argparse.Namespace) -> int:
     if code:
         print("meshplug operator: lost the leader Lease; exiting so a restart stands by", file=sys.stderr)
     return code
+
+
+def _api_client(args: argparse.Namespace) -> Any:
+    kubeconfig = args.kubeconfig or (Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None)
+    if kubeconfig is None:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return kubernetes.client.ApiClient()
+    os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf logs in from the same file
+    return kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+
+
+def _fetch_options(args: argparse.Namespace, reresolve: float | None) -> fetch.FetchOptions:
+    options: dict[str, object] = {
+        "file_roots": tuple(args.file_root),
+        "reresolve_interval_s": reresolve,
+        "allow_insecure_registries": tuple(args.insecure_registry),
+        "allow_loopback": args.allow_loopback,
+        "blocked_cidrs": tuple(args.block_cidr),
+    }
+    if args.cache_dir is not None:
+        options["cache_dir"] = args.cache_dir
+    if args.extra_ca_file is not None:
+        options["extra_ca_file"] = args.extra_ca_file
+    return fetch.FetchOptions(**options)  # type: ignore[arg-type]
 
 
 def _listen(address: str) -> tuple[str, int]:

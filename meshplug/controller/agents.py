@@ -142,10 +142,16 @@ def push(
         reply = protocol.decode_reply(raw)
     except errors.ProtocolError as exc:
         return Outcome(Result.UNREACHABLE, version, "", "AgentProtocolError", f"HTTP {status}: {exc.message}")
+    return _outcome(status, reply, message)
+
+
+def _outcome(status: int, reply: protocol.Reply, pushed: protocol.Push) -> Outcome:
+    """What a protocol reply to ``pushed`` means."""
+    version = pushed.version_info
     running = tuple((p.name, p.sha256) for p in reply.plugins if p.state is protocol.PluginState.RUNNING)
     if status == 401:
         return Outcome(Result.UNAUTHORIZED, version, reply.version_info, "AgentUnauthorized", _detail(reply))
-    if reply.ack and reply.nonce == message.nonce and reply.version_info == version:
+    if reply.ack and reply.nonce == pushed.nonce and reply.version_info == version:
         return Outcome(Result.ACK, version, reply.version_info, running=running)
     if reply.ack:  # an ACK for something else: not a confirmation of this push
         return Outcome(

@@ -44,6 +44,7 @@ import yaml
 from meshplug import errors, injection, spec
 from meshplug.controller import identity as identity_mod
 from meshplug.controller import webhook_tls
+from meshplug.fields import Fields
 from meshplug.validate import lua as validate_lua
 
 log = logging.getLogger("meshplug.controller.webhooks")
@@ -77,123 +78,88 @@ class WebhookConfig:
     allowed_url_prefixes: tuple[str, ...]
 
 
-def _obj(raw: Any, where: str, allowed: set[str]) -> Mapping[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise errors.ConfigError(f"webhook config: {where} must be a mapping")
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise errors.ConfigError(f"webhook config: {where}: unknown keys {unknown}")
-    return raw
+def _webhook_error(message: str) -> errors.MeshplugError:
+    return errors.ConfigError(f"webhook config: {message}")
 
 
-def _int(obj: Mapping[str, Any], key: str, where: str, default: int) -> int:
-    value = obj.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise errors.ConfigError(f"webhook config: {where}.{key} must be an integer")
-    return value
-
-
-def _bool(obj: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
-    value = obj.get(key, default)
-    if not isinstance(value, bool):
-        raise errors.ConfigError(f"webhook config: {where}.{key} must be true or false")
-    return value
-
-
-def _cidrs(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    value = obj.get(key) or []
-    if not isinstance(value, list):
-        raise errors.ConfigError(f"webhook config: {where}.{key} must be a list of CIDRs")
-    for cidr in value:
+def _cidrs(fields: Fields, key: str) -> tuple[str, ...]:
+    cidrs = fields.strings(key)
+    for cidr in cidrs:
         try:
-            ipaddress.ip_network(str(cidr), strict=False)
+            ipaddress.ip_network(cidr, strict=False)
         except ValueError:
-            raise errors.ConfigError(f"webhook config: {where}.{key}: not a CIDR: {cidr!r}") from None
-    return tuple(str(c) for c in value)
+            raise fields.fail(key, "a list of CIDRs") from None
+    return cidrs
 
 
-def _str(obj: Mapping[str, Any], key: str, where: str, default: str) -> str:
-    value = obj.get(key, default)
-    if not isinstance(value, str):
-        raise errors.ConfigError(f"webhook config: {where}.{key} must be a string")
-    return value
+def _quantity(fields: Fields, key: str) -> str:
+    """A Kubernetes quantity as the chart writes it (``50m``, ``64Mi``, a number); "" when unset."""
+    value = fields.value(key, "")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise fields.fail(key, "a quantity")
+    return str(value)
 
 
-def _agent(raw: Any) -> injection.InjectionSettings:
-    where = "injection.agent"
-    agent = _obj(
-        raw,
-        where,
-        {
-            "image",
-            "imagePullPolicy",
-            "listenPort",
-            "adminPort",
-            "pushPort",
-            "secretName",
-            "moduleServerUrl",
-            "tokenAudience",
-            "tokenExpirationSeconds",
-            "allowLoopback",
-            "blockCIDRs",
-            "runAsUser",
-            "logLevel",
-            "resources",
-        },
-    )
-    image = _str(agent, "image", where, "")
-    if not image:
-        raise errors.ConfigError("webhook config: injection.agent.image is required")
-    res = _obj(agent.get("resources"), f"{where}.resources", {"requests", "limits"})
-    req = _obj(res.get("requests"), f"{where}.resources.requests", {"cpu", "memory"})
-    lim = _obj(res.get("limits"), f"{where}.resources.limits", {"cpu", "memory"})
+_AGENT_KEYS = (
+    "image",
+    "imagePullPolicy",
+    "listenPort",
+    "adminPort",
+    "pushPort",
+    "secretName",
+    "moduleServerUrl",
+    "tokenAudience",
+    "tokenExpirationSeconds",
+    "allowLoopback",
+    "blockCIDRs",
+    "runAsUser",
+    "logLevel",
+    "resources",
+)
+
+
+def _agent(agent: Fields) -> injection.InjectionSettings:
+    agent.only(*_AGENT_KEYS)
+    image = agent.text("image")
+    res = agent.sub("resources", "requests", "limits")
+    req, lim = res.sub("requests", "cpu", "memory"), res.sub("limits", "cpu", "memory")
     d = injection.InjectionSettings(image=image)
     return injection.InjectionSettings(
         image=image,
-        image_pull_policy=_str(agent, "imagePullPolicy", where, d.image_pull_policy),
-        listen_port=_int(agent, "listenPort", where, d.listen_port),
-        admin_port=_int(agent, "adminPort", where, d.admin_port),
-        push_port=_int(agent, "pushPort", where, d.push_port),
-        secret_name=_str(agent, "secretName", where, d.secret_name),
-        module_server_url=_str(agent, "moduleServerUrl", where, d.module_server_url),
-        token_audience=_str(agent, "tokenAudience", where, d.token_audience),
-        token_expiration_s=_int(agent, "tokenExpirationSeconds", where, d.token_expiration_s),
-        allow_loopback=_bool(agent, "allowLoopback", where, d.allow_loopback),
-        block_cidrs=_cidrs(agent, "blockCIDRs", where),
-        run_as_user=_int(agent, "runAsUser", where, d.run_as_user),
-        log_level=_str(agent, "logLevel", where, d.log_level),
+        image_pull_policy=agent.text("imagePullPolicy", d.image_pull_policy),
+        listen_port=agent.integer("listenPort", d.listen_port, lo=1, hi=65535),
+        admin_port=agent.integer("adminPort", d.admin_port, lo=1, hi=65535),
+        push_port=agent.integer("pushPort", d.push_port, lo=1, hi=65535),
+        secret_name=agent.text("secretName", d.secret_name),
+        module_server_url=agent.text("moduleServerUrl", d.module_server_url, empty=True),
+        token_audience=agent.text("tokenAudience", d.token_audience),
+        token_expiration_s=agent.integer("tokenExpirationSeconds", d.token_expiration_s, lo=600),
+        allow_loopback=agent.flag("allowLoopback", d.allow_loopback),
+        block_cidrs=_cidrs(agent, "blockCIDRs"),
+        run_as_user=agent.integer("runAsUser", d.run_as_user, lo=0),
+        log_level=agent.text("logLevel", d.log_level),
         resources=injection.Resources(
-            cpu_request=str(req.get("cpu", "")),
-            memory_request=str(req.get("memory", "")),
-            cpu_limit=str(lim.get("cpu", "")),
-            memory_limit=str(lim.get("memory", "")),
+            cpu_request=_quantity(req, "cpu"),
+            memory_request=_quantity(req, "memory"),
+            cpu_limit=_quantity(lim, "cpu"),
+            memory_limit=_quantity(lim, "memory"),
         ),
     )
 
 
-def _names(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    raw = obj.get(key) or []
-    if not isinstance(raw, list) or not all(isinstance(n, str) and n for n in raw):
-        raise errors.ConfigError(f"webhook config: {where}.{key} must be a list of names")
-    return tuple(raw)
-
-
-def _issued(tls: Mapping[str, Any]) -> IssuedTls | None:
-    if tls.get("issue") is None:
-        if tls.get("caBundle") is not None:
+def _issued(tls: Fields) -> IssuedTls | None:
+    if not tls.has("issue"):
+        if tls.has("caBundle"):
             raise errors.ConfigError("webhook config: tls.caBundle goes with tls.issue (the operator's CA)")
         return None
-    if tls.get("certFile") or tls.get("keyFile"):
+    if tls.has("certFile") or tls.has("keyFile"):
         raise errors.ConfigError("webhook config: tls.issue or tls.certFile/keyFile, not both")
-    issue = _obj(tls.get("issue"), "tls.issue", {"dnsNames", "ipAddresses"})
-    kinds = {"mutatingWebhookConfigurations", "validatingWebhookConfigurations"}
-    bundle = _obj(tls.get("caBundle"), "tls.caBundle", kinds)
+    issue = tls.sub("issue", "dnsNames", "ipAddresses")
+    bundle = tls.sub("caBundle", "mutatingWebhookConfigurations", "validatingWebhookConfigurations")
     issued = IssuedTls(
-        dns_names=_names(issue, "dnsNames", "tls.issue"),
-        ip_addresses=_names(issue, "ipAddresses", "tls.issue"),
-        ca_bundle={key.lower(): _names(bundle, key, "tls.caBundle") for key in bundle},
+        dns_names=issue.strings("dnsNames"),
+        ip_addresses=issue.strings("ipAddresses"),
+        ca_bundle={key.lower(): bundle.strings(key) for key in bundle.raw},
     )
     if not issued.dns_names and not issued.ip_addresses:
         raise errors.ConfigError("webhook config: tls.issue names no dnsNames or ipAddresses")
@@ -210,29 +176,23 @@ def ca_bundle_targets() -> Mapping[str, tuple[str, ...]]:
 
 def parse_config(raw: Any, base: Path) -> WebhookConfig:
     """A loaded webhook config document -> WebhookConfig; ConfigError names the offending key."""
-    top = _obj(raw, "config", {"listen", "tls", "injection", "validation"})
-    listen = _obj(top.get("listen"), "listen", {"address", "port"})
-    tls = _obj(top.get("tls"), "tls", {"certFile", "keyFile", "issue", "caBundle"})
-    inj = _obj(top.get("injection"), "injection", {"enabled", "agent"})
-    val = _obj(top.get("validation"), "validation", {"enabled", "allowedUrlPrefixes"})
+    top = Fields(raw, "", error=_webhook_error, optional=True).only("listen", "tls", "injection", "validation")
+    listen = top.sub("listen", "address", "port")
+    tls = top.sub("tls", "certFile", "keyFile", "issue", "caBundle")
+    inj = top.sub("injection", "enabled", "agent")
+    val = top.sub("validation", "enabled", "allowedUrlPrefixes")
     issued = _issued(tls)
-    if issued is None and (not tls.get("certFile") or not tls.get("keyFile")):
+    if issued is None and (not tls.has("certFile") or not tls.has("keyFile")):
         raise errors.ConfigError("webhook config: tls needs certFile and keyFile, or issue (HTTPS only)")
-    prefixes = val.get("allowedUrlPrefixes") or []
-    if not isinstance(prefixes, list) or not all(isinstance(p, str) and p for p in prefixes):
-        raise errors.ConfigError("webhook config: validation.allowedUrlPrefixes must be a list of strings")
-    port = _int(listen, "port", "listen", 9443)
-    if not 0 < port < 65536:
-        raise errors.ConfigError(f"webhook config: listen.port {port} out of range")
     return WebhookConfig(
-        address=_str(listen, "address", "listen", "0.0.0.0"),  # noqa: S104 - the apiserver connects from outside
-        port=port,
-        cert_file=None if issued else base / _str(tls, "certFile", "tls", ""),
-        key_file=None if issued else base / _str(tls, "keyFile", "tls", ""),
+        address=listen.text("address", "0.0.0.0"),  # noqa: S104 - the apiserver connects from outside
+        port=listen.integer("port", 9443, lo=1, hi=65535),
+        cert_file=None if issued else base / tls.text("certFile"),
+        key_file=None if issued else base / tls.text("keyFile"),
         issued=issued,
-        injection=_agent(inj.get("agent")) if inj.get("enabled", True) else None,
-        validation=bool(val.get("enabled", True)),
-        allowed_url_prefixes=tuple(prefixes),
+        injection=_agent(inj.sub("agent")) if inj.flag("enabled", True) else None,
+        validation=val.flag("enabled", True),
+        allowed_url_prefixes=val.strings("allowedUrlPrefixes"),
     )
 
 

@@ -121,22 +121,26 @@ def _registry_key(key: str) -> str:
     return key.split("/", 1)[0].lower()
 
 
+def _dockerconfigjson(doc: Any) -> Any:
+    """The dockerconfigjson document itself: unwrapped from a kubernetes.io/dockerconfigjson Secret if it is one."""
+    if not isinstance(doc, dict) or "auths" in doc or not isinstance(doc.get("data") or doc.get("stringData"), dict):
+        return doc
+    if doc.get("type") not in (None, "kubernetes.io/dockerconfigjson"):
+        raise errors.ConfigError(f"pull secret has type {doc.get('type')!r}, not kubernetes.io/dockerconfigjson")
+    if isinstance(doc.get("stringData"), dict) and ".dockerconfigjson" in doc["stringData"]:
+        return yaml.safe_load(str(doc["stringData"][".dockerconfigjson"]))
+    try:
+        return json.loads(base64.b64decode(str(doc["data"].get(".dockerconfigjson", "")), validate=True))
+    except ValueError:
+        raise errors.ConfigError("pull secret .dockerconfigjson is not base64 JSON") from None
+
+
 def credentials_for(secret: bytes, registry: str) -> Credentials | None:
     """Credentials for ``registry`` from a dockerconfigjson document or a Secret holding one."""
     try:
-        doc = yaml.safe_load(secret)
+        doc = _dockerconfigjson(yaml.safe_load(secret))
     except yaml.YAMLError:
         raise errors.ConfigError("pull secret is neither JSON nor YAML") from None
-    if isinstance(doc, dict) and "auths" not in doc and isinstance(doc.get("data") or doc.get("stringData"), dict):
-        if doc.get("type") not in (None, "kubernetes.io/dockerconfigjson"):
-            raise errors.ConfigError(f"pull secret has type {doc.get('type')!r}, not kubernetes.io/dockerconfigjson")
-        if isinstance(doc.get("stringData"), dict) and ".dockerconfigjson" in doc["stringData"]:
-            doc = yaml.safe_load(str(doc["stringData"][".dockerconfigjson"]))
-        else:
-            try:
-                doc = json.loads(base64.b64decode(str(doc["data"].get(".dockerconfigjson", "")), validate=True))
-            except ValueError:
-                raise errors.ConfigError("pull secret .dockerconfigjson is not base64 JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("auths"), dict):
         raise errors.ConfigError("pull secret has no 'auths' map (expected a dockerconfigjson)")
     wanted = {registry.lower()}

@@ -66,6 +66,18 @@ class FetchOptions:
 
     def sanitized(self) -> FetchOptions:
         """Check and normalise every field; raise ConfigError naming the first bad one."""
+        self._check_numbers()
+        return dataclasses.replace(
+            self,
+            overall_timeout_s=max(self.overall_timeout_s, self.request_timeout_s),
+            file_roots=self._roots(),
+            blocked_cidrs=self._cidrs(),
+            allow_insecure_registries=tuple(r.lower() for r in self.allow_insecure_registries),
+            ca_bundles=types.MappingProxyType(self._bundles()),
+            cache_dir=Path(self.cache_dir).absolute(),
+        )
+
+    def _check_numbers(self) -> None:
         if self.request_timeout_s <= 0 or self.overall_timeout_s <= 0:
             raise errors.ConfigError("fetch timeouts must be positive")
         if self.max_attempts < 1 or self.first_backoff_s < 0 or self.max_redirects < 0:
@@ -78,17 +90,26 @@ class FetchOptions:
             raise errors.ConfigError("reresolve_interval_s must be >= 0")
         if self.unused_expiry_s <= 0:
             raise errors.ConfigError("unused_expiry_s must be positive")
+
+    def _cidrs(self) -> tuple[str, ...]:
+        out = []
         for cidr in self.blocked_cidrs:
             try:
-                ipaddress.ip_network(cidr, strict=False)
+                out.append(str(ipaddress.ip_network(cidr, strict=False)))
             except ValueError:
                 raise errors.ConfigError(f"blocked_cidrs: not a CIDR: {cidr!r}") from None
+        return tuple(out)
+
+    def _roots(self) -> tuple[Path, ...]:
         roots = []
         for root in self.file_roots:
             path = Path(root)
             if not path.is_absolute():
                 raise errors.ConfigError(f"file_roots: not an absolute path: {str(root)!r}")
             roots.append(path.resolve())
+        return tuple(roots)
+
+    def _bundles(self) -> dict[str, Path]:
         if self.extra_ca_file is not None and not Path(self.extra_ca_file).is_file():
             raise errors.ConfigError(f"extra CA file is not a file: {str(self.extra_ca_file)!r}")
         bundles = {}
@@ -97,15 +118,7 @@ class FetchOptions:
             if not path.is_file():
                 raise errors.ConfigError(f"CA bundle for {source!r} is not a file: {str(bundle)!r}")
             bundles[source.lower()] = path
-        return dataclasses.replace(
-            self,
-            overall_timeout_s=max(self.overall_timeout_s, self.request_timeout_s),
-            file_roots=tuple(roots),
-            blocked_cidrs=tuple(str(ipaddress.ip_network(c, strict=False)) for c in self.blocked_cidrs),
-            allow_insecure_registries=tuple(r.lower() for r in self.allow_insecure_registries),
-            ca_bundles=types.MappingProxyType(bundles),
-            cache_dir=Path(self.cache_dir).absolute(),
-        )
+        return bundles
 
     def blocked_networks(self) -> tuple[IPNetwork, ...]:
         return tuple(ipaddress.ip_network(c, strict=False) for c in self.blocked_cidrs)

@@ -308,7 +308,7 @@ def _producers(data: bytes, customs: tuple[binary.CustomSection, ...]) -> tuple[
     return Producers(), []
 
 
-def describe(
+def describe(  # noqa: PLR0912, PLR0915 - one pass over the module, each finding recorded where it is seen
     data: bytes,
     *,
     kind: FilterKind | None = None,

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from meshplug.fields import REQUIRED, Fields
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FILTERS_DIR = REPO_ROOT / "examples" / "filters"
 
@@ -214,107 +216,62 @@ class Spec:
 # --- parsing -------------------------------------------------------------------------------------
 
 
-class _At:
-    """A mapping being read at a known path; every access is checked and every key must be used."""
+class _At(Fields):
+    """A mapping of a spec being read at a known path: `meshplug.fields.Fields` (one set of rules, errors are
+    SpecFormatError) plus what the corpus format adds (chunks, header maps, bytes)."""
 
     def __init__(self, where: str, raw: object) -> None:
-        if not isinstance(raw, Mapping):
-            raise SpecFormatError(f"{where}: expected a mapping, got {type(raw).__name__}")
-        bad = [k for k in raw if not isinstance(k, str)]
-        if bad:
-            raise SpecFormatError(f"{where}: keys must be strings, got {bad[0]!r}")
-        self.where = where
-        self.raw: Mapping[str, Any] = raw
+        super().__init__(raw, where, error=SpecFormatError)
 
-    def _p(self, key: str) -> str:
-        return f"{self.where}.{key}"
-
-    def only(self, *allowed: str) -> None:
-        extra = sorted(set(self.raw) - set(allowed))
-        if extra:
-            raise SpecFormatError(f"{self.where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
-
-    def has(self, key: str) -> bool:
-        return key in self.raw
+    def only(self, *allowed: str) -> _At:
+        super().only(*allowed)
+        return self
 
     def str_(self, key: str, default: str | None = None) -> str:
-        if key not in self.raw:
-            if default is None:
-                raise SpecFormatError(f"{self._p(key)}: required")
-            return default
-        value = self.raw[key]
-        if not isinstance(value, str):
-            raise SpecFormatError(f"{self._p(key)}: expected a string, got {type(value).__name__}")
-        return value
+        """A string; an empty default makes the empty string a value of the field, else it is refused."""
+        return self.text(key, REQUIRED if default is None else default, empty=default == "")
 
     def opt_str(self, key: str) -> str | None:
-        return self.str_(key) if self.raw.get(key) is not None else None
+        return self.opt_text(key)
 
     def bool_(self, key: str, default: bool) -> bool:
-        value = self.raw.get(key, default)
-        if not isinstance(value, bool):
-            raise SpecFormatError(f"{self._p(key)}: expected true/false, got {value!r}")
-        return value
+        return self.flag(key, default)
 
     def opt_int(self, key: str, lo: int, hi: int) -> int | None:
-        if self.raw.get(key) is None:
-            return None
-        value = self.raw[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise SpecFormatError(f"{self._p(key)}: expected an integer in [{lo}, {hi}], got {value!r}")
-        return value
+        return self.opt_integer(key, lo=lo, hi=hi)
 
-    def number(self, key: str, default: float) -> float:
-        value = self.raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise SpecFormatError(f"{self._p(key)}: expected a positive number, got {value!r}")
-        return float(value)
+    def positive(self, key: str, default: float) -> float:
+        return self.number(key, default, positive=True)
 
     def list_(self, key: str, *, required: bool = False) -> list[Any]:
-        if key not in self.raw or self.raw[key] is None:
-            if required:
-                raise SpecFormatError(f"{self._p(key)}: required")
-            return []
-        value = self.raw[key]
-        if not isinstance(value, list):
-            raise SpecFormatError(f"{self._p(key)}: expected a list, got {type(value).__name__}")
-        return value
+        return self.array(key, REQUIRED if required else ())
 
     def str_list(self, key: str) -> tuple[str, ...]:
-        items = self.list_(key)
-        for i, item in enumerate(items):
-            if not isinstance(item, str):
-                raise SpecFormatError(f"{self._p(key)}[{i}]: expected a string, got {item!r}")
-        return tuple(items)
+        return self.strings(key)
 
-    def str_map(self, key: str, *, lower_keys: bool = False) -> tuple[tuple[str, str], ...]:
-        value = self.raw.get(key)
-        if value is None:
-            return ()
-        if not isinstance(value, Mapping):
-            raise SpecFormatError(f"{self._p(key)}: expected a mapping, got {type(value).__name__}")
-        out: list[tuple[str, str]] = []
-        for k, v in value.items():
-            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, str | int):
-                raise SpecFormatError(f"{self._p(key)}: {k!r}: names and values must be strings, got {v!r}")
-            out.append((k.lower() if lower_keys else k, str(v)))
-        return tuple(sorted(out))
+    def header_map(self, key: str, *, lower_keys: bool = False) -> tuple[tuple[str, str], ...]:
+        """Header names to values (numbers are written as they read, e.g. ``content-length: 5``)."""
+        value = self.value(key, {})
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str | int) and not isinstance(v, bool) for k, v in value.items()
+        ):
+            raise self.fail(key, "a mapping of header names to strings")
+        return tuple(sorted((k.lower() if lower_keys else k, str(v)) for k, v in value.items()))
 
-    def sub(self, key: str) -> _At:
-        return _At(self._p(key), self.raw[key])
+    def child(self, key: str) -> _At:
+        return _At(self.at(key), self.raw[key])
 
-    def at(self, key: str, index: int) -> str:
-        return f"{self._p(key)}[{index}]"
+    def at_index(self, key: str, index: int) -> str:
+        return f"{self.at(key)}[{index}]"
 
     def opt_bytes(self, key: str) -> bytes | None:
-        text = self.opt_str(key)
-        return None if text is None else text.encode()
+        return None if not self.has(key) else self.text(key, empty=True).encode()
 
     def chunks(self, one: str, many: str) -> tuple[bytes, ...]:
         if self.has(one) and self.has(many):
             raise SpecFormatError(f"{self.where}: give `{one}` or `{many}`, not both")
         if self.has(one):
-            text = self.str_(one)
+            text = self.text(one, empty=True)
             return (text.encode(),) if text else ()
         return tuple(s.encode() for s in self.str_list(many))
 
@@ -333,7 +290,7 @@ def _config_value(where: str, value: object) -> str:
 def _logs(at: _At, key: str) -> tuple[LogExpect, ...]:
     out: list[LogExpect] = []
     for i, raw in enumerate(at.list_(key)):
-        item = _At(at.at(key, i), raw)
+        item = _At(at.at_index(key, i), raw)
         item.only("level", "contains")
         level = item.opt_str("level")
         if level is not None and level not in LOG_LEVELS:
@@ -345,7 +302,7 @@ def _logs(at: _At, key: str) -> tuple[LogExpect, ...]:
 def _metrics(at: _At, key: str) -> tuple[MetricExpect, ...]:
     out: list[MetricExpect] = []
     for i, raw in enumerate(at.list_(key)):
-        item = _At(at.at(key, i), raw)
+        item = _At(at.at_index(key, i), raw)
         item.only("name", "value")
         out.append(MetricExpect(name=item.str_("name"), value=item.opt_int("value", -(2**63), 2**64 - 1)))
     return tuple(out)
@@ -354,12 +311,12 @@ def _metrics(at: _At, key: str) -> tuple[MetricExpect, ...]:
 def _wait_for(at: _At) -> WaitFor | None:
     if at.raw.get("wait_for") is None:
         return None
-    w = at.sub("wait_for")
+    w = at.child("wait_for")
     w.only("logs", "timeout_s")
     logs = _logs(w, "logs")
     if not logs:
         raise SpecFormatError(f"{w.where}.logs: at least one log expectation is needed")
-    return WaitFor(logs=logs, timeout_s=w.number("timeout_s", DEFAULT_WAIT_S))
+    return WaitFor(logs=logs, timeout_s=w.positive("timeout_s", DEFAULT_WAIT_S))
 
 
 #: SDK directory of Lua filters: its specs' plugins default to `lua: filter.lua`
@@ -394,7 +351,7 @@ def _plugin(where: str, raw: object, default_module: str, spec_dir: Path) -> Plu
         vm_id=p.str_("vm_id", ""),
         configuration=_config_value(f"{where}.configuration", p.raw.get("configuration")),
         vm_configuration=_config_value(f"{where}.vm_configuration", p.raw.get("vm_configuration")),
-        env=p.str_map("env"),
+        env=p.header_map("env"),
         fail_open=p.bool_("fail_open", default=False),
     )
 
@@ -402,18 +359,12 @@ def _plugin(where: str, raw: object, default_module: str, spec_dir: Path) -> Plu
 def _node(top: _At) -> NodeSpec | None:
     if top.raw.get("node") is None:
         return None
-    n = top.sub("node")
+    n = top.child("node")
     n.only("id", "cluster", "metadata")
-    metadata: list[tuple[str, str]] = []
-    if n.raw.get("metadata") is not None:
-        m = n.sub("metadata")
-        for key, value in m.raw.items():
-            if not key:
-                raise SpecFormatError(f"{m.where}: keys must not be empty")
-            if not isinstance(value, str):
-                raise SpecFormatError(f"{m.where}.{key}: expected a string, got {type(value).__name__} {value!r}")
-            metadata.append((key, value))
-    return NodeSpec(id=n.str_("id", ""), cluster=n.str_("cluster", ""), metadata=tuple(sorted(metadata)))
+    metadata = n.text_map("metadata")
+    if "" in metadata:
+        raise SpecFormatError(f"{n.at('metadata')}: keys must not be empty")
+    return NodeSpec(id=n.str_("id", ""), cluster=n.str_("cluster", ""), metadata=tuple(sorted(metadata.items())))
 
 
 def _request(where: str, raw: object) -> Request:
@@ -425,7 +376,7 @@ def _request(where: str, raw: object) -> Request:
     return Request(
         method=r.str_("method", "GET").upper(),
         path=path,
-        headers=r.str_map("headers", lower_keys=True),
+        headers=r.header_map("headers", lower_keys=True),
         body_chunks=r.chunks("body", "body_chunks"),
     )
 
@@ -435,7 +386,7 @@ def _upstream_response(where: str, raw: object) -> UpstreamResponse:
     r.only("status", "headers", "body", "body_chunks")
     return UpstreamResponse(
         status=r.opt_int("status", 100, 599) or 200,
-        headers=r.str_map("headers", lower_keys=True),
+        headers=r.header_map("headers", lower_keys=True),
         body_chunks=r.chunks("body", "body_chunks"),
     )
 
@@ -456,8 +407,8 @@ def _grpc_request(where: str, raw: object) -> GrpcRequest:
     if not messages and method in ("Unary", "ServerStream"):
         raise SpecFormatError(f"{where}.messages: a {method} call sends one message")
     return GrpcRequest(
-        method=method, messages=messages, metadata=g.str_map("metadata", lower_keys=True),
-        timeout_s=g.number("timeout_s", 10.0),
+        method=method, messages=messages, metadata=g.header_map("metadata", lower_keys=True),
+        timeout_s=g.positive("timeout_s", 10.0),
     )  # fmt: skip
 
 
@@ -468,8 +419,8 @@ def _grpc_expect(where: str, raw: object) -> GrpcExpect:
         status=g.opt_int("status", 0, 16),
         message=g.opt_str("message"),
         messages=tuple(m.encode() for m in g.str_list("messages")) if g.has("messages") else None,
-        initial_metadata=g.str_map("initial_metadata", lower_keys=True),
-        trailing_metadata=g.str_map("trailing_metadata", lower_keys=True),
+        initial_metadata=g.header_map("initial_metadata", lower_keys=True),
+        trailing_metadata=g.header_map("trailing_metadata", lower_keys=True),
         absent_metadata=tuple(h.lower() for h in g.str_list("absent_metadata")),
     )
 
@@ -480,7 +431,7 @@ def _http_expect(where: str, raw: object) -> HttpExpect:
         "status", "headers", "headers_match", "absent_headers", "body", "body_contains", "upstream", "logs", "metrics",
         "grpc",
     )  # fmt: skip
-    for name, pattern in e.str_map("headers_match"):
+    for name, pattern in e.header_map("headers_match"):
         try:
             re.compile(pattern)
         except re.error as exc:
@@ -488,26 +439,26 @@ def _http_expect(where: str, raw: object) -> HttpExpect:
     body, contains = _body_expect(e)
     upstream: UpstreamExpect | None = None
     reached: bool | None = None
-    if e.has("upstream"):
+    if "upstream" in e.raw:  # `upstream: null` is a value here: the upstream must not be reached
         if e.raw["upstream"] is None:
             reached = False
         else:
-            u = e.sub("upstream")
+            u = e.child("upstream")
             u.only("method", "path", "headers", "absent_headers", "body", "body_contains")
             u_body, u_contains = _body_expect(u)
             reached = True
             upstream = UpstreamExpect(
                 method=u.opt_str("method"),
                 path=u.opt_str("path"),
-                headers=u.str_map("headers", lower_keys=True),
+                headers=u.header_map("headers", lower_keys=True),
                 absent_headers=tuple(h.lower() for h in u.str_list("absent_headers")),
                 body=u_body,
                 body_contains=u_contains,
             )
     return HttpExpect(
         status=e.opt_int("status", 100, 599),
-        headers=e.str_map("headers", lower_keys=True),
-        headers_match=e.str_map("headers_match", lower_keys=True),
+        headers=e.header_map("headers", lower_keys=True),
+        headers_match=e.header_map("headers_match", lower_keys=True),
         absent_headers=tuple(h.lower() for h in e.str_list("absent_headers")),
         body=body,
         body_contains=contains,
@@ -568,28 +519,10 @@ def _network_case(where: str, raw: object) -> NetworkCase:
     )
 
 
-def parse(raw: object, *, key: str, path: Path) -> Spec:
-    """Validate one spec document (already YAML-decoded) for the plugin `key` ("<sdk>/<name>")."""
-    top = _At(str(path), raw)
-    top.only(
-        "description", "type", "behaviours", "plugins", "clusters", "start_logs", "cases", "start_failures",
-        "envoy_broken", "node", "upstream",
-    )  # fmt: skip
-    upstream_kind = top.str_("upstream", "echo")
-    if upstream_kind not in UPSTREAM_KINDS or (upstream_kind != "echo" and top.raw.get("type", "http") != "http"):
-        raise SpecFormatError(f"{path}.upstream: expected one of {list(UPSTREAM_KINDS)} (HTTP specs only)")
-    kind = top.str_("type", "http")
-    if kind not in ("http", "network"):
-        raise SpecFormatError(f"{path}.type: expected 'http' or 'network', got {kind!r}")
-    default_plugin: dict[str, str] = {}
-    if key.split("/", maxsplit=1)[0] == LUA_DIR:
-        default_plugin = {"lua": LUA_DEFAULT_FILE, "name": key.rsplit("/", maxsplit=1)[-1]}
-    raw_plugins = top.list_("plugins") or [default_plugin]
-    plugins = tuple(_plugin(top.at("plugins", i), p, key, path.parent) for i, p in enumerate(raw_plugins))
-
+def _clusters(top: _At) -> tuple[ClusterSpec, ...]:
     clusters: list[ClusterSpec] = []
     for i, raw_c in enumerate(top.list_("clusters")):
-        c = _At(top.at("clusters", i), raw_c)
+        c = _At(top.at_index("clusters", i), raw_c)
         c.only("name", "service")
         cluster = ClusterSpec(name=c.str_("name"), service=c.str_("service"))
         if cluster.service not in SERVICE_KINDS:
@@ -597,31 +530,37 @@ def parse(raw: object, *, key: str, path: Path) -> Spec:
         if cluster.name == UPSTREAM_CLUSTER or cluster.name in {x.name for x in clusters}:
             raise SpecFormatError(f"{c.where}.name: {cluster.name!r} is reserved or given twice")
         clusters.append(cluster)
+    return tuple(clusters)
 
+
+def _cases(top: _At, kind: str, upstream_kind: str) -> tuple[tuple[HttpCase, ...], tuple[NetworkCase, ...]]:
     cases = top.list_("cases", required=True)
     if not cases:
-        raise SpecFormatError(f"{path}.cases: at least one case is needed")
+        raise SpecFormatError(f"{top.where}.cases: at least one case is needed")
     http_cases: tuple[HttpCase, ...] = ()
     network_cases: tuple[NetworkCase, ...] = ()
     if kind == "http":
-        http_cases = tuple(_http_case(top.at("cases", i), c) for i, c in enumerate(cases))
+        http_cases = tuple(_http_case(top.at_index("cases", i), c) for i, c in enumerate(cases))
         names = [c.name for c in http_cases]
         if any(c.grpc is not None for c in http_cases) and upstream_kind != "grpc":
-            raise SpecFormatError(f"{path}.upstream: `grpc` cases need `upstream: grpc`")
+            raise SpecFormatError(f"{top.where}.upstream: `grpc` cases need `upstream: grpc`")
     else:
-        network_cases = tuple(_network_case(top.at("cases", i), c) for i, c in enumerate(cases))
+        network_cases = tuple(_network_case(top.at_index("cases", i), c) for i, c in enumerate(cases))
         names = [c.name for c in network_cases]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise SpecFormatError(f"{path}.cases: case names must be unique, repeated: {dupes}")
+        raise SpecFormatError(f"{top.where}.cases: case names must be unique, repeated: {dupes}")
+    return http_cases, network_cases
 
+
+def _start_failures(top: _At, plugins: tuple[PluginSpec, ...], spec_dir: Path) -> tuple[StartFailure, ...]:
     failures: list[StartFailure] = []
     for i, raw_f in enumerate(top.list_("start_failures")):
-        f = _At(top.at("start_failures", i), raw_f)
+        f = _At(top.at_index("start_failures", i), raw_f)
         index = f.opt_int("plugin", 0, len(plugins) - 1) or 0
         if plugins[index].lua is not None:
             f.only("name", "plugin", "lua", "error", "logs")
-            replaced = _lua_plugin(_At(f.where, {"lua": f.str_("lua")}), path.parent, plugins[index].name)
+            replaced = _lua_plugin(_At(f.where, {"lua": f.str_("lua")}), spec_dir, plugins[index].name)
             failures.append(
                 StartFailure(
                     name=f.str_("name"), plugin=index, configuration="", logs=_logs(f, "logs"), lua=replaced.lua,
@@ -642,7 +581,30 @@ def parse(raw: object, *, key: str, path: Path) -> Spec:
                 logs=_logs(f, "logs"),
             )
         )
+    return tuple(failures)
 
+
+def parse(raw: object, *, key: str, path: Path) -> Spec:
+    """Validate one spec document (already YAML-decoded) for the plugin `key` ("<sdk>/<name>")."""
+    top = _At(str(path), raw)
+    top.only(
+        "description", "type", "behaviours", "plugins", "clusters", "start_logs", "cases", "start_failures",
+        "envoy_broken", "node", "upstream",
+    )  # fmt: skip
+    upstream_kind = top.str_("upstream", "echo")
+    if upstream_kind not in UPSTREAM_KINDS or (upstream_kind != "echo" and top.raw.get("type", "http") != "http"):
+        raise SpecFormatError(f"{path}.upstream: expected one of {list(UPSTREAM_KINDS)} (HTTP specs only)")
+    kind = top.str_("type", "http")
+    if kind not in ("http", "network"):
+        raise SpecFormatError(f"{path}.type: expected 'http' or 'network', got {kind!r}")
+    default_plugin: dict[str, str] = {}
+    if key.split("/", maxsplit=1)[0] == LUA_DIR:
+        default_plugin = {"lua": LUA_DEFAULT_FILE, "name": key.rsplit("/", maxsplit=1)[-1]}
+    raw_plugins = top.list_("plugins") or [default_plugin]
+    plugins = tuple(_plugin(top.at_index("plugins", i), p, key, path.parent) for i, p in enumerate(raw_plugins))
+    clusters = _clusters(top)
+    http_cases, network_cases = _cases(top, kind, upstream_kind)
+    failures = _start_failures(top, plugins, path.parent)
     return Spec(
         key=key,
         path=path,

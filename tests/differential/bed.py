@@ -373,7 +373,7 @@ def _klass(client: Client) -> list[int]:
     return [r.status // 100 for r in client.responses]
 
 
-def compare(case: Case, pair: str, envoy: Outcome, agent: Outcome) -> list[str]:
+def compare(case: Case, pair: str, envoy: Outcome, agent: Outcome) -> list[str]:  # noqa: PLR0912 - one branch per way an agent may differ from Envoy
     """What the agent did that it may not (empty: it behaves like Envoy, or stricter where the case allows)."""
     problems: list[str] = []
     e_up, a_up = envoy.upstream.messages, agent.upstream.messages

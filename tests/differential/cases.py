@@ -43,7 +43,7 @@ def _post(body: bytes, *headers: tuple[str, str], target: str = "/p") -> bytes:
 FOLLOW = _get(target="/next")  # a second, well-formed request after the one under test
 
 
-def _findings() -> Iterable[Case]:
+def _findings() -> Iterable[Case]:  # noqa: PLR0915 - the findings' cases, listed
     f = "finding"
     # 1 absolute form
     yield Case("f1-absolute-admin", f, req(target="http://x.test/admin/users", headers=(("Host", "x.test"),)))

@@ -89,7 +89,7 @@ def _agent(
     )
     raw["modules"] = {
         "allow_loopback": True,  # the module server of this test listens on 127.0.0.1
-        "server": {"url": server.base_url, "token_file": str(tmp_path / "module-token"), "ca_file": str(ca)}
+        "server": {"url": server.base_url, "token_file": str(tmp_path / "module-token"), "ca_file": str(ca)},
     }
     return tb_agent.start_agent(raw, work_dir=tmp_path / "cfg", log_dir=tmp_path)
 

@@ -50,7 +50,7 @@ def _rules(role: dict[str, Any], scope: str) -> set[tuple[str, str, str, tuple[s
     }
 
 
-def test_install_upgrade_uninstall(plane: kube_mod.Kube, home: Path) -> None:
+def test_install_upgrade_uninstall(plane: kube_mod.Kube, home: Path) -> None:  # noqa: PLR0915 - install, upgrade and uninstall: one story, read top to bottom
     out = helm_mod.helm(
         ["install", "mp", str(helm_mod.CHART), "--namespace", NS, "--create-namespace"],
         kubeconfig=plane.kubeconfig,

@@ -224,7 +224,7 @@ def _template_annotations(kube: kube_mod.Kube, ns: str) -> dict[str, dict[str, s
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_yields_expected_objects_status_and_cleans_up(  # noqa: PLR0917 (pytest fixtures)
+def test_example_yields_expected_objects_status_and_cleans_up(  # noqa: PLR0912, PLR0915, PLR0917 - fixtures; every example's whole life, read top to bottom
     kube: kube_mod.Kube,
     kube_namespace: str,
     sources: Sources,

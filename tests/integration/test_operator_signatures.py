@@ -69,7 +69,7 @@ def _event_counts(kube: kube_mod.Kube, ns: str, name: str) -> list[tuple[str, in
 
 
 @pytest.mark.usefixtures("wasmplugin_crd", "envoyfilter_crd")
-def test_verification_key_gates_rollout(
+def test_verification_key_gates_rollout(  # noqa: PLR0915 - one story, read top to bottom
     kube: kube_mod.Kube, signed_operator: tuple[str, Registry, operator_mod.Operator], cosign: CosignKit
 ) -> None:
     ns, registry, op = signed_operator

@@ -363,9 +363,7 @@ class Pod:
         repo = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
         entry = self.kubelet.cfg.images.get(repo)
         if entry is None:
-            raise MissingSource(
-                f"image {spec['image']}: not on this node (it runs {sorted(self.kubelet.cfg.images)})"
-            )
+            raise MissingSource(f"image {spec['image']}: not on this node (it runs {sorted(self.kubelet.cfg.images)})")
         command = list(spec.get("command") or entry)
         return [*command, *[str(a) for a in spec.get("args") or []]]
 
@@ -453,43 +451,55 @@ class Pod:
         now = time.monotonic()
         for c in self.containers:
             if not c.running():
-                if c.proc is not None and c.last_exit is None:
-                    c.last_exit = c.proc.returncode
-                    delay = min(10.0, 0.5 * 2 ** min(c.restarts, 5))
-                    c.restart_at = now + delay
-                    c.ready = False
-                if c.proc is None or now >= c.restart_at:
-                    if c.proc is not None:
-                        c.restarts += 1
-                    c.last_exit = None
-                    self.start_container(c)
+                self._restart(c, now)
                 continue
-            readiness, liveness = c.spec.get("readinessProbe"), c.spec.get("livenessProbe")
-            if readiness is None:
-                c.ready = True
-            elif now >= c.next_probe and now - c.started_mono >= float(readiness.get("initialDelaySeconds", 0)):
-                # a freshly started container is probed often until it is ready, then at the probe's period
-                period = float(readiness.get("periodSeconds", 10)) if c.ready else 0.2
-                c.next_probe = now + period
-                if self._probe(c.spec, readiness):
-                    c.ready_fails, c.ready_ok = 0, c.ready_ok + 1
-                    c.ready = c.ready or c.ready_ok >= int(readiness.get("successThreshold", 1))
-                else:
-                    c.ready_ok, c.ready_fails = 0, c.ready_fails + 1
-                    if not c.ready or c.ready_fails >= int(readiness.get("failureThreshold", 3)):
-                        c.ready = False
-            if liveness is not None and now >= c.next_live:
-                c.next_live = now + float(liveness.get("periodSeconds", 10))
-                if now - c.started_mono < float(liveness.get("initialDelaySeconds", 0)):
-                    continue
-                if self._probe(c.spec, liveness):
-                    c.live_fails = 0
-                else:
-                    c.live_fails += 1
-                    if c.live_fails >= int(liveness.get("failureThreshold", 3)):
-                        log.info("%s/%s: %s failed its liveness probe: restarting", self.ns, self.name, c.name)
-                        _terminate(c.proc, float(self.grace()))
+            self._readiness(c, now)
+            self._liveness(c, now)
         self.report()
+
+    def _restart(self, c: Container, now: float) -> None:
+        """An exited container starts again after a backoff (restartPolicy Always), its restartCount counted."""
+        if c.proc is not None and c.last_exit is None:
+            c.last_exit = c.proc.returncode
+            c.restart_at = now + min(10.0, 0.5 * 2 ** min(c.restarts, 5))
+            c.ready = False
+        if c.proc is None or now >= c.restart_at:
+            if c.proc is not None:
+                c.restarts += 1
+            c.last_exit = None
+            self.start_container(c)
+
+    def _readiness(self, c: Container, now: float) -> None:
+        probe = c.spec.get("readinessProbe")
+        if probe is None:
+            c.ready = True
+            return
+        if now < c.next_probe or now - c.started_mono < float(probe.get("initialDelaySeconds", 0)):
+            return
+        # a freshly started container is probed often until it is ready, then at the probe's period
+        c.next_probe = now + (float(probe.get("periodSeconds", 10)) if c.ready else 0.2)
+        if self._probe(c.spec, probe):
+            c.ready_fails, c.ready_ok = 0, c.ready_ok + 1
+            c.ready = c.ready or c.ready_ok >= int(probe.get("successThreshold", 1))
+        else:
+            c.ready_ok, c.ready_fails = 0, c.ready_fails + 1
+            if not c.ready or c.ready_fails >= int(probe.get("failureThreshold", 3)):
+                c.ready = False
+
+    def _liveness(self, c: Container, now: float) -> None:
+        probe = c.spec.get("livenessProbe")
+        if probe is None or now < c.next_live:
+            return
+        c.next_live = now + float(probe.get("periodSeconds", 10))
+        if now - c.started_mono < float(probe.get("initialDelaySeconds", 0)):
+            return
+        if self._probe(c.spec, probe):
+            c.live_fails = 0
+            return
+        c.live_fails += 1
+        if c.live_fails >= int(probe.get("failureThreshold", 3)):
+            log.info("%s/%s: %s failed its liveness probe: restarting", self.ns, self.name, c.name)
+            _terminate(c.proc, float(self.grace()))
 
     def grace(self) -> int:
         meta = self.body.get("metadata") or {}

@@ -116,7 +116,7 @@ def test_http_section_is_read() -> None:
 @pytest.mark.parametrize(
     ("http", "message"),
     [
-        ({"max_headers_count": 0}, "http.max_headers_count must be a positive integer"),
+        ({"max_headers_count": 0}, "http.max_headers_count must be an integer >= 1"),
         ({"stream_idle_timeout_s": -1}, "http.stream_idle_timeout_s must be a number of seconds >= 0"),
         ({"accept_http_10": "yes"}, "http.accept_http_10 must be true or false"),
         ({"max_request_header_kb": 1}, "http: unknown key"),

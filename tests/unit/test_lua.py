@@ -335,8 +335,8 @@ def test_a_lua_resource_round_trips_on_the_wire() -> None:
         ({"sha256": "0" * 64}, "is not the sha256 of lua.inline_code"),
         ({"url": "file:///m.wasm"}, "not both"),
         ({"root_id": "x"}, "root_id does not apply"),
-        ({"lua": {"inline_code": ""}}, "must not be empty"),
-        ({"lua": {"inline_code": CODE, "file": "x"}}, "unknown field(s) file"),
+        ({"lua": {"inline_code": ""}}, "must be a non-empty string"),
+        ({"lua": {"inline_code": CODE, "file": "x"}}, "unknown key(s) file"),
     ],
     ids=["wrong-sha256", "url-and-lua", "root-id", "empty", "unknown-key"],
 )

@@ -69,8 +69,8 @@ def test_reply_round_trips(reply: protocol.Reply) -> None:
     [
         (b"not json", "not JSON"),
         (b"[]", "JSON object"),
-        (_with(version_info=""), "version_info must not be empty"),
-        (_with(extra=1), "unknown field"),
+        (_with(version_info=""), "push.version_info must be a non-empty string"),
+        (_with(extra=1), "unknown key"),
         (_with(resources={}), "must be a list"),
         (_with(r_sha256="ABC"), "64 lower-case hex"),
         (_with(r_sha256=""), "sha256 is required"),
@@ -120,7 +120,7 @@ def test_match_round_trips_and_is_left_out_when_empty() -> None:
         ([{"hosts": "a"}], "list of at most"),
         ([{"hosts": [""]}], "non-empty strings"),
         ([{"path_prefixes": ["v1"]}], "must start with /"),
-        ([{"paths": ["/"]}], "unknown field"),
+        ([{"paths": ["/"]}], "unknown key"),
     ],
 )
 def test_malformed_match_is_a_protocol_error(match: Any, fragment: str) -> None:
