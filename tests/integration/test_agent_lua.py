@@ -49,7 +49,7 @@ def _config(tmp: Path, upstream: procs.Proc) -> dict[str, object]:
             "address": "127.0.0.1",
             "port": procs.free_port(),
             "token_file": str(token_file),
-            "allow_plaintext": True,
+            "allow_plaintext": True,  # a local run: plain HTTP pushes allowed explicitly
         },
         state_dir=tmp / "state",
     )

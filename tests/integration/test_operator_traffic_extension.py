@@ -8,7 +8,6 @@ effect. A script that does not compile (admission off here) gets Ready=False Inv
 
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
 import itertools
@@ -28,7 +27,6 @@ from tests.testbed import operator as operator_mod
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "push-token-for-the-trafficextension-test"
 API = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/{plural}"
 EXAMPLES = procs.REPO_ROOT / "examples" / "istio" / "trafficextensions.yaml"
 TE_CRD = procs.REPO_ROOT / "crds" / "trafficextensions.meshplug.io.yaml"
@@ -38,31 +36,29 @@ _hosts = itertools.count(60)
 @pytest.fixture
 def bed(kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
     fixtures_kube.install_crd(kube, yaml.safe_load(TE_CRD.read_text()))
-    secret = {
-        "metadata": {"name": "meshplug-agent-token"},
-        "data": {"token": base64.b64encode(TOKEN.encode()).decode()},
-    }
-    assert kube.request("POST", f"/api/v1/namespaces/{kube_namespace}/secrets", secret)[0] == 201
     built = corpus_modules.module("rust/header_rules")
     echo = upstream.start_service("echo", log_dir=tmp_path, name="echo")
     op = operator_mod.start_operator(
         kube.kubeconfig, tmp_path, namespaces=[kube_namespace], extra=[f"--file-root={built.path.parent}"]
     )
-    ip = f"127.0.0.{next(_hosts)}"
-    (tmp_path / "token").write_text(TOKEN)
+    ip, push_port = f"127.0.0.{next(_hosts)}", procs.free_port()
+    pod = {
+        "metadata": {"name": "echo-0", "labels": {"app": "echo"},
+                     "annotations": {"meshplug.io/agent-push-port": str(push_port),
+                                     agent_mod.INJECTED_ANNOTATION: "test"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/echo:v1"}]},
+    }  # fmt: skip
+    assert kube.request("POST", f"/api/v1/namespaces/{kube_namespace}/pods", pod)[0] == 201
+    # the agent as injected: what the kubelet mounts is what the operator made
+    files = agent_mod.mount_identity(kube, kube_namespace, "echo-0", tmp_path / "etc")
     raw = agent_mod.base_config(
         port=procs.free_port(),
         admin_port=procs.free_port(),
         clusters={"upstream": echo.port},
-        push={"address": ip, "port": procs.free_port(), "token_file": str(tmp_path / "token")},
+        push=agent_mod.injected_push(files, address=ip, port=push_port),
     )
+    raw["modules"] = agent_mod.injected_modules(files, f"https://127.0.0.1:{op.module_tls_port}")
     agent = agent_mod.start_agent(raw, work_dir=tmp_path / "agent", log_dir=tmp_path / "logs", name="agent")
-    pod = {
-        "metadata": {"name": "echo-0", "labels": {"app": "echo"},
-                     "annotations": {"meshplug.io/agent-push-port": str(agent.push_port)}},
-        "spec": {"containers": [{"name": "app", "image": "registry.example/echo:v1"}]},
-    }  # fmt: skip
-    assert kube.request("POST", f"/api/v1/namespaces/{kube_namespace}/pods", pod)[0] == 201
     ready = {
         "phase": "Running",
         "podIP": ip,
