@@ -265,15 +265,52 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+#: HELP texts of the proxy counters (Envoy's names, so Envoy dashboards read them)
+_HELP = {
+    "downstream_cx_active": "Downstream connections open now.",
+    "downstream_cx_http2_total": "Downstream connections that spoke HTTP/2.",
+    "downstream_cx_total": "Downstream connections accepted.",
+    "downstream_cx_upgrades_total": "Downstream connections upgraded (e.g. WebSocket).",
+    "downstream_rq_active": "Requests in flight.",
+    "downstream_rq_local_reply": "Requests answered by the proxy or a plugin instead of the upstream.",
+    "downstream_rq_rx_reset": "Requests the client reset.",
+    "downstream_rq_too_many_premature_resets": "Connections closed for too many premature stream resets.",
+    "downstream_rq_total": "Requests received.",
+    "upstream_cx_active": "Upstream connections open now.",
+    "upstream_cx_connect_fail": "Upstream connections that could not be made.",
+    "upstream_cx_total": "Upstream connections made.",
+    "upstream_rq_reset": "Upstream requests reset.",
+    "upstream_rq_retry_stale": "Requests retried once on a stale keep-alive connection.",
+    "upstream_rq_timeout": "Upstream requests that timed out.",
+    "upstream_rq_total": "Upstream requests sent.",
+    "push_ack_total": "Config pushes ACKed.",
+    "push_nack_total": "Config pushes NACKed (the last good set kept serving).",
+}
+_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+_BY_CLASS = frozenset(f"downstream_rq_{c}" for c in _CLASSES)
+
+
 def prometheus(counters: dict[str, int], *, gauges: frozenset[str], labels: dict[str, str], extra: str) -> bytes:
-    """Prometheus text exposition of the proxy counters, followed by `extra` (the plugins' own metrics)."""
+    """Prometheus text exposition of the proxy counters, followed by `extra` (the plugins' own metrics).
+
+    Every family has HELP and TYPE; counters are Envoy's names with ``_total`` (``upstream_cx_connect_fail`` ->
+    ``meshplug_agent_upstream_cx_connect_fail_total``), and Envoy's per-class ``downstream_rq_2xx`` ... are one
+    family with the class as a label: ``meshplug_agent_downstream_rq_xx_total{code_class="2xx"}``."""
     label = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
     lines: list[str] = []
     for name, value in counters.items():
-        metric = f"meshplug_agent_{name}"
+        if name in _BY_CLASS:
+            continue  # one family with the class as a label, below
         kind = "gauge" if name in gauges else "counter"
+        metric = f"meshplug_agent_{name}" + ("_total" if kind == "counter" and not name.endswith("_total") else "")
+        lines.append(f"# HELP {metric} {_HELP.get(name, name.replace('_', ' ') + '.')}")
         lines.append(f"# TYPE {metric} {kind}")
         lines.append(f"{metric}{{{label}}} {value}" if label else f"{metric} {value}")
+    by_class = [(c, counters.get(f"downstream_rq_{c}", 0)) for c in _CLASSES]
+    lines.append("# HELP meshplug_agent_downstream_rq_xx_total Responses sent downstream, by status class.")
+    lines.append("# TYPE meshplug_agent_downstream_rq_xx_total counter")
+    prefix = label + "," if label else ""
+    lines += [f'meshplug_agent_downstream_rq_xx_total{{{prefix}code_class="{c}"}} {v}' for c, v in by_class]
     text = "\n".join(lines) + "\n"
     if extra:
         text += extra if extra.endswith("\n") else extra + "\n"

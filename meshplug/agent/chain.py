@@ -606,6 +606,12 @@ class Chain:
         self.makers: tuple[NativeFilter, ...] = tuple(
             f if isinstance(f, NativeFilter) else _ForeignFilter(f) for f in self.filters
         )
+        n = len(self.filters)
+        #: per filter (chain order): failures (trap, budget, start), FAIL_OPEN bypasses that followed, and the
+        #: local replies the filter itself sent, by status class (index status // 100, 0..5)
+        self.failures: list[int] = [0] * n
+        self.bypasses: list[int] = [0] * n
+        self.local_replies: list[list[int]] = [[0] * 6 for _ in range(n)]
         #: (position in chain order, its rules) of every filter that has rules
         self.matchers: tuple[tuple[int, Match], ...] = tuple(
             (pos, Match(match[i])) for pos, i in enumerate(indices) if match is not None and match[i]
@@ -708,6 +714,10 @@ class StreamControl:
 
     def send_local_reply(self, reply: LocalReply) -> None:
         self._stream._control(("reply", self.index, reply))
+
+    def send_proxy_reply(self, reply: LocalReply) -> None:
+        """The proxy's own local reply, sent through the filters from this one (not counted as the plugin's)."""
+        self._stream._control(("proxy_reply", self.index, reply))
 
     def close(self) -> None:
         self._stream._control(("close", self.index, None))
@@ -1235,12 +1245,14 @@ class Stream:
                 assert isinstance(arg, Direction)
                 if self.local_reply is None or arg == _RESPONSE:
                     self._resume(arg, self._pos(arg, index))
-            elif kind == "reply":
+            elif kind in ("reply", "proxy_reply"):
                 assert isinstance(arg, LocalReply)
                 if self.local_reply is not None:
                     # a second reply (e.g. from the reply's own response callbacks) is ignored, as Envoy does
                     self._resume(_RESPONSE, self._pos(_RESPONSE, index))
                 else:
+                    if kind == "reply":
+                        self.chain.local_replies[index][min(arg.status // 100, 5)] += 1
                     self._send_local_reply(arg, index)
             elif kind == "close":
                 self._reset("wasm_close_stream")
@@ -1252,7 +1264,9 @@ class Stream:
         f = self.chain.filters[index]
         self._filter_stream(index)
         self._active[index] = None
+        self.chain.failures[index] += 1
         if f.fail_strategy == FailStrategy.FAIL_OPEN:
+            self.chain.bypasses[index] += 1
             for direction in (_REQUEST, _RESPONSE):
                 self._resume(direction, self._pos(direction, index))
             return

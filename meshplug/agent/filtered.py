@@ -271,7 +271,7 @@ class FilteredExchange(Exchange):
         reply = agent_chain.LocalReply(status, body=body, details=details)
         progress, stream.on_progress = stream.on_progress, None  # the outputs are taken right here
         try:
-            agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_local_reply(reply)
+            agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_proxy_reply(reply)
         finally:
             stream.on_progress = progress
         self.perform(stream.take_outputs())
@@ -308,6 +308,8 @@ class FilteredExchange(Exchange):
                 self._cancel_timer()
                 self._drop_upstream()
                 self.up_end = True  # nothing more goes upstream
+                if not self.proxy_made:  # a plugin's local reply (the proxy's own are counted in proxy_reply)
+                    self.conn.proxy.stats.downstream_rq_local_reply += 1
             else:  # ResetStream
                 self.conn.abort()
                 return

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
-from meshplug import errors, limits, protocol
+from meshplug import errors, limits, prometheus, protocol
 from meshplug.agent import chain, grpccall, host, loader, lua, server
 
 log = logging.getLogger("meshplug.agent.filters")
@@ -184,10 +184,44 @@ class _GrpcEvents:
 _METRIC_CHARS: Final = re.compile(r"[^a-zA-Z0-9_]")
 
 
+def _chain_metrics_text(built: chain.Chain) -> str:
+    """Per plugin (label ``plugin``, Envoy's plugin name): failures, FAIL_OPEN bypasses, and the local replies the
+    plugin sent by status class (a plugin's 403 is counted here and in downstream_rq_local_reply)."""
+    names = [f.name for f in built.filters]
+    replies = [
+        ((("plugin", name), ("code_class", f"{cls}xx")), float(count))
+        for name, by_class in zip(names, built.local_replies, strict=True)
+        for cls, count in enumerate(by_class)
+        if count
+    ]
+    lines = [
+        *prometheus.family(
+            "meshplug_agent_plugin_failures_total",
+            "counter",
+            "Times a plugin failed while serving a stream (trap, CPU budget, memory cap).",
+            [((("plugin", n),), float(v)) for n, v in zip(names, built.failures, strict=True)],
+        ),
+        *prometheus.family(
+            "meshplug_agent_plugin_fail_open_bypasses_total",
+            "counter",
+            "Streams that went on without a failed FAIL_OPEN plugin.",
+            [((("plugin", n),), float(v)) for n, v in zip(names, built.bypasses, strict=True)],
+        ),
+        *prometheus.family(
+            "meshplug_agent_plugin_local_replies_total",
+            "counter",
+            "Local replies a plugin sent instead of the upstream's response, by status class.",
+            replies,
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _lua_metrics_text(rt: lua.Runtime) -> str:
     """Envoy's per-filter Lua stats (<stat_prefix>.errors / .executions) as labelled counters."""
-    lines = ["# TYPE meshplug_lua_errors_total counter"]
+    lines = ["# HELP meshplug_lua_errors_total Lua filter script errors.", "# TYPE meshplug_lua_errors_total counter"]
     lines += [f'meshplug_lua_errors_total{{filter="{f.name}"}} {f.errors}' for f in rt.filters]
+    lines.append("# HELP meshplug_lua_executions_total Lua filter script executions.")
     lines.append("# TYPE meshplug_lua_executions_total counter")
     lines += [f'meshplug_lua_executions_total{{filter="{f.name}"}} {f.executions}' for f in rt.filters]
     return "\n".join(lines) + "\n"
@@ -198,8 +232,13 @@ def _metrics_text(h: host.Host) -> str:
     m = h.metrics
     kinds = {host.Metrics.COUNTER: "counter", host.Metrics.GAUGE: "gauge", host.Metrics.HISTOGRAM: "untyped"}
     for mid, value in sorted(m.value.items(), key=lambda kv: m.name[kv[0]]):
-        name = "meshplug_plugin_" + _METRIC_CHARS.sub("_", m.name[mid].decode(errors="replace"))
-        lines.append(f"# TYPE {name} {kinds.get(m.kind[mid], 'untyped')}")
+        raw = m.name[mid].decode(errors="replace")
+        name = "meshplug_plugin_" + _METRIC_CHARS.sub("_", raw)
+        kind = kinds.get(m.kind[mid], "untyped")
+        if kind == "counter" and not name.endswith("_total"):
+            name += "_total"
+        lines.append(f"# HELP {name} Metric {raw!r} defined by a plugin (proxy_define_metric).")
+        lines.append(f"# TYPE {name} {kind}")
         lines.append(f"{name} {value}")
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -306,8 +345,14 @@ def build(
         if rt is not None:
             rt.log_level = _host_log_level()
 
+    built = chain.Chain([p for _, p, _, _ in started], match=[r.match for r, _, _, _ in started])
+
     def metrics() -> str:
-        return (_metrics_text(h) if h is not None else "") + (_lua_metrics_text(rt) if rt is not None else "")
+        return (
+            _chain_metrics_text(built)
+            + (_metrics_text(h) if h is not None else "")
+            + (_lua_metrics_text(rt) if rt is not None else "")
+        )
 
     def metric_values() -> dict[str, int | None]:
         out: dict[str, int | None] = _metric_values(h) if h is not None else {}
@@ -321,7 +366,7 @@ def build(
 
     loop.call_soon_threadsafe(driver.run)
     return loader.Chain(
-        filters=chain.Chain([p for _, p, _, _ in started], match=[r.match for r, _, _, _ in started]),
+        filters=built,
         network=tuple(p for _, p, _, _ in started if isinstance(p, host.Plugin)),
         views=views,
         metrics=metrics,

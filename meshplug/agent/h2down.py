@@ -313,6 +313,8 @@ class H2Exchange:
                 self._drop_upstream()
                 self.up_end = True
                 self.deadline = 0.0
+                if not self.proxy_made:  # a plugin's local reply (the proxy's own are counted where made)
+                    self.conn.proxy.stats.downstream_rq_local_reply += 1
             else:  # ResetStream
                 self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
                 return
@@ -381,7 +383,7 @@ class H2Exchange:
         reply = agent_chain.LocalReply(status, body=body, details=details)
         progress, stream.on_progress = stream.on_progress, None  # the outputs are taken right here
         try:
-            agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_local_reply(reply)
+            agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_proxy_reply(reply)
         finally:
             stream.on_progress = progress
         self.perform(stream.take_outputs())

@@ -231,7 +231,7 @@ def test_good_push_under_load_fails_no_request(
     assert requests > 1000, out
     assert served_by(agent) == "abi_0_2_0"
     stats = agent.admin("/stats/prometheus")[1].decode()
-    assert re.search(r"^meshplug_agent_downstream_rq_5xx 0$", stats, re.M), stats
+    assert re.search(r'^meshplug_agent_downstream_rq_xx_total\{code_class="5xx"\} 0$', stats, re.M), stats
 
 
 def _downstream_total(agent: tb_agent.Agent) -> int:

@@ -95,6 +95,6 @@ def test_upstream_down_closes_the_client(tmp_path: Path) -> None:
             sock.sendall(b"lost")
             assert sock.recv(100) == b""  # closed without a byte
         _, text = agent.admin("/stats/prometheus")
-        assert b"meshplug_agent_upstream_cx_connect_fail 1" in text
+        assert b"meshplug_agent_upstream_cx_connect_fail_total 1" in text
     finally:
         agent.stop()

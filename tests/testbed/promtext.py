@@ -34,7 +34,7 @@ def check(text: str) -> dict[str, Family]:
         if line.startswith("# TYPE "):
             name, _, kind = line[7:].partition(" ")
             assert current is not None and current.name == name, f"TYPE {name} without its HELP first"
-            assert kind in ("counter", "gauge", "histogram"), line
+            assert kind in ("counter", "gauge", "histogram", "untyped"), line
             current.kind = kind
             if kind == "counter":
                 assert name.endswith("_total"), f"counter {name} must end in _total"
