@@ -9,12 +9,15 @@ Used by `meshplug fetch`, `pull`, `push`, `sign` and `verify`. Registry credenti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from meshplug import errors
-from meshplug.fetch import FetchOptions, oci
+from meshplug.fetch import FetchOptions, http, keys, oci, publish
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, files: bool = True) -> None:
@@ -80,3 +83,30 @@ def secret(args: argparse.Namespace) -> bytes | None:
 def credentials(args: argparse.Namespace, ref: oci.Reference) -> oci.Credentials | None:
     doc = secret(args)
     return oci.credentials_for(doc, ref.registry) if doc else None
+
+
+def signing_key(path: Path) -> keys.PrivateKey:
+    """cosign.key (password from $COSIGN_PASSWORD, as cosign reads it) or an unencrypted PEM private key."""
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise errors.ConfigError(f"cannot read key {str(path)!r}: {exc.strerror}") from None
+    return keys.load_private_key(pem, os.environ.get("COSIGN_PASSWORD", "").encode(), what=str(path))
+
+
+@contextlib.contextmanager
+def registry(args: argparse.Namespace, url: str) -> Iterator[tuple[publish.Publisher, http.Deadline]]:
+    """A client for ``url``'s repository (reads and writes) with these flags' credentials, and the deadline."""
+    ref = oci.parse_reference(url)
+    opts = options(args, url)
+    transport = http.Transport(opts)
+    try:
+        yield publish.Publisher(transport, ref, credentials(args, ref)), http.Deadline.after(opts.overall_timeout_s)
+    finally:
+        transport.close()
+
+
+def report(command: str, exc: errors.FetchError, labels: dict[str, str]) -> int:
+    """Print a supply failure the way `meshplug fetch` does; its exit code."""
+    print(f"meshplug {command}: {labels.get(exc.reason, exc.reason)}: {exc}", file=sys.stderr)
+    return errors.exit_code_of(exc)

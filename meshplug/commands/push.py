@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from meshplug import errors, validate
 from meshplug.commands import _registry
 from meshplug.commands import fetch as fetch_command
-from meshplug.fetch import http, keys, oci, publish, signatures
+from meshplug.fetch import oci, publish, signatures
 
 HELP = "push a wasm module to an OCI registry (the layout Istio and Envoy Gateway pull, or CNCF's), optionally signed"
 
@@ -43,30 +42,18 @@ def run(args: argparse.Namespace) -> int:
     if not info.accepted:
         print(f"meshplug push: {args.module} is rejected: {'; '.join(str(p) for p in info.errors)}", file=sys.stderr)
         return errors.ValidationError.exit_code
-    private = None
-    if args.sign_key is not None:
-        try:
-            pem = args.sign_key.read_bytes()
-        except OSError as exc:
-            raise errors.ConfigError(f"cannot read key {str(args.sign_key)!r}: {exc.strerror}") from None
-        private = keys.load_private_key(pem, os.environ.get("COSIGN_PASSWORD", "").encode(), what=str(args.sign_key))
-    ref = oci.parse_reference(args.url)
-    if ref.digest is not None:
+    private = _registry.signing_key(args.sign_key) if args.sign_key is not None else None
+    if oci.parse_reference(args.url).digest is not None:
         raise errors.ConfigError(f"{args.url!r}: push to a tag, not a digest")
-    options = _registry.options(args, args.url)
-    transport = http.Transport(options)
     try:
-        publisher = publish.Publisher(transport, ref, _registry.credentials(args, ref))
-        deadline = http.Deadline.after(options.overall_timeout_s)
-        digest, layer = publish.push_module(publisher, wasm, layout=args.layout, deadline=deadline)
-        signed = None
-        if private is not None:
-            signed = signatures.sign(publisher, private, digest, layout=args.signature_layout, deadline=deadline)
+        with _registry.registry(args, args.url) as (publisher, deadline):
+            digest, layer = publish.push_module(publisher, wasm, layout=args.layout, deadline=deadline)
+            signed = None
+            if private is not None:
+                signed = signatures.sign(publisher, private, digest, layout=args.signature_layout, deadline=deadline)
     except errors.FetchError as exc:
-        print(f"meshplug push: {fetch_command.LABELS.get(exc.reason, exc.reason)}: {exc}", file=sys.stderr)
-        return fetch_command.exit_code(exc)
-    finally:
-        transport.close()
+        return _registry.report("push", exc, fetch_command.LABELS)
+    ref = publisher.ref
     pinned = f"oci://{ref.name}@{digest}"
     if args.output == "json":
         doc = {"url": pinned, "tag": str(ref), "manifest": digest, "sha256": layer.digest.removeprefix("sha256:")}

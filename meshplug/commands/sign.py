@@ -11,14 +11,12 @@ $COSIGN_PASSWORD, empty when unset) or an unencrypted PEM private key. Nothing g
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
 from meshplug import errors
 from meshplug.commands import _registry
 from meshplug.commands import fetch as fetch_command
-from meshplug.fetch import http, keys, oci, publish, signatures
+from meshplug.fetch import signatures
 
 HELP = "sign a module image with a cosign key (cosign's tag or Sigstore bundle layout)"
 
@@ -31,25 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    private = _registry.signing_key(args.key)
     try:
-        pem = args.key.read_bytes()
-    except OSError as exc:
-        raise errors.ConfigError(f"cannot read key {str(args.key)!r}: {exc.strerror}") from None
-    password = os.environ.get("COSIGN_PASSWORD", "").encode()
-    private = keys.load_private_key(pem, password, what=str(args.key))
-    ref = oci.parse_reference(args.url)
-    options = _registry.options(args, args.url)
-    transport = http.Transport(options)
-    try:
-        publisher = publish.Publisher(transport, ref, _registry.credentials(args, ref))
-        deadline = http.Deadline.after(options.overall_timeout_s)
-        digest = publisher.resolve(deadline)
-        where = signatures.sign(publisher, private, digest, layout=args.layout, deadline=deadline)
+        with _registry.registry(args, args.url) as (publisher, deadline):
+            digest = publisher.resolve(deadline)
+            where = signatures.sign(publisher, private, digest, layout=args.layout, deadline=deadline)
     except errors.FetchError as exc:
-        print(f"meshplug sign: {fetch_command.LABELS.get(exc.reason, exc.reason)}: {exc}", file=sys.stderr)
-        return fetch_command.exit_code(exc)
-    finally:
-        transport.close()
+        return _registry.report("sign", exc, fetch_command.LABELS)
+    ref = publisher.ref
     place = f"{ref.name}:{where}" if args.layout == "tag" else f"{ref.name}@{where} (referrer)"
     print(f"signed {ref.name}@{digest} with key {private.public().key_id}: {place}")
     return 0

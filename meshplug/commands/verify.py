@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from meshplug import errors
 from meshplug.commands import _registry
 from meshplug.commands import fetch as fetch_command
-from meshplug.fetch import http, oci, signatures
+from meshplug.fetch import signatures
 
 HELP = "verify a module image's cosign signature (tag or bundle layout) against public keys"
 
@@ -30,18 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     public = fetch_command.public_keys(args.key)
-    ref = oci.parse_reference(args.url)
-    options = _registry.options(args, args.url)
-    transport = http.Transport(options)
     try:
-        client = oci.RegistryClient(transport, ref, _registry.credentials(args, ref))
-        deadline = http.Deadline.after(options.overall_timeout_s)
-        evidence = signatures.verify(client, client.resolve(deadline), public, deadline)
+        with _registry.registry(args, args.url) as (client, deadline):
+            evidence = signatures.verify(client, client.resolve(deadline), public, deadline)
     except errors.FetchError as exc:
-        print(f"meshplug verify: {fetch_command.LABELS.get(exc.reason, exc.reason)}: {exc}", file=sys.stderr)
-        return fetch_command.exit_code(exc)
-    finally:
-        transport.close()
+        return _registry.report("verify", exc, fetch_command.LABELS)
+    ref = client.ref
     if args.output == "json":
         doc = {"reference": str(ref), **evidence.to_json()}
         print(json.dumps({k: v for k, v in doc.items() if k not in ("payload", "signature")}, sort_keys=True))
