@@ -12,7 +12,10 @@ per-round differences), and the host/Envoy ratio (target <= 2).
 
 Each chain carries the plugin `--plugins` times (default 5; each copy adds the header) and every added cost
 is divided by that count: one plugin's few microseconds are otherwise within the proxies' round-to-round noise
-here (Envoy's bare CPU/req varies by +-10% between rounds).
+here (Envoy's bare CPU/req varies by +-10% between rounds). Each proxy also runs a chain of twice as many
+copies: (with 2k - with k) / k is the marginal cost of one more plugin once a chain exists (without what
+engaging any filter chain costs once per request), and agent / Envoy with 2k copies (default 10) is the
+long-chain ratio (issue 19's targets: marginal <= 1.0x Envoy's, 10-plugin chain <= 0.8x).
 
 Usage: bench/host_vs_envoy.py [--module rust/header_rules] [--rounds 5] [--seconds 3] [--plugins 5]
 """
@@ -76,20 +79,23 @@ def host_added_us(data: bytes, backend: str, rounds: int, n: int, count: int) ->
 
 # --- the proxies -------------------------------------------------------------------------------------
 def proxies_added(wasm: Path, rounds: int, seconds: int, work: Path, count: int) -> dict[str, list[Run]]:
-    """Agent and Envoy, each without and with `count` copies of the plugin, same nginx upstream, interleaved."""
+    """Agent and Envoy, each without, with `count` and with 2 * `count` copies of the plugin, same nginx
+    upstream, interleaved."""
     started: list[procs.Proc] = []
     try:
         upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if CAN_PIN else None)
         started.append(upstream)
         up = upstream.ports["http"]
         systems: dict[str, tuple[int, int]] = {}
-        for name, start, module in (
-            ("agent", start_agent, None),
-            ("agent+plugin", start_agent, wasm),
-            ("envoy", start_envoy, None),
-            ("envoy+plugin", start_envoy, wasm),
+        for name, start, module, copies in (
+            ("agent", start_agent, None, count),
+            ("agent+plugin", start_agent, wasm, count),
+            ("agent+2x", start_agent, wasm, 2 * count),
+            ("envoy", start_envoy, None, count),
+            ("envoy+plugin", start_envoy, wasm, count),
+            ("envoy+2x", start_envoy, wasm, 2 * count),
         ):
-            proc, port = start(work, name.replace("+", "-"), up, module, CONFIG, count=count)
+            proc, port = start(work, name.replace("+", "-"), up, module, CONFIG, count=copies)
             started.append(proc)
             systems[name] = (proc.pid, port)
         return interleaved(systems, rounds, seconds)
@@ -98,10 +104,21 @@ def proxies_added(wasm: Path, rounds: int, seconds: int, work: Path, count: int)
             proc.stop()
 
 
-def _added(runs: dict[str, list[Run]], system: str, count: int) -> float:
-    """Median over rounds of (with plugins - without) / plugins: the added CPU per request of one plugin."""
-    pairs = zip(runs[f"{system}+plugin"], runs[system], strict=True)
+def _added(runs: dict[str, list[Run]], system: str, count: int, *, more: str = "+plugin", base: str = "") -> float:
+    """Median over rounds of (with plugins - without) / plugins: the added CPU per request of one plugin;
+    `more`/`base`: which two chains of the system to compare (default: `count` copies and none)."""
+    pairs = zip(runs[f"{system}{more}"], runs[f"{system}{base}"], strict=True)
     return statistics.median((w.cpu_us - b.cpu_us) / count for w, b in pairs)
+
+
+def _ratio(runs: dict[str, list[Run]], chain: str) -> float:
+    """Median over rounds of agent / Envoy CPU per request for the same chain."""
+    pairs = zip(runs[f"agent{chain}"], runs[f"envoy{chain}"], strict=True)
+    return statistics.median(a.cpu_us / e.cpu_us for a, e in pairs)
+
+
+def _met(value: float, target: float) -> str:
+    return "met" if value <= target else "NOT met"
 
 
 def main() -> int:
@@ -141,12 +158,25 @@ def main() -> int:
     print(f"  {'Envoy 1.40 + V8 (envoy+plugins - envoy)':<44}{envoy:>8.1f}")
     ratio = fast / envoy if envoy > 0 else float("inf")
     print(f"ratio host(fast)/Envoy = {ratio:.2f}  (target <= 2.00: {'met' if ratio <= 2 else 'NOT met'})")
-    total = statistics.median(
-        a.cpu_us / e.cpu_us for a, e in zip(runs["agent+plugin"], runs["envoy+plugin"], strict=True)
+    print(f"agent+plugins / envoy+plugins CPU per request = {_ratio(runs, '+plugin'):.2f}x")
+    slope_a = _added(runs, "agent", k, more="+2x", base="+plugin")
+    slope_e = _added(runs, "envoy", k, more="+2x", base="+plugin")
+    print(f"marginal CPU of one more plugin (us; medians of per-round (with {2 * k} - with {k}) / {k})")
+    print(f"  {'agent':<44}{slope_a:>8.1f}")
+    print(f"  {'Envoy 1.40 + V8':<44}{slope_e:>8.1f}")
+    marginal = agent / envoy if envoy > 0 else float("inf")
+    print(
+        f"ratio agent/Envoy, added per plugin with {k}: {marginal:.2f}x (target <= 1.00: {_met(marginal, 1.0)}); "
+        f"marginal ({2 * k} vs {k}): {slope_a / slope_e if slope_e > 0 else float('inf'):.2f}x"
     )
-    print(f"agent+plugins / envoy+plugins CPU per request = {total:.2f}x")
+    long_chain = _ratio(runs, "+2x")
+    print(
+        f"agent / envoy CPU per request with {2 * k} plugins = {long_chain:.2f}x (target <= 0.80: {_met(long_chain, 0.8)})"
+    )
     print(f"per-round CPU/req envoy: {[round(r.cpu_us, 1) for r in runs['envoy']]}")
     print(f"per-round CPU/req envoy+plugins: {[round(r.cpu_us, 1) for r in runs['envoy+plugin']]}")
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"load average after the run: {' '.join(load)}")
     return 0
 
 

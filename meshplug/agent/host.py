@@ -389,11 +389,10 @@ class HttpContext(Context):
             # (a local reply or reset before it) so that on_log / on_done / on_delete stay balanced
             return
         wvm = self.wvm
-        # Envoy HTTP order: access log, then done, then delete (the exported ones: cb.end); each while the
-        # context is alive
-        for fn in wvm.cb.end:
-            if self._alive():
-                wvm.call_n(self, fn, 1, self.id)
+        # Envoy HTTP order: access log, then done, then delete (the exported ones: cb.end), while the context is
+        # alive: a failure in one skips the rest
+        if wvm.cb.end and self._alive():
+            wvm.call_each(self, wvm.cb.end, self.id)
         self.deleted = True
         wvm.contexts.pop(self.id, None)
 
@@ -690,6 +689,27 @@ class WasmVm(hostapi.Vm):
         if self.after and self.guest.depth == 0:
             self.run_after()
         return result
+
+    def call_each(self, ctx: Context, fns: tuple[vm.GuestFunc, ...], a: int) -> int:
+        """`call_n(ctx, fn, 1, a)` for each of `fns` in order, as one call (the end of a stream's callbacks:
+        log, done, delete): the first failure fails the VM and skips the rest; deferred side effects run once,
+        after the last. The number of calls that returned, -1 if the VM failed."""
+        if self.failed is not None:
+            return -1
+        saved_current, saved_effective = self.current, self.effective
+        self.current = self.effective = ctx
+        done = 0
+        try:
+            for fn in fns:
+                fn(a)
+                done += 1
+        except Exception as exc:
+            return self._failed(exc, ctx, fns[done])
+        finally:
+            self.current, self.effective = saved_current, saved_effective
+        if self.after and self.guest.depth == 0:
+            self.run_after()
+        return done
 
     def _failed(self, exc: Exception, ctx: Context, fn: vm.GuestFunc) -> int:
         """A guest call raised: fail the VM with the matching reason; -1 (the callers' "VM failed")."""
