@@ -170,9 +170,8 @@ def main() -> int:
         f"marginal ({2 * k} vs {k}): {slope_a / slope_e if slope_e > 0 else float('inf'):.2f}x"
     )
     long_chain = _ratio(runs, "+2x")
-    print(
-        f"agent / envoy CPU per request with {2 * k} plugins = {long_chain:.2f}x (target <= 0.80: {_met(long_chain, 0.8)})"
-    )
+    verdict = _met(long_chain, 0.8)
+    print(f"agent / envoy CPU per request with {2 * k} plugins = {long_chain:.2f}x (target <= 0.80: {verdict})")
     print(f"per-round CPU/req envoy: {[round(r.cpu_us, 1) for r in runs['envoy']]}")
     print(f"per-round CPU/req envoy+plugins: {[round(r.cpu_us, 1) for r in runs['envoy+plugin']]}")
     load = Path("/proc/loadavg").read_text().split()[:3]
