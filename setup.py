@@ -38,13 +38,12 @@ def extensions() -> list[Extension]:
         return []
     from mypyc.build import mypycify  # noqa: PLC0415 -- a build requirement only when building native parts
 
-    wasmcall = Extension(
-        native.EXTENSION,
-        sources=[native.EXTENSION_SOURCE],
-        extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"],
-    )
+    c_exts = [
+        Extension(name, sources=[source], extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"])
+        for name, source in native.EXTENSIONS.items()
+    ]
     compiled = mypycify([native.source_path(m) for m in native.COMPILED], opt_level="3", group_name=native.GROUP)
-    exts = [wasmcall, *compiled]
+    exts = [*c_exts, *compiled]
     for ext in exts:  # no compiler: a pure-Python install (meshplug.native then runs the sources)
         ext.optional = True
     return exts

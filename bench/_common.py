@@ -7,7 +7,7 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,22 +21,48 @@ PROXY_CPU, LOAD_CPU = 1, 0
 CAN_PIN = (os.cpu_count() or 1) > 1
 
 
-def cpu_ns(pid: int) -> int:
-    """CPU time (ns) process `pid` has used so far: the sum over its threads' /proc schedstat run times."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
+def tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a multi-worker agent's workers)."""
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
         try:
-            total += int((task / "schedstat").read_text().split()[0])
+            children = task.read_text().split()
         except (FileNotFoundError, ProcessLookupError):
             continue
+        for child in children:
+            out += tree(int(child))
+    return out
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time (ns) process `pid` and its descendants have used so far: the sum over their threads' /proc
+    schedstat run times."""
+    total = 0
+    for proc in tree(pid):
+        try:
+            tasks = list(Path(f"/proc/{proc}/task").iterdir())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
     return total
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Resident memory of `pid` and its descendants."""
+    total = 0.0
+    for proc in tree(pid):
+        try:
+            lines = Path(f"/proc/{proc}/status").read_text().splitlines()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for line in lines:
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def pin_pid(pid: int, cpu: int) -> None:
@@ -59,11 +85,12 @@ def _ms(text: str, pct: str) -> float:
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
 
-def measure(pid: int, port: int, seconds: int, pin: list[str]) -> Run:
-    """wrk -t1 -c16 against `port` for `seconds`; the proxy's CPU per request from schedstat, its RSS after."""
+def measure(pid: int, port: int, seconds: int, pin: list[str], load: Sequence[str] = ("-t1", "-c16")) -> Run:
+    """wrk (`load`: its threads and connections, default -t1 -c16) against `port` for `seconds`; the proxy's
+    CPU per request from schedstat, its RSS after (both over the proxy's process tree)."""
     before = cpu_ns(pid)
     out = subprocess.run(
-        [*pin, "wrk", "-t1", "-c16", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
+        [*pin, "wrk", *load, f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
         capture_output=True,
         text=True,
         check=True,
@@ -78,19 +105,27 @@ def measure(pid: int, port: int, seconds: int, pin: list[str]) -> Run:
     return Run(n / float(m.group(2)), _ms(out, "50"), _ms(out, "99"), used / n / 1000, rss_mib(pid))
 
 
-def interleaved(systems: Mapping[str, tuple[int, int]], rounds: int, seconds: int) -> dict[str, list[Run]]:
-    """`systems`: name -> (proxy pid, port). Pins each proxy, warms each up for 1 s, then runs `rounds` rounds
-    of `seconds` per system, system after system, so noise falls on all of them alike."""
+def interleaved(
+    systems: Mapping[str, tuple[int, int]],
+    rounds: int,
+    seconds: int,
+    *,
+    pin: bool = True,
+    load: Sequence[str] = ("-t1", "-c16"),
+) -> dict[str, list[Run]]:
+    """`systems`: name -> (proxy pid, port). Pins each proxy (unless not `pin`: every process on every CPU),
+    warms each up for 1 s, then runs `rounds` rounds of `seconds` per system, system after system, so noise
+    falls on all of them alike; `load`: wrk's threads and connections."""
     procs.which_or_fail("wrk", "install Debian wrk (scripts/install-system-deps.sh)")
-    load_pin = ["taskset", "-c", str(LOAD_CPU)] if CAN_PIN else []
+    load_pin = ["taskset", "-c", str(LOAD_CPU)] if CAN_PIN and pin else []
     for pid, port in systems.values():
-        if CAN_PIN:
+        if CAN_PIN and pin:
             pin_pid(pid, PROXY_CPU)
-        measure(pid, port, 1, load_pin)  # warm up: connections, JIT, caches
+        measure(pid, port, 1, load_pin, load)  # warm up: connections, JIT, caches
     runs: dict[str, list[Run]] = {name: [] for name in systems}
     for _ in range(rounds):
         for name, (pid, port) in systems.items():
-            runs[name].append(measure(pid, port, seconds, load_pin))
+            runs[name].append(measure(pid, port, seconds, load_pin, load))
     return runs
 
 
@@ -104,15 +139,17 @@ def start_agent(
     count: int = 1,
     source: Path | None = None,
     http2: bool = False,
+    concurrency: int = 1,
 ) -> tuple[procs.Proc, int]:
     """`meshplug agent` with `count` plugins (`wasm` configured with `config`) or none, in front of the upstream;
     `source`: run the meshplug package of that checkout instead (built with `make native`), to compare two
-    versions of the agent in one interleaved run; `http2`: the upstream cluster speaks HTTP/2."""
+    versions of the agent in one interleaved run; `http2`: the upstream cluster speaks HTTP/2; `concurrency`:
+    that many workers."""
     plugins = [
         {"name": f"bench-{i}", "module": {"file": str(wasm)}, "configuration": config}
         for i in range(count if wasm is not None else 0)
     ]
-    return start_agent_with(work, name, upstream_port, plugins, source=source, http2=http2)
+    return start_agent_with(work, name, upstream_port, plugins, source=source, http2=http2, concurrency=concurrency)
 
 
 def start_agent_with(
@@ -123,6 +160,7 @@ def start_agent_with(
     *,
     source: Path | None = None,
     http2: bool = False,
+    concurrency: int = 1,
 ) -> tuple[procs.Proc, int]:
     """`meshplug agent` with these config `plugins` entries (wasm modules or Lua filters) in front of the upstream
     (`source`, `http2`: as in `start_agent`)."""
@@ -136,7 +174,14 @@ def start_agent_with(
     )
     env = None if source is None else {"PYTHONPATH": str(source), "MESHPLUG_REQUIRE_NATIVE": "1"}
     agent = tb_agent.start_agent(
-        raw, work_dir=work / name, log_dir=work, name=name, log_level="warning", env=env, cwd=source
+        raw,
+        work_dir=work / name,
+        log_dir=work,
+        name=name,
+        log_level="warning",
+        env=env,
+        cwd=source,
+        concurrency=concurrency,
     )  # (`python -m` puts the working directory first on the path: it must be the checkout run)
     return agent.proc, port
 
@@ -150,8 +195,10 @@ def start_envoy(
     *,
     count: int = 1,
     http2: bool = False,
+    concurrency: int = 1,
 ) -> tuple[procs.Proc, int]:
-    """Envoy (--concurrency 1) with the same plugin on V8 `count` times (or none), in front of the same upstream."""
+    """Envoy (--concurrency `concurrency`, default 1) with the same plugin on V8 `count` times (or none), in front
+    of the same upstream."""
     filters = []
     if wasm is not None:
         filters = [
@@ -171,18 +218,29 @@ def start_envoy(
             }
             for i in range(count)
         ]
-    return start_envoy_with(work, name, upstream_port, filters, http2=http2)
+    return start_envoy_with(work, name, upstream_port, filters, http2=http2, concurrency=concurrency)
 
 
 def start_envoy_with(
-    work: Path, name: str, upstream_port: int, http_filters: list[dict[str, Any]], *, http2: bool = False
+    work: Path,
+    name: str,
+    upstream_port: int,
+    http_filters: list[dict[str, Any]],
+    *,
+    http2: bool = False,
+    concurrency: int = 1,
 ) -> tuple[procs.Proc, int]:
-    """Envoy (--concurrency 1) with these HTTP filters (before the router) in front of the upstream."""
+    """Envoy (--concurrency `concurrency`) with these HTTP filters (before the router) in front of the upstream."""
     port, admin = procs.free_port(), procs.free_port()
     listener = tb_envoy.http_listener("bench", port, cluster="upstream", http_filters=http_filters)
     cfg = tb_envoy.bootstrap(admin, [listener], [tb_envoy.static_cluster("upstream", upstream_port, http2=http2)])
     path = tb_envoy.write_config(cfg, work / f"{name}.json")
     envoy = tb_envoy.start_envoy(
-        path, admin_port=admin, log_dir=work, name=name, component_log_levels="wasm:warn,lua:warn"
+        path,
+        admin_port=admin,
+        log_dir=work,
+        name=name,
+        component_log_levels="wasm:warn,lua:warn",
+        concurrency=concurrency,
     )
     return envoy.proc, port

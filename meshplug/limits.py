@@ -167,3 +167,8 @@ TOKEN_REVIEW_CACHE_ENTRIES = 10_000
 #: agent: resources of one push prepared at once (fetch, artifact, compile or load, validate), and VMs started
 #: at once (instantiate + the module's entry point; each plugin's own start callbacks stay in chain order)
 AGENT_PREPARE_THREADS = 4
+#: agent --concurrency: the workers' shared store (proxy-wasm shared data and queues; a sparse tmpfs file, memory
+#: only as used), how long a worker may take to start, and to exit once drained
+WORKERS_SHARED_BYTES = 64 * 1024 * 1024
+WORKER_START_TIMEOUT_S = 60.0
+WORKER_STOP_TIMEOUT_S = 10.0

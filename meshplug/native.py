@@ -3,8 +3,9 @@
 Two kinds of native code, built in place by `make native` (scripts/build_native.py -> setup.py build_ext)
 and into wheels by `pip wheel .`:
 
-* `EXTENSION`: meshplug/agent/_wasmcall.c, the fast wasm backend's guest/host call boundary (plain C against
-  the Python API; wasmtime's functions are handed over as addresses at import).
+* `EXTENSIONS`: meshplug/agent/_wasmcall.c (`EXTENSION`), the fast wasm backend's guest/host call boundary (plain
+  C against the Python API; wasmtime's functions are handed over as addresses at import), and
+  meshplug/agent/_shared.c, shared data and queues across the workers of an agent (--concurrency).
 * `COMPILED`: the per-request modules, compiled by mypyc from their (mypy --strict) sources into one shared
   library (`GROUP`). The .py files stay the source of truth; the interpreter runs them when no build is
   present.
@@ -39,6 +40,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
 EXTENSION = "meshplug.agent._wasmcall"
 EXTENSION_SOURCE = "meshplug/agent/_wasmcall.c"
+#: every C extension and its source, built and loaded together (`Status.extension`): the fast backend's call
+#: boundary and the workers' shared data and queues (meshplug/agent/_shared.c, for --concurrency)
+EXTENSIONS: dict[str, str] = {EXTENSION: EXTENSION_SOURCE, "meshplug.agent._shared": "meshplug/agent/_shared.c"}
 #: compiled by mypyc, in one group (calls between them are native)
 COMPILED: tuple[str, ...] = (
     "meshplug.agent.abi",
@@ -70,7 +74,7 @@ STAMP = PACKAGE_DIR / "_native.json"
 
 def source_path(module: str) -> str:
     """Repository-relative path of a compiled module's source."""
-    return EXTENSION_SOURCE if module == EXTENSION else module.replace(".", "/") + ".py"
+    return EXTENSIONS.get(module) or module.replace(".", "/") + ".py"
 
 
 def _digest(path: Path) -> str:
@@ -84,7 +88,7 @@ def build_tag() -> str:
 
 def expected() -> dict[str, object]:
     """The stamp a build of the sources on disk writes."""
-    sources = {m: _digest(ROOT / source_path(m)) for m in (EXTENSION, *COMPILED)}
+    sources = {m: _digest(ROOT / source_path(m)) for m in (*EXTENSIONS, *COMPILED)}
     return {"abi": build_tag(), "sources": sources}
 
 
@@ -131,14 +135,14 @@ def check() -> Status:
     have_src = have.get("sources") or {}
     assert isinstance(want_src, dict)
     stale = sorted(m for m in want_src if have_src.get(m) != want_src[m])
-    ext = EXTENSION not in stale and _built(EXTENSION)
+    ext = all(e not in stale and _built(e) for e in EXTENSIONS)
     compiled = _built(GROUP + "__mypyc") and not any(m in stale or not _built(m) for m in COMPILED)
     if ext and compiled:
         return Status(True, True, "")
     if stale:
         names = ", ".join(m.rsplit(".", 1)[1] for m in stale)
         return Status(ext, compiled, f"sources changed since the build: {names} (run `make native`)")
-    missing = [] if ext else ["the C extension"]
+    missing = [] if ext else ["the C extensions"]
     missing += [] if compiled else ["the mypyc modules"]
     return Status(ext, compiled, f"built without {' and '.join(missing)} (no C compiler at build time?)")
 
@@ -175,5 +179,6 @@ def guard() -> Status:
     STATUS = check()
     if os.environ.get("MESHPLUG_REQUIRE_NATIVE") == "1" and STATUS.reason:
         raise NativeBuildError(f"MESHPLUG_REQUIRE_NATIVE=1 but the compiled data path is unusable: {STATUS.reason}")
-    sys.meta_path.insert(0, _FromSource(() if STATUS.compiled else COMPILED, () if STATUS.extension else (EXTENSION,)))
+    blocked = () if STATUS.extension else tuple(EXTENSIONS)
+    sys.meta_path.insert(0, _FromSource(() if STATUS.compiled else COMPILED, blocked))
     return STATUS

@@ -295,6 +295,7 @@ def build(
             node=dict(node.metadata),
             node_id=node.id,
             cluster=node.cluster,
+            share=proxy.share,
         )
     rt: lua.Runtime | None = None
     if any(r.lua for r, _ in plugins):

@@ -48,13 +48,16 @@ import time
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import wasmtime
 
 from meshplug import abi_table, errors, limits
 from meshplug.agent import abi, chain, hostapi, vm
 from meshplug.agent.chain import Action, Direction, FailStrategy, LocalReply, Phase
+
+if TYPE_CHECKING:
+    from meshplug.agent import sharing
 from meshplug.agent.hostapi import (
     CRITICAL,
     DEBUG,
@@ -905,7 +908,10 @@ class Host(hostapi.Host):
         on_wakeup: Callable[[], None] | None = None,
         reload_backoff_ms: int = limits.VM_RELOAD_BACKOFF_MS,
         clock: Callable[[], float] = time.monotonic,
+        share: sharing.Share | None = None,
     ) -> None:
+        """`share`: the store the workers of a multi-worker agent share (meshplug.agent.sharing): shared data
+        and queues there instead of in this host."""
         self.runtime = runtime or vm.default_runtime()
         self.backend = backend
         self.upstreams = None if upstreams is None else frozenset(upstreams)
@@ -918,7 +924,8 @@ class Host(hostapi.Host):
         self.on_wakeup = on_wakeup
         self.reload_backoff_ms = reload_backoff_ms
         self.clock = clock  # FAIL_RELOAD backoff
-        self.shared_data = SharedData()
+        self.share = share
+        self.shared_data = SharedData(share.store if share is not None else None)
         self.metrics = Metrics()
         self.logs: collections.deque[LogRecord] = collections.deque(maxlen=10_000)
         self.plugins: list[Plugin] = []
@@ -930,6 +937,10 @@ class Host(hostapi.Host):
         self._queue_names: dict[tuple[str, bytes], int] = {}
         self._queue_ids = itertools.count(1)
         self._notify: collections.deque[int] = collections.deque()
+        #: with a share: the queues a root context of this host registered (token -> VM, root id)
+        self._owned: dict[int, tuple[WasmVm, int]] = {}
+        if share is not None:
+            share.attach(self)
         self._callouts: dict[int, tuple[WasmVm, RootContext, int]] = {}
         self._outbox: list[HttpCallout] = []
         self._callout_ids = itertools.count(1)
@@ -1028,6 +1039,8 @@ class Host(hostapi.Host):
         for plugin in self.plugins:
             plugin.stop()
         self.plugins.clear()
+        if self.share is not None:
+            self.share.detach(self)
 
     # -- logs / metrics ------------------------------------------------------------------------------
     def record_log(self, plugin: str, level: int, message: str) -> None:
@@ -1228,6 +1241,10 @@ class Host(hostapi.Host):
     # -- shared queues -------------------------------------------------------------------------------
     def register_queue(self, wvm: hostapi.Vm, root: RootContext, name: bytes) -> int:
         assert isinstance(wvm, WasmVm)
+        if self.share is not None:
+            token = self.share.store.queue_register(wvm.vm_id.encode(), name, self.share.index, root.id)
+            self._owned[token] = (wvm, root.id)
+            return token
         key = (wvm.vm_id, name)
         qid = self._queue_names.get(key)
         if qid is None:
@@ -1238,9 +1255,18 @@ class Host(hostapi.Host):
         return qid
 
     def resolve_queue(self, vm_id: str, name: bytes) -> int | None:
+        if self.share is not None:
+            return self.share.store.queue_resolve(vm_id.encode(), name) or None
         return self._queue_names.get((vm_id, name))
 
     def enqueue(self, qid: int, value: bytes) -> bool:
+        if self.share is not None:
+            owner = self.share.store.enqueue(qid, value)
+            if owner == -2:
+                raise MemoryError("the workers' shared store is full")
+            if owner >= 0:
+                self.share.wake(owner, qid)  # posted: delivered from the owner's event loop, never inline
+            return owner != -1
         q = self._queues.get(qid)
         if q is None:
             return False
@@ -1252,10 +1278,18 @@ class Host(hostapi.Host):
 
     def dequeue(self, qid: int) -> bytes | bool | None:
         """The next item, None when empty, False for an unknown queue."""
+        if self.share is not None:
+            return self.share.store.dequeue(qid)
         q = self._queues.get(qid)
         if q is None:
             return False
         return q.items.popleft() if q.items else None
+
+    def queue_ready(self, token: int) -> None:
+        """Another worker enqueued on queue `token` (meshplug.agent.sharing): notify its owner here, if here."""
+        if token in self._owned:
+            self._notify.append(token)
+            self._wake()
 
     def pending(self) -> bool:
         return bool(self._notify or self._outbox or self._grpc_outbox)
@@ -1265,10 +1299,16 @@ class Host(hostapi.Host):
         ran = 0
         while self._notify:
             qid = self._notify.popleft()
-            q = self._queues.get(qid)
-            if q is None or q.owner is None:
-                continue
-            wvm, root_id = q.owner
+            if self.share is not None:  # still ours: the last registration (in any worker) owns a queue
+                owned = self._owned.get(qid)
+                if owned is None or self.share.store.queue_owner(qid) != (self.share.index, owned[1]):
+                    continue
+                wvm, root_id = owned
+            else:
+                q = self._queues.get(qid)
+                if q is None or q.owner is None:
+                    continue
+                wvm, root_id = q.owner
             root = wvm.contexts.get(root_id)
             if wvm.failed is None and isinstance(root, RootContext):
                 wvm.invoke(root, "proxy_on_queue_ready", root_id, qid)

@@ -20,9 +20,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from meshplug.agent import chain, vm
+
+if TYPE_CHECKING:
+    from meshplug.agent import sharing
 from meshplug.agent.chain import FailStrategy, Phase
 
 # proxy_status_t
@@ -100,16 +103,26 @@ class PluginConfig:
 
 # --- process-wide shared stores ---------------------------------------------------------------------
 class SharedData:
-    """Key/value store with CAS, one namespace per vm_id (proxy-wasm-cpp-host semantics)."""
+    """Key/value store with CAS, one namespace per vm_id (proxy-wasm-cpp-host semantics); with a `store`
+    (meshplug.agent.sharing: the workers of one agent), the one all workers share."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: sharing.Store | None = None) -> None:
         self._data: dict[str, dict[bytes, tuple[bytes, int]]] = {}
         self._cas = itertools.count(1)
+        self.store = store
 
     def get(self, vm_id: str, key: bytes) -> tuple[bytes, int] | None:
+        if self.store is not None:
+            return self.store.get(vm_id.encode(), key)
         return self._data.get(vm_id, {}).get(key)
 
     def set(self, vm_id: str, key: bytes, value: bytes, cas: int) -> bool:
+        """False on a CAS mismatch; MemoryError when a shared store is full."""
+        if self.store is not None:
+            rc = self.store.set(vm_id.encode(), key, value, cas)
+            if rc == 2:
+                raise MemoryError("the workers' shared store is full")
+            return rc == 0
         space = self._data.setdefault(vm_id, {})
         current = space.get(key)
         if cas and current is not None and current[1] != cas:

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,6 +70,9 @@ class Chain:
     close: Callable[[], None] = field(default=lambda: None)
     #: the logging level changed: pass it on to the plugins' hosts
     relevel: Callable[[], None] = field(default=lambda: None)
+    #: awaited right after the proxy swapped to this chain, before the push is answered (a multi-worker agent's
+    #: workers switch to the set they loaded: meshplug.agent.workers)
+    activate: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)

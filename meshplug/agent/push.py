@@ -115,6 +115,8 @@ class Applier:
             # the swap (no await in between): new exchanges and connections take the new chain
             self.proxy.filters = loaded.chain.filters
             self.proxy.network_filters = loaded.chain.network
+            if loaded.chain.activate is not None:
+                await loaded.chain.activate()
             if old is not None:
                 loop.call_later(self.retire_after_s, old.chain.close)
             timings = dict(loaded.timings)

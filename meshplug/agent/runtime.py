@@ -18,7 +18,8 @@ import logging
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import uvloop
 
@@ -27,7 +28,7 @@ from meshplug.agent import admin, config, loader, push, server, tls, wire
 
 log = logging.getLogger("meshplug.agent")
 
-_GAUGES = frozenset({"downstream_cx_active", "downstream_rq_active", "upstream_cx_active"})
+GAUGES = frozenset({"downstream_cx_active", "downstream_rq_active", "upstream_cx_active"})
 
 
 def build_chain(
@@ -87,9 +88,7 @@ class Agent:
         # sight, so its full collections stay cheap (plugin chains come after: they must stay collectable)
         gc.freeze()
         await self._initial()
-        await self.proxy.start()
-        for lst, srv in zip(self.cfg.listeners, self.proxy.servers, strict=True):
-            self.ports[lst.name] = self.proxy.port_of(srv)
+        await self.listen()
         self.ports["admin"] = await self.admin.start(self.cfg.admin.address, self.cfg.admin.port)
         if self.cfg.push is not None:
             push_tls = _push_tls(self.cfg.push.tls)
@@ -103,6 +102,12 @@ class Agent:
         # one machine-readable line: tools and tests learn the bound ports (config may say port 0)
         sys.stdout.write(json.dumps({"event": "ready", "ports": self.ports}) + "\n")
         sys.stdout.flush()
+
+    async def listen(self) -> None:
+        """Open the listeners (a multi-worker agent's parent has its workers open theirs)."""
+        await self.proxy.start()
+        for lst, srv in zip(self.cfg.listeners, self.proxy.servers, strict=True):
+            self.ports[lst.name] = self.proxy.port_of(srv)
 
     async def run_until_stopped(self) -> bool:
         await self._stop.wait()
@@ -185,7 +190,7 @@ class Agent:
         counters["push_nack_total"] = self.applier.nacks
         active = self.applier.active
         extra = active.chain.metrics() if active else ""
-        return admin.prometheus(counters, gauges=_GAUGES, labels={}, extra=extra)
+        return admin.prometheus(counters, gauges=GAUGES, labels={}, extra=extra)
 
 
 async def _main(cfg: config.AgentConfig) -> int:
@@ -198,8 +203,11 @@ async def _main(cfg: config.AgentConfig) -> int:
     return 0 if clean else 1
 
 
-def serve(cfg: config.AgentConfig, *, log_level: str = "info") -> int:
-    """Run the agent until SIGTERM/SIGINT; the exit status says whether the drain finished in time."""
+def serve(
+    cfg: config.AgentConfig, *, log_level: str = "info", main: Callable[[], Coroutine[Any, Any, int]] | None = None
+) -> int:
+    """Run the agent until SIGTERM/SIGINT; the exit status says whether the drain finished in time. `main`:
+    another main coroutine (meshplug.agent.workers' parent)."""
     logging.basicConfig(
         level=admin.LEVELS.get(log_level, logging.INFO),
         stream=sys.stderr,
@@ -208,5 +216,5 @@ def serve(cfg: config.AgentConfig, *, log_level: str = "info") -> int:
     if native.STATUS.reason:
         log.warning("data path interpreted, several times slower than compiled: %s", native.STATUS.reason)
     with contextlib.suppress(KeyboardInterrupt):
-        return uvloop.run(_main(cfg))
+        return uvloop.run(main() if main is not None else _main(cfg))
     return 130

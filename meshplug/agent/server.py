@@ -29,6 +29,7 @@ import functools
 import logging
 import ssl
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import config as agent_config
@@ -38,6 +39,9 @@ from meshplug.agent.downstream import Downstream
 from meshplug.agent.h2down import H2Downstream
 from meshplug.agent.tcp import NetworkFilter, TcpDownstream
 from meshplug.agent.tunnel import Tunnel
+
+if TYPE_CHECKING:
+    from meshplug.agent import sharing
 
 log = logging.getLogger("meshplug.agent.server")
 
@@ -65,6 +69,10 @@ class Proxy:
         self.connections: set[Downstream | H2Downstream | TcpDownstream | Tunnel] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self._drained: asyncio.Event | None = None
+        #: a worker of a multi-worker agent (meshplug.agent.workers): its listeners share their ports with the
+        #: other workers' (SO_REUSEPORT: the kernel spreads connections), its hosts the workers' shared store
+        self.reuse_port = False
+        self.share: sharing.Share | None = None
 
     async def start(self) -> None:
         for lst in self.cfg.listeners:
@@ -75,7 +83,13 @@ class Proxy:
             else:
                 factory = functools.partial(Downstream, self, pool, lst.upgrade_types)
             server = await self.loop.create_server(
-                factory, lst.address, lst.port, reuse_address=True, backlog=1024, ssl=self._tls(lst)
+                factory,
+                lst.address,
+                lst.port,
+                reuse_address=True,
+                reuse_port=self.reuse_port or None,
+                backlog=1024,
+                ssl=self._tls(lst),
             )
             self.servers.append(server)
             log.info(

@@ -141,7 +141,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
-
     def _refused(self, refusal: tuple[int, str] | None) -> bool:
         if refusal is None:
             return False

@@ -127,15 +127,18 @@ def start_agent(
     log_level: str = "debug",
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    concurrency: int = 1,
 ) -> Agent:
-    """Start `meshplug agent --config` for `raw` (ports must be concrete) and wait until /ready says LIVE."""
+    """Start `meshplug agent --config` for `raw` (ports must be concrete) and wait until /ready says LIVE;
+    `concurrency` > 1: that many workers (--concurrency)."""
     path = write_config(work_dir, raw)
     admin_port = int(raw["admin"]["port"])
     port = int(raw["listeners"][0]["port"])
     push_port = int(raw["push"]["port"]) if raw.get("push") else None
     proc = procs.start(
         name,
-        [sys.executable, "-m", "meshplug", "agent", "--config", str(path), "--log-level", log_level],
+        [sys.executable, "-m", "meshplug", "agent", "--config", str(path), "--log-level", log_level]
+        + (["--concurrency", str(concurrency)] if concurrency != 1 else []),
         log_dir=log_dir,
         ready=None,
         env=env,

@@ -263,6 +263,7 @@ def start_envoy(
     name: str = "envoy",
     component_log_levels: str = PLUGIN_LOG_LEVELS,
     timeout: float = 120.0,
+    concurrency: int = 1,
 ) -> Envoy:
     """Start Envoy on a validated config; return when admin /ready says LIVE (raises with the log tail)."""
 
@@ -273,7 +274,7 @@ def start_envoy(
     argv = [
         envoy_binary(),
         "-c", str(config_path),
-        "--concurrency", "1",
+        "--concurrency", str(concurrency),
         "--disable-hot-restart",
         "-l", "info",
         "--component-log-level", component_log_levels,

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Two cores: the agent with --concurrency 1 and 2 vs Envoy 1.40 with --concurrency 1 and 2, same plugin, same cores.
+
+Starts nginx (the upstream), the agent twice (one worker; two workers: `meshplug agent --concurrency 2`) and Envoy
+twice (--concurrency 1 and 2), each with the same plugin (corpus rust/header_rules adding one response header,
+on V8 for Envoy). Nothing is pinned: every proxy, nginx and wrk (-t2 -c32) share the machine's cores, as a busy
+pod's sidecar does. Rounds are interleaved; per run: req/s, p50/p99, CPU per request (the proxy's whole process
+tree: a multi-worker agent's parent and workers) and RSS. Prints medians and the ratios issue 19 asks for:
+throughput of 2 agent workers / Envoy with 2 workers (target >= 1.0), and the agent's CPU per request with 2
+workers / with 1 (target: unchanged, ~1.0).
+
+Usage: bench/workers_vs_envoy.py [--rounds 5] [--seconds 4] [--module rust/header_rules] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import Run, interleaved, start_agent, start_envoy
+from tests.corpus import modules
+from tests.testbed import nginx as tb_nginx
+from tests.testbed import procs
+
+CONFIG = {"response": {"add": {"x-bench": "1"}}}
+
+
+def median(runs: list[Run], field: str) -> float:
+    return statistics.median(getattr(r, field) for r in runs)
+
+
+def ratio(a: list[Run], b: list[Run], field: str) -> float:
+    return statistics.median(getattr(x, field) / getattr(y, field) for x, y in zip(a, b, strict=True))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=4)
+    ap.add_argument("--module", default="rust/header_rules")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=32)
+    args = ap.parse_args()
+    n = args.workers
+    wasm = modules.module(args.module).path
+    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+        work = Path(tmp)
+        started: list[procs.Proc] = []
+        try:
+            upstream = tb_nginx.start_nginx(log_dir=work)
+            started.append(upstream)
+            up = upstream.ports["http"]
+            systems: dict[str, tuple[int, int]] = {}
+            for name, start, workers in (
+                ("agent x1", start_agent, 1),
+                (f"agent x{n}", start_agent, n),
+                ("envoy x1", start_envoy, 1),
+                (f"envoy x{n}", start_envoy, n),
+            ):
+                proc, port = start(work, name.replace(" ", "-"), up, wasm, CONFIG, concurrency=workers)
+                started.append(proc)
+                systems[name] = (proc.pid, port)
+            load = ("-t2", f"-c{args.connections}")
+            runs = interleaved(systems, args.rounds, args.seconds, pin=False, load=load)
+        finally:
+            for proc in reversed(started):
+                proc.stop()
+
+    print(f"{args.module} adding one response header; nginx upstream; ", end="")
+    print(f"wrk -t2 -c{args.connections} -d{args.seconds}s")
+    print(f"{args.rounds} interleaved rounds, medians; nothing pinned (proxies, nginx and wrk share every core)")
+    print(f"{'system':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU/req us':>11} {'RSS MiB':>8}")
+    for name, rs in runs.items():
+        print(
+            f"{name:<10} {median(rs, 'rps'):>9.0f} {median(rs, 'p50_ms'):>8.2f} {median(rs, 'p99_ms'):>8.2f} "
+            f"{median(rs, 'cpu_us'):>11.1f} {median(rs, 'rss_mib'):>8.1f}"
+        )
+    a1, an, e1, en = runs["agent x1"], runs[f"agent x{n}"], runs["envoy x1"], runs[f"envoy x{n}"]
+    throughput = ratio(an, en, "rps")
+    verdict = "met" if throughput >= 1 else "NOT met"
+    print(f"throughput agent x{n} / envoy x{n}: {throughput:.2f}x (target >= 1.00: {verdict})")
+    print(f"CPU/req agent x{n} / agent x1: {ratio(an, a1, 'cpu_us'):.2f}x (target ~1.00: unchanged)")
+    print(f"CPU/req agent x{n} / envoy x{n}: {ratio(an, en, 'cpu_us'):.2f}x", end="; ")
+    print(f"envoy x{n} / envoy x1: {ratio(en, e1, 'cpu_us'):.2f}x")
+    print(f"scaling x1 -> x{n}: agent {ratio(an, a1, 'rps'):.2f}x, envoy {ratio(en, e1, 'rps'):.2f}x")
+    print(f"load average after the run: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,293 @@
+"""`meshplug agent --concurrency 2` as Envoy's `--concurrency 2`: workers accepting on the same port, one VM set
+each, proxy-wasm shared data (CAS) and shared queues that are one across the workers, one push endpoint (one
+ACK/NACK for all workers), one admin view (stats summed), a worker that dies replaced with the active set.
+
+The shared state is checked with the same guest on Envoy 1.40 --concurrency 2 in the same test: each request
+increments a shared counter with a CAS loop and answers with its new value, and enqueues it to a queue the root
+contexts registered; the queue's owner counts what it dequeued (`GET /dequeued`). Both proxies must hand out
+every number once (no lost or repeated CAS) and dequeue every item once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from meshplug import native, protocol
+from tests.guests import minimal
+from tests.testbed import agent as tb_agent
+from tests.testbed import envoy as tb_envoy
+from tests.testbed import nginx as tb_nginx
+from tests.testbed import procs
+
+TOKEN = "push-token-for-the-workers-test"
+REQUESTS, THREADS = 240, 8
+# every request: n += 1 by CAS (8 ASCII digits), enqueue the new n on queue "q", answer 200 with n;
+# GET /dequeued answers d, which the queue's owner (its last registrant) increments per item it dequeues
+COUNTER = """(module
+  (import "env" "proxy_get_shared_data" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_register_shared_queue" (func $register (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_resolve_shared_queue" (func $resolve (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_enqueue_shared_queue" (func $enqueue (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_dequeue_shared_queue" (func $dequeue (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $header (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 65536))
+  (data (i32.const 100) "n")
+  (data (i32.const 104) "d")
+  (data (i32.const 108) "q")
+  (data (i32.const 112) ":path")
+  (data (i32.const 120) "/dequeued")
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func $read (param $k i32)
+    (i32.store (i32.const 208) (i32.const 0))
+    (if (i32.eqz (call $get (local.get $k) (i32.const 1) (i32.const 200) (i32.const 204) (i32.const 208)))
+      (then (i64.store (i32.const 300) (i64.load (i32.load (i32.const 200)))))
+      (else (i64.store (i32.const 300) (i64.const 0x3030303030303030)))))
+  (func $incr (param $k i32) (local $i i32) (local $c i32)
+    (loop $retry
+      (call $read (local.get $k))
+      (local.set $i (i32.const 307))
+      (block $done
+        (loop $carry
+          (local.set $c (i32.add (i32.load8_u (local.get $i)) (i32.const 1)))
+          (if (i32.le_u (local.get $c) (i32.const 57))
+            (then (i32.store8 (local.get $i) (local.get $c)) (br $done)))
+          (i32.store8 (local.get $i) (i32.const 48))
+          (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+          (br_if $carry (i32.ge_u (local.get $i) (i32.const 300)))))
+      (br_if $retry (i32.eq (call $set (local.get $k) (i32.const 1) (i32.const 300) (i32.const 8)
+                                  (i32.load (i32.const 208))) (i32.const 8)))))
+  (func $is_dequeued_path (result i32) (local $p i32) (local $i i32)
+    (if (call $header (i32.const 0) (i32.const 112) (i32.const 5) (i32.const 200) (i32.const 204))
+      (then (return (i32.const 0))))
+    (if (i32.ne (i32.load (i32.const 204)) (i32.const 9)) (then (return (i32.const 0))))
+    (local.set $p (i32.load (i32.const 200)))
+    (block $no
+      (loop $cmp
+        (br_if $no (i32.ne (i32.load8_u (i32.add (local.get $p) (local.get $i)))
+                           (i32.load8_u (i32.add (i32.const 120) (local.get $i)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $cmp (i32.lt_u (local.get $i) (i32.const 9))))
+      (return (i32.const 1)))
+    (i32.const 0))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (drop (call $register (i32.const 108) (i32.const 1) (i32.const 212))) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (call $is_dequeued_path)
+      (then (call $read (i32.const 104)))
+      (else
+        (call $incr (i32.const 100))
+        (drop (call $resolve (i32.const 0) (i32.const 0) (i32.const 108) (i32.const 1) (i32.const 216)))
+        (drop (call $enqueue (i32.load (i32.const 216)) (i32.const 300) (i32.const 8)))))
+    (drop (call $reply (i32.const 200) (i32.const 0) (i32.const 0) (i32.const 300) (i32.const 8)
+                       (i32.const 0) (i32.const 0) (i32.const -1)))
+    (i32.const 1))
+  (func (export "proxy_on_queue_ready") (param i32 i32)
+    (loop $more
+      (if (i32.eqz (call $dequeue (local.get 1) (i32.const 200) (i32.const 204)))
+        (then (call $incr (i32.const 104)) (br $more))))))"""
+# adds `x-set: <marker>` to every response: which set a worker serves
+HEADER = """(module
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "x-set")
+  (data (i32.const 120) "%s")
+  (func (export "malloc") (param i32) (result i32) (i32.const 2048))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 100) (i32.const 5) (i32.const 120) (i32.const %d))) (i32.const 0)))"""
+
+_NATIVE = native.check()
+needs_native = pytest.mark.skipif(
+    not _NATIVE.extension, reason=f"--concurrency needs the native build: {_NATIVE.reason}"
+)
+
+
+def wasm(work: Path, name: str, wat: str) -> Path:
+    path = work / f"{name}.wasm"
+    path.write_bytes(wasmtime.wat2wasm(wat))
+    return path
+
+
+def header_module(work: Path, marker: str) -> Path:
+    return wasm(work, f"set-{marker}", HEADER % (marker, len(marker)))
+
+
+def fetch(port: int, path: str = "/x") -> tuple[int, dict[str, str], bytes]:
+    """One request on a connection of its own (so the kernel may give it to any worker)."""
+    return tb_agent.http_request(port, "GET", path, headers={"connection": "close"})
+
+
+def counted(port: int) -> list[int]:
+    def some(_: int) -> list[int]:
+        return [int(fetch(port)[2]) for _ in range(REQUESTS // THREADS)]
+
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        return sorted(v for chunk in pool.map(some, range(THREADS)) for v in chunk)
+
+
+def dequeued(port: int) -> int:
+    out = 0
+
+    def all_dequeued() -> bool:
+        nonlocal out
+        out = int(fetch(port, "/dequeued")[2])
+        return out == REQUESTS
+
+    procs.wait_until(all_dequeued, timeout=30, interval=0.1, what="the queue's owner to dequeue every item")
+    return out
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[procs.Proc]:
+    proc = tb_nginx.start_nginx(log_dir=tmp_path / "logs")
+    yield proc
+    proc.stop()
+
+
+def start(tmp_path: Path, upstream: int, plugins: list[dict[str, object]], *, push: bool = False) -> tb_agent.Agent:
+    raw = tb_agent.base_config(
+        port=procs.free_port(), admin_port=procs.free_port(), clusters={"upstream": upstream}, plugins=plugins
+    )
+    if push:
+        (tmp_path / "token").write_text(TOKEN)
+        raw["push"] = {
+            "address": "127.0.0.1",
+            "port": procs.free_port(),
+            "token_file": str(tmp_path / "token"),
+            "allow_plaintext": True,
+        }
+        raw["modules"] = {"file_roots": [str(tmp_path)]}
+        raw["state_dir"] = str(tmp_path / "state")
+    return tb_agent.start_agent(raw, work_dir=tmp_path / "agent", log_dir=tmp_path, log_level="info", concurrency=2)
+
+
+def workers(agent: tb_agent.Agent) -> list[dict[str, object]]:
+    return list(agent.config_dump()["workers"])
+
+
+@needs_native
+def test_shared_data_and_queues_are_one_across_workers_as_in_envoy(tmp_path: Path, upstream: procs.Proc) -> None:
+    module = wasm(tmp_path, "counter", COUNTER)
+    agent = start(tmp_path, upstream.ports["http"], [{"name": "counter", "module": {"file": str(module)}}])
+    try:
+        assert counted(agent.port) == list(range(1, REQUESTS + 1))  # every CAS increment once, in any worker
+        assert dequeued(agent.port) == REQUESTS  # every item dequeued once, by the queue's one owner
+        served = [int(str(w["requests"])) for w in workers(agent)]
+        assert len(served) == 2 and all(n > 0 for n in served), served  # both workers took connections
+        stats = agent.admin("/stats/prometheus")[1].decode()
+        assert f"meshplug_agent_downstream_rq_total {sum(served)}" in stats  # one admin view: summed
+    finally:
+        agent.stop()
+
+    # the same guest on Envoy 1.40 with two workers behaves the same
+    port, admin = procs.free_port(), procs.free_port()
+    filters = [
+        {
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "counter",
+                    "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(module)}}},
+                },
+            },
+        }
+    ]
+    listener = tb_envoy.http_listener("main", port, cluster="upstream", http_filters=filters)
+    cfg = tb_envoy.bootstrap(admin, [listener], [tb_envoy.static_cluster("upstream", upstream.ports["http"])])
+    envoy = tb_envoy.start_envoy(
+        tb_envoy.write_config(cfg, tmp_path / "envoy.json"), admin_port=admin, log_dir=tmp_path, concurrency=2
+    )
+    try:
+        assert counted(port) == list(range(1, REQUESTS + 1))
+        assert dequeued(port) == REQUESTS
+    finally:
+        envoy.proc.stop()
+
+
+def push(agent: tb_agent.Agent, version: str, module: Path) -> protocol.Reply:
+    data = module.read_bytes()
+    resource = protocol.ExtensionConfig(
+        name="set", root_id="", url=module.as_uri(), sha256=hashlib.sha256(data).hexdigest()
+    )
+    body = protocol.encode(protocol.Push(version_info=version, nonce=f"n-{version}", resources=(resource,)))
+    assert agent.push_port is not None
+    conn = http.client.HTTPConnection("127.0.0.1", agent.push_port, timeout=60)
+    try:
+        conn.request("PUT", protocol.PUSH_PATH, body=body, headers=protocol.bearer(TOKEN))
+        return protocol.decode_reply(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def markers(port: int, n: int = 40) -> set[str | None]:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        return {h.get("x-set") for _, h, _ in pool.map(lambda _: fetch(port), range(n))}
+
+
+@needs_native
+def test_one_push_endpoint_for_all_workers_and_a_dead_worker_is_replaced(tmp_path: Path, upstream: procs.Proc) -> None:
+    agent = start(tmp_path, upstream.ports["http"], [], push=True)
+    try:
+        assert markers(agent.port) == {None}
+        reply = push(agent, "v1", header_module(tmp_path, "one"))
+        assert reply.ack and [p.state for p in reply.plugins] == [protocol.PluginState.RUNNING]
+        assert markers(agent.port) == {"one"}  # both workers switched before the ACK
+        assert all(int(str(w["requests"])) > 0 for w in workers(agent))
+
+        # a set one worker cannot start is NACKed for all; every worker keeps serving the last good set
+        fails = tmp_path / "fails.wasm"
+        fails.write_bytes(minimal.passthrough(vm_start=0))
+        reply = push(agent, "v2", fails)
+        assert not reply.ack and reply.error_detail is not None and reply.error_detail.reason == "start_failed"
+        assert reply.version_info == "v1" and markers(agent.port) == {"one"}
+        dump = agent.config_dump()
+        assert dump["version_info"] == "v1" and dump["last_push"]["ack"] is False
+
+        # a worker that dies is started again with the active set before it takes connections
+        victim = workers(agent)[0]
+        os.kill(int(str(victim["pid"])), signal.SIGKILL)
+
+        def replaced() -> bool:
+            now = workers(agent)
+            return len(now) == 2 and all(w["running"] for w in now) and victim["pid"] not in {w["pid"] for w in now}
+
+        procs.wait_until(replaced, timeout=60, interval=0.2, what="the killed worker to be replaced")
+        assert markers(agent.port, 60) == {"one"}
+        assert push(agent, "v3", header_module(tmp_path, "three")).ack
+        assert markers(agent.port) == {"three"}
+    finally:
+        agent.stop()
+
+
+def test_concurrency_needs_the_native_build(tmp_path: Path) -> None:
+    raw = tb_agent.base_config(port=procs.free_port(), admin_port=procs.free_port(), clusters={"upstream": 9})
+    path = tb_agent.write_config(tmp_path, raw)
+    argv = [sys.executable, "-m", "meshplug", "agent", "--config", str(path), "--concurrency", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "MESHPLUG_REQUIRE_NATIVE"} | {"MESHPLUG_NATIVE": "0"}
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "--concurrency 2 needs the native build" in out.stderr, out.stderr
+    assert json.dumps({"event": "ready"})[:10] not in out.stdout
