@@ -193,14 +193,18 @@ class Agent:
         return admin.prometheus(counters, gauges=GAUGES, labels={}, extra=extra)
 
 
-async def _main(cfg: config.AgentConfig) -> int:
-    agent = Agent(cfg)
+async def run(agent: Agent) -> int:
+    """Start `agent`, serve until stopped; 0 when the drain finished in time."""
     try:
         await agent.start()
     except OSError as exc:
         raise errors.ConfigError(f"cannot listen: {exc.strerror or exc}") from None
     clean = await agent.run_until_stopped()
     return 0 if clean else 1
+
+
+async def _main(cfg: config.AgentConfig) -> int:
+    return await run(Agent(cfg))
 
 
 def serve(

@@ -17,23 +17,14 @@ import logging
 import os
 import struct
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from meshplug.agent._shared import Store as Store  # noqa: PLC0414 -- re-exported for hostapi and workers
 
 log = logging.getLogger("meshplug.agent.sharing")
 
 _TOKEN = struct.Struct("<I")
-
-
-class Store(Protocol):
-    """meshplug.agent._shared.Store, as the host uses it."""
-
-    def get(self, vm_id: bytes, key: bytes, /) -> tuple[bytes, int] | None: ...
-    def set(self, vm_id: bytes, key: bytes, value: bytes | bytearray | memoryview, cas: int, /) -> int: ...
-    def queue_register(self, vm_id: bytes, name: bytes, worker: int, context_id: int, /) -> int: ...
-    def queue_resolve(self, vm_id: bytes, name: bytes, /) -> int: ...
-    def queue_owner(self, token: int, /) -> tuple[int, int] | None: ...
-    def enqueue(self, token: int, value: bytes | bytearray | memoryview, /) -> int: ...
-    def dequeue(self, token: int, /) -> bytes | bool | None: ...
 
 
 class Receiver(Protocol):

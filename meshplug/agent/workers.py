@@ -149,54 +149,70 @@ class Worker(runtime.Agent):
         writer.close()
 
     async def handle(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        op = message.get("op")
-        if op == "load":
-            return await self._load(int(message["set"]), message["resources"])
-        if op == "commit":
-            loaded = self.pending.pop(int(message["set"]), None)
-            if loaded is None:
-                return {"ok": False, "reason": "unknown_set", "message": f"no loaded set {message['set']}"}
-            old, self.applier.active = self.applier.active, loaded
-            self.proxy.filters = loaded.chain.filters
-            self.proxy.network_filters = loaded.chain.network
-            if old is not None:
-                self.loop.call_later(self.applier.retire_after_s, old.chain.close)
-            return {"ok": True}
-        if op == "abort":
-            dropped = self.pending.pop(int(message["set"]), None)
-            if dropped is not None:
-                dropped.chain.close()
-            return {"ok": True}
-        if op == "listen":
-            if not self.proxy.servers:
-                await self.proxy.start()
-                self.ready = True
-            return {"ok": True, "ports": [self.proxy.port_of(s) for s in self.proxy.servers]}
-        if op == "snapshot":
-            active = self.applier.active
-            return {
-                "ok": True,
-                "index": self.spec.index,
-                "counters": self.proxy.stats.as_dict(),
-                "metrics": active.chain.metrics() if active else "",
-                "metric_values": active.chain.metric_values() if active else {},
-                "views": loader.json_views(active.chain.views()) if active else [],
-                "logs": active.chain.logs() if active else [],
-            }
-        if op == "logging":
-            logging.getLogger("meshplug").setLevel(admin.LEVELS[str(message["level"])])
-            if (active := self.applier.active) is not None:
-                active.chain.relevel()
-            return {"ok": True}
-        if op == "drain":
-            self.ready = False
-            clean = await self.proxy.drain(self.cfg.drain_timeout_s)
-            if self.applier.active is not None:
-                self.applier.active.chain.close()
-            return {"ok": True, "clean": clean}
-        raise errors.ProtocolError(f"unknown control operation {op!r}")
+        ops = {
+            "load": self._load,
+            "commit": self._commit,
+            "abort": self._abort,
+            "listen": self._listen,
+            "snapshot": self._snapshot,
+            "logging": self._logging,
+            "drain": self._drain,
+        }
+        op = ops.get(str(message.get("op")))
+        if op is None:
+            raise errors.ProtocolError(f"unknown control operation {message.get('op')!r}")
+        return await op(message)
 
-    async def _load(self, set_id: int, resources: Sequence[Any]) -> dict[str, Any]:
+    async def _commit(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        loaded = self.pending.pop(int(message["set"]), None)
+        if loaded is None:
+            return {"ok": False, "reason": "unknown_set", "message": f"no loaded set {message['set']}"}
+        old, self.applier.active = self.applier.active, loaded
+        self.proxy.filters = loaded.chain.filters
+        self.proxy.network_filters = loaded.chain.network
+        if old is not None:
+            self.loop.call_later(self.applier.retire_after_s, old.chain.close)
+        return {"ok": True}
+
+    async def _abort(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        dropped = self.pending.pop(int(message["set"]), None)
+        if dropped is not None:
+            dropped.chain.close()
+        return {"ok": True}
+
+    async def _listen(self, _: Mapping[str, Any]) -> dict[str, Any]:
+        if not self.proxy.servers:
+            await self.proxy.start()
+            self.ready = True
+        return {"ok": True, "ports": [self.proxy.port_of(s) for s in self.proxy.servers]}
+
+    async def _snapshot(self, _: Mapping[str, Any]) -> dict[str, Any]:
+        active = self.applier.active
+        return {
+            "ok": True,
+            "index": self.spec.index,
+            "counters": self.proxy.stats.as_dict(),
+            "metrics": active.chain.metrics() if active else "",
+            "metric_values": active.chain.metric_values() if active else {},
+            "views": loader.json_views(active.chain.views()) if active else [],
+            "logs": active.chain.logs() if active else [],
+        }
+
+    async def _logging(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        logging.getLogger("meshplug").setLevel(admin.LEVELS[str(message["level"])])
+        if (active := self.applier.active) is not None:
+            active.chain.relevel()
+        return {"ok": True}
+
+    async def _drain(self, _: Mapping[str, Any]) -> dict[str, Any]:
+        self.ready = False
+        clean = await self.proxy.drain(self.cfg.drain_timeout_s)
+        if self.applier.active is not None:
+            self.applier.active.chain.close()
+        return {"ok": True, "clean": clean}
+
+    async def _load(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        set_id, resources = int(message["set"]), message["resources"]
         push = protocol.Push(
             version_info=f"set-{set_id}",
             nonce="",
@@ -514,13 +530,7 @@ class Parent(runtime.Agent):
 
 
 async def _parent_main(cfg: config.AgentConfig, n: int, config_path: Path, log_level: str) -> int:
-    parent = Parent(cfg, n=n, config_path=config_path, log_level=log_level)
-    try:
-        await parent.start()
-    except OSError as exc:
-        raise errors.ConfigError(f"cannot listen: {exc.strerror or exc}") from None
-    clean = await parent.run_until_stopped()
-    return 0 if clean else 1
+    return await runtime.run(Parent(cfg, n=n, config_path=config_path, log_level=log_level))
 
 
 def serve(cfg: config.AgentConfig, *, concurrency: int, config_path: Path, log_level: str) -> int:
