@@ -59,15 +59,11 @@ class Downstream(asyncio.Protocol):
         self.http11 = True
         self._paused = 0
         self._write_paused = False
-        #: one timer per connection, firing at `_timer_at` at the latest, for the earliest deadline: the idle
-        #: timeout (`_idle_at`, loop time; 0 = busy), the stream deadline of a request still being received
-        #: (`_stream_at`: stream idle / request headers timeout), the connection's end of life (`_end_at`) and
-        #: the response deadline of the exchange being served (`Exchange.deadline`). Deadlines move without
-        #: touching the timer (lazily: when it fires it re-arms for what is still pending), so a request costs
-        #: no timer handle.
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
-        self._idle_at = 0.0
+        #: one lazy timer per connection (wire.ConnTimer) for the earliest deadline: the idle timeout
+        #: (`timer.idle_at`), the stream deadline of a request still being received (`_stream_at`: stream idle /
+        #: request headers timeout), the connection's end of life (`_end_at`) and the response deadline of the
+        #: exchange being served (`Exchange.deadline`)
+        self.timer = wire.ConnTimer(proxy.loop, self._on_timer)
         self._stream_at = 0.0
         self._headers_at = 0.0
         self._end_at = 0.0
@@ -108,18 +104,15 @@ class Downstream(asyncio.Protocol):
         if isinstance(ssl_object, ssl.SSLObject) and ssl_object.selected_alpn_protocol() == "h2":
             self._to_h2(b"", tls=True)
             return
-        self._arm_idle()
+        self.timer.arm_idle(self.proxy.idle_timeout_s)
         if self._end_at:
-            self.wake_at(self._end_at)
+            self.timer.wake_at(self._end_at)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.proxy.connections.discard(self)
         self.proxy.stats.downstream_cx_active -= 1
-        self._idle_at = 0.0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.timer.stop()
         while self.queue:
             ex = self.queue.popleft()
             if not ex.resp_done:
@@ -243,10 +236,8 @@ class Downstream(asyncio.Protocol):
         self._tunnel_head = b""
 
     def _drop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._idle_at = self._stream_at = self._end_at = 0.0
+        self.timer.stop()
+        self._stream_at = self._end_at = 0.0
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -275,7 +266,7 @@ class Downstream(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._count = 0
-        self._idle_at = 0.0
+        self.timer.idle_at = 0.0
         self._begun = True
         if self._headers_timeout:
             self._headers_at = self.proxy.loop.time() + self._headers_timeout
@@ -470,7 +461,8 @@ class Downstream(asyncio.Protocol):
         if ex is None:
             return
         if ex.resp_done and not self.queue and not self.closed:
-            self._arm_idle()  # answered before its end was read (a bodiless request a plugin answered)
+            # answered before its end was read (a bodiless request a plugin answered)
+            self.timer.arm_idle(self.proxy.idle_timeout_s)
         trailers = self._headers
         if trailers:
             self._headers = []
@@ -624,27 +616,11 @@ class Downstream(asyncio.Protocol):
         idle = self.opts.stream_idle_timeout_s
         if idle:
             self._stream_at = at = self.proxy.loop.time() + idle
-            self.wake_at(at)
+            self.timer.wake_at(at)
         if self._headers_at:
-            self.wake_at(self._headers_at)
-
-    def _arm_idle(self) -> None:
-        self._idle_at = idle_at = self.proxy.loop.time() + self.proxy.idle_timeout_s
-        self.wake_at(idle_at)
-
-    def wake_at(self, when: float) -> None:
-        """Make the connection's timer fire by loop time `when` (a deadline was set)."""
-        if self._timer is None or when < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            if self.closed:
-                self._timer = None
-                return
-            self._timer_at = when
-            self._timer = self.proxy.loop.call_at(when, self._on_timer)
+            self.timer.wake_at(self._headers_at)
 
     def _on_timer(self) -> None:  # noqa: PLR0912 - one timer per connection: one branch per phase it can fire in
-        self._timer = None
         if self.closed:
             return
         now = self.proxy.loop.time()
@@ -676,16 +652,16 @@ class Downstream(asyncio.Protocol):
                     return
             elif not pending or end_at < pending:
                 pending = end_at
-        idle_at = self._idle_at
+        idle_at = self.timer.idle_at
         if idle_at:
             if idle_at <= now:
-                self._idle_at = 0.0
+                self.timer.idle_at = 0.0
                 self.close()
                 return
             if not pending or idle_at < pending:
                 pending = idle_at
         if pending:
-            self.wake_at(pending)
+            self.timer.wake_at(pending)
 
     def exchange_done(self, ex: Exchange, *, reusable: bool) -> None:
         self.proxy.stats.downstream_rq_active -= 1
@@ -707,4 +683,4 @@ class Downstream(asyncio.Protocol):
         if self._write_paused and self.queue and self.queue[0].up is not None:
             self.queue[0].up.pause_reading()
         if not self.queue and self.current is None and self.transport is not None and not self.transport.is_closing():
-            self._arm_idle()
+            self.timer.arm_idle(self.proxy.idle_timeout_s)

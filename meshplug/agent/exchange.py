@@ -86,7 +86,7 @@ class Exchange:
         self.resp_mode = 0  # 0 raw, 1 re-chunk, 2 close-delimited
         self.status = 0
         #: loop time by which the upstream response must have ended (0: no deadline); the connection's one
-        #: timer checks it (Downstream.wake_at): no timer handle per request
+        #: timer checks it (Downstream.timer): no timer handle per request
         self.deadline = 0.0
         self.retried = False
         self.up_end = False  # the whole request has been handed to the upstream side
@@ -171,7 +171,7 @@ class Exchange:
     def _arm_timer(self) -> None:
         conn = self.conn
         self.deadline = deadline = conn.proxy.loop.time() + conn.pool.cluster.response_timeout_s
-        conn.wake_at(deadline)
+        conn.timer.wake_at(deadline)
 
     def _timed_out(self) -> None:
         self.deadline = 0.0

@@ -13,8 +13,10 @@ cluster over HTTP/1.1 or HTTP/2 (`meshplug.agent.relay`).
 Local replies are Envoy's (`chain.local_reply_headers`): a gRPC request (content-type application/grpc) gets
 a trailers-only response -- one HEADERS frame with END_STREAM carrying :status 200, grpc-status and
 grpc-message. A client resetting streams in a loop (rapid reset) loses its connection as in Envoy's
-premature-reset check; a request head beyond 60 KiB or 100 headers after HPACK decoding is reset; a header
-block that decodes past the hard bound (an HPACK bomb) ends the connection (GOAWAY ENHANCE_YOUR_CALM).
+premature-reset check; a stream past SETTINGS_MAX_CONCURRENT_STREAMS is refused (RST_STREAM REFUSED_STREAM)
+and the connection goes on, as Envoy's codec does; a request head beyond 60 KiB or 100 headers after HPACK
+decoding is reset; a header block that decodes past the hard bound (an HPACK bomb) ends the connection
+(GOAWAY ENHANCE_YOUR_CALM).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ _SERVER_CONFIG: Final = h2.config.H2Configuration(
 #: response headers that are meaningless (and forbidden) in HTTP/2
 _NOT_H2: Final = wire.HOP_BY_HOP
 _REQUEST_ID: Final = b"x-request-id"
+#: what h2 enforces as SETTINGS_MAX_CONCURRENT_STREAMS (the announced limit is applied per stream instead)
+_NO_STREAM_LIMIT: Final = 2**31 - 1
 #: the local reply when a plugin's header cannot be written (Envoy: "invalid header value")
 INVALID_HEADER: Final = b"invalid header value"
 
@@ -198,7 +202,7 @@ class H2Exchange:
         self.up_end = True
         conn = self.conn
         self.deadline = deadline = conn.proxy.loop.time() + conn.pool.cluster.response_timeout_s
-        conn.wake_at(deadline)
+        conn.timer.wake_at(deadline)
 
     # --- Sink: the response ---
     def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None:
@@ -488,9 +492,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         self.closed_streams = 0
         self.premature_resets = 0
         self._info: agent_chain.StreamInfo | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
-        self._idle_at = 0.0
+        self.timer = wire.ConnTimer(proxy.loop, self._on_timer)
 
     @property
     def queue(self) -> dict[int, H2Exchange]:
@@ -518,19 +520,21 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         h.decoder.max_header_list_size = limits.H2_HPACK_BOMB_FACTOR * opts.max_request_headers_kb * 1024
         h.max_inbound_frame_size = h.local_settings.max_frame_size
         h.initiate_connection()
-        # initiate_connection sent our SETTINGS; the local side re-announced above is already in force
+        # initiate_connection sent our SETTINGS; the local side re-announced above is already in force, except
+        # the stream limit: h2 ends the whole connection for a stream over it, Envoy refuses only that stream
+        # (RST_STREAM REFUSED_STREAM, `_request`), so h2 itself is told no limit
+        h.local_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = _NO_STREAM_LIMIT
+        h.local_settings.acknowledge()
         h.increment_flow_control_window(limits.H2_INITIAL_CONNECTION_WINDOW - 65535)
         self.flush()
-        self._arm_idle()
+        self.timer.arm_idle(self.proxy.idle_timeout_s)
 
     # --- asyncio callbacks ---
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.proxy.connections.discard(self)
         self.proxy.stats.downstream_cx_active -= 1
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.timer.stop()
         for ex in list(self.streams.values()):
             ex.peer_reset()
         self.streams.clear()
@@ -620,6 +624,9 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
                 self.close()
 
     def _request(self, sid: int, headers: list[Header], end_stream: bool) -> None:
+        if len(self.streams) >= limits.H2_MAX_CONCURRENT_STREAMS:  # refused by the codec, as Envoy's
+            self.reset_stream(h2wire.OutStream(sid), h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
         stats = self.proxy.stats
         stats.downstream_rq_total += 1
         size = 0
@@ -636,7 +643,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
             self.reset_stream(h2wire.OutStream(sid), h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         stats.downstream_rq_active += 1
-        self._idle_at = 0.0
+        self.timer.idle_at = 0.0
         ex = H2Exchange(self, sid, headers, end_stream)
         self.streams[sid] = ex
         ex.start()
@@ -689,7 +696,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
             if self.going_away or self.proxy.draining:
                 self.close()
             elif not self.closed:
-                self._arm_idle()
+                self.timer.arm_idle(self.proxy.idle_timeout_s)
 
     def _check_premature_resets(self) -> None:
         """Envoy's rapid-reset guard (ConnectionManagerImpl::maybeDrainDueToPrematureResets)."""
@@ -707,22 +714,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
             self.transport.close()
 
     # --- timers: one per connection (idle timeout, response deadlines, stream idle timeouts) ---
-    def _arm_idle(self) -> None:
-        self._idle_at = idle_at = self.proxy.loop.time() + self.proxy.idle_timeout_s
-        self.wake_at(idle_at)
-
-    def wake_at(self, when: float) -> None:
-        if self._timer is None or when < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            if self.closed:
-                self._timer = None
-                return
-            self._timer_at = when
-            self._timer = self.proxy.loop.call_at(when, self._on_timer)
-
     def _on_timer(self) -> None:
-        self._timer = None
         if self.closed:
             return
         now = self.proxy.loop.time()
@@ -738,7 +730,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
                 due = min(idle_at, ex.deadline) if ex.deadline else idle_at
                 if due != float("inf") and (not pending or due < pending):
                     pending = due
-        idle_at = self._idle_at
+        idle_at = self.timer.idle_at
         if idle_at and not self.streams:
             if idle_at <= now:
                 self.close()
@@ -746,7 +738,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
             if not pending or idle_at < pending:
                 pending = idle_at
         if pending:
-            self.wake_at(pending)
+            self.timer.wake_at(pending)
 
     # --- endings ---
     def close(self) -> None:

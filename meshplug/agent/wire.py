@@ -8,13 +8,14 @@ current second) so the per-request modules only look them up.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import http
 import itertools
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 log = logging.getLogger("meshplug.agent")
@@ -83,6 +84,55 @@ class RequestIds:
 
 
 REQUEST_IDS: Final = RequestIds()
+
+
+class ConnTimer:
+    """A connection's one lazy timer (HTTP/1.1 `Downstream` and HTTP/2 `H2Downstream`): it fires by the
+    earliest deadline it was asked for (`wake_at`) and calls `fire`, which checks every deadline of the
+    connection and asks again for what is still pending. Deadlines move without touching the timer, so a
+    request costs no timer handle; `idle_at` is the connection's idle deadline (0: busy)."""
+
+    __slots__ = ("at", "fire", "handle", "idle_at", "loop", "stopped")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fire: Callable[[], None]) -> None:
+        self.loop = loop
+        self.fire = fire
+        self.handle: asyncio.TimerHandle | None = None
+        self.at = 0.0
+        self.idle_at = 0.0
+        self.stopped = False
+
+    def wake_at(self, when: float) -> None:
+        """Fire by loop time `when` at the latest."""
+        handle = self.handle
+        if handle is None or when < self.at:
+            if handle is not None:
+                handle.cancel()
+            if self.stopped:
+                self.handle = None
+                return
+            self.at = when
+            self.handle = self.loop.call_at(when, self._fired)
+
+    def arm_idle(self, timeout_s: float) -> None:
+        """The connection is idle from now: it is closed `timeout_s` later unless busy again (idle_at = 0)."""
+        self.idle_at = at = self.loop.time() + timeout_s
+        self.wake_at(at)
+
+    def stop(self) -> None:
+        """The connection is gone (or handed over): no more firing."""
+        self.stopped = True
+        self.idle_at = 0.0
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    def _fired(self) -> None:
+        self.handle = None
+        if not self.stopped:
+            self.fire()
+
+
 #: ":status" values by code, encoded once
 STATUS_BYTES: Final = {code: str(code).encode() for code in range(100, 600)}
 SCHEME_HTTP: Final = (b":scheme", b"http")

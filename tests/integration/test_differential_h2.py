@@ -20,6 +20,7 @@ import hpack
 import pytest
 from hyperframe.frame import HeadersFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
 
+from meshplug import limits
 from tests.testbed import agent as tb_agent
 from tests.testbed import envoy as tb_envoy
 from tests.testbed import h2raw, procs, upstream
@@ -200,3 +201,26 @@ def test_settings_as_envoy(bed: Bed) -> None:
         out = h2raw.run(port, lambda c: None, until=lambda o: bool(o.settings), timeout=2.0)
         got[plane] = {k: out.settings.get(k) for k in (1, 3, 4, 8)}  # table size, streams, window, connect
     assert got["agent"] == got["envoy"] == {1: 4096, 3: 1024, 4: 16 * 1024 * 1024, 8: 0}
+
+
+def test_streams_over_the_limit_are_refused_one_by_one(bed: Bed) -> None:
+    """More open streams than SETTINGS_MAX_CONCURRENT_STREAMS: Envoy refuses the stream over the limit
+    (RST_STREAM REFUSED_STREAM) and the connection goes on serving the open ones."""
+    over = limits.H2_MAX_CONCURRENT_STREAMS + 1
+    last = 2 * over - 1  # the stream over the limit
+    post = [(b":method", b"POST"), *BASE[1:]]
+
+    def send(c: RawClient) -> None:
+        for i in range(over):  # in one write, before the server's SETTINGS are read
+            c.h2.send_headers(1 + 2 * i, post, end_stream=False)
+        c.flush()
+        out = c.read(until=lambda o: last in o.resets, timeout=5.0)
+        if out.goaway is None and not out.closed:
+            c.h2.send_data(1, b"done", end_stream=True)
+            c.flush()
+
+    got = {}
+    for plane, port in (("envoy", bed.envoy_port), ("agent", bed.agent.port)):
+        out = h2raw.run(port, send, until=lambda o: 1 in o.statuses, timeout=10.0)
+        got[plane] = (out.resets.get(last), out.statuses.get(1), out.goaway, out.closed, sorted(out.resets))
+    assert got["agent"] == got["envoy"] == ("REFUSED_STREAM", 200, None, False, [last]), got
