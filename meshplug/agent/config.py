@@ -13,6 +13,7 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
     clusters:                        # named upstreams: the listeners' targets and plugins' http-call targets
       - {name: app, address: 127.0.0.1, port: 8080, connect_timeout_s: 5, response_timeout_s: 15}
       - {name: grpc, port: 9090, http2: true}    # speaks HTTP/2 (h2c) upstream: many streams per connection
+      - {name: legacy, port: 8081, enable_trailers: true}  # HTTP/1.1 trailers to/from it (else dropped, as Envoy)
     admin: {address: 127.0.0.1, port: 15000}         # /ready /config_dump /stats/prometheus /logging
     push:                            # optional: where the operator pushes plugin sets
       address: 0.0.0.0
@@ -47,6 +48,7 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
       idle_timeout_s: 300            # a connection without a request this long is closed
       max_connection_duration_s: 0   # then the connection closes after its current response
       accept_http_10: false          # HTTP/1.0 (and 0.9) requests get 426 unless true
+      enable_trailers: false         # HTTP/1.1 trailers from/to clients (else dropped, as Envoy)
     node:                            # optional: what plugins read as node.* / xds.node.* (Envoy's bootstrap node)
       id: sidecar~10.0.0.7~web-1.shop~shop.svc.cluster.local
       cluster: web.shop
@@ -127,6 +129,9 @@ class Cluster:
     #: the cluster speaks HTTP/2 (h2c with prior knowledge): Envoy's typed_extension_protocol_options
     #: envoy.extensions.upstreams.http.v3.HttpProtocolOptions explicit_http_config.http2_protocol_options
     http2: bool = False
+    #: HTTP/1.1 to this cluster carries trailers both ways (Envoy's http_protocol_options.enable_trailers of the
+    #: cluster); without it they are dropped, as Envoy does
+    enable_trailers: bool = False
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,9 @@ class HttpOptions:
     idle_timeout_s: float = limits.DOWNSTREAM_IDLE_TIMEOUT_S
     max_connection_duration_s: float = limits.MAX_CONNECTION_DURATION_S
     accept_http_10: bool = False
+    #: HTTP/1.1 clients' request trailers are read and responses carry trailers (Envoy's hcm
+    #: http_protocol_options.enable_trailers); without it both are dropped, as Envoy does
+    enable_trailers: bool = False
 
 
 @dataclass(frozen=True)
@@ -376,7 +384,7 @@ def _http(obj: Fields) -> HttpOptions:
     for key in names:
         if not obj.has(key):
             continue
-        if key == "accept_http_10":
+        if key in ("accept_http_10", "enable_trailers"):
             values[key] = obj.flag(key)
         elif key.endswith("_s"):  # 0: off
             if obj.number(key) < 0:
@@ -412,7 +420,16 @@ def node_from_env(node: Node, environ: Mapping[str, str]) -> Node:
 def _clusters(top: Fields) -> tuple[Cluster, ...]:
     clusters: list[Cluster] = []
     for obj in top.items("clusters"):
-        obj.only("name", "address", "port", "connect_timeout_s", "response_timeout_s", "max_idle_connections", "http2")
+        obj.only(
+            "name",
+            "address",
+            "port",
+            "connect_timeout_s",
+            "response_timeout_s",
+            "max_idle_connections",
+            "http2",
+            "enable_trailers",
+        )
         clusters.append(
             Cluster(
                 name=obj.text("name"),
@@ -422,6 +439,7 @@ def _clusters(top: Fields) -> tuple[Cluster, ...]:
                 response_timeout_s=obj.number("response_timeout_s", limits.UPSTREAM_RESPONSE_TIMEOUT_S, positive=True),
                 max_idle_connections=obj.integer("max_idle_connections", limits.UPSTREAM_MAX_IDLE_CONNECTIONS, lo=0),
                 http2=obj.flag("http2", False),
+                enable_trailers=obj.flag("enable_trailers", False),
             )
         )
     names = [c.name for c in clusters]

@@ -466,7 +466,8 @@ class Downstream(asyncio.Protocol):
         trailers = self._headers
         if trailers:
             self._headers = []
-            ex.request_trailers(trailers)
+            if self.opts.enable_trailers:  # else dropped, as Envoy's HTTP/1.1 codec does
+                ex.request_trailers(trailers)
         if self.queue and ex is self.queue[0]:
             ex.request_complete()
         else:

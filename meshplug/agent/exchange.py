@@ -155,7 +155,7 @@ class Exchange:
 
     def request_trailers(self, trailers: wire.Headers) -> None:
         """Trailers of a chunked request (before `request_complete`)."""
-        self.req_tail = wire.last_chunk(trailers)
+        self.req_tail = wire.last_chunk(trailers, self.conn.pool.cluster.enable_trailers)
 
     def request_complete(self) -> None:
         self.req_done = True
@@ -234,7 +234,7 @@ class Exchange:
 
     def up_trailers(self, trailers: wire.Headers) -> None:
         if self.resp_mode == 1:  # re-chunked: the trailers go in its last chunk (otherwise there is no place)
-            self.conn.write(wire.last_chunk(trailers))
+            self.conn.write(wire.last_chunk(trailers, self.conn.opts.enable_trailers))
             self.resp_mode = 0
 
     def up_complete(self) -> None:

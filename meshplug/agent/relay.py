@@ -224,7 +224,7 @@ class H1Request:
         if not self.ended:
             self.ended = True
             if self.chunked:  # a body sent with content-length has no place for trailers
-                self._write(wire.last_chunk(trailers))
+                self._write(wire.last_chunk(trailers, self.pool.cluster.enable_trailers))
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -224,7 +224,7 @@ class Upstream(asyncio.Protocol):
             self._interim = False
             return
         trailers = self._headers
-        if trailers and self.sink is not None:
+        if trailers and self.sink is not None and self.pool.cluster.enable_trailers:  # else dropped, as Envoy
             self.sink.up_trailers(trailers)
         self._finish()
 

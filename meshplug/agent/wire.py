@@ -172,7 +172,10 @@ NOT_TRAILERS: Final = HOP_BY_HOP | {b"content-length", b"host"}
 LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
-def last_chunk(trailers: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """The end of a chunked body carrying `trailers` (RFC 9112 7.1.2)."""
+def last_chunk(trailers: Sequence[tuple[bytes, bytes]], enabled: bool) -> bytes:
+    """The end of a chunked body carrying `trailers` (RFC 9112 7.1.2) when the connection's HTTP/1.1 codec has
+    trailers `enabled` (Envoy's http_protocol_options.enable_trailers; without it Envoy drops them)."""
+    if not enabled:
+        return LAST_CHUNK
     lines = [b"%b: %b\r\n" % (n, v) for n, v in trailers if n[:1] != b":" and n not in NOT_TRAILERS]
     return b"0\r\n%b\r\n" % b"".join(lines) if lines else LAST_CHUNK

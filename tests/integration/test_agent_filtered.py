@@ -10,7 +10,6 @@ plugin's response callback); raw TCP peers started here play the upstreams.
 from __future__ import annotations
 
 import json
-import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -23,50 +22,18 @@ from tests.corpus import modules
 from tests.testbed import agent as tb_agent
 from tests.testbed import procs
 from tests.testbed import upstream as tb_upstream
-from tests.testbed.rawpeer import RESET_PREFIX, RawPeer
+from tests.testbed.rawpeer import CHUNKED_END, RESET_PREFIX, RawPeer, TrailerPeer, recv_until
 
 PLUGIN_HEADER = b"x-plugin: seen"
-_CHUNKED_END = re.compile(rb"\r\n0\r\n((?:[^\r\n]+\r\n)*)\r\n$")
-
-
-def _recv_until(conn: socket.socket, done: Callable[[bytes], bool]) -> bytes:
-    data = b""
-    while not done(data):
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-class TrailerPeer(RawPeer):
-    """Reads chunked requests (keep-alive), records each raw request, answers with a chunked body + trailer."""
-
-    RESPONSE = (
-        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-resp-trailer\r\n\r\n"
-        b"5\r\nhello\r\n0\r\nx-resp-trailer: yes\r\n\r\n"
-    )
-
-    def __init__(self) -> None:
-        self.requests: list[bytes] = []
-        super().__init__(self._serve_chunked)
-
-    def _serve_chunked(self, conn: socket.socket) -> None:
-        while True:
-            raw = _recv_until(conn, lambda d: _CHUNKED_END.search(d) is not None)
-            if not raw:
-                return
-            self.requests.append(raw)
-            conn.sendall(self.RESPONSE)
 
 
 def _silent(conn: socket.socket) -> None:
-    _recv_until(conn, lambda d: b"\r\n\r\n" in d)
+    recv_until(conn, lambda d: b"\r\n\r\n" in d)
     time.sleep(5)  # never answers within the agent's response timeout
 
 
 def _garbage(conn: socket.socket) -> None:
-    _recv_until(conn, lambda d: b"\r\n\r\n" in d)
+    recv_until(conn, lambda d: b"\r\n\r\n" in d)
     conn.sendall(b"this is not HTTP at all\r\n\r\n")
     time.sleep(0.5)
 
@@ -99,10 +66,12 @@ def _config(clusters: dict[str, int], plugins: list[dict[str, Any]]) -> tuple[di
         ],
         "clusters": [
             {"name": name, "address": "127.0.0.1", "port": port, "connect_timeout_s": 2, "response_timeout_s": 1.0}
+            | ({"enable_trailers": True} if name == "trailers" else {})
             for name, port in clusters.items()
         ],
         "admin": {"address": "127.0.0.1", "port": procs.free_port()},
         "plugins": plugins,
+        "http": {"enable_trailers": True},  # trailers both ways (tests/integration/test_agent_http1_trailers.py)
     }
     return raw, ports
 
@@ -134,7 +103,7 @@ def agent(
 def _exchange(port: int, request: bytes, done: Callable[[bytes], bool]) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         conn.sendall(request)
-        return _recv_until(conn, done)
+        return recv_until(conn, done)
 
 
 def test_chunked_trailers_are_forwarded_both_ways(
@@ -146,13 +115,13 @@ def test_chunked_trailers_are_forwarded_both_ways(
         b"POST /t HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\ntrailer: x-req-trailer\r\n\r\n"
         b"3\r\nabc\r\n0\r\nx-req-trailer: one\r\n\r\n"
     )
-    response = _exchange(ports["trailers"], request, lambda d: _CHUNKED_END.search(d) is not None)
+    response = _exchange(ports["trailers"], request, lambda d: CHUNKED_END.search(d) is not None)
 
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 "), response
     assert b"transfer-encoding: chunked" in head
     assert (PLUGIN_HEADER in head) is (kind == "plugin")
-    end = _CHUNKED_END.search(body)
+    end = CHUNKED_END.search(body)
     assert end is not None and end.group(1) == b"x-resp-trailer: yes\r\n", body
     assert body.startswith(b"5\r\nhello\r\n"), body
 
@@ -161,7 +130,7 @@ def test_chunked_trailers_are_forwarded_both_ways(
     sent_head, _, sent_body = sent.partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in sent_head
     assert b"trailer:" not in sent_head  # hop-by-hop
-    sent_end = _CHUNKED_END.search(sent_body)
+    sent_end = CHUNKED_END.search(sent_body)
     assert sent_end is not None and sent_end.group(1) == b"x-req-trailer: one\r\n", sent
     assert sent_body.startswith(b"3\r\nabc\r\n"), sent
 
