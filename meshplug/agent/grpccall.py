@@ -9,6 +9,10 @@ the plugin's metadata, then length-prefixed messages; the cluster should speak H
 A unary call ends with its response message (success) or a close with the status (failure: non-200, a
 grpc-status other than 0, a reset -- UNAVAILABLE -- or its deadline -- DEADLINE_EXCEEDED); a stream reports
 initial metadata, each message, trailing metadata and its close.
+
+The message of a close is what Envoy's async gRPC client reports (`close_message`): the grpc-message with the
+HTTP stream's response-code details appended in braces -- "{via_upstream}" once the cluster answered, Envoy's
+reset details when it could not be reached -- or the details alone when there was no message.
 """
 
 from __future__ import annotations
@@ -21,6 +25,19 @@ from meshplug.agent.h2up import H2Pool
 from meshplug.agent.upstream import Pool
 
 Header = tuple[bytes, bytes]
+
+#: the response-code details of a call the cluster answered (Envoy's ResponseCodeDetails ViaUpstream)
+VIA_UPSTREAM = b"via_upstream"
+
+
+def close_message(message: bytes, details: bytes) -> bytes:
+    """A close's message as Envoy's async gRPC client reports it: `message{details}`, either alone if the
+    other is empty."""
+    if not message:
+        return details
+    if not details:
+        return message
+    return b"%b{%b}" % (message, details)
 
 
 class Events(Protocol):
@@ -111,9 +128,11 @@ class GrpcClientCall:
 
     def _timed_out(self) -> None:
         self.timer = None
-        self._close(grpcwire.DEADLINE_EXCEEDED, b"")
+        self._close(grpcwire.DEADLINE_EXCEEDED, b"", b"")
 
-    def _close(self, status: int, message: bytes) -> None:
+    def _close(self, status: int, message: bytes, details: bytes = VIA_UPSTREAM) -> None:
+        """The call ended with `status` and the grpc-message `message`; `details`: how the HTTP stream ended
+        (Envoy's response-code details: the cluster answered unless said otherwise)."""
         if self.done:
             return
         self.done = True
@@ -121,9 +140,9 @@ class GrpcClientCall:
         if not self.stream and status == grpcwire.OK and self.reply is not None:
             self.events.message(self.id, self.reply)  # a unary call's success is its response alone
         elif not self.stream and status == grpcwire.OK:
-            self.events.close(self.id, grpcwire.INTERNAL, b"no response message")
+            self.events.close(self.id, grpcwire.INTERNAL, b"")  # an OK without a message (as Envoy: no text)
         else:
-            self.events.close(self.id, status, message)
+            self.events.close(self.id, status, close_message(message, details))
 
     # --- Sink ---
     def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None:
@@ -150,8 +169,8 @@ class GrpcClientCall:
                 self.events.message(self.id, m)
             elif self.reply is None:
                 self.reply = m
-        if self.deframer.error:
-            self._close(grpcwire.INTERNAL, self.deframer.error.encode())
+        if self.deframer.error:  # (Envoy's decoder error has no message of its own)
+            self._close(grpcwire.INTERNAL, b"")
 
     def up_trailers(self, trailers: wire.Headers) -> None:
         if self.done:
@@ -167,7 +186,7 @@ class GrpcClientCall:
 
     def up_failed(self, reset_reason: str) -> None:
         self.req = None
-        self._close(grpcwire.UNAVAILABLE, wire.reset_body(reset_reason))
+        self._close(grpcwire.UNAVAILABLE, wire.reset_body(reset_reason), wire.reset_details(reset_reason).encode())
 
     def up_pause(self) -> None:
         return None
