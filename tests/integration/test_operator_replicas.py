@@ -11,19 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import wasmtime
 
+from tests.guests import minimal
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
 from tests.testbed import procs
 
 PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
-MODULE = wasmtime.wat2wasm(
-    """(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
- (func (export "malloc") (param i32) (result i32) i32.const 1024)
- (func (export "proxy_on_context_create") (param i32 i32))
- (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0))"""
-)
+MODULE = minimal.passthrough()
 
 
 @pytest.fixture
