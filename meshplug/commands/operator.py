@@ -247,7 +247,13 @@ def run(args: argparse.Namespace) -> int:
             metrics_server.stop()
     if code:
         print("meshplug operator: lost the leader Lease; exiting so a restart stands by", file=sys.stderr)
-    return code
+    # Everything is stopped; what still runs are daemon threads abandoned on purpose (a push or a fetch blocked in
+    # native code). The interpreter's finalization would stop them wherever they are and then collect objects they
+    # still hold locks or SSL state of: a push blocked in a TLS handshake made it hang there. Exit here instead.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _api_client(args: argparse.Namespace) -> Any:

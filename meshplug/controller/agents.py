@@ -17,12 +17,14 @@ was accepted).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import http.client
 import itertools
 import json
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 
 from meshplug import errors, limits, protocol
@@ -32,6 +34,19 @@ PUSH_PORT_ANNOTATION = "meshplug.io/agent-push-port"
 DEFAULT_PUSH_PORT = 15010
 
 _nonces = itertools.count(1)
+#: the sockets of pushes in flight: `abort_pushes` shuts them down when the operator stops (a push blocked in a
+#: TLS handshake would otherwise hold the interpreter's finalization, which must not free an SSL object in use)
+_inflight: set[socket.socket] = set()
+_inflight_lock = threading.Lock()
+
+
+def abort_pushes() -> None:
+    """End every push in flight at once (they come back UNREACHABLE); called when the operator stops."""
+    with _inflight_lock:
+        sockets = list(_inflight)
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class Result(enum.StrEnum):
@@ -97,8 +112,18 @@ class _TLSConnection(http.client.HTTPSConnection):
         self._server_name = server_name
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self.host, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)  # type: ignore[attr-defined]
+        raw = socket.create_connection((self.host, self.port), self.timeout)
+        with _inflight_lock:
+            _inflight.add(raw)
+        self.raw = raw
+        self.sock = self._context.wrap_socket(raw, server_hostname=self._server_name)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        raw = getattr(self, "raw", None)
+        if raw is not None:
+            with _inflight_lock:
+                _inflight.discard(raw)
+        super().close()
 
 
 def _exchange(target: Target, body: bytes, token: str, creds: identity.PushCredentials) -> tuple[int, bytes]:

@@ -96,6 +96,7 @@ class AgentDelivery:
     def close(self) -> None:
         """Stop pushing: pushes still running are abandoned (their reconciles raise `workqueue.ShuttingDown`)."""
         self._pool.close()
+        agents.abort_pushes()
 
     def deliver(self, request: delivery.Request) -> delivery.Report:
         plugin, module = request.plugin, request.module
