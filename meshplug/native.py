@@ -61,6 +61,7 @@ COMPILED: tuple[str, ...] = (
     "meshplug.agent.pairs",
     "meshplug.agent.properties",
     "meshplug.agent.relay",
+    "meshplug.agent.routing",
     "meshplug.agent.server",
     "meshplug.agent.stats",
     "meshplug.agent.tcp",

@@ -35,6 +35,13 @@ A Lua filter (a TrafficExtension with ``lua.inlineCode``) carries its script ins
 the wire, checked when given) and ``root_id``, ``vm_*`` and ``configuration`` must stay empty. An agent that does
 not know ``lua`` refuses the push (unknown field) instead of running something else.
 
+Optional placement fields (each omitted when default, for the same reason): ``"type": "NETWORK"`` (Istio's
+WasmPlugin type; default HTTP: an HTTP plugin runs only in HTTP listeners' chains, a network one only in TCP
+listeners'), ``"traffic": [{"mode": "SERVER", "ports": [8080]}]`` (Istio's ``match``: SERVER = inbound
+listeners, CLIENT = outbound, CLIENT_AND_SERVER = both; ports of the listener, empty = any),
+``"host_env_keys": ["POD_NAME"]`` (VM environment variables copied from the agent's own environment:
+Istio's ``valueFrom: HOST``), ``"listeners": ["inbound"]`` (only these listeners, by name).
+
 The plugin runs for a request only when some rule matches it: any of ``hosts`` matches the request's host
 (``:authority``/Host without its port, case-insensitive; ``*.d`` matches any name ending in ``.d``) AND any of
 ``path_prefixes`` / ``exact_paths`` matches its path (prefix: plain string prefix of the path, query included,
@@ -107,6 +114,32 @@ class MatchRule:
         }
 
 
+class PluginType(enum.StrEnum):
+    """Istio's WasmPlugin `type`: an HTTP filter or a network (L4) filter."""
+
+    HTTP = "HTTP"
+    NETWORK = "NETWORK"
+
+
+class TrafficMode(enum.StrEnum):
+    """Istio's `match[].mode`: CLIENT = outbound listeners, SERVER = inbound, CLIENT_AND_SERVER = both."""
+
+    CLIENT = "CLIENT"
+    SERVER = "SERVER"
+    CLIENT_AND_SERVER = "CLIENT_AND_SERVER"
+
+
+@dataclass(frozen=True)
+class TrafficSelector:
+    """One entry of Istio's `match`: a traffic direction and the listener ports (empty: every port)."""
+
+    mode: TrafficMode = TrafficMode.CLIENT_AND_SERVER
+    ports: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode.value, "ports": list(self.ports)}
+
+
 @dataclass(frozen=True)
 class CompiledArtifact:
     """A module precompiled by the operator: its artifact key (file name), where to get it, its file's sha256."""
@@ -139,6 +172,15 @@ class ExtensionConfig:
     lua: str = ""
     #: the module precompiled by the operator (agents with the same artifact key load it instead of compiling)
     compiled: CompiledArtifact | None = None
+    #: Istio's `type`: an HTTP plugin runs only in HTTP listeners' chains, a NETWORK one only in TCP listeners'
+    type: PluginType = PluginType.HTTP
+    #: Istio's `match`: the listeners (direction, port) the plugin runs on; empty: every listener
+    traffic: tuple[TrafficSelector, ...] = ()
+    #: VM environment variables whose value is the agent's own (Istio's `valueFrom: HOST`, Envoy's
+    #: `environment_variables.host_env_keys`), read when the plugin is loaded; unset on the agent: left out
+    host_env_keys: tuple[str, ...] = ()
+    #: only these listeners (by name; an Envoy bootstrap's filters belong to their listener); empty: any
+    listeners: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -159,6 +201,15 @@ class ExtensionConfig:
             out["match"] = [m.to_json() for m in self.match]
         if self.compiled is not None:
             out["compiled"] = self.compiled.to_json()
+        # omitted when default, so agents predating them accept pushes that do not use them (and refuse the rest)
+        if self.type is not PluginType.HTTP:
+            out["type"] = self.type.value
+        if self.traffic:
+            out["traffic"] = [t.to_json() for t in self.traffic]
+        if self.host_env_keys:
+            out["host_env_keys"] = list(self.host_env_keys)
+        if self.listeners:
+            out["listeners"] = list(self.listeners)
         return out
 
 
@@ -265,6 +316,10 @@ _RESOURCE_KEYS = frozenset(
         "match",
         "lua",
         "compiled",
+        "type",
+        "traffic",
+        "host_env_keys",
+        "listeners",
     }
 )
 _COMPILED_KEYS = frozenset({"key", "url", "sha256"})
@@ -334,7 +389,36 @@ def decode_extension_config(obj: Any, where: str) -> ExtensionConfig:
         vm_configuration=res.text("vm_configuration", "", empty=True),
         match=decode_match(res.value("match", []), f"{where}.match"),
         compiled=decode_compiled(res.raw["compiled"], f"{where}.compiled", sha256) if res.has("compiled") else None,
+        **_placement(res),
     )
+
+
+_MAX_TRAFFIC = 64
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _placement(res: Fields) -> dict[str, Any]:
+    """The fields saying where a plugin runs and what it reads from the agent: type, traffic, host_env_keys,
+    listeners (each optional)."""
+    traffic: list[TrafficSelector] = []
+    for item in res.items("traffic")[: _MAX_TRAFFIC + 1]:
+        item.only("mode", "ports")
+        mode = item.choice("mode", [m.value for m in TrafficMode], TrafficMode.CLIENT_AND_SERVER.value)
+        ports = item.array("ports")
+        if not all(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in ports):
+            raise item.fail("ports", "a list of port numbers (1-65535)")
+        traffic.append(TrafficSelector(TrafficMode(mode), tuple(ports)))
+    if len(traffic) > _MAX_TRAFFIC:
+        raise res.fail("traffic", f"a list of at most {_MAX_TRAFFIC} selectors")
+    keys = res.strings("host_env_keys")
+    if not all(_ENV_KEY.match(k) for k in keys):
+        raise res.fail("host_env_keys", "a list of environment variable names")
+    return {
+        "type": PluginType(res.choice("type", [t.value for t in PluginType], PluginType.HTTP.value)),
+        "traffic": tuple(traffic),
+        "host_env_keys": keys,
+        "listeners": res.strings("listeners"),
+    }
 
 
 def lua_sha256(code: str) -> str:
@@ -353,8 +437,11 @@ def _decode_lua(res: Fields, name: str, sha256: str) -> ExtensionConfig:
     for key in ("root_id", "configuration", "vm_id", "vm_configuration", "compiled"):
         if obj.get(key):
             raise errors.ProtocolError(f"{where}.{key} does not apply to a lua filter")
-    if obj.get("vm_env"):
+    if obj.get("vm_env") or obj.get("host_env_keys"):
         raise errors.ProtocolError(f"{where}.vm_env does not apply to a lua filter")
+    placement = _placement(res)
+    if placement["type"] is not PluginType.HTTP:
+        raise errors.ProtocolError(f"{where}.type: a lua filter is an HTTP filter")
     return ExtensionConfig(
         name=name,
         root_id="",
@@ -362,6 +449,7 @@ def _decode_lua(res: Fields, name: str, sha256: str) -> ExtensionConfig:
         sha256=digest,
         match=decode_match(obj.get("match", []), f"{where}.match"),
         lua=code,
+        **placement,
     )
 
 

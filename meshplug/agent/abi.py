@@ -241,7 +241,16 @@ class HostCalls:
             inline = _INLINE.get(mtype, _NO_INLINE)
             for k, v in new:  # Envoy: remove every entry, then addCopy each pair (inline names coalesce)
                 chain.add_header(hmap, k.lower(), v, inline)
+            self._request_headers_changed(mtype)
         return OK
+
+    def _request_headers_changed(self, mtype: int) -> None:
+        """Envoy's wasm context clears the route cache when a plugin changes the request headers: the
+        router picks the route again on what the plugins left."""
+        if mtype == MAP_REQUEST_HEADERS:
+            ctx = self._ctx()
+            if ctx is not None:
+                ctx.clear_route_cache()
 
     def proxy_get_header_map_value(self, mtype: int, kptr: int, ksize: int, ptr_ptr: int, size_ptr: int) -> int:
         if mtype > _MAX_MAP_TYPE:
@@ -263,6 +272,8 @@ class HostCalls:
         hmap = self._map(mtype)
         if hmap is not None:
             chain.add_header(hmap, key, value, _INLINE.get(mtype, _NO_INLINE))
+            if mtype == MAP_REQUEST_HEADERS:
+                self._request_headers_changed(mtype)
         return OK
 
     def proxy_replace_header_map_value(self, mtype: int, kptr: int, ksize: int, vptr: int, vsize: int) -> int:
@@ -278,6 +289,8 @@ class HostCalls:
                     break
             else:
                 hmap.append((key, value))
+            if mtype == MAP_REQUEST_HEADERS:
+                self._request_headers_changed(mtype)
         return OK
 
     def proxy_remove_header_map_value(self, mtype: int, kptr: int, ksize: int) -> int:
@@ -287,6 +300,8 @@ class HostCalls:
         hmap = self._map(mtype)
         if hmap is not None:
             hmap[:] = [(k, v) for k, v in hmap if k != key]
+            if mtype == MAP_REQUEST_HEADERS:
+                self._request_headers_changed(mtype)
         return OK
 
     def proxy_get_header_map_size(self, mtype: int, ret: int) -> int:
@@ -301,7 +316,10 @@ class HostCalls:
         ctx = self._ctx()
         if ctx is None:
             return NOT_FOUND
-        value = properties.lookup(ctx, path)
+        try:
+            value = properties.lookup(ctx, path)
+        except properties.Unserializable:
+            return SERIALIZATION_FAILURE
         if value is None:
             return NOT_FOUND
         return self._give(value, ptr_ptr, size_ptr)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import relay, wire
 from meshplug.agent.exchange import failure_reply
-from meshplug.agent.filtered import FilteredExchange
+from meshplug.agent.filtered import FilteredExchange, rewritten
 
 #: what plugins see when there are none: every event passes through
 EMPTY_CHAIN = agent_chain.Chain([])
@@ -30,9 +30,24 @@ class H2UpExchange(FilteredExchange):
     req: relay.H2Request | None
 
     def _send_up_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
+        decision = self.stream.route()  # the router, as FilteredExchange's
+        route = decision.route if decision is not None else None
+        if route is None or route.direct_status:
+            if route is None:
+                self.proxy_reply(404, b"", "route_not_found", agent_chain.RESPONSE_FLAG_NO_ROUTE_FOUND)
+            else:
+                self.proxy_reply(route.direct_status, route.direct_body, "direct_response", 0)
+            return
+        assert decision is not None
+        h2pool = self.conn.proxy.h2pools.get(decision.cluster)
+        if h2pool is None:  # plugins re-routed an HTTP/2 exchange to an HTTP/1.1 cluster: not supported
+            self.proxy_reply(503, wire.reset_body(wire.RESET_PROTOCOL), "cluster_protocol_changed", 0)
+            return
+        self.timeout_s = route.timeout_s
+        if route.prefix_rewrite is not None:
+            headers = rewritten(headers, route)
         self.req_lines = []
         self.up_end = end_stream
-        h2pool = self.conn.proxy.h2pools[self.conn.pool.cluster.name]
         req = self.req = relay.H2Request(h2pool, self)
         req.send_headers(h2_request_headers(headers), end_stream)
         pending, self.body_pending = self.body_pending, []

@@ -49,7 +49,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import ClassVar, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 from meshplug import limits
 
@@ -124,6 +124,8 @@ class StreamInfo:
     #: on plaintext) and connection.tls_version ("" = plaintext: NotFound)
     requested_server_name: str = ""
     tls_version: str = ""
+    #: the listener the stream came in on (meshplug.agent.config.Listener; xds.listener_* properties)
+    listener: Any = None
 
 
 # ---- Envoy's inline headers -----------------------------------------------------------------------
@@ -748,6 +750,13 @@ class StreamControl:
     def response_flags(self) -> int:
         return self._stream.response_flags
 
+    def route(self) -> Any:
+        """The stream's route decision (meshplug.agent.routing.Decision) or None: see `Stream.route`."""
+        return self._stream.route()
+
+    def clear_route_cache(self) -> None:
+        self._stream.clear_route_cache()
+
     @property
     def dynamic_metadata(self) -> dict[str, dict[str, object]]:
         """The stream's dynamic metadata (Envoy's StreamInfo filter metadata): namespace -> key -> value,
@@ -801,6 +810,10 @@ class Stream:
     response_flags = 0
     #: namespace -> key -> value, made on first use (StreamControl.dynamic_metadata)
     dynamic_metadata: dict[str, dict[str, object]] | None = None
+    #: the shell's router (meshplug.agent.routing: request map -> decision) and the decision it gave for the
+    #: current request headers (Envoy's route cache; `clear_route_cache` drops it)
+    route_resolver: Callable[[Headers], Any] | None = None
+    _route: Any = None
 
     def __init__(self, chain: Chain, info: StreamInfo, start_time_ns: int | None = None) -> None:
         self.id = next(Stream._ids)
@@ -835,6 +848,20 @@ class Stream:
     def info(self, info: StreamInfo) -> None:
         self._info_base = self._info = info
         self._info_fields = {}
+
+    def route(self) -> Any:
+        """The route decision for the request headers as they are now (cached until cleared); None without
+        a router."""
+        decision = self._route
+        if decision is None:
+            resolver = self.route_resolver
+            if resolver is not None:
+                decision = self._route = resolver(self.request_headers)
+        return decision
+
+    def clear_route_cache(self) -> None:
+        """The request headers changed: the next `route()` picks again (Envoy's clearRouteCache)."""
+        self._route = None
 
     # ---- positions: request lane uses chain order, response lane the reverse ------------------------
     def _pos(self, direction: Direction, index: int) -> int:

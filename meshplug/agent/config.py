@@ -91,10 +91,100 @@ import yaml
 
 from meshplug import errors, limits, protocol
 from meshplug.fields import Fields
+from meshplug.agent import metadata
+from meshplug.agent.metadata import EMPTY_METADATA, Metadata
 
 #: listener types: an HTTP/1.1 reverse proxy through the HTTP filter chain, or a TCP proxy through the
 #: plugins' network (L4) callbacks
 LISTENER_TYPES = ("http", "tcp")
+#: a listener's traffic direction (Envoy's traffic_direction; Istio's match mode SERVER = INBOUND,
+#: CLIENT = OUTBOUND); an UNSPECIFIED listener takes plugins of every mode
+DIRECTIONS = ("UNSPECIFIED", "INBOUND", "OUTBOUND")
+#: Envoy's default route timeout
+ROUTE_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    port: int
+
+
+# --- routes (Envoy's RouteConfiguration subset; a native listener's `cluster` is one catch-all route) ---
+@dataclass(frozen=True)
+class HeaderMatch:
+    """One of a route's header matchers (Envoy's HeaderMatcher): `kind` exact | prefix | suffix | contains |
+    regex | present; `present` is present_match's value; `invert` inverts the result."""
+
+    name: str
+    kind: str
+    value: str = ""
+    invert: bool = False
+    ignore_case: bool = False
+    present: bool = True
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """Exactly one of prefix (of the whole :path), path (exact, query removed), regex (full match, query
+    removed); all `headers` must match too."""
+
+    prefix: str | None = None
+    path: str | None = None
+    regex: str | None = None
+    case_sensitive: bool = True
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True)
+class WeightedCluster:
+    name: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route: where matching requests go (one cluster, weighted clusters, or a direct response)."""
+
+    match: RouteMatch
+    name: str = ""
+    cluster: str = ""
+    weighted_clusters: tuple[WeightedCluster, ...] = ()
+    #: weighted_clusters.header_name: that request header's integer value picks the cluster (else random)
+    weight_header: str = ""
+    prefix_rewrite: str | None = None
+    #: the upstream response must have ended within this (0: no timeout)
+    timeout_s: float = ROUTE_TIMEOUT_S
+    #: direct_response: answered by the proxy itself (0: not a direct response)
+    direct_status: int = 0
+    direct_body: bytes = b""
+    metadata: Metadata = EMPTY_METADATA
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        if self.weighted_clusters:
+            return tuple(w.name for w in self.weighted_clusters)
+        return (self.cluster,) if self.cluster else ()
+
+
+@dataclass(frozen=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
+    metadata: Metadata = EMPTY_METADATA
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str = ""
+    virtual_hosts: tuple[VirtualHost, ...] = ()
+
+
+def catch_all(cluster: str, timeout_s: float) -> RouteConfig:
+    """The route table of a native listener: every request to `cluster`."""
+    route = Route(match=RouteMatch(prefix="/"), cluster=cluster, timeout_s=timeout_s)
+    return RouteConfig(virtual_hosts=(VirtualHost(name="", domains=("*",), routes=(route,)),))
 
 
 @dataclass(frozen=True)
@@ -111,11 +201,21 @@ class Listener:
     name: str
     address: str
     port: int
+    #: tcp: the upstream cluster (tcp_proxy); http: the default cluster ("" when the routes decide everything)
     cluster: str
     type: str = "http"
     #: Upgrade protocols passed through to the cluster (Envoy's upgrade_configs[].upgrade_type, lower-case)
     upgrade_types: tuple[str, ...] = ()
     tls: ListenerTls | None = None
+    #: http: the route table (None: every request to `cluster`)
+    routes: RouteConfig | None = None
+    direction: str = "UNSPECIFIED"
+    metadata: Metadata = EMPTY_METADATA
+    filter_chain_name: str = ""
+    #: Envoy's stat_prefix (http.<prefix>.* / tcp.<prefix>.* stats); "" = the listener's name
+    stat_prefix: str = ""
+    #: add x-request-id to requests without one (Envoy's generate_request_id)
+    generate_request_id: bool = True
 
 
 @dataclass(frozen=True)
@@ -133,11 +233,11 @@ class Cluster:
     #: cluster); without it they are dropped, as Envoy does
     enable_trailers: bool = False
 
-
-@dataclass(frozen=True)
-class Endpoint:
-    address: str
-    port: int
+    #: every endpoint (address, port is the first); new connections go round robin
+    endpoints: tuple[Endpoint, ...] = ()
+    #: STATIC, STRICT_DNS or LOGICAL_DNS (names are resolved when connecting)
+    discovery: str = "STATIC"
+    metadata: Metadata = EMPTY_METADATA
 
 
 #: the common name the push client certificate must carry by default (the operator's)
@@ -186,11 +286,11 @@ class Modules:
 
 @dataclass(frozen=True)
 class Node:
-    """The proxy's node (Envoy's bootstrap `node`): plugins read it as `node.*` and `xds.node.*`."""
+    """The proxy's node (Envoy's bootstrap `node`): plugins read it as `xds.node.*`."""
 
     id: str = ""
     cluster: str = ""
-    metadata: tuple[tuple[str, str], ...] = ()  # string values, in the file's order
+    metadata: tuple[tuple[str, metadata.Value], ...] = ()  # a Struct's fields, in the file's order
 
 
 @dataclass(frozen=True)
@@ -224,6 +324,13 @@ class AgentConfig:
     modules: Modules = Modules()
     node: Node = Node()
     http: HttpOptions = HttpOptions()
+    #: singleton plugins (Envoy's bootstrap_extensions envoy.bootstrap.wasm / WasmService): started once, on
+    #: VMs of their own, in no filter chain (ticks, http calls, shared data and queues)
+    singletons: tuple[protocol.ExtensionConfig, ...] = ()
+    #: admin requests are appended here, one line each (Envoy's admin access_log_path)
+    admin_access_log: Path | None = None
+    #: where the config came from: "agent" (this module's format) or "envoy" (meshplug.agent.bootstrap)
+    source: str = "agent"
 
     @property
     def plugin_kind(self) -> str | None:
@@ -232,6 +339,12 @@ class AgentConfig:
         if kinds == {"tcp"}:
             return "network"
         return "http" if kinds == {"http"} else None
+
+    def routes(self, listener: Listener) -> RouteConfig:
+        """An HTTP listener's route table (a native listener: everything to its cluster)."""
+        if listener.routes is not None:
+            return listener.routes
+        return catch_all(listener.cluster, self.cluster(listener.cluster).response_timeout_s)
 
     def cluster(self, name: str) -> Cluster:
         for c in self.clusters:
@@ -257,16 +370,19 @@ def _port(fields: Fields) -> int:
 
 
 _PLUGIN_KEYS = ("name", "root_id", "module", "configuration", "vm_env", "fail_strategy", "vm_id", "vm_configuration")
+#: where a plugin runs and what it reads from the agent (protocol.ExtensionConfig's placement fields)
+_PLACEMENT_KEYS = ("type", "traffic", "host_env_keys", "listeners")
 
 
-def _plugin(obj: Fields, base: Path) -> protocol.ExtensionConfig:
+def _plugin(obj: Fields, base: Path, default_type: str) -> protocol.ExtensionConfig:
     where = obj.where
-    obj.only(*_PLUGIN_KEYS, "match", "lua")
+    obj.only(*_PLUGIN_KEYS, *_PLACEMENT_KEYS, "match", "lua")
     if obj.has("lua"):
         if obj.has("module"):
             raise errors.ConfigError(f"{where} needs exactly one of module, lua")
         lua_wire = {k: v for k, v in obj.raw.items() if k != "match"}
         lua_wire["match"] = _match(obj)
+        lua_wire.setdefault("type", "HTTP")
         return _decoded(lua_wire, where)
     module = obj.sub("module", "file", "url", "sha256")
     if module.has("file") == module.has("url"):
@@ -284,6 +400,10 @@ def _plugin(obj: Fields, base: Path) -> protocol.ExtensionConfig:
         "vm_id": obj.value("vm_id", ""),
         "vm_configuration": obj.value("vm_configuration", ""),
         "match": _match(obj),
+        "type": obj.value("type", default_type),
+        "traffic": obj.value("traffic", []),
+        "host_env_keys": obj.value("host_env_keys", []),
+        "listeners": obj.value("listeners", []),
     }
     return _decoded(wire, where)
 
@@ -455,7 +575,7 @@ def _listeners(top: Fields, clusters: tuple[Cluster, ...], base: Path) -> tuple[
     if not items:
         raise errors.ConfigError("listeners must be a non-empty list")
     for i, obj in enumerate(items):
-        obj.only("name", "address", "port", "cluster", "type", "upgrade_types", "tls")
+        obj.only("name", "address", "port", "cluster", "type", "upgrade_types", "tls", "direction")
         cluster = obj.text("cluster")
         if cluster not in names:
             raise errors.ConfigError(f"{obj.at('cluster')} {cluster!r} is not a defined cluster (have {names})")
@@ -468,6 +588,7 @@ def _listeners(top: Fields, clusters: tuple[Cluster, ...], base: Path) -> tuple[
                 type=obj.choice("type", LISTENER_TYPES, "http"),
                 upgrade_types=_upgrade_types(obj),
                 tls=_listener_tls(obj, base),
+                direction=obj.choice("direction", ("inbound", "outbound", "unspecified"), "unspecified").upper(),
             )
         )
     return tuple(listeners)
@@ -506,13 +627,17 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
     top = Fields(raw, "").only(*_TOP_KEYS, "http")
     clusters = _clusters(top)
     admin = top.sub("admin", "address", "port")
-    plugins = tuple(_plugin(p, base) for p in top.items("plugins"))
+    listeners = _listeners(top, clusters, base)
+    # a plugin without `type` in an agent whose listeners are all TCP is a network filter (this format's
+    # rule before `type` existed); pushed plugins follow Istio: no type is HTTP
+    default_type = "NETWORK" if {lst.type for lst in listeners} == {"tcp"} else "HTTP"
+    plugins = tuple(_plugin(p, base, default_type) for p in top.items("plugins"))
     pnames = [p.name for p in plugins]
     if len(set(pnames)) != len(pnames):
         raise errors.ConfigError(f"plugins: duplicate names in {pnames}")
     return AgentConfig(
         modules=_modules(top.sub("modules"), base, plugins),
-        listeners=_listeners(top, clusters, base),
+        listeners=listeners,
         clusters=clusters,
         admin=Endpoint(address=admin.text("address", "127.0.0.1"), port=_port(admin)),
         push=_push(top, base),

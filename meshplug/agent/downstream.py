@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, wire
+from meshplug.agent import framing, routing, wire
 from meshplug.agent.bridge import EMPTY_CHAIN, H2UpExchange
 from meshplug.agent.exchange import Exchange
 from meshplug.agent.filtered import FilteredExchange
@@ -36,13 +36,20 @@ if TYPE_CHECKING:
 class Downstream(asyncio.Protocol):
     """One client connection: parse requests, queue them, serve them in order."""
 
-    def __init__(self, proxy: Proxy, pool: Pool, upgrade_types: tuple[str, ...] = ()) -> None:
+    def __init__(self, proxy: Proxy, state: routing.ListenerState) -> None:
         self.proxy = proxy
-        self.pool = pool
+        self.state = state
+        #: the listener's default cluster (a native listener's; None when its routes decide everything)
+        self.pool: Pool | None = state.default_pool
+        routes = state.routes
+        assert routes is not None  # an HTTP listener
+        self.routes = routes
+        #: the router chains use (`chain.Stream.route_resolver`)
+        self.resolve = routes.resolve_map
         #: Upgrade tokens this listener passes through (Envoy's upgrade_configs); others get 403
-        self.upgrade_types = upgrade_types
-        self.http2_cluster = pool.cluster.http2  # requests go as header lists (bridge.H2UpExchange)
+        self.upgrade_types = state.config.upgrade_types
         self._tunnel_head = b""  # an allowed upgrade's request head, sent once the parser stops at it
+        self._tunnel_pool: Pool | None = None  # ... and the cluster its route picked
         #: the first bytes are not in yet: they tell HTTP/2 (the connection preface) from HTTP/1.1
         self.sniffing = True
         self._sniffed = b""
@@ -205,7 +212,7 @@ class Downstream(asyncio.Protocol):
         proxy = self.proxy
         self._drop_timer()
         proxy.connections.discard(self)
-        conn = H2Downstream(proxy, self.pool, proxy.h2pools.get(self.pool.cluster.name), tls=tls)
+        conn = H2Downstream(proxy, self.state, tls=tls)
         transport.set_protocol(conn)
         conn.take_over(transport, data, self.peer, self.local, self.id)
 
@@ -215,6 +222,11 @@ class Downstream(asyncio.Protocol):
         offered = [v.strip().lower().decode("latin-1") for n, v in headers if n == b"upgrade"]
         if not offered or offered == ["h2c"] or self.queue or not all(t in self.upgrade_types for t in offered):
             return False
+        authority = next((v for n, v in headers if n == b"host"), b"")
+        decision = self.routes.constant or self.routes.resolve(authority, path, headers, method)
+        if decision.route is None or not decision.cluster:  # a tunnel goes to a cluster (no route: 404, as Envoy)
+            self._refuse(404, b"")
+        self._tunnel_pool = self.state.pools[decision.cluster]
         self.proxy.stats.downstream_rq_total += 1
         lines = [b"%b %b HTTP/1.1\r\n" % (method, path)]
         lines += [b"%b: %b\r\n" % h for h in headers]
@@ -232,7 +244,9 @@ class Downstream(asyncio.Protocol):
             return
         self._drop_timer()
         self.proxy.connections.discard(self)
-        Tunnel(self.proxy, self.pool).start(transport, self._tunnel_head, rest)
+        pool = self._tunnel_pool
+        assert pool is not None
+        Tunnel(self.proxy, pool).start(transport, self._tunnel_head, rest)
         self._tunnel_head = b""
 
     def _drop_timer(self) -> None:
@@ -353,17 +367,26 @@ class Downstream(asyncio.Protocol):
             authority = host
         elif self.http11:
             self._refuse(400, framing.BAD_REQUEST)  # RFC 9112 3.2, as Envoy
-        else:  # HTTP/1.0 (accept_http_10) without Host: the cluster's address
+        elif self.pool is not None:  # HTTP/1.0 (accept_http_10) without Host: the cluster's address
             c = self.pool.cluster
             authority = f"{c.address}:{c.port}".encode()
-        if not has_rid:
+        else:  # ... or, when routes pick the cluster, the listener's
+            local = self.local or ("", 0)
+            authority = f"{local[0]}:{local[1]}".encode()
+        if not has_rid and self.state.config.generate_request_id:
             headers.append((b"x-request-id", wire.REQUEST_IDS.new()))
         proxy = self.proxy
         proxy.stats.downstream_rq_total += 1
         proxy.stats.downstream_rq_active += 1
 
-        filters = proxy.filters
-        if filters is None and self.http2_cluster:
+        state = self.state
+        routes = self.routes
+        # the route on the request as received: it picks the cluster's protocol (plugins may re-route the request
+        # later, within clusters of that protocol); without plugins it is the route
+        decision = routes.constant or routes.resolve(authority, path, headers, method)
+        http2 = decision.cluster in proxy.h2pools
+        filters = state.filters
+        if filters is None and http2:
             filters = EMPTY_CHAIN  # an HTTP/2 cluster: the request goes as a header list (bridge.H2UpExchange)
         if filters is not None:
             # the chain's form in one pass (names are lower-case already): pseudo-headers first, Host folded
@@ -385,7 +408,7 @@ class Downstream(asyncio.Protocol):
                     framed = True
                 chain_headers.append(h)
                 lines.append(b"%b: %b\r\n" % h)
-            if self.http2_cluster:
+            if http2:
                 fx: FilteredExchange = H2UpExchange(
                     self, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
                 )
@@ -403,6 +426,17 @@ class Downstream(asyncio.Protocol):
 
         ex = Exchange(self, method, b"", keep_alive, has_body)
         ex.chunked_in = chunked
+        route = decision.route
+        if route is None:
+            ex.reply = (404, b"", "route_not_found", agent_chain.RESPONSE_FLAG_NO_ROUTE_FOUND)
+        elif route.direct_status:
+            ex.reply = (route.direct_status, route.direct_body, "direct_response", 0)
+        else:
+            ex.pool = state.pools[decision.cluster]
+            ex.timeout_s = route.timeout_s
+            if route.prefix_rewrite is not None:
+                headers.append((b"x-envoy-original-path", path))
+                path = routing.rewrite_prefix(path, route)
         out = [b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path, authority)]
         for name, value in headers:
             if name in drop or name in (b"content-length", b"host") or (name == b"expect" and expect_continue):
@@ -501,7 +535,8 @@ class Downstream(asyncio.Protocol):
                 local_port=int(local[1]),
                 protocol="HTTP/1.1" if self.http11 else "HTTP/1.0",
                 connection_id=self.id,
-                cluster_name=self.pool.cluster.name,
+                cluster_name=self.pool.cluster.name if self.pool is not None else "",
+                listener=self.state.config,
             )
         elif (info.protocol == "HTTP/1.1") is not self.http11:
             info = self._info = agent_chain.replace_info(info, {"protocol": "HTTP/1.1" if self.http11 else "HTTP/1.0"})

@@ -53,7 +53,9 @@ class Exchange:
         "http11",
         "keep_alive",
         "method",
+        "pool",
         "refusal",
+        "reply",
         "req_done",
         "req_tail",
         "resp_done",
@@ -61,6 +63,7 @@ class Exchange:
         "resp_started",
         "retried",
         "status",
+        "timeout_s",
         "up",
         "up_end",
         "up_eof_ends",
@@ -91,17 +94,26 @@ class Exchange:
         self.retried = False
         self.up_end = False  # the whole request has been handed to the upstream side
         self.up_eof_ends = False  # the upstream response is close-delimited: its EOF ends the body
+        #: the cluster the route chose (None until routed) and the route's timeout (0: none)
+        self.pool: Pool | None = conn.pool
+        self.timeout_s = conn.pool.cluster.response_timeout_s if conn.pool is not None else 0.0
+        #: the route answers itself (status, body, details, response flags): a direct response or no route
+        self.reply: tuple[int, bytes, str, int] | None = None
 
     # --- request side ---
     def start(self) -> None:
         """This exchange reached the head of its connection's queue: borrow a connection and send."""
-        conn = self.conn
-        pool = conn.pool
+        reply = self.reply
+        if reply is not None:
+            self.proxy_reply(*reply)
+            return
+        pool = self.pool
+        assert pool is not None  # routed by the connection
         up = pool.take_idle()
         if up is not None:
             self.attach(up)
         else:
-            conn.proxy.loop.create_task(self._connect(pool))
+            self.conn.proxy.loop.create_task(self._connect(pool))
 
     async def _connect(self, pool: Pool) -> None:
         try:
@@ -169,8 +181,11 @@ class Exchange:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
+        timeout = self.timeout_s
+        if timeout <= 0:
+            return  # the route disables the timeout
         conn = self.conn
-        self.deadline = deadline = conn.proxy.loop.time() + conn.pool.cluster.response_timeout_s
+        self.deadline = deadline = conn.proxy.loop.time() + timeout
         conn.timer.wake_at(deadline)
 
     def _timed_out(self) -> None:
@@ -243,7 +258,7 @@ class Exchange:
         up, self.up = self.up, None
         if up is not None:
             if self.up_end:
-                self.conn.pool.release(up)
+                up.pool.release(up)
             else:
                 up.close()
         self._finish()
@@ -269,7 +284,7 @@ class Exchange:
             self.retried = True
             self.conn.proxy.stats.upstream_rq_retry_stale += 1
             self._cancel_timer()
-            self.conn.proxy.loop.create_task(self._connect(self.conn.pool))
+            self.conn.proxy.loop.create_task(self._connect(up.pool))
             return
         self.conn.proxy.stats.upstream_rq_reset += 1
         self.proxy_reply(*failure_reply(reset_reason))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, wire
+from meshplug.agent import framing, routing, wire
 from meshplug.agent.exchange import Exchange
 from meshplug.agent.upstream import Upstream
 
@@ -31,6 +31,19 @@ _AbortUpstream = agent_chain.AbortUpstream
 _UPSTREAM: Final = agent_chain.Target.UPSTREAM
 #: the local reply when a plugin's header cannot be written (Envoy: "invalid header value")
 INVALID_HEADER: Final = b"invalid header value"
+
+
+def rewritten(headers: tuple[tuple[bytes, bytes], ...], route: Any) -> tuple[tuple[bytes, bytes], ...]:
+    """The request headers as the router sends them after the route's prefix_rewrite: the new :path and
+    x-envoy-original-path with the old one (Envoy's router adds it unless told to suppress its headers)."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name == b":path":
+            out.append((name, routing.rewrite_prefix(value, route)))
+            out.append((b"x-envoy-original-path", value))
+        elif name != b"x-envoy-original-path":
+            out.append((name, value))
+    return tuple(out)
 
 
 class FilteredExchange(Exchange):
@@ -78,6 +91,7 @@ class FilteredExchange(Exchange):
         super().__init__(conn, method, b"", keep_alive, has_body)
         self.stream = stream = chain.new_stream(conn.stream_info(), start_time_ns=time.time_ns())
         stream.on_progress = self._progress
+        stream.route_resolver = conn.resolve
         self.request_headers = headers  # in the chain's form (pseudo-headers first), fed at `start`
         self.req_fed: tuple[tuple[bytes, bytes], ...] = ()  # what the chain got, to recognise it unchanged
         self.req_lines = lines  # the upstream head of `request_headers`: request line + host, then a line each
@@ -240,7 +254,7 @@ class FilteredExchange(Exchange):
         if up is not None:
             up.flush_sink = None
             if self.up_end:
-                self.conn.pool.release(up)
+                up.pool.release(up)
             else:
                 up.close()
         held, self.resp_hold = self.resp_hold, None
@@ -315,6 +329,20 @@ class FilteredExchange(Exchange):
                 return
 
     def _send_up_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
+        # the router: the route the stream resolved (or resolves now, on the headers the plugins left)
+        decision = self.stream.route()
+        route = decision.route if decision is not None else None
+        if route is None or route.direct_status:
+            if route is None:
+                self.proxy_reply(404, b"", "route_not_found", agent_chain.RESPONSE_FLAG_NO_ROUTE_FOUND)
+            else:
+                self.proxy_reply(route.direct_status, route.direct_body, "direct_response", 0)
+            return
+        assert decision is not None
+        pool = self.pool = self.conn.state.pools[decision.cluster]
+        self.timeout_s = route.timeout_s
+        if route.prefix_rewrite is not None:
+            headers = rewritten(headers, route)
         if headers == self.req_fed:  # unchanged: the lines built while parsing
             out = self.req_lines
             has_length = self.req_framed
@@ -332,7 +360,6 @@ class FilteredExchange(Exchange):
         out.append(b"\r\n")
         self.head = b"".join(out)
         self.up_end = end_stream
-        pool = self.conn.pool
         up = pool.take_idle()
         if up is not None:
             self.attach(up)

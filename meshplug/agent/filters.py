@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from meshplug import errors, limits, prometheus, protocol
-from meshplug.agent import chain, grpccall, host, loader, lua, server
+from meshplug.agent import chain, config, grpccall, host, loader, lua, server
 
 log = logging.getLogger("meshplug.agent.filters")
 
@@ -264,15 +265,58 @@ def _metric_values(h: host.Host) -> dict[str, int | None]:
     }
 
 
+#: the process's shared stores (shared data, queues, metrics, plugin log), made on first use: every host
+#: of the process -- each applied set's, the singletons' -- uses them (Envoy's process-wide stores)
+_SHARED: list[host.Shared] = []
+
+
+def shared() -> host.Shared:
+    if not _SHARED:
+        _SHARED.append(host.Shared())
+    return _SHARED[0]
+
+
+def applies(resource: protocol.ExtensionConfig, listener: config.Listener) -> bool:
+    """Whether a plugin runs on a listener: its type fits the listener's (HTTP chain or TCP), the listener is
+    among its `listeners` (if it names some), and some `traffic` selector takes the listener's direction and
+    port (Istio's match: SERVER = inbound, CLIENT = outbound; an UNSPECIFIED listener takes both)."""
+    if resource.listeners and listener.name not in resource.listeners:
+        return False
+    kind = protocol.PluginType.NETWORK if listener.type == "tcp" else protocol.PluginType.HTTP
+    if resource.type is not kind:
+        return False
+    if not resource.traffic:
+        return True
+    for selector in resource.traffic:
+        mode = selector.mode
+        if mode is protocol.TrafficMode.SERVER and listener.direction == "OUTBOUND":
+            continue
+        if mode is protocol.TrafficMode.CLIENT and listener.direction == "INBOUND":
+            continue
+        if selector.ports and listener.port not in selector.ports:
+            continue
+        return True
+    return False
+
+
+def vm_env(resource: protocol.ExtensionConfig, environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The VM environment: the resource's own values plus its host_env_keys read from the agent's
+    environment (Istio's valueFrom HOST, Envoy's host_env_keys; a key the agent does not have is left out)."""
+    own = dict(resource.vm_env)
+    for key in resource.host_env_keys:
+        if key in environ:
+            own[key] = environ[key]
+    return tuple(sorted(own.items()))
+
 def _plugin_config(resource: protocol.ExtensionConfig) -> host.PluginConfig:
     return host.PluginConfig(
         name=resource.name,
         root_id=resource.root_id,
-        configuration=resource.configuration.encode(),
+        configuration=resource.configuration.encode("utf-8", "surrogateescape"),
         fail_strategy=chain.FailStrategy(resource.fail_strategy.value),
-        env=resource.vm_env,
+        env=vm_env(resource, os.environ),
         vm_id=resource.vm_id,
-        vm_configuration=resource.vm_configuration.encode(),
+        vm_configuration=resource.vm_configuration.encode("utf-8", "surrogateescape"),
     )
 
 
@@ -281,9 +325,12 @@ def build(
     *,
     proxy: server.Proxy,
     loop: asyncio.AbstractEventLoop,
+    singletons: bool = False,
 ) -> loader.Chain:
     """Start every plugin (blocking: compile/deserialize, instantiate, vm_start, configure) and Lua filter
-    (compile, run its top-level code), in the push's order."""
+    (compile, run its top-level code), in the push's order, and make each listener's chain of the ones that
+    apply to it. `singletons`: the plugins are singletons (WasmService): started on their own host, in no
+    chain."""
     driver = Driver(proxy, loop)
     node = proxy.cfg.node
     h: host.Host | None = None
@@ -296,6 +343,8 @@ def build(
             node_id=node.id,
             cluster=node.cluster,
             share=proxy.share,
+            shared=shared(),
+            clusters={c.name: c for c in proxy.cfg.clusters},
         )
     rt: lua.Runtime | None = None
     if any(r.lua for r, _ in plugins):
@@ -365,14 +414,28 @@ def build(
         records = h.logs if h is not None else rt.logs if rt is not None else ()
         return [(r.plugin, _LEVEL_NAMES.get(r.level, str(r.level)), r.message) for r in records]
 
+    http_chains: dict[str, chain.Chain | None] = {}
+    network_chains: dict[str, tuple[host.Plugin, ...]] = {}
+    if not singletons:
+        for listener in proxy.cfg.listeners:
+            mine = [(r, p) for r, p, _, _ in started if applies(r, listener)]
+            if listener.type == "tcp":
+                network_chains[listener.name] = tuple(p for _, p in mine if isinstance(p, host.Plugin))
+            else:
+                filters = [p for _, p in mine]
+                http_chains[listener.name] = chain.Chain(filters, match=[r.match for r, _ in mine]) if mine else None
+
     loop.call_soon_threadsafe(driver.run)
     return loader.Chain(
         filters=built,
         network=tuple(p for _, p, _, _ in started if isinstance(p, host.Plugin)),
+        http_chains=http_chains,
+        network_chains=network_chains,
         views=views,
         metrics=metrics,
         metric_values=metric_values,
         logs=logs,
         close=driver.close,
         relevel=relevel,
+        wasm=h is not None,
     )

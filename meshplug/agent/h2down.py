@@ -36,7 +36,7 @@ import h2.settings
 
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, h2wire, relay, wire
+from meshplug.agent import framing, h2wire, relay, routing, wire
 from meshplug.agent.exchange import failure_reply
 from meshplug.agent.h2up import H2Pool
 from meshplug.agent.upstream import Pool
@@ -103,6 +103,7 @@ class H2Exchange:
         "resp_started",
         "status",
         "stream",
+        "timeout_s",
         "unacked",
         "up",
         "up_end",
@@ -132,6 +133,7 @@ class H2Exchange:
         self.resp_end_fed = False
         self.proxy_made = False
         self.deadline = 0.0
+        self.timeout_s = 0.0  # the route's (0: none)
         self.created = self.last_active = conn.proxy.loop.time()
 
     # --- request side ---
@@ -140,13 +142,14 @@ class H2Exchange:
         headers = self.head
         if not any(name == _REQUEST_ID for name, _ in headers):
             headers.append((_REQUEST_ID, wire.REQUEST_IDS.new()))
-        filters = conn.proxy.filters
+        filters = conn.state.filters
         end = self.req_done
         if filters is None:
             self._send_up_headers(headers, end)
             return
         stream = self.stream = filters.new_stream(conn.stream_info(), start_time_ns=time.time_ns())
         stream.on_progress = self._progress
+        stream.route_resolver = conn.resolve
         self.perform(stream.recv_request_headers(headers, end))
 
     def request_data(self, data: bytes, end_stream: bool) -> None:
@@ -178,7 +181,27 @@ class H2Exchange:
             self.local_reply(503, INVALID_HEADER)
             return
         conn = self.conn
-        up = self.up = relay.open_request(conn.pool, conn.h2pool, self)
+        stream = self.stream
+        decision = stream.route() if stream is not None else conn.resolve(list(headers))
+        route = decision.route
+        if route is None:
+            self.proxy_reply(404, b"", "route_not_found", agent_chain.RESPONSE_FLAG_NO_ROUTE_FOUND)
+            return
+        if route.direct_status:
+            self.proxy_reply(route.direct_status, route.direct_body, "direct_response", 0)
+            return
+        self.timeout_s = route.timeout_s
+        if route.prefix_rewrite is not None:
+            headers = [
+                *(
+                    (n, routing.rewrite_prefix(v, route)) if n == b":path" else (n, v)
+                    for n, v in headers
+                    if n != b"x-envoy-original-path"
+                ),
+                *((b"x-envoy-original-path", v) for n, v in headers if n == b":path"),
+            ]
+        cluster = decision.cluster
+        up = self.up = relay.open_request(conn.state.pools[cluster], conn.proxy.h2pools.get(cluster), self)
         up.send_headers([h for h in headers if h[0] != b"te" or h[1].lower() == b"trailers"], end_stream)
         if end_stream:
             self._request_sent()
@@ -201,7 +224,9 @@ class H2Exchange:
     def _request_sent(self) -> None:
         self.up_end = True
         conn = self.conn
-        self.deadline = deadline = conn.proxy.loop.time() + conn.pool.cluster.response_timeout_s
+        if self.timeout_s <= 0:
+            return  # the route disables the timeout
+        self.deadline = deadline = conn.proxy.loop.time() + self.timeout_s
         conn.timer.wake_at(deadline)
 
     # --- Sink: the response ---
@@ -477,11 +502,13 @@ class H2Exchange:
 class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
     """One HTTP/2 client connection: its streams, Envoy's limits, one timer."""
 
-    def __init__(self, proxy: Proxy, pool: Pool, h2pool: H2Pool | None, *, tls: bool = False) -> None:
+    def __init__(self, proxy: Proxy, state: routing.ListenerState, *, tls: bool = False) -> None:
         super().__init__(h2.connection.H2Connection(config=_SERVER_CONFIG))
         self.proxy = proxy
-        self.pool = pool
-        self.h2pool = h2pool
+        self.state = state
+        routes = state.routes
+        assert routes is not None  # an HTTP listener
+        self.resolve = routes.resolve_map
         self.tls = tls
         self.streams: dict[int, H2Exchange] = {}
         self.peer: tuple[str, int] | None = None
@@ -662,7 +689,8 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
                 protocol="HTTP/2",
                 scheme="https" if self.tls else "http",
                 connection_id=self.id,
-                cluster_name=self.pool.cluster.name,
+                cluster_name=self.state.config.cluster,
+                listener=self.state.config,
             )
         return info
 

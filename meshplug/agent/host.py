@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Final
 import wasmtime
 
 from meshplug import abi_table, errors, limits
-from meshplug.agent import abi, chain, hostapi, vm
+from meshplug.agent import abi, chain, config, hostapi, metadata, vm
 from meshplug.agent.chain import Action, Direction, FailStrategy, LocalReply, Phase
 
 if TYPE_CHECKING:
@@ -93,6 +93,7 @@ __all__ = [
     "Plugin",
     "PluginConfig",
     "RootContext",
+    "Shared",
     "SharedData",
     "TcpStream",
     "WasmVm",
@@ -194,6 +195,50 @@ class _Queue:
     owner: tuple[WasmVm, int] | None = None  # (vm, root context id) receiving on_queue_ready
 
 
+class Shared:
+    """What every VM of the process shares (Envoy's process-wide stores, proxy-wasm-cpp-host's
+    global_shared_data): shared data and queues keyed by vm_id, plugin-defined metrics, the plugins' log.
+    Each `Host` (one per applied plugin set, one for the singletons) uses the process's `Shared`, so a
+    queue a singleton registered is resolved and fed by HTTP-filter VMs of any later set, and metrics and
+    shared data survive a push, as in Envoy."""
+
+    def __init__(self) -> None:
+        self.shared_data = SharedData()
+        self.metrics = Metrics()
+        self.logs: collections.deque[LogRecord] = collections.deque(maxlen=10_000)
+        self.queues: dict[int, _Queue] = {}
+        self.queue_names: dict[tuple[str, bytes], int] = {}
+        self._queue_ids = itertools.count(1)
+
+    def register_queue(self, wvm: WasmVm, root: RootContext, name: bytes) -> int:
+        """cpp-host's registerQueue: one queue per (vm_id, name); registering again moves delivery to the
+        caller's root context (items already queued are kept)."""
+        key = (wvm.vm_id, name)
+        qid = self.queue_names.get(key)
+        if qid is None:
+            qid = next(self._queue_ids)
+            self.queue_names[key] = qid
+            self.queues[qid] = _Queue(qid, wvm.vm_id, name)
+        self.queues[qid].owner = (wvm, root.id)
+        return qid
+
+    def enqueue(self, qid: int, value: bytes) -> bool:
+        q = self.queues.get(qid)
+        if q is None:
+            return False
+        q.items.append(value)
+        if q.owner is not None:  # on_queue_ready on the registrant's root, posted to its host
+            q.owner[0].owner.post_queue_ready(qid)
+        return True
+
+    def dequeue(self, qid: int) -> bytes | bool | None:
+        """The next item, None when empty, False for an unknown queue."""
+        q = self.queues.get(qid)
+        if q is None:
+            return False
+        return q.items.popleft() if q.items else None
+
+
 # --- contexts ---------------------------------------------------------------------------------------
 #: proxy-wasm body results 0-2 (3 and above: StopIterationNoBuffer)
 _BODY_ACTIONS: Final = (Action.CONTINUE, Action.BUFFER, Action.WATERMARK)
@@ -253,6 +298,9 @@ class HttpContext(Context):
 
     def stream_control(self) -> chain.StreamControl:
         return self.control
+
+    def clear_route_cache(self) -> None:
+        self.control.clear_route_cache()
 
     # stream actions for the imports (run after the guest call returns)
     def continue_stream(self, stream_type: int) -> int:
@@ -436,6 +484,9 @@ class TcpStream(Context):
 
     def stream_info(self) -> chain.StreamInfo:
         return self.info
+
+    def set_upstream_fields(self, fields: dict[str, object]) -> None:
+        self.info = chain.replace_info(self.info, fields)
 
     def continue_stream(self, stream_type: int) -> int:
         if stream_type > hostapi.STREAM_UPSTREAM:
@@ -899,7 +950,7 @@ class Host(hostapi.Host):
         runtime: vm.Runtime | None = None,
         backend: str = "fast",
         upstreams: Collection[str] | None = None,
-        node: Mapping[str, str] | None = None,
+        node: Mapping[str, metadata.Value] | None = None,
         node_id: str = "",
         cluster: str = "",
         log_level: int = INFO,
@@ -909,6 +960,8 @@ class Host(hostapi.Host):
         reload_backoff_ms: int = limits.VM_RELOAD_BACKOFF_MS,
         clock: Callable[[], float] = time.monotonic,
         share: sharing.Share | None = None,
+        shared: Shared | None = None,
+        clusters: Mapping[str, config.Cluster] | None = None,
     ) -> None:
         """`share`: the store the workers of a multi-worker agent share (meshplug.agent.sharing): shared data
         and queues there instead of in this host."""
@@ -924,18 +977,18 @@ class Host(hostapi.Host):
         self.on_wakeup = on_wakeup
         self.reload_backoff_ms = reload_backoff_ms
         self.clock = clock  # FAIL_RELOAD backoff
+        self.clusters = dict(clusters or {})
         self.share = share
-        self.shared_data = SharedData(share.store if share is not None else None)
-        self.metrics = Metrics()
-        self.logs: collections.deque[LogRecord] = collections.deque(maxlen=10_000)
+        self.shared = shared if shared is not None else Shared()
+        # the workers' store when there are workers (one namespace across processes), else the process's
+        self.shared_data = SharedData(share.store) if share is not None else self.shared.shared_data
+        self.metrics = self.shared.metrics
+        self.logs = self.shared.logs
         self.plugins: list[Plugin] = []
         self.vms: dict[tuple[Any, ...], WasmVm] = {}
         #: VMs `prestart` started for plugins `load` has not started yet, by VM key, in load order
         self._prestarted: dict[tuple[Any, ...], collections.deque[WasmVm | errors.PluginStartError]] = {}
         self._modules: dict[str, wasmtime.Module] = {}
-        self._queues: dict[int, _Queue] = {}
-        self._queue_names: dict[tuple[str, bytes], int] = {}
-        self._queue_ids = itertools.count(1)
         self._notify: collections.deque[int] = collections.deque()
         #: with a share: the queues a root context of this host registered (token -> VM, root id)
         self._owned: dict[int, tuple[WasmVm, int]] = {}
@@ -1245,19 +1298,12 @@ class Host(hostapi.Host):
             token = self.share.store.queue_register(wvm.vm_id.encode(), name, self.share.index, root.id)
             self._owned[token] = (wvm, root.id)
             return token
-        key = (wvm.vm_id, name)
-        qid = self._queue_names.get(key)
-        if qid is None:
-            qid = next(self._queue_ids)
-            self._queue_names[key] = qid
-            self._queues[qid] = _Queue(qid, wvm.vm_id, name)
-        self._queues[qid].owner = (wvm, root.id)
-        return qid
+        return self.shared.register_queue(wvm, root, name)
 
     def resolve_queue(self, vm_id: str, name: bytes) -> int | None:
         if self.share is not None:
             return self.share.store.queue_resolve(vm_id.encode(), name) or None
-        return self._queue_names.get((vm_id, name))
+        return self.shared.queue_names.get((vm_id, name))
 
     def enqueue(self, qid: int, value: bytes) -> bool:
         if self.share is not None:
@@ -1267,23 +1313,19 @@ class Host(hostapi.Host):
             if owner >= 0:
                 self.share.wake(owner, qid)  # posted: delivered from the owner's event loop, never inline
             return owner != -1
-        q = self._queues.get(qid)
-        if q is None:
-            return False
-        q.items.append(value)
-        if q.owner is not None:
-            self._notify.append(qid)
-            self._wake()
-        return True
+        return self.shared.enqueue(qid, value)
 
     def dequeue(self, qid: int) -> bytes | bool | None:
         """The next item, None when empty, False for an unknown queue."""
         if self.share is not None:
             return self.share.store.dequeue(qid)
-        q = self._queues.get(qid)
-        if q is None:
-            return False
-        return q.items.popleft() if q.items else None
+        return self.shared.dequeue(qid)
+
+    def post_queue_ready(self, qid: int) -> None:
+        """A queue one of this host's roots registered has an item: deliver on_queue_ready later
+        (`run_deferred`, never inline)."""
+        self._notify.append(qid)
+        self._wake()
 
     def queue_ready(self, token: int) -> None:
         """Another worker enqueued on queue `token` (meshplug.agent.sharing): notify its owner here, if here."""
@@ -1305,7 +1347,7 @@ class Host(hostapi.Host):
                     continue
                 wvm, root_id = owned
             else:
-                q = self._queues.get(qid)
+                q = self.shared.queues.get(qid)
                 if q is None or q.owner is None:
                     continue
                 wvm, root_id = q.owner

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from meshplug.agent import chain, vm
+from meshplug.agent import chain, config, metadata, vm
 
 if TYPE_CHECKING:
     from meshplug.agent import sharing
@@ -167,7 +167,9 @@ class Host:
 
     log_level: int
     upstreams: frozenset[str] | None
-    node: dict[str, str]
+    node: dict[str, metadata.Value]
+    #: the clusters plugins' xds.cluster_metadata comes from
+    clusters: dict[str, config.Cluster]
     node_id: str
     cluster: str
     shared_data: SharedData

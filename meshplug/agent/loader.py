@@ -63,6 +63,9 @@ class Chain:
 
     filters: chain.Chain | None
     network: tuple[tcp.NetworkFilter, ...] = ()  # the same plugins as network (L4) filters
+    #: per listener name: its HTTP chain (None: no plugin applies) / its network filters
+    http_chains: Mapping[str, chain.Chain | None] = field(default_factory=dict)
+    network_chains: Mapping[str, tuple[tcp.NetworkFilter, ...]] = field(default_factory=dict)
     views: Callable[[], list[PluginView]] = field(default=list)
     metrics: Callable[[], str] = field(default=lambda: "")
     metric_values: Callable[[], dict[str, int | None]] = field(default=dict)
@@ -73,6 +76,8 @@ class Chain:
     #: awaited right after the proxy swapped to this chain, before the push is answered (a multi-worker agent's
     #: workers switch to the set they loaded: meshplug.agent.workers)
     activate: Callable[[], Awaitable[None]] | None = None
+    #: built with wasm plugins: logs and metrics are the process's shared stores (the same in every such chain)
+    wasm: bool = False
 
 
 @dataclass(frozen=True)
@@ -312,17 +317,23 @@ class ResourceError(Exception):
         self.error = error
 
 
+def filter_kind(resource: protocol.ExtensionConfig) -> validate.FilterKind:
+    """What a resource's module is validated as: its `type`."""
+    return validate.FilterKind.NETWORK if resource.type is protocol.PluginType.NETWORK else validate.FilterKind.HTTP
+
+
 def load(
     push: protocol.Push,
     *,
     store: StateStore,
     sources: Sources,
     build: ChainBuilder,
-    kind: validate.FilterKind | None = validate.FilterKind.HTTP,
+    singletons: bool = False,
 ) -> tuple[LoadedSet, dict[str, bytes]]:
     """Fetch, check and start every plugin of `push`; blocking, run it in a worker thread.
 
-    `kind`: what the modules are validated as (HTTP filters, network filters, or None: either).
+    Modules are validated as their resource's type says (HTTP or network filter); `singletons`: as
+    singletons (any module with the ABI: they run in no chain).
 
     Raises `ResourceError` (fetch/validation of one resource) or `errors.HostError` (starting the chain).
     """
@@ -330,7 +341,7 @@ def load(
     resources = push.resources
     workers = min(limits.AGENT_PREPARE_THREADS, max(1, len(resources)))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="meshplug-load") as pool:
-        futures = [pool.submit(prepare, r, store, sources, kind) for r in resources]
+        futures = [pool.submit(prepare, r, store, sources, None if singletons else filter_kind(r)) for r in resources]
         prepared: list[Prepared] = []
         for resource, future in zip(resources, futures, strict=True):
             try:

@@ -25,7 +25,7 @@ import struct
 from typing import Final
 from urllib.parse import urlsplit
 
-from meshplug.agent import hostapi, pairs
+from meshplug.agent import config, hostapi, metadata, pairs, routing
 from meshplug.agent.chain import Direction
 from meshplug.agent.hostapi import Context
 
@@ -198,25 +198,90 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:  # noqa: PLR
     return None
 
 
-def _cluster_name(ctx: Context) -> bytes | None:
-    info = ctx.stream_info()
-    return info.cluster_name.encode() if info is not None and info.cluster_name else None
+class Unserializable(Exception):
+    """Envoy has the attribute but cannot serialize it (e.g. xds.upstream_host_metadata of an endpoint
+    without metadata: a null message)."""
+
+
+#: what Envoy 1.40's node says its user agent is (the agent's own name here)
+USER_AGENT: Final = "meshplug"
+
+_DIRECTIONS: Final = {"UNSPECIFIED": 0, "INBOUND": 1, "OUTBOUND": 2}
 
 
 def _node_value(ctx: Context, segs: list[bytes]) -> bytes | None:
+    """`xds.node[...]`: the whole Node message, or id / cluster / metadata (a map) / metadata.KEY..."""
     host = ctx.vm.host
+    node_meta = metadata.Struct(tuple(host.node.items()))
     if not segs:
-        return None
+        return metadata.node_proto(host.node_id, host.cluster, node_meta, USER_AGENT)
     key = segs[0]
-    if key == b"id":
+    if key == b"id" and len(segs) == 1:
         return host.node_id.encode()
-    if key == b"cluster":
+    if key == b"cluster" and len(segs) == 1:
         return host.cluster.encode()
+    if key == b"user_agent_name" and len(segs) == 1:
+        return USER_AGENT.encode()
     if key == b"metadata":
-        if len(segs) == 1:
-            return pairs.encode([(k.encode(), v.encode()) for k, v in host.node.items()])
-        value = host.node.get(segs[1].decode(errors="replace"))
-        return value.encode() if value is not None else None
+        value = metadata.lookup(node_meta, segs[1:])
+        return None if isinstance(value, metadata.Missing) else metadata.property_value(value)
+    return None
+
+
+def _metadata_value(meta: metadata.Metadata, segs: list[bytes]) -> bytes | None:
+    """A Metadata attribute: the message itself, `filter_metadata` (a map), a namespace, a key within."""
+    if not segs:
+        return meta.proto()
+    if segs[0] != b"filter_metadata":
+        return None
+    if len(segs) == 1:
+        return metadata.metadata_pairs(meta)
+    ns = meta.namespace(segs[1].decode(errors="replace"))
+    if ns is None:
+        return None
+    value = metadata.lookup(ns, segs[2:])
+    return None if isinstance(value, metadata.Missing) else metadata.property_value(value)
+
+
+def _xds_value(ctx: Context, segs: list[bytes]) -> bytes | None:
+    """xds.* attributes: node, the route / virtual host / cluster serving the stream (HTTP: the stream's
+    route decision, resolved now if nothing asked yet; TCP: the tcp_proxy cluster), the listener."""
+    key = segs[0]
+    rest = segs[1:]
+    if key == b"node":
+        return _node_value(ctx, rest)
+    info = ctx.stream_info()
+    if info is None:
+        return None
+    listener = info.listener
+    if key.startswith(b"listener_") or key == b"filter_chain_name":
+        if not isinstance(listener, config.Listener) or (rest and key != b"listener_metadata"):
+            return None
+        if key == b"listener_direction":
+            return enc_int(_DIRECTIONS.get(listener.direction, 0))
+        if key == b"listener_metadata":
+            return _metadata_value(listener.metadata, rest)
+        return listener.filter_chain_name.encode() if key == b"filter_chain_name" else None
+    control = ctx.stream_control()
+    decision = control.route() if control is not None else None
+    cluster_name = info.cluster_name  # a TCP connection's (tcp_proxy), or a stream the shell routes itself
+    if isinstance(decision, routing.Decision):
+        vhost, route, cluster_name = decision.vhost, decision.route, decision.cluster
+        if key == b"virtual_host_name" and not rest:
+            return vhost.name.encode() if vhost is not None else None
+        if key == b"virtual_host_metadata":
+            return _metadata_value(vhost.metadata, rest) if vhost is not None else None
+        if key == b"route_name" and not rest:
+            return route.name.encode() if route is not None else None
+        if key == b"route_metadata":
+            return _metadata_value(route.metadata, rest) if route is not None else None
+    if key == b"cluster_name" and not rest:
+        return cluster_name.encode() if cluster_name else None
+    if key == b"cluster_metadata" and cluster_name:
+        cluster = ctx.vm.host.clusters.get(cluster_name)
+        return _metadata_value(cluster.metadata, rest) if cluster is not None else None
+    if key == b"upstream_host_metadata" and not rest and info.upstream_address:
+        raise Unserializable("the upstream endpoint has no metadata")
     return None
 
 
@@ -245,10 +310,6 @@ def lookup(ctx: Context, raw_path: bytes) -> bytes | None:  # noqa: PLR0911 - on
     head = segs[0]
     if len(segs) == 1 and head.startswith(b"plugin_"):
         return _plugin_value(ctx, head)
-    if head == b"node":
-        return _node_value(ctx, segs[1:])
-    if head == b"xds" and len(segs) >= 2 and segs[1] == b"node":
-        return _node_value(ctx, segs[2:])
-    if head == b"xds" and len(segs) == 2 and segs[1] == b"cluster_name":
-        return _cluster_name(ctx)
+    if head == b"xds":
+        return _xds_value(ctx, segs[1:]) if len(segs) >= 2 else None
     return _stream_value(ctx, segs)

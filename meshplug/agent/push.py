@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshplug import errors, limits, protocol, validate
+from meshplug import errors, limits, protocol
 from meshplug.agent import admin, config, loader, server
 
 log = logging.getLogger("meshplug.agent.push")
@@ -96,16 +96,9 @@ class Applier:
                 )
             loop = asyncio.get_running_loop()
             try:
-                kind = self.proxy.cfg.plugin_kind
                 loaded, modules = await loop.run_in_executor(
                     None,
-                    lambda: loader.load(
-                        push,
-                        store=self.store,
-                        sources=self.sources,
-                        build=self.build,
-                        kind=None if kind is None else validate.FilterKind(kind),
-                    ),
+                    lambda: loader.load(push, store=self.store, sources=self.sources, build=self.build),
                 )
             except loader.ResourceError as exc:
                 return self._nack(push, exc.error, exc.resource)
@@ -113,8 +106,7 @@ class Applier:
                 return self._nack(push, exc, str(getattr(exc, "resource", "")))
             old, self.active = self.active, loaded
             # the swap (no await in between): new exchanges and connections take the new chain
-            self.proxy.filters = loaded.chain.filters
-            self.proxy.network_filters = loaded.chain.network
+            self.proxy.install(loaded.chain.http_chains, loaded.chain.network_chains)
             if loaded.chain.activate is not None:
                 await loaded.chain.activate()
             if old is not None:

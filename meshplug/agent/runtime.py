@@ -32,14 +32,18 @@ GAUGES = frozenset({"downstream_cx_active", "downstream_rq_active", "upstream_cx
 
 
 def build_chain(
-    plugins: Sequence[tuple[protocol.ExtensionConfig, bytes]], *, proxy: server.Proxy, loop: asyncio.AbstractEventLoop
+    plugins: Sequence[tuple[protocol.ExtensionConfig, bytes]],
+    *,
+    proxy: server.Proxy,
+    loop: asyncio.AbstractEventLoop,
+    singletons: bool = False,
 ) -> loader.Chain:
-    """Start every plugin's VM and make the chain (blocking; runs in a worker thread)."""
+    """Start every plugin's VM and make the listeners' chains (blocking; runs in a worker thread)."""
     if not plugins:
         return loader.empty_chain()
     from meshplug.agent import filters  # noqa: PLC0415 -- the wasm host is imported only when a plugin needs it
 
-    return filters.build(plugins, proxy=proxy, loop=loop)
+    return filters.build(plugins, proxy=proxy, loop=loop, singletons=singletons)
 
 
 def _push_tls(settings: config.PushTLS | None) -> tls.ReloadingContext | None:
@@ -62,9 +66,41 @@ class Agent:
         self.applier = push.Applier(self.proxy, store=self.store, sources=self.sources, build=build)
         self.admin = admin.ControlServer(self._admin)
         self.push_server: admin.ControlServer | None = None
+        #: the singleton plugins (bootstrap_extensions), started once before anything else
+        self.singletons: loader.LoadedSet | None = None
         self.ready = False
         self.ports: dict[str, int] = {}
         self._stop = asyncio.Event()
+
+    async def _start_singletons(self) -> None:
+        """Envoy starts bootstrap extensions before listeners: so do we; one that fails stops the start."""
+        if not self.cfg.singletons:
+            return
+        push = protocol.Push(version_info=protocol.STATIC_VERSION, nonce="", resources=self.cfg.singletons)
+        build = functools.partial(build_chain, proxy=self.proxy, loop=self.loop, singletons=True)
+        try:
+            loaded, _ = await self.loop.run_in_executor(
+                None,
+                lambda: loader.load(push, store=self.store, sources=self.sources, build=build, singletons=True),
+            )
+        except loader.ResourceError as exc:
+            raise errors.ConfigError(
+                f"singleton {exc.resource or '?'} failed to start: {exc.error.message}", reason=exc.error.reason
+            ) from None
+        self.singletons = loaded
+        log.info("started %d singleton plugin(s)", len(self.cfg.singletons))
+
+    def plugin_chains(self) -> list[loader.Chain]:
+        """The chains whose plugins' logs and metrics admin shows: the active set's, the singletons'. Every
+        chain with wasm plugins reads the process's shared stores, so only the first of those counts."""
+        out: list[loader.Chain] = []
+        wasm = False
+        for loaded in (self.applier.active, self.singletons):
+            if loaded is None or (loaded.chain.wasm and wasm):
+                continue
+            wasm = wasm or loaded.chain.wasm
+            out.append(loaded.chain)
+        return out
 
     async def _initial(self) -> None:
         persisted = self.store.last_good()
@@ -87,6 +123,7 @@ class Agent:
         # everything imported and configured so far lives as long as the process: out of the collector's
         # sight, so its full collections stay cheap (plugin chains come after: they must stay collectable)
         gc.freeze()
+        await self._start_singletons()
         await self._initial()
         await self.listen()
         self.ports["admin"] = await self.admin.start(self.cfg.admin.address, self.cfg.admin.port)
@@ -119,6 +156,8 @@ class Agent:
             await self.push_server.stop()
         if self.applier.active is not None:
             self.applier.active.chain.close()
+        if self.singletons is not None:
+            self.singletons.chain.close()
         self.sources.close()
         log.info("stopped (%s)", "drained" if clean else "drain deadline hit, connections aborted")
         return clean
@@ -138,15 +177,19 @@ class Agent:
             response = admin.logging_route(request)
             if request.method == "POST" and response.status == 200:
                 wire.refresh_debug()  # the data path's cached debug switch
-                if (active := self.applier.active) is not None:
-                    active.chain.relevel()  # the running hosts' proxy_get_log_level and log filter
+                for loaded in (self.applier.active, self.singletons):
+                    if loaded is not None:
+                        loaded.chain.relevel()  # the running hosts' proxy_get_log_level and log filter
             return response
         if path == "/plugin_logs":  # the plugins' proxy_log records, oldest first (bounded by the host)
-            logs = active.chain.logs() if (active := self.applier.active) else []
-            body = [{"plugin": p, "level": lvl, "message": m} for p, lvl, m in logs]
+            body = [
+                {"plugin": p, "level": lvl, "message": m} for c in self.plugin_chains() for p, lvl, m in c.logs()
+            ]
             return admin.Response(200, loader.dumps(body), "application/json")
         if path == "/plugin_stats":  # the plugins' own metrics by the name they defined (histograms: null)
-            values = active.chain.metric_values() if (active := self.applier.active) else {}
+            values: dict[str, int | None] = {}
+            for c in self.plugin_chains():
+                values.update(c.metric_values())
             return admin.Response(200, loader.dumps(values), "application/json")
         return admin.Response(404, b"not found\n")
 
@@ -188,8 +231,7 @@ class Agent:
         counters = self.proxy.stats.as_dict()
         counters["push_ack_total"] = self.applier.acks
         counters["push_nack_total"] = self.applier.nacks
-        active = self.applier.active
-        extra = active.chain.metrics() if active else ""
+        extra = "".join(c.metrics() for c in self.plugin_chains())
         return admin.prometheus(counters, gauges=GAUGES, labels={}, extra=extra)
 
 

@@ -13,8 +13,9 @@ filter chain and drain. The work is split by concern:
 * `wire` and `stats`: what they share (constants, framing helpers, Envoy's wording) and the counters.
 
 Flow control both ways: a full write buffer on one side pauses reading on the other (asyncio's
-pause_writing/resume_writing -> pause_reading/resume_reading). `Proxy.filters` is the active `chain.Chain`
-(swapped in one assignment by the push path) or None (no plugins: the fast path).
+pause_writing/resume_writing -> pause_reading/resume_reading). Each listener's `routing.ListenerState` holds
+its route table and its active `chain.Chain` (swapped in one assignment by the push path through
+`Proxy.install`) or None (no plugins: the fast path).
 
 Local replies follow Envoy's wording (503 "upstream connect error or disconnect/reset before headers.
 reset reason: connection failure", 504 "upstream request timeout", 502 for an unparseable upstream
@@ -28,12 +29,12 @@ import contextlib
 import functools
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import config as agent_config
-from meshplug.agent import h2up, relay, upstream, wire
+from meshplug.agent import h2up, relay, routing, upstream, wire
 from meshplug.agent import stats as agent_stats
 from meshplug.agent.downstream import Downstream
 from meshplug.agent.h2down import H2Downstream
@@ -47,7 +48,7 @@ log = logging.getLogger("meshplug.agent.server")
 
 
 class Proxy:
-    """Listeners, cluster pools, counters, the active filter chain, and drain."""
+    """Listeners (with their routes and active chains), cluster pools, counters, and drain."""
 
     def __init__(
         self,
@@ -62,10 +63,13 @@ class Proxy:
         self.pools = {c.name: upstream.Pool(c, self.stats, cfg.http) for c in cfg.clusters}
         #: clusters that speak HTTP/2: their streams go here (`pools` keeps their HTTP/1.1 form unused)
         self.h2pools = {c.name: h2up.H2Pool(c, self.stats) for c in cfg.clusters if c.http2}
-        self.filters: agent_chain.Chain | None = None
+        #: per listener: its routes, the pools, and the chain the push path installs (`install`)
+        self.listeners = [
+            routing.ListenerState(lst, routing.RouteTable(cfg.routes(lst)) if lst.type == "http" else None, self.pools)
+            for lst in cfg.listeners
+        ]
         self.idle_timeout_s = cfg.http.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
         self.draining = False
-        self.network_filters: tuple[NetworkFilter, ...] = ()  # swapped with `filters` by the push path
         self.connections: set[Downstream | H2Downstream | TcpDownstream | Tunnel] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self._drained: asyncio.Event | None = None
@@ -74,14 +78,25 @@ class Proxy:
         self.reuse_port = False
         self.share: sharing.Share | None = None
 
+    def install(
+        self,
+        filters: Mapping[str, agent_chain.Chain | None],
+        network: Mapping[str, tuple[NetworkFilter, ...]],
+    ) -> None:
+        """Swap every listener's chain (by listener name; absent: none); exchanges and connections already
+        started keep the chain they began with."""
+        for state in self.listeners:
+            state.filters = filters.get(state.name)
+            state.network = network.get(state.name, ())
+
     async def start(self) -> None:
-        for lst in self.cfg.listeners:
-            pool = self.pools[lst.cluster]
+        for state in self.listeners:
+            lst = state.config
             factory: Callable[[], asyncio.Protocol]
             if lst.type == "tcp":
-                factory = functools.partial(TcpDownstream, self, pool)
+                factory = functools.partial(TcpDownstream, self, state)
             else:
-                factory = functools.partial(Downstream, self, pool, lst.upgrade_types)
+                factory = functools.partial(Downstream, self, state)
             server = await self.loop.create_server(
                 factory,
                 lst.address,
@@ -93,12 +108,12 @@ class Proxy:
             )
             self.servers.append(server)
             log.info(
-                "%s listener %s on %s:%d -> cluster %s",
+                "%s listener %s on %s:%d -> %s",
                 lst.type,
                 lst.name,
                 lst.address,
                 self.port_of(server),
-                lst.cluster,
+                f"cluster {lst.cluster}" if lst.cluster else "routes",
             )
 
     @staticmethod

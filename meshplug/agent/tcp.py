@@ -13,8 +13,7 @@ import time
 from typing import TYPE_CHECKING, Protocol, cast
 
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import wire
-from meshplug.agent.upstream import Pool
+from meshplug.agent import routing, wire
 
 if TYPE_CHECKING:
     from meshplug.agent.server import Proxy
@@ -34,6 +33,10 @@ class NetworkStream(Protocol):
     def on_close(self, peer: str, peer_type: int = 2) -> None: ...
 
     def finish(self) -> None: ...
+
+    def set_upstream_fields(self, fields: dict[str, object]) -> None:
+        """The upstream connected: its StreamInfo upstream_* fields (upstream.address / port properties)."""
+        ...
 
 
 class NetworkFilter(Protocol):
@@ -90,8 +93,11 @@ class TcpDownstream(asyncio.Protocol):
     and then `finish` (on_done, on_log, on_delete).
     """
 
-    def __init__(self, proxy: Proxy, pool: Pool) -> None:
+    def __init__(self, proxy: Proxy, state: routing.ListenerState) -> None:
         self.proxy = proxy
+        self.state = state
+        pool = state.default_pool
+        assert pool is not None  # a TCP listener has its tcp_proxy cluster
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.up: _TcpUpstream | None = None
@@ -124,8 +130,9 @@ class TcpDownstream(asyncio.Protocol):
             connection_id=self.id,
             start_time_ns=time.time_ns(),
             cluster_name=self.pool.cluster.name,
+            listener=self.state.config,
         )
-        for f in proxy.network_filters:
+        for f in self.state.network:
             stream = f.new_connection(info)
             if stream is None or stream.start() is agent_chain.Action.FAIL:
                 if f.fail_strategy is agent_chain.FailStrategy.FAIL_OPEN:
@@ -143,9 +150,10 @@ class TcpDownstream(asyncio.Protocol):
 
     async def _connect(self) -> None:
         c = self.pool.cluster
+        ep = self.pool.endpoint()
         try:
             _, up = await asyncio.wait_for(
-                self.proxy.loop.create_connection(lambda: _TcpUpstream(self), c.address, c.port),
+                self.proxy.loop.create_connection(lambda: _TcpUpstream(self), ep.address, ep.port),
                 timeout=c.connect_timeout_s,
             )
         except (OSError, TimeoutError) as exc:
@@ -161,6 +169,17 @@ class TcpDownstream(asyncio.Protocol):
             up.transport.close()
             return
         self.up = up
+        if self.streams:
+            peer = up.transport.get_extra_info("peername") or ("", 0)
+            local = up.transport.get_extra_info("sockname") or ("", 0)
+            fields: dict[str, object] = {
+                "upstream_address": str(peer[0]),
+                "upstream_port": int(peer[1]),
+                "upstream_local_address": str(local[0]),
+                "upstream_local_port": int(local[1]),
+            }
+            for _, stream in self.streams:
+                stream.set_upstream_fields(fields)
         for data in self.pending_up:
             up.transport.write(data)
         self.pending_up = []

@@ -292,6 +292,16 @@ class Pool:
         self.max_head = http.max_response_headers_kb * 1024
         self.max_count = http.max_response_headers_count
         self.idle: list[Upstream] = []
+        #: the endpoints new connections go to, round robin (a native cluster has its one address)
+        self.endpoints = cluster.endpoints or (agent_config.Endpoint(cluster.address, cluster.port),)
+        self._next = 0
+
+    def endpoint(self) -> agent_config.Endpoint:
+        """The endpoint of the next new connection (round robin, Envoy's default lb_policy)."""
+        endpoints = self.endpoints
+        ep = endpoints[self._next % len(endpoints)]
+        self._next += 1
+        return ep
 
     def take_idle(self) -> Upstream | None:
         idle = self.idle
@@ -306,9 +316,9 @@ class Pool:
     async def connect(self) -> Upstream:
         """A new connection; raises OSError or TimeoutError."""
         loop = asyncio.get_running_loop()
-        c = self.cluster
+        ep = self.endpoint()
         _, up = await asyncio.wait_for(
-            loop.create_connection(lambda: Upstream(self), c.address, c.port), timeout=c.connect_timeout_s
+            loop.create_connection(lambda: Upstream(self), ep.address, ep.port), timeout=self.cluster.connect_timeout_s
         )
         return up
 

@@ -318,7 +318,8 @@ class Parent(runtime.Agent):
             store_size=limits.WORKERS_SHARED_BYTES,
             ports=self.worker_ports,
         )
-        argv = [sys.executable, "-m", "meshplug", "agent", "--config", str(self.config_path)]
+        source = "--envoy-config" if self.cfg.source == "envoy" else "--config"  # the file the parent read
+        argv = [sys.executable, "-m", "meshplug", "agent", source, str(self.config_path)]
         argv += ["--log-level", self.log_level, "--worker", spec.encode()]
         popen = subprocess.Popen(argv, pass_fds=(child_end.fileno(), read_fd, *write_fds))
         child_end.close()

@@ -1,4 +1,6 @@
-"""`meshplug agent --config FILE`: run the in-pod agent (proxy + admin + push) from a static config file."""
+"""`meshplug agent --config FILE` / `--envoy-config FILE`: run the in-pod agent (proxy + admin + push) from its
+native config file or from an Envoy v3 static bootstrap (meshplug.agent.bootstrap reads the subset wasm
+deployments use and refuses the rest with the field's path)."""
 
 from __future__ import annotations
 
@@ -6,13 +8,17 @@ import argparse
 from pathlib import Path
 
 from meshplug import errors
-from meshplug.agent import config, runtime, workers
+from meshplug.agent import bootstrap, config, runtime, workers
 
 HELP = "run the in-pod agent: reverse proxy with proxy-wasm plugins, admin and push endpoints"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, type=Path, help="agent config file (YAML or JSON)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="agent config file (YAML or JSON)")
+    source.add_argument(
+        "--envoy-config", type=Path, help="an Envoy v3 static bootstrap (YAML or JSON) to run instead of Envoy"
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--check", action="store_true", help="parse the config, print a summary and exit")
     parser.add_argument(
@@ -25,12 +31,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a worker of `--concurrency N` (meshplug.agent.workers)
 
 
+def load(args: argparse.Namespace) -> config.AgentConfig:
+    if args.envoy_config is not None:
+        return bootstrap.load(args.envoy_config)
+    return config.load(args.config)
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config)
+    cfg = load(args)
     if args.check:
+        singletons = f", {len(cfg.singletons)} singleton(s)" if cfg.singletons else ""
         print(
             f"config ok: {len(cfg.listeners)} listener(s), {len(cfg.clusters)} cluster(s), "
-            f"{len(cfg.plugins)} plugin(s), push {'on' if cfg.push else 'off'}"
+            f"{len(cfg.plugins)} plugin(s){singletons}, push {'on' if cfg.push else 'off'}"
         )
         return 0
     if args.worker:
@@ -38,5 +51,6 @@ def run(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise errors.ConfigError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.concurrency > 1:
-        return workers.serve(cfg, concurrency=args.concurrency, config_path=args.config, log_level=args.log_level)
+        source = args.envoy_config if args.envoy_config is not None else args.config
+        return workers.serve(cfg, concurrency=args.concurrency, config_path=source, log_level=args.log_level)
     return runtime.serve(cfg, log_level=args.log_level)

@@ -1,7 +1,9 @@
 """`meshplug run PLUGIN.wasm --upstream URL`: try one plugin locally in front of an app, no containers.
 
 Builds an agent config in memory (one listener, one cluster for the upstream, the plugin from a local file)
-and runs the agent until Ctrl-C, like `wasme deploy envoy` without Docker.
+and runs the agent until Ctrl-C, like `wasme deploy envoy` without Docker. `meshplug run --envoy-config
+envoy.yaml` runs an Envoy bootstrap instead (the one you would give Envoy: listeners, routes, clusters,
+wasm filters and singletons; meshplug.agent.bootstrap).
 """
 
 from __future__ import annotations
@@ -12,14 +14,20 @@ import urllib.parse
 from pathlib import Path
 
 from meshplug import errors
-from meshplug.agent import config, runtime
+from meshplug.agent import bootstrap, config, runtime
 
 HELP = "run one plugin locally in front of an upstream URL (the agent, no containers)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("module", type=Path, metavar="PLUGIN.wasm", help="the plugin module")
-    parser.add_argument("--upstream", required=True, help="where requests go, e.g. http://127.0.0.1:8080")
+    parser.add_argument("module", type=Path, metavar="PLUGIN.wasm", nargs="?", help="the plugin module")
+    parser.add_argument("--upstream", help="where requests go, e.g. http://127.0.0.1:8080")
+    parser.add_argument(
+        "--envoy-config",
+        type=Path,
+        metavar="BOOTSTRAP",
+        help="run this Envoy v3 bootstrap (no PLUGIN.wasm, no --upstream)",
+    )
     parser.add_argument("--config", default="", help="plugin configuration (JSON text or any string)")
     parser.add_argument("--root-id", default="", help="the plugin's root id (AssemblyScript/C++ SDKs need it)")
     parser.add_argument("--name", default="", help="plugin name (default: the file name)")
@@ -38,6 +46,12 @@ def _hostport(value: str, flag: str) -> tuple[str, int]:
 
 
 def build_config(args: argparse.Namespace) -> config.AgentConfig:
+    if args.envoy_config is not None:
+        if args.module is not None or args.upstream:
+            raise errors.ConfigError("--envoy-config runs the bootstrap as it is: give no PLUGIN.wasm or --upstream")
+        return bootstrap.load(args.envoy_config)
+    if args.module is None or not args.upstream:
+        raise errors.ConfigError("give PLUGIN.wasm and --upstream URL (or --envoy-config BOOTSTRAP)")
     up = urllib.parse.urlsplit(args.upstream)
     if up.scheme != "http" or not up.hostname:
         raise errors.ConfigError(f"--upstream {args.upstream!r}: expected http://HOST[:PORT]")

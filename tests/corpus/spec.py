@@ -207,10 +207,28 @@ class Spec:
     envoy_broken: str | None
     node: NodeSpec | None  # None: the plane's default node (Envoy: empty id and cluster, no metadata)
     upstream: str = "echo"  # the service kind behind cluster `upstream` (UPSTREAM_KINDS)
+    #: a hand-written Envoy bootstrap (the template's text, placeholders unexpanded) both planes run
+    #: instead of the one generated from `plugins`; None: generated (tests/corpus/bootstrap.py)
+    bootstrap: str | None = None
 
     @property
     def modules(self) -> tuple[str, ...]:
+        if self.bootstrap is not None:
+            return bootstrap_modules(self.bootstrap, self.key)
         return tuple(sorted({p.module for p in self.plugins if p.lua is None}))
+
+
+#: placeholders of a hand-written bootstrap (see SPEC.md): ${PORT}, ${ADMIN_PORT}, ${CLUSTER_PORT:<name>},
+#: ${MODULE} (this plugin's module), ${MODULE:<sdk>/<name>}
+PLACEHOLDER = re.compile(
+    r"\$\{(PORT|ADMIN_PORT|CLUSTER_PORT:[A-Za-z0-9_.-]+|MODULE(?::[A-Za-z0-9_-]+/[A-Za-z0-9_-]+)?)\}"
+)
+
+
+def bootstrap_modules(template: str, key: str) -> tuple[str, ...]:
+    """The corpus modules a bootstrap template names."""
+    names = (m.group(1) for m in PLACEHOLDER.finditer(template))
+    return tuple(sorted({n.partition(":")[2] or key for n in names if n.startswith("MODULE")}))
 
 
 # --- parsing -------------------------------------------------------------------------------------
@@ -589,8 +607,9 @@ def parse(raw: object, *, key: str, path: Path) -> Spec:
     top = _At(str(path), raw)
     top.only(
         "description", "type", "behaviours", "plugins", "clusters", "start_logs", "cases", "start_failures",
-        "envoy_broken", "node", "upstream",
+        "envoy_broken", "node", "upstream", "bootstrap",
     )  # fmt: skip
+    template = _bootstrap(top, path)
     upstream_kind = top.str_("upstream", "echo")
     if upstream_kind not in UPSTREAM_KINDS or (upstream_kind != "echo" and top.raw.get("type", "http") != "http"):
         raise SpecFormatError(f"{path}.upstream: expected one of {list(UPSTREAM_KINDS)} (HTTP specs only)")
@@ -620,7 +639,26 @@ def parse(raw: object, *, key: str, path: Path) -> Spec:
         envoy_broken=top.opt_str("envoy_broken"),
         node=_node(top),
         upstream=upstream_kind,
+        bootstrap=template,
     )
+
+
+def _bootstrap(top: _At, path: Path) -> str | None:
+    """A spec's own bootstrap: the template's text (its plugins and node are there, not in the spec)."""
+    if top.raw.get("bootstrap") is None:
+        return None
+    file = top.str_("bootstrap")
+    tpath = (path.parent / file).resolve()
+    if path.parent.resolve() not in tpath.parents or not tpath.is_file():
+        raise SpecFormatError(f"{path}.bootstrap: {file!r} is not a file in {path.parent}")
+    for other in ("plugins", "node", "start_failures"):
+        if top.raw.get(other):
+            raise SpecFormatError(f"{path}.{other}: a spec with a bootstrap gives its plugins and node there")
+    template = tpath.read_text()
+    for bad in re.findall(r"\$\{[^}]*\}", template):
+        if not PLACEHOLDER.fullmatch(bad):
+            raise SpecFormatError(f"{path}.bootstrap: unknown placeholder {bad} in {file}")
+    return template
 
 
 def load(path: Path) -> Spec:

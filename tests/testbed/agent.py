@@ -155,6 +155,38 @@ def start_agent(
     return agent
 
 
+def start_envoy_config(
+    config_path: Path,
+    *,
+    port: int,
+    admin_port: int,
+    log_dir: Path,
+    name: str = "agent",
+    timeout: float = 60.0,
+    log_level: str = "debug",
+    command: str = "run",
+    env: dict[str, str] | None = None,
+) -> Agent:
+    """Start `meshplug run --envoy-config` (or `meshplug agent --envoy-config`, `command="agent"`) on an Envoy
+    bootstrap whose listener port and admin port are `port` / `admin_port`; wait until /ready says LIVE."""
+    proc = procs.start(
+        name,
+        [sys.executable, "-m", "meshplug", command, "--envoy-config", str(config_path), "--log-level", log_level],
+        log_dir=log_dir,
+        ready=None,
+        ports={"main": port, "admin": admin_port},
+        env=env,
+    )
+    agent = Agent(proc=proc, port=port, admin_port=admin_port, push_port=None, config_path=config_path)
+    try:
+        _wait_ready(agent, timeout=timeout, name=name)
+    except BaseException as exc:
+        tail = proc.log()[-4000:]
+        proc.stop()
+        raise RuntimeError(f"{name} did not become ready ({exc}); log tail:\n{tail}") from None
+    return agent
+
+
 def _wait_ready(agent: Agent, *, timeout: float, name: str) -> None:
     """Poll /ready until LIVE; an agent that exits (e.g. refused its config) ends the wait at once."""
     deadline = time.monotonic() + timeout

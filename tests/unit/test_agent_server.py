@@ -119,7 +119,7 @@ def _connected(
     up, ut = upstream.Upstream(pool), _Transport()
     up.connection_made(cast(Any, ut))
     pool.idle.append(up)
-    down, dt = downstream.Downstream(proxy, pool), _Transport()
+    down, dt = downstream.Downstream(proxy, proxy.listeners[0]), _Transport()
     down.connection_made(cast(Any, dt))
     return down, dt, up, ut
 

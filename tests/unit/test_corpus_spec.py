@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.corpus import bootstrap as corpus_bootstrap
 from tests.corpus import runner
 from tests.corpus import spec as S
-from tests.corpus.planes import envoy as envoy_plane
 
 P = Path("examples/filters/rust/demo/spec.yaml")
 
@@ -149,12 +149,12 @@ def test_bad_node_is_rejected_with_the_field_named(node: object, message: str) -
 def test_envoy_plane_renders_node_into_the_bootstrap() -> None:
     services = {"upstream": runner.Endpoint("upstream", "echo", 1234)}
     modules = {"rust/demo": Path("/m/demo.wasm")}
-    bare = envoy_plane.render(parse(MINIMAL), modules, services, port=1, admin_port=2)
+    bare = corpus_bootstrap.render(parse(MINIMAL), modules, services, port=1, admin_port=2)
     assert "node" not in bare
     node = {"id": "n", "cluster": "c", "metadata": {"REGION": "eu-1"}}
-    config = envoy_plane.render(parse({**MINIMAL, "node": node}), modules, services, port=1, admin_port=2)
+    config = corpus_bootstrap.render(parse({**MINIMAL, "node": node}), modules, services, port=1, admin_port=2)
     assert config["node"] == {"id": "n", "cluster": "c", "metadata": {"REGION": "eu-1"}}
-    config = envoy_plane.render(parse({**MINIMAL, "node": {"id": "n"}}), modules, services, port=1, admin_port=2)
+    config = corpus_bootstrap.render(parse({**MINIMAL, "node": {"id": "n"}}), modules, services, port=1, admin_port=2)
     assert config["node"] == {"id": "n", "cluster": ""}
 
 
