@@ -5,9 +5,9 @@ envoy.filters.http.wasm per plugin (chain order) -> router -> cluster `upstream`
 the envoy.filters.http.lua that meshplug's istio-plane renderer makes of it as a TrafficExtension --
 `meshplug.render.envoy.lua_filter` -- so every Lua spec also runs the rendered filter; its
 `lua.<stat_prefix>.errors` counter is a metric of the run). Network specs: listener -> one
-envoy.filters.network.wasm per plugin -> tcp_proxy -> cluster `upstream`. Every spec cluster becomes a static cluster of the same name (for
-dispatch_http_call). A spec `node` becomes the bootstrap's `node` (plugins read it as `xds.node.*`). Plugins
-run on V8 (Envoy) from local files.
+envoy.filters.network.wasm per plugin -> tcp_proxy -> cluster `upstream`. Every spec cluster becomes a
+static cluster of the same name (for dispatch_http_call). A spec `node` becomes the bootstrap's `node`
+(plugins read it as `xds.node.*`). Plugins run on V8 (Envoy) from local files.
 
 Hand-written (spec `bootstrap: <file>`): the file with its placeholders expanded (`${PORT}` the listener the
 runner sends to, `${ADMIN_PORT}`, `${CLUSTER_PORT:<name>}` a test-bed service's port, `${MODULE}` /
