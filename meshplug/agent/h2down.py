@@ -38,8 +38,6 @@ from meshplug import limits
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, h2wire, relay, routing, wire
 from meshplug.agent.exchange import failure_reply
-from meshplug.agent.h2up import H2Pool
-from meshplug.agent.upstream import Pool
 
 if TYPE_CHECKING:
     from meshplug.agent.server import Proxy
