@@ -64,6 +64,8 @@ NETWORK_WASM = "envoy.extensions.filters.network.wasm.v3.Wasm"
 ROUTER = "envoy.extensions.filters.http.router.v3.Router"
 LUA = "envoy.extensions.filters.http.lua.v3.Lua"
 WASM_SERVICE = "envoy.extensions.wasm.v3.WasmService"
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+DOWNSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 TYPED_STRUCTS = ("udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct")
 STRING_VALUE = "google.protobuf.StringValue"
 BYTES_VALUE = "google.protobuf.BytesValue"
@@ -99,7 +101,7 @@ _REASONS = {
     "access_log": "access logs are not written by the agent",
     "listener_filters": "listener filters are not supported",
     "filter_chain_match": "filter chain matching is not supported (one filter chain per listener)",
-    "transport_socket": "TLS is not terminated by the agent",
+    "transport_socket": "only a listener's DownstreamTlsContext with one certificate (files) is supported",
     "typed_per_filter_config": "per-route filter configuration is not supported",
     "request_headers_to_add": "header manipulation in routes is not supported",
     "response_headers_to_add": "header manipulation in routes is not supported",
@@ -393,6 +395,7 @@ def _cluster(raw: Any, path: str) -> config.Cluster:
     obj.enum("lb_policy", {"ROUND_ROBIN": "ROUND_ROBIN"}, "ROUND_ROBIN")
     obj.enum("dns_lookup_family", {"AUTO": "AUTO", "V4_ONLY": "V4_ONLY", "V4_PREFERRED": "V4_PREFERRED"}, "AUTO")
     meta = metadata.metadata_from_json(obj.raw("metadata"), obj.at("metadata"))
+    http2 = _cluster_http2(obj)
     endpoints: list[config.Endpoint] = []
     la = obj.obj("load_assignment")
     if la is not None:
@@ -426,7 +429,46 @@ def _cluster(raw: Any, path: str) -> config.Cluster:
         endpoints=tuple(endpoints),
         discovery=discovery,
         metadata=meta,
+        http2=http2,
     )
+
+
+def _cluster_http2(obj: _Obj) -> bool:
+    """Whether the cluster speaks HTTP/2 (h2c with prior knowledge): typed_extension_protocol_options'
+    HttpProtocolOptions.explicit_http_config.http2_protocol_options, or the legacy http2_protocol_options."""
+    http2 = False
+    legacy = obj.obj("http2_protocol_options")
+    if legacy is not None:
+        legacy.done()  # its settings (window sizes, ...) are the agent's own
+        http2 = True
+    options = obj.raw("typed_extension_protocol_options")
+    if options is None:
+        return http2
+    path = obj.at("typed_extension_protocol_options")
+    if not isinstance(options, dict):
+        raise _error(path, f"must be a mapping, got {_type_name(options)}")
+    for key in options:
+        if key != HTTP_PROTOCOL_OPTIONS:
+            raise _error(f"{path}.{key}", f"only {HTTP_PROTOCOL_OPTIONS} is supported")
+        holder = _Obj({"value": options[key]}, path)
+        kind, body = _typed(holder, "value")
+        if kind != HTTP_PROTOCOL_OPTIONS:
+            raise _error(f"{path}.{key}.@type", f"{kind}: expected {HTTP_PROTOCOL_OPTIONS}")
+        explicit = body.obj("explicit_http_config")
+        if explicit is None:
+            raise _error(body.at("explicit_http_config"), "is required (the agent does not auto-detect the protocol)")
+        h2 = explicit.obj("http2_protocol_options")
+        h1 = explicit.obj("http_protocol_options")
+        if h2 is not None:
+            h2.done()
+            http2 = True
+        elif h1 is not None:
+            h1.done()
+        else:
+            raise _error(explicit.path, "needs http_protocol_options or http2_protocol_options")
+        explicit.done()
+        body.done()
+    return http2
 
 
 def _is_ip(address: str) -> bool:
@@ -450,11 +492,15 @@ def _listener(
     meta = metadata.metadata_from_json(obj.raw("metadata"), obj.at("metadata"))
     stat_prefix = obj.text("stat_prefix")
     chains = obj.items("filter_chains")
+    tls: config.ListenerTls | None = None
     if len(chains) != 1:
         raise _error(obj.at("filter_chains"), f"needs exactly one filter chain, got {len(chains)}")
     chain = _Obj(*chains[0])
     chain_name = chain.text("name")
     filters = chain.items("filters")
+    socket = chain.obj("transport_socket")
+    if socket is not None:
+        tls = _downstream_tls(socket)
     chain.done()
     obj.done()
     if not filters:
@@ -468,6 +514,7 @@ def _listener(
         metadata=meta,
         filter_chain_name=chain_name,
         stat_prefix=stat_prefix,
+        tls=tls,
     )
     last_raw, last_path = filters[-1]
     last = _Obj(last_raw, last_path)
@@ -482,6 +529,49 @@ def _listener(
                  "http_connection_manager or tcp_proxy")  # fmt: skip
 
 
+def _downstream_tls(socket: _Obj) -> config.ListenerTls:
+    """A filter chain's transport_socket: envoy.transport_sockets.tls with a DownstreamTlsContext holding one
+    certificate chain and key from files (ALPN h2, http/1.1 as the agent serves)."""
+    socket.text("name")
+    kind, ctx = _typed(socket, "typed_config")
+    socket.done()
+    if kind != DOWNSTREAM_TLS:
+        raise _error(socket.at("typed_config"), f"{kind}: only a DownstreamTlsContext is supported")
+    common = ctx.need("common_tls_context")
+    certs = common.items("tls_certificates")
+    if len(certs) != 1:
+        raise _error(common.at("tls_certificates"), "needs exactly one certificate")
+    cert = _Obj(*certs[0])
+    chain_src = cert.need("certificate_chain")
+    key_src = cert.need("private_key")
+    cert_file, key_file = chain_src.text("filename"), key_src.text("filename")
+    if not cert_file or not key_file:
+        raise _error(cert.path, "certificate_chain and private_key must be files (filename)")
+    chain_src.done()
+    key_src.done()
+    cert.done()
+    for proto, ppath in common.items("alpn_protocols"):
+        if proto not in ("h2", "http/1.1"):
+            raise _error(ppath, f"{proto!r}: the agent offers h2 and http/1.1")
+    common.done()
+    ctx.done()
+    return config.ListenerTls(cert_file=Path(cert_file).absolute(), key_file=Path(key_file).absolute())
+
+
+def _upgrade_types(hcm: _Obj) -> tuple[str, ...]:
+    """hcm upgrade_configs: the Upgrade protocols passed through (enabled unless `enabled: false`)."""
+    out: list[str] = []
+    for raw, path in hcm.items("upgrade_configs"):
+        uc = _Obj(raw, path)
+        kind = uc.text("upgrade_type").lower()
+        if not kind:
+            raise _error(uc.at("upgrade_type"), "is required")
+        if uc.flag("enabled", True):
+            out.append(kind)
+        uc.done()
+    return tuple(out)
+
+
 def _http_listener(
     base: config.Listener, item: tuple[Any, str], ctx: _Context, clusters: set[str]
 ) -> tuple[config.Listener, list[protocol.ExtensionConfig]]:
@@ -492,8 +582,9 @@ def _http_listener(
     stat_prefix = hcm.text("stat_prefix")
     if not stat_prefix:
         raise _error(hcm.at("stat_prefix"), "is required (Envoy refuses an empty stat_prefix)")
-    hcm.enum("codec_type", {"AUTO": "AUTO", "HTTP1": "HTTP1"}, "AUTO")
+    hcm.enum("codec_type", {"AUTO": "AUTO", "HTTP1": "HTTP1", "HTTP2": "HTTP2"}, "AUTO")
     request_ids = hcm.flag("generate_request_id", True)
+    upgrade_types = _upgrade_types(hcm)
     routes = _route_config(hcm.need("route_config"), clusters)
     plugins: list[protocol.ExtensionConfig] = []
     http_filters = hcm.items("http_filters")
@@ -526,7 +617,12 @@ def _http_listener(
             raise _error(path, "the last HTTP filter must be the router (envoy.filters.http.router)")
     hcm.done()
     listener = dataclasses.replace(
-        base, type="http", routes=routes, stat_prefix=stat_prefix, generate_request_id=request_ids
+        base,
+        type="http",
+        routes=routes,
+        stat_prefix=stat_prefix,
+        generate_request_id=request_ids,
+        upgrade_types=upgrade_types,
     )
     return listener, plugins
 

@@ -97,7 +97,10 @@ def generated(
         listener = tb_envoy.http_listener("corpus", port, cluster=S.UPSTREAM_CLUSTER, http_filters=filters)
     else:
         listener = tb_envoy.tcp_listener("corpus", port, cluster=S.UPSTREAM_CLUSTER, network_filters=filters)
-    clusters = [tb_envoy.static_cluster(name, ep.port) for name, ep in sorted(services.items())]
+    clusters = [
+        tb_envoy.static_cluster(name, ep.port, http2=ep.kind in S.HTTP2_SERVICES)
+        for name, ep in sorted(services.items())
+    ]
     config = tb_envoy.bootstrap(admin_port, [listener], clusters)
     if spec.node is not None:
         config["node"] = node_config(spec.node)
