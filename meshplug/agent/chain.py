@@ -754,6 +754,10 @@ class StreamControl:
         """The stream's route decision (meshplug.agent.routing.Decision) or None: see `Stream.route`."""
         return self._stream.route()
 
+    def route_info(self) -> Any:
+        """The route the stream info shows (what properties read): see `Stream.route_info`."""
+        return self._stream.route_info()
+
     def clear_route_cache(self) -> None:
         self._stream.clear_route_cache()
 
@@ -810,10 +814,13 @@ class Stream:
     response_flags = 0
     #: namespace -> key -> value, made on first use (StreamControl.dynamic_metadata)
     dynamic_metadata: dict[str, dict[str, object]] | None = None
-    #: the shell's router (meshplug.agent.routing: request map -> decision) and the decision it gave for the
-    #: current request headers (Envoy's route cache; `clear_route_cache` drops it)
+    #: the shell's router (meshplug.agent.routing: request map -> decision), the decision the router uses
+    #: (Envoy's route cache; `clear_route_cache` drops it) and the one properties read (the stream info's
+    #: route: resolved when the request headers arrive, before any filter, and again only when the router
+    #: picks anew -- so a plugin that changes the headers still reads the old route until then, as in Envoy)
     route_resolver: Callable[[Headers], Any] | None = None
     _route: Any = None
+    _route_info: Any = None
 
     def __init__(self, chain: Chain, info: StreamInfo, start_time_ns: int | None = None) -> None:
         self.id = next(Stream._ids)
@@ -850,18 +857,29 @@ class Stream:
         self._info_fields = {}
 
     def route(self) -> Any:
-        """The route decision for the request headers as they are now (cached until cleared); None without
-        a router."""
+        """The router's route decision for the request headers as they are now (cached until cleared); None
+        without a router."""
         decision = self._route
         if decision is None:
             resolver = self.route_resolver
             if resolver is not None:
-                decision = self._route = resolver(self.request_headers)
+                decision = self._route = self._route_info = resolver(self.request_headers)
         return decision
 
+    def route_info(self) -> Any:
+        """The route the stream info shows (xds.route_name & co.): the last one resolved."""
+        return self._route_info
+
     def clear_route_cache(self) -> None:
-        """The request headers changed: the next `route()` picks again (Envoy's clearRouteCache)."""
+        """The request headers changed: the router picks again when it sends the request (Envoy's
+        clearRouteCache); until then the stream info keeps showing the old route."""
         self._route = None
+
+    def _routed(self) -> None:
+        """The request headers arrived: resolve the route before any filter sees them (Envoy's HCM does)."""
+        resolver = self.route_resolver
+        if resolver is not None:
+            self._route = self._route_info = resolver(self.request_headers)
 
     # ---- positions: request lane uses chain order, response lane the reverse ------------------------
     def _pos(self, direction: Direction, index: int) -> int:
@@ -885,6 +903,8 @@ class Stream:
     # ---- events in -------------------------------------------------------------------------------
     def recv_request_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
         self.request_headers[:] = headers
+        if self.route_resolver is not None:
+            self._routed()
         return self._feed(_REQUEST, (_HEADERS, end_stream, b""))
 
     def recv_request_data(self, data: bytes, end_stream: bool) -> list[Output]:
@@ -969,6 +989,8 @@ class Stream:
     # with `take_outputs()` (the general path).
     def pass_request_headers(self, headers: Headers, end_stream: bool) -> bool:
         self.request_headers[:] = headers
+        if self.route_resolver is not None:
+            self._routed()
         if self._direct(_REQUEST, (_HEADERS, end_stream, b"")) is None:
             return False
         self.upstream_started = True

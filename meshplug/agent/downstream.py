@@ -93,7 +93,7 @@ class Downstream(asyncio.Protocol):
         self._parsing = False
         self._up_target: Upstream | None = None
         self._up_out: list[bytes] = []
-        #: a filtered exchange holding the last request body chunk of this read (see FilteredExchange)
+        #: a filtered exchange holding the request body of this read (one chunk; see FilteredExchange)
         self.hold: FilteredExchange | None = None
         self._info: agent_chain.StreamInfo | None = None  # this connection's StreamInfo, without the time
 

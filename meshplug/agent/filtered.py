@@ -52,9 +52,10 @@ class FilteredExchange(Exchange):
     Costs on top of `Exchange` when every plugin continues: the chain's own work, nothing else of note.
     The request and response heads are serialized in the same pass that builds the chain's header lists;
     when the chain hands back the same headers (compared by identity of the entries: cheap), those bytes
-    are sent; headers plugins appended after the received ones are serialized alone. The last body chunk
-    of a read is held back until the read is parsed, so a body that ends in the same read reaches the
-    plugins as one chunk with end_stream (as Envoy's codec dispatches it), not as data + an empty end.
+    are sent; headers plugins appended after the received ones are serialized alone. Body callbacks follow
+    Envoy's HTTP/1 codec: the body bytes of one read reach the plugins as one chunk with end_stream=false
+    when the read is parsed (or before the message's end), and the end of the message is a call of its own,
+    an empty chunk with end_stream=true (none when trailers end it: they come instead).
     Upstream writes of one downstream read leave in one send (`Downstream.up_write`), downstream writes of
     one loop iteration in one send (`Downstream.write`); no task or future unless a plugin pauses.
     """
@@ -141,11 +142,11 @@ class FilteredExchange(Exchange):
         if self.resp_done or not chunk:
             return
         held = self.req_hold
-        self.req_hold = chunk
         if held is None:
-            self.conn.hold = self  # delivered when this read is parsed, or with the request's end
+            self.req_hold = chunk
+            self.conn.hold = self  # delivered when this read is parsed (or before the request's end)
         else:
-            self._request_data(held, False)
+            self.req_hold = held + chunk  # one read's body is one callback, as Envoy's codec dispatches it
 
     def flush_request(self) -> None:
         held, self.req_hold = self.req_hold, None
@@ -170,14 +171,19 @@ class FilteredExchange(Exchange):
             return
         self.fed_end = True
         stream = self.stream
+        if held:
+            self._request_data(held, False)
+            if self.answered():  # a plugin answered on that chunk
+                return
         trailers = self.req_trailers
         if trailers:
-            if held:
-                self._request_data(held, False)
-            if not self.resp_done:
-                self.perform(stream.recv_request_trailers(trailers))
+            self.perform(stream.recv_request_trailers(trailers))
         else:
-            self._request_data(held or b"", True)
+            self._request_data(b"", True)  # the end on its own, an empty call (Envoy's onMessageComplete)
+
+    def answered(self) -> bool:
+        """The response is complete (read through a call: callbacks in between may have ended it)."""
+        return self.resp_done
 
     def attach(self, up: Upstream) -> None:
         self.stream.set_upstream_fields(up.upstream_fields())
@@ -225,11 +231,12 @@ class FilteredExchange(Exchange):
         if not data or self.resp_done:
             return
         held = self.resp_hold
-        self.resp_hold = data
         if held is not None:
-            self._response_data(held, False)
-        elif self.up is not None:
-            self.up.flush_sink = self  # delivered when this read is parsed, or with the message's end
+            self.resp_hold = held + data  # one read's body is one callback, as Envoy's codec dispatches it
+            return
+        self.resp_hold = data
+        if self.up is not None:
+            self.up.flush_sink = self  # delivered when this read is parsed (or before the message's end)
         else:
             self.up_flush()
 
@@ -260,7 +267,11 @@ class FilteredExchange(Exchange):
         held, self.resp_hold = self.resp_hold, None
         if not self.resp_end_fed and not self.resp_done:
             self.resp_end_fed = True
-            self._response_data(held or b"", True)
+            if held:
+                self._response_data(held, False)
+                if self.answered():
+                    return
+            self._response_data(b"", True)  # the end on its own, an empty call (Envoy's onMessageComplete)
 
     def proxy_reply(self, status: int, body: bytes, details: str, flags: int) -> None:
         """Through the plugins' response callbacks, as Envoy's router sends its local replies

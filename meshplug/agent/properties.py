@@ -263,7 +263,7 @@ def _xds_value(ctx: Context, segs: list[bytes]) -> bytes | None:
             return _metadata_value(listener.metadata, rest)
         return listener.filter_chain_name.encode() if key == b"filter_chain_name" else None
     control = ctx.stream_control()
-    decision = control.route() if control is not None else None
+    decision = control.route_info() if control is not None else None
     cluster_name = info.cluster_name  # a TCP connection's (tcp_proxy), or a stream the shell routes itself
     if isinstance(decision, routing.Decision):
         vhost, route, cluster_name = decision.vhost, decision.route, decision.cluster

@@ -227,6 +227,9 @@ class RouteTable:
 
     def resolve_map(self, headers: Sequence[Header]) -> Decision:
         """`resolve` for a proxy-wasm request map (:authority and :path among the headers)."""
+        constant = self.constant
+        if constant is not None:
+            return constant
         authority = path = b""
         for k, v in headers:
             if k == b":authority":

@@ -84,8 +84,8 @@ class Upstream(asyncio.Protocol):
         self._head_room = pool.max_head
         self._count = 0
         self._te = False  # the response head has a Transfer-Encoding line
-        #: an exchange holding the last body chunk of this read back (to deliver it with end_stream when the
-        #: message ends in the same read, as Envoy's codec does); told when the read is parsed
+        #: an exchange holding the body of this read back (delivered in one chunk, as Envoy's codec does);
+        #: told when the read is parsed
         self.flush_sink: FilteredExchange | None = None
         #: StreamInfo's upstream_* fields for this connection, computed on first use
         self.info_fields: dict[str, Any] | None = None

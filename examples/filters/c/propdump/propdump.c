@@ -5,6 +5,9 @@
  * with '#' are skipped. In each callback (HTTP: rh rb sh sb lg; network: nc dd ud; root: tick) every path is
  * read with proxy_get_property and logged at info as "prop <phase> <path> = <hex>" or
  * "prop <phase> <path> ! <status>" (1 = NotFound). Works as an HTTP filter, a network filter or a singleton.
+ * The VM configuration and the plugin configuration are logged as they were handed over, in hex
+ * ("propdump: vm configuration <hex>", "propdump: configuration <hex>"). A line "@ticks N" makes the root
+ * context dump on its first N ticks (phase "tick", every 50 ms).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,16 +68,39 @@ static void dump(const char *phase) {
 }
 
 PW_EXPORT(proxy_on_context_create) void on_context_create(uint32_t id, uint32_t parent) { (void)id; (void)parent; }
-PW_EXPORT(proxy_on_vm_start) int32_t on_vm_start(uint32_t id, size_t size) { (void)id; (void)size; return 1; }
+static void log_hex(const char *what, const char *data, size_t len) {
+  static const char hexdigits[] = "0123456789abcdef";
+  size_t cap = strlen(what) + 2 * len + 32;
+  char *line = malloc(cap);
+  size_t o = (size_t)snprintf(line, cap, "propdump: %s ", what);
+  for (size_t k = 0; k < len; k++) {
+    line[o++] = hexdigits[(unsigned char)data[k] >> 4];
+    line[o++] = hexdigits[(unsigned char)data[k] & 15];
+  }
+  proxy_log(PW_INFO, line, o);
+  free(line);
+}
+
+PW_EXPORT(proxy_on_vm_start) int32_t on_vm_start(uint32_t id, size_t size) {
+  (void)id;
+  (void)size;
+  size_t len = 0;
+  char *vm = pw_buffer_get(PW_VM_CONFIGURATION, &len);
+  log_hex("vm configuration", vm ? vm : "", len);
+  free(vm);
+  return 1;
+}
 
 PW_EXPORT(proxy_on_configure) int32_t on_configure(uint32_t id, size_t size) {
   (void)id;
   (void)size;
-  char *config = pw_buffer_get(PW_PLUGIN_CONFIGURATION, NULL);
+  size_t config_len = 0;
+  char *config = pw_buffer_get(PW_PLUGIN_CONFIGURATION, &config_len);
   if (config == NULL) {
     pw_logf(PW_ERROR, "propdump: no configuration (expected property paths, one per line)");
     return 0;
   }
+  log_hex("configuration", config, config_len);
   for (char *line = strtok(config, "\n"); line != NULL && n_paths < MAX_PATHS; line = strtok(NULL, "\n")) {
     while (*line == ' ') line++;
     if (*line == '\0' || *line == '#') continue;
