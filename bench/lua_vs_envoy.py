@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import CAN_PIN, LOAD_CPU, interleaved, start_agent_with, start_envoy_with
-from tests.corpus.planes.envoy import lua_filter
+from tests.corpus.bootstrap import lua_filter
 from tests.testbed import nginx as tb_nginx
 from tests.testbed import procs
 

@@ -1037,21 +1037,21 @@ class Host(hostapi.Host):
         A VM that fails to start fails its plugin's `load` with that error, as if it had started there."""
         wanted: list[tuple[tuple[Any, ...], PluginConfig, wasmtime.Module]] = []
         shared: set[tuple[Any, ...]] = set()
-        for config, data, digest in plugins:
-            key = (config.vm_id, digest, config.vm_configuration, config.env)
-            if config.vm_id:  # one VM for all plugins naming it
+        for plugin_config, data, digest in plugins:
+            key = (plugin_config.vm_id, digest, plugin_config.vm_configuration, plugin_config.env)
+            if plugin_config.vm_id:  # one VM for all plugins naming it
                 if key in shared or key in self.vms:
                     continue
                 shared.add(key)
-            wanted.append((key, config, self.module(data, digest)))
+            wanted.append((key, plugin_config, self.module(data, digest)))
         if len(wanted) < 2:
             return  # nothing to overlap: `load` starts it
 
         def make(item: tuple[tuple[Any, ...], PluginConfig, wasmtime.Module]) -> WasmVm | errors.PluginStartError:
-            key, config, module = item
+            key, plugin_config, module = item
             try:
-                wvm = WasmVm(self, module, vm_id=config.vm_id, key=key, label=config.name)
-                wvm.env = config.env
+                wvm = WasmVm(self, module, vm_id=plugin_config.vm_id, key=key, label=plugin_config.name)
+                wvm.env = plugin_config.env
                 wvm.start(parallel=True)
             except errors.PluginStartError as exc:
                 return exc

@@ -34,6 +34,7 @@ from tests.testbed import envoy as tb_envoy
 RUNTIME = "envoy.wasm.runtime.v8"
 HTTP_WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 NETWORK_WASM = "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm"
+HTTP_LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
 
 
@@ -54,6 +55,14 @@ def plugin_config(plugin: S.PluginSpec, module_path: Path) -> dict[str, Any]:
     if plugin.fail_open:
         config["failure_policy"] = "FAIL_OPEN"
     return config
+
+
+def lua_filter(name: str, stat_prefix: str, code: str) -> dict[str, Any]:
+    """An envoy.filters.http.lua HTTP filter running `code` (its stats under `lua.<stat_prefix>.`)."""
+    return {
+        "name": name,
+        "typed_config": {"@type": HTTP_LUA, "default_source_code": {"inline_string": code}, "stat_prefix": stat_prefix},
+    }
 
 
 #: the namespace the corpus's Lua filters are rendered in (their Envoy stat prefix is `<this>.<name>`)

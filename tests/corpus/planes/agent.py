@@ -9,10 +9,12 @@ agent's admin endpoints (/plugin_logs, /plugin_stats). Used by tests/integration
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.corpus import bootstrap, runner
 from tests.corpus import spec as S
@@ -32,6 +34,23 @@ def plugin_log_lines(text: str) -> list[runner.LogRecord]:
         if m:
             out.append((_LEVELS[m.group(1)], m.group(2)))
     return out
+
+
+def plugin_entry(plugin: S.PluginSpec, module_path: Path | None) -> dict[str, Any]:
+    """A spec's plugin in the agent's native config format (for tests that run the agent that way)."""
+    if plugin.lua is not None:
+        return {"name": plugin.name, "lua": {"inline_code": plugin.lua}}
+    assert module_path is not None
+    return {
+        "name": plugin.name,
+        "root_id": plugin.root_id,
+        "module": {"file": str(module_path), "sha256": hashlib.sha256(module_path.read_bytes()).hexdigest()},
+        "configuration": plugin.configuration,
+        "vm_env": dict(plugin.env),
+        "fail_strategy": "FAIL_OPEN" if plugin.fail_open else "FAIL_CLOSE",
+        "vm_id": plugin.vm_id,
+        "vm_configuration": plugin.vm_configuration,
+    }
 
 
 @dataclass
