@@ -689,64 +689,65 @@ def _route_config(obj: _Obj, clusters: set[str]) -> config.RouteConfig:
 
 def _route(raw: Any, path: str, clusters: set[str]) -> config.Route:
     obj = _Obj(raw, path)
-    name = obj.text("name")
-    match = _route_match(obj.need("match"))
-    meta = metadata.metadata_from_json(obj.raw("metadata"), obj.at("metadata"))
+    route = config.Route(
+        match=_route_match(obj.need("match")),
+        name=obj.text("name"),
+        metadata=metadata.metadata_from_json(obj.raw("metadata"), obj.at("metadata")),
+    )
     action = obj.obj("route")
     direct = obj.obj("direct_response")
+    obj.done()
     if (action is None) == (direct is None):
         raise _error(path, "needs exactly one of route, direct_response")
-    route = config.Route(match=match, name=name, metadata=meta)
     if direct is not None:
         status = direct.uint("status", 0, low=100, high=599)
         if not status:
             raise _error(direct.at("status"), "is required (100-599)")
-        body = b""
         src = direct.obj("body")
-        if src is not None:
-            body = _data_source(src, allow_file=True)
+        body = _data_source(src, allow_file=True) if src is not None else b""
         direct.done()
-        route = dataclasses.replace(route, direct_status=status, direct_body=body)
-    elif action is not None:
-        cluster = action.text("cluster")
-        weighted = action.obj("weighted_clusters")
-        if bool(cluster) == (weighted is not None):
-            raise _error(action.path, "needs exactly one of cluster, weighted_clusters")
-        entries: list[config.WeightedCluster] = []
-        header = ""
-        if weighted is not None:
-            for item, wpath in weighted.items("clusters"):
-                w = _Obj(item, wpath)
-                wname = w.text("name")
-                if not wname:
-                    raise _error(w.at("name"), "is required")
-                entries.append(config.WeightedCluster(wname, w.uint("weight", 0)))
-                w.done()
-            if not entries:
-                raise _error(weighted.at("clusters"), "needs at least one cluster")
-            total = sum(e.weight for e in entries)
-            declared = weighted.uint("total_weight", total)
-            if declared != total or total == 0:
-                reason = f"the weights add up to {total}; total_weight says {declared}"
-                raise _error(weighted.at("total_weight"), reason)
-            header = weighted.text("header_name")
-            weighted.done()
-        for target in [cluster] if cluster else [e.name for e in entries]:
-            if target not in clusters:
-                raise _error(action.at("cluster" if cluster else "weighted_clusters"), f"unknown cluster {target!r}")
-        rewrite = action.text("prefix_rewrite") if action.has("prefix_rewrite") else None
-        timeout = action.duration("timeout", config.ROUTE_TIMEOUT_S)
-        action.done()
-        route = dataclasses.replace(
-            route,
-            cluster=cluster,
-            weighted_clusters=tuple(entries),
-            weight_header=header.lower(),
-            prefix_rewrite=rewrite,
-            timeout_s=timeout,
-        )
-    obj.done()
-    return route
+        return dataclasses.replace(route, direct_status=status, direct_body=body)
+    assert action is not None
+    cluster = action.text("cluster")
+    weighted = action.obj("weighted_clusters")
+    if bool(cluster) == (weighted is not None):
+        raise _error(action.path, "needs exactly one of cluster, weighted_clusters")
+    entries, header = _weighted(weighted) if weighted is not None else ((), "")
+    for target in [cluster] if cluster else [e.name for e in entries]:
+        if target not in clusters:
+            raise _error(action.at("cluster" if cluster else "weighted_clusters"), f"unknown cluster {target!r}")
+    rewrite = action.text("prefix_rewrite") if action.has("prefix_rewrite") else None
+    timeout = action.duration("timeout", config.ROUTE_TIMEOUT_S)
+    action.done()
+    return dataclasses.replace(
+        route,
+        cluster=cluster,
+        weighted_clusters=entries,
+        weight_header=header.lower(),
+        prefix_rewrite=rewrite,
+        timeout_s=timeout,
+    )
+
+
+def _weighted(weighted: _Obj) -> tuple[tuple[config.WeightedCluster, ...], str]:
+    """weighted_clusters: the clusters with their weights, and header_name."""
+    entries: list[config.WeightedCluster] = []
+    for item, wpath in weighted.items("clusters"):
+        w = _Obj(item, wpath)
+        wname = w.text("name")
+        if not wname:
+            raise _error(w.at("name"), "is required")
+        entries.append(config.WeightedCluster(wname, w.uint("weight", 0)))
+        w.done()
+    if not entries:
+        raise _error(weighted.at("clusters"), "needs at least one cluster")
+    total = sum(e.weight for e in entries)
+    declared = weighted.uint("total_weight", total)
+    if declared != total or total == 0:
+        raise _error(weighted.at("total_weight"), f"the weights add up to {total}; total_weight says {declared}")
+    header = weighted.text("header_name")
+    weighted.done()
+    return tuple(entries), header
 
 
 def _route_match(obj: _Obj) -> config.RouteMatch:

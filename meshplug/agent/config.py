@@ -90,9 +90,9 @@ from typing import Any
 import yaml
 
 from meshplug import errors, limits, protocol
-from meshplug.fields import Fields
 from meshplug.agent import metadata
 from meshplug.agent.metadata import EMPTY_METADATA, Metadata
+from meshplug.fields import Fields
 
 #: listener types: an HTTP/1.1 reverse proxy through the HTTP filter chain, or a TCP proxy through the
 #: plugins' network (L4) callbacks

@@ -320,6 +320,24 @@ def _plugin_config(resource: protocol.ExtensionConfig) -> host.PluginConfig:
     )
 
 
+def _listener_chains(
+    listeners: Sequence[config.Listener],
+    started: Sequence[tuple[protocol.ExtensionConfig, host.Plugin | lua.LuaFilter, str, int]],
+) -> tuple[dict[str, chain.Chain | None], dict[str, tuple[host.Plugin, ...]]]:
+    """Each listener's chain of the started plugins that apply to it: an HTTP chain (None: none applies) or
+    a TCP listener's network filters."""
+    http_chains: dict[str, chain.Chain | None] = {}
+    network_chains: dict[str, tuple[host.Plugin, ...]] = {}
+    for listener in listeners:
+        mine = [(r, p) for r, p, _, _ in started if applies(r, listener)]
+        if listener.type == "tcp":
+            network_chains[listener.name] = tuple(p for _, p in mine if isinstance(p, host.Plugin))
+        else:
+            filters = [p for _, p in mine]
+            http_chains[listener.name] = chain.Chain(filters, match=[r.match for r, _ in mine]) if mine else None
+    return http_chains, network_chains
+
+
 def build(
     plugins: Sequence[tuple[protocol.ExtensionConfig, bytes]],
     *,
@@ -355,19 +373,26 @@ def build(
             log_level=_host_log_level(),
         )
     driver.host, driver.lua = h, rt
-    configs = {resource.name: _plugin_config(resource) for resource, _ in plugins if not resource.lua}
+    # by position: an Envoy bootstrap may name two filters alike
+    configs = [None if resource.lua else _plugin_config(resource) for resource, _ in plugins]
     if h is not None:  # the wasm VMs start at once (each plugin's own start callbacks below, in order)
-        h.prestart([(configs[r.name], data, r.sha256 or loader.sha256_hex(data)) for r, data in plugins if not r.lua])
+        h.prestart(
+            [
+                (c, data, r.sha256 or loader.sha256_hex(data))
+                for c, (r, data) in zip(configs, plugins, strict=True)
+                if c is not None
+            ]
+        )
     started: list[tuple[protocol.ExtensionConfig, host.Plugin | lua.LuaFilter, str, int]] = []
-    for resource, data in plugins:
+    for (resource, data), plugin_config in zip(plugins, configs, strict=True):
         try:
-            if resource.lua:
+            if plugin_config is None:
                 assert rt is not None
                 script = rt.load(lua.LuaConfig(resource.name, resource.lua))
                 started.append((resource, script, resource.sha256, len(data)))
                 continue
             assert h is not None
-            plugin = h.load(configs[resource.name], data, digest=resource.sha256 or None)
+            plugin = h.load(plugin_config, data, digest=resource.sha256 or None)
         except errors.MeshplugError as exc:  # a plugin that fails to start, a module or script that does not compile
             driver.close()
             raise loader.ResourceError(resource.name, exc) from None
@@ -414,16 +439,7 @@ def build(
         records = h.logs if h is not None else rt.logs if rt is not None else ()
         return [(r.plugin, _LEVEL_NAMES.get(r.level, str(r.level)), r.message) for r in records]
 
-    http_chains: dict[str, chain.Chain | None] = {}
-    network_chains: dict[str, tuple[host.Plugin, ...]] = {}
-    if not singletons:
-        for listener in proxy.cfg.listeners:
-            mine = [(r, p) for r, p, _, _ in started if applies(r, listener)]
-            if listener.type == "tcp":
-                network_chains[listener.name] = tuple(p for _, p in mine if isinstance(p, host.Plugin))
-            else:
-                filters = [p for _, p in mine]
-                http_chains[listener.name] = chain.Chain(filters, match=[r.match for r, _ in mine]) if mine else None
+    http_chains, network_chains = ({}, {}) if singletons else _listener_chains(proxy.cfg.listeners, started)
 
     loop.call_soon_threadsafe(driver.run)
     return loader.Chain(

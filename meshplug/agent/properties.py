@@ -243,7 +243,7 @@ def _metadata_value(meta: metadata.Metadata, segs: list[bytes]) -> bytes | None:
     return None if isinstance(value, metadata.Missing) else metadata.property_value(value)
 
 
-def _xds_value(ctx: Context, segs: list[bytes]) -> bytes | None:
+def _xds_value(ctx: Context, segs: list[bytes]) -> bytes | None:  # noqa: PLR0911, PLR0912 -- one attribute table
     """xds.* attributes: node, the route / virtual host / cluster serving the stream (HTTP: the stream's
     route decision, resolved now if nothing asked yet; TCP: the tcp_proxy cluster), the listener."""
     key = segs[0]
@@ -296,7 +296,7 @@ def _plugin_value(ctx: Context, name: bytes) -> bytes | None:
     return None
 
 
-def lookup(ctx: Context, raw_path: bytes) -> bytes | None:  # noqa: PLR0911 - one return per property root: a table
+def lookup(ctx: Context, raw_path: bytes) -> bytes | None:
     """The encoded value of property `raw_path` for `ctx`, or None (NOT_FOUND)."""
     segs = raw_path.split(b"\0")
     while segs and segs[-1] == b"":
