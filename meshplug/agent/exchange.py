@@ -167,7 +167,12 @@ class Exchange:
 
     def request_trailers(self, trailers: wire.Headers) -> None:
         """Trailers of a chunked request (before `request_complete`)."""
-        self.req_tail = wire.last_chunk(trailers, self.conn.pool.cluster.enable_trailers)
+        self.req_tail = wire.last_chunk(trailers, self.trailers_enabled())
+
+    def trailers_enabled(self) -> bool:
+        """Whether the routed cluster takes request trailers (its enable_trailers)."""
+        pool = self.pool
+        return pool is not None and pool.cluster.enable_trailers
 
     def request_complete(self) -> None:
         self.req_done = True

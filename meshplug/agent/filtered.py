@@ -400,7 +400,7 @@ class FilteredExchange(Exchange):
 
     def _send_up_trailers(self, trailers: tuple[tuple[bytes, bytes], ...]) -> None:
         if self.chunked_in:  # a request sent with content-length has no place for trailers
-            self.req_tail = wire.last_chunk(trailers, self.conn.pool.cluster.enable_trailers)
+            self.req_tail = wire.last_chunk(trailers, self.trailers_enabled())
         self._send_up_data(b"", True)
 
     def _send_down_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:

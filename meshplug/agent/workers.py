@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshplug import errors, limits, native, protocol, validate
+from meshplug import errors, limits, native, protocol
 from meshplug.agent import admin, config, loader, runtime, sharing
 
 log = logging.getLogger("meshplug.agent.workers")
@@ -168,8 +168,7 @@ class Worker(runtime.Agent):
         if loaded is None:
             return {"ok": False, "reason": "unknown_set", "message": f"no loaded set {message['set']}"}
         old, self.applier.active = self.applier.active, loaded
-        self.proxy.filters = loaded.chain.filters
-        self.proxy.network_filters = loaded.chain.network
+        self.proxy.install(loaded.chain.http_chains, loaded.chain.network_chains)
         if old is not None:
             self.loop.call_later(self.applier.retire_after_s, old.chain.close)
         return {"ok": True}
@@ -218,17 +217,10 @@ class Worker(runtime.Agent):
             nonce="",
             resources=tuple(protocol.decode_extension_config(r, f"resources[{i}]") for i, r in enumerate(resources)),
         )
-        kind = self.proxy.cfg.plugin_kind
         try:
             loaded, _ = await self.loop.run_in_executor(
                 None,
-                lambda: loader.load(
-                    push,
-                    store=self.store,
-                    sources=self.sources,
-                    build=self.applier.build,
-                    kind=None if kind is None else validate.FilterKind(kind),
-                ),
+                lambda: loader.load(push, store=self.store, sources=self.sources, build=self.applier.build),
             )
         except loader.ResourceError as exc:
             return {"ok": False, "reason": exc.error.reason, "message": exc.error.message, "resource": exc.resource}
