@@ -12,7 +12,9 @@ generated and pushed the agents their set without it.
 Several replicas: only the holder of the ``meshplug-operator`` Lease (`meshplug.controller.lease`) runs kopf;
 the others stand by. At start the operator checks every permission listed in `meshplug.controller` with
 SelfSubjectAccessReviews and logs each missing one by name (and /healthz turns 503).
-kopf's own bookkeeping goes to annotations under ``meshplug.io/`` (the structural status schema would prune it).
+The plugins belong to their authors (often a GitOps tool): the operator writes their status and its finalizer, and
+nothing else. kopf keeps no diff-base on them (`_NoDiffBase`: only the delete handler detects changes, and it needs
+none); its progress goes to annotations under ``meshplug.io/`` only while a deletion's cleanup is retried.
 """
 
 from __future__ import annotations
@@ -48,6 +50,17 @@ class Options:
     identity: str
     lease_duration_s: float = limits.LEASE_DURATION_S
     workers: int = limits.RECONCILE_WORKERS
+
+
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """No copy of the last handled spec on the object (kopf's default annotation): the one change-detecting
+    handler is the delete one, and every other event only feeds the index and the queue."""
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        return None
 
 
 def check_permissions(reconciler: reconcile.Reconciler, opts: Options) -> list[str]:
@@ -91,9 +104,7 @@ def build_registry(
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="meshplug.io")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="meshplug.io", key="last-handled-configuration"
-        )
+        settings.persistence.diffbase_storage = _NoDiffBase()
         settings.persistence.finalizer = "meshplug.io/cleanup"
         settings.posting.level = 100  # Events are written by the reconciler itself, with specific reasons
         settings.watching.server_timeout = 300

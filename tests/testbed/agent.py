@@ -305,3 +305,29 @@ def start_injected(
     return start_agent(
         raw, work_dir=work / pod, log_dir=work / "logs", name=f"agent-{pod}", env=env, log_level=log_level
     )
+
+
+def run_pod(kube: Any, namespace: str, pod: str, work: Path, *, ip: str, module_server_url: str) -> Agent:
+    """What a kubelet does for a pod the webhook injected, minus the containers we do not run: its agent as a local
+    process at ``ip`` (on the push port the webhook annotated), then the pod reported Running and Ready there."""
+    status, body = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}")
+    if status != 200:
+        raise RuntimeError(f"pod {namespace}/{pod}: {status} {body}")
+    port = int(body["metadata"]["annotations"]["meshplug.io/agent-push-port"])
+    agent = start_injected(kube, namespace, pod, work, ip=ip, port=port, module_server_url=module_server_url)
+    running = {
+        "phase": "Running",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
+    status, out = kube.request(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/pods/{pod}/status",
+        {"status": running},
+        content_type="application/merge-patch+json",
+    )
+    if status != 200:
+        agent.stop()
+        raise RuntimeError(f"pod {namespace}/{pod} status: {status} {out}")
+    return agent
