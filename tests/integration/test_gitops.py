@@ -229,7 +229,14 @@ def run_the_pod(kube: kube_mod.Kube, op: operator_mod.Operator, work: Path) -> a
     (pod,) = pods
     assert injection.CONTAINER_NAME in [c["name"] for c in pod["spec"]["containers"]]
     server = f"https://127.0.0.1:{op.module_tls_port}"
-    return agent_mod.run_pod(kube, APP, pod["metadata"]["name"], work, ip="127.0.0.230", module_server_url=server)
+    agent = agent_mod.run_pod(kube, APP, pod["metadata"]["name"], work, ip="127.0.0.230", module_server_url=server)
+
+    def settled() -> bool:  # the controller-manager saw the pod Ready: no status write left in flight to race a diff
+        status = kube.request("GET", f"/apis/apps/v1/namespaces/{APP}/deployments/cart")[1].get("status") or {}
+        return status.get("availableReplicas") == 1 and status.get("readyReplicas") == 1
+
+    procs.wait_until(settled, timeout=60, what="the Deployment available")
+    return agent
 
 
 def wait_ready(kube: kube_mod.Kube, module: bytes) -> None:
