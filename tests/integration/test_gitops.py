@@ -2,7 +2,8 @@
 
 The "repository": the chart rendered by `helm template` with the values a user keeps in Git (webhooks reached at a
 local operator through ``webhook.url``; TLS from the operator's own CA, the default) and an app: a namespace, a
-Deployment whose pods opt in to agent injection, and a plugin per data plane the code offers. A sync is
+Deployment whose pods opt in to agent injection, a WasmPlugin per data plane the code offers and a Lua
+TrafficExtension. A sync is
 ``kubectl apply --server-side --field-manager=argocd-controller`` of every file, without ``--force-conflicts``
 (platform first, then apps: Argo CD's sync waves; the plugins need the CRDs and the admission webhooks up). The
 operator runs as the chart's ServiceAccount with the rendered Deployment's flags (tests/testbed/installed.py); the
@@ -43,6 +44,7 @@ RELEASE = NAMESPACE = "meshplug"  # fullname "meshplug": the release name holds 
 SYSTEM = "meshplug-system"
 APP = "shop"
 PLUGINS = f"/apis/meshplug.io/v1alpha1/namespaces/{APP}/wasmplugins"
+EXTENSIONS = f"/apis/meshplug.io/v1alpha1/namespaces/{APP}/trafficextensions"
 MODULE = minimal.passthrough('(data (i32.const 2048) "gitops")')
 MODULE_V2 = minimal.passthrough('(data (i32.const 2048) "gitops-v2")')
 #: every data plane / delivery mode the code offers: the plugin spec fields that choose it, the Ready reason it
@@ -52,6 +54,8 @@ PLANES = {"agent": ({"dataPlane": "agent"}, "Confirmed")}
 OWNED_BY_DESIGN = {
     ("wasmplugins", "status"): "the plugin's status",
     ("wasmplugins", ""): "its finalizer (metadata.finalizers)",
+    ("trafficextensions", "status"): "the plugin's status",
+    ("trafficextensions", ""): "its finalizer (metadata.finalizers)",
     ("mutatingwebhookconfigurations", ""): "webhooks[*].clientConfig.caBundle",
     ("validatingwebhookconfigurations", ""): "webhooks[*].clientConfig.caBundle",
 }
@@ -130,6 +134,15 @@ class Repo:
                     "spec": {**spec, **fields},
                 }
             )
+        lua = f"function envoy_on_response(h) h:headers():add('x-lua', '{len(module)}') end\n"  # changes with it
+        docs.append(
+            {
+                "apiVersion": "meshplug.io/v1alpha1",
+                "kind": "TrafficExtension",
+                "metadata": {"name": "lua-agent", "namespace": APP},
+                "spec": {"lua": {"inlineCode": lua}, "selector": {"matchLabels": labels}, "dataPlane": "agent"},
+            }
+        )
         (self.dir / "apps.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
 
     def operator_writes_to_synced(self, user: str) -> list[str]:
@@ -250,6 +263,13 @@ def wait_ready(kube: kube_mod.Kube, module: bytes) -> None:
 
         procs.wait_until(ready, timeout=90, interval=0.2, what=f"hdr-{plane} Ready with {digest}")
 
+    def lua_ready() -> bool:  # Ready for the script Git holds now
+        obj = kube.request("GET", f"{EXTENSIONS}/lua-agent")[1]
+        cond = next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+        return cond.get("reason") == "Confirmed" and cond.get("observedGeneration") == obj["metadata"]["generation"]
+
+    procs.wait_until(lua_ready, timeout=90, interval=0.2, what="lua-agent Ready")
+
 
 def snapshot(kube: kube_mod.Kube) -> dict[str, Any]:
     """What a rollout would change: the Deployment's generation, its ReplicaSets, its pods."""
@@ -301,7 +321,7 @@ def check_managed_fields(kube: kube_mod.Kube, repo: Repo) -> None:
         if plural.endswith("webhookconfigurations"):
             want = {f'k:{{"name":"{h["name"]}"}}': {"f:clientConfig": {"f:caBundle": {}}} for h in doc["webhooks"]}
             assert owned == [("", json.dumps({"f:webhooks": want}, sort_keys=True))], (kind, owned)
-        elif plural == "wasmplugins":
+        elif plural in ("wasmplugins", "trafficextensions"):
             status = [f for sub, f in owned if sub == "status"]
             assert len(status) == 1 and set(json.loads(status[0])) == {"f:status"}, owned
             assert [f for sub, f in owned if sub != "status"] == [json.dumps(FINALIZER, sort_keys=True)], owned
