@@ -171,31 +171,7 @@ def _start_agent_pod(
     }
     status, out = kube.request("POST", f"/api/v1/namespaces/{ns}/pods", pod)
     assert status == 201, out
-    files = agent_mod.mount_identity(kube, ns, "selected", work / "etc")
-    raw = agent_mod.base_config(
-        port=procs.free_port(),
-        admin_port=procs.free_port(),
-        clusters={"upstream": procs.free_port()},
-        push=agent_mod.injected_push(files, address=ip, port=port),
-    )
-    raw["modules"] = agent_mod.injected_modules(files, f"https://127.0.0.1:{module_tls_port}")
-    agent = agent_mod.start_agent(raw, work_dir=work / "agent", log_dir=work / "logs", name="agent-example")
-    running = {
-        "phase": "Running",
-        "podIP": ip,
-        "podIPs": [{"ip": ip}],
-        "conditions": [{"type": "Ready", "status": "True"}],
-    }
-    status, out = kube.request(
-        "PATCH",
-        f"/api/v1/namespaces/{ns}/pods/selected/status",
-        {"status": running},
-        content_type="application/merge-patch+json",
-    )
-    if status != 200:
-        agent.stop()  # the caller only stops what we return
-    assert status == 200, out
-    return agent
+    return agent_mod.run_pod(kube, ns, "selected", work, ip=ip, module_server_url=f"https://127.0.0.1:{module_tls_port}")
 
 
 def _generated(kube: kube_mod.Kube, ns: str, name: str) -> dict[str, list[str]]:
