@@ -10,8 +10,10 @@ because a delete handler is registered) keeps the resource until `Reconciler.cle
 generated and pushed the agents their set without it.
 
 Several replicas: only the holder of the ``meshplug-operator`` Lease (`meshplug.controller.lease`) runs kopf;
-the others stand by. At start the operator checks every permission listed in `meshplug.controller` with
-SelfSubjectAccessReviews and logs each missing one by name (and /healthz turns 503).
+the others stand by; a standby answers kopf's liveness endpoint itself (`standby_liveness`: kopf, which serves
+it, runs only in the leader), so a Deployment's livenessProbe does not restart a healthy standby. At start the
+operator checks every permission listed in `meshplug.controller` with SelfSubjectAccessReviews and logs each
+missing one by name (and /healthz turns 503).
 The plugins belong to their authors (often a GitOps tool): the operator writes their status and its finalizer, and
 nothing else. kopf keeps no diff-base on them (`_NoDiffBase`: only the delete handler detects changes, and it needs
 none); its progress goes to annotations under ``meshplug.io/`` only while a deletion's cleanup is retried.
@@ -21,17 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import itertools
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import kopf
 
-from meshplug import controller, injection, limits, spec
+from meshplug import controller, injection, limits, serving, spec
 from meshplug.controller import index, lease, reconcile, webhooks, workqueue
 
 log = logging.getLogger("meshplug.controller.handlers")
@@ -216,8 +220,9 @@ def run_operator(
             duration_s=opts.lease_duration_s,
             renew_s=max(0.5, opts.lease_duration_s / 3),
         )
-        if not elector.wait_until_leader(stop):
-            return 0
+        with standby_liveness(opts.liveness_endpoint):
+            if not elector.wait_until_leader(stop):
+                return 0
     reconciler.metrics.leader = True
     lost = threading.Event()
 
@@ -248,6 +253,38 @@ def run_operator(
         if elector is not None and not lost.is_set():
             elector.release()
     return 1 if lost.is_set() else 0
+
+
+class _Liveness(http.server.BaseHTTPRequestHandler):
+    path_ok = "/healthz"
+
+    def do_GET(self) -> None:
+        ok = urllib.parse.urlsplit(self.path).path == self.path_ok
+        body = b"standing by" if ok else b"not found"
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def standby_liveness(endpoint: str | None) -> Iterator[None]:
+    """While this replica stands by, answer 200 at kopf's liveness ``endpoint`` (e.g. ``http://0.0.0.0:8081/healthz``):
+    the port is closed until kopf starts in the leader, and a livenessProbe on it would restart the standby every
+    minute. Closed again before kopf binds it."""
+    if not endpoint:
+        yield
+        return
+    url = urllib.parse.urlsplit(endpoint)
+    handler = type("Liveness", (_Liveness,), {"path_ok": url.path or "/"})
+    server = http.server.ThreadingHTTPServer((url.hostname or "0.0.0.0", url.port or 80), handler)  # noqa: S104 - kopf's own default
+    server.daemon_threads = True
+    with serving.ServerThread(server, name="meshplug-standby-liveness", poll_interval=0.1):
+        yield
 
 
 async def _kopf(registry: kopf.OperatorRegistry, opts: Options, stop: threading.Event) -> None:

@@ -88,6 +88,8 @@ def test_one_replica_leads_and_the_other_takes_over(
     assert leader is not None
     standby = next(op for op in ops if op is not leader)
     assert standby.metrics()["meshplug_operator_leader"] == 0 and standby.healthy()
+    # a standby answers the livenessProbe's endpoint too (from when it starts standing by)
+    procs.wait_until(lambda: standby.alive() and leader.alive(), timeout=10, what="both replicas' liveness")
 
     _plugin(kube, ns, "one", modules)
     procs.wait_until(lambda: _applied(kube, ns, "one"), timeout=60, interval=0.2, what="one applied")
@@ -107,3 +109,4 @@ def test_one_replica_leads_and_the_other_takes_over(
         what="the new leader re-reconciled both plugins",
     )
     assert _ef_version(kube, ns, "one") == before  # re-reconciling an applied plugin wrote nothing new
+    procs.wait_until(standby.alive, timeout=10, what="the new leader's liveness endpoint (kopf's now)")

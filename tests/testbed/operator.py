@@ -25,6 +25,15 @@ class Operator:
     metrics_port: int
     module_port: int  # plain HTTP: signed URLs
     module_tls_port: int = 0  # HTTPS: agents with their ServiceAccount token
+    liveness_port: int = 0  # kopf's liveness endpoint (/healthz); a standby answers it itself
+
+    def alive(self) -> bool:
+        """What a Deployment's livenessProbe sees: /healthz on the liveness port answers 200."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=5) as resp:
+                return int(resp.status) == 200
+        except OSError:  # refused, or an HTTP error status
+            return False
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -70,6 +79,7 @@ def start_operator(
     """The operator on 127.0.0.1; ``allow_loopback``: the test bed's sources and module server are on loopback, so
     it opts in explicitly (`--allow-loopback`; a cluster install refuses loopback)."""
     metrics_port, module_port, module_tls_port = procs.free_port(), procs.free_port(), procs.free_port()
+    liveness_port = procs.free_port()
     # the operator's own namespace (its identity Secret): the lease namespace, else the first watched one
     lease = next((a.split("=", 1)[1] for a in extra if a.startswith("--lease-namespace=")), "")
     own = lease or (namespaces[0] if namespaces else "default")
@@ -88,11 +98,17 @@ def start_operator(
         f"--identity-namespace={own}",
         f"--cache-dir={work_dir / 'cache'}",
         f"--metrics-listen=127.0.0.1:{metrics_port}",
-        f"--liveness=http://127.0.0.1:{procs.free_port()}/healthz",
+        f"--liveness=http://127.0.0.1:{liveness_port}/healthz",
         *(["--allow-loopback"] if allow_loopback else []),
         *extra,
     ]
-    op = Operator(proc=None, metrics_port=metrics_port, module_port=module_port, module_tls_port=module_tls_port)  # type: ignore[arg-type]
+    op = Operator(
+        proc=None,  # type: ignore[arg-type]
+        metrics_port=metrics_port,
+        module_port=module_port,
+        module_tls_port=module_tls_port,
+        liveness_port=liveness_port,
+    )
     op.proc = procs.start(
         name,
         argv,
