@@ -15,7 +15,7 @@ is divided by that count: one plugin's few microseconds are otherwise within the
 here (Envoy's bare CPU/req varies by +-10% between rounds). Each proxy also runs a chain of twice as many
 copies: (with 2k - with k) / k is the marginal cost of one more plugin once a chain exists (without what
 engaging any filter chain costs once per request), and agent / Envoy with 2k copies (default 10) is the
-long-chain ratio (issue 19's targets: marginal <= 1.0x Envoy's, 10-plugin chain <= 0.8x).
+long-chain ratio (the targets: marginal <= 1.0x Envoy's, 10-plugin chain <= 0.8x).
 
 Usage: bench/host_vs_envoy.py [--module rust/header_rules] [--rounds 5] [--seconds 3] [--plugins 5]
 """

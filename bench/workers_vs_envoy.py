@@ -5,7 +5,7 @@ Starts nginx (the upstream), the agent twice (one worker; two workers: `meshplug
 twice (--concurrency 1 and 2), each with the same plugin (corpus rust/header_rules adding one response header,
 on V8 for Envoy). Nothing is pinned: every proxy, nginx and wrk (-t2 -c32) share the machine's cores, as a busy
 pod's sidecar does. Rounds are interleaved; per run: req/s, p50/p99, CPU per request (the proxy's whole process
-tree: a multi-worker agent's parent and workers) and RSS. Prints medians and the ratios issue 19 asks for:
+tree: a multi-worker agent's parent and workers) and RSS. Prints medians and the two target ratios:
 throughput of 2 agent workers / Envoy with 2 workers (target >= 1.0), and the agent's CPU per request with 2
 workers / with 1 (target: unchanged, ~1.0).
 

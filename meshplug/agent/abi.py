@@ -1,4 +1,4 @@
-"""Every proxy-wasm host import, as thin shims over the host (ABI reference section 2).
+"""Every proxy-wasm host import, as thin shims over the host (docs/proxy-wasm-abi.md §2).
 
 Called by meshplug.agent.host: `HostCalls(vm).bind(declared_imports)` returns (import, function) pairs for
 meshplug.agent.vm to link. Binding follows the module's *declared* imports: an import known to

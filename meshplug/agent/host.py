@@ -15,7 +15,7 @@ Called by the agent's I/O shell (meshplug.agent.server and its chain builder). U
     conn = plugin.new_connection(info)   # network (L4) plugins: TcpStream.on_downstream_data(...) etc.
     host.close()
 
-Lifecycle as Envoy drives it (ABI reference section 5): per VM instantiate, `_initialize` (+`main(0,0)` or
+Lifecycle as Envoy drives it (docs/proxy-wasm-abi.md §4): per VM instantiate, `_initialize` (+`main(0,0)` or
 `__main_void`) else `_start` (proc_exit(0) there is success); per plugin `proxy_on_context_create(root, 0)`,
 `proxy_on_vm_start`, `proxy_on_configure`; stream contexts created lazily at the first callback; request/
 response callbacks with the arity of the module's own exports; end of stream `on_log`, `on_done`,

@@ -1,4 +1,4 @@
-"""The proxy-wasm header-pairs codec (ABI reference section 3.1).
+"""The proxy-wasm header-pairs codec (docs/proxy-wasm-abi.md §3.1).
 
 Layout, every integer a little-endian u32::
 

@@ -1,4 +1,4 @@
-"""`proxy_get_property`: Envoy 1.40's attribute names and binary encodings (ABI reference sections 3.2, 6).
+"""`proxy_get_property`: Envoy 1.40's attribute names and binary encodings (docs/proxy-wasm-abi.md §3.2, §6).
 
 Called by meshplug.agent.abi with the effective context and the raw NUL-separated path. Encodings: strings
 raw, ints/durations/timestamps 8-byte little-endian, bools 1 byte, maps as header pairs. Sizes follow

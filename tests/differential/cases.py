@@ -1,5 +1,5 @@
-"""The differential corpus: raw HTTP/1.1 requests (and scripted upstream responses) in families -- the findings of
-issue 13, the published request-smuggling families (TE/CL variants, obs-fold, whitespace before the colon,
+"""The differential corpus: raw HTTP/1.1 requests (and scripted upstream responses) in families -- the agent's own
+earlier framing bugs, the published request-smuggling families (TE/CL variants, obs-fold, whitespace before the colon,
 chunk extensions, bare CR/LF, absolute and asterisk form, method/version oddities), header and line limits,
 pipelining, upgrades, Host handling, and upstream-response oddities. `CASES` is what the suite runs; cases the
 fuzzer found live in found.yaml (loaded here too).

@@ -1,4 +1,4 @@
-"""Issue 13's findings that need more than one exchange of bytes to show, each against a real agent process:
+"""Hardening findings that need more than one exchange of bytes to show, each against a real agent process:
 a header that never ends (bounded while it is parsed), a client that leaves in the middle of a body (both sides
 end at once), a request that stalls (408 at the stream idle timeout), a plugin writing CR/LF into a header
 (refused as Envoy refuses it, same module and config, same run), and the push and admin ports (authenticated

@@ -18,7 +18,7 @@ from tests.testbed import kube as kube_mod
 pytestmark = pytest.mark.integration
 
 CRD_FILE = procs.REPO_ROOT / "crds" / "trafficextensions.meshplug.io.yaml"
-#: Istio's own examples, as run against a real istiod (shared/docs/istio-testbed); copied into the repo below
+#: Istio's own examples, as run against a real istiod (docs/testbed.md); copied into the repo below
 ISTIO_EXAMPLES = procs.REPO_ROOT / "examples" / "istio" / "trafficextensions.yaml"
 
 

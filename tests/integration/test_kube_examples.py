@@ -1,5 +1,5 @@
 """Every examples/*.yaml applied as a user would: each WasmPlugin yields the expected objects and status, and
-deleting it removes everything it generated (issue 8, item 1). Real apiserver, real operator process, real
+deleting it removes everything it generated. Real apiserver, real operator process, real
 sources (test-bed registries and TLS origin), the example's real module (built by `make plugins`), and for the
 agent data plane a real agent in a selected pod.
 

@@ -1,5 +1,5 @@
 """A cluster without Istio (no EnvoyFilter kind): an istio-plane WasmPlugin says so in its Ready condition, and
-deleting WasmPlugins does not hang: cleanup treats the missing kind as nothing to clean (issue 8, item 4).
+deleting WasmPlugins does not hang: cleanup treats the missing kind as nothing to clean.
 
 Its own control plane (etcd + kube-apiserver), because the shared one has the EnvoyFilter CRD installed.
 """
