@@ -34,6 +34,11 @@ CONFIGMAP_MAX_BYTES = 1 * MiB
 # --- wasm host -----------------------------------------------------------------------------------
 #: linear memory cap per VM (proxy-wasm-cpp-host: 1 GiB); meshplug is stricter by default
 VM_MAX_MEMORY_BYTES = 256 * MiB
+#: a VM whose linear memory grew past this is replaced by a fresh one (same module and configuration) once no
+#: stream uses it (a leak recycled, its memory returned to the OS; agent config wasm.recycle_memory_mb, 0: off);
+#: checked every VM_MEMORY_CHECK_S
+VM_RECYCLE_MEMORY_BYTES = 128 * MiB
+VM_MEMORY_CHECK_S = 1.0
 #: wall-clock CPU budget per guest callback before it is interrupted (epoch deadline)
 CALLBACK_DEADLINE_MS = 1000
 #: VM start (instantiate, _initialize, on_vm_start, on_configure) budget

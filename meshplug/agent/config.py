@@ -49,6 +49,9 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
       max_connection_duration_s: 0   # then the connection closes after its current response
       accept_http_10: false          # HTTP/1.0 (and 0.9) requests get 426 unless true
       enable_trailers: false         # HTTP/1.1 trailers from/to clients (else dropped, as Envoy)
+    wasm:                            # optional: the wasm VMs
+      recycle_memory_mb: 128         # a VM whose linear memory grew past this is replaced by a fresh one (same
+                                     # module and configuration) once no stream uses it, its memory freed; 0: never
     node:                            # optional: what plugins read as node.* / xds.node.* (Envoy's bootstrap node)
       id: sidecar~10.0.0.7~web-1.shop~shop.svc.cluster.local
       cluster: web.shop
@@ -313,6 +316,15 @@ class HttpOptions:
 
 
 @dataclass(frozen=True)
+class WasmOptions:
+    """The wasm VMs (the config's `wasm:` section)."""
+
+    #: a VM whose linear memory grew past this many MiB is replaced by a fresh one with the same module and
+    #: configuration once no stream uses it, and its memory returned to the OS; 0: never
+    recycle_memory_mb: int = limits.VM_RECYCLE_MEMORY_BYTES // (1024 * 1024)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     listeners: tuple[Listener, ...]
     clusters: tuple[Cluster, ...]
@@ -331,6 +343,7 @@ class AgentConfig:
     admin_access_log: Path | None = None
     #: where the config came from: "agent" (this module's format) or "envoy" (meshplug.agent.bootstrap)
     source: str = "agent"
+    wasm: WasmOptions = WasmOptions()
 
     @property
     def plugin_kind(self) -> str | None:
@@ -624,7 +637,7 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
     """Turn a loaded YAML/JSON document into `AgentConfig`; `base` resolves relative paths."""
     if not isinstance(raw, Mapping):
         raise errors.ConfigError(f"config must be a mapping, got {type(raw).__name__}")
-    top = Fields(raw, "").only(*_TOP_KEYS, "http")
+    top = Fields(raw, "").only(*_TOP_KEYS, "http", "wasm")
     clusters = _clusters(top)
     admin = top.sub("admin", "address", "port")
     listeners = _listeners(top, clusters, base)
@@ -646,6 +659,9 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
         plugins=plugins,
         node=_node(top.sub("node")),
         http=_http(top.sub("http")),
+        wasm=WasmOptions(
+            recycle_memory_mb=top.sub("wasm", "recycle_memory_mb").integer("recycle_memory_mb", 128, lo=0)
+        ),
     )
 
 

@@ -37,6 +37,7 @@ class Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._grpc: dict[int, grpccall.GrpcClientCall] = {}  # plugins' open gRPC calls and streams
+        self._memory_due = time.monotonic() + limits.VM_MEMORY_CHECK_S  # next look at the VMs' memory
 
     def wakeup(self) -> None:
         """The host has new work; may be called from the loader's worker thread."""
@@ -66,6 +67,12 @@ class Driver:
             if due is not None and due <= time.monotonic():
                 h.run_timers()
                 due = h.next_timer()
+            if h.recycle_bytes:  # leaking VMs are recycled (checked every VM_MEMORY_CHECK_S)
+                now = time.monotonic()
+                if now >= self._memory_due:
+                    h.check_memory()
+                    self._memory_due = now + limits.VM_MEMORY_CHECK_S
+                due = self._memory_due if due is None else min(due, self._memory_due)
         except errors.MeshplugError as exc:  # the host contains plugin failures; this is a last resort
             log.error("host work failed: %s", exc.message)
             due = h.next_timer()
@@ -363,6 +370,7 @@ def build(
             share=proxy.share,
             shared=shared(),
             clusters={c.name: c for c in proxy.cfg.clusters},
+            recycle_bytes=proxy.cfg.wasm.recycle_memory_mb * 1024 * 1024,
         )
     rt: lua.Runtime | None = None
     if any(r.lua for r, _ in plugins):

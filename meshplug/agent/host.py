@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import gc
 import itertools
 import logging
 import time
@@ -446,6 +447,8 @@ class HttpContext(Context):
             wvm.call_each(self, wvm.cb.end, self.id)
         self.deleted = True
         wvm.contexts.pop(self.id, None)
+        if wvm.recycle:  # the VM waits for its streams to end: maybe this was the last
+            wvm.owner._wake()
 
 
 @dataclass(frozen=True)
@@ -616,6 +619,12 @@ class WasmVm(hostapi.Vm):
         self._alloc: vm.GuestFunc | None = None
         self.http_capable = True
         self.cb = _Callbacks()
+        #: the host replaces this VM once no stream uses it (its memory grew past the host's recycle_bytes)
+        self.recycle = False
+
+    def memory_size(self) -> int:
+        """Bytes of linear memory (0 before instantiation)."""
+        return self.guest.memory_size() if self.guest.instance is not None else 0
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -818,6 +827,7 @@ class Plugin(hostapi.PluginRef):
         self.digest = digest
         self.generation = 0
         self.reloads = 0
+        self.recycles = 0  # VMs replaced because their memory grew past the host's recycle_bytes
         self._reload_at = 0.0  # host.clock() of the last reload
         self._reload_gap = 0.0  # least time until the next one (0: none yet)
         self.vm: WasmVm
@@ -921,6 +931,35 @@ class Plugin(hostapi.PluginRef):
         log.warning("plugin %s: reloaded its VM (reload #%d)", self.config.name, self.reloads)
         return True
 
+    def recycle(self) -> bool:
+        """Move to a fresh VM (same module, configuration and vm_id; plugins sharing the old VM join the fresh
+        one the first of them started), then let the old root context go as at a shutdown: proxy_on_done,
+        proxy_on_delete. Not a failure (no backoff, no 503): the old VM served every stream it had. False, and
+        nothing changed, when the fresh VM does not start."""
+        old_vm, old_root, generation = self.vm, self.root, self.generation
+        config = self.config
+        shared = self.host.vms.get((config.vm_id, self.digest, config.vm_configuration, config.env))
+        if not config.vm_id or shared is old_vm or (shared is not None and shared.failed is not None):
+            shared = None
+        self.generation += 1
+        try:
+            self.start(shared)
+        except errors.PluginStartError as exc:
+            self.vm, self.root, self.generation = old_vm, old_root, generation
+            old_vm.recycle = False  # try again at a later check
+            log.error("plugin %s: recycling its VM failed, keeping the old one: %s", config.name, exc.message)
+            return False
+        self.recycles += 1
+        if old_vm.failed is None and not old_root.deleted:
+            old_vm.invoke(old_root, "proxy_on_done", old_root.id)
+            old_vm.invoke(old_root, "proxy_on_delete", old_root.id)
+            old_root.deleted = True
+        old_vm.contexts.pop(old_root.id, None)
+        if not old_vm.contexts:
+            old_vm.roots.clear()
+        log.warning("plugin %s: recycled its VM (recycle #%d)", config.name, self.recycles)
+        return True
+
     def stop(self) -> None:
         """Shut down: proxy_on_done(root), then on_delete unless the plugin defers with proxy_done()."""
         root, wvm = self.root, self.vm
@@ -962,9 +1001,11 @@ class Host(hostapi.Host):
         share: sharing.Share | None = None,
         shared: Shared | None = None,
         clusters: Mapping[str, config.Cluster] | None = None,
+        recycle_bytes: int = limits.VM_RECYCLE_MEMORY_BYTES,
     ) -> None:
         """`share`: the store the workers of a multi-worker agent share (meshplug.agent.sharing): shared data
-        and queues there instead of in this host."""
+        and queues there instead of in this host. `recycle_bytes`: a VM whose linear memory grew past it is
+        replaced by a fresh one once no stream uses it (`check_memory`; 0: never)."""
         self.runtime = runtime or vm.default_runtime()
         self.backend = backend
         self.upstreams = None if upstreams is None else frozenset(upstreams)
@@ -984,6 +1025,8 @@ class Host(hostapi.Host):
         self.shared_data = SharedData(share.store) if share is not None else self.shared.shared_data
         self.metrics = self.shared.metrics
         self.logs = self.shared.logs
+        self.recycle_bytes = recycle_bytes
+        self._recycling = False  # some VM waits to be recycled until its streams are over
         self.plugins: list[Plugin] = []
         self.vms: dict[tuple[Any, ...], WasmVm] = {}
         #: VMs `prestart` started for plugins `load` has not started yet, by VM key, in load order
@@ -1327,6 +1370,50 @@ class Host(hostapi.Host):
         self._notify.append(qid)
         self._wake()
 
+    # -- memory: leaking VMs recycled --------------------------------------------------------------------
+    def check_memory(self) -> int:
+        """Mark every VM whose linear memory grew past `recycle_bytes` for recycling, and recycle those no
+        stream uses now (the others when their last stream completes). Called by the shell every
+        `limits.VM_MEMORY_CHECK_S`. Returns how many VMs were recycled now."""
+        if not self.recycle_bytes:
+            return 0
+        for wvm in self._vms():
+            if not wvm.recycle and wvm.failed is None and wvm.memory_size() > self.recycle_bytes:
+                wvm.recycle = True
+                self._recycling = True
+                log.warning(
+                    "%s: linear memory %d bytes, past %d: recycling the VM",
+                    wvm.label,
+                    wvm.memory_size(),
+                    self.recycle_bytes,
+                )
+        return self.recycle_idle() if self._recycling else 0
+
+    def _vms(self) -> list[WasmVm]:
+        return list({id(p.vm): p.vm for p in self.plugins}.values())
+
+    def recycle_idle(self) -> int:
+        """Replace every VM marked for recycling that no stream or connection uses any more: each of its
+        plugins starts on a fresh VM (same module, configuration and vm_id), the old root contexts get
+        proxy_on_done and proxy_on_delete, and the old VM's memory goes back to the OS. Returns how many."""
+        done = 0
+        waiting = False
+        for wvm in self._vms():
+            if not wvm.recycle:
+                continue
+            if wvm.failed is not None:  # its fail strategy handles it now
+                continue
+            if any(not isinstance(c, RootContext) for c in wvm.contexts.values()):
+                waiting = True
+                continue
+            for plugin in [p for p in self.plugins if p.vm is wvm]:
+                plugin.recycle()
+            done += 1
+        self._recycling = waiting
+        if done:
+            gc.collect()  # the old VMs' objects form cycles: free their stores (and linear memory) now
+        return done
+
     def queue_ready(self, token: int) -> None:
         """Another worker enqueued on queue `token` (meshplug.agent.sharing): notify its owner here, if here."""
         if token in self._owned:
@@ -1337,7 +1424,10 @@ class Host(hostapi.Host):
         return bool(self._notify or self._outbox or self._grpc_outbox)
 
     def run_deferred(self) -> int:
-        """Deliver queued proxy_on_queue_ready notifications (posted, never inline). Returns how many."""
+        """Deliver queued proxy_on_queue_ready notifications (posted, never inline), recycle the VMs whose
+        streams are over. Returns how many notifications ran."""
+        if self._recycling:
+            self.recycle_idle()
         ran = 0
         while self._notify:
             qid = self._notify.popleft()

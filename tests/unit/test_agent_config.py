@@ -94,6 +94,9 @@ def test_plugin_match_rules(tmp_path: Path) -> None:
         (_cfg(modules={"cache": "x"}), "unknown key"),
         (_cfg(modules={"allow_loopback": "yes"}), "modules.allow_loopback must be true or false"),
         (_cfg(modules={"block_cidrs": ["10.0.0.0/33"]}), r"modules.block_cidrs must be a list of CIDRs, got \['10"),
+        (_cfg(wasm={"recycle_memory_mb": -1}), "wasm.recycle_memory_mb must be an integer >= 0"),
+        (_cfg(wasm={"memory_mb": 1}), "wasm: unknown key"),
+        (_cfg(modules={"precompiled": "yes"}), "modules.precompiled must be true or false"),
         (_cfg(node={"id": 1}), "node.id must be a string"),
         (_cfg(node={"cluster": ["c"]}), "node.cluster must be a string"),
         (_cfg(node={"metadata": {"REGION": 1}}), "node.metadata must be a mapping of strings to strings"),
@@ -161,6 +164,11 @@ def test_modules_section(tmp_path: Path) -> None:
     assert m.allow_loopback is True and m.block_cidrs == ("10.0.0.0/8",)
     assert config.Modules().allow_loopback is False, "loopback is refused unless allowed"
     assert config.parse(BASE, base=tmp_path).modules == config.Modules()
+
+
+def test_wasm_section(tmp_path: Path) -> None:
+    assert config.parse(BASE, base=tmp_path).wasm.recycle_memory_mb == 128
+    assert config.parse(_cfg(wasm={"recycle_memory_mb": 0}), base=tmp_path).wasm.recycle_memory_mb == 0
 
 
 def test_node(tmp_path: Path) -> None:

@@ -466,3 +466,67 @@ def test_prestart_starts_the_vms_at_once_and_each_plugin_starts_in_order(backend
     s.recv_request_headers(C.http1_request_headers(b"GET", b"/", [(b"host", b"x")]), True)
     s.complete()
     assert trace(host, "a")[-3:] == ["log", "done", "delete"] and trace(host, "s2")[-1] == "delete"
+
+
+# each request grows linear memory by 1 MiB and writes it (resident pages); done and delete log
+_LEAKER = bytes(
+    wasmtime.wat2wasm(f"""(module
+      (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+      {_BASE}
+      (data (i32.const 1800) "done")
+      (data (i32.const 1808) "delete")
+      (func (export "proxy_on_context_create") (param i32 i32))
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (local $p i32)
+        (local.set $p (memory.grow (i32.const 16)))
+        (if (i32.eq (local.get $p) (i32.const -1)) (then unreachable))
+        (memory.fill (i32.shl (local.get $p) (i32.const 16)) (i32.const 1) (i32.const 1048576))
+        (i32.const 0))
+      (func (export "proxy_on_done") (param i32) (result i32)
+        (drop (call $log (i32.const 2) (i32.const 1800) (i32.const 4))) (i32.const 1))
+      (func (export "proxy_on_delete") (param i32)
+        (drop (call $log (i32.const 2) (i32.const 1808) (i32.const 6)))))""")
+)
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_vm_whose_memory_grew_past_the_recycle_mark_is_replaced_once_its_streams_end(backend: str) -> None:
+    mib = 1024 * 1024
+    host = H.Host(backend=backend, log_level=H.TRACE, recycle_bytes=24 * mib)
+    plugin = host.load(H.PluginConfig(name="leak", fail_strategy=C.FailStrategy.FAIL_CLOSE), _LEAKER)
+    ch = C.Chain([plugin])
+    before, first_vm = _rss(), plugin.vm
+    assert host.check_memory() == 0 and not first_vm.recycle  # under the mark: nothing to do
+
+    def request(end: bool = True) -> C.Stream:
+        s = ch.new_stream()
+        s.recv_request_headers(C.http1_request_headers(b"GET", b"/", [(b"host", b"x")]), True)
+        s.recv_response_headers(C.http1_response_headers(200, []), True)
+        if end:
+            s.complete()
+        return s
+
+    for _ in range(40):
+        request()
+    grown = _rss()
+    assert plugin.vm.memory_size() > 40 * mib and grown - before > 30 * mib
+    open_stream = request(end=False)  # a stream still on the VM: the recycle waits for it
+    assert host.check_memory() == 0 and first_vm.recycle and plugin.vm is first_vm
+    first = id(first_vm)
+    del first_vm  # (the test must not keep the old VM alive)
+    open_stream.complete()  # its end wakes the host, whose deferred work recycles
+    del open_stream
+    host.run_deferred()
+    assert id(plugin.vm) != first and plugin.recycles == 1 and plugin.failed is None
+    assert plugin.vm.memory_size() < 4 * mib
+    assert trace(host, "leak")[-2:] == ["done", "delete"]  # the old root said goodbye as at a shutdown
+    if plugin.vm.guest.backend == "fast":  # (wasmtime-py's public API keeps linkers' host functions globally)
+        assert grown - _rss() > 30 * mib  # the old VM's linear memory went back to the OS
+    request()  # the fresh VM serves the next request
+    assert plugin.vm.memory_size() < 5 * mib and plugin.failed is None
