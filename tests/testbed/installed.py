@@ -121,6 +121,18 @@ def operator_flags(deployment: Mapping[str, Any], work: Path) -> list[str]:
     return out
 
 
+def _mounted_ca(kube: kube_mod.Kube, namespace: str, fullname: str, work: Path, flag: str) -> str:
+    """``--extra-ca-file`` names the chart's ``operator.trustedCA`` ConfigMap as the pod mounts it: the same file
+    here, written from that ConfigMap."""
+    if not flag.startswith("--extra-ca-file="):
+        return flag
+    status, cm = kube.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{fullname}-trusted-ca")
+    assert status == 200, cm
+    path = work / "trusted-ca.crt"
+    path.write_text(cm["data"]["ca.crt"])
+    return f"--extra-ca-file={path}"
+
+
 def start_operator(
     kube: kube_mod.Kube,
     namespace: str,
@@ -130,8 +142,11 @@ def start_operator(
     webhook: Webhook | None,
     name: str = "operator",
     wait_healthy: bool = True,
+    allow_loopback: bool = True,
 ) -> operator_mod.Operator:
-    """Run the installed operator locally as its ServiceAccount (see the module docstring)."""
+    """Run the installed operator locally as its ServiceAccount (see the module docstring). ``allow_loopback``: the
+    test bed's opt-in (`--allow-loopback`) on top of the chart's flags; False leaves it to the chart's
+    ``ssrf.allowLoopback``."""
     status, deployment = kube.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{fullname}-operator")
     assert status == 200, deployment
     work.mkdir(parents=True, exist_ok=True)
@@ -139,6 +154,7 @@ def start_operator(
     token = kube.service_account_token(namespace, service_account(fullname))
     kubeconfig = kube.kubeconfig_for(token, sa_user, work / f"{name}.kubeconfig")
     env = {"POD_NAMESPACE": namespace}  # as the Deployment's downward API sets it
+    flags = [_mounted_ca(kube, namespace, fullname, work, f) for f in operator_flags(deployment, work)]
     if webhook is not None:
         status, cm = kube.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{fullname}-webhook")
         assert status == 200, cm
@@ -156,12 +172,13 @@ def start_operator(
         name=name,
         # what $POD_NAMESPACE gives the Deployment's operator (start_operator names other defaults)
         extra=[
-            *operator_flags(deployment, work),
+            *flags,
             f"--lease-namespace={namespace}",
             f"--identity-namespace={namespace}",
         ],
         wait_healthy=wait_healthy,
         env=env,
+        allow_loopback=allow_loopback,
     )
     if webhook is not None and wait_healthy:
         ca = webhook.ca_file(kube, namespace, fullname, work)

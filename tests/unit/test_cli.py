@@ -31,6 +31,22 @@ def test_python_dash_m_runs_the_cli() -> None:
     assert result.stdout.startswith("meshplug ")
 
 
+def test_operator_help_and_the_chart_document_the_ssrf_switches(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["operator", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for said in (
+        "--allow-loopback let module fetches reach loopback addresses (refused by default",
+        "--block-cidr CIDR refuse module fetches to this network too",
+        "Chart values: ssrf.allowLoopback, ssrf.blockCIDRs",
+    ):
+        assert said in text, text
+    values = (Path(__file__).resolve().parents[2] / "charts" / "meshplug" / "values.yaml").read_text()
+    ssrf = values[values.index("# -- the SSRF guard") : values.index("blockCIDRs: []")]
+    assert "operator --allow-loopback" in ssrf and "operator --block-cidr" in ssrf, ssrf
+
+
 @pytest.mark.parametrize(
     ("error", "exit_code"),
     [
