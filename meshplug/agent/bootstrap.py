@@ -17,7 +17,9 @@ defaults and enum spellings (case-insensitive, as Envoy parses them). What is re
 * `static_resources.clusters[]`: `name`, `type` STATIC / STRICT_DNS / LOGICAL_DNS, `connect_timeout`,
   `lb_policy` ROUND_ROBIN, `load_assignment` endpoints, `metadata`, `dns_lookup_family`.
 * `bootstrap_extensions[]` `envoy.bootstrap.wasm` (WasmService): singleton plugins.
-* `admin` (`address`, `access_log_path`), `node` (`id`, `cluster`, `metadata`).
+* `admin` (`address`, `access_log_path`), `node` (`id`, `cluster`, `metadata`); `stats_flush_interval` and
+  `stats_flush_on_admin` are accepted and change nothing (the agent's /stats always shows current values, as
+  Envoy's does with stats_flush_on_admin).
 
 A wasm filter's whole PluginConfig is read: `name`, `root_id`, `vm_config` (`vm_id`, `runtime` -- v8,
 wasmtime, wamr, wavm or null, all run on wasmtime --, `code.local` filename / inline_bytes / inline_string,
@@ -310,6 +312,9 @@ def parse(raw: Any, *, inline_dir: Path | None = None) -> config.AgentConfig:
         raise _error("static_resources.listeners", "needs at least one listener")
     static.done()
     singletons = tuple(_extension(item, path, ctx) for item, path in top.items("bootstrap_extensions"))
+    # the agent's admin endpoints read live values: Envoy's stats flush settings change nothing it shows
+    top.duration("stats_flush_interval", 5.0)
+    top.flag("stats_flush_on_admin", False)
     top.done()
     for warning in ctx.warnings:
         log.warning("envoy bootstrap: %s", warning)

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from meshplug import errors, limits, prometheus, protocol
-from meshplug.agent import chain, config, grpccall, host, loader, lua, server
+from meshplug.agent import chain, config, envoystats, grpccall, host, loader, lua, server
 
 log = logging.getLogger("meshplug.agent.filters")
 
@@ -192,14 +192,24 @@ class _GrpcEvents:
 _METRIC_CHARS: Final = re.compile(r"[^a-zA-Z0-9_]")
 
 
-def _chain_metrics_text(built: chain.Chain) -> str:
-    """Per plugin (label ``plugin``, Envoy's plugin name): failures, FAIL_OPEN bypasses, and the local replies the
-    plugin sent by status class (a plugin's 403 is counted here and in downstream_rq_local_reply)."""
-    names = [f.name for f in built.filters]
+def _chain_metrics_text(chains: Sequence[chain.Chain]) -> str:
+    """Per plugin (label ``plugin``, Envoy's plugin name), summed over the listeners' chains: failures, FAIL_OPEN
+    bypasses, and the local replies the plugin sent by status class (a plugin's 403 is counted here and in
+    downstream_rq_local_reply)."""
+    failures: dict[str, int] = {}
+    bypasses: dict[str, int] = {}
+    by_class: dict[str, list[int]] = {}
+    for built in chains:
+        for i, f in enumerate(built.filters):
+            failures[f.name] = failures.get(f.name, 0) + built.failures[i]
+            bypasses[f.name] = bypasses.get(f.name, 0) + built.bypasses[i]
+            counts = by_class.setdefault(f.name, [0] * len(built.local_replies[i]))
+            for cls, count in enumerate(built.local_replies[i]):
+                counts[cls] += count
     replies = [
         ((("plugin", name), ("code_class", f"{cls}xx")), float(count))
-        for name, by_class in zip(names, built.local_replies, strict=True)
-        for cls, count in enumerate(by_class)
+        for name, counts in by_class.items()
+        for cls, count in enumerate(counts)
         if count
     ]
     lines = [
@@ -207,13 +217,13 @@ def _chain_metrics_text(built: chain.Chain) -> str:
             "meshplug_agent_plugin_failures_total",
             "counter",
             "Times a plugin failed while serving a stream (trap, CPU budget, memory cap).",
-            [((("plugin", n),), float(v)) for n, v in zip(names, built.failures, strict=True)],
+            [((("plugin", n),), float(v)) for n, v in failures.items()],
         ),
         *prometheus.family(
             "meshplug_agent_plugin_fail_open_bypasses_total",
             "counter",
             "Streams that went on without a failed FAIL_OPEN plugin.",
-            [((("plugin", n),), float(v)) for n, v in zip(names, built.bypasses, strict=True)],
+            [((("plugin", n),), float(v)) for n, v in bypasses.items()],
         ),
         *prometheus.family(
             "meshplug_agent_plugin_local_replies_total",
@@ -262,6 +272,19 @@ def _host_log_level() -> int:
 
 
 _LEVEL_NAMES: Final = {0: "trace", 1: "debug", 2: "info", 3: "warn", 4: "error", 5: "critical"}
+
+
+def _envoy_stats(h: host.Host) -> list[envoystats.Stat]:
+    """The plugins' metrics under Envoy's names: wasmcustom.<name>; histograms with their recorded values."""
+    m = h.metrics
+    out: list[envoystats.Stat] = []
+    for mid, value in m.value.items():
+        name = envoystats.CUSTOM_PREFIX + m.name[mid].decode(errors="replace")
+        if m.kind[mid] == host.Metrics.HISTOGRAM:
+            out.append(envoystats.Stat(name, samples=tuple(m.samples[mid])))
+        else:
+            out.append(envoystats.Stat(name, value))
+    return out
 
 
 def _metric_values(h: host.Host) -> dict[str, int | None]:
@@ -429,10 +452,12 @@ def build(
             rt.log_level = _host_log_level()
 
     built = chain.Chain([p for _, p, _, _ in started], match=[r.match for r, _, _, _ in started])
+    http_chains, network_chains = ({}, {}) if singletons else _listener_chains(proxy.cfg.listeners, started)
+    serving = [c for c in http_chains.values() if c is not None]
 
     def metrics() -> str:
         return (
-            _chain_metrics_text(built)
+            _chain_metrics_text(serving)
             + (_metrics_text(h) if h is not None else "")
             + (_lua_metrics_text(rt) if rt is not None else "")
         )
@@ -447,8 +472,6 @@ def build(
         records = h.logs if h is not None else rt.logs if rt is not None else ()
         return [(r.plugin, _LEVEL_NAMES.get(r.level, str(r.level)), r.message) for r in records]
 
-    http_chains, network_chains = ({}, {}) if singletons else _listener_chains(proxy.cfg.listeners, started)
-
     loop.call_soon_threadsafe(driver.run)
     return loader.Chain(
         filters=built,
@@ -462,4 +485,5 @@ def build(
         close=driver.close,
         relevel=relevel,
         wasm=h is not None,
+        plugin_stats=(lambda: _envoy_stats(h)) if h is not None else list,
     )

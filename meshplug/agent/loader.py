@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import requests
 
 from meshplug import errors, fetch, files, limits, protocol, validate
-from meshplug.agent import chain, config, tcp
+from meshplug.agent import chain, config, envoystats, tcp
 from meshplug.fetch import http as fetch_http
 
 if TYPE_CHECKING:
@@ -78,6 +78,8 @@ class Chain:
     activate: Callable[[], Awaitable[None]] | None = None
     #: built with wasm plugins: logs and metrics are the process's shared stores (the same in every such chain)
     wasm: bool = False
+    #: the plugins' own metrics as Envoy names them in /stats (wasmcustom.<name>)
+    plugin_stats: Callable[[], list[envoystats.Stat]] = field(default=list)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import functools
 import gc
 import json
 import logging
+import re
 import signal
 import ssl
 import sys
@@ -24,7 +25,7 @@ from typing import Any
 import uvloop
 
 from meshplug import errors, native, protocol
-from meshplug.agent import admin, config, loader, push, server, tls, wire
+from meshplug.agent import admin, config, envoystats, loader, push, server, tls, wire
 
 log = logging.getLogger("meshplug.agent")
 
@@ -171,6 +172,8 @@ class Agent:
             return admin.Response(503, b"DRAINING\n" if self.proxy.draining else b"PRE_INITIALIZING\n")
         if path == "/config_dump":
             return admin.Response(200, loader.dumps(self.config_dump()), "application/json")
+        if path == "/stats":
+            return self.stats_route(request)
         if path == "/stats/prometheus":
             return admin.Response(200, self.prometheus(), "text/plain; version=0.0.4")
         if path == "/logging":
@@ -226,6 +229,30 @@ class Agent:
             ],
             "clusters": [{"name": c.name, "address": c.address, "port": c.port} for c in self.cfg.clusters],
         }
+
+    def stats_route(self, request: admin.Request) -> admin.Response:
+        """/stats in Envoy's formats: text, ?format=json (?format=prometheus: /stats/prometheus)."""
+        fmt = request.query.get("format", "")
+        if fmt == "prometheus":
+            return admin.Response(200, self.prometheus(), "text/plain; version=0.0.4")
+        if fmt not in ("", "json"):
+            return admin.Response(400, b"format must be json or prometheus\n")
+        stats = self.envoy_stats()
+        try:
+            if fmt == "json":
+                return admin.Response(200, envoystats.to_json(stats, request.query), "application/json")
+            return admin.Response(200, envoystats.text(stats, request.query))
+        except re.error as exc:
+            return admin.Response(400, f"invalid filter regex: {exc}\n".encode())
+
+    def envoy_stats(self) -> list[envoystats.Stat]:
+        """/stats: the plugins' metrics as Envoy names them, then the agent's own counters (meshplug.<name>)."""
+        out = [stat for c in self.plugin_chains() for stat in c.plugin_stats()]
+        counters = self.proxy.stats.as_dict()
+        counters["push_ack_total"] = self.applier.acks
+        counters["push_nack_total"] = self.applier.nacks
+        out += [envoystats.Stat(f"meshplug.{name}", int(value)) for name, value in counters.items()]
+        return out
 
     def prometheus(self) -> bytes:
         counters = self.proxy.stats.as_dict()
