@@ -8,14 +8,17 @@ defaults and enum spellings (case-insensitive, as Envoy parses them). What is re
 * `static_resources.listeners[]`: `name`, `address.socket_address`, `traffic_direction`, `metadata`, one
   `filter_chains[]` entry (`name`, no `filter_chain_match`) holding either
   - `envoy.filters.network.http_connection_manager` (`stat_prefix`, `codec_type` AUTO/HTTP1,
-    `generate_request_id`, an inline `route_config`: `virtual_hosts[]` with `name`, `domains`, `metadata`
+    `generate_request_id`, `http_protocol_options` (`enable_trailers`, `accept_http_10`: one set for all
+    listeners), an inline `route_config`: `virtual_hosts[]` with `name`, `domains`, `metadata`
     and `routes[]` -- `match` by `prefix` / `path` / `safe_regex` (+ `case_sensitive`, `headers[]`
     matchers), then `route` (`cluster` or `weighted_clusters` with `header_name`, `prefix_rewrite`,
     `timeout`) or `direct_response`, route `name` and `metadata`) and `http_filters`: any number of
     `envoy.filters.http.wasm` and `envoy.filters.http.lua` (inline code), then the router; or
   - any number of `envoy.filters.network.wasm`, then `envoy.filters.network.tcp_proxy` (`cluster`).
 * `static_resources.clusters[]`: `name`, `type` STATIC / STRICT_DNS / LOGICAL_DNS, `connect_timeout`,
-  `lb_policy` ROUND_ROBIN, `load_assignment` endpoints, `metadata`, `dns_lookup_family`.
+  `lb_policy` ROUND_ROBIN, `load_assignment` endpoints, `metadata`, `dns_lookup_family`, the protocol
+  (`typed_extension_protocol_options` HttpProtocolOptions `explicit_http_config` with http2_protocol_options
+  or http_protocol_options `enable_trailers`; the legacy http2_protocol_options / http_protocol_options).
 * `bootstrap_extensions[]` `envoy.bootstrap.wasm` (WasmService): singleton plugins.
 * `admin` (`address`, `access_log_path`), `node` (`id`, `cluster`, `metadata`); `stats_flush_interval` and
   `stats_flush_on_admin` are accepted and change nothing (the agent's /stats always shows current values, as
@@ -127,6 +130,8 @@ class _Context:
 
     inline_dir: Path
     warnings: list[str]
+    #: the first HTTP listener's hcm http_protocol_options (the agent has one set for every listener) and where
+    http1: tuple[config.HttpOptions, str] | None = None
 
 
 class _Obj:
@@ -320,6 +325,7 @@ def parse(raw: Any, *, inline_dir: Path | None = None) -> config.AgentConfig:
         log.warning("envoy bootstrap: %s", warning)
     roots = {Path(urllib.parse.unquote(urllib.parse.urlsplit(p.url).path)).parent for p in (*plugins, *singletons)}
     return config.AgentConfig(
+        http=ctx.http1[0] if ctx.http1 is not None else config.HttpOptions(),
         listeners=tuple(listeners),
         clusters=clusters,
         admin=admin,
@@ -400,7 +406,7 @@ def _cluster(raw: Any, path: str) -> config.Cluster:
     obj.enum("lb_policy", {"ROUND_ROBIN": "ROUND_ROBIN"}, "ROUND_ROBIN")
     obj.enum("dns_lookup_family", {"AUTO": "AUTO", "V4_ONLY": "V4_ONLY", "V4_PREFERRED": "V4_PREFERRED"}, "AUTO")
     meta = metadata.metadata_from_json(obj.raw("metadata"), obj.at("metadata"))
-    http2 = _cluster_http2(obj)
+    http2, trailers = _cluster_protocol(obj)
     endpoints: list[config.Endpoint] = []
     la = obj.obj("load_assignment")
     if la is not None:
@@ -435,20 +441,34 @@ def _cluster(raw: Any, path: str) -> config.Cluster:
         discovery=discovery,
         metadata=meta,
         http2=http2,
+        enable_trailers=trailers,
     )
 
 
-def _cluster_http2(obj: _Obj) -> bool:
-    """Whether the cluster speaks HTTP/2 (h2c with prior knowledge): typed_extension_protocol_options'
-    HttpProtocolOptions.explicit_http_config.http2_protocol_options, or the legacy http2_protocol_options."""
+def _h1_trailers(h1: _Obj) -> bool:
+    """An upstream HTTP/1 codec's options (Http1ProtocolOptions): enable_trailers."""
+    trailers = h1.flag("enable_trailers", False)
+    h1.done()
+    return trailers
+
+
+def _cluster_protocol(obj: _Obj) -> tuple[bool, bool]:
+    """(whether the cluster speaks HTTP/2 -- h2c with prior knowledge --, whether its HTTP/1.1 carries
+    trailers): typed_extension_protocol_options' HttpProtocolOptions.explicit_http_config
+    http2_protocol_options / http_protocol_options.enable_trailers, or the legacy cluster fields
+    http2_protocol_options / http_protocol_options."""
     http2 = False
+    trailers = False
     legacy = obj.obj("http2_protocol_options")
     if legacy is not None:
         legacy.done()  # its settings (window sizes, ...) are the agent's own
         http2 = True
+    legacy_h1 = obj.obj("http_protocol_options")
+    if legacy_h1 is not None:
+        trailers = _h1_trailers(legacy_h1)
     options = obj.raw("typed_extension_protocol_options")
     if options is None:
-        return http2
+        return http2, trailers
     path = obj.at("typed_extension_protocol_options")
     if not isinstance(options, dict):
         raise _error(path, f"must be a mapping, got {_type_name(options)}")
@@ -468,12 +488,12 @@ def _cluster_http2(obj: _Obj) -> bool:
             h2.done()
             http2 = True
         elif h1 is not None:
-            h1.done()
+            trailers = _h1_trailers(h1)
         else:
             raise _error(explicit.path, "needs http_protocol_options or http2_protocol_options")
         explicit.done()
         body.done()
-    return http2
+    return http2, trailers
 
 
 def _is_ip(address: str) -> bool:
@@ -589,7 +609,10 @@ def _http_listener(
         raise _error(hcm.at("stat_prefix"), "is required (Envoy refuses an empty stat_prefix)")
     hcm.enum("codec_type", {"AUTO": "AUTO", "HTTP1": "HTTP1", "HTTP2": "HTTP2"}, "AUTO")
     request_ids = hcm.flag("generate_request_id", True)
+    _http1_options(hcm, ctx)
     upgrade_types = _upgrade_types(hcm)
+    if hcm.has("rds"):
+        raise _error(hcm.at("rds"), _REASONS["rds"])
     routes = _route_config(hcm.need("route_config"), clusters)
     plugins: list[protocol.ExtensionConfig] = []
     http_filters = hcm.items("http_filters")
@@ -630,6 +653,26 @@ def _http_listener(
         upgrade_types=upgrade_types,
     )
     return listener, plugins
+
+
+def _http1_options(hcm: _Obj, ctx: _Context) -> None:
+    """The hcm's http_protocol_options (its HTTP/1 codec): enable_trailers and accept_http_10. The agent keeps
+    one set for all listeners, so listeners that differ are refused."""
+    options = config.HttpOptions()
+    h1 = hcm.obj("http_protocol_options")
+    if h1 is not None:
+        options = dataclasses.replace(
+            options,
+            enable_trailers=h1.flag("enable_trailers", False),
+            accept_http_10=h1.flag("accept_http_10", False),
+        )
+        h1.done()
+    path = hcm.at("http_protocol_options")
+    if ctx.http1 is None:
+        ctx.http1 = (options, path)
+    elif ctx.http1[0] != options:
+        reason = f"differs from {ctx.http1[1]} (the agent applies one set of HTTP/1 options to all listeners)"
+        raise _error(path, reason)
 
 
 def _tcp_listener(

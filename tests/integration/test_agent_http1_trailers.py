@@ -3,8 +3,9 @@ trailer lines are read and thrown away, a response's last chunk goes out bare) u
 has http_protocol_options.enable_trailers -- the listener's for the client, the cluster's for the upstream.
 
 The same chunked request with a trailer goes through Envoy and the agent, each configured the same way (off,
-listener only, cluster only, both), to a raw peer answering a chunked body with a trailer; what the peer got
-and what the client got are compared byte for byte at the chunked end.
+listener only, cluster only, both; the agent once from its native config, once from Envoy's bootstrap), to a
+raw peer answering a chunked body with a trailer; what the peer got and what the client got are compared byte
+for byte at the chunked end.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def peer() -> Iterator[TrailerPeer]:
     p.close()
 
 
-def _envoy(tmp: Path, peer: TrailerPeer, listener_on: bool, cluster_on: bool) -> tuple[Any, int]:
+def _bootstrap(tmp: Path, peer: TrailerPeer, listener_on: bool, cluster_on: bool) -> tuple[Path, int, int]:
+    """Envoy's bootstrap for the setting: (its file, listener port, admin port)."""
     port, admin = procs.free_port(), procs.free_port()
     listener = tb_envoy.http_listener("l", port, cluster="t")
     if listener_on:
@@ -54,7 +56,18 @@ def _envoy(tmp: Path, peer: TrailerPeer, listener_on: bool, cluster_on: bool) ->
     tmp.mkdir(parents=True, exist_ok=True)
     path = tb_envoy.write_config(tb_envoy.bootstrap(admin, [listener], [cluster]), tmp / "envoy")
     tb_envoy.validate_config(path)
+    return path, port, admin
+
+
+def _envoy(tmp: Path, peer: TrailerPeer, listener_on: bool, cluster_on: bool) -> tuple[Any, int]:
+    path, port, admin = _bootstrap(tmp, peer, listener_on, cluster_on)
     return tb_envoy.start_envoy(path, admin_port=admin, log_dir=tmp), port
+
+
+def _agent_bootstrap(tmp: Path, peer: TrailerPeer, listener_on: bool, cluster_on: bool) -> tuple[Any, int]:
+    """The agent on Envoy's own bootstrap (meshplug run --envoy-config): the options map from Envoy's fields."""
+    path, port, admin = _bootstrap(tmp, peer, listener_on, cluster_on)
+    return tb_agent.start_envoy_config(path, port=port, admin_port=admin, log_dir=tmp), port
 
 
 def _agent(tmp: Path, peer: TrailerPeer, listener_on: bool, cluster_on: bool) -> tuple[Any, int]:
@@ -83,7 +96,7 @@ def _through(port: int, peer: TrailerPeer) -> tuple[bytes, bytes]:
 )
 def test_trailers_as_envoy(tmp_path: Path, peer: TrailerPeer, listener_on: bool, cluster_on: bool) -> None:
     seen = {}
-    for plane, start in (("envoy", _envoy), ("agent", _agent)):
+    for plane, start in (("envoy", _envoy), ("agent", _agent), ("agent-envoy-config", _agent_bootstrap)):
         proc, port = start(tmp_path / plane, peer, listener_on, cluster_on)
         try:
             seen[plane] = _through(port, peer)
@@ -91,4 +104,4 @@ def test_trailers_as_envoy(tmp_path: Path, peer: TrailerPeer, listener_on: bool,
             proc.stop()
     both = listener_on and cluster_on
     expect = (b"x-req-trailer: one\r\n", b"x-resp-trailer: yes\r\n") if both else (b"", b"")
-    assert seen["agent"] == seen["envoy"] == expect, seen
+    assert seen["agent"] == seen["agent-envoy-config"] == seen["envoy"] == expect, seen
