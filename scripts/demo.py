@@ -16,7 +16,9 @@ here writes a Secret, an environment variable or a file that the chart or the op
  7. the operator restarted (rollout) and scaled to 2 replicas; the plugin stays Ready, the CA stays the same;
  8. an update to the second module, from the registry, under steady traffic: no request fails;
  9. the WasmPlugin deleted: the finalizer empties the agent;
-10. every Secret write of the run, from the API server's audit log: only Helm and the operator wrote any.
+10. every Secret write of the run, from the API server's audit log: only Helm and the operator wrote any;
+11. the app deleted and ``helm uninstall``: the garbage collector removes every Secret the operator made with its
+    owner (the agents' Secret with the app's ReplicaSet, the identity Secret with the operator's Deployment).
 
     python scripts/demo.py [--keep] [--timeout SECONDS]
 
@@ -92,6 +94,7 @@ class Demo:
     modules: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (url as pods see it, sha256)
     service_port: int = 0  # a host port reaching the app's Service
     ca: str = ""  # the operator's CA certificate, as its identity Secret holds it
+    helm_kubeconfig: Path | None = None
 
     # --- narration and waiting ---
 
@@ -406,8 +409,9 @@ def install_chart(demo: Demo) -> None:
     args = ["install", RELEASE, str(helm_mod.CHART), "-n", SYSTEM_NS, "--create-namespace"]
     args += ["--set-file", f"operator.trustedCA={demo.ca_file}", "--wait", "--timeout", f"{int(demo.timeout)}s"]
     t0 = time.monotonic()
+    demo.helm_kubeconfig = helm_as_admin(demo)
     try:
-        out = helm_mod.helm(args, kubeconfig=helm_as_admin(demo), home=demo.work / "helm", timeout=demo.timeout + 30)
+        out = helm_mod.helm(args, kubeconfig=demo.helm_kubeconfig, home=demo.work / "helm", timeout=demo.timeout + 30)
     except (AssertionError, RuntimeError) as exc:
         raise DemoError(str(exc).splitlines()[0], "operator") from None
     status_line = next((ln for ln in out.stdout.splitlines() if ln.startswith("STATUS:")), "STATUS: ?")
@@ -584,6 +588,27 @@ def check_secret_writers(demo: Demo) -> None:
         raise DemoError("the audit log shows no Secret written by the operator")
 
 
+def uninstall(demo: Demo) -> None:
+    demo.step(f"Deleting Deployment {APP} and uninstalling the chart", "kube-controller-manager")
+    agents, identity = operator_secrets(demo, NS), operator_secrets(demo, SYSTEM_NS)
+    demo.api("DELETE", f"{DEPLOYMENTS}/{NS}/deployments/{APP}")
+    demo.wait(lambda: not operator_secrets(demo, NS), "the garbage collector to remove the agents' Secret")
+    demo.say(f"Deployment {APP} deleted; gone with its ReplicaSet: {'; '.join(describe(s) for s in agents)}")
+    args = ["uninstall", RELEASE, "-n", SYSTEM_NS, "--wait", "--timeout", f"{int(demo.timeout)}s"]
+    try:
+        helm_mod.helm(args, kubeconfig=demo.helm_kubeconfig, home=demo.work / "helm", timeout=demo.timeout + 30)
+    except (AssertionError, RuntimeError) as exc:
+        raise DemoError(str(exc).splitlines()[0], "operator") from None
+    demo.wait(lambda: not operator_secrets(demo, SYSTEM_NS), "the garbage collector to remove the identity Secret")
+    demo.say(
+        f"helm uninstall {RELEASE}; gone with the operator's Deployment: {'; '.join(describe(s) for s in identity)}"
+    )
+    left = [describe(s) for s in demo.api("GET", f"/api/v1/secrets?labelSelector={MADE_BY_OPERATOR}")["items"]]
+    demo.say(f"Secrets the operator made, left in the cluster: {'; '.join(left) or 'none'}")
+    if left:
+        raise DemoError(f"Secrets the operator made outlived their owners: {left}")
+
+
 STEPS: tuple[Callable[[Demo], None], ...] = (
     start_cluster,
     start_sources,
@@ -595,6 +620,7 @@ STEPS: tuple[Callable[[Demo], None], ...] = (
     update_plugin,
     delete_plugin,
     check_secret_writers,
+    uninstall,
 )
 
 

@@ -6,6 +6,7 @@ injection, a Deployment's pod with the injected agent; a WasmPlugin on the agent
 its effect on a request; the operator restarted and scaled to 2 replicas; an update to a module from the test
 registry under traffic with no failed request; the delete. No step writes a Secret, an environment variable or a file
 the chart did not: the API server's audit log shows Secrets written only by Helm and the operator's ServiceAccount.
+Then the app deleted and ``helm uninstall``: every Secret the operator made is gone with its owner.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def test_the_chart_alone_runs_the_agent_plane() -> None:
     )
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-8000:]
-    for n in range(1, 11):
-        assert f"[{n}/10] " in text, text
+    for n in range(1, 12):
+        assert f"[{n}/11] " in text, text
     assert "STATUS: deployed" in text, text
     assert "containers app, meshplug-agent" in text, text
     identity = (
@@ -52,8 +53,13 @@ def test_the_chart_alone_runs_the_agent_plane() -> None:
     assert int(sent.group(1)) > 0 and sent.group(2) == "0", sent.group(0)
     assert sent.group(3) == "v1 rust/header_rules -> v2 go/headers", sent.group(0)
     assert "x-meshplug-demo: (none)" in text, text
-    writers = re.findall(r"^      (helm|the operator|\S+): ", text.split("[10/10]")[1], re.MULTILINE)
+    writers = re.findall(
+        r"^      (helm|the operator|\S+): ", text.split("[10/11]")[1].split("[11/11]")[0], re.MULTILINE
+    )
     assert sorted(writers) == ["helm", "the operator"], text
+    assert re.search(f"gone with its ReplicaSet: {agents}", text), text
+    assert f"gone with the operator's Deployment: {identity}" in text, text
+    assert "Secrets the operator made, left in the cluster: none" in text, text
     assert re.search(r"demo OK in \d+\.\d+s", text), text
     work = re.search(r"work dir (\S+)\)", text)
     assert work is not None
