@@ -5,7 +5,7 @@ Part 1 -- `--requests` (default 1,000,000) requests each through the agent and E
 (corpus go/headers, which allocates per request: the SDK's header maps and strings, garbage its GC collects inside
 linear memory), same nginx upstream, wrk -t1 -c16 in chunks of `--chunk` seconds alternating between the two.
 RSS (VmRSS) after the warm-up (the first `--warmup` requests) and after every chunk; growth after warm-up =
-(last - warm-up) / warm-up. Target (issue 19): agent < 5%.
+(last - warm-up) / warm-up. Target: agent < 5%.
 
 Part 2 -- a guest that leaks one 64 KiB page per request (memory.grow, written so the pages are resident),
 `--leak-requests` requests each: the agent recycles its VM whenever its linear memory passes
