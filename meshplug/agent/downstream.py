@@ -48,8 +48,12 @@ class Downstream(asyncio.Protocol):
         self.resolve = routes.resolve_map
         #: Upgrade tokens this listener passes through (Envoy's upgrade_configs); others get 403
         self.upgrade_types = state.config.upgrade_types
-        self._tunnel_head = b""  # an allowed upgrade's request head, sent once the parser stops at it
-        self._tunnel_pool: Pool | None = None  # ... and the cluster its route picked
+        #: an allowed upgrade's request, started as a tunnel once the parser stops at its head's end: the head
+        #: as bytes (no plugins; `_tunnel_pool` is the cluster its route picked) or in the chain's form
+        #: (`_tunnel_headers`, through the plugins first; the router picks after them)
+        self._tunnel_head = b""
+        self._tunnel_pool: Pool | None = None
+        self._tunnel_headers: wire.Headers | None = None
         #: the first bytes are not in yet: they tell HTTP/2 (the connection preface) from HTTP/1.1
         self.sniffing = True
         self._sniffed = b""
@@ -160,7 +164,7 @@ class Downstream(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = int(exc.args[0]) if exc.args else len(data)
-            if self._tunnel_head:  # an upgrade the listener allows: the connection becomes a tunnel
+            if self._tunnel_head or self._tunnel_headers is not None:  # allowed: the connection becomes a tunnel
                 self._start_tunnel(data[offset:])
                 return
             # an h2c upgrade (on_headers_complete refuses the others): served as HTTP/1.1, the bytes after its
@@ -222,7 +226,15 @@ class Downstream(asyncio.Protocol):
         offered = [v.strip().lower().decode("latin-1") for n, v in headers if n == b"upgrade"]
         if not offered or offered == ["h2c"] or self.queue or not all(t in self.upgrade_types for t in offered):
             return False
+        if not any(n == b"x-request-id" for n, _ in headers):
+            headers = [*headers, (b"x-request-id", wire.REQUEST_IDS.new())]
         authority = next((v for n, v in headers if n == b"host"), b"")
+        if self.state.filters is not None:  # the plugins see it as Envoy's filters do: Host as :authority
+            chain_headers = [(b":method", method), (b":path", path), (b":authority", authority), wire.SCHEME_HTTP]
+            chain_headers += [h for h in headers if h[0] != b"host"]
+            self._tunnel_headers = chain_headers
+            self.proxy.stats.downstream_rq_total += 1
+            return True
         decision = self.routes.constant or self.routes.resolve(authority, path, headers, method)
         if decision.route is None or not decision.cluster:  # a tunnel goes to a cluster (no route: 404, as Envoy)
             self._refuse(404, b"")
@@ -230,8 +242,6 @@ class Downstream(asyncio.Protocol):
         self.proxy.stats.downstream_rq_total += 1
         lines = [b"%b %b HTTP/1.1\r\n" % (method, path)]
         lines += [b"%b: %b\r\n" % h for h in headers]
-        if not any(n == b"x-request-id" for n, _ in headers):
-            lines.append(b"x-request-id: %b\r\n" % wire.REQUEST_IDS.new())
         lines.append(b"\r\n")
         self._tunnel_head = b"".join(lines)
         return True
@@ -244,10 +254,14 @@ class Downstream(asyncio.Protocol):
             return
         self._drop_timer()
         self.proxy.connections.discard(self)
-        pool = self._tunnel_pool
-        assert pool is not None
-        Tunnel(self.proxy, pool).start(transport, self._tunnel_head, rest)
+        filters, headers = self.state.filters, self._tunnel_headers
+        if filters is not None and headers is not None:
+            tunnel = Tunnel(self.proxy, None, self.state.pools)
+            tunnel.start_filtered(transport, filters, self.stream_info(), self.resolve, headers, rest)
+        else:
+            Tunnel(self.proxy, self._tunnel_pool, self.state.pools).start(transport, self._tunnel_head, rest)
         self._tunnel_head = b""
+        self._tunnel_headers = None
 
     def _drop_timer(self) -> None:
         self.timer.stop()

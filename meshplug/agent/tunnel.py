@@ -4,22 +4,37 @@ both ways untouched until either side closes -- `Tunnel.start`.
 
 Called by `meshplug.agent.downstream.Downstream` when a request asks `Connection: upgrade` with an `Upgrade`
 token its listener allows (others are refused there, 403 as Envoy). The downstream transport is handed over
-here (`transport.set_protocol`); the upstream's answer (101 Switching Protocols, or a refusal) is relayed as
-it comes, like everything after it. Flow control both ways: a full write buffer on one side pauses reading
-on the other. A cluster that cannot be reached answers 503 with Envoy's wording. Plugins see neither the
-upgrade request nor its bytes (Envoy would run its HTTP filters on the request head: a known difference).
+here (`transport.set_protocol`). Flow control both ways: a full write buffer on one side pauses reading on
+the other. A cluster that cannot be reached answers 503 with Envoy's wording.
+
+With plugins, the upgrade is an HTTP stream of the chain until the cluster answers, as Envoy runs its HTTP
+filters on it: the request head goes through the request headers callbacks (end_of_stream false; Connection
+and Upgrade kept) and is sent as they leave it -- a plugin's local reply refuses the upgrade (the reply is
+the answer, the connection closes) -- and the cluster's response head through the response headers
+callbacks before it reaches the client. The bytes after the heads are not shown to the plugins. The stream
+completes (on_log, on_done) when the tunnel closes. Without plugins the heads are relayed as they come.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, cast
 
-from meshplug.agent import wire
+from meshplug.agent import chain as agent_chain
+from meshplug.agent import framing, wire
+from meshplug.agent.filtered import rewritten
 
 if TYPE_CHECKING:
     from meshplug.agent.server import Proxy
     from meshplug.agent.upstream import Pool
+
+Header = tuple[bytes, bytes]
+#: hop-by-hop headers an upgrade does not forward (Connection and Upgrade are the upgrade itself)
+_UPGRADE_DROP: Final = wire.HOP_BY_HOP - {b"connection", b"upgrade"}
+#: the most of a response head read before the tunnel gives up on it (Envoy: max_response_headers_kb)
+_MAX_RESPONSE_HEAD: Final = 80 * 1024
 
 
 class _Side(asyncio.Protocol):
@@ -35,11 +50,16 @@ class _Side(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel.head_pending and self is self.tunnel.up:
+            self.tunnel.response_bytes(data)
+            return
         other = self.other
         if other is not None and other.transport is not None and not other.transport.is_closing():
             other.transport.write(data)
 
     def eof_received(self) -> bool | None:
+        if self.tunnel.head_pending:
+            return None  # the response head never came: both ends close
         other = self.other
         if other is not None and other.transport is not None and other.transport.can_write_eof():
             other.transport.write_eof()
@@ -60,6 +80,10 @@ class _Side(asyncio.Protocol):
         if other is not None and other.transport is not None and not other.transport.is_closing():
             other.transport.resume_reading()
 
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
@@ -68,13 +92,22 @@ class _Side(asyncio.Protocol):
 class Tunnel:
     """A client connection upgraded to a raw byte stream to the cluster."""
 
-    def __init__(self, proxy: Proxy, pool: Pool) -> None:
+    def __init__(self, proxy: Proxy, pool: Pool | None, pools: Mapping[str, Pool]) -> None:
         self.proxy = proxy
+        #: the cluster (with plugins: None until the router picked it after the request headers callbacks)
         self.pool = pool
+        self.pools = pools
         self.down = _Side(self, "downstream")
         self.up = _Side(self, "upstream")
         self.down.other, self.up.other = self.up, self.down
         self.closed = False
+        self.stream: agent_chain.Stream | None = None
+        #: the cluster's response head is read here (to go through the plugins) before bytes flow
+        self.head_pending = False
+        self._head_in = b""
+        self._rest = b""  # what the client sent after its request head: sent after the (filtered) head
+        self._replied = False  # the client got its answer from the agent: nothing from the cluster follows
+        self._head_seen = False  # the cluster's response head was read (and is in the plugins' hands)
 
     @property
     def queue(self) -> tuple[()]:
@@ -84,46 +117,205 @@ class Tunnel:
     def start(self, transport: asyncio.Transport, head: bytes, rest: bytes) -> None:
         """Take over the client's `transport` (its request `head` read, `rest` already read after it) and
         connect to the cluster; `head` and `rest` go first."""
+        self._take(transport)
+        self.proxy.loop.create_task(self._connect(head + rest))
+
+    def start_filtered(
+        self, transport: asyncio.Transport, chain: agent_chain.Chain, info: agent_chain.StreamInfo,
+        resolve: Callable[[wire.Headers], Any], headers: wire.Headers, rest: bytes,
+    ) -> None:  # fmt: skip
+        """As `start`, with the request `headers` (the chain's form) through the plugins first; the router
+        (`resolve`) picks the cluster on the headers they leave."""
+        self._take(transport)
+        self._rest = rest
+        self.head_pending = True
+        stream = self.stream = chain.new_stream(info, start_time_ns=time.time_ns())
+        stream.route_resolver = resolve
+        stream.on_progress = self._progress
+        self._perform(stream.recv_request_headers(headers, False))
+
+    def _take(self, transport: asyncio.Transport) -> None:
         transport.set_protocol(self.down)
         self.down.transport = transport
         transport.pause_reading()  # until the upstream is there
         self.proxy.connections.add(self)
         self.proxy.stats.downstream_cx_upgrades_total += 1
-        self.proxy.loop.create_task(self._connect(head + rest))
 
     async def _connect(self, first: bytes) -> None:
-        c = self.pool.cluster
+        pool = self.pool
+        assert pool is not None
+        c = pool.cluster
         loop = self.proxy.loop
         try:
             _, _ = await asyncio.wait_for(
                 loop.create_connection(lambda: self.up, c.address, c.port), timeout=c.connect_timeout_s
             )
         except (OSError, TimeoutError):
-            self.pool.stats.upstream_cx_connect_fail += 1
-            body = wire.reset_body(wire.RESET_CONNECT_FAILURE)
-            reply = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: %d\r\ncontent-type: text/plain\r\n" % len(
-                body
-            )
-            reply += b"date: %b\r\nserver: meshplug\r\nconnection: close\r\n\r\n%b" % (wire.DATE.get(), body)
-            down = self.down.transport
-            if down is not None and not down.is_closing():
-                down.write(reply)
-                down.close()
+            pool.stats.upstream_cx_connect_fail += 1
+            self._failed(wire.RESET_CONNECT_FAILURE)
             return
-        self.pool.stats.upstream_cx_total += 1
-        self.pool.stats.upstream_rq_total += 1
-        up = self.up.transport
+        pool.stats.upstream_cx_total += 1
+        pool.stats.upstream_rq_total += 1
         down = self.down.transport
-        if down is None or down.is_closing():
+        if down is None or down.is_closing() or self._replied:
             self.up.close()
             return
-        if up is not None:
-            up.write(first)
-        down.resume_reading()
+        self.up.write(first)
+        if not self.head_pending:
+            down.resume_reading()
+
+    def _failed(self, reason: str) -> None:
+        """The cluster cannot be reached (or answered no head): 503 with Envoy's wording."""
+        self._proxy_reply(503, wire.reset_body(reason), wire.reset_details(reason))
+
+    def _proxy_reply(self, status: int, body: bytes, details: str, flags: int = 0) -> None:
+        """The proxy's own answer, through the plugins' response callbacks when there are plugins (as Envoy's
+        router replies)."""
+        stream = self.stream
+        if stream is not None and not self._replied and not stream.completed and stream.local_reply is None:
+            stream.response_flags |= flags
+            reply = agent_chain.LocalReply(status, body=body, details=details)
+            agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_proxy_reply(reply)
+            self._perform(stream.take_outputs())
+            return
+        self._local_reply(status, body)
+
+    # --- the plugins ---
+    def _progress(self, _stream: agent_chain.Stream) -> None:
+        self.proxy.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        stream = self.stream
+        if stream is not None and not self.closed:
+            self._perform(stream.take_outputs())
+
+    def _perform(self, outputs: Sequence[agent_chain.Output]) -> None:
+        for out in outputs:
+            if self.closed:
+                return
+            if type(out) is agent_chain.SendHeaders:
+                if out.target is agent_chain.Target.UPSTREAM:
+                    self._send_up_head(out.headers)
+                else:
+                    self._send_down_head(out.headers, out.end_stream)
+            elif type(out) is agent_chain.SendData:
+                if out.target is agent_chain.Target.DOWNSTREAM and self._replied:  # a local reply's body
+                    self.down.write(out.data)
+                    if out.end_stream:
+                        self.down.close()
+            elif type(out) is agent_chain.AbortUpstream:
+                self._replied = True
+                self.up.close()
+            elif type(out) is agent_chain.ResetStream:
+                self.abort()
+                return
+
+    def _send_up_head(self, headers: tuple[Header, ...]) -> None:
+        # the router, on the headers the plugins left (as filtered.FilteredExchange)
+        stream = self.stream
+        decision = stream.route() if stream is not None else None
+        route = decision.route if decision is not None else None
+        if route is None or route.direct_status or not decision.cluster:
+            if route is None or not route.direct_status:
+                self._proxy_reply(404, b"", "route_not_found", agent_chain.RESPONSE_FLAG_NO_ROUTE_FOUND)
+            else:
+                self._proxy_reply(route.direct_status, route.direct_body, "direct_response")
+            return
+        self.pool = self.pools[decision.cluster]
+        if route.prefix_rewrite is not None:
+            headers = rewritten(headers, route)
+        lines = framing.request_head_lines(headers, b"GET", _UPGRADE_DROP)
+        if lines is None:  # a plugin set a header that cannot be written (as the HTTP/1.1 path: 503)
+            self._local_reply(503, b"invalid header value")
+            return
+        head = b"".join([*lines[1], b"\r\n"])
+        rest, self._rest = self._rest, b""
+        self.proxy.loop.create_task(self._connect(head + rest))
+
+    def response_bytes(self, data: bytes) -> None:
+        """Bytes of the cluster's response before its head went through the plugins."""
+        buf = self._head_in + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > _MAX_RESPONSE_HEAD:
+                self.up.close()
+                self._failed(wire.RESET_PROTOCOL)
+            else:
+                self._head_in = buf
+            return
+        self._head_in = buf[end + 4 :]  # the first bytes of the tunnel: sent after the head
+        parsed = _response_head(buf[:end])
+        if parsed is None:
+            self.up.close()
+            self._failed(wire.RESET_PROTOCOL)
+            return
+        self._head_seen = True
+        if self.up.transport is not None:
+            self.up.transport.pause_reading()  # until the head went out
+        stream = self.stream
+        assert stream is not None
+        self._perform(stream.recv_response_headers(parsed, False))
+
+    def _send_down_head(self, headers: Sequence[Header], end_stream: bool) -> None:
+        status = 200
+        out = [b""]
+        for name, value in headers:
+            if name == b":status":
+                try:
+                    status = int(value)
+                except ValueError:
+                    status = 502
+            elif name[:1] != b":" and (name not in wire.HOP_BY_HOP or (status == 101 and name in _KEEP_101)):
+                if not framing.field_ok(name, value):
+                    self._local_reply(502, b"invalid header value")
+                    return
+                out.append(b"%b: %b\r\n" % (name, value))
+        out[0] = b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))
+        if self._replied or not self._head_seen or not self.head_pending:  # the agent's own answer
+            self._reply_head(out, b"" if end_stream else None)
+            return
+        self.head_pending = False
+        out.append(b"\r\n")
+        self.down.write(b"".join(out))
+        first, self._head_in = self._head_in, b""
+        if first:
+            self.down.write(first)
+        if end_stream:
+            self.close()
+            return
+        if self.up.transport is not None:
+            self.up.transport.resume_reading()
+        if self.down.transport is not None:
+            self.down.transport.resume_reading()
+
+    def _local_reply(self, status: int, body: bytes) -> None:
+        head = [b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]
+        head += [b"content-length: %d\r\n" % len(body), b"content-type: text/plain\r\n"]
+        self._reply_head(head, body)
+
+    def _reply_head(self, head: list[bytes], body: bytes | None) -> None:
+        """Answer the client ourselves (head lines without the blank line; `body` None: it follows as data)
+        and close once written; the cluster gets nothing more."""
+        self._replied = True
+        self.head_pending = False
+        self.up.close()
+        if not any(line[:5].lower() == b"date:" for line in head):
+            head.append(b"date: %b\r\n" % wire.DATE.get())
+        if not any(line[:7].lower() == b"server:" for line in head):
+            head.append(b"server: meshplug\r\n")
+        head.append(b"connection: close\r\n\r\n")
+        self.down.write(b"".join(head))
+        if body is not None:
+            self.down.write(body)
+            self.down.close()
 
     def side_closed(self, side: _Side) -> None:
         """One end is gone: the other is closed too; the client's end closing ends the tunnel."""
         if side is self.up:
+            if self.head_pending and not self._replied:
+                self.head_pending = False
+                self._failed(wire.RESET_TERMINATION)
+                return
             self.down.close()
             return
         self.up.close()
@@ -131,6 +323,10 @@ class Tunnel:
             self.closed = True
             self.proxy.connections.discard(self)
             self.proxy.stats.downstream_cx_active -= 1
+            stream, self.stream = self.stream, None
+            if stream is not None:
+                stream.on_progress = None
+                stream.complete()
             self.proxy.connection_closed()
 
     def close(self) -> None:
@@ -141,3 +337,23 @@ class Tunnel:
         for side in (self.down, self.up):
             if side.transport is not None:
                 side.transport.abort()
+
+
+#: the hop-by-hop headers a 101 response keeps (the protocol switch it confirms)
+_KEEP_101: Final = frozenset({b"connection", b"upgrade"})
+
+
+def _response_head(raw: bytes) -> list[Header] | None:
+    """The cluster's response head (status line and header lines, without the blank line) in the chain's form,
+    or None when it is not HTTP/1.1."""
+    lines = raw.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or len(parts[1]) != 3 or not parts[1].isdigit():
+        return None
+    headers: list[Header] = [(b":status", parts[1])]
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip():
+            return None
+        headers.append((name.lower(), value.strip()))
+    return headers

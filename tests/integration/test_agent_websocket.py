@@ -2,6 +2,9 @@
 (agent `upgrade_types: [websocket]`, Envoy `upgrade_configs: [{upgrade_type: websocket}]`) passes it through
 to a real WebSocket echo server (PyPI websockets) and messages flow both ways; a listener that does not
 answers 403 in both. An h2c Upgrade header is ignored and the request served as HTTP/1.1, as Envoy does.
+With plugins (rust/header_rules adding a request and a response header, rust/deny_path answering /denied),
+both run the plugins' header callbacks on the upgrade: the app sees the request header, the 101 carries the
+response header, and a plugin's local reply refuses the upgrade.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from typing import Any
 
 import pytest
 
+from tests.corpus import modules as corpus_modules
+from tests.corpus.planes.agent import plugin_entry
+from tests.corpus.planes.envoy import HTTP_WASM, plugin_config
+from tests.corpus.spec import PluginSpec
 from tests.testbed import agent as tb_agent
 from tests.testbed import envoy as tb_envoy
 from tests.testbed import procs, upstream, wspeer
@@ -24,8 +31,34 @@ pytestmark = pytest.mark.integration
 
 @dataclass
 class Bed:
-    envoy: dict[str, int]  # allowed, refused, echo
-    agent: dict[str, int]
+    envoy: dict[str, int]  # allowed, refused, echo, plugins
+    agent: dict[str, int]  # the same; "plugins" is a second agent's
+
+
+#: (corpus module, configuration) of the plugins both planes run on the upgrade
+PLUGINS = [
+    ("rust/header_rules", {"request": {"add": {"x-ws-req": "added"}}, "response": {"add": {"x-ws-resp": "added"}}}),
+    ("rust/deny_path", {"prefixes": ["/denied"], "status": 401, "body": "no tunnel for you\n"}),
+]
+
+
+def _plugins() -> list[tuple[PluginSpec, Path]]:
+    return [
+        (
+            PluginSpec(
+                module=module,
+                name=module.split("/")[1],
+                root_id="",
+                vm_id="",
+                configuration=json.dumps(config),
+                vm_configuration="",
+                env=(),
+                fail_open=False,
+            ),
+            corpus_modules.module(module).path,
+        )
+        for module, config in PLUGINS
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +71,21 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
         started.append(ws)
         echo = upstream.start_service("echo", log_dir=logs)
         started.append(echo)
-        e_ports = {n: procs.free_port() for n in ("allowed", "refused", "echo")}
+        e_ports = {n: procs.free_port() for n in ("allowed", "refused", "echo", "plugins")}
         admin = procs.free_port()
+        wasm = [
+            {"name": f"wasm.{spec.name}", "typed_config": {"@type": HTTP_WASM, "config": plugin_config(spec, path)}}
+            for spec, path in _plugins()
+        ]
         config = tb_envoy.bootstrap(
             admin,
             [
                 tb_envoy.http_listener("allowed", e_ports["allowed"], cluster="ws", upgrade_types=["websocket"]),
                 tb_envoy.http_listener("refused", e_ports["refused"], cluster="ws"),
                 tb_envoy.http_listener("echo", e_ports["echo"], cluster="echo"),
+                tb_envoy.http_listener(
+                    "plugins", e_ports["plugins"], cluster="ws", upgrade_types=["websocket"], http_filters=wasm
+                ),
             ],
             [tb_envoy.static_cluster("ws", ws.port), tb_envoy.static_cluster("echo", echo.port)],
         )
@@ -60,6 +100,12 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
         for name, cluster in (("refused", "ws"), ("echo", "echo")):
             raw["listeners"].append({"name": name, "address": "127.0.0.1", "port": a_ports[name], "cluster": cluster})
         started.append(tb_agent.start_agent(raw, work_dir=tmp / "agent", log_dir=logs, log_level="info"))
+        a_ports["plugins"] = procs.free_port()
+        raw_p = tb_agent.base_config(
+            port=a_ports["plugins"], admin_port=procs.free_port(), clusters={"ws": ws.port}, listener_cluster="ws",
+            upgrade_types=("websocket",), plugins=[plugin_entry(spec, path) for spec, path in _plugins()],
+        )  # fmt: skip
+        started.append(tb_agent.start_agent(raw_p, work_dir=tmp / "agent-plugins", log_dir=logs, name="agent-plugins"))
         yield Bed(e_ports, a_ports)
     finally:
         for item in reversed(started):
@@ -74,7 +120,7 @@ def test_websocket_passes_through_when_allowed(bed: Bed) -> None:
     via_agent = wspeer.exchange(bed.agent["allowed"], MESSAGES)
     assert via_envoy.status == 101
     assert via_envoy.replies == ["echo: hello", b"echo: \x00\x01binary", "echo: " + "x" * 70_000]
-    assert via_agent == via_envoy
+    assert (via_agent.status, via_agent.replies) == (via_envoy.status, via_envoy.replies)
 
 
 def test_websocket_handshake_headers_reach_the_app(bed: Bed) -> None:
@@ -113,3 +159,29 @@ def test_h2c_upgrade_is_served_as_http1(bed: Bed) -> None:
         seen = json.loads(reply.partition(b"\r\n\r\n")[2])
         names = {k.lower() for k, _ in seen["headers"]}
         assert "upgrade" not in names and "http2-settings" not in names, seen["headers"]
+
+
+def test_plugins_see_the_upgrade_and_its_101(bed: Bed) -> None:
+    """Envoy runs the HTTP filters' header callbacks on an upgrade: the request header a plugin adds reaches the
+    app, the response header it adds is on the 101; messages still flow."""
+    seen = {}
+    for plane, port in (("envoy", bed.envoy["plugins"]), ("agent", bed.agent["plugins"])):
+        out = wspeer.exchange(port, ["through"], path="/headers")
+        assert out.status == 101, out
+        app_saw = json.loads(out.replies[0])
+        seen[plane] = (
+            app_saw.get("x-ws-req"),
+            out.headers.get("x-ws-resp"),
+            out.headers.get("upgrade", "").lower(),
+            out.replies[1:],
+        )
+    assert seen["agent"] == seen["envoy"] == ("added", "added", "websocket", ["echo: through"]), seen
+
+
+def test_a_plugins_local_reply_refuses_the_upgrade(bed: Bed) -> None:
+    seen = {}
+    for plane, port in (("envoy", bed.envoy["plugins"]), ("agent", bed.agent["plugins"])):
+        out = wspeer.exchange(port, ["never"], path="/denied")
+        seen[plane] = (out.status, out.headers.get("x-denied-by"), out.headers.get("x-ws-resp"), out.body)
+    assert seen["agent"] == seen["envoy"], seen
+    assert seen["agent"][:2] == (401, "deny_path"), seen

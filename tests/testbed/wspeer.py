@@ -11,7 +11,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from websockets.exceptions import InvalidStatus
@@ -41,6 +41,8 @@ def serve_forever(port: int) -> None:
 class WsOutcome:
     status: int  # 101 when the upgrade went through, else the HTTP status the proxy answered
     replies: list[str | bytes]
+    headers: dict[str, str] = field(default_factory=dict)  # of the 101 (or of the refusal), lower-case names
+    body: bytes = b""  # of a refusal
 
 
 def exchange(port: int, messages: Sequence[str | bytes], path: str = "/", timeout: float = 10.0) -> WsOutcome:
@@ -53,9 +55,11 @@ def exchange(port: int, messages: Sequence[str | bytes], path: str = "/", timeou
             for m in messages:
                 ws.send(m)
                 replies.append(ws.recv(timeout=timeout))
-            return WsOutcome(101, replies)
+            headers = {k.lower(): v for k, v in ws.response.headers.raw_items()} if ws.response else {}
+            return WsOutcome(101, replies, headers)
     except InvalidStatus as exc:
-        return WsOutcome(exc.response.status_code, [])
+        headers = {k.lower(): v for k, v in exc.response.headers.raw_items()}
+        return WsOutcome(exc.response.status_code, [], headers, exc.response.body or b"")
 
 
 def start_server(*, log_dir: Path, name: str = "websocket") -> procs.Peer:
