@@ -11,8 +11,10 @@ Both proxies run the corpus module rust/header_rules adding one response header 
 to CPU 1 (--concurrency 1 for Envoy); h2load and the upstreams on CPU 0. Per run: requests/s, the proxy's CPU
 per request (schedstat before/after over the requests h2load completed) and RSS. Prints medians per system and
 the median of the per-round agent/Envoy ratios. Loopback only; about 2 loads * rounds * 2 * seconds + ~30 s.
+`--baseline DIR` adds a third system, "baseline": the agent of another checkout (its `make native` build),
+interleaved with the others, to measure a change before/after in one run (the ratio is printed too).
 
-Usage: bench/h2_vs_envoy.py [--rounds 5] [--seconds 5] [--load grpc|h2|both] [--no-plugin]
+Usage: bench/h2_vs_envoy.py [--rounds 5] [--seconds 5] [--load grpc|h2|both] [--no-plugin] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -93,8 +95,11 @@ def report(title: str, runs: dict[str, list[Run]]) -> None:
     rps = statistics.median(a.rps / e.rps for a, e in pairs)
     rss = statistics.median(a.rss_mib / e.rss_mib for a, e in pairs)
     print(f"ratios agent/envoy: CPU/req {cpu:.2f}x  req/s {rps:.2f}x  RSS {rss:.2f}x")
-    print(f"per-round CPU/req agent: {[round(r.cpu_us, 1) for r in runs['agent']]}")
-    print(f"per-round CPU/req envoy: {[round(r.cpu_us, 1) for r in runs['envoy']]}")
+    for name, rs in runs.items():
+        print(f"per-round CPU/req {name}: {[round(r.cpu_us, 1) for r in rs]}")
+    if "baseline" in runs:
+        base = zip(runs["agent"], runs["baseline"], strict=True)
+        print(f"ratio agent/baseline: CPU/req {statistics.median(a.cpu_us / b.cpu_us for a, b in base):.3f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load", choices=["grpc", "h2", "both"], default="both")
     ap.add_argument("--module", default="rust/header_rules")
     ap.add_argument("--no-plugin", action="store_true", help="compare the bare proxies")
+    ap.add_argument("--baseline", type=Path, help="also run the agent of this checkout (e.g. before a change)")
     args = ap.parse_args(argv)
     wasm = None if args.no_plugin else modules.module(args.module).path
     what = "no plugin" if args.no_plugin else f"{args.module} adding one response header"
@@ -131,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
                 envoy, e_port = start_envoy(work, f"envoy-{load}", up_port, wasm, CONFIG, http2=http2)
                 started.append(envoy)
                 systems = {"agent": (agent.pid, a_port), "envoy": (envoy.pid, e_port)}
+                if args.baseline is not None:
+                    base, b_port = start_agent(
+                        work, f"baseline-{load}", up_port, wasm, CONFIG, http2=http2, source=args.baseline.resolve()
+                    )
+                    started.append(base)
+                    systems["baseline"] = (base.pid, b_port)
                 runs = interleaved(systems, args.rounds, args.seconds, body if load == "grpc" else None)
             finally:
                 for proc in reversed(started):

@@ -4,7 +4,8 @@ trailers, one write per loop iteration) and a stream's outbound state (`OutStrea
 Base of `meshplug.agent.h2down.H2Downstream` (clients) and `meshplug.agent.h2up.H2Upstream` (clusters). The
 `h2` library (sans-IO) does framing, HPACK and the flow-control arithmetic; a body that does not fit the
 peer's window waits here until a WINDOW_UPDATE (or a SETTINGS change) opens it, then its end or trailers
-follow it. Imports nothing of the data path but `wire`.
+follow it. HPACK is `meshplug.agent.hpackcache`'s (the library's, with a cache). Imports nothing else of the data
+path.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Final
 import h2.connection
 import h2.errors
 import h2.exceptions
+
+from meshplug.agent.hpackcache import CachedDecoder, CachedEncoder
 
 Header = tuple[bytes, bytes]
 
@@ -46,6 +49,9 @@ class H2Peer:
     """An HTTP/2 connection's outbound half over an asyncio transport."""
 
     def __init__(self, conn: h2.connection.H2Connection) -> None:
+        # HPACK that reuses what it just encoded or decoded (meshplug.agent.hpackcache), set before any frame
+        conn.encoder = CachedEncoder()
+        conn.decoder = CachedDecoder(conn.decoder.max_header_list_size)
         self.h2 = conn
         self.transport: asyncio.Transport | None = None
         self._blocked: set[OutStream] = set()  # streams whose body waits for window
