@@ -257,7 +257,7 @@ class Downstream(asyncio.Protocol):
         filters, headers = self.state.filters, self._tunnel_headers
         if filters is not None and headers is not None:
             tunnel = Tunnel(self.proxy, None, self.state.pools)
-            tunnel.start_filtered(transport, filters, self.stream_info(), self.resolve, headers, rest)
+            tunnel.start_filtered(transport, filters, self.stream_info(), self.resolve, headers=headers, rest=rest)
         else:
             Tunnel(self.proxy, self._tunnel_pool, self.state.pools).start(transport, self._tunnel_head, rest)
         self._tunnel_head = b""

@@ -122,7 +122,7 @@ class Tunnel:
 
     def start_filtered(
         self, transport: asyncio.Transport, chain: agent_chain.Chain, info: agent_chain.StreamInfo,
-        resolve: Callable[[wire.Headers], Any], headers: wire.Headers, rest: bytes,
+        resolve: Callable[[wire.Headers], Any], *, headers: wire.Headers, rest: bytes,
     ) -> None:  # fmt: skip
         """As `start`, with the request `headers` (the chain's form) through the plugins first; the router
         (`resolve`) picks the cluster on the headers they leave."""
@@ -215,7 +215,7 @@ class Tunnel:
         stream = self.stream
         decision = stream.route() if stream is not None else None
         route = decision.route if decision is not None else None
-        if route is None or route.direct_status or not decision.cluster:
+        if decision is None or route is None or route.direct_status or not decision.cluster:
             if route is None or not route.direct_status:
                 self._proxy_reply(404, b"", "route_not_found", agent_chain.RESPONSE_FLAG_NO_ROUTE_FOUND)
             else:

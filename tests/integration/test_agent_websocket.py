@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests.corpus import modules as corpus_modules
+from tests.corpus.bootstrap import HTTP_WASM, plugin_config
 from tests.corpus.planes.agent import plugin_entry
-from tests.corpus.planes.envoy import HTTP_WASM, plugin_config
 from tests.corpus.spec import PluginSpec
 from tests.testbed import agent as tb_agent
 from tests.testbed import envoy as tb_envoy
