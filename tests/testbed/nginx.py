@@ -18,6 +18,7 @@ error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
+  client_max_body_size 0;  # benchmarks send 1 MiB bodies a plugin grows
   keepalive_requests 1000000;
   client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fastcgi;
   uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
