@@ -5,14 +5,17 @@ docs/, and nothing refers to tracker issue numbers (a reader of the code has no 
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 from functools import cache
 from pathlib import Path
 
 import pytest
+import yaml
 
 from meshplug import abi_table
+from meshplug.commands import operator as operator_cmd
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -140,6 +143,35 @@ ABI_CELLS = {
     "0.2.x": abi_table.V02,
     "0.2.1": abi_table.V021,
 }
+
+
+def test_every_test_bed_switch_exists_and_is_off_by_default() -> None:
+    """docs/testbed.md's table of what the test bed turns on: each operator flag, agent config key and chart value it
+    names exists, and is off (false, empty) by default."""
+    section = text_of(DOCS / "testbed.md").split("## Where the test bed differs from a cluster", 1)[1]
+    table = [line for line in section.split("\n## ", 1)[0].splitlines() if line.startswith("|")]
+    rows = [line.split("|")[1] for line in table[2:]]  # below the header and its separator
+    parser = argparse.ArgumentParser()
+    operator_cmd.add_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    flags = {opt: action.dest for action in parser._actions for opt in action.option_strings}
+    agent_config = text_of(ROOT / "meshplug" / "agent" / "config.py")
+    values = yaml.safe_load(text_of(ROOT / "charts" / "meshplug" / "values.yaml"))
+    assert len(rows) >= 6, rows
+    for row in rows:
+        flag, agent, chart = (cell.strip().split(" ")[0].strip("`") for cell in row.split(" / "))
+        if flag != "-":
+            assert flag in flags, flag
+            assert not defaults[flags[flag]], (flag, defaults[flags[flag]])
+        if agent != "-":
+            *parents, leaf = agent.split(".")
+            assert all(f'"{key}"' in agent_config for key in (*parents, leaf)), agent
+        if chart != "-":
+            node: object = values
+            for key in chart.split("."):
+                assert isinstance(node, dict) and key in node, chart
+                node = node[key]
+            assert not node, (chart, node)
 
 
 def test_the_coverage_table_has_every_host_call_and_no_other() -> None:
