@@ -15,6 +15,7 @@ import http.client
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import wasmtime
@@ -71,8 +72,15 @@ def upstream(work: Path) -> Iterator[procs.Proc]:
 
 
 def _agent(
-    tmp_path: Path, upstream: procs.Proc, server: serve.ModuleServer, module_token: str, ca: Path
+    tmp_path: Path,
+    upstream: procs.Proc,
+    server: serve.ModuleServer,
+    module_token: str,
+    ca: Path,
+    *,
+    guard: dict[str, Any] | None = None,
 ) -> tb_agent.Agent:
+    """The agent; ``guard``: its SSRF settings (default: the test bed's loopback opt-in)."""
     (tmp_path / "push-token").write_text(PUSH_TOKEN)
     (tmp_path / "module-token").write_text(module_token + "\n")
     raw = tb_agent.base_config(
@@ -88,7 +96,8 @@ def _agent(
         state_dir=tmp_path / "state",
     )
     raw["modules"] = {
-        "allow_loopback": True,  # the module server of this test listens on 127.0.0.1
+        # the module server of this test listens on 127.0.0.1
+        **({"allow_loopback": True} if guard is None else guard),
         "server": {"url": server.base_url, "token_file": str(tmp_path / "module-token"), "ca_file": str(ca)},
     }
     return tb_agent.start_agent(raw, work_dir=tmp_path / "cfg", log_dir=tmp_path)
@@ -164,5 +173,33 @@ def test_a_module_server_the_ca_file_does_not_vouch_for_is_a_nack(
         assert not reply.ack and reply.error_detail is not None
         assert reply.error_detail.resource == "guest"
         assert "certificate" in reply.error_detail.message.lower(), reply.error_detail.message
+    finally:
+        agent.stop()
+
+
+@pytest.mark.parametrize(
+    "guard",
+    [{}, {"allow_loopback": True, "block_cidrs": ["127.0.0.0/8"]}],
+    ids=["default-refuses-loopback", "block-cidrs-refuse-more"],
+)
+def test_the_ssrf_guard_refuses_loopback_by_default_and_blocked_cidrs(  # noqa: PLR0917 - pytest fixtures
+    tmp_path: Path,
+    upstream: procs.Proc,
+    server: serve.ModuleServer,
+    module: tuple[bytes, str],
+    tls: pki.ServingPki,
+    guard: dict[str, Any],
+) -> None:
+    """An agent's config without ``modules.allow_loopback`` (what the chart injects by default) refuses a module on
+    127.0.0.1 before connecting, as ``modules.block_cidrs`` refuses its networks; the allowed case is above."""
+    _, sha = module
+    agent = _agent(tmp_path, upstream, server, MODULE_TOKEN, tls.ca_cert, guard=guard)
+    try:
+        reply = _push(agent, "v1", server.url_for(sha), sha)
+        assert not reply.ack and reply.error_detail is not None
+        assert reply.error_detail.resource == "guest"
+        assert "127.0.0.1" in reply.error_detail.message and "blocked address" in reply.error_detail.message
+        assert reply.error_detail.reason == "blocked", reply.error_detail
+        assert _served_by(agent) is None
     finally:
         agent.stop()

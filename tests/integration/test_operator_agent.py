@@ -7,13 +7,16 @@ push tokens) and a ServiceAccount token bound to its pod (the module server chec
 Covered: Ready only when every selected pod's agent confirmed the digest; chain order across plugins; a NACKing
 agent gives reason AgentNACK + an Event, other plugins stay Ready, fixing the cause heals it; pods appearing,
 going and no longer matching re-reconcile; an unreachable agent heals by retry once it answers; deleting a plugin
-pushes the agents their set without it; metrics count pushes and ready pods.
+pushes the agents their set without it; metrics count pushes and ready pods; a push token the operator rotates
+reaches agents whose mount has the old token or only the new one.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from meshplug import limits
+from meshplug.controller import identity
 from tests.guests import minimal
 from tests.testbed import agent as agent_mod
 from tests.testbed import kube as kube_mod
@@ -317,3 +322,53 @@ def test_agents_load_the_module_the_operator_compiled(bed: Bed) -> None:
     assert "artifact" not in compiled_here and compiled_here["load"] == "miss"
     assert running(fast) == running(own) == [(name, sha(GOOD))]
     assert "compiled sha256:" + sha(GOOD) + " for the agents" in bed.op.proc.log()
+
+
+def test_a_rotated_push_token_reaches_agents_with_the_old_or_the_new_mount(bed: Bed) -> None:
+    # the agent Secret's push token, as a month later finds it: its issue time (the annotation the operator keeps)
+    # set back past the rotation period; the leader's periodic check rotates it and keeps the previous one beside
+    a = bed.pod("a", {"app": "rot"})
+    assert a is not None
+    url = bed.module("rot.wasm", GOOD)
+    bed.plugin("rot", {"url": url, "selector": {"matchLabels": {"app": "rot"}}, "dataPlane": "agent"})
+    bed.wait_ready("rot", "True", "Confirmed", "1/1")
+    path = f"/api/v1/namespaces/{bed.ns}/secrets/{identity.DEFAULT_AGENT_SECRET}"
+
+    def tokens() -> list[str]:
+        _, secret = bed.kube.request("GET", path)
+        return base64.b64decode(secret["data"][identity.AGENT_TOKEN]).decode().split()
+
+    (old,) = tokens()
+    month_ago = {identity.TOKEN_ISSUED_ANNOTATION: str(int(time.time() - limits.PUSH_TOKEN_ROTATION_S - 60))}
+    status, out = bed.kube.request(
+        "PATCH", path, {"metadata": {"annotations": month_ago}}, content_type="application/merge-patch+json"
+    )
+    assert status == 200, out
+    procs.wait_until(
+        lambda: len(tokens()) == 2, timeout=limits.IDENTITY_CHECK_S + 30, what="the leader to rotate the push token"
+    )
+    new, previous = tokens()
+    assert previous == old and new != old
+
+    # the agent still mounts the old token (the kubelet refreshes mounted Secrets a while later): the operator's
+    # new token gets a 401, it falls back on the previous one, and the update is confirmed
+    def confirmed(data: bytes) -> None:
+        procs.wait_until(
+            lambda: bed.status("rot").get("digest") == f"sha256:{sha(data)}",
+            timeout=90,
+            what="the update to be confirmed",
+        )
+        bed.wait_ready("rot", "True", "Confirmed", "1/1")
+        assert running(a) == [(f"{bed.ns}.rot", sha(data))]
+
+    mounted = bed.work / "a" / "etc" / identity.AGENT_TOKEN
+    assert mounted.read_text().split() == [old]
+    bed.patch_plugin("rot", {"url": bed.module("rot-v2.wasm", GOOD_V2)})
+    confirmed(GOOD_V2)
+
+    # the refreshed mount, once the previous token is dropped too: the operator's new token alone is accepted
+    mounted.write_text(new + "\n")
+    bed.patch_plugin("rot", {"url": url})
+    confirmed(GOOD)
+    metrics = bed.op.metrics()
+    assert metrics['meshplug_operator_pushes_total{result="ack"}'] >= 3
