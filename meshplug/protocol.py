@@ -30,6 +30,20 @@ own header and payload checksum before it loads it::
     "compiled": {"key": "<module sha256>.<wasmtime version>.<16 hex>.cwasm",
                  "url": "https://operator:8443/compiled/<key>", "sha256": "<64 hex of the file>"}
 
+Optional ``signature`` (only for a plugin whose module must be signed: its ``verificationKey`` or the operator's
+policy): what the operator verified, for the agent to verify again before it loads anything (`ModuleSignature`;
+the chain is in meshplug.fetch.provenance). The module's bytes must be what the signed manifest's layer holds --
+the layer itself, or, when ``layer_url`` is given, unpacked from the layer blob fetched there -- whoever served
+them; otherwise the push is NACKed ``signature_invalid`` and the last good set keeps serving. A signed resource's
+``compiled`` artifact is not used (the signature does not cover the operator's machine code). ``version`` says
+which evidence this is: an agent refuses a version it does not know, and an agent predating the field refuses
+the unknown key, so no agent loads a module whose push demands a signature without checking it::
+
+    "signature": {"version": 1, "key": "-----BEGIN PUBLIC KEY-----...", "layout": "tag" | "bundle",
+                  "payload": "<base64 of the signed bytes>", "signature": "<base64>",
+                  "manifests": ["<base64 of the signed manifest>", "<base64 of the one its index picks>"],
+                  "layer_url": "https://operator:8443/modules/sha256/<layer hex>"}
+
 A Lua filter (a TrafficExtension with ``lua.inlineCode``) carries its script instead of a module: ``"lua":
 {"inline_code": "<script>"}``, no ``url``; ``sha256`` is then the sha256 of the script's UTF-8 bytes (optional on
 the wire, checked when given) and ``root_id``, ``vm_*`` and ``configuration`` must stay empty. An agent that does
@@ -63,6 +77,7 @@ The agent answers 200 with a Reply in both outcomes (the HTTP status only says t
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import json
@@ -152,6 +167,46 @@ class CompiledArtifact:
         return {"key": self.key, "url": self.url, "sha256": self.sha256}
 
 
+#: the `ModuleSignature` evidence this side writes and verifies; any other version is refused
+SIGNATURE_VERSION = 1
+#: caps on a signature's parts: a PEM public key, the signed bytes, one manifest
+MAX_SIGNATURE_KEY = 16 * 1024
+MAX_SIGNATURE_PAYLOAD = 64 * 1024
+MAX_SIGNATURE_MANIFEST = 4 * 1024 * 1024
+#: the signed manifest, and the manifest an image index leads to
+MAX_SIGNATURE_MANIFESTS = 2
+
+
+@dataclass(frozen=True)
+class ModuleSignature:
+    """A cosign signature the operator verified, with what binds it to the module: the agent checks it again."""
+
+    key: str  # the verifying public key, PEM
+    layout: str  # "tag" (cosign's sha256-<hex>.sig) | "bundle" (a Sigstore bundle referrer)
+    payload: bytes  # the signed bytes; b"" for a bundle's message signature (over manifests[0])
+    signature: bytes
+    manifests: tuple[bytes, ...]  # the signed manifest's bytes (then the one its index picks)
+    #: where the layer blob is, when the layer wraps the module (a tar.gz) rather than being it
+    layer_url: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "version": SIGNATURE_VERSION,
+            "key": self.key,
+            "layout": self.layout,
+            "payload": base64.b64encode(self.payload).decode(),
+            "signature": base64.b64encode(self.signature).decode(),
+            "manifests": [base64.b64encode(m).decode() for m in self.manifests],
+        }
+        if self.layer_url:
+            out["layer_url"] = self.layer_url
+        return out
+
+    def __repr__(self) -> str:  # version_of() hashes reprs: every byte counts, so keep them all, but short
+        parts = (self.key, self.layout, self.payload, self.signature, *self.manifests, self.layer_url)
+        return f"ModuleSignature({hashlib.sha256(repr(parts).encode()).hexdigest()})"
+
+
 @dataclass(frozen=True)
 class ExtensionConfig:
     """One plugin the agent must run: the module (url + sha256) and how to configure it."""
@@ -181,6 +236,8 @@ class ExtensionConfig:
     host_env_keys: tuple[str, ...] = ()
     #: only these listeners (by name; an Envoy bootstrap's filters belong to their listener); empty: any
     listeners: tuple[str, ...] = ()
+    #: the module must be the one this signature signs (the agent verifies it before loading anything)
+    signature: ModuleSignature | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -210,6 +267,8 @@ class ExtensionConfig:
             out["host_env_keys"] = list(self.host_env_keys)
         if self.listeners:
             out["listeners"] = list(self.listeners)
+        if self.signature is not None:
+            out["signature"] = self.signature.to_json()
         return out
 
 
@@ -320,6 +379,7 @@ _RESOURCE_KEYS = frozenset(
         "traffic",
         "host_env_keys",
         "listeners",
+        "signature",
     }
 )
 _COMPILED_KEYS = frozenset({"key", "url", "sha256"})
@@ -337,6 +397,49 @@ def decode_compiled(obj: Any, where: str, sha256: str) -> CompiledArtifact:
     if not _SHA256.match(digest):
         raise errors.ProtocolError(f"{where}.sha256 {digest!r} is not 64 lower-case hex digits")
     return CompiledArtifact(key=key, url=url, sha256=digest)
+
+
+_SIGNATURE_KEYS = ("version", "key", "layout", "payload", "signature", "manifests", "layer_url")
+
+
+def _base64(value: Any, where: str, cap: int, *, empty: bool = False) -> bytes:
+    if not isinstance(value, str) or not (value or empty):
+        raise errors.ProtocolError(f"{where} must be a base64 string, got {type(value).__name__}")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except ValueError:
+        raise errors.ProtocolError(f"{where} is not base64") from None
+    if len(data) > cap:
+        raise errors.ProtocolError(f"{where} is {len(data)} bytes, over the cap of {cap}")
+    return data
+
+
+def decode_signature(obj: Any, where: str) -> ModuleSignature:
+    f = _fields(obj, where)
+    version = f.integer("version", lo=1)
+    if version != SIGNATURE_VERSION:  # before anything else: a newer operator's evidence is never half-read
+        raise errors.ProtocolError(
+            f"{where}.version {version}: this agent verifies signature evidence version {SIGNATURE_VERSION} only, "
+            "and does not load a module whose signature it cannot check"
+        )
+    f.only(*_SIGNATURE_KEYS)
+    key = f.text("key")
+    if len(key) > MAX_SIGNATURE_KEY:
+        raise errors.ProtocolError(f"{where}.key is {len(key)} characters, over the cap of {MAX_SIGNATURE_KEY}")
+    manifests = f.array("manifests", REQUIRED, max_items=MAX_SIGNATURE_MANIFESTS)
+    if not manifests:
+        raise errors.ProtocolError(f"{where}.manifests: the signed manifest is required")
+    layer_url = f.text("layer_url", "", empty=True)
+    if layer_url and not layer_url.startswith(("http://", "https://")):
+        raise errors.ProtocolError(f"{where}.layer_url {layer_url!r}: scheme must be http or https")
+    return ModuleSignature(
+        key=key,
+        layout=f.choice("layout", ("tag", "bundle")),
+        payload=_base64(f.value("payload", ""), f.at("payload"), MAX_SIGNATURE_PAYLOAD, empty=True),
+        signature=_base64(f.value("signature"), f.at("signature"), MAX_SIGNATURE_PAYLOAD),
+        manifests=tuple(_base64(m, f"{where}.manifests[{i}]", MAX_SIGNATURE_MANIFEST) for i, m in enumerate(manifests)),
+        layer_url=layer_url,
+    )
 
 
 _MATCH_KEYS = frozenset({"hosts", "path_prefixes", "exact_paths"})
@@ -377,6 +480,8 @@ def decode_extension_config(obj: Any, where: str) -> ExtensionConfig:
         raise errors.ProtocolError(f"{where}.url {url!r}: scheme must be http, https or file")
     if not sha256 and not url.startswith("file://"):
         raise errors.ProtocolError(f"{where}.sha256 is required for {url.split(':', 1)[0]} modules")
+    if not sha256 and res.has("signature"):
+        raise errors.ProtocolError(f"{where}.sha256 is required for a signed module")
     return ExtensionConfig(
         name=name,
         root_id=res.text("root_id", "", empty=True),
@@ -390,6 +495,7 @@ def decode_extension_config(obj: Any, where: str) -> ExtensionConfig:
         match=decode_match(res.value("match", []), f"{where}.match"),
         compiled=decode_compiled(res.raw["compiled"], f"{where}.compiled", sha256) if res.has("compiled") else None,
         **_placement(res),
+        signature=decode_signature(res.raw["signature"], f"{where}.signature") if res.has("signature") else None,
     )
 
 
@@ -434,7 +540,7 @@ def _decode_lua(res: Fields, name: str, sha256: str) -> ExtensionConfig:
     digest = lua_sha256(code)
     if sha256 and sha256 != digest:
         raise errors.ProtocolError(f"{where}.sha256 {sha256} is not the sha256 of lua.inline_code ({digest})")
-    for key in ("root_id", "configuration", "vm_id", "vm_configuration", "compiled"):
+    for key in ("root_id", "configuration", "vm_id", "vm_configuration", "compiled", "signature"):
         if obj.get(key):
             raise errors.ProtocolError(f"{where}.{key} does not apply to a lua filter")
     if obj.get("vm_env") or obj.get("host_env_keys"):

@@ -11,7 +11,17 @@ file:// below the configured roots; content-addressed cache under the state dire
 byte string is checked against the resource's sha256 and then by `meshplug.validate` (the proxy-wasm ABI
 check, for the filter kind the listeners use) before the host sees it.
 
-Persistence (`StateStore`): `<state_dir>/modules/<sha256>.wasm` and `<state_dir>/last_good.json` (the
+A resource whose push carries a ``signature`` (the plugin demands a signed module) is checked from the signature
+down to its bytes before anything else (`signed_module`, `meshplug.fetch.provenance`): the key the push names
+must verify the signature, which must name the manifest given, whose layer must be the module's sha256 -- or,
+for a layer that wraps the module (a tar.gz), the layer blob from the push's ``layer_url`` must have the layer's
+digest and unpack to the module. Any broken link is a `errors.SignatureError` (NACK ``signature_invalid``), the
+same from the state directory after a restart. Such a module is compiled here (the operator's precompiled
+artifact is not fetched: the signature does not cover it; an artifact already in the agent's own cache for the
+same sha256 is used, as for any module).
+
+Persistence (`StateStore`): `<state_dir>/modules/<sha256>.wasm` (the modules, and the signed layer blobs
+unpacked to them) and `<state_dir>/last_good.json` (the
 `protocol.Push` of the applied set), each written to a temp file, fsynced and renamed, modules first, so a
 `kill -9` at any point leaves either the old or the new complete set.
 """
@@ -35,6 +45,7 @@ import requests
 from meshplug import errors, fetch, files, limits, protocol, validate
 from meshplug.agent import chain, config, envoystats, tcp
 from meshplug.fetch import http as fetch_http
+from meshplug.fetch import provenance
 
 if TYPE_CHECKING:
     from meshplug.agent import vm
@@ -216,6 +227,20 @@ class Sources:
         """The module at the resource's URL, checked against its sha256 (when it has one)."""
         return self.fetcher.fetch(resource.url, sha256=resource.sha256 or None).data
 
+    def blob(self, url: str, sha256: str) -> bytes:
+        """The bytes at ``url`` as served (not unpacked), from the content cache when it holds ``sha256``; kept
+        there only when they are that blob. The caller checks the digest (a mismatch is its error to word)."""
+        cached = self.fetcher.cache.get_blob(sha256)
+        if cached is not None:
+            return cached
+        options = self.fetcher.options
+        data = self.fetcher.transport.download(
+            url, deadline=fetch_http.Deadline.after(options.overall_timeout_s), cap=options.max_module_bytes
+        )
+        if sha256_hex(data) == sha256:
+            self.fetcher.cache.put_blob(data)
+        return data
+
     def install_compiled(self, artifact: protocol.CompiledArtifact, digest: str, runtime: vm.Runtime) -> str:
         """Put the operator's precompiled module for `digest` in the runtime's artifact cache when it was made
         for this agent's engine key; how it went: ``local`` (ours already there), ``operator`` (fetched, its
@@ -251,11 +276,46 @@ class Sources:
 class Prepared:
     """One resource ready to start: its bytes (a Lua filter's: its script), its module compiled or loaded for
     the agent's engine (None for Lua; held until the chain is built, so starting it loads nothing again), and
-    how long each step took (for /config_dump's last_push and bench/ready.py)."""
+    how long each step took (for /config_dump's last_push and bench/ready.py); `blobs`: what else the state
+    directory keeps for it (a signed layer blob the module was unpacked from, by sha256)."""
 
     data: bytes
     module: object | None
     timings: Mapping[str, float | str]
+    blobs: Mapping[str, bytes] = field(default_factory=dict)
+
+
+def signed_module(
+    resource: protocol.ExtensionConfig, store: StateStore, sources: Sources
+) -> tuple[bytes, dict[str, bytes], str]:
+    """The module of a resource whose push demands a signature, checked from the signature down to its bytes
+    (`meshplug.fetch.provenance`), whoever served them; the layer blob it was unpacked from (when the layer wraps
+    it), and what was verified. `errors.SignatureError` names the link that broke."""
+    sig = resource.signature
+    assert sig is not None
+    try:
+        key = fetch.load_public_key(sig.key, what="the push's signature key")
+    except errors.ConfigError as exc:
+        raise errors.SignatureError(exc.message) from None
+    digest = provenance.signed_digest(key, sig.layout, sig.payload, sig.signature, sig.manifests[0])
+    layer = provenance.signed_layer(sig.manifests, digest).digest
+    verified = f"{sig.layout} signature, key {key.key_id}, manifest {digest}, layer {layer}"
+    if provenance.bound_directly(layer, resource.sha256):
+        try:
+            return store.module(resource.sha256) or sources.fetch(resource), {}, verified
+        except errors.FetchError as exc:
+            if exc.reason != fetch.Reason.CHECKSUM_MISMATCHED:
+                raise
+            raise errors.SignatureError(f"not the signed module (layer {layer}): {exc.message}") from None
+    if not sig.layer_url:
+        raise errors.SignatureError(
+            f"the signed manifest's layer {layer} is not module sha256:{resource.sha256}, and the push names no "
+            "layer blob (layer_url) to check it against"
+        )
+    hexpart = layer.removeprefix("sha256:")
+    blob = store.module(hexpart) or sources.blob(sig.layer_url, hexpart)
+    cap = sources.fetcher.options.max_decompressed_bytes
+    return provenance.unpack(layer, blob, resource.sha256, cap=cap), {hexpart: blob}, verified
 
 
 def prepare(
@@ -276,14 +336,21 @@ def prepare(
     runtime = vm.default_runtime()
     artifact: concurrent.futures.Future[str] | None = None
     compiled = resource.compiled
-    if compiled is not None and sources.precompiled and resource.sha256:  # fetched beside the module
+    # the operator's machine code is not what the signature signs: a signed module is compiled here
+    if compiled is not None and sources.precompiled and resource.sha256 and resource.signature is None:
         t1 = time.monotonic()
         artifact = sources.pool.submit(sources.install_compiled, compiled, resource.sha256, runtime)
     t0 = time.monotonic()
-    data = store.module(resource.sha256)
-    if data is None:
-        data = sources.fetch(resource)
+    blobs: dict[str, bytes] = {}
+    if resource.signature is not None:
+        data, blobs, timings["signature"] = signed_module(resource, store, sources)
         timings["fetch_ms"] = _ms(t0)
+    else:
+        cached = store.module(resource.sha256)
+        if cached is None:
+            cached = sources.fetch(resource)
+            timings["fetch_ms"] = _ms(t0)
+        data = cached
     digest = sha256_hex(data)
     if resource.sha256 and digest != resource.sha256:
         raise errors.FetchError(
@@ -303,7 +370,7 @@ def prepare(
     t3 = time.monotonic()
     validate.validate(data, kind=kind, module=module)  # ValidationError names every ABI problem
     timings["validate_ms"] = _ms(t3)
-    return Prepared(data, module, timings)
+    return Prepared(data, module, timings, blobs)
 
 
 def _ms(since: float) -> float:
@@ -360,6 +427,7 @@ def load(
         digest = sha256_hex(ready.data)
         if not resource.lua:  # a script travels in the persisted push itself
             modules[digest] = ready.data
+        modules.update(ready.blobs)
         digests[resource.name] = digest
         pairs.append((resource, ready.data))
         if ready.timings:

@@ -36,8 +36,13 @@ def run(args: argparse.Namespace) -> int:
         return _registry.report("verify", exc, fetch_command.LABELS)
     ref = client.ref
     if args.output == "json":
-        doc = {"reference": str(ref), **evidence.to_json()}
-        print(json.dumps({k: v for k, v in doc.items() if k not in ("payload", "signature")}, sort_keys=True))
+        doc = {
+            "reference": str(ref),
+            "layout": evidence.layout,
+            "key_id": evidence.key_id,
+            "manifest_digest": evidence.manifest_digest,
+        }
+        print(json.dumps(doc, sort_keys=True))
     else:
         print(f"{ref.name}@{evidence.manifest_digest}: signed by key {evidence.key_id} ({evidence.layout} layout)")
     return 0

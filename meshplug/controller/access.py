@@ -2,7 +2,8 @@
 
 Called by the module server's HTTPS port for every bearer request. The token must be a ServiceAccount token
 the API server confirms for the operator's audience and binds to a pod (`identity.Reviewer`, TokenReview);
-that pod may fetch a module when an agent-plane WasmPlugin selecting it delivers exactly that module:
+that pod may fetch a module when an agent-plane WasmPlugin selecting it delivers exactly that module (or, for a
+signed module whose layer wraps it, that layer's blob: the agent checks the signature against it):
 
 1. this replica pushed the pod a set holding the module (``granted``, in memory) and has it cached; else
 2. from the API, as any replica can: the pod (its uid must be the token's), the agent-plane WasmPlugins of
@@ -76,6 +77,7 @@ class ModuleAccess:
             except errors.MeshplugError as exc:
                 log.info("module access: %s's plugin %s cannot be fetched here: %s", who, plugin.name, exc.message)
                 continue
-            if artifact.sha256 == sha256:
+            signed_layer = artifact.signature.layer if artifact.signature is not None else ""
+            if sha256 in (artifact.sha256, signed_layer.removeprefix("sha256:")):  # the module, or its signed layer
                 return
         raise errors.ProtocolError(f"{who} runs no plugin with module sha256:{sha256[:12]}…", reason="forbidden")

@@ -346,7 +346,8 @@ class Reconciler:
             if plugin.data_plane is spec.DataPlane.AGENT:
                 # compiled with the agents' engine settings: the artifact they load instead of compiling
                 ready = self.precompiler.validate(artifact.data, artifact.sha256, kind)
-                return model.Module(sha256=artifact.sha256, data=artifact.data, compiled=ready)
+                signature = artifact.signature  # the agents verify it again
+                return model.Module(sha256=artifact.sha256, data=artifact.data, compiled=ready, signature=signature)
             validate.validate(artifact.data, kind=kind)
         finally:
             self.metrics.validated(time.monotonic() - started)

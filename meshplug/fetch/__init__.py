@@ -23,11 +23,15 @@ share single-flight with every other thread. Failures are `errors.FetchError` wi
    OCI image with a cosign signature under one of them for exactly its manifest digest (`signatures`):
    checked after the digest is resolved and before its blob is pulled, and again for a cached module (the
    result is remembered per manifest digest and key set). A module without one fails with
-   `errors.SignatureError`; http and file modules carry no cosign signature and fail the same way.
+   `errors.SignatureError`; http and file modules carry no cosign signature and fail the same way. The module
+   bytes, pulled or cached, must then be what the signed manifest's layer holds (`provenance`; a cache entry
+   that maps the manifest to other bytes is pulled again); the artifact's ``signature`` (`Evidence`) carries
+   all of it, so the agent can check it again, and a layer that wraps the module (a tar.gz) stays in the cache.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import urllib.parse
@@ -36,7 +40,7 @@ from dataclasses import dataclass
 
 from meshplug import errors
 from meshplug.fetch import cache as cache_mod
-from meshplug.fetch import http, local, oci, signatures
+from meshplug.fetch import http, local, oci, provenance, signatures
 from meshplug.fetch.artifact import WASM_MAGIC, Artifact, Evidence, Layout, Reason, sha256_hex
 from meshplug.fetch.keys import PublicKey, load_public_key
 from meshplug.fetch.metrics import FetchMetrics
@@ -57,6 +61,7 @@ __all__ = [
 ]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+log = logging.getLogger("meshplug.fetch")
 
 
 def _pinned_by(pin: str | None, wasm_sha256: str, manifest_digest: str | None) -> bool:
@@ -165,11 +170,13 @@ class Fetcher:
             mutable = req.ref is None or req.ref.mutable
             stale = interval is not None and mutable and time.time() - known.resolved_at >= interval
             data = None if stale else self.cache.get_blob(known.sha256)
+            evidence = None
+            if data is not None and req.keys and req.ref is not None and known.manifest_digest is not None:
+                client = oci.RegistryClient(self.transport, req.ref, req.creds)
+                evidence = self._signature(client, known.manifest_digest, req.keys, deadline)
+                if not self._bound(client, evidence, data, deadline):
+                    data = None  # the cache maps the signed manifest to other bytes: pull it again
             if data is not None:
-                evidence = None
-                if req.keys and req.ref is not None and known.manifest_digest is not None:
-                    client = oci.RegistryClient(self.transport, req.ref, req.creds)
-                    evidence = self._signature(client, known.manifest_digest, req.keys, deadline)
                 return Artifact(
                     data,
                     known.sha256,
@@ -199,11 +206,17 @@ class Fetcher:
         moved = known.manifest_digest if known is not None and known.manifest_digest != manifest_digest else None
         entry = self.cache.get_manifest(ref.name, manifest_digest)
         data = self.cache.get_blob(entry.sha256) if entry is not None else None
+        if data is not None and evidence is not None and not self._bound(client, evidence, data, deadline):
+            data = None  # the cache maps the signed manifest to other bytes: pull it again
         if entry is not None and data is not None:
             layout, from_cache = entry.layout, True
         else:
-            data, layout = client.pull(manifest_digest, deadline, req.progress)
-            from_cache = False
+            pulled = client.pull(manifest_digest, deadline, req.progress)
+            data, layout, from_cache = pulled.data, pulled.layout, False
+            if evidence is not None and not self._bound(client, evidence, data, deadline, blob=pulled.blob):
+                raise errors.SignatureError(
+                    f"{req.url}: the module pulled for {manifest_digest} is not the one its signed manifest names"
+                )
         digest = self._verify(req.url, data, req.pin, manifest_digest)
         self._store(req, data, digest, manifest_digest, layout)
         return Artifact(
@@ -228,6 +241,32 @@ class Fetcher:
         evidence = signatures.verify(client, manifest_digest, keys, deadline)
         self._verified[memo] = evidence
         return evidence
+
+    def _bound(
+        self,
+        client: oci.RegistryClient,
+        evidence: Evidence,
+        data: bytes,
+        deadline: http.Deadline,
+        *,
+        blob: bytes | None = None,
+    ) -> bool:
+        """Whether ``data`` is the module the signed manifest's layer holds (`provenance`). A layer that wraps the
+        module (a Docker/OCI image's tar.gz) is kept in the cache beside it: the module server serves it to the
+        agents, which check the same link again."""
+        digest = sha256_hex(data)
+        if provenance.bound_directly(evidence.layer, digest):
+            return True
+        blob = blob or self.cache.get_blob(evidence.layer.removeprefix("sha256:"))
+        if blob is None:
+            blob = client.blob(evidence.layer, deadline, cap=self.options.max_module_bytes)
+        try:
+            provenance.unpack(evidence.layer, blob, digest, cap=self.options.max_decompressed_bytes)
+        except errors.SignatureError as exc:
+            log.warning("%s: %s", client.ref, exc.message)
+            return False
+        self.cache.put_blob(blob)
+        return True
 
     @staticmethod
     def _verify(url: str, data: bytes, pin: str | None, manifest_digest: str | None) -> str:

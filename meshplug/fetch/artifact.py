@@ -6,10 +6,9 @@ the agent only read them. Outcome names double as `FetchError.reason` values and
 
 from __future__ import annotations
 
-import base64
 import enum
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: the four bytes every wasm binary starts with
 WASM_MAGIC = b"\x00asm"
@@ -60,23 +59,22 @@ class Reason:
 
 @dataclass(frozen=True)
 class Evidence:
-    """A verified cosign signature of a module's manifest: layout, key, and what was signed (base64 in JSON), so
-    that whoever receives the module from us (the agent) can check it again offline."""
+    """A verified cosign signature of a module's manifest and the way from it to the module's bytes, kept so that
+    whoever receives the module from us (the agent) can check it all again offline (`meshplug.fetch.provenance`).
+    """
 
     layout: str  # "tag" | "bundle"
     key_id: str
     manifest_digest: str
-    payload: bytes  # the signed bytes (simple-signing JSON, or the DSSE pre-authentication encoding)
+    payload: bytes  # the signed bytes (simple-signing JSON, the DSSE pre-authentication encoding, or b"": the
+    #                 signature is over the manifest itself, a bundle's message signature)
     signature: bytes
-
-    def to_json(self) -> dict[str, str]:
-        return {
-            "layout": self.layout,
-            "key_id": self.key_id,
-            "manifest_digest": self.manifest_digest,
-            "payload": base64.b64encode(self.payload).decode(),
-            "signature": base64.b64encode(self.signature).decode(),
-        }
+    #: the verifying public key, PEM
+    key_pem: str = field(default="", repr=False)
+    #: the manifests' bytes as the registry served them: the signed one, then the one an index picks
+    manifests: tuple[bytes, ...] = field(default=(), repr=False)
+    #: the digest of the layer holding the module (the module's own sha256 unless the layer wraps it)
+    layer: str = ""
 
 
 @dataclass(frozen=True)

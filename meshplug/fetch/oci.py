@@ -169,6 +169,25 @@ class LayerChoice:
     media_type: str
 
 
+@dataclass(frozen=True)
+class Located:
+    """The way from a manifest digest to its module: the manifests' bytes as served (the one the digest names
+    first; the one picked from it when it is an image index) and the layer chosen in the last one."""
+
+    manifests: tuple[bytes, ...]
+    layer: LayerChoice
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """A pulled module: the wasm bytes, their layout, where they were found, and the layer blob as stored."""
+
+    data: bytes
+    layout: Layout
+    located: Located
+    blob: bytes
+
+
 def _descriptor(raw: Any) -> tuple[str, str, int]:
     if not isinstance(raw, dict):
         raise errors.FetchError("manifest descriptor is not an object", reason=Reason.MANIFEST_FAILURE)
@@ -223,7 +242,7 @@ def select_layer(manifest: Mapping[str, Any], manifest_media_type: str) -> Layer
     )
 
 
-def _pick_from_index(index: Mapping[str, Any]) -> str:
+def pick_from_index(index: Mapping[str, Any]) -> str:
     entries = index.get("manifests")
     if not isinstance(entries, list) or not entries:
         raise errors.FetchError("image index lists no manifests", reason=Reason.MANIFEST_FAILURE)
@@ -358,6 +377,11 @@ class RegistryClient:
 
     def manifest(self, digest: str | None, deadline: Deadline) -> tuple[str, dict[str, Any], str]:
         """``(digest, parsed manifest, media type)`` of ``digest`` (or of the tag), verified."""
+        actual, _, parsed, media_type = self.raw_manifest(digest, deadline)
+        return actual, parsed, media_type
+
+    def raw_manifest(self, digest: str | None, deadline: Deadline) -> tuple[str, bytes, dict[str, Any], str]:
+        """``(digest, bytes as served, parsed, media type)`` of ``digest`` (or of the tag), verified."""
         target = digest or self.ref.digest or self.ref.tag or "latest"
         what = f"manifest {self.ref.name}@{target}" if target.startswith("sha256:") else f"manifest {self.ref}"
 
@@ -370,33 +394,55 @@ class RegistryClient:
         actual = "sha256:" + hashlib.sha256(body).hexdigest()
         if target.startswith("sha256:") and actual != target:
             raise errors.FetchError(f"{what}: content hashes to {actual}", reason=Reason.CHECKSUM_MISMATCHED)
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            raise errors.FetchError(f"{what}: not JSON", reason=Reason.MANIFEST_FAILURE) from None
-        if not isinstance(parsed, dict):
-            raise errors.FetchError(f"{what}: not a JSON object", reason=Reason.MANIFEST_FAILURE)
-        return actual, parsed, str(parsed.get("mediaType") or media_type)
+        parsed = parse_manifest(body, what)
+        return actual, body, parsed, str(parsed.get("mediaType") or media_type)
 
-    def pull(self, digest: str, deadline: Deadline, progress: Progress | None = None) -> tuple[bytes, Layout]:
-        """The wasm bytes of manifest ``digest`` (an image index is followed to one manifest)."""
-        _, manifest, media_type = self.manifest(digest, deadline)
-        if media_type in (MT_OCI_INDEX, MT_DOCKER_LIST) or ("manifests" in manifest and "layers" not in manifest):
-            _, manifest, media_type = self.manifest(_pick_from_index(manifest), deadline)
-        choice = select_layer(manifest, media_type)
+    def locate(self, digest: str, deadline: Deadline) -> Located:
+        """Where the module of manifest ``digest`` is: the manifests on the way (an image index is followed to
+        one manifest) and the layer that holds it."""
+        _, body, manifest, media_type = self.raw_manifest(digest, deadline)
+        chain = [body]
+        if is_index(manifest, media_type):
+            _, body, manifest, media_type = self.raw_manifest(pick_from_index(manifest), deadline)
+            chain.append(body)
+        return Located(tuple(chain), select_layer(manifest, media_type))
+
+    def blob(self, digest: str, deadline: Deadline, *, cap: int, progress: Progress | None = None) -> bytes:
+        """The blob ``digest`` of this repository, at most ``cap`` bytes, verified against its digest."""
+        what = f"blob {self.ref.name}@{digest}"
+
+        def attempt() -> bytes:
+            resp = self._get_ok("GET", f"{self.base}/blobs/{digest}", None, deadline, what)
+            return self.transport.read_body(resp, cap=cap, deadline=deadline, progress=progress)
+
+        data = self.transport.with_retries(what, deadline, attempt)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise errors.FetchError(f"{what}: content does not match its digest", reason=Reason.DOWNLOAD_FAILURE)
+        return data
+
+    def pull(self, digest: str, deadline: Deadline, progress: Progress | None = None) -> Pulled:
+        """The wasm bytes of manifest ``digest``, with the layer blob they came from."""
+        located = self.locate(digest, deadline)
+        choice = located.layer
         options = self.transport.options
         if choice.size > options.max_module_bytes:
             raise errors.FetchError(
                 f"layer {choice.digest} is {choice.size} bytes (cap {options.max_module_bytes})",
                 reason=Reason.TOO_LARGE,
             )
-        what = f"blob {self.ref.name}@{choice.digest}"
+        blob = self.blob(choice.digest, deadline, cap=options.max_module_bytes, progress=progress)
+        return Pulled(unbox(blob, cap=options.max_decompressed_bytes), choice.layout, located, blob)
 
-        def attempt() -> bytes:
-            resp = self._get_ok("GET", f"{self.base}/blobs/{choice.digest}", None, deadline, what)
-            return self.transport.read_body(resp, cap=options.max_module_bytes, deadline=deadline, progress=progress)
 
-        blob = self.transport.with_retries(what, deadline, attempt)
-        if "sha256:" + hashlib.sha256(blob).hexdigest() != choice.digest:
-            raise errors.FetchError(f"{what}: content does not match its digest", reason=Reason.DOWNLOAD_FAILURE)
-        return unbox(blob, cap=options.max_decompressed_bytes), choice.layout
+def parse_manifest(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise errors.FetchError(f"{what}: not JSON", reason=Reason.MANIFEST_FAILURE) from None
+    if not isinstance(parsed, dict):
+        raise errors.FetchError(f"{what}: not a JSON object", reason=Reason.MANIFEST_FAILURE)
+    return parsed
+
+
+def is_index(manifest: Mapping[str, Any], media_type: str) -> bool:
+    return media_type in (MT_OCI_INDEX, MT_DOCKER_LIST) or ("manifests" in manifest and "layers" not in manifest)

@@ -63,7 +63,7 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 # --- what a signature says it signs ------------------------------------------------------------------------------
 
 
-def _simple_signing_digest(payload: bytes) -> str:
+def simple_signing_digest(payload: bytes) -> str:
     try:
         doc = json.loads(payload)
         critical = doc["critical"]
@@ -77,7 +77,7 @@ def _simple_signing_digest(payload: bytes) -> str:
     return str(digest or "")
 
 
-def _statement_digests(payload: bytes) -> list[str]:
+def statement_digests(payload: bytes) -> list[str]:
     try:
         doc = json.loads(payload)
         return [f"sha256:{s['digest']['sha256']}" for s in doc["subject"] if "sha256" in s.get("digest", {})]
@@ -101,16 +101,7 @@ class _Candidate:
 
 
 def _blob(client: oci.RegistryClient, digest: str, deadline: Deadline) -> bytes:
-    what = f"signature blob {client.ref.name}@{digest}"
-
-    def attempt() -> bytes:
-        resp = client._get_ok("GET", f"{client.base}/blobs/{digest}", None, deadline, what)
-        return client.transport.read_body(resp, cap=limits.MAX_MANIFEST_BYTES, deadline=deadline, progress=None)
-
-    data = client.transport.with_retries(what, deadline, attempt)
-    if publish.digest_of(data) != digest:
-        raise errors.FetchError(f"{what}: content does not match its digest", reason=Reason.DOWNLOAD_FAILURE)
-    return data
+    return client.blob(digest, deadline, cap=limits.MAX_MANIFEST_BYTES)
 
 
 def _optional_manifest(client: oci.RegistryClient, ref: str, deadline: Deadline) -> dict[str, Any] | None:
@@ -136,7 +127,7 @@ def _tag_candidates(client: oci.RegistryClient, manifest_digest: str, deadline: 
             signature = base64.b64decode(encoded, validate=True)
         except ValueError:
             signature = b""
-        out.append(_Candidate("tag", payload, signature, _simple_signing_digest(payload)))
+        out.append(_Candidate("tag", payload, signature, simple_signing_digest(payload)))
     return out
 
 
@@ -178,7 +169,7 @@ def _bundle_candidate(bundle: bytes) -> _Candidate:
             raise _invalid("a Sigstore bundle's DSSE envelope is malformed") from None
         if payload_type != MT_INTOTO:
             raise _invalid(f"a Sigstore bundle's DSSE payload type is {payload_type!r}")
-        digests = _statement_digests(payload)
+        digests = statement_digests(payload)
         return _Candidate("bundle", pae(payload_type, payload), signature, digests[0] if len(digests) == 1 else "")
     message = doc.get("messageSignature")
     if isinstance(message, dict):
@@ -211,15 +202,16 @@ def _bundle_candidates(client: oci.RegistryClient, manifest_digest: str, deadlin
 # --- verification ------------------------------------------------------------------------------------------------
 
 
-def _verifies(candidate: _Candidate, key: PublicKey, manifest: bytes | None) -> bool:
+def _verifies(candidate: _Candidate, key: PublicKey, manifest: bytes) -> bool:
     if candidate.payload:
         return key.verify(candidate.payload, candidate.signature)
     # a message signature: over the manifest bytes (their sha256 is the signed digest)
-    return manifest is not None and key.verify(manifest, candidate.signature)
+    return key.verify(manifest, candidate.signature)
 
 
 def verify(client: oci.RegistryClient, manifest_digest: str, keys: Sequence[PublicKey], deadline: Deadline) -> Evidence:
-    """The first signature in either layout that one of ``keys`` verifies over exactly ``manifest_digest``."""
+    """The first signature in either layout that one of ``keys`` verifies over exactly ``manifest_digest``, with
+    the manifests and the layer that lead from it to the module (`oci.RegistryClient.locate`)."""
     if not keys:
         raise errors.ConfigError("signature verification needs at least one key")
     candidates = _tag_candidates(client, manifest_digest, deadline) + _bundle_candidates(
@@ -231,16 +223,23 @@ def verify(client: oci.RegistryClient, manifest_digest: str, keys: Sequence[Publ
         raise _invalid(
             f"{where} has no cosign signature (looked for tag {sig_tag(manifest_digest)} and Sigstore bundle referrers)"
         )
-    manifest: bytes | None = None
-    if any(not c.payload for c in candidates):
-        manifest = publish.canonical(client.manifest(manifest_digest, deadline)[1])
+    located = client.locate(manifest_digest, deadline)
     other_digest = ""
     for candidate in candidates:
         for key in keys:
-            if not _verifies(candidate, key, manifest):
+            if not _verifies(candidate, key, located.manifests[0]):
                 continue
             if candidate.signed_digest == manifest_digest:
-                return Evidence(candidate.layout, key.key_id, manifest_digest, candidate.payload, candidate.signature)
+                return Evidence(
+                    candidate.layout,
+                    key.key_id,
+                    manifest_digest,
+                    candidate.payload,
+                    candidate.signature,
+                    key_pem=key.pem(),
+                    manifests=located.manifests,
+                    layer=located.layer.digest,
+                )
             other_digest = other_digest or candidate.signed_digest or "nothing"
     if other_digest:
         raise _invalid(f"{where}: the signature by key {ids} is for {other_digest}, not this manifest")
@@ -248,29 +247,6 @@ def verify(client: oci.RegistryClient, manifest_digest: str, keys: Sequence[Publ
         f"{where}: {len(candidates)} signature(s) found, none verifies under key {ids} "
         "(signed with another key, or altered)"
     )
-
-
-def verify_evidence(evidence_json: dict[str, Any], key: PublicKey, manifest_digest: str) -> None:
-    """Check a signature the operator verified again, offline (the agent, when a push carries one)."""
-    try:
-        payload = base64.b64decode(str(evidence_json["payload"]))
-        signature = base64.b64decode(str(evidence_json["signature"]))
-        layout = str(evidence_json["layout"])
-    except (KeyError, ValueError):
-        raise _invalid("the push's signature evidence is malformed") from None
-    if not key.verify(payload, signature):
-        raise _invalid(f"the pushed signature does not verify under key {key.key_id}")
-    if layout == "tag":
-        signed = _simple_signing_digest(payload)
-    else:
-        prefix = pae(MT_INTOTO, b"")[: len(b"DSSEv1 ")]
-        if not payload.startswith(prefix):
-            raise _invalid("the pushed bundle signature is not over a DSSE envelope")
-        body = payload.split(b" ", 4)[4] if payload.count(b" ") >= 4 else b""
-        digests = _statement_digests(body)
-        signed = digests[0] if len(digests) == 1 else ""
-    if signed != manifest_digest:
-        raise _invalid(f"the pushed signature is for {signed or 'nothing'}, not {manifest_digest}")
 
 
 # --- signing -----------------------------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 Called by the controller when it builds the full push for one pod's agent (every agent-plane plugin that
 selects the pod). Pure: no I/O. The agent fetches each module from the operator's module server by sha256.
-Chain order is Istio's: phase (AUTHN, AUTHZ, STATS, UNSPECIFIED), then priority (higher first, unset last),
-then the caller's tie-break key (creation time, then namespace/name). ``matchRules`` become the resource's
-``match`` (the agent skips the plugin for requests no rule matches); per-rule pluginConfig is istio-only
-(`meshplug.spec` refuses it for the agent plane).
+A module the plugin demands be signed carries the verified signature and what binds it to the module
+(`protocol.ModuleSignature`, built from `fetch.Evidence`) and no precompiled artifact: the agent verifies the
+signature again and compiles the verified bytes itself. Chain order is Istio's: phase (AUTHN, AUTHZ, STATS,
+UNSPECIFIED), then priority (higher first, unset last), then the caller's tie-break key (creation time, then
+namespace/name). ``matchRules`` become the resource's ``match`` (the agent skips the plugin for requests no rule
+matches); per-rule pluginConfig is istio-only (`meshplug.spec` refuses it for the agent plane).
 """
 
 from __future__ import annotations
@@ -42,10 +44,27 @@ def extension_config(
         fail_strategy=protocol.FailStrategy(plugin.fail_strategy.value),
         match=match_of(plugin),
         compiled=None
-        if module.compiled is None
+        if module.compiled is None or module.signature is not None  # the signature does not cover machine code
         else protocol.CompiledArtifact(
             key=module.compiled.key, url=server.compiled_url(module.compiled.key), sha256=module.compiled.sha256
         ),
+        signature=None if module.signature is None else signature_of(module, server),
+    )
+
+
+def signature_of(module: model.Module, server: model.ModuleServer) -> protocol.ModuleSignature:
+    """What the operator verified, for the agent to verify again; a layer that wraps the module (a tar.gz) is
+    served beside it, by its own digest."""
+    evidence = module.signature
+    assert evidence is not None
+    layer = evidence.layer.removeprefix("sha256:")
+    return protocol.ModuleSignature(
+        key=evidence.key_pem,
+        layout=evidence.layout,
+        payload=evidence.payload,
+        signature=evidence.signature,
+        manifests=evidence.manifests,
+        layer_url="" if layer == module.sha256 else server.agent_url(layer),
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from meshplug import limits
 from meshplug.fetch import serve
+from meshplug.fetch.artifact import Evidence
 
 _SHA256 = re.compile(r"^[a-f0-9]{64}$")
 
@@ -36,11 +37,13 @@ class Compiled:
 @dataclass(frozen=True)
 class Module:
     """A validated module's bytes and identity (hex sha256 of the bytes); `compiled` when the operator has
-    its artifact for the agents."""
+    its artifact for the agents; `signature` when the plugin demands a signed module (what was verified, for the
+    agents to verify again)."""
 
     sha256: str
     data: bytes
     compiled: Compiled | None = None
+    signature: Evidence | None = None
 
     def __post_init__(self) -> None:
         if not _SHA256.match(self.sha256):

@@ -60,6 +60,13 @@ class PodReport:
     retry: str  # non-empty: a cause that heals by retrying (unreachable agent, a pod without IP yet)
 
 
+def served(module: model.Module) -> tuple[str, ...]:
+    """The blobs (sha256) an agent fetches from the module server for ``module``: the module, and the signed layer
+    blob it checks the module against when that layer wraps it (a tar.gz)."""
+    layer = module.signature.layer.removeprefix("sha256:") if module.signature is not None else module.sha256
+    return (module.sha256,) if layer == module.sha256 else (module.sha256, layer)
+
+
 def restarts_of(pod: Mapping[str, Any]) -> int:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     return sum(int(s.get("restartCount") or 0) for s in statuses)
@@ -169,7 +176,8 @@ class AgentDelivery:
             for key in [k for k in self._entries if k[0] == namespace and k[1] not in present]:
                 del self._entries[key]
 
-    def _desired(self, namespace: str, labels: Mapping[str, str]) -> tuple[str, tuple[Any, ...]]:
+    def _desired(self, namespace: str, labels: Mapping[str, str]) -> tuple[str, tuple[Any, ...], frozenset[str]]:
+        """The pod's set: its version, its resources, and the blobs (sha256) its agent fetches for it."""
         with self._lock:
             entries = [
                 (e.plugin, e.module, e.tie_break)
@@ -177,7 +185,7 @@ class AgentDelivery:
                 if ns == namespace and delivery.selects(e.plugin.selector_labels, labels)
             ]
         resources = agent_render.desired_set(entries, self.server)
-        return agent_render.version_of(resources), resources
+        return agent_render.version_of(resources), resources, frozenset(d for _, m, _ in entries for d in served(m))
 
     def _deliver(
         self, plugin: spec.PluginSpec, module: model.Module
@@ -232,7 +240,7 @@ class AgentDelivery:
             return f"{exc.reason}: {exc.message}", False
         if target is None:
             return "PodHasNoIP: the pod has no IP yet (not running)", False
-        version, resources = self._desired(meta["namespace"], meta.get("labels") or {})
+        version, resources, blobs = self._desired(meta["namespace"], meta.get("labels") or {})
         restarts = restarts_of(pod)
         with self._lock:
             lock = self._pod_locks.setdefault(pod_key, threading.Lock())
@@ -248,13 +256,13 @@ class AgentDelivery:
             ):
                 return state, False
             with self._lock:  # the module server lets this pod fetch these modules (before the push asks it to)
-                self._grants[pod_key] = frozenset(r.sha256 for r in resources) | self._grants.get(pod_key, frozenset())
+                self._grants[pod_key] = blobs | self._grants.get(pod_key, frozenset())
             started = time.monotonic()
             outcome = agents.push(target, version, resources, creds)
             self.metrics.pushed(outcome.result.value, time.monotonic() - started)
             if outcome.result is agents.Result.ACK:
                 with self._lock:
-                    self._grants[pod_key] = frozenset(r.sha256 for r in resources)
+                    self._grants[pod_key] = blobs
             new = PodState(target, restarts, outcome)
             with self._lock:
                 self._pods[pod_key] = new

@@ -1,0 +1,350 @@
+"""The agent verifies a signed module again (issue 18 §3): modules signed by the real cosign in the test bed's
+registry, fetched and verified by the operator's own code (`meshplug.fetch.Fetcher` with a key, its content cache
+served by `meshplug.fetch.serve.ModuleServer` over HTTPS with a bearer token, as the operator does), pushed to a
+real `meshplug agent` with the evidence `render.agent.signature_of` makes.
+
+Signed modules in cosign's tag layout (a wasm content layer), its bundle layout (a CNCF wasm artifact) and an OCI
+image whose layer is a tar.gz (the agent checks the layer blob and unpacks it) load; a signed resource's precompiled
+artifact is never fetched. Each broken link -- an altered signature, another key, an altered or swapped manifest, a
+signature for another image, another module, another layer blob, an evidence version the agent does not know --
+is a NACK ``signature_invalid`` naming it, and the agent keeps serving its last good set, also after a restart
+(which verifies the set from its state directory again).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import http.client
+import json
+import re
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshplug import errors, protocol
+from meshplug.fetch import Artifact, load_public_key, serve
+from meshplug.render import agent as agent_render
+from meshplug.render import model
+from tests.guests import minimal
+from tests.integration.test_fetch_oci import fetcher_for
+from tests.testbed import agent as tb_agent
+from tests.testbed import pki, procs
+from tests.testbed.fixtures_cosign import CosignKit
+from tests.testbed.registry import Registry
+
+PUSH_TOKEN = "push-token-0123456789"
+MODULE_TOKEN = "module-token-0123456789"
+
+
+class OneToken:
+    def check(self, token: str, sha256: str) -> None:
+        if token != MODULE_TOKEN:
+            raise errors.ProtocolError("token not accepted", reason="unauthorized")
+
+
+def _module(tag: str) -> bytes:
+    return minimal.passthrough(f'(data (i32.const 2048) "{tag}")')
+
+
+@dataclass(frozen=True)
+class Signed:
+    """One signed image as the operator verified it: the module, and its resource in a push."""
+
+    module: bytes
+    artifact: Artifact
+    resource: protocol.ExtensionConfig
+
+
+@dataclass
+class Bed:
+    registry: Registry
+    cosign: CosignKit
+    server: serve.ModuleServer
+    view: model.ModuleServer
+    signed: dict[str, Signed]  # by name: tag, bundle, image, other (an image signed like "tag")
+    ca_file: Path  # the module server's CA
+
+
+def _resource(name: str, artifact: Artifact, view: model.ModuleServer) -> protocol.ExtensionConfig:
+    module = model.Module(sha256=artifact.sha256, data=artifact.data, signature=artifact.signature)
+    return protocol.ExtensionConfig(
+        name=name,
+        root_id="",
+        url=view.agent_url(artifact.sha256),
+        sha256=artifact.sha256,
+        signature=agent_render.signature_of(module, view),
+    )
+
+
+@pytest.fixture(scope="module")
+def bed(cosign: CosignKit, registries: dict[str, Registry], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    registry = registries["plain"]
+    work = tmp_path_factory.mktemp("agent-signatures")
+    pushes = {  # name: (layout, signed in cosign's bundle layout)
+        "tag": ("wasm-content-single-layer", False),
+        "bundle": ("cncf-wasm-artifact", True),
+        "image": ("oci-image", False),
+        "other": ("wasm-content-single-layer", False),
+    }
+    fetcher = fetcher_for(registry, work)  # the operator's fetcher; its cache is what the module server serves
+    tls = pki.serving_pki(work / "tls", ca_cn="ca", server_cn="modules", dns_names=[], ip_addresses=["127.0.0.1"])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls.cert, tls.key)
+    key = load_public_key(cosign.signer.pub.read_bytes())
+    try:
+        artifacts = {}
+        for name, (layout, bundle) in pushes.items():
+            digest = registry.push_layout(layout, f"agentsig/{name}", "v1", _module(f"signed {name}"))
+            cosign.cosign.sign(registry, f"agentsig/{name}@{digest}", cosign.signer, bundle=bundle)
+            artifacts[name] = fetcher.fetch(registry.url(f"agentsig/{name}", "v1"), keys=[key])
+        with serve.ModuleServer(fetcher.cache, signing_key="k" * 32, access=OneToken(), ssl_context=context) as srv:
+            port = int(srv.base_url.rsplit(":", 1)[1])
+            view = model.ModuleServer(host="127.0.0.1", port=port, scheme="https", agent_port=port)
+            signed = {
+                name: Signed(_module(f"signed {name}"), art, _resource(name, art, view))
+                for name, art in artifacts.items()
+            }
+            yield Bed(registry, cosign, srv, view, signed, tls.ca_cert)
+    finally:
+        fetcher.close()
+
+
+def _agent(tmp_path: Path, bed: Bed, state: Path) -> tb_agent.Agent:
+    (tmp_path / "push-token").write_text(PUSH_TOKEN)
+    (tmp_path / "module-token").write_text(MODULE_TOKEN + "\n")
+    raw = tb_agent.base_config(
+        port=procs.free_port(),
+        admin_port=procs.free_port(),
+        clusters={"upstream": procs.free_port()},
+        push={
+            "address": "127.0.0.1",
+            "port": procs.free_port(),
+            "token_file": str(tmp_path / "push-token"),
+            "allow_plaintext": True,
+        },
+        state_dir=state,
+    )
+    raw["modules"] = {
+        "allow_loopback": True,  # the module server of this test listens on 127.0.0.1
+        "server": {
+            "url": bed.server.base_url,
+            "token_file": str(tmp_path / "module-token"),
+            "ca_file": str(bed.ca_file),
+        },
+    }
+    return tb_agent.start_agent(raw, work_dir=tmp_path / "cfg", log_dir=tmp_path, env={"MESHPLUG_CACHE": str(state)})
+
+
+def _push_json(agent: tb_agent.Agent, doc: dict[str, Any], status: int = 200) -> protocol.Reply:
+    """The agent's reply; ``status`` 400: a push it cannot decode (still a NACK saying why)."""
+    assert agent.push_port is not None
+    conn = http.client.HTTPConnection("127.0.0.1", agent.push_port, timeout=120)
+    try:
+        body = json.dumps(doc).encode()
+        conn.request("PUT", protocol.PUSH_PATH, body=body, headers=protocol.bearer(PUSH_TOKEN))
+        resp = conn.getresponse()
+        assert resp.status == status
+        return protocol.decode_reply(resp.read())
+    finally:
+        conn.close()
+
+
+def _push(agent: tb_agent.Agent, version: str, *resources: protocol.ExtensionConfig) -> protocol.Reply:
+    return _push_json(agent, protocol.Push(version, f"n-{version}", tuple(resources)).to_json())
+
+
+def _running(agent: tb_agent.Agent) -> list[tuple[str, str]]:
+    dump = agent.config_dump()
+    return [(p["name"], p["sha256"]) for p in dump["plugins"]]
+
+
+def _sig(res: protocol.ExtensionConfig) -> protocol.ModuleSignature:
+    assert res.signature is not None
+    return res.signature
+
+
+def _with_sig(res: protocol.ExtensionConfig, **changes: Any) -> protocol.ExtensionConfig:
+    return dataclasses.replace(res, signature=dataclasses.replace(_sig(res), **changes))
+
+
+def _flip(data: bytes, at: int = -1) -> bytes:
+    out = bytearray(data)
+    out[at] ^= 0x01
+    return bytes(out)
+
+
+# --- the tampered variants: (name, how the resource is changed, what the NACK says) --------------------------------
+
+Tamper = Callable[[Bed], protocol.ExtensionConfig]
+
+
+def _altered_signature(bed: Bed) -> protocol.ExtensionConfig:
+    res = bed.signed["tag"].resource
+    return _with_sig(res, signature=_flip(_sig(res).signature, 10))
+
+
+def _other_key(bed: Bed) -> protocol.ExtensionConfig:
+    return _with_sig(bed.signed["tag"].resource, key=bed.cosign.other.pub.read_text())
+
+
+def _other_key_bundle(bed: Bed) -> protocol.ExtensionConfig:
+    return _with_sig(bed.signed["bundle"].resource, key=bed.cosign.other.pub.read_text())
+
+
+def _altered_payload(bed: Bed) -> protocol.ExtensionConfig:
+    res = bed.signed["tag"].resource
+    payload = _sig(res).payload.replace(b'"docker-manifest-digest":"sha256:', b'"docker-manifest-digest": "sha256:')
+    assert payload != _sig(res).payload
+    return _with_sig(res, payload=payload)
+
+
+def _altered_manifest(bed: Bed) -> protocol.ExtensionConfig:
+    res = bed.signed["tag"].resource
+    manifest = json.loads(_sig(res).manifests[0])
+    manifest["annotations"] = {"tampered": "yes"}
+    return _with_sig(res, manifests=(json.dumps(manifest).encode(),))
+
+
+def _swapped_manifest(bed: Bed) -> protocol.ExtensionConfig:
+    """This image's signature, the other image's manifest (and module)."""
+    res, other = bed.signed["tag"].resource, bed.signed["other"].resource
+    return dataclasses.replace(
+        other,
+        name="tag",
+        signature=dataclasses.replace(_sig(other), payload=_sig(res).payload, signature=_sig(res).signature),
+    )
+
+
+def _signature_for_another_image(bed: Bed) -> protocol.ExtensionConfig:
+    """The other image's (valid) signature with this image's manifest and module."""
+    res, other = bed.signed["tag"].resource, bed.signed["other"].resource
+    return _with_sig(res, payload=_sig(other).payload, signature=_sig(other).signature)
+
+
+def _another_module(bed: Bed) -> protocol.ExtensionConfig:
+    """This image's evidence, the other image's module (served by the module server, sha256 and all)."""
+    other = bed.signed["other"].resource
+    return dataclasses.replace(bed.signed["tag"].resource, url=other.url, sha256=other.sha256)
+
+
+def _another_module_in_image(bed: Bed) -> protocol.ExtensionConfig:
+    other = bed.signed["other"].resource
+    return dataclasses.replace(bed.signed["image"].resource, url=other.url, sha256=other.sha256)
+
+
+def _another_layer_blob(bed: Bed) -> protocol.ExtensionConfig:
+    """The image's evidence, the layer URL naming another blob the module server has (the tag image's module)."""
+    return _with_sig(bed.signed["image"].resource, layer_url=bed.view.agent_url(bed.signed["other"].artifact.sha256))
+
+
+CASES: list[tuple[str, Tamper, str]] = [
+    ("altered signature", _altered_signature, r"the signature does not verify under key"),
+    ("another key (tag)", _other_key, r"the signature does not verify under key"),
+    ("another key (bundle)", _other_key_bundle, r"the signature does not verify under key"),
+    ("altered signed payload", _altered_payload, r"the signature does not verify under key"),
+    ("altered manifest", _altered_manifest, r"the manifest given has digest sha256:\w+, the signature is for"),
+    ("another image's manifest", _swapped_manifest, r"the manifest given has digest sha256:\w+, the signature is for"),
+    ("signature for another image", _signature_for_another_image, r"the manifest given has digest .* signature is for"),
+    ("another module", _another_module, r"the signed manifest's layer sha256:\w+ is not module sha256:"),
+    ("another module in an image", _another_module_in_image, r"the signed layer sha256:\w+ holds module sha256:"),
+]
+
+
+def test_signed_modules_load_and_every_broken_link_is_a_nack(bed: Bed, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    agent = _agent(tmp_path, bed, state)
+    try:
+        good = [bed.signed[n].resource for n in ("tag", "bundle", "image")]
+        # a signed resource never uses the operator's precompiled artifact (the signature does not cover it): this
+        # one points nowhere, and the push is ACKed all the same
+        key = f"{good[0].sha256}.0.0.0.{'0' * 16}.cwasm"
+        bogus = protocol.CompiledArtifact(key=key, url=bed.view.compiled_url(key), sha256="0" * 64)
+        good[0] = dataclasses.replace(good[0], compiled=bogus)
+        reply = _push(agent, "v1", *good)
+        assert reply.ack, reply.error_detail
+        expected = [(r.name, r.sha256) for r in good]
+        assert _running(agent) == expected
+        timings = agent.config_dump()["last_push"]["timings"]
+        assert timings["tag"]["signature"].startswith("tag signature, key ")
+        assert timings["bundle"]["signature"].startswith("bundle signature, key ")
+        image = bed.signed["image"].artifact.signature
+        assert image is not None and image.layer != f"sha256:{good[2].sha256}"  # a tar.gz layer, unpacked
+        assert f"layer {image.layer}" in timings["image"]["signature"]
+        assert "artifact" not in timings["tag"] and timings["tag"]["load"] == "miss"  # compiled here
+
+        for n, (name, tamper, message) in enumerate(CASES, start=2):
+            bad = tamper(bed)
+            others = [r for r in good if r.name != bad.name]
+            reply = _push(agent, f"v{n}", *others, bad)
+            assert not reply.ack and reply.error_detail is not None, name
+            detail = reply.error_detail
+            assert (detail.reason, detail.resource) == ("signature_invalid", bad.name), (name, detail)
+            assert re.search(message, detail.message), (name, detail.message)
+            assert agent.config_dump()["version_info"] == "v1", name  # the last good set keeps serving
+            assert _running(agent) == expected, name
+
+        # an evidence version this agent does not know: refused, never read halfway
+        doc = protocol.Push("v99", "n-v99", tuple(good)).to_json()
+        doc["resources"][0]["signature"]["version"] = 2
+        reply = _push_json(agent, doc, status=400)
+        assert not reply.ack and reply.error_detail is not None
+        assert "verifies signature evidence version 1 only" in reply.error_detail.message
+        assert _running(agent) == expected
+    finally:
+        agent.stop()
+
+    # a restart verifies the persisted set again: the signed set comes back
+    agent = _agent(tmp_path, bed, state)
+    try:
+        assert agent.config_dump()["version_info"] == "v1"
+        assert _running(agent) == expected
+    finally:
+        agent.stop()
+
+
+def test_a_fresh_agent_refuses_another_layer_blob(bed: Bed, tmp_path: Path) -> None:
+    """An agent without the image's layer blob fetches it from the push's layer_url: there it finds another
+    blob (the other image's module): NACK, nothing loaded; the right URL then loads. (An agent that has the signed
+    blob already uses it whatever the URL says: it is content-addressed.)"""
+    agent = _agent(tmp_path, bed, tmp_path / "state")
+    try:
+        reply = _push(agent, "v1", _another_layer_blob(bed))
+        assert not reply.ack and reply.error_detail is not None
+        assert reply.error_detail.reason == "signature_invalid"
+        assert re.search(
+            r"the layer blob given has digest sha256:\w+, the signed manifest names sha256:", reply.error_detail.message
+        )
+        assert agent.config_dump()["version_info"] == protocol.STATIC_VERSION and _running(agent) == []
+        image = bed.signed["image"].resource
+        reply = _push(agent, "v2", image)
+        assert reply.ack, reply.error_detail
+        assert _running(agent) == [("image", image.sha256)]
+    finally:
+        agent.stop()
+
+
+def test_a_tampered_state_directory_is_not_loaded(bed: Bed, tmp_path: Path) -> None:
+    """The persisted push's signature is altered on disk: on restart the agent refuses that set."""
+    state = tmp_path / "state"
+    agent = _agent(tmp_path, bed, state)
+    try:
+        reply = _push(agent, "v1", bed.signed["tag"].resource)
+        assert reply.ack, reply.error_detail
+    finally:
+        agent.stop()
+    last_good = state / "last_good.json"
+    doc = json.loads(last_good.read_text())
+    sig = doc["resources"][0]["signature"]
+    sig["signature"] = base64.b64encode(_flip(base64.b64decode(sig["signature"]), 10)).decode()
+    last_good.write_text(json.dumps(doc))
+    agent = _agent(tmp_path, bed, state)
+    try:
+        assert _running(agent) == []
+        assert "the signature does not verify under key" in agent.proc.log()
+    finally:
+        agent.stop()
