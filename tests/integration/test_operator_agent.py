@@ -14,23 +14,30 @@ reaches agents whose mount has the old token or only the new one.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import http.client
+import http.server
 import itertools
+import ssl
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from meshplug import limits
-from meshplug.controller import identity
+from meshplug.controller import identity, pki
 from tests.guests import minimal
 from tests.testbed import agent as agent_mod
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
 from tests.testbed import procs
+from tests.testbed.fixtures_cosign import CosignKit
 
 PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
 GOOD = minimal.passthrough('(data (i32.const 2048) "good")')
@@ -372,3 +379,133 @@ def test_a_rotated_push_token_reaches_agents_with_the_old_or_the_new_mount(bed: 
     confirmed(GOOD)
     metrics = bed.op.metrics()
     assert metrics['meshplug_operator_pushes_total{result="ack"}'] >= 3
+
+
+class TamperingModuleServer:
+    """What stands where the agents fetch modules (the module server's advertised HTTPS port) when someone holds a
+    certificate of the operator's CA: it relays to the real module server, and hands out other bytes for the
+    sha256s in `tamper`. The agent's checks are all that stand in its way."""
+
+    def __init__(self, port: int, upstream_port: int, ca_pem: bytes, cert: Path, key: Path) -> None:
+        self.tamper: dict[str, bytes] = {}
+        client = ssl.create_default_context(cadata=ca_pem.decode())
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                conn = http.client.HTTPSConnection("127.0.0.1", upstream_port, context=client, timeout=30)
+                try:
+                    conn.request("GET", self.path, headers={k: v for k, v in self.headers.items() if k != "Host"})
+                    resp = conn.getresponse()
+                    body = resp.read()
+                    sha = self.path.rsplit("/", 1)[-1].split("?")[0]
+                    if resp.status == 200 and sha in outer.tamper:
+                        body = outer.tamper[sha]
+                    self.send_response(resp.status)
+                    self.send_header("Content-Type", resp.getheader("Content-Type") or "application/octet-stream")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                finally:
+                    conn.close()
+
+            def log_message(self, fmt: str, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def _operator_ca(kube: kube_mod.Kube, ns: str) -> pki.Authority:
+    found: dict[str, Any] = {}
+
+    def made() -> bool:
+        status, body = kube.request("GET", f"/api/v1/namespaces/{ns}/secrets/meshplug-identity")
+        found.update(body if status == 200 else {})
+        return status == 200
+
+    procs.wait_until(made, timeout=60, what="the operator's identity Secret")
+    data = {k: base64.b64decode(v) for k, v in found["data"].items()}
+    return pki.Authority(data["ca.crt"], data["ca.key"])
+
+
+@pytest.mark.usefixtures("wasmplugin_crd")
+def test_a_signed_module_is_verified_again_by_the_agent(
+    kube: kube_mod.Kube,
+    kube_namespace: str,
+    tmp_path: Path,
+    registries: dict[str, Any],
+    cosign: CosignKit,
+) -> None:
+    """A WasmPlugin with verificationKey on the agent plane: the operator verifies the cosign signature, the push
+    carries it, the agent verifies it again (the layer blob of an OCI image, unpacked) and compiles the module
+    itself. When what the agent is handed is not what was signed -- here, bytes from whoever holds the module
+    server's address and a certificate of the operator's CA -- the agent NACKs signature_invalid, the plugin's
+    status says so (AgentNACK, the pod and the reason), and the agent keeps running the last good module."""
+    registry = registries["plain"]
+    v1, v2 = minimal.passthrough('(data (i32.const 2048) "signed-v1")'), GOOD_V2
+    for tag, layout, data in (("v1", "oci-image", v1), ("v2", "wasm-content-single-layer", v2)):
+        digest = registry.push_layout(layout, "meshplug/signed", tag, data)
+        cosign.cosign.sign(registry, f"meshplug/signed@{digest}", cosign.signer)
+    relay_port = procs.free_port()
+    op = operator_mod.start_operator(
+        kube.kubeconfig,
+        tmp_path,
+        namespaces=[kube_namespace],
+        extra=[f"--insecure-registry={registry.host}", f"--module-tls-port={relay_port}"],  # agents go to the relay
+    )
+    authority = _operator_ca(kube, kube_namespace)
+    issued = authority.issue("meshplug-modules", client=False, validity=timedelta(hours=1), ip_addresses=["127.0.0.1"])
+    (tmp_path / "relay.crt").write_bytes(issued.cert_pem)
+    (tmp_path / "relay.key").write_bytes(issued.key_pem)
+    relay = TamperingModuleServer(
+        relay_port, op.module_tls_port, authority.cert_pem, tmp_path / "relay.crt", tmp_path / "relay.key"
+    )
+    # the injected agents' module server is the advertised one: the relay
+    b = Bed(kube, kube_namespace, tmp_path, tmp_path, dataclasses.replace(op, module_tls_port=relay_port), {})
+    try:
+        a = b.pod("a", {"app": "signed"})
+        assert a is not None
+        key = cosign.signer.pub.read_text()
+        spec = {"selector": {"matchLabels": {"app": "signed"}}, "dataPlane": "agent", "verificationKey": key}
+        b.plugin("signed", {**spec, "url": registry.url("meshplug/signed", "v1")})
+        assert b.wait_ready("signed", "True", "Confirmed", "1/1")["digest"] == f"sha256:{sha(v1)}"
+        name = f"{kube_namespace}.signed"
+        assert running(a) == [(name, sha(v1))]
+        timings = a.config_dump()["last_push"]["timings"][name]
+        assert timings["signature"].startswith("tag signature, key ") and "artifact" not in timings
+
+        # v2 is signed too; the relay hands the agent other bytes under its sha256
+        relay.tamper[sha(v2)] = minimal.passthrough('(data (i32.const 2048) "not what was signed")')
+        b.patch_plugin("signed", {"url": registry.url("meshplug/signed", "v2")})
+        st = b.wait_ready("signed", "False", "AgentNACK", "0/1")
+        failing = st["failingPods"][0]
+        assert failing["name"] == "a" and "signature_invalid" in failing["message"], failing
+        assert "not the signed module" in failing["message"], failing
+        procs.wait_until(
+            lambda: any(r == "AgentNACK" and "signature_invalid" in m for _, r, m in b.events("signed")),
+            timeout=30,
+            what="an AgentNACK Event",
+        )
+        assert running(a) == [(name, sha(v1))]  # the last good module keeps running
+
+        # the relay stops tampering: the next push (a NACK waits for a change, as in Envoy's ECDS) loads v2
+        relay.tamper.clear()
+        b.patch_plugin("signed", {"pluginConfig": {"pushed": "again"}})
+        b.wait_ready("signed", "True", "Confirmed", "1/1")
+        assert running(a) == [(name, sha(v2))]
+    finally:
+        relay.close()
+        op.stop()
+        for agent in b.agents.values():
+            agent.stop()
+        print(op.proc.log()[-6000:])
