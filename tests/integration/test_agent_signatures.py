@@ -26,25 +26,17 @@ from typing import Any
 
 import pytest
 
-from meshplug import errors, protocol
+from meshplug import protocol
 from meshplug.fetch import Artifact, load_public_key, serve
 from meshplug.render import agent as agent_render
 from meshplug.render import model
 from tests.guests import minimal
+from tests.integration.test_agent_modules import MODULE_TOKEN, PUSH_TOKEN, OneToken
 from tests.integration.test_fetch_oci import fetcher_for
 from tests.testbed import agent as tb_agent
 from tests.testbed import pki, procs
 from tests.testbed.fixtures_cosign import CosignKit
 from tests.testbed.registry import Registry
-
-PUSH_TOKEN = "push-token-0123456789"
-MODULE_TOKEN = "module-token-0123456789"
-
-
-class OneToken:
-    def check(self, token: str, sha256: str) -> None:
-        if token != MODULE_TOKEN:
-            raise errors.ProtocolError("token not accepted", reason="unauthorized")
 
 
 def _module(tag: str) -> bytes:
