@@ -1,4 +1,4 @@
-"""The agent verifies a signed module again (issue 18 §3): modules signed by the real cosign in the test bed's
+"""The agent verifies a signed module again: modules signed by the real cosign in the test bed's
 registry, fetched and verified by the operator's own code (`meshplug.fetch.Fetcher` with a key, its content cache
 served by `meshplug.fetch.serve.ModuleServer` over HTTPS with a bearer token, as the operator does), pushed to a
 real `meshplug agent` with the evidence `render.agent.signature_of` makes.
