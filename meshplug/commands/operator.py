@@ -48,7 +48,9 @@ WasmPlugin (meshplug.io/v1alpha1) takes Istio's WasmPlugin fields plus:
                                   under this key (tag or Sigstore bundle layout) for its manifest digest, else
                                   Ready=False SignatureInvalid and nothing is delivered (the last good stays)
 Signature policy: --require-signatures refuses every module not signed under the plugin's verificationKey
-or, for plugins without one, under a --trusted-key.
+or, for plugins without one, under a --trusted-key. A signed module's push carries the signature: the agent
+verifies it again before loading (NACK signature_invalid otherwise). Chart values: signatures.require,
+signatures.trustedKeys.
 
 SSRF guard (every connection of a module fetch, redirects and token realms included): link-local
 (169.254.0.0/16, fe80::/10) and cloud-metadata addresses are always refused; loopback (127.0.0.0/8,

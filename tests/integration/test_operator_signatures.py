@@ -2,7 +2,8 @@
 the real cosign in the test bed's registry: a signed module (tag or bundle layout) becomes Ready; an unsigned
 module and one signed by another key are refused before anything rolls out (Ready=False SignatureInvalid, a
 Warning Event SignatureInvalid, no EnvoyFilter); when a Ready plugin's new module is unsigned, its last good
-module keeps being delivered. `--require-signatures` refuses plugins without a key of their own."""
+module keeps being delivered. `--require-signatures` refuses plugins without a key of their own; the chart's
+``signatures`` values set that policy with trusted keys."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.guests import minimal
 from tests.integration.test_kube_operator import PLUGINS, _events, _plugin, _wait_condition
+from tests.testbed import helm as helm_mod
+from tests.testbed import installed, procs, promtext
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
-from tests.testbed import procs, promtext
 from tests.testbed.fixtures_cosign import CosignKit
 from tests.testbed.registry import Registry
 
@@ -162,3 +165,58 @@ def test_verification_key_gates_rollout(  # noqa: PLR0915 - one story, read top 
         check=False,
     )
     assert unreachable.returncode == 4 and "cannot reach the Kubernetes API" in unreachable.stderr, unreachable.stderr
+
+
+@pytest.mark.usefixtures("wasmplugin_crd", "envoyfilter_crd")
+def test_the_charts_signature_values_decide(
+    kube: kube_mod.Kube, kube_namespace: str, registries: dict[str, Registry], cosign: CosignKit, tmp_path: Path
+) -> None:
+    """``helm install`` with ``signatures.require`` and ``signatures.trustedKeys`` (rendered as --require-signatures
+    and one --trusted-key file each, from a ConfigMap the pod mounts), the operator run with the installed
+    Deployment's flags: a plugin without verificationKey is Ready when its module is signed under a trusted key;
+    unsigned or signed under another key, it is refused (SignatureInvalid) and nothing rolls out."""
+    registry = registries["tls"]  # the chart has no insecure-registry switch: its CA goes in operator.trustedCA
+    assert registry.ca_file is not None
+    signed = minimal.passthrough('(data (i32.const 2048) "chart signed")')
+    digest = registry.push_layout("wasm-content-single-layer", "chart/signed", "v1", signed)
+    cosign.cosign.sign(registry, f"chart/signed@{digest}", cosign.signer)
+    registry.push_layout("wasm-content-single-layer", "chart/unsigned", "v1", UNSIGNED)
+    other = registry.push_layout("wasm-content-single-layer", "chart/other", "v1", UNSIGNED)
+    cosign.cosign.sign(registry, f"chart/other@{other}", cosign.other)
+
+    ns, helm_home = kube_namespace, tmp_path / "helm"
+    webhook = installed.Webhook.make(tmp_path / "webhook")
+    values: dict[str, Any] = {
+        **webhook.values(),
+        "crds": {"enabled": False, "keep": True},  # the fixture's CRDs
+        "watchNamespaces": [ns],
+        "operator": {"trustedCA": registry.ca_file.read_text()},
+        "signatures": {"require": True, "trustedKeys": [cosign.signer.pub.read_text()]},
+    }
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    helm_mod.helm(
+        ["install", "sig", str(helm_mod.CHART), "-n", ns, "-f", str(tmp_path / "values.yaml")],
+        kubeconfig=kube.kubeconfig,
+        home=helm_home,
+    )
+    try:
+        op = installed.start_operator(kube, ns, "sig-meshplug", tmp_path / "operator", webhook=webhook)
+        try:
+            flags = [a for a in op.proc.argv if a.startswith(("--require-signatures", "--trusted-key"))]
+            assert flags[0] == "--require-signatures" and len(flags) == 2, op.proc.argv
+            url = f"oci://{registry.host}/chart"
+            _plugin(kube, ns, "trusted", {"url": f"{url}/signed:v1"})
+            _plugin(kube, ns, "unsigned", {"url": f"{url}/unsigned:v1"})
+            _plugin(kube, ns, "otherkey", {"url": f"{url}/other:v1"})
+            obj = _wait_condition(kube, ns, "trusted", "Ready", status="True", reason="Applied")
+            assert obj["status"]["digest"] == "sha256:" + hashlib.sha256(signed).hexdigest()
+            _refused(kube, ns, "unsigned", "has no cosign signature")
+            _refused(kube, ns, "otherkey", "none verifies under key")
+            for name in ("unsigned", "otherkey"):
+                ef = f"/apis/networking.istio.io/v1alpha3/namespaces/{ns}/envoyfilters/meshplug-{name}"
+                assert kube.request("GET", ef)[0] == 404
+        finally:
+            op.stop()
+            print(op.proc.log()[-4000:])
+    finally:
+        helm_mod.helm(["uninstall", "sig", "-n", ns], kubeconfig=kube.kubeconfig, home=helm_home)

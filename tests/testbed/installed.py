@@ -133,6 +133,20 @@ def _mounted_ca(kube: kube_mod.Kube, namespace: str, fullname: str, work: Path, 
     return f"--extra-ca-file={path}"
 
 
+def _mounted_key(kube: kube_mod.Kube, namespace: str, fullname: str, work: Path, flag: str) -> str:
+    """``--trusted-key`` names a key of the chart's ``signatures.trustedKeys`` ConfigMap as the pod mounts it: the
+    same file here, written from that ConfigMap."""
+    if not flag.startswith("--trusted-key=/etc/meshplug/signature-keys/"):
+        return flag
+    name = flag.rsplit("/", 1)[1]
+    status, cm = kube.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{fullname}-signature-keys")
+    assert status == 200, cm
+    path = work / "signature-keys" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(cm["data"][name])
+    return f"--trusted-key={path}"
+
+
 def start_operator(
     kube: kube_mod.Kube,
     namespace: str,
@@ -154,7 +168,10 @@ def start_operator(
     token = kube.service_account_token(namespace, service_account(fullname))
     kubeconfig = kube.kubeconfig_for(token, sa_user, work / f"{name}.kubeconfig")
     env = {"POD_NAMESPACE": namespace}  # as the Deployment's downward API sets it
-    flags = [_mounted_ca(kube, namespace, fullname, work, f) for f in operator_flags(deployment, work)]
+    flags = [
+        _mounted_key(kube, namespace, fullname, work, _mounted_ca(kube, namespace, fullname, work, f))
+        for f in operator_flags(deployment, work)
+    ]
     if webhook is not None:
         status, cm = kube.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{fullname}-webhook")
         assert status == 200, cm

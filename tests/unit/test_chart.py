@@ -72,6 +72,8 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         ("wrong type", _with("operator.replicas", "two")),
         ("plain http webhook url", _with("webhook.url", "http://127.0.0.1:9443")),
         ("bad failure policy", _with("validation.failurePolicy", "Open")),
+        ("signature key not PEM", _with("signatures.trustedKeys", ["cosign.pub"])),
+        ("signature policy typo", _with("signatures.required", True)),
     ],
 )
 def test_values_typos_fail_the_schema(case: str, values: dict[str, Any]) -> None:
@@ -91,6 +93,8 @@ def test_secure_defaults_are_values() -> None:
     assert VALUES["injection"]["failurePolicy"] == "Fail" and VALUES["validation"]["failurePolicy"] == "Fail"
     # the SSRF guard refuses loopback in a cluster (only a local test bed turns it on)
     assert VALUES["ssrf"] == {"allowLoopback": False, "blockCIDRs": []}
+    # a verificationKey is enforced always; the policy for plugins without one is opt-in
+    assert VALUES["signatures"] == {"require": False, "trustedKeys": []}
 
 
 def test_chart_crds_are_a_verbatim_copy_of_crds_dir() -> None:

@@ -45,6 +45,9 @@ def test_operator_help_and_the_chart_document_the_ssrf_switches(capsys: pytest.C
     values = (Path(__file__).resolve().parents[2] / "charts" / "meshplug" / "values.yaml").read_text()
     ssrf = values[values.index("# -- the SSRF guard") : values.index("blockCIDRs: []")]
     assert "operator --allow-loopback" in ssrf and "operator --block-cidr" in ssrf, ssrf
+    assert "Chart values: signatures.require, signatures.trustedKeys" in text, text
+    signatures = values[values.index("# -- cosign signature policy") : values.index("trustedKeys: []")]
+    assert "operator --require-signatures" in signatures and "operator --trusted-key" in signatures, signatures
 
 
 @pytest.mark.parametrize(
