@@ -102,7 +102,7 @@ NO_COMPILER = {"CC": "false"}
 INTERPRETED = {
     "extension": False,
     "compiled": False,
-    "reason": "built without the C extension and the mypyc modules (no C compiler at build time?)",
+    "reason": "built without the C extensions and the mypyc modules (no C compiler at build time?)",
 }
 
 
