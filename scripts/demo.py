@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import json
 import shutil
 import signal
 import sys
@@ -50,6 +49,7 @@ if str(REPO) not in sys.path:  # run as a script: make `meshplug` and `tests.tes
     sys.path.insert(0, str(REPO))
 
 from meshplug import injection  # noqa: E402
+from tests.corpus import modules as corpus_modules  # noqa: E402
 from tests.testbed import helm as helm_mod  # noqa: E402
 from tests.testbed import node as node_mod  # noqa: E402
 from tests.testbed import origin as origin_mod  # noqa: E402
@@ -163,14 +163,12 @@ class Demo:
 
 
 def corpus_module(key: str) -> tuple[Path, str]:
-    """(wasm path, sha256) of a built corpus plugin from ~/.cache/meshplug/plugins/index.json."""
-    index_path = procs.cache_dir("plugins") / "index.json"
-    if not index_path.exists():
-        raise DemoError(f"{index_path} missing: run `make plugins` (make demo does)", "corpus")
-    entry = json.loads(index_path.read_text()).get(key)
-    if not entry or not Path(entry["path"]).exists():
-        raise DemoError(f"corpus plugin {key} is not built: run `make plugins`", "corpus")
-    return Path(entry["path"]), str(entry["sha256"])
+    """(wasm path, sha256) of a corpus plugin as `make plugins` built it from this tree's sources."""
+    try:
+        built = corpus_modules.module(key)
+    except KeyError as exc:
+        raise DemoError(str(exc.args[0]), "corpus") from None
+    return built.path, built.sha256
 
 
 def request(port: int, path: str = "/", conn: http.client.HTTPConnection | None = None) -> tuple[int, dict[str, str]]:

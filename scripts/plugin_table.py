@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the corpus table of examples/filters/README.md from the built modules and their specs.
 
-For every built plugin ($MESHPLUG_CACHE/plugins/index.json, written by `make plugins`): SDK, plugin, the
+For every plugin of this tree, as `make plugins` built it (tests/corpus/modules.py finds it): SDK, plugin, the
 behaviours its spec.yaml lists, module size, the proxy-wasm ABI version marker and the start entry point,
 both read from the module's exports with wasmtime. The table goes between the `corpus-table` markers of the
 README; the rest of the README is left alone.
@@ -13,8 +13,6 @@ Usage: plugin_table.py            print the table
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -22,19 +20,15 @@ import wasmtime
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: make `tests.corpus` importable
+    sys.path.insert(0, str(REPO))
+
+from tests.corpus import modules  # noqa: E402
+
 FILTERS = REPO / "examples" / "filters"
 README = FILTERS / "README.md"
 BEGIN, END = "<!-- corpus-table:begin (scripts/plugin_table.py --write) -->", "<!-- corpus-table:end -->"
 MARKERS = ("proxy_abi_version_0_1_0", "proxy_abi_version_0_2_0", "proxy_abi_version_0_2_1")
-
-
-def index() -> dict[str, dict[str, object]]:
-    base = Path(os.environ.get("MESHPLUG_CACHE", Path.home() / ".cache" / "meshplug"))
-    path = base / "plugins" / "index.json"
-    if not path.exists():
-        raise SystemExit(f"{path} missing: run `make plugins` first")
-    data: dict[str, dict[str, object]] = json.loads(path.read_text())
-    return data
 
 
 def exports(engine: wasmtime.Engine, path: Path) -> list[str]:
@@ -42,9 +36,9 @@ def exports(engine: wasmtime.Engine, path: Path) -> list[str]:
     return [e.name for e in module.exports]
 
 
-def row(engine: wasmtime.Engine, key: str, entry: dict[str, object]) -> str:
-    sdk, name = key.split("/", 1)
-    names = exports(engine, Path(str(entry["path"])))
+def row(engine: wasmtime.Engine, built: modules.BuiltModule) -> str:
+    sdk, name = built.key.split("/", 1)
+    names = exports(engine, built.path)
     marker = next((m.removeprefix("proxy_abi_version_").replace("_", ".") for m in MARKERS if m in names), "none")
     start = next((e for e in ("_initialize", "_start") if e in names), "start section / none")
     spec_path = FILTERS / sdk / name / "spec.yaml"
@@ -54,8 +48,7 @@ def row(engine: wasmtime.Engine, key: str, entry: dict[str, object]) -> str:
         behaviours = ", ".join(spec.get("behaviours") or []) or "-"
         if spec.get("envoy_broken"):
             behaviours += " (Envoy-broken)"
-    size = int(str(entry["size"]))
-    return f"| {sdk} | [{name}]({sdk}/{name}/) | {behaviours} | {size / 1024:,.0f} KiB | {marker} | {start} |"
+    return f"| {sdk} | [{name}]({sdk}/{name}/) | {behaviours} | {built.size / 1024:,.0f} KiB | {marker} | {start} |"
 
 
 def table() -> str:
@@ -64,7 +57,11 @@ def table() -> str:
         "| SDK | plugin | behaviours | module size | ABI marker | entry |",
         "|---|---|---|---:|---|---|",
     ]
-    lines += [row(engine, key, entry) for key, entry in sorted(index().items())]
+    try:
+        built = modules.all_modules()
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
+    lines += [row(engine, built[key]) for key in sorted(built)]
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""Every built corpus module (`make plugins`, $MESHPLUG_CACHE/plugins/index.json) is accepted by the validator
+"""Every built corpus module (`make plugins`, found from this tree's sources) is accepted by the validator
 and described as its SDK builds it: ABI marker, entry point, allocator, imports, kind (from its spec.yaml)."""
 
 from __future__ import annotations
