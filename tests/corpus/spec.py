@@ -198,7 +198,7 @@ class Spec:
     description: str
     type: Literal["http", "network"]
     behaviours: tuple[str, ...]
-    plugins: tuple[PluginSpec, ...]
+    plugins: tuple[PluginSpec, ...]  # () when `bootstrap` gives the chain
     clusters: tuple[ClusterSpec, ...]
     start_logs: tuple[LogExpect, ...]
     http_cases: tuple[HttpCase, ...]
@@ -619,7 +619,8 @@ def parse(raw: object, *, key: str, path: Path) -> Spec:
     default_plugin: dict[str, str] = {}
     if key.split("/", maxsplit=1)[0] == LUA_DIR:
         default_plugin = {"lua": LUA_DEFAULT_FILE, "name": key.rsplit("/", maxsplit=1)[-1]}
-    raw_plugins = top.list_("plugins") or [default_plugin]
+    # a bootstrap gives the chain itself: no default plugin stands in for it
+    raw_plugins = [] if template is not None else top.list_("plugins") or [default_plugin]
     plugins = tuple(_plugin(top.at_index("plugins", i), p, key, path.parent) for i, p in enumerate(raw_plugins))
     clusters = _clusters(top)
     http_cases, network_cases = _cases(top, kind, upstream_kind)
