@@ -55,7 +55,7 @@ debian-root: system
 	scripts/install-debian-root.sh >/dev/null
 
 integration: setup system native plugins kube helm istio cosign debian-root
-	MESHPLUG_REQUIRE_NATIVE=1 $(BIN)/pytest tests/integration -m integration -q
+	MESHPLUG_REQUIRE_NATIVE=1 $(BIN)/pytest tests/integration -m integration -q --durations=30
 
 # The whole suite: quality gates, fast unit tests, then integration tests against the real test bed.
 test: lint unit integration
