@@ -106,7 +106,7 @@ def bed(cosign: CosignKit, registries: dict[str, Registry], tmp_path_factory: py
         fetcher.close()
 
 
-def _agent(tmp_path: Path, bed: Bed, state: Path) -> tb_agent.Agent:
+def _agent(tmp_path: Path, bed: Bed, state: Path, *, concurrency: int = 1) -> tb_agent.Agent:
     (tmp_path / "push-token").write_text(PUSH_TOKEN)
     (tmp_path / "module-token").write_text(MODULE_TOKEN + "\n")
     raw = tb_agent.base_config(
@@ -129,7 +129,9 @@ def _agent(tmp_path: Path, bed: Bed, state: Path) -> tb_agent.Agent:
             "ca_file": str(bed.ca_file),
         },
     }
-    return tb_agent.start_agent(raw, work_dir=tmp_path / "cfg", log_dir=tmp_path, env={"MESHPLUG_CACHE": str(state)})
+    return tb_agent.start_agent(
+        raw, work_dir=tmp_path / "cfg", log_dir=tmp_path, env={"MESHPLUG_CACHE": str(state)}, concurrency=concurrency
+    )
 
 
 def _push_json(agent: tb_agent.Agent, doc: dict[str, Any], status: int = 200) -> protocol.Reply:
@@ -338,5 +340,23 @@ def test_a_tampered_state_directory_is_not_loaded(bed: Bed, tmp_path: Path) -> N
     try:
         assert _running(agent) == []
         assert "the signature does not verify under key" in agent.proc.log()
+    finally:
+        agent.stop()
+
+
+def test_every_worker_loads_only_what_the_signature_covers(bed: Bed, tmp_path: Path) -> None:
+    """``--concurrency 2``: the parent prepares the set and each worker loads it again, the signature checked
+    there too (from the shared caches); a tampered push leaves every worker on the last good set."""
+    agent = _agent(tmp_path, bed, tmp_path / "state", concurrency=2)
+    try:
+        good = [bed.signed[n].resource for n in ("tag", "image")]
+        reply = _push(agent, "v1", *good)
+        assert reply.ack, reply.error_detail
+        assert _running(agent) == [(r.name, r.sha256) for r in good]
+        reply = _push(agent, "v2", good[0], _another_module_in_image(bed))
+        assert not reply.ack and reply.error_detail is not None
+        assert reply.error_detail.reason == "signature_invalid", reply.error_detail
+        assert agent.config_dump()["version_info"] == "v1"
+        assert _running(agent) == [(r.name, r.sha256) for r in good]
     finally:
         agent.stop()
