@@ -19,7 +19,10 @@ import hashlib
 import http.client
 import http.server
 import itertools
+import json
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -497,6 +500,15 @@ def test_a_signed_module_is_verified_again_by_the_agent(
             what="an AgentNACK Event",
         )
         assert running(a) == [(name, sha(v1))]  # the last good module keeps running
+        # and `meshplug status`, as a kubectl user runs it, names the pod and why
+        argv = [sys.executable, "-m", "meshplug", "status", "signed", "-n", kube_namespace, "-o", "json"]
+        shown = subprocess.run(
+            [*argv, "--kubeconfig", str(kube.kubeconfig)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert shown.returncode == 1, shown.stderr
+        (pod,) = json.loads(shown.stdout)["podStatus"]
+        assert (pod["pod"], pod["state"], pod["reason"]) == ("a", "Failing", "AgentNACK"), pod
+        assert "signature_invalid" in pod["message"], pod
 
         # the relay stops tampering: the next push (a NACK waits for a change, as in Envoy's ECDS) loads v2
         relay.tamper.clear()
