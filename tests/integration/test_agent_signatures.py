@@ -3,12 +3,13 @@ registry, fetched and verified by the operator's own code (`meshplug.fetch.Fetch
 served by `meshplug.fetch.serve.ModuleServer` over HTTPS with a bearer token, as the operator does), pushed to a
 real `meshplug agent` with the evidence `render.agent.signature_of` makes.
 
-Signed modules in cosign's tag layout (a wasm content layer), its bundle layout (a CNCF wasm artifact) and an OCI
-image whose layer is a tar.gz (the agent checks the layer blob and unpacks it) load; a signed resource's precompiled
-artifact is never fetched. Each broken link -- an altered signature, another key, an altered or swapped manifest, a
-signature for another image, another module, another layer blob, an evidence version the agent does not know --
-is a NACK ``signature_invalid`` naming it, and the agent keeps serving its last good set, also after a restart
-(which verifies the set from its state directory again).
+Signed modules in cosign's tag layout (a wasm content layer), its bundle layout (a CNCF wasm artifact), an OCI
+image whose layer is a tar.gz (the agent checks the layer blob and unpacks it) and a signed image index (the
+manifest it leads to checked too) load; a signed resource's precompiled artifact is never fetched. Each broken
+link -- an altered signature, another key, an altered or swapped manifest, a signature for another image, an index
+leading to another manifest, another module, another layer blob, an evidence version the agent does not know -- is
+a NACK ``signature_invalid`` naming it, and the agent keeps serving its last good set, also after a restart (which
+verifies the set from its state directory again) and in every worker of an agent with --concurrency.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tests.integration.test_fetch_oci import fetcher_for
 from tests.testbed import agent as tb_agent
 from tests.testbed import pki, procs
 from tests.testbed.fixtures_cosign import CosignKit
-from tests.testbed.registry import Registry
+from tests.testbed.registry import OCI_MANIFEST, Registry
 
 
 def _module(tag: str) -> bytes:
@@ -73,6 +74,19 @@ def _resource(name: str, artifact: Artifact, view: model.ModuleServer) -> protoc
     )
 
 
+def _push_index(registry: Registry, repo: str, manifest_digest: str) -> str:
+    """Tag ``v1`` of ``repo`` becomes an OCI image index whose wasm entry is ``manifest_digest``; its digest."""
+    resp = registry.api("GET", f"/v2/{repo}/manifests/{manifest_digest}", headers={"Accept": OCI_MANIFEST})
+    assert resp.status_code == 200, resp.text
+    entry = {"mediaType": OCI_MANIFEST, "digest": manifest_digest, "size": len(resp.content)}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{**entry, "platform": {"os": "wasip1", "architecture": "wasm"}}],
+    }
+    return registry.push_manifest(repo, "v1", index)
+
+
 @pytest.fixture(scope="module")
 def bed(cosign: CosignKit, registries: dict[str, Registry], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     registry = registries["plain"]
@@ -82,6 +96,7 @@ def bed(cosign: CosignKit, registries: dict[str, Registry], tmp_path_factory: py
         "bundle": ("cncf-wasm-artifact", True),
         "image": ("oci-image", False),
         "other": ("wasm-content-single-layer", False),
+        "index": ("oci-image", False),
     }
     fetcher = fetcher_for(registry, work)  # the operator's fetcher; its cache is what the module server serves
     tls = pki.serving_pki(work / "tls", ca_cn="ca", server_cn="modules", dns_names=[], ip_addresses=["127.0.0.1"])
@@ -92,6 +107,8 @@ def bed(cosign: CosignKit, registries: dict[str, Registry], tmp_path_factory: py
         artifacts = {}
         for name, (layout, bundle) in pushes.items():
             digest = registry.push_layout(layout, f"agentsig/{name}", "v1", _module(f"signed {name}"))
+            if name == "index":  # an image index (signed) leading to that image
+                digest = _push_index(registry, f"agentsig/{name}", digest)
             cosign.cosign.sign(registry, f"agentsig/{name}@{digest}", cosign.signer, bundle=bundle)
             artifacts[name] = fetcher.fetch(registry.url(f"agentsig/{name}", "v1"), keys=[key])
         with serve.ModuleServer(fetcher.cache, signing_key="k" * 32, access=OneToken(), ssl_context=context) as srv:
@@ -236,6 +253,13 @@ def _another_layer_blob(bed: Bed) -> protocol.ExtensionConfig:
     return _with_sig(bed.signed["image"].resource, layer_url=bed.view.agent_url(bed.signed["other"].artifact.sha256))
 
 
+def _index_leads_elsewhere(bed: Bed) -> protocol.ExtensionConfig:
+    """The signed index, then another image's manifest (and its module) as the one it leads to."""
+    res, other = bed.signed["index"].resource, bed.signed["image"].resource
+    swapped = dataclasses.replace(_sig(res), manifests=(_sig(res).manifests[0], _sig(other).manifests[0]))
+    return dataclasses.replace(res, url=other.url, sha256=other.sha256, signature=swapped)
+
+
 CASES: list[tuple[str, Tamper, str]] = [
     ("altered signature", _altered_signature, r"the signature does not verify under key"),
     ("another key (tag)", _other_key, r"the signature does not verify under key"),
@@ -244,6 +268,7 @@ CASES: list[tuple[str, Tamper, str]] = [
     ("altered manifest", _altered_manifest, r"the manifest given has digest sha256:\w+, the signature is for"),
     ("another image's manifest", _swapped_manifest, r"the manifest given has digest sha256:\w+, the signature is for"),
     ("signature for another image", _signature_for_another_image, r"the manifest given has digest .* signature is for"),
+    ("an index leading elsewhere", _index_leads_elsewhere, r"the signed image index leads to manifest sha256:\w+, "),
     ("another module", _another_module, r"the signed manifest's layer sha256:\w+ is not module sha256:"),
     ("another module in an image", _another_module_in_image, r"the signed layer sha256:\w+ holds module sha256:"),
 ]
@@ -253,7 +278,7 @@ def test_signed_modules_load_and_every_broken_link_is_a_nack(bed: Bed, tmp_path:
     state = tmp_path / "state"
     agent = _agent(tmp_path, bed, state)
     try:
-        good = [bed.signed[n].resource for n in ("tag", "bundle", "image")]
+        good = [bed.signed[n].resource for n in ("tag", "bundle", "image", "index")]
         # a signed resource never uses the operator's precompiled artifact (the signature does not cover it): this
         # one points nowhere, and the push is ACKed all the same
         key = f"{good[0].sha256}.0.0.0.{'0' * 16}.cwasm"
@@ -269,6 +294,8 @@ def test_signed_modules_load_and_every_broken_link_is_a_nack(bed: Bed, tmp_path:
         image = bed.signed["image"].artifact.signature
         assert image is not None and image.layer != f"sha256:{good[2].sha256}"  # a tar.gz layer, unpacked
         assert f"layer {image.layer}" in timings["image"]["signature"]
+        index = bed.signed["index"].artifact.signature
+        assert index is not None and len(index.manifests) == 2  # the signed index, the manifest it picks
         assert "artifact" not in timings["tag"] and timings["tag"]["load"] == "miss"  # compiled here
 
         for n, (name, tamper, message) in enumerate(CASES, start=2):
