@@ -4,20 +4,25 @@ WasmPlugins selecting that pod and the module each delivers (fetched through the
 
 Allowed: a token bound to a selected pod, for the module of a plugin selecting it. Refused: another module (403),
 a pod no agent plugin selects (403), a token for another audience or none at all (401), the token of a deleted pod
-(403 once confirmed: the pod is gone; 401 once the API server no longer confirms it)."""
+(403 once confirmed: the pod is gone; 401 once the API server no longer confirms it). A signed image's layer blob,
+which its pods' agents check the signature against, is admitted for those pods."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from meshplug import errors, fetch, spec
-from meshplug.controller import access, apply, identity
+from meshplug.controller import access, apply, identity, signing
 from tests.guests import minimal
+from tests.integration.test_fetch_oci import fetcher_for
 from tests.testbed import kube as kube_mod
+from tests.testbed.fixtures_cosign import CosignKit
+from tests.testbed.registry import Registry
 
 MODULE = minimal.passthrough('(data (i32.const 2048) "access")')
 OTHER = minimal.passthrough('(data (i32.const 2048) "other")')
@@ -125,3 +130,59 @@ def test_a_never_confirmed_token_of_a_deleted_pod_is_refused(
     assert (reason, message) == ("forbidden", f"pod {ns}/web-3 does not exist (any more)") or (
         reason == "unauthorized" and message.startswith("token not accepted")
     ), (reason, message)
+
+
+@pytest.mark.usefixtures("wasmplugin_crd")
+def test_a_signed_images_layer_blob_is_served_to_its_pods_only(  # noqa: PLR0917 - pytest fixtures
+    kube: kube_mod.Kube,
+    kube_api: Any,
+    kube_namespace: str,
+    registries: dict[str, Registry],
+    cosign: CosignKit,
+    tmp_path: Path,
+) -> None:
+    """A plugin with verificationKey whose module is in an OCI image's tar.gz layer: its pods' agents fetch that
+    layer blob too (they check it against the signature), so a replica that pushed nothing admits it -- and only
+    it: the image's other layer is refused like any other blob."""
+    registry, ns = registries["plain"], kube_namespace
+    signed = minimal.passthrough('(data (i32.const 2048) "signed layer")')
+    digest = registry.push_layout("oci-image", "access/signed", "v1", signed)
+    cosign.cosign.sign(registry, f"access/signed@{digest}", cosign.signer)
+    body = {
+        "apiVersion": "meshplug.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": "signed"},
+        "spec": {
+            "url": registry.url("access/signed", "v1"),
+            "dataPlane": "agent",
+            "selector": {"matchLabels": {"app": "signed"}},
+            "verificationKey": cosign.signer.pub.read_text(),
+        },
+    }
+    status, out = kube.request("POST", f"/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins", body)
+    assert status == 201, out
+    writer = apply.Writer(kube_api)
+    fetcher = fetcher_for(registry, tmp_path)
+    policy = signing.SignaturePolicy()
+
+    def fetch_module(plugin: spec.PluginSpec) -> fetch.Artifact:
+        return fetcher.fetch(plugin.url, sha256=plugin.sha256, keys=policy.keys_for(plugin))
+
+    checker = access.ModuleAccess(
+        identity.Reviewer(writer, ("meshplug",)),
+        writer,
+        cache_has=lambda sha256: fetcher.cache.blob_path(sha256).exists(),
+        fetch_module=fetch_module,
+    )
+    try:
+        token = _token(kube, ns, _pod(kube, ns, "signed-1", {"app": "signed"}))
+        evidence = fetch_module(spec.parse({**body, "metadata": {"name": "signed", "namespace": ns}})).signature
+        assert evidence is not None
+        layers = [layer["digest"] for layer in json.loads(evidence.manifests[0])["layers"]]
+        assert layers[-1] == evidence.layer  # the module's layer, a tar.gz: not the module's own sha256
+        checker.check(token, hashlib.sha256(signed).hexdigest())
+        checker.check(token, evidence.layer.removeprefix("sha256:"))
+        assert fetcher.cache.blob_path(evidence.layer.removeprefix("sha256:")).exists()  # what the server serves
+        assert "runs no plugin" in _refused(checker, token, layers[0].removeprefix("sha256:"), "forbidden")
+    finally:
+        fetcher.close()
