@@ -325,3 +325,103 @@ def apply_patch(document: Mapping[str, Any], ops: JsonPatch) -> dict[str, Any]:
         except (KeyError, IndexError, ValueError, TypeError):
             raise errors.ConfigError(f"JSON patch op {op['op']} {op['path']}: no such location") from None
     return doc
+
+
+# --- the istio data plane's ConfigMap route: module volumes at pod admission -------------------------------------
+#
+# Called by `meshplug.controller.webhooks` (mutating webhook on Pod CREATE) with the module mounts whose ConfigMap
+# (in the pod's namespace) selects the pod. The pod gets, per module, the label ``mount.label: mounted`` (the
+# EnvoyFilter selects only pods with it) and the volume: added to the ``istio-proxy`` container when Istio's
+# injection ran already (a webhook named after istio-sidecar-injector runs after it), else as Istio's
+# ``sidecar.istio.io/userVolume(Mount)`` annotations for its injector to add. Gateways are left alone: Istio's
+# gateway injection template ignores userVolume (the plugin's status reports them). The volume is ``optional`` so
+# a ConfigMap removed meanwhile never keeps a pod from starting. Deployments and other workloads are never
+# touched: only the pod being admitted.
+
+ISTIO_PROXY = "istio-proxy"
+USER_VOLUME = "sidecar.istio.io/userVolume"
+USER_VOLUME_MOUNT = "sidecar.istio.io/userVolumeMount"
+ISTIO_STATUS_ANNOTATION = "sidecar.istio.io/status"
+ISTIO_TEMPLATES_ANNOTATION = "inject.istio.io/templates"
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+
+
+@dataclass(frozen=True)
+class ModuleMount:
+    """One ConfigMap-delivered module a pod mounts into its Istio proxy."""
+
+    config_map: str
+    volume: str
+    mount_dir: str
+    label: str  # the pod label that tells the plugin's EnvoyFilter the file is there
+    label_value: str = "mounted"
+
+
+def is_istio_gateway(pod: Mapping[str, Any]) -> bool:
+    """Istio's gateway injection (template ``gateway``, a Gateway API gateway, or a proxy run as ``router``)."""
+    meta = pod.get("metadata") or {}
+    templates = str((meta.get("annotations") or {}).get(ISTIO_TEMPLATES_ANNOTATION, ""))
+    if "gateway" in [t.strip() for t in templates.split(",")] or GATEWAY_NAME_LABEL in (meta.get("labels") or {}):
+        return True
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if container.get("name") == ISTIO_PROXY and "router" in (container.get("args") or [])[:2]:
+            return True
+    return False
+
+
+def _user_volumes(annotations: Mapping[str, str], key: str) -> list[dict[str, Any]]:
+    raw = annotations.get(key)
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise errors.ConfigError(f"annotation {key} is not JSON: {raw[:80]!r}", reason="InvalidAnnotation") from None
+    if isinstance(value, dict):  # Istio's older form: {"<name>": {<volume without name>}}
+        value = [{"name": name, **item} for name, item in value.items() if isinstance(item, dict)]
+    if not isinstance(value, list) or not all(isinstance(v, dict) and "name" in v for v in value):
+        raise errors.ConfigError(f"annotation {key} is not a JSON array of named entries", reason="InvalidAnnotation")
+    return value
+
+
+def istio_module_patch(pod: Mapping[str, Any], mounts: Sequence[ModuleMount]) -> JsonPatch:
+    """The JSON patch that mounts ``mounts`` into the pod's Istio proxy; empty for gateways or nothing to mount."""
+    if not mounts or is_istio_gateway(pod):
+        return ()
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    ops: list[dict[str, Any]] = []
+    labels = meta.get("labels") or {}
+    if not meta.get("labels"):
+        ops.append({"op": "add", "path": "/metadata/labels", "value": {}})
+    containers = spec.get("containers") or []
+    proxy = next((i for i, c in enumerate(containers) if c.get("name") == ISTIO_PROXY), None)
+    volumes = [{"name": m.volume, "configMap": {"name": m.config_map, "optional": True}} for m in mounts]
+    volume_mounts = [{"name": m.volume, "mountPath": m.mount_dir, "readOnly": True} for m in mounts]
+    if proxy is not None:
+        present = {v.get("name") for v in spec.get("volumes") or []}
+        mounted = {v.get("name") for v in containers[proxy].get("volumeMounts") or []}
+        if not spec.get("volumes"):
+            ops.append({"op": "add", "path": "/spec/volumes", "value": []})
+        ops += [{"op": "add", "path": "/spec/volumes/-", "value": v} for v in volumes if v["name"] not in present]
+        if not containers[proxy].get("volumeMounts"):
+            ops.append({"op": "add", "path": _pointer("spec", "containers", proxy, "volumeMounts"), "value": []})
+        ops += [
+            {"op": "add", "path": _pointer("spec", "containers", proxy, "volumeMounts", "-"), "value": m}
+            for m in volume_mounts
+            if m["name"] not in mounted
+        ]
+    else:  # Istio's injector runs later: it turns these annotations into the volume and the mount
+        annotations = meta.get("annotations") or {}
+        if not annotations:
+            ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
+        for key, entries in ((USER_VOLUME, volumes), (USER_VOLUME_MOUNT, volume_mounts)):
+            current = _user_volumes(annotations, key)
+            names = {e.get("name") for e in current}
+            merged = current + [e for e in entries if e["name"] not in names]
+            value = json.dumps(merged, separators=(",", ":"), sort_keys=True)
+            ops.append({"op": "add", "path": _pointer("metadata", "annotations", key), "value": value})
+    for m in mounts:
+        if labels.get(m.label) != m.label_value:
+            ops.append({"op": "add", "path": _pointer("metadata", "labels", m.label), "value": m.label_value})
+    return tuple(ops)

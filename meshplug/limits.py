@@ -177,3 +177,20 @@ AGENT_PREPARE_THREADS = 4
 WORKERS_SHARED_BYTES = 64 * 1024 * 1024
 WORKER_START_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 10.0
+#: istio plane status from the proxies: istiod debug reads (timeout, largest answer), the module server's download
+#: log (entries kept), pods whose confirmation is kept in a plugin's status, and the re-check of pending proxies
+#: (first delay, cap; doubling in between)
+ISTIOD_DEBUG_TIMEOUT_S = 5.0
+ISTIOD_DEBUG_MAX_BYTES = 64 * MiB
+FETCH_LOG_ENTRIES = 100_000
+MAX_LOADED_PODS_RECORDED = 1000
+PROXY_RECHECK_FIRST_S = 0.5
+PROXY_RECHECK_MAX_S = 30.0
+#: after meshplug changes a rendered extension, a proxy counts only once istiod sent it something new (its xDS nonce
+#: moved): istiod's view is what it would send now, not what the proxy has. A proxy with nothing new after this
+#: long had nothing to be sent (its config did not change)
+PROXY_PUSH_GRACE_S = 10.0
+#: a module proxies were sent but did not download is delivered again after this long (then doubling, capped):
+#: longer than Envoy's own retries of a remote fetch (REMOTE_CODE_RETRIES) and istio-agent's (5, from 500 ms)
+REDELIVERY_AFTER_S = 45.0
+REDELIVERY_MAX_S = 600.0

@@ -13,13 +13,19 @@ Istio semantics (extensions.istio.io WasmPlugin) carried over:
   Istio manifest ports unchanged; an ``@sha256:`` in the url pins the manifest and is checked against it, and
   may differ from ``sha256`` (one pins the manifest, the other the bytes). Setting ``sha256`` makes the
   default pull policy IfNotPresent, as in Istio.
-- ``imagePullPolicy`` unset: IfNotPresent, except an OCI reference whose tag is ``latest`` (or has neither
-  tag nor digest, which means latest): Always.
+- ``imagePullPolicy`` unset: IfNotPresent, except an OCI reference tagged literally ``:latest``: Always (an
+  untagged reference is IfNotPresent, as in Istio). Always pulls again when the resource's spec changes (its
+  generation), never on a timer (`meshplug.controller.reconcile`; the operator's ``--reresolve-interval`` is an
+  opt-in on top).
+- ``targetRef`` (singular, deprecated in Istio, still accepted by it) is read as a one-entry ``targetRefs``.
+- ``verificationKey`` is accepted and stored (`PluginSpec.verification_key`); verifying signatures with it is
+  the workflow's (meshplug.fetch) job.
 - ``pluginName`` is Envoy's root id; Envoy's plugin name is ``<namespace>.<name>``.
 - ``failStrategy`` unset: FAIL_CLOSE. ``type`` unset: HTTP. ``match`` empty: every traffic direction.
 - ``vmConfig.env[].valueFrom`` unset: INLINE.
 - ``priority`` unset sorts after any explicit value within its phase.
-meshplug's own: ``dataPlane`` (istio | agent, default istio), ``pluginConfigSchema`` (a JSON Schema the
+meshplug's own: ``dataPlane`` (istio | agent, default istio), ``istioDelivery`` (native | configmap; unset: the
+operator's ``--istio-delivery``), ``pluginConfigSchema`` (a JSON Schema the
 ``pluginConfig`` must satisfy; `check_plugin_config` is the one check, used here and by the webhook) and
 ``matchRules`` (HTTP only): when set, the plugin runs only for requests matching a rule, with the first matching
 rule's ``pluginConfig`` (else the plugin's). A rule matches when its ``hosts`` (any; ``*.example.com`` matches
@@ -80,7 +86,7 @@ WASM_FIELDS = (
     "url", "sha256", "imagePullPolicy", "imagePullSecret", "pluginConfig", "pluginConfigSchema", "pluginName",
     "failStrategy", "vmConfig", "type", "verificationKey",
 )  # fmt: skip
-TOP_FIELDS = ("selector", "targetRefs", "phase", "priority", "match", "dataPlane", "matchRules")
+TOP_FIELDS = ("selector", "targetRefs", "phase", "priority", "match", "dataPlane", "istioDelivery", "matchRules")
 
 _SHA256 = re.compile(r"^[a-f0-9]{64}$")
 HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -127,6 +133,13 @@ class PluginType(enum.StrEnum):
 class PullPolicy(enum.StrEnum):
     IF_NOT_PRESENT = "IfNotPresent"
     ALWAYS = "Always"
+
+
+class IstioDelivery(enum.StrEnum):
+    """How the istio data plane gets the module: Istio's own resource over ECDS, or EnvoyFilter + ConfigMap."""
+
+    NATIVE = "native"
+    CONFIGMAP = "configmap"
 
 
 class MatchMode(enum.StrEnum):
@@ -200,6 +213,7 @@ class PluginSpec:
     match_rules: tuple[MatchRule, ...] = ()  # empty: every request; else only requests matching a rule
     kind: str = KIND  # WasmPlugin or TrafficExtension
     lua: str | None = None  # a TrafficExtension's lua.inlineCode (then url is "" and scheme INLINE)
+    istio_delivery: IstioDelivery | None = None  # None: the operator's default
     verification_key: str = ""  # stored and reported; enforced by the signature checks of the fetch stage
 
     @property
@@ -289,20 +303,23 @@ def normalise_url(raw: str) -> tuple[str, Scheme]:
     return raw, scheme
 
 
-def oci_tag(url: str) -> str | None:
-    """The tag of an ``oci://`` reference; ``latest`` when it has neither tag nor digest; None with a digest."""
+def oci_tag(url: str, *, explicit: bool = False) -> str | None:
+    """The tag of an ``oci://`` reference; None with a digest; without a tag ``latest`` (what a registry
+    resolves), or None when ``explicit`` (only a written tag counts)."""
     ref = url.removeprefix("oci://")
     if "@" in ref:
         return None
     last = ref.rsplit("/", 1)[-1]
-    return last.rsplit(":", 1)[1] if ":" in last else "latest"
+    if ":" in last:
+        return last.rsplit(":", 1)[1]
+    return None if explicit else "latest"
 
 
 def _pull_policy(spec: Mapping[str, Any], url: str, scheme: Scheme, *, pinned: bool) -> PullPolicy:
     raw = _str(spec, "imagePullPolicy")
     if raw not in ("", "UNSPECIFIED_POLICY"):
         return _enum(spec, "imagePullPolicy", PullPolicy, PullPolicy.IF_NOT_PRESENT)  # type: ignore[no-any-return]
-    if scheme is Scheme.OCI and oci_tag(url) == "latest" and not pinned:
+    if scheme is Scheme.OCI and oci_tag(url, explicit=True) == "latest" and not pinned:
         return PullPolicy.ALWAYS
     return PullPolicy.IF_NOT_PRESENT
 
@@ -397,7 +414,12 @@ def _selector(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def _target_refs(spec: Mapping[str, Any], namespace: str) -> tuple[TargetRef, ...]:
-    refs = _fields(spec).items("targetRefs")
+    fields = _fields(spec)
+    refs = fields.items("targetRefs")
+    if fields.has("targetRef"):  # Istio's deprecated singular form
+        if refs:
+            raise errors.SpecError("only one of spec.targetRef (deprecated) or spec.targetRefs can be set")
+        refs = [fields.sub("targetRef")]
     if len(refs) > limits.MAX_TARGET_REFS:
         raise errors.SpecError(f"spec.targetRefs has {len(refs)} entries; at most {limits.MAX_TARGET_REFS}")
     return tuple(
@@ -499,12 +521,13 @@ def parse_traffic_extension(body: Mapping[str, Any]) -> PluginSpec:
         match_rules=match_rules,
         kind=KIND_TRAFFIC_EXTENSION,
         lua=code,
+        istio_delivery=_enum(top, "istioDelivery", IstioDelivery, None),  # type: ignore[arg-type]
     )
 
 
 def _targeting(spec: Mapping[str, Any], namespace: str) -> tuple[DataPlane, tuple[TargetRef, ...]]:
     """The data plane and targetRefs, with the rules that tie them to the selector."""
-    if spec.get("selector") is not None and spec.get("targetRefs"):
+    if spec.get("selector") is not None and (spec.get("targetRefs") or spec.get("targetRef")):
         raise errors.SpecError("only one of spec.selector or spec.targetRefs can be set")
     data_plane: DataPlane = _enum(spec, "dataPlane", DataPlane, DataPlane.ISTIO)
     target_refs = _target_refs(spec, namespace)
@@ -559,5 +582,6 @@ def _parse_wasm(body: Mapping[str, Any], spec: Any) -> PluginSpec:
         selector=_selector(spec),
         target_refs=target_refs,
         match_rules=match_rules,
+        istio_delivery=_enum(spec, "istioDelivery", IstioDelivery, None),  # type: ignore[arg-type]
         verification_key=_str(spec, "verificationKey"),
     )

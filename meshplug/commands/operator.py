@@ -27,14 +27,20 @@ from meshplug import errors, fetch
 from meshplug.commands import fetch as fetch_command
 from meshplug.controller import access, apply, handlers, identity, precompile, reconcile, signing
 from meshplug.controller import metrics as metrics_mod
+from meshplug.controller.delivery import proxies
 from meshplug.fetch import serve
 from meshplug.render import model
 
 HELP = "run the WasmPlugin operator: fetch, validate, render and apply plugins; serve modules"
 EPILOG = """\
 WasmPlugin (meshplug.io/v1alpha1) takes Istio's WasmPlugin fields plus:
-  dataPlane: istio | agent        istio (default): EnvoyFilter + ConfigMap on Istio sidecars;
+  dataPlane: istio | agent        istio (default): Istio's sidecars and gateways (Ready = every selected
+                                  proxy loaded it, from istiod and the module server);
                                   agent: pushed to meshplug's in-pod agent (Ready = every agent confirmed)
+  istioDelivery: native | configmap
+                                  native: Istio's own TrafficExtension/WasmPlugin over ECDS (no pod changes);
+                                  configmap: EnvoyFilter + ConfigMap mounted at pod admission by the webhook
+                                  (unset: --istio-delivery)
   pluginConfigSchema: {...}       JSON Schema that pluginConfig must satisfy (checked at admission)
       pluginConfigSchema: {type: object, required: [header], properties: {header: {type: string}}}
   matchRules: [...]               HTTP only: run only where a rule matches (hosts AND paths), with the
@@ -141,6 +147,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lease-duration", type=float, default=15.0, help="leader Lease duration in seconds")
     parser.add_argument(
+        "--istio-delivery",
+        default="auto",
+        choices=["auto", "native", "configmap"],
+        help="istio data plane default: native (TrafficExtension/WasmPlugin), configmap (EnvoyFilter + ConfigMap), "
+        "auto (native where the cluster serves extensions.istio.io)",
+    )
+    parser.add_argument(
+        "--istiod-debug-url",
+        action="append",
+        default=[],
+        help="istiod's debug endpoints (per replica; e.g. http://istiod.istio-system:15014): per-proxy status",
+    )
+    parser.add_argument("--istio-root-namespace", default="istio-system", help="Istio's mesh root namespace")
+    parser.add_argument(
         "--require-signatures",
         action="store_true",
         help="refuse modules without a cosign signature (under the plugin's verificationKey, else --trusted-key)",
@@ -171,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     except errors.ApplyError as exc:
         raise errors.ConfigError(f"cannot load the identity Secret: {exc.message}") from None
     metrics = metrics_mod.Metrics()
+    fetch_log = proxies.FetchLog()  # which pod downloaded which module (the istio plane's status)
     policy = signing.SignaturePolicy(
         required=args.require_signatures, trusted=tuple(fetch_command.public_keys(args.trusted_key))
     )
@@ -185,6 +206,11 @@ def run(args: argparse.Namespace) -> int:
         metrics=metrics,
         signature_policy=policy,
         precompiler=precompiler,
+        istio_delivery=args.istio_delivery,
+        istiod=proxies.Istiod(args.istiod_debug_url),
+        fetch_log=fetch_log,
+        root_namespace=args.istio_root_namespace,
+        namespaces=tuple(args.namespace),
     )
     module_access = access.ModuleAccess(
         identity.Reviewer(writer, (args.token_audience,)),
@@ -202,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
             host=plain_host,
             port=plain_port,
             compiled_root=precompiler.root,
+            on_request=fetch_log.record,
         ),
         serve.ModuleServer(
             fetcher.cache,

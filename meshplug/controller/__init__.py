@@ -25,13 +25,12 @@ resourceNames for exactly those, and not at all in the other TLS modes.
     watched  meshplug.io          trafficextensions         get,list,watch,patch
     watched  meshplug.io          trafficextensions/status  patch
     watched  core                 pods                list,watch
-    watched  core                 configmaps          get,list,create,patch,delete
+    watched  core                 configmaps          list,create,patch,delete
     watched  core                 secrets             get,create,update
     watched  core                 events              create,get,patch
-    watched  apps                 deployments         list,watch,patch
-    watched  apps                 statefulsets        list,watch,patch
-    watched  apps                 daemonsets          list,watch,patch
     watched  networking.istio.io  envoyfilters        list,create,patch,delete
+    watched  extensions.istio.io  trafficextensions   get,create,patch,delete
+    watched  extensions.istio.io  wasmplugins         get,create,patch,delete
     cluster  authentication.k8s.io  tokenreviews      create
     cluster  admissionregistration.k8s.io  mutatingwebhookconfigurations    get,patch  names=ca-bundle
     cluster  admissionregistration.k8s.io  validatingwebhookconfigurations  get,patch  names=ca-bundle
@@ -41,15 +40,18 @@ resourceNames for exactly those, and not at all in the other TLS modes.
 
 Why: wasmplugins and trafficextensions (kopf lists and watches them and patches its finalizer; the reconciler
 reads the current object), their status (conditions, digest, pod counts); pods (the selection, agents' addresses,
-re-reconcile on pods appearing or going); configmaps (modules of the istio plane; ``create`` because a server-side
+re-reconcile on pods appearing or going); configmaps (modules of the istio plane's ConfigMap route, copied into the
+namespaces a root-namespace plugin reaches; the module-mount webhook lists them; ``create`` because a server-side
 apply that creates an object is authorized as a create); secrets (imagePullSecret; the agent Secret of each
 namespace with agents, which the operator creates and updates: `meshplug.controller.identity`); events
-(Warning/Normal Events on plugins, one series per reason: read and patched on repeats); apps workloads
-(pod-template volume annotations for the istio plane; watched for template label changes); envoyfilters (the istio
-plane); tokenreviews (the module server checks the agents' ServiceAccount tokens); its own webhook configurations
-(their caBundle: the CA of the webhooks' serving certificate); in its own namespace: leases (one
-active replica: the ``meshplug-operator`` Lease), secrets and its Deployment (the identity Secret, owned by the
-operator's Deployment).
+(Warning/Normal Events on plugins, one series per reason: read and patched on repeats); envoyfilters (the istio
+plane's ConfigMap route); trafficextensions and wasmplugins of extensions.istio.io (the istio plane's native route:
+Istio's own resource, owned by the meshplug one; read first so one meshplug does not own is never overwritten;
+discovery of which kind the cluster serves needs no rule); no workload (Deployment, StatefulSet, DaemonSet) is
+read or written in watched namespaces: modules reach pods at admission; tokenreviews (the module server checks the
+agents' ServiceAccount tokens); its own webhook configurations (their caBundle: the CA of the webhooks' serving
+certificate); in its own namespace: leases (one active replica: the ``meshplug-operator`` Lease), secrets and its
+Deployment (the identity Secret, owned by the operator's Deployment).
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ _PLURALS = {
     ("apps/v1", "DaemonSet"): "daemonsets",
     ("coordination.k8s.io/v1", "Lease"): "leases",
     ("networking.istio.io/v1alpha3", "EnvoyFilter"): "envoyfilters",
+    ("extensions.istio.io/v1alpha1", "TrafficExtension"): "trafficextensions",
+    ("extensions.istio.io/v1alpha1", "WasmPlugin"): "wasmplugins",
     (f"{spec.API_GROUP}/{spec.API_VERSION}", spec.KIND): spec.PLURAL,
     (f"{spec.API_GROUP}/{spec.API_VERSION}", spec.KIND_TRAFFIC_EXTENSION): spec.PLURAL_TRAFFIC_EXTENSION,
     ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"): "mutatingwebhookconfigurations",
@@ -142,7 +144,19 @@ class Writer:
             raise
         return obj
 
+    def served(self, api_version: str) -> frozenset[str]:
+        """The resources (plurals) the API serves in ``api_version`` (a group/version); empty when not served."""
+        base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        try:
+            out = self._call("GET", base)
+        except errors.ApplyError as exc:
+            if exc.reason in ("NotFound", "HTTP404"):
+                return frozenset()
+            raise
+        return frozenset(str(r.get("name")) for r in (out or {}).get("resources") or [])
+
     def list(self, api_version: str, kind: str, namespace: str, *, label_selector: str = "") -> list[dict[str, Any]]:
+        """Objects of ``kind`` in ``namespace`` ("" = every namespace)."""
         query = {"labelSelector": label_selector} if label_selector else None
         out = self._call("GET", resource_path(api_version, kind, namespace), query=query)
         items: list[dict[str, Any]] = out.get("items", []) if isinstance(out, dict) else []

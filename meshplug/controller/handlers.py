@@ -1,7 +1,7 @@
 """kopf wiring for WasmPlugin: watches, the work queue, leader election and the operator's run loop.
 
-Called by `meshplug.commands.operator` (`run_operator`). kopf watches WasmPlugins, Pods and the apps workloads;
-its event handlers only feed `meshplug.controller.index.Index`, which names the plugins to queue, and
+Called by `meshplug.commands.operator` (`run_operator`). kopf watches WasmPlugins and Pods; its event handlers
+only feed `meshplug.controller.index.Index`, which names the plugins to queue, and
 `meshplug.controller.workqueue.WorkQueue` hands each key to one worker thread at a time that runs
 `Reconciler.reconcile_key` (the API's current object: restarts are idempotent). A failed reconcile is queued
 again after its backoff (a fetch that would now succeed, an agent that answers again, a permission granted);
@@ -42,7 +42,6 @@ log = logging.getLogger("meshplug.controller.handlers")
 _RESOURCE = (spec.API_GROUP, spec.API_VERSION, spec.PLURAL)
 _TE_RESOURCE = (spec.API_GROUP, spec.API_VERSION, spec.PLURAL_TRAFFIC_EXTENSION)
 T = TypeVar("T")
-_WORKLOADS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
 
 
 @dataclass(frozen=True)
@@ -132,13 +131,6 @@ def build_registry(
             reconciler.identity.adopt_later(body)  # its agent Secret lives as long as injected pods do
         add(idx.pod_event(type, body))
 
-    for kind, plural in _WORKLOADS.items():
-
-        def workload_event(type: str | None, body: kopf.Body, _kind: str = kind, **_: Any) -> None:
-            add(idx.workload_event(_kind, type, body))
-
-        kopf.on.event("apps", "v1", plural, registry=registry, id=f"{plural}-event")(workload_event)
-
     @kopf.on.delete(*_RESOURCE, registry=registry, retries=None, id="cleanup")
     async def cleanup_plugin(body: kopf.Body, **_: Any) -> None:
         key = (body["metadata"]["namespace"], spec.key_name(str(body.get("kind")), body["metadata"]["name"]))
@@ -150,8 +142,8 @@ def build_registry(
                 queue.done(key)
 
     kopf.on.delete(*_TE_RESOURCE, registry=registry, retries=None, id="cleanup-trafficextension")(cleanup_plugin)
-    # admission webhooks (agent injection, WasmPlugin checks) when configured
-    webhooks.register(registry, identity=reconciler.identity)
+    # admission webhooks (agent injection, istio module mounts, WasmPlugin checks) when configured
+    webhooks.register(registry, identity=reconciler.identity, lister=reconciler.writer.list)
     return registry
 
 
@@ -237,7 +229,7 @@ def run_operator(
 
     queue = workqueue.WorkQueue()
     reconciler.metrics.queue_depth = queue.pending
-    idx = index.Index()
+    idx = index.Index(reconciler.root_namespace)
     reconciler.enqueue = lambda key, after: queue.add(key, after=after)
     workers = workqueue.Workers(queue, _work(reconciler, queue, idx, opts), opts.workers).start()
     registry = build_registry(reconciler, queue, idx)

@@ -9,7 +9,15 @@ change helps.
 
 Rendering and delivery belong to the plugin's delivery path (`meshplug.controller.delivery`): this module picks
 the path, hands it the validated module and writes the `delivery.Report` it returns. When a new generation moves
-a plugin to another path, the other paths take back what they delivered.
+a plugin to another path, the other paths take back what they delivered. The paths: ``dataPlane: agent`` ->
+`delivery.agent`; the istio data plane -> `delivery.istio_native` (Istio's own TrafficExtension/WasmPlugin) or
+`delivery.istio_configmap` (EnvoyFilter + ConfigMap), by the plugin's ``istioDelivery``, else the operator's
+``istio_delivery`` (``auto``: native where the cluster serves extensions.istio.io, else configmap).
+
+Istio semantics kept here: a ``file://`` url of the istio plane names a file inside the proxy and is passed
+through unread (Fetched/Validated ``Unknown``, reason ``InProxy``), unless it lies below one of the operator's
+``--file-root`` directories (meshplug's own extension: the operator reads and verifies it). ``imagePullPolicy:
+Always`` pulls again when the spec changes (a new generation), not on every reconcile.
 """
 
 from __future__ import annotations
@@ -26,13 +34,15 @@ from meshplug import errors, fetch, limits, spec, validate
 from meshplug.controller import apply, delivery, identity, precompile, signing, status
 from meshplug.controller import metrics as metrics_mod
 from meshplug.controller.delivery import agent as agent_delivery
-from meshplug.controller.delivery import istio_configmap
+from meshplug.controller.delivery import istio_configmap, istio_native, istio_pods, proxies
+from meshplug.render import istio_native as native_render
 from meshplug.render import model
 from meshplug.validate import lua as validate_lua
 
 log = logging.getLogger("meshplug.controller.reconcile")
 
 PLUGIN_API = f"{spec.API_GROUP}/{spec.API_VERSION}"
+DELIVERY_AUTO = "auto"
 
 Key = delivery.Key
 
@@ -77,6 +87,11 @@ class Reconciler:
         enqueue: Callable[[Key, float], None] | None = None,
         signature_policy: signing.SignaturePolicy | None = None,
         precompiler: precompile.Precompiler | None = None,
+        istio_delivery: str = DELIVERY_AUTO,
+        istiod: proxies.Istiod | None = None,
+        fetch_log: proxies.FetchLog | None = None,
+        root_namespace: str = "istio-system",
+        namespaces: tuple[str, ...] = (),
     ) -> None:
         """`precompiler`: where agent-plane modules are compiled for the agents (default: ``compiled/`` in the
         fetcher's cache, which `meshplug operator` serves at /compiled/)."""
@@ -89,7 +104,14 @@ class Reconciler:
         self.precompiler = precompiler or precompile.Precompiler(fetcher.cache.root / "compiled")
         self.agent = agent_delivery.AgentDelivery(writer, server, self._load, metrics=self.metrics, identity=identity)
         self.agent.enqueue = enqueue
-        self.istio_configmap = istio_configmap.IstioConfigMap(writer, server)
+        self.istio_delivery = istio_delivery
+        self.root_namespace = root_namespace
+        self.fetch_log = fetch_log or proxies.FetchLog()
+        istiod = istiod or proxies.Istiod(())
+        selection = istio_pods.Selection(writer, root_namespace, namespaces)
+        self.istio_native = istio_native.IstioNative(writer, server, istiod, self.fetch_log, selection)
+        self.istio_configmap = istio_configmap.IstioConfigMap(writer, server, istiod, self.fetch_log, selection)
+        self._fetched: dict[Key, int] = {}  # the generation each plugin was last pulled for
         self._lock = threading.Lock()
         self._retries: dict[Key, int] = {}
         self._forbidden: dict[Key, str] = {}
@@ -103,13 +125,18 @@ class Reconciler:
         self.agent.enqueue = fn
 
     def paths(self) -> tuple[delivery.Delivery, ...]:
-        return (self.istio_configmap, self.agent)
+        return (self.istio_native, self.istio_configmap, self.agent)
 
     def path_for(self, plugin: spec.PluginSpec) -> delivery.Delivery:
-        """The delivery path of the plugin's data plane."""
+        """The delivery path of the plugin's data plane (and, for istio, its delivery mode)."""
         if plugin.data_plane is spec.DataPlane.AGENT:
             return self.agent
-        return self.istio_configmap
+        mode = plugin.istio_delivery.value if plugin.istio_delivery is not None else self.istio_delivery
+        if mode == DELIVERY_AUTO:
+            served = self.writer.served(native_render.API_VERSION)
+            native = any(plural in served for plural in native_render.KINDS.values())
+            mode = spec.IstioDelivery.NATIVE.value if native else spec.IstioDelivery.CONFIGMAP.value
+        return self.istio_native if mode == spec.IstioDelivery.NATIVE.value else self.istio_configmap
 
     def close(self) -> None:
         """Stop pushing: pushes still running are abandoned (their reconciles raise `workqueue.ShuttingDown`)."""
@@ -176,6 +203,7 @@ class Reconciler:
         pods: tuple[int, int] | None = None,
         failing: Sequence[Mapping[str, str]] = (),
         event: tuple[bool, str, str] | None = None,
+        loaded: tuple[str, ...] | None = None,
     ) -> None:
         meta = body["metadata"]
         generation = int(meta.get("generation") or 0)
@@ -194,6 +222,8 @@ class Reconciler:
         ready_condition = next((c for c in conditions if c.type == status.READY), None)
         if ready_condition is not None:
             self.metrics.ready((meta["namespace"], meta["name"]), ready_condition.status == "True")
+        if loaded is not None:
+            new["loadedPods"] = list(loaded)
         if event is not None:
             warning, reason, message = event
             self.writer.event(body, warning=warning, reason=reason, message=message)
@@ -224,8 +254,15 @@ class Reconciler:
             self._reconcile_lua(body, plugin, key, retry)
             return
         clock = _Stages(key, plugin.generation)
+        if self._in_proxy(plugin):
+            in_proxy = f"{plugin.url} names a file inside the proxy; meshplug never reads it"
+            fetched = status.Condition(status.FETCHED, "Unknown", "InProxy", in_proxy)
+            validated = status.Condition(status.VALIDATED, "Unknown", "NotVerified", "the proxy's file is not checked")
+            checked = (fetched, validated)
+            self._deliver(body, plugin, None, key=key, retry=retry, checked=checked, digest=None, clock=clock)
+            return
         try:
-            artifact = self._fetch(plugin)
+            artifact = self._fetch(plugin, always=self._pull_again(plugin))
         except errors.MeshplugError as exc:
             if isinstance(exc, errors.ApplyError):
                 self._note_forbidden(key, exc)
@@ -262,6 +299,8 @@ class Reconciler:
             raise status.Retry(reasons, max(15.0, status.backoff(retry))) from None  # a mutable tag may be re-pushed
         validated = status.Condition(status.VALIDATED, "True", "Valid", "proxy-wasm ABI check passed")
         clock.done("validate")
+        with self._lock:
+            self._fetched[key] = plugin.generation
         checked = (fetched, validated)
         self._deliver(body, plugin, module, key=key, retry=retry, checked=checked, digest=artifact.digest, clock=clock)
 
@@ -288,24 +327,24 @@ class Reconciler:
         self,
         body: Mapping[str, Any],
         plugin: spec.PluginSpec,
-        module: model.Module,
+        module: model.Module | None,
         *,
         key: Key,
         retry: int,
         checked: tuple[status.Condition, status.Condition],
-        digest: str,
+        digest: str | None,
         clock: _Stages | None = None,
     ) -> None:
         fetched, validated = checked
         clock = clock or _Stages(key, plugin.generation)
-        path = self.path_for(plugin)
         try:
+            path = self.path_for(plugin)
             first_time = (body.get("status") or {}).get("observedGeneration") != plugin.generation
             for other in self.paths():
                 # this generation may have moved the plugin from another path (the agent path's check is in memory)
                 if other is not path and (first_time or other is self.agent):
                     other.remove(plugin.namespace, key[1], owned=False)
-            report = path.deliver(delivery.Request(body=body, plugin=plugin, module=module))
+            report = path.deliver(delivery.Request(body=body, plugin=plugin, module=module, retry=retry))
         except errors.ApplyError as exc:
             self._note_forbidden(key, exc)
             why = status.reason(exc.reason)
@@ -320,16 +359,34 @@ class Reconciler:
             pods=report.pods,
             failing=report.failing,
             event=report.event,
+            loaded=report.loaded,
         )
         clock.done("status")
-        clock.log(ready=report.ready.status == "True", compiled=module.compiled is not None)
+        clock.log(ready=report.ready.status == "True", compiled=module is not None and module.compiled is not None)
         if report.retry:
             raise status.Retry(report.retry, status.backoff(retry))
+        if report.recheck_s is not None:
+            raise status.Retry("waiting for the proxies", report.recheck_s)
+
+    def _in_proxy(self, plugin: spec.PluginSpec) -> bool:
+        """A file:// url of the istio plane outside the operator's file roots: a file inside the proxy."""
+        return (
+            plugin.data_plane is spec.DataPlane.ISTIO
+            and plugin.scheme is spec.Scheme.FILE
+            and not self.fetcher.in_file_roots(plugin.url)
+        )
+
+    def _pull_again(self, plugin: spec.PluginSpec) -> bool:
+        """Always pulls again once per new generation (Istio: when the resource changes), not per reconcile."""
+        key = (plugin.namespace, spec.key_name(plugin.kind, plugin.name))
+        with self._lock:
+            last = self._fetched.get(key)
+        return plugin.pull_policy is spec.PullPolicy.ALWAYS and last != plugin.generation
 
     def fetch_module(self, plugin: spec.PluginSpec) -> fetch.Artifact:
         """The plugin's module as its url gives it now (pull secret and pull policy applied): the module server
         fetches what another replica pushed."""
-        return self._fetch(plugin)
+        return self._fetch(plugin, always=False)
 
     def _load(self, plugin: spec.PluginSpec) -> model.Module:
         """Fetch and validate (for paths that deliver other plugins' modules alongside, the agent's sets)."""
@@ -337,7 +394,7 @@ class Reconciler:
             assert plugin.sha256 is not None
             validate_lua.check(plugin.lua, where="spec.lua.inlineCode")
             return model.Module(sha256=plugin.sha256, data=plugin.lua.encode())
-        return self._validate(plugin, self._fetch(plugin))
+        return self._validate(plugin, self._fetch(plugin, always=False))
 
     def _validate(self, plugin: spec.PluginSpec, artifact: fetch.Artifact) -> model.Module:
         kind = validate.FilterKind.NETWORK if plugin.type is spec.PluginType.NETWORK else validate.FilterKind.HTTP
@@ -353,7 +410,7 @@ class Reconciler:
             self.metrics.validated(time.monotonic() - started)
         return model.Module(sha256=artifact.sha256, data=artifact.data)
 
-    def _fetch(self, plugin: spec.PluginSpec) -> fetch.Artifact:
+    def _fetch(self, plugin: spec.PluginSpec, *, always: bool) -> fetch.Artifact:
         secret: bytes | None = None
         if plugin.pull_secret:
             obj = self.writer.get("v1", "Secret", plugin.namespace, plugin.pull_secret)
@@ -368,7 +425,7 @@ class Reconciler:
             plugin.url,
             sha256=plugin.sha256,
             pull_secret=secret,
-            pull_policy=plugin.pull_policy.value,
+            pull_policy=(spec.PullPolicy.ALWAYS if always else spec.PullPolicy.IF_NOT_PRESENT).value,
             keys=self.signature_policy.keys_for(plugin),
         )
 
@@ -381,6 +438,8 @@ class Reconciler:
         key: Key = (namespace, name)
         self.metrics.forget(key)
         self._retries.pop(key, None)
+        with self._lock:
+            self._fetched.pop(key, None)
         named = (body.get("spec") or {}).get("dataPlane") or spec.DataPlane.ISTIO.value
         for path in self.paths():
             path.remove(namespace, name, owned=(path is self.agent) == (named == spec.DataPlane.AGENT.value))

@@ -17,12 +17,17 @@ unless ``$MESHPLUG_WEBHOOK_CONFIG`` names a webhook config file (the chart mount
     validation:                     # validating webhook on WasmPlugin CREATE/UPDATE
       enabled: true
       allowedUrlPrefixes: [oci://registry.example.com/]    # empty: any url
+    istioModules:                   # mutating webhook on Pod CREATE: the istio plane's ConfigMap route
+      enabled: true
 
 Paths (kopf routes by handler id): ``/inject-agent`` (pods labelled for injection), ``/inject-agent-namespace``
-(every pod of a namespace labelled for injection, unless the pod opts out) and ``/validate-wasmplugin``. The Mutating/
-ValidatingWebhookConfiguration objects belong to the chart (kopf does not manage them); with ``tls.issue`` the
-operator sets their caBundle and nothing else (RBAC: get,patch on those names only). kopf re-reads the
-certificate files when they change.
+(every pod of a namespace labelled for injection, unless the pod opts out), ``/mount-istio-modules`` and
+``/validate-wasmplugin``. ``/mount-istio-modules`` lists meshplug's module ConfigMaps in the pod's namespace (label
+``meshplug.io/mount``, written by `meshplug.controller.delivery.istio_configmap`) and mounts those whose selector
+takes the pod (`meshplug.injection.istio_module_patch`); it never refuses a pod (a failure is logged; the plugin's
+status then reports the pod as needing a restart). The Mutating/ValidatingWebhookConfiguration objects belong to
+the chart (kopf does not manage them); with ``tls.issue`` the operator sets their caBundle and nothing else (RBAC:
+get,patch on those names only). kopf re-reads the certificate files when they change.
 A rejected WasmPlugin gets the reason of `meshplug.spec.parse` (pluginConfig vs pluginConfigSchema via
 `spec.check_plugin_config`) or ``UrlNotAllowed``. Before it admits a pod, the injection webhook makes sure the
 namespace's agent Secret exists (`meshplug.controller.identity`): the kubelet needs it to start the agent.
@@ -31,9 +36,10 @@ namespace's agent Secret exists (`meshplug.controller.identity`): the kubelet ne
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,7 @@ from meshplug import errors, injection, spec
 from meshplug.controller import identity as identity_mod
 from meshplug.controller import webhook_tls
 from meshplug.fields import Fields
+from meshplug.render import istio
 from meshplug.validate import lua as validate_lua
 
 log = logging.getLogger("meshplug.controller.webhooks")
@@ -54,6 +61,9 @@ INJECT_PATH = "inject-agent"
 INJECT_NAMESPACE_PATH = "inject-agent-namespace"
 VALIDATE_PATH = "validate-wasmplugin"
 VALIDATE_TE_PATH = "validate-trafficextension"
+ISTIO_MODULES_PATH = "mount-istio-modules"
+#: lists objects: (apiVersion, kind, namespace, label_selector=...) -> items (the operator's API reader)
+Lister = Callable[..., list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,7 @@ class WebhookConfig:
     injection: injection.InjectionSettings | None  # None: injection off
     validation: bool
     allowed_url_prefixes: tuple[str, ...]
+    istio_modules: bool = False
 
 
 def _webhook_error(message: str) -> errors.MeshplugError:
@@ -176,11 +187,14 @@ def ca_bundle_targets() -> Mapping[str, tuple[str, ...]]:
 
 def parse_config(raw: Any, base: Path) -> WebhookConfig:
     """A loaded webhook config document -> WebhookConfig; ConfigError names the offending key."""
-    top = Fields(raw, "", error=_webhook_error, optional=True).only("listen", "tls", "injection", "validation")
+    top = Fields(raw, "", error=_webhook_error, optional=True).only(
+        "listen", "tls", "injection", "validation", "istioModules"
+    )
     listen = top.sub("listen", "address", "port")
     tls = top.sub("tls", "certFile", "keyFile", "issue", "caBundle")
     inj = top.sub("injection", "enabled", "agent")
     val = top.sub("validation", "enabled", "allowedUrlPrefixes")
+    modules = top.sub("istioModules", "enabled")
     issued = _issued(tls)
     if issued is None and (not tls.has("certFile") or not tls.has("keyFile")):
         raise errors.ConfigError("webhook config: tls needs certFile and keyFile, or issue (HTTPS only)")
@@ -193,6 +207,7 @@ def parse_config(raw: Any, base: Path) -> WebhookConfig:
         injection=_agent(inj.sub("agent")) if inj.flag("enabled", True) else None,
         validation=val.flag("enabled", True),
         allowed_url_prefixes=val.strings("allowedUrlPrefixes"),
+        istio_modules=modules.flag("enabled", False),
     )
 
 
@@ -224,6 +239,27 @@ def check_plugin(body: Mapping[str, Any], allowed_url_prefixes: Sequence[str]) -
             f"spec.url {plugin.url!r} is not allowed; allowed prefixes: {', '.join(allowed_url_prefixes)}",
             reason="UrlNotAllowed",
         )
+
+
+def module_mounts(pod: Mapping[str, Any], config_maps: Sequence[Mapping[str, Any]]) -> list[injection.ModuleMount]:
+    """The module ConfigMaps (of the pod's namespace) whose plugin selects the pod, as mounts."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    out = []
+    for cm in sorted(config_maps, key=lambda c: c["metadata"]["name"]):
+        notes = cm["metadata"].get("annotations") or {}
+        try:
+            selector = json.loads(notes.get(istio.SELECTOR_ANNOTATION, "{}"))
+            mount = injection.ModuleMount(
+                config_map=cm["metadata"]["name"],
+                volume=notes[istio.VOLUME_ANNOTATION],
+                mount_dir=notes[istio.MOUNT_PATH_ANNOTATION],
+                label=notes[istio.POD_LABEL_ANNOTATION],
+            )
+        except (ValueError, KeyError):
+            continue  # not one this operator version wrote
+        if isinstance(selector, dict) and all(labels.get(k) == v for k, v in selector.items()):
+            out.append(mount)
+    return out
 
 
 def needs_check(body: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
@@ -289,9 +325,11 @@ def register(
     config_path: Path | None = None,
     *,
     identity: identity_mod.Identity | None = None,
+    lister: Lister | None = None,
 ) -> WebhookConfig | None:
     """Register the admission server and handlers on ``registry`` when a webhook config is given; ``identity``
-    makes the agent Secret of a namespace before its first pod is admitted."""
+    makes the agent Secret of a namespace before its first pod is admitted; ``lister`` reads the module ConfigMaps
+    for ``/mount-istio-modules``."""
     if config_path is None:
         env = os.environ.get(CONFIG_ENV, "")
         if not env:
@@ -318,6 +356,27 @@ def register(
             kopf.on.mutate("", "v1", "pods", id=path, registry=registry, operations=["CREATE"])(
                 _injector(agent, identity, namespace_opt_in=namespace_opt_in)
             )
+
+    if config.istio_modules and lister is not None:
+        list_objects = lister
+
+        @kopf.on.mutate("", "v1", "pods", id=ISTIO_MODULES_PATH, registry=registry, operations=["CREATE"])
+        def mount_istio_modules(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+            namespace = str((body.get("metadata") or {}).get("namespace") or "")
+            if not namespace or injection.is_istio_gateway(body):
+                return
+            try:
+                found = list_objects("v1", "ConfigMap", namespace, label_selector=f"{istio.MOUNT_LABEL}=true")
+                ops = injection.istio_module_patch(body, module_mounts(body, found))
+            except errors.MeshplugError as exc:  # never keep a pod from being created
+                log.warning("mounting istio modules into a pod of %s: %s", namespace, exc.message)
+                return
+            if ops:
+
+                def apply_ops(doc: Any) -> None:
+                    doc.update(injection.apply_patch(doc, ops))
+
+                patch.fns.append(apply_ops)
 
     if config.validation:
         prefixes = config.allowed_url_prefixes

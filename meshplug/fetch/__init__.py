@@ -123,6 +123,10 @@ class Fetcher:
         """Remove modules unused for ``options.unused_expiry_s``; their sha256s."""
         return self.cache.expire(self.options.unused_expiry_s)
 
+    def in_file_roots(self, url: str) -> bool:
+        """Whether a file:// url lies below one of the configured file roots (the operator may read it)."""
+        return local.in_roots(url, self.options)
+
     def fetch(
         self,
         url: str,

@@ -47,6 +47,15 @@ def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
     return any(path == root or path.is_relative_to(root) for root in roots)
 
 
+def in_roots(url: str, options: FetchOptions) -> bool:
+    """Whether a file:// url names a path below one of the roots, as written (before symlinks are followed)."""
+    try:
+        path = path_of(url)
+    except errors.FetchError:
+        return False
+    return _inside(Path(os.path.normpath(path)), options.file_roots)
+
+
 def read_file(url: str, options: FetchOptions) -> bytes:
     """The wasm module at a file:// url below one of ``options.file_roots``."""
     requested = path_of(url)

@@ -18,7 +18,9 @@ Authentication, one of:
   answers 401 or 403 by raising ProtocolError with reason ``unauthorized`` or ``forbidden``, and may put the
   module into the cache before it returns (another replica fetched and pushed it).
 Bytes are re-verified against the digest on every read. `/healthz` answers 200 without auth. A stdlib
-ThreadingHTTPServer on its own thread.
+ThreadingHTTPServer on its own thread. ``on_request`` (when given) hears of every module GET as (client address,
+sha256, HTTP status): the operator learns from it which pod's istio-agent or Envoy downloaded which module, and which
+download failed (`meshplug.controller.delivery.proxies.FetchLog`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import http.server
 import re
 import ssl
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +42,8 @@ from meshplug.serving import ServerThread
 
 _ROUTE = re.compile(r"^/modules/sha256/([0-9a-f]{64})$")
 _COMPILED_ROUTE = re.compile(r"^/compiled/(([0-9a-f]{64})\.[A-Za-z0-9.+-]{1,64}\.[0-9a-f]{16}\.cwasm)$")
+#: (client address, sha256, HTTP status) of a module GET
+OnRequest = Callable[[str, str, int], None]
 
 
 #: signing keys shorter than this are refused
@@ -98,6 +103,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return (403 if exc.reason == "forbidden" else 401), exc.message
         return None
 
+    def _heard(self, sha256: str, status: int) -> None:
+        if self.server.on_request is not None and self.command == "GET":
+            self.server.on_request(str(self.client_address[0]), sha256, status)
+
     def do_HEAD(self) -> None:
         self.do_GET()
 
@@ -115,13 +124,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._plain(404, "no such route")
             return
         sha256 = match.group(1)
-        if self._refused(self._refusal(sha256, query)):
+        refusal = self._refusal(sha256, query)
+        if refusal is not None:
+            self._heard(sha256, refusal[0])
+        if self._refused(refusal):
             return
         etag = f'"sha256:{sha256}"'
         data = self.server.cache.get_blob(sha256)
         if data is None:
+            self._heard(sha256, 404)
             self._plain(404, "module not in cache")
             return
+        self._heard(sha256, 200)
         if etag in [t.strip() for t in self.headers.get("If-None-Match", "").split(",")]:
             self.send_response(304)
             self.send_header("ETag", etag)
@@ -183,6 +197,7 @@ class _Server(http.server.ThreadingHTTPServer):
         ssl_context: ssl.SSLContext | None,
         *,
         compiled_root: Path | None = None,
+        on_request: OnRequest | None = None,
     ) -> None:
         super().__init__(address, _Handler)
         self.cache = cache
@@ -190,6 +205,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.access = access
         self.ssl_context = ssl_context
         self.compiled_root = compiled_root
+        self.on_request = on_request
 
     @property
     def tls(self) -> bool:
@@ -225,11 +241,14 @@ class ModuleServer(ServerThread):
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
         compiled_root: Path | None = None,
+        on_request: OnRequest | None = None,
     ) -> None:
         """``compiled_root``: the operator's precompiled artifacts (meshplug.compiled.ArtifactCache's root)."""
         if len(signing_key) < MIN_SIGNING_KEY:
             raise ValueError(f"module server signing key must be at least {MIN_SIGNING_KEY} characters")
-        server = _Server((host, port), cache, signing_key, access, ssl_context, compiled_root=compiled_root)
+        server = _Server(
+            (host, port), cache, signing_key, access, ssl_context, compiled_root=compiled_root, on_request=on_request
+        )
         super().__init__(server, name="meshplug-modules", poll_interval=0.05)
         self._signing_key = signing_key
         self._scheme = "https" if ssl_context is not None else "http"

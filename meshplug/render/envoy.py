@@ -49,8 +49,8 @@ FAILURE_POLICY = {
 
 
 def code_source(code: model.Code) -> dict[str, Any]:
-    """vm_config.code for a local file or a remote fetch."""
-    if isinstance(code, model.LocalCode):
+    """vm_config.code for a local file (mounted, or the proxy's own) or a remote fetch."""
+    if isinstance(code, model.LocalCode | model.ProxyFile):
         return {"local": {"filename": code.filename}}
     return {
         "remote": {

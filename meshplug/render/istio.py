@@ -1,19 +1,31 @@
-"""PluginSpec + Module -> what the istio data plane needs: an EnvoyFilter and, for small modules, a ConfigMap.
+"""PluginSpec + Module -> the istio data plane's ConfigMap route: an EnvoyFilter and, for small modules, a ConfigMap.
 
-Called by the controller (which then applies the objects) and by the render tests. Pure: no I/O.
+Called by `meshplug.controller.delivery.istio_configmap` (which then applies the objects), by the admission webhook
+(`meshplug.injection.istio_module_patch`, through `mount_label` and the ConfigMap's annotations) and by the render
+tests. Pure: no I/O. (Istio's own resources, the default route, are rendered by `meshplug.render.istio_native`.)
 
 Delivery: a module of at most `limits.CONFIGMAP_MAX_BYTES` travels in a ConfigMap (``binaryData``, key
-``<sha256>.wasm``) that the workload's sidecar mounts through the ``sidecar.istio.io/userVolume(Mount)``
-annotations (`meshplug.render.podtemplate`); the ConfigMap's and volume's names depend only on the plugin,
-so a new module version changes the ConfigMap and the EnvoyFilter but never the pod template (no rollout).
-Larger modules are served by the operator's module server and Envoy fetches them (``code.remote``, sha256).
+``<sha256>.wasm``) that the sidecar mounts: meshplug's mutating webhook adds the volume to each selected pod at
+admission (or the ``sidecar.istio.io/userVolume(Mount)`` annotations when Istio injects later) and labels the pod
+with `mount_label`; the EnvoyFilter selects only pods carrying that label, so a pod without the file (created before
+the plugin, or a gateway, whose injection template ignores userVolume) never gets a filter that names a missing
+file (Envoy would reject the whole listener). Names depend only on the plugin, so a new module version changes the
+ConfigMap and the EnvoyFilter, never a pod. A plugin in the mesh's root namespace (mesh-wide) gets a copy of its
+ConfigMap in each namespace it reaches, under its own names (`names(..., mesh_wide=True)`). Larger modules are
+served by the operator's module server and Envoy fetches them (``code.remote``, sha256); a ``file://`` url names a
+file inside the proxy (`model.ProxyFile`). The ConfigMap says whom it is for: label `MOUNT_LABEL` and the
+annotations `SELECTOR_ANNOTATION` (the plugin's selector as JSON), `VOLUME_ANNOTATION`, `MOUNT_PATH_ANNOTATION`
+and `POD_LABEL_ANNOTATION`, which the webhook reads.
 
-Placement (an EnvoyFilter patch needs an anchor filter that exists in every chain):
-- HTTP, phase AUTHN: ``INSERT_FIRST`` in the HTTP connection manager, i.e. before Istio's authn filters.
-- HTTP, phases AUTHZ, STATS, UNSPECIFIED: ``INSERT_BEFORE envoy.filters.http.router`` (the one filter every
-  chain has). Anchoring on ``envoy.filters.http.rbac`` or ``istio.stats`` would silently drop the plugin from
-  chains without them, so these plugins run after Istio's own authz/stats filters; among meshplug plugins the
-  order is Istio's: phase, then priority (higher first, unset last), then creation time and name.
+Placement, with the anchors Istio's own chain order gives (istiod puts, on every HTTP chain: metadata exchange,
+ext_authz, AUTHN extensions, jwt_authn/istio_authn, AUTHZ extensions, rbac, STATS extensions, UNSPECIFIED
+extensions, grpc_stats, fault, cors, istio.stats, router):
+- HTTP AUTHN: ``INSERT_FIRST`` (before Istio's authn filters; also before metadata exchange and ext_authz).
+- HTTP AUTHZ: ``INSERT_BEFORE envoy.filters.http.rbac``. A chain without rbac (no AuthorizationPolicy selects the
+  proxy) has no anchor: an EnvoyFilter cannot say "before rbac, else here", so the plugin is not there, and the
+  status says so for that proxy (`meshplug.controller.delivery.istio_configmap`); the native route has no such gap.
+- HTTP STATS and UNSPECIFIED: ``INSERT_BEFORE envoy.filters.http.grpc_stats`` (every chain has it), STATS first:
+  after rbac, before istio.stats, exactly where istiod puts its own extensions of these phases.
 - NETWORK: AUTHN ``INSERT_FIRST``; others ``INSERT_BEFORE`` the chain's terminal filter (one patch for
   ``tcp_proxy`` chains, one for ``http_connection_manager`` chains; each applies where its anchor exists).
 The order between plugins comes from the EnvoyFilter ``priority``: one band of 2**30 per phase, the plugin's
@@ -32,6 +44,7 @@ module, so no ConfigMap and no volume; the EnvoyFilter's digest annotation is th
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +56,19 @@ ENVOY_FILTER_API = "networking.istio.io/v1alpha3"
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 ROUTER = "envoy.filters.http.router"
+RBAC = "envoy.filters.http.rbac"
+GRPC_STATS = "envoy.filters.http.grpc_stats"
+#: pods that mount a plugin's ConfigMap carry ``<MOUNT_LABEL_PREFIX><volume>: mounted`` (set at admission)
+MOUNT_LABEL_PREFIX = "wasm.meshplug.io/"
+MOUNTED = "mounted"
+#: on the ConfigMaps the webhook mounts: the label it lists them by, the selector of the pods they are for
+MOUNT_LABEL = "meshplug.io/mount"
+SELECTOR_ANNOTATION = "meshplug.io/selector"
+VOLUME_ANNOTATION = "meshplug.io/volume"
+MOUNT_PATH_ANNOTATION = "meshplug.io/mount-path"
+POD_LABEL_ANNOTATION = "meshplug.io/pod-label"
+#: the namespace of the plugin a ConfigMap belongs to (root-namespace plugins copy theirs into other namespaces)
+PLUGIN_NAMESPACE_LABEL = "meshplug.io/plugin-namespace"
 
 _BAND = 2**30
 _SPAN = 2**29 - 2
@@ -89,23 +115,36 @@ def placement(plugin: spec.PluginSpec) -> Placement:
         return Placement("INSERT_FIRST", (), prio)
     if plugin.type is spec.PluginType.NETWORK:
         return Placement("INSERT_BEFORE", (TCP_PROXY, HCM), prio)
-    return Placement("INSERT_BEFORE", (ROUTER,), prio)
+    if plugin.phase is spec.Phase.AUTHZ:
+        return Placement("INSERT_BEFORE", (RBAC,), prio)
+    return Placement("INSERT_BEFORE", (GRPC_STATS,), prio)
 
 
-def names(plugin_name: str) -> tuple[str, str, str]:
-    """(EnvoyFilter name, ConfigMap name, volume name) of the WasmPlugin named ``plugin_name``: stable per
-    plugin, never per module (the namespace is the plugin's own)."""
+def names(plugin_name: str, namespace: str = "", *, mesh_wide: bool = False) -> tuple[str, str, str]:
+    """(EnvoyFilter name, ConfigMap name, volume name) of the WasmPlugin ``plugin_name``: stable per plugin, never
+    per module. A mesh-wide plugin's ConfigMap and volume (in other namespaces, beside their own plugins') carry
+    its namespace too."""
+    base = f"{namespace}.{plugin_name}" if mesh_wide else plugin_name
     ef = model.dns_name("meshplug-", plugin_name, 253)
-    cm = model.dns_name("meshplug-wasm-", plugin_name, 253)
-    vol = model.dns_name("meshplug-wasm-", plugin_name, 63)
+    cm = model.dns_name("meshplug-wasm-", base, 253)
+    vol = model.dns_name("meshplug-wasm-", base.replace(".", "-"), 63)
     return ef, cm, vol
 
 
-def code_for(plugin: spec.PluginSpec, module: model.Module, server: model.ModuleServer) -> model.Code:
-    """ConfigMap-mounted file when the module fits, else the module server."""
+def mount_label(code: model.LocalCode) -> str:
+    return f"{MOUNT_LABEL_PREFIX}{code.volume}"
+
+
+def code_for(
+    plugin: spec.PluginSpec, module: model.Module | None, server: model.ModuleServer, *, mesh_wide: bool = False
+) -> model.Code:
+    """ConfigMap-mounted file when the module fits, else the module server; a file inside the proxy (None)."""
+    if module is None:
+        return model.ProxyFile(filename=local_path(plugin.url), sha256=plugin.sha256 or "")
     if module.fits_config_map:
-        _, cm, vol = names(plugin.name)
-        mount_dir = f"{model.MODULE_MOUNT_ROOT}/{plugin.name}"
+        _, cm, vol = names(plugin.name, plugin.namespace, mesh_wide=mesh_wide)
+        base = f"{plugin.namespace}.{plugin.name}" if mesh_wide else plugin.name
+        mount_dir = f"{model.MODULE_MOUNT_ROOT}/{base}"
         return model.LocalCode(
             config_map=cm,
             volume=vol,
@@ -118,8 +157,17 @@ def code_for(plugin: spec.PluginSpec, module: model.Module, server: model.Module
     )
 
 
+def local_path(url: str) -> str:
+    """The path of a ``file://`` url (inside the proxy)."""
+    return url.removeprefix("file://").removeprefix("localhost")
+
+
 def _labels(plugin: spec.PluginSpec) -> dict[str, str]:
-    return {model.MANAGED_BY_LABEL: model.MANAGED_BY, model.PLUGIN_LABEL: plugin.name}
+    return {
+        model.MANAGED_BY_LABEL: model.MANAGED_BY,
+        model.PLUGIN_LABEL: plugin.name,
+        PLUGIN_NAMESPACE_LABEL: plugin.namespace,
+    }
 
 
 def _contexts(plugin: spec.PluginSpec) -> list[tuple[str, int | None]]:
@@ -167,9 +215,12 @@ def envoy_filter(plugin: spec.PluginSpec, code: model.Code | None) -> dict[str, 
         body["targetRefs"] = [
             {k: v for k, v in (("group", r.group), ("kind", r.kind), ("name", r.name)) if v} for r in plugin.target_refs
         ]
+    elif isinstance(code, model.LocalCode):  # only pods that mount the file
+        body["workloadSelector"] = {"labels": {**plugin.selector_labels, mount_label(code): MOUNTED}}
     elif plugin.selector:
         body["workloadSelector"] = {"labels": plugin.selector_labels}
     ef_name, _, _ = names(plugin.name)
+    digest = code.sha256 if code is not None else (plugin.sha256 or "")
     return {
         "apiVersion": ENVOY_FILTER_API,
         "kind": "EnvoyFilter",
@@ -177,17 +228,21 @@ def envoy_filter(plugin: spec.PluginSpec, code: model.Code | None) -> dict[str, 
             "name": ef_name,
             "namespace": plugin.namespace,
             "labels": _labels(plugin),
-            "annotations": {model.DIGEST_ANNOTATION: f"sha256:{code.sha256 if code is not None else plugin.sha256}"},
+            "annotations": {model.DIGEST_ANNOTATION: f"sha256:{digest}"} if digest else {},
         },
         "spec": body,
     }
 
 
 def config_map(
-    plugin: spec.PluginSpec, module: model.Module, code: model.LocalCode, previous: model.Module | None = None
+    plugin: spec.PluginSpec,
+    module: model.Module,
+    code: model.LocalCode,
+    previous: model.Module | None = None,
+    namespace: str = "",
 ) -> dict[str, Any]:
-    """The ConfigMap holding the module; ``previous`` is kept beside it when both fit (sidecars that have
-    not yet seen the new EnvoyFilter keep a readable file)."""
+    """The ConfigMap holding the module (in ``namespace``, default the plugin's); ``previous`` is kept beside it
+    when both fit (sidecars that have not yet seen the new EnvoyFilter keep a readable file)."""
     binary = {f"{module.sha256}.wasm": base64.b64encode(module.data).decode()}
     if (
         previous is not None
@@ -200,9 +255,15 @@ def config_map(
         "kind": "ConfigMap",
         "metadata": {
             "name": code.config_map,
-            "namespace": plugin.namespace,
-            "labels": _labels(plugin),
-            "annotations": {model.DIGEST_ANNOTATION: module.digest},
+            "namespace": namespace or plugin.namespace,
+            "labels": {**_labels(plugin), MOUNT_LABEL: "true"},
+            "annotations": {
+                model.DIGEST_ANNOTATION: module.digest,
+                SELECTOR_ANNOTATION: json.dumps(plugin.selector_labels, sort_keys=True, separators=(",", ":")),
+                VOLUME_ANNOTATION: code.volume,
+                MOUNT_PATH_ANNOTATION: code.mount_dir,
+                POD_LABEL_ANNOTATION: mount_label(code),
+            },
         },
         "binaryData": binary,
     }
@@ -210,13 +271,18 @@ def config_map(
 
 def render(
     plugin: spec.PluginSpec,
-    module: model.Module,
+    module: model.Module | None,
     server: model.ModuleServer,
     previous: model.Module | None = None,
+    *,
+    mesh_wide: bool = False,
 ) -> IstioObjects:
-    """All istio data-plane objects for one plugin and module (a Lua filter: the EnvoyFilter alone)."""
+    """The EnvoyFilter and the plugin's own-namespace ConfigMap for one plugin and module (copies of a mesh-wide
+    plugin's ConfigMap for other namespaces: `config_map` with their namespace; a Lua filter: the EnvoyFilter alone)."""
     if plugin.lua is not None:
         return IstioObjects(envoy_filter=envoy_filter(plugin, None), config_map=None, code=None)
-    code = code_for(plugin, module, server)
-    cm = config_map(plugin, module, code, previous) if isinstance(code, model.LocalCode) else None
+    code = code_for(plugin, module, server, mesh_wide=mesh_wide)
+    cm = None
+    if isinstance(code, model.LocalCode) and module is not None:
+        cm = config_map(plugin, module, code, previous)
     return IstioObjects(envoy_filter=envoy_filter(plugin, code), config_map=cm, code=code)

@@ -126,7 +126,15 @@ class RemoteCode:
     sha256: str
 
 
-Code = LocalCode | RemoteCode
+@dataclass(frozen=True)
+class ProxyFile:
+    """A ``file://`` url in the istio data plane: a file inside the proxy (Istio's meaning), never seen by meshplug."""
+
+    filename: str
+    sha256: str = ""  # what the spec says; unverified
+
+
+Code = LocalCode | RemoteCode | ProxyFile
 
 
 def dns_name(prefix: str, name: str, max_len: int) -> str:

@@ -182,7 +182,7 @@ def test_values_typo_fails_the_install(
         ),
         (
             "validation only",
-            ["--set", "injection.enabled=false"],
+            ["--set", "injection.enabled=false", "--set", "istio.moduleMounts.enabled=false"],
             {"MutatingWebhookConfiguration"},
             {"ValidatingWebhookConfiguration"},
         ),

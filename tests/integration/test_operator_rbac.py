@@ -224,6 +224,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[
         for crd in sorted((procs.REPO_ROOT / "crds").glob("*.yaml")):
             fixtures_kube.install_crd(kube, yaml.safe_load(crd.read_text()))
         fixtures_kube.install_crd(kube, fixtures_kube.ENVOYFILTER_CRD)
+        fixtures_kube.install_crd(kube, WP_CRD)  # Istio < 1.30: extensions.istio.io serves WasmPlugin only
         for ns in ("shop-a", *WATCHED):
             fixtures_kube.ensure_namespace(kube, ns)
         assert kube.request("POST", "/api/v1/namespaces/default/serviceaccounts", {"metadata": {"name": "nobody"}})[0]
@@ -235,6 +236,12 @@ def plane(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[
         finally:
             for a in p.agents:
                 a.stop()
+
+
+#: Istio's extensions.istio.io kinds as stand-ins (no istiod here: the istio plane's proxies are in test_istio_*)
+ISTIO_EXT = "/apis/extensions.istio.io/v1alpha1"
+WP_CRD = fixtures_kube.stand_in_crd("extensions.istio.io", "v1alpha1", "WasmPlugin", "wasmplugins")
+TE_CRD = fixtures_kube.stand_in_crd("extensions.istio.io", "v1alpha1", "TrafficExtension", "trafficextensions")
 
 
 # --- what the operator is asked to do: one plugin per data plane ------------------------------------------
@@ -346,7 +353,15 @@ class Shop:
             "agent",
             {"url": url, "sha256": sha, "selector": selector, "dataPlane": "agent"},
         )
+        # the istio plane, both routes: native (Istio's own resource; this cluster serves only Istio's WasmPlugin
+        # kind for now) and configmap (EnvoyFilter + ConfigMap); no pod here has an Istio proxy: NoProxies
         self.create("wasmplugins", "WasmPlugin", "istio", {"url": url, "sha256": sha, "selector": selector})
+        self.create(
+            "wasmplugins",
+            "WasmPlugin",
+            "istio-cm",
+            {"url": url, "sha256": sha, "selector": selector, "istioDelivery": "configmap"},
+        )
         lua = "function envoy_on_response(h) h:headers():add('x-lua', '1') end\n"
         self.create(
             "trafficextensions",
@@ -355,28 +370,22 @@ class Shop:
             {"lua": {"inlineCode": lua}, "selector": selector, "dataPlane": "agent"},
         )
         self.wait("wasmplugins", "agent", "Confirmed")
-        self.wait("wasmplugins", "istio", "Applied")
+        self.wait("wasmplugins", "istio", "NoProxies")
+        self.wait("wasmplugins", "istio-cm", "NoProxies")
         self.wait("trafficextensions", "lua", "Confirmed")
         url2, sha2 = self.module("m2.wasm", MODULE_V2)
-        for name in ("agent", "istio"):
-            self.request(
-                "PATCH",
-                f"{API.format(ns=self.ns, plural='wasmplugins')}/{name}",
-                {"spec": {"url": url2, "sha256": sha2}},
-            )
-        procs.wait_until(
-            lambda: all(
-                self.plane.kube.request("GET", f"{API.format(ns=self.ns, plural='wasmplugins')}/{n}")[1]
-                .get("status", {})
-                .get("digest")
-                == f"sha256:{sha2}"
-                for n in ("agent", "istio")
-            ),
-            timeout=90,
-            what="both plugins on the new module",
-        )
+        self.new_module(("agent", "istio", "istio-cm"), url2, sha2)
+        # Istio upgraded to serve TrafficExtension: the native route moves to it (and takes its WasmPlugin back)
+        if self.plane.kube.request("GET", f"{ISTIO_EXT}/trafficextensions")[0] != 200:
+            fixtures_kube.install_crd(self.plane.kube, TE_CRD)
+        for url_n, sha_n in ((url, sha), (url2, sha2)):
+            self.new_module(("istio",), url_n, sha_n)
+        _, te = self.plane.kube.request("GET", f"{ISTIO_EXT}/namespaces/{self.ns}/trafficextensions/istio")
+        assert te["spec"]["wasm"]["sha256"] == sha2
+        assert self.plane.kube.request("GET", f"{ISTIO_EXT}/namespaces/{self.ns}/wasmplugins/istio")[0] == 404
         self.delete("wasmplugins", "agent")
         self.delete("wasmplugins", "istio")
+        self.delete("wasmplugins", "istio-cm")
         self.delete("trafficextensions", "lua")
         # a module that is not what its sha256 says: Ready=False and a Warning Event
         self.create(
@@ -387,6 +396,24 @@ class Shop:
         )
         procs.wait_until(lambda: self.warnings("bad"), timeout=30, what="a Warning Event on bad")
         self.delete("wasmplugins", "bad")
+
+    def new_module(self, names: tuple[str, ...], url: str, sha: str) -> None:
+        """Point the WasmPlugins ``names`` at another module and wait until each status carries it."""
+        for name in names:
+            self.request(
+                "PATCH", f"{API.format(ns=self.ns, plural='wasmplugins')}/{name}", {"spec": {"url": url, "sha256": sha}}
+            )
+        procs.wait_until(
+            lambda: all(
+                self.plane.kube.request("GET", f"{API.format(ns=self.ns, plural='wasmplugins')}/{n}")[1]
+                .get("status", {})
+                .get("digest")
+                == f"sha256:{sha}"
+                for n in names
+            ),
+            timeout=90,
+            what=f"{', '.join(names)} on module {sha[:12]}",
+        )
 
     def warnings(self, name: str, *, repeated: bool = False) -> list[str]:
         """Reasons of the Warning Events on ``name`` (``repeated``: only series counted more than once)."""

@@ -1,4 +1,5 @@
-"""Every rendered EnvoyFilter, applied to a sidecar-shaped bootstrap as istiod would, passes real Envoy's
+"""Every rendered EnvoyFilter, applied to a sidecar-shaped bootstrap as istiod would (tests/testbed/sidecar.py, an
+imitation for speed: where the filters land in a real proxy is tests/integration/test_istio_*.py), passes real Envoy's
 `--mode validate` with the real module bytes mounted from the rendered ConfigMap (V8 loads the module).
 matchRules also run for real: the rendered filter in a running Envoy in front of the echo service, with a
 header-setting corpus module, sets each rule's header only on the requests that rule matches."""
@@ -28,14 +29,16 @@ LARGE = model.Module.of(
 )
 
 P = "shop.hdr"  # Envoy's name of the plugin under test
-MX, AUTHN, RBAC, STATS, ROUTER = (
+MX, AUTHN, RBAC, GRPC, CORS, STATS, ROUTER = (
     "istio.metadata_exchange",
     "istio_authn",
     "envoy.filters.http.rbac",
+    "envoy.filters.http.grpc_stats",
+    "envoy.filters.http.cors",
     "istio.stats",
     ("envoy.filters.http.router"),
 )
-HTTP = [MX, AUTHN, RBAC, STATS, ROUTER]  # the sidecar's HTTP chain before any plugin
+HTTP = [MX, AUTHN, RBAC, GRPC, CORS, STATS, ROUTER]  # the sidecar's HTTP chain before any plugin
 HCM, TCP = "envoy.filters.network.http_connection_manager", "envoy.filters.network.tcp_proxy"
 
 # (id, spec fields, module, {listener: its whole chain afterwards}); HTTP filters for HTTP plugins, network
@@ -46,9 +49,9 @@ CASES: list[tuple[str, dict[str, Any], model.Module, dict[str, list[str]]]] = [
         {},
         SMALL,
         {
-            "inbound_http_9080": [MX, AUTHN, RBAC, STATS, P, ROUTER],
-            "outbound_http_80": [MX, AUTHN, RBAC, STATS, P, ROUTER],
-            "outbound_http_8080": [MX, AUTHN, RBAC, STATS, P, ROUTER],
+            "inbound_http_9080": [MX, AUTHN, RBAC, P, GRPC, CORS, STATS, ROUTER],
+            "outbound_http_80": [MX, AUTHN, RBAC, P, GRPC, CORS, STATS, ROUTER],
+            "outbound_http_8080": [MX, AUTHN, RBAC, P, GRPC, CORS, STATS, ROUTER],
         },
     ),
     (
@@ -61,13 +64,13 @@ CASES: list[tuple[str, dict[str, Any], model.Module, dict[str, list[str]]]] = [
         "server-only-port",
         {"match": [{"mode": "SERVER", "ports": [{"number": 9080}]}], "failStrategy": "FAIL_OPEN"},
         SMALL,
-        {"inbound_http_9080": [MX, AUTHN, RBAC, STATS, P, ROUTER]},
+        {"inbound_http_9080": [MX, AUTHN, RBAC, P, GRPC, CORS, STATS, ROUTER]},
     ),
     (
         "client-port",
         {"match": [{"mode": "CLIENT", "ports": [{"number": 8080}]}], "failStrategy": "FAIL_RELOAD"},
         SMALL,
-        {"outbound_http_8080": [MX, AUTHN, RBAC, STATS, P, ROUTER]},
+        {"outbound_http_8080": [MX, AUTHN, RBAC, P, GRPC, CORS, STATS, ROUTER]},
     ),
     (
         "config-env-rootid",
@@ -79,7 +82,7 @@ CASES: list[tuple[str, dict[str, Any], model.Module, dict[str, list[str]]]] = [
             "match": [{"mode": "CLIENT", "ports": [{"number": 80}]}],
         },
         SMALL,
-        {"outbound_http_80": [MX, AUTHN, RBAC, STATS, P, ROUTER]},
+        {"outbound_http_80": [MX, AUTHN, RBAC, P, GRPC, CORS, STATS, ROUTER]},
     ),
     (
         "network",
@@ -111,22 +114,22 @@ CASES: list[tuple[str, dict[str, Any], model.Module, dict[str, list[str]]]] = [
         },
         SMALL,
         {
-            "inbound_http_9080": [MX, AUTHN, RBAC, STATS, P, ROUTER],
-            "outbound_http_80": [MX, AUTHN, RBAC, STATS, P, ROUTER],
-            "outbound_http_8080": [MX, AUTHN, RBAC, STATS, P, ROUTER],
+            "inbound_http_9080": [MX, AUTHN, RBAC, P, GRPC, CORS, STATS, ROUTER],
+            "outbound_http_80": [MX, AUTHN, RBAC, P, GRPC, CORS, STATS, ROUTER],
+            "outbound_http_8080": [MX, AUTHN, RBAC, P, GRPC, CORS, STATS, ROUTER],
         },
     ),
     (
         "match-rules-remote-large-module",
         {"matchRules": [{"paths": [{"prefix": "/a"}]}], "match": [{"mode": "CLIENT", "ports": [{"number": 80}]}]},
         LARGE,
-        {"outbound_http_80": [MX, AUTHN, RBAC, STATS, P, ROUTER]},
+        {"outbound_http_80": [MX, AUTHN, RBAC, P, GRPC, CORS, STATS, ROUTER]},
     ),
     (
         "remote-large-module",
         {"failStrategy": "FAIL_OPEN", "match": [{"mode": "CLIENT", "ports": [{"number": 80}]}]},
         LARGE,
-        {"outbound_http_80": [MX, AUTHN, RBAC, STATS, P, ROUTER]},
+        {"outbound_http_80": [MX, AUTHN, RBAC, P, GRPC, CORS, STATS, ROUTER]},
     ),
 ]
 

@@ -1,4 +1,7 @@
-"""An Istio-sidecar-shaped Envoy bootstrap, and Istio's EnvoyFilter patching applied to it, for render tests.
+"""An Istio-sidecar-shaped Envoy bootstrap, and Istio's EnvoyFilter patching applied to it, for fast render tests.
+
+Not evidence of Istio's behaviour: that is tests/integration/test_istio_*.py on the real istiod, istio-agent and
+Envoy (tests/testbed/istio.py). This imitation only gets rendered filters in front of `envoy --mode validate`.
 
 Used by tests/integration/test_render_envoy_validate.py: the operator renders EnvoyFilters and ConfigMaps;
 this module does what istiod and the kubelet would do with them (insert the patch values into the matching
@@ -45,11 +48,14 @@ LISTENERS = (
 
 
 def _http_filters() -> list[dict[str, Any]]:
-    """Istio's usual HTTP chain, with stand-ins (same names) for Istio-only extensions."""
+    """Istio's HTTP chain for a proxy with policies and telemetry on (the order istiod builds, see
+    tests/integration/test_istio_placement.py), with stand-ins (same names) for Istio-only extensions."""
     return [
         {"name": "istio.metadata_exchange", "typed_config": {"@type": CORS}},
         {"name": "istio_authn", "typed_config": {"@type": CORS}},
         {"name": "envoy.filters.http.rbac", "typed_config": {"@type": RBAC}},
+        {"name": "envoy.filters.http.grpc_stats", "typed_config": {"@type": CORS}},
+        {"name": "envoy.filters.http.cors", "typed_config": {"@type": CORS}},
         {"name": "istio.stats", "typed_config": {"@type": CORS}},
         {"name": ROUTER_NAME, "typed_config": {"@type": envoy.ROUTER}},
     ]

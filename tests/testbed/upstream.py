@@ -1,8 +1,9 @@
 """Upstream services of the test bed, each a separate process on 127.0.0.1: echo, auth, counter, tcp_echo.
 
-Run as `python tests/testbed/upstream.py KIND PORT`; from tests, `start_service(kind, log_dir=...)` starts
-one and waits until it answers. Used by the corpus runner (tests/corpus/runner.py) for a spec's clusters and
-by the Envoy test-bed tests.
+Run as `python tests/testbed/upstream.py KIND PORT [HOST]` (HOST default 127.0.0.1); from tests,
+`start_service(kind, log_dir=...)` starts one and waits until it answers. Used by the corpus runner
+(tests/corpus/runner.py) for a spec's clusters, by the Envoy test-bed tests and as the app of the Istio test bed's
+pods (tests/testbed/istio.py).
 
 echo      HTTP/1.1. Records every request it sees (method, path, headers, body) and answers as told:
           - header `x-echo-respond: <urlsafe base64 of JSON {status, headers, body_chunks}>` picks the answer

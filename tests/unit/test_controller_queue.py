@@ -126,15 +126,17 @@ def test_pool_close_abandons_a_blocked_call_and_refuses_new_work() -> None:
     never.set()
 
 
-def pod(name: str, labels: dict[str, str], **status: Any) -> dict[str, Any]:
-    return {"metadata": {"namespace": "ns", "name": name, "labels": labels}, "status": status}
+def pod(name: str, labels: dict[str, str], ns: str = "ns", **status: Any) -> dict[str, Any]:
+    return {"metadata": {"namespace": ns, "name": name, "labels": labels}, "status": status}
 
 
-def plugin(name: str, selector: dict[str, str] | None, generation: int = 1, plane: str = "agent") -> dict[str, Any]:
-    spec: dict[str, Any] = {"url": "oci://reg/p:v1", "dataPlane": plane}
+def plugin(
+    name: str, selector: dict[str, str] | None, generation: int = 1, plane: str = "agent", ns: str = "ns", **more: Any
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"url": "oci://reg/p:v1", "dataPlane": plane, **more}
     if selector is not None:
         spec["selector"] = {"matchLabels": selector}
-    return {"metadata": {"namespace": "ns", "name": name, "generation": generation}, "spec": spec}
+    return {"metadata": {"namespace": ns, "name": name, "generation": generation}, "spec": spec}
 
 
 def test_index_maps_events_to_the_plugins_they_concern() -> None:
@@ -151,13 +153,20 @@ def test_index_maps_events_to_the_plugins_they_concern() -> None:
     assert idx.pod_event("MODIFIED", moved) == [("ns", "all"), ("ns", "cart")]
     assert idx.pod_event("MODIFIED", moved) == []
     assert idx.pod_event("DELETED", moved) == [("ns", "all")]
-    # workloads concern istio-plane plugins only
-    idx.plugin_event(None, plugin("mesh", {"app": "cart"}, plane="istio"))
-    wl = {"metadata": {"namespace": "ns", "name": "d"}, "spec": {"template": {"metadata": {"labels": {"app": "cart"}}}}}
-    assert idx.workload_event("Deployment", "ADDED", wl) == [("ns", "mesh")]
-    assert idx.workload_event("Deployment", "MODIFIED", wl) == []
     assert idx.plugin_event("DELETED", plugin("cart", {"app": "cart"})) == []
     assert idx.plugin("ns", "cart") is None
+
+
+def test_index_root_namespace_plugins_and_gateway_targets() -> None:
+    idx = index.Index("istio-system")
+    idx.plugin_event(None, plugin("mesh", {"app": "cart"}, plane="istio", ns="istio-system"))
+    idx.plugin_event(None, plugin("mesh-agent", {"app": "cart"}, plane="agent", ns="istio-system"))
+    idx.plugin_event(None, plugin("gw", None, plane="istio", targetRefs=[{"kind": "Gateway", "name": "ingress"}]))
+    # an istio-plane plugin of the root namespace selects pods of every namespace (the agent plane's does not)
+    assert idx.pod_event("ADDED", pod("p", {"app": "cart"}, ns="shop")) == [("istio-system", "mesh")]
+    gateway = pod("g", {"gateway.networking.k8s.io/gateway-name": "ingress"})
+    assert idx.pod_event("ADDED", gateway) == [("ns", "gw")]
+    assert idx.pod_event("ADDED", pod("g", {"gateway.networking.k8s.io/gateway-name": "ingress"}, ns="x")) == []
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""meshplug.render: EnvoyFilter, ConfigMap, pod-template annotations and agent sets from PluginSpecs."""
+"""meshplug.render: EnvoyFilter and ConfigMap (istio ConfigMap route), Istio's own TrafficExtension/WasmPlugin
+(native route) and the pod admission patch that mounts ConfigMap modules, from PluginSpecs."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from meshplug import errors, limits, spec
-from meshplug.render import envoy, istio, model, podtemplate
+from meshplug import errors, injection, limits, spec
+from meshplug.render import envoy, istio, istio_native, model
 
 SERVER = model.ModuleServer(host="meshplug-modules.meshplug-system.svc.cluster.local", port=8080, token="t" * 32)
 SMALL = model.Module.of(b"\x00asm\x01\x00\x00\x00" + b"\x00" * 100)
@@ -151,9 +152,9 @@ def test_match_to_context_and_port(fields: dict[str, Any], expected: list[tuple[
 @pytest.mark.parametrize(
     ("fields", "operation", "anchors", "apply_to"),
     [
-        ({}, "INSERT_BEFORE", [istio.ROUTER], "HTTP_FILTER"),
-        ({"phase": "AUTHZ"}, "INSERT_BEFORE", [istio.ROUTER], "HTTP_FILTER"),
-        ({"phase": "STATS"}, "INSERT_BEFORE", [istio.ROUTER], "HTTP_FILTER"),
+        ({}, "INSERT_BEFORE", [istio.GRPC_STATS], "HTTP_FILTER"),
+        ({"phase": "AUTHZ"}, "INSERT_BEFORE", [istio.RBAC], "HTTP_FILTER"),
+        ({"phase": "STATS"}, "INSERT_BEFORE", [istio.GRPC_STATS], "HTTP_FILTER"),
         ({"phase": "AUTHN"}, "INSERT_FIRST", [None], "HTTP_FILTER"),
         ({"type": "NETWORK"}, "INSERT_BEFORE", [istio.TCP_PROXY, istio.HCM], "NETWORK_FILTER"),
         ({"type": "NETWORK", "phase": "AUTHN"}, "INSERT_FIRST", [None], "NETWORK_FILTER"),
@@ -188,8 +189,19 @@ def test_phase_to_operation(fields: dict[str, Any], operation: str, anchors: lis
     ],
 )
 def test_envoy_filter_priorities_order_the_chain(plugins: list[tuple[str, str, int | None]], chain: list[str]) -> None:
-    """Simulate Istio: apply EnvoyFilters by ascending priority (stable: creation order) to one HCM chain."""
-    filters = ["istio.metadata_exchange", "istio_authn", "envoy.filters.http.rbac", "istio.stats", istio.ROUTER]
+    """Simulate Istio: apply EnvoyFilters by ascending priority (stable: creation order) to one HCM chain (istiod's
+    chain with policies and telemetry on; the real one is checked on istiod in tests/integration/test_istio_*)."""
+    filters = [
+        "istio.metadata_exchange",
+        "envoy.filters.http.jwt_authn",
+        "istio_authn",
+        istio.RBAC,
+        istio.GRPC_STATS,
+        "envoy.filters.http.fault",
+        "envoy.filters.http.cors",
+        "istio.stats",
+        istio.ROUTER,
+    ]
     efs = []
     for name, phase, prio in plugins:
         fields: dict[str, Any] = {"phase": phase}
@@ -207,13 +219,26 @@ def test_envoy_filter_priorities_order_the_chain(plugins: list[tuple[str, str, i
                     filters.index(p["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"]), value
                 )
     assert [f.removeprefix("shop.") for f in filters if f.startswith("shop.")] == chain
+    # and each phase sits where istiod puts its own extensions of that phase
+    where = {f.removeprefix("shop."): i for i, f in enumerate(filters)}
+    for name, phase, _ in plugins:
+        if phase == "AUTHN":
+            assert where[name] < filters.index("envoy.filters.http.jwt_authn")
+        elif phase == "AUTHZ":
+            assert filters.index("istio_authn") < where[name] < filters.index(istio.RBAC)
+        else:
+            assert filters.index(istio.RBAC) < where[name] < filters.index(istio.GRPC_STATS)
+
+
+MOUNTED = {"wasm.meshplug.io/meshplug-wasm-hdr": "mounted"}
 
 
 @pytest.mark.parametrize(
     ("fields", "key", "expected"),
     [
-        ({}, "workloadSelector", None),
-        ({"selector": {"matchLabels": {"app": "cart"}}}, "workloadSelector", {"labels": {"app": "cart"}}),
+        # a ConfigMap module: only pods that mount it (the webhook labels them at admission)
+        ({}, "workloadSelector", {"labels": MOUNTED}),
+        ({"selector": {"matchLabels": {"app": "cart"}}}, "workloadSelector", {"labels": {"app": "cart", **MOUNTED}}),
         (
             {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}]},
             "targetRefs",
@@ -224,76 +249,177 @@ def test_envoy_filter_priorities_order_the_chain(plugins: list[tuple[str, str, i
 def test_envoy_filter_targets(fields: dict[str, Any], key: str, expected: object) -> None:
     ef = istio.render(plugin(**fields), SMALL, SERVER).envoy_filter
     assert ef["spec"].get(key) == expected
-    assert ef["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "meshplug", "meshplug.io/plugin": "hdr"}
+    assert ef["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "meshplug",
+        "meshplug.io/plugin": "hdr",
+        "meshplug.io/plugin-namespace": "shop",
+    }
     assert ef["metadata"]["annotations"] == {"meshplug.io/digest": SMALL.digest}
+
+
+def test_remote_and_proxy_local_code_select_by_the_plugin_selector_alone() -> None:
+    p = plugin(selector={"matchLabels": {"app": "cart"}})
+    assert istio.render(p, LARGE, SERVER).envoy_filter["spec"]["workloadSelector"] == {"labels": {"app": "cart"}}
+    local = plugin(url="file:///opt/filters/hdr.wasm", selector={"matchLabels": {"app": "cart"}})
+    out = istio.render(local, None, SERVER)
+    assert out.config_map is None and isinstance(out.code, model.ProxyFile)
+    assert wasm_config(out.envoy_filter)["vm_config"]["code"] == {"local": {"filename": "/opt/filters/hdr.wasm"}}
+    assert out.envoy_filter["spec"]["workloadSelector"] == {"labels": {"app": "cart"}}
+
+
+def test_mesh_wide_plugins_get_their_own_config_map_and_volume_names() -> None:
+    root = spec.parse({"metadata": {"name": "hdr", "namespace": "istio-system"}, "spec": {"url": "oci://r/h:v1"}})
+    code = istio.code_for(root, SMALL, SERVER, mesh_wide=True)
+    assert isinstance(code, model.LocalCode)
+    assert (code.config_map, code.volume, code.mount_dir) == (
+        "meshplug-wasm-istio-system.hdr",
+        "meshplug-wasm-istio-system-hdr",
+        "/var/local/meshplug/wasm/istio-system.hdr",
+    )
+    cm = istio.config_map(root, SMALL, code, namespace="shop")
+    assert cm["metadata"]["namespace"] == "shop"
+    assert cm["metadata"]["labels"]["meshplug.io/plugin-namespace"] == "istio-system"
+    notes = cm["metadata"]["annotations"]
+    assert notes[istio.POD_LABEL_ANNOTATION] == "wasm.meshplug.io/meshplug-wasm-istio-system-hdr"
+    assert json.loads(notes[istio.SELECTOR_ANNOTATION]) == {}
 
 
 CODE = istio.code_for(plugin(), SMALL, SERVER)
 assert isinstance(CODE, model.LocalCode)
-OURS_V = {"name": "meshplug-wasm-hdr", "configMap": {"name": "meshplug-wasm-hdr"}}
+MOUNT = injection.ModuleMount(CODE.config_map, CODE.volume, CODE.mount_dir, istio.mount_label(CODE))
+OURS_V = {"name": "meshplug-wasm-hdr", "configMap": {"name": "meshplug-wasm-hdr", "optional": True}}
 OURS_M = {"name": "meshplug-wasm-hdr", "mountPath": "/var/local/meshplug/wasm/hdr", "readOnly": True}
 OTHER_V = {"name": "certs", "secret": {"secretName": "c"}}
 OTHER_M = {"name": "certs", "mountPath": "/etc/certs"}
 
 
-def ann(volumes: object, mounts: object) -> dict[str, str]:
-    return {podtemplate.USER_VOLUME: json.dumps(volumes), podtemplate.USER_VOLUME_MOUNT: json.dumps(mounts)}
+def pod(*, proxy: bool, router: bool = False, **meta: Any) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = [{"name": "app", "image": "app"}]
+    if proxy:
+        containers.append({"name": "istio-proxy", "args": ["proxy", "router" if router else "sidecar"]})
+    return {"metadata": {"labels": {"app": "cart"}, **meta}, "spec": {"containers": containers}}
+
+
+def admitted(p: dict[str, Any], mounts: list[injection.ModuleMount]) -> dict[str, Any]:
+    return injection.apply_patch(p, injection.istio_module_patch(p, mounts))
+
+
+def test_admission_mounts_into_an_injected_proxy_and_labels_the_pod() -> None:
+    out = admitted(pod(proxy=True), [MOUNT])
+    assert out["spec"]["volumes"] == [OURS_V]
+    assert out["spec"]["containers"][1]["volumeMounts"] == [OURS_M]
+    assert out["metadata"]["labels"] == {"app": "cart", "wasm.meshplug.io/meshplug-wasm-hdr": "mounted"}
+    assert "annotations" not in out["metadata"]
+    assert injection.istio_module_patch(out, [MOUNT]) == ()  # reinvocation: nothing more
 
 
 @pytest.mark.parametrize(
     ("annotations", "volumes", "mounts"),
     [
         ({}, [OURS_V], [OURS_M]),
-        ({"unrelated": "x"}, [OURS_V], [OURS_M]),
-        (ann([OTHER_V], [OTHER_M]), [OTHER_V, OURS_V], [OTHER_M, OURS_M]),
-        (ann({"certs": {"secret": {"secretName": "c"}}}, [OTHER_M]), [OTHER_V, OURS_V], [OTHER_M, OURS_M]),
         (
-            ann([{"name": "meshplug-wasm-hdr", "emptyDir": {}}, OTHER_V], [OTHER_M]),
-            [OURS_V, OTHER_V],
+            {injection.USER_VOLUME: json.dumps([OTHER_V]), injection.USER_VOLUME_MOUNT: json.dumps([OTHER_M])},
+            [OTHER_V, OURS_V],
+            [OTHER_M, OURS_M],
+        ),
+        (
+            {
+                injection.USER_VOLUME: json.dumps({"certs": {"secret": {"secretName": "c"}}}),
+                injection.USER_VOLUME_MOUNT: json.dumps([OTHER_M]),
+            },
+            [OTHER_V, OURS_V],
             [OTHER_M, OURS_M],
         ),
     ],
 )
-def test_add_module_volume(annotations: dict[str, str], volumes: list[Any], mounts: list[Any]) -> None:
-    patch = podtemplate.with_module_volume(annotations, CODE)
-    assert patch is not None
-    merged = {**annotations, **patch}
-    assert json.loads(merged[podtemplate.USER_VOLUME]) == volumes
-    assert json.loads(merged[podtemplate.USER_VOLUME_MOUNT]) == mounts
-    assert podtemplate.with_module_volume(merged, CODE) is None  # idempotent: no second template change
-
-
-def test_new_module_version_does_not_change_the_template() -> None:
-    first = podtemplate.with_module_volume({}, CODE)
-    assert first is not None
-    v2 = istio.code_for(plugin(), model.Module.of(b"\x00asm\x01\x00\x00\x00v2"), SERVER)
-    assert isinstance(v2, model.LocalCode)
-    assert podtemplate.with_module_volume({k: v for k, v in first.items() if v}, v2) is None
+def test_admission_before_istio_injection_sets_user_volume_annotations(
+    annotations: dict[str, str], volumes: list[Any], mounts: list[Any]
+) -> None:
+    out = admitted(pod(proxy=False, annotations=annotations), [MOUNT])
+    assert json.loads(out["metadata"]["annotations"][injection.USER_VOLUME]) == volumes
+    assert json.loads(out["metadata"]["annotations"][injection.USER_VOLUME_MOUNT]) == mounts
+    assert out["metadata"]["labels"]["wasm.meshplug.io/meshplug-wasm-hdr"] == "mounted"
 
 
 @pytest.mark.parametrize(
-    ("annotations", "expected"),
+    "gateway",
     [
-        ({}, None),
-        (ann([OURS_V], [OURS_M]), {podtemplate.USER_VOLUME: None, podtemplate.USER_VOLUME_MOUNT: None}),
-        (
-            ann([OTHER_V, OURS_V], [OURS_M, OTHER_M]),
-            {
-                podtemplate.USER_VOLUME: json.dumps([OTHER_V], separators=(",", ":"), sort_keys=True),
-                podtemplate.USER_VOLUME_MOUNT: json.dumps([OTHER_M], separators=(",", ":"), sort_keys=True),
-            },
-        ),
-        (ann([OTHER_V], [OTHER_M]), None),
+        pod(proxy=True, router=True),
+        pod(proxy=False, annotations={"inject.istio.io/templates": "gateway"}),
+        pod(proxy=False, labels={"gateway.networking.k8s.io/gateway-name": "gw"}),
     ],
 )
-def test_remove_module_volume(annotations: dict[str, str], expected: dict[str, str | None] | None) -> None:
-    assert podtemplate.without_module_volume(annotations, CODE.volume) == expected
+def test_admission_leaves_gateways_alone(gateway: dict[str, Any]) -> None:
+    assert injection.istio_module_patch(gateway, [MOUNT]) == ()
 
 
 @pytest.mark.parametrize("bad", ["not json", '"a string"', '[{"noname": 1}]'])
-def test_foreign_garbage_in_annotations_is_an_apply_error(bad: str) -> None:
-    with pytest.raises(errors.ApplyError):
-        podtemplate.with_module_volume({podtemplate.USER_VOLUME: bad}, CODE)
+def test_foreign_garbage_in_user_volume_annotations_is_a_config_error(bad: str) -> None:
+    with pytest.raises(errors.ConfigError):
+        injection.istio_module_patch(pod(proxy=False, annotations={injection.USER_VOLUME: bad}), [MOUNT])
+
+
+NATIVE_SERVER = SERVER
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, {}),
+        ({"selector": {"matchLabels": {"app": "cart"}}}, {"selector": {"matchLabels": {"app": "cart"}}}),
+        ({"phase": "AUTHZ", "priority": 7}, {"phase": "AUTHZ", "priority": 7}),
+        (
+            {"match": [{"mode": "SERVER", "ports": [{"number": 9080}]}]},
+            {"match": [{"mode": "SERVER", "ports": [{"number": 9080}]}]},
+        ),
+        (
+            {"targetRef": {"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}},
+            {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}]},
+        ),
+    ],
+)
+def test_native_targeting(fields: dict[str, Any], expected: dict[str, Any]) -> None:
+    te = istio_native.render(plugin(**fields), SMALL, SERVER, istio_native.TRAFFIC_EXTENSION)
+    assert {k: v for k, v in te["spec"].items() if k != "wasm"} == expected
+
+
+def test_native_traffic_extension_points_at_the_module_server() -> None:
+    p = plugin(
+        pluginName="hdr_root",
+        pluginConfig={"h": "v"},
+        failStrategy="FAIL_OPEN",
+        vmConfig={"env": [{"name": "A", "value": "1"}, {"name": "H", "valueFrom": "HOST"}]},
+    )
+    owner = istio_native.Owner("meshplug.io/v1alpha1", "WasmPlugin", "hdr", "uid-1")
+    te = istio_native.render(p, SMALL, SERVER, istio_native.TRAFFIC_EXTENSION, owner)
+    assert (te["apiVersion"], te["kind"]) == ("extensions.istio.io/v1alpha1", "TrafficExtension")
+    assert te["metadata"]["name"] == "hdr" and te["metadata"]["namespace"] == "shop"
+    assert te["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert te["spec"]["wasm"] == {
+        "url": SERVER.url(SMALL.sha256, signed=True),
+        "sha256": SMALL.sha256,
+        "imagePullPolicy": "IfNotPresent",
+        "pluginName": "hdr_root",
+        "pluginConfig": {"h": "v"},
+        "failStrategy": "FAIL_OPEN",
+        "vmConfig": {"env": [{"name": "A", "valueFrom": "INLINE", "value": "1"}, {"name": "H", "valueFrom": "HOST"}]},
+    }
+    wp = istio_native.render(p, SMALL, SERVER, istio_native.WASM_PLUGIN, owner)
+    assert wp["kind"] == "WasmPlugin" and wp["spec"]["url"] == te["spec"]["wasm"]["url"]
+    assert "wasm" not in wp["spec"]
+
+
+def test_native_file_url_is_passed_through_and_lua_bodies_share_the_targeting() -> None:
+    p = plugin(url="file:///opt/filters/x.wasm", phase="STATS")
+    te = istio_native.render(p, None, SERVER, istio_native.TRAFFIC_EXTENSION)
+    assert te["spec"]["wasm"]["url"] == "file:///opt/filters/x.wasm" and "sha256" not in te["spec"]["wasm"]
+    lua = istio_native.traffic_extension(
+        "l", "shop", istio_native.Targeting.of(p), {"lua": {"inlineCode": "function envoy_on_request(h) end"}}
+    )
+    assert lua["spec"]["phase"] == "STATS" and lua["spec"]["lua"]["inlineCode"].startswith("function")
+    with pytest.raises(ValueError, match="exactly one"):
+        istio_native.traffic_extension("x", "shop", istio_native.Targeting.of(p), {"wasm": {}, "lua": {}})
+    assert "matchRules" in istio_native.unsupported(plugin(matchRules=[{"paths": [{"prefix": "/v1/"}]}]))
 
 
 def test_match_rules_render_a_composite_with_one_action_per_rule() -> None:

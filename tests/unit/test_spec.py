@@ -28,8 +28,9 @@ def body(**fields: Any) -> dict[str, Any]:
         ({"url": "file:///opt/x.wasm"}, "scheme", spec.Scheme.FILE),
         ({}, "pull_policy", spec.PullPolicy.IF_NOT_PRESENT),
         ({"url": "oci://reg.example/hdr:latest"}, "pull_policy", spec.PullPolicy.ALWAYS),
-        ({"url": "oci://reg.example/hdr"}, "pull_policy", spec.PullPolicy.ALWAYS),
-        ({"url": "oci://reg.example:5000/hdr"}, "pull_policy", spec.PullPolicy.ALWAYS),
+        # Istio: only a written `:latest` tag defaults to Always; an untagged reference is IfNotPresent
+        ({"url": "oci://reg.example/hdr"}, "pull_policy", spec.PullPolicy.IF_NOT_PRESENT),
+        ({"url": "oci://reg.example:5000/hdr"}, "pull_policy", spec.PullPolicy.IF_NOT_PRESENT),
         ({"url": f"oci://reg.example/hdr@sha256:{DIGEST}"}, "pull_policy", spec.PullPolicy.IF_NOT_PRESENT),
         (
             {"url": "oci://r/hdr:latest", "imagePullPolicy": "IfNotPresent"},
@@ -64,6 +65,16 @@ def body(**fields: Any) -> dict[str, Any]:
         ({"type": "UNSPECIFIED_PLUGIN_TYPE"}, "type", spec.PluginType.HTTP),
         ({"type": "NETWORK"}, "type", spec.PluginType.NETWORK),
         ({}, "data_plane", spec.DataPlane.ISTIO),
+        ({}, "istio_delivery", None),
+        ({"istioDelivery": "configmap"}, "istio_delivery", spec.IstioDelivery.CONFIGMAP),
+        ({"istioDelivery": "native"}, "istio_delivery", spec.IstioDelivery.NATIVE),
+        ({}, "verification_key", ""),
+        ({"verificationKey": "-----BEGIN PUBLIC KEY-----"}, "verification_key", "-----BEGIN PUBLIC KEY-----"),
+        (
+            {"targetRef": {"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}},
+            "target_refs",
+            (spec.TargetRef("gateway.networking.k8s.io", "Gateway", "gw", "shop"),),
+        ),
         ({"dataPlane": "agent"}, "data_plane", spec.DataPlane.AGENT),
         ({}, "root_id", ""),
         ({"pluginName": "add_header"}, "root_id", "add_header"),

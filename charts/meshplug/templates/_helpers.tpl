@@ -72,6 +72,8 @@ tls:
   certFile: /etc/meshplug/webhook-tls/tls.crt
   keyFile: /etc/meshplug/webhook-tls/tls.key
   {{- end }}
+istioModules:
+  enabled: {{ .Values.istio.moduleMounts.enabled }}
 injection:
   enabled: {{ .Values.injection.enabled }}
   agent:
@@ -131,8 +133,15 @@ issue:
 get,patch on exactly these: templates/rbac.yaml). */}}
 {{- define "meshplug.caBundleTargets" -}}
 {{- if and .Values.webhook.enabled (eq .Values.webhook.tls.mode "operator") }}
+{{- $mutating := list }}
 {{- if .Values.injection.enabled }}
-mutatingWebhookConfigurations: [{{ printf "%s-inject" (include "meshplug.fullname" .) }}]
+{{- $mutating = append $mutating (printf "%s-inject" (include "meshplug.fullname" .)) }}
+{{- end }}
+{{- if .Values.istio.moduleMounts.enabled }}
+{{- $mutating = append $mutating (printf "%s-istio-modules" (include "meshplug.fullname" .)) }}
+{{- end }}
+{{- with $mutating }}
+mutatingWebhookConfigurations: [{{ join ", " . }}]
 {{- end }}
 {{- if .Values.validation.enabled }}
 validatingWebhookConfigurations: [{{ printf "%s-validate" (include "meshplug.fullname" .) }}]

@@ -29,15 +29,25 @@ Key = tuple[str, str]
 
 @dataclass(frozen=True)
 class Request:
-    """One plugin to deliver: the resource as read, its parsed spec, its fetched and validated module."""
+    """One plugin to deliver: the resource as read, its parsed spec, its fetched and validated module (None: a
+    ``file://`` url of the istio plane, a file inside the proxy that meshplug never reads), and how many times in a
+    row it was reconciled again without success (for the re-check delay)."""
 
     body: Mapping[str, Any]
     plugin: spec.PluginSpec
-    module: model.Module
+    module: model.Module | None
+    retry: int = 0
 
     @property
     def key(self) -> Key:
         return (self.plugin.namespace, spec.key_name(self.plugin.kind, self.plugin.name))
+
+    def previous_ready(self) -> tuple[str, str]:
+        """(status, reason) of the Ready condition the resource's status holds now."""
+        for c in (self.body.get("status") or {}).get("conditions") or []:
+            if c.get("type") == status.READY:
+                return str(c.get("status")), str(c.get("reason"))
+        return "", ""
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ class Report:
     failing: tuple[Mapping[str, str], ...] = ()
     event: tuple[bool, str, str] | None = None  # (warning, reason, message)
     retry: str = ""  # non-empty: reconcile again with backoff (a cause that heals by itself)
+    recheck_s: float | None = None  # look again after this delay (proxies still loading)
+    loaded: tuple[str, ...] | None = None  # pods confirmed loaded, kept in the status (None: not recorded)
 
 
 class Delivery(Protocol):

@@ -107,6 +107,8 @@ class AgentDelivery:
 
     def deliver(self, request: delivery.Request) -> delivery.Report:
         plugin, module = request.plugin, request.module
+        if module is None:  # the reconciler reads every agent-plane module (file:// below the operator's roots)
+            raise errors.ApplyError("the agent data plane needs a module meshplug fetched", reason="ModuleMissing")
         with self._lock:
             self._entries[request.key] = PluginEntry(plugin, module, delivery.tie_break(request.body))
         report, nacks = self._deliver(plugin, module)

@@ -1,74 +1,115 @@
-"""The istio data plane's ConfigMap route: EnvoyFilter + ConfigMap (or the module server) + sidecar volume.
+"""The istio data plane's ConfigMap route (the seed's): EnvoyFilter + ConfigMap (or the module server), made safe.
 
-Called by `meshplug.controller.reconcile` through the `meshplug.controller.delivery.Delivery` interface.
-Renders with `meshplug.render.istio` and applies the ConfigMap before the EnvoyFilter that names its file; large
-modules are fetched by Envoy from the module server (``code.remote``) and need no ConfigMap. The sidecar mounts
-the ConfigMap through the pod-template volume annotations on the selected Deployments, StatefulSets and
-DaemonSets (removed from workloads that stop matching). Istio reports nothing per proxy, so Ready means
-"applied" and the pod counts say which selected pods run the mounted volume.
+Called by `meshplug.controller.reconcile` through the `meshplug.controller.delivery.Delivery` interface when a
+plugin asks for ``istioDelivery: configmap`` (or the operator defaults to it). Renders with `meshplug.render.istio`
+and server-side applies the ConfigMap before the EnvoyFilter that names its file. No workload is ever written:
+meshplug's mutating webhook mounts the ConfigMap into each selected pod at admission and labels the pod
+(`meshplug.injection.istio_module_patch`), and the EnvoyFilter selects only pods with that label, so a pod without
+the file never gets a filter naming it. What the route cannot do is reported per pod, never hidden:
+- pods created before the plugin (or before its ConfigMap reached their namespace): ``RestartNeeded``;
+- gateways (Istio's gateway injection template ignores userVolume): ``GatewayCannotMount``; with ``targetRefs``
+  (gateways and waypoints only) a ConfigMap-sized module is refused outright (``ConfigMapNeedsSidecars``);
+- phase AUTHZ on a proxy whose chain has no ``envoy.filters.http.rbac`` to anchor on: ``NoAnchor``;
+- a module too large for a ConfigMap goes by ``code.remote`` through the module server's Istio cluster; a proxy
+  that lacks that cluster (its Sidecar resource's egress hides meshplug-system) would answer 503 to every
+  request: ``ModuleServerHidden``. Envoy gives up a remote fetch after its retries and tries again only for a
+  changed data source, so a module a proxy has not downloaded is delivered again with a new url
+  (`istio_pods.Redelivery`).
+A plugin in the mesh's root namespace applies mesh-wide: its ConfigMap is copied into every namespace that has a
+pod it selects, and removed from namespaces that no longer have one. A TrafficExtension's Lua travels inline in the
+EnvoyFilter (no ConfigMap, nothing to mount or download).
+Status: the per-pod verdicts of `meshplug.controller.delivery.proxies` (istiod's listeners for the proxy carry the
+filter with this module, LDS ACKed, and for remote code the module server saw the download).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from meshplug import errors, spec
 from meshplug.controller import apply, delivery, status
-from meshplug.render import istio, model, podtemplate
+from meshplug.controller.delivery import istio_pods, proxies
+from meshplug.render import istio, model
+
+log = logging.getLogger("meshplug.controller.delivery.istio_configmap")
 
 ISTIO_EF = ("networking.istio.io/v1alpha3", "EnvoyFilter")
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
-
-
-def template_labels(workload: Mapping[str, Any]) -> dict[str, str]:
-    labels: dict[str, str] = ((workload.get("spec") or {}).get("template", {}).get("metadata") or {}).get(
-        "labels"
-    ) or {}
-    return labels
 
 
 class IstioConfigMap:
-    """EnvoyFilter + ConfigMap + pod-template volume annotations."""
+    """EnvoyFilter + ConfigMap(s); pods mount at admission; status from istiod and the module server."""
 
     name = "istio ConfigMap"
 
-    def __init__(self, writer: apply.Writer, server: model.ModuleServer) -> None:
+    def __init__(
+        self,
+        writer: apply.Writer,
+        server: model.ModuleServer,
+        istiod: proxies.Istiod,
+        fetch_log: proxies.FetchLog,
+        selection: istio_pods.Selection,
+    ) -> None:
         self.writer = writer
         self.server = server
+        self.istiod = istiod
+        self.fetch_log = fetch_log
+        self.selection = selection
+        self.redelivery = istio_pods.Redelivery()
+        self.nacks = proxies.NackMemory()
+        self.changes: dict[tuple[str, str], proxies.Change] = {}  # meshplug's last change of each EnvoyFilter
+
+    def mesh_wide(self, plugin: spec.PluginSpec) -> bool:
+        return plugin.namespace == self.selection.root_namespace and not plugin.target_refs
 
     def deliver(self, request: delivery.Request) -> delivery.Report:
         plugin, module = request.plugin, request.module
-        ready_pods, total, failing = self._deliver(plugin, module)
+        mesh_wide = self.mesh_wide(plugin)
+        code = None if plugin.lua is not None else istio.code_for(plugin, module, self.server, mesh_wide=mesh_wide)
+        if plugin.target_refs and isinstance(code, model.LocalCode):
+            self.remove(plugin.namespace, plugin.name, owned=True)
+            return delivery.Report(
+                ready=status.Condition(
+                    status.READY,
+                    "False",
+                    "ConfigMapNeedsSidecars",
+                    "targetRefs select gateways or waypoints, whose injection template ignores "
+                    "sidecar.istio.io/userVolume: a module in a ConfigMap cannot reach them; use istioDelivery: native",
+                )
+            )
+        pods = self.selection.pods(plugin)
+        digest = module.digest if module is not None else ""
+        if isinstance(code, model.LocalCode) and module is not None:
+            self._config_maps(plugin, module, code, pods, mesh_wide)
+        else:
+            self._delete_config_maps(plugin.namespace, plugin.name, keep=set())
+        if isinstance(code, model.RemoteCode):
+            code = _redelivered(code, self.redelivery.attempt(request.key, digest))
+        self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code))
         ef_name, _, _ = istio.names(plugin.name)
-        ready = status.Condition(
-            status.READY,
-            "True",
-            "Applied",
-            f"EnvoyFilter {ef_name} carries {module.digest}; {ready_pods}/{total} selected pods ready "
-            "(Istio reports no per-proxy load status)",
-        )
-        return delivery.Report(ready=ready, pods=(ready_pods, total), failing=tuple(failing))
+        what = f"EnvoyFilter {plugin.namespace}/{ef_name} carries {digest or plugin.url}"
+        confirmed = istio_pods.confirmed_before(request.body, digest)
+        verdicts = self._verdicts(plugin, code, pods, confirmed, self.changes.get(request.key))
+        again = self.redelivery.due(request.key, digest, verdicts) if isinstance(code, model.RemoteCode) else None
+        if again is not None and isinstance(code, model.RemoteCode):  # a new url makes Envoy fetch once more
+            log.info("%s/%s: delivering %s again (attempt %d)", plugin.namespace, plugin.name, digest, again)
+            self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, _redelivered(code, again)))
+        return istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
 
-    def _previous_module(self, plugin: spec.PluginSpec, cm_name: str, new_sha: str) -> model.Module | None:
-        """The module the plugin's ConfigMap currently delivers, when it differs from the new one."""
-        current = self.writer.get("v1", "ConfigMap", plugin.namespace, cm_name) or {}
-        digest = ((current.get("metadata") or {}).get("annotations") or {}).get(model.DIGEST_ANNOTATION, "")
-        sha = digest.removeprefix("sha256:")
-        raw = (current.get("binaryData") or {}).get(f"{sha}.wasm")
-        if raw is None or sha == new_sha:
-            return None
-        return model.Module(sha256=sha, data=base64.b64decode(raw))
+    # --- objects ---------------------------------------------------------------------------------------------
 
-    def _deliver(self, plugin: spec.PluginSpec, module: model.Module) -> tuple[int, int, list[dict[str, str]]]:
-        _, cm_name, vol_name = istio.names(plugin.name)
-        previous = self._previous_module(plugin, cm_name, module.sha256) if module.fits_config_map else None
-        objects = istio.render(plugin, module, self.server, previous)
-        if objects.config_map is not None:
-            self.writer.apply(objects.config_map)  # the file exists before any EnvoyFilter names it
+    def _apply_envoy_filter(self, key: tuple[str, str], obj: Mapping[str, Any]) -> None:
+        meta = obj["metadata"]
         try:
-            self.writer.apply(objects.envoy_filter)
+            # listed by label (the operator may list EnvoyFilters, not get them): a changed one is a change proxies
+            # must be pushed before they count
+            found = self.writer.list(*ISTIO_EF, meta["namespace"], label_selector=_selector(meta))
+            if not [o for o in found if o["metadata"]["name"] == meta["name"] and o.get("spec") == obj["spec"]]:
+                self.changes[key] = proxies.Change.before(self.istiod)
+            self.writer.apply(obj)
         except errors.ApplyError as exc:
             if exc.reason not in ("NotFound", "HTTP404"):
                 raise
@@ -77,66 +118,196 @@ class IstioConfigMap:
                 "install Istio or use dataPlane: agent",
                 reason="EnvoyFilterKindMissing",
             ) from None
-        if objects.config_map is None:
-            self.writer.delete("v1", "ConfigMap", plugin.namespace, cm_name)
-        code = objects.code
-        for kind, workload in self._workloads(plugin.namespace):
-            annotations = (workload["spec"]["template"].get("metadata") or {}).get("annotations") or {}
-            wanted = not plugin.target_refs and delivery.selects(plugin.selector_labels, template_labels(workload))
-            if wanted and isinstance(code, model.LocalCode):
-                patch = podtemplate.with_module_volume(annotations, code)
-            else:  # remote code, or a workload that does not (or no longer) match
-                patch = podtemplate.without_module_volume(annotations, vol_name)
-            if patch is not None:
-                self._patch_template(kind, plugin.namespace, workload["metadata"]["name"], patch)
-        return self._pod_counts(plugin, code)
 
-    def _workloads(self, namespace: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(kind, w) for kind in WORKLOAD_KINDS for w in self.writer.list("apps/v1", kind, namespace)]
+    def _ours(self, namespace: str, name: str) -> str:
+        return f"{model.PLUGIN_LABEL}={name},{istio.PLUGIN_NAMESPACE_LABEL}={namespace},{istio.MOUNT_LABEL}=true"
 
-    def _patch_template(self, kind: str, namespace: str, name: str, patch: podtemplate.Patch) -> None:
-        body = {"spec": {"template": {"metadata": {"annotations": patch}}}}
-        self.writer.merge_patch("apps/v1", kind, namespace, name, body)
+    def _existing(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The plugin's ConfigMaps wherever they are (copies of a root-namespace plugin's in other namespaces)."""
+        found = []
+        for scope in self.selection.scopes_of(namespace):
+            found += self.writer.list("v1", "ConfigMap", scope, label_selector=self._ours(namespace, name))
+        return found
 
-    def _pod_counts(self, plugin: spec.PluginSpec, code: model.Code | None) -> tuple[int, int, list[dict[str, str]]]:
-        pods = delivery.selected_pods(self.writer, plugin)
-        ready, failing = 0, []
-        for pod in pods:
-            conds = {c.get("type"): c.get("status") for c in (pod.get("status") or {}).get("conditions") or []}
-            annotations = pod["metadata"].get("annotations") or {}
-            mounted = not isinstance(code, model.LocalCode) or code.volume in annotations.get(
-                podtemplate.USER_VOLUME, ""
-            )
-            if conds.get("Ready") == "True" and mounted:
-                ready += 1
-            else:
-                reason = "ModuleNotMounted" if not mounted else "PodNotReady"
-                message = (
-                    "pod predates the module volume; it is mounted after the next rollout"
-                    if not mounted
-                    else f"phase {(pod.get('status') or {}).get('phase', 'Unknown')}"
-                )
-                failing.append({"name": pod["metadata"]["name"], "reason": reason, "message": message})
-        return ready, len(pods), failing
+    def _config_maps(
+        self,
+        plugin: spec.PluginSpec,
+        module: model.Module,
+        code: model.LocalCode,
+        pods: list[dict[str, Any]],
+        mesh_wide: bool,
+    ) -> None:
+        """The module's ConfigMap in every namespace it reaches (before any EnvoyFilter names the file)."""
+        if mesh_wide:
+            wanted = {p["metadata"]["namespace"] for p in pods if not proxies.is_gateway(p)}
+        else:
+            wanted = {plugin.namespace}
+        existing = self._existing(plugin.namespace, plugin.name)
+        previous = _previous_module(existing, module.sha256)
+        for namespace in sorted(wanted):
+            self.writer.apply(istio.config_map(plugin, module, code, previous, namespace))
+        self._delete_config_maps(plugin.namespace, plugin.name, keep=wanted, existing=existing)
+
+    def _delete_config_maps(
+        self, namespace: str, name: str, *, keep: set[str], existing: list[dict[str, Any]] | None = None
+    ) -> None:
+        for cm in existing if existing is not None else self._existing(namespace, name):
+            meta = cm["metadata"]
+            if meta["namespace"] not in keep:
+                self.writer.delete("v1", "ConfigMap", meta["namespace"], meta["name"])
 
     def remove(self, namespace: str, name: str, *, owned: bool) -> None:
-        """Delete the plugin's EnvoyFilter and ConfigMap, remove its volume from every workload's template (always
-        looked for: what this path wrote is found by label)."""
+        """Delete the plugin's EnvoyFilter and every ConfigMap of it (always looked for: found by label)."""
         del owned
+        self.redelivery.forget((namespace, name))
+        self.changes.pop((namespace, name), None)
         _, name = spec.split_key_name(name)  # what this path renders is labelled with the resource's name
         label = f"{model.PLUGIN_LABEL}={name},{model.MANAGED_BY_LABEL}={model.MANAGED_BY}"
-        for api_version, kind in (ISTIO_EF, ("v1", "ConfigMap")):
-            try:
-                found = self.writer.list(api_version, kind, namespace, label_selector=label)
-            except errors.ApplyError as exc:
-                if exc.reason in ("NotFound", "HTTP404"):  # no EnvoyFilter kind: a cluster without Istio
-                    continue
+        try:
+            found = self.writer.list(*ISTIO_EF, namespace, label_selector=label)
+        except errors.ApplyError as exc:
+            if exc.reason not in ("NotFound", "HTTP404"):  # no EnvoyFilter kind: a cluster without Istio
                 raise
-            for obj in found:
-                self.writer.delete(api_version, kind, namespace, obj["metadata"]["name"])
-        _, _, vol_name = istio.names(name)
-        for kind, workload in self._workloads(namespace):
-            annotations = (workload["spec"]["template"].get("metadata") or {}).get("annotations") or {}
-            patch = podtemplate.without_module_volume(annotations, vol_name)
-            if patch is not None:
-                self._patch_template(kind, namespace, workload["metadata"]["name"], patch)
+            found = []
+        for obj in found:
+            self.writer.delete(*ISTIO_EF, namespace, obj["metadata"]["name"])
+        self._delete_config_maps(namespace, name, keep=set())
+
+    # --- status ----------------------------------------------------------------------------------------------
+
+    def _verdicts(
+        self,
+        plugin: spec.PluginSpec,
+        code: model.Code | None,
+        pods: list[dict[str, Any]],
+        confirmed: frozenset[str],
+        change: proxies.Change | None,
+    ) -> list[proxies.Verdict]:
+        if not pods:
+            return []
+        digest, type_url = (code.sha256 if code is not None else "") or plugin.url, proxies.LDS_TYPE
+        syncs, problem = self.istiod.syncz()
+        out = []
+        for pod in pods:
+            label = self.selection.label(plugin, pod)
+            meta = pod["metadata"]
+            blocked = _blocked(pod, code)
+            sync = syncs.get(f"{meta['name']}.{meta['namespace']}")
+            pushed = False
+            if sync is not None and not blocked:
+                try:
+                    dump = self.istiod.config_dump(sync)
+                except proxies.ViewUnavailable:
+                    # no view of the proxy's listeners (another plugin's extension breaks istiod's dump): the
+                    # EnvoyFilter is taken as built in once the proxy ACKed a listener push (NACKs still count)
+                    pushed = sync.of(proxies.LDS_TYPE).synced
+                except (OSError, ValueError) as exc:
+                    problem, sync = f"{sync.source}: {exc}", None
+                else:
+                    pushed = any(_carries(f, plugin.envoy_name, code) for f in proxies.listener_filters(dump))
+                    blocked = _unreachable(plugin, code, dump, pushed, self.server)
+                # istiod's view is what it would send now: the proxy has it once istiod pushed since the change
+                pushed = pushed and (change is None or sync is None or change.sent_since(sync, type_url))
+            ip = str((pod.get("status") or {}).get("podIP") or "")
+            remembered = (f"{meta['name']}.{meta['namespace']}", plugin.envoy_name, f"{digest}/{plugin.generation}")
+            error = sync.of(type_url).error if sync is not None else ""
+            if error and plugin.envoy_name in error:
+                self.nacks.note(remembered, error)
+            remote = isinstance(code, model.RemoteCode)
+            evidence = proxies.Evidence(
+                pod=label,
+                ready=proxies.is_ready(pod),
+                sync=sync,
+                type_url=proxies.LDS_TYPE,
+                pushed=pushed,
+                envoy_name=plugin.envoy_name,
+                fetched=self.fetch_log.status(ip, code.sha256) if isinstance(code, model.RemoteCode) and ip else None,
+                needs_download=remote,
+                confirmed=label in confirmed,
+                blocked=blocked,
+                istiod_problem=problem,
+                nacked=self.nacks.get(remembered),
+            )
+            out.append(proxies.judge(evidence))
+        return out
+
+
+def _selector(meta: Mapping[str, Any]) -> str:
+    labels = meta.get("labels") or {}
+    return ",".join(f"{k}={labels[k]}" for k in (model.PLUGIN_LABEL, model.MANAGED_BY_LABEL) if k in labels)
+
+
+def _redelivered(code: model.RemoteCode, attempt: int) -> model.RemoteCode:
+    """The remote code with its ``attempt``-th redelivery in the url (the module server ignores the parameter;
+    Envoy fetches a changed data source again)."""
+    if not attempt:
+        return code
+    return dataclasses.replace(code, uri=f"{code.uri}{'&' if '?' in code.uri else '?'}redelivery={attempt}")
+
+
+def _previous_module(existing: list[dict[str, Any]], new_sha: str) -> model.Module | None:
+    """The module a ConfigMap of the plugin delivers now, when it differs from the new one (kept beside it)."""
+    for current in existing:
+        digest = ((current.get("metadata") or {}).get("annotations") or {}).get(model.DIGEST_ANNOTATION, "")
+        sha = digest.removeprefix("sha256:")
+        raw = (current.get("binaryData") or {}).get(f"{sha}.wasm")
+        if raw is not None and sha != new_sha:
+            return model.Module(sha256=sha, data=base64.b64decode(raw))
+    return None
+
+
+def _blocked(pod: Mapping[str, Any], code: model.Code | None) -> str:
+    """Why this pod can never load a ConfigMap-mounted module as delivered ("" when it can)."""
+    if not isinstance(code, model.LocalCode):
+        return ""
+    if proxies.is_gateway(pod):
+        return (
+            "GatewayCannotMount: Istio's gateway injection template ignores sidecar.istio.io/userVolume: the module's "
+            "ConfigMap is never mounted here; use istioDelivery: native"
+        )
+    labels = pod["metadata"].get("labels") or {}
+    if labels.get(istio.mount_label(code)) != istio.MOUNTED:
+        return (
+            "RestartNeeded: the pod was created before the plugin (or before its ConfigMap reached this namespace) "
+            "and does not mount the module; restart it"
+        )
+    return ""
+
+
+def _unreachable(
+    plugin: spec.PluginSpec,
+    code: model.Code | None,
+    dump: Mapping[str, Any],
+    pushed: bool,
+    server: model.ModuleServer,
+) -> str:
+    """What istiod's view of the proxy shows the filter cannot work there ("" when nothing)."""
+    if isinstance(code, model.RemoteCode) and pushed and server.istio_cluster not in proxies.clusters(dump):
+        return (
+            f"ModuleServerHidden: the proxy has no cluster {server.istio_cluster} (its Sidecar egress hides meshplug's "
+            "module server): Envoy cannot fetch the module and answers 503; add the module server's namespace to "
+            "the Sidecar's egress hosts or use istioDelivery: native"
+        )
+    if (
+        not pushed
+        and plugin.type is spec.PluginType.HTTP
+        and plugin.phase is spec.Phase.AUTHZ
+        and not any(f.get("name") == istio.RBAC for f in proxies.listener_filters(dump))
+    ):
+        return (
+            f"NoAnchor: phase AUTHZ is placed before {istio.RBAC}, and this proxy's chain has none (no "
+            "AuthorizationPolicy selects it): an EnvoyFilter cannot place the plugin; use istioDelivery: native"
+        )
+    return ""
+
+
+def _carries(flt: Mapping[str, Any], envoy_name: str, code: model.Code | None) -> bool:
+    """Whether a filter of istiod's listener dump is the plugin's with this code (camelCase JSON; None: Lua)."""
+    if flt.get("name") != envoy_name:
+        return False
+    text = str(flt)
+    if code is None:
+        return True
+    if isinstance(code, model.RemoteCode):
+        return code.sha256 in text
+    return code.filename in text

@@ -1,0 +1,268 @@
+"""The istio data plane's native route: Istio's own TrafficExtension (or WasmPlugin), delivered by istio-agent.
+
+Called by `meshplug.controller.reconcile` through the `meshplug.controller.delivery.Delivery` interface.
+Renders with `meshplug.render.istio_native` and server-side applies the result, owned by the meshplug resource
+(garbage-collected with it) and labelled as meshplug's: a resource of the same kind and name that meshplug does not
+own is never overwritten (Ready=False, ``NameConflict``). The kind is the newest the cluster serves:
+``TrafficExtension`` (Istio >= 1.30), else ``extensions.istio.io`` ``WasmPlugin``; when the cluster serves neither,
+``Ready=False`` with ``IstioExtensionsMissing``. istiod turns it into an ECDS resource; each pod's istio-agent
+downloads the module from meshplug's module server (a signed url, sha256-checked) and Envoy loads it: no pod,
+template or rollout is touched, and sidecars, gateways (selector or targetRefs) and the root namespace
+(mesh-wide) all work with Istio's own placement, match and failStrategy semantics.
+
+Status comes from the proxies (`meshplug.controller.delivery.proxies`): each selected pod is loaded, failed or
+pending; Ready=True only when every selected pod loaded this module (and at least one is selected). Which pods are
+selected follows Istio: ``selector`` (every pod with a sidecar when empty) in the plugin's namespace, in every
+namespace from the root namespace; ``targetRefs`` to a Gateway: the pods labelled with its
+``gateway.networking.k8s.io/gateway-name`` in the plugin's namespace. Waypoint targets (Service, ServiceEntry,
+GatewayClass) are delivered but their proxies are not counted (Ready=Unknown, ``ProxiesNotTracked``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from meshplug import errors, spec
+from meshplug.controller import apply, delivery, status
+from meshplug.controller.delivery import istio_pods, proxies
+from meshplug.render import istio_native, model
+
+log = logging.getLogger("meshplug.controller.delivery.istio_native")
+
+
+class IstioNative:
+    """TrafficExtension / WasmPlugin in ``extensions.istio.io``, status from istiod and the module server."""
+
+    name = "istio native"
+
+    def __init__(
+        self,
+        writer: apply.Writer,
+        server: model.ModuleServer,
+        istiod: proxies.Istiod,
+        fetch_log: proxies.FetchLog,
+        selection: istio_pods.Selection,
+    ) -> None:
+        self.writer = writer
+        self.server = server
+        self.istiod = istiod
+        self.fetch_log = fetch_log
+        self.selection = selection
+        self.redelivery = istio_pods.Redelivery()
+        self.nacks = proxies.NackMemory()
+        self.changes: dict[tuple[str, str], proxies.Change] = {}  # meshplug's last change of each rendered resource
+
+    def kind(self) -> str:
+        """The newest extensions.istio.io kind the cluster serves."""
+        served = self.writer.served(istio_native.API_VERSION)
+        for kind in (istio_native.TRAFFIC_EXTENSION, istio_native.WASM_PLUGIN):
+            if istio_native.KINDS[kind] in served:
+                return kind
+        raise errors.ApplyError(
+            f"the cluster serves neither TrafficExtension nor WasmPlugin in {istio_native.API_VERSION} "
+            "(is Istio >= 1.12 installed?); use istioDelivery: configmap or dataPlane: agent",
+            reason="IstioExtensionsMissing",
+        )
+
+    def deliver(self, request: delivery.Request) -> delivery.Report:
+        plugin, module = request.plugin, request.module
+        kind = self.kind()
+        why = istio_native.unsupported(plugin, kind)
+        if why:
+            return delivery.Report(ready=status.Condition(status.READY, "False", "NotCarriedByIstio", why))
+        meta = request.body["metadata"]
+        owner = istio_native.Owner(
+            request.body.get("apiVersion", f"{spec.API_GROUP}/{spec.API_VERSION}"),
+            request.body.get("kind", spec.KIND),
+            meta["name"],
+            meta.get("uid", ""),
+        )
+        digest = module.digest if module is not None else ""
+        attempt = self.redelivery.attempt(request.key, digest)
+        obj = _redelivered(istio_native.render(plugin, module, self.server, kind, owner), attempt)
+        existing = self.writer.get(istio_native.API_VERSION, kind, plugin.namespace, plugin.name)
+        if existing is not None and not _ours(existing, owner.kind, owner.uid):
+            return delivery.Report(
+                ready=status.Condition(
+                    status.READY,
+                    "False",
+                    "NameConflict",
+                    f"{kind} {plugin.namespace}/{plugin.name} exists and is not meshplug's; rename one of them",
+                )
+            )
+        if existing is None or _content(existing) != _content(obj):
+            self.changes[request.key] = proxies.Change.before(self.istiod)
+        self.writer.apply(obj)
+        for other in istio_native.KINDS:
+            if other != kind:  # the cluster moved on (Istio upgraded): the older kind goes
+                self._delete(other, plugin.namespace, plugin.name, owner.kind)
+        what = f"{kind} {plugin.namespace}/{plugin.name} carries {digest or plugin.url}"
+        confirmed = istio_pods.confirmed_before(request.body, digest)
+        verdicts = self._verdicts(plugin, module, confirmed, self.changes.get(request.key))
+        again = self.redelivery.due(request.key, digest, verdicts) if module is not None else None
+        if again is not None:  # a changed resource makes istio-agent download the module once more
+            log.info(
+                "%s/%s: delivering %s again (attempt %d): %s",
+                plugin.namespace,
+                plugin.name,
+                digest,
+                again,
+                "; ".join(f"{v.pod}: {v.reason}" for v in verdicts if v.reason in istio_pods.STUCK),
+            )
+            self.changes[request.key] = proxies.Change.before(self.istiod)
+            self.writer.apply(_redelivered(obj, again))
+        return istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
+
+    def _verdicts(
+        self,
+        plugin: spec.PluginSpec,
+        module: model.Module | None,
+        confirmed: frozenset[str],
+        change: proxies.Change | None,
+    ) -> list[proxies.Verdict]:
+        pods = self.selection.pods(plugin)
+        if not pods:
+            return []
+        digest = module.digest if module is not None else plugin.url
+        # istiod sends wasm over ECDS; an inline Lua script goes in the listener itself (LDS)
+        type_url = proxies.LDS_TYPE if plugin.lua is not None else proxies.ECDS_TYPE
+        syncs, problem = self.istiod.syncz()
+        url, sha256 = ("", "") if plugin.lua is not None else istio_native.module_url(plugin, module, self.server)
+        out = []
+        for pod in pods:
+            label = self.selection.label(plugin, pod)
+            meta = pod["metadata"]
+            sync = syncs.get(f"{meta['name']}.{meta['namespace']}")
+            pushed = False
+            ip = str((pod.get("status") or {}).get("podIP") or "")
+            fetched = self.fetch_log.status(ip, module.sha256) if module is not None and ip else None
+            if sync is not None:
+                try:
+                    pushed = self._pushed(sync, plugin, (url, sha256), change, fetched)
+                except (OSError, ValueError) as exc:
+                    problem = f"{sync.source}: {exc}"
+                    sync = None
+            remembered = (f"{meta['name']}.{meta['namespace']}", plugin.envoy_name, f"{digest}/{plugin.generation}")
+            error = sync.of(type_url).error if sync is not None else ""
+            if error and plugin.envoy_name in error:
+                self.nacks.note(remembered, error)
+            evidence = proxies.Evidence(
+                pod=label,
+                ready=proxies.is_ready(pod),
+                sync=sync,
+                type_url=type_url,
+                pushed=pushed,
+                envoy_name=plugin.envoy_name,
+                fetched=fetched,
+                needs_download=module is not None and plugin.lua is None,
+                confirmed=label in confirmed,
+                istiod_problem=problem,
+                nacked=self.nacks.get(remembered),
+            )
+            out.append(proxies.judge(evidence))
+        return out
+
+    def _pushed(
+        self,
+        sync: proxies.ProxySync,
+        plugin: spec.PluginSpec,
+        module: tuple[str, str],
+        change: proxies.Change | None,
+        fetched: int | None,
+    ) -> bool:
+        """istiod sent the proxy this version of the plugin: its view of the proxy carries it, and it pushed the
+        proxy something since meshplug's last change (its view is what it would send now)."""
+        if plugin.lua is not None:  # an inline Lua script goes in the listener itself (LDS)
+            filters = proxies.listener_filters(self.istiod.config_dump(sync, "lds"))
+            pushed, type_url = any(_carries_lua(f, plugin) for f in filters), proxies.LDS_TYPE
+        else:  # wasm goes over ECDS
+            type_url = proxies.ECDS_TYPE
+            try:
+                pushed = any(_carries(c, plugin, *module) for c in self.istiod.ecds(sync))
+            except proxies.ViewUnavailable:
+                pushed = self._pushed_unseen(sync, plugin, change, fetched)
+        return pushed and (change is None or change.sent_since(sync, type_url))
+
+    def _pushed_unseen(
+        self,
+        sync: proxies.ProxySync,
+        plugin: spec.PluginSpec,
+        change: proxies.Change | None,
+        fetched: int | None,
+    ) -> bool:
+        """istiod cannot show the extension configs it sends this proxy (`proxies.ViewUnavailable`): the proxy's
+        listener names the extension (and, checked by the caller, istiod sent extension configs since meshplug
+        changed it: their ACK or NACK tells). The change not known (the operator restarted since): a download of
+        the module by this pod."""
+        filters = proxies.listener_filters(self.istiod.config_dump(sync, "lds"))
+        if not any(str(f.get("name", "")).endswith(f"/{plugin.namespace}.{plugin.name}") for f in filters):
+            return False
+        return change is not None or fetched is not None
+
+    def _delete(self, kind: str, namespace: str, name: str, owner_kind: str) -> None:
+        try:
+            existing = self.writer.get(istio_native.API_VERSION, kind, namespace, name)
+        except errors.ApplyError as exc:
+            if exc.reason in ("NotFound", "HTTP404"):  # the kind is not served
+                return
+            raise
+        if existing is not None and _ours(existing, owner_kind):
+            self.writer.delete(istio_native.API_VERSION, kind, namespace, name)
+
+    def remove(self, namespace: str, name: str, *, owned: bool) -> None:
+        """Delete the rendered TrafficExtension/WasmPlugin (garbage collection would too, after the owner goes)."""
+        del owned
+        self.redelivery.forget((namespace, name))
+        self.changes.pop((namespace, name), None)
+        owner_kind, name = spec.split_key_name(name)
+        for kind in istio_native.KINDS:
+            self._delete(kind, namespace, name, owner_kind)
+
+
+REDELIVERY_ANNOTATION = "meshplug.io/redelivery"
+
+
+def _redelivered(obj: dict[str, Any], attempt: int) -> dict[str, Any]:
+    """``obj`` marked as the ``attempt``-th redelivery (0: the first delivery, unmarked)."""
+    if attempt:
+        obj["metadata"].setdefault("annotations", {})[REDELIVERY_ANNOTATION] = str(attempt)
+    return obj
+
+
+def _content(obj: Mapping[str, Any]) -> Any:
+    """What istiod acts on: the spec, and the annotations (a redelivery changes only those)."""
+    return obj.get("spec"), (obj.get("metadata") or {}).get("annotations") or {}
+
+
+def _ours(obj: Mapping[str, Any], owner_kind: str, owner_uid: str = "") -> bool:
+    """Rendered by meshplug for a resource of ``owner_kind`` (and ``owner_uid`` when given)."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if labels.get(model.MANAGED_BY_LABEL) != model.MANAGED_BY:
+        return False
+    return any(
+        ref.get("kind") == owner_kind and (not owner_uid or ref.get("uid") == owner_uid)
+        for ref in meta.get("ownerReferences") or []
+    )
+
+
+def _carries_lua(flt: Mapping[str, Any], plugin: spec.PluginSpec) -> bool:
+    """Whether a listener's HTTP filter (istiod's config_dump) is the plugin's Lua filter with this script."""
+    if not str(flt.get("name", "")).endswith(f"/{plugin.namespace}.{plugin.name}"):
+        return False
+    return json.dumps(plugin.lua)[1:-1] in json.dumps(flt)
+
+
+def _carries(ecds: Mapping[str, Any], plugin: spec.PluginSpec, url: str, sha256: str) -> bool:
+    """Whether an ECDS extension config (istiod's camelCase JSON) is the plugin's, with this module."""
+    config = ecds.get("config") or {}
+    if config.get("name") != plugin.envoy_name:
+        return False
+    code = ((config.get("vmConfig") or {}).get("code")) or {}
+    remote = code.get("remote") or {}
+    if remote:
+        return ((remote.get("httpUri") or {}).get("uri") == url) and (not sha256 or remote.get("sha256") == sha256)
+    return ((code.get("local") or {}).get("filename") or "") == url.removeprefix("file://")

@@ -1,0 +1,179 @@
+"""The istio data plane's pods: which ones a plugin reaches (as istiod decides), and the status their proxies give.
+
+Shared by both istio delivery paths (`meshplug.controller.delivery.istio_native`, `.istio_configmap`). Which pods
+are selected follows Istio: ``selector`` (every pod with a sidecar when empty) in the plugin's namespace, in every
+namespace from the mesh's root namespace (Gateway API gateways' pods included, as Istio does by default);
+``targetRefs`` to a Gateway reach the pods labelled ``gateway.networking.k8s.io/gateway-name`` with its name in the
+plugin's namespace. A gateway's listeners count as CLIENT for ``match`` (as in Istio): a plugin that matches
+SERVER traffic only does not select gateways. Waypoint targets (Service, ServiceEntry, GatewayClass) are
+delivered, but their proxies are not counted (``Ready=Unknown``, ``ProxiesNotTracked``). With ``watchNamespaces``
+the operator sees, and counts, pods of those namespaces only.
+
+`report` turns the pods' `proxies.Verdict`s into the Ready condition: True only when every selected pod loaded the
+module and at least one is selected (``NoProxies`` otherwise), the pod counts, the failing pods, and the pods
+confirmed loaded (kept in ``status.loadedPods``, see `meshplug.controller.delivery.proxies`). `Redelivery` decides
+when a module that proxies were sent but did not download is delivered again (a changed resource makes istio-agent
+and Envoy download once more; nothing else does).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from meshplug import limits, spec
+from meshplug.controller import apply, delivery, status
+from meshplug.controller.delivery import proxies
+
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+
+
+def recheck_delay(retry: int) -> float:
+    return float(min(limits.PROXY_RECHECK_MAX_S, limits.PROXY_RECHECK_FIRST_S * 2 ** min(retry, 6)))
+
+
+class Selection:
+    """The pods an istio-plane plugin reaches, the way istiod decides it (see the module docstring)."""
+
+    def __init__(self, writer: apply.Writer, root_namespace: str, namespaces: Sequence[str]) -> None:
+        self.writer = writer
+        self.root_namespace = root_namespace
+        self.namespaces = tuple(namespaces)  # the operator's watched namespaces; () = all
+
+    def tracked(self, plugin: spec.PluginSpec) -> bool:
+        """Whether the pods of the plugin's targets are known (waypoints are not counted)."""
+        return all(r.kind == "Gateway" and r.group in ("", GATEWAY_API_GROUP) for r in plugin.target_refs)
+
+    def pods(self, plugin: spec.PluginSpec) -> list[dict[str, Any]]:
+        if plugin.target_refs:
+            names = {r.name for r in plugin.target_refs if r.kind == "Gateway"}
+            found = self.writer.list("v1", "Pod", plugin.namespace, label_selector=GATEWAY_NAME_LABEL)
+            return [
+                p for p in found if (p["metadata"].get("labels") or {}).get(GATEWAY_NAME_LABEL) in names and _live(p)
+            ]
+        selector = ",".join(f"{k}={v}" for k, v in plugin.selector)
+        out = []
+        for namespace in self.scopes(plugin):
+            for pod in self.writer.list("v1", "Pod", namespace, label_selector=selector):
+                labels = pod["metadata"].get("labels") or {}
+                if not (_live(pod) and proxies.has_sidecar(pod) and delivery.selects(plugin.selector_labels, labels)):
+                    continue
+                if proxies.is_gateway(pod) and all(m.mode is spec.MatchMode.SERVER for m in plugin.match):
+                    continue  # a gateway's listeners are CLIENT for match: a SERVER-only plugin never applies there
+                out.append(pod)  # Gateway API gateways too (Istio's ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY)
+        return out
+
+    def scopes(self, plugin: spec.PluginSpec) -> list[str]:
+        """The namespaces to look in for the plugin's pods ("" = every namespace)."""
+        return self.scopes_of(plugin.namespace, mesh_wide=not plugin.target_refs)
+
+    def scopes_of(self, namespace: str, *, mesh_wide: bool = True) -> list[str]:
+        """The namespaces a plugin of ``namespace`` reaches (mesh-wide from the root namespace; "" = every one)."""
+        if namespace == self.root_namespace and mesh_wide:
+            return list(self.namespaces) or [""]
+        return [namespace]
+
+    def label(self, plugin: spec.PluginSpec, pod: Mapping[str, Any]) -> str:
+        meta = pod["metadata"]
+        return meta["name"] if meta["namespace"] == plugin.namespace else f"{meta['namespace']}/{meta['name']}"
+
+
+def _live(pod: Mapping[str, Any]) -> bool:
+    return not pod["metadata"].get("deletionTimestamp") and (pod.get("status") or {}).get("phase") not in (
+        "Succeeded",
+        "Failed",
+    )
+
+
+def confirmed_before(body: Mapping[str, Any], digest: str) -> frozenset[str]:
+    """Pods the plugin's status already counted loaded with ``digest``."""
+    current = body.get("status") or {}
+    if current.get("digest") != digest:
+        return frozenset()
+    return frozenset(str(p) for p in current.get("loadedPods") or [])
+
+
+def report(
+    verdicts: Sequence[proxies.Verdict], request: delivery.Request, *, tracked: bool, what: str
+) -> delivery.Report:
+    """The Ready condition and pod counts of an istio-plane plugin from its pods' verdicts. Pending proxies are
+    looked at again soon; failed ones on the reconcile backoff (or when something changes); a Warning Event only
+    when Ready changes to a failure."""
+    loaded, rest = proxies.summary(verdicts)
+    total = len(verdicts)
+    names = tuple(sorted(v.pod for v in verdicts if v.state == proxies.LOADED))[: limits.MAX_LOADED_PODS_RECORDED]
+    failing = tuple(v.failing() for v in rest)
+    if not tracked:
+        ready = status.Condition(
+            status.READY, "Unknown", "ProxiesNotTracked", f"{what}; the proxies of waypoint targets are not counted"
+        )
+        return delivery.Report(ready=ready, pods=(loaded, total), failing=failing, loaded=names)
+    if total == 0:
+        ready = status.Condition(status.READY, "False", "NoProxies", f"{what}; no selected pod with an Istio proxy")
+        return delivery.Report(ready=ready, pods=(0, 0), loaded=names)
+    if loaded == total:
+        ready = status.Condition(status.READY, "True", "Loaded", f"{what}; {loaded}/{total} selected proxies loaded it")
+        return delivery.Report(ready=ready, pods=(loaded, total), loaded=names)
+    first = rest[0]
+    failed = [v for v in rest if v.state == proxies.FAILED]
+    reason = first.reason if failed else "ProxiesPending"
+    ready = status.Condition(
+        status.READY,
+        "False",
+        reason,
+        f"{what}; {loaded}/{total} selected proxies loaded it; {first.pod}: {first.reason}: {first.message}",
+    )
+    event = None
+    if failed and request.previous_ready() != ("False", reason):
+        event = (True, reason, f"pod {failed[0].pod}: {failed[0].message}")
+    return delivery.Report(
+        ready=ready,
+        pods=(loaded, total),
+        failing=failing,
+        event=event,
+        recheck_s=None if failed else recheck_delay(request.retry),
+        retry=f"{len(failed)} selected proxies failed to load the module" if failed else "",
+        loaded=names,
+    )
+
+
+#: verdicts that mean the proxy was sent the module but has not downloaded it (istio-agent and Envoy download only
+#: when their config changes, so waiting does not help)
+STUCK = frozenset({"DownloadFailed", "NotDownloaded"})
+
+
+class Redelivery:
+    """Per plugin and module: how often it was delivered again to get proxies to download it once more. The first
+    redelivery comes `limits.REDELIVERY_AFTER_S` after the module was first delivered, each further one after twice
+    the previous wait (capped at `limits.REDELIVERY_MAX_S`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: dict[tuple[str, str], tuple[str, int, float]] = {}  # key -> (digest, attempt, since)
+
+    def attempt(self, key: tuple[str, str], digest: str) -> int:
+        with self._lock:
+            known = self._state.get(key)
+            if known is None or known[0] != digest:
+                self._state[key] = (digest, 0, time.monotonic())
+                return 0
+            return known[1]
+
+    def due(self, key: tuple[str, str], digest: str, verdicts: Sequence[proxies.Verdict]) -> int | None:
+        """The next attempt's number when one is due for these verdicts, else None."""
+        if not any(v.reason in STUCK for v in verdicts):
+            return None
+        with self._lock:
+            _, attempt, since = self._state.get(key) or (digest, 0, time.monotonic())
+            wait = min(limits.REDELIVERY_MAX_S, limits.REDELIVERY_AFTER_S * 2**attempt)
+            if time.monotonic() - since < wait:
+                return None
+            self._state[key] = (digest, attempt + 1, time.monotonic())
+            return attempt + 1
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._state.pop(key, None)

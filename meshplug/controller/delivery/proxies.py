@@ -1,0 +1,323 @@
+"""What the istio data plane's proxies report: istiod's per-proxy xDS state, and which pod downloaded which module.
+
+Called by the istio delivery paths (`meshplug.controller.delivery.istio_native`, `.istio_configmap`) to count each
+selected pod loaded, failed (with the reason) or pending, instead of reporting "applied".
+
+Sources, all real:
+- istiod's debug endpoints (``--istiod-debug-url``, what a cluster reaches as ``istiod.istio-system:15014``):
+  ``/debug/syncz`` (per connected proxy and xDS type: the nonce sent, the nonce ACKed, the last NACK's error),
+  ``/debug/ecdsz?proxyID=`` (the extension configs istiod sends that proxy, url and sha256 included) and
+  ``/debug/config_dump?proxyID=`` (its listeners and clusters as istiod builds them). A proxy connected to an
+  istiod replica the operator does not read is reported pending (``ProxyNotConnected``).
+- `FetchLog`: the module server's own record of each download (client address, sha256, HTTP status). istio-agent
+  ACKs an extension whose module it could not download (it substitutes a deny-all RBAC filter, allow-all with
+  FAIL_OPEN, and nothing reaches istiod), so a failed or missing download is only visible here. istio-agent caches
+  modules per pod by sha256: a pod downloads a module once in its life. Confirmations therefore persist in the
+  plugin's status (``loadedPods``) and survive an operator restart.
+- `NackMemory`: istiod's per-type "last error" is cleared by the next ACK of any push, so a NACK of this plugin's
+  version, once seen, is remembered (the reconcile looks again within a second of a change, while istiod still
+  shows it; a NACK forgotten before the operator looked is the one gap left).
+Pure judging (`judge`) is separate from the reading, so the rules are unit-tested on recorded inputs.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from meshplug import limits
+
+log = logging.getLogger("meshplug.controller.delivery.proxies")
+
+ECDS_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+LDS_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+LOADED, FAILED, PENDING = "loaded", "failed", "pending"
+
+
+@dataclass(frozen=True)
+class TypeSync:
+    """One xDS type of one proxy: the last nonce sent, the last ACKed, the last NACK's error."""
+
+    sent: str
+    acked: str
+    error: str
+
+    @property
+    def synced(self) -> bool:
+        return bool(self.sent) and self.sent == self.acked
+
+
+@dataclass(frozen=True)
+class ProxySync:
+    proxy_id: str  # <pod>.<namespace>
+    proxy_type: str  # sidecar | router
+    types: Mapping[str, TypeSync]
+    source: str  # the istiod debug url that knows this proxy
+
+    def of(self, type_url: str) -> TypeSync:
+        return self.types.get(type_url) or TypeSync("", "", "")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One selected pod: loaded, failed or pending, and why."""
+
+    pod: str  # name, or namespace/name outside the plugin's namespace
+    state: str
+    reason: str
+    message: str
+
+    def failing(self) -> dict[str, str]:
+        return {"name": self.pod, "reason": self.reason, "message": self.message}
+
+
+class FetchLog:
+    """Module downloads the module server answered, by (client address, sha256): the last HTTP status."""
+
+    def __init__(self, capacity: int = limits.FETCH_LOG_ENTRIES) -> None:
+        self._lock = threading.Lock()
+        self._entries: collections.OrderedDict[tuple[str, str], tuple[int, float]] = collections.OrderedDict()
+        self._capacity = capacity
+
+    def record(self, address: str, sha256: str, status: int) -> None:
+        with self._lock:
+            self._entries.pop((address, sha256), None)
+            self._entries[(address, sha256)] = (status, time.time())
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+    def status(self, address: str, sha256: str) -> int | None:
+        with self._lock:
+            found = self._entries.get((address, sha256))
+        return found[0] if found is not None else None
+
+
+class NackMemory:
+    """NACKs seen, by (proxy id, plugin's Envoy name, the plugin's version): istiod keeps per proxy and xDS type only
+    the last NACK's error, and a later ACK of another push (delta xDS sends changed resources only) clears it while
+    Envoy still lacks the refused extension; what was seen stays failed until the plugin (or the proxy) changes."""
+
+    def __init__(self, capacity: int = limits.FETCH_LOG_ENTRIES) -> None:
+        self._lock = threading.Lock()
+        self._seen: collections.OrderedDict[tuple[str, str, str], str] = collections.OrderedDict()
+        self._capacity = capacity
+
+    def note(self, key: tuple[str, str, str], message: str) -> None:
+        with self._lock:
+            self._seen[key] = message
+            while len(self._seen) > self._capacity:
+                self._seen.popitem(last=False)
+
+    def get(self, key: tuple[str, str, str]) -> str:
+        with self._lock:
+            return self._seen.get(key, "")
+
+
+@dataclass(frozen=True)
+class Change:
+    """meshplug changed what istiod sends: when, and the nonces istiod had last sent each proxy
+    just before (istiod's debug views show what it would send now; a proxy has it once a later push reached it)."""
+
+    at: float
+    sent: Mapping[str, Mapping[str, str]]  # proxy id -> xDS type -> nonce sent before the change
+
+    @classmethod
+    def before(cls, istiod: Istiod) -> Change:
+        syncs, _ = istiod.syncz()  # every namespace: a root-namespace plugin reaches them all
+        return cls(time.monotonic(), {p: {t: s.sent for t, s in sync.types.items()} for p, sync in syncs.items()})
+
+    def sent_since(self, sync: ProxySync, type_url: str, *, grace: float = limits.PROXY_PUSH_GRACE_S) -> bool:
+        """istiod sent the proxy ``type_url`` since the change (or had nothing new for it within ``grace``)."""
+        before = self.sent.get(sync.proxy_id, {}).get(type_url)
+        if before is None or sync.of(type_url).sent != before:
+            return True
+        return time.monotonic() - self.at > grace
+
+
+class ViewUnavailable(ValueError):
+    """istiod cannot render its view of this proxy: its debug endpoints fail (HTTP 500 "proto: not found") for every
+    proxy that has a Wasm extension without pluginConfig (istiod sends it an empty Any, which its JSON encoder
+    refuses). Seen on istiod 1.31-dev; the proxy's xDS is not affected."""
+
+
+class Istiod:
+    """Reads istiod's debug endpoints at ``urls`` (one per istiod replica); no url: proxies are not tracked."""
+
+    def __init__(self, urls: Sequence[str], *, timeout: float = limits.ISTIOD_DEBUG_TIMEOUT_S) -> None:
+        self.urls = tuple(u.rstrip("/") for u in urls)
+        self.timeout = timeout
+
+    def _get(self, base: str, path: str) -> Any:
+        try:
+            with urllib.request.urlopen(base + path, timeout=self.timeout) as resp:  # noqa: S310 - configured url
+                raw = resp.read(limits.ISTIOD_DEBUG_MAX_BYTES + 1)
+        except urllib.error.HTTPError as exc:  # istiod says why in the body (e.g. a proxy state it cannot encode)
+            with exc:
+                why = exc.read(512).decode(errors="replace").strip()
+            if exc.code == 500 and why.startswith("proto:"):
+                raise ViewUnavailable(f"{base}{path}: HTTP 500: {why}") from None
+            raise ValueError(f"{base}{path}: HTTP {exc.code}: {why}") from None
+        if len(raw) > limits.ISTIOD_DEBUG_MAX_BYTES:
+            raise ValueError(f"{base}{path}: answer larger than {limits.ISTIOD_DEBUG_MAX_BYTES} bytes")
+        return json.loads(raw) if raw else None
+
+    def syncz(self, namespaces: Sequence[str] = ()) -> tuple[dict[str, ProxySync], str]:
+        """Connected proxies by id, and why some istiod could not be read ("" when every one answered)."""
+        out: dict[str, ProxySync] = {}
+        problems = []
+        for base in self.urls:
+            queries = [f"?namespace={urllib.parse.quote(ns)}" for ns in namespaces] or [""]
+            for query in queries:
+                try:
+                    entries = self._get(base, f"/debug/syncz{query}") or []
+                except (OSError, ValueError) as exc:
+                    problems.append(f"{base}: {exc}")
+                    break
+                for entry in entries:
+                    types = {
+                        url: TypeSync(*(str(v.get(k) or "") for k in ("sent", "acked", "lastError")))
+                        for url, v in (entry.get("resources") or {}).items()
+                    }
+                    proxy = str(entry.get("proxy") or "")
+                    out[proxy] = ProxySync(proxy, str(entry.get("proxy_type") or ""), types, base)
+        return out, "; ".join(problems)
+
+    def ecds(self, sync: ProxySync) -> list[Mapping[str, Any]]:
+        """The extension configs istiod sends the proxy (a Wasm filter's, a Lua filter's; camelCase JSON)."""
+        dump = self._get(sync.source, f"/debug/ecdsz?proxyID={urllib.parse.quote(sync.proxy_id)}") or {}
+        return [c for c in dump.get("configs") or [] if isinstance(c, Mapping)]
+
+    def config_dump(self, sync: ProxySync, types: str = "lds,cds") -> Mapping[str, Any]:
+        """The proxy's listeners and clusters as istiod builds them (``types``: istiod's short names). Asking for
+        these types only keeps the answer small and keeps out the extension configs istiod cannot always encode."""
+        query = f"proxyID={urllib.parse.quote(sync.proxy_id)}&types={urllib.parse.quote(types)}"
+        return dict(self._get(sync.source, f"/debug/config_dump?{query}") or {})
+
+
+def _resources(dump: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:
+    """The ``kind`` (Listener, Cluster) resources of an istiod config_dump: typed (``types=``, the resources
+    themselves) or full (Envoy's admin shape, ``<kind>sConfigDump``)."""
+    out: list[Mapping[str, Any]] = []
+    for config in dump.get("configs") or []:
+        at = str(config.get("@type", ""))
+        if at.endswith(f".{kind}"):
+            out.append(config)
+        elif at.endswith(f".{kind}sConfigDump"):
+            for key in ("staticClusters", "dynamicActiveClusters", "dynamicListeners"):
+                for entry in config.get(key) or []:
+                    item = (entry.get("activeState") or {}).get("listener") or entry.get("cluster")
+                    if isinstance(item, Mapping):
+                        out.append(item)
+    return out
+
+
+def listener_filters(dump: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Every HTTP and network filter of every listener in an istiod config_dump (camelCase JSON)."""
+    out: list[Mapping[str, Any]] = []
+    for listener in _resources(dump, "Listener"):
+        for chain in listener.get("filterChains") or []:
+            for flt in chain.get("filters") or []:
+                out.append(flt)
+                out += list((flt.get("typedConfig") or {}).get("httpFilters") or [])
+    return out
+
+
+def clusters(dump: Mapping[str, Any]) -> set[str]:
+    return {str(c.get("name") or "") for c in _resources(dump, "Cluster")}
+
+
+def is_ready(pod: Mapping[str, Any]) -> bool:
+    conds = {c.get("type"): c.get("status") for c in (pod.get("status") or {}).get("conditions") or []}
+    return (pod.get("status") or {}).get("phase") == "Running" and conds.get("Ready") == "True"
+
+
+def is_gateway(pod: Mapping[str, Any]) -> bool:
+    """A pod whose istio-proxy runs as a router (Istio's gateway injection template)."""
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if container.get("name") == "istio-proxy":
+            return "router" in (container.get("args") or [])[:2]
+    return False
+
+
+def has_sidecar(pod: Mapping[str, Any]) -> bool:
+    meta = pod.get("metadata") or {}
+    containers = (pod.get("spec") or {}).get("containers") or []
+    return "sidecar.istio.io/status" in (meta.get("annotations") or {}) or any(
+        c.get("name") == "istio-proxy" for c in containers
+    )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What was found about one pod, for `judge`."""
+
+    pod: str
+    ready: bool
+    sync: ProxySync | None
+    type_url: str  # the xDS type carrying the plugin: ECDS (native) or LDS (EnvoyFilter)
+    pushed: bool  # istiod's view of the proxy carries this module
+    envoy_name: str  # the plugin's name in Envoy (NACK messages name it)
+    fetched: int | None  # the module server's last answer to this pod for this module; None: no download seen
+    needs_download: bool  # the proxy downloads the module from the module server (False: a file it has)
+    confirmed: bool  # the plugin's status already counted this pod loaded with this module
+    blocked: str = ""  # "Reason: message" when the pod can never load it as delivered
+    istiod_problem: str = ""
+    nacked: str = ""  # a NACK of this version seen earlier (istiod may have forgotten it)
+
+
+def judge(e: Evidence) -> Verdict:
+    """Loaded, failed or pending, in the order a user would look: the pod, istiod, the proxy's ACK, the download."""
+    if e.blocked:
+        reason, _, message = e.blocked.partition(":")
+        return Verdict(e.pod, FAILED, reason, message.strip())
+    if not e.ready:
+        return Verdict(e.pod, PENDING, "PodNotReady", "the pod is not Running and Ready")
+    if e.sync is None:
+        why = f" ({e.istiod_problem})" if e.istiod_problem else ""
+        return Verdict(e.pod, PENDING, "ProxyNotConnected", f"istiod reports no proxy for this pod{why}")
+    state = e.sync.of(e.type_url)
+    if state.error and e.envoy_name in state.error:
+        return Verdict(e.pod, FAILED, "ProxyNACK", f"the proxy rejected the config: {state.error}")
+    if e.nacked:
+        return Verdict(e.pod, FAILED, "ProxyNACK", f"the proxy rejected the config: {e.nacked}")
+    if not e.pushed:
+        return Verdict(e.pod, PENDING, "NotPushed", "istiod has not built this module into the proxy's config yet")
+    if not state.synced:
+        what = f"; last error: {state.error}" if state.error else ""
+        return Verdict(e.pod, PENDING, "AwaitingACK", f"the proxy has not ACKed istiod's last push{what}")
+    if not e.needs_download:
+        return Verdict(e.pod, LOADED, "Loaded", "ACKed")
+    if e.fetched == 200:
+        return Verdict(e.pod, LOADED, "Loaded", "downloaded and ACKed")
+    if e.fetched is not None:
+        return Verdict(
+            e.pod,
+            FAILED,
+            "DownloadFailed",
+            f"the proxy's download of the module from meshplug's module server got HTTP {e.fetched}; "
+            "istio-agent serves a deny-all filter in its place (allow-all with FAIL_OPEN)",
+        )
+    if e.confirmed:
+        return Verdict(e.pod, LOADED, "Loaded", "downloaded and ACKed (confirmed earlier)")
+    return Verdict(
+        e.pod,
+        PENDING,
+        "NotDownloaded",
+        "ACKed, but meshplug's module server has seen no download of this module from this pod",
+    )
+
+
+def summary(verdicts: Sequence[Verdict]) -> tuple[int, list[Verdict]]:
+    """(loaded count, the others: failed first)."""
+    loaded = sum(1 for v in verdicts if v.state == LOADED)
+    rest = sorted((v for v in verdicts if v.state != LOADED), key=lambda v: (v.state != FAILED, v.pod))
+    return loaded, rest

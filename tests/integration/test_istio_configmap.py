@@ -1,0 +1,200 @@
+"""The istio plane's ConfigMap route (istioDelivery: configmap) on the real istiod + istio-agent + Envoy: the module
+in a ConfigMap that meshplug's webhook mounts into each pod at admission (never a workload write), an EnvoyFilter
+that selects only pods with the file, root-namespace plugins copying their ConfigMap where they reach, and what the
+route cannot do (pods created before the plugin, gateways, hidden module server) reported per pod, never a pointer
+to a missing file. Each case is proven by a request through the proxy; the test bed's kubelet stand-in mounts the
+ConfigMap volumes the admitted pod spec names (tests/testbed/istio.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.corpus import modules as corpus
+from tests.testbed import istio, procs
+from tests.testbed.mesh_operator import MeshOperator
+
+HEADER_RULES = corpus.module("rust/header_rules").path.read_bytes()
+GO_HEADERS = corpus.module("go/headers").path.read_bytes()  # ~3 MB: over the ConfigMap limit
+CONFIGMAPS = "/api/v1/namespaces/{ns}/configmaps"
+MOUNT_LABEL = "wasm.meshplug.io/meshplug-wasm-{name}"
+
+
+def header(pod: istio.Pod, name: str, value: str | None, **kwargs: Any) -> istio.Response:
+    return istio.poll(
+        lambda: pod.request("/", **kwargs),
+        lambda r: r.status == 200 and r.headers.get(name) == value,
+        f"{name}: {value} in the response of {pod.proxy_id}",
+    )
+
+
+def spec(op: MeshOperator, selector: dict[str, str] | None, add: dict[str, str], **more: Any) -> dict[str, Any]:
+    url, sha = op.module_url(HEADER_RULES, "header_rules.wasm")
+    out: dict[str, Any] = {
+        "url": url,
+        "sha256": sha,
+        "istioDelivery": "configmap",
+        "pluginConfig": {"response": {"add": add}},
+        **more,
+    }
+    if selector is not None:
+        out["selector"] = {"matchLabels": selector}
+    return out
+
+
+@pytest.fixture(scope="module")
+def ns(istio_mesh: istio.Mesh) -> Iterator[str]:
+    name = istio_mesh.namespace("cm-shop")
+    yield name
+    for pod in [p for p in istio_mesh.pods if p.namespace == name]:
+        pod.stop()
+        istio_mesh.pods.remove(pod)
+
+
+def stop(mesh: istio.Mesh, pod: istio.Pod) -> None:
+    pod.stop()
+    mesh.pods.remove(pod)
+    mesh.kube.request("DELETE", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}?gracePeriodSeconds=0")
+
+
+def test_pods_mount_the_module_at_admission_and_older_pods_are_reported(
+    mesh_operator: MeshOperator, istio_mesh: istio.Mesh, ns: str
+) -> None:
+    early = istio_mesh.sidecar(ns, "web-early", {"app": "web"})  # exists before the plugin
+    mesh_operator.plugin(ns, "hdr", spec(mesh_operator, {"app": "web"}, {"x-cm": "mounted"}))
+    # the ConfigMap is there before any pod may name it; the older pod cannot have it: reported, never broken
+    procs.wait_until(
+        lambda: istio_mesh.kube.request("GET", f"{CONFIGMAPS.format(ns=ns)}/meshplug-wasm-hdr")[0] == 200,
+        timeout=60,
+        what="the module's ConfigMap",
+    )
+    obj = mesh_operator.wait(ns, "hdr", status="False", reason="RestartNeeded")
+    assert obj["status"]["failingPods"][0]["name"] == "web-early"
+    r = early.request("/")
+    assert r.status == 200 and "x-cm" not in r.headers  # its listener is intact: the filter never selects it
+    ef = istio_mesh.kube.request("GET", f"/apis/networking.istio.io/v1alpha3/namespaces/{ns}/envoyfilters/meshplug-hdr")
+    assert ef[1]["spec"]["workloadSelector"]["labels"] == {"app": "web", MOUNT_LABEL.format(name="hdr"): "mounted"}
+
+    # a pod created now is admitted with the volume and the label, and serves through the plugin
+    late = istio_mesh.sidecar(ns, "web-late", {"app": "web"})
+    stored = istio_mesh.kube.request("GET", f"/api/v1/namespaces/{ns}/pods/web-late")[1]
+    assert stored["metadata"]["labels"][MOUNT_LABEL.format(name="hdr")] == "mounted"
+    volume = next(v for v in stored["spec"]["volumes"] if v["name"] == "meshplug-wasm-hdr")
+    assert volume["configMap"]["name"] == "meshplug-wasm-hdr" and volume["configMap"]["optional"] is True
+    proxy = next(c for c in stored["spec"]["containers"] if c["name"] == "istio-proxy")
+    assert {"name": "meshplug-wasm-hdr", "mountPath": "/var/local/meshplug/wasm/hdr", "readOnly": True} in proxy[
+        "volumeMounts"
+    ]
+    header(late, "x-cm", "mounted")
+
+    # "restart" the older pod: it comes back with the module, and the plugin is Ready
+    stop(istio_mesh, early)
+    early = istio_mesh.sidecar(ns, "web-early", {"app": "web"})
+    header(early, "x-cm", "mounted")
+    obj = mesh_operator.wait(ns, "hdr", reason="Loaded")
+    assert sorted(obj["status"]["loadedPods"]) == ["web-early", "web-late"]
+
+    # deleting the plugin removes the filter and the ConfigMap
+    mesh_operator.delete(ns, "hdr")
+    header(late, "x-cm", None)
+    assert istio_mesh.kube.request("GET", f"{CONFIGMAPS.format(ns=ns)}/meshplug-wasm-hdr")[0] == 404
+    for pod in (early, late):
+        stop(istio_mesh, pod)
+
+
+def test_gateways_cannot_mount_and_are_reported(mesh_operator: MeshOperator, istio_mesh: istio.Mesh, ns: str) -> None:
+    gateway = istio_mesh.ingress(ns, "cm-edge", gateway_api=True)
+    try:
+        mesh_operator.plugin(ns, "edge", spec(mesh_operator, {"app": "cm-edge"}, {"x-cm-edge": "1"}))
+        obj = mesh_operator.wait(ns, "edge", status="False", reason="GatewayCannotMount")
+        assert obj["status"]["failingPods"][0]["name"] == gateway.name
+        assert gateway.request("/").status == 200  # the gateway keeps serving, without the plugin
+        # with targetRefs (gateways and waypoints only) a ConfigMap-sized module is refused outright
+        ref = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "cm-edge"}
+        mesh_operator.plugin(ns, "edge-ref", spec(mesh_operator, None, {"x-cm-edge": "2"}, targetRefs=[ref]))
+        mesh_operator.wait(ns, "edge-ref", status="False", reason="ConfigMapNeedsSidecars")
+        for name in ("edge", "edge-ref"):
+            mesh_operator.delete(ns, name)
+    finally:
+        stop(istio_mesh, gateway)
+
+
+def test_root_namespace_plugins_copy_their_config_map_where_they_reach(
+    mesh_operator: MeshOperator, istio_mesh: istio.Mesh
+) -> None:
+    a, b = istio_mesh.namespace("cm-mesh-a"), istio_mesh.namespace("cm-mesh-b")
+    mesh_operator.plugin(istio.ROOT_NS, "mesh-hdr", spec(mesh_operator, {"app": "meshy"}, {"x-cm-mesh": "yes"}))
+    mesh_operator.wait(istio.ROOT_NS, "mesh-hdr", status="False", reason="NoProxies")
+    name = "meshplug-wasm-istio-system.mesh-hdr"
+    # a namespace gets the ConfigMap once it has a pod the plugin selects (that first pod predates it: restart)
+    first = istio_mesh.sidecar(a, "meshy-0", {"app": "meshy"})
+    procs.wait_until(
+        lambda: istio_mesh.kube.request("GET", f"{CONFIGMAPS.format(ns=a)}/{name}")[0] == 200,
+        timeout=60,
+        what=f"the ConfigMap copied into {a}",
+    )
+    stop(istio_mesh, first)
+    pods = [istio_mesh.sidecar(a, "meshy-0", {"app": "meshy"})]
+    assert istio_mesh.kube.request("GET", f"{CONFIGMAPS.format(ns=b)}/{name}")[0] == 404
+    second = istio_mesh.sidecar(b, "meshy-1", {"app": "meshy"})
+    procs.wait_until(
+        lambda: istio_mesh.kube.request("GET", f"{CONFIGMAPS.format(ns=b)}/{name}")[0] == 200,
+        timeout=60,
+        what=f"the ConfigMap copied into {b}",
+    )
+    stop(istio_mesh, second)
+    pods.append(istio_mesh.sidecar(b, "meshy-1", {"app": "meshy"}))
+    for pod in pods:
+        header(pod, "x-cm-mesh", "yes")
+    obj = mesh_operator.wait(istio.ROOT_NS, "mesh-hdr", reason="Loaded")
+    assert sorted(obj["status"]["loadedPods"]) == [f"{a}/meshy-0", f"{b}/meshy-1"]
+    # the namespace that stops being reached loses its copy
+    stop(istio_mesh, pods.pop())
+    procs.wait_until(
+        lambda: istio_mesh.kube.request("GET", f"{CONFIGMAPS.format(ns=b)}/{name}")[0] == 404,
+        timeout=90,
+        what=f"the ConfigMap removed from {b}",
+    )
+    mesh_operator.delete(istio.ROOT_NS, "mesh-hdr")
+    header(pods[0], "x-cm-mesh", None)
+    assert istio_mesh.kube.request("GET", f"{CONFIGMAPS.format(ns=a)}/{name}")[0] == 404
+    stop(istio_mesh, pods[0])
+
+
+def test_a_module_too_large_for_a_config_map_goes_remote_and_a_hidden_module_server_is_reported(
+    mesh_operator: MeshOperator, istio_mesh: istio.Mesh, ns: str
+) -> None:
+    pod = istio_mesh.sidecar(ns, "big-0", {"app": "big"})
+    try:
+        url, sha = mesh_operator.module_url(GO_HEADERS, "go_headers.wasm")
+        big = {
+            "url": url,
+            "sha256": sha,
+            "istioDelivery": "configmap",
+            "selector": {"matchLabels": {"app": "big"}},
+            "match": [{"mode": "SERVER"}],
+            "pluginConfig": {"response": {"add": {"x-resp-added": "remote"}}},
+        }
+        mesh_operator.plugin(ns, "big", big)
+        # the test bed's Sidecar egress ("./*", "istio-system/*") hides meshplug-system, where the module server is
+        obj = mesh_operator.wait(ns, "big", status="False", reason="ModuleServerHidden")
+        assert "outbound|" in obj["status"]["failingPods"][0]["message"]
+        assert istio_mesh.kube.request("GET", f"{CONFIGMAPS.format(ns=ns)}/meshplug-wasm-big")[0] == 404
+        sidecar = istio_mesh._sidecar_resource(pod)
+        sidecar["spec"]["egress"][0]["hosts"].append(f"{istio.MODULES_NS}/*")
+        istio_mesh.apply(sidecar)
+        t0 = time.monotonic()
+        istio.poll(
+            lambda: pod.request("/"),
+            lambda r: r.status == 200 and r.headers.get("x-resp-added") == "remote",
+            "the remote module loaded",
+            timeout=180,
+        )
+        print(f"remote module loaded {time.monotonic() - t0:.1f}s after the Sidecar's egress changed")
+        mesh_operator.wait(ns, "big", reason="Loaded", timeout=120)
+        mesh_operator.delete(ns, "big")
+    finally:
+        stop(istio_mesh, pod)

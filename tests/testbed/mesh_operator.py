@@ -1,0 +1,192 @@
+"""meshplug's operator on the real Istio test bed: CRD, admission webhook, module server where the pods reach it.
+
+Used by tests/testbed/fixtures_istio.py (`mesh_operator`). The operator runs as a process against the mesh's own
+kube-apiserver (`tests.testbed.istio.Mesh`), watching every namespace (root-namespace plugins are mesh-wide), with:
+- its module server on the bridge's host address, named `istio.MODULES_HOST` (pods resolve it there; a STATIC
+  ServiceEntry gives sidecars the Istio cluster `code.remote` goes through);
+- istiod's debug endpoints as ``--istiod-debug-url`` (status from the proxies);
+- its mutating webhook ``/mount-istio-modules`` registered with the API server (TLS from a test CA;
+  failurePolicy Ignore, as the chart installs it), so pods created through the API get ConfigMap modules mounted;
+- ``--file-root`` = `MeshOperator.modules`: tests drop modules there and name them ``file://`` (read by the
+  operator: meshplug's extension; any other ``file://`` path is the proxy's own);
+- the test bed's CA trusted for module sources (``--extra-ca-file``: the TLS registries and origin).
+`MeshOperator` also reads and writes WasmPlugins for the tests and waits for their conditions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.testbed import helm, istio, procs
+from tests.testbed import operator as operator_mod
+
+CRDS = sorted((procs.REPO_ROOT / "crds").glob("*.yaml"))  # WasmPlugin, TrafficExtension
+PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
+WEBHOOK = "meshplug-istio-modules"
+
+
+@dataclass
+class MeshOperator:
+    mesh: istio.Mesh
+    op: operator_mod.Operator
+    modules: Path
+    module_port: int
+
+    # --- modules ---------------------------------------------------------------------------------------------
+
+    def module_url(self, data: bytes, name: str = "") -> tuple[str, str]:
+        """Put ``data`` below the operator's file root; (file:// url, sha256)."""
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.modules / (name or f"{sha[:16]}.wasm")
+        path.write_bytes(data)
+        return f"file://{path}", sha
+
+    # --- plugins ---------------------------------------------------------------------------------------------
+
+    def plugin(self, namespace: str, name: str, spec: Mapping[str, Any], **meta: Any) -> dict[str, Any]:
+        body = {
+            "apiVersion": "meshplug.io/v1alpha1",
+            "kind": "WasmPlugin",
+            "metadata": {"name": name, "namespace": namespace, **meta},
+            "spec": dict(spec),
+        }
+        return self.mesh.apply(body)
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        status, obj = self.mesh.kube.request("GET", f"{PLUGINS.format(ns=namespace)}/{name}")
+        return dict(obj) if status == 200 else None
+
+    def condition(self, namespace: str, name: str, ctype: str = "Ready") -> dict[str, Any]:
+        obj = self.get(namespace, name) or {}
+        for c in (obj.get("status") or {}).get("conditions") or []:
+            if c["type"] == ctype:
+                return dict(c)
+        return {}
+
+    def wait(
+        self, namespace: str, name: str, *, status: str = "True", reason: str | None = None, timeout: float = 90
+    ) -> dict[str, Any]:
+        """Wait until Ready (for this generation) has ``status`` (and ``reason``); the resource then."""
+
+        def done(obj: dict[str, Any] | None) -> bool:
+            if obj is None or (obj.get("status") or {}).get("observedGeneration") != obj["metadata"]["generation"]:
+                return False
+            ready = next((c for c in obj["status"].get("conditions") or [] if c["type"] == "Ready"), {})
+            return ready.get("status") == status and (reason is None or ready.get("reason") == reason)
+
+        return dict(
+            istio.poll(
+                lambda: self.get(namespace, name),
+                done,
+                f"WasmPlugin {namespace}/{name} Ready={status}" + (f" ({reason})" if reason else ""),
+                timeout=timeout,
+                show=_ready_and_failing,
+            )
+        )
+
+    def delete(self, namespace: str, name: str, *, timeout: float = 60) -> None:
+        self.mesh.kube.request("DELETE", f"{PLUGINS.format(ns=namespace)}/{name}")
+        procs.wait_until(lambda: self.get(namespace, name) is None, timeout=timeout, what=f"{namespace}/{name} gone")
+
+    def log(self) -> str:
+        return self.op.proc.log()
+
+
+def _ready_and_failing(obj: dict[str, Any] | None) -> Any:
+    current = (obj or {}).get("status") or {}
+    ready = [c for c in current.get("conditions") or [] if c["type"] in ("Ready", "Fetched")]
+    return {"conditions": ready, "failingPods": current.get("failingPods"), "pods": current.get("pods")}
+
+
+def _webhook_configuration(port: int, ca_bundle: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK},
+        "webhooks": [
+            {
+                "name": "istio-modules.meshplug.io",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Ignore",
+                "reinvocationPolicy": "IfNeeded",
+                "clientConfig": {"url": f"https://127.0.0.1:{port}/mount-istio-modules", "caBundle": ca_bundle},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}
+                    ]
+                },
+            }
+        ],
+    }
+
+
+@contextlib.contextmanager
+def running(
+    mesh: istio.Mesh, work: Path, *, extra: tuple[str, ...] = (), trusted_ca: Path | None = None
+) -> Iterator[MeshOperator]:
+    """The operator on ``mesh`` (see the module docstring); stopped by pid on exit."""
+    for path in CRDS:
+        crd = yaml.safe_load(path.read_text())
+        mesh.apply(crd)
+        mesh._wait_crd(crd["metadata"]["name"])
+    mesh.namespace(istio.MODULES_NS)
+    module_port = mesh.bridge.free_port()
+    mesh.apply(
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "ServiceEntry",
+            "metadata": {"name": "meshplug-modules", "namespace": istio.MODULES_NS},
+            "spec": {
+                "hosts": [istio.MODULES_HOST],
+                "location": "MESH_INTERNAL",
+                "resolution": "STATIC",
+                "ports": [{"name": "http", "number": module_port, "protocol": "HTTP"}],
+                "endpoints": [{"address": mesh.bridge.host_ip}],
+            },
+        }
+    )
+    tls = helm.webhook_tls(work / "tls")
+    port = procs.free_port()
+    config = {
+        "listen": {"address": "127.0.0.1", "port": port},
+        "tls": {"certFile": str(tls.cert), "keyFile": str(tls.key)},
+        "injection": {"enabled": False},
+        "validation": {"enabled": False},
+        "istioModules": {"enabled": True},
+    }
+    (work / "webhook.yaml").write_text(yaml.safe_dump(config))
+    modules = work / "modules"
+    modules.mkdir(parents=True, exist_ok=True)
+    op = operator_mod.start_operator(
+        mesh.kube.kubeconfig,
+        work,
+        name="operator-mesh",
+        extra=(
+            f"--module-listen={mesh.bridge.host_ip}:{module_port}",
+            f"--module-host={istio.MODULES_HOST}",
+            f"--module-port={module_port}",
+            f"--istiod-debug-url={mesh.istiod.debug_url}",
+            f"--file-root={modules}",
+            "--reresolve-interval=0",
+            *([f"--extra-ca-file={trusted_ca}"] if trusted_ca is not None else []),
+            *extra,
+        ),
+        env={"MESHPLUG_WEBHOOK_CONFIG": str(work / "webhook.yaml")},
+    )
+    try:
+        procs.wait_until(lambda: procs.tls_ready(port, tls.ca_cert), timeout=60, what="the operator's webhook server")
+        mesh.apply(_webhook_configuration(port, tls.ca_bundle))
+        yield MeshOperator(mesh=mesh, op=op, modules=modules, module_port=module_port)
+    finally:
+        with contextlib.suppress(Exception):
+            mesh.delete(_webhook_configuration(port, tls.ca_bundle))
+        op.stop()
