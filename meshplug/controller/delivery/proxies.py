@@ -279,21 +279,30 @@ def judge(e: Evidence) -> Verdict:
     if e.blocked:
         reason, _, message = e.blocked.partition(":")
         return Verdict(e.pod, FAILED, reason, message.strip())
+    return _before_ack(e) or _after_ack(e)
+
+
+def _before_ack(e: Evidence) -> Verdict | None:
+    """The pod, istiod and the proxy's ACK or NACK; None once the proxy ACKed this version."""
     if not e.ready:
         return Verdict(e.pod, PENDING, "PodNotReady", "the pod is not Running and Ready")
     if e.sync is None:
         why = f" ({e.istiod_problem})" if e.istiod_problem else ""
         return Verdict(e.pod, PENDING, "ProxyNotConnected", f"istiod reports no proxy for this pod{why}")
     state = e.sync.of(e.type_url)
-    if state.error and e.envoy_name in state.error:
-        return Verdict(e.pod, FAILED, "ProxyNACK", f"the proxy rejected the config: {state.error}")
-    if e.nacked:
-        return Verdict(e.pod, FAILED, "ProxyNACK", f"the proxy rejected the config: {e.nacked}")
+    nack = state.error if state.error and e.envoy_name in state.error else e.nacked
+    if nack:
+        return Verdict(e.pod, FAILED, "ProxyNACK", f"the proxy rejected the config: {nack}")
     if not e.pushed:
         return Verdict(e.pod, PENDING, "NotPushed", "istiod has not built this module into the proxy's config yet")
     if not state.synced:
         what = f"; last error: {state.error}" if state.error else ""
         return Verdict(e.pod, PENDING, "AwaitingACK", f"the proxy has not ACKed istiod's last push{what}")
+    return None
+
+
+def _after_ack(e: Evidence) -> Verdict:
+    """ACKed: loaded, unless the proxy had to download the module and meshplug's module server did not serve it."""
     if not e.needs_download:
         return Verdict(e.pod, LOADED, "Loaded", "ACKed")
     if e.fetched == 200:
