@@ -98,12 +98,12 @@ def can_i(kubeconfig: Path, namespace: str) -> set[tuple[str, str, str]]:
     return rows
 
 
-def ca_bundle_names(fullname: str) -> dict[str, str]:
+def ca_bundle_names(fullname: str) -> dict[str, set[str]]:
     """The only objects the names=ca-bundle rules reach: the release's own webhook configurations."""
     group = "admissionregistration.k8s.io"
     return {
-        f"mutatingwebhookconfigurations.{group}": f"{fullname}-inject",
-        f"validatingwebhookconfigurations.{group}": f"{fullname}-validate",
+        f"mutatingwebhookconfigurations.{group}": {f"{fullname}-inject", f"{fullname}-istio-modules"},
+        f"validatingwebhookconfigurations.{group}": {f"{fullname}-validate"},
     }
 
 
@@ -143,7 +143,10 @@ class Plane:
         """What the release's operator may do in ``namespace`` beyond what every account may; the rules that name
         objects name only the release's webhook configurations."""
         rows = can_i(at.sa, namespace) - can_i(self.baseline, namespace)
-        named = {resource: names for resource, _, names in rows if names}
+        named: dict[str, set[str]] = {}
+        for resource, _, names in rows:
+            if names:
+                named.setdefault(resource, set()).update(names.split())
         assert named == {r: n for r, n in ca_bundle_names(at.fullname).items() if r in named}
         return {(resource, verb) for resource, verb, _ in rows}
 
