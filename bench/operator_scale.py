@@ -3,13 +3,15 @@
 Starts etcd + kube-apiserver (free ports), the WasmPlugin and EnvoyFilter CRDs, ``--workloads`` Deployments with
 ``--pods`` Pods spread over them (status set through the status subresource: no kubelet), then `meshplug operator`
 as a process. Applies ``--plugins`` WasmPlugins (istio data plane; each selects one workload's pods) as fast as
-it can and prints, from apply to Ready (polled every 0.1 s): per-plugin p50/p95/max and the time until all are
-Ready; API requests per reconcile counted in the operator's client (its writer, read from its /metrics) and, for
-everything it sends including kopf's watches and finalizer patches, at the apiserver (`apiserver_request_total`
-minus this script's own requests); then the same after a pod churn (``--churn`` pods deleted and re-created) and
-the requests of an idle ``--idle`` s. Bounded: every wait has a deadline (``--deadline`` s overall).
+it can and prints, from apply to Ready (polled every 0.1 s): per-plugin p50/p95/p99/max, the time until all are
+Ready and the operator's RSS; API requests per reconcile counted in the operator's client (its writer, read from
+its /metrics) and, for everything it sends including kopf's watches and finalizer patches, at the apiserver
+(`apiserver_request_total` minus this script's own requests); then the same after a pod churn (``--churn`` pods
+deleted and re-created), with the operator's requests per pod changed (O(1): flat as --pods grows), and the
+requests of an idle ``--idle`` s. Bounded: every wait has a deadline (``--deadline`` s overall).
 
     .venv/bin/python bench/operator_scale.py [--pods 500] [--plugins 50]
+    .venv/bin/python bench/operator_scale.py --pods 5000 --plugins 200 --workloads 50 --churn 500   (issue's size)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import wasmtime
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import rss_mib
 from tests.testbed import fixtures_kube, procs
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
@@ -181,7 +184,8 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                 reconciles = rec1 - rec0
                 print(
                     f"apply -> Ready, {args.plugins} plugins over {args.pods} pods: p50 {statistics.median(lat):.2f}s "
-                    f"p95 {lat[int(0.95 * (len(lat) - 1))]:.2f}s max {lat[-1]:.2f}s; all Ready after {total:.2f}s"
+                    f"p95 {lat[int(0.95 * (len(lat) - 1))]:.2f}s p99 {lat[int(0.99 * (len(lat) - 1))]:.2f}s "
+                    f"max {lat[-1]:.2f}s; all Ready after {total:.2f}s; operator RSS {rss_mib(op.proc.pid):.0f} MiB"
                 )
                 op_requests = (server1 - server0) - (own1 - own0)  # minus ours (the scrapes cancel out)
                 print(
@@ -218,12 +222,15 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                     f"{time.monotonic() - t1 - 1.0:.1f}s, {churn_rec:.0f} reconciles, "
                     f"{(writes2 - writes1) / max(churn_rec, 1):.1f} writer requests/reconcile, "
                     f"{((server2 - server1) - (own2 - own1)) / max(churn_rec, 1):.1f} all requests/reconcile "
-                    f"(every plugin counts all its pods again: {settled()})"
+                    f"(every plugin counts all its pods again: {settled()}); per pod changed: "
+                    f"{((server2 - server1) - (own2 - own1)) / max(args.churn, 1):.1f} operator requests "
+                    f"({args.pods // args.workloads} pods per workload, {args.plugins // args.workloads} plugins each)"
                 )
                 idle0, own_idle0 = apiserver_requests(client), client.requests
                 time.sleep(args.idle)  # measuring an idle period, not synchronising
                 idle1, own_idle1 = apiserver_requests(client), client.requests
                 print(f"idle {args.idle:.0f}s: {(idle1 - idle0) - (own_idle1 - own_idle0):.0f} operator requests")
+                print(f"operator RSS at the end: {rss_mib(op.proc.pid):.0f} MiB")
             finally:
                 op.stop()
     return 0
