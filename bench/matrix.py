@@ -10,7 +10,8 @@ Shapes (each plugin from the corpus, its corpus configuration; Envoy runs the sa
                                                                           appends at end of stream, unbuffered)
     local     GET /admin/x answered by the plugin's local reply (403)  (rust/deny_path, go/denypath,
                                                                           assemblyscript/denyprefix, c/deny_prefix)
-    httpcall  GET / paused for one HTTP call per request to an auth    (rust/auth_call, go/authcall, c/auth_call)
+    httpcall  GET / paused for one HTTP call per request to an auth    (rust/auth_call, go/authcall,
+                                                                          assemblyscript/authcall, c/auth_call)
               cluster (nginx answering 200), then resumed
 
 The body is 1023 KiB: Envoy answers 413 to a held body of 1 MiB (its default buffer limit). A cell whose SDK has
@@ -90,6 +91,7 @@ CELLS: dict[tuple[str, str], Cell] = {
     ("go", "httpcall"): Cell(
         "go/authcall", {"cluster": "authz", "authority": "auth.local", "path": "/check", "timeout_ms": 5000}
     ),
+    ("assemblyscript", "httpcall"): Cell("assemblyscript/authcall", "authz", root_id="authcall"),
     ("c", "httpcall"): Cell("c/auth_call", "authz"),
 }
 
