@@ -10,13 +10,15 @@ them is what they raise, never what they accept:
 - a string must be a string, and is refused when empty unless the field says ``empty=True``;
 - an integer is an int and never a bool; a number is an int or a float (not a bool); ranges are inclusive;
 - a boolean is true or false (not "yes", not 1);
-- a list of strings holds non-empty strings; a map of strings has string keys and string values;
+- a list of strings holds non-empty strings (of CIDRs: each an IP network); a map of strings has string keys and
+  string values;
 - `only` refuses keys it was not told about, naming them all;
 - every message is ``<where>.<key> must be <what>, got <value>`` (``<where>.<key>: required`` when missing).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -121,6 +123,16 @@ class Fields:
         if not all(isinstance(v, str) and v for v in values):
             raise self.fail(key, "a list of non-empty strings")
         return tuple(values)
+
+    def cidrs(self, key: str) -> tuple[str, ...]:
+        """A list of IP networks in CIDR notation (host bits allowed, as written)."""
+        values = self.strings(key)
+        for cidr in values:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise self.fail(key, "a list of CIDRs") from None
+        return values
 
     def text_map(self, key: str) -> dict[str, str]:
         value = self._get(key, {})

@@ -80,7 +80,6 @@ to `<POD_NAME>.<POD_NAMESPACE>`; anything the file's `node` sets wins.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import os
 import re
@@ -470,16 +469,6 @@ def _listener_tls(listener: Fields, base: Path) -> ListenerTls | None:
     return tls
 
 
-def _cidrs(fields: Fields, key: str) -> tuple[str, ...]:
-    cidrs = fields.strings(key)
-    for cidr in cidrs:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise fields.fail(key, "a list of CIDRs") from None
-    return cidrs
-
-
 def _module_server(obj: Fields, base: Path) -> ModuleServer | None:
     if not obj.has("server"):
         return None
@@ -505,7 +494,7 @@ def _modules(obj: Fields, base: Path, plugins: tuple[protocol.ExtensionConfig, .
         file_roots=tuple(dict.fromkeys(roots)),
         server=_module_server(obj, base),
         allow_loopback=obj.flag("allow_loopback", False),
-        block_cidrs=_cidrs(obj, "block_cidrs"),
+        block_cidrs=obj.cidrs("block_cidrs"),
         precompiled=obj.flag("precompiled", True),
     )
 

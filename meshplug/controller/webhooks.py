@@ -35,7 +35,6 @@ namespace's agent Secret exists (`meshplug.controller.identity`): the kubelet ne
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -93,16 +92,6 @@ def _webhook_error(message: str) -> errors.MeshplugError:
     return errors.ConfigError(f"webhook config: {message}")
 
 
-def _cidrs(fields: Fields, key: str) -> tuple[str, ...]:
-    cidrs = fields.strings(key)
-    for cidr in cidrs:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise fields.fail(key, "a list of CIDRs") from None
-    return cidrs
-
-
 def _quantity(fields: Fields, key: str) -> str:
     """A Kubernetes quantity as the chart writes it (``50m``, ``64Mi``, a number); "" when unset."""
     value = fields.value(key, "")
@@ -146,7 +135,7 @@ def _agent(agent: Fields) -> injection.InjectionSettings:
         token_audience=agent.text("tokenAudience", d.token_audience),
         token_expiration_s=agent.integer("tokenExpirationSeconds", d.token_expiration_s, lo=600),
         allow_loopback=agent.flag("allowLoopback", d.allow_loopback),
-        block_cidrs=_cidrs(agent, "blockCIDRs"),
+        block_cidrs=agent.cidrs("blockCIDRs"),
         run_as_user=agent.integer("runAsUser", d.run_as_user, lo=0),
         log_level=agent.text("logLevel", d.log_level),
         resources=injection.Resources(
