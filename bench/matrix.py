@@ -22,7 +22,8 @@ each cell both proxies run, then `--rounds` rounds of `--seconds` interleaved (a
 the proxy's CPU per request (schedstat over its process tree / answered requests), RSS after the run, p50 and p99
 latency. Prints per cell the medians and the median of the per-round agent/Envoy ratios, then the worst CPU ratio
 and how many cells have the agent's p99 at or under Envoy's (targets: worst CPU <= 1.0x, p99 <= Envoy's).
-Any failed request (wrong status, reset) aborts the run: a ratio over failing requests would mean nothing.
+Failed requests (wrong status, reset, no answer) are counted per system and printed with their kinds; more than 1%
+in a run aborts it (a ratio over failing requests would mean nothing).
 
 Usage: bench/matrix.py [--rounds 3] [--seconds 5] [--rate 500] [--body-rate 50] [--cells rust/header,go/httpcall]
 """
@@ -159,7 +160,7 @@ def run_load(pid: int, port: int, shape: str, seconds: float, args: argparse.Nam
     before = cpu_ns(pid)
     out = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
     used = cpu_ns(pid) - before
-    if out["bad"]:
+    if out["bad"] > 0.01 * out["due"]:
         raise RuntimeError(f"failed requests under load ({shape}, port {port}): {out}")
     out["cpu_us"] = used / max(1, out["ok"]) / 1000
     out["rss_mib"] = rss_mib(pid)
@@ -221,6 +222,15 @@ def report(results: dict[tuple[str, str], dict[str, list[dict[str, Any]]]], args
         for shape in SHAPES:
             if (sdk, shape) not in CELLS:
                 print(f"{sdk + '/' + shape:<26}no module of this shape in the corpus for this SDK")
+    for (sdk, shape), runs in results.items():
+        for name, rs in runs.items():
+            failed = sum(r["bad"] for r in rs)
+            if failed:
+                kinds: dict[str, int] = {}
+                for r in rs:
+                    for kind, n in r["errors"].items():
+                        kinds[kind] = kinds.get(kind, 0) + n
+                print(f"{sdk}/{shape} {name}: {failed} of {sum(r['due'] for r in rs)} requests failed {kinds}")
     print(f"worst CPU ratio {worst:.2f}x (target <= 1.0x); p99 <= Envoy's in {p99_ok} of {len(results)} cells")
     print(f"load average after the run: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
 

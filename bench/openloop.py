@@ -116,7 +116,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
-        await asyncio.wait(tasks, timeout=args.drain)
+        _, pending = await asyncio.wait(tasks, timeout=args.drain)
+        if pending:
+            client.errors["no answer"] = len(pending)
     elapsed = time.monotonic() - start
     lat = sorted(client.latencies) or [float("nan")]
 
@@ -126,7 +128,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     return {
         "due": total,
         "ok": client.ok,
-        "bad": client.bad + len(tasks),
+        "bad": total - client.ok,  # every request not answered as expected, whatever happened to it
         "errors": client.errors,
         "seconds": elapsed,
         "p50_ms": pct(50),
