@@ -50,8 +50,8 @@ PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _SERVER_CONFIG: Final = h2.config.H2Configuration(
     client_side=False,
     header_encoding=None,
-    validate_inbound_headers=True,
-    normalize_inbound_headers=True,
+    validate_inbound_headers=False,  # h2wire.received_headers: the same checks, compiled (H2Peer.receive)
+    normalize_inbound_headers=False,
     validate_outbound_headers=False,  # what plugins set is checked by H2Exchange (framing.field_ok), once
     normalize_outbound_headers=False,
 )
@@ -501,7 +501,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
     """One HTTP/2 client connection: its streams, Envoy's limits, one timer."""
 
     def __init__(self, proxy: Proxy, state: routing.ListenerState, *, tls: bool = False) -> None:
-        super().__init__(h2.connection.H2Connection(config=_SERVER_CONFIG))
+        super().__init__(_SERVER_CONFIG)
         self.proxy = proxy
         self.state = state
         routes = state.routes
@@ -567,7 +567,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self.h2.receive_data(data)
+            events = self.receive(data)
         except h2.exceptions.ProtocolError as exc:
             log.debug("h2 connection %d: protocol error: %s", self.id, exc)
             self.going_away = True

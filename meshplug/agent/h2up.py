@@ -49,8 +49,8 @@ _CLIENT_CONFIG: Final = h2.config.H2Configuration(
     header_encoding=None,
     validate_outbound_headers=False,  # what we send was checked where it entered the proxy
     normalize_outbound_headers=False,
-    validate_inbound_headers=True,
-    normalize_inbound_headers=True,
+    validate_inbound_headers=False,  # h2wire.received_headers: the same checks, compiled (H2Peer.receive)
+    normalize_inbound_headers=False,
 )
 
 
@@ -109,7 +109,7 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
     """One HTTP/2 connection to a cluster: its streams and their flow control."""
 
     def __init__(self, pool: H2Pool) -> None:
-        super().__init__(h2.connection.H2Connection(config=_CLIENT_CONFIG))
+        super().__init__(_CLIENT_CONFIG)
         self.pool = pool
         self.streams: dict[int, UpStream] = {}
         self.goaway_seen = False
@@ -134,7 +134,7 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self.h2.receive_data(data)
+            events = self.receive(data)
         except h2.exceptions.ProtocolError:
             self.goaway_seen = True
             self.flush()  # h2 queued its GOAWAY
