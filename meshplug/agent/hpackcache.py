@@ -11,9 +11,10 @@ table is the one it was computed against (`_Table.changes` counts every insertio
 computing it changed nothing. Limits still hold: a block is only cached after it decoded within the current
 header list and table size limits, and a cached answer is only reused under the same limits.
 
-`VOLATILE` headers (x-request-id: new on every request) go out as literals never indexed, so they neither
-churn the dynamic table nor keep the rest of the block from being reused; the runs between them are encoded
-and cached on their own (the encoding of a header list is the concatenation of its headers' encodings).
+`VOLATILE` headers (x-request-id: new on every request) go out as literals never indexed and not
+Huffman-coded, so they neither churn the dynamic table nor keep the rest of the block from being reused;
+the runs between them are encoded and cached on their own (the encoding of a header list is the
+concatenation of its headers' encodings).
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ class CachedEncoder(Encoder):
             elif header[0] in VOLATILE:
                 out.append(self._run(run, huffman))
                 run = []
-                out.append(super().encode([NeverIndexedHeaderTuple(header[0], header[1])], huffman))
+                # raw, not Huffman-coded: a value seen once is not worth the CPU (a few bytes more on the wire)
+                out.append(super().encode([NeverIndexedHeaderTuple(header[0], header[1])], huffman=False))
             else:
                 run.append((header[0], header[1]))
         out.append(self._run(run, huffman))
