@@ -334,7 +334,7 @@ class Downstream(asyncio.Protocol):
 
         # which headers name more hop-by-hop headers; Host, framing, upgrade
         drop = wire.HOP_BY_HOP
-        has_rid = expect_continue = upgrade = False
+        has_rid = has_xfp = expect_continue = upgrade = False
         hosts = 0
         host = b""
         te: list[bytes] | None = None
@@ -349,6 +349,8 @@ class Downstream(asyncio.Protocol):
                     drop = drop | extra
             elif name == b"x-request-id":
                 has_rid = True
+            elif name == b"x-forwarded-proto":
+                has_xfp = True
             elif name == b"host":
                 hosts += 1
                 host = value
@@ -387,6 +389,8 @@ class Downstream(asyncio.Protocol):
         else:  # ... or, when routes pick the cluster, the listener's
             local = self.local or ("", 0)
             authority = f"{local[0]}:{local[1]}".encode()
+        if not has_xfp:  # Envoy's HCM: the request's scheme when the client gave none, before x-request-id
+            headers.append((b"x-forwarded-proto", wire.SCHEME_HTTP[1]))
         if not has_rid and self.state.config.generate_request_id:
             headers.append((b"x-request-id", wire.REQUEST_IDS.new()))
         proxy = self.proxy
@@ -406,10 +410,10 @@ class Downstream(asyncio.Protocol):
             # the chain's form in one pass (names are lower-case already): pseudo-headers first, Host folded
             # into :authority as Envoy's HTTP/1 codec does, hop-by-hop headers dropped; and the upstream head
             # of the same headers, sent as is when the plugins leave them unchanged
-            chain_headers: wire.Headers = [
-                (b":method", method),
-                (b":path", path),
+            chain_headers: wire.Headers = [  # in Envoy's order (its HTTP/1 codec's request map)
                 (b":authority", authority),
+                (b":path", path),
+                (b":method", method),
                 wire.SCHEME_HTTP,
             ]
             lines = [b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path, authority)]
