@@ -8,9 +8,10 @@ defaults and enum spellings (case-insensitive, as Envoy parses them). What is re
 * `static_resources.listeners[]`: `name`, `address.socket_address`, `traffic_direction`, `metadata`, one
   `filter_chains[]` entry (`name`, no `filter_chain_match`) holding either
   - `envoy.filters.network.http_connection_manager` (`stat_prefix`, `codec_type` AUTO/HTTP1,
-    `generate_request_id`, `http_protocol_options` (`enable_trailers`, `accept_http_10`: one set for all
-    listeners), an inline `route_config`: `virtual_hosts[]` with `name`, `domains`, `metadata`
-    and `routes[]` -- `match` by `prefix` / `path` / `safe_regex` (+ `case_sensitive`, `headers[]`
+    `generate_request_id`, `server_header_transformation` PASS_THROUGH (what the agent does, also when the
+    field is absent: Envoy's default OVERWRITE is not done), `http_protocol_options` (`enable_trailers`,
+    `accept_http_10`: one set for all listeners), an inline `route_config`: `virtual_hosts[]` with `name`,
+    `domains`, `metadata` and `routes[]` -- `match` by `prefix` / `path` / `safe_regex` (+ `case_sensitive`, `headers[]`
     matchers), then `route` (`cluster` or `weighted_clusters` with `header_name`, `prefix_rewrite`,
     `timeout`) or `direct_response`, route `name` and `metadata`) and `http_filters`: any number of
     `envoy.filters.http.wasm` and `envoy.filters.http.lua` (inline code), then the router; or
@@ -200,7 +201,7 @@ class _Obj:
         if isinstance(value, str):
             m = _DURATION.match(value.strip())
             if not m:
-                raise _error(self.at(name), f"{value!r} is not a duration such as \"5s\" or \"0.25s\"")
+                raise _error(self.at(name), f'{value!r} is not a duration such as "5s" or "0.25s"')
             seconds = float(m.group(1) + (m.group(2) or ""))
         elif isinstance(value, dict):
             d = _Obj(value, self.at(name))
@@ -609,6 +610,8 @@ def _http_listener(
         raise _error(hcm.at("stat_prefix"), "is required (Envoy refuses an empty stat_prefix)")
     hcm.enum("codec_type", {"AUTO": "AUTO", "HTTP1": "HTTP1", "HTTP2": "HTTP2"}, "AUTO")
     request_ids = hcm.flag("generate_request_id", True)
+    # the agent passes the upstream's server header through (Envoy's default, OVERWRITE with "envoy", is not done)
+    hcm.enum("server_header_transformation", {"PASS_THROUGH": "PASS_THROUGH"}, "PASS_THROUGH")
     _http1_options(hcm, ctx)
     upgrade_types = _upgrade_types(hcm)
     if hcm.has("rds"):
@@ -929,7 +932,7 @@ def _plugin_config(obj: _Obj, ctx: _Context) -> dict[str, Any]:
     if isinstance(obj.fields.get("configuration"), str):
         ctx.warnings.append(
             f"{obj.at('configuration')}: a plain string (envoy-wasm's v2 form; Envoy 1.40 refuses it: "
-            "\"invalid JSON ... configuration: message google.protobuf.Any\"); handed to the plugin as is"
+            '"invalid JSON ... configuration: message google.protobuf.Any"); handed to the plugin as is'
         )
     configuration = _any_bytes(obj, "configuration")
     strategy = _FAILURE_POLICIES[obj.enum("failure_policy", {k: k for k in _FAILURE_POLICIES}, "FAIL_UNSPECIFIED")]

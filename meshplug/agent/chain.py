@@ -750,6 +750,13 @@ class StreamControl:
     def response_flags(self) -> int:
         return self._stream.response_flags
 
+    @property
+    def backend_latency_ns(self) -> int | None:
+        """First request byte sent upstream to the response's last byte received (Envoy's
+        response.backend_latency); None until both happened."""
+        s = self._stream
+        return s.upstream_done_ns - s.upstream_sent_ns if s.upstream_sent_ns and s.upstream_done_ns else None
+
     def route(self) -> Any:
         """The stream's route decision (meshplug.agent.routing.Decision) or None: see `Stream.route`."""
         return self._stream.route()
@@ -812,6 +819,10 @@ class Stream:
     code_details: str | None = None
     #: property response.flags: RESPONSE_FLAG_* bits the shell sets (e.g. upstream connect failure)
     response_flags = 0
+    #: monotonic ns: the request's first byte went upstream, the response's last byte came back (the shell
+    #: sets them; property response.backend_latency)
+    upstream_sent_ns = 0
+    upstream_done_ns = 0
     #: namespace -> key -> value, made on first use (StreamControl.dynamic_metadata)
     dynamic_metadata: dict[str, dict[str, object]] | None = None
     #: the shell's router (meshplug.agent.routing: request map -> decision), the decision the router uses

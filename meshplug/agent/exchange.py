@@ -19,6 +19,7 @@ from meshplug.agent import framing, wire
 from meshplug.agent.upstream import Pool, Upstream
 
 if TYPE_CHECKING:
+    from meshplug.agent.config import Endpoint
     from meshplug.agent.downstream import Downstream
 
 log = logging.getLogger("meshplug.agent.exchange")
@@ -115,9 +116,9 @@ class Exchange:
         else:
             self.conn.proxy.loop.create_task(self._connect(pool))
 
-    async def _connect(self, pool: Pool) -> None:
+    async def _connect(self, pool: Pool, ep: Endpoint | None = None) -> None:
         try:
-            up = await pool.connect()
+            up = await pool.connect(ep)
         except (OSError, TimeoutError) as exc:
             pool.stats.upstream_cx_connect_fail += 1
             log.debug("connect to cluster %s failed: %r", pool.cluster.name, exc)

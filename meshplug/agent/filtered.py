@@ -186,7 +186,9 @@ class FilteredExchange(Exchange):
         return self.resp_done
 
     def attach(self, up: Upstream) -> None:
-        self.stream.set_upstream_fields(up.upstream_fields())
+        stream = self.stream
+        stream.set_upstream_fields(up.upstream_fields())
+        stream.upstream_sent_ns = time.monotonic_ns()
         Exchange.attach(self, up)
 
     def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None:
@@ -251,6 +253,7 @@ class FilteredExchange(Exchange):
             return
         self.resp_end_fed = True
         stream = self.stream
+        stream.upstream_done_ns = time.monotonic_ns()
         if held:
             self._response_data(held, False)
         if not self.resp_done:
@@ -267,6 +270,7 @@ class FilteredExchange(Exchange):
         held, self.resp_hold = self.resp_hold, None
         if not self.resp_end_fed and not self.resp_done:
             self.resp_end_fed = True
+            self.stream.upstream_done_ns = time.monotonic_ns()
             if held:
                 self._response_data(held, False)
                 if self.answered():
@@ -374,8 +378,17 @@ class FilteredExchange(Exchange):
         up = pool.take_idle()
         if up is not None:
             self.attach(up)
-        else:
-            self.conn.proxy.loop.create_task(self._connect(pool))
+        else:  # the router picked the host: plugins read it (upstream.address/port) before it connects, as Envoy's
+            ep = pool.endpoint()
+            self.stream.set_upstream_fields(
+                {
+                    "upstream_address": ep.address,
+                    "upstream_port": ep.port,
+                    "upstream_local_address": "",
+                    "upstream_local_port": 0,
+                }
+            )
+            self.conn.proxy.loop.create_task(self._connect(pool, ep))
 
     def _up_head_lines(self, headers: Sequence[tuple[bytes, bytes]]) -> list[bytes] | None:
         """The upstream head of headers a plugin changed; None when one of them cannot be written."""

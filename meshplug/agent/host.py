@@ -508,7 +508,11 @@ class TcpStream(Context):
     def start(self) -> Action:
         if not self.wvm.invoke(self, "proxy_on_context_create", self.id, self.root.id):
             return Action.FAIL
+        # Envoy's tcp_proxy picks its cluster in its own on_new_connection, after the plugins': none yet
+        info = self.info
+        self.info = chain.replace_info(info, {"cluster_name": ""})
         ok, r = self.wvm.call(self, "proxy_on_new_connection", self.id)
+        self.info = info
         return Action.FAIL if not ok else (Action.CONTINUE if not r else Action.STOP)
 
     def _data(self, buf: bytearray, name: str, data: bytes, end_stream: bool) -> tuple[Action, bytes]:

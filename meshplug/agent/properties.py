@@ -15,8 +15,12 @@ response.code_details ("via_upstream", a local reply's details, ...) and respons
 bits) from the chain's Stream; upstream.address / port / local_address ("ip:port") from
 StreamInfo.upstream_* once the shell called Stream.set_upstream (NotFound before), with
 upstream.transport_failure_reason "" and upstream.request_attempt_count 1 then; connection.requested_server_name
-("" on plaintext) and connection.tls_version (NotFound on plaintext). Each checked against Envoy 1.40 with a
-probe guest.
+("" on plaintext) and connection.tls_version (NotFound on plaintext). Also as Envoy: request.headers /
+response.headers an empty map (not NotFound) where the map is not readable, *.headers_bytes the map's byte
+size (0 then), response.grpc_status from grpc-status or the HTTP status (200 -> UNKNOWN),
+response.backend_latency, upstream.num_endpoints, upstream.* from the host the router picked (before it
+connects), `metadata` the dynamic metadata message, `filter_state` a SerializationFailure. Each checked
+against Envoy 1.40 path by path (tests/integration/test_property_table.py).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from meshplug.agent import config, hostapi, metadata, pairs, routing
-from meshplug.agent.chain import Direction
+from meshplug.agent.chain import Direction, StreamControl, StreamInfo
 from meshplug.agent.hostapi import Context
 
 _I64: Final = struct.Struct("<q")
@@ -99,6 +103,10 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:  # noqa: PLR
         key = segs[1]
         attached = control is None or ctx.request_headers_attached
         if not attached:
+            if key == b"headers" and len(segs) == 2:
+                return _map([])  # Envoy: an empty map outside the request-header callbacks
+            if key == b"headers_bytes":
+                return enc_int(0)
             if key in _REQUEST_HEADER_KEYS:
                 return None  # Envoy: no request header map outside the request-header callbacks
             req = []
@@ -116,6 +124,8 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:  # noqa: PLR
             if len(segs) >= 3:
                 return _header(_joined(req), segs[2].lower())
             return _map(_joined(req))
+        if key == b"headers_bytes":
+            return enc_int(_byte_size(req))
         if key == b"protocol":
             return info.protocol.encode()
         if key == b"time":
@@ -139,12 +149,17 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:  # noqa: PLR
         if key == b"code":
             status = _header(resp, b":status")
             return enc_int(int(status)) if status and status.isdigit() else None
+        if key == b"grpc_status":
+            trailers = control.trailers(Direction.RESPONSE) if control is not None else []
+            return _grpc_status(trailers, resp)
         if control is None:
             return None
         attached = ctx.response_headers_attached
+        if key == b"headers_bytes":
+            return enc_int(_byte_size(resp) if attached else 0)
         if key == b"headers":
-            if not attached:
-                return None  # Envoy: no response header map after on_response_headers continued
+            if not attached:  # Envoy: no response header map after on_response_headers continued
+                return _map([]) if len(segs) == 2 else None
             if len(segs) >= 3:
                 return _header(_joined(resp), segs[2].lower())
             return _map(_joined(resp))
@@ -155,6 +170,9 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:  # noqa: PLR
             return details.encode() if details is not None else None
         if key == b"flags":
             return enc_int(control.response_flags)
+        if key == b"backend_latency":
+            latency = control.backend_latency_ns
+            return enc_int(latency) if latency is not None else None
         sent = control.bytes_sent
         if key == b"size":
             return enc_int(sent)
@@ -163,9 +181,16 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:  # noqa: PLR
             return enc_int(sent + head_bytes + _byte_size(control.trailers(Direction.RESPONSE)))
         return None
     if head == b"upstream" and len(segs) >= 2:
-        if not info.upstream_address:
-            return None  # no upstream connection (yet)
         key = segs[1]
+        if key == b"num_endpoints":
+            cluster = _serving_cluster(ctx, info)
+            return enc_int(len(cluster.endpoints) or 1) if cluster is not None else None
+        if key == b"request_attempt_count" and ctx.stream_control() is not None:
+            return enc_int(1 if info.upstream_address else 0)  # Envoy: 0 until the router picked a host
+        if not info.upstream_address:
+            return None  # no upstream host (yet)
+        if key == b"locality":
+            return b""  # an empty envoy.config.core.v3.Locality (endpoints carry none)
         if key == b"address":
             return _address(info.upstream_address, info.upstream_port)
         if key == b"port":
@@ -179,6 +204,10 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:  # noqa: PLR
         if key == b"request_attempt_count":
             return enc_int(1)
         return None
+    if head == b"metadata":  # the stream's dynamic metadata (envoy.config.core.v3.Metadata)
+        return _metadata_value(_dynamic_metadata(control), segs[1:])
+    if head == b"filter_state" and len(segs) == 1:
+        raise Unserializable("filter state objects have no serialized form (Envoy: SerializationFailure)")
     if head in (b"source", b"destination", b"connection", b"connection_id") and len(segs) >= 1:
         key = segs[1] if len(segs) >= 2 else b""
         if head in (b"source", b"destination"):
@@ -196,6 +225,44 @@ def _stream_value(ctx: Context, segs: list[bytes]) -> bytes | None:  # noqa: PLR
         if key == b"tls_version":
             return info.tls_version.encode() if info.tls_version else None
     return None
+
+
+#: Envoy's Grpc::Utility::httpToGrpcStatus: the gRPC status a non-gRPC response's HTTP status stands for
+_HTTP_TO_GRPC: Final = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+_GRPC_UNKNOWN: Final = 2
+
+
+def _grpc_status(trailers: list[tuple[bytes, bytes]], headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """response.grpc_status as Envoy infers it: the trailers' grpc-status, the headers', else the HTTP status
+    mapped (200 -> UNKNOWN); NotFound before a response."""
+    for source in (trailers, headers):
+        value = _header(source, b"grpc-status")
+        if value is not None and value.strip().isdigit():
+            return enc_int(int(value))
+    status = _header(headers, b":status")
+    if status is None or not status.isdigit():
+        return None
+    return enc_int(_HTTP_TO_GRPC.get(int(status), _GRPC_UNKNOWN))
+
+
+def _serving_cluster(ctx: Context, info: StreamInfo) -> config.Cluster | None:
+    """The cluster serving the stream: the route decision's (HTTP) or the connection's (TCP)."""
+    control = ctx.stream_control()
+    decision = control.route_info() if control is not None else None
+    name = decision.cluster if isinstance(decision, routing.Decision) else info.cluster_name
+    return ctx.vm.host.clusters.get(name) if name else None
+
+
+def _dynamic_metadata(control: StreamControl | None) -> metadata.Metadata:
+    """The stream's dynamic metadata as a Metadata message (namespaces in the order they were first set)."""
+    if control is None:
+        return metadata.EMPTY_METADATA
+    return metadata.Metadata(
+        tuple(
+            (ns, metadata.struct_from_json(values, f"dynamic metadata {ns}"))
+            for ns, values in control.dynamic_metadata.items()
+        )
+    )
 
 
 class Unserializable(Exception):
@@ -280,7 +347,7 @@ def _xds_value(ctx: Context, segs: list[bytes]) -> bytes | None:  # noqa: PLR091
     if key == b"cluster_metadata" and cluster_name:
         cluster = ctx.vm.host.clusters.get(cluster_name)
         return _metadata_value(cluster.metadata, rest) if cluster is not None else None
-    if key == b"upstream_host_metadata" and not rest and info.upstream_address:
+    if key in (b"upstream_host_metadata", b"upstream_host_locality_metadata") and not rest and info.upstream_address:
         raise Unserializable("the upstream endpoint has no metadata")
     return None
 

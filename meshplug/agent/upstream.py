@@ -313,10 +313,11 @@ class Pool:
                 return up
         return None
 
-    async def connect(self) -> Upstream:
-        """A new connection; raises OSError or TimeoutError."""
+    async def connect(self, ep: agent_config.Endpoint | None = None) -> Upstream:
+        """A new connection (to `ep`, else the next endpoint); raises OSError or TimeoutError."""
         loop = asyncio.get_running_loop()
-        ep = self.endpoint()
+        if ep is None:
+            ep = self.endpoint()
         _, up = await asyncio.wait_for(
             loop.create_connection(lambda: Upstream(self), ep.address, ep.port), timeout=self.cluster.connect_timeout_s
         )

@@ -7,7 +7,9 @@
  * "prop <phase> <path> ! <status>" (1 = NotFound). Works as an HTTP filter, a network filter or a singleton.
  * The VM configuration and the plugin configuration are logged as they were handed over, in hex
  * ("propdump: vm configuration <hex>", "propdump: configuration <hex>"). A line "@ticks N" makes the root
- * context dump on its first N ticks (phase "tick", every 50 ms).
+ * context dump on its first N ticks (phase "tick", every 50 ms). A line "@headers" also logs the header map
+ * as proxy_get_header_map_pairs returns it (its order) in on_request_headers and on_response_headers, as
+ * "headers <phase> <hex of the pairs>".
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,12 +20,14 @@
 #define MAX_PATHS 128
 
 PW_IMPORT(proxy_set_tick_period_milliseconds) int32_t proxy_set_tick_period_milliseconds(uint32_t period);
+PW_IMPORT(proxy_get_header_map_pairs) int32_t proxy_get_header_map_pairs(int32_t map, char **data, size_t *size);
 
 static char *paths[MAX_PATHS];   /* as written in the configuration */
 static char *encoded[MAX_PATHS]; /* NUL-separated */
 static size_t encoded_len[MAX_PATHS];
 static size_t n_paths;
 static int ticks_left;
+static int dump_headers;
 
 static void encode(const char *text, char **out, size_t *out_len) {
   size_t n = strlen(text);
@@ -104,6 +108,10 @@ PW_EXPORT(proxy_on_configure) int32_t on_configure(uint32_t id, size_t size) {
   for (char *line = strtok(config, "\n"); line != NULL && n_paths < MAX_PATHS; line = strtok(NULL, "\n")) {
     while (*line == ' ') line++;
     if (*line == '\0' || *line == '#') continue;
+    if (strcmp(line, "@headers") == 0) {
+      dump_headers = 1;
+      continue;
+    }
     if (strncmp(line, "@ticks ", 7) == 0) { /* dump from the root context on that many ticks */
       ticks_left = atoi(line + 7);
       continue;
@@ -126,9 +134,28 @@ PW_EXPORT(proxy_on_tick) void on_tick(uint32_t id) {
   if (ticks_left == 0) proxy_set_tick_period_milliseconds(0);
 }
 
+static void dump_map(const char *phase, int32_t map) {
+  char *data = NULL;
+  size_t len = 0;
+  if (!dump_headers || proxy_get_header_map_pairs(map, &data, &len) != PW_OK) return;
+  size_t label = strlen("headers ") + strlen(phase) + 1;
+  size_t cap = label + 2 * len + 1;
+  char *line = malloc(cap);
+  size_t o = (size_t)snprintf(line, cap, "headers %s ", phase);
+  static const char hexdigits[] = "0123456789abcdef";
+  for (size_t k = 0; k < len; k++) {
+    line[o++] = hexdigits[(unsigned char)data[k] >> 4];
+    line[o++] = hexdigits[(unsigned char)data[k] & 15];
+  }
+  proxy_log(PW_INFO, line, o);
+  free(line);
+  free(data);
+}
+
 PW_EXPORT(proxy_on_request_headers) int32_t on_request_headers(uint32_t id, size_t n, int eos) {
   (void)id; (void)n; (void)eos;
   dump("rh");
+  dump_map("rh", 0);
   return PW_CONTINUE;
 }
 PW_EXPORT(proxy_on_request_body) int32_t on_request_body(uint32_t id, size_t n, int eos) {
@@ -139,6 +166,7 @@ PW_EXPORT(proxy_on_request_body) int32_t on_request_body(uint32_t id, size_t n, 
 PW_EXPORT(proxy_on_response_headers) int32_t on_response_headers(uint32_t id, size_t n, int eos) {
   (void)id; (void)n; (void)eos;
   dump("sh");
+  dump_map("sh", 2);
   return PW_CONTINUE;
 }
 PW_EXPORT(proxy_on_response_body) int32_t on_response_body(uint32_t id, size_t n, int eos) {
