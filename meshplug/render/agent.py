@@ -7,7 +7,10 @@ A module the plugin demands be signed carries the verified signature and what bi
 signature again and compiles the verified bytes itself. Chain order is Istio's: phase (AUTHN, AUTHZ, STATS,
 UNSPECIFIED), then priority (higher first, unset last), then the caller's tie-break key (creation time, then
 namespace/name). ``matchRules`` become the resource's ``match`` (the agent skips the plugin for requests no rule
-matches); per-rule pluginConfig is istio-only (`meshplug.spec` refuses it for the agent plane).
+matches); per-rule pluginConfig is istio-only (`meshplug.spec` refuses it for the agent plane). ``type`` (HTTP
+or NETWORK chain), ``match`` (mode and ports: the resource's ``traffic``) and ``vmConfig.env`` valueFrom HOST
+(``host_env_keys``, read from the agent's environment) travel too; the agent honours each
+(meshplug.agent.filters.applies / vm_env).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def extension_config(
             match=match_of(plugin),
             lua=plugin.lua,
         )
-    # the agent has no HOST environment of its own to copy from: HOST variables are read from the agent's env
+    # HOST variables are read from the agent's own environment when it loads the plugin (host_env_keys)
     return protocol.ExtensionConfig(
         name=plugin.envoy_name,
         root_id=plugin.root_id,
@@ -41,6 +44,9 @@ def extension_config(
         sha256=module.sha256,
         configuration=plugin.plugin_config,
         vm_env=tuple((e.name, e.value) for e in plugin.env if e.source is spec.EnvSource.INLINE),
+        host_env_keys=tuple(e.name for e in plugin.env if e.source is spec.EnvSource.HOST),
+        type=protocol.PluginType(plugin.type.value),
+        traffic=traffic_of(plugin),
         fail_strategy=protocol.FailStrategy(plugin.fail_strategy.value),
         match=match_of(plugin),
         compiled=None
@@ -66,6 +72,14 @@ def signature_of(module: model.Module, server: model.ModuleServer) -> protocol.M
         manifests=evidence.manifests,
         layer_url="" if layer == module.sha256 else server.agent_url(layer),
     )
+
+
+def traffic_of(plugin: spec.PluginSpec) -> tuple[protocol.TrafficSelector, ...]:
+    """Istio's `match` (mode, ports) as the listeners the agent runs the plugin on; () for every listener."""
+    every = all(m.mode is spec.MatchMode.CLIENT_AND_SERVER and not m.ports for m in plugin.match)
+    if every:
+        return ()
+    return tuple(protocol.TrafficSelector(mode=protocol.TrafficMode(m.mode.value), ports=m.ports) for m in plugin.match)
 
 
 def match_of(plugin: spec.PluginSpec) -> tuple[protocol.MatchRule, ...]:

@@ -264,8 +264,10 @@ def start_envoy(
     component_log_levels: str = PLUGIN_LOG_LEVELS,
     timeout: float = 120.0,
     concurrency: int = 1,
+    env: Mapping[str, str] | None = None,
 ) -> Envoy:
-    """Start Envoy on a validated config; return when admin /ready says LIVE (raises with the log tail)."""
+    """Start Envoy on a validated config (`env`: added to its environment); return when admin /ready says LIVE
+    (raises with the log tail)."""
 
     def ready() -> bool:
         status, body = admin_get(admin_port, "/ready", timeout=1.0)
@@ -280,5 +282,5 @@ def start_envoy(
         "--component-log-level", component_log_levels,
         "--log-format", LOG_FORMAT,
     ]  # fmt: skip
-    proc = procs.start(name, argv, log_dir=log_dir, ready=ready, timeout=timeout, ports={"admin": admin_port})
+    proc = procs.start(name, argv, log_dir=log_dir, ready=ready, timeout=timeout, ports={"admin": admin_port}, env=env)
     return Envoy(proc=proc, admin_port=admin_port, config_path=config_path)
