@@ -120,15 +120,24 @@ def placement(plugin: spec.PluginSpec) -> Placement:
     return Placement("INSERT_BEFORE", (GRPC_STATS,), prio)
 
 
-def names(plugin_name: str, namespace: str = "", *, mesh_wide: bool = False) -> tuple[str, str, str]:
-    """(EnvoyFilter name, ConfigMap name, volume name) of the WasmPlugin ``plugin_name``: stable per plugin, never
-    per module. A mesh-wide plugin's ConfigMap and volume (in other namespaces, beside their own plugins') carry
-    its namespace too."""
+def names(
+    plugin_name: str, namespace: str = "", *, mesh_wide: bool = False, kind: str = spec.KIND
+) -> tuple[str, str, str]:
+    """(EnvoyFilter name, ConfigMap name, volume name) of the ``kind`` resource ``plugin_name``: stable per plugin,
+    never per module. A WasmPlugin's are ``meshplug-<name>`` and ``meshplug-wasm-<name>``; a TrafficExtension's
+    carry its kind (``meshplug-trafficextension-<name>``), so the two kinds of one name never share an object (the
+    labels carry the kind too: `labels`). A mesh-wide plugin's ConfigMap and volume (in other namespaces, beside
+    their own plugins') carry its namespace too."""
     base = f"{namespace}.{plugin_name}" if mesh_wide else plugin_name
-    ef = model.dns_name("meshplug-", plugin_name, 253)
-    cm = model.dns_name("meshplug-wasm-", base, 253)
-    vol = model.dns_name("meshplug-wasm-", base.replace(".", "-"), 63)
+    ef_prefix, cm_prefix = ("meshplug-", "meshplug-wasm-") if kind == spec.KIND else (f"meshplug-{kind.lower()}-",) * 2
+    ef = model.dns_name(ef_prefix, plugin_name, 253)
+    cm = model.dns_name(cm_prefix, base, 253)
+    vol = model.dns_name(cm_prefix, base.replace(".", "-"), 63)
     return ef, cm, vol
+
+
+def envoy_filter_name(plugin: spec.PluginSpec) -> str:
+    return names(plugin.name, kind=plugin.kind)[0]
 
 
 def mount_label(code: model.LocalCode) -> str:
@@ -142,9 +151,10 @@ def code_for(
     if module is None:
         return model.ProxyFile(filename=local_path(plugin.url), sha256=plugin.sha256 or "")
     if module.fits_config_map:
-        _, cm, vol = names(plugin.name, plugin.namespace, mesh_wide=mesh_wide)
+        _, cm, vol = names(plugin.name, plugin.namespace, mesh_wide=mesh_wide, kind=plugin.kind)
         base = f"{plugin.namespace}.{plugin.name}" if mesh_wide else plugin.name
-        mount_dir = f"{model.MODULE_MOUNT_ROOT}/{base}"
+        root = model.MODULE_MOUNT_ROOT if plugin.kind == spec.KIND else model.TE_MOUNT_ROOT
+        mount_dir = f"{root}/{base}"
         return model.LocalCode(
             config_map=cm,
             volume=vol,
@@ -162,10 +172,12 @@ def local_path(url: str) -> str:
     return url.removeprefix("file://").removeprefix("localhost")
 
 
-def _labels(plugin: spec.PluginSpec) -> dict[str, str]:
+def labels(plugin: spec.PluginSpec) -> dict[str, str]:
+    """What the route's objects are labelled with: meshplug's, and the resource's name, kind and namespace."""
     return {
         model.MANAGED_BY_LABEL: model.MANAGED_BY,
         model.PLUGIN_LABEL: plugin.name,
+        model.KIND_LABEL: plugin.kind,
         PLUGIN_NAMESPACE_LABEL: plugin.namespace,
     }
 
@@ -219,15 +231,14 @@ def envoy_filter(plugin: spec.PluginSpec, code: model.Code | None) -> dict[str, 
         body["workloadSelector"] = {"labels": {**plugin.selector_labels, mount_label(code): MOUNTED}}
     elif plugin.selector:
         body["workloadSelector"] = {"labels": plugin.selector_labels}
-    ef_name, _, _ = names(plugin.name)
     digest = code.sha256 if code is not None else (plugin.sha256 or "")
     return {
         "apiVersion": ENVOY_FILTER_API,
         "kind": "EnvoyFilter",
         "metadata": {
-            "name": ef_name,
+            "name": envoy_filter_name(plugin),
             "namespace": plugin.namespace,
-            "labels": _labels(plugin),
+            "labels": labels(plugin),
             "annotations": {model.DIGEST_ANNOTATION: f"sha256:{digest}"} if digest else {},
         },
         "spec": body,
@@ -256,7 +267,7 @@ def config_map(
         "metadata": {
             "name": code.config_map,
             "namespace": namespace or plugin.namespace,
-            "labels": {**_labels(plugin), MOUNT_LABEL: "true"},
+            "labels": {**labels(plugin), MOUNT_LABEL: "true"},
             "annotations": {
                 model.DIGEST_ANNOTATION: module.digest,
                 SELECTOR_ANNOTATION: json.dumps(plugin.selector_labels, sort_keys=True, separators=(",", ":")),

@@ -4,8 +4,9 @@ Called by `meshplug.controller.delivery.istio_native` (which applies the result,
 and by the render tests. Pure: no I/O.
 
 A meshplug TrafficExtension's inline Lua becomes Istio's TrafficExtension with the same ``lua.inlineCode``.
-The rendered resource keeps the meshplug resource's name and namespace, so Envoy's plugin name is Istio's
-``<namespace>.<name>`` and a manifest ported from ``extensions.istio.io`` behaves as before; the module comes
+The rendered resource keeps the meshplug resource's name and namespace (and its kind, when the cluster serves it:
+`kinds_for`), so Envoy's plugin name is Istio's ``<namespace>.<name>`` and a manifest ported from
+``extensions.istio.io`` behaves as before; the module comes
 from meshplug's module server under a signed url (istio-agent sends no headers) with the sha256 of the bytes
 meshplug fetched, verified and validated, so istio-agent downloads exactly those bytes over ECDS. A ``file://``
 url names a file inside the proxy and is passed through (meshplug never saw its bytes: ``module`` is None).
@@ -128,6 +129,7 @@ def _metadata(name: str, namespace: str, owner: Owner | None, digest: str) -> di
         "annotations": {model.DIGEST_ANNOTATION: digest} if digest else {},
     }
     if owner is not None:
+        meta["labels"][model.KIND_LABEL] = owner.kind
         meta["ownerReferences"] = [
             {
                 "apiVersion": owner.api_version,
@@ -190,9 +192,35 @@ def render(
     }
 
 
+def kinds_for(owner_kind: str) -> tuple[str, str]:
+    """Istio's kinds in the order a meshplug resource of ``owner_kind`` takes them: its own, then the other."""
+    if owner_kind == spec.KIND_TRAFFIC_EXTENSION:
+        return (TRAFFIC_EXTENSION, WASM_PLUGIN)
+    return (WASM_PLUGIN, TRAFFIC_EXTENSION)
+
+
 def ecds_name(kind: str, namespace: str, name: str) -> str:
     """The ECDS resource name istiod gives the rendered resource (what istiod's debug endpoints show)."""
     return f"{ECDS_PREFIX[kind]}{namespace}.{name}"
+
+
+#: istiod >= 1.30 translates a WasmPlugin ``<name>`` into a TrafficExtension ``<name>~istio-translated-wasmplugin``:
+#: its ECDS resource and Envoy's plugin name carry the suffix (seen on istiod 1.31-dev)
+TRANSLATED_SUFFIX = "~istio-translated-wasmplugin"
+
+
+def plugin_names(kind: str, namespace: str, name: str) -> tuple[str, ...]:
+    """The Envoy plugin names (``Wasm.config.name``) istiod may give the rendered resource of ``kind``: a
+    TrafficExtension's ``<namespace>.<name>``; a WasmPlugin's translated one (Istio >= 1.30), or that (older)."""
+    base = f"{namespace}.{name}"
+    return (base,) if kind == TRAFFIC_EXTENSION else (base + TRANSLATED_SUFFIX, base)
+
+
+def filter_names(kind: str, namespace: str, name: str) -> tuple[str, ...]:
+    """The HTTP filter names istiod gives the rendered resource of ``kind`` in a proxy's listeners."""
+    if kind == TRAFFIC_EXTENSION:
+        return (ecds_name(TRAFFIC_EXTENSION, namespace, name),)
+    return (ecds_name(TRAFFIC_EXTENSION, namespace, name) + TRANSLATED_SUFFIX, ecds_name(WASM_PLUGIN, namespace, name))
 
 
 def unsupported(plugin: spec.PluginSpec, kind: str = TRAFFIC_EXTENSION) -> str:

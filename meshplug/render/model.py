@@ -20,9 +20,13 @@ _SHA256 = re.compile(r"^[a-f0-9]{64}$")
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "meshplug"
 PLUGIN_LABEL = "meshplug.io/plugin"
+#: the kind of the meshplug resource an object was rendered for (a WasmPlugin and a TrafficExtension may share a name)
+KIND_LABEL = "meshplug.io/kind"
 DIGEST_ANNOTATION = "meshplug.io/digest"
-#: where sidecars mount ConfigMap-delivered modules: <MODULE_MOUNT_ROOT>/<plugin name>/<sha256>.wasm
+#: where sidecars mount ConfigMap-delivered modules: <MODULE_MOUNT_ROOT>/<plugin name>/<sha256>.wasm (a
+#: TrafficExtension's under TE_MOUNT_ROOT, so no WasmPlugin name can reach its directory)
 MODULE_MOUNT_ROOT = "/var/local/meshplug/wasm"
+TE_MOUNT_ROOT = "/var/local/meshplug/trafficextension"
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,13 @@ MODULE = minimal.passthrough('(data (i32.const 2048) "gitops")')
 MODULE_V2 = minimal.passthrough('(data (i32.const 2048) "gitops-v2")')
 #: every data plane / delivery mode the code offers: the plugin spec fields that choose it, the Ready reason it
 #: reaches (a mode whose delivery writes a synced object, e.g. a Deployment's pod template, fails this test)
-PLANES = {"agent": ({"dataPlane": "agent"}, "Confirmed")}
+PLANES = {
+    "agent": ({"dataPlane": "agent"}, "Confirmed"),
+    # the istio plane's two routes: Istio's own resources, and EnvoyFilter + ConfigMap mounted at admission; the
+    # app's pod has no Istio proxy (no istiod here): each renders its objects and reports NoProxies
+    "istio-native": ({"istioDelivery": "native"}, "NoProxies"),
+    "istio-configmap": ({"istioDelivery": "configmap"}, "NoProxies"),
+}
 #: what the operator may write on objects the GitOps tool synced: (resource, subresource) -> the fields it owns
 OWNED_BY_DESIGN = {
     ("wasmplugins", "status"): "the plugin's status",
@@ -148,15 +154,22 @@ class Repo:
     def operator_writes_to_synced(self, user: str) -> list[str]:
         """Writes by ``user`` to objects of the repository, other than what it owns by design."""
         synced = {
-            (d["kind"].lower() + "s", d["metadata"].get("namespace", ""), d["metadata"]["name"]) for d in self.objects()
+            (
+                d["apiVersion"].rpartition("/")[0],  # the group ("" for the core group)
+                d["kind"].lower() + "s",
+                d["metadata"].get("namespace", ""),
+                d["metadata"]["name"],
+            )
+            for d in self.objects()
         }
         found = []
         for e in installed.audit_events(self.audit, user):
             ref = e.get("objectRef") or {}
             if e["verb"] not in ("create", "update", "patch", "delete"):
                 continue
-            key = (ref.get("resource", ""), ref.get("namespace", ""), ref.get("name", ""))
-            if key in synced and (key[0], ref.get("subresource", "")) not in OWNED_BY_DESIGN:
+            # Istio's WasmPlugin of the same name as the synced meshplug one is the operator's own (native route)
+            key = (ref.get("apiGroup", ""), ref.get("resource", ""), ref.get("namespace", ""), ref.get("name", ""))
+            if key in synced and (key[1], ref.get("subresource", "")) not in OWNED_BY_DESIGN:
                 found.append(f"{e['verb']} {'/'.join(key)} {ref.get('subresource', '')}")
         return found
 
@@ -176,6 +189,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory, logs_dir: Path) -> Iterator[R
     ) as kube:
         # Istio's kinds, present in the cluster (installed with Istio, not by this repository)
         fixtures_kube.install_crd(kube, fixtures_kube.ENVOYFILTER_CRD)
+        for kind, plural in (("WasmPlugin", "wasmplugins"), ("TrafficExtension", "trafficextensions")):
+            fixtures_kube.install_crd(kube, fixtures_kube.stand_in_crd("extensions.istio.io", "v1alpha1", kind, plural))
         (work / "repo").mkdir()
         modules = work / "modules"
         modules.mkdir()

@@ -191,10 +191,83 @@ def test_a_module_too_large_for_a_config_map_goes_remote_and_a_hidden_module_ser
             lambda: pod.request("/"),
             lambda r: r.status == 200 and r.headers.get("x-resp-added") == "remote",
             "the remote module loaded",
-            timeout=180,
+            timeout=300,  # Envoy retries, then meshplug redelivers (REDELIVERY_AFTER_S, doubling): slow on a busy host
         )
         print(f"remote module loaded {time.monotonic() - t0:.1f}s after the Sidecar's egress changed")
         mesh_operator.wait(ns, "big", reason="Loaded", timeout=120)
         mesh_operator.delete(ns, "big")
+    finally:
+        stop(istio_mesh, pod)
+
+
+def test_a_wasm_plugin_and_a_traffic_extension_of_one_name_do_not_collide(
+    mesh_operator: MeshOperator, istio_mesh: istio.Mesh, ns: str
+) -> None:
+    """A WasmPlugin and a TrafficExtension both named "twin", both by ConfigMap: each has its own EnvoyFilter,
+    ConfigMap, volume and mount (their names and labels carry the kind), a pod admitted after both mounts both and
+    serves both, and deleting one leaves the other's objects and effect."""
+    base = spec(mesh_operator, {"app": "twin"}, {"x-twin-wp": "1"})
+    mesh_operator.plugin(ns, "twin", base)
+    wasm = {k: base[k] for k in ("url", "sha256")} | {"pluginConfig": {"response": {"add": {"x-twin-te": "1"}}}}
+    te = {"selector": {"matchLabels": {"app": "twin"}}, "istioDelivery": "configmap", "wasm": wasm}
+    mesh_operator.plugin(ns, "twin", te, kind="TrafficExtension")
+    names = {"WasmPlugin": "meshplug-wasm-twin", "TrafficExtension": "meshplug-trafficextension-twin"}
+    for name in names.values():
+        procs.wait_until(
+            lambda name=name: istio_mesh.kube.request("GET", f"{CONFIGMAPS.format(ns=ns)}/{name}")[0] == 200,
+            timeout=60,
+            what=f"ConfigMap {name}",
+        )
+    pod = istio_mesh.sidecar(ns, "twin-0", {"app": "twin"})
+    try:
+        stored = istio_mesh.kube.request("GET", f"/api/v1/namespaces/{ns}/pods/twin-0")[1]
+        assert {v["name"] for v in stored["spec"]["volumes"]} >= set(names.values())
+        istio.poll(
+            lambda: pod.request("/"),
+            lambda r: r.headers.get("x-twin-wp") == "1" and r.headers.get("x-twin-te") == "1",
+            "both twins in the response",
+        )
+        mesh_operator.wait(ns, "twin", reason="Loaded")
+        mesh_operator.wait(ns, "twin", reason="Loaded", kind="TrafficExtension")
+        efs = istio_mesh.kube.request("GET", f"/apis/networking.istio.io/v1alpha3/namespaces/{ns}/envoyfilters")[1]
+        kinds = {e["metadata"]["name"]: e["metadata"]["labels"]["meshplug.io/kind"] for e in efs["items"]}
+        assert {k: v for k, v in kinds.items() if "twin" in k} == {
+            "meshplug-twin": "WasmPlugin",
+            "meshplug-trafficextension-twin": "TrafficExtension",
+        }
+        mesh_operator.delete(ns, "twin", kind="TrafficExtension")
+        istio.poll(
+            lambda: pod.request("/"),
+            lambda r: r.headers.get("x-twin-wp") == "1" and "x-twin-te" not in r.headers,
+            "the WasmPlugin twin alone in the response",
+        )
+        assert istio_mesh.kube.request("GET", f"{CONFIGMAPS.format(ns=ns)}/{names['TrafficExtension']}")[0] == 404
+        assert istio_mesh.kube.request("GET", f"{CONFIGMAPS.format(ns=ns)}/{names['WasmPlugin']}")[0] == 200
+        assert mesh_operator.condition(ns, "twin")["reason"] == "Loaded"
+        mesh_operator.delete(ns, "twin")
+        header(pod, "x-twin-wp", None)
+    finally:
+        stop(istio_mesh, pod)
+
+
+def test_a_module_envoy_refuses_shows_the_proxys_reason_and_the_listener_keeps_serving(
+    mesh_operator: MeshOperator, istio_mesh: istio.Mesh, ns: str
+) -> None:
+    """A configuration header_rules refuses in on_configure: Envoy NACKs the listener update the EnvoyFilter makes;
+    the status carries Envoy's message for the pod, and the proxy keeps its last good listener (and plugin)."""
+    good = spec(mesh_operator, {"app": "nack"}, {"x-good": "1"})
+    mesh_operator.plugin(ns, "nack", good)
+    mesh_operator.wait(ns, "nack", status="False", reason="NoProxies")  # its ConfigMap is there
+    pod = istio_mesh.sidecar(ns, "nack-0", {"app": "nack"})  # admitted with the module mounted
+    try:
+        header(pod, "x-good", "1")
+        mesh_operator.wait(ns, "nack", reason="Loaded")
+        mesh_operator.plugin(ns, "nack", {**good, "pluginConfig": {"request": {"add": {"x-a": 1}}}})
+        obj = mesh_operator.wait(ns, "nack", status="False", reason="ProxyNACK")
+        assert obj["status"]["failingPods"][0]["name"] == "nack-0"
+        assert f"{ns}.nack" in obj["status"]["failingPods"][0]["message"]
+        assert pod.request("/").headers.get("x-good") == "1"  # the last good listener serves
+        mesh_operator.delete(ns, "nack")
+        header(pod, "x-good", None)
     finally:
         stop(istio_mesh, pod)

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.corpus import modules as corpus
-from tests.testbed import istio
+from tests.testbed import istio, procs
 from tests.testbed.mesh_operator import MeshOperator
 from tests.testbed.origin import Origin
 from tests.testbed.registry import Registry
@@ -41,6 +42,7 @@ ENV_VARS = corpus.module("c/env_vars").path.read_bytes()
 SHA = hashlib.sha256(HEADER_RULES).hexdigest()
 PROXY_FILE = "/var/local/filters/openid.wasm"  # the test bed's proxies see only /var/local of their pod's own
 PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
+TE_EXAMPLES = procs.REPO_ROOT / "examples" / "istio" / "trafficextensions.yaml"
 
 
 def adds(header: str) -> dict[str, Any]:
@@ -88,10 +90,11 @@ def bed(
         istio_mesh.pods.remove(pod)
 
 
-def strict_apply(bed: Bed, name: str, spec: dict[str, Any]) -> None:
+def strict_apply(bed: Bed, name: str, spec: dict[str, Any], kind: str = "WasmPlugin") -> None:
     """Server-side apply with strict field validation (what ``kubectl apply --validate=strict`` sends)."""
-    body = {"apiVersion": "meshplug.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": name, "namespace": NS}}
-    path = f"{PLUGINS.format(ns=NS)}/{name}?fieldManager=kubectl&fieldValidation=Strict"
+    body = {"apiVersion": "meshplug.io/v1alpha1", "kind": kind, "metadata": {"name": name, "namespace": NS}}
+    plural = "wasmplugins" if kind == "WasmPlugin" else "trafficextensions"
+    path = f"/apis/meshplug.io/v1alpha1/namespaces/{NS}/{plural}/{name}?fieldManager=kubectl&fieldValidation=Strict"
     status, out = bed.op.mesh.kube.request(
         "PATCH", path, {**body, "spec": spec}, content_type="application/apply-patch+yaml"
     )
@@ -301,7 +304,8 @@ def test_priority_orders_a_phase_on_istiod(bed: Bed) -> None:
             bed.op.wait(NS, name, reason="Loaded", timeout=120)
     (chain, *_) = bed.op.mesh.istiod.http_filters(bed.gateway.proxy_id, istio.GATEWAY_PORT)
     prefix = f"extensions.istio.io/trafficextension/{NS}."
-    ours = [f.removeprefix(prefix) for f in chain if f.startswith(prefix)]
+    # Istio's WasmPlugins as istiod >= 1.30 names them: translated into TrafficExtensions, with a suffix
+    ours = [f.removeprefix(prefix).removesuffix("~istio-translated-wasmplugin") for f in chain if f.startswith(prefix)]
     assert ours.index("acl-check") < ours.index("check-header"), chain
 
 
@@ -346,12 +350,9 @@ def test_a_module_that_cannot_be_fetched_is_never_sent(
     fetched = next(c for c in obj["status"]["conditions"] if c["type"] == "Fetched")
     if reason is not None:
         assert fetched["reason"] == reason
-    assert (
-        bed.op.mesh.kube.request("GET", f"/apis/extensions.istio.io/v1alpha1/namespaces/{NS}/trafficextensions/{name}")[
-            0
-        ]
-        == 404
-    )
+    for plural in ("wasmplugins", "trafficextensions"):  # nothing of Istio's rendered
+        path = f"/apis/extensions.istio.io/v1alpha1/namespaces/{NS}/{plural}/{name}"
+        assert bed.op.mesh.kube.request("GET", path)[0] == 404
     assert bed.sidecar.request("/").status == 200  # traffic untouched
     bed.op.delete(NS, name)
 
@@ -378,3 +379,36 @@ def test_verification_key_is_accepted_and_stored(bed: Bed) -> None:
     ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
     assert ready["reason"] in ("SignatureInvalid", "SignatureMissing", "InvalidKey"), ready
     bed.op.delete(NS, "signed")
+
+
+def test_istios_traffic_extension_examples_behave_as_in_istio(bed: Bed) -> None:
+    """Istio 1.30's TrafficExtension examples (wasm and inline Lua; examples/istio/trafficextensions.yaml, as they ran
+    on a real istiod), ported by changing the apiVersion: strictly accepted, rendered as Istio's own
+    TrafficExtension, and a request through the sidecar shows both (request and response headers)."""
+    docs = [d for d in yaml.safe_load_all(TE_EXAMPLES.read_text()) if d]
+    assert [d["kind"] for d in docs] == ["TrafficExtension", "TrafficExtension"]
+    url, sha = bed.op.module_url(HEADER_RULES, "header_rules.wasm")  # the example's module, built by this bed
+    for doc in docs:
+        spec = {**doc["spec"], "selector": APP_B}
+        if "wasm" in spec:
+            spec["wasm"] = {**spec["wasm"], "url": url, "sha256": sha}
+        strict_apply(bed, doc["metadata"]["name"], spec, kind="TrafficExtension")
+    for doc in docs:
+        obj = bed.op.wait(NS, doc["metadata"]["name"], reason="Loaded", kind="TrafficExtension")
+        assert obj["status"]["loadedPods"] == [bed.sidecar.name]
+        _, rendered = bed.op.mesh.kube.request(
+            "GET", f"/apis/extensions.istio.io/v1alpha1/namespaces/{NS}/trafficextensions/{doc['metadata']['name']}"
+        )
+        assert {k: rendered["spec"][k] for k in ("phase", "match")} == {k: doc["spec"][k] for k in ("phase", "match")}
+    response = istio.poll(
+        lambda: bed.sidecar.request("/"),
+        lambda r: (
+            r.status == 200
+            and r.headers.get("x-te-wasm") == "header_rules-via-trafficextension"
+            and r.headers.get("x-lua") == "hello-from-lua"
+        ),
+        "both TrafficExtensions in the response of the sidecar",
+    )
+    assert {"x-te-wasm": "yes", "x-lua-req": "1"}.items() <= response.echoed().items()
+    for doc in docs:
+        bed.op.delete(NS, doc["metadata"]["name"], kind="TrafficExtension")

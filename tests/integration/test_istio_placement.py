@@ -33,11 +33,13 @@ JWT, RBAC, GRPC_STATS, ISTIO_STATS = (
 
 
 def names(mode: str) -> dict[str, str]:
-    """plugin name -> the filter name it has in Envoy (native: Istio's ECDS name; configmap: <ns>.<name>)."""
+    """plugin name -> the filter name it has in Envoy (native: Istio's ECDS name of its WasmPlugin, which istiod
+    translates into a TrafficExtension with a suffix; configmap: <ns>.<name>)."""
     out = {}
     for short in PHASES:
         name = f"{mode}-{short}"
-        out[name] = f"extensions.istio.io/trafficextension/{NS}.{name}" if mode == "n" else f"{NS}.{name}"
+        native = f"extensions.istio.io/trafficextension/{NS}.{name}~istio-translated-wasmplugin"
+        out[name] = native if mode == "n" else f"{NS}.{name}"
     return out
 
 

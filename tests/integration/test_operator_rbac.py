@@ -356,8 +356,8 @@ class Shop:
             "agent",
             {"url": url, "sha256": sha, "selector": selector, "dataPlane": "agent"},
         )
-        # the istio plane, both routes: native (Istio's own resource; this cluster serves only Istio's WasmPlugin
-        # kind for now) and configmap (EnvoyFilter + ConfigMap); no pod here has an Istio proxy: NoProxies
+        # the istio plane, both routes: native (Istio's own resource of the plugin's kind: Istio's WasmPlugin) and
+        # configmap (EnvoyFilter + ConfigMap); no pod here has an Istio proxy: NoProxies
         self.create("wasmplugins", "WasmPlugin", "istio", {"url": url, "sha256": sha, "selector": selector})
         self.create(
             "wasmplugins",
@@ -377,18 +377,26 @@ class Shop:
         self.wait("wasmplugins", "istio-cm", "NoProxies")
         self.wait("trafficextensions", "lua", "Confirmed")
         url2, sha2 = self.module("m2.wasm", MODULE_V2)
-        self.new_module(("agent", "istio", "istio-cm"), url2, sha2)
-        # Istio upgraded to serve TrafficExtension: the native route moves to it (and takes its WasmPlugin back)
-        if self.plane.kube.request("GET", f"{ISTIO_EXT}/trafficextensions")[0] != 200:
+        self.new_module("wasmplugins", ("agent", "istio", "istio-cm"), url2, sha2)
+        _, wp = self.plane.kube.request("GET", f"{ISTIO_EXT}/namespaces/{self.ns}/wasmplugins/istio")
+        assert wp["spec"]["sha256"] == sha2
+        # a wasm TrafficExtension: Istio's TrafficExtension where served (Istio >= 1.30), else Istio's WasmPlugin;
+        # once Istio serves TrafficExtension, its next change moves it there (and takes its WasmPlugin back)
+        served = self.plane.kube.request("GET", f"{ISTIO_EXT}/trafficextensions")[0] == 200
+        self.create("trafficextensions", "TrafficExtension", "istio-te", {"selector": selector, "wasm": {"url": url}})
+        self.wait("trafficextensions", "istio-te", "NoProxies")
+        if not served:
+            _, old = self.plane.kube.request("GET", f"{ISTIO_EXT}/namespaces/{self.ns}/wasmplugins/istio-te")
+            assert old["metadata"]["ownerReferences"][0]["kind"] == "TrafficExtension"
             fixtures_kube.install_crd(self.plane.kube, TE_CRD)
-        for url_n, sha_n in ((url, sha), (url2, sha2)):
-            self.new_module(("istio",), url_n, sha_n)
-        _, te = self.plane.kube.request("GET", f"{ISTIO_EXT}/namespaces/{self.ns}/trafficextensions/istio")
+        self.new_module("trafficextensions", ("istio-te",), url2, sha2)
+        _, te = self.plane.kube.request("GET", f"{ISTIO_EXT}/namespaces/{self.ns}/trafficextensions/istio-te")
         assert te["spec"]["wasm"]["sha256"] == sha2
-        assert self.plane.kube.request("GET", f"{ISTIO_EXT}/namespaces/{self.ns}/wasmplugins/istio")[0] == 404
+        assert self.plane.kube.request("GET", f"{ISTIO_EXT}/namespaces/{self.ns}/wasmplugins/istio-te")[0] == 404
         self.delete("wasmplugins", "agent")
         self.delete("wasmplugins", "istio")
         self.delete("wasmplugins", "istio-cm")
+        self.delete("trafficextensions", "istio-te")
         self.delete("trafficextensions", "lua")
         # a module that is not what its sha256 says: Ready=False and a Warning Event
         self.create(
@@ -400,18 +408,15 @@ class Shop:
         procs.wait_until(lambda: self.warnings("bad"), timeout=30, what="a Warning Event on bad")
         self.delete("wasmplugins", "bad")
 
-    def new_module(self, names: tuple[str, ...], url: str, sha: str) -> None:
-        """Point the WasmPlugins ``names`` at another module and wait until each status carries it."""
+    def new_module(self, plural: str, names: tuple[str, ...], url: str, sha: str) -> None:
+        """Point the plugins ``names`` at another module and wait until each status carries it."""
+        path = API.format(ns=self.ns, plural=plural)
         for name in names:
-            self.request(
-                "PATCH", f"{API.format(ns=self.ns, plural='wasmplugins')}/{name}", {"spec": {"url": url, "sha256": sha}}
-            )
+            module = {"url": url, "sha256": sha}
+            self.request("PATCH", f"{path}/{name}", {"spec": module if plural == "wasmplugins" else {"wasm": module}})
         procs.wait_until(
             lambda: all(
-                self.plane.kube.request("GET", f"{API.format(ns=self.ns, plural='wasmplugins')}/{n}")[1]
-                .get("status", {})
-                .get("digest")
-                == f"sha256:{sha}"
+                self.plane.kube.request("GET", f"{path}/{n}")[1].get("status", {}).get("digest") == f"sha256:{sha}"
                 for n in names
             ),
             timeout=90,

@@ -10,7 +10,8 @@ kube-apiserver (`tests.testbed.istio.Mesh`), watching every namespace (root-name
 - ``--file-root`` = `MeshOperator.modules`: tests drop modules there and name them ``file://`` (read by the
   operator: meshplug's extension; any other ``file://`` path is the proxy's own);
 - the test bed's CA trusted for module sources (``--extra-ca-file``: the TLS registries and origin).
-`MeshOperator` also reads and writes WasmPlugins for the tests and waits for their conditions.
+`MeshOperator` also reads and writes WasmPlugins (and TrafficExtensions: ``kind=``) for the tests and waits for
+their conditions.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from tests.testbed import helm, istio, procs
 from tests.testbed import operator as operator_mod
 
 CRDS = sorted((procs.REPO_ROOT / "crds").glob("*.yaml"))  # WasmPlugin, TrafficExtension
-PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
+PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/{plural}"
+PLURALS = {"WasmPlugin": "wasmplugins", "TrafficExtension": "trafficextensions"}
 WEBHOOK = "meshplug-istio-modules"
 
 
@@ -50,28 +52,37 @@ class MeshOperator:
 
     # --- plugins ---------------------------------------------------------------------------------------------
 
-    def plugin(self, namespace: str, name: str, spec: Mapping[str, Any], **meta: Any) -> dict[str, Any]:
+    def plugin(
+        self, namespace: str, name: str, spec: Mapping[str, Any], *, kind: str = "WasmPlugin", **meta: Any
+    ) -> dict[str, Any]:
         body = {
             "apiVersion": "meshplug.io/v1alpha1",
-            "kind": "WasmPlugin",
+            "kind": kind,
             "metadata": {"name": name, "namespace": namespace, **meta},
             "spec": dict(spec),
         }
         return self.mesh.apply(body)
 
-    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        status, obj = self.mesh.kube.request("GET", f"{PLUGINS.format(ns=namespace)}/{name}")
+    def get(self, namespace: str, name: str, *, kind: str = "WasmPlugin") -> dict[str, Any] | None:
+        status, obj = self.mesh.kube.request("GET", f"{_path(namespace, kind)}/{name}")
         return dict(obj) if status == 200 else None
 
-    def condition(self, namespace: str, name: str, ctype: str = "Ready") -> dict[str, Any]:
-        obj = self.get(namespace, name) or {}
+    def condition(self, namespace: str, name: str, ctype: str = "Ready", *, kind: str = "WasmPlugin") -> dict[str, Any]:
+        obj = self.get(namespace, name, kind=kind) or {}
         for c in (obj.get("status") or {}).get("conditions") or []:
             if c["type"] == ctype:
                 return dict(c)
         return {}
 
     def wait(
-        self, namespace: str, name: str, *, status: str = "True", reason: str | None = None, timeout: float = 90
+        self,
+        namespace: str,
+        name: str,
+        *,
+        status: str = "True",
+        reason: str | None = None,
+        timeout: float = 90,
+        kind: str = "WasmPlugin",
     ) -> dict[str, Any]:
         """Wait until Ready (for this generation) has ``status`` (and ``reason``); the resource then."""
 
@@ -83,20 +94,28 @@ class MeshOperator:
 
         return dict(
             istio.poll(
-                lambda: self.get(namespace, name),
+                lambda: self.get(namespace, name, kind=kind),
                 done,
-                f"WasmPlugin {namespace}/{name} Ready={status}" + (f" ({reason})" if reason else ""),
+                f"{kind} {namespace}/{name} Ready={status}" + (f" ({reason})" if reason else ""),
                 timeout=timeout,
                 show=_ready_and_failing,
             )
         )
 
-    def delete(self, namespace: str, name: str, *, timeout: float = 60) -> None:
-        self.mesh.kube.request("DELETE", f"{PLUGINS.format(ns=namespace)}/{name}")
-        procs.wait_until(lambda: self.get(namespace, name) is None, timeout=timeout, what=f"{namespace}/{name} gone")
+    def delete(self, namespace: str, name: str, *, timeout: float = 60, kind: str = "WasmPlugin") -> None:
+        self.mesh.kube.request("DELETE", f"{_path(namespace, kind)}/{name}")
+        procs.wait_until(
+            lambda: self.get(namespace, name, kind=kind) is None,
+            timeout=timeout,
+            what=f"{kind} {namespace}/{name} gone",
+        )
 
     def log(self) -> str:
         return self.op.proc.log()
+
+
+def _path(namespace: str, kind: str) -> str:
+    return PLUGINS.format(ns=namespace, plural=PLURALS[kind])
 
 
 def _ready_and_failing(obj: dict[str, Any] | None) -> Any:

@@ -252,9 +252,57 @@ def test_envoy_filter_targets(fields: dict[str, Any], key: str, expected: object
     assert ef["metadata"]["labels"] == {
         "app.kubernetes.io/managed-by": "meshplug",
         "meshplug.io/plugin": "hdr",
+        "meshplug.io/kind": "WasmPlugin",
         "meshplug.io/plugin-namespace": "shop",
     }
     assert ef["metadata"]["annotations"] == {"meshplug.io/digest": SMALL.digest}
+
+
+def te_plugin(name: str = "hdr", namespace: str = "shop") -> spec.PluginSpec:
+    body = {"url": "oci://r/hdr:v1"}
+    return spec.parse(
+        {"kind": "TrafficExtension", "metadata": {"name": name, "namespace": namespace}, "spec": {"wasm": body}}
+    )
+
+
+def test_a_wasm_plugin_and_a_traffic_extension_of_one_name_share_no_object() -> None:
+    """Every object, name, label, volume and mount directory of the ConfigMap route carries the resource's kind."""
+    wp, te = istio.render(plugin(), SMALL, SERVER), istio.render(te_plugin(), SMALL, SERVER)
+    assert wp.config_map is not None and te.config_map is not None
+    assert isinstance(wp.code, model.LocalCode) and isinstance(te.code, model.LocalCode)
+    assert (wp.envoy_filter["metadata"]["name"], wp.config_map["metadata"]["name"]) == (
+        "meshplug-hdr",
+        "meshplug-wasm-hdr",
+    )
+    assert (te.envoy_filter["metadata"]["name"], te.config_map["metadata"]["name"]) == (
+        "meshplug-trafficextension-hdr",
+        "meshplug-trafficextension-hdr",
+    )
+    assert (te.code.volume, te.code.mount_dir) == (
+        "meshplug-trafficextension-hdr",
+        "/var/local/meshplug/trafficextension/hdr",
+    )
+    assert te.envoy_filter["metadata"]["labels"]["meshplug.io/kind"] == "TrafficExtension"
+    assert te.config_map["metadata"]["labels"]["meshplug.io/kind"] == "TrafficExtension"
+    assert wp.code.mount_dir != te.code.mount_dir and istio.mount_label(wp.code) != istio.mount_label(te.code)
+    # no WasmPlugin name reaches a TrafficExtension's ConfigMap, volume or directory
+    odd = istio.code_for(plugin_named("trafficextension-hdr"), SMALL, SERVER)
+    assert isinstance(odd, model.LocalCode)
+    assert {odd.config_map, odd.volume, odd.mount_dir}.isdisjoint(
+        {te.code.config_map, te.code.volume, te.code.mount_dir}
+    )
+
+
+def plugin_named(name: str) -> spec.PluginSpec:
+    return spec.parse({"metadata": {"name": name, "namespace": "shop"}, "spec": {"url": "oci://r/hdr:v1"}})
+
+
+def test_native_renders_the_resources_own_kind_first() -> None:
+    assert istio_native.kinds_for("WasmPlugin") == (istio_native.WASM_PLUGIN, istio_native.TRAFFIC_EXTENSION)
+    assert istio_native.kinds_for("TrafficExtension") == (istio_native.TRAFFIC_EXTENSION, istio_native.WASM_PLUGIN)
+    owner = istio_native.Owner("meshplug.io/v1alpha1", "TrafficExtension", "hdr", "uid-2")
+    te = istio_native.render(te_plugin(), SMALL, SERVER, istio_native.TRAFFIC_EXTENSION, owner)
+    assert te["metadata"]["labels"]["meshplug.io/kind"] == "TrafficExtension"
 
 
 def test_remote_and_proxy_local_code_select_by_the_plugin_selector_alone() -> None:

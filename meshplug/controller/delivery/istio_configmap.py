@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshplug import errors, spec
-from meshplug.controller import apply, delivery, status
+from meshplug.controller import delivery, status
 from meshplug.controller.delivery import istio_pods, proxies
 from meshplug.render import istio, model
 
@@ -40,27 +40,10 @@ log = logging.getLogger("meshplug.controller.delivery.istio_configmap")
 ISTIO_EF = ("networking.istio.io/v1alpha3", "EnvoyFilter")
 
 
-class IstioConfigMap:
+class IstioConfigMap(istio_pods.Route):
     """EnvoyFilter + ConfigMap(s); pods mount at admission; status from istiod and the module server."""
 
     name = "istio ConfigMap"
-
-    def __init__(
-        self,
-        writer: apply.Writer,
-        server: model.ModuleServer,
-        istiod: proxies.Istiod,
-        fetch_log: proxies.FetchLog,
-        selection: istio_pods.Selection,
-    ) -> None:
-        self.writer = writer
-        self.server = server
-        self.istiod = istiod
-        self.fetch_log = fetch_log
-        self.selection = selection
-        self.redelivery = istio_pods.Redelivery()
-        self.nacks = proxies.NackMemory()
-        self.changes: dict[tuple[str, str], proxies.Change] = {}  # meshplug's last change of each EnvoyFilter
 
     def mesh_wide(self, plugin: spec.PluginSpec) -> bool:
         return plugin.namespace == self.selection.root_namespace and not plugin.target_refs
@@ -70,7 +53,7 @@ class IstioConfigMap:
         mesh_wide = self.mesh_wide(plugin)
         code = None if plugin.lua is not None else istio.code_for(plugin, module, self.server, mesh_wide=mesh_wide)
         if plugin.target_refs and isinstance(code, model.LocalCode):
-            self.remove(plugin.namespace, plugin.name, owned=True)
+            self.remove(plugin.namespace, request.key[1], owned=True)
             return delivery.Report(
                 ready=status.Condition(
                     status.READY,
@@ -85,12 +68,11 @@ class IstioConfigMap:
         if isinstance(code, model.LocalCode) and module is not None:
             self._config_maps(plugin, module, code, pods, mesh_wide)
         else:
-            self._delete_config_maps(plugin.namespace, plugin.name, keep=set())
+            self._delete_config_maps(plugin.namespace, plugin.name, plugin.kind, keep=set())
         if isinstance(code, model.RemoteCode):
             code = _redelivered(code, self.redelivery.attempt(request.key, digest))
         self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code))
-        ef_name, _, _ = istio.names(plugin.name)
-        what = f"EnvoyFilter {plugin.namespace}/{ef_name} carries {digest or plugin.url}"
+        what = f"EnvoyFilter {plugin.namespace}/{istio.envoy_filter_name(plugin)} carries {digest or plugin.url}"
         confirmed = istio_pods.confirmed_before(request.body, digest)
         verdicts = self._verdicts(plugin, code, pods, confirmed, self.changes.get(request.key))
         again = self.redelivery.due(request.key, digest, verdicts) if isinstance(code, model.RemoteCode) else None
@@ -104,10 +86,23 @@ class IstioConfigMap:
     def _apply_envoy_filter(self, key: tuple[str, str], obj: Mapping[str, Any]) -> None:
         meta = obj["metadata"]
         try:
-            # listed by label (the operator may list EnvoyFilters, not get them): a changed one is a change proxies
-            # must be pushed before they count
-            found = self.writer.list(*ISTIO_EF, meta["namespace"], label_selector=_selector(meta))
-            if not [o for o in found if o["metadata"]["name"] == meta["name"] and o.get("spec") == obj["spec"]]:
+            # listed (the operator may list EnvoyFilters, not get them): one of another meshplug resource by this
+            # name is never taken over; a changed one of ours is a change proxies must be pushed before they count
+            managed = f"{model.MANAGED_BY_LABEL}={model.MANAGED_BY}"
+            found = [
+                o
+                for o in self.writer.list(*ISTIO_EF, meta["namespace"], label_selector=managed)
+                if o["metadata"]["name"] == meta["name"]
+            ]
+            for other in found:
+                owner = _owner(other["metadata"])
+                if owner != _owner(meta):
+                    raise errors.ApplyError(
+                        f"EnvoyFilter {meta['namespace']}/{meta['name']} belongs to {owner[1]} {owner[0]}; "
+                        "rename one of them",
+                        reason="NameConflict",
+                    )
+            if not [o for o in found if o.get("spec") == obj["spec"]]:
                 self.changes[key] = proxies.Change.before(self.istiod)
             self.writer.apply(obj)
         except errors.ApplyError as exc:
@@ -119,14 +114,17 @@ class IstioConfigMap:
                 reason="EnvoyFilterKindMissing",
             ) from None
 
-    def _ours(self, namespace: str, name: str) -> str:
-        return f"{model.PLUGIN_LABEL}={name},{istio.PLUGIN_NAMESPACE_LABEL}={namespace},{istio.MOUNT_LABEL}=true"
+    def _ours(self, namespace: str, name: str, kind: str) -> str:
+        return (
+            f"{model.PLUGIN_LABEL}={name},{model.KIND_LABEL}={kind},{istio.PLUGIN_NAMESPACE_LABEL}={namespace},"
+            f"{istio.MOUNT_LABEL}=true"
+        )
 
-    def _existing(self, namespace: str, name: str) -> list[dict[str, Any]]:
+    def _existing(self, namespace: str, name: str, kind: str) -> list[dict[str, Any]]:
         """The plugin's ConfigMaps wherever they are (copies of a root-namespace plugin's in other namespaces)."""
         found = []
         for scope in self.selection.scopes_of(namespace):
-            found += self.writer.list("v1", "ConfigMap", scope, label_selector=self._ours(namespace, name))
+            found += self.writer.list("v1", "ConfigMap", scope, label_selector=self._ours(namespace, name, kind))
         return found
 
     def _config_maps(
@@ -142,16 +140,22 @@ class IstioConfigMap:
             wanted = {p["metadata"]["namespace"] for p in pods if not proxies.is_gateway(p)}
         else:
             wanted = {plugin.namespace}
-        existing = self._existing(plugin.namespace, plugin.name)
+        existing = self._existing(plugin.namespace, plugin.name, plugin.kind)
         previous = _previous_module(existing, module.sha256)
         for namespace in sorted(wanted):
             self.writer.apply(istio.config_map(plugin, module, code, previous, namespace))
-        self._delete_config_maps(plugin.namespace, plugin.name, keep=wanted, existing=existing)
+        self._delete_config_maps(plugin.namespace, plugin.name, plugin.kind, keep=wanted, existing=existing)
 
     def _delete_config_maps(
-        self, namespace: str, name: str, *, keep: set[str], existing: list[dict[str, Any]] | None = None
+        self,
+        namespace: str,
+        name: str,
+        kind: str,
+        *,
+        keep: set[str],
+        existing: list[dict[str, Any]] | None = None,
     ) -> None:
-        for cm in existing if existing is not None else self._existing(namespace, name):
+        for cm in existing if existing is not None else self._existing(namespace, name, kind):
             meta = cm["metadata"]
             if meta["namespace"] not in keep:
                 self.writer.delete("v1", "ConfigMap", meta["namespace"], meta["name"])
@@ -161,8 +165,8 @@ class IstioConfigMap:
         del owned
         self.redelivery.forget((namespace, name))
         self.changes.pop((namespace, name), None)
-        _, name = spec.split_key_name(name)  # what this path renders is labelled with the resource's name
-        label = f"{model.PLUGIN_LABEL}={name},{model.MANAGED_BY_LABEL}={model.MANAGED_BY}"
+        kind, name = spec.split_key_name(name)  # what this path renders is labelled with the resource's name and kind
+        label = f"{model.PLUGIN_LABEL}={name},{model.KIND_LABEL}={kind},{model.MANAGED_BY_LABEL}={model.MANAGED_BY}"
         try:
             found = self.writer.list(*ISTIO_EF, namespace, label_selector=label)
         except errors.ApplyError as exc:
@@ -171,7 +175,7 @@ class IstioConfigMap:
             found = []
         for obj in found:
             self.writer.delete(*ISTIO_EF, namespace, obj["metadata"]["name"])
-        self._delete_config_maps(namespace, name, keep=set())
+        self._delete_config_maps(namespace, name, kind, keep=set())
 
     # --- status ----------------------------------------------------------------------------------------------
 
@@ -211,7 +215,7 @@ class IstioConfigMap:
             ip = str((pod.get("status") or {}).get("podIP") or "")
             remembered = (f"{meta['name']}.{meta['namespace']}", plugin.envoy_name, f"{digest}/{plugin.generation}")
             error = sync.of(type_url).error if sync is not None else ""
-            if error and plugin.envoy_name in error:
+            if proxies.mentions(error, plugin.envoy_name):
                 self.nacks.note(remembered, error)
             remote = isinstance(code, model.RemoteCode)
             evidence = proxies.Evidence(
@@ -232,9 +236,11 @@ class IstioConfigMap:
         return out
 
 
-def _selector(meta: Mapping[str, Any]) -> str:
+def _owner(meta: Mapping[str, Any]) -> tuple[str, str]:
+    """(namespace/name, kind) of the meshplug resource an object was rendered for, from its labels."""
     labels = meta.get("labels") or {}
-    return ",".join(f"{k}={labels[k]}" for k in (model.PLUGIN_LABEL, model.MANAGED_BY_LABEL) if k in labels)
+    where = f"{labels.get(istio.PLUGIN_NAMESPACE_LABEL, '')}/{labels.get(model.PLUGIN_LABEL, '')}"
+    return where, str(labels.get(model.KIND_LABEL, spec.KIND))
 
 
 def _redelivered(code: model.RemoteCode, attempt: int) -> model.RemoteCode:

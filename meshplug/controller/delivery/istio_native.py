@@ -3,9 +3,11 @@
 Called by `meshplug.controller.reconcile` through the `meshplug.controller.delivery.Delivery` interface.
 Renders with `meshplug.render.istio_native` and server-side applies the result, owned by the meshplug resource
 (garbage-collected with it) and labelled as meshplug's: a resource of the same kind and name that meshplug does not
-own is never overwritten (Ready=False, ``NameConflict``). The kind is the newest the cluster serves:
-``TrafficExtension`` (Istio >= 1.30), else ``extensions.istio.io`` ``WasmPlugin``; when the cluster serves neither,
-``Ready=False`` with ``IstioExtensionsMissing``. istiod turns it into an ECDS resource; each pod's istio-agent
+own is never overwritten (Ready=False, ``NameConflict``). The kind is the meshplug resource's own when the cluster
+serves it: a WasmPlugin becomes Istio's WasmPlugin (which Istio >= 1.30 itself translates into a TrafficExtension,
+so Envoy's names stay Istio's), a TrafficExtension Istio's TrafficExtension (Istio >= 1.30); else the other kind;
+a WasmPlugin and a TrafficExtension of one name therefore never render the same object. When the cluster serves
+neither, ``Ready=False`` with ``IstioExtensionsMissing``. istiod turns it into an ECDS resource; each pod's istio-agent
 downloads the module from meshplug's module server (a signed url, sha256-checked) and Envoy loads it: no pod,
 template or rollout is touched, and sidecars, gateways (selector or targetRefs) and the root namespace
 (mesh-wide) all work with Istio's own placement, match and failStrategy semantics.
@@ -23,42 +25,27 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from meshplug import errors, spec
-from meshplug.controller import apply, delivery, status
+from meshplug.controller import delivery, status
 from meshplug.controller.delivery import istio_pods, proxies
 from meshplug.render import istio_native, model
 
 log = logging.getLogger("meshplug.controller.delivery.istio_native")
 
 
-class IstioNative:
+class IstioNative(istio_pods.Route):
     """TrafficExtension / WasmPlugin in ``extensions.istio.io``, status from istiod and the module server."""
 
     name = "istio native"
 
-    def __init__(
-        self,
-        writer: apply.Writer,
-        server: model.ModuleServer,
-        istiod: proxies.Istiod,
-        fetch_log: proxies.FetchLog,
-        selection: istio_pods.Selection,
-    ) -> None:
-        self.writer = writer
-        self.server = server
-        self.istiod = istiod
-        self.fetch_log = fetch_log
-        self.selection = selection
-        self.redelivery = istio_pods.Redelivery()
-        self.nacks = proxies.NackMemory()
-        self.changes: dict[tuple[str, str], proxies.Change] = {}  # meshplug's last change of each rendered resource
-
-    def kind(self) -> str:
-        """The newest extensions.istio.io kind the cluster serves."""
+    def kind(self, plugin: spec.PluginSpec) -> str:
+        """The extensions.istio.io kind rendered for ``plugin``: its own kind when the cluster serves it, else the
+        other one."""
         served = self.writer.served(istio_native.API_VERSION)
-        for kind in (istio_native.TRAFFIC_EXTENSION, istio_native.WASM_PLUGIN):
+        for kind in istio_native.kinds_for(plugin.kind):
             if istio_native.KINDS[kind] in served:
                 return kind
         raise errors.ApplyError(
@@ -69,7 +56,7 @@ class IstioNative:
 
     def deliver(self, request: delivery.Request) -> delivery.Report:
         plugin, module = request.plugin, request.module
-        kind = self.kind()
+        kind = self.kind(plugin)
         why = istio_native.unsupported(plugin, kind)
         if why:
             return delivery.Report(ready=status.Condition(status.READY, "False", "NotCarriedByIstio", why))
@@ -101,7 +88,7 @@ class IstioNative:
                 self._delete(other, plugin.namespace, plugin.name, owner.kind)
         what = f"{kind} {plugin.namespace}/{plugin.name} carries {digest or plugin.url}"
         confirmed = istio_pods.confirmed_before(request.body, digest)
-        verdicts = self._verdicts(plugin, module, confirmed, self.changes.get(request.key))
+        verdicts = self._verdicts(plugin, kind, module, confirmed, self.changes.get(request.key))
         again = self.redelivery.due(request.key, digest, verdicts) if module is not None else None
         if again is not None:  # a changed resource makes istio-agent download the module once more
             log.info(
@@ -119,6 +106,7 @@ class IstioNative:
     def _verdicts(
         self,
         plugin: spec.PluginSpec,
+        kind: str,
         module: model.Module | None,
         confirmed: frozenset[str],
         change: proxies.Change | None,
@@ -131,6 +119,10 @@ class IstioNative:
         type_url = proxies.LDS_TYPE if plugin.lua is not None else proxies.ECDS_TYPE
         syncs, problem = self.istiod.syncz()
         url, sha256 = ("", "") if plugin.lua is not None else istio_native.module_url(plugin, module, self.server)
+        names = _Names(
+            istio_native.plugin_names(kind, plugin.namespace, plugin.name),
+            istio_native.filter_names(kind, plugin.namespace, plugin.name),
+        )
         out = []
         for pod in pods:
             label = self.selection.label(plugin, pod)
@@ -141,13 +133,13 @@ class IstioNative:
             fetched = self.fetch_log.status(ip, module.sha256) if module is not None and ip else None
             if sync is not None:
                 try:
-                    pushed = self._pushed(sync, plugin, (url, sha256), change, fetched)
+                    pushed = self._pushed(sync, plugin, names, (url, sha256), change=change, fetched=fetched)
                 except (OSError, ValueError) as exc:
                     problem = f"{sync.source}: {exc}"
                     sync = None
-            remembered = (f"{meta['name']}.{meta['namespace']}", plugin.envoy_name, f"{digest}/{plugin.generation}")
+            remembered = (f"{meta['name']}.{meta['namespace']}", names.plugin[0], f"{digest}/{plugin.generation}")
             error = sync.of(type_url).error if sync is not None else ""
-            if error and plugin.envoy_name in error:
+            if error and names.named_in(error):
                 self.nacks.note(remembered, error)
             evidence = proxies.Evidence(
                 pod=label,
@@ -155,7 +147,7 @@ class IstioNative:
                 sync=sync,
                 type_url=type_url,
                 pushed=pushed,
-                envoy_name=plugin.envoy_name,
+                envoy_name=names.named_in(error) or names.plugin[0],
                 fetched=fetched,
                 needs_download=module is not None and plugin.lua is None,
                 confirmed=label in confirmed,
@@ -169,7 +161,9 @@ class IstioNative:
         self,
         sync: proxies.ProxySync,
         plugin: spec.PluginSpec,
+        names: _Names,
         module: tuple[str, str],
+        *,
         change: proxies.Change | None,
         fetched: int | None,
     ) -> bool:
@@ -177,19 +171,19 @@ class IstioNative:
         proxy something since meshplug's last change (its view is what it would send now)."""
         if plugin.lua is not None:  # an inline Lua script goes in the listener itself (LDS)
             filters = proxies.listener_filters(self.istiod.config_dump(sync, "lds"))
-            pushed, type_url = any(_carries_lua(f, plugin) for f in filters), proxies.LDS_TYPE
+            pushed, type_url = any(_carries_lua(f, names, plugin.lua) for f in filters), proxies.LDS_TYPE
         else:  # wasm goes over ECDS
             type_url = proxies.ECDS_TYPE
             try:
-                pushed = any(_carries(c, plugin, *module) for c in self.istiod.ecds(sync))
+                pushed = any(_carries(c, names, *module) for c in self.istiod.ecds(sync))
             except proxies.ViewUnavailable:
-                pushed = self._pushed_unseen(sync, plugin, change, fetched)
+                pushed = self._pushed_unseen(sync, names, change, fetched)
         return pushed and (change is None or change.sent_since(sync, type_url))
 
     def _pushed_unseen(
         self,
         sync: proxies.ProxySync,
-        plugin: spec.PluginSpec,
+        names: _Names,
         change: proxies.Change | None,
         fetched: int | None,
     ) -> bool:
@@ -198,7 +192,7 @@ class IstioNative:
         changed it: their ACK or NACK tells). The change not known (the operator restarted since): a download of
         the module by this pod."""
         filters = proxies.listener_filters(self.istiod.config_dump(sync, "lds"))
-        if not any(str(f.get("name", "")).endswith(f"/{plugin.namespace}.{plugin.name}") for f in filters):
+        if not any(str(f.get("name", "")) in names.filters for f in filters):
             return False
         return change is not None or fetched is not None
 
@@ -249,17 +243,29 @@ def _ours(obj: Mapping[str, Any], owner_kind: str, owner_uid: str = "") -> bool:
     )
 
 
-def _carries_lua(flt: Mapping[str, Any], plugin: spec.PluginSpec) -> bool:
+@dataclass(frozen=True)
+class _Names:
+    """How istiod names the rendered resource: Envoy's plugin names, the listeners' HTTP filter names."""
+
+    plugin: tuple[str, ...]
+    filters: tuple[str, ...]
+
+    def named_in(self, error: str) -> str:
+        """The plugin name an xDS error message names ("" when none)."""
+        return next((name for name in self.plugin if proxies.mentions(error, name)), "")
+
+
+def _carries_lua(flt: Mapping[str, Any], names: _Names, lua: str) -> bool:
     """Whether a listener's HTTP filter (istiod's config_dump) is the plugin's Lua filter with this script."""
-    if not str(flt.get("name", "")).endswith(f"/{plugin.namespace}.{plugin.name}"):
+    if str(flt.get("name", "")) not in names.filters:
         return False
-    return json.dumps(plugin.lua)[1:-1] in json.dumps(flt)
+    return json.dumps(lua)[1:-1] in json.dumps(flt)
 
 
-def _carries(ecds: Mapping[str, Any], plugin: spec.PluginSpec, url: str, sha256: str) -> bool:
+def _carries(ecds: Mapping[str, Any], names: _Names, url: str, sha256: str) -> bool:
     """Whether an ECDS extension config (istiod's camelCase JSON) is the plugin's, with this module."""
     config = ecds.get("config") or {}
-    if config.get("name") != plugin.envoy_name:
+    if config.get("name") not in names.plugin:
         return False
     code = ((config.get("vmConfig") or {}).get("code")) or {}
     remote = code.get("remote") or {}

@@ -26,9 +26,32 @@ from typing import Any
 from meshplug import limits, spec
 from meshplug.controller import apply, delivery, status
 from meshplug.controller.delivery import proxies
+from meshplug.render import model
 
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+
+
+class Route:
+    """What both istio routes keep: the API writer, the module server, istiod's views, the module server's download
+    log, the pod selection, and per plugin the redeliveries, the NACKs seen and meshplug's last change."""
+
+    def __init__(
+        self,
+        writer: apply.Writer,
+        server: model.ModuleServer,
+        istiod: proxies.Istiod,
+        fetch_log: proxies.FetchLog,
+        selection: Selection,
+    ) -> None:
+        self.writer = writer
+        self.server = server
+        self.istiod = istiod
+        self.fetch_log = fetch_log
+        self.selection = selection
+        self.redelivery = Redelivery()
+        self.nacks = proxies.NackMemory()
+        self.changes: dict[tuple[str, str], proxies.Change] = {}  # meshplug's last change of each rendered object
 
 
 def recheck_delay(retry: int) -> float:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import re
 import threading
 import time
 import urllib.error
@@ -274,6 +275,12 @@ class Evidence:
     nacked: str = ""  # a NACK of this version seen earlier (istiod may have forgotten it)
 
 
+def mentions(error: str, name: str) -> bool:
+    """Whether an xDS error message names the plugin ``name`` (not a longer name that starts with it: a
+    TrafficExtension's ``ns.x`` beside a WasmPlugin's translated ``ns.x~istio-translated-wasmplugin``)."""
+    return bool(name) and re.search(re.escape(name) + r"(?![\w.~-])", error) is not None
+
+
 def judge(e: Evidence) -> Verdict:
     """Loaded, failed or pending, in the order a user would look: the pod, istiod, the proxy's ACK, the download."""
     if e.blocked:
@@ -290,7 +297,7 @@ def _before_ack(e: Evidence) -> Verdict | None:
         why = f" ({e.istiod_problem})" if e.istiod_problem else ""
         return Verdict(e.pod, PENDING, "ProxyNotConnected", f"istiod reports no proxy for this pod{why}")
     state = e.sync.of(e.type_url)
-    nack = state.error if state.error and e.envoy_name in state.error else e.nacked
+    nack = state.error if mentions(state.error, e.envoy_name) else e.nacked
     if nack:
         return Verdict(e.pod, FAILED, "ProxyNACK", f"the proxy rejected the config: {nack}")
     if not e.pushed:
