@@ -25,7 +25,7 @@ and how many cells have the agent's p99 at or under Envoy's (targets: worst CPU 
 Failed requests (wrong status, reset, no answer) are counted per system and printed with their kinds; more than 1%
 in a run aborts it (a ratio over failing requests would mean nothing).
 
-Usage: bench/matrix.py [--rounds 3] [--seconds 5] [--rate 500] [--body-rate 50] [--cells rust/header,go/httpcall]
+Usage: bench/matrix.py [--rounds 3] [--seconds 5] [--rate 500] [--body-rate 20] [--cells rust/header,go/httpcall]
 """
 
 from __future__ import annotations
@@ -185,7 +185,10 @@ def bench_cell(work: Path, upstream: int, sdk: str, shape: str, args: argparse.N
         runs: dict[str, list[dict[str, Any]]] = {"agent": [], "envoy": []}
         for _ in range(args.rounds):
             for name, (proc, port) in systems.items():
-                runs[name].append(run_load(proc.pid, port, shape, args.seconds, args))
+                try:
+                    runs[name].append(run_load(proc.pid, port, shape, args.seconds, args))
+                except RuntimeError as exc:
+                    raise RuntimeError(f"{name}: {exc}") from None
     finally:
         for proc in started:
             proc.stop()
@@ -242,7 +245,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rate", type=float, default=500.0)
-    ap.add_argument("--body-rate", type=float, default=50.0)
+    ap.add_argument("--body-rate", type=float, default=20.0)
     ap.add_argument("--cells", default="", help="comma-separated sdk/shape cells (default: all)")
     args = ap.parse_args()
     chosen = [tuple(c.split("/", 1)) for c in args.cells.split(",") if c] or list(CELLS)
@@ -250,15 +253,21 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown cells {unknown}; known: {[f'{s}/{h}' for s, h in CELLS]}")
     results: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
+    aborted: dict[tuple[str, str], str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
         work = Path(tmp)
         upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if CAN_PIN else None)
         try:
             for sdk, shape in chosen:
-                results[(sdk, shape)] = bench_cell(work, upstream.ports["http"], sdk, shape, args)
+                try:
+                    results[(sdk, shape)] = bench_cell(work, upstream.ports["http"], sdk, shape, args)
+                except RuntimeError as exc:  # one cell's failure is reported; the others still run
+                    aborted[(sdk, shape)] = str(exc)
         finally:
             upstream.stop()
     report(results, args)
+    for (sdk, shape), why in aborted.items():
+        print(f"{sdk}/{shape}: ABORTED: {why}")
     return 0
 
 
