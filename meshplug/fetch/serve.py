@@ -19,8 +19,8 @@ Authentication, one of:
   module into the cache before it returns (another replica fetched and pushed it).
 Bytes are re-verified against the digest on every read. `/healthz` answers 200 without auth. A stdlib
 ThreadingHTTPServer on its own thread. ``on_request`` (when given) hears of every module GET as (client address,
-sha256, HTTP status): the operator learns from it which pod's istio-agent or Envoy downloaded which module, and which
-download failed (`meshplug.controller.delivery.proxies.FetchLog`).
+sha256, HTTP status; a 200 only once the whole body is written): the operator learns from it which pod's istio-agent
+or Envoy downloaded which module, and which download failed (`meshplug.controller.delivery.proxies.FetchLog`).
 """
 
 from __future__ import annotations
@@ -135,8 +135,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._heard(sha256, 404)
             self._plain(404, "module not in cache")
             return
-        self._heard(sha256, 200)
         if etag in [t.strip() for t in self.headers.get("If-None-Match", "").split(",")]:
+            self._heard(sha256, 200)  # the client holds these very bytes
             self.send_response(304)
             self.send_header("ETag", etag)
             self.send_header("Content-Length", "0")
@@ -154,6 +154,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+            self._heard(sha256, 200)  # only once every byte went out (a transfer cut short is no download)
 
     def _refused(self, refusal: tuple[int, str] | None) -> bool:
         if refusal is None:

@@ -19,7 +19,7 @@ from meshplug import errors
 from meshplug.fetch import cache
 from meshplug.fetch.serve import ModuleServer, signature
 from meshplug.render import model
-from tests.testbed import pki
+from tests.testbed import pki, procs
 from tests.testbed.origin import wasm_module
 
 WASM = wasm_module(41)
@@ -163,3 +163,24 @@ def test_compiled_route_serves_the_operators_artifacts_with_the_modules_access(
         assert requests.get(f"{srv.base_url}/compiled/../{SHA[:2]}/{key}", timeout=10).status_code == 404
     with ModuleServer(store, signing_key=KEY) as srv:  # no artifact root: none served
         assert requests.get(f"{srv.base_url}/compiled/{key}?sig={signature(KEY, key)}", timeout=10).status_code == 404
+
+
+def test_downloads_are_heard_only_once_complete(tmp_path: Path) -> None:
+    """``on_request`` hears each module GET (client, sha256, status): a refusal at once, a 200 only once the whole
+    body went out; a client that hangs up midway downloaded nothing (the istio plane counts a pod loaded on it)."""
+    big = wasm_module(1) + bytes(8 * 1024 * 1024)  # more than the socket buffers hold: the server blocks writing
+    store = cache.Cache(tmp_path / "cache")
+    store.put_blob(big)
+    sha = hashlib.sha256(big).hexdigest()
+    heard: list[tuple[str, str, int]] = []
+    with ModuleServer(store, signing_key=KEY, on_request=lambda *e: heard.append(e)) as srv:
+        assert requests.get(srv.url_for(sha), timeout=10).status_code == 401
+        assert heard == [("127.0.0.1", sha, 401)]
+        path = srv.url_for(sha, signed=True).split(f":{srv.port}", 1)[1]
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as conn:
+            conn.sendall(f"GET {path} HTTP/1.1\r\nHost: modules\r\n\r\n".encode())
+            assert conn.recv(64).split(b"\r\n")[0].endswith(b" 200 OK")  # the head is out, the body is not
+            assert heard == [("127.0.0.1", sha, 401)]
+        assert len(requests.get(srv.url_for(sha, signed=True), timeout=30).content) == len(big)
+        procs.wait_until(lambda: len(heard) > 1, timeout=10, what="the complete download heard")
+        assert heard == [("127.0.0.1", sha, 401), ("127.0.0.1", sha, 200)]

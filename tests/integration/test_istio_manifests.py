@@ -1,4 +1,5 @@
-"""Real Istio WasmPlugin manifests, ported by changing the apiVersion, on the real istiod + istio-agent + Envoy.
+"""Real Istio WasmPlugin (and TrafficExtension) manifests, ported by changing the apiVersion, on the real istiod +
+istio-agent + Envoy.
 
 Each case below has the shape (the fields, their combination and meaning) of a manifest Istio itself publishes:
 the examples of the WasmPlugin API reference (istio/api extensions/v1alpha1/wasm.proto), the istio.io Wasm tasks,
@@ -14,7 +15,9 @@ what a user ports: every field and how it combines. Each manifest is
 2. delivered on the real istiod (the default, native route), and proven by a request through the proxy it selects,
    with Istio's semantics: ``file://`` is a path inside the proxy (passed through, reported unverified), the pull
    secret is the plugin namespace's, ``vmConfig.env`` HOST copies the proxy's own variable, ``priority`` orders a
-   phase, a gateway is a CLIENT for ``match``.
+   phase, a gateway is a CLIENT for ``match``, ``:latest`` means Always and Always pulls again when the resource
+   changes (only then).
+Istio 1.30's TrafficExtension examples (examples/istio/trafficextensions.yaml: wasm and inline Lua) go the same way.
 Where meshplug does better than Istio the test says so: a module that cannot be fetched is never sent to a proxy
 (Istio's agent would serve a deny-all filter instead), the status names the cause and traffic is untouched.
 """
@@ -56,6 +59,7 @@ class Bed:
     sidecar: istio.Pod  # labels app: b; its proxy's environment has TARGET
     gateway: istio.Pod  # labels istio: ingressgateway; also a Gateway API Gateway "gw"'s pod
     sources: dict[str, str]  # placeholder -> value in the manifests
+    registry: Registry  # the public (TLS) one
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +88,7 @@ def bed(
         "public": public.host,
         "origin": origin.url("/filters").rstrip("/"),
     }
-    yield Bed(mesh_operator, sidecar, gateway, sources)
+    yield Bed(mesh_operator, sidecar, gateway, sources, public)
     for pod in (sidecar, gateway):
         pod.stop()
         istio_mesh.pods.remove(pod)
@@ -412,3 +416,38 @@ def test_istios_traffic_extension_examples_behave_as_in_istio(bed: Bed) -> None:
     assert {"x-te-wasm": "yes", "x-lua-req": "1"}.items() <= response.echoed().items()
     for doc in docs:
         bed.op.delete(NS, doc["metadata"]["name"], kind="TrafficExtension")
+
+
+def test_always_pulls_again_when_the_resource_changes_and_only_then(bed: Bed) -> None:
+    """Istio's pull policy: a ``:latest`` tag defaults to Always, and Always pulls again when the resource changes,
+    not on every look at it: a new image under the tag is picked up at the next spec change only."""
+    v2 = HEADER_RULES + b"\x00\x05\x04note"  # the same module with one more (custom) section: other bytes
+    pushed = {"v1": HEADER_RULES, "v2": v2}
+    bed.registry.push_layout("oci-image", "pull/again", "latest", pushed["v1"])
+    spec = {"selector": APP_B, "url": f"oci://{bed.registry.host}/pull/again:latest", "pluginConfig": adds("x-pull")}
+    strict_apply(bed, "pull-again", spec)
+    obj = bed.op.wait(NS, "pull-again", reason="Loaded", timeout=120)
+    assert obj["status"]["digest"] == f"sha256:{hashlib.sha256(pushed['v1']).hexdigest()}"
+    bed.registry.push_layout("oci-image", "pull/again", "latest", pushed["v2"])
+    # a reconcile that is no change of the plugin's (its pod's labels changed): not pulled again
+    seen = bed.op.log().count('"plugin": "ported/pull-again"')
+    bed.op.mesh.kube.request(
+        "PATCH",
+        f"/api/v1/namespaces/{NS}/pods/{bed.sidecar.name}",
+        {"metadata": {"labels": {"touched": "1"}}},
+        content_type="application/merge-patch+json",
+    )
+    procs.wait_until(
+        lambda: bed.op.log().count('"plugin": "ported/pull-again"') > seen, timeout=60, what="a reconcile of it"
+    )
+    assert (bed.op.get(NS, "pull-again") or {})["status"]["digest"] == obj["status"]["digest"]
+    # a spec change: pulled again, the new image delivered
+    strict_apply(bed, "pull-again", {**spec, "pluginConfig": adds("x-pull-2")})
+    obj = bed.op.wait(NS, "pull-again", reason="Loaded", timeout=120)
+    assert obj["status"]["digest"] == f"sha256:{hashlib.sha256(pushed['v2']).hexdigest()}"
+    istio.poll(
+        lambda: bed.sidecar.request("/"),
+        lambda r: r.headers.get("x-pull-2") == "1",
+        "the new image's plugin in the response",
+    )
+    bed.op.delete(NS, "pull-again")
