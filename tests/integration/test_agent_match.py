@@ -94,19 +94,6 @@ def _seen(agent: tb_agent.Agent, host: str, path: str) -> dict[str, list[str]]:
     return out
 
 
-def _push(agent: tb_agent.Agent, resources: list[protocol.ExtensionConfig]) -> protocol.Reply:
-    assert agent.push_port is not None
-    body = protocol.encode(protocol.Push(version_info="v1", nonce="n-1", resources=tuple(resources)))
-    conn = http.client.HTTPConnection("127.0.0.1", agent.push_port, timeout=60)
-    try:
-        conn.request("PUT", protocol.PUSH_PATH, body=body, headers=protocol.bearer(TOKEN))
-        resp = conn.getresponse()
-        assert resp.status == 200
-        return protocol.decode_reply(resp.read())
-    finally:
-        conn.close()
-
-
 def test_match_rules_run_only_where_they_match(
     agent: tuple[tb_agent.Agent, tb_upstream.Service, modules.BuiltModule],
 ) -> None:
@@ -129,7 +116,7 @@ def test_match_rules_run_only_where_they_match(
     always = protocol.ExtensionConfig(
         name="always", root_id="", url=url, sha256=built.sha256, configuration=_sets("x-always", "on")
     )
-    reply = _push(a, [ruled, always])
+    reply = a.push("v1", [ruled, always], token=TOKEN)
     assert reply.ack, reply
     assert [p.name for p in reply.plugins] == ["ruled", "always"]
     dump = a.config_dump()

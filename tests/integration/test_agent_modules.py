@@ -11,7 +11,6 @@ API server in test_operator_agent.py); nginx is the upstream. The guest module (
 from __future__ import annotations
 
 import hashlib
-import http.client
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,17 +103,8 @@ def _agent(
 
 
 def _push(agent: tb_agent.Agent, version: str, url: str, sha256: str) -> protocol.Reply:
-    assert agent.push_port is not None
     resource = protocol.ExtensionConfig(name="guest", root_id="", url=url, sha256=sha256)
-    body = protocol.encode(protocol.Push(version_info=version, nonce=f"n-{version}", resources=(resource,)))
-    conn = http.client.HTTPConnection("127.0.0.1", agent.push_port, timeout=60)
-    try:
-        conn.request("PUT", protocol.PUSH_PATH, body=body, headers=protocol.bearer(PUSH_TOKEN))
-        resp = conn.getresponse()
-        assert resp.status == 200
-        return protocol.decode_reply(resp.read())
-    finally:
-        conn.close()
+    return agent.push(version, [resource], token=PUSH_TOKEN)
 
 
 def _served_by(agent: tb_agent.Agent) -> str | None:

@@ -9,7 +9,6 @@ proxy_on_vm_start. The upstream is Debian nginx-light; load comes from Debian wr
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import re
 import subprocess
@@ -51,16 +50,8 @@ def resource(mod: Module, *, name: str = "guest", sha256: str | None = None) -> 
 def push(
     agent: tb_agent.Agent, version: str, resources: list[protocol.ExtensionConfig], *, token: str | None = TOKEN
 ) -> tuple[int, protocol.Reply]:
-    assert agent.push_port is not None
     body = protocol.encode(protocol.Push(version_info=version, nonce=f"n-{version}", resources=tuple(resources)))
-    headers = protocol.bearer(token) if token is not None else {"content-type": protocol.CONTENT_TYPE}
-    conn = http.client.HTTPConnection("127.0.0.1", agent.push_port, timeout=60)
-    try:
-        conn.request("PUT", protocol.PUSH_PATH, body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, protocol.decode_reply(resp.read())
-    finally:
-        conn.close()
+    return agent.push_body(body, token=token)
 
 
 def served_by(agent: tb_agent.Agent) -> str | None:

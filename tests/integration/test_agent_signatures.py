@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import http.client
 import json
 import re
 import ssl
@@ -153,16 +152,9 @@ def _agent(tmp_path: Path, bed: Bed, state: Path, *, concurrency: int = 1) -> tb
 
 def _push_json(agent: tb_agent.Agent, doc: dict[str, Any], status: int = 200) -> protocol.Reply:
     """The agent's reply; ``status`` 400: a push it cannot decode (still a NACK saying why)."""
-    assert agent.push_port is not None
-    conn = http.client.HTTPConnection("127.0.0.1", agent.push_port, timeout=120)
-    try:
-        body = json.dumps(doc).encode()
-        conn.request("PUT", protocol.PUSH_PATH, body=body, headers=protocol.bearer(PUSH_TOKEN))
-        resp = conn.getresponse()
-        assert resp.status == status
-        return protocol.decode_reply(resp.read())
-    finally:
-        conn.close()
+    got, reply = agent.push_body(json.dumps(doc).encode(), token=PUSH_TOKEN, timeout=120)
+    assert got == status, (got, reply)
+    return reply
 
 
 def _push(agent: tb_agent.Agent, version: str, *resources: protocol.ExtensionConfig) -> protocol.Reply:

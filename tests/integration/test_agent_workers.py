@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import http.client
 import json
 import os
 import signal
@@ -232,14 +231,7 @@ def push(agent: tb_agent.Agent, version: str, module: Path) -> protocol.Reply:
     resource = protocol.ExtensionConfig(
         name="set", root_id="", url=module.as_uri(), sha256=hashlib.sha256(data).hexdigest()
     )
-    body = protocol.encode(protocol.Push(version_info=version, nonce=f"n-{version}", resources=(resource,)))
-    assert agent.push_port is not None
-    conn = http.client.HTTPConnection("127.0.0.1", agent.push_port, timeout=60)
-    try:
-        conn.request("PUT", protocol.PUSH_PATH, body=body, headers=protocol.bearer(TOKEN))
-        return protocol.decode_reply(conn.getresponse().read())
-    finally:
-        conn.close()
+    return agent.push(version, [resource], token=TOKEN)
 
 
 def markers(port: int, n: int = 40) -> set[str | None]:

@@ -9,13 +9,14 @@ import http.client
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from meshplug import protocol
 from tests.testbed import procs
 
 
@@ -64,6 +65,28 @@ class Agent:
             return self.admin("/ready")[0] == 200
         except OSError:
             return False
+
+    def push_body(self, body: bytes, *, token: str | None, timeout: float = 60.0) -> tuple[int, protocol.Reply]:
+        """PUT ``body`` to the plain-HTTP push port with bearer ``token`` (None: no Authorization header);
+        the HTTP status and the decoded reply (a NACK saying why when the agent refuses the push)."""
+        assert self.push_port is not None, "this agent has no push port"
+        headers = protocol.bearer(token) if token is not None else {"content-type": protocol.CONTENT_TYPE}
+        conn = http.client.HTTPConnection("127.0.0.1", self.push_port, timeout=timeout)
+        try:
+            conn.request("PUT", protocol.PUSH_PATH, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, protocol.decode_reply(resp.read())
+        finally:
+            conn.close()
+
+    def push(
+        self, version: str, resources: Sequence[protocol.ExtensionConfig], *, token: str, nonce: str | None = None
+    ) -> protocol.Reply:
+        """Push ``resources`` as version ``version`` (nonce ``n-<version>`` unless given); the reply of a 200."""
+        doc = protocol.Push(version_info=version, nonce=nonce or f"n-{version}", resources=tuple(resources))
+        status, reply = self.push_body(protocol.encode(doc), token=token)
+        assert status == 200, (status, reply)
+        return reply
 
     def stop(self) -> None:
         self.proc.stop()
