@@ -169,13 +169,7 @@ def start_agent(
         ports={"main": port, "admin": admin_port},
     )
     agent = Agent(proc=proc, port=port, admin_port=admin_port, push_port=push_port, config_path=path)
-    try:
-        _wait_ready(agent, timeout=timeout, name=name)
-    except BaseException as exc:
-        tail = proc.log()[-4000:]
-        proc.stop()
-        raise RuntimeError(f"{name} did not become ready ({exc}); log tail:\n{tail}") from None
-    return agent
+    return _ready_or_stopped(agent, timeout=timeout, name=name)
 
 
 def start_envoy_config(
@@ -201,11 +195,16 @@ def start_envoy_config(
         env=env,
     )
     agent = Agent(proc=proc, port=port, admin_port=admin_port, push_port=None, config_path=config_path)
+    return _ready_or_stopped(agent, timeout=timeout, name=name)
+
+
+def _ready_or_stopped(agent: Agent, *, timeout: float, name: str) -> Agent:
+    """``agent`` once /ready says LIVE; otherwise stopped, and the error carries its log's tail."""
     try:
         _wait_ready(agent, timeout=timeout, name=name)
     except BaseException as exc:
-        tail = proc.log()[-4000:]
-        proc.stop()
+        tail = agent.proc.log()[-4000:]
+        agent.proc.stop()
         raise RuntimeError(f"{name} did not become ready ({exc}); log tail:\n{tail}") from None
     return agent
 
