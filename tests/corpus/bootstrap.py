@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from meshplug.render import envoy as mp_envoy
 from tests.corpus import runner
 from tests.corpus import spec as S
 from tests.testbed import envoy as tb_envoy
+from tests.testbed import procs
 
 RUNTIME = "envoy.wasm.runtime.v8"
 HTTP_WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -147,3 +149,22 @@ def render(
     if spec.bootstrap is not None:
         return expand(spec.bootstrap, spec.key, modules, services, port=port, admin_port=admin_port)
     return generated(spec, modules, services, port=port, admin_port=admin_port)
+
+
+@dataclass(frozen=True)
+class Written:
+    """A rendered bootstrap on disk and the ports it listens on."""
+
+    path: Path
+    port: int
+    admin_port: int
+
+
+def write(
+    spec: S.Spec, modules: Mapping[str, Path], services: Mapping[str, runner.Endpoint], log_dir: Path, name: str
+) -> Written:
+    """`render` on two free ports, written as ``log_dir/<name>.json``: what a plane starts its proxy on."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port, admin_port = procs.free_port(), procs.free_port()
+    config = render(spec, modules, services, port=port, admin_port=admin_port)
+    return Written(tb_envoy.write_config(config, log_dir / name), port, admin_port)

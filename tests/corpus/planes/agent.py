@@ -19,8 +19,6 @@ from typing import Any
 from tests.corpus import bootstrap, runner
 from tests.corpus import spec as S
 from tests.testbed import agent as tb_agent
-from tests.testbed import envoy as tb_envoy
-from tests.testbed import procs
 
 # "[plugin] message" lines the agent logs for each proxy_log record (used when the agent refuses to start)
 _PLUGIN_LINE = re.compile(r" (DEBUG|INFO|WARNING|ERROR|CRITICAL) meshplug\.agent\.plugin: \[[^\]]*\] (.*)$")
@@ -86,12 +84,11 @@ class AgentPlane:
     def start(
         self, spec: S.Spec, modules: Mapping[str, Path], services: Mapping[str, runner.Endpoint], log_dir: Path
     ) -> RunningAgent:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        port, admin_port = procs.free_port(), procs.free_port()
-        config = bootstrap.render(spec, modules, services, port=port, admin_port=admin_port)
-        path = tb_envoy.write_config(config, log_dir / "bootstrap")
+        written = bootstrap.write(spec, modules, services, log_dir, "bootstrap")
         try:
-            agent = tb_agent.start_envoy_config(path, port=port, admin_port=admin_port, log_dir=log_dir)
+            agent = tb_agent.start_envoy_config(
+                written.path, port=written.port, admin_port=written.admin_port, log_dir=log_dir
+            )
         except RuntimeError as exc:
             text = (log_dir / "agent.log").read_text(errors="replace")
             raise runner.PlaneStartError(str(exc)[-2000:], plugin_log_lines(text)) from None

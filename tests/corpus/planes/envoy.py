@@ -12,7 +12,6 @@ from pathlib import Path
 from tests.corpus import bootstrap, runner
 from tests.corpus import spec as S
 from tests.testbed import envoy as tb_envoy
-from tests.testbed import procs
 
 #: Envoy puts plugin-defined metrics under this stats prefix
 CUSTOM_METRIC_PREFIX = "wasmcustom."
@@ -54,19 +53,16 @@ class EnvoyPlane:
     def start(
         self, spec: S.Spec, modules: Mapping[str, Path], services: Mapping[str, runner.Endpoint], log_dir: Path
     ) -> RunningEnvoy:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        port, admin_port = procs.free_port(), procs.free_port()
-        config = bootstrap.render(spec, modules, services, port=port, admin_port=admin_port)
-        path = tb_envoy.write_config(config, log_dir / "envoy")
+        written = bootstrap.write(spec, modules, services, log_dir, "envoy")
         try:
-            tb_envoy.validate_config(path)
+            tb_envoy.validate_config(written.path)
         except tb_envoy.EnvoyConfigError as exc:
             # validation runs the plugins' on_configure: a refused configuration ends here
             raise runner.PlaneStartError(str(exc), tb_envoy.plugin_logs(exc.output)) from None
         try:
-            envoy = tb_envoy.start_envoy(path, admin_port=admin_port, log_dir=log_dir)
+            envoy = tb_envoy.start_envoy(written.path, admin_port=written.admin_port, log_dir=log_dir)
         except RuntimeError as exc:
             # the process is gone: recover the plugin log lines from its log file
             text = (log_dir / "envoy.log").read_text(errors="replace")
             raise runner.PlaneStartError(str(exc)[-2000:], tb_envoy.plugin_logs(text)) from None
-        return RunningEnvoy(envoy, port)
+        return RunningEnvoy(envoy, written.port)
