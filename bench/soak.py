@@ -33,21 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import CAN_PIN, LOAD_CPU, PROXY_CPU, measure, pin_pid, rss_mib, start_envoy
 from tests.corpus import modules
+from tests.guests import minimal
 from tests.testbed import agent as tb_agent
 from tests.testbed import nginx as tb_nginx
 from tests.testbed import procs
 
 GO_CONFIG = {"response": {"add": {"x-soak": "1"}}}
-LEAKER = """(module
-  (memory (export "memory") 2)
-  (global $heap (mut i32) (i32.const 65536))
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
-    (local.get $p))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+LEAKER = f"""(module
+  {minimal.BUMP_HEAP}
+  {minimal.STARTS}
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (local $p i32)
     (local.set $p (memory.grow (i32.const 1)))

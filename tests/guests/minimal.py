@@ -28,3 +28,17 @@ def passthrough(extra: str = "", *, vm_start: int = 1, network: bool = False) ->
  (func (export "proxy_on_delete") (param i32))
  {extra})"""
     return bytes(wasmtime.wat2wasm(wat))
+
+
+#: The start of a hand-written test guest, after its imports: 2 pages of exported memory, a bump allocator from
+#: page 2 (8-byte aligned, never frees) and the ABI 0.2.1 marker.
+BUMP_HEAP = """(memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 65536))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))"""
+#: A VM start and a configure that succeed.
+STARTS = """(func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))"""

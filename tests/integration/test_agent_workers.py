@@ -34,7 +34,7 @@ TOKEN = "push-token-for-the-workers-test"
 REQUESTS, THREADS = 240, 8
 # every request: n += 1 by CAS (8 ASCII digits), enqueue the new n on queue "q", answer 200 with n;
 # GET /dequeued answers d, which the queue's owner (its last registrant) increments per item it dequeues
-COUNTER = """(module
+COUNTER = f"""(module
   (import "env" "proxy_get_shared_data" (func $get (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_register_shared_queue" (func $register (param i32 i32 i32) (result i32)))
@@ -43,18 +43,12 @@ COUNTER = """(module
   (import "env" "proxy_dequeue_shared_queue" (func $dequeue (param i32 i32 i32) (result i32)))
   (import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_get_header_map_value" (func $header (param i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
-  (global $heap (mut i32) (i32.const 65536))
+  {minimal.BUMP_HEAP}
   (data (i32.const 100) "n")
   (data (i32.const 104) "d")
   (data (i32.const 108) "q")
   (data (i32.const 112) ":path")
   (data (i32.const 120) "/dequeued")
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
-    (local.get $p))
-  (func (export "proxy_abi_version_0_2_1"))
   (func $read (param $k i32)
     (i32.store (i32.const 208) (i32.const 0))
     (if (i32.eqz (call $get (local.get $k) (i32.const 1) (i32.const 200) (i32.const 204) (i32.const 208)))

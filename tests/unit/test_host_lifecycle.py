@@ -15,6 +15,7 @@ import wasmtime
 from meshplug import errors
 from meshplug.agent import chain as C
 from meshplug.agent import host as H
+from tests.guests import minimal
 
 CALLBACKS = (
     "proxy_on_context_create",
@@ -42,15 +43,7 @@ _PARAMS = {
 }
 _NO_RESULT = {"proxy_on_context_create", "proxy_on_log", "proxy_on_delete"}
 # every test guest: a bump allocator over page 2, ABI 0.2.1, a VM start and configure that succeed
-_BASE = """(memory (export "memory") 2)
-      (global $heap (mut i32) (i32.const 65536))
-      (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (local $p i32)
-        (local.set $p (global.get $heap))
-        (global.set $heap (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
-        (local.get $p))
-      (func (export "proxy_abi_version_0_2_1"))
-      (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-      (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))"""
+_BASE = f"{minimal.BUMP_HEAP}\n{minimal.STARTS}"
 
 
 @functools.cache
