@@ -308,15 +308,20 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize(("edit", "path", "reason"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
-def test_fields_outside_the_subset_are_refused_with_their_path(
-    tmp_path: Path, edit: Any, path: str, reason: str
-) -> None:
-    doc = tb_envoy.bootstrap(
+def _plain_bootstrap() -> dict[str, Any]:
+    """One HTTP listener routing to one static cluster (nothing listens: the bootstrap is only read)."""
+    return tb_envoy.bootstrap(
         procs.free_port(),
         [tb_envoy.http_listener("l", procs.free_port(), cluster="upstream")],
         [tb_envoy.static_cluster("upstream", procs.free_port())],
     )
+
+
+@pytest.mark.parametrize(("edit", "path", "reason"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
+def test_fields_outside_the_subset_are_refused_with_their_path(
+    tmp_path: Path, edit: Any, path: str, reason: str
+) -> None:
+    doc = _plain_bootstrap()
     edit(doc)
     written = _write(tmp_path, "bootstrap", doc)
     tb_envoy.validate_config(written)  # a bootstrap Envoy 1.40 takes
@@ -327,11 +332,7 @@ def test_fields_outside_the_subset_are_refused_with_their_path(
 
 
 def test_the_cli_exits_naming_the_field(tmp_path: Path) -> None:
-    doc = tb_envoy.bootstrap(
-        procs.free_port(),
-        [tb_envoy.http_listener("l", procs.free_port(), cluster="upstream")],
-        [tb_envoy.static_cluster("upstream", procs.free_port())],
-    )
+    doc = _plain_bootstrap()
     _set_retry(doc)
     written = _write(tmp_path, "bootstrap", doc)
     result = subprocess.run(
