@@ -7,7 +7,7 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,15 +117,29 @@ def interleaved(
     warms each up for 1 s, then runs `rounds` rounds of `seconds` per system, system after system, so noise
     falls on all of them alike; `load`: wrk's threads and connections."""
     procs.which_or_fail("wrk", "install Debian wrk (scripts/install-system-deps.sh)")
+    return interleave(systems, rounds, seconds, lambda pid, port, s, p: measure(pid, port, s, p, load), pin=pin)
+
+
+def interleave(
+    systems: Mapping[str, tuple[int, int]],
+    rounds: int,
+    seconds: int,
+    run: Callable[[int, int, int, list[str]], Run],
+    *,
+    pin: bool = True,
+) -> dict[str, list[Run]]:
+    """The interleaving every comparison shares, whatever the load tool: `run(pid, port, seconds, load_pin)`
+    measures one system once. Pins each proxy (unless not `pin`), warms each up for 1 s, then `rounds` rounds of
+    `seconds` per system, system after system."""
     load_pin = ["taskset", "-c", str(LOAD_CPU)] if CAN_PIN and pin else []
     for pid, port in systems.values():
         if CAN_PIN and pin:
             pin_pid(pid, PROXY_CPU)
-        measure(pid, port, 1, load_pin, load)  # warm up: connections, JIT, caches
+        run(pid, port, 1, load_pin)  # warm up: connections, JIT, caches
     runs: dict[str, list[Run]] = {name: [] for name in systems}
     for _ in range(rounds):
         for name, (pid, port) in systems.items():
-            runs[name].append(measure(pid, port, seconds, load_pin, load))
+            runs[name].append(run(pid, port, seconds, load_pin))
     return runs
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import CAN_PIN, LOAD_CPU, PROXY_CPU, Run, cpu_ns, pin_pid, rss_mib, start_agent, start_envoy
+from bench._common import CAN_PIN, LOAD_CPU, Run, cpu_ns, interleave, pin_pid, rss_mib, start_agent, start_envoy
 from tests.corpus import modules
 from tests.testbed import grpcpeer, procs
 from tests.testbed import nginx as tb_nginx
@@ -70,16 +70,7 @@ def interleaved(
     systems: Mapping[str, tuple[int, int]], rounds: int, seconds: int, grpc_body: Path | None
 ) -> dict[str, list[Run]]:
     procs.which_or_fail("h2load", "install Debian nghttp2-client (scripts/install-system-deps.sh)")
-    pin = ["taskset", "-c", str(LOAD_CPU)] if CAN_PIN else []
-    for pid, port in systems.values():
-        if CAN_PIN:
-            pin_pid(pid, PROXY_CPU)
-        measure(pid, port, 1, grpc_body, pin)  # warm up: connections, JIT, caches
-    runs: dict[str, list[Run]] = {name: [] for name in systems}
-    for _ in range(rounds):
-        for name, (pid, port) in systems.items():
-            runs[name].append(measure(pid, port, seconds, grpc_body, pin))
-    return runs
+    return interleave(systems, rounds, seconds, lambda pid, port, s, pin: measure(pid, port, s, grpc_body, pin))
 
 
 def report(title: str, runs: dict[str, list[Run]]) -> None:
