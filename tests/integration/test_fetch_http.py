@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
-import tarfile
 import threading
 import uuid
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 
 from meshplug import errors
 from meshplug.fetch import Fetcher, FetchOptions, Layout
-from tests.testbed.origin import Origin, wasm_module
+from tests.testbed.origin import Origin, tar_of, wasm_module
 
 WASM = wasm_module(1)
 WASM_SHA = hashlib.sha256(WASM).hexdigest()
@@ -25,15 +23,6 @@ def tree(root: Path) -> dict[str, str]:
     """Every file under ``root`` with the sha256 of its content (what 'the cache' is, byte for byte)."""
     files = sorted(p for p in root.rglob("*") if p.is_file())
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
-def tar_of(name: str, data: bytes) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def make_fetcher(tmp_path: Path, origin: Origin, **overrides: Any) -> Fetcher:
@@ -58,8 +47,8 @@ def make_fetcher(tmp_path: Path, origin: Origin, **overrides: Any) -> Fetcher:
         (WASM, {}),
         (gzip.compress(WASM), {}),
         (gzip.compress(WASM), {"Content-Encoding": "gzip"}),
-        (tar_of("plugin.wasm", WASM), {}),
-        (gzip.compress(tar_of("dist/filter.wasm", WASM)), {}),
+        (tar_of({"plugin.wasm": WASM}), {}),
+        (gzip.compress(tar_of({"dist/filter.wasm": WASM})), {}),
     ],
     ids=["raw", "gzip", "gzip-content-encoding", "tar", "tar.gz"],
 )

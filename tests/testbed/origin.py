@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import ssl
 import sys
+import tarfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -241,6 +244,18 @@ def wasm_module(n: int = 0) -> bytes:
     import wasmtime
 
     return bytes(wasmtime.wat2wasm(f'(module (global (export "n") i32 (i32.const {n})) (func (export "f")))'))
+
+
+def tar_of(files: Mapping[str, bytes]) -> bytes:
+    """An uncompressed tar of ``files`` (name -> bytes, mode 0644), as module archives are served."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 if __name__ == "__main__":

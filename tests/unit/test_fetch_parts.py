@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import base64
 import gzip
-import io
 import ipaddress
 import json
 import os
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ import pytest
 from meshplug import errors
 from meshplug.fetch import FetchOptions, Layout, cache, guard, oci, unbox
 from meshplug.fetch.metrics import FetchMetrics
-from tests.testbed.origin import wasm_module
+from tests.testbed.origin import tar_of, wasm_module
 from tests.testbed.procs import wait_until
 
 WASM = wasm_module(31)
@@ -68,14 +66,6 @@ def test_guard_refuses_literal_urls_before_connecting(url: str) -> None:
 
 
 # --- unbox -------------------------------------------------------------------------------------------
-def tar_of(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize(
