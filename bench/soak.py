@@ -33,21 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import CAN_PIN, LOAD_CPU, PROXY_CPU, measure, pin_pid, rss_mib, start_envoy
 from tests.corpus import modules
-from tests.guests import minimal
+from tests.guests.leaker import LEAKER
 from tests.testbed import agent as tb_agent
 from tests.testbed import nginx as tb_nginx
 from tests.testbed import procs
 
 GO_CONFIG = {"response": {"add": {"x-soak": "1"}}}
-LEAKER = f"""(module
-  {minimal.BUMP_HEAP}
-  {minimal.STARTS}
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (local $p i32)
-    (local.set $p (memory.grow (i32.const 1)))
-    (if (i32.ne (local.get $p) (i32.const -1))
-      (then (memory.fill (i32.shl (local.get $p) (i32.const 16)) (i32.const 1) (i32.const 65536))))
-    (i32.const 0)))"""
 
 
 def start_agent(

@@ -13,39 +13,12 @@ from pathlib import Path
 import pytest
 import wasmtime
 
+from tests.guests.leaker import LEAKER
 from tests.testbed import agent as tb_agent
 from tests.testbed import nginx as tb_nginx
 from tests.testbed import procs
 
 pytestmark = pytest.mark.integration
-
-# each request grows linear memory by 64 KiB and writes it (resident pages); a response header says the VM's
-# request count, so a recycled VM shows as a count starting over
-LEAKER = """(module
-  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
-  (global $heap (mut i32) (i32.const 65536))
-  (global $n (mut i32) (i32.const 0))
-  (data (i32.const 1024) "x-vm-requests")
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (local.get $p) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
-    (local.get $p))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (local $p i32)
-    (local.set $p (memory.grow (i32.const 1)))
-    (if (i32.ne (local.get $p) (i32.const -1))
-      (then (memory.fill (i32.shl (local.get $p) (i32.const 16)) (i32.const 1) (i32.const 65536))))
-    (global.set $n (i32.add (global.get $n) (i32.const 1)))
-    (i32.const 0))
-  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
-    ;; the count as one decimal digit per 10 requests is enough here: "0".."9" for 0-99, then ":"...
-    (i32.store8 (i32.const 1100) (i32.add (i32.const 48) (i32.div_u (global.get $n) (i32.const 10))))
-    (drop (call $add (i32.const 2) (i32.const 1024) (i32.const 13) (i32.const 1100) (i32.const 1)))
-    (i32.const 0)))"""
 
 
 def _rss_mib(pid: int) -> float:

@@ -66,6 +66,22 @@ int32_t pw_header_set(pw_map map, const char *name, const char *value) {
   return proxy_replace_header_map_value(map, name, strlen(name), value, strlen(value));
 }
 
+size_t pw_headers_serialize(const char *const *kv, int n, char *out, size_t cap) {
+  size_t need = 4 + (size_t)n * 8;
+  for (int i = 0; i < 2 * n; i++) need += strlen(kv[i]) + 1;
+  if (need > cap) return 0;
+  uint32_t *sizes = (uint32_t *)out;
+  sizes[0] = (uint32_t)n;
+  char *p = out + 4 + (size_t)n * 8;
+  for (int i = 0; i < 2 * n; i++) {
+    size_t len = strlen(kv[i]);
+    sizes[1 + i] = (uint32_t)len;
+    memcpy(p, kv[i], len + 1);
+    p += len + 1;
+  }
+  return need;
+}
+
 char *pw_property_get(const char *dotted, size_t *size) {
   size_t n = strlen(dotted);
   char *path = malloc(n + 1);

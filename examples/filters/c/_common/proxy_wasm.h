@@ -62,6 +62,9 @@ char *pw_buffer_get(pw_buffer type, size_t *size);
 char *pw_header_get(pw_map map, const char *name);
 int32_t pw_header_add(pw_map map, const char *name, const char *value);
 int32_t pw_header_set(pw_map map, const char *name, const char *value);
+/* `n` (name, value) pairs `kv` in the ABI's serialized header-map form (count, sizes, then each name\0value\0) into
+ * `out`; returns the bytes written, 0 when they do not fit in `cap` */
+size_t pw_headers_serialize(const char *const *kv, int n, char *out, size_t cap);
 /* a property by dotted path ("request.path" -> "request\0path"); NULL when missing; *size gets its length */
 char *pw_property_get(const char *dotted, size_t *size);
 

@@ -23,26 +23,10 @@ PW_IMPORT(proxy_continue_stream) int32_t proxy_continue_stream(int32_t stream);
 static char cluster[128];
 static struct { uint32_t token, context; } pending[PENDING];  /* slot = token % PENDING; context 0 = free */
 
-static size_t serialize(const char *const *kv, int n, char *out, size_t cap) {
-  size_t need = 4 + (size_t)n * 8;
-  for (int i = 0; i < 2 * n; i++) need += strlen(kv[i]) + 1;
-  if (need > cap) return 0;
-  uint32_t *sizes = (uint32_t *)out;
-  sizes[0] = (uint32_t)n;
-  char *p = out + 4 + (size_t)n * 8;
-  for (int i = 0; i < 2 * n; i++) {
-    size_t len = strlen(kv[i]);
-    sizes[1 + i] = (uint32_t)len;
-    memcpy(p, kv[i], len + 1);
-    p += len + 1;
-  }
-  return need;
-}
-
 static void reject(int32_t status) {
   static const char *const headers[] = {"x-auth-by", "auth_call", "content-type", "text/plain"};
   char map[128];
-  size_t map_size = serialize(headers, 2, map, sizeof map);
+  size_t map_size = pw_headers_serialize(headers, 2, map, sizeof map);
   static const char body[] = "denied by auth_call\n";
   proxy_send_local_response(status, "auth_call", 9, body, sizeof body - 1, map, map_size, -1);
 }
@@ -74,7 +58,7 @@ PW_EXPORT(proxy_on_request_headers) int32_t on_request_headers(uint32_t id, size
   const char *kv[] = {":method", "GET", ":path", "/check", ":authority", "auth",
                       "x-original-path", path ? path : "", "authorization", auth ? auth : ""};
   char map[2048];
-  size_t map_size = serialize(kv, auth ? 5 : 4, map, sizeof map);
+  size_t map_size = pw_headers_serialize(kv, auth ? 5 : 4, map, sizeof map);
   free(path);
   free(auth);
   uint32_t token = 0;

@@ -14,23 +14,6 @@
 static char prefixes[MAX_PREFIXES][256];
 static int count;
 
-/* a header map in the ABI's serialized form: count, (key size, value size) pairs, then each key\0value\0 */
-static size_t serialize(const char *const *kv, int n, char *out, size_t cap) {
-  size_t need = 4 + (size_t)n * 8;
-  for (int i = 0; i < 2 * n; i++) need += strlen(kv[i]) + 1;
-  if (need > cap) return 0;
-  uint32_t *sizes = (uint32_t *)out;
-  sizes[0] = (uint32_t)n;
-  char *p = out + 4 + (size_t)n * 8;
-  for (int i = 0; i < 2 * n; i++) {
-    size_t len = strlen(kv[i]);
-    sizes[1 + i] = (uint32_t)len;
-    memcpy(p, kv[i], len + 1);
-    p += len + 1;
-  }
-  return need;
-}
-
 PW_EXPORT(proxy_on_context_create) void on_context_create(uint32_t id, uint32_t parent) { (void)id; (void)parent; }
 PW_EXPORT(proxy_on_vm_start) int32_t on_vm_start(uint32_t id, size_t size) { (void)id; (void)size; return 1; }
 
@@ -65,7 +48,7 @@ PW_EXPORT(proxy_on_request_headers) int32_t on_request_headers(uint32_t id, size
     if (strncmp(path, prefixes[i], strlen(prefixes[i])) == 0) {
       static const char *const headers[] = {"x-denied-by", "deny_prefix", "content-type", "text/plain"};
       char map[128];
-      size_t map_size = serialize(headers, 2, map, sizeof map);
+      size_t map_size = pw_headers_serialize(headers, 2, map, sizeof map);
       static const char body[] = "denied by deny_prefix\n";
       proxy_send_local_response(403, "deny_prefix", 11, body, sizeof body - 1, map, map_size, -1);
       pw_logf(PW_INFO, "deny_prefix: denied %s (prefix %s)", path, prefixes[i]);
