@@ -159,6 +159,19 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 writer.write_eof()
 
 
+async def splice(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+) -> None:
+    """Relay a connection and its upstream both ways (half-closes passed on) until both ends finish; close both.
+    The port forwards here and the test bed's kube-proxy (tests/testbed/kubelet_proxy.py) relay with it."""
+    await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+    for w in (writer, up_writer):
+        w.close()
+
+
 async def _serve_forward(listener: socket.socket, host: str, port: int) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -166,9 +179,7 @@ async def _serve_forward(listener: socket.socket, host: str, port: int) -> None:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        for w in (writer, up_writer):
-            w.close()
+        await splice(reader, writer, up_reader, up_writer)
 
     server = await asyncio.start_server(handle, sock=listener)
     async with server:
