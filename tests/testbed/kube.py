@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import ssl
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -118,6 +119,34 @@ def write_kubeconfig(path: Path, server: str, ca_cert: Path, token: str, user: s
     return path
 
 
+def api_call(
+    base_url: str,
+    token: str,
+    context: ssl.SSLContext,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    content_type: str = "application/json",
+) -> tuple[int, Any]:
+    """One API server request with a bearer token (JSON in; JSON out, or the text of a body that is not JSON);
+    returns (status, decoded body). Used by `Kube.request` and the test bed's kubelet (tests/testbed/kubelet.py)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base_url + path, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, context=context, timeout=30) as resp:
+            raw, status = resp.read(), resp.status
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
 @dataclass
 class Kube:
     """A running control plane. ``url`` is https://127.0.0.1:<port>; ``kubeconfig`` authenticates as admin."""
@@ -141,21 +170,9 @@ class Kube:
         content_type: str = "application/json",
     ) -> tuple[int, Any]:
         """A raw API call (JSON in/out) as admin or with ``token``; returns (status, decoded body)."""
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {token or self.admin_token}")
-        if data is not None:
-            req.add_header("Content-Type", content_type)
-        try:
-            with urllib.request.urlopen(req, context=self.ssl_context(), timeout=30) as resp:
-                raw = resp.read()
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            raw, status = exc.read(), exc.code
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        return api_call(
+            self.url, token or self.admin_token, self.ssl_context(), method, path, body=body, content_type=content_type
+        )
 
     def ready(self) -> bool:
         status, body = self.request("GET", "/readyz")

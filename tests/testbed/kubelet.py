@@ -35,13 +35,12 @@ import signal
 import ssl
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.testbed import kube
 from tests.testbed.kubelet_pod import NODE_IP, STAGE, Container, MissingSource, Pod, terminate, write_file
 from tests.testbed.kubelet_proxy import Proxy
 
@@ -79,20 +78,7 @@ class Api:
         self.ctx = ssl.create_default_context(cafile=cfg.ca)
 
     def call(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.cfg.api + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {self.cfg.token}")
-        if data is not None:
-            req.add_header("Content-Type", content_type)
-        try:
-            with urllib.request.urlopen(req, context=self.ctx, timeout=30) as resp:
-                raw, status = resp.read(), resp.status
-        except urllib.error.HTTPError as exc:
-            raw, status = exc.read(), exc.code
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        return kube.api_call(self.cfg.api, self.cfg.token, self.ctx, method, path, body=body, content_type=content_type)
 
     def items(self, path: str) -> list[dict[str, Any]]:
         status, body = self.call("GET", path)
