@@ -16,9 +16,10 @@ Each line is ``<scope> <apiGroup or "core"> <resource> <verb,verb,...> [names=<s
 - ``cluster``: cluster-scoped resources only (a ClusterRole in either install).
 - ``own``: a Role in the operator's own namespace.
 
-``names=ca-bundle`` restricts a rule to the webhook configurations whose caBundle the operator keeps
-(`meshplug.controller.webhook_tls`; ``webhook.tls.mode=operator``, the chart's default): the chart grants it by
-resourceNames for exactly those, and not at all in the other TLS modes.
+``names=<set>`` restricts a rule to named objects (RBAC resourceNames): ``ca-bundle``, the webhook configurations
+whose caBundle the operator keeps (`meshplug.controller.webhook_tls`; ``webhook.tls.mode=operator``, the chart's
+default; no rule at all in the other TLS modes); ``agent-secret``, the agent Secret (``--agent-secret``, the chart's
+``agent.secretName``); ``identity-secret``, the identity Secret (``--identity-secret``, ``<fullname>-identity``).
 
     watched  meshplug.io          wasmplugins         get,list,watch,patch
     watched  meshplug.io          wasmplugins/status  patch
@@ -26,7 +27,8 @@ resourceNames for exactly those, and not at all in the other TLS modes.
     watched  meshplug.io          trafficextensions/status  patch
     watched  core                 pods                list,watch
     watched  core                 configmaps          list,create,patch,delete
-    watched  core                 secrets             get,create,update
+    watched  core                 secrets             create
+    watched  core                 secrets             get,update  names=agent-secret
     watched  core                 events              create,get,patch
     watched  networking.istio.io  envoyfilters        list,create,patch,delete
     watched  extensions.istio.io  trafficextensions   get,create,patch,delete
@@ -35,23 +37,29 @@ resourceNames for exactly those, and not at all in the other TLS modes.
     cluster  admissionregistration.k8s.io  mutatingwebhookconfigurations    get,patch  names=ca-bundle
     cluster  admissionregistration.k8s.io  validatingwebhookconfigurations  get,patch  names=ca-bundle
     own      coordination.k8s.io  leases              get,create,update
-    own      core                 secrets             get,create,update
+    own      core                 secrets             create
+    own      core                 secrets             get,update  names=identity-secret
     own      apps                 deployments         get
 
-Why: wasmplugins and trafficextensions (kopf lists and watches them and patches its finalizer; the reconciler
-reads the current object), their status (conditions, digest, pod counts); pods (the selection, agents' addresses,
+Why: wasmplugins and trafficextensions (kopf lists and watches them and patches its finalizer; the reconciler reads
+the current object), their status (conditions, digest, pod counts); pods (the selection, agents' addresses,
 re-reconcile on pods appearing or going); configmaps (modules of the istio plane's ConfigMap route, copied into the
 namespaces a root-namespace plugin reaches; the module-mount webhook lists them; ``create`` because a server-side
-apply that creates an object is authorized as a create); secrets (imagePullSecret; the agent Secret of each
-namespace with agents, which the operator creates and updates: `meshplug.controller.identity`); events
-(Warning/Normal Events on plugins, one series per reason: read and patched on repeats); envoyfilters (the istio
-plane's ConfigMap route); trafficextensions and wasmplugins of extensions.istio.io (the istio plane's native route:
-Istio's own resource, owned by the meshplug one; read first so one meshplug does not own is never overwritten;
-discovery of which kind the cluster serves needs no rule); no workload (Deployment, StatefulSet, DaemonSet) is
-read or written in watched namespaces: modules reach pods at admission; tokenreviews (the module server checks the
-agents' ServiceAccount tokens); its own webhook configurations (their caBundle: the CA of the webhooks' serving
-certificate); in its own namespace: leases (one active replica: the ``meshplug-operator`` Lease), secrets and its
-Deployment (the identity Secret, owned by the operator's Deployment).
+apply that creates an object is authorized as a create); secrets (the agent Secret of each namespace with agents,
+which the operator creates and then reads and updates by name only: `meshplug.controller.identity`; no ``get`` of
+any other Secret, so no ``imagePullSecret`` is read unless the namespace's owner grants it (a Role naming that
+Secret, bound to the operator's ServiceAccount: README "imagePullSecret"); ``create`` cannot be restricted by name
+in RBAC: the chart's ValidatingAdmissionPolicy ``<fullname>-operator-secrets`` lets the operator create only Opaque
+Secrets of its own names, and no agent Secret in a namespace the injection webhook skips, kube-system included);
+events (Warning/Normal Events on plugins, one series per reason: read and patched on repeats); envoyfilters (the
+istio plane's ConfigMap route); trafficextensions and wasmplugins of extensions.istio.io (the istio plane's native
+route: Istio's own resource, owned by the meshplug one; read first so one meshplug does not own is never
+overwritten; discovery of which kind the cluster serves needs no rule); no workload (Deployment, StatefulSet,
+DaemonSet) is read or written in watched namespaces: modules reach pods at admission; tokenreviews (the module
+server checks the agents' ServiceAccount tokens); its own webhook configurations (their caBundle: the CA of the
+webhooks' serving certificate); in its own namespace: leases (one active replica: the ``meshplug-operator`` Lease),
+secrets and its Deployment (the identity Secret, created once, then read and updated by name; owned by the
+operator's Deployment).
 """
 
 from __future__ import annotations
@@ -59,8 +67,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCOPES = ("watched", "cluster", "own")
-#: named sets a rule may be restricted to (``names=<set>``): the webhook configurations whose caBundle it keeps
-NAME_SETS = ("ca-bundle",)
+#: named sets a rule may be restricted to (``names=<set>``): the webhook configurations whose caBundle it keeps, its
+#: agent Secret and its identity Secret
+NAME_SETS = ("ca-bundle", "agent-secret", "identity-secret")
 
 
 @dataclass(frozen=True)

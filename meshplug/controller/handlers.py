@@ -71,10 +71,15 @@ def check_permissions(reconciler: reconcile.Reconciler, opts: Options) -> list[s
     missing: list[str] = []
     where = {"watched": list(opts.namespaces) or [""], "cluster": [""], "own": [opts.lease_namespace or ""]}
     ca_bundle = webhooks.ca_bundle_targets()  # the objects of the names=ca-bundle rules (none: not needed)
+    ident = reconciler.identity
+    secrets = {"agent-secret": (ident.agent_secret_name,), "identity-secret": (ident.secret,)}
     for rule in controller.rbac_rules():
         if rule.scope == "own" and opts.lease_namespace is None:
             continue
-        names = ca_bundle.get(rule.resource, ()) if rule.names else ("",)
+        if not rule.names:
+            names: tuple[str, ...] = ("",)
+        else:
+            names = secrets.get(rule.names) or tuple(ca_bundle.get(rule.resource, ()))
         for namespace in where[rule.scope]:
             for verb, name in itertools.product(rule.verbs, names):
                 allowed, _ = reconciler.writer.access_review(verb, rule.api_group, rule.resource, namespace, name)

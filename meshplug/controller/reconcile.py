@@ -413,7 +413,7 @@ class Reconciler:
     def _fetch(self, plugin: spec.PluginSpec, *, always: bool) -> fetch.Artifact:
         secret: bytes | None = None
         if plugin.pull_secret:
-            obj = self.writer.get("v1", "Secret", plugin.namespace, plugin.pull_secret)
+            obj = self._pull_secret(plugin.namespace, plugin.pull_secret)
             raw = ((obj or {}).get("data") or {}).get(".dockerconfigjson")
             if raw is None:
                 raise errors.FetchError(
@@ -428,6 +428,21 @@ class Reconciler:
             pull_policy=(spec.PullPolicy.ALWAYS if always else spec.PullPolicy.IF_NOT_PRESENT).value,
             keys=self.signature_policy.keys_for(plugin),
         )
+
+    def _pull_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The plugin's imagePullSecret, read only where the namespace's owner granted it: the operator's RBAC
+        names no Secret but its own (README "imagePullSecret")."""
+        try:
+            return self.writer.get("v1", "Secret", namespace, name)
+        except errors.ApplyError as exc:
+            if exc.reason != "Forbidden":
+                raise
+            raise errors.FetchError(
+                f"imagePullSecret {name!r}: the operator may not read it; the namespace's owner grants"
+                f" it with a Role allowing get on secrets named {name!r}, bound to the operator's"
+                " ServiceAccount (README: imagePullSecret)",
+                reason="PullSecretForbidden",
+            ) from None
 
     # --- cleanup ---------------------------------------------------------------------------------------------
 

@@ -8,6 +8,10 @@
   delivers plugins on each data plane the code offers, and the API server's audit log shows no request refused
   and none outside the list (namespaced: none outside its namespaces either), and, over the cluster-wide run
   (which also restarts the operator), every listed rule used: the list holds exactly what the code uses;
+- Secrets: get and update only of its own two, by name (can-i shows the resourceNames); its token can mint no
+  other account's token (a service-account-token Secret, under any name, is refused in kube-system, a plugin's
+  namespace and its own: RBAC, or the chart's ValidatingAdmissionPolicy where RBAC cannot name a create) and
+  read no Secret it does not own; a plugin's imagePullSecret is read only once the namespace grants that Secret;
 - a rule taken away fails loudly: the plugin's Ready condition and a Warning Event name the refusal, /healthz
   turns 503 and the `meshplug_operator_healthy` gauge 0, and a restarted operator names the missing permission.
 """
@@ -27,6 +31,7 @@ import pytest
 import yaml
 
 from meshplug import controller, injection
+from meshplug.controller import identity
 from tests.guests import minimal
 from tests.testbed import agent as agent_mod
 from tests.testbed import fixtures_kube, installed, procs
@@ -111,6 +116,93 @@ def test_readme_lists_exactly_the_operators_rules() -> None:
     assert documented() == listed()
 
 
+AGENT_SECRET = identity.DEFAULT_AGENT_SECRET
+
+
+def own_secrets(at: Install, *, watched: bool) -> dict[str, set[str]]:
+    """What the operator may do with Secrets in its own namespace: create, and get/update its identity Secret
+    (and, where the watched rules hold there too, the agent Secret's name)."""
+    names = {f"{at.fullname}-identity", *([AGENT_SECRET] if watched else [])}
+    return {"create": {"*"}, "get": names, "update": names}
+
+
+#: a watched namespace: create (RBAC cannot name it; the chart's admission policy does), get/update by name only
+WATCHED_SECRETS = {"create": {"*"}, "get": {AGENT_SECRET}, "update": {AGENT_SECRET}}
+
+
+def token_secret(name: str, account: str = "default") -> dict[str, Any]:
+    """A Secret the token controller fills with a token of ``account``: what create + get of Secrets could mint."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "annotations": {"kubernetes.io/service-account.name": account}},
+        "type": "kubernetes.io/service-account-token",
+    }
+
+
+def kubectl_as(at: Install, args: list[str], body: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+    """kubectl with the operator's ServiceAccount token (exactly what a thief of it could do)."""
+    return subprocess.run(
+        ["kubectl", f"--kubeconfig={at.sa}", *args],
+        input=yaml.safe_dump(body) if body is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def can_i_as(plane: Plane, at: Install, verb: str, what: str, namespace: str) -> bool:
+    """`kubectl auth can-i VERB WHAT -n NAMESPACE --as system:serviceaccount:...` (an admin impersonating it)."""
+    out = subprocess.run(
+        [
+            "kubectl",
+            f"--kubeconfig={plane.kube.kubeconfig}",
+            "auth",
+            "can-i",
+            verb,
+            what,
+            "-n",
+            namespace,
+            "--as",
+            at.user,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.stdout.strip() in ("yes", "no"), out
+    return out.stdout.strip() == "yes"
+
+
+def assert_no_token_minting(plane: Plane, at: Install, namespaces: tuple[str, ...]) -> None:
+    """The operator's ServiceAccount can neither make a ServiceAccount-token Secret (under any name, its agent
+    Secret's included: it may read that one back) nor read a Secret it does not own, in ``namespaces``
+    and in kube-system."""
+    other = "registry-creds"
+    for ns in dict.fromkeys(("kube-system", *namespaces)):
+        body = {"metadata": {"name": other}, "type": "kubernetes.io/dockerconfigjson"}
+        body["data"] = {".dockerconfigjson": "e30="}
+        status, out = plane.kube.request("POST", f"/api/v1/namespaces/{ns}/secrets", body)
+        assert status in (201, 409), out
+        for name in (AGENT_SECRET, "minted"):
+            made = kubectl_as(at, ["create", "-n", ns, "-f", "-"], token_secret(name))
+            assert made.returncode != 0, f"{at.user} created a token Secret {ns}/{name}: {made.stdout}"
+            assert "Forbidden" in made.stderr or "forbidden" in made.stderr, made.stderr
+            assert plane.kube.request("GET", f"/api/v1/namespaces/{ns}/secrets/{name}")[1].get("type") != (
+                "kubernetes.io/service-account-token"
+            )
+        # nor an Opaque Secret under a name that is not its own
+        made = kubectl_as(at, ["create", "secret", "generic", "junk", "-n", ns, "--from-literal=a=b"])
+        assert made.returncode != 0 and "forbidden" in made.stderr.lower(), made
+        read = kubectl_as(at, ["get", "secret", other, "-n", ns, "-o", "name"])
+        assert read.returncode != 0 and "forbidden" in read.stderr.lower(), read
+        assert not can_i_as(plane, at, "get", f"secrets/{other}", ns)
+        assert not can_i_as(plane, at, "list", "secrets", ns)
+        assert not can_i_as(plane, at, "watch", "secrets", ns)
+
+
 # --- the test bed ------------------------------------------------------------------------------------------
 
 
@@ -139,16 +231,29 @@ class Plane:
     baseline: Path  # kubeconfig of a ServiceAccount with no binding at all
     agents: list[agent_mod.Agent] = field(default_factory=list)
 
+    def rows(self, at: Install, namespace: str) -> set[tuple[str, str, str]]:
+        """`kubectl auth can-i --list` rows of the release's operator in ``namespace`` beyond what every account
+        may."""
+        return can_i(at.sa, namespace) - can_i(self.baseline, namespace)
+
     def granted(self, at: Install, namespace: str) -> set[tuple[str, str]]:
         """What the release's operator may do in ``namespace`` beyond what every account may; the rules that name
-        objects name only the release's webhook configurations."""
-        rows = can_i(at.sa, namespace) - can_i(self.baseline, namespace)
+        webhook configurations name only the release's own (Secrets: `secrets`)."""
+        rows = self.rows(at, namespace)
         named: dict[str, set[str]] = {}
         for resource, _, names in rows:
-            if names:
+            if names and resource != "secrets":
                 named.setdefault(resource, set()).update(names.split())
         assert named == {r: n for r, n in ca_bundle_names(at.fullname).items() if r in named}
         return {(resource, verb) for resource, verb, _ in rows}
+
+    def secrets(self, at: Install, namespace: str) -> dict[str, set[str]]:
+        """verb -> the Secrets of ``namespace`` the release's operator may use it on ("*": any)."""
+        out: dict[str, set[str]] = {}
+        for resource, verb, names in self.rows(at, namespace):
+            if resource == "secrets":
+                out.setdefault(verb, set()).update(names.split() or ["*"])
+        return out
 
     def install(self, release: str, namespace: str, work: Path, **more: Any) -> Install:
         """`helm install` of the chart (webhooks at a local listener, CRDs left to the fixture), ``more`` values."""
@@ -435,6 +540,36 @@ class Shop:
         ]
 
 
+def pull_secret_with_consent(plane: Plane, at: Install, shop: Shop) -> None:
+    """A plugin's imagePullSecret is read only once the namespace's owner grants that one Secret (a Role naming it,
+    bound to the operator's ServiceAccount): before, Ready=False with the reason and the Secret's name."""
+    url, sha = shop.module("m.wasm", MODULE)
+    body = {"url": url, "sha256": sha, "selector": {"matchLabels": {"app": "cart"}}, "dataPlane": "agent"}
+    shop.create("wasmplugins", "WasmPlugin", "pulled", {**body, "imagePullSecret": "registry-creds"})
+    shop.wait("wasmplugins", "pulled", "PullSecretForbidden")
+    assert "'registry-creds'" in shop.ready("wasmplugins", "pulled")["message"]
+    base = f"{RBAC}/namespaces/{shop.ns}"
+    role = {
+        "metadata": {"name": "meshplug-pull-secret"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["registry-creds"], "verbs": ["get"]}],
+    }
+    shop.request("POST", f"{base}/roles", role)
+    account = at.user.rpartition(":")[2]
+    binding = {
+        "metadata": {"name": "meshplug-pull-secret"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "meshplug-pull-secret"},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": at.namespace}],
+    }
+    shop.request("POST", f"{base}/rolebindings", binding)
+    procs.wait_until(
+        lambda: can_i_as(plane, at, "get", "secrets/registry-creds", shop.ns), timeout=30, what="the grant in effect"
+    )
+    shop.wait("wasmplugins", "pulled", "Confirmed")
+    shop.delete("wasmplugins", "pulled")
+    shop.request("DELETE", f"{base}/rolebindings/meshplug-pull-secret")
+    shop.request("DELETE", f"{base}/roles/meshplug-pull-secret")
+
+
 def unused_and_unlisted(used: set[tuple[str, str, str]], release_ns: str) -> dict[str, set[tuple[str, str]]]:
     """Listed rules the operator never used, and requests no listed rule covers (both empty when the list is
     exactly what the code uses)."""
@@ -474,6 +609,9 @@ def test_cluster_wide_install(plane: Plane, tmp_path: Path) -> None:
     # RBAC cannot leave a namespace out of a ClusterRoleBinding: the watched rules hold in kube-system too
     assert plane.granted(at, "kube-system") == everywhere
     assert plane.granted(at, at.namespace) == everywhere | docs["own"]
+    assert plane.secrets(at, "shop-a") == WATCHED_SECRETS
+    assert plane.secrets(at, "kube-system") == WATCHED_SECRETS
+    assert plane.secrets(at, at.namespace) == own_secrets(at, watched=True)
 
     shop = Shop(plane, "shop-a", at.modules)
     op = at.start_operator(plane.kube)
@@ -482,6 +620,10 @@ def test_cluster_wide_install(plane: Plane, tmp_path: Path) -> None:
         shop.every_plane()
         assert op.healthy()
         plane.none_refused(at)
+        # its token cannot mint another account's token (kube-system: no agents there, the policy refuses even
+        # its agent Secret's name), nor read the plugin namespace's other Secrets
+        assert_no_token_minting(plane, at, ("shop-a", at.namespace))
+        pull_secret_with_consent(plane, at, shop)
 
         # one rule fewer in the installed ClusterRole (secrets get): the next reconcile is refused, loudly
         path = f"{RBAC}/clusterroles/{at.fullname}-operator"
@@ -511,7 +653,7 @@ def test_cluster_wide_install(plane: Plane, tmp_path: Path) -> None:
         again = at.start_operator(plane.kube, name="restarted", wait_healthy=False)
         try:
             procs.wait_until(
-                lambda: "missing RBAC permission: get secrets cluster-wide" in again.proc.log(),
+                lambda: f"missing RBAC permission: get secrets {AGENT_SECRET} cluster-wide" in again.proc.log(),
                 timeout=60,
                 what="the start-up check to name the missing permission",
             )
@@ -541,6 +683,11 @@ def test_namespaced_install(plane: Plane, tmp_path: Path) -> None:
     assert plane.granted(at, "kube-system") == docs["cluster"]
     assert plane.granted(at, "shop-a") == docs["cluster"]
     assert plane.granted(at, at.namespace) == docs["own"] | docs["cluster"]
+    for watched in WATCHED:
+        assert plane.secrets(at, watched) == WATCHED_SECRETS
+    assert plane.secrets(at, "kube-system") == {}
+    assert plane.secrets(at, "shop-a") == {}
+    assert plane.secrets(at, at.namespace) == own_secrets(at, watched=False)
     _, roles = plane.kube.request("GET", f"{RBAC}/clusterroles?labelSelector=app.kubernetes.io/instance={at.release}")
     expected = [f"{at.fullname}-operator-cluster"] if docs["cluster"] else []
     assert [r["metadata"]["name"] for r in roles["items"]] == expected
@@ -560,6 +707,7 @@ def test_namespaced_install(plane: Plane, tmp_path: Path) -> None:
         assert {ns for ns, _, _ in plane.none_refused(at)} <= {at.namespace, *WATCHED, ""}
         _, untouched = plane.kube.request("GET", f"{API.format(ns='shop-a', plural='wasmplugins')}/elsewhere")
         assert "status" not in untouched and not untouched["metadata"].get("finalizers")
+        assert_no_token_minting(plane, at, (WATCHED[0], "shop-a", at.namespace))
     finally:
         op.stop()
         print(op.proc.log()[-6000:])
