@@ -200,6 +200,8 @@ class AgentDelivery:
             gone = self._pushed.get(key, frozenset()) - names
             self._pushed[key] = names
         others = [p for p in self.writer.list("v1", "Pod", plugin.namespace) if p["metadata"]["name"] in gone]
+        if not pods and not others:  # no agent here: no push credentials (nor an agent Secret) needed
+            return PodReport(0, 0, (), ""), []
         creds = self.identity.push_credentials(plugin.namespace)
         results = self._pool.map(lambda p: self._sync_pod(p, creds), [*pods, *others])
         ready, failing, retry, nacks = 0, [], "", []
