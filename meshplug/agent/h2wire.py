@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import h2.config
 import h2.connection
@@ -160,22 +160,22 @@ def _request_pseudo(pseudo: set[bytes], method: bytes | None) -> None:
         raise _bad("Encountered connect-request-only headers {b':protocol'}")
 
 
+#: the events that carry a received header block, and its kind
+_HEADER_EVENTS: Final[dict[type, int]] = {
+    h2.events.RequestReceived: REQUEST,
+    h2.events.ResponseReceived: RESPONSE,
+    h2.events.InformationalResponseReceived: RESPONSE,
+    h2.events.TrailersReceived: TRAILERS,
+}
+
+
 def check_received(events: list[h2.events.Event]) -> None:
     """`received_headers` on every header event of one read (their headers replaced by the checked block)."""
     for ev in events:
-        t = type(ev)
-        if t is h2.events.RequestReceived:
-            req = cast(h2.events.RequestReceived, ev)
-            req.headers = received_headers(req.headers, REQUEST)
-        elif t is h2.events.ResponseReceived:
-            resp = cast(h2.events.ResponseReceived, ev)
-            resp.headers = received_headers(resp.headers, RESPONSE)
-        elif t is h2.events.InformationalResponseReceived:
-            info = cast(h2.events.InformationalResponseReceived, ev)
-            info.headers = received_headers(info.headers, RESPONSE)
-        elif t is h2.events.TrailersReceived:
-            tr = cast(h2.events.TrailersReceived, ev)
-            tr.headers = received_headers(tr.headers, TRAILERS)
+        kind = _HEADER_EVENTS.get(type(ev))
+        if kind is not None:
+            block = cast(Any, ev)
+            block.headers = received_headers(block.headers, kind)
 
 
 class OutStream:

@@ -187,3 +187,36 @@ def _script(cls: type[h2.connection.H2Connection]) -> list[str]:
 
 def test_connection_without_trace_formatting_answers_as_h2() -> None:
     assert _script(Connection) == _script(h2.connection.H2Connection)
+
+
+def _ends(peer_side: bool) -> list[str]:
+    """A client sends a valid request, then one with an uppercase field name: what the server answers."""
+    config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+    if peer_side:  # the agent's: the library's checks off, h2wire's in H2Peer.receive
+        config.validate_inbound_headers = config.normalize_inbound_headers = False
+        peer = h2wire.H2Peer(config)
+        server, receive = peer.h2, peer.receive
+    else:
+        server = h2.connection.H2Connection(config)
+        receive = server.receive_data
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
+    )
+    client.initiate_connection()
+    server.initiate_connection()
+    seen = [server.data_to_send().hex()]
+    client.send_headers(1, REQUEST, end_stream=True)
+    client.send_headers(3, [*REQUEST[:4], (b"X-Up", b"1")], end_stream=True)
+    try:
+        seen.append(repr([type(e).__name__ for e in receive(client.data_to_send())]))
+    except h2.exceptions.ProtocolError as exc:
+        seen.append(type(exc).__name__)
+    seen.append(server.data_to_send().hex())
+    return seen
+
+
+def test_a_bad_block_ends_the_connection_as_h2_does() -> None:
+    assert _ends(True) == _ends(False)
+    assert _ends(True)[1] == "ProtocolError"
