@@ -190,6 +190,12 @@ def test_go_tutorial_envoy_yaml_runs_unchanged(tmp_path: Path, echo: upstream.Se
     seen = _serve_both(tmp_path, seed, fixed, port=port, admin=admin, path="/tutorial")
     assert seen["agent"] == seen["envoy"] == (200, "/tutorial"), seen
     assert "an empty typed_config for the router" in seen["agent_log"]
+    # the sidecar command takes it too (`meshplug agent --envoy-config`; the above ran `meshplug run`)
+    sidecar = tb_agent.start_envoy_config(seed, port=port, admin_port=admin, log_dir=tmp_path, command="agent")
+    try:
+        assert _upstream_path(port, "/tutorial") == (200, "/tutorial")
+    finally:
+        sidecar.stop()
 
 
 def test_wasme_path_rewrite_filter_config_runs_unchanged(tmp_path: Path, echo: upstream.Service) -> None:
