@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -311,6 +312,28 @@ def test_priority_orders_a_phase_on_istiod(bed: Bed) -> None:
     # Istio's WasmPlugins as istiod >= 1.30 names them: translated into TrafficExtensions, with a suffix
     ours = [f.removeprefix(prefix).removesuffix("~istio-translated-wasmplugin") for f in chain if f.startswith(prefix)]
     assert ours.index("acl-check") < ours.index("check-header"), chain
+
+
+def test_priority_ties_go_by_creation_time_then_name_on_istiod(bed: Bed) -> None:
+    """Istio's order for one phase and no priority: the older resource first, whatever the names (tie-z is made a
+    second before tie-a: creation times have a one-second grain). Both meshplug kinds share that order."""
+    url, sha = bed.op.module_url(HEADER_RULES, "header_rules.wasm")
+    wasm = {"url": url, "sha256": sha, "pluginConfig": adds("x-tie")}
+    strict_apply(bed, "tie-z", {"selector": APP_B, "phase": "STATS", **wasm})
+    first = bed.op.wait(NS, "tie-z", reason="Loaded")
+    procs.wait_until(  # the next one is made in a later second
+        lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) > first["metadata"]["creationTimestamp"],
+        timeout=5,
+        what="a later second",
+    )
+    strict_apply(bed, "tie-a", {"selector": APP_B, "phase": "STATS", "wasm": wasm}, kind="TrafficExtension")
+    bed.op.wait(NS, "tie-a", reason="Loaded", kind="TrafficExtension")
+    (chain, *_) = bed.op.mesh.istiod.http_filters(bed.sidecar.proxy_id, istio.INBOUND_PORT)
+    prefix = f"extensions.istio.io/trafficextension/{NS}."
+    ours = [f.removeprefix(prefix).removesuffix("~istio-translated-wasmplugin") for f in chain if f.startswith(prefix)]
+    assert ours.index("tie-z") < ours.index("tie-a"), chain
+    bed.op.delete(NS, "tie-z")
+    bed.op.delete(NS, "tie-a", kind="TrafficExtension")
 
 
 def test_server_match_does_not_reach_a_gateway(bed: Bed) -> None:
