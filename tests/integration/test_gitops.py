@@ -156,7 +156,7 @@ class Repo:
         synced = {
             (
                 d["apiVersion"].rpartition("/")[0],  # the group ("" for the core group)
-                d["kind"].lower() + "s",
+                plural_of(d["kind"]),
                 d["metadata"].get("namespace", ""),
                 d["metadata"]["name"],
             )
@@ -298,12 +298,24 @@ def snapshot(kube: kube_mod.Kube) -> dict[str, Any]:
     }
 
 
-#: Kubernetes' own: the apiserver (CRD conditions), the controller-manager (Deployment status), and the apiserver's
-#: name for fields an object had before its first server-side apply (a Namespace's: made without managedFields)
-KUBERNETES_MANAGERS = ("kube-apiserver", "kube-controller-manager", "before-first-apply")
+#: Kubernetes' own: the apiserver (CRD conditions; a ValidatingAdmissionPolicy's type-checking status), the
+#: controller-manager (Deployment status), and the apiserver's name for fields an object had before its first
+#: server-side apply (a Namespace's: made without managedFields)
+KUBERNETES_MANAGERS = (
+    "kube-apiserver",
+    "validatingadmissionpolicy-status",
+    "kube-controller-manager",
+    "before-first-apply",
+)
 #: field managers of the operator: its API writer, and kopf (the framework it runs on, which adds the finalizer)
 OPERATOR_MANAGERS = ("meshplug", "kopf")
 FINALIZER = {"f:metadata": {"f:finalizers": {".": {}, 'v:"meshplug.io/cleanup"': {}}}}
+
+
+def plural_of(kind: str) -> str:
+    """The API's resource name of a kind the chart renders (ValidatingAdmissionPolicy -> ...policies)."""
+    lower = kind.lower()
+    return lower[:-1] + "ies" if lower.endswith("y") else lower + "s"
 
 
 def check_managed_fields(kube: kube_mod.Kube, repo: Repo) -> None:
@@ -311,7 +323,7 @@ def check_managed_fields(kube: kube_mod.Kube, repo: Repo) -> None:
     status, and the operator exactly what it owns by design (`OWNED_BY_DESIGN`), field by field, or nothing."""
     for doc in repo.objects():
         kind, meta = doc["kind"], doc["metadata"]
-        plural = kind.lower() + "s"
+        plural = plural_of(kind)
         group = doc["apiVersion"].rpartition("/")[0]
         where = ["-n", meta["namespace"]] if meta.get("namespace") else []
         got = kubectl(
