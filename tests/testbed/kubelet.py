@@ -58,6 +58,9 @@ class Config:
     workdir: Path
     node: str
     images: dict[str, list[str]]  # repository -> argv of its entrypoint
+    #: the directories the images' files are in (the checkout, its virtualenv, the interpreter): a container sees
+    #: them wherever a volume is mounted, as an image's own files are never under a volume
+    image_dirs: tuple[Path, ...] = ()
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -69,6 +72,7 @@ class Config:
             workdir=Path(raw["workdir"]),
             node=raw["node"],
             images={k: list(v) for k, v in raw["images"].items()},
+            image_dirs=tuple(Path(d) for d in raw.get("image_dirs") or ()),
         )
 
 

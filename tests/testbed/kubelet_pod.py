@@ -33,6 +33,8 @@ BRIDGE = "mpbr0"
 NODE_IP = "10.244.0.1"
 #: where each container's mount namespace sees its pod's directory before the volumes are bound into place
 STAGE = Path("/run/meshplug-testbed")
+#: under the pod's directory (so under STAGE): where the image's directories are bound before the volumes
+IMAGE_STAGE = ".image"
 TOKEN_REFRESH_FRACTION = 0.8
 _PR_SET_PDEATHSIG = 1
 
@@ -292,8 +294,13 @@ class Pod:
         return [*command, *[str(a) for a in spec.get("args") or []]]
 
     def start_container(self, c: Container) -> None:
-        # the pod's directory is bound at STAGE first: a mountPath such as /tmp would hide it where it lies
+        # the pod's directory is bound at STAGE first: a mountPath such as /tmp would hide it where it lies; so are
+        # the image's directories, bound back in place over a volume mounted above them (a checkout under /tmp)
         mounts = [f"mount --bind {shlex.quote(str(self.dir))} {STAGE}"]
+        images = self.dir / IMAGE_STAGE
+        for i, image_dir in enumerate(self.kubelet.cfg.image_dirs):
+            (images / str(i)).mkdir(parents=True, exist_ok=True)
+            mounts.append(f"mount --bind {shlex.quote(str(image_dir))} {STAGE / IMAGE_STAGE / str(i)}")
         for m in c.spec.get("volumeMounts") or []:
             source = self.volume_dir(m["name"])
             if m.get("subPath"):
@@ -305,6 +312,10 @@ class Pod:
                 target.mkdir(parents=True, exist_ok=True)  # the mount point (an empty directory on the host)
             staged = STAGE / source.relative_to(self.dir)
             mounts.append(f"mount --bind {shlex.quote(str(staged))} {shlex.quote(str(target))}")
+            for i, image_dir in enumerate(self.kubelet.cfg.image_dirs):
+                if image_dir != target and image_dir.is_relative_to(target):
+                    where = shlex.quote(str(image_dir))
+                    mounts.append(f"mkdir -p {where}; mount --bind {STAGE / IMAGE_STAGE / str(i)} {where}")
             if m.get("readOnly"):
                 mounts.append(f"mount -o remount,bind,ro {shlex.quote(str(target))}")
         mounts.append(f"mount --bind {STAGE / self.hosts_file().name} /etc/hosts")

@@ -34,6 +34,13 @@ IMAGES: dict[str, list[str]] = {
 }
 
 
+def image_dirs() -> list[Path]:
+    """Where the files of `IMAGES` are: this checkout, its virtualenv and the interpreter it was made from (the
+    outermost of nested ones)."""
+    dirs = sorted({procs.REPO_ROOT.resolve(), Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()})
+    return [d for d in dirs if not any(d != o and d.is_relative_to(o) for o in dirs)]
+
+
 @dataclass
 class Cluster:
     kube: kube_mod.Kube
@@ -101,6 +108,7 @@ def start_kubelet(kube: kube_mod.Kube, net: netns.NodeNet, workdir: Path, log_di
         "workdir": str(workdir / "node"),
         "node": NODE_NAME,
         "images": IMAGES,
+        "image_dirs": [str(d) for d in image_dirs()],
     }
     path = workdir / "kubelet.json"
     path.write_text(json.dumps(config))
