@@ -9,6 +9,9 @@
 //! the queue "hits" of its own vm_id and enqueues the request path (`x-queue: ok`, or `missing` when no
 //! singleton registered it); on response headers copies shared data ticks / hits / calls into `x-ticks`,
 //! `x-hits`, `x-calls` ("-" when unset).
+//! A reporter whose plugin configuration is `<header>=<vm_id>` resolves the queue "hits" of that vm_id instead
+//! (empty: its own) and reports only the outcome, in `<header>` on the request and the response (`ok` /
+//! `missing` for NotFound): how a spec shows which vm_id a filter of another VM may resolve.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -17,7 +20,7 @@ use std::time::Duration;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { collector: false, queue: 0, ticks: 0, hits: 0, in_flight: false })
+        Box::new(Root { collector: false, queue: 0, ticks: 0, hits: 0, in_flight: false, resolve: None })
     });
 }}
 
@@ -27,6 +30,7 @@ struct Root {
     ticks: u64,
     hits: u64,
     in_flight: bool,
+    resolve: Option<(String, String)>, // (header, vm_id) from the reporter's configuration
 }
 
 fn shared_text(ctx: &dyn Context, key: &str) -> String {
@@ -57,7 +61,12 @@ impl RootContext for Root {
                 log::info!("collector: queue hits registered");
                 true
             }
-            b"reporter" => true,
+            b"reporter" => {
+                let config = self.get_plugin_configuration().unwrap_or_default();
+                let config = String::from_utf8_lossy(&config);
+                self.resolve = config.split_once('=').map(|(h, v)| (h.trim().to_string(), v.trim().to_string()));
+                true
+            }
             other => {
                 log::error!("singleton_queue: unknown root id {:?} (collector or reporter)", String::from_utf8_lossy(other));
                 false
@@ -89,7 +98,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Reporter { queue: "-" }))
+        Some(Box::new(Reporter { queue: "-", resolve: self.resolve.clone() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -99,6 +108,7 @@ impl RootContext for Root {
 
 struct Reporter {
     queue: &'static str,
+    resolve: Option<(String, String)>,
 }
 
 impl Context for Reporter {}
@@ -106,17 +116,22 @@ impl Context for Reporter {}
 impl HttpContext for Reporter {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
         let path = self.get_http_request_header(":path").unwrap_or_default();
-        let found = match self.resolve_shared_queue("", "hits") {
+        let (header, vm_id) = self.resolve.clone().unwrap_or_else(|| ("x-queue".to_string(), String::new()));
+        let found = match self.resolve_shared_queue(&vm_id, "hits") {
             Some(queue) => self.enqueue_shared_queue(queue, Some(path.as_bytes())).is_ok(),
             None => false,
         };
         self.queue = if found { "ok" } else { "missing" };
-        self.set_http_request_header("x-queue", Some(self.queue));
+        self.set_http_request_header(&header, Some(self.queue));
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
         // (Envoy gives no request headers to response callbacks: the outcome is kept here)
+        if let Some((header, _)) = &self.resolve {
+            self.add_http_response_header(header, self.queue);
+            return Action::Continue;
+        }
         self.add_http_response_header("x-queue", self.queue);
         for (header, key) in [("x-ticks", "ticks"), ("x-hits", "hits"), ("x-calls", "calls")] {
             self.add_http_response_header(header, &shared_text(self, key));
