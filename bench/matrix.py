@@ -173,11 +173,10 @@ def bench_cell(work: Path, upstream: int, sdk: str, shape: str, args: argparse.N
     cell = CELLS[(sdk, shape)]
     started: list[procs.Proc] = []
     try:
-        systems = {
-            "agent": start_agent(work, f"agent-{sdk}-{shape}", upstream, cell),
-            "envoy": start_envoy(work, f"envoy-{sdk}-{shape}", upstream, cell),
-        }
-        started = [p for p, _ in systems.values()]
+        systems = {"agent": start_agent(work, f"agent-{sdk}-{shape}", upstream, cell)}
+        started.append(systems["agent"][0])  # (stopped even when Envoy does not start)
+        systems["envoy"] = start_envoy(work, f"envoy-{sdk}-{shape}", upstream, cell)
+        started.append(systems["envoy"][0])
         for proc, port in systems.values():
             if CAN_PIN:
                 pin_pid(proc.pid, PROXY_CPU)
