@@ -282,7 +282,10 @@ class Parent(runtime.Agent):
         self.shared = _shared_store(self.store_path, limits.WORKERS_SHARED_BYTES, create=True)
         self._reserved: list[socket.socket] = []
         self.worker_ports: dict[str, int] = {}
-        self._pipes = [os.pipe() for _ in range(n)]
+        # one notify pipe per worker and, last (index n), the parent's: the singletons (bootstrap extensions) run
+        # here, on the shared store, so the queues they register are the workers' to resolve and feed
+        self._pipes = [os.pipe() for _ in range(n + 1)]
+        self.proxy.share = sharing.Share(self.shared, n, tuple(w for _, w in self._pipes))
         self._watchers: set[asyncio.Task[None]] = set()
 
     # -- workers ---------------------------------------------------------------------------------------
@@ -451,6 +454,10 @@ class Parent(runtime.Agent):
         self._reserve_ports()
         for i in range(self.n):
             await self._spawn(i)
+        assert self.proxy.share is not None
+        own = self._pipes[self.n][0]
+        os.set_blocking(own, False)
+        self.loop.add_reader(own, self.proxy.share.read_notifications, own)
         await super().start()  # the initial set (loaded by every worker), admin, push; the parent listens on nothing
 
     async def listen(self) -> None:
@@ -482,6 +489,7 @@ class Parent(runtime.Agent):
         self.sources.close()
         for sock in self._reserved:
             sock.close()
+        self.loop.remove_reader(self._pipes[self.n][0])
         for r, w in self._pipes:
             os.close(r)
             os.close(w)

@@ -54,6 +54,15 @@ def test_spec_passes_on_agent(path: Path, tmp_path: Path) -> None:
     assert len(report.cases) == len(spec.http_cases) + len(spec.network_cases)
 
 
+@pytest.mark.parametrize("key", ["rust/singleton_queue", "go/singleton"])
+def test_singleton_specs_pass_with_workers(key: str, tmp_path: Path) -> None:
+    """`--concurrency 2`: the singletons run in the parent, on the workers' shared store, so the queue they
+    register is resolved (vm_id rules as Envoy's) and fed by every worker's filters, and their shared data read."""
+    spec = S.load(S.FILTERS_DIR / key / "spec.yaml")
+    report = runner.run_spec(spec, AgentPlane(concurrency=2), log_dir=tmp_path)
+    assert len(report.cases) == len(spec.http_cases)
+
+
 def test_local_reply_from_http_call_response_reaches_the_client() -> None:
     """rust/auth_call on the host and chain alone: the auth service answers 401 to the plugin's call, the
     plugin sends a local reply from its http-call response callback; the chain must emit the reply (a host

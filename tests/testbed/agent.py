@@ -183,12 +183,17 @@ def start_envoy_config(
     log_level: str = "debug",
     command: str = "run",
     env: dict[str, str] | None = None,
+    concurrency: int = 1,
 ) -> Agent:
     """Start `meshplug run --envoy-config` (or `meshplug agent --envoy-config`, `command="agent"`) on an Envoy
-    bootstrap whose listener port and admin port are `port` / `admin_port`; wait until /ready says LIVE."""
+    bootstrap whose listener port and admin port are `port` / `admin_port`; wait until /ready says LIVE.
+    `concurrency` > 1: `meshplug agent` with that many workers."""
+    if concurrency != 1:
+        command = "agent"
     proc = procs.start(
         name,
-        [sys.executable, "-m", "meshplug", command, "--envoy-config", str(config_path), "--log-level", log_level],
+        [sys.executable, "-m", "meshplug", command, "--envoy-config", str(config_path), "--log-level", log_level]
+        + (["--concurrency", str(concurrency)] if concurrency != 1 else []),
         log_dir=log_dir,
         ready=None,
         ports={"main": port, "admin": admin_port},

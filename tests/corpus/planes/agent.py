@@ -81,13 +81,20 @@ class AgentPlane:
 
     name = "agent"
 
+    def __init__(self, concurrency: int = 1) -> None:
+        self.concurrency = concurrency  # > 1: `meshplug agent --concurrency` (workers on the shared store)
+
     def start(
         self, spec: S.Spec, modules: Mapping[str, Path], services: Mapping[str, runner.Endpoint], log_dir: Path
     ) -> RunningAgent:
         written = bootstrap.write(spec, modules, services, log_dir, "bootstrap")
         try:
             agent = tb_agent.start_envoy_config(
-                written.path, port=written.port, admin_port=written.admin_port, log_dir=log_dir
+                written.path,
+                port=written.port,
+                admin_port=written.admin_port,
+                log_dir=log_dir,
+                concurrency=self.concurrency,
             )
         except RuntimeError as exc:
             text = (log_dir / "agent.log").read_text(errors="replace")
