@@ -16,7 +16,7 @@ import contextlib
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import httptools
 
@@ -31,6 +31,10 @@ from meshplug.agent.upstream import Pool, Upstream
 
 if TYPE_CHECKING:
     from meshplug.agent.server import Proxy
+
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 
 class Downstream(asyncio.Protocol):
@@ -321,6 +325,10 @@ class Downstream(asyncio.Protocol):
         keep_alive: bool = parser.should_keep_alive()
         headers = self._headers
         self._headers = []  # header lines after the body are trailers
+        if method not in framing.METHODS:
+            self._refuse(400, framing.BAD_REQUEST)
+        if len(headers) > 1 and len({n for n, _ in headers}) < len(headers):  # a repeated name: Envoy's map
+            headers = framing.merged(headers, agent_chain.REQUEST_INLINE_HEADERS)
         if method == b"CONNECT":  # no route serves CONNECT (Envoy: 404; 400 for an origin-form target)
             self._refuse(400 if self._url[:1] == b"/" else 404, b"")
         path = self._url
@@ -333,18 +341,16 @@ class Downstream(asyncio.Protocol):
                 raise
 
         # which headers name more hop-by-hop headers; Host, framing, upgrade
-        drop = wire.HOP_BY_HOP
-        has_rid = has_xfp = expect_continue = upgrade = False
+        drop = wire.REQUEST_DROPPED
+        has_rid = has_xfp = expect_continue = upgrade = has_te = bad_referer = False
         hosts = 0
         host = b""
         te: list[bytes] | None = None
         content_length = -1
         for name, value in headers:
             if name == b"connection":
-                extra = {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive", b""}
+                extra = self._check(framing.nominated, value) - framing.NOT_REMOVED_BY_CONNECTION
                 if extra:
-                    if b"host" in extra:  # a hop-by-hop Host (Envoy: 400)
-                        self._refuse(400, framing.BAD_REQUEST)
                     upgrade = upgrade or b"upgrade" in extra
                     drop = drop | extra
             elif name == b"x-request-id":
@@ -361,8 +367,15 @@ class Downstream(asyncio.Protocol):
                     content_length = int(value)
             elif name == b"expect" and value.lower() == b"100-continue":
                 expect_continue = True
-            elif name == b"te" and value.strip().lower() == b"trailers":
-                drop = drop - {b"te"}  # the one TE value that goes on (as Envoy forwards it)
+            elif name == b"te":
+                has_te = True
+            elif name == b"referer" and not framing.referer_ok(value):
+                bad_referer = True
+        if has_te:  # TE goes on as "trailers" alone, when it asks for them (as Envoy forwards it)
+            headers = framing.te_trailers(headers)
+            drop = drop - {b"te"}
+        if bad_referer:  # not a URI reference: removed (as Envoy does)
+            headers = [h for h in headers if h[0] != b"referer"]
         if te is not None and any(n == b"content-length" for n, _ in headers):
             self._refuse(400, framing.BAD_REQUEST)  # both framings (RFC 9112 6.1: a smuggling vector), as Envoy
         chunked = te is not None and self._check(framing.chunked, te)
@@ -479,9 +492,10 @@ class Downstream(asyncio.Protocol):
         self._refusal = framing.Refusal(status, body)
         raise self._refusal
 
-    def _check(self, rule: Callable[[list[bytes]], bool], values: list[bytes]) -> bool:
+    def _check(self, rule: Callable[[_In], _Out], arg: _In) -> _Out:
+        """`rule(arg)`, its Refusal kept for the parse error it raises (from a parser callback)."""
         try:
-            return rule(values)
+            return rule(arg)
         except framing.Refusal as refusal:
             self._refusal = refusal
             raise
@@ -640,6 +654,8 @@ class Downstream(asyncio.Protocol):
         """Answer the request being read with `refusal` (in its turn), read nothing more, close after.
         A request whose head already went upstream loses its upstream side; one already being answered is
         reset (as Envoy's codec errors do)."""
+        # the method of the request refused, once the parser read it in this message (a reply to HEAD has no body)
+        method: bytes = self.parser.get_method() if self._begun and self._url else b"GET"
         self._stop_reading()
         cur, self.current = self.current, None
         if cur is not None:
@@ -655,7 +671,7 @@ class Downstream(asyncio.Protocol):
             else:
                 cur.refusal = refusal  # answered when its turn comes
             return
-        ex = Exchange(self, b"GET", b"", False, False)
+        ex = Exchange(self, method, b"", False, False)
         ex.req_done = True
         self.queue.append(ex)
         self.proxy.stats.downstream_rq_total += 1

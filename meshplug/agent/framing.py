@@ -10,7 +10,9 @@ of the local reply. tests/differential holds every rule next to what Envoy does 
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 from collections.abc import Sequence
 from typing import Final
 
@@ -32,12 +34,20 @@ _AUTHORITY_CHARS: Final = _ALNUM + b"-._~!$&'()*+,;=:@[]%"
 _TOKEN_CHARS: Final = _ALNUM + b"!#$%&'*+-.^_`|~"
 #: request targets: no whitespace, control characters or fragment (Envoy: 400)
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f#]")
+#: what Envoy's URL parser (http-parser, strict) admits in an absolute-form target: printable ASCII
+_URL_CHARS: Final = bytes(range(0x21, 0x7F))
+#: absolute form: a host name's characters, userinfo's, an IPv6 literal's and its zone's (http-parser, strict)
+_HOST_CHARS: Final = _ALNUM + b"-."
+_USERINFO_CHARS: Final = _ALNUM + b"-_.!~*'()%;:&=+$,"
+_V6_CHARS: Final = b"0123456789abcdefABCDEF:."
+_ZONE_CHARS: Final = _ALNUM + b"%.-_~"
 
 # (bytes.translate(None, allowed) leaves what is not allowed: one C pass, no regex). Hosts and header names
 # repeat from request to request: their verdicts are remembered (a bounded table, emptied when full).
 _MEMO_MAX: Final = 4096
 _AUTHORITY_OK: Final[dict[bytes, bool]] = {}
 _TOKEN_OK: Final[dict[bytes, bool]] = {}
+_LITERAL_OK: Final[dict[bytes, bool]] = {}
 
 
 def authority_ok(value: bytes) -> bool:
@@ -59,15 +69,17 @@ def _token_ok(name: bytes) -> bool:
     return ok
 
 
-def request_target(method: bytes, url: bytes) -> tuple[bytes, bytes]:  # noqa: PLR0912 - the request-target forms of RFC 9112 section 3.2, one branch each
+def request_target(method: bytes, url: bytes) -> tuple[bytes, bytes]:
     """(path, authority) of a request target: origin form as is (authority b""), absolute form (http or
-    https, any case) normalised to its path (``/`` when empty) and authority. Raises Refusal. The parser has
-    refused whitespace and control characters in the target already; the fragment is left to refuse here."""
+    https, any case) normalised to its path (``/`` when empty) and authority (`absolute_authority`). Raises
+    Refusal. The parser has refused whitespace and control characters in the target already; the fragment is
+    left to refuse here. What follows the authority must be a path: a query right after it (``http://x?q``)
+    leaves a path not starting with ``/``, which Envoy answers 404 (no route serves a relative path)."""
     if url[:1] == b"/":
         if 35 in url:  # "#": a fragment
             raise Refusal(400, BAD_REQUEST)
         return url, b""
-    if url == b"*":  # asterisk form: no route serves it (Envoy: OPTIONS * is 404, anything else 400)
+    if url[:1] == b"*":  # asterisk form: no route serves it (Envoy: OPTIONS * is 404, anything else 400)
         raise Refusal(404 if method == b"OPTIONS" else 400, b"" if method == b"OPTIONS" else BAD_REQUEST)
     lower = url[:8].lower()
     if lower.startswith(b"http://"):
@@ -76,34 +88,165 @@ def request_target(method: bytes, url: bytes) -> tuple[bytes, bytes]:  # noqa: P
         rest = url[8:]
     else:
         raise Refusal(400, BAD_REQUEST)
-    if _BAD_TARGET.search(rest) is not None:
+    if _BAD_TARGET.search(rest) is not None or rest.translate(None, _URL_CHARS):
         raise Refusal(400, BAD_REQUEST)
     end = len(rest)
     for sep in (b"/", b"?"):
         i = rest.find(sep)
         if 0 <= i < end:
             end = i
-    authority, path = rest[:end], rest[end:]
-    if not authority or not authority_ok(authority) or not _port_ok(authority):
-        raise Refusal(400, BAD_REQUEST)
-    authority = authority[authority.rfind(b"@") + 1 :]  # userinfo is not forwarded (Envoy sends the host alone)
-    if not authority:
-        raise Refusal(400, BAD_REQUEST)
+    authority, path = absolute_authority(rest[:end]), rest[end:]
     if not path:
         path = b"/"
-    elif path[:1] == b"?":
-        path = b"/" + path
+    elif path[:1] != b"/":
+        raise Refusal(404, b"")
     return path, authority
 
 
-def _port_ok(authority: bytes) -> bool:
-    """A port, if any, is digits (an IPv6 literal's colons are inside its brackets)."""
-    if authority[:1] == b"[":
-        close = authority.find(b"]")
-        rest = authority[close + 1 :]
-        return close > 0 and (rest == b"" or (rest[:1] == b":" and (rest[1:] == b"" or rest[1:].isdigit())))
-    host, sep, port = authority.rpartition(b":")
-    return not sep or (b":" not in host and (port == b"" or port.isdigit()))
+def absolute_authority(server: bytes) -> bytes:
+    """The authority an absolute-form target forwards: ``[userinfo@]host[:port]`` checked as Envoy's URL
+    parser does (http-parser, strict), userinfo dropped. host: a name of letters, digits, ``-`` and ``.``
+    or a bracketed IPv6 literal (hex digits, ``:``, ``.``, an optional ``%zone``); port: digits up to 65535,
+    not empty. Anything else raises Refusal (400)."""
+    userinfo, at, host = server.rpartition(b"@")
+    if at and (b"@" in userinfo or userinfo.translate(None, _USERINFO_CHARS)):
+        raise Refusal(400, BAD_REQUEST)
+    if host[:1] == b"[":
+        close = host.find(b"]")
+        literal, port = host[1:close], host[close + 1 :]
+        address, pct, zone = literal.partition(b"%")
+        ok = (
+            close > 1
+            and bool(address)
+            and not address.translate(None, _V6_CHARS)
+            and (not pct or (bool(zone) and not zone.translate(None, _ZONE_CHARS)))
+            and _ip_literal_ok(literal)
+        )
+    else:
+        name, colon, digits = host.partition(b":")
+        port = colon + digits
+        ok = bool(name) and not name.translate(None, _HOST_CHARS)
+    if not ok or not _port_ok(port):
+        raise Refusal(400, BAD_REQUEST)
+    return host
+
+
+def _ip_literal_ok(literal: bytes) -> bool:
+    """A bracketed literal is an address Envoy can parse: IPv4 in strict dotted-quad form, or IPv6 as the C
+    library reads a numeric host (a scope after ``%``: a number, or an interface name on a link-local
+    address only). Remembered per literal, as hosts are."""
+    ok = _LITERAL_OK.get(literal)
+    if ok is None:
+        if len(_LITERAL_OK) >= _MEMO_MAX:
+            _LITERAL_OK.clear()
+        ok = _LITERAL_OK[literal] = _parses(literal)
+    return ok
+
+
+def _parses(literal: bytes) -> bool:
+    text = literal.decode("ascii")
+    with contextlib.suppress(OSError):
+        socket.inet_pton(socket.AF_INET, text)
+        return True
+    try:
+        socket.getaddrinfo(literal, None, family=socket.AF_INET6, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError):
+        return False
+    return True
+
+
+def _port_ok(port: bytes) -> bool:
+    """Nothing, or ``:`` and 1-5 digits up to 65535 (leading zeros allowed, as Envoy's URL parser does)."""
+    if not port:
+        return True
+    digits = port[1:]
+    return port[:1] == b":" and digits.isdigit() and int(digits) <= 65535
+
+
+#: the request methods Envoy 1.40's HTTP/1 codec (Balsa) admits (400 for any other): http-parser's list with
+#: MSEARCH for M-SEARCH and without QUERY; the agent's parser (llhttp) knows both, and the RTSP ones it refuses
+METHODS: Final = frozenset(
+    b"ACL BIND CHECKOUT CONNECT COPY DELETE GET HEAD LINK LOCK MERGE MKACTIVITY MKCALENDAR MKCOL MOVE MSEARCH "
+    b"NOTIFY OPTIONS PATCH POST PROPFIND PROPPATCH PURGE PUT REBIND REPORT SEARCH SOURCE SUBSCRIBE TRACE UNBIND "
+    b"UNLINK UNLOCK UNSUBSCRIBE".split()
+)
+#: Connection may nominate at most this many headers (Envoy: 400 from 10 comma-separated entries on)
+MAX_NOMINATED: Final = 10
+#: headers a client may not nominate in Connection (their removal would hide where the request came from;
+#: Envoy: 400), besides pseudo-headers and Host
+_UNNOMINABLE: Final = frozenset({b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"host"})
+
+
+#: nominated in Connection but not removed for it: handled by the proxy itself (HTTP2-Settings goes only with
+#: an h2c upgrade request)
+NOT_REMOVED_BY_CONNECTION: Final = frozenset({b"close", b"keep-alive", b"http2-settings", b""})
+#: a relative Referer's characters: RFC 3986 query characters (and "%")
+_REFERER_CHARS: Final = _ALNUM + b"-._~!$&'()*+,;=:@/?%"
+
+
+def referer_ok(value: bytes) -> bool:
+    """Whether Envoy keeps a Referer (it removes any other): an absolute URI as its URL parser reads it without
+    userinfo or fragment, or a relative reference of query characters whose first segment has no ":"."""
+    scheme, sep, rest = value.partition(b"://")
+    if sep and scheme.isalpha() and scheme.isascii():
+        end = len(rest)
+        for mark in (b"/", b"?", b"#"):
+            i = rest.find(mark)
+            if 0 <= i < end:
+                end = i
+        try:
+            absolute_authority(rest[:end])
+        except Refusal:
+            pass
+        else:
+            if not rest.translate(None, _URL_CHARS):
+                return b"@" not in rest[:end] and b"#" not in rest
+    colon, slash = value.find(b":"), value.find(b"/")
+    return not value.translate(None, _REFERER_CHARS) and (colon < 0 or 0 <= slash < colon)
+
+
+def merged(headers: list[tuple[bytes, bytes]], inline: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
+    """Header lines as Envoy's header map holds them: a repeated name that is one of its `inline` headers is
+    one entry at its first place, the values joined with "," (an empty value adds nothing); others stay apart."""
+    out: list[tuple[bytes, bytes]] = []
+    first: dict[bytes, int] = {}
+    for name, value in headers:
+        at = first.get(name, -1) if name in inline else -1
+        if at < 0:
+            if name in inline:
+                first[name] = len(out)
+            out.append((name, value))
+        elif value:
+            old = out[at][1]
+            out[at] = (name, old + b"," + value if old else value)
+    return out
+
+
+def nominated(value: bytes) -> set[bytes]:
+    """The lower-case header names a Connection value nominates (close and keep-alive included). Raises
+    Refusal (400) as Envoy does: 10 or more entries (empty ones aside), a pseudo-header, Host, X-Forwarded-For,
+    -Host or -Proto."""
+    entries = [e for e in value.strip(b" \t").split(b",") if e]
+    if len(entries) >= MAX_NOMINATED:
+        raise Refusal(400, BAD_REQUEST)
+    names = {e.strip(b" \t").lower() for e in entries}
+    if names & _UNNOMINABLE or any(n[:1] == b":" for n in names):
+        raise Refusal(400, BAD_REQUEST)
+    return names
+
+
+def te_trailers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """TE as Envoy forwards it: ``te: trailers`` in the first TE's place when a comma-separated entry is
+    exactly ``trailers`` (case-sensitive: no parameters), any other TE removed."""
+    keep = any(e.strip(b" \t") == b"trailers" for n, v in headers if n == b"te" for e in v.split(b","))
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name != b"te":
+            out.append((name, value))
+        elif keep:
+            out.append((b"te", b"trailers"))
+            keep = False
+    return out
 
 
 def chunked(values: Sequence[bytes]) -> bool:

@@ -192,6 +192,12 @@ class Upstream(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status: int = self.parser.get_status_code()
+        if (status < 200 or status == 204) and (
+            self._te or any(n == b"content-length" and v != b"0" for n, v in self._headers)
+        ):
+            # 1xx and 204 have no body (RFC 9110 6.4.1): framing one is a protocol error, as Envoy's codec
+            # reads it (Content-Length other than exactly "0", or any Transfer-Encoding: 502, connection dropped)
+            raise httptools.HttpParserError("upstream 1xx/204 response frames a body")
         if 100 <= status < 200:  # interim (100 Continue, 103): the proxy answers 100 itself; drop these
             self._interim = True
             return

@@ -26,6 +26,9 @@ Headers = list[tuple[bytes, bytes]]
 HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
+#: request headers never forwarded: hop-by-hop ones, and a client's X-Forwarded-Client-Cert (Envoy's default
+#: forward_client_cert_details SANITIZE: only the proxy may vouch for a client certificate)
+REQUEST_DROPPED: Final = HOP_BY_HOP | {b"x-forwarded-client-cert"}
 REASONS: Final = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
 RESET_CONNECT_FAILURE: Final = "connection failure"

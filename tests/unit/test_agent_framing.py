@@ -20,7 +20,10 @@ from meshplug.agent import framing
         (b"GET", b"http://x.test/admin/users", (b"/admin/users", b"x.test")),
         (b"GET", b"HTTPS://X.TEST:8443/a", (b"/a", b"X.TEST:8443")),
         (b"GET", b"http://x.test", (b"/", b"x.test")),
-        (b"GET", b"http://x.test?q=1", (b"/?q=1", b"x.test")),
+        (b"GET", b"http://x:080/a", (b"/a", b"x:080")),
+        (b"GET", b"http://@x/a", (b"/a", b"x")),
+        (b"GET", b"http://[fe80::1%lo]/a", (b"/a", b"[fe80::1%lo]")),
+        (b"GET", b"http://[1.2.3.4]/a", (b"/a", b"[1.2.3.4]")),
         (b"GET", b"http://user@x.test/a", (b"/a", b"x.test")),
         (b"GET", b"http://[::1]:80/a", (b"/a", b"[::1]:80")),
     ],
@@ -42,6 +45,20 @@ def test_request_target_forms(method: bytes, url: bytes, expected: tuple[bytes, 
         (b"GET", b"http://x.test:abc/a", 400),
         (b"GET", b"http://a b/", 400),
         (b"GET", b"x.test/a", 400),
+        (b"GET", b"*a", 400),
+        (b"OPTIONS", b"*a", 404),
+        (b"GET", b"http://x.test?q=1", 404),  # the path "?q=1" does not start with "/"
+        (b"GET", b"http://x;.test/a", 400),  # host names: letters, digits, "-", "."
+        (b"GET", b"http://x_y/a", 400),
+        (b"GET", b"http://Content-Length:/a", 400),  # an empty port
+        (b"GET", b"http://x:65536/a", 400),
+        (b"GET", b"http://x@y@z/a", 400),
+        (b"GET", b"http://u[s]@x/a", 400),
+        (b"GET", b"http://[::1%eth0]/a", 400),  # an interface name on a non-link-local address
+        (b"GET", b"http://[ffff]/a", 400),
+        (b"GET", b"http://[01.2.3.4]/a", 400),
+        (b"GET", b"http://[::1]x/a", 400),
+        (b"GET", b"http://x/a\xffb", 400),
     ],
 )
 def test_request_targets_refused(method: bytes, url: bytes, status: int) -> None:
@@ -125,3 +142,65 @@ def test_http_section_is_read() -> None:
 def test_http_section_errors_name_the_key(http: object, message: str) -> None:
     with pytest.raises(errors.ConfigError, match=message.replace("(", r"\(")):
         _cfg(http)
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([(b"accept", b"a"), (b"x-b", b"1"), (b"accept", b"b")], [(b"accept", b"a,b"), (b"x-b", b"1")]),
+        ([(b"accept", b""), (b"accept", b"b"), (b"accept", b"")], [(b"accept", b"b")]),
+        ([(b"cookie", b"a"), (b"cookie", b"b")], [(b"cookie", b"a"), (b"cookie", b"b")]),
+    ],
+)
+def test_repeated_inline_headers_are_one_entry(
+    lines: list[tuple[bytes, bytes]], expected: list[tuple[bytes, bytes]]
+) -> None:
+    assert framing.merged(lines, frozenset({b"accept"})) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "names"),
+    [(b"close", {b"close"}), (b"a, B,,", {b"a", b"b"}), (b"a:b", {b"a:b"}), (b",".join([b"h"] * 9), {b"h"})],
+)
+def test_connection_nominations(value: bytes, names: set[bytes]) -> None:
+    assert framing.nominated(value) == names
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b",".join([b"h"] * 10), b"a, , , , , , , , , ,b", b" :path", b"X-Forwarded-For", b"x-forwarded-proto", b"host"],
+)
+def test_connection_nominations_refused(value: bytes) -> None:
+    with pytest.raises(framing.Refusal) as info:
+        framing.nominated(value)
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([(b"te", b"gzip, trailers"), (b"x", b"1")], [(b"te", b"trailers"), (b"x", b"1")]),
+        ([(b"te", b"Trailers")], []),
+        ([(b"te", b"trailers;q=1")], []),
+        ([(b"te", b"gzip"), (b"te", b"trailers")], [(b"te", b"trailers")]),
+    ],
+)
+def test_te_goes_on_as_trailers_alone(lines: list[tuple[bytes, bytes]], expected: list[tuple[bytes, bytes]]) -> None:
+    assert framing.te_trailers(lines) == expected
+
+
+def test_methods_are_envoys() -> None:
+    assert {b"GET", b"MSEARCH", b"PURGE", b"SOURCE"} <= framing.METHODS
+    assert not {b"M-SEARCH", b"QUERY", b"DESCRIBE", b"PRI", b"get"} & framing.METHODS
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        (b"/a:b", True), (b"a/b:c", True), (b"http://x/a", True), (b"ftp://x/a", True), (b"?q", True), (b"", True),
+        (b"a:b", False), (b"http://u@x/a", False), (b"http://x/a#f", False), (b"/a b", False), (b"/a[b]", False),
+        (b"http://x_y/a", False), (b"mailto:x", False), (b"/\xe9", False),
+    ],
+)  # fmt: skip
+def test_referer_kept_only_when_a_uri_reference(value: bytes, kept: bool) -> None:
+    assert framing.referer_ok(value) is kept
