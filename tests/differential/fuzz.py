@@ -1,16 +1,24 @@
 """A mutation fuzzer over the differential corpus: byte-level and HTTP-aware mutations of the corpus requests,
-each mutant through Envoy and the agent (tests/differential/bed.py), time-boxed. Only the safety rules are
-held here (the agent never forwards what Envoy refused, never disagrees on a forwarded message, never sends
-what the upstream cannot read, never dies); status-class differences of mutants are expected where the agent is
-stricter by design. Used by tests/integration/test_differential_http1.py.
+each mutant through Envoy and the agent (tests/differential/bed.py). Only the safety rules are held here (the
+agent never forwards what Envoy refused, never disagrees on a forwarded message, never sends what the upstream
+cannot read); status-class differences of mutants are expected where the agent is stricter by design.
+
+Mutant `n` of seed `s` is a function of (s, n) alone (its own random generator), so a run is reproducible
+whatever the machine's speed: `mutants(seed, count)` gives the same bytes everywhere, and one mutant replays
+by its (seed, index). The HTTP-aware mutators work where Envoy's codec has rules: absolute-form schemes and
+authorities, Host values, header name and value bytes, whitespace around the colon and in the request line,
+obs-fold, duplicate or odd Content-Length / Transfer-Encoding, chunk sizes and extensions, methods, versions.
+Used by tests/integration/test_differential_http1.py.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from tests.differential.bed import Bed, Case, compare
 
@@ -20,6 +28,39 @@ TOKENS = (
     b"Content-Length: ", b"Host: ", b"\r\n\r\n", b"HTTP/1.1", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"\r\n ", b"\x0b",
     b"0", b"ffffffff", b"-1", b"Connection: close\r\n", b"Upgrade: h2c\r\n", b"Expect: 100-continue\r\n", b"\xff",
 )  # fmt: skip
+#: single bytes the codecs treat specially somewhere (separators, controls, obs-text, URL and authority marks)
+BYTES = b"\x00\x01\t\n\x0b\x0c\r \x7f\x80\xff\"#%&'()*+,/:;<=>?@[\\]^_`{|}~!$-."
+SCHEMES = (b"http", b"HTTP", b"hTtP", b"https", b"HTTPS", b"ws", b"wss", b"ftp", b"h2", b"http:", b"", b"http+x")
+AUTHORITY_PARTS = (
+    b"x.test", b"X", b"1.2.3.4", b"[::1]", b"[fe80::1%eth0]", b"[::1%2]", b"[1.2.3.4]", b"[", b"]", b":", b":80",
+    b":65535", b":65536", b":0", b"@", b"user@", b"u:p@", b"%41", b"%", b"-", b".", b"_", b";", b"!", b"~", b"*",
+    b"'", b"(", b"=", b"+", b"$", b",", b"&", b"0", b"::",
+)  # fmt: skip
+AFTER_AUTHORITY = (b"", b"/", b"/p", b"/admin?q=1", b"?q", b"?", b"#f", b"/a#f", b"//", b"/%2e%2e/admin", b";/a")
+METHODS = (
+    b"GET", b"POST", b"HEAD", b"PUT", b"OPTIONS", b"CONNECT", b"TRACE", b"PRI", b"get", b"G@T", b"GE T", b"", b"-",
+    b"M-SEARCH", b"PROPFIND", b"GET\x00", b"\xffGET", b"X" * 40,
+)  # fmt: skip
+VERSIONS = (
+    b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0", b"HTTP/0.9", b"http/1.1", b"HTTP/1.1 ", b"HTTP/1", b"HTTP/11",
+    b"HTTP/1.01", b"HTTPS/1.1", b"", b"HTTP/1.1\x00", b" HTTP/1.1",
+)  # fmt: skip
+FRAMING_VALUES = (
+    b"0", b"3", b"4", b"00", b"+3", b"-1", b"3 ", b" 3", b"3,3", b"3, 4", b"0x3", b"", b"18446744073709551619",
+    b"chunked", b"Chunked", b"chunked, chunked", b"gzip, chunked", b"chunked, gzip", b"identity", b"xchunked",
+    b"chunked;q=1", b"\tchunked", b'"chunked"',
+)  # fmt: skip
+CHUNK_EXTENSIONS = (b";", b";a", b";a=b", b';a="q"', b" ;a", b";a b", b";a\x00", b"\t", b" ", b";a=\r", b";\x80")
+
+
+def _split(data: bytes) -> tuple[list[bytes], bytes]:
+    """(head lines, rest after the blank line); a request without a blank line is all head."""
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    return head.split(b"\r\n"), rest if sep else b""
+
+
+def _join(lines: list[bytes], rest: bytes) -> bytes:
+    return b"\r\n".join(lines) + b"\r\n\r\n" + rest
 
 
 def _flip(rng: random.Random, data: bytes) -> bytes:
@@ -48,7 +89,112 @@ def _splice(rng: random.Random, data: bytes, other: bytes) -> bytes:
     return data[: rng.randrange(len(data) + 1)] + other[rng.randrange(len(other) + 1) :]
 
 
-MUTATIONS: tuple[Callable[[random.Random, bytes], bytes], ...] = (_flip, _insert, _delete, _duplicate_line)
+def _authority(rng: random.Random) -> bytes:
+    return b"".join(rng.choice(AUTHORITY_PARTS) for _ in range(rng.randint(1, 4)))
+
+
+def _request_line(rng: random.Random, data: bytes, part: int, make: Callable[[random.Random], bytes]) -> bytes:
+    lines, rest = _split(data)
+    words = lines[0].split(b" ")
+    if len(words) == 3:
+        words[part] = make(rng)
+        lines[0] = b" ".join(words)
+    return _join(lines, rest)
+
+
+def _absolute_target(rng: random.Random, data: bytes) -> bytes:
+    def target(rng: random.Random) -> bytes:
+        return rng.choice(SCHEMES) + b"://" + _authority(rng) + rng.choice(AFTER_AUTHORITY)
+
+    return _request_line(rng, data, 1, target)
+
+
+def _method(rng: random.Random, data: bytes) -> bytes:
+    return _request_line(rng, data, 0, lambda r: r.choice(METHODS))
+
+
+def _version(rng: random.Random, data: bytes) -> bytes:
+    return _request_line(rng, data, 2, lambda r: r.choice(VERSIONS))
+
+
+def _host(rng: random.Random, data: bytes) -> bytes:
+    lines, rest = _split(data)
+    hosts = [i for i, line in enumerate(lines) if line[:5].lower() == b"host:"]
+    value = _authority(rng) if rng.random() < 0.7 else b"a" + bytes([rng.choice(BYTES)]) + b"b"
+    if hosts and rng.random() < 0.8:
+        lines[rng.choice(hosts)] = b"Host: " + value
+    else:
+        lines.insert(rng.randint(1, len(lines)), b"Host: " + value)
+    return _join(lines, rest)
+
+
+def _header_byte(rng: random.Random, data: bytes) -> bytes:
+    """A special byte into a header line's name, around its colon, or into its value."""
+    lines, rest = _split(data)
+    if len(lines) < 2:
+        return data
+    i = rng.randrange(1, len(lines))
+    line = lines[i]
+    colon = line.find(b":")
+    where = rng.choice((0, max(colon, 0), max(colon + 1, 0), len(line), rng.randrange(len(line) + 1)))
+    lines[i] = line[:where] + bytes([rng.choice(BYTES)]) * rng.randint(1, 2) + line[where:]
+    return _join(lines, rest)
+
+
+def _whitespace(rng: random.Random, data: bytes) -> bytes:
+    """Blanks where the grammar has none or one: around the colon, line starts, request-line separators."""
+    lines, rest = _split(data)
+    i = rng.randrange(len(lines))
+    line = lines[i]
+    blank = rng.choice((b" ", b"\t", b"  ", b"\x0b", b"\x0c", b" \t"))
+    spots = [0, len(line), *[j for j, c in enumerate(line) if c in b": "]]
+    j = rng.choice(spots)
+    lines[i] = line[:j] + blank + line[j:]
+    return _join(lines, rest)
+
+
+def _obs_fold(rng: random.Random, data: bytes) -> bytes:
+    lines, rest = _split(data)
+    if len(lines) < 2:
+        return data
+    i = rng.randrange(1, len(lines))
+    fold = rng.choice((b" ", b"\t", b" \t"))
+    if rng.random() < 0.5:
+        lines[i] = fold + lines[i]  # the line continues the one before
+    else:
+        name, _, value = lines[i].partition(b":")
+        lines[i : i + 1] = [name + b":", fold + value.strip()]
+    return _join(lines, rest)
+
+
+def _framing_header(rng: random.Random, data: bytes) -> bytes:
+    """One more (or another) Content-Length / Transfer-Encoding line."""
+    lines, rest = _split(data)
+    name = rng.choice((b"Content-Length", b"Transfer-Encoding", b"content-length", b"Transfer-encoding"))
+    line = name + b": " + rng.choice(FRAMING_VALUES)
+    lines.insert(rng.randint(1, len(lines)), line)
+    return _join(lines, rest)
+
+
+def _chunk_line(rng: random.Random, data: bytes) -> bytes:
+    """A chunk-size line of the body: an extension, blanks, or another size."""
+    lines, rest = _split(data)
+    if not rest:
+        return data
+    body = rest.split(b"\r\n")
+    sizes = [i for i, part in enumerate(body) if part[:1] in b"0123456789abcdefABCDEF" and len(part) < 12] or [0]
+    i = rng.choice(sizes)
+    if rng.random() < 0.6:
+        body[i] = body[i] + rng.choice(CHUNK_EXTENSIONS)
+    else:
+        body[i] = rng.choice((b"3", b"0", b"ff", b"-1", b"0x3", b"3 ", b"", b"00000003", b"fffffffffffffffff"))
+    return _join(lines, b"\r\n".join(body))
+
+
+MUTATIONS: tuple[Callable[[random.Random, bytes], bytes], ...] = (
+    _flip, _insert, _delete, _duplicate_line, _absolute_target, _method, _version, _host, _header_byte, _whitespace,
+    _obs_fold, _framing_header, _chunk_line,
+)  # fmt: skip
 
 
 def mutate(rng: random.Random, corpus: Sequence[Case]) -> bytes:
@@ -56,42 +202,63 @@ def mutate(rng: random.Random, corpus: Sequence[Case]) -> bytes:
     for _ in range(rng.randint(1, 4)):
         if not data:
             data = rng.choice(corpus).request
-        if rng.random() < 0.15:
+        if rng.random() < 0.1:
             data = _splice(rng, data, rng.choice(corpus).request)
         else:
             data = rng.choice(MUTATIONS)(rng, data)
     return data[:20_000]
 
 
-def run(bed: Bed, corpus: Sequence[Case], rng: random.Random, *, seconds: float) -> list[tuple[Case, list[str]]]:
-    """Mutants until `seconds` have passed; the diverging ones (safety rules only) with their problems."""
-    seeds = [c for c in corpus if not c.upstream and not c.then and len(c.request) < 20_000 and c.deadline < 2]
-    found: list[tuple[Case, list[str]]] = []
-    deadline = time.monotonic() + seconds
+def fuzzable(corpus: Sequence[Case]) -> list[Case]:
+    """The corpus cases mutants start from: one connection, the default upstream, quick to answer."""
+    return [c for c in corpus if not c.upstream and not c.then and len(c.request) < 20_000 and c.deadline < 2]
+
+
+def mutants(seed: int, corpus: Sequence[Case], count: int | None = None) -> Iterator[Case]:
+    """Mutant n of `seed` (n = 0, 1, ...; `count` of them, or without end): a function of (seed, n) alone."""
+    starts = fuzzable(corpus)
+    for n in itertools.count() if count is None else range(count):
+        data = mutate(random.Random(f"{seed}:{n}"), starts)
+        yield Case(f"fuzz-{seed}-{n}", "fuzz", data, stricter="mutant", deadline=0.8)
+
+
+def safety_problems(bed: Bed, case: Case, lane: int) -> list[str]:
+    """What the agent did with `case` that breaks a safety rule (forwarding what Envoy refused, disagreeing
+    on a forwarded message, sending what the upstream or the client cannot read). The client reads every
+    response of a mutant as one to a non-HEAD request, so its reading is not judged when a HEAD is in it."""
+    got = bed.run(case, lane)
+    head = b"HEAD" in case.request
+    return [
+        p
+        for pair in case.pairs
+        for p in compare(case, pair, got[f"envoy-{pair}"], got[f"agent-{pair}"])
+        if "forwarded" in p
+        or "differs upstream" in p
+        or ("could not read" in p and not (head and "agent's response" in p))
+    ]
+
+
+@dataclass(frozen=True)
+class Found:
+    case: Case
+    problems: list[str]
+
+
+def run(bed: Bed, cases: Iterator[Case], *, seconds: float | None = None) -> tuple[int, list[Found]]:
+    """Every case of `cases` (until `seconds` have passed, when given) through the bed, a lane each;
+    (how many ran, the diverging ones)."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    found: list[Found] = []
     n = 0
-
-    def one(case: Case, lane: int) -> tuple[Case, list[str]]:
-        got = bed.run(case, lane)
-        probs = []
-        for pair in case.pairs:
-            e, a = got[f"envoy-{pair}"], got[f"agent-{pair}"]
-            probs += [
-                p
-                for p in compare(case, pair, e, a)
-                if "forwarded" in p or "differs upstream" in p or "could not read" in p
-            ]
-        return case, probs
-
     with concurrent.futures.ThreadPoolExecutor(bed.lanes) as pool:
-        while time.monotonic() < deadline:
-            batch = []
-            for lane in range(bed.lanes):
+        while deadline is None or time.monotonic() < deadline:
+            batch = list(itertools.islice(cases, bed.lanes))
+            if not batch:
+                break
+            futures = [(case, pool.submit(safety_problems, bed, case, lane)) for lane, case in enumerate(batch)]
+            for case, future in futures:
                 n += 1
-                case = Case(f"mutant-{n}", "fuzz", mutate(rng, seeds), stricter="mutant", deadline=0.8)
-                batch.append(pool.submit(one, case, lane))
-            for future in batch:
-                case, probs = future.result()
-                if probs:
-                    found.append((case, probs))
-    print(f"fuzz: {n} mutants, {len(found)} divergence(s)")
-    return found
+                problems = future.result()
+                if problems:
+                    found.append(Found(case, problems))
+    return n, found
