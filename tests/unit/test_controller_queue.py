@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
 from meshplug import controller, errors
-from meshplug.controller import agents, index, workqueue
+from meshplug.controller import agents, handlers, index, webhooks, workqueue
 
 
 class Clock:
@@ -198,3 +199,32 @@ def test_rbac_rules_parse_from_the_docstring() -> None:
     # each line of the block is a rule: none is skipped by the parser
     block = [line for line in (controller.__doc__ or "").splitlines() if line.startswith("    ") and "  " in line[4:]]
     assert len(block) == len(controller.rbac_rules())
+
+
+def test_permission_check_reviews_secrets_by_their_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start-up check asks for get/update of the operator's two Secrets by name (what the chart grants by
+    resourceNames) and for create unnamed; a refusal names the Secret."""
+    monkeypatch.delenv(webhooks.CONFIG_ENV, raising=False)  # no caBundle rules to review
+    asked: list[tuple[str, str, str, str]] = []
+
+    class Writer:
+        def access_review(self, verb: str, group: str, resource: str, namespace: str = "", name: str = "") -> Any:
+            asked.append((verb, resource, namespace, name))
+            return (resource, verb, name) != ("secrets", "get", "meshplug-agent"), ""
+
+    ident = SimpleNamespace(agent_secret_name="meshplug-agent", secret="mp-meshplug-identity")
+    reconciler = SimpleNamespace(writer=Writer(), identity=ident)
+    opts = handlers.Options(
+        namespaces=(), liveness_endpoint=None, reresolve_s=None, lease_namespace="ops", identity="x"
+    )
+    missing = handlers.check_permissions(cast(Any, reconciler), opts)
+    secrets = {a for a in asked if a[1] == "secrets"}
+    assert secrets == {
+        ("create", "secrets", "", ""),
+        ("get", "secrets", "", "meshplug-agent"),
+        ("update", "secrets", "", "meshplug-agent"),
+        ("create", "secrets", "ops", ""),
+        ("get", "secrets", "ops", "mp-meshplug-identity"),
+        ("update", "secrets", "ops", "mp-meshplug-identity"),
+    }
+    assert missing == ["get secrets meshplug-agent cluster-wide"]
