@@ -32,6 +32,8 @@ from tests.testbed.agent import http_request
 
 SCRIPT = procs.REPO_ROOT / "scripts" / "install-debian-root.sh"
 BUILD_TIMEOUT_S = 1500.0
+#: the image fixture may take its build's whole time (a compile on 2 busy cores), beyond pytest's default timeout
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT_S + 120)
 LOCAL_TRUST = (Path("/usr/local/share/ca-certificates"), Path("/etc/pip.conf"))
 
 
