@@ -1,6 +1,7 @@
 """The plugin author's day on the test bed, end to end, as the README's five commands: `meshplug init` → `meshplug
 build` → `meshplug push` → `meshplug sign` (verified by the real cosign) → a WasmPlugin with ``verificationKey``
-applied to the real kube-apiserver, Ready under the operator → `meshplug status`. The same module pushed unsigned,
+applied to the real kube-apiserver on the agent plane, Ready under the operator (a pod's real agent confirms it) →
+`meshplug status`. The same module pushed unsigned,
 or signed with another key, is refused (SignatureInvalid). For the Rust and the Go SDK."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_kube_operator import _plugin, _wait_condition
+from tests.integration.test_operator_agent import Bed
 from tests.integration.test_scaffold import init_and_build, toolchain_env
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
@@ -26,15 +28,18 @@ from tests.testbed.registry import Registry
 @pytest.fixture
 def plane(
     kube: kube_mod.Kube, kube_namespace: str, registries: dict[str, Registry], tmp_path: Path
-) -> Iterator[tuple[str, Registry]]:
+) -> Iterator[tuple[Bed, Registry]]:
     registry = registries["plain"]
     op = operator_mod.start_operator(
         kube.kubeconfig, tmp_path, namespaces=[kube_namespace], extra=[f"--insecure-registry={registry.host}"]
     )
+    bed = Bed(kube, kube_namespace, tmp_path, tmp_path, op, {})
     try:
-        yield kube_namespace, registry
+        yield bed, registry
     finally:
         op.stop()
+        for agent in bed.agents.values():
+            agent.stop()
 
 
 def _meshplug(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -52,9 +57,10 @@ def _meshplug(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.usefixtures("wasmplugin_crd", "envoyfilter_crd")
 @pytest.mark.parametrize("sdk", ["rust", "go"])
 def test_scaffold_build_push_sign_apply_status(
-    sdk: str, kube: kube_mod.Kube, plane: tuple[str, Registry], cosign: CosignKit, tmp_path: Path
+    sdk: str, kube: kube_mod.Kube, plane: tuple[Bed, Registry], cosign: CosignKit, tmp_path: Path
 ) -> None:
-    ns, registry = plane
+    bed, registry = plane
+    ns = bed.ns
     name = f"hello-{sdk}"
     project = init_and_build(sdk, name, tmp_path)  # 1. meshplug init, 2. meshplug build
 
@@ -83,11 +89,13 @@ def test_scaffold_build_push_sign_apply_status(
     assert other.returncode == 0, other.stderr
 
     key = cosign.signer.pub.read_text()
-    _plugin(kube, ns, name, {"url": doc["url"], "pluginName": name, "verificationKey": key})  # 5. apply ...
-    _plugin(kube, ns, f"{name}-unsigned", {"url": json.loads(unsigned.stdout)["url"], "verificationKey": key})
-    _plugin(kube, ns, f"{name}-otherkey", {"url": json.loads(other.stdout)["url"], "verificationKey": key})
-    obj = _wait_condition(kube, ns, name, "Ready", status="True", reason="Applied")
-    assert obj["status"]["digest"] == "sha256:" + doc["sha256"]
+    assert bed.pod("app", {"app": name}) is not None  # a workload pod with meshplug's agent
+    where = {"selector": {"matchLabels": {"app": name}}, "dataPlane": "agent", "verificationKey": key}
+    _plugin(kube, ns, name, {**where, "url": doc["url"], "pluginName": name})  # 5. apply ...
+    _plugin(kube, ns, f"{name}-unsigned", {**where, "url": json.loads(unsigned.stdout)["url"]})
+    _plugin(kube, ns, f"{name}-otherkey", {**where, "url": json.loads(other.stdout)["url"]})
+    st = bed.wait_ready(name, "True", "Confirmed", "1/1")  # the pod's agent verified, loaded and ACKed it
+    assert st["digest"] == "sha256:" + doc["sha256"]
     _wait_condition(kube, ns, f"{name}-unsigned", "Ready", status="False", reason="SignatureInvalid")
     _wait_condition(kube, ns, f"{name}-otherkey", "Ready", status="False", reason="SignatureInvalid")
 
@@ -101,6 +109,6 @@ def test_scaffold_build_push_sign_apply_status(
     )
     assert status.returncode == 0, status.stderr
     rows = {line.split()[0]: line.split() for line in status.stdout.splitlines()[1:]}
-    assert rows[name][2] == doc["sha256"][:12] and rows[name][3:5] == ["True", "Applied"], status.stdout
+    assert rows[name][2] == doc["sha256"][:12] and rows[name][3:5] == ["True", "Confirmed"], status.stdout
     assert rows[f"{name}-unsigned"][3:5] == ["False", "SignatureInvalid"], status.stdout
     assert rows[f"{name}-otherkey"][3:5] == ["False", "SignatureInvalid"], status.stdout
