@@ -65,7 +65,8 @@ def _plugin(kube: kube_mod.Kube, ns: str, name: str, modules: Path) -> None:
 def _applied(kube: kube_mod.Kube, ns: str, name: str) -> bool:
     _, obj = kube.request("GET", f"{PLUGINS.format(ns=ns)}/{name}")
     conds: list[dict[str, Any]] = (obj.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["reason"] == "Applied" for c in conds)
+    # delivered: the istio plane's objects are written; no pod here has an Istio proxy, so Ready says NoProxies
+    return any(c["type"] == "Ready" and c["reason"] == "NoProxies" for c in conds)
 
 
 def _ef_version(kube: kube_mod.Kube, ns: str, name: str) -> str:

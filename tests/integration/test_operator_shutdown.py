@@ -38,7 +38,8 @@ def modules(tmp_path: Path) -> Path:
 def _applied(kube: kube_mod.Kube, ns: str, name: str) -> bool:
     _, obj = kube.request("GET", f"{PLUGINS.format(ns=ns)}/{name}")
     conds: list[dict[str, Any]] = (obj.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["reason"] == "Applied" for c in conds)
+    # delivered: the istio plane's objects are written; no pod here has an Istio proxy, so Ready says NoProxies
+    return any(c["type"] == "Ready" and c["reason"] == "NoProxies" for c in conds)
 
 
 def _reconcile_one(kube: kube_mod.Kube, ns: str, modules: Path) -> None:
