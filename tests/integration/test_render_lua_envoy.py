@@ -15,7 +15,7 @@ import pytest
 from meshplug import spec
 from meshplug.render import istio, model
 from tests.corpus import spec as corpus_spec
-from tests.integration.test_render_envoy_validate import AUTHN, MX, RBAC, ROUTER, SERVER, STATS
+from tests.integration.test_render_envoy_validate import AUTHN, CORS, GRPC, MX, RBAC, ROUTER, SERVER, STATS
 from tests.testbed import envoy, procs, sidecar, upstream
 
 pytestmark = pytest.mark.integration
@@ -35,9 +35,11 @@ def extension(code: str, **fields: Any) -> spec.PluginSpec:
 @pytest.mark.parametrize(
     ("fields", "inbound"),
     [
-        ({}, [MX, AUTHN, RBAC, STATS, P, ROUTER]),
-        ({"phase": "AUTHN"}, [P, MX, AUTHN, RBAC, STATS, ROUTER]),
-        ({"phase": "AUTHZ", "match": [{"mode": "SERVER"}]}, [MX, AUTHN, RBAC, STATS, P, ROUTER]),
+        # the sidecar's chain and Istio's anchors as test_render_envoy_validate has them (seen on the real istiod by
+        # test_istio_placement): unspecified after rbac, AUTHN first, AUTHZ before rbac
+        ({}, [MX, AUTHN, RBAC, P, GRPC, CORS, STATS, ROUTER]),
+        ({"phase": "AUTHN"}, [P, MX, AUTHN, RBAC, GRPC, CORS, STATS, ROUTER]),
+        ({"phase": "AUTHZ", "match": [{"mode": "SERVER"}]}, [MX, AUTHN, P, RBAC, GRPC, CORS, STATS, ROUTER]),
     ],
     ids=["unspecified", "authn", "authz-server"],
 )
