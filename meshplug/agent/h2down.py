@@ -389,6 +389,21 @@ class H2Exchange:
         self.conn.send_trailers(self.out, out)
         self._finish()
 
+    def _take_over_response(self) -> bool:
+        """The proxy answers this stream itself: False when it cannot (the response is done, or started -- then the
+        stream is reset); else the upstream is dropped and the reply counted."""
+        if self.resp_done:
+            return False
+        if self.resp_started:
+            self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return False
+        self._drop_upstream()
+        self.up_end = True
+        self.deadline = 0.0
+        self.conn.proxy.stats.downstream_rq_local_reply += 1
+        self.proxy_made = True
+        return True
+
     def proxy_reply(self, status: int, body: bytes, details: str, flags: int) -> None:
         """A reply the proxy generates: through the plugins' response callbacks when there are plugins (as
         Envoy's router sends its local replies), else straight to the client (`local_reply`)."""
@@ -396,16 +411,8 @@ class H2Exchange:
         if stream is None or stream.completed or stream.reset is not None or stream.local_reply is not None:
             self.local_reply(status, body)
             return
-        if self.resp_done:
+        if not self._take_over_response():
             return
-        if self.resp_started:
-            self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
-            return
-        self._drop_upstream()
-        self.up_end = True
-        self.deadline = 0.0
-        self.conn.proxy.stats.downstream_rq_local_reply += 1
-        self.proxy_made = True
         stream.response_flags |= flags
         reply = agent_chain.LocalReply(status, body=body, details=details)
         progress, stream.on_progress = stream.on_progress, None  # the outputs are taken right here
@@ -417,16 +424,8 @@ class H2Exchange:
 
     def local_reply(self, status: int, body: bytes) -> None:
         """Answer straight to the client, past the plugins (a reply they cannot see: their own headers failed)."""
-        if self.resp_done:
+        if not self._take_over_response():
             return
-        if self.resp_started:
-            self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
-            return
-        self._drop_upstream()
-        self.up_end = True
-        self.deadline = 0.0
-        self.conn.proxy.stats.downstream_rq_local_reply += 1
-        self.proxy_made = True
         stream, self.stream = self.stream, None  # what follows is not shown to the plugins
         headers, body = agent_chain.local_reply_headers(agent_chain.LocalReply(status, body=body), grpc=self.grpc)
         self._send_down_headers([h for h in headers if h[0] != b"content-length" or body], not body)
