@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import relay, wire
+from meshplug.agent import relay, routing, wire
 from meshplug.agent.exchange import failure_reply
 from meshplug.agent.filtered import FilteredExchange, rewritten
 
@@ -31,14 +31,12 @@ class H2UpExchange(FilteredExchange):
 
     def _send_up_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
         decision = self.stream.route()  # the router, as FilteredExchange's
-        route = decision.route if decision is not None else None
-        if route is None or route.direct_status:
-            if route is None:
-                self.proxy_reply(404, b"", "route_not_found", agent_chain.RESPONSE_FLAG_NO_ROUTE_FOUND)
-            else:
-                self.proxy_reply(route.direct_status, route.direct_body, "direct_response", 0)
+        reply = routing.router_reply(decision)
+        if reply is not None:
+            self.proxy_reply(*reply)
             return
-        assert decision is not None
+        assert decision is not None and decision.route is not None
+        route = decision.route
         h2pool = self.conn.proxy.h2pools.get(decision.cluster)
         if h2pool is None:  # plugins re-routed an HTTP/2 exchange to an HTTP/1.1 cluster: not supported
             self.proxy_reply(503, wire.reset_body(wire.RESET_PROTOCOL), "cluster_protocol_changed", 0)

@@ -458,11 +458,11 @@ class Downstream(asyncio.Protocol):
         ex = Exchange(self, method, b"", keep_alive, has_body)
         ex.chunked_in = chunked
         route = decision.route
-        if route is None:
-            ex.reply = (404, b"", "route_not_found", agent_chain.RESPONSE_FLAG_NO_ROUTE_FOUND)
-        elif route.direct_status:
-            ex.reply = (route.direct_status, route.direct_body, "direct_response", 0)
+        reply = routing.router_reply(decision)
+        if reply is not None:
+            ex.reply = reply
         else:
+            assert route is not None
             ex.pool = state.pools[decision.cluster]
             ex.timeout_s = route.timeout_s
             if route.prefix_rewrite is not None:

@@ -346,14 +346,12 @@ class FilteredExchange(Exchange):
     def _send_up_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
         # the router: the route the stream resolved (or resolves now, on the headers the plugins left)
         decision = self.stream.route()
-        route = decision.route if decision is not None else None
-        if route is None or route.direct_status:
-            if route is None:
-                self.proxy_reply(404, b"", "route_not_found", agent_chain.RESPONSE_FLAG_NO_ROUTE_FOUND)
-            else:
-                self.proxy_reply(route.direct_status, route.direct_body, "direct_response", 0)
+        reply = routing.router_reply(decision)
+        if reply is not None:
+            self.proxy_reply(*reply)
             return
-        assert decision is not None
+        assert decision is not None and decision.route is not None
+        route = decision.route
         pool = self.pool = self.conn.state.pools[decision.cluster]
         self.timeout_s = route.timeout_s
         if route.prefix_rewrite is not None:

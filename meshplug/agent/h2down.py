@@ -181,13 +181,12 @@ class H2Exchange:
         conn = self.conn
         stream = self.stream
         decision = stream.route() if stream is not None else conn.resolve(list(headers))
+        reply = routing.router_reply(decision)
+        if reply is not None:
+            self.proxy_reply(*reply)
+            return
         route = decision.route
-        if route is None:
-            self.proxy_reply(404, b"", "route_not_found", agent_chain.RESPONSE_FLAG_NO_ROUTE_FOUND)
-            return
-        if route.direct_status:
-            self.proxy_reply(route.direct_status, route.direct_body, "direct_response", 0)
-            return
+        assert route is not None
         self.timeout_s = route.timeout_s
         if route.prefix_rewrite is not None:
             headers = [

@@ -47,6 +47,17 @@ class Decision:
 NO_VHOST: Final = Decision(None, None, "")
 
 
+def router_reply(decision: Decision | None) -> tuple[int, bytes, str, int] | None:
+    """The reply the router itself gives instead of forwarding, as (status, body, details, response flags): 404
+    route_not_found without a route, the route's direct response; None when the request goes to a cluster."""
+    route = decision.route if decision is not None else None
+    if route is None:
+        return 404, b"", "route_not_found", chain.RESPONSE_FLAG_NO_ROUTE_FOUND
+    if route.direct_status:
+        return route.direct_status, route.direct_body, "direct_response", 0
+    return None
+
+
 class _Header:
     __slots__ = ("ignore_case", "invert", "kind", "name", "present", "regex", "value")
 
