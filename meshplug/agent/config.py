@@ -84,7 +84,7 @@ import json
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -657,15 +657,24 @@ def parse(raw: Any, *, base: Path) -> AgentConfig:
 def load(path: Path, *, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Read and parse a config file (YAML, of which JSON is a subset); the node is completed from
     `environ` (default: the process environment, see `node_from_env`)."""
+    return load_with(path, "agent config", lambda raw: parse(raw, base=path.resolve().parent), environ)
+
+
+def load_with(
+    path: Path, what: str, parse_document: Callable[[Any], AgentConfig], environ: Mapping[str, str] | None
+) -> AgentConfig:
+    """The agent's static input from a YAML (or JSON) file `what` names in errors -- this module's format or
+    Envoy's bootstrap (meshplug.agent.bootstrap) --, parsed by `parse_document`, its node completed from
+    `environ` (default: the process environment, see `node_from_env`)."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise errors.ConfigError(f"cannot read agent config {path}: {exc.strerror}") from None
+        raise errors.ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise errors.ConfigError(f"{path}: not valid YAML: {exc}") from None
-    cfg = parse(raw, base=path.resolve().parent)
+        raise errors.ConfigError(f"{path}: not valid YAML or JSON: {exc}") from None
+    cfg = parse_document(raw)
     node = node_from_env(cfg.node, os.environ if environ is None else environ)
     return cfg if node == cfg.node else dataclasses.replace(cfg, node=node)
 
