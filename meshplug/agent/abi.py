@@ -19,8 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from meshplug import abi_table, errors
-from meshplug.agent import chain, grpcwire, hostapi, pairs, properties, vm, wasi
-from meshplug.agent.chain import LocalReply
+from meshplug.agent import grpcwire, headermap, hostapi, pairs, properties, vm, wasi
 from meshplug.agent.hostapi import (
     BAD_ARGUMENT,
     BUF_FOREIGN_FUNCTION_ARGUMENTS,
@@ -43,15 +42,16 @@ from meshplug.agent.hostapi import (
     STREAM_RESPONSE,
     Context,
 )
+from meshplug.agent.streamapi import LocalReply
 
 _MAX_BUFFER_TYPE: Final = hostapi.MAX_BUFFER_TYPE
 _MAX_MAP_TYPE: Final = hostapi.MAX_MAP_TYPE
-#: per map type, the names Envoy keeps as one inline entry (adding to one appends ",value": chain.add_header)
+#: per map type, the names Envoy keeps as one inline entry (adding to one appends ",value": headermap.add_header)
 _INLINE: Final = {
-    MAP_REQUEST_HEADERS: chain.REQUEST_INLINE_HEADERS,
-    MAP_REQUEST_TRAILERS: chain.REQUEST_TRAILER_INLINE_HEADERS,
-    MAP_RESPONSE_HEADERS: chain.RESPONSE_INLINE_HEADERS,
-    MAP_RESPONSE_TRAILERS: chain.RESPONSE_TRAILER_INLINE_HEADERS,
+    MAP_REQUEST_HEADERS: headermap.REQUEST_INLINE_HEADERS,
+    MAP_REQUEST_TRAILERS: headermap.REQUEST_TRAILER_INLINE_HEADERS,
+    MAP_RESPONSE_HEADERS: headermap.RESPONSE_INLINE_HEADERS,
+    MAP_RESPONSE_TRAILERS: headermap.RESPONSE_TRAILER_INLINE_HEADERS,
 }
 _NO_INLINE: frozenset[bytes] = frozenset()
 
@@ -240,7 +240,7 @@ class HostCalls:
             hmap.clear()
             inline = _INLINE.get(mtype, _NO_INLINE)
             for k, v in new:  # Envoy: remove every entry, then addCopy each pair (inline names coalesce)
-                chain.add_header(hmap, k.lower(), v, inline)
+                headermap.add_header(hmap, k.lower(), v, inline)
             self._request_headers_changed(mtype)
         return OK
 
@@ -271,7 +271,7 @@ class HostCalls:
         key, value = self.guest.read(kptr, ksize).lower(), self.guest.read(vptr, vsize)
         hmap = self._map(mtype)
         if hmap is not None:
-            chain.add_header(hmap, key, value, _INLINE.get(mtype, _NO_INLINE))
+            headermap.add_header(hmap, key, value, _INLINE.get(mtype, _NO_INLINE))
             if mtype == MAP_REQUEST_HEADERS:
                 self._request_headers_changed(mtype)
         return OK

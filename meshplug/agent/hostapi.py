@@ -3,9 +3,10 @@
 proxy-wasm-cpp-host keeps its imports (exports.cc) as a table of thin functions over `ContextBase` and
 `WasmBase`; this module is the same seam for meshplug. `meshplug.agent.abi` (the import table),
 `meshplug.agent.properties` (proxy_get_property) and `meshplug.agent.wasi` import only this module and
-never the host; `meshplug.agent.host` implements it (WasmVm is a `Vm`, Host a `Host`, its stream contexts
-are `Context`s) and imports them. The .importlinter contract "wasm-host-layers" keeps it that way:
-host -> abi -> properties | wasi -> hostapi.
+never the host; the host implements it (meshplug.agent.wasmvm.WasmVm is a `Vm`, meshplug.agent.host.Host a
+`Host`, the stream contexts of meshplug.agent.contexts are `Context`s) and imports them. The .importlinter
+contract "wasm-host-layers" keeps it that way: host -> plugin -> contexts -> wasmvm -> abi -> properties | wasi
+-> hostapi.
 
 What lives here is what both sides must agree on: the ABI's enums (statuses, buffer, map, stream and log
 types), a plugin's configuration (`PluginConfig`), the process-wide shared stores with their semantics
@@ -22,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from meshplug.agent import chain, config, metadata, vm
+from meshplug.agent import config, metadata, streamapi, vm
 
 if TYPE_CHECKING:
     from meshplug.agent import sharing
-from meshplug.agent.chain import FailStrategy, Phase
+from meshplug.agent.streamapi import FailStrategy, Phase
 
 # proxy_status_t
 OK: Final = 0
@@ -185,9 +186,9 @@ class Host:
         root: RootContext,
         *,
         upstream: str,
-        headers: chain.Headers,
+        headers: streamapi.Headers,
         body: bytes,
-        trailers: chain.Headers,
+        trailers: streamapi.Headers,
         timeout_ms: int,
     ) -> int:
         raise NotImplementedError
@@ -200,7 +201,7 @@ class Host:
         authority: str,
         service: bytes,
         method: bytes,
-        metadata: chain.Headers,
+        metadata: streamapi.Headers,
         message: bytes | None,
         timeout_ms: int,
     ) -> int:
@@ -225,7 +226,7 @@ class Host:
 
 
 class Vm:
-    """One wasm instance as the imports see it (meshplug.agent.host.WasmVm implements it)."""
+    """One wasm instance as the imports see it (meshplug.agent.wasmvm.WasmVm implements it)."""
 
     host: Host
     vm_id: str
@@ -252,8 +253,8 @@ class Vm:
         raise NotImplementedError
 
 
-class PluginRef(chain.NativeFilter):
-    """A configured plugin as its contexts see it (meshplug.agent.host.Plugin implements it); a chain filter
+class PluginRef(streamapi.NativeFilter):
+    """A configured plugin as its contexts see it (meshplug.agent.plugin.Plugin implements it); a chain filter
     the compiled chain calls directly."""
 
     config: PluginConfig
@@ -262,11 +263,11 @@ class PluginRef(chain.NativeFilter):
         raise NotImplementedError
 
 
-class Context(chain.NativeFilterStream):
+class Context(streamapi.NativeFilterStream):
     """A proxy-wasm context on one VM. The defaults are a root context's answers; stream contexts
     override what applies to them (an HTTP context is the chain's filter stream, called directly)."""
 
-    #: facts of an HTTP context that properties read (see meshplug.agent.host.HttpContext)
+    #: facts of an HTTP context that properties read (see meshplug.agent.contexts.HttpContext)
     request_headers_attached = False
     response_headers_attached = False
     completed_ns = 0
@@ -285,7 +286,7 @@ class Context(chain.NativeFilterStream):
     def plugin(self) -> PluginRef:
         return self.root.plugin_ref
 
-    def header_map(self, map_type: int) -> chain.Headers | None:
+    def header_map(self, map_type: int) -> streamapi.Headers | None:
         return None
 
     def buffer(self, buffer_type: int) -> bytes | bytearray | None:
@@ -294,11 +295,11 @@ class Context(chain.NativeFilterStream):
     def writable_buffer(self, buffer_type: int) -> bytearray | None:
         return None
 
-    def stream_info(self) -> chain.StreamInfo | None:
+    def stream_info(self) -> streamapi.StreamInfo | None:
         """The connection/stream facts of a stream context (None for a root)."""
         return None
 
-    def stream_control(self) -> chain.StreamControl | None:
+    def stream_control(self) -> streamapi.StreamControl | None:
         """The HTTP stream an HTTP context acts on (None for roots and TCP contexts)."""
         return None
 
@@ -309,7 +310,7 @@ class Context(chain.NativeFilterStream):
     def close_stream(self, stream_type: int) -> int:
         return OK if stream_type <= STREAM_UPSTREAM else BAD_ARGUMENT
 
-    def send_local_response(self, reply: chain.LocalReply) -> int:
+    def send_local_response(self, reply: streamapi.LocalReply) -> int:
         return BAD_ARGUMENT
 
     def clear_route_cache(self) -> None:
@@ -319,6 +320,11 @@ class Context(chain.NativeFilterStream):
         """proxy_done: only a root context whose on_done deferred its deletion may call it."""
         return NOT_FOUND
 
+    def on_vm_failed(self) -> None:
+        """The VM failed while another context was in flight: a stream paused on it learns it (an HTTP
+        context fails its stream through its StreamControl); roots and TCP contexts do nothing."""
+        return None
+
 
 class RootContext(Context):
     """A plugin's root context: its configuration buffers, http-call results, tick period, status."""
@@ -327,7 +333,7 @@ class RootContext(Context):
         super().__init__(vm_, cid, None, KIND_ROOT)
         self.plugin_ref = plugin
         self.buffers: dict[int, bytes] = {}
-        self.maps: dict[int, chain.Headers] = {}
+        self.maps: dict[int, streamapi.Headers] = {}
         self.in_callback = ""
         self.tick_period_ms = 0
         self.next_tick: float | None = None
@@ -336,7 +342,7 @@ class RootContext(Context):
         #: properties declared with the declare_property foreign function: path -> read-only
         self.declared: dict[bytes, bool] = {}
 
-    def header_map(self, map_type: int) -> chain.Headers | None:
+    def header_map(self, map_type: int) -> streamapi.Headers | None:
         return self.maps.get(map_type)
 
     def buffer(self, buffer_type: int) -> bytes | bytearray | None:

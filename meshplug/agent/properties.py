@@ -30,8 +30,8 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from meshplug.agent import config, hostapi, metadata, pairs, routing
-from meshplug.agent.chain import Direction, StreamControl, StreamInfo
 from meshplug.agent.hostapi import Context
+from meshplug.agent.streamapi import Direction, StreamControl, StreamInfo
 
 _I64: Final = struct.Struct("<q")
 

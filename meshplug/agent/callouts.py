@@ -1,0 +1,73 @@
+"""The work the wasm host hands to the agent's I/O shell and what comes back: plugins' HTTP calls, gRPC calls
+and streams (`meshplug.agent.host.Host.take_http_calls` / `take_grpc_work`), and their log lines.
+
+Records only (frozen dataclasses); made by meshplug.agent.host, read by meshplug.agent.filters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshplug.agent.streamapi import Header
+
+
+@dataclass(frozen=True)
+class HttpCallout:
+    """An HTTP call a plugin dispatched (proxy_http_call); the shell performs it against `upstream`."""
+
+    id: int
+    upstream: str
+    headers: tuple[Header, ...]
+    body: bytes
+    trailers: tuple[Header, ...]
+    timeout_ms: int
+
+
+@dataclass(frozen=True)
+class HttpCalloutResult:
+    headers: tuple[Header, ...]
+    body: bytes = b""
+    trailers: tuple[Header, ...] = ()
+
+
+@dataclass(frozen=True)
+class GrpcCallout:
+    """A gRPC call (`message` set) or stream (`message` None) a plugin opened (proxy_grpc_call /
+    proxy_grpc_stream); the shell performs it against `cluster` and reports back through `Host.grpc_*`."""
+
+    id: int
+    cluster: str
+    authority: str
+    service: bytes
+    method: bytes
+    metadata: tuple[Header, ...]
+    message: bytes | None
+    timeout_ms: int
+
+
+@dataclass(frozen=True)
+class GrpcSend:
+    """A message on an open gRPC stream (proxy_grpc_send); `end_stream` half-closes it."""
+
+    id: int
+    message: bytes
+    end_stream: bool
+
+
+@dataclass(frozen=True)
+class GrpcEnd:
+    """proxy_grpc_cancel (`cancel`: reset, nothing more is delivered) or proxy_grpc_close on a stream
+    (half-close: the server's messages and close still arrive)."""
+
+    id: int
+    cancel: bool
+
+
+GrpcWork = GrpcCallout | GrpcSend | GrpcEnd
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    plugin: str
+    level: int
+    message: str

@@ -1,0 +1,742 @@
+"""One HTTP exchange through a filter chain (`Stream`), sans-IO: frames in, outputs out.
+
+Made by `meshplug.agent.chain.Chain.new_stream`; the shell drives it (see meshplug.agent.chain for the usage).
+Semantics follow Envoy's filter manager as proxy-wasm plugins observe it: request events visit filters in
+chain order, response events in reverse order; a filter that stops on headers holds the whole direction
+(later data queues and is delivered to it, coalesced, once it resumes); a filter that stops on a body chunk
+buffers it and is called again with the accumulated size; `Action.FAIL` applies the filter's
+`FailStrategy` (FAIL_OPEN bypasses it for the rest of the stream, FAIL_CLOSE / FAIL_RELOAD answer 503,
+details ``wasm_fail_stream``); body results WATERMARK / NO_BUFFER keep / drop the chunk while later calls
+see only new data (Envoy's StopIterationAndWatermark / NoBuffer). A local reply stops the request
+direction; before the upstream response entered the chain it is encoded through the response path of
+the filters that saw the request (Envoy's sendLocalReplyViaFilterChain), after that it goes straight
+downstream (sendDirectLocalReply), once the response went downstream the stream is reset. `complete()`
+reaches every filter (Envoy's access-log hook).
+A filter given match rules (`Chain(filters, match=...)`, `Match`) runs only for requests some rule matches;
+the chain decides once, when the request headers arrive, and bypasses the others entirely for the stream
+(no context, no callback, no `on_complete`). A chain without rules makes plain `Stream`s (no cost).
+Buffered bodies above `limits.MAX_BUFFERED_BODY_BYTES` get 413 (request) / 500 (response), as Envoy.
+Filters act on the stream only through their `StreamControl`, whose methods may be called at any time
+outside a filter callback (e.g. from an http-call response); the chain then advances the stream and calls
+`on_progress`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from meshplug import limits
+from meshplug.agent.headermap import is_grpc_request, local_reply_headers
+from meshplug.agent.rules import host_and_path
+from meshplug.agent.streamapi import (
+    AbortUpstream,
+    Action,
+    Direction,
+    FailStrategy,
+    ForeignStream,
+    Header,
+    Headers,
+    LocalReply,
+    NativeFilterStream,
+    Output,
+    ResetStream,
+    SendData,
+    SendHeaders,
+    SendTrailers,
+    StreamControl,
+    StreamInfo,
+    Target,
+    replace_info,
+)
+
+if TYPE_CHECKING:
+    from meshplug.agent.chain import Chain
+
+_UPSTREAM: Final = Target.UPSTREAM
+_DOWNSTREAM: Final = Target.DOWNSTREAM
+
+# A frame is (kind, end_stream, data); data only for _DATA.
+_HEADERS: Final = 0
+_DATA: Final = 1
+_TRAILERS: Final = 2
+_Frame = tuple[int, bool, bytes]
+
+
+class _Lane:
+    """One direction's pipeline. Position i is filter i in this direction's order (the response lane runs
+    the chain backwards); frames that must wait for position i queue in ``inbox[i]`` (i == n: output)."""
+
+    __slots__ = ("body", "body_end", "buffering", "closed", "held", "hold", "inbox", "n", "stalled", "stash")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.inbox: list[deque[_Frame]] | None = None  # created the first time a frame has to wait
+        self.held: list[_Frame | None] = [None] * n  # headers/trailers (or a failed frame) held by a stop
+        self.body: list[bytearray] = [bytearray()] if n == 1 else [bytearray() for _ in range(n)]
+        self.buffering = [False] * n
+        self.body_end = [False] * n
+        self.stash: dict[int, bytearray] | None = None  # data kept out of a filter's view (WATERMARK)
+        self.hold: list[_Frame | None] | None = None  # headers a filter holds while it sees the body (HOLD)
+        self.closed = False
+        #: some position holds a frame or buffers a body, or frames are queued: new frames must queue too
+        self.stalled = False
+
+    def queue(self, pos: int) -> deque[_Frame]:
+        if self.inbox is None:
+            self.inbox = [deque() for _ in range(self.n + 1)]
+        self.stalled = True
+        return self.inbox[pos]
+
+    def settle(self) -> None:
+        """Recompute `stalled` once the stream is idle."""
+        if self.stalled:
+            self.stalled = (
+                any(h is not None for h in self.held)
+                or any(self.buffering)
+                or bool(self.stash)
+                or (self.hold is not None and any(h is not None for h in self.hold))
+                or (self.inbox is not None and any(self.inbox))
+            )
+
+
+_Control = tuple[str, int, object]
+_REQUEST: Final = Direction.REQUEST
+_RESPONSE: Final = Direction.RESPONSE
+_CONTINUE: Final = Action.CONTINUE
+_FAIL: Final = Action.FAIL
+
+
+class _NotCreated:
+    """Marks a filter whose stream context is not created yet."""
+
+
+_NEW: Final = _NotCreated()
+
+
+class Stream:
+    """One HTTP exchange through the chain. Not thread-safe; the shell serializes calls per chain.
+
+    A frame that meets no stopped filter and no queued frame is pushed through the filters in one pass
+    (the common case); otherwise frames queue per position and a loop delivers them as filters resume.
+    """
+
+    _ids: ClassVar[itertools.count[int]] = itertools.count(1)
+
+    # scalar state at its initial value: class attributes, shadowed per stream on first change (a stream
+    # is made per request: each assignment saved in __init__ counts)
+    on_progress: Callable[[Stream], None] | None = None
+    response_started = False  # response headers went downstream
+    upstream_started = False
+    local_reply: LocalReply | None = None
+    reset: str | None = None
+    completed = False
+    _busy = False
+    _pending = False  # frames were queued since the loop last ran
+    bytes_received = 0  # request body bytes from downstream (Envoy's bytesReceived)
+    bytes_sent = 0  # response body bytes sent downstream (bytesSent)
+    response_entered = False  # upstream response headers entered the chain
+    #: property response.code_details: "via_upstream" once the upstream response entered, a local
+    #: reply's details, a reset's reason (Envoy's StreamInfo::responseCodeDetails); None = not yet
+    code_details: str | None = None
+    #: property response.flags: RESPONSE_FLAG_* bits the shell sets (e.g. upstream connect failure)
+    response_flags = 0
+    #: monotonic ns: the request's first byte went upstream, the response's last byte came back (the shell
+    #: sets them; property response.backend_latency)
+    upstream_sent_ns = 0
+    upstream_done_ns = 0
+    #: namespace -> key -> value, made on first use (StreamControl.dynamic_metadata)
+    dynamic_metadata: dict[str, dict[str, object]] | None = None
+    #: the shell's router (meshplug.agent.routing: request map -> decision), the decision the router uses
+    #: (Envoy's route cache; `clear_route_cache` drops it) and the one properties read (the stream info's
+    #: route: resolved when the request headers arrive, before any filter, and again only when the router
+    #: picks anew -- so a plugin that changes the headers still reads the old route until then, as in Envoy)
+    route_resolver: Callable[[Headers], Any] | None = None
+    _route: Any = None
+    _route_info: Any = None
+
+    def __init__(self, chain: Chain, info: StreamInfo, start_time_ns: int | None = None) -> None:
+        self.id = next(Stream._ids)
+        self.chain = chain
+        # `info` is built on first use from the base, the start time and the upstream fields (`set_upstream`)
+        self._info_base = info
+        self._info: StreamInfo | None = info if start_time_ns is None else None
+        self._info_fields: dict[str, object] = {} if start_time_ns is None else {"start_time_ns": start_time_ns}
+        self.request_headers: Headers = []
+        self.response_headers: Headers = []
+        self.request_trailers: Headers = []
+        self.response_trailers: Headers = []
+        n = len(chain.filters)
+        self._n = n
+        self._lanes: list[_Lane | None] = [None, None]
+        self._ctx: list[NativeFilterStream | None] = [None] * n  # every created context (on_complete)
+        #: None: bypassed / no context
+        self._active: list[NativeFilterStream | _NotCreated | None] = [_NEW] * n
+        self._seen_request = [False] * n
+        self._controls: deque[_Control] = deque()
+        self._outputs: list[Output] = []
+        self._trailers_in = [False, False]  # trailers arrived from the peer, per direction
+
+    @property
+    def info(self) -> StreamInfo:
+        info = self._info
+        if info is None:
+            info = self._info = replace_info(self._info_base, self._info_fields)
+        return info
+
+    @info.setter
+    def info(self, info: StreamInfo) -> None:
+        self._info_base = self._info = info
+        self._info_fields = {}
+
+    def route(self) -> Any:
+        """The router's route decision for the request headers as they are now (cached until cleared); None
+        without a router."""
+        decision = self._route
+        if decision is None:
+            resolver = self.route_resolver
+            if resolver is not None:
+                decision = self._route = self._route_info = resolver(self.request_headers)
+        return decision
+
+    def route_info(self) -> Any:
+        """The route the stream info shows (xds.route_name & co.): the last one resolved."""
+        return self._route_info
+
+    def clear_route_cache(self) -> None:
+        """The request headers changed: the router picks again when it sends the request (Envoy's
+        clearRouteCache); until then the stream info keeps showing the old route."""
+        self._route = None
+
+    def _routed(self) -> None:
+        """The request headers arrived: resolve the route before any filter sees them (Envoy's HCM does)."""
+        resolver = self.route_resolver
+        if resolver is not None:
+            self._route = self._route_info = resolver(self.request_headers)
+
+    # ---- positions: request lane uses chain order, response lane the reverse ------------------------
+    def _pos(self, direction: Direction, index: int) -> int:
+        return index if direction == _REQUEST else self._n - 1 - index
+
+    def _lane(self, direction: Direction) -> _Lane:
+        lane = self._lanes[direction]
+        if lane is None:
+            lane = self._lanes[direction] = _Lane(self._n)
+        return lane
+
+    def _filter_stream(self, index: int) -> NativeFilterStream | None:
+        current = self._active[index]
+        if current is not _NEW:
+            return current  # type: ignore[return-value]
+        made = self.chain.makers[index].new_stream(StreamControl(self, index))
+        fs = made if made is None or isinstance(made, NativeFilterStream) else ForeignStream(made)
+        self._ctx[index] = self._active[index] = fs
+        return fs
+
+    # ---- events in -------------------------------------------------------------------------------
+    def recv_request_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
+        self.request_headers[:] = headers
+        if self.route_resolver is not None:
+            self._routed()
+        return self._feed(_REQUEST, (_HEADERS, end_stream, b""))
+
+    def recv_request_data(self, data: bytes, end_stream: bool) -> list[Output]:
+        self.bytes_received += len(data)
+        return self._feed(_REQUEST, (_DATA, end_stream, bytes(data)))
+
+    def recv_request_trailers(self, trailers: Headers) -> list[Output]:
+        self.request_trailers[:] = [(k.lower(), v) for k, v in trailers]
+        self._trailers_in[_REQUEST] = True
+        return self._feed(_REQUEST, (_TRAILERS, True, b""))
+
+    def set_upstream(self, address: str, port: int, local_address: str = "", local_port: int = 0) -> None:
+        """The shell connected the upstream: plugins now read upstream.address / port / local_address."""
+        self.set_upstream_fields(
+            {
+                "upstream_address": address,
+                "upstream_port": port,
+                "upstream_local_address": local_address,
+                "upstream_local_port": local_port,
+            }
+        )
+
+    def set_upstream_fields(self, fields: dict[str, object]) -> None:
+        """`set_upstream` with its four StreamInfo fields as a mapping (the shell computes it once per
+        connection); applied lazily, when a plugin next reads `info`."""
+        if self._info is not None:
+            self._info_base = self._info
+            self._info = None
+            self._info_fields = dict(fields)
+        else:
+            self._info_fields = {**self._info_fields, **fields}
+
+    def recv_response_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
+        if self.local_reply is not None or self.reset is not None:
+            return self.take_outputs()
+        self.response_headers[:] = headers
+        self.response_entered = True
+        if self.code_details is None:
+            self.code_details = "via_upstream"
+        return self._feed(_RESPONSE, (_HEADERS, end_stream, b""))
+
+    def recv_response_data(self, data: bytes, end_stream: bool) -> list[Output]:
+        if self.local_reply is not None or self.reset is not None:
+            return self.take_outputs()
+        return self._feed(_RESPONSE, (_DATA, end_stream, bytes(data)))
+
+    def recv_response_trailers(self, trailers: Headers) -> list[Output]:
+        if self.local_reply is not None or self.reset is not None:
+            return self.take_outputs()
+        self.response_trailers[:] = [(k.lower(), v) for k, v in trailers]
+        self._trailers_in[_RESPONSE] = True
+        return self._feed(_RESPONSE, (_TRAILERS, True, b""))
+
+    def complete(self) -> list[Output]:
+        """The exchange is over (or the client went away): `on_complete` once for every filter of the chain,
+        in chain order -- also those the request never reached (a local reply, a pause, a reset before them):
+        Envoy registers each wasm filter as an access logger and creates its context there if needed."""
+        if not self.completed:
+            self.completed = True
+            contexts, active = self._ctx, self._active
+            for index in range(self._n):
+                ctx = contexts[index]
+                if ctx is None and active[index] is _NEW:
+                    ctx = self._filter_stream(index)
+                if ctx is not None:
+                    ctx.on_complete()
+                # the stream -> context -> control -> stream cycle ends here: the stream is freed by its
+                # reference count, never by the cyclic GC; nothing reaches a filter after its on_complete
+                contexts[index] = active[index] = None
+        return self.take_outputs()
+
+    def take_outputs(self) -> list[Output]:
+        out, self._outputs = self._outputs, []
+        return out
+
+    # ---- the direct path: the shell sends what passed itself -------------------------------------
+    # Each `pass_*` method is its `recv_*` twin for a shell that performs the common case without output
+    # objects: when the frame went through every filter in one pass and nothing else happened (no pause,
+    # reply, reset, queued frame or pending output), it returns what to send -- True / the data -- and the
+    # shell sends it now: the request headers (`request_headers`) upstream, the response headers
+    # (`response_headers`) / data downstream. Otherwise it returns False / None and the outputs are taken
+    # with `take_outputs()` (the general path).
+    def pass_request_headers(self, headers: Headers, end_stream: bool) -> bool:
+        self.request_headers[:] = headers
+        if self.route_resolver is not None:
+            self._routed()
+        if self._direct(_REQUEST, (_HEADERS, end_stream, b"")) is None:
+            return False
+        self.upstream_started = True
+        return True
+
+    def pass_request_data(self, data: bytes, end_stream: bool) -> bytes | None:
+        self.bytes_received += len(data)
+        out = self._direct(_REQUEST, (_DATA, end_stream, bytes(data)))
+        return None if out is None else out[2]
+
+    def pass_response_headers(self, headers: Headers, end_stream: bool) -> bool:
+        if self.local_reply is not None or self.reset is not None:
+            return False
+        self.response_headers[:] = headers
+        self.response_entered = True
+        if self.code_details is None:
+            self.code_details = "via_upstream"
+        if self._direct(_RESPONSE, (_HEADERS, end_stream, b"")) is None:
+            return False
+        self.response_started = True
+        return True
+
+    def pass_response_data(self, data: bytes, end_stream: bool) -> bytes | None:
+        if self.local_reply is not None or self.reset is not None:
+            return None
+        out = self._direct(_RESPONSE, (_DATA, end_stream, bytes(data)))
+        if out is None:
+            return None
+        self.bytes_sent += len(out[2])
+        return out[2]
+
+    def _direct(self, direction: Direction, frame: _Frame) -> _Frame | None:
+        """`_feed` for the pass_* methods: the frame that passed (not emitted: the caller sends it), or None
+        with the outputs left for `take_outputs`."""
+        lane = self._lanes[direction] or self._lane(direction)
+        if lane.closed or self.reset is not None:
+            return None
+        if lane.stalled or self._busy or self._controls or self._outputs:
+            lane.queue(0).append(frame)
+            self._pending = True
+            self._run()
+            return None
+        out = self._pass(direction, lane, frame)
+        if out is not None and not self._pending and not self._outputs:
+            return out
+        if out is not None:
+            self._emit(direction, out)
+        self._run()
+        return None
+
+    # ---- machinery -------------------------------------------------------------------------------
+    def _feed(self, direction: Direction, frame: _Frame) -> list[Output]:
+        lane = self._lanes[direction] or self._lane(direction)
+        if lane.closed or self.reset is not None:
+            return self.take_outputs()
+        if lane.stalled or self._busy or self._controls:
+            lane.queue(0).append(frame)
+            self._pending = True
+            self._run()
+        elif not self._push(direction, lane, frame) or self._pending:
+            self._run()
+        out, self._outputs = self._outputs, []
+        return out
+
+    def _push(self, direction: Direction, lane: _Lane, frame: _Frame) -> bool:
+        """Deliver `frame` through every position in one pass. False when it stopped (held, buffered,
+        failed, or a filter asked for something): the loop (`_run`) takes over from there."""
+        out = self._pass(direction, lane, frame)
+        if out is None:
+            return False
+        self._emit(direction, out)
+        return True
+
+    def _pass(self, direction: Direction, lane: _Lane, frame: _Frame) -> _Frame | None:
+        """`_push` without the emit: the frame that came out of the last position, or None."""
+        n = self._n
+        if not n:
+            return frame
+        self._busy = True
+        try:
+            for pos in range(n):
+                out = self._deliver(direction, lane, pos, frame)
+                if out is None:
+                    return None
+                frame = out
+                if self._controls:
+                    lane.queue(pos + 1).append(frame)
+                    self._pending = True
+                    return None
+            return frame
+        finally:
+            self._busy = False
+
+    def _control(self, control: _Control) -> None:
+        self._controls.append(control)
+        if not self._busy:
+            self._run()
+            if self._outputs and self.on_progress is not None:
+                self.on_progress(self)
+
+    def _run(self) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            progress = True
+            while progress:
+                self._pending = False
+                progress = self._apply_controls()
+                for direction in (_REQUEST, _RESPONSE):
+                    lane = self._lanes[direction]
+                    if lane is not None and lane.inbox is not None:
+                        progress = self._step(direction, lane) or progress
+                progress = progress or self._pending
+        finally:
+            self._busy = False
+        for lane in self._lanes:
+            if lane is not None:
+                lane.settle()
+
+    def _step(self, direction: Direction, lane: _Lane) -> bool:
+        inbox = lane.inbox
+        assert inbox is not None
+        moved = False
+        for pos in range(self._n):
+            if lane.closed or self.reset is not None:
+                return moved
+            q = inbox[pos]
+            while q and lane.held[pos] is None and not lane.closed and self.reset is None:
+                frame = q.popleft()
+                if frame[0] == _DATA:
+                    # coalesce what queued while the filter held the direction
+                    while q and q[0][0] == _DATA:
+                        nxt = q.popleft()
+                        frame = (_DATA, nxt[1], frame[2] + nxt[2])
+                out = self._deliver(direction, lane, pos, frame)
+                if out is not None:
+                    inbox[pos + 1].append(out)
+                moved = True
+                if self._controls:
+                    return True
+        q = inbox[self._n]
+        while q:
+            self._emit(direction, q.popleft())
+        return moved
+
+    def _deliver(self, direction: Direction, lane: _Lane, pos: int, frame: _Frame) -> _Frame | None:  # noqa: PLR0912 - per frame on the data path: one branch per frame kind and action, inlined (mypyc)
+        """Show `frame` to the filter at `pos`; returns what passes on to `pos + 1` (None: nothing now)."""
+        index = pos if direction == _REQUEST else self._n - 1 - pos
+        kind = frame[0]
+        if kind == _HEADERS and direction == _REQUEST:
+            self._seen_request[index] = True
+        if direction == _RESPONSE and not self._seen_request[index]:
+            return frame  # a local reply passes filters the request never reached
+        active = self._active[index]
+        fs = self._filter_stream(index) if active is _NEW else active
+        if fs is None:
+            return frame
+        assert isinstance(fs, NativeFilterStream)
+        if kind == _HEADERS:
+            action = fs.on_headers(direction, frame[1])
+            if action is _CONTINUE:
+                return frame  # what _release does for headers
+        elif kind == _TRAILERS:
+            action = fs.on_trailers(direction)
+        else:
+            body = lane.body[pos]
+            body += frame[2]
+            lane.body_end[pos] = frame[1]
+            kept = len(body) + (len(lane.stash[pos]) if lane.stash is not None and pos in lane.stash else 0)
+            if kept > limits.MAX_BUFFERED_BODY_BYTES:
+                # also for WATERMARK: the shell applies no backpressure through the chain, so the limit
+                # Envoy enforces with flow control is a 413 / 500 here
+                self._overflow(direction)
+                return None
+            action = fs.on_body(direction, len(body), frame[1])
+        if action is _CONTINUE:
+            return self._release(lane, pos, frame)
+        lane.stalled = True
+        if action is _FAIL:
+            self._controls.appendleft(("fail", index, None))
+            lane.held[pos] = frame  # the frame continues if the strategy bypasses the filter
+        elif action is Action.HOLD and kind == _HEADERS:
+            if lane.hold is None:
+                lane.hold = [None] * self._n
+            lane.hold[pos] = frame
+        elif kind == _DATA:
+            lane.buffering[pos] = True
+            if action is Action.WATERMARK:
+                if lane.stash is None:
+                    lane.stash = {}
+                lane.stash.setdefault(pos, bytearray()).extend(lane.body[pos])
+                lane.body[pos].clear()
+            elif action is Action.NO_BUFFER:
+                lane.body[pos].clear()
+        else:
+            lane.held[pos] = frame
+        return None
+
+    def _release(self, lane: _Lane, pos: int, frame: _Frame) -> _Frame | None:
+        """What a filter that continues passes on: data carries its whole (possibly modified) buffer;
+        trailers let a buffered body go first; trailers a filter added in its last body callback follow
+        that body (Envoy's addDecodedTrailers / addEncodedTrailers) and visit the filters after it.
+        Headers the filter holds (HOLD) go before all of it."""
+        hold = lane.hold
+        if hold is not None and hold[pos] is not None:
+            q = lane.queue(pos + 1)
+            q.append(hold[pos])  # type: ignore[arg-type]
+            hold[pos] = None
+            self._pending = True
+            out = self._release(lane, pos, frame)
+            if out is not None and (out[0] != _DATA or out[1] or out[2]):
+                q.append(out)
+            return None
+        kind = frame[0]
+        if kind == _HEADERS:
+            return frame
+        body = lane.body[pos]
+        if lane.stash is not None and pos in lane.stash:  # kept chunks go first
+            body[0:0] = lane.stash.pop(pos)
+        if kind == _DATA:
+            data = bytes(body)
+            body.clear()
+            lane.buffering[pos] = False
+            if frame[1]:
+                direction = _REQUEST if lane is self._lanes[_REQUEST] else _RESPONSE
+                added = self.request_trailers if direction == _REQUEST else self.response_trailers
+                if added and not self._trailers_in[direction]:
+                    self._add_trailers(direction, lane, pos, data)
+                    return None
+            return (_DATA, frame[1], data)
+        if body:
+            q = lane.queue(pos + 1)
+            q.append((_DATA, False, bytes(body)))
+            body.clear()
+            lane.buffering[pos] = False
+            q.append(frame)
+            self._pending = True
+            return None
+        return frame
+
+    def _add_trailers(self, direction: Direction, lane: _Lane, pos: int, data: bytes) -> None:
+        self._trailers_in[direction] = True
+        q = lane.queue(pos + 1)
+        q.append((_DATA, False, data))
+        q.append((_TRAILERS, True, b""))
+        self._pending = True
+
+    def _resume(self, direction: Direction, pos: int) -> None:
+        lane = self._lanes[direction]
+        if lane is None:
+            return
+        held = lane.held[pos]
+        hold = lane.hold
+        if held is None and not lane.buffering[pos] and hold is not None and hold[pos] is not None:
+            lane.queue(pos + 1).append(hold[pos])  # type: ignore[arg-type]
+            hold[pos] = None
+            self._pending = True
+            return
+        if held is not None:
+            lane.held[pos] = None
+            out = self._release(lane, pos, held)
+        elif lane.buffering[pos]:
+            out = self._release(lane, pos, (_DATA, lane.body_end[pos], b""))
+            if out is not None and not out[2] and not out[1]:
+                return  # nothing kept (NO_BUFFER) and the stream goes on: nothing to forward yet
+        else:
+            return
+        if out is not None:
+            lane.queue(pos + 1).append(out)
+            self._pending = True
+
+    def _emit(self, direction: Direction, frame: _Frame) -> None:
+        kind = frame[0]
+        if direction == _REQUEST:
+            if kind == _HEADERS:
+                self._outputs.append(SendHeaders(_UPSTREAM, tuple(self.request_headers), frame[1]))
+                self.upstream_started = True
+            elif kind == _DATA:
+                self._outputs.append(SendData(_UPSTREAM, frame[2], frame[1]))
+            else:
+                self._outputs.append(SendTrailers(Target.UPSTREAM, tuple(self.request_trailers)))
+        elif kind == _HEADERS:
+            self._outputs.append(SendHeaders(_DOWNSTREAM, tuple(self.response_headers), frame[1]))
+            self.response_started = True
+        elif kind == _DATA:
+            self.bytes_sent += len(frame[2])
+            self._outputs.append(SendData(_DOWNSTREAM, frame[2], frame[1]))
+        else:
+            self._outputs.append(SendTrailers(Target.DOWNSTREAM, tuple(self.response_trailers)))
+
+    def _apply_controls(self) -> bool:
+        applied = False
+        while self._controls:
+            if self.reset is not None:
+                self._controls.clear()
+                return applied
+            kind, index, arg = self._controls.popleft()
+            applied = True
+            if kind == "resume":
+                assert isinstance(arg, Direction)
+                if self.local_reply is None or arg == _RESPONSE:
+                    self._resume(arg, self._pos(arg, index))
+            elif kind in ("reply", "proxy_reply"):
+                assert isinstance(arg, LocalReply)
+                if self.local_reply is not None:
+                    # a second reply (e.g. from the reply's own response callbacks) is ignored, as Envoy does
+                    self._resume(_RESPONSE, self._pos(_RESPONSE, index))
+                else:
+                    if kind == "reply":
+                        self.chain.local_replies[index][min(arg.status // 100, 5)] += 1
+                    self._send_local_reply(arg, index)
+            elif kind == "close":
+                self._reset("wasm_close_stream")
+            elif kind == "fail":
+                self._fail(index)
+        return applied
+
+    def _fail(self, index: int) -> None:
+        f = self.chain.filters[index]
+        self._filter_stream(index)
+        self._active[index] = None
+        self.chain.failures[index] += 1
+        if f.fail_strategy == FailStrategy.FAIL_OPEN:
+            self.chain.bypasses[index] += 1
+            for direction in (_REQUEST, _RESPONSE):
+                self._resume(direction, self._pos(direction, index))
+            return
+        if self.response_started:
+            self._reset("wasm_fail_stream")
+            return
+        self._send_local_reply(LocalReply(503, details="wasm_fail_stream", grpc_status=14), index)
+
+    def _overflow(self, direction: Direction) -> None:
+        if direction == _REQUEST:
+            self._send_local_reply(LocalReply(413, body=b"Payload Too Large", details="request_payload_too_large"), 0)
+        elif not self.response_started:
+            self._send_local_reply(
+                LocalReply(500, body=b"Internal Server Error", details="response_payload_too_large"), self._n - 1
+            )
+        else:
+            self._reset("response_payload_too_large")
+
+    def _reset(self, reason: str) -> None:
+        if self.reset is None:
+            self.reset = reason
+            if self.code_details is None:
+                self.code_details = reason
+            for lane in self._lanes:
+                if lane is not None:
+                    lane.closed = True
+            self._outputs.append(ResetStream(reason))
+
+    def _send_local_reply(self, reply: LocalReply, index: int) -> None:
+        if self.local_reply is not None:
+            return
+        if self.response_started:
+            self._reset(reply.details or "local_reply_after_response_started")
+            return
+        self.local_reply = reply
+        self.code_details = reply.details
+        self._lane(_REQUEST).closed = True
+        self._outputs.append(AbortUpstream(reply.details or "local_reply"))
+        headers, body = local_reply_headers(reply, grpc=is_grpc_request(self.request_headers))
+        # a fresh response lane (whatever the upstream response left in the old one is dropped); filters
+        # that never saw the request are skipped (see _deliver)
+        lane = _Lane(self._n)
+        self._lanes[_RESPONSE] = lane
+        self.response_headers[:] = headers
+        self.response_trailers.clear()
+        if self.response_entered:
+            # the upstream response already entered the filters: Envoy bypasses them (sendDirectLocalReply)
+            lane.closed = True
+            self._emit(_RESPONSE, (_HEADERS, not body, b""))
+            if body:
+                self._emit(_RESPONSE, (_DATA, True, body))
+            return
+        q = lane.queue(0)
+        q.append((_HEADERS, not body, b""))
+        if body:
+            q.append((_DATA, True, body))
+        self._pending = True
+
+
+class MatchStream(Stream):
+    """A stream of a chain with match rules: when the request headers arrive (before any filter sees
+    them) every filter whose rules do not match the request is bypassed for the whole stream, as if it
+    were not in the chain: no context, no callback, not even `on_complete`."""
+
+    _decided = False
+
+    def _decide(self, headers: Sequence[Header]) -> None:
+        self._decided = True
+        host, path = host_and_path(headers)
+        active = self._active
+        for index, match in self.chain.matchers:
+            if not match.matches(host, path) and active[index] is _NEW:
+                active[index] = None
+
+    def recv_request_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
+        if not self._decided:
+            self._decide(headers)
+        return super().recv_request_headers(headers, end_stream)
+
+    def pass_request_headers(self, headers: Headers, end_stream: bool) -> bool:
+        if not self._decided:
+            self._decide(headers)
+        return super().pass_request_headers(headers, end_stream)
+
+    def complete(self) -> list[Output]:
+        # a request that never reached the chain (e.g. the proxy answered it) matches no rule: no host, no path
+        if not self._decided and not self.completed:
+            self._decide(self.request_headers)
+        return super().complete()
