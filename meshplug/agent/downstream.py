@@ -240,8 +240,9 @@ class Downstream(asyncio.Protocol):
             self.proxy.stats.downstream_rq_total += 1
             return True
         decision = self.routes.constant or self.routes.resolve(authority, path, headers, method)
-        if decision.route is None or not decision.cluster:  # a tunnel goes to a cluster (no route: 404, as Envoy)
-            self._refuse(404, b"")
+        reply = routing.router_reply(decision)
+        if reply is not None:  # the router's own reply instead of a tunnel (404, a direct response), as Envoy
+            self._refuse(reply[0], reply[1])
         self._tunnel_pool = self.state.pools[decision.cluster]
         self.proxy.stats.downstream_rq_total += 1
         lines = [b"%b %b HTTP/1.1\r\n" % (method, path)]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, wire
+from meshplug.agent import framing, routing, wire
 from meshplug.agent.filtered import rewritten
 
 if TYPE_CHECKING:
@@ -166,9 +166,9 @@ class Tunnel:
 
     def _failed(self, reason: str) -> None:
         """The cluster cannot be reached (or answered no head): 503 with Envoy's wording."""
-        self._proxy_reply(503, wire.reset_body(reason), wire.reset_details(reason))
+        self._proxy_reply(503, wire.reset_body(reason), wire.reset_details(reason), 0)
 
-    def _proxy_reply(self, status: int, body: bytes, details: str, flags: int = 0) -> None:
+    def _proxy_reply(self, status: int, body: bytes, details: str, flags: int) -> None:
         """The proxy's own answer, through the plugins' response callbacks when there are plugins (as Envoy's
         router replies)."""
         stream = self.stream
@@ -214,13 +214,12 @@ class Tunnel:
         # the router, on the headers the plugins left (as filtered.FilteredExchange)
         stream = self.stream
         decision = stream.route() if stream is not None else None
-        route = decision.route if decision is not None else None
-        if decision is None or route is None or route.direct_status or not decision.cluster:
-            if route is None or not route.direct_status:
-                self._proxy_reply(404, b"", "route_not_found", agent_chain.RESPONSE_FLAG_NO_ROUTE_FOUND)
-            else:
-                self._proxy_reply(route.direct_status, route.direct_body, "direct_response")
+        reply = routing.router_reply(decision)
+        if reply is not None:
+            self._proxy_reply(*reply)
             return
+        assert decision is not None and decision.route is not None
+        route = decision.route
         self.pool = self.pools[decision.cluster]
         if route.prefix_rewrite is not None:
             headers = rewritten(headers, route)

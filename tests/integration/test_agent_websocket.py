@@ -4,7 +4,8 @@ to a real WebSocket echo server (PyPI websockets) and messages flow both ways; a
 answers 403 in both. An h2c Upgrade header is ignored and the request served as HTTP/1.1, as Envoy does.
 With plugins (rust/header_rules adding a request and a response header, rust/deny_path answering /denied),
 both run the plugins' header callbacks on the upgrade: the app sees the request header, the 101 carries the
-response header, and a plugin's local reply refuses the upgrade.
+response header, and a plugin's local reply refuses the upgrade. An upgrade whose route is a direct response, or
+that no route matches, gets the router's own reply (the direct response; 404), with and without plugins.
 """
 
 from __future__ import annotations
@@ -185,3 +186,66 @@ def test_a_plugins_local_reply_refuses_the_upgrade(bed: Bed) -> None:
         seen[plane] = (out.status, out.headers.get("x-denied-by"), out.headers.get("x-ws-resp"), out.body)
     assert seen["agent"] == seen["envoy"], seen
     assert seen["agent"][:2] == (401, "deny_path"), seen
+
+
+#: /ws -> the ws cluster, /direct -> a direct response, nothing else
+ROUTES = [
+    {"match": {"prefix": "/ws"}, "route": {"cluster": "ws"}},
+    {"match": {"prefix": "/direct"}, "direct_response": {"status": 418, "body": {"inline_string": "teapot\n"}}},
+]
+
+
+@pytest.fixture(scope="module")
+def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    """Envoy and the agent (`--envoy-config`) on one bootstrap with routes: listener "bare" without plugins,
+    "plugins" with rust/header_rules."""
+    tmp: Path = tmp_path_factory.mktemp("ws-routed")
+    logs = tmp / "logs"
+    started: list[Any] = []
+    try:
+        ws = wspeer.start_server(log_dir=logs, name="websocket-routed")
+        started.append(ws)
+        spec, module = _plugins()[0]
+        wasm = [
+            {"name": "wasm.header_rules", "typed_config": {"@type": HTTP_WASM, "config": plugin_config(spec, module)}}
+        ]
+        planes: dict[str, dict[str, int]] = {}
+        for plane in ("envoy", "agent"):
+            ports = {"bare": procs.free_port(), "plugins": procs.free_port()}
+            admin = procs.free_port()
+            listeners = [
+                tb_envoy.http_listener(
+                    name, ports[name], cluster="ws", upgrade_types=["websocket"], routes=ROUTES, http_filters=filters
+                )
+                for name, filters in (("bare", []), ("plugins", wasm))
+            ]
+            config = tb_envoy.bootstrap(admin, listeners, [tb_envoy.static_cluster("ws", ws.port)])
+            path = tb_envoy.write_config(config, tmp / plane)
+            if plane == "envoy":
+                started.append(tb_envoy.start_envoy(path, admin_port=admin, log_dir=logs, name="envoy-routed"))
+            else:
+                started.append(
+                    tb_agent.start_envoy_config(
+                        path, port=ports["bare"], admin_port=admin, log_dir=logs, name="agent-routed"
+                    )
+                )
+            planes[plane] = ports
+        yield Bed(planes["envoy"], planes["agent"])
+    finally:
+        for item in reversed(started):
+            item.stop()
+
+
+@pytest.mark.parametrize("listener", ["bare", "plugins"])
+@pytest.mark.parametrize(
+    ("path", "status", "body"),
+    [("/direct", 418, b"teapot\n"), ("/nowhere", 404, b""), ("/ws", 101, b"")],
+    ids=["direct_response", "no_route", "routed"],
+)
+def test_an_upgrade_gets_the_routers_reply(routed: Bed, listener: str, path: str, status: int, body: bytes) -> None:
+    seen = {}
+    for plane, ports in (("envoy", routed.envoy), ("agent", routed.agent)):
+        out = wspeer.exchange(ports[listener], ["hi"] if status == 101 else [], path=path)
+        seen[plane] = (out.status, out.body, out.replies, out.headers.get("x-ws-resp"))
+    assert seen["agent"] == seen["envoy"], seen
+    assert seen["agent"][:2] == (status, body), seen

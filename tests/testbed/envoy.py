@@ -88,9 +88,13 @@ def http_listener(
     http_filters: Sequence[Mapping[str, Any]] = (),
     timeout: str = "15s",
     upgrade_types: Sequence[str] = (),
+    routes: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A listener with an http_connection_manager: `http_filters` then the router to `cluster`; HTTP/1.1 and
-    HTTP/2 (codec AUTO); `upgrade_types` allowed through (upgrade_configs, e.g. websocket)."""
+    """A listener with an http_connection_manager: `http_filters` then the router to `cluster` (or `routes`, the
+    one virtual host's); HTTP/1.1 and HTTP/2 (codec AUTO); `upgrade_types` allowed through (upgrade_configs,
+    e.g. websocket)."""
+    if routes is None:
+        routes = [{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": timeout}}]
     hcm: dict[str, Any] = {
         "@type": HCM,
         "stat_prefix": name,
@@ -100,7 +104,7 @@ def http_listener(
                 {
                     "name": "all",
                     "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": timeout}}],
+                    "routes": list(routes),
                 }
             ],
         },
