@@ -129,6 +129,26 @@ H2_PREMATURE_RESET_TOTAL = 500
 H2_UPSTREAM_MAX_STREAMS = 1024
 
 # --- operator ------------------------------------------------------------------------------------
+#: canary rollouts (spec.rollout): at most this many steps; holdSeconds and its default; minRequests' default;
+#: the failure-ratio margin and latency bounds' defaults (Flagger's request-success-rate 99% ~ a 0.01 margin)
+ROLLOUT_MAX_STEPS = 10
+ROLLOUT_DEFAULT_HOLD_S = 60
+ROLLOUT_MAX_HOLD_S = 86_400
+ROLLOUT_DEFAULT_MIN_REQUESTS = 20
+ROLLOUT_DEFAULT_MAX_FAILURE_RATIO_INCREASE = 0.01
+ROLLOUT_DEFAULT_LATENCY_PERCENTILE = 99
+ROLLOUT_DEFAULT_MAX_LATENCY_RATIO = 1.5
+ROLLOUT_DEFAULT_LATENCY_SLACK_MS = 5
+#: how often a rollout in progress is looked at again (stats read, verdict), at most; shorter holds look sooner
+ROLLOUT_CHECK_INTERVAL_S = 5.0
+#: rollout steps kept in status.rollout.history (oldest dropped); canary pods named in status.rollout.canaryPods
+MAX_ROLLOUT_PODS_REPORTED = 1000
+ROLLOUT_MAX_HISTORY = 20
+#: the stable version's spec kept in status.rollout.stable.spec may be at most this large (canonical JSON)
+ROLLOUT_MAX_STABLE_SPEC_BYTES = 64 * KiB
+#: the agent's per-plugin request time histogram: upper bounds of its buckets, in ms (Envoy's default buckets
+#: below 1 s, finer at the low end, where an in-pod proxy's latencies live)
+PLUGIN_RQ_TIME_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000)
 MAX_VM_ENV_VARS = 256
 MAX_TARGET_REFS = 16
 #: WasmPlugin.spec.matchRules: rules, and hosts / paths per rule (the CRD's maxItems)

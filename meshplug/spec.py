@@ -32,6 +32,10 @@ rule's ``pluginConfig`` (else the plugin's). A rule matches when its ``hosts`` (
 subdomains; the port of ``:authority`` is ignored; case-insensitive) AND its ``paths`` (any; ``prefix`` as an
 Envoy route prefix, ``exact`` ignoring the query string) match; an empty list matches everything. A rule's own
 ``pluginConfig`` needs the istio data plane (the agent's protocol carries one configuration per plugin).
+``rollout`` (agent data plane; `Rollout`): canary steps for updates -- each step's pods (``percent`` of the
+selected pods and/or those matching its ``selector``) run the new version while the rest keep the stable one,
+for ``holdSeconds`` with the new version's per-plugin failure ratio and request time within ``analysis``' bounds
+of the stable's; `meshplug.controller.rollout` decides, `meshplug.controller.delivery.agent` delivers.
 
 TrafficExtension (Istio 1.30's unified kind, ``meshplug.io/v1alpha1`` here too): the same targeting (selector |
 targetRefs), ``phase`` (``UNSPECIFIED`` is the end of the chain, like WasmPlugin's ``UNSPECIFIED_PHASE``),
@@ -57,7 +61,7 @@ import jsonschema.exceptions
 import jsonschema.validators
 
 from meshplug import errors, limits
-from meshplug.fields import Fields
+from meshplug.fields import REQUIRED, Fields
 
 API_GROUP = "meshplug.io"
 API_VERSION = "v1alpha1"
@@ -86,7 +90,9 @@ WASM_FIELDS = (
     "url", "sha256", "imagePullPolicy", "imagePullSecret", "pluginConfig", "pluginConfigSchema", "pluginName",
     "failStrategy", "vmConfig", "type", "verificationKey",
 )  # fmt: skip
-TOP_FIELDS = ("selector", "targetRefs", "phase", "priority", "match", "dataPlane", "istioDelivery", "matchRules")
+TOP_FIELDS = (
+    "selector", "targetRefs", "phase", "priority", "match", "dataPlane", "istioDelivery", "matchRules", "rollout",
+)  # fmt: skip
 
 _SHA256 = re.compile(r"^[a-f0-9]{64}$")
 HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -179,6 +185,29 @@ class MatchRule:
 
 
 @dataclass(frozen=True)
+class RolloutStep:
+    """One step of a canary rollout: the selected pods that run the new version during it (with the earlier steps'
+    pods): those matching ``selector`` and ``percent`` of all (rounded up, at least one)."""
+
+    percent: int | None  # 1..100
+    selector: tuple[tuple[str, str], ...]  # sorted matchLabels; empty: none by labels
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """``spec.rollout`` (agent data plane): how an update reaches the selected pods -- step by step, each held
+    while the new version's per-plugin failure ratio and latency stay within bounds of the stable version's."""
+
+    steps: tuple[RolloutStep, ...]
+    hold_s: int
+    min_requests: int
+    max_failure_ratio_increase: float  # canary failure ratio <= stable's + this
+    latency_percentile: float  # compared quantile of the request time, in percent
+    max_latency_ratio: float  # canary quantile <= max(stable's * this, stable's + latency_slack_ms)
+    latency_slack_ms: float
+
+
+@dataclass(frozen=True)
 class TargetRef:
     group: str
     kind: str
@@ -215,6 +244,7 @@ class PluginSpec:
     lua: str | None = None  # a TrafficExtension's lua.inlineCode (then url is "" and scheme INLINE)
     istio_delivery: IstioDelivery | None = None  # None: the operator's default
     verification_key: str = ""  # stored and reported; enforced by the signature checks of the fetch stage
+    rollout: Rollout | None = None  # spec.rollout: canary steps for updates (agent data plane)
 
     @property
     def envoy_name(self) -> str:
@@ -433,6 +463,49 @@ def _target_refs(spec: Mapping[str, Any], namespace: str) -> tuple[TargetRef, ..
     )
 
 
+def _rollout(spec: Mapping[str, Any]) -> Rollout | None:
+    """``spec.rollout`` -> Rollout (None: unset, every update goes to every pod at once)."""
+    fields = _fields(spec)
+    if not fields.has("rollout"):
+        return None
+    raw = fields.sub("rollout", "steps", "holdSeconds", "analysis")
+    items = raw.items("steps", default=REQUIRED)
+    if not 1 <= len(items) <= limits.ROLLOUT_MAX_STEPS:
+        raise errors.SpecError(f"spec.rollout.steps must hold 1..{limits.ROLLOUT_MAX_STEPS} steps, got {len(items)}")
+    steps = []
+    for item in items:
+        item.only("percent", "selector")
+        percent = item.opt_integer("percent", lo=1, hi=100)
+        labels = item.sub("selector", "matchLabels").text_map("matchLabels")
+        if percent is None and not labels:
+            raise errors.SpecError(f"{item.where}: set percent or selector.matchLabels (or both)")
+        steps.append(RolloutStep(percent=percent, selector=tuple(sorted(labels.items()))))
+    analysis = raw.sub(
+        "analysis", "minRequests", "maxFailureRatioIncrease", "latencyPercentile", "maxLatencyRatio", "latencySlackMs"
+    )
+    increase = analysis.number("maxFailureRatioIncrease", limits.ROLLOUT_DEFAULT_MAX_FAILURE_RATIO_INCREASE)
+    if not 0 <= increase <= 1:
+        raise analysis.fail("maxFailureRatioIncrease", "a number in 0..1")
+    percentile = analysis.number("latencyPercentile", limits.ROLLOUT_DEFAULT_LATENCY_PERCENTILE, positive=True)
+    if percentile > 100:
+        raise analysis.fail("latencyPercentile", "a number in (0, 100]")
+    ratio = analysis.number("maxLatencyRatio", limits.ROLLOUT_DEFAULT_MAX_LATENCY_RATIO)
+    if ratio < 1:
+        raise analysis.fail("maxLatencyRatio", "a number >= 1")
+    slack = analysis.number("latencySlackMs", limits.ROLLOUT_DEFAULT_LATENCY_SLACK_MS)
+    if slack < 0:
+        raise analysis.fail("latencySlackMs", "a number >= 0")
+    return Rollout(
+        steps=tuple(steps),
+        hold_s=raw.integer("holdSeconds", limits.ROLLOUT_DEFAULT_HOLD_S, lo=1, hi=limits.ROLLOUT_MAX_HOLD_S),
+        min_requests=analysis.integer("minRequests", limits.ROLLOUT_DEFAULT_MIN_REQUESTS, lo=0),
+        max_failure_ratio_increase=increase,
+        latency_percentile=percentile,
+        max_latency_ratio=ratio,
+        latency_slack_ms=slack,
+    )
+
+
 def _priority(spec: Mapping[str, Any]) -> int | None:
     return _fields(spec).opt_integer("priority", lo=-(2**31 - 1), hi=2**31 - 1)
 
@@ -522,6 +595,7 @@ def parse_traffic_extension(body: Mapping[str, Any]) -> PluginSpec:
         kind=KIND_TRAFFIC_EXTENSION,
         lua=code,
         istio_delivery=_enum(top, "istioDelivery", IstioDelivery, None),  # type: ignore[arg-type]
+        rollout=_rollout(top),
     )
 
 
@@ -584,4 +658,5 @@ def _parse_wasm(body: Mapping[str, Any], spec: Any) -> PluginSpec:
         match_rules=match_rules,
         istio_delivery=_enum(spec, "istioDelivery", IstioDelivery, None),  # type: ignore[arg-type]
         verification_key=_str(spec, "verificationKey"),
+        rollout=_rollout(spec),
     )
