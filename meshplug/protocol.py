@@ -73,6 +73,15 @@ The agent answers 200 with a Reply in both outcomes (the HTTP status only says t
 401 (missing/wrong token) and 400 (unparseable push) carry a Reply-shaped NACK body too, with reason
 ``unauthorized`` / ``protocol_error``; nothing changes on the agent in either case. A push whose
 (version_info, resources) equal the applied ones is ACKed without reloading anything.
+
+``GET /v1/plugin_health`` on the same port, with the same authentication, answers the applied set's per-plugin
+stats (`Health`), what a canary rollout compares (`meshplug.controller.rollout`): per plugin, the requests through
+its chain, its failures (trap, CPU budget, memory cap) and its own 5xx local replies, and the request time
+histogram (counts per bucket of ``bounds_ms``, then the overflow); counted since the set was applied:
+
+    {"version_info": "v42", "bounds_ms": [0.5, 1, ...],
+     "plugins": [{"name": "shop.hdr", "sha256": ..., "requests": 812, "failures": 0, "local_5xx": 0,
+                  "latency": [0, 790, 20, ...]}]}
 """
 
 from __future__ import annotations
@@ -89,6 +98,8 @@ from typing import Any
 from meshplug import errors
 from meshplug.fields import REQUIRED, Fields
 
+#: where the agent answers its per-plugin health stats (GET) on its push port
+HEALTH_PATH = "/v1/plugin_health"
 #: where the agent accepts pushes (method PUT or POST) on its push port
 PUSH_PATH = "/v1/extension_configs"
 #: media type of pushes and replies
@@ -335,7 +346,68 @@ class Reply:
 # --- encoding --------------------------------------------------------------------------------------
 
 
-def encode(message: Push | Reply) -> bytes:
+@dataclass(frozen=True)
+class PluginHealth:
+    """One plugin's stats since its set was applied (summed over the agent's listeners' chains and workers)."""
+
+    name: str
+    sha256: str
+    requests: int
+    failures: int
+    local_5xx: int
+    latency: tuple[int, ...]  # request time: counts per bucket of Health.bounds_ms, then the overflow
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "requests": self.requests,
+            "failures": self.failures,
+            "local_5xx": self.local_5xx,
+            "latency": list(self.latency),
+        }
+
+
+@dataclass(frozen=True)
+class Health:
+    """The answer to GET `HEALTH_PATH`: the applied set's version and its plugins' stats."""
+
+    version_info: str
+    bounds_ms: tuple[float, ...]
+    plugins: tuple[PluginHealth, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version_info": self.version_info,
+            "bounds_ms": list(self.bounds_ms),
+            "plugins": [p.to_json() for p in self.plugins],
+        }
+
+
+def decode_health(data: bytes | str) -> Health:
+    obj = _fields(_load(data), "health")
+    bounds = obj.array("bounds_ms")
+    if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
+        raise errors.ProtocolError("health.bounds_ms must be a list of numbers")
+    plugins = []
+    for p in obj.items("plugins"):
+        latency = p.array("latency")
+        if len(latency) != len(bounds) + 1 or not all(type(c) is int and c >= 0 for c in latency):
+            raise errors.ProtocolError(f"{p.where}.latency must be {len(bounds) + 1} counts")
+        plugins.append(
+            PluginHealth(
+                name=p.text("name"),
+                sha256=p.text("sha256", empty=True),
+                requests=p.integer("requests", lo=0),
+                failures=p.integer("failures", lo=0),
+                local_5xx=p.integer("local_5xx", lo=0),
+                latency=tuple(latency),
+            )
+        )
+    return Health(obj.text("version_info", empty=True), tuple(float(b) for b in bounds), tuple(plugins))
+
+
+def encode(message: Push | Reply | Health) -> bytes:
     return json.dumps(message.to_json(), separators=(",", ":"), sort_keys=True).encode()
 
 

@@ -44,7 +44,7 @@ from meshplug.agent.headermap import (
     split_pseudo,
 )
 from meshplug.agent.rules import Match, Rule, request_host
-from meshplug.agent.stream import MatchStream, Stream
+from meshplug.agent.stream import RQ_TIME_BOUNDS_NS, MatchStream, Stream
 from meshplug.agent.streamapi import (
     RESPONSE_FLAG_LOCAL_RESET,
     RESPONSE_FLAG_NO_HEALTHY_UPSTREAM,
@@ -129,6 +129,10 @@ class Chain:
         self.failures: list[int] = [0] * n
         self.bypasses: list[int] = [0] * n
         self.local_replies: list[list[int]] = [[0] * 6 for _ in range(n)]
+        #: streams through the chain, and their time from the request's start to the exchange's end, as counts
+        #: per bucket of `limits.PLUGIN_RQ_TIME_BUCKETS_MS` then the overflow (each plugin's request stats)
+        self.requests = 0
+        self.latency: list[int] = [0] * (len(RQ_TIME_BOUNDS_NS) + 1)
         #: (position in chain order, its rules) of every filter that has rules
         self.matchers: tuple[tuple[int, Match], ...] = tuple(
             (pos, Match(match[i])) for pos, i in enumerate(indices) if match is not None and match[i]
@@ -138,6 +142,7 @@ class Chain:
         """A stream (one that decides per request which filters run when any filter has rules);
         `start_time_ns` (if given) replaces info's start_time_ns, lazily: the StreamInfo a plugin reads is
         built only when one asks (`Stream.info`), not per request."""
+        self.requests += 1
         if self.matchers:
             return MatchStream(self, info or StreamInfo(), start_time_ns)
         return Stream(self, info or StreamInfo(), start_time_ns)

@@ -232,7 +232,45 @@ def _chain_metrics_text(chains: Sequence[chain.Chain]) -> str:
             replies,
         ),
     ]
+    health = plugin_health(chains, {})
+    lines += prometheus.family(
+        "meshplug_agent_plugin_requests_total",
+        "counter",
+        "Requests through the listener chains a plugin is in.",
+        [((("plugin", h.name),), float(h.requests)) for h in health],
+    )
+    # the request time histogram (ms) of those requests: cumulative buckets, le last; no _sum (not kept)
+    lines += [
+        "# HELP meshplug_agent_plugin_request_time_ms Time from a request's start to its exchange's end, in ms.",
+        "# TYPE meshplug_agent_plugin_request_time_ms histogram",
+    ]
+    bounds = [*(format(b, "g") for b in limits.PLUGIN_RQ_TIME_BUCKETS_MS), "+Inf"]
+    for h in health:
+        running = 0
+        for le, count in zip(bounds, h.latency, strict=True):
+            running += count
+            lines.append(f'meshplug_agent_plugin_request_time_ms_bucket{{le="{le}",plugin="{h.name}"}} {running}')
+        lines.append(f'meshplug_agent_plugin_request_time_ms_count{{plugin="{h.name}"}} {running}')
     return "\n".join(lines) + "\n"
+
+
+def plugin_health(chains: Sequence[chain.Chain], digests: Mapping[str, str]) -> tuple[protocol.PluginHealth, ...]:
+    """Per plugin (Envoy's plugin name), summed over the listeners' chains it is in: the requests through them,
+    its failures, its own 5xx local replies and the request time histogram (what a canary rollout compares)."""
+    width = len(limits.PLUGIN_RQ_TIME_BUCKETS_MS) + 1
+    sums: dict[str, list[int]] = {}  # name -> [requests, failures, local 5xx, *latency]
+    for built in chains:
+        for i, f in enumerate(built.filters):
+            row = sums.setdefault(f.name, [0] * (3 + width))
+            row[0] += built.requests
+            row[1] += built.failures[i]
+            row[2] += built.local_replies[i][5]
+            for b, count in enumerate(built.latency):
+                row[3 + b] += count
+    return tuple(
+        protocol.PluginHealth(name, digests.get(name, ""), row[0], row[1], row[2], tuple(row[3:]))
+        for name, row in sums.items()
+    )
 
 
 def _lua_metrics_text(rt: lua.Runtime) -> str:
@@ -337,6 +375,7 @@ def vm_env(resource: protocol.ExtensionConfig, environ: Mapping[str, str]) -> tu
         if key in environ:
             own[key] = environ[key]
     return tuple(sorted(own.items()))
+
 
 def _plugin_config(resource: protocol.ExtensionConfig) -> host.PluginConfig:
     return host.PluginConfig(
@@ -486,4 +525,5 @@ def build(
         relevel=relevel,
         wasm=h is not None,
         plugin_stats=(lambda: _envoy_stats(h)) if h is not None else list,
+        plugin_health=lambda: plugin_health(serving, {r.name: digest for r, _, digest, _ in started}),
     )

@@ -91,6 +91,8 @@ class Chain:
     wasm: bool = False
     #: the plugins' own metrics as Envoy names them in /stats (wasmcustom.<name>)
     plugin_stats: Callable[[], list[envoystats.Stat]] = field(default=list)
+    #: per plugin: requests, failures, 5xx local replies, request time histogram (GET protocol.HEALTH_PATH)
+    plugin_health: Callable[[], tuple[protocol.PluginHealth, ...]] = field(default=tuple)
 
 
 @dataclass(frozen=True)

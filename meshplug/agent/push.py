@@ -10,7 +10,8 @@ Authentication: mutual TLS on the port (`meshplug.agent.tls`: only the operator'
 connection), then `Authorization: Bearer <token>`, compared in constant time to each token of the token file
 (one per line: during a rotation the new and the previous token), re-read on every push so a rotated Secret
 takes effect without a restart. Missing or wrong -> 401 and a NACK body with reason ``unauthorized``; nothing
-is read or changed.
+is read or changed. The same port answers GET ``protocol.HEALTH_PATH`` (the per-plugin stats a canary rollout
+compares), with the same authentication.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,13 +145,18 @@ def authorized(request: admin.Request, token_file: Path) -> bool:
     return any([hmac.compare_digest(offered, token.encode()) for token in expected])  # every one compared
 
 
+#: the agent's per-plugin health stats (GET protocol.HEALTH_PATH on the push port)
+HealthSource = Callable[[], Awaitable[protocol.Health]]
+
+
 class _Handler:
     """The push endpoint: `authorize` judges a request from its head (admin.ControlServer calls it before
     reading any body byte), the call handles the whole request."""
 
-    def __init__(self, applier: Applier, token_file: Path) -> None:
+    def __init__(self, applier: Applier, token_file: Path, health: HealthSource | None = None) -> None:
         self.applier = applier
         self.token_file = token_file
+        self.health = health
 
     def _nack(self, status: int, reason: str, message: str) -> admin.Response:
         current = self.applier.active.version_info if self.applier.active else ""
@@ -158,9 +164,12 @@ class _Handler:
         return _reply_response(status, protocol.Reply(ack=False, version_info=current, nonce="", error_detail=detail))
 
     def authorize(self, request: admin.Request) -> admin.Response | None:
-        if request.path != protocol.PUSH_PATH:
+        if request.path == protocol.HEALTH_PATH and self.health is not None:
+            if request.method != "GET":
+                return admin.Response(405, b"use GET\n")
+        elif request.path != protocol.PUSH_PATH:
             return admin.Response(404, b"not found\n")
-        if request.method not in ("PUT", "POST"):
+        elif request.method not in ("PUT", "POST"):
             return admin.Response(405, b"use PUT\n")
         if not authorized(request, self.token_file):
             return self._nack(401, "unauthorized", "missing or invalid bearer token")
@@ -170,6 +179,8 @@ class _Handler:
         refusal = self.authorize(request)
         if refusal is not None:
             return refusal
+        if request.path == protocol.HEALTH_PATH and self.health is not None:
+            return admin.Response(200, protocol.encode(await self.health()), protocol.CONTENT_TYPE)
         try:
             push = protocol.decode_push(request.body)
         except errors.ProtocolError as exc:
@@ -179,6 +190,7 @@ class _Handler:
         return _reply_response(200, await self.applier.apply(push))
 
 
-def handler(applier: Applier, token_file: Path) -> admin.Handler:
-    """The push endpoint's request handler (with its `authorize` pre-check)."""
-    return _Handler(applier, token_file)
+def handler(applier: Applier, token_file: Path, health: HealthSource | None = None) -> admin.Handler:
+    """The push endpoint's request handler (with its `authorize` pre-check); with ``health``, it also answers
+    GET `protocol.HEALTH_PATH`, authenticated as pushes are."""
+    return _Handler(applier, token_file, health)

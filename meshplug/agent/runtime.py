@@ -24,7 +24,7 @@ from typing import Any
 
 import uvloop
 
-from meshplug import errors, native, protocol
+from meshplug import errors, limits, native, protocol
 from meshplug.agent import admin, config, envoystats, loader, push, server, tls, wire
 
 log = logging.getLogger("meshplug.agent")
@@ -132,7 +132,8 @@ class Agent:
             push_tls = _push_tls(self.cfg.push.tls)
             if push_tls is None:
                 log.warning("push port %d takes plain HTTP (push.allow_plaintext): local runs only", self.cfg.push.port)
-            self.push_server = admin.ControlServer(push.handler(self.applier, self.cfg.push.token_file), tls=push_tls)
+            handler = push.handler(self.applier, self.cfg.push.token_file, health=self.health)
+            self.push_server = admin.ControlServer(handler, tls=push_tls)
             self.ports["push"] = await self.push_server.start(self.cfg.push.address, self.cfg.push.port)
         self.ready = True
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -185,9 +186,7 @@ class Agent:
                         loaded.chain.relevel()  # the running hosts' proxy_get_log_level and log filter
             return response
         if path == "/plugin_logs":  # the plugins' proxy_log records, oldest first (bounded by the host)
-            body = [
-                {"plugin": p, "level": lvl, "message": m} for c in self.plugin_chains() for p, lvl, m in c.logs()
-            ]
+            body = [{"plugin": p, "level": lvl, "message": m} for c in self.plugin_chains() for p, lvl, m in c.logs()]
             return admin.Response(200, loader.dumps(body), "application/json")
         if path == "/plugin_stats":  # the plugins' own metrics by the name they defined (histograms: null)
             values: dict[str, int | None] = {}
@@ -230,6 +229,13 @@ class Agent:
             "clusters": [{"name": c.name, "address": c.address, "port": c.port} for c in self.cfg.clusters],
         }
 
+    async def health(self) -> protocol.Health:
+        """The applied set's per-plugin stats (GET protocol.HEALTH_PATH on the push port)."""
+        active = self.applier.active
+        plugins = active.chain.plugin_health() if active is not None else ()
+        version = active.version_info if active is not None else ""
+        return protocol.Health(version, tuple(float(b) for b in limits.PLUGIN_RQ_TIME_BUCKETS_MS), plugins)
+
     def stats_route(self, request: admin.Request) -> admin.Response:
         """/stats in Envoy's formats: text, ?format=json (?format=prometheus: /stats/prometheus)."""
         fmt = request.query.get("format", "")
@@ -248,6 +254,13 @@ class Agent:
     def envoy_stats(self) -> list[envoystats.Stat]:
         """/stats: the plugins' metrics as Envoy names them, then the agent's own counters (meshplug.<name>)."""
         out = [stat for c in self.plugin_chains() for stat in c.plugin_stats()]
+        active = self.applier.active
+        for p in active.chain.plugin_health() if active is not None else ():
+            out += [
+                envoystats.Stat(f"wasm.plugin.{p.name}.rq_total", p.requests),
+                envoystats.Stat(f"wasm.plugin.{p.name}.failed", p.failures),
+                envoystats.Stat(f"wasm.plugin.{p.name}.local_rq_5xx", p.local_5xx),
+            ]
         counters = self.proxy.stats.as_dict()
         counters["push_ack_total"] = self.applier.acks
         counters["push_nack_total"] = self.applier.nacks

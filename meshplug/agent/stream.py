@@ -23,7 +23,9 @@ outside a filter callback (e.g. from an http-call response); the chain then adva
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -55,6 +57,8 @@ from meshplug.agent.streamapi import (
 if TYPE_CHECKING:
     from meshplug.agent.chain import Chain
 
+#: `limits.PLUGIN_RQ_TIME_BUCKETS_MS` in ns (a bucket counts times up to and including its bound)
+RQ_TIME_BOUNDS_NS: Final = tuple(int(ms * 1_000_000) for ms in limits.PLUGIN_RQ_TIME_BUCKETS_MS)
 _UPSTREAM: Final = Target.UPSTREAM
 _DOWNSTREAM: Final = Target.DOWNSTREAM
 
@@ -164,6 +168,7 @@ class Stream:
         self._info_base = info
         self._info: StreamInfo | None = info if start_time_ns is None else None
         self._info_fields: dict[str, object] = {} if start_time_ns is None else {"start_time_ns": start_time_ns}
+        self.started_ns: int = info.start_time_ns if start_time_ns is None else start_time_ns
         self.request_headers: Headers = []
         self.response_headers: Headers = []
         self.request_trailers: Headers = []
@@ -299,6 +304,9 @@ class Stream:
         Envoy registers each wasm filter as an access logger and creates its context there if needed."""
         if not self.completed:
             self.completed = True
+            if self.started_ns:
+                elapsed = time.time_ns() - self.started_ns
+                self.chain.latency[bisect.bisect_left(RQ_TIME_BOUNDS_NS, elapsed)] += 1
             contexts, active = self._ctx, self._active
             for index in range(self._n):
                 ctx = contexts[index]

@@ -17,7 +17,9 @@ NACKs the push and the workers drop what they loaded (abort), so every worker ke
 Parent <-> worker: one UNIX socket pair per worker, messages as a 4-byte length + JSON, each answered in order.
 Requests (from the parent): ``load`` {set, resources} -> {ok, plugins | reason, message, resource}, ``commit``
 {set}, ``abort`` {set}, ``listen`` -> {ports}, ``snapshot`` -> {counters, metrics, metric_values, views, logs},
-``logging`` {level}, ``drain``. A worker that exits is started again and given the active set before it listens.
+``logging`` {level}, ``drain``; the snapshot's ``health`` (per-plugin stats, summed for GET
+protocol.HEALTH_PATH on the push port) too. A worker that exits is started again and given the active set
+before it listens.
 """
 
 from __future__ import annotations
@@ -195,6 +197,7 @@ class Worker(runtime.Agent):
             "metric_values": active.chain.metric_values() if active else {},
             "views": loader.json_views(active.chain.views()) if active else [],
             "logs": active.chain.logs() if active else [],
+            "health": [h.to_json() for h in active.chain.plugin_health()] if active else [],
         }
 
     async def _logging(self, message: Mapping[str, Any]) -> dict[str, Any]:
@@ -366,6 +369,7 @@ class Parent(runtime.Agent):
             metric_values=self._metric_values,
             logs=self._logs,
             activate=activate,
+            plugin_health=self._health,
         )
 
     async def _watch(self, child: _Child) -> None:
@@ -439,6 +443,35 @@ class Parent(runtime.Agent):
                 lines.append(types.pop(base))
             lines.append(f"{name} {int(value) if value.is_integer() else value}")
         return "\n".join(lines) + ("\n" if lines else "")
+
+    def _health(self) -> tuple[protocol.PluginHealth, ...]:
+        """Each plugin's health stats summed over the workers."""
+        sums: dict[str, protocol.PluginHealth] = {}
+        for snap in self.snapshots:
+            for raw in snap.get("health") or []:
+                h = protocol.PluginHealth(
+                    raw["name"],
+                    raw["sha256"],
+                    raw["requests"],
+                    raw["failures"],
+                    raw["local_5xx"],
+                    tuple(raw["latency"]),
+                )
+                prev = sums.get(h.name)
+                if prev is not None:
+                    h = dataclasses.replace(
+                        h,
+                        requests=prev.requests + h.requests,
+                        failures=prev.failures + h.failures,
+                        local_5xx=prev.local_5xx + h.local_5xx,
+                        latency=tuple(a + b for a, b in zip(prev.latency, h.latency, strict=True)),
+                    )
+                sums[h.name] = h
+        return tuple(sums.values())
+
+    async def health(self) -> protocol.Health:
+        await self._refresh()
+        return await super().health()
 
     def _logs(self) -> list[tuple[str, str, str]]:
         return [(str(p), str(lvl), str(m)) for snap in self.snapshots for p, lvl, m in snap.get("logs") or []]

@@ -4,6 +4,7 @@ redelivery of the accumulated buffer, local replies from every phase, fail strat
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ import pytest
 
 from meshplug import limits
 from meshplug.agent import chain as C
+from meshplug.agent import filters
 
 A = C.Action
 REQ, RESP = C.Direction.REQUEST, C.Direction.RESPONSE
@@ -789,3 +791,24 @@ def test_chains_without_rules_make_plain_streams() -> None:
     assert [(pos, bool(m)) for pos, m in ruled.matchers] == [(1, True)]  # the rules follow their filter's order
     with pytest.raises(ValueError, match="1 match rule sets for 2 filters"):
         C.Chain([ScriptFilter("a", log), ScriptFilter("b", log)], match=[[]])
+
+
+# ---- per-plugin health stats (what a canary rollout compares) --------------------------------------------------
+def test_the_chain_counts_requests_failures_5xx_replies_and_request_time() -> None:
+    log: list[tuple[str, ...]] = []
+    ok = ScriptFilter("ok", log)
+    bad = ScriptFilter("bad", log, {"req.headers": A.FAIL})
+    ch = C.Chain([ok, bad])
+    for _ in range(3):
+        s = ch.new_stream(start_time_ns=time.time_ns() - 3_000_000)  # started 3 ms ago: the (2, 5] ms bucket
+        s.recv_request_headers(request(), True)
+        s.complete()
+    unstarted = ch.new_stream()  # no start time: counted as a request, not timed
+    unstarted.complete()
+    health = {h.name: h for h in filters.plugin_health([ch, ch], {"ok": "d1"})}  # two listeners: summed
+    assert (health["ok"].requests, health["ok"].failures, health["ok"].local_5xx) == (8, 0, 0)
+    assert (health["bad"].requests, health["bad"].failures, health["bad"].sha256) == (8, 6, "")
+    assert health["ok"].sha256 == "d1"
+    five = limits.PLUGIN_RQ_TIME_BUCKETS_MS.index(5)
+    assert len(health["ok"].latency) == len(limits.PLUGIN_RQ_TIME_BUCKETS_MS) + 1
+    assert sum(health["ok"].latency) == 6 and health["ok"].latency[five] == 6

@@ -155,3 +155,34 @@ def test_compiled_round_trips_and_is_left_out_when_absent() -> None:
 def test_malformed_compiled_is_a_protocol_error(compiled: Any, fragment: str) -> None:
     with pytest.raises(errors.ProtocolError, match=fragment):
         protocol.decode_push(_with(r_compiled=compiled))
+
+
+HEALTH = protocol.Health("v7", (0.5, 1.0), (protocol.PluginHealth("shop.hdr", "ab" * 32, 12, 1, 2, (3, 8, 1)),))
+
+
+def test_health_round_trips() -> None:
+    assert protocol.decode_health(protocol.encode(HEALTH)) == HEALTH
+    assert protocol.decode_health(b'{"version_info": "", "bounds_ms": [], "plugins": []}').plugins == ()
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b'{"version_info": "v", "bounds_ms": ["1"], "plugins": []}', "bounds_ms must be a list of numbers"),
+        (
+            b'{"version_info": "v", "bounds_ms": [1], "plugins": [{"name": "p", "sha256": "", "requests": 1,'
+            b' "failures": 0, "local_5xx": 0, "latency": [1]}]}',
+            "health.plugins[0].latency must be 2 counts",
+        ),
+        (
+            b'{"version_info": "v", "bounds_ms": [1], "plugins": [{"name": "p", "sha256": "", "requests": -1,'
+            b' "failures": 0, "local_5xx": 0, "latency": [1, 0]}]}',
+            "health.plugins[0].requests must be an integer >= 0",
+        ),
+        (b"[]", "message must be a JSON object"),
+    ],
+)
+def test_malformed_health_is_a_protocol_error(data: bytes, fragment: str) -> None:
+    with pytest.raises(errors.ProtocolError) as caught:
+        protocol.decode_health(data)
+    assert fragment in caught.value.message
