@@ -126,8 +126,11 @@ class _TLSConnection(http.client.HTTPSConnection):
         super().close()
 
 
-def _exchange(target: Target, body: bytes, token: str, creds: identity.PushCredentials) -> tuple[int, bytes]:
-    """One PUT of ``body``; (status, reply bytes); raises OSError/HTTPException for the network's faults."""
+def _exchange(
+    target: Target, body: bytes | None, token: str, creds: identity.PushCredentials, path: str = protocol.PUSH_PATH
+) -> tuple[int, bytes]:
+    """One PUT of ``body`` (None: a GET of ``path``); (status, reply bytes); raises OSError/HTTPException for the
+    network's faults."""
     ip = target.ip.strip("[]")
     timeout = limits.AGENT_PUSH_TIMEOUT_S
     conn: http.client.HTTPConnection
@@ -136,7 +139,10 @@ def _exchange(target: Target, body: bytes, token: str, creds: identity.PushCrede
     else:
         conn = _TLSConnection(ip, target.port, context=creds.context, server_name=creds.server_name, timeout=timeout)
     try:
-        conn.request("PUT", protocol.PUSH_PATH, body=body, headers=protocol.bearer(token))
+        if body is None:
+            conn.request("GET", path, headers=protocol.bearer(token))
+        else:
+            conn.request("PUT", path, body=body, headers=protocol.bearer(token))
         resp = conn.getresponse()
         return resp.status, resp.read(limits.MAX_CONTROL_REQUEST_BYTES)
     finally:
@@ -168,6 +174,27 @@ def push(
     except errors.ProtocolError as exc:
         return Outcome(Result.UNREACHABLE, version, "", "AgentProtocolError", f"HTTP {status}: {exc.message}")
     return _outcome(status, reply, message)
+
+
+def read_health(target: Target, creds: identity.PushCredentials) -> protocol.Health | str:
+    """The agent's per-plugin health stats (GET `protocol.HEALTH_PATH`, authenticated as pushes are), or why
+    they could not be read. Never raises for the agent's or the network's faults."""
+    status, raw = 401, b""
+    for token in creds.tokens or ("",):
+        try:
+            status, raw = _exchange(target, None, token, creds, protocol.HEALTH_PATH)
+        except ssl.SSLError as exc:
+            return f"{target.ip}:{target.port}: TLS: {exc.reason or exc}"
+        except (OSError, http.client.HTTPException) as exc:
+            return f"{target.ip}:{target.port}: {exc}"
+        if status != 401:
+            break
+    if status != 200:
+        return f"{target.ip}:{target.port}: health stats answered HTTP {status} (an agent without them?)"
+    try:
+        return protocol.decode_health(raw)
+    except errors.ProtocolError as exc:
+        return f"{target.ip}:{target.port}: health stats: {exc.message}"
 
 
 def _outcome(status: int, reply: protocol.Reply, pushed: protocol.Push) -> Outcome:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from meshplug import errors, fetch, limits, spec, validate
-from meshplug.controller import apply, delivery, identity, precompile, signing, status
+from meshplug.controller import apply, delivery, identity, precompile, rollout, signing, status
 from meshplug.controller import metrics as metrics_mod
 from meshplug.controller.delivery import agent as agent_delivery
 from meshplug.controller.delivery import istio_configmap, istio_native, istio_pods, proxies
@@ -43,6 +43,7 @@ log = logging.getLogger("meshplug.controller.reconcile")
 
 PLUGIN_API = f"{spec.API_GROUP}/{spec.API_VERSION}"
 DELIVERY_AUTO = "auto"
+AGENT_PLANE_ONLY = "spec.rollout applies to dataPlane agent only: this plugin goes to every selected proxy at once"
 
 Key = delivery.Key
 
@@ -204,6 +205,8 @@ class Reconciler:
         failing: Sequence[Mapping[str, str]] = (),
         event: tuple[bool, str, str] | None = None,
         loaded: tuple[str, ...] | None = None,
+        events: Sequence[tuple[bool, str, str]] = (),
+        fields: Mapping[str, Any] | None = None,
     ) -> None:
         meta = body["metadata"]
         generation = int(meta.get("generation") or 0)
@@ -224,8 +227,8 @@ class Reconciler:
             self.metrics.ready((meta["namespace"], meta["name"]), ready_condition.status == "True")
         if loaded is not None:
             new["loadedPods"] = list(loaded)
-        if event is not None:
-            warning, reason, message = event
+        new.update(fields or {})
+        for warning, reason, message in ([event] if event is not None else []) + list(events):
             self.writer.event(body, warning=warning, reason=reason, message=message)
         current = body.get("status") or {}
         if any(current.get(k) != v for k, v in new.items()):  # an unchanged status is not written again
@@ -352,14 +355,22 @@ class Reconciler:
             self._finish(body, conds, digest=digest, event=(True, why, exc.message))
             raise status.Retry(exc.message, status.backoff(retry)) from None
         clock.done("deliver")
+        more = list(report.conditions)
+        events = list(report.events)
+        if plugin.rollout is not None and path is not self.agent:
+            more.append(status.Condition(rollout.CONDITION, "False", "AgentPlaneOnly", AGENT_PLANE_ONLY))
+            if first_time:
+                events.append((True, "AgentPlaneOnly", AGENT_PLANE_ONLY))
         self._finish(
             body,
-            [fetched, validated, report.ready],
+            [fetched, validated, report.ready, *more],
             digest=digest,
             pods=report.pods,
             failing=report.failing,
             event=report.event,
             loaded=report.loaded,
+            events=events,
+            fields=report.fields,
         )
         clock.done("status")
         clock.log(ready=report.ready.status == "True", compiled=module is not None and module.compiled is not None)

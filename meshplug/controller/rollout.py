@@ -38,6 +38,10 @@ PROMOTED: Final = "Promoted"
 ROLLED_BACK: Final = "RolledBack"
 ABORTED: Final = "Aborted"
 
+#: the status condition that says where the rollout stands: True when every pod runs the spec's version
+#: (reason Initialized or Promoted), else False with the phase as its reason (or AgentPlaneOnly on the istio plane)
+CONDITION: Final = "RolledOut"
+
 #: the annotation that acts on a rollout in progress: ``promote`` or ``abort``, optionally ``:<anything>``
 ACTION_ANNOTATION: Final = "meshplug.io/rollout"
 PROMOTE: Final = "promote"

@@ -301,7 +301,7 @@ def injected_modules(directory: Path, module_server_url: str) -> dict[str, Any]:
             "url": module_server_url,
             "token_file": str(directory / "sa-token"),
             "ca_file": str(directory / "ca.crt"),
-        }
+        },
     }
 
 
@@ -317,15 +317,16 @@ def start_injected(
     modules: Mapping[str, Any] | None = None,
     env: dict[str, str] | None = None,
     log_level: str = "debug",
+    upstream_port: int | None = None,
 ) -> Agent:
     """An injected pod's agent as a local process at ``ip`` (the pod's IP): push port ``port``, what the kubelet
     would mount (`mount_identity`), the operator's HTTPS module server at ``module_server_url``; ``modules``: more
-    keys of the config's modules section."""
+    keys of the config's modules section; ``upstream_port``: the app it proxies to (None: nothing listens)."""
     files = mount_identity(kube, namespace, pod, work / pod / "etc")
     raw = base_config(
         port=procs.free_port(),
         admin_port=procs.free_port(),
-        clusters={"upstream": procs.free_port()},
+        clusters={"upstream": upstream_port if upstream_port is not None else procs.free_port()},
         push=injected_push(files, address=ip, port=port),
     )
     raw["modules"] = {**injected_modules(files, module_server_url), **(modules or {})}

@@ -61,6 +61,9 @@ class Report:
     retry: str = ""  # non-empty: reconcile again with backoff (a cause that heals by itself)
     recheck_s: float | None = None  # look again after this delay (proxies still loading)
     loaded: tuple[str, ...] | None = None  # pods confirmed loaded, kept in the status (None: not recorded)
+    events: tuple[tuple[bool, str, str], ...] = ()  # more Events, after `event`
+    conditions: tuple[status.Condition, ...] = ()  # more conditions beside Ready (a rollout's RolledOut)
+    fields: Mapping[str, Any] | None = None  # more status fields (a rollout's ``rollout``)
 
 
 class Delivery(Protocol):

@@ -8,6 +8,12 @@ only when every selected pod's agent ACKed a set in which this plugin runs with 
 pushed again until something changes (the set, the pod's address or its restarts); unreachable agents are retried
 with backoff. Pods that stop being selected get their new set. Pushes are authenticated by mutual TLS and the push
 tokens of the namespace's agent Secret (`meshplug.controller.identity.Identity.push_credentials`).
+
+With ``spec.rollout`` an update is a canary rollout (`meshplug.controller.rollout` decides, from the status, which
+pods run it; `meshplug.controller.delivery.canary` keeps the stable version beside it and measures each step): the
+other pods' sets keep the stable version, and while a step is in progress every look reads each selected pod's
+per-plugin stats from its agent (the push port's GET `protocol.HEALTH_PATH`), compares the sides and pushes the
+next step, every pod (promoted) or the stable version back (rolled back). Ready is False (RollingOut) until then.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from meshplug import errors, limits, spec
-from meshplug.controller import agents, apply, delivery, identity, status, workqueue
+from meshplug import errors, limits, protocol, spec
+from meshplug.controller import agents, apply, delivery, identity, rollout, status, workqueue
 from meshplug.controller import metrics as metrics_mod
+from meshplug.controller.delivery import canary
 from meshplug.render import agent as agent_render
 from meshplug.render import model
 
@@ -36,11 +43,21 @@ Loader = Callable[[spec.PluginSpec], model.Module]
 
 @dataclass(frozen=True)
 class PluginEntry:
-    """An agent-plane plugin as it is delivered: its spec, its validated module, its chain tie-break."""
+    """An agent-plane plugin as it is delivered: its spec, its validated module, its chain tie-break; during a
+    canary rollout (`meshplug.controller.rollout`) also the stable version, which every pod but ``canary_pods``
+    runs (None: every pod runs ``module``)."""
 
     plugin: spec.PluginSpec
     module: model.Module
     tie_break: str  # creationTimestamp + namespace/name (Istio's tie-break within a phase and priority)
+    stable: tuple[spec.PluginSpec, model.Module] | None = None
+    canary_pods: frozenset[str] | None = None
+
+    def for_pod(self, pod: str) -> tuple[spec.PluginSpec, model.Module]:
+        """The version ``pod`` runs."""
+        if self.stable is not None and self.canary_pods is not None and pod not in self.canary_pods:
+            return self.stable
+        return self.plugin, self.module
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,9 @@ class AgentDelivery:
         self._pod_locks: dict[Key, threading.Lock] = {}
         self._grants: dict[Key, frozenset[str]] = {}  # (namespace, pod) -> modules (sha256) of the sets pushed to it
         self._pool = workqueue.Pool(limits.AGENT_PUSH_CONCURRENCY, "meshplug-push")
+        self._windows = canary.Windows()  # canary rollouts: each step's baseline of per-plugin stats
+        #: canary rollouts: the state last decided here (the status has it too, maybe not yet in a cached read)
+        self._rollouts: dict[Key, rollout.State] = {}
 
     def close(self) -> None:
         """Stop pushing: pushes still running are abandoned (their reconciles raise `workqueue.ShuttingDown`)."""
@@ -109,11 +129,28 @@ class AgentDelivery:
         plugin, module = request.plugin, request.module
         if module is None:  # the reconciler reads every agent-plane module (file:// below the operator's roots)
             raise errors.ApplyError("the agent data plane needs a module meshplug fetched", reason="ModuleMissing")
+        if plugin.rollout is not None:
+            return self._deliver_rollout(request, plugin, module)
+        self._windows.forget(request.key)
         with self._lock:
+            self._rollouts.pop(request.key, None)
             self._entries[request.key] = PluginEntry(plugin, module, delivery.tie_break(request.body))
         report, nacks = self._deliver(plugin, module)
-        digest = module.digest
-        if report.ready == report.total:
+        return self._report(report, nacks, module.digest)
+
+    def _report(
+        self,
+        report: PodReport,
+        nacks: list[tuple[str, agents.Outcome]],
+        digest: str,
+        state: rollout.State | None = None,
+    ) -> delivery.Report:
+        """Ready from the pods' confirmations (and, with a rollout, where it stands)."""
+        if report.ready == report.total and state is not None and (state.active or state.holds_stable):
+            ready = status.Condition(
+                status.READY, "False", "RollingOut" if state.active else state.phase, state.message
+            )
+        elif report.ready == report.total:
             ready = status.Condition(
                 status.READY, "True", "Confirmed", f"{report.ready}/{report.total} selected pods' agents run {digest}"
             )
@@ -124,11 +161,12 @@ class AgentDelivery:
                 "AgentsPending",
             )
             first = report.failing[0]
+            what = "their version" if state is not None and (state.active or state.holds_stable) else digest
             ready = status.Condition(
                 status.READY,
                 "False",
                 reason,
-                f"{report.ready}/{report.total} selected pods' agents confirmed {digest}; "
+                f"{report.ready}/{report.total} selected pods' agents confirmed {what}; "
                 f"{first['name']}: {first['reason']}: {first['message']}",
             )
         event = None
@@ -139,6 +177,97 @@ class AgentDelivery:
         return delivery.Report(
             ready=ready, pods=(report.ready, report.total), failing=report.failing, event=event, retry=report.retry
         )
+
+    def _deliver_rollout(
+        self, request: delivery.Request, plugin: spec.PluginSpec, module: model.Module
+    ) -> delivery.Report:
+        """A plugin with ``spec.rollout``: its pods get the version the rollout gives them; while a step is in
+        progress and its pods confirmed, their stats are compared and the rollout goes on (or back)."""
+        assert plugin.rollout is not None
+        pods = delivery.selected_pods(self.writer, plugin)
+        ctx = canary.context(request.body, plugin, module, pods)
+        with self._lock:  # what this process last decided, else the status (after a restart or a new leader)
+            prior = self._rollouts.get(request.key) or rollout.from_status(request.body.get("status"))
+        planned = rollout.plan(ctx, prior)
+        events = list(planned.events)
+        stable = canary.stable_of(request.body, planned.state, self.load) if planned.canary_pods is not None else None
+        self._set_entry(request, stable, planned.canary_pods)
+        report, nacks = self._deliver(plugin, module)
+        state, unread = planned.state, ""
+        if state.active and report.total and report.ready == report.total:
+            healths = self._healths(plugin.namespace, pods)
+            expected = {name: self._expected(request.key, name, module) for name, _ in ctx.pods}
+            state, c_side, s_side, missing = self._windows.measure(
+                request.key, state, plugin.envoy_name, expected, healths
+            )
+            if missing:  # no verdict on part of the pods: hold (the step's window keeps running)
+                unread = f"stats not read from {len(missing)} pods ({missing[0]})"
+                state = replace(state, message=f"step {state.step}/{state.steps}: {unread}")
+            else:
+                after = rollout.advance(ctx, state, c_side, s_side)
+                events += after.events
+                state = after.state
+                if after.canary_pods != planned.canary_pods:
+                    self._windows.forget(request.key)
+                    stable = stable or canary.stable_of(request.body, state, self.load)
+                    self._set_entry(request, stable if after.canary_pods is not None else None, after.canary_pods)
+                    report, more = self._deliver(plugin, module)
+                    nacks += more
+        with self._lock:
+            self._rollouts[request.key] = state
+        out = self._report(report, nacks, module.digest, state)
+        phase_ok = state.phase in (rollout.INITIALIZED, rollout.PROMOTED)
+        rolled = status.Condition(rollout.CONDITION, "True" if phase_ok else "False", state.phase, state.message)
+        if out.event is not None:
+            events.insert(0, out.event)
+        recheck = None
+        if state.active:
+            recheck = min(limits.ROLLOUT_CHECK_INTERVAL_S, max(0.5, plugin.rollout.hold_s / 4))
+        return replace(
+            out,
+            event=None,
+            events=tuple(events),
+            conditions=(rolled,),
+            fields={"rollout": rollout.to_status(state)},
+            recheck_s=recheck if not out.retry else None,
+        )
+
+    def _set_entry(
+        self,
+        request: delivery.Request,
+        stable: tuple[spec.PluginSpec, model.Module] | None,
+        canary_pods: tuple[str, ...] | None,
+    ) -> None:
+        assert request.module is not None
+        entry = PluginEntry(
+            request.plugin,
+            request.module,
+            delivery.tie_break(request.body),
+            stable=stable if canary_pods is not None else None,
+            canary_pods=frozenset(canary_pods) if canary_pods is not None and stable is not None else None,
+        )
+        with self._lock:
+            self._entries[request.key] = entry
+
+    def _expected(self, key: Key, pod: str, module: model.Module) -> str:
+        """The module (sha256) ``pod`` should run for plugin ``key``."""
+        with self._lock:
+            entry = self._entries.get(key)
+        return entry.for_pod(pod)[1].sha256 if entry is not None else module.sha256
+
+    def _healths(self, namespace: str, pods: list[dict[str, Any]]) -> dict[str, protocol.Health | str]:
+        """Each pod's agent's per-plugin stats (or why they could not be read)."""
+        creds = self.identity.push_credentials(namespace)
+
+        def one(pod: Mapping[str, Any]) -> protocol.Health | str:
+            try:
+                target = agents.target_of(dict(pod))
+            except errors.ConfigError as exc:
+                return exc.message
+            return "the pod has no IP" if target is None else agents.read_health(target, creds)
+
+        answers = self._pool.map(one, pods)
+        return {str(p["metadata"]["name"]): a for p, a in zip(pods, answers, strict=True)}
 
     def _refresh_entries(self, namespace: str) -> None:
         """Make the registry of agent-plane plugins of ``namespace`` match the API (after a restart the
@@ -168,21 +297,36 @@ class AgentDelivery:
             if known is not None and known.plugin == plugin:
                 continue
             try:
-                module = self.load(plugin)
+                entry = self._entry_from_api(body, plugin)
             except errors.MeshplugError as exc:  # its own reconcile reports it; keep its last good module
                 log.info("agent set of %s: %s/%s not deliverable yet: %s", namespace, namespace, plugin.name, exc)
                 continue
             with self._lock:
-                self._entries[key] = PluginEntry(plugin, module, delivery.tie_break(body))
+                self._entries[key] = entry
         with self._lock:
             for key in [k for k in self._entries if k[0] == namespace and k[1] not in present]:
                 del self._entries[key]
 
-    def _desired(self, namespace: str, labels: Mapping[str, str]) -> tuple[str, tuple[Any, ...], frozenset[str]]:
+    def _entry_from_api(self, body: Mapping[str, Any], plugin: spec.PluginSpec) -> PluginEntry:
+        """Another plugin's entry as the API has it: its module, and where its rollout stands (its status)."""
+        module = self.load(plugin)
+        state = rollout.from_status(body.get("status")) if plugin.rollout is not None else None
+        if state is None or not (state.active or state.holds_stable) or state.canary is None:
+            return PluginEntry(plugin, module, delivery.tie_break(body))
+        digest = f"sha256:{module.sha256}"
+        if rollout.version_key(digest, body.get("spec") or {}) != state.canary.key:
+            return PluginEntry(plugin, module, delivery.tie_break(body))  # a newer spec: its reconcile decides
+        stable = canary.stable_of(body, state, self.load)
+        pods = frozenset(state.canary_pods) if state.active else frozenset()
+        return PluginEntry(plugin, module, delivery.tie_break(body), stable=stable, canary_pods=pods)
+
+    def _desired(
+        self, namespace: str, labels: Mapping[str, str], pod: str
+    ) -> tuple[str, tuple[Any, ...], frozenset[str]]:
         """The pod's set: its version, its resources, and the blobs (sha256) its agent fetches for it."""
         with self._lock:
             entries = [
-                (e.plugin, e.module, e.tie_break)
+                (*e.for_pod(pod), e.tie_break)
                 for (ns, _), e in self._entries.items()
                 if ns == namespace and delivery.selects(e.plugin.selector_labels, labels)
             ]
@@ -215,7 +359,7 @@ class AgentDelivery:
             out = state.outcome
             if (
                 out.result in (agents.Result.ACK, agents.Result.NACK)
-                and (plugin.envoy_name, module.sha256) in out.running
+                and (plugin.envoy_name, self._expected(key, name, module)) in out.running
             ):
                 ready += 1  # confirmed; after a NACK the agent still runs it (the set was refused for another plugin)
                 if out.result is agents.Result.NACK and pushed_now:
@@ -244,7 +388,7 @@ class AgentDelivery:
             return f"{exc.reason}: {exc.message}", False
         if target is None:
             return "PodHasNoIP: the pod has no IP yet (not running)", False
-        version, resources, blobs = self._desired(meta["namespace"], meta.get("labels") or {})
+        version, resources, blobs = self._desired(meta["namespace"], meta.get("labels") or {}, meta["name"])
         restarts = restarts_of(pod)
         with self._lock:
             lock = self._pod_locks.setdefault(pod_key, threading.Lock())
@@ -301,7 +445,9 @@ class AgentDelivery:
     def remove(self, namespace: str, name: str, *, owned: bool) -> None:
         """Push every pod that ran the plugin its set without it (deleted, or moved to another path)."""
         key: Key = (namespace, name)
+        self._windows.forget(key)
         with self._lock:
+            self._rollouts.pop(key, None)
             entry = self._entries.pop(key, None)
             pushed = self._pushed.pop(key, frozenset())
         if entry is None and not pushed and not owned:

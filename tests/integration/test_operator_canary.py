@@ -1,0 +1,346 @@
+"""Canary rollouts on the agent plane, end to end and under load: `meshplug operator` (a process) against the real
+kube-apiserver, four pods whose agents are real processes (at 127.0.0.x, as in test_operator_agent) in front of one
+echo app, and a client sending a steady stream of requests round-robin over the pods' agents on keep-alive
+connections, counting every answer per pod.
+
+A good update (v1 -> v2) goes through both steps (25 %, then 50 % of the pods) and is promoted; a bad one (answers
+503 itself) and another bad one (traps: FAIL_CLOSE answers 503) are rolled back to v2 by the operator alone. The
+client must see 0 failed requests but the bad versions' own 503s, and those only from the pods the status named as
+canaries, at most the requests those pods got. Status and Events show each step. An istio-plane plugin with
+``rollout`` is told that rollout applies to the agent plane only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+
+from tests.guests import minimal
+from tests.testbed import agent as agent_mod
+from tests.testbed import kube as kube_mod
+from tests.testbed import operator as operator_mod
+from tests.testbed import procs
+from tests.testbed import upstream as upstream_mod
+
+pytestmark = pytest.mark.integration
+
+PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
+V1 = minimal.passthrough('(data (i32.const 2048) "v1")')
+V2 = minimal.passthrough('(data (i32.const 2048) "v2")')
+_HOSTS = itertools.count(150)
+PODS = ("a", "b", "c", "d")
+ROLLOUT = {
+    "steps": [{"percent": 25}, {"percent": 50}],
+    "holdSeconds": 4,
+    "analysis": {"minRequests": 15, "maxFailureRatioIncrease": 0.02},
+}
+
+
+def _guest(request_headers: str, imports: str = "") -> bytes:
+    """A module that starts and configures, with ``request_headers`` as its proxy_on_request_headers body."""
+    wat = f"""(module
+ {imports}
+ (memory (export "memory") 1)
+ (data (i32.const 2048) "bad-canary")
+ (func (export "proxy_abi_version_0_2_1"))
+ (func (export "malloc") (param i32) (result i32) i32.const 4096)
+ (func (export "proxy_on_context_create") (param i32 i32))
+ (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const 1)
+ (func (export "proxy_on_configure") (param i32 i32) (result i32) i32.const 1)
+ (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) {request_headers})
+ (func (export "proxy_on_done") (param i32) (result i32) i32.const 1)
+ (func (export "proxy_on_delete") (param i32)))"""
+    return bytes(wasmtime.wat2wasm(wat))
+
+
+#: answers every request 503 "bad-canary" itself (a local reply)
+BAD_5XX = _guest(
+    "(drop (call $reply (i32.const 503) (i32.const 0) (i32.const 0) (i32.const 2048) (i32.const 10)"
+    " (i32.const 0) (i32.const 0) (i32.const -1))) (i32.const 1)",
+    '(import "env" "proxy_send_local_response" (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))',
+)
+#: traps on every request (FAIL_CLOSE: the agent answers 503)
+BAD_TRAP = _guest("unreachable")
+
+
+@dataclass
+class Tally:
+    """What the client saw, per pod: answers by status, and every failure with its detail."""
+
+    sent: dict[str, int] = field(default_factory=dict)
+    ok: dict[str, int] = field(default_factory=dict)
+    bad_canary: dict[str, int] = field(default_factory=dict)  # 503s of the bad versions
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (pod, what): anything else
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, table: dict[str, int], pod: str) -> None:
+        with self.lock:
+            table[pod] = table.get(pod, 0) + 1
+
+    def total(self, table: dict[str, int]) -> int:
+        with self.lock:
+            return sum(table.values())
+
+
+class Load:
+    """A steady client: one thread per pod, each on a keep-alive connection to that pod's agent, at a fixed rate;
+    every answer is counted. A 503 counts as the bad canary's only while ``bad`` is set (a bad version is being
+    rolled out); otherwise, and any other status or error, it is a failure of the rollout."""
+
+    def __init__(self, ports: dict[str, int], rate_per_pod: float) -> None:
+        self.ports = ports
+        self.interval = 1.0 / rate_per_pod
+        self.tally = Tally()
+        self.bad = threading.Event()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(pod,), daemon=True) for pod in ports]
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def _run(self, pod: str) -> None:
+        conn: http.client.HTTPConnection | None = None
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            next_at += self.interval
+            self.stop.wait(max(0.0, next_at - time.monotonic()))  # the rate, not a synchronisation
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.ports[pod], timeout=10)
+            self.tally.add(self.tally.sent, pod)
+            try:
+                conn.request("GET", f"/load/{pod}", headers={"host": "app"})
+                resp = conn.getresponse()
+                body = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self.tally.failures.append((pod, f"{type(exc).__name__}: {exc}"))
+                conn.close()
+                conn = None
+                continue
+            if resp.status == 200:
+                self.tally.add(self.tally.ok, pod)
+            elif resp.status == 503 and self.bad.is_set():
+                self.tally.add(self.tally.bad_canary, pod)
+            else:
+                self.tally.failures.append((pod, f"HTTP {resp.status}: {body[:80]!r}"))
+            if resp.will_close:
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
+@dataclass
+class Bed:
+    kube: kube_mod.Kube
+    ns: str
+    modules: Path
+    work: Path
+    op: operator_mod.Operator
+    app: upstream_mod.Service
+    agents: dict[str, agent_mod.Agent]
+
+    def module(self, name: str, data: bytes) -> str:
+        (self.modules / name).write_bytes(data)
+        return f"file://{self.modules / name}"
+
+    def pod(self, name: str, labels: dict[str, str]) -> agent_mod.Agent:
+        port = procs.free_port()
+        annotations = {"meshplug.io/agent-push-port": str(port), agent_mod.INJECTED_ANNOTATION: "test"}
+        body = {
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/app:v1"}]},
+        }
+        status, out = self.kube.request("POST", f"/api/v1/namespaces/{self.ns}/pods", body)
+        assert status == 201, out
+        ip = f"127.0.0.{next(_HOSTS)}"
+        self.agents[name] = agent_mod.start_injected(
+            self.kube,
+            self.ns,
+            name,
+            self.work,
+            ip=ip,
+            port=port,
+            module_server_url=f"https://127.0.0.1:{self.op.module_tls_port}",
+            env={"MESHPLUG_CACHE": str(self.work / name / "cache")},
+            log_level="info",
+            upstream_port=self.app.port,
+        )
+        running = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+        status, out = self.kube.request(
+            "PATCH",
+            f"/api/v1/namespaces/{self.ns}/pods/{name}/status",
+            {"status": {**running, "conditions": [{"type": "Ready", "status": "True"}]}},
+            content_type="application/merge-patch+json",
+        )
+        assert status == 200, out
+        return self.agents[name]
+
+    def apply(self, name: str, spec: dict[str, Any]) -> None:
+        body = {"apiVersion": "meshplug.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": name}, "spec": spec}
+        status, out = self.kube.request("POST", PLUGINS.format(ns=self.ns), body)
+        assert status == 201, out
+
+    def patch(self, name: str, spec: dict[str, Any]) -> None:
+        status, out = self.kube.request(
+            "PATCH", f"{PLUGINS.format(ns=self.ns)}/{name}", {"spec": spec}, content_type="application/merge-patch+json"
+        )
+        assert status == 200, out
+
+    def get(self, name: str) -> dict[str, Any]:
+        status, obj = self.kube.request("GET", f"{PLUGINS.format(ns=self.ns)}/{name}")
+        assert status == 200, obj
+        return dict(obj)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name).get("status") or {})
+
+    def events(self, name: str) -> list[tuple[str, str, str]]:
+        _, out = self.kube.request("GET", f"/api/v1/namespaces/{self.ns}/events")
+        items = sorted(out["items"], key=lambda e: (e.get("firstTimestamp") or "", e["metadata"]["name"]))
+        return [(e["type"], e["reason"], e["message"]) for e in items if e["involvedObject"]["name"] == name]
+
+    def running(self, pod: str) -> str:
+        """The sha256 of plugin hdr the pod's agent runs ("" if none)."""
+        plugins = self.agents[pod].config_dump()["plugins"]
+        return next((p["sha256"] for p in plugins if p["name"] == f"{self.ns}.hdr"), "")
+
+
+def condition(st: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions") or [] if c["type"] == kind), {})
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def bed(kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path: Path) -> Iterator[Bed]:
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    op = operator_mod.start_operator(
+        kube.kubeconfig, tmp_path, namespaces=[kube_namespace], extra=[f"--file-root={modules}"]
+    )
+    app = upstream_mod.start_service("echo", log_dir=tmp_path / "logs", name="app")
+    b = Bed(kube, kube_namespace, modules, tmp_path, op, app, {})
+    try:
+        yield b
+    finally:
+        op.stop()
+        for a in b.agents.values():
+            a.stop()
+        app.stop()
+        print(op.proc.log()[-12000:])
+
+
+def roll(bed: Bed, url: str, *, until: str, canaries: set[str], timeout: float = 120) -> dict[str, Any]:
+    """Point hdr at ``url``; wait until status.rollout.phase is ``until`` (noting every pod named a canary)."""
+    bed.patch("hdr", {"url": url})
+    st: dict[str, Any] = {}
+
+    def done() -> bool:
+        nonlocal st
+        st = bed.status("hdr")
+        rollout = st.get("rollout") or {}
+        canaries.update(rollout.get("canaryPods") or [])
+        return (
+            st.get("observedGeneration") == bed.get("hdr")["metadata"]["generation"] and rollout.get("phase") == until
+        )
+
+    procs.wait_until(done, timeout=timeout, interval=0.2, what=f"rollout of {url} to reach {until}")
+    return st
+
+
+def test_a_good_version_rolls_through_and_bad_ones_roll_back_under_load(bed: Bed) -> None:
+    for name in PODS:
+        bed.pod(name, {"app": "cart"})
+    bed.apply(
+        "hdr",
+        {
+            "url": bed.module("v1.wasm", V1),
+            "selector": {"matchLabels": {"app": "cart"}},
+            "dataPlane": "agent",
+            "rollout": ROLLOUT,
+        },
+    )
+    procs.wait_until(
+        lambda: condition(bed.status("hdr"), "Ready").get("reason") == "Confirmed", timeout=90, what="v1 Ready"
+    )
+    st = bed.status("hdr")
+    assert st["rollout"]["phase"] == "Initialized" and st["rollout"]["stable"]["digest"] == f"sha256:{sha(V1)}"
+    assert condition(st, "RolledOut")["status"] == "True"
+
+    ports = {name: bed.agents[name].port for name in PODS}
+    canaries: dict[str, set[str]] = {"good": set(), "5xx": set(), "trap": set()}
+    with Load(ports, rate_per_pod=25) as load:
+        # a good version: both steps, then every pod
+        st = roll(bed, bed.module("v2.wasm", V2), until="Promoted", canaries=canaries["good"])
+        assert condition(st, "Ready")["status"] == "True" and condition(st, "RolledOut")["reason"] == "Promoted"
+        assert st["rollout"]["stable"]["digest"] == f"sha256:{sha(V2)}" and st["rollout"]["canaryPods"] == []
+        assert [h["result"] for h in st["rollout"]["history"][-2:]] == ["Passed", "Promoted"]
+        assert all(bed.running(p) == sha(V2) for p in PODS)
+        before_bad = load.tally.total(load.tally.ok)
+
+        # bad versions: the operator rolls each back to v2 by itself
+        load.bad.set()
+        for label, bad in (("5xx", BAD_5XX), ("trap", BAD_TRAP)):
+            st = roll(bed, bed.module(f"bad-{label}.wasm", bad), until="RolledBack", canaries=canaries[label])
+            ready = condition(st, "Ready")
+            assert (ready["status"], ready["reason"]) == ("False", "RolledBack"), st
+            assert "failure ratio" in st["rollout"]["message"] and st["rollout"]["canaryPods"] == []
+            assert st["rollout"]["analysis"]["verdict"] == "Failed"
+            assert st["rollout"]["stable"]["digest"] == f"sha256:{sha(V2)}"
+            procs.wait_until(lambda: all(bed.running(p) == sha(V2) for p in PODS), timeout=30, what="v2 everywhere")
+        load.bad.clear()
+        # the stable version keeps serving, with no failure, after the rollbacks
+        served = load.tally.total(load.tally.ok)
+        procs.wait_until(lambda: load.tally.total(load.tally.ok) > served + 100, timeout=60, what="more requests")
+
+    tally = load.tally
+    print(f"sent {tally.total(tally.sent)}, ok {tally.total(tally.ok)}, bad canary {tally.bad_canary}")
+    assert tally.failures == [], tally.failures[:10]  # 0 failed requests attributable to the rollout
+    assert tally.total(tally.ok) > before_bad > 0
+    # the bad versions' own 503s came only from pods the status named as their canaries (one of four: 25 %),
+    # and never more than those pods were sent
+    bad_pods = canaries["5xx"] | canaries["trap"]
+    assert tally.bad_canary and set(tally.bad_canary) <= bad_pods, (tally.bad_canary, canaries)
+    assert len(canaries["5xx"]) == len(canaries["trap"]) == 1 and len(canaries["good"]) == 2
+    for pod, count in tally.bad_canary.items():
+        assert count <= tally.sent[pod]
+    assert tally.total(tally.bad_canary) < tally.total(tally.sent) * 0.25
+
+    reasons = [r for _, r, _ in bed.events("hdr")]
+    for reason in ("RolloutStarted", "RolloutStep", "RolloutPromoted", "RolloutRolledBack"):
+        assert reason in reasons, reasons
+    assert reasons.count("RolloutRolledBack") == 2
+    warnings = {r for t, r, _ in bed.events("hdr") if t == "Warning"}
+    assert "RolloutRolledBack" in warnings and "RolloutPromoted" not in warnings
+
+
+def test_rollout_on_the_istio_plane_says_it_applies_to_the_agent_plane_only(bed: Bed) -> None:
+    bed.apply("mesh", {"url": bed.module("v1.wasm", V1), "rollout": ROLLOUT})
+
+    def told() -> bool:
+        return condition(bed.status("mesh"), "RolledOut").get("reason") == "AgentPlaneOnly"
+
+    procs.wait_until(told, timeout=60, what="RolledOut=False AgentPlaneOnly")
+    st = bed.status("mesh")
+    assert condition(st, "RolledOut")["status"] == "False" and "rollout" not in st
+    assert "dataPlane agent only" in condition(st, "RolledOut")["message"]
+    assert ("Warning", "AgentPlaneOnly") in {(t, r) for t, r, _ in bed.events("mesh")}
