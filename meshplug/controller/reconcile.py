@@ -231,7 +231,7 @@ class Reconciler:
         for warning, reason, message in ([event] if event is not None else []) + list(events):
             self.writer.event(body, warning=warning, reason=reason, message=message)
         current = body.get("status") or {}
-        if any(current.get(k) != v for k, v in new.items()):  # an unchanged status is not written again
+        if any(status.pruned(current.get(k)) != status.pruned(v) for k, v in new.items()):  # unchanged: not again
             self.writer.patch_status(meta["namespace"], meta["name"], new, kind=str(body.get("kind") or spec.KIND))
 
     # --- reconcile -------------------------------------------------------------------------------------------

@@ -87,3 +87,13 @@ def backoff(retry: int) -> float:
 
 def pods_block(ready: int, total: int) -> dict[str, Any]:
     return {"total": total, "ready": ready, "failing": total - ready, "summary": f"{ready}/{total}"}
+
+
+def pruned(value: Any) -> Any:
+    """``value`` as the API server stores a merge patch of it: keys set to null are absent (so a status that only
+    differs by them is not written again)."""
+    if isinstance(value, Mapping):
+        return {k: pruned(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [pruned(v) for v in value]
+    return value

@@ -75,10 +75,13 @@ def start_operator(
     timeout: float = 60.0,
     env: Mapping[str, str] | None = None,
     allow_loopback: bool = True,
+    module_ports: tuple[int, int] | None = None,
 ) -> Operator:
     """The operator on 127.0.0.1; ``allow_loopback``: the test bed's sources and module server are on loopback, so
-    it opts in explicitly (`--allow-loopback`; a cluster install refuses loopback)."""
-    metrics_port, module_port, module_tls_port = procs.free_port(), procs.free_port(), procs.free_port()
+    it opts in explicitly (`--allow-loopback`; a cluster install refuses loopback); ``module_ports``: the module
+    server's (plain, TLS) ports, e.g. an earlier operator's (as behind a Service, the agents keep its address)."""
+    metrics_port = procs.free_port()
+    module_port, module_tls_port = module_ports or (procs.free_port(), procs.free_port())
     liveness_port = procs.free_port()
     # the operator's own namespace (its identity Secret): the lease namespace, else the first watched one
     lease = next((a.split("=", 1)[1] for a in extra if a.startswith("--lease-namespace=")), "")

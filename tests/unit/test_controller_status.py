@@ -45,3 +45,16 @@ def test_selects(selector: dict[str, str], labels: dict[str, str] | None, select
 @pytest.mark.parametrize(("retry", "delay"), [(0, 5.0), (1, 10.0), (3, 40.0), (6, 300.0), (60, 300.0)])
 def test_backoff(retry: int, delay: float) -> None:
     assert status.backoff(retry) == delay
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"a": None, "b": {"c": None, "d": 1}}, {"b": {"d": 1}}),
+        ([{"x": None}], [{}]),
+        (None, None),
+        ("s", "s"),
+    ],
+)
+def test_pruned_is_what_a_merge_patch_leaves(value: object, expected: object) -> None:
+    assert status.pruned(value) == expected

@@ -119,6 +119,7 @@ class AgentDelivery:
         self._windows = canary.Windows()  # canary rollouts: each step's baseline of per-plugin stats
         #: canary rollouts: the state last decided here (the status has it too, maybe not yet in a cached read)
         self._rollouts: dict[Key, rollout.State] = {}
+        self._stables: dict[Key, tuple[str, tuple[spec.PluginSpec, model.Module]]] = {}  # version key -> stable
 
     def close(self) -> None:
         """Stop pushing: pushes still running are abandoned (their reconciles raise `workqueue.ShuttingDown`)."""
@@ -134,6 +135,7 @@ class AgentDelivery:
         self._windows.forget(request.key)
         with self._lock:
             self._rollouts.pop(request.key, None)
+            self._stables.pop(request.key, None)
             self._entries[request.key] = PluginEntry(plugin, module, delivery.tie_break(request.body))
         report, nacks = self._deliver(plugin, module)
         return self._report(report, nacks, module.digest)
@@ -190,7 +192,7 @@ class AgentDelivery:
             prior = self._rollouts.get(request.key) or rollout.from_status(request.body.get("status"))
         planned = rollout.plan(ctx, prior)
         events = list(planned.events)
-        stable = canary.stable_of(request.body, planned.state, self.load) if planned.canary_pods is not None else None
+        stable = self._stable(request.key, request.body, planned.state) if planned.canary_pods is not None else None
         self._set_entry(request, stable, planned.canary_pods)
         report, nacks = self._deliver(plugin, module)
         state, unread = planned.state, ""
@@ -209,7 +211,7 @@ class AgentDelivery:
                 state = after.state
                 if after.canary_pods != planned.canary_pods:
                     self._windows.forget(request.key)
-                    stable = stable or canary.stable_of(request.body, state, self.load)
+                    stable = stable or self._stable(request.key, request.body, state)
                     self._set_entry(request, stable if after.canary_pods is not None else None, after.canary_pods)
                     report, more = self._deliver(plugin, module)
                     nacks += more
@@ -231,6 +233,20 @@ class AgentDelivery:
             fields={"rollout": rollout.to_status(state)},
             recheck_s=recheck if not out.retry else None,
         )
+
+    def _stable(
+        self, key: Key, body: Mapping[str, Any], state: rollout.State
+    ) -> tuple[spec.PluginSpec, model.Module] | None:
+        """The rollout's stable version, fetched and validated once per stable version (not at every look)."""
+        with self._lock:
+            cached = self._stables.get(key)
+        if cached is not None and state.stable is not None and cached[0] == state.stable.key:
+            return cached[1]
+        got = canary.stable_of(body, state, self.load)
+        if got is not None and state.stable is not None:
+            with self._lock:
+                self._stables[key] = (state.stable.key, got)
+        return got
 
     def _set_entry(
         self,
@@ -316,7 +332,7 @@ class AgentDelivery:
         digest = f"sha256:{module.sha256}"
         if rollout.version_key(digest, body.get("spec") or {}) != state.canary.key:
             return PluginEntry(plugin, module, delivery.tie_break(body))  # a newer spec: its reconcile decides
-        stable = canary.stable_of(body, state, self.load)
+        stable = self._stable((plugin.namespace, spec.key_name(plugin.kind, plugin.name)), body, state)
         pods = frozenset(state.canary_pods) if state.active else frozenset()
         return PluginEntry(plugin, module, delivery.tie_break(body), stable=stable, canary_pods=pods)
 
@@ -448,6 +464,7 @@ class AgentDelivery:
         self._windows.forget(key)
         with self._lock:
             self._rollouts.pop(key, None)
+            self._stables.pop(key, None)
             entry = self._entries.pop(key, None)
             pushed = self._pushed.pop(key, frozenset())
         if entry is None and not pushed and not owned:
