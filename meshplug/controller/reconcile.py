@@ -103,7 +103,9 @@ class Reconciler:
         self.identity = identity
         self.metrics = metrics or metrics_mod.Metrics()
         self.precompiler = precompiler or precompile.Precompiler(fetcher.cache.root / "compiled")
-        self.agent = agent_delivery.AgentDelivery(writer, server, self._load, metrics=self.metrics, identity=identity)
+        self.agent = agent_delivery.AgentDelivery(
+            writer, server, self._load, metrics=self.metrics, identity=identity, load_pinned=self._load_pinned
+        )
         self.agent.enqueue = enqueue
         self.istio_delivery = istio_delivery
         self.root_namespace = root_namespace
@@ -406,6 +408,18 @@ class Reconciler:
             validate_lua.check(plugin.lua, where="spec.lua.inlineCode")
             return model.Module(sha256=plugin.sha256, data=plugin.lua.encode())
         return self._validate(plugin, self._fetch(plugin, always=False))
+
+    def _load_pinned(self, plugin: spec.PluginSpec, sha256: str) -> model.Module:
+        """A version fetched before (a canary rollout's stable one), by its sha256: from the module cache when it
+        holds it (its url may serve other bytes by now: a moved tag), else fetched again by its url. A plugin
+        whose signature is checked is always fetched (and verified) again: the agents verify what it carries."""
+        data = None
+        if plugin.lua is None and not self.signature_policy.keys_for(plugin):
+            data = self.fetcher.cache.get_blob(sha256)
+        if data is None:
+            return self._load(plugin)
+        layout = fetch.Layout.FILE if plugin.scheme is spec.Scheme.FILE else fetch.Layout.HTTP
+        return self._validate(plugin, fetch.Artifact(data, sha256, plugin.url, None, layout, from_cache=True))
 
     def _validate(self, plugin: spec.PluginSpec, artifact: fetch.Artifact) -> model.Module:
         kind = validate.FilterKind.NETWORK if plugin.type is spec.PluginType.NETWORK else validate.FilterKind.HTTP

@@ -85,6 +85,23 @@ VALID: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("match-rules-agent", {"dataPlane": "agent", "matchRules": [{"paths": [{"prefix": "/api"}]}]}),
+    (
+        "rollout",
+        {
+            "dataPlane": "agent",
+            "rollout": {
+                "steps": [{"selector": {"matchLabels": {"track": "canary"}}}, {"percent": 25}, {"percent": 50}],
+                "holdSeconds": 120,
+                "analysis": {
+                    "minRequests": 50,
+                    "maxFailureRatioIncrease": 0.005,
+                    "latencyPercentile": 99.9,
+                    "maxLatencyRatio": 1.2,
+                    "latencySlackMs": 2,
+                },
+            },
+        },
+    ),
 ]
 
 
@@ -167,6 +184,15 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("match-rule-both", {"matchRules": [{"paths": [{"prefix": "/", "exact": "/"}]}]}, "exactly one of prefix or exact"),
     ("match-rules-many", {"matchRules": [{"hosts": ["a"]}] * 17}, "must have at most 16 items"),
     ("match-rules-network", {"type": "NETWORK", "matchRules": [{"hosts": ["a"]}]}, "they need type HTTP"),
+    ("rollout-no-steps", {"dataPlane": "agent", "rollout": {"holdSeconds": 5}}, "spec.rollout.steps: Required value"),
+    ("rollout-empty-step", {"dataPlane": "agent", "rollout": {"steps": [{}]}}, "needs percent or selector.matchLabels"),
+    ("rollout-percent", {"rollout": {"steps": [{"percent": 0}]}}, "spec.rollout.steps[0].percent"),
+    (
+        "rollout-ratio",
+        {"rollout": {"steps": [{"percent": 5}], "analysis": {"maxLatencyRatio": 0.5}}},
+        "maxLatencyRatio",
+    ),
+    ("rollout-hold", {"rollout": {"steps": [{"percent": 5}], "holdSeconds": 0}}, "spec.rollout.holdSeconds"),
     (
         "match-rule-config-agent",
         {"dataPlane": "agent", "matchRules": [{"hosts": ["a"], "pluginConfig": {"k": 1}}]},

@@ -193,8 +193,11 @@ class Bed:
         return self.agents[name]
 
     def apply(self, name: str, spec: dict[str, Any]) -> None:
+        """Server-side apply with strict field validation (what ``kubectl apply --validate=strict`` sends)."""
         body = {"apiVersion": "meshplug.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": name}, "spec": spec}
-        status, out = self.kube.request("POST", PLUGINS.format(ns=self.ns), body)
+        query = "fieldManager=kubectl&fieldValidation=Strict"
+        path = f"{PLUGINS.format(ns=self.ns)}/{name}?{query}"
+        status, out = self.kube.request("PATCH", path, body, content_type="application/apply-patch+yaml")
         assert status == 201, out
 
     def patch(self, name: str, spec: dict[str, Any]) -> None:

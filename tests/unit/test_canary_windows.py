@@ -98,7 +98,8 @@ def test_the_stable_version_is_parsed_and_fetched_again(
     state = replace(STATE, stable_spec=kept)
     loaded: list[str] = []
 
-    def load(plugin: Any) -> model.Module:
+    def load(plugin: Any, pinned: str) -> model.Module:
+        assert pinned == OLD  # the stable version is asked for by its digest
         loaded.append(plugin.url)
         return model.Module(sha256=module_sha, data=b"\0asm")
 

@@ -102,10 +102,14 @@ class AgentDelivery:
         *,
         metrics: metrics_mod.Metrics,
         identity: identity.Identity,
+        load_pinned: canary.PinnedLoader | None = None,
     ) -> None:
+        """``load_pinned``: how a canary rollout's stable version is loaded again by its digest (default: as any
+        other plugin, by its url)."""
         self.writer = writer
         self.server = server
         self.load = load
+        self.load_pinned: canary.PinnedLoader = load_pinned or (lambda plugin, _: load(plugin))
         self.metrics = metrics
         self.identity = identity
         self.enqueue: Callable[[Key, float], None] | None = None
@@ -242,7 +246,7 @@ class AgentDelivery:
             cached = self._stables.get(key)
         if cached is not None and state.stable is not None and cached[0] == state.stable.key:
             return cached[1]
-        got = canary.stable_of(body, state, self.load)
+        got = canary.stable_of(body, state, self.load_pinned)
         if got is not None and state.stable is not None:
             with self._lock:
                 self._stables[key] = (state.stable.key, got)

@@ -23,8 +23,8 @@ from meshplug.controller import rollout
 from meshplug.render import model
 
 Key = tuple[str, str]
-#: fetch and validate a plugin's module (the agent path's loader)
-Loader = Callable[[spec.PluginSpec], model.Module]
+#: fetch and validate a plugin's module of a known sha256 (hex), e.g. from the operator's module cache
+PinnedLoader = Callable[[spec.PluginSpec, str], model.Module]
 
 
 def context(
@@ -50,7 +50,7 @@ def context(
 
 
 def stable_of(
-    body: Mapping[str, Any], state: rollout.State, load: Loader
+    body: Mapping[str, Any], state: rollout.State, load: PinnedLoader
 ) -> tuple[spec.PluginSpec, model.Module] | None:
     """The stable version as the status keeps it, parsed and fetched (None: no stable version is kept). Raises
     ApplyError (reason StableUnavailable) when it can no longer be read or fetched: the rollout then waits."""
@@ -59,7 +59,7 @@ def stable_of(
     kept = {"kind": body.get("kind"), "metadata": body.get("metadata") or {}, "spec": dict(state.stable_spec)}
     try:
         plugin = spec.parse(kept)
-        module = load(plugin)
+        module = load(plugin, state.stable.digest.removeprefix("sha256:"))
     except errors.MeshplugError as exc:
         raise errors.ApplyError(
             f"the stable version {state.stable.digest} cannot be delivered again: {exc.message}",
