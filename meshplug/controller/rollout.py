@@ -459,6 +459,9 @@ def advance(ctx: Context, state: State, canary: Sample, stable: Sample) -> Plan:
     canary_version = state.canary
     assert state.active and canary_version is not None
     rollout, now, pods = ctx.rollout, ctx.now, ctx.pods
+    if not state.canary_pods:  # a step by selector that matches no selected pod (yet): nothing to judge
+        message = f"step {state.step}/{state.steps}: no selected pod matches this step's selector yet"
+        return Plan(replace(state, step_started="", message=message), state.canary_pods)
     started = parse_time(state.step_started)
     if started is None:  # the step's pods just confirmed: its window starts now
         state = replace(state, step_started=now_rfc3339(now))

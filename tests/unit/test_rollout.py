@@ -360,3 +360,12 @@ def test_a_bad_version_is_rolled_back() -> None:
     assert warning and reason == "RolloutRolledBack" and "failure ratio 1.0000" in message
     # and it stays so while the spec names that version
     assert rollout.plan(ctx(), got.state).canary_pods == ()
+
+
+def test_a_step_whose_selector_matches_no_pod_waits() -> None:
+    conf = settings(PCT(None, (("track", "canary"),)))
+    c = replace(ctx(conf=conf), rollout=conf)
+    started = rollout.plan(c, STABLE_V1)
+    assert started.canary_pods == () and started.state.phase == rollout.PROGRESSING
+    held = rollout.advance(c, started.state, sample(100), sample(100))
+    assert held.canary_pods == () and "no selected pod matches" in held.state.message and not held.events
