@@ -256,9 +256,11 @@ def bed(kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path:
         print(op.proc.log()[-12000:])
 
 
-def roll(bed: Bed, url: str, *, until: str, canaries: set[str], timeout: float = 120) -> dict[str, Any]:
-    """Point hdr at ``url``; wait until status.rollout.phase is ``until`` (noting every pod named a canary)."""
-    bed.patch("hdr", {"url": url})
+def roll(bed: Bed, name: str, data: bytes, *, until: str, canaries: set[str], timeout: float = 120) -> dict[str, Any]:
+    """Point hdr at module ``data``; wait until status.rollout.phase is ``until`` for it (noting every pod named a
+    canary on the way)."""
+    bed.patch("hdr", {"url": bed.module(name, data)})
+    digest = f"sha256:{sha(data)}"
     st: dict[str, Any] = {}
 
     def done() -> bool:
@@ -266,11 +268,9 @@ def roll(bed: Bed, url: str, *, until: str, canaries: set[str], timeout: float =
         st = bed.status("hdr")
         rollout = st.get("rollout") or {}
         canaries.update(rollout.get("canaryPods") or [])
-        return (
-            st.get("observedGeneration") == bed.get("hdr")["metadata"]["generation"] and rollout.get("phase") == until
-        )
+        return (rollout.get("canary") or {}).get("digest") == digest and rollout.get("phase") == until
 
-    procs.wait_until(done, timeout=timeout, interval=0.2, what=f"rollout of {url} to reach {until}")
+    procs.wait_until(done, timeout=timeout, interval=0.2, what=f"rollout of {name} to reach {until}")
     return st
 
 
@@ -297,7 +297,7 @@ def test_a_good_version_rolls_through_and_bad_ones_roll_back_under_load(bed: Bed
     canaries: dict[str, set[str]] = {"good": set(), "5xx": set(), "trap": set()}
     with Load(ports, rate_per_pod=25) as load:
         # a good version: both steps, then every pod
-        st = roll(bed, bed.module("v2.wasm", V2), until="Promoted", canaries=canaries["good"])
+        st = roll(bed, "v2.wasm", V2, until="Promoted", canaries=canaries["good"])
         assert condition(st, "Ready")["status"] == "True" and condition(st, "RolledOut")["reason"] == "Promoted"
         assert st["rollout"]["stable"]["digest"] == f"sha256:{sha(V2)}" and st["rollout"]["canaryPods"] == []
         assert [h["result"] for h in st["rollout"]["history"][-2:]] == ["Passed", "Promoted"]
@@ -307,7 +307,7 @@ def test_a_good_version_rolls_through_and_bad_ones_roll_back_under_load(bed: Bed
         # bad versions: the operator rolls each back to v2 by itself
         load.bad.set()
         for label, bad in (("5xx", BAD_5XX), ("trap", BAD_TRAP)):
-            st = roll(bed, bed.module(f"bad-{label}.wasm", bad), until="RolledBack", canaries=canaries[label])
+            st = roll(bed, f"bad-{label}.wasm", bad, until="RolledBack", canaries=canaries[label])
             ready = condition(st, "Ready")
             assert (ready["status"], ready["reason"]) == ("False", "RolledBack"), st
             assert "failure ratio" in st["rollout"]["message"] and st["rollout"]["canaryPods"] == []
