@@ -213,6 +213,11 @@ class Reconciler:
         meta = body["metadata"]
         generation = int(meta.get("generation") or 0)
         previous = (body.get("status") or {}).get("conditions") or []
+        raw = body.get("spec") or {}
+        if raw.get("rollout") is not None and raw.get("dataPlane") != spec.DataPlane.AGENT.value:
+            conditions = [*conditions, status.Condition(rollout.CONDITION, "False", "AgentPlaneOnly", AGENT_PLANE_ONLY)]
+            if (body.get("status") or {}).get("observedGeneration") != generation:  # once per generation
+                events = [*events, (True, "AgentPlaneOnly", AGENT_PLANE_ONLY)]
         new: dict[str, Any] = {
             "observedGeneration": generation,
             "conditions": status.merge_conditions(previous, conditions, generation),
@@ -357,21 +362,15 @@ class Reconciler:
             self._finish(body, conds, digest=digest, event=(True, why, exc.message))
             raise status.Retry(exc.message, status.backoff(retry)) from None
         clock.done("deliver")
-        more = list(report.conditions)
-        events = list(report.events)
-        if plugin.rollout is not None and path is not self.agent:
-            more.append(status.Condition(rollout.CONDITION, "False", "AgentPlaneOnly", AGENT_PLANE_ONLY))
-            if first_time:
-                events.append((True, "AgentPlaneOnly", AGENT_PLANE_ONLY))
         self._finish(
             body,
-            [fetched, validated, report.ready, *more],
+            [fetched, validated, report.ready, *report.conditions],
             digest=digest,
             pods=report.pods,
             failing=report.failing,
             event=report.event,
             loaded=report.loaded,
-            events=events,
+            events=report.events,
             fields=report.fields,
         )
         clock.done("status")
