@@ -58,6 +58,7 @@ COMPILED: tuple[str, ...] = (
     "meshplug.agent.h2down",
     "meshplug.agent.h2up",
     "meshplug.agent.h2wire",
+    "meshplug.agent.hcm",
     "meshplug.agent.headermap",
     "meshplug.agent.host",
     "meshplug.agent.hostapi",

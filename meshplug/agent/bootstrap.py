@@ -17,11 +17,11 @@ What is read here:
   `filter_chains[]` entry (`name`, no `filter_chain_match`, a `transport_socket` DownstreamTlsContext with one
   certificate from files) holding either
   - `envoy.filters.network.http_connection_manager` (`stat_prefix`, `codec_type` AUTO/HTTP1,
-    `generate_request_id`, `server_header_transformation` PASS_THROUGH (what the agent does, also when the
-    field is absent: Envoy's default OVERWRITE is not done), `http_protocol_options` (`enable_trailers`,
+    `generate_request_id`, `server_header_transformation` (OVERWRITE, the default, APPEND_IF_ABSENT,
+    PASS_THROUGH) with `server_name` (default "envoy"), `http_protocol_options` (`enable_trailers`,
     `accept_http_10`: one set for all listeners), `upgrade_configs`, an inline `route_config`
     (meshplug.agent.envoyroutes) and `http_filters`: any number of `envoy.filters.http.wasm` and
-    `envoy.filters.http.lua` (inline code), then the router; or
+    `envoy.filters.http.lua` (inline code), then the router (`suppress_envoy_headers`); or
   - any number of `envoy.filters.network.wasm`, then `envoy.filters.network.tcp_proxy` (`cluster`).
 * `static_resources.clusters[]`: `name`, `type` STATIC / STRICT_DNS / LOGICAL_DNS, `connect_timeout`,
   `lb_policy` ROUND_ROBIN, `load_assignment` endpoints, `metadata`, `dns_lookup_family`, the protocol
@@ -56,6 +56,8 @@ from meshplug.agent import config, envoyjson, envoyroutes, envoywasm, metadata
 
 log = logging.getLogger("meshplug.agent.bootstrap")
 
+#: the HCM's server_name default
+ENVOY_SERVER_NAME = "envoy"
 _DIRECTIONS = {"UNSPECIFIED": "UNSPECIFIED", "INBOUND": "INBOUND", "OUTBOUND": "OUTBOUND"}
 _DISCOVERY = {"STATIC": "STATIC", "STRICT_DNS": "STRICT_DNS", "LOGICAL_DNS": "LOGICAL_DNS"}
 
@@ -363,14 +365,17 @@ def _http_listener(
     stat_prefix = hcm.need_text("stat_prefix", "is required (Envoy refuses an empty stat_prefix)")
     hcm.enum("codec_type", {"AUTO": "AUTO", "HTTP1": "HTTP1", "HTTP2": "HTTP2"}, "AUTO")
     request_ids = hcm.flag("generate_request_id", True)
-    # the agent passes the upstream's server header through (Envoy's default, OVERWRITE with "envoy", is not done)
-    hcm.enum("server_header_transformation", {"PASS_THROUGH": "PASS_THROUGH"}, "PASS_THROUGH")
+    server_header = hcm.enum(
+        "server_header_transformation", {t: t for t in config.SERVER_HEADER_TRANSFORMATIONS}, "OVERWRITE"
+    )
+    server_name = hcm.text("server_name") or ENVOY_SERVER_NAME
     _http1_options(hcm, ctx)
     upgrade_types = _upgrade_types(hcm)
     if hcm.has("rds"):
         raise envoyjson.error(hcm.at("rds"), envoyjson.REASONS["rds"])
     routes = envoyroutes.route_config(hcm.need("route_config"), clusters)
     plugins: list[protocol.ExtensionConfig] = []
+    suppress = False
     http_filters = hcm.items("http_filters")
     if not http_filters:
         raise envoyjson.error(hcm.at("http_filters"), "needs the router (envoy.filters.http.router) last")
@@ -386,7 +391,7 @@ def _http_listener(
                     f"{hf.at('typed_config')}: an empty typed_config for the router (Envoy 1.40 refuses it: "
                     "\"Didn't find a registered implementation ... with type URL: ''\"); read as the router"
                 )
-            body.flag("suppress_envoy_headers", False)
+            suppress = body.flag("suppress_envoy_headers", False)
             body.done()
         elif kind == envoyjson.HTTP_WASM:
             plugins.append(envoywasm.wasm_filter(body, ctx, base.name, protocol.PluginType.HTTP))
@@ -409,6 +414,9 @@ def _http_listener(
         stat_prefix=stat_prefix,
         generate_request_id=request_ids,
         upgrade_types=upgrade_types,
+        server_header_transformation=server_header,
+        server_name=server_name,
+        suppress_envoy_headers=suppress,
     )
     return listener, plugins
 

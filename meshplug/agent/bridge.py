@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import relay, routing, wire
+from meshplug.agent import hcm, relay, routing, wire
 from meshplug.agent.exchange import failure_reply
 from meshplug.agent.filtered import FilteredExchange, rewritten
 
@@ -46,8 +46,12 @@ class H2UpExchange(FilteredExchange):
             headers = rewritten(headers, route)
         self.req_lines = []
         self.up_end = end_stream
+        out = h2_request_headers(headers)
+        expected = hcm.expected_timeout(route.timeout_s, suppressed=self.conn.state.suppress_envoy_headers)
+        if expected is not None:
+            out.append(expected)
         req = self.req = relay.H2Request(h2pool, self)
-        req.send_headers(h2_request_headers(headers), end_stream)
+        req.send_headers(out, end_stream)
         pending, self.body_pending = self.body_pending, []
         self.body_bytes_buffered = 0
         for chunk in pending:

@@ -10,6 +10,10 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
       # upgrade_types: the Upgrade protocols passed through (Envoy's upgrade_configs), others answer 403
       - {name: ws, port: 15008, cluster: app, upgrade_types: [websocket]}
       - {name: secure, port: 15443, cluster: app, tls: {cert_file: tls.crt, key_file: tls.key}}
+      # responses get `server: istio-envoy` (Istio's sidecar inbound; server_header_transformation OVERWRITE,
+      # APPEND_IF_ABSENT or PASS_THROUGH; server_name), x-envoy-upstream-service-time, and requests
+      # x-envoy-expected-rq-timeout-ms, unless suppress_envoy_headers: true -- as Envoy's router
+      - {name: plain, port: 15009, cluster: app, server_header_transformation: PASS_THROUGH}
     clusters:                        # named upstreams: the listeners' targets and plugins' http-call targets
       - {name: app, address: 127.0.0.1, port: 8080, connect_timeout_s: 5, response_timeout_s: 15}
       - {name: grpc, port: 9090, http2: true}    # speaks HTTP/2 (h2c) upstream: many streams per connection
@@ -104,6 +108,10 @@ LISTENER_TYPES = ("http", "tcp")
 DIRECTIONS = ("UNSPECIFIED", "INBOUND", "OUTBOUND")
 #: Envoy's default route timeout
 ROUTE_TIMEOUT_S = 15.0
+#: the server header Istio's sidecar writes on its inbound listeners (ProxyHeaders' EnvoyServerName)
+SIDECAR_SERVER_NAME = "istio-envoy"
+#: Envoy's server_header_transformation values
+SERVER_HEADER_TRANSFORMATIONS = ("OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH")
 
 
 @dataclass(frozen=True)
@@ -218,6 +226,13 @@ class Listener:
     stat_prefix: str = ""
     #: add x-request-id to requests without one (Envoy's generate_request_id)
     generate_request_id: bool = True
+    #: Envoy's server_header_transformation: OVERWRITE (every response's server is `server_name`),
+    #: APPEND_IF_ABSENT (only when it has none) or PASS_THROUGH (the upstream's, none on local replies)
+    server_header_transformation: str = "OVERWRITE"
+    #: the native default is what Istio's sidecar inbound listener sets; a bootstrap's HCM default is "envoy"
+    server_name: str = SIDECAR_SERVER_NAME
+    #: the router adds no x-envoy-upstream-service-time / x-envoy-expected-rq-timeout-ms (its suppress_envoy_headers)
+    suppress_envoy_headers: bool = False
 
 
 @dataclass(frozen=True)
@@ -577,7 +592,19 @@ def _listeners(top: Fields, clusters: tuple[Cluster, ...], base: Path) -> tuple[
     if not items:
         raise errors.ConfigError("listeners must be a non-empty list")
     for i, obj in enumerate(items):
-        obj.only("name", "address", "port", "cluster", "type", "upgrade_types", "tls", "direction")
+        obj.only(
+            "name",
+            "address",
+            "port",
+            "cluster",
+            "type",
+            "upgrade_types",
+            "tls",
+            "direction",
+            "server_header_transformation",
+            "server_name",
+            "suppress_envoy_headers",
+        )
         cluster = obj.text("cluster")
         if cluster not in names:
             raise errors.ConfigError(f"{obj.at('cluster')} {cluster!r} is not a defined cluster (have {names})")
@@ -591,6 +618,11 @@ def _listeners(top: Fields, clusters: tuple[Cluster, ...], base: Path) -> tuple[
                 upgrade_types=_upgrade_types(obj),
                 tls=_listener_tls(obj, base),
                 direction=obj.choice("direction", ("inbound", "outbound", "unspecified"), "unspecified").upper(),
+                server_header_transformation=obj.choice(
+                    "server_header_transformation", SERVER_HEADER_TRANSFORMATIONS, "OVERWRITE"
+                ),
+                server_name=obj.text("server_name", SIDECAR_SERVER_NAME),
+                suppress_envoy_headers=obj.flag("suppress_envoy_headers", False),
             )
         )
     return tuple(listeners)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 import httptools
 
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, routing, wire
+from meshplug.agent import framing, hcm, routing, wire
 from meshplug.agent.bridge import EMPTY_CHAIN, H2UpExchange
 from meshplug.agent.exchange import Exchange
 from meshplug.agent.filtered import FilteredExchange
@@ -230,8 +230,8 @@ class Downstream(asyncio.Protocol):
         offered = [v.strip().lower().decode("latin-1") for n, v in headers if n == b"upgrade"]
         if not offered or offered == ["h2c"] or self.queue or not all(t in self.upgrade_types for t in offered):
             return False
-        if not any(n == b"x-request-id" for n, _ in headers):
-            headers = [*headers, (b"x-request-id", wire.REQUEST_IDS.new())]
+        headers = list(headers)
+        hcm.add_forwarded(headers, wire.SCHEME_HTTP[1], request_id=self.state.config.generate_request_id)
         authority = next((v for n, v in headers if n == b"host"), b"")
         if self.state.filters is not None:  # the plugins see it as Envoy's filters do: Host as :authority
             chain_headers = [(b":method", method), (b":path", path), (b":authority", authority), wire.SCHEME_HTTP]
@@ -243,8 +243,13 @@ class Downstream(asyncio.Protocol):
         reply = routing.router_reply(decision)
         if reply is not None:  # the router's own reply instead of a tunnel (404, a direct response), as Envoy
             self._refuse(reply[0], reply[1])
+        route = decision.route
+        assert route is not None  # (router_reply answers a request without one)
         self._tunnel_pool = self.state.pools[decision.cluster]
         self.proxy.stats.downstream_rq_total += 1
+        expected = hcm.expected_timeout(route.timeout_s, suppressed=self.state.suppress_envoy_headers)
+        if expected is not None:
+            headers.append(expected)
         lines = [b"%b %b HTTP/1.1\r\n" % (method, path)]
         lines += [b"%b: %b\r\n" % h for h in headers]
         lines.append(b"\r\n")
@@ -261,10 +266,19 @@ class Downstream(asyncio.Protocol):
         self.proxy.connections.discard(self)
         filters, headers = self.state.filters, self._tunnel_headers
         if filters is not None and headers is not None:
-            tunnel = Tunnel(self.proxy, None, self.state.pools)
-            tunnel.start_filtered(transport, filters, self.stream_info(), self.resolve, headers=headers, rest=rest)
+            tunnel = Tunnel(self.proxy, None, self.state.pools, self.state.server)
+            tunnel.start_filtered(
+                transport,
+                filters,
+                self.stream_info(),
+                self.resolve,
+                headers=headers,
+                rest=rest,
+                suppress_envoy_headers=self.state.suppress_envoy_headers,
+            )
         else:
-            Tunnel(self.proxy, self._tunnel_pool, self.state.pools).start(transport, self._tunnel_head, rest)
+            tunnel = Tunnel(self.proxy, self._tunnel_pool, self.state.pools, self.state.server)
+            tunnel.start(transport, self._tunnel_head, rest)
         self._tunnel_head = b""
         self._tunnel_headers = None
 
@@ -296,6 +310,10 @@ class Downstream(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():  # an answer ended the connection: nothing more is read
+            self._stop_reading()
+            raise httptools.HttpParserError("the connection is closing")
         self._url = b""
         self._headers = []
         self._count = 0
@@ -328,22 +346,25 @@ class Downstream(asyncio.Protocol):
         self._headers = []  # header lines after the body are trailers
         if method not in framing.METHODS:
             self._refuse(400, framing.BAD_REQUEST)
-        if len(headers) > 1 and len({n for n, _ in headers}) < len(headers):  # a repeated name: Envoy's map
-            headers = framing.merged(headers, agent_chain.REQUEST_INLINE_HEADERS)
+        # Envoy's header map and request mutations (TE is reduced below, once an upgrade is ruled out)
+        headers = hcm.sanitize_request(headers, upgrade=True)
         if method == b"CONNECT":  # no route serves CONNECT (Envoy: 404; 400 for an origin-form target)
             self._refuse(400 if self._url[:1] == b"/" else 404, b"")
         path = self._url
         authority = b""
+        unroutable = False  # no route can serve the target: the router's 404, the connection goes on (as Envoy)
         if path[:1] != b"/" or 35 in path:  # not plain origin form (35: "#"): the rules decide
             try:
                 path, authority = framing.request_target(method, path)
+            except framing.Unroutable:
+                unroutable = True
             except framing.Refusal as refusal:
                 self._refusal = refusal
                 raise
 
         # which headers name more hop-by-hop headers; Host, framing, upgrade
-        drop = wire.REQUEST_DROPPED
-        has_rid = has_xfp = expect_continue = upgrade = has_te = bad_referer = False
+        drop = wire.HOP_BY_HOP
+        expect_continue = upgrade = has_te = False
         hosts = 0
         host = b""
         te: list[bytes] | None = None
@@ -354,10 +375,6 @@ class Downstream(asyncio.Protocol):
                 if extra:
                     upgrade = upgrade or b"upgrade" in extra
                     drop = drop | extra
-            elif name == b"x-request-id":
-                has_rid = True
-            elif name == b"x-forwarded-proto":
-                has_xfp = True
             elif name == b"host":
                 hosts += 1
                 host = value
@@ -370,13 +387,6 @@ class Downstream(asyncio.Protocol):
                 expect_continue = True
             elif name == b"te":
                 has_te = True
-            elif name == b"referer" and not framing.referer_ok(value):
-                bad_referer = True
-        if has_te:  # TE goes on as "trailers" alone, when it asks for them (as Envoy forwards it)
-            headers = framing.te_trailers(headers)
-            drop = drop - {b"te"}
-        if bad_referer:  # not a URI reference: removed (as Envoy does)
-            headers = [h for h in headers if h[0] != b"referer"]
         if te is not None and any(n == b"content-length" for n, _ in headers):
             self._refuse(400, framing.BAD_REQUEST)  # both framings (RFC 9112 6.1: a smuggling vector), as Envoy
         chunked = te is not None and self._check(framing.chunked, te)
@@ -384,6 +394,9 @@ class Downstream(asyncio.Protocol):
             self._refuse(400, framing.BAD_REQUEST)  # RFC 9112 3.2 (stricter than Envoy, which merges them)
         if upgrade and self.upgrade_types and self._tunnel(method, path, headers):
             return
+        if has_te:  # TE goes on as "trailers" alone, when it asks for them (as Envoy forwards it)
+            headers = hcm.reduce_te(headers)
+            drop = drop - {b"te"}
         if upgrade and self._upgrade(headers):
             drop = drop | {b"http2-settings"}
         else:
@@ -403,21 +416,23 @@ class Downstream(asyncio.Protocol):
         else:  # ... or, when routes pick the cluster, the listener's
             local = self.local or ("", 0)
             authority = f"{local[0]}:{local[1]}".encode()
-        if not has_xfp:  # Envoy's HCM: the request's scheme when the client gave none, before x-request-id
-            headers.append((b"x-forwarded-proto", wire.SCHEME_HTTP[1]))
-        if not has_rid and self.state.config.generate_request_id:
-            headers.append((b"x-request-id", wire.REQUEST_IDS.new()))
+        state = self.state
+        if b"x-request-id" in drop:  # nominated by Connection: gone before the HCM generates its own
+            headers = [h for h in headers if h[0] != b"x-request-id"]
+            drop = drop - {b"x-request-id"}
+        hcm.add_forwarded(headers, wire.SCHEME_HTTP[1], request_id=state.config.generate_request_id)
         proxy = self.proxy
         proxy.stats.downstream_rq_total += 1
         proxy.stats.downstream_rq_active += 1
 
-        state = self.state
         routes = self.routes
         # the route on the request as received: it picks the cluster's protocol (plugins may re-route the request
         # later, within clusters of that protocol); without plugins it is the route
         decision = routes.constant or routes.resolve(authority, path, headers, method)
+        if unroutable:
+            decision = routing.NO_VHOST
         http2 = decision.cluster in proxy.h2pools
-        filters = state.filters
+        filters = None if unroutable else state.filters
         if filters is None and http2:
             filters = EMPTY_CHAIN  # an HTTP/2 cluster: the request goes as a header list (bridge.H2UpExchange)
         if filters is not None:
@@ -469,6 +484,9 @@ class Downstream(asyncio.Protocol):
             if route.prefix_rewrite is not None:
                 headers.append((b"x-envoy-original-path", path))
                 path = routing.rewrite_prefix(path, route)
+            expected = hcm.expected_timeout(route.timeout_s, suppressed=state.suppress_envoy_headers)
+            if expected is not None:
+                headers.append(expected)
         out = [b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path, authority)]
         for name, value in headers:
             if name in drop or name in (b"content-length", b"host") or (name == b"expect" and expect_continue):
@@ -628,6 +646,8 @@ class Downstream(asyncio.Protocol):
             self.transport.close()
 
     def _parse_error(self, exc: httptools.HttpParserError) -> None:
+        if self._stopped and not self._begun and (self.transport is None or self.transport.is_closing()):
+            return  # the bytes after a request answered with Connection: close (as Envoy, they are ignored)
         refusal, self._refusal = self._refusal, None
         if refusal is None and isinstance(exc.__context__, framing.Refusal):
             refusal = exc.__context__

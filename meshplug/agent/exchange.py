@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, wire
+from meshplug.agent import framing, hcm, wire
 from meshplug.agent.upstream import Pool, Upstream
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ class Exchange:
         "resp_mode",
         "resp_started",
         "retried",
+        "sent_at",
         "status",
         "timeout_s",
         "up",
@@ -93,6 +94,7 @@ class Exchange:
         #: timer checks it (Downstream.timer): no timer handle per request
         self.deadline = 0.0
         self.retried = False
+        self.sent_at = 0.0  # loop time the request head went to the upstream (x-envoy-upstream-service-time)
         self.up_end = False  # the whole request has been handed to the upstream side
         self.up_eof_ends = False  # the upstream response is close-delimited: its EOF ends the body
         #: the cluster the route chose (None until routed) and the route's timeout (0: none)
@@ -136,6 +138,7 @@ class Exchange:
         up.head_request = self.method == b"HEAD"
         conn = self.conn
         conn.proxy.stats.upstream_rq_total += 1
+        self.sent_at = conn.proxy.loop.time()
         data = self.head
         if self.body_pending or (self.up_end and self.chunked_in):
             parts = [data]
@@ -206,9 +209,18 @@ class Exchange:
             )
 
     # --- Sink: response side ---
+    def service_ms(self) -> int:
+        """The router's x-envoy-upstream-service-time for a response arriving now (-1: suppressed)."""
+        conn = self.conn
+        if conn.state.suppress_envoy_headers:
+            return -1
+        return max(0, int((conn.proxy.loop.time() - self.sent_at) * 1000))
+
     def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None:
         self.status = status
         self.up_eof_ends = wire.close_delimited(self.method, status, headers)
+        headers = hcm.upstream_response(headers, self.service_ms())  # the router's, then the HCM's date/server
+        self.conn.state.server.finish(headers)
         out = [b"HTTP/1.1 %d %b\r\n" % (status, reason or wire.REASONS.get(status, b"Unknown"))]
         framed = False
         no_body = self.method == b"HEAD" or status in (204, 304)
@@ -330,15 +342,18 @@ class Exchange:
         keep = self.keep_alive and (self.req_done or not self.has_body) and not self.conn.proxy.draining
         self.keep_alive = keep
         out = [b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]
+        kept: list[tuple[bytes, bytes]] = []
         has_type = False
-        for name, value in headers:
+        for h in headers:
+            name = h[0]
             if name in wire.HOP_BY_HOP or name == b"content-length":
                 continue
             has_type = has_type or name == b"content-type"
-            out.append(b"%b: %b\r\n" % (name, value))
+            kept.append(h)
         if body and not has_type:
-            out.append(b"content-type: text/plain\r\n")
-        out.append(b"content-length: %d\r\ndate: %b\r\nserver: meshplug\r\n" % (len(body), wire.DATE.get()))
+            kept.append((b"content-type", b"text/plain"))
+        kept.append((b"content-length", b"%d" % len(body)))
+        out += self.conn.state.server.lines(kept)
         if not keep:
             out.append(b"connection: close\r\n")
         out.append(b"\r\n")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, routing, wire
+from meshplug.agent import framing, hcm, routing, wire
 from meshplug.agent.exchange import Exchange
 from meshplug.agent.upstream import Upstream
 
@@ -105,7 +105,7 @@ class FilteredExchange(Exchange):
         self.resp_framed = False
         self.resp_hold: bytes | None = None
         self.resp_end_fed = False
-        self.proxy_made = False  # the response is a reply the proxy generated (gets date and server)
+        self.proxy_made = False  # the response is a reply the proxy generated (counted as such once)
 
     # --- driving the chain ---
     def _progress(self, _stream: agent_chain.Stream) -> None:
@@ -200,7 +200,7 @@ class FilteredExchange(Exchange):
         chain_headers: wire.Headers = [(b":status", wire.STATUS_BYTES.get(status) or str(status).encode())]
         lines: list[bytes] = []
         framed = chunked = False
-        for h in headers:
+        for h in hcm.upstream_response(headers, self.service_ms()):  # the router's, before the plugins
             name = h[0]
             if name in wire.HOP_BY_HOP:
                 if name == b"transfer-encoding" and b"chunked" in h[1].lower():
@@ -367,6 +367,9 @@ class FilteredExchange(Exchange):
             out = lines
             has_length = any(name == b"content-length" for name, _ in headers)
         self.req_lines = []
+        expected = hcm.expected_timeout(route.timeout_s, suppressed=self.conn.state.suppress_envoy_headers)
+        if expected is not None:
+            out.append(b"%b: %b\r\n" % expected)
         if not end_stream and not has_length:
             self.chunked_in = True
             out.append(b"transfer-encoding: chunked\r\n")
@@ -415,6 +418,9 @@ class FilteredExchange(Exchange):
         self._send_up_data(b"", True)
 
     def _send_down_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
+        after = list(headers)
+        self.conn.state.server.finish(after)  # the HCM's date and server, after the plugins
+        headers = tuple(after)
         fed = self.resp_fed
         n = len(fed)
         if n and headers[:n] == fed:  # the received headers, maybe with some appended: serialize only those
@@ -443,7 +449,7 @@ class FilteredExchange(Exchange):
     def _down_head_lines(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[list[bytes], int, bool]:
         raw_status: bytes | None = None
         out = [b""]  # the status line, once :status is known
-        framed = has_date = has_server = False
+        framed = False
         for name, value in headers:
             if name[:1] == b":":
                 if name == b":status" and raw_status is None:
@@ -452,19 +458,12 @@ class FilteredExchange(Exchange):
             if name in wire.HOP_BY_HOP:
                 continue
             framed = framed or name == b"content-length"
-            has_date = has_date or name == b"date"
-            has_server = has_server or name == b"server"
             out.append(b"%b: %b\r\n" % (name, value))
         try:
             status = int(raw_status or b"200")
         except ValueError:
             status = 502
         out[0] = b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))
-        if self.proxy_made:  # as `local_reply` answers without plugins
-            if not has_date:
-                out.append(b"date: %b\r\n" % wire.DATE.get())
-            if not has_server:
-                out.append(b"server: meshplug\r\n")
         return out, status, framed
 
     def _send_down_data(self, data: bytes, end_stream: bool) -> None:

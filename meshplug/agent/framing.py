@@ -26,6 +26,10 @@ class Refusal(Exception):
         self.body = body
 
 
+class Unroutable(Refusal):
+    """The target is well formed but no route can serve it: the router's 404, and the connection goes on."""
+
+
 BAD_REQUEST: Final = b"Bad Request"
 _ALNUM: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 #: an authority: RFC 3986 reg-name / IP-literal characters, userinfo, port (what Envoy's authority check admits)
@@ -80,7 +84,9 @@ def request_target(method: bytes, url: bytes) -> tuple[bytes, bytes]:
             raise Refusal(400, BAD_REQUEST)
         return url, b""
     if url[:1] == b"*":  # asterisk form: no route serves it (Envoy: OPTIONS * is 404, anything else 400)
-        raise Refusal(404 if method == b"OPTIONS" else 400, b"" if method == b"OPTIONS" else BAD_REQUEST)
+        if method == b"OPTIONS":
+            raise Unroutable(404, b"")
+        raise Refusal(400, BAD_REQUEST)
     lower = url[:8].lower()
     if lower.startswith(b"http://"):
         rest = url[7:]
@@ -99,7 +105,7 @@ def request_target(method: bytes, url: bytes) -> tuple[bytes, bytes]:
     if not path:
         path = b"/"
     elif path[:1] != b"/":
-        raise Refusal(404, b"")
+        raise Unroutable(404, b"")
     return path, authority
 
 

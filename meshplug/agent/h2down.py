@@ -36,7 +36,7 @@ import h2.settings
 
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, h2wire, relay, routing, wire
+from meshplug.agent import framing, h2wire, hcm, relay, routing, wire
 from meshplug.agent.exchange import failure_reply
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ _SERVER_CONFIG: Final = h2.config.H2Configuration(
 )
 #: response headers that are meaningless (and forbidden) in HTTP/2
 _NOT_H2: Final = wire.HOP_BY_HOP
-_REQUEST_ID: Final = b"x-request-id"
 #: what h2 enforces as SETTINGS_MAX_CONCURRENT_STREAMS (the announced limit is applied per stream instead)
 _NO_STREAM_LIMIT: Final = 2**31 - 1
 #: the local reply when a plugin's header cannot be written (Envoy: "invalid header value")
@@ -99,6 +98,7 @@ class H2Exchange:
         "resp_done",
         "resp_end_fed",
         "resp_started",
+        "sent_at",
         "status",
         "stream",
         "timeout_s",
@@ -133,14 +133,16 @@ class H2Exchange:
         self.deadline = 0.0
         self.timeout_s = 0.0  # the route's (0: none)
         self.created = self.last_active = conn.proxy.loop.time()
+        self.sent_at = 0.0  # loop time the request went to the upstream (x-envoy-upstream-service-time)
 
     # --- request side ---
     def start(self) -> None:
         conn = self.conn
-        headers = self.head
-        if not any(name == _REQUEST_ID for name, _ in headers):
-            headers.append((_REQUEST_ID, wire.REQUEST_IDS.new()))
-        filters = conn.state.filters
+        state = conn.state
+        # Envoy's header map and request mutations, as on HTTP/1.1 (hcm); the codec refused TE but trailers
+        headers = self.head = hcm.sanitize_request(self.head, upgrade=False)
+        hcm.add_forwarded(headers, b"https" if conn.tls else b"http", request_id=state.config.generate_request_id)
+        filters = state.filters
         end = self.req_done
         if filters is None:
             self._send_up_headers(headers, end)
@@ -197,9 +199,14 @@ class H2Exchange:
                 ),
                 *((b"x-envoy-original-path", v) for n, v in headers if n == b":path"),
             ]
+        out = [h for h in headers if h[0] != b"te" or h[1].lower() == b"trailers"]
+        expected = hcm.expected_timeout(route.timeout_s, suppressed=conn.state.suppress_envoy_headers)
+        if expected is not None:
+            out.append(expected)
         cluster = decision.cluster
+        self.sent_at = conn.proxy.loop.time()
         up = self.up = relay.open_request(conn.state.pools[cluster], conn.proxy.h2pools.get(cluster), self)
-        up.send_headers([h for h in headers if h[0] != b"te" or h[1].lower() == b"trailers"], end_stream)
+        up.send_headers(out, end_stream)
         if end_stream:
             self._request_sent()
 
@@ -236,7 +243,10 @@ class H2Exchange:
         self.status = status
         end = parser is wire.END_STREAM or self.method == b"HEAD" or status in (204, 304)
         self.resp_end_fed = end
-        hdrs = response_headers(status, headers)
+        service_ms = max(0, int((self.last_active - self.sent_at) * 1000))
+        if self.conn.state.suppress_envoy_headers:
+            service_ms = -1
+        hdrs = response_headers(status, hcm.upstream_response(headers, service_ms))
         stream = self.stream
         if stream is None:
             self._send_down_headers(hdrs, end)
@@ -366,11 +376,7 @@ class H2Exchange:
             out.append((name, value))
         status = status or 200
         self.status = status
-        if self.proxy_made:
-            if not any(n == b"date" for n, _ in out):
-                out.append((b"date", wire.DATE.get()))
-            if not any(n == b"server" for n, _ in out):
-                out.append((b"server", b"meshplug"))
+        self.conn.state.server.finish(out)  # the HCM's date and server, after the plugins
         out.insert(0, (b":status", wire.STATUS_BYTES.get(status) or str(status).encode()))
         self.resp_started = True
         self.conn.send_headers(self.out, out, end_stream)

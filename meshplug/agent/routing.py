@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from meshplug.agent import chain, config
+from meshplug.agent import chain, config, hcm
 
 if TYPE_CHECKING:
     from meshplug.agent.upstream import Pool
@@ -269,6 +269,9 @@ class ListenerState:
         self.routes = routes
         self.pools = pools
         self.default_pool: Pool | None = pools.get(listener.cluster) if listener.cluster else None
+        #: the HCM's date/server step on every response; the router's x-envoy-* headers off
+        self.server = hcm.ServerHeader(listener)
+        self.suppress_envoy_headers = listener.suppress_envoy_headers
         #: the active HTTP chain or None: no plugins on this listener (the fast path)
         self.filters: chain.Chain | None = None
         #: the active network filters (tcp.NetworkFilter) of a TCP listener

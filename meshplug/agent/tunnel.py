@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, routing, wire
+from meshplug.agent import framing, hcm, routing, wire
 from meshplug.agent.filtered import rewritten
 
 if TYPE_CHECKING:
@@ -92,8 +92,9 @@ class _Side(asyncio.Protocol):
 class Tunnel:
     """A client connection upgraded to a raw byte stream to the cluster."""
 
-    def __init__(self, proxy: Proxy, pool: Pool | None, pools: Mapping[str, Pool]) -> None:
+    def __init__(self, proxy: Proxy, pool: Pool | None, pools: Mapping[str, Pool], server: hcm.ServerHeader) -> None:
         self.proxy = proxy
+        self.server = server  # the listener's date/server step on the heads this tunnel answers or filters
         #: the cluster (with plugins: None until the router picked it after the request headers callbacks)
         self.pool = pool
         self.pools = pools
@@ -108,6 +109,7 @@ class Tunnel:
         self._rest = b""  # what the client sent after its request head: sent after the (filtered) head
         self._replied = False  # the client got its answer from the agent: nothing from the cluster follows
         self._head_seen = False  # the cluster's response head was read (and is in the plugins' hands)
+        self._suppress = False  # the router adds no x-envoy-* headers (suppress_envoy_headers)
 
     @property
     def queue(self) -> tuple[()]:
@@ -116,18 +118,21 @@ class Tunnel:
 
     def start(self, transport: asyncio.Transport, head: bytes, rest: bytes) -> None:
         """Take over the client's `transport` (its request `head` read, `rest` already read after it) and
-        connect to the cluster; `head` and `rest` go first."""
+        connect to the cluster; `head` and `rest` go first. A 101 answer's head gets the listener's date and
+        server (as Envoy's HCM writes it); any other answer passes as the cluster sent it."""
         self._take(transport)
+        self.head_pending = True
         self.proxy.loop.create_task(self._connect(head + rest))
 
     def start_filtered(
         self, transport: asyncio.Transport, chain: agent_chain.Chain, info: agent_chain.StreamInfo,
-        resolve: Callable[[wire.Headers], Any], *, headers: wire.Headers, rest: bytes,
+        resolve: Callable[[wire.Headers], Any], *, headers: wire.Headers, rest: bytes, suppress_envoy_headers: bool,
     ) -> None:  # fmt: skip
         """As `start`, with the request `headers` (the chain's form) through the plugins first; the router
         (`resolve`) picks the cluster on the headers they leave."""
         self._take(transport)
         self._rest = rest
+        self._suppress = suppress_envoy_headers
         self.head_pending = True
         stream = self.stream = chain.new_stream(info, start_time_ns=time.time_ns())
         stream.route_resolver = resolve
@@ -223,6 +228,9 @@ class Tunnel:
         self.pool = self.pools[decision.cluster]
         if route.prefix_rewrite is not None:
             headers = rewritten(headers, route)
+        expected = hcm.expected_timeout(route.timeout_s, suppressed=self._suppress)
+        if expected is not None:
+            headers = (*headers, expected)
         lines = framing.request_head_lines(headers, b"GET", _UPGRADE_DROP)
         if lines is None:  # a plugin set a header that cannot be written (as the HTTP/1.1 path: 503)
             self._local_reply(503, b"invalid header value")
@@ -249,15 +257,24 @@ class Tunnel:
             self._failed(wire.RESET_PROTOCOL)
             return
         self._head_seen = True
+        stream = self.stream
+        if stream is None:  # no plugins: a 101 head as the HCM writes it, any other answer as it came
+            if parsed[0][1] == b"101":
+                self._send_down_head(parsed, False)
+                return
+            self.head_pending = False
+            self._head_in = b""
+            self.down.write(buf)
+            if self.down.transport is not None:
+                self.down.transport.resume_reading()
+            return
         if self.up.transport is not None:
             self.up.transport.pause_reading()  # until the head went out
-        stream = self.stream
-        assert stream is not None
         self._perform(stream.recv_response_headers(parsed, False))
 
     def _send_down_head(self, headers: Sequence[Header], end_stream: bool) -> None:
         status = 200
-        out = [b""]
+        kept: list[Header] = []
         for name, value in headers:
             if name == b":status":
                 try:
@@ -268,8 +285,8 @@ class Tunnel:
                 if not framing.field_ok(name, value):
                     self._local_reply(502, b"invalid header value")
                     return
-                out.append(b"%b: %b\r\n" % (name, value))
-        out[0] = b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))
+                kept.append((name, value))
+        out = [b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown")), *self.server.lines(kept)]
         if self._replied or not self._head_seen or not self.head_pending:  # the agent's own answer
             self._reply_head(out, b"" if end_stream else None)
             return
@@ -298,10 +315,8 @@ class Tunnel:
         self._replied = True
         self.head_pending = False
         self.up.close()
-        if not any(line[:5].lower() == b"date:" for line in head):
-            head.append(b"date: %b\r\n" % wire.DATE.get())
-        if not any(line[:7].lower() == b"server:" for line in head):
-            head.append(b"server: meshplug\r\n")
+        if not any(line[:5].lower() == b"date:" or line[:7].lower() == b"server:" for line in head):
+            head += self.server.lines([])  # (a head from `_send_down_head` has had its date and server)
         head.append(b"connection: close\r\n\r\n")
         self.down.write(b"".join(head))
         if body is not None:

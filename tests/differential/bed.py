@@ -49,10 +49,13 @@ PLUGINS = (
     ("deny", "rust/deny_path", {"prefixes": ["/admin"]}),
     ("rules", "rust/header_rules", {"request": {"add": {"x-diff": "req"}}, "response": {"add": {"x-diff": "resp"}}}),
 )
-#: request headers that the proxies add or frame in their own way: not compared
-IGNORED_HEADERS = frozenset(
-    {b"x-request-id", b"x-forwarded-proto", b"x-envoy-expected-rq-timeout-ms", b"content-length", b"transfer-encoding"}
-)
+#: request headers that the proxies add or frame in their own way: not compared (x-request-id: its presence is)
+IGNORED_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+#: response headers whose value is the proxy's own (a time): only their presence is compared; framing headers not
+TIMED_HEADERS = frozenset({b"date", b"x-envoy-upstream-service-time", b"x-request-id"})
+FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
+#: the HCM's server_name both proxies run with: Istio's sidecar inbound value, the agent's native default
+SERVER_NAME = "istio-envoy"
 
 
 @dataclass(frozen=True)
@@ -312,7 +315,9 @@ def _envoy_config(bed_ports: dict[str, int], upstream: dict[str, int], lanes: in
             lst = tb_envoy.http_listener(
                 f"{pair}-{lane}", bed_ports[name], cluster=cluster, http_filters=filters if pair == "filtered" else ()
             )
-            lst["filter_chains"][0]["filters"][0]["typed_config"]["stream_idle_timeout"] = f"{STREAM_IDLE_S}s"
+            hcm = lst["filter_chains"][0]["filters"][0]["typed_config"]
+            hcm["stream_idle_timeout"] = f"{STREAM_IDLE_S}s"
+            hcm["server_name"] = SERVER_NAME
             listeners.append(lst)
             clusters.append(tb_envoy.static_cluster(cluster, upstream[name]))
     return tb_envoy.bootstrap(admin, listeners, clusters)
@@ -365,8 +370,38 @@ def started(work: Path, *, lanes: int = 6) -> Iterator[Bed]:
 
 
 def _norm(msg: messages.Message) -> tuple[Any, ...]:
-    headers = sorted((n, v) for n, v in msg.headers if n not in IGNORED_HEADERS and not n.startswith(b"x-envoy-"))
+    """A request as the upstream received it, for comparison: x-request-id's value aside, framing aside."""
+    headers = sorted((n, b"*" if n in TIMED_HEADERS else v) for n, v in msg.headers if n not in IGNORED_HEADERS)
     return msg.start, tuple(headers), msg.body
+
+
+def response_headers(msg: messages.Message) -> tuple[tuple[bytes, bytes], ...]:
+    """A response's headers for comparison: in order, framing left out, timed values as "*"."""
+    return tuple((n, b"*" if n in TIMED_HEADERS else v) for n, v in msg.headers if n not in FRAMING_HEADERS)
+
+
+def _kept_open(client: Client) -> bool:
+    """The proxy left the connection open after its last response (Envoy closes a connection it ends after its
+    delayed-close time, so a `connection: close` response counts as closing)."""
+    if client.closed:
+        return False
+    return not client.responses or client.responses[-1].header(b"connection") != [b"close"]
+
+
+def _headers_differ(which: str, pair: str, e: Client, a: Client) -> list[str]:
+    """The response headers the agent sent where Envoy answered the same status: all of them for a response
+    that came from the upstream (Envoy's carries x-envoy-upstream-service-time), `server` for a local reply."""
+    out = []
+    for i, (er, ar) in enumerate(zip(e.responses, a.responses, strict=False)):
+        if er.status != ar.status:
+            continue
+        if er.header(b"x-envoy-upstream-service-time"):
+            eh, ah = response_headers(er), response_headers(ar)
+        else:
+            eh, ah = tuple(er.header(b"server")), tuple(a.responses[i].header(b"server"))
+        if eh != ah:
+            out.append(f"{pair}: {which} response #{i + 1} headers differ:\n  envoy {eh!r}\n  agent {ah!r}")
+    return out
 
 
 def _klass(client: Client) -> list[int]:
@@ -411,4 +446,10 @@ def compare(case: Case, pair: str, envoy: Outcome, agent: Outcome) -> list[str]:
             problems.append(
                 f"{pair}: {which}: Envoy closed the connection after [{e.summary()}], the agent kept it open"
             )
+        if _kept_open(e) and a.closed and ek == ak and ek:
+            problems.append(
+                f"{pair}: {which}: Envoy kept the connection open after [{e.summary()}], the agent closed it"
+            )
+        if ek == ak:
+            problems += _headers_differ(which, pair, e, a)
     return problems

@@ -666,6 +666,62 @@ def _responses() -> Iterable[Case]:
     )
 
 
+#: x-envoy-* request headers a client sends: Envoy 1.40 removes those that steer it from an external request (every
+#: request, with the bed's use_remote_address false and no internal_address_config) and forwards the others
+ENVOY_REQUEST_HEADERS = (
+    "X-Envoy-Attempt-Count", "X-Envoy-Decorator-Operation", "X-Envoy-Downstream-Service-Cluster",
+    "X-Envoy-Downstream-Service-Node", "X-Envoy-Expected-Rq-Timeout-Ms", "X-Envoy-External-Address",
+    "X-Envoy-Force-Trace", "X-Envoy-Hedge-On-Per-Try-Timeout", "X-Envoy-Internal", "X-Envoy-Ip-Tags",
+    "X-Envoy-Is-Timeout-Retry", "X-Envoy-Max-Retries", "X-Envoy-Original-Host", "X-Envoy-Original-Path",
+    "X-Envoy-Original-Url", "X-Envoy-Retriable-Header-Names", "X-Envoy-Retriable-Status-Codes",
+    "X-Envoy-Retry-Grpc-On", "X-Envoy-Retry-On", "X-Envoy-Upstream-Alt-Stat-Name",
+    "X-Envoy-Upstream-Rq-Per-Try-Timeout-Ms", "X-Envoy-Upstream-Rq-Timeout-Alt-Response",
+    "X-Envoy-Upstream-Rq-Timeout-Ms", "X-Envoy-Upstream-Stream-Duration-Ms", "X-Envoy-Peer-Metadata",
+    "X-Envoy-Debug", "X-Envoy-Whatever",
+)  # fmt: skip
+#: X-Forwarded-For values: none makes a request internal without an internal_address_config
+FORWARDED_FOR = ("10.1.2.3", "127.0.0.1", "1.2.3.4", "10.0.0.1, 10.0.0.2", "::1", "garbage")
+#: upstream response heads with repeated headers: inline ones (Envoy's response map) merged with ",", others not
+RESPONSE_HEADS = {
+    "repeated-inline": b"cache-control: a\r\ncache-control: b\r\nvary: a\r\nvary: b\r\netag: e1\r\netag: e2\r\n"
+    b"via: v1\r\nvia: v2\r\nage: 1\r\nage: 2\r\nlocation: /a\r\nlocation: /b\r\nexpires: 0\r\nexpires: 1\r\n",
+    "repeated-other": b"set-cookie: a=1\r\nset-cookie: b=2\r\nx-dup: 1\r\nx-dup: 2\r\nlink: <a>\r\nlink: <b>\r\n",
+    "repeated-content-type": b"content-type: a\r\ncontent-type: b\r\n",
+    "repeated-empty": b"vary: \r\nvary: b\r\nx-e: \r\nx-e: f\r\n",
+    "server": b"server: app/1.0\r\n",
+    "server-twice": b"server: a\r\nserver: b\r\n",
+    "date": b"date: Mon, 01 Jan 2024 00:00:00 GMT\r\n",
+    "service-time": b"x-envoy-upstream-service-time: 99\r\nx-envoy-degraded: 1\r\nx-envoy-whatever: 1\r\n",
+    "none": b"",
+}
+
+
+def _hcm_headers() -> Iterable[Case]:
+    """The connection manager's and router's header mutations (meshplug/agent/hcm.py): requests, responses,
+    and the connection after the router's own 404."""
+    f = "hcm"
+    envoy = tuple((name, "7") for name in ENVOY_REQUEST_HEADERS)
+    yield Case("hcm-x-envoy-request", f, _get(*envoy))
+    for xff in FORWARDED_FOR:
+        yield Case(f"hcm-x-envoy-xff-{xff.encode().hex()}", f, _get(("X-Forwarded-For", xff), *envoy))
+    yield Case("hcm-client-xfcc", f, _get(("X-Forwarded-Client-Cert", "By=spiffe://x;Hash=1"), ("X-A", "1")))
+    yield Case("hcm-client-xfp", f, _get(("X-Forwarded-Proto", "https")))
+    yield Case("hcm-x-envoy-post", f, _post(b"abc", ("Content-Length", "3"), ("X-Envoy-Retry-On", "5xx")))
+    for name, lines in RESPONSE_HEADS.items():
+        raw = b"HTTP/1.1 200 OK\r\n" + lines + b"content-length: 2\r\n\r\nok"
+        yield Case(f"hcm-resp-{name}", f, _get(), upstream=(raw,))
+    yield Case("hcm-resp-404-upstream", f, _get(), upstream=(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",))
+    # the router's 404 keeps the connection (a target no route serves); with an unread body it closes
+    yield Case("hcm-404-query-then", f, req(target="http://a.test?q") + FOLLOW)
+    yield Case("hcm-404-options-star-then", f, req("OPTIONS", "*") + FOLLOW)
+    yield Case("hcm-404-query-body-then", f, _post(b"ab", ("Content-Length", "2"), target="http://a.test?q") + FOLLOW)
+    yield Case(
+        "hcm-404-query-chunked-then",
+        f,
+        _post(b"2\r\nab\r\n0\r\n\r\n", ("Transfer-Encoding", "chunked"), target="http://a.test?q") + FOLLOW,
+    )
+
+
 def _found() -> Iterable[Case]:
     if not FOUND.exists():
         return
@@ -743,6 +799,7 @@ CASES: tuple[Case, ...] = tuple(
             *_repeated_headers(),
             *_plugin_paths(),
             *_responses(),
+            *_hcm_headers(),
             *_found(),
         ),
     )
