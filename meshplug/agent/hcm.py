@@ -62,8 +62,6 @@ EXTERNAL_STRIPPED: Final = frozenset(
 REQUEST_STRIPPED: Final = EXTERNAL_STRIPPED | {b"x-forwarded-client-cert"}
 #: the names `sanitize_request` may change
 _SANITIZED: Final = REQUEST_STRIPPED | {b"te", b"referer"}
-_REQUEST_INLINE: Final = agent_chain.REQUEST_INLINE_HEADERS
-_RESPONSE_INLINE: Final = agent_chain.RESPONSE_INLINE_HEADERS
 
 XFP: Final = b"x-forwarded-proto"
 REQUEST_ID: Final = b"x-request-id"
@@ -80,7 +78,7 @@ def sanitize_request(headers: list[Header], *, upgrade: bool) -> list[Header]:
     """A request's headers (lower-case names; pseudo-headers may be there) after Envoy's header map and
     mutateRequestHeaders: inline headers merged, stripped ones removed, TE reduced (not on an upgrade), an
     invalid Referer removed. `headers` itself when none of it applies (the common case)."""
-    out = framing.merged(headers, _REQUEST_INLINE) if repeated(headers) else headers
+    out = framing.merged(headers, agent_chain.REQUEST_INLINE_HEADERS) if repeated(headers) else headers
     for name, _ in out:
         if name in _SANITIZED:
             break
@@ -126,7 +124,7 @@ def expected_timeout(timeout_s: float, *, suppressed: bool) -> Header | None:
 def upstream_response(headers: list[Header], service_ms: int) -> list[Header]:
     """An upstream's response headers as the router passes them on: inline headers merged, then
     x-envoy-upstream-service-time = `service_ms` (in place when present; < 0: suppress_envoy_headers)."""
-    out = framing.merged(headers, _RESPONSE_INLINE) if repeated(headers) else headers
+    out = framing.merged(headers, agent_chain.RESPONSE_INLINE_HEADERS) if repeated(headers) else headers
     if service_ms < 0:
         return out
     value = b"%d" % service_ms

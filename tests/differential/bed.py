@@ -15,7 +15,10 @@ the same status classes and framing, unless the case marks the agent `stricter` 
 refuse what Envoy forwards, never the reverse).
 
 Both proxies get the same limits and timeouts (Envoy's defaults, stream idle timeout shortened to
-`STREAM_IDLE_S` for both so that timeout cases end quickly).
+`STREAM_IDLE_S` for both so that timeout cases end quickly) and the same server_name (Istio's sidecar value, the
+agent's native default). Beyond framing, `compare` holds the agent to Envoy on every request header the upstream
+got (x-request-id by presence), the headers of a response from the upstream (times by presence), the server
+header of a local reply, and a connection Envoy keeps open.
 """
 
 from __future__ import annotations

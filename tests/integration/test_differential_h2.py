@@ -21,12 +21,16 @@ import pytest
 from hyperframe.frame import HeadersFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
 
 from meshplug import limits
+from tests.differential import cases as h1_cases
 from tests.testbed import agent as tb_agent
 from tests.testbed import envoy as tb_envoy
 from tests.testbed import h2raw, procs, upstream
 from tests.testbed.h2raw import BASE, RawClient
 
 pytestmark = pytest.mark.integration
+
+#: both proxies' HCM server_name: Istio's sidecar inbound value, the agent's native default
+SERVER_NAME = "istio-envoy"
 
 
 @dataclass
@@ -44,9 +48,9 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
         echo = upstream.start_service("echo", log_dir=logs)
         started.append(echo)
         port, admin = procs.free_port(), procs.free_port()
-        config = tb_envoy.bootstrap(
-            admin, [tb_envoy.http_listener("l", port, cluster="echo")], [tb_envoy.static_cluster("echo", echo.port)]
-        )
+        listener = tb_envoy.http_listener("l", port, cluster="echo")
+        listener["filter_chains"][0]["filters"][0]["typed_config"]["server_name"] = SERVER_NAME
+        config = tb_envoy.bootstrap(admin, [listener], [tb_envoy.static_cluster("echo", echo.port)])
         path = tb_envoy.write_config(config, tmp / "envoy")
         tb_envoy.validate_config(path)
         started.append(tb_envoy.start_envoy(path, admin_port=admin, log_dir=logs))
@@ -224,3 +228,55 @@ def test_streams_over_the_limit_are_refused_one_by_one(bed: Bed) -> None:
         out = h2raw.run(port, send, until=lambda o: 1 in o.statuses, timeout=10.0)
         got[plane] = (out.resets.get(last), out.statuses.get(1), out.goaway, out.closed, sorted(out.resets))
     assert got["agent"] == got["envoy"] == ("REFUSED_STREAM", 200, None, False, [last]), got
+
+
+def _respond(headers: list[tuple[str, str]]) -> tuple[bytes, bytes]:
+    """The header that makes the echo app answer 200 "ok" with `headers` (then its own server and date)."""
+    return (upstream.RESPOND_HEADER.encode(), upstream.encode_response(200, headers, [b"ok"]).encode())
+
+
+#: timed values (only their presence is compared)
+_TIMED = frozenset({b"date", b"x-envoy-upstream-service-time", b"x-request-id"})
+
+# name, the request's extra headers: the app's view (the echo records what it received) and the client's view of
+# the response are compared, Envoy's and the agent's (meshplug/agent/hcm.py: the rules HTTP/1.1 applies too)
+HEADER_CASES: list[tuple[str, list[tuple[bytes, bytes]]]] = [
+    ("inline headers merged, others apart", [(b"accept", b"a"), (b"accept", b"b"), (b"x-dup", b"1"), (b"x-dup", b"2")]),
+    ("cookies joined", [(b"cookie", b"a=1"), (b"cookie", b"b=2")]),
+    ("client xfcc dropped", [(b"x-forwarded-client-cert", b"By=spiffe://x"), (b"x-a", b"1")]),
+    ("invalid referer dropped", [(b"referer", b"http://a b/")]),
+    ("referer with a fragment dropped", [(b"referer", b"http://a/#f")]),
+    ("valid referer kept", [(b"referer", b"http://a/b?c")]),
+    ("x-envoy request headers", [(n.lower().encode(), b"7") for n in h1_cases.ENVOY_REQUEST_HEADERS]),
+    ("x-envoy with x-forwarded-for", [(b"x-forwarded-for", b"10.1.2.3"), (b"x-envoy-retry-on", b"5xx")]),
+    ("x-forwarded-proto given", [(b"x-forwarded-proto", b"https")]),
+    ("x-request-id given", [(b"x-request-id", b"given")]),
+    ("te trailers", [(b"te", b"trailers")]),
+    ("response inline headers merged", [_respond([("cache-control", "a"), ("cache-control", "b"), ("set-cookie", "a=1"),
+                                                  ("set-cookie", "b=2"), ("vary", "x"), ("vary", "y")])]),
+    ("response x-envoy headers", [_respond([("x-envoy-upstream-service-time", "99"), ("x-envoy-degraded", "1")])]),
+]  # fmt: skip
+
+
+def _seen(out: h2raw.H2Outcome) -> tuple[object, ...]:
+    """What the app received (the echo's record, in order by name) and the response headers, for comparison."""
+    body = out.bodies.get(1, b"")
+    received: list[tuple[str, str]] = []
+    if body.startswith(b"{"):
+        record = upstream.decode_record(body)
+        received = sorted(((k, "*" if k.encode() in _TIMED else v) for k, v in record["headers"]), key=lambda kv: kv[0])
+    response = [(n, b"*" if n in _TIMED else v) for n, v in out.headers.get(1, []) if n != b"content-length"]
+    return out.statuses.get(1), tuple(received), tuple(response)
+
+
+@pytest.mark.parametrize(("name", "extra"), HEADER_CASES, ids=[c[0] for c in HEADER_CASES])
+def test_request_and_response_headers_match_envoy(bed: Bed, name: str, extra: list[tuple[bytes, bytes]]) -> None:
+    """HTTP/2 downstream: the header rules as Envoy 1.40 applies them, compared in the same run."""
+    base = (BASE[0], BASE[1], (b":path", b"/h2-headers"), BASE[3])
+    got = {}
+    for plane, port in (("envoy", bed.envoy_port), ("agent", bed.agent.port)):
+        out = h2raw.run(port, _request(extra, base), until=lambda o: o.bodies.get(1, b"")[-1:] in (b"}", b"k"))
+        got[plane] = _seen(out)
+    assert got["envoy"][0] == 200, got
+    assert got["envoy"][1] or any(n == upstream.RESPOND_HEADER.encode() for n, _ in extra), got  # the app echoed
+    assert got["agent"] == got["envoy"]

@@ -10,10 +10,10 @@ answer what Envoy answered: the same bytes, or the same status. Maps are compare
 builds them from hash maps: the order changes from one call to the next), the header maps with it.
 
 A few values differ from run to run by nature (the client's port, times, durations, ids, the upstream
-connection's local port): for those only found / NotFound is compared (and an int's size). Two of Envoy's
-defaults the agent does not follow are set off in the bootstrap so the rest can be compared: the router's
-x-envoy-* headers (suppress_envoy_headers: true; the agent never adds them) and the server header
-(server_header_transformation: PASS_THROUGH; Envoy's default overwrites it with "envoy").
+connection's local port): for those only found / NotFound is compared (and an int's size). The router's
+x-envoy-* headers (their values are times) are set off in the bootstrap (suppress_envoy_headers: true) and so
+is the server header (server_header_transformation: PASS_THROUGH), on both proxies alike, so that the header
+maps compare byte for byte; test_agent_server_header.py compares those two settings themselves.
 """
 
 from __future__ import annotations

@@ -1,0 +1,209 @@
+"""meshplug.agent.hcm: the header rules both downstreams apply (each rule is held to Envoy 1.40 by the
+differential suite, tests/integration/test_differential_http1.py and test_differential_h2.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import pytest
+
+from meshplug import errors
+from meshplug.agent import bootstrap, config, envoyjson, hcm
+
+pytestmark = pytest.mark.unit
+
+H = list[tuple[bytes, bytes]]
+
+
+@pytest.mark.parametrize(
+    ("headers", "upgrade", "expected"),
+    [
+        ([(b"host", b"a"), (b"x-a", b"1")], False, [(b"host", b"a"), (b"x-a", b"1")]),
+        ([(b"accept", b"a"), (b"x-a", b"1"), (b"accept", b"b")], False, [(b"accept", b"a,b"), (b"x-a", b"1")]),
+        ([(b"x-a", b"1"), (b"x-a", b"2")], False, [(b"x-a", b"1"), (b"x-a", b"2")]),
+        ([(b"x-forwarded-client-cert", b"By=x"), (b"x-a", b"1")], False, [(b"x-a", b"1")]),
+        ([(b"x-envoy-retry-on", b"5xx"), (b"x-envoy-original-path", b"/p")], False,
+         [(b"x-envoy-original-path", b"/p")]),
+        ([(b"x-envoy-internal", b"true"), (b"x-envoy-upstream-rq-timeout-ms", b"1")], False, []),
+        ([(b"x-envoy-decorator-operation", b"op"), (b"x-envoy-foo", b"1")], False,
+         [(b"x-envoy-decorator-operation", b"op"), (b"x-envoy-foo", b"1")]),
+        ([(b"referer", b"http://a b/")], False, []),
+        ([(b"referer", b"http://a/b")], False, [(b"referer", b"http://a/b")]),
+        ([(b"te", b"gzip, trailers")], False, [(b"te", b"trailers")]),
+        ([(b"te", b"gzip")], False, []),
+        ([(b"te", b"gzip, trailers")], True, [(b"te", b"gzip, trailers")]),
+        ([(b":path", b"/"), (b"cookie", b"a"), (b"te", b"trailers")], False,
+         [(b":path", b"/"), (b"cookie", b"a"), (b"te", b"trailers")]),
+    ],
+)  # fmt: skip
+def test_sanitize_request(headers: H, upgrade: bool, expected: H) -> None:
+    assert hcm.sanitize_request(list(headers), upgrade=upgrade) == expected
+
+
+def test_sanitize_request_returns_the_same_list_when_nothing_applies() -> None:
+    headers = [(b"host", b"a"), (b"x-a", b"1")]
+    assert hcm.sanitize_request(headers, upgrade=False) is headers
+
+
+@pytest.mark.parametrize(
+    ("headers", "request_id", "added"),
+    [
+        ([], True, [b"x-forwarded-proto", b"x-request-id"]),
+        ([], False, [b"x-forwarded-proto"]),
+        ([(b"x-forwarded-proto", b"https")], True, [b"x-request-id"]),
+        ([(b"x-request-id", b"given")], True, [b"x-forwarded-proto"]),
+    ],
+)
+def test_add_forwarded(headers: H, request_id: bool, added: list[bytes]) -> None:
+    out = list(headers)
+    hcm.add_forwarded(out, b"http", request_id=request_id)
+    assert out[: len(headers)] == headers
+    assert [n for n, _ in out[len(headers) :]] == added
+
+
+@pytest.mark.parametrize(
+    ("timeout_s", "suppressed", "expected"),
+    [
+        (15.0, False, (b"x-envoy-expected-rq-timeout-ms", b"15000")),
+        (0.25, False, (b"x-envoy-expected-rq-timeout-ms", b"250")),
+        (0.0, False, None),
+        (15.0, True, None),
+    ],
+)
+def test_expected_timeout(timeout_s: float, suppressed: bool, expected: tuple[bytes, bytes] | None) -> None:
+    assert hcm.expected_timeout(timeout_s, suppressed=suppressed) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "service_ms", "expected"),
+    [
+        ([(b"a", b"1")], 3, [(b"a", b"1"), (b"x-envoy-upstream-service-time", b"3")]),
+        ([(b"x-envoy-upstream-service-time", b"99"), (b"a", b"1")], 0,
+         [(b"x-envoy-upstream-service-time", b"0"), (b"a", b"1")]),
+        ([(b"a", b"1")], -1, [(b"a", b"1")]),
+        ([(b"vary", b"a"), (b"set-cookie", b"x"), (b"vary", b"b"), (b"set-cookie", b"y")], -1,
+         [(b"vary", b"a,b"), (b"set-cookie", b"x"), (b"set-cookie", b"y")]),
+        ([(b"server", b"a"), (b"server", b"b")], -1, [(b"server", b"a,b")]),
+    ],
+)  # fmt: skip
+def test_upstream_response(headers: H, service_ms: int, expected: H) -> None:
+    assert hcm.upstream_response(list(headers), service_ms) == expected
+
+
+_LISTENER = config.Listener(name="l", address="127.0.0.1", port=1, cluster="c")
+
+
+@pytest.mark.parametrize(
+    ("transformation", "headers", "server"),
+    [
+        ("OVERWRITE", [], [b"istio-envoy"]),
+        ("OVERWRITE", [(b"server", b"app")], [b"istio-envoy"]),
+        ("OVERWRITE", [(b"server", b"app"), (b"server", b"app2")], [b"istio-envoy"]),
+        ("APPEND_IF_ABSENT", [], [b"istio-envoy"]),
+        ("APPEND_IF_ABSENT", [(b"server", b"app")], [b"app"]),
+        ("PASS_THROUGH", [], []),
+        ("PASS_THROUGH", [(b"server", b"app")], [b"app"]),
+    ],
+)
+def test_server_header(transformation: str, headers: H, server: list[bytes]) -> None:
+    step = hcm.ServerHeader(dataclasses.replace(_LISTENER, server_header_transformation=transformation))
+    out = [(b"x-a", b"1"), *headers]
+    step.finish(out)
+    assert [v for n, v in out if n == b"server"] == server
+    assert [n for n, _ in out].count(b"date") == 1
+    assert out[0] == (b"x-a", b"1")
+
+
+def test_server_header_keeps_a_date_and_the_place_of_server() -> None:
+    step = hcm.ServerHeader(dataclasses.replace(_LISTENER, server_name="edge"))
+    out = [(b"server", b"app"), (b"date", b"then"), (b"x-a", b"1")]
+    step.finish(out)
+    assert out == [(b"server", b"edge"), (b"date", b"then"), (b"x-a", b"1")]
+    assert step.lines([])[-1] == b"server: edge\r\n"
+
+
+def _bootstrap(hcm_fields: dict[str, object], router: dict[str, object]) -> dict[str, object]:
+    hcm_config = {
+        "@type": f"type.googleapis.com/{envoyjson.HCM}",
+        "stat_prefix": "in",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", **router}}],
+        **hcm_fields,
+    }  # fmt: skip
+    return {
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "in",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+                    "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm_config}]}],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "up",
+                    "type": "STATIC",
+                    "load_assignment": {
+                        "cluster_name": "up",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                            "address": "127.0.0.1", "port_value": 2}}}}]}],
+                    },
+                }
+            ],
+        }
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("hcm_fields", "router", "expected"),
+    [
+        ({}, {}, ("OVERWRITE", "envoy", False)),
+        ({"server_name": "edge"}, {}, ("OVERWRITE", "edge", False)),
+        ({"server_header_transformation": "append_if_absent"}, {}, ("APPEND_IF_ABSENT", "envoy", False)),
+        ({"serverHeaderTransformation": "PASS_THROUGH"}, {"suppress_envoy_headers": True},
+         ("PASS_THROUGH", "envoy", True)),
+    ],
+)  # fmt: skip
+def test_bootstrap_server_header_fields(
+    hcm_fields: dict[str, object], router: dict[str, object], expected: tuple[str, str, bool]
+) -> None:
+    listener = bootstrap.parse(_bootstrap(hcm_fields, router)).listeners[0]
+    assert (listener.server_header_transformation, listener.server_name, listener.suppress_envoy_headers) == expected
+
+
+def test_bootstrap_refuses_an_unknown_server_header_transformation() -> None:
+    with pytest.raises(errors.ConfigError, match="server_header_transformation"):
+        bootstrap.parse(_bootstrap({"server_header_transformation": "REPLACE"}, {}))
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, ("OVERWRITE", "istio-envoy", False)),
+        ({"server_header_transformation": "PASS_THROUGH", "server_name": "app-proxy", "suppress_envoy_headers": True},
+         ("PASS_THROUGH", "app-proxy", True)),
+    ],
+)  # fmt: skip
+def test_native_listener_server_header_fields(
+    tmp_path: pathlib.Path, fields: dict[str, object], expected: tuple[str, str, bool]
+) -> None:
+    raw = {
+        "listeners": [{"name": "in", "port": 15006, "cluster": "app", **fields}],
+        "clusters": [{"name": "app", "port": 8080}],
+        "admin": {"port": 15000},
+    }
+    listener = config.parse(raw, base=tmp_path).listeners[0]
+    assert (listener.server_header_transformation, listener.server_name, listener.suppress_envoy_headers) == expected
+
+
+def test_native_listener_refuses_an_unknown_server_header_transformation(tmp_path: pathlib.Path) -> None:
+    raw = {
+        "listeners": [{"name": "in", "port": 15006, "cluster": "app", "server_header_transformation": "X"}],
+        "clusters": [{"name": "app", "port": 8080}],
+        "admin": {"port": 15000},
+    }
+    with pytest.raises(errors.ConfigError, match="server_header_transformation"):
+        config.parse(raw, base=tmp_path)
