@@ -152,7 +152,7 @@ def test_proxy_replies_pass_through_the_plugins_response_callbacks(
     assert headers["content-type"] == "text/plain"
     assert headers["content-length"] == str(len(body))
     assert "date" in headers
-    assert headers["server"] == "meshplug"
+    assert headers["server"] == "istio-envoy"  # the native config's server_name: Istio's sidecar inbound value
     # the plugin's on_http_response_headers ran for the proxy's own reply, as in Envoy
     assert headers.get("x-plugin") == ("seen" if kind == "plugin" else None)
 
