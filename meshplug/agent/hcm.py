@@ -5,7 +5,7 @@ Each rule was probed on Envoy 1.40 with the test bed's HCM (use_remote_address f
 no internal_address_config) and is held to it by the differential suite (tests/differential):
 
 Request, before the plugins (ConnectionManagerUtility::mutateRequestHeaders and the codecs' header map):
-* repeated inline headers (`chain.REQUEST_INLINE_HEADERS`) are one entry, the values joined with ",";
+* repeated inline headers (`headermap.REQUEST_INLINE_HEADERS`) are one entry, the values joined with ",";
 * a client's X-Forwarded-Client-Cert is removed (forward_client_cert_details SANITIZE);
 * the request is external -- no request is internal without an internal_address_config, whatever its
   X-Forwarded-For says (Envoy 1.40 reads no address as internal by default) -- so the x-envoy-* headers that
@@ -21,7 +21,7 @@ Request, before the plugins (ConnectionManagerUtility::mutateRequestHeaders and 
 Router, on the way to the upstream (after the plugins): x-envoy-expected-rq-timeout-ms = the route's timeout
 in ms (none when the route has no timeout), unless the router's suppress_envoy_headers.
 
-Response: the upstream's repeated inline headers (`chain.RESPONSE_INLINE_HEADERS`) are merged by the codec and
+Response: the upstream's repeated inline headers (`headermap.RESPONSE_INLINE_HEADERS`) are merged by the codec and
 the router sets x-envoy-upstream-service-time (in place if the upstream sent one) before the plugins see
 them; after them the HCM adds `date` when absent and applies server_header_transformation: OVERWRITE (the
 default) sets `server` to server_name, APPEND_IF_ABSENT only when there is none, PASS_THROUGH leaves it. Local
@@ -32,8 +32,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from meshplug.agent import chain as agent_chain
-from meshplug.agent import config, framing, wire
+from meshplug.agent import config, framing, headermap, wire
 
 Header = tuple[bytes, bytes]
 
@@ -78,7 +77,7 @@ def sanitize_request(headers: list[Header], *, upgrade: bool) -> list[Header]:
     """A request's headers (lower-case names; pseudo-headers may be there) after Envoy's header map and
     mutateRequestHeaders: inline headers merged, stripped ones removed, TE reduced (not on an upgrade), an
     invalid Referer removed. `headers` itself when none of it applies (the common case)."""
-    out = framing.merged(headers, agent_chain.REQUEST_INLINE_HEADERS) if repeated(headers) else headers
+    out = framing.merged(headers, headermap.REQUEST_INLINE_HEADERS) if repeated(headers) else headers
     for name, _ in out:
         if name in _SANITIZED:
             break
@@ -124,7 +123,7 @@ def expected_timeout(timeout_s: float, *, suppressed: bool) -> Header | None:
 def upstream_response(headers: list[Header], service_ms: int) -> list[Header]:
     """An upstream's response headers as the router passes them on: inline headers merged, then
     x-envoy-upstream-service-time = `service_ms` (in place when present; < 0: suppress_envoy_headers)."""
-    out = framing.merged(headers, agent_chain.RESPONSE_INLINE_HEADERS) if repeated(headers) else headers
+    out = framing.merged(headers, headermap.RESPONSE_INLINE_HEADERS) if repeated(headers) else headers
     if service_ms < 0:
         return out
     value = b"%d" % service_ms
