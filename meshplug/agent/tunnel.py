@@ -257,6 +257,7 @@ class Tunnel:
             self._failed(wire.RESET_PROTOCOL)
             return
         self._head_seen = True
+        parsed = hcm.upstream_response(parsed, -1)  # the codec's header map (the router adds no time to a 101)
         stream = self.stream
         if stream is None:  # no plugins: a 101 head as the HCM writes it, any other answer as it came
             if parsed[0][1] == b"101":

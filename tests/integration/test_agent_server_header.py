@@ -43,6 +43,10 @@ def _answer(conn: socket.socket) -> None:
             return
         path = head.split(b" ", 2)[1].decode()
         lines = ANSWERS.get(path, b"")
+        if b"\r\nupgrade: websocket" in head.lower():  # the tunnel's first bytes: the request head received
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n" + lines)
+            conn.sendall(b"\r\n" + head)
+            return
         conn.sendall(b"HTTP/1.1 200 OK\r\n" + lines + b"content-length: %d\r\n\r\n" % len(head) + head)
 
 
@@ -53,6 +57,7 @@ def _bootstrap(admin: int, ports: dict[str, int], upstream_port: int) -> dict[st
         hcm = lst["filter_chains"][0]["filters"][0]["typed_config"]
         hcm["route_config"]["virtual_hosts"][0]["routes"][0]["match"] = {"prefix": "/r/"}
         hcm.update(hcm_fields)
+        hcm["upgrade_configs"] = [{"upgrade_type": "websocket"}]
         hcm["http_filters"][-1]["typed_config"].update(router_fields)
         listeners.append(lst)
     return tb_envoy.bootstrap(admin, listeners, [tb_envoy.static_cluster("up", upstream_port)])
@@ -160,4 +165,40 @@ def test_server_and_envoy_headers_as_envoy(planes: Planes, listener: str, path: 
         service_time,
         [b"x-envoy-expected-rq-timeout-ms: 15000"] if routed and listener != "pass" else [],
     )
+    assert agent == envoy
+
+
+#: a WebSocket upgrade with what the connection manager changes on a request
+UPGRADE = (
+    "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+    "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nte: trailers, gzip\r\n"
+    "x-forwarded-client-cert: By=x\r\nx-envoy-retry-on: 5xx\r\nx-envoy-original-path: /o\r\naccept: a\r\n"
+    "accept: b\r\nreferer: not a uri\r\n\r\n"
+)
+
+
+def _upgrade(port: int, path: str) -> tuple[list[str], list[str]]:
+    """The 101's header lines (date's value aside) and the request head the upstream received (x-request-id's
+    value aside), read through the tunnel until the upstream closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(UPGRADE.format(path=path).encode())
+        data = rawpeer.recv_until(sock, lambda _: False)
+    response, _, tunnelled = data.partition(b"\r\n\r\n")
+    return _masked(response), _masked(tunnelled)
+
+
+def _masked(raw: bytes) -> list[str]:
+    """Header lines with the values of date and x-request-id left out."""
+    mask = ("date:", "x-request-id:")
+    return [line.split(":")[0] if line.lower().startswith(mask) else line for line in raw.decode().split("\r\n")]
+
+
+@pytest.mark.parametrize(("listener", "path"), [("default", "/r/with"), ("pass", "/r/none"), ("append", "/r/twice")])
+def test_websocket_upgrade_headers_as_envoy(planes: Planes, listener: str, path: str) -> None:
+    """An upgrade: x-forwarded-proto and x-request-id added, XFCC / steering x-envoy-* / a bad Referer removed,
+    inline headers merged, TE passed as sent; the 101 gets date and the server header."""
+    envoy = _upgrade(planes.ports["envoy"][listener], path)
+    agent = _upgrade(planes.ports["agent"][listener], path)
+    assert envoy[0][0] == "HTTP/1.1 101 Switching Protocols"
+    assert "x-forwarded-proto: http" in envoy[1] and "te: trailers, gzip" in envoy[1]
     assert agent == envoy
