@@ -150,7 +150,9 @@ class HostCalls:
     def proxy_log(self, level: int, ptr: int, size: int) -> int:
         if level > 5:
             return BAD_ARGUMENT
-        self.vm.log(level, self.guest.read(ptr, size).decode(errors="replace"))
+        data = self.guest.read(ptr, size)  # bounds-checked as cpp-host's getMemory, logged or not
+        if level >= self.vm.host.log_level:  # below the agent's level: nothing decoded, formatted or kept
+            self.vm.log(level, data.decode(errors="replace"))
         return OK
 
     def proxy_get_log_level(self, ret: int) -> int:

@@ -151,16 +151,16 @@ class HttpContext(Context):
             return Action.FAIL
         wvm = self.wvm
         cb = wvm.cb
-        fn = cb.headers[direction]
+        request = direction is _REQUEST  # an identity test: no enum indexing per callback
+        fn = cb.headers[0] if request else cb.headers[1]
         if fn is None:  # not exported: nothing to call (Envoy calls only exported callbacks)
             return Action.CONTINUE
-        n = len(self.maps[direction])
-        request = direction == _REQUEST
+        n = len(self.maps[0] if request else self.maps[1])
         if request:
             self.request_headers_attached = True
         else:
             self.response_headers_attached = True
-        if cb.headers_eos[direction]:
+        if cb.headers_eos[0] if request else cb.headers_eos[1]:
             r = wvm.call_n(self, fn, 3, self.id, n, 1 if end_stream else 0)
         else:
             r = wvm.call_n(self, fn, 2, self.id, n)
@@ -183,7 +183,7 @@ class HttpContext(Context):
         if not self._ready():
             return Action.FAIL
         wvm = self.wvm
-        fn = wvm.cb.body[direction]
+        fn = wvm.cb.body[0] if direction is _REQUEST else wvm.cb.body[1]
         if fn is None:
             return _CONTINUE
         if not end_stream:
@@ -200,7 +200,7 @@ class HttpContext(Context):
     def on_trailers(self, direction: Direction) -> Action:
         if not self._ready():
             return Action.FAIL
-        fn = self.wvm.cb.trailers[direction]
+        fn = self.wvm.cb.trailers[0] if direction is _REQUEST else self.wvm.cb.trailers[1]
         if fn is None:
             return Action.CONTINUE
         return self._action(self.wvm.call_n(self, fn, 2, self.id, len(self.control.trailers(direction))), body=False)
@@ -237,7 +237,9 @@ class HttpContext(Context):
         if wvm.cb.end and self._alive():
             wvm.call_each(self, wvm.cb.end, self.id)
         self.deleted = True
-        wvm.contexts.pop(self.id, None)
+        contexts = wvm.contexts
+        if self.id in contexts:
+            del contexts[self.id]
         if wvm.recycle:  # the VM waits for its streams to end: maybe this was the last
             wvm.owner._wake()
 

@@ -45,6 +45,8 @@ import concurrent.futures
 import gc
 import itertools
 import logging
+import os
+import sys
 import time
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -115,18 +117,31 @@ __all__ = [
 
 log = logging.getLogger("meshplug.agent.host")
 
-plugin_log = logging.getLogger("meshplug.agent.plugin")
-
 Headers = streamapi.Headers
 
-_PY_LEVEL: Final = {
-    TRACE: logging.DEBUG,
-    DEBUG: logging.DEBUG,
-    INFO: logging.INFO,
-    WARN: logging.WARNING,
-    ERROR: logging.ERROR,
-    CRITICAL: logging.CRITICAL,
-}
+#: spdlog's level names, as Envoy writes them in its log lines (index: proxy-wasm log level)
+_LEVEL_NAMES: Final = ("trace", "debug", "info", "warning", "error", "critical")
+
+
+class _LogLines:
+    """Plugin log lines on stderr in Envoy's format, ``[%Y-%m-%d %T.%e][%t][%l][%n] %v`` (Envoy writes the
+    thread id, the agent its process id): one write per line, no logging-framework record, the timestamp text
+    made once per second. Envoy's wasm lines read ``wasm log <plugin> <root_id> <vm_id>: <message>`` (the empty
+    ids left out), its Lua lines ``script log: <message>``."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.second = -1
+        self.stamp = ""
+
+    def write(self, level: int, logger: str, text: str) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        name = _LEVEL_NAMES[level] if 0 <= level < len(_LEVEL_NAMES) else "info"
+        sys.stderr.write(f"[{self.stamp}.{int((now - second) * 1000):03d}][{self.pid}][{name}][{logger}] {text}\n")
 
 
 # --- process-wide shared state ----------------------------------------------------------------------
@@ -230,6 +245,7 @@ class Host(hostapi.Host):
         self.metrics = self.shared.metrics
         self.logs = self.shared.logs
         self.recycle_bytes = recycle_bytes
+        self._lines = _LogLines()
         self._recycling = False  # some VM waits to be recycled until its streams are over
         self.plugins: list[Plugin] = []
         self.vms: dict[tuple[Any, ...], WasmVm] = {}
@@ -344,10 +360,22 @@ class Host(hostapi.Host):
 
     # -- logs / metrics ------------------------------------------------------------------------------
     def record_log(self, plugin: str, level: int, message: str) -> None:
+        """A Lua filter's log line (meshplug.agent.lua), kept for /plugin_logs and written as Envoy's lua logger."""
         if level < self.log_level:
             return
         self.logs.append(LogRecord(plugin, level, message))
-        plugin_log.log(_PY_LEVEL.get(level, logging.INFO), "[%s] %s", plugin, message)
+        self._lines.write(level, "lua", "script log: " + message)
+
+    def record_wasm_log(self, config: PluginConfig | None, label: str, level: int, message: str) -> None:
+        """A plugin's proxy_log line (the caller checked `log_level`): kept for /plugin_logs and written as
+        Envoy's wasm logger; `config` None: the VM's own line outside any plugin's context (`label`)."""
+        if config is None:
+            self.logs.append(LogRecord(label, level, message))
+            self._lines.write(level, "wasm", f"wasm log {label}: {message}")
+            return
+        self.logs.append(LogRecord(config.name, level, message))
+        ids = " ".join(i for i in (config.name, config.root_id, config.vm_id) if i)
+        self._lines.write(level, "wasm", f"wasm log {ids}: {message}" if ids else f"wasm log: {message}")
 
     def metric_values(self) -> dict[str, int]:
         return self.metrics.snapshot()

@@ -15,7 +15,8 @@ reaches every filter (Envoy's access-log hook).
 A filter given match rules (`Chain(filters, match=...)`, `Match`) runs only for requests some rule matches;
 the chain decides once, when the request headers arrive, and bypasses the others entirely for the stream
 (no context, no callback, no `on_complete`). A chain without rules makes plain `Stream`s (no cost).
-Buffered bodies above `limits.MAX_BUFFERED_BODY_BYTES` get 413 (request) / 500 (response), as Envoy.
+Buffered bodies above `limits.MAX_BUFFERED_BODY_BYTES` get 413 (request) / 500 (response), as Envoy; so does a
+held body its filter grows past the limit (a held body of exactly the limit passes, as in Envoy 1.40).
 Filters act on the stream only through their `StreamControl`, whose methods may be called at any time
 outside a filter callback (e.g. from an http-call response); the chain then advances the stream and calls
 `on_progress`.
@@ -504,12 +505,17 @@ class Stream:
             body += frame[2]
             lane.body_end[pos] = frame[1]
             kept = len(body) + (len(lane.stash[pos]) if lane.stash is not None and pos in lane.stash else 0)
-            if kept > limits.MAX_BUFFERED_BODY_BYTES:
-                # also for WATERMARK: the shell applies no backpressure through the chain, so the limit
-                # Envoy enforces with flow control is a 413 / 500 here
+            # also for WATERMARK: the shell applies no backpressure through the chain, so the limit Envoy
+            # enforces with flow control is a 413 / 500 here
+            over = kept > limits.MAX_BUFFERED_BODY_BYTES
+            if not over:
+                held = lane.buffering[pos]  # the body holds chunks of earlier callbacks (Envoy's buffered data)
+                action = fs.on_body(direction, len(body), frame[1])
+                # the filter grew the body it held past the limit (a rewrite): Envoy's limit applies to it too
+                over = held and action is _CONTINUE and len(body) > limits.MAX_BUFFERED_BODY_BYTES
+            if over:
                 self._overflow(direction)
                 return None
-            action = fs.on_body(direction, len(body), frame[1])
         if action is _CONTINUE:
             return self._release(lane, pos, frame)
         lane.stalled = True

@@ -291,5 +291,7 @@ class WasmVm(hostapi.Vm):
                 other.on_vm_failed()
 
     def log(self, level: int, message: str) -> None:
-        plugin = self.effective.plugin.config.name if self.effective is not None else self.label
-        self.owner.record_log(plugin, level, message)
+        if level < self.owner.log_level:
+            return
+        effective = self.effective
+        self.owner.record_wasm_log(None if effective is None else effective.plugin.config, self.label, level, message)

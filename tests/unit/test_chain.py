@@ -326,6 +326,42 @@ def test_a_body_over_the_buffer_limit_is_413_on_requests() -> None:
     ]
 
 
+def _grow_at_end(grow: int) -> Callable[[ScriptStream], A]:
+    """Hold the request body until its end, then add `grow` bytes to it (a rewrite) and continue."""
+
+    def react(st: ScriptStream) -> A:
+        if st.counts.get("req.body", 0) < 2:
+            return A.BUFFER
+        st.control.body(C.Direction.REQUEST).extend(b"+" * grow)
+        return A.CONTINUE
+
+    return react
+
+
+@pytest.mark.parametrize(
+    ("size", "grow", "status"),
+    [
+        (limits.MAX_BUFFERED_BODY_BYTES - 1, 1, b"200"),  # held at exactly the limit: passes (Envoy 1.40)
+        (limits.MAX_BUFFERED_BODY_BYTES, 0, b"200"),
+        (limits.MAX_BUFFERED_BODY_BYTES, 1, b"413"),  # grown past it by the filter holding it
+    ],
+)
+def test_a_held_request_body_its_filter_grows_past_the_limit_is_413(size: int, grow: int, status: bytes) -> None:
+    log: list[tuple[str, ...]] = []
+    s = C.Chain([ScriptFilter("a", log, {"req.body": _grow_at_end(grow)})]).new_stream()
+    out = s.recv_request_headers(request(b"POST"), False)
+    out += s.recv_request_data(b"x" * (size - 1), False)
+    out += s.recv_request_data(b"x", True)
+    if status == b"413":
+        assert summary(out)[-3:] == [
+            ("abort", "request_payload_too_large"),
+            ("down", "headers", "413", False),
+            ("down", "data", b"Payload Too Large", True),
+        ]
+    else:
+        assert summary(out)[-1] == ("up", "data", b"x" * size + b"+" * grow, True)
+
+
 # ---- local replies ----------------------------------------------------------------------------------
 def reply_from(event: str, status: int = 401) -> dict[str, Reaction]:
     def send(st: ScriptStream) -> A:

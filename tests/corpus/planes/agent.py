@@ -20,9 +20,10 @@ from tests.corpus import bootstrap, runner
 from tests.corpus import spec as S
 from tests.testbed import agent as tb_agent
 
-# "[plugin] message" lines the agent logs for each proxy_log record (used when the agent refuses to start)
-_PLUGIN_LINE = re.compile(r" (DEBUG|INFO|WARNING|ERROR|CRITICAL) meshplug\.agent\.plugin: \[[^\]]*\] (.*)$")
-_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "critical"}
+# the lines the agent writes for each proxy_log record in Envoy's format (used when the agent refuses to start):
+# "[2026-12-05 11:00:00.123][42][warning][wasm] wasm log <plugin> <root_id> <vm_id>: message"
+_PLUGIN_LINE = re.compile(r"^\[[^\]]*\]\[\d+\]\[([a-z]+)\]\[wasm\] wasm log[^:]*: (.*)$")
+_LEVELS = {"warning": "warn"}
 
 
 def plugin_log_lines(text: str) -> list[runner.LogRecord]:
@@ -30,7 +31,7 @@ def plugin_log_lines(text: str) -> list[runner.LogRecord]:
     for line in text.splitlines():
         m = _PLUGIN_LINE.search(line)
         if m:
-            out.append((_LEVELS[m.group(1)], m.group(2)))
+            out.append((_LEVELS.get(m.group(1), m.group(1)), m.group(2)))
     return out
 
 
