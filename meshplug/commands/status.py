@@ -4,9 +4,10 @@ Reads the WasmPlugins' status from the Kubernetes API (kubectl's flags: ``--kube
 ~/.kube/config, else in-cluster), ``--context``, ``-n``, ``-A``) and the pods each selects. Without PLUGIN: one
 line per plugin (data plane, digest, Ready and its reason, pods ready/selected, age). With PLUGIN: its
 conditions, then one line per selected pod: the digest it runs, its state and the reason the operator recorded
-(an agent's NACK, an unreachable agent, a pod without the module volume). ``-o json|yaml`` prints the same as
-data. Exit codes (`errors.exit_code_of`): 0, 1 when the named plugin is not Ready, 3 when it does not exist,
-4 when the API cannot be reached or refuses.
+(an agent's NACK, an unreachable agent, a pod without the module volume); with ``spec.rollout``, where the canary
+rollout stands, and each pod's digest is the one the rollout gives it. ``-o json|yaml`` prints the same as data.
+Exit codes (`errors.exit_code_of`): 0, 1 when the named plugin is not Ready, 3 when it does not exist, 4 when the
+API cannot be reached or refuses.
 """
 
 from __future__ import annotations
@@ -133,6 +134,16 @@ def summary(obj: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def pod_digest(st: Mapping[str, Any], pod: str) -> str:
+    """The digest a confirmed pod runs: the plugin's, or during a canary rollout (and after a rollback) the
+    stable version's for every pod but the rollout's canaries (status.rollout)."""
+    rollout = st.get("rollout") or {}
+    stable = str((rollout.get("stable") or {}).get("digest") or "")
+    if stable and rollout.get("phase") in ("Progressing", "RolledBack", "Aborted"):
+        return str(st.get("digest") or "-") if pod in (rollout.get("canaryPods") or []) else stable
+    return str(st.get("digest") or "-")
+
+
 def _pod_rows(client: kubernetes.client.ApiClient, obj: Mapping[str, Any]) -> list[dict[str, str]]:
     meta, body, st = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
     labels = ((body.get("selector") or {}).get("matchLabels")) or {}
@@ -147,7 +158,7 @@ def _pod_rows(client: kubernetes.client.ApiClient, obj: Mapping[str, Any]) -> li
             {
                 "pod": name,
                 "state": "Failing" if bad else "Ready",
-                "digest": "-" if bad else str(st.get("digest", "-")),
+                "digest": "-" if bad else pod_digest(st, name),
                 "reason": str((bad or {}).get("reason", "")),
                 "message": str((bad or {}).get("message", "")),
             }
@@ -217,12 +228,16 @@ def _show_one(client: kubernetes.client.ApiClient, obj: Mapping[str, Any], outpu
     conditions = (obj.get("status") or {}).get("conditions") or []
     code = 0 if s["ready"] == "True" else errors.MeshplugError.exit_code
     if output in ("json", "yaml"):
-        _emit({**s, "conditions": conditions, "podStatus": pods}, output)
+        rollout = (obj.get("status") or {}).get("rollout")
+        _emit({**s, "conditions": conditions, "podStatus": pods, **({"rollout": rollout} if rollout else {})}, output)
         return code
     print(f"{s['namespace']}/{s['name']}  ({s['dataPlane']} plane, generation {s['generation']})")
     print(f"url      {s['url']}")
     print(f"digest   {s['digest'] or '-'}")
     print(f"ready    {s['ready']}  {s['reason']}: {s['message']}".rstrip(": "))
+    rollout = (obj.get("status") or {}).get("rollout") or {}
+    if rollout:
+        print(f"rollout  {rollout.get('phase', '')}: {rollout.get('message', '')}".rstrip(": "))
     if conditions:
         print()
         rows = [["CONDITION", "STATUS", "REASON", "MESSAGE"]]

@@ -213,8 +213,9 @@ def parse_time(text: str) -> float | None:
 
 
 def _history(state: State, result: str, message: str, now: float) -> tuple[Mapping[str, Any], ...]:
-    entry = {"step": state.step, "pods": len(state.canary_pods), "result": result, "message": message[:512]}
-    entry["at"] = now_rfc3339(now)
+    entry: dict[str, Any] = {"step": state.step, "pods": len(state.canary_pods), "result": result}
+    entry["canaryPods"] = list(state.canary_pods[: limits.MAX_FAILING_PODS_REPORTED])
+    entry["message"], entry["at"] = message[:512], now_rfc3339(now)
     return (*state.history, entry)[-limits.ROLLOUT_MAX_HISTORY :]
 
 
@@ -428,13 +429,15 @@ def judge(rollout: spec.Rollout, canary: Sample, stable: Sample, held_s: float) 
     c_q = canary.quantile_ms(rollout.latency_percentile)
     s_q = stable.quantile_ms(rollout.latency_percentile)
     p = f"p{rollout.latency_percentile:g}"
-    if c_q is not None and s_q is not None and stable.requests >= max(need, 1):
+    # a quantile from fewer samples than it takes to exceed one (p99: 100) is the slowest request, not a p99
+    samples = max(need, 1, math.ceil(100.0 / max(100.0 - rollout.latency_percentile, 1e-9) - 1e-9))
+    if c_q is not None and s_q is not None and min(canary.requests, stable.requests) >= samples:
         bound = max(s_q * rollout.max_latency_ratio, s_q + rollout.latency_slack_ms)
         if c_q > bound:
             return Verdict(FAILED, f"{p} request time {c_q:.1f} ms > {bound:.1f} ms (stable {s_q:.1f} ms)")
         latency = f"; {p} {c_q:.1f} ms vs stable {s_q:.1f} ms"
     else:
-        latency = f"; {p} not compared (stable side has {stable.requests} requests)"
+        latency = f"; {p} not compared ({min(canary.requests, stable.requests)}/{samples} requests on a side)"
     within = f"failure ratio {c_ratio:.4f} vs stable {s_ratio:.4f}{latency}"
     if held_s < rollout.hold_s:
         return Verdict(HOLDING, f"within bounds for {held_s:.0f}/{rollout.hold_s} s: {within}")

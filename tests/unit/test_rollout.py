@@ -188,7 +188,10 @@ def sample(requests: int, failures: int = 0, latency: tuple[int, ...] | None = N
         (sample(100, 0, hist(b5=100)), sample(300), 30, {}, rollout.PASSED, "p99 5.0 ms vs stable 1.0 ms"),
         (sample(100, 0, hist(b5=100)), sample(300), 30, {"latency_slack_ms": 0}, rollout.FAILED, "> 1.5 ms"),
         # too few stable requests: latency not compared, failures against an absolute margin
-        (sample(100, 0, hist(b100=100)), sample(3), 30, {}, rollout.PASSED, "not compared (stable side has 3"),
+        (sample(100, 0, hist(b100=100)), sample(3), 30, {}, rollout.PASSED, "p99 not compared (3/100 requests"),
+        # a p99 of 50 requests is their slowest one: not compared yet; a p90 of 50 is
+        (sample(50, 0, hist(b100=50)), sample(300), 30, {}, rollout.PASSED, "p99 not compared (50/100 requests"),
+        (sample(50, 0, hist(b100=50)), sample(300), 1, {"latency_percentile": 90}, rollout.FAILED, "p90 request"),
         (sample(100, 5), rollout.Sample(), 1, {}, rollout.FAILED, "> stable 0.0000 (0/0) + 0.01"),
     ],
 )
@@ -349,6 +352,10 @@ def test_a_good_version_goes_through_every_step() -> None:
     assert (done.state.stable, done.state.stable_spec) == (V2, SPEC_V2)
     assert [e[1] for e in done.events] == ["RolloutPromoted"]
     assert [h["result"] for h in done.state.history] == [rollout.PASSED, rollout.PROMOTED]
+    assert [h["canaryPods"] for h in done.state.history] == [
+        list(first.state.canary_pods),
+        list(step2.canary_pods or ()),
+    ]
 
 
 def test_a_bad_version_is_rolled_back() -> None:

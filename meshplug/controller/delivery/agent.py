@@ -314,7 +314,9 @@ class AgentDelivery:
             present.add(key[1])
             with self._lock:
                 known = self._entries.get(key)
-            if known is not None and known.plugin == plugin:
+            # a known entry stays as it is when unchanged, or when a rollout is involved: that plugin's own
+            # reconcile decides which pods get a new version (a newer spec read here must not reach every pod)
+            if known is not None and (known.plugin == plugin or plugin.rollout or known.plugin.rollout):
                 continue
             try:
                 entry = self._entry_from_api(body, plugin)
@@ -331,13 +333,19 @@ class AgentDelivery:
         """Another plugin's entry as the API has it: its module, and where its rollout stands (its status)."""
         module = self.load(plugin)
         state = rollout.from_status(body.get("status")) if plugin.rollout is not None else None
-        if state is None or not (state.active or state.holds_stable) or state.canary is None:
+        if state is None or state.stable is None or state.stable_spec is None:
             return PluginEntry(plugin, module, delivery.tie_break(body))
-        digest = f"sha256:{module.sha256}"
-        if rollout.version_key(digest, body.get("spec") or {}) != state.canary.key:
-            return PluginEntry(plugin, module, delivery.tie_break(body))  # a newer spec: its reconcile decides
+        key = rollout.version_key(f"sha256:{module.sha256}", body.get("spec") or {})
+        if key == state.stable.key:
+            return PluginEntry(plugin, module, delivery.tie_break(body))
         stable = self._stable((plugin.namespace, spec.key_name(plugin.kind, plugin.name)), body, state)
-        pods = frozenset(state.canary_pods) if state.active else frozenset()
+        # the step's pods as the status has them; a spec the status does not describe yet (a newer version, its
+        # reconcile still to come) goes nowhere before that reconcile decides: every pod keeps the stable version
+        pods = (
+            frozenset(state.canary_pods)
+            if state.active and state.canary is not None and key == state.canary.key
+            else frozenset()
+        )
         return PluginEntry(plugin, module, delivery.tie_break(body), stable=stable, canary_pods=pods)
 
     def _desired(
