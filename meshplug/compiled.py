@@ -9,6 +9,14 @@ wasmtime version and settings. `ENGINE_FINGERPRINT` covers the agent's engine se
 CPU (wasmtime compiles for the host's CPU features): an artifact made on another CPU has another key and is
 never fetched; wasmtime refusing one anyway (``stale``) falls back to compiling.
 
+Two tiers (`Tier`), each its own engine settings and so its own artifact key: ``optimized`` (Cranelift, opt
+level speed: what VMs run in the steady state) and ``baseline`` (Winch, wasmtime's single-pass compiler:
+compiles a 3-4 MB Go SDK module ~6x faster, its code costs a Go plugin ~15% more per request;
+`baseline_available()` says whether this wasmtime build has it). The operator compiles a new module with the
+baseline first so the agents start it at once, then the optimized artifact in the background
+(meshplug.controller.precompile); an artifact of one tier is never loaded by the other's engine (other key;
+wasmtime refuses it as well).
+
 File layout (one file per key, under ``<root>/<sha256[:2]>/``)::
 
     MAGIC (8 bytes)  u32le header length  header (JSON: module sha256, wasmtime version, settings fingerprint,
@@ -27,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -38,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
 from meshplug import errors, files
 
@@ -47,11 +57,27 @@ _LEN = struct.Struct("<I")
 _MAX_HEADER = 4096
 
 
+class Tier(enum.StrEnum):
+    """Which compiler made a module's machine code (the agent runs both; meshplug.agent.vm)."""
+
+    OPTIMIZED = "optimized"  # Cranelift: slower to compile, faster code
+    BASELINE = "baseline"  # Winch: one quick pass per function, no optimisation
+
+
 #: the agent's engine settings (meshplug.agent.vm builds its engine from them; the operator compiles with them)
 ENGINE_SETTINGS: tuple[tuple[str, str], ...] = (
     ("epoch_interruption", "1"),
     ("cranelift_opt_level", "speed"),
 )
+#: the baseline tier's: the same sandbox (epoch interruption), Winch instead of Cranelift
+BASELINE_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("epoch_interruption", "1"),
+    ("strategy", "winch"),
+)
+SETTINGS: dict[Tier, tuple[tuple[str, str], ...]] = {Tier.OPTIMIZED: ENGINE_SETTINGS, Tier.BASELINE: BASELINE_SETTINGS}
+#: wasmtime's C API value of WASMTIME_STRATEGY_WINCH (wasmtime-py 50's `Config.strategy` names only auto and
+#: cranelift; the pinned version's C API has the third)
+_STRATEGY_WINCH = 2
 
 
 def cpu_fingerprint() -> str:
@@ -72,21 +98,41 @@ def wasmtime_version() -> str:
     return importlib.metadata.version("wasmtime")
 
 
+def _fingerprint(settings: tuple[tuple[str, str], ...]) -> str:
+    parts = (("wasmtime", wasmtime_version()), *settings, ("cpu", cpu_fingerprint()))
+    return hashlib.sha256(";".join(f"{k}={v}" for k, v in parts).encode()).hexdigest()[:16]
+
+
 #: the settings string of the agent's engine on this machine: wasmtime version, ENGINE_SETTINGS, CPU
-ENGINE_FINGERPRINT = hashlib.sha256(
-    ";".join(
-        f"{k}={v}" for k, v in (("wasmtime", wasmtime_version()), *ENGINE_SETTINGS, ("cpu", cpu_fingerprint()))
-    ).encode()
-).hexdigest()[:16]
+ENGINE_FINGERPRINT = _fingerprint(ENGINE_SETTINGS)
+#: the same for the baseline tier's engine (BASELINE_SETTINGS)
+BASELINE_FINGERPRINT = _fingerprint(BASELINE_SETTINGS)
+FINGERPRINTS: dict[Tier, str] = {Tier.OPTIMIZED: ENGINE_FINGERPRINT, Tier.BASELINE: BASELINE_FINGERPRINT}
 
 
-def new_engine() -> wasmtime.Engine:
-    """An engine with the agent's settings (ENGINE_SETTINGS)."""
+def new_engine(tier: Tier = Tier.OPTIMIZED, *, parallel: bool = True) -> wasmtime.Engine:
+    """An engine with the agent's settings of ``tier`` (SETTINGS); ``parallel=False``: compiles on the calling
+    thread only (the operator's background compile; the machine code is the same)."""
     cfg = wasmtime.Config()
-    settings = dict(ENGINE_SETTINGS)
+    settings = dict(SETTINGS[tier])
     cfg.epoch_interruption = settings["epoch_interruption"] == "1"
-    cfg.cranelift_opt_level = settings["cranelift_opt_level"]
+    if settings.get("strategy") == "winch":
+        ffi.wasmtime_config_strategy_set(cfg.ptr(), _STRATEGY_WINCH)
+    else:
+        cfg.cranelift_opt_level = settings["cranelift_opt_level"]
+    cfg.parallel_compilation = parallel
     return wasmtime.Engine(cfg)
+
+
+@functools.cache
+def baseline_available() -> bool:
+    """Whether this wasmtime build compiles with Winch on this machine (an engine with it is made and compiles
+    an empty module); False: everything uses the optimized tier."""
+    try:
+        wasmtime.Module(new_engine(Tier.BASELINE), b"\0asm\x01\0\0\0")
+    except wasmtime.WasmtimeError:
+        return False
+    return True
 
 
 class Outcome(enum.StrEnum):
@@ -227,6 +273,13 @@ class ArtifactCache:
         except wasmtime.WasmtimeError:
             # sound file, but this engine refuses it (e.g. a Config difference the settings string missed)
             return None, Outcome.STALE
+
+    def get(self, module_sha256: str) -> Loaded | None:
+        """The module from a sound artifact for ``module_sha256`` if there is one (HIT); never compiles."""
+        key = self.key(module_sha256)
+        path = self.path(key)
+        module, outcome = self._try_load(key, path)
+        return Loaded(module, outcome, path, key) if module is not None else None
 
     def install(self, module_sha256: str, blob: bytes) -> bool:
         """Put an artifact made elsewhere (the operator's) in place for ``module_sha256``: only a sound one for

@@ -192,6 +192,10 @@ TOKEN_REVIEW_CACHE_ENTRIES = 10_000
 #: agent: resources of one push prepared at once (fetch, artifact, compile or load, validate), and VMs started
 #: at once (instantiate + the module's entry point; each plugin's own start callbacks stay in chain order)
 AGENT_PREPARE_THREADS = 4
+#: operator: the optimized (Cranelift) compile of a module first served in the baseline tier runs on one
+#: background thread at this nice value (Linux, per thread), so the compiles and pushes of other modules'
+#: rollouts keep the CPU first
+BACKGROUND_COMPILE_NICE = 10
 #: agent --concurrency: the workers' shared store (proxy-wasm shared data and queues; a sparse tmpfs file, memory
 #: only as used), how long a worker may take to start, and to exit once drained
 WORKERS_SHARED_BYTES = 64 * 1024 * 1024

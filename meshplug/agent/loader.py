@@ -244,15 +244,19 @@ class Sources:
         return data
 
     def install_compiled(self, artifact: protocol.CompiledArtifact, digest: str, runtime: vm.Runtime) -> str:
-        """Put the operator's precompiled module for `digest` in the runtime's artifact cache when it was made
-        for this agent's engine key; how it went: ``local`` (ours already there), ``operator`` (fetched, its
-        sha256 is the push's, its header names our key), ``other-engine`` (another wasmtime, settings or CPU),
-        ``unavailable`` (not fetched) or ``refused`` (not sound for our key). Never raises: compiling here is
-        the fallback."""
-        artifacts = runtime.artifacts
-        if artifacts is None or artifact.key != artifacts.key(digest).filename:
+        """Put the operator's precompiled module for `digest` in the runtime's artifact cache of the tier whose
+        engine key it names (optimized or baseline: meshplug.compiled.Tier); how it went: ``local`` (ours
+        already there, or our optimized one), ``operator`` (fetched, its sha256 is the push's, its header names
+        our key), ``other-engine`` (another wasmtime, settings or CPU), ``unavailable`` (not fetched) or
+        ``refused`` (not sound for our key). Never raises: compiling here is the fallback."""
+        optimized = runtime.artifacts
+        if optimized is None:
             return "other-engine"
-        if artifacts.path(artifacts.key(digest)).exists():
+        caches = [c for c in (optimized, runtime.baseline_artifacts) if c is not None]
+        artifacts = next((c for c in caches if artifact.key == c.key(digest).filename), None)
+        if artifacts is None:
+            return "other-engine"
+        if artifacts.path(artifacts.key(digest)).exists() or optimized.path(optimized.key(digest)).exists():
             return "local"
         options = self.fetcher.options
         try:
@@ -363,11 +367,12 @@ def prepare(
         timings["artifact_ms"] = _ms(t1)
     t2 = time.monotonic()
     try:
-        module, outcome = runtime.load_with_outcome(data)
+        module, outcome, tier = runtime.load_tiered(data)
     except errors.PluginStartError:  # does not compile: validation says why, with the compiler's message
         validate.validate(data, kind=kind)
         raise
     timings["load"] = outcome  # compiled here (miss/stale/corrupt), or loaded (hit, memory)
+    timings["tier"] = tier.value  # optimized, or baseline (until the operator pushes the optimized artifact)
     timings["load_ms"] = _ms(t2)
     t3 = time.monotonic()
     validate.validate(data, kind=kind, module=module)  # ValidationError names every ABI problem

@@ -28,7 +28,12 @@ A trap surfaces as `PluginRuntimeError`; an exception raised by a host function 
 
 Modules: `Runtime.load(data)` deserializes the module's precompiled artifact (meshplug.compiled, keyed by
 its sha256 and ENGINE_FINGERPRINT), compiling and storing it only on a miss; never call it on the request
-path.
+path. Two engines, one per compiler tier (meshplug.compiled.Tier): the optimized one (Cranelift) and, when
+this wasmtime has Winch, the baseline one, whose artifacts only the operator's push brings (a new module's
+first tier, replaced by its optimized artifact when the operator pushes that). A load takes the optimized
+module when there is one (in memory or as an artifact), else the baseline one, else compiles optimized; every
+guest's store and linker use its module's engine; the ticker advances both engines' epochs, so the sandbox
+(epoch deadline, memory cap) is the same in both.
 """
 
 from __future__ import annotations
@@ -140,7 +145,8 @@ def functype(sig: Signature) -> wasmtime.FuncType:
 
 
 class Runtime:
-    """One engine (epoch interruption on), its epoch ticker, and module loading. Shared by all VMs."""
+    """The engines (epoch interruption on; one per compiler tier), their epoch ticker, and module loading.
+    Shared by all VMs."""
 
     def __init__(
         self, *, tick_ms: int = limits.EPOCH_TICK_MS, cache_root: Path | None = None, precompiled: bool = True
@@ -152,6 +158,17 @@ class Runtime:
         self.artifacts = (
             compiled.ArtifactCache(self.engine, settings=ENGINE_FINGERPRINT, root=cache_root) if precompiled else None
         )
+        #: the baseline tier's engine and artifacts (None: this wasmtime has no Winch, or no artifact cache)
+        self.baseline_engine: wasmtime.Engine | None = None
+        self.baseline_artifacts: compiled.ArtifactCache | None = None
+        if precompiled and compiled.baseline_available():
+            self.baseline_engine = compiled.new_engine(compiled.Tier.BASELINE)
+            self.baseline_artifacts = compiled.ArtifactCache(
+                self.baseline_engine, settings=compiled.BASELINE_FINGERPRINT, root=cache_root
+            )
+        #: baseline modules still held (their guests' stores must be of the baseline engine)
+        self._baseline_loaded: weakref.WeakValueDictionary[str, wasmtime.Module] = weakref.WeakValueDictionary()
+        self._baseline_modules: weakref.WeakSet[wasmtime.Module] = weakref.WeakSet()
         #: how each load was served (meshplug.compiled.Outcome values, "compiled" without a cache, "memory" for
         #: a module still loaded): metrics
         self.load_outcomes: collections.Counter[str] = collections.Counter()
@@ -167,16 +184,20 @@ class Runtime:
         #: guest call. With the extension the ticker is its native thread (`_wasmcall.Ticker`): the fast
         #: backend's guest calls hold the GIL, so a Python ticker could not interrupt a looping guest
         self.clock: _wasmcall.Epoch | None = _wasmcall.Epoch() if _wasmcall is not None else None
-        self._native_ticker: _wasmcall.Ticker | None = None
+        #: one per engine, sharing `clock` (each advances it just before its engine: never behind either)
+        self._native_tickers: list[_wasmcall.Ticker] = []
 
     # -- epoch ticker ---------------------------------------------------------------------------------
     def start(self) -> None:
         with self._lock:
-            if self.clock is not None:  # a native thread: guest calls keep the GIL, the ticker needs none
-                if self._native_ticker is None:
-                    assert _wasmcall is not None
-                    self._native_ticker = _wasmcall.Ticker(self.clock, _addr(self.engine.ptr()), self.tick_ms)
-                self._native_ticker.start()
+            if self.clock is not None:  # native threads: guest calls keep the GIL, the tickers need none
+                # the baseline engine's only once a baseline module was loaded
+                engines = self.engines() if self._baseline_modules else (self.engine,)
+                assert _wasmcall is not None
+                for engine in engines[len(self._native_tickers) :]:
+                    self._native_tickers.append(_wasmcall.Ticker(self.clock, _addr(engine.ptr()), self.tick_ms))
+                for ticker in self._native_tickers:
+                    ticker.start()
             elif self._ticker is None:
                 self._stop.clear()
                 self._ticker = threading.Thread(target=self._tick, name="meshplug-epoch", daemon=True)
@@ -185,8 +206,8 @@ class Runtime:
     def close(self) -> None:
         with self._lock:
             ticker, self._ticker = self._ticker, None
-            if self._native_ticker is not None:
-                self._native_ticker.stop()
+            for native in self._native_tickers:
+                native.stop()
         if ticker is not None:
             self._stop.set()
             ticker.join()
@@ -194,7 +215,17 @@ class Runtime:
     def _tick(self) -> None:
         period = self.tick_ms / 1000.0
         while not self._stop.wait(period):
-            self.engine.increment_epoch()
+            for engine in self.engines():
+                engine.increment_epoch()
+
+    def engines(self) -> tuple[wasmtime.Engine, ...]:
+        return (self.engine,) if self.baseline_engine is None else (self.engine, self.baseline_engine)
+
+    def engine_of(self, module: wasmtime.Module) -> wasmtime.Engine:
+        """The engine `module` was compiled or deserialized for (its guests' stores and linkers use it)."""
+        if self.baseline_engine is not None and module in self._baseline_modules:
+            return self.baseline_engine
+        return self.engine
 
     def deadline_ticks(self, deadline_ms: int) -> int:
         return -(-deadline_ms // self.tick_ms) + 1
@@ -209,13 +240,24 @@ class Runtime:
     def load_with_outcome(self, data: bytes) -> tuple[wasmtime.Module, str]:
         """`load`, and how: a meshplug.compiled.Outcome value (``hit``: loaded from an artifact; ``miss``,
         ``stale``, ``corrupt``: compiled), ``compiled`` (no artifact cache) or ``memory`` (still loaded)."""
+        module, outcome, _ = self.load_tiered(data)
+        return module, outcome
+
+    def load_tiered(self, data: bytes) -> tuple[wasmtime.Module, str, compiled.Tier]:
+        """`load_with_outcome`, and which tier the module is: the optimized one if loaded or stored (an
+        artifact), else a baseline one loaded or stored, else the optimized one compiled here."""
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
             module = self._loaded.get(digest)
         if module is not None:  # loaded already and still in use (e.g. validated by the loader, now started)
             outcome = "memory"
         elif self.artifacts is not None:
-            loaded = self.artifacts.load(data, sha256=digest)
+            loaded = self.artifacts.get(digest)
+            if loaded is None:
+                baseline = self._load_baseline(digest)
+                if baseline is not None:
+                    return baseline
+                loaded = self.artifacts.load(data, sha256=digest)
             module, outcome = loaded.module, loaded.outcome.value
         else:
             try:
@@ -226,7 +268,25 @@ class Runtime:
         with self._lock:
             self.load_outcomes[outcome] += 1
             self._loaded[digest] = module
-        return module, outcome
+        return module, outcome, compiled.Tier.OPTIMIZED
+
+    def _load_baseline(self, digest: str) -> tuple[wasmtime.Module, str, compiled.Tier] | None:
+        """The baseline module of `digest` if still loaded or stored as an artifact (never compiled here)."""
+        if self.baseline_artifacts is None:
+            return None
+        with self._lock:
+            module = self._baseline_loaded.get(digest)
+        outcome = "memory"
+        if module is None:
+            loaded = self.baseline_artifacts.get(digest)
+            if loaded is None:
+                return None
+            module, outcome = loaded.module, loaded.outcome.value
+        with self._lock:
+            self.load_outcomes[outcome] += 1
+            self._baseline_loaded[digest] = module
+            self._baseline_modules.add(module)
+        return module, outcome, compiled.Tier.BASELINE
 
     def deserialize(self, blob: bytes) -> wasmtime.Module:
         return wasmtime.Module.deserialize(self.engine, blob)
@@ -270,7 +330,7 @@ _default_lock = threading.Lock()
 
 
 def default_runtime() -> Runtime:
-    """The process-wide runtime (one engine, one ticker)."""
+    """The process-wide runtime (its engines, their ticker)."""
     global _default_runtime  # noqa: PLW0603 -- one engine per process is the point
     with _default_lock:
         if _default_runtime is None:
@@ -303,7 +363,7 @@ class Guest(ABC):
         self.runtime = runtime
         self.module = module
         self.exports = runtime.exports(module)
-        self.store = wasmtime.Store(runtime.engine)
+        self.store = wasmtime.Store(runtime.engine_of(module))
         self.store.set_limits(memory_size=memory_cap)
         self.memory_cap = memory_cap
         self.deadline_ticks = runtime.deadline_ticks(deadline_ms)
@@ -383,7 +443,7 @@ class PublicGuest(Guest):
         self._caller: wasmtime.Caller | None = None
         self._memory: wasmtime.Memory | None = None
         self._funcs: dict[str, GuestFunc | None] = {}
-        self.linker = wasmtime.Linker(runtime.engine)
+        self.linker = wasmtime.Linker(runtime.engine_of(module))
         for decl, fn in self._imports:
             self.linker.define_func(decl.module, decl.name, functype(decl.sig), self._wrap(decl, fn), True)
 
@@ -571,7 +631,7 @@ class FastGuest(Guest):
         self._mem_keep: Any = None  # owns the wasmtime_memory_t `state` reads through
         self._funcs: dict[str, GuestFunc | None] = {}
         self._keep: list[Any] = []
-        self.linker = wasmtime.Linker(runtime.engine)
+        self.linker = wasmtime.Linker(runtime.engine_of(module))
         linker_ptr = _addr(self.linker.ptr())
         for decl, impl in self._imports:
             ft = functype(decl.sig)

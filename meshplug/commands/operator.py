@@ -87,6 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file-root", action="append", type=Path, default=[], help="allow file:// below this dir")
     parser.add_argument("--cache-dir", type=Path, help="module cache directory")
     parser.add_argument(
+        "--no-baseline-compile",
+        dest="baseline_compile",
+        action="store_false",
+        help="agent plane: compile a new module optimized before its first push (default: baseline compiler "
+        "first, the optimized artifact pushed when the background compile is done)",
+    )
+    parser.add_argument(
         "--extra-ca-file",
         type=Path,
         help="PEM CA certificates trusted beside the system roots for module origins and registries",
@@ -195,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
     policy = signing.SignaturePolicy(
         required=args.require_signatures, trusted=tuple(fetch_command.public_keys(args.trusted_key))
     )
-    precompiler = precompile.Precompiler(fetcher.cache.root / "compiled")  # agent-plane modules, compiled once
+    # agent-plane modules, compiled once per tier
+    precompiler = precompile.Precompiler(fetcher.cache.root / "compiled", tiered=args.baseline_compile)
     reconciler = reconcile.Reconciler(
         writer,
         fetcher,
@@ -270,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
         for module_server in servers:
             module_server.stop()
         reconciler.close()
+        precompiler.close()
         fetcher.close()
         api.close()
         if metrics_server is not None:

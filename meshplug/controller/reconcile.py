@@ -107,6 +107,8 @@ class Reconciler:
             writer, server, self._load, metrics=self.metrics, identity=identity, load_pinned=self._load_pinned
         )
         self.agent.enqueue = enqueue
+        # a module first served in the baseline tier: its optimized artifact is ready, push it
+        self.precompiler.on_optimized = self._optimized
         self.istio_delivery = istio_delivery
         self.root_namespace = root_namespace
         self.fetch_log = fetch_log or proxies.FetchLog()
@@ -126,6 +128,14 @@ class Reconciler:
     @enqueue.setter
     def enqueue(self, fn: Callable[[Key, float], None] | None) -> None:
         self.agent.enqueue = fn
+
+    def _optimized(self, sha256: str) -> None:
+        """Reconcile again the agent-plane plugins running module ``sha256`` (their validate stage now finds its
+        optimized artifact; the changed set is pushed)."""
+        if self.enqueue is None:
+            return
+        for key in self.agent.using(sha256):
+            self.enqueue(key, 0.0)
 
     def paths(self) -> tuple[delivery.Delivery, ...]:
         return (self.istio_native, self.istio_configmap, self.agent)
@@ -374,7 +384,8 @@ class Reconciler:
             fields=report.fields,
         )
         clock.done("status")
-        clock.log(ready=report.ready.status == "True", compiled=module is not None and module.compiled is not None)
+        tier = module.compiled.tier if module is not None and module.compiled is not None else None
+        clock.log(ready=report.ready.status == "True", compiled=tier is not None, tier=tier)
         if report.retry:
             raise status.Retry(report.retry, status.backoff(retry))
         if report.recheck_s is not None:

@@ -32,10 +32,12 @@ TE_MOUNT_ROOT = "/var/local/meshplug/trafficextension"
 @dataclass(frozen=True)
 class Compiled:
     """The module precompiled with the agents' engine settings (meshplug.compiled): its artifact key (file
-    name under the operator's artifact root, served at /compiled/<key>) and the sha256 of that file."""
+    name under the operator's artifact root, served at /compiled/<key>) and the sha256 of that file; `tier`:
+    which compiler made it (meshplug.compiled.Tier value; the key says so too, agents need no more)."""
 
     key: str
     sha256: str
+    tier: str = "optimized"
 
 
 @dataclass(frozen=True)

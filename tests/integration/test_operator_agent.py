@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from meshplug import limits
+from meshplug import compiled, limits
 from meshplug.controller import identity, pki
 from tests.guests import minimal
 from tests.testbed import agent as agent_mod
@@ -315,9 +315,10 @@ def test_a_moved_tag_is_delivered_without_a_spec_change(
 
 
 def test_agents_load_the_module_the_operator_compiled(bed: Bed) -> None:
-    # the operator compiled the module for the agents' engine while validating it; an agent with the same key
-    # (same wasmtime, settings and CPU here) fetches that artifact (its ServiceAccount token, as for the module),
-    # checks it and loads it: no compile there; an agent told not to compiles the module itself
+    # the operator compiled the module for the agents' engine while validating it -- with the baseline compiler
+    # first (Winch), then the optimized artifact in the background, pushed when ready; an agent with the same
+    # key (same wasmtime, settings and CPU here) fetches each artifact (its ServiceAccount token, as for the
+    # module), checks it and loads it: no compile there; an agent told not to compiles the module itself
     fast = bed.pod("fast", {"app": "pre"})
     own = bed.pod("own", {"app": "pre"}, precompiled=False)
     assert fast is not None and own is not None
@@ -326,12 +327,24 @@ def test_agents_load_the_module_the_operator_compiled(bed: Bed) -> None:
     )
     bed.wait_ready("pre", "True", "Confirmed", "2/2")
     name = f"{bed.ns}.pre"
-    loaded = fast.config_dump()["last_push"]["timings"][name]
+    tiered = compiled.baseline_available()
+    log = bed.op.proc.log()
+    assert f"compiled sha256:{sha(GOOD)} for the agents" in log
+    assert ("(baseline, miss)" in log) is tiered
+
+    def timings(agent: agent_mod.Agent) -> dict[str, Any]:
+        return dict(agent.config_dump()["last_push"]["timings"].get(name) or {})
+
+    procs.wait_until(lambda: timings(fast).get("tier") == "optimized", timeout=120, what="the optimized tier")
+    loaded = timings(fast)
     assert (loaded["artifact"], loaded["load"]) == ("operator", "hit")
-    compiled_here = own.config_dump()["last_push"]["timings"][name]
-    assert "artifact" not in compiled_here and compiled_here["load"] == "miss"
+    assert (f"optimized sha256:{sha(GOOD)} for the agents" in bed.op.proc.log()) is tiered
+    bed.wait_ready("pre", "True", "Confirmed", "2/2")
+    compiled_here = timings(own)
+    # compiled at its first push (miss); the optimized artifact's push (a new set) found that module loaded
+    assert "artifact" not in compiled_here and compiled_here["load"] == ("memory" if tiered else "miss")
+    assert compiled_here["tier"] == "optimized"
     assert running(fast) == running(own) == [(name, sha(GOOD))]
-    assert "compiled sha256:" + sha(GOOD) + " for the agents" in bed.op.proc.log()
 
 
 def test_a_rotated_push_token_reaches_agents_with_the_old_or_the_new_mount(bed: Bed) -> None:

@@ -1,16 +1,22 @@
 """meshplug.agent.vm: the fast (C) backend agrees with the public wasmtime-py API on the same guest --
-argument/result encodings, host functions, guest memory, traps, CPU budget, host exceptions."""
+argument/result encodings, host functions, guest memory, traps, CPU budget, host exceptions -- and so does the
+same module compiled by the baseline tier (Winch, loaded from its artifact as the operator's push brings it)."""
 
 from __future__ import annotations
 
 import functools
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import wasmtime
 
-from meshplug import errors, native
+from meshplug import compiled, errors, native
 from meshplug.agent import vm
+
+TIERS = tuple(compiled.Tier) if compiled.baseline_available() else (compiled.Tier.OPTIMIZED,)
 
 WAT = """
 (module
@@ -43,15 +49,37 @@ def module_bytes() -> bytes:
     return bytes(wasmtime.wat2wasm(WAT))
 
 
+def baseline_runtime() -> tuple[vm.Runtime, Path]:
+    """A runtime whose artifact cache holds the module's baseline artifact (as the operator's push leaves it)."""
+    root = Path(tempfile.mkdtemp(prefix="meshplug-tier-"))
+    engine = compiled.new_engine(compiled.Tier.BASELINE)
+    compiled.ArtifactCache(engine, settings=compiled.BASELINE_FINGERPRINT, root=root).load(module_bytes())
+    return vm.Runtime(cache_root=root), root
+
+
 class Harness:
-    def __init__(self, backend: str, *, deadline_ms: int = 1000) -> None:
-        self.runtime = vm.Runtime(precompiled=False)
-        module = self.runtime.load(module_bytes())
+    def __init__(
+        self,
+        backend: str,
+        *,
+        deadline_ms: int = 1000,
+        tier: compiled.Tier = compiled.Tier.OPTIMIZED,
+        memory_cap: int = 3 * 65_536,
+    ) -> None:
+        self.root: Path | None = None
+        if tier is compiled.Tier.BASELINE:
+            self.runtime, self.root = baseline_runtime()
+        else:
+            self.runtime = vm.Runtime(precompiled=False)
+        module, _, loaded_tier = self.runtime.load_tiered(module_bytes())
+        assert loaded_tier is tier
         self.seen: list[tuple[int, ...]] = []
         self.poked: list[bytes] = []
         host: dict[str, Callable[..., int | None]] = {"mix": self.mix, "boom": self.boom, "poke": self.poke}
         imports = [(d, host[d.name]) for d in self.runtime.imports(module)]
-        self.guest = self.runtime.new_guest(module, imports, backend=backend, deadline_ms=deadline_ms)
+        self.guest = self.runtime.new_guest(
+            module, imports, backend=backend, deadline_ms=deadline_ms, memory_cap=memory_cap
+        )
         self.guest.instantiate()
         self.guest.set_deadline_ms(deadline_ms)
 
@@ -73,11 +101,13 @@ class Harness:
 
     def close(self) -> None:
         self.runtime.close()
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
-def run_script(backend: str) -> list[object]:
+def run_script(backend: str, tier: compiled.Tier = compiled.Tier.OPTIMIZED) -> list[object]:
     """One fixed sequence of operations; every observable outcome, in order."""
-    h = Harness(backend)
+    h = Harness(backend, tier=tier)
     out: list[object] = []
     try:
         out.append(h.guest.func("absent"))
@@ -109,6 +139,7 @@ def run_script(backend: str) -> list[object]:
         out.append(h.guest.read(65_536 + 10, 4))
         h.call("poke_after_grow", 3 * 65_536 - 4)  # grows to 3 pages, stores there, calls the host
         out.append(list(h.poked))
+        out.append(h.call("grow", 1))  # a 4th page: within the module's maximum, past the store's cap: refused
         for name in ("trap", "raise"):
             try:
                 h.call(name)
@@ -127,15 +158,19 @@ def run_script(backend: str) -> list[object]:
 def test_backends_agree_on_every_observable_outcome() -> None:
     fast, public = run_script("fast"), run_script("public")
     assert fast == public
+    for tier in TIERS[1:]:  # the baseline tier's code behaves the same, on both backends
+        assert run_script("fast", tier) == run_script("public", tier) == fast
+    assert 0xFFFF_FFFF in fast  # memory.grow past the cap
     wide = (((1 << 63) + 7) * 3) % (1 << 64)
     assert fast[:8] == [None, 0, (1 << 31) + 5, wide, 7, 0, 0xFFFF_FFFD, [(0xFFFF_FFFE, (1 << 64) - 1)]]
     assert "trap: trap" in fast and "raise: host host function failed on purpose" in fast
     assert [b"abcd"] in fast
 
 
+@pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("backend", vm.BACKENDS)
-def test_a_loop_exhausts_the_budget_and_the_next_call_gets_a_fresh_one(backend: str) -> None:
-    h = Harness(backend, deadline_ms=60)
+def test_a_loop_exhausts_the_budget_and_the_next_call_gets_a_fresh_one(backend: str, tier: compiled.Tier) -> None:
+    h = Harness(backend, deadline_ms=60, tier=tier)
     try:
         for _ in range(2):
             with pytest.raises(errors.PluginRuntimeError) as info:

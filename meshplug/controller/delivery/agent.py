@@ -459,6 +459,11 @@ class AgentDelivery:
         for key in keys:
             self.enqueue(key, 0.0)
 
+    def using(self, sha256: str) -> list[Key]:
+        """The agent-plane plugins whose delivered module is ``sha256``."""
+        with self._lock:
+            return [key for key, entry in self._entries.items() if entry.module.sha256 == sha256]
+
     def forget_pod(self, namespace: str, name: str) -> None:
         with self._lock:
             self._pods.pop((namespace, name), None)

@@ -1,0 +1,84 @@
+"""meshplug.controller.precompile's tiers: a new module is served with its baseline (Winch) artifact at once and
+its optimized (Cranelift) artifact follows from the background compile; a module compiled optimized already is
+served optimized; the agent's runtime prefers the optimized module and never loads one tier's artifact with the
+other's engine."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from meshplug import compiled, validate
+from meshplug.agent import vm
+from meshplug.controller import precompile
+from tests.corpus import modules
+
+pytestmark = pytest.mark.skipif(not compiled.baseline_available(), reason="this wasmtime build has no Winch")
+
+HTTP = validate.FilterKind.HTTP
+
+
+def corpus_module() -> tuple[bytes, str]:
+    built = modules.module("c/add_header")
+    return built.path.read_bytes(), built.sha256
+
+
+def test_a_new_module_is_served_baseline_then_optimized(tmp_path: Path) -> None:
+    data, sha = corpus_module()
+    pre = precompile.Precompiler(tmp_path)
+    optimized = threading.Event()
+    seen: list[str] = []
+    pre.on_optimized = lambda digest: (seen.append(digest), optimized.set())
+    try:
+        first = pre.validate(data, sha, HTTP)
+        assert first is not None and first.tier == "baseline"
+        assert first.key == compiled.ArtifactKey.make(sha, compiled.BASELINE_FINGERPRINT).filename
+        assert optimized.wait(120), "the background compile did not finish"
+        assert seen == [sha] and pre.idle()
+        second = pre.validate(data, sha, HTTP)
+        assert second is not None and second.tier == "optimized"
+        assert second.key == compiled.ArtifactKey.make(sha, compiled.ENGINE_FINGERPRINT).filename
+        assert pre.validate(data, sha, HTTP) == second  # no third compile: both artifacts are kept
+    finally:
+        pre.close()
+    # a restarted operator (same cache) serves the optimized artifact and compiles nothing
+    again = precompile.Precompiler(tmp_path)
+    assert again.validate(data, sha, HTTP) == second and again.idle()
+    again.close()
+
+
+def test_untiered_compiles_optimized_before_the_first_push(tmp_path: Path) -> None:
+    data, sha = corpus_module()
+    pre = precompile.Precompiler(tmp_path, tiered=False)
+    ready = pre.validate(data, sha, HTTP)
+    assert ready is not None and ready.tier == "optimized" and pre.idle()
+    assert not list(tmp_path.rglob(f"*.{compiled.BASELINE_FINGERPRINT}.cwasm"))
+    pre.close()
+
+
+def test_the_runtime_prefers_the_optimized_module(tmp_path: Path) -> None:
+    data, sha = corpus_module()
+    baseline = compiled.ArtifactCache(
+        compiled.new_engine(compiled.Tier.BASELINE), settings=compiled.BASELINE_FINGERPRINT, root=tmp_path
+    )
+    stored = baseline.load(data, sha256=sha)
+    runtime = vm.Runtime(cache_root=tmp_path)
+    try:
+        held, outcome, tier = runtime.load_tiered(data)  # only the baseline artifact: baseline, from it
+        assert (outcome, tier) == ("hit", compiled.Tier.BASELINE)
+        assert runtime.engine_of(held) is runtime.baseline_engine
+        assert runtime.load_tiered(data)[1:] == ("memory", compiled.Tier.BASELINE)
+        # the baseline artifact's bytes never pass for the optimized key
+        assert runtime.artifacts is not None
+        assert not runtime.artifacts.install(sha, stored.path.read_bytes())
+        optimized = compiled.ArtifactCache(compiled.new_engine(), settings=compiled.ENGINE_FINGERPRINT, root=tmp_path)
+        optimized.load(data, sha256=sha)
+        # the optimized artifact arrived: taken although the baseline module is still loaded
+        module, outcome, tier = runtime.load_tiered(data)
+        assert (outcome, tier) == ("hit", compiled.Tier.OPTIMIZED)
+        assert runtime.engine_of(module) is runtime.engine
+        del held
+    finally:
+        runtime.close()
