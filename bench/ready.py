@@ -191,7 +191,7 @@ def logged_ms(bed: Bed, text: str, since: int) -> float | None:
 def agent_timings(agent: agent_mod.Agent, plugin: str) -> dict[str, Any]:
     last = agent.config_dump()["last_push"] or {}
     timings = dict(last.get("timings") or {})
-    return {**timings, **(timings.get(plugin) or {})}
+    return {**timings, **(timings.get(plugin) or {}), "at": float(last.get("at") or 0.0)}
 
 
 def slowest_agent(bed: Bed, plugin: str) -> dict[str, Any]:
@@ -199,7 +199,19 @@ def slowest_agent(bed: Bed, plugin: str) -> dict[str, Any]:
     return max(per_agent, key=lambda t: float(t.get("total_ms") or 0))
 
 
-def agent_rows(slowest: dict[str, Any], deliver_ms: float) -> list[Row]:
+def agent_rows(slowest: dict[str, Any], facts: dict[str, Any]) -> list[Row]:
+    """The agent's stages of the push `facts` (a reconcile's log line) made. The agent's apply must have ended
+    inside that reconcile's deliver stage; else another reconcile pushed this set (its figures are not this
+    one's: the push transport row would come out negative) and the bench stops, saying so."""
+    ms = facts["ms"]
+    begin = facts["started"] + (ms["fetch"] + ms["validate"]) / 1000
+    end = begin + ms["deliver"] / 1000
+    if not begin - 0.005 <= slowest["at"] <= end + 0.005:
+        raise RuntimeError(
+            f"the agents applied this set at {slowest['at']:.3f}, outside the deliver stage of the reconcile "
+            f"that reported it ({begin:.3f}-{end:.3f}): another reconcile pushed it ({facts})"
+        )
+    deliver_ms = ms["deliver"]
     rows: list[Row] = []
     for label, key in AGENT_STAGES:
         note = str(slowest.get("artifact", "")) if key == "artifact_ms" else ""
@@ -266,7 +278,7 @@ def one_round(
         ("operator fetch", ms["fetch"], ""),
         ("operator validate", ms["validate"], f"{facts.get('tier') or 'no'} artifact"),
         ("push (deliver)", ms["deliver"], f"{len(bed.agents)} pods"),
-        *agent_rows(slowest, ms["deliver"]),
+        *agent_rows(slowest, facts),
         ("status write", ms["status"], ""),
         ("observed", (t_ready - facts["started"]) * 1000 - sum(ms.values()), f"poll {poll * 1000:.0f} ms"),
         ("apply -> Ready", (t_ready - t_apply) * 1000, ""),
@@ -281,7 +293,7 @@ def one_round(
         tier_rows = [
             ("background compile", background or 0.0, "optimized, one thread, nice 10"),
             ("push (deliver)", done["ms"]["deliver"], f"{len(bed.agents)} pods, VMs swapped"),
-            *agent_rows(tier_slowest, done["ms"]["deliver"]),
+            *agent_rows(tier_slowest, done),
             ("apply -> optimized", (t_optimized - t_apply) * 1000, "every pod confirmed"),
         ]
     return rows, (t_ready - t_apply) * 1000, (t_optimized - t_apply) * 1000, tier_rows

@@ -289,9 +289,12 @@ class AgentDelivery:
         answers = self._pool.map(one, pods)
         return {str(p["metadata"]["name"]): a for p, a in zip(pods, answers, strict=True)}
 
-    def _refresh_entries(self, namespace: str) -> None:
+    def _refresh_entries(self, namespace: str, own: Key | None = None) -> None:
         """Make the registry of agent-plane plugins of ``namespace`` match the API (after a restart the
-        operator must not push a set that lacks plugins it has not reconciled yet)."""
+        operator must not push a set that lacks plugins it has not reconciled yet). ``own``: the plugin being
+        delivered keeps the entry its reconcile just set, even when the API has a newer generation already
+        (that generation's own reconcile follows: fetching and compiling it here would do its work in a
+        reconcile that judges and reports the older one)."""
         present: set[str] = set()
         bodies: list[dict[str, Any]] = []
         for kind in spec.PLURALS:
@@ -312,6 +315,8 @@ class AgentDelivery:
                 continue
             key = (namespace, spec.key_name(plugin.kind, plugin.name))
             present.add(key[1])
+            if key == own:
+                continue
             with self._lock:
                 known = self._entries.get(key)
             # a known entry stays as it is when unchanged, or when a rollout is involved: that plugin's own
@@ -365,7 +370,7 @@ class AgentDelivery:
         self, plugin: spec.PluginSpec, module: model.Module
     ) -> tuple[PodReport, list[tuple[str, agents.Outcome]]]:
         key: Key = (plugin.namespace, spec.key_name(plugin.kind, plugin.name))
-        self._refresh_entries(plugin.namespace)
+        self._refresh_entries(plugin.namespace, own=key)
         pods = delivery.selected_pods(self.writer, plugin)
         names = frozenset(p["metadata"]["name"] for p in pods)
         with self._lock:
