@@ -57,9 +57,13 @@ class Precompiler:
         self._queue: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
 
-    def validate(self, data: bytes, sha256: str, kind: validate.FilterKind) -> model.Compiled | None:
+    def validate(
+        self, data: bytes, sha256: str, kind: validate.FilterKind, *, served: bool = True
+    ) -> model.Compiled | None:
         """`validate.validate(data, kind)` on the module compiled for the agents; the artifact to hand them
-        (None when it could not be stored). Raises errors.ValidationError as `validate.validate` does."""
+        (None when it could not be stored). Raises errors.ValidationError as `validate.validate` does.
+        ``served=False``: no agent gets the artifact (a signed module: they compile it themselves), only the
+        check counts: no optimized compile follows the baseline one."""
         t0 = time.monotonic()
         tier = compiled.Tier.OPTIMIZED
         loaded = self.cache.get(sha256)
@@ -78,7 +82,7 @@ class Precompiler:
             ms = (time.monotonic() - t0) * 1000
             log.info("compiled sha256:%s for the agents in %.0f ms (%s, %s)", sha256, ms, tier, loaded.outcome.value)
         validate.validate(data, kind=kind, module=loaded.module)
-        if tier is compiled.Tier.BASELINE:
+        if tier is compiled.Tier.BASELINE and served:
             self._optimize_later(sha256, data)
         if not loaded.stored:
             return None

@@ -437,8 +437,8 @@ class Reconciler:
         try:
             if plugin.data_plane is spec.DataPlane.AGENT:
                 # compiled with the agents' engine settings: the artifact they load instead of compiling
-                ready = self.precompiler.validate(artifact.data, artifact.sha256, kind)
-                signature = artifact.signature  # the agents verify it again
+                signature = artifact.signature  # the agents verify it again (and compile it themselves)
+                ready = self.precompiler.validate(artifact.data, artifact.sha256, kind, served=signature is None)
                 return model.Module(sha256=artifact.sha256, data=artifact.data, compiled=ready, signature=signature)
             validate.validate(artifact.data, kind=kind)
         finally:

@@ -25,6 +25,12 @@ def corpus_module() -> tuple[bytes, str]:
     return built.path.read_bytes(), built.sha256
 
 
+def stored(root: Path, sha: str) -> set[compiled.Tier]:
+    """The tiers whose artifact of `sha` is on disk under `root`."""
+    names = {p.name for p in root.rglob("*.cwasm")}
+    return {t for t in compiled.Tier if compiled.ArtifactKey.make(sha, compiled.FINGERPRINTS[t]).filename in names}
+
+
 def test_a_new_module_is_served_baseline_then_optimized(tmp_path: Path) -> None:
     data, sha = corpus_module()
     pre = precompile.Precompiler(tmp_path)
@@ -37,6 +43,7 @@ def test_a_new_module_is_served_baseline_then_optimized(tmp_path: Path) -> None:
         assert first.key == compiled.ArtifactKey.make(sha, compiled.BASELINE_FINGERPRINT).filename
         assert optimized.wait(120), "the background compile did not finish"
         assert seen == [sha] and pre.idle()
+        assert stored(tmp_path, sha) == set(compiled.Tier)
         second = pre.validate(data, sha, HTTP)
         assert second is not None and second.tier == "optimized"
         assert second.key == compiled.ArtifactKey.make(sha, compiled.ENGINE_FINGERPRINT).filename
@@ -54,7 +61,7 @@ def test_untiered_compiles_optimized_before_the_first_push(tmp_path: Path) -> No
     pre = precompile.Precompiler(tmp_path, tiered=False)
     ready = pre.validate(data, sha, HTTP)
     assert ready is not None and ready.tier == "optimized" and pre.idle()
-    assert not list(tmp_path.rglob(f"*.{compiled.BASELINE_FINGERPRINT}.cwasm"))
+    assert stored(tmp_path, sha) == {compiled.Tier.OPTIMIZED}
     pre.close()
 
 
@@ -82,3 +89,13 @@ def test_the_runtime_prefers_the_optimized_module(tmp_path: Path) -> None:
         del held
     finally:
         runtime.close()
+
+
+def test_a_module_no_agent_loads_precompiled_gets_no_optimized_compile(tmp_path: Path) -> None:
+    # a signed module: the agents compile it themselves, the operator's compile only checks it
+    data, sha = corpus_module()
+    pre = precompile.Precompiler(tmp_path)
+    checked = pre.validate(data, sha, HTTP, served=False)
+    assert checked is not None and checked.tier == "baseline" and pre.idle()
+    assert stored(tmp_path, sha) == {compiled.Tier.BASELINE}
+    pre.close()

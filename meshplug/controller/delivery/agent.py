@@ -84,6 +84,10 @@ def served(module: model.Module) -> tuple[str, ...]:
     return (module.sha256,) if layer == module.sha256 else (module.sha256, layer)
 
 
+def _baseline(module: model.Module) -> bool:
+    return module.compiled is not None and module.compiled.tier == "baseline" and module.signature is None
+
+
 def restarts_of(pod: Mapping[str, Any]) -> int:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     return sum(int(s.get("restartCount") or 0) for s in statuses)
@@ -142,7 +146,7 @@ class AgentDelivery:
             self._stables.pop(request.key, None)
             self._entries[request.key] = PluginEntry(plugin, module, delivery.tie_break(request.body))
         report, nacks = self._deliver(plugin, module)
-        return self._report(report, nacks, module.digest)
+        return self._report(report, nacks, module.digest, baseline=_baseline(module))
 
     def _report(
         self,
@@ -150,15 +154,22 @@ class AgentDelivery:
         nacks: list[tuple[str, agents.Outcome]],
         digest: str,
         state: rollout.State | None = None,
+        *,
+        baseline: bool = False,
     ) -> delivery.Report:
-        """Ready from the pods' confirmations (and, with a rollout, where it stands)."""
+        """Ready from the pods' confirmations (and, with a rollout, where it stands); ``baseline``: the pods run
+        the module's baseline code (meshplug.controller.precompile) until its optimized artifact is pushed."""
         if report.ready == report.total and state is not None and (state.active or state.holds_stable):
             ready = status.Condition(
                 status.READY, "False", "RollingOut" if state.active else state.phase, state.message
             )
         elif report.ready == report.total:
+            tier = " (baseline code; the optimized code follows)" if baseline else ""
             ready = status.Condition(
-                status.READY, "True", "Confirmed", f"{report.ready}/{report.total} selected pods' agents run {digest}"
+                status.READY,
+                "True",
+                "Confirmed",
+                f"{report.ready}/{report.total} selected pods' agents run {digest}{tier}",
             )
         else:
             reasons = {f["reason"] for f in report.failing}
@@ -221,7 +232,7 @@ class AgentDelivery:
                     nacks += more
         with self._lock:
             self._rollouts[request.key] = state
-        out = self._report(report, nacks, module.digest, state)
+        out = self._report(report, nacks, module.digest, state, baseline=_baseline(module))
         phase_ok = state.phase in (rollout.INITIALIZED, rollout.PROMOTED)
         rolled = status.Condition(rollout.CONDITION, "True" if phase_ok else "False", state.phase, state.message)
         if out.event is not None:
