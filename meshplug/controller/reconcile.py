@@ -364,6 +364,7 @@ class Reconciler:
                 # this generation may have moved the plugin from another path (the agent path's check is in memory)
                 if other is not path and (first_time or other is self.agent):
                     other.remove(plugin.namespace, key[1], owned=False)
+            clock.done("other_paths")
             report = path.deliver(delivery.Request(body=body, plugin=plugin, module=module, retry=retry))
         except errors.ApplyError as exc:
             self._note_forbidden(key, exc)
@@ -385,7 +386,8 @@ class Reconciler:
         )
         clock.done("status")
         tier = module.compiled.tier if module is not None and module.compiled is not None else None
-        clock.log(ready=report.ready.status == "True", compiled=tier is not None, tier=tier)
+        pushes = self.agent.push_ms.pop(key, None) if path is self.agent else None
+        clock.log(ready=report.ready.status == "True", compiled=tier is not None, tier=tier, pushes_ms=pushes)
         if report.retry:
             raise status.Retry(report.retry, status.backoff(retry))
         if report.recheck_s is not None:

@@ -128,6 +128,8 @@ class AgentDelivery:
         #: canary rollouts: the state last decided here (the status has it too, maybe not yet in a cached read)
         self._rollouts: dict[Key, rollout.State] = {}
         self._stables: dict[Key, tuple[str, tuple[spec.PluginSpec, model.Module]]] = {}  # version key -> stable
+        #: per plugin, its last delivery's wall time in ms spent pushing (the rest: API reads, building sets)
+        self.push_ms: dict[Key, float] = {}
 
     def close(self) -> None:
         """Stop pushing: pushes still running are abandoned (their reconciles raise `workqueue.ShuttingDown`)."""
@@ -391,7 +393,10 @@ class AgentDelivery:
         if not pods and not others:  # no agent here: no push credentials (nor an agent Secret) needed
             return PodReport(0, 0, (), ""), []
         creds = self.identity.push_credentials(plugin.namespace)
+        started = time.monotonic()
         results = self._pool.map(lambda p: self._sync_pod(p, creds), [*pods, *others])
+        with self._lock:
+            self.push_ms[key] = round((time.monotonic() - started) * 1000, 1)
         ready, failing, retry, nacks = 0, [], "", []
         for pod, (state, pushed_now) in zip(pods, results, strict=False):
             name = pod["metadata"]["name"]
