@@ -51,6 +51,49 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def _threads(proc: int) -> list[Path]:
+    try:
+        return list(Path(f"/proc/{proc}/task").iterdir())
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def cpu_parts(pid: int) -> dict[str, int]:
+    """CPU time (ns) so far by part of the proxy: for a process tree (a multi-worker agent) by process, the root
+    as "parent" and its children as "worker 0", "worker 1", ... (in pid order); for one process (Envoy) by
+    thread name ("envoy" is its main thread, "wrk:worker_N" its workers; other threads under their names)."""
+    procs_ = tree(pid)
+    out: dict[str, int] = {}
+    if len(procs_) > 1:
+        for i, proc in enumerate([procs_[0], *sorted(procs_[1:])]):
+            name = "parent" if i == 0 else f"worker {i - 1}"
+            out[name] = sum(int((_read(t / "schedstat").split() or ["0"])[0]) for t in _threads(proc))
+        return out
+    for task in _threads(pid):
+        name = _read(task / "comm").strip() or "?"
+        out[name] = out.get(name, 0) + int((_read(task / "schedstat").split() or ["0"])[0])
+    return out
+
+
+def switches(pid: int) -> int:
+    """Context switches (voluntary + involuntary) of `pid`, its threads and its descendants so far: how often
+    the proxy went to sleep (one epoll wait per loop iteration that found nothing) or was preempted."""
+    total = 0
+    for proc in tree(pid):
+        for task in _threads(proc):
+            for line in _read(task / "status").splitlines():
+                if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                    total += int(line.split()[1])
+    return total
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory of `pid` and its descendants."""
     total = 0.0
@@ -76,6 +119,9 @@ class Run:
     p99_ms: float
     cpu_us: float
     rss_mib: float
+    #: CPU/req (µs) by part of the proxy (`cpu_parts`), and context switches per request
+    parts: tuple[tuple[str, float], ...] = ()
+    switches: float = float("nan")
 
 
 def _ms(text: str, pct: str) -> float:
@@ -88,7 +134,7 @@ def _ms(text: str, pct: str) -> float:
 def measure(pid: int, port: int, seconds: int, pin: list[str], load: Sequence[str] = ("-t1", "-c16")) -> Run:
     """wrk (`load`: its threads and connections, default -t1 -c16) against `port` for `seconds`; the proxy's
     CPU per request from schedstat, its RSS after (both over the proxy's process tree)."""
-    before = cpu_ns(pid)
+    before, parts_before, switches_before = cpu_ns(pid), cpu_parts(pid), switches(pid)
     out = subprocess.run(
         [*pin, "wrk", *load, f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
         capture_output=True,
@@ -96,13 +142,23 @@ def measure(pid: int, port: int, seconds: int, pin: list[str], load: Sequence[st
         check=True,
     ).stdout
     used = cpu_ns(pid) - before
+    parts_after, switched = cpu_parts(pid), switches(pid) - switches_before
     m = re.search(r"(\d+) requests in ([\d.]+)s", out)
     if m is None:
         raise RuntimeError(f"cannot parse wrk output:\n{out}")
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"errors under load:\n{out}")
     n = int(m.group(1))
-    return Run(n / float(m.group(2)), _ms(out, "50"), _ms(out, "99"), used / n / 1000, rss_mib(pid))
+    parts = tuple((name, (ns - parts_before.get(name, 0)) / n / 1000) for name, ns in sorted(parts_after.items()))
+    return Run(
+        n / float(m.group(2)),
+        _ms(out, "50"),
+        _ms(out, "99"),
+        used / n / 1000,
+        rss_mib(pid),
+        parts=parts,
+        switches=switched / n,
+    )
 
 
 def interleaved(

@@ -34,6 +34,13 @@ def median(runs: list[Run], field: str) -> float:
     return statistics.median(getattr(r, field) for r in runs)
 
 
+def parts(runs: list[Run]) -> list[tuple[str, float]]:
+    """Each part's median CPU/req over the runs (parts under 0.05 us/req in every run left out)."""
+    names = sorted({name for r in runs for name, _ in r.parts})
+    out = [(n, statistics.median(dict(r.parts).get(n, 0.0) for r in runs)) for n in names]
+    return [(n, v) for n, v in out if v >= 0.05]  # below the print's resolution
+
+
 def ratio(a: list[Run], b: list[Run], field: str) -> float:
     return statistics.median(getattr(x, field) / getattr(y, field) for x, y in zip(a, b, strict=True))
 
@@ -45,6 +52,9 @@ def main() -> int:
     ap.add_argument("--module", default="rust/header_rules")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument(
+        "--baseline", type=Path, help="another checkout (built with `make native`): its agent x1 and xN run too"
+    )
     args = ap.parse_args()
     n = args.workers
     wasm = modules.module(args.module).path
@@ -56,13 +66,17 @@ def main() -> int:
             started.append(upstream)
             up = upstream.ports["http"]
             systems: dict[str, tuple[int, int]] = {}
-            for name, start, workers in (
-                ("agent x1", start_agent, 1),
-                (f"agent x{n}", start_agent, n),
-                ("envoy x1", start_envoy, 1),
-                (f"envoy x{n}", start_envoy, n),
-            ):
-                proc, port = start(work, name.replace(" ", "-"), up, wasm, CONFIG, concurrency=workers)
+            compared: list[tuple[str, Path | None, int]] = [("agent x1", None, 1), (f"agent x{n}", None, n)]
+            if args.baseline is not None:
+                compared += [("before x1", args.baseline, 1), (f"before x{n}", args.baseline, n)]
+            for name, source, workers in compared:
+                proc, port = start_agent(
+                    work, name.replace(" ", "-"), up, wasm, CONFIG, concurrency=workers, source=source
+                )
+                started.append(proc)
+                systems[name] = (proc.pid, port)
+            for name, workers in (("envoy x1", 1), (f"envoy x{n}", n)):
+                proc, port = start_envoy(work, name.replace(" ", "-"), up, wasm, CONFIG, concurrency=workers)
                 started.append(proc)
                 systems[name] = (proc.pid, port)
             load = ("-t2", f"-c{args.connections}")
@@ -70,16 +84,24 @@ def main() -> int:
         finally:
             for proc in reversed(started):
                 proc.stop()
+    report(runs, args)
+    return 0
 
+
+def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
+    n = args.workers
     print(f"{args.module} adding one response header; nginx upstream; ", end="")
     print(f"wrk -t2 -c{args.connections} -d{args.seconds}s")
     print(f"{args.rounds} interleaved rounds, medians; nothing pinned (proxies, nginx and wrk share every core)")
-    print(f"{'system':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU/req us':>11} {'RSS MiB':>8}")
+    print(f"{'system':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU/req us':>11} {'RSS MiB':>8} {'cs/req':>7}")
     for name, rs in runs.items():
         print(
             f"{name:<10} {median(rs, 'rps'):>9.0f} {median(rs, 'p50_ms'):>8.2f} {median(rs, 'p99_ms'):>8.2f} "
-            f"{median(rs, 'cpu_us'):>11.1f} {median(rs, 'rss_mib'):>8.1f}"
+            f"{median(rs, 'cpu_us'):>11.1f} {median(rs, 'rss_mib'):>8.1f} {median(rs, 'switches'):>7.2f}"
         )
+    print("CPU/req by process (agent: parent, workers) or thread (envoy: main, wrk:worker_N, others), us:")
+    for name, rs in runs.items():
+        print(f"  {name:<10} " + ", ".join(f"{part} {value:.1f}" for part, value in parts(rs)))
     a1, an, e1, en = runs["agent x1"], runs[f"agent x{n}"], runs["envoy x1"], runs[f"envoy x{n}"]
     throughput = ratio(an, en, "rps")
     verdict = "met" if throughput >= 1 else "NOT met"
@@ -88,8 +110,13 @@ def main() -> int:
     print(f"CPU/req agent x{n} / envoy x{n}: {ratio(an, en, 'cpu_us'):.2f}x", end="; ")
     print(f"envoy x{n} / envoy x1: {ratio(en, e1, 'cpu_us'):.2f}x")
     print(f"scaling x1 -> x{n}: agent {ratio(an, a1, 'rps'):.2f}x, envoy {ratio(en, e1, 'rps'):.2f}x")
+    if args.baseline is not None:
+        b1, bn = runs["before x1"], runs[f"before x{n}"]
+        print(
+            f"before ({args.baseline}): CPU/req x{n} / x1 {ratio(bn, b1, 'cpu_us'):.2f}x; "
+            f"agent / before: x1 {ratio(a1, b1, 'cpu_us'):.2f}x, x{n} {ratio(an, bn, 'cpu_us'):.2f}x"
+        )
     print(f"load average after the run: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
-    return 0
 
 
 if __name__ == "__main__":

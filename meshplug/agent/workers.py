@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from meshplug import errors, limits, native, protocol
-from meshplug.agent import admin, config, loader, runtime, sharing
+from meshplug.agent import admin, config, loader, runtime, sharing, wire
 
 log = logging.getLogger("meshplug.agent.workers")
 
@@ -128,6 +129,10 @@ class Worker(runtime.Agent):
         self.pending: dict[int, loader.LoadedSet] = {}
 
     async def serve_parent(self) -> None:
+        # as `runtime.Agent.start`: the data path's debug switch, and what is imported so far out of the
+        # collector's sight (the plugin sets loaded later stay collectable)
+        wire.refresh_debug()
+        gc.freeze()
         os.set_blocking(self.spec.notify_read_fd, False)
         share = self.proxy.share
         assert share is not None
@@ -202,6 +207,7 @@ class Worker(runtime.Agent):
 
     async def _logging(self, message: Mapping[str, Any]) -> dict[str, Any]:
         logging.getLogger("meshplug").setLevel(admin.LEVELS[str(message["level"])])
+        wire.refresh_debug()
         if (active := self.applier.active) is not None:
             active.chain.relevel()
         return {"ok": True}
