@@ -26,6 +26,7 @@ Failed requests (wrong status, reset, no answer) are counted per system and prin
 in a run aborts it (a ratio over failing requests would mean nothing).
 
 Usage: bench/matrix.py [--rounds 3] [--seconds 5] [--rate 500] [--body-rate 20] [--cells rust/header,go/httpcall]
+       [--baseline CHECKOUT]  (another checkout's agent in the same rounds: agent/before ratios)
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def config_text(cell: Cell) -> str:
     return cell.configuration if isinstance(cell.configuration, str) else json.dumps(cell.configuration)
 
 
-def start_agent(work: Path, name: str, upstream: int, cell: Cell) -> tuple[procs.Proc, int]:
+def start_agent(work: Path, name: str, upstream: int, cell: Cell, source: Path | None = None) -> tuple[procs.Proc, int]:
     port, admin = procs.free_port(), procs.free_port()
     plugin: dict[str, Any] = {
         "name": "bench",
@@ -113,7 +114,10 @@ def start_agent(work: Path, name: str, upstream: int, cell: Cell) -> tuple[procs
     raw = tb_agent.base_config(
         port=port, admin_port=admin, clusters={"upstream": upstream, "authz": upstream}, plugins=[plugin]
     )
-    agent = tb_agent.start_agent(raw, work_dir=work / name, log_dir=work, name=name, log_level="warning")
+    env = None if source is None else {"PYTHONPATH": str(source), "MESHPLUG_REQUIRE_NATIVE": "1"}
+    agent = tb_agent.start_agent(
+        raw, work_dir=work / name, log_dir=work, name=name, log_level="warning", env=env, cwd=source
+    )  # (`source`: another checkout's agent; `python -m` puts the working directory first on the path)
     return agent.proc, port
 
 
@@ -177,11 +181,14 @@ def bench_cell(work: Path, upstream: int, sdk: str, shape: str, args: argparse.N
         started.append(systems["agent"][0])  # (stopped even when Envoy does not start)
         systems["envoy"] = start_envoy(work, f"envoy-{sdk}-{shape}", upstream, cell)
         started.append(systems["envoy"][0])
+        if args.baseline is not None:
+            systems["before"] = start_agent(work, f"before-{sdk}-{shape}", upstream, cell, args.baseline)
+            started.append(systems["before"][0])
         for proc, port in systems.values():
             if CAN_PIN:
                 pin_pid(proc.pid, PROXY_CPU)
             run_load(proc.pid, port, shape, 1.0, args, warmup=True)  # warm up: connections, JIT, the VMs' heaps
-        runs: dict[str, list[dict[str, Any]]] = {"agent": [], "envoy": []}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
         for _ in range(args.rounds):
             for name, (proc, port) in systems.items():
                 try:
@@ -198,8 +205,8 @@ def med(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def ratio(runs: dict[str, list[dict[str, Any]]], key: str) -> float:
-    return statistics.median(a[key] / e[key] for a, e in zip(runs["agent"], runs["envoy"], strict=True))
+def ratio(runs: dict[str, list[dict[str, Any]]], key: str, base: str = "envoy") -> float:
+    return statistics.median(a[key] / e[key] for a, e in zip(runs["agent"], runs[base], strict=True))
 
 
 def report(results: dict[tuple[str, str], dict[str, list[dict[str, Any]]]], args: argparse.Namespace) -> None:
@@ -236,6 +243,15 @@ def report(results: dict[tuple[str, str], dict[str, list[dict[str, Any]]]], args
                         kinds[kind] = kinds.get(kind, 0) + n
                 print(f"{sdk}/{shape} {name}: {failed} of {sum(r['due'] for r in rs)} requests failed {kinds}")
     print(f"worst CPU ratio {worst:.2f}x (target <= 1.0x); p99 <= Envoy's in {p99_ok} of {len(results)} cells")
+    if args.baseline is not None:
+        print(f"agent / before ({args.baseline}), same rounds: CPU/req, p99")
+        for (sdk, shape), runs in results.items():
+            before = runs["before"]
+            cpu, p99 = ratio(runs, "cpu_us", "before"), ratio(runs, "p99_ms", "before")
+            print(
+                f"  {sdk + '/' + shape:<24}{cpu:>6.2f}x{p99:>7.2f}x"
+                f"  (before: {med(before, 'cpu_us'):.1f}us, p99 {med(before, 'p99_ms'):.2f}ms)"
+            )
     print(f"load average after the run: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
 
 
@@ -246,6 +262,9 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=500.0)
     ap.add_argument("--body-rate", type=float, default=20.0)
     ap.add_argument("--cells", default="", help="comma-separated sdk/shape cells (default: all)")
+    ap.add_argument(
+        "--baseline", type=Path, help="another checkout (built with `make native`): its agent runs in the same rounds"
+    )
     args = ap.parse_args()
     chosen = [tuple(c.split("/", 1)) for c in args.cells.split(",") if c] or list(CELLS)
     unknown = [c for c in chosen if c not in CELLS]
