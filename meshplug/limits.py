@@ -96,6 +96,12 @@ UPSTREAM_MAX_IDLE_CONNECTIONS = 64
 DOWNSTREAM_IDLE_TIMEOUT_S = 300.0
 #: body bytes buffered per exchange before the proxy stops reading the sender (flow-control watermark)
 PROXY_BUFFER_HIGH_WATER = 64 * KiB
+#: the agent's malloc (glibc mallopt): buffers under this size come from the heap, not one mmap each (a held
+#: body is up to MAX_BUFFERED_BODY_BYTES), and the heap keeps up to TRIM bytes free instead of returning pages it
+#: needs again for the next body (glibc's default trims at twice the largest recent allocation: a 1 MiB body
+#: then costs ~8 brk calls and its page faults per request)
+MALLOC_MMAP_THRESHOLD_BYTES = 4 * MiB
+MALLOC_TRIM_THRESHOLD_BYTES = 16 * MiB
 #: admin/push endpoints: largest request head + body read
 MAX_CONTROL_REQUEST_BYTES = MAX_PUSH_BYTES + 64 * KiB
 #: admin/push endpoints: largest request head (line + headers; 431 beyond), checked before any body is read

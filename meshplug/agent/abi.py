@@ -192,6 +192,8 @@ class HostCalls:
         if start >= length:
             return self._give(b"", ptr_ptr, size_ptr)
         end = min(length, start + max_size)
+        if start == 0 and end == length:  # the whole buffer (a body: up to MAX_BUFFERED_BODY_BYTES) without a copy
+            return self._give(buf, ptr_ptr, size_ptr)
         return self._give(bytes(buf[start:end]), ptr_ptr, size_ptr)
 
     def proxy_set_buffer_bytes(self, btype: int, start: int, size: int, ptr: int, vsize: int) -> int:
@@ -203,8 +205,7 @@ class HostCalls:
             return NOT_FOUND
         value = self.guest.read(ptr, vsize)
         if start == 0:
-            del buf[: min(size, len(buf))]
-            buf[0:0] = value
+            buf[:size] = value  # in place: the buffer's memory is reused (a rewritten body is often the same size)
         elif start >= len(buf):
             buf += value
         else:

@@ -605,13 +605,26 @@ class Downstream(asyncio.Protocol):
             self._up_target = up
         self._up_out.append(data)
 
+    def up_write_parts(self, up: Upstream, parts: list[bytes]) -> None:
+        """`up_write` of several pieces (a body chunk and its framing)."""
+        if not self._parsing:
+            up.write_parts(parts)
+            return
+        target = self._up_target
+        if target is not up:
+            if target is not None:
+                self._flush_up()
+            self._up_target = up
+        self._up_out += parts
+
     def _flush_up(self) -> None:
         up, self._up_target = self._up_target, None
         out = self._up_out
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
+        if not out:
+            return
         if up is not None and up.transport is not None and not up.transport.is_closing():
-            up.transport.write(data)
+            wire.send_parts(up.transport, out)
+        out.clear()
 
     def discard_up(self, up: Upstream) -> None:
         """`up` is being dropped: what is pending for it is not sent."""
@@ -626,14 +639,20 @@ class Downstream(asyncio.Protocol):
         if len(out) == 1:
             self.proxy.loop.call_soon(self.flush)
 
+    def write_parts(self, parts: list[bytes]) -> None:
+        """`write` of several pieces (a body chunk and its framing)."""
+        out = self._out
+        if not out:
+            self.proxy.loop.call_soon(self.flush)
+        out += parts
+
     def flush(self) -> None:
         out = self._out
         if not out:
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
         if self.transport is not None and not self.closed:
-            self.transport.write(data)
+            wire.send_parts(self.transport, out)
+        out.clear()
 
     def abort(self) -> None:
         self._out.clear()

@@ -139,30 +139,36 @@ class Exchange:
         conn = self.conn
         conn.proxy.stats.upstream_rq_total += 1
         self.sent_at = conn.proxy.loop.time()
-        data = self.head
         if self.body_pending or (self.up_end and self.chunked_in):
-            parts = [data]
-            parts += [self._frame(chunk) for chunk in self.body_pending]
+            parts = [self.head]
+            for chunk in self.body_pending:
+                if self.chunked_in:
+                    parts += wire.chunk_parts(chunk)
+                else:
+                    parts.append(chunk)
             if self.up_end and self.chunked_in:
                 parts.append(self.req_tail)
-            data = b"".join(parts)
+            conn.up_write_parts(up, parts)
             if self.body_pending:
                 self.body_pending = []
                 self.body_bytes_buffered = 0
                 conn.resume(wire.PAUSE_BUFFER)
-        conn.up_write(up, data)
+        else:
+            conn.up_write(up, self.head)
         if self.up_end:
             self._arm_timer()
 
-    def _frame(self, chunk: bytes) -> bytes:
+    def send_body(self, up: Upstream, chunk: bytes) -> None:
+        """A request body chunk (not empty) to `up`: as is, or as a chunk of a chunked body (not copied when large)."""
         if self.chunked_in:
-            return b"%x\r\n%b\r\n" % (len(chunk), chunk)
-        return chunk
+            self.conn.up_write_parts(up, wire.chunk_parts(chunk))
+        else:
+            self.conn.up_write(up, chunk)
 
     def request_body(self, chunk: bytes) -> None:
         up = self.up
         if up is not None and up.sink is self:
-            self.conn.up_write(up, self._frame(chunk))
+            self.send_body(up, chunk)
         elif not self.resp_done:
             self.body_pending.append(chunk)
             self.body_bytes_buffered += len(chunk)
@@ -261,7 +267,7 @@ class Exchange:
     def up_body(self, data: bytes) -> None:
         if self.resp_mode == 1:
             if data:
-                self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+                self.conn.write_parts(wire.chunk_parts(data))
         else:
             self.conn.write(data)
 

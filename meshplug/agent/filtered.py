@@ -404,7 +404,7 @@ class FilteredExchange(Exchange):
         attached = up is not None and up.sink is self
         if data:
             if attached and up is not None:
-                self.conn.up_write(up, self._frame(data))
+                self.send_body(up, data)
             else:
                 self.body_pending.append(data)
         if end_stream and not self.up_end:
@@ -470,7 +470,7 @@ class FilteredExchange(Exchange):
         conn = self.conn
         if data:
             if self.resp_mode == 1:
-                conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+                conn.write_parts(wire.chunk_parts(data))
             else:
                 conn.write(data)
         if end_stream:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import gc
 import json
@@ -45,6 +46,26 @@ def build_chain(
     from meshplug.agent import filters  # noqa: PLC0415 -- the wasm host is imported only when a plugin needs it
 
     return filters.build(plugins, proxy=proxy, loop=loop, singletons=singletons)
+
+
+#: glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def tune_malloc() -> bool:
+    """Set the process's malloc thresholds (limits.MALLOC_*) where the C library is glibc; False elsewhere (musl
+    and others keep their defaults)."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, limits.MALLOC_MMAP_THRESHOLD_BYTES)
+        and mallopt(_M_TRIM_THRESHOLD, limits.MALLOC_TRIM_THRESHOLD_BYTES)
+    )
 
 
 def _push_tls(settings: config.PushTLS | None) -> tls.ReloadingContext | None:
@@ -301,6 +322,7 @@ def serve(
     )
     if native.STATUS.reason:
         log.warning("data path interpreted, several times slower than compiled: %s", native.STATUS.reason)
+    tune_malloc()
     with contextlib.suppress(KeyboardInterrupt):
         return uvloop.run(main() if main is not None else _main(cfg))
     return 130

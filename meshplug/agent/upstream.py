@@ -244,6 +244,11 @@ class Upstream(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
+    def write_parts(self, parts: list[bytes]) -> None:
+        """`write` of several pieces (`wire.send_parts`: a large body is not copied to join them)."""
+        if self.transport is not None:
+            wire.send_parts(self.transport, parts)
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()

@@ -170,6 +170,33 @@ PAUSE_PIPELINE: Final = 4  # a complete request is waiting for its response
 END_STREAM: Final = object()
 
 
+#: data up to this size is copied into one piece with what frames it (one small write); larger data is written
+#: as is beside its framing (a vectored write: a large body is not copied on its way out)
+JOIN_MAX: Final = 16 * 1024
+
+
+def chunk_parts(data: bytes) -> list[bytes]:
+    """`data` (not empty) as one chunk of a chunked HTTP/1.1 body (RFC 9112 7.1): one piece when small, else
+    its size line, the data itself and the CRLF."""
+    if len(data) <= JOIN_MAX:
+        return [b"%x\r\n%b\r\n" % (len(data), data)]
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+def send_parts(transport: asyncio.WriteTransport, parts: list[bytes]) -> None:
+    """Write `parts` (at least one): small ones joined into one write, large ones vectored without a copy."""
+    if len(parts) == 1:
+        transport.write(parts[0])
+        return
+    total = 0
+    for part in parts:
+        total += len(part)
+    if total <= JOIN_MAX:
+        transport.write(b"".join(parts))
+    else:
+        transport.writelines(parts)
+
+
 #: header fields never forwarded as trailers (framing, routing; RFC 9110 6.5.1)
 NOT_TRAILERS: Final = HOP_BY_HOP | {b"content-length", b"host"}
 LAST_CHUNK: Final = b"0\r\n\r\n"

@@ -254,6 +254,7 @@ def run_worker(cfg: config.AgentConfig, spec_text: str, *, log_level: str) -> in
     )
     import uvloop  # noqa: PLC0415
 
+    runtime.tune_malloc()
     return uvloop.run(_worker_main(cfg, spec))
 
 
