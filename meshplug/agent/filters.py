@@ -12,17 +12,22 @@ rules) plus views, metrics and close hooks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from meshplug import errors, limits, prometheus, protocol
-from meshplug.agent import chain, config, envoystats, grpccall, host, loader, lua, server
+from meshplug.agent import chain, config, envoystats, grpccall, host, loader, lua, relay, server
 
 log = logging.getLogger("meshplug.agent.filters")
+
+
+#: done HTTP calls are dropped from a driver's set of calls when it reaches this size
+_CALLS_PRUNE: Final = 64
 
 
 class Driver:
@@ -35,7 +40,8 @@ class Driver:
         self.lua: lua.Runtime | None = None
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: the plugins' HTTP calls (in flight, and done ones until pruned): abandoned when the set is closed
+        self._calls: set[relay.Call] = set()
         self._grpc: dict[int, grpccall.GrpcClientCall] = {}  # plugins' open gRPC calls and streams
         self._memory_due = time.monotonic() + limits.VM_MEMORY_CHECK_S  # next look at the VMs' memory
 
@@ -49,17 +55,22 @@ class Driver:
             return
         if self.lua is not None:
             for lua_call in self.lua.take_http_calls():
-                lua_task = self.loop.create_task(self._lua_call(self.lua, lua_call))
-                self._tasks.add(lua_task)
-                lua_task.add_done_callback(self._tasks.discard)
+                ms = lua_call.timeout_ms
+                timeout_s = ms / 1000.0 if ms > 0 else limits.UPSTREAM_RESPONSE_TIMEOUT_S
+                self._start(
+                    lua_call.cluster,
+                    lua_call.headers,
+                    lua_call.body,
+                    timeout_s,
+                    functools.partial(self._lua_called, self.lua, lua_call),
+                )
         h = self.host
         if h is None:
             return
         try:
             for call in h.take_http_calls():
-                task = self.loop.create_task(self._call(h, call))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                done = functools.partial(self._called, h, call)
+                self._start(call.upstream, call.headers, call.body, call.timeout_ms / 1000.0, done)
             for work in h.take_grpc_work():
                 self._grpc_work(work)
             h.run_deferred()
@@ -82,8 +93,23 @@ class Driver:
         if due is not None:
             self._timer = self.loop.call_later(max(0.0, due - time.monotonic()), self.run)
 
-    async def _call(self, h: host.Host, call: host.HttpCallout) -> None:
-        outcome = await self.proxy.http_call(call.upstream, call.headers, call.body, call.timeout_ms / 1000.0)
+    def _start(
+        self,
+        cluster: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        timeout_s: float,
+        done: Callable[[relay.Outcome], None],
+    ) -> None:
+        """One plugin HTTP call through the proxy's cluster, without a task: `done` runs on a later turn."""
+        started = self.proxy.start_http_call(cluster, headers, body, timeout_s, done)
+        if started is not None:
+            calls = self._calls
+            if len(calls) >= _CALLS_PRUNE:
+                self._calls = calls = {c for c in calls if not c.finished}
+            calls.add(started)
+
+    def _called(self, h: host.Host, call: host.HttpCallout, outcome: relay.Outcome) -> None:
         if self.closed:
             return
         if outcome is None:
@@ -96,9 +122,7 @@ class Driver:
         h.complete_http_call(call.id, result)
         self.run()
 
-    async def _lua_call(self, rt: lua.Runtime, call: lua.Callout) -> None:
-        timeout_s = call.timeout_ms / 1000.0 if call.timeout_ms > 0 else limits.UPSTREAM_RESPONSE_TIMEOUT_S
-        outcome = await self.proxy.http_call(call.cluster, call.headers, call.body, timeout_s)
+    def _lua_called(self, rt: lua.Runtime, call: lua.Callout, outcome: relay.Outcome) -> None:
         if self.closed:
             return
         rt.complete_http_call(call.id, None if outcome is None else outcome[:3])
@@ -139,8 +163,9 @@ class Driver:
         self._grpc.clear()
         if self._timer is not None:
             self._timer.cancel()
-        for task in self._tasks:
-            task.cancel()
+        for pending in self._calls:
+            pending.abandon()
+        self._calls.clear()
         if self.host is not None:
             self.host.close()
         if self.lua is not None:

@@ -15,7 +15,7 @@ A connect failure reaches the sink as `up_failed(wire.RESET_CONNECT_FAILURE)`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from meshplug.agent import framing, wire
@@ -287,18 +287,62 @@ class H1Request:
         self.sink.up_resume()
 
 
-class _Collect:
-    """The sink of a call: the whole response, then the future is set (None: failed)."""
+#: what a call gives back: (status, headers, body, trailers), or None when the connection failed or was reset
+Outcome = tuple[int, wire.Headers, bytes, wire.Headers] | None
 
-    __slots__ = ("body", "future", "headers", "status", "trailers")
 
-    def __init__(self, future: asyncio.Future[tuple[int, wire.Headers, bytes, wire.Headers] | None]) -> None:
-        self.future = future
+def _ignore(_outcome: Outcome) -> None:
+    return None
+
+
+class Call:
+    """One whole request to a cluster (`start_call`) and the sink of its response: once it is complete, failed
+    or timed out, `done` gets the outcome on a later turn of the event loop (never inside the call that caused
+    it, so the caller's state is settled first)."""
+
+    __slots__ = ("body", "done", "finished", "headers", "loop", "req", "stats", "status", "timer", "trailers")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stats: Any, done: Callable[[Outcome], object]) -> None:
+        self.loop = loop
+        self.stats = stats
+        self.done = done
+        self.finished = False
+        self.req: UpRequest | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.status = 0
         self.headers: wire.Headers = []
         self.body: list[bytes] = []
         self.trailers: wire.Headers = []
 
+    def _finish(self, outcome: Outcome) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.cancel()
+        self.loop.call_soon(self.done, outcome)
+
+    def abandon(self) -> None:
+        """Nobody waits for the outcome any more (the request itself runs to its end, holding nothing of the
+        caller's)."""
+        self.finished = True
+        self.done = _ignore
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def timed_out(self) -> None:
+        """Envoy's async client on a timeout: the request is reset, the caller gets 504 upstream request timeout."""
+        self.timer = None
+        if self.finished:
+            return
+        if self.req is not None:
+            self.req.cancel()
+        self.stats.upstream_rq_timeout += 1
+        self._finish((504, [(b"content-type", b"text/plain")], wire.BODY_TIMEOUT, []))
+
+    # -- the response (Sink) --
     def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None:
         if status >= 200:
             self.status = status
@@ -311,12 +355,10 @@ class _Collect:
         self.trailers = list(trailers)
 
     def up_complete(self) -> None:
-        if not self.future.done():
-            self.future.set_result((self.status, self.headers, b"".join(self.body), self.trailers))
+        self._finish((self.status, self.headers, b"".join(self.body), self.trailers))
 
     def up_failed(self, reset_reason: str) -> None:
-        if not self.future.done():
-            self.future.set_result(None)
+        self._finish(None)
 
     def up_pause(self) -> None:
         return None
@@ -325,20 +367,20 @@ class _Collect:
         return None
 
 
-async def call(  # noqa: PLR0917 -- a request's parts, in order
+def start_call(  # noqa: PLR0917 -- a request's parts, in order
     pool: Pool,
     h2pool: H2Pool | None,
     headers: Sequence[Header],
     body: bytes,
     trailers: Sequence[Header],
     timeout_s: float,
-) -> tuple[int, wire.Headers, bytes, wire.Headers] | None:
-    """One whole request to a cluster, the whole response back: (status, headers, body, trailers), or None when
-    the connection failed or was reset. A timeout answers 504 "upstream request timeout" (Envoy's async client)."""
-    future: asyncio.Future[tuple[int, wire.Headers, bytes, wire.Headers] | None] = (
-        asyncio.get_running_loop().create_future()
-    )
-    req = open_request(pool, h2pool, _Collect(future))
+    done: Callable[[Outcome], object],
+) -> Call:
+    """Send one whole request to a cluster; `done` gets the whole response back (`Call`). A timeout
+    (`timeout_s` > 0) answers 504 "upstream request timeout" (Envoy's async client)."""
+    loop = asyncio.get_running_loop()
+    call = Call(loop, pool.stats, done)
+    req = call.req = open_request(pool, h2pool, call)
     # pseudo-headers first, :scheme added when the plugin gave none (as Envoy's async client does)
     pseudo = [h for h in headers if h[0][:1] == b":"]
     if not any(h[0] == b":scheme" for h in pseudo):
@@ -353,9 +395,28 @@ async def call(  # noqa: PLR0917 -- a request's parts, in order
         req.send_data(body, not trailers)
     if trailers:
         req.send_trailers(trailers)
+    if timeout_s > 0 and not call.finished:
+        call.timer = loop.call_later(timeout_s, call.timed_out)
+    return call
+
+
+async def call(  # noqa: PLR0917 -- a request's parts, in order
+    pool: Pool,
+    h2pool: H2Pool | None,
+    headers: Sequence[Header],
+    body: bytes,
+    trailers: Sequence[Header],
+    timeout_s: float,
+) -> Outcome:
+    """`start_call`, awaited: the outcome."""
+    future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+
+    def done(outcome: Outcome) -> None:
+        if not future.done():
+            future.set_result(outcome)
+
+    pending = start_call(pool, h2pool, headers, body, trailers, timeout_s, done)
     try:
-        return await asyncio.wait_for(future, timeout_s if timeout_s > 0 else None)
-    except TimeoutError:
-        req.cancel()
-        pool.stats.upstream_rq_timeout += 1
-        return 504, [(b"content-type", b"text/plain")], wire.BODY_TIMEOUT, []
+        return await future
+    finally:
+        pending.abandon()

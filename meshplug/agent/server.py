@@ -170,3 +170,19 @@ class Proxy:
         if pool is None:
             return None
         return await relay.call(pool, self.h2pools.get(cluster), headers, body, (), timeout_s)
+
+    def start_http_call(
+        self,
+        cluster: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        timeout_s: float,
+        done: Callable[[relay.Outcome], object],
+    ) -> relay.Call | None:
+        """`http_call` without a task: `done` gets the outcome on a later turn of the loop (None at once for an
+        unknown cluster)."""
+        pool = self.pools.get(cluster)
+        if pool is None:
+            self.loop.call_soon(done, None)
+            return None
+        return relay.start_call(pool, self.h2pools.get(cluster), headers, body, (), timeout_s, done)
