@@ -231,6 +231,25 @@ static PyObject *State_write(StateObject *self, PyObject *const *args, Py_ssize_
     Py_RETURN_NONE;
 }
 
+/* replace_into(ptr, size, target, stop): target[0:stop] = guest bytes [ptr, ptr + size), copied once (no bytes
+ * object in between: a body a plugin rewrites goes from its memory straight into the host's buffer). The view
+ * over guest memory lives only during the assignment (nothing can keep it: the guest does not run meanwhile). */
+static PyObject *State_replace_into(StateObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long ptr, size, stop;
+    if (nargs != 4 || !PyByteArray_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "replace_into(ptr, size, target: bytearray, stop)");
+        return NULL;
+    }
+    if (as_offset(args[0], &ptr) < 0 || as_offset(args[1], &size) < 0 || as_offset(args[3], &stop) < 0) return NULL;
+    if (State_span(self, "read", ptr, size) < 0) return NULL;
+    PyObject *view = PyMemoryView_FromMemory((char *)self->base + ptr, (Py_ssize_t)size, PyBUF_READ);
+    if (view == NULL) return NULL;
+    int rc = PySequence_SetSlice(args[2], 0, (Py_ssize_t)stop, view);
+    Py_DECREF(view);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *State_read_u32(StateObject *self, PyObject *arg) {
     long long ptr;
     uint32_t v;
@@ -274,6 +293,8 @@ static PyMethodDef State_methods[] = {
     {"memory_size", (PyCFunction)State_memory_size, METH_NOARGS, "the linear memory's size in bytes"},
     {"read", (PyCFunction)(void (*)(void))State_read, METH_FASTCALL, "read(ptr, size) -> bytes"},
     {"write", (PyCFunction)(void (*)(void))State_write, METH_FASTCALL, "write(ptr, data)"},
+    {"replace_into", (PyCFunction)(void (*)(void))State_replace_into, METH_FASTCALL,
+     "replace_into(ptr, size, target: bytearray, stop): target[:stop] = guest bytes [ptr, ptr + size)"},
     {"read_u32", (PyCFunction)State_read_u32, METH_O, "read_u32(ptr) -> int (little-endian)"},
     {"write_u32", (PyCFunction)(void (*)(void))State_write_u32, METH_FASTCALL, "write_u32(ptr, value)"},
     {"write_u64", (PyCFunction)(void (*)(void))State_write_u64, METH_FASTCALL, "write_u64(ptr, value)"},

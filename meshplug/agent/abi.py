@@ -203,11 +203,10 @@ class HostCalls:
         buf = ctx.writable_buffer(btype) if ctx is not None else None
         if buf is None:
             return NOT_FOUND
-        value = self.guest.read(ptr, vsize)
-        if start == 0:
-            buf[:size] = value  # in place: the buffer's memory is reused (a rewritten body is often the same size)
+        if start == 0:  # in place, from guest memory: one copy, the buffer's memory reused
+            self.guest.replace_into(ptr, vsize, buf, size)
         elif start >= len(buf):
-            buf += value
+            buf += self.guest.read(ptr, vsize)
         else:
             return BAD_ARGUMENT
         return OK

@@ -400,6 +400,10 @@ class Guest(ABC):
     @abstractmethod
     def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None: ...
 
+    def replace_into(self, ptr: int, size: int, target: bytearray, stop: int) -> None:
+        """``target[:stop] = read(ptr, size)`` (the fast backend copies once, with no bytes object between)."""
+        target[:stop] = self.read(ptr, size)
+
     def read_u32(self, ptr: int) -> int:
         return int.from_bytes(self.read(ptr, 4), "little")
 
@@ -682,6 +686,7 @@ class FastGuest(Guest):
             # the memory is known for good: guest memory access goes straight to C (no Python frame)
             self.read = self.state.read  # type: ignore[method-assign,assignment]
             self.write = self.state.write  # type: ignore[method-assign,assignment]
+            self.replace_into = self.state.replace_into  # type: ignore[method-assign,assignment]
             self.read_u32 = self.state.read_u32  # type: ignore[method-assign,assignment]
             self.write_u32 = self.state.write_u32  # type: ignore[method-assign,assignment]
             self.write_u64 = self.state.write_u64  # type: ignore[method-assign,assignment]

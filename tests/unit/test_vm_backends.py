@@ -105,6 +105,19 @@ class Harness:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def replaced(guest: vm.Guest) -> list[object]:
+    """replace_into: target[:stop] = guest bytes (shorter, longer, past the end, empty; a fault changes nothing)."""
+    out: list[object] = []
+    for ptr, size, stop in ((300, 4, 2), (300, 2, 6), (300, 16, 99), (300, 0, 3), (65_535, 2, 1)):
+        target = bytearray(b"0123456789")
+        try:
+            guest.replace_into(ptr, size, target, stop)
+        except vm.MemoryFault:
+            out.append("fault")
+        out.append(bytes(target))
+    return out
+
+
 def run_script(backend: str, tier: compiled.Tier = compiled.Tier.OPTIMIZED) -> list[object]:
     """One fixed sequence of operations; every observable outcome, in order."""
     h = Harness(backend, tier=tier)
@@ -126,6 +139,7 @@ def run_script(backend: str, tier: compiled.Tier = compiled.Tier.OPTIMIZED) -> l
         h.guest.write_u32(300, 0x1_0000_0005)
         h.guest.write_u64(308, (1 << 64) + 9)
         out.append(h.guest.read(300, 16))
+        out += replaced(h.guest)
         out.append(h.guest.memory_size())
         for ptr, size in ((65_535, 2), (-1, 1), (1 << 32, 1)):
             try:
@@ -165,6 +179,7 @@ def test_backends_agree_on_every_observable_outcome() -> None:
     assert fast[:8] == [None, 0, (1 << 31) + 5, wide, 7, 0, 0xFFFF_FFFD, [(0xFFFF_FFFE, (1 << 64) - 1)]]
     assert "trap: trap" in fast and "raise: host host function failed on purpose" in fast
     assert [b"abcd"] in fast
+    assert b"\x05\x00\x00\x0023456789" in fast and b"\x05\x006789" in fast  # replace_into, both ways
 
 
 @pytest.mark.parametrize("tier", TIERS)
