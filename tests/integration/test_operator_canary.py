@@ -255,11 +255,11 @@ def bed(kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path:
     try:
         yield b
     finally:
-        op.stop()
+        b.op.stop()  # (a test may have started another operator)
         for a in b.agents.values():
             a.stop()
         app.stop()
-        print(op.proc.log()[-12000:])
+        print(b.op.proc.log()[-12000:])
 
 
 def roll(bed: Bed, name: str, data: bytes, *, until: str, canaries: set[str], timeout: float = 120) -> dict[str, Any]:
