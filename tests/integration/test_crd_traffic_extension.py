@@ -85,3 +85,34 @@ def test_invalid_trafficextensions_are_refused(
     status, out = kube.request("POST", path(kube_namespace), body)
     assert status == 422, out
     assert message in out["message"], out["message"]
+
+
+def test_rollout_is_accepted_strictly_and_parsed(kube: kube_mod.Kube, te_crd: str, kube_namespace: str) -> None:
+    """meshplug's canary rollout on a TrafficExtension (agent plane), through strict server-side apply."""
+    rollout = {
+        "steps": [{"selector": {"matchLabels": {"track": "canary"}}}, {"percent": 50}],
+        "holdSeconds": 30,
+        "analysis": {"minRequests": 10, "maxFailureRatioIncrease": 0.05, "latencyPercentile": 95},
+    }
+    body = {
+        "apiVersion": "meshplug.io/v1alpha1",
+        "kind": "TrafficExtension",
+        "metadata": {"name": "canaried"},
+        "spec": {"dataPlane": "agent", "lua": LUA, "rollout": rollout},
+    }
+    query = "?fieldManager=kubectl&fieldValidation=Strict"
+    status, out = kube.request(
+        "PATCH", path(kube_namespace, "canaried") + query, body, content_type="application/apply-patch+yaml"
+    )
+    assert status == 201, out
+    plugin = spec.parse(out)
+    assert plugin.rollout is not None and plugin.lua == LUA["inlineCode"]
+    assert [s.percent for s in plugin.rollout.steps] == [None, 50] and plugin.rollout.hold_s == 30
+    assert plugin.rollout.latency_percentile == 95 and plugin.rollout.max_latency_ratio == 1.5  # defaulted
+    # a misspelled field is an error under strict validation
+    body["spec"]["rollout"] = {**rollout, "holdSecond": 5}
+    status, out = kube.request(
+        "PATCH", path(kube_namespace, "canaried") + query, body, content_type="application/apply-patch+yaml"
+    )
+    # (kube-apiserver answers a server-side apply with a field its schema does not declare with a 500)
+    assert status == 500 and ".spec.rollout.holdSecond: field not declared in schema" in out["message"], out
