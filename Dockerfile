@@ -8,7 +8,8 @@
 # (scripts/install-debian-root.sh) where no registry serves debian:bookworm-slim.
 #
 # Stage 1 builds wheels: meshplug's (with the agent's compiled data path: setup.py builds the _wasmcall C
-# extension and the mypyc-compiled per-request modules, hence gcc and python3-dev in this stage only), every
+# extension, the HTTP/2 codec over libnghttp2 and the mypyc-compiled per-request modules, hence gcc, python3-dev
+# and libnghttp2-dev in this stage only; the final stage has the library itself, libnghttp2-14), every
 # dependency's, and pip's own. The final stage creates a venv without pip and installs the wheels into it with
 # pip run from its wheel, offline, from a bind mount: no wheel, pip, compiler or source tree lands in the image.
 ARG BASE=debian:bookworm-slim
@@ -18,7 +19,7 @@ FROM ${BASE} AS build
 ARG PIP_VERSION
 ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev libnghttp2-dev \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/build && /opt/build/bin/python -m pip install -q "pip==${PIP_VERSION}"
 WORKDIR /src
@@ -33,7 +34,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PATH=/opt/meshplug/bin:$PATH \
     MESHPLUG_CACHE=/var/cache/meshplug HOME=/tmp
 RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 ca-certificates \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 ca-certificates libnghttp2-14 \
     && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python3 -m venv --without-pip /opt/meshplug \

@@ -39,7 +39,12 @@ def extensions() -> list[Extension]:
     from mypyc.build import mypycify  # noqa: PLC0415 -- a build requirement only when building native parts
 
     c_exts = [
-        Extension(name, sources=[source], extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"])
+        Extension(
+            name,
+            sources=[source],
+            extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"],
+            libraries=native.LIBRARIES.get(name, []),
+        )
         for name, source in native.EXTENSIONS.items()
     ]
     compiled = mypycify([native.source_path(m) for m in native.COMPILED], opt_level="3", group_name=native.GROUP)

@@ -5,7 +5,8 @@ and into wheels by `pip wheel .`:
 
 * `EXTENSIONS`: meshplug/agent/_wasmcall.c (`EXTENSION`), the fast wasm backend's guest/host call boundary (plain
   C against the Python API; wasmtime's functions are handed over as addresses at import), and
-  meshplug/agent/_shared.c, shared data and queues across the workers of an agent (--concurrency).
+  meshplug/agent/_shared.c, shared data and queues across the workers of an agent (--concurrency), and
+  meshplug/agent/_h2codec.c, the HTTP/2 codec over libnghttp2 (`LIBRARIES`).
 * `COMPILED`: the per-request modules, compiled by mypyc from their (mypy --strict) sources into one shared
   library (`GROUP`). The .py files stay the source of truth; the interpreter runs them when no build is
   present.
@@ -40,9 +41,18 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
 EXTENSION = "meshplug.agent._wasmcall"
 EXTENSION_SOURCE = "meshplug/agent/_wasmcall.c"
+#: the agent's HTTP/2 codec over libnghttp2 (meshplug.agent.h2wire; Debian: libnghttp2-dev at build time)
+H2CODEC = "meshplug.agent._h2codec"
 #: every C extension and its source, built and loaded together (`Status.extension`): the fast backend's call
 #: boundary and the workers' shared data and queues (meshplug/agent/_shared.c, for --concurrency)
-EXTENSIONS: dict[str, str] = {EXTENSION: EXTENSION_SOURCE, "meshplug.agent._shared": "meshplug/agent/_shared.c"}
+EXTENSIONS: dict[str, str] = {
+    EXTENSION: EXTENSION_SOURCE,
+    "meshplug.agent._shared": "meshplug/agent/_shared.c",
+    H2CODEC: "meshplug/agent/_h2codec.c",
+}
+#: the C extensions' system libraries (Debian: libnghttp2-dev to build, libnghttp2-14 to run); absent at build
+#: time, the extension is left out and its pure-Python counterpart runs (meshplug.agent.h2wire: the h2 library)
+LIBRARIES: dict[str, list[str]] = {H2CODEC: ["nghttp2"]}
 #: compiled by mypyc, in one group (calls between them are native)
 COMPILED: tuple[str, ...] = (
     "meshplug.agent.abi",
@@ -157,6 +167,20 @@ def check() -> Status:
     return Status(ext, compiled, f"built without {' and '.join(missing)} (no C compiler at build time?)")
 
 
+def unusable_extensions() -> tuple[str, ...]:
+    """The C extensions that may not be loaded: stale or not built (each falls back on its own)."""
+    if os.environ.get("MESHPLUG_NATIVE") == "0":
+        return tuple(EXTENSIONS)
+    want = expected()["sources"]
+    try:
+        have = json.loads(STAMP.read_text())
+    except (OSError, ValueError):
+        have = {}
+    have_src = (have.get("sources") if isinstance(have, dict) and have.get("abi") == build_tag() else None) or {}
+    assert isinstance(want, dict)
+    return tuple(e for e in EXTENSIONS if have_src.get(e) != want[e] or not _built(e))
+
+
 class _FromSource(importlib.abc.MetaPathFinder):
     """Imports `sources` from their .py files and refuses `blocked`, ahead of the extension-first default."""
 
@@ -189,6 +213,6 @@ def guard() -> Status:
     STATUS = check()
     if os.environ.get("MESHPLUG_REQUIRE_NATIVE") == "1" and STATUS.reason:
         raise NativeBuildError(f"MESHPLUG_REQUIRE_NATIVE=1 but the compiled data path is unusable: {STATUS.reason}")
-    blocked = () if STATUS.extension else tuple(EXTENSIONS)
+    blocked = () if STATUS.extension else unusable_extensions()
     sys.meta_path.insert(0, _FromSource(() if STATUS.compiled else COMPILED, blocked))
     return STATUS

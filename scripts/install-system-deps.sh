@@ -9,6 +9,7 @@ PACKAGES=(
   openssl              # test CAs and serving certificates
   wabt                 # wat2wasm / wasm-objdump for edge-case guests
   gcc libc6-dev python3-dev  # the agent's compiled data path (make native: C extension + mypyc)
+  libnghttp2-dev       # the agent's HTTP/2 codec (meshplug/agent/_h2codec.c over nghttp2, as Envoy's)
   clang lld wasi-libc  # C plugins (wasm32-wasi)
   libc++-dev-wasm32 libclang-rt-dev-wasm32  # C++ plugins (meshplug init --sdk cpp): libc++ and builtins for wasm32
   rustc cargo libstd-rust-dev-wasm32  # Rust plugins (Debian's wasm32 std)

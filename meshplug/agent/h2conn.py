@@ -1,5 +1,6 @@
-"""The `h2` library's connection as the agent's HTTP/2 ends use it (`meshplug.agent.h2wire.H2Peer`): h2's
-own state machine, framing and flow control, with HPACK from `meshplug.agent.hpackcache` and two costs left out.
+"""The `h2` library's connection as the agent's fallback HTTP/2 codec uses it (`meshplug.agent.h2wire.PyCodec`,
+when there is no native build): h2's own state machine, framing and flow control, with HPACK from
+`meshplug.agent.hpackcache` and two costs left out.
 
 * h2 4.4.1 (pinned in pyproject) formats every frame it receives (`repr(frame)`: flags sorted, payload
   hexlified) for a trace log that is off: about 6% of the agent's HTTP/2 CPU (bench/h2_vs_envoy.py). Our
@@ -7,7 +8,7 @@ own state machine, framing and flow control, with HPACK from `meshplug.agent.hpa
   frame on a closed stream as the library does (RFC 9113 5.1: RST_STREAM STREAM_CLOSED when the stream was
   reset, a connection error when it had ended).
 * The inbound header validation and normalization run natively in `meshplug.agent.h2wire.received_headers`
-  (the configs switch the library's off; `H2Peer.receive` applies it to every header event).
+  (the configs switch the library's off; `PyCodec.receive` applies it to every header event).
 
 Not compiled (it subclasses an interpreted class).
 """

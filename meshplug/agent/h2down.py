@@ -3,7 +3,8 @@
 
 A connection starts as `meshplug.agent.downstream.Downstream` (HTTP/1.1); when its first bytes are the
 HTTP/2 connection preface (or TLS negotiated "h2") it hands itself over here (`H2Downstream.take_over`). The
-`h2` library (sans-IO) does framing, HPACK and the protocol's checks; this module applies Envoy's limits
+codec (`meshplug.agent.h2wire`: nghttp2, or the `h2` library without a native build) does framing, HPACK,
+flow control and the protocol's checks; this module applies Envoy's limits
 (`limits.H2_*`: SETTINGS, rapid reset; the listener's `http:` options: header list size and count, stream
 idle timeout), runs each stream through the
 active plugin chain (as `chain.Stream` events: request headers with their pseudo-headers as received, body
@@ -27,11 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, cast
 
-import h2.config
-import h2.connection
 import h2.errors
-import h2.events
-import h2.exceptions
 import h2.settings
 
 from meshplug import limits
@@ -47,30 +44,20 @@ log = logging.getLogger("meshplug.agent.h2down")
 Header = tuple[bytes, bytes]
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-_SERVER_CONFIG: Final = h2.config.H2Configuration(
-    client_side=False,
-    header_encoding=None,
-    validate_inbound_headers=False,  # h2wire.received_headers: the same checks, compiled (H2Peer.receive)
-    normalize_inbound_headers=False,
-    validate_outbound_headers=False,  # what plugins set is checked by H2Exchange (framing.field_ok), once
-    normalize_outbound_headers=False,
-)
 #: response headers that are meaningless (and forbidden) in HTTP/2
 _NOT_H2: Final = wire.HOP_BY_HOP
-#: what h2 enforces as SETTINGS_MAX_CONCURRENT_STREAMS (the announced limit is applied per stream instead)
-_NO_STREAM_LIMIT: Final = 2**31 - 1
 #: the local reply when a plugin's header cannot be written (Envoy: "invalid header value")
 INVALID_HEADER: Final = b"invalid header value"
 
 
-def server_settings() -> dict[h2.settings.SettingCodes | int, int]:
+def server_settings() -> list[tuple[int, int]]:
     """The SETTINGS the agent announces to clients: Envoy 1.40's."""
-    return {
-        h2.settings.SettingCodes.HEADER_TABLE_SIZE: limits.H2_HEADER_TABLE_SIZE,
-        h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
-        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.H2_MAX_CONCURRENT_STREAMS,
-        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.H2_INITIAL_STREAM_WINDOW,
-    }
+    return [
+        (h2.settings.SettingCodes.HEADER_TABLE_SIZE, limits.H2_HEADER_TABLE_SIZE),
+        (h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL, 0),
+        (h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS, limits.H2_MAX_CONCURRENT_STREAMS),
+        (h2.settings.SettingCodes.INITIAL_WINDOW_SIZE, limits.H2_INITIAL_STREAM_WINDOW),
+    ]
 
 
 def response_headers(status: int, headers: Sequence[Header]) -> list[Header]:
@@ -505,7 +492,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
     """One HTTP/2 client connection: its streams, Envoy's limits, one timer."""
 
     def __init__(self, proxy: Proxy, state: routing.ListenerState, *, tls: bool = False) -> None:
-        super().__init__(_SERVER_CONFIG)
+        super().__init__()
         self.proxy = proxy
         self.state = state
         routes = state.routes
@@ -542,19 +529,13 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
             self.data_received(data)
 
     def _start(self) -> None:
-        h = self.h2
-        h.local_settings.update(server_settings())
-        h.local_settings.acknowledge()  # enforced from now on: what we announce is what we apply
         opts = self.proxy.cfg.http
-        h.decoder.max_header_list_size = limits.H2_HPACK_BOMB_FACTOR * opts.max_request_headers_kb * 1024
-        h.max_inbound_frame_size = h.local_settings.max_frame_size
-        h.initiate_connection()
-        # initiate_connection sent our SETTINGS; the local side re-announced above is already in force, except
-        # the stream limit: h2 ends the whole connection for a stream over it, Envoy refuses only that stream
-        # (RST_STREAM REFUSED_STREAM, `_request`), so h2 itself is told no limit
-        h.local_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = _NO_STREAM_LIMIT
-        h.local_settings.acknowledge()
-        h.increment_flow_control_window(limits.H2_INITIAL_CONNECTION_WINDOW - 65535)
+        self.start_codec(
+            server=True,
+            settings=server_settings(),
+            connection_window=limits.H2_INITIAL_CONNECTION_WINDOW,
+            max_header_bytes=limits.H2_HPACK_BOMB_FACTOR * opts.max_request_headers_kb * 1024,
+        )
         self.flush()
         self.timer.arm_idle(self.proxy.idle_timeout_s)
 
@@ -572,10 +553,10 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.receive(data)
-        except h2.exceptions.ProtocolError as exc:
+        except h2wire.PROTOCOL_ERRORS as exc:
             log.debug("h2 connection %d: protocol error: %s", self.id, exc)
             self.going_away = True
-            self.flush()  # h2 queued its GOAWAY
+            self.flush()  # the codec queued its GOAWAY
             if self.transport is not None:
                 self.transport.close()
             return
@@ -599,21 +580,17 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
                 ex.up.resume_reading()
 
     # --- events ---
-    def _event(self, event: h2.events.Event) -> None:  # noqa: PLR0912 - one branch per h2 event type
-        t = type(event)
-        if t is h2.events.RequestReceived:
-            ev = cast(h2.events.RequestReceived, event)
-            self._request(ev.stream_id, ev.headers, ev.stream_ended is not None)
-        elif t is h2.events.DataReceived:
-            ev_d = cast(h2.events.DataReceived, event)
-            sid = ev_d.stream_id
-            size = ev_d.flow_controlled_length
+    def _event(self, ev: h2wire.Event) -> None:  # noqa: PLR0912 - one branch per event kind
+        kind = ev[0]
+        if kind == h2wire.EV_DATA:
+            sid = ev[1]
+            size = ev[4]
             ex = self.streams.get(sid)
             if ex is None:
                 if size:
                     self.ack(sid, size)
                 return
-            end = ev_d.stream_ended is not None
+            end = ev[3]
             if end:
                 ex.end_in = True
             if size:
@@ -621,33 +598,32 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
                     ex.unacked += size
                 else:
                     self.ack(sid, size)
-            ex.request_data(ev_d.data, end)
-        elif t is h2.events.TrailersReceived:
-            ev_t = cast(h2.events.TrailersReceived, event)
-            ex = self.streams.get(ev_t.stream_id)
+            ex.request_data(ev[2], end)
+        elif kind == h2wire.EV_REQUEST:
+            self._request(ev[1], ev[2], ev[3])
+        elif kind == h2wire.EV_TRAILERS:
+            ex = self.streams.get(ev[1])
             if ex is not None:
                 ex.end_in = True
-                ex.request_trailers([(n, v) for n, v in ev_t.headers])
-        elif t is h2.events.StreamEnded:
-            ex = self.streams.get(cast(h2.events.StreamEnded, event).stream_id)
+                ex.request_trailers([(n, v) for n, v in ev[2]])
+        elif kind == h2wire.EV_END:
+            ex = self.streams.get(ev[1])
             if ex is not None and not ex.end_in:  # ended without data in this event (never, with h2 4.x)
                 ex.end_in = True
                 ex.request_data(b"", True)
-        elif t is h2.events.StreamReset:
-            ev_x = cast(h2.events.StreamReset, event)
-            ex = self.streams.get(ev_x.stream_id)
-            if ex is not None and ev_x.remote_reset:
+        elif kind == h2wire.EV_RESET:
+            ex = self.streams.get(ev[1])
+            if ex is None:
+                return
+            if ev[3]:  # the client's RST_STREAM
                 self.proxy.stats.downstream_rq_rx_reset += 1
                 if self.proxy.loop.time() - ex.created < limits.H2_PREMATURE_RESET_MIN_LIFETIME_S:
                     self.premature_resets += 1
-                self.forget_stream(ex.out)
-                ex.peer_reset()
-        elif t is h2.events.WindowUpdated or t is h2.events.RemoteSettingsChanged:
-            self.unblock()
-        elif t is h2.events.ConnectionTerminated:
-            ev_g = cast(h2.events.ConnectionTerminated, event)
+            self.forget_stream(ex.out)
+            ex.peer_reset()
+        elif kind == h2wire.EV_GOAWAY:
             self.going_away = True
-            if ev_g.error_code:
+            if ev[4]:
                 self.abort()
             elif not self.streams:
                 self.close()
@@ -696,25 +672,16 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
             )
         return info
 
-    def ack(self, sid: int, size: int) -> None:
-        try:
-            self.h2.acknowledge_received_data(size, sid)
-        except h2wire.SEND_ERRORS:
-            return
-        self.schedule_flush()
-
-    def send_failed(self, s: h2wire.OutStream) -> None:
-        ex = self.streams.get(s.id)
+    def send_failed(self, sid: int) -> None:
+        ex = self.streams.get(sid)
         if ex is not None:
             ex.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
         else:
-            self.reset_stream(s, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.reset_stream(h2wire.OutStream(sid), h2.errors.ErrorCodes.INTERNAL_ERROR)
 
     def reset_after_response(self, s: h2wire.OutStream) -> None:
         """The response ended before the request did: the client may stop sending (RFC 9113 8.1)."""
-        if s.pending or s in self._blocked:
-            return  # the reset would cut the response: the request's remainder is read and dropped instead
-        self.reset_stream(s, h2.errors.ErrorCodes.NO_ERROR)
+        self.reset_after_end(s)
 
     def stream_done(self, ex: H2Exchange) -> None:
         if self.streams.pop(ex.out.id, None) is None:

@@ -1,12 +1,12 @@
 """The upstream side for clusters that speak HTTP/2 (`Cluster.http2`): one h2c connection carrying many
 streams (`H2Upstream`), a request on it (`UpStream`) and the cluster's connections (`H2Pool`).
 
-Used by the HTTP/2 downstream (`meshplug.agent.h2down`), the HTTP/1.1 exchanges of listeners whose cluster
-speaks HTTP/2, and plugins' HTTP and gRPC calls (`meshplug.agent.grpccall`). Framing and HPACK are the `h2`
-library's (sans-IO); this module does the I/O, flow control and stream bookkeeping. A stream delivers its
-response to a `meshplug.agent.upstream.Sink` exactly as an HTTP/1.1 connection does (`up_headers`, `up_body`
-per DATA frame, `up_trailers`, `up_complete`, `up_failed` with Envoy's reset reason), so the exchanges do not
-care which protocol the cluster speaks.
+Used by the HTTP/2 downstream (`meshplug.agent.h2down`), the HTTP/1.1 exchanges of listeners whose cluster speaks
+HTTP/2, and plugins' HTTP and gRPC calls (`meshplug.agent.grpccall`). Framing, HPACK and flow control are the
+codec's (`meshplug.agent.h2wire`); this module does the I/O, backpressure and stream bookkeeping. A stream delivers
+its response to a `meshplug.agent.upstream.Sink` exactly as an HTTP/1.1 connection does (`up_headers`, `up_body`
+per DATA frame, `up_trailers`, `up_complete`, `up_failed` with Envoy's reset reason), so the exchanges do not care
+which protocol the cluster speaks.
 
 Connections are opened with prior knowledge (the preface at once, Envoy's `http2_protocol_options` on a
 plaintext cluster) and shared: a new stream goes on the newest connection that has room under the server's
@@ -24,11 +24,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Final, cast
 
-import h2.config
-import h2.connection
 import h2.errors
-import h2.events
-import h2.exceptions
 import h2.settings
 
 from meshplug import limits
@@ -44,26 +40,17 @@ RESET_REMOTE: Final = "remote reset"
 RESET_REFUSED: Final = "remote refused stream reset"
 RESET_OVERFLOW: Final = "overflow"
 
-_CLIENT_CONFIG: Final = h2.config.H2Configuration(
-    client_side=True,
-    header_encoding=None,
-    validate_outbound_headers=False,  # what we send was checked where it entered the proxy
-    normalize_outbound_headers=False,
-    validate_inbound_headers=False,  # h2wire.received_headers: the same checks, compiled (H2Peer.receive)
-    normalize_inbound_headers=False,
-)
 
-
-def client_settings() -> dict[h2.settings.SettingCodes | int, int]:
+def client_settings() -> list[tuple[int, int]]:
     """The SETTINGS the agent sends an upstream: header table and list size, no push. The stream window is
-    opened per stream by a WINDOW_UPDATE after its HEADERS (`H2Upstream.send_headers`), not by
+    opened per stream by a WINDOW_UPDATE after its HEADERS (the codec's `stream_window`), not by
     SETTINGS_INITIAL_WINDOW_SIZE: grpc-core's server ignores a larger initial window for a stream opened
     in the same flight as the SETTINGS and stalls at 64 KiB (seen with grpcio 1.85)."""
-    return {
-        h2.settings.SettingCodes.ENABLE_PUSH: 0,
-        h2.settings.SettingCodes.HEADER_TABLE_SIZE: limits.H2_HEADER_TABLE_SIZE,
-        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.H2_MAX_HEADER_LIST_BYTES,
-    }
+    return [
+        (h2.settings.SettingCodes.ENABLE_PUSH, 0),
+        (h2.settings.SettingCodes.HEADER_TABLE_SIZE, limits.H2_HEADER_TABLE_SIZE),
+        (h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE, limits.H2_MAX_HEADER_LIST_BYTES),
+    ]
 
 
 class UpStream(h2wire.OutStream):
@@ -101,7 +88,7 @@ class UpStream(h2wire.OutStream):
         if self.paused:
             self.paused = False
             if self.unacked and not self.closed:
-                self.conn.ack(self, self.unacked)
+                self.conn.ack(self.id, self.unacked)
             self.unacked = 0
 
 
@@ -109,7 +96,7 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
     """One HTTP/2 connection to a cluster: its streams and their flow control."""
 
     def __init__(self, pool: H2Pool) -> None:
-        super().__init__(_CLIENT_CONFIG)
+        super().__init__()
         self.pool = pool
         self.streams: dict[int, UpStream] = {}
         self.goaway_seen = False
@@ -120,10 +107,13 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.pool.stats.upstream_cx_total += 1
         self.pool.stats.upstream_cx_active += 1
-        h = self.h2
-        h.local_settings.update(client_settings())  # sent with the preface, applied once acknowledged
-        h.initiate_connection()
-        h.increment_flow_control_window(limits.H2_INITIAL_CONNECTION_WINDOW - 65535)
+        self.start_codec(  # SETTINGS sent with the preface, applied once acknowledged
+            server=False,
+            settings=client_settings(),
+            connection_window=limits.H2_INITIAL_CONNECTION_WINDOW,
+            max_header_bytes=limits.H2_MAX_HEADER_LIST_BYTES,
+            stream_window=limits.H2_INITIAL_STREAM_WINDOW,  # a WINDOW_UPDATE after each stream's HEADERS
+        )
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -135,9 +125,9 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.receive(data)
-        except h2.exceptions.ProtocolError:
+        except h2wire.PROTOCOL_ERRORS:
             self.goaway_seen = True
-            self.flush()  # h2 queued its GOAWAY
+            self.flush()  # the codec queued its GOAWAY
             self._fail_all(wire.RESET_PROTOCOL)
             self.close()
             return
@@ -158,71 +148,64 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
             if s.sink is not None:
                 s.sink.up_resume()
 
-    def _event(self, event: h2.events.Event) -> None:  # noqa: PLR0912, PLR0915 - one branch per h2 event type
-        t = type(event)
-        if t is h2.events.DataReceived:
-            ev_d = cast(h2.events.DataReceived, event)
-            sid = ev_d.stream_id
+    def _event(self, ev: h2wire.Event) -> None:  # noqa: PLR0912, PLR0915 - one branch per event kind
+        kind = ev[0]
+        if kind == h2wire.EV_DATA:
+            sid = ev[1]
             s = self.streams.get(sid)
-            size = ev_d.flow_controlled_length
+            size = ev[4]
             if s is None:
                 if size:
-                    self.h2.acknowledge_received_data(size, sid)
+                    self.codec.ack(sid, size)
                 return
             if size:
                 if s.paused:
                     s.unacked += size
                 else:
-                    self.h2.acknowledge_received_data(size, sid)
-            data = ev_d.data
+                    self.codec.ack(sid, size)
+            data = ev[2]
             if data and s.sink is not None:
                 s.sink.up_body(data)
-            if ev_d.stream_ended is not None:
+            if ev[3]:
                 self._ended(s)
-        elif t is h2.events.ResponseReceived:
-            ev_r = cast(h2.events.ResponseReceived, event)
-            s = self.streams.get(ev_r.stream_id)
+        elif kind == h2wire.EV_RESPONSE:
+            s = self.streams.get(ev[1])
             if s is None or s.sink is None:
                 return
             status = 0
             headers: list[Header] = []
-            for name, value in ev_r.headers:
+            for name, value in ev[2]:
                 if name == b":status":
                     status = int(value)
                 elif name[:1] != b":":
                     headers.append((name, value))
-            ended = ev_r.stream_ended is not None
+            ended = ev[3]
             s.sink.up_headers(status, b"", headers, wire.END_STREAM if ended else None)
             if ended:
                 self._ended(s)
-        elif t is h2.events.TrailersReceived:
-            ev_t = cast(h2.events.TrailersReceived, event)
-            s = self.streams.get(ev_t.stream_id)
+        elif kind == h2wire.EV_TRAILERS:
+            s = self.streams.get(ev[1])
             if s is not None:
                 if s.sink is not None:
-                    s.sink.up_trailers([(n, v) for n, v in ev_t.headers if n[:1] != b":"])
+                    s.sink.up_trailers([(n, v) for n, v in ev[2] if n[:1] != b":"])
                 self._ended(s)
-        elif t is h2.events.StreamEnded:
-            s = self.streams.get(cast(h2.events.StreamEnded, event).stream_id)
+        elif kind == h2wire.EV_END:
+            s = self.streams.get(ev[1])
             if s is not None:
                 self._ended(s)
-        elif t is h2.events.StreamReset:
-            ev_x = cast(h2.events.StreamReset, event)
-            s = self.streams.pop(ev_x.stream_id, None)
+        elif kind == h2wire.EV_RESET:
+            s = self.streams.pop(ev[1], None)
             if s is not None:
                 self.forget_stream(s)
                 sink, s.sink = s.sink, None
                 if sink is not None:
-                    refused = ev_x.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                    refused = ev[4] == h2.errors.ErrorCodes.REFUSED_STREAM
                     sink.up_failed(RESET_REFUSED if refused else RESET_REMOTE)
                 self._settle()
-        elif t is h2.events.WindowUpdated or t is h2.events.RemoteSettingsChanged:
-            self.unblock()  # a larger window may let waiting bodies go
-        elif t is h2.events.ConnectionTerminated:
-            ev_g = cast(h2.events.ConnectionTerminated, event)
+        elif kind == h2wire.EV_GOAWAY:
             self.goaway_seen = True
             self.pool.forget(self)
-            last = ev_g.last_stream_id or 0
+            last = ev[1]
             for sid in [sid for sid in self.streams if sid > last]:
                 s = self.streams.pop(sid)
                 self.forget_stream(s)
@@ -256,34 +239,23 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
     def has_room(self) -> bool:
         if self.goaway_seen or self.closed or self.transport is None or self.transport.is_closing():
             return False
-        remote = self.h2.remote_settings.max_concurrent_streams
+        remote = self.codec.remote_max_streams()
         return len(self.streams) < min(remote, limits.H2_UPSTREAM_MAX_STREAMS)
 
     def open(self, sink: Sink) -> UpStream:
-        s = UpStream(self, self.h2.get_next_available_stream_id(), sink)
+        s = UpStream(self, self.codec.next_stream_id(), sink)
         self.streams[s.id] = s
         self.pool.stats.upstream_rq_total += 1
         return s
 
-    def send_headers(self, s: h2wire.OutStream, headers: Sequence[Header], end_stream: bool) -> None:
-        super().send_headers(s, headers, end_stream)
-        if not s.closed:  # the response's window: Envoy's initial stream window (see client_settings)
-            with contextlib.suppress(*h2wire.SEND_ERRORS):
-                self.h2.increment_flow_control_window(limits.H2_INITIAL_STREAM_WINDOW - 65535, s.id)
-
-    def send_failed(self, s: h2wire.OutStream) -> None:
-        up = self.streams.get(s.id)
+    def send_failed(self, sid: int) -> None:
+        up = self.streams.get(sid)
         sink = None
         if up is not None:
             sink, up.sink = up.sink, None
-        self.drop(s, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        self.drop(up or h2wire.OutStream(sid), h2.errors.ErrorCodes.INTERNAL_ERROR)
         if sink is not None:
             sink.up_failed(wire.RESET_PROTOCOL)
-
-    def ack(self, s: UpStream, size: int) -> None:
-        with contextlib.suppress(*h2wire.SEND_ERRORS):
-            self.h2.acknowledge_received_data(size, s.id)
-        self.schedule_flush()
 
     def drop(self, s: h2wire.OutStream, code: int) -> None:
         """Reset `s` and forget it (its sink is told nothing)."""

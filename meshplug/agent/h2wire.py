@@ -1,27 +1,38 @@
-"""What both ends of the agent's HTTP/2 share: a connection's outbound half (`H2Peer`: flow-controlled DATA,
-trailers, one write per loop iteration) and a stream's outbound state (`OutStream`).
+"""What both ends of the agent's HTTP/2 share: the codec (`Codec`: framing, HPACK, stream states, flow
+control), a connection over an asyncio transport (`H2Peer`: one write per loop iteration) and a stream's
+outbound state (`OutStream`).
 
-Base of `meshplug.agent.h2down.H2Downstream` (clients) and `meshplug.agent.h2up.H2Upstream` (clusters). The
-`h2` library (sans-IO) does framing, HPACK and the flow-control arithmetic; a body that does not fit the
-peer's window waits here until a WINDOW_UPDATE (or a SETTINGS change) opens it, then its end or trailers
-follow it. HPACK is `meshplug.agent.hpackcache`'s (the library's, with a cache), the connection
-`meshplug.agent.h2conn`'s (the library's, without its trace formatting), and the inbound header checks are
-`received_headers` here (the library's, compiled). Imports nothing else of the data path.
+Base of `meshplug.agent.h2down.H2Downstream` (clients) and `meshplug.agent.h2up.H2Upstream` (clusters). Two
+codecs answer the same interface (`Codec`) with the same events (`EV_*` tuples, one list per read):
+
+* `meshplug.agent._h2codec.Session` (meshplug/agent/_h2codec.c, built by `make native`): libnghttp2, the
+  library Envoy's HTTP/2 codec is built on, with Envoy's options; frames, HPACK, header checks, DATA framing
+  and both windows never reach Python.
+* `PyCodec` (no native build, MESHPLUG_NATIVE=0): the `h2` library (sans-IO) with HPACK from
+  `meshplug.agent.hpackcache` (the library's, with a cache), the connection `meshplug.agent.h2conn`'s (the
+  library's, without its trace formatting) and the inbound header checks `received_headers` here (the
+  library's, compiled); a body that does not fit the peer's window waits here until a WINDOW_UPDATE (or a
+  SETTINGS change) opens it, then its end or trailers follow it.
+
+Imports nothing else of the data path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
-from collections.abc import Sequence
-from typing import Any, Final, cast
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol, cast
 
 import h2.config
 import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 from hpack import NeverIndexedHeaderTuple
 
 from meshplug.agent.h2conn import Connection
@@ -178,39 +189,164 @@ def check_received(events: list[h2.events.Event]) -> None:
             block.headers = received_headers(block.headers, kind)
 
 
-class OutStream:
-    """A stream's outbound half: body bytes waiting for window, then its end or its trailers."""
+# --- the codec interface: what `_h2codec.Session` and `PyCodec` both answer ---
+#: events, one tuple each: (kind, stream id, obj, flag, num) -- see the kinds
+Event = tuple[int, int, Any, bool, int]
+#: a request head (obj: [(name, value)], flag: END_STREAM)
+EV_REQUEST: Final = 1
+#: a final response head (1xx are not handed over)
+EV_RESPONSE: Final = 2
+#: trailers (flag: END_STREAM)
+EV_TRAILERS: Final = 3
+#: a DATA frame (obj: its payload, flag: END_STREAM, num: flow-controlled bytes to acknowledge)
+EV_DATA: Final = 4
+#: the stream was reset (flag: by the peer's RST_STREAM, else by the codec for a stream error; num: the code)
+EV_RESET: Final = 5
+#: the stream ended with no frame of its own (h2 only: END_STREAM already came with its frame's event)
+EV_END: Final = 6
+#: GOAWAY received (stream id: the last stream id, num: error code)
+EV_GOAWAY: Final = 7
 
-    __slots__ = ("closed", "end_pending", "id", "pending", "trailers_pending")
+
+class Codec(Protocol):
+    """One HTTP/2 connection's codec, server or client side (see meshplug/agent/_h2codec.c)."""
+
+    def receive(self, data: bytes) -> list[Event]: ...
+    def data_to_send(self) -> bytes: ...
+    def send_headers(self, sid: int, headers: Sequence[Header], end_stream: bool) -> bool: ...
+    def send_data(self, sid: int, data: bytes, end_stream: bool) -> bool: ...
+    def send_trailers(self, sid: int, trailers: Sequence[Header]) -> bool: ...
+    def reset(self, sid: int, code: int) -> None: ...
+    def forget(self, sid: int) -> None: ...
+    def reset_after_end(self, sid: int) -> None: ...
+    def ack(self, sid: int, size: int) -> None: ...
+    def goaway(self, code: int, last_stream_id: int) -> None: ...
+    def buffered(self) -> int: ...
+    def remote_max_streams(self) -> int: ...
+    def next_stream_id(self) -> int: ...
+
+
+def _native_codec() -> Any:
+    """meshplug.agent._h2codec when the native build is in use (meshplug.native.guard refuses a stale one); a
+    build that cannot load (libnghttp2 missing at run time) is an error under MESHPLUG_REQUIRE_NATIVE=1."""
+    try:
+        return importlib.import_module("meshplug.agent._h2codec")
+    except ImportError:
+        if os.environ.get("MESHPLUG_REQUIRE_NATIVE") == "1" and os.environ.get("MESHPLUG_NATIVE") != "0":
+            raise
+        return None
+
+
+_NATIVE: Final[Any] = _native_codec()
+#: which codec the agent's HTTP/2 runs on ("nghttp2 <version>" or "h2")
+CODEC_NAME: Final = f"nghttp2 {_NATIVE.NGHTTP2_VERSION}" if _NATIVE is not None else "h2"
+#: what `Codec.receive` raises when the peer broke the protocol (the codec's GOAWAY is queued)
+PROTOCOL_ERRORS: Final[tuple[type[Exception], ...]] = (h2.exceptions.ProtocolError,) + (
+    (cast(type[Exception], _NATIVE.CodecError),) if _NATIVE is not None else ()
+)
+
+
+def new_codec(
+    *,
+    server: bool,
+    settings: Sequence[tuple[int, int]],
+    connection_window: int,
+    max_header_bytes: int,
+    stream_window: int,
+    on_failed: Callable[[int], None],
+    native: bool = True,
+) -> Codec:
+    """A connection's codec, its SETTINGS and connection window queued: nghttp2 when built, else h2.
+    `on_failed(sid)`: a queued body or trailers could not be sent later (h2 only; nghttp2 answers at once)."""
+    if native and _NATIVE is not None:
+        return cast(Codec, _NATIVE.Session(server, list(settings), connection_window, max_header_bytes, stream_window))
+    return PyCodec(
+        server,
+        settings,
+        connection_window=connection_window,
+        max_header_bytes=max_header_bytes,
+        stream_window=stream_window,
+        on_failed=on_failed,
+    )
+
+
+#: h2's events -> ours
+_KINDS: Final[dict[type, int]] = {
+    h2.events.RequestReceived: EV_REQUEST,
+    h2.events.ResponseReceived: EV_RESPONSE,
+    h2.events.TrailersReceived: EV_TRAILERS,
+    h2.events.DataReceived: EV_DATA,
+    h2.events.StreamReset: EV_RESET,
+    h2.events.StreamEnded: EV_END,
+    h2.events.ConnectionTerminated: EV_GOAWAY,
+}
+#: what h2 enforces as SETTINGS_MAX_CONCURRENT_STREAMS on a server (the announced limit is applied per stream)
+_NO_STREAM_LIMIT: Final = 2**31 - 1
+
+
+class _Out:
+    """A stream's outbound half in `PyCodec`: body bytes waiting for window, then its end or its trailers."""
+
+    __slots__ = ("end_pending", "id", "pending", "trailers_pending")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
         self.pending = bytearray()
         self.end_pending = False
         self.trailers_pending: Sequence[Header] | None = None
-        self.closed = False
 
 
-class H2Peer:
-    """An HTTP/2 connection's outbound half over an asyncio transport."""
+class PyCodec:
+    """`Codec` over the `h2` library (the fallback without a native build)."""
 
-    def __init__(self, config: h2.config.H2Configuration) -> None:
+    def __init__(
+        self,
+        server: bool,
+        settings: Sequence[tuple[int, int]],
+        *,
+        connection_window: int,
+        max_header_bytes: int,
+        stream_window: int,
+        on_failed: Callable[[int], None],
+        config: h2.config.H2Configuration | None = None,
+    ) -> None:
+        if config is None:
+            config = h2.config.H2Configuration(
+                client_side=not server,
+                header_encoding=None,
+                validate_inbound_headers=False,  # received_headers: the same checks, compiled (receive)
+                normalize_inbound_headers=False,
+                validate_outbound_headers=False,  # checked where it entered the proxy
+                normalize_outbound_headers=False,
+            )
         conn = Connection(config=config)
         # HPACK that reuses what it just encoded or decoded (meshplug.agent.hpackcache), set before any frame
         conn.encoder = CachedEncoder()
         conn.decoder = CachedDecoder(conn.decoder.max_header_list_size)
         self.h2 = conn
-        self.transport: asyncio.Transport | None = None
-        self._blocked: set[OutStream] = set()  # streams whose body waits for window
-        self._flush_scheduled = False
+        self.server = server
+        self.stream_window = stream_window
+        self.on_failed = on_failed
+        self._out: dict[int, _Out] = {}
+        self._blocked: set[_Out] = set()  # streams whose body waits for window
+        h = conn
+        h.local_settings.update(dict(settings))
+        if server:
+            h.local_settings.acknowledge()  # enforced from now on: what we announce is what we apply
+            h.decoder.max_header_list_size = max_header_bytes
+            h.max_inbound_frame_size = h.local_settings.max_frame_size
+        h.initiate_connection()
+        if server:
+            # the local side re-announced above is in force, except the stream limit: h2 ends the whole
+            # connection for a stream over it, Envoy refuses only that stream (RST_STREAM REFUSED_STREAM, which
+            # h2down does), so h2 itself is told no limit
+            h.local_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = _NO_STREAM_LIMIT
+            h.local_settings.acknowledge()
+        if connection_window > 65535:
+            h.increment_flow_control_window(connection_window - 65535)
 
-    # what subclasses answer
-    def send_failed(self, s: OutStream) -> None:
-        """`s` could not be sent (h2 refused it: closed stream, bad header): reset it and tell its owner."""
-        raise NotImplementedError
-
-    def receive(self, data: bytes) -> list[h2.events.Event]:
-        """h2's events for `data`, their header blocks checked (`received_headers`); h2's ProtocolError (its
+    def receive(self, data: bytes) -> list[Event]:
+        """Our events for h2's, their header blocks checked (`received_headers`); h2's ProtocolError (its
         GOAWAY queued) when the peer broke the protocol."""
         h = self.h2
         events = h.receive_data(data)
@@ -219,38 +355,61 @@ class H2Peer:
         except h2.exceptions.ProtocolError:
             h.close_connection(error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR)  # as h2 ends it
             raise
-        return events
+        out: list[Event] = []
+        for event in events:
+            t = type(event)
+            kind = _KINDS.get(t, 0)
+            ev = cast(Any, event)
+            if kind == EV_DATA:
+                out.append((kind, ev.stream_id, ev.data, ev.stream_ended is not None, ev.flow_controlled_length))
+            elif kind in (EV_REQUEST, EV_RESPONSE, EV_TRAILERS):
+                out.append((kind, ev.stream_id, ev.headers, ev.stream_ended is not None, 0))
+            elif kind == EV_END:
+                out.append((kind, ev.stream_id, None, True, 0))
+            elif kind == EV_RESET:
+                if ev.remote_reset:
+                    self.forget(ev.stream_id)
+                out.append((kind, ev.stream_id, None, bool(ev.remote_reset), int(ev.error_code)))
+            elif kind == EV_GOAWAY:
+                out.append((kind, ev.last_stream_id or 0, None, False, int(ev.error_code or 0)))
+            elif t is h2.events.WindowUpdated or t is h2.events.RemoteSettingsChanged:
+                self._unblock()  # a larger window may let waiting bodies go
+        return out
 
-    # sending
-    def send_headers(self, s: OutStream, headers: Sequence[Header], end_stream: bool) -> None:
-        if s.closed:
-            return
+    def data_to_send(self) -> bytes:
+        return self.h2.data_to_send()
+
+    def send_headers(self, sid: int, headers: Sequence[Header], end_stream: bool) -> bool:
+        h = self.h2
         try:
-            self.h2.send_headers(s.id, headers, end_stream=end_stream)
+            h.send_headers(sid, headers, end_stream=end_stream)
         except SEND_ERRORS:
-            self.send_failed(s)
-            return
-        self.schedule_flush()
+            return False
+        if not self.server and self.stream_window > 65535:  # the response's window (h2up.client_settings)
+            with contextlib.suppress(*SEND_ERRORS):
+                h.increment_flow_control_window(self.stream_window - 65535, sid)
+        return True
 
-    def send_data(self, s: OutStream, data: bytes, end_stream: bool) -> None:
-        if s.closed or (not data and not end_stream):
-            return
+    def _stream(self, sid: int) -> _Out:
+        s = self._out.get(sid)
+        if s is None:
+            s = self._out[sid] = _Out(sid)
+        return s
+
+    def send_data(self, sid: int, data: bytes, end_stream: bool) -> bool:
+        s = self._stream(sid)
         s.pending += data
         s.end_pending = s.end_pending or end_stream
-        if s not in self._blocked:
-            self._push(s)
-            self.schedule_flush()
+        return s in self._blocked or self._push(s)
 
-    def send_trailers(self, s: OutStream, trailers: Sequence[Header]) -> None:
-        if s.closed:
-            return
+    def send_trailers(self, sid: int, trailers: Sequence[Header]) -> bool:
+        s = self._stream(sid)
         s.trailers_pending = list(trailers)
-        if s not in self._blocked:
-            self._push(s)
-            self.schedule_flush()
+        return s in self._blocked or self._push(s)
 
-    def _push(self, s: OutStream) -> None:
-        """Send what `s` has pending, then its end or trailers, as far as the windows allow."""
+    def _push(self, s: _Out) -> bool:
+        """Send what `s` has pending, then its end or trailers, as far as the windows allow; False when h2
+        refused it (the stream is forgotten)."""
         h = self.h2
         pending = s.pending
         try:
@@ -267,7 +426,7 @@ class H2Peer:
                 window = min(h.local_flow_control_window(s.id), h.max_outbound_frame_size)
                 if window <= 0:
                     self._blocked.add(s)
-                    return
+                    return True
                 chunk = bytes(pending[:window])
                 del pending[:window]
                 last = not pending and s.trailers_pending is None and s.end_pending
@@ -277,32 +436,152 @@ class H2Peer:
                 if last:
                     break
             self._blocked.discard(s)
+            if not s.pending and s.trailers_pending is None and not s.end_pending:
+                self._out.pop(s.id, None)
+            return True
         except SEND_ERRORS:
-            self._blocked.discard(s)
-            self.send_failed(s)
+            self.forget(s.id)
+            return False
 
-    def unblock(self) -> None:
+    def _unblock(self) -> None:
         """Windows opened: send what waited."""
         for s in list(self._blocked):
             self._blocked.discard(s)
-            if not s.closed:
-                self._push(s)
+            if not self._push(s):
+                self.on_failed(s.id)
+
+    def forget(self, sid: int) -> None:
+        s = self._out.pop(sid, None)
+        if s is not None:
+            s.pending.clear()
+            self._blocked.discard(s)
+
+    def reset(self, sid: int, code: int) -> None:
+        self.forget(sid)
+        with contextlib.suppress(*SEND_ERRORS):
+            self.h2.reset_stream(sid, code)
+
+    def reset_after_end(self, sid: int) -> None:
+        s = self._out.get(sid)
+        if s is not None and (s.pending or s in self._blocked):
+            return  # the reset would cut the response: the request's remainder is read and dropped instead
+        self.reset(sid, h2.errors.ErrorCodes.NO_ERROR)
+
+    def ack(self, sid: int, size: int) -> None:
+        with contextlib.suppress(*SEND_ERRORS):
+            self.h2.acknowledge_received_data(size, sid)
+
+    def goaway(self, code: int, last_stream_id: int) -> None:
+        with contextlib.suppress(*SEND_ERRORS):
+            self.h2.close_connection(error_code=code, last_stream_id=None if last_stream_id < 0 else last_stream_id)
+
+    def buffered(self) -> int:
+        return sum(len(s.pending) for s in self._blocked)
+
+    def remote_max_streams(self) -> int:
+        return int(self.h2.remote_settings.max_concurrent_streams)
+
+    def next_stream_id(self) -> int:
+        return int(self.h2.get_next_available_stream_id())
+
+
+class OutStream:
+    """A stream as its connection's owner holds it: its id, and whether it is done with (nothing more is sent)."""
+
+    __slots__ = ("closed", "id")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.closed = False
+
+
+class H2Peer:
+    """An HTTP/2 connection over an asyncio transport: its codec (`start_codec`), one write per loop iteration."""
+
+    def __init__(self) -> None:
+        self.codec: Codec = _UNSTARTED
+        self.transport: asyncio.Transport | None = None
+        self._flush_scheduled = False
+
+    def start_codec(
+        self,
+        *,
+        server: bool,
+        settings: Sequence[tuple[int, int]],
+        connection_window: int,
+        max_header_bytes: int,
+        stream_window: int = 0,
+    ) -> None:
+        """The codec, its SETTINGS (and the connection window) queued; the caller flushes."""
+        self.codec = new_codec(
+            server=server,
+            settings=settings,
+            connection_window=connection_window,
+            max_header_bytes=max_header_bytes,
+            stream_window=stream_window,
+            on_failed=self.send_failed,
+        )
+
+    # what subclasses answer
+    def send_failed(self, sid: int) -> None:
+        """Stream `sid` could not be sent (the codec refused it: closed stream, bad header): reset it and tell
+        its owner."""
+        raise NotImplementedError
+
+    def receive(self, data: bytes) -> list[Event]:
+        """The codec's events for `data`; one of PROTOCOL_ERRORS (its GOAWAY queued) when the peer broke the
+        protocol."""
+        return self.codec.receive(data)
+
+    # sending
+    def send_headers(self, s: OutStream, headers: Sequence[Header], end_stream: bool) -> None:
+        if s.closed:
+            return
+        if not self.codec.send_headers(s.id, headers, end_stream):
+            self.send_failed(s.id)
+            return
+        self.schedule_flush()
+
+    def send_data(self, s: OutStream, data: bytes, end_stream: bool) -> None:
+        if s.closed or (not data and not end_stream):
+            return
+        if not self.codec.send_data(s.id, data, end_stream):
+            self.send_failed(s.id)
+            return
+        self.schedule_flush()
+
+    def send_trailers(self, s: OutStream, trailers: Sequence[Header]) -> None:
+        if s.closed:
+            return
+        if not self.codec.send_trailers(s.id, trailers):
+            self.send_failed(s.id)
+            return
+        self.schedule_flush()
+
+    def ack(self, sid: int, size: int) -> None:
+        """`size` received bytes of stream `sid` were taken: the windows may open again."""
+        self.codec.ack(sid, size)
+        self.schedule_flush()
 
     def forget_stream(self, s: OutStream) -> None:
         s.closed = True
-        s.pending.clear()
-        self._blocked.discard(s)
+        self.codec.forget(s.id)
 
     def reset_stream(self, s: OutStream, code: int) -> None:
-        """RST_STREAM `s` (if h2 still has it open) and forget what it had pending."""
-        self.forget_stream(s)
-        with contextlib.suppress(*SEND_ERRORS):
-            self.h2.reset_stream(s.id, code)
+        """RST_STREAM `s` (if still open) and forget what it had pending."""
+        s.closed = True
+        self.codec.reset(s.id, code)
+        self.schedule_flush()
+
+    def reset_after_end(self, s: OutStream) -> None:
+        """Our side of `s` ended before the peer's: RST_STREAM NO_ERROR once our END_STREAM is out (RFC 9113
+        8.1: the peer may stop sending)."""
+        self.codec.reset_after_end(s.id)
         self.schedule_flush()
 
     def buffered(self) -> int:
-        """Bytes waiting for window on all streams."""
-        return sum(len(s.pending) for s in self._blocked)
+        """Body bytes waiting for window on all streams."""
+        return self.codec.buffered()
 
     # writes: everything of one loop iteration in one send
     def schedule_flush(self) -> None:
@@ -312,11 +591,20 @@ class H2Peer:
 
     def flush(self) -> None:
         self._flush_scheduled = False
-        data = self.h2.data_to_send()
+        data = self.codec.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def goaway(self, code: int = h2.errors.ErrorCodes.NO_ERROR, last_stream_id: int | None = None) -> None:
-        with contextlib.suppress(*SEND_ERRORS):
-            self.h2.close_connection(error_code=code, last_stream_id=last_stream_id)
+    def goaway(self, code: int = h2.errors.ErrorCodes.NO_ERROR, last_stream_id: int = -1) -> None:
+        self.codec.goaway(code, last_stream_id)
         self.flush()
+
+
+class _Unstarted:
+    """The codec of a connection before `H2Peer.start_codec`: sends nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"HTTP/2 codec not started ({name})")
+
+
+_UNSTARTED: Final = cast(Codec, _Unstarted())

@@ -1,15 +1,15 @@
 """HPACK with memory: the `hpack` library's encoder and decoder, answering a header block they have just
 produced or read again from a small per-connection cache while the dynamic table has not changed since.
 
-A connection of the agent's HTTP/2 (`meshplug.agent.h2wire.H2Peer`) swaps the `h2` library's HPACK objects
-for these. The same client sends the same request headers call after call (all of them indexed after the
-first: the same bytes, no table change), an upstream answers with the same response head and trailers, and
-the agent sends the same response head within a second (`date` changes once a second): HPACK was a quarter
-of the agent's HTTP/2 CPU (bench/h2_vs_envoy.py, profile in the README). Correctness rests on one fact:
-decoding (or encoding) is a function of the input and the dynamic table, so a result is reused only when the
-table is the one it was computed against (`_Table.changes` counts every insertion, eviction and resize) and
-computing it changed nothing. Limits still hold: a block is only cached after it decoded within the current
-header list and table size limits, and a cached answer is only reused under the same limits.
+The agent's fallback HTTP/2 codec (`meshplug.agent.h2wire.PyCodec`, without a native build) swaps the `h2`
+library's HPACK objects for these. The same client sends the same request headers call after call (all of them
+indexed after the first: the same bytes, no table change), an upstream answers with the same response head and
+trailers, and the agent sends the same response head within a second (`date` changes once a second): HPACK was a
+quarter of the agent's HTTP/2 CPU (bench/h2_vs_envoy.py, profile in the README). Correctness rests on one fact:
+decoding (or encoding) is a function of the input and the dynamic table, so a result is reused only when the table
+is the one it was computed against (`_Table.changes` counts every insertion, eviction and resize) and computing it
+changed nothing. Limits still hold: a block is only cached after it decoded within the current header list and
+table size limits, and a cached answer is only reused under the same limits.
 
 `VOLATILE` headers (x-request-id: new on every request) go out as literals never indexed and not
 Huffman-coded, so they neither churn the dynamic table nor keep the rest of the block from being reused;

@@ -120,6 +120,8 @@ def test_the_image_runs_as_its_non_root_user_with_the_compiled_data_path(image: 
     assert versions["meshplug"] == "0.1.0"
     assert versions["dataplane"] == "compiled", versions
     assert "not installed" not in versions.values(), versions
+    codec = image.run("/opt/meshplug/bin/python", "-c", "from meshplug.agent import h2wire; print(h2wire.CODEC_NAME)")
+    assert codec.stdout.startswith("nghttp2 "), codec.stdout + codec.stderr  # the HTTP/2 codec links in the image
     who = image.run("id", "-u")
     assert who.stdout.strip() == "65532", who.stderr
 

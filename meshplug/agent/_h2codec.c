@@ -1,0 +1,772 @@
+/*
+ * meshplug.agent._h2codec: the agent's HTTP/2 codec over libnghttp2 (the library Envoy's codec is built on),
+ * behind the interface of meshplug/agent/h2wire.py (`Codec`). Framing, HPACK, the stream state machines, the
+ * protocol checks (RFC 9113 header rules, content-length, frame sizes, SETTINGS), DATA framing and both flow
+ * control windows run here; Python sees one list of compact events per read and hands over whole header
+ * lists and bodies.
+ *
+ *   Session(server, settings, connection_window, max_header_bytes, stream_window)
+ *       server: a server session (the agent's downstream), else a client (an HTTP/2 cluster). `settings`:
+ *       [(id, value)] sent at once; `connection_window`: the connection's receive window (a WINDOW_UPDATE);
+ *       `max_header_bytes`: a received header block decoding past this (name + value + 32 per field) ends the
+ *       connection (GOAWAY ENHANCE_YOUR_CALM: an HPACK bomb); `stream_window`: a client stream's receive
+ *       window, opened by a WINDOW_UPDATE once its HEADERS went out (0: the SETTINGS' window).
+ *   receive(data) -> [(kind, stream_id, obj, flag, num)]  raises CodecError after queueing the GOAWAY when the
+ *       peer broke the protocol (a connection error). Kinds (h2wire.EV_*):
+ *         1 request head  (obj: [(name, value)], flag: END_STREAM)
+ *         2 response head (final responses only; 1xx are dropped)
+ *         3 trailers
+ *         4 DATA          (obj: the frame's payload, flag: END_STREAM, num: flow-controlled bytes to ack)
+ *         5 stream reset  (flag: by the peer (RST_STREAM) or by the codec (a stream error), num: error code)
+ *         7 GOAWAY        (stream_id: last stream id, num: error code)
+ *   send_headers(sid, headers, end_stream) -> bool   (a client's first HEADERS opens stream `sid`, which must
+ *       be next_stream_id())
+ *   send_data(sid, data, end_stream) -> bool, send_trailers(sid, trailers) -> bool: queued here, sent as the
+ *       peer's windows allow (trailers after the body, END_STREAM on them)
+ *   reset(sid, code), forget(sid) (nothing more sent or handed over), reset_after_end(sid) (RST_STREAM NO_ERROR once our END_STREAM is out), ack(sid, n)
+ *   goaway(code, last_stream_id (-1: the last one processed)), data_to_send() -> bytes, buffered() -> int,
+ *   remote_max_streams() -> int, next_stream_id() -> int
+ *
+ * nghttp2 options as Envoy 1.40 sets them (source/common/http/http2/codec_impl.cc, Http2Options): no closed
+ * streams kept for priorities, window updates by the application (consumed bytes are acknowledged once the
+ * receiving side took them), no leading/trailing whitespace check on values, no send-side header block limit;
+ * rapid reset is Envoy's premature-reset rule (in h2down), not the library's token bucket.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <nghttp2/nghttp2.h>
+#include <string.h>
+
+#define EV_REQUEST 1
+#define EV_RESPONSE 2
+#define EV_TRAILERS 3
+#define EV_DATA 4
+#define EV_RESET 5
+#define EV_GOAWAY 7
+
+static PyObject *CodecError;
+
+typedef struct buf_s {
+    char *p;
+    size_t len, off, cap;
+} buf_t;
+
+static int buf_put(buf_t *b, const uint8_t *data, size_t n) {
+    if (b->off && b->off == b->len) b->off = b->len = 0;
+    if (b->len + n > b->cap) {
+        if (b->off) {
+            memmove(b->p, b->p + b->off, b->len - b->off);
+            b->len -= b->off;
+            b->off = 0;
+        }
+        if (b->len + n > b->cap) {
+            size_t cap = b->cap ? b->cap : 1024;
+            while (cap < b->len + n) cap *= 2;
+            char *p = PyMem_Realloc(b->p, cap);
+            if (!p) return -1;
+            b->p = p;
+            b->cap = cap;
+        }
+    }
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+    return 0;
+}
+
+static void buf_free(buf_t *b) {
+    PyMem_Free(b->p);
+    b->p = NULL;
+    b->len = b->off = b->cap = 0;
+}
+
+typedef struct stream_s {
+    int32_t id;
+    struct stream_s *prev, *next; /* every stream of the session (freed with it) */
+    PyObject *headers;            /* the header block being received */
+    PyObject *cookies;            /* its cookie fields, joined at its end */
+    size_t header_bytes;
+    buf_t in;                     /* the DATA frame being received */
+    buf_t out;                    /* body waiting to be sent */
+    PyObject *trailers;           /* trailers to send after the body */
+    char final_seen, reset_recv, app_closed, end_pending, has_provider, deferred, rst_after_end, opened;
+} stream_t;
+
+typedef struct {
+    PyObject_HEAD nghttp2_session *session;
+    int server;
+    size_t max_header_bytes;
+    int32_t stream_window;
+    PyObject *events; /* the list receive() fills (NULL outside receive) */
+    buf_t out;        /* serialized frames not yet handed over */
+    stream_t *streams;
+    size_t buffered;  /* body bytes waiting in streams */
+    int app_goaway;   /* a GOAWAY we submitted is on its way */
+    int terminated;   /* the codec ended the connection (a connection error) */
+    int failed;       /* a Python error inside a callback */
+} Session;
+
+static stream_t *stream_new(Session *self, int32_t id) {
+    stream_t *s = PyMem_Calloc(1, sizeof(stream_t));
+    if (!s) return NULL;
+    s->id = id;
+    s->next = self->streams;
+    if (self->streams) self->streams->prev = s;
+    self->streams = s;
+    return s;
+}
+
+static void stream_free(Session *self, stream_t *s) {
+    if (s->prev) s->prev->next = s->next;
+    else self->streams = s->next;
+    if (s->next) s->next->prev = s->prev;
+    Py_CLEAR(s->headers);
+    Py_CLEAR(s->cookies);
+    Py_CLEAR(s->trailers);
+    self->buffered -= s->out.len - s->out.off;
+    buf_free(&s->in);
+    buf_free(&s->out);
+    PyMem_Free(s);
+}
+
+static stream_t *stream_of(Session *self, int32_t id) {
+    stream_t *s = (stream_t *)nghttp2_session_get_stream_user_data(self->session, id);
+    if (s || self->server) return s;
+    /* a client's stream exists in nghttp2 once its HEADERS are serialized; until then it is only ours */
+    for (s = self->streams; s; s = s->next)
+        if (s->id == id && !s->opened) return s;
+    return NULL;
+}
+
+static int emit(Session *self, int kind, int32_t sid, PyObject *obj, int flag, long long num) {
+    if (!self->events) return 0;
+    PyObject *t = Py_BuildValue("(iiOOL)", kind, (int)sid, obj ? obj : Py_None, flag ? Py_True : Py_False, num);
+    if (!t) return -1;
+    int rv = PyList_Append(self->events, t);
+    Py_DECREF(t);
+    return rv;
+}
+
+/* --- header lists: Python [(bytes, bytes)] <-> nghttp2_nv --- */
+static nghttp2_nv *to_nva(PyObject *headers, size_t *count, PyObject **fast_out) {
+    PyObject *fast = PySequence_Fast(headers, "headers must be a sequence");
+    if (!fast) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    nghttp2_nv *nva = PyMem_Malloc(sizeof(nghttp2_nv) * (n ? n : 1));
+    if (!nva) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *h = PySequence_Fast_GET_ITEM(fast, i);
+        if (!PyTuple_Check(h) || PyTuple_GET_SIZE(h) < 2 || !PyBytes_Check(PyTuple_GET_ITEM(h, 0)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(h, 1))) {
+            PyMem_Free(nva);
+            Py_DECREF(fast);
+            PyErr_SetString(PyExc_TypeError, "a header must be a (bytes, bytes) tuple");
+            return NULL;
+        }
+        PyObject *name = PyTuple_GET_ITEM(h, 0), *value = PyTuple_GET_ITEM(h, 1);
+        nva[i].name = (uint8_t *)PyBytes_AS_STRING(name);
+        nva[i].namelen = (size_t)PyBytes_GET_SIZE(name);
+        nva[i].value = (uint8_t *)PyBytes_AS_STRING(value);
+        nva[i].valuelen = (size_t)PyBytes_GET_SIZE(value);
+        /* x-request-id is new on every request: never indexed, it would only churn the dynamic table */
+        nva[i].flags = (nva[i].namelen == 12 && memcmp(nva[i].name, "x-request-id", 12) == 0)
+                           ? NGHTTP2_NV_FLAG_NO_INDEX
+                           : NGHTTP2_NV_FLAG_NONE;
+    }
+    *count = (size_t)n;
+    *fast_out = fast;
+    return nva;
+}
+
+/* --- nghttp2 callbacks --- */
+static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
+    Session *self = user_data;
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+    int32_t sid = frame->hd.stream_id;
+    stream_t *s = stream_of(self, sid);
+    if (!s) {
+        if (!self->server || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+        s = stream_new(self, sid);
+        if (!s) return NGHTTP2_ERR_CALLBACK_FAILURE;
+        s->opened = 1;
+        nghttp2_session_set_stream_user_data(session, sid, s);
+    }
+    Py_CLEAR(s->cookies);
+    Py_XSETREF(s->headers, PyList_New(0));
+    s->header_bytes = 0;
+    if (!s->headers) {
+        self->failed = 1;
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    return 0;
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+                     const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data) {
+    Session *self = user_data;
+    (void)flags;
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+    stream_t *s = stream_of(self, frame->hd.stream_id);
+    if (!s || !s->headers) return 0;
+    s->header_bytes += namelen + valuelen + 32;
+    if (s->header_bytes > self->max_header_bytes) { /* an HPACK bomb: stop decoding, end the connection */
+        nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
+        self->terminated = 1;
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    PyObject *v = PyBytes_FromStringAndSize((const char *)value, (Py_ssize_t)valuelen);
+    if (!v) goto fail;
+    if (namelen == 6 && memcmp(name, "cookie", 6) == 0) { /* joined at the block's end, as h2 and Envoy do */
+        if (!s->cookies && !(s->cookies = PyList_New(0))) {
+            Py_DECREF(v);
+            goto fail;
+        }
+        int rv = PyList_Append(s->cookies, v);
+        Py_DECREF(v);
+        return rv ? (self->failed = 1, NGHTTP2_ERR_CALLBACK_FAILURE) : 0;
+    }
+    PyObject *n = PyBytes_FromStringAndSize((const char *)name, (Py_ssize_t)namelen);
+    if (!n) {
+        Py_DECREF(v);
+        goto fail;
+    }
+    PyObject *t = PyTuple_New(2);
+    if (!t) {
+        Py_DECREF(n);
+        Py_DECREF(v);
+        goto fail;
+    }
+    PyTuple_SET_ITEM(t, 0, n);
+    PyTuple_SET_ITEM(t, 1, v);
+    int rv = PyList_Append(s->headers, t);
+    Py_DECREF(t);
+    if (rv) goto fail;
+    return 0;
+fail:
+    self->failed = 1;
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, const uint8_t *data, size_t len,
+                         void *user_data) {
+    Session *self = user_data;
+    (void)flags;
+    stream_t *s = stream_of(self, sid);
+    if (!s || s->app_closed) { /* nobody reads it: its window is given back at once */
+        nghttp2_session_consume(session, sid, len);
+        return 0;
+    }
+    if (buf_put(&s->in, data, len)) {
+        self->failed = 1;
+        PyErr_NoMemory();
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    return 0;
+}
+
+static int header_event(Session *self, stream_t *s, const nghttp2_frame *frame) {
+    PyObject *headers = s->headers;
+    s->headers = NULL;
+    if (!headers) return 0;
+    int rv = 0;
+    if (s->cookies) {
+        PyObject *sep = PyBytes_FromStringAndSize("; ", 2);
+        PyObject *joined = sep ? PyObject_CallMethod(sep, "join", "O", s->cookies) : NULL;
+        Py_XDECREF(sep);
+        Py_CLEAR(s->cookies);
+        PyObject *t = joined ? Py_BuildValue("(y#N)", "cookie", (Py_ssize_t)6, joined) : NULL;
+        if (!t || PyList_Append(headers, t)) rv = -1;
+        Py_XDECREF(t);
+    }
+    int end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    int kind;
+    if (self->server) {
+        kind = frame->headers.cat == NGHTTP2_HCAT_REQUEST ? EV_REQUEST : EV_TRAILERS;
+    } else if (s->final_seen) {
+        kind = EV_TRAILERS;
+    } else {
+        kind = EV_RESPONSE;
+        if (PyList_GET_SIZE(headers) > 0) { /* nghttp2 puts :status first; 1xx are not handed over */
+            PyObject *st = PyTuple_GET_ITEM(PyList_GET_ITEM(headers, 0), 1);
+            if (PyBytes_GET_SIZE(st) == 3 && PyBytes_AS_STRING(st)[0] == '1') kind = 0;
+        }
+        if (kind) s->final_seen = 1;
+    }
+    if (!rv && kind) rv = emit(self, kind, s->id, headers, end, 0);
+    Py_DECREF(headers);
+    return rv;
+}
+
+static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
+    Session *self = user_data;
+    int32_t sid = frame->hd.stream_id;
+    stream_t *s;
+    int rv = 0;
+    switch (frame->hd.type) {
+    case NGHTTP2_HEADERS:
+        s = stream_of(self, sid);
+        if (s && !s->app_closed) rv = header_event(self, s, frame);
+        else if (s) Py_CLEAR(s->headers);
+        break;
+    case NGHTTP2_DATA:
+        s = stream_of(self, sid);
+        if (s && !s->app_closed) {
+            size_t n = s->in.len - s->in.off;
+            PyObject *data = PyBytes_FromStringAndSize(s->in.p + s->in.off, (Py_ssize_t)n);
+            s->in.len = s->in.off = 0;
+            rv = data ? emit(self, EV_DATA, sid, data, (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0,
+                             (long long)n)
+                      : -1;
+            Py_XDECREF(data);
+        }
+        break;
+    case NGHTTP2_RST_STREAM:
+        s = stream_of(self, sid);
+        if (s) {
+            s->reset_recv = 1;
+            if (!s->app_closed) rv = emit(self, EV_RESET, sid, NULL, 1, frame->rst_stream.error_code);
+        }
+        break;
+    case NGHTTP2_GOAWAY:
+        rv = emit(self, EV_GOAWAY, frame->goaway.last_stream_id, NULL, 0, frame->goaway.error_code);
+        break;
+    default:
+        break;
+    }
+    (void)session;
+    if (rv) {
+        self->failed = 1;
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error_code, void *user_data) {
+    Session *self = user_data;
+    stream_t *s = stream_of(self, sid);
+    if (!s) return 0;
+    int rv = 0;
+    if (error_code && !s->reset_recv && !s->app_closed) /* the codec reset it: a stream error */
+        rv = emit(self, EV_RESET, sid, NULL, 0, error_code);
+    nghttp2_session_set_stream_user_data(session, sid, NULL);
+    stream_free(self, s);
+    if (rv) {
+        self->failed = 1;
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    return 0;
+}
+
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
+    Session *self = user_data;
+    int32_t sid = frame->hd.stream_id;
+    if (frame->hd.type == NGHTTP2_GOAWAY) {
+        if (!self->app_goaway && frame->goaway.error_code != NGHTTP2_NO_ERROR) self->terminated = 1;
+        return 0;
+    }
+    if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
+    stream_t *s = stream_of(self, sid);
+    if (!s) return 0;
+    if (frame->hd.type == NGHTTP2_HEADERS && !self->server && !s->opened) {
+        s->opened = 1; /* the response's window (see h2up.client_settings) */
+        if (self->stream_window > NGHTTP2_INITIAL_WINDOW_SIZE)
+            nghttp2_submit_window_update(session, NGHTTP2_FLAG_NONE, sid,
+                                         self->stream_window - NGHTTP2_INITIAL_WINDOW_SIZE);
+    }
+    if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && s->rst_after_end) {
+        s->rst_after_end = 0;
+        s->app_closed = 1;
+        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_NO_ERROR);
+    }
+    return 0;
+}
+
+static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *dest, size_t length, uint32_t *data_flags,
+                         nghttp2_data_source *source, void *user_data) {
+    Session *self = user_data;
+    (void)source;
+    stream_t *s = stream_of(self, sid);
+    if (!s) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    size_t avail = s->out.len - s->out.off;
+    size_t n = avail < length ? avail : length;
+    if (n) {
+        memcpy(dest, s->out.p + s->out.off, n);
+        s->out.off += n;
+        self->buffered -= n;
+        if (s->out.off == s->out.len) s->out.off = s->out.len = 0;
+    }
+    if (n == avail && s->end_pending) {
+        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (s->trailers) {
+            PyObject *trailers = s->trailers, *fast = NULL;
+            s->trailers = NULL;
+            size_t count = 0;
+            nghttp2_nv *nva = to_nva(trailers, &count, &fast);
+            Py_DECREF(trailers);
+            if (!nva) {
+                PyErr_Clear();
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+            }
+            int rv = nghttp2_submit_trailer(session, sid, nva, count);
+            PyMem_Free(nva);
+            Py_DECREF(fast);
+            if (rv) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        }
+        return (ssize_t)n;
+    }
+    if (!n) {
+        s->deferred = 1;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    return (ssize_t)n;
+}
+
+/* --- the Session type --- */
+static void Session_dealloc(Session *self) {
+    if (self->session) nghttp2_session_del(self->session);
+    while (self->streams) stream_free(self, self->streams);
+    buf_free(&self->out);
+    Py_XDECREF(self->events);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Session_init(Session *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"server", "settings", "connection_window", "max_header_bytes", "stream_window", NULL};
+    int server;
+    PyObject *settings;
+    long long conn_window, max_header_bytes;
+    int stream_window = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "pOLL|i", kwlist, &server, &settings, &conn_window,
+                                     &max_header_bytes, &stream_window))
+        return -1;
+    if (self->session) {
+        PyErr_SetString(PyExc_RuntimeError, "Session already initialised");
+        return -1;
+    }
+    self->server = server;
+    self->max_header_bytes = (size_t)max_header_bytes;
+    self->stream_window = stream_window;
+    nghttp2_session_callbacks *cb;
+    if (nghttp2_session_callbacks_new(&cb)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+    nghttp2_option *opt;
+    if (nghttp2_option_new(&opt)) {
+        nghttp2_session_callbacks_del(cb);
+        PyErr_NoMemory();
+        return -1;
+    }
+    nghttp2_option_set_no_closed_streams(opt, 1);
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_no_rfc9113_leading_and_trailing_ws_validation(opt, 1);
+    nghttp2_option_set_max_send_header_block_length(opt, 0x2000000);
+    /* rapid reset is answered by Envoy's premature-reset rule (h2down, limits.H2_PREMATURE_RESET_*), not by
+     * the library's own token bucket, which would end the connection with GOAWAY mid-read */
+    nghttp2_option_set_stream_reset_rate_limit(opt, UINT64_MAX, UINT64_MAX);
+    int rv = server ? nghttp2_session_server_new2(&self->session, cb, self, opt)
+                    : nghttp2_session_client_new2(&self->session, cb, self, opt);
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cb);
+    if (rv) {
+        PyErr_Format(CodecError, "nghttp2 session: %s", nghttp2_strerror(rv));
+        return -1;
+    }
+    PyObject *fast = PySequence_Fast(settings, "settings must be a sequence");
+    if (!fast) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    nghttp2_settings_entry iv[16];
+    if (n > 16) n = 16;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *e = PySequence_Fast_GET_ITEM(fast, i);
+        if (!PyArg_ParseTuple(e, "iI", &iv[i].settings_id, &iv[i].value)) {
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    rv = nghttp2_submit_settings(self->session, NGHTTP2_FLAG_NONE, iv, (size_t)n);
+    if (!rv && conn_window > NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE)
+        rv = nghttp2_submit_window_update(self->session, NGHTTP2_FLAG_NONE, 0,
+                                          (int32_t)(conn_window - NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE));
+    if (rv) {
+        PyErr_Format(CodecError, "nghttp2 settings: %s", nghttp2_strerror(rv));
+        return -1;
+    }
+    return 0;
+}
+
+/* serialize what nghttp2 has queued into self->out */
+static int drain(Session *self) {
+    for (;;) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(self->session, &data);
+        if (n < 0) {
+            if (!self->failed) PyErr_Format(CodecError, "nghttp2 send: %s", nghttp2_strerror((int)n));
+            return -1;
+        }
+        if (n == 0) return 0;
+        if (buf_put(&self->out, data, (size_t)n)) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+}
+
+static PyObject *Session_receive(Session *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE)) return NULL;
+    PyObject *events = PyList_New(0);
+    if (!events) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    self->events = events;
+    ssize_t rv = nghttp2_session_mem_recv(self->session, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    int err = 0;
+    if (self->failed) {
+        err = 1;
+    } else if (rv < 0) {
+        if (!self->terminated) nghttp2_session_terminate_session(self->session, NGHTTP2_PROTOCOL_ERROR);
+        self->terminated = 1;
+    }
+    if (!err && drain(self)) err = 1;
+    self->events = NULL;
+    if (err) {
+        Py_DECREF(events);
+        self->failed = 0;
+        if (!PyErr_Occurred()) PyErr_SetString(CodecError, "callback failed");
+        return NULL;
+    }
+    if (self->terminated) {
+        Py_DECREF(events);
+        PyErr_Format(CodecError, "connection error%s%s", rv < 0 ? ": " : "",
+                     rv < 0 ? nghttp2_strerror((int)rv) : "");
+        return NULL;
+    }
+    return events;
+}
+
+static PyObject *Session_data_to_send(Session *self, PyObject *noargs) {
+    (void)noargs;
+    if (drain(self)) return NULL;
+    size_t n = self->out.len - self->out.off;
+    if (!n) return PyBytes_FromStringAndSize(NULL, 0);
+    PyObject *b = PyBytes_FromStringAndSize(self->out.p + self->out.off, (Py_ssize_t)n);
+    if (b) self->out.len = self->out.off = 0;
+    return b;
+}
+
+static PyObject *Session_send_headers(Session *self, PyObject *args) {
+    int sid, end;
+    PyObject *headers, *fast = NULL;
+    if (!PyArg_ParseTuple(args, "iOp", &sid, &headers, &end)) return NULL;
+    size_t count = 0;
+    nghttp2_nv *nva = to_nva(headers, &count, &fast);
+    if (!nva) return NULL;
+    nghttp2_data_provider prd;
+    prd.source.ptr = NULL;
+    prd.read_callback = read_body;
+    int rv;
+    if (self->server) {
+        stream_t *s = stream_of(self, sid);
+        if (!s || s->app_closed || s->has_provider) rv = -1;
+        else {
+            if (!end) s->has_provider = 1;
+            rv = nghttp2_submit_response(self->session, sid, nva, count, end ? NULL : &prd);
+        }
+    } else if ((uint32_t)sid != nghttp2_session_get_next_stream_id(self->session)) {
+        rv = -1;
+    } else {
+        stream_t *s = stream_new(self, sid);
+        if (!s) rv = -1;
+        else {
+            s->has_provider = !end;
+            rv = nghttp2_submit_request(self->session, NULL, nva, count, end ? NULL : &prd, s);
+            if (rv < 0) stream_free(self, s);
+            else rv = rv == sid ? 0 : -1;
+        }
+    }
+    PyMem_Free(nva);
+    Py_DECREF(fast);
+    if (rv) Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+}
+
+static stream_t *sending(Session *self, int sid) {
+    stream_t *s = stream_of(self, sid);
+    return s && s->has_provider && !s->app_closed && !s->end_pending ? s : NULL;
+}
+
+static int resume(Session *self, stream_t *s) {
+    if (s->deferred) {
+        s->deferred = 0;
+        return nghttp2_session_resume_data(self->session, s->id);
+    }
+    return 0;
+}
+
+static PyObject *Session_send_data(Session *self, PyObject *args) {
+    int sid, end;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "iy*p", &sid, &view, &end)) return NULL;
+    stream_t *s = sending(self, sid);
+    int ok = s != NULL;
+    if (ok && view.len) {
+        if (buf_put(&s->out, view.buf, (size_t)view.len)) ok = 0;
+        else self->buffered += (size_t)view.len;
+    }
+    PyBuffer_Release(&view);
+    if (ok) {
+        if (end) s->end_pending = 1;
+        if (resume(self, s)) ok = 0;
+    }
+    if (ok) Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
+static PyObject *Session_send_trailers(Session *self, PyObject *args) {
+    int sid;
+    PyObject *trailers;
+    if (!PyArg_ParseTuple(args, "iO", &sid, &trailers)) return NULL;
+    stream_t *s = sending(self, sid);
+    if (!s) Py_RETURN_FALSE;
+    PyObject *copy = PySequence_List(trailers);
+    if (!copy) return NULL;
+    Py_XSETREF(s->trailers, copy);
+    s->end_pending = 1;
+    if (resume(self, s)) Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+}
+
+static void forget(Session *self, int32_t sid) {
+    stream_t *s = stream_of(self, sid);
+    if (s) {
+        s->app_closed = 1;
+        self->buffered -= s->out.len - s->out.off;
+        s->out.len = s->out.off = 0;
+        Py_CLEAR(s->trailers);
+    }
+}
+
+static PyObject *Session_reset(Session *self, PyObject *args) {
+    int sid;
+    unsigned int code;
+    if (!PyArg_ParseTuple(args, "iI", &sid, &code)) return NULL;
+    forget(self, sid);
+    nghttp2_submit_rst_stream(self->session, NGHTTP2_FLAG_NONE, sid, code);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Session_forget(Session *self, PyObject *arg) {
+    long sid = PyLong_AsLong(arg);
+    if (sid == -1 && PyErr_Occurred()) return NULL;
+    forget(self, (int32_t)sid);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Session_reset_after_end(Session *self, PyObject *arg) {
+    long sid = PyLong_AsLong(arg);
+    if (sid == -1 && PyErr_Occurred()) return NULL;
+    stream_t *s = stream_of(self, (int32_t)sid);
+    if (s && !s->app_closed) {
+        if (s->end_pending || s->has_provider) s->rst_after_end = 1; /* END_STREAM still to go out */
+        else {
+            s->app_closed = 1;
+            nghttp2_submit_rst_stream(self->session, NGHTTP2_FLAG_NONE, (int32_t)sid, NGHTTP2_NO_ERROR);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Session_ack(Session *self, PyObject *args) {
+    int sid;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "in", &sid, &n)) return NULL;
+    if (n > 0) nghttp2_session_consume(self->session, sid, (size_t)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Session_goaway(Session *self, PyObject *args) {
+    unsigned int code;
+    int last = -1;
+    if (!PyArg_ParseTuple(args, "I|i", &code, &last)) return NULL;
+    if (last < 0) last = nghttp2_session_get_last_proc_stream_id(self->session);
+    self->app_goaway = 1;
+    nghttp2_submit_goaway(self->session, NGHTTP2_FLAG_NONE, last, code, NULL, 0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Session_buffered(Session *self, PyObject *noargs) {
+    (void)noargs;
+    return PyLong_FromSize_t(self->buffered);
+}
+
+static PyObject *Session_remote_max_streams(Session *self, PyObject *noargs) {
+    (void)noargs;
+    return PyLong_FromUnsignedLong(
+        nghttp2_session_get_remote_settings(self->session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS));
+}
+
+static PyObject *Session_next_stream_id(Session *self, PyObject *noargs) {
+    (void)noargs;
+    return PyLong_FromUnsignedLong(nghttp2_session_get_next_stream_id(self->session));
+}
+
+static PyMethodDef Session_methods[] = {
+    {"receive", (PyCFunction)Session_receive, METH_O, "events for received bytes"},
+    {"data_to_send", (PyCFunction)Session_data_to_send, METH_NOARGS, "bytes to write"},
+    {"send_headers", (PyCFunction)Session_send_headers, METH_VARARGS, "queue a header block"},
+    {"send_data", (PyCFunction)Session_send_data, METH_VARARGS, "queue body bytes"},
+    {"send_trailers", (PyCFunction)Session_send_trailers, METH_VARARGS, "queue trailers (end the stream)"},
+    {"reset", (PyCFunction)Session_reset, METH_VARARGS, "RST_STREAM"},
+    {"forget", (PyCFunction)Session_forget, METH_O, "nothing more is sent or handed over on a stream"},
+    {"reset_after_end", (PyCFunction)Session_reset_after_end, METH_O, "RST_STREAM NO_ERROR after our end"},
+    {"ack", (PyCFunction)Session_ack, METH_VARARGS, "received bytes consumed"},
+    {"goaway", (PyCFunction)Session_goaway, METH_VARARGS, "GOAWAY"},
+    {"buffered", (PyCFunction)Session_buffered, METH_NOARGS, "body bytes waiting for window"},
+    {"remote_max_streams", (PyCFunction)Session_remote_max_streams, METH_NOARGS, "peer's stream limit"},
+    {"next_stream_id", (PyCFunction)Session_next_stream_id, METH_NOARGS, "a client's next stream id"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SessionType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "meshplug.agent._h2codec.Session",
+    .tp_basicsize = sizeof(Session),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "An HTTP/2 connection's codec (nghttp2).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Session_init,
+    .tp_dealloc = (destructor)Session_dealloc,
+    .tp_methods = Session_methods,
+};
+
+static struct PyModuleDef h2codec_module = {
+    PyModuleDef_HEAD_INIT, "meshplug.agent._h2codec", "The agent's HTTP/2 codec over libnghttp2.", -1, NULL,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__h2codec(void) {
+    if (PyType_Ready(&SessionType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&h2codec_module);
+    if (!m) return NULL;
+    CodecError = PyErr_NewException("meshplug.agent._h2codec.CodecError", NULL, NULL);
+    if (!CodecError || PyModule_AddObjectRef(m, "CodecError", CodecError) < 0 ||
+        PyModule_AddObjectRef(m, "Session", (PyObject *)&SessionType) < 0 ||
+        PyModule_AddStringConstant(m, "NGHTTP2_VERSION", NGHTTP2_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

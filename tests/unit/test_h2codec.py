@@ -1,0 +1,193 @@
+"""The agent's two HTTP/2 codecs (meshplug.agent.h2wire: nghttp2 in meshplug/agent/_h2codec.c, and the h2
+library as PyCodec) against a real peer (the h2 library's own connection): the same bytes in give the same
+events out, and what they send the peer reads as the same frames -- header blocks, bodies past both flow-control
+windows, trailers, resets, an HPACK bomb.
+
+The native half needs `make native` (CI requires it: MESHPLUG_REQUIRE_NATIVE=1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import hpack
+import pytest
+
+from meshplug import limits
+from meshplug.agent import h2down, h2up, h2wire
+
+pytestmark = pytest.mark.unit
+
+Header = tuple[bytes, bytes]
+REQUEST: list[Header] = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/svc/M"), (b":authority", b"app")]
+CODECS = ["native", "h2"]
+
+
+def _codec(kind: str, *, server: bool, failed: list[int] | None = None) -> h2wire.Codec:
+    if kind == "native" and h2wire.CODEC_NAME == "h2":
+        pytest.skip("no native build (make native)")
+    return h2wire.new_codec(
+        server=server,
+        settings=h2down.server_settings() if server else h2up.client_settings(),
+        connection_window=limits.H2_INITIAL_CONNECTION_WINDOW,
+        max_header_bytes=4 * 60 * 1024 if server else limits.H2_MAX_HEADER_LIST_BYTES,
+        stream_window=0 if server else limits.H2_INITIAL_STREAM_WINDOW,
+        on_failed=(failed if failed is not None else []).append,
+        native=kind == "native",
+    )
+
+
+def _peer(*, client: bool) -> h2.connection.H2Connection:
+    peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=client, header_encoding=None))
+    peer.initiate_connection()
+    return peer
+
+
+def _exchange(codec: h2wire.Codec, peer: h2.connection.H2Connection) -> list[Any]:
+    """Codec -> peer until quiet; the peer's events (DATA acknowledged as read)."""
+    seen: list[Any] = []
+    for _ in range(64):
+        data = codec.data_to_send()
+        if not data:
+            break
+        for ev in peer.receive_data(data):
+            seen.append(ev)
+            if isinstance(ev, h2.events.DataReceived):
+                peer.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        back = peer.data_to_send()
+        if back:
+            codec.receive(back)
+    return seen
+
+
+def _ours(events: list[h2wire.Event]) -> list[h2wire.Event]:
+    """Events as both codecs give them (h2's separate stream-end event left out: END_STREAM is on the frame)."""
+    return [e for e in events if e[0] != h2wire.EV_END]
+
+
+def _request_events(kind: str) -> list[h2wire.Event]:
+    server = _codec(kind, server=True)
+    client = _peer(client=True)
+    client.send_headers(1, [*REQUEST, (b"cookie", b"a=1"), (b"te", b"trailers"), (b"cookie", b"b=2")])
+    client.send_data(1, b"hello")
+    client.send_headers(1, [(b"grpc-timeout", b"1S")], end_stream=True)
+    client.send_headers(3, REQUEST, end_stream=True)
+    return server.receive(client.data_to_send())
+
+
+def test_request_events_are_the_same() -> None:
+    want = [
+        (1, 1, [*REQUEST, (b"te", b"trailers"), (b"cookie", b"a=1; b=2")], False, 0),
+        (4, 1, b"hello", False, 5),
+        (3, 1, [(b"grpc-timeout", b"1S")], True, 0),
+        (1, 3, REQUEST, True, 0),
+    ]
+    for kind in CODECS:
+        assert _ours(_request_events(kind)) == want, kind
+
+
+def _response_frames(kind: str) -> list[tuple[str, Any]]:
+    """A response head, a body past the peer's 64 KiB windows, trailers; then a reset stream."""
+    server = _codec(kind, server=True)
+    client = _peer(client=True)
+    client.send_headers(1, REQUEST, end_stream=True)
+    client.send_headers(3, REQUEST, end_stream=True)
+    server.receive(client.data_to_send())
+    assert server.send_headers(1, [(b":status", b"200"), (b"content-type", b"application/grpc")], False)
+    assert server.send_data(1, b"x" * 200_000, False)
+    assert server.send_trailers(1, [(b"grpc-status", b"0")])
+    server.reset(3, h2.errors.ErrorCodes.CANCEL)
+    got: list[tuple[str, Any]] = []
+    body = 0
+    for ev in _exchange(server, client):
+        if isinstance(ev, h2.events.DataReceived):
+            body += len(ev.data)
+        elif isinstance(ev, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+            got.append((type(ev).__name__, ev.headers))
+        elif isinstance(ev, h2.events.StreamReset):
+            got.append(("reset", (ev.stream_id, ev.error_code)))
+        elif isinstance(ev, h2.events.StreamEnded):
+            got.append(("ended", ev.stream_id))
+    got.append(("body", body))
+    return sorted(got, key=repr)
+
+
+def test_response_frames_are_the_same() -> None:
+    assert _response_frames("native") == _response_frames("h2")
+    assert ("body", 200_000) in _response_frames("h2")
+
+
+def _client_events(kind: str) -> list[h2wire.Event]:
+    client = _codec(kind, server=False)
+    server = _peer(client=False)
+    sid = client.next_stream_id()
+    assert client.send_headers(sid, REQUEST, False)
+    assert client.send_data(sid, b"ping", True)
+    for ev in _exchange(client, server):
+        if isinstance(ev, h2.events.RequestReceived):
+            server.send_headers(ev.stream_id, [(b":status", b"100")])
+            server.send_headers(ev.stream_id, [(b":status", b"200"), (b"x-a", b"1")])
+            server.send_data(ev.stream_id, b"pong")
+            server.send_headers(ev.stream_id, [(b"grpc-status", b"0")], end_stream=True)
+    return client.receive(server.data_to_send())
+
+
+def test_client_events_are_the_same() -> None:
+    want = [
+        (2, 1, [(b":status", b"200"), (b"x-a", b"1")], False, 0),
+        (4, 1, b"pong", False, 4),
+        (3, 1, [(b"grpc-status", b"0")], True, 0),
+    ]
+    for kind in CODECS:
+        assert _ours(_client_events(kind)) == want, kind
+
+
+def _bomb(kind: str) -> tuple[str, int | None]:
+    """A 4 KB value indexed once, then referenced 70 times: past 4 x 60 KiB decoded."""
+    server = _codec(kind, server=True)
+    client = _peer(client=True)
+    client.receive_data(server.data_to_send())
+    enc = hpack.Encoder()
+    frames = []
+    for sid, n in ((1, 1), (3, 70)):
+        block = enc.encode([*REQUEST, *[(b"x-bomb", b"b" * 4000)] * n])
+        frames.append(len(block).to_bytes(3, "big") + b"\x01\x05" + sid.to_bytes(4, "big") + block)
+    try:
+        server.receive(client.data_to_send() + b"".join(frames))
+        outcome = "served"
+    except h2wire.PROTOCOL_ERRORS:
+        outcome = "refused"
+    events = client.receive_data(server.data_to_send())
+    codes = [e.error_code for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    return outcome, codes[0] if codes else None
+
+
+@pytest.mark.parametrize("kind", CODECS)
+def test_hpack_bomb_ends_the_connection(kind: str) -> None:
+    assert _bomb(kind) == ("refused", h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+
+
+def _reset_after_end(kind: str) -> list[tuple[str, Any]]:
+    server = _codec(kind, server=True)
+    client = _peer(client=True)
+    client.send_headers(1, REQUEST)  # the request goes on
+    server.receive(client.data_to_send())
+    server.send_headers(1, [(b":status", b"200")], False)
+    server.send_data(1, b"done", True)
+    server.reset_after_end(1)
+    out: list[tuple[str, Any]] = []
+    for ev in _exchange(server, client):
+        if isinstance(ev, h2.events.StreamReset):
+            out.append(("reset", ev.error_code))
+        elif isinstance(ev, h2.events.DataReceived):
+            out.append(("data", ev.data))
+    return out
+
+
+@pytest.mark.parametrize("kind", CODECS)
+def test_reset_after_the_response_ended(kind: str) -> None:
+    """The response is whole, then RST_STREAM NO_ERROR tells the client to stop sending (RFC 9113 8.1)."""
+    assert _reset_after_end(kind) == [("data", b"done"), ("reset", h2.errors.ErrorCodes.NO_ERROR)]
