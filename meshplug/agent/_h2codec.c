@@ -360,6 +360,19 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
     return 0;
 }
 
+/* Envoy's ConnectionImpl::onInvalidFrame (stream_error_on_invalid_http_messaging off, its default): a refused
+ * stream is only that stream's; a bad header block or message, a flow-control, protocol or closed-stream error
+ * ends the whole connection (GOAWAY PROTOCOL_ERROR) */
+static int on_invalid_frame(nghttp2_session *session, const nghttp2_frame *frame, int lib_error_code,
+                            void *user_data) {
+    Session *self = user_data;
+    (void)frame;
+    if (lib_error_code == NGHTTP2_ERR_REFUSED_STREAM) return 0;
+    if (!self->terminated) nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR);
+    self->terminated = 1;
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
     Session *self = user_data;
     int32_t sid = frame->hd.stream_id;
@@ -461,6 +474,7 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds) {
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
     nghttp2_option *opt;
     if (nghttp2_option_new(&opt)) {
         nghttp2_session_callbacks_del(cb);
