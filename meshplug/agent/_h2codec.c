@@ -88,7 +88,7 @@ typedef struct stream_s {
     buf_t in;                     /* the DATA frame being received */
     buf_t out;                    /* body waiting to be sent */
     PyObject *trailers;           /* trailers to send after the body */
-    char final_seen, reset_recv, app_closed, end_pending, has_provider, deferred, rst_after_end, opened;
+    char final_seen, reset_recv, app_closed, end_pending, has_provider, deferred, rst_after_end, opened, end_sent;
 } stream_t;
 
 typedef struct {
@@ -389,6 +389,7 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
             nghttp2_submit_window_update(session, NGHTTP2_FLAG_NONE, sid,
                                          self->stream_window - NGHTTP2_INITIAL_WINDOW_SIZE);
     }
+    if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) s->end_sent = 1;
     if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && s->rst_after_end) {
         s->rst_after_end = 0;
         s->app_closed = 1;
@@ -695,7 +696,7 @@ static PyObject *Session_reset_after_end(Session *self, PyObject *arg) {
     if (sid == -1 && PyErr_Occurred()) return NULL;
     stream_t *s = stream_of(self, (int32_t)sid);
     if (s && !s->app_closed) {
-        if (s->end_pending || s->has_provider) s->rst_after_end = 1; /* END_STREAM still to go out */
+        if (!s->end_sent) s->rst_after_end = 1; /* once our END_STREAM is out (it may still be queued) */
         else {
             s->app_closed = 1;
             nghttp2_submit_rst_stream(self->session, NGHTTP2_FLAG_NONE, (int32_t)sid, NGHTTP2_NO_ERROR);

@@ -170,13 +170,14 @@ def test_hpack_bomb_ends_the_connection(kind: str) -> None:
     assert _bomb(kind) == ("refused", h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
 
 
-def _reset_after_end(kind: str) -> list[tuple[str, Any]]:
+def _reset_after_end(kind: str, body: bool) -> list[tuple[str, Any]]:
     server = _codec(kind, server=True)
     client = _peer(client=True)
     client.send_headers(1, REQUEST)  # the request goes on
     server.receive(client.data_to_send())
-    server.send_headers(1, [(b":status", b"200")], False)
-    server.send_data(1, b"done", True)
+    server.send_headers(1, [(b":status", b"200")], not body)  # without a body: a trailers-only reply
+    if body:
+        server.send_data(1, b"done", True)
     server.reset_after_end(1)
     out: list[tuple[str, Any]] = []
     for ev in _exchange(server, client):
@@ -184,10 +185,15 @@ def _reset_after_end(kind: str) -> list[tuple[str, Any]]:
             out.append(("reset", ev.error_code))
         elif isinstance(ev, h2.events.DataReceived):
             out.append(("data", ev.data))
+        elif isinstance(ev, h2.events.ResponseReceived):
+            out.append(("head", ev.headers))
     return out
 
 
 @pytest.mark.parametrize("kind", CODECS)
-def test_reset_after_the_response_ended(kind: str) -> None:
+@pytest.mark.parametrize("body", [True, False])
+def test_reset_after_the_response_ended(kind: str, body: bool) -> None:
     """The response is whole, then RST_STREAM NO_ERROR tells the client to stop sending (RFC 9113 8.1)."""
-    assert _reset_after_end(kind) == [("data", b"done"), ("reset", h2.errors.ErrorCodes.NO_ERROR)]
+    head = ("head", [(b":status", b"200")])
+    sent = [head, ("data", b"done")] if body else [head]
+    assert _reset_after_end(kind, body) == [*sent, ("reset", h2.errors.ErrorCodes.NO_ERROR)]
