@@ -171,6 +171,14 @@ AGENT_PUSH_TIMEOUT_S = 30.0
 AGENT_PUSH_CONCURRENCY = 16
 #: reconcile workers (threads) draining the operator's work queue
 RECONCILE_WORKERS = 4
+#: the operator's pod cache (meshplug.controller.informer): pods per list page, how long the API server keeps one
+#: watch open before it is resumed, and the longest wait before listing again after a failure
+POD_LIST_PAGE = 500
+POD_WATCH_TIMEOUT_S = 300.0
+POD_WATCH_BACKOFF_MAX_S = 30.0
+#: how long the operator trusts what the API server said it serves in a group (extensions.istio.io: native or
+#: ConfigMap delivery) before asking again
+API_DISCOVERY_TTL_S = 10.0
 #: retry delay after a failed reconcile: first, cap (doubling in between)
 RECONCILE_BACKOFF_FIRST_S = 5.0
 RECONCILE_BACKOFF_MAX_S = 300.0

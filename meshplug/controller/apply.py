@@ -15,16 +15,18 @@ import datetime
 import hashlib
 import json
 import threading
+import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes
 
-from meshplug import errors, spec
+from meshplug import errors, limits, spec
 
 FIELD_MANAGER = "meshplug"
+Objects = list[dict[str, Any]]
 #: Event series remembered in memory (their counts); beyond it the memory is dropped and rebuilt from the API
 _MAX_EVENT_SERIES = 10_000
 
@@ -48,6 +50,33 @@ _PLURALS = {
 }
 #: every write names the operator as its field manager (managedFields show what it owns, e.g. to a GitOps tool)
 _WRITE = {"fieldManager": FIELD_MANAGER}
+
+
+def _resource_of(path: str) -> str:
+    """The resource an API path names (``pods``, ``wasmplugins/status``; ``discovery`` for a group's index)."""
+    parts = [p for p in path.split("?", maxsplit=1)[0].split("/") if p]
+    parts = parts[2:] if parts[:1] == ["api"] else parts[3:]  # /api/v1/... or /apis/<group>/<version>/...
+    if parts[:1] == ["namespaces"] and len(parts) > 2:
+        parts = parts[2:]
+    if not parts:
+        return "discovery"
+    return "/".join(parts[:1] + parts[2:3])
+
+
+def holds(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether ``existing`` already is what applying ``desired`` would make it: the same content (every top-level
+    field but metadata and status), and its labels, annotations and owner references include ``desired``'s
+    (other field managers may add their own)."""
+    for key, value in desired.items():
+        if key not in ("apiVersion", "kind", "metadata", "status") and existing.get(key) != value:
+            return False
+    have, want = existing.get("metadata") or {}, desired.get("metadata") or {}
+    for field_name in ("labels", "annotations"):
+        present = have.get(field_name) or {}
+        if any(present.get(k) != v for k, v in (want.get(field_name) or {}).items()):
+            return False
+    owners = have.get("ownerReferences") or []
+    return all(ref in owners for ref in want.get("ownerReferences") or [])
 
 
 def resource_path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
@@ -77,12 +106,21 @@ class Writer:
         self._count_lock = threading.Lock()
         self._events_lock = threading.Lock()
         self._events: dict[tuple[str, str], int] = {}  # (namespace, Event name) -> the count last written
-        self._requests: collections.Counter[str] = collections.Counter()
+        self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._discovery: dict[str, tuple[float, frozenset[str]]] = {}  # api_version -> (when read, plurals)
 
-    def requests(self) -> dict[str, int]:
-        """API requests this writer sent, by HTTP method (a metric; the scale bench reads it)."""
+    def requests(self) -> dict[tuple[str, str], int]:
+        """API requests this writer sent, by (HTTP method, resource) (a metric; the scale bench reads it). The
+        resource is the plural (with its subresource, ``wasmplugins/status``) or ``discovery``; a watch is
+        ``WATCH``."""
         with self._count_lock:
             return dict(self._requests)
+
+    def _count(self, method: str, path: str, query: Mapping[str, str] | None) -> None:
+        if query is not None and query.get("watch"):
+            method = "WATCH"
+        with self._count_lock:
+            self._requests[(method, _resource_of(path))] += 1
 
     def _call(
         self,
@@ -99,8 +137,7 @@ class Writer:
             if auth["in"] == "header" and auth["value"]:
                 headers[auth["key"]] = auth["value"]
         url = config.host + path + (("?" + urllib.parse.urlencode(query)) if query else "")
-        with self._count_lock:
-            self._requests[method] += 1
+        self._count(method, path, query)
         try:
             resp = self._api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
             raw = resp.read()  # type: ignore[no-untyped-call]
@@ -145,7 +182,18 @@ class Writer:
         return obj
 
     def served(self, api_version: str) -> frozenset[str]:
-        """The resources (plurals) the API serves in ``api_version`` (a group/version); empty when not served."""
+        """The resources (plurals) the API serves in ``api_version`` (a group/version); empty when not served.
+        Remembered for `limits.API_DISCOVERY_TTL_S` (a CRD installed or removed is seen within that time)."""
+        with self._count_lock:
+            known = self._discovery.get(api_version)
+        if known is not None and time.monotonic() - known[0] < limits.API_DISCOVERY_TTL_S:
+            return known[1]
+        found = self._served(api_version)
+        with self._count_lock:
+            self._discovery[api_version] = (time.monotonic(), found)
+        return found
+
+    def _served(self, api_version: str) -> frozenset[str]:
         base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
         try:
             out = self._call("GET", base)
@@ -161,6 +209,61 @@ class Writer:
         out = self._call("GET", resource_path(api_version, kind, namespace), query=query)
         items: list[dict[str, Any]] = out.get("items", []) if isinstance(out, dict) else []
         return items
+
+    def list_from(self, api_version: str, kind: str, namespace: str, *, page: int = 500) -> tuple[Objects, str]:
+        """Every object of ``kind`` in ``namespace`` ("" = every namespace), read in pages of ``page``, and the
+        list's resourceVersion (where a `watch` of the same collection starts)."""
+        items: Objects = []
+        cont = ""
+        while True:
+            query = {"limit": str(page), **({"continue": cont} if cont else {})}
+            out = self._call("GET", resource_path(api_version, kind, namespace), query=query)
+            out = out if isinstance(out, dict) else {}
+            items += out.get("items") or []
+            meta = out.get("metadata") or {}
+            cont = str(meta.get("continue") or "")
+            if not cont:
+                return items, str(meta.get("resourceVersion") or "")
+
+    def watch(
+        self, api_version: str, kind: str, namespace: str, *, resource_version: str, timeout_s: float
+    ) -> Iterator[dict[str, Any]]:
+        """The watch events of ``kind`` in ``namespace`` ("" = every namespace) after ``resource_version``
+        (bookmarks asked for), until the server ends the watch after ``timeout_s``. An ``ERROR`` event (e.g. 410
+        Gone: the version is too old) is yielded as it comes; a refused watch raises `errors.ApplyError`."""
+        config = self._api.configuration
+        headers = {"Accept": "application/json"}
+        for auth in config.auth_settings().values():
+            if auth["in"] == "header" and auth["value"]:
+                headers[auth["key"]] = auth["value"]
+        query = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(int(timeout_s)),
+        }
+        path = resource_path(api_version, kind, namespace)
+        self._count("GET", path, query)
+        url = f"{config.host}{path}?{urllib.parse.urlencode(query)}"
+        try:
+            resp = self._api.call_api("GET", url, header_params=headers, _request_timeout=(30, timeout_s + 30))
+        except kubernetes.client.ApiException as exc:
+            why = f"watch {path}: {exc.status} {exc.reason}"[:500]
+            raise errors.ApplyError(why, reason=f"HTTP{exc.status}") from None
+        raw = resp.response  # the urllib3 response, not read yet: the events arrive one JSON line each
+        try:
+            if resp.status >= 300:
+                text = raw.read().decode(errors="replace")
+                raise errors.ApplyError(f"watch {path}: {resp.status} {text}"[:500], reason=f"HTTP{resp.status}")
+            pending = b""
+            for chunk in raw.stream(64 * 1024, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            raw.release_conn()
 
     def access_review(
         self, verb: str, group: str, resource: str, namespace: str = "", name: str = ""
@@ -190,6 +293,14 @@ class Writer:
         return status
 
     # --- writes ----------------------------------------------------------------------------------------------
+
+    def apply_changed(self, obj: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
+        """Server-side apply ``obj`` unless ``existing`` (the object as just read) already holds it (`holds`):
+        a reconcile that changes nothing writes nothing. Whether it was written."""
+        if existing is not None and holds(existing, obj):
+            return False
+        self.apply(obj)
+        return True
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply ``obj`` (must carry apiVersion, kind, metadata.name/namespace)."""

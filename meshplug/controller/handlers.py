@@ -1,7 +1,8 @@
 """kopf wiring for WasmPlugin: watches, the work queue, leader election and the operator's run loop.
 
-Called by `meshplug.commands.operator` (`run_operator`). kopf watches WasmPlugins and Pods; its event handlers
-only feed `meshplug.controller.index.Index`, which names the plugins to queue, and
+Called by `meshplug.commands.operator` (`run_operator`). kopf watches WasmPlugins, the pod cache
+(`meshplug.controller.informer`, the reconciles' only source of pods) watches Pods; their events only feed
+`meshplug.controller.index.Index`, which names the plugins to queue, and
 `meshplug.controller.workqueue.WorkQueue` hands each key to one worker thread at a time that runs
 `Reconciler.reconcile_key` (the API's current object: restarts are idempotent). A failed reconcile is queued
 again after its backoff (a fetch that would now succeed, an agent that answers again, a permission granted);
@@ -36,7 +37,7 @@ from typing import Any, TypeVar
 import kopf
 
 from meshplug import controller, injection, limits, serving, spec
-from meshplug.controller import index, lease, reconcile, webhooks, workqueue
+from meshplug.controller import index, informer, lease, reconcile, webhooks, workqueue
 
 log = logging.getLogger("meshplug.controller.handlers")
 _RESOURCE = (spec.API_GROUP, spec.API_VERSION, spec.PLURAL)
@@ -128,14 +129,6 @@ def build_registry(
 
     kopf.on.event(*_TE_RESOURCE, registry=registry, id="trafficextensions-event")(plugin_event)
 
-    @kopf.on.event("", "v1", "pods", registry=registry)
-    def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        if type == "DELETED":
-            reconciler.forget_pod(body["metadata"]["namespace"], body["metadata"]["name"])
-        elif injection.STATUS_ANNOTATION in (body["metadata"].get("annotations") or {}):
-            reconciler.identity.adopt_later(body)  # its agent Secret lives as long as injected pods do
-        add(idx.pod_event(type, body))
-
     @kopf.on.delete(*_RESOURCE, registry=registry, retries=None, id="cleanup")
     async def cleanup_plugin(body: kopf.Body, **_: Any) -> None:
         key = (body["metadata"]["namespace"], spec.key_name(str(body.get("kind")), body["metadata"]["name"]))
@@ -177,6 +170,24 @@ async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
 
     threading.Thread(target=run, name="meshplug-cleanup", daemon=True).start()
     return await future
+
+
+def pod_changes(reconciler: reconcile.Reconciler, queue: workqueue.WorkQueue, idx: index.Index) -> informer.OnChange:
+    """What a pod change (from the pod cache's watch) sets off: the plugins it matters to are queued."""
+
+    def changed(kind: str, old: informer.Pod | None, new: informer.Pod | None) -> None:
+        body = new if new is not None else old
+        if body is None:
+            return
+        meta = body["metadata"]
+        if kind == "DELETED":
+            reconciler.forget_pod(meta["namespace"], meta["name"])
+        elif injection.STATUS_ANNOTATION in (meta.get("annotations") or {}):
+            reconciler.identity.adopt_later(body)  # its agent Secret lives as long as injected pods do
+        for key in idx.pod_event(kind, body):
+            queue.add(key)
+
+    return changed
 
 
 def _work(reconciler: reconcile.Reconciler, queue: workqueue.WorkQueue, idx: index.Index, opts: Options) -> Any:
@@ -232,10 +243,12 @@ def run_operator(
         renewer = threading.Thread(target=elector.run, args=(stop, on_lost), name="meshplug-lease", daemon=True)
         renewer.start()
 
-    queue = workqueue.WorkQueue()
+    queue = workqueue.WorkQueue(on_wait=reconciler.metrics.queue_wait_seconds.observe)
     reconciler.metrics.queue_depth = queue.pending
     idx = index.Index(reconciler.root_namespace)
     reconciler.enqueue = lambda key, after: queue.add(key, after=after)
+    pods = informer.PodCache(reconciler.writer, opts.namespaces, pod_changes(reconciler, queue, idx)).start(stop)
+    reconciler.read_pods_from(pods)
     workers = workqueue.Workers(queue, _work(reconciler, queue, idx, opts), opts.workers).start()
     registry = build_registry(reconciler, queue, idx)
     try:

@@ -11,10 +11,11 @@ exposition (`meshplug.prometheus`), no client library::
     meshplug_operator_pushes_total{result}                        ack | nack | unreachable | unauthorized
     meshplug_operator_push_duration_seconds{result}               histogram of one push to one agent
     meshplug_operator_workqueue_depth                             keys queued or being reconciled
+    meshplug_operator_workqueue_wait_seconds                      histogram of how long a due key waited for a worker
     meshplug_operator_plugin_ready{namespace,plugin}              1 while the plugin's Ready condition is True
     meshplug_operator_pods_ready{namespace,plugin}                selected pods whose data plane confirmed the digest
     meshplug_operator_pods_selected{namespace,plugin}             selected pods
-    meshplug_operator_api_requests_total{method}                  Kubernetes API requests sent by the operator
+    meshplug_operator_api_requests_total{method,resource}         Kubernetes API requests sent by the operator
     meshplug_operator_leader                                      1 while this replica holds the Lease
     meshplug_operator_healthy                                     0 when the last reconcile was refused by the API
     meshplug_wasm_*                                               module supply (meshplug.fetch.metrics)
@@ -53,6 +54,9 @@ class Metrics:
         self.push_seconds = prometheus.Histogram(
             "meshplug_operator_push_duration_seconds", "Duration of one config push to one agent, by result."
         )
+        self.queue_wait_seconds = prometheus.Histogram(
+            "meshplug_operator_workqueue_wait_seconds", "How long a due WasmPlugin key waited for a worker."
+        )
         #: the work queue's depth (set by the handlers once the queue exists)
         self.queue_depth: Callable[[], int] = lambda: 0
         self.leader = False
@@ -90,7 +94,7 @@ class Metrics:
         with self._lock:
             return self._reconciles.get(result, 0)
 
-    def exposition(self, requests: dict[str, int]) -> str:
+    def exposition(self, requests: dict[tuple[str, str], int]) -> str:
         with self._lock:
             reconciles, pushes = dict(self._reconciles), dict(self._pushes)
             pods, ready = dict(self._pods), dict(self._ready)
@@ -114,6 +118,7 @@ class Metrics:
                 [((("result", r),), n) for r, n in sorted(pushes.items())],
             ),
             *self.push_seconds.lines(),
+            *self.queue_wait_seconds.lines(),
             *prometheus.family(
                 "meshplug_operator_workqueue_depth",
                 "gauge",
@@ -141,8 +146,8 @@ class Metrics:
             *prometheus.family(
                 "meshplug_operator_api_requests_total",
                 "counter",
-                "Kubernetes API requests sent by the operator's writer.",
-                [((("method", m),), n) for m, n in sorted(requests.items())],
+                "Kubernetes API requests sent by the operator's writer, by method (WATCH: a watch) and resource.",
+                [((("method", m), ("resource", r)), n) for (m, r), n in sorted(requests.items())],
             ),
             *prometheus.family(
                 "meshplug_operator_leader", "gauge", "1 while this replica holds the leader Lease.", [((), self.leader)]

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from meshplug import errors, fetch, limits, spec, validate
-from meshplug.controller import apply, delivery, identity, precompile, rollout, signing, status
+from meshplug.controller import apply, delivery, identity, informer, precompile, rollout, signing, status
 from meshplug.controller import metrics as metrics_mod
 from meshplug.controller.delivery import agent as agent_delivery
 from meshplug.controller.delivery import istio_configmap, istio_native, istio_pods, proxies
@@ -113,7 +113,7 @@ class Reconciler:
         self.root_namespace = root_namespace
         self.fetch_log = fetch_log or proxies.FetchLog()
         istiod = istiod or proxies.Istiod(())
-        selection = istio_pods.Selection(writer, root_namespace, namespaces)
+        selection = istio_pods.Selection(informer.ApiPods(writer), root_namespace, namespaces)
         self.istio_native = istio_native.IstioNative(writer, server, istiod, self.fetch_log, selection)
         self.istio_configmap = istio_configmap.IstioConfigMap(writer, server, istiod, self.fetch_log, selection)
         self._fetched: dict[Key, int] = {}  # the generation each plugin was last pulled for
@@ -136,6 +136,12 @@ class Reconciler:
             return
         for key in self.agent.using(sha256):
             self.enqueue(key, 0.0)
+
+    def read_pods_from(self, source: informer.PodSource) -> None:
+        """Where the delivery paths read pods (the operator's pod cache; the API until set)."""
+        self.agent.pods = source
+        self.istio_native.selection.source = source  # one Selection, shared by both istio routes
+        self.istio_configmap.selection.source = source
 
     def paths(self) -> tuple[delivery.Delivery, ...]:
         return (self.istio_native, self.istio_configmap, self.agent)

@@ -45,8 +45,12 @@ class _Item:
 class WorkQueue:
     """Thread-safe; `get` blocks until a key is due or the queue is shut down (then returns None)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, on_wait: Callable[[float], None] | None = None
+    ) -> None:
+        """``on_wait(seconds)``: called with how long each key handed out waited after it was due (a metric)."""
         self._clock = clock
+        self._on_wait = on_wait
         self._cond = threading.Condition()
         self._heap: list[_Item] = []
         self._due: dict[Key, float] = {}  # queued keys and their due time
@@ -80,10 +84,13 @@ class WorkQueue:
                     return None
                 while self._heap and self._due.get(self._heap[0].key) != self._heap[0].due:
                     heapq.heappop(self._heap)  # superseded by an earlier due time
-                if self._heap and self._heap[0].due <= self._clock():
+                now = self._clock()
+                if self._heap and self._heap[0].due <= now:
                     item = heapq.heappop(self._heap)
                     del self._due[item.key]
                     self._running.add(item.key)
+                    if self._on_wait is not None:
+                        self._on_wait(now - item.due)
                     return item.key
                 timeout = None if not self._heap else max(0.0, self._heap[0].due - self._clock())
                 self._cond.wait(timeout)

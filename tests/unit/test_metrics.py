@@ -19,7 +19,7 @@ def _operator_text() -> str:
     m.ready(("shop", "hdr"), True)
     m.ready(("shop", "auth"), False)
     m.pods(("shop", "hdr"), 2, 3)
-    return m.exposition({"GET": 4, "PATCH": 1})
+    return m.exposition({("GET", "pods"): 4, ("PATCH", "wasmplugins/status"): 1})
 
 
 def test_operator_exposition_follows_the_conventions() -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from meshplug import spec
-from meshplug.controller import apply, status
+from meshplug.controller import informer, status
 from meshplug.render import model
 
 Key = tuple[str, str]
@@ -91,15 +91,16 @@ def tie_break(body: Mapping[str, Any]) -> str:
     return f"{meta.get('creationTimestamp', '')}/{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
-def selected_pods(writer: apply.Writer, plugin: spec.PluginSpec) -> list[dict[str, Any]]:
+def live(pod: Mapping[str, Any]) -> bool:
+    """Not being deleted, not finished."""
+    return not pod["metadata"].get("deletionTimestamp") and (pod.get("status") or {}).get("phase") not in (
+        "Succeeded",
+        "Failed",
+    )
+
+
+def selected_pods(pods: informer.PodSource, plugin: spec.PluginSpec) -> list[dict[str, Any]]:
     """The live pods of the plugin's namespace its selector picks (none with targetRefs)."""
     if plugin.target_refs:
         return []
-    selector = ",".join(f"{k}={v}" for k, v in plugin.selector)  # the API filters: no list of every pod
-    return [
-        p
-        for p in writer.list("v1", "Pod", plugin.namespace, label_selector=selector)
-        if selects(plugin.selector_labels, p["metadata"].get("labels"))
-        and not p["metadata"].get("deletionTimestamp")
-        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-    ]
+    return [p for p in pods.pods(plugin.namespace, plugin.selector_labels) if live(p)]

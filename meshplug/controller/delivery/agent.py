@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from meshplug import errors, limits, protocol, spec
-from meshplug.controller import agents, apply, delivery, identity, rollout, status, workqueue
+from meshplug.controller import agents, apply, delivery, identity, informer, rollout, status, workqueue
 from meshplug.controller import metrics as metrics_mod
 from meshplug.controller.delivery import canary
 from meshplug.render import agent as agent_render
@@ -107,10 +107,12 @@ class AgentDelivery:
         metrics: metrics_mod.Metrics,
         identity: identity.Identity,
         load_pinned: canary.PinnedLoader | None = None,
+        pods: informer.PodSource | None = None,
     ) -> None:
         """``load_pinned``: how a canary rollout's stable version is loaded again by its digest (default: as any
         other plugin, by its url)."""
         self.writer = writer
+        self.pods: informer.PodSource = pods or informer.ApiPods(writer)  # the operator's pod cache
         self.server = server
         self.load = load
         self.load_pinned: canary.PinnedLoader = load_pinned or (lambda plugin, _: load(plugin))
@@ -203,7 +205,7 @@ class AgentDelivery:
         """A plugin with ``spec.rollout``: its pods get the version the rollout gives them; while a step is in
         progress and its pods confirmed, their stats are compared and the rollout goes on (or back)."""
         assert plugin.rollout is not None
-        pods = delivery.selected_pods(self.writer, plugin)
+        pods = delivery.selected_pods(self.pods, plugin)
         ctx = canary.context(request.body, plugin, module, pods)
         with self._lock:  # what this process last decided, else the status (after a restart or a new leader)
             prior = self._rollouts.get(request.key) or rollout.from_status(request.body.get("status"))
@@ -384,12 +386,12 @@ class AgentDelivery:
     ) -> tuple[PodReport, list[tuple[str, agents.Outcome]]]:
         key: Key = (plugin.namespace, spec.key_name(plugin.kind, plugin.name))
         self._refresh_entries(plugin.namespace, own=key)
-        pods = delivery.selected_pods(self.writer, plugin)
+        pods = delivery.selected_pods(self.pods, plugin)
         names = frozenset(p["metadata"]["name"] for p in pods)
         with self._lock:
             gone = self._pushed.get(key, frozenset()) - names
             self._pushed[key] = names
-        others = [p for p in self.writer.list("v1", "Pod", plugin.namespace) if p["metadata"]["name"] in gone]
+        others = [p for p in self.pods.pods(plugin.namespace, {}) if p["metadata"]["name"] in gone] if gone else []
         if not pods and not others:  # no agent here: no push credentials (nor an agent Secret) needed
             return PodReport(0, 0, (), ""), []
         creds = self.identity.push_credentials(plugin.namespace)
@@ -513,7 +515,7 @@ class AgentDelivery:
         selector = entry.plugin.selector_labels if entry is not None else None
         pods = [
             p
-            for p in self.writer.list("v1", "Pod", namespace)
+            for p in self.pods.pods(namespace, {})
             if p["metadata"]["name"] in pushed
             or (selector is not None and delivery.selects(selector, p["metadata"].get("labels")))
         ]

@@ -104,7 +104,7 @@ class IstioConfigMap(istio_pods.Route):
                     )
             if not [o for o in found if o.get("spec") == obj["spec"]]:
                 self.changes[key] = proxies.Change.before(self.istiod)
-            self.writer.apply(obj)
+            self.writer.apply_changed(obj, found[0] if found else None)  # unchanged: nothing written
         except errors.ApplyError as exc:
             if exc.reason not in ("NotFound", "HTTP404"):
                 raise
@@ -142,8 +142,10 @@ class IstioConfigMap(istio_pods.Route):
             wanted = {plugin.namespace}
         existing = self._existing(plugin.namespace, plugin.name, plugin.kind)
         previous = _previous_module(existing, module.sha256)
+        there = {(cm["metadata"]["namespace"], cm["metadata"]["name"]): cm for cm in existing}
         for namespace in sorted(wanted):
-            self.writer.apply(istio.config_map(plugin, module, code, previous, namespace))
+            obj = istio.config_map(plugin, module, code, previous, namespace)
+            self.writer.apply_changed(obj, there.get((namespace, obj["metadata"]["name"])))
         self._delete_config_maps(plugin.namespace, plugin.name, plugin.kind, keep=wanted, existing=existing)
 
     def _delete_config_maps(

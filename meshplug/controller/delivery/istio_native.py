@@ -82,7 +82,7 @@ class IstioNative(istio_pods.Route):
             )
         if existing is None or _content(existing) != _content(obj):
             self.changes[request.key] = proxies.Change.before(self.istiod)
-        self.writer.apply(obj)
+        self.writer.apply_changed(obj, existing)  # unchanged: nothing written
         for other in istio_native.KINDS:
             if other != kind:  # the cluster moved on (Istio upgraded): the older kind goes
                 self._delete(other, plugin.namespace, plugin.name, owner.kind)
@@ -197,6 +197,8 @@ class IstioNative(istio_pods.Route):
         return change is not None or fetched is not None
 
     def _delete(self, kind: str, namespace: str, name: str, owner_kind: str) -> None:
+        if istio_native.KINDS[kind] not in self.writer.served(istio_native.API_VERSION):
+            return  # the cluster does not serve the kind: nothing of it to delete
         try:
             existing = self.writer.get(istio_native.API_VERSION, kind, namespace, name)
         except errors.ApplyError as exc:

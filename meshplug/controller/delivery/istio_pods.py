@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshplug import limits, spec
-from meshplug.controller import apply, delivery, status
+from meshplug.controller import apply, delivery, informer, status
 from meshplug.controller.delivery import proxies
 from meshplug.render import model
 
@@ -61,8 +61,8 @@ def recheck_delay(retry: int) -> float:
 class Selection:
     """The pods an istio-plane plugin reaches, the way istiod decides it (see the module docstring)."""
 
-    def __init__(self, writer: apply.Writer, root_namespace: str, namespaces: Sequence[str]) -> None:
-        self.writer = writer
+    def __init__(self, source: informer.PodSource, root_namespace: str, namespaces: Sequence[str]) -> None:
+        self.source = source  # the operator's pod cache (or the API)
         self.root_namespace = root_namespace
         self.namespaces = tuple(namespaces)  # the operator's watched namespaces; () = all
 
@@ -73,16 +73,16 @@ class Selection:
     def pods(self, plugin: spec.PluginSpec) -> list[dict[str, Any]]:
         if plugin.target_refs:
             names = {r.name for r in plugin.target_refs if r.kind == "Gateway"}
-            found = self.writer.list("v1", "Pod", plugin.namespace, label_selector=GATEWAY_NAME_LABEL)
+            found = self.source.pods(plugin.namespace, {}, has_label=GATEWAY_NAME_LABEL)
             return [
-                p for p in found if (p["metadata"].get("labels") or {}).get(GATEWAY_NAME_LABEL) in names and _live(p)
+                p
+                for p in found
+                if (p["metadata"].get("labels") or {}).get(GATEWAY_NAME_LABEL) in names and delivery.live(p)
             ]
-        selector = ",".join(f"{k}={v}" for k, v in plugin.selector)
         out = []
         for namespace in self.scopes(plugin):
-            for pod in self.writer.list("v1", "Pod", namespace, label_selector=selector):
-                labels = pod["metadata"].get("labels") or {}
-                if not (_live(pod) and proxies.has_sidecar(pod) and delivery.selects(plugin.selector_labels, labels)):
+            for pod in self.source.pods(namespace, plugin.selector_labels):
+                if not (delivery.live(pod) and proxies.has_sidecar(pod)):
                     continue
                 if proxies.is_gateway(pod) and all(m.mode is spec.MatchMode.SERVER for m in plugin.match):
                     continue  # a gateway's listeners are CLIENT for match: a SERVER-only plugin never applies there
@@ -102,13 +102,6 @@ class Selection:
     def label(self, plugin: spec.PluginSpec, pod: Mapping[str, Any]) -> str:
         meta = pod["metadata"]
         return meta["name"] if meta["namespace"] == plugin.namespace else f"{meta['namespace']}/{meta['name']}"
-
-
-def _live(pod: Mapping[str, Any]) -> bool:
-    return not pod["metadata"].get("deletionTimestamp") and (pod.get("status") or {}).get("phase") not in (
-        "Succeeded",
-        "Failed",
-    )
 
 
 def confirmed_before(body: Mapping[str, Any], digest: str) -> frozenset[str]:

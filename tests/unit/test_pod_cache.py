@@ -1,0 +1,136 @@
+"""meshplug.controller.informer's pod cache in process: watch events and listings in, label-selected pods out, and
+the changes its consumers see (a listing after a lost watch reports the pods that went meanwhile)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+
+from meshplug.controller import apply, informer
+
+
+def pod(name: str, version: int, namespace: str = "shop", **labels: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "resourceVersion": str(version),
+            "labels": labels,
+            "managedFields": [{"manager": "kubelet"}],
+        },
+        "status": {"phase": "Running"},
+    }
+
+
+def cache(seen: list[tuple[str, str]]) -> informer.PodCache:
+    def changed(kind: str, old: informer.Pod | None, new: informer.Pod | None) -> None:
+        body = new if new is not None else old
+        assert body is not None
+        seen.append((kind, body["metadata"]["name"]))
+
+    return informer.PodCache(cast(apply.Writer, None), (), changed)
+
+
+@pytest.mark.parametrize(
+    ("namespace", "selector", "has_label", "expected"),
+    [
+        ("shop", {"app": "a"}, "", ["a-1", "a-2"]),
+        ("shop", {"app": "a", "track": "canary"}, "", ["a-2"]),
+        ("shop", {}, "", ["a-1", "a-2", "b-1", "gw"]),
+        ("shop", {}, "gateway.networking.k8s.io/gateway-name", ["gw"]),
+        ("shop", {"app": "nope"}, "", []),
+        ("", {"app": "a"}, "", ["a-1", "a-2", "a-9"]),  # every namespace
+        ("other", {"app": "a"}, "", ["a-9"]),
+    ],
+)
+def test_reads_select_by_namespace_and_labels(
+    namespace: str, selector: dict[str, str], has_label: str, expected: list[str]
+) -> None:
+    c = cache([])
+    c.replace(
+        "",
+        [
+            pod("a-1", 1, app="a"),
+            pod("a-2", 2, app="a", track="canary"),
+            pod("b-1", 3, app="b"),
+            pod("gw", 4, **{"gateway.networking.k8s.io/gateway-name": "edge"}),
+            pod("a-9", 5, namespace="other", app="a"),
+        ],
+    )
+    assert c.synced()
+    got = [p["metadata"]["name"] for p in c.pods(namespace, selector, has_label=has_label)]
+    assert sorted(got) == expected
+    assert all("managedFields" not in p["metadata"] for p in c.pods(namespace, selector, has_label=has_label))
+
+
+@pytest.mark.parametrize(
+    ("events", "selector", "expected", "changes"),
+    [
+        # a relabelled pod leaves the old label's set and joins the new one's
+        (
+            [("MODIFIED", pod("a-1", 7, app="b"))],
+            {"app": "b"},
+            ["a-1", "b-1"],
+            [("MODIFIED", "a-1")],
+        ),
+        ([("DELETED", pod("a-1", 8, app="a"))], {"app": "a"}, [], [("DELETED", "a-1")]),
+        ([("ADDED", pod("a-3", 9, app="a"))], {"app": "a"}, ["a-1", "a-3"], [("ADDED", "a-3")]),
+        # a bookmark only moves the version; a delete of a pod never seen changes nothing
+        ([("BOOKMARK", {"metadata": {"resourceVersion": "10"}})], {"app": "a"}, ["a-1"], []),
+        ([("DELETED", pod("zz", 11))], {}, ["a-1", "b-1"], [("DELETED", "zz")]),
+    ],
+)
+def test_watch_events_keep_the_cache_and_report_each_change(
+    events: list[tuple[str, dict[str, Any]]],
+    selector: dict[str, str],
+    expected: list[str],
+    changes: list[tuple[str, str]],
+) -> None:
+    seen: list[tuple[str, str]] = []
+    c = cache(seen)
+    c.replace("", [pod("a-1", 1, app="a"), pod("b-1", 2, app="b")])
+    seen.clear()
+    for kind, obj in events:
+        version = c.apply_event({"type": kind, "object": obj})
+        assert version == obj["metadata"]["resourceVersion"]
+    assert sorted(p["metadata"]["name"] for p in c.pods("shop", selector)) == expected
+    assert seen == changes
+
+
+def test_a_listing_replaces_the_cache_and_reports_what_went_while_unwatched() -> None:
+    seen: list[tuple[str, str]] = []
+    c = cache(seen)
+    c.replace("", [pod("a-1", 1, app="a"), pod("a-2", 2, app="a"), pod("b-1", 3, app="b")])
+    assert sorted(seen) == [("ADDED", "a-1"), ("ADDED", "a-2"), ("ADDED", "b-1")]
+    seen.clear()
+    # the watch was lost: a-2 went, b-1 changed, a-1 did not, c-1 came
+    c.replace("", [pod("a-1", 1, app="a"), pod("b-1", 6, app="a"), pod("c-1", 7, app="c")])
+    assert sorted(seen) == [("ADDED", "c-1"), ("DELETED", "a-2"), ("MODIFIED", "b-1")]
+    assert sorted(p["metadata"]["name"] for p in c.pods("shop", {"app": "a"})) == ["a-1", "b-1"]
+    assert len(c) == 3
+    assert c.relists == 1
+
+
+def test_reads_wait_for_every_scope_before_answering_from_memory() -> None:
+    c = informer.PodCache(cast(apply.Writer, None), ("shop", "other"))
+    c.replace("shop", [pod("a-1", 1, app="a")])
+    assert not c.synced()  # "other" not listed yet: reads still go to the API
+    c.replace("other", [])
+    assert c.synced()
+    assert [p["metadata"]["name"] for p in c.pods("shop", {"app": "a"})] == ["a-1"]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/api/v1/namespaces/shop/pods", "pods"),
+        ("/api/v1/pods?limit=500", "pods"),
+        ("/apis/meshplug.io/v1alpha1/namespaces/shop/wasmplugins/hdr/status", "wasmplugins/status"),
+        ("/apis/meshplug.io/v1alpha1/namespaces/shop/wasmplugins/hdr", "wasmplugins"),
+        ("/apis/extensions.istio.io/v1alpha1", "discovery"),
+        ("/api/v1/namespaces/shop", "namespaces"),
+    ],
+)
+def test_api_requests_are_counted_by_resource(path: str, expected: str) -> None:
+    assert apply._resource_of(path) == expected
