@@ -11,6 +11,7 @@ that own other fields of the same objects keep them, and managedFields show what
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import hashlib
 import json
@@ -108,6 +109,7 @@ class Writer:
         self._events: dict[tuple[str, str], int] = {}  # (namespace, Event name) -> the count last written
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self._discovery: dict[str, tuple[float, frozenset[str]]] = {}  # api_version -> (when read, plurals)
+        self._watches: set[Any] = set()  # the responses of watches in flight (urllib3)
 
     def requests(self) -> dict[tuple[str, str], int]:
         """API requests this writer sent, by (HTTP method, resource) (a metric; the scale bench reads it). The
@@ -251,6 +253,8 @@ class Writer:
             why = f"watch {path}: {exc.status} {exc.reason}"[:500]
             raise errors.ApplyError(why, reason=f"HTTP{exc.status}") from None
         raw = resp.response  # the urllib3 response, not read yet: the events arrive one JSON line each
+        with self._count_lock:
+            self._watches.add(raw)
         try:
             if resp.status >= 300:
                 text = raw.read().decode(errors="replace")
@@ -263,7 +267,17 @@ class Writer:
                     if line.strip():
                         yield json.loads(line)
         finally:
+            with self._count_lock:
+                self._watches.discard(raw)
             raw.release_conn()
+
+    def end_watches(self) -> None:
+        """End every watch in flight (their readers see the stream end): the operator stops."""
+        with self._count_lock:
+            streams = list(self._watches)
+        for raw in streams:
+            with contextlib.suppress(Exception):  # closed meanwhile
+                raw.shutdown()
 
     def access_review(
         self, verb: str, group: str, resource: str, namespace: str = "", name: str = ""

@@ -257,6 +257,7 @@ def run_operator(
         stop.set()
         on_signals(stop)  # asyncio's loop restored the default handlers on closing: a 2nd SIGTERM must not kill
         workers.stop(timeout=limits.SHUTDOWN_DRAIN_S)  # daemon threads: a reconcile still running is abandoned
+        reconciler.writer.end_watches()  # the pod cache's watch
         reconciler.metrics.leader = False
         if renewer is not None:
             renewer.join(timeout=limits.SHUTDOWN_DRAIN_S)

@@ -224,11 +224,15 @@ class PodCache:
                 failures = 0
                 self._watch(scope, version, stop)
             except (errors.ApplyError, OSError, ValueError) as exc:
+                if stop.is_set():
+                    return  # the operator ended the watch
                 failures += 1
                 delay = min(limits.POD_WATCH_BACKOFF_MAX_S, 0.5 * 2 ** min(failures, 8))
                 log.warning("pods of %s: %s; listing again in %.1fs", scope or "every namespace", exc, delay)
                 stop.wait(delay)
             except Exception:  # the kubernetes client's own errors (urllib3): same handling, logged in full
+                if stop.is_set():
+                    return
                 failures += 1
                 log.exception("pods of %s: watch failed", scope or "every namespace")
                 stop.wait(min(limits.POD_WATCH_BACKOFF_MAX_S, 0.5 * 2 ** min(failures, 8)))
