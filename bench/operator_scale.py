@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import statistics
 import sys
 import tempfile
@@ -131,6 +132,22 @@ def operator_counts(op: operator_mod.Operator) -> tuple[float, float]:
     return writes, reconciles
 
 
+def stages(log_path: Path, since: int) -> str:
+    """Mean time per reconcile stage (the operator's ``reconcile stages`` log lines after byte ``since``)."""
+    sums: dict[str, float] = {}
+    n = 0
+    with log_path.open("rb") as f:
+        f.seek(since)
+        for line in f:
+            text = line.decode(errors="replace")
+            if "reconcile stages " not in text:
+                continue
+            n += 1
+            for stage, ms in json.loads(text.partition("reconcile stages ")[2])["ms"].items():
+                sums[stage] = sums.get(stage, 0.0) + ms
+    return ", ".join(f"{k} {v / n:.0f} ms" for k, v in sums.items()) if n else "none logged"
+
+
 def breakdown(before: dict[str, float], after: dict[str, float], reconciles: float) -> str:
     """The operator's side between two /metrics reads: its API requests by method and resource, per reconcile,
     and the mean time a due key waited for a worker and a reconcile took."""
@@ -203,6 +220,7 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
             want = args.pods // args.workloads
             try:
                 m0 = op.metrics()
+                log0 = op.proc.log_path.stat().st_size
                 writes0, rec0 = operator_counts(op)
                 server0, own0 = apiserver_requests(client), client.requests
                 started: dict[str, float] = {}
@@ -244,6 +262,10 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                     f"(operator's writer), {op_requests / reconciles:.1f} (all operator requests at the apiserver)"
                 )
                 print(breakdown(m0, m1, reconciles))
+                print(f"  mean per reconcile stage: {stages(op.proc.log_path, log0)}")
+                sample = client("GET", f"{PLUGINS}/plugin-0")["status"]
+                ready = next(c for c in sample["conditions"] if c["type"] == "Ready")
+                print(f"  plugin-0: Ready={ready['status']} {ready['reason']}: {ready['message'][:160]}")
 
                 def quiet() -> bool:
                     a = operator_counts(op)[1]

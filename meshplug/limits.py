@@ -169,8 +169,14 @@ MAX_FAILING_PODS_REPORTED = 20
 AGENT_PUSH_TIMEOUT_S = 30.0
 #: pushes to different pods' agents in flight at once (per operator)
 AGENT_PUSH_CONCURRENCY = 16
-#: reconcile workers (threads) draining the operator's work queue
+#: reconcile workers (threads) draining the operator's work queue (more do not help: a reconcile waits for the API
+#: server, and more workers in parallel only slow each other's requests down and coalesce fewer pod changes)
 RECONCILE_WORKERS = 4
+#: a pod change queues the plugins selecting it this much later: a burst of pod changes (a rollout, a scale-up)
+#: is one reconcile and one status write per plugin, not one per pod
+POD_CHANGE_BATCH_S = 0.5
+#: connections the operator's API client keeps open (every worker, the pod cache's watches, the identity)
+API_CONNECTIONS = 32
 #: the operator's pod cache (meshplug.controller.informer): pods per list page, how long the API server keeps one
 #: watch open before it is resumed, and the longest wait before listing again after a failure
 POD_LIST_PAGE = 500

@@ -23,7 +23,7 @@ from typing import Any
 
 import kubernetes
 
-from meshplug import errors, fetch
+from meshplug import errors, fetch, limits
 from meshplug.commands import fetch as fetch_command
 from meshplug.controller import access, apply, handlers, identity, precompile, reconcile, signing
 from meshplug.controller import metrics as metrics_mod
@@ -296,11 +296,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _api_client(args: argparse.Namespace) -> Any:
     kubeconfig = args.kubeconfig or (Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None)
+    config = kubernetes.client.Configuration()
     if kubeconfig is None:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return kubernetes.client.ApiClient()
-    os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf logs in from the same file
-    return kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+        kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
+    else:
+        os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf logs in from the same file
+        kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=config)  # type: ignore[no-untyped-call]
+    # every reconcile worker and the pod cache's watches keep a connection (the client's default is 5 per CPU)
+    config.connection_pool_maxsize = limits.API_CONNECTIONS
+    return kubernetes.client.ApiClient(config)
 
 
 def _fetch_options(args: argparse.Namespace, reresolve: float | None) -> fetch.FetchOptions:

@@ -185,7 +185,7 @@ def pod_changes(reconciler: reconcile.Reconciler, queue: workqueue.WorkQueue, id
         elif injection.STATUS_ANNOTATION in (meta.get("annotations") or {}):
             reconciler.identity.adopt_later(body)  # its agent Secret lives as long as injected pods do
         for key in idx.pod_event(kind, body):
-            queue.add(key)
+            queue.add(key, after=limits.POD_CHANGE_BATCH_S)  # the pod's neighbours in a rollout come along
 
     return changed
 
