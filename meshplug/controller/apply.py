@@ -185,7 +185,8 @@ class Writer:
 
     def served(self, api_version: str) -> frozenset[str]:
         """The resources (plurals) the API serves in ``api_version`` (a group/version); empty when not served.
-        Remembered for `limits.API_DISCOVERY_TTL_S` (a CRD installed or removed is seen within that time)."""
+        Remembered for `limits.API_DISCOVERY_TTL_S` (a CRD installed or removed is seen within that time) or until
+        `forget_discovery`."""
         with self._count_lock:
             known = self._discovery.get(api_version)
         if known is not None and time.monotonic() - known[0] < limits.API_DISCOVERY_TTL_S:
@@ -194,6 +195,11 @@ class Writer:
         with self._count_lock:
             self._discovery[api_version] = (time.monotonic(), found)
         return found
+
+    def forget_discovery(self) -> None:
+        """The next `served` asks the API server again."""
+        with self._count_lock:
+            self._discovery.clear()
 
     def _served(self, api_version: str) -> frozenset[str]:
         base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"

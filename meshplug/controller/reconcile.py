@@ -364,8 +364,10 @@ class Reconciler:
         fetched, validated = checked
         clock = clock or _Stages(key, plugin.generation)
         try:
-            path = self.path_for(plugin)
             first_time = (body.get("status") or {}).get("observedGeneration") != plugin.generation
+            if first_time:  # a new generation asks what the cluster serves now (Istio may have been upgraded)
+                self.writer.forget_discovery()
+            path = self.path_for(plugin)
             for other in self.paths():
                 # this generation may have moved the plugin from another path (the agent path's check is in memory)
                 if other is not path and (first_time or other is self.agent):
