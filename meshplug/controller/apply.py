@@ -211,9 +211,12 @@ class Writer:
             raise
         return frozenset(str(r.get("name")) for r in (out or {}).get("resources") or [])
 
-    def list(self, api_version: str, kind: str, namespace: str, *, label_selector: str = "") -> list[dict[str, Any]]:
-        """Objects of ``kind`` in ``namespace`` ("" = every namespace)."""
-        query = {"labelSelector": label_selector} if label_selector else None
+    def list(
+        self, api_version: str, kind: str, namespace: str, *, label_selector: str = "", field_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        """Objects of ``kind`` in ``namespace`` ("" = every namespace), optionally by label and field selector
+        (``metadata.name=<name>``: one object, where the operator may list but not get)."""
+        query = {k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v} or None
         out = self._call("GET", resource_path(api_version, kind, namespace), query=query)
         items: list[dict[str, Any]] = out.get("items", []) if isinstance(out, dict) else []
         return items

@@ -89,9 +89,10 @@ class IstioConfigMap(istio_pods.Route):
             # listed (the operator may list EnvoyFilters, not get them): one of another meshplug resource by this
             # name is never taken over; a changed one of ours is a change proxies must be pushed before they count
             managed = f"{model.MANAGED_BY_LABEL}={model.MANAGED_BY}"
+            by_name = f"metadata.name={meta['name']}"  # this one, not every meshplug EnvoyFilter of the namespace
             found = [
                 o
-                for o in self.writer.list(*ISTIO_EF, meta["namespace"], label_selector=managed)
+                for o in self.writer.list(*ISTIO_EF, meta["namespace"], label_selector=managed, field_selector=by_name)
                 if o["metadata"]["name"] == meta["name"]
             ]
             for other in found:
