@@ -3,12 +3,13 @@
 Starts etcd + kube-apiserver (free ports), the WasmPlugin and EnvoyFilter CRDs, ``--workloads`` Deployments with
 ``--pods`` Pods spread over them (status set through the status subresource: no kubelet; each carries Istio's
 injection annotation, so the istio plane selects it), then `meshplug operator` as a process. Applies
-``--plugins`` WasmPlugins (istio data plane; each selects one workload's pods) as fast as it can and prints, from
-apply to the operator's status for that generation with every selected pod counted (``status.pods.total``;
-polled every 0.1 s): per-plugin p50/p95/p99/max, the time until all are counted and the operator's RSS. These pods
-have no proxies (5,000 Envoys do not fit this machine): their plugins stay Ready=False ``ProxiesPending``, the
-state in which the operator has rendered, applied and counted everything and waits for the proxies; the proxies'
-own part is bench/ready.py's. API requests: counted in the operator's client by method and resource (its writer,
+``--plugins`` WasmPlugins (istio data plane, ConfigMap route; each selects one workload's pods) as fast as it
+can and prints, from apply to the operator's status for that generation with every selected pod counted
+(``status.pods.total``, seen through a watch of the plugins): per-plugin p50/p95/p99/max, the time until all are
+counted and the operator's RSS. These pods have no proxies (5,000 Envoys do not fit this machine) and were
+created before the plugins: each plugin ends Ready=False ``RestartNeeded`` (the module's ConfigMap mounts at
+admission), the state in which the operator has rendered, applied and judged every selected pod; a proxy's own
+part of Ready is bench/ready.py's. API requests: counted in the operator's client by method and resource (its writer,
 read from its /metrics) and, for everything it sends including kopf's watches and finalizer patches, at the
 apiserver (``apiserver_request_total`` minus this script's own requests); per reconcile, the time keys waited for a
 worker and a reconcile took (the operator's histograms). Then the same after a pod churn (``--churn`` pods deleted
@@ -24,11 +25,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -85,21 +89,54 @@ def counted(obj: dict[str, Any], want: int) -> bool:
     )
 
 
-def settle_times(
-    client: Client, names: list[str], started: dict[str, float], want: int, deadline: float
-) -> dict[str, float]:
-    done: dict[str, float] = {}
-    while len(done) < len(names):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(done)}/{len(names)} plugins counted their pods before the deadline")
-        items = client("GET", PLUGINS)["items"]
-        now = time.monotonic()
-        for obj in items:
-            name = obj["metadata"]["name"]
-            if name in started and name not in done and counted(obj, want):
-                done[name] = now - started[name]
-        time.sleep(0.1)  # polling interval of the measurement, not synchronisation
-    return done
+class PluginWatch:
+    """The plugins as the apiserver streams them (one watch instead of polling lists, which would load the
+    apiserver the operator is measured against): when each first had its status counted, and the latest of each."""
+
+    def __init__(self, kube: kube_mod.Kube, client: Client, want: int) -> None:
+        self.kube, self.want = kube, want
+        self.counted_at: dict[str, float] = {}
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.changed = threading.Condition()
+        listing = client("GET", PLUGINS)
+        client.requests += 1  # the watch itself
+        for obj in listing["items"]:
+            self._see(obj)
+        url = urllib.parse.urlsplit(kube.url)
+        self.conn = http.client.HTTPSConnection(url.hostname or "", url.port, context=kube.ssl_context())
+        version = listing["metadata"]["resourceVersion"]
+        self.conn.request(
+            "GET",
+            f"{PLUGINS}?watch=1&resourceVersion={version}&timeoutSeconds=3600",
+            headers={"Authorization": f"Bearer {kube.admin_token}"},
+        )
+        self.resp = self.conn.getresponse()
+        threading.Thread(target=self._run, name="plugin-watch", daemon=True).start()
+
+    def _see(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        with self.changed:
+            self.latest[name] = obj
+            if name not in self.counted_at and counted(obj, self.want):
+                self.counted_at[name] = time.monotonic()
+            self.changed.notify_all()
+
+    def _run(self) -> None:
+        for line in self.resp:
+            event = json.loads(line)
+            if event.get("type") in ("ADDED", "MODIFIED"):
+                self._see(event["object"])
+
+    def wait(self, done: Any, deadline: float, what: str) -> None:
+        with self.changed:
+            while not done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{what} before the deadline")
+                self.changed.wait(min(left, 1.0))
+
+    def all_counted(self) -> bool:
+        return all(counted(o, self.want) for o in self.latest.values())
 
 
 def pod_body(i: int, workloads: int) -> dict[str, Any]:
@@ -219,6 +256,7 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
             )
             want = args.pods // args.workloads
             try:
+                watch = PluginWatch(kube, client, want)
                 m0 = op.metrics()
                 log0 = op.proc.log_path.stat().st_size
                 writes0, rec0 = operator_counts(op)
@@ -243,8 +281,9 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                     started[name] = time.monotonic()
                     client("POST", PLUGINS, body)
                 applied = time.monotonic() - t0
-                times = settle_times(client, names, started, want, deadline)
-                total = time.monotonic() - t0
+                watch.wait(lambda: len(watch.counted_at) == len(names), deadline, "not every plugin counted its pods")
+                times = {n: watch.counted_at[n] - started[n] for n in names}
+                total = max(watch.counted_at.values()) - t0
                 writes1, rec1 = operator_counts(op)
                 server1, own1 = apiserver_requests(client), client.requests
                 m1 = op.metrics()
@@ -279,11 +318,8 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                     t1 = time.monotonic()
                     change()
 
-                    def settled() -> bool:
-                        items = client("GET", PLUGINS)["items"]
-                        return all(counted(o, want) for o in items) and quiet()
-
-                    procs.wait_until(settled, timeout=max(1.0, deadline - time.monotonic()), what="pod counts")
+                    watch.wait(watch.all_counted, deadline, "the pod counts did not settle")
+                    procs.wait_until(quiet, timeout=max(1.0, deadline - time.monotonic()), what="reconciles to stop")
                     m2 = op.metrics()
                     writes2, rec2 = operator_counts(op)
                     server2, own2 = apiserver_requests(client), client.requests
