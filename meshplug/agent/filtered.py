@@ -69,11 +69,13 @@ class FilteredExchange(Exchange):
         "req_lines",
         "req_trailers",
         "request_headers",
+        "resp_dated",
         "resp_end_fed",
         "resp_fed",
         "resp_framed",
         "resp_hold",
         "resp_lines",
+        "resp_server_at",
         "stream",
     )
 
@@ -103,6 +105,8 @@ class FilteredExchange(Exchange):
         self.resp_fed: tuple[tuple[bytes, bytes], ...] = ()
         self.resp_lines: list[bytes] = []
         self.resp_framed = False
+        self.resp_server_at = -1  # the index of the server line in resp_lines (-1: none)
+        self.resp_dated = False  # the upstream's response has a date
         self.resp_hold: bytes | None = None
         self.resp_end_fed = False
         self.proxy_made = False  # the response is a reply the proxy generated (counted as such once)
@@ -199,7 +203,8 @@ class FilteredExchange(Exchange):
         # downstream head lines in the same pass
         chain_headers: wire.Headers = [(b":status", wire.STATUS_BYTES.get(status) or str(status).encode())]
         lines: list[bytes] = []
-        framed = chunked = False
+        framed = chunked = dated = False
+        server_at = -1
         for h in hcm.upstream_response(headers, self.service_ms()):  # the router's, before the plugins
             name = h[0]
             if name in wire.HOP_BY_HOP:
@@ -208,12 +213,18 @@ class FilteredExchange(Exchange):
                 continue
             if name == b"content-length":
                 framed = True
+            elif name == b"date":
+                dated = True
+            elif name == b"server" and server_at < 0:
+                server_at = len(lines)
             chain_headers.append(h)
             lines.append(b"%b: %b\r\n" % h)
         self.up_eof_ends = not (no_body or framed or chunked)  # wire.close_delimited
         self.resp_fed = tuple(chain_headers)
         self.resp_lines = lines
         self.resp_framed = framed
+        self.resp_server_at = server_at
+        self.resp_dated = dated
         stream = self.stream
         if stream.pass_response_headers(chain_headers, no_body):
             if not self.resp_done:
@@ -418,15 +429,15 @@ class FilteredExchange(Exchange):
         self._send_up_data(b"", True)
 
     def _send_down_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
-        after = list(headers)
-        self.conn.state.server.finish(after)  # the HCM's date and server, after the plugins
-        headers = tuple(after)
         fed = self.resp_fed
         n = len(fed)
+        server = self.conn.state.server
         if n and headers[:n] == fed:  # the received headers, maybe with some appended: serialize only those
             status = self.status
             out = [b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown")), *self.resp_lines]
             framed = self.resp_framed
+            server_at = self.resp_server_at + 1 if self.resp_server_at >= 0 else -1
+            dated = self.resp_dated
             for name, value in headers[n:]:
                 if name[:1] == b":" or name in wire.HOP_BY_HOP:
                     continue
@@ -434,12 +445,18 @@ class FilteredExchange(Exchange):
                     self.local_reply(502, INVALID_HEADER)
                     return
                 framed = framed or name == b"content-length"
+                dated = dated or name == b"date"
+                if name == b"server" and server_at < 0:
+                    server_at = len(out)
                 out.append(b"%b: %b\r\n" % (name, value))
+            server.finish_lines(out, server_at, dated=dated)  # the HCM's date and server, after the plugins
         else:
             if not all(framing.field_ok(name, value) for name, value in headers):
                 self.local_reply(502, INVALID_HEADER)
                 return
-            out, status, framed = self._down_head_lines(headers)
+            after = list(headers)
+            server.finish(after)  # the HCM's date and server, after the plugins
+            out, status, framed = self._down_head_lines(after)
             self.status = status
         no_body = self.method == b"HEAD" or status in (204, 304)
         self._send_head(out, bodiless=no_body or framed, empty=end_stream)

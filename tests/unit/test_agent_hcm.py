@@ -207,3 +207,19 @@ def test_native_listener_refuses_an_unknown_server_header_transformation(tmp_pat
     }
     with pytest.raises(errors.ConfigError, match="server_header_transformation"):
         config.parse(raw, base=tmp_path)
+
+
+@pytest.mark.parametrize("transformation", config.SERVER_HEADER_TRANSFORMATIONS)
+@pytest.mark.parametrize(
+    "headers",
+    [[(b"x-a", b"1")], [(b"server", b"app"), (b"x-a", b"1")], [(b"date", b"then"), (b"x-a", b"1"), (b"server", b"s")]],
+)
+def test_finish_lines_is_finish_on_written_lines(transformation: str, headers: H) -> None:
+    """The filtered exchange's shortcut (a head already written as lines) ends as `finish` does."""
+    step = hcm.ServerHeader(dataclasses.replace(_LISTENER, server_header_transformation=transformation))
+    expected = list(headers)
+    step.finish(expected)
+    out = [b"HTTP/1.1 200 OK\r\n", *(b"%b: %b\r\n" % h for h in headers)]
+    server_at = next((i + 1 for i, h in enumerate(headers) if h[0] == b"server"), -1)
+    step.finish_lines(out, server_at, dated=any(h[0] == b"date" for h in headers))
+    assert out[1:] == [b"%b: %b\r\n" % h for h in expected]
