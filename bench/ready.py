@@ -230,14 +230,14 @@ def agent_rows(slowest: dict[str, Any], facts: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def wait_optimized(bed: Bed, generation: int, deadline: float) -> dict[str, Any]:
-    """The first Ready reconcile of `generation` that pushed the optimized artifact."""
+def wait_logged(bed: Bed, generation: int, deadline: float, **want: object) -> dict[str, Any]:
+    """The first reconcile of `generation` whose logged stages have `want` (e.g. ready=True, tier="optimized")."""
     while time.monotonic() < deadline:
-        found = first(reconciles(bed, generation), ready=True, tier="optimized")
+        found = first(reconciles(bed, generation), **want)
         if found is not None:
             return found
         time.sleep(0.05)
-    raise TimeoutError(f"generation {generation}: the optimized artifact was not pushed: {reconciles(bed, generation)}")
+    raise TimeoutError(f"generation {generation}: no reconcile with {want}: {reconciles(bed, generation)}")
 
 
 def one_round(
@@ -264,10 +264,9 @@ def one_round(
     t_ready = wait_ready(bed, module.sha256, generation, poll, time.monotonic() + 300)
     plugin = f"{bed.ns}.{NAME}"
     slowest = slowest_agent(bed, plugin)
+    # the status is visible a moment before the reconcile logs its stages: wait for that line
+    facts = wait_logged(bed, generation, time.monotonic() + 30, ready=True)
     found = reconciles(bed, generation)
-    facts = first(found, ready=True)
-    if facts is None:
-        raise RuntimeError(f"no Ready reconcile of generation {generation} in the operator's log: {found}")
     if len(found) > 1:
         print(f"note: generation {generation}: {len(found)} reconciles so far: {found}", file=sys.stderr)
     ms = facts["ms"]
@@ -290,7 +289,7 @@ def one_round(
         ("apply -> Ready", (t_ready - t_apply) * 1000, ""),
     ]
     # the optimized tier: the background compile, then its push (the same reconcile when it was first)
-    done = wait_optimized(bed, generation, time.monotonic() + 600)
+    done = wait_logged(bed, generation, time.monotonic() + 600, ready=True, tier="optimized")
     t_optimized = done["started"] + sum(done["ms"].values()) / 1000
     tier_rows: list[Row] = []
     if done != facts:
