@@ -174,7 +174,8 @@ class Pool:
         )
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._idle = 0  # threads waiting for a task that no queued task has claimed yet
+        self._backlog = 0  # queued tasks no thread was free or could be started for
         self._pending: set[concurrent.futures.Future[Any]] = set()
         self._closed = False
 
@@ -189,19 +190,22 @@ class Pool:
             if self._closed:
                 raise ShuttingDown("the operator is stopping")
             self._pending.add(future)
-            if self._idle == 0 and len(self._threads) < self._count:
+            # each task claims an idle thread, else a new one: a burst of tasks runs at once (counting a thread
+            # idle until it had taken a task, as before, ran a burst on the one idle thread, one after another)
+            if self._idle > 0:
+                self._idle -= 1
+            elif len(self._threads) < self._count:
                 thread = threading.Thread(target=self._loop, name=f"{self._name}-{len(self._threads)}", daemon=True)
                 self._threads.append(thread)
-                self._idle += 1
                 thread.start()
+            else:
+                self._backlog += 1
             self._tasks.put((call, future))
         return future
 
     def _loop(self) -> None:
         while (task := self._tasks.get()) is not None:
             call, future = task
-            with self._lock:
-                self._idle -= 1
             try:
                 if future.set_running_or_notify_cancel():
                     try:
@@ -212,7 +216,10 @@ class Pool:
                         _settle(future, result=result)
             finally:
                 with self._lock:
-                    self._idle += 1
+                    if self._backlog:  # the next task is one that waited for a thread: this one takes it
+                        self._backlog -= 1
+                    else:
+                        self._idle += 1
                     self._pending.discard(future)
 
     def close(self) -> None:

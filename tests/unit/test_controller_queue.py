@@ -100,6 +100,20 @@ def test_pool_maps_in_order_and_reraises() -> None:
         pool.close()
 
 
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_pool_runs_a_burst_at_once(rounds: int) -> None:
+    # pushes to several pods go out together: each call waits for all the others (a barrier), which only
+    # completes when they run at once -- also on threads left idle by an earlier burst
+    pool = workqueue.Pool(4, "t")
+    try:
+        for _ in range(rounds):
+            barrier = threading.Barrier(3, timeout=30)
+            assert pool.map(lambda i: (barrier.wait(), i)[1], [1, 2, 3]) == [1, 2, 3]
+        assert len(pool._threads) == 3
+    finally:
+        pool.close()
+
+
 def test_pool_close_abandons_a_blocked_call_and_refuses_new_work() -> None:
     pool = workqueue.Pool(2, "t")
     started, never = threading.Event(), threading.Event()
