@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from types import SimpleNamespace
 from typing import Any, cast
@@ -100,6 +101,11 @@ def test_pool_maps_in_order_and_reraises() -> None:
         pool.close()
 
 
+def _meet(barrier: threading.Barrier, item: int) -> int:
+    barrier.wait()
+    return item
+
+
 @pytest.mark.parametrize("rounds", [1, 3])
 def test_pool_runs_a_burst_at_once(rounds: int) -> None:
     # pushes to several pods go out together: each call waits for all the others (a barrier), which only
@@ -108,7 +114,7 @@ def test_pool_runs_a_burst_at_once(rounds: int) -> None:
     try:
         for _ in range(rounds):
             barrier = threading.Barrier(3, timeout=30)
-            assert pool.map(lambda i: (barrier.wait(), i)[1], [1, 2, 3]) == [1, 2, 3]
+            assert pool.map(functools.partial(_meet, barrier), [1, 2, 3]) == [1, 2, 3]
         assert len(pool._threads) == 3
     finally:
         pool.close()
