@@ -155,13 +155,17 @@ def check() -> Status:
     have_src = have.get("sources") or {}
     assert isinstance(want_src, dict)
     stale = sorted(m for m in want_src if have_src.get(m) != want_src[m])
-    ext = all(e not in stale and _built(e) for e in EXTENSIONS)
+    # `extension`: the wasm call boundary and the workers' shared data (the HTTP/2 codec falls back on its own)
+    ext = all(e not in stale and _built(e) for e in EXTENSIONS if e != H2CODEC)
     compiled = _built(GROUP + "__mypyc") and not any(m in stale or not _built(m) for m in COMPILED)
-    if ext and compiled:
+    h2codec = H2CODEC not in stale and _built(H2CODEC)
+    if ext and compiled and h2codec:
         return Status(True, True, "")
     if stale:
         names = ", ".join(m.rsplit(".", 1)[1] for m in stale)
         return Status(ext, compiled, f"sources changed since the build: {names} (run `make native`)")
+    if ext and compiled:
+        return Status(ext, compiled, "built without the HTTP/2 codec (libnghttp2-dev missing at build time?)")
     missing = [] if ext else ["the C extensions"]
     missing += [] if compiled else ["the mypyc modules"]
     return Status(ext, compiled, f"built without {' and '.join(missing)} (no C compiler at build time?)")
@@ -213,6 +217,6 @@ def guard() -> Status:
     STATUS = check()
     if os.environ.get("MESHPLUG_REQUIRE_NATIVE") == "1" and STATUS.reason:
         raise NativeBuildError(f"MESHPLUG_REQUIRE_NATIVE=1 but the compiled data path is unusable: {STATUS.reason}")
-    blocked = () if STATUS.extension else unusable_extensions()
+    blocked = unusable_extensions() if STATUS.reason else ()
     sys.meta_path.insert(0, _FromSource(() if STATUS.compiled else COMPILED, blocked))
     return STATUS
