@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.corpus import modules as corpus
-from tests.testbed import istio, procs
+from tests.testbed import istio, istiod, istiopod, procs
 from tests.testbed.mesh_operator import MeshOperator
 
 HEADER_RULES = corpus.module("rust/header_rules").path.read_bytes()
@@ -23,7 +23,7 @@ CONFIGMAPS = "/api/v1/namespaces/{ns}/configmaps"
 MOUNT_LABEL = "wasm.meshplug.io/meshplug-wasm-{name}"
 
 
-def header(pod: istio.Pod, name: str, value: str | None, **kwargs: Any) -> istio.Response:
+def header(pod: istiopod.Pod, name: str, value: str | None, **kwargs: Any) -> istiopod.Response:
     return istio.poll(
         lambda: pod.request("/", **kwargs),
         lambda r: r.status == 200 and r.headers.get(name) == value,
@@ -54,7 +54,7 @@ def ns(istio_mesh: istio.Mesh) -> Iterator[str]:
         istio_mesh.pods.remove(pod)
 
 
-def stop(mesh: istio.Mesh, pod: istio.Pod) -> None:
+def stop(mesh: istio.Mesh, pod: istiopod.Pod) -> None:
     pod.stop()
     mesh.pods.remove(pod)
     mesh.kube.request("DELETE", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}?gracePeriodSeconds=0")
@@ -126,8 +126,8 @@ def test_root_namespace_plugins_copy_their_config_map_where_they_reach(
     mesh_operator: MeshOperator, istio_mesh: istio.Mesh
 ) -> None:
     a, b = istio_mesh.namespace("cm-mesh-a"), istio_mesh.namespace("cm-mesh-b")
-    mesh_operator.plugin(istio.ROOT_NS, "mesh-hdr", spec(mesh_operator, {"app": "meshy"}, {"x-cm-mesh": "yes"}))
-    mesh_operator.wait(istio.ROOT_NS, "mesh-hdr", status="False", reason="NoProxies")
+    mesh_operator.plugin(istiod.ROOT_NS, "mesh-hdr", spec(mesh_operator, {"app": "meshy"}, {"x-cm-mesh": "yes"}))
+    mesh_operator.wait(istiod.ROOT_NS, "mesh-hdr", status="False", reason="NoProxies")
     name = "meshplug-wasm-istio-system.mesh-hdr"
     # a namespace gets the ConfigMap once it has a pod the plugin selects (that first pod predates it: restart)
     first = istio_mesh.sidecar(a, "meshy-0", {"app": "meshy"})
@@ -149,7 +149,7 @@ def test_root_namespace_plugins_copy_their_config_map_where_they_reach(
     pods.append(istio_mesh.sidecar(b, "meshy-1", {"app": "meshy"}))
     for pod in pods:
         header(pod, "x-cm-mesh", "yes")
-    obj = mesh_operator.wait(istio.ROOT_NS, "mesh-hdr", reason="Loaded")
+    obj = mesh_operator.wait(istiod.ROOT_NS, "mesh-hdr", reason="Loaded")
     assert sorted(obj["status"]["loadedPods"]) == [f"{a}/meshy-0", f"{b}/meshy-1"]
     # the namespace that stops being reached loses its copy
     stop(istio_mesh, pods.pop())
@@ -158,7 +158,7 @@ def test_root_namespace_plugins_copy_their_config_map_where_they_reach(
         timeout=90,
         what=f"the ConfigMap removed from {b}",
     )
-    mesh_operator.delete(istio.ROOT_NS, "mesh-hdr")
+    mesh_operator.delete(istiod.ROOT_NS, "mesh-hdr")
     header(pods[0], "x-cm-mesh", None)
     assert istio_mesh.kube.request("GET", f"{CONFIGMAPS.format(ns=a)}/{name}")[0] == 404
     stop(istio_mesh, pods[0])
@@ -183,7 +183,7 @@ def test_a_module_too_large_for_a_config_map_goes_remote_and_a_hidden_module_ser
         obj = mesh_operator.wait(ns, "big", status="False", reason="ModuleServerHidden")
         assert "outbound|" in obj["status"]["failingPods"][0]["message"]
         assert istio_mesh.kube.request("GET", f"{CONFIGMAPS.format(ns=ns)}/meshplug-wasm-big")[0] == 404
-        sidecar = istio_mesh._sidecar_resource(pod)
+        sidecar = pod.sidecar_resource()
         sidecar["spec"]["egress"][0]["hosts"].append(f"{istio.MODULES_NS}/*")
         istio_mesh.apply(sidecar)
         t0 = time.monotonic()

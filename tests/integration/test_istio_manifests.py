@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from tests.corpus import modules as corpus
-from tests.testbed import istio, procs
+from tests.testbed import istio, istiopod, procs
 from tests.testbed.mesh_operator import MeshOperator
 from tests.testbed.origin import Origin
 from tests.testbed.registry import Registry
@@ -57,8 +57,8 @@ def adds(header: str) -> dict[str, Any]:
 @dataclass
 class Bed:
     op: MeshOperator
-    sidecar: istio.Pod  # labels app: b; its proxy's environment has TARGET
-    gateway: istio.Pod  # labels istio: ingressgateway; also a Gateway API Gateway "gw"'s pod
+    sidecar: istiopod.Pod  # labels app: b; its proxy's environment has TARGET
+    gateway: istiopod.Pod  # labels istio: ingressgateway; also a Gateway API Gateway "gw"'s pod
     sources: dict[str, str]  # placeholder -> value in the manifests
     registry: Registry  # the public (TLS) one
 
@@ -271,7 +271,7 @@ CASES: list[tuple[str, str, dict[str, Any], str, dict[str, str]]] = [
         {
             "selector": INGRESS,
             "url": "oci://{public}/openid-connect/openid:latest",
-            "match": [{"mode": "CLIENT", "ports": [{"number": istio.GATEWAY_PORT}]}],
+            "match": [{"mode": "CLIENT", "ports": [{"number": istiopod.GATEWAY_PORT}]}],
             "pluginConfig": adds("x-client-on-gateway"),
         },
         "gateway",
@@ -307,7 +307,7 @@ def test_priority_orders_a_phase_on_istiod(bed: Bed) -> None:
         if name in ("acl-check", "check-header"):
             strict_apply(bed, name, fill(spec, bed.sources))
             bed.op.wait(NS, name, reason="Loaded", timeout=120)
-    (chain, *_) = bed.op.mesh.istiod.http_filters(bed.gateway.proxy_id, istio.GATEWAY_PORT)
+    (chain, *_) = bed.op.mesh.istiod.http_filters(bed.gateway.proxy_id, istiopod.GATEWAY_PORT)
     prefix = f"extensions.istio.io/trafficextension/{NS}."
     # Istio's WasmPlugins as istiod >= 1.30 names them: translated into TrafficExtensions, with a suffix
     ours = [f.removeprefix(prefix).removesuffix("~istio-translated-wasmplugin") for f in chain if f.startswith(prefix)]
@@ -328,7 +328,7 @@ def test_priority_ties_go_by_creation_time_then_name_on_istiod(bed: Bed) -> None
     )
     strict_apply(bed, "tie-a", {"selector": APP_B, "phase": "STATS", "wasm": wasm}, kind="TrafficExtension")
     bed.op.wait(NS, "tie-a", reason="Loaded", kind="TrafficExtension")
-    (chain, *_) = bed.op.mesh.istiod.http_filters(bed.sidecar.proxy_id, istio.INBOUND_PORT)
+    (chain, *_) = bed.op.mesh.istiod.http_filters(bed.sidecar.proxy_id, istiopod.INBOUND_PORT)
     prefix = f"extensions.istio.io/trafficextension/{NS}."
     ours = [f.removeprefix(prefix).removesuffix("~istio-translated-wasmplugin") for f in chain if f.startswith(prefix)]
     assert ours.index("tie-z") < ours.index("tie-a"), chain
@@ -347,7 +347,7 @@ def test_server_match_does_not_reach_a_gateway(bed: Bed) -> None:
     strict_apply(bed, "server-on-gateway", spec)
     obj = bed.op.wait(NS, "server-on-gateway", status="False", reason="NoProxies")
     assert obj["status"]["pods"]["total"] == 0
-    chain = bed.op.mesh.istiod.http_filters(bed.gateway.proxy_id, istio.GATEWAY_PORT)
+    chain = bed.op.mesh.istiod.http_filters(bed.gateway.proxy_id, istiopod.GATEWAY_PORT)
     assert not [f for c in chain for f in c if f.endswith(".server-on-gateway")]
     assert "x-server-on-gateway" not in bed.gateway.request("/").headers
 

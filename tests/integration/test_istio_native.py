@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.corpus import modules as corpus
-from tests.testbed import istio
+from tests.testbed import istio, istiod, istiopod
 from tests.testbed.mesh_operator import MeshOperator
 
 HEADER_RULES = corpus.module("rust/header_rules").path.read_bytes()
@@ -21,7 +21,7 @@ WP = "/apis/extensions.istio.io/v1alpha1/namespaces/{ns}/wasmplugins"
 
 
 @pytest.fixture(scope="module")
-def shop(istio_mesh: istio.Mesh) -> Iterator[tuple[str, istio.Pod]]:
+def shop(istio_mesh: istio.Mesh) -> Iterator[tuple[str, istiopod.Pod]]:
     ns = istio_mesh.namespace("native-shop")
     pod = istio_mesh.sidecar(ns, "cart-0", {"app": "cart"})
     yield ns, pod
@@ -29,7 +29,7 @@ def shop(istio_mesh: istio.Mesh) -> Iterator[tuple[str, istio.Pod]]:
     istio_mesh.pods.remove(pod)
 
 
-def response_header(pod: istio.Pod, name: str, value: str | None) -> istio.Response:
+def response_header(pod: istiopod.Pod, name: str, value: str | None) -> istiopod.Response:
     return istio.poll(
         lambda: pod.request("/", headers={"x-secret": "s"}),
         lambda r: r.status == 200 and r.headers.get(name) == value,
@@ -38,7 +38,7 @@ def response_header(pod: istio.Pod, name: str, value: str | None) -> istio.Respo
 
 
 def test_plugin_reaches_a_sidecar_as_istios_own_wasm_plugin(
-    mesh_operator: MeshOperator, shop: tuple[str, istio.Pod]
+    mesh_operator: MeshOperator, shop: tuple[str, istiopod.Pod]
 ) -> None:
     ns, pod = shop
     url, sha = mesh_operator.module_url(HEADER_RULES, "header_rules.wasm")
@@ -59,7 +59,7 @@ def test_plugin_reaches_a_sidecar_as_istios_own_wasm_plugin(
     assert wp["spec"]["url"].startswith(f"http://{istio.MODULES_HOST}:")
     assert istio_mesh_get(mesh_operator, f"{TE.format(ns=ns)}/hdr")[0] == 404
     # the filter istiod sends this proxy, by Istio's ECDS name
-    chains = mesh_operator.mesh.istiod.http_filters(pod.proxy_id, istio.INBOUND_PORT)
+    chains = mesh_operator.mesh.istiod.http_filters(pod.proxy_id, istiopod.INBOUND_PORT)
     assert chains and all(WASM_PLUGIN_FILTER.format(ns=ns, name="hdr") in c for c in chains), chains
 
     # a new configuration reaches the proxy (same module: no new download)
@@ -86,7 +86,7 @@ def istio_mesh_get(op: MeshOperator, path: str) -> tuple[int, dict]:  # type: ig
 
 
 def test_a_module_envoy_refuses_shows_the_proxys_reason(
-    mesh_operator: MeshOperator, shop: tuple[str, istio.Pod]
+    mesh_operator: MeshOperator, shop: tuple[str, istiopod.Pod]
 ) -> None:
     ns, pod = shop
     url, sha = mesh_operator.module_url(HEADER_RULES, "header_rules.wasm")
@@ -108,7 +108,7 @@ def test_a_module_envoy_refuses_shows_the_proxys_reason(
 
 
 @pytest.fixture(scope="module")
-def ingress(istio_mesh: istio.Mesh) -> Iterator[tuple[str, istio.Pod, istio.Pod]]:
+def ingress(istio_mesh: istio.Mesh) -> Iterator[tuple[str, istiopod.Pod, istiopod.Pod]]:
     """Two ingress gateways in one namespace: a classic one (selected by labels) and one a Gateway API Gateway
     names (targetRefs)."""
     ns = istio_mesh.namespace("native-edge")
@@ -122,7 +122,7 @@ def ingress(istio_mesh: istio.Mesh) -> Iterator[tuple[str, istio.Pod, istio.Pod]
 
 @pytest.mark.parametrize("target", ["selector", "targetRefs", "targetRef"])
 def test_plugin_reaches_an_ingress_gateway(
-    mesh_operator: MeshOperator, ingress: tuple[str, istio.Pod, istio.Pod], target: str
+    mesh_operator: MeshOperator, ingress: tuple[str, istiopod.Pod, istiopod.Pod], target: str
 ) -> None:
     ns, classic, api = ingress
     url, sha = mesh_operator.module_url(HEADER_RULES, "header_rules.wasm")
@@ -146,7 +146,7 @@ def test_plugin_reaches_an_ingress_gateway(
 
 
 def test_a_root_namespace_plugin_applies_mesh_wide(
-    mesh_operator: MeshOperator, shop: tuple[str, istio.Pod], istio_mesh: istio.Mesh
+    mesh_operator: MeshOperator, shop: tuple[str, istiopod.Pod], istio_mesh: istio.Mesh
 ) -> None:
     ns, pod = shop
     other_ns = istio_mesh.namespace("native-other")
@@ -159,12 +159,12 @@ def test_a_root_namespace_plugin_applies_mesh_wide(
             "selector": {"matchLabels": {"app": "cart"}},
             "pluginConfig": {"response": {"add": {"x-mesh": "wide"}}},
         }
-        mesh_operator.plugin(istio.ROOT_NS, "mesh-hdr", spec)
-        obj = mesh_operator.wait(istio.ROOT_NS, "mesh-hdr", reason="Loaded")
+        mesh_operator.plugin(istiod.ROOT_NS, "mesh-hdr", spec)
+        obj = mesh_operator.wait(istiod.ROOT_NS, "mesh-hdr", reason="Loaded")
         assert sorted(obj["status"]["loadedPods"]) == sorted([f"{ns}/{pod.name}", f"{other_ns}/{other.name}"])
         for p in (pod, other):
             response_header(p, "x-mesh", "wide")
-        mesh_operator.delete(istio.ROOT_NS, "mesh-hdr")
+        mesh_operator.delete(istiod.ROOT_NS, "mesh-hdr")
         for p in (pod, other):
             response_header(p, "x-mesh", None)
     finally:
@@ -172,7 +172,7 @@ def test_a_root_namespace_plugin_applies_mesh_wide(
         istio_mesh.pods.remove(other)
 
 
-def test_a_lua_traffic_extension_goes_native(mesh_operator: MeshOperator, shop: tuple[str, istio.Pod]) -> None:
+def test_a_lua_traffic_extension_goes_native(mesh_operator: MeshOperator, shop: tuple[str, istiopod.Pod]) -> None:
     """meshplug's TrafficExtension with inline Lua becomes Istio's TrafficExtension with the same script."""
     ns, pod = shop
     lua = 'function envoy_on_response(h)\n  h:headers():add("x-lua-native", "yes")\nend\n'
@@ -202,7 +202,7 @@ def test_a_lua_traffic_extension_goes_native(mesh_operator: MeshOperator, shop: 
 
 
 def test_a_wasm_plugin_and_a_traffic_extension_of_one_name_do_not_collide(
-    mesh_operator: MeshOperator, shop: tuple[str, istio.Pod]
+    mesh_operator: MeshOperator, shop: tuple[str, istiopod.Pod]
 ) -> None:
     """A WasmPlugin and a TrafficExtension both named "twin" in one namespace: each renders Istio's resource of its
     own kind (each owned by its own), both reach the proxy, and deleting one leaves the other serving."""

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.corpus import modules as corpus
-from tests.testbed import istio, procs
+from tests.testbed import istio, istiopod, procs
 from tests.testbed.mesh_operator import MeshOperator
 
 HEADER_RULES = corpus.module("rust/header_rules").path.read_bytes()
@@ -44,7 +44,7 @@ def names(mode: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def pod(mesh_operator: MeshOperator, istio_mesh: istio.Mesh) -> Iterator[istio.Pod]:
+def pod(mesh_operator: MeshOperator, istio_mesh: istio.Mesh) -> Iterator[istiopod.Pod]:
     istio_mesh.namespace(NS)
     selector = {"matchLabels": {"app": "order"}}
     istio_mesh.apply(
@@ -97,7 +97,7 @@ def pod(mesh_operator: MeshOperator, istio_mesh: istio.Mesh) -> Iterator[istio.P
     istio_mesh.pods.remove(p)
 
 
-def test_a_request_refused_by_rbac_passed_exactly_the_plugins_before_it(pod: istio.Pod) -> None:
+def test_a_request_refused_by_rbac_passed_exactly_the_plugins_before_it(pod: istiopod.Pod) -> None:
     allowed = pod.request("/")
     assert allowed.status == 200
     assert {f"x-{m}-{s}" for m in "nc" for s in PHASES} <= set(allowed.headers)
@@ -123,17 +123,17 @@ def _check_order(chain: list[str], *, production: bool) -> None:
         assert where[GRPC_STATS] < where[ISTIO_STATS], chain
 
 
-def test_envoy_and_istiod_show_istios_phase_order(pod: istio.Pod, istio_mesh: istio.Mesh) -> None:
+def test_envoy_and_istiod_show_istios_phase_order(pod: istiopod.Pod, istio_mesh: istio.Mesh) -> None:
     envoy_chains = pod.envoy_http_filters()  # one HCM per filter chain of the inbound listener (TLS, plaintext)
     assert envoy_chains
     for chain in envoy_chains:
         _check_order(chain, production=False)
-    assert istio_mesh.istiod.http_filters(pod.proxy_id, istio.INBOUND_PORT) == envoy_chains
+    assert istio_mesh.istiod.http_filters(pod.proxy_id, istiopod.INBOUND_PORT) == envoy_chains
     # what a real istio-proxy gets: metadata exchange, ALPN and telemetry on (PyPI Envoy would refuse it)
     istio_mesh.restart_istiod(production=True)
     try:
         chains = istio.poll(
-            lambda: istio_mesh.istiod.http_filters(pod.proxy_id, istio.INBOUND_PORT),
+            lambda: istio_mesh.istiod.http_filters(pod.proxy_id, istiopod.INBOUND_PORT),
             lambda c: bool(c) and ISTIO_STATS in c[0],
             "istiod's production chain for the proxy",
         )

@@ -1,6 +1,6 @@
 """Network and mount namespaces for the test bed's pods: one bridge on the host, one namespace pair per pod.
 
-Used by tests/testbed/istio.py: each sidecar or gateway pod runs pilot-agent + Envoy (which bind the fixed
+Used by tests/testbed/istio*.py: each sidecar or gateway pod runs pilot-agent + Envoy (which bind the fixed
 ports 15000, 15020, 15021, 15090 and cache modules under the hard-coded /var/lib/istio) in its own network and
 mount namespace, reachable from the host at its pod IP on a bridge that only the test session uses.
 
