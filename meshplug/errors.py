@@ -7,7 +7,8 @@
     │                                  download_failure, manifest_failure, checksum_mismatched,
     │                                  too_large, not_wasm, blocked, not_found, unauthorized, timeout
     │   └── SignatureError             no cosign signature of the module verifies under the required key(s)
-    │                                      (reason signature_invalid; exit code 20)
+    │                                      (reason signature_invalid; exit code 20), or the agent does not
+    │                                      trust the key (signature_untrusted)
     ├── ValidationError                a module fails the proxy-wasm ABI check; ``reasons`` lists why
     ├── HostError                      the wasm host could not run a plugin
     │   ├── PluginStartError           instantiate / _initialize / on_vm_start / on_configure failed
@@ -108,6 +109,7 @@ FETCH_EXIT_CODES: dict[str, int] = {
     "unauthorized": 17,
     "timeout": 18,
     "signature_invalid": 20,
+    "signature_untrusted": 20,
 }
 
 

@@ -20,8 +20,9 @@ else the first TCP port of the first container that declares one.
 The agent's config file is the pod annotation ``meshplug.io/agent-config`` (JSON, written by this patch),
 projected into the agent's config volume by the downward API together with
 - the agent Secret ``secret_name`` of the pod's namespace, which the operator creates and rotates
-  (`meshplug.controller.identity`): ``ca.crt``, ``tls.crt``/``tls.key`` (the push port's mutual TLS) and
-  ``token`` (the pushes' bearer tokens);
+  (`meshplug.controller.identity`): ``ca.crt``, ``tls.crt``/``tls.key`` (the push port's mutual TLS),
+  ``token`` (the pushes' bearer tokens) and, when the operator has trusted signing keys, ``trusted-keys.pem``
+  (the agent runs with ``--trusted-keys`` on it: modules signed under other keys are refused);
 - the pod's ServiceAccount token for the audience ``token_audience`` (``sa-token``, refreshed by the kubelet),
   which the agent presents to the operator's module server.
 The operator pushes plugins to ``<pod IP>:<push port>`` (annotation ``meshplug.io/agent-push-port``).
@@ -51,6 +52,8 @@ CONFIG_FILE = "config.json"
 PUSH_TOKEN_KEY = "token"  # noqa: S105 - a Secret key's name, not a secret
 CA_KEY, CERT_KEY, KEY_KEY = "ca.crt", "tls.crt", "tls.key"
 SA_TOKEN_PATH = "sa-token"  # noqa: S105 - a file name, not a secret
+#: the agent Secret's trusted signing keys (the operator's --trusted-key files): `meshplug agent --trusted-keys`
+TRUSTED_KEYS_KEY = "trusted-keys.pem"
 #: the agent's proxy and push listeners accept connections from other pods (the Service, the operator)
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104
 #: the agent port's name when the application's port has none
@@ -101,6 +104,9 @@ class InjectionSettings:
     run_as_user: int = 65532
     log_level: str = "info"
     resources: Resources = Resources()
+    #: the operator has trusted signing keys (chart signatures.trustedKeys): the agent reads them from its Secret
+    #: (`TRUSTED_KEYS_KEY`) and refuses modules signed under any other key
+    trusted_keys: bool = False
 
 
 def wants_injection(pod: Mapping[str, Any], *, namespace_opt_in: bool = False) -> bool:
@@ -203,7 +209,14 @@ def _container(app: AppPort, settings: InjectionSettings) -> dict[str, Any]:
         "name": CONTAINER_NAME,
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "args": ["agent", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--log-level", settings.log_level],
+        "args": [
+            "agent",
+            "--config",
+            f"{CONFIG_DIR}/{CONFIG_FILE}",
+            "--log-level",
+            settings.log_level,
+            *(["--trusted-keys", f"{CONFIG_DIR}/{TRUSTED_KEYS_KEY}"] if settings.trusted_keys else []),
+        ],
         "ports": [
             {"name": app.name or DEFAULT_PORT_NAME, "containerPort": settings.listen_port, "protocol": "TCP"},
             {"name": "meshplug-push", "containerPort": settings.push_port, "protocol": "TCP"},

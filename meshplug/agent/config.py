@@ -299,6 +299,9 @@ class Modules:
     block_cidrs: tuple[str, ...] = ()
     #: load the operator's precompiled artifacts (protocol.CompiledArtifact) instead of compiling
     precompiled: bool = True
+    #: the agent's own list of keys that may sign pushed modules (`meshplug agent --trusted-keys`,
+    #: meshplug.agent.trust); None: a signed module's push names the key it is checked under
+    trusted_keys: Path | None = None
 
 
 @dataclass(frozen=True)

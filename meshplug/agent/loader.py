@@ -12,13 +12,14 @@ byte string is checked against the resource's sha256 and then by `meshplug.valid
 check, for the filter kind the listeners use) before the host sees it.
 
 A resource whose push carries a ``signature`` (the plugin demands a signed module) is checked from the signature
-down to its bytes before anything else (`signed_module`, `meshplug.fetch.provenance`): the key the push names
-must verify the signature, which must name the manifest given, whose layer must be the module's sha256 -- or,
-for a layer that wraps the module (a tar.gz), the layer blob from the push's ``layer_url`` must have the layer's
-digest and unpack to the module. Any broken link is a `errors.SignatureError` (NACK ``signature_invalid``), the
-same from the state directory after a restart. Such a module is compiled here (the operator's precompiled
-artifact is not fetched: the signature does not cover it; an artifact already in the agent's own cache for the
-same sha256 is used, as for any module).
+down to its bytes before anything else (`signed_module`, `meshplug.fetch.provenance`): the key the push names must
+be one of the agent's trusted keys when it has a list (`meshplug.agent.trust`; else NACK ``signature_untrusted``),
+must verify the signature, which must name the manifest given, whose layer must be the module's sha256 -- or, for a
+layer that wraps the module (a tar.gz), the layer blob from the push's ``layer_url`` must have the layer's digest
+and unpack to the module. Any broken link is a `errors.SignatureError` (NACK ``signature_invalid``), the same from
+the state directory after a restart. Such a module is compiled here (the operator's precompiled artifact is not
+fetched: the signature does not cover it; an artifact already in the agent's own cache for the same sha256 is used,
+as for any module).
 
 Persistence (`StateStore`): `<state_dir>/modules/<sha256>.wasm` (the modules, and the signed layer blobs
 unpacked to them) and `<state_dir>/last_good.json` (the
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING
 import requests
 
 from meshplug import errors, fetch, files, limits, protocol, validate
-from meshplug.agent import chain, config, envoystats, tcp
+from meshplug.agent import chain, config, envoystats, tcp, trust
 from meshplug.fetch import http as fetch_http
 from meshplug.fetch import provenance
 
@@ -217,6 +218,8 @@ class Sources:
             options = dataclasses.replace(options, cache_dir=cache_dir)
         self.fetcher = fetch.Fetcher(options)
         self.precompiled = modules.precompiled
+        #: the keys that may sign modules (None: the key a push names)
+        self.trusted = trust.TrustedKeys(modules.trusted_keys) if modules.trusted_keys is not None else None
         #: precompiled artifacts are fetched here, beside their modules
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=limits.AGENT_PREPARE_THREADS, thread_name_prefix="meshplug-artifact"
@@ -303,6 +306,8 @@ def signed_module(
         key = fetch.load_public_key(sig.key, what="the push's signature key")
     except errors.ConfigError as exc:
         raise errors.SignatureError(exc.message) from None
+    if sources.trusted is not None:
+        sources.trusted.check(key)  # before the signature: a key outside the agent's list proves nothing
     digest = provenance.signed_digest(key, sig.layout, sig.payload, sig.signature, sig.manifests[0])
     layer = provenance.signed_layer(sig.manifests, digest).digest
     verified = f"{sig.layout} signature, key {key.key_id}, manifest {digest}, layer {layer}"

@@ -326,6 +326,8 @@ class Parent(runtime.Agent):
         source = "--envoy-config" if self.cfg.source == "envoy" else "--config"  # the file the parent read
         argv = [sys.executable, "-m", "meshplug", "agent", source, str(self.config_path)]
         argv += ["--log-level", self.log_level, "--worker", spec.encode()]
+        if self.cfg.modules.trusted_keys is not None:  # each worker checks signatures against the same list
+            argv += ["--trusted-keys", str(self.cfg.modules.trusted_keys)]
         popen = subprocess.Popen(argv, pass_fds=(child_end.fileno(), read_fd, *write_fds))
         child_end.close()
         reader, writer = await asyncio.open_connection(sock=parent_end)

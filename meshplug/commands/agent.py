@@ -5,11 +5,15 @@ deployments use and refuses the rest with the field's path)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 from pathlib import Path
 
 from meshplug import errors
 from meshplug.agent import bootstrap, config, runtime, workers
 
+#: the environment variable that names the trusted keys file when --trusted-keys is not given
+TRUSTED_KEYS_ENV = "MESHPLUG_TRUSTED_KEYS"
 HELP = "run the in-pod agent: reverse proxy with proxy-wasm plugins, admin and push endpoints"
 
 
@@ -28,13 +32,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes accepting on the listeners, each with its own VMs (Envoy's --concurrency); "
         "shared data and queues are shared by all",
     )
+    parser.add_argument(
+        "--trusted-keys",
+        type=Path,
+        default=os.environ.get(TRUSTED_KEYS_ENV) or None,
+        metavar="FILE",
+        help="PEM public keys (cosign.pub files one after the other) that may sign pushed modules; a signed module "
+        f"under another key is NACKed signature_untrusted (default ${TRUSTED_KEYS_ENV}; none: the push's key is "
+        "trusted)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a worker of `--concurrency N` (meshplug.agent.workers)
 
 
 def load(args: argparse.Namespace) -> config.AgentConfig:
-    if args.envoy_config is not None:
-        return bootstrap.load(args.envoy_config)
-    return config.load(args.config)
+    cfg = bootstrap.load(args.envoy_config) if args.envoy_config is not None else config.load(args.config)
+    if args.trusted_keys is None:
+        return cfg
+    return dataclasses.replace(cfg, modules=dataclasses.replace(cfg.modules, trusted_keys=args.trusted_keys.absolute()))
 
 
 def run(args: argparse.Namespace) -> int:

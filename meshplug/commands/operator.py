@@ -55,7 +55,9 @@ WasmPlugin (meshplug.io/v1alpha1) takes Istio's WasmPlugin fields plus:
                                   Ready=False SignatureInvalid and nothing is delivered (the last good stays)
 Signature policy: --require-signatures refuses every module not signed under the plugin's verificationKey
 or, for plugins without one, under a --trusted-key. A signed module's push carries the signature: the agent
-verifies it again before loading (NACK signature_invalid otherwise). Chart values: signatures.require,
+verifies it again before loading (NACK signature_invalid otherwise). The --trusted-key keys are also copied into
+every agent Secret and injected agents run with --trusted-keys on them: a module signed under any other key
+(a plugin's own verificationKey included) is NACKed signature_untrusted. Chart values: signatures.require,
 signatures.trustedKeys.
 
 SSRF guard (every connection of a module fetch, redirects and token realms included): link-local
@@ -185,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
     reresolve = args.reresolve_interval if args.reresolve_interval > 0 else None
     fetcher = fetch.Fetcher(_fetch_options(args, reresolve))
     writer = apply.Writer(api)
+    trusted = tuple(fetch_command.public_keys(args.trusted_key))
     ident = identity.Identity(
         writer,
         namespace=args.identity_namespace or "",
@@ -192,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         agent_secret=args.agent_secret,
         owner_deployment=args.owner_deployment,
         plaintext_push=args.allow_plaintext_push,
+        trusted_keys="".join(k.pem() for k in trusted).encode(),  # the agents' own list (their Secret)
     )
     try:
         ident.load()
@@ -199,9 +203,7 @@ def run(args: argparse.Namespace) -> int:
         raise errors.ConfigError(f"cannot load the identity Secret: {exc.message}") from None
     metrics = metrics_mod.Metrics()
     fetch_log = proxies.FetchLog()  # which pod downloaded which module (the istio plane's status)
-    policy = signing.SignaturePolicy(
-        required=args.require_signatures, trusted=tuple(fetch_command.public_keys(args.trusted_key))
-    )
+    policy = signing.SignaturePolicy(required=args.require_signatures, trusted=trusted)
     # agent-plane modules, compiled once per tier
     precompiler = precompile.Precompiler(fetcher.cache.root / "compiled", tiered=args.baseline_compile)
     reconciler = reconcile.Reconciler(

@@ -16,9 +16,10 @@ Secrets, all created, owned, rotated and removed by the operator:
 - the agent Secret (``--agent-secret``, in each namespace with injected pods): ``ca.crt`` (the agents check the
   operator's client certificate and the module server's certificate with it), ``tls.crt``/``tls.key`` (the push
   port's serving certificate, DNS name ``meshplug-agent.<namespace>``, serverAuth only) and ``token`` (push bearer
-  tokens, newest first: the second factor beside mutual TLS). The injection webhook creates it before it admits a
-  namespace's first pod and mounts it into every agent; the leader keeps it current (a new CA, a certificate with
-  less than `limits.CERT_RENEW_FRACTION` of its validity left) and rotates the token every
+  tokens, newest first: the second factor beside mutual TLS) and, when the operator has trusted signing keys
+  (``--trusted-key``), ``trusted-keys.pem`` (them, for the agents' own check). The injection webhook creates it
+  before it admits a namespace's first pod and mounts it into every agent; the leader keeps it current (a new CA, a
+  certificate with less than `limits.CERT_RENEW_FRACTION` of its validity left) and rotates the token every
   `limits.PUSH_TOKEN_ROTATION_S` (the previous token stays accepted for `limits.PUSH_TOKEN_OVERLAP_S`: the kubelet
   refreshes mounted Secrets within about a minute, and the operator falls back to it on a 401). Owned by the
   controllers of the injected pods (their ReplicaSet, StatefulSet, ... or the pod itself): the garbage collector
@@ -58,6 +59,9 @@ DEFAULT_AGENT_SECRET = "meshplug-agent"  # noqa: S105 - a Secret's name
 #: keys of the identity Secret and of the agent Secrets
 CA_CERT, CA_KEY, SIGNING_KEY = "ca.crt", "ca.key", "signing.key"
 AGENT_CERT, AGENT_KEY, AGENT_TOKEN = "tls.crt", "tls.key", "token"
+#: the agent Secret's copy of the operator's trusted signing keys (PEM, one after the other): `meshplug agent
+#: --trusted-keys` reads it (meshplug.agent.trust)
+AGENT_TRUSTED_KEYS = "trusted-keys.pem"
 #: when the newest push token of an agent Secret was made (epoch seconds)
 TOKEN_ISSUED_ANNOTATION = "meshplug.io/token-issued"  # noqa: S105 - an annotation's name
 #: what an operator-made Secret is: "operator" (the identity Secret) or "agent"
@@ -131,6 +135,7 @@ class Identity:
         agent_secret: str = DEFAULT_AGENT_SECRET,
         owner_deployment: str = "",
         plaintext_push: bool = False,
+        trusted_keys: bytes = b"",
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not namespace:
@@ -141,6 +146,8 @@ class Identity:
         self.agent_secret_name = agent_secret
         self.owner_deployment = owner_deployment
         self.plaintext_push = plaintext_push
+        #: the operator's trusted signing keys (PEM bundle, b"": none), copied into every agent Secret
+        self.trusted_keys = trusted_keys
         self.clock = clock
         self._lock = threading.RLock()
         self._authority: pki.Authority | None = None
@@ -304,8 +311,8 @@ class Identity:
                 self._known(namespace, secret)
                 return secret
             self._known(namespace, secret)
-            if not maintain:
-                return secret
+            if not maintain and _data(secret, AGENT_TRUSTED_KEYS) == self.trusted_keys:
+                return secret  # (an agent injected now reads the trusted keys at start: they must be there)
             wanted = self._agent_body(namespace, secret)
             if wanted["data"] == secret.get("data") and wanted["metadata"].get("annotations") == (
                 secret["metadata"].get("annotations") or {}
@@ -384,6 +391,7 @@ class Identity:
                 AGENT_CERT: _b64(cert),
                 AGENT_KEY: _b64(key),
                 AGENT_TOKEN: _b64(("\n".join(tokens) + "\n").encode()),
+                **({AGENT_TRUSTED_KEYS: _b64(self.trusted_keys)} if self.trusted_keys else {}),
             },
         }
 

@@ -35,6 +35,7 @@ namespace's agent Secret exists (`meshplug.controller.identity`): the kubelet ne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -340,6 +341,8 @@ def register(
         settings.admission.managed = None  # the chart owns the webhook configurations
 
     agent = config.injection
+    if agent is not None and identity is not None and identity.trusted_keys:
+        agent = dataclasses.replace(agent, trusted_keys=True)  # the agents check signers against the same keys
     if agent is not None:
         for path, namespace_opt_in in ((INJECT_PATH, False), (INJECT_NAMESPACE_PATH, True)):
             kopf.on.mutate("", "v1", "pods", id=path, registry=registry, operations=["CREATE"])(

@@ -42,7 +42,7 @@ from meshplug import errors
 from meshplug.fetch import cache as cache_mod
 from meshplug.fetch import http, local, oci, provenance, signatures
 from meshplug.fetch.artifact import WASM_MAGIC, Artifact, Evidence, Layout, Reason, sha256_hex
-from meshplug.fetch.keys import PublicKey, load_public_key
+from meshplug.fetch.keys import PublicKey, load_public_key, load_public_keys
 from meshplug.fetch.metrics import FetchMetrics
 from meshplug.fetch.options import FetchOptions, PullPolicy
 
@@ -58,6 +58,7 @@ __all__ = [
     "PullPolicy",
     "Reason",
     "load_public_key",
+    "load_public_keys",
 ]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

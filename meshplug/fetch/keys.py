@@ -88,6 +88,16 @@ def load_public_key(pem: str | bytes, *, what: str = "verification key") -> Publ
         raise errors.ConfigError(f"{what} is not a readable PEM public key") from None
 
 
+def load_public_keys(pem: bytes, *, what: str = "verification keys") -> tuple[PublicKey, ...]:
+    """Every PEM ``PUBLIC KEY`` of a bundle (cosign.pub files one after the other, like a CA bundle), in order;
+    ConfigError when one is not readable or there are none."""
+    begin = b"-----BEGIN PUBLIC KEY-----"
+    blocks = [begin + part for part in pem.split(begin)[1:]]
+    if not blocks or pem.split(begin)[0].strip():
+        raise errors.ConfigError(f"{what} is not a bundle of PEM public keys (-----BEGIN PUBLIC KEY----- ...)")
+    return tuple(load_public_key(block, what=f"{what}, key {i + 1}") for i, block in enumerate(blocks))
+
+
 def _pem_body(data: bytes, label: str) -> bytes:
     begin, end = f"-----BEGIN {label}-----".encode(), f"-----END {label}-----".encode()
     body = data.split(begin, 1)[1].split(end, 1)[0]

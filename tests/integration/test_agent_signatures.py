@@ -10,6 +10,12 @@ link -- an altered signature, another key, an altered or swapped manifest, a sig
 leading to another manifest, another module, another layer blob, an evidence version the agent does not know -- is
 a NACK ``signature_invalid`` naming it, and the agent keeps serving its last good set, also after a restart (which
 verifies the set from its state directory again) and in every worker of an agent with --concurrency.
+
+The agent's own list of trusted keys (`--trusted-keys FILE`, $MESHPLUG_TRUSTED_KEYS): a module validly signed by
+the real cosign under a key outside the list, or a push naming another key, is a NACK ``signature_untrusted``
+(the last good set stays, also across a restart); a wrong signature under a trusted key is still
+``signature_invalid``; a key added to the file is trusted without a restart. Without a list the agent trusts
+the key a push names, and its start-up log says so.
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ class Bed:
     cosign: CosignKit
     server: serve.ModuleServer
     view: model.ModuleServer
-    signed: dict[str, Signed]  # by name: tag, bundle, image, other (an image signed like "tag")
+    signed: dict[str, Signed]  # by name: tag, bundle, image, other (an image signed like "tag"), index, foreign
+    #                            (signed like "tag" by cosign's other key)
     ca_file: Path  # the module server's CA
 
 
@@ -96,20 +103,23 @@ def bed(cosign: CosignKit, registries: dict[str, Registry], tmp_path_factory: py
         "image": ("oci-image", False),
         "other": ("wasm-content-single-layer", False),
         "index": ("oci-image", False),
+        "foreign": ("wasm-content-single-layer", False),  # signed under cosign.other
     }
     fetcher = fetcher_for(registry, work)  # the operator's fetcher; its cache is what the module server serves
     tls = pki.serving_pki(work / "tls", ca_cn="ca", server_cn="modules", dns_names=[], ip_addresses=["127.0.0.1"])
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tls.cert, tls.key)
     key = load_public_key(cosign.signer.pub.read_bytes())
+    other_key = load_public_key(cosign.other.pub.read_bytes())
     try:
         artifacts = {}
         for name, (layout, bundle) in pushes.items():
             digest = registry.push_layout(layout, f"agentsig/{name}", "v1", _module(f"signed {name}"))
             if name == "index":  # an image index (signed) leading to that image
                 digest = _push_index(registry, f"agentsig/{name}", digest)
-            cosign.cosign.sign(registry, f"agentsig/{name}@{digest}", cosign.signer, bundle=bundle)
-            artifacts[name] = fetcher.fetch(registry.url(f"agentsig/{name}", "v1"), keys=[key])
+            signer, verify = (cosign.other, other_key) if name == "foreign" else (cosign.signer, key)
+            cosign.cosign.sign(registry, f"agentsig/{name}@{digest}", signer, bundle=bundle)
+            artifacts[name] = fetcher.fetch(registry.url(f"agentsig/{name}", "v1"), keys=[verify])
         with serve.ModuleServer(fetcher.cache, signing_key="k" * 32, access=OneToken(), ssl_context=context) as srv:
             port = int(srv.base_url.rsplit(":", 1)[1])
             view = model.ModuleServer(host="127.0.0.1", port=port, scheme="https", agent_port=port)
@@ -122,7 +132,15 @@ def bed(cosign: CosignKit, registries: dict[str, Registry], tmp_path_factory: py
         fetcher.close()
 
 
-def _agent(tmp_path: Path, bed: Bed, state: Path, *, concurrency: int = 1) -> tb_agent.Agent:
+def _agent(
+    tmp_path: Path,
+    bed: Bed,
+    state: Path,
+    *,
+    concurrency: int = 1,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> tb_agent.Agent:
     (tmp_path / "push-token").write_text(PUSH_TOKEN)
     (tmp_path / "module-token").write_text(MODULE_TOKEN + "\n")
     raw = tb_agent.base_config(
@@ -146,7 +164,12 @@ def _agent(tmp_path: Path, bed: Bed, state: Path, *, concurrency: int = 1) -> tb
         },
     }
     return tb_agent.start_agent(
-        raw, work_dir=tmp_path / "cfg", log_dir=tmp_path, env={"MESHPLUG_CACHE": str(state)}, concurrency=concurrency
+        raw,
+        work_dir=tmp_path / "cfg",
+        log_dir=tmp_path,
+        env={"MESHPLUG_CACHE": str(state), **(env or {})},
+        concurrency=concurrency,
+        args=args,
     )
 
 
@@ -365,8 +388,11 @@ def test_a_tampered_state_directory_is_not_loaded(bed: Bed, tmp_path: Path) -> N
 
 def test_every_worker_loads_only_what_the_signature_covers(bed: Bed, tmp_path: Path) -> None:
     """``--concurrency 2``: the parent prepares the set and each worker loads it again, the signature checked
-    there too (from the shared caches); a tampered push leaves every worker on the last good set."""
-    agent = _agent(tmp_path, bed, tmp_path / "state", concurrency=2)
+    there too (from the shared caches); a tampered push, or one signed under a key outside the agent's list
+    ($MESHPLUG_TRUSTED_KEYS here), leaves every worker on the last good set."""
+    keys = tmp_path / "trusted-keys.pem"
+    keys.write_bytes(bed.cosign.signer.pub.read_bytes())
+    agent = _agent(tmp_path, bed, tmp_path / "state", concurrency=2, env={"MESHPLUG_TRUSTED_KEYS": str(keys)})
     try:
         good = [bed.signed[n].resource for n in ("tag", "image")]
         reply = _push(agent, "v1", *good)
@@ -377,5 +403,78 @@ def test_every_worker_loads_only_what_the_signature_covers(bed: Bed, tmp_path: P
         assert reply.error_detail.reason == "signature_invalid", reply.error_detail
         assert agent.config_dump()["version_info"] == "v1"
         assert _running(agent) == [(r.name, r.sha256) for r in good]
+        reply = _push(agent, "v3", good[0], bed.signed["foreign"].resource)
+        assert not reply.ack and reply.error_detail is not None
+        assert reply.error_detail.reason == "signature_untrusted", reply.error_detail
+        assert agent.config_dump()["version_info"] == "v1"
+        assert _running(agent) == [(r.name, r.sha256) for r in good]
+    finally:
+        agent.stop()
+
+
+def _key_id(pub: Path) -> str:
+    return load_public_key(pub.read_bytes()).key_id
+
+
+def test_the_agents_own_trusted_keys_decide_who_may_sign(bed: Bed, tmp_path: Path) -> None:
+    """``--trusted-keys`` holds cosign's ``signer`` key. A module cosign signed under its ``other`` key, with a
+    valid signature the push names that key for, is refused before its signature is even checked
+    (``signature_untrusted``), as is the trusted module's evidence with the key swapped; a wrong signature under the
+    trusted key is ``signature_invalid``. The last good set serves throughout and after a restart; adding the other
+    key to the file (as a Secret update does) trusts it without a restart."""
+    keys = tmp_path / "trusted-keys.pem"
+    keys.write_bytes(bed.cosign.signer.pub.read_bytes())
+    state = tmp_path / "state"
+    signer, other = _key_id(bed.cosign.signer.pub), _key_id(bed.cosign.other.pub)
+    trusted, foreign = bed.signed["tag"].resource, bed.signed["foreign"].resource
+    expected = [("tag", trusted.sha256)]
+    agent = _agent(tmp_path, bed, state, args=("--trusted-keys", str(keys)))
+    try:
+        assert f"signatures: pushed signed modules must verify under one of 1 trusted key(s) from {keys}: {signer}" in (
+            agent.proc.log()
+        )
+        reply = _push(agent, "v1", trusted)
+        assert reply.ack, reply.error_detail
+        assert _running(agent) == expected
+        refused = [
+            ("signed by cosign under another key", foreign, other),
+            ("the trusted module, the push naming another key", _other_key(bed), other),
+        ]
+        for n, (case, resource, key_id) in enumerate(refused, start=2):
+            reply = _push(agent, f"v{n}", resource)
+            assert not reply.ack and reply.error_detail is not None, case
+            detail = reply.error_detail
+            assert (detail.reason, detail.resource) == ("signature_untrusted", resource.name), (case, detail)
+            assert f"the push's signature key {key_id} is not one of the agent's trusted keys ({signer};" in (
+                detail.message
+            ), case
+            assert agent.config_dump()["version_info"] == "v1" and _running(agent) == expected, case
+        reply = _push(agent, "v4", _altered_signature(bed))
+        assert not reply.ack and reply.error_detail is not None
+        assert reply.error_detail.reason == "signature_invalid", reply.error_detail
+        assert "the signature does not verify under key" in reply.error_detail.message
+        assert agent.config_dump()["version_info"] == "v1" and _running(agent) == expected
+    finally:
+        agent.stop()
+
+    agent = _agent(tmp_path, bed, state, args=("--trusted-keys", str(keys)))
+    try:
+        assert agent.config_dump()["version_info"] == "v1" and _running(agent) == expected  # last good, checked again
+        keys.write_bytes(bed.cosign.signer.pub.read_bytes() + bed.cosign.other.pub.read_bytes())
+        reply = _push(agent, "v5", trusted, foreign)
+        assert reply.ack, reply.error_detail
+        assert _running(agent) == [*expected, ("foreign", foreign.sha256)]
+    finally:
+        agent.stop()
+
+
+def test_without_trusted_keys_the_agent_trusts_the_pushs_key_and_says_so(bed: Bed, tmp_path: Path) -> None:
+    agent = _agent(tmp_path, bed, tmp_path / "state")
+    try:
+        assert "signatures: no trusted keys (--trusted-keys, $MESHPLUG_TRUSTED_KEYS)" in agent.proc.log()
+        foreign = bed.signed["foreign"].resource
+        reply = _push(agent, "v1", foreign)
+        assert reply.ack, reply.error_detail
+        assert _running(agent) == [("foreign", foreign.sha256)]
     finally:
         agent.stop()

@@ -151,9 +151,10 @@ def start_agent(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     concurrency: int = 1,
+    args: Sequence[str] = (),
 ) -> Agent:
     """Start `meshplug agent --config` for `raw` (ports must be concrete) and wait until /ready says LIVE;
-    `concurrency` > 1: that many workers (--concurrency)."""
+    `concurrency` > 1: that many workers (--concurrency); `args`: more of the agent's flags."""
     path = write_config(work_dir, raw)
     admin_port = int(raw["admin"]["port"])
     port = int(raw["listeners"][0]["port"])
@@ -161,7 +162,8 @@ def start_agent(
     proc = procs.start(
         name,
         [sys.executable, "-m", "meshplug", "agent", "--config", str(path), "--log-level", log_level]
-        + (["--concurrency", str(concurrency)] if concurrency != 1 else []),
+        + (["--concurrency", str(concurrency)] if concurrency != 1 else [])
+        + list(args),
         log_dir=log_dir,
         ready=None,
         env=env,

@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshplug import errors, limits
+from meshplug import errors, fetch, limits
 from meshplug.controller import identity, pki
 
 NS = "meshplug-system"
@@ -81,12 +83,13 @@ def writer() -> Writer:
     return w
 
 
-def ident(writer: Writer, clock: Clock | None = None) -> identity.Identity:
+def ident(writer: Writer, clock: Clock | None = None, trusted_keys: bytes = b"") -> identity.Identity:
     i = identity.Identity(
         writer,  # type: ignore[arg-type]
         namespace=NS,
         secret="mp-identity",
         owner_deployment="mp-operator",
+        trusted_keys=trusted_keys,
         clock=clock or Clock(),
     )
     i.load()
@@ -134,6 +137,31 @@ def test_the_agent_secret_holds_a_serving_certificate_for_its_namespace_only(wri
     # a namespace name of 63 characters still fits (the common name stays short)
     long_ns = "n" * 63
     assert pki.dns_names(data(i.ensure_agent_secret(long_ns), identity.AGENT_CERT)) == (f"meshplug-agent.{long_ns}",)
+
+
+def _pem() -> bytes:
+    return ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_the_agent_secret_carries_the_operators_trusted_keys_and_follows_them(writer: Writer) -> None:
+    """What injected agents read with --trusted-keys: the operator's keys, in the Secret from the first pod on; an
+    operator restarted with other keys brings every agent Secret to them (the webhook too, before a pod starts)."""
+    assert identity.AGENT_TRUSTED_KEYS not in ident(writer).ensure_agent_secret("plain")["data"]
+    first = _pem()
+    secret = ident(writer, trusted_keys=first).ensure_agent_secret("shop")
+    assert data(secret, identity.AGENT_TRUSTED_KEYS) == first
+    assert fetch.load_public_keys(data(secret, identity.AGENT_TRUSTED_KEYS))[0].pem().encode() == first
+    both = first + _pem()
+    restarted = ident(writer, trusted_keys=both)
+    assert data(restarted.ensure_agent_secret("shop"), identity.AGENT_TRUSTED_KEYS) == both  # the webhook's call
+    token = data(secret, identity.AGENT_TOKEN)
+    stored = writer.get("v1", "Secret", "shop", identity.DEFAULT_AGENT_SECRET)
+    assert stored is not None and data(stored, identity.AGENT_TOKEN) == token, "nothing else changed"
+    writes = len(writer.writes)
+    restarted.ensure_agent_secret("shop")
+    assert len(writer.writes) == writes, "no write when the keys are there"
 
 
 def test_a_webhook_racing_another_replica_reads_what_it_made(writer: Writer) -> None:

@@ -3,6 +3,8 @@ volumes, the agent's config accepted by the agent's own config parser)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 
 from meshplug import errors, injection
 from meshplug.agent import config as agent_config
+from meshplug.commands import agent as agent_command
 
 SETTINGS = injection.InjectionSettings(image="ghcr.io/meshplug/meshplug:0.1.0", module_server_url="https://mods:8443")
 
@@ -270,3 +273,23 @@ def test_json_pointer_escapes_annotation_keys() -> None:
     ops = injection.patch(pod(labels=ON), SETTINGS)
     paths = [op["path"] for op in ops]
     assert "/metadata/annotations/meshplug.io~1agent-config" in paths
+
+
+@pytest.mark.parametrize(
+    ("case", "trusted", "wanted"),
+    [
+        ("no trusted keys: the agent trusts the push's key", False, None),
+        ("trusted keys: read from the agent Secret", True, Path(injection.CONFIG_DIR) / injection.TRUSTED_KEYS_KEY),
+    ],
+)
+def test_agent_args_name_the_trusted_keys_when_the_operator_has_them(
+    case: str, trusted: bool, wanted: Path | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(agent_command.TRUSTED_KEYS_ENV, raising=False)
+    settings = dataclasses.replace(SETTINGS, trusted_keys=trusted)
+    body = pod(labels=ON)
+    container = _agent(injection.apply_patch(body, injection.patch(body, settings)))
+    parser = argparse.ArgumentParser()
+    agent_command.add_arguments(parser)
+    args = parser.parse_args(container["args"][1:])  # as `meshplug agent` parses them
+    assert args.trusted_keys == wanted, case

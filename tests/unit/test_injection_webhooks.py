@@ -119,6 +119,7 @@ def test_names_shared_with_the_operator() -> None:
     assert injection.InjectionSettings(image="i").token_audience == identity.DEFAULT_AUDIENCE
     assert injection.CA_KEY == identity.CA_CERT and injection.PUSH_TOKEN_KEY == identity.AGENT_TOKEN
     assert (injection.CERT_KEY, injection.KEY_KEY) == (identity.AGENT_CERT, identity.AGENT_KEY)
+    assert injection.TRUSTED_KEYS_KEY == identity.AGENT_TRUSTED_KEYS
 
 
 def _plugin(spec: dict[str, Any], **meta: Any) -> dict[str, Any]:
