@@ -1,11 +1,13 @@
 """The admission webhooks end to end: the chart installed into a real kube-apiserver with webhook.url pointing at
 127.0.0.1 (tls.mode=provided, the test CA as caBundle), `meshplug operator` as a real process serving them with
 the webhook config the chart rendered; Pods created in the API server get the agent (labelled pods, or every pod of
-a labelled namespace), the operator makes the namespace's agent Secret before it admits the first, bad WasmPlugins
+a labelled namespace), the operator makes the namespace's agent Secret before it admits the first (with the
+operator's trusted signing key, which the injected agent is told to read with --trusted-keys), bad WasmPlugins
 are refused. The whole chart running in a cluster is tests/integration/test_chart_only.py."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshplug import injection
 from meshplug.agent import config as agent_config
@@ -26,6 +30,11 @@ APPS = "apps"
 PLUGINS = f"/apis/meshplug.io/v1alpha1/namespaces/{APPS}/wasmplugins"
 PODS = f"/api/v1/namespaces/{APPS}/pods"
 ALLOWED = ["oci://registry.example.com/", "https://modules.example.com/"]
+TRUSTED_KEY = (
+    ec.generate_private_key(ec.SECP256R1())
+    .public_key()
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +67,12 @@ def webhooks(plane: kube_mod.Kube, tmp_path_factory: pytest.TempPathFactory) -> 
     fixtures_kube.ensure_namespace(plane, APPS)
     # the operator's cleanup lists EnvoyFilters (istio plane) before it releases a deleted plugin's finalizer
     fixtures_kube.install_crd(plane, fixtures_kube.ENVOYFILTER_CRD)
+    (work / "cosign.pub").write_bytes(TRUSTED_KEY)  # chart signatures.trustedKeys -> the operator's --trusted-key
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MESHPLUG_WEBHOOK_CONFIG", str(work / "webhook.yaml"))
-        op = operator_mod.start_operator(plane.kubeconfig, work, name="operator-webhooks")
+        op = operator_mod.start_operator(
+            plane.kubeconfig, work, name="operator-webhooks", extra=[f"--trusted-key={work / 'cosign.pub'}"]
+        )
     try:
         procs.wait_until(lambda: procs.tls_ready(port, tls.ca_cert), timeout=60, what="the operator's webhook server")
         yield op
@@ -98,6 +110,7 @@ def test_opted_in_pod_gets_the_agent(plane: kube_mod.Kube, webhooks: operator_mo
     agent = containers[injection.CONTAINER_NAME]
     assert agent["image"] == "ghcr.io/meshplug/meshplug:0.1.0"
     assert agent["args"][:3] == ["agent", "--config", "/etc/meshplug/agent/config.json"]
+    assert agent["args"][-2:] == ["--trusted-keys", "/etc/meshplug/agent/trusted-keys.pem"]  # the operator has a key
     assert agent["securityContext"]["runAsNonRoot"] is True
     assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     # port takeover: Services targeting the name "http" now reach the agent; the kubelet still probes the app
@@ -119,7 +132,8 @@ def test_opted_in_pod_gets_the_agent(plane: kube_mod.Kube, webhooks: operator_mo
     # the Secret the agent mounts was made by the operator before the pod was admitted
     status, secret = plane.request("GET", f"/api/v1/namespaces/{APPS}/secrets/meshplug-agent")
     assert status == 200, secret
-    assert sorted(secret["data"]) == ["ca.crt", "tls.crt", "tls.key", "token"]
+    assert sorted(secret["data"]) == ["ca.crt", "tls.crt", "tls.key", "token", "trusted-keys.pem"]
+    assert base64.b64decode(secret["data"]["trusted-keys.pem"]) == TRUSTED_KEY  # what --trusted-keys reads
     assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "meshplug"
 
 
