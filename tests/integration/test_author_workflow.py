@@ -6,6 +6,7 @@ or signed with another key, is refused (SignatureInvalid). For the Rust and the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -16,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_kube_operator import _plugin, _wait_condition
-from tests.integration.test_operator_agent import Bed
 from tests.integration.test_scaffold import init_and_build, toolchain_env
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
+from tests.testbed.agentplane import AgentPlane as Bed
 from tests.testbed.cosign import PASSWORD
 from tests.testbed.fixtures_cosign import CosignKit
 from tests.testbed.registry import Registry
@@ -33,13 +34,11 @@ def plane(
     op = operator_mod.start_operator(
         kube.kubeconfig, tmp_path, namespaces=[kube_namespace], extra=[f"--insecure-registry={registry.host}"]
     )
-    bed = Bed(kube, kube_namespace, tmp_path, tmp_path, op, {})
+    bed = Bed(kube, kube_namespace, tmp_path, tmp_path, op, itertools.count(200))
     try:
         yield bed, registry
     finally:
-        op.stop()
-        for agent in bed.agents.values():
-            agent.stop()
+        bed.stop()
 
 
 def _meshplug(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

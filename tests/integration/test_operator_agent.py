@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,12 @@ from meshplug import compiled, limits
 from meshplug.controller import identity, pki
 from tests.guests import minimal
 from tests.testbed import agent as agent_mod
+from tests.testbed import agentplane, procs
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
-from tests.testbed import procs
 from tests.testbed.fixtures_cosign import CosignKit
 
-PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
+PLUGINS = agentplane.PLUGINS
 GOOD = minimal.passthrough('(data (i32.const 2048) "good")')
 GOOD_V2 = minimal.passthrough('(data (i32.const 2048) "good-v2")')
 # passes the ABI check, the agent NACKs it
@@ -50,103 +49,8 @@ FAILS_TO_START = minimal.passthrough('(data (i32.const 2048) "vm-start-fails")',
 _hosts = itertools.count(2)
 
 
-@dataclass
-class Bed:
-    kube: kube_mod.Kube
-    ns: str
-    modules: Path
-    work: Path
-    op: operator_mod.Operator
-    agents: dict[str, agent_mod.Agent]
-
-    def module(self, name: str, data: bytes) -> str:
-        (self.modules / name).write_bytes(data)
-        return f"file://{self.modules / name}"
-
-    def pod(
-        self, name: str, labels: dict[str, str], *, agent: bool = True, ip: str | None = None, precompiled: bool = True
-    ) -> agent_mod.Agent | None:
-        """An injected pod (its annotations as the webhook writes them); with ``agent``, its agent runs at a
-        loopback address of its own (the pod's IP) with what the kubelet would mount."""
-        port = procs.free_port()
-        annotations = {"meshplug.io/agent-push-port": str(port), agent_mod.INJECTED_ANNOTATION: "test"}
-        body = {
-            "metadata": {"name": name, "labels": labels, "annotations": annotations},
-            "spec": {"containers": [{"name": "app", "image": "registry.example/app:v1"}]},
-        }
-        status, out = self.kube.request("POST", f"/api/v1/namespaces/{self.ns}/pods", body)
-        assert status == 201, out
-        ip = ip or f"127.0.0.{next(_hosts)}"
-        started = self.start_agent(name, ip, port, precompiled=precompiled) if agent else None
-        self.set_ip(name, ip)
-        return started
-
-    def start_agent(self, pod: str, ip: str, port: int, *, precompiled: bool = True) -> agent_mod.Agent:
-        """The pod's agent, with an artifact cache of its own (empty); `precompiled=False`: it compiles modules
-        rather than load the operator's artifacts."""
-        server = f"https://127.0.0.1:{self.op.module_tls_port}"
-        started = agent_mod.start_injected(
-            self.kube,
-            self.ns,
-            pod,
-            self.work,
-            ip=ip,
-            port=port,
-            module_server_url=server,
-            modules={"precompiled": precompiled},
-            env={"MESHPLUG_CACHE": str(self.work / pod / "cache")},
-        )
-        self.agents[pod] = started
-        return started
-
-    def set_ip(self, name: str, ip: str) -> None:
-        status_body = {
-            "status": {
-                "phase": "Running",
-                "podIP": ip,
-                "podIPs": [{"ip": ip}],
-                "conditions": [{"type": "Ready", "status": "True"}],
-            }
-        }
-        status, out = self.kube.request(
-            "PATCH",
-            f"/api/v1/namespaces/{self.ns}/pods/{name}/status",
-            status_body,
-            content_type="application/merge-patch+json",
-        )
-        assert status == 200, out
-
-    def plugin(self, name: str, spec: dict[str, Any]) -> None:
-        body = {"apiVersion": "meshplug.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": name}, "spec": spec}
-        status, out = self.kube.request("POST", PLUGINS.format(ns=self.ns), body)
-        assert status == 201, out
-
-    def patch_plugin(self, name: str, spec: dict[str, Any]) -> None:
-        status, out = self.kube.request(
-            "PATCH", f"{PLUGINS.format(ns=self.ns)}/{name}", {"spec": spec}, content_type="application/merge-patch+json"
-        )
-        assert status == 200, out
-
-    def status(self, name: str) -> dict[str, Any]:
-        _, obj = self.kube.request("GET", f"{PLUGINS.format(ns=self.ns)}/{name}")
-        return dict(obj.get("status") or {})
-
-    def wait_ready(self, name: str, status: str, reason: str, summary: str | None = None) -> dict[str, Any]:
-        def ok() -> bool:
-            st = self.status(name)
-            ready = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
-            return (
-                ready.get("status") == status
-                and ready.get("reason") == reason
-                and (summary is None or (st.get("pods") or {}).get("summary") == summary)
-            )
-
-        procs.wait_until(ok, timeout=90, interval=0.2, what=f"{name}: Ready={status} ({reason}) pods {summary}")
-        return self.status(name)
-
-    def events(self, name: str) -> list[tuple[str, str, str]]:
-        _, out = self.kube.request("GET", f"/api/v1/namespaces/{self.ns}/events")
-        return [(e["type"], e["reason"], e["message"]) for e in out["items"] if e["involvedObject"]["name"] == name]
+class Bed(agentplane.AgentPlane):
+    """The agent plane of these tests: pods at 127.0.0.2 and up."""
 
 
 def running(agent: agent_mod.Agent) -> list[tuple[str, str]]:
@@ -165,13 +69,11 @@ def bed(kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path:
     op = operator_mod.start_operator(
         kube.kubeconfig, tmp_path, namespaces=[kube_namespace], extra=[f"--file-root={modules}"]
     )
-    b = Bed(kube, kube_namespace, modules, tmp_path, op, {})
+    b = Bed(kube, kube_namespace, modules, tmp_path, op, _hosts)
     try:
         yield b
     finally:
-        op.stop()
-        for a in b.agents.values():
-            a.stop()
+        b.stop()
         print(op.proc.log()[-8000:])
 
 
@@ -246,7 +148,7 @@ def test_nacking_agent_is_reported_other_plugins_unaffected_and_heals(bed: Bed) 
     st = bed.wait_ready("bad", "False", "AgentNACK", "0/1")
     assert st["failingPods"][0]["name"] == "a" and "start_failed" in st["failingPods"][0]["message"]
     procs.wait_until(
-        lambda: any(t == "Warning" and r == "AgentNACK" for t, r, _ in bed.events("bad")), timeout=30, what="Event"
+        lambda: any(t == "Warning" and r == "AgentNACK" for t, r, _, _ in bed.events("bad")), timeout=30, what="Event"
     )
     # the agent keeps its last good set: the other plugin stays confirmed
     bed.wait_ready("good", "True", "Confirmed", "1/1")
@@ -262,7 +164,7 @@ def test_nacking_agent_is_reported_other_plugins_unaffected_and_heals(bed: Bed) 
 
 
 def test_unreachable_agent_heals_by_retry(bed: Bed) -> None:
-    ip = f"127.0.0.{next(_hosts)}"
+    ip = bed.next_ip()
     bed.pod("late", {"app": "late"}, agent=False, ip=ip)
     bed.plugin(
         "p", {"url": bed.module("p.wasm", GOOD), "selector": {"matchLabels": {"app": "late"}}, "dataPlane": "agent"}
@@ -289,7 +191,7 @@ def test_a_moved_tag_is_delivered_without_a_spec_change(
         namespaces=[kube_namespace],
         extra=[f"--insecure-registry={registry.host}", "--reresolve-interval=2"],
     )
-    b = Bed(kube, kube_namespace, tmp_path, tmp_path, op, {})
+    b = Bed(kube, kube_namespace, tmp_path, tmp_path, op, _hosts)
     try:
         a = b.pod("a", {"app": "cart"})
         assert a is not None
@@ -304,7 +206,7 @@ def test_a_moved_tag_is_delivered_without_a_spec_change(
         )
         b.wait_ready("tagged", "True", "Confirmed", "1/1")
         assert running(a) == [(f"{kube_namespace}.tagged", sha(GOOD_V2))]
-        assert any(r == "TagMoved" for _, r, _ in b.events("tagged"))
+        assert any(r == "TagMoved" for _, r, _, _ in b.events("tagged"))
         _, after = kube.request("GET", f"{PLUGINS.format(ns=kube_namespace)}/tagged")
         assert after["metadata"]["generation"] == before["metadata"]["generation"]
     finally:
@@ -487,7 +389,7 @@ def test_a_signed_module_is_verified_again_by_the_agent(
         relay_port, op.module_tls_port, authority.cert_pem, tmp_path / "relay.crt", tmp_path / "relay.key"
     )
     # the injected agents' module server is the advertised one: the relay
-    b = Bed(kube, kube_namespace, tmp_path, tmp_path, dataclasses.replace(op, module_tls_port=relay_port), {})
+    b = Bed(kube, kube_namespace, tmp_path, tmp_path, dataclasses.replace(op, module_tls_port=relay_port), _hosts)
     try:
         a = b.pod("a", {"app": "signed"})
         assert a is not None
@@ -508,7 +410,7 @@ def test_a_signed_module_is_verified_again_by_the_agent(
         assert failing["name"] == "a" and "signature_invalid" in failing["message"], failing
         assert "not the signed module" in failing["message"], failing
         procs.wait_until(
-            lambda: any(r == "AgentNACK" and "signature_invalid" in m for _, r, m in b.events("signed")),
+            lambda: any(r == "AgentNACK" and "signature_invalid" in m for _, r, m, _ in b.events("signed")),
             timeout=30,
             what="an AgentNACK Event",
         )

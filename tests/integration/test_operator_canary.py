@@ -29,15 +29,13 @@ import pytest
 import wasmtime
 
 from tests.guests import minimal
-from tests.testbed import agent as agent_mod
+from tests.testbed import agentplane, procs
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
-from tests.testbed import procs
 from tests.testbed import upstream as upstream_mod
 
 pytestmark = pytest.mark.integration
 
-PLUGINS = "/apis/meshplug.io/v1alpha1/namespaces/{ns}/wasmplugins"
 V1 = minimal.passthrough('(data (i32.const 2048) "v1")')
 V2 = minimal.passthrough('(data (i32.const 2048) "v2")')
 _HOSTS = itertools.count(150)
@@ -152,82 +150,8 @@ class Load:
             conn.close()
 
 
-@dataclass
-class Bed:
-    kube: kube_mod.Kube
-    ns: str
-    modules: Path
-    work: Path
-    op: operator_mod.Operator
-    app: upstream_mod.Service
-    agents: dict[str, agent_mod.Agent]
-
-    def module(self, name: str, data: bytes) -> str:
-        (self.modules / name).write_bytes(data)
-        return f"file://{self.modules / name}"
-
-    def pod(self, name: str, labels: dict[str, str]) -> agent_mod.Agent:
-        port = procs.free_port()
-        annotations = {"meshplug.io/agent-push-port": str(port), agent_mod.INJECTED_ANNOTATION: "test"}
-        body = {
-            "metadata": {"name": name, "labels": labels, "annotations": annotations},
-            "spec": {"containers": [{"name": "app", "image": "registry.example/app:v1"}]},
-        }
-        status, out = self.kube.request("POST", f"/api/v1/namespaces/{self.ns}/pods", body)
-        assert status == 201, out
-        ip = f"127.0.0.{next(_HOSTS)}"
-        self.agents[name] = agent_mod.start_injected(
-            self.kube,
-            self.ns,
-            name,
-            self.work,
-            ip=ip,
-            port=port,
-            module_server_url=f"https://127.0.0.1:{self.op.module_tls_port}",
-            env={"MESHPLUG_CACHE": str(self.work / name / "cache")},
-            log_level="info",
-            upstream_port=self.app.port,
-        )
-        running = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
-        status, out = self.kube.request(
-            "PATCH",
-            f"/api/v1/namespaces/{self.ns}/pods/{name}/status",
-            {"status": {**running, "conditions": [{"type": "Ready", "status": "True"}]}},
-            content_type="application/merge-patch+json",
-        )
-        assert status == 200, out
-        return self.agents[name]
-
-    def apply(self, name: str, spec: dict[str, Any]) -> None:
-        """Server-side apply with strict field validation (what ``kubectl apply --validate=strict`` sends)."""
-        body = {"apiVersion": "meshplug.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": name}, "spec": spec}
-        query = "fieldManager=kubectl&fieldValidation=Strict"
-        path = f"{PLUGINS.format(ns=self.ns)}/{name}?{query}"
-        status, out = self.kube.request("PATCH", path, body, content_type="application/apply-patch+yaml")
-        assert status == 201, out
-
-    def patch(self, name: str, spec: dict[str, Any]) -> None:
-        status, out = self.kube.request(
-            "PATCH", f"{PLUGINS.format(ns=self.ns)}/{name}", {"spec": spec}, content_type="application/merge-patch+json"
-        )
-        assert status == 200, out
-
-    def get(self, name: str) -> dict[str, Any]:
-        status, obj = self.kube.request("GET", f"{PLUGINS.format(ns=self.ns)}/{name}")
-        assert status == 200, obj
-        return dict(obj)
-
-    def status(self, name: str) -> dict[str, Any]:
-        return dict(self.get(name).get("status") or {})
-
-    def events(self, name: str) -> list[tuple[str, str, str, int]]:
-        """(type, reason, message, count): one series per type and reason, as the operator records them."""
-        _, out = self.kube.request("GET", f"/api/v1/namespaces/{self.ns}/events")
-        return [
-            (e["type"], e["reason"], e["message"], int(e.get("count") or 1))
-            for e in out["items"]
-            if e["involvedObject"]["name"] == name
-        ]
+class Bed(agentplane.AgentPlane):
+    """The agent plane of these tests: pods at 127.0.0.150 and up in front of one echo app."""
 
     def running(self, pod: str) -> str:
         """The sha256 of plugin hdr the pod's agent runs ("" if none)."""
@@ -251,13 +175,11 @@ def bed(kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path:
         kube.kubeconfig, tmp_path, namespaces=[kube_namespace], extra=[f"--file-root={modules}"]
     )
     app = upstream_mod.start_service("echo", log_dir=tmp_path / "logs", name="app")
-    b = Bed(kube, kube_namespace, modules, tmp_path, op, app, {})
+    b = Bed(kube, kube_namespace, modules, tmp_path, op, _HOSTS, app_port=app.port, log_level="info")
     try:
         yield b
     finally:
-        b.op.stop()  # (a test may have started another operator)
-        for a in b.agents.values():
-            a.stop()
+        b.stop()
         app.stop()
         print(b.op.proc.log()[-12000:])
 
@@ -266,7 +188,7 @@ def roll(bed: Bed, name: str, data: bytes, *, until: str, canaries: set[str], ti
     """Point hdr at module ``data``; wait until status.rollout.phase is ``until`` for it (noting every pod named a
     canary on the way)."""
     before = (bed.status("hdr").get("rollout") or {}).get("history") or []
-    bed.patch("hdr", {"url": bed.module(name, data)})
+    bed.patch_plugin("hdr", {"url": bed.module(name, data)})
     digest = f"sha256:{sha(data)}"
     st: dict[str, Any] = {}
 
@@ -392,7 +314,7 @@ def test_a_rollout_goes_on_after_an_operator_restart_and_the_annotation_aborts_o
     procs.wait_until(lambda: condition(bed.status("hdr"), "Ready").get("reason") == "Confirmed", timeout=90, what="v1")
     ports = {name: bed.agents[name].port for name in PODS}
     with Load(ports, rate_per_pod=20) as load:
-        bed.patch("hdr", {"url": bed.module("v2.wasm", V2)})
+        bed.patch_plugin("hdr", {"url": bed.module("v2.wasm", V2)})
 
         def step_one_running() -> bool:
             rollout = bed.status("hdr").get("rollout") or {}
@@ -429,11 +351,11 @@ def test_a_rollout_goes_on_after_an_operator_restart_and_the_annotation_aborts_o
 
         # the annotation aborts a rollout in progress: every pod back on the stable version (v2)
         v3 = minimal.passthrough('(data (i32.const 2048) "v3")')
-        bed.patch("hdr", {"url": bed.module("v3.wasm", v3)})
+        bed.patch_plugin("hdr", {"url": bed.module("v3.wasm", v3)})
         procs.wait_until(step_one_running, timeout=60, what="step 1 of v3")
         status, out = bed.kube.request(
             "PATCH",
-            f"{PLUGINS.format(ns=bed.ns)}/hdr",
+            f"{agentplane.PLUGINS.format(ns=bed.ns)}/hdr",
             {"metadata": {"annotations": {"meshplug.io/rollout": "abort"}}},
             content_type="application/merge-patch+json",
         )
