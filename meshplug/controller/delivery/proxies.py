@@ -14,9 +14,9 @@ Sources, all real:
   FAIL_OPEN, and nothing reaches istiod), so a failed or missing download is only visible here. istio-agent caches
   modules per pod by sha256: a pod downloads a module once in its life. Confirmations therefore persist in the
   plugin's status (``loadedPods``) and survive an operator restart.
-- `NackMemory` and `NackWatch`: istiod's per-type "last error" is cleared by the next ACK of any push, so a NACK
-  of this plugin's version, once seen, is remembered; while a change meshplug made is fresh, `NackWatch` reads
-  syncz every `limits.NACK_WATCH_INTERVAL_S`, so only a NACK cleared faster than that can be missed.
+- `NackMemory`: istiod's per-type "last error" is cleared by the next ACK of any push, so a NACK of this plugin's
+  version, once seen, is remembered (the reconcile looks again within a second of a change, while istiod still
+  shows it; a NACK forgotten before the operator looked is the one gap left).
 Pure judging (`judge`) is separate from the reading, so the rules are unit-tested on recorded inputs.
 """
 
