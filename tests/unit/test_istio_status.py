@@ -174,42 +174,6 @@ def test_change_before_records_every_proxys_nonces() -> None:
     assert change.sent == {"cart-0.shop": {ECDS: "n7"}}
 
 
-@pytest.mark.parametrize(
-    ("error", "names", "noted"),
-    [
-        (f"Error adding/updating {NAME}: refused", (NAME,), "refused"),  # the NACK names the plugin: kept
-        ("Error adding/updating shop.other: refused", (NAME,), ""),  # another plugin's NACK
-        (f"Error adding/updating {NAME}~istio-translated-wasmplugin: x", (NAME,), ""),  # a longer name
-        (
-            f"Error adding/updating {NAME}~istio-translated-wasmplugin: x",
-            ("a", f"{NAME}~istio-translated-wasmplugin"),
-            "x",
-        ),
-        ("", (NAME,), ""),  # ACKed
-    ],
-)
-def test_nack_watch_notes_a_nack_before_the_next_ack_clears_it(error: str, names: tuple[str, ...], noted: str) -> None:
-    entry = {"proxy": "cart-0.shop", "proxy_type": "sidecar", "resources": {ECDS: {"sent": "n2", "acked": "n1"}}}
-    entry["resources"][ECDS]["lastError"] = error
-    answers: dict[str, Any] = {"/debug/syncz": [entry]}
-    memory = proxies.NackMemory()
-    watch = proxies.NackWatch(FakeIstiod(answers), memory)
-    watch._watched[(names, "sha256:aa/1", ECDS)] = time.monotonic() + 60  # as watch() records it, without the thread
-    assert watch.look()
-    answers["/debug/syncz"] = [{**entry, "resources": {ECDS: {"sent": "n3", "acked": "n3"}}}]  # the next ACK
-    assert watch.look()
-    key = ("cart-0.shop", names[0], "sha256:aa/1")
-    assert (memory.get(key) != "", noted in memory.get(key)) == (bool(noted), True)
-
-
-def test_nack_watch_stops_when_its_changes_are_old() -> None:
-    watch = proxies.NackWatch(FakeIstiod({"/debug/syncz": []}), proxies.NackMemory())
-    watch._watched[((NAME,), "v/1", ECDS)] = time.monotonic() - 1
-    assert not watch.look()
-    watch.watch((NAME,), "v/1", ECDS, until=time.monotonic() - 1)  # already over: no thread
-    assert watch._thread is None
-
-
 LISTENER = {
     "name": "virtualInbound",
     "filterChains": [

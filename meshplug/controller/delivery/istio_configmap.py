@@ -30,7 +30,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from meshplug import errors, limits, spec
+from meshplug import errors, spec
 from meshplug.controller import delivery, status
 from meshplug.controller.delivery import istio_pods, proxies
 from meshplug.render import istio, model
@@ -194,9 +194,6 @@ class IstioConfigMap(istio_pods.Route):
             return []
         digest, type_url = (code.sha256 if code is not None else "") or plugin.url, proxies.LDS_TYPE
         syncs, problem = self.istiod.syncz()
-        if change is not None:  # a NACK may be cleared by the proxy's next ACK before the next look
-            until = change.at + limits.PROXY_PUSH_GRACE_S
-            self.nack_watch.watch((plugin.envoy_name,), f"{digest}/{plugin.generation}", type_url, until)
         out = []
         for pod in pods:
             label = self.selection.label(plugin, pod)

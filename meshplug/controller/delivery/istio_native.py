@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshplug import errors, limits, spec
+from meshplug import errors, spec
 from meshplug.controller import delivery, status
 from meshplug.controller.delivery import istio_pods, proxies
 from meshplug.render import istio_native, model
@@ -123,9 +123,6 @@ class IstioNative(istio_pods.Route):
             istio_native.plugin_names(kind, plugin.namespace, plugin.name),
             istio_native.filter_names(kind, plugin.namespace, plugin.name),
         )
-        if change is not None:  # a NACK may be cleared by the proxy's next ACK before the next look
-            until = change.at + limits.PROXY_PUSH_GRACE_S
-            self.nack_watch.watch(names.plugin, f"{digest}/{plugin.generation}", type_url, until)
         out = []
         for pod in pods:
             label = self.selection.label(plugin, pod)

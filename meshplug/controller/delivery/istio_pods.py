@@ -51,7 +51,6 @@ class Route:
         self.selection = selection
         self.redelivery = Redelivery()
         self.nacks = proxies.NackMemory()
-        self.nack_watch = proxies.NackWatch(istiod, self.nacks)
         self.changes: dict[tuple[str, str], proxies.Change] = {}  # meshplug's last change of each rendered object
 
 

@@ -123,58 +123,6 @@ class NackMemory:
             return self._seen.get(key, "")
 
 
-class NackWatch:
-    """Reads istiod's syncz every `limits.NACK_WATCH_INTERVAL_S` while a change meshplug made is fresh, and notes in
-    `NackMemory` each NACK that names a watched plugin version: istiod shows a NACK only until the proxy's next ACK of
-    any push (another plugin's, a deletion's), which can come before the reconcile looks again. One daemon thread,
-    started on demand, gone when nothing is watched."""
-
-    def __init__(self, istiod: Istiod, nacks: NackMemory, *, interval: float = limits.NACK_WATCH_INTERVAL_S) -> None:
-        self._istiod = istiod
-        self._nacks = nacks
-        self._interval = interval
-        self._lock = threading.Lock()
-        # (Envoy names, version, xDS type) -> until (time.monotonic())
-        self._watched: dict[tuple[tuple[str, ...], str, str], float] = {}
-        self._thread: threading.Thread | None = None
-
-    def watch(self, names: Sequence[str], version: str, type_url: str, until: float) -> None:
-        """Note NACKs naming one of ``names`` (the first is the key in `NackMemory`) for ``version`` until ``until``."""
-        if not names or not self._istiod.urls or until <= time.monotonic():
-            return
-        with self._lock:
-            key = (tuple(names), version, type_url)
-            self._watched[key] = max(until, self._watched.get(key, 0.0))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="nack-watch", daemon=True)
-                self._thread.start()
-
-    def look(self) -> bool:
-        """One reading of syncz; False when nothing is watched any more."""
-        with self._lock:
-            now = time.monotonic()
-            self._watched = {k: until for k, until in self._watched.items() if until > now}
-            watched = list(self._watched)
-        if not watched:
-            return False
-        syncs, _ = self._istiod.syncz()
-        for proxy, sync in syncs.items():
-            for names, version, type_url in watched:
-                error = sync.of(type_url).error
-                if error and any(mentions(error, name) for name in names):
-                    self._nacks.note((proxy, names[0], version), error)
-        return True
-
-    def _run(self) -> None:
-        while True:
-            if not self.look():
-                with self._lock:
-                    if not self._watched:
-                        self._thread = None
-                        return
-            time.sleep(self._interval)
-
-
 @dataclass(frozen=True)
 class Change:
     """meshplug changed what istiod sends: when, and the nonces istiod had last sent each proxy
