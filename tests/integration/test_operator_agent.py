@@ -64,17 +64,12 @@ def sha(data: bytes) -> str:
 
 @pytest.fixture
 def bed(kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path: Path) -> Iterator[Bed]:
-    modules = tmp_path / "modules"
-    modules.mkdir()
-    op = operator_mod.start_operator(
-        kube.kubeconfig, tmp_path, namespaces=[kube_namespace], extra=[f"--file-root={modules}"]
-    )
-    b = Bed(kube, kube_namespace, modules, tmp_path, op, _hosts)
+    b = Bed.start(kube, kube_namespace, tmp_path, _hosts)
     try:
         yield b
     finally:
         b.stop()
-        print(op.proc.log()[-8000:])
+        print(b.op.proc.log()[-8000:])
 
 
 def test_agents_confirm_every_pod_in_chain_order_and_follow_pods(bed: Bed) -> None:

@@ -169,13 +169,8 @@ def sha(data: bytes) -> str:
 
 @pytest.fixture
 def bed(kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path: Path) -> Iterator[Bed]:
-    modules = tmp_path / "modules"
-    modules.mkdir()
-    op = operator_mod.start_operator(
-        kube.kubeconfig, tmp_path, namespaces=[kube_namespace], extra=[f"--file-root={modules}"]
-    )
     app = upstream_mod.start_service("echo", log_dir=tmp_path / "logs", name="app")
-    b = Bed(kube, kube_namespace, modules, tmp_path, op, _HOSTS, app_port=app.port, log_level="info")
+    b = Bed.start(kube, kube_namespace, tmp_path, _HOSTS, app_port=app.port, log_level="info")
     try:
         yield b
     finally:

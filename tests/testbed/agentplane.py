@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from tests.testbed import agent as agent_mod
 from tests.testbed import kube as kube_mod
@@ -33,6 +33,16 @@ class AgentPlane:
     agents: dict[str, agent_mod.Agent] = field(default_factory=dict)
     app_port: int | None = None  # the app the pods' agents proxy to (None: nothing listens)
     log_level: str = "debug"
+
+    @classmethod
+    def start(cls, kube: kube_mod.Kube, namespace: str, work: Path, hosts: Iterator[int], **fields: Any) -> Self:
+        """The operator watching ``namespace``, allowed `file://` modules from ``work``/modules (made here)."""
+        modules = work / "modules"
+        modules.mkdir()
+        op = operator_mod.start_operator(
+            kube.kubeconfig, work, namespaces=[namespace], extra=[f"--file-root={modules}"]
+        )
+        return cls(kube, namespace, modules, work, op, hosts, **fields)
 
     def module(self, name: str, data: bytes) -> str:
         (self.modules / name).write_bytes(data)
