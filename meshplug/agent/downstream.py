@@ -598,11 +598,7 @@ class Downstream(asyncio.Protocol):
         if not self._parsing:
             up.write(data)
             return
-        target = self._up_target
-        if target is not up:
-            if target is not None:
-                self._flush_up()
-            self._up_target = up
+        self._hold_for(up)
         self._up_out.append(data)
 
     def up_write_parts(self, up: Upstream, parts: list[bytes]) -> None:
@@ -610,12 +606,16 @@ class Downstream(asyncio.Protocol):
         if not self._parsing:
             up.write_parts(parts)
             return
+        self._hold_for(up)
+        self._up_out += parts
+
+    def _hold_for(self, up: Upstream) -> None:
+        """The held writes are for `up` from now on (those held for another upstream leave first)."""
         target = self._up_target
         if target is not up:
             if target is not None:
                 self._flush_up()
             self._up_target = up
-        self._up_out += parts
 
     def _flush_up(self) -> None:
         up, self._up_target = self._up_target, None
