@@ -128,7 +128,7 @@ class Run:
     switches: float = float("nan")
 
 
-def _ms(text: str, pct: str) -> float:
+def wrk_ms(text: str, pct: str) -> float:
     m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
     if m is None:
         return float("nan")
@@ -156,8 +156,8 @@ def measure(pid: int, port: int, seconds: int, pin: list[str], load: Sequence[st
     parts = tuple((name, (ns - parts_before.get(name, 0)) / n / 1000) for name, ns in sorted(parts_after.items()))
     return Run(
         n / float(m.group(2)),
-        _ms(out, "50"),
-        _ms(out, "99"),
+        wrk_ms(out, "50"),
+        wrk_ms(out, "99"),
         used / n / 1000,
         rss_mib(pid),
         parts=parts,

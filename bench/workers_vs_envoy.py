@@ -9,25 +9,92 @@ tree: a multi-worker agent's parent and workers) and RSS. Prints medians and the
 throughput of 2 agent workers / Envoy with 2 workers (target >= 1.0), and the agent's CPU per request with 2
 workers / with 1 (target: unchanged, ~1.0).
 
-Usage: bench/workers_vs_envoy.py [--rounds 5] [--seconds 4] [--module rust/header_rules] [--workers 2]
+The control ("pair"): N separate one-worker proxies side by side, each loaded by a wrk of its own (-t1, its
+share of the connections), CPU/req over all of them. It does what N workers do to the machine (N busy proxy
+processes beside wrk and nginx on the same cores) without anything of the workers' design (no shared port,
+store or parent): what N workers cost beyond the pair is theirs; what the pair costs beyond x1 is the machine's.
+
+Usage: bench/workers_vs_envoy.py [--rounds 5] [--seconds 4] [--module rust/header_rules] [--workers 2] [--no-pair]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import Run, interleaved, start_agent, start_envoy
+from bench import _common
+from bench._common import Run, start_agent, start_envoy
 from tests.corpus import modules
 from tests.testbed import nginx as tb_nginx
 from tests.testbed import procs
 
 CONFIG = {"response": {"add": {"x-bench": "1"}}}
+
+
+#: one system: the (pid, port) of each proxy it is made of (a pair: several side by side)
+Targets = Sequence[tuple[int, int]]
+
+
+def measure_side_by_side(targets: Targets, seconds: int, connections: int) -> Run:
+    """One wrk (-t1, an equal share of `connections`) per proxy, all at once; CPU/req over every proxy's process
+    tree, requests summed, latency: the median of their p50s and the worst p99, RSS summed."""
+    pids = [pid for pid, _ in targets]
+    cpu_before = [_common.cpu_ns(pid) for pid in pids]
+    switches_before = [_common.switches(pid) for pid in pids]
+    share = max(connections // len(targets), 1)
+    argv = ["wrk", "-t1", f"-c{share}", f"-d{seconds}s", "--latency"]
+    loads = [
+        subprocess.Popen([*argv, f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, text=True) for _, port in targets
+    ]
+    outs = [load.communicate()[0] for load in loads]
+    used = [_common.cpu_ns(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
+    switched = sum(_common.switches(pid) - before for pid, before in zip(pids, switches_before, strict=True))
+    counts, elapsed = [], []
+    for out in outs:
+        m = re.search(r"(\d+) requests in ([\d.]+)s", out)
+        if m is None or "Non-2xx" in out or "Socket errors" in out:
+            raise RuntimeError(f"wrk failed or saw errors:\n{out}")
+        counts.append(int(m.group(1)))
+        elapsed.append(float(m.group(2)))
+    n = sum(counts)
+    return Run(
+        sum(c / e for c, e in zip(counts, elapsed, strict=True)),
+        statistics.median(_common.wrk_ms(o, "50") for o in outs),
+        max(_common.wrk_ms(o, "99") for o in outs),
+        sum(used) / n / 1000,
+        sum(_common.rss_mib(pid) for pid in pids),
+        parts=tuple((f"proxy {i}", u / n / 1000) for i, u in enumerate(used)),
+        switches=switched / n,
+    )
+
+
+def interleaved(systems: dict[str, Targets], rounds: int, seconds: int, connections: int) -> dict[str, list[Run]]:
+    """`_common.interleave`'s order (a 1 s warm-up each, then rounds of system after system), nothing pinned; a
+    system of one proxy gets wrk -t2 -c`connections`, a pair one wrk per proxy."""
+    load = ("-t2", f"-c{connections}")
+
+    def runner(targets: Targets) -> Callable[[int], Run]:
+        if len(targets) == 1:
+            pid, port = targets[0]
+            return lambda s: _common.measure(pid, port, s, [], load)
+        return lambda s: measure_side_by_side(targets, s, connections)
+
+    runners = {name: runner(t) for name, t in systems.items()}
+    for run in runners.values():
+        run(1)
+    out: dict[str, list[Run]] = {name: [] for name in systems}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            out[name].append(run(seconds))
+    return out
 
 
 def median(runs: list[Run], field: str) -> float:
@@ -52,6 +119,7 @@ def main() -> int:
     ap.add_argument("--module", default="rust/header_rules")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--no-pair", action="store_true", help="leave out the control (N one-worker proxies side by side)")
     ap.add_argument(
         "--baseline", type=Path, help="another checkout (built with `make native`): its agent x1 and xN run too"
     )
@@ -65,22 +133,34 @@ def main() -> int:
             upstream = tb_nginx.start_nginx(log_dir=work)
             started.append(upstream)
             up = upstream.ports["http"]
-            systems: dict[str, tuple[int, int]] = {}
-            compared: list[tuple[str, Path | None, int]] = [("agent x1", None, 1), (f"agent x{n}", None, n)]
+            systems: dict[str, Targets] = {}
+            copies = 1 if args.no_pair else n  # the pair: n one-worker proxies
+            compared: list[tuple[str, Path | None, int, int]] = [("agent x1", None, 1, 1), (f"agent x{n}", None, n, 1)]
+            if copies > 1:
+                compared.append((f"agent {n}*x1", None, 1, copies))
             if args.baseline is not None:
-                compared += [("before x1", args.baseline, 1), (f"before x{n}", args.baseline, n)]
-            for name, source, workers in compared:
-                proc, port = start_agent(
-                    work, name.replace(" ", "-"), up, wasm, CONFIG, concurrency=workers, source=source
-                )
-                started.append(proc)
-                systems[name] = (proc.pid, port)
-            for name, workers in (("envoy x1", 1), (f"envoy x{n}", n)):
-                proc, port = start_envoy(work, name.replace(" ", "-"), up, wasm, CONFIG, concurrency=workers)
-                started.append(proc)
-                systems[name] = (proc.pid, port)
-            load = ("-t2", f"-c{args.connections}")
-            runs = interleaved(systems, args.rounds, args.seconds, pin=False, load=load)
+                compared += [("before x1", args.baseline, 1, 1), (f"before x{n}", args.baseline, n, 1)]
+            for name, source, workers, count in compared:
+                targets = []
+                for i in range(count):
+                    label = f"{name.replace(' ', '-').replace('*', '-')}-{i}"
+                    proc, port = start_agent(work, label, up, wasm, CONFIG, concurrency=workers, source=source)
+                    started.append(proc)
+                    targets.append((proc.pid, port))
+                systems[name] = targets
+            envoys = [("envoy x1", 1, 1), (f"envoy x{n}", n, 1)]
+            if copies > 1:
+                envoys.append((f"envoy {n}*x1", 1, copies))
+            for name, workers, count in envoys:
+                targets = []
+                for i in range(count):
+                    label = f"{name.replace(' ', '-').replace('*', '-')}-{i}"
+                    proc, port = start_envoy(work, label, up, wasm, CONFIG, concurrency=workers)
+                    started.append(proc)
+                    targets.append((proc.pid, port))
+                systems[name] = targets
+            procs.which_or_fail("wrk", "install Debian wrk (scripts/install-system-deps.sh)")
+            runs = interleaved(systems, args.rounds, args.seconds, args.connections)
         finally:
             for proc in reversed(started):
                 proc.stop()
@@ -93,15 +173,15 @@ def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
     print(f"{args.module} adding one response header; nginx upstream; ", end="")
     print(f"wrk -t2 -c{args.connections} -d{args.seconds}s")
     print(f"{args.rounds} interleaved rounds, medians; nothing pinned (proxies, nginx and wrk share every core)")
-    print(f"{'system':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU/req us':>11} {'RSS MiB':>8} {'cs/req':>7}")
+    print(f"{'system':<11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU/req us':>11} {'RSS MiB':>8} {'cs/req':>7}")
     for name, rs in runs.items():
         print(
-            f"{name:<10} {median(rs, 'rps'):>9.0f} {median(rs, 'p50_ms'):>8.2f} {median(rs, 'p99_ms'):>8.2f} "
+            f"{name:<11} {median(rs, 'rps'):>9.0f} {median(rs, 'p50_ms'):>8.2f} {median(rs, 'p99_ms'):>8.2f} "
             f"{median(rs, 'cpu_us'):>11.1f} {median(rs, 'rss_mib'):>8.1f} {median(rs, 'switches'):>7.2f}"
         )
     print("CPU/req by process (agent: parent, workers) or thread (envoy: main, wrk:worker_N, others), us:")
     for name, rs in runs.items():
-        print(f"  {name:<10} " + ", ".join(f"{part} {value:.1f}" for part, value in parts(rs)))
+        print(f"  {name:<11} " + ", ".join(f"{part} {value:.1f}" for part, value in parts(rs)))
     a1, an, e1, en = runs["agent x1"], runs[f"agent x{n}"], runs["envoy x1"], runs[f"envoy x{n}"]
     throughput = ratio(an, en, "rps")
     verdict = "met" if throughput >= 1 else "NOT met"
@@ -110,6 +190,13 @@ def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
     print(f"CPU/req agent x{n} / envoy x{n}: {ratio(an, en, 'cpu_us'):.2f}x", end="; ")
     print(f"envoy x{n} / envoy x1: {ratio(en, e1, 'cpu_us'):.2f}x")
     print(f"scaling x1 -> x{n}: agent {ratio(an, a1, 'rps'):.2f}x, envoy {ratio(en, e1, 'rps'):.2f}x")
+    if f"agent {n}*x1" in runs:
+        ap, ep = runs[f"agent {n}*x1"], runs[f"envoy {n}*x1"]
+        print(
+            f"control, {n} one-worker proxies side by side / x1 (CPU/req): agent {ratio(ap, a1, 'cpu_us'):.2f}x, "
+            f"envoy {ratio(ep, e1, 'cpu_us'):.2f}x; x{n} / the pair: agent {ratio(an, ap, 'cpu_us'):.2f}x, "
+            f"envoy {ratio(en, ep, 'cpu_us'):.2f}x (1.00x: the workers cost nothing beyond {n} busy processes)"
+        )
     if args.baseline is not None:
         b1, bn = runs["before x1"], runs[f"before x{n}"]
         print(

@@ -290,18 +290,19 @@ class Agent:
                 envoystats.Stat(f"wasm.plugin.{p.name}.failed", p.failures),
                 envoystats.Stat(f"wasm.plugin.{p.name}.local_rq_5xx", p.local_5xx),
             ]
-        counters = self.proxy.stats.as_dict()
-        counters["push_ack_total"] = self.applier.acks
-        counters["push_nack_total"] = self.applier.nacks
-        out += [envoystats.Stat(f"meshplug.{name}", int(value)) for name, value in counters.items()]
+        out += [envoystats.Stat(f"meshplug.{name}", int(value)) for name, value in self.counters().items()]
         return out
 
-    def prometheus(self) -> bytes:
+    def counters(self) -> dict[str, int]:
+        """The agent's own counters (/stats as meshplug.<name>, /stats/prometheus): the data path's, the pushes'."""
         counters = self.proxy.stats.as_dict()
         counters["push_ack_total"] = self.applier.acks
         counters["push_nack_total"] = self.applier.nacks
+        return counters
+
+    def prometheus(self) -> bytes:
         extra = "".join(c.metrics() for c in self.plugin_chains())
-        return admin.prometheus(counters, gauges=GAUGES, labels={}, extra=extra)
+        return admin.prometheus(self.counters(), gauges=GAUGES, labels={}, extra=extra)
 
 
 async def run(agent: Agent) -> int:

@@ -18,8 +18,12 @@ Parent <-> worker: one UNIX socket pair per worker, messages as a 4-byte length 
 Requests (from the parent): ``load`` {set, resources} -> {ok, plugins | reason, message, resource}, ``commit``
 {set}, ``abort`` {set}, ``listen`` -> {ports}, ``snapshot`` -> {counters, metrics, metric_values, views, logs},
 ``logging`` {level}, ``drain``; the snapshot's ``health`` (per-plugin stats, summed for GET
-protocol.HEALTH_PATH on the push port) too. A worker that exits is started again and given the active set
-before it listens.
+protocol.HEALTH_PATH on the push port) and ``plugin_stats`` (the plugins' metrics as /stats names them) too. The
+parent's admin view sums the workers' snapshots, taken when it is asked (/stats, /stats/prometheus, ...): the
+agent's counters and gauges, the plugins' counters and gauges (as Envoy's workers add to one stats store; a
+gauge a plugin sets, rather than adds to, is the sum of the workers' values), their histograms' samples
+merged; the singletons' (run by the parent) count as one more snapshot. A worker that exits is started again
+and given the active set before it listens.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from meshplug import errors, limits, native, protocol
-from meshplug.agent import admin, config, loader, runtime, sharing, wire
+from meshplug.agent import admin, config, envoystats, loader, runtime, sharing, wire
 
 log = logging.getLogger("meshplug.agent.workers")
 
@@ -200,6 +204,7 @@ class Worker(runtime.Agent):
             "counters": self.proxy.stats.as_dict(),
             "metrics": active.chain.metrics() if active else "",
             "metric_values": active.chain.metric_values() if active else {},
+            "plugin_stats": [[s.name, s.value, s.samples] for s in active.chain.plugin_stats()] if active else [],
             "views": loader.json_views(active.chain.views()) if active else [],
             "logs": active.chain.logs() if active else [],
             "health": [h.to_json() for h in active.chain.plugin_health()] if active else [],
@@ -378,6 +383,7 @@ class Parent(runtime.Agent):
             metric_values=self._metric_values,
             logs=self._logs,
             activate=activate,
+            plugin_stats=self._plugin_stats,
             plugin_health=self._health,
         )
 
@@ -424,6 +430,20 @@ class Parent(runtime.Agent):
                 )
                 if view.name not in merged or view.state is protocol.PluginState.FAILED:
                     merged[view.name] = view
+        return list(merged.values())
+
+    def _plugin_stats(self) -> list[envoystats.Stat]:
+        """The plugins' metrics under Envoy's names (/stats): counters and gauges summed, histograms' samples
+        merged, over the workers."""
+        merged: dict[str, envoystats.Stat] = {}
+        for snap in self.snapshots:
+            for name, value, samples in snap.get("plugin_stats") or []:
+                prev = merged.get(name)
+                if samples is not None:
+                    before = prev.samples or () if prev is not None else ()
+                    merged[name] = envoystats.Stat(name, samples=(*before, *(int(x) for x in samples)))
+                else:
+                    merged[name] = envoystats.Stat(name, (prev.value if prev is not None else 0) + int(value))
         return list(merged.values())
 
     def _metric_values(self) -> dict[str, int | None]:
@@ -489,7 +509,36 @@ class Parent(runtime.Agent):
         replies = await asyncio.gather(
             *(self.request(c, {"op": "snapshot"}) for c in list(self.children.values())), return_exceptions=True
         )
-        self.snapshots = [r for r in replies if isinstance(r, dict) and r.get("ok")]
+        self.snapshots = [r for r in replies if isinstance(r, dict) and r.get("ok")] + self._own_snapshot()
+
+    def _own_snapshot(self) -> list[dict[str, Any]]:
+        """The singletons' (their VMs run here) metrics and logs, summed with the workers' as one more snapshot."""
+        if self.singletons is None:
+            return []
+        own = self.singletons.chain
+        return [
+            {
+                "counters": {},
+                "metrics": own.metrics(),
+                "metric_values": own.metric_values(),
+                "plugin_stats": [[s.name, s.value, s.samples] for s in own.plugin_stats()],
+                "logs": own.logs(),
+            }
+        ]
+
+    def plugin_chains(self) -> list[loader.Chain]:
+        """Only the active set's chain: it sums the workers' snapshots, the singletons' among them."""
+        return [self.applier.active.chain] if self.applier.active is not None else []
+
+    def counters(self) -> dict[str, int]:
+        """The workers' counters and gauges summed (each worker's proxy counts what it served), the pushes'."""
+        counters: dict[str, int] = {}
+        for snap in self.snapshots:
+            for name, value in (snap.get("counters") or {}).items():
+                counters[name] = counters.get(name, 0) + int(value)
+        counters["push_ack_total"] = self.applier.acks
+        counters["push_nack_total"] = self.applier.nacks
+        return counters
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -541,7 +590,7 @@ class Parent(runtime.Agent):
         return clean
 
     async def _admin(self, request: admin.Request) -> admin.Response:
-        if request.path in ("/stats/prometheus", "/config_dump", "/plugin_logs", "/plugin_stats"):
+        if request.path in ("/stats", "/stats/prometheus", "/config_dump", "/plugin_logs", "/plugin_stats"):
             await self._refresh()
         if request.path == "/logging" and request.method == "POST":
             response = await super()._admin(request)
@@ -552,15 +601,6 @@ class Parent(runtime.Agent):
         if request.path == "/ready" and self.ready and len(self.children) < self.n:
             return admin.Response(503, b"WORKER_RESTARTING\n")
         return await super()._admin(request)
-
-    def prometheus(self) -> bytes:
-        counters: dict[str, int] = {}
-        for snap in self.snapshots:
-            for name, value in (snap.get("counters") or {}).items():
-                counters[name] = counters.get(name, 0) + int(value)
-        counters["push_ack_total"] = self.applier.acks
-        counters["push_nack_total"] = self.applier.nacks
-        return admin.prometheus(counters, gauges=runtime.GAUGES, labels={}, extra=self._metrics())
 
     def config_dump(self) -> dict[str, object]:
         out = super().config_dump()

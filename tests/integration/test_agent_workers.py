@@ -2,6 +2,11 @@
 each, proxy-wasm shared data (CAS) and shared queues that are one across the workers, one push endpoint (one
 ACK/NACK for all workers), one admin view (stats summed), a worker that dies replaced with the active set.
 
+The admin view is checked against Envoy --concurrency 2 running the same metrics plugin (corpus rust/metrics)
+after the same requests, spread over both workers: /stats shows the plugin's counter, its add-and-subtract gauge
+and its histogram (both workers' samples) as Envoy's one stats store does, and the agent's own counters, the
+per-plugin health (GET /v1/plugin_health) and /plugin_stats count every request once. Counts, never times.
+
 The shared state is checked with the same guest on Envoy 1.40 --concurrency 2 in the same test: each request
 increments a shared counter with a CAS loop and answers with its new value, and enqueues it to a queue the root
 contexts registered; the queue's owner counts what it dequeued (`GET /dequeued`). Both proxies must hand out
@@ -24,6 +29,7 @@ import pytest
 import wasmtime
 
 from meshplug import native, protocol
+from tests.corpus import modules
 from tests.guests import minimal
 from tests.testbed import agent as tb_agent
 from tests.testbed import envoy as tb_envoy
@@ -195,6 +201,17 @@ def test_shared_data_and_queues_are_one_across_workers_as_in_envoy(tmp_path: Pat
         agent.stop()
 
     # the same guest on Envoy 1.40 with two workers behaves the same
+    envoy, port, _ = start_envoy(tmp_path, upstream.ports["http"], "counter", module)
+    try:
+        assert counted(port) == list(range(1, REQUESTS + 1))
+        assert dequeued(port) == REQUESTS
+    finally:
+        envoy.stop()
+
+
+def start_envoy(tmp_path: Path, upstream: int, name: str, module: Path) -> tuple[procs.Proc, int, int]:
+    """Envoy 1.40 --concurrency 2 with `module` (V8) as plugin `name`: (process, port, admin port). Its admin
+    requests flush the stats (so /stats shows histograms as they are, as the agent's does)."""
     port, admin = procs.free_port(), procs.free_port()
     filters = [
         {
@@ -202,22 +219,91 @@ def test_shared_data_and_queues_are_one_across_workers_as_in_envoy(tmp_path: Pat
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                 "config": {
-                    "name": "counter",
+                    "name": name,
                     "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(module)}}},
                 },
             },
         }
     ]
     listener = tb_envoy.http_listener("main", port, cluster="upstream", http_filters=filters)
-    cfg = tb_envoy.bootstrap(admin, [listener], [tb_envoy.static_cluster("upstream", upstream.ports["http"])])
+    cfg = tb_envoy.bootstrap(admin, [listener], [tb_envoy.static_cluster("upstream", upstream)])
+    cfg["stats_flush_on_admin"] = True
     envoy = tb_envoy.start_envoy(
-        tb_envoy.write_config(cfg, tmp_path / "envoy.json"), admin_port=admin, log_dir=tmp_path, concurrency=2
+        tb_envoy.write_config(cfg, tmp_path / f"envoy-{name}.json"), admin_port=admin, log_dir=tmp_path, concurrency=2
     )
+    return envoy.proc, port, admin
+
+
+#: the metrics test's requests: path lengths 2..49 (the plugin's histogram samples), each on a connection of its own
+PATHS = tuple("/" + "p" * n for n in range(1, 49))
+#: what the test compares with Envoy's /stats: the plugin's counter, the gauge it adds to and subtracts from, its
+#: histogram (rust_metrics_status, a gauge it sets, is left out: the agent sums the workers' values, where
+#: Envoy's one gauge holds the last value set)
+COMPARED = "filter=wasmcustom%5C.rust_metrics_%28requests%7Cinflight%7Cpath_len%29"
+
+
+def spread(port: int) -> None:
+    """Every path of PATHS once, 4 at a time, each on a new connection (the kernel spreads them over workers)."""
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda path: tb_agent.http_request(port, "GET", path)[0], PATHS))
+    assert statuses == [200] * len(PATHS)
+
+
+def plugin_health(agent: tb_agent.Agent) -> protocol.Health:
+    status, _, body = tb_agent.http_request(
+        int(str(agent.push_port)), "GET", protocol.HEALTH_PATH, headers=protocol.bearer(TOKEN)
+    )
+    assert status == 200, body
+    return protocol.decode_health(body)
+
+
+def text_stats(body: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in body.splitlines())
+
+
+@needs_native
+def test_the_admin_view_sums_the_workers_stats_as_envoys_one_store(tmp_path: Path, upstream: procs.Proc) -> None:
+    module = modules.module("rust/metrics").path
+    n = len(PATHS)
+    agent = start(tmp_path, upstream.ports["http"], [{"name": "metrics", "module": {"file": str(module)}}], push=True)
+    envoy, envoy_port, envoy_admin = start_envoy(tmp_path, upstream.ports["http"], "metrics", module)
     try:
-        assert counted(port) == list(range(1, REQUESTS + 1))
-        assert dequeued(port) == REQUESTS
+        spread(agent.port)
+        spread(envoy_port)
+        served = [int(str(w["requests"])) for w in workers(agent)]
+        assert len(served) == 2 and all(k > 0 for k in served) and sum(served) == n, served
+
+        def envoy_stats(query: str) -> str:
+            status, body = tb_envoy.admin_get(envoy_admin, f"/stats?{query}")
+            assert status == 200, body
+            return body
+
+        def settled(body: str) -> bool:
+            """Every stream ended (a stream's end is counted as its response leaves: the client may be first),
+            and (Envoy) the histograms merged: Envoy merges them after the admin request that flushes is answered."""
+            stats = text_stats(body)
+            return stats.get("wasmcustom.rust_metrics_inflight") == "0" and "No recorded values" not in body
+
+        procs.wait_until(lambda: settled(envoy_stats(COMPARED)), timeout=10, what="Envoy's streams and flush")
+        procs.wait_until(lambda: settled(agent.admin(f"/stats?{COMPARED}")[1].decode()), timeout=10, what="streams")
+        status, body = agent.admin(f"/stats?{COMPARED}")
+        assert status == 200 and body.decode() == envoy_stats(COMPARED)  # the same bytes: counts, gauge, quantiles
+        assert text_stats(body.decode())["wasmcustom.rust_metrics_requests"] == str(n)
+
+        stats = text_stats(agent.admin("/stats")[1].decode())
+        assert stats["meshplug.downstream_rq_total"] == str(n) and stats["meshplug.downstream_rq_2xx"] == str(n)
+        assert stats["wasm.plugin.metrics.rq_total"] == str(n) and stats["wasm.plugin.metrics.failed"] == "0"
+        document = json.loads(agent.admin("/stats?format=json&filter=downstream_rq_total")[1])
+        assert document == {"stats": [{"name": "meshplug.downstream_rq_total", "value": n}]}
+        prometheus = agent.admin("/stats/prometheus")[1].decode().splitlines()
+        assert f"meshplug_agent_downstream_rq_total {n}" in prometheus
+        assert agent.admin_json("/plugin_stats")["rust_metrics_requests"] == n
+
+        health = plugin_health(agent)
+        assert [(p.name, p.requests, p.failures, sum(p.latency)) for p in health.plugins] == [("metrics", n, 0, n)]
     finally:
-        envoy.proc.stop()
+        envoy.stop()
+        agent.stop()
 
 
 def push(agent: tb_agent.Agent, version: str, module: Path) -> protocol.Reply:
