@@ -30,6 +30,7 @@ unpacked to them) and `<state_dir>/last_good.json` (the
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -246,21 +247,26 @@ class Sources:
             self.fetcher.cache.put_blob(data)
         return data
 
-    def install_compiled(self, artifact: protocol.CompiledArtifact, digest: str, runtime: vm.Runtime) -> str:
-        """Put the operator's precompiled module for `digest` in the runtime's artifact cache of the tier whose
-        engine key it names (optimized or baseline: meshplug.compiled.Tier); how it went: ``local`` (ours
-        already there, or our optimized one), ``operator`` (fetched, its sha256 is the push's, its header names
-        our key), ``other-engine`` (another wasmtime, settings or CPU), ``unavailable`` (not fetched) or
-        ``refused`` (not sound for our key). Never raises: compiling here is the fallback."""
+    def install_compiled(
+        self, artifact: protocol.CompiledArtifact, digest: str, runtime: vm.Runtime
+    ) -> tuple[str, object | None]:
+        """Load the operator's precompiled module for `digest` with the runtime's engine of the tier whose key
+        it names (optimized or baseline: meshplug.compiled.Tier), and store it in that tier's artifact cache
+        for later loads; how it went, and the module (hold it until `vm.Runtime.load_tiered` took it): ``local``
+        (ours already there, or our optimized one: no module here), ``operator`` (fetched, its sha256 is the
+        push's, its header names our key, loaded from memory), ``other-engine`` (another wasmtime, settings or
+        CPU), ``unavailable`` (not fetched) or ``refused`` (not sound for our key). Never raises: compiling
+        here is the fallback. The file is written behind (on this pool): the module loads without waiting for
+        the disk, and a crash before the write only costs the next start a download."""
         optimized = runtime.artifacts
         if optimized is None:
-            return "other-engine"
+            return "other-engine", None
         caches = [c for c in (optimized, runtime.baseline_artifacts) if c is not None]
         artifacts = next((c for c in caches if artifact.key == c.key(digest).filename), None)
         if artifacts is None:
-            return "other-engine"
+            return "other-engine", None
         if artifacts.path(artifacts.key(digest)).exists() or optimized.path(optimized.key(digest)).exists():
-            return "local"
+            return "local", None
         options = self.fetcher.options
         try:
             blob = self.fetcher.transport.download(
@@ -270,11 +276,14 @@ class Sources:
             )
         except errors.MeshplugError as exc:
             log.warning("precompiled module %s not fetched, compiling instead: %s", artifact.key, exc.message)
-            return "unavailable"
-        if sha256_hex(blob) != artifact.sha256 or not artifacts.install(digest, blob):
+            return "unavailable", None
+        module = runtime.adopt(digest, artifact.key, blob) if sha256_hex(blob) == artifact.sha256 else None
+        if module is None:
             log.warning("precompiled module %s refused (sha256 or header), compiling instead", artifact.key)
-            return "refused"
-        return "operator"
+            return "refused", None
+        with contextlib.suppress(RuntimeError):  # the pool shut down (the agent stops): nothing to keep
+            self.pool.submit(artifacts.install, digest, blob, checked=True)
+        return "operator", module
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -345,7 +354,7 @@ def prepare(
 
     timings: dict[str, float | str] = {}
     runtime = vm.default_runtime()
-    artifact: concurrent.futures.Future[str] | None = None
+    artifact: concurrent.futures.Future[tuple[str, object | None]] | None = None
     compiled = resource.compiled
     # the operator's machine code is not what the signature signs: a signed module is compiled here
     if compiled is not None and sources.precompiled and resource.sha256 and resource.signature is None:
@@ -367,8 +376,9 @@ def prepare(
         raise errors.FetchError(
             f"module of {resource.name} has sha256 {digest}, expected {resource.sha256}", reason="checksum_mismatched"
         )
+    adopted: object | None = None  # the operator's module, loaded: held until load_tiered below took it
     if artifact is not None:
-        timings["artifact"] = artifact.result()
+        timings["artifact"], adopted = artifact.result()
         timings["artifact_ms"] = _ms(t1)
     t2 = time.monotonic()
     try:
@@ -379,6 +389,7 @@ def prepare(
     timings["load"] = outcome  # compiled here (miss/stale/corrupt), or loaded (hit, memory)
     timings["tier"] = tier.value  # optimized, or baseline (until the operator pushes the optimized artifact)
     timings["load_ms"] = _ms(t2)
+    del adopted
     t3 = time.monotonic()
     validate.validate(data, kind=kind, module=module)  # ValidationError names every ABI problem
     timings["validate_ms"] = _ms(t3)

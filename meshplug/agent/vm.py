@@ -175,6 +175,8 @@ class Runtime:
         #: modules by the sha256 of their bytes while something holds them (a VM, the loader between its
         #: validation and the VM start): loaded once per set, however many steps and plugins need it
         self._loaded: weakref.WeakValueDictionary[str, wasmtime.Module] = weakref.WeakValueDictionary()
+        #: modules deserialized from an artifact in memory (`adopt`) whose first load is still to report it (hit)
+        self._adopted: set[str] = set()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -250,7 +252,7 @@ class Runtime:
         with self._lock:
             module = self._loaded.get(digest)
         if module is not None:  # loaded already and still in use (e.g. validated by the loader, now started)
-            outcome = "memory"
+            outcome = self._memory_outcome(digest)
         elif self.artifacts is not None:
             loaded = self.artifacts.get(digest)
             if loaded is None:
@@ -276,7 +278,7 @@ class Runtime:
             return None
         with self._lock:
             module = self._baseline_loaded.get(digest)
-        outcome = "memory"
+        outcome = self._memory_outcome(digest) if module is not None else "memory"
         if module is None:
             loaded = self.baseline_artifacts.get(digest)
             if loaded is None:
@@ -287,6 +289,39 @@ class Runtime:
             self._baseline_loaded[digest] = module
             self._baseline_modules.add(module)
         return module, outcome, compiled.Tier.BASELINE
+
+    def _memory_outcome(self, digest: str) -> str:
+        """How a module found in memory is reported: ``hit`` the first time after `adopt` (an artifact's), else
+        ``memory`` (loaded before, still in use)."""
+        with self._lock:
+            if digest in self._adopted:
+                self._adopted.discard(digest)
+                return compiled.Outcome.HIT.value
+        return "memory"
+
+    def adopt(self, digest: str, key: str, blob: bytes) -> wasmtime.Module | None:
+        """Load the artifact file ``blob`` the operator made for module ``digest`` straight from memory with
+        the engine of the tier whose artifact key (file name) ``key`` is (`checked`: the caller matched the
+        blob's sha256 against the push's), so the next `load_tiered` of that module finds it loaded. None: no
+        engine of ours has that key, or the blob is not sound for it (compiling stays the fallback). The
+        caller holds the module (the runtime only keeps modules something holds) and may store the blob
+        (`compiled.ArtifactCache.install`) for later loads."""
+        tiers = ((self.artifacts, compiled.Tier.OPTIMIZED), (self.baseline_artifacts, compiled.Tier.BASELINE))
+        for cache, tier in tiers:
+            if cache is None or cache.key(digest).filename != key:
+                continue
+            module = cache.deserialize(digest, blob, checked=True)
+            if module is None:
+                return None
+            with self._lock:
+                if tier is compiled.Tier.OPTIMIZED:
+                    self._loaded[digest] = module
+                else:
+                    self._baseline_loaded[digest] = module
+                    self._baseline_modules.add(module)
+                self._adopted.add(digest)
+            return module
+        return None
 
     def deserialize(self, blob: bytes) -> wasmtime.Module:
         return wasmtime.Module.deserialize(self.engine, blob)

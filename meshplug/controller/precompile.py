@@ -88,6 +88,8 @@ class Precompiler:
             return None
         key = loaded.key.filename
         with self._lock:
+            if loaded.file_sha256:  # this compile wrote the file: its bytes were hashed then
+                self._sums[key] = loaded.file_sha256
             known = self._sums.get(key)
         if known is None:
             try:
@@ -129,6 +131,9 @@ class Precompiler:
                     self._pending.discard(sha256)
             if loaded is None or not loaded.stored:
                 continue
+            if loaded.file_sha256:  # the push that follows names the file by it: not read and hashed again
+                with self._lock:
+                    self._sums[loaded.key.filename] = loaded.file_sha256
             ms = (time.monotonic() - t0) * 1000
             log.info("optimized sha256:%s for the agents in %.0f ms (%s)", sha256, ms, loaded.outcome.value)
             del loaded
