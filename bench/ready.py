@@ -24,8 +24,10 @@ per-reconcile log line (`reconcile stages`) and each agent's /config_dump last_p
                          answered after the agent applied the set:
       operator before pushes  the API reads and set building before the first push
       agent fetch          the module from the operator's module server
-      agent artifact       the operator's precompiled module (fetched, sha256 + header checked, installed)
-      agent compile/load   deserialize the artifact (hit) or compile (miss)
+      agent artifact       the operator's precompiled module, fetched beside the module: downloaded, sha256 +
+                           header checked, loaded from memory (its file is written to the agent's cache behind)
+      agent compile/load   take the module loaded from the artifact, or read the agent's own artifact (hit),
+                           or compile (miss)
       agent validate       the ABI check on the loaded module
       agent start          instantiate + module entry + plugin start callbacks (VMs start in parallel)
       agent persist        last good set written (fsync)
@@ -220,6 +222,11 @@ def agent_rows(slowest: dict[str, Any], facts: dict[str, Any]) -> list[Row]:
     rows: list[Row] = [("  operator before pushes", ms["deliver"] - pushes_ms, "API reads (plugins, pods), sets")]
     for label, key in AGENT_STAGES:
         note = str(slowest.get("artifact", "")) if key == "artifact_ms" else ""
+        if key == "artifact_ms" and "artifact_download_ms" in slowest:
+            note += (
+                f" (beside the module's fetch; download {float(slowest['artifact_download_ms']):.0f} ms, "
+                f"check + load from memory {float(slowest['artifact_load_ms']):.0f} ms)"
+            )
         if key == "load_ms":
             note = {"hit": "loaded artifact", "memory": "in memory"}.get(str(slowest.get("load")), "compiled")
             note += f", {slowest.get('tier', '?')} tier"

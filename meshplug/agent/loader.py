@@ -247,9 +247,7 @@ class Sources:
             self.fetcher.cache.put_blob(data)
         return data
 
-    def install_compiled(
-        self, artifact: protocol.CompiledArtifact, digest: str, runtime: vm.Runtime
-    ) -> tuple[str, object | None]:
+    def install_compiled(self, artifact: protocol.CompiledArtifact, digest: str, runtime: vm.Runtime) -> Installed:
         """Load the operator's precompiled module for `digest` with the runtime's engine of the tier whose key
         it names (optimized or baseline: meshplug.compiled.Tier), and store it in that tier's artifact cache
         for later loads; how it went, and the module (hold it until `vm.Runtime.load_tiered` took it): ``local``
@@ -260,14 +258,15 @@ class Sources:
         the disk, and a crash before the write only costs the next start a download."""
         optimized = runtime.artifacts
         if optimized is None:
-            return "other-engine", None
+            return Installed("other-engine")
         caches = [c for c in (optimized, runtime.baseline_artifacts) if c is not None]
         artifacts = next((c for c in caches if artifact.key == c.key(digest).filename), None)
         if artifacts is None:
-            return "other-engine", None
+            return Installed("other-engine")
         if artifacts.path(artifacts.key(digest)).exists() or optimized.path(optimized.key(digest)).exists():
-            return "local", None
+            return Installed("local")
         options = self.fetcher.options
+        t0 = time.monotonic()
         try:
             blob = self.fetcher.transport.download(
                 artifact.url,
@@ -276,18 +275,31 @@ class Sources:
             )
         except errors.MeshplugError as exc:
             log.warning("precompiled module %s not fetched, compiling instead: %s", artifact.key, exc.message)
-            return "unavailable", None
+            return Installed("unavailable")
+        t1 = time.monotonic()
         module = runtime.adopt(digest, artifact.key, blob) if sha256_hex(blob) == artifact.sha256 else None
         if module is None:
             log.warning("precompiled module %s refused (sha256 or header), compiling instead", artifact.key)
-            return "refused", None
+            return Installed("refused")
         with contextlib.suppress(RuntimeError):  # the pool shut down (the agent stops): nothing to keep
             self.pool.submit(artifacts.install, digest, blob, checked=True)
-        return "operator", module
+        return Installed("operator", module, round((t1 - t0) * 1000, 1), _ms(t1))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.fetcher.close()
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What became of the operator's precompiled module (`Sources.install_compiled`): ``outcome``, the module
+    when it was loaded here (held until `vm.Runtime.load_tiered` took it), and how long the download and the
+    check + load from memory took."""
+
+    outcome: str
+    module: object | None = None
+    download_ms: float = 0.0
+    load_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -354,7 +366,7 @@ def prepare(
 
     timings: dict[str, float | str] = {}
     runtime = vm.default_runtime()
-    artifact: concurrent.futures.Future[tuple[str, object | None]] | None = None
+    artifact: concurrent.futures.Future[Installed] | None = None
     compiled = resource.compiled
     # the operator's machine code is not what the signature signs: a signed module is compiled here
     if compiled is not None and sources.precompiled and resource.sha256 and resource.signature is None:
@@ -376,10 +388,14 @@ def prepare(
         raise errors.FetchError(
             f"module of {resource.name} has sha256 {digest}, expected {resource.sha256}", reason="checksum_mismatched"
         )
-    adopted: object | None = None  # the operator's module, loaded: held until load_tiered below took it
+    installed = None  # the operator's module, loaded: held until load_tiered below took it
     if artifact is not None:
-        timings["artifact"], adopted = artifact.result()
-        timings["artifact_ms"] = _ms(t1)
+        installed = artifact.result()
+        timings["artifact"] = installed.outcome
+        timings["artifact_ms"] = _ms(t1)  # from the module's fetch on (they overlap): what it added
+        if installed.module is not None:
+            timings["artifact_download_ms"] = installed.download_ms
+            timings["artifact_load_ms"] = installed.load_ms
     t2 = time.monotonic()
     try:
         module, outcome, tier = runtime.load_tiered(data)
@@ -389,7 +405,7 @@ def prepare(
     timings["load"] = outcome  # compiled here (miss/stale/corrupt), or loaded (hit, memory)
     timings["tier"] = tier.value  # optimized, or baseline (until the operator pushes the optimized artifact)
     timings["load_ms"] = _ms(t2)
-    del adopted
+    del installed
     t3 = time.monotonic()
     validate.validate(data, kind=kind, module=module)  # ValidationError names every ABI problem
     timings["validate_ms"] = _ms(t3)
