@@ -40,10 +40,16 @@ ended inside that reconcile's deliver stage, and stops otherwise: figures of ano
 made "push transport + ACK" negative on updates before the operator's fix: a reconcile still running for the
 previous generation fetched, compiled and pushed the new one).
 
+``--baseline DIR`` runs every mode a second time on the meshplug package of another checkout (its `make native`
+build; e.g. the commit before a change), and ``--repeat N`` runs the whole sequence N times, so the two codes
+alternate under the same machine load; the summary gives each one's median and the median of the per-round
+ratios.
+
 Also prints, for comparison, Envoy 1.40 loading the same Go module on V8: the time from Envoy's start to its first
 response through the plugin minus the same without the plugin, median of ``--envoy-rounds``.
 
     .venv/bin/python bench/ready.py [--pods 2] [--modules go/headers,go/jsonconfig] [--modes tiered,untiered]
+                                    [--baseline DIR] [--repeat N]
 """
 
 from __future__ import annotations
@@ -124,7 +130,9 @@ def request(kube: kube_mod.Kube, method: str, path: str, body: Any = None, ctype
     return out
 
 
-def start_pod(kube: kube_mod.Kube, op: operator_mod.Operator, ns: str, work: Path, i: int) -> agent_mod.Agent:
+def start_pod(
+    kube: kube_mod.Kube, op: operator_mod.Operator, ns: str, work: Path, i: int, *, env: dict[str, str]
+) -> agent_mod.Agent:
     """An injected pod whose agent runs at its own loopback address (the pod's IP) with what the kubelet would
     mount (the operator's agent Secret, a ServiceAccount token bound to the pod) and an empty artifact cache."""
     name, ip, push_port = f"pod-{i}", f"127.0.0.{20 + i}", procs.free_port()
@@ -145,7 +153,7 @@ def start_pod(kube: kube_mod.Kube, op: operator_mod.Operator, ns: str, work: Pat
         ip=ip,
         port=push_port,
         module_server_url=f"https://127.0.0.1:{op.module_tls_port}",
-        env={"MESHPLUG_CACHE": str(work / name / "cache")},  # its own artifact cache: nothing compiled yet
+        env={**env, "MESHPLUG_CACHE": str(work / name / "cache")},  # its own artifact cache: nothing compiled yet
         log_level="info",
     )
     status = {
@@ -351,20 +359,34 @@ def one_round(bed: Bed, module: corpus.BuiltModule, *, create: bool) -> tuple[li
     return rows, (t_ready - t_apply) * 1000, (t_optimized - t_apply) * 1000, tier_rows
 
 
-def run_mode(kube: kube_mod.Kube, work: Path, mode: str, built: list[corpus.BuiltModule], args: Any) -> list[Round]:
-    ns = f"ready-{mode}"
+def run_mode(
+    kube: kube_mod.Kube,
+    work: Path,
+    run: str,
+    *,
+    mode: str,
+    built: list[corpus.BuiltModule],
+    args: Any,
+    source: Path | None,
+) -> list[Round]:
+    """One bed (namespace ``ready-<run>``, its operator and pods) through the rounds; ``source``: the operator and
+    agents run the meshplug package of that checkout (its `make native` build) instead of this one."""
+    ns = f"ready-{run}"
     fixtures_kube.ensure_namespace(kube, ns)
     roots = sorted({str(m.path.parent) for m in built})
+    # PYTHONSAFEPATH: `python -m` must not put the working directory (this checkout) before PYTHONPATH
+    env = {} if source is None else {"PYTHONPATH": str(source), "PYTHONSAFEPATH": "1", "MESHPLUG_REQUIRE_NATIVE": "1"}
     op = operator_mod.start_operator(
         kube.kubeconfig,
-        work / f"op-{mode}",
+        work / f"op-{run}",
         namespaces=[ns],
         extra=[*(f"--file-root={r}" for r in roots), *MODES[mode]],
+        env=env,
     )
     bed = Bed(kube, op, [], ns)
     rounds: list[Round] = []
     try:
-        bed.agents = [start_pod(kube, op, ns, work / mode, i) for i in range(args.pods)]
+        bed.agents = [start_pod(kube, op, ns, work / run, i, env=env) for i in range(args.pods)]
         plan = [
             (m, f"{'create' if i == 0 else 'update'} {m.key} ({m.size / 2**20:.1f} MiB, new)")
             for i, m in enumerate(built)
@@ -427,38 +449,55 @@ def main() -> int:
     ap.add_argument("--modules", default="go/headers,go/jsonconfig,go/pathrewrite,go/metrics")
     ap.add_argument("--modes", default="tiered,untiered", help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--envoy-rounds", type=int, default=3)
+    ap.add_argument("--baseline", type=Path, help="also run each mode on this checkout (e.g. before a change)")
+    ap.add_argument("--repeat", type=int, default=1, help="run the whole sequence of beds this many times")
     args = ap.parse_args()
     built = [corpus.module(k) for k in args.modules.split(",")]
     modes = args.modes.split(",")
+    systems: list[tuple[str, Path | None]] = [("", None)]
+    if args.baseline is not None:
+        systems.append(("@baseline", args.baseline.resolve()))
+    # interleaved: each repeat runs every mode on every system, one bed after the other
+    plan = [(rep, mode, label, source) for rep in range(args.repeat) for mode in modes for label, source in systems]
     results: dict[str, list[Round]] = {}
-    loads: list[str] = []
+    runs: list[tuple[str, str, list[Round]]] = []
     with tempfile.TemporaryDirectory(prefix="meshplug-ready-") as tmp:
         work = Path(tmp)
         with kube_mod.control_plane(work / "kube", work / "logs") as kube:
             fixtures_kube.install_crd(kube, fixtures_kube.crd_body())
-            for mode in modes:
-                results[mode] = run_mode(kube, work, mode, built, args)
-                loads.append(" ".join(Path("/proc/loadavg").read_text().split()[:3]))
+            for rep, mode, label, source in plan:
+                run = f"{mode}{'-base' if source else ''}-{rep}"
+                rounds = run_mode(kube, work, run, mode=mode, built=built, args=args, source=source)
+                load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+                runs.append((f"{mode}{label} (run {rep + 1}, load average after it: {load})", mode + label, rounds))
+                results.setdefault(mode + label, []).extend(rounds)
         envoy = envoy_load_ms(built[0].path, args.envoy_rounds, work)
     print(f"WasmPlugin (dataPlane: agent) apply -> Ready, {args.pods} pods")
-    for mode, load in zip(modes, loads, strict=True):
-        print(f"\n=== {mode} (load average after it: {load})")
-        for r in results[mode]:
+    for title, _, rounds in runs:
+        print(f"\n=== {title}")
+        for r in rounds:
             print(f"\n{r.title}")
             print_rows(r.rows)
             if r.tier_rows:
                 print("  then, the optimized tier:")
                 print_rows([(f"  {stage}", ms, note) for stage, ms, note in r.tier_rows])
     print()
-    for mode in modes:
-        rounds = results[mode]
-        new = [r.ready_ms for r in rounds[:-1]]
-        opt = [r.optimized_ms for r in rounds[:-1]]
+    for name, rounds in results.items():
+        new = [r.ready_ms for r in rounds if "(compiled already)" not in r.title]
+        opt = [r.optimized_ms for r in rounds if "(compiled already)" not in r.title]
+        warm = [r.ready_ms for r in rounds if "(compiled already)" in r.title]
         median = statistics.median(new)
         print(
-            f"{mode}: apply -> Ready of a new Go module: median {median:.0f} ms over {len(new)} rounds "
+            f"{name}: apply -> Ready of a new Go module: median {median:.0f} ms over {len(new)} rounds "
             f"(target <= 2000 ms: {'met' if median <= 2000 else 'NOT met'}); apply -> optimized code on every pod: "
-            f"median {statistics.median(opt):.0f} ms; warm (compiled already): {rounds[-1].ready_ms:.0f} ms"
+            f"median {statistics.median(opt):.0f} ms; warm (compiled already): median {statistics.median(warm):.0f} ms"
+        )
+    for mode in modes if args.baseline is not None else ():
+        pairs = zip(results[mode], results[f"{mode}@baseline"], strict=True)
+        ratios = [a.ready_ms / b.ready_ms for a, b in pairs if "(compiled already)" not in a.title]
+        print(
+            f"{mode}: apply -> Ready, this checkout / baseline, median of per-round ratios: "
+            f"{statistics.median(ratios):.2f}x"
         )
     print(
         f"Envoy 1.40 + V8 loading {built[0].key} (start to first response through it, minus without): {envoy:.0f} ms "
