@@ -209,9 +209,6 @@ IDENTITY_CHECK_S = 60.0
 #: a ServiceAccount token the API server confirmed (TokenReview) is trusted this long without asking again
 TOKEN_REVIEW_CACHE_S = 60.0
 TOKEN_REVIEW_CACHE_ENTRIES = 10_000
-#: module server: artifact files whose sha256 it remembers (by inode, mtime and size), so that each agent's
-#: download of the same ~10 MB artifact is not hashed again
-MODULE_SERVER_DIGESTS = 256
 #: agent: resources of one push prepared at once (fetch, artifact, compile or load, validate), and VMs started
 #: at once (instantiate + the module's entry point; each plugin's own start callbacks stay in chain order)
 AGENT_PREPARE_THREADS = 4

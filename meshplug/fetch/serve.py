@@ -29,16 +29,14 @@ import base64
 import hashlib
 import hmac
 import http.server
-import os
 import re
 import ssl
-import threading
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from meshplug import errors, limits
+from meshplug import errors
 from meshplug.fetch.cache import Cache
 from meshplug.serving import ServerThread
 
@@ -170,19 +168,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self._refused(self._refusal(sha256, query, signed=key)):
             return
         root = self.server.compiled_root
-        data, stamp = b"", (0, 0, 0)
         try:
-            if root is not None:
-                with (root / sha256[:2] / key).open("rb") as handle:
-                    st = os.fstat(handle.fileno())
-                    stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-                    data = handle.read()
+            data = b"" if root is None else (root / sha256[:2] / key).read_bytes()
         except OSError:
             data = b""
         if not data:
             self._plain(404, "no such precompiled module")
             return
-        digest = self.server.digest_of(key, stamp, data)
+        digest = hashlib.sha256(data).digest()
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(data)))
@@ -214,28 +207,10 @@ class _Server(http.server.ThreadingHTTPServer):
         self.ssl_context = ssl_context
         self.compiled_root = compiled_root
         self.on_request = on_request
-        #: artifact file name -> (the file's inode, mtime and size; sha256 of its bytes): each pod's download of a
-        #: 10 MB artifact is not hashed again (an artifact file is replaced, never rewritten in place)
-        self._digests: dict[str, tuple[tuple[int, int, int], bytes]] = {}
-        self._digests_lock = threading.Lock()
 
     @property
     def tls(self) -> bool:
         return self.ssl_context is not None
-
-    def digest_of(self, key: str, stamp: tuple[int, int, int], data: bytes) -> bytes:
-        """sha256 of ``data``, the bytes of artifact file ``key`` read with ``stamp`` (inode, mtime, size),
-        remembered for that stamp: a replaced file (a rebuilt artifact: new inode) is hashed afresh."""
-        with self._digests_lock:
-            known = self._digests.get(key)
-        if known is not None and known[0] == stamp:
-            return known[1]
-        digest = hashlib.sha256(data).digest()
-        with self._digests_lock:
-            if key not in self._digests and len(self._digests) >= limits.MODULE_SERVER_DIGESTS:
-                self._digests.pop(next(iter(self._digests)))
-            self._digests[key] = (stamp, digest)
-        return digest
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """The TLS handshake happens here, on the connection's own thread (a client that never finishes it
