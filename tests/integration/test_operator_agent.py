@@ -235,6 +235,11 @@ def test_agents_load_the_module_the_operator_compiled(bed: Bed) -> None:
     procs.wait_until(lambda: timings(fast).get("tier") == "optimized", timeout=120, what="the optimized tier")
     loaded = timings(fast)
     assert (loaded["artifact"], loaded["load"]) == ("operator", "hit")
+    # loaded from memory; the files reach the agent's own cache behind it (a restart loads them without a fetch)
+    tiers = {t for t in compiled.Tier if compiled.baseline_available() or t is compiled.Tier.OPTIMIZED}
+    want = {compiled.ArtifactKey.make(sha(GOOD), compiled.FINGERPRINTS[t]).filename for t in tiers}
+    cache = bed.work / "fast" / "cache"
+    procs.wait_until(lambda: want <= {p.name for p in cache.rglob("*.cwasm")}, timeout=30, what="the cached artifacts")
     assert (f"optimized sha256:{sha(GOOD)} for the agents" in bed.op.proc.log()) is tiered
     bed.wait_ready("pre", "True", "Confirmed", "2/2")
     compiled_here = timings(own)

@@ -5,6 +5,7 @@ other's engine."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -99,3 +100,58 @@ def test_a_module_no_agent_loads_precompiled_gets_no_optimized_compile(tmp_path:
     assert checked is not None and checked.tier == "baseline" and pre.idle()
     assert stored(tmp_path, sha) == {compiled.Tier.BASELINE}
     pre.close()
+
+
+def test_the_operator_records_the_sha256_of_the_artifact_file_it_wrote(tmp_path: Path) -> None:
+    data, sha = corpus_module()
+    pre = precompile.Precompiler(tmp_path, tiered=False)
+    try:
+        made = pre.validate(data, sha, HTTP)
+        assert made is not None
+        on_disk = next(tmp_path.rglob(made.key))
+        assert made.sha256 == hashlib.sha256(on_disk.read_bytes()).hexdigest()
+    finally:
+        pre.close()
+
+
+@pytest.mark.parametrize(
+    ("tier", "damage", "adopted"),
+    [
+        (compiled.Tier.BASELINE, None, True),
+        (compiled.Tier.OPTIMIZED, None, True),
+        (compiled.Tier.BASELINE, "other-key", False),  # the file names another engine's key than the push
+        (compiled.Tier.OPTIMIZED, "truncated", False),
+        (compiled.Tier.OPTIMIZED, "bad-magic", False),
+    ],
+)
+def test_an_operators_artifact_loads_from_memory(
+    tmp_path: Path, tier: compiled.Tier, damage: str | None, adopted: bool
+) -> None:
+    # the agent's path for an artifact the push named (its sha256 checked by the caller): deserialized in memory,
+    # reported as loaded from an artifact (hit) of its tier by the next load; anything unsound is refused
+    data, sha = corpus_module()
+    made = compiled.ArtifactCache(compiled.new_engine(tier), settings=compiled.FINGERPRINTS[tier], root=tmp_path / "op")
+    blob = made.load(data, sha256=sha).path.read_bytes()
+    key = compiled.ArtifactKey.make(sha, compiled.FINGERPRINTS[tier]).filename
+    other = compiled.Tier.OPTIMIZED if tier is compiled.Tier.BASELINE else compiled.Tier.BASELINE
+    if damage == "other-key":
+        key = compiled.ArtifactKey.make(sha, compiled.FINGERPRINTS[other]).filename
+    elif damage == "truncated":
+        blob = blob[: len(blob) // 2]
+    elif damage == "bad-magic":
+        blob = b"X" + blob[1:]
+    runtime = vm.Runtime(cache_root=tmp_path / "agent")
+    try:
+        module = runtime.adopt(sha, key, blob)
+        assert (module is not None) is adopted
+        if module is None:
+            assert runtime.load_tiered(data)[1:] == ("miss", compiled.Tier.OPTIMIZED)  # compiled here instead
+            return
+        held, outcome, loaded_tier = runtime.load_tiered(data)
+        assert (held, outcome, loaded_tier) == (module, "hit", tier)
+        assert runtime.load_tiered(data)[1] == "memory"  # still held: the next load reports it so
+        assert not list((tmp_path / "agent").rglob("*.cwasm"))  # nothing read or written on the way
+        engine = runtime.baseline_engine if tier is compiled.Tier.BASELINE else runtime.engine
+        assert runtime.engine_of(held) is engine
+    finally:
+        runtime.close()
