@@ -13,6 +13,10 @@ The control ("pair"): N separate one-worker proxies side by side, each loaded by
 share of the connections), CPU/req over all of them. It does what N workers do to the machine (N busy proxy
 processes beside wrk and nginx on the same cores) without anything of the workers' design (no shared port,
 store or parent): what N workers cost beyond the pair is theirs; what the pair costs beyond x1 is the machine's.
+Each proxy the testbed starts is a session of its own and so, with the kernel's autogroup scheduling on
+(/proc/sys/kernel/sched_autogroup_enabled), a CPU-share group of its own: on a busy machine N separate proxies
+would get N groups' CPU where N workers, or Envoy's N threads, share one. The pair's sessions are therefore
+weighted down (their autogroup nice) to one group's weight between them (`one_group`).
 
 Usage: bench/workers_vs_envoy.py [--rounds 5] [--seconds 4] [--module rust/header_rules] [--workers 2] [--no-pair]
 """
@@ -97,6 +101,24 @@ def interleaved(systems: dict[str, Targets], rounds: int, seconds: int, connecti
     return out
 
 
+#: CFS's weight of nice 0..19 (the kernel's sched_prio_to_weight)
+WEIGHTS = (1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87, 70, 56, 45, 36, 29, 23, 18, 15)
+
+
+def one_group(pids: Sequence[int]) -> str:
+    """Give each of these sessions (autogroups) the nice whose weight, times their number, is nearest one
+    group's (nice 0); what was done, for the report."""
+    if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() != "1":
+        return "autogroup scheduling off: nothing to weigh"
+    nice = min(range(len(WEIGHTS)), key=lambda k: abs(WEIGHTS[k] * len(pids) - WEIGHTS[0]))
+    try:
+        for pid in pids:
+            Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+    except OSError as exc:
+        return f"could not weigh the pair's autogroups ({exc}): the pair has {len(pids)} groups' CPU share"
+    return f"the pair's {len(pids)} autogroups at nice {nice} ({len(pids)} x {WEIGHTS[nice]} ~ one group's 1024)"
+
+
 def median(runs: list[Run], field: str) -> float:
     return statistics.median(getattr(r, field) for r in runs)
 
@@ -112,6 +134,41 @@ def ratio(a: list[Run], b: list[Run], field: str) -> float:
     return statistics.median(getattr(x, field) / getattr(y, field) for x, y in zip(a, b, strict=True))
 
 
+def start_systems(
+    work: Path, up: int, args: argparse.Namespace, started: list[procs.Proc]
+) -> tuple[dict[str, Targets], list[str]]:
+    """Every compared system, by name: agent and Envoy x1 and xN, the pairs (unless --no-pair), the baseline's
+    agent; each proxy appended to `started` as it starts. Also what `one_group` did to each pair."""
+    n = args.workers
+    wasm = modules.module(args.module).path
+    copies = 1 if args.no_pair else n  # the pair: n one-worker proxies
+    # (name, agent checkout or None for Envoy, workers, proxies)
+    here = Path(__file__).resolve().parents[1]
+    compared: list[tuple[str, Path | None, int, int]] = [("agent x1", here, 1, 1), (f"agent x{n}", here, n, 1)]
+    if args.baseline is not None:
+        compared += [("before x1", args.baseline, 1, 1), (f"before x{n}", args.baseline, n, 1)]
+    compared += [("envoy x1", None, 1, 1), (f"envoy x{n}", None, n, 1)]
+    if copies > 1:
+        compared += [(f"agent {n}*x1", here, 1, copies), (f"envoy {n}*x1", None, 1, copies)]
+    systems: dict[str, Targets] = {}
+    weighed: list[str] = []
+    for name, checkout, workers, count in compared:
+        targets = []
+        for i in range(count):
+            label = f"{name.replace(' ', '-').replace('*', '-')}-{i}"
+            if checkout is None:
+                proc, port = start_envoy(work, label, up, wasm, CONFIG, concurrency=workers)
+            else:
+                source = None if checkout == here else checkout
+                proc, port = start_agent(work, label, up, wasm, CONFIG, concurrency=workers, source=source)
+            started.append(proc)
+            targets.append((proc.pid, port))
+        systems[name] = targets
+        if count > 1:
+            weighed.append(one_group([pid for pid, _ in targets]))
+    return systems, weighed
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -124,8 +181,6 @@ def main() -> int:
         "--baseline", type=Path, help="another checkout (built with `make native`): its agent x1 and xN run too"
     )
     args = ap.parse_args()
-    n = args.workers
-    wasm = modules.module(args.module).path
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         work = Path(tmp)
         started: list[procs.Proc] = []
@@ -133,42 +188,17 @@ def main() -> int:
             upstream = tb_nginx.start_nginx(log_dir=work)
             started.append(upstream)
             up = upstream.ports["http"]
-            systems: dict[str, Targets] = {}
-            copies = 1 if args.no_pair else n  # the pair: n one-worker proxies
-            compared: list[tuple[str, Path | None, int, int]] = [("agent x1", None, 1, 1), (f"agent x{n}", None, n, 1)]
-            if copies > 1:
-                compared.append((f"agent {n}*x1", None, 1, copies))
-            if args.baseline is not None:
-                compared += [("before x1", args.baseline, 1, 1), (f"before x{n}", args.baseline, n, 1)]
-            for name, source, workers, count in compared:
-                targets = []
-                for i in range(count):
-                    label = f"{name.replace(' ', '-').replace('*', '-')}-{i}"
-                    proc, port = start_agent(work, label, up, wasm, CONFIG, concurrency=workers, source=source)
-                    started.append(proc)
-                    targets.append((proc.pid, port))
-                systems[name] = targets
-            envoys = [("envoy x1", 1, 1), (f"envoy x{n}", n, 1)]
-            if copies > 1:
-                envoys.append((f"envoy {n}*x1", 1, copies))
-            for name, workers, count in envoys:
-                targets = []
-                for i in range(count):
-                    label = f"{name.replace(' ', '-').replace('*', '-')}-{i}"
-                    proc, port = start_envoy(work, label, up, wasm, CONFIG, concurrency=workers)
-                    started.append(proc)
-                    targets.append((proc.pid, port))
-                systems[name] = targets
+            systems, weighed = start_systems(work, up, args, started)
             procs.which_or_fail("wrk", "install Debian wrk (scripts/install-system-deps.sh)")
             runs = interleaved(systems, args.rounds, args.seconds, args.connections)
         finally:
             for proc in reversed(started):
                 proc.stop()
-    report(runs, args)
+    report(runs, args, weighed)
     return 0
 
 
-def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
+def report(runs: dict[str, list[Run]], args: argparse.Namespace, weighed: Sequence[str]) -> None:
     n = args.workers
     print(f"{args.module} adding one response header; nginx upstream; ", end="")
     print(f"wrk -t2 -c{args.connections} -d{args.seconds}s")
@@ -191,6 +221,7 @@ def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
     print(f"envoy x{n} / envoy x1: {ratio(en, e1, 'cpu_us'):.2f}x")
     print(f"scaling x1 -> x{n}: agent {ratio(an, a1, 'rps'):.2f}x, envoy {ratio(en, e1, 'rps'):.2f}x")
     if f"agent {n}*x1" in runs:
+        print(f"control: {'; '.join(sorted(set(weighed)))}")
         ap, ep = runs[f"agent {n}*x1"], runs[f"envoy {n}*x1"]
         print(
             f"control, {n} one-worker proxies side by side / x1 (CPU/req): agent {ratio(ap, a1, 'cpu_us'):.2f}x, "
