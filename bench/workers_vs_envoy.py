@@ -18,7 +18,13 @@ Each proxy the testbed starts is a session of its own and so, with the kernel's 
 would get N groups' CPU where N workers, or Envoy's N threads, share one. The pair's sessions are therefore
 weighted down (their autogroup nice) to one group's weight between them (`one_group`).
 
+`--perf`: one more round per system under perf (software events only: a VM guest may have no hardware
+counters): per request, the proxy's system calls, event-loop waits (epoll_wait/epoll_pwait: how few requests each
+wake-up finds), context switches, wake-ups it caused and CPU migrations, and cpu-clock samples (999 Hz) per 1,000
+requests by shared object (where a slowdown sits: kernel, interpreter, data path, wasm).
+
 Usage: bench/workers_vs_envoy.py [--rounds 5] [--seconds 4] [--module rust/header_rules] [--workers 2] [--no-pair]
+                                 [--perf]
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ CONFIG = {"response": {"add": {"x-bench": "1"}}}
 
 #: one system: the (pid, port) of each proxy it is made of (a pair: several side by side)
 Targets = Sequence[tuple[int, int]]
+Samples = dict[str, float]
 
 
 def measure_side_by_side(targets: Targets, seconds: int, connections: int) -> Run:
@@ -119,6 +126,79 @@ def one_group(pids: Sequence[int]) -> str:
     return f"the pair's {len(pids)} autogroups at nice {nice} ({len(pids)} x {WEIGHTS[nice]} ~ one group's 1024)"
 
 
+#: perf's software events counted per request (`--perf`), with their short names
+EVENTS = {
+    "raw_syscalls:sys_enter": "syscalls",
+    "syscalls:sys_enter_epoll_wait": "epoll_wait",
+    "syscalls:sys_enter_epoll_pwait": "epoll_pwait",
+    "sched:sched_switch": "switches",
+    "sched:sched_wakeup": "wakeups",
+    "cpu-migrations": "migrations",
+}
+
+
+def under_perf(targets: Targets, seconds: int, connections: int, work: Path) -> tuple[dict[str, float], Samples]:
+    """One measured run with perf stat (EVENTS) and perf record (cpu-clock) on every process of `targets`:
+    events per request, samples per 1,000 requests by shared object."""
+    pids = ",".join(str(p) for pid, _ in targets for p in _common.tree(pid))
+    data = work / "perf.data"
+    stat = subprocess.Popen(
+        ["perf", "stat", "-x,", "-e", ",".join(EVENTS), "-p", pids], stderr=subprocess.PIPE, text=True
+    )
+    record = subprocess.Popen(
+        ["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-o", str(data), "-p", pids],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    if len(targets) == 1:
+        pid, port = targets[0]
+        run = _common.measure(pid, port, seconds, [], ("-t2", f"-c{connections}"))
+    else:
+        run = measure_side_by_side(targets, seconds, connections)
+    for proc in (stat, record):
+        proc.send_signal(2)  # SIGINT: perf writes what it counted
+    counted = stat.communicate()[1]
+    record.wait()
+    n = run.rps * seconds
+    events: dict[str, float] = {}
+    for line in counted.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2] in EVENTS and fields[0].replace(".", "", 1).isdigit():
+            events[EVENTS[fields[2]]] = float(fields[0]) / n
+    report = subprocess.run(
+        ["perf", "report", "-i", str(data), "--stdio", "--sort", "dso", "-F", "sample,dso"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    samples: Samples = {}
+    for line in report.splitlines():
+        m = re.match(r"\s+(\d+)\s+(\S+)", line)
+        if m:
+            dso = m.group(2).rsplit("/", 1)[-1]
+            samples[dso] = samples.get(dso, 0.0) + int(m.group(1)) * 1000 / n
+    return events, samples
+
+
+def perf_report(systems: dict[str, Targets], seconds: int, connections: int, work: Path) -> None:
+    procs.which_or_fail("perf", "install Debian linux-perf")
+    measured = {name: under_perf(t, seconds, connections, work) for name, t in systems.items()}
+    names = list(measured)
+    print("under perf, one round each: per request")
+    print(f"  {'':<16}" + "".join(f"{name:>12}" for name in names))
+    for event in EVENTS.values():
+        print(f"  {event:<16}" + "".join(f"{measured[name][0].get(event, 0.0):>12.3f}" for name in names))
+    total: Samples = {}
+    for _, samples in measured.values():
+        for dso, value in samples.items():
+            total[dso] = total.get(dso, 0.0) + value
+    print("cpu-clock samples (999 Hz) per 1,000 requests, by shared object")
+    for dso in sorted(total, key=lambda d: -total[d])[:8]:
+        print(f"  {dso[:16]:<16}" + "".join(f"{measured[name][1].get(dso, 0.0):>12.2f}" for name in names))
+    print(f"  {'all':<16}" + "".join(f"{sum(measured[name][1].values()):>12.2f}" for name in names))
+    print(f"load average after perf: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+
+
 def median(runs: list[Run], field: str) -> float:
     return statistics.median(getattr(r, field) for r in runs)
 
@@ -177,6 +257,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--no-pair", action="store_true", help="leave out the control (N one-worker proxies side by side)")
+    ap.add_argument("--perf", action="store_true", help="one more round per system under perf (events, profile)")
     ap.add_argument(
         "--baseline", type=Path, help="another checkout (built with `make native`): its agent x1 and xN run too"
     )
@@ -191,10 +272,12 @@ def main() -> int:
             systems, weighed = start_systems(work, up, args, started)
             procs.which_or_fail("wrk", "install Debian wrk (scripts/install-system-deps.sh)")
             runs = interleaved(systems, args.rounds, args.seconds, args.connections)
+            report(runs, args, weighed)
+            if args.perf:
+                perf_report(systems, args.seconds, args.connections, work)
         finally:
             for proc in reversed(started):
                 proc.stop()
-    report(runs, args, weighed)
     return 0
 
 
