@@ -270,27 +270,36 @@ def test_the_admin_view_sums_the_workers_stats_as_envoys_one_store(tmp_path: Pat
     try:
         spread(agent.port)
         spread(envoy_port)
-        served = [int(str(w["requests"])) for w in workers(agent)]
-        assert len(served) == 2 and all(k > 0 for k in served) and sum(served) == n, served
 
         def envoy_stats(query: str) -> str:
             status, body = tb_envoy.admin_get(envoy_admin, f"/stats?{query}")
             assert status == 200, body
             return body
 
+        def agent_stats(query: str = "") -> str:
+            status, body = agent.admin(f"/stats?{query}")
+            assert status == 200, body
+            return body.decode()
+
         def settled(body: str) -> bool:
-            """Every stream ended (a stream's end is counted as its response leaves: the client may be first),
-            and (Envoy) the histograms merged: Envoy merges them after the admin request that flushes is answered."""
+            """Every stream ended: its end is counted as its response leaves, so the client may be first (the
+            agent's own counters too: every 2xx counted); Envoy's histograms merged, which it does after the
+            admin request that flushes them is answered."""
             stats = text_stats(body)
-            return stats.get("wasmcustom.rust_metrics_inflight") == "0" and "No recorded values" not in body
+            return (
+                stats.get("wasmcustom.rust_metrics_inflight") == "0"
+                and "No recorded values" not in body
+                and stats.get("meshplug.downstream_rq_2xx", str(n)) == str(n)
+            )
 
         procs.wait_until(lambda: settled(envoy_stats(COMPARED)), timeout=10, what="Envoy's streams and flush")
-        procs.wait_until(lambda: settled(agent.admin(f"/stats?{COMPARED}")[1].decode()), timeout=10, what="streams")
-        status, body = agent.admin(f"/stats?{COMPARED}")
-        assert status == 200 and body.decode() == envoy_stats(COMPARED)  # the same bytes: counts, gauge, quantiles
-        assert text_stats(body.decode())["wasmcustom.rust_metrics_requests"] == str(n)
+        procs.wait_until(lambda: settled(agent_stats()), timeout=10, what="the agent's streams")
+        served = [int(str(w["requests"])) for w in workers(agent)]
+        assert len(served) == 2 and all(k > 0 for k in served) and sum(served) == n, served  # both workers served
+        assert agent_stats(COMPARED) == envoy_stats(COMPARED)  # the same bytes: counts, gauge, quantiles
+        assert text_stats(agent_stats(COMPARED))["wasmcustom.rust_metrics_requests"] == str(n)
 
-        stats = text_stats(agent.admin("/stats")[1].decode())
+        stats = text_stats(agent_stats())
         assert stats["meshplug.downstream_rq_total"] == str(n) and stats["meshplug.downstream_rq_2xx"] == str(n)
         assert stats["wasm.plugin.metrics.rq_total"] == str(n) and stats["wasm.plugin.metrics.failed"] == "0"
         document = json.loads(agent.admin("/stats?format=json&filter=downstream_rq_total")[1])
