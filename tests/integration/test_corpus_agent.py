@@ -54,6 +54,7 @@ def test_spec_passes_on_agent(path: Path, tmp_path: Path) -> None:
     assert len(report.cases) == len(spec.http_cases) + len(spec.network_cases)
 
 
+@pytest.mark.compiled  # --concurrency: the workers' shared store is a C extension
 @pytest.mark.parametrize("key", ["rust/singleton_queue", "go/singleton"])
 def test_singleton_specs_pass_with_workers(key: str, tmp_path: Path) -> None:
     """`--concurrency 2`: the singletons run in the parent, on the workers' shared store, so the queue they
