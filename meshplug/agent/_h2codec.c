@@ -217,6 +217,14 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         self->terminated = 1;
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
+    /* userinfo in a request's authority (RFC 9113 8.3.1): the nghttp2 Envoy 1.40 is built with refuses '@' in
+     * :authority and host (a connection error, as every bad field); Debian's 1.52 lets it through */
+    if (self->server && valuelen && memchr(value, '@', valuelen) &&
+        ((namelen == 10 && memcmp(name, ":authority", 10) == 0) || (namelen == 4 && memcmp(name, "host", 4) == 0))) {
+        nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR);
+        self->terminated = 1;
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
     PyObject *v = PyBytes_FromStringAndSize((const char *)value, (Py_ssize_t)valuelen);
     if (!v) goto fail;
     if (namelen == 6 && memcmp(name, "cookie", 6) == 0) { /* joined at the block's end, as h2 and Envoy do */

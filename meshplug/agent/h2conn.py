@@ -7,8 +7,8 @@ when there is no native build): h2's own state machine, framing and flow control
   `Connection._receive_frame` hands the frame to h2's own handler for its type without that, and answers a
   frame on a closed stream as the library does (RFC 9113 5.1: RST_STREAM STREAM_CLOSED when the stream was
   reset, a connection error when it had ended).
-* The inbound header validation and normalization run natively in `meshplug.agent.h2wire.received_headers`
-  (the configs switch the library's off; `PyCodec.receive` applies it to every header event).
+* The inbound header checks are nghttp2's as Envoy runs them, in `meshplug.agent.h2wire.received_headers` (the
+  configs switch the library's own off; `PyCodec.receive` applies them to every header event).
 
 Not compiled (it subclasses an interpreted class).
 """

@@ -10,9 +10,10 @@ codecs answer the same interface (`Codec`) with the same events (`EV_*` tuples, 
   and both windows never reach Python.
 * `PyCodec` (no native build, MESHPLUG_NATIVE=0): the `h2` library (sans-IO) with HPACK from
   `meshplug.agent.hpackcache` (the library's, with a cache), the connection `meshplug.agent.h2conn`'s (the
-  library's, without its trace formatting) and the inbound header checks `received_headers` here (the
-  library's, compiled); a body that does not fit the peer's window waits here until a WINDOW_UPDATE (or a
-  SETTINGS change) opens it, then its end or trailers follow it.
+  library's, without its trace formatting) and the inbound header checks `received_headers` here (nghttp2's
+  as Envoy runs them, not the library's: the same blocks refused, the same fields handed over); a body that
+  does not fit the peer's window waits here until a WINDOW_UPDATE (or a SETTINGS change) opens it, then its
+  end or trailers follow it.
 
 Imports nothing else of the data path.
 """
@@ -48,127 +49,172 @@ for _name in ("h2", "hpack"):
 SEND_ERRORS: Final = (h2.exceptions.ProtocolError, h2.exceptions.FlowControlError, ValueError, TypeError)
 
 
-# --- inbound header blocks: h2 4.4.1's normalize_inbound_headers + validate_headers, in one compiled pass ---
-#: the kinds of header block (h2's HeaderValidationFlags as they arise: a request's head, a response's head
-#: (informational or final), trailers either way)
+# --- inbound header blocks: nghttp2's checks as Envoy 1.40 runs them (for PyCodec; the native codec is nghttp2) ---
+#: the kinds of header block: a request's head (the agent as server), a response's head (informational or final:
+#: the agent as client), trailers either way
 REQUEST: Final = 0
 RESPONSE: Final = 1
 TRAILERS: Final = 2
-#: h2's connection-specific fields (RFC 9113 8.2.2) and pseudo-header sets
+_LOWER: Final = b"abcdefghijklmnopqrstuvwxyz"
+_LETTERS: Final = _LOWER + _LOWER.upper()
+_TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789"
+#: a field name after its optional leading ':' (nghttp2_check_header_name: RFC 9110 tchar, lower case only)
+_NAME_BYTES: Final = _TCHAR + _LOWER
+#: a field value (nghttp2_check_header_value): HTAB, SP to '~', obs-text; leading and trailing whitespace is
+#: accepted, as Envoy switches nghttp2's RFC 9113 whitespace check off (_h2codec.c does too)
+_VALUE_BYTES: Final = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
+#: :method, a token of either case
+_METHOD_BYTES: Final = _TCHAR + _LETTERS
+#: :path: visible ASCII and obs-text
+_PATH_BYTES: Final = bytes([*range(0x21, 0x7F), *range(0x80, 0x100)])
+#: :authority and host as a server receives them: RFC 3986's host and port bytes without '@' (no userinfo, RFC 9113
+#: 8.3.1: the nghttp2 Envoy 1.40 builds refuses it; Debian's 1.52 does not, _h2codec.c adds the check)
+_AUTHORITY_BYTES: Final = b"!$%&'()*+,-.0123456789:;=[]_~" + _LETTERS
+#: :scheme after its first letter
+_SCHEME_BYTES: Final = b"+-.0123456789" + _LETTERS
+_AUTHORITY_FIELDS: Final = frozenset({b":authority", b"host"})
+#: connection-specific fields (RFC 9113 8.2.2): refused in every block
 _CONNECTION_FIELDS: Final = frozenset(
     {b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
 )
-_PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path", b":status", b":protocol"})
-_REQUEST_ONLY: Final = frozenset({b":scheme", b":path", b":authority", b":method", b":protocol"})
-#: bytes a field name may hold (RFC 9113 8.2.1: not 0x00-0x20, 0x41-0x5a, 0x7f-0xff; ':' only first)
-_NAME_BYTES: Final = bytes(b for b in range(0x21, 0x7F) if not 0x41 <= b <= 0x5A)
+#: the pseudo-headers a request may carry (and :protocol where SETTINGS_ENABLE_CONNECT_PROTOCOL is on)
+_REQUEST_PSEUDO: Final = frozenset({b":authority", b":method", b":path", b":scheme"})
+_NEEDED: Final = frozenset({b":method", b":path", b":scheme"})
+_MAX_CONTENT_LENGTH: Final = 2**63 - 1
 
 
 def _bad(msg: str) -> h2.exceptions.ProtocolError:
     return h2.exceptions.ProtocolError(msg)
 
 
-def received_headers(headers: Sequence[Header], kind: int) -> list[Header]:  # noqa: PLR0912 - one pass
-    """A received header block as h2 4.4.1 hands it over with inbound normalization and validation on: cookie
-    fields joined into one (last, never indexed), then RFC 9113 8.2-8.3 checked (field bytes, te, connection
-    fields, pseudo-headers: known, unique, first, the ones each kind needs; :authority/host; :path not
-    empty). Raises h2's ProtocolError where h2 does (the connection ends: GOAWAY PROTOCOL_ERROR)."""
+def _only(value: bytes, allowed: bytes) -> bool:
+    """`value` holds no byte outside `allowed`."""
+    return not value.translate(None, allowed)
+
+
+def _check_field(name: bytes, value: bytes, server: bool) -> None:
+    """One field's bytes as nghttp2_http_on_header checks them: the name, then the value by its name's rule."""
+    if not name or name == b":" or not _only(name[1:] if name[0] == 0x3A else name, _NAME_BYTES):
+        raise _bad(f"Invalid header field name: {name!r}")
+    if name == b":method":
+        ok = bool(value) and _only(value, _METHOD_BYTES)
+    elif name == b":path":
+        ok = _only(value, _PATH_BYTES)
+    elif name == b":scheme":
+        ok = bool(value) and value[0] in _LETTERS and _only(value[1:], _SCHEME_BYTES)
+    elif server and name in _AUTHORITY_FIELDS:
+        ok = _only(value, _AUTHORITY_BYTES)
+    else:  # a :protocol of blanks only passes (nghttp2's lws rule; an empty one is refused as empty)
+        ok = _only(value, _VALUE_BYTES) or (name == b":protocol" and _only(value, b" \t"))
+    if not ok:
+        raise _bad(f"Invalid header field value: {name!r}: {value!r}")
+
+
+def _content_length(value: bytes) -> int:
+    """nghttp2's parse_uint: digits only, not empty, within int64."""
+    if not value or not value.isdigit() or int(value) > _MAX_CONTENT_LENGTH:
+        raise _bad(f"Invalid content-length: {value!r}")
+    return int(value)
+
+
+def _status(value: bytes) -> int:
+    """:status: three digits (as nghttp2 1.52 parses it), not 101 (no upgrades in HTTP/2)."""
+    if len(value) != 3 or not value.isdigit() or value == b"101":
+        raise _bad(f"Invalid :status: {value!r}")
+    return int(value)
+
+
+def received_headers(
+    headers: Sequence[Header], kind: int, *, server: bool = True, connect_protocol: bool = False
+) -> list[Header]:
+    """A received header block checked as nghttp2 checks it in Envoy 1.40 (RFC 9113 8.2-8.3: field bytes by
+    name, te, connection-specific fields, content-length, pseudo-headers known, once, not empty, first, the
+    ones each kind needs; :path's form for http(s)), cookie fields joined into one (last, never indexed) as
+    Envoy does. `server`: the agent receives it as a server (requests and their trailers). Raises h2's
+    ProtocolError for a block nghttp2 refuses: Envoy then ends the connection (GOAWAY PROTOCOL_ERROR)."""
     out: list[Header] = []
     cookies: list[bytes] = []
-    for h in headers:
-        if h[0] == b"cookie":
-            cookies.append(h[1])
-        else:
-            out.append(h)
-    if cookies:
-        out.append(NeverIndexedHeaderTuple(b"cookie", b"; ".join(cookies)))
-    request = kind == REQUEST
-    pseudo: set[bytes] = set()
+    once: dict[bytes, bytes] = {}  # the pseudo-headers, host (a server's) and content-length: at most once
     regular = False
-    method: bytes | None = None
-    authority: bytes | None = None
-    host: bytes | None = None
-    for h in out:
+    status = -1
+    for h in headers:
         name, value = h[0], h[1]
-        _check_field(name, value)
+        _check_field(name, value, server)
         if name[0] == 0x3A:
-            if name in pseudo:
-                raise _bad(f"Received duplicate pseudo-header field {name!r}")
-            pseudo.add(name)
-            if regular:
-                raise _bad(f"Received pseudo-header field out of sequence: {name!r}")
-            if name not in _PSEUDO:
-                raise _bad(f"Received custom pseudo-header field {name!r}")
-            if name == b":method":
-                method = value
+            if kind == TRAILERS or regular:
+                raise _bad(f"Pseudo-header field out of place: {name!r}")
+            _pseudo_field(name, value, kind, once, connect_protocol)
+            if name == b":status":
+                status = _status(value)
+        elif name == b"cookie":
+            regular = True
+            cookies.append(value)
+            continue
         else:
             regular = True
-        if request:
-            if name == b":authority":
-                authority = value
-            elif name == b"host":
-                if host is not None:
-                    raise _bad("Request header block has multiple Host headers.")
-                host = value
-            if name == b":path" and not value:
-                raise _bad("An empty :path header is forbidden")
-    _block_pseudo(kind, pseudo, method)
-    if request:
-        if authority is None and host is None:
-            raise _bad("Request header block does not have an :authority or Host header.")
-        if authority is not None and host is not None and authority != host:
-            raise _bad(f"Request header block has mismatched :authority and Host headers: {authority!r} / {host!r}")
+            if not _regular_field(name, value, server, status, once):
+                continue
+        out.append(h)
+    if cookies:
+        out.append(NeverIndexedHeaderTuple(b"cookie", b"; ".join(cookies)))
+    if kind == REQUEST:
+        _request_pseudo(once)
+    elif kind == RESPONSE and status < 0:
+        raise _bad("Response without :status")
     return out
 
 
-def _check_field(name: bytes, value: bytes) -> None:
-    """One field's bytes (RFC 9113 8.2.1), te and connection-specific fields (8.2.2), in h2's order."""
-    if name.translate(None, _NAME_BYTES):
-        raise _bad(f"Illegal character in header name: {name!r}")
-    if name.find(b":", 1) != -1:
-        raise _bad(f"Illegal character ':' in header name: {name!r}")
-    if value and (
-        b"\0" in value or b"\n" in value or b"\r" in value or value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09)
+def _pseudo_field(name: bytes, value: bytes, kind: int, once: dict[bytes, bytes], connect_protocol: bool) -> None:
+    """A pseudo-header: one this kind of block may carry, not repeated, not empty."""
+    if kind == REQUEST:
+        allowed = name in _REQUEST_PSEUDO or (name == b":protocol" and connect_protocol)
+    else:
+        allowed = name == b":status"
+    if not allowed or name in once or not value:
+        raise _bad(f"Pseudo-header field not allowed, repeated or empty: {name!r}")
+    once[name] = value
+
+
+def _regular_field(name: bytes, value: bytes, server: bool, status: int, once: dict[bytes, bytes]) -> bool:
+    """A regular field's rules (nghttp2's http_request_on_header / http_response_on_header); False for one
+    nghttp2 drops (a 204 response's content-length: 0)."""
+    if name in _CONNECTION_FIELDS or (name == b"te" and value.lower() != b"trailers"):
+        raise _bad(f"Connection-specific header field: {name!r}: {value!r}")
+    if name == b"host" and server:
+        if name in once or not value:
+            raise _bad("Host repeated or empty")
+        once[name] = value
+    elif name == b"content-length":
+        if name in once:
+            raise _bad("content-length repeated")
+        once[name] = value
+        if not server and status == 204:
+            if value != b"0":
+                raise _bad("content-length in a 204 response")
+            return False
+        if not server and status // 100 == 1:
+            raise _bad("content-length in an informational response")
+        _content_length(value)
+    return True
+
+
+def _request_pseudo(pseudo: dict[bytes, bytes]) -> None:
+    """The pseudo-headers a request needs (nghttp2_http_on_request_headers: RFC 9113 8.3.1, RFC 8441 4)."""
+    method = pseudo.get(b":method", b"")
+    protocol = b":protocol" in pseudo
+    if method == b"CONNECT" and not protocol:
+        if b":scheme" in pseudo or b":path" in pseudo or b":authority" not in pseudo:
+            raise _bad("CONNECT needs :authority and no :scheme or :path")
+        return
+    if not pseudo.keys() >= _NEEDED or (b":authority" not in pseudo and b"host" not in pseudo):
+        raise _bad("Request without :method, :scheme, :path, or :authority and host")
+    if protocol and (method != b"CONNECT" or b":authority" not in pseudo):
+        raise _bad(":protocol needs CONNECT and :authority")
+    path = pseudo[b":path"]
+    if pseudo[b":scheme"].lower() in (b"http", b"https") and not (
+        path[0] == 0x2F or (method == b"OPTIONS" and path == b"*")
     ):
-        raise _bad(f"Illegal header value: {value!r}")
-    if not name:
-        raise _bad("Received header name with zero length.")
-    if name == b"te" and value.lower() != b"trailers":
-        raise _bad(f"Invalid value for TE header: {value!r}")
-    if name in _CONNECTION_FIELDS:
-        raise _bad(f"Connection-specific header field present: {name!r}.")
-
-
-def _block_pseudo(kind: int, pseudo: set[bytes], method: bytes | None) -> None:
-    """The pseudo-headers each kind of block may and must have (RFC 9113 8.1, 8.3)."""
-    if kind == TRAILERS:
-        if pseudo:
-            raise _bad(f"Received pseudo-header in trailer {pseudo}")
-    elif kind == RESPONSE:
-        if b":status" not in pseudo:
-            raise _bad("Header block missing mandatory b':status' header")
-        if pseudo & _REQUEST_ONLY:
-            raise _bad(f"Encountered request-only headers {pseudo & _REQUEST_ONLY}")
-    else:
-        _request_pseudo(pseudo, method)
-
-
-def _request_pseudo(pseudo: set[bytes], method: bytes | None) -> None:
-    """The pseudo-headers a request needs (RFC 9113 8.3.1, RFC 8441 4 for extended CONNECT)."""
-    if b":method" not in pseudo:
-        raise _bad("Header block missing mandatory b':method' header")
-    connect = method == b"CONNECT"
-    if connect and b":protocol" not in pseudo:
-        if b":scheme" in pseudo or b":path" in pseudo:
-            raise _bad("Ordinary CONNECT MUST NOT include :scheme or :path")
-    else:
-        for needed in (b":scheme", b":path"):
-            if needed not in pseudo:
-                raise _bad(f"Header block missing mandatory {needed!r} header")
-    if b":status" in pseudo:
-        raise _bad("Encountered response-only headers {b':status'}")
-    if not connect and b":protocol" in pseudo:
-        raise _bad("Encountered connect-request-only headers {b':protocol'}")
+        raise _bad(f"Invalid :path for an http(s) request: {path!r}")
 
 
 #: the events that carry a received header block, and its kind
@@ -180,13 +226,13 @@ _HEADER_EVENTS: Final[dict[type, int]] = {
 }
 
 
-def check_received(events: list[h2.events.Event]) -> None:
+def check_received(events: list[h2.events.Event], *, server: bool, connect_protocol: bool = False) -> None:
     """`received_headers` on every header event of one read (their headers replaced by the checked block)."""
     for ev in events:
         kind = _HEADER_EVENTS.get(type(ev))
         if kind is not None:
             block = cast(Any, ev)
-            block.headers = received_headers(block.headers, kind)
+            block.headers = received_headers(block.headers, kind, server=server, connect_protocol=connect_protocol)
 
 
 # --- the codec interface: what `_h2codec.Session` and `PyCodec` both answer ---
@@ -314,7 +360,7 @@ class PyCodec:
             config = h2.config.H2Configuration(
                 client_side=not server,
                 header_encoding=None,
-                validate_inbound_headers=False,  # received_headers: the same checks, compiled (receive)
+                validate_inbound_headers=False,  # received_headers: nghttp2's checks instead (receive)
                 normalize_inbound_headers=False,
                 validate_outbound_headers=False,  # checked where it entered the proxy
                 normalize_outbound_headers=False,
@@ -325,6 +371,8 @@ class PyCodec:
         conn.decoder = CachedDecoder(conn.decoder.max_header_list_size)
         self.h2 = conn
         self.server = server
+        #: a request may carry :protocol (RFC 8441) only where the server announced extended CONNECT
+        self.connect_protocol = server and dict(settings).get(h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL) == 1
         self.stream_window = stream_window
         self.on_failed = on_failed
         self._out: dict[int, _Out] = {}
@@ -351,7 +399,7 @@ class PyCodec:
         h = self.h2
         events = h.receive_data(data)
         try:
-            check_received(events)
+            check_received(events, server=self.server, connect_protocol=self.connect_protocol)
         except h2.exceptions.ProtocolError:
             h.close_connection(error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR)  # as h2 ends it
             raise

@@ -280,3 +280,85 @@ def test_request_and_response_headers_match_envoy(bed: Bed, name: str, extra: li
     assert got["envoy"][0] == 200, got
     assert got["envoy"][1] or any(n == upstream.RESPOND_HEADER.encode() for n, _ in extra), got  # the app echoed
     assert got["agent"] == got["envoy"]
+
+
+Block = tuple[tuple[bytes, bytes], ...]
+_GET: Block = (BASE[0], BASE[1], (b":path", b"/h2-fields"), BASE[3])
+
+
+def _pseudo(**fields: bytes) -> Block:
+    """A GET's pseudo-headers with some replaced (a value of b"-" leaves the field out)."""
+    given = {f":{k}".encode(): v for k, v in fields.items()}
+    out = [(n, given.pop(n, v)) for n, v in _GET]
+    return tuple((n, v) for n, v in [*out, *given.items()] if v != b"-")
+
+
+# name, the request's header block (a GET to the echo app with extra fields, or other pseudo-headers), and what
+# both proxies do: "ok" (answered; the app's view and the response compared) or "refused" (the connection ends:
+# nghttp2's field checks with Envoy's options, which the fallback codec (PyCodec, the h2 library) applies too)
+FIELD_CASES: list[tuple[str, Block, str]] = [
+    ("value with leading space", (*_GET, (b"x-a", b" ab")), "ok"),
+    ("value with trailing tab", (*_GET, (b"x-a", b"ab\t")), "ok"),
+    ("value of one space", (*_GET, (b"x-a", b" ")), "ok"),
+    ("value with a tab inside", (*_GET, (b"x-a", b"a\tb")), "ok"),
+    ("value with obs-text", (*_GET, (b"x-a", b"\x80\xff\xc3\xa9")), "ok"),
+    ("empty value", (*_GET, (b"x-a", b"")), "ok"),
+    ("value with DEL", (*_GET, (b"x-a", b"a\x7fb")), "refused"),
+    ("value with a control byte", (*_GET, (b"x-a", b"a\x01b")), "refused"),
+    ("value with NUL", (*_GET, (b"x-a", b"a\x00b")), "refused"),
+    ("value with CR", (*_GET, (b"x-a", b"a\rb")), "refused"),
+    ("name with underscore", (*_GET, (b"x_a", b"1")), "ok"),
+    ("name with space", (*_GET, (b"x a", b"1")), "refused"),
+    ("name with a quote", (*_GET, (b'x"', b"1")), "refused"),
+    ("name with a slash", (*_GET, (b"x/", b"1")), "refused"),
+    ("name with a brace", (*_GET, (b"x{", b"1")), "refused"),
+    ("name with an at sign", (*_GET, (b"x@", b"1")), "refused"),
+    ("name with a colon inside", (*_GET, (b"x:y", b"1")), "refused"),
+    ("name with DEL", (*_GET, (b"x\x7f", b"1")), "refused"),
+    ("name with non-ASCII", (*_GET, (b"x\xc3", b"1")), "refused"),
+    ("empty name", (*_GET, (b"", b"1")), "refused"),
+    ("te Trailers in capitals", (*_GET, (b"te", b"Trailers")), "ok"),
+    ("te trailers and more", (*_GET, (b"te", b"trailers, gzip")), "refused"),
+    ("host beside another :authority", (*_GET, (b"host", b"other")), "ok"),
+    ("two hosts", (*_GET, (b"host", b"x"), (b"host", b"x")), "refused"),
+    ("host without :authority", (*_pseudo(authority=b"-"), (b"host", b"h")), "ok"),
+    ("neither :authority nor host", _pseudo(authority=b"-"), "refused"),
+    ("content-length not a number", (*_GET, (b"content-length", b"abc")), "refused"),
+    ("two content-lengths", (*_GET, (b"content-length", b"0"), (b"content-length", b"0")), "refused"),
+    ("keep-alive", (*_GET, (b"keep-alive", b"1")), "refused"),
+    ("upgrade", (*_GET, (b"upgrade", b"h2c")), "refused"),
+    (":protocol without extended CONNECT", (*_GET, (b":protocol", b"websocket")), "refused"),
+    ("empty :path", _pseudo(path=b""), "refused"),
+    (":path without a slash", _pseudo(path=b"abc"), "refused"),
+    (":path with a space", _pseudo(path=b"/a b"), "refused"),
+    (":path with DEL", _pseudo(path=b"/a\x7f"), "refused"),
+    (":path with non-ASCII", _pseudo(path=b"/\xc3\xa9"), "ok"),
+    (":method with a space", _pseudo(method=b"G T"), "refused"),
+    (":scheme with a space", _pseudo(scheme=b"ht tp"), "refused"),
+    (":scheme other than http", _pseudo(scheme=b"foo"), "ok"),
+    ("no :scheme", _pseudo(scheme=b"-"), "refused"),
+    (":authority with a space", _pseudo(authority=b"a b"), "refused"),
+    (":authority with userinfo", _pseudo(authority=b"u@a"), "refused"),
+    ("empty :authority", _pseudo(authority=b""), "refused"),
+    ("two :method", ((b":method", b"GET"), *_GET), "refused"),
+    ("CONNECT with :path", ((b":method", b"CONNECT"), (b":authority", b"x:80"), (b":path", b"/")), "refused"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "block", "expect"), FIELD_CASES, ids=[c[0] for c in FIELD_CASES])
+def test_header_field_rules_match_envoy(bed: Bed, name: str, block: Block, expect: str) -> None:
+    """HTTP/2 header fields byte by byte (names, values, pseudo-headers): what Envoy 1.40 answers or refuses, the
+    agent answers (with the same app view) or refuses, on either codec (the native one and the fallback)."""
+    got = {}
+    for plane, port in (("envoy", bed.envoy_port), ("agent", bed.agent.port)):
+        if expect == "ok":
+            out = h2raw.run(port, _request([], block), until=lambda o: o.bodies.get(1, b"")[-1:] == b"}")
+            got[plane] = _seen(out)
+        else:
+            out = h2raw.run(port, _request([], block), timeout=1.5)
+            got[plane] = (out.kind(1) if 1 in out.statuses or 1 in out.resets else "connection ended", out.closed)
+    if expect == "ok":
+        assert got["envoy"][0] == 200 and got["envoy"][1], got  # answered, the app echoed
+        assert got["agent"] == got["envoy"]
+    else:
+        assert got["agent"] == got["envoy"] == ("connection ended", True), got
