@@ -51,6 +51,18 @@ def bin_mid(value: int) -> float:
     return (value // scale) * scale + scale / 2
 
 
+def bin_floor(value: int) -> int:
+    """The lowest integer of `value`'s bin (`bin_mid`): 2 -> 2, 12 -> 12, 157 -> 150. A histogram's quantiles
+    depend only on the bins of its values, so it can travel as (bin floor, count) pairs and merge exactly (the
+    workers of one agent: meshplug.agent.workers)."""
+    if value <= 0:
+        return 0
+    if value < 10:
+        return value
+    scale: int = pow(10, len(str(value)) - 2)
+    return (value // scale) * scale
+
+
 def quantile(ordered: Sequence[int], percent: float) -> float:
     """The `percent` quantile of sorted values as Envoy computes it: the nearest-rank value's bin middle."""
     rank = max(math.ceil(percent / 100.0 * len(ordered)), 1)

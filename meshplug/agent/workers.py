@@ -21,9 +21,9 @@ Requests (from the parent): ``load`` {set, resources} -> {ok, plugins | reason, 
 protocol.HEALTH_PATH on the push port) and ``plugin_stats`` (the plugins' metrics as /stats names them) too. The
 parent's admin view sums the workers' snapshots, taken when it is asked (/stats, /stats/prometheus, ...): the
 agent's counters and gauges, the plugins' counters and gauges (as Envoy's workers add to one stats store; a
-gauge a plugin sets, rather than adds to, is the sum of the workers' values), their histograms' samples
-merged; the singletons' (run by the parent) count as one more snapshot. A worker that exits is started again
-and given the active set before it listens.
+gauge a plugin sets, rather than adds to, is the sum of the workers' values), their histograms merged (sent
+as bins: `stat_json`); the singletons' (run by the parent) count as one more snapshot. A worker that exits is
+started again and given the active set before it listens.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,38 @@ class Spec:
             store_size=int(raw["store_size"]),
             ports={str(k): int(v) for k, v in raw["ports"].items()},
         )
+
+
+def stat_json(stat: envoystats.Stat) -> list[Any]:
+    """A plugin metric in a snapshot: [name, value, None] for a counter or gauge; a histogram as [name, 0,
+    [[bin floor, count], ...]] (`envoystats.bin_floor`: its quantiles exactly, in a few hundred pairs at most
+    however many values it recorded)."""
+    if stat.samples is None:
+        return [stat.name, stat.value, None]
+    counts: dict[int, int] = {}
+    for value in stat.samples:
+        floor = envoystats.bin_floor(value)
+        counts[floor] = counts.get(floor, 0) + 1
+    return [stat.name, 0, sorted(counts.items())]
+
+
+def sum_plugin_stats(snapshots: Iterable[Mapping[str, Any]]) -> list[envoystats.Stat]:
+    """The plugins' metrics under Envoy's names (/stats) over the workers' snapshots: counters and gauges
+    summed, histograms' bins merged (each value stands as its bin's floor: the same quantiles)."""
+    values: dict[str, int] = {}
+    bins: dict[str, dict[int, int]] = {}
+    for snap in snapshots:
+        for name, value, binned in snap.get("plugin_stats") or []:
+            if binned is None:
+                values[name] = values.get(name, 0) + int(value)
+                continue
+            into = bins.setdefault(name, {})
+            for floor, count in binned:
+                into[int(floor)] = into.get(int(floor), 0) + int(count)
+    out = [envoystats.Stat(name, value) for name, value in values.items()]
+    for name, counts in bins.items():
+        out.append(envoystats.Stat(name, samples=tuple(f for f, c in sorted(counts.items()) for _ in range(c))))
+    return out
 
 
 def _shared_store(path: str, size: int, *, create: bool) -> sharing.Store:
@@ -204,7 +236,7 @@ class Worker(runtime.Agent):
             "counters": self.proxy.stats.as_dict(),
             "metrics": active.chain.metrics() if active else "",
             "metric_values": active.chain.metric_values() if active else {},
-            "plugin_stats": [[s.name, s.value, s.samples] for s in active.chain.plugin_stats()] if active else [],
+            "plugin_stats": [stat_json(s) for s in active.chain.plugin_stats()] if active else [],
             "views": loader.json_views(active.chain.views()) if active else [],
             "logs": active.chain.logs() if active else [],
             "health": [h.to_json() for h in active.chain.plugin_health()] if active else [],
@@ -433,18 +465,7 @@ class Parent(runtime.Agent):
         return list(merged.values())
 
     def _plugin_stats(self) -> list[envoystats.Stat]:
-        """The plugins' metrics under Envoy's names (/stats): counters and gauges summed, histograms' samples
-        merged, over the workers."""
-        merged: dict[str, envoystats.Stat] = {}
-        for snap in self.snapshots:
-            for name, value, samples in snap.get("plugin_stats") or []:
-                prev = merged.get(name)
-                if samples is not None:
-                    before = prev.samples or () if prev is not None else ()
-                    merged[name] = envoystats.Stat(name, samples=(*before, *(int(x) for x in samples)))
-                else:
-                    merged[name] = envoystats.Stat(name, (prev.value if prev is not None else 0) + int(value))
-        return list(merged.values())
+        return sum_plugin_stats(self.snapshots)
 
     def _metric_values(self) -> dict[str, int | None]:
         out: dict[str, int | None] = {}
@@ -521,7 +542,7 @@ class Parent(runtime.Agent):
                 "counters": {},
                 "metrics": own.metrics(),
                 "metric_values": own.metric_values(),
-                "plugin_stats": [[s.name, s.value, s.samples] for s in own.plugin_stats()],
+                "plugin_stats": [stat_json(s) for s in own.plugin_stats()],
                 "logs": own.logs(),
             }
         ]
