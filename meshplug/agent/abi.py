@@ -87,7 +87,23 @@ class HostCalls:
         self.vm = wvm
         self.wasi = wasi.Wasi(wvm)
         self._warned: set[str] = set()
-        self.guest: vm.Guest  # set by the VM once its guest exists (shims run only after that)
+        self.guest: vm.Guest  # set by the VM once its guest exists (`use`; shims run only after that)
+        # the guest's memory access, as attributes: one call each from the shims, no method lookup per access
+        self.read: Callable[[int, int], bytes]
+        self.write: Callable[[int, bytes | bytearray | memoryview], None]
+        self.write_u32: Callable[[int, int], None]
+        self.write_u64: Callable[[int, int], None]
+        self.replace_into: Callable[[int, int, bytearray, int], None]
+
+    def use(self, guest: vm.Guest) -> None:
+        """Take `guest`'s memory access; again once it is instantiated (the fast backend then hands out its
+        C functions over the known memory)."""
+        self.guest = guest
+        self.read = guest.read
+        self.write = guest.write
+        self.write_u32 = guest.write_u32
+        self.write_u64 = guest.write_u64
+        self.replace_into = guest.replace_into
 
     # -- binding -----------------------------------------------------------------------------------
     def bind(self, decls: Sequence[vm.ImportDecl]) -> list[tuple[vm.ImportDecl, vm.HostImpl]]:
@@ -141,26 +157,26 @@ class HostCalls:
             p = self.vm.allocate(n)
             if p == 0:
                 return INVALID_MEMORY_ACCESS
-            self.guest.write(p, data)
-        self.guest.write_u32(ptr_ptr, p)
-        self.guest.write_u32(size_ptr, n)
+            self.write(p, data)
+        self.write_u32(ptr_ptr, p)
+        self.write_u32(size_ptr, n)
         return OK
 
     # -- logging, time, ticks ----------------------------------------------------------------------
     def proxy_log(self, level: int, ptr: int, size: int) -> int:
         if level > 5:
             return BAD_ARGUMENT
-        data = self.guest.read(ptr, size)  # bounds-checked as cpp-host's getMemory, logged or not
+        data = self.read(ptr, size)  # bounds-checked as cpp-host's getMemory, logged or not
         if level >= self.vm.host.log_level:  # below the agent's level: nothing decoded, formatted or kept
             self.vm.log(level, data.decode(errors="replace"))
         return OK
 
     def proxy_get_log_level(self, ret: int) -> int:
-        self.guest.write_u32(ret, self.vm.host.log_level)
+        self.write_u32(ret, self.vm.host.log_level)
         return OK
 
     def proxy_get_current_time_nanoseconds(self, ret: int) -> int:
-        self.guest.write_u64(ret, time.time_ns())
+        self.write_u64(ret, time.time_ns())
         return OK
 
     def proxy_set_tick_period_milliseconds(self, period: int) -> int:
@@ -204,9 +220,9 @@ class HostCalls:
         if buf is None:
             return NOT_FOUND
         if start == 0:  # in place, from guest memory: one copy, the buffer's memory reused
-            self.guest.replace_into(ptr, vsize, buf, size)
+            self.replace_into(ptr, vsize, buf, size)
         elif start >= len(buf):
-            buf += self.guest.read(ptr, vsize)
+            buf += self.read(ptr, vsize)
         else:
             return BAD_ARGUMENT
         return OK
@@ -218,8 +234,8 @@ class HostCalls:
         buf = ctx.buffer(btype) if ctx is not None else None
         if buf is None:
             return NOT_FOUND
-        self.guest.write_u32(len_ptr, len(buf))
-        self.guest.write_u32(flags_ptr, 0)
+        self.write_u32(len_ptr, len(buf))
+        self.write_u32(flags_ptr, 0)
         return OK
 
     # -- header maps -------------------------------------------------------------------------------
@@ -236,7 +252,7 @@ class HostCalls:
     def proxy_set_header_map_pairs(self, mtype: int, ptr: int, size: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        new = pairs.decode(self.guest.read(ptr, size))
+        new = pairs.decode(self.read(ptr, size))
         hmap = self._map(mtype)
         if hmap is not None:
             hmap.clear()
@@ -257,7 +273,7 @@ class HostCalls:
     def proxy_get_header_map_value(self, mtype: int, kptr: int, ksize: int, ptr_ptr: int, size_ptr: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        key = self.guest.read(kptr, ksize).lower()
+        key = self.read(kptr, ksize).lower()
         hmap = self._map(mtype)
         if hmap is not None:
             for k, v in hmap:
@@ -270,7 +286,7 @@ class HostCalls:
     def proxy_add_header_map_value(self, mtype: int, kptr: int, ksize: int, vptr: int, vsize: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        key, value = self.guest.read(kptr, ksize).lower(), self.guest.read(vptr, vsize)
+        key, value = self.read(kptr, ksize).lower(), self.read(vptr, vsize)
         hmap = self._map(mtype)
         if hmap is not None:
             headermap.add_header(hmap, key, value, _INLINE.get(mtype, _NO_INLINE))
@@ -281,7 +297,7 @@ class HostCalls:
     def proxy_replace_header_map_value(self, mtype: int, kptr: int, ksize: int, vptr: int, vsize: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        key, value = self.guest.read(kptr, ksize).lower(), self.guest.read(vptr, vsize)
+        key, value = self.read(kptr, ksize).lower(), self.read(vptr, vsize)
         hmap = self._map(mtype)
         if hmap is not None:
             for i, (k, _) in enumerate(hmap):
@@ -298,7 +314,7 @@ class HostCalls:
     def proxy_remove_header_map_value(self, mtype: int, kptr: int, ksize: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        key = self.guest.read(kptr, ksize).lower()
+        key = self.read(kptr, ksize).lower()
         hmap = self._map(mtype)
         if hmap is not None:
             hmap[:] = [(k, v) for k, v in hmap if k != key]
@@ -309,12 +325,12 @@ class HostCalls:
     def proxy_get_header_map_size(self, mtype: int, ret: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        self.guest.write_u32(ret, pairs.encoded_size(self._map(mtype) or []))
+        self.write_u32(ret, pairs.encoded_size(self._map(mtype) or []))
         return OK
 
     # -- properties --------------------------------------------------------------------------------
     def proxy_get_property(self, pptr: int, psize: int, ptr_ptr: int, size_ptr: int) -> int:
-        path = self.guest.read(pptr, psize)
+        path = self.read(pptr, psize)
         ctx = self._ctx()
         if ctx is None:
             return NOT_FOUND
@@ -327,7 +343,7 @@ class HostCalls:
         return self._give(value, ptr_ptr, size_ptr)
 
     def proxy_set_property(self, pptr: int, psize: int, vptr: int, vsize: int) -> int:
-        path, value = self.guest.read(pptr, psize), self.guest.read(vptr, vsize)
+        path, value = self.read(pptr, psize), self.read(vptr, vsize)
         ctx = self._ctx()
         if ctx is not None:
             if ctx.root.declared.get(path) and path in ctx.properties:
@@ -363,9 +379,9 @@ class HostCalls:
     def proxy_send_local_response(  # noqa: PLR0917 -- the ABI's argument list
         self, status: int, dptr: int, dsize: int, bptr: int, bsize: int, hptr: int, hsize: int, grpc: int
     ) -> int:
-        details = b"_".join(self.guest.read(dptr, dsize).split()).decode(errors="replace")
-        body = self.guest.read(bptr, bsize)
-        headers = tuple((k.lower(), v) for k, v in pairs.decode(self.guest.read(hptr, hsize)))
+        details = b"_".join(self.read(dptr, dsize).split()).decode(errors="replace")
+        body = self.read(bptr, bsize)
+        headers = tuple((k.lower(), v) for k, v in pairs.decode(self.read(hptr, hsize)))
         grpc_status = grpc if grpc <= 16 else None
         ctx = self._ctx()
         if ctx is None:
@@ -375,7 +391,7 @@ class HostCalls:
     def proxy_get_status(self, code_ptr: int, ptr_ptr: int, size_ptr: int) -> int:
         ctx = self._ctx()
         code, msg = ctx.root.status if ctx is not None else (0, b"")
-        self.guest.write_u32(code_ptr, code)
+        self.write_u32(code_ptr, code)
         return self._give(msg, ptr_ptr, size_ptr)
 
     # -- http / grpc callouts ----------------------------------------------------------------------
@@ -392,11 +408,11 @@ class HostCalls:
         timeout_ms: int,
         token_ptr: int,
     ) -> int:
-        upstream = self.guest.read(uptr, usize).decode(errors="replace")
-        headers = [(k.lower(), v) for k, v in pairs.decode(self.guest.read(hptr, hsize))]
-        body = self.guest.read(bptr, bsize)
-        trailers = [(k.lower(), v) for k, v in pairs.decode(self.guest.read(tptr, tsize))]
-        self.guest.write_u32(token_ptr, 0)  # validate the out-pointer before dispatch (cpp-host)
+        upstream = self.read(uptr, usize).decode(errors="replace")
+        headers = [(k.lower(), v) for k, v in pairs.decode(self.read(hptr, hsize))]
+        body = self.read(bptr, bsize)
+        trailers = [(k.lower(), v) for k, v in pairs.decode(self.read(tptr, tsize))]
+        self.write_u32(token_ptr, 0)  # validate the out-pointer before dispatch (cpp-host)
         names = {k for k, _ in headers}
         if not {b":method", b":path", b":authority"} <= names:
             return BAD_ARGUMENT
@@ -411,31 +427,31 @@ class HostCalls:
         token = host.dispatch_http_call(
             self.vm, ctx.root, upstream=upstream, headers=headers, body=body, trailers=trailers, timeout_ms=timeout_ms
         )
-        self.guest.write_u32(token_ptr, token)
+        self.write_u32(token_ptr, token)
         return OK
 
     def _grpc_open(  # noqa: PLR0917 -- the ABI's argument list
         self, uptr: int, usize: int, sptr: int, ssize: int, mptr: int, msize: int, hptr: int, hsize: int,
         message: bytes | None, timeout_ms: int, token_ptr: int,
     ) -> int:  # fmt: skip
-        target = grpcwire.upstream_cluster(self.guest.read(uptr, usize))
-        service, method = self.guest.read(sptr, ssize), self.guest.read(mptr, msize)
-        metadata = [(k.lower(), v) for k, v in pairs.decode(self.guest.read(hptr, hsize))]
-        self.guest.write_u32(token_ptr, 0)  # validate the out-pointer before dispatch (cpp-host)
+        target = grpcwire.upstream_cluster(self.read(uptr, usize))
+        service, method = self.read(sptr, ssize), self.read(mptr, msize)
+        metadata = [(k.lower(), v) for k, v in pairs.decode(self.read(hptr, hsize))]
+        self.write_u32(token_ptr, 0)  # validate the out-pointer before dispatch (cpp-host)
         host = self.vm.host
         ctx = self._ctx()
         if target is None or ctx is None or (host.upstreams is not None and target[0] not in host.upstreams):
             return PARSE_FAILURE  # Envoy: an upstream it cannot parse or resolve (the Rust SDK accepts this one)
         token = host.dispatch_grpc(self.vm, ctx.root, target[0], target[1], service, method, metadata, message,
                                    timeout_ms)  # fmt: skip
-        self.guest.write_u32(token_ptr, token)
+        self.write_u32(token_ptr, token)
         return OK
 
     def proxy_grpc_call(  # noqa: PLR0917 -- the ABI's argument list
         self, uptr: int, usize: int, sptr: int, ssize: int, mptr: int, msize: int, hptr: int, hsize: int,
         bptr: int, bsize: int, timeout_ms: int, token_ptr: int,
     ) -> int:  # fmt: skip
-        message = self.guest.read(bptr, bsize)
+        message = self.read(bptr, bsize)
         return self._grpc_open(uptr, usize, sptr, ssize, mptr, msize, hptr, hsize, message, timeout_ms, token_ptr)
 
     def proxy_grpc_stream(  # noqa: PLR0917 -- the ABI's argument list
@@ -445,7 +461,7 @@ class HostCalls:
         return self._grpc_open(uptr, usize, sptr, ssize, mptr, msize, hptr, hsize, None, 0, token_ptr)
 
     def proxy_grpc_send(self, token: int, ptr: int, size: int, end: int) -> int:
-        return self.vm.host.grpc_op(self.vm, token, "send", self.guest.read(ptr, size), bool(end))
+        return self.vm.host.grpc_op(self.vm, token, "send", self.read(ptr, size), bool(end))
 
     def proxy_grpc_cancel(self, token: int) -> int:
         return self.vm.host.grpc_op(self.vm, token, "cancel")
@@ -455,17 +471,17 @@ class HostCalls:
 
     # -- shared data and queues --------------------------------------------------------------------
     def proxy_get_shared_data(self, kptr: int, ksize: int, ptr_ptr: int, size_ptr: int, cas_ptr: int) -> int:
-        found = self.vm.host.shared_data.get(self.vm.vm_id, self.guest.read(kptr, ksize))
+        found = self.vm.host.shared_data.get(self.vm.vm_id, self.read(kptr, ksize))
         if found is None:
             return NOT_FOUND
         value, cas = found
         status = self._give(value, ptr_ptr, size_ptr)
         if status == OK:
-            self.guest.write_u32(cas_ptr, cas)
+            self.write_u32(cas_ptr, cas)
         return status
 
     def proxy_set_shared_data(self, kptr: int, ksize: int, vptr: int, vsize: int, cas: int) -> int:
-        key, value = self.guest.read(kptr, ksize), self.guest.read(vptr, vsize)
+        key, value = self.read(kptr, ksize), self.read(vptr, vsize)
         ok = self.vm.host.shared_data.set(self.vm.vm_id, key, value, cas)
         return OK if ok else CAS_MISMATCH
 
@@ -473,20 +489,20 @@ class HostCalls:
         ctx = self._ctx()
         if ctx is None:
             return BAD_ARGUMENT
-        qid = self.vm.host.register_queue(self.vm, ctx.root, self.guest.read(nptr, nsize))
-        self.guest.write_u32(ret, qid)
+        qid = self.vm.host.register_queue(self.vm, ctx.root, self.read(nptr, nsize))
+        self.write_u32(ret, qid)
         return OK
 
     def proxy_resolve_shared_queue(self, vptr: int, vsize: int, nptr: int, nsize: int, ret: int) -> int:
-        vm_id = self.guest.read(vptr, vsize).decode(errors="replace") or self.vm.vm_id
-        qid = self.vm.host.resolve_queue(vm_id, self.guest.read(nptr, nsize))
+        vm_id = self.read(vptr, vsize).decode(errors="replace") or self.vm.vm_id
+        qid = self.vm.host.resolve_queue(vm_id, self.read(nptr, nsize))
         if qid is None:
             return NOT_FOUND
-        self.guest.write_u32(ret, qid)
+        self.write_u32(ret, qid)
         return OK
 
     def proxy_enqueue_shared_queue(self, qid: int, ptr: int, size: int) -> int:
-        return OK if self.vm.host.enqueue(qid, self.guest.read(ptr, size)) else NOT_FOUND
+        return OK if self.vm.host.enqueue(qid, self.read(ptr, size)) else NOT_FOUND
 
     def proxy_dequeue_shared_queue(self, qid: int, ptr_ptr: int, size_ptr: int) -> int:
         item = self.vm.host.dequeue(qid)
@@ -500,8 +516,8 @@ class HostCalls:
     def proxy_define_metric(self, mtype: int, nptr: int, nsize: int, ret: int) -> int:
         if mtype > 2:
             return BAD_ARGUMENT
-        mid = self.vm.host.metrics.define(mtype, self.guest.read(nptr, nsize))
-        self.guest.write_u32(ret, mid)
+        mid = self.vm.host.metrics.define(mtype, self.read(nptr, nsize))
+        self.write_u32(ret, mid)
         return OK
 
     def proxy_increment_metric(self, mid: int, offset: int) -> int:
@@ -536,7 +552,7 @@ class HostCalls:
             return NOT_FOUND
         if kind == m.HISTOGRAM:
             return BAD_ARGUMENT
-        self.guest.write_u64(ret, m.value[mid])
+        self.write_u64(ret, m.value[mid])
         return OK
 
     # -- context control, foreign functions --------------------------------------------------------
@@ -554,7 +570,7 @@ class HostCalls:
     def proxy_call_foreign_function(  # noqa: PLR0917 -- the ABI's argument list
         self, nptr: int, nsize: int, aptr: int, asize: int, ptr_ptr: int, size_ptr: int
     ) -> int:
-        name, args = self.guest.read(nptr, nsize), self.guest.read(aptr, asize)
+        name, args = self.read(nptr, nsize), self.read(aptr, asize)
         if name in _CONTEXT_FOREIGN:
             return self._context_foreign(name, args)
         fn = self.vm.host.foreign.get(name)

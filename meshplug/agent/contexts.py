@@ -9,7 +9,6 @@ call the guest through their VM (meshplug.agent.wasmvm). The callbacks a module 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -133,7 +132,7 @@ class HttpContext(Context):
             return False
         if not self.created:
             self.created = True
-            self.id = next(wvm._ids)
+            self.id = wvm.next_id()
             wvm.contexts[self.id] = self
             fn = wvm.cb.context_create
             if fn is not None and wvm.call_n(self, fn, 2, self.id, self.root.id) < 0:
@@ -224,7 +223,7 @@ class HttpContext(Context):
     def on_complete(self) -> None:
         if self.deleted:
             return
-        self.completed_ns = time.time_ns()  # request.duration (Envoy: requestComplete, known at on_log)
+        self.completed_ns = self.control.completed_ns  # request.duration (Envoy: requestComplete, known at on_log)
         # Envoy's access-log phase sees the request and response headers again
         self.request_headers_attached = self.response_headers_attached = True
         if not self.created and not self._ensure():
@@ -237,9 +236,7 @@ class HttpContext(Context):
         if wvm.cb.end and self._alive():
             wvm.call_each(self, wvm.cb.end, self.id)
         self.deleted = True
-        contexts = wvm.contexts
-        if self.id in contexts:
-            del contexts[self.id]
+        wvm.contexts.pop(self.id, None)
         if wvm.recycle:  # the VM waits for its streams to end: maybe this was the last
             wvm.owner._wake()
 

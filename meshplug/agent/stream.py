@@ -152,6 +152,8 @@ class Stream:
     #: sets them; property response.backend_latency)
     upstream_sent_ns = 0
     upstream_done_ns = 0
+    #: wall-clock ns when `complete()` ran (Envoy's requestComplete: property request.duration); 0 before
+    completed_ns = 0
     #: namespace -> key -> value, made on first use (StreamControl.dynamic_metadata)
     dynamic_metadata: dict[str, dict[str, object]] | None = None
     #: the shell's router (meshplug.agent.routing: request map -> decision), the decision the router uses
@@ -305,9 +307,9 @@ class Stream:
         Envoy registers each wasm filter as an access logger and creates its context there if needed."""
         if not self.completed:
             self.completed = True
+            now = self.completed_ns = time.time_ns()  # one clock read for the stream and all its filters
             if self.started_ns:
-                elapsed = time.time_ns() - self.started_ns
-                self.chain.latency[bisect.bisect_left(RQ_TIME_BOUNDS_NS, elapsed)] += 1
+                self.chain.latency[bisect.bisect_left(RQ_TIME_BOUNDS_NS, now - self.started_ns)] += 1
             contexts, active = self._ctx, self._active
             for index in range(self._n):
                 ctx = contexts[index]
@@ -561,7 +563,8 @@ class Stream:
         if lane.stash is not None and pos in lane.stash:  # kept chunks go first
             body[0:0] = lane.stash.pop(pos)
         if kind == _DATA:
-            data = bytes(body)
+            # the chunk as it came when the filter left it as it was (one compare, no copy), else the new bytes
+            data = frame[2] if body == frame[2] else bytes(body)
             body.clear()
             lane.buffering[pos] = False
             if frame[1]:

@@ -12,6 +12,7 @@ the shell (through meshplug.agent.chain, which re-exports it); it imports none o
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -321,6 +322,13 @@ class StreamControl:
     @property
     def response_flags(self) -> int:
         return self._stream.response_flags
+
+    @property
+    def completed_ns(self) -> int:
+        """Wall-clock ns when the exchange completed (the stream's `complete()`), read once per stream; now if
+        it has not completed yet."""
+        done = self._stream.completed_ns
+        return done if done else time.time_ns()
 
     @property
     def backend_latency_ns(self) -> int | None:

@@ -87,12 +87,12 @@ class WasmVm(hostapi.Vm):
         self.failed: errors.PluginRuntimeError | None = None
         self.after: list[Callable[[], None]] = []
         self.env: tuple[tuple[str, str], ...] = ()
-        self._ids = itertools.count(1)
+        self._last_id = 0  # context ids: 1, 2, ... (a plain int: one per stream context, on the request path)
         self._tokens = itertools.count(1)
         self.calls = abi.HostCalls(self)
         decls = host.runtime.imports(module)
         self.guest = host.runtime.new_guest(module, self.calls.bind(decls), backend=host.backend)
-        self.calls.guest = self.guest
+        self.calls.use(self.guest)
         self._funcs: dict[str, vm.GuestFunc | None] = {}
         self._names: dict[vm.GuestFunc, str] = {}
         self._alloc: vm.GuestFunc | None = None
@@ -106,7 +106,8 @@ class WasmVm(hostapi.Vm):
         return self.guest.memory_size() if self.guest.instance is not None else 0
 
     def next_id(self) -> int:
-        return next(self._ids)
+        self._last_id += 1
+        return self._last_id
 
     def next_token(self) -> int:
         return next(self._tokens) << 2  # cpp-host: low 2 bits = callout kind (0 = HTTP); first token 4
@@ -139,6 +140,7 @@ class WasmVm(hostapi.Vm):
         guest.set_parallel(parallel)
         try:
             guest.instantiate()
+            self.calls.use(guest)  # its memory is known now (the fast backend's C access)
             if "_initialize" in guest.exports:
                 self._entry("_initialize")
                 if "main" in guest.exports and guest.exports["main"].params == ("i32", "i32"):
