@@ -38,9 +38,9 @@ RESP_HEADERS = [(b"content-type", b"text/plain"), (b"content-length", b"2"), (b"
 
 
 def child(plugins: int, requests: int, module: str) -> int:
-    from meshplug.agent import chain as C  # noqa: PLC0415 -- the child imports the data path, the parent not
-    from meshplug.agent import host as H  # noqa: PLC0415
-    from tests.corpus import modules  # noqa: PLC0415
+    from meshplug.agent import chain as C  # the child imports the data path, the parent not
+    from meshplug.agent import host as H
+    from tests.corpus import modules
 
     data = modules.module(module).path.read_bytes()
     host = H.Host()

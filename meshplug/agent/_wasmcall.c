@@ -104,6 +104,7 @@ typedef struct {
     const void *memory; /* wasmtime_memory_t* (kept alive by the Python side); NULL until known */
     uint8_t *base;
     size_t size;
+    int seq_index; /* call_each: the index of the call that failed */
 } StateObject;
 
 static int State_init(StateObject *self, PyObject *args, PyObject *kwds) {
@@ -125,6 +126,7 @@ static int State_init(StateObject *self, PyObject *args, PyObject *kwds) {
     self->memory = NULL;
     self->base = NULL;
     self->size = 0;
+    self->seq_index = 0;
     return 0;
 }
 
@@ -308,6 +310,7 @@ static PyMemberDef State_members[] = {
     {"dirty", T_INT, offsetof(StateObject, dirty), 0, "1: the guest ran since Python looked at memory"},
     {"release_gil", T_INT, offsetof(StateObject, release_gil), 0, "1: guest calls release the GIL"},
     {"caller", T_ULONGLONG, offsetof(StateObject, caller), 0, "wasmtime_caller_t* of the running host call"},
+    {"seq_index", T_INT, offsetof(StateObject, seq_index), 0, "call_each: index of the call that raised"},
     {NULL},
 };
 
@@ -349,7 +352,33 @@ static int parse_kinds(PyObject *kinds, unsigned char *out, Py_ssize_t *n) {
     return 0;
 }
 
+/* a non-negative int below 2**30 read straight from its one digit (most arguments: ids, sizes, flags); 0: use
+ * the general conversion */
+static inline int small_uint(PyObject *v, uint32_t *out) {
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyLong_CheckExact(v)) {
+        Py_ssize_t size = Py_SIZE(v);
+        if (size == 0) {
+            *out = 0;
+            return 1;
+        }
+        if (size == 1) {
+            *out = (uint32_t)((PyLongObject *)v)->ob_digit[0];
+            return 1;
+        }
+    }
+#endif
+    (void)v;
+    (void)out;
+    return 0;
+}
+
 static int store_val(val_raw_t *slot, unsigned char kind, PyObject *v) {
+    uint32_t small;
+    if ((kind == K_I32 || kind == K_I64) && small_uint(v, &small)) {
+        slot->u64 = small; /* the upper 8 bytes of the slot are never read for i32/i64 */
+        return 0;
+    }
     memset(slot, 0, sizeof(*slot));
     switch (kind) {
     case K_I32: {
@@ -407,13 +436,18 @@ typedef struct {
     unsigned char result;
 } GuestCallObject;
 
+static PyObject *guest_call(GuestCallObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 static PyObject *GuestCall_vectorcall(GuestCallObject *self, PyObject *const *args, size_t nargsf, PyObject *kw) {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    val_raw_t vals[MAX_VALS];
     if (kw != NULL && PyTuple_GET_SIZE(kw) != 0) {
         PyErr_SetString(PyExc_TypeError, "guest functions take positional arguments only");
         return NULL;
     }
+    return guest_call(self, args, PyVectorcall_NARGS(nargsf));
+}
+
+static PyObject *guest_call(GuestCallObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    val_raw_t vals[MAX_VALS];
     if (nargs != self->nparams) {
         PyErr_Format(PyExc_TypeError, "guest function takes %zd arguments (%zd given)", self->nparams, nargs);
         return NULL;
@@ -513,6 +547,34 @@ static PyTypeObject GuestCallType = {
     .tp_vectorcall_offset = offsetof(GuestCallObject, vectorcall),
     .tp_doc = "GuestCall(state, func, params, results, fail): call one export with unsigned ints.",
 };
+
+/* call_each(fns, arg): fns[0](arg), fns[1](arg), ... (GuestCalls, the end of a stream's callbacks: log, done,
+ * delete) in one call from Python; the first that raises stops the rest: its exception propagates and its index
+ * is left in its State's seq_index. Returns len(fns). */
+static PyObject *wc_call_each(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyTuple_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "call_each(fns: tuple[GuestCall, ...], arg)");
+        return NULL;
+    }
+    PyObject *fns = args[0];
+    Py_ssize_t n = PyTuple_GET_SIZE(fns);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyObject_TypeCheck(PyTuple_GET_ITEM(fns, i), &GuestCallType)) {
+            PyErr_SetString(PyExc_TypeError, "call_each: fns must be GuestCalls");
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        GuestCallObject *fn = (GuestCallObject *)PyTuple_GET_ITEM(fns, i);
+        PyObject *r = guest_call(fn, &args[1], 1);
+        if (r == NULL) {
+            fn->state->seq_index = (int)i;
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    return PyLong_FromSsize_t(n);
+}
 
 /* ---------------------------------------------------------------------------------------------- */
 typedef struct {
@@ -850,6 +912,9 @@ static PyObject *wc_init(PyObject *mod, PyObject *args) {
 }
 
 static PyMethodDef wc_methods[] = {
+    {"call_each", (PyCFunction)(void (*)(void))wc_call_each, METH_FASTCALL,
+     "call_each(fns, arg) -> len(fns): each GuestCall with arg, in order; the first that raises stops the rest "
+     "(its index: its State's seq_index)"},
     {"init", wc_init, METH_VARARGS,
      "init(wasmtime_func_call_unchecked, wasmtime_context_set_epoch_deadline, wasmtime_trap_new, "
      "wasmtime_memory_data, wasmtime_memory_data_size, wasmtime_engine_clone, wasmtime_engine_increment_epoch, "

@@ -43,6 +43,8 @@ class HttpContext(Context):
         #: the stream's header lists (the chain keeps each list's identity for the stream's life), by direction
         self.maps = (control.headers(Direction.REQUEST), control.headers(Direction.RESPONSE))
         self.created = False
+        #: the context id as an object (set with `id` when the context is created in the guest)
+        self.cid: object = 0
         self.plugin_ref = plugin
         self.generation = plugin.generation
         self.eos_body: Direction | None = None  # inside the end-of-stream body callback of this direction
@@ -132,10 +134,11 @@ class HttpContext(Context):
             return False
         if not self.created:
             self.created = True
-            self.id = wvm.next_id()
-            wvm.contexts[self.id] = self
+            self.id = cid = wvm.next_id()
+            self.cid = cid  # boxed once: every guest call of the stream passes this object
+            wvm.contexts[cid] = self
             fn = wvm.cb.context_create
-            if fn is not None and wvm.call_n(self, fn, 2, self.id, self.root.id) < 0:
+            if fn is not None and wvm.call_n(self, fn, 2, self.cid, self.root.id) < 0:
                 return False
         return True
 
@@ -160,9 +163,9 @@ class HttpContext(Context):
         else:
             self.response_headers_attached = True
         if cb.headers_eos[0] if request else cb.headers_eos[1]:
-            r = wvm.call_n(self, fn, 3, self.id, n, 1 if end_stream else 0)
+            r = wvm.call_n(self, fn, 3, self.cid, n, 1 if end_stream else 0)
         else:
-            r = wvm.call_n(self, fn, 2, self.id, n)
+            r = wvm.call_n(self, fn, 2, self.cid, n)
         if (r == 0 or r == 2) and not self.local_reply_sent:  # noqa: PLR1714 -- ints: == is the cheap test
             # continue (2, ContinueAndEndStream, ends up as continue in Envoy): detach the headers again
             if request:
@@ -186,10 +189,10 @@ class HttpContext(Context):
         if fn is None:
             return _CONTINUE
         if not end_stream:
-            return self._action(wvm.call_n(self, fn, 3, self.id, size, 0), body=True)
+            return self._action(wvm.call_n(self, fn, 3, self.cid, size, 0), body=True)
         self.eos_body = direction
         try:
-            r = wvm.call_n(self, fn, 3, self.id, size, 1)
+            r = wvm.call_n(self, fn, 3, self.cid, size, 1)
         finally:
             self.eos_body = None
         if r == 0 and not self.local_reply_sent:
@@ -202,7 +205,7 @@ class HttpContext(Context):
         fn = self.wvm.cb.trailers[0] if direction is _REQUEST else self.wvm.cb.trailers[1]
         if fn is None:
             return Action.CONTINUE
-        return self._action(self.wvm.call_n(self, fn, 2, self.id, len(self.control.trailers(direction))), body=False)
+        return self._action(self.wvm.call_n(self, fn, 2, self.cid, len(self.control.trailers(direction))), body=False)
 
     def _action(self, r: int, *, body: bool) -> Action:
         """Map a callback's result (-1: the VM failed) to the chain's Action (ABI ref. 1.7)."""
@@ -234,7 +237,7 @@ class HttpContext(Context):
         # Envoy HTTP order: access log, then done, then delete (the exported ones: cb.end), while the context is
         # alive: a failure in one skips the rest
         if wvm.cb.end and self._alive():
-            wvm.call_each(self, wvm.cb.end, self.id)
+            wvm.call_each(self, wvm.cb.end, self.cid)
         self.deleted = True
         wvm.contexts.pop(self.id, None)
         if wvm.recycle:  # the VM waits for its streams to end: maybe this was the last

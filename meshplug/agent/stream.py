@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 
 #: `limits.PLUGIN_RQ_TIME_BUCKETS_MS` in ns (a bucket counts times up to and including its bound)
 RQ_TIME_BOUNDS_NS: Final = tuple(int(ms * 1_000_000) for ms in limits.PLUGIN_RQ_TIME_BUCKETS_MS)
+#: the buffer limit, read once (a module attribute lookup per body chunk and filter otherwise)
+_MAX_BODY: Final = limits.MAX_BUFFERED_BODY_BYTES
 _UPSTREAM: Final = Target.UPSTREAM
 _DOWNSTREAM: Final = Target.DOWNSTREAM
 
@@ -509,12 +511,12 @@ class Stream:
             kept = len(body) + (len(lane.stash[pos]) if lane.stash is not None and pos in lane.stash else 0)
             # also for WATERMARK: the shell applies no backpressure through the chain, so the limit Envoy
             # enforces with flow control is a 413 / 500 here
-            over = kept > limits.MAX_BUFFERED_BODY_BYTES
+            over = kept > _MAX_BODY
             if not over:
                 held = lane.buffering[pos]  # the body holds chunks of earlier callbacks (Envoy's buffered data)
                 action = fs.on_body(direction, len(body), frame[1])
                 # the filter grew the body it held past the limit (a rewrite): Envoy's limit applies to it too
-                over = held and action is _CONTINUE and len(body) > limits.MAX_BUFFERED_BODY_BYTES
+                over = held and action is _CONTINUE and len(body) > _MAX_BODY
             if over:
                 self._overflow(direction)
                 return None

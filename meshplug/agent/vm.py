@@ -404,6 +404,7 @@ class Guest(ABC):
         self.deadline_ticks = runtime.deadline_ticks(deadline_ms)
         self.store.set_epoch_deadline(runtime.deadline_ticks(limits.START_DEADLINE_MS))
         self.instance: wasmtime.Instance | None = None
+        self._seq_index = 0
         # a module may import one name twice (TinyGo: wasi fd_write); the linker takes one definition, and
         # instantiation reports a type clash if the two declarations differ
         seen: set[tuple[str, str]] = set()
@@ -447,6 +448,22 @@ class Guest(ABC):
 
     def write_u64(self, ptr: int, value: int) -> None:
         self.write(ptr, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
+
+    def call_each(self, fns: tuple[GuestFunc, ...], arg: object) -> int:
+        """Each of `fns` (this guest's exports, from `func`) called with `arg`, in order, as one call (the fast
+        backend loops in C); the first that raises stops the rest, its exception propagates and `failed_index()`
+        tells which it was. Returns len(fns)."""
+        for i, fn in enumerate(fns):
+            try:
+                fn(arg)
+            except BaseException:
+                self._seq_index = i
+                raise
+        return len(fns)
+
+    def failed_index(self) -> int:
+        """The index into `fns` of the call that raised in the last failed `call_each`."""
+        return self._seq_index
 
     def set_deadline_ms(self, deadline_ms: int) -> None:
         """Budget for the next top-level calls (the host widens it during VM start)."""
@@ -666,6 +683,7 @@ class FastGuest(Guest):
         self._ctx = _addr(self.store._context())
         #: depth, epoch arming, the running host call's caller and the pending host exception, kept in C
         self.state = _wasmcall.State(self._ctx, runtime.clock, self.deadline_ticks)
+        self.call_each = _wasmcall.call_each  # type: ignore[method-assign,assignment]  # the loop in C
         self._mem_addr = 0
         self._mem_keep: Any = None  # owns the wasmtime_memory_t `state` reads through
         self._funcs: dict[str, GuestFunc | None] = {}
@@ -688,6 +706,9 @@ class FastGuest(Guest):
     @property
     def depth(self) -> int:
         return int(self.state.depth)
+
+    def failed_index(self) -> int:
+        return int(self.state.seq_index)
 
     def set_deadline_ms(self, deadline_ms: int) -> None:
         super().set_deadline_ms(deadline_ms)

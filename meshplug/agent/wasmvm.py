@@ -93,6 +93,7 @@ class WasmVm(hostapi.Vm):
         decls = host.runtime.imports(module)
         self.guest = host.runtime.new_guest(module, self.calls.bind(decls), backend=host.backend)
         self.calls.use(self.guest)
+        self._call_each = self.guest.call_each  # one attribute read per stream end, no method lookup
         self._funcs: dict[str, vm.GuestFunc | None] = {}
         self._names: dict[vm.GuestFunc, str] = {}
         self._alloc: vm.GuestFunc | None = None
@@ -206,12 +207,21 @@ class WasmVm(hostapi.Vm):
         return (False, None) if r < 0 else (True, r)
 
     def call_n(  # noqa: PLR0917 -- positional ints on the per-request path: no argument tuple
-        self, ctx: Context, fn: vm.GuestFunc, n: int, a: int = 0, b: int = 0, c: int = 0, d: int = 0, e: int = 0
+        self,
+        ctx: Context,
+        fn: vm.GuestFunc,
+        n: int,
+        a: object = 0,
+        b: object = 0,
+        c: object = 0,
+        d: object = 0,
+        e: object = 0,
     ) -> int:
-        """`fn` (an export of this VM) called with the first `n` (0-5) of a..e for `ctx`: its unsigned result,
-        or -1 if the VM failed (now or before). Side effects deferred during the call run after the outermost
-        call returns. The arguments are not packed into a tuple: a stream's callbacks are most of the host's
-        guest calls."""
+        """`fn` (an export of this VM) called with the first `n` (0-5) of a..e (ints) for `ctx`: its unsigned
+        result, or -1 if the VM failed (now or before). Side effects deferred during the call run after the
+        outermost call returns. The arguments are not packed into a tuple: a stream's callbacks are most of the
+        host's guest calls; they are objects, so a context passes its id boxed once (`HttpContext.cid`), not
+        per call."""
         if self.failed is not None:
             return -1
         saved_current, saved_effective = self.current, self.effective
@@ -234,21 +244,19 @@ class WasmVm(hostapi.Vm):
             self.run_after()
         return result
 
-    def call_each(self, ctx: Context, fns: tuple[vm.GuestFunc, ...], a: int) -> int:
+    def call_each(self, ctx: Context, fns: tuple[vm.GuestFunc, ...], a: object) -> int:
         """`call_n(ctx, fn, 1, a)` for each of `fns` in order, as one call (the end of a stream's callbacks:
-        log, done, delete): the first failure fails the VM and skips the rest; deferred side effects run once,
-        after the last. The number of calls that returned, -1 if the VM failed."""
+        log, done, delete; the fast backend loops in C): the first failure fails the VM and skips the rest;
+        deferred side effects run once, after the last. The number of calls that returned, -1 if the VM
+        failed."""
         if self.failed is not None:
             return -1
         saved_current, saved_effective = self.current, self.effective
         self.current = self.effective = ctx
-        done = 0
         try:
-            for fn in fns:
-                fn(a)
-                done += 1
+            done = self._call_each(fns, a)
         except Exception as exc:
-            return self._failed(exc, ctx, fns[done])
+            return self._failed(exc, ctx, fns[self.guest.failed_index()])
         finally:
             self.current, self.effective = saved_current, saved_effective
         if self.after and self.guest.depth == 0:

@@ -47,9 +47,12 @@ _BASE = f"{minimal.BUMP_HEAP}\n{minimal.STARTS}"
 
 
 @functools.cache
-def tracer(omit: tuple[str, ...] = (), returns: tuple[tuple[str, int], ...] = (), reply_in: str = "") -> bytes:
+def tracer(
+    omit: tuple[str, ...] = (), returns: tuple[tuple[str, int], ...] = (), reply_in: str = "", trap_in: str = ""
+) -> bytes:
     """A proxy-wasm 0.2.1 guest whose every exported stream callback logs its short name ("request_body");
-    `returns` overrides results (default 0, on_done 1); `reply_in` sends a local 403 from that callback."""
+    `returns` overrides results (default 0, on_done 1); `reply_in` sends a local 403 from that callback;
+    `trap_in` traps in that callback (after logging it)."""
     result = dict(returns)
     data: list[str] = []
     funcs: list[str] = []
@@ -65,6 +68,8 @@ def tracer(omit: tuple[str, ...] = (), returns: tuple[tuple[str, int], ...] = ()
             # status 403, details "traced", body "nope", no headers, no gRPC status
             body += " (drop (call $reply (i32.const 403) (i32.const 1800) (i32.const 6)"
             body += " (i32.const 1808) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const -1)))"
+        if name == trap_in:
+            body += " unreachable"
         if name not in _NO_RESULT:
             value = result.get(name, 1 if name == "proxy_on_done" else 0)
             funcs.append(f'(func (export "{name}") {params} (result i32) {body} (i32.const {value}))')

@@ -40,6 +40,10 @@ WAT = """
   (func (export "trap") unreachable)
   (func (export "spin") (loop $l (br $l)))
   (func (export "raise") (call $boom))
+  (func (export "mark_a") (param i32) (i32.store (i32.const 500) (local.get 0)))
+  (func (export "mark_b") (param i32) (i32.store (i32.const 504) (i32.add (local.get 0) (i32.const 1))))
+  (func (export "trap1") (param i32) unreachable)
+  (func (export "raise1") (param i32) (call $boom))
 )
 """
 
@@ -222,3 +226,36 @@ def test_an_import_declared_twice_links_once() -> None:
         fn = guest.func("both")
         assert fn is not None and fn(10) == 22
         runtime.close()
+
+
+# call_each: (exports in order, argument, what it returns or raises, index that failed, words at 500 and 504)
+CALL_EACH = [
+    (("mark_a", "mark_b"), 7, 2, None, (7, 8)),
+    (("mark_a", "mark_b"), 0xFFFF_FFFF, 2, None, (0xFFFF_FFFF, 0)),  # wraps as an i32 (the general conversion)
+    (("mark_b", "mark_a"), (1 << 30) - 1, 2, None, ((1 << 30) - 1, 1 << 30)),  # the one-digit fast path's edge
+    (("mark_a", "trap1", "mark_b"), 9, errors.PluginRuntimeError, 1, (9, 0)),  # the rest is skipped
+    (("raise1", "mark_a"), 5, LookupError, 0, (0, 0)),  # a host function's exception, unchanged
+    ((), 3, 0, None, (0, 0)),
+]
+
+
+@pytest.mark.parametrize("backend", vm.BACKENDS)
+@pytest.mark.parametrize(("names", "arg", "outcome", "failed_at", "words"), CALL_EACH)
+def test_call_each_calls_in_order_and_stops_at_the_first_failure(  # noqa: PLR0917 -- one row of the table
+    backend: str, names: tuple[str, ...], arg: int, outcome: object, failed_at: int | None, words: tuple[int, int]
+) -> None:
+    h = Harness(backend)
+    try:
+        fns = tuple(h.guest.func(n) for n in names)
+        assert all(fn is not None for fn in fns)
+        if isinstance(outcome, type):
+            with pytest.raises(outcome):
+                h.guest.call_each(fns, arg)  # type: ignore[arg-type]
+            assert h.guest.failed_index() == failed_at
+        else:
+            assert h.guest.call_each(fns, arg) == outcome  # type: ignore[arg-type]
+        assert (h.guest.read_u32(500), h.guest.read_u32(504)) == words
+        assert h.guest.depth == 0
+        assert h.call("add", 2, 3) == 5  # the instance keeps working after a failure
+    finally:
+        h.close()
