@@ -234,6 +234,11 @@ PROXY_RECHECK_MAX_S = 30.0
 #: moved): istiod's view is what it would send now, not what the proxy has. A proxy with nothing new after this
 #: long had nothing to be sent (its config did not change)
 PROXY_PUSH_GRACE_S = 10.0
+#: how often the operator reads istiod's syncz (and its reject counter) while a plugin version is fresh or pending
+#: on the istio plane (`proxies.NackWatch`): a NACK shows there only until the proxy's next ACK of that xDS type
+NACK_WATCH_INTERVAL_S = 0.2
+#: ... and for at most this long after a version was first watched (a proxy that never answers is not read for)
+NACK_WATCH_MAX_S = 120.0
 #: a module proxies were sent but did not download is delivered again after this long (then doubling, capped):
 #: longer than Envoy's own retries of a remote fetch (REMOTE_CODE_RETRIES) and istio-agent's (5, from 500 ms)
 REDELIVERY_AFTER_S = 45.0

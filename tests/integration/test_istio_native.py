@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.corpus import modules as corpus
-from tests.testbed import istio, istiod, istiopod
+from tests.testbed import istio, istiod, istiopod, procs
 from tests.testbed.mesh_operator import MeshOperator
 
 HEADER_RULES = corpus.module("rust/header_rules").path.read_bytes()
@@ -77,7 +77,8 @@ def test_plugin_reaches_a_sidecar_as_istios_own_wasm_plugin(
 
 
 #: what istiod (1.31-dev) names a WasmPlugin's filter: translated into a TrafficExtension, with a suffix
-WASM_PLUGIN_FILTER = "extensions.istio.io/trafficextension/{ns}.{name}~istio-translated-wasmplugin"
+WASM_PLUGIN_SUFFIX = "~istio-translated-wasmplugin"
+WASM_PLUGIN_FILTER = "extensions.istio.io/trafficextension/{ns}.{name}" + WASM_PLUGIN_SUFFIX
 
 
 def istio_mesh_get(op: MeshOperator, path: str) -> tuple[int, dict]:  # type: ignore[type-arg]
@@ -104,6 +105,75 @@ def test_a_module_envoy_refuses_shows_the_proxys_reason(
     # answers 500 until the extension goes (the status is what tells the user why)
     assert pod.request("/").status == 500
     mesh_operator.delete(ns, "bad")
+    istio.poll(lambda: pod.request("/"), lambda r: r.status == 200, "the proxy serving again")
+
+
+ECDS = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+
+
+def ecds_state(mesh: istio.Mesh, proxy_id: str) -> dict[str, str]:
+    """istiod's record of the proxy's extension configs: the nonce sent, the nonce ACKed, the last NACK's error."""
+    entry = next((e for e in mesh.istiod.syncz() if e.get("proxy") == proxy_id), {})
+    return dict((entry.get("resources") or {}).get(ECDS) or {})
+
+
+def istiod_nacks(mesh: istio.Mesh, extension: str) -> int:
+    """How often istiod logged a NACK naming ``extension`` (its warning on every xDS rejection)."""
+    return sum(1 for line in mesh.istiod.proc.log().splitlines() if "ACK ERROR" in line and extension in line)
+
+
+def test_a_refusal_that_a_later_ack_hides_is_not_reported_loaded(
+    mesh_operator: MeshOperator, shop: tuple[str, istiopod.Pod]
+) -> None:
+    """istiod keeps one last error per proxy and xDS type and clears it on the proxy's next ACK of that type. Here
+    that ACK is Envoy's answer to the refused extension sent again (a TrafficExtension change in the namespace makes
+    istiod send its proxies all their extension configs): Envoy keeps a config it failed to start as its last one and
+    ACKs the same config unchanged, while the filter still has no config (500s). The order is forced on the real
+    istiod, istio-agent and Envoy: Envoy is held still until the operator has looked once; the operator is held
+    still while Envoy refuses the plugin (istiod logs the NACK) and ACKs the next push (istiod shows no error).
+    What the operator can know then is that istiod counted a rejection it did not see: never Loaded."""
+    ns, pod = shop
+    url, sha = mesh_operator.module_url(HEADER_RULES, "header_rules.wasm")
+    refused = {"request": {"add": {"x-a": 1}}}  # header_rules refuses it in on_configure: Envoy NACKs it
+    mesh = mesh_operator.mesh
+    # the pod's istio-agent gets the module now (it downloads it once, from the operator's module server, which
+    # cannot answer while the operator is held still)
+    mesh_operator.plugin(ns, "warm", {"url": url, "sha256": sha, "pluginConfig": adds("x-warm")})
+    mesh_operator.wait(ns, "warm", reason="Loaded")
+    mesh_operator.delete(ns, "warm")
+    istio.poll(lambda: pod.request("/"), lambda r: r.status == 200 and "x-warm" not in r.headers, "warm gone")
+    try:
+        with procs.frozen(pod.envoy_pid()) as resume_envoy:
+            mesh_operator.plugin(ns, "masked", {"url": url, "sha256": sha, "pluginConfig": refused})
+            mesh_operator.wait(ns, "masked", status="False", reason="ProxiesPending")  # the operator looked
+            with procs.frozen(mesh_operator.op.proc.pid):
+                resume_envoy()
+                istio.poll(lambda: istiod_nacks(mesh, f"{ns}.masked"), bool, "Envoy's NACK in istiod's log")
+                status, istios = mesh.kube.request("GET", f"{WP.format(ns=ns)}/masked")
+                assert status == 200, istios
+                mesh.apply(  # selects no pod; istiod sends the namespace's proxies their extension configs again
+                    {
+                        "apiVersion": "extensions.istio.io/v1alpha1",
+                        "kind": "TrafficExtension",
+                        "metadata": {"name": "elsewhere", "namespace": ns},
+                        "spec": {
+                            "selector": {"matchLabels": {"app": "no-such-app"}},
+                            "wasm": {k: istios["spec"][k] for k in ("url", "sha256")},
+                        },
+                    }
+                )
+                istio.poll(
+                    lambda: ecds_state(mesh, pod.proxy_id),
+                    lambda r: r.get("sent") and r.get("acked") == r.get("sent") and not r.get("lastError"),
+                    "an ACK clearing istiod's record of the NACK",
+                )
+                assert pod.request("/").status == 500  # Envoy still has no running filter for it
+        obj = mesh_operator.wait(ns, "masked", status="False", reason="RejectionUnseen")
+        assert obj["status"]["failingPods"][0]["name"] == "cart-0"
+        assert pod.request("/").status == 500
+    finally:
+        mesh_operator.delete(ns, "masked")
+        mesh.kube.request("DELETE", f"{TE.format(ns=ns)}/elsewhere")
     istio.poll(lambda: pod.request("/"), lambda r: r.status == 200, "the proxy serving again")
 
 

@@ -125,6 +125,17 @@ class Pod:
             raise RuntimeError(f"admin {path} on {self.proxy_id}: {out.stderr.strip()[-500:]}")
         return out.stdout
 
+    def envoy_pid(self) -> int:
+        """The pid of the pod's Envoy (pilot-agent's child)."""
+        if self.agent is None:
+            raise RuntimeError(f"{self.proxy_id} has no istio-agent running")
+        binary = os.path.basename(envoy_mod.envoy_binary())
+        for pid in procs.descendants(self.agent.pid):
+            with contextlib.suppress(OSError):
+                if os.path.basename(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()) == binary:
+                    return pid
+        raise RuntimeError(f"no {binary} process below the istio-agent of {self.proxy_id}")
+
     def envoy_http_filters(self) -> list[list[str]]:
         """The HTTP filter names per HCM of Envoy's own (active) listeners on the pod's port."""
         dump = json.loads(self.admin("/config_dump?resource=dynamic_listeners"))

@@ -161,6 +161,39 @@ def running(*args: object, **kwargs: object) -> Iterator[Proc]:
         proc.stop()
 
 
+@contextlib.contextmanager
+def frozen(pid: int) -> Iterator[Callable[[], None]]:
+    """The process ``pid`` stopped (SIGSTOP) inside the block and continued (SIGCONT) at its end, whatever happens,
+    or earlier by the function the block gets: a test orders what real components see and do by holding one of
+    them still, not by timing."""
+    held = [True]
+
+    def resume() -> None:
+        if held[0]:
+            held[0] = False
+            os.kill(pid, signal.SIGCONT)
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield resume
+    finally:
+        resume()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first, then theirs), from /proc."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop(0)
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                out += kids
+                todo += kids
+    return out
+
+
 def which_or_fail(binary: str, hint: str) -> str:
     path = shutil.which(binary)
     if path is None:

@@ -53,8 +53,13 @@ def evidence(**fields: Any) -> proxies.Evidence:
         ({"fetched": None}, proxies.PENDING, "NotDownloaded"),
         ({"fetched": None, "confirmed": True}, proxies.LOADED, "Loaded"),  # downloaded before an operator restart
         ({"fetched": None, "needs_download": False}, proxies.LOADED, "Loaded"),  # a file the proxy has
-        # a NACK seen earlier stays: a later ACK of another push cleared istiod's error, Envoy still lacks it
+        # a NACK seen earlier stays: a later ACK (of another push, or of the same config sent again, which Envoy
+        # ACKs unchanged) cleared istiod's error; Envoy still has no running filter for it
         ({"nacked": f"Unable to create Wasm plugin {NAME}"}, proxies.FAILED, "ProxyNACK"),
+        # istiod counted a rejection no reading showed while this proxy was sent this version: not known to run
+        ({"unseen": True}, proxies.FAILED, "RejectionUnseen"),
+        ({"unseen": True, "nacked": "Unable to create Wasm plugin shop.hdr"}, proxies.FAILED, "ProxyNACK"),
+        ({"unseen": True, "sync": sync("n2", "n1")}, proxies.PENDING, "AwaitingACK"),
     ],
 )
 def test_judge(fields: dict[str, Any], state: str, reason: str) -> None:
@@ -122,6 +127,17 @@ def test_nack_memory() -> None:
     assert memory.get(("p.ns", NAME, "sha256:aa/1")) == ""
 
 
+def test_nack_memory_forgets_a_removed_plugin() -> None:
+    memory = proxies.NackMemory()
+    memory.note(("p.ns", NAME, "sha256:aa/1"), "refused")
+    memory.note(("p.ns", "shop.other", "sha256:aa/1"), "refused")
+    memory.forget(NAME)
+    assert (memory.get(("p.ns", NAME, "sha256:aa/1")), memory.get(("p.ns", "shop.other", "sha256:aa/1"))) == (
+        "",
+        "refused",
+    )
+
+
 def test_fetch_log_keeps_the_last_answer_and_forgets_the_oldest() -> None:
     log = proxies.FetchLog(capacity=2)
     log.record("10.0.0.1", "aa", 404)
@@ -172,6 +188,107 @@ def test_change_before_records_every_proxys_nonces() -> None:
     entry = {"proxy": "cart-0.shop", "proxy_type": "sidecar", "resources": {ECDS: {"sent": "n7", "acked": "n6"}}}
     change = proxies.Change.before(FakeIstiod({"/debug/syncz": [entry]}))
     assert change.sent == {"cart-0.shop": {ECDS: "n7"}}
+
+
+class WatchedIstiod(FakeIstiod):
+    """syncz answers in turn, and istiod's reject count beside each."""
+
+    def __init__(self, readings: list[tuple[int, list[dict[str, Any]]]]) -> None:
+        super().__init__({})
+        self.readings = readings
+
+    def rejects(self, xds: str = "ecds") -> int | None:
+        return self.readings[0][0]
+
+    def syncz(self, namespaces: Any = ()) -> tuple[dict[str, proxies.ProxySync], str]:
+        self.answers["/debug/syncz"] = self.readings.pop(0)[1]
+        return super().syncz(namespaces)
+
+
+def entry(proxy: str, sent: str, acked: str, error: str = "", xds: str = ECDS) -> dict[str, Any]:
+    return {"proxy": proxy, "resources": {xds: {"sent": sent, "acked": acked, "lastError": error}}}
+
+
+REFUSED = f"Unable to create Wasm plugin {NAME}"
+
+
+@pytest.mark.parametrize(
+    ("readings", "noted"),
+    [
+        # the NACK, then the ACK of the same config sent again (Envoy ACKs it unchanged): still refused
+        ([entry("cart-0.shop", "n2", "n1", REFUSED)], REFUSED),
+        # a listener naming the refused extension is refused too
+        (
+            [entry("cart-0.shop", "l2", "l1", f"Error adding/updating listener(s) x: {REFUSED}", proxies.LDS_TYPE)],
+            REFUSED,
+        ),
+        ([entry("cart-0.shop", "n2", "n1", "Unable to create Wasm plugin shop.other")], ""),  # another plugin's
+        ([entry("cart-0.shop", "n2", "n1", f"{REFUSED}~istio-translated-wasmplugin")], ""),  # a longer name
+        ([entry("cart-0.shop", "n2", "n2")], ""),  # ACKed
+    ],
+)
+def test_nack_watch_keeps_a_nack_the_next_ack_clears_in_istiod(readings: list[dict[str, Any]], noted: str) -> None:
+    istiod = WatchedIstiod([(0, readings), (0, [entry("cart-0.shop", "n3", "n3")])])
+    memory = proxies.NackMemory()
+    watch = proxies.NackWatch(istiod, memory)
+    watch._watched[((NAME,), "sha256:aa/1")] = time.monotonic() + 60  # as watch() records it, without the thread
+    assert watch.look() and watch.look()
+    assert noted in memory.get(("cart-0.shop", NAME, "sha256:aa/1")) and bool(noted) == bool(
+        memory.get(("cart-0.shop", NAME, "sha256:aa/1"))
+    )
+
+
+def test_nack_watch_stops_when_its_versions_are_old() -> None:
+    watch = proxies.NackWatch(WatchedIstiod([]), proxies.NackMemory())
+    watch._watched[((NAME,), "v/1")] = time.monotonic() - 1
+    assert not watch.look()
+
+
+def sightings(*proxies_sent: tuple[str, str, str]) -> dict[str, proxies.ProxySync]:
+    """syncz as `Istiod.syncz` returns it: proxy -> its extension configs' (sent, error), ACKed unless an error."""
+    return {
+        p: proxies.ProxySync(p, "sidecar", {ECDS: proxies.TypeSync(sent, "" if err else sent, err)}, "http://istiod")
+        for p, sent, err in proxies_sent
+    }
+
+
+@pytest.mark.parametrize(
+    ("readings", "marked"),
+    [
+        # istiod counted one rejection, the reading showed it: nothing unseen
+        ([(3, [("a", "n1", "")]), (4, [("a", "n2", REFUSED)]), (4, [("a", "n3", "")])], set()),
+        # counted, never shown (an ACK cleared it between two readings): the proxies pushed since are marked
+        ([(3, [("a", "n1", ""), ("b", "m1", "")]), (4, [("a", "n2", ""), ("b", "m1", "")])], {"a"}),
+        # shown before it was counted (the count is read first): no mark, then or later
+        ([(3, [("a", "n1", "")]), (3, [("a", "n2", REFUSED)]), (4, [("a", "n3", "")])], set()),
+        # an error already shown when the accounting started was counted before it
+        ([(3, [("a", "n1", REFUSED)]), (3, [("a", "n1", REFUSED)]), (4, [("a", "n2", REFUSED)])], set()),
+        # istiod restarted (its count fell): the accounting starts over
+        ([(9, [("a", "n1", "")]), (1, [("a", "n2", "")]), (1, [("a", "n3", "")])], set()),
+        ([(3, [("a", "n1", "")]), (None, [("a", "n2", "")]), (4, [("a", "n3", "")])], set()),  # unknown: over
+    ],
+)
+def test_rejections_istiod_counted_but_no_reading_showed(
+    readings: list[tuple[int | None, list[tuple[str, str, str]]]], marked: set[str]
+) -> None:
+    accounts = proxies.RejectAccounts()
+    since = time.monotonic()
+    for rejects, seen in readings:
+        accounts.account(rejects, sightings(*seen))
+    assert {p for p in ("a", "b") if accounts.unseen_since(p, since)} == marked
+    assert not accounts.unseen_since("a", time.monotonic() + 1)  # a version first sent after the mark
+
+
+@pytest.mark.parametrize(
+    ("page", "ecds"),
+    [
+        ('pilot_total_xds_rejects{type="ecds"} 2\npilot_total_xds_rejects{type="lds"} 5\n', 2),
+        ('# TYPE pilot_total_xds_rejects counter\npilot_total_xds_rejects{cluster="c",type="ecds"} 1e+00\n', 1),
+        ("pilot_xds_pushes_total 4\n", 0),  # nothing rejected yet: istiod exports no series
+    ],
+)
+def test_count_rejects(page: str, ecds: int) -> None:
+    assert proxies.count_rejects(page, "ecds") == ecds
 
 
 LISTENER = {

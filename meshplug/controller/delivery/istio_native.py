@@ -22,13 +22,16 @@ GatewayClass) are delivered but their proxies are not counted (Ready=Unknown, ``
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshplug import errors, spec
+from meshplug import errors, limits, spec
 from meshplug.controller import delivery, status
 from meshplug.controller.delivery import istio_pods, proxies
 from meshplug.render import istio_native, model
@@ -82,6 +85,7 @@ class IstioNative(istio_pods.Route):
             )
         if existing is None or _content(existing) != _content(obj):
             self.changes[request.key] = proxies.Change.before(self.istiod)
+            self._watch(plugin, kind, f"{digest or plugin.url}/{plugin.generation}", time.monotonic())
         self.writer.apply_changed(obj, existing)  # unchanged: nothing written
         for other in istio_native.KINDS:
             if other != kind:  # the cluster moved on (Istio upgraded): the older kind goes
@@ -101,7 +105,21 @@ class IstioNative(istio_pods.Route):
             )
             self.changes[request.key] = proxies.Change.before(self.istiod)
             self.writer.apply(_redelivered(obj, again))
-        return istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
+        out = istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
+        change = self.changes.get(request.key)
+        fresh = change.at + limits.PROXY_PUSH_GRACE_S - time.monotonic() if change is not None else 0.0
+        if out.ready.status == "True" and fresh > 0:  # a NACK noted later turns it: look again after the grace
+            out = dataclasses.replace(out, recheck_s=fresh)
+        return out
+
+    @functools.cached_property
+    def nack_watch(self) -> proxies.NackWatch:
+        return proxies.NackWatch(self.istiod, self.nacks)
+
+    def _watch(self, plugin: spec.PluginSpec, kind: str, version: str, since: float) -> None:
+        """Have `proxies.NackWatch` note this version's NACKs for `limits.PROXY_PUSH_GRACE_S` from ``since``."""
+        names = istio_native.plugin_names(kind, plugin.namespace, plugin.name)
+        self.nack_watch.watch(names, version, since + limits.PROXY_PUSH_GRACE_S)
 
     def _verdicts(
         self,
@@ -123,6 +141,7 @@ class IstioNative(istio_pods.Route):
             istio_native.plugin_names(kind, plugin.namespace, plugin.name),
             istio_native.filter_names(kind, plugin.namespace, plugin.name),
         )
+        version = f"{digest}/{plugin.generation}"
         out = []
         for pod in pods:
             label = self.selection.label(plugin, pod)
@@ -137,10 +156,12 @@ class IstioNative(istio_pods.Route):
                 except (OSError, ValueError) as exc:
                     problem = f"{sync.source}: {exc}"
                     sync = None
-            remembered = (f"{meta['name']}.{meta['namespace']}", names.plugin[0], f"{digest}/{plugin.generation}")
+            proxy = f"{meta['name']}.{meta['namespace']}"
+            remembered = (proxy, names.plugin[0], version)
             error = sync.of(type_url).error if sync is not None else ""
-            if error and names.named_in(error):
-                self.nacks.note(remembered, error)
+            for seen in (sync.of(t).error for t in (type_url, proxies.LDS_TYPE)) if sync is not None else ():
+                if seen and names.named_in(seen):  # a listener naming a refused extension is refused too
+                    self.nacks.note(remembered, seen)
             evidence = proxies.Evidence(
                 pod=label,
                 ready=proxies.is_ready(pod),
@@ -153,8 +174,11 @@ class IstioNative(istio_pods.Route):
                 confirmed=label in confirmed,
                 istiod_problem=problem,
                 nacked=self.nacks.get(remembered),
+                unseen=plugin.lua is None and self.nack_watch.unseen(proxy, names.plugin[0], version),
             )
             out.append(proxies.judge(evidence))
+        if any(v.reason in ("NotPushed", "AwaitingACK") for v in out):  # answers to come: keep reading istiod
+            self._watch(plugin, kind, version, time.monotonic())
         return out
 
     def _pushed(
@@ -214,6 +238,10 @@ class IstioNative(istio_pods.Route):
         self.redelivery.forget((namespace, name))
         self.changes.pop((namespace, name), None)
         owner_kind, name = spec.split_key_name(name)
+        for kind in istio_native.KINDS:  # a plugin made again later is a new extension config to every Envoy
+            for envoy_name in istio_native.plugin_names(kind, namespace, name):
+                self.nacks.forget(envoy_name)
+                self.nack_watch.forget(envoy_name)
         for kind in istio_native.KINDS:
             self._delete(kind, namespace, name, owner_kind)
 

@@ -14,9 +14,17 @@ Sources, all real:
   FAIL_OPEN, and nothing reaches istiod), so a failed or missing download is only visible here. istio-agent caches
   modules per pod by sha256: a pod downloads a module once in its life. Confirmations therefore persist in the
   plugin's status (``loadedPods``) and survive an operator restart.
-- `NackMemory`: istiod's per-type "last error" is cleared by the next ACK of any push, so a NACK of this plugin's
-  version, once seen, is remembered (the reconcile looks again within a second of a change, while istiod still
-  shows it; a NACK forgotten before the operator looked is the one gap left).
+- `NackMemory` and `NackWatch`: istiod keeps per proxy and xDS type only the last NACK's error, and clears it on
+  the next ACK of that type: the ACK of another extension's push, and the ACK of the very same extension sent
+  again. Envoy (1.40, `FilterConfigSubscription::onConfigUpdate`) stores an extension config as its last one
+  before it builds the filter, so a wasm plugin that fails to start is NACKed once, and every later push of the
+  same config is ACKed unchanged (its hash matches) while the filter still has no config (500s). A NACK seen is
+  therefore a refusal for good: it is remembered until the plugin's version changes, never forgotten on an ACK.
+  While a change is fresh, or any selected pod is pending, `NackWatch` reads istiod's syncz every
+  `limits.NACK_WATCH_INTERVAL_S` (extension config and listener errors: a listener update that names a refused
+  extension fails too) and counts the rejections istiod counts (``pilot_total_xds_rejects{type="ecds"}``): a
+  rejection istiod counted but no reading showed was cleared between two readings; the proxies istiod pushed
+  extension configs to meanwhile cannot be counted loaded with a version sent in that time (``RejectionUnseen``).
 Pure judging (`judge`) is separate from the reading, so the rules are unit-tested on recorded inputs.
 """
 
@@ -122,6 +130,134 @@ class NackMemory:
         with self._lock:
             return self._seen.get(key, "")
 
+    def forget(self, name: str) -> None:
+        """Forget every NACK of the plugin ``name`` (its Envoy name): it was removed, a new one starts afresh."""
+        with self._lock:
+            for key in [k for k in self._seen if k[1] == name]:
+                del self._seen[key]
+
+
+class NackWatch:
+    """Reads istiod's syncz every `limits.NACK_WATCH_INTERVAL_S` while a plugin version is watched, notes in
+    `NackMemory` each extension config or listener NACK that names it, and accounts for every extension config
+    rejection istiod counts (see the module docstring). One daemon thread, started on demand, gone when nothing
+    is watched."""
+
+    def __init__(self, istiod: Istiod, nacks: NackMemory, *, interval: float = limits.NACK_WATCH_INTERVAL_S) -> None:
+        self._istiod = istiod
+        self._nacks = nacks
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._watched: dict[tuple[tuple[str, ...], str], float] = {}  # (Envoy names, version) -> until (monotonic)
+        self._started: dict[tuple[str, str], float] = {}  # (first Envoy name, version) -> first watched
+        self._thread: threading.Thread | None = None
+        self._accounts = RejectAccounts()
+
+    def watch(self, names: Sequence[str], version: str, until: float) -> None:
+        """Note NACKs naming one of ``names`` (the first is the key in `NackMemory`) for ``version`` until ``until``
+        (later watches of the same version extend it)."""
+        if not names or not self._istiod.urls:
+            return
+        with self._lock:
+            key = (tuple(names), version)
+            started = self._started.setdefault((names[0], version), time.monotonic())
+            until = min(until, started + limits.NACK_WATCH_MAX_S)
+            self._watched[key] = max(until, self._watched.get(key, 0.0))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="nack-watch", daemon=True)
+                self._thread.start()
+
+    def unseen(self, proxy: str, name: str, version: str) -> bool:
+        """istiod counted an extension config rejection that no reading showed, while ``proxy`` was pushed
+        extension configs, since ``name`` at ``version`` was first watched."""
+        with self._lock:
+            since = self._started.get((name, version))
+        return since is not None and self._accounts.unseen_since(proxy, since)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._watched = {k: v for k, v in self._watched.items() if k[0][0] != name}
+            self._started = {k: v for k, v in self._started.items() if k[0] != name}
+
+    def look(self) -> bool:
+        """One reading (the reject counter first, then syncz); False when nothing is watched any more."""
+        with self._lock:
+            now = time.monotonic()
+            self._watched = {k: until for k, until in self._watched.items() if until > now}
+            watched = list(self._watched)
+        if not watched:
+            self._accounts.reset()
+            return False
+        rejects = self._istiod.rejects()
+        syncs, problem = self._istiod.syncz()
+        for proxy, sync in syncs.items():
+            for names, version in watched:
+                for type_url in (ECDS_TYPE, LDS_TYPE):
+                    error = sync.of(type_url).error
+                    if error and any(mentions(error, name) for name in names):
+                        self._nacks.note((proxy, names[0], version), error)
+        self._accounts.account(rejects if not problem else None, syncs)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            try:
+                busy = self.look()
+            except (OSError, ValueError) as exc:  # istiod away for a moment: the next reading tells
+                log.debug("nack watch: %s", exc)
+                busy = True
+            if not busy:
+                with self._lock:
+                    if not self._watched:
+                        self._thread = None
+                        return
+            time.sleep(self._interval)
+
+
+class RejectAccounts:
+    """Extension config rejections istiod counted against those the readings showed (a NACK in syncz, by proxy,
+    nonce and error): when istiod counted more, the proxies pushed extension configs since the reading before
+    (their sent nonce changed) are marked, with the time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._marks: dict[str, float] = {}  # kept across accountings: a version judged later still sees them
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._base: int | None = None  # istiod's count when the accounting started
+            self._known: set[tuple[str, str, str]] = set()  # NACKs shown (proxy, nonce, error)
+            self._shown = 0  # ... of them, since the accounting started
+            self._missed = 0
+            self._sent: dict[str, str] = {}
+
+    def account(self, rejects: int | None, syncs: Mapping[str, ProxySync]) -> None:
+        """One reading: ``rejects`` (istiod's count, read before ``syncs``; None: unknown, the accounting starts
+        over)."""
+        sent = {p: s.of(ECDS_TYPE).sent for p, s in syncs.items()}
+        shown = {(p, s.of(ECDS_TYPE).sent, s.of(ECDS_TYPE).error) for p, s in syncs.items() if s.of(ECDS_TYPE).error}
+        with self._lock:
+            if rejects is None or self._base is None or rejects < self._base:  # unknown, first, istiod restarted
+                self._base, self._known, self._shown, self._missed = rejects, shown, 0, 0  # shown: counted before
+                self._sent = sent
+                return
+            self._shown += len(shown - self._known)
+            self._known |= shown
+            missed = rejects - self._base - self._shown
+            if missed > self._missed:
+                now = time.monotonic()
+                for proxy in (p for p, nonce in sent.items() if nonce != self._sent.get(p)):
+                    self._marks[proxy] = now
+                    log.info("proxy %s: istiod counted an extension config rejection no reading showed", proxy)
+            self._missed = max(self._missed, missed)
+            self._sent = sent
+
+    def unseen_since(self, proxy: str, since: float) -> bool:
+        with self._lock:
+            mark = self._marks.get(proxy)
+        return mark is not None and mark >= since
+
 
 @dataclass(frozen=True)
 class Change:
@@ -192,6 +328,21 @@ class Istiod:
                     out[proxy] = ProxySync(proxy, str(entry.get("proxy_type") or ""), types, base)
         return out, "; ".join(problems)
 
+    def rejects(self, xds: str = "ecds") -> int | None:
+        """How many ``xds`` responses the proxies rejected, summed over the replicas (istiod's
+        ``pilot_total_xds_rejects`` counter on its monitoring port); None when a replica cannot be read."""
+        total = 0
+        for base in self.urls:
+            try:
+                total += count_rejects(self._text(base, "/metrics"), xds)
+            except (OSError, ValueError):
+                return None
+        return total
+
+    def _text(self, base: str, path: str) -> str:
+        with urllib.request.urlopen(base + path, timeout=self.timeout) as resp:  # noqa: S310 - configured url
+            return str(resp.read(limits.ISTIOD_DEBUG_MAX_BYTES).decode(errors="replace"))
+
     def ecds(self, sync: ProxySync) -> list[Mapping[str, Any]]:
         """The extension configs istiod sends the proxy (a Wasm filter's, a Lua filter's; camelCase JSON)."""
         dump = self._get(sync.source, f"/debug/ecdsz?proxyID={urllib.parse.quote(sync.proxy_id)}") or {}
@@ -202,6 +353,13 @@ class Istiod:
         these types only keeps the answer small and keeps out the extension configs istiod cannot always encode."""
         query = f"proxyID={urllib.parse.quote(sync.proxy_id)}&types={urllib.parse.quote(types)}"
         return dict(self._get(sync.source, f"/debug/config_dump?{query}") or {})
+
+
+def count_rejects(metrics: str, xds: str) -> int:
+    """istiod's ``pilot_total_xds_rejects`` for the xDS type ``xds`` (its short name: ecds, lds) in a Prometheus
+    text page (0 before the first rejection: istiod exports a counter once it counted)."""
+    pattern = re.compile(r'^pilot_total_xds_rejects\{(?:[^}]*,)?type="' + re.escape(xds) + r'"[^}]*\}\s+(\S+)', re.M)
+    return sum(int(float(m.group(1))) for m in pattern.finditer(metrics))
 
 
 def _resources(dump: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:
@@ -273,6 +431,7 @@ class Evidence:
     blocked: str = ""  # "Reason: message" when the pod can never load it as delivered
     istiod_problem: str = ""
     nacked: str = ""  # a NACK of this version seen earlier (istiod may have forgotten it)
+    unseen: bool = False  # istiod counted a rejection no reading showed while this proxy was sent this version
 
 
 def mentions(error: str, name: str) -> bool:
@@ -309,7 +468,16 @@ def _before_ack(e: Evidence) -> Verdict | None:
 
 
 def _after_ack(e: Evidence) -> Verdict:
-    """ACKed: loaded, unless the proxy had to download the module and meshplug's module server did not serve it."""
+    """ACKed: loaded, unless a rejection went unseen, or the proxy had to download the module and meshplug's module
+    server did not serve it."""
+    if e.unseen:  # waiting does not help: Envoy ACKs a refused config sent again
+        return Verdict(
+            e.pod,
+            FAILED,
+            "RejectionUnseen",
+            "istiod counted a rejected extension config that a later ACK cleared before meshplug read it, while this "
+            "proxy was sent this version: whether Envoy runs it is not known (change the plugin to have it judged)",
+        )
     if not e.needs_download:
         return Verdict(e.pod, LOADED, "Loaded", "ACKed")
     if e.fetched == 200:
