@@ -92,6 +92,9 @@ class Downstream(asyncio.Protocol):
         self._max_count = opts.max_headers_count
         self._headers_timeout = opts.request_headers_timeout_s
         self._count = 0
+        #: bytes of a Content-Length body still to come (a keep-alive request): reads inside it go to the
+        #: exchange as they are, past the parser (which would copy them); a fresh parser takes what follows
+        self._body_left = 0
         self._begun = False  # a request has started (its first byte arrived) and is not complete
         #: why parsing stopped on purpose (set before raising from a callback): the local reply to give
         self._refusal: framing.Refusal | None = None
@@ -144,12 +147,10 @@ class Downstream(asyncio.Protocol):
             return
         self._parsing = True
         try:
-            if self._in_head and len(data) > self._head_room:
-                self._feed_bounded(data)
-            else:
-                if self._in_head:
-                    self._head_room -= len(data)
-                self._feed(data)
+            if self._body_left:
+                data = self._direct_body(data)
+            if data:
+                self._parse(data)
         except httptools.HttpParserError as exc:
             self._parse_error(exc)
         finally:
@@ -162,6 +163,30 @@ class Downstream(asyncio.Protocol):
                 self._flush_up()
         if self._begun and not self._stopped:
             self._stream_active()
+
+    def _direct_body(self, data: bytes) -> bytes:
+        """A read inside a Content-Length body whose head the parser took (`_body_left` > 0): the body's bytes
+        go to the exchange as read, without the parser's copy; at its last byte the request is complete and a
+        fresh parser is made for what follows (returned: bytes after the body, to parse)."""
+        left = self._body_left
+        n = len(data)
+        if n < left:
+            self._body_left = left - n
+            self._body(data)
+            return b""
+        self._body_left = 0
+        self._body(data if n == left else data[:left])
+        self.parser = httptools.HttpRequestParser(self)  # the old one still waits for the body's bytes
+        self.on_message_complete()
+        return data[left:] if n > left else b""
+
+    def _parse(self, data: bytes) -> None:
+        if self._in_head and len(data) > self._head_room:
+            self._feed_bounded(data)
+        else:
+            if self._in_head:
+                self._head_room -= len(data)
+            self._feed(data)
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -402,6 +427,9 @@ class Downstream(asyncio.Protocol):
         else:
             upgrade = False
         has_body = chunked or content_length > 0
+        #: the body is read past the parser (`_direct_body`); not when the connection ends after it (the parser
+        #: then refuses what follows, as Envoy ignores it)
+        direct = content_length if content_length > 0 and te is None and keep_alive else 0
         if upgrade and has_body:  # an h2c upgrade with a body: the parser took it for upgraded bytes
             self._refuse(400, framing.BAD_REQUEST)
         if authority:
@@ -464,6 +492,7 @@ class Downstream(asyncio.Protocol):
                     self, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
                 )
             self.current = fx
+            self._body_left = direct
             self.queue.append(fx)
             if expect_continue and has_body:
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -500,6 +529,7 @@ class Downstream(asyncio.Protocol):
         ex.head = b"".join(out)
 
         self.current = ex
+        self._body_left = direct
         self.queue.append(ex)
         if expect_continue and has_body:
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -528,6 +558,11 @@ class Downstream(asyncio.Protocol):
         return bool(offered)
 
     def on_body(self, body: bytes) -> None:
+        if self._body_left:  # a Content-Length body read past the parser from the next read on
+            self._body_left -= len(body)
+        self._body(body)
+
+    def _body(self, body: bytes) -> None:
         ex = self.current
         if ex is None:
             return
@@ -538,6 +573,7 @@ class Downstream(asyncio.Protocol):
             ex.body_bytes_buffered += len(body)
 
     def on_message_complete(self) -> None:
+        self._body_left = 0
         self._in_head = True
         self._head_room = self._max_head
         self._begun = False
@@ -685,6 +721,7 @@ class Downstream(asyncio.Protocol):
 
     def _stop_reading(self) -> None:
         self._stopped = True
+        self._body_left = 0
         self._begun = False
         self._stream_at = self._headers_at = 0.0
         if self.transport is not None and not self.closed:

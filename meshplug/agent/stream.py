@@ -76,13 +76,16 @@ class _Lane:
     """One direction's pipeline. Position i is filter i in this direction's order (the response lane runs
     the chain backwards); frames that must wait for position i queue in ``inbox[i]`` (i == n: output)."""
 
-    __slots__ = ("body", "body_end", "buffering", "closed", "held", "hold", "inbox", "n", "stalled", "stash")
+    __slots__ = ("body", "body_end", "buffering", "closed", "held", "hold", "inbox", "n", "shown", "stalled", "stash")
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.inbox: list[deque[_Frame]] | None = None  # created the first time a frame has to wait
         self.held: list[_Frame | None] = [None] * n  # headers/trailers (or a failed frame) held by a stop
         self.body: list[bytearray] = [bytearray()] if n == 1 else [bytearray() for _ in range(n)]
+        #: the chunk position i is shown while its buffer is empty, not copied into `body` unless the filter
+        #: reads or writes its buffer (`buffer`) or keeps it: a chunk that only passes costs no copy
+        self.shown: list[bytes | None] = [None] * n
         self.buffering = [False] * n
         self.body_end = [False] * n
         self.stash: dict[int, bytearray] | None = None  # data kept out of a filter's view (WATERMARK)
@@ -90,6 +93,25 @@ class _Lane:
         self.closed = False
         #: some position holds a frame or buffers a body, or frames are queued: new frames must queue too
         self.stalled = False
+
+    def show(self, pos: int, chunk: bytes) -> int:
+        """`chunk` for position `pos`'s filter: added to its buffer, or, while that is empty, shown as is (copied
+        in only when the filter touches its buffer: `buffer`); returns the size of the body the filter sees."""
+        body = self.body[pos]
+        if body or (self.stash is not None and pos in self.stash):
+            body += chunk
+            return len(body)
+        self.shown[pos] = chunk
+        return len(chunk)
+
+    def buffer(self, pos: int) -> bytearray:
+        """Position `pos`'s body buffer, with the chunk it is shown copied in if that has not happened yet."""
+        body = self.body[pos]
+        shown = self.shown[pos]
+        if shown is not None:
+            self.shown[pos] = None
+            body += shown
+        return body
 
     def queue(self, pos: int) -> deque[_Frame]:
         if self.inbox is None:
@@ -505,21 +527,23 @@ class Stream:
         elif kind == _TRAILERS:
             action = fs.on_trailers(direction)
         else:
-            body = lane.body[pos]
-            body += frame[2]
+            size = lane.show(pos, frame[2])
             lane.body_end[pos] = frame[1]
-            kept = len(body) + (len(lane.stash[pos]) if lane.stash is not None and pos in lane.stash else 0)
+            kept = size + (len(lane.stash[pos]) if lane.stash is not None and pos in lane.stash else 0)
             # also for WATERMARK: the shell applies no backpressure through the chain, so the limit Envoy
             # enforces with flow control is a 413 / 500 here
             over = kept > _MAX_BODY
             if not over:
                 held = lane.buffering[pos]  # the body holds chunks of earlier callbacks (Envoy's buffered data)
-                action = fs.on_body(direction, len(body), frame[1])
+                action = fs.on_body(direction, size, frame[1])
                 # the filter grew the body it held past the limit (a rewrite): Envoy's limit applies to it too
-                over = held and action is _CONTINUE and len(body) > _MAX_BODY
+                over = held and action is _CONTINUE and len(lane.body[pos]) > _MAX_BODY
             if over:
+                lane.buffer(pos)
                 self._overflow(direction)
                 return None
+            if action is not _CONTINUE and lane.shown[pos] is not None:
+                lane.buffer(pos)  # the filter keeps or stops on the chunk: it goes into the buffer now
         if action is _CONTINUE:
             return self._release(lane, pos, frame)
         lane.stalled = True
@@ -565,9 +589,14 @@ class Stream:
         if lane.stash is not None and pos in lane.stash:  # kept chunks go first
             body[0:0] = lane.stash.pop(pos)
         if kind == _DATA:
-            # the chunk as it came when the filter left it as it was (one compare, no copy), else the new bytes
-            data = frame[2] if body == frame[2] else bytes(body)
-            body.clear()
+            shown = lane.shown[pos]
+            if shown is not None:  # the chunk passes untouched (the buffer is empty): no copy
+                lane.shown[pos] = None
+                data = shown
+            else:
+                # the chunk as it came when the filter left it as it was (one compare, no copy), else the new bytes
+                data = frame[2] if body == frame[2] else bytes(body)
+                body.clear()
             lane.buffering[pos] = False
             if frame[1]:
                 direction = _REQUEST if lane is self._lanes[_REQUEST] else _RESPONSE

@@ -282,7 +282,7 @@ class StreamControl:
     def body(self, direction: Direction) -> bytearray:
         """The body this filter is being shown (its accumulated buffer)."""
         s = self._stream
-        return s._lane(direction).body[s._pos(direction, self.index)]
+        return s._lane(direction).buffer(s._pos(direction, self.index))
 
     def resume(self, direction: Direction) -> None:
         self._stream._control(("resume", self.index, direction))

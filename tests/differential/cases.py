@@ -208,6 +208,13 @@ def _te_cl() -> Iterable[Case]:
         _post(b"abcGET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n", ("Content-Length", "3")),
     )
     yield Case("cl-zero-body-pipelined", f, _post(b"", ("Content-Length", "0")) + FOLLOW)
+    # a body larger than one read (the agent reads 256 KiB at a time): its later reads go past the parser, and a
+    # fresh parser takes the request in the same read as the body's end
+    big = bytes(range(256)) * 2400
+    yield Case("cl-large-body-pipelined", f, _post(big, ("Content-Length", str(len(big)))) + FOLLOW)
+    yield Case(
+        "cl-large-body-close", f, _post(big, ("Content-Length", str(len(big))), ("Connection", "close")) + FOLLOW
+    )
     yield Case(
         "cl-on-get", f, req("GET", "/", headers=(("Host", "a.test"), ("Content-Length", "3")), body=b"abc") + FOLLOW
     )

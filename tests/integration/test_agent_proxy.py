@@ -195,6 +195,53 @@ def test_pipelined_requests_are_answered_in_order(proxy: tuple[tb_agent.Agent, d
     )
 
 
+BODY = bytes(range(256)) * 1200  # 300 KiB: more than one of the agent's reads
+
+
+@pytest.mark.parametrize(
+    "cuts",
+    [
+        pytest.param((), id="one-write"),
+        pytest.param((100,), id="head-cut"),
+        pytest.param((200, 200 + 70_000), id="body-in-pieces"),
+        pytest.param((-1,), id="body-end-with-next-request"),
+        pytest.param((-1 - 20,), id="next-request-cut"),
+    ],
+)
+def test_a_content_length_body_in_pieces_then_a_pipelined_request(
+    proxy: tuple[tb_agent.Agent, dict[str, int]], cuts: tuple[int, ...]
+) -> None:
+    """A Content-Length body however its bytes arrive (reads inside it skip the parser), and the request sent
+    after it in the same connection: both reach the upstream whole, answered in order."""
+    _, ports = proxy
+    first = b"POST /big HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%b" % (len(BODY), BODY)
+    data = first + b"GET /after HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    points = [c if c >= 0 else len(first) + c + 1 for c in cuts]  # -1: at the body's end, -21: 20 bytes later
+    with socket.create_connection(("127.0.0.1", ports["echo"]), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for start, end in zip([0, *points], [*points, len(data)], strict=True):
+            sock.sendall(data[start:end])
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    answers: list[tuple[bytes, bytes]] = []  # (status line, body) of each response, framed by content-length
+    while got:
+        head, _, got = got.partition(b"\r\n\r\n")
+        length = int(
+            next(
+                v
+                for n, _, v in (line.partition(b":") for line in head.split(b"\r\n"))
+                if n.lower() == b"content-length"
+            )
+        )
+        answers.append((head.split(b"\r\n")[0], got[:length]))
+        got = got[length:]
+    assert [status[:12] for status, _ in answers] == [b"HTTP/1.1 200", b"HTTP/1.1 200"]
+    records = [_record(body) for _, body in answers]
+    assert [r["path"] for r in records] == ["/big", "/after"]
+    assert records[0]["body"] == BODY and records[1]["body"] == b""
+
+
 def test_http_1_0_without_host_is_served_and_closed(proxy: tuple[tb_agent.Agent, dict[str, int]]) -> None:
     _, ports = proxy
     with socket.create_connection(("127.0.0.1", ports["echo"]), timeout=10) as sock:
