@@ -244,6 +244,21 @@ static PyObject *State_replace_into(StateObject *self, PyObject *const *args, Py
     }
     if (as_offset(args[0], &ptr) < 0 || as_offset(args[1], &size) < 0 || as_offset(args[3], &stop) < 0) return NULL;
     if (State_span(self, "read", ptr, size) < 0) return NULL;
+    PyObject *target = args[2];
+    Py_ssize_t old = PyByteArray_GET_SIZE(target);
+    Py_ssize_t cut = stop >= 0 && stop < (long long)old ? (Py_ssize_t)stop : old, n = (Py_ssize_t)size;
+    Py_ssize_t tail = old - cut, grown = n + tail;
+    if (stop >= 0 && (grown == old || ((PyByteArrayObject *)target)->ob_exports == 0)) {
+        /* in place: a slice assignment from a view would first copy the view into a temporary bytearray
+         * (CPython's bytearray_setslice does for any other object), a second copy of a whole body; a
+         * bytearray that cannot be resized (exported) takes the assignment below, which refuses it */
+        if (grown > old && PyByteArray_Resize(target, grown) < 0) return NULL;
+        char *buf = PyByteArray_AS_STRING(target);
+        if (tail && n != cut) memmove(buf + n, buf + cut, (size_t)tail);
+        if (n) memcpy(buf, (char *)self->base + ptr, (size_t)n);
+        if (grown < old && PyByteArray_Resize(target, grown) < 0) return NULL;
+        Py_RETURN_NONE;
+    }
     PyObject *view = PyMemoryView_FromMemory((char *)self->base + ptr, (Py_ssize_t)size, PyBUF_READ);
     if (view == NULL) return NULL;
     int rc = PySequence_SetSlice(args[2], 0, (Py_ssize_t)stop, view);

@@ -112,12 +112,23 @@ class Harness:
 def replaced(guest: vm.Guest) -> list[object]:
     """replace_into: target[:stop] = guest bytes (shorter, longer, past the end, empty; a fault changes nothing)."""
     out: list[object] = []
-    for ptr, size, stop in ((300, 4, 2), (300, 2, 6), (300, 16, 99), (300, 0, 3), (65_535, 2, 1)):
+    cases = ((300, 4, 2), (300, 2, 6), (300, 16, 99), (300, 0, 3), (65_535, 2, 1), (300, 10, 10), (300, 3, 10))
+    cases += ((300, 0, 0), (300, 5, 0), (300, 0, 10), (300, 12, 10))
+    for ptr, size, stop in cases:
         target = bytearray(b"0123456789")
         try:
             guest.replace_into(ptr, size, target, stop)
         except vm.MemoryFault:
             out.append("fault")
+        out.append(bytes(target))
+    for size in (4, 10, 16):  # a buffer someone holds a view of: resized, it is refused; same size, written
+        target = bytearray(b"0123456789")
+        view = memoryview(target)
+        try:
+            guest.replace_into(300, size, target, 10)
+        except BufferError:
+            out.append("exported")
+        view.release()
         out.append(bytes(target))
     return out
 
