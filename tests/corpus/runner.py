@@ -333,10 +333,10 @@ def _start_failure(
         running = plane.start(bad, modules, endpoints, log_dir / f"start-failure-{failure.name.replace(' ', '_')}")
     except PlaneStartError as exc:
         missing = missing_logs(failure.logs, exc.logs)
-        problems = [f"no log containing {m.contains!r} (logs: {exc.logs[-10:]})" for m in missing]
+        refusal = [f"no log containing {m.contains!r} (logs: {exc.logs[-10:]})" for m in missing]
         if failure.error is not None and failure.error not in str(exc):
-            problems.append(f"the refusal does not say {failure.error!r}: {str(exc)[-1500:]}")
-        return problems
+            refusal.append(f"the refusal does not say {failure.error!r}: {str(exc)[-1500:]}")
+        return refusal
     if failure.lua is not None:  # a script that does not load is refused outright: no plane may start with it
         running.stop()
         return ["the plane started with a script it should have refused"]

@@ -254,7 +254,7 @@ def mount_identity(
         status, body = kube.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{secret}")
         if status == 200:
             found.update(body)
-        return status == 200
+        return bool(status == 200)
 
     procs.wait_until(made, timeout=timeout, what=f"the operator to make Secret {namespace}/{secret}")
     directory.mkdir(parents=True, exist_ok=True)

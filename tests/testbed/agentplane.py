@@ -128,7 +128,7 @@ class AgentPlane:
     def wait_ready(self, name: str, status: str, reason: str, summary: str | None = None) -> dict[str, Any]:
         def ok() -> bool:
             st = self.status(name)
-            ready = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
+            ready: dict[str, Any] = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
             return (
                 ready.get("status") == status
                 and ready.get("reason") == reason

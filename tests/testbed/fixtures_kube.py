@@ -40,11 +40,13 @@ def kube_controller_manager(kube: kube_mod.Kube, logs_dir: Path) -> procs.Proc:
 
 @pytest.fixture(scope="session")
 def kube_api(kube: kube_mod.Kube) -> Iterator[kubernetes.client.ApiClient]:
-    client = kubernetes.config.new_client_from_config(config_file=str(kube.kubeconfig))
+    client: kubernetes.client.ApiClient = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kube.kubeconfig)
+    )
     try:
         yield client
     finally:
-        client.close()
+        client.close()  # type: ignore[no-untyped-call]
 
 
 def ensure_namespace(kube: kube_mod.Kube, name: str) -> None:

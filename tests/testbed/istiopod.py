@@ -160,7 +160,7 @@ class Pod:
         """(ConfigMap name, mount path) of the ConfigMap volumes the pod spec mounts into istio-proxy."""
         spec = self.obj.get("spec") or {}
         volumes = {v["name"]: v["configMap"]["name"] for v in spec.get("volumes") or [] if v.get("configMap")}
-        proxy = next((c for c in spec.get("containers") or [] if c["name"] == "istio-proxy"), {})
+        proxy: dict[str, Any] = next((c for c in spec.get("containers") or [] if c["name"] == "istio-proxy"), {})
         return [(volumes[m["name"]], m["mountPath"]) for m in proxy.get("volumeMounts") or [] if m["name"] in volumes]
 
     def sync_volumes(self) -> None:

@@ -377,7 +377,7 @@ class Pod:
                 ctx = ssl._create_unverified_context() if scheme == "https" else None
                 url = f"{scheme}://{self.ip}:{port}{get.get('path', '/')}"
                 with urllib.request.urlopen(url, timeout=timeout, context=ctx) as resp:
-                    return 200 <= resp.status < 400
+                    return bool(200 <= resp.status < 400)
         except (OSError, ValueError, urllib.error.URLError):
             return False
         return True

@@ -4,6 +4,7 @@ ClusterIP:port listens and forwards each connection to a ready endpoint, round r
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import threading
 
@@ -30,7 +31,7 @@ class Proxy:
         for key in routes:
             if key not in self.servers:
                 self.servers[key] = await asyncio.start_server(
-                    lambda r, w, key=key: self._handle(key, r, w), key[0], key[1], reuse_address=True
+                    functools.partial(self._handle, key), key[0], key[1], reuse_address=True
                 )
 
     async def _handle(self, key: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -89,7 +89,7 @@ class MeshOperator:
         def done(obj: dict[str, Any] | None) -> bool:
             if obj is None or (obj.get("status") or {}).get("observedGeneration") != obj["metadata"]["generation"]:
                 return False
-            ready = next((c for c in obj["status"].get("conditions") or [] if c["type"] == "Ready"), {})
+            ready: dict[str, Any] = next((c for c in obj["status"].get("conditions") or [] if c["type"] == "Ready"), {})
             return ready.get("status") == status and (reason is None or ready.get("reason") == reason)
 
         return dict(

@@ -47,7 +47,7 @@ def _b64url(data: bytes) -> str:
 def _issue_token(spec: dict[str, Any], query: dict[str, list[str]], auth: str) -> tuple[int, bytes]:
     """A distribution-style bearer token (RS256 JWS with an x5c chain) for a user with the right password."""
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
     user, password = "", ""
     if auth.startswith("Basic "):
@@ -72,7 +72,9 @@ def _issue_token(spec: dict[str, Any], query: dict[str, list[str]], auth: str) -
     }
     signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
     key = serialization.load_pem_private_key(spec["key_pem"].encode(), password=None)
-    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr,call-arg]
+    if not isinstance(key, rsa.RSAPrivateKey):  # RS256, as the registry's token auth is configured
+        raise TypeError(f"the token key is {type(key).__name__}, not RSA")
+    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
     token = f"{signing_input}.{_b64url(signature)}"
     return 200, json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
 

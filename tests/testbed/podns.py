@@ -49,12 +49,12 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     for line in _run(["ip", "-4", "-o", "addr", "show"]).splitlines():
         parts = line.split()
         if "inet" in parts:
-            nets.append(ipaddress.ip_interface(parts[parts.index("inet") + 1]).network)
+            nets.append(ipaddress.IPv4Interface(parts[parts.index("inet") + 1]).network)
     for line in _run(["ip", "-4", "route", "show"]).splitlines():
         dest = line.split()[0]
         if dest != "default":
             with contextlib.suppress(ValueError):
-                nets.append(ipaddress.ip_network(dest, strict=False))
+                nets.append(ipaddress.IPv4Network(dest, strict=False))
     return nets
 
 
@@ -76,7 +76,7 @@ class Bridge:
         candidates = _CANDIDATES[:]
         rng.shuffle(candidates)
         for cidr in candidates:
-            net = ipaddress.ip_network(cidr)
+            net = ipaddress.IPv4Network(cidr)
             if any(net.overlaps(u) for u in used):
                 continue
             name = f"mpbr{os.getpid() % 100000}"

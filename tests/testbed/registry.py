@@ -160,9 +160,11 @@ class Registry:
             manifest["layers"] = [{**base, "mediaType": layer_type}, {**top, "mediaType": layer_type}]
         elif layout in ("wasm-content-two-layer", "wasm-content-single-layer"):
             manifest["mediaType"] = OCI_MANIFEST
-            config = json.dumps({"type": "envoy_proxy", "abiVersions": ["v0-4689a30309abf31aee9ae36e73d34b1bb182685f"]})
+            config = json.dumps(
+                {"type": "envoy_proxy", "abiVersions": ["v0-4689a30309abf31aee9ae36e73d34b1bb182685f"]}
+            ).encode()
             manifest["config"] = {
-                **self.push_blob(repo, config.encode()),
+                **self.push_blob(repo, config),
                 "mediaType": "application/vnd.module.wasm.config.v1+json",
             }
             content = {**self.push_blob(repo, wasm), "mediaType": "application/vnd.module.wasm.content.layer.v1+wasm"}

@@ -59,7 +59,7 @@ def exchange(port: int, messages: Sequence[str | bytes], path: str = "/", timeou
             return WsOutcome(101, replies, headers)
     except InvalidStatus as exc:
         headers = {k.lower(): v for k, v in exc.response.headers.raw_items()}
-        return WsOutcome(exc.response.status_code, [], headers, exc.response.body or b"")
+        return WsOutcome(exc.response.status_code, [], headers, bytes(exc.response.body or b""))
 
 
 def start_server(*, log_dir: Path, name: str = "websocket") -> procs.Peer:
