@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from meshplug import errors
-from meshplug.agent import bootstrap, config, runtime, workers
+from meshplug.agent import bootstrap, config, runtime, trust, workers
 
 #: the environment variable that names the trusted keys file when --trusted-keys is not given
 TRUSTED_KEYS_ENV = "MESHPLUG_TRUSTED_KEYS"
@@ -51,14 +51,25 @@ def load(args: argparse.Namespace) -> config.AgentConfig:
     return dataclasses.replace(cfg, modules=dataclasses.replace(cfg.modules, trusted_keys=args.trusted_keys.absolute()))
 
 
+def check(cfg: config.AgentConfig) -> str:
+    """What ``--check`` prints: the config's summary and the trusted keys as the agent would load them at start
+    (a missing, unreadable or non-PEM file is the same ConfigError, exit 2, that stops the start)."""
+    singletons = f", {len(cfg.singletons)} singleton(s)" if cfg.singletons else ""
+    path = cfg.modules.trusted_keys
+    if path is None:
+        keys = f"trusted keys: none (--trusted-keys, ${TRUSTED_KEYS_ENV}): a signed push's own key is trusted"
+    else:
+        keys = trust.TrustedKeys(path).describe()
+    return (
+        f"config ok: {len(cfg.listeners)} listener(s), {len(cfg.clusters)} cluster(s), "
+        f"{len(cfg.plugins)} plugin(s){singletons}, push {'on' if cfg.push else 'off'}; {keys}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load(args)
     if args.check:
-        singletons = f", {len(cfg.singletons)} singleton(s)" if cfg.singletons else ""
-        print(
-            f"config ok: {len(cfg.listeners)} listener(s), {len(cfg.clusters)} cluster(s), "
-            f"{len(cfg.plugins)} plugin(s){singletons}, push {'on' if cfg.push else 'off'}"
-        )
+        print(check(cfg))
         return 0
     if args.worker:
         return workers.run_worker(cfg, args.worker, log_level=args.log_level)

@@ -4,6 +4,7 @@ The same list against the real cosign, through pushes: tests/integration/test_ag
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -98,3 +99,53 @@ def test_a_list_that_cannot_be_read_at_start_stops_the_start(case: str, content:
     with pytest.raises(errors.ConfigError, match=r"^--trusted-keys: ") as refused:
         trust.TrustedKeys(path)
     assert str(path) in str(refused.value), case
+
+
+CONFIG = {
+    "listeners": [{"name": "in", "port": 15006, "cluster": "app"}],
+    "clusters": [{"name": "app", "port": 8080}],
+    "admin": {"port": 15000},
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "bundle", "said", "code"),
+    [
+        ("no list", None, "trusted keys: none (--trusted-keys, $MESHPLUG_TRUSTED_KEYS)", 0),
+        ("two keys", (A.pem() + B.pem()).encode(), f"2 trusted key(s) from {{path}}: {A.key_id}, {B.key_id}", 0),
+        ("not PEM", b"ssh-ed25519 AAAA", "--trusted-keys: trusted keys file {path} is not a bundle of PEM", 2),
+        ("a broken second key", (A.pem() + "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").encode(),
+         "--trusted-keys: trusted keys file {path}, key 2 is not a readable PEM public key", 2),
+        ("missing", b"", "--trusted-keys: cannot read trusted keys file {path}: No such file or directory", 2),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("given", ["--trusted-keys", "$MESHPLUG_TRUSTED_KEYS"])
+def test_agent_check_says_how_many_trusted_keys_load_or_why_not(  # noqa: PLR0917 (pytest parameters)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    bundle: bytes | None,
+    said: str,
+    code: int,
+    given: str,
+) -> None:
+    """`meshplug agent --check` loads the trusted keys as the start would: their count and ids, or the start's error
+    (exit 2) for a file that is not a PEM bundle or cannot be read."""
+    from meshplug import cli
+
+    cfg = tmp_path / "agent.json"
+    cfg.write_text(json.dumps(CONFIG))
+    path = tmp_path / "trusted-keys.pem"
+    if bundle and case != "missing":
+        path.write_bytes(bundle)
+    argv = ["agent", "--config", str(cfg), "--check"]
+    monkeypatch.delenv("MESHPLUG_TRUSTED_KEYS", raising=False)
+    if bundle is not None:
+        if given == "--trusted-keys":
+            argv += ["--trusted-keys", str(path)]
+        else:
+            monkeypatch.setenv("MESHPLUG_TRUSTED_KEYS", str(path))
+    assert cli.main(argv) == code, case
+    out = capsys.readouterr()
+    assert said.format(path=path) in (out.out if code == 0 else out.err), out
