@@ -26,11 +26,11 @@ default; no rule at all in the other TLS modes); ``agent-secret``, the agent Sec
     watched  meshplug.io          trafficextensions         get,list,watch,patch
     watched  meshplug.io          trafficextensions/status  patch
     watched  core                 pods                list,watch
-    watched  core                 configmaps          list,create,patch,delete
+    watched  core                 configmaps          list,watch,create,patch,delete
     watched  core                 secrets             create
     watched  core                 secrets             get,update  names=agent-secret
     watched  core                 events              create,get,patch
-    watched  networking.istio.io  envoyfilters        list,create,patch,delete
+    watched  networking.istio.io  envoyfilters        list,watch,create,patch,delete
     watched  extensions.istio.io  trafficextensions   get,create,patch,delete
     watched  extensions.istio.io  wasmplugins         get,create,patch,delete
     cluster  authentication.k8s.io  tokenreviews      create
@@ -44,7 +44,8 @@ default; no rule at all in the other TLS modes); ``agent-secret``, the agent Sec
 Why: wasmplugins and trafficextensions (kopf lists and watches them and patches its finalizer; the reconciler reads
 the current object), their status (conditions, digest, pod counts); pods (the selection, agents' addresses,
 re-reconcile on pods appearing or going); configmaps (modules of the istio plane's ConfigMap route, copied into the
-namespaces a root-namespace plugin reaches; the module-mount webhook lists them; ``create`` because a server-side
+namespaces a root-namespace plugin reaches; the module-mount webhook lists them; the operator lists and watches
+those it rendered, a cache its reconciles read; ``create`` because a server-side
 apply that creates an object is authorized as a create); secrets (the agent Secret of each namespace with agents,
 which the operator creates and then reads and updates by name only: `meshplug.controller.identity`; no ``get`` of
 any other Secret, so no ``imagePullSecret`` is read unless the namespace's owner grants it (a Role naming that

@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import logging
 import threading
 import time
 import urllib.parse
@@ -25,6 +26,8 @@ from typing import Any
 import kubernetes
 
 from meshplug import errors, limits, spec
+
+log = logging.getLogger("meshplug.controller.apply")
 
 FIELD_MANAGER = "meshplug"
 Objects = list[dict[str, Any]]
@@ -109,6 +112,7 @@ class Writer:
         self._events: dict[tuple[str, str], int] = {}  # (namespace, Event name) -> the count last written
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self._discovery: dict[str, tuple[float, frozenset[str]]] = {}  # api_version -> (when read, plurals)
+        self._refreshing: set[str] = set()  # api_versions a background request is asking about
         self._watches: set[Any] = set()  # the responses of watches in flight (urllib3)
 
     def requests(self) -> dict[tuple[str, str], int]:
@@ -185,16 +189,35 @@ class Writer:
 
     def served(self, api_version: str) -> frozenset[str]:
         """The resources (plurals) the API serves in ``api_version`` (a group/version); empty when not served.
-        Remembered for `limits.API_DISCOVERY_TTL_S` (a CRD installed or removed is seen within that time) or until
-        `forget_discovery`."""
+        Asked once, then remembered: an answer older than `limits.API_DISCOVERY_TTL_S` is still given while a
+        background request refreshes it (a CRD installed or removed is seen within about that time, and no caller
+        waits on discovery but the first); `forget_discovery` makes the next call ask again and wait."""
         with self._count_lock:
             known = self._discovery.get(api_version)
-        if known is not None and time.monotonic() - known[0] < limits.API_DISCOVERY_TTL_S:
+            stale = known is not None and time.monotonic() - known[0] >= limits.API_DISCOVERY_TTL_S
+            refresh = stale and api_version not in self._refreshing
+            if refresh:
+                self._refreshing.add(api_version)
+        if refresh:
+            name = "meshplug-discovery"
+            threading.Thread(target=self._refresh, args=(api_version,), name=name, daemon=True).start()
+        if known is not None:
             return known[1]
         found = self._served(api_version)
         with self._count_lock:
             self._discovery[api_version] = (time.monotonic(), found)
         return found
+
+    def _refresh(self, api_version: str) -> None:
+        found: frozenset[str] | None = None
+        try:
+            found = self._served(api_version)
+        except Exception:  # an API refusal or the client's own (urllib3) errors: asked again on the next call
+            log.info("API discovery of %s: refresh failed", api_version, exc_info=True)
+        with self._count_lock:
+            self._refreshing.discard(api_version)
+            if found is not None:
+                self._discovery[api_version] = (time.monotonic(), found)
 
     def forget_discovery(self) -> None:
         """The next `served` asks the API server again."""
@@ -221,13 +244,18 @@ class Writer:
         items: list[dict[str, Any]] = out.get("items", []) if isinstance(out, dict) else []
         return items
 
-    def list_from(self, api_version: str, kind: str, namespace: str, *, page: int = 500) -> tuple[Objects, str]:
-        """Every object of ``kind`` in ``namespace`` ("" = every namespace), read in pages of ``page``, and the
-        list's resourceVersion (where a `watch` of the same collection starts)."""
+    def list_from(
+        self, api_version: str, kind: str, namespace: str, *, page: int = 500, label_selector: str = ""
+    ) -> tuple[Objects, str]:
+        """Every object of ``kind`` in ``namespace`` ("" = every namespace; only those ``label_selector`` selects
+        when given), read in pages of ``page``, and the list's resourceVersion (where a `watch` of the same
+        collection starts)."""
         items: Objects = []
         cont = ""
         while True:
             query = {"limit": str(page), **({"continue": cont} if cont else {})}
+            if label_selector:
+                query["labelSelector"] = label_selector
             out = self._call("GET", resource_path(api_version, kind, namespace), query=query)
             out = out if isinstance(out, dict) else {}
             items += out.get("items") or []
@@ -237,7 +265,14 @@ class Writer:
                 return items, str(meta.get("resourceVersion") or "")
 
     def watch(
-        self, api_version: str, kind: str, namespace: str, *, resource_version: str, timeout_s: float
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        *,
+        resource_version: str,
+        timeout_s: float,
+        label_selector: str = "",
     ) -> Iterator[dict[str, Any]]:
         """The watch events of ``kind`` in ``namespace`` ("" = every namespace) after ``resource_version``
         (bookmarks asked for), until the server ends the watch after ``timeout_s``. An ``ERROR`` event (e.g. 410
@@ -252,6 +287,7 @@ class Writer:
             "resourceVersion": resource_version,
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(int(timeout_s)),
+            **({"labelSelector": label_selector} if label_selector else {}),
         }
         path = resource_path(api_version, kind, namespace)
         self._count("GET", path, query)
@@ -317,13 +353,13 @@ class Writer:
 
     # --- writes ----------------------------------------------------------------------------------------------
 
-    def apply_changed(self, obj: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
+    def apply_changed(self, obj: Mapping[str, Any], existing: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """Server-side apply ``obj`` unless ``existing`` (the object as just read) already holds it (`holds`):
-        a reconcile that changes nothing writes nothing. Whether it was written."""
+        a reconcile that changes nothing writes nothing. The object as the API answered the write (None: not
+        written)."""
         if existing is not None and holds(existing, obj):
-            return False
-        self.apply(obj)
-        return True
+            return None
+        return self.apply(obj)
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply ``obj`` (must carry apiVersion, kind, metadata.name/namespace)."""
@@ -376,12 +412,15 @@ class Writer:
             raise
         return True
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], *, kind: str = spec.KIND) -> None:
-        """Merge-patch the WasmPlugin's (or TrafficExtension's) status subresource."""
+    def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], *, kind: str = spec.KIND
+    ) -> dict[str, Any]:
+        """Merge-patch the WasmPlugin's (or TrafficExtension's) status subresource; the object as the API answered."""
         path = resource_path(f"{spec.API_GROUP}/{spec.API_VERSION}", kind, namespace, name) + "/status"
-        self._call(
+        out = self._call(
             "PATCH", path, body={"status": dict(status)}, content_type="application/merge-patch+json", query=_WRITE
         )
+        return out if isinstance(out, dict) else {}
 
     def event(self, involved: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:
         """Record a core/v1 Event on ``involved`` (a WasmPlugin body, or any object with apiVersion/kind).

@@ -37,7 +37,8 @@ from typing import Any, TypeVar
 import kopf
 
 from meshplug import controller, injection, limits, serving, spec
-from meshplug.controller import index, informer, lease, reconcile, webhooks, workqueue
+from meshplug.controller import apply, index, informer, lease, reconcile, webhooks, workqueue
+from meshplug.controller.delivery import istio_configmap
 
 log = logging.getLogger("meshplug.controller.handlers")
 _RESOURCE = (spec.API_GROUP, spec.API_VERSION, spec.PLURAL)
@@ -95,6 +96,7 @@ def build_registry(
     reconciler: reconcile.Reconciler, queue: workqueue.WorkQueue, idx: index.Index
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    plugins = reconciler.plugins
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -125,6 +127,13 @@ def build_registry(
 
     @kopf.on.event(*_RESOURCE, registry=registry)
     def plugin_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        if plugins is not None:  # the reconcile starts from the newest version seen, without reading it
+            meta = body.get("metadata") or {}
+            key = (str(meta.get("namespace")), spec.key_name(str(body.get("kind") or spec.KIND), str(meta.get("name"))))
+            if type == "DELETED":
+                plugins.drop(key)
+            else:
+                plugins.put(key, dict(body))
         add(idx.plugin_event(type, body))
 
     kopf.on.event(*_TE_RESOURCE, registry=registry, id="trafficextensions-event")(plugin_event)
@@ -190,6 +199,24 @@ def pod_changes(reconciler: reconcile.Reconciler, queue: workqueue.WorkQueue, id
     return changed
 
 
+def owned_caches(
+    writer: apply.Writer, namespaces: Sequence[str], stop: threading.Event
+) -> tuple[informer.OwnedCache, informer.OwnedCache]:
+    """The caches of what the ConfigMap route renders (ConfigMaps, as digests of their modules; EnvoyFilters),
+    started: a reconcile reads neither from the API."""
+    config_maps = informer.OwnedCache(
+        writer,
+        *istio_configmap.CONFIG_MAP,
+        namespaces,
+        label_selector=istio_configmap.MANAGED,
+        trim=istio_configmap.trimmed,
+    )
+    envoy_filters = informer.OwnedCache(
+        writer, *istio_configmap.ISTIO_EF, namespaces, label_selector=istio_configmap.MANAGED
+    )
+    return config_maps.start(stop), envoy_filters.start(stop)
+
+
 def _work(reconciler: reconcile.Reconciler, queue: workqueue.WorkQueue, idx: index.Index, opts: Options) -> Any:
     def work(key: workqueue.Key) -> None:
         delay = reconciler.reconcile_key(key)
@@ -249,6 +276,8 @@ def run_operator(
     reconciler.enqueue = lambda key, after: queue.add(key, after=after)
     pods = informer.PodCache(reconciler.writer, opts.namespaces, pod_changes(reconciler, queue, idx)).start(stop)
     reconciler.read_pods_from(pods)
+    reconciler.read_owned_from(*owned_caches(reconciler.writer, opts.namespaces, stop))
+    reconciler.plugins = informer.Latest()
     workers = workqueue.Workers(queue, _work(reconciler, queue, idx, opts), opts.workers).start()
     registry = build_registry(reconciler, queue, idx)
     try:

@@ -116,6 +116,9 @@ class Reconciler:
         selection = istio_pods.Selection(informer.ApiPods(writer), root_namespace, namespaces)
         self.istio_native = istio_native.IstioNative(writer, server, istiod, self.fetch_log, selection)
         self.istio_configmap = istio_configmap.IstioConfigMap(writer, server, istiod, self.fetch_log, selection)
+        #: the newest version of each plugin seen (kopf's watch events, the status writes' answers): a reconcile
+        #: starts from it instead of reading the plugin; None (driven without a watch): read from the API
+        self.plugins: informer.Latest | None = None
         self._fetched: dict[Key, int] = {}  # the generation each plugin was last pulled for
         self._lock = threading.Lock()
         self._retries: dict[Key, int] = {}
@@ -142,6 +145,10 @@ class Reconciler:
         self.agent.pods = source
         self.istio_native.selection.source = source  # one Selection, shared by both istio routes
         self.istio_configmap.selection.source = source
+
+    def read_owned_from(self, config_maps: informer.ObjectSource, envoy_filters: informer.ObjectSource) -> None:
+        """Where the ConfigMap route reads what it rendered (the operator's caches; the API until set)."""
+        self.istio_configmap.use_caches(config_maps, envoy_filters)
 
     def paths(self) -> tuple[delivery.Delivery, ...]:
         return (self.istio_native, self.istio_configmap, self.agent)
@@ -171,7 +178,9 @@ class Reconciler:
         namespace, key_name = key
         kind, name = spec.split_key_name(key_name)
         try:
-            body = self.writer.get(PLUGIN_API, kind, namespace, name)
+            body = self.plugins.get(key) if self.plugins is not None else None
+            if body is None:
+                body = self.writer.get(PLUGIN_API, kind, namespace, name)
         except errors.ApplyError as exc:
             self._note_forbidden(key, exc)
             self.metrics.reconciled("error")
@@ -255,7 +264,10 @@ class Reconciler:
             self.writer.event(body, warning=warning, reason=reason, message=message)
         current = body.get("status") or {}
         if any(status.pruned(current.get(k)) != status.pruned(v) for k, v in new.items()):  # unchanged: not again
-            self.writer.patch_status(meta["namespace"], meta["name"], new, kind=str(body.get("kind") or spec.KIND))
+            kind = str(body.get("kind") or spec.KIND)
+            written = self.writer.patch_status(meta["namespace"], meta["name"], new, kind=kind)
+            if self.plugins is not None and written.get("metadata"):  # the next reconcile starts from this version
+                self.plugins.put((meta["namespace"], spec.key_name(kind, meta["name"])), written)
 
     # --- reconcile -------------------------------------------------------------------------------------------
 
@@ -364,9 +376,9 @@ class Reconciler:
         fetched, validated = checked
         clock = clock or _Stages(key, plugin.generation)
         try:
+            # what the cluster serves is remembered for a while (`apply.Writer.served`), and forgotten when a kind
+            # turns out missing
             first_time = (body.get("status") or {}).get("observedGeneration") != plugin.generation
-            if first_time:  # a new generation asks what the cluster serves now (Istio may have been upgraded)
-                self.writer.forget_discovery()
             path = self.path_for(plugin)
             for other in self.paths():
                 # this generation may have moved the plugin from another path (the agent path's check is in memory)
@@ -376,6 +388,7 @@ class Reconciler:
             report = path.deliver(delivery.Request(body=body, plugin=plugin, module=module, retry=retry))
         except errors.ApplyError as exc:
             self._note_forbidden(key, exc)
+            self.writer.forget_discovery()  # a kind may have gone (or come): the retry asks what the cluster serves
             why = status.reason(exc.reason)
             conds = [fetched, validated, status.Condition(status.READY, "False", why, exc.message)]
             self._finish(body, conds, digest=digest, event=(True, why, exc.message))

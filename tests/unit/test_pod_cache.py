@@ -1,5 +1,6 @@
-"""meshplug.controller.informer's pod cache in process: watch events and listings in, label-selected pods out, and
-the changes its consumers see (a listing after a lost watch reports the pods that went meanwhile)."""
+"""meshplug.controller.informer's caches in process (pods; the objects the operator renders; the plugins): watch
+events, listings and the operator's own writes in, selected objects out, and the changes its consumers see (a
+listing after a lost watch reports the pods that went meanwhile)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, cast
 import pytest
 
 from meshplug.controller import apply, informer
+from meshplug.controller.delivery import istio_configmap
 
 
 def pod(name: str, version: int, namespace: str = "shop", **labels: str) -> dict[str, Any]:
@@ -134,3 +136,103 @@ def test_reads_wait_for_every_scope_before_answering_from_memory() -> None:
 )
 def test_api_requests_are_counted_by_resource(path: str, expected: str) -> None:
     assert apply._resource_of(path) == expected
+
+
+def owned(name: str, version: int, namespace: str = "shop", **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": str(version), "labels": labels}}
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        # a write of ours is seen at once; the watch's older event for it does not take it back, its own does
+        ([("note", owned("ef", 5, app="a")), ("MODIFIED", owned("ef", 4, app="b"))], {"ef": "5"}),
+        ([("note", owned("ef", 5, app="a")), ("MODIFIED", owned("ef", 6, app="a"))], {"ef": "6"}),
+        # a note older than what the watch brought is not kept
+        ([("MODIFIED", owned("ef", 7, app="a")), ("note", owned("ef", 5, app="a"))], {"ef": "7"}),
+        # a delete of ours is gone at once; the watch's DELETED changes nothing more
+        ([("forget", owned("ef", 3)), ("DELETED", owned("ef", 8))], {}),
+        ([("ADDED", owned("other", 9, namespace="else"))], {"ef": "3", "other": "9"}),
+    ],
+)
+def test_owned_cache_holds_the_newest_of_the_watch_and_our_writes(
+    steps: list[tuple[str, dict[str, Any]]], expected: dict[str, str]
+) -> None:
+    c = informer.OwnedCache(cast(apply.Writer, None), "v1", "ConfigMap", (), label_selector="x=y")
+    c.replace("", [owned("ef", 3, app="a")])
+    for step, obj in steps:
+        if step == "note":
+            c.note(obj)
+        elif step == "forget":
+            c.forget(obj["metadata"]["namespace"], obj["metadata"]["name"])
+        else:
+            c.apply_event({"type": step, "object": obj})
+    got = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in c.objects("", {})}
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("namespace", "selector", "name", "expected"),
+    [
+        ("shop", {"app": "a"}, "", ["a-1", "a-2"]),
+        ("shop", {"app": "a"}, "a-2", ["a-2"]),
+        ("shop", {}, "b-1", ["b-1"]),
+        ("shop", {"app": "b"}, "a-1", []),
+        ("", {"app": "a"}, "", ["a-1", "a-2", "a-9"]),
+    ],
+)
+def test_owned_cache_reads_by_namespace_labels_and_name(
+    namespace: str, selector: dict[str, str], name: str, expected: list[str]
+) -> None:
+    c = informer.OwnedCache(cast(apply.Writer, None), "v1", "ConfigMap", (), label_selector="x=y")
+    c.replace("", [owned("a-1", 1, app="a"), owned("a-2", 2, app="a"), owned("b-1", 3, app="b")])
+    c.replace("", [*c.objects("", {}), owned("a-9", 4, namespace="other", app="a")])
+    got = sorted(o["metadata"]["name"] for o in c.objects(namespace, selector, name=name))
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("puts", "expected"),
+    [
+        (["3", "5"], "5"),
+        (["5", "3"], "5"),  # a watch event behind a status write of ours
+        (["5", "5"], "5"),
+        (["x", "3"], "3"),  # not a number: the latest put wins
+    ],
+)
+def test_latest_keeps_the_newest_version(puts: list[str], expected: str) -> None:
+    store = informer.Latest()
+    for version in puts:
+        store.put(("shop", "p"), {"metadata": {"name": "p", "resourceVersion": version}})
+    held = store.get(("shop", "p"))
+    assert held is not None and held["metadata"]["resourceVersion"] == expected
+    store.drop(("shop", "p"))
+    assert store.get(("shop", "p")) is None
+
+
+def config_map(modules: dict[str, str], **annotations: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "m", "namespace": "shop", "annotations": annotations, "managedFields": [{"m": 1}]},
+        "binaryData": modules,
+    }
+
+
+@pytest.mark.parametrize(
+    ("existing", "desired", "same"),
+    [
+        (config_map({"a.wasm": "QUJD"}, d="a"), config_map({"a.wasm": "QUJD"}, d="a"), True),
+        (config_map({"a.wasm": "QUJD"}, d="a"), config_map({"a.wasm": "QUJE"}, d="a"), False),  # other bytes
+        (config_map({"a.wasm": "QUJD"}, d="a"), config_map({"a.wasm": "QUJD", "b.wasm": "QQ=="}, d="a"), False),
+        (config_map({"a.wasm": "QUJD"}, d="a"), config_map({"a.wasm": "QUJD"}, d="b"), False),  # an annotation
+    ],
+)
+def test_a_cached_config_map_keeps_its_modules_digests_and_compares_as_the_whole(
+    existing: dict[str, Any], desired: dict[str, Any], same: bool
+) -> None:
+    cached = istio_configmap.trimmed(existing)
+    assert "binaryData" not in cached and "managedFields" not in cached["metadata"]
+    assert istio_configmap.trimmed(cached) == cached  # trimming what the cache holds changes nothing
+    assert istio_configmap.same(cached, desired) is same
+    assert istio_configmap.same(existing, desired) is same  # as read from the API: the same answer

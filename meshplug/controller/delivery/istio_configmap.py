@@ -20,30 +20,76 @@ pod it selects, and removed from namespaces that no longer have one. A TrafficEx
 EnvoyFilter (no ConfigMap, nothing to mount or download).
 Status: the per-pod verdicts of `meshplug.controller.delivery.proxies` (istiod's listeners for the proxy carry the
 filter with this module, LDS ACKed, and for remote code the module server saw the download).
+Reads: the ConfigMaps and EnvoyFilters it rendered come from the operator's caches (`informer.OwnedCache`, set by
+`use_caches`; the API until then), which keep a ConfigMap's module as its digest (`trimmed`): a reconcile reads
+nothing from the API, and a new plugin costs the writes alone (ConfigMap, EnvoyFilter).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from meshplug import errors, spec
-from meshplug.controller import delivery, status
+from meshplug.controller import apply, delivery, informer, status
 from meshplug.controller.delivery import istio_pods, proxies
 from meshplug.render import istio, model
 
 log = logging.getLogger("meshplug.controller.delivery.istio_configmap")
 
 ISTIO_EF = ("networking.istio.io/v1alpha3", "EnvoyFilter")
+CONFIG_MAP = ("v1", "ConfigMap")
+#: what the operator's caches of rendered objects hold: everything meshplug renders carries it
+MANAGED = f"{model.MANAGED_BY_LABEL}={model.MANAGED_BY}"
+#: a cached ConfigMap's modules, as the sha256 of each binaryData value (`trimmed`)
+DIGESTS = "binaryDataSha256"
+
+
+def trimmed(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A ConfigMap as the operator's cache keeps it: no managedFields, and its binaryData (the modules) as the
+    sha256 of each value: enough to tell whether it holds what a reconcile renders (`same`), not the bytes."""
+    out = {k: v for k, v in obj.items() if k != "binaryData"}
+    out["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    if "binaryData" in obj:
+        out[DIGESTS] = {k: hashlib.sha256(str(v).encode()).hexdigest() for k, v in obj["binaryData"].items()}
+    return out
+
+
+def same(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """`apply.holds` for ConfigMaps as read from the API or from the cache (`trimmed`)."""
+    return apply.holds(trimmed(existing) if "binaryData" in existing else existing, trimmed(desired))
 
 
 class IstioConfigMap(istio_pods.Route):
     """EnvoyFilter + ConfigMap(s); pods mount at admission; status from istiod and the module server."""
 
     name = "istio ConfigMap"
+
+    def __init__(
+        self,
+        writer: apply.Writer,
+        server: model.ModuleServer,
+        istiod: proxies.Istiod,
+        fetch_log: proxies.FetchLog,
+        selection: istio_pods.Selection,
+    ) -> None:
+        super().__init__(writer, server, istiod, fetch_log, selection)
+        self.config_maps: informer.ObjectSource = informer.ApiObjects(writer, *CONFIG_MAP)
+        self.envoy_filters: informer.ObjectSource = informer.ApiObjects(writer, *ISTIO_EF)
+
+    def use_caches(self, config_maps: informer.ObjectSource, envoy_filters: informer.ObjectSource) -> None:
+        """Read the rendered ConfigMaps and EnvoyFilters from these (the operator's caches)."""
+        self.config_maps, self.envoy_filters = config_maps, envoy_filters
+
+    def _write(self, source: informer.ObjectSource, obj: Mapping[str, Any], existing: Mapping[str, Any] | None) -> None:
+        """Server-side apply ``obj`` unless ``existing`` already holds it; the cache learns the result at once."""
+        if existing is not None and (same(existing, obj) if obj["kind"] == "ConfigMap" else apply.holds(existing, obj)):
+            return
+        source.note(self.writer.apply(obj))
 
     def mesh_wide(self, plugin: spec.PluginSpec) -> bool:
         return plugin.namespace == self.selection.root_namespace and not plugin.target_refs
@@ -86,15 +132,11 @@ class IstioConfigMap(istio_pods.Route):
     def _apply_envoy_filter(self, key: tuple[str, str], obj: Mapping[str, Any]) -> None:
         meta = obj["metadata"]
         try:
-            # listed (the operator may list EnvoyFilters, not get them): one of another meshplug resource by this
-            # name is never taken over; a changed one of ours is a change proxies must be pushed before they count
-            managed = f"{model.MANAGED_BY_LABEL}={model.MANAGED_BY}"
-            by_name = f"metadata.name={meta['name']}"  # this one, not every meshplug EnvoyFilter of the namespace
-            found = [
-                o
-                for o in self.writer.list(*ISTIO_EF, meta["namespace"], label_selector=managed, field_selector=by_name)
-                if o["metadata"]["name"] == meta["name"]
-            ]
+            # read by name from the cache (or listed: the operator may list EnvoyFilters, not get them): one of another
+            # meshplug resource by this name is never taken over; a changed one of ours is a change proxies must be
+            # pushed before they count
+            managed = {model.MANAGED_BY_LABEL: model.MANAGED_BY}
+            found = self.envoy_filters.objects(meta["namespace"], managed, name=meta["name"])
             for other in found:
                 owner = _owner(other["metadata"])
                 if owner != _owner(meta):
@@ -105,7 +147,7 @@ class IstioConfigMap(istio_pods.Route):
                     )
             if not [o for o in found if o.get("spec") == obj["spec"]]:
                 self.changes[key] = proxies.Change.before(self.istiod)
-            self.writer.apply_changed(obj, found[0] if found else None)  # unchanged: nothing written
+            self._write(self.envoy_filters, obj, found[0] if found else None)  # unchanged: nothing written
         except errors.ApplyError as exc:
             if exc.reason not in ("NotFound", "HTTP404"):
                 raise
@@ -115,18 +157,39 @@ class IstioConfigMap(istio_pods.Route):
                 reason="EnvoyFilterKindMissing",
             ) from None
 
-    def _ours(self, namespace: str, name: str, kind: str) -> str:
-        return (
-            f"{model.PLUGIN_LABEL}={name},{model.KIND_LABEL}={kind},{istio.PLUGIN_NAMESPACE_LABEL}={namespace},"
-            f"{istio.MOUNT_LABEL}=true"
-        )
+    def _ours(self, namespace: str, name: str, kind: str) -> dict[str, str]:
+        return {
+            model.PLUGIN_LABEL: name,
+            model.KIND_LABEL: kind,
+            istio.PLUGIN_NAMESPACE_LABEL: namespace,
+            istio.MOUNT_LABEL: "true",
+            model.MANAGED_BY_LABEL: model.MANAGED_BY,
+        }
 
     def _existing(self, namespace: str, name: str, kind: str) -> list[dict[str, Any]]:
         """The plugin's ConfigMaps wherever they are (copies of a root-namespace plugin's in other namespaces)."""
         found = []
         for scope in self.selection.scopes_of(namespace):
-            found += self.writer.list("v1", "ConfigMap", scope, label_selector=self._ours(namespace, name, kind))
+            found += self.config_maps.objects(scope, self._ours(namespace, name, kind))
         return found
+
+    def _previous_module(self, existing: list[dict[str, Any]], new_sha: str) -> model.Module | None:
+        """The module a ConfigMap of the plugin delivers now, when it differs from the new one (kept beside it);
+        read from the API (a cached ConfigMap holds the modules' digests only), once per module change."""
+        for current in existing:
+            meta = current.get("metadata") or {}
+            sha = ((meta.get("annotations") or {}).get(model.DIGEST_ANNOTATION) or "").removeprefix("sha256:")
+            if not sha or sha == new_sha:
+                continue
+            full = (
+                [current]
+                if "binaryData" in current
+                else self.writer.list(*CONFIG_MAP, meta["namespace"], field_selector=f"metadata.name={meta['name']}")
+            )
+            raw = next((c.get("binaryData") or {} for c in full), {}).get(f"{sha}.wasm")
+            if raw is not None:
+                return model.Module(sha256=sha, data=base64.b64decode(raw))
+        return None
 
     def _config_maps(
         self,
@@ -142,11 +205,11 @@ class IstioConfigMap(istio_pods.Route):
         else:
             wanted = {plugin.namespace}
         existing = self._existing(plugin.namespace, plugin.name, plugin.kind)
-        previous = _previous_module(existing, module.sha256)
+        previous = self._previous_module(existing, module.sha256)
         there = {(cm["metadata"]["namespace"], cm["metadata"]["name"]): cm for cm in existing}
         for namespace in sorted(wanted):
             obj = istio.config_map(plugin, module, code, previous, namespace)
-            self.writer.apply_changed(obj, there.get((namespace, obj["metadata"]["name"])))
+            self._write(self.config_maps, obj, there.get((namespace, obj["metadata"]["name"])))
         self._delete_config_maps(plugin.namespace, plugin.name, plugin.kind, keep=wanted, existing=existing)
 
     def _delete_config_maps(
@@ -161,7 +224,8 @@ class IstioConfigMap(istio_pods.Route):
         for cm in existing if existing is not None else self._existing(namespace, name, kind):
             meta = cm["metadata"]
             if meta["namespace"] not in keep:
-                self.writer.delete("v1", "ConfigMap", meta["namespace"], meta["name"])
+                self.writer.delete(*CONFIG_MAP, meta["namespace"], meta["name"])
+                self.config_maps.forget(meta["namespace"], meta["name"])
 
     def remove(self, namespace: str, name: str, *, owned: bool) -> None:
         """Delete the plugin's EnvoyFilter and every ConfigMap of it (always looked for: found by label)."""
@@ -169,15 +233,16 @@ class IstioConfigMap(istio_pods.Route):
         self.redelivery.forget((namespace, name))
         self.changes.pop((namespace, name), None)
         kind, name = spec.split_key_name(name)  # what this path renders is labelled with the resource's name and kind
-        label = f"{model.PLUGIN_LABEL}={name},{model.KIND_LABEL}={kind},{model.MANAGED_BY_LABEL}={model.MANAGED_BY}"
+        labels = {model.PLUGIN_LABEL: name, model.KIND_LABEL: kind, model.MANAGED_BY_LABEL: model.MANAGED_BY}
         try:
-            found = self.writer.list(*ISTIO_EF, namespace, label_selector=label)
+            found = self.envoy_filters.objects(namespace, labels)
         except errors.ApplyError as exc:
             if exc.reason not in ("NotFound", "HTTP404"):  # no EnvoyFilter kind: a cluster without Istio
                 raise
             found = []
         for obj in found:
             self.writer.delete(*ISTIO_EF, namespace, obj["metadata"]["name"])
+            self.envoy_filters.forget(namespace, obj["metadata"]["name"])
         self._delete_config_maps(namespace, name, kind, keep=set())
 
     # --- status ----------------------------------------------------------------------------------------------
@@ -252,17 +317,6 @@ def _redelivered(code: model.RemoteCode, attempt: int) -> model.RemoteCode:
     if not attempt:
         return code
     return dataclasses.replace(code, uri=f"{code.uri}{'&' if '?' in code.uri else '?'}redelivery={attempt}")
-
-
-def _previous_module(existing: list[dict[str, Any]], new_sha: str) -> model.Module | None:
-    """The module a ConfigMap of the plugin delivers now, when it differs from the new one (kept beside it)."""
-    for current in existing:
-        digest = ((current.get("metadata") or {}).get("annotations") or {}).get(model.DIGEST_ANNOTATION, "")
-        sha = digest.removeprefix("sha256:")
-        raw = (current.get("binaryData") or {}).get(f"{sha}.wasm")
-        if raw is not None and sha != new_sha:
-            return model.Module(sha256=sha, data=base64.b64decode(raw))
-    return None
 
 
 def _blocked(pod: Mapping[str, Any], code: model.Code | None) -> str:
