@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -76,6 +77,11 @@ def apiserver_requests(client: Client) -> float:
     return sum(
         float(line.rpartition(" ")[2]) for line in str(text).splitlines() if line.startswith("apiserver_request_total{")
     )
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted ``values`` (nearest rank below)."""
+    return values[int(q * (len(values) - 1))]
 
 
 def counted(obj: dict[str, Any], want: int) -> bool:
@@ -247,7 +253,10 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                 )
             for i in range(args.pods):
                 make_pod(client, i, args.workloads)
-            print(f"setup: {args.workloads} Deployments, {args.pods} Pods in {time.monotonic() - t:.1f}s")
+            print(
+                f"setup: {args.workloads} Deployments, {args.pods} Pods in {time.monotonic() - t:.1f}s; "
+                f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+            )
             modules = work / "modules"
             modules.mkdir()
             (modules / "m.wasm").write_bytes(MODULE)
@@ -262,6 +271,7 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                 writes0, rec0 = operator_counts(op)
                 server0, own0 = apiserver_requests(client), client.requests
                 started: dict[str, float] = {}
+                returned: dict[str, float] = {}  # when each POST was answered (the object exists from then on)
                 names = [f"plugin-{i}" for i in range(args.plugins)]
                 t0 = time.monotonic()
                 for i, name in enumerate(names):
@@ -280,9 +290,12 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                     }
                     started[name] = time.monotonic()
                     client("POST", PLUGINS, body)
+                    returned[name] = time.monotonic()
                 applied = time.monotonic() - t0
                 watch.wait(lambda: len(watch.counted_at) == len(names), deadline, "not every plugin counted its pods")
                 times = {n: watch.counted_at[n] - started[n] for n in names}
+                after_post = sorted(watch.counted_at[n] - returned[n] for n in names)
+                posts = sorted(returned[n] - started[n] for n in names)
                 total = max(watch.counted_at.values()) - t0
                 writes1, rec1 = operator_counts(op)
                 server1, own1 = apiserver_requests(client), client.requests
@@ -294,6 +307,12 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                     f"pods: p50 {statistics.median(lat):.2f}s p95 {lat[int(0.95 * (len(lat) - 1))]:.2f}s "
                     f"p99 {lat[int(0.99 * (len(lat) - 1))]:.2f}s max {lat[-1]:.2f}s; all applied in {applied:.2f}s, "
                     f"all counted after {total:.2f}s; operator RSS {rss_mib(op.proc.pid):.0f} MiB"
+                )
+                print(
+                    f"  from each POST's answer: p50 {statistics.median(after_post):.2f}s "
+                    f"p95 {pct(after_post, 0.95):.2f}s p99 {pct(after_post, 0.99):.2f}s max {after_post[-1]:.2f}s; "
+                    f"a POST took p50 {1000 * statistics.median(posts):.0f} ms, max {1000 * posts[-1]:.0f} ms; "
+                    f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
                 )
                 op_requests = (server1 - server0) - (own1 - own0)  # minus ours (the scrapes cancel out)
                 print(
@@ -351,7 +370,10 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                 time.sleep(args.idle)  # measuring an idle period, not synchronising
                 idle1, own_idle1 = apiserver_requests(client), client.requests
                 print(f"idle {args.idle:.0f}s: {(idle1 - idle0) - (own_idle1 - own_idle0):.0f} operator requests")
-                print(f"operator RSS at the end: {rss_mib(op.proc.pid):.0f} MiB")
+                print(
+                    f"operator RSS at the end: {rss_mib(op.proc.pid):.0f} MiB; "
+                    f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+                )
             finally:
                 op.stop()
     return 0

@@ -185,6 +185,8 @@ POD_WATCH_BACKOFF_MAX_S = 30.0
 #: how long the operator trusts what the API server said it serves in a group (extensions.istio.io: native or
 #: ConfigMap delivery) before asking again
 API_DISCOVERY_TTL_S = 10.0
+#: istio-plane modules (sha256, filter kind) the operator remembers passing the ABI check (then it forgets them all)
+MAX_VALID_MODULES_REMEMBERED = 10_000
 #: retry delay after a failed reconcile: first, cap (doubling in between)
 RECONCILE_BACKOFF_FIRST_S = 5.0
 RECONCILE_BACKOFF_MAX_S = 300.0

@@ -23,6 +23,7 @@ Always`` pulls again when the spec changes (a new generation), not on every reco
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import threading
@@ -120,6 +121,11 @@ class Reconciler:
         #: starts from it instead of reading the plugin; None (driven without a watch): read from the API
         self.plugins: informer.Latest | None = None
         self._fetched: dict[Key, int] = {}  # the generation each plugin was last pulled for
+        #: istio-plane modules that passed the ABI check, as (sha256, filter kind): not checked again per reconcile
+        self._valid: set[tuple[str, str]] = set()
+        #: per istio-plane plugin pinned by sha256: (generation, url) its module was last fetched for; a reconcile of
+        #: the same generation (a pod change, a re-check) takes the bytes from the module cache instead of fetching
+        self._pinned: dict[Key, tuple[int, str, fetch.Artifact]] = {}  # the artifact without its bytes
         self._lock = threading.Lock()
         self._retries: dict[Key, int] = {}
         self._forbidden: dict[Key, str] = {}
@@ -300,7 +306,7 @@ class Reconciler:
             self._deliver(body, plugin, None, key=key, retry=retry, checked=checked, digest=None, clock=clock)
             return
         try:
-            artifact = self._fetch(plugin, always=self._pull_again(plugin))
+            artifact = self._fetched_before(key, plugin) or self._fetch(plugin, always=self._pull_again(plugin))
         except errors.MeshplugError as exc:
             if isinstance(exc, errors.ApplyError):
                 self._note_forbidden(key, exc)
@@ -339,6 +345,9 @@ class Reconciler:
         clock.done("validate")
         with self._lock:
             self._fetched[key] = plugin.generation
+            if plugin.data_plane is spec.DataPlane.ISTIO and plugin.sha256 is not None:
+                seen = dataclasses.replace(artifact, data=b"", from_cache=True, previous_manifest_digest=None)
+                self._pinned[key] = (plugin.generation, plugin.url, seen)
         checked = (fetched, validated)
         self._deliver(body, plugin, module, key=key, retry=retry, checked=checked, digest=artifact.digest, clock=clock)
 
@@ -422,6 +431,16 @@ class Reconciler:
             and not self.fetcher.in_file_roots(plugin.url)
         )
 
+    def _fetched_before(self, key: Key, plugin: spec.PluginSpec) -> fetch.Artifact | None:
+        """The module of an istio-plane plugin pinned by sha256, when this generation fetched it already (the pin
+        fixes the bytes): from the module cache, without reading its source again. None: fetch it."""
+        with self._lock:
+            known = self._pinned.get(key)
+        if plugin.sha256 is None or known is None or known[:2] != (plugin.generation, plugin.url):
+            return None
+        data = self.fetcher.cache.get_blob(known[2].sha256)  # checked against its sha256 on reading
+        return dataclasses.replace(known[2], data=data) if data is not None else None
+
     def _pull_again(self, plugin: spec.PluginSpec) -> bool:
         """Always pulls again once per new generation (Istio: when the resource changes), not per reconcile."""
         key = (plugin.namespace, spec.key_name(plugin.kind, plugin.name))
@@ -463,7 +482,12 @@ class Reconciler:
                 signature = artifact.signature  # the agents verify it again (and compile it themselves)
                 ready = self.precompiler.validate(artifact.data, artifact.sha256, kind, served=signature is None)
                 return model.Module(sha256=artifact.sha256, data=artifact.data, compiled=ready, signature=signature)
-            validate.validate(artifact.data, kind=kind)
+            if (artifact.sha256, kind.value) not in self._valid:
+                validate.validate(artifact.data, kind=kind)
+                with self._lock:
+                    if len(self._valid) >= limits.MAX_VALID_MODULES_REMEMBERED:
+                        self._valid.clear()
+                    self._valid.add((artifact.sha256, kind.value))
         finally:
             self.metrics.validated(time.monotonic() - started)
         return model.Module(sha256=artifact.sha256, data=artifact.data)
@@ -513,6 +537,7 @@ class Reconciler:
         self._retries.pop(key, None)
         with self._lock:
             self._fetched.pop(key, None)
+            self._pinned.pop(key, None)
         named = (body.get("spec") or {}).get("dataPlane") or spec.DataPlane.ISTIO.value
         for path in self.paths():
             path.remove(namespace, name, owned=(path is self.agent) == (named == spec.DataPlane.AGENT.value))
