@@ -2,20 +2,20 @@
 
 Starts etcd + kube-apiserver (free ports), the WasmPlugin and EnvoyFilter CRDs, ``--workloads`` Deployments with
 ``--pods`` Pods spread over them (status set through the status subresource: no kubelet; each carries Istio's
-injection annotation, so the istio plane selects it), then `meshplug operator` as a process. Applies
-``--plugins`` WasmPlugins (istio data plane, ConfigMap route; each selects one workload's pods) as fast as it
-can and prints, from apply to the operator's status for that generation with every selected pod counted
-(``status.pods.total``, seen through a watch of the plugins): per-plugin p50/p95/p99/max, the time until all are
-counted and the operator's RSS. These pods have no proxies (5,000 Envoys do not fit this machine) and were
-created before the plugins: each plugin ends Ready=False ``RestartNeeded`` (the module's ConfigMap mounts at
-admission), the state in which the operator has rendered, applied and judged every selected pod; a proxy's own
-part of Ready is bench/ready.py's. API requests: counted in the operator's client by method and resource (its writer,
-read from its /metrics) and, for everything it sends including kopf's watches and finalizer patches, at the
-apiserver (``apiserver_request_total`` minus this script's own requests); per reconcile, the time keys waited for a
-worker and a reconcile took (the operator's histograms). Then the same after a pod churn (``--churn`` pods deleted
-and re-created), with the operator's requests per pod changed (O(1): flat as --pods grows), a churn of pod
-updates that change no plugin's selection (``--churn`` status patches), and the requests of an idle ``--idle`` s.
-Bounded: every wait has a deadline (``--deadline`` s overall).
+injection annotation, so the istio plane selects it), then `meshplug operator` as a process, waited for until its
+caches listed and watch (an operator runs before plugins are applied). Applies ``--plugins`` WasmPlugins (istio data
+plane, ConfigMap route; each selects one workload's pods) as fast as it can and prints, from apply to the operator's
+status for that generation with every selected pod counted (``status.pods.total``, seen through a watch of the
+plugins): per-plugin p50/p95/p99/max, the time until all are counted and the operator's RSS. These pods have no
+proxies (5,000 Envoys do not fit this machine) and were created before the plugins: each plugin ends Ready=False
+``RestartNeeded`` (the module's ConfigMap mounts at admission), the state in which the operator has rendered,
+applied and judged every selected pod; a proxy's own part of Ready is bench/ready.py's. API requests: counted in the
+operator's client by method and resource (its writer, read from its /metrics) and, for everything it sends including
+kopf's watches and finalizer patches, at the apiserver (``apiserver_request_total`` minus this script's own
+requests); per reconcile, the time keys waited for a worker and a reconcile took (the operator's histograms). Then
+the same after a pod churn (``--churn`` pods deleted and re-created), with the operator's requests per pod changed
+(O(1): flat as --pods grows), a churn of pod updates that change no plugin's selection (``--churn`` status patches),
+and the requests of an idle ``--idle`` s. Bounded: every wait has a deadline (``--deadline`` s overall).
 
     .venv/bin/python bench/operator_scale.py [--pods 500] [--plugins 50]
     .venv/bin/python bench/operator_scale.py --pods 5000 --plugins 200 --workloads 50 --churn 500   (issue's size)
@@ -168,6 +168,17 @@ def make_pod(client: Client, i: int, workloads: int) -> None:
     client("PATCH", f"/api/v1/namespaces/{NS}/pods/pod-{i}/status", status, "application/merge-patch+json")
 
 
+def synced(op: operator_mod.Operator) -> bool:
+    """The operator is as a running one is when plugins are applied: its caches listed (pods, the ConfigMaps and
+    EnvoyFilters it renders) and watching, and nothing queued."""
+    m = op.metrics()
+    watching = all(
+        m.get(f'meshplug_operator_api_requests_total{{method="WATCH",resource="{r}"}}', 0) >= 1
+        for r in ("pods", "configmaps", "envoyfilters")
+    )
+    return watching and m.get("meshplug_operator_workqueue_depth") == 0
+
+
 def operator_counts(op: operator_mod.Operator) -> tuple[float, float]:
     m = op.metrics()
     writes = sum(v for k, v in m.items() if k.startswith("meshplug_operator_api_requests_total"))
@@ -225,6 +236,7 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
     ap.add_argument("--churn", type=int, default=50)
     ap.add_argument("--idle", type=float, default=10.0)
     ap.add_argument("--deadline", type=float, default=600.0)
+    ap.add_argument("--workers", type=int, default=0, help="the operator's --workers (0: its default)")
     args = ap.parse_args()
     deadline = time.monotonic() + args.deadline
     with tempfile.TemporaryDirectory(prefix="meshplug-scale-") as tmp:
@@ -261,10 +273,16 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
             modules.mkdir()
             (modules / "m.wasm").write_bytes(MODULE)
             op = operator_mod.start_operator(
-                kube.kubeconfig, work / "op", namespaces=[NS], extra=[f"--file-root={modules}"]
+                kube.kubeconfig,
+                work / "op",
+                namespaces=[NS],
+                extra=[f"--file-root={modules}", *([f"--workers={args.workers}"] if args.workers else [])],
             )
             want = args.pods // args.workloads
             try:
+                t = time.monotonic()
+                procs.wait_until(lambda: synced(op), timeout=max(1.0, deadline - t), what="the operator's caches")
+                print(f"operator: caches listed and watching {time.monotonic() - t:.1f}s after it was healthy")
                 watch = PluginWatch(kube, client, want)
                 m0 = op.metrics()
                 log0 = op.proc.log_path.stat().st_size

@@ -156,6 +156,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lease-duration", type=float, default=15.0, help="leader Lease duration in seconds")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=limits.RECONCILE_WORKERS,
+        help=f"reconciles run at once (default {limits.RECONCILE_WORKERS})",
+    )
+    parser.add_argument(
         "--istio-delivery",
         default="auto",
         choices=["auto", "native", "configmap"],
@@ -266,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
         lease_namespace=args.lease_namespace or None,
         identity=f"{socket.gethostname()}-{os.getpid()}",
         lease_duration_s=args.lease_duration,
+        workers=max(1, args.workers),
     )
     stop_identity = threading.Event()
     threading.Thread(
