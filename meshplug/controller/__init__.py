@@ -21,9 +21,9 @@ whose caBundle the operator keeps (`meshplug.controller.webhook_tls`; ``webhook.
 default; no rule at all in the other TLS modes); ``agent-secret``, the agent Secret (``--agent-secret``, the chart's
 ``agent.secretName``); ``identity-secret``, the identity Secret (``--identity-secret``, ``<fullname>-identity``).
 
-    watched  meshplug.io          wasmplugins         get,list,watch,patch
+    watched  meshplug.io          wasmplugins         list,watch,patch
     watched  meshplug.io          wasmplugins/status  patch
-    watched  meshplug.io          trafficextensions         get,list,watch,patch
+    watched  meshplug.io          trafficextensions         list,watch,patch
     watched  meshplug.io          trafficextensions/status  patch
     watched  core                 pods                list,watch
     watched  core                 configmaps          list,watch,create,patch,delete
@@ -41,26 +41,26 @@ default; no rule at all in the other TLS modes); ``agent-secret``, the agent Sec
     own      core                 secrets             get,update  names=identity-secret
     own      apps                 deployments         get
 
-Why: wasmplugins and trafficextensions (kopf lists and watches them and patches its finalizer; the reconciler reads
-the current object), their status (conditions, digest, pod counts); pods (the selection, agents' addresses,
-re-reconcile on pods appearing or going); configmaps (modules of the istio plane's ConfigMap route, copied into the
-namespaces a root-namespace plugin reaches; the module-mount webhook lists them; the operator lists and watches
-those it rendered, a cache its reconciles read; ``create`` because a server-side
-apply that creates an object is authorized as a create); secrets (the agent Secret of each namespace with agents,
-which the operator creates and then reads and updates by name only: `meshplug.controller.identity`; no ``get`` of
-any other Secret, so no ``imagePullSecret`` is read unless the namespace's owner grants it (a Role naming that
-Secret, bound to the operator's ServiceAccount: README "imagePullSecret"); ``create`` cannot be restricted by name
-in RBAC: the chart's ValidatingAdmissionPolicy ``<fullname>-operator-secrets`` lets the operator create only Opaque
-Secrets of its own names, and no agent Secret in a namespace the injection webhook skips, kube-system included);
-events (Warning/Normal Events on plugins, one series per reason: read and patched on repeats); envoyfilters (the
-istio plane's ConfigMap route); trafficextensions and wasmplugins of extensions.istio.io (the istio plane's native
-route: Istio's own resource, owned by the meshplug one; read first so one meshplug does not own is never
-overwritten; discovery of which kind the cluster serves needs no rule); no workload (Deployment, StatefulSet,
-DaemonSet) is read or written in watched namespaces: modules reach pods at admission; tokenreviews (the module
-server checks the agents' ServiceAccount tokens); its own webhook configurations (their caBundle: the CA of the
-webhooks' serving certificate); in its own namespace: leases (one active replica: the ``meshplug-operator`` Lease),
-secrets and its Deployment (the identity Secret, created once, then read and updated by name; owned by the
-operator's Deployment).
+Why: wasmplugins and trafficextensions (kopf lists and watches them and patches its finalizer; a reconcile starts
+from the newest version the watch or its own status write brought: it reads none), their status (conditions, digest,
+pod counts); pods (the selection, agents' addresses, re-reconcile on pods appearing or going); configmaps (modules
+of the istio plane's ConfigMap route, copied into the namespaces a root-namespace plugin reaches; the module-mount
+webhook lists them; the operator lists and watches those it rendered, a cache its reconciles read; ``create``
+because a server-side apply that creates an object is authorized as a create); secrets (the agent Secret of each
+namespace with agents, which the operator creates and then reads and updates by name only:
+`meshplug.controller.identity`; no ``get`` of any other Secret, so no ``imagePullSecret`` is read unless the
+namespace's owner grants it (a Role naming that Secret, bound to the operator's ServiceAccount: README
+"imagePullSecret"); ``create`` cannot be restricted by name in RBAC: the chart's ValidatingAdmissionPolicy
+``<fullname>-operator-secrets`` lets the operator create only Opaque Secrets of its own names, and no agent Secret
+in a namespace the injection webhook skips, kube-system included); events (Warning/Normal Events on plugins, one
+series per reason: read and patched on repeats); envoyfilters (the istio plane's ConfigMap route); trafficextensions
+and wasmplugins of extensions.istio.io (the istio plane's native route: Istio's own resource, owned by the meshplug
+one; read first so one meshplug does not own is never overwritten; discovery of which kind the cluster serves needs
+no rule); no workload (Deployment, StatefulSet, DaemonSet) is read or written in watched namespaces: modules reach
+pods at admission; tokenreviews (the module server checks the agents' ServiceAccount tokens); its own webhook
+configurations (their caBundle: the CA of the webhooks' serving certificate); in its own namespace: leases (one
+active replica: the ``meshplug-operator`` Lease), secrets and its Deployment (the identity Secret, created once,
+then read and updated by name; owned by the operator's Deployment).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import contextlib
 import datetime
 import hashlib
 import json
-import logging
 import threading
 import time
 import urllib.parse
@@ -26,8 +25,6 @@ from typing import Any
 import kubernetes
 
 from meshplug import errors, limits, spec
-
-log = logging.getLogger("meshplug.controller.apply")
 
 FIELD_MANAGER = "meshplug"
 Objects = list[dict[str, Any]]
@@ -102,6 +99,16 @@ class Credentials:
     private_key_path: str | None
 
 
+@dataclass
+class _Asking:
+    """One discovery request in flight, shared by the callers that wait for it."""
+
+    sent: float  # time.monotonic() when it was sent
+    done: threading.Event = field(default_factory=threading.Event)
+    found: frozenset[str] = frozenset()
+    error: errors.ApplyError | None = None
+
+
 class Writer:
     """API access through one kubernetes-client ApiClient (kubeconfig or in-cluster credentials)."""
 
@@ -112,7 +119,7 @@ class Writer:
         self._events: dict[tuple[str, str], int] = {}  # (namespace, Event name) -> the count last written
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self._discovery: dict[str, tuple[float, frozenset[str]]] = {}  # api_version -> (when read, plurals)
-        self._refreshing: set[str] = set()  # api_versions a background request is asking about
+        self._asking: dict[str, _Asking] = {}  # the discovery request in flight per api_version
         self._watches: set[Any] = set()  # the responses of watches in flight (urllib3)
 
     def requests(self) -> dict[tuple[str, str], int]:
@@ -187,37 +194,52 @@ class Writer:
             raise
         return obj
 
-    def served(self, api_version: str) -> frozenset[str]:
+    def served(self, api_version: str, *, since: float | None = None) -> frozenset[str]:
         """The resources (plurals) the API serves in ``api_version`` (a group/version); empty when not served.
-        Asked once, then remembered: an answer older than `limits.API_DISCOVERY_TTL_S` is still given while a
-        background request refreshes it (a CRD installed or removed is seen within about that time, and no caller
-        waits on discovery but the first); `forget_discovery` makes the next call ask again and wait."""
+
+        ``since`` (a `time.monotonic` time): the answer of a request sent at or after it, e.g. when a plugin's new
+        generation was first seen (a change asks what the cluster serves now: Istio may have been upgraded);
+        callers wanting that of the same moment share one request. Without ``since``: the last answer, asked once;
+        once it is `limits.API_DISCOVERY_TTL_S` old a background request refreshes it while it is still given (a
+        CRD installed or removed is seen within about that time). `forget_discovery` makes the next call ask."""
         with self._count_lock:
             known = self._discovery.get(api_version)
-            stale = known is not None and time.monotonic() - known[0] >= limits.API_DISCOVERY_TTL_S
-            refresh = stale and api_version not in self._refreshing
-            if refresh:
-                self._refreshing.add(api_version)
-        if refresh:
-            name = "meshplug-discovery"
-            threading.Thread(target=self._refresh, args=(api_version,), name=name, daemon=True).start()
-        if known is not None:
-            return known[1]
-        found = self._served(api_version)
-        with self._count_lock:
-            self._discovery[api_version] = (time.monotonic(), found)
-        return found
+            if since is None and known is not None:
+                if time.monotonic() - known[0] >= limits.API_DISCOVERY_TTL_S and api_version not in self._asking:
+                    refresh = self._asking[api_version] = _Asking(time.monotonic())
+                    name = "meshplug-discovery"
+                    threading.Thread(target=self._ask, args=(api_version, refresh), name=name, daemon=True).start()
+                return known[1]
+            if known is not None and since is not None and known[0] >= since:
+                return known[1]
+            asking = self._asking.get(api_version)
+            mine = asking is None or (since is not None and asking.sent < since)
+            if mine:
+                asking = self._asking[api_version] = _Asking(time.monotonic())
+        assert asking is not None
+        if mine:
+            self._ask(api_version, asking)
+        asking.done.wait()
+        if asking.error is not None:
+            raise asking.error
+        return asking.found
 
-    def _refresh(self, api_version: str) -> None:
-        found: frozenset[str] | None = None
+    def _ask(self, api_version: str, asking: _Asking) -> None:
+        """Send ``asking``'s request; its answer is remembered unless a later one is."""
         try:
-            found = self._served(api_version)
-        except Exception:  # an API refusal or the client's own (urllib3) errors: asked again on the next call
-            log.info("API discovery of %s: refresh failed", api_version, exc_info=True)
+            asking.found = self._served(api_version)
+        except Exception as exc:  # an API refusal or the client's own (urllib3) errors: given to who waits
+            asking.error = (
+                exc if isinstance(exc, errors.ApplyError) else errors.ApplyError(str(exc), reason="Discovery")
+            )
         with self._count_lock:
-            self._refreshing.discard(api_version)
-            if found is not None:
-                self._discovery[api_version] = (time.monotonic(), found)
+            if self._asking.get(api_version) is asking:
+                del self._asking[api_version]
+            if asking.error is None:
+                known = self._discovery.get(api_version)
+                if known is None or known[0] <= asking.sent:
+                    self._discovery[api_version] = (asking.sent, asking.found)
+        asking.done.set()
 
     def forget_discovery(self) -> None:
         """The next `served` asks the API server again."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, Self, TypeVar
 
@@ -400,22 +401,34 @@ class OwnedCache(Reflector):
 
 class Latest:
     """The newest version of each object seen, by key (e.g. the WasmPlugins from kopf's watch events and the
-    answers to the operator's status writes). Thread-safe."""
+    answers to the operator's status writes), and when its generation was first seen. Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._objects: dict[tuple[str, str], Obj] = {}
+        self._since: dict[tuple[str, str], tuple[int, float]] = {}  # key -> (generation, first seen)
 
     def put(self, key: tuple[str, str], obj: Mapping[str, Any]) -> None:
         """Keep ``obj`` unless a newer version of it is held."""
+        generation = int((obj.get("metadata") or {}).get("generation") or 0)
         with self._lock:
             if not older(obj, self._objects.get(key)):
                 self._objects[key] = dict(obj)
+            if self._since.get(key, (None,))[0] != generation:
+                self._since[key] = (generation, self._clock())
 
     def get(self, key: tuple[str, str]) -> Obj | None:
         with self._lock:
             return self._objects.get(key)
 
+    def since(self, key: tuple[str, str], generation: int) -> float | None:
+        """When ``generation`` of the object was first seen (None: not seen here)."""
+        with self._lock:
+            known = self._since.get(key)
+        return known[1] if known is not None and known[0] == generation else None
+
     def drop(self, key: tuple[str, str]) -> None:
         with self._lock:
             self._objects.pop(key, None)
+            self._since.pop(key, None)

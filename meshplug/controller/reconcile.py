@@ -184,9 +184,12 @@ class Reconciler:
         namespace, key_name = key
         kind, name = spec.split_key_name(key_name)
         try:
-            body = self.plugins.get(key) if self.plugins is not None else None
-            if body is None:
-                body = self.writer.get(PLUGIN_API, kind, namespace, name)
+            # the operator's watch has every plugin (one it lacks is gone); driven without one, the API answers
+            body = (
+                self.plugins.get(key)
+                if self.plugins is not None
+                else self.writer.get(PLUGIN_API, kind, namespace, name)
+            )
         except errors.ApplyError as exc:
             self._note_forbidden(key, exc)
             self.metrics.reconciled("error")
@@ -385,9 +388,9 @@ class Reconciler:
         fetched, validated = checked
         clock = clock or _Stages(key, plugin.generation)
         try:
-            # what the cluster serves is remembered for a while (`apply.Writer.served`), and forgotten when a kind
-            # turns out missing
             first_time = (body.get("status") or {}).get("observedGeneration") != plugin.generation
+            if first_time:  # a new generation asks what the cluster serves now (Istio may have been upgraded)
+                self._discover(key, plugin.generation)
             path = self.path_for(plugin)
             for other in self.paths():
                 # this generation may have moved the plugin from another path (the agent path's check is in memory)
@@ -422,6 +425,13 @@ class Reconciler:
             raise status.Retry(report.retry, status.backoff(retry))
         if report.recheck_s is not None:
             raise status.Retry("waiting for the proxies", report.recheck_s)
+
+    def _discover(self, key: Key, generation: int) -> None:
+        """Ask what the cluster serves in extensions.istio.io (the istio plane's native kinds), with an answer no
+        older than this generation's first sight: plugins changed at the same moment share one request, and the
+        reconciles of a generation already handled use the answer remembered (`apply.Writer.served`)."""
+        seen = self.plugins.since(key, generation) if self.plugins is not None else None
+        self.writer.served(native_render.API_VERSION, since=seen if seen is not None else time.monotonic())
 
     def _in_proxy(self, plugin: spec.PluginSpec) -> bool:
         """A file:// url of the istio plane outside the operator's file roots: a file inside the proxy."""

@@ -45,8 +45,9 @@ def _requests(op: operator_mod.Operator) -> dict[tuple[str, str], float]:
 
 
 def _delta(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> dict[tuple[str, str], int]:
-    """The requests between two reads, but for API discovery: asked once per process and refreshed in the background
-    once its answer is `limits.API_DISCOVERY_TTL_S` old, whoever asks then (never more than one here)."""
+    """The requests between two reads, but for API discovery: a new generation asks what the cluster serves (shared
+    by the plugins changed at the same moment), else a background refresh once the answer is
+    `limits.API_DISCOVERY_TTL_S` old: at most one here."""
     out = {k: int(v - before.get(k, 0)) for k, v in after.items() if v != before.get(k, 0)}
     assert out.pop(("GET", "discovery"), 0) <= 1
     return out
