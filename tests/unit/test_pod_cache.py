@@ -4,6 +4,7 @@ listing after a lost watch reports the pods that went meanwhile)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 import pytest
@@ -236,3 +237,39 @@ def test_a_cached_config_map_keeps_its_modules_digests_and_compares_as_the_whole
     assert istio_configmap.trimmed(cached) == cached  # trimming what the cache holds changes nothing
     assert istio_configmap.same(cached, desired) is same
     assert istio_configmap.same(existing, desired) is same  # as read from the API: the same answer
+
+
+class _Discovery(apply.Writer):
+    """The writer's discovery memory over a counted answer (no API server: what is under test is the memory)."""
+
+    def __init__(self) -> None:
+        super().__init__(cast(Any, None))
+        self.asked = 0
+
+    def _served(self, api_version: str) -> frozenset[str]:
+        self.asked += 1
+        return frozenset({f"answer-{self.asked}"})
+
+
+@pytest.mark.parametrize(
+    ("calls", "asked", "last"),
+    [
+        # remembered: later calls without `since` are answered from memory
+        ([None, None, None], 1, "answer-1"),
+        # a change seen after the last answer asks again; one seen before it does not
+        (["after", "before"], 2, "answer-2"),
+        (["before", "before"], 1, "answer-1"),
+    ],
+)
+def test_api_discovery_is_asked_again_only_for_a_change_seen_after_the_last_answer(
+    calls: list[str | None], asked: int, last: str
+) -> None:
+    writer = _Discovery()
+    before = time.monotonic()
+    writer.served("x.io/v1")  # the first answer, sent after `before`
+    answer: frozenset[str] = frozenset()
+    for call in calls:
+        since = None if call is None else (before if call == "before" else time.monotonic())
+        answer = writer.served("x.io/v1", since=since)
+    assert writer.asked == asked
+    assert answer == {last}
