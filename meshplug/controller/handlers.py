@@ -150,8 +150,25 @@ def build_registry(
 
     kopf.on.delete(*_TE_RESOURCE, registry=registry, retries=None, id="cleanup-trafficextension")(cleanup_plugin)
     # admission webhooks (agent injection, istio module mounts, WasmPlugin checks) when configured
-    webhooks.register(registry, identity=reconciler.identity, lister=reconciler.writer.list)
+    webhooks.register(registry, identity=reconciler.identity, lister=_lister(reconciler))
     return registry
+
+
+def _lister(reconciler: reconcile.Reconciler) -> webhooks.Lister:
+    """What the admission webhooks list with: the module ConfigMaps from the operator's cache (a pod's admission
+    reads nothing from the API), anything else from the API."""
+    writer = reconciler.writer
+
+    def list_objects(
+        api_version: str, kind: str, namespace: str, *, label_selector: str = "", field_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        if (api_version, kind) == istio_configmap.CONFIG_MAP and not field_selector and "!" not in label_selector:
+            wanted = dict(part.split("=", 1) for part in label_selector.split(",") if "=" in part)
+            if len(wanted) == len([p for p in label_selector.split(",") if p]):  # equality terms only
+                return reconciler.istio_configmap.config_maps.objects(namespace, wanted)
+        return writer.list(api_version, kind, namespace, label_selector=label_selector, field_selector=field_selector)
+
+    return list_objects
 
 
 async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
