@@ -213,6 +213,27 @@ static PyObject *State_read(StateObject *self, PyObject *const *args, Py_ssize_t
     return PyBytes_FromStringAndSize((const char *)self->base + ptr, (Py_ssize_t)size);
 }
 
+/* read_lower(ptr, size): read(ptr, size).lower() in one copy (ASCII only, as bytes.lower: a header name) */
+static PyObject *State_read_lower(StateObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long ptr, size;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "read_lower(ptr, size)");
+        return NULL;
+    }
+    if (as_offset(args[0], &ptr) < 0 || as_offset(args[1], &size) < 0) return NULL;
+    if (size == 0) return PyBytes_FromStringAndSize(NULL, 0);
+    if (State_span(self, "read", ptr, size) < 0) return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (out == NULL) return NULL;
+    const uint8_t *src = self->base + ptr;
+    char *dst = PyBytes_AS_STRING(out);
+    for (long long i = 0; i < size; i++) {
+        uint8_t c = src[i];
+        dst[i] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+    }
+    return out;
+}
+
 static PyObject *State_write(StateObject *self, PyObject *const *args, Py_ssize_t nargs) {
     long long ptr;
     Py_buffer view;
@@ -309,6 +330,8 @@ static PyMethodDef State_methods[] = {
     {"set_memory", (PyCFunction)State_set_memory, METH_O, "set_memory(wasmtime_memory_t address)"},
     {"memory_size", (PyCFunction)State_memory_size, METH_NOARGS, "the linear memory's size in bytes"},
     {"read", (PyCFunction)(void (*)(void))State_read, METH_FASTCALL, "read(ptr, size) -> bytes"},
+    {"read_lower", (PyCFunction)(void (*)(void))State_read_lower, METH_FASTCALL,
+     "read_lower(ptr, size) -> bytes: read(ptr, size).lower() (ASCII)"},
     {"write", (PyCFunction)(void (*)(void))State_write, METH_FASTCALL, "write(ptr, data)"},
     {"replace_into", (PyCFunction)(void (*)(void))State_replace_into, METH_FASTCALL,
      "replace_into(ptr, size, target: bytearray, stop): target[:stop] = guest bytes [ptr, ptr + size)"},

@@ -46,14 +46,16 @@ from meshplug.agent.streamapi import LocalReply
 
 _MAX_BUFFER_TYPE: Final = hostapi.MAX_BUFFER_TYPE
 _MAX_MAP_TYPE: Final = hostapi.MAX_MAP_TYPE
-#: per map type, the names Envoy keeps as one inline entry (adding to one appends ",value": headermap.add_header)
-_INLINE: Final = {
+_NO_INLINE: frozenset[bytes] = frozenset()
+#: per map type (index; 0..MAX_MAP_TYPE), the names Envoy keeps as one inline entry (adding to one appends
+#: ",value": headermap.add_header); none for the gRPC and http-call maps
+_INLINE_NAMES = {
     MAP_REQUEST_HEADERS: headermap.REQUEST_INLINE_HEADERS,
     MAP_REQUEST_TRAILERS: headermap.REQUEST_TRAILER_INLINE_HEADERS,
     MAP_RESPONSE_HEADERS: headermap.RESPONSE_INLINE_HEADERS,
     MAP_RESPONSE_TRAILERS: headermap.RESPONSE_TRAILER_INLINE_HEADERS,
 }
-_NO_INLINE: frozenset[bytes] = frozenset()
+_INLINE: Final = tuple(_INLINE_NAMES.get(t, _NO_INLINE) for t in range(_MAX_MAP_TYPE + 1))
 
 _U32: Final = 0xFFFF_FFFF
 _READ_ONLY_BUFFERS: Final = frozenset(
@@ -90,6 +92,7 @@ class HostCalls:
         self.guest: vm.Guest  # set by the VM once its guest exists (`use`; shims run only after that)
         # the guest's memory access, as attributes: one call each from the shims, no method lookup per access
         self.read: Callable[[int, int], bytes]
+        self.read_lower: Callable[[int, int], bytes]  # a header name, ASCII-lowercased as it is read
         self.write: Callable[[int, bytes | bytearray | memoryview], None]
         self.write_u32: Callable[[int, int], None]
         self.write_u64: Callable[[int, int], None]
@@ -100,6 +103,7 @@ class HostCalls:
         C functions over the known memory)."""
         self.guest = guest
         self.read = guest.read
+        self.read_lower = guest.read_lower
         self.write = guest.write
         self.write_u32 = guest.write_u32
         self.write_u64 = guest.write_u64
@@ -256,7 +260,7 @@ class HostCalls:
         hmap = self._map(mtype)
         if hmap is not None:
             hmap.clear()
-            inline = _INLINE.get(mtype, _NO_INLINE)
+            inline = _INLINE[mtype]
             for k, v in new:  # Envoy: remove every entry, then addCopy each pair (inline names coalesce)
                 headermap.add_header(hmap, k.lower(), v, inline)
             self._request_headers_changed(mtype)
@@ -273,7 +277,7 @@ class HostCalls:
     def proxy_get_header_map_value(self, mtype: int, kptr: int, ksize: int, ptr_ptr: int, size_ptr: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        key = self.read(kptr, ksize).lower()
+        key = self.read_lower(kptr, ksize)
         hmap = self._map(mtype)
         if hmap is not None:
             for k, v in hmap:
@@ -286,10 +290,10 @@ class HostCalls:
     def proxy_add_header_map_value(self, mtype: int, kptr: int, ksize: int, vptr: int, vsize: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        key, value = self.read(kptr, ksize).lower(), self.read(vptr, vsize)
+        key, value = self.read_lower(kptr, ksize), self.read(vptr, vsize)
         hmap = self._map(mtype)
         if hmap is not None:
-            headermap.add_header(hmap, key, value, _INLINE.get(mtype, _NO_INLINE))
+            headermap.add_header(hmap, key, value, _INLINE[mtype])
             if mtype == MAP_REQUEST_HEADERS:
                 self._request_headers_changed(mtype)
         return OK
@@ -297,7 +301,7 @@ class HostCalls:
     def proxy_replace_header_map_value(self, mtype: int, kptr: int, ksize: int, vptr: int, vsize: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        key, value = self.read(kptr, ksize).lower(), self.read(vptr, vsize)
+        key, value = self.read_lower(kptr, ksize), self.read(vptr, vsize)
         hmap = self._map(mtype)
         if hmap is not None:
             for i, (k, _) in enumerate(hmap):
@@ -314,7 +318,7 @@ class HostCalls:
     def proxy_remove_header_map_value(self, mtype: int, kptr: int, ksize: int) -> int:
         if mtype > _MAX_MAP_TYPE:
             return BAD_ARGUMENT
-        key = self.read(kptr, ksize).lower()
+        key = self.read_lower(kptr, ksize)
         hmap = self._map(mtype)
         if hmap is not None:
             hmap[:] = [(k, v) for k, v in hmap if k != key]

@@ -436,6 +436,10 @@ class Guest(ABC):
     @abstractmethod
     def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None: ...
 
+    def read_lower(self, ptr: int, size: int) -> bytes:
+        """``read(ptr, size).lower()`` (ASCII, as bytes.lower; the fast backend lowers as it copies)."""
+        return self.read(ptr, size).lower()
+
     def replace_into(self, ptr: int, size: int, target: bytearray, stop: int) -> None:
         """``target[:stop] = read(ptr, size)`` (the fast backend copies once, with no bytes object between)."""
         target[:stop] = self.read(ptr, size)
@@ -741,6 +745,7 @@ class FastGuest(Guest):
             self.state.set_memory(self._mem_addr)
             # the memory is known for good: guest memory access goes straight to C (no Python frame)
             self.read = self.state.read  # type: ignore[method-assign,assignment]
+            self.read_lower = self.state.read_lower  # type: ignore[method-assign,assignment]
             self.write = self.state.write  # type: ignore[method-assign,assignment]
             self.replace_into = self.state.replace_into  # type: ignore[method-assign,assignment]
             self.read_u32 = self.state.read_u32  # type: ignore[method-assign,assignment]
@@ -799,6 +804,9 @@ class FastGuest(Guest):
 
     def read(self, ptr: int, size: int) -> bytes:
         return self._memory().read(ptr, size) if size else b""
+
+    def read_lower(self, ptr: int, size: int) -> bytes:
+        return self._memory().read_lower(ptr, size) if size else b""
 
     def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
         if len(data):
