@@ -133,6 +133,18 @@ def replaced(guest: vm.Guest) -> list[object]:
     return out
 
 
+def lowered(guest: vm.Guest) -> list[object]:
+    """read_lower: ASCII letters lowered, every other byte (incl. non-ASCII) as it is; empty; out of bounds."""
+    guest.write(600, b"X-Hd\xc4Z@[`{")
+    out: list[object] = [guest.read_lower(600, 10), guest.read_lower(600, 0)]
+    try:
+        guest.read_lower(65_535, 2)
+        out.append("read_lower ok")
+    except vm.MemoryFault:
+        out.append("read_lower fault")
+    return out
+
+
 def run_script(backend: str, tier: compiled.Tier = compiled.Tier.OPTIMIZED) -> list[object]:
     """One fixed sequence of operations; every observable outcome, in order."""
     h = Harness(backend, tier=tier)
@@ -155,6 +167,7 @@ def run_script(backend: str, tier: compiled.Tier = compiled.Tier.OPTIMIZED) -> l
         h.guest.write_u64(308, (1 << 64) + 9)
         out.append(h.guest.read(300, 16))
         out += replaced(h.guest)
+        out += lowered(h.guest)
         out.append(h.guest.memory_size())
         for ptr, size in ((65_535, 2), (-1, 1), (1 << 32, 1)):
             try:
@@ -194,6 +207,7 @@ def test_backends_agree_on_every_observable_outcome() -> None:
     assert fast[:8] == [None, 0, (1 << 31) + 5, wide, 7, 0, 0xFFFF_FFFD, [(0xFFFF_FFFE, (1 << 64) - 1)]]
     assert "trap: trap" in fast and "raise: host host function failed on purpose" in fast
     assert [b"abcd"] in fast
+    assert b"x-hd\xc4z@[`{" in fast and "read_lower fault" in fast
     assert b"\x05\x00\x00\x0023456789" in fast and b"\x05\x006789" in fast  # replace_into, both ways
 
 
