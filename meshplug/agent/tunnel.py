@@ -45,6 +45,7 @@ class _Side(asyncio.Protocol):
         self.name = name
         self.transport: asyncio.Transport | None = None
         self.other: _Side | None = None
+        self.eof = False  # this end sent its FIN (what it sends is over)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -60,7 +61,10 @@ class _Side(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.tunnel.head_pending:
             return None  # the response head never came: both ends close
+        self.eof = True
         other = self.other
+        if other is not None and other.eof:
+            return None  # both ends are done sending: the tunnel closes (connection_lost closes the other end)
         if other is not None and other.transport is not None and other.transport.can_write_eof():
             other.transport.write_eof()
             return True  # keep our side open for what the other still sends (half-close)

@@ -198,7 +198,7 @@ ROUTES = [
 @pytest.fixture(scope="module")
 def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     """Envoy and the agent (`--envoy-config`) on one bootstrap with routes: listener "bare" without plugins,
-    "plugins" with rust/header_rules."""
+    "plugins" with rust/header_rules ("admin": each one's admin port)."""
     tmp: Path = tmp_path_factory.mktemp("ws-routed")
     logs = tmp / "logs"
     started: list[Any] = []
@@ -212,7 +212,7 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
         planes: dict[str, dict[str, int]] = {}
         for plane in ("envoy", "agent"):
             ports = {"bare": procs.free_port(), "plugins": procs.free_port()}
-            admin = procs.free_port()
+            admin = ports["admin"] = procs.free_port()
             listeners = [
                 tb_envoy.http_listener(
                     name, ports[name], cluster="ws", upgrade_types=["websocket"], routes=ROUTES, http_filters=filters
@@ -249,3 +249,21 @@ def test_an_upgrade_gets_the_routers_reply(routed: Bed, listener: str, path: str
         seen[plane] = (out.status, out.body, out.replies, out.headers.get("x-ws-resp"))
     assert seen["agent"] == seen["envoy"], seen
     assert seen["agent"][:2] == (status, body), seen
+
+
+#: the count of open client connections on listener "bare": Envoy's (stat_prefix bare) and the agent's
+_ACTIVE = {"envoy": "http.bare.downstream_cx_active: ", "agent": "meshplug.downstream_cx_active: "}
+
+
+def test_a_closed_websocket_leaves_no_connection_open(routed: Bed) -> None:
+    """After the client's and the app's close frames each end sends its FIN: the proxy closes both connections,
+    as Envoy does, and counts none active. (A tunnel half-closed both ways once stayed open: two descriptors
+    per WebSocket leaked, and a SIGTERM drain waited out its whole timeout for it.)"""
+    for plane, ports in (("envoy", routed.envoy), ("agent", routed.agent)):
+        out = wspeer.exchange(ports["bare"], ["hi"], path="/ws")
+        assert (out.status, out.replies) == (101, ["echo: hi"]), plane
+        procs.wait_until(
+            lambda: _ACTIVE[plane] + "0\n" in tb_envoy.admin_get(ports["admin"], "/stats")[1],  # noqa: B023
+            timeout=10,
+            what=f"{plane}: no client connection left open",
+        )
