@@ -7,6 +7,7 @@
  *                               laid it out); `size` bytes, a sparse file: pages cost memory only once used.
  *   get(vm_id, key)             -> (value, cas) or None
  *   set(vm_id, key, value, cas) -> 0 stored, 1 CAS mismatch (cas != 0 and the key holds another cas), 2 full
+ *                                  (CAS numbers are 32-bit, 1..0xffffffff then 1 again, as Envoy's)
  *   queue_register(vm_id, name, worker, context_id) -> token (>0; the same for the same vm_id and name in every
  *                               worker); the queue's owner becomes (worker, context_id): the last registration
  *                               wins, as Envoy's SharedQueue::registerQueue keeps the last registrant
@@ -163,6 +164,13 @@ static uint64_t find(StoreObject *s, uint32_t hv, const char *vm, Py_ssize_t vle
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* The next CAS number, as proxy-wasm-cpp-host's SharedData::nextCas: 32 bits (what the ABI hands a guest),
+ * wrapping past 0xffffffff to 1 (0 means "no CAS" to proxy_set_shared_data). Called with the lock held. */
+static uint64_t next_cas(header_t *h) {
+    h->cas = h->cas >= 0xffffffffULL ? 1 : h->cas + 1;
+    return h->cas;
+}
+
 static int Store_init(StoreObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"path", "size", "create", NULL};
     const char *path;
@@ -290,7 +298,7 @@ static PyObject *Store_set(StoreObject *self, PyObject *const *args, Py_ssize_t 
         entry_t *e = E(self, off);
         memcpy((char *)(e + 1) + vlen + klen, value.buf, (size_t)value.len);
         e->val_len = (uint32_t)value.len;
-        e->cas = ++H(self)->cas;
+        e->cas = next_cas(H(self));
     } else {
         uint64_t need = sizeof(entry_t) + (uint64_t)vlen + klen + value.len;
         uint64_t fresh = alloc(self, need);
@@ -299,7 +307,7 @@ static PyObject *Store_set(StoreObject *self, PyObject *const *args, Py_ssize_t 
         } else {
             entry_t *e = E(self, fresh);
             e->next = off ? E(self, off)->next : 0;
-            e->cas = ++H(self)->cas;
+            e->cas = next_cas(H(self));
             e->vm_len = (uint32_t)vlen;
             e->key_len = (uint32_t)klen;
             e->val_len = (uint32_t)value.len;

@@ -109,7 +109,9 @@ class SharedData:
 
     def __init__(self, store: sharing.Store | None = None) -> None:
         self._data: dict[str, dict[bytes, tuple[bytes, int]]] = {}
-        self._cas = itertools.count(1)
+        #: the last CAS number handed out: 32 bits, 1..0xffffffff then 1 again (proxy-wasm-cpp-host's nextCas;
+        #: the ABI gives a guest 32 bits, and 0 means "no CAS")
+        self.last_cas = 0
         self.store = store
 
     def get(self, vm_id: str, key: bytes) -> tuple[bytes, int] | None:
@@ -128,7 +130,8 @@ class SharedData:
         current = space.get(key)
         if cas and current is not None and current[1] != cas:
             return False
-        space[key] = (value, next(self._cas))
+        self.last_cas = self.last_cas + 1 if self.last_cas < 0xFFFF_FFFF else 1
+        space[key] = (value, self.last_cas)
         return True
 
 
