@@ -11,13 +11,16 @@
  *              cost more than the call itself; a State may ask for it while its VM starts on a worker thread
  *              beside other VMs starting), and returns the result as a Python int. On a trap or
  *              error it calls `fail(error_ptr, trap_ptr)` (Python), which raises.
+ *   call_each  several GuestCalls with one argument in one call from Python (a stream's log, done, delete);
+ *              the first that raises stops the rest and leaves its index in its State's seq_index.
  *   HostFunc   one host import: `TRAMPOLINE` is a wasmtime_func_unchecked_callback_t whose env is a HostFunc;
  *              it takes the GIL, calls the Python function with unsigned ints, maps the listed exceptions to
  *              results, and turns any other exception into a trap (the exception is kept on the State and
  *              raised again by vm.FastGuest once the guest call unwinds).
  *   State      per store: call depth, the epoch the deadline was last armed at, the deadline in ticks, the
  *              current caller (for host functions running before `memory` is known), the pending host
- *              exception, and the linear memory: bounds-checked read/write against its base and size,
+ *              exception, and the linear memory: bounds-checked read/write (read_lower: a header name
+ *              lowercased as it is copied) against its base and size,
  *              looked up again only after the guest ran (`dirty`: it may have grown).
  *   Epoch      a counter the runtime's ticker advances just before the engine's epoch.
  *   Ticker     the runtime's epoch ticker: a native thread (no GIL, no Python) that every period advances
