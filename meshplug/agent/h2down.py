@@ -90,6 +90,7 @@ class H2Exchange:
         "stream",
         "timeout_s",
         "unacked",
+        "unroutable",
         "up",
         "up_end",
         "up_paused",
@@ -100,10 +101,20 @@ class H2Exchange:
         self.out = h2wire.OutStream(stream_id)
         self.head = headers
         self.method = b"GET"
-        for name, value in headers:
+        asterisk = False
+        seen = 0
+        for name, value in headers:  # the pseudo-headers come first
             if name == b":method":
                 self.method = value
+                seen += 1
+            elif name == b":path":
+                asterisk = value == b"*"
+                seen += 1
+            if seen == 2:
                 break
+        # no route serves CONNECT (Envoy matches it only with a connect_matcher) nor the asterisk form (OPTIONS *):
+        # the router's 404 once the plugins have seen the request, as Envoy answers both
+        self.unroutable = asterisk or self.method == b"CONNECT"
         self.grpc = agent_chain.is_grpc_request(headers)
         self.end_in = end_stream  # the client's side of the stream ended
         self.req_done = end_stream
@@ -169,11 +180,14 @@ class H2Exchange:
             return
         conn = self.conn
         stream = self.stream
-        decision = stream.route() if stream is not None else conn.resolve(list(headers))
+        decision: routing.Decision | None = None
+        if not self.unroutable:
+            decision = stream.route() if stream is not None else conn.resolve(list(headers))
         reply = routing.router_reply(decision)
         if reply is not None:
             self.proxy_reply(*reply)
             return
+        assert decision is not None  # router_reply answers a missing decision (the router's 404)
         route = decision.route
         assert route is not None
         self.timeout_s = route.timeout_s
