@@ -207,6 +207,11 @@ def decode(key: ArtifactKey, blob: bytes, *, checked: bool = False) -> bytes:
     """The payload if ``blob`` is a sound artifact for ``key``; raises _Stale or _Corrupt otherwise. ``checked``:
     the caller matched the whole blob's sha256 against the digest its producer announced for that file (the
     operator's push), so the payload's own checksum -- part of those bytes -- is not computed again."""
+    return blob[_payload_at(key, blob, checked=checked) :]
+
+
+def _payload_at(key: ArtifactKey, blob: bytes, *, checked: bool) -> int:
+    """Where the payload of a sound artifact ``blob`` for ``key`` starts (`decode`; no copy of the payload)."""
     if len(blob) < len(MAGIC) + _LEN.size or not blob.startswith(MAGIC):
         raise _Corrupt("bad magic or truncated header")
     (hlen,) = _LEN.unpack_from(blob, len(MAGIC))
@@ -224,12 +229,12 @@ def decode(key: ArtifactKey, blob: bytes, *, checked: bool = False) -> bytes:
         raise _Corrupt(f"unreadable header: {exc}") from None
     if theirs != key:
         raise _Stale(f"artifact is for {theirs}, wanted {key}")
-    payload = blob[start + hlen :]
-    if len(payload) != payload_len:
-        raise _Corrupt(f"payload is {len(payload)} bytes, header says {payload_len}")
-    if not checked and hashlib.sha256(payload).hexdigest() != payload_sha:
+    at = start + hlen
+    if len(blob) - at != payload_len:
+        raise _Corrupt(f"payload is {len(blob) - at} bytes, header says {payload_len}")
+    if not checked and hashlib.sha256(memoryview(blob)[at:]).hexdigest() != payload_sha:
         raise _Corrupt("payload checksum mismatch")
-    return payload
+    return at
 
 
 @contextlib.contextmanager
@@ -295,7 +300,7 @@ class ArtifactCache:
         may refuse it (stale)."""
         key = self.key(module_sha256)
         try:
-            decode(key, blob, checked=checked)
+            _payload_at(key, blob, checked=checked)
         except (_Stale, _Corrupt):
             return False
         path = self.path(key)
