@@ -3,8 +3,8 @@
 
 Starts etcd + kube-apiserver, then per mode `meshplug operator` (a process, fresh module and artifact caches, a
 namespace of its own) and ``--pods`` real agents (processes at 127.0.0.x as the pods' IPs, each with its own empty
-artifact cache), and times a WasmPlugin (dataPlane: agent) from the client's apply to the first status read that
-says Ready for the new digest and generation: round 1 creates it with the first Go module, each later round
+artifact cache), and times a WasmPlugin (dataPlane: agent) from the client's apply to the first status its watch sees
+that says Ready for the new digest and generation: round 1 creates it with the first Go module, each later round
 updates it to another Go module of the corpus (a module nobody compiled yet), and a last "warm" round updates
 back to the first module (compiled already: no compile anywhere). Modes (``--modes``):
 
@@ -40,10 +40,11 @@ ended inside that reconcile's deliver stage, and stops otherwise: figures of ano
 made "push transport + ACK" negative on updates before the operator's fix: a reconcile still running for the
 previous generation fetched, compiled and pushed the new one).
 
-``--baseline DIR`` runs every mode a second time on the meshplug package of another checkout (its `make native`
-build; e.g. the commit before a change), and ``--repeat N`` runs the whole sequence N times, so the two codes
-alternate under the same machine load; the summary gives each one's median and the median of the per-round
-ratios.
+``--baseline DIR`` adds a bed per mode running the meshplug package of another checkout (its `make native` build;
+e.g. the commit before a change). Every bed is started before the first round and the rounds are interleaved: each
+module goes to every bed in turn (round i starts with the i-th bed), so the modes and systems meet the same
+machine load; ``--repeat N`` does it all N times with fresh beds. The summary gives each bed's median and the
+median of the per-round ratios (this checkout / baseline, tiered / untiered).
 
 Also prints, for comparison, Envoy 1.40 loading the same Go module on V8: the time from Envoy's start to its first
 response through the plugin minus the same without the plugin, median of ``--envoy-rounds``.
@@ -359,21 +360,13 @@ def one_round(bed: Bed, module: corpus.BuiltModule, *, create: bool) -> tuple[li
     return rows, (t_ready - t_apply) * 1000, (t_optimized - t_apply) * 1000, tier_rows
 
 
-def run_mode(
-    kube: kube_mod.Kube,
-    work: Path,
-    run: str,
-    *,
-    mode: str,
-    built: list[corpus.BuiltModule],
-    args: Any,
-    source: Path | None,
-) -> list[Round]:
-    """One bed (namespace ``ready-<run>``, its operator and pods) through the rounds; ``source``: the operator and
-    agents run the meshplug package of that checkout (its `make native` build) instead of this one."""
+def start_bed(
+    kube: kube_mod.Kube, work: Path, run: str, *, mode: str, roots: list[str], pods: int, source: Path | None
+) -> Bed:
+    """A bed (namespace ``ready-<run>``, its operator and ``pods`` pods); ``source``: the operator and agents run
+    the meshplug package of that checkout (its `make native` build) instead of this one."""
     ns = f"ready-{run}"
     fixtures_kube.ensure_namespace(kube, ns)
-    roots = sorted({str(m.path.parent) for m in built})
     # PYTHONSAFEPATH: `python -m` must not put the working directory (this checkout) before PYTHONPATH
     env = {} if source is None else {"PYTHONPATH": str(source), "PYTHONSAFEPATH": "1", "MESHPLUG_REQUIRE_NATIVE": "1"}
     op = operator_mod.start_operator(
@@ -384,24 +377,56 @@ def run_mode(
         env=env,
     )
     bed = Bed(kube, op, [], ns)
-    rounds: list[Round] = []
     try:
-        bed.agents = [start_pod(kube, op, ns, work / run, i, env=env) for i in range(args.pods)]
-        plan = [
-            (m, f"{'create' if i == 0 else 'update'} {m.key} ({m.size / 2**20:.1f} MiB, new)")
-            for i, m in enumerate(built)
-        ]
-        plan.append((built[0], f"update back to {built[0].key} (compiled already)"))
-        for i, (module, title) in enumerate(plan):
-            rows, ready_ms, optimized_ms, tier_rows = one_round(bed, module, create=i == 0)
-            rounds.append(Round(title, rows, ready_ms, optimized_ms, tier_rows))
-    finally:
-        for a in bed.agents:
-            a.stop()
-        op.stop()
-        if os.environ.get("READY_DEBUG"):
-            print(op.proc.log()[-20000:], file=sys.stderr)
-    return rounds
+        bed.agents = [start_pod(kube, op, ns, work / run, i, env=env) for i in range(pods)]
+    except BaseException:
+        stop_bed(bed)
+        raise
+    return bed
+
+
+def stop_bed(bed: Bed) -> None:
+    for a in bed.agents:
+        a.stop()
+    bed.op.stop()
+    if os.environ.get("READY_DEBUG"):
+        print(bed.op.proc.log()[-20000:], file=sys.stderr)
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def run_beds(kube: kube_mod.Kube, work: Path, rep: int, built: list[corpus.BuiltModule], args: Any) -> dict[str, Bed]:
+    """One bed per mode and system, all started before the first round (an idle bed costs next to nothing)."""
+    roots = sorted({str(m.path.parent) for m in built})
+    beds: dict[str, Bed] = {}
+    try:
+        for mode in args.modes.split(","):
+            for label, source in args.systems:
+                run = f"{mode}{'-base' if source else ''}-{rep}"
+                beds[mode + label] = start_bed(kube, work, run, mode=mode, roots=roots, pods=args.pods, source=source)
+    except BaseException:
+        for bed in beds.values():
+            stop_bed(bed)
+        raise
+    return beds
+
+
+def run_rounds(beds: dict[str, Bed], built: list[corpus.BuiltModule], results: dict[str, list[Round]]) -> None:
+    """Each module in turn on every bed, interleaved (round i starts with the i-th bed: no system goes first
+    each time): the systems meet the same machine load within a round."""
+    plan = [
+        (m, f"{'create' if i == 0 else 'update'} {m.key} ({m.size / 2**20:.1f} MiB, new)") for i, m in enumerate(built)
+    ]
+    plan.append((built[0], f"update back to {built[0].key} (compiled already)"))
+    names = list(beds)
+    for i, (module, title) in enumerate(plan):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            rows, ready_ms, optimized_ms, tier_rows = one_round(beds[name], module, create=i == 0)
+            results.setdefault(name, []).append(
+                Round(f"{title} (load average {load_average()})", rows, ready_ms, optimized_ms, tier_rows)
+            )
 
 
 def first_response(port: int, header: str, deadline: float) -> float:
@@ -450,31 +475,27 @@ def main() -> int:
     ap.add_argument("--modes", default="tiered,untiered", help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--envoy-rounds", type=int, default=3)
     ap.add_argument("--baseline", type=Path, help="also run each mode on this checkout (e.g. before a change)")
-    ap.add_argument("--repeat", type=int, default=1, help="run the whole sequence of beds this many times")
+    ap.add_argument("--repeat", type=int, default=1, help="this many times fresh beds, each through every round")
     args = ap.parse_args()
     built = [corpus.module(k) for k in args.modules.split(",")]
     modes = args.modes.split(",")
-    systems: list[tuple[str, Path | None]] = [("", None)]
-    if args.baseline is not None:
-        systems.append(("@baseline", args.baseline.resolve()))
-    # interleaved: each repeat runs every mode on every system, one bed after the other
-    plan = [(rep, mode, label, source) for rep in range(args.repeat) for mode in modes for label, source in systems]
+    args.systems = [("", None)] + ([("@baseline", args.baseline.resolve())] if args.baseline is not None else [])
     results: dict[str, list[Round]] = {}
-    runs: list[tuple[str, str, list[Round]]] = []
     with tempfile.TemporaryDirectory(prefix="meshplug-ready-") as tmp:
         work = Path(tmp)
         with kube_mod.control_plane(work / "kube", work / "logs") as kube:
             fixtures_kube.install_crd(kube, fixtures_kube.crd_body())
-            for rep, mode, label, source in plan:
-                run = f"{mode}{'-base' if source else ''}-{rep}"
-                rounds = run_mode(kube, work, run, mode=mode, built=built, args=args, source=source)
-                load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-                runs.append((f"{mode}{label} (run {rep + 1}, load average after it: {load})", mode + label, rounds))
-                results.setdefault(mode + label, []).extend(rounds)
+            for rep in range(args.repeat):
+                beds = run_beds(kube, work, rep, built, args)
+                try:
+                    run_rounds(beds, built, results)
+                finally:
+                    for bed in beds.values():
+                        stop_bed(bed)
         envoy = envoy_load_ms(built[0].path, args.envoy_rounds, work)
-    print(f"WasmPlugin (dataPlane: agent) apply -> Ready, {args.pods} pods")
-    for title, _, rounds in runs:
-        print(f"\n=== {title}")
+    print(f"WasmPlugin (dataPlane: agent) apply -> Ready, {args.pods} pods; beds interleaved round by round")
+    for name, rounds in results.items():
+        print(f"\n=== {name}")
         for r in rounds:
             print(f"\n{r.title}")
             print_rows(r.rows)
@@ -497,6 +518,13 @@ def main() -> int:
         ratios = [a.ready_ms / b.ready_ms for a, b in pairs if "(compiled already)" not in a.title]
         print(
             f"{mode}: apply -> Ready, this checkout / baseline, median of per-round ratios: "
+            f"{statistics.median(ratios):.2f}x"
+        )
+    for label, _ in args.systems if {"tiered", "untiered"} <= set(modes) else ():
+        pairs = zip(results[f"tiered{label}"], results[f"untiered{label}"], strict=True)
+        ratios = [a.ready_ms / b.ready_ms for a, b in pairs if "(compiled already)" not in a.title]
+        print(
+            f"tiered{label} / untiered{label}: apply -> Ready, median of per-round ratios: "
             f"{statistics.median(ratios):.2f}x"
         )
     print(
