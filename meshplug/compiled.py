@@ -229,7 +229,7 @@ def _payload_at(key: ArtifactKey, blob: bytes, *, checked: bool) -> int:
         raise _Corrupt(f"unreadable header: {exc}") from None
     if theirs != key:
         raise _Stale(f"artifact is for {theirs}, wanted {key}")
-    at = start + hlen
+    at: int = start + hlen
     if len(blob) - at != payload_len:
         raise _Corrupt(f"payload is {len(blob) - at} bytes, header says {payload_len}")
     if not checked and hashlib.sha256(memoryview(blob)[at:]).hexdigest() != payload_sha:
