@@ -368,22 +368,9 @@ class OwnedCache(Reflector):
     """The objects of one kind the operator rendered (``label_selector``, e.g. managed-by=meshplug), kept by list +
     watch and by the operator's own writes; an `ObjectSource` (the API answers until every scope listed)."""
 
-    def __init__(
-        self,
-        writer: apply.Writer,
-        api_version: str,
-        kind: str,
-        namespaces: Iterable[str],
-        *,
-        label_selector: str,
-        trim: Trim = _trimmed,
-    ) -> None:
-        super().__init__(writer, api_version, kind, namespaces, label_selector=label_selector, trim=trim)
-        self.fallback = ApiObjects(writer, api_version, kind)
-
     def objects(self, namespace: str, selector: Mapping[str, str], *, name: str = "") -> list[Obj]:
         if not self._synced.is_set():
-            return self.fallback.objects(namespace, selector, name=name)
+            return ApiObjects(self.writer, self.api_version, self.kind).objects(namespace, selector, name=name)
         with self._lock:
             held = [self._objects.get(namespace, {})] if namespace else list(self._objects.values())
             found = [o for objs in held for n, o in sorted(objs.items()) if not name or n == name]

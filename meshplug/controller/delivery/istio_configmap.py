@@ -69,17 +69,11 @@ class IstioConfigMap(istio_pods.Route):
 
     name = "istio ConfigMap"
 
-    def __init__(
-        self,
-        writer: apply.Writer,
-        server: model.ModuleServer,
-        istiod: proxies.Istiod,
-        fetch_log: proxies.FetchLog,
-        selection: istio_pods.Selection,
-    ) -> None:
-        super().__init__(writer, server, istiod, fetch_log, selection)
-        self.config_maps: informer.ObjectSource = informer.ApiObjects(writer, *CONFIG_MAP)
-        self.envoy_filters: informer.ObjectSource = informer.ApiObjects(writer, *ISTIO_EF)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """`istio_pods.Route`'s arguments; the rendered objects are read from the API until `use_caches`."""
+        super().__init__(*args, **kwargs)
+        self.config_maps: informer.ObjectSource = informer.ApiObjects(self.writer, *CONFIG_MAP)
+        self.envoy_filters: informer.ObjectSource = informer.ApiObjects(self.writer, *ISTIO_EF)
 
     def use_caches(self, config_maps: informer.ObjectSource, envoy_filters: informer.ObjectSource) -> None:
         """Read the rendered ConfigMaps and EnvoyFilters from these (the operator's caches)."""
