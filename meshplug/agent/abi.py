@@ -545,8 +545,7 @@ class HostCalls:
         elif kind == m.COUNTER:
             m.value[mid] += value  # Envoy adds
         else:
-            m.samples[mid].append(value)
-            m.value[mid] = len(m.samples[mid])
+            m.record(mid, value)
         return OK
 
     def proxy_get_metric(self, mid: int, ret: int) -> int:

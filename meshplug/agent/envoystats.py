@@ -33,11 +33,12 @@ CUSTOM_PREFIX: Final = "wasmcustom."
 
 @dataclass(frozen=True)
 class Stat:
-    """One stat: a counter or gauge (`value`) or a histogram (`samples`, the recorded values)."""
+    """One stat: a counter or gauge (`value`) or a histogram (`bins`: (bin floor, count) pairs in floor order, as
+    `binned` makes them: a histogram's quantiles depend only on its values' bins, so it keeps no values)."""
 
     name: str
     value: int = 0
-    samples: tuple[int, ...] | None = None
+    bins: tuple[tuple[int, int], ...] | None = None
 
 
 def bin_mid(value: int) -> float:
@@ -63,10 +64,22 @@ def bin_floor(value: int) -> int:
     return (value // scale) * scale
 
 
-def quantile(ordered: Sequence[int], percent: float) -> float:
-    """The `percent` quantile of sorted values as Envoy computes it: the nearest-rank value's bin middle."""
-    rank = max(math.ceil(percent / 100.0 * len(ordered)), 1)
-    return bin_mid(ordered[min(rank, len(ordered)) - 1])
+def binned(counts: Mapping[int, int]) -> tuple[tuple[int, int], ...]:
+    """A histogram's (bin floor, count) pairs in floor order from a floor -> count mapping (`Stat.bins`)."""
+    return tuple(sorted((floor, count) for floor, count in counts.items() if count))
+
+
+def quantile(bins: Sequence[tuple[int, int]], percent: float) -> float:
+    """The `percent` quantile of a histogram's (bin floor, count) pairs in floor order as Envoy computes it: the
+    nearest-rank value's bin middle."""
+    total = sum(count for _, count in bins)
+    rank = min(max(math.ceil(percent / 100.0 * total), 1), total)
+    seen = 0
+    for floor, count in bins:
+        seen += count
+        if seen >= rank:
+            return bin_mid(floor)
+    raise ValueError("quantile of an empty histogram")
 
 
 def _selected(stats: Sequence[Stat], query: Mapping[str, str]) -> list[Stat]:
@@ -77,7 +90,7 @@ def _selected(stats: Sequence[Stat], query: Mapping[str, str]) -> list[Stat]:
     for stat in stats:
         if regex is not None and regex.search(stat.name) is None:
             continue
-        if used_only and (stat.samples == () if stat.samples is not None else stat.value == 0):
+        if used_only and (not stat.bins if stat.bins is not None else stat.value == 0):
             continue
         out.append(stat)
     return out
@@ -90,9 +103,9 @@ def _number(value: float) -> str:
 def text(stats: Sequence[Stat], query: Mapping[str, str]) -> bytes:
     """Envoy's /stats text format."""
     chosen = _selected(stats, query)
-    lines = [f"{s.name}: {s.value}" for s in sorted(chosen, key=lambda s: s.name) if s.samples is None]
-    for s in sorted((s for s in chosen if s.samples is not None), key=lambda s: s.name):
-        ordered = sorted(s.samples or ())
+    lines = [f"{s.name}: {s.value}" for s in sorted(chosen, key=lambda s: s.name) if s.bins is None]
+    for s in sorted((s for s in chosen if s.bins is not None), key=lambda s: s.name):
+        ordered = s.bins or ()
         if not ordered:
             lines.append(f"{s.name}: No recorded values")
             continue
@@ -105,13 +118,13 @@ def to_json(stats: Sequence[Stat], query: Mapping[str, str]) -> bytes:
     """Envoy's /stats?format=json."""
     chosen = _selected(stats, query)
     entries: list[object] = [
-        {"name": s.name, "value": s.value} for s in sorted(chosen, key=lambda s: s.name) if s.samples is None
+        {"name": s.name, "value": s.value} for s in sorted(chosen, key=lambda s: s.name) if s.bins is None
     ]
-    histograms = sorted((s for s in chosen if s.samples is not None), key=lambda s: s.name)
+    histograms = sorted((s for s in chosen if s.bins is not None), key=lambda s: s.name)
     if histograms:
         computed = []
         for s in histograms:
-            ordered = sorted(s.samples or ())
+            ordered = s.bins or ()
             values = [{"interval": None, "cumulative": quantile(ordered, q) if ordered else None} for q in QUANTILES]
             computed.append({"name": s.name, "values": values})
         entries.append({"histograms": {"supported_quantiles": list(QUANTILES), "computed_quantiles": computed}})

@@ -338,13 +338,13 @@ _LEVEL_NAMES: Final = {0: "trace", 1: "debug", 2: "info", 3: "warn", 4: "error",
 
 
 def _envoy_stats(h: host.Host) -> list[envoystats.Stat]:
-    """The plugins' metrics under Envoy's names: wasmcustom.<name>; histograms with their recorded values."""
+    """The plugins' metrics under Envoy's names: wasmcustom.<name>; histograms as their bins."""
     m = h.metrics
     out: list[envoystats.Stat] = []
     for mid, value in m.value.items():
         name = envoystats.CUSTOM_PREFIX + m.name[mid].decode(errors="replace")
         if m.kind[mid] == host.Metrics.HISTOGRAM:
-            out.append(envoystats.Stat(name, samples=tuple(m.samples[mid])))
+            out.append(envoystats.Stat(name, bins=envoystats.binned(m.bins[mid])))
         else:
             out.append(envoystats.Stat(name, value))
     return out

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from meshplug.agent import config, metadata, streamapi, vm
+from meshplug.agent import config, envoystats, metadata, streamapi, vm
 
 if TYPE_CHECKING:
     from meshplug.agent import sharing
@@ -147,7 +147,9 @@ class Metrics:
         self.kind: dict[int, int] = {}
         self.name: dict[int, bytes] = {}
         self.value: dict[int, int] = {}
-        self.samples: dict[int, list[int]] = {}
+        #: a histogram's recorded values by bin (`envoystats.bin_floor` -> count): Envoy's quantiles depend only on
+        #: the bins, and the memory stays a few hundred entries however many values a plugin records
+        self.bins: dict[int, dict[int, int]] = {}
         self._seq = [itertools.count(1) for _ in range(3)]
 
     def define(self, kind: int, name: bytes) -> int:
@@ -158,8 +160,16 @@ class Metrics:
             self.kind[mid] = kind
             self.name[mid] = name
             self.value[mid] = 0
-            self.samples[mid] = []
+            if kind == self.HISTOGRAM:
+                self.bins[mid] = {}
         return self._by_name[key]
+
+    def record(self, mid: int, value: int) -> None:
+        """One value into histogram `mid` (its bin's count; `value` counts the values recorded)."""
+        bins = self.bins[mid]
+        floor = envoystats.bin_floor(value)
+        bins[floor] = bins.get(floor, 0) + 1
+        self.value[mid] += 1
 
     def snapshot(self) -> dict[str, int]:
         return {self.name[m].decode(errors="replace"): v for m, v in self.value.items()}

@@ -111,13 +111,9 @@ def stat_json(stat: envoystats.Stat) -> list[Any]:
     """A plugin metric in a snapshot: [name, value, None] for a counter or gauge; a histogram as [name, 0,
     [[bin floor, count], ...]] (`envoystats.bin_floor`: its quantiles exactly, in a few hundred pairs at most
     however many values it recorded)."""
-    if stat.samples is None:
+    if stat.bins is None:
         return [stat.name, stat.value, None]
-    counts: dict[int, int] = {}
-    for value in stat.samples:
-        floor = envoystats.bin_floor(value)
-        counts[floor] = counts.get(floor, 0) + 1
-    return [stat.name, 0, sorted(counts.items())]
+    return [stat.name, 0, [list(pair) for pair in stat.bins]]
 
 
 def sum_plugin_stats(snapshots: Iterable[Mapping[str, Any]]) -> list[envoystats.Stat]:
@@ -135,7 +131,7 @@ def sum_plugin_stats(snapshots: Iterable[Mapping[str, Any]]) -> list[envoystats.
                 into[int(floor)] = into.get(int(floor), 0) + int(count)
     out = [envoystats.Stat(name, value) for name, value in values.items()]
     for name, counts in bins.items():
-        out.append(envoystats.Stat(name, samples=tuple(f for f, c in sorted(counts.items()) for _ in range(c))))
+        out.append(envoystats.Stat(name, bins=envoystats.binned(counts)))
     return out
 
 
