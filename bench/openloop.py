@@ -78,7 +78,7 @@ class Client:
         except Exception as exc:  # any failure of one request: counted by its kind
             writer.close()
             self.conns -= 1
-            self._fail(type(exc).__name__)
+            self._fail(f"{type(exc).__name__}: {exc}"[:100])  # the kind and its text (a reset, a closed transport)
             return
         self.latencies.append(time.monotonic() - due)
         if status == self.expect:

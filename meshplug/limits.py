@@ -92,6 +92,10 @@ DRAIN_TIMEOUT_S = 20.0
 MAX_PUSH_BYTES = 4 * MiB
 #: idle pooled keep-alive connections kept per upstream cluster
 UPSTREAM_MAX_IDLE_CONNECTIONS = 64
+#: a downstream connection closed in the middle of a request (answered before its body was read) first drains what
+#: the client still sends, for at most this long, so the close is no reset that could destroy the answer
+#: (Envoy's delayed_close_timeout, 1 s)
+DOWNSTREAM_DELAYED_CLOSE_S = 1.0
 #: a downstream keep-alive connection with no request in flight is closed after this long (Envoy: 1 h)
 DOWNSTREAM_IDLE_TIMEOUT_S = 300.0
 #: body bytes buffered per exchange before the proxy stops reading the sender (flow-control watermark)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 
 import httptools
 
+from meshplug import limits
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, hcm, routing, wire
 from meshplug.agent.bridge import EMPTY_CHAIN, H2UpExchange
@@ -700,6 +701,23 @@ class Downstream(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
+    def _delayed_close(self) -> None:
+        """Close a connection whose request is still arriving (its answer said Connection: close) as Envoy's
+        delayed close does: the answer is flushed and the write side shut, what the client still sends is read
+        and dropped until it closes or `limits.DOWNSTREAM_DELAYED_CLOSE_S` passed. A close with unread bytes
+        would be a reset, which can destroy the answer before the client reads it."""
+        transport = self.transport
+        self.flush()
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            self.close()
+            return
+        self._stopped = True  # nothing more is parsed: data_received drops what comes
+        self._body_left = 0
+        self._stream_at = self._headers_at = 0.0
+        transport.write_eof()
+        transport.resume_reading()
+        self.timer.arm_idle(limits.DOWNSTREAM_DELAYED_CLOSE_S)
+
     def _parse_error(self, exc: httptools.HttpParserError) -> None:
         if self._stopped and not self._begun and (self.transport is None or self.transport.is_closing()):
             return  # the bytes after a request answered with Connection: close (as Envoy, they are ignored)
@@ -815,7 +833,10 @@ class Downstream(asyncio.Protocol):
         if self.queue and self.queue[0] is ex:
             self.queue.popleft()
         if not reusable or self.proxy.draining or self.expired or (self.eof and not self.queue):
-            self.close()
+            if self._begun and not self.eof:
+                self._delayed_close()  # answered before its request was read to the end
+            else:
+                self.close()
             return
         if self.queue:
             nxt = self.queue[0]

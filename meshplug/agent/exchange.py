@@ -242,8 +242,11 @@ class Exchange:
 
     def _send_head(self, out: list[bytes], *, bodiless: bool, empty: bool) -> None:
         """Finish a response head: its framing (as received, re-chunked, content-length 0 when ``empty``, or
-        close-delimited for HTTP/1.0), the connection header, the blank line; then send it in one write."""
-        keep = self.keep_alive and not self.conn.proxy.draining and not self.conn.expired
+        close-delimited for HTTP/1.0), the connection header, the blank line; then send it in one write. A
+        response that starts before its request was read to the end closes the connection (Envoy's HCM:
+        Connection: close, downstream_rq_response_before_rq_complete)."""
+        keep = self.keep_alive and (self.req_done or not self.has_body)
+        keep = keep and not self.conn.proxy.draining and not self.conn.expired
         if bodiless:
             self.resp_mode = 0
         elif empty:
