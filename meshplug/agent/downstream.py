@@ -100,6 +100,7 @@ class Downstream(asyncio.Protocol):
         #: why parsing stopped on purpose (set before raising from a callback): the local reply to give
         self._refusal: framing.Refusal | None = None
         self._stopped = False  # nothing more is read from this connection
+        self._lingering = False  # a delayed close: what the client still sends is read and dropped
         self.expired = False  # max_connection_duration passed: close after the current response
         #: while a read is parsed, upstream writes collect here and leave in one send when it is done
         self._parsing = False
@@ -337,6 +338,8 @@ class Downstream(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         transport = self.transport
+        if self._lingering:  # a request after one whose answer closes the connection: never parsed
+            raise httptools.HttpParserError("the connection is closing")
         if transport is None or transport.is_closing():  # an answer ended the connection: nothing more is read
             self._stop_reading()
             raise httptools.HttpParserError("the connection is closing")
@@ -711,7 +714,7 @@ class Downstream(asyncio.Protocol):
         if transport is None or transport.is_closing() or not transport.can_write_eof():
             self.close()
             return
-        self._stopped = True  # nothing more is parsed: data_received drops what comes
+        self._stopped = self._lingering = True  # nothing more is parsed: data_received drops what comes
         self._body_left = 0
         self._stream_at = self._headers_at = 0.0
         transport.write_eof()
@@ -719,6 +722,8 @@ class Downstream(asyncio.Protocol):
         self.timer.arm_idle(limits.DOWNSTREAM_DELAYED_CLOSE_S)
 
     def _parse_error(self, exc: httptools.HttpParserError) -> None:
+        if self._lingering:
+            return  # the bytes after a request whose answer closes the connection (as Envoy, ignored)
         if self._stopped and not self._begun and (self.transport is None or self.transport.is_closing()):
             return  # the bytes after a request answered with Connection: close (as Envoy, they are ignored)
         refusal, self._refusal = self._refusal, None
