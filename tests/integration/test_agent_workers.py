@@ -139,11 +139,18 @@ def fetch(port: int, path: str = "/x") -> tuple[int, dict[str, str], bytes]:
 
 
 def counted(port: int) -> list[int]:
-    def some(_: int) -> list[int]:
-        return [int(fetch(port)[2]) for _ in range(REQUESTS // THREADS)]
+    """REQUESTS increments, the first alone: it creates the key, and a set whose CAS is 0 (the guest's read found
+    nothing) is unconditional in proxy-wasm -- in Envoy as in the agent, two first increments at once both write 1.
+    The rest run THREADS at a time, each through CAS retries."""
+    first = int(fetch(port)[2])
 
+    def some(n: int) -> list[int]:
+        return [int(fetch(port)[2]) for _ in range(n)]
+
+    share, extra = divmod(REQUESTS - 1, THREADS)
     with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
-        return sorted(v for chunk in pool.map(some, range(THREADS)) for v in chunk)
+        chunks = pool.map(some, [share + (i < extra) for i in range(THREADS)])
+        return sorted([first, *(v for chunk in chunks for v in chunk)])
 
 
 def dequeued(port: int) -> int:
