@@ -15,6 +15,14 @@
  *   queue_owner(token)          -> (worker, context_id) or None
  *   enqueue(token, value)       -> the owner's worker (to notify), -1 unknown token, -2 full
  *   dequeue(token)              -> the oldest item, None when empty, False for an unknown token
+ *   metric_define(kind, name)   -> the slot (>= 0) of the plugin metric (kind, name), the same in every worker;
+ *                                  -1 when every slot is taken
+ *   metric_add(slot, delta)     adds (64-bit wrapping, lock-free); metric_set(slot, value); metric_get(slot)
+ *   metrics()                   -> [(kind, name, value), ...] in definition order
+ *
+ * Plugin metrics: Envoy's workers define a plugin's counter or gauge in one stats store, so every worker's VM
+ * adds to, sets and reads the same stat (a gauge holds the last value set by any worker; get_metric reads the
+ * sum of every worker's increments); here a counter or gauge is one 64-bit slot every worker updates atomically.
  *
  * CAS numbers come from one counter for the whole store (Envoy: one per process). Memory is a bump heap with
  * power-of-two free lists (no coalescing): entries are rewritten in place while they fit. A worker that dies
@@ -31,11 +39,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAGIC 0x4d5053484d310a00ULL /* "MPSHM1\n" */
+#define MAGIC 0x4d5053484d320a00ULL /* "MPSHM2\n" */
 #define NBUCKETS 4096
 #define MAX_QUEUES 1024
 #define NCLASSES 40
 #define MIN_BLOCK 32
+#define MAX_METRICS 4096
 
 typedef struct {
     uint64_t magic;
@@ -55,6 +64,14 @@ typedef struct {
         uint64_t name; /* offset of a block: u32 vm_len, u32 name_len, vm_id, name */
         uint64_t head, tail; /* item blocks: u64 next, u32 len, data */
     } queues[MAX_QUEUES];
+    uint32_t nmetrics;
+    uint32_t pad2;
+    struct {
+        uint64_t value; /* updated with atomics, outside the lock */
+        uint32_t kind;
+        uint32_t name_len;
+        uint64_t name; /* offset of the name's block */
+    } metrics[MAX_METRICS];
 } header_t;
 
 typedef struct {
@@ -473,6 +490,102 @@ static PyObject *Store_dequeue(StoreObject *self, PyObject *arg) {
     return out;
 }
 
+/* ---- plugin metrics ------------------------------------------------------------------------- */
+static PyObject *Store_metric_define(StoreObject *self, PyObject *args) {
+    unsigned int kind;
+    const char *name;
+    Py_ssize_t nlen;
+    if (opened(self) < 0 || !PyArg_ParseTuple(args, "Iy#", &kind, &name, &nlen)) return NULL;
+    if (lock(self) < 0) return NULL;
+    header_t *h = H(self);
+    long slot = -1;
+    for (uint32_t i = 0; i < h->nmetrics; i++) {
+        if (h->metrics[i].kind == kind && h->metrics[i].name_len == (uint32_t)nlen &&
+            memcmp(self->base + h->metrics[i].name, name, (size_t)nlen) == 0) {
+            slot = (long)i;
+            break;
+        }
+    }
+    if (slot < 0 && h->nmetrics < MAX_METRICS) {
+        uint64_t label = alloc(self, (uint64_t)nlen + 1);
+        if (label) {
+            memcpy(self->base + label, name, (size_t)nlen);
+            uint32_t i = h->nmetrics;
+            h->metrics[i].kind = kind;
+            h->metrics[i].name_len = (uint32_t)nlen;
+            h->metrics[i].name = label;
+            __atomic_store_n(&h->metrics[i].value, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&h->nmetrics, i + 1, __ATOMIC_RELEASE); /* readers of metrics() see it whole */
+            slot = (long)i;
+        }
+    }
+    unlock(self);
+    return PyLong_FromLong(slot);
+}
+
+/* the slot argument of metric_add/set/get: a defined slot, else -1 with an exception set */
+static long metric_slot(StoreObject *self, PyObject *arg) {
+    long slot = PyLong_AsLong(arg);
+    if (slot == -1 && PyErr_Occurred()) return -1;
+    if (opened(self) < 0) return -1;
+    if (slot < 0 || (uint32_t)slot >= __atomic_load_n(&H(self)->nmetrics, __ATOMIC_ACQUIRE)) {
+        PyErr_Format(PyExc_IndexError, "no metric slot %ld", slot);
+        return -1;
+    }
+    return slot;
+}
+
+static PyObject *Store_metric_add(StoreObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "metric_add(slot, delta)");
+        return NULL;
+    }
+    long slot = metric_slot(self, args[0]);
+    if (slot < 0) return NULL;
+    unsigned long long delta = PyLong_AsUnsignedLongLongMask(args[1]); /* a negative delta wraps: subtracts */
+    if (delta == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    __atomic_fetch_add(&H(self)->metrics[slot].value, (uint64_t)delta, __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Store_metric_set(StoreObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "metric_set(slot, value)");
+        return NULL;
+    }
+    long slot = metric_slot(self, args[0]);
+    if (slot < 0) return NULL;
+    unsigned long long value = PyLong_AsUnsignedLongLongMask(args[1]);
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    __atomic_store_n(&H(self)->metrics[slot].value, (uint64_t)value, __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Store_metric_get(StoreObject *self, PyObject *arg) {
+    long slot = metric_slot(self, arg);
+    if (slot < 0) return NULL;
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&H(self)->metrics[slot].value, __ATOMIC_RELAXED));
+}
+
+static PyObject *Store_metrics(StoreObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (opened(self) < 0) return NULL;
+    header_t *h = H(self);
+    uint32_t n = __atomic_load_n(&h->nmetrics, __ATOMIC_ACQUIRE);
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    if (out == NULL) return NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        PyObject *row = Py_BuildValue("(Iy#K)", h->metrics[i].kind, (const char *)(self->base + h->metrics[i].name),
+                                      (Py_ssize_t)h->metrics[i].name_len,
+                                      (unsigned long long)__atomic_load_n(&h->metrics[i].value, __ATOMIC_RELAXED));
+        if (row == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, row);
+    }
+    return out;
+}
+
 static PyObject *Store_used(StoreObject *self, PyObject *Py_UNUSED(ignored)) {
     if (opened(self) < 0) return NULL;
     return PyLong_FromUnsignedLongLong(__atomic_load_n(&H(self)->heap_top, __ATOMIC_RELAXED));
@@ -489,6 +602,11 @@ static PyMethodDef Store_methods[] = {
     {"enqueue", (PyCFunction)(void (*)(void))Store_enqueue, METH_FASTCALL,
      "enqueue(token, value) -> owner worker | -1 unknown | -2 full"},
     {"dequeue", (PyCFunction)Store_dequeue, METH_O, "dequeue(token) -> bytes | None (empty) | False (unknown)"},
+    {"metric_define", (PyCFunction)Store_metric_define, METH_VARARGS, "metric_define(kind, name) -> slot | -1"},
+    {"metric_add", (PyCFunction)(void (*)(void))Store_metric_add, METH_FASTCALL, "metric_add(slot, delta)"},
+    {"metric_set", (PyCFunction)(void (*)(void))Store_metric_set, METH_FASTCALL, "metric_set(slot, value)"},
+    {"metric_get", (PyCFunction)Store_metric_get, METH_O, "metric_get(slot) -> value"},
+    {"metrics", (PyCFunction)Store_metrics, METH_NOARGS, "metrics() -> [(kind, name, value), ...]"},
     {"used", (PyCFunction)Store_used, METH_NOARGS, "bytes of the file laid out so far"},
     {NULL},
 };

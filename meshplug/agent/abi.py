@@ -532,7 +532,7 @@ class HostCalls:
         delta = offset - (1 << 64) if offset >= 1 << 63 else offset
         if kind == m.HISTOGRAM or (kind == m.COUNTER and delta <= 0):
             return BAD_ARGUMENT
-        m.value[mid] += delta
+        m.add(mid, delta)
         return OK
 
     def proxy_record_metric(self, mid: int, value: int) -> int:
@@ -541,9 +541,9 @@ class HostCalls:
         if kind is None:
             return NOT_FOUND
         if kind == m.GAUGE:
-            m.value[mid] = value
+            m.set(mid, value)
         elif kind == m.COUNTER:
-            m.value[mid] += value  # Envoy adds
+            m.add(mid, value)  # Envoy adds
         else:
             m.record(mid, value)
         return OK
@@ -555,7 +555,7 @@ class HostCalls:
             return NOT_FOUND
         if kind == m.HISTOGRAM:
             return BAD_ARGUMENT
-        self.write_u64(ret, m.value[mid])
+        self.write_u64(ret, m.get(mid))
         return OK
 
     # -- context control, foreign functions --------------------------------------------------------

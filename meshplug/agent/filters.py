@@ -308,9 +308,9 @@ def _lua_metrics_text(rt: lua.Runtime) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _metrics_text(h: host.Host) -> str:
+def plugin_metrics_text(m: host.Metrics) -> str:
+    """The plugin metrics `m` keeps (in a worker: not those in the workers' store) as Prometheus text."""
     lines: list[str] = []
-    m = h.metrics
     kinds = {host.Metrics.COUNTER: "counter", host.Metrics.GAUGE: "gauge", host.Metrics.HISTOGRAM: "untyped"}
     for mid, value in sorted(m.value.items(), key=lambda kv: m.name[kv[0]]):
         raw = m.name[mid].decode(errors="replace")
@@ -337,9 +337,8 @@ def _host_log_level() -> int:
 _LEVEL_NAMES: Final = {0: "trace", 1: "debug", 2: "info", 3: "warn", 4: "error", 5: "critical"}
 
 
-def _envoy_stats(h: host.Host) -> list[envoystats.Stat]:
-    """The plugins' metrics under Envoy's names: wasmcustom.<name>; histograms as their bins."""
-    m = h.metrics
+def plugin_envoy_stats(m: host.Metrics) -> list[envoystats.Stat]:
+    """The plugin metrics `m` keeps under Envoy's names: wasmcustom.<name>; histograms as their bins."""
     out: list[envoystats.Stat] = []
     for mid, value in m.value.items():
         name = envoystats.CUSTOM_PREFIX + m.name[mid].decode(errors="replace")
@@ -350,8 +349,8 @@ def _envoy_stats(h: host.Host) -> list[envoystats.Stat]:
     return out
 
 
-def _metric_values(h: host.Host) -> dict[str, int | None]:
-    m = h.metrics
+def plugin_metric_values(m: host.Metrics) -> dict[str, int | None]:
+    """The plugin metrics `m` keeps by name (None: a histogram)."""
     return {
         m.name[mid].decode(errors="replace"): None if m.kind[mid] == host.Metrics.HISTOGRAM else value
         for mid, value in m.value.items()
@@ -522,12 +521,12 @@ def build(
     def metrics() -> str:
         return (
             _chain_metrics_text(serving)
-            + (_metrics_text(h) if h is not None else "")
+            + (plugin_metrics_text(h.metrics) if h is not None else "")
             + (_lua_metrics_text(rt) if rt is not None else "")
         )
 
     def metric_values() -> dict[str, int | None]:
-        out: dict[str, int | None] = _metric_values(h) if h is not None else {}
+        out: dict[str, int | None] = plugin_metric_values(h.metrics) if h is not None else {}
         if rt is not None:
             out.update(lua.metric_values(rt))
         return out
@@ -549,6 +548,6 @@ def build(
         close=driver.close,
         relevel=relevel,
         wasm=h is not None,
-        plugin_stats=(lambda: _envoy_stats(h)) if h is not None else list,
+        plugin_stats=(lambda: plugin_envoy_stats(h.metrics)) if h is not None else list,
         plugin_health=lambda: plugin_health(serving, {r.name: digest for r, _, digest, _ in started}),
     )

@@ -243,6 +243,8 @@ class Host(hostapi.Host):
         # the workers' store when there are workers (one namespace across processes), else the process's
         self.shared_data = SharedData(share.store) if share is not None else self.shared.shared_data
         self.metrics = self.shared.metrics
+        if share is not None:  # counters and gauges: one per name for every worker (Envoy's one stats store)
+            self.metrics.share(share.store)
         self.logs = self.shared.logs
         self.recycle_bytes = recycle_bytes
         self._lines = _LogLines()

@@ -136,7 +136,12 @@ class SharedData:
 
 
 class Metrics:
-    """Plugin-defined metrics; ids carry the type in the low 2 bits (cpp-host)."""
+    """Plugin-defined metrics; ids carry the type in the low 2 bits (cpp-host).
+
+    In a multi-worker agent (`share`: the workers' store, meshplug/agent/_shared.c) counters and gauges live in
+    the store, one slot per (type, name) for every worker, as Envoy's workers define a plugin's metric in one
+    stats store: a gauge holds the last value any worker set, get_metric reads every worker's increments.
+    Histograms stay in the process (the admin view merges the workers' bins, as Envoy merges its threads')."""
 
     COUNTER: Final = 0
     GAUGE: Final = 1
@@ -146,11 +151,40 @@ class Metrics:
         self._by_name: dict[tuple[int, bytes], int] = {}
         self.kind: dict[int, int] = {}
         self.name: dict[int, bytes] = {}
+        #: the values this process keeps (every metric without a store; histograms' record counts), by id
         self.value: dict[int, int] = {}
         #: a histogram's recorded values by bin (`envoystats.bin_floor` -> count): Envoy's quantiles depend only on
         #: the bins, and the memory stays a few hundred entries however many values a plugin records
         self.bins: dict[int, dict[int, int]] = {}
         self._seq = [itertools.count(1) for _ in range(3)]
+        self.store: sharing.Store | None = None
+        #: the store's slot of each counter and gauge kept there, by id
+        self.slot: dict[int, int] = {}
+
+    @classmethod
+    def of_store(cls, store: sharing.Store) -> Metrics:
+        """The counters and gauges in `store` as one process's metrics (what an admin view formats), by value."""
+        out = cls()
+        for kind, name, value in store.metrics():
+            out.value[out.define(kind, name)] = value
+        return out
+
+    def share(self, store: sharing.Store) -> None:
+        """Keep counters and gauges in `store` from now on; those defined already move there, values added."""
+        if self.store is store:
+            return
+        self.store = store
+        for mid, kind in self.kind.items():
+            if kind != self.HISTOGRAM and mid not in self.slot:
+                self._place(mid)
+
+    def _place(self, mid: int) -> None:
+        assert self.store is not None
+        slot = self.store.metric_define(self.kind[mid], self.name[mid])
+        if slot < 0:  # every slot of the store taken: this one stays the process's own
+            return
+        self.slot[mid] = slot
+        self.store.metric_add(slot, self.value.pop(mid, 0))
 
     def define(self, kind: int, name: bytes) -> int:
         key = (kind, name)
@@ -162,7 +196,34 @@ class Metrics:
             self.value[mid] = 0
             if kind == self.HISTOGRAM:
                 self.bins[mid] = {}
+            elif self.store is not None:
+                self._place(mid)
         return self._by_name[key]
+
+    def add(self, mid: int, delta: int) -> None:
+        """A counter or gauge plus `delta` (negative: minus)."""
+        slot = self.slot.get(mid)
+        if slot is None:
+            self.value[mid] += delta
+        else:
+            assert self.store is not None
+            self.store.metric_add(slot, delta)
+
+    def set(self, mid: int, value: int) -> None:
+        """A gauge's value (the last set wins, in any worker)."""
+        slot = self.slot.get(mid)
+        if slot is None:
+            self.value[mid] = value
+        else:
+            assert self.store is not None
+            self.store.metric_set(slot, value)
+
+    def get(self, mid: int) -> int:
+        slot = self.slot.get(mid)
+        if slot is None:
+            return self.value[mid]
+        assert self.store is not None
+        return self.store.metric_get(slot)
 
     def record(self, mid: int, value: int) -> None:
         """One value into histogram `mid` (its bin's count; `value` counts the values recorded)."""
@@ -172,7 +233,8 @@ class Metrics:
         self.value[mid] += 1
 
     def snapshot(self) -> dict[str, int]:
-        return {self.name[m].decode(errors="replace"): v for m, v in self.value.items()}
+        """Every metric's value by name, the store's included."""
+        return {self.name[m].decode(errors="replace"): self.get(m) for m in self.kind}
 
 
 # --- what the imports call ----------------------------------------------------------------------------

@@ -20,9 +20,10 @@ Requests (from the parent): ``load`` {set, resources} -> {ok, plugins | reason, 
 ``logging`` {level}, ``drain``; the snapshot's ``health`` (per-plugin stats, summed for GET
 protocol.HEALTH_PATH on the push port) and ``plugin_stats`` (the plugins' metrics as /stats names them) too. The
 parent's admin view sums the workers' snapshots, taken when it is asked (/stats, /stats/prometheus, ...): the
-agent's counters and gauges, the plugins' counters and gauges (as Envoy's workers add to one stats store; a
-gauge a plugin sets, rather than adds to, is the sum of the workers' values), their histograms merged (sent
-as bins: `stat_json`); the singletons' (run by the parent) count as one more snapshot. A worker that exits is
+agent's counters and gauges, the plugins' histograms merged (sent as bins: `stat_json`); the singletons' (run by
+the parent) count as one more snapshot. The plugins' counters and gauges are not summed: every worker keeps them
+in the shared store (`hostapi.Metrics.share`), one value each as in Envoy's one stats store (a gauge holds the
+last value any worker set), which the parent reads once (`Parent._store_snapshot`). A worker that exits is
 started again and given the active set before it listens.
 """
 
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from meshplug import errors, limits, native, protocol
-from meshplug.agent import admin, config, envoystats, loader, runtime, sharing, wire
+from meshplug.agent import admin, config, envoystats, filters, hostapi, loader, runtime, sharing, wire
 
 log = logging.getLogger("meshplug.agent.workers")
 
@@ -527,6 +528,19 @@ class Parent(runtime.Agent):
             *(self.request(c, {"op": "snapshot"}) for c in list(self.children.values())), return_exceptions=True
         )
         self.snapshots = [r for r in replies if isinstance(r, dict) and r.get("ok")] + self._own_snapshot()
+        self.snapshots.append(self._store_snapshot())
+
+    def _store_snapshot(self) -> dict[str, Any]:
+        """The plugins' counters and gauges in the shared store (one value for every worker, as in Envoy's one
+        stats store: never summed), as one more snapshot; the workers' snapshots leave them out."""
+        m = hostapi.Metrics.of_store(self.shared)
+        return {
+            "counters": {},
+            "metrics": filters.plugin_metrics_text(m),
+            "metric_values": filters.plugin_metric_values(m),
+            "plugin_stats": [stat_json(s) for s in filters.plugin_envoy_stats(m)],
+            "logs": [],
+        }
 
     def _own_snapshot(self) -> list[dict[str, Any]]:
         """The singletons' (their VMs run here) metrics and logs, summed with the workers' as one more snapshot."""

@@ -3,9 +3,11 @@ each, proxy-wasm shared data (CAS) and shared queues that are one across the wor
 ACK/NACK for all workers), one admin view (stats summed), a worker that dies replaced with the active set.
 
 The admin view is checked against Envoy --concurrency 2 running the same metrics plugin (corpus rust/metrics)
-after the same requests, spread over both workers: /stats shows the plugin's counter, its add-and-subtract gauge
-and its histogram (both workers' samples) as Envoy's one stats store does, and the agent's own counters, the
-per-plugin health (GET /v1/plugin_health) and /plugin_stats count every request once. Counts, never times.
+after the same requests, spread over both workers: /stats shows the plugin's counter, its add-and-subtract gauge,
+the gauge it sets (the last value set by any worker, not a sum) and its histogram (both workers' samples) as
+Envoy's one stats store does, and the agent's own counters, the per-plugin health (GET /v1/plugin_health) and
+/plugin_stats count every request once; then requests one at a time, any worker: the plugin's get_metric of its
+counter answers 49, 50, ... on both proxies (one counter for every worker). Counts, never times.
 
 The shared state is checked with the same guest on Envoy 1.40 --concurrency 2 in the same test: each request
 increments a shared counter with a CAS loop and answers with its new value, and enqueues it to a queue the root
@@ -243,10 +245,22 @@ def start_envoy(tmp_path: Path, upstream: int, name: str, module: Path) -> tuple
 
 #: the metrics test's requests: path lengths 2..49 (the plugin's histogram samples), each on a connection of its own
 PATHS = tuple("/" + "p" * n for n in range(1, 49))
-#: what the test compares with Envoy's /stats: the plugin's counter, the gauge it adds to and subtracts from, its
-#: histogram (rust_metrics_status, a gauge it sets, is left out: the agent sums the workers' values, where
-#: Envoy's one gauge holds the last value set)
-COMPARED = "filter=wasmcustom%5C.rust_metrics_%28requests%7Cinflight%7Cpath_len%29"
+#: what the test compares with Envoy's /stats: every metric the plugin defines -- its counter, the gauge it adds to
+#: and subtracts from, the gauge it sets (the last status: one gauge for every worker, the last value set wins, as
+#: in Envoy's one stats store) and its histogram (both workers' samples)
+COMPARED = "filter=wasmcustom%5C.rust_metrics_"
+#: requests one after another, after PATHS: each answer's x-request-count is the plugin's get_metric of its counter
+SEQUENTIAL = 16
+
+
+def request_counts(port: int) -> list[int]:
+    """SEQUENTIAL requests one at a time, each on a connection of its own (any worker): their x-request-count."""
+    out = []
+    for _ in range(SEQUENTIAL):
+        status, headers, _ = fetch(port)
+        assert status == 200
+        out.append(int(headers["x-request-count"]))
+    return out
 
 
 def spread(port: int) -> None:
@@ -303,8 +317,10 @@ def test_the_admin_view_sums_the_workers_stats_as_envoys_one_store(tmp_path: Pat
         procs.wait_until(lambda: settled(agent_stats()), timeout=10, what="the agent's streams")
         served = [int(str(w["requests"])) for w in workers(agent)]
         assert len(served) == 2 and all(k > 0 for k in served) and sum(served) == n, served  # both workers served
-        assert agent_stats(COMPARED) == envoy_stats(COMPARED)  # the same bytes: counts, gauge, quantiles
-        assert text_stats(agent_stats(COMPARED))["wasmcustom.rust_metrics_requests"] == str(n)
+        assert agent_stats(COMPARED) == envoy_stats(COMPARED)  # the same bytes: counts, gauges, quantiles
+        compared = text_stats(agent_stats(COMPARED))
+        assert compared["wasmcustom.rust_metrics_requests"] == str(n)
+        assert compared["wasmcustom.rust_metrics_status"] == "200"  # the last set, not a sum over the workers
 
         stats = text_stats(agent_stats())
         assert stats["meshplug.downstream_rq_total"] == str(n) and stats["meshplug.downstream_rq_2xx"] == str(n)
@@ -317,6 +333,13 @@ def test_the_admin_view_sums_the_workers_stats_as_envoys_one_store(tmp_path: Pat
 
         health = plugin_health(agent)
         assert [(p.name, p.requests, p.failures, sum(p.latency)) for p in health.plugins] == [("metrics", n, 0, n)]
+
+        # get_metric reads the one counter every worker adds to: request after request, whichever worker
+        expected = list(range(n + 1, n + SEQUENTIAL + 1))
+        assert request_counts(envoy_port) == expected
+        assert request_counts(agent.port) == expected
+        again = [int(str(w["requests"])) for w in workers(agent)]
+        assert all(b > a for a, b in zip(served, again, strict=True)), (served, again)  # both workers answered
     finally:
         envoy.stop()
         agent.stop()
