@@ -65,6 +65,7 @@ COMPILED: tuple[str, ...] = (
     "meshplug.agent.filtered",
     "meshplug.agent.filters",
     "meshplug.agent.framing",
+    "meshplug.agent.h1peer",
     "meshplug.agent.h2down",
     "meshplug.agent.h2up",
     "meshplug.agent.h2wire",

@@ -4,9 +4,10 @@ with httptools into exchanges, queued and served strictly in order (pipelining).
 Created per accepted connection by `meshplug.agent.server.Proxy`'s HTTP listeners. It builds each request's
 upstream head (hop-by-hop headers dropped, x-request-id and Host added) or, with plugins, the chain's header
 list (pseudo-headers first, Host folded into :authority) and hands it to an `Exchange` or `FilteredExchange`.
-It owns the connection's flow control (a full write buffer on one side pauses reading on the other), batches
-writes (one send per loop iteration downstream, one per parsed read upstream) and runs one lazy timer for the
-idle timeout and the response deadline of the exchange being served.
+It owns the connection's flow control (a full write buffer on one side pauses reading on the other) and runs
+one lazy timer for the idle timeout and the response deadline of the exchange being served; pausing reads and
+the batched writes (one send per loop iteration downstream, one per parsed read upstream) are its base's,
+`meshplug.agent.h1peer.H1Peer`.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from meshplug.agent import framing, hcm, routing, wire
 from meshplug.agent.bridge import EMPTY_CHAIN, H2UpExchange
 from meshplug.agent.exchange import Exchange
 from meshplug.agent.filtered import FilteredExchange
+from meshplug.agent.h1peer import H1Peer
 from meshplug.agent.h2down import PREFACE, H2Downstream
 from meshplug.agent.tunnel import Tunnel
-from meshplug.agent.upstream import Pool, Upstream
+from meshplug.agent.upstream import Pool
 
 if TYPE_CHECKING:
     from meshplug.agent.server import Proxy
@@ -38,10 +40,11 @@ _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 
 
-class Downstream(asyncio.Protocol):
+class Downstream(H1Peer, asyncio.Protocol):
     """One client connection: parse requests, queue them, serve them in order."""
 
     def __init__(self, proxy: Proxy, state: routing.ListenerState) -> None:
+        super().__init__(proxy.loop)
         self.proxy = proxy
         self.state = state
         #: the listener's default cluster (a native listener's; None when its routes decide everything)
@@ -64,16 +67,13 @@ class Downstream(asyncio.Protocol):
         self._sniffed = b""
         self.opts = opts = proxy.cfg.http
         self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
         self.id = next(wire.CONNECTION_IDS)
         self.queue: deque[Exchange] = deque()
         self.current: Exchange | None = None  # the exchange being parsed
-        self.closed = False
         self.eof = False
         self.http11 = True
-        self._paused = 0
         self._write_paused = False
         #: one lazy timer per connection (wire.ConnTimer) for the earliest deadline: the idle timeout
         #: (`timer.idle_at`), the stream deadline of a request still being received (`_stream_at`: stream idle /
@@ -83,7 +83,6 @@ class Downstream(asyncio.Protocol):
         self._stream_at = 0.0
         self._headers_at = 0.0
         self._end_at = 0.0
-        self._out: list[bytes] = []
         self._url = b""
         self._headers: wire.Headers = []
         #: the request head's bounds, held while parsing (a head never grows past them, however slowly sent):
@@ -102,10 +101,6 @@ class Downstream(asyncio.Protocol):
         self._stopped = False  # nothing more is read from this connection
         self._lingering = False  # a delayed close: what the client still sends is read and dropped
         self.expired = False  # max_connection_duration passed: close after the current response
-        #: while a read is parsed, upstream writes collect here and leave in one send when it is done
-        self._parsing = False
-        self._up_target: Upstream | None = None
-        self._up_out: list[bytes] = []
         #: a filtered exchange holding the request body of this read (one chunk; see FilteredExchange)
         self.hold: FilteredExchange | None = None
         self._info: agent_chain.StreamInfo | None = None  # this connection's StreamInfo, without the time
@@ -600,19 +595,6 @@ class Downstream(asyncio.Protocol):
         if not ex.resp_done:
             self.pause(wire.PAUSE_PIPELINE)
 
-    # --- flow control and writes ---
-    def pause(self, reason: int) -> None:
-        if not self._paused and self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-        self._paused |= reason
-
-    def resume(self, reason: int) -> None:
-        if not self._paused & reason:
-            return
-        self._paused &= ~reason
-        if not self._paused and self.transport is not None and not self.closed:
-            self.transport.resume_reading()
-
     def stream_info(self) -> agent_chain.StreamInfo:
         """The StreamInfo of this connection's streams, without their start time (computed once; shared)."""
         info = self._info
@@ -632,77 +614,6 @@ class Downstream(asyncio.Protocol):
         elif (info.protocol == "HTTP/1.1") is not self.http11:
             info = self._info = agent_chain.replace_info(info, {"protocol": "HTTP/1.1" if self.http11 else "HTTP/1.0"})
         return info
-
-    def up_write(self, up: Upstream, data: bytes) -> None:
-        """Write to an upstream connection; while a read is parsed, the writes leave together after it."""
-        if not self._parsing:
-            up.write(data)
-            return
-        self._hold_for(up)
-        self._up_out.append(data)
-
-    def up_write_parts(self, up: Upstream, parts: list[bytes]) -> None:
-        """`up_write` of several pieces (a body chunk and its framing)."""
-        if not self._parsing:
-            up.write_parts(parts)
-            return
-        self._hold_for(up)
-        self._up_out += parts
-
-    def _hold_for(self, up: Upstream) -> None:
-        """The held writes are for `up` from now on (those held for another upstream leave first)."""
-        target = self._up_target
-        if target is not up:
-            if target is not None:
-                self._flush_up()
-            self._up_target = up
-
-    def _flush_up(self) -> None:
-        up, self._up_target = self._up_target, None
-        out = self._up_out
-        if not out:
-            return
-        if up is not None and up.transport is not None and not up.transport.is_closing():
-            wire.send_parts(up.transport, out)
-        out.clear()
-
-    def discard_up(self, up: Upstream) -> None:
-        """`up` is being dropped: what is pending for it is not sent."""
-        if self._up_target is up:
-            self._up_target = None
-            self._up_out.clear()
-
-    def write(self, data: bytes) -> None:
-        """Queue `data`; everything written in one loop iteration leaves in one send (head + body together)."""
-        out = self._out
-        out.append(data)
-        if len(out) == 1:
-            self.proxy.loop.call_soon(self.flush)
-
-    def write_parts(self, parts: list[bytes]) -> None:
-        """`write` of several pieces (a body chunk and its framing)."""
-        out = self._out
-        if not out:
-            self.proxy.loop.call_soon(self.flush)
-        out += parts
-
-    def flush(self) -> None:
-        out = self._out
-        if not out:
-            return
-        if self.transport is not None and not self.closed:
-            wire.send_parts(self.transport, out)
-        out.clear()
-
-    def abort(self) -> None:
-        self._out.clear()
-        if self.transport is not None:
-            self.transport.abort()
-
-    def close(self) -> None:
-        self.flush()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
 
     def _delayed_close(self) -> None:
         """Close a connection whose request is still arriving (its answer said Connection: close) as Envoy's
