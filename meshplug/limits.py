@@ -243,8 +243,14 @@ PROXY_RECHECK_MAX_S = 30.0
 #: long had nothing to be sent (its config did not change)
 PROXY_PUSH_GRACE_S = 10.0
 #: how often the operator reads istiod's syncz (and its reject counter) while a plugin version is fresh or pending
-#: on the istio plane (`proxies.NackWatch`): a NACK shows there only until the proxy's next ACK of that xDS type
+#: on the istio plane (`nacks.NackWatch`: one poller per istiod, for every plugin): a NACK shows there only until the
+#: proxy's next ACK of that xDS type
 NACK_WATCH_INTERVAL_S = 0.2
+#: a reading of istiod's syncz (or of its view of one proxy) serves every reconcile asking within this long after it
+#: started, when it started after meshplug's change (`meshplug.controller.delivery.shared_reads`); and the most
+#: readings kept (one per proxy and view, the oldest go first)
+ISTIOD_READING_REUSE_S = NACK_WATCH_INTERVAL_S
+ISTIOD_SHARED_READINGS = 10_000
 #: ... and for at most this long after a version was first watched (a proxy that never answers is not read for)
 NACK_WATCH_MAX_S = 120.0
 #: a module proxies were sent but did not download is delivered again after this long (then doubling, capped):

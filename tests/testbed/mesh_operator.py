@@ -150,9 +150,15 @@ def _webhook_configuration(port: int, ca_bundle: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def running(
-    mesh: istio.Mesh, work: Path, *, extra: tuple[str, ...] = (), trusted_ca: Path | None = None
+    mesh: istio.Mesh,
+    work: Path,
+    *,
+    extra: tuple[str, ...] = (),
+    trusted_ca: Path | None = None,
+    istiod_url: str = "",
 ) -> Iterator[MeshOperator]:
-    """The operator on ``mesh`` (see the module docstring); stopped by pid on exit."""
+    """The operator on ``mesh`` (see the module docstring); stopped by pid on exit. ``istiod_url``: where it reads
+    istiod's debug endpoints (a bench's counting proxy in front of them; istiod's own by default)."""
     for path in CRDS:
         crd = yaml.safe_load(path.read_text())
         mesh.apply(crd)
@@ -193,7 +199,7 @@ def running(
             f"--module-listen={mesh.bridge.host_ip}:{module_port}",
             f"--module-host={istio.MODULES_HOST}",
             f"--module-port={module_port}",
-            f"--istiod-debug-url={mesh.istiod.debug_url}",
+            f"--istiod-debug-url={istiod_url or mesh.istiod.debug_url}",
             f"--file-root={modules}",
             "--reresolve-interval=0",
             *([f"--extra-ca-file={trusted_ca}"] if trusted_ca is not None else []),

@@ -11,7 +11,7 @@ import pytest
 
 from meshplug import spec
 from meshplug.controller import delivery
-from meshplug.controller.delivery import istio_pods, proxies
+from meshplug.controller.delivery import istio_pods, nacks, proxies
 
 NAME = "shop.hdr"
 ECDS = proxies.ECDS_TYPE
@@ -119,7 +119,7 @@ def test_confirmations_count_only_for_the_same_digest() -> None:
 
 
 def test_nack_memory() -> None:
-    memory = proxies.NackMemory(capacity=1)
+    memory = nacks.NackMemory(capacity=1)
     memory.note(("p.ns", NAME, "sha256:aa/1"), "refused")
     assert memory.get(("p.ns", NAME, "sha256:aa/1")) == "refused"
     assert memory.get(("p.ns", NAME, "sha256:aa/2")) == ""  # a new generation starts clean
@@ -128,7 +128,7 @@ def test_nack_memory() -> None:
 
 
 def test_nack_memory_forgets_a_removed_plugin() -> None:
-    memory = proxies.NackMemory()
+    memory = nacks.NackMemory()
     memory.note(("p.ns", NAME, "sha256:aa/1"), "refused")
     memory.note(("p.ns", "shop.other", "sha256:aa/1"), "refused")
     memory.forget(NAME)
@@ -229,8 +229,8 @@ REFUSED = f"Unable to create Wasm plugin {NAME}"
 )
 def test_nack_watch_keeps_a_nack_the_next_ack_clears_in_istiod(readings: list[dict[str, Any]], noted: str) -> None:
     istiod = WatchedIstiod([(0, readings), (0, [entry("cart-0.shop", "n3", "n3")])])
-    memory = proxies.NackMemory()
-    watch = proxies.NackWatch(istiod, memory)
+    memory = nacks.NackMemory()
+    watch = nacks.NackWatch(istiod, memory)
     watch._watched[((NAME,), "sha256:aa/1")] = time.monotonic() + 60  # as watch() records it, without the thread
     assert watch.look() and watch.look()
     assert noted in memory.get(("cart-0.shop", NAME, "sha256:aa/1")) and bool(noted) == bool(
@@ -239,7 +239,7 @@ def test_nack_watch_keeps_a_nack_the_next_ack_clears_in_istiod(readings: list[di
 
 
 def test_nack_watch_stops_when_its_versions_are_old() -> None:
-    watch = proxies.NackWatch(WatchedIstiod([]), proxies.NackMemory())
+    watch = nacks.NackWatch(WatchedIstiod([]), nacks.NackMemory())
     watch._watched[((NAME,), "v/1")] = time.monotonic() - 1
     assert not watch.look()
 
@@ -271,7 +271,7 @@ def sightings(*proxies_sent: tuple[str, str, str]) -> dict[str, proxies.ProxySyn
 def test_rejections_istiod_counted_but_no_reading_showed(
     readings: list[tuple[int | None, list[tuple[str, str, str]]]], marked: set[str]
 ) -> None:
-    accounts = proxies.RejectAccounts()
+    accounts = nacks.RejectAccounts()
     since = time.monotonic()
     for rejects, seen in readings:
         accounts.account(rejects, sightings(*seen))

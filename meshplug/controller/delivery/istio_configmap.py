@@ -139,9 +139,12 @@ class IstioConfigMap(istio_pods.Route):
                         "rename one of them",
                         reason="NameConflict",
                     )
-            if not [o for o in found if o.get("spec") == obj["spec"]]:
+            changed = not [o for o in found if o.get("spec") == obj["spec"]]
+            if changed:
                 self.changes[key] = proxies.Change.before(self.istiod)
             self._write(self.envoy_filters, obj, found[0] if found else None)  # unchanged: nothing written
+            if changed:
+                self.changes[key] = self.changes[key].written()
         except errors.ApplyError as exc:
             if exc.reason not in ("NotFound", "HTTP404"):
                 raise
@@ -252,7 +255,9 @@ class IstioConfigMap(istio_pods.Route):
         if not pods:
             return []
         digest, type_url = (code.sha256 if code is not None else "") or plugin.url, proxies.LDS_TYPE
-        syncs, problem = self.istiod.syncz()
+        after = proxies.readings_after(change)
+        reading = self.istiod.reading(after)  # shared with the other reconciles of this moment
+        syncs, problem = reading.syncs, reading.problem
         out = []
         for pod in pods:
             label = self.selection.label(plugin, pod)
@@ -262,7 +267,7 @@ class IstioConfigMap(istio_pods.Route):
             pushed = False
             if sync is not None and not blocked:
                 try:
-                    dump = self.istiod.config_dump(sync)
+                    dump = self.istiod.config_dump(sync, after=after)
                 except proxies.ViewUnavailable:
                     # no view of the proxy's listeners (another plugin's extension breaks istiod's dump): the
                     # EnvoyFilter is taken as built in once the proxy ACKed a listener push (NACKs still count)

@@ -23,7 +23,6 @@ GatewayClass) are delivered but their proxies are not counted (Ready=Unknown, ``
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 from meshplug import errors, limits, spec
 from meshplug.controller import delivery, status
-from meshplug.controller.delivery import istio_pods, proxies
+from meshplug.controller.delivery import istio_pods, nacks, proxies
 from meshplug.render import istio_native, model
 
 log = logging.getLogger("meshplug.controller.delivery.istio_native")
@@ -43,6 +42,11 @@ class IstioNative(istio_pods.Route):
     """TrafficExtension / WasmPlugin in ``extensions.istio.io``, status from istiod and the module server."""
 
     name = "istio native"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """`istio_pods.Route`'s arguments; the route's one `nacks.NackWatch` reads istiod for every plugin."""
+        super().__init__(*args, **kwargs)
+        self.nack_watch = nacks.NackWatch(self.istiod, self.nacks)
 
     def kind(self, plugin: spec.PluginSpec) -> str:
         """The extensions.istio.io kind rendered for ``plugin``: its own kind when the cluster serves it, else the
@@ -83,10 +87,13 @@ class IstioNative(istio_pods.Route):
                     f"{kind} {plugin.namespace}/{plugin.name} exists and is not meshplug's; rename one of them",
                 )
             )
-        if existing is None or _content(existing) != _content(obj):
+        changed = existing is None or _content(existing) != _content(obj)
+        if changed:
             self.changes[request.key] = proxies.Change.before(self.istiod)
             self._watch(plugin, kind, f"{digest or plugin.url}/{plugin.generation}", time.monotonic())
         self.writer.apply_changed(obj, existing)  # unchanged: nothing written
+        if changed:
+            self.changes[request.key] = self.changes[request.key].written()
         for other in istio_native.KINDS:
             if other != kind:  # the cluster moved on (Istio upgraded): the older kind goes
                 self._delete(other, plugin.namespace, plugin.name, owner.kind)
@@ -105,6 +112,7 @@ class IstioNative(istio_pods.Route):
             )
             self.changes[request.key] = proxies.Change.before(self.istiod)
             self.writer.apply(_redelivered(obj, again))
+            self.changes[request.key] = self.changes[request.key].written()
         out = istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
         change = self.changes.get(request.key)
         fresh = change.at + limits.PROXY_PUSH_GRACE_S - time.monotonic() if change is not None else 0.0
@@ -112,12 +120,8 @@ class IstioNative(istio_pods.Route):
             out = dataclasses.replace(out, recheck_s=fresh)
         return out
 
-    @functools.cached_property
-    def nack_watch(self) -> proxies.NackWatch:
-        return proxies.NackWatch(self.istiod, self.nacks)
-
     def _watch(self, plugin: spec.PluginSpec, kind: str, version: str, since: float) -> None:
-        """Have `proxies.NackWatch` note this version's NACKs for `limits.PROXY_PUSH_GRACE_S` from ``since``."""
+        """Have `nacks.NackWatch` note this version's NACKs for `limits.PROXY_PUSH_GRACE_S` from ``since``."""
         names = istio_native.plugin_names(kind, plugin.namespace, plugin.name)
         self.nack_watch.watch(names, version, since + limits.PROXY_PUSH_GRACE_S)
 
@@ -135,7 +139,9 @@ class IstioNative(istio_pods.Route):
         digest = module.digest if module is not None else plugin.url
         # istiod sends wasm over ECDS; an inline Lua script goes in the listener itself (LDS)
         type_url = proxies.LDS_TYPE if plugin.lua is not None else proxies.ECDS_TYPE
-        syncs, problem = self.istiod.syncz()
+        after = proxies.readings_after(change)
+        reading = self.istiod.reading(after)  # shared with the NACK watch and the other reconciles of this moment
+        syncs, problem = reading.syncs, reading.problem
         url, sha256 = ("", "") if plugin.lua is not None else istio_native.module_url(plugin, module, self.server)
         names = _Names(
             istio_native.plugin_names(kind, plugin.namespace, plugin.name),
@@ -152,7 +158,9 @@ class IstioNative(istio_pods.Route):
             fetched = self.fetch_log.status(ip, module.sha256) if module is not None and ip else None
             if sync is not None:
                 try:
-                    pushed = self._pushed(sync, plugin, names, (url, sha256), change=change, fetched=fetched)
+                    pushed = self._pushed(
+                        sync, plugin, names, (url, sha256), change=change, fetched=fetched, after=after
+                    )
                 except (OSError, ValueError) as exc:
                     problem = f"{sync.source}: {exc}"
                     sync = None
@@ -190,18 +198,20 @@ class IstioNative(istio_pods.Route):
         *,
         change: proxies.Change | None,
         fetched: int | None,
+        after: float,
     ) -> bool:
-        """istiod sent the proxy this version of the plugin: its view of the proxy carries it, and it pushed the
-        proxy something since meshplug's last change (its view is what it would send now)."""
+        """istiod sent the proxy this version of the plugin: its view of the proxy (read at or after ``after``)
+        carries it, and it pushed the proxy something since meshplug's last change (its view is what it would send
+        now)."""
         if plugin.lua is not None:  # an inline Lua script goes in the listener itself (LDS)
-            filters = proxies.listener_filters(self.istiod.config_dump(sync, "lds"))
+            filters = proxies.listener_filters(self.istiod.config_dump(sync, "lds", after=after))
             pushed, type_url = any(_carries_lua(f, names, plugin.lua) for f in filters), proxies.LDS_TYPE
         else:  # wasm goes over ECDS
             type_url = proxies.ECDS_TYPE
             try:
-                pushed = any(_carries(c, names, *module) for c in self.istiod.ecds(sync))
+                pushed = any(_carries(c, names, *module) for c in self.istiod.ecds(sync, after=after))
             except proxies.ViewUnavailable:
-                pushed = self._pushed_unseen(sync, names, change, fetched)
+                pushed = self._pushed_unseen(sync, names, change, fetched, after)
         return pushed and (change is None or change.sent_since(sync, type_url))
 
     def _pushed_unseen(
@@ -210,12 +220,13 @@ class IstioNative(istio_pods.Route):
         names: _Names,
         change: proxies.Change | None,
         fetched: int | None,
+        after: float,
     ) -> bool:
         """istiod cannot show the extension configs it sends this proxy (`proxies.ViewUnavailable`): the proxy's
         listener names the extension (and, checked by the caller, istiod sent extension configs since meshplug
         changed it: their ACK or NACK tells). The change not known (the operator restarted since): a download of
         the module by this pod."""
-        filters = proxies.listener_filters(self.istiod.config_dump(sync, "lds"))
+        filters = proxies.listener_filters(self.istiod.config_dump(sync, "lds", after=after))
         if not any(str(f.get("name", "")) in names.filters for f in filters):
             return False
         return change is not None or fetched is not None

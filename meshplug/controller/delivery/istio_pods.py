@@ -25,7 +25,7 @@ from typing import Any
 
 from meshplug import limits, spec
 from meshplug.controller import apply, delivery, informer, status
-from meshplug.controller.delivery import proxies
+from meshplug.controller.delivery import nacks, proxies
 from meshplug.render import model
 
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
@@ -50,7 +50,7 @@ class Route:
         self.fetch_log = fetch_log
         self.selection = selection
         self.redelivery = Redelivery()
-        self.nacks = proxies.NackMemory()
+        self.nacks = nacks.NackMemory()
         self.changes: dict[tuple[str, str], proxies.Change] = {}  # meshplug's last change of each rendered object
 
 

@@ -14,23 +14,19 @@ Sources, all real:
   FAIL_OPEN, and nothing reaches istiod), so a failed or missing download is only visible here. istio-agent caches
   modules per pod by sha256: a pod downloads a module once in its life. Confirmations therefore persist in the
   plugin's status (``loadedPods``) and survive an operator restart.
-- `NackMemory` and `NackWatch`: istiod keeps per proxy and xDS type only the last NACK's error, and clears it on
-  the next ACK of that type: the ACK of another extension's push, and the ACK of the very same extension sent
-  again. Envoy (1.40, `FilterConfigSubscription::onConfigUpdate`) stores an extension config as its last one
-  before it builds the filter, so a wasm plugin that fails to start is NACKed once, and every later push of the
-  same config is ACKed unchanged (its hash matches) while the filter still has no config (500s). A NACK seen is
-  therefore a refusal for good: it is remembered until the plugin's version changes, never forgotten on an ACK.
-  While a change is fresh, or any selected pod is pending, `NackWatch` reads istiod's syncz every
-  `limits.NACK_WATCH_INTERVAL_S` (extension config and listener errors: a listener update that names a refused
-  extension fails too) and counts the rejections istiod counts (``pilot_total_xds_rejects{type="ecds"}``): a
-  rejection istiod counted but no reading showed was cleared between two readings; the proxies istiod pushed
-  extension configs to meanwhile cannot be counted loaded with a version sent in that time (``RejectionUnseen``).
+- istiod keeps per proxy and xDS type only the last NACK's error (`meshplug.controller.delivery.nacks` keeps what
+  was seen, and accounts for the rejections no reading showed).
+Reads of istiod are shared (`meshplug.controller.delivery.shared_reads`): a reconcile that needs istiod's syncz, or
+its view of one proxy, takes a reading started after the moment it names (meshplug's last change, or at most
+`limits.ISTIOD_READING_REUSE_S` ago) when there is one, waits for the one in flight when that started then, and
+only else reads: many plugins changing at once cost istiod one syncz per moment, not one per reconcile.
 Pure judging (`judge`) is separate from the reading, so the rules are unit-tested on recorded inputs.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import re
@@ -44,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshplug import limits
+from meshplug.controller.delivery import shared_reads
 
 log = logging.getLogger("meshplug.controller.delivery.proxies")
 
@@ -74,6 +71,16 @@ class ProxySync:
 
     def of(self, type_url: str) -> TypeSync:
         return self.types.get(type_url) or TypeSync("", "", "")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """istiod's syncz (every replica, every namespace): connected proxies by id, why some replica could not be read
+    ("" when every one answered), and when the read started (monotonic)."""
+
+    at: float
+    syncs: Mapping[str, ProxySync]
+    problem: str
 
 
 @dataclass(frozen=True)
@@ -110,158 +117,9 @@ class FetchLog:
         return found[0] if found is not None else None
 
 
-class NackMemory:
-    """NACKs seen, by (proxy id, plugin's Envoy name, the plugin's version): istiod keeps per proxy and xDS type only
-    the last NACK's error, and a later ACK of another push (delta xDS sends changed resources only) clears it while
-    Envoy still lacks the refused extension; what was seen stays failed until the plugin (or the proxy) changes."""
-
-    def __init__(self, capacity: int = limits.FETCH_LOG_ENTRIES) -> None:
-        self._lock = threading.Lock()
-        self._seen: collections.OrderedDict[tuple[str, str, str], str] = collections.OrderedDict()
-        self._capacity = capacity
-
-    def note(self, key: tuple[str, str, str], message: str) -> None:
-        with self._lock:
-            self._seen[key] = message
-            while len(self._seen) > self._capacity:
-                self._seen.popitem(last=False)
-
-    def get(self, key: tuple[str, str, str]) -> str:
-        with self._lock:
-            return self._seen.get(key, "")
-
-    def forget(self, name: str) -> None:
-        """Forget every NACK of the plugin ``name`` (its Envoy name): it was removed, a new one starts afresh."""
-        with self._lock:
-            for key in [k for k in self._seen if k[1] == name]:
-                del self._seen[key]
-
-
-class NackWatch:
-    """Reads istiod's syncz every `limits.NACK_WATCH_INTERVAL_S` while a plugin version is watched, notes in
-    `NackMemory` each extension config or listener NACK that names it, and accounts for every extension config
-    rejection istiod counts (see the module docstring). One daemon thread, started on demand, gone when nothing
-    is watched."""
-
-    def __init__(self, istiod: Istiod, nacks: NackMemory, *, interval: float = limits.NACK_WATCH_INTERVAL_S) -> None:
-        self._istiod = istiod
-        self._nacks = nacks
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._watched: dict[tuple[tuple[str, ...], str], float] = {}  # (Envoy names, version) -> until (monotonic)
-        self._started: dict[tuple[str, str], float] = {}  # (first Envoy name, version) -> first watched
-        self._thread: threading.Thread | None = None
-        self._accounts = RejectAccounts()
-
-    def watch(self, names: Sequence[str], version: str, until: float) -> None:
-        """Note NACKs naming one of ``names`` (the first is the key in `NackMemory`) for ``version`` until ``until``
-        (later watches of the same version extend it)."""
-        if not names or not self._istiod.urls:
-            return
-        with self._lock:
-            key = (tuple(names), version)
-            started = self._started.setdefault((names[0], version), time.monotonic())
-            until = min(until, started + limits.NACK_WATCH_MAX_S)
-            self._watched[key] = max(until, self._watched.get(key, 0.0))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="nack-watch", daemon=True)
-                self._thread.start()
-
-    def unseen(self, proxy: str, name: str, version: str) -> bool:
-        """istiod counted an extension config rejection that no reading showed, while ``proxy`` was pushed
-        extension configs, since ``name`` at ``version`` was first watched."""
-        with self._lock:
-            since = self._started.get((name, version))
-        return since is not None and self._accounts.unseen_since(proxy, since)
-
-    def forget(self, name: str) -> None:
-        with self._lock:
-            self._watched = {k: v for k, v in self._watched.items() if k[0][0] != name}
-            self._started = {k: v for k, v in self._started.items() if k[0] != name}
-
-    def look(self) -> bool:
-        """One reading (the reject counter first, then syncz); False when nothing is watched any more."""
-        with self._lock:
-            now = time.monotonic()
-            self._watched = {k: until for k, until in self._watched.items() if until > now}
-            watched = list(self._watched)
-        if not watched:
-            self._accounts.reset()
-            return False
-        rejects = self._istiod.rejects()
-        syncs, problem = self._istiod.syncz()
-        for proxy, sync in syncs.items():
-            for names, version in watched:
-                for type_url in (ECDS_TYPE, LDS_TYPE):
-                    error = sync.of(type_url).error
-                    if error and any(mentions(error, name) for name in names):
-                        self._nacks.note((proxy, names[0], version), error)
-        self._accounts.account(rejects if not problem else None, syncs)
-        return True
-
-    def _run(self) -> None:
-        while True:
-            try:
-                busy = self.look()
-            except (OSError, ValueError) as exc:  # istiod away for a moment: the next reading tells
-                log.debug("nack watch: %s", exc)
-                busy = True
-            if not busy:
-                with self._lock:
-                    if not self._watched:
-                        self._thread = None
-                        return
-            time.sleep(self._interval)
-
-
-class RejectAccounts:
-    """Extension config rejections istiod counted against those the readings showed (a NACK in syncz, by proxy,
-    nonce and error): when istiod counted more, the proxies pushed extension configs since the reading before
-    (their sent nonce changed) are marked, with the time."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._marks: dict[str, float] = {}  # kept across accountings: a version judged later still sees them
-        self.reset()
-
-    def reset(self) -> None:
-        with self._lock:
-            self._base: int | None = None  # istiod's count when the accounting started
-            self._known: set[tuple[str, str, str]] = set()  # NACKs shown (proxy, nonce, error)
-            self._shown = 0  # ... of them, since the accounting started
-            self._missed = 0
-            self._sent: dict[str, str] = {}
-
-    def account(self, rejects: int | None, syncs: Mapping[str, ProxySync]) -> None:
-        """One reading: ``rejects`` (istiod's count, read before ``syncs``; None: unknown, the accounting starts
-        over)."""
-        sent = {p: s.of(ECDS_TYPE).sent for p, s in syncs.items()}
-        shown = {(p, s.of(ECDS_TYPE).sent, s.of(ECDS_TYPE).error) for p, s in syncs.items() if s.of(ECDS_TYPE).error}
-        with self._lock:
-            if rejects is None or self._base is None or rejects < self._base:  # unknown, first, istiod restarted
-                self._base, self._known, self._shown, self._missed = rejects, shown, 0, 0  # shown: counted before
-                self._sent = sent
-                return
-            self._shown += len(shown - self._known)
-            self._known |= shown
-            missed = rejects - self._base - self._shown
-            if missed > self._missed:
-                now = time.monotonic()
-                for proxy in (p for p, nonce in sent.items() if nonce != self._sent.get(p)):
-                    self._marks[proxy] = now
-                    log.info("proxy %s: istiod counted an extension config rejection no reading showed", proxy)
-            self._missed = max(self._missed, missed)
-            self._sent = sent
-
-    def unseen_since(self, proxy: str, since: float) -> bool:
-        with self._lock:
-            mark = self._marks.get(proxy)
-        return mark is not None and mark >= since
-
-
 @dataclass(frozen=True)
 class Change:
-    """meshplug changed what istiod sends: when, and the nonces istiod had last sent each proxy
+    """meshplug changed what istiod sends: when (once `written`), and the nonces istiod had last sent each proxy
     just before (istiod's debug views show what it would send now; a proxy has it once a later push reached it)."""
 
     at: float
@@ -269,8 +127,13 @@ class Change:
 
     @classmethod
     def before(cls, istiod: Istiod) -> Change:
-        syncs, _ = istiod.syncz()  # every namespace: a root-namespace plugin reaches them all
+        """The nonces of a syncz read started now (shared with the reconciles asking at the same moment)."""
+        syncs = istiod.reading().syncs  # every namespace: a root-namespace plugin reaches them all
         return cls(time.monotonic(), {p: {t: s.sent for t, s in sync.types.items()} for p, sync in syncs.items()})
+
+    def written(self) -> Change:
+        """The change once written: istiod's readings (and the grace) count from now."""
+        return dataclasses.replace(self, at=time.monotonic())
 
     def sent_since(self, sync: ProxySync, type_url: str, *, grace: float = limits.PROXY_PUSH_GRACE_S) -> bool:
         """istiod sent the proxy ``type_url`` since the change (or had nothing new for it within ``grace``)."""
@@ -278,6 +141,13 @@ class Change:
         if before is None or sync.of(type_url).sent != before:
             return True
         return time.monotonic() - self.at > grace
+
+
+def readings_after(change: Change | None) -> float:
+    """From when a reading of istiod tells a reconcile about meshplug's last ``change`` (None: none known): started
+    after the change was recorded, and at most `limits.ISTIOD_READING_REUSE_S` ago."""
+    since = time.monotonic() - limits.ISTIOD_READING_REUSE_S
+    return max(since, change.at) if change is not None else since
 
 
 class ViewUnavailable(ValueError):
@@ -292,6 +162,20 @@ class Istiod:
     def __init__(self, urls: Sequence[str], *, timeout: float = limits.ISTIOD_DEBUG_TIMEOUT_S) -> None:
         self.urls = tuple(u.rstrip("/") for u in urls)
         self.timeout = timeout
+        self._syncz: shared_reads.SharedReads[str, tuple[dict[str, ProxySync], str]] = shared_reads.SharedReads()
+        self._views: shared_reads.SharedReads[tuple[str, str, str], Any] = shared_reads.SharedReads()
+
+    def reading(self, after: float | None = None) -> Reading:
+        """`syncz` of every namespace, read at or after ``after`` (monotonic; None: now), shared with every caller
+        asking for one then (`meshplug.controller.delivery.shared_reads`)."""
+        out = self._syncz.outcome("", self.syncz, after=after)
+        syncs, problem = out.result()
+        return Reading(out.at, syncs, problem)
+
+    @property
+    def reads(self) -> int:
+        """Reads of istiod's syncz and proxy views made so far (shared ones counted once)."""
+        return self._syncz.reads + self._views.reads
 
     def _get(self, base: str, path: str) -> Any:
         try:
@@ -343,16 +227,20 @@ class Istiod:
         with urllib.request.urlopen(base + path, timeout=self.timeout) as resp:  # noqa: S310 - configured url
             return str(resp.read(limits.ISTIOD_DEBUG_MAX_BYTES).decode(errors="replace"))
 
-    def ecds(self, sync: ProxySync) -> list[Mapping[str, Any]]:
-        """The extension configs istiod sends the proxy (a Wasm filter's, a Lua filter's; camelCase JSON)."""
-        dump = self._get(sync.source, f"/debug/ecdsz?proxyID={urllib.parse.quote(sync.proxy_id)}") or {}
-        return [c for c in dump.get("configs") or [] if isinstance(c, Mapping)]
+    def ecds(self, sync: ProxySync, *, after: float | None = None) -> list[Mapping[str, Any]]:
+        """The extension configs istiod sends the proxy (a Wasm filter's, a Lua filter's; camelCase JSON), read at
+        or after ``after`` (shared, as `reading`)."""
+        path = f"/debug/ecdsz?proxyID={urllib.parse.quote(sync.proxy_id)}"
+        dump = self._views.get((sync.source, sync.proxy_id, "ecds"), lambda: self._get(sync.source, path), after=after)
+        return [c for c in (dump or {}).get("configs") or [] if isinstance(c, Mapping)]
 
-    def config_dump(self, sync: ProxySync, types: str = "lds,cds") -> Mapping[str, Any]:
-        """The proxy's listeners and clusters as istiod builds them (``types``: istiod's short names). Asking for
-        these types only keeps the answer small and keeps out the extension configs istiod cannot always encode."""
-        query = f"proxyID={urllib.parse.quote(sync.proxy_id)}&types={urllib.parse.quote(types)}"
-        return dict(self._get(sync.source, f"/debug/config_dump?{query}") or {})
+    def config_dump(self, sync: ProxySync, types: str = "lds,cds", *, after: float | None = None) -> Mapping[str, Any]:
+        """The proxy's listeners and clusters as istiod builds them (``types``: istiod's short names), read at or
+        after ``after`` (shared, as `reading`). Asking for these types only keeps the answer small and keeps out the
+        extension configs istiod cannot always encode."""
+        path = f"/debug/config_dump?proxyID={urllib.parse.quote(sync.proxy_id)}&types={urllib.parse.quote(types)}"
+        dump = self._views.get((sync.source, sync.proxy_id, types), lambda: self._get(sync.source, path), after=after)
+        return dict(dump or {})
 
 
 def count_rejects(metrics: str, xds: str) -> int:

@@ -1,0 +1,189 @@
+"""What the istio plane's proxies refused: the NACKs seen, and the rejections istiod counted that no reading showed.
+
+Used by the istio delivery paths (`meshplug.controller.delivery.istio_native`, `.istio_configmap`) beside the
+per-pod judging of `meshplug.controller.delivery.proxies`. istiod keeps per proxy and xDS type only the last NACK's
+error, and clears it on the next ACK of that type: the ACK of another extension's push, and the ACK of the very same
+extension sent again. Envoy (1.40, `FilterConfigSubscription::onConfigUpdate`) stores an extension config as its last
+one before it builds the filter, so a wasm plugin that fails to start is NACKed once, and every later push of the
+same config is ACKed unchanged (its hash matches) while the filter still has no config (500s). A NACK seen is
+therefore a refusal for good: `NackMemory` remembers it until the plugin's version changes, never forgets it on an
+ACK.
+
+`NackWatch` is the one poller of istiod (per `proxies.Istiod`, whatever the number of plugins or proxies): while any
+plugin version is fresh, or any selected pod is pending, it reads istiod's reject counter and then its syncz every
+`limits.NACK_WATCH_INTERVAL_S` (one ``/metrics`` and one ``/debug/syncz`` per istiod replica per interval, shared with
+the reconciles through `proxies.Istiod.reading`), notes each extension config or listener NACK naming a watched
+plugin (a listener update that names a refused extension fails too), and counts the rejections istiod counts
+(``pilot_total_xds_rejects{type="ecds"}``): a rejection istiod counted but no reading showed was cleared between two
+readings; the proxies istiod pushed extension configs to meanwhile cannot be counted loaded with a version sent in
+that time (``RejectionUnseen``).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+from meshplug import limits
+from meshplug.controller.delivery import proxies
+
+log = logging.getLogger("meshplug.controller.delivery.nacks")
+
+
+class NackMemory:
+    """NACKs seen, by (proxy id, plugin's Envoy name, the plugin's version): istiod keeps per proxy and xDS type only
+    the last NACK's error, and a later ACK of another push (delta xDS sends changed resources only) clears it while
+    Envoy still lacks the refused extension; what was seen stays failed until the plugin (or the proxy) changes."""
+
+    def __init__(self, capacity: int = limits.FETCH_LOG_ENTRIES) -> None:
+        self._lock = threading.Lock()
+        self._seen: collections.OrderedDict[tuple[str, str, str], str] = collections.OrderedDict()
+        self._capacity = capacity
+
+    def note(self, key: tuple[str, str, str], message: str) -> None:
+        with self._lock:
+            self._seen[key] = message
+            while len(self._seen) > self._capacity:
+                self._seen.popitem(last=False)
+
+    def get(self, key: tuple[str, str, str]) -> str:
+        with self._lock:
+            return self._seen.get(key, "")
+
+    def forget(self, name: str) -> None:
+        """Forget every NACK of the plugin ``name`` (its Envoy name): it was removed, a new one starts afresh."""
+        with self._lock:
+            for key in [k for k in self._seen if k[1] == name]:
+                del self._seen[key]
+
+
+class NackWatch:
+    """Reads istiod's syncz every `limits.NACK_WATCH_INTERVAL_S` while a plugin version is watched, notes in
+    `NackMemory` each extension config or listener NACK that names it, and accounts for every extension config
+    rejection istiod counts (see the module docstring). One daemon thread, started on demand, gone when nothing
+    is watched."""
+
+    def __init__(
+        self, istiod: proxies.Istiod, nacks: NackMemory, *, interval: float = limits.NACK_WATCH_INTERVAL_S
+    ) -> None:
+        self._istiod = istiod
+        self._nacks = nacks
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._watched: dict[tuple[tuple[str, ...], str], float] = {}  # (Envoy names, version) -> until (monotonic)
+        self._started: dict[tuple[str, str], float] = {}  # (first Envoy name, version) -> first watched
+        self._thread: threading.Thread | None = None
+        self._accounts = RejectAccounts()
+
+    def watch(self, names: Sequence[str], version: str, until: float) -> None:
+        """Note NACKs naming one of ``names`` (the first is the key in `NackMemory`) for ``version`` until ``until``
+        (later watches of the same version extend it)."""
+        if not names or not self._istiod.urls:
+            return
+        with self._lock:
+            key = (tuple(names), version)
+            started = self._started.setdefault((names[0], version), time.monotonic())
+            until = min(until, started + limits.NACK_WATCH_MAX_S)
+            self._watched[key] = max(until, self._watched.get(key, 0.0))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="nack-watch", daemon=True)
+                self._thread.start()
+
+    def unseen(self, proxy: str, name: str, version: str) -> bool:
+        """istiod counted an extension config rejection that no reading showed, while ``proxy`` was pushed
+        extension configs, since ``name`` at ``version`` was first watched."""
+        with self._lock:
+            since = self._started.get((name, version))
+        return since is not None and self._accounts.unseen_since(proxy, since)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._watched = {k: v for k, v in self._watched.items() if k[0][0] != name}
+            self._started = {k: v for k, v in self._started.items() if k[0] != name}
+
+    def look(self) -> bool:
+        """One reading (the reject counter first, then syncz); False when nothing is watched any more."""
+        with self._lock:
+            now = time.monotonic()
+            self._watched = {k: until for k, until in self._watched.items() if until > now}
+            watched = list(self._watched)
+        if not watched:
+            self._accounts.reset()
+            return False
+        rejects = self._istiod.rejects()
+        reading = self._istiod.reading()  # started after the count was read; the reconciles share it
+        syncs = reading.syncs
+        for proxy, sync in syncs.items():
+            for names, version in watched:
+                for type_url in (proxies.ECDS_TYPE, proxies.LDS_TYPE):
+                    error = sync.of(type_url).error
+                    if error and any(proxies.mentions(error, name) for name in names):
+                        self._nacks.note((proxy, names[0], version), error)
+        self._accounts.account(rejects if not reading.problem else None, syncs)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            try:
+                busy = self.look()
+            except (OSError, ValueError) as exc:  # istiod away for a moment: the next reading tells
+                log.debug("nack watch: %s", exc)
+                busy = True
+            if not busy:
+                with self._lock:
+                    if not self._watched:
+                        self._thread = None
+                        return
+            time.sleep(self._interval)
+
+
+class RejectAccounts:
+    """Extension config rejections istiod counted against those the readings showed (a NACK in syncz, by proxy,
+    nonce and error): when istiod counted more, the proxies pushed extension configs since the reading before
+    (their sent nonce changed) are marked, with the time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._marks: dict[str, float] = {}  # kept across accountings: a version judged later still sees them
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._base: int | None = None  # istiod's count when the accounting started
+            self._known: set[tuple[str, str, str]] = set()  # NACKs shown (proxy, nonce, error)
+            self._shown = 0  # ... of them, since the accounting started
+            self._missed = 0
+            self._sent: dict[str, str] = {}
+
+    def account(self, rejects: int | None, syncs: Mapping[str, proxies.ProxySync]) -> None:
+        """One reading: ``rejects`` (istiod's count, read before ``syncs``; None: unknown, the accounting starts
+        over)."""
+        sent = {p: s.of(proxies.ECDS_TYPE).sent for p, s in syncs.items()}
+        shown = {
+            (p, s.of(proxies.ECDS_TYPE).sent, s.of(proxies.ECDS_TYPE).error)
+            for p, s in syncs.items()
+            if s.of(proxies.ECDS_TYPE).error
+        }
+        with self._lock:
+            if rejects is None or self._base is None or rejects < self._base:  # unknown, first, istiod restarted
+                self._base, self._known, self._shown, self._missed = rejects, shown, 0, 0  # shown: counted before
+                self._sent = sent
+                return
+            self._shown += len(shown - self._known)
+            self._known |= shown
+            missed = rejects - self._base - self._shown
+            if missed > self._missed:
+                now = time.monotonic()
+                for proxy in (p for p, nonce in sent.items() if nonce != self._sent.get(p)):
+                    self._marks[proxy] = now
+                    log.info("proxy %s: istiod counted an extension config rejection no reading showed", proxy)
+            self._missed = max(self._missed, missed)
+            self._sent = sent
+
+    def unseen_since(self, proxy: str, since: float) -> bool:
+        with self._lock:
+            mark = self._marks.get(proxy)
+        return mark is not None and mark >= since
