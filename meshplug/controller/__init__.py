@@ -31,8 +31,8 @@ default; no rule at all in the other TLS modes); ``agent-secret``, the agent Sec
     watched  core                 secrets             get,update  names=agent-secret
     watched  core                 events              create,get,patch
     watched  networking.istio.io  envoyfilters        list,watch,create,patch,delete
-    watched  extensions.istio.io  trafficextensions   get,create,patch,delete
-    watched  extensions.istio.io  wasmplugins         get,create,patch,delete
+    watched  extensions.istio.io  trafficextensions   list,watch,create,patch,delete
+    watched  extensions.istio.io  wasmplugins         list,watch,create,patch,delete
     cluster  authentication.k8s.io  tokenreviews      create
     cluster  admissionregistration.k8s.io  mutatingwebhookconfigurations    get,patch  names=ca-bundle
     cluster  admissionregistration.k8s.io  validatingwebhookconfigurations  get,patch  names=ca-bundle
@@ -55,12 +55,13 @@ namespace's owner grants it (a Role naming that Secret, bound to the operator's 
 in a namespace the injection webhook skips, kube-system included); events (Warning/Normal Events on plugins, one
 series per reason: read and patched on repeats); envoyfilters (the istio plane's ConfigMap route); trafficextensions
 and wasmplugins of extensions.istio.io (the istio plane's native route: Istio's own resource, owned by the meshplug
-one; read first so one meshplug does not own is never overwritten; discovery of which kind the cluster serves needs
-no rule); no workload (Deployment, StatefulSet, DaemonSet) is read or written in watched namespaces: modules reach
-pods at admission; tokenreviews (the module server checks the agents' ServiceAccount tokens); its own webhook
-configurations (their caBundle: the CA of the webhooks' serving certificate); in its own namespace: leases (one
-active replica: the ``meshplug-operator`` Lease), secrets and its Deployment (the identity Secret, created once,
-then read and updated by name; owned by the operator's Deployment).
+one; listed and watched, every one in the watched namespaces, into a cache the reconciles read, so one meshplug does
+not own is never overwritten; discovery of which kind the cluster serves needs no rule); no workload (Deployment,
+StatefulSet, DaemonSet) is read or written in watched namespaces: modules reach pods at admission; tokenreviews
+(the module server checks the agents' ServiceAccount tokens); its own webhook configurations (their caBundle: the
+CA of the webhooks' serving certificate); in its own namespace: leases (one active replica: the
+``meshplug-operator`` Lease), secrets and its Deployment (the identity Secret, created once, then read and updated
+by name; owned by the operator's Deployment).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ import kopf
 from meshplug import controller, injection, limits, serving, spec
 from meshplug.controller import apply, index, informer, lease, reconcile, webhooks, workqueue
 from meshplug.controller.delivery import istio_configmap
+from meshplug.render import istio_native as native_render
 
 log = logging.getLogger("meshplug.controller.handlers")
 _RESOURCE = (spec.API_GROUP, spec.API_VERSION, spec.PLURAL)
@@ -218,9 +219,11 @@ def pod_changes(reconciler: reconcile.Reconciler, queue: workqueue.WorkQueue, id
 
 def owned_caches(
     writer: apply.Writer, namespaces: Sequence[str], stop: threading.Event
-) -> tuple[informer.OwnedCache, informer.OwnedCache]:
-    """The caches of what the ConfigMap route renders (ConfigMaps, as digests of their modules; EnvoyFilters),
-    started: a reconcile reads neither from the API."""
+) -> tuple[informer.OwnedCache, informer.OwnedCache, dict[str, informer.OwnedCache]]:
+    """The caches of what the istio routes render, started: the ConfigMap route's (ConfigMaps, as digests of their
+    modules; EnvoyFilters) and the native route's (Istio's extensions of each kind the cluster serves now, every one
+    in the watched namespaces: one of the plugin's name that meshplug does not own is seen, and never overwritten).
+    A reconcile reads none of them from the API (a kind Istio starts serving later is read from the API)."""
     config_maps = informer.OwnedCache(
         writer,
         *istio_configmap.CONFIG_MAP,
@@ -231,7 +234,13 @@ def owned_caches(
     envoy_filters = informer.OwnedCache(
         writer, *istio_configmap.ISTIO_EF, namespaces, label_selector=istio_configmap.MANAGED
     )
-    return config_maps.start(stop), envoy_filters.start(stop)
+    served = writer.served(native_render.API_VERSION)
+    extensions = {
+        kind: informer.OwnedCache(writer, native_render.API_VERSION, kind, namespaces).start(stop)
+        for kind, plural in native_render.KINDS.items()
+        if plural in served
+    }
+    return config_maps.start(stop), envoy_filters.start(stop), extensions
 
 
 def _work(reconciler: reconcile.Reconciler, queue: workqueue.WorkQueue, idx: index.Index, opts: Options) -> Any:

@@ -152,9 +152,16 @@ class Reconciler:
         self.istio_native.selection.source = source  # one Selection, shared by both istio routes
         self.istio_configmap.selection.source = source
 
-    def read_owned_from(self, config_maps: informer.ObjectSource, envoy_filters: informer.ObjectSource) -> None:
-        """Where the ConfigMap route reads what it rendered (the operator's caches; the API until set)."""
+    def read_owned_from(
+        self,
+        config_maps: informer.ObjectSource,
+        envoy_filters: informer.ObjectSource,
+        extensions: Mapping[str, informer.ObjectSource] | None = None,
+    ) -> None:
+        """Where the istio routes read what they rendered (the operator's caches; the API until set): the ConfigMap
+        route's ConfigMaps and EnvoyFilters, the native route's Istio extensions (by kind)."""
         self.istio_configmap.use_caches(config_maps, envoy_filters)
+        self.istio_native.use_caches(extensions or {})
 
     def paths(self) -> tuple[delivery.Delivery, ...]:
         return (self.istio_native, self.istio_configmap, self.agent)

@@ -7,10 +7,13 @@ own is never overwritten (Ready=False, ``NameConflict``). The kind is the meshpl
 serves it: a WasmPlugin becomes Istio's WasmPlugin (which Istio >= 1.30 itself translates into a TrafficExtension,
 so Envoy's names stay Istio's), a TrafficExtension Istio's TrafficExtension (Istio >= 1.30); else the other kind;
 a WasmPlugin and a TrafficExtension of one name therefore never render the same object. When the cluster serves
-neither, ``Ready=False`` with ``IstioExtensionsMissing``. istiod turns it into an ECDS resource; each pod's istio-agent
-downloads the module from meshplug's module server (a signed url, sha256-checked) and Envoy loads it: no pod,
-template or rollout is touched, and sidecars, gateways (selector or targetRefs) and the root namespace
-(mesh-wide) all work with Istio's own placement, match and failStrategy semantics.
+neither, ``Ready=False`` with ``IstioExtensionsMissing``. The extensions are read from the operator's caches of each
+kind (`informer.OwnedCache`, every one in the watched namespaces, set by `use_caches`; the API until then, and for a
+kind the cluster did not serve when the operator started); the operator's own writes go into them at once. istiod
+turns it into an ECDS resource; each pod's istio-agent downloads the module from meshplug's module server (a signed
+url, sha256-checked) and Envoy loads it: no pod, template or rollout is touched, and sidecars, gateways (selector or
+targetRefs) and the root namespace (mesh-wide) all work with Istio's own placement, match and failStrategy
+semantics.
 
 Status comes from the proxies (`meshplug.controller.delivery.proxies`): each selected pod is loaded, failed or
 pending; Ready=True only when every selected pod loaded this module (and at least one is selected). Which pods are
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshplug import errors, limits, spec
-from meshplug.controller import delivery, status
+from meshplug.controller import delivery, informer, status
 from meshplug.controller.delivery import istio_pods, nacks, proxies
 from meshplug.render import istio_native, model
 
@@ -44,9 +47,22 @@ class IstioNative(istio_pods.Route):
     name = "istio native"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """`istio_pods.Route`'s arguments; the route's one `nacks.NackWatch` reads istiod for every plugin."""
+        """`istio_pods.Route`'s arguments; the route's one `nacks.NackWatch` reads istiod for every plugin. The
+        rendered objects are read from the API until `use_caches`."""
         super().__init__(*args, **kwargs)
         self.nack_watch = nacks.NackWatch(self.istiod, self.nacks)
+        self.extensions: dict[str, informer.ObjectSource] = {
+            kind: informer.ApiObjects(self.writer, istio_native.API_VERSION, kind) for kind in istio_native.KINDS
+        }
+
+    def use_caches(self, extensions: Mapping[str, informer.ObjectSource]) -> None:
+        """Read Istio's extensions of these kinds from these (the operator's caches of every one in the watched
+        namespaces, meshplug's or not: a name taken by another owner is seen without a read)."""
+        self.extensions.update(extensions)
+
+    def _existing(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.extensions[kind].objects(namespace, {}, name=name)
+        return found[0] if found else None
 
     def kind(self, plugin: spec.PluginSpec) -> str:
         """The extensions.istio.io kind rendered for ``plugin``: its own kind when the cluster serves it, else the
@@ -77,7 +93,7 @@ class IstioNative(istio_pods.Route):
         digest = module.digest if module is not None else ""
         attempt = self.redelivery.attempt(request.key, digest)
         obj = _redelivered(istio_native.render(plugin, module, self.server, kind, owner), attempt)
-        existing = self.writer.get(istio_native.API_VERSION, kind, plugin.namespace, plugin.name)
+        existing = self._existing(kind, plugin.namespace, plugin.name)
         if existing is not None and not _ours(existing, owner.kind, owner.uid):
             return delivery.Report(
                 ready=status.Condition(
@@ -91,7 +107,9 @@ class IstioNative(istio_pods.Route):
         if changed:
             self.changes[request.key] = proxies.Change.before(self.istiod)
             self._watch(plugin, kind, f"{digest or plugin.url}/{plugin.generation}", time.monotonic())
-        self.writer.apply_changed(obj, existing)  # unchanged: nothing written
+        written = self.writer.apply_changed(obj, existing)  # unchanged: nothing written
+        if written is not None:
+            self.extensions[kind].note(written)
         if changed:
             self.changes[request.key] = self.changes[request.key].written()
         for other in istio_native.KINDS:
@@ -111,7 +129,7 @@ class IstioNative(istio_pods.Route):
                 "; ".join(f"{v.pod}: {v.reason}" for v in verdicts if v.reason in istio_pods.STUCK),
             )
             self.changes[request.key] = proxies.Change.before(self.istiod)
-            self.writer.apply(_redelivered(obj, again))
+            self.extensions[kind].note(self.writer.apply(_redelivered(obj, again)))
             self.changes[request.key] = self.changes[request.key].written()
         out = istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
         change = self.changes.get(request.key)
@@ -235,13 +253,14 @@ class IstioNative(istio_pods.Route):
         if istio_native.KINDS[kind] not in self.writer.served(istio_native.API_VERSION):
             return  # the cluster does not serve the kind: nothing of it to delete
         try:
-            existing = self.writer.get(istio_native.API_VERSION, kind, namespace, name)
+            existing = self._existing(kind, namespace, name)
         except errors.ApplyError as exc:
             if exc.reason in ("NotFound", "HTTP404"):  # the kind is not served
                 return
             raise
         if existing is not None and _ours(existing, owner_kind):
             self.writer.delete(istio_native.API_VERSION, kind, namespace, name)
+            self.extensions[kind].forget(namespace, name)
 
     def remove(self, namespace: str, name: str, *, owned: bool) -> None:
         """Delete the rendered TrafficExtension/WasmPlugin (garbage collection would too, after the owner goes)."""
