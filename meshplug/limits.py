@@ -253,6 +253,8 @@ ISTIOD_READING_REUSE_S = NACK_WATCH_INTERVAL_S
 ISTIOD_SHARED_READINGS = 10_000
 #: ... and for at most this long after a version was first watched (a proxy that never answers is not read for)
 NACK_WATCH_MAX_S = 120.0
+#: rejections no reading showed, kept per proxy (`nacks.RejectAccounts`; the oldest go first)
+REJECTION_MARKS_KEPT = 32
 #: a module proxies were sent but did not download is delivered again after this long (then doubling, capped):
 #: longer than Envoy's own retries of a remote fetch (REMOTE_CODE_RETRIES) and istio-agent's (5, from 500 ms)
 REDELIVERY_AFTER_S = 45.0

@@ -244,11 +244,11 @@ def test_nack_watch_stops_when_its_versions_are_old() -> None:
     assert not watch.look()
 
 
-def sightings(*proxies_sent: tuple[str, str, str]) -> dict[str, proxies.ProxySync]:
-    """syncz as `Istiod.syncz` returns it: proxy -> its extension configs' (sent, error), ACKed unless an error."""
+def sightings(*proxies_sent: tuple[str, str, str, str]) -> dict[str, proxies.ProxySync]:
+    """syncz as `Istiod.syncz` returns it: proxy -> its extension configs' (sent, ACKed, error)."""
     return {
-        p: proxies.ProxySync(p, "sidecar", {ECDS: proxies.TypeSync(sent, "" if err else sent, err)}, "http://istiod")
-        for p, sent, err in proxies_sent
+        p: proxies.ProxySync(p, "sidecar", {ECDS: proxies.TypeSync(sent, acked, err)}, "http://istiod")
+        for p, sent, acked, err in proxies_sent
     }
 
 
@@ -256,27 +256,56 @@ def sightings(*proxies_sent: tuple[str, str, str]) -> dict[str, proxies.ProxySyn
     ("readings", "marked"),
     [
         # istiod counted one rejection, the reading showed it: nothing unseen
-        ([(3, [("a", "n1", "")]), (4, [("a", "n2", REFUSED)]), (4, [("a", "n3", "")])], set()),
-        # counted, never shown (an ACK cleared it between two readings): the proxies pushed since are marked
-        ([(3, [("a", "n1", ""), ("b", "m1", "")]), (4, [("a", "n2", ""), ("b", "m1", "")])], {"a"}),
+        ([(3, [("a", "n1", "n1", "")]), (4, [("a", "n2", "n1", REFUSED)]), (4, [("a", "n3", "n3", "")])], set()),
+        # counted, never shown (an ACK cleared it between two readings): the proxies pushed meanwhile are marked
+        (
+            [(3, [("a", "n1", "n1", ""), ("b", "m1", "m1", "")]), (4, [("a", "n2", "n2", ""), ("b", "m1", "m1", "")])],
+            {"a"},
+        ),
+        # the refused config went out before the reading before (unanswered there), a later push was ACKed: the
+        # nonce did not move between the last two readings, the proxy is marked all the same
+        ([(3, [("a", "n1", "n1", "")]), (3, [("a", "n3", "n1", "")]), (4, [("a", "n3", "n3", "")])], {"a"}),
+        # refused and cleared after the count was read but before the syncz of the same reading: counted one reading
+        # late, the proxy's push two readings back still marks it
+        ([(3, [("a", "n1", "n1", "")]), (3, [("a", "n2", "n2", "")]), (4, [("a", "n2", "n2", "")])], {"a"}),
         # shown before it was counted (the count is read first): no mark, then or later
-        ([(3, [("a", "n1", "")]), (3, [("a", "n2", REFUSED)]), (4, [("a", "n3", "")])], set()),
+        ([(3, [("a", "n1", "n1", "")]), (3, [("a", "n2", "n1", REFUSED)]), (4, [("a", "n3", "n3", "")])], set()),
         # an error already shown when the accounting started was counted before it
-        ([(3, [("a", "n1", REFUSED)]), (3, [("a", "n1", REFUSED)]), (4, [("a", "n2", REFUSED)])], set()),
+        (
+            [(3, [("a", "n1", "n0", REFUSED)]), (3, [("a", "n1", "n0", REFUSED)]), (4, [("a", "n2", "n0", REFUSED)])],
+            set(),
+        ),
         # istiod restarted (its count fell): the accounting starts over
-        ([(9, [("a", "n1", "")]), (1, [("a", "n2", "")]), (1, [("a", "n3", "")])], set()),
-        ([(3, [("a", "n1", "")]), (None, [("a", "n2", "")]), (4, [("a", "n3", "")])], set()),  # unknown: over
+        ([(9, [("a", "n1", "n1", "")]), (1, [("a", "n2", "n2", "")]), (1, [("a", "n3", "n3", "")])], set()),
+        ([(3, [("a", "n1", "n1", "")]), (None, [("a", "n2", "n2", "")]), (4, [("a", "n3", "n3", "")])], set()),
     ],
 )
 def test_rejections_istiod_counted_but_no_reading_showed(
-    readings: list[tuple[int | None, list[tuple[str, str, str]]]], marked: set[str]
+    readings: list[tuple[int | None, list[tuple[str, str, str, str]]]], marked: set[str]
 ) -> None:
     accounts = nacks.RejectAccounts()
     since = time.monotonic()
     for rejects, seen in readings:
-        accounts.account(rejects, sightings(*seen))
-    assert {p for p in ("a", "b") if accounts.unseen_since(p, since)} == marked
-    assert not accounts.unseen_since("a", time.monotonic() + 1)  # a version first sent after the mark
+        accounts.account(rejects, sightings(*seen), time.monotonic())
+    assert {p for p in ("a", "b") if accounts.unseen((p, NAME, "v/1"), since)} == marked
+    assert not accounts.unseen(("a", NAME, "v/1"), time.monotonic() + 1)  # a version first sent after the mark
+
+
+def test_a_version_the_proxy_acked_before_a_missed_rejection_is_not_its_refusal() -> None:
+    """Envoy rebuilds only an extension config that changed: a version ACKed before the count that missed the
+    rejection was read is not the one refused; one ACKed after may be (Envoy ACKs a refused config sent again)."""
+    accounts = nacks.RejectAccounts()
+    since = time.monotonic()
+    accounts.account(3, sightings(("a", "n1", "n1", "")), time.monotonic())
+    accounts.accept(("a", "shop.before", "v/1"))
+    accounts.account(3, sightings(("a", "n2", "n2", "")), time.monotonic())  # the count the rejection came after
+    accounts.accept(("a", "shop.after", "v/1"))
+    accounts.account(4, sightings(("a", "n3", "n3", "")), time.monotonic())
+    assert not accounts.unseen(("a", "shop.before", "v/1"), since)
+    assert accounts.unseen(("a", "shop.after", "v/1"), since)
+    assert accounts.unseen(("a", "shop.never", "v/1"), since)
+    accounts.forget("shop.before")  # removed: a plugin made again under the name starts unaccepted
+    assert accounts.unseen(("a", "shop.before", "v/1"), since)
 
 
 @pytest.mark.parametrize(

@@ -202,7 +202,10 @@ class IstioNative(istio_pods.Route):
                 nacked=self.nacks.get(remembered),
                 unseen=plugin.lua is None and self.nack_watch.unseen(proxy, names.plugin[0], version),
             )
-            out.append(proxies.judge(evidence))
+            verdict = proxies.judge(evidence)
+            if verdict.state == proxies.LOADED and plugin.lua is None:
+                self.nack_watch.accepted(proxy, names.plugin[0], version)
+            out.append(verdict)
         if any(v.reason in ("NotPushed", "AwaitingACK") for v in out):  # answers to come: keep reading istiod
             self._watch(plugin, kind, version, time.monotonic())
         return out

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from meshplug import limits
 from meshplug.controller.delivery import proxies
@@ -93,16 +94,22 @@ class NackWatch:
                 self._thread.start()
 
     def unseen(self, proxy: str, name: str, version: str) -> bool:
-        """istiod counted an extension config rejection that no reading showed, while ``proxy`` was pushed
-        extension configs, since ``name`` at ``version`` was first watched."""
+        """istiod counted an extension config rejection that no reading showed, at ``proxy``, since ``name`` at
+        ``version`` was first watched, and ``proxy`` had not ACKed that version before it (`RejectAccounts`)."""
         with self._lock:
             since = self._started.get((name, version))
-        return since is not None and self._accounts.unseen_since(proxy, since)
+        return since is not None and self._accounts.unseen((proxy, name, version), since)
+
+    def accepted(self, proxy: str, name: str, version: str) -> None:
+        """``proxy`` was judged to run ``name`` at ``version`` (ACKed, nothing unseen): a rejection counted later,
+        after the count read next, is not its refusal."""
+        self._accounts.accept((proxy, name, version))
 
     def forget(self, name: str) -> None:
         with self._lock:
             self._watched = {k: v for k, v in self._watched.items() if k[0][0] != name}
             self._started = {k: v for k, v in self._started.items() if k[0] != name}
+        self._accounts.forget(name)
 
     def look(self) -> bool:
         """One reading (the reject counter first, then syncz); False when nothing is watched any more."""
@@ -113,6 +120,7 @@ class NackWatch:
         if not watched:
             self._accounts.reset()
             return False
+        counted = time.monotonic()
         rejects = self._istiod.rejects()
         reading = self._istiod.reading()  # started after the count was read; the reconciles share it
         syncs = reading.syncs
@@ -122,7 +130,7 @@ class NackWatch:
                     error = sync.of(type_url).error
                     if error and any(proxies.mentions(error, name) for name in names):
                         self._nacks.note((proxy, names[0], version), error)
-        self._accounts.account(rejects if not reading.problem else None, syncs)
+        self._accounts.account(rejects if not reading.problem else None, syncs, counted)
         return True
 
     def _run(self) -> None:
@@ -140,14 +148,29 @@ class NackWatch:
             time.sleep(self._interval)
 
 
+@dataclass(frozen=True)
+class Mark:
+    """istiod counted an extension config rejection at a proxy that no reading showed: it came after ``since`` (the
+    reject count read before the one that first counted it) and was counted by the reading of ``at``."""
+
+    since: float
+    at: float
+
+
 class RejectAccounts:
     """Extension config rejections istiod counted against those the readings showed (a NACK in syncz, by proxy,
-    nonce and error): when istiod counted more, the proxies pushed extension configs since the reading before
-    (their sent nonce changed) are marked, with the time."""
+    nonce and error). When istiod counted more, the rejection came after the count read before (``since``): the
+    proxies with extension config traffic over the readings around it (their sent nonce changed, or a push was not
+    answered yet: a NACK and the ACK that clears it both fall there, even when istiod sent the refused config before)
+    are marked. A plugin version a proxy had ACKed before a mark's ``since`` is not the one refused (Envoy rebuilds
+    only a config that changed), so `unseen` passes it; one ACKed later is not cleared (Envoy ACKs a refused config
+    sent again)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = limits.FETCH_LOG_ENTRIES) -> None:
         self._lock = threading.Lock()
-        self._marks: dict[str, float] = {}  # kept across accountings: a version judged later still sees them
+        self._marks: dict[str, collections.deque[Mark]] = {}  # kept across accountings: versions judged later see them
+        self._accepted: collections.OrderedDict[tuple[str, str, str], float] = collections.OrderedDict()
+        self._capacity = capacity
         self.reset()
 
     def reset(self) -> None:
@@ -156,34 +179,62 @@ class RejectAccounts:
             self._known: set[tuple[str, str, str]] = set()  # NACKs shown (proxy, nonce, error)
             self._shown = 0  # ... of them, since the accounting started
             self._missed = 0
-            self._sent: dict[str, str] = {}
+            # the last readings: when their count was read, and each proxy's extension configs (sent, ACKed)
+            self._readings: collections.deque[tuple[float, dict[str, tuple[str, str]]]] = collections.deque(maxlen=2)
 
-    def account(self, rejects: int | None, syncs: Mapping[str, proxies.ProxySync]) -> None:
-        """One reading: ``rejects`` (istiod's count, read before ``syncs``; None: unknown, the accounting starts
-        over)."""
-        sent = {p: s.of(proxies.ECDS_TYPE).sent for p, s in syncs.items()}
-        shown = {
-            (p, s.of(proxies.ECDS_TYPE).sent, s.of(proxies.ECDS_TYPE).error)
-            for p, s in syncs.items()
-            if s.of(proxies.ECDS_TYPE).error
-        }
+    def account(self, rejects: int | None, syncs: Mapping[str, proxies.ProxySync], counted: float) -> None:
+        """One reading: ``rejects`` (istiod's count, read at ``counted``, before ``syncs``; None: unknown, the
+        accounting starts over)."""
+        ecds = {p: s.of(proxies.ECDS_TYPE) for p, s in syncs.items()}
+        state = {p: (t.sent, t.acked) for p, t in ecds.items()}
+        shown = {(p, t.sent, t.error) for p, t in ecds.items() if t.error}
         with self._lock:
             if rejects is None or self._base is None or rejects < self._base:  # unknown, first, istiod restarted
                 self._base, self._known, self._shown, self._missed = rejects, shown, 0, 0  # shown: counted before
-                self._sent = sent
+                self._readings.clear()
+                self._readings.append((counted, state))
                 return
             self._shown += len(shown - self._known)
             self._known |= shown
             missed = rejects - self._base - self._shown
             if missed > self._missed:
-                now = time.monotonic()
-                for proxy in (p for p, nonce in sent.items() if nonce != self._sent.get(p)):
-                    self._marks[proxy] = now
+                mark = Mark(since=self._readings[-1][0], at=time.monotonic())
+                for proxy in sorted(active([s for _, s in self._readings] + [state])):
+                    marks = self._marks.setdefault(proxy, collections.deque(maxlen=limits.REJECTION_MARKS_KEPT))
+                    marks.append(mark)
                     log.info("proxy %s: istiod counted an extension config rejection no reading showed", proxy)
             self._missed = max(self._missed, missed)
-            self._sent = sent
+            self._readings.append((counted, state))
 
-    def unseen_since(self, proxy: str, since: float) -> bool:
+    def accept(self, key: tuple[str, str, str]) -> None:
+        """(proxy, Envoy name, version): judged loaded now (the first time counts)."""
         with self._lock:
-            mark = self._marks.get(proxy)
-        return mark is not None and mark >= since
+            if key not in self._accepted:
+                self._accepted[key] = time.monotonic()
+                while len(self._accepted) > self._capacity:
+                    self._accepted.popitem(last=False)
+
+    def unseen(self, key: tuple[str, str, str], since: float) -> bool:
+        """Whether a rejection no reading showed may be the refusal of (proxy, Envoy name, version), first sent
+        at ``since``."""
+        with self._lock:
+            marks = list(self._marks.get(key[0], ()))
+            accepted = self._accepted.get(key)
+        return any(m.at >= since and (accepted is None or accepted >= m.since) for m in marks)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            for key in [k for k in self._accepted if k[1] == name]:
+                del self._accepted[key]
+
+
+def active(states: Sequence[Mapping[str, tuple[str, str]]]) -> set[str]:
+    """Proxies with extension config traffic over these readings (each: proxy -> (sent, ACKed)): the nonce sent
+    changed, a push was not answered in one of them, or the proxy (re)connected or went."""
+    out = set()
+    for proxy in set().union(*states):
+        seen = [s.get(proxy) for s in states]
+        present = [x for x in seen if x is not None]
+        if len(present) < len(seen) or len({sent for sent, _ in present}) > 1 or any(a != b for a, b in present):
+            out.add(proxy)
+    return out
