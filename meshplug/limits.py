@@ -234,6 +234,10 @@ WORKER_STOP_TIMEOUT_S = 10.0
 #: (first delay, cap; doubling in between)
 ISTIOD_DEBUG_TIMEOUT_S = 5.0
 ISTIOD_DEBUG_MAX_BYTES = 64 * MiB
+#: a pod's istio-agent stats page (`proxies.AgentStats`, read when a rejection no reading showed is judged): timeout,
+#: largest answer
+ISTIO_AGENT_STATS_TIMEOUT_S = 2.0
+ISTIO_AGENT_STATS_MAX_BYTES = 16 * MiB
 FETCH_LOG_ENTRIES = 100_000
 MAX_LOADED_PODS_RECORDED = 1000
 PROXY_RECHECK_FIRST_S = 0.5

@@ -131,7 +131,10 @@ def test_a_refusal_that_a_later_ack_hides_is_not_reported_loaded(
     ACKs the same config unchanged, while the filter still has no config (500s). The order is forced on the real
     istiod, istio-agent and Envoy: Envoy is held still until the operator has looked once; the operator is held
     still while Envoy refuses the plugin (istiod logs the NACK) and ACKs the next push (istiod shows no error).
-    What the operator can know then is that istiod counted a rejection it did not see: never Loaded."""
+    What the operator can know then is that istiod counted a rejection it did not see: never Loaded. Envoy's message
+    is gone (istiod kept only the last one; Envoy's config_dump shows the refused config as its current one, with no
+    error state; istio-agent serves no xDS state), but Envoy's stats, which istio-agent serves on the pod's status
+    port, show that no plugin of that name runs there: the status says the proxy refused it."""
     ns, pod = shop
     url, sha = mesh_operator.module_url(HEADER_RULES, "header_rules.wasm")
     refused = {"request": {"add": {"x-a": 1}}}  # header_rules refuses it in on_configure: Envoy NACKs it
@@ -140,6 +143,7 @@ def test_a_refusal_that_a_later_ack_hides_is_not_reported_loaded(
     # cannot answer while the operator is held still)
     mesh_operator.plugin(ns, "warm", {"url": url, "sha256": sha, "pluginConfig": adds("x-warm")})
     mesh_operator.wait(ns, "warm", reason="Loaded")
+    assert f"wasm.{ns}.warm" in pod.admin("/stats?filter=wasm")  # a plugin Envoy built has its wasm stats
     mesh_operator.delete(ns, "warm")
     istio.poll(lambda: pod.request("/"), lambda r: r.status == 200 and "x-warm" not in r.headers, "warm gone")
     try:
@@ -168,8 +172,13 @@ def test_a_refusal_that_a_later_ack_hides_is_not_reported_loaded(
                     "an ACK clearing istiod's record of the NACK",
                 )
                 assert pod.request("/").status == 500  # Envoy still has no running filter for it
-        obj = mesh_operator.wait(ns, "masked", status="False", reason="RejectionUnseen")
-        assert obj["status"]["failingPods"][0]["name"] == "cart-0"
+        obj = mesh_operator.wait(ns, "masked", status="False", reason="ProxyNACK")
+        failing = obj["status"]["failingPods"][0]
+        assert failing["name"] == "cart-0" and failing["reason"] == "ProxyNACK", failing
+        assert f"runs no Wasm plugin {ns}.masked" in failing["message"], failing
+        # Envoy itself, in the same run: no wasm stats of the plugin (one it built has them), no running filter
+        wasm_stats = pod.admin("/stats?filter=wasm")
+        assert f"{ns}.masked" not in wasm_stats, wasm_stats
         assert pod.request("/").status == 500
     finally:
         mesh_operator.delete(ns, "masked")

@@ -58,6 +58,11 @@ def evidence(**fields: Any) -> proxies.Evidence:
         ({"nacked": f"Unable to create Wasm plugin {NAME}"}, proxies.FAILED, "ProxyNACK"),
         # istiod counted a rejection no reading showed while this proxy was sent this version: not known to run
         ({"unseen": True}, proxies.FAILED, "RejectionUnseen"),
+        # ... and its Envoy runs no plugin of the name (istio-agent's stats): refused for sure; with one running (this
+        # version or an earlier one), or its stats not read, still not known
+        ({"unseen": True, "running": False}, proxies.FAILED, "ProxyNACK"),
+        ({"unseen": True, "running": True}, proxies.FAILED, "RejectionUnseen"),
+        ({"unseen": False, "running": False}, proxies.LOADED, "Loaded"),
         ({"unseen": True, "nacked": "Unable to create Wasm plugin shop.hdr"}, proxies.FAILED, "ProxyNACK"),
         ({"unseen": True, "sync": sync("n2", "n1")}, proxies.PENDING, "AwaitingACK"),
     ],
@@ -306,6 +311,51 @@ def test_a_version_the_proxy_acked_before_a_missed_rejection_is_not_its_refusal(
     assert accounts.unseen(("a", "shop.never", "v/1"), since)
     accounts.forget("shop.before")  # removed: a plugin made again under the name starts unaccepted
     assert accounts.unseen(("a", "shop.before", "v/1"), since)
+
+
+#: istio-agent's /stats/prometheus of the test bed's sidecar (Envoy 1.40) with one plugin built and one refused
+#: (native-shop.bad: no stats), the wasm lines
+AGENT_STATS = """# TYPE envoy_wasm_envoy_wasm_runtime_v8_created counter
+envoy_wasm_envoy_wasm_runtime_v8_created{} 5
+# TYPE envoy_wasm_native_shop_good_istio_translated_wasmplugin_vm_reload counter
+envoy_wasm_native_shop_good_istio_translated_wasmplugin_vm_reload{} 0
+# TYPE envoy_wasm_native_shop_good_istio_translated_wasmplugin_vm_reload_backoff counter
+envoy_wasm_native_shop_good_istio_translated_wasmplugin_vm_reload_backoff{} 0
+envoy_wasm_native_shop_good_istio_translated_wasmplugin_vm_reload_failure{} 0
+envoy_wasm_remote_load_cache_hits{} 0
+envoy_wasm_wasm_vm_count{} 3
+"""
+
+
+@pytest.mark.parametrize(
+    ("names", "running"),
+    [
+        (("native-shop.good~istio-translated-wasmplugin", "native-shop.good"), True),
+        (("native-shop.bad~istio-translated-wasmplugin", "native-shop.bad"), False),
+        (("native-shop.good",), False),  # the TrafficExtension of the name: another plugin
+        (("envoy.wasm.runtime",), False),  # Envoy's own wasm stats are no plugin's
+    ],
+)
+def test_the_wasm_plugins_an_envoy_runs_from_its_stats(names: tuple[str, ...], running: bool) -> None:
+    assert any(proxies.stat_name(n) in proxies.wasm_plugins(AGENT_STATS) for n in names) is running
+
+
+@pytest.mark.parametrize(
+    ("pod", "url"),
+    [
+        ({"status": {"podIP": "10.1.2.3"}}, "http://10.1.2.3:15020/stats/prometheus"),
+        ({"status": {"podIP": "fd00::5"}}, "http://[fd00::5]:15020/stats/prometheus"),
+        (
+            {"metadata": {"annotations": {proxies.STATUS_PORT_ANNOTATION: "15090"}}, "status": {"podIP": "10.1.2.3"}},
+            "http://10.1.2.3:15090/stats/prometheus",
+        ),
+        ({"metadata": {"annotations": {proxies.STATUS_PORT_ANNOTATION: "0"}}, "status": {"podIP": "10.1.2.3"}}, ""),
+        ({"metadata": {"annotations": {proxies.STATUS_PORT_ANNOTATION: "x"}}, "status": {"podIP": "10.1.2.3"}}, ""),
+        ({"status": {}}, ""),
+    ],
+)
+def test_istio_agent_stats_url(pod: dict[str, Any], url: str) -> None:
+    assert proxies.agent_stats_url(pod) == url
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,7 @@ class IstioNative(istio_pods.Route):
         rendered objects are read from the API until `use_caches`."""
         super().__init__(*args, **kwargs)
         self.nack_watch = nacks.NackWatch(self.istiod, self.nacks)
+        self.agent_stats = proxies.AgentStats()
         self.extensions: dict[str, informer.ObjectSource] = {
             kind: informer.ApiObjects(self.writer, istio_native.API_VERSION, kind) for kind in istio_native.KINDS
         }
@@ -188,6 +189,8 @@ class IstioNative(istio_pods.Route):
             for seen in (sync.of(t).error for t in (type_url, proxies.LDS_TYPE)) if sync is not None else ():
                 if seen and names.named_in(seen):  # a listener naming a refused extension is refused too
                     self.nacks.note(remembered, seen)
+            unseen = plugin.lua is None and self.nack_watch.unseen(proxy, names.plugin[0], version)
+            running = self.agent_stats.runs_wasm(pod, names.plugin, after=after) if unseen else None
             evidence = proxies.Evidence(
                 pod=label,
                 ready=proxies.is_ready(pod),
@@ -200,7 +203,8 @@ class IstioNative(istio_pods.Route):
                 confirmed=label in confirmed,
                 istiod_problem=problem,
                 nacked=self.nacks.get(remembered),
-                unseen=plugin.lua is None and self.nack_watch.unseen(proxy, names.plugin[0], version),
+                unseen=unseen,
+                running=running,
             )
             verdict = proxies.judge(evidence)
             if verdict.state == proxies.LOADED and plugin.lua is None:

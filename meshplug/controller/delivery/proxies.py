@@ -243,6 +243,63 @@ class Istiod:
         return dict(dump or {})
 
 
+#: istio-agent's status port (Envoy's stats merged at /stats/prometheus), unless the pod's annotation says otherwise
+ISTIO_AGENT_STATUS_PORT = 15020
+STATUS_PORT_ANNOTATION = "status.sidecar.istio.io/port"
+
+
+class AgentStats:
+    """The Envoy stats each pod's istio-agent serves (``/stats/prometheus`` on its status port: what Prometheus
+    scrapes; Istio always includes Envoy's ``wasm`` stats), read when a judgement needs them, shared as istiod's
+    views are. Envoy gives every Wasm plugin it built ``wasm.<plugin name>.vm_reload*`` stats: a plugin name without
+    them runs nowhere in that Envoy (with them, this version or an earlier one may be the one running)."""
+
+    def __init__(self, *, timeout: float = limits.ISTIO_AGENT_STATS_TIMEOUT_S) -> None:
+        self.timeout = timeout
+        self._reads: shared_reads.SharedReads[str, str] = shared_reads.SharedReads()
+
+    def runs_wasm(self, pod: Mapping[str, Any], names: Sequence[str], *, after: float | None = None) -> bool | None:
+        """Whether the pod's Envoy runs a Wasm plugin named one of ``names`` (None: its stats cannot be read)."""
+        url = agent_stats_url(pod)
+        if not url:
+            return None
+        try:
+            text = self._reads.get(url, lambda: self._text(url), after=after)
+        except (OSError, ValueError) as exc:
+            log.info("%s: %s", url, exc)
+            return None
+        running = wasm_plugins(text)
+        return any(stat_name(n) in running for n in names)
+
+    def _text(self, url: str) -> str:
+        with urllib.request.urlopen(url, timeout=self.timeout) as resp:  # noqa: S310 - the pod's own status port
+            raw = resp.read(limits.ISTIO_AGENT_STATS_MAX_BYTES + 1)
+        if len(raw) > limits.ISTIO_AGENT_STATS_MAX_BYTES:
+            raise ValueError(f"answer larger than {limits.ISTIO_AGENT_STATS_MAX_BYTES} bytes")
+        return str(raw.decode(errors="replace"))
+
+
+def agent_stats_url(pod: Mapping[str, Any]) -> str:
+    """istio-agent's ``/stats/prometheus`` url of the pod ("" when it has no IP, or no status port)."""
+    ip = str((pod.get("status") or {}).get("podIP") or "")
+    notes = (pod.get("metadata") or {}).get("annotations") or {}
+    port = str(notes.get(STATUS_PORT_ANNOTATION) or ISTIO_AGENT_STATUS_PORT)
+    if not ip or not port.isdigit() or not 0 < int(port) < 65536:
+        return ""
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"http://{host}:{int(port)}/stats/prometheus"
+
+
+def stat_name(name: str) -> str:
+    """A name as Envoy's Prometheus stats spell it: every character but letters, digits and ``_`` becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def wasm_plugins(page: str) -> set[str]:
+    """The Wasm plugins an Envoy runs (their `stat_name`) in its Prometheus stats page."""
+    return set(re.findall(r"^envoy_wasm_(\w+?)_vm_reload[{\s]", page, re.M))
+
+
 def count_rejects(metrics: str, xds: str) -> int:
     """istiod's ``pilot_total_xds_rejects`` for the xDS type ``xds`` (its short name: ecds, lds) in a Prometheus
     text page (0 before the first rejection: istiod exports a counter once it counted)."""
@@ -320,6 +377,7 @@ class Evidence:
     istiod_problem: str = ""
     nacked: str = ""  # a NACK of this version seen earlier (istiod may have forgotten it)
     unseen: bool = False  # istiod counted a rejection no reading showed while this proxy was sent this version
+    running: bool | None = None  # the proxy's Envoy runs a Wasm plugin of this name (its stats); None: not known
 
 
 def mentions(error: str, name: str) -> bool:
@@ -333,7 +391,7 @@ def judge(e: Evidence) -> Verdict:
     if e.blocked:
         reason, _, message = e.blocked.partition(":")
         return Verdict(e.pod, FAILED, reason, message.strip())
-    return _before_ack(e) or _after_ack(e)
+    return _before_ack(e) or _unseen(e) or _after_ack(e)
 
 
 def _before_ack(e: Evidence) -> Verdict | None:
@@ -355,9 +413,17 @@ def _before_ack(e: Evidence) -> Verdict | None:
     return None
 
 
-def _after_ack(e: Evidence) -> Verdict:
-    """ACKed: loaded, unless a rejection went unseen, or the proxy had to download the module and meshplug's module
-    server did not serve it."""
+def _unseen(e: Evidence) -> Verdict | None:
+    """ACKed, but istiod counted a rejection no reading showed that may be this version's refusal (None: none)."""
+    if e.unseen and e.running is False:  # the refusal is sure: Envoy has no plugin of this name at all
+        return Verdict(
+            e.pod,
+            FAILED,
+            "ProxyNACK",
+            f"the proxy rejected the config: its Envoy runs no Wasm plugin {e.envoy_name} (istio-agent's Envoy stats "
+            "have no wasm stats of that name); istiod counted the rejection, and a later ACK cleared Envoy's message "
+            "before meshplug read it",
+        )
     if e.unseen:  # waiting does not help: Envoy ACKs a refused config sent again
         return Verdict(
             e.pod,
@@ -366,6 +432,12 @@ def _after_ack(e: Evidence) -> Verdict:
             "istiod counted a rejected extension config that a later ACK cleared before meshplug read it, while this "
             "proxy was sent this version: whether Envoy runs it is not known (change the plugin to have it judged)",
         )
+    return None
+
+
+def _after_ack(e: Evidence) -> Verdict:
+    """ACKed, nothing unseen: loaded, unless the proxy had to download the module and meshplug's module server did
+    not serve it."""
     if not e.needs_download:
         return Verdict(e.pod, LOADED, "Loaded", "ACKed")
     if e.fetched == 200:
