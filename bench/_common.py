@@ -214,16 +214,19 @@ def start_agent(
     source: Path | None = None,
     http2: bool = False,
     concurrency: int = 1,
+    wrapper: Sequence[str] = (),
 ) -> tuple[procs.Proc, int]:
     """`meshplug agent` with `count` plugins (`wasm` configured with `config`) or none, in front of the upstream;
     `source`: run the meshplug package of that checkout instead (built with `make native`), to compare two
     versions of the agent in one interleaved run; `http2`: the upstream cluster speaks HTTP/2; `concurrency`:
-    that many workers."""
+    that many workers; `wrapper`: a command it runs under (valgrind, bench/_callgrind.py)."""
     plugins = [
         {"name": f"bench-{i}", "module": {"file": str(wasm)}, "configuration": config}
         for i in range(count if wasm is not None else 0)
     ]
-    return start_agent_with(work, name, upstream_port, plugins, source=source, http2=http2, concurrency=concurrency)
+    return start_agent_with(
+        work, name, upstream_port, plugins, source=source, http2=http2, concurrency=concurrency, wrapper=wrapper
+    )
 
 
 def start_agent_with(
@@ -235,9 +238,10 @@ def start_agent_with(
     source: Path | None = None,
     http2: bool = False,
     concurrency: int = 1,
+    wrapper: Sequence[str] = (),
 ) -> tuple[procs.Proc, int]:
     """`meshplug agent` with these config `plugins` entries (wasm modules or Lua filters) in front of the upstream
-    (`source`, `http2`: as in `start_agent`)."""
+    (`source`, `http2`, `wrapper`: as in `start_agent`)."""
     port, admin = procs.free_port(), procs.free_port()
     raw = tb_agent.base_config(
         port=port,
@@ -256,6 +260,8 @@ def start_agent_with(
         env=env,
         cwd=source,
         concurrency=concurrency,
+        wrapper=wrapper,
+        timeout=300.0 if wrapper else 60.0,  # valgrind: the imports and module loads run ~10x slower
     )  # (`python -m` puts the working directory first on the path: it must be the checkout run)
     return agent.proc, port
 
@@ -270,9 +276,10 @@ def start_envoy(
     count: int = 1,
     http2: bool = False,
     concurrency: int = 1,
+    wrapper: Sequence[str] = (),
 ) -> tuple[procs.Proc, int]:
     """Envoy (--concurrency `concurrency`, default 1) with the same plugin on V8 `count` times (or none), in front
-    of the same upstream."""
+    of the same upstream; `wrapper`: a command it runs under (valgrind, bench/_callgrind.py)."""
     filters = []
     if wasm is not None:
         filters = [
@@ -292,7 +299,7 @@ def start_envoy(
             }
             for i in range(count)
         ]
-    return start_envoy_with(work, name, upstream_port, filters, http2=http2, concurrency=concurrency)
+    return start_envoy_with(work, name, upstream_port, filters, http2=http2, concurrency=concurrency, wrapper=wrapper)
 
 
 def start_envoy_with(
@@ -303,8 +310,10 @@ def start_envoy_with(
     *,
     http2: bool = False,
     concurrency: int = 1,
+    wrapper: Sequence[str] = (),
 ) -> tuple[procs.Proc, int]:
-    """Envoy (--concurrency `concurrency`) with these HTTP filters (before the router) in front of the upstream."""
+    """Envoy (--concurrency `concurrency`) with these HTTP filters (before the router) in front of the upstream
+    (`wrapper`: as in `start_envoy`)."""
     port, admin = procs.free_port(), procs.free_port()
     listener = tb_envoy.http_listener("bench", port, cluster="upstream", http_filters=http_filters)
     cfg = tb_envoy.bootstrap(admin, [listener], [tb_envoy.static_cluster("upstream", upstream_port, http2=http2)])
@@ -316,5 +325,7 @@ def start_envoy_with(
         name=name,
         component_log_levels="wasm:warn,lua:warn",
         concurrency=concurrency,
+        wrapper=wrapper,
+        timeout=300.0 if wrapper else 120.0,
     )
     return envoy.proc, port

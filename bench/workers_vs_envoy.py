@@ -23,8 +23,13 @@ counters): per request, the proxy's system calls, event-loop waits (epoll_wait/e
 wake-up finds), context switches, wake-ups it caused and CPU migrations, and cpu-clock samples (999 Hz) per 1,000
 requests by shared object (where a slowdown sits: kernel, interpreter, data path, wasm).
 
+`--instructions`: then the same four systems (agent and Envoy, x1 and xN) once more, each under callgrind
+(bench/_callgrind.py: no hardware counters in this VM guest), instructions per request over a fixed number of
+requests (h2load -n, the same for every system): the machine-independent answer to "CPU per request unchanged",
+printed beside the wall-clock table of the same run. By process (agent: parent, workers; Envoy: one process).
+
 Usage: bench/workers_vs_envoy.py [--rounds 5] [--seconds 4] [--module rust/header_rules] [--workers 2] [--no-pair]
-                                 [--perf]
+                                 [--perf] [--instructions [--requests 4000] [--count-connections 32]]
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import _common
+from bench import _callgrind, _common
 from bench._common import Run, start_agent, start_envoy
 from tests.corpus import modules
 from tests.testbed import nginx as tb_nginx
@@ -199,6 +204,59 @@ def perf_report(systems: dict[str, Targets], seconds: int, connections: int, wor
     print(f"load average after perf: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
 
 
+Counted = dict[int, dict[str, list[_callgrind.Count]]]
+
+
+def count_instructions(work: Path, up: int, args: argparse.Namespace) -> Counted:
+    """Each of agent x1, agent xN, Envoy x1, Envoy xN under callgrind in turn (started, warmed up uncounted,
+    `--count-rounds` counted runs of `--requests` requests per `--count-connections` value, stopped):
+    instructions per request, by connections, by system."""
+    n, wasm = args.workers, modules.module(args.module).path
+    out: Counted = {c: {} for c in args.count_connections}
+    for name, workers in (("agent x1", 1), (f"agent x{n}", n), ("envoy x1", 1), (f"envoy x{n}", n)):
+        label = "cg-" + name.replace(" ", "-")
+        dumps = work / label
+        dumps.mkdir()
+        wrapper = _callgrind.valgrind_argv(dumps)
+        start = start_envoy if name.startswith("envoy") else start_agent
+        proc, port = start(work, label, up, wasm, CONFIG, concurrency=workers, wrapper=wrapper)
+        try:
+            widest = max(args.count_connections)
+            _callgrind.load(port, max(args.requests // 4, widest), widest)  # warm-up, uncounted
+            seen: set[Path] = set()
+            for _ in range(args.count_rounds):
+                for c in args.count_connections:
+                    count = _callgrind.count(proc.pid, port, dumps, requests=args.requests, connections=c, seen=seen)
+                    out[c].setdefault(name, []).append(count)
+        finally:
+            proc.stop()
+    return out
+
+
+def instructions_report(everything: Counted, args: argparse.Namespace) -> None:
+    for connections, counted in everything.items():
+        _instructions_table(counted, args, connections)
+
+
+def _instructions_table(counted: dict[str, list[_callgrind.Count]], args: argparse.Namespace, c: int) -> None:
+    n = args.workers
+    print(
+        f"instructions per request (callgrind, user space; h2load --h1 -n {args.requests} -c {c}, "
+        f"{args.count_rounds} counted runs after a warm-up, median):"
+    )
+    med = {name: statistics.median(c.per_request for c in cs) for name, cs in counted.items()}
+    for name, cs in counted.items():
+        width = max(len(c.parts) for c in cs)
+        parts = [statistics.median(c.parts[i] for c in cs if i < len(c.parts)) for i in range(width)]
+        shown = ", ".join(f"{p:,.0f}" for p in parts) if len(parts) > 1 else "one process"
+        print(f"  {name:<11} {med[name]:>10,.0f}   by process: {shown}")
+    a1, an, e1, en = med["agent x1"], med[f"agent x{n}"], med["envoy x1"], med[f"envoy x{n}"]
+    print(
+        f"instructions/req x{n} / x1: agent {an / a1:.3f}x, envoy {en / e1:.3f}x; "
+        f"agent / envoy: x1 {a1 / e1:.2f}x, x{n} {an / en:.2f}x"
+    )
+
+
 def median(runs: list[Run], field: str) -> float:
     return statistics.median(getattr(r, field) for r in runs)
 
@@ -261,6 +319,13 @@ def main() -> int:
     ap.add_argument(
         "--baseline", type=Path, help="another checkout (built with `make native`): its agent x1 and xN run too"
     )
+    ap.add_argument("--instructions", action="store_true", help="then count instructions per request (callgrind)")
+    ap.add_argument("--requests", type=int, default=4000, help="requests per counted run (--instructions)")
+    ap.add_argument(
+        "--count-connections", type=int, nargs="+", default=[32, 2], help="h2load -c of the counted runs (each)"
+    )
+    ap.add_argument("--count-rounds", type=int, default=2, help="counted runs per system (--instructions)")
+    ap.add_argument("--no-timed", action="store_true", help="only the counted runs (with --instructions)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         work = Path(tmp)
@@ -269,12 +334,21 @@ def main() -> int:
             upstream = tb_nginx.start_nginx(log_dir=work)
             started.append(upstream)
             up = upstream.ports["http"]
-            systems, weighed = start_systems(work, up, args, started)
-            procs.which_or_fail("wrk", "install Debian wrk (scripts/install-system-deps.sh)")
-            runs = interleaved(systems, args.rounds, args.seconds, args.connections)
-            report(runs, args, weighed)
-            if args.perf:
-                perf_report(systems, args.seconds, args.connections, work)
+            if args.instructions and (why := _callgrind.available()) is not None:
+                raise SystemExit(why)
+            if not args.no_timed:
+                systems, weighed = start_systems(work, up, args, started)
+                procs.which_or_fail("wrk", "install Debian wrk (scripts/install-system-deps.sh)")
+                runs = interleaved(systems, args.rounds, args.seconds, args.connections)
+                report(runs, args, weighed)
+                if args.perf:
+                    perf_report(systems, args.seconds, args.connections, work)
+                for proc in reversed(started[1:]):  # the timed proxies leave the cores to the counted ones
+                    proc.stop()
+                del started[1:]
+            if args.instructions:
+                instructions_report(count_instructions(work, up, args), args)
+                print(f"load average after counting: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
         finally:
             for proc in reversed(started):
                 proc.stop()

