@@ -6,7 +6,8 @@ Records only (frozen dataclasses); made by meshplug.agent.host, read by meshplug
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from meshplug.agent.streamapi import Header
 
@@ -71,3 +72,5 @@ class LogRecord:
     plugin: str
     level: int
     message: str
+    #: when it was logged (CLOCK_MONOTONIC, one clock for every process: the workers' records merge in time order)
+    at: int = field(default_factory=time.monotonic_ns)

@@ -531,9 +531,9 @@ def build(
             out.update(lua.metric_values(rt))
         return out
 
-    def logs() -> list[tuple[str, str, str]]:
+    def logs() -> list[tuple[str, str, str, int]]:
         records = h.logs if h is not None else rt.logs if rt is not None else ()
-        return [(r.plugin, _LEVEL_NAMES.get(r.level, str(r.level)), r.message) for r in records]
+        return [(r.plugin, _LEVEL_NAMES.get(r.level, str(r.level)), r.message, r.at) for r in records]
 
     loop.call_soon_threadsafe(driver.run)
     return loader.Chain(

@@ -82,7 +82,8 @@ class Chain:
     views: Callable[[], list[PluginView]] = field(default=list)
     metrics: Callable[[], str] = field(default=lambda: "")
     metric_values: Callable[[], dict[str, int | None]] = field(default=dict)
-    logs: Callable[[], list[tuple[str, str, str]]] = field(default=list)  # (plugin, level, message)
+    #: (plugin, level, message, CLOCK_MONOTONIC ns when logged), oldest first
+    logs: Callable[[], list[tuple[str, str, str, int]]] = field(default=list)
     close: Callable[[], None] = field(default=lambda: None)
     #: the logging level changed: pass it on to the plugins' hosts
     relevel: Callable[[], None] = field(default=lambda: None)

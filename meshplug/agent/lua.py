@@ -34,7 +34,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
 import lupa.luajit21 as luajit
@@ -99,6 +99,8 @@ class LogRecord:
     plugin: str
     level: int
     message: str
+    #: when it was logged (CLOCK_MONOTONIC: see meshplug.agent.callouts.LogRecord)
+    at: int = field(default_factory=time.monotonic_ns)
 
 
 CallResult = tuple[int, Sequence[chain.Header], bytes]

@@ -215,7 +215,8 @@ class Agent:
                         loaded.chain.relevel()  # the running hosts' proxy_get_log_level and log filter
             return response
         if path == "/plugin_logs":  # the plugins' proxy_log records, oldest first (bounded by the host)
-            body = [{"plugin": p, "level": lvl, "message": m} for c in self.plugin_chains() for p, lvl, m in c.logs()]
+            records = (r for c in self.plugin_chains() for r in c.logs())
+            body = [{"plugin": p, "level": lvl, "message": m} for p, lvl, m, _ in records]
             return admin.Response(200, loader.dumps(body), "application/json")
         if path == "/plugin_stats":  # the plugins' own metrics by the name they defined (histograms: null)
             values: dict[str, int | None] = {}

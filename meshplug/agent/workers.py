@@ -520,8 +520,11 @@ class Parent(runtime.Agent):
         await self._refresh()
         return await super().health()
 
-    def _logs(self) -> list[tuple[str, str, str]]:
-        return [(str(p), str(lvl), str(m)) for snap in self.snapshots for p, lvl, m in snap.get("logs") or []]
+    def _logs(self) -> list[tuple[str, str, str, int]]:
+        """The workers' plugin log records merged in the order they were logged (one clock for every process), as
+        Envoy's workers write one log."""
+        records = [(str(p), str(lvl), str(m), int(at)) for s in self.snapshots for p, lvl, m, at in s.get("logs") or []]
+        return sorted(records, key=lambda r: r[3])
 
     async def _refresh(self) -> None:
         replies = await asyncio.gather(

@@ -12,7 +12,8 @@ counter answers 49, 50, ... on both proxies (one counter for every worker). Coun
 The shared state is checked with the same guest on Envoy 1.40 --concurrency 2 in the same test: each request
 increments a shared counter with a CAS loop and answers with its new value, and enqueues it to a queue the root
 contexts registered; the queue's owner counts what it dequeued (`GET /dequeued`). Both proxies must hand out
-every number once (no lost or repeated CAS) and dequeue every item once.
+every number once (no lost or repeated CAS) and dequeue every item once. A plugin's log lines, from either
+worker, come out of /plugin_logs in the order they were logged, as from Envoy's one log.
 """
 
 from __future__ import annotations
@@ -118,6 +119,19 @@ HEADER = """(module
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
     (drop (call $add (i32.const 2) (i32.const 100) (i32.const 5) (i32.const 120) (i32.const %d))) (i32.const 0)))"""
+
+# logs each request's :path (proxy_log, info): the order of the log is the order of the requests
+LOGGER = f"""(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $header (param i32 i32 i32 i32 i32) (result i32)))
+  {minimal.BUMP_HEAP}
+  {minimal.STARTS}
+  (data (i32.const 112) ":path")
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.eqz (call $header (i32.const 0) (i32.const 112) (i32.const 5) (i32.const 200) (i32.const 204)))
+      (then (drop (call $log (i32.const 2) (i32.load (i32.const 200)) (i32.load (i32.const 204))))))
+    (i32.const 0)))"""
 
 _NATIVE = native.check()
 needs_native = pytest.mark.skipif(
@@ -343,6 +357,33 @@ def test_the_admin_view_sums_the_workers_stats_as_envoys_one_store(tmp_path: Pat
     finally:
         envoy.stop()
         agent.stop()
+
+
+@needs_native
+def test_the_plugins_log_is_one_log_in_time_order_as_envoys(tmp_path: Path, upstream: procs.Proc) -> None:
+    """Requests one after another, each on a connection of its own (either worker): /plugin_logs lists the
+    plugin's lines in the order they were logged, as Envoy's one log does -- not worker by worker."""
+    module = wasm(tmp_path, "logger", LOGGER)
+    paths = [f"/{i}" for i in range(SEQUENTIAL)]
+    envoy, port, _ = start_envoy(tmp_path, upstream.ports["http"], "logger", module)
+    try:
+        assert [fetch(port, path)[0] for path in paths] == [200] * len(paths)
+        procs.wait_until(lambda: len(envoy_lines(envoy)) >= len(paths), timeout=10, what="Envoy's log lines")
+        assert envoy_lines(envoy) == paths
+    finally:
+        envoy.stop()
+    agent = start(tmp_path, upstream.ports["http"], [{"name": "logger", "module": {"file": str(module)}}])
+    try:
+        assert [fetch(agent.port, path)[0] for path in paths] == [200] * len(paths)
+        served = [int(str(w["requests"])) for w in workers(agent)]
+        assert all(k > 0 for k in served), served  # both workers logged
+        assert [r["message"] for r in agent.admin_json("/plugin_logs")] == paths
+    finally:
+        agent.stop()
+
+
+def envoy_lines(envoy: procs.Proc) -> list[str]:
+    return [m for level, m in tb_envoy.wasm_logs(envoy.log()) if level == "info"]
 
 
 def push(agent: tb_agent.Agent, version: str, module: Path) -> protocol.Reply:
