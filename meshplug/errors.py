@@ -8,7 +8,8 @@
     │                                  too_large, not_wasm, blocked, not_found, unauthorized, timeout
     │   └── SignatureError             no cosign signature of the module verifies under the required key(s)
     │                                      (reason signature_invalid; exit code 20), or the agent does not
-    │                                      trust the key (signature_untrusted)
+    │                                      trust the key (signature_untrusted), or an agent that requires
+    │                                      signed modules was pushed an unsigned one (signature_required)
     ├── ValidationError                a module fails the proxy-wasm ABI check; ``reasons`` lists why
     ├── HostError                      the wasm host could not run a plugin
     │   ├── PluginStartError           instantiate / _initialize / on_vm_start / on_configure failed
@@ -110,6 +111,7 @@ FETCH_EXIT_CODES: dict[str, int] = {
     "timeout": 18,
     "signature_invalid": 20,
     "signature_untrusted": 20,
+    "signature_required": 20,
 }
 
 

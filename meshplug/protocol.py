@@ -106,6 +106,11 @@ PUSH_PATH = "/v1/extension_configs"
 CONTENT_TYPE = "application/json"
 #: version_info the agent reports for the plugin set of its static config file
 STATIC_VERSION = "static"
+#: the whole of an agent's trusted keys file (`meshplug agent --trusted-keys`, the agent Secret's trusted-keys.pem)
+#: when the operator trusts no key: "no list of keys" said on purpose, which an agent tells apart from a file that
+#: is empty, missing or unreadable (those refuse every signed module). An agent with --require-signatures refuses
+#: every module under it; one without trusts the key a signed module's push names.
+TRUSTED_KEYS_NONE = b"# meshplug: no trusted keys\n"
 
 _SHA256 = re.compile(r"^[a-f0-9]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,252}$")

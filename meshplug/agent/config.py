@@ -302,6 +302,8 @@ class Modules:
     #: the agent's own list of keys that may sign pushed modules (`meshplug agent --trusted-keys`,
     #: meshplug.agent.trust); None: a signed module's push names the key it is checked under
     trusted_keys: Path | None = None
+    #: every pushed module must be signed (`meshplug agent --require-signatures`; needs `trusted_keys`)
+    require_signatures: bool = False
 
 
 @dataclass(frozen=True)

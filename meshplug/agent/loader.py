@@ -19,7 +19,9 @@ layer that wraps the module (a tar.gz), the layer blob from the push's ``layer_u
 and unpack to the module. Any broken link is a `errors.SignatureError` (NACK ``signature_invalid``), the same from
 the state directory after a restart. Such a module is compiled here (the operator's precompiled artifact is not
 fetched: the signature does not cover it; an artifact already in the agent's own cache for the same sha256 is used,
-as for any module).
+as for any module). A pushed resource without a signature, to an agent with --require-signatures, is NACKed
+``signature_required`` before anything is fetched (inline Lua too: no signature covers it); the static config's
+own plugins are not pushed and load as they are. Every signature NACK names the module by its sha256.
 
 Persistence (`StateStore`): `<state_dir>/modules/<sha256>.wasm` (the modules, and the signed layer blobs
 unpacked to them) and `<state_dir>/last_good.json` (the
@@ -220,8 +222,11 @@ class Sources:
             options = dataclasses.replace(options, cache_dir=cache_dir)
         self.fetcher = fetch.Fetcher(options)
         self.precompiled = modules.precompiled
-        #: the keys that may sign modules (None: the key a push names)
-        self.trusted = trust.TrustedKeys(modules.trusted_keys) if modules.trusted_keys is not None else None
+        #: which keys may sign pushed modules, and whether each must be signed (meshplug.agent.trust)
+        self.signatures = trust.Policy(
+            trust.TrustedKeys(modules.trusted_keys) if modules.trusted_keys is not None else None,
+            required=modules.require_signatures,
+        )
         #: precompiled artifacts are fetched here, beside their modules
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=limits.AGENT_PREPARE_THREADS, thread_name_prefix="meshplug-artifact"
@@ -328,9 +333,20 @@ def signed_module(
         key = fetch.load_public_key(sig.key, what="the push's signature key")
     except errors.ConfigError as exc:
         raise errors.SignatureError(exc.message) from None
-    if sources.trusted is not None:
-        sources.trusted.check(key)  # before the signature: a key outside the agent's list proves nothing
-    digest = provenance.signed_digest(key, sig.layout, sig.payload, sig.signature, sig.manifests[0])
+    sources.signatures.check(key)  # before the signature: a key outside the agent's list proves nothing
+    try:
+        digest = provenance.signed_digest(key, sig.layout, sig.payload, sig.signature, sig.manifests[0])
+    except errors.SignatureError:
+        signer = next(
+            (k for k in sources.signatures.others(key) if k.verify(sig.payload or sig.manifests[0], sig.signature)),
+            None,
+        )
+        if signer is None:
+            raise
+        raise errors.SignatureError(
+            f"the signature does not verify under the key the push names ({key.key_id}): trusted key "
+            f"{signer.key_id} made it, so the push names the wrong key"
+        ) from None
     layer = provenance.signed_layer(sig.manifests, digest).digest
     verified = f"{sig.layout} signature, key {key.key_id}, manifest {digest}, layer {layer}"
     if provenance.bound_directly(layer, resource.sha256):
@@ -351,16 +367,28 @@ def signed_module(
     return provenance.unpack(layer, blob, resource.sha256, cap=cap), {hexpart: blob}, verified
 
 
+def module_name(resource: protocol.ExtensionConfig) -> str:
+    """How NACKs name a resource's module: by its digest (a URL may carry a signed query)."""
+    if resource.lua:
+        return f"inline Lua (script sha256:{resource.sha256})" if resource.sha256 else "inline Lua"
+    return f"module sha256:{resource.sha256}" if resource.sha256 else "module (no sha256 given)"
+
+
 def prepare(
     resource: protocol.ExtensionConfig,
     store: StateStore,
     sources: Sources,
     kind: validate.FilterKind | None = validate.FilterKind.HTTP,
+    *,
+    pushed: bool = True,
 ) -> Prepared:
     """Bytes for `resource`, from the state store or its URL, checked against its sha256 (if any), compiled
     -- or loaded from a precompiled artifact: ours, or the operator's when the push names one for this
     agent's engine key -- and validated on that compiled module (no second compile). A Lua filter's bytes are
-    its script (compiled when its filter starts)."""
+    its script (compiled when its filter starts). ``pushed``: the resource came in a push (or from the state
+    directory's last pushed set), not from the static config: the agent's signature policy applies."""
+    if pushed and resource.signature is None:
+        sources.signatures.unsigned(module_name(resource))  # NACK signature_required when signatures are required
     if resource.lua:
         return Prepared(resource.lua.encode(), None, {})
     from meshplug.agent import vm  # noqa: PLC0415 -- wasmtime only for sets with a wasm module
@@ -376,7 +404,10 @@ def prepare(
     t0 = time.monotonic()
     blobs: dict[str, bytes] = {}
     if resource.signature is not None:
-        data, blobs, timings["signature"] = signed_module(resource, store, sources)
+        try:
+            data, blobs, timings["signature"] = signed_module(resource, store, sources)
+        except errors.SignatureError as exc:  # which module: the NACK names the plugin, this names its digest
+            raise errors.SignatureError(f"{module_name(resource)}: {exc.message}", reason=exc.reason) from None
         timings["fetch_ms"] = _ms(t0)
     else:
         cached = store.module(resource.sha256)
@@ -449,8 +480,12 @@ def load(
     t0 = time.monotonic()
     resources = push.resources
     workers = min(limits.AGENT_PREPARE_THREADS, max(1, len(resources)))
+    pushed = push.version_info != protocol.STATIC_VERSION  # the static config's own plugins are not pushed
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="meshplug-load") as pool:
-        futures = [pool.submit(prepare, r, store, sources, None if singletons else filter_kind(r)) for r in resources]
+        futures = [
+            pool.submit(prepare, r, store, sources, None if singletons else filter_kind(r), pushed=pushed)
+            for r in resources
+        ]
         prepared: list[Prepared] = []
         for resource, future in zip(resources, futures, strict=True):
             try:

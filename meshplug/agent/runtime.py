@@ -153,14 +153,9 @@ class Agent:
             push_tls = _push_tls(self.cfg.push.tls)
             if push_tls is None:
                 log.warning("push port %d takes plain HTTP (push.allow_plaintext): local runs only", self.cfg.push.port)
-            trusted = self.sources.trusted
-            if trusted is None:
-                log.warning(
-                    "signatures: no trusted keys (--trusted-keys, $MESHPLUG_TRUSTED_KEYS): a pushed signed module is "
-                    "checked under the key its push names, so whoever can push can sign"
-                )
-            else:
-                log.info("signatures: pushed signed modules must verify under one of %s", trusted.describe())
+            signatures = self.sources.signatures
+            level = logging.WARNING if signatures.trusted is None else logging.INFO
+            log.log(level, "signatures: %s", signatures.describe())
             handler = push.handler(self.applier, self.cfg.push.token_file, health=self.health)
             self.push_server = admin.ControlServer(handler, tls=push_tls)
             self.ports["push"] = await self.push_server.start(self.cfg.push.address, self.cfg.push.port)

@@ -14,6 +14,8 @@ from meshplug.agent import bootstrap, config, runtime, trust, workers
 
 #: the environment variable that names the trusted keys file when --trusted-keys is not given
 TRUSTED_KEYS_ENV = "MESHPLUG_TRUSTED_KEYS"
+#: the environment variable that turns --require-signatures on (1, true, yes) when the flag is not given
+REQUIRE_SIGNATURES_ENV = "MESHPLUG_REQUIRE_SIGNATURES"
 HELP = "run the in-pod agent: reverse proxy with proxy-wasm plugins, admin and push endpoints"
 
 
@@ -41,28 +43,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"under another key is NACKed signature_untrusted (default ${TRUSTED_KEYS_ENV}; none: the push's key is "
         "trusted)",
     )
+    parser.add_argument(
+        "--require-signatures",
+        action="store_true",
+        default=os.environ.get(REQUIRE_SIGNATURES_ENV, "").lower() in ("1", "true", "yes"),
+        help="refuse every pushed module without a cosign signature under one of --trusted-keys (NACK "
+        f"signature_required), inline Lua included, whatever the operator pushes (default ${REQUIRE_SIGNATURES_ENV}; "
+        "needs --trusted-keys)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a worker of `--concurrency N` (meshplug.agent.workers)
 
 
 def load(args: argparse.Namespace) -> config.AgentConfig:
     cfg = bootstrap.load(args.envoy_config) if args.envoy_config is not None else config.load(args.config)
-    if args.trusted_keys is None:
-        return cfg
-    return dataclasses.replace(cfg, modules=dataclasses.replace(cfg.modules, trusted_keys=args.trusted_keys.absolute()))
+    trusted = args.trusted_keys.absolute() if args.trusted_keys is not None else None
+    # a worker loads only the sets its parent accepted (the static config's among them): the parent applies the
+    # requirement; the trusted keys each worker checks again
+    required = bool(args.require_signatures) and not args.worker
+    modules = dataclasses.replace(cfg.modules, trusted_keys=trusted, require_signatures=required)
+    return dataclasses.replace(cfg, modules=modules)
+
+
+def policy(cfg: config.AgentConfig) -> trust.Policy:
+    """The signature policy as the agent loads it at start (ConfigError, exit 2: a trusted keys file missing or
+    not a PEM bundle, or --require-signatures without one)."""
+    path = cfg.modules.trusted_keys
+    return trust.Policy(trust.TrustedKeys(path) if path else None, required=cfg.modules.require_signatures)
 
 
 def check(cfg: config.AgentConfig) -> str:
-    """What ``--check`` prints: the config's summary and the trusted keys as the agent would load them at start
+    """What ``--check`` prints: the config's summary and the signature policy as the agent would load it at start
     (a missing, unreadable or non-PEM file is the same ConfigError, exit 2, that stops the start)."""
     singletons = f", {len(cfg.singletons)} singleton(s)" if cfg.singletons else ""
-    path = cfg.modules.trusted_keys
-    if path is None:
-        keys = f"trusted keys: none (--trusted-keys, ${TRUSTED_KEYS_ENV}): a signed push's own key is trusted"
-    else:
-        keys = trust.TrustedKeys(path).describe()
     return (
         f"config ok: {len(cfg.listeners)} listener(s), {len(cfg.clusters)} cluster(s), "
-        f"{len(cfg.plugins)} plugin(s){singletons}, push {'on' if cfg.push else 'off'}; {keys}"
+        f"{len(cfg.plugins)} plugin(s){singletons}, push {'on' if cfg.push else 'off'}; "
+        f"signatures: {policy(cfg).describe()}"
     )
 
 

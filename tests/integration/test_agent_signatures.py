@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 import re
 import ssl
 from collections.abc import Callable, Iterator
@@ -475,6 +476,175 @@ def test_without_trusted_keys_the_agent_trusts_the_pushs_key_and_says_so(bed: Be
         foreign = bed.signed["foreign"].resource
         reply = _push(agent, "v1", foreign)
         assert reply.ack, reply.error_detail
+        assert _running(agent) == [("foreign", foreign.sha256)]
+    finally:
+        agent.stop()
+
+
+def _mount(path: Path, data: bytes) -> None:
+    """The trusted keys file as the kubelet updates a mounted Secret: a new file put in place."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _refused(agent: tb_agent.Agent, version: str, resources: list[protocol.ExtensionConfig]) -> protocol.ErrorDetail:
+    """Push ``resources`` as ``version``: refused; the NACK's detail."""
+    reply = _push(agent, version, *resources)
+    assert not reply.ack and reply.error_detail is not None, version
+    return reply.error_detail
+
+
+def _lua(name: str) -> protocol.ExtensionConfig:
+    code = "function envoy_on_request(handle) handle:headers():add('x-lua', 'ran') end\n"
+    return protocol.ExtensionConfig(name=name, root_id="", url="", sha256=protocol.lua_sha256(code), lua=code)
+
+
+def test_an_agent_that_requires_signatures_refuses_all_but_modules_signed_under_its_keys(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """``--require-signatures --trusted-keys`` (cosign's ``signer`` key): whatever is pushed -- as a compromised
+    operator or push token could -- only modules the real cosign signed under that key load. Each refusal is its
+    own NACK naming the plugin (``resource``), the module's sha256 and why: unsigned (``signature_required``), inline
+    Lua (no signature covers it), signed under another key (``signature_untrusted``), an altered signature, a
+    signature for another image's digest (``signature_invalid``). The last good set serves throughout. The
+    operator's "none" (every trusted key removed) does not downgrade this agent: every module is refused, saying so.
+    """
+    keys = tmp_path / "trusted-keys.pem"
+    _mount(keys, bed.cosign.signer.pub.read_bytes())
+    signer, other = _key_id(bed.cosign.signer.pub), _key_id(bed.cosign.other.pub)
+    agent = _agent(tmp_path, bed, tmp_path / "state", args=("--trusted-keys", str(keys), "--require-signatures"))
+    try:
+        assert "every pushed module must be signed (--require-signatures)" in agent.proc.log()
+        tag = bed.signed["tag"].resource
+        reply = _push(agent, "v1", tag)
+        assert reply.ack, reply.error_detail
+        expected = [("tag", tag.sha256)]
+        foreign, lua = bed.signed["foreign"].resource, _lua("lua")
+        unsigned = dataclasses.replace(bed.signed["other"].resource, name="unsigned", signature=None)
+        cases = [  # (case, the refused resource, reason, what the message says)
+            ("an unsigned module", unsigned, "signature_required",
+             f"module sha256:{unsigned.sha256} has no signature, and this agent requires signed modules "
+             "(--require-signatures)"),
+            ("inline Lua", lua, "signature_required",
+             f"inline Lua (script sha256:{lua.sha256}) has no signature, and this agent requires signed modules"),
+            ("signed by cosign under another key", foreign, "signature_untrusted",
+             f"module sha256:{foreign.sha256}: the push's signature key {other} is not one of the agent's trusted "
+             f"keys ({signer}; {keys})"),
+            ("an altered signature", _altered_signature(bed), "signature_invalid",
+             f"module sha256:{tag.sha256}: the signature does not verify under key {signer} (another key signed it, "
+             "or it was altered)"),
+            ("the signature of another image (its digest)", _signature_for_another_image(bed), "signature_invalid",
+             f"module sha256:{tag.sha256}: the manifest given has digest sha256:"),
+        ]  # fmt: skip
+        for n, (case, resource, reason, message) in enumerate(cases, start=2):
+            others = [] if resource.name == "tag" else [tag]
+            detail = _refused(agent, f"v{n}", [*others, resource])
+            assert (detail.reason, detail.resource) == (reason, resource.name), (case, detail)
+            assert message in detail.message, (case, detail.message)
+            assert agent.config_dump()["version_info"] == "v1" and _running(agent) == expected, case
+
+        # the operator removed every trusted key: its Secret says "none" -- for this agent, no key is trusted
+        _mount(keys, protocol.TRUSTED_KEYS_NONE)
+        detail = _refused(agent, "v9", [tag, bed.signed["bundle"].resource])
+        assert (detail.reason, detail.resource) == ("signature_untrusted", "tag"), detail
+        assert detail.message == (
+            f"module sha256:{tag.sha256}: the push's signature key {signer} cannot be trusted: this agent requires "
+            f"signed modules (--require-signatures) and trusts no key ({keys} says the operator trusts none)"
+        )
+        assert agent.config_dump()["version_info"] == "v1" and _running(agent) == expected
+        assert f"signatures: trusted keys file {keys} now says the operator trusts no key (was: {signer})" in (
+            agent.proc.log()
+        )
+    finally:
+        agent.stop()
+
+
+def test_require_signatures_without_trusted_keys_stops_the_start(bed: Bed, tmp_path: Path) -> None:
+    """Requiring signatures with no list of its own would trust whatever key a push names: the agent does not start
+    (exit 2, saying why), as for a trusted keys file it cannot read."""
+    with pytest.raises(RuntimeError) as failed:
+        _agent(tmp_path, bed, tmp_path / "state", env={"MESHPLUG_REQUIRE_SIGNATURES": "1"})
+    assert "exited with 2" in str(failed.value), failed.value
+    assert "--require-signatures needs --trusted-keys FILE" in str(failed.value), failed.value
+
+
+def test_a_key_rotation_through_the_agents_trusted_keys(bed: Bed, tmp_path: Path) -> None:
+    """A rotation as the operator's Secret carries it, against the real cosign's signatures: the agent trusts the old
+    key (cosign's ``signer``); a module signed with the new key (``other``) is refused, naming the new key and the
+    ones it trusts, and the old set keeps serving; the new key added beside the old (the Secret updated, no
+    restart), the same push loads; a push that names the wrong one of two trusted keys says which key made the
+    signature; the old key removed, its modules still running keep running (nothing loaded is unloaded) but are
+    refused in any new set; a set of new-key modules loads."""
+    keys = tmp_path / "trusted-keys.pem"
+    _mount(keys, bed.cosign.signer.pub.read_bytes())
+    old, new = _key_id(bed.cosign.signer.pub), _key_id(bed.cosign.other.pub)
+    tag, foreign = bed.signed["tag"].resource, bed.signed["foreign"].resource  # signed under old / new
+    agent = _agent(tmp_path, bed, tmp_path / "state", args=("--trusted-keys", str(keys), "--require-signatures"))
+    try:
+        reply = _push(agent, "v1", tag)
+        assert reply.ack, reply.error_detail
+        # the new key's module reaches the agent before the Secret's new key does
+        detail = _refused(agent, "v2", [tag, foreign])
+        assert (detail.reason, detail.resource) == ("signature_untrusted", "foreign"), detail
+        assert f"the push's signature key {new} is not one of the agent's trusted keys ({old}; {keys})" in (
+            detail.message
+        )
+        assert _running(agent) == [("tag", tag.sha256)]
+        # the Secret's update arrives (old + new): the same push is loaded
+        _mount(keys, bed.cosign.signer.pub.read_bytes() + bed.cosign.other.pub.read_bytes())
+        reply = _push(agent, "v2", tag, foreign)
+        assert reply.ack, reply.error_detail
+        both = [("tag", tag.sha256), ("foreign", foreign.sha256)]
+        assert _running(agent) == both
+        assert f"signatures: trusted keys file {keys} changed: now 2 trusted key(s) from {keys}: {old}, {new}" in (
+            agent.proc.log()
+        )
+        # a push naming the new key for a signature the old key made: which trusted key made it
+        detail = _refused(agent, "v3", [_other_key(bed), foreign])
+        assert (detail.reason, detail.resource) == ("signature_invalid", "tag"), detail
+        assert detail.message == (
+            f"module sha256:{tag.sha256}: the signature does not verify under the key the push names ({new}): "
+            f"trusted key {old} made it, so the push names the wrong key"
+        )
+        # the old key removed: what runs keeps running; a new set with the old key's module is refused
+        _mount(keys, bed.cosign.other.pub.read_bytes())
+        detail = _refused(agent, "v4", [tag, foreign])
+        assert (detail.reason, detail.resource) == ("signature_untrusted", "tag"), detail
+        assert f"the push's signature key {old} is not one of the agent's trusted keys ({new}; {keys})" in (
+            detail.message
+        )
+        assert agent.config_dump()["version_info"] == "v2" and _running(agent) == both
+        reply = _push(agent, "v5", foreign)
+        assert reply.ack, reply.error_detail
+        assert _running(agent) == [("foreign", foreign.sha256)]
+    finally:
+        agent.stop()
+
+
+def test_the_operators_none_makes_an_agent_that_does_not_require_signatures_trust_the_pushs_key(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """Every trusted key removed from the operator: its Secret says "none" in so many words. An agent that does not
+    require signatures then checks a signed module under the key its push names, as one injected without keys does
+    (and logs the change); a trusted keys file that vanishes or is emptied is never read as "none": it refuses."""
+    keys = tmp_path / "trusted-keys.pem"
+    _mount(keys, bed.cosign.signer.pub.read_bytes())
+    foreign = bed.signed["foreign"].resource
+    agent = _agent(tmp_path, bed, tmp_path / "state", args=("--trusted-keys", str(keys)))
+    try:
+        assert _refused(agent, "v1", [foreign]).reason == "signature_untrusted"
+        _mount(keys, b"")
+        detail = _refused(agent, "v1", [foreign])
+        assert detail.reason == "signature_untrusted" and "is not a bundle of PEM public keys" in detail.message
+        _mount(keys, protocol.TRUSTED_KEYS_NONE)
+        reply = _push(agent, "v1", foreign)
+        assert reply.ack, reply.error_detail
+        assert _running(agent) == [("foreign", foreign.sha256)]
+        assert f"signatures: trusted keys file {keys} now says the operator trusts no key" in agent.proc.log()
+        keys.unlink()
+        detail = _refused(agent, "v2", [bed.signed["tag"].resource])
+        assert detail.reason == "signature_untrusted" and "cannot read trusted keys file" in detail.message
         assert _running(agent) == [("foreign", foreign.sha256)]
     finally:
         agent.stop()

@@ -1,17 +1,20 @@
 """meshplug.agent.trust and fetch.load_public_keys: the agent's own list of signing keys, read from a PEM bundle at
-start and again when the file changes; a key outside it (or a list that cannot be read) is ``signature_untrusted``.
+start and again when the file changes; a key outside it (or a list that cannot be read) is ``signature_untrusted``;
+the operator's explicit "none"; --require-signatures (``signature_required``, and no key trusted under "none").
 The same list against the real cosign, through pushes: tests/integration/test_agent_signatures.py."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshplug import errors, fetch
+from meshplug import errors, fetch, protocol
 from meshplug.agent import trust
 from meshplug.fetch import keys as keys_mod
 
@@ -53,20 +56,20 @@ def test_a_bundle_holds_its_keys_in_order() -> None:
 def test_only_the_listed_keys_are_trusted_and_a_new_file_is_read_without_restart(tmp_path: Path) -> None:
     path = tmp_path / "trusted-keys.pem"
     _write(path, (A.pem() + B.pem()).encode())
-    trusted = trust.TrustedKeys(path)
-    trusted.check(A)
-    trusted.check(B)
+    policy = trust.Policy(trust.TrustedKeys(path))
+    policy.check(A)
+    policy.check(B)
     with pytest.raises(errors.SignatureError) as refused:
-        trusted.check(C)
+        policy.check(C)
     assert refused.value.reason == trust.UNTRUSTED == "signature_untrusted"
     assert f"key {C.key_id} is not one of the agent's trusted keys ({A.key_id}, {B.key_id}; {path})" in str(
         refused.value
     )
     _write(path, C.pem().encode())  # a rotation through the Secret
-    trusted.check(C)
+    policy.check(C)
     with pytest.raises(errors.SignatureError, match=f"key {A.key_id} is not one of"):
-        trusted.check(A)
-    assert trusted.describe() == f"1 trusted key(s) from {path}: {C.key_id}"
+        policy.check(A)
+    assert policy.trusted is not None and policy.trusted.describe() == f"1 trusted key(s) from {path}: {C.key_id}"
 
 
 @pytest.mark.parametrize(
@@ -74,21 +77,94 @@ def test_only_the_listed_keys_are_trusted_and_a_new_file_is_read_without_restart
     [
         ("the file is gone", None, "cannot read trusted keys file"),
         ("the file holds no keys", b"", "is not a bundle of PEM public keys"),
+        ("the file holds blanks", b"\n\n", "is not a bundle of PEM public keys"),
+        ("the 'none' line with a key after it", protocol.TRUSTED_KEYS_NONE + A.pem().encode(),
+         "is not a bundle of PEM public keys"),
     ],
-)
+)  # fmt: skip
+@pytest.mark.parametrize("required", [False, True])
 def test_a_list_that_cannot_be_read_later_refuses_every_key(
-    case: str, later: bytes | None, message: str, tmp_path: Path
+    case: str, later: bytes | None, message: str, required: bool, tmp_path: Path
 ) -> None:
+    """Missing, empty or not keys: never "no list" (only the operator's explicit "none" line says that)."""
     path = tmp_path / "trusted-keys.pem"
     _write(path, A.pem().encode())
-    trusted = trust.TrustedKeys(path)
+    policy = trust.Policy(trust.TrustedKeys(path), required=required)
     if later is None:
         path.unlink()
     else:
         _write(path, later)
     with pytest.raises(errors.SignatureError, match=message) as refused:
-        trusted.check(A)
+        policy.check(A)
     assert refused.value.reason == "signature_untrusted", case
+    assert "every pushed signed module is refused" in policy.describe(), case
+
+
+# what each policy does with: an unsigned module, a module signed under A (listed), under C (not listed)
+OK, REQUIRED, UNTRUSTED, NO_KEY = "loaded", "signature_required", "signature_untrusted", "signature_untrusted: none"
+
+
+@pytest.mark.parametrize(
+    ("case", "bundle", "required", "unsigned", "under_a", "under_c"),
+    [
+        ("no list", None, False, OK, OK, OK),
+        ("a list", A.pem().encode(), False, OK, OK, UNTRUSTED),
+        ("a list, required", A.pem().encode(), True, REQUIRED, OK, UNTRUSTED),
+        ("the file says none", protocol.TRUSTED_KEYS_NONE, False, OK, OK, OK),
+        ("the file says none, required", protocol.TRUSTED_KEYS_NONE, True, REQUIRED, NO_KEY, NO_KEY),
+        ("the file says none (CRLF, no newline)", b"# meshplug: no trusted keys\r", False, OK, OK, OK),
+    ],
+)  # fmt: skip
+def test_the_policy_table(  # noqa: PLR0917 (pytest parameters)
+    case: str, bundle: bytes | None, required: bool, unsigned: str, under_a: str, under_c: str, tmp_path: Path
+) -> None:
+    """The table of meshplug.agent.trust's docstring, row by row."""
+    path = tmp_path / "trusted-keys.pem"
+    if bundle is not None:
+        _write(path, bundle)
+    policy = trust.Policy(trust.TrustedKeys(path) if bundle is not None else None, required=required)
+
+    def outcome(run: Callable[[], None]) -> str:
+        try:
+            run()
+        except errors.SignatureError as exc:
+            if "trusts no key" in exc.message:
+                assert f"({path} says the operator trusts none)" in exc.message
+                return f"{exc.reason}: none"
+            return exc.reason
+        return OK
+
+    assert outcome(lambda: policy.unsigned("module sha256:ab")) == unsigned, case
+    assert outcome(lambda: policy.check(A)) == under_a, case
+    assert outcome(lambda: policy.check(C)) == under_c, case
+    if unsigned == REQUIRED:
+        with pytest.raises(errors.SignatureError, match=r"^module sha256:ab has no signature, and this agent requires"):
+            policy.unsigned("module sha256:ab")
+
+
+def test_signatures_required_without_a_list_stop_the_start() -> None:
+    with pytest.raises(errors.ConfigError, match=r"^--require-signatures needs --trusted-keys FILE"):
+        trust.Policy(None, required=True)
+
+
+def test_each_change_of_the_list_is_logged_and_emptying_it_is_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "trusted-keys.pem"
+    _write(path, A.pem().encode())
+    policy = trust.Policy(trust.TrustedKeys(path))
+    caplog.set_level(logging.INFO, logger="meshplug.agent.trust")
+    _write(path, (A.pem() + B.pem()).encode())
+    policy.check(B)
+    _write(path, protocol.TRUSTED_KEYS_NONE)
+    policy.check(C)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert said == [
+        (logging.INFO, f"signatures: trusted keys file {path} changed: now 2 trusted key(s) from {path}: "
+                       f"{A.key_id}, {B.key_id}"),
+        (logging.WARNING, f"signatures: trusted keys file {path} now says the operator trusts no key "
+                          f"(was: {A.key_id}, {B.key_id})"),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("case", "content"), [("missing", None), ("empty", b""), ("not keys", b"hello")])
@@ -111,8 +187,13 @@ CONFIG = {
 @pytest.mark.parametrize(
     ("case", "bundle", "said", "code"),
     [
-        ("no list", None, "trusted keys: none (--trusted-keys, $MESHPLUG_TRUSTED_KEYS)", 0),
-        ("two keys", (A.pem() + B.pem()).encode(), f"2 trusted key(s) from {{path}}: {A.key_id}, {B.key_id}", 0),
+        ("no list", None, "signatures: no trusted keys (--trusted-keys, $MESHPLUG_TRUSTED_KEYS)", 0),
+        ("two keys", (A.pem() + B.pem()).encode(),
+         f"signatures: pushed signed modules must verify under one of 2 trusted key(s) from {{path}}: {A.key_id}, "
+         f"{B.key_id}; unsigned pushed modules are loaded", 0),
+        ("none", protocol.TRUSTED_KEYS_NONE,
+         "signatures: no trusted keys ({path} says none): a pushed signed module is checked under the key its push "
+         "names; unsigned pushed modules are loaded", 0),
         ("not PEM", b"ssh-ed25519 AAAA", "--trusted-keys: trusted keys file {path} is not a bundle of PEM", 2),
         ("a broken second key", (A.pem() + "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").encode(),
          "--trusted-keys: trusted keys file {path}, key 2 is not a readable PEM public key", 2),
@@ -146,6 +227,51 @@ def test_agent_check_says_how_many_trusted_keys_load_or_why_not(  # noqa: PLR091
             argv += ["--trusted-keys", str(path)]
         else:
             monkeypatch.setenv("MESHPLUG_TRUSTED_KEYS", str(path))
+    assert cli.main(argv) == code, case
+    out = capsys.readouterr()
+    assert said.format(path=path) in (out.out if code == 0 else out.err), out
+
+
+@pytest.mark.parametrize(
+    ("case", "bundle", "said", "code"),
+    [
+        ("no list", None, "--require-signatures needs --trusted-keys FILE (or $MESHPLUG_TRUSTED_KEYS)", 2),
+        ("a key", A.pem().encode(),
+         f"must verify under one of 1 trusted key(s) from {{path}}: {A.key_id}; every pushed module must be signed "
+         "(--require-signatures)", 0),
+        ("none", protocol.TRUSTED_KEYS_NONE,
+         "signatures: no trusted keys ({path} says none): every pushed module is refused; every pushed module must "
+         "be signed (--require-signatures)", 0),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("given", ["--require-signatures", "$MESHPLUG_REQUIRE_SIGNATURES"])
+def test_agent_check_says_what_requiring_signatures_means_here(  # noqa: PLR0917 (pytest parameters)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    bundle: bytes | None,
+    said: str,
+    code: int,
+    given: str,
+) -> None:
+    """``--require-signatures`` (or $MESHPLUG_REQUIRE_SIGNATURES=1) with the agent's list, with the operator's
+    "none" (every module refused, and the start says so), without a list (the start refuses: exit 2)."""
+    from meshplug import cli
+
+    cfg = tmp_path / "agent.json"
+    cfg.write_text(json.dumps(CONFIG))
+    path = tmp_path / "trusted-keys.pem"
+    argv = ["agent", "--config", str(cfg), "--check"]
+    monkeypatch.delenv("MESHPLUG_TRUSTED_KEYS", raising=False)
+    monkeypatch.delenv("MESHPLUG_REQUIRE_SIGNATURES", raising=False)
+    if bundle is not None:
+        path.write_bytes(bundle)
+        argv += ["--trusted-keys", str(path)]
+    if given == "--require-signatures":
+        argv.append(given)
+    else:
+        monkeypatch.setenv("MESHPLUG_REQUIRE_SIGNATURES", "1")
     assert cli.main(argv) == code, case
     out = capsys.readouterr()
     assert said.format(path=path) in (out.out if code == 0 else out.err), out
