@@ -21,8 +21,9 @@ The agent's config file is the pod annotation ``meshplug.io/agent-config`` (JSON
 projected into the agent's config volume by the downward API together with
 - the agent Secret ``secret_name`` of the pod's namespace, which the operator creates and rotates
   (`meshplug.controller.identity`): ``ca.crt``, ``tls.crt``/``tls.key`` (the push port's mutual TLS),
-  ``token`` (the pushes' bearer tokens) and, when the operator has trusted signing keys, ``trusted-keys.pem``
-  (the agent runs with ``--trusted-keys`` on it: modules signed under other keys are refused);
+  ``token`` (the pushes' bearer tokens) and ``trusted-keys.pem`` (the operator's trusted signing keys, or "none":
+  the agent runs with ``--trusted-keys`` on it; modules signed under other keys are refused; with the chart's
+  ``agent.requireSignatures`` also ``--require-signatures``: unsigned modules are refused too);
 - the pod's ServiceAccount token for the audience ``token_audience`` (``sa-token``, refreshed by the kubelet),
   which the agent presents to the operator's module server.
 The operator pushes plugins to ``<pod IP>:<push port>`` (annotation ``meshplug.io/agent-push-port``).
@@ -104,9 +105,13 @@ class InjectionSettings:
     run_as_user: int = 65532
     log_level: str = "info"
     resources: Resources = Resources()
-    #: the operator has trusted signing keys (chart signatures.trustedKeys): the agent reads them from its Secret
-    #: (`TRUSTED_KEYS_KEY`) and refuses modules signed under any other key
+    #: the agent reads the operator's trusted signing keys (chart signatures.trustedKeys) from its Secret
+    #: (`TRUSTED_KEYS_KEY`: the keys, or `protocol.TRUSTED_KEYS_NONE`) and refuses modules signed under any other
+    #: key; set by the webhook whenever the operator keeps the agent Secrets
     trusted_keys: bool = False
+    #: the agent refuses every pushed module not signed under one of those keys (chart agent.requireSignatures:
+    #: `meshplug agent --require-signatures`), whatever the operator pushes
+    require_signatures: bool = False
 
 
 def wants_injection(pod: Mapping[str, Any], *, namespace_opt_in: bool = False) -> bool:
@@ -216,6 +221,7 @@ def _container(app: AppPort, settings: InjectionSettings) -> dict[str, Any]:
             "--log-level",
             settings.log_level,
             *(["--trusted-keys", f"{CONFIG_DIR}/{TRUSTED_KEYS_KEY}"] if settings.trusted_keys else []),
+            *(["--require-signatures"] if settings.require_signatures else []),
         ],
         "ports": [
             {"name": app.name or DEFAULT_PORT_NAME, "containerPort": settings.listen_port, "protocol": "TCP"},

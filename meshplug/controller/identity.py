@@ -16,12 +16,14 @@ Secrets, all created, owned, rotated and removed by the operator:
 - the agent Secret (``--agent-secret``, in each namespace with injected pods): ``ca.crt`` (the agents check the
   operator's client certificate and the module server's certificate with it), ``tls.crt``/``tls.key`` (the push
   port's serving certificate, DNS name ``meshplug-agent.<namespace>``, serverAuth only) and ``token`` (push bearer
-  tokens, newest first: the second factor beside mutual TLS) and, when the operator has trusted signing keys
-  (``--trusted-key``), ``trusted-keys.pem`` (them, for the agents' own check). The injection webhook creates it
-  before it admits a namespace's first pod and mounts it into every agent; the leader keeps it current (a new CA, a
-  certificate with less than `limits.CERT_RENEW_FRACTION` of its validity left) and rotates the token every
-  `limits.PUSH_TOKEN_ROTATION_S` (the previous token stays accepted for `limits.PUSH_TOKEN_OVERLAP_S`: the kubelet
-  refreshes mounted Secrets within about a minute, and the operator falls back to it on a 401). Owned by the
+  tokens, newest first: the second factor beside mutual TLS) and ``trusted-keys.pem``: the operator's trusted signing
+  keys (``--trusted-key``), for the agents' own check, or, with none, `protocol.TRUSTED_KEYS_NONE` (the agents then
+  check a signed module under the key its push names; one with --require-signatures refuses every module). The
+  injection webhook creates it before it admits a namespace's first pod and mounts it into every agent; the leader
+  keeps it current (a new CA, a certificate with less than `limits.CERT_RENEW_FRACTION` of its validity left, the
+  trusted keys) and rotates the token every `limits.PUSH_TOKEN_ROTATION_S` (the previous token stays accepted for
+  `limits.PUSH_TOKEN_OVERLAP_S`: the kubelet refreshes mounted Secrets within about a minute, and the operator falls
+  back to it on a 401). Owned by the
   controllers of the injected pods (their ReplicaSet, StatefulSet, ... or the pod itself): the garbage collector
   removes it with the last of them.
 
@@ -47,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshplug import errors, limits
+from meshplug import errors, limits, protocol
 from meshplug.controller import apply, pki
 
 log = logging.getLogger("meshplug.controller.identity")
@@ -146,8 +148,11 @@ class Identity:
         self.agent_secret_name = agent_secret
         self.owner_deployment = owner_deployment
         self.plaintext_push = plaintext_push
-        #: the operator's trusted signing keys (PEM bundle, b"": none), copied into every agent Secret
-        self.trusted_keys = trusted_keys
+        #: the operator's trusted signing keys (a PEM bundle), copied into every agent Secret; with none, the Secret
+        #: says so in so many words (`protocol.TRUSTED_KEYS_NONE`): agents injected while there were keys then
+        #: follow the operator (no list: the push's key) rather than refuse every signed module, unless they
+        #: require signatures (then they refuse every module, and say why)
+        self.trusted_keys = trusted_keys or protocol.TRUSTED_KEYS_NONE
         self.clock = clock
         self._lock = threading.RLock()
         self._authority: pki.Authority | None = None
@@ -325,10 +330,26 @@ class Identity:
                     raise
                 continue
             log.info("identity: updated agent Secret %s/%s", namespace, self.agent_secret_name)
+            self._say_trust_change(namespace, _data(secret, AGENT_TRUSTED_KEYS))
             return updated
         raise errors.ApplyError(
             f"Secret {namespace}/{self.agent_secret_name} kept changing while updating it", reason="Conflict"
         )
+
+    def _say_trust_change(self, namespace: str, before: bytes) -> None:
+        """Log a change of the agents' trusted keys: removing the last one is a policy change, never silent."""
+        if before == self.trusted_keys:
+            return
+        where = f"{namespace}/{self.agent_secret_name}"
+        if self.trusted_keys == protocol.TRUSTED_KEYS_NONE and before not in (b"", protocol.TRUSTED_KEYS_NONE):
+            log.warning(
+                "identity: agent Secret %s: the operator trusts no signing key now (--trusted-key none): its agents "
+                "check a signed module under the key its push names, and those with --require-signatures refuse "
+                "every module",
+                where,
+            )
+        else:
+            log.info("identity: agent Secret %s: trusted signing keys updated", where)
 
     def _known(self, namespace: str, secret: Mapping[str, Any]) -> None:
         """Remember the namespace's Secret; a new one (recreated after the garbage collector took the old one)
@@ -391,7 +412,7 @@ class Identity:
                 AGENT_CERT: _b64(cert),
                 AGENT_KEY: _b64(key),
                 AGENT_TOKEN: _b64(("\n".join(tokens) + "\n").encode()),
-                **({AGENT_TRUSTED_KEYS: _b64(self.trusted_keys)} if self.trusted_keys else {}),
+                AGENT_TRUSTED_KEYS: _b64(self.trusted_keys),
             },
         }
 

@@ -13,7 +13,8 @@ unless ``$MESHPLUG_WEBHOOK_CONFIG`` names a webhook config file (the chart mount
       agent: {image: ..., imagePullPolicy: IfNotPresent, listenPort: 15006, adminPort: 15000, pushPort: 15010,
               secretName: meshplug-agent, moduleServerUrl: "https://...:8443", tokenAudience: meshplug,
               tokenExpirationSeconds: 3600, allowLoopback: false, blockCIDRs: [], runAsUser: 65532, logLevel: info,
-              resources: {requests: {cpu: 50m, memory: 64Mi}, limits: {memory: 256Mi}}}
+              resources: {requests: {cpu: 50m, memory: 64Mi}, limits: {memory: 256Mi}},
+              requireSignatures: false}     # true: agents run --require-signatures (refuse unsigned modules)
     validation:                     # validating webhook on WasmPlugin CREATE/UPDATE
       enabled: true
       allowedUrlPrefixes: [oci://registry.example.com/]    # empty: any url
@@ -116,6 +117,7 @@ _AGENT_KEYS = (
     "runAsUser",
     "logLevel",
     "resources",
+    "requireSignatures",
 )
 
 
@@ -139,6 +141,7 @@ def _agent(agent: Fields) -> injection.InjectionSettings:
         block_cidrs=agent.cidrs("blockCIDRs"),
         run_as_user=agent.integer("runAsUser", d.run_as_user, lo=0),
         log_level=agent.text("logLevel", d.log_level),
+        require_signatures=agent.flag("requireSignatures", d.require_signatures),
         resources=injection.Resources(
             cpu_request=_quantity(req, "cpu"),
             memory_request=_quantity(req, "memory"),
@@ -341,8 +344,9 @@ def register(
         settings.admission.managed = None  # the chart owns the webhook configurations
 
     agent = config.injection
-    if agent is not None and identity is not None and identity.trusted_keys:
-        agent = dataclasses.replace(agent, trusted_keys=True)  # the agents check signers against the same keys
+    if agent is not None and identity is not None:
+        # the agents check signers against the operator's keys (their Secret's copy: the keys, or "none")
+        agent = dataclasses.replace(agent, trusted_keys=True)
     if agent is not None:
         for path, namespace_opt_in in ((INJECT_PATH, False), (INJECT_NAMESPACE_PATH, True)):
             kopf.on.mutate("", "v1", "pods", id=path, registry=registry, operations=["CREATE"])(

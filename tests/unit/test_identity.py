@@ -10,6 +10,7 @@ import base64
 import copy
 import datetime
 import itertools
+import logging
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshplug import errors, fetch, limits
+from meshplug import errors, fetch, limits, protocol
 from meshplug.controller import identity, pki
 
 NS = "meshplug-system"
@@ -126,7 +127,7 @@ def test_a_deleted_identity_secret_is_a_new_ca_and_every_agent_secret_follows(wr
 def test_the_agent_secret_holds_a_serving_certificate_for_its_namespace_only(writer: Writer) -> None:
     i = ident(writer)
     secret = i.ensure_agent_secret("shop")
-    assert sorted(secret["data"]) == ["ca.crt", "tls.crt", "tls.key", "token"]
+    assert sorted(secret["data"]) == ["ca.crt", "tls.crt", "tls.key", "token", "trusted-keys.pem"]
     cert = x509.load_pem_x509_certificate(data(secret, identity.AGENT_CERT))
     assert pki.dns_names(data(secret, identity.AGENT_CERT)) == ("meshplug-agent.shop",)
     usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -145,10 +146,14 @@ def _pem() -> bytes:
     )
 
 
-def test_the_agent_secret_carries_the_operators_trusted_keys_and_follows_them(writer: Writer) -> None:
+def test_the_agent_secret_carries_the_operators_trusted_keys_and_follows_them(
+    writer: Writer, caplog: pytest.LogCaptureFixture
+) -> None:
     """What injected agents read with --trusted-keys: the operator's keys, in the Secret from the first pod on; an
-    operator restarted with other keys brings every agent Secret to them (the webhook too, before a pod starts)."""
-    assert identity.AGENT_TRUSTED_KEYS not in ident(writer).ensure_agent_secret("plain")["data"]
+    operator restarted with other keys brings every agent Secret to them (the webhook too, before a pod starts);
+    one restarted with none writes "none" in so many words (never a missing file: that refuses every signed
+    module) and says so in its log."""
+    assert data(ident(writer).ensure_agent_secret("plain"), identity.AGENT_TRUSTED_KEYS) == protocol.TRUSTED_KEYS_NONE
     first = _pem()
     secret = ident(writer, trusted_keys=first).ensure_agent_secret("shop")
     assert data(secret, identity.AGENT_TRUSTED_KEYS) == first
@@ -162,6 +167,16 @@ def test_the_agent_secret_carries_the_operators_trusted_keys_and_follows_them(wr
     writes = len(writer.writes)
     restarted.ensure_agent_secret("shop")
     assert len(writer.writes) == writes, "no write when the keys are there"
+    with caplog.at_level(logging.INFO, logger="meshplug.controller.identity"):
+        emptied = ident(writer).ensure_agent_secret("shop")
+    assert data(emptied, identity.AGENT_TRUSTED_KEYS) == protocol.TRUSTED_KEYS_NONE
+    assert data(emptied, identity.AGENT_TOKEN) == token, "nothing else changed"
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        "identity: agent Secret shop/meshplug-agent: the operator trusts no signing key now (--trusted-key none): "
+        "its agents check a signed module under the key its push names, and those with --require-signatures "
+        "refuse every module"
+    ]
 
 
 def test_a_webhook_racing_another_replica_reads_what_it_made(writer: Writer) -> None:

@@ -275,21 +275,26 @@ def test_json_pointer_escapes_annotation_keys() -> None:
     assert "/metadata/annotations/meshplug.io~1agent-config" in paths
 
 
+KEYS = Path(injection.CONFIG_DIR) / injection.TRUSTED_KEYS_KEY
+
+
 @pytest.mark.parametrize(
-    ("case", "trusted", "wanted"),
+    ("case", "trusted", "required", "wanted"),
     [
-        ("no trusted keys: the agent trusts the push's key", False, None),
-        ("trusted keys: read from the agent Secret", True, Path(injection.CONFIG_DIR) / injection.TRUSTED_KEYS_KEY),
+        ("no operator identity: the agent trusts the push's key", False, False, None),
+        ("the operator's keys (or its 'none'): read from the agent Secret", True, False, KEYS),
+        ("signatures required too", True, True, KEYS),
     ],
 )
-def test_agent_args_name_the_trusted_keys_when_the_operator_has_them(
-    case: str, trusted: bool, wanted: Path | None, monkeypatch: pytest.MonkeyPatch
+def test_agent_args_name_the_trusted_keys_and_whether_signatures_are_required(
+    case: str, trusted: bool, required: bool, wanted: Path | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(agent_command.TRUSTED_KEYS_ENV, raising=False)
-    settings = dataclasses.replace(SETTINGS, trusted_keys=trusted)
+    monkeypatch.delenv(agent_command.REQUIRE_SIGNATURES_ENV, raising=False)
+    settings = dataclasses.replace(SETTINGS, trusted_keys=trusted, require_signatures=required)
     body = pod(labels=ON)
     container = _agent(injection.apply_patch(body, injection.patch(body, settings)))
     parser = argparse.ArgumentParser()
     agent_command.add_arguments(parser)
     args = parser.parse_args(container["args"][1:])  # as `meshplug agent` parses them
-    assert args.trusted_keys == wanted, case
+    assert (args.trusted_keys, args.require_signatures) == (wanted, required), case

@@ -30,6 +30,20 @@ def test_the_agents_ssrf_settings_reach_their_config(tmp_path: Path) -> None:
     assert modules["allow_loopback"] is True and modules["block_cidrs"] == ["10.0.0.0/8"]
 
 
+@pytest.mark.parametrize(
+    ("case", "value", "args"), [("default", None, False), ("on", True, True), ("off", False, False)]
+)
+def test_the_agents_signature_requirement_reaches_their_args(
+    case: str, value: bool | None, args: bool, tmp_path: Path
+) -> None:
+    """chart agent.requireSignatures -> the webhook config's injection.agent.requireSignatures -> the agent's flag."""
+    agent: dict[str, Any] = {"image": "i", **({"requireSignatures": value} if value is not None else {})}
+    cfg = webhooks.parse_config({**BASE, "injection": {"agent": agent}}, tmp_path)
+    assert cfg.injection is not None and cfg.injection.require_signatures is args, case
+    app = injection.AppPort(0, 0, 8080, "http")
+    assert ("--require-signatures" in injection._container(app, cfg.injection)["args"]) is args, case
+
+
 def test_config_parses_with_defaults(tmp_path: Path) -> None:
     cfg = webhooks.parse_config(BASE, tmp_path)
     assert (cfg.address, cfg.port) == ("127.0.0.1", 9443)
@@ -60,6 +74,8 @@ def test_config_parses_with_defaults(tmp_path: Path) -> None:
         ("prefixes not a list", {"validation": {"allowedUrlPrefixes": "oci://"}}, "must be a list"),
         ("empty prefix", {"validation": {"allowedUrlPrefixes": [""]}}, "a list of non-empty strings"),
         ("loopback not a bool", {"injection": {"agent": {"image": "i", "allowLoopback": "no"}}}, "true or false"),
+        ("requirement not a bool", {"injection": {"agent": {"image": "i", "requireSignatures": "yes"}}},
+         "injection.agent.requireSignatures must be true or false"),
         ("not a CIDR", {"injection": {"agent": {"image": "i", "blockCIDRs": ["10.0.0.0/99"]}}}, "a list of CIDRs"),
     ],
 )

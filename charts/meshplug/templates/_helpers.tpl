@@ -91,6 +91,7 @@ injection:
       {{- toYaml .Values.ssrf.blockCIDRs | nindent 6 }}
     runAsUser: {{ .Values.agent.runAsUser }}
     logLevel: {{ .Values.agent.logLevel }}
+    requireSignatures: {{ .Values.agent.requireSignatures }}
     resources:
       {{- toYaml .Values.agent.resources | nindent 6 }}
 validation:

@@ -5,9 +5,10 @@ Called by `meshplug.controller.reconcile` through the `meshplug.controller.deliv
 WasmPlugin selecting the pod, in chain order: `meshplug.render.agent.desired_set`), modules served by the
 operator's module server over HTTPS (each pod may fetch the modules of the sets pushed to it: `granted`). Ready
 only when every selected pod's agent ACKed a set in which this plugin runs with this digest. A NACKed set is not
-pushed again until something changes (the set, the pod's address or its restarts); unreachable agents are retried
-with backoff. Pods that stop being selected get their new set. Pushes are authenticated by mutual TLS and the push
-tokens of the namespace's agent Secret (`meshplug.controller.identity.Identity.push_credentials`).
+pushed again until something changes (the set, the pod's address or its restarts), except a refusal that can heal
+by itself (`HEALING_NACKS`: a signing key the pod's Secret mount does not hold yet), pushed again with backoff as
+unreachable agents are. Pods that stop being selected get their new set. Pushes are authenticated by mutual TLS
+and the push tokens of the namespace's agent Secret (`meshplug.controller.identity.Identity.push_credentials`).
 
 With ``spec.rollout`` an update is a canary rollout (`meshplug.controller.rollout` decides, from the status, which
 pods run it; `meshplug.controller.delivery.canary` keeps the stable version beside it and measures each step): the
@@ -58,6 +59,13 @@ class PluginEntry:
         if self.stable is not None and self.canary_pods is not None and pod not in self.canary_pods:
             return self.stable
         return self.plugin, self.module
+
+
+#: NACK reasons that can heal with nothing the operator sees changing: the agent reads its trusted signing keys
+#: from its Secret, which the kubelet refreshes some time (about a minute) after the operator updated it, so a key
+#: just added (a rotation) may not be there yet. Such a refusal is pushed again on the reconcile's backoff, not
+#: kept until the plugin changes as other NACKs are.
+HEALING_NACKS = frozenset({"signature_untrusted"})
 
 
 @dataclass(frozen=True)
@@ -422,6 +430,8 @@ class AgentDelivery:
                 failing.append({"name": name, "reason": "AgentNACK", "message": f"{out.reason}: {out.message}"})
                 if pushed_now:
                     nacks.append((name, out))
+                if out.reason in HEALING_NACKS:  # pushed again on the backoff: the pod's Secret mount may catch up
+                    retry = retry or f"pod {name}: {out.reason}: {out.message}"
             else:
                 reason = "AgentUnauthorized" if out.result is agents.Result.UNAUTHORIZED else "AgentUnreachable"
                 failing.append({"name": name, "reason": reason, "message": out.message})
@@ -452,6 +462,7 @@ class AgentDelivery:
                 and state.restarts == restarts
                 and state.outcome.version_info == version
                 and state.outcome.result in (agents.Result.ACK, agents.Result.NACK)
+                and not (state.outcome.result is agents.Result.NACK and state.outcome.reason in HEALING_NACKS)
             ):
                 return state, False
             with self._lock:  # the module server lets this pod fetch these modules (before the push asks it to)
