@@ -322,10 +322,12 @@ def start_injected(
     env: dict[str, str] | None = None,
     log_level: str = "debug",
     upstream_port: int | None = None,
+    args: Sequence[str] = (),
 ) -> Agent:
     """An injected pod's agent as a local process at ``ip`` (the pod's IP): push port ``port``, what the kubelet
-    would mount (`mount_identity`), the operator's HTTPS module server at ``module_server_url``; ``modules``: more
-    keys of the config's modules section; ``upstream_port``: the app it proxies to (None: nothing listens)."""
+    would mount (`mount_identity`, into ``work``/``pod``/etc), the operator's HTTPS module server at
+    ``module_server_url``; ``modules``: more keys of the config's modules section; ``upstream_port``: the app it
+    proxies to (None: nothing listens); ``args``: more of the agent's flags (the injected ``--trusted-keys``)."""
     files = mount_identity(kube, namespace, pod, work / pod / "etc")
     raw = base_config(
         port=procs.free_port(),
@@ -335,7 +337,7 @@ def start_injected(
     )
     raw["modules"] = {**injected_modules(files, module_server_url), **(modules or {})}
     return start_agent(
-        raw, work_dir=work / pod, log_dir=work / "logs", name=f"agent-{pod}", env=env, log_level=log_level
+        raw, work_dir=work / pod, log_dir=work / "logs", name=f"agent-{pod}", env=env, log_level=log_level, args=args
     )
 
 

@@ -9,7 +9,7 @@ range of 127.0.0.x addresses.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -49,10 +49,17 @@ class AgentPlane:
         return f"file://{self.modules / name}"
 
     def pod(
-        self, name: str, labels: dict[str, str], *, agent: bool = True, ip: str | None = None, precompiled: bool = True
+        self,
+        name: str,
+        labels: dict[str, str],
+        *,
+        agent: bool = True,
+        ip: str | None = None,
+        precompiled: bool = True,
+        args: Sequence[str] = (),
     ) -> agent_mod.Agent | None:
         """An injected pod (its annotations as the webhook writes them); with ``agent``, its agent runs at a
-        loopback address of its own (the pod's IP) with what the kubelet would mount."""
+        loopback address of its own (the pod's IP) with what the kubelet would mount (`mounted`) and ``args``."""
         port = procs.free_port()
         annotations = {"meshplug.io/agent-push-port": str(port), agent_mod.INJECTED_ANNOTATION: "test"}
         body = {
@@ -62,14 +69,20 @@ class AgentPlane:
         status, out = self.kube.request("POST", f"/api/v1/namespaces/{self.ns}/pods", body)
         assert status == 201, out
         ip = ip or self.next_ip()
-        started = self.start_agent(name, ip, port, precompiled=precompiled) if agent else None
+        started = self.start_agent(name, ip, port, precompiled=precompiled, args=args) if agent else None
         self.set_ip(name, ip)
         return started
 
     def next_ip(self) -> str:
         return f"127.0.0.{next(self.hosts)}"
 
-    def start_agent(self, pod: str, ip: str, port: int, *, precompiled: bool = True) -> agent_mod.Agent:
+    def mounted(self, pod: str) -> Path:
+        """Where the pod's agent finds what the kubelet mounts (its namespace's agent Secret among it)."""
+        return self.work / pod / "etc"
+
+    def start_agent(
+        self, pod: str, ip: str, port: int, *, precompiled: bool = True, args: Sequence[str] = ()
+    ) -> agent_mod.Agent:
         """The pod's agent, with an artifact cache of its own (empty); `precompiled=False`: it compiles modules
         rather than load the operator's artifacts."""
         started = agent_mod.start_injected(
@@ -84,6 +97,7 @@ class AgentPlane:
             env={"MESHPLUG_CACHE": str(self.work / pod / "cache")},
             log_level=self.log_level,
             upstream_port=self.app_port,
+            args=args,
         )
         self.agents[pod] = started
         return started

@@ -419,6 +419,8 @@ class AgentDelivery:
             if (
                 out.result in (agents.Result.ACK, agents.Result.NACK)
                 and (plugin.envoy_name, self._expected(key, name, module)) in out.running
+                # a NACK naming this plugin refused its change (a config, a signature): what runs is the old one
+                and not (out.result is agents.Result.NACK and out.resource == plugin.envoy_name)
             ):
                 ready += 1  # confirmed; after a NACK the agent still runs it (the set was refused for another plugin)
                 if out.result is agents.Result.NACK and pushed_now:
