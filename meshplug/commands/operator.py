@@ -56,9 +56,11 @@ WasmPlugin (meshplug.io/v1alpha1) takes Istio's WasmPlugin fields plus:
 Signature policy: --require-signatures refuses every module not signed under the plugin's verificationKey
 or, for plugins without one, under a --trusted-key. A signed module's push carries the signature: the agent
 verifies it again before loading (NACK signature_invalid otherwise). The --trusted-key keys are also copied into
-every agent Secret and injected agents run with --trusted-keys on them: a module signed under any other key
-(a plugin's own verificationKey included) is NACKed signature_untrusted. Chart values: signatures.require,
-signatures.trustedKeys.
+every agent Secret (with none: "# meshplug: no trusted keys", and a warning when that removes keys) and injected
+agents run with --trusted-keys on them: a module signed under any other key (a plugin's own verificationKey
+included) is NACKed signature_untrusted, and pushed again on the backoff (the pod's Secret mount may not have a
+new key yet). Chart values: signatures.require, signatures.trustedKeys; agent.requireSignatures injects agents
+with --require-signatures (every pushed module must be signed under those keys, whatever the operator pushes).
 
 SSRF guard (every connection of a module fetch, redirects and token realms included): link-local
 (169.254.0.0/16, fe80::/10) and cloud-metadata addresses are always refused; loopback (127.0.0.0/8,
