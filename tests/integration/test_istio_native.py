@@ -108,6 +108,34 @@ def test_a_module_envoy_refuses_shows_the_proxys_reason(
     istio.poll(lambda: pod.request("/"), lambda r: r.status == 200, "the proxy serving again")
 
 
+def test_a_name_taken_by_an_istio_resource_meshplug_does_not_own_is_never_overwritten(
+    mesh_operator: MeshOperator, shop: tuple[str, istiopod.Pod]
+) -> None:
+    """Istio's WasmPlugin "taken" exists, made by someone else (selecting no pod here): meshplug's WasmPlugin of the
+    same name reports NameConflict and leaves it as it was (the operator sees it in its watch cache of Istio's
+    extensions, every one in the namespace, not only its own)."""
+    ns, _ = shop
+    url, sha = mesh_operator.module_url(HEADER_RULES, "header_rules.wasm")
+    theirs = {
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": "taken", "namespace": ns},
+        "spec": {"selector": {"matchLabels": {"app": "nobody"}}, "url": "http://elsewhere.example/x.wasm"},
+    }
+    before = mesh_operator.mesh.apply(theirs)
+    try:
+        mesh_operator.plugin(ns, "taken", {"url": url, "sha256": sha, "selector": {"matchLabels": {"app": "cart"}}})
+        obj = mesh_operator.wait(ns, "taken", status="False", reason="NameConflict")
+        assert "is not meshplug's" in next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")["message"]
+        status, now = istio_mesh_get(mesh_operator, f"{WP.format(ns=ns)}/taken")
+        assert status == 200 and now["spec"] == before["spec"], now
+        assert now["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        assert not now["metadata"].get("ownerReferences")
+    finally:
+        mesh_operator.delete(ns, "taken")
+        mesh_operator.mesh.kube.request("DELETE", f"{WP.format(ns=ns)}/taken")
+
+
 ECDS = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 
 
