@@ -15,8 +15,10 @@ plugin version is fresh, or any selected pod is pending, it reads istiod's rejec
 the reconciles through `proxies.Istiod.reading`), notes each extension config or listener NACK naming a watched
 plugin (a listener update that names a refused extension fails too), and counts the rejections istiod counts
 (``pilot_total_xds_rejects{type="ecds"}``): a rejection istiod counted but no reading showed was cleared between two
-readings; the proxies istiod pushed extension configs to meanwhile cannot be counted loaded with a version sent in
-that time (``RejectionUnseen``).
+readings; the proxies with extension config traffic around it cannot be counted loaded with a version they had not
+ACKed before it (`RejectAccounts`): ``RejectionUnseen``, or ``ProxyNACK`` when the proxy's Envoy runs no Wasm plugin
+of that name (`proxies.AgentStats`). Envoy's message is then kept nowhere: istiod kept only the last one, Envoy's
+config_dump shows the refused config as its current one with no error state, istio-agent serves no xDS state.
 """
 
 from __future__ import annotations
