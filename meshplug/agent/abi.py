@@ -350,9 +350,12 @@ class HostCalls:
         path, value = self.read(pptr, psize), self.read(vptr, vsize)
         ctx = self._ctx()
         if ctx is not None:
-            if ctx.root.declared.get(path) and path in ctx.properties:
+            props = ctx.properties
+            if props is None:
+                props = ctx.properties = {}
+            elif ctx.root.declared.get(path) and path in props:
                 return BAD_ARGUMENT  # declared read-only (declare_property) and already set: Envoy refuses
-            ctx.properties[path] = value
+            props[path] = value
         return OK
 
     # -- stream control, local replies -------------------------------------------------------------

@@ -348,13 +348,14 @@ class Context(streamapi.NativeFilterStream):
     completed_ns = 0
     #: a local reply was sent during the callback in flight on this context (forces "stop", cpp-host)
     local_reply_sent = False
+    #: properties the plugin set on this context (proxy_set_property): path -> value; None until the first
+    properties: dict[bytes, bytes] | None = None
 
     def __init__(self, vm_: Vm, cid: int, root: RootContext | None, kind: int) -> None:
         self.vm = vm_
         self.id = cid
         self.root: RootContext = root if root is not None else self  # type: ignore[assignment]
         self.kind = kind
-        self.properties: dict[bytes, bytes] = {}
         self.deleted = False
 
     @property

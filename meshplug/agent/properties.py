@@ -370,10 +370,12 @@ def lookup(ctx: Context, raw_path: bytes) -> bytes | None:
         segs.pop()
     if not segs:
         return None
-    if raw_path in ctx.properties:
-        return ctx.properties[raw_path]
-    if raw_path in ctx.root.properties:
-        return ctx.root.properties[raw_path]
+    props = ctx.properties
+    if props is not None and raw_path in props:
+        return props[raw_path]
+    props = ctx.root.properties
+    if props is not None and raw_path in props:
+        return props[raw_path]
     head = segs[0]
     if len(segs) == 1 and head.startswith(b"plugin_"):
         return _plugin_value(ctx, head)

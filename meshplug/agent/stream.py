@@ -82,7 +82,8 @@ class _Lane:
         self.n = n
         self.inbox: list[deque[_Frame]] | None = None  # created the first time a frame has to wait
         self.held: list[_Frame | None] = [None] * n  # headers/trailers (or a failed frame) held by a stop
-        self.body: list[bytearray] = [bytearray()] if n == 1 else [bytearray() for _ in range(n)]
+        #: position i's body buffer, made the first time one is needed (`buf`): most chunks only pass
+        self.body: list[bytearray | None] = [None] * n
         #: the chunk position i is shown while its buffer is empty, not copied into `body` unless the filter
         #: reads or writes its buffer (`buffer`) or keeps it: a chunk that only passes costs no copy
         self.shown: list[bytes | None] = [None] * n
@@ -94,11 +95,19 @@ class _Lane:
         #: some position holds a frame or buffers a body, or frames are queued: new frames must queue too
         self.stalled = False
 
+    def buf(self, pos: int) -> bytearray:
+        """Position `pos`'s body buffer (made now if it was not yet)."""
+        body = self.body[pos]
+        if body is None:
+            body = self.body[pos] = bytearray()
+        return body
+
     def show(self, pos: int, chunk: bytes) -> int:
         """`chunk` for position `pos`'s filter: added to its buffer, or, while that is empty, shown as is (copied
         in only when the filter touches its buffer: `buffer`); returns the size of the body the filter sees."""
         body = self.body[pos]
         if body or (self.stash is not None and pos in self.stash):
+            body = self.buf(pos)
             body += chunk
             return len(body)
         self.shown[pos] = chunk
@@ -106,7 +115,7 @@ class _Lane:
 
     def buffer(self, pos: int) -> bytearray:
         """Position `pos`'s body buffer, with the chunk it is shown copied in if that has not happened yet."""
-        body = self.body[pos]
+        body = self.buf(pos)
         shown = self.shown[pos]
         if shown is not None:
             self.shown[pos] = None
@@ -138,8 +147,11 @@ _CONTINUE: Final = Action.CONTINUE
 _FAIL: Final = Action.FAIL
 
 
-class _NotCreated:
-    """Marks a filter whose stream context is not created yet."""
+class _NotCreated(NativeFilterStream):
+    """Marks a filter whose stream context is not created yet (a `NativeFilterStream`, so that the list of
+    contexts holds one type and the chain calls what it reads from it without an isinstance test)."""
+
+    __slots__ = ()
 
 
 _NEW: Final = _NotCreated()
@@ -205,7 +217,7 @@ class Stream:
         self._lanes: list[_Lane | None] = [None, None]
         self._ctx: list[NativeFilterStream | None] = [None] * n  # every created context (on_complete)
         #: None: bypassed / no context
-        self._active: list[NativeFilterStream | _NotCreated | None] = [_NEW] * n
+        self._active: list[NativeFilterStream | None] = [_NEW] * n
         self._seen_request = [False] * n
         self._controls: deque[_Control] = deque()
         self._outputs: list[Output] = []
@@ -261,7 +273,7 @@ class Stream:
     def _filter_stream(self, index: int) -> NativeFilterStream | None:
         current = self._active[index]
         if current is not _NEW:
-            return current  # type: ignore[return-value]
+            return current
         made = self.chain.makers[index].new_stream(StreamControl(self, index))
         fs = made if made is None or isinstance(made, NativeFilterStream) else ForeignStream(made)
         self._ctx[index] = self._active[index] = fs
@@ -519,7 +531,6 @@ class Stream:
         fs = self._filter_stream(index) if active is _NEW else active
         if fs is None:
             return frame
-        assert isinstance(fs, NativeFilterStream)
         if kind == _HEADERS:
             action = fs.on_headers(direction, frame[1])
             if action is _CONTINUE:
@@ -537,7 +548,7 @@ class Stream:
                 held = lane.buffering[pos]  # the body holds chunks of earlier callbacks (Envoy's buffered data)
                 action = fs.on_body(direction, size, frame[1])
                 # the filter grew the body it held past the limit (a rewrite): Envoy's limit applies to it too
-                over = held and action is _CONTINUE and len(lane.body[pos]) > _MAX_BODY
+                over = held and action is _CONTINUE and len(lane.buf(pos)) > _MAX_BODY
             if over:
                 lane.buffer(pos)
                 self._overflow(direction)
@@ -559,10 +570,11 @@ class Stream:
             if action is Action.WATERMARK:
                 if lane.stash is None:
                     lane.stash = {}
-                lane.stash.setdefault(pos, bytearray()).extend(lane.body[pos])
-                lane.body[pos].clear()
+                body = lane.buf(pos)
+                lane.stash.setdefault(pos, bytearray()).extend(body)
+                body.clear()
             elif action is Action.NO_BUFFER:
-                lane.body[pos].clear()
+                lane.buf(pos).clear()
         else:
             lane.held[pos] = frame
         return None
@@ -587,12 +599,15 @@ class Stream:
             return frame
         body = lane.body[pos]
         if lane.stash is not None and pos in lane.stash:  # kept chunks go first
+            body = lane.buf(pos)
             body[0:0] = lane.stash.pop(pos)
         if kind == _DATA:
             shown = lane.shown[pos]
             if shown is not None:  # the chunk passes untouched (the buffer is empty): no copy
                 lane.shown[pos] = None
                 data = shown
+            elif body is None:  # never buffered: nothing to pass
+                data = b""
             else:
                 # the chunk as it came when the filter left it as it was (one compare, no copy), else the new bytes
                 data = frame[2] if body == frame[2] else bytes(body)
@@ -604,7 +619,7 @@ class Stream:
                 if added and not self._trailers_in[direction]:
                     self._add_trailers(direction, lane, pos, data)
                     return None
-            return (_DATA, frame[1], data)
+            return frame if data is frame[2] else (_DATA, frame[1], data)
         if body:
             q = lane.queue(pos + 1)
             q.append((_DATA, False, bytes(body)))
