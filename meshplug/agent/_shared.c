@@ -535,29 +535,35 @@ static long metric_slot(StoreObject *self, PyObject *arg) {
     return slot;
 }
 
-static PyObject *Store_metric_add(StoreObject *self, PyObject *const *args, Py_ssize_t nargs) {
+/* metric_add / metric_set's (slot, number): the slot's value word, the number as 64 bits (a negative number
+ * wraps, so adding it subtracts); NULL with an exception set */
+static uint64_t *metric_operands(StoreObject *self, PyObject *const *args, Py_ssize_t nargs, const char *usage,
+                                 uint64_t *number) {
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "metric_add(slot, delta)");
+        PyErr_SetString(PyExc_TypeError, usage);
         return NULL;
     }
     long slot = metric_slot(self, args[0]);
     if (slot < 0) return NULL;
-    unsigned long long delta = PyLong_AsUnsignedLongLongMask(args[1]); /* a negative delta wraps: subtracts */
-    if (delta == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    __atomic_fetch_add(&H(self)->metrics[slot].value, (uint64_t)delta, __ATOMIC_RELAXED);
+    unsigned long long n = PyLong_AsUnsignedLongLongMask(args[1]);
+    if (n == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    *number = (uint64_t)n;
+    return &H(self)->metrics[slot].value;
+}
+
+static PyObject *Store_metric_add(StoreObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t delta;
+    uint64_t *value = metric_operands(self, args, nargs, "metric_add(slot, delta)", &delta);
+    if (value == NULL) return NULL;
+    __atomic_fetch_add(value, delta, __ATOMIC_RELAXED);
     Py_RETURN_NONE;
 }
 
 static PyObject *Store_metric_set(StoreObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "metric_set(slot, value)");
-        return NULL;
-    }
-    long slot = metric_slot(self, args[0]);
-    if (slot < 0) return NULL;
-    unsigned long long value = PyLong_AsUnsignedLongLongMask(args[1]);
-    if (value == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    __atomic_store_n(&H(self)->metrics[slot].value, (uint64_t)value, __ATOMIC_RELAXED);
+    uint64_t number;
+    uint64_t *value = metric_operands(self, args, nargs, "metric_set(slot, value)", &number);
+    if (value == NULL) return NULL;
+    __atomic_store_n(value, number, __ATOMIC_RELAXED);
     Py_RETURN_NONE;
 }
 
