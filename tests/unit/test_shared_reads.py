@@ -12,7 +12,11 @@ from typing import Any
 
 import pytest
 
+from meshplug import limits
 from meshplug.controller.delivery import proxies, shared_reads
+
+#: readings kept long enough for any test's pace (the default window is 0.2 s)
+KEEP = 600.0
 
 
 class Held:
@@ -55,7 +59,7 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     ],
 )
 def test_a_read_in_flight_serves_the_callers_it_started_for(second_after: str, reads: int, same: bool) -> None:
-    shared: shared_reads.SharedReads[str, int] = shared_reads.SharedReads()
+    shared: shared_reads.SharedReads[str, int] = shared_reads.SharedReads(keep_s=KEEP)
     read = Held()
     t0 = time.monotonic()
     first, first_out = in_thread(lambda: shared.outcome("syncz", read, after=t0))
@@ -71,7 +75,7 @@ def test_a_read_in_flight_serves_the_callers_it_started_for(second_after: str, r
 
 
 def test_a_reading_serves_later_callers_until_they_ask_for_a_newer_one() -> None:
-    shared: shared_reads.SharedReads[str, int] = shared_reads.SharedReads()
+    shared: shared_reads.SharedReads[str, int] = shared_reads.SharedReads(keep_s=KEEP)
     read = Held()
     read.release.set()
     first = shared.outcome("syncz", read)
@@ -82,7 +86,7 @@ def test_a_reading_serves_later_callers_until_they_ask_for_a_newer_one() -> None
 
 
 def test_a_failed_read_is_shared_and_not_kept_past_its_moment() -> None:
-    shared: shared_reads.SharedReads[str, int] = shared_reads.SharedReads()
+    shared: shared_reads.SharedReads[str, int] = shared_reads.SharedReads(keep_s=KEEP)
     read = Held()
     read.fail = OSError("istiod away")
     t0 = time.monotonic()
@@ -97,13 +101,33 @@ def test_a_failed_read_is_shared_and_not_kept_past_its_moment() -> None:
     assert shared.get("syncz", read) == 2  # asked after the failure: read again
 
 
-def test_the_oldest_readings_go_first() -> None:
-    shared: shared_reads.SharedReads[str, str] = shared_reads.SharedReads(capacity=2)
+def test_the_least_recently_used_readings_go_beyond_the_capacity() -> None:
+    shared: shared_reads.SharedReads[str, str] = shared_reads.SharedReads(capacity=2, keep_s=KEEP)
     t0 = time.monotonic()
     for key in ("a", "b", "c"):
         shared.get(key, lambda k=key: k)  # type: ignore[misc]
     assert shared.get("b", lambda: "again", after=t0) == "b"
     assert shared.get("a", lambda: "again", after=t0) == "again"  # evicted
+
+
+def test_readings_too_old_to_serve_anyone_go_when_another_is_stored() -> None:
+    shared: shared_reads.SharedReads[str, str] = shared_reads.SharedReads(keep_s=0.0)
+    t0 = time.monotonic()
+    shared.get("a", lambda: "a")
+    shared.get("b", lambda: "b")  # stored after "a" was read: "a" is older than keep_s (0) now
+    assert shared.get("b", lambda: "again", after=t0) == "b"  # the one just stored stays
+    assert shared.get("a", lambda: "again", after=t0) == "again"
+
+
+def test_a_read_that_ends_without_an_outcome_lets_its_waiters_go_on() -> None:
+    shared: shared_reads.SharedReads[str, int] = shared_reads.SharedReads(keep_s=KEEP)
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt  # not an Exception: not shared, but the read in flight ends
+
+    with pytest.raises(KeyboardInterrupt):
+        shared.get("syncz", interrupted)
+    assert shared.get("syncz", lambda: 7) == 7  # no read left in flight to wait for
 
 
 class CountingIstiod(proxies.Istiod):
@@ -126,12 +150,20 @@ ECDSZ = {"configs": [{"name": "shop.hdr"}]}
 def test_reconciles_of_one_moment_share_istiods_syncz_and_views() -> None:
     istiod = CountingIstiod({"/debug/syncz": SYNCZ, "/debug/ecdsz": ECDSZ})
     change = proxies.Change.before(istiod).written()  # one syncz, before the write
-    readings = [istiod.reading(proxies.readings_after(change)) for _ in range(5)]  # five reconciles after it
+    readings = [istiod.reading(change.at) for _ in range(5)]  # five reconciles after it
     assert len({r.at for r in readings}) == 1 and readings[0].at >= change.at
     sync = readings[0].syncs["cart-0.shop"]
-    views = [istiod.ecds(sync, after=proxies.readings_after(change)) for _ in range(5)]
+    views = [istiod.ecds(sync, after=change.at) for _ in range(5)]
     assert views[0] == [{"name": "shop.hdr"}] and all(v == views[0] for v in views)
     assert [p.partition("?")[0] for p in istiod.requests] == ["/debug/syncz", "/debug/syncz", "/debug/ecdsz"]
     assert istiod.reads == 3
     later = proxies.Change.before(istiod)  # a new change reads again: nonces from before it, never older
     assert later.sent == {"cart-0.shop": {proxies.ECDS_TYPE: "n2"}} and len(istiod.requests) == 4
+
+
+def test_readings_serve_a_reconcile_from_the_change_or_the_reuse_window_whichever_is_later() -> None:
+    before = time.monotonic()
+    since = proxies.readings_after(None)
+    assert before - limits.ISTIOD_READING_REUSE_S <= since <= time.monotonic() - limits.ISTIOD_READING_REUSE_S
+    change = proxies.Change(at=time.monotonic() + 60, sent={})  # a change newer than the window's start
+    assert proxies.readings_after(change) == change.at
