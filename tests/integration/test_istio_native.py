@@ -41,6 +41,7 @@ def test_plugin_reaches_a_sidecar_as_istios_own_wasm_plugin(
     mesh_operator: MeshOperator, shop: tuple[str, istiopod.Pod]
 ) -> None:
     ns, pod = shop
+    gets = operator_gets(mesh_operator)
     url, sha = mesh_operator.module_url(HEADER_RULES, "header_rules.wasm")
     config = {"response": {"add": {"x-filtered-by": "meshplug-native"}}, "request": {"remove": ["x-secret"]}}
     mesh_operator.plugin(
@@ -69,12 +70,24 @@ def test_plugin_reaches_a_sidecar_as_istios_own_wasm_plugin(
     )
     response_header(pod, "x-filtered-by", "v2")
     mesh_operator.wait(ns, "hdr", reason="Loaded")
+    # every reconcile found Istio's resource in the operator's watch cache: none was read by name from the API
+    assert operator_gets(mesh_operator) == gets
 
     # deleting the plugin removes it from the proxy
     mesh_operator.delete(ns, "hdr")
     response_header(pod, "x-filtered-by", None)
     assert istio_mesh_get(mesh_operator, f"{WP.format(ns=ns)}/hdr")[0] == 404
 
+
+def operator_gets(op: MeshOperator) -> dict[str, float]:
+    """The GETs of wasmplugins and trafficextensions the operator's writer sent so far (its /metrics)."""
+    metrics = op.op.metrics()
+    return {
+        r: metrics.get(f'meshplug_operator_api_requests_total{{method="GET",resource="{r}"}}', 0.0) for r in PLURALS
+    }
+
+
+PLURALS = ("wasmplugins", "trafficextensions")
 
 #: what istiod (1.31-dev) names a WasmPlugin's filter: translated into a TrafficExtension, with a suffix
 WASM_PLUGIN_SUFFIX = "~istio-translated-wasmplugin"
