@@ -41,11 +41,12 @@ def extensions() -> list[Extension]:
     c_exts = [
         Extension(
             name,
-            sources=[source],
+            sources=[f for f in files if f.endswith(".c")],
+            depends=[f for f in files if not f.endswith(".c")],
             extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"],
             libraries=native.LIBRARIES.get(name, []),
         )
-        for name, source in native.EXTENSIONS.items()
+        for name, files in native.EXTENSIONS.items()
     ]
     compiled = mypycify([native.source_path(m) for m in native.COMPILED], opt_level="3", group_name=native.GROUP)
     exts = [*c_exts, *compiled]

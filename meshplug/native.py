@@ -3,15 +3,17 @@
 Two kinds of native code, built in place by `make native` (scripts/build_native.py -> setup.py build_ext)
 and into wheels by `pip wheel .`:
 
-* `EXTENSIONS`: meshplug/agent/_wasmcall.c (`EXTENSION`), the fast wasm backend's guest/host call boundary (plain
-  C against the Python API; wasmtime's functions are handed over as addresses at import), and
+* `EXTENSIONS`: meshplug/agent/_wasmcall.c + _wasmstore.c (`EXTENSION`), the fast wasm backend's guest/host call
+  boundary and a store's memory and epoch clock (plain C against the Python API; wasmtime's functions are handed
+  over as addresses at import), and
   meshplug/agent/_shared.c, shared data and queues across the workers of an agent (--concurrency), and
   meshplug/agent/_h2codec.c, the HTTP/2 codec over libnghttp2 (`LIBRARIES`).
 * `COMPILED`: the per-request modules, compiled by mypyc from their (mypy --strict) sources into one shared
   library (`GROUP`). The .py files stay the source of truth; the interpreter runs them when no build is
   present.
 
-The build writes `STAMP` (sha256 of every source it compiled from). `guard()` runs when meshplug.agent is
+The build writes `STAMP` (sha256 of every source it compiled from, one per module: an extension's several
+files hashed together). `guard()` runs when meshplug.agent is
 imported: a build whose stamp does not match the sources on disk is never loaded -- the mypyc modules are
 all imported from source (they call each other natively, so it is all or none) and the C extension is
 refused (meshplug.agent.vm then serves with the ``public`` backend). Environment:
@@ -40,15 +42,15 @@ from types import ModuleType
 PACKAGE_DIR = Path(__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
 EXTENSION = "meshplug.agent._wasmcall"
-EXTENSION_SOURCE = "meshplug/agent/_wasmcall.c"
 #: the agent's HTTP/2 codec over libnghttp2 (meshplug.agent.h2wire; Debian: libnghttp2-dev at build time)
 H2CODEC = "meshplug.agent._h2codec"
-#: every C extension and its source, built and loaded together (`Status.extension`): the fast backend's call
-#: boundary and the workers' shared data and queues (meshplug/agent/_shared.c, for --concurrency)
-EXTENSIONS: dict[str, str] = {
-    EXTENSION: EXTENSION_SOURCE,
-    "meshplug.agent._shared": "meshplug/agent/_shared.c",
-    H2CODEC: "meshplug/agent/_h2codec.c",
+#: every C extension and the files it is built from (its C sources, then the headers they include), built and
+#: loaded together (`Status.extension`): the fast backend's call boundary and the workers' shared data and queues
+#: (meshplug/agent/_shared.c, for --concurrency)
+EXTENSIONS: dict[str, tuple[str, ...]] = {
+    EXTENSION: ("meshplug/agent/_wasmcall.c", "meshplug/agent/_wasmstore.c", "meshplug/agent/_wasmcall.h"),
+    "meshplug.agent._shared": ("meshplug/agent/_shared.c",),
+    H2CODEC: ("meshplug/agent/_h2codec.c",),
 }
 #: the C extensions' system libraries (Debian: libnghttp2-dev to build, libnghttp2-14 to run); absent at build
 #: time, the extension is left out and its pure-Python counterpart runs (meshplug.agent.h2wire: the h2 library)
@@ -94,12 +96,21 @@ STAMP = PACKAGE_DIR / "_native.json"
 
 
 def source_path(module: str) -> str:
-    """Repository-relative path of a compiled module's source."""
-    return EXTENSIONS.get(module) or module.replace(".", "/") + ".py"
+    """Repository-relative path of a mypyc-compiled module's source."""
+    return module.replace(".", "/") + ".py"
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def built_from(module: str) -> tuple[str, ...]:
+    """Repository-relative paths of what a native module is built from: a C extension's files, else its .py."""
+    return EXTENSIONS.get(module) or (source_path(module),)
+
+
+def _digest(paths: Sequence[str]) -> str:
+    """sha256 of one file; of several, of their names and digests in order."""
+    digests = [hashlib.sha256((ROOT / p).read_bytes()).hexdigest() for p in paths]
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("".join(f"{p}\0{d}\n" for p, d in zip(paths, digests, strict=True)).encode()).hexdigest()
 
 
 def build_tag() -> str:
@@ -109,7 +120,7 @@ def build_tag() -> str:
 
 def expected() -> dict[str, object]:
     """The stamp a build of the sources on disk writes."""
-    sources = {m: _digest(ROOT / source_path(m)) for m in (*EXTENSIONS, *COMPILED)}
+    sources = {m: _digest(built_from(m)) for m in (*EXTENSIONS, *COMPILED)}
     return {"abi": build_tag(), "sources": sources}
 
 
