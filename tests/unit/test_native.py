@@ -64,6 +64,27 @@ def test_check_compares_the_stamp_with_the_sources(  # noqa: PLR0917 -- one tabl
     assert status.reason.startswith(reason) if reason else status.reason == ""
 
 
+@pytest.mark.parametrize("edited", native.EXTENSIONS[native.EXTENSION])
+def test_each_file_of_a_c_extension_makes_its_build_stale(
+    stamp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edited: str
+) -> None:
+    """An extension built from several files (C sources and the header they share): a change to any one of them
+    is a stale build of that extension, the others untouched."""
+    tree = tmp_path / "tree"
+    for module in (*native.EXTENSIONS, *native.COMPILED):
+        for rel in native.built_from(module):
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tree / rel).write_bytes((procs.REPO_ROOT / rel).read_bytes())
+    monkeypatch.setattr(native, "ROOT", tree)
+    _write(stamp, {})
+    assert native.check().reason == ""
+    with (tree / edited).open("a") as f:
+        f.write("\n/* edited */\n")
+    status = native.check()
+    assert (status.extension, status.compiled) == (False, True)
+    assert status.reason.startswith("sources changed since the build: _wasmcall ")
+
+
 def test_no_stamp_means_not_built(stamp: Path) -> None:
     assert native.check() == native.Status(False, False, "not built (run `make native`)")
 
