@@ -1,4 +1,4 @@
-"""Types of the C extension meshplug/agent/_wasmcall.c (see its header comment)."""
+"""Types of the C extension meshplug/agent/_wasmcall.c + _wasmstore.c (see their header comments)."""
 
 from collections.abc import Callable
 

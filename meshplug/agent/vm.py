@@ -8,7 +8,7 @@ return an int (or None for `() -> ()`). Guest memory is read and written through
 
 Two backends implement the same interface:
 
-* ``fast`` -- wasmtime's C API: guest calls and host imports cross in C (meshplug/agent/_wasmcall.c:
+* ``fast`` -- wasmtime's C API: guest calls and host imports cross in C (meshplug/agent/_wasmcall.c, _wasmstore.c:
   `wasmtime_func_call_unchecked` on a stack ValRaw array, holding the GIL (the epoch ticker is a native
   thread there); one
   `wasmtime_linker_define_func_unchecked` trampoline that calls the Python host function and maps listed
