@@ -31,6 +31,7 @@ Headers = streamapi.Headers
 _BODY_ACTIONS: Final = (Action.CONTINUE, Action.BUFFER, Action.WATERMARK)
 _CONTINUE: Final = Action.CONTINUE
 _REQUEST: Final = Direction.REQUEST
+_RESPONSE: Final = Direction.RESPONSE
 
 
 class HttpContext(Context):
@@ -41,10 +42,8 @@ class HttpContext(Context):
         self.wvm = vm_
         self.control = control
         #: the stream's header lists (the chain keeps each list's identity for the stream's life), by direction
-        self.maps = (control.headers(Direction.REQUEST), control.headers(Direction.RESPONSE))
+        self.maps = (control.headers(_REQUEST), control.headers(_RESPONSE))
         self.created = False
-        #: the context id as an object (set with `id` when the context is created in the guest)
-        self.cid: object = 0
         self.plugin_ref = plugin
         self.generation = plugin.generation
         self.eos_body: Direction | None = None  # inside the end-of-stream body callback of this direction
@@ -134,11 +133,12 @@ class HttpContext(Context):
             return False
         if not self.created:
             self.created = True
-            self.id = cid = wvm.next_id()
+            self.id = wvm.next_id()
+            cid: object = self.id
             self.cid = cid  # boxed once: every guest call of the stream passes this object
-            wvm.contexts[cid] = self
+            wvm.contexts[self.id] = self
             fn = wvm.cb.context_create
-            if fn is not None and wvm.call_n(self, fn, 2, self.cid, self.root.id) < 0:
+            if fn is not None and wvm.call_n(self, fn, 2, cid, self.root.cid) < 0:
                 return False
         return True
 

@@ -354,6 +354,8 @@ class Context(streamapi.NativeFilterStream):
     def __init__(self, vm_: Vm, cid: int, root: RootContext | None, kind: int) -> None:
         self.vm = vm_
         self.id = cid
+        #: the id as an object, boxed once (guest calls pass it; an HTTP context sets it when the guest creates it)
+        self.cid: object = cid
         self.root: RootContext = root if root is not None else self  # type: ignore[assignment]
         self.kind = kind
         self.deleted = False

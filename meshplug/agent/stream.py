@@ -219,7 +219,8 @@ class Stream:
         #: None: bypassed / no context
         self._active: list[NativeFilterStream | None] = [_NEW] * n
         self._seen_request = [False] * n
-        self._controls: deque[_Control] = deque()
+        #: a list, not a deque: tested once per position and event (a list's truth is inline in compiled code)
+        self._controls: list[_Control] = []
         self._outputs: list[Output] = []
         self._trailers_in = [False, False]  # trailers arrived from the peer, per direction
 
@@ -521,11 +522,13 @@ class Stream:
 
     def _deliver(self, direction: Direction, lane: _Lane, pos: int, frame: _Frame) -> _Frame | None:  # noqa: PLR0912 - per frame on the data path: one branch per frame kind and action, inlined (mypyc)
         """Show `frame` to the filter at `pos`; returns what passes on to `pos + 1` (None: nothing now)."""
-        index = pos if direction == _REQUEST else self._n - 1 - pos
+        # identity tests on the direction: no IntEnum comparison per position
+        index = pos if direction is _REQUEST else self._n - 1 - pos
         kind = frame[0]
-        if kind == _HEADERS and direction == _REQUEST:
-            self._seen_request[index] = True
-        if direction == _RESPONSE and not self._seen_request[index]:
+        if direction is _REQUEST:
+            if kind == _HEADERS:
+                self._seen_request[index] = True
+        elif not self._seen_request[index]:
             return frame  # a local reply passes filters the request never reached
         active = self._active[index]
         fs = self._filter_stream(index) if active is _NEW else active
@@ -559,7 +562,7 @@ class Stream:
             return self._release(lane, pos, frame)
         lane.stalled = True
         if action is _FAIL:
-            self._controls.appendleft(("fail", index, None))
+            self._controls.insert(0, ("fail", index, None))
             lane.held[pos] = frame  # the frame continues if the strategy bypasses the filter
         elif action is Action.HOLD and kind == _HEADERS:
             if lane.hold is None:
@@ -686,7 +689,7 @@ class Stream:
             if self.reset is not None:
                 self._controls.clear()
                 return applied
-            kind, index, arg = self._controls.popleft()
+            kind, index, arg = self._controls.pop(0)
             applied = True
             if kind == "resume":
                 assert isinstance(arg, Direction)
