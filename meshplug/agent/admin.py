@@ -12,7 +12,7 @@ request (408 after `limits.CONTROL_REQUEST_TIMEOUT_S`) and how many are open at 
 Admin routes:
     GET  /ready               200 "LIVE" once the listeners accept traffic and a plugin set is applied, else 503
     GET  /config_dump         JSON: version_info, nonce, per-plugin name/root_id/sha256/size/state, listeners,
-                              clusters, last push outcome
+                              clusters, last push outcome, the signature policy (meshplug.agent.trust) as it is now
     GET  /stats/prometheus    text exposition: proxy counters (meshplug_agent_*) + the plugins' own metrics
     GET  /plugin_logs         JSON: the plugins' proxy_log records;  GET /plugin_stats  JSON: their metrics
     POST /logging             current level;  POST /logging?level=debug|info|warning|error  sets it (GET: 405,

@@ -230,6 +230,8 @@ class Agent:
             "plugins": loader.json_views(active.chain.views()) if active else [],
             "resources": [r.to_json() for r in active.resources] if active else [],
             "digests": dict(active.digests) if active else {},
+            # what the agent demands of pushed modules now (the trusted keys file as it reads it at this moment)
+            "signatures": self.sources.signatures.describe(),
             "last_push": None
             if last is None
             else {

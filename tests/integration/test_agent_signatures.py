@@ -516,6 +516,10 @@ def test_an_agent_that_requires_signatures_refuses_all_but_modules_signed_under_
     agent = _agent(tmp_path, bed, tmp_path / "state", args=("--trusted-keys", str(keys), "--require-signatures"))
     try:
         assert "every pushed module must be signed (--require-signatures)" in agent.proc.log()
+        assert agent.config_dump()["signatures"] == (
+            f"pushed signed modules must verify under one of 1 trusted key(s) from {keys}: {signer}; every pushed "
+            "module must be signed (--require-signatures)"
+        )
         tag = bed.signed["tag"].resource
         reply = _push(agent, "v1", tag)
         assert reply.ack, reply.error_detail
@@ -555,6 +559,10 @@ def test_an_agent_that_requires_signatures_refuses_all_but_modules_signed_under_
         assert agent.config_dump()["version_info"] == "v1" and _running(agent) == expected
         assert f"signatures: trusted keys file {keys} now says the operator trusts no key (was: {signer})" in (
             agent.proc.log()
+        )
+        assert agent.config_dump()["signatures"] == (
+            f"no trusted keys ({keys} says none): every pushed module is refused; every pushed module must be signed "
+            "(--require-signatures)"
         )
     finally:
         agent.stop()

@@ -51,6 +51,7 @@ def webhooks(plane: kube_mod.Kube, tmp_path_factory: pytest.TempPathFactory) -> 
     values = {
         "webhook": {"url": f"https://127.0.0.1:{port}", "tls": {"mode": "provided", "caBundle": tls.ca_bundle}},
         "validation": {"allowedUrlPrefixes": ALLOWED},
+        "agent": {"requireSignatures": True},  # injected agents refuse modules not signed under the operator's keys
     }
     (work / "values.yaml").write_text(yaml.safe_dump(values))
     helm_mod.helm(
@@ -110,7 +111,8 @@ def test_opted_in_pod_gets_the_agent(plane: kube_mod.Kube, webhooks: operator_mo
     agent = containers[injection.CONTAINER_NAME]
     assert agent["image"] == "ghcr.io/meshplug/meshplug:0.1.0"
     assert agent["args"][:3] == ["agent", "--config", "/etc/meshplug/agent/config.json"]
-    assert agent["args"][-2:] == ["--trusted-keys", "/etc/meshplug/agent/trusted-keys.pem"]  # the operator has a key
+    # the operator's keys from the Secret, and the chart's agent.requireSignatures
+    assert agent["args"][-3:] == ["--trusted-keys", "/etc/meshplug/agent/trusted-keys.pem", "--require-signatures"]
     assert agent["securityContext"]["runAsNonRoot"] is True
     assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     # port takeover: Services targeting the name "http" now reach the agent; the kubelet still probes the app
