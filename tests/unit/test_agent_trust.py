@@ -184,35 +184,50 @@ CONFIG = {
 }
 
 
+NOT_PEM = b"ssh-ed25519 AAAA"
+BROKEN_SECOND = (A.pem() + "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").encode()
+REQUIRED_SAID = "every pushed module must be signed (--require-signatures)"
+
+
 @pytest.mark.parametrize(
-    ("case", "bundle", "said", "code"),
+    ("case", "bundle", "required", "said", "code"),
     [
-        ("no list", None, "signatures: no trusted keys (--trusted-keys, $MESHPLUG_TRUSTED_KEYS)", 0),
-        ("two keys", (A.pem() + B.pem()).encode(),
+        ("no list", None, False, "signatures: no trusted keys (--trusted-keys, $MESHPLUG_TRUSTED_KEYS)", 0),
+        ("two keys", (A.pem() + B.pem()).encode(), False,
          f"signatures: pushed signed modules must verify under one of 2 trusted key(s) from {{path}}: {A.key_id}, "
          f"{B.key_id}; unsigned pushed modules are loaded", 0),
-        ("none", protocol.TRUSTED_KEYS_NONE,
+        ("none", protocol.TRUSTED_KEYS_NONE, False,
          "signatures: no trusted keys ({path} says none): a pushed signed module is checked under the key its push "
          "names; unsigned pushed modules are loaded", 0),
-        ("not PEM", b"ssh-ed25519 AAAA", "--trusted-keys: trusted keys file {path} is not a bundle of PEM", 2),
-        ("a broken second key", (A.pem() + "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").encode(),
+        ("not PEM", NOT_PEM, False, "--trusted-keys: trusted keys file {path} is not a bundle of PEM", 2),
+        ("a broken second key", BROKEN_SECOND, False,
          "--trusted-keys: trusted keys file {path}, key 2 is not a readable PEM public key", 2),
-        ("missing", b"", "--trusted-keys: cannot read trusted keys file {path}: No such file or directory", 2),
+        ("missing", b"", False, "--trusted-keys: cannot read trusted keys file {path}: No such file or directory", 2),
+        ("required, no list", None, True,
+         "--require-signatures needs --trusted-keys FILE (or $MESHPLUG_TRUSTED_KEYS)", 2),
+        ("required, a key", A.pem().encode(), True,
+         f"must verify under one of 1 trusted key(s) from {{path}}: {A.key_id}; {REQUIRED_SAID}", 0),
+        ("required, none", protocol.TRUSTED_KEYS_NONE, True,
+         f"signatures: no trusted keys ({{path}} says none): every pushed module is refused; {REQUIRED_SAID}", 0),
     ],
 )  # fmt: skip
-@pytest.mark.parametrize("given", ["--trusted-keys", "$MESHPLUG_TRUSTED_KEYS"])
-def test_agent_check_says_how_many_trusted_keys_load_or_why_not(  # noqa: PLR0917 (pytest parameters)
+@pytest.mark.parametrize("given", ["flags", "environment"])
+def test_agent_check_says_what_the_signature_policy_is_or_why_not(  # noqa: PLR0917 (pytest parameters)
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     case: str,
     bundle: bytes | None,
+    required: bool,
     said: str,
     code: int,
     given: str,
 ) -> None:
-    """`meshplug agent --check` loads the trusted keys as the start would: their count and ids, or the start's error
-    (exit 2) for a file that is not a PEM bundle or cannot be read."""
+    """`meshplug agent --check` loads the signature policy as the start would: the trusted keys' count and ids (or the
+    operator's "none"), whether every pushed module must be signed, or the start's error (exit 2) for a file that
+    is not a PEM bundle or cannot be read, and for --require-signatures without a list. Given as flags
+    (--trusted-keys, --require-signatures) or in the environment ($MESHPLUG_TRUSTED_KEYS,
+    $MESHPLUG_REQUIRE_SIGNATURES=1)."""
     from meshplug import cli
 
     cfg = tmp_path / "agent.json"
@@ -222,56 +237,15 @@ def test_agent_check_says_how_many_trusted_keys_load_or_why_not(  # noqa: PLR091
         path.write_bytes(bundle)
     argv = ["agent", "--config", str(cfg), "--check"]
     monkeypatch.delenv("MESHPLUG_TRUSTED_KEYS", raising=False)
-    if bundle is not None:
-        if given == "--trusted-keys":
-            argv += ["--trusted-keys", str(path)]
-        else:
-            monkeypatch.setenv("MESHPLUG_TRUSTED_KEYS", str(path))
-    assert cli.main(argv) == code, case
-    out = capsys.readouterr()
-    assert said.format(path=path) in (out.out if code == 0 else out.err), out
-
-
-@pytest.mark.parametrize(
-    ("case", "bundle", "said", "code"),
-    [
-        ("no list", None, "--require-signatures needs --trusted-keys FILE (or $MESHPLUG_TRUSTED_KEYS)", 2),
-        ("a key", A.pem().encode(),
-         f"must verify under one of 1 trusted key(s) from {{path}}: {A.key_id}; every pushed module must be signed "
-         "(--require-signatures)", 0),
-        ("none", protocol.TRUSTED_KEYS_NONE,
-         "signatures: no trusted keys ({path} says none): every pushed module is refused; every pushed module must "
-         "be signed (--require-signatures)", 0),
-    ],
-)  # fmt: skip
-@pytest.mark.parametrize("given", ["--require-signatures", "$MESHPLUG_REQUIRE_SIGNATURES"])
-def test_agent_check_says_what_requiring_signatures_means_here(  # noqa: PLR0917 (pytest parameters)
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    case: str,
-    bundle: bytes | None,
-    said: str,
-    code: int,
-    given: str,
-) -> None:
-    """``--require-signatures`` (or $MESHPLUG_REQUIRE_SIGNATURES=1) with the agent's list, with the operator's
-    "none" (every module refused, and the start says so), without a list (the start refuses: exit 2)."""
-    from meshplug import cli
-
-    cfg = tmp_path / "agent.json"
-    cfg.write_text(json.dumps(CONFIG))
-    path = tmp_path / "trusted-keys.pem"
-    argv = ["agent", "--config", str(cfg), "--check"]
-    monkeypatch.delenv("MESHPLUG_TRUSTED_KEYS", raising=False)
     monkeypatch.delenv("MESHPLUG_REQUIRE_SIGNATURES", raising=False)
-    if bundle is not None:
-        path.write_bytes(bundle)
-        argv += ["--trusted-keys", str(path)]
-    if given == "--require-signatures":
-        argv.append(given)
+    if given == "flags":
+        argv += ["--trusted-keys", str(path)] if bundle is not None else []
+        argv += ["--require-signatures"] if required else []
     else:
-        monkeypatch.setenv("MESHPLUG_REQUIRE_SIGNATURES", "1")
+        if bundle is not None:
+            monkeypatch.setenv("MESHPLUG_TRUSTED_KEYS", str(path))
+        if required:
+            monkeypatch.setenv("MESHPLUG_REQUIRE_SIGNATURES", "1")
     assert cli.main(argv) == code, case
     out = capsys.readouterr()
     assert said.format(path=path) in (out.out if code == 0 else out.err), out
