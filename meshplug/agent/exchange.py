@@ -227,7 +227,7 @@ class Exchange:
         self.up_eof_ends = wire.close_delimited(self.method, status, headers)
         headers = hcm.upstream_response(headers, self.service_ms())  # the router's, then the HCM's date/server
         self.conn.state.server.finish(headers)
-        out = [b"HTTP/1.1 %d %b\r\n" % (status, reason or wire.REASONS.get(status, b"Unknown"))]
+        out = [b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]  # Envoy's, not `reason`
         framed = False
         no_body = self.method == b"HEAD" or status in (204, 304)
         for name, value in headers:
@@ -237,6 +237,8 @@ class Exchange:
                 continue
             if name == b"content-length":
                 framed = True
+                if status == 204:  # Envoy's codec removes a 204's content-length (0: any other was refused)
+                    continue
             out.append(b"%b: %b\r\n" % (name, value))
         self._send_head(out, bodiless=no_body or framed, empty=False)
 
@@ -351,7 +353,10 @@ class Exchange:
         keep = self.keep_alive and (self.req_done or not self.has_body) and not self.conn.proxy.draining
         self.keep_alive = keep
         out = [b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]
-        kept: list[tuple[bytes, bytes]] = []
+        # in Envoy's order: a body's content-length and content-type (sendLocalReply), the reply's own headers,
+        # date and server (the HCM), connection (the codec), then the codec's framing of an empty body:
+        # content-length 0, or to a HEAD transfer-encoding chunked (it cannot know the length; no chunk follows)
+        kept: list[tuple[bytes, bytes]] = [(b"content-length", b"%d" % len(body))] if body else []
         has_type = False
         for h in headers:
             name = h[0]
@@ -360,14 +365,18 @@ class Exchange:
             has_type = has_type or name == b"content-type"
             kept.append(h)
         if body and not has_type:
-            kept.append((b"content-type", b"text/plain"))
-        kept.append((b"content-length", b"%d" % len(body)))
+            kept.insert(1, (b"content-type", b"text/plain"))
         out += self.conn.state.server.lines(kept)
         if not keep:
             out.append(b"connection: close\r\n")
-        out.append(b"\r\n")
-        if self.method != b"HEAD":
-            out.append(body)
+        if body:
+            out.append(b"\r\n")
+            if self.method != b"HEAD":
+                out.append(body)
+        else:
+            out.append(
+                b"transfer-encoding: chunked\r\n\r\n" if self.method == b"HEAD" else b"content-length: 0\r\n\r\n"
+            )
         self.resp_started = True
         self.resp_mode = 0
         self.conn.write(b"".join(out))

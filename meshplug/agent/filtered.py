@@ -213,6 +213,8 @@ class FilteredExchange(Exchange):
                 continue
             if name == b"content-length":
                 framed = True
+                if status == 204:  # Envoy's codec removes a 204's content-length (0: any other was refused)
+                    continue
             elif name == b"date":
                 dated = True
             elif name == b"server" and server_at < 0:

@@ -29,7 +29,15 @@ HOP_BY_HOP: Final = frozenset(
 #: request headers never forwarded: hop-by-hop ones, and a client's X-Forwarded-Client-Cert (Envoy's default
 #: forward_client_cert_details SANITIZE: only the proxy may vouch for a client certificate)
 REQUEST_DROPPED: Final = HOP_BY_HOP | {b"x-forwarded-client-cert"}
-REASONS: Final = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+#: the reason phrase Envoy 1.40 writes for a status (its code table, probed through Envoy for 200-599: the IANA names,
+#: not Python's older ones; no name for 418 and 451; "Unknown" for any code without one), whatever the upstream sent
+REASONS: Final = {
+    **{s.value: s.phrase.encode() for s in http.HTTPStatus if s.value not in (418, 451)},
+    413: b"Payload Too Large",
+    414: b"URI Too Long",
+    416: b"Range Not Satisfiable",
+    599: b"Last Unassigned Server Error Code",
+}
 
 RESET_CONNECT_FAILURE: Final = "connection failure"
 RESET_TERMINATION: Final = "connection termination"

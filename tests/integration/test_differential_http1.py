@@ -35,7 +35,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[bed.Bed
 def test_the_corpus_is_large_and_every_marking_names_a_case() -> None:
     names = [c.name for c in cases.CASES]
     assert len(names) >= 200 and len(set(names)) == len(names)
-    assert set(cases.STRICTER) | set(cases.DIVERGENCE) <= set(names)
+    assert set(cases.STRICTER) | set(cases.DIVERGENCE) | set(cases.REPLY_DIFFERS) <= set(names)
 
 
 @pytest.mark.parametrize("case", cases.CASES, ids=lambda c: c.name)
