@@ -372,8 +372,8 @@ class Downstream(H1Peer, asyncio.Protocol):
             self._refuse(400, framing.BAD_REQUEST)
         # Envoy's header map and request mutations (TE is reduced below, once an upgrade is ruled out)
         headers = hcm.sanitize_request(headers, upgrade=True)
-        if method == b"CONNECT":  # no route serves CONNECT (Envoy: 404; 400 for an origin-form target)
-            self._refuse(400 if self._url[:1] == b"/" else 404, b"")
+        if method == b"CONNECT":  # no route serves CONNECT (Envoy: 404; its codec's 400 for an origin-form target)
+            self._refuse(400, framing.BAD_REQUEST) if self._url[:1] == b"/" else self._refuse(404, b"")
         path = self._url
         authority = b""
         unroutable = False  # no route can serve the target: the router's 404, the connection goes on (as Envoy)
@@ -436,7 +436,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         elif hosts:
             authority = host
         elif self.http11:
-            self._refuse(400, framing.BAD_REQUEST)  # RFC 9112 3.2, as Envoy
+            self._refuse(400, b"")  # RFC 9112 3.2, as Envoy (its HCM's refusal: no body)
         elif self.pool is not None:  # HTTP/1.0 (accept_http_10) without Host: the cluster's address
             c = self.pool.cluster
             authority = f"{c.address}:{c.port}".encode()
@@ -493,7 +493,7 @@ class Downstream(H1Peer, asyncio.Protocol):
             self.current = fx
             self._body_left = direct
             self.queue.append(fx)
-            if expect_continue and has_body:
+            if expect_continue:  # as Envoy, whether a body follows or not
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if len(self.queue) == 1:
                 fx.start()
@@ -530,7 +530,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         self.current = ex
         self._body_left = direct
         self.queue.append(ex)
-        if expect_continue and has_body:
+        if expect_continue:
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if len(self.queue) == 1:
             ex.start()
@@ -646,11 +646,9 @@ class Downstream(H1Peer, asyncio.Protocol):
                 # answered, the bytes ignored (as Envoy does)
                 self._stop_reading()
                 return
-            # the parser's own refusals: malformed framing or syntax (Envoy: 400), an unknown coding (501)
-            unknown_coding = "`Transfer-Encoding`" in str(exc)
-            refusal = framing.Refusal(
-                501 if unknown_coding else 400, b"Not Implemented" if unknown_coding else b"Bad Request"
-            )
+            # the parser's own refusals: malformed framing or syntax (Envoy: 400), an unknown coding (501), a
+            # version other than 0.9, 1.x or 2.0 (Envoy: 426)
+            refusal = _parser_refusal(str(exc))
         self._refuse_now(refusal)
 
     def _stop_reading(self) -> None:
@@ -665,8 +663,9 @@ class Downstream(H1Peer, asyncio.Protocol):
         """Answer the request being read with `refusal` (in its turn), read nothing more, close after.
         A request whose head already went upstream loses its upstream side; one already being answered is
         reset (as Envoy's codec errors do)."""
-        # the method of the request refused, once the parser read it in this message (a reply to HEAD has no body)
-        method: bytes = self.parser.get_method() if self._begun and self._url else b"GET"
+        # the method of the request refused, once the parser read it in this message (a reply to HEAD has no body;
+        # but Envoy's codec errors, the refusals with a body, send it even to a HEAD)
+        method: bytes = self.parser.get_method() if self._begun and self._url and not refusal.body else b"GET"
         self._stop_reading()
         cur, self.current = self.current, None
         if cur is not None:
@@ -677,8 +676,8 @@ class Downstream(H1Peer, asyncio.Protocol):
                 elif not self.queue:
                     self.close()
                 return
-            if self.queue and self.queue[0] is cur:
-                cur.local_reply(refusal.status, refusal.body)
+            if self.queue and self.queue[0] is cur:  # through the plugins that saw the request, as Envoy's HCM
+                cur.proxy_reply(refusal.status, refusal.body, refusal.details, 0)
             else:
                 cur.refusal = refusal  # answered when its turn comes
             return
@@ -713,13 +712,13 @@ class Downstream(H1Peer, asyncio.Protocol):
                     ex._timed_out()
                 elif not pending or deadline < pending:
                     pending = deadline
-        for at, status, body in (
-            (self._headers_at, 408, b"request header timeout"),
-            (self._stream_at, 408, b"stream timeout"),
+        for at, status, body, details in (
+            (self._headers_at, 408, b"request header timeout", "request_header_timeout"),
+            (self._stream_at, 408, b"stream timeout", "stream_idle_timeout"),
         ):
             if at:
                 if at <= now:
-                    self._refuse_now(framing.Refusal(status, body))
+                    self._refuse_now(framing.Refusal(status, body, details))
                     return
                 if not pending or at < pending:
                     pending = at
@@ -768,3 +767,13 @@ class Downstream(H1Peer, asyncio.Protocol):
             self.queue[0].up.pause_reading()
         if not self.queue and self.current is None and self.transport is not None and not self.transport.is_closing():
             self.timer.arm_idle(self.proxy.idle_timeout_s)
+
+
+def _parser_refusal(message: str) -> framing.Refusal:
+    """The parser's (llhttp's) own refusal, by its message, as Envoy answers it: an unknown transfer coding 501, a
+    version other than 0.9, 1.x and 2.0 (HTTP/1.2, 3.0, 9.9) 426, any other malformed framing or syntax 400."""
+    if "`Transfer-Encoding`" in message:
+        return framing.Refusal(501, b"Not Implemented")
+    if message == "Invalid HTTP version":
+        return framing.Refusal(426, b"Upgrade Required")
+    return framing.Refusal(400, framing.BAD_REQUEST)

@@ -231,7 +231,7 @@ class Exchange:
         framed = False
         no_body = self.method == b"HEAD" or status in (204, 304)
         for name, value in headers:
-            if name in wire.HOP_BY_HOP:
+            if name in wire.RESPONSE_DROPPED:
                 if name == b"transfer-encoding":
                     framed = framed or no_body
                 continue

@@ -207,7 +207,7 @@ class FilteredExchange(Exchange):
         server_at = -1
         for h in hcm.upstream_response(headers, self.service_ms()):  # the router's, before the plugins
             name = h[0]
-            if name in wire.HOP_BY_HOP:
+            if name in wire.RESPONSE_DROPPED:
                 if name == b"transfer-encoding" and b"chunked" in h[1].lower():
                     chunked = True
                 continue
@@ -441,7 +441,7 @@ class FilteredExchange(Exchange):
             server_at = self.resp_server_at + 1 if self.resp_server_at >= 0 else -1
             dated = self.resp_dated
             for name, value in headers[n:]:
-                if name[:1] == b":" or name in wire.HOP_BY_HOP:
+                if name[:1] == b":" or name in wire.RESPONSE_DROPPED:
                     continue
                 if not framing.field_ok(name, value):
                     self.local_reply(502, INVALID_HEADER)
@@ -474,7 +474,7 @@ class FilteredExchange(Exchange):
                 if name == b":status" and raw_status is None:
                     raw_status = value
                 continue
-            if name in wire.HOP_BY_HOP:
+            if name in wire.RESPONSE_DROPPED:
                 continue
             framed = framed or name == b"content-length"
             out.append(b"%b: %b\r\n" % (name, value))

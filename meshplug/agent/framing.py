@@ -17,12 +17,14 @@ from typing import Final
 
 
 class Refusal(Exception):
-    """The request is answered locally with `status` and `body` (and the connection closed) instead."""
+    """The request is answered locally with `status` and `body` (and the connection closed) instead; `details`:
+    what plugins that saw the request read as response.code_details when the reply passes them."""
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, details: str = "codec_error") -> None:
         super().__init__(status, body)
         self.status = status
         self.body = body
+        self.details = details
 
 
 class Unroutable(Refusal):

@@ -29,6 +29,9 @@ HOP_BY_HOP: Final = frozenset(
 #: request headers never forwarded: hop-by-hop ones, and a client's X-Forwarded-Client-Cert (Envoy's default
 #: forward_client_cert_details SANITIZE: only the proxy may vouch for a client certificate)
 REQUEST_DROPPED: Final = HOP_BY_HOP | {b"x-forwarded-client-cert"}
+#: response headers an HTTP/1.1 response does not pass on: the hop-by-hop ones but TE and Trailer, which Envoy 1.40
+#: relays from an HTTP/1.1 upstream (and writes when a plugin adds them)
+RESPONSE_DROPPED: Final = HOP_BY_HOP - {b"te", b"trailer"}
 #: the reason phrase Envoy 1.40 writes for a status (its code table, probed through Envoy for 200-599: the IANA names,
 #: not Python's older ones; no name for 418 and 451; "Unknown" for any code without one), whatever the upstream sent
 REASONS: Final = {

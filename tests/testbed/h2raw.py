@@ -1,12 +1,16 @@
 """A raw HTTP/2 client for frame-level cases: the `h2` library with its own checks off, so a test can send
-what a well-behaved client never would, and record what the proxy answered as a comparable `H2Outcome`.
+what a well-behaved client never would, and record what the proxy answered as a comparable `H2Outcome`; and a
+raw HTTP/2 upstream (`RawServer`, h2c) that answers each request with the frames a case scripts, response header
+blocks no conforming server would send included.
 
-Used by tests/integration/test_agent_h2.py to run the same bytes through Envoy and the agent. Only 127.0.0.1.
+Used by tests/integration/test_differential_h2.py to run the same bytes through Envoy and the agent. Only 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +20,8 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import hpack
+from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame
 
 Header = tuple[bytes, bytes]
 BASE: tuple[Header, ...] = ((b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"x"))
@@ -154,3 +160,89 @@ def run(port: int, case: Callable[[RawClient], None], *, timeout: float = 3.0,
         return client.read(until=until, timeout=timeout)
     finally:
         client.close()
+
+
+@dataclass(frozen=True)
+class Part:
+    """One frame of a scripted response: a header block (`headers`, sent as given: no lower-casing, no checks) or,
+    when `headers` is None, a DATA frame of `data`; `end`: END_STREAM on it."""
+
+    headers: tuple[Header, ...] | None = None
+    data: bytes = b""
+    end: bool = False
+    #: an RST_STREAM with this error code instead of a HEADERS or DATA frame
+    reset: int | None = None
+
+
+class RawServer:
+    """An h2c upstream on 127.0.0.1: the `h2` library reads the proxy's requests, and each is answered with the
+    frames `respond(path)` gives, HPACK-encoded by this server's own encoder (the library sends no header block
+    of its own on the connection, so the two never disagree on the dynamic table)."""
+
+    def __init__(self, respond: Callable[[bytes], Sequence[Part]]) -> None:
+        self._respond = respond
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.add(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False)
+        h2c = h2.connection.H2Connection(config)
+        encoder = hpack.Encoder()
+        try:
+            h2c.initiate_connection()
+            conn.sendall(h2c.data_to_send())
+            while data := conn.recv(65536):
+                try:
+                    events = h2c.receive_data(data)
+                except h2.exceptions.ProtocolError:
+                    return
+                out = h2c.data_to_send()
+                for ev in events:
+                    if isinstance(ev, h2.events.RequestReceived):
+                        path = dict(ev.headers or []).get(b":path", b"")
+                        out += b"".join(_frame(encoder, int(ev.stream_id or 0), p) for p in self._respond(path))
+                conn.sendall(out)
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def close(self) -> None:
+        self._sock.close()
+        with self._lock:
+            for conn in list(self._conns):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+
+def _frame(encoder: hpack.Encoder, stream_id: int, part: Part) -> bytes:
+    frame: HeadersFrame | DataFrame | RstStreamFrame
+    if part.reset is not None:
+        frame = RstStreamFrame(stream_id)
+        frame.error_code = part.reset
+        return bytes(frame.serialize())
+    if part.headers is None:
+        frame = DataFrame(stream_id)
+        frame.data = part.data
+    else:
+        frame = HeadersFrame(stream_id)
+        frame.data = encoder.encode(list(part.headers))
+        frame.flags.add("END_HEADERS")
+    if part.end:
+        frame.flags.add("END_STREAM")
+    return bytes(frame.serialize())
