@@ -42,7 +42,7 @@ def test_the_chart_alone_runs_the_agent_plane() -> None:
         "meshplug-system/mp-meshplug-identity (ca.crt, ca.key, signing.key; owned by Deployment/mp-meshplug-operator)"
     )
     assert f"Secrets the operator made here: {identity}" in text, text
-    agents = r"demo/meshplug-agent \(ca.crt, tls.crt, tls.key, token; owned by ReplicaSet/echo-\w+\)"
+    agents = r"demo/meshplug-agent \(ca.crt, tls.crt, tls.key, token, trusted-keys.pem; owned by ReplicaSet/echo-\w+\)"
     assert re.search(f"Secrets the operator made for the agents: {agents}", text), text
     assert "response header x-meshplug-demo: v1 rust/header_rules" in text, text
     replicas = re.search(r"replicas: (\S+) \((\w+)\), (\S+) \((\w+)\)", text)
