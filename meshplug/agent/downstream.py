@@ -264,7 +264,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         decision = self.routes.constant or self.routes.resolve(authority, path, headers, method)
         reply = routing.router_reply(decision)
         if reply is not None:  # the router's own reply instead of a tunnel (404, a direct response), as Envoy
-            self._refuse(reply[0], reply[1])
+            self._refuse(reply[0], reply[1], reply[2])
         route = decision.route
         assert route is not None  # (router_reply answers a request without one)
         self._tunnel_pool = self.state.pools[decision.cluster]
@@ -535,9 +535,9 @@ class Downstream(H1Peer, asyncio.Protocol):
         if len(self.queue) == 1:
             ex.start()
 
-    def _refuse(self, status: int, body: bytes) -> None:
+    def _refuse(self, status: int, body: bytes, details: str = framing.CODEC_ERROR) -> None:
         """Stop parsing this request (from a parser callback): it is answered `status` instead."""
-        self._refusal = framing.Refusal(status, body)
+        self._refusal = framing.Refusal(status, body, details)
         raise self._refusal
 
     def _check(self, rule: Callable[[_In], _Out], arg: _In) -> _Out:
@@ -664,8 +664,9 @@ class Downstream(H1Peer, asyncio.Protocol):
         A request whose head already went upstream loses its upstream side; one already being answered is
         reset (as Envoy's codec errors do)."""
         # the method of the request refused, once the parser read it in this message (a reply to HEAD has no body;
-        # but Envoy's codec errors, the refusals with a body, send it even to a HEAD)
-        method: bytes = self.parser.get_method() if self._begun and self._url and not refusal.body else b"GET"
+        # but Envoy's codec errors with a body send it even to a HEAD)
+        codec_body = bool(refusal.body) and refusal.details == framing.CODEC_ERROR
+        method: bytes = self.parser.get_method() if self._begun and self._url and not codec_body else b"GET"
         self._stop_reading()
         cur, self.current = self.current, None
         if cur is not None:

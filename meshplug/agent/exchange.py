@@ -297,8 +297,9 @@ class Exchange:
             self.up_complete()  # close-delimited body: end of connection is end of body
             return
         up, self.up = self.up, None
-        if self.resp_started:
+        if self.resp_started:  # what was written of the response goes out first (as Envoy), then the reset
             self.conn.proxy.stats.upstream_rq_reset += 1
+            self.conn.flush()
             self.conn.abort()
             return
         if (

@@ -197,7 +197,8 @@ class FilteredExchange(Exchange):
 
     def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None:
         self.status = status
-        no_body = self.method == b"HEAD" or status in (204, 304) or status < 200
+        # an HTTP/2 response head with END_STREAM has no body either (Envoy frames it content-length 0)
+        no_body = self.method == b"HEAD" or status in (204, 304) or status < 200 or parser is wire.END_STREAM
         self.resp_end_fed = no_body
         # the chain's form (names are lower-case already): :status first, hop-by-hop headers dropped; the
         # downstream head lines in the same pass

@@ -15,12 +15,15 @@ import socket
 from collections.abc import Sequence
 from typing import Final
 
+#: a Refusal's details when the request is malformed (Envoy's codec errors: their body goes even to a HEAD)
+CODEC_ERROR: Final = "codec_error"
+
 
 class Refusal(Exception):
     """The request is answered locally with `status` and `body` (and the connection closed) instead; `details`:
     what plugins that saw the request read as response.code_details when the reply passes them."""
 
-    def __init__(self, status: int, body: bytes, details: str = "codec_error") -> None:
+    def __init__(self, status: int, body: bytes, details: str = CODEC_ERROR) -> None:
         super().__init__(status, body)
         self.status = status
         self.body = body

@@ -114,6 +114,7 @@ class Tunnel:
         self._replied = False  # the client got its answer from the agent: nothing from the cluster follows
         self._head_seen = False  # the cluster's response head was read (and is in the plugins' hands)
         self._suppress = False  # the router adds no x-envoy-* headers (suppress_envoy_headers)
+        self._head_request = False  # the upgrade request is a HEAD: the agent's own answer has no body
 
     @property
     def queue(self) -> tuple[()]:
@@ -126,6 +127,7 @@ class Tunnel:
         server (as Envoy's HCM writes it); any other answer passes as the cluster sent it."""
         self._take(transport)
         self.head_pending = True
+        self._head_request = head[:5] == b"HEAD "
         self.proxy.loop.create_task(self._connect(head + rest))
 
     def start_filtered(
@@ -137,6 +139,7 @@ class Tunnel:
         self._take(transport)
         self._rest = rest
         self._suppress = suppress_envoy_headers
+        self._head_request = (b":method", b"HEAD") in headers
         self.head_pending = True
         stream = self.stream = chain.new_stream(info, start_time_ns=time.time_ns())
         stream.route_resolver = resolve
@@ -209,7 +212,8 @@ class Tunnel:
                     self._send_down_head(out.headers, out.end_stream)
             elif type(out) is agent_chain.SendData:
                 if out.target is agent_chain.Target.DOWNSTREAM and self._replied:  # a local reply's body
-                    self.down.write(out.data)
+                    if not self._head_request:
+                        self.down.write(out.data)
                     if out.end_stream:
                         self.down.close()
             elif type(out) is agent_chain.AbortUpstream:
@@ -291,8 +295,11 @@ class Tunnel:
                     self._local_reply(502, b"invalid header value")
                     return
                 kept.append((name, value))
+        own = self._replied or not self._head_seen or not self.head_pending  # the agent's own answer
+        if own and end_stream:  # an empty body's content-length goes last, as Envoy's codec writes it
+            kept = [h for h in kept if h[0] != b"content-length"]
         out = [b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown")), *self.server.lines(kept)]
-        if self._replied or not self._head_seen or not self.head_pending:  # the agent's own answer
+        if own:
             self._reply_head(out, b"" if end_stream else None)
             return
         self.head_pending = False
@@ -311,7 +318,8 @@ class Tunnel:
 
     def _local_reply(self, status: int, body: bytes) -> None:
         head = [b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))]
-        head += [b"content-length: %d\r\n" % len(body), b"content-type: text/plain\r\n"]
+        if body:
+            head += [b"content-length: %d\r\n" % len(body), b"content-type: text/plain\r\n"]
         self._reply_head(head, body)
 
     def _reply_head(self, head: list[bytes], body: bytes | None) -> None:
@@ -322,10 +330,11 @@ class Tunnel:
         self.up.close()
         if not any(line[:5].lower() == b"date:" or line[:7].lower() == b"server:" for line in head):
             head += self.server.lines([])  # (a head from `_send_down_head` has had its date and server)
-        head.append(b"connection: close\r\n\r\n")
+        head.append(b"connection: close\r\ncontent-length: 0\r\n\r\n" if body == b"" else b"connection: close\r\n\r\n")
         self.down.write(b"".join(head))
         if body is not None:
-            self.down.write(body)
+            if not self._head_request:
+                self.down.write(body)
             self.down.close()
 
     def side_closed(self, side: _Side) -> None:

@@ -453,9 +453,6 @@ RESPONSE_DIFFERS: dict[str, str] = {
     "trailers with a pseudo-header": _CUT + "answers 502 instead",
     "trailers without END_STREAM": _CUT + "answers 502 instead",
     "upper-case trailer name": _CUT + "answers 502 instead",
-    "headers then RST_STREAM": "Envoy delivers the head it wrote, then closes; the agent drops its unsent bytes",
-    "DATA then RST_STREAM": "Envoy delivers the head it wrote, then closes; the agent drops its unsent bytes",
-    "headers only, END_STREAM": "Envoy frames the empty body with content-length 0, the agent chunked",
 }
 #: ... on the compiled path only (nghttp2); the fallback codec relays it as Envoy does
 RESPONSE_DIFFERS_NATIVE: dict[str, str] = {"204 with a body": "Envoy relays the 204 without its body; the agent "
