@@ -475,14 +475,8 @@ def _response_case(name: str, parts: tuple[Part, ...]) -> Any:
     return pytest.param(parts, id=name, marks=marks)
 
 
-@dataclass
-class UpBed:
-    envoy_port: int
-    agent: tb_agent.Agent
-
-
 @pytest.fixture(scope="module")
-def up_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpBed]:
+def up_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     """Envoy and the agent on HTTP/1.1 listeners, each with an http2 cluster to one scripted `RawServer`."""
     tmp: Path = tmp_path_factory.mktemp("h2up")
     logs = tmp / "logs"
@@ -505,7 +499,7 @@ def up_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpBed]:
         )
         agent = tb_agent.start_agent(raw, work_dir=tmp / "agent", log_dir=logs, log_level="info")
         started.append(agent)
-        yield UpBed(port, agent)
+        yield Bed(port, agent)
     finally:
         for item in reversed(started):
             item.stop()
@@ -528,7 +522,7 @@ def test_every_marked_response_case_exists() -> None:
 
 
 @pytest.mark.parametrize("parts", [_response_case(*c) for c in RESPONSE_CASES])
-def test_http2_upstream_responses_match_envoy(up_bed: UpBed, parts: tuple[Part, ...]) -> None:
+def test_http2_upstream_responses_match_envoy(up_bed: Bed, parts: tuple[Part, ...]) -> None:
     """The agent as the client of an HTTP/2 upstream: odd or malformed response header blocks reach the HTTP/1.1
     client as they do through Envoy 1.40 (relayed, refused with Envoy's 502/503 local reply, or cut short)."""
     via_envoy = _through(up_bed.envoy_port, parts)
