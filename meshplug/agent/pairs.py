@@ -22,6 +22,10 @@ from meshplug import limits
 Pair = tuple[bytes, bytes]
 
 _U32: Final = struct.Struct("<I")
+#: the sizes' layout for N pairs, N up to `_SIZES_KEPT` (a guest's maps are small): one Struct made once, not
+#: a format string built and looked up in struct's cache per map
+_SIZES: Final[dict[int, struct.Struct]] = {}
+_SIZES_KEPT: Final = 64
 
 
 class PairsError(ValueError):
@@ -57,14 +61,19 @@ def decode(
         raise PairsError(f"pairs buffer of {total} bytes exceeds {max_bytes}")
     if total < 4:
         raise PairsError(f"pairs buffer of {total} bytes is shorter than its count")
-    buf = bytes(data)
+    buf = data if isinstance(data, bytes) else bytes(data)
     (n,) = _U32.unpack_from(buf, 0)
     if n > max_count:
         raise PairsError(f"{n} pairs exceed the limit of {max_count}")
     header_end = 4 + 8 * n
     if header_end > total:
         raise PairsError(f"{n} pairs need {header_end} bytes of sizes, buffer has {total}")
-    sizes = struct.unpack_from(f"<{2 * n}I", buf, 4) if n else ()
+    layout = _SIZES.get(n)
+    if layout is None:
+        layout = struct.Struct(f"<{2 * n}I")
+        if n <= _SIZES_KEPT:
+            _SIZES[n] = layout
+    sizes = layout.unpack_from(buf, 4)
     pos = header_end
     out: list[Pair] = []
     for i in range(n):

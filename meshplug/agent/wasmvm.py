@@ -94,6 +94,9 @@ class WasmVm(hostapi.Vm):
         self.guest = host.runtime.new_guest(module, self.calls.bind(decls), backend=host.backend)
         self.calls.use(self.guest)
         self._call_each = self.guest.call_each  # one attribute read per stream end, no method lookup
+        #: the fast backend's C call state, whose `depth` is read after each guest call that deferred work
+        #: (FastGuest.depth is a property of an interpreted module: a Python frame per read)
+        self._cstate: Any = self.guest.state if isinstance(self.guest, vm.FastGuest) else None
         self._funcs: dict[str, vm.GuestFunc | None] = {}
         self._names: dict[vm.GuestFunc, str] = {}
         self._alloc: vm.GuestFunc | None = None
@@ -240,7 +243,7 @@ class WasmVm(hostapi.Vm):
         finally:
             self.current, self.effective = saved_current, saved_effective
         # the guest's call depth is back to what it was before the call: 0 for an outermost call
-        if self.after and self.guest.depth == 0:
+        if self.after and (self.guest.depth if self._cstate is None else self._cstate.depth) == 0:
             self.run_after()
         return result
 
@@ -259,7 +262,7 @@ class WasmVm(hostapi.Vm):
             return self._failed(exc, ctx, fns[self.guest.failed_index()])
         finally:
             self.current, self.effective = saved_current, saved_effective
-        if self.after and self.guest.depth == 0:
+        if self.after and (self.guest.depth if self._cstate is None else self._cstate.depth) == 0:
             self.run_after()
         return done
 
