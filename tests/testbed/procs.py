@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,11 +27,24 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+#: ports this process has handed out: the kernel may give a port just closed to the next bind(0), so a bed asking for
+#: several ports before it starts anything could get one twice (the fresh-clone run saw an agent and Envoy given the
+#: same listener port). A port is handed out once per process; beds bind theirs soon after.
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free right now and not handed out before by this process."""
+    with _HANDED_OUT_LOCK:
+        for _ in range(1000):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+    raise RuntimeError(f"no free port left that this process has not handed out ({len(_HANDED_OUT)} so far)")
 
 
 def wait_until(
