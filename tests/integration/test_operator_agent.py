@@ -147,6 +147,10 @@ def test_nacking_agent_is_reported_other_plugins_unaffected_and_heals(bed: Bed) 
     )
     # the agent keeps its last good set: the other plugin stays confirmed
     bed.wait_ready("good", "True", "Confirmed", "1/1")
+    # one series on the refused plugin, whichever plugin's push the agent refused (both are in its set), counted
+    # once per refused set (the baseline code's, then the optimized code's), not once per reconcile
+    nack_events = [(t, n) for t, r, _, n in bed.events("bad") if r == "AgentNACK"]
+    assert len(nack_events) == 1 and nack_events[0][0] == "Warning" and nack_events[0][1] <= 2, nack_events
     assert running(a) == [(f"{bed.ns}.good", sha(GOOD))]
     pushes = bed.op.metrics()['meshplug_operator_pushes_total{result="nack"}']
     assert pushes >= 1

@@ -133,6 +133,8 @@ class AgentDelivery:
         self._pushed: dict[Key, frozenset[str]] = {}  # plugin -> pods it was pushed to
         self._pod_locks: dict[Key, threading.Lock] = {}
         self._grants: dict[Key, frozenset[str]] = {}  # (namespace, pod) -> modules (sha256) of the sets pushed to it
+        #: (plugin, pod) -> the NACK last reported in an Event for that plugin (once per refusal, whoever pushed)
+        self._told: dict[tuple[Key, str], agents.Outcome] = {}
         self._pool = workqueue.Pool(limits.AGENT_PUSH_CONCURRENCY, "meshplug-push")
         self._windows = canary.Windows()  # canary rollouts: each step's baseline of per-plugin stats
         #: canary rollouts: the state last decided here (the status has it too, maybe not yet in a cached read)
@@ -425,12 +427,17 @@ class AgentDelivery:
                 ready += 1  # confirmed; after a NACK the agent still runs it (the set was refused for another plugin)
                 if out.result is agents.Result.NACK and pushed_now:
                     nacks.append((name, out))
+                with self._lock:
+                    self._told.pop((key, name), None)
                 continue
             if out.result is agents.Result.ACK:
                 failing.append({"name": name, "reason": "NotRunning", "message": "the agent reports it not running"})
             elif out.result is agents.Result.NACK:
                 failing.append({"name": name, "reason": "AgentNACK", "message": f"{out.reason}: {out.message}"})
-                if pushed_now:
+                # the push may have been another plugin's (the pod's set holds both): reported once either way
+                with self._lock:
+                    told, self._told[(key, name)] = self._told.get((key, name)), out
+                if told != out:
                     nacks.append((name, out))
                 if out.reason in HEALING_NACKS:  # pushed again on the backoff: the pod's Secret mount may catch up
                     retry = retry or f"pod {name}: {out.reason}: {out.message}"
@@ -505,6 +512,8 @@ class AgentDelivery:
             self._pods.pop((namespace, name), None)
             self._pod_locks.pop((namespace, name), None)
             self._grants.pop((namespace, name), None)
+            for told in [t for t in self._told if t[0][0] == namespace and t[1] == name]:
+                del self._told[told]
 
     def granted(self, namespace: str, pod: str, sha256: str) -> bool:
         """Whether this operator pushed ``pod`` a set with module ``sha256`` (the module server's fast path)."""
@@ -520,6 +529,8 @@ class AgentDelivery:
             self._stables.pop(key, None)
             entry = self._entries.pop(key, None)
             pushed = self._pushed.pop(key, frozenset())
+            for told in [t for t in self._told if t[0] == key]:
+                del self._told[told]
         if entry is None and not pushed and not owned:
             return
         self._refresh_entries(namespace)  # a deleted plugin is not listed any more (deletionTimestamp)
