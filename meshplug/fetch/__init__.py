@@ -81,7 +81,13 @@ def _pin(sha256: str | None) -> str | None:
 
 def scheme_of(url: str) -> str:
     """``http``, ``file`` or ``oci`` (no scheme means oci); anything else is refused."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if "://" in url:
+            _ = parts.port  # raises for a port that is no number or out of range
+    except ValueError as exc:  # also a bracketed IPv6 host left open
+        raise errors.ConfigError(f"invalid url {url[:200]!r}: {exc}") from None
+    scheme = parts.scheme.lower()
     if "://" not in url and scheme not in ("file", "http", "https", "oci"):
         return "oci"  # registry/repo:tag (a "host:port/..." reference parses as scheme "host")
     if scheme == "https":

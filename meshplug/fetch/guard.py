@@ -47,6 +47,13 @@ DEFAULT_BLOCKED: tuple[IPNetwork, ...] = tuple(
         "168.63.129.16/32",  # Azure wire server
     )
 )
+#: IPv6 prefixes that carry an IPv4 address in their last 32 bits and reach it: NAT64's well-known prefix (RFC
+#: 6052; on an IPv6-only cluster with DNS64, 64:ff9b::a9fe:a9fe is the metadata service) and IPv4-compatible
+#: addresses (::a.b.c.d); the IPv4 address inside is what is judged (so are IPv4-mapped and 6to4 addresses)
+EMBEDDING_V4: tuple[ipaddress.IPv6Network, ...] = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("::/96"),
+)
 #: refused unless loopback is allowed; 0.0.0.0 and :: reach the local host on Linux
 LOOPBACK: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(c) for c in ("127.0.0.0/8", "::1/128", "0.0.0.0/8", "::/128")
@@ -62,9 +69,9 @@ class Guard:
             self.blocked += LOOPBACK
 
     def refused(self, ip: IPAddress) -> bool:
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip.version == net.version and ip in net for net in self.blocked)
+        return any(
+            candidate.version == net.version and candidate in net for candidate in _judged(ip) for net in self.blocked
+        )
 
     def check(self, host: str, ip: IPAddress) -> None:
         if self.refused(ip):
@@ -85,6 +92,16 @@ class Guard:
         except ValueError:
             return
         self.check(host, ip)
+
+
+def _judged(ip: IPAddress) -> tuple[IPAddress, ...]:
+    """``ip`` and the IPv4 address it reaches when it embeds one (mapped, 6to4, NAT64, IPv4-compatible)."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return (ip,)
+    inner = ip.ipv4_mapped or ip.sixtofour
+    if inner is None and any(ip in net for net in EMBEDDING_V4) and int(ip) & 0xFFFFFFFF > 1:
+        inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)  # ::/96 holds :: and ::1 themselves: not IPv4
+    return (ip,) if inner is None else (ip, inner)
 
 
 def _connect(guard: Guard, host: str, port: int, timeout: Any, options: Any) -> socket.socket:

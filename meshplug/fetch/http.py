@@ -148,10 +148,20 @@ class Transport:
                 raise Retryable(f"{_redact(url)}: {_short(exc)}") from None
             except requests.exceptions.RequestException as exc:
                 raise errors.FetchError(f"{_redact(url)}: {_short(exc)}") from None
+            except ValueError as exc:  # requests parses a redirect's Location even when it does not follow it
+                raise errors.FetchError(f"{_redact(url)}: invalid url in the answer: {exc}") from None
             if resp.status_code not in _REDIRECTS or "location" not in resp.headers:
                 return resp
-            target = urllib.parse.urljoin(url, resp.headers["location"])
+            location = resp.headers["location"]
             resp.close()
+            try:
+                target = urllib.parse.urljoin(url, location)
+                _origin(target)
+            except ValueError as exc:  # a bracketed host left open, a port that is no number or out of range
+                raise errors.FetchError(
+                    f"{_redact(url)}: redirect to an invalid url {location[:200]!r}: {exc}",
+                    reason=Reason.DOWNLOAD_FAILURE,
+                ) from None
             if urllib.parse.urlsplit(url).scheme == "https" and urllib.parse.urlsplit(target).scheme != "https":
                 raise errors.FetchError(f"{_redact(url)}: redirect leaves https", reason=Reason.BLOCKED)
             if _origin(target) != origin:
@@ -230,9 +240,15 @@ def _origin(url: str) -> tuple[str, str | None, int | None]:
 
 def _redact(url: str) -> str:
     """The url without userinfo or query (they may carry credentials)."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return url.split("?", 1)[0].rpartition("@")[2][:200]  # not a url: what follows any userinfo, no query
     host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port else host
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 

@@ -34,8 +34,8 @@ def path_of(url: str) -> Path:
 
 #: how a user allows a directory, wherever the fetch runs
 ALLOW_HINT = (
-    "to allow a directory, pass --file-root DIR (meshplug fetch, inspect, operator) or set operator.fileRoots "
-    "in the Helm chart"
+    "to allow a directory, pass --file-root DIR (meshplug fetch, inspect, operator), set operator.fileRoots "
+    "in the Helm chart, or modules.file_roots in an agent's config"
 )
 
 

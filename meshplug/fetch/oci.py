@@ -83,6 +83,12 @@ def parse_reference(url: str) -> Reference:
         registry, path = first.lower(), rest
     else:
         registry, path = "docker.io", text
+    try:
+        _host_port(registry)
+    except ValueError as exc:
+        raise errors.FetchError(
+            f"{url}: invalid registry {registry!r}: {exc}", reason=Reason.MANIFEST_FAILURE
+        ) from None
     tag = None
     last_slash = path.rfind("/")
     if ":" in path[last_slash + 1 :]:

@@ -95,6 +95,9 @@ FAILURES: list[tuple[str, dict[str, Any], dict[str, Any], str, int | None]] = [
     ("slow past the timeout", {"body": WASM, "delay_s": 3}, {}, "timeout", None),
     ("redirect to metadata", {"redirect": "http://169.254.169.254/latest/meta-data/"}, {}, "blocked", 1),
     ("redirect to IPv6 link-local", {"redirect": "http://[fe80::1]:80/x"}, {}, "blocked", 1),
+    ("redirect to NAT64 metadata", {"redirect": "https://[64:ff9b::a9fe:a9fe]/x"}, {}, "blocked", 1),
+    ("redirect to a bad port", {"redirect": "https://localhost:x80/x"}, {}, "download_failure", 1),
+    ("redirect to an open IPv6 bracket", {"redirect": "https://[::1/x"}, {}, "download_failure", 1),
 ]
 
 

@@ -8,6 +8,7 @@ import gzip
 import ipaddress
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from meshplug import errors
-from meshplug.fetch import FetchOptions, Layout, cache, guard, oci, unbox
+from meshplug.fetch import Fetcher, FetchOptions, Layout, cache, guard, oci, unbox
 from meshplug.fetch.metrics import FetchMetrics
 from tests.testbed.origin import tar_of, wasm_module
 from tests.testbed.procs import wait_until
@@ -40,6 +41,13 @@ WASM = wasm_module(31)
         ("0.0.0.0", False, (), True),
         ("::1", False, (), True),
         ("::", False, (), True),
+        ("64:ff9b::a9fe:a9fe", True, (), True),  # NAT64 (DNS64 on an IPv6-only cluster) to 169.254.169.254
+        ("64:ff9b::7f00:1", False, (), True),  # NAT64 to 127.0.0.1
+        ("64:ff9b::a01:203", False, ("10.0.0.0/8",), True),  # NAT64 to a configured block
+        ("64:ff9b::5db8:d822", False, (), False),  # NAT64 to a public address
+        ("2002:a9fe:a9fe::1", True, (), True),  # 6to4 to the metadata address
+        ("::a9fe:a9fe", True, (), True),  # IPv4-compatible
+        ("::7f00:1", False, (), True),
         ("10.1.2.3", False, (), False),
         ("10.1.2.3", False, ("10.0.0.0/8",), True),
         ("2001:db8::1", False, ("2001:db8::/32",), True),
@@ -63,6 +71,23 @@ def test_guard_refuses_literal_urls_before_connecting(url: str) -> None:
     with pytest.raises(errors.FetchError) as caught:
         guard.Guard().check_url(url)
     assert caught.value.reason == "blocked"
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "says"),
+    [
+        ("http://x:abc/m.wasm", errors.ConfigError, "invalid url 'http://x:abc/m.wasm': Port could not be cast"),
+        ("https://[::1/m.wasm", errors.ConfigError, "invalid url 'https://[::1/m.wasm': Invalid IPv6 URL"),
+        ("https://x:99999/m.wasm", errors.ConfigError, "Port out of range"),
+        ("oci://reg:abc/f:v1", errors.ConfigError, "invalid url 'oci://reg:abc/f:v1'"),
+        ("reg:99999/f:v1", errors.FetchError, "invalid registry 'reg:99999': Port out of range"),
+    ],
+)
+def test_malformed_urls_are_bad_input_naming_the_url(
+    url: str, error: type[Exception], says: str, tmp_path: Path
+) -> None:
+    with pytest.raises(error, match=re.escape(says)):
+        Fetcher(FetchOptions(cache_dir=tmp_path)).fetch(url)
 
 
 # --- unbox -------------------------------------------------------------------------------------------
