@@ -15,17 +15,22 @@ Shapes (each plugin from the corpus, its corpus configuration; Envoy runs the sa
               cluster (nginx answering 200), then resumed
 
 The body is 1023 KiB: Envoy answers 413 to a held body of 1 MiB (its default buffer limit). A cell whose SDK has
-no such plugin in the corpus is printed as "no module". Load: bench/openloop.py, open loop
-at `--rate` requests/s (`--body-rate` for the body shape), latency from each request's due time (no coordinated
-omission), pinned to CPU 0 with the nginx upstream; both proxies pinned to CPU 1 (Envoy --concurrency 1). For
-each cell both proxies run, then `--rounds` rounds of `--seconds` interleaved (agent, Envoy, agent, ...). Per run:
-the proxy's CPU per request (schedstat over its process tree / answered requests), RSS after the run, p50 and p99
-latency. Prints per cell the medians and the median of the per-round agent/Envoy ratios, then the worst CPU ratio
-and how many cells have the agent's p99 at or under Envoy's (targets: worst CPU <= 1.0x, p99 <= Envoy's).
-Failed requests (wrong status, reset, no answer) are counted per system and printed with their kinds; more than 1%
-in a run aborts it (a ratio over failing requests would mean nothing).
+no such plugin in the corpus is printed as "no module". Load: bench/openloop.py (a C client), open loop at `--rate`
+requests/s (`--body-rate` for the body shape), latency from each request's due time (no coordinated omission),
+pinned to CPU 0 with the nginx upstream; both proxies pinned to CPU 1 (Envoy --concurrency 1). Per cell both
+proxies start and are warmed up, then ONE client run serves them in alternating `--block-seconds` blocks (agent,
+Envoy, [before,] nginx straight, agent, ...) for `--seconds` per system (`--body-seconds` for bodies): the systems
+see the same machine, never loaded at once, and "nginx" is the client's own floor measured beside them. Per system:
+CPU per request (schedstat over its process tree, read around its own blocks / answered requests), RSS after the
+run, p50 and p99 over all its requests (10,000 at 500 req/s x 20 s: p99 is the 100th slowest). The CPU ratio is the
+median of per-round ratios (`--rounds` consecutive groups of blocks); the p99 ratio is of the pooled p99s, with the
+spread of per-round p99 ratios beside it. Prints the worst CPU ratio and how many cells have the agent's p99 at or
+under Envoy's (targets: worst CPU <= 1.0x, p99 <= Envoy's). Failed requests (wrong status, reset, no answer) are
+counted per system and printed with their kinds; more than 1% aborts the cell (a ratio over failing requests would
+mean nothing). The load average is printed at the end: figures from a loaded machine are noisy.
 
-Usage: bench/matrix.py [--rounds 3] [--seconds 5] [--rate 500] [--body-rate 20] [--cells rust/header,go/httpcall]
+Usage: bench/matrix.py [--rounds 5] [--seconds 20] [--rate 500] [--body-rate 20] [--body-seconds 50]
+       [--block-seconds 0.5] [--cells rust/header,go/httpcall]
        [--baseline CHECKOUT]  (another checkout's agent in the same rounds: agent/before ratios)
 """
 
@@ -34,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -43,14 +47,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import CAN_PIN, LOAD_CPU, PROXY_CPU, cpu_ns, pin_pid, rss_mib
+from bench import openloop
+from bench._common import CAN_PIN, LOAD_CPU, PROXY_CPU, pin_pid, rss_mib, tree
 from tests.corpus import modules
 from tests.testbed import agent as tb_agent
 from tests.testbed import envoy as tb_envoy
 from tests.testbed import nginx as tb_nginx
 from tests.testbed import procs
 
-OPENLOOP = Path(__file__).resolve().parent / "openloop.py"
 SDKS = ("rust", "go", "assemblyscript", "c")
 SHAPES = ("header", "body", "local", "httpcall")
 #: the "1 MiB" body: 1023 KiB, under both proxies' buffer limit for a body a filter holds (Envoy's default
@@ -148,119 +152,139 @@ def start_envoy(work: Path, name: str, upstream: int, cell: Cell) -> tuple[procs
     return envoy.proc, port
 
 
-def load_args(shape: str, args: argparse.Namespace) -> list[str]:
+def shape_request(shape: str) -> tuple[bytes, int]:
+    """The request the open-loop client sends for `shape`, and the status that counts as answered."""
     if shape == "body":
-        return ["--rate", str(args.body_rate), "--method", "POST", "--body-bytes", str(BODY_BYTES)]
+        return openloop.request_bytes("POST", body_bytes=BODY_BYTES), 200
     if shape == "local":
-        return ["--rate", str(args.rate), "--path", "/admin/x", "--expect", "403"]
+        return openloop.request_bytes(path="/admin/x"), 403
     if shape == "httpcall":
-        return ["--rate", str(args.rate), "--header", "authorization: Bearer alice"]
-    return ["--rate", str(args.rate)]
+        return openloop.request_bytes(headers=["authorization: Bearer alice"]), 200
+    return openloop.request_bytes(), 200
 
 
-def run_load(
-    pid: int, port: int, shape: str, seconds: float, args: argparse.Namespace, *, warmup: bool = False
-) -> dict[str, Any]:
-    pin = ["taskset", "-c", str(LOAD_CPU)] if CAN_PIN else []
-    argv = [*pin, sys.executable, str(OPENLOOP), str(port), "--seconds", str(seconds), *load_args(shape, args)]
-    before = cpu_ns(pid)
-    out = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
-    used = cpu_ns(pid) - before
-    if out["bad"] > 0.01 * out["due"] and not warmup:
-        raise RuntimeError(f"failed requests under load ({shape}, port {port}): {out}")
-    out["cpu_us"] = used / max(1, out["ok"]) / 1000
-    out["rss_mib"] = rss_mib(pid)
-    return out
+@dataclass(frozen=True)
+class CellRun:
+    results: dict[str, openloop.Result]  # by system, and "nginx": the client straight at the upstream (its floor)
+    rss_mib: dict[str, float]  # by system, after the run
 
 
-def bench_cell(work: Path, upstream: int, sdk: str, shape: str, args: argparse.Namespace) -> dict[str, Any]:
+def bench_cell(work: Path, upstream: int, sdk: str, shape: str, args: argparse.Namespace) -> CellRun:
     cell = CELLS[(sdk, shape)]
     started: list[procs.Proc] = []
+    request, expect = shape_request(shape)
+    rate, seconds = (args.body_rate, args.body_seconds) if shape == "body" else (args.rate, args.seconds)
+    client_cpu = LOAD_CPU if CAN_PIN else None
     try:
         systems = {"agent": start_agent(work, f"agent-{sdk}-{shape}", upstream, cell)}
         started.append(systems["agent"][0])  # (stopped even when Envoy does not start)
         systems["envoy"] = start_envoy(work, f"envoy-{sdk}-{shape}", upstream, cell)
         started.append(systems["envoy"][0])
         if args.baseline is not None:
-            systems["before"] = start_agent(work, f"before-{sdk}-{shape}", upstream, cell, args.baseline)
+            systems["before"] = start_agent(work, f"before-{sdk}-{shape}", upstream, cell, source=args.baseline)
             started.append(systems["before"][0])
-        for proc, port in systems.values():
+        targets: dict[str, openloop.Target] = {}
+        for name, (proc, port) in systems.items():
             if CAN_PIN:
                 pin_pid(proc.pid, PROXY_CPU)
-            run_load(proc.pid, port, shape, 1.0, args, warmup=True)  # warm up: connections, JIT, the VMs' heaps
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
-        for _ in range(args.rounds):
-            for name, (proc, port) in systems.items():
-                try:
-                    runs[name].append(run_load(proc.pid, port, shape, args.seconds, args))
-                except RuntimeError as exc:
-                    raise RuntimeError(f"{name}: {exc}") from None
+            targets[name] = openloop.Target(port, request, expect, tuple(tree(proc.pid)))
+        # warm up (connections, JIT, the VMs' heaps), then one client serves every system in alternating blocks
+        openloop.run(list(targets.values()), rate=rate, seconds=1.0, block_seconds=args.block_seconds, cpu=client_cpu)
+        targets["nginx"] = openloop.Target(upstream, request, 200)  # nginx answers 200 to every request
+        ran = openloop.run(
+            list(targets.values()), rate=rate, seconds=seconds, block_seconds=args.block_seconds, cpu=client_cpu
+        )
+        results = dict(zip(targets, ran, strict=True))
+        for name, res in results.items():
+            if res.bad > 0.01 * res.due:
+                raise RuntimeError(f"{name}: failed requests under load ({shape}): {res.summary()}")
+        return CellRun(results, {name: rss_mib(proc.pid) for name, (proc, _) in systems.items()})
     finally:
         for proc in started:
             proc.stop()
-    return runs
 
 
-def med(runs: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+def rounds(res: openloop.Result, n: int) -> list[slice]:
+    """`res`'s blocks in `n` consecutive groups (each a round: every system ran its blocks of it in turn)."""
+    k = len(res.blocks)
+    n = max(1, min(n, k))
+    return [slice(i * k // n, (i + 1) * k // n) for i in range(n)]
 
 
-def ratio(runs: dict[str, list[dict[str, Any]]], key: str, base: str = "envoy") -> float:
-    return statistics.median(a[key] / e[key] for a, e in zip(runs["agent"], runs[base], strict=True))
+def cpu_ratio(run: CellRun, n: int, base: str = "envoy") -> float:
+    """Median over rounds of agent/`base` CPU per answered request."""
+    a, e = run.results["agent"], run.results[base]
+    return statistics.median(a.cpu_per_request_us(r) / e.cpu_per_request_us(r) for r in rounds(a, n))
 
 
-def report(results: dict[tuple[str, str], dict[str, list[dict[str, Any]]]], args: argparse.Namespace) -> None:
+def p99_rounds(run: CellRun, n: int, base: str = "envoy") -> list[float]:
+    """Per round, agent p99 / `base` p99 (the spread of the pooled ratio)."""
+    a, e = run.results["agent"], run.results[base]
+    return [openloop.percentile(a.latencies(r), 99) / openloop.percentile(e.latencies(r), 99) for r in rounds(a, n)]
+
+
+def pct(res: openloop.Result, p: float) -> float:
+    return openloop.percentile(res.latencies(), p)
+
+
+def report(results: dict[tuple[str, str], CellRun], args: argparse.Namespace) -> None:
     print(
-        f"matrix: agent vs Envoy 1.40 + V8, open loop at {args.rate:g} req/s ({args.body_rate:g} for 1 MiB bodies), "
-        f"{args.rounds} interleaved rounds x {args.seconds:g}s, medians; proxies pinned: {CAN_PIN}"
+        f"matrix: agent vs Envoy 1.40 + V8, open loop (bench/openloop.c) at {args.rate:g} req/s for {args.seconds:g}s "
+        f"per system ({args.body_rate:g} req/s for {args.body_seconds:g}s with 1 MiB bodies), one client serving "
+        f"the systems in alternating {args.block_seconds:g}s blocks; CPU ratio: median over {args.rounds} rounds; "
+        f"latency: all of a system's requests; proxies pinned: {CAN_PIN}"
     )
     head = f"{'cell':<26}{'CPU/req agent':>14}{'envoy':>9}{'ratio':>7}{'RSS agent':>10}{'envoy':>7}{'ratio':>7}"
-    print(head + f"{'p50 agent':>10}{'envoy':>7}{'p99 agent':>10}{'envoy':>7}{'p99 ratio':>10}")
+    print(
+        head + f"{'p50 agent':>10}{'envoy':>7}{'p99 agent':>10}{'envoy':>7}{'p99 ratio':>10}{'(rounds)':>13}"
+        f"{'nginx p50':>10}{'p99':>7}"
+    )
     worst = 0.0
     p99_ok = 0
-    for (sdk, shape), runs in results.items():
-        a, e = runs["agent"], runs["envoy"]
-        cpu_r, rss_r, p99_r = ratio(runs, "cpu_us"), ratio(runs, "rss_mib"), ratio(runs, "p99_ms")
+    for (sdk, shape), run in results.items():
+        a, e, floor = run.results["agent"], run.results["envoy"], run.results["nginx"]
+        cpu_r = cpu_ratio(run, args.rounds)
+        rss_r = run.rss_mib["agent"] / run.rss_mib["envoy"]
+        p99_a, p99_e = pct(a, 99), pct(e, 99)
+        spread = p99_rounds(run, args.rounds)
         worst = max(worst, cpu_r)
-        p99_ok += p99_r <= 1.0
+        p99_ok += p99_a <= p99_e
         print(
-            f"{sdk + '/' + shape:<26}{med(a, 'cpu_us'):>12.1f}us{med(e, 'cpu_us'):>7.1f}us{cpu_r:>6.2f}x"
-            f"{med(a, 'rss_mib'):>8.0f}Mi{med(e, 'rss_mib'):>5.0f}Mi{rss_r:>6.2f}x"
-            f"{med(a, 'p50_ms'):>8.2f}ms{med(e, 'p50_ms'):>5.2f}ms{med(a, 'p99_ms'):>8.2f}ms{med(e, 'p99_ms'):>5.2f}ms"
-            f"{p99_r:>9.2f}x  {CELLS[(sdk, shape)].module}"
+            f"{sdk + '/' + shape:<26}{a.cpu_per_request_us():>12.1f}us{e.cpu_per_request_us():>7.1f}us{cpu_r:>6.2f}x"
+            f"{run.rss_mib['agent']:>8.0f}Mi{run.rss_mib['envoy']:>5.0f}Mi{rss_r:>6.2f}x"
+            f"{pct(a, 50):>8.2f}ms{pct(e, 50):>5.2f}ms{p99_a:>8.2f}ms{p99_e:>5.2f}ms{p99_a / p99_e:>9.2f}x"
+            f"  {min(spread):>4.2f}-{max(spread):<4.2f}x{pct(floor, 50):>8.2f}ms{pct(floor, 99):>5.2f}ms"
+            f"  {CELLS[(sdk, shape)].module}"
         )
     for sdk in SDKS:
         for shape in SHAPES:
             if (sdk, shape) not in CELLS:
                 print(f"{sdk + '/' + shape:<26}no module of this shape in the corpus for this SDK")
-    for (sdk, shape), runs in results.items():
-        for name, rs in runs.items():
-            failed = sum(r["bad"] for r in rs)
-            if failed:
-                kinds: dict[str, int] = {}
-                for r in rs:
-                    for kind, n in r["errors"].items():
-                        kinds[kind] = kinds.get(kind, 0) + n
-                print(f"{sdk}/{shape} {name}: {failed} of {sum(r['due'] for r in rs)} requests failed {kinds}")
+    for (sdk, shape), run in results.items():
+        for name, res in run.results.items():
+            if res.bad:
+                print(f"{sdk}/{shape} {name}: {res.bad} of {res.due} requests failed {res.errors}")
     print(f"worst CPU ratio {worst:.2f}x (target <= 1.0x); p99 <= Envoy's in {p99_ok} of {len(results)} cells")
     if args.baseline is not None:
         print(f"agent / before ({args.baseline}), same rounds: CPU/req, p99")
-        for (sdk, shape), runs in results.items():
-            before = runs["before"]
-            cpu, p99 = ratio(runs, "cpu_us", "before"), ratio(runs, "p99_ms", "before")
+        for (sdk, shape), run in results.items():
+            before = run.results["before"]
+            cpu, p99 = cpu_ratio(run, args.rounds, "before"), pct(run.results["agent"], 99) / pct(before, 99)
             print(
                 f"  {sdk + '/' + shape:<24}{cpu:>6.2f}x{p99:>7.2f}x"
-                f"  (before: {med(before, 'cpu_us'):.1f}us, p99 {med(before, 'p99_ms'):.2f}ms)"
+                f"  (before: {before.cpu_per_request_us():.1f}us, p99 {pct(before, 99):.2f}ms)"
             )
     print(f"load average after the run: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=5, help="groups of blocks the CPU ratio is the median over")
+    ap.add_argument("--seconds", type=float, default=20.0, help="per system and cell")
     ap.add_argument("--rate", type=float, default=500.0)
     ap.add_argument("--body-rate", type=float, default=20.0)
+    ap.add_argument("--body-seconds", type=float, default=50.0, help="per system, body cells")
+    ap.add_argument("--block-seconds", type=float, default=0.5, help="the client's turn at one system")
     ap.add_argument("--cells", default="", help="comma-separated sdk/shape cells (default: all)")
     ap.add_argument(
         "--baseline", type=Path, help="another checkout (built with `make native`): its agent runs in the same rounds"
@@ -270,7 +294,7 @@ def main() -> int:
     unknown = [c for c in chosen if c not in CELLS]
     if unknown:
         ap.error(f"unknown cells {unknown}; known: {[f'{s}/{h}' for s, h in CELLS]}")
-    results: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
+    results: dict[tuple[str, str], CellRun] = {}
     aborted: dict[tuple[str, str], str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
         work = Path(tmp)
