@@ -4,8 +4,12 @@ manifests, offline, for GitOps review (nothing is sent anywhere).
 For each manifest in FILE (YAML, several documents allowed; ``-`` reads stdin) the spec is parsed and the module
 checked exactly as the operator does (`meshplug.spec`, `meshplug.validate`), then rendered by `meshplug.render`:
 
-* ``dataPlane: istio``: the EnvoyFilter and the ConfigMap carrying the module (or, for modules too large for a
-  ConfigMap, the EnvoyFilter's remote code on the operator's module server);
+* ``dataPlane: istio``: on the native route (the operator's default wherever the cluster serves
+  extensions.istio.io, i.e. Istio >= 1.12) Istio's own resource of the plugin's kind, its url the module
+  server's; on the ConfigMap route (``istioDelivery: configmap``, or ``--istio-delivery configmap`` for manifests
+  that set none) the EnvoyFilter and the ConfigMap carrying the module (or, for modules too large for a
+  ConfigMap, the EnvoyFilter's remote code on the operator's module server); a plugin the route cannot carry
+  (matchRules on the native route) is refused with the operator's reason;
 * ``dataPlane: agent``: the push the plugin's selected agents would receive (this plugin's ExtensionConfig;
   the real push to a pod carries every plugin selecting it, in chain order).
 
@@ -30,7 +34,7 @@ import yaml
 
 from meshplug import errors, protocol, spec, validate
 from meshplug.render import agent as agent_render
-from meshplug.render import istio, model
+from meshplug.render import istio, istio_native, model
 
 HELP = "print what the operator would create for WasmPlugin manifests (EnvoyFilter, ConfigMap, agent push), offline"
 
@@ -43,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--module-host", default="meshplug-modules.meshplug-system.svc.cluster.local", help="the module server"
     )
     parser.add_argument("--module-port", type=int, default=8080, help="the module server's Service port")
+    parser.add_argument(
+        "--istio-delivery",
+        choices=[d.value for d in spec.IstioDelivery],
+        default=spec.IstioDelivery.NATIVE.value,
+        help="the istio plane's route for manifests that set no istioDelivery (default native: what the operator's "
+        "--istio-delivery auto picks where the cluster serves extensions.istio.io)",
+    )
     parser.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     parser.add_argument(
         "--elide-data", action="store_true", help="show a ConfigMap's module as '<N bytes, sha256 ...>' (for review)"
@@ -89,13 +100,25 @@ def _module(plugin: spec.PluginSpec, given: Path | None) -> model.Module:
     return module
 
 
-def render_one(body: dict[str, Any], module_path: Path | None, server: model.ModuleServer) -> list[dict[str, Any]]:
+def render_one(
+    body: dict[str, Any],
+    module_path: Path | None,
+    server: model.ModuleServer,
+    route: spec.IstioDelivery = spec.IstioDelivery.NATIVE,
+) -> list[dict[str, Any]]:
+    """What the operator makes of one manifest; ``route``: the istio plane's when the manifest names none."""
     plugin = spec.parse(body)
     module = _module(plugin, module_path)
     if plugin.data_plane is spec.DataPlane.AGENT:
         resource = agent_render.extension_config(plugin, module, server)
         push = protocol.Push(agent_render.version_of((resource,)), "render", (resource,))
         return [{"kind": "AgentPush", "plugin": f"{plugin.namespace}/{plugin.name}", "push": push.to_json()}]
+    if (plugin.istio_delivery or route) is spec.IstioDelivery.NATIVE:
+        kind = istio_native.kinds_for(plugin.kind)[0]  # its own kind: what a cluster serving both gets
+        why = istio_native.unsupported(plugin, kind)
+        if why:
+            raise errors.SpecError(f"{plugin.namespace}/{plugin.name}: NotCarriedByIstio: {why}")
+        return [istio_native.render(plugin, module, server, kind)]
     objects = istio.render(plugin, module, server)
     return [dict(o) for o in (objects.config_map, objects.envoy_filter) if o is not None]
 
@@ -108,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
         meta.setdefault("namespace", args.namespace)
         meta.setdefault("generation", 1)
         try:
-            rendered += render_one({**body, "metadata": meta}, args.module, server)
+            rendered += render_one(
+                {**body, "metadata": meta}, args.module, server, spec.IstioDelivery(args.istio_delivery)
+            )
         except errors.ValidationError as exc:
             print(
                 f"meshplug render: {meta.get('name')}: module rejected: {'; '.join(exc.reasons) or exc}",

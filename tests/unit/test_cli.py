@@ -122,10 +122,29 @@ def test_render_shows_what_the_operator_would_create_offline(
         "---\napiVersion: meshplug.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: edge}\n"
         "spec: {url: oci://registry.example/edge:v1, dataPlane: agent}\n"
     )
-    assert cli.main(["render", str(manifests), "--module", str(module), "--elide-data"]) == 0
+    # the native route by default, as the operator's `--istio-delivery auto` on a cluster serving Istio's kinds
+    assert cli.main(["render", str(manifests), "--module", str(module)]) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
-    kinds = [(d["kind"], (d.get("metadata") or {}).get("name") or d.get("plugin")) for d in docs]
-    assert kinds == [("ConfigMap", "meshplug-wasm-hdr"), ("EnvoyFilter", "meshplug-hdr"), ("AgentPush", "default/edge")]
+    kinds = [(d.get("apiVersion"), d["kind"], (d.get("metadata") or {}).get("name") or d.get("plugin")) for d in docs]
+    assert kinds == [("extensions.istio.io/v1alpha1", "WasmPlugin", "hdr"), (None, "AgentPush", "default/edge")]
+    assert docs[0]["spec"]["sha256"] == digest and docs[0]["spec"]["selector"] == {"matchLabels": {"app": "cart"}}
+    routed = tmp_path / "routed.yaml"  # the manifest's istioDelivery wins over the flag, and matchRules need it
+    routed.write_text(manifests.read_text().split("---\n")[0].replace("spec: {", "spec: {istioDelivery: configmap, "))
+    assert cli.main(["render", str(routed), "--module", str(module)]) == 0
+    assert [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out)] == ["ConfigMap", "EnvoyFilter"]
+    ruled = tmp_path / "ruled.yaml"
+    ruled.write_text(manifests.read_text().split("---\n")[0].replace("spec: {", "spec: {matchRules: [{hosts: [a]}], "))
+    assert cli.main(["render", str(ruled), "--module", str(module)]) == 2
+    assert "shop/hdr: NotCarriedByIstio: spec.matchRules cannot be carried" in capsys.readouterr().err
+    args = ["render", str(manifests), "--module", str(module), "--elide-data", "--istio-delivery", "configmap"]
+    assert cli.main(args) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    kinds = [(None, d["kind"], (d.get("metadata") or {}).get("name") or d.get("plugin")) for d in docs]
+    assert kinds == [
+        (None, "ConfigMap", "meshplug-wasm-hdr"),
+        (None, "EnvoyFilter", "meshplug-hdr"),
+        (None, "AgentPush", "default/edge"),
+    ]
     assert docs[0]["binaryData"] == {f"{digest}.wasm": f"<{module.stat().st_size} bytes, sha256 {digest}>"}
     assert docs[2]["push"]["resources"][0]["sha256"] == digest
     # a module the manifest's sha256 does not describe, a rejected module, an oci url without --module
