@@ -162,6 +162,42 @@ def test_nacking_agent_is_reported_other_plugins_unaffected_and_heals(bed: Bed) 
     assert sorted(running(a)) == sorted([(f"{bed.ns}.good", sha(GOOD)), (f"{bed.ns}.bad", sha(GOOD_V2))])
 
 
+def test_a_refusal_is_an_event_on_the_refused_plugin_only(bed: Bed) -> None:
+    """The pod's set holds both plugins, so a push for the working one carries the refused one's change again and
+    is NACKed for it: the refusal is reported on the refused plugin (Warning AgentNACK), never on the plugin that
+    runs as asked. Made certain by an operator restart with one worker: ``a-good`` (listed first) pushes the pod's
+    set before ``b-bad``'s reconcile looks (the new process remembers no push)."""
+    a = bed.pod("a", {"app": "cart"})
+    assert a is not None
+    sel = {"matchLabels": {"app": "cart"}}
+    bed.plugin("a-good", {"url": bed.module("good.wasm", GOOD), "selector": sel, "dataPlane": "agent"})
+    bed.wait_ready("a-good", "True", "Confirmed", "1/1")
+    bed.plugin("b-bad", {"url": bed.module("bad.wasm", FAILS_TO_START), "selector": sel, "dataPlane": "agent"})
+    bed.wait_ready("b-bad", "False", "AgentNACK", "0/1")
+
+    def nack_count(name: str) -> int:
+        return sum(n for t, r, _, n in bed.events(name) if (t, r) == ("Warning", "AgentNACK"))
+
+    procs.wait_until(lambda: nack_count("b-bad") >= 1, timeout=30, what="b-bad's AgentNACK Event")
+    told = nack_count("b-bad")
+    bed.op.stop()
+    bed.op = operator_mod.start_operator(
+        bed.kube.kubeconfig,
+        bed.work,
+        namespaces=[bed.ns],
+        extra=[f"--file-root={bed.modules}", "--workers=1"],
+        module_ports=(bed.op.module_port, bed.op.module_tls_port),
+    )
+    # the new process pushes the pod's set once (it remembers no push) and reports the refusal on b-bad again
+    procs.wait_until(lambda: nack_count("b-bad") > told, timeout=60, what="b-bad's AgentNACK Event counted again")
+    assert bed.op.metrics()['meshplug_operator_pushes_total{result="nack"}'] >= 1
+    assert bed.wait_ready("a-good", "True", "Confirmed", "1/1")["failingPods"] == []
+    assert bed.wait_ready("b-bad", "False", "AgentNACK", "0/1")["failingPods"][0]["name"] == "a"
+    assert [e for e in bed.events("a-good") if e[0] == "Warning"] == []
+    assert [(t, r) for t, r, _, _ in bed.events("b-bad")] == [("Warning", "AgentNACK")]
+    assert running(a) == [(f"{bed.ns}.a-good", sha(GOOD))]
+
+
 def test_unreachable_agent_heals_by_retry(bed: Bed) -> None:
     ip = bed.next_ip()
     bed.pod("late", {"app": "late"}, agent=False, ip=ip)

@@ -133,8 +133,9 @@ class AgentDelivery:
         self._pushed: dict[Key, frozenset[str]] = {}  # plugin -> pods it was pushed to
         self._pod_locks: dict[Key, threading.Lock] = {}
         self._grants: dict[Key, frozenset[str]] = {}  # (namespace, pod) -> modules (sha256) of the sets pushed to it
-        #: (plugin, pod) -> the NACK last reported in an Event for that plugin (once per refusal, whoever pushed)
-        self._told: dict[tuple[Key, str], agents.Outcome] = {}
+        #: (plugin, pod) -> the refusal last reported in an Event for that plugin (once per refusal, whoever
+        #: pushed): the module it was to run there, the NACK's reason and message
+        self._told: dict[tuple[Key, str], tuple[str, str, str]] = {}
         self._pool = workqueue.Pool(limits.AGENT_PUSH_CONCURRENCY, "meshplug-push")
         self._windows = canary.Windows()  # canary rollouts: each step's baseline of per-plugin stats
         #: canary rollouts: the state last decided here (the status has it too, maybe not yet in a cached read)
@@ -410,7 +411,7 @@ class AgentDelivery:
         with self._lock:
             self.push_ms[key] = round((time.monotonic() - started) * 1000, 1)
         ready, failing, retry, nacks = 0, [], "", []
-        for pod, (state, pushed_now) in zip(pods, results, strict=False):
+        for pod, state in zip(pods, results, strict=False):
             name = pod["metadata"]["name"]
             if isinstance(state, str):  # no push possible: why
                 reason, message = state.split(":", 1)
@@ -424,9 +425,9 @@ class AgentDelivery:
                 # a NACK naming this plugin refused its change (a config, a signature): what runs is the old one
                 and not (out.result is agents.Result.NACK and out.resource == plugin.envoy_name)
             ):
-                ready += 1  # confirmed; after a NACK the agent still runs it (the set was refused for another plugin)
-                if out.result is agents.Result.NACK and pushed_now:
-                    nacks.append((name, out))
+                # confirmed; after a NACK the agent still runs it: the set was refused for another plugin, whose
+                # own reconcile (kicked by the changed outcome) reports it on that plugin; nothing to tell here
+                ready += 1
                 with self._lock:
                     self._told.pop((key, name), None)
                 continue
@@ -434,10 +435,12 @@ class AgentDelivery:
                 failing.append({"name": name, "reason": "NotRunning", "message": "the agent reports it not running"})
             elif out.result is agents.Result.NACK:
                 failing.append({"name": name, "reason": "AgentNACK", "message": f"{out.reason}: {out.message}"})
-                # the push may have been another plugin's (the pod's set holds both): reported once either way
+                # the push may have been another plugin's (the pod's set holds both): reported once per refusal
+                # either way (a set pushed again for another change and refused for the same cause is no new one)
+                refusal = (self._expected(key, name, module), out.reason, out.message)
                 with self._lock:
-                    told, self._told[(key, name)] = self._told.get((key, name)), out
-                if told != out:
+                    told, self._told[(key, name)] = self._told.get((key, name)), refusal
+                if told != refusal:
                     nacks.append((name, out))
                 if out.reason in HEALING_NACKS:  # pushed again on the backoff: the pod's Secret mount may catch up
                     retry = retry or f"pod {name}: {out.reason}: {out.message}"
@@ -447,17 +450,17 @@ class AgentDelivery:
                 retry = retry or out.message
         return PodReport(ready, len(pods), tuple(failing), retry), nacks
 
-    def _sync_pod(self, pod: Mapping[str, Any], creds: identity.PushCredentials) -> tuple[PodState | str, bool]:
+    def _sync_pod(self, pod: Mapping[str, Any], creds: identity.PushCredentials) -> PodState | str:
         """Push the pod's desired set unless its agent already confirmed (or refused) exactly that set at this
-        address; (its state, whether a push happened) or "Reason: why no push was possible"."""
+        address; its state, or "Reason: why no push was possible"."""
         meta = pod["metadata"]
         pod_key: Key = (meta["namespace"], meta["name"])
         try:
             target = agents.target_of(dict(pod))
         except errors.ConfigError as exc:
-            return f"{exc.reason}: {exc.message}", False
+            return f"{exc.reason}: {exc.message}"
         if target is None:
-            return "PodHasNoIP: the pod has no IP yet (not running)", False
+            return "PodHasNoIP: the pod has no IP yet (not running)"
         version, resources, blobs = self._desired(meta["namespace"], meta.get("labels") or {}, meta["name"])
         restarts = restarts_of(pod)
         with self._lock:
@@ -473,7 +476,7 @@ class AgentDelivery:
                 and state.outcome.result in (agents.Result.ACK, agents.Result.NACK)
                 and not (state.outcome.result is agents.Result.NACK and state.outcome.reason in HEALING_NACKS)
             ):
-                return state, False
+                return state
             with self._lock:  # the module server lets this pod fetch these modules (before the push asks it to)
                 self._grants[pod_key] = blobs | self._grants.get(pod_key, frozenset())
             started = time.monotonic()
@@ -487,7 +490,7 @@ class AgentDelivery:
                 self._pods[pod_key] = new
         if state is None or state.outcome != outcome:
             self._kick_others(pod_key, meta.get("labels") or {})
-        return new, True
+        return new
 
     def _kick_others(self, pod_key: Key, labels: Mapping[str, str]) -> None:
         """The pod's agent state changed: the other plugins selecting it re-read it for their status."""
@@ -544,7 +547,7 @@ class AgentDelivery:
             or (selector is not None and delivery.selects(selector, p["metadata"].get("labels")))
         ]
         creds = self.identity.push_credentials(namespace)
-        for pod, (state, _) in zip(pods, self._pool.map(lambda p: self._sync_pod(p, creds), pods), strict=False):
+        for pod, state in zip(pods, self._pool.map(lambda p: self._sync_pod(p, creds), pods), strict=False):
             if isinstance(state, str) or state.outcome.result is not agents.Result.ACK:
                 why = state if isinstance(state, str) else f"{state.outcome.reason}: {state.outcome.message}"
                 log.warning("removing %s/%s from pod %s's agent: %s", namespace, name, pod["metadata"]["name"], why)
