@@ -276,14 +276,31 @@ class Reconciler:
         if loaded is not None:
             new["loadedPods"] = list(loaded)
         new.update(fields or {})
-        for warning, reason, message in ([event] if event is not None else []) + list(events):
-            self.writer.event(body, warning=warning, reason=reason, message=message)
         current = body.get("status") or {}
         if any(status.pruned(current.get(k)) != status.pruned(v) for k, v in new.items()):  # unchanged: not again
             kind = str(body.get("kind") or spec.KIND)
             written = self.writer.patch_status(meta["namespace"], meta["name"], new, kind=kind)
             if self.plugins is not None and written.get("metadata"):  # the next reconcile starts from this version
                 self.plugins.put((meta["namespace"], spec.key_name(kind, meta["name"])), written)
+        self._record(body, ([event] if event is not None else []) + list(events))
+
+    def _record(self, body: Mapping[str, Any], events: Sequence[tuple[bool, str, str]]) -> None:
+        """Write the Events (after the status, the user-visible truth). Best effort, as client-go's recorder: an
+        Event the API refuses (RBAC, an admission policy, a quota) is logged and dropped, never retried, and
+        neither undoes nor holds back the status."""
+        meta = body["metadata"]
+        for warning, reason, message in events:
+            try:
+                self.writer.event(body, warning=warning, reason=reason, message=message)
+            except errors.ApplyError as exc:
+                log.warning(
+                    "Event %s on %s/%s not recorded (dropped): %s: %s",
+                    reason,
+                    meta["namespace"],
+                    meta["name"],
+                    exc.reason,
+                    exc.message,
+                )
 
     # --- reconcile -------------------------------------------------------------------------------------------
 
@@ -291,7 +308,7 @@ class Reconciler:
         key: Key = (body["metadata"]["namespace"], spec.key_name(str(body.get("kind")), body["metadata"]["name"]))
         try:
             self._reconcile(body, retry)
-        except errors.ApplyError as exc:  # the status or Event write itself was refused
+        except errors.ApplyError as exc:  # the status write itself was refused
             self._note_forbidden(key, exc)
             raise status.Retry(exc.message, status.backoff(retry)) from None
 
@@ -331,13 +348,10 @@ class Reconciler:
             raise status.Retry(exc.message, status.backoff(retry)) from None
         clock.done("fetch")
         fetched = status.Condition(status.FETCHED, "True", "Fetched", f"{artifact.digest} from {artifact.source_url}")
+        moved: tuple[tuple[bool, str, str], ...] = ()  # recorded with the status (after it)
         if artifact.previous_manifest_digest is not None:
-            self.writer.event(
-                body,
-                warning=False,
-                reason="TagMoved",
-                message=f"{plugin.url} moved from {artifact.previous_manifest_digest} to {artifact.manifest_digest}",
-            )
+            why = f"{plugin.url} moved from {artifact.previous_manifest_digest} to {artifact.manifest_digest}"
+            moved = ((False, "TagMoved", why),)
 
         try:
             module = self._validate(plugin, artifact)
@@ -349,7 +363,7 @@ class Reconciler:
                 status.Condition(status.VALIDATED, "False", why, reasons),
                 status.Condition(status.READY, "False", why, f"module rejected: {reasons}"),
             ]
-            self._finish(body, conds, digest=artifact.digest, event=(True, why, reasons))
+            self._finish(body, conds, digest=artifact.digest, event=(True, why, reasons), events=moved)
             raise status.Retry(reasons, max(15.0, status.backoff(retry))) from None  # a mutable tag may be re-pushed
         validated = status.Condition(status.VALIDATED, "True", "Valid", "proxy-wasm ABI check passed")
         clock.done("validate")
@@ -359,7 +373,9 @@ class Reconciler:
                 seen = dataclasses.replace(artifact, data=b"", from_cache=True, previous_manifest_digest=None)
                 self._pinned[key] = (plugin.generation, plugin.url, seen)
         checked = (fetched, validated)
-        self._deliver(body, plugin, module, key=key, retry=retry, checked=checked, digest=artifact.digest, clock=clock)
+        self._deliver(
+            body, plugin, module, key=key, retry=retry, checked=checked, digest=artifact.digest, clock=clock, told=moved
+        )
 
     def _reconcile_lua(self, body: Mapping[str, Any], plugin: spec.PluginSpec, key: Key, retry: int) -> None:
         """A TrafficExtension's Lua: nothing to fetch (the script is the resource), compiled as Envoy would load it."""
@@ -391,7 +407,9 @@ class Reconciler:
         checked: tuple[status.Condition, status.Condition],
         digest: str | None,
         clock: _Stages | None = None,
+        told: Sequence[tuple[bool, str, str]] = (),
     ) -> None:
+        """``told``: Events of the stages before (recorded with the status)."""
         fetched, validated = checked
         clock = clock or _Stages(key, plugin.generation)
         try:
@@ -410,7 +428,7 @@ class Reconciler:
             self.writer.forget_discovery()  # a kind may have gone (or come): the retry asks what the cluster serves
             why = status.reason(exc.reason)
             conds = [fetched, validated, status.Condition(status.READY, "False", why, exc.message)]
-            self._finish(body, conds, digest=digest, event=(True, why, exc.message))
+            self._finish(body, conds, digest=digest, event=(True, why, exc.message), events=told)
             raise status.Retry(exc.message, status.backoff(retry)) from None
         clock.done("deliver")
         self._finish(
@@ -421,7 +439,7 @@ class Reconciler:
             failing=report.failing,
             event=report.event,
             loaded=report.loaded,
-            events=report.events,
+            events=[*told, *report.events],
             fields=report.fields,
         )
         clock.done("status")

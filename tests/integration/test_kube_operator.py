@@ -255,3 +255,81 @@ def test_no_workload_is_written(kube: kube_mod.Kube, operator: tuple[str, Path])
     )
     after = {kind: kube.request("GET", path)[1]["metadata"]["resourceVersion"] for kind, path in paths.items()}
     assert after == before
+
+
+def test_a_refused_event_neither_holds_back_nor_fails_the_status(
+    kube: kube_mod.Kube, wasmplugin_crd: str, envoyfilter_crd: str, kube_namespace: str, tmp_path: Path
+) -> None:
+    """Events are written after the status and are best effort (as client-go's recorder): with every Event write
+    in the namespace refused (a ValidatingAdmissionPolicy standing in for a quota or a missing permission), a
+    failing plugin still gets its status, the refusal is logged, and it heals as it would."""
+    ns = kube_namespace
+    policy = f"meshplug-test-no-events-{ns}"[:253]
+    admission = "/apis/admissionregistration.k8s.io/v1"
+    refused = "Events are refused in this namespace (the test's stand-in for a quota or a missing permission)"
+    body = {
+        "metadata": {"name": policy},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["events"],
+                    }
+                ]
+            },
+            "validations": [{"expression": "false", "message": refused, "reason": "Forbidden"}],
+        },
+    }
+    binding = {
+        "metadata": {"name": policy},
+        "spec": {
+            "policyName": policy,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
+        },
+    }
+    assert kube.request("POST", f"{admission}/validatingadmissionpolicies", body)[0] == 201
+    assert kube.request("POST", f"{admission}/validatingadmissionpolicybindings", binding)[0] == 201
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    op = operator_mod.start_operator(
+        kube.kubeconfig, tmp_path, namespaces=[ns], extra=[f"--file-root={modules}", "--istio-delivery=configmap"]
+    )
+    try:
+        probe = {
+            "metadata": {"generateName": "probe-"},
+            "involvedObject": {"kind": "Pod", "name": "x", "namespace": ns},
+            "reason": "Probe",
+            "message": "probe",
+            "type": "Normal",
+            "source": {"component": "test"},
+        }
+        procs.wait_until(
+            lambda: (
+                (answer := kube.request("POST", f"/api/v1/namespaces/{ns}/events", probe))[0] == 403
+                and refused in str(answer[1])
+            ),
+            timeout=30,
+            what="the policy refusing Events",
+        )
+        _plugin(kube, ns, "p", {"url": f"file://{modules / 'm.wasm'}"})  # no such file yet
+        obj = _wait_condition(kube, ns, "p", "Fetched", status="False", reason="NotFound")
+        assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+        procs.wait_until(
+            lambda: "Event NotFound on " in op.proc.log() and refused in op.proc.log(),
+            timeout=30,
+            what="the refused Event logged",
+        )
+        assert _events(kube, ns, "p") == []
+        (modules / "m.wasm").write_bytes(MODULE)  # the retry (its backoff) heals it as without the policy
+        _wait_condition(kube, ns, "p", "Ready", status="False", reason="NoProxies")
+        assert op.healthy()
+    finally:
+        op.stop()
+        kube.request("DELETE", f"{admission}/validatingadmissionpolicybindings/{policy}")
+        kube.request("DELETE", f"{admission}/validatingadmissionpolicies/{policy}")
+        print(op.proc.log()[-6000:])
