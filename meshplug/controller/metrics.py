@@ -25,13 +25,12 @@ exposition (`meshplug.prometheus`), no client library::
 
 from __future__ import annotations
 
-import http.server
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from meshplug import prometheus
-from meshplug.serving import ServerThread
+from meshplug.serving import BoundedHandler, BoundedServer, ServerThread
 
 Key = tuple[str, str]
 
@@ -162,7 +161,7 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(BoundedHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
@@ -188,9 +187,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(404, "not found")
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(BoundedServer):
     def __init__(self, address: tuple[str, int], metrics: Metrics, render: Callable[[], str]) -> None:
         super().__init__(address, _Handler)
         self.metrics = metrics

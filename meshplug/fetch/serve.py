@@ -18,9 +18,10 @@ Authentication, one of:
   answers 401 or 403 by raising ProtocolError with reason ``unauthorized`` or ``forbidden``, and may put the
   module into the cache before it returns (another replica fetched and pushed it).
 Bytes are re-verified against the digest on every read. `/healthz` answers 200 without auth. A stdlib
-ThreadingHTTPServer on its own thread. ``on_request`` (when given) hears of every module GET as (client address,
-sha256, HTTP status; a 200 only once the whole body is written): the operator learns from it which pod's istio-agent
-or Envoy downloaded which module, and which download failed (`meshplug.controller.delivery.proxies.FetchLog`).
+ThreadingHTTPServer on its own thread, bounded as `meshplug.serving` says (connections at once, request heads).
+``on_request`` (when given) hears of every module GET as (client address, sha256, HTTP status; a 200 only once
+the whole body is written): the operator learns from it which pod's istio-agent or Envoy downloaded which module,
+and which download failed (`meshplug.controller.delivery.proxies.FetchLog`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import http.server
 import re
 import ssl
 import urllib.parse
@@ -36,9 +36,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from meshplug import errors
+from meshplug import errors, limits
 from meshplug.fetch.cache import Cache
-from meshplug.serving import ServerThread
+from meshplug.serving import BoundedHandler, BoundedServer, ServerThread
 
 _ROUTE = re.compile(r"^/modules/sha256/([0-9a-f]{64})$")
 _COMPILED_ROUTE = re.compile(r"^/compiled/(([0-9a-f]{64})\.[A-Za-z0-9.+-]{1,64}\.[0-9a-f]{16}\.cwasm)$")
@@ -63,7 +63,7 @@ class Access(Protocol):
         """Return when allowed; raise errors.ProtocolError (reason ``unauthorized`` or ``forbidden``)."""
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(BoundedHandler):
     server: _Server
     timeout = HANDSHAKE_TIMEOUT_S * 3  # each read and write on the connection
     protocol_version = "HTTP/1.1"
@@ -72,6 +72,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # the operator logs through its own channels; stderr noise helps no one
+
+    def version_string(self) -> str:
+        return self.server_version  # the stdlib appends sys_version after a space, even an empty one
 
     def _plain(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
         body = (text + "\n").encode()
@@ -186,8 +189,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(BoundedServer):
+    max_connections = limits.MODULE_SERVER_MAX_CONNECTIONS
 
     def __init__(
         self,
