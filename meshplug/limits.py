@@ -254,6 +254,10 @@ PROXY_PUSH_GRACE_S = 10.0
 #: on the istio plane (`nacks.NackWatch`: one poller per istiod, for every plugin): a NACK shows there only until the
 #: proxy's next ACK of that xDS type
 NACK_WATCH_INTERVAL_S = 0.2
+#: ... but the watch reads istiod at most this share of the time: after a reading that took t s it waits
+#: max(NACK_WATCH_INTERVAL_S, t * (1 - duty) / duty), so a large mesh's syncz (its size and parse time grow with the
+#: proxies) costs istiod and the operator a bounded share however many proxies there are (bench/istio_status_scale.py)
+NACK_WATCH_MAX_DUTY = 0.25
 #: a reading of istiod's syncz (or of its view of one proxy) serves every reconcile asking within this long after it
 #: started, when it started after meshplug's change (`meshplug.controller.delivery.shared_reads`); and the most
 #: readings kept (one per proxy and view, the oldest go first)

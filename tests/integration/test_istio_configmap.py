@@ -271,3 +271,91 @@ def test_a_module_envoy_refuses_shows_the_proxys_reason_and_the_listener_keeps_s
         header(pod, "x-good", None)
     finally:
         stop(istio_mesh, pod)
+
+
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+
+
+def lds_state(mesh: istio.Mesh, proxy_id: str) -> dict[str, str]:
+    """istiod's record of the proxy's listeners: the nonce sent, the nonce ACKed, the last NACK's error."""
+    entry = next((e for e in mesh.istiod.syncz() if e.get("proxy") == proxy_id), {})
+    return dict((entry.get("resources") or {}).get(LDS) or {})
+
+
+def istiod_nacks(mesh: istio.Mesh, name: str) -> int:
+    """How often istiod logged a NACK naming ``name`` (its warning on every xDS rejection)."""
+    return sum(1 for line in mesh.istiod.proc.log().splitlines() if "ACK ERROR" in line and name in line)
+
+
+def with_custom_section(wasm: bytes, note: bytes) -> bytes:
+    """The same module with one more custom section: the same code under another sha256 (another file)."""
+    name = b"meshplug-test"
+    payload = bytes([len(name)]) + name + note
+    assert len(payload) < 128  # one LEB128 byte
+    return wasm + b"\x00" + bytes([len(payload)]) + payload
+
+
+def service_entry(ns: str, host: str) -> dict[str, Any]:
+    """A ServiceEntry the pods of ``ns`` see: istiod pushes them their listeners again (an outbound one more)."""
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": host.split(".", maxsplit=1)[0], "namespace": ns},
+        "spec": {
+            "hosts": [host],
+            "location": "MESH_EXTERNAL",
+            "resolution": "STATIC",
+            "ports": [{"name": "http", "number": 8089, "protocol": "HTTP"}],
+            "endpoints": [{"address": "10.9.9.9"}],
+        },
+    }
+
+
+def test_a_listener_refused_until_the_module_is_mounted_is_reported_and_heals(
+    mesh_operator: MeshOperator, istio_mesh: istio.Mesh, ns: str
+) -> None:
+    """A real kubelet updates a mounted ConfigMap about a minute after it changed: a module update's EnvoyFilter names
+    a file the pod does not have yet, and Envoy refuses the listener (istiod: a listener NACK naming the file) while
+    it keeps serving the last good one. The status says so for the pod with Envoy's message (pending: it heals), and
+    keeps saying so through istiod's later listener pushes (istiod sends every listener each time; Envoy tries the
+    refused one again and refuses it again). Once the file is there, the next listener push is taken (ACKed, no
+    error): the refusal heals, the plugin is Loaded and serves the new module."""
+    first = spec(mesh_operator, {"app": "lag"}, {"x-v": "1"})
+    mesh_operator.plugin(ns, "lag", first)
+    mesh_operator.wait(ns, "lag", status="False", reason="NoProxies")  # its ConfigMap is there
+    pod = istio_mesh.sidecar(ns, "lag-0", {"app": "lag"})
+    entries = [service_entry(ns, "lag-one.example"), service_entry(ns, "lag-two.example")]
+    try:
+        header(pod, "x-v", "1")
+        mesh_operator.wait(ns, "lag", reason="Loaded")
+        url, sha = mesh_operator.module_url(with_custom_section(HEADER_RULES, b"v2"), "header_rules_v2.wasm")
+        second = {**first, "url": url, "sha256": sha, "pluginConfig": {"response": {"add": {"x-v": "2"}}}}
+        with pod.volumes_held():
+            mesh_operator.plugin(ns, "lag", second)
+            missing = f"Invalid path: /var/local/meshplug/wasm/lag/{sha}.wasm"  # Envoy's words for the missing file
+            obj = istio.poll(
+                lambda: mesh_operator.get(ns, "lag"),
+                lambda o: missing in str((o or {}).get("status", {}).get("failingPods")),
+                "the refusal in the status",
+            )
+            failing = obj["status"]["failingPods"][0]
+            assert (failing["name"], failing["reason"]) == ("lag-0", "ModuleNotMounted"), failing
+            assert mesh_operator.condition(ns, "lag")["reason"] == "ProxiesPending"
+            assert missing in lds_state(istio_mesh, pod.proxy_id)["lastError"]  # istiod's own record
+            refused = istiod_nacks(istio_mesh, missing)
+            istio_mesh.apply(entries[0])  # a later listener push: the refused listener again, refused again
+            istio.poll(lambda: istiod_nacks(istio_mesh, missing), lambda n: n > refused, "Envoy's next NACK")
+            assert pod.request("/").headers.get("x-v") == "1"  # the last good listener serves
+            assert mesh_operator.get(ns, "lag")["status"]["failingPods"] == obj["status"]["failingPods"]
+        # the file is there now; nothing makes istiod push the proxy by itself: the next listener push does
+        istio_mesh.apply(entries[1])
+        header(pod, "x-v", "2")
+        state = lds_state(istio_mesh, pod.proxy_id)
+        assert state["acked"] == state["sent"] and not state.get("lastError"), state
+        obj = mesh_operator.wait(ns, "lag", reason="Loaded")
+        assert obj["status"]["failingPods"] == [] and obj["status"]["loadedPods"] == ["lag-0"], obj["status"]
+    finally:
+        for entry in entries:
+            istio_mesh.delete(entry)
+        mesh_operator.delete(ns, "lag")
+        stop(istio_mesh, pod)

@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,7 @@ class Pod:
     app: procs.Proc | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sync: threading.Thread | None = None
+    _volumes: threading.Lock = field(default_factory=threading.Lock)  # held: the kubelet has not synced volumes yet
 
     @property
     def ip(self) -> str:
@@ -187,8 +188,17 @@ class Pod:
 
     def _sync_loop(self) -> None:
         while not self._stop.wait(0.3):
-            with contextlib.suppress(Exception):  # the API may be going away at teardown
+            with self._volumes, contextlib.suppress(Exception):  # the API may be going away at teardown
                 self.sync_volumes()
+
+    @contextlib.contextmanager
+    def volumes_held(self) -> Iterator[None]:
+        """No ConfigMap volume update reaches the pod inside the block: a real kubelet updates a mounted ConfigMap
+        within its sync period plus its cache's TTL (about a minute by default), this stand-in every 0.3 s; at the
+        end of the block the volumes are brought up to date at once."""
+        with self._volumes:
+            yield
+        self.sync_volumes()
 
     def start_app(self) -> None:
         """The app: the test bed's echo service on the pod's 127.0.0.1:`APP_PORT`; ready when it answers."""

@@ -14,6 +14,7 @@ from meshplug.controller import delivery
 from meshplug.controller.delivery import istio_pods, nacks, proxies
 
 NAME = "shop.hdr"
+REFUSED = f"Unable to create Wasm plugin {NAME}"
 ECDS = proxies.ECDS_TYPE
 
 
@@ -143,6 +144,117 @@ def test_nack_memory_forgets_a_removed_plugin() -> None:
     )
 
 
+LDS = proxies.LDS_TYPE
+KEY = ("cart-0.shop", NAME, "WasmPlugin/EnvoyFilter:sha256:aa/1")
+
+
+def lds(sent: str, acked: str, error: str = "") -> proxies.ProxySync:
+    return proxies.ProxySync("cart-0.shop", "sidecar", {LDS: proxies.TypeSync(sent, acked, error)}, "http://istiod")
+
+
+@pytest.mark.parametrize(
+    ("type_url", "later", "healed"),
+    [
+        # istiod sends every listener on each listener push and Envoy tries the refused one again: an ACK at a later
+        # nonce than the NACK's, no error, is the listener taken (a module file mounted since)
+        (LDS, lds("l3", "l3"), True),
+        (LDS, lds("l3", "l1", f"Error adding/updating listener(s) x: {REFUSED}"), False),  # refused again
+        (LDS, lds("l3", "l1"), False),  # the push after the NACK not answered yet
+        (LDS, lds("l1", "l1"), False),  # nothing ACKed since the NACK was noted
+        (ECDS, lds("l3", "l3"), False),  # an extension config NACK: Envoy ACKs the refused config sent again
+    ],
+)
+def test_a_listener_nack_heals_once_a_later_listener_push_is_acked(
+    type_url: str, later: proxies.ProxySync, healed: bool
+) -> None:
+    memory = nacks.NackMemory()
+    memory.note(KEY, REFUSED, type_url=type_url, acked="l1")  # sent l2, NACKed: istiod's last ACKed is l1
+    assert memory.heal(KEY, later) is healed
+    assert (memory.get(KEY), memory.last("cart-0.shop", NAME)) == (("", "") if healed else (REFUSED, REFUSED))
+
+
+def test_the_last_refusal_of_a_plugin_at_a_proxy_is_kept_until_the_proxy_runs_it() -> None:
+    memory = nacks.NackMemory()
+    memory.note(("cart-0.shop", NAME, "sha256:aa/1"), "first")
+    memory.note(("cart-0.shop", NAME, "sha256:bb/2"), "second")
+    assert (memory.last("cart-0.shop", NAME), memory.last("cart-1.shop", NAME)) == ("second", "")
+    memory.loaded("cart-0.shop", NAME)
+    assert memory.last("cart-0.shop", NAME) == ""
+    assert memory.get(("cart-0.shop", NAME, "sha256:bb/2")) == "second"  # that version's refusal stays
+
+
+def test_forgetting_one_routes_versions_keeps_the_others() -> None:
+    memory = nacks.NackMemory()
+    memory.note(("p.ns", NAME, "sha256:aa/1"), "native")
+    memory.note(("p.ns", NAME, "WasmPlugin/EnvoyFilter:sha256:aa/1"), "configmap")
+    memory.forget(NAME, "WasmPlugin/EnvoyFilter:")
+    assert (
+        memory.get(("p.ns", NAME, "sha256:aa/1")),
+        memory.get(("p.ns", NAME, "WasmPlugin/EnvoyFilter:sha256:aa/1")),
+    ) == (
+        "native",
+        "",
+    )
+
+
+def test_both_routes_share_istiods_one_watch() -> None:
+    istiod, other = proxies.Istiod(["http://istiod:15014"]), proxies.Istiod(["http://istiod-2:15014"])
+    assert nacks.watch_of(istiod) is nacks.watch_of(istiod) is not nacks.watch_of(other)
+    assert nacks.watch_of(istiod).memory is nacks.watch_of(istiod).memory
+
+
+@pytest.mark.parametrize(
+    ("spent", "pause"),
+    [
+        (0.01, 0.2),  # a quick reading: the interval
+        (0.05, 0.2),  # a quarter of the time exactly
+        (0.2, 0.6),  # a slow one: reading at most a quarter of the time
+        (2.0, 6.0),
+    ],
+)
+def test_the_watch_reads_istiod_at_most_its_share_of_the_time(spent: float, pause: float) -> None:
+    assert nacks.pause(spent, 0.2, 0.25) == pytest.approx(pause)
+
+
+@pytest.mark.parametrize(
+    ("status", "refused"),
+    [
+        (
+            {
+                "digest": "sha256:aa",
+                "observedGeneration": 3,
+                "failingPods": [
+                    {"name": "cart-0", "reason": "ProxyNACK", "message": f"the proxy rejected the config: {REFUSED}"},
+                    {"name": "cart-1", "reason": "RejectionUnseen", "message": "istiod counted ..."},
+                    {"name": "cart-2", "reason": "AwaitingACK", "message": "not yet"},
+                ],
+            },
+            {"cart-0": ("ProxyNACK", REFUSED), "cart-1": ("RejectionUnseen", "istiod counted ...")},
+        ),
+        # another version's refusals are not this one's
+        (
+            {
+                "digest": "sha256:bb",
+                "observedGeneration": 3,
+                "failingPods": [{"name": "cart-0", "reason": "ProxyNACK"}],
+            },
+            {},
+        ),
+        (
+            {
+                "digest": "sha256:aa",
+                "observedGeneration": 2,
+                "failingPods": [{"name": "cart-0", "reason": "ProxyNACK"}],
+            },
+            {},
+        ),
+        ({}, {}),
+    ],
+)
+def test_refusals_the_status_reported_for_this_version(status: dict[str, Any], refused: dict[str, Any]) -> None:
+    assert istio_pods.refused_before({"status": status}, "sha256:aa", 3) == refused
+
+
 def test_fetch_log_keeps_the_last_answer_and_forgets_the_oldest() -> None:
     log = proxies.FetchLog(capacity=2)
     log.record("10.0.0.1", "aa", 404)
@@ -212,9 +324,6 @@ class WatchedIstiod(FakeIstiod):
 
 def entry(proxy: str, sent: str, acked: str, error: str = "", xds: str = ECDS) -> dict[str, Any]:
     return {"proxy": proxy, "resources": {xds: {"sent": sent, "acked": acked, "lastError": error}}}
-
-
-REFUSED = f"Unable to create Wasm plugin {NAME}"
 
 
 @pytest.mark.parametrize(

@@ -31,10 +31,11 @@ import base64
 import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from meshplug import errors, spec
+from meshplug import errors, limits, spec
 from meshplug.controller import apply, delivery, informer, status
 from meshplug.controller.delivery import istio_pods, proxies
 from meshplug.render import istio, model
@@ -111,19 +112,28 @@ class IstioConfigMap(istio_pods.Route):
             self._delete_config_maps(plugin.namespace, plugin.name, plugin.kind, keep=set())
         if isinstance(code, model.RemoteCode):
             code = _redelivered(code, self.redelivery.attempt(request.key, digest))
-        self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code))
+        version = _version(plugin, digest)
+        if self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code)):
+            self._watch(plugin, code, version)
         what = f"EnvoyFilter {plugin.namespace}/{istio.envoy_filter_name(plugin)} carries {digest or plugin.url}"
         confirmed = istio_pods.confirmed_before(request.body, digest)
-        verdicts = self._verdicts(plugin, code, pods, confirmed, self.changes.get(request.key))
+        verdicts = self._verdicts(plugin, code, pods, (confirmed, version), self.changes.get(request.key))
         again = self.redelivery.due(request.key, digest, verdicts) if isinstance(code, model.RemoteCode) else None
         if again is not None and isinstance(code, model.RemoteCode):  # a new url makes Envoy fetch once more
             log.info("%s/%s: delivering %s again (attempt %d)", plugin.namespace, plugin.name, digest, again)
             self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, _redelivered(code, again)))
-        return istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
+            self._watch(plugin, code, version)
+        out = istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
+        return istio_pods.recheck_while_fresh(out, self.changes.get(request.key))
+
+    def _watch(self, plugin: spec.PluginSpec, code: model.Code | None, version: str) -> None:
+        """Have `nacks.NackWatch` note this version's listener NACKs for `limits.PROXY_PUSH_GRACE_S` from now."""
+        self.nack_watch.watch(_named(plugin, code), version, time.monotonic() + limits.PROXY_PUSH_GRACE_S)
 
     # --- objects ---------------------------------------------------------------------------------------------
 
-    def _apply_envoy_filter(self, key: tuple[str, str], obj: Mapping[str, Any]) -> None:
+    def _apply_envoy_filter(self, key: tuple[str, str], obj: Mapping[str, Any]) -> bool:
+        """Write the EnvoyFilter unless the cache holds it as it is; whether it changed."""
         meta = obj["metadata"]
         try:
             # read by name from the cache (or listed: the operator may list EnvoyFilters, not get them): one of another
@@ -145,6 +155,7 @@ class IstioConfigMap(istio_pods.Route):
             self._write(self.envoy_filters, obj, found[0] if found else None)  # unchanged: nothing written
             if changed:
                 self.changes[key] = self.changes[key].written()
+            return changed
         except errors.ApplyError as exc:
             if exc.reason not in ("NotFound", "HTTP404"):
                 raise
@@ -230,6 +241,7 @@ class IstioConfigMap(istio_pods.Route):
         self.redelivery.forget((namespace, name))
         self.changes.pop((namespace, name), None)
         kind, name = spec.split_key_name(name)  # what this path renders is labelled with the resource's name and kind
+        self.nacks.forget(f"{namespace}.{name}", _version_tag(kind))  # a plugin made again starts afresh
         labels = {model.PLUGIN_LABEL: name, model.KIND_LABEL: kind, model.MANAGED_BY_LABEL: model.MANAGED_BY}
         try:
             found = self.envoy_filters.objects(namespace, labels)
@@ -249,12 +261,15 @@ class IstioConfigMap(istio_pods.Route):
         plugin: spec.PluginSpec,
         code: model.Code | None,
         pods: list[dict[str, Any]],
-        confirmed: frozenset[str],
+        before: tuple[frozenset[str], str],
         change: proxies.Change | None,
     ) -> list[proxies.Verdict]:
+        """Each selected pod's verdict; ``before``: the pods the status counted loaded with this module, and the
+        plugin's version as its NACKs are kept (`_version`)."""
         if not pods:
             return []
-        digest, type_url = (code.sha256 if code is not None else "") or plugin.url, proxies.LDS_TYPE
+        confirmed, version = before
+        type_url = proxies.LDS_TYPE
         after = proxies.readings_after(change)
         reading = self.istiod.reading(after)  # shared with the other reconciles of this moment
         syncs, problem = reading.syncs, reading.problem
@@ -280,10 +295,13 @@ class IstioConfigMap(istio_pods.Route):
                 # istiod's view is what it would send now: the proxy has it once istiod pushed since the change
                 pushed = pushed and (change is None or sync is None or change.sent_since(sync, type_url))
             ip = str((pod.get("status") or {}).get("podIP") or "")
-            remembered = (f"{meta['name']}.{meta['namespace']}", plugin.envoy_name, f"{digest}/{plugin.generation}")
-            error = sync.of(type_url).error if sync is not None else ""
-            if proxies.mentions(error, plugin.envoy_name):
-                self.nacks.note(remembered, error)
+            proxy = f"{meta['name']}.{meta['namespace']}"
+            remembered = (proxy, plugin.envoy_name, version)
+            state = sync.of(type_url) if sync is not None else proxies.TypeSync("", "", "")
+            if any(proxies.mentions(state.error, name) for name in _named(plugin, code)):
+                self.nacks.note(remembered, state.error, type_url=type_url, acked=state.acked)
+            elif sync is not None:  # a listener refused for a reason that went is taken by a later push
+                self.nacks.heal(remembered, sync)
             remote = isinstance(code, model.RemoteCode)
             evidence = proxies.Evidence(
                 pod=label,
@@ -299,8 +317,48 @@ class IstioConfigMap(istio_pods.Route):
                 istiod_problem=problem,
                 nacked=self.nacks.get(remembered),
             )
-            out.append(proxies.judge(evidence))
+            verdict = _unmounted(proxies.judge(evidence), code)
+            if verdict.state == proxies.LOADED:
+                self.nacks.loaded(proxy, plugin.envoy_name)
+            out.append(verdict)
+        if any(v.reason in ("NotPushed", "AwaitingACK") for v in out):  # answers to come: keep reading istiod
+            self._watch(plugin, code, version)
         return out
+
+
+def _named(plugin: spec.PluginSpec, code: model.Code | None) -> tuple[str, ...]:
+    """What a listener NACK of the plugin names: its Envoy name ("Unable to create Wasm plugin <name>"), or for a
+    mounted module its file ("Invalid path: <file>" while the kubelet has not put it in the pod yet)."""
+    return (plugin.envoy_name, code.filename) if isinstance(code, model.LocalCode) else (plugin.envoy_name,)
+
+
+def _unmounted(verdict: proxies.Verdict, code: model.Code | None) -> proxies.Verdict:
+    """A listener NACK for the module's file missing in the pod (Envoy: "Invalid path: <file>") is the kubelet not
+    having updated the mounted ConfigMap yet (within about a minute of the change): pending, not failed. The proxy
+    keeps its last good listener, and takes this one at istiod's next listener push once the file is there."""
+    if verdict.reason != "ProxyNACK" or not isinstance(code, model.LocalCode):
+        return verdict
+    if f"Invalid path: {code.filename}" not in verdict.message:
+        return verdict
+    return proxies.Verdict(
+        verdict.pod,
+        proxies.PENDING,
+        "ModuleNotMounted",
+        "the pod does not have the module's file yet (the kubelet updates a mounted ConfigMap about a minute after "
+        "it changed); the proxy keeps its last good listener and takes this one at istiod's next listener push "
+        f"after the file is there; {verdict.message.removeprefix(proxies.NACK_PREFIX).strip()}",
+    )
+
+
+def _version_tag(kind: str) -> str:
+    """How this route's plugin versions start in `nacks.NackMemory` (the native route's never do): a WasmPlugin
+    and a TrafficExtension of one name share an Envoy name, and a plugin moved between routes its digest."""
+    return f"{kind}/EnvoyFilter:"
+
+
+def _version(plugin: spec.PluginSpec, digest: str) -> str:
+    """The plugin's version as this route's NACKs are kept (by proxy and Envoy name, `nacks.NackMemory`)."""
+    return f"{_version_tag(plugin.kind)}{digest or plugin.url}/{plugin.generation}"
 
 
 def _owner(meta: Mapping[str, Any]) -> tuple[str, str]:

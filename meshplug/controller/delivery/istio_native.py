@@ -25,7 +25,6 @@ GatewayClass) are delivered but their proxies are not counted (Ready=Unknown, ``
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -35,7 +34,7 @@ from typing import Any
 
 from meshplug import errors, limits, spec
 from meshplug.controller import delivery, informer, status
-from meshplug.controller.delivery import istio_pods, nacks, proxies
+from meshplug.controller.delivery import istio_pods, proxies
 from meshplug.render import istio_native, model
 
 log = logging.getLogger("meshplug.controller.delivery.istio_native")
@@ -47,10 +46,9 @@ class IstioNative(istio_pods.Route):
     name = "istio native"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """`istio_pods.Route`'s arguments; the route's one `nacks.NackWatch` reads istiod for every plugin. The
-        rendered objects are read from the API until `use_caches`."""
+        """`istio_pods.Route`'s arguments (istiod's one `nacks.NackWatch` reads it for every plugin of both
+        routes). The rendered objects are read from the API until `use_caches`."""
         super().__init__(*args, **kwargs)
-        self.nack_watch = nacks.NackWatch(self.istiod, self.nacks)
         self.agent_stats = proxies.AgentStats()
         self.extensions: dict[str, informer.ObjectSource] = {
             kind: informer.ApiObjects(self.writer, istio_native.API_VERSION, kind) for kind in istio_native.KINDS
@@ -118,7 +116,8 @@ class IstioNative(istio_pods.Route):
                 self._delete(other, plugin.namespace, plugin.name, owner.kind)
         what = f"{kind} {plugin.namespace}/{plugin.name} carries {digest or plugin.url}"
         confirmed = istio_pods.confirmed_before(request.body, digest)
-        verdicts = self._verdicts(plugin, kind, module, confirmed, self.changes.get(request.key))
+        refused = istio_pods.refused_before(request.body, digest, plugin.generation)
+        verdicts = self._verdicts(plugin, kind, module, (confirmed, refused), self.changes.get(request.key))
         again = self.redelivery.due(request.key, digest, verdicts) if module is not None else None
         if again is not None:  # a changed resource makes istio-agent download the module once more
             log.info(
@@ -133,11 +132,7 @@ class IstioNative(istio_pods.Route):
             self.extensions[kind].note(self.writer.apply(_redelivered(obj, again)))
             self.changes[request.key] = self.changes[request.key].written()
         out = istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
-        change = self.changes.get(request.key)
-        fresh = change.at + limits.PROXY_PUSH_GRACE_S - time.monotonic() if change is not None else 0.0
-        if out.ready.status == "True" and fresh > 0:  # a NACK noted later turns it: look again after the grace
-            out = dataclasses.replace(out, recheck_s=fresh)
-        return out
+        return istio_pods.recheck_while_fresh(out, self.changes.get(request.key))
 
     def _watch(self, plugin: spec.PluginSpec, kind: str, version: str, since: float) -> None:
         """Have `nacks.NackWatch` note this version's NACKs for `limits.PROXY_PUSH_GRACE_S` from ``since``."""
@@ -149,9 +144,12 @@ class IstioNative(istio_pods.Route):
         plugin: spec.PluginSpec,
         kind: str,
         module: model.Module | None,
-        confirmed: frozenset[str],
+        before: tuple[frozenset[str], Mapping[str, tuple[str, str]]],
         change: proxies.Change | None,
     ) -> list[proxies.Verdict]:
+        """Each selected pod's verdict; ``before``: the pods the status counted loaded with this module, and those
+        it reported refusing this version (`istio_pods.refused_before`)."""
+        confirmed, refused = before
         pods = self.selection.pods(plugin)
         if not pods:
             return []
@@ -189,7 +187,10 @@ class IstioNative(istio_pods.Route):
             for seen in (sync.of(t).error for t in (type_url, proxies.LDS_TYPE)) if sync is not None else ():
                 if seen and names.named_in(seen):  # a listener naming a refused extension is refused too
                     self.nacks.note(remembered, seen)
-            unseen = plugin.lua is None and self.nack_watch.unseen(proxy, names.plugin[0], version)
+            reason, message = refused.get(label, ("", ""))
+            unseen = plugin.lua is None and (
+                self.nack_watch.unseen(proxy, names.plugin[0], version) or reason == "RejectionUnseen"
+            )
             running = self.agent_stats.runs_wasm(pod, names.plugin, after=after) if unseen else None
             evidence = proxies.Evidence(
                 pod=label,
@@ -202,13 +203,16 @@ class IstioNative(istio_pods.Route):
                 needs_download=module is not None and plugin.lua is None,
                 confirmed=label in confirmed,
                 istiod_problem=problem,
-                nacked=self.nacks.get(remembered),
+                nacked=self.nacks.get(remembered) or (message if reason == "ProxyNACK" else ""),
                 unseen=unseen,
                 running=running,
+                last_nack=self.nacks.last(proxy, names.plugin[0]) if unseen else "",
             )
             verdict = proxies.judge(evidence)
-            if verdict.state == proxies.LOADED and plugin.lua is None:
-                self.nack_watch.accepted(proxy, names.plugin[0], version)
+            if verdict.state == proxies.LOADED:
+                self.nacks.loaded(proxy, names.plugin[0])
+                if plugin.lua is None:
+                    self.nack_watch.accepted(proxy, names.plugin[0], version)
             out.append(verdict)
         if any(v.reason in ("NotPushed", "AwaitingACK") for v in out):  # answers to come: keep reading istiod
             self._watch(plugin, kind, version, time.monotonic())

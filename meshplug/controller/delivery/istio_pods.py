@@ -18,6 +18,7 @@ and Envoy download once more; nothing else does).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,8 @@ GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 
 class Route:
     """What both istio routes keep: the API writer, the module server, istiod's views, the module server's download
-    log, the pod selection, and per plugin the redeliveries, the NACKs seen and meshplug's last change."""
+    log, the pod selection, per plugin the redeliveries and meshplug's last change, and istiod's one NACK watch with
+    the NACKs seen (`nacks.watch_of`: shared by both routes)."""
 
     def __init__(
         self,
@@ -50,7 +52,8 @@ class Route:
         self.fetch_log = fetch_log
         self.selection = selection
         self.redelivery = Redelivery()
-        self.nacks = nacks.NackMemory()
+        self.nack_watch = nacks.watch_of(istiod)
+        self.nacks = self.nack_watch.memory
         self.changes: dict[tuple[str, str], proxies.Change] = {}  # meshplug's last change of each rendered object
 
 
@@ -110,6 +113,35 @@ def confirmed_before(body: Mapping[str, Any], digest: str) -> frozenset[str]:
     if current.get("digest") != digest:
         return frozenset()
     return frozenset(str(p) for p in current.get("loadedPods") or [])
+
+
+#: the reasons of a pod's refusal the status keeps for a version (`refused_before`)
+REFUSALS = ("ProxyNACK", "RejectionUnseen")
+
+
+def refused_before(body: Mapping[str, Any], digest: str, generation: int) -> dict[str, tuple[str, str]]:
+    """Pods the plugin's status already reported refusing this version (``digest`` at ``generation``): label ->
+    (reason, Envoy's message or the status's). istiod forgets a NACK on the proxy's next ACK, and Envoy ACKs a
+    refused extension config sent again, so a refusal read once must survive an operator restart as confirmations
+    do (`confirmed_before`). Pods beyond the status's failingPods limit are not kept."""
+    current = body.get("status") or {}
+    if current.get("digest") != digest or current.get("observedGeneration") != generation:
+        return {}
+    out = {}
+    for failing in current.get("failingPods") or []:
+        reason, message = str(failing.get("reason") or ""), str(failing.get("message") or "")
+        if reason in REFUSALS and failing.get("name"):
+            out[str(failing["name"])] = (reason, message.removeprefix(proxies.NACK_PREFIX))
+    return out
+
+
+def recheck_while_fresh(out: delivery.Report, change: proxies.Change | None) -> delivery.Report:
+    """A Ready=True report while meshplug's last change is within `limits.PROXY_PUSH_GRACE_S`: look again after the
+    grace (a NACK the watch notes later, of a push that had not reached the proxy yet, turns it)."""
+    fresh = change.at + limits.PROXY_PUSH_GRACE_S - time.monotonic() if change is not None else 0.0
+    if out.ready.status == "True" and fresh > 0:
+        return dataclasses.replace(out, recheck_s=fresh)
+    return out
 
 
 def report(

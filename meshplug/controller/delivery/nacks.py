@@ -27,6 +27,7 @@ import collections
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,28 +40,96 @@ log = logging.getLogger("meshplug.controller.delivery.nacks")
 class NackMemory:
     """NACKs seen, by (proxy id, plugin's Envoy name, the plugin's version): istiod keeps per proxy and xDS type only
     the last NACK's error, and a later ACK of another push (delta xDS sends changed resources only) clears it while
-    Envoy still lacks the refused extension; what was seen stays failed until the plugin (or the proxy) changes."""
+    Envoy still lacks the refused extension; what was seen stays failed until the plugin (or the proxy) changes.
+
+    A listener NACK is different (`heal`): istiod sends a proxy all its listeners on every listener push and Envoy
+    tries again each one that differs from the listener it runs, so a listener refused for a reason that went (a
+    module file not mounted yet) is taken by the next push, and its ACK heals it. Beside each version's NACKs, the
+    last message per (proxy, Envoy name) whatever the version (`last`): a refusal no reading showed is reported with
+    the message Envoy gave that proxy for the plugin before, until the proxy is judged to run the plugin (`loaded`)."""
 
     def __init__(self, capacity: int = limits.FETCH_LOG_ENTRIES) -> None:
         self._lock = threading.Lock()
-        self._seen: collections.OrderedDict[tuple[str, str, str], str] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[tuple[str, str, str], Nack] = collections.OrderedDict()
+        self._last: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
         self._capacity = capacity
 
-    def note(self, key: tuple[str, str, str], message: str) -> None:
+    def note(
+        self, key: tuple[str, str, str], message: str, *, type_url: str = proxies.ECDS_TYPE, acked: str = ""
+    ) -> None:
+        """(proxy, Envoy name, version) was refused with ``message`` in ``type_url``, while istiod's last ACKed
+        nonce of that type was ``acked``."""
         with self._lock:
-            self._seen[key] = message
-            while len(self._seen) > self._capacity:
-                self._seen.popitem(last=False)
+            self._seen[key] = Nack(message, type_url, acked)
+            self._seen.move_to_end(key)
+            self._last[key[:2]] = message
+            self._last.move_to_end(key[:2])
+            for kept in (self._seen, self._last):
+                while len(kept) > self._capacity:
+                    kept.popitem(last=False)
 
     def get(self, key: tuple[str, str, str]) -> str:
         with self._lock:
-            return self._seen.get(key, "")
+            found = self._seen.get(key)
+        return found.message if found is not None else ""
 
-    def forget(self, name: str) -> None:
-        """Forget every NACK of the plugin ``name`` (its Envoy name): it was removed, a new one starts afresh."""
+    def last(self, proxy: str, name: str) -> str:
+        """The last message a NACK of the plugin ``name`` (any version) at ``proxy`` gave ("" when none)."""
         with self._lock:
-            for key in [k for k in self._seen if k[1] == name]:
+            return self._last.get((proxy, name), "")
+
+    def loaded(self, proxy: str, name: str) -> None:
+        """``proxy`` was judged to run a version of ``name``: an earlier refusal's message is no news any more."""
+        with self._lock:
+            self._last.pop((proxy, name), None)
+
+    def heal(self, key: tuple[str, str, str], sync: proxies.ProxySync) -> bool:
+        """Forget a listener NACK of ``key`` the proxy no longer gives: istiod's listener state of the proxy is ACKed
+        at a later nonce than when it was noted, with no error (see the class docstring). An extension config NACK
+        never heals (Envoy ACKs the refused config sent again without building it)."""
+        with self._lock:
+            found = self._seen.get(key)
+            if found is None or found.type_url != proxies.LDS_TYPE:
+                return False
+            state = sync.of(proxies.LDS_TYPE)
+            if not state.synced or state.error or state.acked == found.acked:
+                return False
+            del self._seen[key]
+            self._last.pop(key[:2], None)
+        log.info("proxy %s: %s healed (listeners ACKed at %s)", key[0], key[1], state.acked)
+        return True
+
+    def forget(self, name: str, versions: str = "") -> None:
+        """Forget every NACK of the plugin ``name`` (its Envoy name; only its versions starting with ``versions``:
+        one route's): it was removed, a new one starts afresh."""
+        with self._lock:
+            for key in [k for k in self._seen if k[1] == name and k[2].startswith(versions)]:
                 del self._seen[key]
+            for last in [k for k in self._last if k[1] == name]:
+                del self._last[last]
+
+
+@dataclass(frozen=True)
+class Nack:
+    """One NACK seen: Envoy's message, the xDS type, and the nonce istiod had last seen ACKed of that type then."""
+
+    message: str
+    type_url: str
+    acked: str
+
+
+_SHARED: weakref.WeakKeyDictionary[proxies.Istiod, NackWatch] = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def watch_of(istiod: proxies.Istiod) -> NackWatch:
+    """The one `NackWatch` (with its `NackMemory`) of ``istiod``, shared by both istio routes: one poller of istiod
+    whatever the number of routes, plugins or proxies."""
+    with _SHARED_LOCK:
+        found = _SHARED.get(istiod)
+        if found is None:
+            found = _SHARED[istiod] = NackWatch(istiod, NackMemory())
+        return found
 
 
 class NackWatch:
@@ -74,6 +143,7 @@ class NackWatch:
     ) -> None:
         self._istiod = istiod
         self._nacks = nacks
+        self.memory = nacks
         self._interval = interval
         self._lock = threading.Lock()
         self._watched: dict[tuple[tuple[str, ...], str], float] = {}  # (Envoy names, version) -> until (monotonic)
@@ -129,14 +199,15 @@ class NackWatch:
         for proxy, sync in syncs.items():
             for names, version in watched:
                 for type_url in (proxies.ECDS_TYPE, proxies.LDS_TYPE):
-                    error = sync.of(type_url).error
-                    if error and any(proxies.mentions(error, name) for name in names):
-                        self._nacks.note((proxy, names[0], version), error)
+                    state = sync.of(type_url)
+                    if state.error and any(proxies.mentions(state.error, name) for name in names):
+                        self._nacks.note((proxy, names[0], version), state.error, type_url=type_url, acked=state.acked)
         self._accounts.account(rejects if not reading.problem else None, syncs, counted)
         return True
 
     def _run(self) -> None:
         while True:
+            started = time.monotonic()
             try:
                 busy = self.look()
             except (OSError, ValueError) as exc:  # istiod away for a moment: the next reading tells
@@ -147,7 +218,13 @@ class NackWatch:
                     if not self._watched:
                         self._thread = None
                         return
-            time.sleep(self._interval)
+            time.sleep(pause(time.monotonic() - started, self._interval))
+
+
+def pause(spent: float, interval: float, duty: float = limits.NACK_WATCH_MAX_DUTY) -> float:
+    """How long the watch waits after a reading that took ``spent`` s: ``interval``, or longer when the reading
+    was slow (a large mesh's syncz, a busy istiod), so that reading takes at most ``duty`` of the watch's time."""
+    return max(interval, spent * (1.0 - duty) / duty)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ log = logging.getLogger("meshplug.controller.delivery.proxies")
 ECDS_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 LDS_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 LOADED, FAILED, PENDING = "loaded", "failed", "pending"
+#: how a ProxyNACK verdict's message starts (Envoy's message follows)
+NACK_PREFIX = "the proxy rejected the config: "
 
 
 @dataclass(frozen=True)
@@ -378,6 +380,7 @@ class Evidence:
     nacked: str = ""  # a NACK of this version seen earlier (istiod may have forgotten it)
     unseen: bool = False  # istiod counted a rejection no reading showed while this proxy was sent this version
     running: bool | None = None  # the proxy's Envoy runs a Wasm plugin of this name (its stats); None: not known
+    last_nack: str = ""  # the last NACK message seen from this proxy for this plugin (any version), not healed since
 
 
 def mentions(error: str, name: str) -> bool:
@@ -404,7 +407,7 @@ def _before_ack(e: Evidence) -> Verdict | None:
     state = e.sync.of(e.type_url)
     nack = state.error if mentions(state.error, e.envoy_name) else e.nacked
     if nack:
-        return Verdict(e.pod, FAILED, "ProxyNACK", f"the proxy rejected the config: {nack}")
+        return Verdict(e.pod, FAILED, "ProxyNACK", NACK_PREFIX + nack)
     if not e.pushed:
         return Verdict(e.pod, PENDING, "NotPushed", "istiod has not built this module into the proxy's config yet")
     if not state.synced:
@@ -420,17 +423,21 @@ def _unseen(e: Evidence) -> Verdict | None:
             e.pod,
             FAILED,
             "ProxyNACK",
-            f"the proxy rejected the config: its Envoy runs no Wasm plugin {e.envoy_name} (istio-agent's Envoy stats "
+            f"{NACK_PREFIX}its Envoy runs no Wasm plugin {e.envoy_name} (istio-agent's Envoy stats "
             "have no wasm stats of that name); istiod counted the rejection, and a later ACK cleared Envoy's message "
             "before meshplug read it",
         )
     if e.unseen:  # waiting does not help: Envoy ACKs a refused config sent again
+        last = f"; the last rejection this proxy gave the plugin (an earlier version): {e.last_nack}" * bool(
+            e.last_nack
+        )
         return Verdict(
             e.pod,
             FAILED,
             "RejectionUnseen",
             "istiod counted a rejected extension config that a later ACK cleared before meshplug read it, while this "
-            "proxy was sent this version: whether Envoy runs it is not known (change the plugin to have it judged)",
+            "proxy was sent this version: whether Envoy runs it is not known (change the plugin to have it judged)"
+            + last,
         )
     return None
 
