@@ -522,3 +522,13 @@ def test_config_dump_shapes(dump: dict[str, Any]) -> None:
     names = [f.get("name") for f in proxies.listener_filters(dump)]
     assert names == ["envoy.filters.network.http_connection_manager", "extensions.istio.io/trafficextension/shop.hdr"]
     assert proxies.clusters(dump) == {"outbound|80||m.svc"}
+
+
+@pytest.mark.parametrize(
+    ("last", "quoted"),
+    [(REFUSED, f"the last rejection this proxy gave the plugin (an earlier version): {REFUSED}"), ("", "")],
+)
+def test_a_rejection_no_reading_showed_quotes_the_last_one_seen(last: str, quoted: str) -> None:
+    verdict = proxies.judge(evidence(unseen=True, running=True, last_nack=last))
+    assert (verdict.state, verdict.reason) == (proxies.FAILED, "RejectionUnseen")
+    assert verdict.message.endswith(quoted) and ("earlier version" in verdict.message) == bool(last)

@@ -7,13 +7,15 @@ extension sent again. Envoy (1.40, `FilterConfigSubscription::onConfigUpdate`) s
 one before it builds the filter, so a wasm plugin that fails to start is NACKed once, and every later push of the
 same config is ACKed unchanged (its hash matches) while the filter still has no config (500s). A NACK seen is
 therefore a refusal for good: `NackMemory` remembers it until the plugin's version changes, never forgets it on an
-ACK.
+ACK (a listener NACK is the exception: Envoy tries a refused listener again at every listener push, `NackMemory.heal`).
 
-`NackWatch` is the one poller of istiod (per `proxies.Istiod`, whatever the number of plugins or proxies): while any
-plugin version is fresh, or any selected pod is pending, it reads istiod's reject counter and then its syncz every
-`limits.NACK_WATCH_INTERVAL_S` (one ``/metrics`` and one ``/debug/syncz`` per istiod replica per interval, shared with
-the reconciles through `proxies.Istiod.reading`), notes each extension config or listener NACK naming a watched
-plugin (a listener update that names a refused extension fails too), and counts the rejections istiod counts
+`NackWatch` is the one poller of istiod (per `proxies.Istiod`, `watch_of`: shared by both istio routes, whatever
+the number of plugins or proxies): while any plugin version is fresh, or any selected pod is pending, it reads
+istiod's reject counter and then its syncz every `limits.NACK_WATCH_INTERVAL_S`, or less often when a reading is slow
+(it reads at most `limits.NACK_WATCH_MAX_DUTY` of the time: `pause`), one ``/metrics`` and one ``/debug/syncz`` per
+istiod replica per reading, shared with the reconciles through `proxies.Istiod.reading`; it notes each extension
+config or listener NACK naming a watched plugin (a listener update that names a refused extension fails too; the
+ConfigMap route's listeners also by the module's file), and counts the rejections istiod counts
 (``pilot_total_xds_rejects{type="ecds"}``): a rejection istiod counted but no reading showed was cleared between two
 readings; the proxies with extension config traffic around it cannot be counted loaded with a version they had not
 ACKed before it (`RejectAccounts`): ``RejectionUnseen``, or ``ProxyNACK`` when the proxy's Envoy runs no Wasm plugin
