@@ -20,9 +20,13 @@ requests/s (`--body-rate` for the body shape), latency from each request's due t
 pinned to CPU 0 with the nginx upstream; both proxies pinned to CPU 1 (Envoy --concurrency 1). Per cell both
 proxies start and are warmed up, then ONE client run serves them in alternating `--block-seconds` blocks (agent,
 Envoy, [before,] nginx straight, agent, ...) for `--seconds` per system (`--body-seconds` for bodies): the systems
-see the same machine, never loaded at once, and "nginx" is the client's own floor measured beside them. Per system:
+see the same machine, never loaded at once, and "nginx" is the client's own floor measured beside them.
+`--realtime` runs the client, nginx and both proxies under SCHED_FIFO (chrt): other processes' load then no longer
+sets the tail (at load 9-14 the client-to-nginx p99 fell from 1.5-5 ms to 0.15 ms). Per system:
 CPU per request (schedstat over its process tree, read around its own blocks / answered requests), RSS after the
-run, p50 and p99 over all its requests (10,000 at 500 req/s x 20 s: p99 is the 100th slowest). The CPU ratio is the
+run, p50 and p99 over all its requests (~10,000 at 500 req/s x 20 s: p99 is the 100th slowest) but those due in
+the first `--warm-ms` of a block (at least one: the first answer after the system sat idle through the others'
+blocks; without this ~40% of the requests over p99 were a block's first five, for both proxies). The CPU ratio is the
 median of per-round ratios (`--rounds` consecutive groups of blocks); the p99 ratio is of the pooled p99s, with the
 spread of per-round p99 ratios beside it. Prints the worst CPU ratio and how many cells have the agent's p99 at or
 under Envoy's (targets: worst CPU <= 1.0x, p99 <= Envoy's). Failed requests (wrong status, reset, no answer) are
@@ -39,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -188,11 +193,27 @@ def bench_cell(work: Path, upstream: int, sdk: str, shape: str, args: argparse.N
             if CAN_PIN:
                 pin_pid(proc.pid, PROXY_CPU)
             targets[name] = openloop.Target(port, request, expect, tuple(tree(proc.pid)))
+            if args.realtime:
+                for pid in tree(proc.pid):
+                    subprocess.run(["chrt", "--all-tasks", "--fifo", "--pid", "1", str(pid)], check=True)
         # warm up (connections, JIT, the VMs' heaps), then one client serves every system in alternating blocks
-        openloop.run(list(targets.values()), rate=rate, seconds=1.0, block_seconds=args.block_seconds, cpu=client_cpu)
+        openloop.run(
+            list(targets.values()),
+            rate=rate,
+            seconds=1.0,
+            block_seconds=args.block_seconds,
+            cpu=client_cpu,
+            realtime=args.realtime,
+        )
         targets["nginx"] = openloop.Target(upstream, request, 200)  # nginx answers 200 to every request
         ran = openloop.run(
-            list(targets.values()), rate=rate, seconds=seconds, block_seconds=args.block_seconds, cpu=client_cpu
+            list(targets.values()),
+            rate=rate,
+            seconds=seconds,
+            block_seconds=args.block_seconds,
+            cpu=client_cpu,
+            realtime=args.realtime,
+            warm=max(1, round(rate * args.warm_ms / 1000)),
         )
         results = dict(zip(targets, ran, strict=True))
         for name, res in results.items():
@@ -231,8 +252,10 @@ def report(results: dict[tuple[str, str], CellRun], args: argparse.Namespace) ->
     print(
         f"matrix: agent vs Envoy 1.40 + V8, open loop (bench/openloop.c) at {args.rate:g} req/s for {args.seconds:g}s "
         f"per system ({args.body_rate:g} req/s for {args.body_seconds:g}s with 1 MiB bodies), one client serving "
-        f"the systems in alternating {args.block_seconds:g}s blocks; CPU ratio: median over {args.rounds} rounds; "
-        f"latency: all of a system's requests; proxies pinned: {CAN_PIN}"
+        f"the systems in alternating {args.block_seconds:g}s blocks (the first {args.warm_ms:g} ms of each not "
+        f"counted, "
+        f"at least one request); CPU ratio: median over {args.rounds} rounds; "
+        f"latency: all of a system's requests; proxies pinned: {CAN_PIN}; SCHED_FIFO: {args.realtime}"
     )
     head = f"{'cell':<26}{'CPU/req agent':>14}{'envoy':>9}{'ratio':>7}{'RSS agent':>10}{'envoy':>7}{'ratio':>7}"
     print(
@@ -285,6 +308,17 @@ def main() -> int:
     ap.add_argument("--body-rate", type=float, default=20.0)
     ap.add_argument("--body-seconds", type=float, default=50.0, help="per system, body cells")
     ap.add_argument("--block-seconds", type=float, default=0.5, help="the client's turn at one system")
+    ap.add_argument(
+        "--warm-ms",
+        type=float,
+        default=4.0,
+        help="requests due in a block's first ms are not counted (at least one): a system idle for the others' blocks",
+    )
+    ap.add_argument(
+        "--realtime",
+        action="store_true",
+        help="client, nginx and both proxies under SCHED_FIFO (chrt): the systems' own latency, not other load's",
+    )
     ap.add_argument("--cells", default="", help="comma-separated sdk/shape cells (default: all)")
     ap.add_argument(
         "--baseline", type=Path, help="another checkout (built with `make native`): its agent runs in the same rounds"
@@ -299,6 +333,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
         work = Path(tmp)
         upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if CAN_PIN else None)
+        if args.realtime:
+            subprocess.run(["chrt", "--all-tasks", "--fifo", "--pid", "1", str(upstream.pid)], check=True)
         try:
             for sdk, shape in chosen:
                 try:

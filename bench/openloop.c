@@ -11,10 +11,12 @@
  *
  * argv: rate per_block blocks_per_target max_conns drain_s then per target: port expect request_file pids
  * (pids comma-separated, "-" for none). Output lines on stdout:
- *   r <target> <latency_ns> <status>   per request (status < 0: -1 connect, -2 reset/EOF, -3 bad response,
- *                                      -4 no connection free, -5 no answer within drain)
- *   b <target> <cpu_ns>                per block: CPU time of the target's processes during the block
- *   c <target> <connections_opened>    at the end
+ *   r <target> <latency_ns> <status> <due_ns>   per request, its due time from the run's start (status < 0:
+ *                                               -1 connect, -2 reset/EOF, -3 bad response, -4 no connection
+ *                                               free, -5 no answer within drain)
+ *   s <target> <due_ns>                         a block starts: its first request's due time
+ *   b <target> <cpu_ns>                         per block: CPU time of the target's processes during the block
+ *   c <target> <connections_opened>             at the end
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -78,7 +80,11 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void record(int t, int64_t latency, int status) { printf("r %d %lld %d\n", t, (long long)latency, status); }
+static int64_t t0; /* the run's start: due times are printed from it */
+
+static void record(int t, int64_t due, int64_t latency, int status) {
+    printf("r %d %lld %d %lld\n", t, (long long)latency, status, (long long)(due - t0));
+}
 
 static int64_t cpu_of(const Target *t) {
     int64_t total = 0;
@@ -124,7 +130,7 @@ static void conn_close(Conn *c) {
 
 static void fail(Conn *c, int code) {
     if (c->busy) {
-        record(c->target, now_ns() - c->due, code);
+        record(c->target, c->due, now_ns() - c->due, code);
         inflight--;
     }
     conn_close(c);
@@ -136,7 +142,7 @@ static void arm(Conn *c, uint32_t events) {
 }
 
 static void finish(Conn *c) {
-    record(c->target, now_ns() - c->due, c->status);
+    record(c->target, c->due, now_ns() - c->due, c->status);
     inflight--;
     c->busy = 0;
     if (c->close_after || c->sent < targets[c->target].req_len) {
@@ -315,7 +321,7 @@ static void dispatch(int t, int64_t due, int max_conns) {
     int slot = 0;
     while (slot < MAX_CONNS && all[slot]) slot++;
     if (conns_open >= max_conns || slot == MAX_CONNS) {
-        record(t, 0, -4);
+        record(t, due, 0, -4);
         return;
     }
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -325,7 +331,7 @@ static void dispatch(int t, int64_t due, int max_conns) {
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) {
         close(fd);
-        record(t, now_ns() - due, -1);
+        record(t, due, now_ns() - due, -1);
         return;
     }
     c = calloc(1, sizeof *c);
@@ -421,10 +427,12 @@ int main(int argc, char **argv) {
     struct epoll_event tev = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, &tev);
     double period = 1e9 / rate;
+    t0 = now_ns();
     for (long b = 0; b < blocks * ntargets; b++) {
         int t = (int)(b % ntargets);
         int64_t cpu0 = cpu_of(&targets[t]);
         int64_t start = now_ns() + 100000; /* 0.1 ms: the first due time is in the future */
+        printf("s %d %lld\n", t, (long long)(start - t0));
         for (long i = 0; i < per_block; i++) {
             int64_t due = start + (int64_t)(i * period);
             set_timer(due);

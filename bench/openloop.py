@@ -18,7 +18,7 @@ last answer came, and no two targets are ever loaded at once, so every target se
 finely. Each target's CPU time (its processes' threads' /proc schedstat) is read around its own blocks.
 
 Usage: bench/openloop.py PORT [PORT...] --rate 500 --seconds 5 [--method POST --body-bytes 1048576] [--path /]
-       [--header 'name: value'] [--expect 200] [--block-seconds 0.5]
+       [--header 'name: value'] [--expect 200] [--block-seconds 0.5] [--warm 0] [--realtime]
 Prints one JSON line per port: due, ok (answered with the expected status), bad, errors by kind, p50/p90/p99/
 p99.9/max latency in ms, the connections opened.
 """
@@ -36,6 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parent / "openloop.c"
+#: the client (and, in bench/matrix.py --realtime, the servers) under SCHED_FIFO: other processes' load no longer
+#: delays them (the kernel's RT throttling still leaves others 5% of each CPU)
+REALTIME = ("chrt", "--fifo", "1")
 ERRORS = {-1: "connect", -2: "reset or EOF", -3: "bad response", -4: "no connection free", -5: "no answer"}
 
 
@@ -75,6 +78,7 @@ class Target:
 class Block:
     latencies_ms: tuple[float, ...]  # of the block's requests answered with the expected status
     cpu_us: float  # CPU time of the target's processes during the block
+    due_s: tuple[float, ...] = ()  # those requests' due times, from the run's start
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,12 @@ def run(
     max_conns: int = 256,
     drain: float = 10.0,
     cpu: int | None = None,
+    realtime: bool = False,
+    warm: int = 0,
 ) -> list[Result]:
-    """Load each target with `rate` requests/s for `seconds` in all, in alternating blocks; one Result per target."""
+    """Load each target with `rate` requests/s for `seconds` in all, in alternating blocks; one Result per target.
+    `warm`: the first requests of each block are sent but not counted (the target was idle for the other targets'
+    blocks: its first answers after that pause are a proxy waking, not one under a steady rate)."""
     per_block = max(1, round(rate * block_seconds))
     blocks_each = max(1, round(rate * seconds / per_block))
     with tempfile.TemporaryDirectory(prefix="openloop-") as tmp:
@@ -140,8 +148,12 @@ def run(
             argv += [str(t.port), str(t.expect), str(req), ",".join(map(str, t.pids)) or "-"]
         if cpu is not None:
             argv = ["taskset", "-c", str(cpu), *argv]
+        if realtime:
+            argv = [*REALTIME, *argv]
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     pending: list[list[float]] = [[] for _ in targets]
+    dues: list[list[float]] = [[] for _ in targets]
+    block_start = [0] * len(targets)  # (ns) the due time of each target's current block's first request
     blocks: list[list[Block]] = [[] for _ in targets]
     errors: list[dict[str, int]] = [{} for _ in targets]
     conns = [0] * len(targets)
@@ -149,18 +161,24 @@ def run(
         kind, t_, *rest = line.split()
         t = int(t_)
         if kind == "r":
-            ns, status = int(rest[0]), int(rest[1])
+            ns, status, due = int(rest[0]), int(rest[1]), int(rest[2])
+            if round((due - block_start[t]) * rate / 1e9) < warm:
+                continue
             if status == targets[t].expect:
                 pending[t].append(ns / 1e6)
+                dues[t].append(due / 1e9)
             else:
                 what = ERRORS.get(status, f"status {status}")
                 errors[t][what] = errors[t].get(what, 0) + 1
         elif kind == "b":
-            blocks[t].append(Block(tuple(pending[t]), int(rest[0]) / 1000))
-            pending[t] = []
+            blocks[t].append(Block(tuple(pending[t]), int(rest[0]) / 1000, tuple(dues[t])))
+            pending[t], dues[t] = [], []
+        elif kind == "s":
+            block_start[t] = int(rest[0])
         elif kind == "c":
             conns[t] = int(rest[0])
-    return [Result(tuple(blocks[t]), per_block * blocks_each, errors[t], conns[t]) for t in range(len(targets))]
+    counted = (per_block - min(warm, per_block)) * blocks_each
+    return [Result(tuple(blocks[t]), counted, errors[t], conns[t]) for t in range(len(targets))]
 
 
 def main() -> int:
@@ -175,6 +193,8 @@ def main() -> int:
     ap.add_argument("--body-bytes", type=int, default=0)
     ap.add_argument("--expect", type=int, default=200)
     ap.add_argument("--max-conns", type=int, default=256)
+    ap.add_argument("--warm", type=int, default=0, help="requests at each block's start not counted")
+    ap.add_argument("--realtime", action="store_true", help="the client under SCHED_FIFO (chrt)")
     ap.add_argument("--drain", type=float, default=10.0, help="seconds to wait for a block's last answers")
     args = ap.parse_args()
     req = request_bytes(args.method, args.path, args.header, args.body_bytes)
@@ -186,6 +206,8 @@ def main() -> int:
         block_seconds=args.block_seconds,
         max_conns=args.max_conns,
         drain=args.drain,
+        realtime=args.realtime,
+        warm=args.warm,
     )
     for port, res in zip(args.ports, results, strict=True):
         print(json.dumps({"port": port, **res.summary()}))
