@@ -7,6 +7,8 @@ server's downloads)."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -357,3 +359,46 @@ def test_a_wasm_plugin_and_a_traffic_extension_of_one_name_do_not_collide(
 
 def adds(header: str) -> dict[str, object]:
     return {"response": {"add": {header: "1"}}}
+
+
+def ecds_updates(pod: istiopod.Pod) -> dict[str, str]:
+    """When Envoy last took each extension config it has (its admin config_dump): name -> last_updated."""
+    dump = json.loads(pod.admin("/config_dump?resource=ecds_filters"))
+    return {str((c.get("ecds_filter") or {}).get("name", "")): str(c.get("last_updated", "")) for c in dump["configs"]}
+
+
+def ecds_pushes(mesh: istio.Mesh, proxy_id: str) -> list[int]:
+    """The size in bytes of each extension config push istiod logged for ``proxy_id`` (its info line per push)."""
+    pattern = re.compile(r"ECDS: PUSH (?:request )?for node:" + re.escape(proxy_id) + r" resources:\d+ .*?size:(\d+)B")
+    return [int(m.group(1)) for m in pattern.finditer(mesh.istiod.proc.log())]
+
+
+def test_istiod_sends_an_unchanged_extension_config_again_and_envoy_does_not_take_it_again(
+    mesh_operator: MeshOperator, shop: tuple[str, istiopod.Pod]
+) -> None:
+    """What the narrowing of rejections no reading showed (`nacks.RejectAccounts`: a version the proxy ACKed before
+    a missed rejection is not the refused one) rests on, on the real istiod and Envoy: another plugin's change makes
+    istiod push the proxy the unchanged plugin's extension config again (a new ECDS nonce; a push of the very size of
+    that config's first one, before Envoy asks for the new plugin's), and Envoy does not take it again (its
+    config_dump keeps the unchanged config's last update time; the new one's is new). istiod re-sends, Envoy keeps."""
+    ns, pod = shop
+    mesh = mesh_operator.mesh
+    url, sha = mesh_operator.module_url(HEADER_RULES, "header_rules.wasm")
+    mesh_operator.plugin(ns, "steady", {"url": url, "sha256": sha, "pluginConfig": adds("x-steady")})
+    try:
+        mesh_operator.wait(ns, "steady", reason="Loaded")
+        response_header(pod, "x-steady", "1")
+        steady, churn = (WASM_PLUGIN_FILTER.format(ns=ns, name=n) for n in ("steady", "churn"))
+        taken, sent, pushes = ecds_updates(pod), ecds_state(mesh, pod.proxy_id)["sent"], ecds_pushes(mesh, pod.proxy_id)
+        mesh_operator.plugin(ns, "churn", {"url": url, "sha256": sha, "pluginConfig": adds("x-churn")})
+        mesh_operator.wait(ns, "churn", reason="Loaded")
+        response_header(pod, "x-churn", "1")
+        state = ecds_state(mesh, pod.proxy_id)
+        assert state["sent"] != sent and state["acked"] == state["sent"], state  # istiod pushed ECDS again, ACKed
+        assert pushes[-1] in ecds_pushes(mesh, pod.proxy_id)[len(pushes) :]  # ... the unchanged config's size again
+        now = ecds_updates(pod)
+        assert now[steady] == taken[steady], (taken, now)  # Envoy did not take the unchanged config again
+        assert churn in now and churn not in taken
+    finally:
+        mesh_operator.delete(ns, "churn")
+        mesh_operator.delete(ns, "steady")
