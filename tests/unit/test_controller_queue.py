@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import random
 import threading
 from types import SimpleNamespace
 from typing import Any, cast
@@ -188,6 +189,64 @@ def test_index_root_namespace_plugins_and_gateway_targets() -> None:
     gateway = pod("g", {"gateway.networking.k8s.io/gateway-name": "ingress"})
     assert idx.pod_event("ADDED", gateway) == [("ns", "gw")]
     assert idx.pod_event("ADDED", pod("g", {"gateway.networking.k8s.io/gateway-name": "ingress"}, ns="x")) == []
+
+
+def test_index_queues_a_plugin_for_its_rollout_annotation_not_for_its_status_or_other_annotations() -> None:
+    idx = index.Index()
+    body = plugin("hdr", {"app": "cart"})
+    assert idx.plugin_event(None, body) == [("ns", "hdr")]
+    noted = {**body, "metadata": {**body["metadata"], "annotations": {"owner": "team-a"}}, "status": {"x": 1}}
+    assert idx.plugin_event("MODIFIED", noted) == []
+    for action, queued in (("abort", True), ("abort", False), ("promote", True), ("", True)):
+        notes = {"meshplug.io/rollout": action} if action else {}
+        changed = {**body, "metadata": {**body["metadata"], "annotations": notes}}
+        assert idx.plugin_event("MODIFIED", changed) == ([("ns", "hdr")] if queued else []), action
+
+
+def _every_plugin(idx: index.Index, ns: str, labels: list[dict[str, str]]) -> list[Any]:
+    """Which plugins select a pod, by looking at every plugin the index holds (what it must answer)."""
+    out = []
+    for pns, refs in idx._plugins.items():
+        for name, ref in refs.items():
+            if pns != ns and not (pns == idx.root_namespace and ref.data_plane == "istio"):
+                continue
+            selected = ref.selects_pods and any(all(lab.get(k) == v for k, v in ref.selector) for lab in labels)
+            targeted = pns == ns and any(lab.get(index.GATEWAY_NAME_LABEL) in ref.gateways for lab in labels)
+            if selected or targeted:
+                out.append((pns, name))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_index_answers_as_a_look_at_every_plugin(seed: int) -> None:
+    """Random plugins (selectors over a few labels, none, targetRefs; root namespace ones; some changed or deleted
+    on the way) and pods: the candidates the index looks at give the same plugins as checking every one."""
+    rng = random.Random(seed)
+    namespaces = ("istio-system", "a", "b")
+    pairs = [("app", "cart"), ("app", "web"), ("tier", "1"), ("tier", "2"), ("zone", "x")]
+    idx, bodies = index.Index("istio-system"), {}
+    for i in range(60):
+        ns, name = rng.choice(namespaces), f"p{i % 40}"
+        if rng.random() < 0.1 and (ns, name) in bodies:
+            idx.plugin_event("DELETED", bodies.pop((ns, name)))
+            continue
+        more: dict[str, Any] = {}
+        selector: dict[str, str] | None = dict(rng.sample(pairs, rng.randint(0, 2))) or None
+        if rng.random() < 0.2:
+            more["targetRefs"] = [{"kind": "Gateway", "name": rng.choice(["gw1", "gw2"])}]
+            selector = None
+        plane = rng.choice(["istio", "agent"])
+        body = plugin(name, selector, generation=i, plane=plane, ns=ns, **more)
+        idx.plugin_event("MODIFIED", body)
+        bodies[(ns, name)] = body
+    found = 0
+    for j in range(200):
+        ns = rng.choice(namespaces)
+        labels = [dict(rng.sample([*pairs, (index.GATEWAY_NAME_LABEL, "gw1")], rng.randint(0, 3))) for _ in "ab"]
+        expected = _every_plugin(idx, ns, labels)
+        assert idx._selecting(ns, labels) == expected, (j, ns, labels)
+        found += len(expected)
+    assert found > 100  # the draw selects something
 
 
 @pytest.mark.parametrize(
