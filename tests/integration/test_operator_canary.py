@@ -293,7 +293,7 @@ def test_rollout_on_the_istio_plane_says_it_applies_to_the_agent_plane_only(bed:
     assert ("Warning", "AgentPlaneOnly") in {(t, r) for t, r, _, _ in bed.events("mesh")}
 
 
-def test_a_rollout_goes_on_after_an_operator_restart_and_the_annotation_aborts_one(bed: Bed) -> None:
+def test_a_rollout_goes_on_after_an_operator_restart_and_the_annotation_aborts_and_promotes(bed: Bed) -> None:
     for name in PODS:
         bed.pod(name, {"app": "cart"})
     slow = {**ROLLOUT, "holdSeconds": 8}
@@ -361,6 +361,20 @@ def test_a_rollout_goes_on_after_an_operator_restart_and_the_annotation_aborts_o
         procs.wait_until(lambda: all(bed.running(p) == sha(V2) for p in PODS), timeout=30, what="v2 everywhere")
         ready = condition(bed.status("hdr"), "Ready")
         assert (ready["status"], ready["reason"]) == ("False", "Aborted")
+
+        # an aborted rollout looks at nothing by itself (no step to measure): the annotation's change alone,
+        # promote, is what the operator acts on -- every pod gets v3
+        status, out = bed.kube.request(
+            "PATCH",
+            f"{agentplane.PLUGINS.format(ns=bed.ns)}/hdr",
+            {"metadata": {"annotations": {"meshplug.io/rollout": "promote"}}},
+            content_type="application/merge-patch+json",
+        )
+        assert status == 200, out
+        procs.wait_until(
+            lambda: (bed.status("hdr").get("rollout") or {}).get("phase") == "Promoted", timeout=60, what="promoted"
+        )
+        procs.wait_until(lambda: all(bed.running(p) == sha(v3) for p in PODS), timeout=30, what="v3 everywhere")
 
     tally = load.tally
     print(f"sent {tally.total(tally.sent)}, ok {tally.total(tally.ok)}")

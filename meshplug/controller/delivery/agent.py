@@ -407,7 +407,7 @@ class AgentDelivery:
             return PodReport(0, 0, (), ""), []
         creds = self.identity.push_credentials(plugin.namespace)
         started = time.monotonic()
-        results = self._pool.map(lambda p: self._sync_pod(p, creds), [*pods, *others])
+        results = self._pool.map(lambda p: self._sync_pod(p, creds, key), [*pods, *others])
         with self._lock:
             self.push_ms[key] = round((time.monotonic() - started) * 1000, 1)
         ready, failing, retry, nacks = 0, [], "", []
@@ -450,9 +450,10 @@ class AgentDelivery:
                 retry = retry or out.message
         return PodReport(ready, len(pods), tuple(failing), retry), nacks
 
-    def _sync_pod(self, pod: Mapping[str, Any], creds: identity.PushCredentials) -> PodState | str:
+    def _sync_pod(self, pod: Mapping[str, Any], creds: identity.PushCredentials, own: Key) -> PodState | str:
         """Push the pod's desired set unless its agent already confirmed (or refused) exactly that set at this
-        address; its state, or "Reason: why no push was possible"."""
+        address; its state, or "Reason: why no push was possible". ``own``: the plugin whose reconcile (or
+        removal) pushes, which reads the outcome itself."""
         meta = pod["metadata"]
         pod_key: Key = (meta["namespace"], meta["name"])
         try:
@@ -489,18 +490,19 @@ class AgentDelivery:
             with self._lock:
                 self._pods[pod_key] = new
         if state is None or state.outcome != outcome:
-            self._kick_others(pod_key, meta.get("labels") or {})
+            self._kick_others(pod_key, meta.get("labels") or {}, own)
         return new
 
-    def _kick_others(self, pod_key: Key, labels: Mapping[str, str]) -> None:
-        """The pod's agent state changed: the other plugins selecting it re-read it for their status."""
+    def _kick_others(self, pod_key: Key, labels: Mapping[str, str], own: Key) -> None:
+        """The pod's agent state changed: the other plugins selecting it re-read it for their status (not
+        ``own``, whose reconcile pushed and reports this outcome: queued again it would only find it again)."""
         if self.enqueue is None:
             return
         with self._lock:
             keys = [
                 k
                 for k, e in self._entries.items()
-                if k[0] == pod_key[0] and delivery.selects(e.plugin.selector_labels, labels)
+                if k != own and k[0] == pod_key[0] and delivery.selects(e.plugin.selector_labels, labels)
             ]
         for key in keys:
             self.enqueue(key, 0.0)
@@ -547,7 +549,7 @@ class AgentDelivery:
             or (selector is not None and delivery.selects(selector, p["metadata"].get("labels")))
         ]
         creds = self.identity.push_credentials(namespace)
-        for pod, state in zip(pods, self._pool.map(lambda p: self._sync_pod(p, creds), pods), strict=False):
+        for pod, state in zip(pods, self._pool.map(lambda p: self._sync_pod(p, creds, key), pods), strict=False):
             if isinstance(state, str) or state.outcome.result is not agents.Result.ACK:
                 why = state if isinstance(state, str) else f"{state.outcome.reason}: {state.outcome.message}"
                 log.warning("removing %s/%s from pod %s's agent: %s", namespace, name, pod["metadata"]["name"], why)
