@@ -13,9 +13,10 @@ applied and judged every selected pod; a proxy's own part of Ready is bench/read
 operator's client by method and resource (its writer, read from its /metrics) and, for everything it sends including
 kopf's watches and finalizer patches, at the apiserver (``apiserver_request_total`` minus this script's own
 requests); per reconcile, the time keys waited for a worker and a reconcile took (the operator's histograms). Then
-the same after a pod churn (``--churn`` pods deleted and re-created), with the operator's requests per pod changed
-(O(1): flat as --pods grows), a churn of pod updates that change no plugin's selection (``--churn`` status patches),
-and the requests of an idle ``--idle`` s. Bounded: every wait has a deadline (``--deadline`` s overall).
+the same after a pod churn (``--churn`` pods deleted and re-created), with the operator's requests and CPU time per
+pod changed (O(1): flat as --pods grows), a churn of pod updates that change no plugin's selection (``--churn``
+status patches), and the requests of an idle ``--idle`` s. Bounded: every wait has a deadline (``--deadline`` s
+overall).
 
     .venv/bin/python bench/operator_scale.py [--pods 500] [--plugins 50]
     .venv/bin/python bench/operator_scale.py --pods 5000 --plugins 200 --workloads 50 --churn 500   (issue's size)
@@ -77,6 +78,12 @@ def apiserver_requests(client: Client) -> float:
     return sum(
         float(line.rpartition(" ")[2]) for line in str(text).splitlines() if line.startswith("apiserver_request_total{")
     )
+
+
+def cpu_s(pid: int) -> float:
+    """The CPU time (user + system, s) process ``pid`` used so far, its ended threads included (/proc stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -288,6 +295,7 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                 log0 = op.proc.log_path.stat().st_size
                 writes0, rec0 = operator_counts(op)
                 server0, own0 = apiserver_requests(client), client.requests
+                cpu0 = cpu_s(op.proc.pid)
                 started: dict[str, float] = {}
                 returned: dict[str, float] = {}  # when each POST was answered (the object exists from then on)
                 names = [f"plugin-{i}" for i in range(args.plugins)]
@@ -317,6 +325,7 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                 total = max(watch.counted_at.values()) - t0
                 writes1, rec1 = operator_counts(op)
                 server1, own1 = apiserver_requests(client), client.requests
+                cpu1 = cpu_s(op.proc.pid)
                 m1 = op.metrics()
                 lat = sorted(times.values())
                 reconciles = rec1 - rec0
@@ -324,7 +333,8 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                     f"apply -> status with all {want} selected pods counted, {args.plugins} plugins over {args.pods} "
                     f"pods: p50 {statistics.median(lat):.2f}s p95 {lat[int(0.95 * (len(lat) - 1))]:.2f}s "
                     f"p99 {lat[int(0.99 * (len(lat) - 1))]:.2f}s max {lat[-1]:.2f}s; all applied in {applied:.2f}s, "
-                    f"all counted after {total:.2f}s; operator RSS {rss_mib(op.proc.pid):.0f} MiB"
+                    f"all counted after {total:.2f}s; operator RSS {rss_mib(op.proc.pid):.0f} MiB, "
+                    f"CPU {cpu1 - cpu0:.2f}s"
                 )
                 print(
                     f"  from each POST's answer: p50 {statistics.median(after_post):.2f}s "
@@ -352,6 +362,7 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                     m1 = op.metrics()
                     writes1, rec1 = operator_counts(op)
                     server1, own1 = apiserver_requests(client), client.requests
+                    cpu1 = cpu_s(op.proc.pid)
                     t1 = time.monotonic()
                     change()
 
@@ -360,13 +371,15 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                     m2 = op.metrics()
                     writes2, rec2 = operator_counts(op)
                     server2, own2 = apiserver_requests(client), client.requests
+                    cpu2 = cpu_s(op.proc.pid) - cpu1  # with the idle second quiet() saw last
                     churn_rec = rec2 - rec1
                     ops = (server2 - server1) - (own2 - own1)
                     print(
                         f"{what}: settled in {time.monotonic() - t1 - 1.0:.1f}s, {churn_rec:.0f} reconciles; "
                         f"per pod changed: {ops / max(pods_changed, 1):.2f} operator requests at the apiserver, "
                         f"{(writes2 - writes1) / max(pods_changed, 1):.2f} from its writer "
-                        f"({want} pods per workload, {args.plugins // args.workloads} plugins each)"
+                        f"({want} pods per workload, {args.plugins // args.workloads} plugins each); "
+                        f"operator CPU {1000 * cpu2 / max(pods_changed, 1):.2f} ms per pod changed"
                     )
                     print(breakdown(m1, m2, churn_rec))
 

@@ -445,7 +445,10 @@ class Reconciler:
         clock.done("status")
         tier = module.compiled.tier if module is not None and module.compiled is not None else None
         pushes = self.agent.push_ms.pop(key, None) if path is self.agent else None
-        clock.log(ready=report.ready.status == "True", compiled=tier is not None, tier=tier, pushes_ms=pushes)
+        pushed = self.agent.pushed.pop(key, 0) if path is self.agent else None
+        clock.log(
+            ready=report.ready.status == "True", compiled=tier is not None, tier=tier, pushes_ms=pushes, pushed=pushed
+        )
         if report.retry:
             raise status.Retry(report.retry, status.backoff(retry))
         if report.recheck_s is not None:

@@ -198,6 +198,35 @@ def test_a_refusal_is_an_event_on_the_refused_plugin_only(bed: Bed) -> None:
     assert running(a) == [(f"{bed.ns}.a-good", sha(GOOD))]
 
 
+def test_a_push_does_not_queue_its_own_plugin_again(bed: Bed) -> None:
+    """A push whose outcome changed queues the other plugins selecting the pod (they re-read it), not the plugin
+    whose reconcile pushed: each of its reconciles pushes (the operator's stage log counts the pods pushed)."""
+    sel = {"matchLabels": {"app": "cart"}}
+    bed.plugin("first", {"url": bed.module("good.wasm", GOOD), "selector": sel, "dataPlane": "agent"})
+    assert bed.pod("a", {"app": "cart"}) is not None
+    # the operator saw the pod with its IP, and its module's optimized code is pushed (no follow-up push to come)
+
+    def optimized() -> bool:
+        conditions = bed.wait_ready("first", "True", "Confirmed", "1/1")["conditions"]
+        return "baseline" not in next(c for c in conditions if c["type"] == "Ready")["message"]
+
+    procs.wait_until(optimized, timeout=60, what="first: the optimized code confirmed")
+    bed.plugin("hdr", {"url": bed.module("good.wasm", GOOD), "selector": sel, "dataPlane": "agent"})
+    bed.wait_ready("hdr", "True", "Confirmed", "1/1")
+    # a later plugin's reconcile ends after what hdr's push queued has run
+    none = {"matchLabels": {"app": "none"}}
+    bed.plugin("later", {"url": bed.module("good.wasm", GOOD), "selector": none, "dataPlane": "agent"})
+    bed.wait_ready("later", "True", "Confirmed", "0/0")
+    stages = [
+        json.loads(line.partition("reconcile stages ")[2])
+        for line in bed.op.proc.log().splitlines()
+        if "reconcile stages " in line
+    ]
+    hdr = [s for s in stages if s["plugin"] == f"{bed.ns}/hdr"]
+    assert hdr and all(s["pushed"] >= 1 for s in hdr), hdr
+    assert any(s["plugin"] == f"{bed.ns}/first" and s["pushed"] == 0 for s in stages)  # queued by hdr's push
+
+
 def test_unreachable_agent_heals_by_retry(bed: Bed) -> None:
     ip = bed.next_ip()
     bed.pod("late", {"app": "late"}, agent=False, ip=ip)

@@ -143,6 +143,8 @@ class AgentDelivery:
         self._stables: dict[Key, tuple[str, tuple[spec.PluginSpec, model.Module]]] = {}  # version key -> stable
         #: per plugin, its last delivery's wall time in ms spent pushing (the rest: API reads, building sets)
         self.push_ms: dict[Key, float] = {}
+        #: per plugin, the pods its deliveries pushed since the reconciler last read it (the stage log's figure)
+        self.pushed: dict[Key, int] = {}
 
     def close(self) -> None:
         """Stop pushing: pushes still running are abandoned (their reconciles raise `workqueue.ShuttingDown`)."""
@@ -483,6 +485,8 @@ class AgentDelivery:
             started = time.monotonic()
             outcome = agents.push(target, version, resources, creds)
             self.metrics.pushed(outcome.result.value, time.monotonic() - started)
+            with self._lock:
+                self.pushed[own] = self.pushed.get(own, 0) + 1
             if outcome.result is agents.Result.ACK:
                 with self._lock:
                     self._grants[pod_key] = blobs
@@ -553,3 +557,5 @@ class AgentDelivery:
             if isinstance(state, str) or state.outcome.result is not agents.Result.ACK:
                 why = state if isinstance(state, str) else f"{state.outcome.reason}: {state.outcome.message}"
                 log.warning("removing %s/%s from pod %s's agent: %s", namespace, name, pod["metadata"]["name"], why)
+        with self._lock:
+            self.pushed.pop(key, None)
