@@ -43,6 +43,7 @@ import wasmtime
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import rss_mib
+from meshplug.controller import index as index_mod
 from tests.testbed import fixtures_kube, procs
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
@@ -163,6 +164,35 @@ def pod_body(i: int, workloads: int) -> dict[str, Any]:
     }
 
 
+def plugin_spec(i: int, workloads: int, module: Path) -> dict[str, Any]:
+    return {
+        "url": f"file://{module}",
+        "sha256": hashlib.sha256(MODULE).hexdigest(),
+        "selector": {"matchLabels": {"app": f"app-{i % workloads}"}},
+        "priority": i,
+        "pluginConfig": {"n": i},
+    }
+
+
+def index_cost(pods: int, plugins: int, workloads: int) -> str:
+    """The operator's watch index (`meshplug.controller.index`) in this process, fed this run's plugins and pods:
+    CPU time per pod event (each pod added, then given another IP; both ask which plugins select it)."""
+    idx = index_mod.Index()
+    for i in range(plugins):
+        meta = {"namespace": NS, "name": f"plugin-{i}", "generation": 1}
+        idx.plugin_event(None, {"kind": "WasmPlugin", "metadata": meta, "spec": plugin_spec(i, workloads, Path("/m"))})
+    queued = 0
+    started = time.process_time()
+    for i in range(pods):
+        body = {**pod_body(i, workloads), "status": {"podIP": f"10.1.{i // 250}.{i % 250 + 1}"}}
+        body["metadata"]["namespace"] = NS
+        queued += len(idx.pod_event("ADDED", body))
+        body["status"] = {"podIP": f"10.2.{i // 250}.{i % 250 + 1}"}
+        queued += len(idx.pod_event("MODIFIED", body))
+    spent = time.process_time() - started
+    return f"{1e6 * spent / (2 * pods):.1f} us CPU per pod event ({queued / (2 * pods):.1f} plugins queued per event)"
+
+
 def make_pod(client: Client, i: int, workloads: int) -> None:
     client("POST", f"/api/v1/namespaces/{NS}/pods", pod_body(i, workloads))
     status = {
@@ -244,7 +274,12 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
     ap.add_argument("--idle", type=float, default=10.0)
     ap.add_argument("--deadline", type=float, default=600.0)
     ap.add_argument("--workers", type=int, default=0, help="the operator's --workers (0: its default)")
+    ap.add_argument("--index-only", action="store_true", help="only the in-process index figure (no apiserver)")
     args = ap.parse_args()
+    cost = index_cost(args.pods, args.plugins, args.workloads)
+    print(f"operator index, {args.plugins} plugins over {args.pods} pods: {cost}")
+    if args.index_only:
+        return 0
     deadline = time.monotonic() + args.deadline
     with tempfile.TemporaryDirectory(prefix="meshplug-scale-") as tmp:
         work = Path(tmp)
@@ -301,13 +336,7 @@ def main() -> int:  # noqa: PLR0915 - the benchmark's one run, read top to botto
                 names = [f"plugin-{i}" for i in range(args.plugins)]
                 t0 = time.monotonic()
                 for i, name in enumerate(names):
-                    spec = {
-                        "url": f"file://{modules / 'm.wasm'}",
-                        "sha256": hashlib.sha256(MODULE).hexdigest(),
-                        "selector": {"matchLabels": {"app": f"app-{i % args.workloads}"}},
-                        "priority": i,
-                        "pluginConfig": {"n": i},
-                    }
+                    spec = plugin_spec(i, args.workloads, modules / "m.wasm")
                     body = {
                         "apiVersion": "meshplug.io/v1alpha1",
                         "kind": "WasmPlugin",
