@@ -556,7 +556,14 @@ class Downstream(H1Peer, asyncio.Protocol):
             self._refuse(403, b"")
         return bool(offered)
 
+    def on_chunk_header(self) -> None:
+        """A chunk's size line: when it is the last chunk's, trailer lines follow, bounded as a head is (Envoy counts
+        them against max_request_headers_kb); a chunk's data (`on_body`) ends that."""
+        self._in_head = True
+        self._head_room = self._max_head
+
     def on_body(self, body: bytes) -> None:
+        self._in_head = False
         if self._body_left:  # a Content-Length body read past the parser from the next read on
             self._body_left -= len(body)
         self._body(body)
