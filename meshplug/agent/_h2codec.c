@@ -12,7 +12,9 @@
  *       connection (GOAWAY ENHANCE_YOUR_CALM: an HPACK bomb); `stream_window`: a client stream's receive
  *       window, opened by a WINDOW_UPDATE once its HEADERS went out (0: the SETTINGS' window).
  *   receive(data) -> [(kind, stream_id, obj, flag, num)]  raises CodecError after queueing the GOAWAY when the
- *       peer broke the protocol (a connection error). Kinds (h2wire.EV_*):
+ *       peer broke the protocol (a connection error); its `events` attribute holds the events of the frames
+ *       before the one that broke it (as Envoy, a response head and body already received are passed on).
+ *       Kinds (h2wire.EV_*):
  *         1 request head  (obj: [(name, value)], flag: END_STREAM)
  *         2 response head (final responses only; 1xx are dropped)
  *         3 trailers
@@ -564,6 +566,7 @@ static PyObject *Session_receive(Session *self, PyObject *arg) {
         if (!self->terminated) nghttp2_session_terminate_session(self->session, NGHTTP2_PROTOCOL_ERROR);
         self->terminated = 1;
     }
+    if (self->terminated) self->events = NULL; /* the resets the GOAWAY brings are the connection error's */
     if (!err && drain(self)) err = 1;
     self->events = NULL;
     if (err) {
@@ -572,10 +575,12 @@ static PyObject *Session_receive(Session *self, PyObject *arg) {
         if (!PyErr_Occurred()) PyErr_SetString(CodecError, "callback failed");
         return NULL;
     }
-    if (self->terminated) {
+    if (self->terminated) { /* CodecError(message), its `events`: what the frames before the error gave */
+        const char *msg = rv < 0 ? nghttp2_strerror((int)rv) : "connection error";
+        PyObject *exc = PyObject_CallFunction(CodecError, "s", msg);
+        if (exc && PyObject_SetAttrString(exc, "events", events) == 0) PyErr_SetObject(CodecError, exc);
+        Py_XDECREF(exc);
         Py_DECREF(events);
-        PyErr_Format(CodecError, "connection error%s%s", rv < 0 ? ": " : "",
-                     rv < 0 ? nghttp2_strerror((int)rv) : "");
         return NULL;
     }
     return events;

@@ -50,6 +50,7 @@ class H2UpExchange(FilteredExchange):
         expected = hcm.expected_timeout(route.timeout_s, suppressed=self.conn.state.suppress_envoy_headers)
         if expected is not None:
             out.append(expected)
+        self.sent_at = self.conn.proxy.loop.time()  # x-envoy-upstream-service-time counts from here
         req = self.req = relay.H2Request(h2pool, self)
         req.send_headers(out, end_stream)
         pending, self.body_pending = self.body_pending, []

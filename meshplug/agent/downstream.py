@@ -639,6 +639,15 @@ class Downstream(H1Peer, asyncio.Protocol):
         transport.resume_reading()
         self.timer.arm_idle(limits.DOWNSTREAM_DELAYED_CLOSE_S)
 
+    def close_after_reset(self) -> None:
+        """A started response its upstream reset (it cannot go on): as Envoy's HCM, what was written goes out and
+        the connection closes `limits.DOWNSTREAM_DELAYED_CLOSE_S` later (FlushWriteAndDelay: no FIN before, nothing
+        read meanwhile, so a pipelined request is never answered)."""
+        self.flush()
+        self._stop_reading()
+        self._lingering = True
+        self.timer.arm_idle(limits.DOWNSTREAM_DELAYED_CLOSE_S)
+
     def _parse_error(self, exc: httptools.HttpParserError) -> None:
         if self._lingering:
             return  # the bytes after a request whose answer closes the connection (as Envoy, ignored)

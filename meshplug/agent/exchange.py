@@ -297,10 +297,10 @@ class Exchange:
             self.up_complete()  # close-delimited body: end of connection is end of body
             return
         up, self.up = self.up, None
-        if self.resp_started:  # what was written of the response goes out first (as Envoy), then the reset
+        if self.resp_started:  # what was written of the response goes out first (as Envoy), then the close
             self.conn.proxy.stats.upstream_rq_reset += 1
-            self.conn.flush()
-            self.conn.abort()
+            self._cancel_timer()
+            self.conn.close_after_reset()
             return
         if (
             up is not None

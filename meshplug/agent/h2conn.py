@@ -9,22 +9,54 @@ when there is no native build): h2's own state machine, framing and flow control
   reset, a connection error when it had ended).
 * The inbound header checks are nghttp2's as Envoy runs them, in `meshplug.agent.h2wire.received_headers` (the
   configs switch the library's own off; `PyCodec.receive` applies them to every header event).
+* A connection error in `receive_data` (raised as `Broken`) keeps the events of the frames before it: Envoy
+  passes on a response head and body it received before the frame that broke the connection.
 
 Not compiled (it subclasses an interpreted class).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h2.connection
 import h2.errors
 import h2.exceptions
+import hyperframe.exceptions
 import hyperframe.frame
+
+if TYPE_CHECKING:
+    from h2._typing import Buffer
+
+
+class Broken(h2.exceptions.ProtocolError):
+    """The peer broke the protocol (a connection error, the GOAWAY queued); `events`: what the data before the
+    frame that broke it gave."""
+
+    def __init__(self, message: str, error_code: h2.errors.ErrorCodes, events: list[Any]) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.events = events
 
 
 class Connection(h2.connection.H2Connection):
     """h2's H2Connection; received frames are not formatted for the (disabled) trace log."""
+
+    def receive_data(self, data: Buffer) -> list[Any]:
+        """h2's receive_data, its connection errors raised as `Broken` with the events gathered before them."""
+        events: list[Any] = []
+        self.incoming_buffer.add_data(data)
+        self.incoming_buffer.max_frame_size = self.max_inbound_frame_size
+        try:
+            for frame in self.incoming_buffer:
+                events.extend(self._receive_frame(frame))
+        except hyperframe.exceptions.InvalidPaddingError as exc:
+            self._terminate_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            raise Broken("Received frame with invalid padding.", h2.errors.ErrorCodes.PROTOCOL_ERROR, events) from exc
+        except h2.exceptions.ProtocolError as exc:
+            self._terminate_connection(exc.error_code)
+            raise Broken(str(exc), exc.error_code, events) from exc
+        return events
 
     def _receive_frame(self, frame: hyperframe.frame.Frame) -> list[Any]:
         handler = self._frame_dispatch_table[frame.__class__]

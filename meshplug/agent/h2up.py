@@ -125,9 +125,14 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.receive(data)
-        except h2wire.PROTOCOL_ERRORS:
-            self.goaway_seen = True
-            self.flush()  # the codec queued its GOAWAY
+        except h2wire.PROTOCOL_ERRORS as exc:
+            self.goaway_seen = True  # no new stream goes on this connection
+            self.closed = True  # the codec ended it: its GOAWAY is the last frame sent
+            self.flush()
+            # as Envoy: what the frames before the error gave is passed on (a response head and body: the exchange
+            # then cuts the response it started); the streams still open fail with a protocol error
+            for event in h2wire.events_before(exc):
+                self._event(event)
             self._fail_all(wire.RESET_PROTOCOL)
             self.close()
             return

@@ -36,7 +36,7 @@ import h2.exceptions
 import h2.settings
 from hpack import NeverIndexedHeaderTuple
 
-from meshplug.agent.h2conn import Connection
+from meshplug.agent.h2conn import Broken, Connection
 from meshplug.agent.hpackcache import CachedDecoder, CachedEncoder
 
 Header = tuple[bytes, bytes]
@@ -226,13 +226,18 @@ _HEADER_EVENTS: Final[dict[type, int]] = {
 }
 
 
-def check_received(events: list[h2.events.Event], *, server: bool, connect_protocol: bool = False) -> None:
-    """`received_headers` on every header event of one read (their headers replaced by the checked block)."""
-    for ev in events:
+def check_received(events: list[h2.events.Event], *, server: bool, connect_protocol: bool = False) -> int:
+    """`received_headers` on every header event of one read (their headers replaced by the checked block), up to
+    the first block refused: its index in `events` (len(events) when none was)."""
+    for i, ev in enumerate(events):
         kind = _HEADER_EVENTS.get(type(ev))
         if kind is not None:
             block = cast(Any, ev)
-            block.headers = received_headers(block.headers, kind, server=server, connect_protocol=connect_protocol)
+            try:
+                block.headers = received_headers(block.headers, kind, server=server, connect_protocol=connect_protocol)
+            except h2.exceptions.ProtocolError:
+                return i
+    return len(events)
 
 
 # --- the codec interface: what `_h2codec.Session` and `PyCodec` both answer ---
@@ -290,6 +295,12 @@ CODEC_NAME: Final = f"nghttp2 {_NATIVE.NGHTTP2_VERSION}" if _NATIVE is not None 
 PROTOCOL_ERRORS: Final[tuple[type[Exception], ...]] = (h2.exceptions.ProtocolError,) + (
     (cast(type[Exception], _NATIVE.CodecError),) if _NATIVE is not None else ()
 )
+
+
+def events_before(exc: Exception) -> list[Event]:
+    """The events of the frames a read held before the one that broke the connection (`exc`, one of
+    PROTOCOL_ERRORS raised by `Codec.receive`)."""
+    return cast(list[Event], getattr(exc, "events", None) or [])
 
 
 def new_codec(
@@ -394,15 +405,22 @@ class PyCodec:
             h.increment_flow_control_window(connection_window - 65535)
 
     def receive(self, data: bytes) -> list[Event]:
-        """Our events for h2's, their header blocks checked (`received_headers`); h2's ProtocolError (its
-        GOAWAY queued) when the peer broke the protocol."""
+        """Our events for h2's, their header blocks checked (`received_headers`); `Broken` (an h2 ProtocolError,
+        the GOAWAY queued) when the peer broke the protocol, its `events` ours for the frames before."""
         h = self.h2
-        events = h.receive_data(data)
         try:
-            check_received(events, server=self.server, connect_protocol=self.connect_protocol)
-        except h2.exceptions.ProtocolError:
-            h.close_connection(error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR)  # as h2 ends it
-            raise
+            events = h.receive_data(data)
+        except Broken as exc:
+            raise Broken(str(exc), exc.error_code, self._ours(exc.events)) from exc
+        good = check_received(events, server=self.server, connect_protocol=self.connect_protocol)
+        if good < len(events):
+            code = h2.errors.ErrorCodes.PROTOCOL_ERROR
+            h.close_connection(error_code=code)  # as h2 ends it
+            raise Broken("Invalid header block", code, self._ours(events[:good]))
+        return self._ours(events)
+
+    def _ours(self, events: list[h2.events.Event]) -> list[Event]:
+        """h2's events as ours (`EV_*` tuples)."""
         out: list[Event] = []
         for event in events:
             t = type(event)

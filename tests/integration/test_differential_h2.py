@@ -438,34 +438,25 @@ RESPONSE_CASES: list[tuple[str, tuple[Part, ...]]] = [
     ("trailers with a pseudo-header", _answer(_S200, body=(Part(data=b"ok"), Part(headers=(_S200,), end=True)))),
     ("trailers without END_STREAM", _answer(_S200, body=(Part(data=b"ok"), Part(headers=((b"x-t", b"1"),))))),
     ("upper-case trailer name", _answer(_S200, body=(Part(data=b"ok"), Part(headers=((b"X-T", b"1"),), end=True)))),
+    ("bad trailers after a whole content-length body",
+     _answer(_S200, (b"content-length", b"2"), body=(Part(data=b"ok"), Part(headers=((b"X-T", b"1"),), end=True)))),
     ("trailer header", _answer(_S200, (b"trailer", b"x-t"))),
     ("headers then RST_STREAM", _answer(_S200, body=(Part(reset=2),))),
     ("DATA then RST_STREAM", _answer(_S200, body=(Part(data=b"ok"), Part(reset=2)))),
     ("full response then RST_STREAM NO_ERROR", _answer(_S200, body=(Part(data=b"ok", end=True), Part(reset=0)))),
+    ("whole content-length body then RST_STREAM", _answer(_S200, (b"content-length", b"2"), body=(Part(data=b"ok"),
+                                                                                                Part(reset=2)))),
+    ("204 then RST_STREAM", _answer((b":status", b"204"), body=(Part(reset=2),))),
+    ("304 with a body", _answer((b":status", b"304"))),
 ]  # fmt: skip
 
 
-_CUT = "Envoy passes the response head on, then cuts the response (a stream error after the head); the agent "
 #: cases where the agent still differs from Envoy (each an xfail that fails the run once it passes): why
-RESPONSE_DIFFERS: dict[str, str] = {
-    "trailers with a pseudo-header": _CUT + "answers 502 instead",
-    "trailers without END_STREAM": _CUT + "answers 502 instead",
-    "upper-case trailer name": _CUT + "answers 502 instead",
-}
-#: ... on the compiled path only (nghttp2); the fallback codec relays it as Envoy does
-RESPONSE_DIFFERS_NATIVE: dict[str, str] = {
-    "204 with a body": "both relay the 204 without its body; Envoy keeps the client connection, the agent closes it"
-}
-
-
-_H2_LIBRARY = (
-    "the fallback codec (the h2 library) ends the connection on a content-length its DATA does not match, where "
-    "nghttp2 resets the stream: the agent answers 502, Envoy cuts the response it started"
-)
+RESPONSE_DIFFERS: dict[str, str] = {}
+#: ... on the compiled path only (nghttp2)
+RESPONSE_DIFFERS_NATIVE: dict[str, str] = {}
 #: ... on the interpreted path only (MESHPLUG_NATIVE=0)
-RESPONSE_DIFFERS_FALLBACK: dict[str, str] = dict.fromkeys(
-    ("content-length larger than the body", "content-length smaller than the body"), _H2_LIBRARY
-)
+RESPONSE_DIFFERS_FALLBACK: dict[str, str] = {}
 
 
 def _response_case(name: str, parts: tuple[Part, ...]) -> Any:

@@ -15,6 +15,7 @@ import h2.errors
 import h2.events
 import hpack
 import pytest
+from hyperframe.frame import HeadersFrame
 
 from meshplug import limits
 from meshplug.agent import h2down, h2up, h2wire
@@ -197,3 +198,50 @@ def test_reset_after_the_response_ended(kind: str, body: bool) -> None:
     head = ("head", [(b":status", b"200")])
     sent = [head, ("data", b"done")] if body else [head]
     assert _reset_after_end(kind, body) == [*sent, ("reset", h2.errors.ErrorCodes.NO_ERROR)]
+
+
+def _broken_after_body(kind: str, trailers: list[Header], end: bool) -> tuple[object, list[Any]]:
+    """A response head and DATA, then a trailer block the codec refuses, in one read: what `receive` raised
+    the events before (`h2wire.events_before`) and the GOAWAY codes the peer got."""
+    client = _codec(kind, server=False)
+    server = _peer(client=False)
+    sid = client.next_stream_id()
+    assert client.send_headers(sid, REQUEST, True)
+    _exchange(client, server)
+    server.send_headers(sid, [(b":status", b"200")])
+    server.send_data(sid, b"ok")
+    frame = HeadersFrame(sid)
+    frame.data = server.encoder.encode(trailers)  # the peer's own encoder: the tables stay in step
+    frame.flags.add("END_HEADERS")
+    if end:
+        frame.flags.add("END_STREAM")
+    try:
+        client.receive(server.data_to_send() + frame.serialize())
+    except h2wire.PROTOCOL_ERRORS as exc:
+        before: object = h2wire.events_before(exc)
+    else:
+        before = "served"
+    codes = [e.error_code for e in server.receive_data(client.data_to_send()) if hasattr(e, "last_stream_id")]
+    return before, codes
+
+
+# trailer blocks nghttp2 (with Envoy's options) refuses with a connection error: name, block, END_STREAM on it
+BAD_TRAILERS: list[tuple[str, list[Header], bool]] = [
+    ("pseudo-header", [(b":status", b"200")], True),
+    ("upper-case name", [(b"X-T", b"1")], True),
+    ("without END_STREAM", [(b"x-t", b"1")], False),
+]
+
+
+@pytest.mark.parametrize("kind", CODECS)
+@pytest.mark.parametrize(("name", "trailers", "end"), BAD_TRAILERS, ids=[c[0] for c in BAD_TRAILERS])
+def test_a_connection_error_hands_over_the_events_before_it(
+    kind: str, name: str, trailers: list[Header], end: bool
+) -> None:
+    """As Envoy: the response head and body read before the frame that broke the connection are passed on (the
+    exchange then cuts the response it started); the connection ends with GOAWAY PROTOCOL_ERROR."""
+    head = (h2wire.EV_RESPONSE, 1, [(b":status", b"200")], False, 0)
+    assert _broken_after_body(kind, trailers, end) == (
+        [head, (h2wire.EV_DATA, 1, b"ok", False, 2)],
+        [h2.errors.ErrorCodes.PROTOCOL_ERROR],
+    )
