@@ -402,3 +402,49 @@ def test_istiod_sends_an_unchanged_extension_config_again_and_envoy_does_not_tak
     finally:
         mesh_operator.delete(ns, "churn")
         mesh_operator.delete(ns, "steady")
+
+
+def test_a_refusal_istiod_no_longer_shows_stays_reported_after_an_operator_restart(
+    mesh_operator: MeshOperator, shop: tuple[str, istiopod.Pod]
+) -> None:
+    """istiod forgets a NACK at the proxy's next ACK of the type, and Envoy ACKs the refused extension sent again
+    (without building it): an operator started after that sees nothing of the refusal in istiod, and the module server
+    it runs has seen no download yet. The status the operator before it wrote has: the refusal of this version (the
+    pod, Envoy's message) stays reported, as confirmed pods stay confirmed, and Envoy still answers 500."""
+    ns, pod = shop
+    mesh = mesh_operator.mesh
+    url, sha = mesh_operator.module_url(HEADER_RULES, "header_rules.wasm")
+    refused = {"request": {"add": {"x-a": 1}}}  # header_rules refuses it in on_configure: Envoy NACKs it
+    mesh_operator.plugin(ns, "kept", {"url": url, "sha256": sha, "pluginConfig": refused})
+    try:
+        obj = mesh_operator.wait(ns, "kept", status="False", reason="ProxyNACK")
+        failing = obj["status"]["failingPods"]
+        assert failing[0]["name"] == "cart-0" and f"Unable to create Wasm plugin {ns}.kept" in failing[0]["message"]
+        status, istios = mesh.kube.request("GET", f"{WP.format(ns=ns)}/kept")
+        assert status == 200, istios
+        mesh.apply(  # selects no pod; istiod sends the namespace's proxies their extension configs again
+            {
+                "apiVersion": "extensions.istio.io/v1alpha1",
+                "kind": "TrafficExtension",
+                "metadata": {"name": "elsewhere", "namespace": ns},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "no-such-app"}},
+                    "wasm": {k: istios["spec"][k] for k in ("url", "sha256")},
+                },
+            }
+        )
+        istio.poll(
+            lambda: ecds_state(mesh, pod.proxy_id),
+            lambda r: r.get("sent") and r.get("acked") == r.get("sent") and not r.get("lastError"),
+            "an ACK clearing istiod's record of the NACK",
+        )
+        mesh_operator.restart()
+        reconciled = f'"plugin": "{ns}/kept"'
+        istio.poll(lambda: mesh_operator.log().count(reconciled), lambda n: n >= 2, "two reconciles of the plugin")
+        obj = mesh_operator.wait(ns, "kept", status="False", reason="ProxyNACK")
+        assert obj["status"]["failingPods"] == failing, obj["status"]
+        assert pod.request("/").status == 500  # Envoy, in the same run: still no running filter for it
+    finally:
+        mesh_operator.delete(ns, "kept")
+        mesh.kube.request("DELETE", f"{TE.format(ns=ns)}/elsewhere")
+    istio.poll(lambda: pod.request("/"), lambda r: r.status == 200, "the proxy serving again")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,14 @@ class MeshOperator:
     op: operator_mod.Operator
     modules: Path
     module_port: int
+    start: Callable[[], operator_mod.Operator] | None = None  # starts the operator process as `running` does
+
+    def restart(self) -> None:
+        """Stop the operator (by pid) and start it again with the same arguments and ports: what it kept only in
+        memory is gone, what it wrote stays."""
+        assert self.start is not None
+        self.op.stop()
+        self.op = self.start()
 
     # --- modules ---------------------------------------------------------------------------------------------
 
@@ -191,7 +199,32 @@ def running(
     (work / "webhook.yaml").write_text(yaml.safe_dump(config))
     modules = work / "modules"
     modules.mkdir(parents=True, exist_ok=True)
-    op = operator_mod.start_operator(
+
+    def start() -> operator_mod.Operator:
+        op = _start_operator(mesh, work, module_port, istiod_url, modules, trusted_ca, extra)
+        procs.wait_until(lambda: procs.tls_ready(port, tls.ca_cert), timeout=60, what="the operator's webhook server")
+        return op
+
+    handle = MeshOperator(mesh=mesh, op=start(), modules=modules, module_port=module_port, start=start)
+    try:
+        mesh.apply(_webhook_configuration(port, tls.ca_bundle))
+        yield handle
+    finally:
+        with contextlib.suppress(Exception):
+            mesh.delete(_webhook_configuration(port, tls.ca_bundle))
+        handle.op.stop()
+
+
+def _start_operator(  # noqa: PLR0917
+    mesh: istio.Mesh,
+    work: Path,
+    module_port: int,
+    istiod_url: str,
+    modules: Path,
+    trusted_ca: Path | None,
+    extra: tuple[str, ...],
+) -> operator_mod.Operator:
+    return operator_mod.start_operator(
         mesh.kube.kubeconfig,
         work,
         name="operator-mesh",
@@ -207,11 +240,3 @@ def running(
         ),
         env={"MESHPLUG_WEBHOOK_CONFIG": str(work / "webhook.yaml")},
     )
-    try:
-        procs.wait_until(lambda: procs.tls_ready(port, tls.ca_cert), timeout=60, what="the operator's webhook server")
-        mesh.apply(_webhook_configuration(port, tls.ca_bundle))
-        yield MeshOperator(mesh=mesh, op=op, modules=modules, module_port=module_port)
-    finally:
-        with contextlib.suppress(Exception):
-            mesh.delete(_webhook_configuration(port, tls.ca_bundle))
-        op.stop()
