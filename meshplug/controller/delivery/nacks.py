@@ -243,9 +243,10 @@ class RejectAccounts:
     nonce and error). When istiod counted more, the rejection came after the count read before (``since``): the
     proxies with extension config traffic over the readings around it (their sent nonce changed, or a push was not
     answered yet: a NACK and the ACK that clears it both fall there, even when istiod sent the refused config before)
-    are marked. A plugin version a proxy had ACKed before a mark's ``since`` is not the one refused (Envoy rebuilds
-    only a config that changed), so `unseen` passes it; one ACKed later is not cleared (Envoy ACKs a refused config
-    sent again)."""
+    are marked. A plugin version a proxy had ACKed before a mark's ``since`` is not the one refused (istiod does send
+    a proxy its unchanged extension configs again when another plugin changes, but Envoy does not take an unchanged
+    one again: seen in tests/integration/test_istio_native.py), so `unseen` passes it; one ACKed later is not
+    cleared (Envoy ACKs a refused config sent again)."""
 
     def __init__(self, capacity: int = limits.FETCH_LOG_ENTRIES) -> None:
         self._lock = threading.Lock()
