@@ -278,8 +278,7 @@ LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 
 def lds_state(mesh: istio.Mesh, proxy_id: str) -> dict[str, str]:
     """istiod's record of the proxy's listeners: the nonce sent, the nonce ACKed, the last NACK's error."""
-    entry = next((e for e in mesh.istiod.syncz() if e.get("proxy") == proxy_id), {})
-    return dict((entry.get("resources") or {}).get(LDS) or {})
+    return mesh.istiod.xds_state(proxy_id, LDS)
 
 
 def istiod_nacks(mesh: istio.Mesh, name: str) -> int:

@@ -156,13 +156,36 @@ ECDS = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 
 def ecds_state(mesh: istio.Mesh, proxy_id: str) -> dict[str, str]:
     """istiod's record of the proxy's extension configs: the nonce sent, the nonce ACKed, the last NACK's error."""
-    entry = next((e for e in mesh.istiod.syncz() if e.get("proxy") == proxy_id), {})
-    return dict((entry.get("resources") or {}).get(ECDS) or {})
+    return mesh.istiod.xds_state(proxy_id, ECDS)
 
 
 def istiod_nacks(mesh: istio.Mesh, extension: str) -> int:
     """How often istiod logged a NACK naming ``extension`` (its warning on every xDS rejection)."""
     return sum(1 for line in mesh.istiod.proc.log().splitlines() if "ACK ERROR" in line and extension in line)
+
+
+def clear_istiods_record(mesh: istio.Mesh, pod: istiopod.Pod, name: str) -> None:
+    """Have the proxy ACK an extension config push, which clears istiod's record of its NACK: a TrafficExtension
+    "elsewhere" beside Istio's resource ``name`` (of the same module, selecting no pod) makes istiod send the
+    namespace's proxies their extension configs again, the refused one too, and Envoy ACKs it unchanged."""
+    status, istios = mesh.kube.request("GET", f"{WP.format(ns=pod.namespace)}/{name}")
+    assert status == 200, istios
+    mesh.apply(
+        {
+            "apiVersion": "extensions.istio.io/v1alpha1",
+            "kind": "TrafficExtension",
+            "metadata": {"name": "elsewhere", "namespace": pod.namespace},
+            "spec": {
+                "selector": {"matchLabels": {"app": "no-such-app"}},
+                "wasm": {k: istios["spec"][k] for k in ("url", "sha256")},
+            },
+        }
+    )
+    istio.poll(
+        lambda: ecds_state(mesh, pod.proxy_id),
+        lambda r: r.get("sent") and r.get("acked") == r.get("sent") and not r.get("lastError"),
+        "an ACK clearing istiod's record of the NACK",
+    )
 
 
 def test_a_refusal_that_a_later_ack_hides_is_not_reported_loaded(
@@ -196,24 +219,7 @@ def test_a_refusal_that_a_later_ack_hides_is_not_reported_loaded(
             with procs.frozen(mesh_operator.op.proc.pid):
                 resume_envoy()
                 istio.poll(lambda: istiod_nacks(mesh, f"{ns}.masked"), bool, "Envoy's NACK in istiod's log")
-                status, istios = mesh.kube.request("GET", f"{WP.format(ns=ns)}/masked")
-                assert status == 200, istios
-                mesh.apply(  # selects no pod; istiod sends the namespace's proxies their extension configs again
-                    {
-                        "apiVersion": "extensions.istio.io/v1alpha1",
-                        "kind": "TrafficExtension",
-                        "metadata": {"name": "elsewhere", "namespace": ns},
-                        "spec": {
-                            "selector": {"matchLabels": {"app": "no-such-app"}},
-                            "wasm": {k: istios["spec"][k] for k in ("url", "sha256")},
-                        },
-                    }
-                )
-                istio.poll(
-                    lambda: ecds_state(mesh, pod.proxy_id),
-                    lambda r: r.get("sent") and r.get("acked") == r.get("sent") and not r.get("lastError"),
-                    "an ACK clearing istiod's record of the NACK",
-                )
+                clear_istiods_record(mesh, pod, "masked")
                 assert pod.request("/").status == 500  # Envoy still has no running filter for it
         obj = mesh_operator.wait(ns, "masked", status="False", reason="ProxyNACK")
         failing = obj["status"]["failingPods"][0]
@@ -420,24 +426,7 @@ def test_a_refusal_istiod_no_longer_shows_stays_reported_after_an_operator_resta
         obj = mesh_operator.wait(ns, "kept", status="False", reason="ProxyNACK")
         failing = obj["status"]["failingPods"]
         assert failing[0]["name"] == "cart-0" and f"Unable to create Wasm plugin {ns}.kept" in failing[0]["message"]
-        status, istios = mesh.kube.request("GET", f"{WP.format(ns=ns)}/kept")
-        assert status == 200, istios
-        mesh.apply(  # selects no pod; istiod sends the namespace's proxies their extension configs again
-            {
-                "apiVersion": "extensions.istio.io/v1alpha1",
-                "kind": "TrafficExtension",
-                "metadata": {"name": "elsewhere", "namespace": ns},
-                "spec": {
-                    "selector": {"matchLabels": {"app": "no-such-app"}},
-                    "wasm": {k: istios["spec"][k] for k in ("url", "sha256")},
-                },
-            }
-        )
-        istio.poll(
-            lambda: ecds_state(mesh, pod.proxy_id),
-            lambda r: r.get("sent") and r.get("acked") == r.get("sent") and not r.get("lastError"),
-            "an ACK clearing istiod's record of the NACK",
-        )
+        clear_istiods_record(mesh, pod, "kept")
         mesh_operator.restart()
         reconciled = f'"plugin": "{ns}/kept"'
         istio.poll(lambda: mesh_operator.log().count(reconciled), lambda n: n >= 2, "two reconciles of the plugin")

@@ -109,6 +109,12 @@ class Istiod:
     def syncz(self) -> list[dict[str, Any]]:
         return list(self.get("/debug/syncz") or [])
 
+    def xds_state(self, proxy_id: str, type_url: str) -> dict[str, str]:
+        """istiod's record of one xDS type of the proxy (its syncz): the nonce sent, the nonce ACKed, the last
+        NACK's error."""
+        entry = next((e for e in self.syncz() if e.get("proxy") == proxy_id), {})
+        return dict((entry.get("resources") or {}).get(type_url) or {})
+
     def config_dump(self, proxy_id: str, types: str = "lds") -> dict[str, Any]:
         """What istiod sends the proxy ``<pod>.<namespace>``, its own view, of the xDS ``types`` (istiod's short
         names; the full dump fails for a proxy with a Wasm extension without pluginConfig: istiod cannot encode it)."""
