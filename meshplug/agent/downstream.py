@@ -92,6 +92,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         self._max_count = opts.max_headers_count
         self._headers_timeout = opts.request_headers_timeout_s
         self._count = 0
+        self._line_bytes = 0  # a head's (then its trailers') header bytes, counted when each line is whole
         #: bytes of a Content-Length body still to come (a keep-alive request): reads inside it go to the
         #: exchange as they are, past the parser (which would copy them); a fresh parser takes what follows
         self._body_left = 0
@@ -214,7 +215,8 @@ class Downstream(H1Peer, asyncio.Protocol):
             self._feed(part)
             if self._stopped:
                 return
-            if self._in_head:
+            if self._in_head and not self._head_room:  # the same head, still not complete at its limit (a head
+                # or trailers begun inside ``part``, after a message or a chunk ended there, have their room back)
                 self._refuse_now(framing.Refusal(431, b"Request Header Fields Too Large"))
                 return
 
@@ -341,6 +343,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._count = 0
+        self._line_bytes = 0
         self.timer.idle_at = 0.0
         self._begun = True
         if self._headers_timeout:
@@ -354,10 +357,16 @@ class Downstream(H1Peer, asyncio.Protocol):
         if self._count > self._max_count:
             self._refusal = framing.Refusal(431, b"Request Header Fields Too Large")
             raise self._refusal
+        self._line_bytes += len(name) + len(value)
+        if self._line_bytes > self._max_head:  # trailers: a section that began inside a read fed whole is
+            # counted here, line by line (the head itself is bounded as its bytes arrive, before this)
+            self._refusal = framing.Refusal(431, b"Request Header Fields Too Large")
+            raise self._refusal
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:  # noqa: PLR0912, PLR0915 - the request head's checks in Envoy's order, once per request on the data path (mypyc); split, each refusal would cost a call
         self._in_head = False
+        self._line_bytes = 0
         self._headers_at = 0.0
         parser = self.parser
         method: bytes = parser.get_method()

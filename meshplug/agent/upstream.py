@@ -153,7 +153,7 @@ class Upstream(asyncio.Protocol):
             part, data = data[:room], data[room:]
             self._head_room = 0
             self.parser.feed_data(part)
-            if self._in_head:
+            if self._in_head and not self._head_room:  # the same head (or trailers) still not complete at its limit
                 raise httptools.HttpParserError("upstream response head too large")
 
     def eof_received(self) -> bool | None:
@@ -218,7 +218,14 @@ class Upstream(asyncio.Protocol):
             # parser stops here (data_received ends the message; the next response gets a fresh parser)
             raise _HeadEnd
 
+    def on_chunk_header(self) -> None:
+        """A chunk's size line: when it is the last chunk's, trailer lines follow, bounded as the head is (Envoy
+        counts them against max_response_headers_kb: the response is reset); a chunk's data ends that."""
+        self._in_head = True
+        self._head_room = self.pool.max_head
+
     def on_body(self, body: bytes) -> None:
+        self._in_head = False
         if self.sink is None:
             raise _OutOfStep  # body bytes of a response that already ended (a HEAD response's "length")
         self.sink.up_body(body)

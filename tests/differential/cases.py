@@ -450,6 +450,10 @@ def _pipelining() -> Iterable[Case]:
     yield Case("pipe-get-partial", f, _get(target="/1") + b"GET /2 HTTP/1.1\r\nHo", deadline=STREAM_WAIT)
     yield Case("pipe-admin-then-ok", f, _get(target="/admin/x") + _get(target="/ok"))
     yield Case("pipe-10", f, b"".join(_get(target=f"/{i}") for i in range(10)))
+    # one read of pipelined requests past the head limit (60 KiB): each head is within it, so all are served
+    yield Case(
+        "pipe-burst-70k", f, b"".join(_get(("X-Pad", "p" * 5000), target=f"/{i}") for i in range(14)), deadline=5
+    )
     yield Case(
         "pipe-http10", f, req(version="HTTP/1.0", headers=(("Host", "a.test"), ("Connection", "keep-alive"))) + FOLLOW
     )
@@ -615,6 +619,10 @@ def _responses() -> Iterable[Case]:
         "neg-cl": b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\nok",
         "chunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
         "chunked-trailers": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n",
+        # trailers past max_response_headers_kb (80): Envoy resets the upstream, the client's response is cut
+        "chunked-trailer-1m": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: "
+        + b"t" * 1_000_000
+        + b"\r\n\r\n",
         "bad-chunk": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
         "continue-then-200": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         "103-then-200": b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
