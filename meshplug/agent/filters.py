@@ -47,7 +47,11 @@ class Driver:
 
     def wakeup(self) -> None:
         """The host has new work; may be called from the loader's worker thread."""
-        if not self.closed:
+        if self.closed:
+            return
+        if asyncio.events._get_running_loop() is self.loop:  # (None off the loop thread: the loader's)
+            self.loop.call_soon(self.run)  # on the loop's thread (a plugin's HTTP call): no self-pipe write + read
+        else:
             self.loop.call_soon_threadsafe(self.run)
 
     def run(self) -> None:
