@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Final
 
 #: a Refusal's details when the request is malformed (Envoy's codec errors: their body goes even to a HEAD)
-CODEC_ERROR: Final = "codec_error"
+CODEC_ERROR: Final = "http1.codec_error"  # response.code_details, as Envoy 1.40 reads it
 
 
 class Refusal(Exception):

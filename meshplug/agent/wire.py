@@ -54,7 +54,7 @@ def reset_body(reason: str) -> bytes:
 
 #: how proxy-generated replies are described to plugins (response.code_details / response.flags), as Envoy's router
 DETAILS_CONNECT: Final = "upstream_reset_before_response_started{connection_failure}"
-DETAILS_TIMEOUT: Final = "upstream_response_timeout"
+DETAILS_TIMEOUT: Final = "response_timeout"
 
 
 def reset_details(reason: str) -> str:
