@@ -554,7 +554,8 @@ def decode_extension_config(obj: Any, where: str) -> ExtensionConfig:
         return _decode_lua(res, name, sha256)
     url = res.text("url")
     if not url.startswith(("http://", "https://", "file://")):
-        raise errors.ProtocolError(f"{where}.url {url!r}: scheme must be http, https or file")
+        form = " (a file url is file:///path)" if url.lower().startswith("file:") else ""
+        raise errors.ProtocolError(f"{where}.url {url!r}: must be an http://, https:// or file:// url{form}")
     if not sha256 and not url.startswith("file://"):
         raise errors.ProtocolError(f"{where}.sha256 is required for {url.split(':', 1)[0]} modules")
     if not sha256 and res.has("signature"):

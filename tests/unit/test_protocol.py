@@ -74,7 +74,11 @@ def test_reply_round_trips(reply: protocol.Reply) -> None:
         (_with(resources={}), "must be a list"),
         (_with(r_sha256="ABC"), "64 lower-case hex"),
         (_with(r_sha256=""), "sha256 is required"),
-        (_with(r_url="oci://reg/x"), "scheme must be"),
+        (_with(r_url="oci://reg/x"), "must be an http://, https:// or file:// url"),
+        (
+            _with(r_url="file:/m/x.wasm"),
+            "'file:/m/x.wasm': must be an http://, https:// or file:// url .a file url is file:///path.",
+        ),
         (_with(r_name="bad name"), "not a valid plugin name"),
         (_with(r_fail_strategy="SOMETIMES"), "fail_strategy"),
         (_with(r_vm_env={"A": 1}), "vm_env"),
