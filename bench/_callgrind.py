@@ -49,18 +49,32 @@ def valgrind_argv(out_dir: Path) -> list[str]:
     ]
 
 
-def load(port: int, requests: int, connections: int) -> None:
-    """Exactly `requests` HTTP/1.1 GETs over `connections` keep-alive connections; raises on any failure."""
+@dataclass(frozen=True)
+class Request:
+    """What h2load sends: a path, optional headers, a file POSTed as the body; the status class expected."""
+
+    path: str = "/"
+    headers: tuple[str, ...] = ()
+    body_file: Path | None = None
+    status: str = "2xx"
+
+
+def load(port: int, requests: int, connections: int, request: Request = Request()) -> None:
+    """Exactly `requests` HTTP/1.1 requests (GETs of / unless `request` says otherwise) over `connections`
+    keep-alive connections; raises on any failure or any answer outside `request.status`."""
+    argv = ["h2load", "--h1", "-n", str(requests), "-c", str(connections)]
+    for header in request.headers:
+        argv += ["-H", header]
+    if request.body_file is not None:
+        argv += ["-d", str(request.body_file)]
     out = subprocess.run(
-        ["h2load", "--h1", "-n", str(requests), "-c", str(connections), f"http://127.0.0.1:{port}/"],
-        capture_output=True,
-        text=True,
-        check=True,
+        [*argv, f"http://127.0.0.1:{port}{request.path}"], capture_output=True, text=True, check=True
     ).stdout
     m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
-    codes = re.search(r"status codes: (\d+) 2xx", out)
-    if m is None or codes is None or int(m.group(2)) != requests or int(codes.group(1)) != requests:
-        raise RuntimeError(f"h2load did not get {requests} answers of 2xx:\n{out}")
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    got = None if codes is None else int(codes.group("2345".index(request.status[0]) + 1))
+    if m is None or int(m.group(2)) != requests or got != requests:
+        raise RuntimeError(f"h2load did not get {requests} answers of {request.status}:\n{out}")
 
 
 @dataclass(frozen=True)
@@ -90,13 +104,22 @@ def _totals(out_dir: Path, pid: int, seen: set[Path]) -> int:
     raise RuntimeError(f"no totals in {newest}")
 
 
-def count(pid: int, port: int, out_dir: Path, *, requests: int, connections: int, seen: set[Path]) -> Count:
+def count(
+    pid: int,
+    port: int,
+    out_dir: Path,
+    *,
+    requests: int,
+    connections: int,
+    seen: set[Path],
+    request: Request = Request(),
+) -> Count:
     """Instructions per request of the process tree of `pid` (running under `valgrind_argv(out_dir)`) over
-    `requests` requests on `connections` connections."""
+    `requests` requests (`request`: what each is) on `connections` connections."""
     pids = _common.tree(pid)
     _control(pids, "--zero")
     _control(pids, "--instr=on")
-    load(port, requests, connections)
+    load(port, requests, connections, request)
     _control(pids, "--dump")
     _control(pids, "--instr=off")
     parts = tuple(_totals(out_dir, p, seen) / requests for p in pids)

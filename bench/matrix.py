@@ -33,9 +33,19 @@ under Envoy's (targets: worst CPU <= 1.0x, p99 <= Envoy's). Failed requests (wro
 counted per system and printed with their kinds; more than 1% aborts the cell (a ratio over failing requests would
 mean nothing). The load average is printed at the end: figures from a loaded machine are noisy.
 
+`--instructions`: instead of the timed open-loop run, each cell's agent and Envoy run under callgrind
+(bench/_callgrind.py: no hardware counters in this VM guest) and a fixed number of the cell's requests from h2load
+(`--requests`, `--body-requests` for bodies of `--count-body-bytes`, over `--count-connections`) is counted per
+round: instructions per request (user space, whole process tree), the figure a loaded machine cannot move. Under
+callgrind every event-loop wake-up finds a full batch of requests, so these are per-request costs at saturation,
+not at the open loop's rate (where each request is about one wake-up of its own). `--dumps DIR` keeps the callgrind
+dumps (cg.<pid>.<n>) for callgrind_annotate.
+
 Usage: bench/matrix.py [--rounds 5] [--seconds 20] [--rate 500] [--body-rate 20] [--body-seconds 50]
        [--block-seconds 0.5] [--cells rust/header,go/httpcall]
        [--baseline CHECKOUT]  (another checkout's agent in the same rounds: agent/before ratios)
+       bench/matrix.py --instructions [--requests 2000] [--body-requests 20] [--count-body-bytes 131072]
+       [--count-connections 16] [--rounds 2] [--cells ...] [--baseline CHECKOUT] [--dumps DIR]
 """
 
 from __future__ import annotations
@@ -46,13 +56,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import openloop
+from bench import _callgrind, openloop
 from bench._common import CAN_PIN, LOAD_CPU, PROXY_CPU, pin_pid, rss_mib, tree
 from tests.corpus import modules
 from tests.testbed import agent as tb_agent
@@ -65,6 +76,9 @@ SHAPES = ("header", "body", "local", "httpcall")
 #: the "1 MiB" body: 1023 KiB, under both proxies' buffer limit for a body a filter holds (Envoy's default
 #: per_connection_buffer_limit_bytes answers 413 from 1 MiB on, the agent's MAX_BUFFERED_BODY_BYTES above it)
 BODY_BYTES = 1023 * 1024
+#: the body under callgrind (--instructions): a guest callback's wall-clock budget (limits.CALLBACK_DEADLINE_MS,
+#: 1 s) is the same there while the guest runs ~50x slower, and the AssemblyScript plugin scans 1 MiB in ~25 ms
+COUNT_BODY_BYTES = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -111,7 +125,9 @@ def config_text(cell: Cell) -> str:
     return cell.configuration if isinstance(cell.configuration, str) else json.dumps(cell.configuration)
 
 
-def start_agent(work: Path, name: str, upstream: int, cell: Cell, source: Path | None = None) -> tuple[procs.Proc, int]:
+def start_agent(
+    work: Path, name: str, upstream: int, cell: Cell, *, source: Path | None = None, wrapper: Sequence[str] = ()
+) -> tuple[procs.Proc, int]:
     port, admin = procs.free_port(), procs.free_port()
     plugin: dict[str, Any] = {
         "name": "bench",
@@ -125,12 +141,22 @@ def start_agent(work: Path, name: str, upstream: int, cell: Cell, source: Path |
     )
     env = None if source is None else {"PYTHONPATH": str(source), "MESHPLUG_REQUIRE_NATIVE": "1"}
     agent = tb_agent.start_agent(
-        raw, work_dir=work / name, log_dir=work, name=name, log_level="warning", env=env, cwd=source
+        raw,
+        work_dir=work / name,
+        log_dir=work,
+        name=name,
+        log_level="warning",
+        env=env,
+        cwd=source,
+        wrapper=wrapper,
+        timeout=300.0 if wrapper else 60.0,  # valgrind: imports and module loads run ~10x slower
     )  # (`source`: another checkout's agent; `python -m` puts the working directory first on the path)
     return agent.proc, port
 
 
-def start_envoy(work: Path, name: str, upstream: int, cell: Cell) -> tuple[procs.Proc, int]:
+def start_envoy(
+    work: Path, name: str, upstream: int, cell: Cell, wrapper: Sequence[str] = ()
+) -> tuple[procs.Proc, int]:
     port, admin = procs.free_port(), procs.free_port()
     wasm = {
         "name": "envoy.filters.http.wasm",
@@ -153,7 +179,15 @@ def start_envoy(work: Path, name: str, upstream: int, cell: Cell) -> tuple[procs
     listener = tb_envoy.http_listener("bench", port, cluster="upstream", http_filters=[wasm])
     clusters = [tb_envoy.static_cluster("upstream", upstream), tb_envoy.static_cluster("authz", upstream)]
     path = tb_envoy.write_config(tb_envoy.bootstrap(admin, [listener], clusters), work / f"{name}.json")
-    envoy = tb_envoy.start_envoy(path, admin_port=admin, log_dir=work, name=name, component_log_levels="wasm:warn")
+    envoy = tb_envoy.start_envoy(
+        path,
+        admin_port=admin,
+        log_dir=work,
+        name=name,
+        component_log_levels="wasm:warn",
+        wrapper=wrapper,
+        timeout=300.0 if wrapper else 120.0,
+    )
     return envoy.proc, port
 
 
@@ -223,6 +257,86 @@ def bench_cell(work: Path, upstream: int, sdk: str, shape: str, args: argparse.N
     finally:
         for proc in started:
             proc.stop()
+
+
+def counted_request(shape: str, work: Path, args: argparse.Namespace) -> _callgrind.Request:
+    """The cell's request for h2load (the open loop's, see load_args; bodies of `--count-body-bytes`)."""
+    if shape == "body":
+        body = work / "body.bin"
+        if not body.exists():
+            body.write_bytes(b"x" * args.count_body_bytes)
+        return _callgrind.Request(body_file=body)
+    if shape == "local":
+        return _callgrind.Request(path="/admin/x", status="4xx")
+    if shape == "httpcall":
+        return _callgrind.Request(headers=("authorization: Bearer alice",))
+    return _callgrind.Request()
+
+
+def count_cell(
+    work: Path, dumps: Path, upstream: int, cell_key: tuple[str, str], args: argparse.Namespace
+) -> dict[str, list[_callgrind.Count]]:
+    """Instructions per request of the cell's agent and Envoy (and `--baseline`'s agent), each under callgrind,
+    `args.rounds` counted runs each, interleaved."""
+    sdk, shape = cell_key
+    cell = CELLS[cell_key]
+    request = counted_request(shape, work, args)
+    n = args.body_requests if shape == "body" else args.requests
+    connections = min(n, args.count_connections)
+    wrapper = _callgrind.valgrind_argv(dumps)
+    seen: set[Path] = set()
+    started: list[procs.Proc] = []
+    try:
+        systems = {"agent": start_agent(work, f"cg-agent-{sdk}-{shape}", upstream, cell, wrapper=wrapper)}
+        started.append(systems["agent"][0])
+        systems["envoy"] = start_envoy(work, f"cg-envoy-{sdk}-{shape}", upstream, cell, wrapper=wrapper)
+        started.append(systems["envoy"][0])
+        if args.baseline is not None:
+            systems["before"] = start_agent(
+                work, f"cg-before-{sdk}-{shape}", upstream, cell, source=args.baseline, wrapper=wrapper
+            )
+            started.append(systems["before"][0])
+        for _, port in systems.values():
+            warm = max(connections, n // 4)
+            _callgrind.load(port, warm, connections, request)  # warm-up, uncounted
+        counts: dict[str, list[_callgrind.Count]] = {name: [] for name in systems}
+        for _ in range(args.rounds):
+            for name, (proc, port) in systems.items():
+                counts[name].append(
+                    _callgrind.count(
+                        proc.pid, port, dumps, requests=n, connections=connections, seen=seen, request=request
+                    )
+                )
+    finally:
+        for proc in started:
+            proc.stop()
+    return counts
+
+
+def instructions_report(
+    results: dict[tuple[str, str], dict[str, list[_callgrind.Count]]], args: argparse.Namespace
+) -> None:
+    print(
+        f"matrix, instructions per request (callgrind, user space, process tree; h2load --h1 -n {args.requests} "
+        f"(bodies {args.body_requests} of {args.count_body_bytes // 1024} KiB) -c {args.count_connections}), "
+        f"{args.rounds} interleaved rounds, medians"
+    )
+    print(f"{'cell':<26}{'agent':>14}{'envoy':>14}{'ratio':>8}")
+    worst = 0.0
+    for (sdk, shape), counts in results.items():
+        a, e = counts["agent"], counts["envoy"]
+        r = statistics.median(x.per_request / y.per_request for x, y in zip(a, e, strict=True))
+        worst = max(worst, r)
+        line = (
+            f"{sdk + '/' + shape:<26}{statistics.median(x.per_request for x in a):>14,.0f}"
+            f"{statistics.median(x.per_request for x in e):>14,.0f}{r:>7.2f}x"
+        )
+        if "before" in counts:
+            b = statistics.median(x.per_request / y.per_request for x, y in zip(a, counts["before"], strict=True))
+            line += f"  agent/before {b:.3f}x"
+        print(line)
+    print(f"worst instruction ratio {worst:.2f}x")
+    print(f"load average after the run: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
 
 
 def rounds(res: openloop.Result, n: int) -> list[slice]:
@@ -323,11 +437,24 @@ def main() -> int:
     ap.add_argument(
         "--baseline", type=Path, help="another checkout (built with `make native`): its agent runs in the same rounds"
     )
+    ap.add_argument("--instructions", action="store_true", help="count instructions per request (callgrind) instead")
+    ap.add_argument("--requests", type=int, default=2000, help="requests per counted run (--instructions)")
+    ap.add_argument("--body-requests", type=int, default=20, help="bodies per counted run (--instructions)")
+    ap.add_argument(
+        "--count-body-bytes",
+        type=int,
+        default=COUNT_BODY_BYTES,
+        help="body size under callgrind (--instructions; a guest callback has 1 s of wall clock, ~50x slower there)",
+    )
+    ap.add_argument("--count-connections", type=int, default=16, help="h2load connections (--instructions)")
+    ap.add_argument("--dumps", type=Path, help="keep callgrind's dumps in this directory (--instructions)")
     args = ap.parse_args()
     chosen = [tuple(c.split("/", 1)) for c in args.cells.split(",") if c] or list(CELLS)
     unknown = [c for c in chosen if c not in CELLS]
     if unknown:
         ap.error(f"unknown cells {unknown}; known: {[f'{s}/{h}' for s, h in CELLS]}")
+    if args.instructions:
+        return main_instructions(chosen, args)
     results: dict[tuple[str, str], CellRun] = {}
     aborted: dict[tuple[str, str], str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
@@ -346,6 +473,26 @@ def main() -> int:
     report(results, args)
     for (sdk, shape), why in aborted.items():
         print(f"{sdk}/{shape}: ABORTED: {why}")
+    return 0
+
+
+def main_instructions(chosen: list[tuple[str, ...]], args: argparse.Namespace) -> int:
+    why = _callgrind.available()
+    if why is not None:
+        print(f"--instructions: {why}", file=sys.stderr)
+        return 2
+    results: dict[tuple[str, str], dict[str, list[_callgrind.Count]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-matrix-cg-") as tmp:
+        work = Path(tmp)
+        dumps = args.dumps or work / "dumps"
+        dumps.mkdir(parents=True, exist_ok=True)
+        upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if CAN_PIN else None)
+        try:
+            for sdk, shape in chosen:
+                results[(sdk, shape)] = count_cell(work, dumps, upstream.ports["http"], (sdk, shape), args)
+        finally:
+            upstream.stop()
+    instructions_report(results, args)
     return 0
 
 
