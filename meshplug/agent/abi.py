@@ -220,10 +220,15 @@ class HostCalls:
         if btype > _MAX_BUFFER_TYPE or btype in _READ_ONLY_BUFFERS:
             return BAD_ARGUMENT
         ctx = self._ctx()
-        buf = ctx.writable_buffer(btype) if ctx is not None else None
+        if ctx is None:
+            return NOT_FOUND
+        buf = ctx.writable_buffer(btype)
         if buf is None:
             return NOT_FOUND
-        if start == 0:  # in place, from guest memory: one copy, the buffer's memory reused
+        if start == 0 and size >= len(buf) and ctx.replaces_whole(btype):
+            # the whole body: one copy out of guest memory, into the bytes that pass on (no buffer copy later)
+            ctx.replace_buffer(btype, self.read(ptr, vsize))
+        elif start == 0:  # in place, from guest memory: one copy, the buffer's memory reused
             self.replace_into(ptr, vsize, buf, size)
         elif start >= len(buf):
             buf += self.read(ptr, vsize)

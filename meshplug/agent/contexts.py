@@ -81,6 +81,13 @@ class HttpContext(Context):
             return self.control.body(Direction.RESPONSE)
         return None
 
+    def replaces_whole(self, buffer_type: int) -> bool:
+        return buffer_type in (hostapi.BUF_HTTP_REQUEST_BODY, hostapi.BUF_HTTP_RESPONSE_BODY)
+
+    def replace_buffer(self, buffer_type: int, data: bytes) -> None:
+        direction = Direction.REQUEST if buffer_type == hostapi.BUF_HTTP_REQUEST_BODY else Direction.RESPONSE
+        self.control.replace_body(direction, data)
+
     def stream_info(self) -> streamapi.StreamInfo:
         return self.control.info
 

@@ -373,6 +373,14 @@ class Context(streamapi.NativeFilterStream):
     def writable_buffer(self, buffer_type: int) -> bytearray | None:
         return None
 
+    def replaces_whole(self, buffer_type: int) -> bool:
+        """Whether a whole rewrite of this writable buffer goes to `replace_buffer` (as bytes, no copy on)."""
+        return False
+
+    def replace_buffer(self, buffer_type: int, data: bytes) -> None:
+        """The whole writable buffer becomes `data` (only where `replaces_whole`)."""
+        raise NotImplementedError(buffer_type)
+
     def stream_info(self) -> streamapi.StreamInfo | None:
         """The connection/stream facts of a stream context (None for a root)."""
         return None

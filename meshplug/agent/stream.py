@@ -106,8 +106,8 @@ class _Lane:
         """`chunk` for position `pos`'s filter: added to its buffer, or, while that is empty, shown as is (copied
         in only when the filter touches its buffer: `buffer`); returns the size of the body the filter sees."""
         body = self.body[pos]
-        if body or (self.stash is not None and pos in self.stash):
-            body = self.buf(pos)
+        if body or self.shown[pos] is not None or (self.stash is not None and pos in self.stash):
+            body = self.buffer(pos)  # (a whole rewrite the filter made outside a callback is shown: `replace`)
             body += chunk
             return len(body)
         self.shown[pos] = chunk
@@ -121,6 +121,24 @@ class _Lane:
             self.shown[pos] = None
             body += shown
         return body
+
+    def replace(self, pos: int, data: bytes) -> None:
+        """Position `pos`'s whole body becomes `data` (a filter rewrote all of it): shown as is, so it passes on
+        without the copy out of a buffer (`buffer` copies it in if the filter touches the body again). With
+        data kept out of the filter's view (WATERMARK) it goes into the buffer, which passes on after that."""
+        if self.stash is not None and pos in self.stash:
+            self.buf(pos)[:] = data
+            return
+        body = self.body[pos]
+        if body is not None:
+            body.clear()
+        self.shown[pos] = data
+
+    def size(self, pos: int) -> int:
+        """The size of the body position `pos`'s filter sees (its buffer, or the chunk it is shown)."""
+        body = self.body[pos]
+        shown = self.shown[pos]
+        return (0 if body is None else len(body)) + (0 if shown is None else len(shown))
 
     def queue(self, pos: int) -> deque[_Frame]:
         if self.inbox is None:
@@ -551,7 +569,7 @@ class Stream:
                 held = lane.buffering[pos]  # the body holds chunks of earlier callbacks (Envoy's buffered data)
                 action = fs.on_body(direction, size, frame[1])
                 # the filter grew the body it held past the limit (a rewrite): Envoy's limit applies to it too
-                over = held and action is _CONTINUE and len(lane.buf(pos)) > _MAX_BODY
+                over = held and action is _CONTINUE and lane.size(pos) > _MAX_BODY
             if over:
                 lane.buffer(pos)
                 self._overflow(direction)
@@ -623,6 +641,8 @@ class Stream:
                     self._add_trailers(direction, lane, pos, data)
                     return None
             return frame if data is frame[2] else (_DATA, frame[1], data)
+        if lane.shown[pos] is not None:  # a whole rewrite made outside a callback (`replace`) goes first
+            body = lane.buffer(pos)
         if body:
             q = lane.queue(pos + 1)
             q.append((_DATA, False, bytes(body)))

@@ -323,6 +323,11 @@ class StreamControl:
         s = self._stream
         return s._lane(direction).buffer(s._pos(direction, self.index))
 
+    def replace_body(self, direction: Direction, data: bytes) -> None:
+        """The whole body this filter is being shown becomes `data` (kept as is: no copy on its way on)."""
+        s = self._stream
+        s._lane(direction).replace(s._pos(direction, self.index), data)
+
     def resume(self, direction: Direction) -> None:
         self._stream._control(("resume", self.index, direction))
 

@@ -362,6 +362,100 @@ def test_a_held_request_body_its_filter_grows_past_the_limit_is_413(size: int, g
         assert summary(out)[-1] == ("up", "data", b"x" * size + b"+" * grow, True)
 
 
+# ---- a whole-body rewrite (proxy_set_buffer_bytes over all of it: StreamControl.replace_body) -------------
+NEW = b"NEW-BODY"
+
+
+def _replace_at_end(st: ScriptStream) -> A:
+    """Buffer until the body's end, then rewrite all of it to NEW and continue."""
+    if not st.f.log[-1][-1].endswith("1"):
+        return A.BUFFER
+    st.control.replace_body(REQ, NEW)
+    return A.CONTINUE
+
+
+def _replace_first(st: ScriptStream) -> A:
+    """Rewrite the first chunk to NEW and buffer on; continue at the body's end."""
+    if st.counts["req.body"] == 1:
+        st.control.replace_body(REQ, NEW)
+    return A.CONTINUE if st.f.log[-1][-1].endswith("1") else A.BUFFER
+
+
+def _watermark_then_replace(st: ScriptStream) -> A:
+    """Keep the first chunk out of view (WATERMARK), rewrite what the second shows, continue."""
+    if st.counts["req.body"] == 1:
+        return A.WATERMARK
+    st.control.replace_body(REQ, NEW)
+    return A.CONTINUE
+
+
+@dataclass(frozen=True)
+class ReplaceCase:
+    name: str
+    reaction: Reaction  # a's req.body reaction
+    chunks: list[bytes]  # request body chunks (the last ends the stream unless `after`)
+    after: str | None  # what happens after them
+    b_seen: list[str]  # the bodies the next filter sees
+    upstream: list[bytes]  # the data sent upstream
+    as_given: bool  # the data sent is NEW itself (no copy)
+
+
+REPLACE_CASES = [
+    ReplaceCase("at the end, continue", _replace_at_end, [b"ab", b"cd"], None, ["NEW-BODY"], [NEW], True),
+    ReplaceCase("first chunk, buffered on", _replace_first, [b"ab", b"cd"], None, ["NEW-BODYcd"], [b"NEW-BODYcd"],
+                False),
+    ReplaceCase("outside a callback, then resume", A.BUFFER, [b"ab", b"cd"], "replace+resume", ["NEW-BODY"], [NEW],
+                True),
+    ReplaceCase("outside a callback, then more data", A.BUFFER, [b"ab"], "replace+data", [], [], False),
+    ReplaceCase("outside a callback, then trailers", A.BUFFER, [b"ab"], "replace+trailers", ["NEW-BODY"], [NEW],
+                False),
+    ReplaceCase("watermarked data first", _watermark_then_replace, [b"ab", b"cd"], None, ["abNEW-BODY"],
+                [b"abNEW-BODY"], False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", REPLACE_CASES, ids=[c.name for c in REPLACE_CASES])
+def test_a_whole_body_rewrite_passes_on_as_given(case: ReplaceCase) -> None:
+    log: list[tuple[str, ...]] = []
+    after = case.after
+    a = ScriptFilter("a", log, {"req.body": case.reaction})
+    s = C.Chain([a, ScriptFilter("b", log)]).new_stream()
+    out = s.recv_request_headers(request(b"POST"), False)
+    for i, chunk in enumerate(case.chunks):
+        out += s.recv_request_data(chunk, i == len(case.chunks) - 1 and after is None)
+    control = a.streams[0].control
+    if after is not None and after.startswith("replace"):
+        control.replace_body(REQ, NEW)
+    if after == "replace+data":  # a chunk after a rewrite made outside a callback is added to it
+        out += s.recv_request_data(b"cd", True)
+        assert [e[2] for e in log if e[:2] == ("a", "req.body")][-1] == "NEW-BODYcd"
+        return
+    if after == "replace+trailers":
+        a.script["req.trailers"] = A.CONTINUE
+        out += s.recv_request_trailers([(b"t", b"1")])
+    if after == "replace+resume":
+        control.resume(REQ)
+        out += s.take_outputs()
+    data = [o for o in out if isinstance(o, C.SendData) and o.data]
+    assert [o.data for o in data] == case.upstream
+    if case.as_given:
+        assert data[0].data is NEW  # passed on as given: no copy out of a buffer
+    assert [e[2] for e in log if e[:2] == ("b", "req.body")] == case.b_seen
+
+
+def test_a_whole_body_rewrite_past_the_limit_is_413() -> None:
+    def react(st: ScriptStream) -> A:
+        if st.counts["req.body"] < 2:
+            return A.BUFFER
+        st.control.replace_body(REQ, b"z" * (limits.MAX_BUFFERED_BODY_BYTES + 1))
+        return A.CONTINUE
+
+    s = C.Chain([ScriptFilter("a", [], {"req.body": react})]).new_stream()
+    out = s.recv_request_headers(request(b"POST"), False)
+    out += s.recv_request_data(b"x", False) + s.recv_request_data(b"y", True)
+    assert summary(out)[-3:-1] == [("abort", "request_payload_too_large"), ("down", "headers", "413", False)]
+
+
 # ---- local replies ----------------------------------------------------------------------------------
 def reply_from(event: str, status: int = 401) -> dict[str, Reaction]:
     def send(st: ScriptStream) -> A:
