@@ -17,7 +17,7 @@ import contextlib
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Final, TypeVar, cast
 
 import httptools
 
@@ -35,6 +35,10 @@ from meshplug.agent.upstream import Pool
 if TYPE_CHECKING:
     from meshplug.agent.server import Proxy
 
+
+#: a read inside a head with more than this after the head's end (a POST's head and the first part of its body)
+#: gives the parser the head alone: a Content-Length body after it is read past the parser (not copied by it)
+_SPLIT_AFTER_HEAD: Final = 16 * 1024
 
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
@@ -145,10 +149,12 @@ class Downstream(H1Peer, asyncio.Protocol):
             return
         self._parsing = True
         try:
-            if self._body_left:
-                data = self._direct_body(data)
-            if data:
-                self._parse(data)
+            while data:
+                if self._body_left:
+                    data = self._direct_body(data)
+                    if not data:
+                        break
+                data = self._parse(data)  # what it returns: a Content-Length body's first bytes, read direct
         except httptools.HttpParserError as exc:
             self._parse_error(exc)
         finally:
@@ -178,27 +184,43 @@ class Downstream(H1Peer, asyncio.Protocol):
         self.on_message_complete()
         return data[left:] if n > left else b""
 
-    def _parse(self, data: bytes) -> None:
+    def _parse(self, data: bytes) -> bytes:
+        """Parse `data`; returns b"", or the bytes after a head whose Content-Length body is read past the parser
+        (`_direct_body`): a read with a head and a large part of its body (a POST's first read) gives the parser
+        the head alone, so the body is not copied by the parser, then joined to the rest of the read."""
+        if self._in_head and len(data) > _SPLIT_AFTER_HEAD:
+            end = data.find(b"\r\n\r\n", 0, self._head_room) + 4
+            if end >= 4 and len(data) - end > _SPLIT_AFTER_HEAD:
+                self._head_room -= end
+                if self._feed(data, end) or self._stopped:
+                    return b""  # an upgrade took the read (a tunnel's first bytes, an h2c upgrade's next request)
+                data = data[end:]
+                if self._body_left:
+                    return data
         if self._in_head and len(data) > self._head_room:
             self._feed_bounded(data)
         else:
             if self._in_head:
                 self._head_room -= len(data)
             self._feed(data)
+        return b""
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes, stop: int = -1) -> bool:
+        """Feed `data` (up to `stop` when given) to the parser; True: an upgrade took all of `data`."""
         try:
-            self.parser.feed_data(data)
+            self.parser.feed_data(data if stop < 0 else data[:stop])
         except httptools.HttpParserUpgrade as exc:
-            offset = int(exc.args[0]) if exc.args else len(data)
+            offset = int(exc.args[0]) if exc.args else (len(data) if stop < 0 else stop)
             if self._tunnel_head or self._tunnel_headers is not None:  # allowed: the connection becomes a tunnel
                 self._start_tunnel(data[offset:])
-                return
+                return True
             # an h2c upgrade (on_headers_complete refuses the others): served as HTTP/1.1, the bytes after its
             # head are the next request, for a fresh parser
             self.parser = httptools.HttpRequestParser(self)
             if offset < len(data):
                 self._feed(data[offset:])
+            return True
+        return False
 
     def _feed_bounded(self, data: bytes) -> None:
         """Feed a read that could take the head past its limit: up to the limit first; a head still not

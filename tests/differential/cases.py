@@ -90,6 +90,15 @@ def _findings() -> Iterable[Case]:  # noqa: PLR0915 - the findings' cases, liste
     )
     yield Case("f8-websocket", f, _get(*ws))
     yield Case("f8-websocket-then-bytes", f, _get(*ws) + b"\x81\x05hello")
+    # more than 16 KiB after the head in the same read: the agent gives its parser the head alone
+    yield Case("f8-websocket-then-many-bytes", f, _get(*ws) + b"\x82\x7f" + (20_000).to_bytes(8, "big") + b"w" * 20_000)
+    yield Case(
+        "f8-h2c-then-large-post",
+        f,
+        _get(("Connection", "Upgrade, HTTP2-Settings"), ("Upgrade", "h2c"), ("HTTP2-Settings", "AAMAAABkAAQAAP__"))
+        + _post(b"q" * 20_000, ("Content-Length", "20000"))
+        + FOLLOW,
+    )
     yield Case("f8-connect", f, req("CONNECT", "x.test:443", headers=(("Host", "x.test:443"),)))
     yield Case(
         "f8-connect-then-bytes", f, req("CONNECT", "x.test:443", headers=(("Host", "x.test:443"),)) + b"\x16\x03\x01"
@@ -212,6 +221,13 @@ def _te_cl() -> Iterable[Case]:
     # fresh parser takes the request in the same read as the body's end
     big = bytes(range(256)) * 2400
     yield Case("cl-large-body-pipelined", f, _post(big, ("Content-Length", str(len(big)))) + FOLLOW)
+    # a body of one read with the next request after it (the head alone to the parser, the body past it)
+    mid = b"m" * 40_000
+    yield Case("cl-mid-body-pipelined", f, _post(mid, ("Content-Length", str(len(mid)))) + FOLLOW)
+    yield Case("cl-mid-body-twice", f, _post(mid, ("Content-Length", str(len(mid)))) * 2 + FOLLOW)
+    chunked = b"9c40\r\n" + mid + b"\r\n0\r\n\r\n"
+    yield Case("chunked-mid-body-pipelined", f, _post(chunked, ("Transfer-Encoding", "chunked")) + FOLLOW)
+    yield Case("cl-mid-body-get-pipelined", f, _get(target="/first") + _post(mid, ("Content-Length", "40000")) + FOLLOW)
     yield Case(
         "cl-large-body-close", f, _post(big, ("Content-Length", str(len(big))), ("Connection", "close")) + FOLLOW
     )
