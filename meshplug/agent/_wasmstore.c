@@ -9,8 +9,9 @@
  *              looked up again only after the guest ran (`dirty`: it may have grown).
  *   Epoch      a counter the runtime's ticker advances just before the engine's epoch.
  *   Ticker     the runtime's epoch ticker: a native thread (no GIL, no Python) that every period advances
- *              the Epoch counter, then the engine's epoch (wasmtime_engine_increment_epoch, on its own
- *              clone of the engine, wasmtime_engine_clone, so the engine outlives the thread).
+ *              the Epoch counter, then each engine's epoch (wasmtime_engine_increment_epoch, on its own
+ *              clone of the engine, wasmtime_engine_clone, so the engine outlives the thread): one thread
+ *              for the runtime's engines (its compiler tiers; `add_engine` adds the baseline one).
  */
 #include "_wasmcall.h"
 
@@ -310,10 +311,15 @@ PyTypeObject StateType = {
 };
 
 /* ---------------------------------------------------------------------------------------------- */
+/* the engines one ticker advances: the runtime's compiler tiers (optimized, baseline) */
+#define TICKER_MAX_ENGINES 4
+
 typedef struct {
     PyObject_HEAD
     EpochObject *epoch;
-    void *engine; /* our clone of the runtime's engine (deleted after the thread stopped) */
+    /* our clones of the runtime's engines (deleted with the ticker); [0] given at init, more by add_engine */
+    void *engines[TICKER_MAX_ENGINES];
+    int n_engines;
     long period_ns;
     int running;
     int stop;
@@ -336,9 +342,9 @@ static void *ticker_main(void *arg) {
         int rc = 0;
         while (!t->stop && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&t->wake, &t->lock, &due);
         if (t->stop) break;
-        /* the counter first: it is never behind the engine (GuestCall re-arms when it moved) */
+        /* the counter first: it is never behind an engine (GuestCall re-arms when it moved) */
         __atomic_add_fetch(&t->epoch->value, 1, __ATOMIC_RELAXED);
-        c_engine_increment_epoch(t->engine);
+        for (int i = 0; i < t->n_engines; i++) c_engine_increment_epoch(t->engines[i]);
     }
     pthread_mutex_unlock(&t->lock);
     return NULL;
@@ -350,7 +356,7 @@ static int Ticker_init(TickerObject *self, PyObject *args, PyObject *kwds) {
     unsigned long long engine;
     long period_ms;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!Kl", kwlist, &EpochType, &epoch, &engine, &period_ms)) return -1;
-    if (self->running || self->engine != NULL) {
+    if (self->running || self->n_engines) {
         PyErr_SetString(PyExc_RuntimeError, "Ticker already initialised");
         return -1;
     }
@@ -364,7 +370,8 @@ static int Ticker_init(TickerObject *self, PyObject *args, PyObject *kwds) {
     }
     Py_INCREF(epoch);
     Py_XSETREF(self->epoch, (EpochObject *)epoch);
-    self->engine = c_engine_clone((void *)(uintptr_t)engine);
+    self->engines[0] = c_engine_clone((void *)(uintptr_t)engine);
+    self->n_engines = 1;
     self->period_ns = period_ms * 1000000L;
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
@@ -375,8 +382,26 @@ static int Ticker_init(TickerObject *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
+static PyObject *Ticker_add_engine(TickerObject *self, PyObject *arg) {
+    unsigned long long engine = PyLong_AsUnsignedLongLong(arg);
+    if (engine == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (!self->n_engines || !engine) {
+        PyErr_SetString(PyExc_ValueError, "add_engine needs an initialised Ticker and an engine");
+        return NULL;
+    }
+    if (self->n_engines == TICKER_MAX_ENGINES) {
+        PyErr_SetString(PyExc_RuntimeError, "Ticker has no room for another engine");
+        return NULL;
+    }
+    void *clone = c_engine_clone((void *)(uintptr_t)engine);
+    pthread_mutex_lock(&self->lock); /* the thread advances the engines holding it */
+    self->engines[self->n_engines++] = clone;
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Ticker_start(TickerObject *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->engine == NULL) {
+    if (!self->n_engines) {
         PyErr_SetString(PyExc_RuntimeError, "Ticker not initialised");
         return NULL;
     }
@@ -413,8 +438,8 @@ static PyObject *Ticker_get_running(TickerObject *self, void *closure) {
 
 static void Ticker_dealloc(TickerObject *self) {
     /* never running here: a running ticker holds a reference to itself */
-    if (self->engine != NULL) {
-        c_engine_delete(self->engine);
+    if (self->n_engines) {
+        for (int i = 0; i < self->n_engines; i++) c_engine_delete(self->engines[i]);
         pthread_mutex_destroy(&self->lock);
         pthread_cond_destroy(&self->wake);
     }
@@ -423,6 +448,7 @@ static void Ticker_dealloc(TickerObject *self) {
 }
 
 static PyMethodDef Ticker_methods[] = {
+    {"add_engine", (PyCFunction)Ticker_add_engine, METH_O, "add_engine(engine_address): advance it too"},
     {"start", (PyCFunction)Ticker_start, METH_NOARGS, "start the thread (no-op when running)"},
     {"stop", (PyCFunction)Ticker_stop, METH_NOARGS, "stop the thread and wait for it (no-op when stopped)"},
     {NULL},
@@ -443,5 +469,5 @@ PyTypeObject TickerType = {
     .tp_dealloc = (destructor)Ticker_dealloc,
     .tp_methods = Ticker_methods,
     .tp_getset = Ticker_getset,
-    .tp_doc = "Ticker(epoch, engine_address, period_ms): advances `epoch` and the engine's epoch every period.",
+    .tp_doc = "Ticker(epoch, engine_address, period_ms): advances `epoch`, then each engine's epoch, every period.",
 };

@@ -186,20 +186,25 @@ class Runtime:
         #: guest call. With the extension the ticker is its native thread (`_wasmcall.Ticker`): the fast
         #: backend's guest calls hold the GIL, so a Python ticker could not interrupt a looping guest
         self.clock: _wasmcall.Epoch | None = _wasmcall.Epoch() if _wasmcall is not None else None
-        #: one per engine, sharing `clock` (each advances it just before its engine: never behind either)
-        self._native_tickers: list[_wasmcall.Ticker] = []
+        #: one native thread for every engine (it advances `clock`, then each engine: never behind either), and
+        #: how many of `engines()` it advances
+        self._native_ticker: _wasmcall.Ticker | None = None
+        self._ticked = 0
 
     # -- epoch ticker ---------------------------------------------------------------------------------
     def start(self) -> None:
         with self._lock:
-            if self.clock is not None:  # native threads: guest calls keep the GIL, the tickers need none
+            if self.clock is not None:  # a native thread: guest calls keep the GIL, the ticker needs none
                 # the baseline engine's only once a baseline module was loaded
                 engines = self.engines() if self._baseline_modules else (self.engine,)
                 assert _wasmcall is not None
-                for engine in engines[len(self._native_tickers) :]:
-                    self._native_tickers.append(_wasmcall.Ticker(self.clock, _addr(engine.ptr()), self.tick_ms))
-                for ticker in self._native_tickers:
-                    ticker.start()
+                if self._native_ticker is None:
+                    self._native_ticker = _wasmcall.Ticker(self.clock, _addr(self.engine.ptr()), self.tick_ms)
+                    self._ticked = 1
+                for engine in engines[self._ticked :]:
+                    self._native_ticker.add_engine(_addr(engine.ptr()))
+                    self._ticked += 1
+                self._native_ticker.start()
             elif self._ticker is None:
                 self._stop.clear()
                 self._ticker = threading.Thread(target=self._tick, name="meshplug-epoch", daemon=True)
@@ -208,8 +213,8 @@ class Runtime:
     def close(self) -> None:
         with self._lock:
             ticker, self._ticker = self._ticker, None
-            for native in self._native_tickers:
-                native.stop()
+            if self._native_ticker is not None:
+                self._native_ticker.stop()
         if ticker is not None:
             self._stop.set()
             ticker.join()
