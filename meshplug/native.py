@@ -75,6 +75,7 @@ COMPILED: tuple[str, ...] = (
     "meshplug.agent.headermap",
     "meshplug.agent.host",
     "meshplug.agent.hostapi",
+    "meshplug.agent.lane",
     "meshplug.agent.pairs",
     "meshplug.agent.plugin",
     "meshplug.agent.properties",

@@ -27,12 +27,16 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from meshplug import limits
 from meshplug.agent.headermap import is_grpc_request, local_reply_headers
+from meshplug.agent.lane import DATA as _DATA
+from meshplug.agent.lane import HEADERS as _HEADERS
+from meshplug.agent.lane import TRAILERS as _TRAILERS
+from meshplug.agent.lane import Frame as _Frame
+from meshplug.agent.lane import Lane as _Lane
 from meshplug.agent.rules import host_and_path
 from meshplug.agent.streamapi import (
     AbortUpstream,
@@ -64,99 +68,6 @@ RQ_TIME_BOUNDS_NS: Final = tuple(int(ms * 1_000_000) for ms in limits.PLUGIN_RQ_
 _MAX_BODY: Final = limits.MAX_BUFFERED_BODY_BYTES
 _UPSTREAM: Final = Target.UPSTREAM
 _DOWNSTREAM: Final = Target.DOWNSTREAM
-
-# A frame is (kind, end_stream, data); data only for _DATA.
-_HEADERS: Final = 0
-_DATA: Final = 1
-_TRAILERS: Final = 2
-_Frame = tuple[int, bool, bytes]
-
-
-class _Lane:
-    """One direction's pipeline. Position i is filter i in this direction's order (the response lane runs
-    the chain backwards); frames that must wait for position i queue in ``inbox[i]`` (i == n: output)."""
-
-    __slots__ = ("body", "body_end", "buffering", "closed", "held", "hold", "inbox", "n", "shown", "stalled", "stash")
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.inbox: list[deque[_Frame]] | None = None  # created the first time a frame has to wait
-        self.held: list[_Frame | None] = [None] * n  # headers/trailers (or a failed frame) held by a stop
-        #: position i's body buffer, made the first time one is needed (`buf`): most chunks only pass
-        self.body: list[bytearray | None] = [None] * n
-        #: the chunk position i is shown while its buffer is empty, not copied into `body` unless the filter
-        #: reads or writes its buffer (`buffer`) or keeps it: a chunk that only passes costs no copy
-        self.shown: list[bytes | None] = [None] * n
-        self.buffering = [False] * n
-        self.body_end = [False] * n
-        self.stash: dict[int, bytearray] | None = None  # data kept out of a filter's view (WATERMARK)
-        self.hold: list[_Frame | None] | None = None  # headers a filter holds while it sees the body (HOLD)
-        self.closed = False
-        #: some position holds a frame or buffers a body, or frames are queued: new frames must queue too
-        self.stalled = False
-
-    def buf(self, pos: int) -> bytearray:
-        """Position `pos`'s body buffer (made now if it was not yet)."""
-        body = self.body[pos]
-        if body is None:
-            body = self.body[pos] = bytearray()
-        return body
-
-    def show(self, pos: int, chunk: bytes) -> int:
-        """`chunk` for position `pos`'s filter: added to its buffer, or, while that is empty, shown as is (copied
-        in only when the filter touches its buffer: `buffer`); returns the size of the body the filter sees."""
-        body = self.body[pos]
-        if body or self.shown[pos] is not None or (self.stash is not None and pos in self.stash):
-            body = self.buffer(pos)  # (a whole rewrite the filter made outside a callback is shown: `replace`)
-            body += chunk
-            return len(body)
-        self.shown[pos] = chunk
-        return len(chunk)
-
-    def buffer(self, pos: int) -> bytearray:
-        """Position `pos`'s body buffer, with the chunk it is shown copied in if that has not happened yet."""
-        body = self.buf(pos)
-        shown = self.shown[pos]
-        if shown is not None:
-            self.shown[pos] = None
-            body += shown
-        return body
-
-    def replace(self, pos: int, data: bytes) -> None:
-        """Position `pos`'s whole body becomes `data` (a filter rewrote all of it): shown as is, so it passes on
-        without the copy out of a buffer (`buffer` copies it in if the filter touches the body again). With
-        data kept out of the filter's view (WATERMARK) it goes into the buffer, which passes on after that."""
-        if self.stash is not None and pos in self.stash:
-            self.buf(pos)[:] = data
-            return
-        body = self.body[pos]
-        if body is not None:
-            body.clear()
-        self.shown[pos] = data
-
-    def size(self, pos: int) -> int:
-        """The size of the body position `pos`'s filter sees (its buffer, or the chunk it is shown)."""
-        body = self.body[pos]
-        shown = self.shown[pos]
-        return (0 if body is None else len(body)) + (0 if shown is None else len(shown))
-
-    def queue(self, pos: int) -> deque[_Frame]:
-        if self.inbox is None:
-            self.inbox = [deque() for _ in range(self.n + 1)]
-        self.stalled = True
-        return self.inbox[pos]
-
-    def settle(self) -> None:
-        """Recompute `stalled` once the stream is idle."""
-        if self.stalled:
-            self.stalled = (
-                any(h is not None for h in self.held)
-                or any(self.buffering)
-                or bool(self.stash)
-                or (self.hold is not None and any(h is not None for h in self.hold))
-                or (self.inbox is not None and any(self.inbox))
-            )
-
 
 _Control = tuple[str, int, object]
 _REQUEST: Final = Direction.REQUEST
@@ -574,8 +485,8 @@ class Stream:
                 lane.buffer(pos)
                 self._overflow(direction)
                 return None
-            if action is not _CONTINUE and lane.shown[pos] is not None:
-                lane.buffer(pos)  # the filter keeps or stops on the chunk: it goes into the buffer now
+            if action is not _CONTINUE:
+                lane.keep(pos)  # the filter keeps or stops on the chunk: held, not copied
         if action is _CONTINUE:
             return self._release(lane, pos, frame)
         lane.stalled = True
@@ -591,11 +502,11 @@ class Stream:
             if action is Action.WATERMARK:
                 if lane.stash is None:
                     lane.stash = {}
-                body = lane.buf(pos)
+                body = lane.buffer(pos)
                 lane.stash.setdefault(pos, bytearray()).extend(body)
                 body.clear()
             elif action is Action.NO_BUFFER:
-                lane.buf(pos).clear()
+                lane.drop(pos)
         else:
             lane.held[pos] = frame
         return None
@@ -620,19 +531,19 @@ class Stream:
             return frame
         body = lane.body[pos]
         if lane.stash is not None and pos in lane.stash:  # kept chunks go first
-            body = lane.buf(pos)
+            body = lane.buffer(pos)
             body[0:0] = lane.stash.pop(pos)
-        if kind == _DATA:
-            shown = lane.shown[pos]
-            if shown is not None:  # the chunk passes untouched (the buffer is empty): no copy
-                lane.shown[pos] = None
-                data = shown
-            elif body is None:  # never buffered: nothing to pass
-                data = b""
-            else:
+        # what the position holds outside its buffer, as it came (a chunk passes untouched: no copy)
+        data = lane.take(pos)
+        if data is None:
+            if body:  # (`take` leaves a buffer with bytes in it, and what follows it, to this)
+                body = lane.buffer(pos)
                 # the chunk as it came when the filter left it as it was (one compare, no copy), else the new bytes
                 data = frame[2] if body == frame[2] else bytes(body)
                 body.clear()
+            else:
+                data = b""
+        if kind == _DATA:
             lane.buffering[pos] = False
             if frame[1]:
                 direction = _REQUEST if lane is self._lanes[_REQUEST] else _RESPONSE
@@ -641,12 +552,9 @@ class Stream:
                     self._add_trailers(direction, lane, pos, data)
                     return None
             return frame if data is frame[2] else (_DATA, frame[1], data)
-        if lane.shown[pos] is not None:  # a whole rewrite made outside a callback (`replace`) goes first
-            body = lane.buffer(pos)
-        if body:
+        if data:  # trailers: the held body goes first
             q = lane.queue(pos + 1)
-            q.append((_DATA, False, bytes(body)))
-            body.clear()
+            q.append((_DATA, False, data))
             lane.buffering[pos] = False
             q.append(frame)
             self._pending = True

@@ -1,0 +1,164 @@
+"""One direction of a stream's filter pipeline (`Lane`): the frames waiting at each position and the body each
+position's filter sees, sans-IO; meshplug.agent.stream drives it.
+
+A body is copied as little as its filters need: the chunk a filter is shown while nothing is held passes on as
+is (`shown`); chunks a filter keeps (it stopped on them) stay as they came (`kept`), in order, until the filter
+reads or writes its body (`buffer`: one join into its buffer) or lets them go (`take`: one join, or the chunk
+itself); a whole rewrite (`replace`) is the bytes the filter wrote, passed on as they are. What a position
+holds is `body` (its buffer), then `kept`, then `shown`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+# A frame is (kind, end_stream, data); data only for DATA.
+HEADERS: Final = 0
+DATA: Final = 1
+TRAILERS: Final = 2
+Frame = tuple[int, bool, bytes]
+
+
+class Lane:
+    """One direction's pipeline. Position i is filter i in this direction's order (the response lane runs
+    the chain backwards); frames that must wait for position i queue in ``inbox[i]`` (i == n: output)."""
+
+    __slots__ = (
+        "body",
+        "body_end",
+        "buffering",
+        "closed",
+        "held",
+        "hold",
+        "inbox",
+        "kept",
+        "kept_bytes",
+        "n",
+        "shown",
+        "stalled",
+        "stash",
+    )
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.inbox: list[deque[Frame]] | None = None  # created the first time a frame has to wait
+        self.held: list[Frame | None] = [None] * n  # headers/trailers (or a failed frame) held by a stop
+        #: position i's body buffer, made the first time one is needed (`buf`): most chunks only pass
+        self.body: list[bytearray | None] = [None] * n
+        #: the chunk position i is shown while nothing is held, not copied unless the filter reads or writes
+        #: its buffer (`buffer`): a chunk that only passes costs no copy
+        self.shown: list[bytes | None] = [None] * n
+        #: chunks position i's filter kept (stopped on), after `body`, not copied yet; their total size
+        self.kept: list[list[bytes] | None] = [None] * n
+        self.kept_bytes = [0] * n
+        self.buffering = [False] * n
+        self.body_end = [False] * n
+        self.stash: dict[int, bytearray] | None = None  # data kept out of a filter's view (WATERMARK)
+        self.hold: list[Frame | None] | None = None  # headers a filter holds while it sees the body (HOLD)
+        self.closed = False
+        #: some position holds a frame or buffers a body, or frames are queued: new frames must queue too
+        self.stalled = False
+
+    def buf(self, pos: int) -> bytearray:
+        """Position `pos`'s body buffer as it is (made now if it was not yet)."""
+        body = self.body[pos]
+        if body is None:
+            body = self.body[pos] = bytearray()
+        return body
+
+    def show(self, pos: int, chunk: bytes) -> int:
+        """`chunk` for position `pos`'s filter: shown as is while nothing is held, else kept after what is
+        (not copied); returns the size of the body the filter sees."""
+        if self.stash is not None and pos in self.stash:
+            body = self.buffer(pos)
+            body += chunk
+            return len(body)
+        if self.body[pos] or self.kept[pos] is not None or self.shown[pos] is not None:
+            self.keep(pos)  # (a whole rewrite the filter made outside a callback is shown: `replace`)
+            self.shown[pos] = chunk
+            return self.size(pos)
+        self.shown[pos] = chunk
+        return len(chunk)
+
+    def keep(self, pos: int) -> None:
+        """The filter keeps the chunk it is shown (it stopped on it): held after the rest, not copied."""
+        shown = self.shown[pos]
+        if shown is not None:
+            self.shown[pos] = None
+            kept = self.kept[pos]
+            if kept is None:
+                self.kept[pos] = [shown]
+            else:
+                kept.append(shown)
+            self.kept_bytes[pos] += len(shown)
+
+    def buffer(self, pos: int) -> bytearray:
+        """Position `pos`'s body buffer with everything it holds in it (one copy of what was not yet)."""
+        self.keep(pos)
+        kept = self.kept[pos]
+        body = self.body[pos]
+        if kept is None:
+            return self.buf(pos)
+        self.kept[pos] = None
+        self.kept_bytes[pos] = 0
+        if body:
+            body += b"".join(kept) if len(kept) > 1 else kept[0]
+            return body
+        body = self.body[pos] = bytearray().join(kept)
+        return body
+
+    def take(self, pos: int) -> bytes | None:
+        """What position `pos` holds, for passing on, emptied (None: it holds nothing but its buffer, which the
+        caller passes on itself): the chunk shown or kept alone as it is, several kept ones joined."""
+        if self.body[pos]:
+            return None
+        self.keep(pos)
+        kept = self.kept[pos]
+        if kept is None:
+            return None
+        self.kept[pos] = None
+        self.kept_bytes[pos] = 0
+        return kept[0] if len(kept) == 1 else b"".join(kept)
+
+    def drop(self, pos: int) -> None:
+        """Position `pos` holds nothing any more (NO_BUFFER)."""
+        self.shown[pos] = None
+        self.kept[pos] = None
+        self.kept_bytes[pos] = 0
+        body = self.body[pos]
+        if body is not None:
+            body.clear()
+
+    def replace(self, pos: int, data: bytes) -> None:
+        """Position `pos`'s whole body becomes `data` (a filter rewrote all of it): shown as is, so it passes on
+        without the copy out of a buffer (`buffer` copies it in if the filter touches the body again). With
+        data kept out of the filter's view (WATERMARK) it goes into the buffer, which passes on after that."""
+        if self.stash is not None and pos in self.stash:
+            self.buffer(pos)[:] = data
+            return
+        self.drop(pos)
+        self.shown[pos] = data
+
+    def size(self, pos: int) -> int:
+        """The size of the body position `pos`'s filter sees."""
+        body = self.body[pos]
+        shown = self.shown[pos]
+        return (0 if body is None else len(body)) + self.kept_bytes[pos] + (0 if shown is None else len(shown))
+
+    def queue(self, pos: int) -> deque[Frame]:
+        if self.inbox is None:
+            self.inbox = [deque() for _ in range(self.n + 1)]
+        self.stalled = True
+        return self.inbox[pos]
+
+    def settle(self) -> None:
+        """Recompute `stalled` once the stream is idle."""
+        if self.stalled:
+            self.stalled = (
+                any(h is not None for h in self.held)
+                or any(self.buffering)
+                or bool(self.stash)
+                or (self.hold is not None and any(h is not None for h in self.hold))
+                or (self.inbox is not None and any(self.inbox))
+            )
