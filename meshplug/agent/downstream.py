@@ -197,6 +197,9 @@ class Downstream(H1Peer, asyncio.Protocol):
                 data = data[end:]
                 if self._body_left:
                     return data
+                if len(data) > self._head_room:  # the read went past the head's limit: bounded as a whole read is
+                    self._feed_bounded(data, whole=True)
+                    return b""
         if self._in_head and len(data) > self._head_room:
             self._feed_bounded(data)
         else:
@@ -222,18 +225,20 @@ class Downstream(H1Peer, asyncio.Protocol):
             return True
         return False
 
-    def _feed_bounded(self, data: bytes) -> None:
+    def _feed_bounded(self, data: bytes, *, whole: bool = False) -> None:
         """Feed a read that could take the head past its limit: up to the limit first; a head still not
-        complete there is refused (431) before the parser holds any more of it."""
+        complete there is refused (431) before the parser holds any more of it (`whole`: `data` is the rest of a
+        read whose head the parser took, checked there even though the parser is past the head: trailers)."""
         while data:
             room = self._head_room
-            if not self._in_head or len(data) <= room:
+            if not (self._in_head or whole) or len(data) <= room:
                 if self._in_head:
                     self._head_room = room - len(data)
                 self._feed(data)
                 return
             part, data = data[:room], data[room:]
             self._head_room = 0
+            whole = False
             self._feed(part)
             if self._stopped:
                 return
