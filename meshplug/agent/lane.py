@@ -113,10 +113,12 @@ class Lane:
         caller passes on itself): the chunk shown or kept alone as it is, several kept ones joined."""
         if self.body[pos]:
             return None
-        self.keep(pos)
         kept = self.kept[pos]
-        if kept is None:
-            return None
+        if kept is None:  # (the common case: a chunk shown and let go, no list made for it)
+            shown = self.shown[pos]
+            self.shown[pos] = None
+            return shown
+        self.keep(pos)
         self.kept[pos] = None
         self.kept_bytes[pos] = 0
         return kept[0] if len(kept) == 1 else b"".join(kept)
