@@ -15,9 +15,12 @@
  *   call_each  several GuestCalls with one argument in one call from Python (a stream's log, done, delete);
  *              the first that raises stops the rest and leaves its index in its State's seq_index.
  *   HostFunc   one host import: `TRAMPOLINE` is a wasmtime_func_unchecked_callback_t whose env is a HostFunc;
- *              it takes the GIL, calls the Python function with unsigned ints, maps the listed exceptions to
- *              results, and turns any other exception into a trap (the exception is kept on the State and
- *              raised again by vm.FastGuest once the guest call unwinds).
+ *              it takes the GIL, calls the Python function with unsigned ints -- and with bytes for the
+ *              (ptr, size) pairs its kinds mark as spans, read from guest memory here (a header name
+ *              lowercased as it is copied) -- maps the listed exceptions to results (a span outside memory:
+ *              MemoryFault), and turns any other exception into a trap (the exception is kept on the State
+ *              and raised again by vm.FastGuest once the guest call unwinds). A guard answers a first argument
+ *              above its bound with a fixed result before any span is read (the ABI's enum checks come first).
  *   (State, Epoch, Ticker: _wasmstore.c, declared in _wasmcall.h)
  */
 #include "_wasmcall.h"
@@ -45,6 +48,8 @@ static trap_new_fn c_trap_new = NULL;
 static const char HOST_TRAP_MSG[] = "meshplug host function failed";
 
 enum { K_NONE = 0, K_I32 = 1, K_I64 = 2, K_F32 = 3, K_F64 = 4 };
+/* HostFunc parameters only: this i32 and the next are a guest (ptr, size), passed as one bytes argument */
+enum { K_SPAN = 5, K_SPAN_LOWER = 6 };
 #define MAX_VALS 32
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -303,14 +308,45 @@ typedef struct {
     Py_ssize_t nparams;
     unsigned char kinds[MAX_VALS];
     unsigned char result;
+    long long guard_bound; /* -1: no guard; else a first argument above it returns guard_result at once */
+    uint32_t guard_result;
 } HostFuncObject;
 
+/* the kinds of a host function's parameters: value kinds, K_SPAN / K_SPAN_LOWER on the pointer of an i32
+ * (ptr, size) pair */
+static int parse_host_kinds(PyObject *params, unsigned char *out, Py_ssize_t *n) {
+    char *buf;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(params, &buf, &len) < 0) return -1;
+    if (len > MAX_VALS) {
+        PyErr_Format(PyExc_ValueError, "at most %d parameters", MAX_VALS);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        unsigned char k = (unsigned char)buf[i];
+        if (k < K_I32 || k > K_SPAN_LOWER) {
+            PyErr_Format(PyExc_ValueError, "unknown value kind %d", (int)k);
+            return -1;
+        }
+        if (k >= K_SPAN && (i + 1 >= len || buf[i + 1] != K_I32)) {
+            PyErr_SetString(PyExc_ValueError, "a span is an i32 pointer followed by an i32 size");
+            return -1;
+        }
+        out[i] = k;
+        if (k >= K_SPAN) out[++i] = K_I32;
+    }
+    *n = len;
+    return 0;
+}
+
 static int HostFunc_init(HostFuncObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"state", "fn", "params", "result", "faults", NULL};
+    static char *kwlist[] = {"state", "fn", "params", "result", "faults", "guard_bound", "guard_result", NULL};
     PyObject *state, *fn, *params, *faults;
     int result;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OSiO!", kwlist, &StateType, &state, &fn, &params, &result,
-                                     &PyTuple_Type, &faults)) {
+    long long guard_bound = -1;
+    unsigned int guard_result = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OSiO!|LI", kwlist, &StateType, &state, &fn, &params, &result,
+                                     &PyTuple_Type, &faults, &guard_bound, &guard_result)) {
         return -1;
     }
     if (result < K_NONE || result > K_F64) {
@@ -324,7 +360,13 @@ static int HostFunc_init(HostFuncObject *self, PyObject *args, PyObject *kwds) {
             return -1;
         }
     }
-    if (parse_kinds(params, self->kinds, &self->nparams) < 0) return -1;
+    if (parse_host_kinds(params, self->kinds, &self->nparams) < 0) return -1;
+    if (guard_bound >= 0 && (self->nparams == 0 || self->kinds[0] != K_I32 || result != K_I32)) {
+        PyErr_SetString(PyExc_ValueError, "a guard needs an i32 first parameter and an i32 result");
+        return -1;
+    }
+    self->guard_bound = guard_bound;
+    self->guard_result = (uint32_t)guard_result;
     Py_INCREF(state);
     Py_XSETREF(self->state, (StateObject *)state);
     Py_INCREF(fn);
@@ -375,7 +417,8 @@ static PyTypeObject HostFuncType = {
     .tp_clear = (inquiry)HostFunc_clear,
     .tp_dealloc = (destructor)HostFunc_dealloc,
     .tp_getset = HostFunc_getset,
-    .tp_doc = "HostFunc(state, fn, params, result, faults): one host import behind TRAMPOLINE.",
+    .tp_doc = "HostFunc(state, fn, params, result, faults, guard_bound=-1, guard_result=0): one host import "
+              "behind TRAMPOLINE.",
 };
 
 /* the result of a listed fault, or -1 with the exception left set when none matches */
@@ -422,17 +465,30 @@ static void *host_trampoline(void *env, void *caller, val_raw_t *vals, size_t nv
     unsigned long long outer = st->caller;
     PyObject *argv[MAX_VALS + 1];
     PyObject *res = NULL;
-    Py_ssize_t made = 0;
+    Py_ssize_t made = 0, i = 0;
+    if (hf->guard_bound >= 0 && (long long)vals[0].u32 > hf->guard_bound) {
+        vals[0].u64 = hf->guard_result;
+        PyGILState_Release(gil);
+        return NULL;
+    }
     st->caller = (unsigned long long)(uintptr_t)caller;
     st->dirty = 1; /* the guest ran since the last look: memory may have grown */
-    for (; made < hf->nparams; made++) {
-        argv[made + 1] = load_val(&vals[made], hf->kinds[made]);
-        if (argv[made + 1] == NULL) break;
+    for (; i < hf->nparams; i++) {
+        unsigned char k = hf->kinds[i];
+        PyObject *arg;
+        if (k >= K_SPAN) {
+            arg = wc_span_bytes(st, (long long)vals[i].u32, (long long)vals[i + 1].u32, k == K_SPAN_LOWER);
+            i++;
+        } else {
+            arg = load_val(&vals[i], k);
+        }
+        if (arg == NULL) break;
+        argv[1 + made++] = arg;
     }
-    if (made == hf->nparams) {
+    if (i == hf->nparams) {
         res = PyObject_Vectorcall(hf->fn, argv + 1, (size_t)made | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
-    for (Py_ssize_t i = 0; i < made; i++) Py_DECREF(argv[i + 1]);
+    for (Py_ssize_t j = 0; j < made; j++) Py_DECREF(argv[j + 1]);
     if (res == NULL) {
         long long r;
         if (fault_result(hf, &r) == 0) {

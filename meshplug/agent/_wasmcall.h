@@ -47,7 +47,12 @@ typedef struct {
     uint8_t *base;
     size_t size;
     int seq_index; /* call_each: the index of the call that failed */
+    PyObject *find_memory; /* called (no arguments) when a span is read before `memory` is known; may be NULL */
 } StateObject;
+
+/* the guest bytes [ptr, ptr + size) as a new bytes object (ASCII-lowercased when `lower`), bounds-checked (NULL
+ * with MemoryFault set); an empty span is b"" unchecked (as State.read) */
+WC_INTERNAL PyObject *wc_span_bytes(StateObject *st, long long ptr, long long size, int lower);
 
 extern WC_INTERNAL PyTypeObject EpochType;   /* _wasmstore.c */
 extern WC_INTERNAL PyTypeObject StateType;   /* _wasmstore.c */

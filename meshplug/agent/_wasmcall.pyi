@@ -37,6 +37,7 @@ class State:
     release_gil: int
     caller: int
     seq_index: int
+    find_memory: Callable[[], object] | None
     def __init__(self, ctx: int, epoch: Epoch, deadline_ticks: int) -> None: ...
     def take_exc(self) -> BaseException | None: ...
     def set_memory(self, handle: int, /) -> None: ...
@@ -64,4 +65,6 @@ class HostFunc:
         params: bytes,
         result: int,
         faults: tuple[tuple[type[BaseException], int], ...],
+        guard_bound: int = -1,
+        guard_result: int = 0,
     ) -> None: ...

@@ -6,7 +6,9 @@
  *              current caller (for host functions running before `memory` is known), the pending host
  *              exception, and the linear memory: bounds-checked read/write (read_lower: a header name
  *              lowercased as it is copied) against its base and size,
- *              looked up again only after the guest ran (`dirty`: it may have grown).
+ *              looked up again only after the guest ran (`dirty`: it may have grown). wc_span_bytes: the
+ *              same read for the host trampoline (a host function's (ptr, size) arguments read in C); before
+ *              the memory is known it asks `find_memory` (the Python side finds it through the caller).
  *   Epoch      a counter the runtime's ticker advances just before the engine's epoch.
  *   Ticker     the runtime's epoch ticker: a native thread (no GIL, no Python) that every period advances
  *              the Epoch counter, then each engine's epoch (wasmtime_engine_increment_epoch, on its own
@@ -65,18 +67,21 @@ static int State_init(StateObject *self, PyObject *args, PyObject *kwds) {
     self->base = NULL;
     self->size = 0;
     self->seq_index = 0;
+    Py_CLEAR(self->find_memory);
     return 0;
 }
 
 static int State_traverse(StateObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->epoch);
     Py_VISIT(self->exc);
+    Py_VISIT(self->find_memory);
     return 0;
 }
 
 static int State_clear(StateObject *self) {
     Py_CLEAR(self->epoch);
     Py_CLEAR(self->exc);
+    Py_CLEAR(self->find_memory);
     return 0;
 }
 
@@ -139,43 +144,51 @@ static int as_offset(PyObject *v, long long *out) {
     return 0;
 }
 
-/* the (ptr, size) a read takes (args[0], args[1]) and its span checked against the memory: -1 with the error set.
- * An empty span is checked only when `check_empty` (read and read_lower answer b"" without looking) */
-static int read_args(StateObject *self, PyObject *const *args, long long *ptr, long long *size, int check_empty) {
+/* the (ptr, size) replace_into takes (args[0], args[1]) and its span checked against the memory: -1 with the error
+ * set */
+static int read_args(StateObject *self, PyObject *const *args, long long *ptr, long long *size) {
     if (as_offset(args[0], ptr) < 0 || as_offset(args[1], size) < 0) return -1;
-    if (*size == 0 && !check_empty) return 0;
     return State_span(self, "read", *ptr, *size);
 }
 
-static PyObject *State_read(StateObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long ptr, size;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "read(ptr, size)");
-        return NULL;
-    }
-    if (read_args(self, args, &ptr, &size, 0) < 0) return NULL;
+PyObject *wc_span_bytes(StateObject *st, long long ptr, long long size, int lower) {
     if (size == 0) return PyBytes_FromStringAndSize(NULL, 0);
-    return PyBytes_FromStringAndSize((const char *)self->base + ptr, (Py_ssize_t)size);
-}
-
-/* read_lower(ptr, size): read(ptr, size).lower() in one copy (ASCII only, as bytes.lower: a header name) */
-static PyObject *State_read_lower(StateObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long ptr, size;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "read_lower(ptr, size)");
-        return NULL;
+    if (st->memory == NULL && st->find_memory != NULL && st->find_memory != Py_None) {
+        /* a host call of the module's start function: the memory is not known yet */
+        PyObject *r = PyObject_CallNoArgs(st->find_memory);
+        if (r == NULL) return NULL;
+        Py_DECREF(r);
     }
-    if (read_args(self, args, &ptr, &size, 0) < 0) return NULL;
-    if (size == 0) return PyBytes_FromStringAndSize(NULL, 0);
+    if (State_span(st, "read", ptr, size) < 0) return NULL;
+    if (!lower) return PyBytes_FromStringAndSize((const char *)st->base + ptr, (Py_ssize_t)size);
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
     if (out == NULL) return NULL;
-    const uint8_t *src = self->base + ptr;
+    const uint8_t *src = st->base + ptr;
     char *dst = PyBytes_AS_STRING(out);
     for (long long i = 0; i < size; i++) {
         uint8_t c = src[i];
         dst[i] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
     }
     return out;
+}
+
+static PyObject *state_read(StateObject *self, PyObject *const *args, Py_ssize_t nargs, int lower) {
+    long long ptr, size;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, lower ? "read_lower(ptr, size)" : "read(ptr, size)");
+        return NULL;
+    }
+    if (as_offset(args[0], &ptr) < 0 || as_offset(args[1], &size) < 0) return NULL;
+    return wc_span_bytes(self, ptr, size, lower);
+}
+
+static PyObject *State_read(StateObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return state_read(self, args, nargs, 0);
+}
+
+/* read_lower(ptr, size): read(ptr, size).lower() in one copy (ASCII only, as bytes.lower: a header name) */
+static PyObject *State_read_lower(StateObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return state_read(self, args, nargs, 1);
 }
 
 static PyObject *State_write(StateObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -207,7 +220,7 @@ static PyObject *State_replace_into(StateObject *self, PyObject *const *args, Py
         PyErr_SetString(PyExc_TypeError, "replace_into(ptr, size, target: bytearray, stop)");
         return NULL;
     }
-    if (read_args(self, args, &ptr, &size, 1) < 0 || as_offset(args[3], &stop) < 0) return NULL;
+    if (read_args(self, args, &ptr, &size) < 0 || as_offset(args[3], &stop) < 0) return NULL;
     PyObject *target = args[2];
     Py_ssize_t old = PyByteArray_GET_SIZE(target);
     Py_ssize_t cut = stop >= 0 && stop < (long long)old ? (Py_ssize_t)stop : old, n = (Py_ssize_t)size;
@@ -292,6 +305,8 @@ static PyMemberDef State_members[] = {
     {"release_gil", T_INT, offsetof(StateObject, release_gil), 0, "1: guest calls release the GIL"},
     {"caller", T_ULONGLONG, offsetof(StateObject, caller), 0, "wasmtime_caller_t* of the running host call"},
     {"seq_index", T_INT, offsetof(StateObject, seq_index), 0, "call_each: index of the call that raised"},
+    {"find_memory", T_OBJECT, offsetof(StateObject, find_memory), 0,
+     "called when a host function's span is read before the memory is known (sets it or raises)"},
     {NULL},
 };
 

@@ -9,6 +9,9 @@ returns UNIMPLEMENTED (``env.abort`` traps, as AssemblyScript expects).
 Each shim: check enum ranges, bounds-check guest memory (a `MemoryFault` becomes INVALID_MEMORY_ACCESS),
 delegate to the effective context / host, write results, return a status the SDKs accept (lenient where
 Envoy's answer would crash the Rust SDK: map mutations on an unavailable map, set_property on a root).
+The hottest shims (`SPANS`: header map values, logging, properties, local replies) take their guest strings
+as bytes, read by the backend (the fast one in its C trampoline, no Python call per string), and have their
+enum check (`GUARDS`) made there too, before any read, in Envoy's order.
 All ABI versions' imports are offered whatever the module's marker.
 """
 
@@ -78,8 +81,8 @@ _SHIM_FAULTS: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 
-def _shim(fn: Callable[..., int]) -> vm.Faulting:
-    return vm.Faulting(fn, _SHIM_FAULTS)
+def _shim(name: str, fn: Callable[..., int]) -> vm.Faulting:
+    return vm.Faulting(fn, _SHIM_FAULTS, SPANS.get(name, ()), GUARDS.get(name))
 
 
 class HostCalls:
@@ -92,7 +95,6 @@ class HostCalls:
         self.guest: vm.Guest  # set by the VM once its guest exists (`use`; shims run only after that)
         # the guest's memory access, as attributes: one call each from the shims, no method lookup per access
         self.read: Callable[[int, int], bytes]
-        self.read_lower: Callable[[int, int], bytes]  # a header name, ASCII-lowercased as it is read
         self.write: Callable[[int, bytes | bytearray | memoryview], None]
         self.write_u32: Callable[[int, int], None]
         self.write_u64: Callable[[int, int], None]
@@ -103,7 +105,6 @@ class HostCalls:
         C functions over the known memory)."""
         self.guest = guest
         self.read = guest.read
-        self.read_lower = guest.read_lower
         self.write = guest.write
         self.write_u32 = guest.write_u32
         self.write_u64 = guest.write_u64
@@ -127,7 +128,7 @@ class HostCalls:
         if decl.module == abi_table.ENV and sig_ok:
             method = SHIMS.get(decl.name)
             if method is not None:
-                return _shim(getattr(self, method))
+                return _shim(decl.name, getattr(self, method))
         if decl.module == abi_table.ENV and decl.name == "abort":
             return self._abort
         # Envoy's linker refuses a module whose env imports it cannot satisfy; so do we
@@ -167,10 +168,8 @@ class HostCalls:
         return OK
 
     # -- logging, time, ticks ----------------------------------------------------------------------
-    def proxy_log(self, level: int, ptr: int, size: int) -> int:
-        if level > 5:
-            return BAD_ARGUMENT
-        data = self.read(ptr, size)  # bounds-checked as cpp-host's getMemory, logged or not
+    def proxy_log(self, level: int, data: bytes) -> int:
+        # level <= 5 (GUARDS); data bounds-checked as cpp-host's getMemory, logged or not
         if level >= self.vm.host.log_level:  # below the agent's level: nothing decoded, formatted or kept
             self.vm.log(level, data.decode(errors="replace"))
         return OK
@@ -258,10 +257,8 @@ class HostCalls:
         hmap = self._map(mtype)
         return self._give(pairs.encode(hmap or []), ptr_ptr, size_ptr)
 
-    def proxy_set_header_map_pairs(self, mtype: int, ptr: int, size: int) -> int:
-        if mtype > _MAX_MAP_TYPE:
-            return BAD_ARGUMENT
-        new = pairs.decode(self.read(ptr, size))
+    def proxy_set_header_map_pairs(self, mtype: int, data: bytes) -> int:
+        new = pairs.decode(data)
         hmap = self._map(mtype)
         if hmap is not None:
             hmap.clear()
@@ -279,10 +276,7 @@ class HostCalls:
             if ctx is not None:
                 ctx.clear_route_cache()
 
-    def proxy_get_header_map_value(self, mtype: int, kptr: int, ksize: int, ptr_ptr: int, size_ptr: int) -> int:
-        if mtype > _MAX_MAP_TYPE:
-            return BAD_ARGUMENT
-        key = self.read_lower(kptr, ksize)
+    def proxy_get_header_map_value(self, mtype: int, key: bytes, ptr_ptr: int, size_ptr: int) -> int:
         hmap = self._map(mtype)
         if hmap is not None:
             for k, v in hmap:
@@ -292,10 +286,7 @@ class HostCalls:
             return self._give(b"", ptr_ptr, size_ptr)  # 0.1.0: OK with an empty value (Envoy)
         return NOT_FOUND
 
-    def proxy_add_header_map_value(self, mtype: int, kptr: int, ksize: int, vptr: int, vsize: int) -> int:
-        if mtype > _MAX_MAP_TYPE:
-            return BAD_ARGUMENT
-        key, value = self.read_lower(kptr, ksize), self.read(vptr, vsize)
+    def proxy_add_header_map_value(self, mtype: int, key: bytes, value: bytes) -> int:
         hmap = self._map(mtype)
         if hmap is not None:
             headermap.add_header(hmap, key, value, _INLINE[mtype])
@@ -303,10 +294,7 @@ class HostCalls:
                 self._request_headers_changed(mtype)
         return OK
 
-    def proxy_replace_header_map_value(self, mtype: int, kptr: int, ksize: int, vptr: int, vsize: int) -> int:
-        if mtype > _MAX_MAP_TYPE:
-            return BAD_ARGUMENT
-        key, value = self.read_lower(kptr, ksize), self.read(vptr, vsize)
+    def proxy_replace_header_map_value(self, mtype: int, key: bytes, value: bytes) -> int:
         hmap = self._map(mtype)
         if hmap is not None:
             for i, (k, _) in enumerate(hmap):
@@ -320,10 +308,7 @@ class HostCalls:
                 self._request_headers_changed(mtype)
         return OK
 
-    def proxy_remove_header_map_value(self, mtype: int, kptr: int, ksize: int) -> int:
-        if mtype > _MAX_MAP_TYPE:
-            return BAD_ARGUMENT
-        key = self.read_lower(kptr, ksize)
+    def proxy_remove_header_map_value(self, mtype: int, key: bytes) -> int:
         hmap = self._map(mtype)
         if hmap is not None:
             hmap[:] = [(k, v) for k, v in hmap if k != key]
@@ -338,8 +323,7 @@ class HostCalls:
         return OK
 
     # -- properties --------------------------------------------------------------------------------
-    def proxy_get_property(self, pptr: int, psize: int, ptr_ptr: int, size_ptr: int) -> int:
-        path = self.read(pptr, psize)
+    def proxy_get_property(self, path: bytes, ptr_ptr: int, size_ptr: int) -> int:
         ctx = self._ctx()
         if ctx is None:
             return NOT_FOUND
@@ -351,8 +335,7 @@ class HostCalls:
             return NOT_FOUND
         return self._give(value, ptr_ptr, size_ptr)
 
-    def proxy_set_property(self, pptr: int, psize: int, vptr: int, vsize: int) -> int:
-        path, value = self.read(pptr, psize), self.read(vptr, vsize)
+    def proxy_set_property(self, path: bytes, value: bytes) -> int:
         ctx = self._ctx()
         if ctx is not None:
             props = ctx.properties
@@ -388,12 +371,9 @@ class HostCalls:
             ctx.clear_route_cache()
         return OK
 
-    def proxy_send_local_response(  # noqa: PLR0917 -- the ABI's argument list
-        self, status: int, dptr: int, dsize: int, bptr: int, bsize: int, hptr: int, hsize: int, grpc: int
-    ) -> int:
-        details = b"_".join(self.read(dptr, dsize).split()).decode(errors="replace")
-        body = self.read(bptr, bsize)
-        headers = tuple((k.lower(), v) for k, v in pairs.decode(self.read(hptr, hsize)))
+    def proxy_send_local_response(self, status: int, details_raw: bytes, body: bytes, raw: bytes, grpc: int) -> int:
+        details = b"_".join(details_raw.split()).decode(errors="replace")
+        headers = tuple((k.lower(), v) for k, v in pairs.decode(raw))
         grpc_status = grpc if grpc <= 16 else None
         ctx = self._ctx()
         if ctx is None:
@@ -683,6 +663,30 @@ SHIMS: dict[str, str] = {
     )
 }
 
+
+#: the shims whose guest strings the backend reads (SPANS: (parameter index of the pointer, lowercase it), the size
+#: follows), and those whose first argument is an enum checked before any read (GUARDS: (bound, result))
+_MAP_KEY: Final = ((1, True),)
+SPANS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "proxy_log": ((1, False),),
+    "proxy_set_header_map_pairs": ((1, False),),
+    "proxy_get_header_map_value": _MAP_KEY,
+    "proxy_add_header_map_value": ((1, True), (3, False)),
+    "proxy_replace_header_map_value": ((1, True), (3, False)),
+    "proxy_remove_header_map_value": _MAP_KEY,
+    "proxy_get_property": ((0, False),),
+    "proxy_set_property": ((0, False), (2, False)),
+    "proxy_send_local_response": ((1, False), (3, False), (5, False)),
+}
+_MAP_GUARD: Final = (_MAX_MAP_TYPE, BAD_ARGUMENT)
+GUARDS: dict[str, tuple[int, int]] = {
+    "proxy_log": (5, BAD_ARGUMENT),
+    "proxy_set_header_map_pairs": _MAP_GUARD,
+    "proxy_get_header_map_value": _MAP_GUARD,
+    "proxy_add_header_map_value": _MAP_GUARD,
+    "proxy_replace_header_map_value": _MAP_GUARD,
+    "proxy_remove_header_map_value": _MAP_GUARD,
+}
 
 #: foreign functions that act on the calling context (handled by HostCalls._context_foreign)
 _CONTEXT_FOREIGN: Final = frozenset({b"declare_property", b"set_envoy_filter_state"})

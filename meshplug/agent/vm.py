@@ -79,12 +79,20 @@ GuestFunc = Callable[..., int]
 @dataclass(frozen=True)
 class Faulting:
     """A host function whose listed exceptions become its result (e.g. MemoryFault -> a status code),
-    mapped by the backend's own trampoline: no wrapper frame per call."""
+    mapped by the backend's own trampoline: no wrapper frame per call.
+
+    `spans`: (index, lower) per guest (ptr, size) pair among the import's parameters (parameters index and
+    index + 1): the backend reads those bytes (ASCII-lowercased when `lower`: a header name) and passes them
+    to `fn` as one argument, in order -- bounds-checked (MemoryFault), an empty span b"" unchecked. `guard`:
+    (bound, result): a first argument above bound returns result at once, before any span is read (the ABI's
+    enum checks come before its memory reads)."""
 
     fn: HostFunc
     faults: tuple[tuple[type[BaseException], int], ...]
+    spans: tuple[tuple[int, bool], ...] = ()
+    guard: tuple[int, int] | None = None
 
-    def __call__(self, *args: int) -> int | None:
+    def __call__(self, *args: int | bytes) -> int | None:
         try:
             return self.fn(*args)
         except BaseException as exc:
@@ -92,6 +100,30 @@ class Faulting:
                 if isinstance(exc, kind):
                     return result
             raise
+
+    def reading(self, read: Callable[[int, int], bytes], read_lower: Callable[[int, int], bytes]) -> Faulting:
+        """This function taking ints only, its spans read with `read` / `read_lower` inside its fault mapping (a
+        backend that does not read them itself)."""
+        if not self.spans and self.guard is None:
+            return self
+        fn, spans, guard = self.fn, {i: lower for i, lower in self.spans}, self.guard
+
+        def unpacked(*args: int) -> int | None:
+            if guard is not None and args[0] > guard[0]:
+                return guard[1]
+            out: list[int | bytes] = []
+            i = 0
+            while i < len(args):
+                lower = spans.get(i)
+                if lower is None:
+                    out.append(args[i])
+                    i += 1
+                else:
+                    out.append((read_lower if lower else read)(args[i], args[i + 1]) if args[i + 1] else b"")
+                    i += 2
+            return fn(*out)
+
+        return Faulting(unpacked, self.faults)
 
 
 HostImpl = HostFunc | Faulting
@@ -514,6 +546,8 @@ class PublicGuest(Guest):
 
     def _wrap(self, decl: ImportDecl, fn: HostImpl) -> Callable[..., Any]:
         masks = tuple(_MASK.get(p, 0) for p in decl.sig.params)
+        if isinstance(fn, Faulting):
+            fn = fn.reading(self.read, self.read_lower)
         has_result = bool(decl.sig.results)
         signed_result = decl.sig.results[:1] == ("i32",)
 
@@ -648,8 +682,9 @@ _caller_export_get = ctypes.CFUNCTYPE(ctypes.c_bool, _c_void_p, ctypes.c_char_p,
     ("wasmtime_caller_export_get", _dll)
 )
 
-#: value kinds as _wasmcall numbers them (0: no result)
+#: value kinds as _wasmcall numbers them (0: no result), and its marks of a host function's (ptr, size) pair
 _KIND = {"i32": 1, "i64": 2, "f32": 3, "f64": 4}
+_SPAN, _SPAN_LOWER = 5, 6
 
 
 def _addr(obj: Any) -> int:
@@ -699,11 +734,17 @@ class FastGuest(Guest):
         self._keep: list[Any] = []
         self.linker = wasmtime.Linker(runtime.engine_of(module))
         linker_ptr = _addr(self.linker.ptr())
+        #: a host function's spans read before the memory is known (a start function's host calls) find it first
+        self.state.find_memory = self._memory
         for decl, impl in self._imports:
             ft = functype(decl.sig)
-            fn, faults = (impl.fn, impl.faults) if isinstance(impl, Faulting) else (impl, ())
+            impl = impl if isinstance(impl, Faulting) else Faulting(impl, ())
+            params = bytearray(_kinds(decl.sig.params))
+            for index, lower in impl.spans:  # read by the trampoline: one bytes argument each
+                params[index] = _SPAN_LOWER if lower else _SPAN
+            guard = impl.guard or (-1, 0)
             result = _KIND[decl.sig.results[0]] if decl.sig.results else 0
-            host = _wasmcall.HostFunc(self.state, fn, _kinds(decl.sig.params), result, faults)
+            host = _wasmcall.HostFunc(self.state, impl.fn, bytes(params), result, impl.faults, guard[0], guard[1])
             self._keep.append((ft, host))
             mod, name = decl.module.encode(), decl.name.encode()
             err = _define_unchecked(
