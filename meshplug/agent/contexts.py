@@ -246,7 +246,10 @@ class HttpContext(Context):
         if wvm.cb.end and self._alive():
             wvm.call_each(self, wvm.cb.end, self.cid)
         self.deleted = True
-        wvm.contexts.pop(self.id, None)
+        try:  # one lookup (compiled, `pop(id, None)` is a method call by name: ~0.2k instructions more)
+            del wvm.contexts[self.id]
+        except KeyError:  # not there (defensive: a created context is entered until here)
+            pass
         if wvm.recycle:  # the VM waits for its streams to end: maybe this was the last
             wvm.owner._wake()
 
