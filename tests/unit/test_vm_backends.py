@@ -284,3 +284,53 @@ def test_call_each_calls_in_order_and_stops_at_the_first_failure(  # noqa: PLR09
         assert h.call("add", 2, 3) == 5  # the instance keeps working after a failure
     finally:
         h.close()
+
+
+SPANS_WAT = """(module
+  (import "env" "spans" (func $spans (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "X-HdAb")
+  (global $early (mut i32) (i32.const 0))
+  (func $start
+    (global.set $early (call $spans (i32.const 3) (i32.const 16) (i32.const 2) (i32.const 18) (i32.const 2))))
+  (start $start)
+  (func (export "early") (result i32) (global.get $early))
+  (func (export "call") (param i32 i32 i32 i32 i32) (result i32)
+    (call $spans (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4))))"""
+
+# a host function taking (enum, header name, value) as the ABI's header shims do: (args, result, what it was given)
+SPANS = [
+    ((1, 16, 4, 20, 2), 42, (1, b"x-hd", b"Ab")),  # the name lowercased as it is read, the value as it is
+    ((5, 16, 0, 70_000, 0), 42, (5, b"", b"")),  # empty spans: b"", never bounds-checked
+    ((1, 65_534, 4, 16, 1), 99, None),  # outside memory: MemoryFault -> its listed result, the function not called
+    ((2, 16, 1, 65_535, 2), 99, None),  # the second span outside: the same
+    ((6, 65_534, 4, 16, 1), 7, None),  # the guard answers first, nothing read (Envoy checks the enum first)
+    ((0xFFFF_FFFF, 16, 1, 16, 1), 7, None),  # the guard compares unsigned
+]
+
+
+@pytest.mark.parametrize("backend", vm.BACKENDS)
+@pytest.mark.parametrize(("args", "result", "given"), SPANS)
+def test_a_host_functions_spans_are_read_by_the_backend(
+    backend: str, args: tuple[int, ...], result: int, given: tuple[object, ...] | None
+) -> None:
+    runtime = vm.Runtime(precompiled=False)
+    seen: list[tuple[object, ...]] = []
+
+    def spans(mtype: int, key: bytes, value: bytes) -> int:
+        seen.append((mtype, key, value))
+        return 42
+
+    impl = vm.Faulting(spans, ((vm.MemoryFault, 99),), ((1, True), (3, False)), (5, 7))
+    try:
+        module = runtime.load(bytes(wasmtime.wat2wasm(SPANS_WAT)))
+        guest = runtime.new_guest(module, [(d, impl) for d in runtime.imports(module)], backend=backend)
+        guest.instantiate()  # the start function's call reads before the instance's memory export is known
+        early, call = guest.func("early"), guest.func("call")
+        assert early is not None and call is not None
+        assert (early(), seen) == (42, [(3, b"x-", b"Hd")])
+        seen.clear()
+        assert call(*args) == result
+        assert seen == ([given] if given is not None else [])
+    finally:
+        runtime.close()
