@@ -239,14 +239,15 @@ def start_agent_with(
     http2: bool = False,
     concurrency: int = 1,
     wrapper: Sequence[str] = (),
+    aliases: Sequence[str] = (),
 ) -> tuple[procs.Proc, int]:
     """`meshplug agent` with these config `plugins` entries (wasm modules or Lua filters) in front of the upstream
-    (`source`, `http2`, `wrapper`: as in `start_agent`)."""
+    (`source`, `http2`, `wrapper`: as in `start_agent`; `aliases`: more cluster names for the same upstream)."""
     port, admin = procs.free_port(), procs.free_port()
     raw = tb_agent.base_config(
         port=port,
         admin_port=admin,
-        clusters={"upstream": upstream_port},
+        clusters={"upstream": upstream_port, **{alias: upstream_port for alias in aliases}},
         plugins=plugins,
         http2_clusters=frozenset({"upstream"}) if http2 else frozenset(),
     )

@@ -64,9 +64,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _callgrind, openloop
-from bench._common import CAN_PIN, LOAD_CPU, PROXY_CPU, pin_pid, rss_mib, tree
+from bench._common import CAN_PIN, LOAD_CPU, PROXY_CPU, pin_pid, rss_mib, start_agent_with, tree
 from tests.corpus import modules
-from tests.testbed import agent as tb_agent
 from tests.testbed import envoy as tb_envoy
 from tests.testbed import nginx as tb_nginx
 from tests.testbed import procs
@@ -128,7 +127,6 @@ def config_text(cell: Cell) -> str:
 def start_agent(
     work: Path, name: str, upstream: int, cell: Cell, *, source: Path | None = None, wrapper: Sequence[str] = ()
 ) -> tuple[procs.Proc, int]:
-    port, admin = procs.free_port(), procs.free_port()
     plugin: dict[str, Any] = {
         "name": "bench",
         "module": {"file": str(modules.module(cell.module).path)},
@@ -136,22 +134,7 @@ def start_agent(
     }
     if cell.root_id:
         plugin["root_id"] = cell.root_id
-    raw = tb_agent.base_config(
-        port=port, admin_port=admin, clusters={"upstream": upstream, "authz": upstream}, plugins=[plugin]
-    )
-    env = None if source is None else {"PYTHONPATH": str(source), "MESHPLUG_REQUIRE_NATIVE": "1"}
-    agent = tb_agent.start_agent(
-        raw,
-        work_dir=work / name,
-        log_dir=work,
-        name=name,
-        log_level="warning",
-        env=env,
-        cwd=source,
-        wrapper=wrapper,
-        timeout=300.0 if wrapper else 60.0,  # valgrind: imports and module loads run ~10x slower
-    )  # (`source`: another checkout's agent; `python -m` puts the working directory first on the path)
-    return agent.proc, port
+    return start_agent_with(work, name, upstream, [plugin], source=source, wrapper=wrapper, aliases=["authz"])
 
 
 def start_envoy(
