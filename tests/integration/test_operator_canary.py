@@ -204,6 +204,17 @@ def roll(bed: Bed, name: str, data: bytes, *, until: str, canaries: set[str], ti
     return st
 
 
+def rollout_annotation(bed: Bed, name: str, verb: str) -> None:
+    """Set the plugin's meshplug.io/rollout annotation (abort, promote) as a user's kubectl annotate does."""
+    status, out = bed.kube.request(
+        "PATCH",
+        f"{agentplane.PLUGINS.format(ns=bed.ns)}/{name}",
+        {"metadata": {"annotations": {"meshplug.io/rollout": verb}}},
+        content_type="application/merge-patch+json",
+    )
+    assert status == 200, out
+
+
 def test_a_good_version_rolls_through_and_bad_ones_roll_back_under_load(bed: Bed) -> None:
     for name in PODS:
         bed.pod(name, {"app": "cart"})
@@ -348,13 +359,7 @@ def test_a_rollout_goes_on_after_an_operator_restart_and_the_annotation_aborts_a
         v3 = minimal.passthrough('(data (i32.const 2048) "v3")')
         bed.patch_plugin("hdr", {"url": bed.module("v3.wasm", v3)})
         procs.wait_until(step_one_running, timeout=60, what="step 1 of v3")
-        status, out = bed.kube.request(
-            "PATCH",
-            f"{agentplane.PLUGINS.format(ns=bed.ns)}/hdr",
-            {"metadata": {"annotations": {"meshplug.io/rollout": "abort"}}},
-            content_type="application/merge-patch+json",
-        )
-        assert status == 200, out
+        rollout_annotation(bed, "hdr", "abort")
         procs.wait_until(
             lambda: (bed.status("hdr").get("rollout") or {}).get("phase") == "Aborted", timeout=60, what="aborted"
         )
@@ -364,13 +369,7 @@ def test_a_rollout_goes_on_after_an_operator_restart_and_the_annotation_aborts_a
 
         # an aborted rollout looks at nothing by itself (no step to measure): the annotation's change alone,
         # promote, is what the operator acts on -- every pod gets v3
-        status, out = bed.kube.request(
-            "PATCH",
-            f"{agentplane.PLUGINS.format(ns=bed.ns)}/hdr",
-            {"metadata": {"annotations": {"meshplug.io/rollout": "promote"}}},
-            content_type="application/merge-patch+json",
-        )
-        assert status == 200, out
+        rollout_annotation(bed, "hdr", "promote")
         procs.wait_until(
             lambda: (bed.status("hdr").get("rollout") or {}).get("phase") == "Promoted", timeout=60, what="promoted"
         )
