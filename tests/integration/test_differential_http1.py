@@ -15,6 +15,7 @@ tests/differential/found.yaml, which the case test above runs against Envoy ever
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from collections.abc import Iterator
@@ -40,9 +41,24 @@ def test_the_corpus_is_large_and_every_marking_names_a_case() -> None:
 
 @pytest.mark.parametrize("case", cases.CASES, ids=lambda c: c.name)
 def test_agent_behaves_like_envoy(outcomes: tuple[bed.Bed, dict[str, dict[str, bed.Outcome]]], case: bed.Case) -> None:
-    got = outcomes[1][case.name]
-    problems = [p for pair in case.pairs for p in bed.compare(case, pair, got[f"envoy-{pair}"], got[f"agent-{pair}"])]
+    running, got = outcomes[0], outcomes[1][case.name]
+    problems = differences(case, got)
+    if problems and any(unfinished(o.client) for o in got.values()):
+        # a proxy that neither answered nor closed by the deadline may only have been slow (the bed's 1.5 s on a
+        # loaded machine): the case once more, alone, with four times the time; a real hang still differs
+        got = running.run(dataclasses.replace(case, deadline=case.deadline * 4), 0)
+        problems = [*differences(case, got), "(seen again with a 4x deadline after a side did not finish)"]
+        problems = problems if len(problems) > 1 else []
     assert not problems, "\n".join(problems)
+
+
+def differences(case: bed.Case, got: dict[str, bed.Outcome]) -> list[str]:
+    return [p for pair in case.pairs for p in bed.compare(case, pair, got[f"envoy-{pair}"], got[f"agent-{pair}"])]
+
+
+def unfinished(client: bed.Client) -> bool:
+    """Nothing answered, nothing refused: the client gave up at the deadline."""
+    return not client.responses and not client.closed and not client.unreadable
 
 
 #: the default run's seeds and mutants per seed (about 40 s on 2 cores); chosen once, never drawn at random
