@@ -271,3 +271,10 @@ REJECTION_MARKS_KEPT = 32
 #: longer than Envoy's own retries of a remote fetch (REMOTE_CODE_RETRIES) and istio-agent's (5, from 500 ms)
 REDELIVERY_AFTER_S = 45.0
 REDELIVERY_MAX_S = 600.0
+#: a ConfigMap-route listener Envoy refused for the module's file missing in the pod (ModuleNotMounted: the kubelet
+#: puts a changed mounted ConfigMap in the pod up to ~1-2 min later) is pushed again by istiod (the operator marks
+#: its EnvoyFilter, `istio_configmap.REPUSH_ANNOTATION`): first this long after the module was delivered, then
+#: doubling, capped; at most REPUSH_MAX times per plugin and module (5+10+20+30*9 s: over 5 min of kubelet lag)
+REPUSH_AFTER_S = 5.0
+REPUSH_MAX_S = 30.0
+REPUSH_MAX = 12

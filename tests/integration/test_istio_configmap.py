@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from meshplug import limits
+from meshplug.controller.delivery.istio_configmap import REPUSH_ANNOTATION as REPUSH
 from tests.corpus import modules as corpus
 from tests.testbed import istio, istiod, istiopod, procs
 from tests.testbed.mesh_operator import MeshOperator
@@ -310,6 +312,13 @@ def service_entry(ns: str, host: str) -> dict[str, Any]:
     }
 
 
+def ef_annotations(mesh: istio.Mesh, ns: str, name: str) -> dict[str, str]:
+    """The annotations of the EnvoyFilter ``ns/name`` as the apiserver has it."""
+    code, obj = mesh.kube.request("GET", f"/apis/networking.istio.io/v1alpha3/namespaces/{ns}/envoyfilters/{name}")
+    assert code == 200, obj
+    return dict(obj["metadata"].get("annotations") or {})
+
+
 def test_a_listener_refused_until_the_module_is_mounted_is_reported_and_heals(
     mesh_operator: MeshOperator, istio_mesh: istio.Mesh, ns: str
 ) -> None:
@@ -318,12 +327,14 @@ def test_a_listener_refused_until_the_module_is_mounted_is_reported_and_heals(
     it keeps serving the last good one. The status says so for the pod with Envoy's message (pending: it heals), and
     keeps saying so through istiod's later listener pushes (istiod sends every listener each time; Envoy tries the
     refused one again and refuses it again). Once the file is there, the next listener push is taken (ACKed, no
-    error): the refusal heals, the plugin is Loaded and serves the new module."""
+    error); nothing else makes istiod push the proxy, so the operator has it push the listener again while the pod
+    is ModuleNotMounted (its EnvoyFilter's push mark): the refusal heals by itself, the plugin is Loaded and serves
+    the new module, with nothing done here after the file arrives."""
     first = spec(mesh_operator, {"app": "lag"}, {"x-v": "1"})
     mesh_operator.plugin(ns, "lag", first)
     mesh_operator.wait(ns, "lag", status="False", reason="NoProxies")  # its ConfigMap is there
     pod = istio_mesh.sidecar(ns, "lag-0", {"app": "lag"})
-    entries = [service_entry(ns, "lag-one.example"), service_entry(ns, "lag-two.example")]
+    entry = service_entry(ns, "lag-one.example")
     try:
         header(pod, "x-v", "1")
         mesh_operator.wait(ns, "lag", reason="Loaded")
@@ -342,19 +353,28 @@ def test_a_listener_refused_until_the_module_is_mounted_is_reported_and_heals(
             assert mesh_operator.condition(ns, "lag")["reason"] == "ProxiesPending"
             assert missing in lds_state(istio_mesh, pod.proxy_id)["lastError"]  # istiod's own record
             refused = istiod_nacks(istio_mesh, missing)
-            istio_mesh.apply(entries[0])  # a later listener push: the refused listener again, refused again
+            istio_mesh.apply(entry)  # a later listener push: the refused listener again, refused again
             istio.poll(lambda: istiod_nacks(istio_mesh, missing), lambda n: n > refused, "Envoy's next NACK")
             assert pod.request("/").headers.get("x-v") == "1"  # the last good listener serves
             assert mesh_operator.get(ns, "lag")["status"]["failingPods"] == obj["status"]["failingPods"]
-        # the file is there now; nothing makes istiod push the proxy by itself: the next listener push does
-        istio_mesh.apply(entries[1])
-        header(pod, "x-v", "2")
+            # the operator has istiod push the refused listener again (its EnvoyFilter's push mark): refused again
+            wait = 4 * limits.REPUSH_MAX_S  # a mark per reconcile of the plugin, rechecked on a backoff up to 30 s
+            istio.poll(
+                lambda: ef_annotations(istio_mesh, ns, "meshplug-lag"), lambda a: REPUSH in a, "a push mark", wait
+            )
+            refused = istiod_nacks(istio_mesh, missing)
+            istio.poll(
+                lambda: istiod_nacks(istio_mesh, missing), lambda n: n > refused, "a NACK of the next mark", wait
+            )
+            assert pod.request("/").headers.get("x-v") == "1"
+        # the file is there now; the operator's next push of the listener (nothing here pushes) is taken
+        istio.poll(lambda: pod.request("/"), lambda r: r.status == 200 and r.headers.get("x-v") == "2", "v2", wait)
         state = lds_state(istio_mesh, pod.proxy_id)
         assert state["acked"] == state["sent"] and not state.get("lastError"), state
         obj = mesh_operator.wait(ns, "lag", reason="Loaded")
         assert obj["status"]["failingPods"] == [] and obj["status"]["loadedPods"] == ["lag-0"], obj["status"]
+        assert int(ef_annotations(istio_mesh, ns, "meshplug-lag")[REPUSH]) <= limits.REPUSH_MAX
     finally:
-        for entry in entries:
-            istio_mesh.delete(entry)
+        istio_mesh.delete(entry)
         mesh_operator.delete(ns, "lag")
         stop(istio_mesh, pod)

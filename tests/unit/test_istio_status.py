@@ -4,6 +4,7 @@ them. The inputs mirror what the real istiod answers (seen in tests/integration/
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from meshplug import spec
 from meshplug.controller import delivery
-from meshplug.controller.delivery import istio_pods, nacks, proxies
+from meshplug.controller.delivery import istio_configmap, istio_pods, nacks, proxies
 
 NAME = "shop.hdr"
 REFUSED = f"Unable to create Wasm plugin {NAME}"
@@ -532,3 +533,60 @@ def test_a_rejection_no_reading_showed_quotes_the_last_one_seen(last: str, quote
     verdict = proxies.judge(evidence(unseen=True, running=True, last_nack=last))
     assert (verdict.state, verdict.reason) == (proxies.FAILED, "RejectionUnseen")
     assert verdict.message.endswith(quoted) and ("earlier version" in verdict.message) == bool(last)
+
+
+UNMOUNTED = proxies.Verdict("lag-0", proxies.PENDING, "ModuleNotMounted", "Invalid path: /x.wasm")
+LOADED = proxies.Verdict("lag-0", proxies.LOADED, "Loaded", "")
+
+
+@pytest.mark.parametrize(
+    ("most", "rounds", "attempts"),
+    [
+        (3, [[UNMOUNTED]] * 5, [1, 2, 3, None, None]),  # bounded: no more than `most` pushes per module
+        (None, [[UNMOUNTED]] * 4, [1, 2, 3, 4]),
+        (3, [[LOADED], [UNMOUNTED], [LOADED]], [None, 1, None]),  # only while a pod waits for the file
+    ],
+)
+def test_a_listener_refused_for_its_missing_file_is_pushed_again_a_bounded_number_of_times(
+    most: int | None, rounds: list[list[proxies.Verdict]], attempts: list[int | None]
+) -> None:
+    repush = istio_pods.Redelivery(istio_configmap.UNMOUNTED, after_s=0.0, max_s=0.0, most=most)
+    assert repush.attempt(("shop", "lag"), "sha256:a") == 0
+    assert [repush.due(("shop", "lag"), "sha256:a", verdicts) for verdicts in rounds] == attempts
+    assert repush.attempt(("shop", "lag"), "sha256:b") == 0  # a new module starts afresh
+
+
+def test_the_waits_between_pushes_again_double_up_to_the_cap() -> None:
+    repush = istio_pods.Redelivery(istio_configmap.UNMOUNTED, after_s=3600.0, max_s=3600.0, most=3)
+    repush.attempt(("shop", "lag"), "sha256:a")
+    assert repush.due(("shop", "lag"), "sha256:a", [UNMOUNTED]) is None  # not before the first wait
+
+
+@pytest.mark.parametrize(
+    ("existing_spec", "mark", "bump", "marked"),
+    [
+        (None, None, False, None),  # a new EnvoyFilter
+        (None, None, True, "1"),
+        ({"p": 1}, None, False, None),
+        ({"p": 1}, "3", False, "3"),  # a reconcile keeps the mark (no write, no push)
+        ({"p": 1}, "3", True, "4"),  # counted on from the object's own (an operator restart included)
+        ({"p": 0}, "3", False, None),  # a new spec goes unmarked (istiod pushes it anyway)
+        ({"p": 0}, "3", True, "1"),
+        ({"p": 1}, "x", True, "1"),  # an edited value is counted afresh
+    ],
+)
+def test_the_push_mark_is_what_istiod_pushes_for(
+    existing_spec: dict[str, Any] | None, mark: str | None, bump: bool, marked: str | None
+) -> None:
+    """istiod (pilot/pkg/model/config_compare.go NeedsPush) skips an update of an Istio resource whose spec is the
+    same unless a label or annotation key contains "istio.io": the mark's key does, and it is all that changes."""
+    plain = {"metadata": {"name": "meshplug-lag", "annotations": {"meshplug.io/digest": "sha256:a"}}, "spec": {"p": 1}}
+    existing = None
+    if existing_spec is not None:
+        notes = {istio_configmap.REPUSH_ANNOTATION: mark} if mark is not None else {}
+        existing = {"metadata": {"annotations": notes}, "spec": existing_spec}
+    obj = istio_configmap._marked(copy.deepcopy(plain), existing, bump=bump)
+    assert "istio.io" in istio_configmap.REPUSH_ANNOTATION
+    assert obj["metadata"]["annotations"].get(istio_configmap.REPUSH_ANNOTATION) == marked
+    assert obj["spec"] == plain["spec"]
+    assert (istio_configmap._pushed_as(obj) == istio_configmap._pushed_as(plain)) is (marked is None)

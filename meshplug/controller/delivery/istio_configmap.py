@@ -75,6 +75,9 @@ class IstioConfigMap(istio_pods.Route):
         super().__init__(*args, **kwargs)
         self.config_maps: informer.ObjectSource = informer.ApiObjects(self.writer, *CONFIG_MAP)
         self.envoy_filters: informer.ObjectSource = informer.ApiObjects(self.writer, *ISTIO_EF)
+        self.repush = istio_pods.Redelivery(
+            UNMOUNTED, after_s=limits.REPUSH_AFTER_S, max_s=limits.REPUSH_MAX_S, most=limits.REPUSH_MAX
+        )
 
     def use_caches(self, config_maps: informer.ObjectSource, envoy_filters: informer.ObjectSource) -> None:
         """Read the rendered ConfigMaps and EnvoyFilters from these (the operator's caches)."""
@@ -113,6 +116,7 @@ class IstioConfigMap(istio_pods.Route):
         if isinstance(code, model.RemoteCode):
             code = _redelivered(code, self.redelivery.attempt(request.key, digest))
         version = _version(plugin, digest)
+        self.repush.attempt(request.key, digest)  # counts the pushes again of this module's listener
         if self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code)):
             self._watch(plugin, code, version)
         what = f"EnvoyFilter {plugin.namespace}/{istio.envoy_filter_name(plugin)} carries {digest or plugin.url}"
@@ -123,6 +127,13 @@ class IstioConfigMap(istio_pods.Route):
             log.info("%s/%s: delivering %s again (attempt %d)", plugin.namespace, plugin.name, digest, again)
             self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, _redelivered(code, again)))
             self._watch(plugin, code, version)
+        push = self.repush.due(request.key, digest, verdicts) if isinstance(code, model.LocalCode) else None
+        if push is not None:  # the kubelet may have put the file in the pod by now: Envoy takes the listener pushed
+            log.info(
+                "%s/%s: having istiod push the listener for %s again (%d)", plugin.namespace, plugin.name, digest, push
+            )
+            self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code), repush=True)
+            self._watch(plugin, code, version)
         out = istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
         return istio_pods.recheck_while_fresh(out, self.changes.get(request.key))
 
@@ -132,8 +143,9 @@ class IstioConfigMap(istio_pods.Route):
 
     # --- objects ---------------------------------------------------------------------------------------------
 
-    def _apply_envoy_filter(self, key: tuple[str, str], obj: Mapping[str, Any]) -> bool:
-        """Write the EnvoyFilter unless the cache holds it as it is; whether it changed."""
+    def _apply_envoy_filter(self, key: tuple[str, str], obj: dict[str, Any], *, repush: bool = False) -> bool:
+        """Write the EnvoyFilter unless the cache holds it as it is; whether it changed. Its push mark is kept while
+        the spec stays, and with ``repush`` counts on (`REPUSH_ANNOTATION`)."""
         meta = obj["metadata"]
         try:
             # read by name from the cache (or listed: the operator may list EnvoyFilters, not get them): one of another
@@ -149,7 +161,8 @@ class IstioConfigMap(istio_pods.Route):
                         "rename one of them",
                         reason="NameConflict",
                     )
-            changed = not [o for o in found if o.get("spec") == obj["spec"]]
+            _marked(obj, found[0] if found else None, bump=repush)
+            changed = not [o for o in found if _pushed_as(o) == _pushed_as(obj)]
             if changed:
                 self.changes[key] = proxies.Change.before(self.istiod)
             self._write(self.envoy_filters, obj, found[0] if found else None)  # unchanged: nothing written
@@ -239,6 +252,7 @@ class IstioConfigMap(istio_pods.Route):
         """Delete the plugin's EnvoyFilter and every ConfigMap of it (always looked for: found by label)."""
         del owned
         self.redelivery.forget((namespace, name))
+        self.repush.forget((namespace, name))
         self.changes.pop((namespace, name), None)
         kind, name = spec.split_key_name(name)  # what this path renders is labelled with the resource's name and kind
         self.nacks.forget(f"{namespace}.{name}", _version_tag(kind))  # a plugin made again starts afresh
@@ -332,10 +346,37 @@ def _named(plugin: spec.PluginSpec, code: model.Code | None) -> tuple[str, ...]:
     return (plugin.envoy_name, code.filename) if isinstance(code, model.LocalCode) else (plugin.envoy_name,)
 
 
+#: the verdict a new push of the same listener heals (`_unmounted`)
+UNMOUNTED = frozenset({"ModuleNotMounted"})
+#: marks the EnvoyFilter's n-th push again of its listener. istiod (pilot/pkg/model/config_compare.go NeedsPush)
+#: pushes for an update of an Istio resource whose spec changed, or whose labels or annotations, before or after,
+#: have a key containing "istio.io"; any other metadata-only update is skipped. So the key must contain "istio.io":
+#: its value changing makes istiod push the same listener, which Envoy takes once the file is in the pod.
+REPUSH_ANNOTATION = "meshplug.io/istio.io-repush"
+
+
+def _marked(obj: dict[str, Any], existing: Mapping[str, Any] | None, *, bump: bool) -> dict[str, Any]:
+    """The rendered EnvoyFilter ``obj`` with the push mark of ``existing`` when its spec is the same (a reconcile
+    neither drops nor repeats it; a new spec goes unmarked), counted on by one with ``bump`` (a new value: istiod
+    pushes the listener again; a count kept in the object, so it is new after an operator restart too)."""
+    _, mark = _pushed_as(existing) if existing is not None and existing.get("spec") == obj["spec"] else (None, None)
+    if bump:
+        mark = str(int(mark) + 1 if mark is not None and mark.isdigit() else 1)
+    if mark is not None:
+        obj["metadata"].setdefault("annotations", {})[REPUSH_ANNOTATION] = mark
+    return obj
+
+
+def _pushed_as(obj: Mapping[str, Any]) -> tuple[Any, str | None]:
+    """What makes istiod push an EnvoyFilter's update (of meshplug's rendering): its spec and the push mark."""
+    return obj.get("spec"), ((obj.get("metadata") or {}).get("annotations") or {}).get(REPUSH_ANNOTATION)
+
+
 def _unmounted(verdict: proxies.Verdict, code: model.Code | None) -> proxies.Verdict:
     """A listener NACK for the module's file missing in the pod (Envoy: "Invalid path: <file>") is the kubelet not
     having updated the mounted ConfigMap yet (within about a minute of the change): pending, not failed. The proxy
-    keeps its last good listener, and takes this one at istiod's next listener push once the file is there."""
+    keeps its last good listener, and takes this one at istiod's next listener push once the file is there: `deliver`
+    has istiod push it again (`REPUSH_ANNOTATION`, bounded by `limits.REPUSH_MAX`) while the verdict lasts."""
     if verdict.reason != "ProxyNACK" or not isinstance(code, model.LocalCode):
         return verdict
     if f"Invalid path: {code.filename}" not in verdict.message:
@@ -346,7 +387,8 @@ def _unmounted(verdict: proxies.Verdict, code: model.Code | None) -> proxies.Ver
         "ModuleNotMounted",
         "the pod does not have the module's file yet (the kubelet updates a mounted ConfigMap about a minute after "
         "it changed); the proxy keeps its last good listener and takes this one at istiod's next listener push "
-        f"after the file is there; {verdict.message.removeprefix(proxies.NACK_PREFIX).strip()}",
+        f"after the file is there (meshplug has istiod push it again, up to {limits.REPUSH_MAX} times, at most every "
+        f"{limits.REPUSH_MAX_S:g} s); {verdict.message.removeprefix(proxies.NACK_PREFIX).strip()}",
     )
 
 

@@ -196,11 +196,22 @@ STUCK = frozenset({"DownloadFailed", "NotDownloaded"})
 class Redelivery:
     """Per plugin and module: how often it was delivered again to get proxies to download it once more. The first
     redelivery comes `limits.REDELIVERY_AFTER_S` after the module was first delivered, each further one after twice
-    the previous wait (capped at `limits.REDELIVERY_MAX_S`)."""
+    the previous wait (capped at `limits.REDELIVERY_MAX_S`); the ConfigMap route's push of a listener refused for its
+    missing file (`meshplug.controller.delivery.istio_configmap`) counts with its own limits."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        stuck: frozenset[str] = STUCK,
+        *,
+        after_s: float = limits.REDELIVERY_AFTER_S,
+        max_s: float = limits.REDELIVERY_MAX_S,
+        most: int | None = None,
+    ) -> None:
+        """``stuck``: the verdict reasons a new delivery helps; waits ``after_s`` doubling up to ``max_s``; at most
+        ``most`` attempts per module (None: no limit)."""
         self._lock = threading.Lock()
         self._state: dict[tuple[str, str], tuple[str, int, float]] = {}  # key -> (digest, attempt, since)
+        self.stuck, self.after_s, self.max_s, self.most = stuck, after_s, max_s, most
 
     def attempt(self, key: tuple[str, str], digest: str) -> int:
         with self._lock:
@@ -212,12 +223,12 @@ class Redelivery:
 
     def due(self, key: tuple[str, str], digest: str, verdicts: Sequence[proxies.Verdict]) -> int | None:
         """The next attempt's number when one is due for these verdicts, else None."""
-        if not any(v.reason in STUCK for v in verdicts):
+        if not any(v.reason in self.stuck for v in verdicts):
             return None
         with self._lock:
             _, attempt, since = self._state.get(key) or (digest, 0, time.monotonic())
-            wait = min(limits.REDELIVERY_MAX_S, limits.REDELIVERY_AFTER_S * 2**attempt)
-            if time.monotonic() - since < wait:
+            wait = min(self.max_s, self.after_s * 2**attempt)
+            if time.monotonic() - since < wait or (self.most is not None and attempt >= self.most):
                 return None
             self._state[key] = (digest, attempt + 1, time.monotonic())
             return attempt + 1
