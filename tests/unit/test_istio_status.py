@@ -12,7 +12,7 @@ import pytest
 
 from meshplug import spec
 from meshplug.controller import delivery
-from meshplug.controller.delivery import istio_configmap, istio_pods, nacks, proxies
+from meshplug.controller.delivery import istio_configmap, istio_native, istio_pods, nacks, proxies
 
 NAME = "shop.hdr"
 REFUSED = f"Unable to create Wasm plugin {NAME}"
@@ -590,3 +590,15 @@ def test_the_push_mark_is_what_istiod_pushes_for(
     assert obj["metadata"]["annotations"].get(istio_configmap.REPUSH_ANNOTATION) == marked
     assert obj["spec"] == plain["spec"]
     assert (istio_configmap._pushed_as(obj) == istio_configmap._pushed_as(plain)) is (marked is None)
+
+
+@pytest.mark.parametrize(
+    "mark",
+    [istio_native.REDELIVERY_ANNOTATION, istio_configmap.REPUSH_ANNOTATION],
+    ids=["native route redelivery", "ConfigMap route push again"],
+)
+def test_a_mark_meant_to_make_istiod_push_has_a_key_istiod_pushes_for(mark: str) -> None:
+    """istiod's NeedsPush (pilot/pkg/model/config_compare.go, the pinned revision) pushes a metadata-only update of
+    an Istio resource only when a label or annotation key contains "istio.io"; test_istio_configmap's
+    ModuleNotMounted test shows it on the real istiod for the ConfigMap route's mark."""
+    assert "istio.io" in mark

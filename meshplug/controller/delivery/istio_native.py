@@ -287,7 +287,9 @@ class IstioNative(istio_pods.Route):
             self._delete(kind, namespace, name, owner_kind)
 
 
-REDELIVERY_ANNOTATION = "meshplug.io/redelivery"
+#: istiod pushes a metadata-only update of an Istio resource only when a label or annotation key contains "istio.io"
+#: (pilot/pkg/model/config_compare.go NeedsPush): a redelivery that changed "meshplug.io/redelivery" pushed nothing
+REDELIVERY_ANNOTATION = "meshplug.io/istio.io-redelivery"
 
 
 def _redelivered(obj: dict[str, Any], attempt: int) -> dict[str, Any]:
