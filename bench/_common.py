@@ -312,12 +312,14 @@ def start_envoy_with(
     http2: bool = False,
     concurrency: int = 1,
     wrapper: Sequence[str] = (),
+    aliases: Sequence[str] = (),
 ) -> tuple[procs.Proc, int]:
     """Envoy (--concurrency `concurrency`) with these HTTP filters (before the router) in front of the upstream
-    (`wrapper`: as in `start_envoy`)."""
+    (`wrapper`: as in `start_envoy`; `aliases`: more cluster names for the same upstream)."""
     port, admin = procs.free_port(), procs.free_port()
     listener = tb_envoy.http_listener("bench", port, cluster="upstream", http_filters=http_filters)
-    cfg = tb_envoy.bootstrap(admin, [listener], [tb_envoy.static_cluster("upstream", upstream_port, http2=http2)])
+    clusters = [tb_envoy.static_cluster(c, upstream_port, http2=http2) for c in ("upstream", *aliases)]
+    cfg = tb_envoy.bootstrap(admin, [listener], clusters)
     path = tb_envoy.write_config(cfg, work / f"{name}.json")
     envoy = tb_envoy.start_envoy(
         path,

@@ -64,9 +64,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _callgrind, openloop
-from bench._common import CAN_PIN, LOAD_CPU, PROXY_CPU, pin_pid, rss_mib, start_agent_with, tree
+from bench._common import CAN_PIN, LOAD_CPU, PROXY_CPU, pin_pid, rss_mib, start_agent_with, start_envoy_with, tree
 from tests.corpus import modules
-from tests.testbed import envoy as tb_envoy
 from tests.testbed import nginx as tb_nginx
 from tests.testbed import procs
 
@@ -140,7 +139,6 @@ def start_agent(
 def start_envoy(
     work: Path, name: str, upstream: int, cell: Cell, wrapper: Sequence[str] = ()
 ) -> tuple[procs.Proc, int]:
-    port, admin = procs.free_port(), procs.free_port()
     wasm = {
         "name": "envoy.filters.http.wasm",
         "typed_config": {
@@ -159,19 +157,7 @@ def start_envoy(
             },
         },
     }
-    listener = tb_envoy.http_listener("bench", port, cluster="upstream", http_filters=[wasm])
-    clusters = [tb_envoy.static_cluster("upstream", upstream), tb_envoy.static_cluster("authz", upstream)]
-    path = tb_envoy.write_config(tb_envoy.bootstrap(admin, [listener], clusters), work / f"{name}.json")
-    envoy = tb_envoy.start_envoy(
-        path,
-        admin_port=admin,
-        log_dir=work,
-        name=name,
-        component_log_levels="wasm:warn",
-        wrapper=wrapper,
-        timeout=300.0 if wrapper else 120.0,
-    )
-    return envoy.proc, port
+    return start_envoy_with(work, name, upstream, [wasm], wrapper=wrapper, aliases=["authz"])
 
 
 def shape_request(shape: str) -> tuple[bytes, int]:
