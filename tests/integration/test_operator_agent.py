@@ -132,15 +132,20 @@ def test_agents_confirm_every_pod_in_chain_order_and_follow_pods(bed: Bed) -> No
     assert metrics['meshplug_operator_reconciles_total{result="ok"}'] >= 3
 
 
-def test_nacking_agent_is_reported_other_plugins_unaffected_and_heals(bed: Bed) -> None:
+def good_then_refused(bed: Bed, good: str, bad: str) -> tuple[agent_mod.Agent, dict[str, Any]]:
+    """Pod ``a`` with a working plugin ``good`` (confirmed), then ``bad``, whose module fails to start (refused):
+    the pod, and ``bad``'s status."""
     a = bed.pod("a", {"app": "cart"})
     assert a is not None
     sel = {"matchLabels": {"app": "cart"}}
-    bed.plugin("good", {"url": bed.module("good.wasm", GOOD), "selector": sel, "dataPlane": "agent"})
-    bed.wait_ready("good", "True", "Confirmed", "1/1")
+    bed.plugin(good, {"url": bed.module("good.wasm", GOOD), "selector": sel, "dataPlane": "agent"})
+    bed.wait_ready(good, "True", "Confirmed", "1/1")
+    bed.plugin(bad, {"url": bed.module("bad.wasm", FAILS_TO_START), "selector": sel, "dataPlane": "agent"})
+    return a, bed.wait_ready(bad, "False", "AgentNACK", "0/1")
 
-    bed.plugin("bad", {"url": bed.module("bad.wasm", FAILS_TO_START), "selector": sel, "dataPlane": "agent"})
-    st = bed.wait_ready("bad", "False", "AgentNACK", "0/1")
+
+def test_nacking_agent_is_reported_other_plugins_unaffected_and_heals(bed: Bed) -> None:
+    a, st = good_then_refused(bed, "good", "bad")
     assert st["failingPods"][0]["name"] == "a" and "start_failed" in st["failingPods"][0]["message"]
     procs.wait_until(
         lambda: any(t == "Warning" and r == "AgentNACK" for t, r, _, _ in bed.events("bad")), timeout=30, what="Event"
@@ -167,13 +172,7 @@ def test_a_refusal_is_an_event_on_the_refused_plugin_only(bed: Bed) -> None:
     is NACKed for it: the refusal is reported on the refused plugin (Warning AgentNACK), never on the plugin that
     runs as asked. Made certain by an operator restart with one worker: ``a-good`` (listed first) pushes the pod's
     set before ``b-bad``'s reconcile looks (the new process remembers no push)."""
-    a = bed.pod("a", {"app": "cart"})
-    assert a is not None
-    sel = {"matchLabels": {"app": "cart"}}
-    bed.plugin("a-good", {"url": bed.module("good.wasm", GOOD), "selector": sel, "dataPlane": "agent"})
-    bed.wait_ready("a-good", "True", "Confirmed", "1/1")
-    bed.plugin("b-bad", {"url": bed.module("bad.wasm", FAILS_TO_START), "selector": sel, "dataPlane": "agent"})
-    bed.wait_ready("b-bad", "False", "AgentNACK", "0/1")
+    a, _ = good_then_refused(bed, "a-good", "b-bad")
 
     def nack_count(name: str) -> int:
         return sum(n for t, r, _, n in bed.events(name) if (t, r) == ("Warning", "AgentNACK"))
