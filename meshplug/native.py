@@ -68,6 +68,7 @@ COMPILED: tuple[str, ...] = (
     "meshplug.agent.filters",
     "meshplug.agent.framing",
     "meshplug.agent.h1peer",
+    "meshplug.agent.h1request",
     "meshplug.agent.h2down",
     "meshplug.agent.h2up",
     "meshplug.agent.h2wire",

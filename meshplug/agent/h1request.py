@@ -1,0 +1,275 @@
+"""One HTTP/1.1 request head, as the downstream connection's parser completes it (`headers_complete`): Envoy
+1.40's checks in its order (version, method, target, Connection, Host, framing, upgrades), each refusal kept on
+the connection for the parse error it raises; then the exchange it starts -- a plain `Exchange` with the upstream
+head built here (hop-by-hop headers dropped, x-request-id and Host added), or a `FilteredExchange` /
+`H2UpExchange` with the chain's header list (pseudo-headers first, Host folded into :authority) -- or, for an
+allowed upgrade, the tunnel's head (`meshplug.agent.downstream.Downstream` hands the connection over).
+
+The connection (`Downstream`) owns the bytes, the parser, the queue and the timers; this module owns what a head
+means. Functions over the connection rather than methods: compiled by mypyc in the same group, the calls are native.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn, TypeVar
+
+from meshplug.agent import framing, hcm, routing, wire
+from meshplug.agent.bridge import EMPTY_CHAIN, H2UpExchange
+from meshplug.agent.exchange import Exchange
+from meshplug.agent.filtered import FilteredExchange
+
+if TYPE_CHECKING:
+    from meshplug.agent.downstream import Downstream
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
+
+def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the request head's checks in Envoy's order, once per request on the data path (mypyc); split, each refusal would cost a call
+    conn.in_head = False
+    conn.line_bytes = 0
+    conn.headers_at = 0.0
+    parser = conn.parser
+    method: bytes = parser.get_method()
+    version: str = parser.get_http_version()
+    if version != "1.1" and (version != "1.0" or not conn.opts.accept_http_10):
+        refuse(conn, 426, b"Upgrade Required")
+    conn.http11 = version == "1.1"
+    keep_alive: bool = parser.should_keep_alive()
+    headers = conn.headers
+    conn.headers = []  # header lines after the body are trailers
+    if method not in framing.METHODS:
+        refuse(conn, 400, framing.BAD_REQUEST)
+    # Envoy's header map and request mutations (TE is reduced below, once an upgrade is ruled out)
+    headers = hcm.sanitize_request(headers, upgrade=True)
+    if method == b"CONNECT":  # no route serves CONNECT (Envoy: 404; its codec's 400 for an origin-form target)
+        refuse(conn, 400, framing.BAD_REQUEST) if conn.url[:1] == b"/" else refuse(conn, 404, b"")
+    path = conn.url
+    authority = b""
+    unroutable = False  # no route can serve the target: the router's 404, the connection goes on (as Envoy)
+    if path[:1] != b"/" or 35 in path:  # not plain origin form (35: "#"): the rules decide
+        try:
+            path, authority = framing.request_target(method, path)
+        except framing.Unroutable:
+            unroutable = True
+        except framing.Refusal as refusal:
+            conn.refusal = refusal
+            raise
+
+    # which headers name more hop-by-hop headers; Host, framing, upgrade
+    drop = wire.HOP_BY_HOP
+    expect_continue = upgrade = has_te = False
+    hosts = 0
+    host = b""
+    te: list[bytes] | None = None
+    content_length = -1
+    for name, value in headers:
+        if name == b"connection":
+            extra = _check(conn, framing.nominated, value) - framing.NOT_REMOVED_BY_CONNECTION
+            if extra:
+                upgrade = upgrade or b"upgrade" in extra
+                drop = drop | extra
+        elif name == b"host":
+            hosts += 1
+            host = value
+        elif name == b"transfer-encoding":
+            te = [value] if te is None else [*te, value]
+        elif name == b"content-length":
+            with contextlib.suppress(ValueError):
+                content_length = int(value)
+        elif name == b"expect" and value.lower() == b"100-continue":
+            expect_continue = True
+        elif name == b"te":
+            has_te = True
+    if te is not None and any(n == b"content-length" for n, _ in headers):
+        refuse(conn, 400, framing.BAD_REQUEST)  # both framings (RFC 9112 6.1: a smuggling vector), as Envoy
+    chunked = te is not None and _check(conn, framing.chunked, te)
+    if hosts > 1 or (hosts and not framing.authority_ok(host)):
+        refuse(conn, 400, framing.BAD_REQUEST)  # RFC 9112 3.2 (stricter than Envoy, which merges them)
+    if upgrade and conn.upgrade_types and _tunnel(conn, method, path, headers):
+        return
+    if has_te:  # TE goes on as "trailers" alone, when it asks for them (as Envoy forwards it)
+        headers = hcm.reduce_te(headers)
+        drop = drop - {b"te"}
+    if upgrade and _upgrade(conn, headers):
+        drop = drop | {b"http2-settings"}
+    else:
+        upgrade = False
+    has_body = chunked or content_length > 0
+    #: the body is read past the parser (`_direct_body`); not when the connection ends after it (the parser
+    #: then refuses what follows, as Envoy ignores it)
+    direct = content_length if content_length > 0 and te is None and keep_alive else 0
+    if upgrade and has_body:  # an h2c upgrade with a body: the parser took it for upgraded bytes
+        refuse(conn, 400, framing.BAD_REQUEST)
+    if authority:
+        hosts = 1
+    elif hosts:
+        authority = host
+    elif conn.http11:
+        refuse(conn, 400, b"")  # RFC 9112 3.2, as Envoy (its HCM's refusal: no body)
+    elif conn.pool is not None:  # HTTP/1.0 (accept_http_10) without Host: the cluster's address
+        c = conn.pool.cluster
+        authority = f"{c.address}:{c.port}".encode()
+    else:  # ... or, when routes pick the cluster, the listener's
+        local = conn.local or ("", 0)
+        authority = f"{local[0]}:{local[1]}".encode()
+    state = conn.state
+    if b"x-request-id" in drop:  # nominated by Connection: gone before the HCM generates its own
+        headers = [h for h in headers if h[0] != b"x-request-id"]
+        drop = drop - {b"x-request-id"}
+    hcm.add_forwarded(headers, wire.SCHEME_HTTP[1], request_id=state.config.generate_request_id)
+    proxy = conn.proxy
+    proxy.stats.downstream_rq_total += 1
+    proxy.stats.downstream_rq_active += 1
+
+    routes = conn.routes
+    # the route on the request as received: it picks the cluster's protocol (plugins may re-route the request
+    # later, within clusters of that protocol); without plugins it is the route
+    decision = routes.constant or routes.resolve(authority, path, headers, method)
+    if unroutable:
+        decision = routing.NO_VHOST
+    http2 = decision.cluster in proxy.h2pools
+    filters = None if unroutable else state.filters
+    if filters is None and http2:
+        filters = EMPTY_CHAIN  # an HTTP/2 cluster: the request goes as a header list (bridge.H2UpExchange)
+    if filters is not None:
+        # the chain's form in one pass (names are lower-case already): pseudo-headers first, Host folded
+        # into :authority as Envoy's HTTP/1 codec does, hop-by-hop headers dropped; and the upstream head
+        # of the same headers, sent as is when the plugins leave them unchanged
+        chain_headers: wire.Headers = [  # in Envoy's order (its HTTP/1 codec's request map)
+            (b":authority", authority),
+            (b":path", path),
+            (b":method", method),
+            wire.SCHEME_HTTP,
+        ]
+        lines = [b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path, authority)]
+        framed = False
+        for h in headers:
+            name = h[0]
+            if name in drop or name == b"host" or (name == b"expect" and expect_continue):
+                continue
+            if name == b"content-length":
+                framed = True
+            chain_headers.append(h)
+            lines.append(b"%b: %b\r\n" % h)
+        if http2:
+            fx: FilteredExchange = H2UpExchange(
+                conn, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
+            )
+        else:  # a direct constructor call: mypyc makes it a native one
+            fx = FilteredExchange(
+                conn, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
+            )
+        conn.current = fx
+        conn.body_left = direct
+        conn.queue.append(fx)
+        if expect_continue:  # as Envoy, whether a body follows or not
+            conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if len(conn.queue) == 1:
+            fx.start()
+        return
+
+    ex = Exchange(conn, method, b"", keep_alive, has_body)
+    ex.chunked_in = chunked
+    route = decision.route
+    reply = routing.router_reply(decision)
+    if reply is not None:
+        ex.reply = reply
+    else:
+        assert route is not None
+        ex.pool = state.pools[decision.cluster]
+        ex.timeout_s = route.timeout_s
+        if route.prefix_rewrite is not None:
+            headers.append((b"x-envoy-original-path", path))
+            path = routing.rewrite_prefix(path, route)
+        expected = hcm.expected_timeout(route.timeout_s, suppressed=state.suppress_envoy_headers)
+        if expected is not None:
+            headers.append(expected)
+    out = [b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path, authority)]
+    for name, value in headers:
+        if name in drop or name in (b"content-length", b"host") or (name == b"expect" and expect_continue):
+            continue
+        out.append(b"%b: %b\r\n" % (name, value))
+    if chunked:
+        out.append(b"transfer-encoding: chunked\r\n")
+    elif content_length >= 0:
+        out.append(b"content-length: %d\r\n" % content_length)
+    out.append(b"\r\n")
+    ex.head = b"".join(out)
+
+    conn.current = ex
+    conn.body_left = direct
+    conn.queue.append(ex)
+    if expect_continue:
+        conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    if len(conn.queue) == 1:
+        ex.start()
+
+
+def _tunnel(conn: Downstream, method: bytes, path: bytes, headers: wire.Headers) -> bool:
+    """`Connection: upgrade` with Upgrade tokens this listener allows (Envoy's upgrade_configs): the request
+    is the head of a tunnel, started when the parser stops at the head's end (True: no exchange)."""
+    offered = [v.strip().lower().decode("latin-1") for n, v in headers if n == b"upgrade"]
+    if not offered or offered == ["h2c"] or conn.queue or not all(t in conn.upgrade_types for t in offered):
+        return False
+    headers = list(headers)
+    hcm.add_forwarded(headers, wire.SCHEME_HTTP[1], request_id=conn.state.config.generate_request_id)
+    authority = next((v for n, v in headers if n == b"host"), b"")
+    if conn.state.filters is not None:  # the plugins see it as Envoy's filters do: Host as :authority
+        chain_headers = [(b":method", method), (b":path", path), (b":authority", authority), wire.SCHEME_HTTP]
+        chain_headers += [h for h in headers if h[0] != b"host"]
+        conn.tunnel_headers = chain_headers
+        conn.proxy.stats.downstream_rq_total += 1
+        return True
+    decision = conn.routes.constant or conn.routes.resolve(authority, path, headers, method)
+    reply = routing.router_reply(decision)
+    if reply is not None:  # the router's own reply instead of a tunnel (404, a direct response), as Envoy
+        refuse(conn, reply[0], reply[1], reply[2])
+    route = decision.route
+    assert route is not None  # (router_reply answers a request without one)
+    conn.tunnel_pool = conn.state.pools[decision.cluster]
+    conn.proxy.stats.downstream_rq_total += 1
+    expected = hcm.expected_timeout(route.timeout_s, suppressed=conn.state.suppress_envoy_headers)
+    if expected is not None:
+        headers.append(expected)
+    lines = [b"%b %b HTTP/1.1\r\n" % (method, path)]
+    lines += [b"%b: %b\r\n" % h for h in headers]
+    lines.append(b"\r\n")
+    conn.tunnel_head = b"".join(lines)
+    return True
+
+
+def refuse(conn: Downstream, status: int, body: bytes, details: str = framing.CODEC_ERROR) -> NoReturn:
+    """Stop parsing this request (from a parser callback): it is answered `status` instead."""
+    conn.refusal = framing.Refusal(status, body, details)
+    raise conn.refusal
+
+
+def _check(conn: Downstream, rule: Callable[[_In], _Out], arg: _In) -> _Out:
+    """`rule(arg)`, its Refusal kept for the parse error it raises (from a parser callback)."""
+    try:
+        return rule(arg)
+    except framing.Refusal as refusal:
+        conn.refusal = refusal
+        raise
+
+
+def _upgrade(conn: Downstream, headers: wire.Headers) -> bool:
+    """`Connection: upgrade`: h2c is served as HTTP/1.1 (True: its Upgrade and HTTP2-Settings are dropped,
+    as Envoy does); any other upgrade (WebSocket, ...) is not enabled: 403, as Envoy without upgrade_configs."""
+    offered = [v.strip().lower() for n, v in headers if n == b"upgrade"]
+    if offered and offered != [b"h2c"]:
+        refuse(conn, 403, b"")
+    return bool(offered)
+
+
+def parser_refusal(message: str) -> framing.Refusal:
+    """The parser's (llhttp's) own refusal, by its message, as Envoy answers it: an unknown transfer coding 501, a
+    version other than 0.9, 1.x and 2.0 (HTTP/1.2, 3.0, 9.9) 426, any other malformed framing or syntax 400."""
+    if "`Transfer-Encoding`" in message:
+        return framing.Refusal(501, b"Not Implemented")
+    if message == "Invalid HTTP version":
+        return framing.Refusal(426, b"Upgrade Required")
+    return framing.Refusal(400, framing.BAD_REQUEST)
