@@ -158,6 +158,9 @@ ROLLOUT_CHECK_INTERVAL_S = 5.0
 #: rollout steps kept in status.rollout.history (oldest dropped); canary pods named in status.rollout.canaryPods
 MAX_ROLLOUT_PODS_REPORTED = 1000
 ROLLOUT_MAX_HISTORY = 20
+#: pods whose counters at the start of the step's window status.rollout.window keeps (the canary pods first), so
+#: that a restarted operator goes on with the same window; a pod past it counts from the new operator's first look
+ROLLOUT_MAX_WINDOW_PODS = 200
 #: the stable version's spec kept in status.rollout.stable.spec may be at most this large (canonical JSON)
 ROLLOUT_MAX_STABLE_SPEC_BYTES = 64 * KiB
 #: the agent's per-plugin request time histogram: upper bounds of its buckets, in ms (Envoy's default buckets

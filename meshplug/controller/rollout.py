@@ -5,8 +5,10 @@ Called by `meshplug.controller.delivery.agent` for an agent-plane plugin with ``
 ``status.rollout`` so it survives an operator restart, and never in the spec, so a GitOps tool sees no drift),
 which selected pods run the spec's version now and which keep the stable one; `judge` compares the new version's
 per-plugin stats with the stable version's over the step's window (`Sample`, summed over each side's pods, read from
-the agents by the delivery path); `advance` turns the verdict (or the ``meshplug.io/rollout`` annotation) into the
-next state: hold, next step, promoted, rolled back, aborted. Each transition carries its Event.
+the agents by the delivery path; each pod's counters when the window started are a `Window`, kept in the status too,
+so that a restarted operator goes on with the same window); `advance` turns the verdict (or the
+``meshplug.io/rollout`` annotation) into the next state: hold, next step, promoted, rolled back, aborted. Each
+transition carries its Event.
 
 Phases (``status.rollout.phase``): ``Initialized`` (no stable version known yet, or the spec went back to the
 stable one: every pod runs the spec's version at once), ``Progressing`` (a step's pods run the new version),
@@ -93,6 +95,7 @@ class State:
     message: str = ""
     analysis: Mapping[str, Any] | None = None
     history: tuple[Mapping[str, Any], ...] = ()
+    window: Window | None = None  # the step's window of stats: each pod's counters when it started
 
     @property
     def active(self) -> bool:
@@ -134,6 +137,7 @@ def from_status(status: Mapping[str, Any] | None) -> State | None:
         message=str(raw.get("message") or ""),
         analysis=analysis if isinstance(analysis, Mapping) else None,
         history=tuple(h for h in history if isinstance(h, Mapping)),
+        window=window_from_status(raw.get("window")),
     )
 
 
@@ -157,6 +161,7 @@ def to_status(state: State) -> dict[str, Any]:
         "ignoredAction": state.ignored_action or None,
         "analysis": dict(state.analysis) if state.analysis is not None else None,
         "history": [dict(h) for h in state.history][-limits.ROLLOUT_MAX_HISTORY :],
+        "window": window_to_status(state.window, state.canary_pods) if state.window is not None else None,
     }
 
 
@@ -333,6 +338,7 @@ def _roll_back(prior: State, phase: str, why: str, now: float) -> Plan:
         canary_pods=(),
         message=message,
         history=_history(prior, phase, why, now),
+        window=None,
     )
     reason = "RolloutRolledBack" if phase == ROLLED_BACK else "RolloutAborted"
     return Plan(state, (), ((True, reason, f"{prior.canary.digest}: {message}"),))
@@ -401,6 +407,67 @@ def since(now: Sample, then: Sample | None) -> Sample:
         return now
     latency = tuple(a - b for a, b in zip(now.latency, then.latency, strict=True))
     return Sample(now.pods, now.requests - then.requests, now.failures - then.failures, latency)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One pod's counters of the plugin when the step's window started (or when the pod first answered in it),
+    with its agent's set version: the agent's counters start again with each set it applies."""
+
+    set_version: str
+    sample: Sample
+
+
+@dataclass(frozen=True)
+class Window:
+    """The step's window of stats (``status.rollout.window``: an operator restart goes on with the same window):
+    the version and step it measures, and each pod's baseline."""
+
+    version: str  # the canary's version key
+    step: int
+    pods: Mapping[str, Baseline]
+
+    def measures(self, state: State) -> bool:
+        return state.canary is not None and (self.version, self.step) == (state.canary.key, state.step)
+
+
+def window_to_status(window: Window, canary_pods: Sequence[str]) -> dict[str, Any]:
+    """`Window` -> ``status.rollout.window``: the canary pods' baselines first, at most
+    `limits.ROLLOUT_MAX_WINDOW_PODS` (a pod left out counts from what it says at the next operator's first look),
+    each latency histogram without its trailing empty buckets."""
+    first = [p for p in canary_pods if p in window.pods]
+    order = first + sorted(set(window.pods) - set(first))
+    pods = []
+    for name in order[: limits.ROLLOUT_MAX_WINDOW_PODS]:
+        base = window.pods[name]
+        latency = list(base.sample.latency)
+        while latency and latency[-1] == 0:
+            latency.pop()
+        sample = {"requests": base.sample.requests, "failures": base.sample.failures, "latency": latency}
+        pods.append({"name": name, "set": base.set_version, **sample})
+    return {"version": window.version, "step": window.step, "pods": pods}
+
+
+def _counts(raw: Any) -> tuple[int, ...] | None:
+    if not isinstance(raw, list) or not all(type(c) is int and c >= 0 for c in raw):
+        return None
+    width = len(limits.PLUGIN_RQ_TIME_BUCKETS_MS) + 1
+    return (*raw, *([0] * (width - len(raw)))) if len(raw) <= width else None
+
+
+def window_from_status(raw: Any) -> Window | None:
+    """``status.rollout.window`` -> `Window` (None: unset or unreadable; a pod entry that is not readable is left
+    out, so that pod counts from what it says next)."""
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("version"), str) or type(raw.get("step")) is not int:
+        return None
+    pods: dict[str, Baseline] = {}
+    for p in raw["pods"] if isinstance(raw.get("pods"), list) else []:
+        if not isinstance(p, Mapping) or not isinstance(p.get("name"), str) or not isinstance(p.get("set"), str):
+            continue
+        requests, failures, latency = p.get("requests"), p.get("failures"), _counts(p.get("latency"))
+        if type(requests) is int and type(failures) is int and latency is not None and min(requests, failures) >= 0:
+            pods[p["name"]] = Baseline(p["set"], Sample(1, requests, failures, latency))
+    return Window(raw["version"], raw["step"], pods)
 
 
 @dataclass(frozen=True)
@@ -484,5 +551,7 @@ def advance(ctx: Context, state: State, canary: Sample, stable: Sample) -> Plan:
     step = state.step + 1
     pods_now = step_pods(rollout, step, ctx.plugin, pods, state.canary_pods)
     message = f"step {step}/{state.steps}: {len(pods_now)} of {len(pods)} pods get {canary_version.digest}"
-    new = replace(state, step=step, step_started="", canary_pods=pods_now, message=message, history=history)
+    new = replace(
+        state, step=step, step_started="", canary_pods=pods_now, message=message, history=history, window=None
+    )
     return Plan(new, pods_now, ((False, "RolloutStep", f"{passed}; step {step} on {_names(pods_now)}"),))

@@ -6,8 +6,11 @@ connections, counting every answer per pod.
 A good update (v1 -> v2) goes through both steps (25 %, then 50 % of the pods) and is promoted; a bad one (answers
 503 itself) and another bad one (traps: FAIL_CLOSE answers 503) are rolled back to v2 by the operator alone. The
 client must see 0 failed requests but the bad versions' own 503s, and those only from the pods the status named as
-canaries, at most the requests those pods got. Status and Events show each step. An istio-plane plugin with
-``rollout`` is told that rollout applies to the agent plane only.
+canaries, at most the requests those pods got. Status and Events show each step. A slow version (the corpus'
+rust/auth_call, whose new pluginConfig sends its HTTP call to a dependency that answers after 1.5 s: it waits,
+burning no CPU) is rolled back by its request time alone, with every request answered 200. An operator restart in
+the middle of a step goes on with the same step's window of stats (status.rollout.window). An istio-plane plugin
+with ``rollout`` is told that rollout applies to the agent plane only.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from typing import Any
 import pytest
 import wasmtime
 
+from tests.corpus import modules as corpus_modules
 from tests.guests import minimal
 from tests.testbed import agentplane, procs
 from tests.testbed import kube as kube_mod
@@ -96,17 +100,24 @@ class Tally:
 
 
 class Load:
-    """A steady client: one thread per pod, each on a keep-alive connection to that pod's agent, at a fixed rate;
-    every answer is counted. A 503 counts as the bad canary's only while ``bad`` is set (a bad version is being
-    rolled out); otherwise, and any other status or error, it is a failure of the rollout."""
+    """A steady client: ``connections`` threads per pod, each on a keep-alive connection to that pod's agent, at a
+    fixed rate (``rate_per_pod`` over them); every answer is counted. A 503 counts as the bad canary's only while
+    ``bad`` is set (a bad version is being rolled out); otherwise, and any other status or error, it is a failure of
+    the rollout. ``answered``: per connection, the requests it got an answer to (each connection waits for an answer
+    before it sends again)."""
 
-    def __init__(self, ports: dict[str, int], rate_per_pod: float) -> None:
+    def __init__(self, ports: dict[str, int], rate_per_pod: float, connections: int = 1) -> None:
         self.ports = ports
-        self.interval = 1.0 / rate_per_pod
+        self.interval = connections / rate_per_pod
         self.tally = Tally()
         self.bad = threading.Event()
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(pod,), daemon=True) for pod in ports]
+        self.answered = [0] * (len(ports) * connections)
+        self.threads = [
+            threading.Thread(target=self._run, args=(pod, i * connections + c), daemon=True)
+            for i, pod in enumerate(ports)
+            for c in range(connections)
+        ]
 
     def __enter__(self) -> Load:
         for t in self.threads:
@@ -118,7 +129,13 @@ class Load:
         for t in self.threads:
             t.join(timeout=30)
 
-    def _run(self, pod: str) -> None:
+    def after_now(self, answers: int) -> Callable[[], bool]:
+        """A predicate: every connection got ``answers`` more answers since this call (with 2, at least one to a
+        request it sent after this call)."""
+        marks = list(self.answered)
+        return lambda: all(now >= then + answers for now, then in zip(self.answered, marks, strict=True))
+
+    def _run(self, pod: str, slot: int) -> None:
         conn: http.client.HTTPConnection | None = None
         next_at = time.monotonic()
         while not self.stop.is_set():
@@ -136,6 +153,8 @@ class Load:
                 conn.close()
                 conn = None
                 continue
+            finally:
+                self.answered[slot] += 1
             if resp.status == 200:
                 self.tally.add(self.tally.ok, pod)
             elif resp.status == 503 and self.bad.is_set():
@@ -150,8 +169,12 @@ class Load:
             conn.close()
 
 
+@dataclass
 class Bed(agentplane.AgentPlane):
-    """The agent plane of these tests: pods at 127.0.0.150 and up in front of one echo app."""
+    """The agent plane of these tests: pods at 127.0.0.150 and up in front of one echo app (also the plugins' HTTP
+    calls' cluster ``upstream``)."""
+
+    app: upstream_mod.Service | None = None
 
     def running(self, pod: str) -> str:
         """The sha256 of plugin hdr the pod's agent runs ("" if none)."""
@@ -170,7 +193,7 @@ def sha(data: bytes) -> str:
 @pytest.fixture
 def bed(kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path: Path) -> Iterator[Bed]:
     app = upstream_mod.start_service("echo", log_dir=tmp_path / "logs", name="app")
-    b = Bed.start(kube, kube_namespace, tmp_path, _HOSTS, app_port=app.port, log_level="info")
+    b = Bed.start(kube, kube_namespace, tmp_path, _HOSTS, app_port=app.port, app=app, log_level="info")
     try:
         yield b
     finally:
@@ -182,9 +205,25 @@ def bed(kube: kube_mod.Kube, wasmplugin_crd: str, kube_namespace: str, tmp_path:
 def roll(bed: Bed, name: str, data: bytes, *, until: str, canaries: set[str], timeout: float = 120) -> dict[str, Any]:
     """Point hdr at module ``data``; wait until status.rollout.phase is ``until`` for it (noting every pod named a
     canary on the way)."""
+    return update(bed, {"url": bed.module(name, data)}, sha(data), until=until, canaries=canaries, timeout=timeout)
+
+
+def update(
+    bed: Bed,
+    patch: dict[str, Any],
+    digest: str,
+    *,
+    until: str,
+    canaries: set[str],
+    timeout: float = 120,
+    seen: list[tuple[str, int, str]] | None = None,
+) -> dict[str, Any]:
+    """Patch hdr's spec with ``patch`` (a version of module ``digest``, hex); wait until status.rollout.phase is
+    ``until`` for it (noting every pod named a canary on the way, and in ``seen`` each (phase, step, verdict) the
+    status showed, once per change)."""
     before = (bed.status("hdr").get("rollout") or {}).get("history") or []
-    bed.patch_plugin("hdr", {"url": bed.module(name, data)})
-    digest = f"sha256:{sha(data)}"
+    bed.patch_plugin("hdr", patch)
+    digest = f"sha256:{digest}"
     st: dict[str, Any] = {}
 
     def done() -> bool:
@@ -192,10 +231,14 @@ def roll(bed: Bed, name: str, data: bytes, *, until: str, canaries: set[str], ti
         st = bed.status("hdr")
         rollout = st.get("rollout") or {}
         canaries.update(rollout.get("canaryPods") or [])
+        verdict = str((rollout.get("analysis") or {}).get("verdict"))
+        look = (str(rollout.get("phase")), int(rollout.get("step") or 0), verdict)
+        if seen is not None and (not seen or seen[-1] != look):
+            seen.append(look)
         return (rollout.get("canary") or {}).get("digest") == digest and rollout.get("phase") == until
 
     try:
-        procs.wait_until(done, timeout=timeout, interval=0.2, what=f"rollout of {name} to reach {until}")
+        procs.wait_until(done, timeout=timeout, interval=0.2, what=f"rollout of {digest[:19]} to reach {until}")
     except TimeoutError as exc:
         raise AssertionError(f"{exc}; status: {json.dumps(st)[:3000]}") from None
     # the status' history names each step's pods (a bad version may be rolled back between two looks)
@@ -291,6 +334,94 @@ def test_a_good_version_rolls_through_and_bad_ones_roll_back_under_load(bed: Bed
     assert events[("Normal", "RolloutPromoted")] == 1 and events[("Warning", "RolloutRolledBack")] == 2, events
 
 
+#: the slow dependency's delay: the new version's request time lands in the 1000-2500 ms bucket, far past the bound
+SLOW_MS = 1500
+#: latency judged on p90 (10 requests a side make one; p99 needs 100 through the slow canary pod)
+SLOW_ROLLOUT = {
+    "steps": [{"percent": 25}, {"percent": 50}],
+    "holdSeconds": 120,  # a step cannot pass before its latency is judged
+    "analysis": {"minRequests": 10, "latencyPercentile": 90, "maxLatencyRatio": 2, "latencySlackMs": 250},
+}
+
+
+def auth_call(path: str) -> dict[str, Any]:
+    """rust/auth_call's pluginConfig: each request waits for an HTTP call to ``path`` of cluster upstream (the echo
+    app; `/__slow/MS` answers after MS ms), then goes on (the echo answers 200)."""
+    return {"cluster": "upstream", "path": path, "timeout_ms": 10_000}
+
+
+def test_a_slower_version_is_rolled_back_by_its_request_time_under_load(bed: Bed) -> None:
+    module = corpus_modules.module("rust/auth_call")
+    for name in PODS:
+        bed.pod(name, {"app": "cart"})
+    bed.apply(
+        "hdr",
+        {
+            "url": bed.module("auth_call.wasm", module.path.read_bytes()),
+            "pluginConfig": auth_call("/__health"),
+            "selector": {"matchLabels": {"app": "cart"}},
+            "dataPlane": "agent",
+            "rollout": SLOW_ROLLOUT,
+        },
+    )
+    procs.wait_until(
+        lambda: condition(bed.status("hdr"), "Ready").get("reason") == "Confirmed", timeout=90, what="v1 Ready"
+    )
+    assert bed.app is not None
+
+    def slow_calls() -> int:
+        """The HTTP calls the slow dependency answered (its access log; written before the answer is sent)."""
+        assert bed.app is not None
+        return bed.app.proc.log().count(f"GET /__slow/{SLOW_MS} ")
+
+    ports = {name: bed.agents[name].port for name in PODS}
+    canaries: set[str] = set()
+    seen: list[tuple[str, int, str]] = []
+    with Load(ports, rate_per_pod=20, connections=4) as load:
+        procs.wait_until(load.after_now(2), timeout=60, what="the client's first answers")
+        # the new version: the same module, whose call now goes to a dependency that answers after SLOW_MS
+        st = update(
+            bed,
+            {"pluginConfig": auth_call(f"/__slow/{SLOW_MS}")},
+            module.sha256,
+            until="RolledBack",
+            canaries=canaries,
+            seen=seen,
+        )
+        procs.wait_until(
+            lambda: (
+                condition(bed.status("hdr"), "Ready").get("reason") == "RolledBack"
+                and (bed.status("hdr").get("pods") or {}).get("summary") == "4/4"
+            ),
+            timeout=60,
+            what="every pod's agent confirmed the stable version again",
+        )
+        # every connection got an answer to a request it sent after that: none of them still waits on the slow
+        # dependency; from then on nothing calls it
+        procs.wait_until(load.after_now(2), timeout=60, what="answers after the rollback")
+        calls = slow_calls()
+        procs.wait_until(load.after_now(5), timeout=60, what="more answers")
+        assert slow_calls() == calls > 0
+
+    tally, rollout = load.tally, st["rollout"]
+    print(f"sent {tally.total(tally.sent)}, ok {tally.total(tally.ok)}, slow calls {calls}, seen {seen}")
+    print(f"rolled back: {rollout['message']}")
+    assert tally.failures == [], tally.failures[:10]  # slow, but not one request failed
+    assert tally.total(tally.ok) == tally.total(tally.sent) > 0
+    assert len(canaries) == 1, canaries  # one of four pods (25 %)
+    # status showed the step holding, then the rollback by the request time alone
+    assert ("Progressing", 1, "Holding") in seen and seen[-1] == ("RolledBack", 0, "Failed"), seen
+    analysis = rollout["analysis"]
+    assert rollout["message"].startswith("p90 request time") and analysis["verdict"] == "Failed", rollout
+    assert analysis["canary"]["failures"] == analysis["stable"]["failures"] == 0, analysis
+    assert analysis["canary"]["latencyMs"] > 2 * analysis["stable"]["latencyMs"], analysis
+    last = rollout["history"][-1]
+    assert (last["step"], last["result"], last["canaryPods"]) == (1, "RolledBack", sorted(canaries)), last
+    assert rollout["canaryPods"] == [] and rollout.get("window") is None
+    events = {(t, r) for t, r, _, _ in bed.events("hdr")}
+    assert {("Normal", "RolloutStarted"), ("Warning", "RolloutRolledBack")} <= events, events
+
+
 def test_rollout_on_the_istio_plane_says_it_applies_to_the_agent_plane_only(bed: Bed) -> None:
     bed.apply("mesh", {"url": bed.module("v1.wasm", V1), "rollout": ROLLOUT})
 
@@ -307,7 +438,7 @@ def test_rollout_on_the_istio_plane_says_it_applies_to_the_agent_plane_only(bed:
 def test_a_rollout_goes_on_after_an_operator_restart_and_the_annotation_aborts_and_promotes(bed: Bed) -> None:
     for name in PODS:
         bed.pod(name, {"app": "cart"})
-    slow = {**ROLLOUT, "holdSeconds": 8}
+    slow = {**ROLLOUT, "holdSeconds": 120}  # the step holds past the restart; the annotation promotes it
     bed.apply(
         "hdr",
         {
@@ -322,16 +453,16 @@ def test_a_rollout_goes_on_after_an_operator_restart_and_the_annotation_aborts_a
     with Load(ports, rate_per_pod=20) as load:
         bed.patch_plugin("hdr", {"url": bed.module("v2.wasm", V2)})
 
-        def step_one_running() -> bool:
+        def step_one_counting() -> bool:
             rollout = bed.status("hdr").get("rollout") or {}
-            return (
-                rollout.get("phase") == "Progressing" and rollout.get("step") == 1 and bool(rollout.get("stepStarted"))
-            )
+            analysis = (rollout.get("analysis") or {}).get("canary") or {}
+            return (rollout.get("phase"), rollout.get("step")) == ("Progressing", 1) and analysis.get("requests", 0) > 0
 
-        procs.wait_until(step_one_running, timeout=60, what="step 1 in progress")
+        procs.wait_until(step_one_counting, timeout=60, what="step 1's window counting requests")
+        bed.op.stop()  # mid-step: the next operator finds the rollout, and the step's window, in the status
         before = bed.status("hdr")["rollout"]
         (canary_pod,) = before["canaryPods"]
-        bed.op.stop()  # mid-step: the next operator finds the rollout in the status
+        assert before["window"]["step"] == 1 and {p["name"] for p in before["window"]["pods"]} == set(PODS)
         assert bed.running(canary_pod) == sha(V2)
         assert all(bed.running(p) == sha(V1) for p in PODS if p != canary_pod)
         bed.op = operator_mod.start_operator(
@@ -341,24 +472,30 @@ def test_a_rollout_goes_on_after_an_operator_restart_and_the_annotation_aborts_a
             extra=[f"--file-root={bed.modules}"],
             module_ports=(bed.op.module_port, bed.op.module_tls_port),
         )
+        counted = before["analysis"]["canary"]["requests"]
 
-        def window_restarted() -> bool:
-            rollout = bed.status("hdr").get("rollout") or {}
-            return rollout.get("stepStarted") not in (None, before["stepStarted"]) or rollout.get("step") != 1
+        def new_look() -> bool:
+            analysis: dict[str, Any] = (bed.status("hdr").get("rollout") or {}).get("analysis") or {}
+            return bool(analysis != before["analysis"])
 
-        procs.wait_until(window_restarted, timeout=60, what="the new operator's look at step 1")
+        procs.wait_until(new_look, timeout=60, what="the new operator's look at step 1")
         after = bed.status("hdr")["rollout"]
-        # the same step on the same pod (its window of stats starts again: the baseline was in memory)
+        # the same step on the same pod, in the same window: its start and baseline as before, its counts going on
+        # from the requests the canary got before the restart (and while no operator ran)
         assert (after["phase"], after["step"], after["canaryPods"]) == ("Progressing", 1, [canary_pod]), after
+        assert (after["stepStarted"], after["window"]) == (before["stepStarted"], before["window"]), after
+        assert after["analysis"]["canary"]["requests"] > counted, (after["analysis"], before["analysis"])
+        rollout_annotation(bed, "hdr", "promote:v2")
         procs.wait_until(
             lambda: (bed.status("hdr").get("rollout") or {}).get("phase") == "Promoted", timeout=120, what="promoted"
         )
         assert all(bed.running(p) == sha(V2) for p in PODS)
+        assert bed.status("hdr")["rollout"].get("window") is None
 
         # the annotation aborts a rollout in progress: every pod back on the stable version (v2)
         v3 = minimal.passthrough('(data (i32.const 2048) "v3")')
         bed.patch_plugin("hdr", {"url": bed.module("v3.wasm", v3)})
-        procs.wait_until(step_one_running, timeout=60, what="step 1 of v3")
+        procs.wait_until(step_one_counting, timeout=60, what="step 1 of v3")
         rollout_annotation(bed, "hdr", "abort")
         procs.wait_until(
             lambda: (bed.status("hdr").get("rollout") or {}).get("phase") == "Aborted", timeout=60, what="aborted"
@@ -369,7 +506,7 @@ def test_a_rollout_goes_on_after_an_operator_restart_and_the_annotation_aborts_a
 
         # an aborted rollout looks at nothing by itself (no step to measure): the annotation's change alone,
         # promote, is what the operator acts on -- every pod gets v3
-        rollout_annotation(bed, "hdr", "promote")
+        rollout_annotation(bed, "hdr", "promote:v3")
         procs.wait_until(
             lambda: (bed.status("hdr").get("rollout") or {}).get("phase") == "Promoted", timeout=60, what="promoted"
         )

@@ -11,6 +11,8 @@ echo      HTTP/1.1. Records every request it sees (method, path, headers, body) 
           - without it the answer is 200 with the record as JSON.
           A request with header `x-echo-case: ID` is kept under ID: `GET /__seen/ID` (sent directly to the
           service) returns the record or 404 if no such request arrived. `GET /__health` -> 200.
+          A path `/__slow/MS[/...]` is answered as any other, after MS milliseconds (waiting, not computing): a
+          slow dependency.
 auth      HTTP/1.1. `authorization: Bearer NAME` -> 200 with `x-auth-user: NAME`; NAME starting with `deny`
           -> 403; no/other authorization -> 401. Records the last request under `/__seen/_last`.
 counter   HTTP/1.1. The n-th request is answered 200 with body `n` and header `x-counter: n`.
@@ -131,6 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, [("content-type", "application/json")], [found])
             return
         body = self._read_body()
+        if self.path.startswith("/__slow/"):
+            delay_ms = int(self.path.split("/")[2].split("?")[0] or 0)
+            threading.Event().wait(delay_ms / 1000)  # the dependency's own slowness, not a synchronisation
         record = json.dumps(
             {
                 "method": self.command,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -38,22 +39,66 @@ def side(pods: int, requests: int, failures: int = 0) -> rollout.Sample:
 
 
 def test_the_first_look_starts_the_window_and_later_looks_count_from_it() -> None:
-    windows = canary.Windows()
-    key = ("shop", "hdr")
     first = {"p1": health("v9", NEW, 5), "p2": health("v8", OLD, 100), "p3": health("v8", OLD, 90)}
-    state, c, s, unread = windows.measure(
-        key, replace(STATE, step_started="2027-01-01T00:00:00Z"), NAME, EXPECTED, first
-    )
+    state, c, s, unread = canary.measure(replace(STATE, step_started="2027-01-01T00:00:00Z"), NAME, EXPECTED, first)
     assert state.step_started == "" and (c, s, unread) == (rollout.Sample(), rollout.Sample(), [])
-    started = replace(STATE, step_started="2027-01-01T00:00:00Z")
+    assert state.window is not None and state.window.measures(STATE) and set(state.window.pods) == {"p1", "p2", "p3"}
+    started = replace(state, step_started="2027-01-01T00:00:00Z")
     later = {
         "p1": health("v9", NEW, 25, local_5xx=4),
         "p2": health("v8", OLD, 130, failures=1),
         "p3": health("v10", OLD, 12),  # its set changed since (another plugin): all of its counters are new
     }
-    state, c, s, unread = windows.measure(key, started, NAME, EXPECTED, later)
+    state, c, s, unread = canary.measure(started, NAME, EXPECTED, later)
     assert state == started and unread == []
     assert c == side(1, 20, 4) and s == side(2, 30 + 12, 1)
+
+
+def test_the_window_goes_on_from_the_status_after_an_operator_restart() -> None:
+    first = {"p1": health("v9", NEW, 5), "p2": health("v8", OLD, 100)}
+    state = canary.measure(STATE, NAME, EXPECTED, first)[0]
+    state = replace(state, step_started="2027-01-01T00:00:00Z")
+    kept = rollout.from_status({"rollout": json.loads(json.dumps(rollout.to_status(state)))})
+    assert kept == state
+    later = {"p1": health("v9", NEW, 25), "p2": health("v8", OLD, 160), "p3": health("v8", OLD, 7)}
+    again, c, s, _ = canary.measure(kept, NAME, EXPECTED, later)
+    # the same window and start; p3 answered for the first time in it: it counts from now
+    assert again.step_started == state.step_started and c == side(1, 20) and s == side(2, 60)
+    assert again.window is not None and again.window.pods["p3"].sample.requests == 7
+
+
+def test_the_status_keeps_the_canary_pods_baselines_first_and_at_most_the_limit() -> None:
+    many = {f"s{i:04}": health("v8", OLD, i) for i in range(limits.ROLLOUT_MAX_WINDOW_PODS + 5)}
+    state = canary.measure(replace(STATE, canary_pods=("p1",)), NAME, {**EXPECTED, **dict.fromkeys(many, OLD)},
+                           {**many, "p1": health("v9", NEW, 3)})[0]  # fmt: skip
+    assert state.window is not None
+    written = rollout.to_status(state)["window"]
+    names = [p["name"] for p in written["pods"]]
+    assert len(names) == limits.ROLLOUT_MAX_WINDOW_PODS and names[0] == "p1"
+    assert written["pods"][0]["latency"] == [3]  # without its trailing empty buckets
+    kept = rollout.window_from_status(written)
+    assert kept is not None and kept.pods["p1"] == state.window.pods["p1"]
+
+
+def entry(**over: Any) -> dict[str, Any]:
+    return {"version": "k-new", "step": 1, "pods": [{"name": "p1", "set": "v9", "requests": 1, "failures": 0} | over]}
+
+
+@pytest.mark.parametrize(
+    ("raw", "pods"),
+    [
+        (None, None),
+        ({"version": "k-new"}, None),
+        ({"version": "k-new", "step": 1, "pods": "p1"}, set()),
+        (entry(), set()),  # no latency
+        (entry(requests=-1, latency=[]), set()),
+        (entry(latency=[1] * (WIDTH + 1)), set()),
+        (entry(latency=[1]), {"p1"}),
+    ],
+)
+def test_an_unreadable_window_or_pod_in_the_status_is_left_out(raw: Any, pods: set[str] | None) -> None:
+    got = rollout.window_from_status(raw)
+    assert (None if got is None else set(got.pods)) == pods
 
 
 @pytest.mark.parametrize(
@@ -65,19 +110,17 @@ def test_the_first_look_starts_the_window_and_later_looks_count_from_it() -> Non
     ],
 )
 def test_pods_whose_stats_cannot_be_read_are_named(answers: dict[str, Any], says: str) -> None:
-    _, _, _, unread = canary.Windows().measure(("shop", "hdr"), STATE, NAME, EXPECTED, answers)
+    _, _, _, unread = canary.measure(STATE, NAME, EXPECTED, answers)
     assert len(unread) == 1 and says in unread[0]
 
 
-def test_another_step_or_a_forgotten_plugin_starts_a_new_window() -> None:
-    windows, key = canary.Windows(), ("shop", "hdr")
-    started = replace(STATE, step_started="2027-01-01T00:00:00Z")
+def test_another_step_or_version_starts_a_new_window() -> None:
     answers = {"p1": health("v9", NEW, 5)}
-    windows.measure(key, started, NAME, EXPECTED, answers)
-    assert windows.measure(key, started, NAME, EXPECTED, answers)[0].step_started  # same window
-    assert windows.measure(key, replace(started, step=2), NAME, EXPECTED, answers)[0].step_started == ""
-    windows.forget(key)
-    assert windows.measure(key, replace(started, step=2), NAME, EXPECTED, answers)[0].step_started == ""
+    started = replace(canary.measure(STATE, NAME, EXPECTED, answers)[0], step_started="2027-01-01T00:00:00Z")
+    assert canary.measure(started, NAME, EXPECTED, answers)[0].step_started  # same window
+    assert canary.measure(replace(started, step=2), NAME, EXPECTED, answers)[0].step_started == ""
+    other = replace(started, canary=rollout.Version(f"sha256:{NEW}", "k-newer"))
+    assert canary.measure(other, NAME, EXPECTED, answers)[0].step_started == ""
 
 
 def body(spec_fields: dict[str, Any]) -> dict[str, Any]:

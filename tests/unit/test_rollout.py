@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from meshplug import errors, limits, spec
 from meshplug.controller import rollout
+
+CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 # --- spec.rollout -------------------------------------------------------------------------------------------
 
@@ -322,7 +326,10 @@ def test_first_version_becomes_stable_and_an_oversized_spec_is_not_kept() -> Non
 
 
 def test_status_round_trip() -> None:
-    state = replace(progressing(), step_started="2027-01-15T08:00:00Z", analysis={"verdict": "Holding"})
+    width = len(limits.PLUGIN_RQ_TIME_BUCKETS_MS) + 1
+    base = rollout.Baseline("v7", rollout.Sample(1, 40, 2, (30, 10, *([0] * (width - 2)))))
+    window = rollout.Window(V2.key, 1, {"p1": base})
+    state = replace(progressing(), step_started="2027-01-15T08:00:00Z", analysis={"verdict": "Holding"}, window=window)
     written = rollout.to_status(state)
     assert rollout.from_status({"rollout": written}) == state
     assert rollout.from_status({}) is None
@@ -333,8 +340,11 @@ def advance(state: rollout.State, canary: rollout.Sample, stable: rollout.Sample
     return rollout.advance(ctx(now=now), state, canary, stable)
 
 
+WINDOW = rollout.Window(V2.key, 1, {})
+
+
 def test_a_good_version_goes_through_every_step() -> None:
-    state = progressing()
+    state = progressing(window=WINDOW)
     assert state.step_started == ""
     # the step's pods confirmed: the window starts, nothing is decided yet
     first = advance(state, rollout.Sample(), rollout.Sample(), T0)
@@ -344,6 +354,7 @@ def test_a_good_version_goes_through_every_step() -> None:
     assert held.state.step == 1 and held.canary_pods == first.state.canary_pods
     step2 = advance(held.state, sample(100), sample(300), T0 + 31)
     assert step2.state.step == 2 and step2.state.step_started == "" and len(step2.canary_pods or ()) == 2
+    assert held.state.window == WINDOW and step2.state.window is None  # the next step has a window of its own
     assert [e[1] for e in step2.events] == ["RolloutStep"]
     assert step2.state.history[-1]["result"] == rollout.PASSED
     window = advance(step2.state, rollout.Sample(), rollout.Sample(), T0 + 40)
@@ -359,9 +370,9 @@ def test_a_good_version_goes_through_every_step() -> None:
 
 
 def test_a_bad_version_is_rolled_back() -> None:
-    state = advance(progressing(), rollout.Sample(), rollout.Sample(), T0).state
+    state = advance(progressing(window=WINDOW), rollout.Sample(), rollout.Sample(), T0).state
     got = advance(state, sample(40, 40), sample(120), T0 + 3)
-    assert got.state.phase == rollout.ROLLED_BACK and got.canary_pods == ()
+    assert got.state.phase == rollout.ROLLED_BACK and got.canary_pods == () and got.state.window is None
     assert got.state.stable == V1 and got.state.canary == V2
     (warning, reason, message) = got.events[0]
     assert warning and reason == "RolloutRolledBack" and "failure ratio 1.0000" in message
@@ -376,3 +387,18 @@ def test_a_step_whose_selector_matches_no_pod_waits() -> None:
     assert started.canary_pods == () and started.state.phase == rollout.PROGRESSING
     held = rollout.advance(c, started.state, sample(100), sample(100))
     assert held.canary_pods == () and "no selected pod matches" in held.state.message and not held.events
+
+
+@pytest.mark.parametrize("crd", sorted(CRDS.glob("*.meshplug.io.yaml")), ids=lambda p: p.name)
+def test_the_crds_keep_what_the_status_window_holds(crd: Path) -> None:
+    """status.rollout.window as the CRD allows it: no field pruned, its limits the operator's."""
+    schema = yaml.safe_load(crd.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    window = schema["properties"]["status"]["properties"]["rollout"]["properties"]["window"]
+    width = len(limits.PLUGIN_RQ_TIME_BUCKETS_MS) + 1
+    base = rollout.Baseline("v7", rollout.Sample(1, 4, 0, (4, *([0] * (width - 1)))))
+    written = rollout.window_to_status(rollout.Window(V2.key, 1, {"p1": base}), ("p1",))
+    assert set(written) == set(window["properties"])
+    pods = window["properties"]["pods"]
+    assert set(written["pods"][0]) == set(pods["items"]["properties"])
+    assert pods["maxItems"] == limits.ROLLOUT_MAX_WINDOW_PODS
+    assert pods["items"]["properties"]["latency"]["maxItems"] == width

@@ -137,7 +137,6 @@ class AgentDelivery:
         #: pushed): the module it was to run there, the NACK's reason and message
         self._told: dict[tuple[Key, str], tuple[str, str, str]] = {}
         self._pool = workqueue.Pool(limits.AGENT_PUSH_CONCURRENCY, "meshplug-push")
-        self._windows = canary.Windows()  # canary rollouts: each step's baseline of per-plugin stats
         #: canary rollouts: the state last decided here (the status has it too, maybe not yet in a cached read)
         self._rollouts: dict[Key, rollout.State] = {}
         self._stables: dict[Key, tuple[str, tuple[spec.PluginSpec, model.Module]]] = {}  # version key -> stable
@@ -157,7 +156,6 @@ class AgentDelivery:
             raise errors.ApplyError("the agent data plane needs a module meshplug fetched", reason="ModuleMissing")
         if plugin.rollout is not None:
             return self._deliver_rollout(request, plugin, module)
-        self._windows.forget(request.key)
         with self._lock:
             self._rollouts.pop(request.key, None)
             self._stables.pop(request.key, None)
@@ -231,9 +229,7 @@ class AgentDelivery:
         if state.active and report.total and report.ready == report.total:
             healths = self._healths(plugin.namespace, pods)
             expected = {name: self._expected(request.key, name, module) for name, _ in ctx.pods}
-            state, c_side, s_side, missing = self._windows.measure(
-                request.key, state, plugin.envoy_name, expected, healths
-            )
+            state, c_side, s_side, missing = canary.measure(state, plugin.envoy_name, expected, healths)
             if missing:  # no verdict on part of the pods: hold (the step's window keeps running)
                 unread = f"stats not read from {len(missing)} pods ({missing[0]})"
                 state = replace(state, message=f"step {state.step}/{state.steps}: {unread}")
@@ -242,7 +238,6 @@ class AgentDelivery:
                 events += after.events
                 state = after.state
                 if after.canary_pods != planned.canary_pods:
-                    self._windows.forget(request.key)
                     stable = stable or self._stable(request.key, request.body, state)
                     self._set_entry(request, stable if after.canary_pods is not None else None, after.canary_pods)
                     report, more = self._deliver(plugin, module)
@@ -532,7 +527,6 @@ class AgentDelivery:
     def remove(self, namespace: str, name: str, *, owned: bool) -> None:
         """Push every pod that ran the plugin its set without it (deleted, or moved to another path)."""
         key: Key = (namespace, name)
-        self._windows.forget(key)
         with self._lock:
             self._rollouts.pop(key, None)
             self._stables.pop(key, None)

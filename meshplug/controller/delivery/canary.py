@@ -4,15 +4,14 @@ Called by `meshplug.controller.delivery.agent` for agent-plane plugins with ``sp
 `meshplug.controller.rollout`'s (pure), the pushes the agent path's. Here: the `rollout.Context` of one look at a
 rollout (the spec's version: module digest + spec), the stable version as the status keeps it, parsed and fetched
 again (`stable_of`: the module server and the agents need its module), and the step's window of per-plugin stats
-(`Windows.measure`): each selected pod's agent answers its stats since its set was applied
-(`meshplug.controller.agents.read_health`); the window's baseline is what they said when the window started, kept
-in memory per plugin and step. After an operator restart there is no baseline: the step's window starts again
-(its pods and its place in the rollout come from the status).
+(`measure`): each selected pod's agent answers its stats since its set was applied
+(`meshplug.controller.agents.read_health`); the window's baseline is what they said when the window started
+(`rollout.Window`, part of the rollout's state and so of ``status.rollout``): after an operator restart the step
+goes on with the same window and the same start.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -22,7 +21,6 @@ from meshplug import errors, protocol, spec
 from meshplug.controller import rollout
 from meshplug.render import model
 
-Key = tuple[str, str]
 #: fetch and validate a plugin's module of a known sha256 (hex), e.g. from the operator's module cache
 PinnedLoader = Callable[[spec.PluginSpec, str], model.Module]
 
@@ -81,56 +79,42 @@ def sample_of(health: protocol.Health, name: str, sha256: str) -> rollout.Sample
     return None
 
 
-class Windows:
-    """The step windows' baselines: per plugin, (canary version, step) and each pod's (set version, stats)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._baselines: dict[Key, tuple[tuple[str, int], dict[str, tuple[str, rollout.Sample]]]] = {}
-
-    def forget(self, key: Key) -> None:
-        with self._lock:
-            self._baselines.pop(key, None)
-
-    def measure(
-        self,
-        key: Key,
-        state: rollout.State,
-        name: str,
-        expected: Mapping[str, str],
-        healths: Mapping[str, protocol.Health | str],
-    ) -> tuple[rollout.State, rollout.Sample, rollout.Sample, list[str]]:
-        """The canary and stable sides' stats over the step's window (``expected``: pod -> the sha256 it should
-        run; ``healths``: pod -> its agent's answer or why there is none), the state with the window restarted when
-        there is no baseline for it (then both sides are empty), and the pods whose stats could not be read."""
-        assert state.canary is not None
-        marker = (state.canary.key, state.step)
-        now: dict[str, tuple[str, rollout.Sample]] = {}
-        unread: list[str] = []
-        for pod, health in healths.items():
-            if isinstance(health, str):
-                unread.append(f"{pod}: {health}")
-                continue
-            got = sample_of(health, name, expected.get(pod, ""))
-            if got is None:
-                unread.append(f"{pod}: its agent does not report {name} running {expected.get(pod, '?')[:12]}")
-                continue
-            now[pod] = (health.version_info, got)
-        with self._lock:
-            base = self._baselines.get(key)
-            if base is None or base[0] != marker or not state.step_started:
-                self._baselines[key] = (marker, now)
-                return replace(state, step_started=""), rollout.Sample(), rollout.Sample(), unread
-            # pods that appeared since the window started count from what they say now
-            base[1].update({pod: now[pod] for pod in now if pod not in base[1]})
-            then = dict(base[1])
-        canary, stable = rollout.Sample(), rollout.Sample()
-        canaries = set(state.canary_pods)
-        for pod, (version, current) in now.items():
-            old_version, old = then[pod]
-            delta = rollout.since(current, old if old_version == version else None)
-            if pod in canaries:
-                canary = rollout.add(canary, delta)
-            else:
-                stable = rollout.add(stable, delta)
-        return state, canary, stable, unread
+def measure(
+    state: rollout.State,
+    name: str,
+    expected: Mapping[str, str],
+    healths: Mapping[str, protocol.Health | str],
+) -> tuple[rollout.State, rollout.Sample, rollout.Sample, list[str]]:
+    """The canary and stable sides' stats over the step's window (``expected``: pod -> the sha256 it should run;
+    ``healths``: pod -> its agent's answer or why there is none), the state with its window (started now when it
+    has none for this step: then both sides are empty; or with the pods that answered for the first time in it,
+    which count from what they say now), and the pods whose stats could not be read."""
+    assert state.canary is not None
+    now: dict[str, rollout.Baseline] = {}
+    unread: list[str] = []
+    for pod, health in healths.items():
+        if isinstance(health, str):
+            unread.append(f"{pod}: {health}")
+            continue
+        got = sample_of(health, name, expected.get(pod, ""))
+        if got is None:
+            unread.append(f"{pod}: its agent does not report {name} running {expected.get(pod, '?')[:12]}")
+            continue
+        now[pod] = rollout.Baseline(health.version_info, got)
+    window = state.window
+    if window is None or not window.measures(state) or not state.step_started:
+        fresh = rollout.Window(state.canary.key, state.step, now)
+        return replace(state, step_started="", window=fresh), rollout.Sample(), rollout.Sample(), unread
+    if any(pod not in window.pods for pod in now):
+        window = replace(window, pods={**now, **window.pods})
+        state = replace(state, window=window)
+    canary, stable = rollout.Sample(), rollout.Sample()
+    canaries = set(state.canary_pods)
+    for pod, current in now.items():
+        then = window.pods[pod]
+        delta = rollout.since(current.sample, then.sample if then.set_version == current.set_version else None)
+        if pod in canaries:
+            canary = rollout.add(canary, delta)
+        else:
+            stable = rollout.add(stable, delta)
+    return state, canary, stable, unread
