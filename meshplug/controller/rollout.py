@@ -434,9 +434,12 @@ class Window:
 def window_to_status(window: Window, canary_pods: Sequence[str]) -> dict[str, Any]:
     """`Window` -> ``status.rollout.window``: the canary pods' baselines first, at most
     `limits.ROLLOUT_MAX_WINDOW_PODS` (a pod left out counts from what it says at the next operator's first look),
-    each latency histogram without its trailing empty buckets."""
-    first = [p for p in canary_pods if p in window.pods]
-    order = first + sorted(set(window.pods) - set(first))
+    each latency histogram without its trailing empty buckets. A histogram wider than this operator's (an agent of
+    another version) is left out as well: the CRD would refuse the whole status."""
+    width = len(limits.PLUGIN_RQ_TIME_BUCKETS_MS) + 1
+    kept = {name for name, base in window.pods.items() if len(base.sample.latency) <= width}
+    first = [p for p in canary_pods if p in kept]
+    order = first + sorted(kept - set(first))
     pods = []
     for name in order[: limits.ROLLOUT_MAX_WINDOW_PODS]:
         base = window.pods[name]

@@ -78,6 +78,10 @@ def test_the_status_keeps_the_canary_pods_baselines_first_and_at_most_the_limit(
     assert written["pods"][0]["latency"] == [3]  # without its trailing empty buckets
     kept = rollout.window_from_status(written)
     assert kept is not None and kept.pods["p1"] == state.window.pods["p1"]
+    # an agent with more latency buckets than the CRD allows: left out rather than the whole status refused
+    wide = rollout.Baseline("v9", rollout.Sample(1, 3, 0, (3,) * (WIDTH + 1)))
+    window = replace(state.window, pods={"p1": wide, "s0000": state.window.pods["s0000"]})
+    assert [p["name"] for p in rollout.window_to_status(window, ("p1",))["pods"]] == ["s0000"]
 
 
 def entry(**over: Any) -> dict[str, Any]:
