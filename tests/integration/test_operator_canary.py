@@ -8,7 +8,8 @@ A good update (v1 -> v2) goes through both steps (25 %, then 50 % of the pods) a
 client must see 0 failed requests but the bad versions' own 503s, and those only from the pods the status named as
 canaries, at most the requests those pods got. Status and Events show each step. A slow version (the corpus'
 rust/auth_call, whose new pluginConfig sends its HTTP call to a dependency that answers after 1.5 s: it waits,
-burning no CPU) is rolled back by its request time alone, with every request answered 200. An operator restart in
+burning no CPU) goes first to the pod labelled for it and is rolled back by its request time alone, with every
+request answered 200. An operator restart in
 the middle of a step goes on with the same step's window of stats (status.rollout.window). An istio-plane plugin
 with ``rollout`` is told that rollout applies to the agent plane only.
 """
@@ -338,7 +339,7 @@ def test_a_good_version_rolls_through_and_bad_ones_roll_back_under_load(bed: Bed
 SLOW_MS = 1500
 #: latency judged on p90 (10 requests a side make one; p99 needs 100 through the slow canary pod)
 SLOW_ROLLOUT = {
-    "steps": [{"percent": 25}, {"percent": 50}],
+    "steps": [{"selector": {"matchLabels": {"track": "canary"}}}, {"percent": 50}],  # first the pods so labelled
     "holdSeconds": 120,  # a step cannot pass before its latency is judged
     "analysis": {"minRequests": 10, "latencyPercentile": 90, "maxLatencyRatio": 2, "latencySlackMs": 250},
 }
@@ -353,7 +354,7 @@ def auth_call(path: str) -> dict[str, Any]:
 def test_a_slower_version_is_rolled_back_by_its_request_time_under_load(bed: Bed) -> None:
     module = corpus_modules.module("rust/auth_call")
     for name in PODS:
-        bed.pod(name, {"app": "cart"})
+        bed.pod(name, {"app": "cart", **({"track": "canary"} if name == "c" else {})})
     bed.apply(
         "hdr",
         {
@@ -408,7 +409,7 @@ def test_a_slower_version_is_rolled_back_by_its_request_time_under_load(bed: Bed
     print(f"rolled back: {rollout['message']}")
     assert tally.failures == [], tally.failures[:10]  # slow, but not one request failed
     assert tally.total(tally.ok) == tally.total(tally.sent) > 0
-    assert len(canaries) == 1, canaries  # one of four pods (25 %)
+    assert canaries == {"c"}, canaries  # the label-selected step: the one pod labelled track=canary
     # status showed the step holding, then the rollback by the request time alone
     assert ("Progressing", 1, "Holding") in seen and seen[-1] == ("RolledBack", 0, "Failed"), seen
     analysis = rollout["analysis"]
@@ -418,8 +419,9 @@ def test_a_slower_version_is_rolled_back_by_its_request_time_under_load(bed: Bed
     last = rollout["history"][-1]
     assert (last["step"], last["result"], last["canaryPods"]) == (1, "RolledBack", sorted(canaries)), last
     assert rollout["canaryPods"] == [] and rollout.get("window") is None
-    events = {(t, r) for t, r, _, _ in bed.events("hdr")}
-    assert {("Normal", "RolloutStarted"), ("Warning", "RolloutRolledBack")} <= events, events
+    events = {(t, r): m for t, r, m, _ in bed.events("hdr")}
+    assert events[("Normal", "RolloutStarted")].endswith("step 1/2 on c"), events
+    assert "p90 request time" in events[("Warning", "RolloutRolledBack")], events
 
 
 def test_rollout_on_the_istio_plane_says_it_applies_to_the_agent_plane_only(bed: Bed) -> None:
