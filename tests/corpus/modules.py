@@ -100,3 +100,13 @@ def module(key: str) -> BuiltModule:
     if not path.is_file():
         raise KeyError(f"corpus module {key!r} not built from this tree's sources ({path}); run `make plugins`")
     return _built(path)
+
+
+def with_custom_section(wasm: bytes, note: bytes) -> bytes:
+    """The same module with one more custom section carrying ``note``: the same code under another sha256 (a module
+    no proxy or cache of the test bed has seen yet, a version 2 of the same plugin)."""
+    name = b"meshplug-test"
+    payload = bytes([len(name)]) + name + note
+    if len(payload) >= 128:  # one LEB128 byte
+        raise ValueError(f"note too long for a one-byte section size: {len(note)} bytes")
+    return wasm + b"\x00" + bytes([len(payload)]) + payload

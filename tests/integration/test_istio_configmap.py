@@ -288,14 +288,6 @@ def istiod_nacks(mesh: istio.Mesh, name: str) -> int:
     return sum(1 for line in mesh.istiod.proc.log().splitlines() if "ACK ERROR" in line and name in line)
 
 
-def with_custom_section(wasm: bytes, note: bytes) -> bytes:
-    """The same module with one more custom section: the same code under another sha256 (another file)."""
-    name = b"meshplug-test"
-    payload = bytes([len(name)]) + name + note
-    assert len(payload) < 128  # one LEB128 byte
-    return wasm + b"\x00" + bytes([len(payload)]) + payload
-
-
 def service_entry(ns: str, host: str) -> dict[str, Any]:
     """A ServiceEntry the pods of ``ns`` see: istiod pushes them their listeners again (an outbound one more)."""
     return {
@@ -338,7 +330,7 @@ def test_a_listener_refused_until_the_module_is_mounted_is_reported_and_heals(
     try:
         header(pod, "x-v", "1")
         mesh_operator.wait(ns, "lag", reason="Loaded")
-        url, sha = mesh_operator.module_url(with_custom_section(HEADER_RULES, b"v2"), "header_rules_v2.wasm")
+        url, sha = mesh_operator.module_url(corpus.with_custom_section(HEADER_RULES, b"v2"), "header_rules_v2.wasm")
         second = {**first, "url": url, "sha256": sha, "pluginConfig": {"response": {"add": {"x-v": "2"}}}}
         with pod.volumes_held():
             mesh_operator.plugin(ns, "lag", second)

@@ -7,12 +7,15 @@ server's downloads)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
+from meshplug import limits
 from tests.corpus import modules as corpus
 from tests.testbed import istio, istiod, istiopod, procs
 from tests.testbed.mesh_operator import MeshOperator
@@ -439,3 +442,103 @@ def test_a_refusal_istiod_no_longer_shows_stays_reported_after_an_operator_resta
         mesh_operator.delete(ns, "kept")
         mesh.kube.request("DELETE", f"{TE.format(ns=ns)}/elsewhere")
     istio.poll(lambda: pod.request("/"), lambda r: r.status == 200, "the proxy serving again")
+
+
+@contextlib.contextmanager
+def module_server_unreachable(op: MeshOperator, pod: istiopod.Pod) -> Iterator[None]:
+    """Inside the block the pod's connections to meshplug's module server are refused (a reset, from a rule in the
+    pod's own network namespace: what a NetworkPolicy or a module Service without endpoints does); nothing else of
+    the pod's network changes (istiod, the app)."""
+    rule = ["OUTPUT", "-p", "tcp", "-d", op.mesh.bridge.host_ip, "--dport", str(op.module_port)]
+    rule += ["-j", "REJECT", "--reject-with", "tcp-reset"]
+
+    def iptables(*args: str) -> None:
+        out = subprocess.run(
+            ["nsenter", "-t", str(pod.net.pid), "-n", "--", "iptables", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+
+    iptables("-I", *rule)
+    try:
+        yield
+    finally:
+        iptables("-D", *rule)
+
+
+def ecds_filter(pod: istiopod.Pod, name: str) -> str:
+    """The type of the extension config Envoy runs under the ECDS name of the plugin ``name`` (ns.name; "" when
+    none)."""
+    dump = json.loads(pod.admin("/config_dump?resource=ecds_filters"))
+    for config in dump["configs"]:
+        flt = config.get("ecds_filter") or {}
+        if re.search(re.escape(name) + r"($|~)", str(flt.get("name", ""))):
+            return str((flt.get("typed_config") or {}).get("@type", ""))
+    return ""
+
+
+RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+
+@pytest.mark.parametrize("kind", ["WasmPlugin", "TrafficExtension"])
+def test_a_module_istio_agent_could_not_download_is_delivered_again_and_heals(
+    mesh_operator: MeshOperator, shop: tuple[str, istiopod.Pod], kind: str
+) -> None:
+    """istio-agent downloads a remote module once per extension config istiod sends: when the download fails it
+    hands Envoy a deny-all RBAC filter in the module's place (failStrategy FAIL_CLOSE; allow-all with FAIL_OPEN),
+    Envoy ACKs that, and nothing downloads the module again until istiod pushes the extension config again. Here the
+    pod cannot reach meshplug's module server when the plugin arrives; then it can, and nothing here changes
+    anything: the operator delivers the module again with a changed push mark on Istio's resource (its only change),
+    istiod pushes the extension config, istio-agent downloads the module and Envoy runs it. istiod pushes a
+    metadata-only update of an Istio resource only when a label or annotation key contains "istio.io"
+    (pilot/pkg/model/config_compare.go NeedsPush; Istio's own TrafficExtension); a WasmPlugin, which istiod
+    translates into a TrafficExtension that carries its resourceVersion, is pushed again on any update (pinned
+    revision, pilot/pkg/config/kube/extensions/translate.go): with the mark's key without "istio.io"
+    (meshplug.io/redelivery) the WasmPlugin case heals, the TrafficExtension one stays denied."""
+    ns, pod = shop
+    mesh = mesh_operator.mesh
+    module = corpus.with_custom_section(HEADER_RULES, f"heal-{kind}".encode())
+    url, sha = mesh_operator.module_url(module, f"heal-{kind.lower()}.wasm")
+    name = f"heal-{kind.lower()}"
+    wasm = {"url": url, "sha256": sha, "pluginConfig": adds("x-healed")}
+    selector = {"matchLabels": {"app": "cart"}}
+    spec = {**wasm, "selector": selector} if kind == "WasmPlugin" else {"selector": selector, "wasm": wasm}
+    try:
+        with module_server_unreachable(mesh_operator, pod):
+            mesh_operator.plugin(ns, name, spec, kind=kind)
+            # Envoy runs istio-agent's stand-in: every request denied, the extension config ACKed
+            denied = istio.poll(lambda: pod.request("/"), lambda r: r.status == 403, "istio-agent's deny-all stand-in")
+            assert b"RBAC: access denied" in denied.body, denied.body
+            assert ecds_filter(pod, f"{ns}.{name}") == RBAC
+            assert "error in converting the wasm config to local" in pod.agent_log()
+            # the operator: istiod sent the proxy the module, the proxy ACKed, the module server saw no download
+            istio.poll(
+                lambda: mesh_operator.get(ns, name, kind=kind) or {},
+                lambda o: (
+                    [(f["name"], f["reason"]) for f in o.get("status", {}).get("failingPods") or []]
+                    == [("cart-0", "NotDownloaded")]
+                ),
+                "NotDownloaded in the status",
+                show=lambda o: o.get("status"),
+            )
+            assert mesh_operator.condition(ns, name, kind=kind)["reason"] == "ProxiesPending"
+            sent = ecds_state(mesh, pod.proxy_id)["sent"]
+        # the module server is reachable again; the operator alone has istiod push the extension config again
+        istio.poll(
+            lambda: pod.request("/"),
+            lambda r: r.status == 200 and r.headers.get("x-healed") == "1",
+            "the module downloaded and run",
+            timeout=4 * limits.REDELIVERY_AFTER_S,  # the first redelivery comes REDELIVERY_AFTER_S after the first
+        )
+        assert ecds_filter(pod, f"{ns}.{name}") == WASM
+        assert ecds_state(mesh, pod.proxy_id)["sent"] != sent  # istiod pushed the extension config again
+        assert f"{ns}/{name}: delivering sha256:{sha} again (attempt 1)" in mesh_operator.log()
+        obj = mesh_operator.wait(ns, name, reason="Loaded", kind=kind)
+        assert obj["status"]["loadedPods"] == ["cart-0"]
+    finally:
+        mesh_operator.delete(ns, name, kind=kind)
+    response_header(pod, "x-healed", None)
