@@ -11,11 +11,13 @@ import contextlib
 import json
 import re
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from meshplug import limits
+from meshplug.controller.delivery.istio_native import REDELIVERY_ANNOTATION as REDELIVERY
 from tests.corpus import modules as corpus
 from tests.testbed import istio, istiod, istiopod, procs
 from tests.testbed.mesh_operator import MeshOperator
@@ -498,7 +500,9 @@ def test_a_module_istio_agent_could_not_download_is_delivered_again_and_heals(
     (pilot/pkg/model/config_compare.go NeedsPush; Istio's own TrafficExtension); a WasmPlugin, which istiod
     translates into a TrafficExtension that carries its resourceVersion, is pushed again on any update (pinned
     revision, pilot/pkg/config/kube/extensions/translate.go): with the mark's key without "istio.io"
-    (meshplug.io/redelivery) the WasmPlugin case heals, the TrafficExtension one stays denied."""
+    (meshplug.io/redelivery) the WasmPlugin case heals, the TrafficExtension one stays denied. Once the proxy runs
+    the module the mark goes: while an istio.io key stays on a TrafficExtension, istiod pushes every later
+    metadata-only update of it (shown here with istiod's count of the config updates it takes in to push)."""
     ns, pod = shop
     mesh = mesh_operator.mesh
     module = corpus.with_custom_section(HEADER_RULES, f"heal-{kind}".encode())
@@ -539,6 +543,69 @@ def test_a_module_istio_agent_could_not_download_is_delivered_again_and_heals(
         assert f"{ns}/{name}: delivering sha256:{sha} again (attempt 1)" in mesh_operator.log()
         obj = mesh_operator.wait(ns, name, reason="Loaded", kind=kind)
         assert obj["status"]["loadedPods"] == ["cart-0"]
+        # the proxies run it: the mark goes
+        istios = f"{(WP if kind == 'WasmPlugin' else TE).format(ns=ns)}/{name}"
+        istio.poll(lambda: annotations_of(mesh, istios), lambda a: REDELIVERY not in a, "the redelivery mark gone")
+        if kind == "TrafficExtension":
+            a_while_marked_update_is_pushed_and_now_is_not(mesh, pod, istios)
     finally:
         mesh_operator.delete(ns, name, kind=kind)
+        mesh.kube.request("DELETE", f"{TE.format(ns=ns)}/barrier")
     response_header(pod, "x-healed", None)
+
+
+def annotations_of(mesh: istio.Mesh, path: str) -> dict[str, str]:
+    status, obj = mesh.kube.request("GET", path)
+    assert status == 200, obj
+    return dict(obj["metadata"].get("annotations") or {})
+
+
+def inbound_config_updates(mesh: istio.Mesh) -> int:
+    """The config updates istiod took in to push (its pilot_inbound_updates{type="config"}): counted when NeedsPush
+    let an update through, before the debounce merges pushes."""
+    with urllib.request.urlopen(f"{mesh.istiod.debug_url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found = re.search(r'^pilot_inbound_updates\{type="config"\} (\S+)$', text, re.MULTILINE)
+    return int(float(found.group(1))) if found else 0
+
+
+def updates_pushed(mesh: istio.Mesh, pod: istiopod.Pod, path: str, notes: dict[str, str], wasm: dict[str, str]) -> int:
+    """How many config updates istiod took in to push for a metadata-only update of the TrafficExtension at ``path``
+    (its annotations ``notes``; none: no update) and then a barrier: a TrafficExtension "barrier" whose new
+    pluginConfig the proxy runs once istiod handled it, so every TrafficExtension update before it too (istiod handles
+    a kind's events in order)."""
+    before = inbound_config_updates(mesh)
+    if notes:
+        status, out = mesh.kube.request(
+            "PATCH", path, {"metadata": {"annotations": notes}}, content_type="application/merge-patch+json"
+        )
+        assert status == 200, out
+    ns = pod.namespace
+    status, current = mesh.kube.request("GET", f"{TE.format(ns=ns)}/barrier")
+    n = str(int(((current.get("metadata") or {}).get("generation") or 0) if status == 200 else 0) + 1)
+    mesh.apply(
+        {
+            "apiVersion": "extensions.istio.io/v1alpha1",
+            "kind": "TrafficExtension",
+            "metadata": {"name": "barrier", "namespace": ns},
+            "spec": {
+                "selector": {"matchLabels": {"app": "cart"}},
+                "wasm": {**wasm, "pluginConfig": {"response": {"add": {"x-barrier": n}}}},
+            },
+        }
+    )
+    response_header(pod, "x-barrier", n)
+    return inbound_config_updates(mesh) - before
+
+
+def a_while_marked_update_is_pushed_and_now_is_not(mesh: istio.Mesh, pod: istiopod.Pod, path: str) -> None:
+    """On the real istiod: a metadata-only update of the healed TrafficExtension (anyone's annotation) is not
+    pushed now that the mark is gone; while an istio.io key stays on it (a mark left there), the same update is."""
+    status, healed = mesh.kube.request("GET", path)
+    assert status == 200, healed
+    wasm = {k: healed["spec"]["wasm"][k] for k in ("url", "sha256", "imagePullPolicy")}
+    barrier = updates_pushed(mesh, pod, path, {}, wasm)
+    assert barrier >= 1
+    assert updates_pushed(mesh, pod, path, {"example.com/team": "shop"}, wasm) == barrier  # not pushed
+    updates_pushed(mesh, pod, path, {"example.istio.io/left": "1"}, wasm)  # an istio.io key stays on it
+    assert updates_pushed(mesh, pod, path, {"example.com/team": "cart"}, wasm) == barrier + 1  # pushed

@@ -563,33 +563,67 @@ def test_the_waits_between_pushes_again_double_up_to_the_cap() -> None:
 
 
 @pytest.mark.parametrize(
-    ("existing_spec", "mark", "bump", "marked"),
+    ("existing_spec", "mark", "step", "marked"),
     [
-        (None, None, False, None),  # a new EnvoyFilter
-        (None, None, True, "1"),
-        ({"p": 1}, None, False, None),
-        ({"p": 1}, "3", False, "3"),  # a reconcile keeps the mark (no write, no push)
-        ({"p": 1}, "3", True, "4"),  # counted on from the object's own (an operator restart included)
-        ({"p": 0}, "3", False, None),  # a new spec goes unmarked (istiod pushes it anyway)
-        ({"p": 0}, "3", True, "1"),
-        ({"p": 1}, "x", True, "1"),  # an edited value is counted afresh
+        (None, None, "keep", None),  # a new resource
+        (None, None, "bump", "1"),
+        ({"p": 1}, None, "keep", None),
+        ({"p": 1}, "3", "keep", "3"),  # a reconcile keeps the mark (no write, no push)
+        ({"p": 1}, "3", "bump", "4"),  # counted on from the object's own (an operator restart included)
+        ({"p": 1}, "3", "drop", None),  # the proxies settled: it goes
+        ({"p": 0}, "3", "keep", None),  # a new spec goes unmarked (istiod pushes it anyway)
+        ({"p": 0}, "3", "bump", "1"),
+        ({"p": 1}, "x", "bump", "1"),  # an edited value is counted afresh
     ],
 )
+@pytest.mark.parametrize("push_mark", [istio_configmap.REPUSH, istio_native.REDELIVERY], ids=["repush", "redelivery"])
 def test_the_push_mark_is_what_istiod_pushes_for(
-    existing_spec: dict[str, Any] | None, mark: str | None, bump: bool, marked: str | None
+    push_mark: istio_pods.PushMark,
+    existing_spec: dict[str, Any] | None,
+    mark: str | None,
+    step: str,
+    marked: str | None,
 ) -> None:
     """istiod (pilot/pkg/model/config_compare.go NeedsPush) skips an update of an Istio resource whose spec is the
     same unless a label or annotation key contains "istio.io": the mark's key does, and it is all that changes."""
     plain = {"metadata": {"name": "meshplug-lag", "annotations": {"meshplug.io/digest": "sha256:a"}}, "spec": {"p": 1}}
     existing = None
     if existing_spec is not None:
-        notes = {istio_configmap.REPUSH_ANNOTATION: mark} if mark is not None else {}
+        notes = {push_mark.key: mark} if mark is not None else {}
         existing = {"metadata": {"annotations": notes}, "spec": existing_spec}
-    obj = istio_configmap._marked(copy.deepcopy(plain), existing, bump=bump)
-    assert "istio.io" in istio_configmap.REPUSH_ANNOTATION
-    assert obj["metadata"]["annotations"].get(istio_configmap.REPUSH_ANNOTATION) == marked
+    before = copy.deepcopy(plain)
+    obj = push_mark.kept(plain, existing)
+    obj = {"keep": obj, "bump": push_mark.bumped(obj), "drop": push_mark.put(obj, None)}[step]
+    assert plain == before  # copies: the rendered object is left as it was
+    assert push_mark.of(obj) == marked
+    assert obj["metadata"]["annotations"] == {
+        **plain["metadata"]["annotations"],
+        **({push_mark.key: marked} if marked else {}),
+    }
     assert obj["spec"] == plain["spec"]
-    assert (istio_configmap._pushed_as(obj) == istio_configmap._pushed_as(plain)) is (marked is None)
+
+
+def test_a_push_mark_without_an_istio_io_key_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"istio\.io"):
+        istio_pods.PushMark("meshplug.io/redelivery")
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "settled"),
+    [
+        ([LOADED], True),
+        ([], True),
+        ([LOADED, proxies.Verdict("b", proxies.FAILED, "ProxyNACK", "")], True),  # a mark does not help there
+        ([LOADED, proxies.Verdict("b", proxies.FAILED, "DownloadFailed", "")], False),
+        ([LOADED, proxies.Verdict("b", proxies.PENDING, "NotDownloaded", "")], False),
+        ([LOADED, proxies.Verdict("b", proxies.PENDING, "NotPushed", "")], False),  # the mark's push on its way
+        ([UNMOUNTED], False),  # the ConfigMap route's (pending until the file is in the pod)
+    ],
+)
+def test_a_push_mark_goes_once_the_proxies_settled(verdicts: list[proxies.Verdict], settled: bool) -> None:
+    """While an istio.io key stays on an Istio resource istiod pushes every metadata-only update of it: the mark goes
+    once no selected proxy is pending or stuck in a way a new push helps (test_istio_native shows both on istiod)."""
+    assert istio_pods.Redelivery().settled(verdicts) is settled
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from meshplug import errors, limits, spec
@@ -132,8 +132,10 @@ class IstioConfigMap(istio_pods.Route):
             log.info(
                 "%s/%s: having istiod push the listener for %s again (%d)", plugin.namespace, plugin.name, digest, push
             )
-            self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code), repush=True)
+            self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code), mark=REPUSH.bumped)
             self._watch(plugin, code, version)
+        elif self.repush.settled(verdicts):  # the push mark did its work (or none was needed): it goes
+            self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code), mark=_unmarked)
         out = istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
         return istio_pods.recheck_while_fresh(out, self.changes.get(request.key))
 
@@ -143,9 +145,16 @@ class IstioConfigMap(istio_pods.Route):
 
     # --- objects ---------------------------------------------------------------------------------------------
 
-    def _apply_envoy_filter(self, key: tuple[str, str], obj: dict[str, Any], *, repush: bool = False) -> bool:
-        """Write the EnvoyFilter unless the cache holds it as it is; whether it changed. Its push mark is kept while
-        the spec stays, and with ``repush`` counts on (`REPUSH_ANNOTATION`)."""
+    def _apply_envoy_filter(
+        self,
+        key: tuple[str, str],
+        obj: dict[str, Any],
+        *,
+        mark: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> bool:
+        """Write the EnvoyFilter unless the cache holds it as it is; whether what istiod sends changed. Its push mark
+        (`REPUSH`) is kept while the spec stays, then ``mark`` applied: ``REPUSH.bumped`` counts it on (istiod pushes
+        the listener again), `_unmarked` drops it (a write, not a change of what the proxies get)."""
         meta = obj["metadata"]
         try:
             # read by name from the cache (or listed: the operator may list EnvoyFilters, not get them): one of another
@@ -161,11 +170,15 @@ class IstioConfigMap(istio_pods.Route):
                         "rename one of them",
                         reason="NameConflict",
                     )
-            _marked(obj, found[0] if found else None, bump=repush)
-            changed = not [o for o in found if _pushed_as(o) == _pushed_as(obj)]
+            existing = found[0] if found else None
+            kept = REPUSH.kept(obj, existing)
+            obj = mark(kept) if mark is not None else kept
+            pushed_as = (existing.get("spec"), REPUSH.of(existing)) if existing is not None else None
+            changed = pushed_as != (obj["spec"], REPUSH.of(obj)) and mark is not _unmarked
             if changed:
                 self.changes[key] = proxies.Change.before(self.istiod)
-            self._write(self.envoy_filters, obj, found[0] if found else None)  # unchanged: nothing written
+            if existing is None or REPUSH.of(existing) != REPUSH.of(obj) or not apply.holds(existing, obj):
+                self.envoy_filters.note(self.writer.apply(obj))  # unchanged: nothing written
             if changed:
                 self.changes[key] = self.changes[key].written()
             return changed
@@ -348,28 +361,15 @@ def _named(plugin: spec.PluginSpec, code: model.Code | None) -> tuple[str, ...]:
 
 #: the verdict a new push of the same listener heals (`_unmounted`)
 UNMOUNTED = frozenset({"ModuleNotMounted"})
-#: marks the EnvoyFilter's n-th push again of its listener. istiod (pilot/pkg/model/config_compare.go NeedsPush)
-#: pushes for an update of an Istio resource whose spec changed, or whose labels or annotations, before or after,
-#: have a key containing "istio.io"; any other metadata-only update is skipped. So the key must contain "istio.io":
-#: its value changing makes istiod push the same listener, which Envoy takes once the file is in the pod.
+#: marks the EnvoyFilter's n-th push again of its listener (`istio_pods.PushMark`): its value changing makes istiod
+#: push the same listener, which Envoy takes once the file is in the pod; it goes once no pod is ModuleNotMounted
 REPUSH_ANNOTATION = "meshplug.io/istio.io-repush"
+REPUSH = istio_pods.PushMark(REPUSH_ANNOTATION)
 
 
-def _marked(obj: dict[str, Any], existing: Mapping[str, Any] | None, *, bump: bool) -> dict[str, Any]:
-    """The rendered EnvoyFilter ``obj`` with the push mark of ``existing`` when its spec is the same (a reconcile
-    neither drops nor repeats it; a new spec goes unmarked), counted on by one with ``bump`` (a new value: istiod
-    pushes the listener again; a count kept in the object, so it is new after an operator restart too)."""
-    _, mark = _pushed_as(existing) if existing is not None and existing.get("spec") == obj["spec"] else (None, None)
-    if bump:
-        mark = str(int(mark) + 1 if mark is not None and mark.isdigit() else 1)
-    if mark is not None:
-        obj["metadata"].setdefault("annotations", {})[REPUSH_ANNOTATION] = mark
-    return obj
-
-
-def _pushed_as(obj: Mapping[str, Any]) -> tuple[Any, str | None]:
-    """What makes istiod push an EnvoyFilter's update (of meshplug's rendering): its spec and the push mark."""
-    return obj.get("spec"), ((obj.get("metadata") or {}).get("annotations") or {}).get(REPUSH_ANNOTATION)
+def _unmarked(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` without its push mark."""
+    return REPUSH.put(obj, None)
 
 
 def _unmounted(verdict: proxies.Verdict, code: model.Code | None) -> proxies.Verdict:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshplug import errors, limits, spec
-from meshplug.controller import delivery, informer, status
+from meshplug.controller import apply, delivery, informer, status
 from meshplug.controller.delivery import istio_pods, proxies
 from meshplug.render import istio_native, model
 
@@ -90,8 +90,7 @@ class IstioNative(istio_pods.Route):
             meta.get("uid", ""),
         )
         digest = module.digest if module is not None else ""
-        attempt = self.redelivery.attempt(request.key, digest)
-        obj = _redelivered(istio_native.render(plugin, module, self.server, kind, owner), attempt)
+        self.redelivery.attempt(request.key, digest)  # a new module's redeliveries are counted afresh
         existing = self._existing(kind, plugin.namespace, plugin.name)
         if existing is not None and not _ours(existing, owner.kind, owner.uid):
             return delivery.Report(
@@ -102,14 +101,13 @@ class IstioNative(istio_pods.Route):
                     f"{kind} {plugin.namespace}/{plugin.name} exists and is not meshplug's; rename one of them",
                 )
             )
-        changed = existing is None or _content(existing) != _content(obj)
-        if changed:
+        # the redelivery mark stays while the spec does (until the proxies settle: below)
+        obj = REDELIVERY.kept(istio_native.render(plugin, module, self.server, kind, owner), existing)
+        changed = existing is None or not apply.holds(existing, obj)
+        if changed:  # unchanged: nothing written
             self.changes[request.key] = proxies.Change.before(self.istiod)
             self._watch(plugin, kind, f"{digest or plugin.url}/{plugin.generation}", time.monotonic())
-        written = self.writer.apply_changed(obj, existing)  # unchanged: nothing written
-        if written is not None:
-            self.extensions[kind].note(written)
-        if changed:
+            self.extensions[kind].note(self.writer.apply(obj))
             self.changes[request.key] = self.changes[request.key].written()
         for other in istio_native.KINDS:
             if other != kind:  # the cluster moved on (Istio upgraded): the older kind goes
@@ -129,8 +127,12 @@ class IstioNative(istio_pods.Route):
                 "; ".join(f"{v.pod}: {v.reason}" for v in verdicts if v.reason in istio_pods.STUCK),
             )
             self.changes[request.key] = proxies.Change.before(self.istiod)
-            self.extensions[kind].note(self.writer.apply(_redelivered(obj, again)))
+            self.extensions[kind].note(self.writer.apply(REDELIVERY.bumped(obj)))
             self.changes[request.key] = self.changes[request.key].written()
+        elif REDELIVERY.of(obj) is not None and self.redelivery.settled(verdicts):
+            # the proxies run it (or fail for another reason): the mark goes, not a change of what they get
+            log.info("%s/%s: the proxies settled: the redelivery mark goes", plugin.namespace, plugin.name)
+            self.extensions[kind].note(self.writer.apply(REDELIVERY.put(obj, None)))
         out = istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
         return istio_pods.recheck_while_fresh(out, self.changes.get(request.key))
 
@@ -287,21 +289,11 @@ class IstioNative(istio_pods.Route):
             self._delete(kind, namespace, name, owner_kind)
 
 
-#: istiod pushes a metadata-only update of an Istio resource only when a label or annotation key contains "istio.io"
-#: (pilot/pkg/model/config_compare.go NeedsPush): a redelivery that changed "meshplug.io/redelivery" pushed nothing
+#: marks Istio's resource delivered again (`istio_pods.PushMark`): istiod pushes a metadata-only update of Istio's
+#: TrafficExtension only for an istio.io key (a WasmPlugin, which istiod translates into a TrafficExtension carrying
+#: its resourceVersion, on any update); "meshplug.io/redelivery" healed no TrafficExtension (test_istio_native)
 REDELIVERY_ANNOTATION = "meshplug.io/istio.io-redelivery"
-
-
-def _redelivered(obj: dict[str, Any], attempt: int) -> dict[str, Any]:
-    """``obj`` marked as the ``attempt``-th redelivery (0: the first delivery, unmarked)."""
-    if attempt:
-        obj["metadata"].setdefault("annotations", {})[REDELIVERY_ANNOTATION] = str(attempt)
-    return obj
-
-
-def _content(obj: Mapping[str, Any]) -> Any:
-    """What istiod acts on: the spec, and the annotations (a redelivery changes only those)."""
-    return obj.get("spec"), (obj.get("metadata") or {}).get("annotations") or {}
+REDELIVERY = istio_pods.PushMark(REDELIVERY_ANNOTATION)
 
 
 def _ours(obj: Mapping[str, Any], owner_kind: str, owner_uid: str = "") -> bool:

@@ -13,7 +13,8 @@ the operator sees, and counts, pods of those namespaces only.
 module and at least one is selected (``NoProxies`` otherwise), the pod counts, the failing pods, and the pods
 confirmed loaded (kept in ``status.loadedPods``, see `meshplug.controller.delivery.proxies`). `Redelivery` decides
 when a module that proxies were sent but did not download is delivered again (a changed resource makes istio-agent
-and Envoy download once more; nothing else does).
+and Envoy download once more; nothing else does), and `PushMark` is how a route has istiod push a resource whose spec
+did not change.
 """
 
 from __future__ import annotations
@@ -233,6 +234,54 @@ class Redelivery:
             self._state[key] = (digest, attempt + 1, time.monotonic())
             return attempt + 1
 
+    def settled(self, verdicts: Sequence[proxies.Verdict]) -> bool:
+        """No selected proxy is pending or in a state a new delivery helps: a push mark has done its work."""
+        return not any(v.state == proxies.PENDING or v.reason in self.stuck for v in verdicts)
+
     def forget(self, key: tuple[str, str]) -> None:
         with self._lock:
             self._state.pop(key, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class PushMark:
+    """An annotation on an Istio resource meshplug renders, there only to have istiod push the resource again when
+    its spec did not change. istiod (pilot/pkg/model/config_compare.go NeedsPush) skips an update of an Istio
+    resource whose spec is the same unless a label or annotation key, before or after the update, contains
+    "istio.io": the key must contain it, and each new value is a push. The count is kept in the object, so the next
+    value is new after an operator restart too. While such a key stays on the resource, istiod pushes every later
+    metadata-only update of it (anyone's label or annotation) to every proxy it reaches: a route drops the mark once
+    the proxies settled (`Redelivery.settled`); dropping it is one more push (the key was there before), adding it
+    again later is new."""
+
+    key: str
+
+    def __post_init__(self) -> None:
+        if "istio.io" not in self.key:
+            raise ValueError(f"push mark {self.key!r}: istiod pushes a metadata-only update only for an istio.io key")
+
+    def of(self, obj: Mapping[str, Any] | None) -> str | None:
+        """The mark ``obj`` carries (None: none)."""
+        value = (((obj or {}).get("metadata") or {}).get("annotations") or {}).get(self.key)
+        return None if value is None else str(value)
+
+    def put(self, obj: Mapping[str, Any], mark: str | None) -> dict[str, Any]:
+        """A copy of ``obj`` carrying ``mark`` (None: without one)."""
+        meta = dict(obj["metadata"])
+        notes = {k: v for k, v in (meta.get("annotations") or {}).items() if k != self.key}
+        if mark is not None:
+            notes[self.key] = mark
+        if notes or "annotations" in meta:
+            meta["annotations"] = notes
+        return {**obj, "metadata": meta}
+
+    def kept(self, obj: Mapping[str, Any], existing: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The rendered ``obj`` with the mark of ``existing`` when its spec is the same (a reconcile neither drops nor
+        repeats it); a new spec goes unmarked (istiod pushes it anyway)."""
+        same = existing is not None and existing.get("spec") == obj.get("spec")
+        return self.put(obj, self.of(existing) if same else None)
+
+    def bumped(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """``obj`` with its mark counted on: a new value, which istiod pushes (an edited value counts afresh)."""
+        mark = self.of(obj)
+        return self.put(obj, str(int(mark) + 1) if mark is not None and mark.isdigit() else "1")
