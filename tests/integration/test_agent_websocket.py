@@ -10,7 +10,9 @@ that no route matches, gets the router's own reply (the direct response; 404), w
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -286,41 +288,18 @@ def _body(body: bytes) -> object:
     return sorted((k, "*" if k == "x-request-id" else v) for k, v in record["headers"]), record["body"]
 
 
-_NOT_SWITCHED = (
-    "the app answers the upgrade without switching: Envoy 1.40 sends its own head (content-length 0, connection: "
-    "close) without the app's body; the agent relays the app's response"
-)
-_WAITS = "Envoy 1.40 does not answer an upgrade request with a body (within 3 s); the agent forwards it"
-#: (case, listener) where the agent still differs (strict xfails: each fails the run once it passes): why
-UPGRADE_DIFFERS: dict[tuple[str, str], str] = {
-    ("app answers 200", "bare"): _NOT_SWITCHED,
-    ("app answers 200", "plugins"): _NOT_SWITCHED,
-    ("app answers 200, chunked body", "bare"): _NOT_SWITCHED,
-    ("app answers 200, chunked body", "plugins"): _WAITS,
-    ("app answers 200, content-length body", "bare"): _WAITS,
-    ("app answers 200, content-length body", "plugins"): _WAITS,
-}
+#: the app waits for the body, which Envoy holds until the app switches protocols: neither proxy answers
+UNANSWERED = frozenset({"app answers 200, content-length body"})
 
 
-def _upgrade_cases() -> list[Any]:
-    out = []
-    for name, request_bytes in UPGRADE_REPLIES:
-        for listener in ("bare", "plugins"):
-            reason = UPGRADE_DIFFERS.get((name, listener), "")
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            out.append(pytest.param(listener, request_bytes, id=f"{name}-{listener}", marks=marks))
-    return out
-
-
-def test_every_marked_upgrade_case_exists() -> None:
-    assert {name for name, _ in UPGRADE_DIFFERS} <= {name for name, _ in UPGRADE_REPLIES}
-
-
-@pytest.mark.parametrize(("listener", "request_bytes"), _upgrade_cases())
-def test_an_upgrades_reply_is_envoys_bytes(routed: Bed, listener: str, request_bytes: bytes) -> None:
+@pytest.mark.parametrize("listener", ["bare", "plugins"])
+@pytest.mark.parametrize(("name", "request_bytes"), UPGRADE_REPLIES, ids=[n for n, _ in UPGRADE_REPLIES])
+def test_an_upgrades_reply_is_envoys_bytes(routed: Bed, listener: str, name: str, request_bytes: bytes) -> None:
     """An upgrade request the router answers itself (a direct response, no route) or an app answers without
     switching: the client gets Envoy's bytes (status line and reason phrase, headers in order, framing, body),
-    and the app what Envoy forwards (Transfer-Encoding and body included), with and without plugins."""
+    and the app what Envoy forwards (Transfer-Encoding and body included), with and without plugins. An app
+    that does not switch gets Envoy's own reply with its status and headers (content-length 0, connection:
+    close), not its body; one that waits for the request's body gets nothing (Envoy holds it until a 101)."""
     head = request_bytes.startswith(b"HEAD")
     seen = {}
     for plane, ports in (("envoy", routed.envoy), ("agent", routed.agent)):
@@ -331,7 +310,155 @@ def test_an_upgrades_reply_is_envoys_bytes(routed: Bed, listener: str, request_b
             got.unreadable,
         )
     assert seen["agent"] == seen["envoy"], seen
-    assert seen["envoy"][0], seen  # answered
+    assert bool(seen["envoy"][0]) is (name not in UNANSWERED), seen
+
+
+@dataclass
+class Scripted:
+    recorder: diff_bed.Recorder
+    ports: dict[str, int]  # "<plane>-<listener>" -> listener port
+
+
+#: the scripted bed's routes: /slow to a cluster that never answers (a route timeout of 1 s), the rest to the
+#: recorder (`{up}`: the listener's own recorder cluster)
+def _scripted_routes(up: str) -> list[dict[str, Any]]:
+    return [
+        {"match": {"prefix": "/slow"}, "route": {"cluster": "silent", "timeout": "1s"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": up}},
+    ]
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scripted]:
+    """Envoy and the agent (`--envoy-config`) on one bootstrap, listeners "bare" and "plugins" (rust/header_rules)
+    allowing websocket and "foo" upgrades, each to a port of its own on a scripted upstream that records what
+    it reads (tests/differential/bed.py's Recorder); /slow goes to a port that accepts and never answers."""
+    tmp: Path = tmp_path_factory.mktemp("ws-scripted")
+    keys = [f"{plane}-{name}" for plane in ("envoy", "agent") for name in ("bare", "plugins")]
+    recorder = diff_bed.Recorder(keys)
+    silent = socket.create_server(("127.0.0.1", 0))  # connections wait in its backlog, never read
+    started: list[Any] = []
+    try:
+        spec, module = _plugins()[0]
+        wasm = [
+            {"name": "wasm.header_rules", "typed_config": {"@type": HTTP_WASM, "config": plugin_config(spec, module)}}
+        ]
+        ports: dict[str, int] = {}
+        for plane in ("envoy", "agent"):
+            mine = {name: procs.free_port() for name in ("bare", "plugins")}
+            admin = procs.free_port()
+            listeners = [
+                tb_envoy.http_listener(
+                    name,
+                    mine[name],
+                    cluster=f"up-{name}",
+                    upgrade_types=["websocket", "foo"],
+                    routes=_scripted_routes(f"up-{name}"),
+                    http_filters=filters,
+                )
+                for name, filters in (("bare", []), ("plugins", wasm))
+            ]
+            clusters = [tb_envoy.static_cluster("silent", int(silent.getsockname()[1]))]
+            clusters += [tb_envoy.static_cluster(f"up-{n}", recorder.ports[f"{plane}-{n}"]) for n in mine]
+            path = tb_envoy.write_config(tb_envoy.bootstrap(admin, listeners, clusters), tmp / plane)
+            if plane == "envoy":
+                started.append(tb_envoy.start_envoy(path, admin_port=admin, log_dir=tmp, name="envoy-scripted"))
+            else:
+                started.append(
+                    tb_agent.start_envoy_config(
+                        path, port=mine["bare"], admin_port=admin, log_dir=tmp, name="agent-scripted"
+                    )
+                )
+            ports.update({f"{plane}-{n}": port for n, port in mine.items()})
+        yield Scripted(recorder, ports)
+    finally:
+        for item in reversed(started):
+            item.stop()
+        recorder.close()
+        silent.close()
+
+
+_WS = (b"connection: upgrade", b"upgrade: websocket", *_WS_KEY)
+_FOO = (b"connection: upgrade", b"upgrade: foo")
+_CHUNKED = (b"transfer-encoding: chunked",)
+_101 = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+
+
+def _head(method: bytes, path: bytes, *lines: bytes, body: bytes = b"") -> bytes:
+    return b"%b %b HTTP/1.1\r\nhost: x\r\n%b\r\n%b" % (method, path, b"".join(h + b"\r\n" for h in lines), body)
+
+
+#: name, the client's bytes, the app's answer: an upgrade the app does not switch, or switches after a body
+SCRIPTED: list[tuple[str, bytes, bytes]] = [
+    ("200 with headers and a body", _head(b"GET", b"/ws", *_WS),
+     b"HTTP/1.1 200 Fine\r\nx-app: 1\r\nset-cookie: a=b\r\ncontent-type: text/html\r\nconnection: keep-alive\r\n"
+     b"upgrade: websocket\r\nx-app: 2\r\ncontent-length: 5\r\n\r\nhello"),
+    ("200 with its date, server, repeated and hop-by-hop headers", _head(b"GET", b"/ws", *_WS),
+     b"HTTP/1.1 200 OK\r\nserver: app\r\ndate: Mon, 01 Jan 2024 00:00:00 GMT\r\ncache-control: a\r\n"
+     b"cache-control: b\r\nkeep-alive: timeout=5\r\nproxy-connection: x\r\nx-envoy-upstream-service-time: 5\r\n"
+     b"te: trailers\r\ntrailer: x\r\ncontent-length: 0\r\n\r\n"),
+    ("302", _head(b"GET", b"/ws", *_WS), b"HTTP/1.1 302 Found\r\nlocation: /else\r\ncontent-length: 3\r\n\r\nbye"),
+    ("204", _head(b"GET", b"/ws", *_WS), b"HTTP/1.1 204 No Content\r\nx-app: 1\r\n\r\n"),
+    ("304", _head(b"GET", b"/ws", *_WS), b"HTTP/1.1 304 Not Modified\r\netag: x\r\n\r\n"),
+    ("100 then 200", _head(b"GET", b"/ws", *_WS),
+     b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+    ("HEAD, 200", _head(b"HEAD", b"/ws", *_WS), b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+    ("HEAD, 404", _head(b"HEAD", b"/ws", *_WS), b"HTTP/1.1 404 Not Found\r\ncontent-length: 5\r\n\r\n"),
+    ("404 chunked, keep-alive", _head(b"GET", b"/ws", *_WS),
+     b"HTTP/1.1 404 Not Found\r\nkeep-alive: timeout=5\r\ntransfer-encoding: chunked\r\n\r\n4\r\nnope\r\n0\r\n\r\n"),
+    ("500 up to the close", _head(b"GET", b"/ws", *_WS), b"HTTP/1.1 500 Oops\r\nconnection: close\r\n\r\nbroken"),
+    ("403 saying connection: upgrade, then more bytes", _head(b"GET", b"/ws", *_WS),
+     b"HTTP/1.1 403 Forbidden\r\nx-app: 1\r\nconnection: upgrade\r\nupgrade: websocket\r\ncontent-length: 4\r\n\r\n"
+     b"nopeupstream-more"),
+    ("101 without upgrade", _head(b"GET", b"/ws", *_WS), b"HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+    ("chunked body, 101", _head(b"GET", b"/ws", *_WS, *_CHUNKED, body=b"3\r\nabc\r\n0\r\n\r\n"), _101),
+    ("chunked body, 200", _head(b"GET", b"/ws", *_WS, *_CHUNKED, body=b"3\r\nabc\r\n0\r\n\r\n"),
+     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+    ("frames after the head, 101", _head(b"GET", b"/ws", *_WS, body=b"\x81\x05hello"), _101),
+    ("expect: 100-continue, 101", _head(b"GET", b"/ws", *_WS, b"expect: 100-continue"), _101),
+    ("no answer within the route's timeout", _head(b"GET", b"/slow", *_WS), b""),
+    ("foo: 200 with a body", _head(b"GET", b"/foo", *_FOO), b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"),
+    ("foo: 101, bytes after the head", _head(b"GET", b"/foo", *_FOO, body=b"xyz"),
+     b"HTTP/1.1 101 Switching Protocols\r\nupgrade: foo\r\nconnection: upgrade\r\n\r\n"),
+]  # fmt: skip
+
+
+def _request(msg: Any) -> tuple[Any, ...]:
+    """A request as the upstream read it: x-request-id's value aside."""
+    return msg.start, tuple((n, b"*" if n == b"x-request-id" else v) for n, v in msg.headers), msg.body
+
+
+@pytest.mark.parametrize("listener", ["bare", "plugins"])
+@pytest.mark.parametrize(("name", "request_bytes", "answer"), SCRIPTED, ids=[c[0] for c in SCRIPTED])
+def test_an_upgrade_the_app_does_not_switch_is_envoys(
+    scripted: Scripted, listener: str, name: str, request_bytes: bytes, answer: bytes
+) -> None:
+    """Envoy 1.40 and the agent side by side on an app that answers an upgrade without switching (or switches
+    after the client sent more): the client gets the same responses (status line, headers in order, framing,
+    body; an interim 100 Continue of the proxy's own), the app the same requests (no Transfer-Encoding, no
+    Expect; the body or frames only after its 101), with and without plugins."""
+    # (an answer without a length ends when the app closes)
+    case = diff_bed.Case(name, "upgrade", request_bytes, upstream=(answer,), upstream_close="close" in name)
+    head = request_bytes.startswith(b"HEAD")
+
+    def one(plane: str) -> tuple[Any, ...]:
+        key = f"{plane}-{listener}"
+        scripted.recorder.begin(key, case)
+        got = diff_bed.converse(scripted.ports[key], request_bytes, head=head, deadline=3.0)
+        up = scripted.recorder.end(key)
+        first = got.raw.partition(b"\r\n\r\n")[0]  # (a 1xx head: the responses leave interim ones out)
+        return (
+            re.sub(rb"\r\ndate: [^\r]*", b"\r\ndate: *", first),
+            [(*diff_bed.local_reply(r), r.chunked) for r in got.responses],
+            got.unreadable,
+            [_request(m) for m in up.messages],
+            up.unreadable,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        seen = dict(zip(("envoy", "agent"), pool.map(one, ("envoy", "agent")), strict=True))
+    assert seen["agent"] == seen["envoy"], seen
+    assert seen["envoy"][0].startswith(b"HTTP/1.1 "), seen  # answered
 
 
 #: the count of open client connections on listener "bare": Envoy's (stat_prefix bare) and the agent's
