@@ -60,6 +60,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         #: (`tunnel_headers`, through the plugins first; the router picks after them)
         self.tunnel_head = b""
         self.tunnel_pool: Pool | None = None
+        self.tunnel_timeout = 0.0  # its route's timeout (how long the handshake's answer may take)
         self.tunnel_headers: wire.Headers | None = None
         #: the first bytes are not in yet: they tell HTTP/2 (the connection preface) from HTTP/1.1
         self.sniffing = True
@@ -271,12 +272,13 @@ class Downstream(H1Peer, asyncio.Protocol):
         conn.take_over(transport, data, self.peer, self.local, self.id)
 
     def _start_tunnel(self, rest: bytes) -> None:
-        """Hand the connection to a tunnel (the upgrade's head, then `rest`, go to the cluster first)."""
+        """Hand the connection to a tunnel (the upgrade's head goes to the cluster, `rest` once it switched)."""
         transport = self.transport
         self._stopped = True
         if transport is None or self.closed:
             return
         self._drop_timer()
+        self.flush()  # (a 100 Continue) before the tunnel writes
         self.proxy.connections.discard(self)
         filters, headers = self.state.filters, self.tunnel_headers
         if filters is not None and headers is not None:
@@ -292,7 +294,7 @@ class Downstream(H1Peer, asyncio.Protocol):
             )
         else:
             tunnel = Tunnel(self.proxy, self.tunnel_pool, self.state.pools, self.state.server)
-            tunnel.start(transport, self.tunnel_head, rest)
+            tunnel.start(transport, self.tunnel_head, rest, timeout_s=self.tunnel_timeout)
         self.tunnel_head = b""
         self.tunnel_headers = None
 

@@ -214,7 +214,13 @@ def _tunnel(conn: Downstream, method: bytes, path: bytes, headers: wire.Headers)
     offered = [v.strip().lower().decode("latin-1") for n, v in headers if n == b"upgrade"]
     if not offered or offered == ["h2c"] or conn.queue or not all(t in conn.upgrade_types for t in offered):
         return False
-    headers = list(headers)
+    if any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers):
+        # answered here and not forwarded, as Envoy's HCM does before its filters (the payload then waits for the
+        # cluster's 101)
+        headers = [h for h in headers if h[0] != b"expect"]
+        conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    else:
+        headers = list(headers)
     hcm.add_forwarded(headers, wire.SCHEME_HTTP[1], request_id=conn.state.config.generate_request_id)
     authority = next((v for n, v in headers if n == b"host"), b"")
     if conn.state.filters is not None:  # the plugins see it as Envoy's filters do: Host as :authority
@@ -230,12 +236,14 @@ def _tunnel(conn: Downstream, method: bytes, path: bytes, headers: wire.Headers)
     route = decision.route
     assert route is not None  # (router_reply answers a request without one)
     conn.tunnel_pool = conn.state.pools[decision.cluster]
+    conn.tunnel_timeout = route.timeout_s
     conn.proxy.stats.downstream_rq_total += 1
     expected = hcm.expected_timeout(route.timeout_s, suppressed=conn.state.suppress_envoy_headers)
     if expected is not None:
         headers.append(expected)
     lines = [b"%b %b HTTP/1.1\r\n" % (method, path)]
-    lines += [b"%b: %b\r\n" % h for h in headers]
+    # (a chunked body goes as it came, after the cluster's 101: Envoy forwards no Transfer-Encoding)
+    lines += [b"%b: %b\r\n" % h for h in headers if h[0] != b"transfer-encoding"]
     lines.append(b"\r\n")
     conn.tunnel_head = b"".join(lines)
     return True
