@@ -152,7 +152,7 @@ class Downstream(H1Peer, asyncio.Protocol):
                         break
                 data = self._parse(data)  # what it returns: a Content-Length body's first bytes, read direct
         except httptools.HttpParserError as exc:
-            self._parse_error(exc)
+            self._parse_error(exc, data)
         finally:
             held = self.hold
             if held is not None:
@@ -451,7 +451,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         self._lingering = True
         self.timer.arm_idle(limits.DOWNSTREAM_DELAYED_CLOSE_S)
 
-    def _parse_error(self, exc: httptools.HttpParserError) -> None:
+    def _parse_error(self, exc: httptools.HttpParserError, data: bytes) -> None:
         if self._lingering:
             return  # the bytes after a request whose answer closes the connection (as Envoy, ignored)
         if self._stopped and not self._begun and (self.transport is None or self.transport.is_closing()):
@@ -467,7 +467,7 @@ class Downstream(H1Peer, asyncio.Protocol):
                 return
             # the parser's own refusals: malformed framing or syntax (Envoy: 400), an unknown coding (501), a
             # version other than 0.9, 1.x or 2.0 (Envoy: 426)
-            refusal = h1request.parser_refusal(str(exc))
+            refusal = h1request.parser_refusal(str(exc), self.url, data)
         self._refuse_now(refusal)
 
     def _stop_reading(self) -> None:

@@ -249,14 +249,15 @@ class Exchange:
         Connection: close, downstream_rq_response_before_rq_complete)."""
         keep = self.keep_alive and (self.req_done or not self.has_body)
         keep = keep and not self.conn.proxy.draining and not self.conn.expired
+        tail = b"\r\n"  # (after the connection header: Envoy's HCM sets that in the map, its codec the framing)
         if bodiless:
             self.resp_mode = 0
         elif empty:
             self.resp_mode = 0
-            out.append(b"content-length: 0\r\n")
+            tail = b"content-length: 0\r\n\r\n"
         elif self.http11:
             self.resp_mode = 1
-            out.append(b"transfer-encoding: chunked\r\n")
+            tail = b"transfer-encoding: chunked\r\n\r\n"
         else:
             self.resp_mode = 2
             keep = False
@@ -265,7 +266,7 @@ class Exchange:
             out.append(b"connection: close\r\n")
         elif not self.http11:
             out.append(b"connection: keep-alive\r\n")
-        out.append(b"\r\n")
+        out.append(tail)
         self.resp_started = True
         self.conn.write(b"".join(out))
 

@@ -458,6 +458,9 @@ class FilteredExchange(Exchange):
                 self.local_reply(502, INVALID_HEADER)
                 return
             after = list(headers)
+            if end_stream and self.stream.local_reply is not None:
+                # a bodiless local reply: its content-length 0 is the codec's, written after the connection header
+                after = [h for h in after if h != (b"content-length", b"0")]
             server.finish(after)  # the HCM's date and server, after the plugins
             out, status, framed = self._down_head_lines(after)
             self.status = status

@@ -41,15 +41,24 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
     headers = conn.headers
     conn.headers = []  # header lines after the body are trailers
     if method not in framing.METHODS:
-        refuse(conn, 400, framing.BAD_REQUEST)
+        # (QUERY: probed, Envoy 1.40 refuses it after its codec, before the filters: 400 without a body)
+        refuse(conn, 400, b"" if method == b"QUERY" else framing.BAD_REQUEST)
     # Envoy's header map and request mutations (TE is reduced below, once an upgrade is ruled out)
     headers = hcm.sanitize_request(headers, upgrade=True)
-    if method == b"CONNECT":  # no route serves CONNECT (Envoy: 404; its codec's 400 for an origin-form target)
-        refuse(conn, 400, framing.BAD_REQUEST) if conn.url[:1] == b"/" else refuse(conn, 404, b"")
     path = conn.url
     authority = b""
     unroutable = False  # no route can serve the target: the router's 404, the connection goes on (as Envoy)
-    if path[:1] != b"/" or 35 in path:  # not plain origin form (35: "#"): the rules decide
+    connect = method == b"CONNECT"
+    if connect:
+        # no route serves CONNECT (no connect_matcher): Envoy's router answers 404 after its filters saw the request
+        # (as Envoy's codec maps it: :authority and :method alone), and the connection closes; its codec's 400 for
+        # an origin-form target
+        if path[:1] == b"/":
+            refuse(conn, 400, framing.BAD_REQUEST)
+        if conn.state.filters is None:
+            refuse(conn, 404, b"")
+        path, authority, keep_alive = b"", path, False
+    elif path[:1] != b"/" or 35 in path:  # not plain origin form (35: "#"): the rules decide
         try:
             path, authority = framing.request_target(method, path)
         except framing.Unroutable:
@@ -138,12 +147,11 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
         # the chain's form in one pass (names are lower-case already): pseudo-headers first, Host folded
         # into :authority as Envoy's HTTP/1 codec does, hop-by-hop headers dropped; and the upstream head
         # of the same headers, sent as is when the plugins leave them unchanged
-        chain_headers: wire.Headers = [  # in Envoy's order (its HTTP/1 codec's request map)
-            (b":authority", authority),
-            (b":path", path),
-            (b":method", method),
-            wire.SCHEME_HTTP,
-        ]
+        chain_headers: wire.Headers = (  # in Envoy's order (its HTTP/1 codec's request map)
+            [(b":authority", authority), (b":path", path), (b":method", method), wire.SCHEME_HTTP]
+            if not connect
+            else [(b":authority", authority), (b":method", method)]
+        )
         lines = [b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path, authority)]
         framed = False
         for h in headers:
@@ -162,6 +170,8 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
             fx = FilteredExchange(
                 conn, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
             )
+        if connect:
+            fx.stream.route_resolver = _no_route
         conn.current = fx
         conn.body_left = direct
         conn.queue.append(fx)
@@ -273,11 +283,29 @@ def _upgrade(conn: Downstream, headers: wire.Headers) -> bool:
     return bool(offered)
 
 
-def parser_refusal(message: str) -> framing.Refusal:
+def parser_refusal(message: str, url: bytes = b"", data: bytes = b"") -> framing.Refusal:
     """The parser's (llhttp's) own refusal, by its message, as Envoy answers it: an unknown transfer coding 501, a
-    version other than 0.9, 1.x and 2.0 (HTTP/1.2, 3.0, 9.9) 426, any other malformed framing or syntax 400."""
+    version other than 0.9, 1.x and 2.0 (HTTP/1.2, 3.0, 9.9) 426, any other malformed framing or syntax 400. A
+    request line with nothing but blanks after its target (``HEAD / ``; llhttp expects a version there, as after
+    ``GET / http/1.1``) is HTTP/0.9 to Envoy: 426 (`url`: the target read, `data`: the read it came in)."""
     if "`Transfer-Encoding`" in message:
         return framing.Refusal(501, b"Not Implemented")
-    if message == "Invalid HTTP version":
+    if message == "Invalid HTTP version" or (message.startswith("Expected HTTP/") and _no_version(url, data)):
         return framing.Refusal(426, b"Upgrade Required")
     return framing.Refusal(400, framing.BAD_REQUEST)
+
+
+def _no_version(url: bytes, data: bytes) -> bool:
+    """A line of `data` is a request line of target `url` ending in blanks: a method, the target, no version."""
+    if not url:
+        return False
+    for raw in data.split(b"\n"):
+        line = raw.removesuffix(b"\r")
+        if line.endswith(b" ") and url in line and [p for p in line.split(b" ") if p][1:] == [url]:
+            return True
+    return False
+
+
+def _no_route(_headers: wire.Headers) -> routing.Decision:
+    """The router's decision for CONNECT: no route (none has a connect_matcher)."""
+    return routing.NO_VHOST
