@@ -15,14 +15,16 @@
  *   queue_owner(token)          -> (worker, context_id) or None
  *   enqueue(token, value)       -> the owner's worker (to notify), -1 unknown token, -2 full
  *   dequeue(token)              -> the oldest item, None when empty, False for an unknown token
- *   metric_define(kind, name)   -> the slot (>= 0) of the plugin metric (kind, name), the same in every worker;
- *                                  -1 when every slot is taken
+ *   metric_define(kind, name)   -> the slot (> 0) of the plugin metric (kind, name), the same in every worker
+ *                                  (the offset of its record in the heap: no cap on how many but the store's
+ *                                  bytes); -1 when the store is full
  *   metric_add(slot, delta)     adds (64-bit wrapping, lock-free); metric_set(slot, value); metric_get(slot)
  *   metrics()                   -> [(kind, name, value), ...] in definition order
  *
  * Plugin metrics: Envoy's workers define a plugin's counter or gauge in one stats store, so every worker's VM
  * adds to, sets and reads the same stat (a gauge holds the last value set by any worker; get_metric reads the
- * sum of every worker's increments); here a counter or gauge is one 64-bit slot every worker updates atomically.
+ * sum of every worker's increments); here a counter or gauge is one 64-bit slot every worker updates atomically,
+ * a record of the heap (never freed) on a list in definition order that metrics() walks without the lock.
  *
  * CAS numbers come from one counter for the whole store (Envoy: one per process). Memory is a bump heap with
  * power-of-two free lists (no coalescing): entries are rewritten in place while they fit. A worker that dies
@@ -39,12 +41,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAGIC 0x4d5053484d320a00ULL /* "MPSHM2\n" */
+#define MAGIC 0x4d5053484d330a00ULL /* "MPSHM3\n" */
 #define NBUCKETS 4096
 #define MAX_QUEUES 1024
 #define NCLASSES 40
 #define MIN_BLOCK 32
-#define MAX_METRICS 4096
+#define METRIC_TAG 0x4d455452u /* "METR": a metric record's first word, checked on every slot handed back */
 
 typedef struct {
     uint64_t magic;
@@ -64,15 +66,19 @@ typedef struct {
         uint64_t name; /* offset of a block: u32 vm_len, u32 name_len, vm_id, name */
         uint64_t head, tail; /* item blocks: u64 next, u32 len, data */
     } queues[MAX_QUEUES];
-    uint32_t nmetrics;
-    uint32_t pad2;
-    struct {
-        uint64_t value; /* updated with atomics, outside the lock */
-        uint32_t kind;
-        uint32_t name_len;
-        uint64_t name; /* offset of the name's block */
-    } metrics[MAX_METRICS];
+    uint64_t metrics_head, metrics_tail; /* metric records in definition order (0: none) */
 } header_t;
+
+/* a plugin metric: a block of the heap, its offset the slot every worker uses; never freed */
+typedef struct {
+    uint32_t tag; /* METRIC_TAG */
+    uint32_t kind;
+    uint64_t value; /* updated with atomics, outside the lock */
+    uint64_t next;  /* the next record defined (published with release: readers walk without the lock) */
+    uint32_t name_len;
+    uint32_t pad;
+    /* the name's bytes follow */
+} metric_t;
 
 typedef struct {
     uint64_t next;
@@ -491,6 +497,8 @@ static PyObject *Store_dequeue(StoreObject *self, PyObject *arg) {
 }
 
 /* ---- plugin metrics ------------------------------------------------------------------------- */
+static metric_t *M(StoreObject *s, uint64_t off) { return (metric_t *)(s->base + off); }
+
 static PyObject *Store_metric_define(StoreObject *self, PyObject *args) {
     unsigned int kind;
     const char *name;
@@ -498,41 +506,50 @@ static PyObject *Store_metric_define(StoreObject *self, PyObject *args) {
     if (opened(self) < 0 || !PyArg_ParseTuple(args, "Iy#", &kind, &name, &nlen)) return NULL;
     if (lock(self) < 0) return NULL;
     header_t *h = H(self);
-    long slot = -1;
-    for (uint32_t i = 0; i < h->nmetrics; i++) {
-        if (h->metrics[i].kind == kind && h->metrics[i].name_len == (uint32_t)nlen &&
-            memcmp(self->base + h->metrics[i].name, name, (size_t)nlen) == 0) {
-            slot = (long)i;
+    long long slot = -1;
+    for (uint64_t at = h->metrics_head; at; at = M(self, at)->next) {
+        metric_t *m = M(self, at);
+        if (m->kind == kind && m->name_len == (uint32_t)nlen && memcmp(m + 1, name, (size_t)nlen) == 0) {
+            slot = (long long)at;
             break;
         }
     }
-    if (slot < 0 && h->nmetrics < MAX_METRICS) {
-        uint64_t label = alloc(self, (uint64_t)nlen + 1);
-        if (label) {
-            memcpy(self->base + label, name, (size_t)nlen);
-            uint32_t i = h->nmetrics;
-            h->metrics[i].kind = kind;
-            h->metrics[i].name_len = (uint32_t)nlen;
-            h->metrics[i].name = label;
-            __atomic_store_n(&h->metrics[i].value, 0, __ATOMIC_RELAXED);
-            __atomic_store_n(&h->nmetrics, i + 1, __ATOMIC_RELEASE); /* readers of metrics() see it whole */
-            slot = (long)i;
+    if (slot < 0) {
+        uint64_t at = alloc(self, sizeof(metric_t) + (uint64_t)nlen);
+        if (at) { /* else the store is full: -1, the caller keeps the metric itself */
+            metric_t *m = M(self, at);
+            m->tag = METRIC_TAG;
+            m->kind = kind;
+            m->value = 0;
+            m->next = 0;
+            m->name_len = (uint32_t)nlen;
+            memcpy(m + 1, name, (size_t)nlen);
+            /* readers of metrics() walk the list without the lock: they see the record whole */
+            if (h->metrics_tail) {
+                __atomic_store_n(&M(self, h->metrics_tail)->next, at, __ATOMIC_RELEASE);
+            } else {
+                __atomic_store_n(&h->metrics_head, at, __ATOMIC_RELEASE);
+            }
+            h->metrics_tail = at;
+            slot = (long long)at;
         }
     }
     unlock(self);
-    return PyLong_FromLong(slot);
+    return PyLong_FromLongLong(slot);
 }
 
-/* the slot argument of metric_add/set/get: a defined slot, else -1 with an exception set */
-static long metric_slot(StoreObject *self, PyObject *arg) {
-    long slot = PyLong_AsLong(arg);
-    if (slot == -1 && PyErr_Occurred()) return -1;
-    if (opened(self) < 0) return -1;
-    if (slot < 0 || (uint32_t)slot >= __atomic_load_n(&H(self)->nmetrics, __ATOMIC_ACQUIRE)) {
-        PyErr_Format(PyExc_IndexError, "no metric slot %ld", slot);
-        return -1;
+/* the slot argument of metric_add/set/get: a record metric_define handed out, else NULL with an exception set */
+static metric_t *metric_slot(StoreObject *self, PyObject *arg) {
+    long long slot = PyLong_AsLongLong(arg);
+    if (slot == -1 && PyErr_Occurred()) return NULL;
+    if (opened(self) < 0) return NULL;
+    uint64_t top = __atomic_load_n(&H(self)->heap_top, __ATOMIC_ACQUIRE);
+    if (slot < (long long)sizeof(header_t) || slot % 8 != 0 || (uint64_t)slot + sizeof(metric_t) > top ||
+        __atomic_load_n(&M(self, (uint64_t)slot)->tag, __ATOMIC_ACQUIRE) != METRIC_TAG) {
+        PyErr_Format(PyExc_IndexError, "no metric slot %lld", slot);
+        return NULL;
     }
-    return slot;
+    return M(self, (uint64_t)slot);
 }
 
 /* metric_add / metric_set's (slot, number): the slot's value word, the number as 64 bits (a negative number
@@ -543,12 +560,12 @@ static uint64_t *metric_operands(StoreObject *self, PyObject *const *args, Py_ss
         PyErr_SetString(PyExc_TypeError, usage);
         return NULL;
     }
-    long slot = metric_slot(self, args[0]);
-    if (slot < 0) return NULL;
+    metric_t *m = metric_slot(self, args[0]);
+    if (m == NULL) return NULL;
     unsigned long long n = PyLong_AsUnsignedLongLongMask(args[1]);
     if (n == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     *number = (uint64_t)n;
-    return &H(self)->metrics[slot].value;
+    return &m->value;
 }
 
 static PyObject *Store_metric_add(StoreObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -568,26 +585,26 @@ static PyObject *Store_metric_set(StoreObject *self, PyObject *const *args, Py_s
 }
 
 static PyObject *Store_metric_get(StoreObject *self, PyObject *arg) {
-    long slot = metric_slot(self, arg);
-    if (slot < 0) return NULL;
-    return PyLong_FromUnsignedLongLong(__atomic_load_n(&H(self)->metrics[slot].value, __ATOMIC_RELAXED));
+    metric_t *m = metric_slot(self, arg);
+    if (m == NULL) return NULL;
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&m->value, __ATOMIC_RELAXED));
 }
 
 static PyObject *Store_metrics(StoreObject *self, PyObject *Py_UNUSED(ignored)) {
     if (opened(self) < 0) return NULL;
-    header_t *h = H(self);
-    uint32_t n = __atomic_load_n(&h->nmetrics, __ATOMIC_ACQUIRE);
-    PyObject *out = PyList_New((Py_ssize_t)n);
+    PyObject *out = PyList_New(0);
     if (out == NULL) return NULL;
-    for (uint32_t i = 0; i < n; i++) {
-        PyObject *row = Py_BuildValue("(Iy#K)", h->metrics[i].kind, (const char *)(self->base + h->metrics[i].name),
-                                      (Py_ssize_t)h->metrics[i].name_len,
-                                      (unsigned long long)__atomic_load_n(&h->metrics[i].value, __ATOMIC_RELAXED));
-        if (row == NULL) {
+    for (uint64_t at = __atomic_load_n(&H(self)->metrics_head, __ATOMIC_ACQUIRE); at;
+         at = __atomic_load_n(&M(self, at)->next, __ATOMIC_ACQUIRE)) {
+        metric_t *m = M(self, at);
+        PyObject *row = Py_BuildValue("(Iy#K)", m->kind, (const char *)(m + 1), (Py_ssize_t)m->name_len,
+                                      (unsigned long long)__atomic_load_n(&m->value, __ATOMIC_RELAXED));
+        if (row == NULL || PyList_Append(out, row) < 0) {
+            Py_XDECREF(row);
             Py_DECREF(out);
             return NULL;
         }
-        PyList_SET_ITEM(out, (Py_ssize_t)i, row);
+        Py_DECREF(row);
     }
     return out;
 }

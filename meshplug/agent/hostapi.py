@@ -19,6 +19,7 @@ answers as defaults, so no import asks "which kind of context is this" (cpp-host
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -140,8 +141,10 @@ class Metrics:
 
     In a multi-worker agent (`share`: the workers' store, meshplug/agent/_shared.c) counters and gauges live in
     the store, one slot per (type, name) for every worker, as Envoy's workers define a plugin's metric in one
-    stats store: a gauge holds the last value any worker set, get_metric reads every worker's increments.
-    Histograms stay in the process (the admin view merges the workers' bins, as Envoy merges its threads')."""
+    stats store: a gauge holds the last value any worker set, get_metric reads every worker's increments. Only a
+    full store (its bytes: shared data fills them too) leaves a new one in the process, with a warning: then /stats
+    sums the workers' values and get_metric reads this worker's. Histograms stay in the process (the admin view
+    merges the workers' bins, as Envoy merges its threads')."""
 
     COUNTER: Final = 0
     GAUGE: Final = 1
@@ -181,7 +184,12 @@ class Metrics:
     def _place(self, mid: int) -> None:
         assert self.store is not None
         slot = self.store.metric_define(self.kind[mid], self.name[mid])
-        if slot < 0:  # every slot of the store taken: this one stays the process's own
+        if slot < 0:  # the store is full (shared data filled it): this one stays the process's own
+            logging.getLogger("meshplug.agent.plugin").warning(
+                "the workers' shared store is full: plugin metric %r is kept per worker (/stats sums the workers'"
+                " values; get_metric reads this worker's)",
+                self.name[mid].decode(errors="replace"),
+            )
             return
         self.slot[mid] = slot
         self.store.metric_add(slot, self.value.pop(mid, 0))

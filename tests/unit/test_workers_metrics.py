@@ -108,3 +108,45 @@ def test_a_gauge_below_zero_wraps_as_envoys_uint64(tmp_path: Path) -> None:
     mid = a.define(G, b"g")
     b.add(b.define(G, b"g"), -1)
     assert a.get(mid) == (1 << 64) - 1
+
+
+def test_no_cap_on_how_many_metrics_but_the_stores_bytes(tmp_path: Path) -> None:
+    """Past 4096 metrics (the old fixed table) every one is still one stat for both workers: a gauge set in one
+    worker reads back in the other and the store lists each once, the last value set."""
+    a, b = workers(tmp_path)
+    n = 5000
+    for i in range(n):
+        a.set(a.define(G, b"g%d" % i), i)
+        b.set(b.define(G, b"g%d" % i), i + 1)
+    assert [a.get(a.define(G, b"g%d" % i)) for i in (0, 4095, 4096, n - 1)] == [1, 4096, 4097, n]
+    assert a.value == {} and b.value == {}
+    assert b.store is not None and len(b.store.metrics()) == n
+
+
+def test_a_full_store_keeps_the_metric_in_the_worker_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = workers(tmp_path)
+    store = a.store
+    assert store is not None
+    filler = 0
+    while store.set(b"vm", b"k%d" % filler, b"x" * 4000, 0) == 0:  # shared data fills the store
+        filler += 1
+    while store.set(b"vm", b"s%d" % filler, b"x", 0) == 0:
+        filler += 1
+    mid = a.define(C, b"late")
+    a.add(mid, 2)
+    b.add(b.define(C, b"late"), 3)
+    # each worker's own: the admin view sums them (right for a counter), get_metric reads the worker's
+    assert a.get(mid) == 2 and a.value == {mid: 2} and b.value == {mid: 3} and store.metrics() == []
+    assert "plugin metric 'late' is kept per worker" in caplog.text
+
+
+@pytest.mark.parametrize("slot", [-1, 0, 8, 1 << 40, 3])
+def test_a_slot_metric_define_did_not_hand_out_is_refused(slot: int, tmp_path: Path) -> None:
+    store = stores(tmp_path, 1)[0]
+    store.metric_define(C, b"one")
+    with pytest.raises(IndexError):
+        store.metric_get(slot)
+    with pytest.raises(IndexError):
+        store.metric_add(slot, 1)
