@@ -32,7 +32,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from meshplug import errors, limits, spec
@@ -132,10 +132,10 @@ class IstioConfigMap(istio_pods.Route):
             log.info(
                 "%s/%s: having istiod push the listener for %s again (%d)", plugin.namespace, plugin.name, digest, push
             )
-            self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code), mark=REPUSH.bumped)
+            self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code), repush=True)
             self._watch(plugin, code, version)
-        elif self.repush.settled(verdicts):  # the push mark did its work (or none was needed): it goes
-            self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code), mark=_unmarked)
+        elif isinstance(code, model.LocalCode) and self.repush.settled(verdicts):
+            self._unmark(istio.envoy_filter(plugin, code))  # the push mark did its work: it goes
         out = istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
         return istio_pods.recheck_while_fresh(out, self.changes.get(request.key))
 
@@ -145,16 +145,9 @@ class IstioConfigMap(istio_pods.Route):
 
     # --- objects ---------------------------------------------------------------------------------------------
 
-    def _apply_envoy_filter(
-        self,
-        key: tuple[str, str],
-        obj: dict[str, Any],
-        *,
-        mark: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-    ) -> bool:
+    def _apply_envoy_filter(self, key: tuple[str, str], obj: dict[str, Any], *, repush: bool = False) -> bool:
         """Write the EnvoyFilter unless the cache holds it as it is; whether what istiod sends changed. Its push mark
-        (`REPUSH`) is kept while the spec stays, then ``mark`` applied: ``REPUSH.bumped`` counts it on (istiod pushes
-        the listener again), `_unmarked` drops it (a write, not a change of what the proxies get)."""
+        (`REPUSH`) is kept while the spec stays, and with ``repush`` counted on (istiod pushes the listener again)."""
         meta = obj["metadata"]
         try:
             # read by name from the cache (or listed: the operator may list EnvoyFilters, not get them): one of another
@@ -171,10 +164,10 @@ class IstioConfigMap(istio_pods.Route):
                         reason="NameConflict",
                     )
             existing = found[0] if found else None
-            kept = REPUSH.kept(obj, existing)
-            obj = mark(kept) if mark is not None else kept
+            obj = REPUSH.kept(obj, existing)
+            obj = REPUSH.bumped(obj) if repush else obj
             pushed_as = (existing.get("spec"), REPUSH.of(existing)) if existing is not None else None
-            changed = pushed_as != (obj["spec"], REPUSH.of(obj)) and mark is not _unmarked
+            changed = pushed_as != (obj["spec"], REPUSH.of(obj))
             if changed:
                 self.changes[key] = proxies.Change.before(self.istiod)
             if existing is None or REPUSH.of(existing) != REPUSH.of(obj) or not apply.holds(existing, obj):
@@ -190,6 +183,16 @@ class IstioConfigMap(istio_pods.Route):
                 "install Istio or use dataPlane: agent",
                 reason="EnvoyFilterKindMissing",
             ) from None
+
+    def _unmark(self, obj: dict[str, Any]) -> None:
+        """Drop the push mark of the plugin's EnvoyFilter when it carries one and the spec of ``obj`` (just applied):
+        a write, not a change of what the proxies get (while an istio.io key stays, istiod pushes every later
+        metadata-only update of the EnvoyFilter to the proxies it reaches)."""
+        meta = obj["metadata"]
+        managed = {model.MANAGED_BY_LABEL: model.MANAGED_BY}
+        found = self.envoy_filters.objects(meta["namespace"], managed, name=meta["name"])
+        if found and REPUSH.of(found[0]) is not None and found[0].get("spec") == obj["spec"]:
+            self.envoy_filters.note(self.writer.apply(REPUSH.put(obj, None)))
 
     def _ours(self, namespace: str, name: str, kind: str) -> dict[str, str]:
         return {
@@ -365,11 +368,6 @@ UNMOUNTED = frozenset({"ModuleNotMounted"})
 #: push the same listener, which Envoy takes once the file is in the pod; it goes once no pod is ModuleNotMounted
 REPUSH_ANNOTATION = "meshplug.io/istio.io-repush"
 REPUSH = istio_pods.PushMark(REPUSH_ANNOTATION)
-
-
-def _unmarked(obj: dict[str, Any]) -> dict[str, Any]:
-    """``obj`` without its push mark."""
-    return REPUSH.put(obj, None)
 
 
 def _unmounted(verdict: proxies.Verdict, code: model.Code | None) -> proxies.Verdict:
