@@ -167,6 +167,28 @@ class HostCalls:
         self.write_u32(size_ptr, n)
         return OK
 
+    def _give_range(self, parts: list[bytes | bytearray], start: int, end: int, ptr_ptr: int, size_ptr: int) -> int:
+        """`_give` of bytes [start, end) (start < end) of a buffer held as `parts`, in order: each piece's share is
+        written where it goes in the guest's allocation (a body held as the chunks it came in is not joined
+        first: one copy, into guest memory)."""
+        p = self.vm.allocate(end - start)
+        if p == 0:
+            return INVALID_MEMORY_ACCESS
+        at = 0  # where the current piece starts in the buffer
+        for part in parts:
+            size = len(part)
+            lo = max(start, at)
+            hi = min(end, at + size)
+            if lo < hi:
+                whole = lo == at and hi == at + size
+                self.write(p + lo - start, part if whole else memoryview(part)[lo - at : hi - at])
+            at += size
+            if at >= end:
+                break
+        self.write_u32(ptr_ptr, p)
+        self.write_u32(size_ptr, end - start)
+        return OK
+
     # -- logging, time, ticks ----------------------------------------------------------------------
     def proxy_log(self, level: int, data: bytes) -> int:
         # level <= 5 (GUARDS); data bounds-checked as cpp-host's getMemory, logged or not
@@ -202,32 +224,35 @@ class HostCalls:
         if btype > _MAX_BUFFER_TYPE:
             return BAD_ARGUMENT
         ctx = self._ctx()
-        buf = ctx.buffer(btype) if ctx is not None else None
-        if buf is None:
+        held = ctx.buffer_parts(btype) if ctx is not None else None
+        if held is None:
             return NOT_FOUND
         if start > start + max_size:
             return BAD_ARGUMENT
-        length = len(buf)
-        if start >= length:
-            return self._give(b"", ptr_ptr, size_ptr)
+        length, parts = held
         end = min(length, start + max_size)
-        if start == 0 and end == length:  # the whole buffer (a body: up to MAX_BUFFERED_BODY_BYTES) without a copy
-            return self._give(buf, ptr_ptr, size_ptr)
-        return self._give(bytes(buf[start:end]), ptr_ptr, size_ptr)
+        if start >= end:
+            return self._give(b"", ptr_ptr, size_ptr)
+        if len(parts) == 1 and start == 0 and end == length:  # the whole buffer, held in one piece
+            return self._give(parts[0], ptr_ptr, size_ptr)
+        return self._give_range(parts, start, end, ptr_ptr, size_ptr)
 
     def proxy_set_buffer_bytes(self, btype: int, start: int, size: int, ptr: int, vsize: int) -> int:
         if btype > _MAX_BUFFER_TYPE or btype in _READ_ONLY_BUFFERS:
             return BAD_ARGUMENT
         ctx = self._ctx()
-        if ctx is None:
+        held = ctx.writable_size(btype) if ctx is not None else None
+        if ctx is None or held is None:
             return NOT_FOUND
+        if start == 0 and size >= held and ctx.replaces_whole(btype):
+            # the whole body: one copy out of guest memory, into the bytes that pass on (no buffer copy later;
+            # the chunks held are not joined first)
+            ctx.replace_buffer(btype, self.read(ptr, vsize))
+            return OK
         buf = ctx.writable_buffer(btype)
         if buf is None:
             return NOT_FOUND
-        if start == 0 and size >= len(buf) and ctx.replaces_whole(btype):
-            # the whole body: one copy out of guest memory, into the bytes that pass on (no buffer copy later)
-            ctx.replace_buffer(btype, self.read(ptr, vsize))
-        elif start == 0:  # in place, from guest memory: one copy, the buffer's memory reused
+        if start == 0:  # in place, from guest memory: one copy, the buffer's memory reused
             self.replace_into(ptr, vsize, buf, size)
         elif start >= len(buf):
             buf += self.read(ptr, vsize)
@@ -239,10 +264,10 @@ class HostCalls:
         if btype > _MAX_BUFFER_TYPE:
             return BAD_ARGUMENT
         ctx = self._ctx()
-        buf = ctx.buffer(btype) if ctx is not None else None
-        if buf is None:
+        held = ctx.buffer_parts(btype) if ctx is not None else None
+        if held is None:
             return NOT_FOUND
-        self.write_u32(len_ptr, len(buf))
+        self.write_u32(len_ptr, held[0])
         self.write_u32(flags_ptr, 0)
         return OK
 

@@ -81,6 +81,22 @@ class HttpContext(Context):
             return self.control.body(Direction.RESPONSE)
         return None
 
+    def buffer_parts(self, buffer_type: int) -> tuple[int, list[bytes | bytearray]] | None:
+        # as `buffer`: a body while it is not empty, else the root's buffer of that type
+        if buffer_type in (hostapi.BUF_HTTP_REQUEST_BODY, hostapi.BUF_HTTP_RESPONSE_BODY):
+            direction = Direction.REQUEST if buffer_type == hostapi.BUF_HTTP_REQUEST_BODY else Direction.RESPONSE
+            size = self.control.body_size(direction)
+            if size:
+                return size, self.control.body_parts(direction)
+        return self.root.buffer_parts(buffer_type)
+
+    def writable_size(self, buffer_type: int) -> int | None:
+        if buffer_type == hostapi.BUF_HTTP_REQUEST_BODY:
+            return self.control.body_size(Direction.REQUEST)
+        if buffer_type == hostapi.BUF_HTTP_RESPONSE_BODY:
+            return self.control.body_size(Direction.RESPONSE)
+        return None
+
     def replaces_whole(self, buffer_type: int) -> bool:
         return buffer_type in (hostapi.BUF_HTTP_REQUEST_BODY, hostapi.BUF_HTTP_RESPONSE_BODY)
 

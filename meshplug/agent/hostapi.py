@@ -381,6 +381,17 @@ class Context(streamapi.NativeFilterStream):
     def writable_buffer(self, buffer_type: int) -> bytearray | None:
         return None
 
+    def buffer_parts(self, buffer_type: int) -> tuple[int, list[bytes | bytearray]] | None:
+        """`buffer` as its size and the pieces it is held in, in order: a caller that only copies it out needs no
+        joined copy (an HTTP context's body is held as the chunks it came in)."""
+        buf = self.buffer(buffer_type)
+        return None if buf is None else (len(buf), [buf])
+
+    def writable_size(self, buffer_type: int) -> int | None:
+        """len(`writable_buffer`) without making it (None: not writable)."""
+        buf = self.writable_buffer(buffer_type)
+        return None if buf is None else len(buf)
+
     def replaces_whole(self, buffer_type: int) -> bool:
         """Whether a whole rewrite of this writable buffer goes to `replace_buffer` (as bytes, no copy on)."""
         return False

@@ -148,6 +148,21 @@ class Lane:
         shown = self.shown[pos]
         return (0 if body is None else len(body)) + self.kept_bytes[pos] + (0 if shown is None else len(shown))
 
+    def parts(self, pos: int) -> list[bytes | bytearray]:
+        """The body position `pos`'s filter sees, in the pieces it is held in, in order (its buffer if not empty,
+        the chunks kept, the chunk shown): nothing joined or copied, nothing changed (`buffer` joins them)."""
+        out: list[bytes | bytearray] = []
+        body = self.body[pos]
+        if body:
+            out.append(body)
+        kept = self.kept[pos]
+        if kept is not None:
+            out.extend(kept)
+        shown = self.shown[pos]
+        if shown is not None:
+            out.append(shown)
+        return out
+
     def queue(self, pos: int) -> deque[Frame]:
         if self.inbox is None:
             self.inbox = [deque() for _ in range(self.n + 1)]

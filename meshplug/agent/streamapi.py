@@ -323,6 +323,16 @@ class StreamControl:
         s = self._stream
         return s._lane(direction).buffer(s._pos(direction, self.index))
 
+    def body_size(self, direction: Direction) -> int:
+        """len(`body`), without joining what is held."""
+        s = self._stream
+        return s._lane(direction).size(s._pos(direction, self.index))
+
+    def body_parts(self, direction: Direction) -> list[bytes | bytearray]:
+        """`body` in the pieces it is held in, in order, not joined (for a caller that only copies it out)."""
+        s = self._stream
+        return s._lane(direction).parts(s._pos(direction, self.index))
+
     def replace_body(self, direction: Direction, data: bytes) -> None:
         """The whole body this filter is being shown becomes `data` (kept as is: no copy on its way on)."""
         s = self._stream
