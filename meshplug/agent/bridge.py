@@ -96,10 +96,13 @@ class H2UpExchange(FilteredExchange):
         if req is not None:
             self.stream.set_upstream_fields(req.upstream_fields())
         super().up_headers(status, reason, headers, parser)
+        # an HTTP/2 response ends with END_STREAM, never with its connection: without a length it is still not
+        # close-delimited, and a connection lost before END_STREAM cuts it (Envoy: the client sees no last chunk)
+        self.up_eof_ends = False
 
     def up_failed(self, reset_reason: str) -> None:
         self.req = None
-        if reset_reason == wire.RESET_CONNECT_FAILURE:
+        if wire.is_connect_failure(reset_reason):
             self.proxy_reply(*failure_reply(reset_reason))
             return
         super().up_failed(reset_reason)

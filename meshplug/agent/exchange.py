@@ -25,19 +25,38 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshplug.agent.exchange")
 
 
+#: response.flags for an upstream reset, by reason (Envoy's router: UF, UC, UPE, UR, UO)
+_RESET_FLAGS = {
+    wire.RESET_CONNECT_TIMEOUT: agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE,
+    wire.RESET_TERMINATION: agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_TERMINATION,
+    wire.RESET_PROTOCOL: agent_chain.RESPONSE_FLAG_UPSTREAM_PROTOCOL_ERROR,
+    wire.RESET_REMOTE: agent_chain.RESPONSE_FLAG_UPSTREAM_REMOTE_RESET,
+    wire.RESET_REFUSED: agent_chain.RESPONSE_FLAG_UPSTREAM_REMOTE_RESET,
+    wire.RESET_OVERFLOW: agent_chain.RESPONSE_FLAG_UPSTREAM_OVERFLOW,
+}
+
+
+def reset_flags(reset_reason: str) -> int:
+    """The response.flags bit Envoy's router sets for an upstream reset with this reason (before or after the
+    response started)."""
+    if wire.is_connect_failure(reset_reason):
+        return agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE
+    return _RESET_FLAGS.get(reset_reason, 0)
+
+
+def note_reset_after_start(stream: agent_chain.Stream, reset_reason: str) -> None:
+    """An upstream that failed after its response began, as Envoy's router records it for the log (the response
+    is cut, not answered): response.flags gets the reset's bit, response.code_details
+    upstream_reset_after_response_started{<reason>}."""
+    stream.response_flags |= reset_flags(reset_reason)
+    stream.code_details = wire.reset_details(reset_reason, started=True)
+
+
 def failure_reply(reset_reason: str) -> tuple[int, bytes, str, int]:
     """The reply to a request its upstream failed before answering, as Envoy's router words it: (status, body,
     response.code_details, response.flags) -- 503 for a connect failure or a reset, 502 for a protocol error."""
-    if reset_reason == wire.RESET_CONNECT_FAILURE:
-        return (
-            503,
-            wire.reset_body(reset_reason),
-            wire.DETAILS_CONNECT,
-            agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE,
-        )
     status = 502 if reset_reason == wire.RESET_PROTOCOL else 503
-    flags = agent_chain.RESPONSE_FLAG_UPSTREAM_CONNECTION_TERMINATION if status == 503 else 0
-    return status, wire.reset_body(reset_reason), wire.reset_details(reset_reason), flags
+    return status, wire.reset_body(reset_reason), wire.reset_details(reset_reason), reset_flags(reset_reason)
 
 
 class Exchange:
@@ -124,7 +143,7 @@ class Exchange:
         except (OSError, TimeoutError) as exc:
             pool.stats.upstream_cx_connect_fail += 1
             log.debug("connect to cluster %s failed: %r", pool.cluster.name, exc)
-            self.proxy_reply(*failure_reply(wire.RESET_CONNECT_FAILURE))
+            self.proxy_reply(*failure_reply(wire.connect_failure(exc)))
             return
         if self.conn.closed or self.resp_done:
             pool.release(up)
@@ -299,6 +318,7 @@ class Exchange:
             return
         up, self.up = self.up, None
         if self.resp_started:  # what was written of the response goes out first (as Envoy), then the close
+            self.reset_after_start(reset_reason)
             self.conn.proxy.stats.upstream_rq_reset += 1
             self._cancel_timer()
             self.conn.close_after_reset()
@@ -319,6 +339,10 @@ class Exchange:
             return
         self.conn.proxy.stats.upstream_rq_reset += 1
         self.proxy_reply(*failure_reply(reset_reason))
+
+    def reset_after_start(self, reset_reason: str) -> None:
+        """The upstream failed after the response began (plugins' response.flags / code_details: only a filtered
+        exchange has plugins)."""
 
     def up_pause(self) -> None:
         self.conn.pause(wire.PAUSE_UPSTREAM_FULL)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, hcm, routing, wire
-from meshplug.agent.exchange import Exchange
+from meshplug.agent.exchange import Exchange, note_reset_after_start
 from meshplug.agent.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -290,6 +290,9 @@ class FilteredExchange(Exchange):
                 if self.answered():
                     return
             self._response_data(b"", True)  # the end on its own, an empty call (Envoy's onMessageComplete)
+
+    def reset_after_start(self, reset_reason: str) -> None:
+        note_reset_after_start(self.stream, reset_reason)
 
     def proxy_reply(self, status: int, body: bytes, details: str, flags: int) -> None:
         """Through the plugins' response callbacks, as Envoy's router sends its local replies

@@ -11,6 +11,9 @@ when there is no native build): h2's own state machine, framing and flow control
   configs switch the library's own off; `PyCodec.receive` applies them to every header event).
 * A connection error in `receive_data` (raised as `Broken`) keeps the events of the frames before it: Envoy
   passes on a response head and body it received before the frame that broke the connection.
+* A GOAWAY received ends no stream at or below its last-stream-id (RFC 9113 6.8; nghttp2 reads their frames on):
+  h2 would close its whole state machine, so the next frame of such a stream (the rest of a response) or our
+  answer to it were a connection error, and drop what it had queued to send.
 
 Not compiled (it subclasses an interpreted class).
 """
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import h2.connection
 import h2.errors
+import h2.events
 import h2.exceptions
 import hyperframe.exceptions
 import hyperframe.frame
@@ -77,6 +81,18 @@ class Connection(h2.connection.H2Connection):
         self._prepare_for_sending(frames)
         received: list[Any] = events
         return received
+
+    def _receive_goaway_frame(self, frame: hyperframe.frame.GoAwayFrame) -> tuple[list[Any], list[Any]]:
+        """The peer's GOAWAY as an event only: the connection stays open for the streams it will still process
+        (the agent opens no new one on it: h2up's `goaway_seen`, h2down's `going_away`)."""
+        event = h2.events.ConnectionTerminated()
+        try:
+            event.error_code = h2.errors.ErrorCodes(frame.error_code)
+        except ValueError:
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
     def _rst(self, stream_id: int, code: int) -> None:
         rst = hyperframe.frame.RstStreamFrame(stream_id)

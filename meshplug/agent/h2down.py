@@ -34,7 +34,7 @@ import h2.settings
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, h2wire, hcm, relay, routing, wire
-from meshplug.agent.exchange import failure_reply
+from meshplug.agent.exchange import failure_reply, note_reset_after_start
 
 if TYPE_CHECKING:
     from meshplug.agent.server import Proxy
@@ -297,9 +297,11 @@ class H2Exchange:
         stats = self.conn.proxy.stats
         if self.resp_started:
             stats.upstream_rq_reset += 1
+            if self.stream is not None:
+                note_reset_after_start(self.stream, reset_reason)
             self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
             return
-        if reset_reason != wire.RESET_CONNECT_FAILURE:
+        if not wire.is_connect_failure(reset_reason):
             stats.upstream_rq_reset += 1
         self.proxy_reply(*failure_reply(reset_reason))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import Final, cast
+from typing import cast
 
 import h2.errors
 import h2.settings
@@ -35,11 +35,6 @@ from meshplug.agent.upstream import Sink
 
 Header = tuple[bytes, bytes]
 
-#: Envoy's reset reasons for an HTTP/2 upstream stream (the tail of its 503 body)
-RESET_REMOTE: Final = "remote reset"
-RESET_REFUSED: Final = "remote refused stream reset"
-RESET_OVERFLOW: Final = "overflow"
-
 
 def client_settings() -> list[tuple[int, int]]:
     """The SETTINGS the agent sends an upstream: header table and list size, no push. The stream window is
@@ -51,6 +46,14 @@ def client_settings() -> list[tuple[int, int]]:
         (h2.settings.SettingCodes.HEADER_TABLE_SIZE, limits.H2_HEADER_TABLE_SIZE),
         (h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE, limits.H2_MAX_HEADER_LIST_BYTES),
     ]
+
+
+def _reset_reason(remote: bool, code: int) -> str:
+    """Envoy's reset reason for a stream reset by the server (`remote`: its RST_STREAM) or by the codec (the
+    response broke the protocol: a content-length the DATA does not match, ...)."""
+    if not remote:
+        return wire.RESET_PROTOCOL
+    return wire.RESET_REFUSED if code == h2.errors.ErrorCodes.REFUSED_STREAM else wire.RESET_REMOTE
 
 
 class UpStream(h2wire.OutStream):
@@ -204,8 +207,7 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
                 self.forget_stream(s)
                 sink, s.sink = s.sink, None
                 if sink is not None:
-                    refused = ev[4] == h2.errors.ErrorCodes.REFUSED_STREAM
-                    sink.up_failed(RESET_REFUSED if refused else RESET_REMOTE)
+                    sink.up_failed(_reset_reason(ev[3], ev[4]))
                 self._settle()
         elif kind == h2wire.EV_GOAWAY:
             self.goaway_seen = True
@@ -216,7 +218,7 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
                 self.forget_stream(s)
                 sink, s.sink = s.sink, None
                 if sink is not None:
-                    sink.up_failed(RESET_REFUSED)  # never processed by the server
+                    sink.up_failed(wire.RESET_REFUSED)  # never processed by the server
             self._settle()
 
     def _ended(self, s: UpStream) -> None:

@@ -9,7 +9,8 @@ their `meshplug.agent.upstream.Sink`. Both kinds answer at once and buffer until
   as HTTP/1.1 (`framing.request_head_lines`), a body without content-length chunked with the trailers in its last
   chunk; an idle pooled connection the app closed as it was reused is replaced once (no body sent yet).
 
-A connect failure reaches the sink as `up_failed(wire.RESET_CONNECT_FAILURE)`.
+A connect failure reaches the sink as `up_failed(wire.connect_failure(exc))` (Envoy's reset reason: a refusal with
+its transport failure reason, or "connection timeout").
 """
 
 from __future__ import annotations
@@ -72,10 +73,10 @@ class H2Request:
     async def _open(self) -> None:
         try:
             stream = await self.pool.open(self.sink)
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError) as exc:
             self.pool.stats.upstream_cx_connect_fail += 1
             if not self.cancelled:
-                self.sink.up_failed(wire.RESET_CONNECT_FAILURE)
+                self.sink.up_failed(wire.connect_failure(exc))
             return
         if self.cancelled:
             stream.cancel()
@@ -185,10 +186,10 @@ class H1Request:
     async def _connect(self, method: bytes) -> None:
         try:
             up = await self.pool.connect()
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError) as exc:
             self.pool.stats.upstream_cx_connect_fail += 1
             if not self.cancelled:
-                self.sink.up_failed(wire.RESET_CONNECT_FAILURE)
+                self.sink.up_failed(wire.connect_failure(exc))
             return
         if self.cancelled:
             self.pool.release(up)

@@ -18,7 +18,7 @@ its route table and its active `chain.Chain` (swapped in one assignment by the p
 `Proxy.install`) or None (no plugins: the fast path).
 
 Local replies follow Envoy's wording (503 "upstream connect error or disconnect/reset before headers.
-reset reason: connection failure", 504 "upstream request timeout", 502 for an unparseable upstream
+reset reason: remote connection failure", 504 "upstream request timeout", 502 for an unparseable upstream
 response), `text/plain`, so clients and the corpus see the same bodies from both data planes.
 """
 

@@ -117,6 +117,7 @@ RESPONSE_FLAG_UPSTREAM_CONNECTION_FAILURE: Final = 0x20
 RESPONSE_FLAG_UPSTREAM_CONNECTION_TERMINATION: Final = 0x40
 RESPONSE_FLAG_UPSTREAM_OVERFLOW: Final = 0x80
 RESPONSE_FLAG_NO_ROUTE_FOUND: Final = 0x100
+RESPONSE_FLAG_UPSTREAM_PROTOCOL_ERROR: Final = 0x800000
 
 
 #: The records a stream makes per request (a local reply, the chain's outputs) are frozen dataclasses with a

@@ -43,6 +43,7 @@ import httptools
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, hcm, routing, wire
+from meshplug.agent.exchange import reset_flags
 from meshplug.agent.filtered import rewritten
 
 if TYPE_CHECKING:
@@ -223,10 +224,10 @@ class Tunnel:
             _, _ = await asyncio.wait_for(
                 loop.create_connection(lambda: self.up, c.address, c.port), timeout=c.connect_timeout_s
             )
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError) as exc:
             pool.stats.upstream_cx_connect_fail += 1
             if self.head_pending and not self._replied:
-                self._failed(wire.RESET_CONNECT_FAILURE)
+                self._failed(wire.connect_failure(exc))
             return
         pool.stats.upstream_cx_total += 1
         pool.stats.upstream_rq_total += 1
@@ -247,7 +248,7 @@ class Tunnel:
 
     def _failed(self, reason: str) -> None:
         """The cluster cannot be reached (or answered no head): 503 with Envoy's wording."""
-        self._proxy_reply(503, wire.reset_body(reason), wire.reset_details(reason), 0)
+        self._proxy_reply(503, wire.reset_body(reason), wire.reset_details(reason), reset_flags(reason))
 
     def _timed_out(self) -> None:
         """No answer to a WebSocket handshake within the route's timeout: Envoy's router answers 504."""

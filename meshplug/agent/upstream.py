@@ -52,6 +52,7 @@ class Upstream(asyncio.Protocol):
         "_headers",
         "_in_head",
         "_interim",
+        "_mid",
         "_reason",
         "_te",
         "flush_sink",
@@ -78,6 +79,9 @@ class Upstream(asyncio.Protocol):
         self._headers: wire.Headers = []
         self._reason = b""
         self._interim = False
+        #: the parser is inside a message whose end the connection's close cannot be (Envoy's codec reads such a
+        #: close as a protocol error: a premature EOF), i.e. not at a message boundary nor in a close-delimited body
+        self._mid = False
         #: the response head's bounds, held while parsing (max_response_headers_kb / _count): bytes left for
         #: the head being read (`_in_head`) and header lines so far
         self._in_head = True
@@ -101,7 +105,9 @@ class Upstream(asyncio.Protocol):
         self.pool.forget(self)
         sink, self.sink = self.sink, None
         if sink is not None:
-            sink.up_failed(wire.RESET_TERMINATION)
+            # a close inside a head or a framed body is a premature EOF (502 before the response started); at a
+            # message boundary or ending a close-delimited body it is the connection's end
+            sink.up_failed(wire.RESET_PROTOCOL if self._mid else wire.RESET_TERMINATION)
 
     def data_received(self, data: bytes) -> None:
         if self.sink is None:  # bytes on an idle connection: the server is misbehaving; drop it
@@ -135,6 +141,7 @@ class Upstream(asyncio.Protocol):
         server sent anyway) leave the connection out of step: it is closed, not reused."""
         self.parser = httptools.HttpResponseParser(self)
         self._in_head = True
+        self._mid = False
         self._head_room = self.pool.max_head
         if not data.endswith(b"\r\n\r\n"):
             self.close()
@@ -177,6 +184,7 @@ class Upstream(asyncio.Protocol):
         self._reason = b""
         self._count = 0
         self._te = False
+        self._mid = True
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
@@ -205,6 +213,8 @@ class Upstream(asyncio.Protocol):
         self._in_head = False
         self.keep_alive = self.parser.should_keep_alive()
         headers = self._headers
+        method = b"HEAD" if self.head_request else b"GET"
+        self._mid = not wire.close_delimited(method, status, headers)
         self._headers = []  # header lines after the body are trailers
         if self._te:
             te = [v for n, v in headers if n == b"transfer-encoding"]
@@ -231,6 +241,7 @@ class Upstream(asyncio.Protocol):
         self.sink.up_body(body)
 
     def on_message_complete(self) -> None:
+        self._mid = False
         self._in_head = True
         self._head_room = self.pool.max_head
         if self._interim:

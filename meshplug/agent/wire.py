@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import http
 import itertools
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -42,23 +44,55 @@ REASONS: Final = {
     599: b"Last Unassigned Server Error Code",
 }
 
-RESET_CONNECT_FAILURE: Final = "connection failure"
+#: Envoy 1.40's reset reasons (Http::Utility::resetReasonToString) as its router words them; a connect failure's
+#: carries the transport failure reason after "|" (`connect_failure`), which only the details show
+RESET_CONNECT_FAILURE: Final = "remote connection failure"
+RESET_CONNECT_TIMEOUT: Final = "connection timeout"
 RESET_TERMINATION: Final = "connection termination"
 RESET_PROTOCOL: Final = "protocol error"
+RESET_REMOTE: Final = "remote reset"
+RESET_REFUSED: Final = "remote refused stream reset"
+RESET_OVERFLOW: Final = "overflow"
 BODY_TIMEOUT: Final = b"upstream request timeout"
+#: connect(2) errors a non-blocking connect returns at once (Envoy: "immediate connect error"); others come later
+_IMMEDIATE_CONNECT_ERRORS: Final = frozenset(
+    {errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EACCES, errno.EPERM}
+)
+
+
+def connect_failure(exc: BaseException) -> str:
+    """The reset reason of a connect that failed with `exc`, as Envoy's connection pool gives it: a timeout is
+    "connection timeout"; a refusal (any socket error) "remote connection failure" with the transport failure
+    reason ("delayed connect error: Connection refused", the errno's text)."""
+    if isinstance(exc, TimeoutError):
+        return RESET_CONNECT_TIMEOUT
+    code = getattr(exc, "errno", None)
+    if not isinstance(code, int):
+        return RESET_CONNECT_FAILURE
+    when = "immediate" if code in _IMMEDIATE_CONNECT_ERRORS else "delayed"
+    return f"{RESET_CONNECT_FAILURE}|{when} connect error: {os.strerror(code)}"
+
+
+def is_connect_failure(reason: str) -> bool:
+    """Whether the reset reason `reason` is a connect's failure (no request went out)."""
+    return reason == RESET_CONNECT_TIMEOUT or reason.startswith(RESET_CONNECT_FAILURE)
 
 
 def reset_body(reason: str) -> bytes:
+    """The router's local reply body for a reset before the response (the transport failure reason left out)."""
+    reason = reason.partition("|")[0]
     return f"upstream connect error or disconnect/reset before headers. reset reason: {reason}".encode()
 
 
 #: how proxy-generated replies are described to plugins (response.code_details / response.flags), as Envoy's router
-DETAILS_CONNECT: Final = "upstream_reset_before_response_started{connection_failure}"
 DETAILS_TIMEOUT: Final = "response_timeout"
 
 
-def reset_details(reason: str) -> str:
-    return "upstream_reset_before_response_started{" + reason.replace(" ", "_") + "}"
+def reset_details(reason: str, *, started: bool = False) -> str:
+    """response.code_details for an upstream reset before (or, `started`, after) the response began: the reason
+    (with its transport failure reason), spaces as underscores."""
+    when = "after" if started else "before"
+    return f"upstream_reset_{when}_response_started{{{reason.replace(' ', '_')}}}"
 
 
 class DateCache:

@@ -138,7 +138,7 @@ def test_chunked_trailers_are_forwarded_both_ways(
 @pytest.mark.parametrize(
     ("cluster", "status", "body"),
     [
-        ("refused", 503, RESET_PREFIX + b"connection failure"),
+        ("refused", 503, RESET_PREFIX + b"remote connection failure"),
         ("garbage", 502, RESET_PREFIX + b"protocol error"),
         ("silent", 504, b"upstream request timeout"),
     ],

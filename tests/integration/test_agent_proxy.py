@@ -278,7 +278,7 @@ def test_head_gets_headers_without_body(proxy: tuple[tb_agent.Agent, dict[str, i
 @pytest.mark.parametrize(
     ("listener", "status", "body"),
     [
-        ("refused", 503, RESET_PREFIX + b"connection failure"),
+        ("refused", 503, RESET_PREFIX + b"remote connection failure"),
         ("reset", 503, RESET_PREFIX + b"connection termination"),
         ("garbage", 502, RESET_PREFIX + b"protocol error"),
         ("silent", 504, b"upstream request timeout"),

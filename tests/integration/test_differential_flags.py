@@ -103,10 +103,6 @@ DIFFERS: dict[str, str] = {
         "Envoy sets DPE after the 400 went through the plugins' response callbacks (they read 0, the log reads "
         "0x40000); the agent passes the refusal with flags 0 and sets none for the log"
     ),
-    "connect refused": (
-        "Envoy's code_details carry the transport failure reason "
-        "({remote_connection_failure|delayed_connect_error:_Connection_refused}); the agent's say {connection_failure}"
-    ),
     "bad header name": _BEFORE_PLUGINS,
     "content-length not a number": _BEFORE_PLUGINS,
     "no host": _BEFORE_PLUGINS,

@@ -21,7 +21,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import hpack
-from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 Header = tuple[bytes, bytes]
 BASE: tuple[Header, ...] = ((b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"x"))
@@ -172,6 +172,11 @@ class Part:
     end: bool = False
     #: an RST_STREAM with this error code instead of a HEADERS or DATA frame
     reset: int | None = None
+    #: a GOAWAY with this error code instead (its last-stream-id: `last_stream`, else the answered stream's id)
+    goaway: int | None = None
+    last_stream: int | None = None
+    #: no frame: the server closes the connection here (what follows is not sent)
+    close: bool = False
 
 
 class RawServer:
@@ -210,11 +215,18 @@ class RawServer:
                 except h2.exceptions.ProtocolError:
                     return
                 out = h2c.data_to_send()
+                closing = False
                 for ev in events:
-                    if isinstance(ev, h2.events.RequestReceived):
+                    if isinstance(ev, h2.events.RequestReceived) and not closing:
                         path = dict(ev.headers or []).get(b":path", b"")
-                        out += b"".join(_frame(encoder, int(ev.stream_id or 0), p) for p in self._respond(path))
+                        for p in self._respond(path):
+                            if p.close:
+                                closing = True
+                                break
+                            out += _frame(encoder, int(ev.stream_id or 0), p)
                 conn.sendall(out)
+                if closing:
+                    return
         except OSError:
             return
         finally:
@@ -231,7 +243,12 @@ class RawServer:
 
 
 def _frame(encoder: hpack.Encoder, stream_id: int, part: Part) -> bytes:
-    frame: HeadersFrame | DataFrame | RstStreamFrame
+    frame: HeadersFrame | DataFrame | RstStreamFrame | GoAwayFrame
+    if part.goaway is not None:
+        frame = GoAwayFrame(0)
+        frame.error_code = part.goaway
+        frame.last_stream_id = stream_id if part.last_stream is None else part.last_stream
+        return bytes(frame.serialize())
     if part.reset is not None:
         frame = RstStreamFrame(stream_id)
         frame.error_code = part.reset
