@@ -89,7 +89,9 @@ from __future__ import annotations
 import base64
 import enum
 import hashlib
+import itertools
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -394,6 +396,8 @@ def decode_health(data: bytes | str) -> Health:
     bounds = obj.array("bounds_ms")
     if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
         raise errors.ProtocolError("health.bounds_ms must be a list of numbers")
+    if not all(0 < b < math.inf for b in bounds) or any(a >= b for a, b in itertools.pairwise(bounds)):
+        raise errors.ProtocolError("health.bounds_ms must be increasing positive finite numbers")
     plugins = []
     for p in obj.items("plugins"):
         latency = p.array("latency")

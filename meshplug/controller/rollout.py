@@ -347,37 +347,49 @@ def _roll_back(prior: State, phase: str, why: str, now: float) -> Plan:
 # --- the comparison -------------------------------------------------------------------------------------------
 
 
+#: the request time buckets' upper bounds (ms) of this version's agents: a sample read from a status (which keeps
+#: no bounds) has these; one read from an agent has the bounds that agent reported (`protocol.Health.bounds_ms`)
+BOUNDS_MS: Final = tuple(float(b) for b in limits.PLUGIN_RQ_TIME_BUCKETS_MS)
+
+
 @dataclass(frozen=True)
 class Sample:
     """One side's per-plugin stats over the step's window, summed over its pods: requests through the plugin, its
     failures (traps, budget, memory cap: `meshplug.agent.chain`) and its own 5xx local replies, and the request
-    time histogram (counts per bucket of `limits.PLUGIN_RQ_TIME_BUCKETS_MS`, then the overflow)."""
+    time histogram (counts per bucket of ``bounds``, the upper bounds in ms its agents reported, then the
+    overflow)."""
 
     pods: int = 0
     requests: int = 0
     failures: int = 0
     latency: tuple[int, ...] = ()
+    bounds: tuple[float, ...] = BOUNDS_MS
 
     @property
     def failure_ratio(self) -> float:
         return self.failures / self.requests if self.requests else 0.0
 
     def quantile_ms(self, percent: float) -> float | None:
-        """The quantile of the request time, interpolated within its bucket (Prometheus' histogram_quantile)."""
+        """The quantile of the request time as Prometheus' histogram_quantile computes it from these buckets: the
+        bucket holding the rank, linearly interpolated between its lower bound (0 for the first) and its upper
+        bound; in the overflow bucket, the highest bound (all that is known). Envoy's own quantiles interpolate
+        the same way, within the much narrower bins of its log-linear histograms; with the agent's buckets
+        (1000, 2500] ms, 1.5 s requests read 2350 ms at p90, as Prometheus would read them. None without
+        samples or bounds."""
         total = sum(self.latency)
-        if total == 0:
+        if total == 0 or not self.bounds:
             return None
-        bounds = limits.PLUGIN_RQ_TIME_BUCKETS_MS
+        bounds = self.bounds
         rank = percent / 100.0 * total
         seen = 0
         for i, count in enumerate(self.latency):
             if count and seen + count >= rank:
-                lower = float(bounds[i - 1]) if 0 < i <= len(bounds) else 0.0
                 if i >= len(bounds):  # the overflow bucket: its lower bound is all that is known
-                    return float(bounds[-1])
-                return lower + (float(bounds[i]) - lower) * max(0.0, rank - seen) / count
+                    return bounds[-1]
+                lower = bounds[i - 1] if i else 0.0
+                return lower + (bounds[i] - lower) * max(0.0, rank - seen) / count
             seen += count
-        return float(bounds[-1])
+        return bounds[-1]
 
     def as_status(self) -> dict[str, Any]:
         return {
@@ -388,25 +400,49 @@ class Sample:
         }
 
 
+def rebinned(latency: Sequence[int], bounds: Sequence[float], onto: Sequence[float]) -> tuple[int, ...]:
+    """``latency`` (counts per bucket of ``bounds``, then the overflow) as counts per bucket of ``onto``, a subset
+    of ``bounds``: each bucket falls wholly in the ``onto`` bucket of the first bound at or above its own upper
+    bound (no ``onto`` bound lies inside it), the overflow and everything above ``onto``'s last bound in the
+    overflow -- exact, integer counts, only coarser."""
+    out = [0] * (len(onto) + 1)
+    j = 0
+    for i, count in enumerate(latency):
+        upper = bounds[i] if i < len(bounds) else math.inf
+        while j < len(onto) and onto[j] < upper:
+            j += 1
+        out[j] += count
+    return tuple(out)
+
+
 def add(a: Sample, b: Sample) -> Sample:
-    width = max(len(a.latency), len(b.latency))
-    la, lb = (*a.latency, *([0] * (width - len(a.latency)))), (*b.latency, *([0] * (width - len(b.latency))))
+    """Both sides' stats summed; histograms of different buckets (agents of different versions) on the buckets
+    they share (`rebinned`)."""
+    if not a.latency or not b.latency or a.bounds == b.bounds:
+        bounds = b.bounds if not a.latency else a.bounds
+        width = max(len(a.latency), len(b.latency))
+        la, lb = (*a.latency, *([0] * (width - len(a.latency)))), (*b.latency, *([0] * (width - len(b.latency))))
+    else:
+        bounds = tuple(sorted(set(a.bounds) & set(b.bounds)))
+        la, lb = rebinned(a.latency, a.bounds, bounds), rebinned(b.latency, b.bounds, bounds)
     return Sample(
         a.pods + b.pods,
         a.requests + b.requests,
         a.failures + b.failures,
         tuple(x + y for x, y in zip(la, lb, strict=True)),
+        bounds,
     )
 
 
 def since(now: Sample, then: Sample | None) -> Sample:
-    """``now`` minus a baseline of the same counters (None, or counters that went back: the counters restarted)."""
-    if then is None or now.requests < then.requests or now.failures < then.failures:
+    """``now`` minus a baseline of the same counters (None, counters that went back, or other buckets: the
+    counters restarted)."""
+    if then is None or now.requests < then.requests or now.failures < then.failures or now.bounds != then.bounds:
         return now
     if len(then.latency) != len(now.latency) or any(b > a for a, b in zip(now.latency, then.latency, strict=True)):
         return now
     latency = tuple(a - b for a, b in zip(now.latency, then.latency, strict=True))
-    return Sample(now.pods, now.requests - then.requests, now.failures - then.failures, latency)
+    return Sample(now.pods, now.requests - then.requests, now.failures - then.failures, latency, now.bounds)
 
 
 @dataclass(frozen=True)
@@ -434,10 +470,11 @@ class Window:
 def window_to_status(window: Window, canary_pods: Sequence[str]) -> dict[str, Any]:
     """`Window` -> ``status.rollout.window``: the canary pods' baselines first, at most
     `limits.ROLLOUT_MAX_WINDOW_PODS` (a pod left out counts from what it says at the next operator's first look),
-    each latency histogram without its trailing empty buckets. A histogram wider than this operator's (an agent of
-    another version) is left out as well: the CRD would refuse the whole status."""
-    width = len(limits.PLUGIN_RQ_TIME_BUCKETS_MS) + 1
-    kept = {name for name, base in window.pods.items() if len(base.sample.latency) <= width}
+    each latency histogram without its trailing empty buckets. A histogram on other buckets than this operator's
+    (an agent of another version) is left out as well: the status keeps no bounds (they would be read as
+    `BOUNDS_MS`), and a wider one would have the CRD refuse the whole status."""
+    width = len(BOUNDS_MS) + 1
+    kept = {n for n, b in window.pods.items() if b.sample.bounds == BOUNDS_MS and len(b.sample.latency) <= width}
     first = [p for p in canary_pods if p in kept]
     order = first + sorted(kept - set(first))
     pods = []
@@ -454,7 +491,7 @@ def window_to_status(window: Window, canary_pods: Sequence[str]) -> dict[str, An
 def _counts(raw: Any) -> tuple[int, ...] | None:
     if not isinstance(raw, list) or not all(type(c) is int and c >= 0 for c in raw):
         return None
-    width = len(limits.PLUGIN_RQ_TIME_BUCKETS_MS) + 1
+    width = len(BOUNDS_MS) + 1
     return (*raw, *([0] * (width - len(raw)))) if len(raw) <= width else None
 
 

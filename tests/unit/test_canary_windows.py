@@ -82,6 +82,10 @@ def test_the_status_keeps_the_canary_pods_baselines_first_and_at_most_the_limit(
     wide = rollout.Baseline("v9", rollout.Sample(1, 3, 0, (3,) * (WIDTH + 1)))
     window = replace(state.window, pods={"p1": wide, "s0000": state.window.pods["s0000"]})
     assert [p["name"] for p in rollout.window_to_status(window, ("p1",))["pods"]] == ["s0000"]
+    # one on buckets of other bounds (as wide): left out too -- the status keeps no bounds, they would be misread
+    other = rollout.Baseline("v9", rollout.Sample(1, 3, 0, (3,) * WIDTH, tuple(b * 2 for b in rollout.BOUNDS_MS)))
+    window = replace(state.window, pods={"p1": other, "s0000": state.window.pods["s0000"]})
+    assert [p["name"] for p in rollout.window_to_status(window, ("p1",))["pods"]] == ["s0000"]
 
 
 def entry(**over: Any) -> dict[str, Any]:
@@ -159,3 +163,13 @@ def test_the_stable_version_is_parsed_and_fetched_again(
         canary.stable_of(body({"url": "file:///m/new.wasm"}), state, load)
     assert caught.value.reason == "StableUnavailable" and error in caught.value.message
     assert canary.stable_of(body({}), replace(state, stable_spec=None), load) is None
+
+
+def test_a_pods_histogram_is_read_on_the_buckets_its_agent_reports() -> None:
+    """An agent reporting other bounds_ms than this operator's list: its counts are read on its own bounds (a p90
+    of 1.5 s requests in its (1400, 1600] bucket reads 1580 ms, not somewhere in this version's (1000, 2500])."""
+    bounds = (1.0, 1000.0, 1400.0, 1600.0, 2500.0)
+    answer = protocol.Health("v9", bounds, (protocol.PluginHealth(NAME, NEW, 10, 0, 0, (0, 0, 0, 10, 0, 0)),))
+    got = canary.sample_of(answer, NAME, NEW)
+    assert got == rollout.Sample(1, 10, 0, (0, 0, 0, 10, 0, 0), bounds)
+    assert got.quantile_ms(90) == pytest.approx(1580.0)

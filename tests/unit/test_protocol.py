@@ -173,6 +173,12 @@ def test_health_round_trips() -> None:
     ("data", "fragment"),
     [
         (b'{"version_info": "v", "bounds_ms": ["1"], "plugins": []}', "bounds_ms must be a list of numbers"),
+        # a canary reads each agent's quantiles on its bounds: they must make buckets
+        (b'{"version_info": "v", "bounds_ms": [5, 1], "plugins": []}', "bounds_ms must be increasing positive"),
+        (b'{"version_info": "v", "bounds_ms": [1, 1], "plugins": []}', "bounds_ms must be increasing positive"),
+        (b'{"version_info": "v", "bounds_ms": [0, 1], "plugins": []}', "bounds_ms must be increasing positive"),
+        (b'{"version_info": "v", "bounds_ms": [1, NaN], "plugins": []}', "bounds_ms must be increasing positive"),
+        (b'{"version_info": "v", "bounds_ms": [1, Infinity], "plugins": []}', "bounds_ms must be increasing"),
         (
             b'{"version_info": "v", "bounds_ms": [1], "plugins": [{"name": "p", "sha256": "", "requests": 1,'
             b' "failures": 0, "local_5xx": 0, "latency": [1]}]}',

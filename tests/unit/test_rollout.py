@@ -207,18 +207,68 @@ def test_judge(  # noqa: PLR0917 -- one table row per argument
     assert says in got.message
 
 
+#: an agent reporting finer buckets around a second than this version's (its /v1/plugin_health bounds_ms)
+FINE = (1.0, 10.0, 100.0, 1000.0, 1400.0, 1600.0, 2500.0)
+
+
 @pytest.mark.parametrize(
-    ("latency", "percent", "expected"),
+    ("latency", "bounds", "percent", "expected"),
     [
-        (hist(b1=100), 99, 0.995),  # 99th of 100 in (0.5, 1]: interpolated
-        (hist(b0_5=50, b10=50), 50, 0.5),
-        (hist(b0_5=50, b10=50), 75, 7.5),
-        ((), 99, None),
+        # Prometheus' histogram_quantile on the same buckets: the rank's bucket, linear from its lower bound
+        (hist(b1=100), rollout.BOUNDS_MS, 99, 0.995),  # 99th of 100 in (0.5, 1]
+        (hist(b0_5=50, b10=50), rollout.BOUNDS_MS, 50, 0.5),
+        (hist(b0_5=50, b10=50), rollout.BOUNDS_MS, 75, 7.5),  # 0.5 + (10 - 5) * (75 - 50) / 50 -> 5 + 2.5
+        (hist(b0_5=1), rollout.BOUNDS_MS, 50, 0.25),  # the first bucket starts at 0
+        # 1.5 s requests on this version's buckets are somewhere in (1000, 2500]: p90 reads 2350, as Prometheus'
+        (hist(b2500=100), rollout.BOUNDS_MS, 90, 2350.0),
+        # ... and on the buckets an agent reports, whatever they are: (1400, 1600] -> 1580
+        ((0, 0, 0, 0, 0, 100, 0, 0), FINE, 90, 1580.0),
+        ((0, 0, 0, 0, 0, 0, 0, 4), FINE, 50, 2500.0),  # the overflow: the highest bound, as Prometheus
+        ((0, 3, 1), (1.0, 10.0), 50, 7.0),  # rank 2 of 4, the 2nd of 3 in (1, 10]: 1 + 9 * 2 / 3
+        ((), rollout.BOUNDS_MS, 99, None),
+        ((5,), (), 50, None),  # no bounds: nothing known
     ],
 )
-def test_quantile(latency: tuple[int, ...], percent: float, expected: float | None) -> None:
-    got = rollout.Sample(1, sum(latency), 0, latency).quantile_ms(percent)
+def test_quantile(latency: tuple[int, ...], bounds: tuple[float, ...], percent: float, expected: float | None) -> None:
+    got = rollout.Sample(1, sum(latency), 0, latency, bounds).quantile_ms(percent)
     assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("latency", "bounds", "onto", "expected"),
+    [
+        ((1, 2, 3, 4), (1.0, 2.0, 5.0), (1.0, 2.0, 5.0), (1, 2, 3, 4)),  # the same buckets
+        ((1, 2, 3, 4), (1.0, 2.0, 5.0), (2.0,), (3, 7)),  # (0,1] and (1,2] -> (0,2]; (2,5] and over -> over
+        ((1, 2, 3, 4), (1.0, 2.0, 5.0), (1.0, 5.0), (1, 5, 4)),
+        ((1, 2, 3, 4), (1.0, 2.0, 5.0), (), (10,)),  # no bound shared: one overflow
+        ((0, 0, 0, 0, 0, 100, 0, 0), FINE, (1.0, 10.0, 100.0, 1000.0, 2500.0), (0, 0, 0, 0, 100, 0)),
+    ],
+)
+def test_rebinned(
+    latency: tuple[int, ...], bounds: tuple[float, ...], onto: tuple[float, ...], expected: tuple[int, ...]
+) -> None:
+    assert rollout.rebinned(latency, bounds, onto) == expected
+    assert sum(expected) == sum(latency)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        # agents of one version: bucket by bucket
+        (rollout.Sample(1, 3, 0, (1, 2, 0), (1.0, 5.0)), rollout.Sample(1, 2, 1, (0, 1, 1), (1.0, 5.0)),
+         rollout.Sample(2, 5, 1, (1, 3, 1), (1.0, 5.0))),
+        # an empty side takes the other's buckets
+        (rollout.Sample(), rollout.Sample(1, 2, 0, (0, 2), (7.0,)), rollout.Sample(1, 2, 0, (0, 2), (7.0,))),
+        # agents reporting different buckets: on the bounds both have
+        (rollout.Sample(1, 3, 0, (1, 1, 1, 0), (1.0, 2.0, 5.0)), rollout.Sample(1, 2, 0, (2, 0, 0), (1.0, 5.0)),
+         rollout.Sample(2, 5, 0, (3, 2, 0), (1.0, 5.0))),
+    ],
+)  # fmt: skip
+def test_add_sums_on_the_buckets_both_sides_have(
+    a: rollout.Sample, b: rollout.Sample, expected: rollout.Sample
+) -> None:
+    assert rollout.add(a, b) == expected
+    assert rollout.add(b, a) == expected
 
 
 def test_overflow_bucket_reads_as_the_last_bound() -> None:
@@ -232,6 +282,8 @@ def test_overflow_bucket_reads_as_the_last_bound() -> None:
         (sample(10, 1), None, sample(10, 1)),
         (sample(10, 1), sample(4, 1), rollout.Sample(1, 6, 0, hist(b1=6))),
         (sample(3), sample(10), sample(3)),  # the counters restarted (a new set): all of them count
+        # the agent now reports other buckets (another version): its counters restarted with it
+        (rollout.Sample(1, 9, 0, (0, 9), (7.0,)), sample(4), rollout.Sample(1, 9, 0, (0, 9), (7.0,))),
     ],
 )
 def test_since(now: rollout.Sample, then: rollout.Sample | None, expected: rollout.Sample) -> None:

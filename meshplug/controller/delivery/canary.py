@@ -72,10 +72,11 @@ def stable_of(
 
 
 def sample_of(health: protocol.Health, name: str, sha256: str) -> rollout.Sample | None:
-    """One pod's stats of plugin ``name`` running module ``sha256`` (None: it does not run that)."""
+    """One pod's stats of plugin ``name`` running module ``sha256`` (None: it does not run that), its request
+    time histogram on the buckets its agent reported."""
     for p in health.plugins:
         if p.name == name and p.sha256 == sha256:
-            return rollout.Sample(1, p.requests, p.failures + p.local_5xx, p.latency)
+            return rollout.Sample(1, p.requests, p.failures + p.local_5xx, p.latency, health.bounds_ms)
     return None
 
 
