@@ -434,7 +434,12 @@ def test_rollout_on_the_istio_plane_says_it_applies_to_the_agent_plane_only(bed:
     st = bed.status("mesh")
     assert condition(st, "RolledOut")["status"] == "False" and "rollout" not in st
     assert "dataPlane agent only" in condition(st, "RolledOut")["message"]
-    assert ("Warning", "AgentPlaneOnly") in {(t, r) for t, r, _, _ in bed.events("mesh")}
+    # the Event follows the status write (status first, Events best effort): wait for it, not just the condition
+    procs.wait_until(
+        lambda: ("Warning", "AgentPlaneOnly") in {(t, r) for t, r, _, _ in bed.events("mesh")},
+        timeout=30,
+        what="the AgentPlaneOnly Event",
+    )
 
 
 def test_a_rollout_goes_on_after_an_operator_restart_and_the_annotation_aborts_and_promotes(bed: Bed) -> None:
