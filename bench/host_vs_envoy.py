@@ -17,7 +17,12 @@ copies: (with 2k - with k) / k is the marginal cost of one more plugin once a ch
 engaging any filter chain costs once per request), and agent / Envoy with 2k copies (default 10) is the
 long-chain ratio (the targets: marginal <= 1.0x Envoy's, 10-plugin chain <= 0.8x).
 
+With `--instructions` the same six proxies run under callgrind (bench/_callgrind.py) instead and the same figures
+are printed in instructions per request (user space, h2load --h1 -n `--requests` -c 16 per counted run), the
+signal a loaded machine cannot move; nothing is timed then.
+
 Usage: bench/host_vs_envoy.py [--module rust/header_rules] [--rounds 5] [--seconds 3] [--plugins 5]
+       bench/host_vs_envoy.py --instructions [--rounds 2] [--requests 2000] [--plugins 5]
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import _callgrind
 from bench._common import CAN_PIN, LOAD_CPU, PROXY_CPU, Run, interleaved, start_agent, start_envoy
 from meshplug.agent import chain as C
 from meshplug.agent import host as H
@@ -78,6 +84,17 @@ def host_added_us(data: bytes, backend: str, rounds: int, n: int, count: int) ->
 
 
 # --- the proxies -------------------------------------------------------------------------------------
+#: (name, start, with the module, copies per `--plugins`)
+SYSTEMS = (
+    ("agent", start_agent, False, 1),
+    ("agent+plugin", start_agent, True, 1),
+    ("agent+2x", start_agent, True, 2),
+    ("envoy", start_envoy, False, 1),
+    ("envoy+plugin", start_envoy, True, 1),
+    ("envoy+2x", start_envoy, True, 2),
+)
+
+
 def proxies_added(wasm: Path, rounds: int, seconds: int, work: Path, count: int) -> dict[str, list[Run]]:
     """Agent and Envoy, each without, with `count` and with 2 * `count` copies of the plugin, same nginx
     upstream, interleaved."""
@@ -87,21 +104,75 @@ def proxies_added(wasm: Path, rounds: int, seconds: int, work: Path, count: int)
         started.append(upstream)
         up = upstream.ports["http"]
         systems: dict[str, tuple[int, int]] = {}
-        for name, start, module, copies in (
-            ("agent", start_agent, None, count),
-            ("agent+plugin", start_agent, wasm, count),
-            ("agent+2x", start_agent, wasm, 2 * count),
-            ("envoy", start_envoy, None, count),
-            ("envoy+plugin", start_envoy, wasm, count),
-            ("envoy+2x", start_envoy, wasm, 2 * count),
-        ):
-            proc, port = start(work, name.replace("+", "-"), up, module, CONFIG, count=copies)
+        for name, start, module, copies in SYSTEMS:
+            proc, port = start(work, name.replace("+", "-"), up, wasm if module else None, CONFIG, count=copies * count)
             started.append(proc)
             systems[name] = (proc.pid, port)
         return interleaved(systems, rounds, seconds)
     finally:
         for proc in reversed(started):
             proc.stop()
+
+
+def proxies_counted(
+    wasm: Path, rounds: int, requests: int, work: Path, count: int, dumps: Path
+) -> dict[str, list[float]]:
+    """`proxies_added` under callgrind: instructions per request of each system, `rounds` counted runs of
+    `requests` each, interleaved (the first, uncounted, warms up); callgrind's dumps go to `dumps`
+    (cg.<pid>.<n>, for callgrind_annotate)."""
+    dumps.mkdir(parents=True, exist_ok=True)
+    wrapper = _callgrind.valgrind_argv(dumps)
+    seen: set[Path] = set()
+    started: list[procs.Proc] = []
+    try:
+        upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if CAN_PIN else None)
+        started.append(upstream)
+        up = upstream.ports["http"]
+        systems: dict[str, tuple[int, int]] = {}
+        for name, start, module, copies in SYSTEMS:
+            proc, port = start(work, "cg-" + name.replace("+", "-"), up, wasm if module else None, CONFIG, count=copies * count,
+                               wrapper=wrapper)  # fmt: skip
+            started.append(proc)
+            systems[name] = (proc.pid, port)
+            print(f"{name}: pid {proc.pid}", file=sys.stderr)
+        for _pid, port in systems.values():
+            _callgrind.load(port, min(requests, 200), 16)
+        counts: dict[str, list[float]] = {name: [] for name in systems}
+        for _ in range(rounds):
+            for name, (pid, port) in systems.items():
+                counted = _callgrind.count(pid, port, dumps, requests=requests, connections=16, seen=seen)
+                counts[name].append(counted.per_request)
+        return counts
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+def instructions_report(counts: dict[str, list[float]], k: int, requests: int) -> None:
+    """The figures of `main` in instructions per request (medians of per-round values)."""
+
+    def med(name: str) -> float:
+        return statistics.median(counts[name])
+
+    def per_plugin(system: str, more: str, base: str) -> float:
+        pairs = zip(counts[f"{system}{more}"], counts[f"{system}{base}"], strict=True)
+        return statistics.median((w - b) / k for w, b in pairs)
+
+    def ratio(chain: str) -> float:
+        pairs = zip(counts[f"agent{chain}"], counts[f"envoy{chain}"], strict=True)
+        return statistics.median(a / e for a, e in pairs)
+
+    rounds = len(counts["agent"])
+    print(f"instructions per request (callgrind, user space; h2load --h1 -n {requests} -c 16; {rounds} rounds)")
+    for name in counts:
+        print(f"  {name:<14}{med(name):>12,.0f}")
+    added_a, added_e = per_plugin("agent", "+plugin", ""), per_plugin("envoy", "+plugin", "")
+    slope_a, slope_e = per_plugin("agent", "+2x", "+plugin"), per_plugin("envoy", "+2x", "+plugin")
+    print(f"added per plugin with {k}: agent {added_a:,.0f}, Envoy {added_e:,.0f} ({added_a / added_e:.2f}x)")
+    print(f"marginal ({2 * k} vs {k}): agent {slope_a:,.0f}, Envoy {slope_e:,.0f} ({slope_a / slope_e:.2f}x)")
+    entry_a, entry_e = k * (added_a - slope_a), k * (added_e - slope_e)
+    print(f"chain entry (with {k} - {k} x marginal): agent {entry_a:,.0f}, Envoy {entry_e:,.0f}")
+    print(f"agent / envoy with {k} plugins {ratio('+plugin'):.2f}x, with {2 * k} {ratio('+2x'):.2f}x")
 
 
 def _added(runs: dict[str, list[Run]], system: str, count: int, *, more: str = "+plugin", base: str = "") -> float:
@@ -134,10 +205,21 @@ def main() -> int:
         help="copies of the plugin in each chain; the added cost is divided by it (lifts one plugin's few us "
         "above the proxies' round-to-round noise)",
     )
+    ap.add_argument("--instructions", action="store_true", help="count instructions (callgrind) instead of timing")
+    ap.add_argument("--dumps", type=Path, help="--instructions: keep callgrind's dumps here (cg.<pid>.<n>)")
     args = ap.parse_args()
     built = modules.module(args.module)
     data = built.path.read_bytes()
     k = args.plugins
+    if args.instructions:
+        why = _callgrind.available()
+        if why is not None:
+            raise SystemExit(f"--instructions: {why}")
+        with tempfile.TemporaryDirectory(prefix="mp-bench-cg-") as tmp:
+            counts = proxies_counted(built.path, args.rounds, args.requests, Path(tmp), k, args.dumps or Path(tmp) / "d")
+        print(f"module {args.module} x{k} per chain")
+        instructions_report(counts, k, args.requests)
+        return 0
     if CAN_PIN:  # the in-process loop on the proxies' CPU, as the proxies run
         os.sched_setaffinity(0, {PROXY_CPU})
     fast, chain_base = host_added_us(data, "fast", args.rounds, args.requests, k)

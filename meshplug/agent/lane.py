@@ -11,13 +11,37 @@ holds is `body` (its buffer), then `kept`, then `shown`.
 from __future__ import annotations
 
 from collections import deque
-from typing import Final
+from typing import Final, final
 
-# A frame is (kind, end_stream, data); data only for DATA.
 HEADERS: Final = 0
 DATA: Final = 1
 TRAILERS: Final = 2
-Frame = tuple[int, bool, bytes]
+
+
+@final
+class Frame:
+    """One event of a direction: its kind (HEADERS, DATA, TRAILERS), end_stream, and the bytes of a DATA frame.
+    Never changed once made (frames without data are shared: `headers_frame`, `TRAILERS_FRAME`). An object, not a
+    tuple: compiled (mypyc), a tuple of an int, a bool and bytes is unboxed, and boxed anew each time a frame is
+    returned, queued or held -- twice per position and frame on the data path."""
+
+    __slots__ = ("data", "end", "kind")
+
+    def __init__(self, kind: int, end: bool, data: bytes = b"") -> None:
+        self.kind: Final = kind
+        self.end: Final = end
+        self.data: Final = data
+
+
+#: the headers frames (with and without end_stream) and the trailers frame, made once
+HEADERS_END: Final = Frame(HEADERS, True)
+HEADERS_MORE: Final = Frame(HEADERS, False)
+TRAILERS_FRAME: Final = Frame(TRAILERS, True)
+
+
+def headers_frame(end_stream: bool) -> Frame:
+    """The (shared) headers frame with this end_stream."""
+    return HEADERS_END if end_stream else HEADERS_MORE
 
 
 class Lane:
@@ -29,6 +53,7 @@ class Lane:
         "body_end",
         "buffering",
         "closed",
+        "grown",
         "held",
         "hold",
         "inbox",
@@ -40,28 +65,49 @@ class Lane:
         "stash",
     )
 
+    # per position, made by `grow` the first time one is needed (a frame stops or queues, a body chunk is
+    # shown): the headers-only lanes of most requests never need them
+    held: list[Frame | None]  # headers/trailers (or a failed frame) held by a stop
+    body: list[bytearray | None]
+    shown: list[bytes | None]
+    kept: list[list[bytes] | None]
+    kept_bytes: list[int]
+    buffering: list[bool]
+    body_end: list[bool]
+
     def __init__(self, n: int) -> None:
         self.n = n
         self.inbox: list[deque[Frame]] | None = None  # created the first time a frame has to wait
-        self.held: list[Frame | None] = [None] * n  # headers/trailers (or a failed frame) held by a stop
-        #: position i's body buffer, made the first time one is needed (`buf`): most chunks only pass
-        self.body: list[bytearray | None] = [None] * n
-        #: the chunk position i is shown while nothing is held, not copied unless the filter reads or writes
-        #: its buffer (`buffer`): a chunk that only passes costs no copy
-        self.shown: list[bytes | None] = [None] * n
-        #: chunks position i's filter kept (stopped on), after `body`, not copied yet; their total size
-        self.kept: list[list[bytes] | None] = [None] * n
-        self.kept_bytes = [0] * n
-        self.buffering = [False] * n
-        self.body_end = [False] * n
         self.stash: dict[int, bytearray] | None = None  # data kept out of a filter's view (WATERMARK)
         self.hold: list[Frame | None] | None = None  # headers a filter holds while it sees the body (HOLD)
         self.closed = False
         #: some position holds a frame or buffers a body, or frames are queued: new frames must queue too
         self.stalled = False
+        self.grown = False  # the per-position lists exist
+
+    def grow(self) -> None:
+        """Make the per-position lists (once)."""
+        if self.grown:
+            return
+        self.grown = True
+        n = self.n
+        self.held = [None] * n
+        #: position i's body buffer, made the first time one is needed (`buf`): most chunks only pass
+        self.body = [None] * n
+        #: the chunk position i is shown while nothing is held, not copied unless the filter reads or writes
+        #: its buffer (`buffer`): a chunk that only passes costs no copy
+        self.shown = [None] * n
+        #: chunks position i's filter kept (stopped on), after `body`, not copied yet; their total size
+        self.kept = [None] * n
+        self.kept_bytes = [0] * n
+        self.buffering = [False] * n
+        #: end_stream of the chunk a buffering position stopped on
+        self.body_end = [False] * n
 
     def buf(self, pos: int) -> bytearray:
         """Position `pos`'s body buffer as it is (made now if it was not yet)."""
+        if not self.grown:
+            self.grow()
         body = self.body[pos]
         if body is None:
             body = self.body[pos] = bytearray()
@@ -70,6 +116,8 @@ class Lane:
     def show(self, pos: int, chunk: bytes) -> int:
         """`chunk` for position `pos`'s filter: shown as is while nothing is held, else kept after what is
         (not copied); returns the size of the body the filter sees."""
+        if not self.grown:
+            self.grow()
         if self.stash is not None and pos in self.stash:
             body = self.buffer(pos)
             body += chunk
@@ -83,6 +131,8 @@ class Lane:
 
     def keep(self, pos: int) -> None:
         """The filter keeps the chunk it is shown (it stopped on it): held after the rest, not copied."""
+        if not self.grown:
+            self.grow()
         shown = self.shown[pos]
         if shown is not None:
             self.shown[pos] = None
@@ -95,6 +145,8 @@ class Lane:
 
     def buffer(self, pos: int) -> bytearray:
         """Position `pos`'s body buffer with everything it holds in it (one copy of what was not yet)."""
+        if not self.grown:
+            self.grow()
         self.keep(pos)
         kept = self.kept[pos]
         body = self.body[pos]
@@ -111,6 +163,8 @@ class Lane:
     def take(self, pos: int) -> bytes | None:
         """What position `pos` holds, for passing on, emptied (None: it holds nothing but its buffer, which the
         caller passes on itself): the chunk shown or kept alone as it is, several kept ones joined."""
+        if not self.grown:
+            self.grow()
         if self.body[pos]:
             return None
         kept = self.kept[pos]
@@ -125,6 +179,8 @@ class Lane:
 
     def drop(self, pos: int) -> None:
         """Position `pos` holds nothing any more (NO_BUFFER)."""
+        if not self.grown:
+            self.grow()
         self.shown[pos] = None
         self.kept[pos] = None
         self.kept_bytes[pos] = 0
@@ -136,6 +192,8 @@ class Lane:
         """Position `pos`'s whole body becomes `data` (a filter rewrote all of it): shown as is, so it passes on
         without the copy out of a buffer (`buffer` copies it in if the filter touches the body again). With
         data kept out of the filter's view (WATERMARK) it goes into the buffer, which passes on after that."""
+        if not self.grown:
+            self.grow()
         if self.stash is not None and pos in self.stash:
             self.buffer(pos)[:] = data
             return
@@ -144,6 +202,8 @@ class Lane:
 
     def size(self, pos: int) -> int:
         """The size of the body position `pos`'s filter sees."""
+        if not self.grown:
+            self.grow()
         body = self.body[pos]
         shown = self.shown[pos]
         return (0 if body is None else len(body)) + self.kept_bytes[pos] + (0 if shown is None else len(shown))
@@ -164,6 +224,8 @@ class Lane:
         return out
 
     def queue(self, pos: int) -> deque[Frame]:
+        if not self.grown:
+            self.grow()
         if self.inbox is None:
             self.inbox = [deque() for _ in range(self.n + 1)]
         self.stalled = True
@@ -172,6 +234,8 @@ class Lane:
     def settle(self) -> None:
         """Recompute `stalled` once the stream is idle."""
         if self.stalled:
+            if not self.grown:  # (stalled is set only with the lists made: defensive)
+                self.grow()
             self.stalled = (
                 any(h is not None for h in self.held)
                 or any(self.buffering)

@@ -35,8 +35,10 @@ from meshplug.agent.headermap import is_grpc_request, local_reply_headers
 from meshplug.agent.lane import DATA as _DATA
 from meshplug.agent.lane import HEADERS as _HEADERS
 from meshplug.agent.lane import TRAILERS as _TRAILERS
+from meshplug.agent.lane import TRAILERS_FRAME as _TRAILERS_FRAME
 from meshplug.agent.lane import Frame as _Frame
 from meshplug.agent.lane import Lane as _Lane
+from meshplug.agent.lane import headers_frame as _headers_frame
 from meshplug.agent.rules import host_and_path
 from meshplug.agent.streamapi import (
     AbortUpstream,
@@ -105,6 +107,11 @@ class Stream:
     completed = False
     _busy = False
     _pending = False  # frames were queued since the loop last ran
+    #: how many filters (in chain order) the request headers reached: always a prefix of the chain (they visit
+    #: the filters in order), so a count rather than a flag per filter
+    _reached = 0
+    #: trailers arrived from the peer: bit 1 << direction
+    _trailers_in = 0
     bytes_received = 0  # request body bytes from downstream (Envoy's bytesReceived)
     bytes_sent = 0  # response body bytes sent downstream (bytesSent)
     response_entered = False  # upstream response headers entered the chain
@@ -129,41 +136,55 @@ class Stream:
     _route: Any = None
     _route_info: Any = None
 
+    # `info` is built on first use from the base, the start time (-1: the base's) and the upstream fields
+    # (`set_upstream_fields`: the shell's mapping, never changed here)
+    _info: StreamInfo | None = None
+    _info_start = -1
+    _info_up: dict[str, object] | None = None
+    #: the lanes (made at the first frame of their direction)
+    _req_lane: _Lane | None = None
+    _resp_lane: _Lane | None = None
+    #: contexts taken out of the chain for the rest of the stream (a failure: `_fail`) but still owed their
+    #: `on_complete`, by chain index; None until the first
+    _off: dict[int, NativeFilterStream] | None = None
+
     def __init__(self, chain: Chain, info: StreamInfo, start_time_ns: int | None = None) -> None:
         self.id = next(Stream._ids)
         self.chain = chain
-        # `info` is built on first use from the base, the start time and the upstream fields (`set_upstream`)
         self._info_base = info
-        self._info: StreamInfo | None = info if start_time_ns is None else None
-        self._info_fields: dict[str, object] = {} if start_time_ns is None else {"start_time_ns": start_time_ns}
-        self.started_ns: int = info.start_time_ns if start_time_ns is None else start_time_ns
+        if start_time_ns is None:
+            self._info = info
+            self.started_ns: int = info.start_time_ns
+        else:
+            self._info_start = self.started_ns = start_time_ns
         self.request_headers: Headers = []
         self.response_headers: Headers = []
         self.request_trailers: Headers = []
         self.response_trailers: Headers = []
         n = len(chain.filters)
         self._n = n
-        self._lanes: list[_Lane | None] = [None, None]
-        self._ctx: list[NativeFilterStream | None] = [None] * n  # every created context (on_complete)
-        #: None: bypassed / no context
+        #: per filter in chain order: its context (_NEW: not made yet; None: bypassed, failed or none; a
+        #: failed one waits in `_off` for its on_complete)
         self._active: list[NativeFilterStream | None] = [_NEW] * n
-        self._seen_request = [False] * n
         #: a list, not a deque: tested once per position and event (a list's truth is inline in compiled code)
         self._controls: list[_Control] = []
         self._outputs: list[Output] = []
-        self._trailers_in = [False, False]  # trailers arrived from the peer, per direction
 
     @property
     def info(self) -> StreamInfo:
         info = self._info
         if info is None:
-            info = self._info = replace_info(self._info_base, self._info_fields)
+            fields: dict[str, object] = {} if self._info_start < 0 else {"start_time_ns": self._info_start}
+            if self._info_up is not None:
+                fields.update(self._info_up)
+            info = self._info = replace_info(self._info_base, fields)
         return info
 
     @info.setter
     def info(self, info: StreamInfo) -> None:
         self._info_base = self._info = info
-        self._info_fields = {}
+        self._info_start = -1
+        self._info_up = None
 
     def route(self) -> Any:
         """The router's route decision for the request headers as they are now (cached until cleared); None
@@ -192,13 +213,22 @@ class Stream:
 
     # ---- positions: request lane uses chain order, response lane the reverse ------------------------
     def _pos(self, direction: Direction, index: int) -> int:
-        return index if direction == _REQUEST else self._n - 1 - index
+        return index if direction is _REQUEST else self._n - 1 - index
 
     def _lane(self, direction: Direction) -> _Lane:
-        lane = self._lanes[direction]
-        if lane is None:
-            lane = self._lanes[direction] = _Lane(self._n)
+        if direction is _REQUEST:
+            lane = self._req_lane
+            if lane is None:
+                lane = self._req_lane = _Lane(self._n)
+        else:
+            lane = self._resp_lane
+            if lane is None:
+                lane = self._resp_lane = _Lane(self._n)
         return lane
+
+    def _lane_of(self, direction: Direction) -> _Lane | None:
+        """The lane of `direction` if it was made."""
+        return self._req_lane if direction is _REQUEST else self._resp_lane
 
     def _filter_stream(self, index: int) -> NativeFilterStream | None:
         current = self._active[index]
@@ -206,7 +236,7 @@ class Stream:
             return current
         made = self.chain.makers[index].new_stream(StreamControl(self, index))
         fs = made if made is None or isinstance(made, NativeFilterStream) else ForeignStream(made)
-        self._ctx[index] = self._active[index] = fs
+        self._active[index] = fs
         return fs
 
     # ---- events in -------------------------------------------------------------------------------
@@ -214,16 +244,16 @@ class Stream:
         self.request_headers[:] = headers
         if self.route_resolver is not None:
             self._routed()
-        return self._feed(_REQUEST, (_HEADERS, end_stream, b""))
+        return self._feed(_REQUEST, _headers_frame(end_stream))
 
     def recv_request_data(self, data: bytes, end_stream: bool) -> list[Output]:
         self.bytes_received += len(data)
-        return self._feed(_REQUEST, (_DATA, end_stream, bytes(data)))
+        return self._feed(_REQUEST, _Frame(_DATA, end_stream, bytes(data)))
 
     def recv_request_trailers(self, trailers: Headers) -> list[Output]:
         self.request_trailers[:] = [(k.lower(), v) for k, v in trailers]
-        self._trailers_in[_REQUEST] = True
-        return self._feed(_REQUEST, (_TRAILERS, True, b""))
+        self._trailers_in |= 1
+        return self._feed(_REQUEST, _TRAILERS_FRAME)
 
     def set_upstream(self, address: str, port: int, local_address: str = "", local_port: int = 0) -> None:
         """The shell connected the upstream: plugins now read upstream.address / port / local_address."""
@@ -242,9 +272,12 @@ class Stream:
         if self._info is not None:
             self._info_base = self._info
             self._info = None
-            self._info_fields = dict(fields)
+            self._info_start = -1
+            self._info_up = fields
+        elif self._info_up is None:
+            self._info_up = fields
         else:
-            self._info_fields = {**self._info_fields, **fields}
+            self._info_up = {**self._info_up, **fields}
 
     def recv_response_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
         if self.local_reply is not None or self.reset is not None:
@@ -253,19 +286,19 @@ class Stream:
         self.response_entered = True
         if self.code_details is None:
             self.code_details = "via_upstream"
-        return self._feed(_RESPONSE, (_HEADERS, end_stream, b""))
+        return self._feed(_RESPONSE, _headers_frame(end_stream))
 
     def recv_response_data(self, data: bytes, end_stream: bool) -> list[Output]:
         if self.local_reply is not None or self.reset is not None:
             return self.take_outputs()
-        return self._feed(_RESPONSE, (_DATA, end_stream, bytes(data)))
+        return self._feed(_RESPONSE, _Frame(_DATA, end_stream, bytes(data)))
 
     def recv_response_trailers(self, trailers: Headers) -> list[Output]:
         if self.local_reply is not None or self.reset is not None:
             return self.take_outputs()
         self.response_trailers[:] = [(k.lower(), v) for k, v in trailers]
-        self._trailers_in[_RESPONSE] = True
-        return self._feed(_RESPONSE, (_TRAILERS, True, b""))
+        self._trailers_in |= 2
+        return self._feed(_RESPONSE, _TRAILERS_FRAME)
 
     def complete(self) -> list[Output]:
         """The exchange is over (or the client went away): `on_complete` once for every filter of the chain,
@@ -276,16 +309,18 @@ class Stream:
             now = self.completed_ns = time.time_ns()  # one clock read for the stream and all its filters
             if self.started_ns:
                 self.chain.latency[bisect.bisect_left(RQ_TIME_BOUNDS_NS, now - self.started_ns)] += 1
-            contexts, active = self._ctx, self._active
+            active, off = self._active, self._off
             for index in range(self._n):
-                ctx = contexts[index]
-                if ctx is None and active[index] is _NEW:
+                ctx = active[index]
+                if ctx is _NEW:
                     ctx = self._filter_stream(index)
+                elif ctx is None and off is not None:
+                    ctx = off.pop(index, None)
                 if ctx is not None:
                     ctx.on_complete()
                 # the stream -> context -> control -> stream cycle ends here: the stream is freed by its
                 # reference count, never by the cyclic GC; nothing reaches a filter after its on_complete
-                contexts[index] = active[index] = None
+                active[index] = None
         return self.take_outputs()
 
     def take_outputs(self) -> list[Output]:
@@ -303,15 +338,15 @@ class Stream:
         self.request_headers[:] = headers
         if self.route_resolver is not None:
             self._routed()
-        if self._direct(_REQUEST, (_HEADERS, end_stream, b"")) is None:
+        if self._direct(_REQUEST, _headers_frame(end_stream)) is None:
             return False
         self.upstream_started = True
         return True
 
     def pass_request_data(self, data: bytes, end_stream: bool) -> bytes | None:
         self.bytes_received += len(data)
-        out = self._direct(_REQUEST, (_DATA, end_stream, bytes(data)))
-        return None if out is None else out[2]
+        out = self._direct(_REQUEST, _Frame(_DATA, end_stream, bytes(data)))
+        return None if out is None else out.data
 
     def pass_response_headers(self, headers: Headers, end_stream: bool) -> bool:
         if self.local_reply is not None or self.reset is not None:
@@ -320,7 +355,7 @@ class Stream:
         self.response_entered = True
         if self.code_details is None:
             self.code_details = "via_upstream"
-        if self._direct(_RESPONSE, (_HEADERS, end_stream, b"")) is None:
+        if self._direct(_RESPONSE, _headers_frame(end_stream)) is None:
             return False
         self.response_started = True
         return True
@@ -328,16 +363,16 @@ class Stream:
     def pass_response_data(self, data: bytes, end_stream: bool) -> bytes | None:
         if self.local_reply is not None or self.reset is not None:
             return None
-        out = self._direct(_RESPONSE, (_DATA, end_stream, bytes(data)))
+        out = self._direct(_RESPONSE, _Frame(_DATA, end_stream, bytes(data)))
         if out is None:
             return None
-        self.bytes_sent += len(out[2])
-        return out[2]
+        self.bytes_sent += len(out.data)
+        return out.data
 
     def _direct(self, direction: Direction, frame: _Frame) -> _Frame | None:
         """`_feed` for the pass_* methods: the frame that passed (not emitted: the caller sends it), or None
         with the outputs left for `take_outputs`."""
-        lane = self._lanes[direction] or self._lane(direction)
+        lane = self._lane(direction)
         if lane.closed or self.reset is not None:
             return None
         if lane.stalled or self._busy or self._controls or self._outputs:
@@ -355,7 +390,7 @@ class Stream:
 
     # ---- machinery -------------------------------------------------------------------------------
     def _feed(self, direction: Direction, frame: _Frame) -> list[Output]:
-        lane = self._lanes[direction] or self._lane(direction)
+        lane = self._lane(direction)
         if lane.closed or self.reset is not None:
             return self.take_outputs()
         if lane.stalled or self._busy or self._controls:
@@ -412,16 +447,19 @@ class Stream:
             while progress:
                 self._pending = False
                 progress = self._apply_controls()
-                for direction in (_REQUEST, _RESPONSE):
-                    lane = self._lanes[direction]
-                    if lane is not None and lane.inbox is not None:
-                        progress = self._step(direction, lane) or progress
+                lane = self._req_lane
+                if lane is not None and lane.inbox is not None:
+                    progress = self._step(_REQUEST, lane) or progress
+                lane = self._resp_lane
+                if lane is not None and lane.inbox is not None:
+                    progress = self._step(_RESPONSE, lane) or progress
                 progress = progress or self._pending
         finally:
             self._busy = False
-        for lane in self._lanes:
-            if lane is not None:
-                lane.settle()
+        if self._req_lane is not None:
+            self._req_lane.settle()
+        if self._resp_lane is not None:
+            self._resp_lane.settle()
 
     def _step(self, direction: Direction, lane: _Lane) -> bool:
         inbox = lane.inbox
@@ -433,11 +471,11 @@ class Stream:
             q = inbox[pos]
             while q and lane.held[pos] is None and not lane.closed and self.reset is None:
                 frame = q.popleft()
-                if frame[0] == _DATA:
+                if frame.kind == _DATA:
                     # coalesce what queued while the filter held the direction
-                    while q and q[0][0] == _DATA:
+                    while q and q[0].kind == _DATA:
                         nxt = q.popleft()
-                        frame = (_DATA, nxt[1], frame[2] + nxt[2])
+                        frame = _Frame(_DATA, nxt.end, frame.data + nxt.data)
                 out = self._deliver(direction, lane, pos, frame)
                 if out is not None:
                     inbox[pos + 1].append(out)
@@ -449,36 +487,35 @@ class Stream:
             self._emit(direction, q.popleft())
         return moved
 
-    def _deliver(self, direction: Direction, lane: _Lane, pos: int, frame: _Frame) -> _Frame | None:  # noqa: PLR0912 - per frame on the data path: one branch per frame kind and action, inlined (mypyc)
+    def _deliver(self, direction: Direction, lane: _Lane, pos: int, frame: _Frame) -> _Frame | None:
         """Show `frame` to the filter at `pos`; returns what passes on to `pos + 1` (None: nothing now)."""
         # identity tests on the direction: no IntEnum comparison per position
         index = pos if direction is _REQUEST else self._n - 1 - pos
-        kind = frame[0]
+        kind = frame.kind
         if direction is _REQUEST:
-            if kind == _HEADERS:
-                self._seen_request[index] = True
-        elif not self._seen_request[index]:
+            if kind == _HEADERS and index >= self._reached:
+                self._reached = index + 1
+        elif index >= self._reached:
             return frame  # a local reply passes filters the request never reached
         active = self._active[index]
         fs = self._filter_stream(index) if active is _NEW else active
         if fs is None:
             return frame
         if kind == _HEADERS:
-            action = fs.on_headers(direction, frame[1])
+            action = fs.on_headers(direction, frame.end)
             if action is _CONTINUE:
                 return frame  # what _release does for headers
         elif kind == _TRAILERS:
             action = fs.on_trailers(direction)
         else:
-            size = lane.show(pos, frame[2])
-            lane.body_end[pos] = frame[1]
+            size = lane.show(pos, frame.data)
             kept = size + (len(lane.stash[pos]) if lane.stash is not None and pos in lane.stash else 0)
             # also for WATERMARK: the shell applies no backpressure through the chain, so the limit Envoy
             # enforces with flow control is a 413 / 500 here
             over = kept > _MAX_BODY
             if not over:
                 held = lane.buffering[pos]  # the body holds chunks of earlier callbacks (Envoy's buffered data)
-                action = fs.on_body(direction, size, frame[1])
+                action = fs.on_body(direction, size, frame.end)
                 # the filter grew the body it held past the limit (a rewrite): Envoy's limit applies to it too
                 over = held and action is _CONTINUE and lane.size(pos) > _MAX_BODY
             if over:
@@ -489,7 +526,14 @@ class Stream:
                 lane.keep(pos)  # the filter keeps or stops on the chunk: held, not copied
         if action is _CONTINUE:
             return self._release(lane, pos, frame)
+        self._stop(lane, pos, index, frame, action)
+        return None
+
+    def _stop(self, lane: _Lane, pos: int, index: int, frame: _Frame, action: Action) -> None:
+        """The filter at `pos` (chain `index`) did not continue on `frame`: hold it (or the body) there."""
         lane.stalled = True
+        lane.grow()
+        kind = frame.kind
         if action is _FAIL:
             self._controls.insert(0, ("fail", index, None))
             lane.held[pos] = frame  # the frame continues if the strategy bypasses the filter
@@ -499,6 +543,7 @@ class Stream:
             lane.hold[pos] = frame
         elif kind == _DATA:
             lane.buffering[pos] = True
+            lane.body_end[pos] = frame.end  # (read when it resumes: `_resume`)
             if action is Action.WATERMARK:
                 if lane.stash is None:
                     lane.stash = {}
@@ -509,7 +554,6 @@ class Stream:
                 lane.drop(pos)
         else:
             lane.held[pos] = frame
-        return None
 
     def _release(self, lane: _Lane, pos: int, frame: _Frame) -> _Frame | None:
         """What a filter that continues passes on: data carries its whole (possibly modified) buffer;
@@ -523,12 +567,14 @@ class Stream:
             hold[pos] = None
             self._pending = True
             out = self._release(lane, pos, frame)
-            if out is not None and (out[0] != _DATA or out[1] or out[2]):
+            if out is not None and (out.kind != _DATA or out.end or out.data):
                 q.append(out)
             return None
-        kind = frame[0]
+        kind = frame.kind
         if kind == _HEADERS:
             return frame
+        if not lane.grown:  # (trailers through a lane no chunk went through)
+            lane.grow()
         body = lane.body[pos]
         if lane.stash is not None and pos in lane.stash:  # kept chunks go first
             body = lane.buffer(pos)
@@ -539,22 +585,22 @@ class Stream:
             if body:  # (`take` leaves a buffer with bytes in it, and what follows it, to this)
                 body = lane.buffer(pos)
                 # the chunk as it came when the filter left it as it was (one compare, no copy), else the new bytes
-                data = frame[2] if body == frame[2] else bytes(body)
+                data = frame.data if body == frame.data else bytes(body)
                 body.clear()
             else:
                 data = b""
         if kind == _DATA:
             lane.buffering[pos] = False
-            if frame[1]:
-                direction = _REQUEST if lane is self._lanes[_REQUEST] else _RESPONSE
+            if frame.end:
+                direction = _REQUEST if lane is self._req_lane else _RESPONSE
                 added = self.request_trailers if direction == _REQUEST else self.response_trailers
-                if added and not self._trailers_in[direction]:
+                if added and not self._trailers_in & (1 if direction is _REQUEST else 2):
                     self._add_trailers(direction, lane, pos, data)
                     return None
-            return frame if data is frame[2] else (_DATA, frame[1], data)
+            return frame if data is frame.data else _Frame(_DATA, frame.end, data)
         if data:  # trailers: the held body goes first
             q = lane.queue(pos + 1)
-            q.append((_DATA, False, data))
+            q.append(_Frame(_DATA, False, data))
             lane.buffering[pos] = False
             q.append(frame)
             self._pending = True
@@ -562,16 +608,18 @@ class Stream:
         return frame
 
     def _add_trailers(self, direction: Direction, lane: _Lane, pos: int, data: bytes) -> None:
-        self._trailers_in[direction] = True
+        self._trailers_in |= 1 if direction is _REQUEST else 2
         q = lane.queue(pos + 1)
-        q.append((_DATA, False, data))
-        q.append((_TRAILERS, True, b""))
+        q.append(_Frame(_DATA, False, data))
+        q.append(_TRAILERS_FRAME)
         self._pending = True
 
     def _resume(self, direction: Direction, pos: int) -> None:
-        lane = self._lanes[direction]
+        lane = self._lane_of(direction)
         if lane is None:
             return
+        if not lane.grown:
+            lane.grow()
         held = lane.held[pos]
         hold = lane.hold
         if held is None and not lane.buffering[pos] and hold is not None and hold[pos] is not None:
@@ -583,8 +631,8 @@ class Stream:
             lane.held[pos] = None
             out = self._release(lane, pos, held)
         elif lane.buffering[pos]:
-            out = self._release(lane, pos, (_DATA, lane.body_end[pos], b""))
-            if out is not None and not out[2] and not out[1]:
+            out = self._release(lane, pos, _Frame(_DATA, lane.body_end[pos], b""))
+            if out is not None and not out.data and not out.end:
                 return  # nothing kept (NO_BUFFER) and the stream goes on: nothing to forward yet
         else:
             return
@@ -593,21 +641,21 @@ class Stream:
             self._pending = True
 
     def _emit(self, direction: Direction, frame: _Frame) -> None:
-        kind = frame[0]
+        kind = frame.kind
         if direction == _REQUEST:
             if kind == _HEADERS:
-                self._outputs.append(SendHeaders(_UPSTREAM, tuple(self.request_headers), frame[1]))
+                self._outputs.append(SendHeaders(_UPSTREAM, tuple(self.request_headers), frame.end))
                 self.upstream_started = True
             elif kind == _DATA:
-                self._outputs.append(SendData(_UPSTREAM, frame[2], frame[1]))
+                self._outputs.append(SendData(_UPSTREAM, frame.data, frame.end))
             else:
                 self._outputs.append(SendTrailers(Target.UPSTREAM, tuple(self.request_trailers)))
         elif kind == _HEADERS:
-            self._outputs.append(SendHeaders(_DOWNSTREAM, tuple(self.response_headers), frame[1]))
+            self._outputs.append(SendHeaders(_DOWNSTREAM, tuple(self.response_headers), frame.end))
             self.response_started = True
         elif kind == _DATA:
-            self.bytes_sent += len(frame[2])
-            self._outputs.append(SendData(_DOWNSTREAM, frame[2], frame[1]))
+            self.bytes_sent += len(frame.data)
+            self._outputs.append(SendData(_DOWNSTREAM, frame.data, frame.end))
         else:
             self._outputs.append(SendTrailers(Target.DOWNSTREAM, tuple(self.response_trailers)))
 
@@ -640,7 +688,12 @@ class Stream:
 
     def _fail(self, index: int) -> None:
         f = self.chain.filters[index]
-        self._filter_stream(index)
+        fs = self._filter_stream(index)
+        if fs is not None:  # out of the chain, still owed its on_complete
+            off = self._off
+            if off is None:
+                off = self._off = {}
+            off[index] = fs
         self._active[index] = None
         self.chain.failures[index] += 1
         if f.fail_strategy == FailStrategy.FAIL_OPEN:
@@ -668,9 +721,10 @@ class Stream:
             self.reset = reason
             if self.code_details is None:
                 self.code_details = reason
-            for lane in self._lanes:
-                if lane is not None:
-                    lane.closed = True
+            if self._req_lane is not None:
+                self._req_lane.closed = True
+            if self._resp_lane is not None:
+                self._resp_lane.closed = True
             self._outputs.append(ResetStream(reason))
 
     def _send_local_reply(self, reply: LocalReply, index: int) -> None:
@@ -687,20 +741,20 @@ class Stream:
         # a fresh response lane (whatever the upstream response left in the old one is dropped); filters
         # that never saw the request are skipped (see _deliver)
         lane = _Lane(self._n)
-        self._lanes[_RESPONSE] = lane
+        self._resp_lane = lane
         self.response_headers[:] = headers
         self.response_trailers.clear()
         if self.response_entered:
             # the upstream response already entered the filters: Envoy bypasses them (sendDirectLocalReply)
             lane.closed = True
-            self._emit(_RESPONSE, (_HEADERS, not body, b""))
+            self._emit(_RESPONSE, _headers_frame(not body))
             if body:
-                self._emit(_RESPONSE, (_DATA, True, body))
+                self._emit(_RESPONSE, _Frame(_DATA, True, body))
             return
         q = lane.queue(0)
-        q.append((_HEADERS, not body, b""))
+        q.append(_headers_frame(not body))
         if body:
-            q.append((_DATA, True, body))
+            q.append(_Frame(_DATA, True, body))
         self._pending = True
 
 
