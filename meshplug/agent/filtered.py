@@ -9,8 +9,8 @@ exchange keeps the chain it started with, so in-flight requests finish on the ol
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
+from time import monotonic_ns, time_ns
 from typing import TYPE_CHECKING, Any, Final
 
 from meshplug.agent import chain as agent_chain
@@ -92,7 +92,7 @@ class FilteredExchange(Exchange):
         framed: bool,
     ) -> None:
         super().__init__(conn, method, b"", keep_alive, has_body)
-        self.stream = stream = chain.new_stream(conn.stream_info(), start_time_ns=time.time_ns())
+        self.stream = stream = chain.new_stream(conn.stream_info(), start_time_ns=time_ns())
         stream.on_progress = self._progress
         stream.route_resolver = conn.resolve
         self.request_headers = headers  # in the chain's form (pseudo-headers first), fed at `start`
@@ -192,7 +192,7 @@ class FilteredExchange(Exchange):
     def attach(self, up: Upstream) -> None:
         stream = self.stream
         stream.set_upstream_fields(up.upstream_fields())
-        stream.upstream_sent_ns = time.monotonic_ns()
+        stream.upstream_sent_ns = monotonic_ns()
         Exchange.attach(self, up)
 
     def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None:
@@ -221,7 +221,7 @@ class FilteredExchange(Exchange):
             elif name == b"server" and server_at < 0:
                 server_at = len(lines)
             chain_headers.append(h)
-            lines.append(b"%b: %b\r\n" % h)
+            lines.append(b"%b: %b\r\n" % (name, h[1]))  # (a tuple literal: compiled, no generic formatting)
         self.up_eof_ends = not (no_body or framed or chunked)  # wire.close_delimited
         self.resp_fed = tuple(chain_headers)
         self.resp_lines = lines
@@ -267,7 +267,7 @@ class FilteredExchange(Exchange):
             return
         self.resp_end_fed = True
         stream = self.stream
-        stream.upstream_done_ns = time.monotonic_ns()
+        stream.upstream_done_ns = monotonic_ns()
         if held:
             self._response_data(held, False)
         if not self.resp_done:
@@ -284,7 +284,7 @@ class FilteredExchange(Exchange):
         held, self.resp_hold = self.resp_hold, None
         if not self.resp_end_fed and not self.resp_done:
             self.resp_end_fed = True
-            self.stream.upstream_done_ns = time.monotonic_ns()
+            self.stream.upstream_done_ns = monotonic_ns()
             if held:
                 self._response_data(held, False)
                 if self.answered():
@@ -362,7 +362,7 @@ class FilteredExchange(Exchange):
 
     def _send_up_headers(self, headers: tuple[tuple[bytes, bytes], ...], end_stream: bool) -> None:
         # the router: the route the stream resolved (or resolves now, on the headers the plugins left)
-        decision = self.stream.route()
+        decision: routing.Decision | None = self.stream.route()  # (typed: its fields read directly)
         reply = routing.router_reply(decision)
         if reply is not None:
             self.proxy_reply(*reply)
@@ -386,7 +386,7 @@ class FilteredExchange(Exchange):
         self.req_lines = []
         expected = hcm.expected_timeout(route.timeout_s, suppressed=self.conn.state.suppress_envoy_headers)
         if expected is not None:
-            out.append(b"%b: %b\r\n" % expected)
+            out.append(b"%b: %b\r\n" % (expected[0], expected[1]))
         if not end_stream and not has_length:
             self.chunked_in = True
             out.append(b"transfer-encoding: chunked\r\n")

@@ -61,6 +61,9 @@ class Direction(IntEnum):
     RESPONSE = 1
 
 
+_REQUEST: Final = Direction.REQUEST  # (compiled, `Direction.REQUEST` is a class attribute lookup per use)
+
+
 class Target(Enum):
     UPSTREAM = "upstream"
     DOWNSTREAM = "downstream"
@@ -313,11 +316,11 @@ class StreamControl:
 
     def headers(self, direction: Direction) -> Headers:
         s = self._stream
-        return s.request_headers if direction == Direction.REQUEST else s.response_headers
+        return s.request_headers if direction is _REQUEST else s.response_headers
 
     def trailers(self, direction: Direction) -> Headers:
         s = self._stream
-        return s.request_trailers if direction == Direction.REQUEST else s.response_trailers
+        return s.request_trailers if direction is _REQUEST else s.response_trailers
 
     def body(self, direction: Direction) -> bytearray:
         """The body this filter is being shown (its accumulated buffer)."""
