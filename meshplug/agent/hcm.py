@@ -169,8 +169,9 @@ class ServerHeader:
         """`finish` on a head already written as lines: `server_at` is the index of its first server line (-1:
         none; a repeated server was merged by the codec, one the plugins added after it is left out), `dated`
         whether it has a date."""
-        # (bytes built with a tuple literal and a cheap first-byte test before lower(): compiled, generic
-        # formatting and a method call per line cost more than the rest of this step)
+        # (bytes built with a tuple literal and a first-byte test before lower(): compiled, generic formatting and
+        # a method call per line cost more than the rest of this step; `in` a tuple literal is two compares, `in`
+        # a bytes object would first try the operand as an int and format a TypeError)
         if not dated:
             out.append(b"date: %b\r\n" % (wire.DATE.get(),))
         mode = self.mode
@@ -181,7 +182,7 @@ class ServerHeader:
         elif mode == 0:  # OVERWRITE
             out[server_at] = b"server: %b\r\n" % (self.name,)
             out[server_at + 1 :] = [
-                line for line in out[server_at + 1 :] if line[:1] not in b"sS" or line[:7].lower() != b"server:"
+                line for line in out[server_at + 1 :] if line[:1] not in (b"s", b"S") or line[:7].lower() != b"server:"
             ]
 
     def lines(self, headers: list[Header]) -> list[bytes]:
