@@ -22,7 +22,7 @@ are printed in instructions per request (user space, h2load --h1 -n `--requests`
 signal a loaded machine cannot move; nothing is timed then.
 
 Usage: bench/host_vs_envoy.py [--module rust/header_rules] [--rounds 5] [--seconds 3] [--plugins 5]
-       bench/host_vs_envoy.py --instructions [--rounds 2] [--requests 2000] [--plugins 5]
+       bench/host_vs_envoy.py --instructions [--rounds 1] [--requests 1000] [--plugins 5] [--dumps DIR]
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def proxies_added(wasm: Path, rounds: int, seconds: int, work: Path, count: int)
 
 
 def proxies_counted(
-    wasm: Path, rounds: int, requests: int, work: Path, count: int, dumps: Path
+    wasm: Path, work: Path, *, rounds: int, requests: int, count: int, dumps: Path
 ) -> dict[str, list[float]]:
     """`proxies_added` under callgrind: instructions per request of each system, `rounds` counted runs of
     `requests` each, interleaved (the first, uncounted, warms up); callgrind's dumps go to `dumps`
@@ -130,11 +130,13 @@ def proxies_counted(
         up = upstream.ports["http"]
         systems: dict[str, tuple[int, int]] = {}
         for name, start, module, copies in SYSTEMS:
-            proc, port = start(work, "cg-" + name.replace("+", "-"), up, wasm if module else None, CONFIG, count=copies * count,
-                               wrapper=wrapper)  # fmt: skip
+            module_path = wasm if module else None
+            proc, port = start(
+                work, "cg-" + name.replace("+", "-"), up, module_path, CONFIG, count=copies * count, wrapper=wrapper
+            )
             started.append(proc)
             systems[name] = (proc.pid, port)
-            print(f"{name}: pid {proc.pid}", file=sys.stderr)
+            print(f"{name}: callgrind dumps {dumps}/cg.{proc.pid}.*", file=sys.stderr)
         for _pid, port in systems.values():
             _callgrind.load(port, min(requests, 200), 16)
         counts: dict[str, list[float]] = {name: [] for name in systems}
@@ -192,6 +194,20 @@ def _met(value: float, target: float) -> str:
     return "met" if value <= target else "NOT met"
 
 
+def instructions_main(args: argparse.Namespace, wasm: Path) -> int:
+    """`--instructions`: the proxies under callgrind, the figures in instructions per request."""
+    why = _callgrind.available()
+    if why is not None:
+        raise SystemExit(f"--instructions: {why}")
+    k = args.plugins
+    with tempfile.TemporaryDirectory(prefix="mp-bench-cg-") as tmp:
+        dumps = args.dumps or Path(tmp) / "dumps"
+        counts = proxies_counted(wasm, Path(tmp), rounds=args.rounds, requests=args.requests, count=k, dumps=dumps)
+    print(f"module {args.module} x{k} per chain")
+    instructions_report(counts, k, args.requests)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--module", default="rust/header_rules")
@@ -212,14 +228,7 @@ def main() -> int:
     data = built.path.read_bytes()
     k = args.plugins
     if args.instructions:
-        why = _callgrind.available()
-        if why is not None:
-            raise SystemExit(f"--instructions: {why}")
-        with tempfile.TemporaryDirectory(prefix="mp-bench-cg-") as tmp:
-            counts = proxies_counted(built.path, args.rounds, args.requests, Path(tmp), k, args.dumps or Path(tmp) / "d")
-        print(f"module {args.module} x{k} per chain")
-        instructions_report(counts, k, args.requests)
-        return 0
+        return instructions_main(args, built.path)
     if CAN_PIN:  # the in-process loop on the proxies' CPU, as the proxies run
         os.sched_setaffinity(0, {PROXY_CPU})
     fast, chain_base = host_added_us(data, "fast", args.rounds, args.requests, k)
