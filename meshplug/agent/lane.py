@@ -211,6 +211,8 @@ class Lane:
     def parts(self, pos: int) -> list[bytes | bytearray]:
         """The body position `pos`'s filter sees, in the pieces it is held in, in order (its buffer if not empty,
         the chunks kept, the chunk shown): nothing joined or copied, nothing changed (`buffer` joins them)."""
+        if not self.grown:
+            self.grow()
         out: list[bytes | bytearray] = []
         body = self.body[pos]
         if body:
