@@ -166,6 +166,7 @@ class Tunnel:
         self.switched = False
         self._switching = False  # the cluster's head says 101 with Upgrade (and goes through the plugins)
         self._upgrade_answer = False  # the cluster's head says Connection: upgrade with an Upgrade (both kept)
+        self._chunked_answer = False  # ... and Transfer-Encoding: chunked (its bytes pass as they come)
         self._drop = wire.HOP_BY_HOP  # the headers the client's head leaves out
         #: the body of a cluster's answer relayed as a response (it did not switch protocols)
         self.relay: _Relay | None = None
@@ -363,6 +364,7 @@ class Tunnel:
         parsed = hcm.upstream_response(parsed, -1)  # the codec's header map (the router adds no time here)
         status = int(code)
         self._upgrade_answer = _upgrade_answer(parsed)
+        self._chunked_answer = any(n == b"transfer-encoding" and b"chunked" in v.lower() for n, v in parsed)
         if status == 101 and self._upgrade_answer:
             self._switching = True
         elif self._websocket and status < 400 and status != 101:
@@ -416,7 +418,10 @@ class Tunnel:
 
     def _switched(self, out: list[bytes], end_stream: bool) -> None:
         """The cluster's head (`out`: its lines so far) switched protocols, or says Connection: upgrade without
-        101: it goes to the client and the bytes after it flow (the client's only after a 101)."""
+        101: it goes to the client and the bytes after it flow (the client's only after a 101); a chunked one's
+        Transfer-Encoding after the date and server, as Envoy's codec writes it (its chunks pass as they come)."""
+        if self._chunked_answer and not self._switching:
+            out.append(b"transfer-encoding: chunked\r\n")
         out.append(b"\r\n")
         self.down.write(b"".join(out))
         first, self._head_in = self._head_in, b""
