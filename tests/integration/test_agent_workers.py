@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -357,6 +360,83 @@ def test_the_admin_view_sums_the_workers_stats_as_envoys_one_store(tmp_path: Pat
     finally:
         envoy.stop()
         agent.stop()
+
+
+class HoldingUpstream(http.server.ThreadingHTTPServer):
+    """An upstream that answers /hold only once released (counting those it holds) and anything else at once:
+    streams kept in flight past their request headers, with no clock involved."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.held = 0
+        super().__init__(("127.0.0.1", 0), _Holding)
+
+
+class _Holding(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: HoldingUpstream
+
+    def do_GET(self) -> None:
+        if self.path == "/hold":
+            with self.server.lock:
+                self.server.held += 1
+            self.server.release.wait(60)
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+#: requests kept in flight (their streams counted in the plugin's gauge) while SEQUENTIAL others read it
+HELD = 6
+
+
+@needs_native
+def test_get_metric_of_a_gauge_reads_the_one_gauge_every_worker_moves_as_envoy(tmp_path: Path) -> None:
+    """corpus go/metrics adds 1 to its gauge at a request's headers and 1 less when its stream is done, and answers
+    the gauge's get_metric (x-requests-active). HELD requests wait on the upstream (on either worker), then
+    requests one at a time, each on a connection of its own: every one reads HELD + 1 on Envoy --concurrency 2 and
+    on the agent, whose two workers both answered some -- a gauge per worker would read its own worker's streams
+    only, so on at least one of them less than HELD + 1."""
+    module = modules.module("go/metrics").path
+    upstream = HoldingUpstream()
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = upstream.server_address[1]
+    agent = start(tmp_path, int(port), [{"name": "metrics", "module": {"file": str(module)}}])
+    envoy, envoy_port, _ = start_envoy(tmp_path, int(port), "metrics", module)
+    held: list[socket.socket] = []
+    try:
+        for count, proxy in enumerate((envoy_port, agent.port), start=1):
+            for _ in range(HELD):
+                conn = socket.create_connection(("127.0.0.1", proxy))
+                conn.sendall(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n")
+                held.append(conn)
+            want = count * HELD
+            procs.wait_until(lambda: upstream.held == want, timeout=20, what="the held requests upstream")  # noqa: B023
+            served = [int(str(w["requests"])) for w in workers(agent)] if proxy == agent.port else []
+            active = []
+            for _ in range(SEQUENTIAL):
+                status, headers, _ = fetch(proxy)
+                assert status == 200
+                active.append(int(headers["x-requests-active"]))
+            assert active == [HELD + 1] * SEQUENTIAL, (proxy == agent.port, active)
+            if served:
+                again = [int(str(w["requests"])) for w in workers(agent)]
+                assert all(b > a for a, b in zip(served, again, strict=True)), (served, again)  # both answered
+    finally:
+        upstream.release.set()
+        for conn in held:
+            conn.close()
+        envoy.stop()
+        agent.stop()
+        upstream.shutdown()
+        upstream.server_close()
 
 
 @needs_native
