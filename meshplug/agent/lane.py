@@ -53,6 +53,8 @@ class Lane:
         "body_end",
         "buffering",
         "closed",
+        "flight",
+        "flight_pos",
         "grown",
         "held",
         "hold",
@@ -84,6 +86,10 @@ class Lane:
         #: some position holds a frame or buffers a body, or frames are queued: new frames must queue too
         self.stalled = False
         self.grown = False  # the per-position lists exist
+        #: before they exist: the chunk shown to position `flight_pos` (while its callback runs, until `take`);
+        #: `grow` moves it to `shown`. A chunk every filter lets go costs no per-position list.
+        self.flight: bytes | None = None
+        self.flight_pos = -1
 
     def grow(self) -> None:
         """Make the per-position lists (once)."""
@@ -103,6 +109,9 @@ class Lane:
         self.buffering = [False] * n
         #: end_stream of the chunk a buffering position stopped on
         self.body_end = [False] * n
+        if self.flight is not None:
+            self.shown[self.flight_pos] = self.flight
+            self.flight = None
 
     def buf(self, pos: int) -> bytearray:
         """Position `pos`'s body buffer as it is (made now if it was not yet)."""
@@ -117,7 +126,11 @@ class Lane:
         """`chunk` for position `pos`'s filter: shown as is while nothing is held, else kept after what is
         (not copied); returns the size of the body the filter sees."""
         if not self.grown:
-            self.grow()
+            if self.flight is None:  # nothing is held in the lane
+                self.flight_pos = pos
+                self.flight = chunk
+                return len(chunk)
+            self.grow()  # (defensive: a chunk in flight elsewhere goes to its position's `shown`)
         if self.stash is not None and pos in self.stash:
             body = self.buffer(pos)
             body += chunk
@@ -164,7 +177,11 @@ class Lane:
         """What position `pos` holds, for passing on, emptied (None: it holds nothing but its buffer, which the
         caller passes on itself): the chunk shown or kept alone as it is, several kept ones joined."""
         if not self.grown:
-            self.grow()
+            if self.flight_pos != pos:
+                return None
+            chunk = self.flight
+            self.flight = None
+            return chunk
         if self.body[pos]:
             return None
         kept = self.kept[pos]

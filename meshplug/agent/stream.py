@@ -516,7 +516,8 @@ class Stream:
             # enforces with flow control is a 413 / 500 here
             over = kept > _MAX_BODY
             if not over:
-                held = lane.buffering[pos]  # the body holds chunks of earlier callbacks (Envoy's buffered data)
+                # the body holds chunks of earlier callbacks (Envoy's buffered data)
+                held = lane.grown and lane.buffering[pos]
                 action = fs.on_body(direction, size, frame.end)
                 # the filter grew the body it held past the limit (a rewrite): Envoy's limit applies to it too
                 over = held and action is _CONTINUE and lane.size(pos) > _MAX_BODY
@@ -575,8 +576,33 @@ class Stream:
         kind = frame.kind
         if kind == _HEADERS:
             return frame
-        if not lane.grown:  # (trailers through a lane no chunk went through)
-            lane.grow()
+        if lane.grown:
+            data = self._held_body(lane, pos, frame)
+            if kind == _DATA:
+                lane.buffering[pos] = False
+        else:  # nothing is held anywhere in the lane: what passes is the chunk in flight here, if any
+            taken = lane.take(pos)
+            data = b"" if taken is None else taken
+        if kind == _DATA:
+            if frame.end:
+                direction = _REQUEST if lane is self._req_lane else _RESPONSE
+                added = self.request_trailers if direction is _REQUEST else self.response_trailers
+                if added and not self._trailers_in & (1 if direction is _REQUEST else 2):
+                    self._add_trailers(direction, lane, pos, data)
+                    return None
+            return frame if data is frame.data else _Frame(_DATA, frame.end, data)
+        if data:  # trailers: the held body goes first
+            q = lane.queue(pos + 1)
+            q.append(_Frame(_DATA, False, data))
+            lane.buffering[pos] = False
+            q.append(frame)
+            self._pending = True
+            return None
+        return frame
+
+    def _held_body(self, lane: _Lane, pos: int, frame: _Frame) -> bytes:
+        """What position `pos` of a grown lane passes on as its body: its buffer (WATERMARK-kept chunks first),
+        kept and shown chunks, emptied."""
         body = lane.body[pos]
         if lane.stash is not None and pos in lane.stash:  # kept chunks go first
             body = lane.buffer(pos)
@@ -591,23 +617,7 @@ class Stream:
                 body.clear()
             else:
                 data = b""
-        if kind == _DATA:
-            lane.buffering[pos] = False
-            if frame.end:
-                direction = _REQUEST if lane is self._req_lane else _RESPONSE
-                added = self.request_trailers if direction == _REQUEST else self.response_trailers
-                if added and not self._trailers_in & (1 if direction is _REQUEST else 2):
-                    self._add_trailers(direction, lane, pos, data)
-                    return None
-            return frame if data is frame.data else _Frame(_DATA, frame.end, data)
-        if data:  # trailers: the held body goes first
-            q = lane.queue(pos + 1)
-            q.append(_Frame(_DATA, False, data))
-            lane.buffering[pos] = False
-            q.append(frame)
-            self._pending = True
-            return None
-        return frame
+        return data
 
     def _add_trailers(self, direction: Direction, lane: _Lane, pos: int, data: bytes) -> None:
         self._trailers_in |= 1 if direction is _REQUEST else 2
