@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import httptools
 
@@ -103,6 +103,9 @@ class Upstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.stats.upstream_cx_active -= 1
         self.pool.forget(self)
+        # its parser holds its bound methods: let go, the connection is freed by its reference count, not the GC
+        self.parser = _SPENT
+        self.flush_sink = None
         sink, self.sink = self.sink, None
         if sink is not None:
             # a close inside a head or a framed body is a premature EOF (502 before the response started); at a
@@ -296,6 +299,14 @@ class Upstream(asyncio.Protocol):
                 "upstream_local_port": int(local[1]),
             }
         return fields
+
+
+class _Gone:
+    """The parser callbacks of a connection that is gone: none."""
+
+
+#: the parser a closed connection holds instead of its own (which held the connection)
+_SPENT: Final = httptools.HttpResponseParser(_Gone())
 
 
 class _OutOfStep(Exception):

@@ -168,8 +168,10 @@ class ConnTimer:
         self.wake_at(at)
 
     def stop(self) -> None:
-        """The connection is gone (or handed over): no more firing."""
+        """The connection is gone (or handed over): no more firing; its callback is let go (the connection ->
+        timer -> bound method -> connection cycle ends here: the connection is freed by its reference count)."""
         self.stopped = True
+        self.fire = _never
         self.idle_at = 0.0
         if self.handle is not None:
             self.handle.cancel()
@@ -179,6 +181,10 @@ class ConnTimer:
         self.handle = None
         if not self.stopped:
             self.fire()
+
+
+def _never() -> None:
+    """A stopped timer's callback (never called: `ConnTimer._fired` checks `stopped`)."""
 
 
 #: ":status" values by code, encoded once
