@@ -248,7 +248,7 @@ class Downstream(H1Peer, asyncio.Protocol):
                 return
             if self.in_head and not self._head_room:  # the same head, still not complete at its limit (a head
                 # or trailers begun inside ``part``, after a message or a chunk ended there, have their room back)
-                self._refuse_now(framing.Refusal(431, b"Request Header Fields Too Large"))
+                self._refuse_now(framing.Refusal(431, b"Request Header Fields Too Large", framing.HEADERS_TOO_LARGE))
                 return
 
     def _sniff(self, data: bytes) -> bytes:
@@ -361,12 +361,12 @@ class Downstream(H1Peer, asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count += 1
         if self._count > self._max_count:
-            self.refusal = framing.Refusal(431, b"Request Header Fields Too Large")
+            self.refusal = framing.Refusal(431, b"Request Header Fields Too Large", framing.TOO_MANY_HEADERS)
             raise self.refusal
         self.line_bytes += len(name) + len(value)
         if self.line_bytes > self._max_head:  # trailers: a section that began inside a read fed whole is
             # counted here, line by line (the head itself is bounded as its bytes arrive, before this)
-            self.refusal = framing.Refusal(431, b"Request Header Fields Too Large")
+            self.refusal = framing.Refusal(431, b"Request Header Fields Too Large", framing.HEADERS_TOO_LARGE)
             raise self.refusal
         self.headers.append((name.lower(), value))
 
@@ -498,7 +498,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         reset (as Envoy's codec errors do)."""
         # the method of the request refused, once the parser read it in this message (a reply to HEAD has no body;
         # but Envoy's codec errors with a body send it even to a HEAD)
-        codec_body = bool(refusal.body) and refusal.details == framing.CODEC_ERROR
+        codec_body = bool(refusal.body) and refusal.codec
         method: bytes = self.parser.get_method() if self._begun and self.url and not codec_body else b"GET"
         self._stop_reading()
         cur, self.current = self.current, None
@@ -511,12 +511,18 @@ class Downstream(H1Peer, asyncio.Protocol):
                     self.close()
                 return
             if self.queue and self.queue[0] is cur:  # through the plugins that saw the request, as Envoy's HCM
-                cur.proxy_reply(refusal.status, refusal.body, refusal.details, 0)
+                # (a codec error flags the stream DPE after its reply went through them: only the log reads it)
+                dpe = agent_chain.RESPONSE_FLAG_DOWNSTREAM_PROTOCOL_ERROR if refusal.codec else 0
+                cur.proxy_reply(refusal.status, refusal.body, refusal.details, 0, log_flags=dpe)
             else:
                 cur.refusal = refusal  # answered when its turn comes
             return
-        ex = Exchange(self, method, b"", False, False)
-        ex.req_done = True
+        filters = self.state.filters
+        if filters is not None:  # the plugins never see it, but log it (as Envoy)
+            ex: Exchange = h1request.RefusedExchange(self, method, refusal, filters)
+        else:
+            ex = Exchange(self, method, b"", False, False)
+            ex.req_done = True
         self.queue.append(ex)
         self.proxy.stats.downstream_rq_total += 1
         self.proxy.stats.downstream_rq_active += 1
@@ -552,7 +558,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         ):
             if at:
                 if at <= now:
-                    self._refuse_now(framing.Refusal(status, body, details))
+                    self._refuse_now(framing.Refusal(status, body, details, codec=False))
                     return
                 if not pending or at < pending:
                     pending = at

@@ -361,9 +361,10 @@ class Exchange:
             up.sink = None
             up.close()
 
-    def proxy_reply(self, status: int, body: bytes, details: str, flags: int) -> None:
-        """A reply the proxy generates (connect failure, reset, timeout); `details`/`flags` describe it to
-        plugins (response.code_details / response.flags), which only a filtered exchange has."""
+    def proxy_reply(self, status: int, body: bytes, details: str, flags: int, *, log_flags: int = 0) -> None:
+        """A reply the proxy generates (connect failure, reset, timeout, refusal); `details`/`flags` describe it
+        to plugins (response.code_details / response.flags), which only a filtered exchange has; `log_flags` are
+        set once the reply went through them (their log reads them: Envoy's DPE for a codec error)."""
         self.local_reply(status, body)
 
     def local_reply(self, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:

@@ -294,9 +294,10 @@ class FilteredExchange(Exchange):
     def reset_after_start(self, reset_reason: str) -> None:
         note_reset_after_start(self.stream, reset_reason)
 
-    def proxy_reply(self, status: int, body: bytes, details: str, flags: int) -> None:
+    def proxy_reply(self, status: int, body: bytes, details: str, flags: int, *, log_flags: int = 0) -> None:
         """Through the plugins' response callbacks, as Envoy's router sends its local replies
-        (sendLocalReply from the last filter: every plugin that saw the request sees the reply)."""
+        (sendLocalReply from the last filter: every plugin that saw the request sees the reply); `log_flags`
+        join the flags after them, for the log."""
         stream = self.stream
         if (
             self.resp_done
@@ -306,6 +307,8 @@ class FilteredExchange(Exchange):
             or stream.reset is not None
             or stream.local_reply is not None
         ):
+            if not stream.completed:
+                stream.response_flags |= log_flags
             self.local_reply(status, body)  # aborts or answers directly
             return
         self._cancel_timer()
@@ -320,6 +323,7 @@ class FilteredExchange(Exchange):
             agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_proxy_reply(reply)
         finally:
             stream.on_progress = progress
+        stream.response_flags |= log_flags
         self.perform(stream.take_outputs())
 
     def _ended(self) -> None:

@@ -17,17 +17,39 @@ from typing import Final
 
 #: a Refusal's details when the request is malformed (Envoy's codec errors: their body goes even to a HEAD)
 CODEC_ERROR: Final = "http1.codec_error"  # response.code_details, as Envoy 1.40 reads it
+# the details of the other refusals, as Envoy 1.40 gives them for the same bytes (test_differential_flags.py)
+#: a head (or trailers) past max_request_headers_kb, or max_headers_count
+HEADERS_TOO_LARGE: Final = "http1.headers_too_large"
+TOO_MANY_HEADERS: Final = "http1.too_many_headers"
+#: a version other than 1.1 (or 1.0 where accepted): 426
+LOW_VERSION: Final = "low_version"
+BOTH_FRAMINGS: Final = "http1.content_length_and_chunked_not_allowed"
+BAD_TRANSFER_ENCODING: Final = "http1.invalid_transfer_encoding"
+BAD_CONNECTION: Final = "http1.connection_header_rejected"
+BAD_AUTHORITY: Final = "http.invalid_authority"
+BAD_URL: Final = "http1.invalid_url"
+BAD_SCHEME: Final = "http1.invalid_scheme"
+# refusals of Envoy's HCM (codec=False): no body, no DPE flag
+#: no Host (nor an absolute-form authority)
+MISSING_HOST: Final = "missing_host_header"
+#: a fragment in the target
+PATH_NORMALIZATION: Final = "path_normalization_failed"
+#: an upgrade the listener does not pass (403)
+UPGRADE_FAILED: Final = "upgrade_failed"
 
 
 class Refusal(Exception):
     """The request is answered locally with `status` and `body` (and the connection closed) instead; `details`:
-    what plugins that saw the request read as response.code_details when the reply passes them."""
+    what plugins read as response.code_details (Envoy's, for the same bytes); `codec`: one of Envoy's codec
+    errors (its body goes even to a HEAD; the stream is flagged DPE for the log), not a refusal of its HCM's
+    after the codec took the head (no Host, a fragment, an upgrade not enabled, a timeout)."""
 
-    def __init__(self, status: int, body: bytes, details: str = CODEC_ERROR) -> None:
+    def __init__(self, status: int, body: bytes, details: str = CODEC_ERROR, *, codec: bool = True) -> None:
         super().__init__(status, body)
         self.status = status
         self.body = body
         self.details = details
+        self.codec = codec
 
 
 class Unroutable(Refusal):
@@ -83,21 +105,21 @@ def request_target(method: bytes, url: bytes) -> tuple[bytes, bytes]:
     leaves a path not starting with ``/``, which Envoy answers 404 (no route serves a relative path)."""
     if url[:1] == b"/":
         if 35 in url:  # "#": a fragment (Envoy's HCM refuses it, after its codec: 400 without a body)
-            raise Refusal(400, b"")
+            raise Refusal(400, b"", PATH_NORMALIZATION, codec=False)
         return url, b""
     if url[:1] == b"*":  # asterisk form: no route serves it (Envoy: OPTIONS * is 404, anything else 400)
         if method == b"OPTIONS":
             raise Unroutable(404, b"")
-        raise Refusal(400, BAD_REQUEST)
+        raise Refusal(400, BAD_REQUEST, BAD_URL)
     lower = url[:8].lower()
     if lower.startswith(b"http://"):
         rest = url[7:]
     elif lower.startswith(b"https://"):
         rest = url[8:]
     else:
-        raise Refusal(400, BAD_REQUEST)
+        raise Refusal(400, BAD_REQUEST, BAD_SCHEME)
     if rest.translate(None, _URL_CHARS):  # whitespace, controls, DEL, non-ASCII
-        raise Refusal(400, BAD_REQUEST)
+        raise Refusal(400, BAD_REQUEST, BAD_URL)
     end = len(rest)
     for sep in (b"/", b"?"):
         i = rest.find(sep)
@@ -107,7 +129,7 @@ def request_target(method: bytes, url: bytes) -> tuple[bytes, bytes]:
     if path[:1] != b"/":
         raise Unroutable(404, b"")
     if 35 in path:  # a fragment, as in origin form
-        raise Refusal(400, b"")
+        raise Refusal(400, b"", PATH_NORMALIZATION, codec=False)
     return path, authority
 
 
@@ -118,7 +140,7 @@ def absolute_authority(server: bytes) -> bytes:
     not empty. Anything else raises Refusal (400)."""
     userinfo, at, host = server.rpartition(b"@")
     if at and (b"@" in userinfo or userinfo.translate(None, _USERINFO_CHARS)):
-        raise Refusal(400, BAD_REQUEST)
+        raise Refusal(400, BAD_REQUEST, BAD_URL)
     if host[:1] == b"[":
         close = host.find(b"]")
         literal, port = host[1:close], host[close + 1 :]
@@ -135,7 +157,7 @@ def absolute_authority(server: bytes) -> bytes:
         port = colon + digits
         ok = bool(name) and not name.translate(None, _HOST_CHARS)
     if not ok or not _port_ok(port):
-        raise Refusal(400, BAD_REQUEST)
+        raise Refusal(400, BAD_REQUEST, BAD_URL)
     return host
 
 
@@ -240,13 +262,13 @@ def nominated(value: bytes) -> set[bytes]:
     -Host or -Proto."""
     entries = [e for e in value.strip(b" \t").split(b",") if e]
     if len(entries) >= MAX_NOMINATED:
-        raise Refusal(400, BAD_REQUEST)
+        raise Refusal(400, BAD_REQUEST, BAD_CONNECTION)
     names = {e.strip(b" \t").lower() for e in entries}
     unnominable = names & _UNNOMINABLE
     if any(n[:1] == b":" for n in names) or unnominable - {b"host"}:
-        raise Refusal(400, BAD_REQUEST)
+        raise Refusal(400, BAD_REQUEST, BAD_CONNECTION)
     if unnominable:  # Host: Envoy's codec removes it, then its HCM refuses a request without Host (no body)
-        raise Refusal(400, b"")
+        raise Refusal(400, b"", MISSING_HOST, codec=False)
     return names
 
 
@@ -268,7 +290,7 @@ def chunked(values: Sequence[bytes]) -> bool:
     """Whether a request's Transfer-Encoding header lines frame it chunked; Envoy admits exactly one line
     that says `chunked` (any case, surrounding blanks): anything else is 501, never re-framed or passed on."""
     if len(values) != 1 or values[0].strip(b" \t").lower() != b"chunked":
-        raise Refusal(501, b"Not Implemented")
+        raise Refusal(501, b"Not Implemented", BAD_TRANSFER_ENCODING)
     return True
 
 

@@ -12,9 +12,11 @@ means. Functions over the connection rather than methods: compiled by mypyc in t
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
+from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, hcm, routing, wire
 from meshplug.agent.bridge import EMPTY_CHAIN, H2UpExchange
 from meshplug.agent.exchange import Exchange
@@ -35,7 +37,7 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
     method: bytes = parser.get_method()
     version: str = parser.get_http_version()
     if version != "1.1" and (version != "1.0" or not conn.opts.accept_http_10):
-        refuse(conn, 426, b"Upgrade Required")
+        refuse(conn, 426, b"Upgrade Required", framing.LOW_VERSION)
     conn.http11 = version == "1.1"
     keep_alive: bool = parser.should_keep_alive()
     headers = conn.headers
@@ -93,10 +95,14 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
         elif name == b"te":
             has_te = True
     if te is not None and any(n == b"content-length" for n, _ in headers):
-        refuse(conn, 400, framing.BAD_REQUEST)  # both framings (RFC 9112 6.1: a smuggling vector), as Envoy
+        refuse(
+            conn, 400, framing.BAD_REQUEST, framing.BOTH_FRAMINGS
+        )  # both framings (RFC 9112 6.1: a smuggling vector), as Envoy
     chunked = te is not None and _check(conn, framing.chunked, te)
     if hosts > 1 or (hosts and not framing.authority_ok(host)):
-        refuse(conn, 400, framing.BAD_REQUEST)  # RFC 9112 3.2 (stricter than Envoy, which merges them)
+        refuse(
+            conn, 400, framing.BAD_REQUEST, framing.BAD_AUTHORITY
+        )  # RFC 9112 3.2 (stricter than Envoy, which merges them)
     if upgrade and conn.upgrade_types and _tunnel(conn, method, path, headers):
         return
     if has_te:  # TE goes on as "trailers" alone, when it asks for them (as Envoy forwards it)
@@ -117,7 +123,7 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
     elif hosts:
         authority = host
     elif conn.http11:
-        refuse(conn, 400, b"")  # RFC 9112 3.2, as Envoy (its HCM's refusal: no body)
+        refuse(conn, 400, b"", framing.MISSING_HOST, codec=False)  # RFC 9112 3.2, as Envoy (its HCM's refusal: no body)
     elif conn.pool is not None:  # HTTP/1.0 (accept_http_10) without Host: the cluster's address
         c = conn.pool.cluster
         authority = f"{c.address}:{c.port}".encode()
@@ -242,7 +248,7 @@ def _tunnel(conn: Downstream, method: bytes, path: bytes, headers: wire.Headers)
     decision = conn.routes.constant or conn.routes.resolve(authority, path, headers, method)
     reply = routing.router_reply(decision)
     if reply is not None:  # the router's own reply instead of a tunnel (404, a direct response), as Envoy
-        refuse(conn, reply[0], reply[1], reply[2])
+        refuse(conn, reply[0], reply[1], reply[2], codec=False)
     route = decision.route
     assert route is not None  # (router_reply answers a request without one)
     conn.tunnel_pool = conn.state.pools[decision.cluster]
@@ -259,9 +265,11 @@ def _tunnel(conn: Downstream, method: bytes, path: bytes, headers: wire.Headers)
     return True
 
 
-def refuse(conn: Downstream, status: int, body: bytes, details: str = framing.CODEC_ERROR) -> NoReturn:
+def refuse(
+    conn: Downstream, status: int, body: bytes, details: str = framing.CODEC_ERROR, *, codec: bool = True
+) -> NoReturn:
     """Stop parsing this request (from a parser callback): it is answered `status` instead."""
-    conn.refusal = framing.Refusal(status, body, details)
+    conn.refusal = framing.Refusal(status, body, details, codec=codec)
     raise conn.refusal
 
 
@@ -279,7 +287,7 @@ def _upgrade(conn: Downstream, headers: wire.Headers) -> bool:
     as Envoy does); any other upgrade (WebSocket, ...) is not enabled: 403, as Envoy without upgrade_configs."""
     offered = [v.strip().lower() for n, v in headers if n == b"upgrade"]
     if offered and offered != [b"h2c"]:
-        refuse(conn, 403, b"")
+        refuse(conn, 403, b"", framing.UPGRADE_FAILED, codec=False)
     return bool(offered)
 
 
@@ -289,9 +297,11 @@ def parser_refusal(message: str, url: bytes = b"", data: bytes = b"") -> framing
     request line with nothing but blanks after its target (``HEAD / ``; llhttp expects a version there, as after
     ``GET / http/1.1``) is HTTP/0.9 to Envoy: 426 (`url`: the target read, `data`: the read it came in)."""
     if "`Transfer-Encoding`" in message:
-        return framing.Refusal(501, b"Not Implemented")
+        return framing.Refusal(501, b"Not Implemented", framing.BAD_TRANSFER_ENCODING)
+    if message == "Transfer-Encoding can't be present with Content-Length":
+        return framing.Refusal(400, framing.BAD_REQUEST, framing.BOTH_FRAMINGS)
     if message == "Invalid HTTP version" or (message.startswith("Expected HTTP/") and _no_version(url, data)):
-        return framing.Refusal(426, b"Upgrade Required")
+        return framing.Refusal(426, b"Upgrade Required", framing.LOW_VERSION)
     return framing.Refusal(400, framing.BAD_REQUEST)
 
 
@@ -309,3 +319,32 @@ def _no_version(url: bytes, data: bytes) -> bool:
 def _no_route(_headers: wire.Headers) -> routing.Decision:
     """The router's decision for CONNECT: no route (none has a connect_matcher)."""
     return routing.NO_VHOST
+
+
+class RefusedExchange(Exchange):
+    """A request refused before its head reached the plugins (a codec error, no Host, a request timeout, ...):
+    answered by the proxy alone, and, as Envoy 1.40 does, logged by each plugin of the listener's chain once it
+    is over (Envoy creates the filter chain for the local reply; a wasm filter's context is made for its log
+    callback): response.code_details are the refusal's, response.flags DPE for a codec error, response.code the
+    reply's status. No other callback runs."""
+
+    __slots__ = ("log", "refused")
+
+    def __init__(self, conn: Downstream, method: bytes, refusal: framing.Refusal, filters: agent_chain.Chain) -> None:
+        super().__init__(conn, method, b"", False, False)
+        self.req_done = True
+        self.refused = refusal
+        self.log: agent_chain.Stream | None = filters.new_stream(conn.stream_info(), start_time_ns=time.time_ns())
+
+    def _ended(self) -> None:
+        stream, self.log = self.log, None
+        if stream is None:
+            return
+        refusal = self.refused
+        stream.code_details = refusal.details
+        if refusal.codec:
+            stream.response_flags |= agent_chain.RESPONSE_FLAG_DOWNSTREAM_PROTOCOL_ERROR
+        if self.status:  # answered (not abandoned first)
+            reply = agent_chain.LocalReply(self.status, body=refusal.body, details=refusal.details)
+            stream.response_headers[:] = agent_chain.local_reply_headers(reply, grpc=False)[0]
+        stream.complete()
