@@ -31,7 +31,8 @@ median of per-round ratios (`--rounds` consecutive groups of blocks); the p99 ra
 spread of per-round p99 ratios beside it. Prints the worst CPU ratio and how many cells have the agent's p99 at or
 under Envoy's (targets: worst CPU <= 1.0x, p99 <= Envoy's). Failed requests (wrong status, reset, no answer) are
 counted per system and printed with their kinds; more than 1% aborts the cell (a ratio over failing requests would
-mean nothing). The load average is printed at the end: figures from a loaded machine are noisy.
+mean nothing). The load average is printed as it was before and after the run: figures from a loaded machine are
+noisy.
 
 `--instructions`: instead of the timed open-loop run, each cell's agent and Envoy run under callgrind
 (bench/_callgrind.py: no hardware counters in this VM guest) and a fixed number of the cell's requests from h2load
@@ -117,6 +118,12 @@ CELLS: dict[tuple[str, str], Cell] = {
     ("assemblyscript", "httpcall"): Cell("assemblyscript/authcall", "authz", root_id="authcall"),
     ("c", "httpcall"): Cell("c/auth_call", "authz"),
 }
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages (printed before and after a run: figures from a loaded machine are
+    noisy)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def config_text(cell: Cell) -> str:
@@ -305,7 +312,7 @@ def instructions_report(
             line += f"  agent/before {b:.3f}x"
         print(line)
     print(f"worst instruction ratio {worst:.2f}x")
-    print(f"load average after the run: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    print(f"load average before the run: {args.load_before}; after: {load_average()}")
 
 
 def rounds(res: openloop.Result, n: int) -> list[slice]:
@@ -380,7 +387,7 @@ def report(results: dict[tuple[str, str], CellRun], args: argparse.Namespace) ->
                 f"  {sdk + '/' + shape:<24}{cpu:>6.2f}x{p99:>7.2f}x"
                 f"  (before: {before.cpu_per_request_us():.1f}us, p99 {pct(before, 99):.2f}ms)"
             )
-    print(f"load average after the run: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    print(f"load average before the run: {args.load_before}; after: {load_average()}")
 
 
 def main() -> int:
@@ -418,6 +425,7 @@ def main() -> int:
     ap.add_argument("--count-connections", type=int, default=16, help="h2load connections (--instructions)")
     ap.add_argument("--dumps", type=Path, help="keep callgrind's dumps in this directory (--instructions)")
     args = ap.parse_args()
+    args.load_before = load_average()
     chosen = [tuple(c.split("/", 1)) for c in args.cells.split(",") if c] or list(CELLS)
     unknown = [c for c in chosen if c not in CELLS]
     if unknown:
