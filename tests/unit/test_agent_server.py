@@ -1,15 +1,19 @@
-"""The data path's pure helpers (meshplug.agent.wire: request ids, close-delimited responses) and the connection's lazy
-deadlines (idle and response timeouts) on a manual clock."""
+"""The data path's pure helpers (meshplug.agent.wire: request ids, close-delimited responses, the wording and flags of
+upstream failures) and the connection's lazy deadlines (idle and response timeouts) on a manual clock."""
 
 from __future__ import annotations
 
+import errno
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from meshplug.agent import config as agent_config
 from meshplug.agent import downstream, server, upstream, wire
+from meshplug.agent.exchange import failure_reply, reset_flags
 
 
 def test_request_ids_are_uuid4_shaped_and_unique() -> None:
@@ -22,6 +26,45 @@ def test_request_ids_are_uuid4_shaped_and_unique() -> None:
         assert str(parsed).encode() == raw
     # two processes (two generators) do not share a prefix
     assert wire.RequestIds().new()[:24] != values[0][:24]
+
+
+# the failure, then Envoy 1.40's reset reason, 503/502 body tail, response.code_details and flags (as
+# tests/integration/test_differential_upstream_flags.py shows Envoy giving them)
+_REFUSED_DETAILS = (
+    "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}"
+)
+RESETS: list[tuple[str, BaseException | str, int, bytes, str, int]] = [
+    ("refused", ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed"), 503, b"remote connection failure",
+     _REFUSED_DETAILS, 0x20),
+    ("timeout", TimeoutError(), 503, b"connection timeout",
+     "upstream_reset_before_response_started{connection_timeout}", 0x20),
+    ("unreachable", OSError(errno.ENETUNREACH, "x"), 503, b"remote connection failure",
+     "upstream_reset_before_response_started{remote_connection_failure|immediate_connect_error:_Network_is_unreachable}",
+     0x20),
+    ("termination", wire.RESET_TERMINATION, 503, b"connection termination",
+     "upstream_reset_before_response_started{connection_termination}", 0x40),
+    ("protocol", wire.RESET_PROTOCOL, 502, b"protocol error", "upstream_reset_before_response_started{protocol_error}",
+     0x800000),
+    ("remote reset", wire.RESET_REMOTE, 503, b"remote reset", "upstream_reset_before_response_started{remote_reset}",
+     0x10),
+    ("refused stream", wire.RESET_REFUSED, 503, b"remote refused stream reset",
+     "upstream_reset_before_response_started{remote_refused_stream_reset}", 0x10),
+    ("overflow", wire.RESET_OVERFLOW, 503, b"overflow", "upstream_reset_before_response_started{overflow}", 0x80),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "tail", "details", "flags"), [r[1:] for r in RESETS], ids=[r[0] for r in RESETS]
+)
+def test_upstream_failures_are_worded_and_flagged_as_envoys_router(
+    failure: BaseException | str, status: int, tail: bytes, details: str, flags: int
+) -> None:
+    reason = failure if isinstance(failure, str) else wire.connect_failure(failure)
+    assert wire.is_connect_failure(reason) == (not isinstance(failure, str))
+    body = b"upstream connect error or disconnect/reset before headers. reset reason: " + tail
+    assert failure_reply(reason) == (status, body, details, flags)
+    started = details.replace("before_response_started", "after_response_started")
+    assert (reset_flags(reason), wire.reset_details(reason, started=True)) == (flags, started)
 
 
 def test_close_delimited() -> None:
