@@ -299,6 +299,7 @@ class H2Exchange:
             stats.upstream_rq_reset += 1
             if self.stream is not None:
                 note_reset_after_start(self.stream, reset_reason)
+            self.conn.flush()  # as Envoy: the head and body given so far go out before the RST_STREAM
             self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
             return
         if not wire.is_connect_failure(reset_reason):

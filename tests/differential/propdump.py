@@ -14,10 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.corpus import modules as corpus_modules
 from tests.differential import bed as diff_bed
+
+T = TypeVar("T")
+#: per callback ("rh", "sh", "sb", "lg"), what the plugin read of each property
+Props = dict[str, tuple[object, ...]]
 
 #: the properties propdump reads
 PROPERTIES = ("response.flags", "response.code_details")
@@ -72,14 +76,16 @@ class Seen:
     responses: tuple[tuple[Any, ...], ...]
     unreadable: bool
     closed: bool
-    props: dict[str, tuple[object, ...]]
+    props: Props
 
 
-def read(proxy: Proxy, request: bytes, *, deadline: float = 3.0) -> Seen:
-    """Send `request`, read the response (until the proxy closes, or a short quiet after a whole one), then wait
-    up to `deadline` for the plugin's log callback lines (the last a stream gets)."""
+def props_after(
+    proxy: Proxy, act: Callable[[], T], *, deadline: float = 3.0
+) -> tuple[T, dict[str, tuple[object, ...]]]:
+    """Run `act` (a client's request through the proxy), then wait up to `deadline` for the plugin's log callback
+    lines (the last a stream gets): what `act` gave and, per callback, what the plugin read."""
     before = len(proxy.logs())
-    client = diff_bed.converse(proxy.port, request, head=False, deadline=deadline)
+    got = act()
     until = time.monotonic() + deadline
     while True:
         seen: dict[str, dict[str, str]] = {}
@@ -91,6 +97,14 @@ def read(proxy: Proxy, request: bytes, *, deadline: float = 3.0) -> Seen:
         if done or time.monotonic() > until:
             break
         time.sleep(0.05)  # polls for the log lines (no event to wait on): the loop ends when they are there
-    props = {cb: tuple(_value(p, got.get(p, "")) for p in PROPERTIES) for cb, got in seen.items()}
+    return got, {cb: tuple(_value(p, v.get(p, "")) for p in PROPERTIES) for cb, v in seen.items()}
+
+
+def read(proxy: Proxy, request: bytes, *, deadline: float = 3.0) -> Seen:
+    """Send the HTTP/1.1 `request`, read the response (until the proxy closes, or a short quiet after a whole one),
+    then the plugin's lines (`props_after`)."""
+    client, props = props_after(
+        proxy, lambda: diff_bed.converse(proxy.port, request, head=False, deadline=deadline), deadline=deadline
+    )
     responses = tuple(diff_bed.local_reply(r) for r in client.responses)
     return Seen(responses, bool(client.unreadable), client.closed, props)

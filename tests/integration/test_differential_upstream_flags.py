@@ -167,3 +167,33 @@ def test_client_and_plugin_see_what_envoy_gives(proxies: dict[str, propdump.Prox
 
 def test_every_marked_case_exists() -> None:
     assert set(DIFFERS) <= {name for name, _ in CASES}
+
+
+#: the HTTP/2 upstream's cases a client speaking HTTP/2 sends too (the agent's HTTP/2 downstream, h2down)
+H2_CLIENT_CASES = [(i, n, s) for i, (n, s) in enumerate(CASES) if isinstance(s, tuple) or str(s).endswith("-h2")]
+
+
+def _h2_outcome(port: int, index: int, script: Script) -> tuple[object, ...]:
+    """What an HTTP/2 client gets on stream 1: status, body, reset code; whether the connection ended."""
+    path = (f"/{script}" if isinstance(script, str) else f"/c/{index}").encode()
+    headers = [(n, path if n == b":path" else v) for n, v in h2raw.BASE]
+
+    def ended(o: h2raw.H2Outcome) -> bool:
+        return 1 in o.resets or 1 in o.ended or o.closed
+
+    out = h2raw.run(port, lambda c: c.request(1, headers), until=ended, timeout=3.0)
+    return out.statuses.get(1), out.bodies.get(1), out.resets.get(1), out.goaway, out.closed
+
+
+@pytest.mark.parametrize(("index", "script"), [pytest.param(i, s, id=n) for i, n, s in H2_CLIENT_CASES])
+def test_an_http2_client_and_plugin_see_what_envoy_gives(
+    proxies: dict[str, propdump.Proxy], index: int, script: Script
+) -> None:
+    """The same upstream behaviour through each proxy's HTTP/2 downstream: the client's stream and the plugin's
+    view."""
+    got = {
+        plane: propdump.props_after(proxy, functools.partial(_h2_outcome, proxy.port, index, script))
+        for plane, proxy in proxies.items()
+    }
+    assert "lg" in got["envoy"][1], got
+    assert got["agent"] == got["envoy"]

@@ -39,6 +39,8 @@ class H2Outcome:
     goaway: str | None = None
     closed: bool = False
     settings: dict[int, int] = field(default_factory=dict)
+    #: streams whose response ended (END_STREAM)
+    ended: set[int] = field(default_factory=set)
 
     def kind(self, stream_id: int = 1) -> str:
         """ "status 200", "reset PROTOCOL_ERROR", "goaway ..." or "closed" for one stream."""
@@ -140,6 +142,8 @@ class RawClient:
             self.h2.acknowledge_received_data(int(ev.flow_controlled_length or 0), sid)
         elif isinstance(ev, h2.events.TrailersReceived):
             out.trailers[int(ev.stream_id or 0)] = list(ev.headers or [])
+        elif isinstance(ev, h2.events.StreamEnded):
+            out.ended.add(int(ev.stream_id or 0))
         elif isinstance(ev, h2.events.StreamReset):
             out.resets[int(ev.stream_id or 0)] = _name(int(ev.error_code or 0))
         elif isinstance(ev, h2.events.ConnectionTerminated):
