@@ -13,18 +13,17 @@ not enabled) reaches only their log callback, in both: Envoy makes each wasm fil
 from __future__ import annotations
 
 import contextlib
-import functools
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.corpus import modules as corpus_modules
+from tests.differential import propdump
+from tests.differential.propdump import Proxy
 from tests.testbed import agent as tb_agent
 from tests.testbed import envoy as tb_envoy
 from tests.testbed import h2raw, procs, upstream
@@ -125,12 +124,6 @@ CASES: list[tuple[str, bytes]] = [
 DIFFERS: dict[str, str] = {}
 
 
-@dataclass
-class Proxy:
-    port: int
-    logs: Callable[[], list[tuple[str, str]]]
-
-
 def _closer(server: socket.socket) -> None:
     """Accept, read the request, close without answering."""
     while True:
@@ -140,10 +133,6 @@ def _closer(server: socket.socket) -> None:
             return
         with conn, contextlib.suppress(OSError):
             conn.recv(65536)
-
-
-def _agent_logs(agent: tb_agent.Agent) -> list[tuple[str, str]]:
-    return [(str(r["level"]), str(r["message"])) for r in agent.admin_json("/plugin_logs")]
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +174,7 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Prox
             else:
                 agent = tb_agent.start_envoy_config(path, port=port, admin_port=admin, log_dir=logs / plane)
                 started.append(agent)
-                out[plane] = Proxy(port, functools.partial(_agent_logs, agent))
+                out[plane] = Proxy(port, propdump.agent_logs(agent))
         yield out
     finally:
         for item in reversed(started):
@@ -224,35 +213,17 @@ def _complete(response: bytes) -> bool:
     return status in ([b"204"], [b"304"])
 
 
-def _read(proxy: Proxy, request: bytes) -> tuple[bytes, dict[str, tuple[str, str]]]:
-    """The status line and, per callback, what the plugin read: (response.flags, response.code_details) as
-    propdump logs them ("= <hex>" or "! <status>")."""
-    before = len(proxy.logs())
-    return _status_line(proxy.port, request), _callbacks(proxy, before)
+def _read(proxy: Proxy, request: bytes) -> tuple[bytes, propdump.Props]:
+    """The status line and, per callback, what the plugin read: (response.flags, response.code_details)."""
+    return propdump.props_after(proxy, lambda: _status_line(proxy.port, request))
 
 
-def _read_h2(proxy: Proxy, headers: tuple[h2raw.Header, ...]) -> tuple[str, dict[str, tuple[str, str]]]:
+def _read_h2(proxy: Proxy, headers: tuple[h2raw.Header, ...]) -> tuple[str, propdump.Props]:
     """As `_read`, for one HTTP/2 request (prior knowledge): its outcome ("status 400", "reset ...") once the
     proxy answered it whole or the second passed (a client leaving early would be flagged DC)."""
-    before = len(proxy.logs())
-    outcome = h2raw.run(proxy.port, lambda client: client.request(1, headers), timeout=1.0)
-    return outcome.kind(1), _callbacks(proxy, before)
-
-
-def _callbacks(proxy: Proxy, before: int) -> dict[str, tuple[str, str]]:
-    """Per callback, what propdump read since log line `before`. Waits for the log callback's lines (the last
-    ones); a proxy that never calls it gives what came within 3 s."""
-    deadline = time.monotonic() + 3.0
-    while True:
-        seen: dict[str, dict[str, str]] = {}
-        for _, message in proxy.logs()[before:]:
-            parts = message.split(" ", 3)
-            if len(parts) == 4 and parts[0] == "prop":
-                seen.setdefault(parts[1], {})[parts[2]] = parts[3]
-        got = {ph: (v.get("response.flags", ""), v.get("response.code_details", "")) for ph, v in seen.items()}
-        if ("lg" in got and all(got["lg"])) or time.monotonic() > deadline:
-            return got
-        time.sleep(0.05)
+    return propdump.props_after(
+        proxy, lambda: h2raw.run(proxy.port, lambda client: client.request(1, headers), timeout=1.0).kind(1)
+    )
 
 
 @pytest.mark.parametrize(
