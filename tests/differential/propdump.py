@@ -6,7 +6,8 @@ propdump reads the properties named in its configuration in every callback it ge
 headers "sh", response body "sb", the log "lg") and logs "prop <callback> <name> = <hex of the bytes>" (or
 "! <status>" when the read failed). `read` decodes them: flags as the integer (Envoy's legacy bit field,
 StreamInfo::legacyResponseFlags: UT 0x4, UR 0x10, UF 0x20, UC 0x40, NR 0x100, DPE 0x40000, UPE 0x800000 ...),
-details as text, so a difference reads plainly. Used by tests/integration/test_differential_upstream_flags.py and test_differential_flags.py.
+details as text, so a difference reads plainly. Used by tests/integration/test_differential_upstream_flags.py and
+test_differential_flags.py.
 """
 
 from __future__ import annotations
