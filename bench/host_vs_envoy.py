@@ -28,12 +28,14 @@ Usage: bench/host_vs_envoy.py [--module rust/header_rules] [--rounds 5] [--secon
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -95,9 +97,12 @@ SYSTEMS = (
 )
 
 
-def proxies_added(wasm: Path, rounds: int, seconds: int, work: Path, count: int) -> dict[str, list[Run]]:
-    """Agent and Envoy, each without, with `count` and with 2 * `count` copies of the plugin, same nginx
-    upstream, interleaved."""
+@contextlib.contextmanager
+def _systems(
+    wasm: Path, work: Path, count: int, *, prefix: str = "", wrapper: Sequence[str] = ()
+) -> Iterator[dict[str, tuple[int, int]]]:
+    """The six `SYSTEMS` (agent and Envoy, each without, with `count` and with 2 * `count` copies of the plugin)
+    on one nginx upstream, each under `wrapper` (callgrind) when given: name -> (pid, port); stopped after."""
     started: list[procs.Proc] = []
     try:
         upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if CAN_PIN else None)
@@ -105,13 +110,21 @@ def proxies_added(wasm: Path, rounds: int, seconds: int, work: Path, count: int)
         up = upstream.ports["http"]
         systems: dict[str, tuple[int, int]] = {}
         for name, start, module, copies in SYSTEMS:
-            proc, port = start(work, name.replace("+", "-"), up, wasm if module else None, CONFIG, count=copies * count)
+            module_path = wasm if module else None
+            label = prefix + name.replace("+", "-")
+            proc, port = start(work, label, up, module_path, CONFIG, count=copies * count, wrapper=wrapper)
             started.append(proc)
             systems[name] = (proc.pid, port)
-        return interleaved(systems, rounds, seconds)
+        yield systems
     finally:
         for proc in reversed(started):
             proc.stop()
+
+
+def proxies_added(wasm: Path, rounds: int, seconds: int, work: Path, count: int) -> dict[str, list[Run]]:
+    """The six systems, same nginx upstream, interleaved."""
+    with _systems(wasm, work, count) as systems:
+        return interleaved(systems, rounds, seconds)
 
 
 def proxies_counted(
@@ -121,22 +134,10 @@ def proxies_counted(
     `requests` each, interleaved (the first, uncounted, warms up); callgrind's dumps go to `dumps`
     (cg.<pid>.<n>, for callgrind_annotate)."""
     dumps.mkdir(parents=True, exist_ok=True)
-    wrapper = _callgrind.valgrind_argv(dumps)
     seen: set[Path] = set()
-    started: list[procs.Proc] = []
-    try:
-        upstream = tb_nginx.start_nginx(log_dir=work, cpu=LOAD_CPU if CAN_PIN else None)
-        started.append(upstream)
-        up = upstream.ports["http"]
-        systems: dict[str, tuple[int, int]] = {}
-        for name, start, module, copies in SYSTEMS:
-            module_path = wasm if module else None
-            proc, port = start(
-                work, "cg-" + name.replace("+", "-"), up, module_path, CONFIG, count=copies * count, wrapper=wrapper
-            )
-            started.append(proc)
-            systems[name] = (proc.pid, port)
-            print(f"{name}: callgrind dumps {dumps}/cg.{proc.pid}.*", file=sys.stderr)
+    with _systems(wasm, work, count, prefix="cg-", wrapper=_callgrind.valgrind_argv(dumps)) as systems:
+        for name, (pid, _port) in systems.items():
+            print(f"{name}: callgrind dumps {dumps}/cg.{pid}.*", file=sys.stderr)
         for _pid, port in systems.values():
             _callgrind.load(port, min(requests, 200), 16)
         counts: dict[str, list[float]] = {name: [] for name in systems}
@@ -145,9 +146,6 @@ def proxies_counted(
                 counted = _callgrind.count(pid, port, dumps, requests=requests, connections=16, seen=seen)
                 counts[name].append(counted.per_request)
         return counts
-    finally:
-        for proc in reversed(started):
-            proc.stop()
 
 
 def instructions_report(counts: dict[str, list[float]], k: int, requests: int) -> None:
