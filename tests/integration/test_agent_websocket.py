@@ -144,6 +144,7 @@ def test_websocket_refused_when_not_allowed(bed: Bed) -> None:
 
 
 def _raw(port: int, request: bytes) -> bytes:
+    """Send `request`, read until the proxy closes the connection (10 s at most: a proxy that keeps it fails)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(request)
         data = b""
@@ -483,23 +484,13 @@ def test_a_closed_websocket_leaves_no_connection_open(routed: Bed) -> None:
         )
 
 
-def _until_closed(port: int, request: bytes) -> bytes:
-    """Send `request`, read until the proxy closes the connection (10 s at most: a proxy that keeps it fails)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(request)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return data
-
-
 @pytest.mark.parametrize("listener", ["bare", "plugins"])
 def test_a_refused_handshake_closes_both_connections(routed: Bed, listener: str) -> None:
     """The app answers the handshake 200: the client gets the proxy's answer and then its connection closes (Envoy's
     delayed close), and the proxy counts no connection of that listener active afterwards, as Envoy."""
     request = _upgrade("/echo", *_WS_KEY)
     for plane, ports in (("envoy", routed.envoy), ("agent", routed.agent)):
-        reply = _until_closed(ports[listener], request)  # (a socket timeout fails: the proxy kept it open)
+        reply = _raw(ports[listener], request)  # (a socket timeout fails: the proxy kept it open)
         assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"content-length: 0\r\n\r\n"), reply
         if listener == "bare":
             procs.wait_until(
