@@ -167,7 +167,7 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
             if name == b"content-length":
                 framed = True
             chain_headers.append(h)
-            lines.append(b"%b: %b\r\n" % h)
+            lines.append(b"%b: %b\r\n" % (name, h[1]))  # a tuple literal: compiled, no generic formatting
         if http2:
             fx: FilteredExchange = H2UpExchange(
                 conn, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
