@@ -34,6 +34,15 @@ _REQUEST: Final = Direction.REQUEST
 _RESPONSE: Final = Direction.RESPONSE
 
 
+def _body_direction(buffer_type: int) -> Direction | None:
+    """The body an HTTP context's buffer of `buffer_type` is (None: not a body)."""
+    if buffer_type == hostapi.BUF_HTTP_REQUEST_BODY:
+        return _REQUEST
+    if buffer_type == hostapi.BUF_HTTP_RESPONSE_BODY:
+        return _RESPONSE
+    return None
+
+
 class HttpContext(Context):
     """One plugin's context for one HTTP stream; implements streamapi.FilterStream."""
 
@@ -75,27 +84,19 @@ class HttpContext(Context):
         return self.writable_buffer(buffer_type) or self.root.buffer(buffer_type)
 
     def writable_buffer(self, buffer_type: int) -> bytearray | None:
-        if buffer_type == hostapi.BUF_HTTP_REQUEST_BODY:
-            return self.control.body(Direction.REQUEST)
-        if buffer_type == hostapi.BUF_HTTP_RESPONSE_BODY:
-            return self.control.body(Direction.RESPONSE)
-        return None
+        direction = _body_direction(buffer_type)
+        return None if direction is None else self.control.body(direction)
 
     def buffer_parts(self, buffer_type: int) -> tuple[int, list[bytes | bytearray]] | None:
         # as `buffer`: a body while it is not empty, else the root's buffer of that type
-        if buffer_type in (hostapi.BUF_HTTP_REQUEST_BODY, hostapi.BUF_HTTP_RESPONSE_BODY):
-            direction = Direction.REQUEST if buffer_type == hostapi.BUF_HTTP_REQUEST_BODY else Direction.RESPONSE
-            size = self.control.body_size(direction)
-            if size:
-                return size, self.control.body_parts(direction)
+        direction = _body_direction(buffer_type)
+        if direction is not None and (size := self.control.body_size(direction)):
+            return size, self.control.body_parts(direction)
         return self.root.buffer_parts(buffer_type)
 
     def writable_size(self, buffer_type: int) -> int | None:
-        if buffer_type == hostapi.BUF_HTTP_REQUEST_BODY:
-            return self.control.body_size(Direction.REQUEST)
-        if buffer_type == hostapi.BUF_HTTP_RESPONSE_BODY:
-            return self.control.body_size(Direction.RESPONSE)
-        return None
+        direction = _body_direction(buffer_type)
+        return None if direction is None else self.control.body_size(direction)
 
     def replaces_whole(self, buffer_type: int) -> bool:
         return buffer_type in (hostapi.BUF_HTTP_REQUEST_BODY, hostapi.BUF_HTTP_RESPONSE_BODY)
