@@ -40,7 +40,7 @@ from typing import Any, ClassVar, Final
 import lupa.luajit21 as luajit
 
 from meshplug import errors, limits
-from meshplug.agent import chain
+from meshplug.agent import chain, wire
 from meshplug.agent.chain import Action, Direction, FailStrategy, Phase
 from meshplug.validate import lua as validate_lua
 
@@ -67,9 +67,7 @@ _INLINE: Final = (
 _RES_MS: Final = 0
 _RES_US: Final = 1
 #: Envoy's router answer to an http call whose connection failed (what the script sees)
-_CALL_FAILURE_BODY: Final = (
-    b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
-)
+_CALL_FAILURE_BODY: Final = wire.reset_body(wire.RESET_CONNECT_FAILURE)
 _API_SOURCE: Final = importlib.resources.files("meshplug.agent").joinpath("lua_api.lua").read_bytes()
 
 
