@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
@@ -200,7 +200,7 @@ class Tunnel:
         self._rest = rest
         self._suppress = suppress_envoy_headers
         self._head_request = (b":method", b"HEAD") in headers
-        self._websocket = any(n == b"upgrade" and v.strip().lower() == b"websocket" for n, v in headers)
+        self._websocket = _wants_websocket(headers)
         self.head_pending = True
         stream = self.stream = chain.new_stream(info, start_time_ns=time.time_ns())
         stream.route_resolver = resolve
@@ -602,13 +602,15 @@ class _Relay:
         self._end(closed=False)
 
 
+def _wants_websocket(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """An upgrade request's headers (lower-case names) ask for WebSocket."""
+    return any(name == b"upgrade" and value.strip().lower() == b"websocket" for name, value in headers)
+
+
 def _asks_websocket(head: bytes) -> bool:
-    """An upgrade request's head (as the downstream wrote it: lower-case names) asks for WebSocket."""
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name == b"upgrade" and value.strip().lower() == b"websocket":
-            return True
-    return False
+    """`_wants_websocket` of an upgrade request's head as the downstream wrote it."""
+    lines = (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    return _wants_websocket((name, value) for name, _, value in lines)
 
 
 def _upgrade_answer(headers: Sequence[Header]) -> bool:
