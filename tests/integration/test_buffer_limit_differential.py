@@ -7,7 +7,8 @@ the request side, 500 on the response side. Probed on Envoy: a held body of exac
 request body the plugin grows from exactly the limit to one byte past it is refused (413), as is one that
 arrives past it. Bodies of one byte under, exactly at and one byte over the limit go through Envoy and the
 agent; each must get the same status from both. The upstream is a small real HTTP server answering
-`GET /bytes/N` with N bytes of "x" and any POST with 200.
+`GET /bytes/N` with N bytes of "x" and any POST with 200 once its whole body (chunked: the plugin drops
+content-length) is in.
 """
 
 from __future__ import annotations
@@ -53,17 +54,40 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"x" * size)
 
     def do_POST(self) -> None:
-        left = int(self.headers.get("content-length") or 0)
-        while left > 0:
-            got = len(self.rfile.read(min(left, 65536)))
-            if not got:  # the proxy gave up on the request (a body past the limit): no answer to give
-                self.close_connection = True
-                return
-            left -= got
+        # the plugin drops content-length, so both proxies send the body chunked: the answer waits for the whole
+        # body either way (answering on the head alone would race the proxy's 413 with an early 200)
+        if not self._read_body():  # the proxy gave up on the request (a body past the limit): no answer to give
+            self.close_connection = True
+            return
         self.send_response(200)
         self.send_header("content-length", "2")
         self.end_headers()
         self.wfile.write(b"ok")
+
+    def _read_body(self) -> bool:
+        """Reads the request body to its end (content-length or chunked); False when the peer closed first."""
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            while True:
+                line = self.rfile.readline(1024)
+                if not line.endswith(b"\n"):
+                    return False
+                size = int(line.split(b";", 1)[0], 16)
+                if size == 0:
+                    while (trailer := self.rfile.readline(1024)) not in (b"\r\n", b"\n"):
+                        if not trailer:
+                            return False
+                    return True
+                if not self._skip(size + 2):  # the chunk and its CRLF
+                    return False
+        return self._skip(int(self.headers.get("content-length") or 0))
+
+    def _skip(self, left: int) -> bool:
+        while left > 0:
+            got = len(self.rfile.read(min(left, 65536)))
+            if not got:
+                return False
+            left -= got
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         return None
