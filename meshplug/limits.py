@@ -139,6 +139,14 @@ H2_MAX_HEADER_LIST_BYTES = 60 * KiB
 #: H2_PREMATURE_RESET_TOTAL of them closed, H2_PREMATURE_RESET_TOTAL / 2) were premature resets
 H2_PREMATURE_RESET_MIN_LIFETIME_S = 1.0
 H2_PREMATURE_RESET_TOTAL = 500
+#: inbound flood limits (Envoy's Http2ProtocolOptions defaults, enforced as its ProtocolConstraints do, on
+#: downstream and upstream connections): more consecutive HEADERS/CONTINUATION/DATA frames with an empty payload
+#: and no END_STREAM than H2_MAX_CONSECUTIVE_EMPTY_FRAMES; more PRIORITY frames than H2_MAX_PRIORITY_FRAMES_PER_STREAM
+#: x (1 + streams opened); more WINDOW_UPDATE frames than 5 + 2 x (streams opened +
+#: H2_MAX_WINDOW_UPDATES_PER_DATA_FRAME_SENT x DATA frames sent): the connection is closed (no GOAWAY)
+H2_MAX_CONSECUTIVE_EMPTY_FRAMES = 1
+H2_MAX_PRIORITY_FRAMES_PER_STREAM = 100
+H2_MAX_WINDOW_UPDATES_PER_DATA_FRAME_SENT = 10
 #: streams per upstream HTTP/2 connection before another is opened (the upstream's own SETTINGS may lower it)
 H2_UPSTREAM_MAX_STREAMS = 1024
 

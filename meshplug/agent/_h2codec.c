@@ -5,13 +5,18 @@
  * control windows run here; Python sees one list of compact events per read and hands over whole header
  * lists and bodies.
  *
- *   Session(server, settings, connection_window, max_header_bytes, stream_window)
+ *   Session(server, settings, connection_window, max_header_bytes, stream_window, flood_limits)
  *       server: a server session (the agent's downstream), else a client (an HTTP/2 cluster). `settings`:
  *       [(id, value)] sent at once; `connection_window`: the connection's receive window (a WINDOW_UPDATE);
  *       `max_header_bytes`: a received header block decoding past this (name + value + 32 per field) ends the
  *       connection (GOAWAY ENHANCE_YOUR_CALM: an HPACK bomb); `stream_window`: a client stream's receive
- *       window, opened by a WINDOW_UPDATE once its HEADERS went out (0: the SETTINGS' window).
- *   receive(data) -> [(kind, stream_id, obj, flag, num)]  raises CodecError after queueing the GOAWAY when the
+ *       window, opened by a WINDOW_UPDATE once its HEADERS went out (0: the SETTINGS' window). `flood_limits`:
+ *       (empty, priority, window_update) Envoy's Http2ProtocolOptions max_consecutive_inbound_frames_with_empty_
+ *       payload, max_inbound_priority_frames_per_stream, max_inbound_window_update_frames_per_data_frame_sent
+ *       (Envoy's ProtocolConstraints: a peer past one of them is a flood; receive raises FloodError, nothing is
+ *       queued, and the connection is to be closed without a GOAWAY, as Envoy does).
+ *   receive(data) -> [(kind, stream_id, obj, flag, num)]  raises FloodError (a CodecError: its message names the
+ *       flood) when the peer floods, else CodecError after queueing the GOAWAY when the
  *       peer broke the protocol (a connection error); its `events` attribute holds the events of the frames
  *       before the one that broke it (as Envoy, a response head and body already received are passed on).
  *       Kinds (h2wire.EV_*):
@@ -47,6 +52,7 @@
 #define EV_GOAWAY 7
 
 static PyObject *CodecError;
+static PyObject *FloodError;
 
 typedef struct buf_s {
     char *p;
@@ -105,6 +111,10 @@ typedef struct {
     int app_goaway;   /* a GOAWAY we submitted is on its way */
     int terminated;   /* the codec ended the connection (a connection error) */
     int failed;       /* a Python error inside a callback */
+    /* Envoy's ProtocolConstraints (inbound): its limits, counts, and the flood found (NULL: none) */
+    unsigned long long max_empty, max_priority, max_window;
+    unsigned long long empty_run, priority_frames, window_frames, opened_streams, data_frames_sent;
+    const char *flood;
 } Session;
 
 static stream_t *stream_new(Session *self, int32_t id) {
@@ -184,9 +194,48 @@ static nghttp2_nv *to_nva(PyObject *headers, size_t *count, PyObject **fast_out)
 }
 
 /* --- nghttp2 callbacks --- */
+/* One received frame against Envoy's inbound flood limits (ProtocolConstraints::trackInboundFrame); returns
+ * nonzero (self->flood set) when the peer went past one: the read stops there. */
+static int track_inbound(Session *self, uint8_t type, uint8_t flags, size_t payload) {
+    switch (type) {
+    case NGHTTP2_HEADERS:
+    case NGHTTP2_CONTINUATION:
+    case NGHTTP2_DATA:
+        if (payload == 0 && !(flags & NGHTTP2_FLAG_END_STREAM)) self->empty_run++;
+        else self->empty_run = 0;
+        break;
+    case NGHTTP2_PRIORITY:
+        self->priority_frames++;
+        break;
+    case NGHTTP2_WINDOW_UPDATE:
+        self->window_frames++;
+        break;
+    default:
+        return 0;
+    }
+    if (self->empty_run > self->max_empty)
+        self->flood = "Too many consecutive frames with an empty payload";
+    else if (self->priority_frames > self->max_priority * (1 + self->opened_streams))
+        self->flood = "Too many PRIORITY frames";
+    else if (self->window_frames > 5 + 2 * (self->opened_streams + self->max_window * self->data_frames_sent))
+        self->flood = "Too many WINDOW_UPDATE frames";
+    return self->flood != NULL;
+}
+
+/* every frame but HEADERS and DATA is tracked as it begins (the only callback some get: CONTINUATION, frames on
+ * closed streams); HEADERS and DATA once their padding is known */
+static int on_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *user_data) {
+    Session *self = user_data;
+    (void)session;
+    if (hd->type == NGHTTP2_HEADERS || hd->type == NGHTTP2_DATA) return 0;
+    return track_inbound(self, hd->type, hd->flags, hd->length) ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+}
+
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
     Session *self = user_data;
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+    if (track_inbound(self, NGHTTP2_HEADERS, frame->hd.flags, frame->hd.length - frame->headers.padlen))
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
     int32_t sid = frame->hd.stream_id;
     stream_t *s = stream_of(self, sid);
     if (!s) {
@@ -194,6 +243,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
         s = stream_new(self, sid);
         if (!s) return NGHTTP2_ERR_CALLBACK_FAILURE;
         s->opened = 1;
+        self->opened_streams++;
         nghttp2_session_set_stream_user_data(session, sid, s);
     }
     Py_CLEAR(s->cookies);
@@ -322,6 +372,8 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         else if (s) Py_CLEAR(s->headers);
         break;
     case NGHTTP2_DATA:
+        if (track_inbound(self, NGHTTP2_DATA, frame->hd.flags, frame->hd.length - frame->data.padlen))
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
         s = stream_of(self, sid);
         if (s && !s->app_closed) {
             size_t n = s->in.len - s->in.off;
@@ -391,10 +443,12 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
         return 0;
     }
     if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
+    if (frame->hd.type == NGHTTP2_DATA) self->data_frames_sent++;
     stream_t *s = stream_of(self, sid);
     if (!s) return 0;
     if (frame->hd.type == NGHTTP2_HEADERS && !self->server && !s->opened) {
         s->opened = 1; /* the response's window (see h2up.client_settings) */
+        self->opened_streams++;
         if (self->stream_window > NGHTTP2_INITIAL_WINDOW_SIZE)
             nghttp2_submit_window_update(session, NGHTTP2_FLAG_NONE, sid,
                                          self->stream_window - NGHTTP2_INITIAL_WINDOW_SIZE);
@@ -459,13 +513,15 @@ static void Session_dealloc(Session *self) {
 }
 
 static int Session_init(Session *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"server", "settings", "connection_window", "max_header_bytes", "stream_window", NULL};
+    static char *kwlist[] = {"server", "settings", "connection_window", "max_header_bytes", "stream_window",
+                             "flood_limits", NULL};
     int server;
     PyObject *settings;
     long long conn_window, max_header_bytes;
-    int stream_window = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "pOLL|i", kwlist, &server, &settings, &conn_window,
-                                     &max_header_bytes, &stream_window))
+    int stream_window;
+    unsigned long long max_empty, max_priority, max_window;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "pOLLi(KKK)", kwlist, &server, &settings, &conn_window,
+                                     &max_header_bytes, &stream_window, &max_empty, &max_priority, &max_window))
         return -1;
     if (self->session) {
         PyErr_SetString(PyExc_RuntimeError, "Session already initialised");
@@ -474,11 +530,15 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds) {
     self->server = server;
     self->max_header_bytes = (size_t)max_header_bytes;
     self->stream_window = stream_window;
+    self->max_empty = max_empty;
+    self->max_priority = max_priority;
+    self->max_window = max_window;
     nghttp2_session_callbacks *cb;
     if (nghttp2_session_callbacks_new(&cb)) {
         PyErr_NoMemory();
         return -1;
     }
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
@@ -560,6 +620,12 @@ static PyObject *Session_receive(Session *self, PyObject *arg) {
     ssize_t rv = nghttp2_session_mem_recv(self->session, view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
     int err = 0;
+    if (self->flood) { /* nothing more is read or sent: the connection is closed without a GOAWAY (Envoy) */
+        self->events = NULL;
+        Py_DECREF(events);
+        PyErr_SetString(FloodError, self->flood);
+        return NULL;
+    }
     if (self->failed) {
         err = 1;
     } else if (rv < 0) {
@@ -790,7 +856,9 @@ PyMODINIT_FUNC PyInit__h2codec(void) {
     PyObject *m = PyModule_Create(&h2codec_module);
     if (!m) return NULL;
     CodecError = PyErr_NewException("meshplug.agent._h2codec.CodecError", NULL, NULL);
-    if (!CodecError || PyModule_AddObjectRef(m, "CodecError", CodecError) < 0 ||
+    FloodError = CodecError ? PyErr_NewException("meshplug.agent._h2codec.FloodError", CodecError, NULL) : NULL;
+    if (!CodecError || !FloodError || PyModule_AddObjectRef(m, "CodecError", CodecError) < 0 ||
+        PyModule_AddObjectRef(m, "FloodError", FloodError) < 0 ||
         PyModule_AddObjectRef(m, "Session", (PyObject *)&SessionType) < 0 ||
         PyModule_AddStringConstant(m, "NGHTTP2_VERSION", NGHTTP2_VERSION) < 0) {
         Py_DECREF(m);

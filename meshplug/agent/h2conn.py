@@ -11,6 +11,9 @@ when there is no native build): h2's own state machine, framing and flow control
   configs switch the library's own off; `PyCodec.receive` applies them to every header event).
 * A connection error in `receive_data` (raised as `Broken`) keeps the events of the frames before it: Envoy
   passes on a response head and body it received before the frame that broke the connection.
+* Envoy's inbound flood limits (its ProtocolConstraints, as meshplug/agent/_h2codec.c applies them to nghttp2):
+  `FloodGuard` counts every frame as h2's frame buffer parses it (CONTINUATION frames included, before h2 joins
+  them); a peer past one raises `Flood`, nothing queued for it.
 * A GOAWAY received ends no stream at or below its last-stream-id (RFC 9113 6.8; nghttp2 reads their frames on):
   h2 would close its whole state machine, so the next frame of such a stream (the rest of a response) or our
   answer to it were a connection error, and drop what it had queued to send.
@@ -22,15 +25,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import h2.config
 import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import hyperframe.exceptions
 import hyperframe.frame
 
+from meshplug import limits
+
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from h2._typing import Buffer
+    from hpack.struct import HeaderWeaklyTyped
 
 
 class Broken(h2.exceptions.ProtocolError):
@@ -43,17 +53,112 @@ class Broken(h2.exceptions.ProtocolError):
         self.events = events
 
 
+class Flood(h2.exceptions.ProtocolError):
+    """The peer went past one of Envoy's inbound flood limits (`FloodGuard`): the connection is to be closed, no
+    GOAWAY; `events`: what the frames before gave."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.events: list[Any] = []
+
+
+_BLOCK_OR_DATA = (hyperframe.frame.HeadersFrame, hyperframe.frame.ContinuationFrame, hyperframe.frame.DataFrame)
+
+
+class FloodGuard:
+    """Envoy's ProtocolConstraints on received frames: consecutive HEADERS/CONTINUATION/DATA frames with an empty
+    payload and no END_STREAM, PRIORITY frames per stream opened, WINDOW_UPDATE frames per stream opened and DATA
+    frame sent (meshplug.limits.H2_MAX_*)."""
+
+    __slots__ = ("data_frames_sent", "empty_run", "opened_streams", "priority_frames", "window_frames")
+
+    def __init__(self) -> None:
+        self.empty_run = 0
+        self.priority_frames = 0
+        self.window_frames = 0
+        self.opened_streams = 0
+        self.data_frames_sent = 0
+
+    def received(self, frame: hyperframe.frame.Frame) -> None:
+        """Count `frame`; raises Flood when a limit is passed."""
+        if isinstance(frame, _BLOCK_OR_DATA):
+            # the payload without padding (HEADERS: its priority fields count, as nghttp2 measures it)
+            size = len(frame.data)
+            if "PRIORITY" in frame.flags:
+                size += 5
+            self.empty_run = self.empty_run + 1 if size == 0 and "END_STREAM" not in frame.flags else 0
+        elif isinstance(frame, hyperframe.frame.PriorityFrame):
+            self.priority_frames += 1
+        elif isinstance(frame, hyperframe.frame.WindowUpdateFrame):
+            self.window_frames += 1
+        else:
+            return
+        if self.empty_run > limits.H2_MAX_CONSECUTIVE_EMPTY_FRAMES:
+            raise Flood("Too many consecutive frames with an empty payload")
+        if self.priority_frames > limits.H2_MAX_PRIORITY_FRAMES_PER_STREAM * (1 + self.opened_streams):
+            raise Flood("Too many PRIORITY frames")
+        per_data = limits.H2_MAX_WINDOW_UPDATES_PER_DATA_FRAME_SENT
+        if self.window_frames > 5 + 2 * (self.opened_streams + per_data * self.data_frames_sent):
+            raise Flood("Too many WINDOW_UPDATE frames")
+
+
+class _GuardedFrames(h2.frame_buffer.FrameBuffer):
+    """h2's frame buffer, each frame shown to a FloodGuard as it is parsed (before CONTINUATION frames are joined);
+    a server's new stream counts as opened with its HEADERS frame."""
+
+    def __init__(self, guard: FloodGuard, *, server: bool) -> None:
+        super().__init__(server=server)
+        self.guard = guard
+        self.server = server
+        self.highest_opened = 0
+
+    def _update_header_buffer(self, f: hyperframe.frame.Frame | None) -> hyperframe.frame.Frame | None:
+        if f is not None:
+            if self.server and isinstance(f, hyperframe.frame.HeadersFrame) and f.stream_id > self.highest_opened:
+                self.highest_opened = f.stream_id
+                self.guard.opened_streams += 1
+            self.guard.received(f)
+        return super()._update_header_buffer(f)
+
+
 class Connection(h2.connection.H2Connection):
-    """h2's H2Connection; received frames are not formatted for the (disabled) trace log."""
+    """h2's H2Connection; received frames are not formatted for the (disabled) trace log; Envoy's flood limits."""
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        self.guard = FloodGuard()
+        self.incoming_buffer = _GuardedFrames(self.guard, server=not config.client_side)
+
+    def send_headers(  # noqa: PLR0917 - h2's own signature
+        self,
+        stream_id: int,
+        headers: Iterable[HeaderWeaklyTyped],
+        end_stream: bool = False,
+        priority_weight: int | None = None,
+        priority_depends_on: int | None = None,
+        priority_exclusive: bool | None = None,
+    ) -> None:
+        opens = self.config.client_side and stream_id not in self.streams
+        super().send_headers(stream_id, headers, end_stream, priority_weight, priority_depends_on, priority_exclusive)
+        if opens:
+            self.guard.opened_streams += 1
+
+    def send_data(self, stream_id: int, data: Any, end_stream: bool = False, pad_length: Any = None) -> None:
+        super().send_data(stream_id, data, end_stream=end_stream, pad_length=pad_length)
+        self.guard.data_frames_sent += 1
 
     def receive_data(self, data: Buffer) -> list[Any]:
-        """h2's receive_data, its connection errors raised as `Broken` with the events gathered before them."""
+        """h2's receive_data, its connection errors raised as `Broken` with the events gathered before them (a
+        flood as `Flood`, nothing queued)."""
         events: list[Any] = []
         self.incoming_buffer.add_data(data)
         self.incoming_buffer.max_frame_size = self.max_inbound_frame_size
         try:
             for frame in self.incoming_buffer:
                 events.extend(self._receive_frame(frame))
+        except Flood as exc:
+            exc.events = events
+            raise
         except hyperframe.exceptions.InvalidPaddingError as exc:
             self._terminate_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
             raise Broken("Received frame with invalid padding.", h2.errors.ErrorCodes.PROTOCOL_ERROR, events) from exc

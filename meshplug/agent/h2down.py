@@ -570,6 +570,14 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.receive(data)
+        except h2wire.FLOOD_ERRORS as exc:
+            # Envoy's ProtocolConstraints: the connection is closed at once, nothing more sent (no GOAWAY)
+            self.proxy.stats.count_h2_flood(str(exc))
+            log.debug("h2 connection %d: closed: %s", self.id, exc)
+            self.going_away = True
+            if self.transport is not None:
+                self.transport.close()
+            return
         except h2wire.PROTOCOL_ERRORS as exc:
             log.debug("h2 connection %d: protocol error: %s", self.id, exc)
             self.going_away = True

@@ -36,7 +36,8 @@ import h2.exceptions
 import h2.settings
 from hpack import NeverIndexedHeaderTuple
 
-from meshplug.agent.h2conn import Broken, Connection
+from meshplug import limits
+from meshplug.agent.h2conn import Broken, Connection, Flood
 from meshplug.agent.hpackcache import CachedDecoder, CachedEncoder
 
 Header = tuple[bytes, bytes]
@@ -297,6 +298,19 @@ PROTOCOL_ERRORS: Final[tuple[type[Exception], ...]] = (h2.exceptions.ProtocolErr
 )
 
 
+#: what `Codec.receive` raises when the peer went past one of Envoy's flood limits (one of PROTOCOL_ERRORS too):
+#: nothing is queued; the connection is closed without a GOAWAY, as Envoy closes it
+FLOOD_ERRORS: Final[tuple[type[Exception], ...]] = (Flood,) + (
+    (cast(type[Exception], _NATIVE.FloodError),) if _NATIVE is not None else ()
+)
+#: the flood limits the native codec applies (h2conn.FloodGuard reads them from limits itself)
+_FLOOD_LIMITS: Final = (
+    limits.H2_MAX_CONSECUTIVE_EMPTY_FRAMES,
+    limits.H2_MAX_PRIORITY_FRAMES_PER_STREAM,
+    limits.H2_MAX_WINDOW_UPDATES_PER_DATA_FRAME_SENT,
+)
+
+
 def events_before(exc: Exception) -> list[Event]:
     """The events of the frames a read held before the one that broke the connection (`exc`, one of
     PROTOCOL_ERRORS raised by `Codec.receive`)."""
@@ -316,7 +330,10 @@ def new_codec(
     """A connection's codec, its SETTINGS and connection window queued: nghttp2 when built, else h2.
     `on_failed(sid)`: a queued body or trailers could not be sent later (h2 only; nghttp2 answers at once)."""
     if native and _NATIVE is not None:
-        return cast(Codec, _NATIVE.Session(server, list(settings), connection_window, max_header_bytes, stream_window))
+        return cast(
+            Codec,
+            _NATIVE.Session(server, list(settings), connection_window, max_header_bytes, stream_window, _FLOOD_LIMITS),
+        )
     return PyCodec(
         server,
         settings,
@@ -410,6 +427,9 @@ class PyCodec:
         h = self.h2
         try:
             events = h.receive_data(data)
+        except Flood as exc:
+            exc.events = self._ours(exc.events)
+            raise
         except Broken as exc:
             raise Broken(str(exc), exc.error_code, self._ours(exc.events)) from exc
         good = check_received(events, server=self.server, connect_protocol=self.connect_protocol)

@@ -25,6 +25,9 @@ class Stats:
         "downstream_rq_rx_reset",
         "downstream_rq_too_many_premature_resets",
         "downstream_rq_total",
+        "http2_inbound_empty_frames_flood",
+        "http2_inbound_priority_frames_flood",
+        "http2_inbound_window_update_frames_flood",
         "upstream_cx_active",
         "upstream_cx_connect_fail",
         "upstream_cx_total",
@@ -49,6 +52,9 @@ class Stats:
         self.downstream_rq_active = 0
         self.downstream_rq_local_reply = 0
         self.downstream_rq_total = 0
+        self.http2_inbound_empty_frames_flood = 0
+        self.http2_inbound_priority_frames_flood = 0
+        self.http2_inbound_window_update_frames_flood = 0
         self.upstream_cx_active = 0
         self.upstream_cx_connect_fail = 0
         self.upstream_cx_total = 0
@@ -72,3 +78,12 @@ class Stats:
             self.downstream_rq_3xx += 1
         else:
             self.downstream_rq_1xx += 1
+
+    def count_h2_flood(self, message: str) -> None:
+        """An HTTP/2 connection closed for a flood; `message` is the codec's (its limit named as Envoy's are)."""
+        if "PRIORITY" in message:
+            self.http2_inbound_priority_frames_flood += 1
+        elif "WINDOW_UPDATE" in message:
+            self.http2_inbound_window_update_frames_flood += 1
+        else:
+            self.http2_inbound_empty_frames_flood += 1

@@ -19,7 +19,15 @@ from typing import Any
 
 import hpack
 import pytest
-from hyperframe.frame import HeadersFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    PriorityFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 from meshplug import limits
 from tests.differential import bed as diff_bed
@@ -247,6 +255,117 @@ def test_streams_over_the_limit_are_refused_one_by_one(bed: Bed) -> None:
         out = h2raw.run(port, send, until=lambda o: 1 in o.statuses, timeout=10.0)
         got[plane] = (out.resets.get(last), out.statuses.get(1), out.goaway, out.closed, sorted(out.resets))
     assert got["agent"] == got["envoy"] == ("REFUSED_STREAM", 200, None, False, [last]), got
+
+
+def _post_then(*frames: bytes) -> Callable[[RawClient], None]:
+    """A POST on stream 1 (through the client's own state machine, which must know the stream to read its answer),
+    then `frames` as they are."""
+
+    def send(c: RawClient) -> None:
+        c.h2.send_headers(1, [(b":method", b"POST"), *BASE[1:]], end_stream=False)
+        c.flush()
+        c.send_raw(b"".join(frames))
+
+    return send
+
+
+def _before_get(*frames: bytes) -> Callable[[RawClient], None]:
+    """`frames` as they are, then a GET on stream 1."""
+
+    def send(c: RawClient) -> None:
+        c.send_raw(b"".join(frames))
+        c.request(1, list(BASE))
+
+    return send
+
+
+def _frame(f: Any, data: bytes = b"", *flags: str, end: bool = False, pad: int = 0) -> bytes:
+    f.data = data
+    for flag in flags:
+        f.flags.add(flag)
+    if end:
+        f.flags.add("END_STREAM")
+    if pad:
+        f.flags.add("PADDED")
+        f.pad_length = pad
+    return bytes(f.serialize())
+
+
+def _data(body: bytes, *, end: bool = False, pad: int = 0) -> bytes:
+    return _frame(DataFrame(1), body, end=end, pad=pad)
+
+
+def _priority(n: int) -> list[bytes]:
+    out = []
+    for _ in range(n):
+        f = PriorityFrame(1)
+        f.depends_on, f.stream_weight = 0, 16
+        out.append(bytes(f.serialize()))
+    return out
+
+
+def _window_updates(stream_id: int, n: int) -> list[bytes]:
+    out = []
+    for _ in range(n):
+        w = WindowUpdateFrame(stream_id)
+        w.window_increment = 1
+        out.append(bytes(w.serialize()))
+    return out
+
+
+def _empty_continuations(c: RawClient) -> None:
+    block = hpack.Encoder().encode(list(BASE))
+    c.send_raw(_frame(HeadersFrame(1), block, end=True) + _frame(ContinuationFrame(1)))
+    c.send_raw(_frame(ContinuationFrame(1), b"", "END_HEADERS"))
+
+
+_LAST = _data(b"x", end=True)
+# Envoy's ProtocolConstraints at their edges (defaults: max_consecutive_inbound_frames_with_empty_payload 1,
+# max_inbound_priority_frames_per_stream 100, max_inbound_window_update_frames_per_data_frame_sent 10): the
+# request on stream 1 is answered ("ok"), or the connection is closed before any answer, without GOAWAY ("flood")
+FLOOD_CASES: list[tuple[str, Callable[[RawClient], None], str]] = [
+    ("one empty DATA frame", _post_then(_data(b""), _LAST), "ok"),
+    ("two empty DATA frames", _post_then(_data(b""), _data(b""), _LAST), "flood"),
+    ("two padded empty DATA frames", _post_then(_data(b"", pad=5), _data(b"", pad=5), _LAST), "flood"),
+    ("empty DATA frames apart", _post_then(_data(b""), _data(b"a"), _data(b""), _LAST), "ok"),
+    ("an empty DATA frame, then an empty end", _post_then(_data(b""), _data(b"", end=True)), "ok"),
+    ("two empty CONTINUATION frames", _empty_continuations, "flood"),
+    ("200 PRIORITY frames, one stream", _post_then(*_priority(200), _LAST), "ok"),
+    ("201 PRIORITY frames, one stream", _post_then(*_priority(201), _LAST), "flood"),
+    ("7 WINDOW_UPDATE frames, one stream", _post_then(*_window_updates(1, 7), _LAST), "ok"),
+    ("8 WINDOW_UPDATE frames, one stream", _post_then(*_window_updates(1, 8), _LAST), "flood"),
+    ("5 connection WINDOW_UPDATE frames before a stream", _before_get(*_window_updates(0, 5)), "ok"),
+    ("6 connection WINDOW_UPDATE frames before a stream", _before_get(*_window_updates(0, 6)), "flood"),
+]
+#: the agent's counter (Envoy's http2.* name) each flood moves
+_FLOOD_STAT = {"DATA": "empty_frames", "CONTINUATION": "empty_frames", "PRIORITY": "priority_frames",
+               "WINDOW_UPDATE": "window_update_frames"}  # fmt: skip
+
+
+def _flood_count(bed: Bed, kind: str) -> int:
+    text = tb_agent.http_request(bed.agent.admin_port, "GET", "/stats/prometheus")[2].decode()
+    m = re.search(rf"http2_inbound_{kind}_flood_total\S* (\d+)", text)
+    assert m, text
+    return int(m.group(1))
+
+
+@pytest.mark.parametrize(("name", "send", "expect"), FLOOD_CASES, ids=[c[0] for c in FLOOD_CASES])
+def test_flood_limits_as_envoy(bed: Bed, name: str, send: Callable[[RawClient], None], expect: str) -> None:
+    """Frames that cost the proxy work and carry nothing: at Envoy's limit both answer, one frame past it both close
+    the connection without a GOAWAY or an answer (Envoy's http2.inbound_*_flood; the agent counts it the same)."""
+    kind = next(v for k, v in _FLOOD_STAT.items() if k in name)
+    before = _flood_count(bed, kind)
+    got = {}
+    for plane, port in (("envoy", bed.envoy_port), ("agent", bed.agent.port)):
+        out = h2raw.run(port, send, until=lambda o: o.closed or 1 in o.bodies, timeout=3.0)
+        if out.statuses.get(1) == 200:
+            got[plane] = "ok"
+        elif out.closed and out.goaway is None and not out.statuses:
+            got[plane] = "flood"
+        else:
+            got[plane] = repr(out)
+    assert got == {"envoy": expect, "agent": expect}
+    assert _flood_count(bed, kind) == before + (expect == "flood")
 
 
 def _respond(headers: list[tuple[str, str]]) -> tuple[bytes, bytes]:

@@ -15,7 +15,7 @@ import h2.errors
 import h2.events
 import hpack
 import pytest
-from hyperframe.frame import HeadersFrame
+from hyperframe.frame import HeadersFrame, PriorityFrame, WindowUpdateFrame
 
 from meshplug import limits
 from meshplug.agent import h2down, h2up, h2wire
@@ -245,3 +245,60 @@ def test_a_connection_error_hands_over_the_events_before_it(
         [head, (h2wire.EV_DATA, 1, b"ok", False, 2)],
         [h2.errors.ErrorCodes.PROTOCOL_ERROR],
     )
+
+
+def _window_updates(stream_id: int, n: int) -> bytes:
+    frames = []
+    for _ in range(n):
+        w = WindowUpdateFrame(stream_id)
+        w.window_increment = 1
+        frames.append(w.serialize())
+    return b"".join(frames)
+
+
+def _priorities(stream_id: int, n: int) -> bytes:
+    frames = []
+    for _ in range(n):
+        p = PriorityFrame(stream_id)
+        p.depends_on, p.stream_weight = 0, 16
+        frames.append(p.serialize())
+    return b"".join(frames)
+
+
+def _floods(codec: h2wire.Codec, data: bytes) -> bool:
+    try:
+        codec.receive(data)
+    except h2wire.FLOOD_ERRORS:
+        return True
+    return False
+
+
+#: (DATA frames the server sent on its one stream, WINDOW_UPDATE frames then received): Envoy's allowance is
+#: 5 + 2 x (streams opened + 10 x DATA frames sent)
+WINDOW_CASES = [(0, 7, False), (0, 8, True), (1, 27, False), (1, 28, True), (3, 67, False), (3, 68, True)]
+
+
+@pytest.mark.parametrize("kind", CODECS)
+@pytest.mark.parametrize(("sent", "updates", "flood"), WINDOW_CASES)
+def test_window_updates_allowed_per_data_frame_sent(kind: str, sent: int, updates: int, flood: bool) -> None:
+    server = _codec(kind, server=True)
+    client = _peer(client=True)
+    client.send_headers(1, REQUEST)
+    server.receive(client.data_to_send())
+    server.send_headers(1, [(b":status", b"200")], False)
+    for _ in range(sent):
+        server.send_data(1, b"x", False)
+        client.receive_data(server.data_to_send())  # each a DATA frame of its own
+    assert _floods(server, _window_updates(1, updates)) is flood
+
+
+@pytest.mark.parametrize("kind", CODECS)
+@pytest.mark.parametrize(("priorities", "flood"), [(200, False), (201, True)])
+def test_an_upstream_connection_has_the_flood_limits_too(kind: str, priorities: int, flood: bool) -> None:
+    """The client codec (an HTTP/2 cluster): its stream opened by our HEADERS counts, as Envoy's newStream."""
+    client = _codec(kind, server=False)
+    server = _peer(client=False)
+    server.receive_data(client.data_to_send())
+    assert client.send_headers(1, REQUEST, True)
+    server.receive_data(client.data_to_send())
+    assert _floods(client, server.data_to_send() + _priorities(1, priorities)) is flood
