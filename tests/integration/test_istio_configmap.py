@@ -7,6 +7,8 @@ ConfigMap volumes the admitted pod spec names (tests/testbed/istio.py)."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -371,3 +373,122 @@ def test_a_listener_refused_until_the_module_is_mounted_is_reported_and_heals(
         istio_mesh.delete(entry)
         mesh_operator.delete(ns, "lag")
         stop(istio_mesh, pod)
+
+
+def listeners_carrying(pod: istiopod.Pod, sha: str) -> dict[str, tuple[str, list[str]]]:
+    """Envoy's own active listeners whose config names the module ``sha``: name -> (last updated, the remote urls of
+    the module in it)."""
+    dump = json.loads(pod.admin("/config_dump?resource=dynamic_listeners"))
+    out = {}
+    for config in dump.get("configs") or []:
+        active = config.get("active_state") or {}
+        text = json.dumps(active.get("listener") or {})
+        if sha in text:
+            urls = re.findall(r'"uri": "([^"]*' + sha + r'[^"]*)"', text)
+            out[str(config.get("name"))] = (str(active.get("last_updated")), urls)
+    return out
+
+
+#: Envoy's warning on each Wasm filter config it builds with remote code (createWasm: the one place that fetches
+#: a module, or finds it in Envoy's code cache), and its counter of fetches that failed after their retries
+REMOTE_FETCH = "Wasm remote code fetch is unstable"
+FETCH_FAILURES = "wasm.remote_load_fetch_failures"
+
+
+def wasm_fetch_failures(pod: istiopod.Pod) -> int:
+    for line in pod.admin("/stats?filter=remote_load_fetch_failures").splitlines():
+        name, _, value = line.partition(": ")
+        if name.strip() == FETCH_FAILURES:
+            return int(value)
+    return 0
+
+
+def lds_pushed(mesh: istio.Mesh, pod: istiopod.Pod, entry: dict[str, Any]) -> None:
+    """Apply ``entry`` (a ServiceEntry the pod sees) and wait until the proxy ACKed the listener push it makes: every
+    update istiod took in before it has reached the proxy by then (a push builds from istiod's whole current state)."""
+    sent = lds_state(mesh, pod.proxy_id).get("sent")
+    mesh.apply(entry)
+    istio.poll(
+        lambda: lds_state(mesh, pod.proxy_id),
+        lambda s: s.get("sent") != sent and s.get("acked") == s.get("sent"),
+        "istiod's listener push for the ServiceEntry, ACKed",
+    )
+
+
+def test_a_module_delivered_again_keeps_its_url_across_an_operator_restart(
+    mesh_operator: MeshOperator, istio_mesh: istio.Mesh, ns: str
+) -> None:
+    """A remote module the proxy could not download is delivered again under a new url (Envoy fetches a remote
+    source once, and again only for a changed one): here the pod cannot reach the module server when the plugin
+    arrives, then it can, and the operator's redelivery (``&redelivery=1``) is what makes Envoy fetch and run it.
+    The operator restarted then renders the url the EnvoyFilter carries (its redelivery number read back from it, not
+    counted from 0 in memory): it writes nothing, istiod has nothing new for the proxy, and Envoy neither rebuilds
+    the listener nor downloads the module again (the listener's last update stays, and Envoy logs no new Wasm filter
+    with remote code: the only place it fetches one)."""
+    pod = istio_mesh.sidecar(ns, "far-0", {"app": "far"})
+    sidecar = pod.sidecar_resource()
+    sidecar["spec"]["egress"][0]["hosts"].append(f"{istio.MODULES_NS}/*")  # the module server's Istio cluster
+    istio_mesh.apply(sidecar)
+    entry = service_entry(ns, "far-barrier.example")
+    url, sha = mesh_operator.module_url(corpus.with_custom_section(GO_HEADERS, b"far"), "go_headers_far.wasm")
+    far = {
+        "url": url,
+        "sha256": sha,
+        "istioDelivery": "configmap",
+        "selector": {"matchLabels": {"app": "far"}},
+        "match": [{"mode": "SERVER"}],
+        "pluginConfig": {"response": {"add": {"x-far": "1"}}},
+    }
+    try:
+        with mesh_operator.unreachable_from(pod):
+            mesh_operator.plugin(ns, "far", far)
+            istio.poll(
+                lambda: mesh_operator.get(ns, "far") or {},
+                lambda o: (
+                    [(f["name"], f["reason"]) for f in o.get("status", {}).get("failingPods") or []]
+                    == [("far-0", "NotDownloaded")]
+                ),
+                "NotDownloaded in the status",
+                show=lambda o: o.get("status"),
+            )
+            # Envoy gave up every fetch it started (each after its retries): nothing but a changed url has it fetch
+            # again. Each listener's filter started one (Envoy's createWasm: a cache miss, or a config built while
+            # the first fetch was in progress); one still retrying when the module server is back fills Envoy's
+            # cache but leaves the filter that gave up failed (503)
+            istio.poll(
+                lambda: (pod.agent_log().count(REMOTE_FETCH), wasm_fetch_failures(pod)),
+                lambda started_failed: 0 < started_failed[0] <= started_failed[1],
+                "Envoy's failed fetches of the module",
+                timeout=120,
+            )
+        # reachable again: nothing here changes anything; the operator's redelivery has Envoy fetch the module
+        istio.poll(
+            lambda: pod.request("/"),
+            lambda r: r.status == 200 and r.headers.get("x-far") == "1",
+            "the module downloaded and run",
+            timeout=4 * limits.REDELIVERY_AFTER_S,  # the first redelivery comes REDELIVERY_AFTER_S after the first
+        )
+        mesh_operator.wait(ns, "far", reason="Loaded")
+        path = f"/apis/networking.istio.io/v1alpha3/namespaces/{ns}/envoyfilters/meshplug-far"
+        written = istio_mesh.kube.request("GET", path)[1]
+        carried = listeners_carrying(pod, sha)
+        assert carried and all(
+            urls and all(u.endswith("&redelivery=1") for u in urls) for _, urls in carried.values()
+        ), carried
+        builds = pod.agent_log().count(REMOTE_FETCH)
+
+        mesh_operator.restart()
+        reconciled = f'"plugin": "{ns}/far"'
+        istio.poll(lambda: mesh_operator.log().count(reconciled), lambda n: n >= 1, "a reconcile of the plugin")
+        mesh_operator.wait(ns, "far", reason="Loaded")
+        lds_pushed(istio_mesh, pod, entry)  # whatever the restarted operator wrote has reached Envoy by now
+        now = istio_mesh.kube.request("GET", path)[1]
+        assert now["metadata"]["resourceVersion"] == written["metadata"]["resourceVersion"], (written, now)
+        assert listeners_carrying(pod, sha) == carried  # Envoy's listeners as they were: not rebuilt
+        assert pod.agent_log().count(REMOTE_FETCH) == builds  # no filter built again: nothing fetched
+        assert pod.request("/").headers.get("x-far") == "1"
+    finally:
+        istio_mesh.delete(entry)
+        mesh_operator.delete(ns, "far")
+        stop(istio_mesh, pod)
+        istio_mesh.delete(sidecar)

@@ -7,10 +7,8 @@ server's downloads)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 
@@ -446,31 +444,6 @@ def test_a_refusal_istiod_no_longer_shows_stays_reported_after_an_operator_resta
     istio.poll(lambda: pod.request("/"), lambda r: r.status == 200, "the proxy serving again")
 
 
-@contextlib.contextmanager
-def module_server_unreachable(op: MeshOperator, pod: istiopod.Pod) -> Iterator[None]:
-    """Inside the block the pod's connections to meshplug's module server are refused (a reset, from a rule in the
-    pod's own network namespace: what a NetworkPolicy or a module Service without endpoints does); nothing else of
-    the pod's network changes (istiod, the app)."""
-    rule = ["OUTPUT", "-p", "tcp", "-d", op.mesh.bridge.host_ip, "--dport", str(op.module_port)]
-    rule += ["-j", "REJECT", "--reject-with", "tcp-reset"]
-
-    def iptables(*args: str) -> None:
-        out = subprocess.run(
-            ["nsenter", "-t", str(pod.net.pid), "-n", "--", "iptables", *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert out.returncode == 0, out.stderr
-
-    iptables("-I", *rule)
-    try:
-        yield
-    finally:
-        iptables("-D", *rule)
-
-
 def ecds_filter(pod: istiopod.Pod, name: str) -> str:
     """The type of the extension config Envoy runs under the ECDS name of the plugin ``name`` (ns.name; "" when
     none)."""
@@ -514,7 +487,7 @@ def test_a_module_istio_agent_could_not_download_is_delivered_again_and_heals(
     converting = "error in converting the wasm config to local"  # istio-agent's words for a failed download
     failed_before = pod.agent_log().count(converting)
     try:
-        with module_server_unreachable(mesh_operator, pod):
+        with mesh_operator.unreachable_from(pod):
             mesh_operator.plugin(ns, name, spec, kind=kind)
             # Envoy runs istio-agent's stand-in: every request denied, the extension config ACKed
             denied = istio.poll(lambda: pod.request("/"), lambda r: r.status == 403, "istio-agent's deny-all stand-in")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from tests.testbed import helm, istio, procs
+from tests.testbed import helm, istio, istiopod, procs
 from tests.testbed import operator as operator_mod
 
 CRDS = sorted((procs.REPO_ROOT / "crds").glob("*.yaml"))  # WasmPlugin, TrafficExtension
@@ -48,6 +49,25 @@ class MeshOperator:
         assert self.start is not None
         self.op.stop()
         self.op = self.start()
+
+    @contextlib.contextmanager
+    def unreachable_from(self, pod: istiopod.Pod) -> Iterator[None]:
+        """Inside the block the pod's connections to the operator's module server are refused (a reset, from a rule
+        in the pod's own network namespace: what a NetworkPolicy or a module Service without endpoints does);
+        nothing else of the pod's network changes (istiod, the app)."""
+        rule = ["OUTPUT", "-p", "tcp", "-d", self.mesh.bridge.host_ip, "--dport", str(self.module_port)]
+        rule += ["-j", "REJECT", "--reject-with", "tcp-reset"]
+
+        def iptables(*args: str) -> None:
+            argv = ["nsenter", "-t", str(pod.net.pid), "-n", "--", "iptables", *args]
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+            assert out.returncode == 0, out.stderr
+
+        iptables("-I", *rule)
+        try:
+            yield
+        finally:
+            iptables("-D", *rule)
 
     # --- modules ---------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import pytest
 from meshplug import spec
 from meshplug.controller import delivery
 from meshplug.controller.delivery import istio_configmap, istio_native, istio_pods, nacks, proxies
+from meshplug.render import istio, model
 
 NAME = "shop.hdr"
 REFUSED = f"Unable to create Wasm plugin {NAME}"
@@ -636,3 +637,44 @@ def test_a_mark_meant_to_make_istiod_push_has_a_key_istiod_pushes_for(mark: str)
     an Istio resource only when a label or annotation key contains "istio.io"; test_istio_configmap's
     ModuleNotMounted test shows it on the real istiod for the ConfigMap route's mark."""
     assert "istio.io" in mark
+
+
+REMOTE = model.RemoteCode(
+    uri="http://modules.meshplug-system:8080/modules/sha256/" + "a" * 64 + "?sig=s1",
+    cluster="outbound|8080||modules.meshplug-system",
+    sha256="a" * 64,
+)
+OTHER = model.RemoteCode(uri=REMOTE.uri.replace("a" * 64, "b" * 64), cluster=REMOTE.cluster, sha256="b" * 64)
+
+
+def remote_envoy_filter(code: model.RemoteCode) -> dict[str, Any]:
+    body = {"metadata": {"name": "big", "namespace": "shop"}, "spec": {"url": "oci://r/big:v1"}}
+    return istio.envoy_filter(spec.parse(body), code)
+
+
+@pytest.mark.parametrize(
+    ("written", "delivered"),
+    [
+        (None, 0),  # no EnvoyFilter yet
+        (REMOTE, 0),  # first delivered: the url as rendered
+        (istio_configmap._redelivered(REMOTE, 1), 1),
+        (istio_configmap._redelivered(REMOTE, 12), 12),
+        (OTHER, 0),  # another module's url: this one counts afresh
+        (istio_configmap._redelivered(OTHER, 3), 0),
+    ],
+)
+def test_a_restarted_operator_renders_the_url_the_envoy_filter_carries(
+    written: model.RemoteCode | None, delivered: int
+) -> None:
+    """The url's redelivery number is read back from the EnvoyFilter the operator wrote (`_delivered_attempt`):
+    counted on from it, a new Redelivery (what an operator restart leaves) renders the very url written, and its next
+    redelivery is a url the proxies have not had."""
+    existing = remote_envoy_filter(written) if written is not None else None
+    assert istio_configmap._delivered_attempt(existing, REMOTE) == delivered
+    fresh = istio_pods.Redelivery(after_s=0.0, max_s=0.0)
+    attempt = fresh.attempt(("shop", "big"), "sha256:" + "a" * 64, delivered)
+    rendered = remote_envoy_filter(istio_configmap._redelivered(REMOTE, attempt))
+    if written is not None and written.sha256 == REMOTE.sha256:
+        assert rendered == existing  # nothing to write, nothing for istiod to push
+    stuck = [proxies.Verdict("big-0", proxies.PENDING, "NotDownloaded", "")]
+    assert fresh.due(("shop", "big"), "sha256:" + "a" * 64, stuck) == delivered + 1

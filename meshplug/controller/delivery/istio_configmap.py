@@ -14,7 +14,8 @@ the file never gets a filter naming it. What the route cannot do is reported per
   that lacks that cluster (its Sidecar resource's egress hides meshplug-system) would answer 503 to every
   request: ``ModuleServerHidden``. Envoy gives up a remote fetch after its retries and tries again only for a
   changed data source, so a module a proxy has not downloaded is delivered again with a new url
-  (`istio_pods.Redelivery`).
+  (`istio_pods.Redelivery`); the url's redelivery number is read back from the EnvoyFilter, so an operator restart
+  keeps the url the proxies have (a new url would be an LDS push to every selected proxy).
 A plugin in the mesh's root namespace applies mesh-wide: its ConfigMap is copied into every namespace that has a
 pod it selects, and removed from namespaces that no longer have one. A TrafficExtension's Lua travels inline in the
 EnvoyFilter (no ConfigMap, nothing to mount or download).
@@ -30,7 +31,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -114,7 +117,8 @@ class IstioConfigMap(istio_pods.Route):
         else:
             self._delete_config_maps(plugin.namespace, plugin.name, plugin.kind, keep=set())
         if isinstance(code, model.RemoteCode):
-            code = _redelivered(code, self.redelivery.attempt(request.key, digest))
+            delivered = _delivered_attempt(self._current_envoy_filter(plugin), code)
+            code = _redelivered(code, self.redelivery.attempt(request.key, digest, delivered))
         version = _version(plugin, digest)
         self.repush.attempt(request.key, digest)  # counts the pushes again of this module's listener
         if self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code)):
@@ -183,6 +187,17 @@ class IstioConfigMap(istio_pods.Route):
                 "install Istio or use dataPlane: agent",
                 reason="EnvoyFilterKindMissing",
             ) from None
+
+    def _current_envoy_filter(self, plugin: spec.PluginSpec) -> dict[str, Any] | None:
+        """The plugin's EnvoyFilter as the cache (or the API) holds it (None: none, or no EnvoyFilter kind)."""
+        managed = {model.MANAGED_BY_LABEL: model.MANAGED_BY}
+        try:
+            found = self.envoy_filters.objects(plugin.namespace, managed, name=istio.envoy_filter_name(plugin))
+        except errors.ApplyError as exc:
+            if exc.reason not in ("NotFound", "HTTP404"):
+                raise
+            return None  # `_apply_envoy_filter` says what is missing
+        return found[0] if found else None
 
     def _unmark(self, obj: dict[str, Any]) -> None:
         """Drop the push mark of the plugin's EnvoyFilter when it carries one and the spec of ``obj`` (just applied):
@@ -414,6 +429,18 @@ def _redelivered(code: model.RemoteCode, attempt: int) -> model.RemoteCode:
     if not attempt:
         return code
     return dataclasses.replace(code, uri=f"{code.uri}{'&' if '?' in code.uri else '?'}redelivery={attempt}")
+
+
+def _delivered_attempt(existing: Mapping[str, Any] | None, code: model.RemoteCode) -> int:
+    """The redelivery of this module (``code``, as first delivered) that the plugin's EnvoyFilter carries in its url
+    (0: none, or another module's url). The url of a module is its sha256 with the module server's signature and
+    this number alone, so a restarted operator that counts on from it renders the url every proxy already has:
+    nothing is pushed, nothing downloaded again."""
+    if existing is None:
+        return 0
+    text = json.dumps(existing.get("spec"))
+    found = re.search(f'"{re.escape(code.uri)}[?&]redelivery=([0-9]+)"', text)
+    return int(found.group(1)) if found else 0
 
 
 def _blocked(pod: Mapping[str, Any], code: model.Code | None) -> str:

@@ -214,12 +214,15 @@ class Redelivery:
         self._state: dict[tuple[str, str], tuple[str, int, float]] = {}  # key -> (digest, attempt, since)
         self.stuck, self.after_s, self.max_s, self.most = stuck, after_s, max_s, most
 
-    def attempt(self, key: tuple[str, str], digest: str) -> int:
+    def attempt(self, key: tuple[str, str], digest: str, delivered: int = 0) -> int:
+        """The attempt the plugin's module is delivered as now. A module not counted yet (a new one, or the operator
+        restarted) counts on from ``delivered``: the attempt the object the route wrote carries for this module
+        (persisted: a restarted operator renders what the proxies already have, and its next redelivery is new)."""
         with self._lock:
             known = self._state.get(key)
             if known is None or known[0] != digest:
-                self._state[key] = (digest, 0, time.monotonic())
-                return 0
+                self._state[key] = (digest, delivered, time.monotonic())
+                return delivered
             return known[1]
 
     def due(self, key: tuple[str, str], digest: str, verdicts: Sequence[proxies.Verdict]) -> int | None:
