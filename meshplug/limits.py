@@ -289,3 +289,11 @@ REDELIVERY_MAX_S = 600.0
 REPUSH_AFTER_S = 5.0
 REPUSH_MAX_S = 30.0
 REPUSH_MAX = 12
+
+#: an Event the API refused or did not answer (a hiccup, 409, 429, 5xx, a denial lifted later) is tried again after
+#: EVENT_RETRY_FIRST_S, doubling up to EVENT_RETRY_MAX_S, at most EVENT_RETRY_TRIES tries in all (client-go's
+#: recorder makes 12); at most EVENT_RETRY_PENDING Events wait at once (beyond it the oldest is dropped, logged)
+EVENT_RETRY_FIRST_S = 1.0
+EVENT_RETRY_MAX_S = 30.0
+EVENT_RETRY_TRIES = 12
+EVENT_RETRY_PENDING = 256

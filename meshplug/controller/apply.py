@@ -30,6 +30,8 @@ FIELD_MANAGER = "meshplug"
 Objects = list[dict[str, Any]]
 #: Event series remembered in memory (their counts); beyond it the memory is dropped and rebuilt from the API
 _MAX_EVENT_SERIES = 10_000
+#: the id of the last occurrence an Event counts (`Writer.event`): a write tried again is not counted twice
+OCCURRENCE_ANNOTATION = "meshplug.io/occurrence"
 
 # (apiVersion, kind) -> plural; the kinds the operator reads or writes
 _PLURALS = {
@@ -444,12 +446,17 @@ class Writer:
         )
         return out if isinstance(out, dict) else {}
 
-    def event(self, involved: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:
+    def event(
+        self, involved: Mapping[str, Any], *, warning: bool, reason: str, message: str, occurrence: str = ""
+    ) -> None:
         """Record a core/v1 Event on ``involved`` (a WasmPlugin body, or any object with apiVersion/kind).
 
         One Event per (object, type, reason), as client-go's recorder aggregates them: a repeat raises its
         ``count`` and moves ``lastTimestamp`` (and takes the newest message) instead of adding an Event per
         retry. The Event's name is derived from that key, so a restarted operator finds its series again.
+        ``occurrence`` (an id of this occurrence, kept in the Event's `OCCURRENCE_ANNOTATION`) makes a write tried
+        again idempotent: when the API took an earlier try but its answer was lost, the Event already carries the
+        id and is not counted again (`meshplug.controller.events`).
         """
         meta = involved["metadata"]
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -460,12 +467,13 @@ class Writer:
         namespace = meta["namespace"]
         with self._events_lock:
             count = self._events.get((namespace, name))
-        if count is not None and self._bump_event(namespace, name, count + 1, now, message):
+        if count is not None and self._bump_event(namespace, name, count + 1, now, message, occurrence):
             return
+        notes = {OCCURRENCE_ANNOTATION: occurrence} if occurrence else {}
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace, "annotations": notes},
             "involvedObject": {
                 "apiVersion": involved.get("apiVersion", f"{spec.API_GROUP}/{spec.API_VERSION}"),
                 "kind": kind,
@@ -487,14 +495,25 @@ class Writer:
             if exc.reason != "AlreadyExists":
                 raise
             existing = self.get("v1", "Event", namespace, name) or {}  # a series this process has not seen yet
-            self._bump_event(namespace, name, int(existing.get("count") or 1) + 1, now, message)
+            counted = int(existing.get("count") or 1)
+            landed = ((existing.get("metadata") or {}).get("annotations") or {}).get(OCCURRENCE_ANNOTATION)
+            if occurrence and landed == occurrence:  # an earlier try of this occurrence was taken
+                with self._events_lock:
+                    self._events[(namespace, name)] = counted
+                return
+            self._bump_event(namespace, name, counted + 1, now, message, occurrence)
             return
         with self._events_lock:
             self._events[(namespace, name)] = 1
 
-    def _bump_event(self, namespace: str, name: str, count: int, now: str, message: str) -> bool:
-        """Count one more occurrence of an existing Event; False when it is gone (Events expire)."""
-        patch = {"count": count, "lastTimestamp": now, "message": message[:1024]}
+    def _bump_event(  # noqa: PLR0917
+        self, namespace: str, name: str, count: int, now: str, message: str, occurrence: str
+    ) -> bool:
+        """Count one more occurrence of an existing Event (``count`` as a value, not an increment: a patch tried
+        again writes the same); False when it is gone (Events expire)."""
+        patch: dict[str, Any] = {"count": count, "lastTimestamp": now, "message": message[:1024]}
+        if occurrence:
+            patch["metadata"] = {"annotations": {OCCURRENCE_ANNOTATION: occurrence}}
         try:
             self.merge_patch("v1", "Event", namespace, name, patch)
         except errors.ApplyError as exc:

@@ -33,6 +33,7 @@ from typing import Any
 
 from meshplug import errors, fetch, limits, spec, validate
 from meshplug.controller import apply, delivery, identity, informer, precompile, rollout, signing, status
+from meshplug.controller import events as events_mod
 from meshplug.controller import metrics as metrics_mod
 from meshplug.controller.delivery import agent as agent_delivery
 from meshplug.controller.delivery import istio_configmap, istio_native, istio_pods, proxies
@@ -98,6 +99,7 @@ class Reconciler:
         """`precompiler`: where agent-plane modules are compiled for the agents (default: ``compiled/`` in the
         fetcher's cache, which `meshplug operator` serves at /compiled/)."""
         self.writer = writer
+        self.events = events_mod.EventRecorder(writer)
         self.fetcher = fetcher
         self.server = server
         self.signature_policy = signature_policy or signing.SignaturePolicy()
@@ -285,22 +287,11 @@ class Reconciler:
         self._record(body, ([event] if event is not None else []) + list(events))
 
     def _record(self, body: Mapping[str, Any], events: Sequence[tuple[bool, str, str]]) -> None:
-        """Write the Events (after the status, the user-visible truth). Best effort, as client-go's recorder: an
-        Event the API refuses (RBAC, an admission policy, a quota) is logged and dropped, never retried, and
-        neither undoes nor holds back the status."""
-        meta = body["metadata"]
+        """Write the Events (after the status, the user-visible truth). An Event the API refuses or does not answer
+        neither undoes nor holds back the status: `events.EventRecorder` tries it again later (a hiccup, a 409,
+        429 or 5xx, a denial lifted later), without counting an occurrence twice, and logs what it drops."""
         for warning, reason, message in events:
-            try:
-                self.writer.event(body, warning=warning, reason=reason, message=message)
-            except errors.ApplyError as exc:
-                log.warning(
-                    "Event %s on %s/%s not recorded (dropped): %s: %s",
-                    reason,
-                    meta["namespace"],
-                    meta["name"],
-                    exc.reason,
-                    exc.message,
-                )
+            self.events.record(body, warning=warning, reason=reason, message=message)
 
     # --- reconcile -------------------------------------------------------------------------------------------
 

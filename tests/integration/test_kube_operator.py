@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import wasmtime
 
+from meshplug import limits
+from meshplug.controller import apply
 from tests.guests import minimal
 from tests.testbed import kube as kube_mod
 from tests.testbed import operator as operator_mod
@@ -93,6 +95,27 @@ def _wait_condition(kube: kube_mod.Kube, ns: str, name: str, ctype: str, *, stat
 def _events(kube: kube_mod.Kube, ns: str, name: str) -> list[tuple[str, str]]:
     _, out = kube.request("GET", f"/api/v1/namespaces/{ns}/events")
     return [(e["type"], e["reason"]) for e in out["items"] if e["involvedObject"]["name"] == name]
+
+
+def _event_counts(kube: kube_mod.Kube, ns: str, name: str) -> list[tuple[str, str, int]]:
+    _, out = kube.request("GET", f"/api/v1/namespaces/{ns}/events")
+    return [
+        (e["type"], e["reason"], int(e.get("count") or 1)) for e in out["items"] if e["involvedObject"]["name"] == name
+    ]
+
+
+def test_an_event_written_again_after_a_lost_answer_is_counted_once(
+    kube: kube_mod.Kube, kube_api: Any, kube_namespace: str
+) -> None:
+    """A try of an Event whose answer was lost after the API server took it (the next try finds the Event there) is
+    not counted again: each occurrence carries its id (the operator's Writer.event, against the real API server).
+    Another occurrence of the series is counted."""
+    ns = kube_namespace
+    involved = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "evt", "namespace": ns, "uid": "u-1"}}
+    for occurrence, counted in [("a", 1), ("a", 1), ("b", 2), ("b", 2), ("b", 2), ("c", 3)]:
+        writer = apply.Writer(kube_api)  # a try that has not seen the answer to the one before (no cached count)
+        writer.event(involved, warning=True, reason="Tried", message=f"occurrence {occurrence}", occurrence=occurrence)
+        assert _event_counts(kube, ns, "evt") == [("Warning", "Tried", counted)]
 
 
 def test_plugin_is_delivered_with_status_and_cleaned_up(kube: kube_mod.Kube, operator: tuple[str, Path]) -> None:
@@ -257,12 +280,14 @@ def test_no_workload_is_written(kube: kube_mod.Kube, operator: tuple[str, Path])
     assert after == before
 
 
-def test_a_refused_event_neither_holds_back_nor_fails_the_status(
+def test_a_refused_event_neither_holds_back_nor_fails_the_status_and_lands_once_allowed(
     kube: kube_mod.Kube, wasmplugin_crd: str, envoyfilter_crd: str, kube_namespace: str, tmp_path: Path
 ) -> None:
-    """Events are written after the status and are best effort (as client-go's recorder): with every Event write
-    in the namespace refused (a ValidatingAdmissionPolicy standing in for a quota or a missing permission), a
-    failing plugin still gets its status, the refusal is logged, and it heals as it would."""
+    """Events are written after the status and never hold it back: with every Event write in the namespace refused
+    (a ValidatingAdmissionPolicy standing in for a quota, a missing permission or an API server hiccup), a failing
+    plugin still gets its status, and the refusal is logged. The Event is kept and tried again (a reconcile records
+    it once, when the status changes): once the policy goes, it lands, once (count 1), with nothing here changing
+    the plugin; and the plugin heals as it would."""
     ns = kube_namespace
     policy = f"meshplug-test-no-events-{ns}"[:253]
     admission = "/apis/admissionregistration.k8s.io/v1"
@@ -324,9 +349,21 @@ def test_a_refused_event_neither_holds_back_nor_fails_the_status(
             timeout=30,
             what="the refused Event logged",
         )
+        procs.wait_until(
+            lambda: op.proc.log().count(f"Event NotFound on {ns}/p not recorded (trying again") >= 2,
+            timeout=30,
+            what="a second try refused too",
+        )
         assert _events(kube, ns, "p") == []
+        assert kube.request("DELETE", f"{admission}/validatingadmissionpolicybindings/{policy}")[0] == 200
+        procs.wait_until(
+            lambda: _event_counts(kube, ns, "p") == [("Warning", "NotFound", 1)],
+            timeout=2 * limits.EVENT_RETRY_MAX_S + 30,  # the policy's removal seen, and the next try
+            what="the Event recorded once the policy went",
+        )
         (modules / "m.wasm").write_bytes(MODULE)  # the retry (its backoff) heals it as without the policy
         _wait_condition(kube, ns, "p", "Ready", status="False", reason="NoProxies")
+        assert _event_counts(kube, ns, "p")[0] == ("Warning", "NotFound", 1)  # not written twice
         assert op.healthy()
     finally:
         op.stop()
