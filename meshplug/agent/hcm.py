@@ -117,7 +117,7 @@ def expected_timeout(timeout_s: float, *, suppressed: bool) -> Header | None:
     """The router's x-envoy-expected-rq-timeout-ms for a route timeout (0: none)."""
     if suppressed or timeout_s <= 0:
         return None
-    return (EXPECTED_TIMEOUT, b"%d" % round(timeout_s * 1000))
+    return (EXPECTED_TIMEOUT, b"%d" % (round(timeout_s * 1000),))  # (a tuple literal: compiled, not generic)
 
 
 def upstream_response(headers: list[Header], service_ms: int) -> list[Header]:
@@ -126,7 +126,7 @@ def upstream_response(headers: list[Header], service_ms: int) -> list[Header]:
     out = framing.merged(headers, headermap.RESPONSE_INLINE_HEADERS) if repeated(headers) else headers
     if service_ms < 0:
         return out
-    value = b"%d" % service_ms
+    value = b"%d" % (service_ms,)  # (a tuple literal: compiled, no generic formatting)
     for i, (name, _) in enumerate(out):
         if name == SERVICE_TIME:
             out[i] = (SERVICE_TIME, value)

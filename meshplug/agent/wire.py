@@ -9,6 +9,7 @@ current second) so the per-request modules only look them up.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import email.utils
 import errno
 import http
@@ -115,6 +116,9 @@ class DateCache:
 DATE: Final = DateCache()
 
 
+_hexlify: Final = binascii.hexlify
+
+
 class RequestIds:
     """x-request-id values shaped like a UUID4: a random per-process prefix, then a counter in the last
     48 bits. Unique per process by construction, across processes by the ~62 random bits of the prefix;
@@ -128,7 +132,8 @@ class RequestIds:
         self._next = itertools.count(int(u[20:32], 16)).__next__
 
     def new(self) -> bytes:
-        return b"%b%012x" % (self._prefix, self._next() & 0xFFFFFFFFFFFF)
+        # (12 hex digits as the hex of 6 bytes: %012x is generic formatting, ~1.5k instructions compiled)
+        return self._prefix + _hexlify((self._next() & 0xFFFFFFFFFFFF).to_bytes(6, "big"))
 
 
 REQUEST_IDS: Final = RequestIds()
