@@ -43,8 +43,8 @@ from meshplug.agent.headermap import (
     local_reply_headers,
     split_pseudo,
 )
-from meshplug.agent.rules import Match, Rule, request_host
-from meshplug.agent.stream import RQ_TIME_BOUNDS_NS, MatchStream, Stream
+from meshplug.agent.rules import Match, Rule, host_and_path, request_host
+from meshplug.agent.stream import Stream
 from meshplug.agent.streamapi import (
     RESPONSE_FLAG_DOWNSTREAM_PROTOCOL_ERROR,
     RESPONSE_FLAG_LOCAL_RESET,
@@ -56,6 +56,7 @@ from meshplug.agent.streamapi import (
     RESPONSE_FLAG_UPSTREAM_PROTOCOL_ERROR,
     RESPONSE_FLAG_UPSTREAM_REMOTE_RESET,
     RESPONSE_FLAG_UPSTREAM_REQUEST_TIMEOUT,
+    RQ_TIME_BOUNDS_NS,
     AbortUpstream,
     Action,
     Direction,
@@ -110,6 +111,37 @@ def _order_indices(filters: Sequence[Filter]) -> list[int]:
         return (int(f.phase), 0 if prio is not None else 1, -(prio or 0), idx, f.name)
 
     return sorted(range(len(filters)), key=key)
+
+
+class MatchStream(Stream):
+    """A stream of a chain with match rules: when the request headers arrive (before any filter sees
+    them) every filter whose rules do not match the request is bypassed for the whole stream, as if it
+    were not in the chain: no context, no callback, not even `on_complete`."""
+
+    _decided = False
+
+    def _decide(self, headers: Sequence[Header]) -> None:
+        self._decided = True
+        host, path = host_and_path(headers)
+        for index, match in self.chain.matchers:
+            if not match.matches(host, path):
+                self.bypass(index)
+
+    def recv_request_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
+        if not self._decided:
+            self._decide(headers)
+        return super().recv_request_headers(headers, end_stream)
+
+    def pass_request_headers(self, headers: Headers, end_stream: bool, *, own: bool = False) -> bool:
+        if not self._decided:
+            self._decide(headers)
+        return super().pass_request_headers(headers, end_stream, own=own)
+
+    def complete(self) -> list[Output]:
+        # a request that never reached the chain (e.g. the proxy answered it) matches no rule: no host, no path
+        if not self._decided and not self.completed:
+            self._decide(self.request_headers)
+        return super().complete()
 
 
 # ---- the chain ------------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ exchange keeps the chain it started with, so in-flight requests finish on the ol
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
-from time import monotonic_ns, time_ns
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, hcm, routing, wire
@@ -31,6 +31,46 @@ _AbortUpstream = agent_chain.AbortUpstream
 _UPSTREAM: Final = agent_chain.Target.UPSTREAM
 #: the local reply when a plugin's header cannot be written (Envoy: "invalid header value")
 INVALID_HEADER: Final = b"invalid header value"
+#: the clocks as constants (compiled, a name imported from a module is a dictionary lookup per call)
+_time_ns: Final = time.time_ns
+_monotonic_ns: Final = time.monotonic_ns
+#: what an exchange holds where its head lines / request header list were once used (shared, never changed: an
+#: empty list per request costs an allocation)
+_NO_LINES: Final[list[bytes]] = []
+_NO_HEADERS: Final[wire.Headers] = []
+
+
+def _unchanged(headers: wire.Headers, fed: tuple[tuple[bytes, bytes], ...]) -> bool:
+    """`headers` holds the entries of `fed`, in order (each the same object, or an equal one): the chain handed
+    the header list back as it got it. (Read as objects: compiled, a header typed as a tuple is unboxed and
+    boxed anew, which loses its identity.)"""
+    n = len(fed)
+    if len(headers) != n:
+        return False
+    now = cast(list[object], headers)
+    was = cast(tuple[object, ...], fed)
+    for i in range(n):
+        a = now[i]
+        b = was[i]
+        if a is not b and a != b:
+            return False
+    return True
+
+
+def _starts_with(headers: tuple[tuple[bytes, bytes], ...], fed: tuple[tuple[bytes, bytes], ...]) -> bool:
+    """The first len(`fed`) entries of `headers` are those of `fed` (the same objects or equal ones): a compare
+    without the slice `headers[:n] == fed` would make."""
+    n = len(fed)
+    if len(headers) < n:
+        return False
+    now = cast(tuple[object, ...], headers)
+    was = cast(tuple[object, ...], fed)
+    for i in range(n):
+        a = now[i]
+        b = was[i]
+        if a is not b and a != b:
+            return False
+    return True
 
 
 def rewritten(headers: tuple[tuple[bytes, bytes], ...], route: Any) -> tuple[tuple[bytes, bytes], ...]:
@@ -92,9 +132,10 @@ class FilteredExchange(Exchange):
         framed: bool,
     ) -> None:
         super().__init__(conn, method, b"", keep_alive, has_body)
-        self.stream = stream = chain.new_stream(conn.stream_info(), start_time_ns=time_ns())
+        self.stream = stream = chain.new_stream(conn.stream_info(), start_time_ns=_time_ns())
         stream.on_progress = self._progress
         stream.route_resolver = conn.resolve
+        stream.route_constant = conn.routes.constant  # (the one decision of a route table without choices)
         self.request_headers = headers  # in the chain's form (pseudo-headers first), fed at `start`
         self.req_fed: tuple[tuple[bytes, bytes], ...] = ()  # what the chain got, to recognise it unchanged
         self.req_lines = lines  # the upstream head of `request_headers`: request line + host, then a line each
@@ -103,7 +144,7 @@ class FilteredExchange(Exchange):
         self.req_trailers: wire.Headers | None = None
         self.fed_end = False
         self.resp_fed: tuple[tuple[bytes, bytes], ...] = ()
-        self.resp_lines: list[bytes] = []
+        self.resp_lines = _NO_LINES
         self.resp_framed = False
         self.resp_server_at = -1  # the index of the server line in resp_lines (-1: none)
         self.resp_dated = False  # the upstream's response has a date
@@ -123,13 +164,15 @@ class FilteredExchange(Exchange):
 
     def start(self) -> None:
         headers = self.request_headers
-        self.request_headers = []
-        self.req_fed = tuple(headers)
+        self.request_headers = _NO_HEADERS
+        fed = self.req_fed = tuple(headers)
         if not self.has_body:
             self.fed_end = True
         stream = self.stream
-        if stream.pass_request_headers(headers, not self.has_body):
-            self._send_up_headers(tuple(stream.request_headers), not self.has_body)
+        # the list is the stream's from here (not copied); the chain hands it back as `stream.request_headers`
+        if stream.pass_request_headers(headers, not self.has_body, own=True):
+            sent = stream.request_headers
+            self._send_up_headers(fed if _unchanged(sent, fed) else tuple(sent), not self.has_body)
         else:
             self.perform(stream.take_outputs())
         if self.body_pending:
@@ -192,7 +235,7 @@ class FilteredExchange(Exchange):
     def attach(self, up: Upstream) -> None:
         stream = self.stream
         stream.set_upstream_fields(up.upstream_fields())
-        stream.upstream_sent_ns = monotonic_ns()
+        stream.upstream_sent_ns = _monotonic_ns()
         Exchange.attach(self, up)
 
     def up_headers(self, status: int, reason: bytes, headers: wire.Headers, parser: Any) -> None:
@@ -201,9 +244,14 @@ class FilteredExchange(Exchange):
         no_body = self.method == b"HEAD" or status in (204, 304) or status < 200 or parser is wire.END_STREAM
         self.resp_end_fed = no_body
         # the chain's form (names are lower-case already): :status first, hop-by-hop headers dropped; the
-        # downstream head lines in the same pass
-        chain_headers: wire.Headers = [(b":status", wire.STATUS_BYTES.get(status) or str(status).encode())]
-        lines: list[bytes] = []
+        # downstream head lines in the same pass. Built in the stream's own (empty) list when nothing ended the
+        # stream before: the chain takes it as it is, no copy
+        stream = self.stream
+        chain_headers = stream.response_headers
+        if chain_headers or stream.local_reply is not None or stream.reset is not None:
+            chain_headers = []
+        chain_headers.append((b":status", wire.STATUS_BYTES.get(status) or str(status).encode()))
+        lines: list[bytes] = [b""]  # the status line's place (written when the head goes downstream)
         framed = chunked = dated = False
         server_at = -1
         for h in hcm.upstream_response(headers, self.service_ms()):  # the router's, before the plugins
@@ -223,15 +271,15 @@ class FilteredExchange(Exchange):
             chain_headers.append(h)
             lines.append(b"%b: %b\r\n" % (name, h[1]))  # (a tuple literal: compiled, no generic formatting)
         self.up_eof_ends = not (no_body or framed or chunked)  # wire.close_delimited
-        self.resp_fed = tuple(chain_headers)
+        fed = self.resp_fed = tuple(chain_headers)
         self.resp_lines = lines
         self.resp_framed = framed
         self.resp_server_at = server_at
         self.resp_dated = dated
-        stream = self.stream
         if stream.pass_response_headers(chain_headers, no_body):
             if not self.resp_done:
-                self._send_down_headers(tuple(stream.response_headers), no_body)
+                sent = stream.response_headers
+                self._send_down_headers(fed if _unchanged(sent, fed) else tuple(sent), no_body)
         else:
             self.perform(stream.take_outputs())
 
@@ -267,7 +315,7 @@ class FilteredExchange(Exchange):
             return
         self.resp_end_fed = True
         stream = self.stream
-        stream.upstream_done_ns = monotonic_ns()
+        stream.upstream_done_ns = _monotonic_ns()
         if held:
             self._response_data(held, False)
         if not self.resp_done:
@@ -284,7 +332,7 @@ class FilteredExchange(Exchange):
         held, self.resp_hold = self.resp_hold, None
         if not self.resp_end_fed and not self.resp_done:
             self.resp_end_fed = True
-            self.stream.upstream_done_ns = monotonic_ns()
+            self.stream.upstream_done_ns = _monotonic_ns()
             if held:
                 self._response_data(held, False)
                 if self.answered():
@@ -374,11 +422,12 @@ class FilteredExchange(Exchange):
         assert decision is not None and decision.route is not None
         route = decision.route
         pool = self.pool = self.conn.state.pools[decision.cluster]
-        self.timeout_s = route.timeout_s
+        timeout_s = self.timeout_s = route.timeout_s  # (read once: a route is an interpreted object)
         if route.prefix_rewrite is not None:
             headers = rewritten(headers, route)
-        if headers == self.req_fed:  # unchanged: the lines built while parsing
-            out = self.req_lines
+        fed_lines = self.req_lines
+        if fed_lines is not _NO_LINES and headers == self.req_fed:  # unchanged: the lines built while parsing
+            out = fed_lines
             has_length = self.req_framed
         else:
             lines = self._up_head_lines(headers)
@@ -387,8 +436,8 @@ class FilteredExchange(Exchange):
                 return
             out = lines
             has_length = any(name == b"content-length" for name, _ in headers)
-        self.req_lines = []
-        expected = hcm.expected_timeout(route.timeout_s, suppressed=self.conn.state.suppress_envoy_headers)
+        self.req_lines = _NO_LINES  # (used once: a second head is built from its headers)
+        expected = hcm.expected_timeout(timeout_s, suppressed=self.conn.state.suppress_envoy_headers)
         if expected is not None:
             out.append(b"%b: %b\r\n" % (expected[0], expected[1]))
         if not end_stream and not has_length:
@@ -442,13 +491,18 @@ class FilteredExchange(Exchange):
         fed = self.resp_fed
         n = len(fed)
         server = self.conn.state.server
-        if n and headers[:n] == fed:  # the received headers, maybe with some appended: serialize only those
+        fed_lines = self.resp_lines
+        # the received headers, maybe with some appended: serialize only those, after the lines built (used once)
+        if n and fed_lines is not _NO_LINES and _starts_with(headers, fed):
+            self.resp_lines = _NO_LINES
             status = self.status
-            out = [b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown")), *self.resp_lines]
+            out = fed_lines
+            out[0] = b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))
             framed = self.resp_framed
-            server_at = self.resp_server_at + 1 if self.resp_server_at >= 0 else -1
+            server_at = self.resp_server_at
             dated = self.resp_dated
-            for name, value in headers[n:]:
+            for i in range(n, len(headers)):
+                name, value = headers[i]
                 if name[:1] == b":" or name in wire.RESPONSE_DROPPED:
                     continue
                 if not framing.field_ok(name, value):

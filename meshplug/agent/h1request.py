@@ -178,6 +178,7 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
             )
         if connect:
             fx.stream.route_resolver = _no_route
+            fx.stream.route_constant = None
         conn.current = fx
         conn.body_left = direct
         conn.queue.append(fx)

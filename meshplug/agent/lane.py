@@ -33,15 +33,25 @@ class Frame:
         self.data: Final = data
 
 
-#: the headers frames (with and without end_stream) and the trailers frame, made once
+#: the headers frames (with and without end_stream), the trailers frame and the bare end of a body, made once
 HEADERS_END: Final = Frame(HEADERS, True)
 HEADERS_MORE: Final = Frame(HEADERS, False)
 TRAILERS_FRAME: Final = Frame(TRAILERS, True)
+#: the end of a body on its own (an empty chunk with end_stream: the end of most messages)
+DATA_END: Final = Frame(DATA, True)
 
 
 def headers_frame(end_stream: bool) -> Frame:
     """The (shared) headers frame with this end_stream."""
     return HEADERS_END if end_stream else HEADERS_MORE
+
+
+def data_frame(data: bytes, end_stream: bool) -> Frame:
+    """A body chunk's frame: the shared one for an empty end; `data` kept as it is when it is bytes (no call of
+    the type), else copied."""
+    if not data and end_stream:
+        return DATA_END
+    return Frame(DATA, end_stream, data if type(data) is bytes else bytes(data))
 
 
 class Lane:
@@ -193,6 +203,25 @@ class Lane:
         self.kept[pos] = None
         self.kept_bytes[pos] = 0
         return kept[0] if len(kept) == 1 else b"".join(kept)
+
+    def held_body(self, pos: int, chunk: bytes) -> bytes:
+        """What position `pos` of a grown lane passes on as its body, emptied: its buffer (WATERMARK-kept chunks
+        first), kept and shown chunks; `chunk` (the frame's bytes) itself when the buffer holds just that."""
+        body = self.body[pos]
+        if self.stash is not None and pos in self.stash:  # kept chunks go first
+            body = self.buffer(pos)
+            body[0:0] = self.stash.pop(pos)
+        # what the position holds outside its buffer, as it came (a chunk passes untouched: no copy)
+        data = self.take(pos)
+        if data is None:
+            if body:  # (`take` leaves a buffer with bytes in it, and what follows it, to this)
+                body = self.buffer(pos)
+                # the chunk as it came when the filter left it as it was (one compare, no copy), else the new bytes
+                data = chunk if body == chunk else bytes(body)
+                body.clear()
+            else:
+                data = b""
+        return data
 
     def drop(self, pos: int) -> None:
         """Position `pos` holds nothing any more (NO_BUFFER)."""

@@ -24,11 +24,9 @@ outside a filter callback (e.g. from an http-call response); the chain then adva
 
 from __future__ import annotations
 
-import itertools
-from bisect import bisect_left
-from collections.abc import Callable, Sequence
-from time import time_ns
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, final
 
 from meshplug import limits
 from meshplug.agent.headermap import is_grpc_request, local_reply_headers
@@ -38,15 +36,14 @@ from meshplug.agent.lane import TRAILERS as _TRAILERS
 from meshplug.agent.lane import TRAILERS_FRAME as _TRAILERS_FRAME
 from meshplug.agent.lane import Frame as _Frame
 from meshplug.agent.lane import Lane as _Lane
+from meshplug.agent.lane import data_frame
 from meshplug.agent.lane import headers_frame as _headers_frame
-from meshplug.agent.rules import host_and_path
 from meshplug.agent.streamapi import (
     AbortUpstream,
     Action,
     Direction,
     FailStrategy,
     ForeignStream,
-    Header,
     Headers,
     LocalReply,
     NativeFilterStream,
@@ -59,13 +56,12 @@ from meshplug.agent.streamapi import (
     StreamInfo,
     Target,
     replace_info,
+    rq_time_bucket,
 )
 
 if TYPE_CHECKING:
     from meshplug.agent.chain import Chain
 
-#: `limits.PLUGIN_RQ_TIME_BUCKETS_MS` in ns (a bucket counts times up to and including its bound)
-RQ_TIME_BOUNDS_NS: Final = tuple(int(ms * 1_000_000) for ms in limits.PLUGIN_RQ_TIME_BUCKETS_MS)
 #: the buffer limit, read once (a module attribute lookup per body chunk and filter otherwise)
 _MAX_BODY: Final = limits.MAX_BUFFERED_BODY_BYTES
 _UPSTREAM: Final = Target.UPSTREAM
@@ -86,6 +82,21 @@ class _NotCreated(NativeFilterStream):
 
 
 _NEW: Final = _NotCreated()
+#: the wall clock (a constant: compiled, a name imported from a module is a dictionary lookup per call)
+_time_ns: Final = time.time_ns
+
+
+@final
+class _Ids:
+    """Stream ids: a native counter (compiled, next() on an itertools.count is a builtin looked up and called)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = 0
+
+
+_IDS: Final = _Ids()
 
 
 class Stream:
@@ -94,8 +105,6 @@ class Stream:
     A frame that meets no stopped filter and no queued frame is pushed through the filters in one pass
     (the common case); otherwise frames queue per position and a loop delivers them as filters resume.
     """
-
-    _ids: ClassVar[itertools.count[int]] = itertools.count(1)
 
     # scalar state at its initial value: class attributes, shadowed per stream on first change (a stream
     # is made per request: each assignment saved in __init__ counts)
@@ -133,6 +142,9 @@ class Stream:
     #: route: resolved when the request headers arrive, before any filter, and again only when the router
     #: picks anew -- so a plugin that changes the headers still reads the old route until then, as in Envoy)
     route_resolver: Callable[[Headers], Any] | None = None
+    #: what `route_resolver` answers whatever the headers (a route table with one decision for every request),
+    #: when the shell knows it: used without the call
+    route_constant: Any = None
     _route: Any = None
     _route_info: Any = None
 
@@ -147,9 +159,19 @@ class Stream:
     #: contexts taken out of the chain for the rest of the stream (a failure: `_fail`) but still owed their
     #: `on_complete`, by chain index; None until the first
     _off: dict[int, NativeFilterStream] | None = None
+    #: made on first need (most streams never have trailers, a control or an output object): `request_trailers` /
+    #: `response_trailers` (properties), `_control`, `_put`
+    _req_trailers: Headers | None = None
+    _resp_trailers: Headers | None = None
+    _controls: list[_Control] | None = None
+    _outputs: list[Output] | None = None
+    #: a filter's context was made (it holds the header lists: the request's is adopted only before)
+    _made = False
 
     def __init__(self, chain: Chain, info: StreamInfo, start_time_ns: int | None = None) -> None:
-        self.id = next(Stream._ids)
+        ids = _IDS
+        ids.last += 1
+        self.id = ids.last
         self.chain = chain
         self._info_base = info
         if start_time_ns is None:
@@ -159,16 +181,27 @@ class Stream:
             self._info_start = self.started_ns = start_time_ns
         self.request_headers: Headers = []
         self.response_headers: Headers = []
-        self.request_trailers: Headers = []
-        self.response_trailers: Headers = []
         n = len(chain.filters)
         self._n = n
         #: per filter in chain order: its context (_NEW: not made yet; None: bypassed, failed or none; a
         #: failed one waits in `_off` for its on_complete)
         self._active: list[NativeFilterStream | None] = [_NEW] * n
-        #: a list, not a deque: tested once per position and event (a list's truth is inline in compiled code)
-        self._controls: list[_Control] = []
-        self._outputs: list[Output] = []
+
+    @property
+    def request_trailers(self) -> Headers:
+        """The request trailers (the list keeps its identity for the stream's life; made on first use)."""
+        trailers = self._req_trailers
+        if trailers is None:
+            trailers = self._req_trailers = []
+        return trailers
+
+    @property
+    def response_trailers(self) -> Headers:
+        """The response trailers, as `request_trailers`."""
+        trailers = self._resp_trailers
+        if trailers is None:
+            trailers = self._resp_trailers = []
+        return trailers
 
     @property
     def info(self) -> StreamInfo:
@@ -193,7 +226,10 @@ class Stream:
         if decision is None:
             resolver = self.route_resolver
             if resolver is not None:
-                decision = self._route = self._route_info = resolver(self.request_headers)
+                decision = self.route_constant
+                if decision is None:
+                    decision = resolver(self.request_headers)
+                self._route = self._route_info = decision
         return decision
 
     def route_info(self) -> Any:
@@ -209,7 +245,8 @@ class Stream:
         """The request headers arrived: resolve the route before any filter sees them (Envoy's HCM does)."""
         resolver = self.route_resolver
         if resolver is not None:
-            self._route = self._route_info = resolver(self.request_headers)
+            decision = self.route_constant
+            self._route = self._route_info = resolver(self.request_headers) if decision is None else decision
 
     # ---- positions: request lane uses chain order, response lane the reverse ------------------------
     def _pos(self, direction: Direction, index: int) -> int:
@@ -234,10 +271,17 @@ class Stream:
         current = self._active[index]
         if current is not _NEW:
             return current
+        self._made = True
         made = self.chain.makers[index].new_stream(StreamControl(self, index))
         fs = made if made is None or isinstance(made, NativeFilterStream) else ForeignStream(made)
         self._active[index] = fs
         return fs
+
+    def bypass(self, index: int) -> None:
+        """Filter `index` takes no part in this stream unless its context exists already (no context, no
+        callback, not even `on_complete`: a filter whose match rules the request does not match)."""
+        if self._active[index] is _NEW:
+            self._active[index] = None
 
     # ---- events in -------------------------------------------------------------------------------
     def recv_request_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
@@ -248,7 +292,7 @@ class Stream:
 
     def recv_request_data(self, data: bytes, end_stream: bool) -> list[Output]:
         self.bytes_received += len(data)
-        return self._feed(_REQUEST, _Frame(_DATA, end_stream, bytes(data)))
+        return self._feed(_REQUEST, data_frame(data, end_stream))
 
     def recv_request_trailers(self, trailers: Headers) -> list[Output]:
         self.request_trailers[:] = [(k.lower(), v) for k, v in trailers]
@@ -291,7 +335,7 @@ class Stream:
     def recv_response_data(self, data: bytes, end_stream: bool) -> list[Output]:
         if self.local_reply is not None or self.reset is not None:
             return self.take_outputs()
-        return self._feed(_RESPONSE, _Frame(_DATA, end_stream, bytes(data)))
+        return self._feed(_RESPONSE, data_frame(data, end_stream))
 
     def recv_response_trailers(self, trailers: Headers) -> list[Output]:
         if self.local_reply is not None or self.reset is not None:
@@ -308,9 +352,9 @@ class Stream:
             self.completed = True
             # one clock read for the stream and all its filters (names imported from their modules: compiled, a
             # module attribute is a generic getattr per call)
-            now = self.completed_ns = time_ns()
+            now = self.completed_ns = _time_ns()
             if self.started_ns:
-                self.chain.latency[bisect_left(RQ_TIME_BOUNDS_NS, now - self.started_ns)] += 1
+                self.chain.latency[rq_time_bucket(now - self.started_ns)] += 1
             active, off = self._active, self._off
             for index in range(self._n):
                 ctx = active[index]
@@ -326,8 +370,19 @@ class Stream:
         return self.take_outputs()
 
     def take_outputs(self) -> list[Output]:
-        out, self._outputs = self._outputs, []
+        out = self._outputs
+        if out is None:
+            return []
+        self._outputs = None
         return out
+
+    def _put(self, output: Output) -> None:
+        """An output for the shell (`take_outputs`)."""
+        outputs = self._outputs
+        if outputs is None:
+            self._outputs = [output]
+        else:
+            outputs.append(output)
 
     # ---- the direct path: the shell sends what passed itself -------------------------------------
     # Each `pass_*` method is its `recv_*` twin for a shell that performs the common case without output
@@ -336,8 +391,13 @@ class Stream:
     # shell sends it now: the request headers (`request_headers`) upstream, the response headers
     # (`response_headers`) / data downstream. Otherwise it returns False / None and the outputs are taken
     # with `take_outputs()` (the general path).
-    def pass_request_headers(self, headers: Headers, end_stream: bool) -> bool:
-        self.request_headers[:] = headers
+    def pass_request_headers(self, headers: Headers, end_stream: bool, *, own: bool = False) -> bool:
+        """`own`: the caller hands `headers` over (it never uses the list again): the stream takes it as its
+        request header list instead of copying it, unless a filter's context already holds the stream's."""
+        if own and not self._made:
+            self.request_headers = headers
+        else:
+            self.request_headers[:] = headers
         if self.route_resolver is not None:
             self._routed()
         if self._direct(_REQUEST, _headers_frame(end_stream)) is None:
@@ -347,13 +407,14 @@ class Stream:
 
     def pass_request_data(self, data: bytes, end_stream: bool) -> bytes | None:
         self.bytes_received += len(data)
-        out = self._direct(_REQUEST, _Frame(_DATA, end_stream, bytes(data)))
+        out = self._direct(_REQUEST, data_frame(data, end_stream))
         return None if out is None else out.data
 
     def pass_response_headers(self, headers: Headers, end_stream: bool) -> bool:
         if self.local_reply is not None or self.reset is not None:
             return False
-        self.response_headers[:] = headers
+        if headers is not self.response_headers:  # (the shell may build them in the stream's own list)
+            self.response_headers[:] = headers
         self.response_entered = True
         if self.code_details is None:
             self.code_details = "via_upstream"
@@ -365,7 +426,7 @@ class Stream:
     def pass_response_data(self, data: bytes, end_stream: bool) -> bytes | None:
         if self.local_reply is not None or self.reset is not None:
             return None
-        out = self._direct(_RESPONSE, _Frame(_DATA, end_stream, bytes(data)))
+        out = self._direct(_RESPONSE, data_frame(data, end_stream))
         if out is None:
             return None
         self.bytes_sent += len(out.data)
@@ -373,12 +434,13 @@ class Stream:
 
     def _direct(self, direction: Direction, frame: _Frame) -> _Frame | None:
         """`_feed` for the pass_* methods: the frame that passed (not emitted: the caller sends it), or None
-        with the outputs left for `take_outputs`."""
-        lane = self._lane(direction)
-        if lane.closed or self.reset is not None:
+        with the outputs left for `take_outputs`. The direction's lane is made only once a frame needs it (a body
+        chunk, a stop): headers every filter continues on pass without one."""
+        lane = self._req_lane if direction is _REQUEST else self._resp_lane
+        if self.reset is not None or (lane is not None and lane.closed):
             return None
-        if lane.stalled or self._busy or self._controls or self._outputs:
-            lane.queue(0).append(frame)
+        if (lane is not None and lane.stalled) or self._busy or self._controls or self._outputs:
+            self._lane(direction).queue(0).append(frame)
             self._pending = True
             self._run()
             return None
@@ -401,8 +463,7 @@ class Stream:
             self._run()
         elif not self._push(direction, lane, frame) or self._pending:
             self._run()
-        out, self._outputs = self._outputs, []
-        return out
+        return self.take_outputs()
 
     def _push(self, direction: Direction, lane: _Lane, frame: _Frame) -> bool:
         """Deliver `frame` through every position in one pass. False when it stopped (held, buffered,
@@ -413,8 +474,9 @@ class Stream:
         self._emit(direction, out)
         return True
 
-    def _pass(self, direction: Direction, lane: _Lane, frame: _Frame) -> _Frame | None:
-        """`_push` without the emit: the frame that came out of the last position, or None."""
+    def _pass(self, direction: Direction, lane: _Lane | None, frame: _Frame) -> _Frame | None:
+        """`_push` without the emit: the frame that came out of the last position, or None (`lane`: the
+        direction's, None when not made yet: `_deliver` makes it when the frame needs it)."""
         n = self._n
         if not n:
             return frame
@@ -426,7 +488,7 @@ class Stream:
                     return None
                 frame = out
                 if self._controls:
-                    lane.queue(pos + 1).append(frame)
+                    self._lane(direction).queue(pos + 1).append(frame)
                     self._pending = True
                     return None
             return frame
@@ -434,7 +496,11 @@ class Stream:
             self._busy = False
 
     def _control(self, control: _Control) -> None:
-        self._controls.append(control)
+        controls = self._controls
+        if controls is None:
+            self._controls = [control]
+        else:
+            controls.append(control)
         if not self._busy:
             self._run()
             if self._outputs and self.on_progress is not None:
@@ -489,8 +555,11 @@ class Stream:
             self._emit(direction, q.popleft())
         return moved
 
-    def _deliver(self, direction: Direction, lane: _Lane, pos: int, frame: _Frame) -> _Frame | None:
-        """Show `frame` to the filter at `pos`; returns what passes on to `pos + 1` (None: nothing now)."""
+    def _deliver(  # noqa: PLR0912 - once per position and frame: split, each part would cost a call
+        self, direction: Direction, lane: _Lane | None, pos: int, frame: _Frame
+    ) -> _Frame | None:
+        """Show `frame` to the filter at `pos`; returns what passes on to `pos + 1` (None: nothing now). `lane`:
+        the direction's (None: not made yet; made here when the frame needs it)."""
         # identity tests on the direction: no IntEnum comparison per position
         index = pos if direction is _REQUEST else self._n - 1 - pos
         kind = frame.kind
@@ -510,6 +579,8 @@ class Stream:
         elif kind == _TRAILERS:
             action = fs.on_trailers(direction)
         else:
+            if lane is None:
+                lane = self._lane(direction)
             size = lane.show(pos, frame.data)
             kept = size + (len(lane.stash[pos]) if lane.stash is not None and pos in lane.stash else 0)
             # also for WATERMARK: the shell applies no backpressure through the chain, so the limit Envoy
@@ -527,6 +598,8 @@ class Stream:
                 return None
             if action is not _CONTINUE:
                 lane.keep(pos)  # the filter keeps or stops on the chunk: held, not copied
+        if lane is None:  # (the callback may have made it: a body read)
+            lane = self._lane(direction)
         if action is _CONTINUE:
             return self._release(lane, pos, frame)
         self._stop(lane, pos, index, frame, action)
@@ -538,7 +611,11 @@ class Stream:
         lane.grow()
         kind = frame.kind
         if action is _FAIL:
-            self._controls.insert(0, ("fail", index, None))
+            controls = self._controls
+            if controls is None:
+                self._controls = [("fail", index, None)]
+            else:
+                controls.insert(0, ("fail", index, None))
             lane.held[pos] = frame  # the frame continues if the strategy bypasses the filter
         elif action is Action.HOLD and kind == _HEADERS:
             if lane.hold is None:
@@ -577,7 +654,7 @@ class Stream:
         if kind == _HEADERS:
             return frame
         if lane.grown:
-            data = self._held_body(lane, pos, frame)
+            data = lane.held_body(pos, frame.data)
             if kind == _DATA:
                 lane.buffering[pos] = False
         else:  # nothing is held anywhere in the lane: what passes is the chunk in flight here, if any
@@ -586,7 +663,7 @@ class Stream:
         if kind == _DATA:
             if frame.end:
                 direction = _REQUEST if lane is self._req_lane else _RESPONSE
-                added = self.request_trailers if direction is _REQUEST else self.response_trailers
+                added = self._req_trailers if direction is _REQUEST else self._resp_trailers
                 if added and not self._trailers_in & (1 if direction is _REQUEST else 2):
                     self._add_trailers(direction, lane, pos, data)
                     return None
@@ -599,25 +676,6 @@ class Stream:
             self._pending = True
             return None
         return frame
-
-    def _held_body(self, lane: _Lane, pos: int, frame: _Frame) -> bytes:
-        """What position `pos` of a grown lane passes on as its body: its buffer (WATERMARK-kept chunks first),
-        kept and shown chunks, emptied."""
-        body = lane.body[pos]
-        if lane.stash is not None and pos in lane.stash:  # kept chunks go first
-            body = lane.buffer(pos)
-            body[0:0] = lane.stash.pop(pos)
-        # what the position holds outside its buffer, as it came (a chunk passes untouched: no copy)
-        data = lane.take(pos)
-        if data is None:
-            if body:  # (`take` leaves a buffer with bytes in it, and what follows it, to this)
-                body = lane.buffer(pos)
-                # the chunk as it came when the filter left it as it was (one compare, no copy), else the new bytes
-                data = frame.data if body == frame.data else bytes(body)
-                body.clear()
-            else:
-                data = b""
-        return data
 
     def _add_trailers(self, direction: Direction, lane: _Lane, pos: int, data: bytes) -> None:
         self._trailers_in |= 1 if direction is _REQUEST else 2
@@ -656,28 +714,31 @@ class Stream:
         kind = frame.kind
         if direction == _REQUEST:
             if kind == _HEADERS:
-                self._outputs.append(SendHeaders(_UPSTREAM, tuple(self.request_headers), frame.end))
+                self._put(SendHeaders(_UPSTREAM, tuple(self.request_headers), frame.end))
                 self.upstream_started = True
             elif kind == _DATA:
-                self._outputs.append(SendData(_UPSTREAM, frame.data, frame.end))
+                self._put(SendData(_UPSTREAM, frame.data, frame.end))
             else:
-                self._outputs.append(SendTrailers(Target.UPSTREAM, tuple(self.request_trailers)))
+                self._put(SendTrailers(Target.UPSTREAM, tuple(self.request_trailers)))
         elif kind == _HEADERS:
-            self._outputs.append(SendHeaders(_DOWNSTREAM, tuple(self.response_headers), frame.end))
+            self._put(SendHeaders(_DOWNSTREAM, tuple(self.response_headers), frame.end))
             self.response_started = True
         elif kind == _DATA:
             self.bytes_sent += len(frame.data)
-            self._outputs.append(SendData(_DOWNSTREAM, frame.data, frame.end))
+            self._put(SendData(_DOWNSTREAM, frame.data, frame.end))
         else:
-            self._outputs.append(SendTrailers(Target.DOWNSTREAM, tuple(self.response_trailers)))
+            self._put(SendTrailers(Target.DOWNSTREAM, tuple(self.response_trailers)))
 
     def _apply_controls(self) -> bool:
         applied = False
-        while self._controls:
+        controls = self._controls
+        if controls is None:
+            return False
+        while controls:  # (the same list: controls a step adds are appended to it)
             if self.reset is not None:
-                self._controls.clear()
+                controls.clear()
                 return applied
-            kind, index, arg = self._controls.pop(0)
+            kind, index, arg = controls.pop(0)
             applied = True
             if kind == "resume":
                 assert isinstance(arg, Direction)
@@ -737,7 +798,7 @@ class Stream:
                 self._req_lane.closed = True
             if self._resp_lane is not None:
                 self._resp_lane.closed = True
-            self._outputs.append(ResetStream(reason))
+            self._put(ResetStream(reason))
 
     def _send_local_reply(self, reply: LocalReply, index: int) -> None:
         if self.local_reply is not None:
@@ -748,14 +809,15 @@ class Stream:
         self.local_reply = reply
         self.code_details = reply.details
         self._lane(_REQUEST).closed = True
-        self._outputs.append(AbortUpstream(reply.details or "local_reply"))
+        self._put(AbortUpstream(reply.details or "local_reply"))
         headers, body = local_reply_headers(reply, grpc=is_grpc_request(self.request_headers))
         # a fresh response lane (whatever the upstream response left in the old one is dropped); filters
         # that never saw the request are skipped (see _deliver)
         lane = _Lane(self._n)
         self._resp_lane = lane
         self.response_headers[:] = headers
-        self.response_trailers.clear()
+        if self._resp_trailers is not None:
+            self._resp_trailers.clear()
         if self.response_entered:
             # the upstream response already entered the filters: Envoy bypasses them (sendDirectLocalReply)
             lane.closed = True
@@ -768,35 +830,3 @@ class Stream:
         if body:
             q.append(_Frame(_DATA, True, body))
         self._pending = True
-
-
-class MatchStream(Stream):
-    """A stream of a chain with match rules: when the request headers arrive (before any filter sees
-    them) every filter whose rules do not match the request is bypassed for the whole stream, as if it
-    were not in the chain: no context, no callback, not even `on_complete`."""
-
-    _decided = False
-
-    def _decide(self, headers: Sequence[Header]) -> None:
-        self._decided = True
-        host, path = host_and_path(headers)
-        active = self._active
-        for index, match in self.chain.matchers:
-            if not match.matches(host, path) and active[index] is _NEW:
-                active[index] = None
-
-    def recv_request_headers(self, headers: Headers, end_stream: bool) -> list[Output]:
-        if not self._decided:
-            self._decide(headers)
-        return super().recv_request_headers(headers, end_stream)
-
-    def pass_request_headers(self, headers: Headers, end_stream: bool) -> bool:
-        if not self._decided:
-            self._decide(headers)
-        return super().pass_request_headers(headers, end_stream)
-
-    def complete(self) -> list[Output]:
-        # a request that never reached the chain (e.g. the proxy answered it) matches no rule: no host, no path
-        if not self._decided and not self.completed:
-            self._decide(self.request_headers)
-        return super().complete()

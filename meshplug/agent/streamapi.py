@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from meshplug import limits
+
 if TYPE_CHECKING:
     from meshplug.agent.stream import Stream
 
@@ -69,33 +71,73 @@ class Target(Enum):
     DOWNSTREAM = "downstream"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class StreamInfo:
-    """Connection facts the shell knows; plugins read them as properties."""
+    """Connection facts the shell knows; plugins read them as properties. A written-out ``__init__``, as the
+    records below: the generated one runs interpreted (~25k instructions with its 17 fields, once per
+    connection of a listener with plugins)."""
 
-    remote_address: str = "127.0.0.1"
-    remote_port: int = 0
-    local_address: str = "127.0.0.1"
-    local_port: int = 0
-    protocol: str = "HTTP/1.1"
-    scheme: str = "http"
-    connection_id: int = 0
-    start_time_ns: int = 0
-    mtls: bool = False
+    remote_address: str
+    remote_port: int
+    local_address: str
+    local_port: int
+    protocol: str
+    scheme: str
+    connection_id: int
+    start_time_ns: int
+    mtls: bool
     #: the route's upstream cluster (property xds.cluster_name); "" = unknown (NotFound)
-    cluster_name: str = ""
+    cluster_name: str
     #: the upstream connection (upstream.address / port / local_address, "ip:port" as Envoy); "" = none yet
     #: (NotFound). Known only once the shell connected: it sets them with `Stream.set_upstream(...)`.
-    upstream_address: str = ""
-    upstream_port: int = 0
-    upstream_local_address: str = ""
-    upstream_local_port: int = 0
+    upstream_address: str
+    upstream_port: int
+    upstream_local_address: str
+    upstream_local_port: int
     #: TLS facts of the downstream connection: connection.requested_server_name (SNI; Envoy answers ""
     #: on plaintext) and connection.tls_version ("" = plaintext: NotFound)
-    requested_server_name: str = ""
-    tls_version: str = ""
+    requested_server_name: str
+    tls_version: str
     #: the listener the stream came in on (meshplug.agent.config.Listener; xds.listener_* properties)
-    listener: Any = None
+    listener: Any
+
+    def __init__(  # noqa: PLR0917 - the generated __init__'s signature: every field, positionally too
+        self,
+        remote_address: str = "127.0.0.1",
+        remote_port: int = 0,
+        local_address: str = "127.0.0.1",
+        local_port: int = 0,
+        protocol: str = "HTTP/1.1",
+        scheme: str = "http",
+        connection_id: int = 0,
+        start_time_ns: int = 0,
+        mtls: bool = False,
+        cluster_name: str = "",
+        upstream_address: str = "",
+        upstream_port: int = 0,
+        upstream_local_address: str = "",
+        upstream_local_port: int = 0,
+        requested_server_name: str = "",
+        tls_version: str = "",
+        listener: Any = None,
+    ) -> None:
+        object.__setattr__(self, "remote_address", remote_address)
+        object.__setattr__(self, "remote_port", remote_port)
+        object.__setattr__(self, "local_address", local_address)
+        object.__setattr__(self, "local_port", local_port)
+        object.__setattr__(self, "protocol", protocol)
+        object.__setattr__(self, "scheme", scheme)
+        object.__setattr__(self, "connection_id", connection_id)
+        object.__setattr__(self, "start_time_ns", start_time_ns)
+        object.__setattr__(self, "mtls", mtls)
+        object.__setattr__(self, "cluster_name", cluster_name)
+        object.__setattr__(self, "upstream_address", upstream_address)
+        object.__setattr__(self, "upstream_port", upstream_port)
+        object.__setattr__(self, "upstream_local_address", upstream_local_address)
+        object.__setattr__(self, "upstream_local_port", upstream_local_port)
+        object.__setattr__(self, "requested_server_name", requested_server_name)
+        object.__setattr__(self, "tls_version", tls_version)
+        object.__setattr__(self, "listener", listener)
 
 
 def replace_info(info: StreamInfo, fields: dict[str, object]) -> StreamInfo:
@@ -109,6 +151,27 @@ def replace_info(info: StreamInfo, fields: dict[str, object]) -> StreamInfo:
     nd.update(d)
     nd.update(fields)
     return new
+
+
+#: `limits.PLUGIN_RQ_TIME_BUCKETS_MS` in ns (a bucket counts times up to and including its bound)
+RQ_TIME_BOUNDS_NS: Final = tuple(int(ms * 1_000_000) for ms in limits.PLUGIN_RQ_TIME_BUCKETS_MS)
+#: the same bounds in µs (each a whole number of them): small ints, unboxed without the long-integer path
+_RQ_TIME_BOUNDS_US: Final = tuple(bound // 1000 for bound in RQ_TIME_BOUNDS_NS)
+
+
+def rq_time_bucket(ns: int) -> int:
+    """The index of the first bound of `RQ_TIME_BOUNDS_NS` at or above `ns`: bisect_left written out (compiled,
+    no call of the builtin), on the time rounded up to whole µs (at or below a bound exactly when `ns` is)."""
+    us = -(-ns // 1000)
+    bounds = _RQ_TIME_BOUNDS_US
+    lo, hi = 0, len(bounds)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if bounds[mid] < us:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 #: on `Stream.response_flags`: e.g. UF upstream connection failure, UT upstream request timeout

@@ -14,6 +14,7 @@ import pytest
 
 RECORDS = (
     "streamapi.LocalReply",
+    "streamapi.StreamInfo",
     "streamapi.SendHeaders",
     "streamapi.SendData",
     "streamapi.SendTrailers",
