@@ -31,8 +31,10 @@ median of per-round ratios (`--rounds` consecutive groups of blocks); the p99 ra
 spread of per-round p99 ratios beside it. Prints the worst CPU ratio and how many cells have the agent's p99 at or
 under Envoy's (targets: worst CPU <= 1.0x, p99 <= Envoy's). Failed requests (wrong status, reset, no answer) are
 counted per system and printed with their kinds; more than 1% aborts the cell (a ratio over failing requests would
-mean nothing). The load average is printed as it was before and after the run: figures from a loaded machine are
-noisy.
+mean nothing). Under the table, per cell and system, the client's own share of the latency: the p99 of how late
+it began sending a request after its due time (its timer's wake-up; bench/openloop.py), the same for every system
+when the client is not what sets the tail. The load average is printed as it was before and after the run: figures
+from a loaded machine are noisy.
 
 `--instructions`: instead of the timed open-loop run, each cell's agent and Envoy run under callgrind
 (bench/_callgrind.py: no hardware counters in this VM guest) and a fixed number of the cell's requests from h2load
@@ -338,6 +340,10 @@ def pct(res: openloop.Result, p: float) -> float:
     return openloop.percentile(res.latencies(), p)
 
 
+def pct_late(res: openloop.Result, p: float) -> float:
+    return openloop.percentile(res.client_late(), p)
+
+
 def report(results: dict[tuple[str, str], CellRun], args: argparse.Namespace) -> None:
     print(
         f"matrix: agent vs Envoy 1.40 + V8, open loop (bench/openloop.c) at {args.rate:g} req/s for {args.seconds:g}s "
@@ -377,6 +383,10 @@ def report(results: dict[tuple[str, str], CellRun], args: argparse.Namespace) ->
         for name, res in run.results.items():
             if res.bad:
                 print(f"{sdk}/{shape} {name}: {res.bad} of {res.due} requests failed {res.errors}")
+    print("the client's own share: how late it began sending (its wake-up after the due time), p99 per system")
+    for (sdk, shape), run in results.items():
+        late = "".join(f"{name:>8} {pct_late(res, 99):.3f}ms" for name, res in run.results.items())
+        print(f"  {sdk + '/' + shape:<24}{late}")
     print(f"worst CPU ratio {worst:.2f}x (target <= 1.0x); p99 <= Envoy's in {p99_ok} of {len(results)} cells")
     if args.baseline is not None:
         print(f"agent / before ({args.baseline}), same rounds: CPU/req, p99")

@@ -11,9 +11,12 @@
  *
  * argv: rate per_block blocks_per_target max_conns drain_s then per target: port expect request_file pids
  * (pids comma-separated, "-" for none). Output lines on stdout:
- *   r <target> <latency_ns> <status> <due_ns>   per request, its due time from the run's start (status < 0:
+ *   r <target> <latency_ns> <status> <due_ns> <late_ns>
+ *                                               per request, its due time from the run's start (status < 0:
  *                                               -1 connect, -2 reset/EOF, -3 bad response, -4 no connection
- *                                               free, -5 no answer within drain)
+ *                                               free, -5 no answer within drain) and how late the client itself
+ *                                               began sending it (its own wake-up after the due time: part of
+ *                                               the latency that is the client's, the same for every target)
  *   s <target> <due_ns>                         a block starts: its first request's due time
  *   b <target> <cpu_ns>                         per block: CPU time of the target's processes during the block
  *   c <target> <connections_opened>             at the end
@@ -56,7 +59,7 @@ enum { IDLE, SENDING, READING };
 typedef struct Conn {
     int fd, slot, target, state, busy;
     size_t sent;
-    int64_t due;
+    int64_t due, late; /* late: when the client began sending it, from the due time */
     /* response parsing */
     char head[HEAD_CAP];
     size_t head_len;
@@ -82,8 +85,8 @@ static int64_t now_ns(void) {
 
 static int64_t t0; /* the run's start: due times are printed from it */
 
-static void record(int t, int64_t due, int64_t latency, int status) {
-    printf("r %d %lld %d %lld\n", t, (long long)latency, status, (long long)(due - t0));
+static void record(int t, int64_t due, int64_t latency, int status, int64_t late) {
+    printf("r %d %lld %d %lld %lld\n", t, (long long)latency, status, (long long)(due - t0), (long long)late);
 }
 
 static int64_t cpu_of(const Target *t) {
@@ -130,7 +133,7 @@ static void conn_close(Conn *c) {
 
 static void fail(Conn *c, int code) {
     if (c->busy) {
-        record(c->target, c->due, now_ns() - c->due, code);
+        record(c->target, c->due, now_ns() - c->due, code, c->late);
         inflight--;
     }
     conn_close(c);
@@ -142,7 +145,7 @@ static void arm(Conn *c, uint32_t events) {
 }
 
 static void finish(Conn *c) {
-    record(c->target, c->due, now_ns() - c->due, c->status);
+    record(c->target, c->due, now_ns() - c->due, c->status, c->late);
     inflight--;
     c->busy = 0;
     if (c->close_after || c->sent < targets[c->target].req_len) {
@@ -298,9 +301,10 @@ static void on_write(Conn *c) {
     arm(c, EPOLLIN | EPOLLRDHUP);
 }
 
-static void start_request(Conn *c, int64_t due) {
+static void start_request(Conn *c, int64_t due, int64_t late) {
     c->busy = 1;
     c->due = due;
+    c->late = late;
     c->sent = 0;
     c->head_len = 0;
     c->in_body = 0;
@@ -312,16 +316,17 @@ static void start_request(Conn *c, int64_t due) {
 }
 
 static void dispatch(int t, int64_t due, int max_conns) {
+    int64_t late = now_ns() - due;
     Conn *c = idle_head[t];
     if (c) {
         idle_head[t] = c->next_idle;
-        start_request(c, due);
+        start_request(c, due, late);
         return;
     }
     int slot = 0;
     while (slot < MAX_CONNS && all[slot]) slot++;
     if (conns_open >= max_conns || slot == MAX_CONNS) {
-        record(t, due, 0, -4);
+        record(t, due, 0, -4, late);
         return;
     }
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -331,7 +336,7 @@ static void dispatch(int t, int64_t due, int max_conns) {
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) {
         close(fd);
-        record(t, due, now_ns() - due, -1);
+        record(t, due, now_ns() - due, -1, late);
         return;
     }
     c = calloc(1, sizeof *c);
@@ -345,6 +350,7 @@ static void dispatch(int t, int64_t due, int max_conns) {
     epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
     c->busy = 1;
     c->due = due;
+    c->late = late;
     c->state = SENDING;
     c->sent = 0;
     inflight++; /* the first EPOLLOUT (connected) sends */

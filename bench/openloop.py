@@ -20,7 +20,11 @@ finely. Each target's CPU time (its processes' threads' /proc schedstat) is read
 Usage: bench/openloop.py PORT [PORT...] --rate 500 --seconds 5 [--method POST --body-bytes 1048576] [--path /]
        [--header 'name: value'] [--expect 200] [--block-seconds 0.5] [--warm 0] [--realtime]
 Prints one JSON line per port: due, ok (answered with the expected status), bad, errors by kind, p50/p90/p99/
-p99.9/max latency in ms, the connections opened.
+p99.9/max latency in ms, the connections opened, and the client's own lateness (client_late_p99_ms): how long
+after each due time it began sending, its timer's wake-up under this machine's load, a part of every latency
+that is the client's and not the server's. Loaded, it shows whether the client sets the tail: at --realtime on
+this 2-vCPU VM its p99 was 0.08-0.15 ms (p50 0.03-0.06 ms) for every target alike, against p99 latencies of
+0.4-3 ms; its p99.9 reached 0.5-1 ms (the host's timer interrupts arriving late).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class Block:
     latencies_ms: tuple[float, ...]  # of the block's requests answered with the expected status
     cpu_us: float  # CPU time of the target's processes during the block
     due_s: tuple[float, ...] = ()  # those requests' due times, from the run's start
+    late_ms: tuple[float, ...] = ()  # how late the client began sending each of them (its own wake-up)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,10 @@ class Result:
 
     def latencies(self, blocks: slice = slice(None)) -> list[float]:
         return [x for b in self.blocks[blocks] for x in b.latencies_ms]
+
+    def client_late(self, blocks: slice = slice(None)) -> list[float]:
+        """How late (ms) the client began sending each answered request: the client's share of its latency."""
+        return [x for b in self.blocks[blocks] for x in b.late_ms]
 
     @property
     def ok(self) -> int:
@@ -113,6 +122,7 @@ class Result:
             **{f"p{p:g}_ms": percentile(lat, p) for p in (50, 90, 99, 99.9)},
             "max_ms": max(lat, default=float("nan")),
             "conns": self.conns,
+            "client_late_p99_ms": percentile(self.client_late(), 99),
         }
 
 
@@ -153,6 +163,7 @@ def run(
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     pending: list[list[float]] = [[] for _ in targets]
     dues: list[list[float]] = [[] for _ in targets]
+    lates: list[list[float]] = [[] for _ in targets]
     block_start = [0] * len(targets)  # (ns) the due time of each target's current block's first request
     blocks: list[list[Block]] = [[] for _ in targets]
     errors: list[dict[str, int]] = [{} for _ in targets]
@@ -161,18 +172,19 @@ def run(
         kind, t_, *rest = line.split()
         t = int(t_)
         if kind == "r":
-            ns, status, due = int(rest[0]), int(rest[1]), int(rest[2])
+            ns, status, due, late = int(rest[0]), int(rest[1]), int(rest[2]), int(rest[3])
             if round((due - block_start[t]) * rate / 1e9) < warm:
                 continue
             if status == targets[t].expect:
                 pending[t].append(ns / 1e6)
                 dues[t].append(due / 1e9)
+                lates[t].append(late / 1e6)
             else:
                 what = ERRORS.get(status, f"status {status}")
                 errors[t][what] = errors[t].get(what, 0) + 1
         elif kind == "b":
-            blocks[t].append(Block(tuple(pending[t]), int(rest[0]) / 1000, tuple(dues[t])))
-            pending[t], dues[t] = [], []
+            blocks[t].append(Block(tuple(pending[t]), int(rest[0]) / 1000, tuple(dues[t]), tuple(lates[t])))
+            pending[t], dues[t], lates[t] = [], [], []
         elif kind == "s":
             block_start[t] = int(rest[0])
         elif kind == "c":
