@@ -279,9 +279,10 @@ class Reconciler:
             new["loadedPods"] = list(loaded)
         new.update(fields or {})
         current = body.get("status") or {}
-        if any(status.pruned(current.get(k)) != status.pruned(v) for k, v in new.items()):  # unchanged: not again
+        patch = status.delta(current, new)  # what the status does not hold yet (unchanged: no write)
+        if patch:
             kind = str(body.get("kind") or spec.KIND)
-            written = self.writer.patch_status(meta["namespace"], meta["name"], new, kind=kind)
+            written = self.writer.patch_status(meta["namespace"], meta["name"], patch, kind=kind)
             if self.plugins is not None and written.get("metadata"):  # the next reconcile starts from this version
                 self.plugins.put((meta["namespace"], spec.key_name(kind, meta["name"])), written)
         self._record(body, ([event] if event is not None else []) + list(events))

@@ -374,8 +374,9 @@ class Sample:
         bucket holding the rank, linearly interpolated between its lower bound (0 for the first) and its upper
         bound; in the overflow bucket, the highest bound (all that is known). Envoy's own quantiles interpolate
         the same way, within the much narrower bins of its log-linear histograms; with the agent's buckets
-        (1000, 2500] ms, 1.5 s requests read 2350 ms at p90, as Prometheus would read them. None without
-        samples or bounds."""
+        (`limits.PLUGIN_RQ_TIME_BUCKETS_MS`: (1250, 1600] ms) 1.5 s requests read ~1565 ms at p90 (with
+        Envoy's default buckets, (1000, 2500], 2350 ms), as Prometheus would read them. None without samples
+        or bounds."""
         total = sum(self.latency)
         if total == 0 or not self.bounds:
             return None
@@ -468,11 +469,11 @@ class Window:
 
 
 def window_to_status(window: Window, canary_pods: Sequence[str]) -> dict[str, Any]:
-    """`Window` -> ``status.rollout.window``: the canary pods' baselines first, at most
-    `limits.ROLLOUT_MAX_WINDOW_PODS` (a pod left out counts from what it says at the next operator's first look),
-    each latency histogram without its trailing empty buckets. A histogram on other buckets than this operator's
-    (an agent of another version) is left out as well: the status keeps no bounds (they would be read as
-    `BOUNDS_MS`), and a wider one would have the CRD refuse the whole status."""
+    """`Window` -> ``status.rollout.window``: the bucket bounds its histograms are on, then the canary pods'
+    baselines first, at most `limits.ROLLOUT_MAX_WINDOW_PODS` (a pod left out counts from what it says at the next
+    operator's first look), each latency histogram from its first non-empty bucket (``skip`` empty ones before it)
+    to its last. A histogram on other buckets than this operator's (an agent of another version) is left out as
+    well: a wider one would have the CRD refuse the whole status."""
     width = len(BOUNDS_MS) + 1
     kept = {n for n, b in window.pods.items() if b.sample.bounds == BOUNDS_MS and len(b.sample.latency) <= width}
     first = [p for p in canary_pods if p in kept]
@@ -483,28 +484,39 @@ def window_to_status(window: Window, canary_pods: Sequence[str]) -> dict[str, An
         latency = list(base.sample.latency)
         while latency and latency[-1] == 0:
             latency.pop()
-        sample = {"requests": base.sample.requests, "failures": base.sample.failures, "latency": latency}
-        pods.append({"name": name, "set": base.set_version, **sample})
-    return {"version": window.version, "step": window.step, "pods": pods}
+        skip = next((i for i, c in enumerate(latency) if c), 0)
+        sample: dict[str, Any] = {"requests": base.sample.requests, "failures": base.sample.failures}
+        if skip:
+            sample["skip"] = skip
+        pods.append({"name": name, "set": base.set_version, **sample, "latency": latency[skip:]})
+    return {"version": window.version, "step": window.step, "boundsMs": list(BOUNDS_MS), "pods": pods}
 
 
-def _counts(raw: Any) -> tuple[int, ...] | None:
+def _counts(raw: Any, skip: Any) -> tuple[int, ...] | None:
     if not isinstance(raw, list) or not all(type(c) is int and c >= 0 for c in raw):
         return None
+    if type(skip) is not int or skip < 0:
+        return None
     width = len(BOUNDS_MS) + 1
-    return (*raw, *([0] * (width - len(raw)))) if len(raw) <= width else None
+    if skip + len(raw) > width:
+        return None
+    return (*([0] * skip), *raw, *([0] * (width - skip - len(raw))))
 
 
 def window_from_status(raw: Any) -> Window | None:
     """``status.rollout.window`` -> `Window` (None: unset or unreadable; a pod entry that is not readable is left
-    out, so that pod counts from what it says next)."""
+    out, so that pod counts from what it says next, as every pod does when the window's histograms are on other
+    bucket bounds than this operator's: an operator of another version wrote it)."""
     if not isinstance(raw, Mapping) or not isinstance(raw.get("version"), str) or type(raw.get("step")) is not int:
         return None
     pods: dict[str, Baseline] = {}
-    for p in raw["pods"] if isinstance(raw.get("pods"), list) else []:
+    bounds = raw.get("boundsMs")
+    same = isinstance(bounds, list) and [float(b) for b in bounds if isinstance(b, int | float)] == list(BOUNDS_MS)
+    for p in raw["pods"] if isinstance(raw.get("pods"), list) and same else []:
         if not isinstance(p, Mapping) or not isinstance(p.get("name"), str) or not isinstance(p.get("set"), str):
             continue
-        requests, failures, latency = p.get("requests"), p.get("failures"), _counts(p.get("latency"))
+        requests, failures = p.get("requests"), p.get("failures")
+        latency = _counts(p.get("latency"), p.get("skip", 0))
         if type(requests) is int and type(failures) is int and latency is not None and min(requests, failures) >= 0:
             pods[p["name"]] = Baseline(p["set"], Sample(1, requests, failures, latency))
     return Window(raw["version"], raw["step"], pods)

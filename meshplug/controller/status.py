@@ -97,3 +97,20 @@ def pruned(value: Any) -> Any:
     if isinstance(value, list):
         return [pruned(v) for v in value]
     return value
+
+
+def delta(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch of ``new`` onto ``current`` without what it would not change: keys whose value the API
+    server holds already are left out, nested objects as their own delta (a merge patch merges them), lists and
+    other values whole. The API server ends with the same status as from ``new`` itself; a large part that did not
+    change (a rollout's window of stats, the stable spec) does not ride every status write."""
+    out: dict[str, Any] = {}
+    for key, value in new.items():
+        before = current.get(key)
+        if pruned(before) == pruned(value):
+            continue
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            out[key] = delta(before, value)
+        else:
+            out[key] = value
+    return out

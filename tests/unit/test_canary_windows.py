@@ -76,6 +76,7 @@ def test_the_status_keeps_the_canary_pods_baselines_first_and_at_most_the_limit(
     names = [p["name"] for p in written["pods"]]
     assert len(names) == limits.ROLLOUT_MAX_WINDOW_PODS and names[0] == "p1"
     assert written["pods"][0]["latency"] == [3]  # without its trailing empty buckets
+    assert written["boundsMs"] == list(rollout.BOUNDS_MS)
     kept = rollout.window_from_status(written)
     assert kept is not None and kept.pods["p1"] == state.window.pods["p1"]
     # an agent with more latency buckets than the CRD allows: left out rather than the whole status refused
@@ -88,8 +89,9 @@ def test_the_status_keeps_the_canary_pods_baselines_first_and_at_most_the_limit(
     assert [p["name"] for p in rollout.window_to_status(window, ("p1",))["pods"]] == ["s0000"]
 
 
-def entry(**over: Any) -> dict[str, Any]:
-    return {"version": "k-new", "step": 1, "pods": [{"name": "p1", "set": "v9", "requests": 1, "failures": 0} | over]}
+def entry(bounds: Any = rollout.BOUNDS_MS, **over: Any) -> dict[str, Any]:
+    pod = {"name": "p1", "set": "v9", "requests": 1, "failures": 0} | over
+    return {"version": "k-new", "step": 1, "boundsMs": list(bounds), "pods": [pod]}
 
 
 @pytest.mark.parametrize(
@@ -102,6 +104,18 @@ def entry(**over: Any) -> dict[str, Any]:
         (entry(requests=-1, latency=[]), set()),
         (entry(latency=[1] * (WIDTH + 1)), set()),
         (entry(latency=[1]), {"p1"}),
+        (entry(latency=[1], skip=WIDTH - 1), {"p1"}),  # the overflow alone
+        (entry(latency=[1], skip=WIDTH), set()),  # past the overflow
+        (entry(latency=[1], skip=-1), set()),
+        (entry(latency=[-1]), set()),
+        # written on other buckets (an operator of another version): every pod counts from its next answer
+        (
+            entry(
+                bounds=[0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000], latency=[1]
+            ),
+            set(),
+        ),
+        ({**entry(latency=[1]), "boundsMs": None}, set()),  # a window from before the bounds were kept
     ],
 )
 def test_an_unreadable_window_or_pod_in_the_status_is_left_out(raw: Any, pods: set[str] | None) -> None:

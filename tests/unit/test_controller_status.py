@@ -58,3 +58,45 @@ def test_backoff(retry: int, delay: float) -> None:
 )
 def test_pruned_is_what_a_merge_patch_leaves(value: object, expected: object) -> None:
     assert status.pruned(value) == expected
+
+
+WINDOW = {"version": "k", "step": 1, "pods": [{"name": "p1", "latency": [3]}]}
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "patch"),
+    [
+        ({}, {"observedGeneration": 2}, {"observedGeneration": 2}),
+        ({"observedGeneration": 2}, {"observedGeneration": 2}, {}),  # nothing new: no write
+        ({"digest": "a"}, {"digest": None}, {"digest": None}),  # a removal is sent
+        ({}, {"digest": None}, {}),  # ... unless it is not there
+        # a rollout's window that did not change stays out of the write; the analysis that did goes
+        (
+            {"rollout": {"phase": "Progressing", "analysis": {"v": 1}, "window": WINDOW}},
+            {"rollout": {"phase": "Progressing", "analysis": {"v": 2}, "window": WINDOW}},
+            {"rollout": {"analysis": {"v": 2}}},
+        ),
+        ({"rollout": {"window": WINDOW}}, {"rollout": {"window": None}}, {"rollout": {"window": None}}),
+        ({"failingPods": [{"name": "a"}]}, {"failingPods": []}, {"failingPods": []}),  # lists whole
+        ({"rollout": "x"}, {"rollout": {"phase": "Idle"}}, {"rollout": {"phase": "Idle"}}),
+    ],
+)
+def test_a_status_write_carries_only_what_the_status_does_not_hold(
+    current: dict[str, Any], new: dict[str, Any], patch: dict[str, Any]
+) -> None:
+    """`status.delta`: merged onto the status as a merge patch, it gives what ``new`` itself would."""
+    assert status.delta(current, new) == patch
+    assert merged(current, patch) == merged(current, new)
+
+
+def merged(target: Any, patch: Any) -> Any:
+    """RFC 7386 merge patch, as the API server applies one to the status."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merged(out.get(key), value)
+    return out

@@ -215,12 +215,14 @@ FINE = (1.0, 10.0, 100.0, 1000.0, 1400.0, 1600.0, 2500.0)
     ("latency", "bounds", "percent", "expected"),
     [
         # Prometheus' histogram_quantile on the same buckets: the rank's bucket, linear from its lower bound
-        (hist(b1=100), rollout.BOUNDS_MS, 99, 0.995),  # 99th of 100 in (0.5, 1]
+        (hist(b1=100), rollout.BOUNDS_MS, 99, 0.998),  # 99th of 100 in (0.8, 1]: 0.8 + 0.2 * 0.99
         (hist(b0_5=50, b10=50), rollout.BOUNDS_MS, 50, 0.5),
-        (hist(b0_5=50, b10=50), rollout.BOUNDS_MS, 75, 7.5),  # 0.5 + (10 - 5) * (75 - 50) / 50 -> 5 + 2.5
+        (hist(b0_5=50, b10=50), rollout.BOUNDS_MS, 75, 9.0),  # 8 + (10 - 8) * (75 - 50) / 50
         (hist(b0_5=1), rollout.BOUNDS_MS, 50, 0.25),  # the first bucket starts at 0
-        # 1.5 s requests on this version's buckets are somewhere in (1000, 2500]: p90 reads 2350, as Prometheus'
-        (hist(b2500=100), rollout.BOUNDS_MS, 90, 2350.0),
+        # 1.5 s requests on this version's buckets are in (1250, 1600]: p90 reads 1565, as Prometheus' would
+        # (on Envoy's default buckets, (1000, 2500], 2350)
+        (hist(b1600=100), rollout.BOUNDS_MS, 90, 1565.0),
+        ((0, 100, 0), (1000.0, 2500.0), 90, 2350.0),  # the same requests on Envoy's default buckets there
         # ... and on the buckets an agent reports, whatever they are: (1400, 1600] -> 1580
         ((0, 0, 0, 0, 0, 100, 0, 0), FINE, 90, 1580.0),
         ((0, 0, 0, 0, 0, 0, 0, 4), FINE, 50, 2500.0),  # the overflow: the highest bound, as Prometheus
@@ -447,7 +449,7 @@ def test_the_crds_keep_what_the_status_window_holds(crd: Path) -> None:
     schema = yaml.safe_load(crd.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     window = schema["properties"]["status"]["properties"]["rollout"]["properties"]["window"]
     width = len(limits.PLUGIN_RQ_TIME_BUCKETS_MS) + 1
-    base = rollout.Baseline("v7", rollout.Sample(1, 4, 0, (4, *([0] * (width - 1)))))
+    base = rollout.Baseline("v7", rollout.Sample(1, 4, 0, (0, 4, *([0] * (width - 2)))))  # skips one bucket
     written = rollout.window_to_status(rollout.Window(V2.key, 1, {"p1": base}), ("p1",))
     assert set(written) == set(window["properties"])
     pods = window["properties"]["pods"]
