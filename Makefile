@@ -19,8 +19,11 @@ system:
 	scripts/install-system-deps.sh
 
 # the agent's compiled data path (meshplug/native.py), built in place; a no-op when it matches the sources
+# the C extensions, and the libwasmtime with compiler inlining the agent prefers (meshplug/wasmlib.py; without a
+# new enough rustc nothing is built and wasmtime-py's own library serves)
 native: setup system
 	$(BIN)/python scripts/build_native.py
+	$(BIN)/python scripts/build_wasmtime.py
 
 plugins: setup system
 	$(BIN)/python scripts/build_plugins.py

@@ -240,9 +240,11 @@ def start_agent_with(
     concurrency: int = 1,
     wrapper: Sequence[str] = (),
     aliases: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> tuple[procs.Proc, int]:
     """`meshplug agent` with these config `plugins` entries (wasm modules or Lua filters) in front of the upstream
-    (`source`, `http2`, `wrapper`: as in `start_agent`; `aliases`: more cluster names for the same upstream)."""
+    (`source`, `http2`, `wrapper`: as in `start_agent`; `aliases`: more cluster names for the same upstream;
+    `env`: added to the agent's environment)."""
     port, admin = procs.free_port(), procs.free_port()
     raw = tb_agent.base_config(
         port=port,
@@ -251,14 +253,15 @@ def start_agent_with(
         plugins=plugins,
         http2_clusters=frozenset({"upstream"}) if http2 else frozenset(),
     )
-    env = None if source is None else {"PYTHONPATH": str(source), "MESHPLUG_REQUIRE_NATIVE": "1"}
+    if source is not None:
+        env = {"PYTHONPATH": str(source), "MESHPLUG_REQUIRE_NATIVE": "1", **(env or {})}
     agent = tb_agent.start_agent(
         raw,
         work_dir=work / name,
         log_dir=work,
         name=name,
         log_level="warning",
-        env=env,
+        env=dict(env) if env is not None else None,
         cwd=source,
         concurrency=concurrency,
         wrapper=wrapper,

@@ -47,6 +47,7 @@ dumps (cg.<pid>.<n>) for callgrind_annotate.
 Usage: bench/matrix.py [--rounds 5] [--seconds 20] [--rate 500] [--body-rate 20] [--body-seconds 50]
        [--block-seconds 0.5] [--cells rust/header,go/httpcall]
        [--baseline CHECKOUT]  (another checkout's agent in the same rounds: agent/before ratios)
+       [--baseline-wasmtime stock]  (this checkout's agent on wasmtime-py's own library as the before agent)
        bench/matrix.py --instructions [--requests 2000] [--body-requests 20] [--count-body-bytes 131072]
        [--count-connections 16] [--rounds 2] [--cells ...] [--baseline CHECKOUT] [--dumps DIR]
 """
@@ -133,7 +134,14 @@ def config_text(cell: Cell) -> str:
 
 
 def start_agent(
-    work: Path, name: str, upstream: int, cell: Cell, *, source: Path | None = None, wrapper: Sequence[str] = ()
+    work: Path,
+    name: str,
+    upstream: int,
+    cell: Cell,
+    *,
+    source: Path | None = None,
+    wrapper: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> tuple[procs.Proc, int]:
     plugin: dict[str, Any] = {
         "name": "bench",
@@ -142,7 +150,24 @@ def start_agent(
     }
     if cell.root_id:
         plugin["root_id"] = cell.root_id
-    return start_agent_with(work, name, upstream, [plugin], source=source, wrapper=wrapper, aliases=["authz"])
+    return start_agent_with(work, name, upstream, [plugin], source=source, wrapper=wrapper, aliases=["authz"], env=env)
+
+
+def has_before(args: argparse.Namespace) -> bool:
+    return args.baseline is not None or args.baseline_wasmtime is not None
+
+
+def before_label(args: argparse.Namespace) -> str:
+    return str(args.baseline) if args.baseline is not None else f"MESHPLUG_WASMTIME={args.baseline_wasmtime}"
+
+
+def start_before(
+    work: Path, name: str, upstream: int, cell: Cell, args: argparse.Namespace, *, wrapper: Sequence[str] = ()
+) -> tuple[procs.Proc, int]:
+    """The "before" agent: `--baseline`'s checkout, or this one on the libwasmtime `--baseline-wasmtime` names."""
+    if args.baseline is not None:
+        return start_agent(work, name, upstream, cell, source=args.baseline, wrapper=wrapper)
+    return start_agent(work, name, upstream, cell, wrapper=wrapper, env={"MESHPLUG_WASMTIME": args.baseline_wasmtime})
 
 
 def start_envoy(
@@ -197,8 +222,8 @@ def bench_cell(work: Path, upstream: int, sdk: str, shape: str, args: argparse.N
         started.append(systems["agent"][0])  # (stopped even when Envoy does not start)
         systems["envoy"] = start_envoy(work, f"envoy-{sdk}-{shape}", upstream, cell)
         started.append(systems["envoy"][0])
-        if args.baseline is not None:
-            systems["before"] = start_agent(work, f"before-{sdk}-{shape}", upstream, cell, source=args.baseline)
+        if has_before(args):
+            systems["before"] = start_before(work, f"before-{sdk}-{shape}", upstream, cell, args)
             started.append(systems["before"][0])
         targets: dict[str, openloop.Target] = {}
         for name, (proc, port) in systems.items():
@@ -269,10 +294,8 @@ def count_cell(
         started.append(systems["agent"][0])
         systems["envoy"] = start_envoy(work, f"cg-envoy-{sdk}-{shape}", upstream, cell, wrapper=wrapper)
         started.append(systems["envoy"][0])
-        if args.baseline is not None:
-            systems["before"] = start_agent(
-                work, f"cg-before-{sdk}-{shape}", upstream, cell, source=args.baseline, wrapper=wrapper
-            )
+        if has_before(args):
+            systems["before"] = start_before(work, f"cg-before-{sdk}-{shape}", upstream, cell, args, wrapper=wrapper)
             started.append(systems["before"][0])
         for _, port in systems.values():
             warm = max(connections, n // 4)
@@ -388,8 +411,8 @@ def report(results: dict[tuple[str, str], CellRun], args: argparse.Namespace) ->
         late = "".join(f"{name:>8} {pct_late(res, 99):.3f}ms" for name, res in run.results.items())
         print(f"  {sdk + '/' + shape:<24}{late}")
     print(f"worst CPU ratio {worst:.2f}x (target <= 1.0x); p99 <= Envoy's in {p99_ok} of {len(results)} cells")
-    if args.baseline is not None:
-        print(f"agent / before ({args.baseline}), same rounds: CPU/req, p99")
+    if has_before(args):
+        print(f"agent / before ({before_label(args)}), same rounds: CPU/req, p99")
         for (sdk, shape), run in results.items():
             before = run.results["before"]
             cpu, p99 = cpu_ratio(run, args.rounds, "before"), pct(run.results["agent"], 99) / pct(before, 99)
@@ -422,6 +445,11 @@ def main() -> int:
     ap.add_argument("--cells", default="", help="comma-separated sdk/shape cells (default: all)")
     ap.add_argument(
         "--baseline", type=Path, help="another checkout (built with `make native`): its agent runs in the same rounds"
+    )
+    ap.add_argument(
+        "--baseline-wasmtime",
+        choices=("stock", "built"),
+        help="the before agent: this checkout's on that libwasmtime (MESHPLUG_WASMTIME; meshplug.wasmlib)",
     )
     ap.add_argument("--instructions", action="store_true", help="count instructions per request (callgrind) instead")
     ap.add_argument("--requests", type=int, default=2000, help="requests per counted run (--instructions)")

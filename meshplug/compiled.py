@@ -49,7 +49,7 @@ from pathlib import Path
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from meshplug import errors, files
+from meshplug import errors, files, wasmlib
 
 MAGIC = b"MPWASM1\n"
 _LEN = struct.Struct("<I")
@@ -64,10 +64,19 @@ class Tier(enum.StrEnum):
     BASELINE = "baseline"  # Winch: one quick pass per function, no optimisation
 
 
+#: whether this process runs the libwasmtime built here (meshplug.wasmlib): its engines inline small callees
+BUILT_LIBRARY = wasmlib.loaded()
+#: what the built library adds to both tiers' settings: its own key (it is another build of wasmtime, whose
+#: artifacts the stock library refuses and vice versa), and for the optimized tier Cranelift's inlining within
+#: a module (`Config::compiler_inlining`, not in wasmtime's C API)
+_LIBRARY: tuple[tuple[str, str], ...] = (("library", f"meshplug-{wasmlib.VERSION}"),) if BUILT_LIBRARY else ()
+_INLINING: tuple[tuple[str, str], ...] = (("inlining", "yes"),) if BUILT_LIBRARY else ()
 #: the agent's engine settings (meshplug.agent.vm builds its engine from them; the operator compiles with them)
 ENGINE_SETTINGS: tuple[tuple[str, str], ...] = (
     ("epoch_interruption", "1"),
     ("cranelift_opt_level", "speed"),
+    *_INLINING,
+    *_LIBRARY,
 )
 #: the baseline tier's: the same sandbox (epoch interruption), Winch instead of Cranelift. Winch compiles the
 #: function bodies; wasmtime still compiles the host-to-guest trampolines (one per function a table or an export
@@ -77,6 +86,7 @@ BASELINE_SETTINGS: tuple[tuple[str, str], ...] = (
     ("epoch_interruption", "1"),
     ("strategy", "winch"),
     ("cranelift_opt_level", "none"),
+    *_LIBRARY,
 )
 SETTINGS: dict[Tier, tuple[tuple[str, str], ...]] = {Tier.OPTIMIZED: ENGINE_SETTINGS, Tier.BASELINE: BASELINE_SETTINGS}
 #: wasmtime's C API value of WASMTIME_STRATEGY_WINCH (wasmtime-py 50's `Config.strategy` names only auto and
@@ -123,6 +133,8 @@ def new_engine(tier: Tier = Tier.OPTIMIZED, *, parallel: bool = True) -> wasmtim
     if settings.get("strategy") == "winch":
         ffi.wasmtime_config_strategy_set(cfg.ptr(), _STRATEGY_WINCH)
     cfg.cranelift_opt_level = settings["cranelift_opt_level"]
+    if "inlining" in settings:
+        wasmlib.set_inlining(cfg, settings["inlining"])
     cfg.parallel_compilation = parallel
     return wasmtime.Engine(cfg)
 
