@@ -19,8 +19,8 @@ system:
 	scripts/install-system-deps.sh
 
 # the agent's compiled data path (meshplug/native.py), built in place; a no-op when it matches the sources
-# the C extensions, and the libwasmtime with compiler inlining the agent prefers (meshplug/wasmlib.py; without a
-# new enough rustc nothing is built and wasmtime-py's own library serves)
+# the C extensions, and the opt-in libwasmtime with compiler inlining (MESHPLUG_WASMTIME=built, meshplug/wasmlib.py;
+# without a new enough rustc nothing is built and only wasmtime-py's own library is there)
 native: setup system
 	$(BIN)/python scripts/build_native.py
 	$(BIN)/python scripts/build_wasmtime.py

@@ -13,8 +13,10 @@ package (its Python files, same version) whose ``linux-x86_64/_libwasmtime.so`` 
 ``<dir>/<version>/python`` (`overlay`); `select()`, run by ``meshplug/__init__.py`` before anything imports
 wasmtime, puts that directory first on ``sys.path``. wasmtime-py finds its library next to its own files, so the
 rest of the process (the native call path included: it takes wasmtime's function addresses from that library)
-uses the built one. ``MESHPLUG_WASMTIME``: ``auto`` (default: the built library when present and made for the
-installed wasmtime-py), ``stock`` (never), ``built`` (required: an ImportError when absent). ``<dir>`` is
+uses the built one. ``MESHPLUG_WASMTIME``: ``stock`` (default), ``built`` (required: an ImportError when absent),
+``auto`` (the built library when present and made for the installed wasmtime-py). Opt-in because inlining holds
+the whole module's IR while it compiles: a 3.4 MB Go SDK module peaks at ~1.4 GB RSS (stock: ~120 MiB), which an
+agent compiling a module itself (no precompiled artifact) would then keep until malloc trims it. ``<dir>`` is
 ``$MESHPLUG_WASMTIME_DIR`` or ``~/.cache/meshplug/wasmtime`` (not ``$MESHPLUG_CACHE``, which tests point at
 per-pod state: every process of one installation must pick the same library, or the operator's precompiled
 artifacts would not match the agents' engines; meshplug.compiled keys artifacts by the library as well).
@@ -30,7 +32,7 @@ from pathlib import Path
 #: the wasmtime-py release whose library the build reproduces (meshplug.agent.guest pins the same)
 VERSION = "50.0.1"
 ENV = "MESHPLUG_WASMTIME"
-MODES = ("auto", "stock", "built")
+MODES = ("stock", "built", "auto")
 #: the function the built library adds (wasm_config_t*, const char* mode) -> bool
 INLINING_SYMBOL = "meshplug_config_compiler_inlining_set"
 #: written last by the build: the wasmtime-py version the overlay was copied from
@@ -69,7 +71,7 @@ def usable(version: str = VERSION) -> str:
 def select() -> str:
     """Put the built library's overlay first on sys.path when MESHPLUG_WASMTIME asks for it (or allows it and it
     is there). Returns "built", "stock" or, when wasmtime was imported before this ran, "imported"."""
-    mode = os.environ.get(ENV, "auto") or "auto"
+    mode = os.environ.get(ENV, "stock") or "stock"
     if mode not in MODES:
         raise ImportError(f"{ENV}={mode!r}: expected one of {', '.join(MODES)}")
     if mode == "stock":

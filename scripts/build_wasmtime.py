@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the libwasmtime meshplug prefers (meshplug/wasmlib.py) unless the one on disk matches the sources.
+"""Build the opt-in libwasmtime with compiler inlining (meshplug/wasmlib.py) unless the one on disk matches the sources.
 
 native/wasmtime is a Cargo crate over the registry's wasmtime C API (the release wasmtime-py loads) that adds one
 function, the compiler-inlining setter. It is built with cargo (`--locked`, crates from the registry) into
@@ -7,7 +7,7 @@ function, the compiler-inlining setter. It is built with cargo (`--locked`, crat
 `<dir>/<version>/python` (`wasmlib.overlay()`); `<dir>`: $MESHPLUG_WASMTIME_DIR or ~/.cache/meshplug/wasmtime.
 The crate needs rustc >= RUST (wasmtime's MSRV); the first toolchain that has it of `cargo +nightly` and plain
 `cargo` builds it. Without one, nothing is built and the stock library serves (exit 0, the reason printed):
-everything works on either library (tests/unit/test_wasmlib.py runs both).
+everything works on either library (tests/integration/test_wasmlib.py runs both). MESHPLUG_WASMTIME=built selects it.
 
 Usage: scripts/build_wasmtime.py [--force]. A cold build takes ~13 CPU-minutes (~25 min on 2 busy cores).
 """

@@ -2,8 +2,9 @@
 builds with compiler inlining) really runs the agent, in a fresh process per library (the choice is made before
 wasmtime is imported): the engine the agent builds keeps epoch interruption (a looping guest is stopped), an
 AssemblyScript plugin rewrites a buffered body through the host and chain to the same bytes on both, and the two
-libraries key their compiled artifacts apart (neither loads the other's). A bad MESHPLUG_WASMTIME, or `built`
-where there is none, is a clear ImportError.
+libraries key their compiled artifacts apart (neither loads the other's). The stock library is the default;
+`auto` takes the built one when it is there. A bad MESHPLUG_WASMTIME, or `built` where there is none, is a clear
+ImportError.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,7 +109,7 @@ def test_libraries_key_their_artifacts_apart() -> None:
 @pytest.mark.parametrize(
     ("mode", "env", "message"),
     [
-        ("fast", {}, "MESHPLUG_WASMTIME='fast': expected one of auto, stock, built"),
+        ("fast", {}, "MESHPLUG_WASMTIME='fast': expected one of stock, built, auto"),
         ("built", {"MESHPLUG_WASMTIME_DIR": "/nonexistent/meshplug-wasmtime"}, "MESHPLUG_WASMTIME=built: no built"),
     ],
 )
@@ -122,13 +122,19 @@ def test_bad_choice_is_a_clear_error(mode: str, env: dict[str, str], message: st
 SHOW = "import meshplug, meshplug.compiled as c; print(meshplug.WASMTIME_LIB, c.BUILT_LIBRARY)"
 
 
-def test_auto_falls_back_to_stock_without_a_build(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("env", "selected"),
+    [
+        ({}, "stock"),  # the default, built library or not
+        ({"MESHPLUG_WASMTIME": "auto"}, "built"),
+        ({"MESHPLUG_WASMTIME": "auto", "MESHPLUG_WASMTIME_DIR": "/nonexistent/meshplug-wasmtime"}, "stock"),
+    ],
+)
+def test_which_library_is_selected(env: dict[str, str], selected: str) -> None:
+    if selected == "built" and wasmlib.usable():
+        pytest.fail(f"the built library is missing ({wasmlib.usable()}): `make native` builds it")
+    base = {k: v for k, v in os.environ.items() if k not in ("MESHPLUG_WASMTIME", "MESHPLUG_WASMTIME_DIR")}
     proc = subprocess.run(
-        [sys.executable, "-c", SHOW],
-        env={**os.environ, "MESHPLUG_WASMTIME": "auto", "MESHPLUG_WASMTIME_DIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+        [sys.executable, "-c", SHOW], env={**base, **env}, capture_output=True, text=True, timeout=60, check=True
     )
-    assert proc.stdout.split() == ["stock", "False"]
+    assert proc.stdout.split() == [selected, str(selected == "built")]
