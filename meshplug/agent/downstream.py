@@ -151,6 +151,12 @@ class Downstream(H1Peer, asyncio.Protocol):
                 return
         if self._stopped:
             return
+        if self._paused & wire.PAUSE_PIPELINE:
+            self.hold_read(data)  # the next request's bytes: parsed once this one is answered
+            return
+        self.received(data)
+
+    def received(self, data: bytes) -> None:
         self._parsing = True
         try:
             while data:
@@ -323,10 +329,14 @@ class Downstream(H1Peer, asyncio.Protocol):
             self._stopped = True
             self.abort()
             return None
-        # the client half-closed after whole requests: finish what is queued, then close
         if not self.queue:
             return None
-        return True
+        # whole requests not answered yet: as Envoy (an HTTP listener does not half-close), the client's FIN ends
+        # the connection; those requests are reset, their plugins see the client gone (DC), their upstream
+        # connections close now instead of at a timeout
+        self._stopped = True
+        self.abort()
+        return None
 
     def pause_writing(self) -> None:
         self._write_paused = True

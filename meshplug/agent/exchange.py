@@ -44,6 +44,20 @@ def reset_flags(reset_reason: str) -> int:
     return _RESET_FLAGS.get(reset_reason, 0)
 
 
+def note_client_gone(stream: agent_chain.Stream, answered: bool, *, reset: bool = False) -> None:
+    """The client's connection ended before `stream` was answered (Envoy's response flag DC, details
+    downstream_remote_disconnect) or, `reset`, the client reset the HTTP/2 stream (DR, http2.remote_reset): what
+    the plugins' log callback reads."""
+    if answered or stream.completed:
+        return
+    if reset:
+        stream.response_flags |= agent_chain.RESPONSE_FLAG_DOWNSTREAM_REMOTE_RESET
+    else:
+        stream.response_flags |= agent_chain.RESPONSE_FLAG_DOWNSTREAM_CONNECTION_TERMINATION
+    if stream.code_details is None or stream.code_details == "via_upstream":
+        stream.code_details = wire.DETAILS_H2_REMOTE_RESET if reset else wire.DETAILS_DOWNSTREAM_DISCONNECT
+
+
 def note_reset_after_start(stream: agent_chain.Stream, reset_reason: str) -> None:
     """An upstream that failed after its response began, as Envoy's router records it for the log (the response
     is cut, not answered): response.flags gets the reset's bit, response.code_details

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, hcm, routing, wire
-from meshplug.agent.exchange import Exchange, note_reset_after_start
+from meshplug.agent.exchange import Exchange, note_client_gone, note_reset_after_start
 from meshplug.agent.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -373,6 +373,12 @@ class FilteredExchange(Exchange):
             stream.on_progress = progress
         stream.response_flags |= log_flags
         self.perform(stream.take_outputs())
+
+    def abandon(self) -> None:
+        """The client went away before its answer was complete: its plugins log the stream as Envoy does (DC,
+        downstream_remote_disconnect)."""
+        note_client_gone(self.stream, self.resp_done)
+        Exchange.abandon(self)
 
     def _ended(self) -> None:
         stream = self.stream

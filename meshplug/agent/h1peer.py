@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+from meshplug import limits
 from meshplug.agent import wire
 from meshplug.agent.upstream import Upstream
 
@@ -22,6 +23,11 @@ class H1Peer:
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._paused = 0
+        #: the transport's reads are paused: for any reason but a pipeline wait alone, which keeps reading (as
+        #: Envoy detects an early close while read-disabled) and holds what comes (`held`) until its turn
+        self._reading_paused = False
+        self.held: list[bytes] = []
+        self.held_bytes = 0
         self._out: list[bytes] = []
         #: while a read is parsed, upstream writes collect here and leave in one send when it is done
         self._parsing = False
@@ -29,16 +35,48 @@ class H1Peer:
         self._up_out: list[bytes] = []
 
     def pause(self, reason: int) -> None:
-        if not self._paused and self.transport is not None and not self.closed:
-            self.transport.pause_reading()
         self._paused |= reason
+        self._sync_reading()
 
     def resume(self, reason: int) -> None:
         if not self._paused & reason:
             return
         self._paused &= ~reason
-        if not self._paused and self.transport is not None and not self.closed:
+        self._sync_reading()
+        if reason == wire.PAUSE_PIPELINE and self.held:
+            self.loop.call_soon(self._replay)
+
+    def hold_read(self, data: bytes) -> None:
+        """A read that came while the connection waits for an answer (PAUSE_PIPELINE): kept for its turn; past
+        `limits.PROXY_BUFFER_HIGH_WATER` held, reading pauses (the next close is then seen once it resumes)."""
+        self.held.append(data)
+        self.held_bytes += len(data)
+        if self.held_bytes > limits.PROXY_BUFFER_HIGH_WATER:
+            self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        want = bool(self._paused & ~wire.PAUSE_PIPELINE) or self.held_bytes > limits.PROXY_BUFFER_HIGH_WATER
+        if want is self._reading_paused or self.transport is None or self.closed:
+            return
+        self._reading_paused = want
+        if want:
+            self.transport.pause_reading()
+        else:
             self.transport.resume_reading()
+
+    def _replay(self) -> None:
+        """The held reads, parsed now that the pipeline's turn came (unless it waits again meanwhile)."""
+        if self._paused & wire.PAUSE_PIPELINE or not self.held or self.closed:
+            return
+        data = b"".join(self.held)
+        self.held.clear()
+        self.held_bytes = 0
+        self._sync_reading()
+        self.received(data)
+
+    def received(self, data: bytes) -> None:
+        """Parse a read (the subclass's `data_received`)."""
+        raise NotImplementedError
 
     def up_write(self, up: Upstream, data: bytes) -> None:
         """Write to an upstream connection; while a read is parsed, the writes leave together after it."""

@@ -34,7 +34,7 @@ import h2.settings
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, h2wire, hcm, relay, routing, wire
-from meshplug.agent.exchange import failure_reply, note_reset_after_start
+from meshplug.agent.exchange import failure_reply, note_client_gone, note_reset_after_start
 
 if TYPE_CHECKING:
     from meshplug.agent.server import Proxy
@@ -65,6 +65,12 @@ def response_headers(status: int, headers: Sequence[Header]) -> list[Header]:
     out: list[Header] = [(b":status", wire.STATUS_BYTES.get(status) or str(status).encode())]
     out += [h for h in headers if h[0] not in _NOT_H2]
     return out
+
+
+#: how a stream ended on the client's side (H2Exchange.peer_reset)
+_BY_CLOSE: Final = 0
+_BY_RESET: Final = 1
+_BY_CODEC: Final = 2
 
 
 class H2Exchange:
@@ -479,10 +485,13 @@ class H2Exchange:
         self.conn.reset_stream(self.out, code)
         self._ended(counted=False)
 
-    def peer_reset(self) -> None:
-        """The client reset the stream."""
+    def peer_reset(self, by: int = _BY_CLOSE) -> None:
+        """The stream ended on the client's side: its connection closed (_BY_CLOSE), its RST_STREAM (_BY_RESET),
+        or a stream error in its frames (_BY_CODEC)."""
         if self.resp_done:
             return
+        if self.stream is not None and by != _BY_CODEC:
+            note_client_gone(self.stream, self.resp_done, reset=by == _BY_RESET)
         self._drop_upstream()
         self._ended(counted=False)
 
@@ -645,7 +654,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
                 if self.proxy.loop.time() - ex.created < limits.H2_PREMATURE_RESET_MIN_LIFETIME_S:
                     self.premature_resets += 1
             self.forget_stream(ex.out)
-            ex.peer_reset()
+            ex.peer_reset(_BY_RESET if ev[3] else _BY_CODEC)
         elif kind == h2wire.EV_GOAWAY:
             self.going_away = True
             if ev[4]:

@@ -87,6 +87,10 @@ def reset_body(reason: str) -> bytes:
 
 #: how proxy-generated replies are described to plugins (response.code_details / response.flags), as Envoy's router
 DETAILS_TIMEOUT: Final = "response_timeout"
+#: the client's connection ended before its answer (response flag DC)
+DETAILS_DOWNSTREAM_DISCONNECT: Final = "downstream_remote_disconnect"
+#: the client reset its HTTP/2 stream (response flag DR)
+DETAILS_H2_REMOTE_RESET: Final = "http2.remote_reset"
 
 
 def reset_details(reason: str, *, started: bool = False) -> str:

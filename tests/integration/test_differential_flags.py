@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,7 @@ static_resources:
               - {match: {prefix: /ok}, route: {cluster: backend}}
               - {match: {prefix: /slow}, route: {cluster: silent, timeout: 0.3s}}
               - {match: {prefix: /gone}, route: {cluster: closer}}
+              - {match: {prefix: /hold}, route: {cluster: holder, timeout: 0s}}
               - {match: {prefix: /down}, route: {cluster: dead}}
           http_filters:
           - name: propdump
@@ -135,8 +137,46 @@ def _closer(server: socket.socket) -> None:
             conn.recv(65536)
 
 
+class _Holder:
+    """An upstream that reads requests and never answers (a route without timeout, as Istio's: only the client
+    leaving ends such a request); `open` counts the connections it has not seen end."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.lock = threading.Lock()
+        self.open = 0
+        self.requests = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        with self.lock:
+            self.open += 1
+        with conn, contextlib.suppress(OSError):
+            while chunk := conn.recv(65536):
+                if b"\r\n\r\n" in chunk:
+                    with self.lock:
+                        self.requests += 1
+        with self.lock:
+            self.open -= 1
+
+
 @pytest.fixture(scope="module")
-def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proxy]]:
+def holder() -> Iterator[_Holder]:
+    h = _Holder()
+    yield h
+    h.server.close()
+
+
+@pytest.fixture(scope="module")
+def proxies(tmp_path_factory: pytest.TempPathFactory, holder: _Holder) -> Iterator[dict[str, Proxy]]:
     tmp: Path = tmp_path_factory.mktemp("flags")
     logs = tmp / "logs"
     started: list[Any] = []
@@ -152,6 +192,7 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Prox
                 ("backend", echo.port),
                 ("silent", silent.getsockname()[1]),
                 ("closer", closer.getsockname()[1]),
+                ("holder", holder.server.getsockname()[1]),
                 ("dead", procs.free_port()),
             )
         )
@@ -240,6 +281,68 @@ def test_plugins_read_the_flags_and_details_envoy_gives(
     agent = _read(proxies["agent"], request_bytes)
     assert "lg" in envoy[1], envoy  # Envoy ran the log callback: the comparison has something to compare
     assert agent == envoy
+
+
+def _leave(sock: socket.socket, how: str) -> None:
+    if how == "half-close":
+        sock.shutdown(socket.SHUT_WR)
+    elif how == "reset":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize("how", ["close", "half-close", "reset"])
+def test_a_client_leaving_while_the_upstream_is_silent(proxies: dict[str, Proxy], holder: _Holder, how: str) -> None:
+    """The request reached an upstream that does not answer (the route has no timeout); the client closes,
+    half-closes or resets its connection. Envoy notices at once (it watches for the close while it reads nothing
+    more of the connection), closes the upstream connection and logs the stream as the client's disconnect;
+    the agent must too -- else every client that gives up leaves an upstream connection open for good."""
+    got = {}
+    for plane in ("envoy", "agent"):
+        proxy = proxies[plane]
+
+        def act(port: int = proxy.port) -> int:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            seen = holder.requests
+            sock.sendall(_GET % b"/hold")
+            procs.wait_until(lambda: holder.requests > seen, timeout=10, what="the request at the upstream")
+            _leave(sock, how)
+            procs.wait_until(lambda: holder.open == 0, timeout=10, what="the upstream connection closed")
+            return holder.open
+
+        got[plane] = propdump.props_after(proxy, act)
+    assert "lg" in got["envoy"][1], got
+    assert got["agent"] == got["envoy"]
+
+
+@pytest.mark.parametrize("how", ["close", "stream reset"])
+def test_an_http2_client_leaving_while_the_upstream_is_silent(
+    proxies: dict[str, Proxy], holder: _Holder, how: str
+) -> None:
+    """As above over HTTP/2 (prior knowledge): the client closes the connection or resets the stream
+    (RST_STREAM CANCEL)."""
+    got = {}
+    for plane in ("envoy", "agent"):
+        proxy = proxies[plane]
+
+        def act(port: int = proxy.port) -> int:
+            client = h2raw.RawClient(port)
+            try:
+                seen = holder.requests
+                client.request(1, (*_H2_GET[:2], (b":path", b"/hold"), _H2_GET[3]))
+                procs.wait_until(lambda: holder.requests > seen, timeout=10, what="the request at the upstream")
+                if how == "stream reset":  # the connection stays open until the upstream's is gone
+                    client.h2.reset_stream(1, 8)
+                    client.flush()
+                    procs.wait_until(lambda: holder.open == 0, timeout=10, what="the upstream connection closed")
+            finally:
+                client.close()
+            procs.wait_until(lambda: holder.open == 0, timeout=10, what="the upstream connection closed")
+            return holder.open
+
+        got[plane] = propdump.props_after(proxy, act)
+    assert "lg" in got["envoy"][1], got
+    assert got["agent"] == got["envoy"]
 
 
 def test_every_marked_case_exists() -> None:
