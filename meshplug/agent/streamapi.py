@@ -155,19 +155,17 @@ def replace_info(info: StreamInfo, fields: dict[str, object]) -> StreamInfo:
 
 #: `limits.PLUGIN_RQ_TIME_BUCKETS_MS` in ns (a bucket counts times up to and including its bound)
 RQ_TIME_BOUNDS_NS: Final = tuple(int(ms * 1_000_000) for ms in limits.PLUGIN_RQ_TIME_BUCKETS_MS)
-#: the same bounds in µs (each a whole number of them): small ints, unboxed without the long-integer path
-_RQ_TIME_BOUNDS_US: Final = tuple(bound // 1000 for bound in RQ_TIME_BOUNDS_NS)
 
 
 def rq_time_bucket(ns: int) -> int:
-    """The index of the first bound of `RQ_TIME_BOUNDS_NS` at or above `ns`: bisect_left written out (compiled,
-    no call of the builtin), on the time rounded up to whole µs (at or below a bound exactly when `ns` is)."""
-    us = -(-ns // 1000)
-    bounds = _RQ_TIME_BOUNDS_US
+    """The index of the first bound of `RQ_TIME_BOUNDS_NS` at or above `ns`: bisect_left written out (compiled, no
+    call of the builtin; the probes of a short request's time read bounds below 2**30, unboxed without the
+    long-integer path)."""
+    bounds = RQ_TIME_BOUNDS_NS
     lo, hi = 0, len(bounds)
     while lo < hi:
         mid = (lo + hi) // 2
-        if bounds[mid] < us:
+        if bounds[mid] < ns:
             lo = mid + 1
         else:
             hi = mid
