@@ -54,11 +54,6 @@ class Proxy:
     logs: Callable[[], list[tuple[str, str]]]
 
 
-def agent_logs(agent: Any) -> Callable[[], list[tuple[str, str]]]:
-    """The agent's plugin log lines (admin /plugin_logs) as Envoy's `plugin_logs` gives them: (level, text)."""
-    return lambda: [(str(r["level"]), str(r["message"])) for r in agent.admin_json("/plugin_logs")]
-
-
 def _value(name: str, logged: str) -> object:
     """A logged property as comparable text: flags "0x.." , details as text, a failed read as logged."""
     if not logged.startswith("= "):

@@ -28,7 +28,7 @@ from tests.corpus.spec import PluginSpec
 from tests.differential import bed as diff_bed
 from tests.testbed import agent as tb_agent
 from tests.testbed import envoy as tb_envoy
-from tests.testbed import procs, upstream, wspeer
+from tests.testbed import planes, procs, upstream, wspeer
 
 pytestmark = pytest.mark.integration
 
@@ -218,8 +218,8 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
         wasm = [
             {"name": "wasm.header_rules", "typed_config": {"@type": HTTP_WASM, "config": plugin_config(spec, module)}}
         ]
-        planes: dict[str, dict[str, int]] = {}
-        for plane in ("envoy", "agent"):
+        by_plane: dict[str, dict[str, int]] = {}
+        for plane in planes.PLANES:
             ports = {"bare": procs.free_port(), "plugins": procs.free_port()}
             admin = ports["admin"] = procs.free_port()
             listeners = [
@@ -231,16 +231,11 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
             clusters = [tb_envoy.static_cluster("ws", ws.port), tb_envoy.static_cluster("echo", echo.port)]
             config = tb_envoy.bootstrap(admin, listeners, clusters)
             path = tb_envoy.write_config(config, tmp / plane)
-            if plane == "envoy":
-                started.append(tb_envoy.start_envoy(path, admin_port=admin, log_dir=logs, name="envoy-routed"))
-            else:
-                started.append(
-                    tb_agent.start_envoy_config(
-                        path, port=ports["bare"], admin_port=admin, log_dir=logs, name="agent-routed"
-                    )
-                )
-            planes[plane] = ports
-        yield Bed(planes["envoy"], planes["agent"])
+            started.append(
+                planes.start(plane, path, port=ports["bare"], admin_port=admin, log_dir=logs, name=f"{plane}-routed")
+            )
+            by_plane[plane] = ports
+        yield Bed(by_plane["envoy"], by_plane["agent"])
     finally:
         for item in reversed(started):
             item.stop()
@@ -345,7 +340,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scripted]:
             {"name": "wasm.header_rules", "typed_config": {"@type": HTTP_WASM, "config": plugin_config(spec, module)}}
         ]
         ports: dict[str, int] = {}
-        for plane in ("envoy", "agent"):
+        for plane in planes.PLANES:
             mine = {name: procs.free_port() for name in ("bare", "plugins")}
             admin = procs.free_port()
             listeners = [
@@ -362,14 +357,9 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scripted]:
             clusters = [tb_envoy.static_cluster("silent", int(silent.getsockname()[1]))]
             clusters += [tb_envoy.static_cluster(f"up-{n}", recorder.ports[f"{plane}-{n}"]) for n in mine]
             path = tb_envoy.write_config(tb_envoy.bootstrap(admin, listeners, clusters), tmp / plane)
-            if plane == "envoy":
-                started.append(tb_envoy.start_envoy(path, admin_port=admin, log_dir=tmp, name="envoy-scripted"))
-            else:
-                started.append(
-                    tb_agent.start_envoy_config(
-                        path, port=mine["bare"], admin_port=admin, log_dir=tmp, name="agent-scripted"
-                    )
-                )
+            started.append(
+                planes.start(plane, path, port=mine["bare"], admin_port=admin, log_dir=tmp, name=f"{plane}-scripted")
+            )
             ports.update({f"{plane}-{n}": port for n, port in mine.items()})
         yield Scripted(recorder, ports)
     finally:

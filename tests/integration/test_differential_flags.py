@@ -25,9 +25,7 @@ import pytest
 from tests.corpus import modules as corpus_modules
 from tests.differential import propdump
 from tests.differential.propdump import Proxy
-from tests.testbed import agent as tb_agent
-from tests.testbed import envoy as tb_envoy
-from tests.testbed import h2raw, procs, upstream
+from tests.testbed import h2raw, planes, procs, upstream
 
 pytestmark = pytest.mark.integration
 
@@ -197,7 +195,7 @@ def proxies(tmp_path_factory: pytest.TempPathFactory, holder: _Holder) -> Iterat
             )
         )
         out: dict[str, Proxy] = {}
-        for plane in ("envoy", "agent"):
+        for plane in planes.PLANES:
             port, admin = procs.free_port(), procs.free_port()
             text = BOOTSTRAP + clusters
             for key, value in (
@@ -208,14 +206,9 @@ def proxies(tmp_path_factory: pytest.TempPathFactory, holder: _Holder) -> Iterat
                 text = text.replace("${" + key + "}", str(value))
             path = tmp / f"{plane}.yaml"
             path.write_text(text)
-            if plane == "envoy":
-                envoy = tb_envoy.start_envoy(path, admin_port=admin, log_dir=logs / plane)
-                started.append(envoy)
-                out[plane] = Proxy(port, envoy.plugin_logs)
-            else:
-                agent = tb_agent.start_envoy_config(path, port=port, admin_port=admin, log_dir=logs / plane)
-                started.append(agent)
-                out[plane] = Proxy(port, propdump.agent_logs(agent))
+            proxy = planes.start(plane, path, port=port, admin_port=admin, log_dir=logs / plane)
+            started.append(proxy)
+            out[plane] = Proxy(port, proxy.logs)
         yield out
     finally:
         for item in reversed(started):
