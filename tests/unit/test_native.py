@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -51,9 +52,10 @@ def _write(path: Path, changes: dict[str, str], abi: str | None = None) -> None:
         ({}, None, True, True, ""),
         ({"meshplug.agent.chain": "0" * 64}, None, True, False, "sources changed since the build: chain"),
         ({native.EXTENSION: "0" * 64}, None, False, True, "sources changed since the build: _wasmcall"),
+        ({native.GROUP: "0" * 64}, None, True, False, "sources changed since the build: the modules it folds"),
         ({}, ".cpython-39-x86_64-linux-gnu.so", False, False, "not built"),
     ],
-    ids=["fresh", "py-source-changed", "c-source-changed", "other-python"],
+    ids=["fresh", "py-source-changed", "c-source-changed", "folded-constants-changed", "other-python"],
 )
 def test_check_compares_the_stamp_with_the_sources(  # noqa: PLR0917 -- one table row per argument
     stamp: Path, changed: dict[str, str], abi: str | None, extension: bool, compiled: bool, reason: str
@@ -71,7 +73,7 @@ def test_each_file_of_a_c_extension_makes_its_build_stale(
     """An extension built from several files (C sources and the header they share): a change to any one of them
     is a stale build of that extension, the others untouched."""
     tree = tmp_path / "tree"
-    for module in (*native.EXTENSIONS, *native.COMPILED):
+    for module in (*native.EXTENSIONS, native.GROUP, *native.COMPILED):
         for rel in native.built_from(module):
             (tree / rel).parent.mkdir(parents=True, exist_ok=True)
             (tree / rel).write_bytes((procs.REPO_ROOT / rel).read_bytes())
@@ -83,6 +85,30 @@ def test_each_file_of_a_c_extension_makes_its_build_stale(
     status = native.check()
     assert (status.extension, status.compiled) == (False, True)
     assert status.reason.startswith("sources changed since the build: _wasmcall ")
+
+
+def _imported(module: str) -> set[str]:
+    """The meshplug modules `module`'s source imports (anywhere in it: type-only and function-level too)."""
+    tree = ast.parse((procs.REPO_ROOT / native.source_path(module)).read_text())
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("meshplug"):
+            if node.module in ("meshplug", "meshplug.agent"):  # from meshplug import limits: a module each
+                out.update(f"{node.module}.{a.name}" for a in node.names)
+            else:
+                out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("meshplug"))
+    return out
+
+
+def test_every_interpreted_module_the_compiled_ones_import_is_folded() -> None:
+    """mypyc folds an imported module's Final constants into the build: each interpreted meshplug module a
+    compiled one imports is part of the stamp (native.FOLDED), so editing it (meshplug/limits.py above all) makes
+    the build stale instead of leaving old constants in it."""
+    native_modules = {*native.COMPILED, *native.EXTENSIONS}
+    imported = set().union(*(_imported(m) for m in native.COMPILED)) - native_modules
+    assert {native.source_path(m) for m in imported} == set(native.FOLDED)
 
 
 def test_no_stamp_means_not_built(stamp: Path) -> None:
