@@ -17,7 +17,9 @@
  *       queued, and the connection is to be closed without a GOAWAY, as Envoy does).
  *   receive(data) -> [(kind, stream_id, obj, flag, num)]  raises FloodError (a CodecError: its message names the
  *       flood) when the peer floods, else CodecError after queueing the GOAWAY when the
- *       peer broke the protocol (a connection error); its `events` attribute holds the events of the frames
+ *       peer broke the protocol (a connection error) -- or, as Envoy's codec for an invalid frame (a bad header
+ *       block, a flow-control or protocol error nghttp2 reports to on_invalid_frame), with nothing more to send
+ *       (a server session's data_to_send() is empty from then on); its `events` attribute holds the events of the frames
  *       before the one that broke it (as Envoy, a response head and body already received are passed on).
  *       Kinds (h2wire.EV_*):
  *         1 request head  (obj: [(name, value)], flag: END_STREAM)
@@ -110,6 +112,7 @@ typedef struct {
     size_t buffered;  /* body bytes waiting in streams */
     int app_goaway;   /* a GOAWAY we submitted is on its way */
     int terminated;   /* the codec ended the connection (a connection error) */
+    int silent;       /* ... without a GOAWAY: nothing more is written (Envoy's dispatch error) */
     int failed;       /* a Python error inside a callback */
     /* Envoy's ProtocolConstraints (inbound): its limits, counts, and the flood found (NULL: none) */
     unsigned long long max_empty, max_priority, max_window;
@@ -270,11 +273,11 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     /* userinfo in a request's authority (RFC 9113 8.3.1): the nghttp2 Envoy 1.40 is built with refuses '@' in
-     * :authority and host (a connection error, as every bad field); Debian's 1.52 lets it through */
+     * :authority and host (an invalid header, as every bad field: see on_invalid_frame); Debian's 1.52 lets
+     * it through */
     if (self->server && valuelen && memchr(value, '@', valuelen) &&
         ((namelen == 10 && memcmp(name, ":authority", 10) == 0) || (namelen == 4 && memcmp(name, "host", 4) == 0))) {
-        nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR);
-        self->terminated = 1;
+        self->terminated = self->silent = 1;
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     PyObject *v = PyBytes_FromStringAndSize((const char *)value, (Py_ssize_t)valuelen);
@@ -424,13 +427,21 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
 
 /* Envoy's ConnectionImpl::onInvalidFrame (stream_error_on_invalid_http_messaging off, its default): a refused
  * stream is only that stream's; a bad header block or message, a flow-control, protocol or closed-stream error
- * ends the whole connection (GOAWAY PROTOCOL_ERROR) */
+ * fails the callback, so nghttp2 queues no GOAWAY and the read fails: Envoy's codec then writes nothing more
+ * (not even what was queued before, its own SETTINGS in a connection's first read) and closes -- compared with
+ * Envoy as a server (tests/integration/test_differential_h2.py); as a client the agent still ends with GOAWAY
+ * PROTOCOL_ERROR */
 static int on_invalid_frame(nghttp2_session *session, const nghttp2_frame *frame, int lib_error_code,
                             void *user_data) {
     Session *self = user_data;
     (void)frame;
     if (lib_error_code == NGHTTP2_ERR_REFUSED_STREAM) return 0;
-    if (!self->terminated) nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR);
+    if (!self->terminated) {
+        if (self->server)
+            self->silent = 1;
+        else
+            nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR);
+    }
     self->terminated = 1;
     return NGHTTP2_ERR_CALLBACK_FAILURE;
 }
@@ -628,12 +639,20 @@ static PyObject *Session_receive(Session *self, PyObject *arg) {
     }
     if (self->failed) {
         err = 1;
-    } else if (rv < 0) {
-        if (!self->terminated) nghttp2_session_terminate_session(self->session, NGHTTP2_PROTOCOL_ERROR);
+    } else if (rv < 0) { /* the read failed (Envoy's server codec: a dispatch error, nothing more is written) */
+        if (!self->terminated) {
+            if (self->server)
+                self->silent = 1;
+            else
+                nghttp2_session_terminate_session(self->session, NGHTTP2_PROTOCOL_ERROR);
+        }
         self->terminated = 1;
     }
     if (self->terminated) self->events = NULL; /* the resets the GOAWAY brings are the connection error's */
-    if (!err && drain(self)) err = 1;
+    if (self->silent)
+        self->out.len = self->out.off = 0;
+    else if (!err && drain(self))
+        err = 1;
     self->events = NULL;
     if (err) {
         Py_DECREF(events);
@@ -654,6 +673,7 @@ static PyObject *Session_receive(Session *self, PyObject *arg) {
 
 static PyObject *Session_data_to_send(Session *self, PyObject *noargs) {
     (void)noargs;
+    if (self->silent) return PyBytes_FromStringAndSize(NULL, 0);
     if (drain(self)) return NULL;
     size_t n = self->out.len - self->out.off;
     if (!n) return PyBytes_FromStringAndSize(NULL, 0);
@@ -759,7 +779,10 @@ static PyObject *Session_reset(Session *self, PyObject *args) {
     unsigned int code;
     if (!PyArg_ParseTuple(args, "iI", &sid, &code)) return NULL;
     forget(self, sid);
-    nghttp2_submit_rst_stream(self->session, NGHTTP2_FLAG_NONE, sid, code);
+    /* a server's stream nghttp2 closed already (its own RST_STREAM for a stream error went out in the same
+     * read): nothing more to send on it, as in Envoy (the h2 fallback refuses the same) */
+    if (!self->server || nghttp2_session_find_stream(self->session, sid))
+        nghttp2_submit_rst_stream(self->session, NGHTTP2_FLAG_NONE, sid, code);
     Py_RETURN_NONE;
 }
 

@@ -73,6 +73,19 @@ def failure_reply(reset_reason: str) -> tuple[int, bytes, str, int]:
     return status, wire.reset_body(reset_reason), wire.reset_details(reset_reason), reset_flags(reset_reason)
 
 
+def log_refusal(stream: agent_chain.Stream, refusal: framing.Refusal, status: int) -> None:
+    """The plugins' log of a request refused before its head reached them (`stream`: made for the log alone), as
+    Envoy 1.40 gives it: response.code_details the refusal's, DPE for a codec error, the reply's status and
+    headers when it was answered (`status`; 0 when the client left first). No other callback runs."""
+    stream.code_details = refusal.details
+    if refusal.codec:
+        stream.response_flags |= agent_chain.RESPONSE_FLAG_DOWNSTREAM_PROTOCOL_ERROR
+    if status:
+        reply = agent_chain.LocalReply(status, body=refusal.body, details=refusal.details)
+        stream.response_headers[:] = agent_chain.local_reply_headers(reply, grpc=False)[0]
+    stream.complete()
+
+
 class Exchange:
     """One request/response through the proxy; the `Sink` of its upstream connection."""
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NoReturn, TypeVar
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, hcm, routing, wire
 from meshplug.agent.bridge import EMPTY_CHAIN, H2UpExchange
-from meshplug.agent.exchange import Exchange
+from meshplug.agent.exchange import Exchange, log_refusal
 from meshplug.agent.filtered import FilteredExchange
 
 if TYPE_CHECKING:
@@ -339,13 +339,5 @@ class RefusedExchange(Exchange):
 
     def _ended(self) -> None:
         stream, self.log = self.log, None
-        if stream is None:
-            return
-        refusal = self.refused
-        stream.code_details = refusal.details
-        if refusal.codec:
-            stream.response_flags |= agent_chain.RESPONSE_FLAG_DOWNSTREAM_PROTOCOL_ERROR
-        if self.status:  # answered (not abandoned first)
-            reply = agent_chain.LocalReply(self.status, body=refusal.body, details=refusal.details)
-            stream.response_headers[:] = agent_chain.local_reply_headers(reply, grpc=False)[0]
-        stream.complete()
+        if stream is not None:
+            log_refusal(stream, self.refused, self.status)

@@ -10,7 +10,12 @@ when there is no native build): h2's own state machine, framing and flow control
 * The inbound header checks are nghttp2's as Envoy runs them, in `meshplug.agent.h2wire.received_headers` (the
   configs switch the library's own off; `PyCodec.receive` applies them to every header event).
 * A connection error in `receive_data` (raised as `Broken`) keeps the events of the frames before it: Envoy
-  passes on a response head and body it received before the frame that broke the connection.
+  passes on a response head and body it received before the frame that broke the connection. h2's GOAWAY is
+  queued; `Broken.goaway` says what nghttp2 as Envoy's codec runs it answers instead (`nghttp2_goaway`): a GOAWAY
+  for the errors nghttp2 ends the connection for itself, nothing at all for those it reports as an invalid frame
+  (Envoy's codec fails the read and writes nothing more) -- `meshplug.agent.h2wire.PyCodec` writes that as a
+  server. A body longer or shorter than its content-length resets only its stream (RST_STREAM PROTOCOL_ERROR),
+  as nghttp2 does.
 * Envoy's inbound flood limits (its ProtocolConstraints, as meshplug/agent/_h2codec.c applies them to nghttp2):
   `FloodGuard` counts every frame as h2's frame buffer parses it (CONTINUATION frames included, before h2 joins
   them); a peer past one raises `Flood`, nothing queued for it.
@@ -44,13 +49,46 @@ if TYPE_CHECKING:
 
 
 class Broken(h2.exceptions.ProtocolError):
-    """The peer broke the protocol (a connection error, the GOAWAY queued); `events`: what the data before the
-    frame that broke it gave."""
+    """The peer broke the protocol (a connection error); `events`: what the data before the frame that broke it
+    gave; `goaway`: the GOAWAY's error code and debug data nghttp2 would send, None when it would send nothing
+    (`nghttp2_goaway`; h2's own GOAWAY is queued)."""
 
-    def __init__(self, message: str, error_code: h2.errors.ErrorCodes, events: list[Any]) -> None:
+    def __init__(
+        self,
+        message: str,
+        error_code: h2.errors.ErrorCodes,
+        events: list[Any],
+        goaway: tuple[int, bytes] | None = None,
+    ) -> None:
         super().__init__(message)
         self.error_code = error_code
         self.events = events
+        self.goaway = goaway
+
+
+_DATA = 0x0
+_CONTINUATION = 0x9
+
+
+def nghttp2_goaway(exc: Exception, frame_type: int, stream_id: int, idle: bool) -> tuple[int, bytes] | None:
+    """The GOAWAY (error code, debug data) nghttp2 answers the connection error `exc` with, raised for a frame of
+    `frame_type` on `stream_id` (`idle`: a stream not opened yet), or None for an error it reports as an invalid
+    frame (a bad header block or SETTINGS, a zero or overflowing WINDOW_UPDATE, a frame on a stream in the wrong
+    state): Envoy's codec then fails the read and writes nothing more, not even what it had queued."""
+    if isinstance(exc, (h2.exceptions.FrameTooLargeError, h2.exceptions.FrameDataMissingError)):
+        return h2.errors.ErrorCodes.FRAME_SIZE_ERROR, b""
+    if isinstance(exc, h2.exceptions.DenialOfServiceError):  # an HPACK bomb: the agent's guard, as _h2codec's
+        return h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, b""
+    if frame_type == _DATA:
+        if stream_id == 0:
+            return h2.errors.ErrorCodes.PROTOCOL_ERROR, b"DATA: stream_id == 0"
+        if idle:
+            return h2.errors.ErrorCodes.PROTOCOL_ERROR, b"DATA: stream in idle"
+        if isinstance(exc, h2.exceptions.FlowControlError):
+            return h2.errors.ErrorCodes.FLOW_CONTROL_ERROR, b""
+    if frame_type == _CONTINUATION:
+        return h2.errors.ErrorCodes.PROTOCOL_ERROR, b"CONTINUATION: unexpected"
+    return None
 
 
 class Flood(h2.exceptions.ProtocolError):
@@ -148,14 +186,16 @@ class Connection(h2.connection.H2Connection):
         self.guard.data_frames_sent += 1
 
     def receive_data(self, data: Buffer) -> list[Any]:
-        """h2's receive_data, its connection errors raised as `Broken` with the events gathered before them (a
-        flood as `Flood`, nothing queued)."""
+        """h2's receive_data, its connection errors raised as `Broken` with the events gathered before them (and
+        what nghttp2 would answer: `nghttp2_goaway`; a flood as `Flood`, nothing queued)."""
         events: list[Any] = []
         self.incoming_buffer.add_data(data)
         self.incoming_buffer.max_frame_size = self.max_inbound_frame_size
+        frame: hyperframe.frame.Frame | None = None
         try:
             for frame in self.incoming_buffer:
                 events.extend(self._receive_frame(frame))
+                frame = None
         except Flood as exc:
             exc.events = events
             raise
@@ -163,14 +203,28 @@ class Connection(h2.connection.H2Connection):
             self._terminate_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
             raise Broken("Received frame with invalid padding.", h2.errors.ErrorCodes.PROTOCOL_ERROR, events) from exc
         except h2.exceptions.ProtocolError as exc:
+            if frame is None:  # refused while parsed: its header is still at the buffer's start
+                head = bytes(self.incoming_buffer._data[:9])  # noqa: SLF001 - h2 4.4.1 (pinned)
+                kind, sid = (head[3], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF) if len(head) == 9 else (-1, 0)
+            else:
+                kind, sid = frame.type or 0, frame.stream_id
+            mine = (sid % 2 == 1) == bool(self.config.client_side)  # nghttp2's session_detect_idle_stream
+            idle = sid > (self.highest_outbound_stream_id or 0) if mine else sid > self.highest_inbound_stream_id
             self._terminate_connection(exc.error_code)
-            raise Broken(str(exc), exc.error_code, events) from exc
+            raise Broken(str(exc), exc.error_code, events, nghttp2_goaway(exc, kind, sid, idle)) from exc
         return events
 
     def _receive_frame(self, frame: hyperframe.frame.Frame) -> list[Any]:
         handler = self._frame_dispatch_table[frame.__class__]
         try:
             frames, events = handler(frame)
+        except h2.exceptions.InvalidBodyLengthError:
+            # a stream error in nghttp2: RST_STREAM PROTOCOL_ERROR, the connection goes on
+            code = h2.errors.ErrorCodes.PROTOCOL_ERROR
+            self.reset_stream(frame.stream_id, code)
+            if isinstance(frame, hyperframe.frame.DataFrame):  # the connection's share of its window
+                self.acknowledge_received_data(frame.flow_controlled_length, frame.stream_id)
+            return [h2.events.StreamReset(stream_id=frame.stream_id, error_code=code, remote_reset=False)]
         except h2.exceptions.StreamClosedError as closed:
             if not self._stream_is_closed_by_reset(closed.stream_id):
                 raise  # a connection error

@@ -34,7 +34,7 @@ import h2.settings
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, h2wire, hcm, relay, routing, wire
-from meshplug.agent.exchange import failure_reply, note_client_gone, note_reset_after_start
+from meshplug.agent.exchange import failure_reply, log_refusal, note_client_gone, note_reset_after_start
 
 if TYPE_CHECKING:
     from meshplug.agent.server import Proxy
@@ -81,6 +81,7 @@ class H2Exchange:
         "created",
         "deadline",
         "end_in",
+        "fragment",
         "grpc",
         "head",
         "last_active",
@@ -107,7 +108,7 @@ class H2Exchange:
         self.out = h2wire.OutStream(stream_id)
         self.head = headers
         self.method = b"GET"
-        asterisk = False
+        asterisk = fragment = False
         seen = 0
         for name, value in headers:  # the pseudo-headers come first
             if name == b":method":
@@ -115,12 +116,14 @@ class H2Exchange:
                 seen += 1
             elif name == b":path":
                 asterisk = value == b"*"
+                fragment = 35 in value  # "#"
                 seen += 1
             if seen == 2:
                 break
         # no route serves CONNECT (Envoy matches it only with a connect_matcher) nor the asterisk form (OPTIONS *):
         # the router's 404 once the plugins have seen the request, as Envoy answers both
         self.unroutable = asterisk or self.method == b"CONNECT"
+        self.fragment = fragment
         self.grpc = agent_chain.is_grpc_request(headers)
         self.end_in = end_stream  # the client's side of the stream ended
         self.req_done = end_stream
@@ -143,6 +146,9 @@ class H2Exchange:
     def start(self) -> None:
         conn = self.conn
         state = conn.state
+        if self.fragment:  # Envoy's HCM refuses a :path with a fragment before its filters (400, no body)
+            self._refuse(framing.Refusal(400, b"", framing.PATH_NORMALIZATION, codec=False))
+            return
         # Envoy's header map and request mutations, as on HTTP/1.1 (hcm); the codec refused TE but trailers
         headers = self.head = hcm.sanitize_request(self.head, upgrade=False)
         hcm.add_forwarded(headers, b"https" if conn.tls else b"http", request_id=state.config.generate_request_id)
@@ -155,6 +161,15 @@ class H2Exchange:
         stream.on_progress = self._progress
         stream.route_resolver = conn.resolve
         self.perform(stream.recv_request_headers(headers, end))
+
+    def _refuse(self, refusal: framing.Refusal) -> None:
+        """Answer `refusal` past the plugins; they log the request (as Envoy: its filter chain is made for the
+        local reply, a wasm filter's context only for the log callback)."""
+        filters = self.conn.state.filters
+        log_only = None if filters is None else filters.new_stream(self.conn.stream_info(), start_time_ns=time.time_ns())
+        self.local_reply(refusal.status, refusal.body)
+        if log_only is not None:
+            log_refusal(log_only, refusal, self.status)
 
     def request_data(self, data: bytes, end_stream: bool) -> None:
         self.last_active = self.conn.proxy.loop.time()
@@ -551,8 +566,10 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         self.proxy.connections.add(self)
         self.proxy.stats.downstream_cx_http2_total += 1
         self._start()
-        if data:
+        if data:  # our SETTINGS go with what the first read brings (Envoy's codec: nothing if it broke the rules)
             self.data_received(data)
+        else:
+            self.flush()
 
     def _start(self) -> None:
         opts = self.proxy.cfg.http
@@ -562,7 +579,6 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
             connection_window=limits.H2_INITIAL_CONNECTION_WINDOW,
             max_header_bytes=limits.H2_HPACK_BOMB_FACTOR * opts.max_request_headers_kb * 1024,
         )
-        self.flush()
         self.timer.arm_idle(self.proxy.idle_timeout_s)
 
     # --- asyncio callbacks ---
@@ -590,7 +606,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         except h2wire.PROTOCOL_ERRORS as exc:
             log.debug("h2 connection %d: protocol error: %s", self.id, exc)
             self.going_away = True
-            self.flush()  # the codec queued its GOAWAY
+            self.flush()  # the codec queued its GOAWAY (or, for an invalid frame, has nothing more to send)
             if self.transport is not None:
                 self.transport.close()
             return

@@ -34,6 +34,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 from hpack import NeverIndexedHeaderTuple
 
 from meshplug import limits
@@ -354,6 +355,8 @@ _KINDS: Final[dict[type, int]] = {
     h2.events.StreamEnded: EV_END,
     h2.events.ConnectionTerminated: EV_GOAWAY,
 }
+#: a SETTINGS frame with ACK
+_SETTINGS_ACK: Final = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
 #: what h2 enforces as SETTINGS_MAX_CONCURRENT_STREAMS on a server (the announced limit is applied per stream)
 _NO_STREAM_LIMIT: Final = 2**31 - 1
 
@@ -412,31 +415,62 @@ class PyCodec:
             h.decoder.max_header_list_size = max_header_bytes
             h.max_inbound_frame_size = h.local_settings.max_frame_size
         h.initiate_connection()
+        #: our SETTINGS until written: kept apart so that a connection error in the first read drops what that read
+        #: queued (the ACK of the client's SETTINGS) but not them, as nghttp2 does. A server's carry `settings`
+        #: alone, as nghttp2 writes them (h2 would add its defaults: push, frame and header list sizes)
+        self._preamble = h.data_to_send()
+        if server:
+            self._preamble = bytes(hyperframe.frame.SettingsFrame(0, settings=dict(settings)).serialize())
+        #: a connection error left nothing to write (`receive`)
+        self.silent = False
+        #: the connection window's WINDOW_UPDATE, sent after the first read (a server's: as nghttp2 orders it, its
+        #: SETTINGS, the ACK of the client's, then the window)
+        self._window = max(0, connection_window - 65535)
         if server:
             # the local side re-announced above is in force, except the stream limit: h2 ends the whole
             # connection for a stream over it, Envoy refuses only that stream (RST_STREAM REFUSED_STREAM, which
             # h2down does), so h2 itself is told no limit
             h.local_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = _NO_STREAM_LIMIT
             h.local_settings.acknowledge()
-        if connection_window > 65535:
-            h.increment_flow_control_window(connection_window - 65535)
+        elif self._window:
+            h.increment_flow_control_window(self._window)
+            self._window = 0
 
     def receive(self, data: bytes) -> list[Event]:
         """Our events for h2's, their header blocks checked (`received_headers`); `Broken` (an h2 ProtocolError,
         the GOAWAY queued) when the peer broke the protocol, its `events` ours for the frames before."""
         h = self.h2
+        window = b""
+        if self._window:  # a server's first read
+            h.increment_flow_control_window(self._window)
+            self._window = 0
+            window = h.data_to_send()
         try:
             events = h.receive_data(data)
         except Flood as exc:
             exc.events = self._ours(exc.events)
             raise
         except Broken as exc:
-            raise Broken(str(exc), exc.error_code, self._ours(exc.events)) from exc
+            if self.server:  # nghttp2's answer, not h2's
+                h.clear_outbound_data_buffer()
+                self.silent = exc.goaway is None
+                if exc.goaway is not None:
+                    f = hyperframe.frame.GoAwayFrame(0)
+                    f.last_stream_id, (f.error_code, f.additional_data) = h.highest_inbound_stream_id, exc.goaway
+                    self._preamble += f.serialize()
+            raise Broken(str(exc), exc.error_code, self._ours(exc.events), exc.goaway) from exc
         good = check_received(events, server=self.server, connect_protocol=self.connect_protocol)
         if good < len(events):
             code = h2.errors.ErrorCodes.PROTOCOL_ERROR
-            h.close_connection(error_code=code)  # as h2 ends it
+            if self.server:  # an invalid frame to nghttp2: nothing more is written (see h2conn.nghttp2_goaway)
+                self.silent = True
+            else:
+                h.close_connection(error_code=code)  # as h2 ends it
             raise Broken("Invalid header block", code, self._ours(events[:good]))
+        if window:  # nghttp2's order: SETTINGS frames (ours, the ACK of the client's) before the window's
+            out = h.data_to_send()
+            ack = out[:9] == _SETTINGS_ACK
+            self._preamble += (_SETTINGS_ACK + window + out[9:]) if ack else (window + out)
         return self._ours(events)
 
     def _ours(self, events: list[h2.events.Event]) -> list[Event]:
@@ -463,7 +497,12 @@ class PyCodec:
         return out
 
     def data_to_send(self) -> bytes:
-        return self.h2.data_to_send()
+        if self.silent:
+            return b""
+        data = self.h2.data_to_send()
+        if self._preamble:
+            data, self._preamble = self._preamble + data, b""
+        return data
 
     def send_headers(self, sid: int, headers: Sequence[Header], end_stream: bool) -> bool:
         h = self.h2

@@ -267,3 +267,73 @@ def _frame(encoder: hpack.Encoder, stream_id: int, part: Part) -> bytes:
     if part.end:
         frame.flags.add("END_STREAM")
     return bytes(frame.serialize())
+
+
+#: a client's connection preface and an empty SETTINGS frame
+CLIENT_PREFACE: bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+#: a frame as `frames` gives it: type, flags, stream id, payload
+RawFrame = tuple[int, int, int, bytes]
+
+
+def frames(data: bytes) -> list[RawFrame]:
+    """`data` cut into frames (a trailing partial frame is kept as type -1 with what came of it)."""
+    out: list[RawFrame] = []
+    while data:
+        if len(data) < 9 or len(data) < 9 + int.from_bytes(data[:3], "big"):
+            out.append((-1, 0, 0, data))
+            break
+        length = int.from_bytes(data[:3], "big")
+        out.append((data[3], data[4], int.from_bytes(data[5:9], "big") & 0x7FFFFFFF, data[9 : 9 + length]))
+        data = data[9 + length :]
+    return out
+
+
+@dataclass(frozen=True)
+class Wire:
+    """What a server wrote, frame by frame: before the client's `bad` bytes (`before`: only when the client
+    waited for the server's SETTINGS first), after them, and how the connection ended ("eof", "reset" or "open"
+    when it was still open at the deadline)."""
+
+    before: tuple[RawFrame, ...]
+    after: tuple[RawFrame, ...]
+    end: str
+
+
+def _read_until(sock: socket.socket, got: bytearray, done: Callable[[bytes], bool], deadline: float) -> str:
+    while not done(bytes(got)):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "open"
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return "open"
+        except ConnectionResetError:
+            return "reset"
+        if not chunk:
+            return "eof"
+        got += chunk
+    return "open"
+
+
+def _settings_acked(data: bytes) -> bool:
+    return any(t == 4 and flags & 1 for t, flags, _, _ in frames(data))
+
+
+def wire(port: int, bad: bytes, *, settings_first: bool, until_reset: bool = False, timeout: float = 3.0) -> Wire:
+    """Connect to 127.0.0.1:`port` and send the preface (an empty SETTINGS) and `bad` in one write, or -- when
+    `settings_first` -- the preface alone, read until the server acknowledged it, then `bad`; read what the server
+    writes until it closes, `timeout` passes or (`until_reset`) an RST_STREAM came."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        before = bytearray()
+        if settings_first:
+            sock.sendall(CLIENT_PREFACE)
+            _read_until(sock, before, _settings_acked, time.monotonic() + timeout)
+            sock.sendall(bad)
+        else:
+            sock.sendall(CLIENT_PREFACE + bad)
+        after = bytearray()
+        done = (lambda got: any(f[0] == 3 for f in frames(got))) if until_reset else (lambda _: False)
+        end = _read_until(sock, after, done, time.monotonic() + timeout)
+    return Wire(tuple(frames(bytes(before))), tuple(frames(bytes(after))), end)
