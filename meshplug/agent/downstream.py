@@ -27,6 +27,7 @@ from meshplug.agent.exchange import Exchange
 from meshplug.agent.filtered import FilteredExchange
 from meshplug.agent.h1peer import H1Peer
 from meshplug.agent.h2down import PREFACE, H2Downstream
+from meshplug.agent.streamapi import RESPONSE_FLAG_STREAM_IDLE_TIMEOUT
 from meshplug.agent.tunnel import Tunnel
 from meshplug.agent.upstream import Pool
 
@@ -523,7 +524,7 @@ class Downstream(H1Peer, asyncio.Protocol):
             if self.queue and self.queue[0] is cur:  # through the plugins that saw the request, as Envoy's HCM
                 # (a codec error flags the stream DPE after its reply went through them: only the log reads it)
                 dpe = agent_chain.RESPONSE_FLAG_DOWNSTREAM_PROTOCOL_ERROR if refusal.codec else 0
-                cur.proxy_reply(refusal.status, refusal.body, refusal.details, 0, log_flags=dpe)
+                cur.proxy_reply(refusal.status, refusal.body, refusal.details, refusal.flags, log_flags=dpe)
             else:
                 cur.refusal = refusal  # answered when its turn comes
             return
@@ -562,13 +563,13 @@ class Downstream(H1Peer, asyncio.Protocol):
                     ex._timed_out()
                 elif not pending or deadline < pending:
                     pending = deadline
-        for at, status, body, details in (
-            (self.headers_at, 408, b"request header timeout", "request_header_timeout"),
-            (self._stream_at, 408, b"stream timeout", "stream_idle_timeout"),
+        for at, status, body, details, flags in (  # as Envoy's HCM: the stream idle timeout flags the stream SI
+            (self.headers_at, 408, b"request header timeout", "request_header_timeout", 0),
+            (self._stream_at, 408, b"stream timeout", "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT),
         ):
             if at:
                 if at <= now:
-                    self._refuse_now(framing.Refusal(status, body, details, codec=False))
+                    self._refuse_now(framing.Refusal(status, body, details, codec=False, flags=flags))
                     return
                 if not pending or at < pending:
                     pending = at

@@ -78,6 +78,7 @@ def log_refusal(stream: agent_chain.Stream, refusal: framing.Refusal, status: in
     Envoy 1.40 gives it: response.code_details the refusal's, DPE for a codec error, the reply's status and
     headers when it was answered (`status`; 0 when the client left first). No other callback runs."""
     stream.code_details = refusal.details
+    stream.response_flags |= refusal.flags
     if refusal.codec:
         stream.response_flags |= agent_chain.RESPONSE_FLAG_DOWNSTREAM_PROTOCOL_ERROR
     if status:

@@ -42,14 +42,18 @@ class Refusal(Exception):
     """The request is answered locally with `status` and `body` (and the connection closed) instead; `details`:
     what plugins read as response.code_details (Envoy's, for the same bytes); `codec`: one of Envoy's codec
     errors (its body goes even to a HEAD; the stream is flagged DPE for the log), not a refusal of its HCM's
-    after the codec took the head (no Host, a fragment, an upgrade not enabled, a timeout)."""
+    after the codec took the head (no Host, a fragment, an upgrade not enabled, a timeout); `flags`: the
+    response.flags the refusal sets before its reply (SI for the stream idle timeout)."""
 
-    def __init__(self, status: int, body: bytes, details: str = CODEC_ERROR, *, codec: bool = True) -> None:
+    def __init__(
+        self, status: int, body: bytes, details: str = CODEC_ERROR, *, codec: bool = True, flags: int = 0
+    ) -> None:
         super().__init__(status, body)
         self.status = status
         self.body = body
         self.details = details
         self.codec = codec
+        self.flags = flags
 
 
 class Unroutable(Refusal):

@@ -75,20 +75,21 @@ def nghttp2_goaway(exc: Exception, frame_type: int, stream_id: int, idle: bool) 
     `frame_type` on `stream_id` (`idle`: a stream not opened yet), or None for an error it reports as an invalid
     frame (a bad header block or SETTINGS, a zero or overflowing WINDOW_UPDATE, a frame on a stream in the wrong
     state): Envoy's codec then fails the read and writes nothing more, not even what it had queued."""
+    answer: tuple[int, bytes] | None = None
+    codes = h2.errors.ErrorCodes
     if isinstance(exc, (h2.exceptions.FrameTooLargeError, h2.exceptions.FrameDataMissingError)):
-        return h2.errors.ErrorCodes.FRAME_SIZE_ERROR, b""
-    if isinstance(exc, h2.exceptions.DenialOfServiceError):  # an HPACK bomb: the agent's guard, as _h2codec's
-        return h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, b""
-    if frame_type == _DATA:
-        if stream_id == 0:
-            return h2.errors.ErrorCodes.PROTOCOL_ERROR, b"DATA: stream_id == 0"
-        if idle:
-            return h2.errors.ErrorCodes.PROTOCOL_ERROR, b"DATA: stream in idle"
-        if isinstance(exc, h2.exceptions.FlowControlError):
-            return h2.errors.ErrorCodes.FLOW_CONTROL_ERROR, b""
-    if frame_type == _CONTINUATION:
-        return h2.errors.ErrorCodes.PROTOCOL_ERROR, b"CONTINUATION: unexpected"
-    return None
+        answer = codes.FRAME_SIZE_ERROR, b""
+    elif isinstance(exc, h2.exceptions.DenialOfServiceError):  # an HPACK bomb: the agent's guard, as _h2codec's
+        answer = codes.ENHANCE_YOUR_CALM, b""
+    elif frame_type == _DATA and stream_id == 0:
+        answer = codes.PROTOCOL_ERROR, b"DATA: stream_id == 0"
+    elif frame_type == _DATA and idle:
+        answer = codes.PROTOCOL_ERROR, b"DATA: stream in idle"
+    elif frame_type == _DATA and isinstance(exc, h2.exceptions.FlowControlError):
+        answer = codes.FLOW_CONTROL_ERROR, b""
+    elif frame_type == _CONTINUATION:
+        answer = codes.PROTOCOL_ERROR, b"CONTINUATION: unexpected"
+    return answer
 
 
 class Flood(h2.exceptions.ProtocolError):
@@ -191,11 +192,12 @@ class Connection(h2.connection.H2Connection):
         events: list[Any] = []
         self.incoming_buffer.add_data(data)
         self.incoming_buffer.max_frame_size = self.max_inbound_frame_size
-        frame: hyperframe.frame.Frame | None = None
+        current: hyperframe.frame.Frame | None = None  # the frame being handled
         try:
             for frame in self.incoming_buffer:
+                current = frame
                 events.extend(self._receive_frame(frame))
-                frame = None
+                current = None
         except Flood as exc:
             exc.events = events
             raise
@@ -203,11 +205,11 @@ class Connection(h2.connection.H2Connection):
             self._terminate_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
             raise Broken("Received frame with invalid padding.", h2.errors.ErrorCodes.PROTOCOL_ERROR, events) from exc
         except h2.exceptions.ProtocolError as exc:
-            if frame is None:  # refused while parsed: its header is still at the buffer's start
-                head = bytes(self.incoming_buffer._data[:9])  # noqa: SLF001 - h2 4.4.1 (pinned)
+            if current is None:  # refused while parsed: its header is still at the buffer's start (h2 4.4.1)
+                head = bytes(self.incoming_buffer._data[:9])
                 kind, sid = (head[3], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF) if len(head) == 9 else (-1, 0)
             else:
-                kind, sid = frame.type or 0, frame.stream_id
+                kind, sid = current.type or 0, current.stream_id
             mine = (sid % 2 == 1) == bool(self.config.client_side)  # nghttp2's session_detect_idle_stream
             idle = sid > (self.highest_outbound_stream_id or 0) if mine else sid > self.highest_inbound_stream_id
             self._terminate_connection(exc.error_code)

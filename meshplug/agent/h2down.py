@@ -35,6 +35,7 @@ from meshplug import limits
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, h2wire, hcm, relay, routing, wire
 from meshplug.agent.exchange import failure_reply, log_refusal, note_client_gone, note_reset_after_start
+from meshplug.agent.streamapi import RESPONSE_FLAG_STREAM_IDLE_TIMEOUT
 
 if TYPE_CHECKING:
     from meshplug.agent.server import Proxy
@@ -166,7 +167,9 @@ class H2Exchange:
         """Answer `refusal` past the plugins; they log the request (as Envoy: its filter chain is made for the
         local reply, a wasm filter's context only for the log callback)."""
         filters = self.conn.state.filters
-        log_only = None if filters is None else filters.new_stream(self.conn.stream_info(), start_time_ns=time.time_ns())
+        log_only = (
+            None if filters is None else filters.new_stream(self.conn.stream_info(), start_time_ns=time.time_ns())
+        )
         self.local_reply(refusal.status, refusal.body)
         if log_only is not None:
             log_refusal(log_only, refusal, self.status)
@@ -490,7 +493,7 @@ class H2Exchange:
             self._drop_upstream()
             self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
         else:
-            self.proxy_reply(408, b"stream timeout", "stream_idle_timeout", 0)
+            self.proxy_reply(408, b"stream timeout", "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT)
 
     def reset(self, code: int) -> None:
         """Reset the stream towards the client (and drop the upstream side)."""
@@ -701,6 +704,10 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         self.timer.idle_at = 0.0
         ex = H2Exchange(self, sid, headers, end_stream)
         self.streams[sid] = ex
+        if (
+            opts.stream_idle_timeout_s
+        ):  # watched from its start (a stream that never ends, nothing else wakes the timer)
+            self.timer.wake_at(ex.created + opts.stream_idle_timeout_s)
         ex.start()
 
     # --- used by exchanges ---
