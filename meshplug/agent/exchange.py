@@ -66,11 +66,15 @@ def note_reset_after_start(stream: agent_chain.Stream, reset_reason: str) -> Non
     stream.code_details = wire.reset_details(reset_reason, started=True)
 
 
-def failure_reply(reset_reason: str) -> tuple[int, bytes, str, int]:
+def failure_reply(reset_reason: str, *, head_passed: bool = False) -> tuple[int, bytes, str, int]:
     """The reply to a request its upstream failed before answering, as Envoy's router words it: (status, body,
-    response.code_details, response.flags) -- 503 for a connect failure or a reset, 502 for a protocol error."""
+    response.code_details, response.flags) -- 503 for a connect failure or a reset, 502 for a protocol error.
+    `head_passed`: the upstream's response head had been passed to the plugins, one of which still holds it (the
+    client got nothing yet): Envoy's router counts that as a response started (its details say
+    upstream_reset_after_response_started), the reply is made all the same."""
     status = 502 if reset_reason == wire.RESET_PROTOCOL else 503
-    return status, wire.reset_body(reset_reason), wire.reset_details(reset_reason), reset_flags(reset_reason)
+    details = wire.reset_details(reset_reason, started=head_passed)
+    return status, wire.reset_body(reset_reason), details, reset_flags(reset_reason)
 
 
 def log_refusal(stream: agent_chain.Stream, refusal: framing.Refusal, status: int) -> None:
@@ -366,7 +370,7 @@ class Exchange:
             self.conn.proxy.loop.create_task(self._connect(up.pool))
             return
         self.conn.proxy.stats.upstream_rq_reset += 1
-        self.proxy_reply(*failure_reply(reset_reason))
+        self.proxy_reply(*failure_reply(reset_reason, head_passed=self.status >= 200))
 
     def reset_after_start(self, reset_reason: str) -> None:
         """The upstream failed after the response began (plugins' response.flags / code_details: only a filtered

@@ -328,7 +328,7 @@ class H2Exchange:
             return
         if not wire.is_connect_failure(reset_reason):
             stats.upstream_rq_reset += 1
-        self.proxy_reply(*failure_reply(reset_reason))
+        self.proxy_reply(*failure_reply(reset_reason, head_passed=self.status >= 200))
 
     def up_pause(self) -> None:
         self.up_paused = True

@@ -643,10 +643,10 @@ def test_http2_upstream_responses_match_envoy(up_bed: Bed, parts: tuple[Part, ..
 # --- connection errors, byte for byte ---------------------------------------------------------------------------
 def _block(headers: Block, stream_id: int = 1, *, end_stream: bool = True) -> bytes:
     """A HEADERS frame (END_HEADERS) of `headers`, HPACK-encoded by a fresh encoder (stream 0 included)."""
-    return _frame(1, stream_id, hpack.Encoder().encode(list(headers)), flags=4 | (1 if end_stream else 0))
+    return _raw_frame(1, stream_id, hpack.Encoder().encode(list(headers)), flags=4 | (1 if end_stream else 0))
 
 
-def _frame(kind: int, stream_id: int, payload: bytes, flags: int = 0) -> bytes:
+def _raw_frame(kind: int, stream_id: int, payload: bytes, flags: int = 0) -> bytes:
     return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
 
 
@@ -665,20 +665,20 @@ WIRE_CASES: list[tuple[str, bytes]] = [
     ("no :scheme", _block(_pseudo(scheme=b"-"))),
     ("pseudo-header after a regular one", _block((*_GET, (b":foo", b"x")))),
     ("content-length longer than the body", _block((*_POST, (b"content-length", b"10")), end_stream=False)
-     + _frame(0, 1, b"12345", flags=1)),
+     + _raw_frame(0, 1, b"12345", flags=1)),
     ("content-length shorter than the body", _block((*_POST, (b"content-length", b"1")), end_stream=False)
-     + _frame(0, 1, b"12345", flags=1)),
+     + _raw_frame(0, 1, b"12345", flags=1)),
     ("HEADERS on an even stream", _block(_GET, 2)),
     ("HEADERS on stream 0", _block(_GET, 0)),
-    ("DATA on stream 0", _frame(0, 0, b"x")),
-    ("DATA on an idle stream", _frame(0, 5, b"x")),
-    ("zero WINDOW_UPDATE on the connection", _frame(8, 0, b"\x00\x00\x00\x00")),
-    ("zero WINDOW_UPDATE on a stream", _block(_POST, end_stream=False) + _frame(8, 1, b"\x00\x00\x00\x00")),
-    ("bad SETTINGS_INITIAL_WINDOW_SIZE", _frame(4, 0, b"\x00\x04\x80\x00\x00\x00")),
-    ("SETTINGS of a bad length", _frame(4, 0, b"\x00\x04\x00")),
-    ("PING of a bad length", _frame(6, 0, b"\x00" * 7)),
-    ("RST_STREAM on an idle stream", _frame(3, 7, b"\x00\x00\x00\x08")),
-    ("CONTINUATION without HEADERS", _frame(9, 1, b"", flags=4)),
+    ("DATA on stream 0", _raw_frame(0, 0, b"x")),
+    ("DATA on an idle stream", _raw_frame(0, 5, b"x")),
+    ("zero WINDOW_UPDATE on the connection", _raw_frame(8, 0, b"\x00\x00\x00\x00")),
+    ("zero WINDOW_UPDATE on a stream", _block(_POST, end_stream=False) + _raw_frame(8, 1, b"\x00\x00\x00\x00")),
+    ("bad SETTINGS_INITIAL_WINDOW_SIZE", _raw_frame(4, 0, b"\x00\x04\x80\x00\x00\x00")),
+    ("SETTINGS of a bad length", _raw_frame(4, 0, b"\x00\x04\x00")),
+    ("PING of a bad length", _raw_frame(6, 0, b"\x00" * 7)),
+    ("RST_STREAM on an idle stream", _raw_frame(3, 7, b"\x00\x00\x00\x08")),
+    ("CONTINUATION without HEADERS", _raw_frame(9, 1, b"", flags=4)),
 ]  # fmt: skip
 
 
