@@ -21,9 +21,8 @@ import pytest
 import wasmtime
 
 from tests.differential import propdump
-from tests.testbed import agent as tb_agent
 from tests.testbed import envoy as tb_envoy
-from tests.testbed import h2raw, procs, rawpeer
+from tests.testbed import h2raw, planes, procs, rawpeer
 from tests.testbed.h2raw import Part
 
 pytestmark = pytest.mark.integration
@@ -110,19 +109,14 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, prop
     started: list[Any] = []
     try:
         out: dict[str, propdump.Proxy] = {}
-        for plane in ("envoy", "agent"):
+        for plane in planes.PLANES:
             port, admin = procs.free_port(), procs.free_port()
             filters = [_holder_filter(holder), propdump.wasm_filter()]
             listener = tb_envoy.http_listener("l", port, cluster="h2", http_filters=filters, routes=routes)
             path = tb_envoy.write_config(tb_envoy.bootstrap(admin, [listener], clusters), tmp / plane)
-            if plane == "envoy":
-                envoy = tb_envoy.start_envoy(path, admin_port=admin, log_dir=tmp / "logs" / plane)
-                started.append(envoy)
-                out[plane] = propdump.Proxy(port, envoy.plugin_logs)
-            else:
-                agent = tb_agent.start_envoy_config(path, port=port, admin_port=admin, log_dir=tmp / "logs" / plane)
-                started.append(agent)
-                out[plane] = propdump.Proxy(port, propdump.agent_logs(agent))
+            proxy = planes.start(plane, path, port=port, admin_port=admin, log_dir=tmp / "logs" / plane)
+            started.append(proxy)
+            out[plane] = propdump.Proxy(port, proxy.logs)
         yield out
     finally:
         for item in reversed(started):
