@@ -11,6 +11,7 @@ are its listeners' all), 0.5 s, the other left at its default.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,11 +73,16 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Prox
             raw["http"] = {option: TIMEOUT_S}
             agent = tb_agent.start_agent(raw, work_dir=tmp / f"agent-{name}", log_dir=logs, name=f"agent-{name}")
             started.append(agent)
-            out[f"agent/{name}"] = Proxy(agent.port, propdump.agent_logs(agent))
+            out[f"agent/{name}"] = Proxy(agent.port, functools.partial(_agent_logs, agent))
         yield out
     finally:
         for item in reversed(started):
             item.stop()
+
+
+def _agent_logs(agent: tb_agent.Agent) -> list[tuple[str, str]]:
+    """The agent's plugin log lines (admin /plugin_logs) as Envoy's `plugin_logs` gives them: (level, text)."""
+    return [(str(r["level"]), str(r["message"])) for r in agent.admin_json("/plugin_logs")]
 
 
 def _h1(request: bytes) -> Callable[[int], object]:
