@@ -176,6 +176,8 @@ class Downstream(H1Peer, asyncio.Protocol):
             self._parsing = False
             if self._up_target is not None:
                 self._flush_up()
+            if self._out:  # what this read's requests were answered with (H1Peer.write scheduled no flush)
+                self.flush()
         if self._begun and not self._stopped:
             self._stream_active()
 

@@ -1,5 +1,6 @@
 """An HTTP/1.1 client connection's transport side (`H1Peer`): reading paused and resumed by reason, and writes
-batched both ways -- one send per loop iteration downstream, one per parsed read upstream.
+batched both ways -- one send per loop iteration downstream (at the end of the read when it is answered at once),
+one per parsed read upstream.
 
 Base of `meshplug.agent.downstream.Downstream`, which parses the requests and sets `_parsing` while a read is
 parsed; its exchanges (`meshplug.agent.exchange`, `meshplug.agent.filtered`) write through it. The HTTP/2
@@ -29,7 +30,8 @@ class H1Peer:
         self.held: list[bytes] = []
         self.held_bytes = 0
         self._out: list[bytes] = []
-        #: while a read is parsed, upstream writes collect here and leave in one send when it is done
+        #: while a read is parsed, upstream writes collect here and leave in one send when it is done (and
+        #: downstream writes in `_out`, sent then too)
         self._parsing = False
         self._up_target: Upstream | None = None
         self._up_out: list[bytes] = []
@@ -118,16 +120,18 @@ class H1Peer:
             self._up_out.clear()
 
     def write(self, data: bytes) -> None:
-        """Queue `data`; everything written in one loop iteration leaves in one send (head + body together)."""
+        """Queue `data`; everything written in one loop iteration leaves in one send (head + body together).
+        Written while a read is parsed (a local reply, a refusal, a 100 Continue), it leaves when that read is
+        done (`flush` at the end of Downstream.data_received): no callback scheduled for it."""
         out = self._out
         out.append(data)
-        if len(out) == 1:
+        if len(out) == 1 and not self._parsing:
             self.loop.call_soon(self.flush)
 
     def write_parts(self, parts: list[bytes]) -> None:
         """`write` of several pieces (a body chunk and its framing)."""
         out = self._out
-        if not out:
+        if not out and not self._parsing:
             self.loop.call_soon(self.flush)
         out += parts
 
