@@ -138,10 +138,13 @@ class Downstream(H1Peer, asyncio.Protocol):
         self.proxy.connections.discard(self)
         self.proxy.stats.downstream_cx_active -= 1
         self._release()
+        client_left = self.eof or exc is not None  # its FIN or reset, not a close of ours
         while self.queue:
             ex = self.queue.popleft()
             if not ex.resp_done:
                 self.proxy.stats.downstream_rq_active -= 1
+                if client_left:
+                    ex.client_left()
             ex.abandon()
         self.proxy.connection_closed()
 

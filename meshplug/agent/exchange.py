@@ -48,8 +48,8 @@ def note_client_gone(stream: agent_chain.Stream, answered: bool, *, reset: bool 
     """The client's connection ended before `stream` was answered (Envoy's response flag DC, details
     downstream_remote_disconnect) or, `reset`, the client reset the HTTP/2 stream (DR, http2.remote_reset): what
     the plugins' log callback reads."""
-    if answered or stream.completed:
-        return
+    if answered or stream.completed or stream.response_flags:
+        return  # (a stream already failed otherwise, e.g. its upstream reset after the response began: not DC)
     if reset:
         stream.response_flags |= agent_chain.RESPONSE_FLAG_DOWNSTREAM_REMOTE_RESET
     else:
@@ -451,6 +451,10 @@ class Exchange:
         self.conn.exchange_done(
             self, reusable=self.keep_alive and (self.req_done or not self.has_body) and self.resp_mode != 2
         )
+
+    def client_left(self) -> None:
+        """The client ended its connection before this exchange was answered (`abandon` follows): a hook for the
+        plugins' view of it."""
 
     def abandon(self) -> None:
         """The downstream connection went away."""

@@ -374,11 +374,10 @@ class FilteredExchange(Exchange):
         stream.response_flags |= log_flags
         self.perform(stream.take_outputs())
 
-    def abandon(self) -> None:
+    def client_left(self) -> None:
         """The client went away before its answer was complete: its plugins log the stream as Envoy does (DC,
         downstream_remote_disconnect)."""
         note_client_gone(self.stream, self.resp_done)
-        Exchange.abandon(self)
 
     def _ended(self) -> None:
         stream = self.stream

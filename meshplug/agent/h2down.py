@@ -72,6 +72,7 @@ def response_headers(status: int, headers: Sequence[Header]) -> list[Header]:
 _BY_CLOSE: Final = 0
 _BY_RESET: Final = 1
 _BY_CODEC: Final = 2
+_BY_US: Final = 3  # the agent closed the connection
 
 
 class H2Exchange:
@@ -505,10 +506,10 @@ class H2Exchange:
 
     def peer_reset(self, by: int = _BY_CLOSE) -> None:
         """The stream ended on the client's side: its connection closed (_BY_CLOSE), its RST_STREAM (_BY_RESET),
-        or a stream error in its frames (_BY_CODEC)."""
+        or a stream error in its frames (_BY_CODEC); or the agent closed the connection (_BY_US)."""
         if self.resp_done:
             return
-        if self.stream is not None and by != _BY_CODEC:
+        if self.stream is not None and by in (_BY_CLOSE, _BY_RESET):
             note_client_gone(self.stream, self.resp_done, reset=by == _BY_RESET)
         self._drop_upstream()
         self._ended(counted=False)
@@ -544,6 +545,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         self.resolve = routes.resolve_map
         self.tls = tls
         self.streams: dict[int, H2Exchange] = {}
+        self.client_eof = False  # the client sent its FIN
         self.peer: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
         self.id = next(wire.CONNECTION_IDS)
@@ -590,8 +592,9 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         self.proxy.connections.discard(self)
         self.proxy.stats.downstream_cx_active -= 1
         self.timer.stop()
+        by = _BY_CLOSE if self.client_eof or exc is not None else _BY_US  # the client's FIN or reset, or ours
         for ex in list(self.streams.values()):
-            ex.peer_reset()
+            ex.peer_reset(by)
         self.streams.clear()
         self.proxy.connection_closed()
 
@@ -620,6 +623,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         self.schedule_flush()
 
     def eof_received(self) -> bool | None:
+        self.client_eof = True
         return None
 
     def pause_writing(self) -> None:
