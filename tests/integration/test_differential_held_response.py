@@ -22,7 +22,7 @@ import wasmtime
 
 from tests.differential import propdump
 from tests.testbed import envoy as tb_envoy
-from tests.testbed import h2raw, planes, procs, rawpeer
+from tests.testbed import h2raw, planes, rawpeer
 from tests.testbed.h2raw import Part
 
 pytestmark = pytest.mark.integration
@@ -106,21 +106,16 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, prop
         {"match": {"prefix": "/h1/"}, "route": {"cluster": "h1", "timeout": "3s"}},
     ]
     clusters = [tb_envoy.static_cluster("h2", server.port, http2=True), tb_envoy.static_cluster("h1", h1.port)]
-    started: list[Any] = []
+
+    def config(plane: str, port: int, admin: int) -> Path:
+        filters = [_holder_filter(holder), propdump.wasm_filter()]
+        listener = tb_envoy.http_listener("l", port, cluster="h2", http_filters=filters, routes=routes)
+        return tb_envoy.write_config(tb_envoy.bootstrap(admin, [listener], clusters), tmp / plane)
+
     try:
-        out: dict[str, propdump.Proxy] = {}
-        for plane in planes.PLANES:
-            port, admin = procs.free_port(), procs.free_port()
-            filters = [_holder_filter(holder), propdump.wasm_filter()]
-            listener = tb_envoy.http_listener("l", port, cluster="h2", http_filters=filters, routes=routes)
-            path = tb_envoy.write_config(tb_envoy.bootstrap(admin, [listener], clusters), tmp / plane)
-            proxy = planes.start(plane, path, port=port, admin_port=admin, log_dir=tmp / "logs" / plane)
-            started.append(proxy)
-            out[plane] = propdump.Proxy(port, proxy.logs)
-        yield out
+        with planes.each(config, log_dir=tmp / "logs") as running:
+            yield {plane: propdump.Proxy(p.port, p.logs) for plane, p in running.items()}
     finally:
-        for item in reversed(started):
-            item.stop()
         server.close()
         h1.close()
 

@@ -15,7 +15,6 @@ import functools
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -109,22 +108,15 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, prop
         port = dead if name.startswith("refused") else full.getsockname()[1]
         routes.append({"match": {"prefix": f"/{name}"}, "route": {"cluster": name}})
         clusters.append(tb_envoy.static_cluster(name, port, http2=name.endswith("h2"), connect_timeout="0.25s"))
-    started: list[Any] = []
+
+    def config(plane: str, port: int, admin: int) -> Path:
+        listener = tb_envoy.http_listener("l", port, cluster="h2", http_filters=[propdump.wasm_filter()], routes=routes)
+        return tb_envoy.write_config(tb_envoy.bootstrap(admin, [listener], clusters), tmp / plane)
+
     try:
-        out: dict[str, propdump.Proxy] = {}
-        for plane in planes.PLANES:
-            port, admin = procs.free_port(), procs.free_port()
-            listener = tb_envoy.http_listener(
-                "l", port, cluster="h2", http_filters=[propdump.wasm_filter()], routes=routes
-            )
-            path = tb_envoy.write_config(tb_envoy.bootstrap(admin, [listener], clusters), tmp / plane)
-            proxy = planes.start(plane, path, port=port, admin_port=admin, log_dir=logs / plane)
-            started.append(proxy)
-            out[plane] = propdump.Proxy(port, proxy.logs)
-        yield out
+        with planes.each(config, log_dir=logs) as running:
+            yield {plane: propdump.Proxy(p.port, p.logs) for plane, p in running.items()}
     finally:
-        for item in reversed(started):
-            item.stop()
         server.close()
         h1.close()
         filler.close()
