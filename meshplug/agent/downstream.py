@@ -384,7 +384,9 @@ class Downstream(H1Peer, asyncio.Protocol):
             # counted here, line by line (the head itself is bounded as its bytes arrive, before this)
             self.refusal = framing.Refusal(431, b"Request Header Fields Too Large", framing.HEADERS_TOO_LARGE)
             raise self.refusal
-        self.headers.append((name.lower(), value))
+        # llhttp leaves the blanks before the line's end in the value; Envoy's codec trims them (rtrim), so plugins,
+        # the checks below and the upstream see the value without them
+        self.headers.append((name.lower(), value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         h1request.headers_complete(self)
