@@ -199,7 +199,7 @@ class Upstream(asyncio.Protocol):
         name = name.lower()
         if name == b"transfer-encoding":
             self._te = True
-        self._headers.append((name, value))
+        self._headers.append((name, value.rstrip(b" \t")))  # as Envoy's codec (rtrim): no blanks at the end
 
     def on_headers_complete(self) -> None:
         status: int = self.parser.get_status_code()
