@@ -86,6 +86,43 @@ def rewritten(headers: tuple[tuple[bytes, bytes], ...], route: Any) -> tuple[tup
     return tuple(out)
 
 
+def _down_head_lines(
+    headers: tuple[tuple[bytes, bytes], ...], *, drop_empty: bool
+) -> tuple[list[bytes], int, bool, int, bool] | None:
+    """The HTTP/1.1 head of a response header list in the chain's form (a reply, or headers a plugin changed), in
+    one pass: (lines with the status line first, status, framed, index of the first server line or -1, dated),
+    pseudo-headers and hop-by-hop headers left out (`drop_empty`: content-length 0 too); None when a header cannot
+    be written (CR, LF or NUL in a value, a name not a token)."""
+    raw_status: bytes | None = None
+    out = [b""]  # the status line, once :status is known
+    framed = dated = False
+    server_at = -1
+    for name, value in headers:
+        if not framing.field_ok(name, value):
+            return None
+        if name[:1] == b":":
+            if name == b":status" and raw_status is None:
+                raw_status = value
+            continue
+        if name in wire.RESPONSE_DROPPED:
+            continue
+        if name == b"content-length":
+            if drop_empty and value == b"0":
+                continue
+            framed = True
+        elif name == b"date":
+            dated = True
+        elif name == b"server" and server_at < 0:
+            server_at = len(out)
+        out.append(b"%b: %b\r\n" % (name, value))  # (a tuple literal: compiled, no generic formatting)
+    try:
+        status = int(raw_status or b"200")
+    except ValueError:
+        status = 502
+    out[0] = b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))
+    return out, status, framed, server_at, dated
+
+
 class FilteredExchange(Exchange):
     """An exchange through a plugin chain: HTTP events go into a `chain.Stream`, its outputs are performed.
 
@@ -520,40 +557,18 @@ class FilteredExchange(Exchange):
                 out.append(b"%b: %b\r\n" % (name, value))
             server.finish_lines(out, server_at, dated=dated)  # the HCM's date and server, after the plugins
         else:
-            if not all(framing.field_ok(name, value) for name, value in headers):
+            # a bodiless local reply: its content-length 0 is the codec's, written after the connection header
+            head = _down_head_lines(headers, drop_empty=end_stream and self.stream.local_reply is not None)
+            if head is None:
                 self.local_reply(502, INVALID_HEADER)
                 return
-            after = list(headers)
-            if end_stream and self.stream.local_reply is not None:
-                # a bodiless local reply: its content-length 0 is the codec's, written after the connection header
-                after = [h for h in after if h != (b"content-length", b"0")]
-            server.finish(after)  # the HCM's date and server, after the plugins
-            out, status, framed = self._down_head_lines(after)
+            out, status, framed, server_at, dated = head
+            server.finish_lines(out, server_at, dated=dated)  # the HCM's date and server, after the plugins
             self.status = status
         no_body = self.method == b"HEAD" or status in (204, 304)
         self._send_head(out, bodiless=no_body or framed, empty=end_stream)
         if end_stream:
             self._finish()
-
-    def _down_head_lines(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[list[bytes], int, bool]:
-        raw_status: bytes | None = None
-        out = [b""]  # the status line, once :status is known
-        framed = False
-        for name, value in headers:
-            if name[:1] == b":":
-                if name == b":status" and raw_status is None:
-                    raw_status = value
-                continue
-            if name in wire.RESPONSE_DROPPED:
-                continue
-            framed = framed or name == b"content-length"
-            out.append(b"%b: %b\r\n" % (name, value))
-        try:
-            status = int(raw_status or b"200")
-        except ValueError:
-            status = 502
-        out[0] = b"HTTP/1.1 %d %b\r\n" % (status, wire.REASONS.get(status, b"Unknown"))
-        return out, status, framed
 
     def _send_down_data(self, data: bytes, end_stream: bool) -> None:
         conn = self.conn

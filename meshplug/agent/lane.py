@@ -59,6 +59,7 @@ class Lane:
     the chain backwards); frames that must wait for position i queue in ``inbox[i]`` (i == n: output)."""
 
     __slots__ = (
+        "bodied",
         "body",
         "body_end",
         "buffering",
@@ -77,15 +78,17 @@ class Lane:
         "stash",
     )
 
-    # per position, made by `grow` the first time one is needed (a frame stops or queues, a body chunk is
-    # shown): the headers-only lanes of most requests never need them
+    # per position, made by `grow` the first time one is needed (a frame stops or queues): the headers-only
+    # lanes of most requests never need them
     held: list[Frame | None]  # headers/trailers (or a failed frame) held by a stop
+    buffering: list[bool]
+    body_end: list[bool]
+    # per position, made by `_bodies` the first time a body is held or read (a stopped headers-only lane, e.g.
+    # a local reply's, never needs them)
     body: list[bytearray | None]
     shown: list[bytes | None]
     kept: list[list[bytes] | None]
     kept_bytes: list[int]
-    buffering: list[bool]
-    body_end: list[bool]
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -95,19 +98,33 @@ class Lane:
         self.closed = False
         #: some position holds a frame or buffers a body, or frames are queued: new frames must queue too
         self.stalled = False
-        self.grown = False  # the per-position lists exist
-        #: before they exist: the chunk shown to position `flight_pos` (while its callback runs, until `take`);
-        #: `grow` moves it to `shown`. A chunk every filter lets go costs no per-position list.
+        self.grown = False  # the per-position lists of stops exist
+        self.bodied = False  # the per-position lists of bodies exist
+        #: before the lists of bodies exist: the chunk shown to position `flight_pos` (while its callback runs,
+        #: until `take`); `_bodies` moves it to `shown`. A chunk every filter lets go costs no per-position list.
         self.flight: bytes | None = None
         self.flight_pos = -1
 
     def grow(self) -> None:
-        """Make the per-position lists (once)."""
+        """Make the per-position lists of stops (once)."""
         if self.grown:
             return
         self.grown = True
         n = self.n
         self.held = [None] * n
+        self.buffering = [False] * n
+        #: end_stream of the chunk a buffering position stopped on
+        self.body_end = [False] * n
+
+    def _bodies(self) -> None:
+        """Make the per-position lists of bodies (once; those of stops too: a lane with bodies is grown, and the
+        stream reads a grown lane's bodies through `held_body`)."""
+        if self.bodied:
+            return
+        if not self.grown:
+            self.grow()
+        self.bodied = True
+        n = self.n
         #: position i's body buffer, made the first time one is needed (`buf`): most chunks only pass
         self.body = [None] * n
         #: the chunk position i is shown while nothing is held, not copied unless the filter reads or writes
@@ -116,17 +133,14 @@ class Lane:
         #: chunks position i's filter kept (stopped on), after `body`, not copied yet; their total size
         self.kept = [None] * n
         self.kept_bytes = [0] * n
-        self.buffering = [False] * n
-        #: end_stream of the chunk a buffering position stopped on
-        self.body_end = [False] * n
         if self.flight is not None:
             self.shown[self.flight_pos] = self.flight
             self.flight = None
 
     def buf(self, pos: int) -> bytearray:
         """Position `pos`'s body buffer as it is (made now if it was not yet)."""
-        if not self.grown:
-            self.grow()
+        if not self.bodied:
+            self._bodies()
         body = self.body[pos]
         if body is None:
             body = self.body[pos] = bytearray()
@@ -135,12 +149,12 @@ class Lane:
     def show(self, pos: int, chunk: bytes) -> int:
         """`chunk` for position `pos`'s filter: shown as is while nothing is held, else kept after what is
         (not copied); returns the size of the body the filter sees."""
-        if not self.grown:
-            if self.flight is None:  # nothing is held in the lane
+        if not self.bodied:
+            if self.flight is None:  # no body is held in the lane
                 self.flight_pos = pos
                 self.flight = chunk
                 return len(chunk)
-            self.grow()  # (defensive: a chunk in flight elsewhere goes to its position's `shown`)
+            self._bodies()  # (defensive: a chunk in flight elsewhere goes to its position's `shown`)
         if self.stash is not None and pos in self.stash:
             body = self.buffer(pos)
             body += chunk
@@ -154,8 +168,8 @@ class Lane:
 
     def keep(self, pos: int) -> None:
         """The filter keeps the chunk it is shown (it stopped on it): held after the rest, not copied."""
-        if not self.grown:
-            self.grow()
+        if not self.bodied:
+            self._bodies()
         shown = self.shown[pos]
         if shown is not None:
             self.shown[pos] = None
@@ -168,8 +182,8 @@ class Lane:
 
     def buffer(self, pos: int) -> bytearray:
         """Position `pos`'s body buffer with everything it holds in it (one copy of what was not yet)."""
-        if not self.grown:
-            self.grow()
+        if not self.bodied:
+            self._bodies()
         self.keep(pos)
         kept = self.kept[pos]
         body = self.body[pos]
@@ -186,7 +200,7 @@ class Lane:
     def take(self, pos: int) -> bytes | None:
         """What position `pos` holds, for passing on, emptied (None: it holds nothing but its buffer, which the
         caller passes on itself): the chunk shown or kept alone as it is, several kept ones joined."""
-        if not self.grown:
+        if not self.bodied:
             if self.flight_pos != pos:
                 return None
             chunk = self.flight
@@ -207,6 +221,9 @@ class Lane:
     def held_body(self, pos: int, chunk: bytes) -> bytes:
         """What position `pos` of a grown lane passes on as its body, emptied: its buffer (WATERMARK-kept chunks
         first), kept and shown chunks; `chunk` (the frame's bytes) itself when the buffer holds just that."""
+        if not self.bodied:  # (no body was ever held or read here: at most the chunk in flight)
+            data = self.take(pos)
+            return b"" if data is None else data
         body = self.body[pos]
         if self.stash is not None and pos in self.stash:  # kept chunks go first
             body = self.buffer(pos)
@@ -225,8 +242,8 @@ class Lane:
 
     def drop(self, pos: int) -> None:
         """Position `pos` holds nothing any more (NO_BUFFER)."""
-        if not self.grown:
-            self.grow()
+        if not self.bodied:
+            self._bodies()
         self.shown[pos] = None
         self.kept[pos] = None
         self.kept_bytes[pos] = 0
@@ -238,8 +255,8 @@ class Lane:
         """Position `pos`'s whole body becomes `data` (a filter rewrote all of it): shown as is, so it passes on
         without the copy out of a buffer (`buffer` copies it in if the filter touches the body again). With
         data kept out of the filter's view (WATERMARK) it goes into the buffer, which passes on after that."""
-        if not self.grown:
-            self.grow()
+        if not self.bodied:
+            self._bodies()
         if self.stash is not None and pos in self.stash:
             self.buffer(pos)[:] = data
             return
@@ -248,8 +265,8 @@ class Lane:
 
     def size(self, pos: int) -> int:
         """The size of the body position `pos`'s filter sees."""
-        if not self.grown:
-            self.grow()
+        if not self.bodied:
+            self._bodies()
         body = self.body[pos]
         shown = self.shown[pos]
         return (0 if body is None else len(body)) + self.kept_bytes[pos] + (0 if shown is None else len(shown))
@@ -257,8 +274,8 @@ class Lane:
     def parts(self, pos: int) -> list[bytes | bytearray]:
         """The body position `pos`'s filter sees, in the pieces it is held in, in order (its buffer if not empty,
         the chunks kept, the chunk shown): nothing joined or copied, nothing changed (`buffer` joins them)."""
-        if not self.grown:
-            self.grow()
+        if not self.bodied:
+            self._bodies()
         out: list[bytes | bytearray] = []
         body = self.body[pos]
         if body:

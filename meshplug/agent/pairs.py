@@ -61,8 +61,9 @@ def decode(
         raise PairsError(f"pairs buffer of {total} bytes exceeds {max_bytes}")
     if total < 4:
         raise PairsError(f"pairs buffer of {total} bytes is shorter than its count")
-    buf = data if isinstance(data, bytes) else bytes(data)
-    (n,) = _U32.unpack_from(buf, 0)
+    # (typed: compiled, the sizes, offsets and bytes indexing are native, no generic number or slice objects)
+    buf: bytes = data if isinstance(data, bytes) else bytes(data)
+    n: int = _U32.unpack_from(buf, 0)[0]
     if n > max_count:
         raise PairsError(f"{n} pairs exceed the limit of {max_count}")
     header_end = 4 + 8 * n
@@ -73,11 +74,12 @@ def decode(
         layout = struct.Struct(f"<{2 * n}I")
         if n <= _SIZES_KEPT:
             _SIZES[n] = layout
-    sizes = layout.unpack_from(buf, 4)
+    sizes: tuple[int, ...] = layout.unpack_from(buf, 4)
     pos = header_end
     out: list[Pair] = []
     for i in range(n):
-        klen, vlen = sizes[2 * i], sizes[2 * i + 1]
+        klen: int = sizes[2 * i]
+        vlen: int = sizes[2 * i + 1]
         kend = pos + klen
         vstart = kend + 1
         vend = vstart + vlen
