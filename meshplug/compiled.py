@@ -39,6 +39,7 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import struct
@@ -49,7 +50,9 @@ from pathlib import Path
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from meshplug import errors, files, wasmlib
+from meshplug import errors, files, wasminline, wasmlib
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"MPWASM1\n"
 _LEN = struct.Struct("<I")
@@ -71,10 +74,13 @@ BUILT_LIBRARY = wasmlib.loaded()
 #: a module (`Config::compiler_inlining`, not in wasmtime's C API)
 _LIBRARY: tuple[tuple[str, str], ...] = (("library", f"meshplug-{wasmlib.VERSION}"),) if BUILT_LIBRARY else ()
 _INLINING: tuple[tuple[str, str], ...] = (("inlining", "yes"),) if BUILT_LIBRARY else ()
-#: the agent's engine settings (meshplug.agent.vm builds its engine from them; the operator compiles with them)
+#: the agent's engine settings (meshplug.agent.vm builds its engine from them; the operator compiles with them).
+#: ``inline``: modules are compiled after meshplug.wasminline's pass (its version and limits: another pass,
+#: another key)
 ENGINE_SETTINGS: tuple[tuple[str, str], ...] = (
     ("epoch_interruption", "1"),
     ("cranelift_opt_level", "speed"),
+    ("inline", wasminline.SETTINGS),
     *_INLINING,
     *_LIBRARY,
 )
@@ -137,6 +143,28 @@ def new_engine(tier: Tier = Tier.OPTIMIZED, *, parallel: bool = True) -> wasmtim
         wasmlib.set_inlining(cfg, settings["inlining"])
     cfg.parallel_compilation = parallel
     return wasmtime.Engine(cfg)
+
+
+#: digests of modules whose inlined form wasmtime refused (logged once each; their original is compiled)
+_REFUSED: set[str] = set()
+
+
+def compile_module(engine: wasmtime.Engine, data: bytes, *, inline: bool, digest: str = "") -> wasmtime.Module:
+    """``data`` compiled by ``engine``; ``inline``: after meshplug.wasminline's pass (the optimized tier's
+    settings, `ENGINE_SETTINGS`), falling back to the original bytes if wasmtime refuses the pass's output
+    (logged once per module). Raises wasmtime.WasmtimeError when the original does not compile."""
+    prepared = wasminline.inline(data) if inline else data
+    if prepared is not data:
+        try:
+            return wasmtime.Module(engine, prepared)
+        except wasmtime.WasmtimeError as exc:
+            digest = digest or hashlib.sha256(data).hexdigest()
+            if digest not in _REFUSED:
+                _REFUSED.add(digest)
+                text = " ".join(str(exc).split())[:300]
+                log.warning("module sha256:%s: wasmtime refused the inlined form, compiling the original: %s",
+                            digest[:12], text)  # fmt: skip
+    return wasmtime.Module(engine, data)
 
 
 @functools.cache
@@ -266,12 +294,14 @@ def _locked(path: Path) -> Iterator[bool]:
 
 
 class ArtifactCache:
-    """Compiled-module cache for one Engine configuration."""
+    """Compiled-module cache for one Engine configuration. A cache whose settings are `ENGINE_FINGERPRINT` (the
+    agents' optimized tier) compiles modules after the inlining pass its settings name (`compile_module`)."""
 
     def __init__(self, engine: wasmtime.Engine, *, settings: str, root: Path | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.root = root if root is not None else default_root()
+        self.inline = settings == ENGINE_FINGERPRINT
 
     def key(self, module_sha256: str) -> ArtifactKey:
         return ArtifactKey.make(module_sha256, self.settings)
@@ -351,7 +381,7 @@ class ArtifactCache:
             if module is not None:
                 return Loaded(module, Outcome.HIT, path, key)
             try:
-                module = wasmtime.Module(self.engine, data)
+                module = compile_module(self.engine, data, inline=self.inline, digest=digest)
             except wasmtime.WasmtimeError as exc:
                 text = " ".join(str(exc).split())
                 raise errors.PluginStartError(

@@ -307,3 +307,26 @@ EVENT_RETRY_FIRST_S = 1.0
 EVENT_RETRY_MAX_S = 30.0
 EVENT_RETRY_TRIES = 12
 EVENT_RETRY_PENDING = 256
+
+# --- the optimized tier's inlining pass (meshplug.wasminline) -------------------------------------------
+#: a callee is inlined when its body has at most this many instructions: the AssemblyScript runtime's
+#: __retain/__release and the rc decrement __release calls fit (binaryen's --always-inline-max-function-size 80
+#: inlines the same ones); larger bodies grow code more than their calls cost
+INLINE_MAX_CALLEE_INSTRUCTIONS = 64
+#: ... and its body with its own small callees inlined first has at most this many
+INLINE_MAX_EXPANDED_INSTRUCTIONS = 128
+#: how deep callees are inlined into callees before their body is taken as it is (a chain of small functions)
+INLINE_MAX_DEPTH = 4
+#: fresh locals the pass may add to one function (arguments and locals of the callees inlined into it)
+INLINE_MAX_NEW_LOCALS = 512
+#: a function declaring more locals than this is left alone by the pass (wasmtime's own limit is 50,000)
+INLINE_MAX_LOCALS = 40_000
+#: bytes one function's code may grow by inlining (beyond, the function keeps its calls)
+INLINE_MAX_FUNCTION_GROWTH = 16 * KiB
+#: the pass leaves modules larger than this as they are (the Go SDK's 2.7-3.9 MB modules: their compile is
+#: what Ready waits for, and their per-request cost is already under Envoy's)
+INLINE_MAX_MODULE_BYTES = 1 * MiB
+#: the whole code section may grow by this percentage (at least INLINE_MIN_MODULE_GROWTH bytes), else the module
+#: is left as it is
+INLINE_MAX_MODULE_GROWTH_PCT = 100
+INLINE_MIN_MODULE_GROWTH = 256 * KiB

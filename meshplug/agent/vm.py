@@ -201,7 +201,7 @@ class Runtime:
             module, outcome = loaded.module, loaded.outcome.value
         else:
             try:
-                module = wasmtime.Module(self.engine, data)
+                module = compiled.compile_module(self.engine, data, inline=True, digest=digest)
             except wasmtime.WasmtimeError as exc:
                 raise errors.PluginStartError(f"module does not compile: {exc}", reason="compile_failed") from exc
             outcome = "compiled"
