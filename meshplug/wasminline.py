@@ -155,15 +155,27 @@ def _enc(value: int) -> bytes:
             return bytes(out)
 
 
+def _sleb(value: int) -> bytes:
+    """Signed LEB128 of a non-negative ``value`` (a block type's type index is an s33)."""
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value == 0 and not b & 0x40:
+            out.append(b)
+            return bytes(out)
+        out.append(b | 0x80)
+
+
 def _blocktype(data: bytes, pos: int, end: int) -> int:
     if pos >= end:
         raise _GiveUp("truncated block type")
     b = data[pos]
     if b == 0x40 or b in _VALTYPES:
         return pos + 1
-    if b & 0x40:  # a negative s33 that is no value type we know (GC reference types)
+    if b & 0xC0 == 0x40:  # a one-byte negative s33 that is no value type we know (GC reference types)
         raise _GiveUp(f"unknown block type 0x{b:02x}")
-    return _skip_sleb(data, pos, end, 5)  # a type index
+    return _skip_sleb(data, pos, end, 5)  # a type index (a non-negative s33)
 
 
 def _memarg(data: bytes, pos: int, end: int) -> int:
@@ -220,10 +232,15 @@ def _scan(data: bytes, pos: int, end: int) -> _Scanned:  # noqa: PLR0912, PLR091
                 depth -= 1
             elif op == 0x0F:
                 returns.append((start, depth))
+
         elif kind == _U32:
             value, pos = _uleb(data, pos, end)
             if op == 0x10:
                 calls.append((start, pos, value))
+            elif op == 0x18:  # delegate ends its try block
+                if depth == 0:
+                    raise _GiveUp("delegate outside a try block")
+                depth -= 1
             elif 0x20 <= op <= 0x22:
                 local_ops.append((start, pos, op, value))
         elif kind == _BLOCK:
@@ -442,7 +459,7 @@ class _Module:
             return bytes(results)
         for i, (params, res) in enumerate(self.types):  # multi-value: an existing type [] -> results
             if not params and res == results:
-                return _enc(i)  # a non-negative s33 below 2**31 encodes as its unsigned LEB128 here
+                return _sleb(i)
         return None
 
 
@@ -470,13 +487,15 @@ class _Inliner:
         return body
 
     def processed(self, func: int, depth: int = 0) -> _Body:
-        """``func``'s body with its small callees inlined (memoized; the first computation is kept)."""
+        """``func``'s body with its small callees inlined (memoized; the first complete computation is kept)."""
         done = self.done.get(func)
         if done is not None:
             return done
         body = self.m.bodies[func - self.m.imported]
-        if depth >= limits.INLINE_MAX_DEPTH or not body.calls:
+        if not body.calls:
             self.done[func] = body
+            return body
+        if depth >= limits.INLINE_MAX_DEPTH:  # as it is here, not memoized: processed at a lesser depth later
             return body
         self.busy.add(func)
         try:

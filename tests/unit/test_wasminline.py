@@ -154,6 +154,34 @@ CASES = [
         [("f", (5,), 5 + 7 + 8)],
         3,
     ),
+    Case(
+        "block types naming a type index past 63 (a two-byte s33)",
+        "(module "
+        + " ".join(f"(type (func (param {' '.join(['i32'] * (i % 5 + 1))}) (result f{32 + 32 * (i % 2)})))"
+                   for i in range(70))
+        + """ (type $pair (func (result i32 i32)))
+          (type $take (func (param i32) (result i32)))
+          (func $swap (param i32 i32) (result i32 i32) (local.get 1) (local.get 0))
+          (func $unused (type $pair) (i32.const 0) (i32.const 0))
+          (func $twice (param i32) (result i32) (local.get 0) (block (type $take) (i32.add (i32.const 1))))
+          (func (export "f") (param i32 i32) (result i32)
+            (call $swap (local.get 0) (local.get 1)) (i32.sub) (call $twice)))""",
+        [("f", (10, 3), 3 - 10 + 1)],
+        2,
+    ),
+    Case(
+        "exception handling in the caller is decoded; a callee that throws stays called",
+        """(module
+          (tag $oops (param i32))
+          (func $thrower (param i32) (result i32) (if (local.get 0) (then (throw $oops (local.get 0)))) (i32.const 0))
+          (func $add1 (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))
+          (func (export "f") (param i32) (result i32)
+            (block $caught (result i32)
+              (try_table (result i32) (catch $oops $caught)
+                (call $add1 (call $thrower (local.get 0)))))))""",
+        [("f", (0,), 1), ("f", (5,), 5)],
+        1,
+    ),
 ]  # fmt: skip
 
 
@@ -161,6 +189,7 @@ def _engine() -> wasmtime.Engine:
     cfg = wasmtime.Config()
     cfg.wasm_memory64 = True
     cfg.wasm_multi_memory = True
+    cfg.wasm_exceptions = True
     return wasmtime.Engine(cfg)
 
 
