@@ -69,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _callgrind, openloop
 from bench._common import CAN_PIN, LOAD_CPU, PROXY_CPU, pin_pid, rss_mib, start_agent_with, start_envoy_with, tree
+from meshplug import compiled
 from tests.corpus import modules
 from tests.testbed import nginx as tb_nginx
 from tests.testbed import procs
@@ -314,6 +315,12 @@ def count_cell(
     return counts
 
 
+def engine_line() -> str:
+    """The agent's optimized-tier engine settings (meshplug.compiled: Cranelift, the inlining pass and its
+    limits, the library), as this checkout runs them: which code the agent's figures are of."""
+    return "agent's optimized tier: " + ", ".join(f"{k}={v}" for k, v in compiled.ENGINE_SETTINGS)
+
+
 def instructions_report(
     results: dict[tuple[str, str], dict[str, list[_callgrind.Count]]], args: argparse.Namespace
 ) -> None:
@@ -322,6 +329,7 @@ def instructions_report(
         f"(bodies {args.body_requests} of {args.count_body_bytes // 1024} KiB) -c {args.count_connections}), "
         f"{args.rounds} interleaved rounds, medians"
     )
+    print(engine_line())
     print(f"{'cell':<26}{'agent':>14}{'envoy':>14}{'ratio':>8}")
     worst = 0.0
     for (sdk, shape), counts in results.items():
@@ -376,6 +384,7 @@ def report(results: dict[tuple[str, str], CellRun], args: argparse.Namespace) ->
         f"at least one request); CPU ratio: median over {args.rounds} rounds; "
         f"latency: all of a system's requests; proxies pinned: {CAN_PIN}; SCHED_FIFO: {args.realtime}"
     )
+    print(engine_line())
     head = f"{'cell':<26}{'CPU/req agent':>14}{'envoy':>9}{'ratio':>7}{'RSS agent':>10}{'envoy':>7}{'ratio':>7}"
     print(
         head + f"{'p50 agent':>10}{'envoy':>7}{'p99 agent':>10}{'envoy':>7}{'p99 ratio':>10}{'(rounds)':>13}"
