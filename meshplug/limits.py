@@ -82,6 +82,9 @@ MAX_RESPONSE_HEADERS_KB = 80
 MAX_RESPONSE_HEADERS_COUNT = 100
 #: a request whose head is not complete this long after its first byte: 408 (request_headers_timeout; 0 = off)
 REQUEST_HEADERS_TIMEOUT_S = 0.0
+#: a request not received whole (head and body) this long after its first byte: 408 "request timeout", unless its
+#: response started first (Envoy's request_timeout, request_overall_timeout; 0 = off, Envoy's default)
+REQUEST_TIMEOUT_S = 0.0
 #: a stream (request) with no activity this long: 408 if nothing was answered yet, else reset (stream_idle_timeout)
 STREAM_IDLE_TIMEOUT_S = 300.0
 #: a downstream connection is drained (closed after its current response) this long after it opened (0 = off)
@@ -98,6 +101,8 @@ UPSTREAM_MAX_IDLE_CONNECTIONS = 64
 DOWNSTREAM_DELAYED_CLOSE_S = 1.0
 #: a downstream keep-alive connection with no request in flight is closed after this long (Envoy: 1 h)
 DOWNSTREAM_IDLE_TIMEOUT_S = 300.0
+#: the same from an Envoy bootstrap whose HCM leaves common_http_protocol_options.idle_timeout unset: Envoy's 1 h
+HCM_IDLE_TIMEOUT_S = 3600.0
 #: body bytes buffered per exchange before the proxy stops reading the sender (flow-control watermark)
 PROXY_BUFFER_HIGH_WATER = 64 * KiB
 #: the agent's malloc (glibc mallopt): buffers under this size come from the heap, not one mmap each (a held

@@ -19,7 +19,9 @@ What is read here:
   - `envoy.filters.network.http_connection_manager` (`stat_prefix`, `codec_type` AUTO/HTTP1,
     `generate_request_id`, `server_header_transformation` (OVERWRITE, the default, APPEND_IF_ABSENT,
     PASS_THROUGH) with `server_name` (default "envoy"), `http_protocol_options` (`enable_trailers`,
-    `accept_http_10`: one set for all listeners), `upgrade_configs`, an inline `route_config`
+    `accept_http_10`), `request_timeout`, `request_headers_timeout`, `stream_idle_timeout`,
+    `common_http_protocol_options` (`idle_timeout`, `max_connection_duration`) -- one set of these for all
+    listeners, Envoy's defaults --, `upgrade_configs`, an inline `route_config`
     (meshplug.agent.envoyroutes) and `http_filters`: any number of `envoy.filters.http.wasm` and
     `envoy.filters.http.lua` (inline code), then the router (`suppress_envoy_headers`); or
   - any number of `envoy.filters.network.wasm`, then `envoy.filters.network.tcp_proxy` (`cluster`).
@@ -369,7 +371,7 @@ def _http_listener(
         "server_header_transformation", {t: t for t in config.SERVER_HEADER_TRANSFORMATIONS}, "OVERWRITE"
     )
     server_name = hcm.text("server_name") or ENVOY_SERVER_NAME
-    _http1_options(hcm, ctx)
+    _http_options(hcm, ctx)
     upgrade_types = _upgrade_types(hcm)
     if hcm.has("rds"):
         raise envoyjson.error(hcm.at("rds"), envoyjson.REASONS["rds"])
@@ -421,10 +423,29 @@ def _http_listener(
     return listener, plugins
 
 
-def _http1_options(hcm: envoyjson.Message, ctx: envoyjson.Read) -> None:
-    """The hcm's http_protocol_options (its HTTP/1 codec): enable_trailers and accept_http_10. The agent keeps
-    one set for all listeners, so listeners that differ are refused."""
-    options = config.HttpOptions()
+#: the agent's HttpOptions an hcm sets, and the hcm field each comes from
+_HTTP_FIELDS = {
+    "enable_trailers": "http_protocol_options",
+    "accept_http_10": "http_protocol_options",
+    "request_timeout_s": "request_timeout",
+    "request_headers_timeout_s": "request_headers_timeout",
+    "stream_idle_timeout_s": "stream_idle_timeout",
+    "idle_timeout_s": "common_http_protocol_options",
+    "max_connection_duration_s": "common_http_protocol_options",
+}
+
+
+def _http_options(hcm: envoyjson.Message, ctx: envoyjson.Read) -> None:
+    """The hcm's HTTP options the agent keeps one set of for all listeners, so listeners that differ are refused:
+    http_protocol_options (its HTTP/1 codec: enable_trailers, accept_http_10), the request timeouts
+    (request_timeout, request_headers_timeout, stream_idle_timeout) and common_http_protocol_options
+    (idle_timeout, max_connection_duration), with Envoy's defaults (a 0 duration is off)."""
+    options = config.HttpOptions(
+        request_timeout_s=hcm.duration("request_timeout", limits.REQUEST_TIMEOUT_S),
+        request_headers_timeout_s=hcm.duration("request_headers_timeout", limits.REQUEST_HEADERS_TIMEOUT_S),
+        stream_idle_timeout_s=hcm.duration("stream_idle_timeout", limits.STREAM_IDLE_TIMEOUT_S),
+        idle_timeout_s=limits.HCM_IDLE_TIMEOUT_S,
+    )
     h1 = hcm.obj("http_protocol_options")
     if h1 is not None:
         options = dataclasses.replace(
@@ -433,12 +454,25 @@ def _http1_options(hcm: envoyjson.Message, ctx: envoyjson.Read) -> None:
             accept_http_10=h1.flag("accept_http_10", False),
         )
         h1.done()
-    path = hcm.at("http_protocol_options")
+    common = hcm.obj("common_http_protocol_options")
+    if common is not None:
+        if common.has("max_stream_duration"):
+            raise envoyjson.error(common.at("max_stream_duration"), "not supported by the agent (a stream's "
+                                  "whole-life limit); request_timeout and stream_idle_timeout are")  # fmt: skip
+        options = dataclasses.replace(
+            options,
+            idle_timeout_s=common.duration("idle_timeout", limits.HCM_IDLE_TIMEOUT_S),
+            max_connection_duration_s=common.duration("max_connection_duration", limits.MAX_CONNECTION_DURATION_S),
+        )
+        common.done()
     if ctx.http1 is None:
-        ctx.http1 = (options, path)
-    elif ctx.http1[0] != options:
-        reason = f"differs from {ctx.http1[1]} (the agent applies one set of HTTP/1 options to all listeners)"
-        raise envoyjson.error(path, reason)
+        ctx.http1 = (options, hcm.path)
+        return
+    first, first_path = ctx.http1
+    for name, field in _HTTP_FIELDS.items():
+        if getattr(options, name) != getattr(first, name):
+            reason = f"differs from {first_path}.{field} (the agent applies one set of HTTP/1 options to all listeners)"
+            raise envoyjson.error(hcm.at(field), reason)
 
 
 def _tcp_listener(

@@ -48,6 +48,7 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
       max_response_headers_kb: 80    # an upstream's response head; 502 beyond
       max_response_headers_count: 100
       request_headers_timeout_s: 0   # whole head within this after its first byte, else 408
+      request_timeout_s: 0           # whole request (head and body) within this, else 408 (Envoy's request_timeout)
       stream_idle_timeout_s: 300     # no activity on a request this long: 408 (or reset once answering)
       idle_timeout_s: 300            # a connection without a request this long is closed
       max_connection_duration_s: 0   # then the connection closes after its current response
@@ -325,6 +326,8 @@ class HttpOptions:
     max_response_headers_kb: int = limits.MAX_RESPONSE_HEADERS_KB
     max_response_headers_count: int = limits.MAX_RESPONSE_HEADERS_COUNT
     request_headers_timeout_s: float = limits.REQUEST_HEADERS_TIMEOUT_S
+    #: the whole request within this of its first byte unless its response started (Envoy's request_timeout)
+    request_timeout_s: float = limits.REQUEST_TIMEOUT_S
     stream_idle_timeout_s: float = limits.STREAM_IDLE_TIMEOUT_S
     idle_timeout_s: float = limits.DOWNSTREAM_IDLE_TIMEOUT_S
     max_connection_duration_s: float = limits.MAX_CONNECTION_DURATION_S

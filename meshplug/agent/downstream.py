@@ -85,12 +85,14 @@ class Downstream(H1Peer, asyncio.Protocol):
         self.http11 = True
         self._write_paused = False
         #: one lazy timer per connection (wire.ConnTimer) for the earliest deadline: the idle timeout
-        #: (`timer.idle_at`), the stream deadline of a request still being received (`_stream_at`: stream idle /
-        #: request headers timeout), the connection's end of life (`_end_at`) and the response deadline of the
+        #: (`timer.idle_at`), the deadlines of a request still being received (`_stream_at`: stream idle,
+        #: `headers_at`: request headers timeout, `request_at`: request timeout), the connection's end of life
+        #: (`_end_at`) and the response deadline of the
         #: exchange being served (`Exchange.deadline`)
         self.timer = wire.ConnTimer(proxy.loop, self._on_timer)
         self._stream_at = 0.0
         self.headers_at = 0.0
+        self.request_at = 0.0
         self._end_at = 0.0
         self.url = b""
         self.headers: wire.Headers = []
@@ -100,6 +102,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         self._head_room = self._max_head = opts.max_request_headers_kb * 1024
         self._max_count = opts.max_headers_count
         self._headers_timeout = opts.request_headers_timeout_s
+        self._request_timeout = opts.request_timeout_s
         self._count = 0
         self.line_bytes = 0  # a head's (then its trailers') header bytes, counted when each line is whole
         #: bytes of a Content-Length body still to come (a keep-alive request): reads inside it go to the
@@ -370,6 +373,9 @@ class Downstream(H1Peer, asyncio.Protocol):
         self._begun = True
         if self._headers_timeout:
             self.headers_at = self.proxy.loop.time() + self._headers_timeout
+        if self._request_timeout:  # Envoy's request_timeout: the whole request within it (watched from its start)
+            self.request_at = at = self.proxy.loop.time() + self._request_timeout
+            self.timer.wake_at(at)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -418,7 +424,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         self.in_head = True
         self._head_room = self._max_head
         self._begun = False
-        self._stream_at = 0.0
+        self._stream_at = self.request_at = 0.0
         ex, self.current = self.current, None
         if ex is None:
             return
@@ -469,7 +475,7 @@ class Downstream(H1Peer, asyncio.Protocol):
             return
         self._stopped = self._lingering = True  # nothing more is parsed: data_received drops what comes
         self.body_left = 0
-        self._stream_at = self.headers_at = 0.0
+        self._stream_at = self.headers_at = self.request_at = 0.0
         transport.write_eof()
         transport.resume_reading()
         self.timer.arm_idle(limits.DOWNSTREAM_DELAYED_CLOSE_S)
@@ -506,7 +512,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         self._stopped = True
         self.body_left = 0
         self._begun = False
-        self._stream_at = self.headers_at = 0.0
+        self._stream_at = self.headers_at = self.request_at = 0.0
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
@@ -550,9 +556,12 @@ class Downstream(H1Peer, asyncio.Protocol):
             ex.refusal = refusal
 
     def _stream_active(self) -> None:
-        """Bytes of an unfinished request arrived: its stream idle deadline moves (and is watched)."""
+        """Bytes of an unfinished request arrived: its stream idle deadline moves (and is watched) -- armed by
+        its first bytes, then moved only by what Envoy's codec hands its stream (the whole head, body bytes),
+        not by a head's lines trickling in (Envoy 1.40: a head sent line by line every 0.1 s gets its 408
+        "stream timeout" at the idle timeout after its first byte)."""
         idle = self.opts.stream_idle_timeout_s
-        if idle:
+        if idle and (not self.in_head or not self._stream_at):
             self._stream_at = at = self.proxy.loop.time() + idle
             self.timer.wake_at(at)
         if self.headers_at:
@@ -570,12 +579,27 @@ class Downstream(H1Peer, asyncio.Protocol):
                     ex._timed_out()
                 elif not pending or deadline < pending:
                     pending = deadline
+        request_at = self.request_at
+        if request_at and request_at <= now:
+            self.request_at = request_at = 0.0
+            cur = self.current
+            if cur is None or not (cur.resp_started or cur.resp_done):  # a started response disarms it (Envoy)
+                self.proxy.stats.downstream_rq_timeout += 1
+                self._refuse_now(framing.Refusal(408, b"request timeout", "request_overall_timeout", codec=False))
+                return
+        if request_at and (not pending or request_at < pending):
+            pending = request_at
         for at, status, body, details, flags in (  # as Envoy's HCM: the stream idle timeout flags the stream SI
             (self.headers_at, 408, b"request header timeout", "request_header_timeout", 0),
             (self._stream_at, 408, b"stream timeout", "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT),
         ):
             if at:
                 if at <= now:
+                    stats = self.proxy.stats
+                    if flags:
+                        stats.downstream_rq_idle_timeout += 1
+                    else:
+                        stats.downstream_rq_header_timeout += 1
                     self._refuse_now(framing.Refusal(status, body, details, codec=False, flags=flags))
                     return
                 if not pending or at < pending:

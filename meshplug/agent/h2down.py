@@ -489,12 +489,21 @@ class H2Exchange:
             )
 
     def idle_timed_out(self) -> None:
-        """No frame either way for the stream idle timeout: 408 before the response started, else reset."""
+        """No frame either way for the stream idle timeout: before the response started 408, or 504 once the
+        client's request had ended (Envoy's maybeRequestTimeoutCode), else reset."""
+        self.conn.proxy.stats.downstream_rq_idle_timeout += 1
         if self.resp_started:
             self._drop_upstream()
             self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
         else:
-            self.proxy_reply(408, b"stream timeout", "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT)
+            status = 504 if self.end_in else 408
+            self.proxy_reply(status, b"stream timeout", "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT)
+
+    def request_timed_out(self) -> None:
+        """The request did not end within request_timeout, nor did its response start: 408 (Envoy's
+        request_overall_timeout, no response flag)."""
+        self.conn.proxy.stats.downstream_rq_timeout += 1
+        self.proxy_reply(408, b"request timeout", "request_overall_timeout", 0)
 
     def reset(self, code: int) -> None:
         """Reset the stream towards the client (and drop the upstream side)."""
@@ -708,10 +717,10 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         self.timer.idle_at = 0.0
         ex = H2Exchange(self, sid, headers, end_stream)
         self.streams[sid] = ex
-        if (
-            opts.stream_idle_timeout_s
-        ):  # watched from its start (a stream that never ends, nothing else wakes the timer)
+        if opts.stream_idle_timeout_s:  # watched from its start (a stream that never ends, nothing else wakes it)
             self.timer.wake_at(ex.created + opts.stream_idle_timeout_s)
+        if opts.request_timeout_s and not end_stream:  # Envoy's request_timeout: the whole request within it
+            self.timer.wake_at(ex.created + opts.request_timeout_s)
         ex.start()
 
     # --- used by exchanges ---
@@ -777,15 +786,23 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
             return
         now = self.proxy.loop.time()
         pending = 0.0
-        stream_idle = self.proxy.cfg.http.stream_idle_timeout_s or float("inf")  # 0: off
+        opts = self.proxy.cfg.http
+        stream_idle = opts.stream_idle_timeout_s or float("inf")  # 0: off
+        request_timeout = opts.request_timeout_s or float("inf")
         for ex in list(self.streams.values()):
             idle_at = ex.last_active + stream_idle
+            # the request timeout runs until the client's request ended or the response started (Envoy)
+            request_at = float("inf") if ex.end_in or ex.resp_started else ex.created + request_timeout
             if ex.deadline and ex.deadline <= now:
                 ex.timed_out()
+            elif request_at <= now:
+                ex.request_timed_out()
             elif idle_at <= now:
                 ex.idle_timed_out()
             else:
-                due = min(idle_at, ex.deadline) if ex.deadline else idle_at
+                due = min(idle_at, request_at)
+                if ex.deadline:
+                    due = min(due, ex.deadline)
                 if due != float("inf") and (not pending or due < pending):
                     pending = due
         idle_at = self.timer.idle_at

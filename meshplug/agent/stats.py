@@ -21,8 +21,11 @@ class Stats:
         "downstream_rq_4xx",
         "downstream_rq_5xx",
         "downstream_rq_active",
+        "downstream_rq_header_timeout",
+        "downstream_rq_idle_timeout",
         "downstream_rq_local_reply",
         "downstream_rq_rx_reset",
+        "downstream_rq_timeout",
         "downstream_rq_too_many_premature_resets",
         "downstream_rq_total",
         "http2_inbound_empty_frames_flood",
@@ -43,6 +46,11 @@ class Stats:
         self.downstream_cx_http2_total = 0
         self.downstream_cx_upgrades_total = 0
         self.downstream_rq_rx_reset = 0
+        #: requests ended by the HCM's own timers (Envoy's names): request_timeout, request_headers_timeout,
+        #: stream_idle_timeout
+        self.downstream_rq_timeout = 0
+        self.downstream_rq_header_timeout = 0
+        self.downstream_rq_idle_timeout = 0
         self.downstream_rq_too_many_premature_resets = 0
         self.downstream_rq_1xx = 0
         self.downstream_rq_2xx = 0

@@ -3,8 +3,10 @@ differential suite, tests/integration/test_differential_http1.py and test_differ
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pathlib
+from typing import Any
 
 import pytest
 
@@ -223,3 +225,48 @@ def test_finish_lines_is_finish_on_written_lines(transformation: str, headers: H
     server_at = next((i + 1 for i, h in enumerate(headers) if h[0] == b"server"), -1)
     step.finish_lines(out, server_at, dated=any(h[0] == b"date" for h in headers))
     assert out[1:] == [b"%b: %b\r\n" % h for h in expected]
+
+
+@pytest.mark.parametrize(
+    ("hcm_fields", "expected"),
+    [
+        ({}, (0.0, 0.0, 300.0, 3600.0, 0.0)),  # Envoy's defaults (idle_timeout 1 h for an HCM)
+        ({"request_timeout": "0.5s", "request_headers_timeout": "2s", "stream_idle_timeout": "0s"},
+         (0.5, 2.0, 0.0, 3600.0, 0.0)),
+        ({"requestTimeout": {"seconds": 3, "nanos": 500_000_000}}, (3.5, 0.0, 300.0, 3600.0, 0.0)),
+        ({"common_http_protocol_options": {"idle_timeout": "10s", "max_connection_duration": "60s"}},
+         (0.0, 0.0, 300.0, 10.0, 60.0)),
+    ],
+)  # fmt: skip
+def test_bootstrap_hcm_timeouts(hcm_fields: dict[str, object], expected: tuple[float, ...]) -> None:
+    http = bootstrap.parse(_bootstrap(hcm_fields, {})).http
+    got = (http.request_timeout_s, http.request_headers_timeout_s, http.stream_idle_timeout_s, http.idle_timeout_s,
+           http.max_connection_duration_s)  # fmt: skip
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("hcm_fields", "message"),
+    [
+        ({"request_timeout": "-1s"}, r"typed_config\.request_timeout: must not be negative"),
+        ({"request_timeout": "soon"}, r"request_timeout: 'soon' is not a duration"),
+        ({"common_http_protocol_options": {"max_stream_duration": "5s"}},
+         r"common_http_protocol_options\.max_stream_duration: not supported"),
+        ({"common_http_protocol_options": {"max_requests_per_connection": 5}},
+         r"common_http_protocol_options\.max_requests_per_connection: not supported"),
+    ],
+)  # fmt: skip
+def test_bootstrap_refuses_hcm_timeouts_it_cannot_honour(hcm_fields: dict[str, object], message: str) -> None:
+    with pytest.raises(errors.ConfigError, match=message):
+        bootstrap.parse(_bootstrap(hcm_fields, {}))
+
+
+def test_bootstrap_refuses_listeners_whose_timeouts_differ() -> None:
+    doc = _bootstrap({"request_timeout": "1s"}, {})
+    listeners: list[Any] = doc["static_resources"]["listeners"]  # type: ignore[index]
+    second = copy.deepcopy(listeners[0])
+    second["name"] = "in2"
+    second["filter_chains"][0]["filters"][0]["typed_config"]["request_timeout"] = "2s"
+    listeners.append(second)
+    with pytest.raises(errors.ConfigError, match=r"listeners\[1\].*\.request_timeout: differs from .*listeners\[0\]"):
+        bootstrap.parse(doc)

@@ -225,6 +225,46 @@ def test_request_headers_timeout_counts_from_the_first_byte_whatever_follows() -
     assert dt.out[-1].startswith(b"HTTP/1.1 408 ") and dt.out[-1].endswith(b"request header timeout")
 
 
+def test_stream_idle_timeout_is_not_moved_by_a_head_trickling_in() -> None:
+    """As Envoy 1.40: the idle timer starts with the request's first byte and moves with what the codec hands the
+    stream (the whole head, body bytes), not with a head's lines."""
+    loop = _Loop()
+    down, dt, _, _ = _connected(loop, {"stream_idle_timeout_s": 5})
+    down.data_received(b"GET / HTTP/1.1\r\n")
+    for _ in range(4):
+        loop.advance(1)
+        down.data_received(b"X-Slow: 1\r\n")
+    loop.advance(1.1)
+    assert dt.out[-1].startswith(b"HTTP/1.1 408 ") and dt.out[-1].endswith(b"stream timeout")
+    assert down.proxy.stats.downstream_rq_idle_timeout == 1
+
+
+def test_request_timeout_counts_from_the_first_byte_whatever_follows() -> None:
+    loop = _Loop()
+    down, dt, _, ut = _connected(loop, {"request_timeout_s": 5, "stream_idle_timeout_s": 2})
+    down.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n")
+    for _ in range(4):
+        loop.advance(1)
+        down.data_received(b"a")  # body bytes keep the stream idle timeout away, not this one
+    assert not any(b"408" in o for o in dt.out)
+    loop.advance(1.1)
+    assert dt.out[-1].startswith(b"HTTP/1.1 408 ") and dt.out[-1].endswith(b"request timeout")
+    assert b"connection: close" in dt.out[-1] and ut.closed
+    assert down.proxy.stats.downstream_rq_timeout == 1
+
+
+def test_request_timeout_ends_with_the_request_or_once_its_response_started() -> None:
+    loop = _Loop()
+    down, dt, up, _ = _connected(loop, {"request_timeout_s": 5})
+    down.data_received(_REQ)  # whole: the request timeout is over; the route's 5 s response timeout runs
+    loop.advance(4)
+    up.data_received(_RESP)
+    down.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nab")
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nea")  # answered early, still sending
+    loop.advance(5.5)
+    assert down.proxy.stats.downstream_rq_timeout == 0 and not any(b"408" in o for o in dt.out)
+
+
 def test_max_connection_duration_closes_after_the_response_in_flight() -> None:
     loop = _Loop()
     down, dt, up, _ = _connected(loop, {"max_connection_duration_s": 3})
