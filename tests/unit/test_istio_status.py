@@ -68,6 +68,18 @@ def evidence(**fields: Any) -> proxies.Evidence:
         ({"unseen": False, "running": False}, proxies.LOADED, "Loaded"),
         ({"unseen": True, "nacked": "Unable to create Wasm plugin shop.hdr"}, proxies.FAILED, "ProxyNACK"),
         ({"unseen": True, "sync": sync("n2", "n1")}, proxies.PENDING, "AwaitingACK"),
+        # remote code Envoy fetches itself: a fetch it gave up since the url was delivered leaves a filter without
+        # its module (503) whatever the module server served; a warming listener may still be fetching
+        ({"envoy_fetches": proxies.RemoteFetches(failures=1, warming=0)}, proxies.PENDING, "FetchGaveUp"),
+        ({"envoy_fetches": proxies.RemoteFetches(failures=1, warming=1)}, proxies.PENDING, "FetchGaveUp"),
+        ({"envoy_fetches": proxies.RemoteFetches(failures=0, warming=2)}, proxies.PENDING, "FetchInProgress"),
+        ({"envoy_fetches": proxies.RemoteFetches(failures=0, warming=0)}, proxies.LOADED, "Loaded"),
+        ({"envoy_fetches": proxies.RemoteFetches(0, 0), "fetched": None}, proxies.PENDING, "NotDownloaded"),
+        ({"envoy_fetches": proxies.RemoteFetches(3, 0), "confirmed": True}, proxies.PENDING, "FetchGaveUp"),
+        ({"envoy_fetches": proxies.RemoteFetches(3, 0), "needs_download": False}, proxies.LOADED, "Loaded"),
+        # Envoy's stats not read (its admin busy, a NetworkPolicy): not known, never Loaded on the download alone
+        ({"envoy_stats_unread": "stats at http://10.0.0.2:15020 did not answer"}, proxies.PENDING, "EnvoyStatsUnread"),
+        ({"envoy_stats_unread": "x", "confirmed": True, "fetched": None}, proxies.PENDING, "EnvoyStatsUnread"),
     ],
 )
 def test_judge(fields: dict[str, Any], state: str, reason: str) -> None:
@@ -449,6 +461,72 @@ envoy_wasm_wasm_vm_count{} 3
 )
 def test_the_wasm_plugins_an_envoy_runs_from_its_stats(names: tuple[str, ...], running: bool) -> None:
     assert any(proxies.stat_name(n) in proxies.wasm_plugins(AGENT_STATS) for n in names) is running
+
+
+#: the same page's remote code and listener lines (Envoy 1.40 behind istio-agent: two fetches given up)
+REMOTE_STATS = """# TYPE envoy_wasm_remote_load_fetch_failures counter
+envoy_wasm_remote_load_fetch_failures{} 2
+# TYPE envoy_wasm_remote_load_fetch_successes counter
+envoy_wasm_remote_load_fetch_successes{} 2
+# TYPE envoy_listener_manager_total_listeners_warming gauge
+envoy_listener_manager_total_listeners_warming{} 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("page", "fetches"),
+    [
+        (REMOTE_STATS, proxies.RemoteFetches(failures=2, warming=1)),
+        # an Envoy that never built remote code has no remote_load stats: none given up
+        ("envoy_listener_manager_total_listeners_warming 0\n", proxies.RemoteFetches(failures=0, warming=0)),
+        (AGENT_STATS, None),  # no listener stats: not Envoy's page as istio-agent serves it
+        ("", None),
+    ],
+)
+def test_envoys_remote_fetches_from_its_stats(page: str, fetches: proxies.RemoteFetches | None) -> None:
+    assert proxies.remote_fetches(page) == fetches
+
+
+URI = "http://modules/sha256/aa?sig=1"
+
+
+def given_up(failures: int) -> proxies.RemoteFetches:
+    return proxies.RemoteFetches(failures=failures, warming=0)
+
+
+@pytest.mark.parametrize(
+    ("delivered", "uri", "now", "confirmed", "since"),
+    [
+        (3, URI, 3, False, 0),  # nothing given up since the url's push
+        (3, URI, 5, False, 2),
+        (None, URI, 5, False, 5),  # not read at the push: every fetch of the Envoy's life counts
+        (7, URI, 2, False, 2),  # the Envoy restarted (its counters start again): all after the push
+        # no mark for this url (a pod created later, or the operator restarted): from 0, unless the status counted
+        # the pod loaded with this module (then from now)
+        ("none", URI, 4, False, 4),
+        ("none", URI, 4, True, 0),
+        (3, f"{URI}&redelivery=1", 4, False, 4),
+    ],
+)
+def test_fetches_given_up_count_from_the_push_of_the_url(
+    delivered: int | str | None, uri: str, now: int, confirmed: bool, since: int
+) -> None:
+    marks = istio_configmap.FetchMarks()
+    key = ("shop", "big")
+    if delivered != "none":
+        marks.delivering(key, URI, {"cart-0": given_up(delivered) if isinstance(delivered, int) else None})
+    assert marks.since(key, "cart-0", uri, given_up(now), confirmed=confirmed).failures == since
+    assert marks.since(key, "cart-0", uri, given_up(now), confirmed=False).failures == since  # the mark stays
+
+
+def test_fetch_marks_are_per_plugin_and_forgotten_with_it() -> None:
+    marks = istio_configmap.FetchMarks()
+    marks.delivering(("shop", "a"), URI, {"cart-0": given_up(2)})
+    marks.delivering(("shop", "b"), URI, {"cart-0": given_up(5)})
+    assert marks.since(("shop", "a"), "cart-0", URI, given_up(6), confirmed=False).failures == 4
+    marks.forget(("shop", "a"))
+    assert marks.since(("shop", "a"), "cart-0", URI, given_up(6), confirmed=False).failures == 6
+    assert marks.since(("shop", "b"), "cart-0", URI, given_up(6), confirmed=False).failures == 1
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,12 @@ A plugin in the mesh's root namespace applies mesh-wide: its ConfigMap is copied
 pod it selects, and removed from namespaces that no longer have one. A TrafficExtension's Lua travels inline in the
 EnvoyFilter (no ConfigMap, nothing to mount or download).
 Status: the per-pod verdicts of `meshplug.controller.delivery.proxies` (istiod's listeners for the proxy carry the
-filter with this module, LDS ACKed, and for remote code the module server saw the download).
+filter with this module, LDS ACKed, and for remote code the module server saw the download and Envoy's own stats
+show no fetch given up since the url was delivered and no listener warming). Envoy fetches remote code once per
+filter config it builds (each listener, each filter chain); one that gives up after its retries leaves its filter
+answering 503 until the listener is built again, whatever the other fetches (and the module server) did:
+``FetchGaveUp`` (`FetchMarks` counts them from the url's push), and the module is delivered again (a new url:
+Envoy builds every listener of it again and takes the module from its code cache).
 Reads: the ConfigMaps and EnvoyFilters it rendered come from the operator's caches (`informer.OwnedCache`, set by
 `use_caches`; the API until then), which keep a ConfigMap's module as its digest (`trimmed`): a reconcile reads
 nothing from the API, and a new plugin costs the writes alone (ConfigMap, EnvoyFilter).
@@ -34,6 +39,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -81,6 +87,7 @@ class IstioConfigMap(istio_pods.Route):
         self.repush = istio_pods.Redelivery(
             UNMOUNTED, after_s=limits.REPUSH_AFTER_S, max_s=limits.REPUSH_MAX_S, most=limits.REPUSH_MAX
         )
+        self.fetch_marks = FetchMarks()
 
     def use_caches(self, config_maps: informer.ObjectSource, envoy_filters: informer.ObjectSource) -> None:
         """Read the rendered ConfigMaps and EnvoyFilters from these (the operator's caches)."""
@@ -117,19 +124,23 @@ class IstioConfigMap(istio_pods.Route):
         else:
             self._delete_config_maps(plugin.namespace, plugin.name, plugin.kind, keep=set())
         if isinstance(code, model.RemoteCode):
-            delivered = _delivered_attempt(self._current_envoy_filter(plugin), code)
-            code = _redelivered(code, self.redelivery.attempt(request.key, digest, delivered))
+            current = self._current_envoy_filter(plugin)
+            code = _redelivered(code, self.redelivery.attempt(request.key, digest, _delivered_attempt(current, code)))
+            if not _carries_uri(current, code.uri):  # Envoy's fetches given up count from before this url's push
+                self.fetch_marks.delivering(request.key, code.uri, self._envoy_fetches(plugin, pods))
         version = _version(plugin, digest)
         self.repush.attempt(request.key, digest)  # counts the pushes again of this module's listener
         if self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code)):
             self._watch(plugin, code, version)
         what = f"EnvoyFilter {plugin.namespace}/{istio.envoy_filter_name(plugin)} carries {digest or plugin.url}"
         confirmed = istio_pods.confirmed_before(request.body, digest)
-        verdicts = self._verdicts(plugin, code, pods, (confirmed, version), self.changes.get(request.key))
+        verdicts = self._verdicts(request.key, plugin, code, pods, (confirmed, version), self.changes.get(request.key))
         again = self.redelivery.due(request.key, digest, verdicts) if isinstance(code, model.RemoteCode) else None
         if again is not None and isinstance(code, model.RemoteCode):  # a new url makes Envoy fetch once more
             log.info("%s/%s: delivering %s again (attempt %d)", plugin.namespace, plugin.name, digest, again)
-            self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, _redelivered(code, again)))
+            code = _redelivered(code, again)
+            self.fetch_marks.delivering(request.key, code.uri, self._envoy_fetches(plugin, pods))
+            self._apply_envoy_filter(request.key, istio.envoy_filter(plugin, code))
             self._watch(plugin, code, version)
         push = self.repush.due(request.key, digest, verdicts) if isinstance(code, model.LocalCode) else None
         if push is not None:  # the kubelet may have put the file in the pod by now: Envoy takes the listener pushed
@@ -142,6 +153,35 @@ class IstioConfigMap(istio_pods.Route):
             self._unmark(istio.envoy_filter(plugin, code))  # the push mark did its work: it goes
         out = istio_pods.report(verdicts, request, tracked=self.selection.tracked(plugin), what=what)
         return istio_pods.recheck_while_fresh(out, self.changes.get(request.key))
+
+    def _envoy_fetches(
+        self, plugin: spec.PluginSpec, pods: list[dict[str, Any]]
+    ) -> dict[str, proxies.RemoteFetches | None]:
+        """Each pod's Envoy's account of its remote code fetches now (a fresh read of its stats; None: not read), by
+        pod label."""
+        now, out = time.monotonic(), {}
+        for pod in pods:
+            found = self.agent_stats.remote_fetches(pod, after=now)
+            out[self.selection.label(plugin, pod)] = found if isinstance(found, proxies.RemoteFetches) else None
+        return out
+
+    def _fetched_by_envoy(
+        self,
+        key: tuple[str, str],
+        pod: tuple[str, Mapping[str, Any]],
+        code: model.Code | None,
+        *,
+        confirmed: bool,
+        after: float,
+    ) -> tuple[proxies.RemoteFetches | None, str]:
+        """For remote code, what the pod's Envoy's own fetches came to since this url was delivered, or why its
+        stats could not be read; (None, "") for code Envoy does not fetch."""
+        if not isinstance(code, model.RemoteCode):
+            return None, ""
+        now = self.agent_stats.remote_fetches(pod[1], after=after)
+        if isinstance(now, str):
+            return None, now
+        return self.fetch_marks.since(key, pod[0], code.uri, now, confirmed=confirmed), ""
 
     def _watch(self, plugin: spec.PluginSpec, code: model.Code | None, version: str) -> None:
         """Have `nacks.NackWatch` note this version's listener NACKs for `limits.PROXY_PUSH_GRACE_S` from now."""
@@ -283,6 +323,7 @@ class IstioConfigMap(istio_pods.Route):
         """Delete the plugin's EnvoyFilter and every ConfigMap of it (always looked for: found by label)."""
         del owned
         self.redelivery.forget((namespace, name))
+        self.fetch_marks.forget((namespace, name))
         self.repush.forget((namespace, name))
         self.changes.pop((namespace, name), None)
         kind, name = spec.split_key_name(name)  # what this path renders is labelled with the resource's name and kind
@@ -301,8 +342,9 @@ class IstioConfigMap(istio_pods.Route):
 
     # --- status ----------------------------------------------------------------------------------------------
 
-    def _verdicts(
+    def _verdicts(  # noqa: PLR0917
         self,
+        key: tuple[str, str],
         plugin: spec.PluginSpec,
         code: model.Code | None,
         pods: list[dict[str, Any]],
@@ -348,6 +390,11 @@ class IstioConfigMap(istio_pods.Route):
             elif sync is not None:  # a listener refused for a reason that went is taken by a later push
                 self.nacks.heal(remembered, sync)
             remote = isinstance(code, model.RemoteCode)
+            envoy_fetches, unread = (
+                self._fetched_by_envoy(key, (label, pod), code, confirmed=label in confirmed, after=after)
+                if pushed
+                else (None, "")
+            )
             evidence = proxies.Evidence(
                 pod=label,
                 ready=proxies.is_ready(pod),
@@ -361,6 +408,8 @@ class IstioConfigMap(istio_pods.Route):
                 blocked=blocked,
                 istiod_problem=problem,
                 nacked=self.nacks.get(remembered),
+                envoy_fetches=envoy_fetches,
+                envoy_stats_unread=unread,
             )
             verdict = _unmounted(proxies.judge(evidence), code)
             if verdict.state == proxies.LOADED:
@@ -429,6 +478,49 @@ def _redelivered(code: model.RemoteCode, attempt: int) -> model.RemoteCode:
     if not attempt:
         return code
     return dataclasses.replace(code, uri=f"{code.uri}{'&' if '?' in code.uri else '?'}redelivery={attempt}")
+
+
+def _carries_uri(existing: Mapping[str, Any] | None, uri: str) -> bool:
+    """Whether the plugin's EnvoyFilter (as cached) names remote code by exactly this url."""
+    return existing is not None and json.dumps(uri) in json.dumps(existing.get("spec"))
+
+
+class FetchMarks:
+    """Per plugin and pod: how many remote code fetches the pod's Envoy had given up (`proxies.RemoteFetches`) when
+    the url it has was delivered, so that the ones given up since are told apart. Envoy counts every module's
+    fetches together: one of another remote module given up since holds this plugin too (its redelivery costs a
+    listener build, the module taken from Envoy's code cache). A pod without a mark (created after the delivery, or
+    the operator restarted) counts from 0 (every fetch of its Envoy's life), unless the status counted it loaded
+    with this module already (then from now); a count lower than the mark (an Envoy that restarted, or counters
+    that started again: `proxies.RemoteFetches`) counts from 0 again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._marks: dict[tuple[tuple[str, str], str], tuple[str, int | None]] = {}  # (key, pod) -> (url, count)
+
+    def delivering(
+        self, key: tuple[str, str], uri: str, readings: Mapping[str, proxies.RemoteFetches | None]
+    ) -> None:
+        """``uri`` is about to be delivered to these pods (their readings taken just before; None: not read)."""
+        with self._lock:
+            for pod, reading in readings.items():
+                self._marks[(key, pod)] = (uri, reading.failures if reading is not None else None)
+
+    def since(
+        self, key: tuple[str, str], pod: str, uri: str, now: proxies.RemoteFetches, *, confirmed: bool
+    ) -> proxies.RemoteFetches:
+        """``now`` with the fetches given up since ``uri`` was delivered to ``pod``."""
+        with self._lock:
+            uri_then, count = self._marks.get((key, pod), ("", None))
+            if uri_then != uri or count is None or now.failures < count:
+                count = now.failures if confirmed and uri_then != uri else 0
+                self._marks[(key, pod)] = (uri, count)
+        return dataclasses.replace(now, failures=now.failures - count)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            for mark in [m for m in self._marks if m[0] == key]:
+                del self._marks[mark]
 
 
 def _delivered_attempt(existing: Mapping[str, Any] | None, code: model.RemoteCode) -> int:

@@ -49,7 +49,6 @@ class IstioNative(istio_pods.Route):
         """`istio_pods.Route`'s arguments (istiod's one `nacks.NackWatch` reads it for every plugin of both
         routes). The rendered objects are read from the API until `use_caches`."""
         super().__init__(*args, **kwargs)
-        self.agent_stats = proxies.AgentStats()
         self.extensions: dict[str, informer.ObjectSource] = {
             kind: informer.ApiObjects(self.writer, istio_native.API_VERSION, kind) for kind in istio_native.KINDS
         }

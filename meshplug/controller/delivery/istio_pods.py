@@ -53,6 +53,7 @@ class Route:
         self.fetch_log = fetch_log
         self.selection = selection
         self.redelivery = Redelivery()
+        self.agent_stats = proxies.AgentStats()  # Envoy's stats, from each pod's istio-agent
         self.nack_watch = nacks.watch_of(istiod)
         self.nacks = self.nack_watch.memory
         self.changes: dict[tuple[str, str], proxies.Change] = {}  # meshplug's last change of each rendered object
@@ -189,9 +190,9 @@ def report(
     )
 
 
-#: verdicts that mean the proxy was sent the module but has not downloaded it (istio-agent and Envoy download only
-#: when their config changes, so waiting does not help)
-STUCK = frozenset({"DownloadFailed", "NotDownloaded"})
+#: verdicts that mean the proxy was sent the module but has not downloaded it, or (FetchGaveUp) a filter of it has no
+#: module (istio-agent and Envoy download only when their config changes, so waiting does not help)
+STUCK = frozenset({"DownloadFailed", "NotDownloaded", "FetchGaveUp"})
 
 
 class Redelivery:

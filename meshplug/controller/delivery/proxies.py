@@ -14,6 +14,11 @@ Sources, all real:
   FAIL_OPEN, and nothing reaches istiod), so a failed or missing download is only visible here. istio-agent caches
   modules per pod by sha256: a pod downloads a module once in its life. Confirmations therefore persist in the
   plugin's status (``loadedPods``) and survive an operator restart.
+- `AgentStats`: Envoy's own stats as each pod's istio-agent serves them (``/stats/prometheus`` on its status port,
+  what Prometheus scrapes; Istio always includes Envoy's ``wasm`` and ``listener_manager`` stats): the Wasm plugins
+  Envoy built, and its remote code fetches given up (`RemoteFetches`: the ConfigMap route's remote code is fetched
+  by Envoy itself, once per filter config, and a fetch given up leaves that filter failing closed however often the
+  module server served the module).
 - istiod keeps per proxy and xDS type only the last NACK's error (`meshplug.controller.delivery.nacks` keeps what
   was seen, and accounts for the rejections no reading showed).
 Reads of istiod are shared (`meshplug.controller.delivery.shared_reads`): a reconcile that needs istiod's syncz, or
@@ -262,16 +267,34 @@ class AgentStats:
 
     def runs_wasm(self, pod: Mapping[str, Any], names: Sequence[str], *, after: float | None = None) -> bool | None:
         """Whether the pod's Envoy runs a Wasm plugin named one of ``names`` (None: its stats cannot be read)."""
+        text = self._page(pod, after)
+        if text is None:
+            return None
+        running = wasm_plugins(text)
+        return any(stat_name(n) in running for n in names)
+
+    def remote_fetches(self, pod: Mapping[str, Any], *, after: float | None = None) -> RemoteFetches | str:
+        """The pod's Envoy's account of its remote code fetches, or why its stats could not be read."""
+        url = agent_stats_url(pod)
+        text = self._page(pod, after)
+        found = remote_fetches(text) if text is not None else None
+        if found is not None:
+            return found
+        if not url:
+            return "the pod has no IP or istio-agent status port to read Envoy's stats from"
+        if text is None:
+            return f"Envoy's stats at {url} did not answer"
+        return f"{url} has no Envoy listener stats"
+
+    def _page(self, pod: Mapping[str, Any], after: float | None) -> str | None:
         url = agent_stats_url(pod)
         if not url:
             return None
         try:
-            text = self._reads.get(url, lambda: self._text(url), after=after)
+            return self._reads.get(url, lambda: self._text(url), after=after)
         except (OSError, ValueError) as exc:
             log.info("%s: %s", url, exc)
             return None
-        running = wasm_plugins(text)
-        return any(stat_name(n) in running for n in names)
 
     def _text(self, url: str) -> str:
         with urllib.request.urlopen(url, timeout=self.timeout) as resp:  # noqa: S310 - the pod's own status port
@@ -290,6 +313,37 @@ def agent_stats_url(pod: Mapping[str, Any]) -> str:
         return ""
     host = f"[{ip}]" if ":" in ip else ip
     return f"http://{host}:{int(port)}/stats/prometheus"
+
+
+@dataclass(frozen=True)
+class RemoteFetches:
+    """What an Envoy's stats say of its remote Wasm code (``code.remote``), every module of that Envoy together.
+    Each Wasm filter config Envoy builds with remote code takes the module from Envoy's code cache (by sha256) or
+    starts a fetch of its own, which ends once, after its retries, counted as ``wasm.remote_load_fetch_successes``
+    or ``wasm.remote_load_fetch_failures``; a filter whose fetch failed has no VM and answers every request 503
+    (fail closed) until its listener is built again, however many other listeners' fetches of the module succeed
+    (and however often the module server served it). A listener waits for its fetches while it warms
+    (``listener_manager.total_listeners_warming``). Envoy keeps the ``remote_load`` counters in the stats scope of
+    the first listener that built remote code and still exists: when that listener goes (built anew), they start
+    again from 0 with the next one that builds remote code (or are absent until then: read as 0)."""
+
+    failures: int  # fetches given up (see above: since Envoy started, or since its counters started again)
+    warming: int  # listeners warming now (a fetch may be in progress)
+
+
+def remote_fetches(page: str) -> RemoteFetches | None:
+    """`RemoteFetches` from a Prometheus stats page of Envoy (None: the page has no listener stats of Envoy's). An
+    Envoy that never built remote code has no ``remote_load`` stats yet: none failed."""
+    warming = _metric(page, "envoy_listener_manager_total_listeners_warming")
+    if warming is None:
+        return None
+    return RemoteFetches(failures=_metric(page, "envoy_wasm_remote_load_fetch_failures") or 0, warming=warming)
+
+
+def _metric(page: str, name: str) -> int | None:
+    """The value of the unlabelled metric ``name`` in a Prometheus text page (None: absent)."""
+    found = re.search(r"^" + re.escape(name) + r"(?:\{\})?\s+(\S+)", page, re.M)
+    return int(float(found.group(1))) if found else None
 
 
 def stat_name(name: str) -> str:
@@ -381,6 +435,10 @@ class Evidence:
     unseen: bool = False  # istiod counted a rejection no reading showed while this proxy was sent this version
     running: bool | None = None  # the proxy's Envoy runs a Wasm plugin of this name (its stats); None: not known
     last_nack: str = ""  # the last NACK message seen from this proxy for this plugin (any version), not healed since
+    #: remote code Envoy fetches itself: its fetches given up since this url was delivered to the pod, and whether a
+    #: listener still warms (a fetch may be in progress); None: Envoy's stats not read
+    envoy_fetches: RemoteFetches | None = None
+    envoy_stats_unread: str = ""  # remote code: why Envoy's stats could not be read ("" when read, or not needed)
 
 
 def mentions(error: str, name: str) -> bool:
@@ -447,6 +505,9 @@ def _after_ack(e: Evidence) -> Verdict:
     not serve it."""
     if not e.needs_download:
         return Verdict(e.pod, LOADED, "Loaded", "ACKed")
+    fetching = _envoy_fetching(e)
+    if fetching is not None:
+        return fetching
     if e.fetched == 200:
         return Verdict(e.pod, LOADED, "Loaded", "downloaded and ACKed")
     if e.fetched is not None:
@@ -465,6 +526,40 @@ def _after_ack(e: Evidence) -> Verdict:
         "NotDownloaded",
         "ACKed, but meshplug's module server has seen no download of this module from this pod",
     )
+
+
+def _envoy_fetching(e: Evidence) -> Verdict | None:
+    """Remote code Envoy fetches itself: pending while a fetch gave up since the url was delivered (a filter without
+    its module: 503) or a listener still warms; None when Envoy's stats say neither (or were not read)."""
+    gave_up = e.envoy_fetches
+    if gave_up is not None and gave_up.failures > 0:
+        return Verdict(
+            e.pod,
+            PENDING,
+            "FetchGaveUp",
+            f"Envoy gave up {gave_up.failures} fetch(es) of remote Wasm code since this module was delivered to it "
+            "(its wasm.remote_load_fetch_failures); the listener whose filter made it answers 503 (fail closed) "
+            "until it is built again, whatever other listeners fetched: meshplug delivers the module again (a new "
+            "url: Envoy builds those listeners again and fetches the module or takes it from its code cache)",
+        )
+    if gave_up is not None and gave_up.warming > 0:
+        return Verdict(
+            e.pod,
+            PENDING,
+            "FetchInProgress",
+            f"{gave_up.warming} of the proxy's listeners are warming (waiting for a fetch of remote Wasm code, "
+            "Envoy's listener_manager.total_listeners_warming)",
+        )
+    if e.envoy_stats_unread:
+        return Verdict(
+            e.pod,
+            PENDING,
+            "EnvoyStatsUnread",
+            f"{e.envoy_stats_unread}: whether every fetch Envoy made of the module succeeded is not known (Envoy "
+            "fetches remote code itself, once per filter config, and a fetch given up fails that filter closed; its "
+            "stats are the account of it)",
+        )
+    return None
 
 
 def summary(verdicts: Sequence[Verdict]) -> tuple[int, list[Verdict]]:
