@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import httptools
@@ -43,15 +44,54 @@ class Sink(Protocol):
     def up_resume(self) -> None: ...
 
 
+#: bytes a reason phrase may not hold (RFC 9112 4: HTAB, SP, VCHAR, obs-text): Envoy's codec refuses the response
+_BAD_REASON: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: the start of an interim (1xx) response's status line, and the blank line that ends a head
+_INTERIM_START: Final = re.compile(rb"HTTP/[0-9]\.[0-9] +1[0-9][0-9][ \r\n]")
+_HEAD_END: Final = re.compile(rb"\r?\n\r?\n")
+
+
+def _response_parser(protocol: Upstream) -> Any:
+    """llhttp on a response, as lenient as Envoy's codec where Envoy reads more: lines ended by LF alone, any
+    HTTP/x.y version (Envoy answers the client as HTTP/1.1)."""
+    parser = httptools.HttpResponseParser(protocol)
+    parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True, lenient_version=True)
+    return parser
+
+
+def blank_before_status(data: bytes, in_interim: bool) -> bool:
+    """Whether a read puts an empty line where a status line begins: at its start (the connection awaits a
+    response), or after a 1xx head that ends in it (``in_interim``: the read continues one). llhttp skips such
+    lines; Envoy's codec refuses the response (502)."""
+    at = 0
+    if in_interim:
+        end = _HEAD_END.search(data)
+        if end is None:
+            return False
+        at = end.end()
+    while at < len(data):
+        if data[at] in (10, 13):
+            return True
+        if _INTERIM_START.match(data, at) is None:
+            return False
+        end = _HEAD_END.search(data, at)
+        if end is None:
+            return False
+        at = end.end()
+    return False
+
+
 class Upstream(asyncio.Protocol):
     """One keep-alive connection to a cluster; parses one response at a time for its current `sink`."""
 
     __slots__ = (
+        "_await_status",
         "_count",
         "_head_room",
         "_headers",
         "_in_head",
         "_interim",
+        "_interim_head",
         "_mid",
         "_reason",
         "_te",
@@ -70,7 +110,7 @@ class Upstream(asyncio.Protocol):
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser = _response_parser(self)
         self.sink: Sink | None = None
         self.reused = False
         self.got_bytes = False
@@ -79,6 +119,8 @@ class Upstream(asyncio.Protocol):
         self._headers: wire.Headers = []
         self._reason = b""
         self._interim = False
+        self._await_status = True  # the next byte read should begin a status line
+        self._interim_head = False  # inside a 1xx response's head
         #: the parser is inside a message whose end the connection's close cannot be (Envoy's codec reads such a
         #: close as a protocol error: a premature EOF), i.e. not at a message boundary nor in a close-delimited body
         self._mid = False
@@ -118,6 +160,8 @@ class Upstream(asyncio.Protocol):
             return
         self.got_bytes = True
         try:
+            if (self._await_status or self._interim_head) and blank_before_status(data, self._interim_head):
+                raise httptools.HttpParserError("upstream response: a blank line where a status line begins")
             if self._in_head and len(data) > self._head_room:
                 self._feed_bounded(data)
             else:
@@ -142,9 +186,10 @@ class Upstream(asyncio.Protocol):
     def _head_ended(self, data: bytes) -> None:
         """A HEAD response's head was read: its message ends; bytes after it in the same read (a body the
         server sent anyway) leave the connection out of step: it is closed, not reused."""
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser = _response_parser(self)
         self._in_head = True
         self._mid = False
+        self._await_status = True
         self._head_room = self.pool.max_head
         if not data.endswith(b"\r\n\r\n"):
             self.close()
@@ -188,9 +233,13 @@ class Upstream(asyncio.Protocol):
         self._count = 0
         self._te = False
         self._mid = True
+        self._await_status = False
 
     def on_status(self, status: bytes) -> None:
+        if _BAD_REASON.search(status) is not None:  # Envoy's codec: 502 (a tab or obs-text are fine)
+            raise httptools.HttpParserError("upstream response: a control character in the reason phrase")
         self._reason += status
+        self._interim_head = self.parser.get_status_code() < 200
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count += 1
@@ -245,6 +294,8 @@ class Upstream(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._mid = False
+        self._await_status = True
+        self._interim_head = False
         self._in_head = True
         self._head_room = self.pool.max_head
         if self._interim:

@@ -791,6 +791,8 @@ def _found() -> Iterable[Case]:
             name=str(entry["name"]),
             family="found",
             request=str(entry["request"]).encode("latin-1"),
+            upstream=tuple(str(r).encode("latin-1") for r in entry.get("upstream", ())),
+            upstream_close=bool(entry.get("upstream_close", False)),
             stricter=str(entry.get("stricter", "")),
         )
 

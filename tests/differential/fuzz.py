@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from tests.differential.bed import Bed, Case, compare
+from tests.differential.bed import OK_RESPONSE, Bed, Case, compare
 
 #: fragments that smuggling and framing bugs are made of
 TOKENS = (
@@ -197,15 +197,14 @@ MUTATIONS: tuple[Callable[[random.Random, bytes], bytes], ...] = (
 )  # fmt: skip
 
 
-def mutate(rng: random.Random, corpus: Sequence[Case]) -> bytes:
-    data = rng.choice(corpus).request
+def mutate(rng: random.Random, starts: Sequence[bytes]) -> bytes:
+    """One to four mutations of one of `starts` (messages: requests, or an upstream's responses)."""
+    data = rng.choice(starts)
     for _ in range(rng.randint(1, 4)):
         if not data:
-            data = rng.choice(corpus).request
-        if rng.random() < 0.1:
-            data = _splice(rng, data, rng.choice(corpus).request)
-        else:
-            data = rng.choice(MUTATIONS)(rng, data)
+            data = rng.choice(starts)
+        splice = rng.random() < 0.1
+        data = _splice(rng, data, rng.choice(starts)) if splice else rng.choice(MUTATIONS)(rng, data)
     return data[:20_000]
 
 
@@ -216,10 +215,44 @@ def fuzzable(corpus: Sequence[Case]) -> list[Case]:
 
 def mutants(seed: int, corpus: Sequence[Case], count: int | None = None) -> Iterator[Case]:
     """Mutant n of `seed` (n = 0, 1, ...; `count` of them, or without end): a function of (seed, n) alone."""
-    starts = fuzzable(corpus)
+    starts = [c.request for c in fuzzable(corpus)]
     for n in itertools.count() if count is None else range(count):
         data = mutate(random.Random(f"{seed}:{n}"), starts)
         yield Case(f"fuzz-{seed}-{n}", "fuzz", data, stricter="mutant", deadline=0.8)
+
+
+#: what an upstream answers that response mutants start from (besides the corpus cases' scripted answers):
+#: both framings, trailers, repeated headers, bodiless statuses, HTTP/1.0, a body to the close, an interim 100
+RESPONSES = (
+    OK_RESPONSE,
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;e=1\r\nok\r\n0\r\nx-t: 1\r\n\r\n",
+    b"HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\r\nnot",
+    b"HTTP/1.1 204 No Content\r\nx-b: 2\r\n\r\n",
+    b'HTTP/1.1 304 Not Modified\r\netag: "x"\r\ncontent-length: 5\r\n\r\n',
+    b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nx-c: 3\r\n\r\nbody to the close",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/1.1 302 Found\r\nlocation: http://a.test/x\r\ncache-control: no-store\r\ncontent-length: 0\r\n\r\n",
+)
+#: the request every response mutant answers
+RESPONSE_MUTANT_REQUEST = b"GET /r HTTP/1.1\r\nHost: a.test\r\n\r\n"
+
+
+def response_mutants(seed: int, corpus: Sequence[Case], count: int | None = None) -> Iterator[Case]:
+    """Mutant n of `seed` of an upstream's answer (the same rules as `mutants`): one GET, the upstream sends the
+    mutant and closes; the proxies must agree on what the client gets (`safety_problems`)."""
+    starts = [*RESPONSES, *(r for c in corpus for r in c.upstream if len(r) < 20_000)]
+    for n in itertools.count() if count is None else range(count):
+        data = mutate(random.Random(f"response:{seed}:{n}"), starts)
+        yield Case(
+            f"fuzz-response-{seed}-{n}", "fuzz", RESPONSE_MUTANT_REQUEST, upstream=(data,), upstream_close=True,
+            stricter="mutant", deadline=0.8,
+        )  # fmt: skip
+
+
+#: a maker of mutants: (seed, corpus, count or None for no end) -> cases (`mutants`, `response_mutants`)
+MutantSource = Callable[[int, Sequence[Case], "int | None"], Iterator[Case]]
 
 
 def safety_problems(bed: Bed, case: Case, lane: int) -> list[str]:
@@ -228,6 +261,7 @@ def safety_problems(bed: Bed, case: Case, lane: int) -> list[str]:
     response of a mutant as one to a non-HEAD request, so its reading is not judged when a HEAD is in it."""
     got = bed.run(case, lane)
     head = b"HEAD" in case.request
+    answers = bool(case.upstream)  # a response mutant: the client's view is what is judged
     return [
         p
         for pair in case.pairs
@@ -235,7 +269,14 @@ def safety_problems(bed: Bed, case: Case, lane: int) -> list[str]:
         if "forwarded" in p
         or "differs upstream" in p
         or ("could not read" in p and not (head and "agent's response" in p))
+        or (answers and ("from Envoy" in p or "differ" in p) and not _agent_refused(p))
     ]
+
+
+def _agent_refused(problem: str) -> bool:
+    """A response mutant the agent answered 502 where Envoy passed the upstream's answer on: stricter (its
+    parser refuses obs-fold and a CR alone, which Envoy's reads), never a safety problem."""
+    return "status 502 from the agent" in problem or "got [502" in problem
 
 
 @dataclass(frozen=True)

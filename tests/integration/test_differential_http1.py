@@ -3,14 +3,15 @@ Envoy and through the agent (no plugin, and the same two plugins), same scripted
 bed.py). A case fails when the agent forwards what Envoy refused, the two disagree on a message the upstream
 received, or the client sees another status class or framing (unless the case marks the agent stricter).
 
-Then the mutation fuzzer (tests/differential/fuzz.py) over the same corpus. By default it is deterministic: the
-mutants of the fixed seeds `FUZZ_SEEDS`, `FUZZ_MUTANTS` each (mutant n of seed s depends on (s, n) only, never
-on time or machine speed), so CI fails only on a change, never on a new random draw. Exploration:
-MESHPLUG_FUZZ_SEED=random (a fresh seed, printed) or =<int>, time-boxed by MESHPLUG_FUZZ_SECONDS (default 45)
-or counted by MESHPLUG_FUZZ_MUTANTS (mutant n of seed s replays with MESHPLUG_FUZZ_SEED=s
-MESHPLUG_FUZZ_MUTANTS=n+1). An agent that forwards a mutant Envoy refused, or that the upstream cannot read,
-fails the run; the inputs are printed in found.yaml's format: after the fix they go into
-tests/differential/found.yaml, which the case test above runs against Envoy every time.
+Then the mutation fuzzer (tests/differential/fuzz.py) over the same corpus: the clients' requests, then the
+upstream's answers (one GET each; the agent must give the client what Envoy gives it, or refuse with 502). By
+default it is deterministic: the mutants of the fixed seeds `FUZZ_SEEDS`, `FUZZ_MUTANTS` each (mutant n of seed s
+depends on (s, n) only, never on time or machine speed), so CI fails only on a change, never on a new random draw.
+Exploration: MESHPLUG_FUZZ_SEED=random (a fresh seed, printed) or =<int>, time-boxed by MESHPLUG_FUZZ_SECONDS
+(default 45) or counted by MESHPLUG_FUZZ_MUTANTS (mutant n of seed s replays with MESHPLUG_FUZZ_SEED=s
+MESHPLUG_FUZZ_MUTANTS=n+1). An agent that forwards a mutant Envoy refused, or that the upstream cannot read, fails
+the run; the inputs are printed in found.yaml's format: after the fix they go into tests/differential/found.yaml,
+which the case test above runs against Envoy every time.
 """
 
 from __future__ import annotations
@@ -78,14 +79,25 @@ def fuzz_plan() -> list[tuple[int, int | None, float | None]]:
     return [(seed, None, float(os.environ.get("MESHPLUG_FUZZ_SECONDS", "45")))]
 
 
-def test_mutation_fuzz_finds_no_divergence(outcomes: tuple[bed.Bed, dict[str, dict[str, bed.Outcome]]]) -> None:
+@pytest.mark.parametrize("make", [fuzz.mutants, fuzz.response_mutants], ids=["requests", "responses"])
+def test_mutation_fuzz_finds_no_divergence(
+    outcomes: tuple[bed.Bed, dict[str, dict[str, bed.Outcome]]], make: fuzz.MutantSource
+) -> None:
     running = outcomes[0]
     found: list[fuzz.Found] = []
     for seed, count, seconds in fuzz_plan():
-        ran, diverging = fuzz.run(running, fuzz.mutants(seed, cases.CASES, count), seconds=seconds)
-        print(f"fuzz seed {seed}: {ran} mutants, {len(diverging)} divergence(s)")
+        ran, diverging = fuzz.run(running, make(seed, cases.CASES, count), seconds=seconds)
+        print(f"fuzz seed {seed}: {ran} {make.__name__}, {len(diverging)} divergence(s)")
         found += diverging
     if found:
-        entries = [{"name": f.case.name, "request": f.case.request.decode("latin-1")} for f in found]
+        entries = [
+            {"name": f.case.name, "request": f.case.request.decode("latin-1")}
+            | (
+                {"upstream": [r.decode("latin-1") for r in f.case.upstream], "upstream_close": True}
+                if f.case.upstream
+                else {}
+            )
+            for f in found
+        ]
         report = "\n".join(f"{f.case.name}: {'; '.join(f.problems)}" for f in found)
         pytest.fail(f"{len(found)} divergence(s):\n{report}\nfound.yaml entries:\n{yaml.safe_dump(entries)}")
