@@ -152,6 +152,19 @@ H2_PREMATURE_RESET_TOTAL = 500
 H2_MAX_CONSECUTIVE_EMPTY_FRAMES = 1
 H2_MAX_PRIORITY_FRAMES_PER_STREAM = 100
 H2_MAX_WINDOW_UPDATES_PER_DATA_FRAME_SENT = 10
+#: outbound flood limits (Envoy's max_outbound_frames / max_outbound_control_frames): frames serialized for a peer
+#: and not yet taken by its socket, all of them / the control frames among them (PING and SETTINGS ACKs,
+#: RST_STREAM); checked after each read and each write as Envoy's codec does; past one the connection is closed
+#: (after a read: what was queued is flushed first, Envoy's FlushWriteAndDelay; otherwise at once)
+H2_MAX_OUTBOUND_FRAMES = 10_000
+H2_MAX_OUTBOUND_CONTROL_FRAMES = 1_000
+#: which limit a flood passed: FloodError.code of both HTTP/2 codecs (meshplug/agent/_h2codec.c defines the same
+#: numbers) and of the outbound check; each has its counter (Envoy's http2.inbound_empty_frames_flood, ...)
+H2_FLOOD_EMPTY_FRAMES = 1
+H2_FLOOD_PRIORITY = 2
+H2_FLOOD_WINDOW_UPDATE = 3
+H2_FLOOD_OUTBOUND = 4
+H2_FLOOD_OUTBOUND_CONTROL = 5
 #: streams per upstream HTTP/2 connection before another is opened (the upstream's own SETTINGS may lower it)
 H2_UPSTREAM_MAX_STREAMS = 1024
 

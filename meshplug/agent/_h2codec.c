@@ -16,7 +16,7 @@
  *       (Envoy's ProtocolConstraints: a peer past one of them is a flood; receive raises FloodError, nothing is
  *       queued, and the connection is to be closed without a GOAWAY, as Envoy does).
  *   receive(data) -> [(kind, stream_id, obj, flag, num)]  raises FloodError (a CodecError: its message names the
- *       flood) when the peer floods, else CodecError after queueing the GOAWAY when the
+ *       flood, its `code` is one of FLOOD_*) when the peer floods, else CodecError after queueing the GOAWAY when the
  *       peer broke the protocol (a connection error) -- or, as Envoy's codec for an invalid frame (a bad header
  *       block, a flow-control or protocol error nghttp2 reports to on_invalid_frame), with nothing more to send
  *       (a server session's data_to_send() is empty from then on); its `events` attribute holds the events of the frames
@@ -34,6 +34,8 @@
  *       peer's windows allow (trailers after the body, END_STREAM on them)
  *   reset(sid, code), forget(sid) (nothing more sent or handed over), reset_after_end(sid) (RST_STREAM NO_ERROR once our END_STREAM is out), ack(sid, n)
  *   goaway(code, last_stream_id (-1: the last one processed)), data_to_send() -> bytes, buffered() -> int,
+ *   frames_out() -> (frames, control frames) serialized so far (what nghttp2 queued is serialized first; control:
+ *       PING and SETTINGS ACKs and RST_STREAM, as Envoy counts them against max_outbound_control_frames),
  *   remote_max_streams() -> int, next_stream_id() -> int
  *
  * nghttp2 options as Envoy 1.40 sets them (source/common/http/http2/codec_impl.cc, Http2Options): no closed
@@ -52,6 +54,11 @@
 #define EV_DATA 4
 #define EV_RESET 5
 #define EV_GOAWAY 7
+
+/* the floods FloodError.code names (h2conn.FLOOD_*: the same numbers) */
+#define FLOOD_EMPTY_FRAMES 1
+#define FLOOD_PRIORITY 2
+#define FLOOD_WINDOW_UPDATE 3
 
 static PyObject *CodecError;
 static PyObject *FloodError;
@@ -118,6 +125,13 @@ typedef struct {
     unsigned long long max_empty, max_priority, max_window;
     unsigned long long empty_run, priority_frames, window_frames, opened_streams, data_frames_sent;
     const char *flood;
+    int flood_code;
+    /* frames serialized so far (Envoy's outbound frame accounting: all, and the control frames it watches --
+     * PING and SETTINGS ACKs, RST_STREAM); the scan of the bytes handed over: the rest of the current frame's
+     * payload to pass, or the part of its 9-byte header seen */
+    unsigned long long frames_out, control_out;
+    size_t scan_skip, scan_hlen;
+    uint8_t scan_hdr[9];
 } Session;
 
 static stream_t *stream_new(Session *self, int32_t id) {
@@ -216,12 +230,16 @@ static int track_inbound(Session *self, uint8_t type, uint8_t flags, size_t payl
     default:
         return 0;
     }
-    if (self->empty_run > self->max_empty)
+    if (self->empty_run > self->max_empty) {
         self->flood = "Too many consecutive frames with an empty payload";
-    else if (self->priority_frames > self->max_priority * (1 + self->opened_streams))
+        self->flood_code = FLOOD_EMPTY_FRAMES;
+    } else if (self->priority_frames > self->max_priority * (1 + self->opened_streams)) {
         self->flood = "Too many PRIORITY frames";
-    else if (self->window_frames > 5 + 2 * (self->opened_streams + self->max_window * self->data_frames_sent))
+        self->flood_code = FLOOD_PRIORITY;
+    } else if (self->window_frames > 5 + 2 * (self->opened_streams + self->max_window * self->data_frames_sent)) {
         self->flood = "Too many WINDOW_UPDATE frames";
+        self->flood_code = FLOOD_WINDOW_UPDATE;
+    }
     return self->flood != NULL;
 }
 
@@ -570,6 +588,9 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds) {
     /* rapid reset is answered by Envoy's premature-reset rule (h2down, limits.H2_PREMATURE_RESET_*), not by
      * the library's own token bucket, which would end the connection with GOAWAY mid-read */
     nghttp2_option_set_stream_reset_rate_limit(opt, UINT64_MAX, UINT64_MAX);
+    /* Envoy raises the library's own cap on queued ACKs (1000 since nghttp2 1.39.2) back to 10,000: its outbound
+     * control-frame limit (h2wire.H2Peer, 1000 after a read) answers first */
+    nghttp2_option_set_max_outbound_ack(opt, 10000);
     int rv = server ? nghttp2_session_server_new2(&self->session, cb, self, opt)
                     : nghttp2_session_client_new2(&self->session, cb, self, opt);
     nghttp2_option_del(opt);
@@ -602,6 +623,32 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
+/* count the frames in bytes about to be handed over (their headers, wherever the chunks cut them) */
+static void count_frames(Session *self, const uint8_t *p, size_t n) {
+    while (n) {
+        if (self->scan_skip) {
+            size_t k = self->scan_skip < n ? self->scan_skip : n;
+            self->scan_skip -= k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        size_t k = 9 - self->scan_hlen < n ? 9 - self->scan_hlen : n;
+        memcpy(self->scan_hdr + self->scan_hlen, p, k);
+        self->scan_hlen += k;
+        p += k;
+        n -= k;
+        if (self->scan_hlen < 9) break;
+        const uint8_t *h = self->scan_hdr;
+        self->scan_hlen = 0;
+        self->scan_skip = ((size_t)h[0] << 16) | ((size_t)h[1] << 8) | h[2];
+        self->frames_out++;
+        if (((h[3] == NGHTTP2_PING || h[3] == NGHTTP2_SETTINGS) && (h[4] & NGHTTP2_FLAG_ACK)) ||
+            h[3] == NGHTTP2_RST_STREAM)
+            self->control_out++;
+    }
+}
+
 /* serialize what nghttp2 has queued into self->out */
 static int drain(Session *self) {
     for (;;) {
@@ -616,6 +663,7 @@ static int drain(Session *self) {
             PyErr_NoMemory();
             return -1;
         }
+        count_frames(self, data, (size_t)n);
     }
 }
 
@@ -634,7 +682,11 @@ static PyObject *Session_receive(Session *self, PyObject *arg) {
     if (self->flood) { /* nothing more is read or sent: the connection is closed without a GOAWAY (Envoy) */
         self->events = NULL;
         Py_DECREF(events);
-        PyErr_SetString(FloodError, self->flood);
+        PyObject *exc = PyObject_CallFunction(FloodError, "s", self->flood);
+        PyObject *code = PyLong_FromLong(self->flood_code);
+        if (exc && code && PyObject_SetAttrString(exc, "code", code) == 0) PyErr_SetObject(FloodError, exc);
+        Py_XDECREF(code);
+        Py_XDECREF(exc);
         return NULL;
     }
     if (self->failed) {
@@ -680,6 +732,12 @@ static PyObject *Session_data_to_send(Session *self, PyObject *noargs) {
     PyObject *b = PyBytes_FromStringAndSize(self->out.p + self->out.off, (Py_ssize_t)n);
     if (b) self->out.len = self->out.off = 0;
     return b;
+}
+
+static PyObject *Session_frames_out(Session *self, PyObject *noargs) {
+    (void)noargs;
+    if (!self->silent && drain(self)) return NULL;
+    return Py_BuildValue("(KK)", self->frames_out, self->control_out);
 }
 
 static PyObject *Session_send_headers(Session *self, PyObject *args) {
@@ -844,6 +902,7 @@ static PyObject *Session_next_stream_id(Session *self, PyObject *noargs) {
 static PyMethodDef Session_methods[] = {
     {"receive", (PyCFunction)Session_receive, METH_O, "events for received bytes"},
     {"data_to_send", (PyCFunction)Session_data_to_send, METH_NOARGS, "bytes to write"},
+    {"frames_out", (PyCFunction)Session_frames_out, METH_NOARGS, "frames serialized so far: (all, control)"},
     {"send_headers", (PyCFunction)Session_send_headers, METH_VARARGS, "queue a header block"},
     {"send_data", (PyCFunction)Session_send_data, METH_VARARGS, "queue body bytes"},
     {"send_trailers", (PyCFunction)Session_send_trailers, METH_VARARGS, "queue trailers (end the stream)"},
@@ -883,7 +942,10 @@ PyMODINIT_FUNC PyInit__h2codec(void) {
     if (!CodecError || !FloodError || PyModule_AddObjectRef(m, "CodecError", CodecError) < 0 ||
         PyModule_AddObjectRef(m, "FloodError", FloodError) < 0 ||
         PyModule_AddObjectRef(m, "Session", (PyObject *)&SessionType) < 0 ||
-        PyModule_AddStringConstant(m, "NGHTTP2_VERSION", NGHTTP2_VERSION) < 0) {
+        PyModule_AddStringConstant(m, "NGHTTP2_VERSION", NGHTTP2_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "FLOOD_EMPTY_FRAMES", FLOOD_EMPTY_FRAMES) < 0 ||
+        PyModule_AddIntConstant(m, "FLOOD_PRIORITY", FLOOD_PRIORITY) < 0 ||
+        PyModule_AddIntConstant(m, "FLOOD_WINDOW_UPDATE", FLOOD_WINDOW_UPDATE) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -94,13 +94,45 @@ def nghttp2_goaway(exc: Exception, frame_type: int, stream_id: int, idle: bool) 
 
 class Flood(h2.exceptions.ProtocolError):
     """The peer went past one of Envoy's inbound flood limits (`FloodGuard`): the connection is to be closed, no
-    GOAWAY; `events`: what the frames before gave."""
+    GOAWAY; `code`: which limit (limits.H2_FLOOD_*, as _h2codec's FloodError.code); `events`: what the frames
+    before gave."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
+        self.code = code
         self.events: list[Any] = []
 
 
+class FrameCount:
+    """Frames in the bytes handed to a peer, counted as Envoy counts them against its outbound limits: all of them,
+    and the control frames (PING and SETTINGS ACKs, RST_STREAM); chunks may cut a frame anywhere."""
+
+    __slots__ = ("_head", "_skip", "control", "frames")
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.control = 0
+        self._skip = 0  # the rest of the current frame's payload
+        self._head = b""  # the part of the next frame's header seen
+
+    def add(self, data: bytes) -> None:
+        pos, end = self._skip, len(data)
+        if self._head:
+            data = self._head + data
+            end = len(data)
+            pos = 0
+        while pos + 9 <= end:
+            kind, flags = data[pos + 3], data[pos + 4]
+            self.frames += 1
+            if kind == _RST_STREAM or (kind in _ACKED and flags & 1):
+                self.control += 1
+            pos += 9 + int.from_bytes(data[pos : pos + 3], "big")
+        self._head = data[pos:] if pos < end else b""
+        self._skip = pos - end if pos > end else 0
+
+
+_RST_STREAM = 0x3
+_ACKED = (0x4, 0x6)  # SETTINGS, PING
 _BLOCK_OR_DATA = (hyperframe.frame.HeadersFrame, hyperframe.frame.ContinuationFrame, hyperframe.frame.DataFrame)
 
 
@@ -133,12 +165,12 @@ class FloodGuard:
         else:
             return
         if self.empty_run > limits.H2_MAX_CONSECUTIVE_EMPTY_FRAMES:
-            raise Flood("Too many consecutive frames with an empty payload")
+            raise Flood("Too many consecutive frames with an empty payload", limits.H2_FLOOD_EMPTY_FRAMES)
         if self.priority_frames > limits.H2_MAX_PRIORITY_FRAMES_PER_STREAM * (1 + self.opened_streams):
-            raise Flood("Too many PRIORITY frames")
+            raise Flood("Too many PRIORITY frames", limits.H2_FLOOD_PRIORITY)
         per_data = limits.H2_MAX_WINDOW_UPDATES_PER_DATA_FRAME_SENT
         if self.window_frames > 5 + 2 * (self.opened_streams + per_data * self.data_frames_sent):
-            raise Flood("Too many WINDOW_UPDATE frames")
+            raise Flood("Too many WINDOW_UPDATE frames", limits.H2_FLOOD_WINDOW_UPDATE)
 
 
 class _GuardedFrames(h2.frame_buffer.FrameBuffer):

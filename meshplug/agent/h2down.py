@@ -608,11 +608,18 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         self.proxy.connection_closed()
 
     def data_received(self, data: bytes) -> None:
+        self.reading = True
+        try:
+            self._read(data)
+        finally:
+            self.reading = False
+
+    def _read(self, data: bytes) -> None:
         try:
             events = self.receive(data)
         except h2wire.FLOOD_ERRORS as exc:
             # Envoy's ProtocolConstraints: the connection is closed at once, nothing more sent (no GOAWAY)
-            self.proxy.stats.count_h2_flood(str(exc))
+            self.proxy.stats.count_h2_flood(h2wire.flood_code(exc))
             log.debug("h2 connection %d: closed: %s", self.id, exc)
             self.going_away = True
             if self.transport is not None:
@@ -629,7 +636,32 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
             if self.closed:
                 return
             self._event(event)
+        code = self.outbound_flood()  # what the read made us queue (Envoy checks after each dispatch)
+        if code:
+            self.flooded(code, flush=True)
+            return
         self.schedule_flush()
+
+    def flooded(self, code: int, *, flush: bool) -> None:
+        """Envoy's outbound flood limits: the client does not read what it makes us send. After a read (`flush`)
+        what is queued is written and the connection closes once it is out, or `limits.DOWNSTREAM_DELAYED_CLOSE_S`
+        later (Envoy's FlushWriteAndDelay, nothing more read); otherwise it is closed at once."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        self.proxy.stats.count_h2_flood(code)
+        log.debug("h2 connection %d: closed: outbound frame flood (%d)", self.id, code)
+        self.going_away = True
+        if flush:
+            data = self.codec.data_to_send()
+            if data:
+                t.write(data)
+            t.close()
+            self.proxy.loop.call_later(limits.DOWNSTREAM_DELAYED_CLOSE_S, t.abort)
+        else:
+            t.abort()
+        for ex in list(self.streams.values()):  # nothing more is sent: the streams end here
+            ex.peer_reset(_BY_US)
 
     def eof_received(self) -> bool | None:
         self.client_eof = True

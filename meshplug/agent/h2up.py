@@ -126,6 +126,13 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
         self._fail_all(wire.RESET_TERMINATION)
 
     def data_received(self, data: bytes) -> None:
+        self.reading = True
+        try:
+            self._read(data)
+        finally:
+            self.reading = False
+
+    def _read(self, data: bytes) -> None:
         try:
             events = self.receive(data)
         except h2wire.PROTOCOL_ERRORS as exc:
@@ -141,7 +148,25 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
             return
         for event in events:
             self._event(event)
+        code = self.outbound_flood()  # what the read made us queue (Envoy's codec checks after each dispatch)
+        if code:
+            self.flooded(code, flush=True)
+            return
         self.schedule_flush()
+
+    def flooded(self, code: int, *, flush: bool) -> None:
+        """Envoy's outbound flood limits: the upstream does not read what it makes us send. The connection is
+        closed at once (Envoy's codec client: NoFlush); found after a read (`flush`), its streams fail as for a
+        protocol error (a dispatch error), otherwise as for a closed connection."""
+        if self.closed:
+            return
+        self.pool.stats.count_h2_flood(code)
+        self.goaway_seen = True
+        self.closed = True
+        if flush:
+            self._fail_all(wire.RESET_PROTOCOL)
+        if self.transport is not None:
+            self.transport.abort()
 
     def eof_received(self) -> bool | None:
         return None

@@ -21,6 +21,7 @@ Imports nothing else of the data path.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib
 import logging
@@ -38,7 +39,7 @@ import hyperframe.frame
 from hpack import NeverIndexedHeaderTuple
 
 from meshplug import limits
-from meshplug.agent.h2conn import Broken, Connection, Flood
+from meshplug.agent.h2conn import Broken, Connection, Flood, FrameCount
 from meshplug.agent.hpackcache import CachedDecoder, CachedEncoder
 
 Header = tuple[bytes, bytes]
@@ -275,6 +276,7 @@ class Codec(Protocol):
     def ack(self, sid: int, size: int) -> None: ...
     def goaway(self, code: int, last_stream_id: int) -> None: ...
     def buffered(self) -> int: ...
+    def frames_out(self) -> tuple[int, int]: ...
     def remote_max_streams(self) -> int: ...
     def next_stream_id(self) -> int: ...
 
@@ -310,6 +312,11 @@ _FLOOD_LIMITS: Final = (
     limits.H2_MAX_PRIORITY_FRAMES_PER_STREAM,
     limits.H2_MAX_WINDOW_UPDATES_PER_DATA_FRAME_SENT,
 )
+
+
+def flood_code(exc: Exception) -> int:
+    """Which limit a flood passed (limits.H2_FLOOD_*): the `code` of one of FLOOD_ERRORS."""
+    return int(getattr(exc, "code", 0))
 
 
 def events_before(exc: Exception) -> list[Event]:
@@ -423,6 +430,9 @@ class PyCodec:
             self._preamble = bytes(hyperframe.frame.SettingsFrame(0, settings=dict(settings)).serialize())
         #: a connection error left nothing to write (`receive`)
         self.silent = False
+        #: frames handed over (`data_to_send`), and serialized by `frames_out` but not handed over yet
+        self._count = FrameCount()
+        self._unsent = b""
         #: the connection window's WINDOW_UPDATE, sent after the first read (a server's: as nghttp2 orders it, its
         #: SETTINGS, the ACK of the client's, then the window)
         self._window = max(0, connection_window - 65535)
@@ -497,12 +507,29 @@ class PyCodec:
         return out
 
     def data_to_send(self) -> bytes:
+        data = self._serialize()
+        if self._unsent:
+            data, self._unsent = self._unsent + data, b""
+        return data
+
+    def _serialize(self) -> bytes:
+        """What the connection queued since the last call, its frames counted."""
         if self.silent:
             return b""
         data = self.h2.data_to_send()
         if self._preamble:
             data, self._preamble = self._preamble + data, b""
+        if data:
+            self._count.add(data)
         return data
+
+    def frames_out(self) -> tuple[int, int]:
+        """Frames serialized so far, all and control (what is queued is serialized first, kept for
+        `data_to_send`)."""
+        data = self._serialize()
+        if data:
+            self._unsent += data
+        return self._count.frames, self._count.control
 
     def send_headers(self, sid: int, headers: Sequence[Header], end_stream: bool) -> bool:
         h = self.h2
@@ -621,12 +648,22 @@ class OutStream:
 
 
 class H2Peer:
-    """An HTTP/2 connection over an asyncio transport: its codec (`start_codec`), one write per loop iteration."""
+    """An HTTP/2 connection over an asyncio transport: its codec (`start_codec`), one write per loop iteration,
+    and Envoy's outbound flood limits (`outbound_flood`): frames written to the transport are in the outbound
+    queue until the socket took the write that carried them."""
 
     def __init__(self) -> None:
         self.codec: Codec = _UNSTARTED
         self.transport: asyncio.Transport | None = None
         self._flush_scheduled = False
+        #: a read is being handled: a flush past an outbound limit leaves it to the check at the read's end (Envoy's
+        #: codec writes nothing while it dispatches)
+        self.reading = False
+        self._written = 0  # bytes handed to the transport
+        #: frames (all, control) the socket took, and the writes it has not taken all of yet: (the byte offset
+        #: their end is at, the frame counts up to it)
+        self._taken = (0, 0)
+        self._writes: collections.deque[tuple[int, tuple[int, int]]] = collections.deque()
 
     def start_codec(
         self,
@@ -715,10 +752,52 @@ class H2Peer:
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
+        """Write what the codec queued; past an outbound flood limit nothing is written and `flooded` is told
+        (Envoy's check after its codec sent frames: the connection is closed without a flush)."""
         self._flush_scheduled = False
+        t = self.transport
+        if t is None or t.is_closing():
+            self.codec.data_to_send()  # nothing more goes out
+            return
+        counts = self.codec.frames_out()
+        code = self._over(counts)
+        if code:
+            if not self.reading:
+                self.flooded(code, flush=False)
+            return
         data = self.codec.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        if data:
+            t.write(data)
+            self._written += len(data)
+            if t.get_write_buffer_size():
+                self._writes.append((self._written, counts))
+            else:
+                self._taken = counts
+                self._writes.clear()
+
+    def outbound_flood(self) -> int:
+        """Which outbound limit the frames queued for the peer (in the codec, or written and not yet taken by the
+        socket) are past: limits.H2_FLOOD_OUTBOUND or _OUTBOUND_CONTROL, else 0."""
+        return self._over(self.codec.frames_out())
+
+    def _over(self, counts: tuple[int, int]) -> int:
+        writes = self._writes
+        if writes:
+            t = self.transport
+            taken = self._written - (t.get_write_buffer_size() if t is not None else 0)
+            while writes and writes[0][0] <= taken:
+                self._taken = writes.popleft()[1]
+        frames, control = self._taken
+        if counts[0] - frames > limits.H2_MAX_OUTBOUND_FRAMES:
+            return limits.H2_FLOOD_OUTBOUND
+        if counts[1] - control > limits.H2_MAX_OUTBOUND_CONTROL_FRAMES:
+            return limits.H2_FLOOD_OUTBOUND_CONTROL
+        return 0
+
+    def flooded(self, code: int, *, flush: bool) -> None:
+        """The frames queued for the peer went past an outbound limit (`code`: limits.H2_FLOOD_*): close the
+        connection -- after writing what is queued when `flush` (the check after a read), else at once."""
+        raise NotImplementedError
 
     def goaway(self, code: int = h2.errors.ErrorCodes.NO_ERROR, last_stream_id: int = -1) -> None:
         self.codec.goaway(code, last_stream_id)

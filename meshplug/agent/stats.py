@@ -6,6 +6,8 @@ endpoint (`meshplug.agent.runtime` -> `meshplug.agent.admin.prometheus`).
 
 from __future__ import annotations
 
+from meshplug import limits
+
 
 class Stats:
     """Proxy counters; rendered by the admin endpoint. Plain ints: the data path only increments."""
@@ -31,6 +33,8 @@ class Stats:
         "http2_inbound_empty_frames_flood",
         "http2_inbound_priority_frames_flood",
         "http2_inbound_window_update_frames_flood",
+        "http2_outbound_control_flood",
+        "http2_outbound_flood",
         "upstream_cx_active",
         "upstream_cx_connect_fail",
         "upstream_cx_total",
@@ -63,6 +67,8 @@ class Stats:
         self.http2_inbound_empty_frames_flood = 0
         self.http2_inbound_priority_frames_flood = 0
         self.http2_inbound_window_update_frames_flood = 0
+        self.http2_outbound_flood = 0
+        self.http2_outbound_control_flood = 0
         self.upstream_cx_active = 0
         self.upstream_cx_connect_fail = 0
         self.upstream_cx_total = 0
@@ -87,11 +93,16 @@ class Stats:
         else:
             self.downstream_rq_1xx += 1
 
-    def count_h2_flood(self, message: str) -> None:
-        """An HTTP/2 connection closed for a flood; `message` is the codec's (its limit named as Envoy's are)."""
-        if "PRIORITY" in message:
+    def count_h2_flood(self, code: int) -> None:
+        """An HTTP/2 connection closed for a flood; `code`: the limit it passed (limits.H2_FLOOD_*: the codecs'
+        FloodError.code, or the outbound check's), counted as Envoy's http2.* flood counter of that limit."""
+        if code == limits.H2_FLOOD_OUTBOUND_CONTROL:
+            self.http2_outbound_control_flood += 1
+        elif code == limits.H2_FLOOD_OUTBOUND:
+            self.http2_outbound_flood += 1
+        elif code == limits.H2_FLOOD_PRIORITY:
             self.http2_inbound_priority_frames_flood += 1
-        elif "WINDOW_UPDATE" in message:
+        elif code == limits.H2_FLOOD_WINDOW_UPDATE:
             self.http2_inbound_window_update_frames_flood += 1
         else:
             self.http2_inbound_empty_frames_flood += 1

@@ -18,7 +18,7 @@ import pytest
 from hyperframe.frame import HeadersFrame, PriorityFrame, WindowUpdateFrame
 
 from meshplug import limits
-from meshplug.agent import h2down, h2up, h2wire
+from meshplug.agent import h2conn, h2down, h2up, h2wire
 
 pytestmark = pytest.mark.unit
 
@@ -266,11 +266,86 @@ def _priorities(stream_id: int, n: int) -> bytes:
 
 
 def _floods(codec: h2wire.Codec, data: bytes) -> bool:
+    return _flood_code(codec, data) != 0
+
+
+def _flood_code(codec: h2wire.Codec, data: bytes) -> int:
+    """The flood's code (limits.H2_FLOOD_*) when `data` floods `codec`, else 0."""
     try:
         codec.receive(data)
-    except h2wire.FLOOD_ERRORS:
-        return True
-    return False
+    except h2wire.FLOOD_ERRORS as exc:
+        return h2wire.flood_code(exc)
+    return 0
+
+
+_POST_HEAD = HeadersFrame(1)
+_POST_HEAD.data = hpack.Encoder().encode(REQUEST)
+_POST_HEAD.flags.add("END_HEADERS")
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+# name, what a client sends after its preface and a POST's HEADERS, the flood code both codecs raise
+FLOOD_CODES = [
+    ("two empty DATA frames", b"\x00\x00\x00\x00\x00\x00\x00\x00\x01" * 2, limits.H2_FLOOD_EMPTY_FRAMES),
+    ("201 PRIORITY frames", _priorities(1, 201), limits.H2_FLOOD_PRIORITY),
+    ("8 WINDOW_UPDATE frames", _window_updates(1, 8), limits.H2_FLOOD_WINDOW_UPDATE),
+]
+
+
+@pytest.mark.parametrize("kind", CODECS)
+@pytest.mark.parametrize(("name", "frames", "code"), FLOOD_CODES, ids=[c[0] for c in FLOOD_CODES])
+def test_a_flood_names_its_limit_by_code(kind: str, name: str, frames: bytes, code: int) -> None:
+    server = _codec(kind, server=True)
+    assert _flood_code(server, _PREFACE + _POST_HEAD.serialize() + frames) == code
+
+
+def test_the_native_flood_codes_are_the_limits_ones() -> None:
+    native = h2wire._NATIVE
+    if native is None:
+        pytest.skip("no native build (make native)")
+    assert (native.FLOOD_EMPTY_FRAMES, native.FLOOD_PRIORITY, native.FLOOD_WINDOW_UPDATE) == (
+        limits.H2_FLOOD_EMPTY_FRAMES,
+        limits.H2_FLOOD_PRIORITY,
+        limits.H2_FLOOD_WINDOW_UPDATE,
+    )
+
+
+def _pings(n: int) -> bytes:
+    return b"".join(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + i.to_bytes(8, "big") for i in range(n))
+
+
+@pytest.mark.parametrize("kind", CODECS)
+def test_frames_out_counts_what_is_serialized_and_its_control_frames(kind: str) -> None:
+    """Envoy's outbound accounting: every frame, and the PING/SETTINGS ACKs and RST_STREAMs among them; what
+    frames_out serializes is still handed over by data_to_send, once."""
+    server = _codec(kind, server=True)
+    server.receive(_PREFACE + _POST_HEAD.serialize() + _pings(3))
+    frames, control = server.frames_out()  # SETTINGS, WINDOW_UPDATE, SETTINGS ACK, 3 PING ACKs
+    assert (frames, control) == (6, 4)
+    server.reset(1, h2.errors.ErrorCodes.CANCEL)
+    assert server.frames_out() == (7, 5)
+    out = server.data_to_send()
+    assert sorted(f[0] for f in h2raw_frames(out)) == [3, 4, 4, 6, 6, 6, 8]
+    assert server.data_to_send() == b""
+    assert server.frames_out() == (7, 5)
+
+
+def h2raw_frames(data: bytes) -> list[tuple[int, int]]:
+    out = []
+    while data:
+        length = int.from_bytes(data[:3], "big")
+        out.append((data[3], data[4]))
+        data = data[9 + length :]
+    return out
+
+
+# chunks a byte stream of frames may be cut into: (frame sizes, cut points)
+@pytest.mark.parametrize("cut", [1, 4, 9, 10, 17, 26, 1000])
+def test_the_fallback_frame_count_reads_headers_across_chunks(cut: int) -> None:
+    stream = _PREFACE[24:] + _pings(4) + b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x08"
+    count = h2conn.FrameCount()
+    for i in range(0, len(stream), cut):
+        count.add(stream[i : i + cut])
+    assert (count.frames, count.control) == (6, 1)  # a SETTINGS (no ACK), 4 PINGs (no ACK), an RST_STREAM
 
 
 #: (DATA frames the server sent on its one stream, WINDOW_UPDATE frames then received): Envoy's allowance is
