@@ -163,7 +163,22 @@ class Downstream(H1Peer, asyncio.Protocol):
             return
         self.received(data)
 
+    def resume(self, reason: int) -> None:
+        """`H1Peer.resume`; when the pipeline's wait ends, the reads held meanwhile are parsed in a loop callback
+        of their own (the answer that ended the wait is sent first)."""
+        waited = reason == wire.PAUSE_PIPELINE and bool(self._paused & reason)
+        H1Peer.resume(self, reason)  # (named: compiled, a direct call; super() is a lookup with a Python base)
+        if waited and self.held:
+            self.loop.call_soon(self._replay)
+
+    def _replay(self) -> None:
+        """The held reads, parsed now that the pipeline's turn came (unless it waits again meanwhile)."""
+        if self._paused & wire.PAUSE_PIPELINE or not self.held or self.closed:
+            return
+        self.received(self.take_held())
+
     def received(self, data: bytes) -> None:
+        """Parse a read (after the first bytes told HTTP/1.1; not while the pipeline waits)."""
         self._parsing = True
         try:
             while data:

@@ -2,8 +2,9 @@
 batched both ways -- one send per loop iteration downstream (at the end of the read when it is answered at once),
 one per parsed read upstream.
 
-Base of `meshplug.agent.downstream.Downstream`, which parses the requests and sets `_parsing` while a read is
-parsed; its exchanges (`meshplug.agent.exchange`, `meshplug.agent.filtered`) write through it. The HTTP/2
+Base of `meshplug.agent.downstream.Downstream`, which parses the requests, sets `_parsing` while a read is
+parsed and parses the reads held while a pipelined request waits (`hold_read`, `take_held`) when its turn
+comes; its exchanges (`meshplug.agent.exchange`, `meshplug.agent.filtered`) write through it. The HTTP/2
 counterpart is `meshplug.agent.h2wire.H2Peer`.
 """
 
@@ -45,12 +46,11 @@ class H1Peer:
             return
         self._paused &= ~reason
         self._sync_reading()
-        if reason == wire.PAUSE_PIPELINE and self.held:
-            self.loop.call_soon(self._replay)
 
     def hold_read(self, data: bytes) -> None:
-        """A read that came while the connection waits for an answer (PAUSE_PIPELINE): kept for its turn; past
-        `limits.PROXY_BUFFER_HIGH_WATER` held, reading pauses (the next close is then seen once it resumes)."""
+        """A read that came while the connection waits for an answer (PAUSE_PIPELINE): kept for its turn (the
+        subclass parses `held` then); past `limits.PROXY_BUFFER_HIGH_WATER` held, reading pauses (the next close
+        is then seen once it resumes)."""
         self.held.append(data)
         self.held_bytes += len(data)
         if self.held_bytes > limits.PROXY_BUFFER_HIGH_WATER:
@@ -66,19 +66,13 @@ class H1Peer:
         else:
             self.transport.resume_reading()
 
-    def _replay(self) -> None:
-        """The held reads, parsed now that the pipeline's turn came (unless it waits again meanwhile)."""
-        if self._paused & wire.PAUSE_PIPELINE or not self.held or self.closed:
-            return
+    def take_held(self) -> bytes:
+        """The held reads as one, emptied (reading resumes if they had paused it)."""
         data = b"".join(self.held)
         self.held.clear()
         self.held_bytes = 0
         self._sync_reading()
-        self.received(data)
-
-    def received(self, data: bytes) -> None:
-        """Parse a read (the subclass's `data_received`)."""
-        raise NotImplementedError
+        return data
 
     def up_write(self, up: Upstream, data: bytes) -> None:
         """Write to an upstream connection; while a read is parsed, the writes leave together after it."""
