@@ -44,7 +44,6 @@ class H2UpExchange(FilteredExchange):
         self.timeout_s = route.timeout_s
         if route.prefix_rewrite is not None:
             headers = rewritten(headers, route)
-        self.req_lines = []
         self.up_end = end_stream
         out = h2_request_headers(headers)
         expected = hcm.expected_timeout(route.timeout_s, suppressed=self.conn.state.suppress_envoy_headers)

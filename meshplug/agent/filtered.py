@@ -140,10 +140,12 @@ class FilteredExchange(Exchange):
     __slots__ = (
         "fed_end",
         "proxy_made",
+        "req_at",
+        "req_authority",
         "req_fed",
         "req_framed",
         "req_hold",
-        "req_lines",
+        "req_path",
         "req_trailers",
         "request_headers",
         "resp_dated",
@@ -165,7 +167,9 @@ class FilteredExchange(Exchange):
         chain: agent_chain.Chain,
         *,
         headers: wire.Headers,
-        lines: list[bytes],
+        path: bytes,
+        authority: bytes,
+        received_at: int,
         framed: bool,
     ) -> None:
         super().__init__(conn, method, b"", keep_alive, has_body)
@@ -175,7 +179,11 @@ class FilteredExchange(Exchange):
         stream.route_constant = conn.routes.constant  # (the one decision of a route table without choices)
         self.request_headers = headers  # in the chain's form (pseudo-headers first), fed at `start`
         self.req_fed: tuple[tuple[bytes, bytes], ...] = ()  # what the chain got, to recognise it unchanged
-        self.req_lines = lines  # the upstream head of `request_headers`: request line + host, then a line each
+        # the upstream head of `request_headers` unchanged, written when it goes upstream (a local reply never
+        # writes it): its request line's target and host, and where the received headers begin (-1: used)
+        self.req_path = path
+        self.req_authority = authority
+        self.req_at = received_at
         self.req_framed = framed  # request_headers has content-length
         self.req_hold: bytes | None = None
         self.req_trailers: wire.Headers | None = None
@@ -467,9 +475,12 @@ class FilteredExchange(Exchange):
         timeout_s = self.timeout_s = route.timeout_s  # (read once: a route is an interpreted object)
         if route.prefix_rewrite is not None:
             headers = rewritten(headers, route)
-        fed_lines = self.req_lines
-        if fed_lines is not _NO_LINES and headers == self.req_fed:  # unchanged: the lines built while parsing
-            out = fed_lines
+        at = self.req_at
+        if at >= 0 and headers == self.req_fed:  # unchanged: the request as received (its headers are valid)
+            out = [b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (self.method, self.req_path, self.req_authority)]
+            for i in range(at, len(headers)):
+                h = headers[i]
+                out.append(b"%b: %b\r\n" % (h[0], h[1]))  # (a tuple literal: compiled, no generic formatting)
             has_length = self.req_framed
         else:
             lines = self._up_head_lines(headers)
@@ -478,7 +489,7 @@ class FilteredExchange(Exchange):
                 return
             out = lines
             has_length = any(name == b"content-length" for name, _ in headers)
-        self.req_lines = _NO_LINES  # (used once: a second head is built from its headers)
+        self.req_at = -1  # (used once: a second head is built from its headers)
         expected = hcm.expected_timeout(timeout_s, suppressed=self.conn.state.suppress_envoy_headers)
         if expected is not None:
             out.append(b"%b: %b\r\n" % (expected[0], expected[1]))

@@ -151,14 +151,14 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
         filters = EMPTY_CHAIN  # an HTTP/2 cluster: the request goes as a header list (bridge.H2UpExchange)
     if filters is not None:
         # the chain's form in one pass (names are lower-case already): pseudo-headers first, Host folded
-        # into :authority as Envoy's HTTP/1 codec does, hop-by-hop headers dropped; and the upstream head
-        # of the same headers, sent as is when the plugins leave them unchanged
+        # into :authority as Envoy's HTTP/1 codec does, hop-by-hop headers dropped; the exchange writes the
+        # upstream head of the same headers when they go upstream unchanged (a local reply writes none)
         chain_headers: wire.Headers = (  # in Envoy's order (its HTTP/1 codec's request map)
             [(b":authority", authority), (b":path", path), (b":method", method), wire.SCHEME_HTTP]
             if not connect
             else [(b":authority", authority), (b":method", method)]
         )
-        lines = [b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (method, path, authority)]
+        received_at = len(chain_headers)
         framed = False
         for h in headers:
             name = h[0]
@@ -167,14 +167,31 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
             if name == b"content-length":
                 framed = True
             chain_headers.append(h)
-            lines.append(b"%b: %b\r\n" % (name, h[1]))  # a tuple literal: compiled, no generic formatting
         if http2:
             fx: FilteredExchange = H2UpExchange(
-                conn, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
+                conn,
+                method,
+                keep_alive,
+                has_body,
+                filters,
+                headers=chain_headers,
+                path=path,
+                authority=authority,
+                received_at=received_at,
+                framed=framed,
             )
         else:  # a direct constructor call: mypyc makes it a native one
             fx = FilteredExchange(
-                conn, method, keep_alive, has_body, filters, headers=chain_headers, lines=lines, framed=framed
+                conn,
+                method,
+                keep_alive,
+                has_body,
+                filters,
+                headers=chain_headers,
+                path=path,
+                authority=authority,
+                received_at=received_at,
+                framed=framed,
             )
         if connect:
             fx.stream.route_resolver = _no_route
