@@ -247,7 +247,7 @@ class Reconciler:
         *,
         digest: str | None = None,
         pods: tuple[int, int] | None = None,
-        failing: Sequence[Mapping[str, str]] = (),
+        failing: Sequence[Mapping[str, Any]] = (),
         event: tuple[bool, str, str] | None = None,
         loaded: tuple[str, ...] | None = None,
         events: Sequence[tuple[bool, str, str]] = (),

@@ -179,15 +179,10 @@ def test_a_refusal_is_an_event_on_the_refused_plugin_only(bed: Bed) -> None:
 
     procs.wait_until(lambda: nack_count("b-bad") >= 1, timeout=30, what="b-bad's AgentNACK Event")
     told = nack_count("b-bad")
-    bed.op.stop()
-    bed.op = operator_mod.start_operator(
-        bed.kube.kubeconfig,
-        bed.work,
-        namespaces=[bed.ns],
-        extra=[f"--file-root={bed.modules}", "--workers=1"],
-        module_ports=(bed.op.module_port, bed.op.module_tls_port),
-    )
-    # the new process pushes the pod's set once (it remembers no push) and reports the refusal on b-bad again
+    restart_operator(bed, "--workers=1")
+    # the new process holds the refused set (the status records the refusal); the pod's agent restarting makes it
+    # push the pod's set once, and it reports the refusal on b-bad again
+    restart_pod(bed, "a", 1)
     procs.wait_until(lambda: nack_count("b-bad") > told, timeout=60, what="b-bad's AgentNACK Event counted again")
     assert bed.op.metrics()['meshplug_operator_pushes_total{result="nack"}'] >= 1
     assert bed.wait_ready("a-good", "True", "Confirmed", "1/1")["failingPods"] == []
@@ -195,6 +190,68 @@ def test_a_refusal_is_an_event_on_the_refused_plugin_only(bed: Bed) -> None:
     assert [e for e in bed.events("a-good") if e[0] == "Warning"] == []
     assert [(t, r) for t, r, _, _ in bed.events("b-bad")] == [("Warning", "AgentNACK")]
     assert running(a) == [(f"{bed.ns}.a-good", sha(GOOD))]
+
+
+def restart_operator(bed: Bed, *extra: str) -> None:
+    """Stop the operator (by pid) and start it again with ``extra`` arguments and the same module server ports:
+    what it kept only in memory is gone, what it wrote stays."""
+    bed.op.stop()
+    bed.op = operator_mod.start_operator(
+        bed.kube.kubeconfig,
+        bed.work,
+        namespaces=[bed.ns],
+        extra=[f"--file-root={bed.modules}", *extra],
+        module_ports=(bed.op.module_port, bed.op.module_tls_port),
+    )
+
+
+def restart_pod(bed: Bed, name: str, restarts: int) -> None:
+    """Record that the pod's agent container restarted (``restarts`` times), as the kubelet would."""
+    running = {"name": "meshplug-agent", "ready": True, "restartCount": restarts, "image": "meshplug", "imageID": ""}
+    code, out = bed.kube.request(
+        "PATCH",
+        f"/api/v1/namespaces/{bed.ns}/pods/{name}/status",
+        {"status": {"containerStatuses": [{**running, "state": {"running": {}}}]}},
+        content_type="application/merge-patch+json",
+    )
+    assert code == 200, out
+
+
+def test_a_restarted_operator_keeps_the_push_backoff_of_a_refused_set(bed: Bed) -> None:
+    """The pod's agent refuses its set (``bad`` fails to start); the status records the refusal for the pod: the set,
+    the agent (address, restarts), the pushes of it refused in a row and when, the plugin it named and what it kept
+    running. An operator that restarts reads it back: it pushes nothing (the same set to the same agent is refused
+    until something changes), ``bad``'s status and Events stay as they were, and ``good`` stays confirmed (the agent
+    kept it running). The pod's agent restarting is a change: pushed again, refused again, counted afresh."""
+    restart_operator(bed, "--no-baseline-compile")  # one set per plugin change (no baseline code first)
+    _, st = good_then_refused(bed, "good", "bad")
+    record = st["failingPods"][0]
+    assert (record["name"], record["reason"], record["refused"]) == ("a", "AgentNACK", f"{bed.ns}.bad"), record
+    assert record["set"] and record["agent"].endswith("#0") and record["pushes"] >= 1 and record["lastPushTime"]
+    assert record["running"] == [f"{bed.ns}.good@{sha(GOOD)}"], record
+    procs.wait_until(lambda: bed.events("bad"), timeout=30, what="bad's AgentNACK Event")
+    events = bed.events("bad")
+    assert bed.op.metrics()['meshplug_operator_pushes_total{result="nack"}'] >= 1
+
+    restart_operator(bed, "--no-baseline-compile")
+    log = bed.op.proc.log
+    procs.wait_until(
+        lambda: all(f'"plugin": "{bed.ns}/{name}"' in log() for name in ("good", "bad")),
+        timeout=60,
+        what="both plugins reconciled by the restarted operator",
+    )
+    assert not {k: v for k, v in bed.op.metrics().items() if k.startswith("meshplug_operator_pushes_total") and v}
+    assert bed.status("bad")["failingPods"] == [record]
+    assert bed.wait_ready("good", "True", "Confirmed", "1/1")["failingPods"] == []
+    assert bed.events("bad") == events
+
+    restart_pod(bed, "a", 1)
+    procs.wait_until(
+        lambda: bed.status("bad")["failingPods"][0]["agent"].endswith("#1"), timeout=60, what="the refusal again"
+    )
+    again = bed.status("bad")["failingPods"][0]
+    assert (again["set"], again["pushes"]) == (record["set"], 1), (record, again)
+    assert bed.op.metrics()['meshplug_operator_pushes_total{result="nack"}'] >= 1
 
 
 def test_a_push_does_not_queue_its_own_plugin_again(bed: Bed) -> None:

@@ -56,7 +56,7 @@ class Report:
 
     ready: status.Condition
     pods: tuple[int, int] | None = None  # (ready, total)
-    failing: tuple[Mapping[str, str], ...] = ()
+    failing: tuple[Mapping[str, Any], ...] = ()  # name, reason, message (the agent path: its `Refusal` too)
     event: tuple[bool, str, str] | None = None  # (warning, reason, message)
     retry: str = ""  # non-empty: reconcile again with backoff (a cause that heals by itself)
     recheck_s: float | None = None  # look again after this delay (proxies still loading)

@@ -7,8 +7,10 @@ operator's module server over HTTPS (each pod may fetch the modules of the sets 
 only when every selected pod's agent ACKed a set in which this plugin runs with this digest. A NACKed set is not
 pushed again until something changes (the set, the pod's address or its restarts), except a refusal that can heal
 by itself (`HEALING_NACKS`: a signing key the pod's Secret mount does not hold yet), pushed again with backoff as
-unreachable agents are. Pods that stop being selected get their new set. Pushes are authenticated by mutual TLS
-and the push tokens of the namespace's agent Secret (`meshplug.controller.identity.Identity.push_credentials`).
+unreachable agents are. Each refusal (`Refusal`) is recorded in the refused plugin's status, and a restarted
+operator takes it back from there: it neither pushes the refused set again nor starts its backoff afresh. Pods
+that stop being selected get their new set. Pushes are authenticated by mutual TLS and the push tokens of the
+namespace's agent Secret (`meshplug.controller.identity.Identity.push_credentials`).
 
 With ``spec.rollout`` an update is a canary rollout (`meshplug.controller.rollout` decides, from the status, which
 pods run it; `meshplug.controller.delivery.canary` keeps the stable version beside it and measures each step): the
@@ -19,6 +21,7 @@ next step, every pod (promoted) or the stable version back (rolled back). Ready 
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -70,18 +73,95 @@ HEALING_NACKS = frozenset({"signature_untrusted"})
 
 @dataclass(frozen=True)
 class PodState:
-    """The last push to one pod's agent: to which address, which set, what came back."""
+    """The last push to one pod's agent: to which address, which set, what came back. ``held``: no push was made,
+    the outcome is a refusal of the same set to the same agent recorded earlier (`Refusal`), whose backoff holds."""
 
     target: agents.Target
     restarts: int
     outcome: agents.Outcome
+    held: bool = False
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One pod's agent refusing its set: which set, which agent (address and the pod's restarts), how many pushes of
+    that set it refused in a row and when the last one was (wall clock), and why. Kept in the refused plugins'
+    status (``failingPods``: `to_status`), so an operator that restarts goes on with it instead of pushing the set
+    again: a refusal that heals only with a change is not pushed again until one, one that can heal by itself
+    (`HEALING_NACKS`) is pushed again after `limits.RECONCILE_BACKOFF_FIRST_S` doubling with each refused push up
+    to `limits.RECONCILE_BACKOFF_MAX_S`."""
+
+    set: str
+    agent: str
+    pushes: int
+    at: float
+    reason: str
+    message: str
+    resource: str = ""  # the plugin the agent named
+    running: tuple[tuple[str, str], ...] = ()  # (plugin name, sha256) the agent kept running
+
+    def holds(self, version: str, agent: str, now: float) -> bool:
+        """Whether a push of set ``version`` to ``agent`` waits: the same set refused by the same agent, and it
+        cannot heal by itself or its backoff has not run out."""
+        if (self.set, self.agent) != (version, agent):
+            return False
+        return self.reason not in HEALING_NACKS or now < self.at + status.backoff(self.pushes - 1)
+
+    def outcome(self) -> agents.Outcome:
+        """The refusal as a push's outcome (what the agent answered; what it runs is not known here)."""
+        return agents.Outcome(
+            agents.Result.NACK, self.set, "", self.reason, self.message, self.resource, self.running
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The fields a failingPods entry carries for it."""
+        at = datetime.datetime.fromtimestamp(self.at, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        running = [f"{name}@{sha}" for name, sha in self.running]
+        return {
+            "set": self.set,
+            "agent": self.agent,
+            "pushes": self.pushes,
+            "lastPushTime": at,
+            "refused": self.resource,
+            "running": running,  # as many as plugins select the pod
+        }
+
+    @classmethod
+    def from_status(cls, entry: Mapping[str, Any]) -> Refusal | None:
+        """A refusal a failingPods entry recorded (None: none, or not one of this path's)."""
+        if entry.get("reason") != "AgentNACK" or not entry.get("set") or not entry.get("lastPushTime"):
+            return None
+        try:
+            at = datetime.datetime.strptime(str(entry["lastPushTime"]), "%Y-%m-%dT%H:%M:%SZ")
+            pushes = int(entry.get("pushes") or 1)
+        except ValueError:
+            return None
+        reason, _, message = str(entry.get("message") or "").partition(": ")
+        when = at.replace(tzinfo=datetime.UTC).timestamp()
+        running = tuple(tuple(str(r).rsplit("@", 1)) for r in entry.get("running") or [] if "@" in str(r))
+        return cls(
+            str(entry["set"]),
+            str(entry.get("agent") or ""),
+            max(1, pushes),
+            when,
+            reason,
+            message,
+            str(entry.get("refused") or ""),
+            tuple((name, sha) for name, sha in running),
+        )
+
+
+def agent_key(target: agents.Target, restarts: int, uid: str = "") -> str:
+    """Which agent a push went to: the pod (its uid: a pod made again under its name is another), its address, and
+    its container restarts (a restarted agent lost its set)."""
+    return f"{uid}/{target.ip}:{target.port}#{restarts}"
 
 
 @dataclass(frozen=True)
 class PodReport:
     ready: int
     total: int
-    failing: tuple[dict[str, str], ...]
+    failing: tuple[dict[str, Any], ...]
     retry: str  # non-empty: a cause that heals by retrying (unreachable agent, a pod without IP yet)
 
 
@@ -133,6 +213,9 @@ class AgentDelivery:
         self._pushed: dict[Key, frozenset[str]] = {}  # plugin -> pods it was pushed to
         self._pod_locks: dict[Key, threading.Lock] = {}
         self._grants: dict[Key, frozenset[str]] = {}  # (namespace, pod) -> modules (sha256) of the sets pushed to it
+        #: (namespace, pod) -> its agent's refusal of its set (from a push, or from a plugin's status: `Refusal`)
+        self._refusals: dict[Key, Refusal] = {}
+        self._seeded: set[tuple[str, str, str]] = set()  # (namespace, pod, set) taken from a status once
         #: (plugin, pod) -> the refusal last reported in an Event for that plugin (once per refusal, whoever
         #: pushed): the module it was to run there, the NACK's reason and message
         self._told: dict[tuple[Key, str], tuple[str, str, str]] = {}
@@ -328,6 +411,7 @@ class AgentDelivery:
                     raise  # a cluster without the TrafficExtension CRD (an older install) has none of them
         for body in bodies:
             meta = body["metadata"]
+            self._seed_refusals(namespace, body.get("status") or {})
             if meta.get("deletionTimestamp"):
                 continue
             try:
@@ -356,6 +440,19 @@ class AgentDelivery:
         with self._lock:
             for key in [k for k in self._entries if k[0] == namespace and k[1] not in present]:
                 del self._entries[key]
+
+    def _seed_refusals(self, namespace: str, current: Mapping[str, Any]) -> None:
+        """Take the refusals a plugin's status records for pods this process knows none of (once per pod and set:
+        after a restart, the pushes of those sets wait for their backoff as they would have)."""
+        for entry in current.get("failingPods") or []:
+            refusal = Refusal.from_status(entry)
+            if refusal is None:
+                continue
+            seen = (namespace, str(entry.get("name")), refusal.set)
+            with self._lock:
+                if seen not in self._seeded and (namespace, seen[1]) not in self._refusals:
+                    self._refusals[(namespace, seen[1])] = refusal
+                self._seeded.add(seen)
 
     def _entry_from_api(self, body: Mapping[str, Any], plugin: spec.PluginSpec) -> PluginEntry:
         """Another plugin's entry as the API has it: its module, and where its rollout stands (its status)."""
@@ -431,14 +528,25 @@ class AgentDelivery:
             if out.result is agents.Result.ACK:
                 failing.append({"name": name, "reason": "NotRunning", "message": "the agent reports it not running"})
             elif out.result is agents.Result.NACK:
-                failing.append({"name": name, "reason": "AgentNACK", "message": f"{out.reason}: {out.message}"})
-                # the push may have been another plugin's (the pod's set holds both): reported once per refusal
-                # either way (a set pushed again for another change and refused for the same cause is no new one)
-                refusal = (self._expected(key, name, module), out.reason, out.message)
                 with self._lock:
-                    told, self._told[(key, name)] = self._told.get((key, name)), refusal
-                if told != refusal:
-                    nacks.append((name, out))
+                    kept = self._refusals.get((plugin.namespace, name))
+                failing.append(
+                    {
+                        "name": name,
+                        "reason": "AgentNACK",
+                        "message": f"{out.reason}: {out.message}",
+                        **(kept.to_status() if kept is not None and kept.set == out.version_info else {}),
+                    }
+                )
+                # the push may have been another plugin's (the pod's set holds both): reported once per refusal
+                # either way (a set pushed again for another change and refused for the same cause is no new one),
+                # and not again for a refusal recorded before this process started (no push made: `held`)
+                refusal = (self._expected(key, name, module), out.reason, out.message)
+                if not state.held:
+                    with self._lock:
+                        told, self._told[(key, name)] = self._told.get((key, name)), refusal
+                    if told != refusal:
+                        nacks.append((name, out))
                 if out.reason in HEALING_NACKS:  # pushed again on the backoff: the pod's Secret mount may catch up
                     retry = retry or f"pod {name}: {out.reason}: {out.message}"
             else:
@@ -475,6 +583,13 @@ class AgentDelivery:
                 and not (state.outcome.result is agents.Result.NACK and state.outcome.reason in HEALING_NACKS)
             ):
                 return state
+            who = agent_key(target, restarts, str(meta.get("uid") or ""))
+            with self._lock:
+                refused = self._refusals.get(pod_key)
+            if (state is None or state.outcome.result is agents.Result.NACK) and (
+                refused is not None and refused.holds(version, who, time.time())
+            ):  # refused before (by this process, or recorded in a status): its backoff holds the push
+                return PodState(target, restarts, refused.outcome(), held=True)
             with self._lock:  # the module server lets this pod fetch these modules (before the push asks it to)
                 self._grants[pod_key] = blobs | self._grants.get(pod_key, frozenset())
             started = time.monotonic()
@@ -488,6 +603,13 @@ class AgentDelivery:
             new = PodState(target, restarts, outcome)
             with self._lock:
                 self._pods[pod_key] = new
+                if outcome.result is agents.Result.NACK:
+                    again = refused is not None and (refused.set, refused.agent) == (version, who)
+                    pushes = refused.pushes + 1 if again and refused is not None else 1
+                    why = (outcome.reason, outcome.message, outcome.resource, outcome.running)
+                    self._refusals[pod_key] = Refusal(version, who, pushes, time.time(), *why)
+                elif outcome.result is agents.Result.ACK:
+                    self._refusals.pop(pod_key, None)
         if state is None or state.outcome != outcome:
             self._kick_others(pod_key, meta.get("labels") or {}, own)
         return new
@@ -516,6 +638,7 @@ class AgentDelivery:
             self._pods.pop((namespace, name), None)
             self._pod_locks.pop((namespace, name), None)
             self._grants.pop((namespace, name), None)
+            self._refusals.pop((namespace, name), None)
             for told in [t for t in self._told if t[0][0] == namespace and t[1] == name]:
                 del self._told[told]
 
