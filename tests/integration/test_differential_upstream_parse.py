@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.testbed import envoy as tb_envoy
 from tests.testbed import planes, rawpeer
 
 pytestmark = pytest.mark.integration
@@ -87,17 +85,8 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, plan
         return rawpeer.RawPeer(behave)
 
     peers = [answer(response) for _, response in CASES]
-
-    def config(plane: str, port: int, admin: int) -> Path:
-        routes = [
-            {"match": {"prefix": f"/{i}/"}, "route": {"cluster": f"c{i}", "timeout": "5s"}} for i in range(len(CASES))
-        ]
-        clusters = [tb_envoy.static_cluster(f"c{i}", peer.port) for i, peer in enumerate(peers)]
-        listener = tb_envoy.http_listener("parse", port, cluster="c0", routes=routes)
-        return tb_envoy.write_config(tb_envoy.bootstrap(admin, [listener], clusters), work / plane)
-
     try:
-        with planes.each(config, log_dir=work) as started:
+        with planes.each_routed([peer.port for peer in peers], work=work) as started:
             yield started
     finally:
         for peer in peers:

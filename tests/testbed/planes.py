@@ -10,7 +10,7 @@ compares them without asking which plane it has.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,3 +63,21 @@ def each(config: Callable[[str, int, int], Path], *, log_dir: Path) -> Iterator[
     finally:
         for plane in reversed(started):
             started[plane].stop()
+
+
+@contextlib.contextmanager
+def each_routed(upstream_ports: Sequence[int], *, work: Path, timeout: str = "5s") -> Iterator[dict[str, Started]]:
+    """`each` plane on one bootstrap with an HTTP listener whose route ``/<i>/`` goes to a cluster of its own
+    on ``upstream_ports[i]`` (a test's table of raw upstreams, one per case); bootstraps and logs below ``work``."""
+
+    def config(plane: str, port: int, admin: int) -> Path:
+        routes = [
+            {"match": {"prefix": f"/{i}/"}, "route": {"cluster": f"c{i}", "timeout": timeout}}
+            for i in range(len(upstream_ports))
+        ]
+        clusters = [tb_envoy.static_cluster(f"c{i}", p) for i, p in enumerate(upstream_ports)]
+        listener = tb_envoy.http_listener("routed", port, cluster="c0", routes=routes)
+        return tb_envoy.write_config(tb_envoy.bootstrap(admin, [listener], clusters), work / plane)
+
+    with each(config, log_dir=work) as started:
+        yield started
