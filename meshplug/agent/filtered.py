@@ -167,9 +167,6 @@ class FilteredExchange(Exchange):
         chain: agent_chain.Chain,
         *,
         headers: wire.Headers,
-        path: bytes,
-        authority: bytes,
-        received_at: int,
         framed: bool,
     ) -> None:
         super().__init__(conn, method, b"", keep_alive, has_body)
@@ -180,10 +177,11 @@ class FilteredExchange(Exchange):
         self.request_headers = headers  # in the chain's form (pseudo-headers first), fed at `start`
         self.req_fed: tuple[tuple[bytes, bytes], ...] = ()  # what the chain got, to recognise it unchanged
         # the upstream head of `request_headers` unchanged, written when it goes upstream (a local reply never
-        # writes it): its request line's target and host, and where the received headers begin (-1: used)
-        self.req_path = path
-        self.req_authority = authority
-        self.req_at = received_at
+        # writes it): its request line's target and host, and where the received headers begin (-1: none, or
+        # used); set by the parser (meshplug.agent.h1request)
+        self.req_path = b""
+        self.req_authority = b""
+        self.req_at = -1
         self.req_framed = framed  # request_headers has content-length
         self.req_hold: bytes | None = None
         self.req_trailers: wire.Headers | None = None

@@ -169,30 +169,14 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
             chain_headers.append(h)
         if http2:
             fx: FilteredExchange = H2UpExchange(
-                conn,
-                method,
-                keep_alive,
-                has_body,
-                filters,
-                headers=chain_headers,
-                path=path,
-                authority=authority,
-                received_at=received_at,
-                framed=framed,
+                conn, method, keep_alive, has_body, filters, headers=chain_headers, framed=framed
             )
         else:  # a direct constructor call: mypyc makes it a native one
-            fx = FilteredExchange(
-                conn,
-                method,
-                keep_alive,
-                has_body,
-                filters,
-                headers=chain_headers,
-                path=path,
-                authority=authority,
-                received_at=received_at,
-                framed=framed,
-            )
+            fx = FilteredExchange(conn, method, keep_alive, has_body, filters, headers=chain_headers, framed=framed)
+        # the upstream head's request line, written when the headers go upstream unchanged (`_send_up_headers`)
+        fx.req_path = path
+        fx.req_authority = authority
+        fx.req_at = received_at
         if connect:
             fx.stream.route_resolver = _no_route
             fx.stream.route_constant = None
