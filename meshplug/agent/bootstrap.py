@@ -456,9 +456,6 @@ def _http_options(hcm: envoyjson.Message, ctx: envoyjson.Read) -> None:
         h1.done()
     common = hcm.obj("common_http_protocol_options")
     if common is not None:
-        if common.has("max_stream_duration"):
-            raise envoyjson.error(common.at("max_stream_duration"), "not supported by the agent (a stream's "
-                                  "whole-life limit); request_timeout and stream_idle_timeout are")  # fmt: skip
         options = dataclasses.replace(
             options,
             idle_timeout_s=common.duration("idle_timeout", limits.HCM_IDLE_TIMEOUT_S),

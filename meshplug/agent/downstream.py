@@ -93,6 +93,9 @@ class Downstream(H1Peer, asyncio.Protocol):
         self._stream_at = 0.0
         self.headers_at = 0.0
         self.request_at = 0.0
+        #: the stream idle deadline of the exchange being served once its request ended, until its response starts
+        #: (Envoy's idle timer runs on: 504 "stream timeout"); armed only when its route timeout would not come first
+        self._serve_at = 0.0
         self._end_at = 0.0
         self.url = b""
         self.headers: wire.Headers = []
@@ -453,6 +456,7 @@ class Downstream(H1Peer, asyncio.Protocol):
                 ex.request_trailers(trailers)
         if self.queue and ex is self.queue[0]:
             ex.request_complete()
+            self._watch_serving(ex)
         else:
             ex.req_done = True
         if not ex.resp_done:
@@ -582,18 +586,32 @@ class Downstream(H1Peer, asyncio.Protocol):
         if self.headers_at:
             self.timer.wake_at(self.headers_at)
 
-    def _on_timer(self) -> None:  # noqa: PLR0912 - one timer per connection: one branch per phase it can fire in
-        if self.closed:
-            return
-        now = self.proxy.loop.time()
-        pending = 0.0
-        for ex in list(self.queue):
-            deadline = ex.deadline
-            if deadline:
-                if deadline <= now:
-                    ex._timed_out()
-                elif not pending or deadline < pending:
-                    pending = deadline
+    def _watch_serving(self, ex: Exchange) -> None:
+        """`ex` (at the queue's head) has its whole request and waits for its response: its stream idle deadline,
+        unless its route timeout (counted from about now) is no longer."""
+        idle = self.opts.stream_idle_timeout_s
+        if idle and not ex.resp_started and not ex.resp_done:
+            timeout = ex.timeout_s
+            if timeout <= 0 or timeout > idle:
+                self._serve_at = at = self.proxy.loop.time() + idle
+                self.timer.wake_at(at)
+
+    def _stream_deadlines(self, now: float) -> float:
+        """The deadlines of the requests (Envoy's per-stream timers): the one being served (stream idle until its
+        response starts), the one being received (request timeout, request headers timeout, stream idle). One
+        that passed is acted on (-1.0: the caller stops); else the earliest pending one (0: none)."""
+        earliest = 0.0
+        serve_at = self._serve_at
+        if serve_at and serve_at <= now:
+            self._serve_at = serve_at = 0.0
+            served = self.queue[0] if self.queue else None
+            if served is not None and served.req_done and not served.resp_started and not served.resp_done:
+                self.proxy.stats.downstream_rq_idle_timeout += 1
+                served.proxy_reply(504, b"stream timeout", "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT)
+                self.timer.wake_at(now)  # the reply moved the connection on: its other deadlines are read again
+                return -1.0
+        if serve_at and (not earliest or serve_at < earliest):
+            earliest = serve_at
         request_at = self.request_at
         if request_at and request_at <= now:
             self.request_at = request_at = 0.0
@@ -601,9 +619,9 @@ class Downstream(H1Peer, asyncio.Protocol):
             if cur is None or not (cur.resp_started or cur.resp_done):  # a started response disarms it (Envoy)
                 self.proxy.stats.downstream_rq_timeout += 1
                 self._refuse_now(framing.Refusal(408, b"request timeout", "request_overall_timeout", codec=False))
-                return
-        if request_at and (not pending or request_at < pending):
-            pending = request_at
+                return -1.0
+        if request_at and (not earliest or request_at < earliest):
+            earliest = request_at
         for at, status, body, details, flags in (  # as Envoy's HCM: the stream idle timeout flags the stream SI
             (self.headers_at, 408, b"request header timeout", "request_header_timeout", 0),
             (self._stream_at, 408, b"stream timeout", "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT),
@@ -616,9 +634,28 @@ class Downstream(H1Peer, asyncio.Protocol):
                     else:
                         stats.downstream_rq_header_timeout += 1
                     self._refuse_now(framing.Refusal(status, body, details, codec=False, flags=flags))
-                    return
-                if not pending or at < pending:
-                    pending = at
+                    return -1.0
+                if not earliest or at < earliest:
+                    earliest = at
+        return earliest
+
+    def _on_timer(self) -> None:  # noqa: PLR0912 - one timer per connection: one branch per phase it can fire in
+        if self.closed:
+            return
+        now = self.proxy.loop.time()
+        pending = 0.0
+        for ex in list(self.queue):
+            deadline = ex.deadline
+            if deadline:
+                if deadline <= now:
+                    ex._timed_out()
+                elif not pending or deadline < pending:
+                    pending = deadline
+        due = self._stream_deadlines(now)
+        if due < 0:
+            return  # one passed: the connection moved on (its timer is armed again by what follows)
+        if due and (not pending or due < pending):
+            pending = due
         end_at = self._end_at
         if end_at:
             if end_at <= now:  # max_connection_duration: no more requests; close once idle
@@ -642,6 +679,7 @@ class Downstream(H1Peer, asyncio.Protocol):
 
     def exchange_done(self, ex: Exchange, *, reusable: bool) -> None:
         self.proxy.stats.downstream_rq_active -= 1
+        self._serve_at = 0.0
         if self.queue and self.queue[0] is ex:
             self.queue.popleft()
         if not reusable or self.proxy.draining or self.expired or (self.eof and not self.queue):
@@ -658,6 +696,7 @@ class Downstream(H1Peer, asyncio.Protocol):
                 return
             nxt.start()
             if nxt.req_done:
+                self._watch_serving(nxt)
                 return  # still paused for the pipeline: resume once this one is answered
         self.resume(wire.PAUSE_PIPELINE)
         if self._write_paused and self.queue and self.queue[0].up is not None:

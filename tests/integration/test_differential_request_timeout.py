@@ -72,12 +72,21 @@ def _buffering_filter() -> dict[str, Any]:
     return {"name": "bodyrw", "typed_config": {"@type": _WASM, "config": config}}
 
 
+#: a route without timeout (Istio's) to a slow path, then the rest with Envoy's default 15 s
+_ROUTES = [
+    {"match": {"prefix": "/__slow/1300"}, "route": {"cluster": "echo", "timeout": "0s"}},
+    {"match": {"prefix": "/"}, "route": {"cluster": "echo", "timeout": "15s"}},
+]
+
+
 def _bootstrap(setting: str, ports: dict[str, int], admin: int, echo: int) -> dict[str, Any]:
     hcm_fields, _ = SETTINGS[setting]
     listeners = []
     for name in LISTENERS:
         chain = [_buffering_filter()] if name == "buffer" else []
-        lst = tb_envoy.http_listener(name, ports[name], cluster="echo", http_filters=[*chain, propdump.wasm_filter()])
+        lst = tb_envoy.http_listener(
+            name, ports[name], cluster="echo", http_filters=[*chain, propdump.wasm_filter()], routes=_ROUTES
+        )
         lst["filter_chains"][0]["filters"][0]["typed_config"].update(hcm_fields)
         listeners.append(lst)
     return tb_envoy.bootstrap(admin, listeners, [tb_envoy.static_cluster("echo", echo)])
@@ -233,13 +242,14 @@ CASES: list[tuple[str, str, str, Callable[[int], object]]] = [
     ("h1 body trickles", "idle", "buffer", _h1(_POST, _BYTES)),
     ("h2 whole request, slow upstream", "idle", "plain", _h2(_H2_SLOW, end=True)),
     ("h1 whole request, slow upstream", "idle", "plain", _h1(b"GET %b HTTP/1.1\r\nhost: x\r\n\r\n" % _SLOW)),
+    ("h1 whole request, slow upstream, route without timeout", "idle", "buffer",
+     _h1(b"GET /__slow/1300 HTTP/1.1\r\nhost: x\r\n\r\n")),
+    ("h2 whole request, slow upstream, route without timeout", "idle", "plain",
+     _h2(((b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/__slow/1300"), (b":authority", b"x")), end=True)),
 ]  # fmt: skip
 
 #: cases where the agent still differs (strict xfails: each fails the run once it passes): why
-DIFFERS: dict[str, str] = {
-    "idle: h1 whole request, slow upstream": "Envoy's stream idle timer runs while an HTTP/1.1 request waits for its "
-    "upstream (504 SI); the agent's HTTP/1.1 exchanges have only the route timeout then",
-}
+DIFFERS: dict[str, str] = {}
 
 
 def _id(case: tuple[str, str, str, Callable[[int], object]]) -> str:

@@ -252,6 +252,8 @@ def test_bootstrap_hcm_timeouts(hcm_fields: dict[str, object], expected: tuple[f
         ({"request_timeout": "soon"}, r"request_timeout: 'soon' is not a duration"),
         ({"common_http_protocol_options": {"max_stream_duration": "5s"}},
          r"common_http_protocol_options\.max_stream_duration: not supported"),
+        ({"common_http_protocol_options": {"max_stream_duration": "0s"}},
+         r"max_stream_duration: not supported by the agent \(a stream's whole-life limit\)"),
         ({"common_http_protocol_options": {"max_requests_per_connection": 5}},
          r"common_http_protocol_options\.max_requests_per_connection: not supported"),
     ],
@@ -269,4 +271,19 @@ def test_bootstrap_refuses_listeners_whose_timeouts_differ() -> None:
     second["filter_chains"][0]["filters"][0]["typed_config"]["request_timeout"] = "2s"
     listeners.append(second)
     with pytest.raises(errors.ConfigError, match=r"listeners\[1\].*\.request_timeout: differs from .*listeners\[0\]"):
+        bootstrap.parse(doc)
+
+
+@pytest.mark.parametrize(
+    ("route_fields", "message"),
+    [
+        ({"idle_timeout": "1s"}, r"route\.idle_timeout: not supported here: .*common_http_protocol_options only"),
+        ({"max_stream_duration": {"max_stream_duration": "1s"}}, r"route\.max_stream_duration: not supported"),
+    ],
+)
+def test_bootstrap_refuses_route_timeouts_it_cannot_honour(route_fields: dict[str, object], message: str) -> None:
+    doc: Any = _bootstrap({}, {})
+    hcm_config = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm_config["route_config"]["virtual_hosts"][0]["routes"][0]["route"].update(route_fields)
+    with pytest.raises(errors.ConfigError, match=message):
         bootstrap.parse(doc)

@@ -265,6 +265,24 @@ def test_request_timeout_ends_with_the_request_or_once_its_response_started() ->
     assert down.proxy.stats.downstream_rq_timeout == 0 and not any(b"408" in o for o in dt.out)
 
 
+@pytest.mark.parametrize(
+    ("idle_s", "answered_at", "body"),
+    [(2, 2, b"stream timeout"), (10, 5, b"upstream request timeout")],  # the route's timeout (5 s) when shorter
+)
+def test_a_request_waiting_for_a_silent_upstream_ends_at_the_stream_idle_timeout(
+    idle_s: float, answered_at: float, body: bytes
+) -> None:
+    loop = _Loop()
+    down, dt, _, ut = _connected(loop, {"stream_idle_timeout_s": idle_s})
+    down.data_received(_REQ)
+    loop.advance(answered_at - 0.1)
+    assert not dt.out
+    loop.advance(0.2)
+    assert dt.out[-1].startswith(b"HTTP/1.1 504 ") and dt.out[-1].endswith(body)
+    assert ut.closed and not dt.closed  # the upstream connection goes; the client's stays (keep-alive)
+    assert down.proxy.stats.downstream_rq_idle_timeout == (body == b"stream timeout")
+
+
 def test_max_connection_duration_closes_after_the_response_in_flight() -> None:
     loop = _Loop()
     down, dt, up, _ = _connected(loop, {"max_connection_duration_s": 3})
