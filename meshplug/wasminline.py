@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshplug import limits
+from meshplug import leb128, limits
 
 #: the pass's version and the limits that shape its output: part of the optimized tier's engine settings
 #: (meshplug.compiled), so artifacts made by another version of the pass, or with other limits, have another key
@@ -119,17 +119,10 @@ class Stats:
 
 
 def _uleb(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise _GiveUp("bad LEB128")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
+    try:
+        return leb128.decode(data, pos, end)
+    except ValueError as exc:
+        raise _GiveUp(str(exc)) from None
 
 
 def _skip_sleb(data: bytes, pos: int, end: int, max_bytes: int) -> int:
@@ -141,18 +134,6 @@ def _skip_sleb(data: bytes, pos: int, end: int, max_bytes: int) -> int:
         pos += 1
         if not b & 0x80:
             return pos
-
-
-def _enc(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def _sleb(value: int) -> bytes:
@@ -547,12 +528,14 @@ def _expand(inner: _Body, base: int, params: tuple[int, ...], blocktype: bytes) 
     """``inner``'s code as a block in place of a call: arguments and locals in the caller's locals from ``base``."""
     out = bytearray()
     for i in range(len(params) - 1, -1, -1):
-        out += b"\x21" + _enc(base + i)
+        out += b"\x21" + leb128.encode(base + i)
     for j, vt in enumerate(inner.locals):
-        out += _ZERO[vt] + b"\x21" + _enc(base + len(params) + j)
+        out += _ZERO[vt] + b"\x21" + leb128.encode(base + len(params) + j)
     out += b"\x02" + blocktype
-    edits: list[tuple[int, int, bytes]] = [(s, e, bytes((op,)) + _enc(base + idx)) for s, e, op, idx in inner.local_ops]
-    edits += [(s, s + 1, b"\x0c" + _enc(depth)) for s, depth in inner.returns]
+    edits: list[tuple[int, int, bytes]] = [
+        (s, e, bytes((op,)) + leb128.encode(base + idx)) for s, e, op, idx in inner.local_ops
+    ]
+    edits += [(s, s + 1, b"\x0c" + leb128.encode(depth)) for s, depth in inner.returns]
     edits.sort()
     last = 0
     code = inner.code
@@ -571,11 +554,11 @@ def _encode_body(body: _Body) -> bytes:
             runs[-1] = (runs[-1][0] + 1, vt)
         else:
             runs.append((1, vt))
-    payload = bytearray(_enc(len(runs)))
+    payload = bytearray(leb128.encode(len(runs)))
     for n, vt in runs:
-        payload += _enc(n) + bytes((vt,))
+        payload += leb128.encode(n) + bytes((vt,))
     payload += body.code
-    return _enc(len(payload)) + bytes(payload)
+    return leb128.encode(len(payload)) + bytes(payload)
 
 
 def inline_with_stats(data: bytes) -> tuple[bytes, Stats]:
@@ -595,7 +578,7 @@ def inline_with_stats(data: bytes) -> tuple[bytes, Stats]:
             size = code_end - code_start
             return data, Stats(0, 0, size, size, "nothing to inline")
         n, pos = _uleb(data, code_start, code_end)
-        section = bytearray(_enc(n))
+        section = bytearray(leb128.encode(n))
         for i in range(n):
             size, start = _uleb(data, pos, code_end)
             section += _encode_body(changed[i]) if i in changed else data[pos : start + size]
@@ -607,7 +590,7 @@ def inline_with_stats(data: bytes) -> tuple[bytes, Stats]:
     except _GiveUp as exc:
         return data, Stats(0, 0, 0, 0, str(exc))
     # the code section's header (id, size) and payload replaced; everything else byte for byte
-    out = data[:header_at] + bytes((_SECTION_CODE,)) + _enc(len(section)) + bytes(section) + data[code_end:]
+    out = data[:header_at] + bytes((_SECTION_CODE,)) + leb128.encode(len(section)) + bytes(section) + data[code_end:]
     return out, Stats(inliner.inlined, len(changed), before, len(section))
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from meshplug import leb128
+
 OK: Final = 0
 CANCELLED: Final = 1
 UNKNOWN: Final = 2
@@ -110,16 +112,8 @@ def proto_fields(data: bytes) -> dict[int, int | bytes]:
 
     def varint() -> int:
         nonlocal i
-        value = shift = 0
-        while True:
-            if i >= n or shift > 63:
-                raise ValueError("truncated varint")
-            b = data[i]
-            i += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return value
+        value, i = leb128.decode(data, i, n)
+        return value
 
     while i < n:
         key = varint()

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Union
 
-from meshplug import errors
+from meshplug import errors, leb128
 from meshplug.agent import pairs
 
 _DOUBLE: Final = struct.Struct("<d")
@@ -151,21 +151,9 @@ def _to_json(value: Value) -> object:
 
 
 # --- protobuf binary -------------------------------------------------------------------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _field_bytes(number: int, data: bytes) -> bytes:
     """A length-delimited field."""
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
+    return leb128.encode(number << 3 | 2) + leb128.encode(len(data)) + data
 
 
 def _value_proto(value: Value) -> bytes:
