@@ -46,14 +46,7 @@ SDKS: dict[str, SdkFacts] = {
 }  # fmt: skip
 
 
-def _built() -> list[modules.BuiltModule]:
-    try:
-        return sorted(modules.all_modules().values(), key=lambda m: m.key)
-    except FileNotFoundError:
-        return []
-
-
-BUILT = _built()
+BUILT = modules.built_or_none()
 
 
 def _spec_type(key: str) -> validate.FilterKind:

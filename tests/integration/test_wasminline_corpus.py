@@ -12,15 +12,7 @@ import wasmtime
 from meshplug import compiled, limits, wasminline
 from tests.corpus import modules
 
-
-def _built() -> list[modules.BuiltModule]:
-    try:
-        return sorted(modules.all_modules().values(), key=lambda m: m.key)
-    except FileNotFoundError:
-        return []
-
-
-BUILT = _built()
+BUILT = modules.built_or_none()
 ENGINE = compiled.new_engine(parallel=False)
 
 
