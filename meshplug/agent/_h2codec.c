@@ -5,11 +5,14 @@
  * control windows run here; Python sees one list of compact events per read and hands over whole header
  * lists and bodies.
  *
- *   Session(server, settings, connection_window, max_header_bytes, stream_window, flood_limits)
+ *   Session(server, settings, connection_window, max_header_bytes, stream_window, flood_limits, max_header_count)
  *       server: a server session (the agent's downstream), else a client (an HTTP/2 cluster). `settings`:
  *       [(id, value)] sent at once; `connection_window`: the connection's receive window (a WINDOW_UPDATE);
- *       `max_header_bytes`: a received header block decoding past this (name + value + 32 per field) ends the
- *       connection (GOAWAY ENHANCE_YOUR_CALM: an HPACK bomb); `stream_window`: a client stream's receive
+ *       `max_header_bytes`: a server: a request header block decoding past this (name + value + 32 per field)
+ *       ends the connection (GOAWAY ENHANCE_YOUR_CALM: an HPACK bomb); a client: a response head past this
+ *       (names and values) or `max_header_count` fields (0: no limit) resets its stream, RST_STREAM
+ *       INTERNAL_ERROR, the rest of the block skipped (Envoy's max_response_headers_kb / _count; the reset
+ *       event is flagged as the peer's, as Envoy reports it: remote_reset); `stream_window`: a client stream's receive
  *       window, opened by a WINDOW_UPDATE once its HEADERS went out (0: the SETTINGS' window). `flood_limits`:
  *       (empty, priority, window_update) Envoy's Http2ProtocolOptions max_consecutive_inbound_frames_with_empty_
  *       payload, max_inbound_priority_frames_per_stream, max_inbound_window_update_frames_per_data_frame_sent
@@ -105,13 +108,15 @@ typedef struct stream_s {
     buf_t in;                     /* the DATA frame being received */
     buf_t out;                    /* body waiting to be sent */
     PyObject *trailers;           /* trailers to send after the body */
+    size_t header_count;
     char final_seen, reset_recv, app_closed, end_pending, has_provider, deferred, rst_after_end, opened, end_sent;
+    char overflow; /* a response head past the limits: reset (RST_STREAM INTERNAL_ERROR) */
 } stream_t;
 
 typedef struct {
     PyObject_HEAD nghttp2_session *session;
     int server;
-    size_t max_header_bytes;
+    size_t max_header_bytes, max_header_count;
     int32_t stream_window;
     PyObject *events; /* the list receive() fills (NULL outside receive) */
     buf_t out;        /* serialized frames not yet handed over */
@@ -269,7 +274,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     }
     Py_CLEAR(s->cookies);
     Py_XSETREF(s->headers, PyList_New(0));
-    s->header_bytes = 0;
+    s->header_bytes = s->header_count = 0;
     if (!s->headers) {
         self->failed = 1;
         return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -284,8 +289,20 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     stream_t *s = stream_of(self, frame->hd.stream_id);
     if (!s || !s->headers) return 0;
-    s->header_bytes += namelen + valuelen + 32;
-    if (s->header_bytes > self->max_header_bytes) { /* an HPACK bomb: stop decoding, end the connection */
+    if (!self->server) { /* a response head: Envoy's saveHeader (max_response_headers_kb / _count, cookies apart) */
+        if (!(namelen == 6 && memcmp(name, "cookie", 6) == 0)) {
+            s->header_bytes += namelen + valuelen;
+            s->header_count++;
+        }
+        if (s->header_bytes > self->max_header_bytes ||
+            (self->max_header_count && s->header_count > self->max_header_count)) {
+            s->overflow = 1; /* nghttp2 resets the stream (INTERNAL_ERROR) and skips the rest of the block */
+            Py_CLEAR(s->headers);
+            Py_CLEAR(s->cookies);
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+    } else if ((s->header_bytes += namelen + valuelen + 32) > self->max_header_bytes) {
+        /* a request's HPACK bomb: stop decoding, end the connection */
         nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
         self->terminated = 1;
         return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -432,8 +449,8 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
     stream_t *s = stream_of(self, sid);
     if (!s) return 0;
     int rv = 0;
-    if (error_code && !s->reset_recv && !s->app_closed) /* the codec reset it: a stream error */
-        rv = emit(self, EV_RESET, sid, NULL, 0, error_code);
+    if (error_code && !s->reset_recv && !s->app_closed) /* the codec reset it: a stream error (a response head */
+        rv = emit(self, EV_RESET, sid, NULL, s->overflow, error_code); /* past the limits: as Envoy, the peer's) */
     nghttp2_session_set_stream_user_data(session, sid, NULL);
     stream_free(self, s);
     if (rv) {
@@ -446,20 +463,16 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
 /* Envoy's ConnectionImpl::onInvalidFrame (stream_error_on_invalid_http_messaging off, its default): a refused
  * stream is only that stream's; a bad header block or message, a flow-control, protocol or closed-stream error
  * fails the callback, so nghttp2 queues no GOAWAY and the read fails: Envoy's codec then writes nothing more
- * (not even what was queued before, its own SETTINGS in a connection's first read) and closes -- compared with
- * Envoy as a server (tests/integration/test_differential_h2.py); as a client the agent still ends with GOAWAY
- * PROTOCOL_ERROR */
+ * (not even what was queued before, its own SETTINGS in a connection's first read) and closes -- as a server
+ * (tests/integration/test_differential_h2.py) and as a client (its codec client closes the upstream connection
+ * without a flush: test_differential_upstream_flags) */
 static int on_invalid_frame(nghttp2_session *session, const nghttp2_frame *frame, int lib_error_code,
                             void *user_data) {
     Session *self = user_data;
     (void)frame;
+    (void)session;
     if (lib_error_code == NGHTTP2_ERR_REFUSED_STREAM) return 0;
-    if (!self->terminated) {
-        if (self->server)
-            self->silent = 1;
-        else
-            nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR);
-    }
+    if (!self->terminated) self->silent = 1;
     self->terminated = 1;
     return NGHTTP2_ERR_CALLBACK_FAILURE;
 }
@@ -543,14 +556,16 @@ static void Session_dealloc(Session *self) {
 
 static int Session_init(Session *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"server", "settings", "connection_window", "max_header_bytes", "stream_window",
-                             "flood_limits", NULL};
+                             "flood_limits", "max_header_count", NULL};
     int server;
     PyObject *settings;
     long long conn_window, max_header_bytes;
     int stream_window;
     unsigned long long max_empty, max_priority, max_window;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "pOLLi(KKK)", kwlist, &server, &settings, &conn_window,
-                                     &max_header_bytes, &stream_window, &max_empty, &max_priority, &max_window))
+    long long max_header_count = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "pOLLi(KKK)|L", kwlist, &server, &settings, &conn_window,
+                                     &max_header_bytes, &stream_window, &max_empty, &max_priority, &max_window,
+                                     &max_header_count))
         return -1;
     if (self->session) {
         PyErr_SetString(PyExc_RuntimeError, "Session already initialised");
@@ -558,6 +573,7 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds) {
     }
     self->server = server;
     self->max_header_bytes = (size_t)max_header_bytes;
+    self->max_header_count = (size_t)max_header_count;
     self->stream_window = stream_window;
     self->max_empty = max_empty;
     self->max_priority = max_priority;
@@ -691,13 +707,8 @@ static PyObject *Session_receive(Session *self, PyObject *arg) {
     }
     if (self->failed) {
         err = 1;
-    } else if (rv < 0) { /* the read failed (Envoy's server codec: a dispatch error, nothing more is written) */
-        if (!self->terminated) {
-            if (self->server)
-                self->silent = 1;
-            else
-                nghttp2_session_terminate_session(self->session, NGHTTP2_PROTOCOL_ERROR);
-        }
+    } else if (rv < 0) { /* the read failed (Envoy's codec: a dispatch error, nothing more is written) */
+        if (!self->terminated) self->silent = 1;
         self->terminated = 1;
     }
     if (self->terminated) self->events = NULL; /* the resets the GOAWAY brings are the connection error's */

@@ -77,7 +77,9 @@ def nghttp2_goaway(exc: Exception, frame_type: int, stream_id: int, idle: bool) 
     state): Envoy's codec then fails the read and writes nothing more, not even what it had queued."""
     answer: tuple[int, bytes] | None = None
     codes = h2.errors.ErrorCodes
-    if isinstance(exc, (h2.exceptions.FrameTooLargeError, h2.exceptions.FrameDataMissingError)):
+    if isinstance(exc, h2.exceptions.FrameTooLargeError):
+        answer = codes.FRAME_SIZE_ERROR, b"too large frame size"
+    elif isinstance(exc, h2.exceptions.FrameDataMissingError):
         answer = codes.FRAME_SIZE_ERROR, b""
     elif isinstance(exc, h2.exceptions.DenialOfServiceError):  # an HPACK bomb: the agent's guard, as _h2codec's
         answer = codes.ENHANCE_YOUR_CALM, b""
@@ -199,6 +201,15 @@ class Connection(h2.connection.H2Connection):
         super().__init__(config=config)
         self.guard = FloodGuard()
         self.incoming_buffer = _GuardedFrames(self.guard, server=not config.client_side)
+        #: the decoder's bound on a header list once our SETTINGS are acknowledged, when not what they announce
+        #: (a client's: an HPACK bomb's, far past the response head's limit it checks itself; 0: the announced one)
+        self.header_list_bound = 0
+
+    def _local_settings_acked(self) -> Any:
+        changes = super()._local_settings_acked()
+        if self.header_list_bound:
+            self.decoder.max_header_list_size = self.header_list_bound
+        return changes
 
     def send_headers(  # noqa: PLR0917 - h2's own signature
         self,
@@ -286,6 +297,14 @@ class Connection(h2.connection.H2Connection):
         event.last_stream_id = frame.last_stream_id
         event.additional_data = frame.additional_data or None
         return [], [event]
+
+    def reset_anyway(self, stream_id: int, code: int) -> None:
+        """RST_STREAM `stream_id`, even when the frames of this read closed it already (nghttp2 resets a stream
+        whose head it refused before it reads the frames after it)."""
+        try:
+            self.reset_stream(stream_id, code)
+        except h2.exceptions.ProtocolError:
+            self._rst(stream_id, code)
 
     def _rst(self, stream_id: int, code: int) -> None:
         rst = hyperframe.frame.RstStreamFrame(stream_id)

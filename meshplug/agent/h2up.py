@@ -14,7 +14,11 @@ SETTINGS_MAX_CONCURRENT_STREAMS (and `limits.H2_UPSTREAM_MAX_STREAMS`); concurre
 connection being opened rather than each opening its own. GOAWAY: the connection takes no new stream;
 streams above its last-stream-id fail with "remote refused stream reset" (never processed: the exchange may
 retry them), the others finish. Flow control both ways: request bodies wait for window; response DATA is
-acknowledged (window re-opened) only while the receiving side is not paused.
+acknowledged (window re-opened) only while the receiving side is not paused. An upstream that breaks the protocol
+ends its connection as Envoy's codec client ends it: nothing more is written but nghttp2's own GOAWAY (the codec's
+`silent`), the streams fail with a protocol error (502, UPE); a response head past max_response_headers_kb / _count
+(the pool's `max_head` / `max_count`) resets only its stream (RST_STREAM INTERNAL_ERROR), reported as Envoy reports
+it: a remote reset (503, UR).
 """
 
 from __future__ import annotations
@@ -110,11 +114,13 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.pool.stats.upstream_cx_total += 1
         self.pool.stats.upstream_cx_active += 1
+        pool = self.pool
         self.start_codec(  # SETTINGS sent with the preface, applied once acknowledged
             server=False,
             settings=client_settings(),
             connection_window=limits.H2_INITIAL_CONNECTION_WINDOW,
-            max_header_bytes=limits.H2_MAX_HEADER_LIST_BYTES,
+            max_header_bytes=pool.max_head,  # a response head past them: its stream is reset, as Envoy's
+            max_header_count=pool.max_count,
             stream_window=limits.H2_INITIAL_STREAM_WINDOW,  # a WINDOW_UPDATE after each stream's HEADERS
         )
         self.flush()
@@ -309,9 +315,15 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
 class H2Pool:
     """A cluster that speaks HTTP/2: its connections; streams go on the newest one with room."""
 
-    def __init__(self, cluster: agent_config.Cluster, stats: agent_stats.Stats) -> None:
+    def __init__(
+        self, cluster: agent_config.Cluster, stats: agent_stats.Stats, http: agent_config.HttpOptions | None = None
+    ) -> None:
         self.cluster = cluster
         self.stats = stats
+        http = http or agent_config.HttpOptions()
+        #: a response head's bounds (max_response_headers_kb / _count)
+        self.max_head = http.max_response_headers_kb * 1024
+        self.max_count = http.max_response_headers_count
         self.conns: list[H2Upstream] = []
         self._connecting: asyncio.Future[H2Upstream] | None = None
 

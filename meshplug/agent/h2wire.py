@@ -334,14 +334,21 @@ def new_codec(
     stream_window: int,
     on_failed: Callable[[int], None],
     native: bool = True,
+    max_header_count: int = 0,
 ) -> Codec:
     """A connection's codec, its SETTINGS and connection window queued: nghttp2 when built, else h2.
-    `on_failed(sid)`: a queued body or trailers could not be sent later (h2 only; nghttp2 answers at once)."""
+    `on_failed(sid)`: a queued body or trailers could not be sent later (h2 only; nghttp2 answers at once).
+    `max_header_bytes`: a server's HPACK-bomb bound on a request's header block (a connection error); a client's
+    bound on a response head (names and values; `max_header_count` fields, 0: none): past either the stream is
+    reset (RST_STREAM INTERNAL_ERROR) and its EV_RESET flagged as the peer's, as Envoy reports it (remote_reset)."""
     if native and _NATIVE is not None:
         return cast(
             Codec,
-            _NATIVE.Session(server, list(settings), connection_window, max_header_bytes, stream_window, _FLOOD_LIMITS),
-        )
+            _NATIVE.Session(
+                server, list(settings), connection_window, max_header_bytes, stream_window, _FLOOD_LIMITS,
+                max_header_count,
+            ),
+        )  # fmt: skip
     return PyCodec(
         server,
         settings,
@@ -349,6 +356,7 @@ def new_codec(
         max_header_bytes=max_header_bytes,
         stream_window=stream_window,
         on_failed=on_failed,
+        max_header_count=max_header_count,
     )
 
 
@@ -393,6 +401,7 @@ class PyCodec:
         stream_window: int,
         on_failed: Callable[[int], None],
         config: h2.config.H2Configuration | None = None,
+        max_header_count: int = 0,
     ) -> None:
         if config is None:
             config = h2.config.H2Configuration(
@@ -417,10 +426,15 @@ class PyCodec:
         self._blocked: set[_Out] = set()  # streams whose body waits for window
         h = conn
         h.local_settings.update(dict(settings))
+        #: a client's bounds on a response head (Envoy's max_response_headers_kb / _count: `_over_limits`)
+        self.max_head = 0 if server else max_header_bytes
+        self.max_count = 0 if server else max_header_count
         if server:
             h.local_settings.acknowledge()  # enforced from now on: what we announce is what we apply
             h.decoder.max_header_list_size = max_header_bytes
             h.max_inbound_frame_size = h.local_settings.max_frame_size
+        else:  # the library's own bound, an HPACK bomb's (ENHANCE_YOUR_CALM), far past the head's
+            h.decoder.max_header_list_size = conn.header_list_bound = limits.H2_HPACK_BOMB_FACTOR * max_header_bytes
         h.initiate_connection()
         #: our SETTINGS until written: kept apart so that a connection error in the first read drops what that read
         #: queued (the ACK of the client's SETTINGS) but not them, as nghttp2 does. A server's carry `settings`
@@ -460,28 +474,52 @@ class PyCodec:
         except Flood as exc:
             exc.events = self._ours(exc.events)
             raise
-        except Broken as exc:
-            if self.server:  # nghttp2's answer, not h2's
-                h.clear_outbound_data_buffer()
-                self.silent = exc.goaway is None
-                if exc.goaway is not None:
-                    f = hyperframe.frame.GoAwayFrame(0)
-                    f.last_stream_id, (f.error_code, f.additional_data) = h.highest_inbound_stream_id, exc.goaway
-                    self._preamble += f.serialize()
+        except Broken as exc:  # nghttp2's answer, not h2's (a client's too: its last stream id is 0)
+            h.clear_outbound_data_buffer()
+            self.silent = exc.goaway is None
+            if exc.goaway is not None:
+                f = hyperframe.frame.GoAwayFrame(0)
+                f.last_stream_id, (f.error_code, f.additional_data) = h.highest_inbound_stream_id, exc.goaway
+                self._preamble += f.serialize()
             raise Broken(str(exc), exc.error_code, self._ours(exc.events), exc.goaway) from exc
         good = check_received(events, server=self.server, connect_protocol=self.connect_protocol)
         if good < len(events):
             code = h2.errors.ErrorCodes.PROTOCOL_ERROR
-            if self.server:  # an invalid frame to nghttp2: nothing more is written (see h2conn.nghttp2_goaway)
-                self.silent = True
-            else:
-                h.close_connection(error_code=code)  # as h2 ends it
+            self.silent = True  # an invalid frame to nghttp2: nothing more is written (see h2conn.nghttp2_goaway)
             raise Broken("Invalid header block", code, self._ours(events[:good]))
+        if self.max_head:
+            events = self._over_limits(events)
         if window:  # nghttp2's order: SETTINGS frames (ours, the ACK of the client's) before the window's
             out = h.data_to_send()
             ack = out[:9] == _SETTINGS_ACK
             self._preamble += (_SETTINGS_ACK + window + out[9:]) if ack else (window + out)
         return self._ours(events)
+
+    def _over_limits(self, events: list[h2.events.Event]) -> list[h2.events.Event]:
+        """A client's response heads past Envoy's bounds (names and values but cookies, their count): the stream
+        reset (RST_STREAM INTERNAL_ERROR) and reported as reset by the peer, as Envoy's codec does; what else the
+        read gave for it dropped (its DATA acknowledged)."""
+        out: list[h2.events.Event] = []
+        dropped: set[int] = set()
+        for ev in events:
+            e = cast(Any, ev)
+            sid = int(getattr(e, "stream_id", 0) or 0)
+            if sid in dropped:
+                if isinstance(ev, h2.events.DataReceived):
+                    self.ack(sid, e.flow_controlled_length or 0)
+                continue
+            if type(ev) in _HEADER_EVENTS:
+                fields = [h for h in e.headers if h[0] != b"cookie"]
+                size = sum(len(h[0]) + len(h[1]) for h in fields)
+                if size > self.max_head or (self.max_count and len(fields) > self.max_count):
+                    dropped.add(sid)
+                    code = h2.errors.ErrorCodes.INTERNAL_ERROR
+                    self.forget(sid)
+                    self.h2.reset_anyway(sid, code)
+                    out.append(h2.events.StreamReset(stream_id=sid, error_code=code, remote_reset=True))
+                    continue
+            out.append(ev)
+        return out
 
     def _ours(self, events: list[h2.events.Event]) -> list[Event]:
         """h2's events as ours (`EV_*` tuples)."""
@@ -673,6 +711,7 @@ class H2Peer:
         connection_window: int,
         max_header_bytes: int,
         stream_window: int = 0,
+        max_header_count: int = 0,
     ) -> None:
         """The codec, its SETTINGS (and the connection window) queued; the caller flushes."""
         self.codec = new_codec(
@@ -682,6 +721,7 @@ class H2Peer:
             max_header_bytes=max_header_bytes,
             stream_window=stream_window,
             on_failed=self.send_failed,
+            max_header_count=max_header_count,
         )
 
     # what subclasses answer

@@ -62,7 +62,7 @@ class Proxy:
         self.stats = agent_stats.Stats()
         self.pools = {c.name: upstream.Pool(c, self.stats, cfg.http) for c in cfg.clusters}
         #: clusters that speak HTTP/2: their streams go here (`pools` keeps their HTTP/1.1 form unused)
-        self.h2pools = {c.name: h2up.H2Pool(c, self.stats) for c in cfg.clusters if c.http2}
+        self.h2pools = {c.name: h2up.H2Pool(c, self.stats, cfg.http) for c in cfg.clusters if c.http2}
         #: per listener: its routes, the pools, and the chain the push path installs (`install`)
         self.listeners = [
             routing.ListenerState(lst, routing.RouteTable(cfg.routes(lst)) if lst.type == "http" else None, self.pools)

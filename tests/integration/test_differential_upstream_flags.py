@@ -30,6 +30,11 @@ _OK = (Part(data=b"ok", end=True),)
 _NO_ERROR, _PROTOCOL_ERROR, _INTERNAL_ERROR, _REFUSED_STREAM, _CANCEL = 0, 1, 2, 7, 8
 
 
+def _raw(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    """A frame as given (no library builds these)."""
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
+
+
 def _answer(*headers: tuple[bytes, bytes], body: tuple[Part, ...] = _OK) -> tuple[Part, ...]:
     """One header block as given (no END_STREAM), then `body` (default: DATA "ok" with END_STREAM)."""
     return (Part(headers=headers), *body)
@@ -66,6 +71,12 @@ CASES: list[tuple[str, Script]] = [
     ("GOAWAY at the stream, then the close", (Part(goaway=_NO_ERROR), Part(close=True))),
     ("GOAWAY mid-body, then the close", _answer(_S200, body=(Part(data=b"ok"), Part(goaway=_INTERNAL_ERROR),
                                                              Part(close=True)))),
+    ("DATA on stream 0", (Part(raw=_raw(0, 0, 0, b"x")),)),
+    ("HEADERS on an even stream", (Part(raw=_raw(1, 5, 2, b"\x88")),)),
+    ("DATA over the frame size", _answer(_S200, body=(Part(raw=_raw(0, 1, 1, b"x" * 16385)),))),
+    ("PING of a bad length", (Part(raw=_raw(6, 0, 0, b"\x00" * 7)),)),
+    ("zero WINDOW_UPDATE on the connection", (Part(raw=_raw(8, 0, 0, b"\x00" * 4)),)),
+    ("HPACK bomb", _answer(_S200, *[(b"x-bomb", b"b" * 4000)] * 30)),
     ("close before the head", (Part(close=True),)),
     ("close after the head", _answer(_S200, body=(Part(close=True),))),
     ("close mid-body", _answer(_S200, body=(Part(data=b"ok"), Part(close=True)))),
@@ -88,13 +99,20 @@ DIFFERS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
-def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, propdump.Proxy]]:
+def server() -> Iterator[h2raw.RawServer]:
+    """The scripted HTTP/2 upstream: /c/<i> answered as CASES[i] says."""
+    scripted = {b"/c/%d" % i: parts for i, (_, parts) in enumerate(CASES) if isinstance(parts, tuple)}
+    raw = h2raw.RawServer(lambda path: scripted.get(path, _answer(_S200)))
+    yield raw
+    raw.close()
+
+
+@pytest.fixture(scope="module")
+def proxies(tmp_path_factory: pytest.TempPathFactory, server: h2raw.RawServer) -> Iterator[dict[str, propdump.Proxy]]:
     """Envoy and the agent on one bootstrap: propdump, then the router; /c/<i> to the scripted HTTP/2 upstream,
     /refused-* to a port nothing listens on, /timeout-* to one that takes no connection."""
     tmp: Path = tmp_path_factory.mktemp("upflags")
     logs = tmp / "logs"
-    scripted = {b"/c/%d" % i: parts for i, (_, parts) in enumerate(CASES) if isinstance(parts, tuple)}
-    server = h2raw.RawServer(lambda path: scripted.get(path, _answer(_S200)))
     h1 = rawpeer.RawPeer(functools.partial(_h1_upstream, {b"/h1/%d" % i: p for i, (_, p) in enumerate(CASES)}))
     dead = procs.free_port()
     full = socket.create_server(("127.0.0.1", 0), backlog=0)  # never accepts: one connect fills its queue
@@ -117,7 +135,6 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, prop
         with planes.each(config, log_dir=logs) as running:
             yield {plane: propdump.Proxy(p.port, p.logs) for plane, p in running.items()}
     finally:
-        server.close()
         h1.close()
         filler.close()
         full.close()
@@ -149,6 +166,33 @@ def test_client_and_plugin_see_what_envoy_gives(proxies: dict[str, propdump.Prox
     agent = propdump.read(proxies["agent"], request)
     assert "lg" in envoy.props, envoy  # Envoy ran the log callback: there is something to compare
     assert agent == envoy
+
+
+#: the cases whose upstream breaks the protocol: what each proxy sends it after the bad frame is compared too
+BAD_FRAMES = ("DATA on stream 0", "HEADERS on an even stream", "DATA over the frame size", "PING of a bad length",
+              "zero WINDOW_UPDATE on the connection", "HPACK bomb", "upper-case header name", "no :status")  # fmt: skip
+
+
+def _ends(sent: bytes, ended: bool) -> bool:
+    return ended or any(f[0] == 3 for f in h2raw.frames(sent))
+
+
+@pytest.mark.parametrize("name", BAD_FRAMES)
+def test_the_upstream_reads_what_envoy_sends_it(
+    proxies: dict[str, propdump.Proxy], server: h2raw.RawServer, name: str
+) -> None:
+    """An upstream that breaks the protocol gets from the agent what it gets from Envoy 1.40: nghttp2's GOAWAY
+    for what nghttp2 ends the connection for itself (DATA on stream 0, a bad frame size), nothing for a frame it
+    reports as invalid (Envoy's codec client closes the connection without a flush), RST_STREAM INTERNAL_ERROR
+    for a response head past max_response_headers_kb (the connection goes on)."""
+    index = next(i for i, (n, _) in enumerate(CASES) if n == name)
+    path = b"/c/%d" % index
+    got = {}
+    for plane, proxy in proxies.items():
+        propdump.read(proxy, _request(index, CASES[index][1]))
+        sent, ended = server.after_answer(path, _ends)
+        got[plane] = ([f for f in h2raw.frames(sent) if f[0] in (3, 7)], ended)
+    assert got["agent"] == got["envoy"]
 
 
 def test_every_marked_case_exists() -> None:

@@ -181,6 +181,8 @@ class Part:
     last_stream: int | None = None
     #: no frame: the server closes the connection here (what follows is not sent)
     close: bool = False
+    #: these bytes as they are instead (a frame no library would build: DATA on stream 0, a bad length, ...)
+    raw: bytes | None = None
 
 
 class RawServer:
@@ -194,6 +196,10 @@ class RawServer:
         self.port = int(self._sock.getsockname()[1])
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
+        #: per answered path, what the proxy sent on that connection after the answer (its last one), until it
+        #: closed the connection or sent another request; the paths whose connection has ended since
+        self.after: dict[bytes, bytes] = {}
+        self.ended: set[bytes] = set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -210,6 +216,7 @@ class RawServer:
         config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False)
         h2c = h2.connection.H2Connection(config)
         encoder = hpack.Encoder()
+        answered: bytes | None = None
         try:
             h2c.initiate_connection()
             conn.sendall(h2c.data_to_send())
@@ -217,12 +224,21 @@ class RawServer:
                 try:
                     events = h2c.receive_data(data)
                 except h2.exceptions.ProtocolError:
+                    if answered is not None:  # what broke h2 (a GOAWAY after our own bad frame, ...)
+                        with self._lock:
+                            self.after[answered] = self.after.get(answered, b"") + data
                     return
                 out = h2c.data_to_send()
                 closing = False
+                if answered is not None and not any(isinstance(ev, h2.events.RequestReceived) for ev in events):
+                    with self._lock:
+                        self.after[answered] = self.after.get(answered, b"") + data
                 for ev in events:
                     if isinstance(ev, h2.events.RequestReceived) and not closing:
-                        path = dict(ev.headers or []).get(b":path", b"")
+                        path = answered = dict(ev.headers or []).get(b":path", b"")
+                        with self._lock:
+                            self.after[path] = b""
+                            self.ended.discard(path)
                         for p in self._respond(path):
                             if p.close:
                                 closing = True
@@ -236,7 +252,22 @@ class RawServer:
         finally:
             with self._lock:
                 self._conns.discard(conn)
+                if answered is not None:
+                    self.ended.add(answered)
             conn.close()
+
+    def after_answer(
+        self, path: bytes, done: Callable[[bytes, bool], bool], timeout: float = 3.0
+    ) -> tuple[bytes, bool]:
+        """What the proxy sent after the answer to `path` and whether its connection ended, once `done(sent, ended)`
+        or `timeout` passed (polled: the proxy's frames arrive on the server's own thread)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                sent, ended = self.after.get(path, b""), path in self.ended
+            if done(sent, ended) or time.monotonic() >= deadline:
+                return sent, ended
+            time.sleep(0.01)
 
     def close(self) -> None:
         self._sock.close()
@@ -248,6 +279,8 @@ class RawServer:
 
 def _frame(encoder: hpack.Encoder, stream_id: int, part: Part) -> bytes:
     frame: HeadersFrame | DataFrame | RstStreamFrame | GoAwayFrame
+    if part.raw is not None:
+        return part.raw
     if part.goaway is not None:
         frame = GoAwayFrame(0)
         frame.error_code = part.goaway
