@@ -201,7 +201,7 @@ def mutate(rng: random.Random, starts: Sequence[bytes]) -> bytes:
     """One to four mutations of one of `starts` (messages: requests, or an upstream's responses)."""
     data = rng.choice(starts)
     for _ in range(rng.randint(1, 4)):
-        if not data:
+        while not data:  # (a deletion or splice can leave nothing; the starts are never empty)
             data = rng.choice(starts)
         splice = rng.random() < 0.1
         data = _splice(rng, data, rng.choice(starts)) if splice else rng.choice(MUTATIONS)(rng, data)
@@ -242,7 +242,8 @@ RESPONSE_MUTANT_REQUEST = b"GET /r HTTP/1.1\r\nHost: a.test\r\n\r\n"
 def response_mutants(seed: int, corpus: Sequence[Case], count: int | None = None) -> Iterator[Case]:
     """Mutant n of `seed` of an upstream's answer (the same rules as `mutants`): one GET, the upstream sends the
     mutant and closes; the proxies must agree on what the client gets (`safety_problems`)."""
-    starts = [*RESPONSES, *(r for c in corpus for r in c.upstream if len(r) < 20_000)]
+    # (a corpus case's upstream may send nothing: no mutant starts from an empty answer)
+    starts = [*RESPONSES, *(r for c in corpus for r in c.upstream if 0 < len(r) < 20_000)]
     for n in itertools.count() if count is None else range(count):
         data = mutate(random.Random(f"response:{seed}:{n}"), starts)
         yield Case(
