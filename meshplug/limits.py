@@ -87,6 +87,13 @@ REQUEST_HEADERS_TIMEOUT_S = 0.0
 REQUEST_TIMEOUT_S = 0.0
 #: a stream (request) with no activity this long: 408 if nothing was answered yet, else reset (stream_idle_timeout)
 STREAM_IDLE_TIMEOUT_S = 300.0
+#: a stream not ended this long after its first byte: 408 while its request is arriving, else 504 until its response
+#: starts, then reset; "downstream duration timeout", details max_duration_timeout (Envoy's HCM
+#: common_http_protocol_options.max_stream_duration; a route's max_stream_duration overrides it; 0 = off, the default)
+MAX_STREAM_DURATION_S = 0.0
+#: a grpc-timeout header's number (then its unit, H M S m u n) is at most this, else the header is ignored (gRPC's
+#: spec: 8 digits; Envoy's Grpc::Common::getGrpcTimeout)
+GRPC_TIMEOUT_MAX_VALUE = 99_999_999
 #: a downstream connection is drained (closed after its current response) this long after it opened (0 = off)
 MAX_CONNECTION_DURATION_S = 0.0
 UPSTREAM_CONNECT_TIMEOUT_S = 5.0

@@ -87,6 +87,7 @@ COMPILED: tuple[str, ...] = (
     "meshplug.agent.stats",
     "meshplug.agent.stream",
     "meshplug.agent.streamapi",
+    "meshplug.agent.streamtimeouts",
     "meshplug.agent.tcp",
     "meshplug.agent.tunnel",
     "meshplug.agent.upstream",

@@ -275,6 +275,7 @@ _HELP = {
     "downstream_rq_header_timeout": "Requests whose head did not arrive within request_headers_timeout (408).",
     "downstream_rq_idle_timeout": "Requests ended by the stream idle timeout.",
     "downstream_rq_local_reply": "Requests answered by the proxy or a plugin instead of the upstream.",
+    "downstream_rq_max_duration_reached": "Requests ended by max_stream_duration (408, 504, or reset once answering).",
     "downstream_rq_rx_reset": "Requests the client reset.",
     "downstream_rq_timeout": "Requests not received whole within request_timeout (408).",
     "downstream_rq_too_many_premature_resets": "Connections closed for too many premature stream resets.",

@@ -20,7 +20,8 @@ What is read here:
     `generate_request_id`, `server_header_transformation` (OVERWRITE, the default, APPEND_IF_ABSENT,
     PASS_THROUGH) with `server_name` (default "envoy"), `http_protocol_options` (`enable_trailers`,
     `accept_http_10`), `request_timeout`, `request_headers_timeout`, `stream_idle_timeout`,
-    `common_http_protocol_options` (`idle_timeout`, `max_connection_duration`) -- one set of these for all
+    `common_http_protocol_options` (`idle_timeout`, `max_connection_duration`, `max_stream_duration`) -- one set
+    of these for all
     listeners, Envoy's defaults --, `upgrade_configs`, an inline `route_config`
     (meshplug.agent.envoyroutes) and `http_filters`: any number of `envoy.filters.http.wasm` and
     `envoy.filters.http.lua` (inline code), then the router (`suppress_envoy_headers`); or
@@ -432,6 +433,7 @@ _HTTP_FIELDS = {
     "stream_idle_timeout_s": "stream_idle_timeout",
     "idle_timeout_s": "common_http_protocol_options",
     "max_connection_duration_s": "common_http_protocol_options",
+    "max_stream_duration_s": "common_http_protocol_options",
 }
 
 
@@ -439,7 +441,7 @@ def _http_options(hcm: envoyjson.Message, ctx: envoyjson.Read) -> None:
     """The hcm's HTTP options the agent keeps one set of for all listeners, so listeners that differ are refused:
     http_protocol_options (its HTTP/1 codec: enable_trailers, accept_http_10), the request timeouts
     (request_timeout, request_headers_timeout, stream_idle_timeout) and common_http_protocol_options
-    (idle_timeout, max_connection_duration), with Envoy's defaults (a 0 duration is off)."""
+    (idle_timeout, max_connection_duration, max_stream_duration), with Envoy's defaults (a 0 duration is off)."""
     options = config.HttpOptions(
         request_timeout_s=hcm.duration("request_timeout", limits.REQUEST_TIMEOUT_S),
         request_headers_timeout_s=hcm.duration("request_headers_timeout", limits.REQUEST_HEADERS_TIMEOUT_S),
@@ -460,6 +462,7 @@ def _http_options(hcm: envoyjson.Message, ctx: envoyjson.Read) -> None:
             options,
             idle_timeout_s=common.duration("idle_timeout", limits.HCM_IDLE_TIMEOUT_S),
             max_connection_duration_s=common.duration("max_connection_duration", limits.MAX_CONNECTION_DURATION_S),
+            max_stream_duration_s=common.duration("max_stream_duration", limits.MAX_STREAM_DURATION_S),
         )
         common.done()
     if ctx.http1 is None:

@@ -51,6 +51,9 @@ Called by `meshplug agent --config FILE` and `meshplug run`; everything after th
       request_timeout_s: 0           # whole request (head and body) within this, else 408 (Envoy's request_timeout)
       stream_idle_timeout_s: 300     # no activity on a request this long: 408 (or reset once answering)
       idle_timeout_s: 300            # a connection without a request this long is closed
+      max_stream_duration_s: 0       # a request not done this long after its first byte: 408 while it arrives, 504
+                                     # until answered, else reset ("downstream duration timeout", Envoy's HCM
+                                     # common_http_protocol_options.max_stream_duration)
       max_connection_duration_s: 0   # then the connection closes after its current response
       accept_http_10: false          # HTTP/1.0 (and 0.9) requests get 426 unless true
       enable_trailers: false         # HTTP/1.1 trailers from/to clients (else dropped, as Envoy)
@@ -154,6 +157,19 @@ class WeightedCluster:
 
 
 @dataclass(frozen=True)
+class MaxStreamDuration:
+    """A route's max_stream_duration (Envoy's RouteAction.MaxStreamDuration; None: the field is unset). Its presence
+    makes the route's streams take their duration limit from it instead of the HCM's: `max_stream_duration_s` (0:
+    none), or the request's grpc-timeout header when `grpc_timeout_header_max_s` is set (capped by it unless 0,
+    less `grpc_timeout_header_offset_s`); a gRPC request's grpc-timeout upstream says the limit
+    (meshplug.agent.streamtimeouts)."""
+
+    max_stream_duration_s: float | None = None
+    grpc_timeout_header_max_s: float | None = None
+    grpc_timeout_header_offset_s: float | None = None
+
+
+@dataclass(frozen=True)
 class Route:
     """A route: where matching requests go (one cluster, weighted clusters, or a direct response)."""
 
@@ -166,6 +182,10 @@ class Route:
     prefix_rewrite: str | None = None
     #: the upstream response must have ended within this (0: no timeout)
     timeout_s: float = ROUTE_TIMEOUT_S
+    #: the stream idle timeout of the route's streams instead of the HCM's (Envoy's route idle_timeout; None:
+    #: unset, 0: none)
+    idle_timeout_s: float | None = None
+    max_stream_duration: MaxStreamDuration | None = None
     #: direct_response: answered by the proxy itself (0: not a direct response)
     direct_status: int = 0
     direct_body: bytes = b""
@@ -330,6 +350,8 @@ class HttpOptions:
     request_timeout_s: float = limits.REQUEST_TIMEOUT_S
     stream_idle_timeout_s: float = limits.STREAM_IDLE_TIMEOUT_S
     idle_timeout_s: float = limits.DOWNSTREAM_IDLE_TIMEOUT_S
+    #: a stream's whole life from its first byte (Envoy's common_http_protocol_options.max_stream_duration)
+    max_stream_duration_s: float = limits.MAX_STREAM_DURATION_S
     max_connection_duration_s: float = limits.MAX_CONNECTION_DURATION_S
     accept_http_10: bool = False
     #: HTTP/1.1 clients' request trailers are read and responses carry trailers (Envoy's hcm

@@ -22,7 +22,8 @@ import httptools
 
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, h1request, routing, wire
+from meshplug.agent import framing, h1request, routing, streamtimeouts, wire
+from meshplug.agent.config import Route
 from meshplug.agent.exchange import Exchange
 from meshplug.agent.filtered import FilteredExchange
 from meshplug.agent.h1peer import H1Peer
@@ -94,8 +95,14 @@ class Downstream(H1Peer, asyncio.Protocol):
         self.headers_at = 0.0
         self.request_at = 0.0
         #: the stream idle deadline of the exchange being served once its request ended, until its response starts
-        #: (Envoy's idle timer runs on: 504 "stream timeout"); armed only when its route timeout would not come first
-        self._serve_at = 0.0
+        #: (Envoy's idle timer runs on: 504 "stream timeout") and while its response is being sent (a response that
+        #: stalls is reset); armed only when its route timeout would not come first. `wrote_at`: the loop time of
+        #: the last write while it is armed
+        self._serve_at = self.wrote_at = 0.0
+        #: the stream being received: the loop time of its first byte, its duration deadline (max_stream_duration;
+        #: 0: none) and stream idle timeout until its route changes them (`route_limits`); its exchange takes them
+        self.started_at = self.duration_at = 0.0
+        self.idle_s = opts.stream_idle_timeout_s
         self._end_at = 0.0
         self.url = b""
         self.headers: wire.Headers = []
@@ -389,10 +396,16 @@ class Downstream(H1Peer, asyncio.Protocol):
         self.line_bytes = 0
         self.timer.idle_at = 0.0
         self._begun = True
+        self.started_at = now = self.proxy.loop.time()
+        opts = self.opts
+        self.idle_s = opts.stream_idle_timeout_s
         if self._headers_timeout:
-            self.headers_at = self.proxy.loop.time() + self._headers_timeout
+            self.headers_at = now + self._headers_timeout
         if self._request_timeout:  # Envoy's request_timeout: the whole request within it (watched from its start)
-            self.request_at = at = self.proxy.loop.time() + self._request_timeout
+            self.request_at = at = now + self._request_timeout
+            self.timer.wake_at(at)
+        if opts.max_stream_duration_s:  # the stream's whole life, from its start
+            self.duration_at = at = now + opts.max_stream_duration_s
             self.timer.wake_at(at)
 
     def on_url(self, url: bytes) -> None:
@@ -414,6 +427,25 @@ class Downstream(H1Peer, asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         h1request.headers_complete(self)
+        self.duration_at = 0.0  # its exchange (if any) holds it now
+
+    def route_limits(self, route: Route, headers: wire.Headers) -> None:
+        """The request being received was routed to `route`, which sets its own duration limit or stream idle
+        timeout (meshplug.agent.streamtimeouts): they replace the HCM's, the grpc-timeout header in `headers`
+        may change."""
+        opts = self.opts
+        if route.max_stream_duration is not None:
+            limit, grpc_timeout = streamtimeouts.route_duration(route, opts.max_stream_duration_s, headers)
+            self.duration_at = at = 0.0 if limit < 0 else self.started_at + limit
+            if at:
+                self.timer.wake_at(at)
+            if grpc_timeout is not None:
+                streamtimeouts.with_grpc_timeout(headers, grpc_timeout)
+        if route.idle_timeout_s is not None:  # Envoy's idle timer starts again with the route's value
+            self.idle_s = idle = route.idle_timeout_s
+            self._stream_at = at = self.proxy.loop.time() + idle if idle else 0.0
+            if at:
+                self.timer.wake_at(at)
 
     def on_chunk_header(self) -> None:
         """A chunk's size line: when it is the last chunk's, trailer lines follow, bounded as a head is (Envoy counts
@@ -494,7 +526,7 @@ class Downstream(H1Peer, asyncio.Protocol):
             return
         self._stopped = self._lingering = True  # nothing more is parsed: data_received drops what comes
         self.body_left = 0
-        self._stream_at = self.headers_at = self.request_at = 0.0
+        self._stream_at = self.headers_at = self.request_at = self.duration_at = 0.0
         transport.write_eof()
         transport.resume_reading()
         self.timer.arm_idle(limits.DOWNSTREAM_DELAYED_CLOSE_S)
@@ -531,7 +563,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         self._stopped = True
         self.body_left = 0
         self._begun = False
-        self._stream_at = self.headers_at = self.request_at = 0.0
+        self._stream_at = self.headers_at = self.request_at = self.duration_at = 0.0
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
@@ -579,7 +611,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         its first bytes, then moved only by what Envoy's codec hands its stream (the whole head, body bytes),
         not by a head's lines trickling in (Envoy 1.40: a head sent line by line every 0.1 s gets its 408
         "stream timeout" at the idle timeout after its first byte)."""
-        idle = self.opts.stream_idle_timeout_s
+        idle = self.idle_s
         if idle and (not self.in_head or not self._stream_at):
             self._stream_at = at = self.proxy.loop.time() + idle
             self.timer.wake_at(at)
@@ -587,31 +619,51 @@ class Downstream(H1Peer, asyncio.Protocol):
             self.timer.wake_at(self.headers_at)
 
     def _watch_serving(self, ex: Exchange) -> None:
-        """`ex` (at the queue's head) has its whole request and waits for its response: its stream idle deadline,
-        unless its route timeout (counted from about now) is no longer."""
-        idle = self.opts.stream_idle_timeout_s
-        if idle and not ex.resp_started and not ex.resp_done:
+        """`ex` (at the queue's head) has its whole request and waits for its response: its stream idle deadline
+        (until its response ended), unless its route timeout (counted from about now) is no longer."""
+        idle = ex.idle_s
+        if idle and not ex.resp_done:
             timeout = ex.timeout_s
             if timeout <= 0 or timeout > idle:
                 self._serve_at = at = self.proxy.loop.time() + idle
+                self.wrote_at = 0.0
                 self.timer.wake_at(at)
 
-    def _stream_deadlines(self, now: float) -> float:
+    def flush(self) -> None:
+        """`H1Peer.flush`; while the stream idle timeout watches a response, a write is activity."""
+        if self._serve_at and self._out:
+            self.wrote_at = self.loop.time()
+        H1Peer.flush(self)
+
+    def _serving_idle(self, now: float) -> float:
+        """The stream idle deadline of the exchange being served (`_serve_at`): acted on when it passed (-1.0) --
+        504 before its response started, a reset once it did (a response that stalled: Envoy's SI,
+        stream_idle_timeout) --, else returned (0: none)."""
+        serve_at = self._serve_at
+        if not serve_at or serve_at > now:
+            return serve_at
+        self._serve_at = 0.0
+        served = self.queue[0] if self.queue else None
+        if served is None or not served.req_done or served.resp_done:
+            return 0.0
+        if served.resp_started and self.wrote_at + served.idle_s > now:  # it wrote since: watched on
+            self._serve_at = serve_at = self.wrote_at + served.idle_s
+            return serve_at
+        self.proxy.stats.downstream_rq_idle_timeout += 1
+        if served.resp_started:
+            self._reset_started(served, "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT)
+            return -1.0
+        served.proxy_reply(504, b"stream timeout", "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT)
+        self.timer.wake_at(now)  # the reply moved the connection on: its other deadlines are read again
+        return -1.0
+
+    def _stream_deadlines(self, now: float) -> float:  # noqa: PLR0912 - one branch per timer of a stream
         """The deadlines of the requests (Envoy's per-stream timers): the one being served (stream idle until its
         response starts), the one being received (request timeout, request headers timeout, stream idle). One
         that passed is acted on (-1.0: the caller stops); else the earliest pending one (0: none)."""
-        earliest = 0.0
-        serve_at = self._serve_at
-        if serve_at and serve_at <= now:
-            self._serve_at = serve_at = 0.0
-            served = self.queue[0] if self.queue else None
-            if served is not None and served.req_done and not served.resp_started and not served.resp_done:
-                self.proxy.stats.downstream_rq_idle_timeout += 1
-                served.proxy_reply(504, b"stream timeout", "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT)
-                self.timer.wake_at(now)  # the reply moved the connection on: its other deadlines are read again
-                return -1.0
-        if serve_at and (not earliest or serve_at < earliest):
-            earliest = serve_at
+        earliest = self._serving_idle(now)
+        if earliest < 0:
+            return earliest
         request_at = self.request_at
         if request_at and request_at <= now:
             self.request_at = request_at = 0.0
@@ -622,6 +674,15 @@ class Downstream(H1Peer, asyncio.Protocol):
                 return -1.0
         if request_at and (not earliest or request_at < earliest):
             earliest = request_at
+        duration_at = self.duration_at  # a stream whose head is not complete yet (then its exchange's `end_by`)
+        if duration_at:
+            if duration_at <= now:
+                self.duration_at = 0.0
+                self.proxy.stats.downstream_rq_max_duration_reached += 1
+                self._refuse_now(framing.Refusal(408, streamtimeouts.BODY, streamtimeouts.DETAILS, codec=False))
+                return -1.0
+            if not earliest or duration_at < earliest:
+                earliest = duration_at
         for at, status, body, details, flags in (  # as Envoy's HCM: the stream idle timeout flags the stream SI
             (self.headers_at, 408, b"request header timeout", "request_header_timeout", 0),
             (self._stream_at, 408, b"stream timeout", "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT),
@@ -645,6 +706,14 @@ class Downstream(H1Peer, asyncio.Protocol):
         now = self.proxy.loop.time()
         pending = 0.0
         for ex in list(self.queue):
+            end_by = ex.end_by
+            if end_by:
+                if end_by <= now:
+                    self._duration_reached(ex)
+                    self.timer.wake_at(now)  # the connection moved on: its deadlines are read again
+                    return
+                if not pending or end_by < pending:
+                    pending = end_by
             deadline = ex.deadline
             if deadline:
                 if deadline <= now:
@@ -676,6 +745,34 @@ class Downstream(H1Peer, asyncio.Protocol):
                 pending = idle_at
         if pending:
             self.timer.wake_at(pending)
+
+    def _duration_reached(self, ex: Exchange) -> None:
+        """`ex` outlived its duration limit (max_stream_duration): 408 while its request arrives, 504 once it ended,
+        reset once its response started (Envoy's HCM; details max_duration_timeout, no response flag)."""
+        ex.end_by = 0.0
+        if ex.resp_done:
+            return
+        self.proxy.stats.downstream_rq_max_duration_reached += 1
+        if ex.resp_started:
+            self._reset_started(ex, streamtimeouts.DETAILS, 0)
+        elif not ex.req_done and ex is self.current:
+            self._refuse_now(framing.Refusal(408, streamtimeouts.BODY, streamtimeouts.DETAILS, codec=False))
+        elif self.queue and ex is self.queue[0]:
+            ex.proxy_reply(504, streamtimeouts.BODY, streamtimeouts.DETAILS, 0)
+        else:  # queued behind another (pipelined): answered so when its turn comes
+            ex.refusal = framing.Refusal(504, streamtimeouts.BODY, streamtimeouts.DETAILS, codec=False)
+
+    def _reset_started(self, ex: Exchange, details: str, flags: int) -> None:
+        """Reset `ex`, whose response started, for one of the HCM's timers: what was written goes out, the
+        connection closes as after an upstream reset; its plugins log `details` and `flags`."""
+        if isinstance(ex, FilteredExchange):
+            ex.stream.code_details = details
+            ex.stream.response_flags |= flags
+        ex._drop_upstream()
+        ex._cancel_timer()
+        ex.end_by = 0.0
+        self._serve_at = 0.0
+        self.close_after_reset()
 
     def exchange_done(self, ex: Exchange, *, reusable: bool) -> None:
         self.proxy.stats.downstream_rq_active -= 1

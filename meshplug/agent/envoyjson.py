@@ -61,10 +61,10 @@ REASONS = {
     "tracing": "tracing is not supported",
     "config": "the v2 `config` Struct was removed in Envoy v3: use typed_config",
     "capability_restriction_config": "capability restrictions are not supported",
-    "max_stream_duration": "not supported by the agent (a stream's whole-life limit): request_timeout, "
-    "stream_idle_timeout and the route's timeout are",
-    "idle_timeout": "not supported here: the agent reads idle_timeout in the HCM's common_http_protocol_options only "
-    "(a route's own stream idle timeout is not supported; the HCM's stream_idle_timeout is)",
+    "max_stream_duration": "not supported here: the agent reads max_stream_duration in an HCM's "
+    "common_http_protocol_options and in a route",
+    "idle_timeout": "not supported here: the agent reads idle_timeout in an HCM's common_http_protocol_options "
+    "(connections) and in a route (its streams' idle timeout)",
 }
 
 T = TypeVar("T")

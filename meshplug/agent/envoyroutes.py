@@ -3,7 +3,8 @@
 Called by `meshplug.agent.bootstrap` for each HTTP listener; produces `meshplug.agent.config.RouteConfig`.
 What is read: `virtual_hosts[]` with `name`, `domains` and `metadata`, their `routes[]` -- `match` by `prefix`
 / `path` / `safe_regex` (+ `case_sensitive` and `headers[]` matchers), then `route` (`cluster` or
-`weighted_clusters` with `header_name`, `prefix_rewrite`, `timeout`) or `direct_response` --, route `name`
+`weighted_clusters` with `header_name`, `prefix_rewrite`, `timeout`, `idle_timeout`, `max_stream_duration` with
+`max_stream_duration` / `grpc_timeout_header_max` / `grpc_timeout_header_offset`) or `direct_response` --, route `name`
 and `metadata`. Everything else is refused with its field path (meshplug.agent.envoyjson).
 """
 
@@ -78,6 +79,8 @@ def _route(raw: Any, path: str, clusters: set[str]) -> config.Route:
             )
     rewrite = action.text("prefix_rewrite") if action.has("prefix_rewrite") else None
     timeout = action.duration("timeout", config.ROUTE_TIMEOUT_S)
+    idle = action.duration("idle_timeout", 0.0) if action.has("idle_timeout") else None
+    limit = action.obj("max_stream_duration")
     action.done()
     return dataclasses.replace(
         route,
@@ -86,7 +89,17 @@ def _route(raw: Any, path: str, clusters: set[str]) -> config.Route:
         weight_header=header.lower(),
         prefix_rewrite=rewrite,
         timeout_s=timeout,
+        idle_timeout_s=idle,
+        max_stream_duration=_max_stream_duration(limit) if limit is not None else None,
     )
+
+
+def _max_stream_duration(obj: envoyjson.Message) -> config.MaxStreamDuration:
+    """A route's max_stream_duration: each of its three durations as given (None: unset)."""
+    fields = ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset")
+    given = [obj.duration(name, 0.0) if obj.has(name) else None for name in fields]
+    obj.done()
+    return config.MaxStreamDuration(*given)
 
 
 def _weighted(weighted: envoyjson.Message) -> tuple[tuple[config.WeightedCluster, ...], str]:

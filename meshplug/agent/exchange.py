@@ -100,9 +100,11 @@ class Exchange:
         "chunked_in",
         "conn",
         "deadline",
+        "end_by",
         "has_body",
         "head",
         "http11",
+        "idle_s",
         "keep_alive",
         "method",
         "pool",
@@ -144,6 +146,10 @@ class Exchange:
         #: loop time by which the upstream response must have ended (0: no deadline); the connection's one
         #: timer checks it (Downstream.timer): no timer handle per request
         self.deadline = 0.0
+        #: loop time by which the whole stream must have ended (max_stream_duration; 0: none) and its stream idle
+        #: timeout (the HCM's or its route's), from its connection when its head was complete
+        self.end_by = conn.duration_at
+        self.idle_s = conn.idle_s
         self.retried = False
         self.sent_at = 0.0  # loop time the request head went to the upstream (x-envoy-upstream-service-time)
         self.up_end = False  # the whole request has been handed to the upstream side

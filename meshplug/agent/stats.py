@@ -26,6 +26,7 @@ class Stats:
         "downstream_rq_header_timeout",
         "downstream_rq_idle_timeout",
         "downstream_rq_local_reply",
+        "downstream_rq_max_duration_reached",
         "downstream_rq_rx_reset",
         "downstream_rq_timeout",
         "downstream_rq_too_many_premature_resets",
@@ -51,10 +52,11 @@ class Stats:
         self.downstream_cx_upgrades_total = 0
         self.downstream_rq_rx_reset = 0
         #: requests ended by the HCM's own timers (Envoy's names): request_timeout, request_headers_timeout,
-        #: stream_idle_timeout
+        #: stream_idle_timeout (the HCM's or a route's idle_timeout), max_stream_duration (the HCM's or a route's)
         self.downstream_rq_timeout = 0
         self.downstream_rq_header_timeout = 0
         self.downstream_rq_idle_timeout = 0
+        self.downstream_rq_max_duration_reached = 0
         self.downstream_rq_too_many_premature_resets = 0
         self.downstream_rq_1xx = 0
         self.downstream_rq_2xx = 0

@@ -230,18 +230,22 @@ def test_finish_lines_is_finish_on_written_lines(transformation: str, headers: H
 @pytest.mark.parametrize(
     ("hcm_fields", "expected"),
     [
-        ({}, (0.0, 0.0, 300.0, 3600.0, 0.0)),  # Envoy's defaults (idle_timeout 1 h for an HCM)
+        ({}, (0.0, 0.0, 300.0, 3600.0, 0.0, 0.0)),  # Envoy's defaults (idle_timeout 1 h for an HCM)
         ({"request_timeout": "0.5s", "request_headers_timeout": "2s", "stream_idle_timeout": "0s"},
-         (0.5, 2.0, 0.0, 3600.0, 0.0)),
-        ({"requestTimeout": {"seconds": 3, "nanos": 500_000_000}}, (3.5, 0.0, 300.0, 3600.0, 0.0)),
+         (0.5, 2.0, 0.0, 3600.0, 0.0, 0.0)),
+        ({"requestTimeout": {"seconds": 3, "nanos": 500_000_000}}, (3.5, 0.0, 300.0, 3600.0, 0.0, 0.0)),
         ({"common_http_protocol_options": {"idle_timeout": "10s", "max_connection_duration": "60s"}},
-         (0.0, 0.0, 300.0, 10.0, 60.0)),
+         (0.0, 0.0, 300.0, 10.0, 60.0, 0.0)),
+        ({"common_http_protocol_options": {"max_stream_duration": "0.75s"}}, (0.0, 0.0, 300.0, 3600.0, 0.0, 0.75)),
+        ({"common_http_protocol_options": {"maxStreamDuration": {"seconds": 2}}},
+         (0.0, 0.0, 300.0, 3600.0, 0.0, 2.0)),
+        ({"common_http_protocol_options": {"max_stream_duration": "0s"}}, (0.0, 0.0, 300.0, 3600.0, 0.0, 0.0)),
     ],
 )  # fmt: skip
 def test_bootstrap_hcm_timeouts(hcm_fields: dict[str, object], expected: tuple[float, ...]) -> None:
     http = bootstrap.parse(_bootstrap(hcm_fields, {})).http
     got = (http.request_timeout_s, http.request_headers_timeout_s, http.stream_idle_timeout_s, http.idle_timeout_s,
-           http.max_connection_duration_s)  # fmt: skip
+           http.max_connection_duration_s, http.max_stream_duration_s)  # fmt: skip
     assert got == expected
 
 
@@ -250,10 +254,10 @@ def test_bootstrap_hcm_timeouts(hcm_fields: dict[str, object], expected: tuple[f
     [
         ({"request_timeout": "-1s"}, r"typed_config\.request_timeout: must not be negative"),
         ({"request_timeout": "soon"}, r"request_timeout: 'soon' is not a duration"),
-        ({"common_http_protocol_options": {"max_stream_duration": "5s"}},
-         r"common_http_protocol_options\.max_stream_duration: not supported"),
-        ({"common_http_protocol_options": {"max_stream_duration": "0s"}},
-         r"max_stream_duration: not supported by the agent \(a stream's whole-life limit\)"),
+        ({"common_http_protocol_options": {"max_stream_duration": "-1s"}},
+         r"common_http_protocol_options\.max_stream_duration: must not be negative"),
+        ({"common_http_protocol_options": {"max_stream_duration": "later"}},
+         r"common_http_protocol_options\.max_stream_duration: 'later' is not a duration"),
         ({"common_http_protocol_options": {"max_requests_per_connection": 5}},
          r"common_http_protocol_options\.max_requests_per_connection: not supported"),
     ],
@@ -274,16 +278,48 @@ def test_bootstrap_refuses_listeners_whose_timeouts_differ() -> None:
         bootstrap.parse(doc)
 
 
-@pytest.mark.parametrize(
-    ("route_fields", "message"),
-    [
-        ({"idle_timeout": "1s"}, r"route\.idle_timeout: not supported here: .*common_http_protocol_options only"),
-        ({"max_stream_duration": {"max_stream_duration": "1s"}}, r"route\.max_stream_duration: not supported"),
-    ],
-)
-def test_bootstrap_refuses_route_timeouts_it_cannot_honour(route_fields: dict[str, object], message: str) -> None:
+def _route_doc(route_fields: dict[str, object]) -> Any:
     doc: Any = _bootstrap({}, {})
     hcm_config = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm_config["route_config"]["virtual_hosts"][0]["routes"][0]["route"].update(route_fields)
+    return doc
+
+
+MSD = config.MaxStreamDuration
+
+
+@pytest.mark.parametrize(
+    ("route_fields", "idle", "limit"),
+    [
+        ({}, None, None),
+        ({"idle_timeout": "1.5s"}, 1.5, None),
+        ({"idle_timeout": "0s"}, 0.0, None),  # set to 0: the route's streams have no idle timeout
+        ({"max_stream_duration": {}}, None, MSD()),  # present but empty: the HCM's limit no longer applies as is
+        ({"max_stream_duration": {"max_stream_duration": "0.5s"}}, None, MSD(max_stream_duration_s=0.5)),
+        ({"max_stream_duration": {"grpc_timeout_header_max": "0s", "grpc_timeout_header_offset": "0.2s"}}, None,
+         MSD(grpc_timeout_header_max_s=0.0, grpc_timeout_header_offset_s=0.2)),
+        ({"maxStreamDuration": {"maxStreamDuration": {"seconds": 1}, "grpcTimeoutHeaderMax": "3s"},
+          "idleTimeout": "2s"}, 2.0, MSD(max_stream_duration_s=1.0, grpc_timeout_header_max_s=3.0)),
+    ],
+)  # fmt: skip
+def test_bootstrap_route_stream_limits(route_fields: dict[str, object], idle: float | None, limit: Any) -> None:
+    listener = bootstrap.parse(_route_doc(route_fields)).listeners[0]
+    assert listener.routes is not None
+    route = listener.routes.virtual_hosts[0].routes[0]
+    assert (route.idle_timeout_s, route.max_stream_duration) == (idle, limit)
+
+
+@pytest.mark.parametrize(
+    ("route_fields", "message"),
+    [
+        ({"idle_timeout": "-1s"}, r"route\.idle_timeout: must not be negative"),
+        ({"max_stream_duration": {"max_stream_duration": "x"}},
+         r"route\.max_stream_duration\.max_stream_duration: 'x' is not a duration"),
+        ({"max_stream_duration": {"grpc_timeout_header_max": "1s", "grpc_timeout_max": "1s"}},
+         r"route\.max_stream_duration\.grpc_timeout_max: not supported"),
+        ({"max_grpc_timeout": "1s"}, r"route\.max_grpc_timeout: not supported"),
+    ],
+)  # fmt: skip
+def test_bootstrap_refuses_route_limits_it_cannot_read(route_fields: dict[str, object], message: str) -> None:
     with pytest.raises(errors.ConfigError, match=message):
-        bootstrap.parse(doc)
+        bootstrap.parse(_route_doc(route_fields))
