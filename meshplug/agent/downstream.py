@@ -433,16 +433,11 @@ class Downstream(H1Peer, asyncio.Protocol):
         """The request being received was routed to `route`, which sets its own duration limit or stream idle
         timeout (meshplug.agent.streamtimeouts): they replace the HCM's, the grpc-timeout header in `headers`
         may change."""
-        opts = self.opts
-        if route.max_stream_duration is not None:
-            limit, grpc_timeout = streamtimeouts.route_duration(route, opts.max_stream_duration_s, headers)
-            self.duration_at = at = 0.0 if limit < 0 else self.started_at + limit
-            if at:
-                self.timer.wake_at(at)
-            if grpc_timeout is not None:
-                streamtimeouts.with_grpc_timeout(headers, grpc_timeout)
+        self.duration_at, idle = streamtimeouts.limits_of(route, self.opts, self.started_at, headers)
+        if self.duration_at:
+            self.timer.wake_at(self.duration_at)
         if route.idle_timeout_s is not None:  # Envoy's idle timer starts again with the route's value
-            self.idle_s = idle = route.idle_timeout_s
+            self.idle_s = idle
             self._stream_at = at = self.proxy.loop.time() + idle if idle else 0.0
             if at:
                 self.timer.wake_at(at)
@@ -758,7 +753,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         elif not ex.req_done and ex is self.current:
             self._refuse_now(framing.Refusal(408, streamtimeouts.BODY, streamtimeouts.DETAILS, codec=False))
         elif self.queue and ex is self.queue[0]:
-            ex.proxy_reply(504, streamtimeouts.BODY, streamtimeouts.DETAILS, 0)
+            ex.proxy_reply(504, streamtimeouts.BODY, streamtimeouts.DETAILS, 0, grpc_status=streamtimeouts.GRPC_STATUS)
         else:  # queued behind another (pipelined): answered so when its turn comes
             ex.refusal = framing.Refusal(504, streamtimeouts.BODY, streamtimeouts.DETAILS, codec=False)
 

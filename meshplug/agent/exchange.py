@@ -399,10 +399,14 @@ class Exchange:
             up.sink = None
             up.close()
 
-    def proxy_reply(self, status: int, body: bytes, details: str, flags: int, *, log_flags: int = 0) -> None:
+    def proxy_reply(
+        self, status: int, body: bytes, details: str, flags: int, *, log_flags: int = 0, grpc_status: int | None = None
+    ) -> None:
         """A reply the proxy generates (connect failure, reset, timeout, refusal); `details`/`flags` describe it
         to plugins (response.code_details / response.flags), which only a filtered exchange has; `log_flags` are
-        set once the reply went through them (their log reads them: Envoy's DPE for a codec error)."""
+        set once the reply went through them (their log reads them: Envoy's DPE for a codec error); `grpc_status`:
+        a gRPC request's grpc-status when not the one its HTTP status maps to (only a filtered exchange answers
+        gRPC requests in gRPC's form)."""
         self.local_reply(status, body)
 
     def local_reply(self, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:

@@ -385,7 +385,9 @@ class FilteredExchange(Exchange):
     def reset_after_start(self, reset_reason: str) -> None:
         note_reset_after_start(self.stream, reset_reason)
 
-    def proxy_reply(self, status: int, body: bytes, details: str, flags: int, *, log_flags: int = 0) -> None:
+    def proxy_reply(
+        self, status: int, body: bytes, details: str, flags: int, *, log_flags: int = 0, grpc_status: int | None = None
+    ) -> None:
         """Through the plugins' response callbacks, as Envoy's router sends its local replies
         (sendLocalReply from the last filter: every plugin that saw the request sees the reply); `log_flags`
         join the flags after them, for the log."""
@@ -408,7 +410,7 @@ class FilteredExchange(Exchange):
         self.conn.proxy.stats.downstream_rq_local_reply += 1
         self.proxy_made = True
         stream.response_flags |= flags
-        reply = agent_chain.LocalReply(status, body=body, details=details)
+        reply = agent_chain.LocalReply(status, body=body, details=details, grpc_status=grpc_status)
         progress, stream.on_progress = stream.on_progress, None  # the outputs are taken right here
         try:
             agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_proxy_reply(reply)

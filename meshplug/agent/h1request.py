@@ -145,9 +145,8 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
     decision = routes.constant or routes.resolve(authority, path, headers, method)
     if unroutable:
         decision = routing.NO_VHOST
-    routed = decision.route
-    if routed is not None and (routed.max_stream_duration is not None or routed.idle_timeout_s is not None):
-        conn.route_limits(routed, headers)  # its own duration limit, stream idle timeout (Envoy's HCM, per route)
+    if conn.state.route_limits and decision.route is not None:  # some route sets its own duration limit or
+        conn.route_limits(decision.route, headers)  # stream idle timeout (meshplug.agent.streamtimeouts)
     http2 = decision.cluster in proxy.h2pools
     filters = None if unroutable else state.filters
     if filters is None and http2:

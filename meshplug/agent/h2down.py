@@ -33,7 +33,7 @@ import h2.settings
 
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, h2wire, hcm, relay, routing, wire
+from meshplug.agent import framing, h2wire, hcm, relay, routing, streamtimeouts, wire
 from meshplug.agent.exchange import failure_reply, log_refusal, note_client_gone, note_reset_after_start
 from meshplug.agent.streamapi import RESPONSE_FLAG_STREAM_IDLE_TIMEOUT
 
@@ -82,10 +82,12 @@ class H2Exchange:
         "conn",
         "created",
         "deadline",
+        "end_by",
         "end_in",
         "fragment",
         "grpc",
         "head",
+        "idle_s",
         "last_active",
         "method",
         "out",
@@ -142,6 +144,10 @@ class H2Exchange:
         self.deadline = 0.0
         self.timeout_s = 0.0  # the route's (0: none)
         self.created = self.last_active = conn.proxy.loop.time()
+        #: the duration deadline (0: none) and stream idle timeout: the HCM's unless the route sets its own (`start`)
+        opts = conn.proxy.cfg.http
+        self.end_by = self.created + opts.max_stream_duration_s if opts.max_stream_duration_s else 0.0
+        self.idle_s = opts.stream_idle_timeout_s
         self.sent_at = 0.0  # loop time the request went to the upstream (x-envoy-upstream-service-time)
 
     # --- request side ---
@@ -154,6 +160,13 @@ class H2Exchange:
         # Envoy's header map and request mutations, as on HTTP/1.1 (hcm); the codec refused TE but trailers
         headers = self.head = hcm.sanitize_request(self.head, upgrade=False)
         hcm.add_forwarded(headers, b"https" if conn.tls else b"http", request_id=state.config.generate_request_id)
+        if state.route_limits and not self.unroutable:  # (meshplug.agent.streamtimeouts)
+            route = conn.resolve(headers).route
+            if route is not None:
+                self.end_by, self.idle_s = streamtimeouts.limits_of(route, conn.proxy.cfg.http, self.created, headers)
+                for at in (self.end_by, self.idle_s and self.last_active + self.idle_s):
+                    if at:
+                        conn.timer.wake_at(at)
         filters = state.filters
         end = self.req_done
         if filters is None:
@@ -438,17 +451,17 @@ class H2Exchange:
         self.proxy_made = True
         return True
 
-    def proxy_reply(self, status: int, body: bytes, details: str, flags: int) -> None:
+    def proxy_reply(self, status: int, body: bytes, details: str, flags: int, grpc_status: int | None = None) -> None:
         """A reply the proxy generates: through the plugins' response callbacks when there are plugins (as
         Envoy's router sends its local replies), else straight to the client (`local_reply`)."""
         stream = self.stream
         if stream is None or stream.completed or stream.reset is not None or stream.local_reply is not None:
-            self.local_reply(status, body)
+            self.local_reply(status, body, grpc_status)
             return
         if not self._take_over_response():
             return
         stream.response_flags |= flags
-        reply = agent_chain.LocalReply(status, body=body, details=details)
+        reply = agent_chain.LocalReply(status, body=body, details=details, grpc_status=grpc_status)
         progress, stream.on_progress = stream.on_progress, None  # the outputs are taken right here
         try:
             agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_proxy_reply(reply)
@@ -456,12 +469,13 @@ class H2Exchange:
             stream.on_progress = progress
         self.perform(stream.take_outputs())
 
-    def local_reply(self, status: int, body: bytes) -> None:
+    def local_reply(self, status: int, body: bytes, grpc_status: int | None = None) -> None:
         """Answer straight to the client, past the plugins (a reply they cannot see: their own headers failed)."""
         if not self._take_over_response():
             return
         stream, self.stream = self.stream, None  # what follows is not shown to the plugins
-        headers, body = agent_chain.local_reply_headers(agent_chain.LocalReply(status, body=body), grpc=self.grpc)
+        reply = agent_chain.LocalReply(status, body=body, grpc_status=grpc_status)
+        headers, body = agent_chain.local_reply_headers(reply, grpc=self.grpc)
         self._send_down_headers([h for h in headers if h[0] != b"content-length" or body], not body)
         if body:
             self._send_down_data(body, True)
@@ -493,11 +507,27 @@ class H2Exchange:
         client's request had ended (Envoy's maybeRequestTimeoutCode), else reset."""
         self.conn.proxy.stats.downstream_rq_idle_timeout += 1
         if self.resp_started:
+            if self.stream is not None:  # what the plugins log (Envoy: SI, stream_idle_timeout)
+                self.stream.code_details = "stream_idle_timeout"
+                self.stream.response_flags |= RESPONSE_FLAG_STREAM_IDLE_TIMEOUT
             self._drop_upstream()
             self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
         else:
             status = 504 if self.end_in else 408
             self.proxy_reply(status, b"stream timeout", "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT)
+
+    def duration_reached(self) -> None:
+        """The stream outlived its duration limit (max_stream_duration): 408 while its request arrives, 504 once it
+        ended, reset once its response started (Envoy's HCM: details max_duration_timeout, no response flag)."""
+        self.end_by = 0.0
+        self.conn.proxy.stats.downstream_rq_max_duration_reached += 1
+        if self.resp_started:
+            if self.stream is not None:
+                self.stream.code_details = streamtimeouts.DETAILS
+            self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
+        else:
+            status = 504 if self.end_in else 408
+            self.proxy_reply(status, streamtimeouts.BODY, streamtimeouts.DETAILS, 0, streamtimeouts.GRPC_STATUS)
 
     def request_timed_out(self) -> None:
         """The request did not end within request_timeout, nor did its response start: 408 (Envoy's
@@ -751,6 +781,8 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         self.streams[sid] = ex
         if opts.stream_idle_timeout_s:  # watched from its start (a stream that never ends, nothing else wakes it)
             self.timer.wake_at(ex.created + opts.stream_idle_timeout_s)
+        if ex.end_by:
+            self.timer.wake_at(ex.end_by)
         if opts.request_timeout_s and not end_stream:  # Envoy's request_timeout: the whole request within it
             self.timer.wake_at(ex.created + opts.request_timeout_s)
         ex.start()
@@ -819,22 +851,21 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         now = self.proxy.loop.time()
         pending = 0.0
         opts = self.proxy.cfg.http
-        stream_idle = opts.stream_idle_timeout_s or float("inf")  # 0: off
         request_timeout = opts.request_timeout_s or float("inf")
         for ex in list(self.streams.values()):
-            idle_at = ex.last_active + stream_idle
+            idle_at = ex.last_active + (ex.idle_s or float("inf"))  # 0: off
             # the request timeout runs until the client's request ended or the response started (Envoy)
             request_at = float("inf") if ex.end_in or ex.resp_started else ex.created + request_timeout
             if ex.deadline and ex.deadline <= now:
                 ex.timed_out()
+            elif ex.end_by and ex.end_by <= now:
+                ex.duration_reached()
             elif request_at <= now:
                 ex.request_timed_out()
             elif idle_at <= now:
                 ex.idle_timed_out()
             else:
-                due = min(idle_at, request_at)
-                if ex.deadline:
-                    due = min(due, ex.deadline)
+                due = min(idle_at, request_at, ex.deadline or float("inf"), ex.end_by or float("inf"))
                 if due != float("inf") and (not pending or due < pending):
                     pending = due
         idle_at = self.timer.idle_at

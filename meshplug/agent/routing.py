@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from meshplug.agent import chain, config, hcm
+from meshplug.agent import chain, config, hcm, streamtimeouts
 
 if TYPE_CHECKING:
     from meshplug.agent.upstream import Pool
@@ -272,6 +272,8 @@ class ListenerState:
         #: the HCM's date/server step on every response; the router's x-envoy-* headers off
         self.server = hcm.ServerHeader(listener)
         self.suppress_envoy_headers = listener.suppress_envoy_headers
+        #: some route sets its own max_stream_duration or idle_timeout: streams look for their route early
+        self.route_limits = streamtimeouts.any_route_limits(routes.config if routes is not None else None)
         #: the active HTTP chain or None: no plugins on this listener (the fast path)
         self.filters: chain.Chain | None = None
         #: the active network filters (tcp.NetworkFilter) of a TCP listener

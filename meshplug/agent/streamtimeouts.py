@@ -29,11 +29,13 @@ import re
 from typing import Final
 
 from meshplug import limits
-from meshplug.agent.config import Route
+from meshplug.agent.config import HttpOptions, Route, RouteConfig
 
 #: the reply's body when the duration limit passes, and its response.code_details (Envoy's words)
 BODY: Final = b"downstream duration timeout"
 DETAILS: Final = "max_duration_timeout"
+#: a gRPC request's grpc-status then (DEADLINE_EXCEEDED, whatever the HTTP status)
+GRPC_STATUS: Final = 4
 #: no limit
 OFF: Final = -1.0
 
@@ -122,3 +124,27 @@ def route_idle(route: Route, hcm_idle_s: float) -> float:
     """The stream idle timeout of a stream on `route` (0: none): the route's idle_timeout when it has one."""
     idle = route.idle_timeout_s
     return hcm_idle_s if idle is None else idle
+
+
+def any_route_limits(routes: RouteConfig | None) -> bool:
+    """Whether some route of `routes` sets its own duration limit or stream idle timeout (the connections only look
+    for a stream's route early, before the plugins, when one does)."""
+    if routes is None:
+        return False
+    return any(
+        r.max_stream_duration is not None or r.idle_timeout_s is not None
+        for vh in routes.virtual_hosts
+        for r in vh.routes
+    )
+
+
+def limits_of(
+    route: Route, opts: HttpOptions, started_at: float, headers: list[tuple[bytes, bytes]]
+) -> tuple[float, float]:
+    """A stream on `route` that started at loop time `started_at`: its duration deadline (loop time; 0: none) and
+    its stream idle timeout (0: none), the HCM's (`opts`) unless the route sets its own; a gRPC request's
+    grpc-timeout in `headers` is set as Envoy sets it."""
+    limit, grpc_timeout = route_duration(route, opts.max_stream_duration_s, headers)
+    if grpc_timeout is not None:
+        with_grpc_timeout(headers, grpc_timeout)
+    return (0.0 if limit < 0 else started_at + limit), route_idle(route, opts.stream_idle_timeout_s)
