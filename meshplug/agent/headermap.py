@@ -173,6 +173,11 @@ def is_grpc_request(headers: Sequence[Header]) -> bool:
             ctype = v
     if path is None or ctype is None:
         return False
+    return is_grpc_content_type(ctype)
+
+
+def is_grpc_content_type(ctype: bytes) -> bool:
+    """A gRPC request's content-type: application/grpc, application/grpc+<codec> or with parameters."""
     return ctype == b"application/grpc" or ctype.startswith((b"application/grpc+", b"application/grpc;"))
 
 

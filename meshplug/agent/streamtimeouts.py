@@ -30,6 +30,7 @@ from typing import Final
 
 from meshplug import limits
 from meshplug.agent.config import HttpOptions, Route, RouteConfig
+from meshplug.agent.headermap import is_grpc_content_type
 
 #: the reply's body when the duration limit passes, and its response.code_details (Envoy's words)
 BODY: Final = b"downstream duration timeout"
@@ -107,7 +108,7 @@ def _grpc(headers: list[tuple[bytes, bytes]]) -> bool:
     """A gRPC request (Envoy's Grpc::Common::isGrpcRequestHeaders): content-type application/grpc[+...|;...]."""
     for name, value in headers:
         if name == b"content-type":
-            return value == b"application/grpc" or value.startswith((b"application/grpc+", b"application/grpc;"))
+            return is_grpc_content_type(value)
     return False
 
 
