@@ -1,12 +1,13 @@
-"""Requests the proxy's own timeouts end (the request headers timeout, the stream idle timeout): what the client
-reads and what a plugin reads of response.flags and response.code_details per callback, Envoy 1.40 and the agent
-on the same requests, compared in the same run.
+"""Requests the proxy's own timeouts end (the request headers timeout, the stream idle timeout, the stream duration
+limit): what the client reads and what a plugin reads of response.flags and response.code_details per callback,
+Envoy 1.40 and the agent (its own config's `http` options) on the same requests, compared in the same run.
 
-Envoy's HCM answers both 408; the stream idle timeout flags the stream SI (StreamIdleTimeout, 0x10000) before its
-reply -- the plugins' response callbacks already read it when the head had reached them, only their log when it
-had not --, the request headers timeout sets no flag. The plugin is the corpus module c/propdump
+Envoy's HCM answers all three 408; the stream idle timeout flags the stream SI (StreamIdleTimeout, 0x10000) before
+its reply -- the plugins' response callbacks already read it when the head had reached them, only their log when it
+had not --, the request headers timeout and max_stream_duration ("downstream duration timeout",
+max_duration_timeout) set no flag. The plugin is the corpus module c/propdump
 (tests/differential/propdump.py). Each timeout has its own listener (Envoy) / agent (the agent's `http` options
-are its listeners' all), 0.5 s, the other left at its default.
+are its listeners' all), 0.5 s, the others left at their defaults.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from tests.testbed import h2raw, procs, upstream
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 0.5
-#: per timeout: Envoy's HCM field, the agent's `http` option
+#: per timeout: Envoy's HCM field (a dotted path inside the HCM), the agent's `http` option
 TIMEOUTS: dict[str, tuple[str, str]] = {
     "headers": ("request_headers_timeout", "request_headers_timeout_s"),
     "idle": ("stream_idle_timeout", "stream_idle_timeout_s"),
+    "duration": ("common_http_protocol_options.max_stream_duration", "max_stream_duration_s"),
 }
 
 
@@ -51,7 +53,11 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Prox
         for name, (field, _) in TIMEOUTS.items():
             lst = tb_envoy.http_listener(name, envoy_ports[name], cluster="echo", http_filters=[propdump.wasm_filter()])
             hcm = lst["filter_chains"][0]["filters"][0]["typed_config"]
-            hcm[field] = f"{TIMEOUT_S}s"
+            *outer, last = field.split(".")
+            holder = hcm
+            for key in outer:
+                holder = holder.setdefault(key, {})
+            holder[last] = f"{TIMEOUT_S}s"
             hcm["server_name"] = "istio-envoy"  # the agent's native default
             listeners.append(lst)
         config = tb_envoy.bootstrap(admin, listeners, [tb_envoy.static_cluster("echo", echo.port)])
@@ -122,6 +128,9 @@ CASES: list[tuple[str, str, Callable[[int], object]]] = [
      _h1(b"POST /ok HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n")),
     ("HTTP/2 request never ends, stream idle", "idle", _h2(_POST, None)),
     ("HTTP/2 body never ends, stream idle", "idle", _h2(_POST, b"ab")),
+    ("head never ends, duration", "duration", _h1(b"GET /ok HTTP/1.1\r\nhost: x\r\n")),
+    ("body never ends, duration", "duration", _h1(b"POST /ok HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nab")),
+    ("HTTP/2 body never ends, duration", "duration", _h2(_POST, b"ab")),
 ]  # fmt: skip
 
 

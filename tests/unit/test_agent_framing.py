@@ -126,8 +126,11 @@ def test_http_section_defaults_are_envoys_and_admin_is_loopback() -> None:
 
 
 def test_http_section_is_read() -> None:
-    cfg = _cfg({"max_headers_count": 50, "stream_idle_timeout_s": 2, "accept_http_10": True})
+    cfg = _cfg(
+        {"max_headers_count": 50, "stream_idle_timeout_s": 2, "accept_http_10": True, "max_stream_duration_s": 1.5}
+    )
     assert (cfg.http.max_headers_count, cfg.http.stream_idle_timeout_s, cfg.http.accept_http_10) == (50, 2.0, True)
+    assert (cfg.http.max_stream_duration_s, agent_config.HttpOptions().max_stream_duration_s) == (1.5, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -135,6 +138,7 @@ def test_http_section_is_read() -> None:
     [
         ({"max_headers_count": 0}, "http.max_headers_count must be an integer >= 1"),
         ({"stream_idle_timeout_s": -1}, "http.stream_idle_timeout_s must be a number of seconds >= 0"),
+        ({"max_stream_duration_s": -0.5}, "http.max_stream_duration_s must be a number of seconds >= 0"),
         ({"accept_http_10": "yes"}, "http.accept_http_10 must be true or false"),
         ({"max_request_header_kb": 1}, "http: unknown key"),
     ],
