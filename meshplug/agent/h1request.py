@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, hcm, routing, wire
+from meshplug.agent import framing, hcm, headermap, routing, wire
 from meshplug.agent.bridge import EMPTY_CHAIN, H2UpExchange
 from meshplug.agent.exchange import Exchange, log_refusal
 from meshplug.agent.filtered import FilteredExchange
@@ -76,6 +76,7 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
     host = b""
     te: list[bytes] | None = None
     content_length = -1
+    grpc = False  # a gRPC request: the proxy's own replies take gRPC's form (the filtered path makes them)
     for name, value in headers:
         if name == b"connection":
             extra = _check(conn, framing.nominated, value) - framing.NOT_REMOVED_BY_CONNECTION
@@ -94,6 +95,8 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
             expect_continue = True
         elif name == b"te":
             has_te = True
+        elif name == b"content-type":
+            grpc = headermap.is_grpc_content_type(value)
     if te is not None and any(n == b"content-length" for n, _ in headers):
         refuse(
             conn, 400, framing.BAD_REQUEST, framing.BOTH_FRAMINGS
@@ -149,8 +152,10 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
         conn.route_limits(decision.route, headers)  # stream idle timeout (meshplug.agent.streamtimeouts)
     http2 = decision.cluster in proxy.h2pools
     filters = None if unroutable else state.filters
-    if filters is None and http2:
-        filters = EMPTY_CHAIN  # an HTTP/2 cluster: the request goes as a header list (bridge.H2UpExchange)
+    if filters is None and (http2 or (grpc and not unroutable)):
+        # an HTTP/2 cluster: the request goes as a header list (bridge.H2UpExchange); a gRPC request: the replies
+        # the proxy makes (no route, connect failure, timeout) are gRPC's, as Envoy's sendLocalReply makes them
+        filters = EMPTY_CHAIN
     if filters is not None:
         # the chain's form in one pass (names are lower-case already): pseudo-headers first, Host folded
         # into :authority as Envoy's HTTP/1 codec does, hop-by-hop headers dropped; the exchange writes the

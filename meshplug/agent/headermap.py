@@ -164,7 +164,7 @@ def _remove_header(headers: Headers, key: bytes) -> None:
 
 
 def is_grpc_request(headers: Sequence[Header]) -> bool:
-    """Envoy's Grpc::Common::isGrpcRequestHeaders: a :path and content-type application/grpc[+...|;...]."""
+    """Envoy's Grpc::Common::isGrpcRequestHeaders: a :path and a gRPC content-type (`is_grpc_content_type`)."""
     path = ctype = None
     for k, v in headers:
         if k == b":path" and path is None:
@@ -177,8 +177,10 @@ def is_grpc_request(headers: Sequence[Header]) -> bool:
 
 
 def is_grpc_content_type(ctype: bytes) -> bool:
-    """A gRPC request's content-type: application/grpc, application/grpc+<codec> or with parameters."""
-    return ctype == b"application/grpc" or ctype.startswith((b"application/grpc+", b"application/grpc;"))
+    """A gRPC request's content-type as Envoy 1.40 tells it (Grpc::Common::hasGrpcContentType): application/grpc
+    exactly, or application/grpc+<codec>; not application/grpc-web, and not with parameters (application/grpc;x=1:
+    Envoy answers such a request in plain HTTP, tests/integration/test_differential_grpc_replies.py)."""
+    return ctype == b"application/grpc" or ctype.startswith(b"application/grpc+")
 
 
 def http_to_grpc_status(status: int) -> int:
@@ -231,8 +233,9 @@ def local_reply_headers(reply: LocalReply, *, grpc: bool) -> tuple[Headers, byte
     application/grpc, grpc-status = the plugin's 0-16 or else derived from the HTTP status
     (`http_to_grpc_status`; -1 and values above 16 mean "none"), grpc-message = the percent-encoded body,
     no body. Any other request ignores grpc_status entirely (no grpc-status header); a body gets its
-    content-length and content-type text/plain unless the plugin gave one; no body drops both (the
-    content-length 0 here is what Envoy's HTTP/1 codec writes)."""
+    content-length and content-type text/plain unless the plugin gave one; no body drops both: the plugins see
+    no content-length, HTTP/2 sends none, and HTTP/1.1's writer adds the codec's content-length 0 as Envoy's does
+    (tests/integration/test_differential_grpc_replies.py)."""
     headers: Headers = [(b":status", str(reply.status).encode())]
     for k, v in reply.headers:
         add_header(headers, k.lower(), v, RESPONSE_INLINE_HEADERS)
@@ -248,7 +251,6 @@ def local_reply_headers(reply: LocalReply, *, grpc: bool) -> tuple[Headers, byte
         if body:
             _set_header(headers, b"grpc-message", _grpc_message(body))
         _remove_header(headers, b"content-length")
-        headers.append((b"content-length", b"0"))
         return headers, b""
     if body:
         _set_header(headers, b"content-length", str(len(body)).encode())
@@ -256,5 +258,5 @@ def local_reply_headers(reply: LocalReply, *, grpc: bool) -> tuple[Headers, byte
             headers.append((b"content-type", b"text/plain"))
     else:
         _remove_header(headers, b"content-type")
-        _set_header(headers, b"content-length", b"0")
+        _remove_header(headers, b"content-length")
     return headers, body
