@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 _SPLIT_AFTER_HEAD: Final = 16 * 1024
 
 
+#: the first bytes that make a cleartext connection HTTP/2 (the preface's start: Envoy 1.40's codec choice)
+_H2_MAGIC_PREFIX: Final = PREFACE[:12]
+
+
 class _Gone:
     """The parser callbacks of a connection that is gone: none."""
 
@@ -292,14 +296,15 @@ class Downstream(H1Peer, asyncio.Protocol):
                 return
 
     def _sniff(self, data: bytes) -> bytes:
-        """The connection's first bytes: the HTTP/2 preface hands the connection over (returns b""), a part of
-        it waits for more; anything else is HTTP/1.1 (returned to be parsed)."""
+        """The connection's first bytes: "PRI * HTTP/2" (the preface's start, Envoy's CLIENT_MAGIC_PREFIX: all its
+        codec choice looks at) hands the connection over to HTTP/2 (returns b""), whose codec then judges the rest
+        of the preface; a part of it waits for more; anything else is HTTP/1.1 (returned to be parsed)."""
         buf = self._sniffed + data if self._sniffed else data
-        if buf[:24] == PREFACE:
+        if buf[:12] == _H2_MAGIC_PREFIX:
             tls = self.transport is not None and isinstance(self.transport.get_extra_info("ssl_object"), ssl.SSLObject)
             self._to_h2(buf, tls=tls)
             return b""
-        if len(buf) < 24 and PREFACE.startswith(buf):
+        if len(buf) < 12 and _H2_MAGIC_PREFIX.startswith(buf):
             self._sniffed = buf
             return b""
         self.sniffing = False
