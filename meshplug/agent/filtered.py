@@ -516,7 +516,7 @@ class FilteredExchange(Exchange):
 
     def _up_head_lines(self, headers: Sequence[tuple[bytes, bytes]]) -> list[bytes] | None:
         """The upstream head of headers a plugin changed; None when one of them cannot be written."""
-        head = framing.request_head_lines(headers, self.method, wire.HOP_BY_HOP)
+        head = framing.request_head_lines(headers, self.method, wire.REQUEST_HOP_BY_HOP)
         if head is None:
             return None
         self.method, out = head

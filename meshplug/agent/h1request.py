@@ -70,7 +70,7 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
             raise
 
     # which headers name more hop-by-hop headers; Host, framing, upgrade
-    drop = wire.HOP_BY_HOP
+    drop = wire.REQUEST_HOP_BY_HOP
     expect_continue = upgrade = has_te = False
     hosts = 0
     host = b""

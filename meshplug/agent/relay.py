@@ -166,7 +166,7 @@ class H1Request:
         self.cancelled = False
 
     def send_headers(self, headers: Sequence[Header], end_stream: bool) -> None:
-        head = framing.request_head_lines(headers, b"GET", wire.HOP_BY_HOP)
+        head = framing.request_head_lines(headers, b"GET", wire.REQUEST_HOP_BY_HOP)
         if head is None:  # a field HTTP/1.1 cannot carry (as Envoy's codec: the request fails)
             self.sink.up_failed(wire.RESET_PROTOCOL)
             return
