@@ -570,6 +570,11 @@ def _signature(found: list[str]) -> set[str]:
     return {p.split(";")[0].split(": the app saw")[0] for p in found}
 
 
+def kind_of(found: Found) -> tuple[str, frozenset[str]]:
+    """Which start a divergence came from and what kind it is, so that a run shrinks one case of each kind."""
+    return found.case.name.rsplit("-", 1)[-1], frozenset(_signature(found.problems))
+
+
 def shrink(test: Callable[[H2Case], list[str]], case: H2Case, first: list[str], *, tries: int = 60) -> Found:
     """`case` simplified while `test` still finds the same kind of divergence (each kept step seen twice)."""
     want = _signature(first)
