@@ -63,8 +63,11 @@ class Step:
 class H2Case:
     name: str
     steps: tuple[Step, ...]
-    #: why the agent still differs (a found entry that is not fixed yet), else ""
+    #: why the agent still differs (a found entry that is not fixed yet), else "": on both paths, on the compiled
+    #: one only (nghttp2), on the interpreted one only (MESHPLUG_NATIVE=0)
     differs: str = ""
+    differs_native: str = ""
+    differs_fallback: str = ""
 
     @property
     def streams(self) -> list[int]:
@@ -597,6 +600,10 @@ def _text(data: bytes) -> str:
     return data.decode("latin-1")
 
 
+#: the found entries' keys that say why the agent still differs
+DIFFERS = ("differs", "differs_native", "differs_fallback")
+
+
 def to_yaml(case: H2Case) -> dict[str, Any]:
     """A found entry: name, steps (fields as [name, value] pairs of latin-1 text, only what differs from a Step's
     defaults), and why it still differs, if it does."""
@@ -612,7 +619,8 @@ def to_yaml(case: H2Case) -> dict[str, Any]:
         if s.data:
             entry["data"] = _text(s.data)
         steps.append(entry)
-    return {"name": case.name, "steps": steps} | ({"differs": case.differs} if case.differs else {})
+    marks = {k: getattr(case, k) for k in DIFFERS if getattr(case, k)}
+    return {"name": case.name, "steps": steps} | marks
 
 
 def from_yaml(entry: dict[str, Any]) -> H2Case:
@@ -622,4 +630,4 @@ def from_yaml(entry: dict[str, Any]) -> H2Case:
         fields = tuple((n.encode("latin-1"), v.encode("latin-1")) for n, v in given.pop("fields", []))
         data = given.pop("data", "").encode("latin-1")
         steps.append(Step(fields=fields, data=data, **given))
-    return H2Case(str(entry["name"]), tuple(steps), str(entry.get("differs", "")))
+    return H2Case(str(entry["name"]), tuple(steps), **{k: str(entry[k]) for k in DIFFERS if k in entry})
