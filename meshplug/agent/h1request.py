@@ -221,6 +221,8 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
         out.append(b"transfer-encoding: chunked\r\n")
     elif content_length >= 0:
         out.append(b"content-length: %d\r\n" % content_length)
+    elif method not in wire.BODILESS_METHODS:
+        out.append(b"content-length: 0\r\n")
     out.append(b"\r\n")
     ex.head = b"".join(out)
 

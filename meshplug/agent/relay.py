@@ -171,9 +171,12 @@ class H1Request:
             self.sink.up_failed(wire.RESET_PROTOCOL)
             return
         method, lines = head
-        if not end_stream and not any(name == b"content-length" for name, _ in headers):
-            self.chunked = True
-            lines.append(b"transfer-encoding: chunked\r\n")
+        if not any(name == b"content-length" for name, _ in headers):
+            if not end_stream:
+                self.chunked = True
+                lines.append(b"transfer-encoding: chunked\r\n")
+            elif method not in wire.BODILESS_METHODS:
+                lines.append(b"content-length: 0\r\n")
         lines.append(b"\r\n")
         self.head = b"".join(lines)
         self.ended = end_stream

@@ -32,6 +32,10 @@ HOP_BY_HOP: Final = frozenset(
 #: the hop-by-hop headers a request's upstream head leaves out: all but Trailer, which Envoy 1.40 forwards (its
 #: request header map keeps it; found by the HTTP/2 fuzzer, true of HTTP/1.1 too)
 REQUEST_HOP_BY_HOP: Final = HOP_BY_HOP - {b"trailer"}
+#: the methods whose bodiless request Envoy 1.40's HTTP/1.1 encoder writes without a length; any other bodiless
+#: request (POST, PUT, OPTIONS, PATCH, ...) goes upstream with content-length: 0 (probed through Envoy: found.yaml and
+#: found_h2.yaml h2fuzz-*-content-length-zero)
+BODILESS_METHODS: Final = frozenset({b"GET", b"HEAD", b"DELETE"})
 #: request headers never forwarded: hop-by-hop ones, and a client's X-Forwarded-Client-Cert (Envoy's default
 #: forward_client_cert_details SANITIZE: only the proxy may vouch for a client certificate)
 REQUEST_DROPPED: Final = HOP_BY_HOP | {b"x-forwarded-client-cert"}
