@@ -153,7 +153,7 @@ def test_http_section_errors_name_the_key(http: object, message: str) -> None:
     [
         ([(b"accept", b"a"), (b"x-b", b"1"), (b"accept", b"b")], [(b"accept", b"a,b"), (b"x-b", b"1")]),
         ([(b"accept", b""), (b"accept", b"b"), (b"accept", b"")], [(b"accept", b"b")]),
-        ([(b"accept", b"a "), (b"accept", b"b\t")], [(b"accept", b"a,b")]),
+        ([(b"accept", b"a "), (b"accept", b"b\t")], [(b"accept", b"a ,b\t")]),  # (HTTP/2's blanks stay, as Envoy's)
         ([(b"cookie", b"a"), (b"cookie", b"b")], [(b"cookie", b"a"), (b"cookie", b"b")]),
     ],
 )
@@ -202,7 +202,7 @@ def test_methods_are_envoys() -> None:
 @pytest.mark.parametrize(
     ("value", "kept"),
     [
-        (b"/a:b", True), (b"v-Lenst ", True), (b"http://x?q \t", True),
+        (b"/a:b", True), (b"v-Lenst ", False), (b"http://x?q \t", False),
         (b"a/b:c", True), (b"http://x/a", True), (b"ftp://x/a", True), (b"?q", True), (b"", True),
         (b"a:b", False), (b"http://u@x/a", False), (b"http://x/a#f", False), (b"/a b", False), (b"/a[b]", False),
         (b"http://x_y/a", False), (b"mailto:x", False), (b"/\xe9", False),
