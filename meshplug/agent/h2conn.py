@@ -28,7 +28,7 @@ Not compiled (it subclasses an interpreted class).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import h2.config
 import h2.connection
@@ -36,6 +36,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.frame_buffer
+import hpack.exceptions
 import hyperframe.exceptions
 import hyperframe.frame
 
@@ -67,7 +68,16 @@ class Broken(h2.exceptions.ProtocolError):
 
 
 _DATA = 0x0
+_HEADERS = 0x1
+_SETTINGS = 0x4
 _CONTINUATION = 0x9
+#: what h2 raises a header block that does not decode from (its own ProtocolError's cause); an HPACK bomb is a
+#: DenialOfServiceError
+_HPACK_ERRORS: Final = (hpack.exceptions.HPACKError, IndexError, TypeError, UnicodeDecodeError)
+
+
+class SettingsExpected(h2.exceptions.ProtocolError):
+    """A client's first frame after the preface was not a SETTINGS frame (RFC 9113 3.4)."""
 
 
 def nghttp2_goaway(exc: Exception, frame_type: int, stream_id: int, idle: bool) -> tuple[int, bytes] | None:
@@ -77,12 +87,16 @@ def nghttp2_goaway(exc: Exception, frame_type: int, stream_id: int, idle: bool) 
     state): Envoy's codec then fails the read and writes nothing more, not even what it had queued."""
     answer: tuple[int, bytes] | None = None
     codes = h2.errors.ErrorCodes
-    if isinstance(exc, h2.exceptions.FrameTooLargeError):
+    if isinstance(exc, SettingsExpected):
+        answer = codes.PROTOCOL_ERROR, b"SETTINGS expected"
+    elif isinstance(exc, h2.exceptions.FrameTooLargeError):
         answer = codes.FRAME_SIZE_ERROR, b"too large frame size"
     elif isinstance(exc, h2.exceptions.FrameDataMissingError):
         answer = codes.FRAME_SIZE_ERROR, b""
     elif isinstance(exc, h2.exceptions.DenialOfServiceError):  # an HPACK bomb: the agent's guard, as _h2codec's
         answer = codes.ENHANCE_YOUR_CALM, b""
+    elif isinstance(exc.__cause__, _HPACK_ERRORS):
+        answer = codes.COMPRESSION_ERROR, b""
     elif frame_type == _DATA and stream_id == 0:
         answer = codes.PROTOCOL_ERROR, b"DATA: stream_id == 0"
     elif frame_type == _DATA and idle:
@@ -184,6 +198,20 @@ class _GuardedFrames(h2.frame_buffer.FrameBuffer):
         self.guard = guard
         self.server = server
         self.highest_opened = 0
+        #: a server's first frame is yet to come (it must be SETTINGS)
+        self.first = server
+
+    def __next__(self) -> hyperframe.frame.Frame:
+        """The next frame; its header is checked as nghttp2 checks it, as soon as it is in: a server's first frame
+        a SETTINGS (not an ACK), the length within SETTINGS_MAX_FRAME_SIZE (h2 would wait for the whole frame)."""
+        head = self._data
+        if len(head) >= 9:
+            if self.first:
+                if head[3] != _SETTINGS or head[4] & 1:
+                    raise SettingsExpected("SETTINGS expected")
+                self.first = False
+            self._validate_frame_length(int.from_bytes(head[:3], "big"))
+        return super().__next__()
 
     def _update_header_buffer(self, f: hyperframe.frame.Frame | None) -> hyperframe.frame.Frame | None:
         if f is not None:
@@ -255,6 +283,8 @@ class Connection(h2.connection.H2Connection):
                 kind, sid = current.type or 0, current.stream_id
             mine = (sid % 2 == 1) == bool(self.config.client_side)  # nghttp2's session_detect_idle_stream
             idle = sid > (self.highest_outbound_stream_id or 0) if mine else sid > self.highest_inbound_stream_id
+            if kind == _HEADERS and idle and not mine and isinstance(exc.__cause__, _HPACK_ERRORS):
+                self.highest_inbound_stream_id = sid  # nghttp2 opened the stream before its block did not decode
             self._terminate_connection(exc.error_code)
             raise Broken(str(exc), exc.error_code, events, nghttp2_goaway(exc, kind, sid, idle)) from exc
         return events

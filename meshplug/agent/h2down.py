@@ -594,6 +594,9 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         self.premature_resets = 0
         self._info: agent_chain.StreamInfo | None = None
         self.timer = wire.ConnTimer(proxy.loop, self._on_timer)
+        #: a connection error ended the connection: it waits for its delayed close (`_close_after_error`)
+        self.lingering = False
+        self._linger: asyncio.TimerHandle | None = None
 
     @property
     def queue(self) -> dict[int, H2Exchange]:
@@ -628,6 +631,8 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
     # --- asyncio callbacks ---
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._linger is not None:
+            self._linger.cancel()
         self.proxy.connections.discard(self)
         self.proxy.stats.downstream_cx_active -= 1
         self.timer.stop()
@@ -638,6 +643,8 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         self.proxy.connection_closed()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # a connection error ended it: what the client still sends is dropped (Envoy reads nothing more)
         self.reading = True
         try:
             self._read(data)
@@ -648,19 +655,14 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
         try:
             events = self.receive(data)
         except h2wire.FLOOD_ERRORS as exc:
-            # Envoy's ProtocolConstraints: the connection is closed at once, nothing more sent (no GOAWAY)
+            # Envoy's ProtocolConstraints: nothing more is sent (no GOAWAY), the connection ends as for any error
             self.proxy.stats.count_h2_flood(h2wire.flood_code(exc))
             log.debug("h2 connection %d: closed: %s", self.id, exc)
-            self.going_away = True
-            if self.transport is not None:
-                self.transport.close()
+            self._close_after_error(flush=False)
             return
         except h2wire.PROTOCOL_ERRORS as exc:
             log.debug("h2 connection %d: protocol error: %s", self.id, exc)
-            self.going_away = True
-            self.flush()  # the codec queued its GOAWAY (or, for an invalid frame, has nothing more to send)
-            if self.transport is not None:
-                self.transport.close()
+            self._close_after_error(flush=True)  # the codec queued its GOAWAY (or, for an invalid frame, nothing)
             return
         for event in events:
             if self.closed:
@@ -671,6 +673,34 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
             self.flooded(code, flush=True)
             return
         self.schedule_flush()
+
+    def _close_after_error(self, *, flush: bool) -> None:
+        """A read broke the protocol, or went past one of Envoy's inbound flood limits (not `flush`: nothing more is
+        written), as Envoy 1.40 ends the connection after any codec error (its HCM's FlushWriteAndDelay, seen in
+        test_differential_h2_close): what the codec queued -- its GOAWAY, or nothing -- is written and nothing after
+        it, the streams end, and the connection closes `limits.DOWNSTREAM_DELAYED_CLOSE_S` later, or when the client
+        closes it first. What the client sends meanwhile is dropped: a close with unread bytes is a reset, which
+        could destroy the GOAWAY before the client read it."""
+        self.going_away = True
+        if flush:
+            self.flush()
+        self.sealed = True
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        self.lingering = True
+        self.timer.stop()
+        self._linger = self.proxy.loop.call_later(limits.DOWNSTREAM_DELAYED_CLOSE_S, self._linger_over)
+        for ex in list(self.streams.values()):  # nothing more is sent: the streams end here
+            ex.peer_reset(_BY_US)
+
+    def _linger_over(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            if t.get_write_buffer_size():
+                t.abort()  # the client did not read the GOAWAY in time: nothing more waits for it
+            else:
+                t.close()
 
     def flooded(self, code: int, *, flush: bool) -> None:
         """Envoy's outbound flood limits: the client does not read what it makes us send. After a read (`flush`)
@@ -882,7 +912,7 @@ class H2Downstream(h2wire.H2Peer, asyncio.Protocol):
     def close(self) -> None:
         """GOAWAY; the connection closes once its streams are done (at once when there are none)."""
         self.going_away = True
-        if self.closed or self.transport is None:
+        if self.closed or self.lingering or self.transport is None:
             return
         self.goaway(h2.errors.ErrorCodes.NO_ERROR)
         if not self.streams and not self.transport.is_closing():

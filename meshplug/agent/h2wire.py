@@ -694,6 +694,8 @@ class H2Peer:
         self.codec: Codec = _UNSTARTED
         self.transport: asyncio.Transport | None = None
         self._flush_scheduled = False
+        #: nothing more is written: a connection error ended the connection on our side
+        self.sealed = False
         #: a read is being handled: a flush past an outbound limit leaves it to the check at the read's end (Envoy's
         #: codec writes nothing while it dispatches)
         self.reading = False
@@ -796,7 +798,7 @@ class H2Peer:
         (Envoy's check after its codec sent frames: the connection is closed without a flush)."""
         self._flush_scheduled = False
         t = self.transport
-        if t is None or t.is_closing():
+        if t is None or t.is_closing() or self.sealed:
             self.codec.data_to_send()  # nothing more goes out
             return
         counts = self.codec.frames_out()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from hyperframe.frame import (
 from meshplug import limits
 from tests.differential import bed as diff_bed
 from tests.differential import cases as h1_cases
+from tests.differential import h2bed
 from tests.testbed import agent as tb_agent
 from tests.testbed import envoy as tb_envoy
 from tests.testbed import h2raw, procs, upstream
@@ -39,40 +39,14 @@ from tests.testbed.h2raw import BASE, Part, RawClient
 
 pytestmark = pytest.mark.integration
 
-#: both proxies' HCM server_name: Istio's sidecar inbound value, the agent's native default
-SERVER_NAME = "istio-envoy"
-
-
-@dataclass
-class Bed:
-    envoy_port: int
-    agent: tb_agent.Agent
+Bed = h2bed.Bed
+SERVER_NAME = h2bed.SERVER_NAME
 
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
-    tmp: Path = tmp_path_factory.mktemp("h2")
-    logs = tmp / "logs"
-    started: list[Any] = []
-    try:
-        echo = upstream.start_service("echo", log_dir=logs)
-        started.append(echo)
-        port, admin = procs.free_port(), procs.free_port()
-        listener = tb_envoy.http_listener("l", port, cluster="echo")
-        listener["filter_chains"][0]["filters"][0]["typed_config"]["server_name"] = SERVER_NAME
-        config = tb_envoy.bootstrap(admin, [listener], [tb_envoy.static_cluster("echo", echo.port)])
-        path = tb_envoy.write_config(config, tmp / "envoy")
-        tb_envoy.validate_config(path)
-        started.append(tb_envoy.start_envoy(path, admin_port=admin, log_dir=logs))
-        raw = tb_agent.base_config(
-            port=procs.free_port(), admin_port=procs.free_port(), clusters={"echo": echo.port}, listener_cluster="echo"
-        )
-        agent = tb_agent.start_agent(raw, work_dir=tmp / "agent", log_dir=logs, log_level="info")
-        started.append(agent)
-        yield Bed(port, agent)
-    finally:
-        for item in reversed(started):
-            item.stop()
+    with h2bed.started(tmp_path_factory.mktemp("h2")) as started:
+        yield started
 
 
 def _headers_frame(stream_id: int, block: bytes, *, end_stream: bool = True) -> bytes:
@@ -637,64 +611,4 @@ def test_http2_upstream_responses_match_envoy(up_bed: Bed, parts: tuple[Part, ..
     client as they do through Envoy 1.40 (relayed, refused with Envoy's 502/503 local reply, or cut short)."""
     via_envoy = _through(up_bed.envoy_port, parts)
     via_agent = _through(up_bed.agent.port, parts)
-    assert via_agent == via_envoy
-
-
-# --- connection errors, byte for byte ---------------------------------------------------------------------------
-def _block(headers: Block, stream_id: int = 1, *, end_stream: bool = True) -> bytes:
-    """A HEADERS frame (END_HEADERS) of `headers`, HPACK-encoded by a fresh encoder (stream 0 included)."""
-    return _raw_frame(1, stream_id, hpack.Encoder().encode(list(headers)), flags=4 | (1 if end_stream else 0))
-
-
-def _raw_frame(kind: int, stream_id: int, payload: bytes, flags: int = 0) -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
-
-
-_POST: Block = ((b":method", b"POST"), *_GET[1:])
-
-# name, the bytes a client sends after its preface: each breaks the protocol (a header block nghttp2 refuses, a
-# frame it refuses). Envoy 1.40 answers some with nghttp2's GOAWAY and closes, others (those nghttp2 reports as an
-# invalid frame, which Envoy's codec turns into a dispatch error) by closing without writing anything more; a body
-# that does not match its content-length (in _STREAM_ERRORS) resets only its stream.
-WIRE_CASES: list[tuple[str, bytes]] = [
-    ("neither :authority nor host", _block(_pseudo(authority=b"-"))),
-    ("upper-case header name", _block((*_GET, (b"X-Upper", b"1")))),
-    ("connection-specific header", _block((*_GET, (b"connection", b"close")))),
-    ("value with NUL", _block((*_GET, (b"x-a", b"a\x00b")))),
-    (":authority with userinfo", _block(_pseudo(authority=b"u@a"))),
-    ("no :scheme", _block(_pseudo(scheme=b"-"))),
-    ("pseudo-header after a regular one", _block((*_GET, (b":foo", b"x")))),
-    ("content-length longer than the body", _block((*_POST, (b"content-length", b"10")), end_stream=False)
-     + _raw_frame(0, 1, b"12345", flags=1)),
-    ("content-length shorter than the body", _block((*_POST, (b"content-length", b"1")), end_stream=False)
-     + _raw_frame(0, 1, b"12345", flags=1)),
-    ("HEADERS on an even stream", _block(_GET, 2)),
-    ("HEADERS on stream 0", _block(_GET, 0)),
-    ("DATA on stream 0", _raw_frame(0, 0, b"x")),
-    ("DATA on an idle stream", _raw_frame(0, 5, b"x")),
-    ("zero WINDOW_UPDATE on the connection", _raw_frame(8, 0, b"\x00\x00\x00\x00")),
-    ("zero WINDOW_UPDATE on a stream", _block(_POST, end_stream=False) + _raw_frame(8, 1, b"\x00\x00\x00\x00")),
-    ("bad SETTINGS_INITIAL_WINDOW_SIZE", _raw_frame(4, 0, b"\x00\x04\x80\x00\x00\x00")),
-    ("SETTINGS of a bad length", _raw_frame(4, 0, b"\x00\x04\x00")),
-    ("PING of a bad length", _raw_frame(6, 0, b"\x00" * 7)),
-    ("RST_STREAM on an idle stream", _raw_frame(3, 7, b"\x00\x00\x00\x08")),
-    ("CONTINUATION without HEADERS", _raw_frame(9, 1, b"", flags=4)),
-]  # fmt: skip
-
-
-_STREAM_ERRORS = frozenset({"content-length longer than the body", "content-length shorter than the body"})
-
-
-@pytest.mark.parametrize("settings_first", [False, True], ids=["one write", "after SETTINGS"])
-@pytest.mark.parametrize(("name", "bad"), WIRE_CASES, ids=[c[0] for c in WIRE_CASES])
-def test_connection_errors_match_envoy_on_the_wire(bed: Bed, name: str, bad: bytes, settings_first: bool) -> None:
-    """A client breaking the protocol reads from the agent exactly the frames it reads from Envoy 1.40 (its
-    SETTINGS, their ACK and the connection window, then a GOAWAY or nothing), and the connection ends the same
-    way: sent with the preface in one write (Envoy then writes nothing at all for an invalid frame), or after the
-    server's SETTINGS were read."""
-    stream = name in _STREAM_ERRORS
-    via_envoy = h2raw.wire(bed.envoy_port, bad, settings_first=settings_first, until_reset=stream)
-    via_agent = h2raw.wire(bed.agent.port, bad, settings_first=settings_first, until_reset=stream)
-    # Envoy refused it (the connection ended, or the stream was reset and the connection goes on)
-    assert (via_envoy.end, via_envoy.after[-1][0]) == ("open", 3) if stream else via_envoy.end != "open", via_envoy
     assert via_agent == via_envoy
