@@ -50,7 +50,7 @@ H2CODEC = "meshplug.agent._h2codec"
 EXTENSIONS: dict[str, tuple[str, ...]] = {
     EXTENSION: ("meshplug/agent/_wasmcall.c", "meshplug/agent/_wasmstore.c", "meshplug/agent/_wasmcall.h"),
     "meshplug.agent._shared": ("meshplug/agent/_shared.c",),
-    H2CODEC: ("meshplug/agent/_h2codec.c",),
+    H2CODEC: ("meshplug/agent/_h2codec.c", "meshplug/agent/_h2inbound.c", "meshplug/agent/_h2codec.h"),
 }
 #: the C extensions' system libraries (Debian: libnghttp2-dev to build, libnghttp2-14 to run); absent at build
 #: time, the extension is left out and its pure-Python counterpart runs (meshplug.agent.h2wire: the h2 library)
@@ -70,6 +70,8 @@ COMPILED: tuple[str, ...] = (
     "meshplug.agent.h1peer",
     "meshplug.agent.h1request",
     "meshplug.agent.h2down",
+    "meshplug.agent.h2exchange",
+    "meshplug.agent.h2peer",
     "meshplug.agent.h2up",
     "meshplug.agent.h2wire",
     "meshplug.agent.hcm",

@@ -46,32 +46,12 @@
  * receiving side took them), no leading/trailing whitespace check on values, no send-side header block limit;
  * rapid reset is Envoy's premature-reset rule (in h2down), not the library's token bucket.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <nghttp2/nghttp2.h>
-#include <string.h>
-
-#define EV_REQUEST 1
-#define EV_RESPONSE 2
-#define EV_TRAILERS 3
-#define EV_DATA 4
-#define EV_RESET 5
-#define EV_GOAWAY 7
-
-/* the floods FloodError.code names (h2conn.FLOOD_*: the same numbers) */
-#define FLOOD_EMPTY_FRAMES 1
-#define FLOOD_PRIORITY 2
-#define FLOOD_WINDOW_UPDATE 3
+#include "_h2codec.h"
 
 static PyObject *CodecError;
 static PyObject *FloodError;
 
-typedef struct buf_s {
-    char *p;
-    size_t len, off, cap;
-} buf_t;
-
-static int buf_put(buf_t *b, const uint8_t *data, size_t n) {
+int h2c_buf_put(buf_t *b, const uint8_t *data, size_t n) {
     if (b->off && b->off == b->len) b->off = b->len = 0;
     if (b->len + n > b->cap) {
         if (b->off) {
@@ -93,53 +73,13 @@ static int buf_put(buf_t *b, const uint8_t *data, size_t n) {
     return 0;
 }
 
-static void buf_free(buf_t *b) {
+void h2c_buf_free(buf_t *b) {
     PyMem_Free(b->p);
     b->p = NULL;
     b->len = b->off = b->cap = 0;
 }
 
-typedef struct stream_s {
-    int32_t id;
-    struct stream_s *prev, *next; /* every stream of the session (freed with it) */
-    PyObject *headers;            /* the header block being received */
-    PyObject *cookies;            /* its cookie fields, joined at its end */
-    size_t header_bytes;
-    buf_t in;                     /* the DATA frame being received */
-    buf_t out;                    /* body waiting to be sent */
-    PyObject *trailers;           /* trailers to send after the body */
-    size_t header_count;
-    char final_seen, reset_recv, app_closed, end_pending, has_provider, deferred, rst_after_end, opened, end_sent;
-    char overflow; /* a response head past the limits: reset (RST_STREAM INTERNAL_ERROR) */
-} stream_t;
-
-typedef struct {
-    PyObject_HEAD nghttp2_session *session;
-    int server;
-    size_t max_header_bytes, max_header_count;
-    int32_t stream_window;
-    PyObject *events; /* the list receive() fills (NULL outside receive) */
-    buf_t out;        /* serialized frames not yet handed over */
-    stream_t *streams;
-    size_t buffered;  /* body bytes waiting in streams */
-    int app_goaway;   /* a GOAWAY we submitted is on its way */
-    int terminated;   /* the codec ended the connection (a connection error) */
-    int silent;       /* ... without a GOAWAY: nothing more is written (Envoy's dispatch error) */
-    int failed;       /* a Python error inside a callback */
-    /* Envoy's ProtocolConstraints (inbound): its limits, counts, and the flood found (NULL: none) */
-    unsigned long long max_empty, max_priority, max_window;
-    unsigned long long empty_run, priority_frames, window_frames, opened_streams, data_frames_sent;
-    const char *flood;
-    int flood_code;
-    /* frames serialized so far (Envoy's outbound frame accounting: all, and the control frames it watches --
-     * PING and SETTINGS ACKs, RST_STREAM); the scan of the bytes handed over: the rest of the current frame's
-     * payload to pass, or the part of its 9-byte header seen */
-    unsigned long long frames_out, control_out;
-    size_t scan_skip, scan_hlen;
-    uint8_t scan_hdr[9];
-} Session;
-
-static stream_t *stream_new(Session *self, int32_t id) {
+stream_t *h2c_stream_new(Session *self, int32_t id) {
     stream_t *s = PyMem_Calloc(1, sizeof(stream_t));
     if (!s) return NULL;
     s->id = id;
@@ -149,7 +89,7 @@ static stream_t *stream_new(Session *self, int32_t id) {
     return s;
 }
 
-static void stream_free(Session *self, stream_t *s) {
+void h2c_stream_free(Session *self, stream_t *s) {
     if (s->prev) s->prev->next = s->next;
     else self->streams = s->next;
     if (s->next) s->next->prev = s->prev;
@@ -157,12 +97,12 @@ static void stream_free(Session *self, stream_t *s) {
     Py_CLEAR(s->cookies);
     Py_CLEAR(s->trailers);
     self->buffered -= s->out.len - s->out.off;
-    buf_free(&s->in);
-    buf_free(&s->out);
+    h2c_buf_free(&s->in);
+    h2c_buf_free(&s->out);
     PyMem_Free(s);
 }
 
-static stream_t *stream_of(Session *self, int32_t id) {
+stream_t *h2c_stream_of(Session *self, int32_t id) {
     stream_t *s = (stream_t *)nghttp2_session_get_stream_user_data(self->session, id);
     if (s || self->server) return s;
     /* a client's stream exists in nghttp2 once its HEADERS are serialized; until then it is only ours */
@@ -171,7 +111,7 @@ static stream_t *stream_of(Session *self, int32_t id) {
     return NULL;
 }
 
-static int emit(Session *self, int kind, int32_t sid, PyObject *obj, int flag, long long num) {
+int h2c_emit(Session *self, int kind, int32_t sid, PyObject *obj, int flag, long long num) {
     if (!self->events) return 0;
     PyObject *t = Py_BuildValue("(iiOOL)", kind, (int)sid, obj ? obj : Py_None, flag ? Py_True : Py_False, num);
     if (!t) return -1;
@@ -215,268 +155,7 @@ static nghttp2_nv *to_nva(PyObject *headers, size_t *count, PyObject **fast_out)
     return nva;
 }
 
-/* --- nghttp2 callbacks --- */
-/* One received frame against Envoy's inbound flood limits (ProtocolConstraints::trackInboundFrame); returns
- * nonzero (self->flood set) when the peer went past one: the read stops there. */
-static int track_inbound(Session *self, uint8_t type, uint8_t flags, size_t payload) {
-    switch (type) {
-    case NGHTTP2_HEADERS:
-    case NGHTTP2_CONTINUATION:
-    case NGHTTP2_DATA:
-        if (payload == 0 && !(flags & NGHTTP2_FLAG_END_STREAM)) self->empty_run++;
-        else self->empty_run = 0;
-        break;
-    case NGHTTP2_PRIORITY:
-        self->priority_frames++;
-        break;
-    case NGHTTP2_WINDOW_UPDATE:
-        self->window_frames++;
-        break;
-    default:
-        return 0;
-    }
-    if (self->empty_run > self->max_empty) {
-        self->flood = "Too many consecutive frames with an empty payload";
-        self->flood_code = FLOOD_EMPTY_FRAMES;
-    } else if (self->priority_frames > self->max_priority * (1 + self->opened_streams)) {
-        self->flood = "Too many PRIORITY frames";
-        self->flood_code = FLOOD_PRIORITY;
-    } else if (self->window_frames > 5 + 2 * (self->opened_streams + self->max_window * self->data_frames_sent)) {
-        self->flood = "Too many WINDOW_UPDATE frames";
-        self->flood_code = FLOOD_WINDOW_UPDATE;
-    }
-    return self->flood != NULL;
-}
-
-/* every frame but HEADERS and DATA is tracked as it begins (the only callback some get: CONTINUATION, frames on
- * closed streams); HEADERS and DATA once their padding is known */
-static int on_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *user_data) {
-    Session *self = user_data;
-    (void)session;
-    if (hd->type == NGHTTP2_HEADERS || hd->type == NGHTTP2_DATA) return 0;
-    return track_inbound(self, hd->type, hd->flags, hd->length) ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
-}
-
-static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
-    Session *self = user_data;
-    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
-    if (track_inbound(self, NGHTTP2_HEADERS, frame->hd.flags, frame->hd.length - frame->headers.padlen))
-        return NGHTTP2_ERR_CALLBACK_FAILURE;
-    int32_t sid = frame->hd.stream_id;
-    stream_t *s = stream_of(self, sid);
-    if (!s) {
-        if (!self->server || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
-        s = stream_new(self, sid);
-        if (!s) return NGHTTP2_ERR_CALLBACK_FAILURE;
-        s->opened = 1;
-        self->opened_streams++;
-        nghttp2_session_set_stream_user_data(session, sid, s);
-    }
-    Py_CLEAR(s->cookies);
-    Py_XSETREF(s->headers, PyList_New(0));
-    s->header_bytes = s->header_count = 0;
-    if (!s->headers) {
-        self->failed = 1;
-        return NGHTTP2_ERR_CALLBACK_FAILURE;
-    }
-    return 0;
-}
-
-static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
-                     const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data) {
-    Session *self = user_data;
-    (void)flags;
-    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
-    stream_t *s = stream_of(self, frame->hd.stream_id);
-    if (!s || !s->headers) return 0;
-    if (!self->server) { /* a response head: Envoy's saveHeader (max_response_headers_kb / _count, cookies apart) */
-        if (!(namelen == 6 && memcmp(name, "cookie", 6) == 0)) {
-            s->header_bytes += namelen + valuelen;
-            s->header_count++;
-        }
-        if (s->header_bytes > self->max_header_bytes ||
-            (self->max_header_count && s->header_count > self->max_header_count)) {
-            s->overflow = 1; /* nghttp2 resets the stream (INTERNAL_ERROR) and skips the rest of the block */
-            Py_CLEAR(s->headers);
-            Py_CLEAR(s->cookies);
-            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        }
-    } else if ((s->header_bytes += namelen + valuelen + 32) > self->max_header_bytes) {
-        /* a request's HPACK bomb: stop decoding, end the connection */
-        nghttp2_session_terminate_session(session, NGHTTP2_ENHANCE_YOUR_CALM);
-        self->terminated = 1;
-        return NGHTTP2_ERR_CALLBACK_FAILURE;
-    }
-    /* userinfo in a request's authority (RFC 9113 8.3.1): the nghttp2 Envoy 1.40 is built with refuses '@' in
-     * :authority and host (an invalid header, as every bad field: see on_invalid_frame); Debian's 1.52 lets
-     * it through */
-    if (self->server && valuelen && memchr(value, '@', valuelen) &&
-        ((namelen == 10 && memcmp(name, ":authority", 10) == 0) || (namelen == 4 && memcmp(name, "host", 4) == 0))) {
-        self->terminated = self->silent = 1;
-        return NGHTTP2_ERR_CALLBACK_FAILURE;
-    }
-    PyObject *v = PyBytes_FromStringAndSize((const char *)value, (Py_ssize_t)valuelen);
-    if (!v) goto fail;
-    if (namelen == 6 && memcmp(name, "cookie", 6) == 0) { /* joined at the block's end, as h2 and Envoy do */
-        if (!s->cookies && !(s->cookies = PyList_New(0))) {
-            Py_DECREF(v);
-            goto fail;
-        }
-        int rv = PyList_Append(s->cookies, v);
-        Py_DECREF(v);
-        return rv ? (self->failed = 1, NGHTTP2_ERR_CALLBACK_FAILURE) : 0;
-    }
-    PyObject *n = PyBytes_FromStringAndSize((const char *)name, (Py_ssize_t)namelen);
-    if (!n) {
-        Py_DECREF(v);
-        goto fail;
-    }
-    PyObject *t = PyTuple_New(2);
-    if (!t) {
-        Py_DECREF(n);
-        Py_DECREF(v);
-        goto fail;
-    }
-    PyTuple_SET_ITEM(t, 0, n);
-    PyTuple_SET_ITEM(t, 1, v);
-    int rv = PyList_Append(s->headers, t);
-    Py_DECREF(t);
-    if (rv) goto fail;
-    return 0;
-fail:
-    self->failed = 1;
-    return NGHTTP2_ERR_CALLBACK_FAILURE;
-}
-
-static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, const uint8_t *data, size_t len,
-                         void *user_data) {
-    Session *self = user_data;
-    (void)flags;
-    stream_t *s = stream_of(self, sid);
-    if (!s || s->app_closed) { /* nobody reads it: its window is given back at once */
-        nghttp2_session_consume(session, sid, len);
-        return 0;
-    }
-    if (buf_put(&s->in, data, len)) {
-        self->failed = 1;
-        PyErr_NoMemory();
-        return NGHTTP2_ERR_CALLBACK_FAILURE;
-    }
-    return 0;
-}
-
-static int header_event(Session *self, stream_t *s, const nghttp2_frame *frame) {
-    PyObject *headers = s->headers;
-    s->headers = NULL;
-    if (!headers) return 0;
-    int rv = 0;
-    if (s->cookies) {
-        PyObject *sep = PyBytes_FromStringAndSize("; ", 2);
-        PyObject *joined = sep ? PyObject_CallMethod(sep, "join", "O", s->cookies) : NULL;
-        Py_XDECREF(sep);
-        Py_CLEAR(s->cookies);
-        PyObject *t = joined ? Py_BuildValue("(y#N)", "cookie", (Py_ssize_t)6, joined) : NULL;
-        if (!t || PyList_Append(headers, t)) rv = -1;
-        Py_XDECREF(t);
-    }
-    int end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
-    int kind;
-    if (self->server) {
-        kind = frame->headers.cat == NGHTTP2_HCAT_REQUEST ? EV_REQUEST : EV_TRAILERS;
-    } else if (s->final_seen) {
-        kind = EV_TRAILERS;
-    } else {
-        kind = EV_RESPONSE;
-        if (PyList_GET_SIZE(headers) > 0) { /* nghttp2 puts :status first; 1xx are not handed over */
-            PyObject *st = PyTuple_GET_ITEM(PyList_GET_ITEM(headers, 0), 1);
-            if (PyBytes_GET_SIZE(st) == 3 && PyBytes_AS_STRING(st)[0] == '1') kind = 0;
-        }
-        if (kind) s->final_seen = 1;
-    }
-    if (!rv && kind) rv = emit(self, kind, s->id, headers, end, 0);
-    Py_DECREF(headers);
-    return rv;
-}
-
-static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
-    Session *self = user_data;
-    int32_t sid = frame->hd.stream_id;
-    stream_t *s;
-    int rv = 0;
-    switch (frame->hd.type) {
-    case NGHTTP2_HEADERS:
-        s = stream_of(self, sid);
-        if (s && !s->app_closed) rv = header_event(self, s, frame);
-        else if (s) Py_CLEAR(s->headers);
-        break;
-    case NGHTTP2_DATA:
-        if (track_inbound(self, NGHTTP2_DATA, frame->hd.flags, frame->hd.length - frame->data.padlen))
-            return NGHTTP2_ERR_CALLBACK_FAILURE;
-        s = stream_of(self, sid);
-        if (s && !s->app_closed) {
-            size_t n = s->in.len - s->in.off;
-            PyObject *data = PyBytes_FromStringAndSize(s->in.p + s->in.off, (Py_ssize_t)n);
-            s->in.len = s->in.off = 0;
-            rv = data ? emit(self, EV_DATA, sid, data, (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0,
-                             (long long)n)
-                      : -1;
-            Py_XDECREF(data);
-        }
-        break;
-    case NGHTTP2_RST_STREAM:
-        s = stream_of(self, sid);
-        if (s) {
-            s->reset_recv = 1;
-            if (!s->app_closed) rv = emit(self, EV_RESET, sid, NULL, 1, frame->rst_stream.error_code);
-        }
-        break;
-    case NGHTTP2_GOAWAY:
-        rv = emit(self, EV_GOAWAY, frame->goaway.last_stream_id, NULL, 0, frame->goaway.error_code);
-        break;
-    default:
-        break;
-    }
-    (void)session;
-    if (rv) {
-        self->failed = 1;
-        return NGHTTP2_ERR_CALLBACK_FAILURE;
-    }
-    return 0;
-}
-
-static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error_code, void *user_data) {
-    Session *self = user_data;
-    stream_t *s = stream_of(self, sid);
-    if (!s) return 0;
-    int rv = 0;
-    if (error_code && !s->reset_recv && !s->app_closed) /* the codec reset it: a stream error (a response head */
-        rv = emit(self, EV_RESET, sid, NULL, s->overflow, error_code); /* past the limits: as Envoy, the peer's) */
-    nghttp2_session_set_stream_user_data(session, sid, NULL);
-    stream_free(self, s);
-    if (rv) {
-        self->failed = 1;
-        return NGHTTP2_ERR_CALLBACK_FAILURE;
-    }
-    return 0;
-}
-
-/* Envoy's ConnectionImpl::onInvalidFrame (stream_error_on_invalid_http_messaging off, its default): a refused
- * stream is only that stream's; a bad header block or message, a flow-control, protocol or closed-stream error
- * fails the callback, so nghttp2 queues no GOAWAY and the read fails: Envoy's codec then writes nothing more
- * (not even what was queued before, its own SETTINGS in a connection's first read) and closes -- as a server
- * (tests/integration/test_differential_h2.py) and as a client (its codec client closes the upstream connection
- * without a flush: test_differential_upstream_flags) */
-static int on_invalid_frame(nghttp2_session *session, const nghttp2_frame *frame, int lib_error_code,
-                            void *user_data) {
-    Session *self = user_data;
-    (void)frame;
-    (void)session;
-    if (lib_error_code == NGHTTP2_ERR_REFUSED_STREAM) return 0;
-    if (!self->terminated) self->silent = 1;
-    self->terminated = 1;
-    return NGHTTP2_ERR_CALLBACK_FAILURE;
-}
-
+/* --- nghttp2 callbacks: sending (receiving: _h2inbound.c) --- */
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
     Session *self = user_data;
     int32_t sid = frame->hd.stream_id;
@@ -486,7 +165,7 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
     }
     if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
     if (frame->hd.type == NGHTTP2_DATA) self->data_frames_sent++;
-    stream_t *s = stream_of(self, sid);
+    stream_t *s = h2c_stream_of(self, sid);
     if (!s) return 0;
     if (frame->hd.type == NGHTTP2_HEADERS && !self->server && !s->opened) {
         s->opened = 1; /* the response's window (see h2up.client_settings) */
@@ -508,7 +187,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *dest, s
                          nghttp2_data_source *source, void *user_data) {
     Session *self = user_data;
     (void)source;
-    stream_t *s = stream_of(self, sid);
+    stream_t *s = h2c_stream_of(self, sid);
     if (!s) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     size_t avail = s->out.len - s->out.off;
     size_t n = avail < length ? avail : length;
@@ -548,8 +227,8 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *dest, s
 /* --- the Session type --- */
 static void Session_dealloc(Session *self) {
     if (self->session) nghttp2_session_del(self->session);
-    while (self->streams) stream_free(self, self->streams);
-    buf_free(&self->out);
+    while (self->streams) h2c_stream_free(self, self->streams);
+    h2c_buf_free(&self->out);
     Py_XDECREF(self->events);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -583,14 +262,8 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds) {
         PyErr_NoMemory();
         return -1;
     }
-    nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
-    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
-    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
+    h2c_inbound_callbacks(cb);
     nghttp2_option *opt;
     if (nghttp2_option_new(&opt)) {
         nghttp2_session_callbacks_del(cb);
@@ -675,7 +348,7 @@ static int drain(Session *self) {
             return -1;
         }
         if (n == 0) return 0;
-        if (buf_put(&self->out, data, (size_t)n)) {
+        if (h2c_buf_put(&self->out, data, (size_t)n)) {
             PyErr_NoMemory();
             return -1;
         }
@@ -763,7 +436,7 @@ static PyObject *Session_send_headers(Session *self, PyObject *args) {
     prd.read_callback = read_body;
     int rv;
     if (self->server) {
-        stream_t *s = stream_of(self, sid);
+        stream_t *s = h2c_stream_of(self, sid);
         if (!s || s->app_closed || s->has_provider) rv = -1;
         else {
             if (!end) s->has_provider = 1;
@@ -772,12 +445,12 @@ static PyObject *Session_send_headers(Session *self, PyObject *args) {
     } else if ((uint32_t)sid != nghttp2_session_get_next_stream_id(self->session)) {
         rv = -1;
     } else {
-        stream_t *s = stream_new(self, sid);
+        stream_t *s = h2c_stream_new(self, sid);
         if (!s) rv = -1;
         else {
             s->has_provider = !end;
             rv = nghttp2_submit_request(self->session, NULL, nva, count, end ? NULL : &prd, s);
-            if (rv < 0) stream_free(self, s);
+            if (rv < 0) h2c_stream_free(self, s);
             else rv = rv == sid ? 0 : -1;
         }
     }
@@ -788,7 +461,7 @@ static PyObject *Session_send_headers(Session *self, PyObject *args) {
 }
 
 static stream_t *sending(Session *self, int sid) {
-    stream_t *s = stream_of(self, sid);
+    stream_t *s = h2c_stream_of(self, sid);
     return s && s->has_provider && !s->app_closed && !s->end_pending ? s : NULL;
 }
 
@@ -807,7 +480,7 @@ static PyObject *Session_send_data(Session *self, PyObject *args) {
     stream_t *s = sending(self, sid);
     int ok = s != NULL;
     if (ok && view.len) {
-        if (buf_put(&s->out, view.buf, (size_t)view.len)) ok = 0;
+        if (h2c_buf_put(&s->out, view.buf, (size_t)view.len)) ok = 0;
         else self->buffered += (size_t)view.len;
     }
     PyBuffer_Release(&view);
@@ -834,7 +507,7 @@ static PyObject *Session_send_trailers(Session *self, PyObject *args) {
 }
 
 static void forget(Session *self, int32_t sid) {
-    stream_t *s = stream_of(self, sid);
+    stream_t *s = h2c_stream_of(self, sid);
     if (s) {
         s->app_closed = 1;
         self->buffered -= s->out.len - s->out.off;
@@ -865,7 +538,7 @@ static PyObject *Session_forget(Session *self, PyObject *arg) {
 static PyObject *Session_reset_after_end(Session *self, PyObject *arg) {
     long sid = PyLong_AsLong(arg);
     if (sid == -1 && PyErr_Occurred()) return NULL;
-    stream_t *s = stream_of(self, (int32_t)sid);
+    stream_t *s = h2c_stream_of(self, (int32_t)sid);
     if (s && !s->app_closed) {
         if (!s->end_sent) s->rst_after_end = 1; /* once our END_STREAM is out (it may still be queued) */
         else {

@@ -5,7 +5,7 @@ one per parsed read upstream.
 Base of `meshplug.agent.downstream.Downstream`, which parses the requests, sets `_parsing` while a read is
 parsed and parses the reads held while a pipelined request waits (`hold_read`, `take_held`) when its turn
 comes; its exchanges (`meshplug.agent.exchange`, `meshplug.agent.filtered`) write through it. The HTTP/2
-counterpart is `meshplug.agent.h2wire.H2Peer`.
+counterpart is `meshplug.agent.h2peer.H2Peer`.
 """
 
 from __future__ import annotations

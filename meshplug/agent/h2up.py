@@ -33,7 +33,7 @@ import h2.settings
 
 from meshplug import limits
 from meshplug.agent import config as agent_config
-from meshplug.agent import h2wire, wire
+from meshplug.agent import h2peer, h2wire, wire
 from meshplug.agent import stats as agent_stats
 from meshplug.agent.upstream import Sink
 
@@ -60,7 +60,7 @@ def _reset_reason(remote: bool, code: int) -> str:
     return wire.RESET_REFUSED if code == h2.errors.ErrorCodes.REFUSED_STREAM else wire.RESET_REMOTE
 
 
-class UpStream(h2wire.OutStream):
+class UpStream(h2peer.OutStream):
     """One request on an upstream HTTP/2 connection; its response goes to `sink`."""
 
     __slots__ = ("conn", "paused", "sink", "unacked")
@@ -99,11 +99,11 @@ class UpStream(h2wire.OutStream):
             self.unacked = 0
 
 
-class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
+class H2Upstream(h2peer.H2Peer, asyncio.Protocol):
     """One HTTP/2 connection to a cluster: its streams and their flow control."""
 
     def __init__(self, pool: H2Pool) -> None:
-        super().__init__()
+        super().__init__(pool.stats)
         self.pool = pool
         self.streams: dict[int, UpStream] = {}
         self.goaway_seen = False
@@ -131,14 +131,7 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
         self.pool.forget(self)
         self._fail_all(wire.RESET_TERMINATION)
 
-    def data_received(self, data: bytes) -> None:
-        self.reading = True
-        try:
-            self._read(data)
-        finally:
-            self.reading = False
-
-    def _read(self, data: bytes) -> None:
+    def read(self, data: bytes) -> None:
         try:
             events = self.receive(data)
         except h2wire.PROTOCOL_ERRORS as exc:
@@ -156,21 +149,20 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
             self._event(event)
         code = self.outbound_flood()  # what the read made us queue (Envoy's codec checks after each dispatch)
         if code:
-            self.flooded(code, flush=True)
+            self._flooded_after_read(code)
             return
         self.schedule_flush()
 
-    def flooded(self, code: int, *, flush: bool) -> None:
-        """Envoy's outbound flood limits: the upstream does not read what it makes us send. The connection is
-        closed at once (Envoy's codec client: NoFlush); found after a read (`flush`), its streams fail as for a
-        protocol error (a dispatch error), otherwise as for a closed connection."""
+    def _flooded_after_read(self, code: int) -> None:
+        """Envoy's outbound flood limits after a read: the upstream does not read what it makes us send. The
+        connection is closed at once (Envoy's codec client: NoFlush), its streams fail as for a protocol error (a
+        dispatch error)."""
         if self.closed:
             return
-        self.pool.stats.count_h2_flood(code)
+        self.stats.count_h2_flood(code)
         self.goaway_seen = True
         self.closed = True
-        if flush:
-            self._fail_all(wire.RESET_PROTOCOL)
+        self._fail_all(wire.RESET_PROTOCOL)
         if self.transport is not None:
             self.transport.abort()
 
@@ -291,11 +283,11 @@ class H2Upstream(h2wire.H2Peer, asyncio.Protocol):
         sink = None
         if up is not None:
             sink, up.sink = up.sink, None
-        self.drop(up or h2wire.OutStream(sid), h2.errors.ErrorCodes.INTERNAL_ERROR)
+        self.drop(up or h2peer.OutStream(sid), h2.errors.ErrorCodes.INTERNAL_ERROR)
         if sink is not None:
             sink.up_failed(wire.RESET_PROTOCOL)
 
-    def drop(self, s: h2wire.OutStream, code: int) -> None:
+    def drop(self, s: h2peer.OutStream, code: int) -> None:
         """Reset `s` and forget it (its sink is told nothing)."""
         if self.streams.pop(s.id, None) is not None:
             self.reset_stream(s, code)
