@@ -243,12 +243,8 @@ class H2Downstream(h2peer.H2Peer, asyncio.Protocol):
                     self.premature_resets += 1
             self.forget_stream(ex.out)
             ex.peer_reset(BY_RESET if ev[3] else BY_CODEC)
-        elif kind == h2wire.EV_GOAWAY:
-            self.going_away = True
-            if ev[4]:
-                self.abort()
-            elif not self.streams:
-                self.close()
+        # a client's GOAWAY (EV_GOAWAY), whatever its code, changes nothing: Envoy's HCM serves the connection on,
+        # new streams too, until the client closes it
 
     def _request(self, sid: int, headers: list[Header], end_stream: bool) -> None:
         if len(self.streams) >= limits.H2_MAX_CONCURRENT_STREAMS:  # refused by the codec, as Envoy's

@@ -241,3 +241,26 @@ def test_the_client_closing_first_ends_the_delay(bed: h2bed.Bed) -> None:
             end = _read(sock, read, shut + READ_S)
             got[plane] = (end, _when(time.monotonic() - shut))
     assert got == {"envoy": ("eof", "at once"), "agent": ("eof", "at once")}
+
+
+#: a client's GOAWAY (error code, then a request on stream 1): Envoy's HCM ignores it and serves the request
+GOAWAY_CASES: list[tuple[str, int]] = [("NO_ERROR", 0), ("PROTOCOL_ERROR", 1), ("ENHANCE_YOUR_CALM", 11)]
+
+
+@pytest.mark.parametrize(("name", "code"), GOAWAY_CASES, ids=[c[0] for c in GOAWAY_CASES])
+def test_a_client_goaway_changes_nothing(bed: h2bed.Bed, name: str, code: int) -> None:
+    """A client sends GOAWAY then a request: both answer it (its HEADERS and a body that ends) and keep the
+    connection open, no GOAWAY of their own."""
+    goaway = _raw_frame(7, 0, b"\x00\x00\x00\x00" + code.to_bytes(4, "big"))
+    got = {}
+    for plane, port in (("envoy", bed.envoy_port), ("agent", bed.agent.port)):
+        with socket.create_connection(("127.0.0.1", port), timeout=READ_S) as sock:
+            sock.sendall(CLIENT_PREFACE + goaway + _block(_GET))
+            read = bytearray()
+            end = _read(sock, read, time.monotonic() + 1.5 * limits.DOWNSTREAM_DELAYED_CLOSE_S)
+        frames = h2raw.frames(bytes(read))
+        answered = any(f[0] == 1 and f[2] == 1 for f in frames)
+        ended = any(f[0] in (0, 1) and f[2] == 1 and f[1] & 1 for f in frames)
+        got[plane] = (answered, ended, any(f[0] == _GOAWAY for f in frames), end)
+    assert got["envoy"] == (True, True, False, "open"), got
+    assert got["agent"] == got["envoy"]
