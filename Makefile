@@ -64,7 +64,7 @@ integration: setup system native plugins kube helm istio cosign debian-root
 # (MESHPLUG_NATIVE=0: what a build without a compiler runs; HTTP/2 on the h2 library). Tests marked `compiled`
 # need the native build (--concurrency) and are left out; `meshplug version` first shows the path is interpreted.
 FALLBACK_TESTS := $(addprefix tests/integration/test_,$(addsuffix .py,\
-	differential_http1 differential_h2 differential_flags buffer_limit_differential host_corpus corpus_agent \
+	differential_http1 differential_h2 differential_h2_close differential_h2_upstream_conn differential_flags buffer_limit_differential host_corpus corpus_agent \
 	agent_http1_trailers agent_websocket agent_grpc agent_h2_tls_timeouts agent_proxy agent_filtered \
 	agent_server_header agent_hardening agent_lua agent_match agent_istio_fields agent_recycle agent_early_response \
 	differential_stream_limits differential_grpc_replies))

@@ -41,14 +41,17 @@ Header = tuple[bytes, bytes]
 
 
 def client_settings() -> list[tuple[int, int]]:
-    """The SETTINGS the agent sends an upstream: header table and list size, no push. The stream window is
-    opened per stream by a WINDOW_UPDATE after its HEADERS (the codec's `stream_window`), not by
-    SETTINGS_INITIAL_WINDOW_SIZE: grpc-core's server ignores a larger initial window for a stream opened
-    in the same flight as the SETTINGS and stalls at 64 KiB (seen with grpcio 1.85)."""
+    """The SETTINGS the agent sends an upstream, Envoy 1.40's (in its order): no push, the header table, no
+    extended CONNECT, its stream limit; no SETTINGS_MAX_HEADER_LIST_SIZE (a response head's bound is the listener's
+    max_response_headers_kb, applied to the decoded head). The stream window is opened per stream by a
+    WINDOW_UPDATE after its HEADERS (the codec's `stream_window`), not by SETTINGS_INITIAL_WINDOW_SIZE as Envoy
+    does: grpc-core's server ignores a larger initial window for a stream opened in the same flight as the SETTINGS
+    and stalls at 64 KiB (seen with grpcio 1.85)."""
     return [
         (h2.settings.SettingCodes.ENABLE_PUSH, 0),
         (h2.settings.SettingCodes.HEADER_TABLE_SIZE, limits.H2_HEADER_TABLE_SIZE),
-        (h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE, limits.H2_MAX_HEADER_LIST_BYTES),
+        (h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL, 0),
+        (h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS, limits.H2_MAX_CONCURRENT_STREAMS),
     ]
 
 
@@ -107,6 +110,8 @@ class H2Upstream(h2peer.H2Peer, asyncio.Protocol):
         self.pool = pool
         self.streams: dict[int, UpStream] = {}
         self.goaway_seen = False
+        #: the upstream sent a GOAWAY: the connection closes without one of ours (as Envoy's codec client)
+        self.peer_goaway = False
         self.closed = False
 
     # asyncio callbacks
@@ -233,7 +238,7 @@ class H2Upstream(h2peer.H2Peer, asyncio.Protocol):
                     sink.up_failed(_reset_reason(ev[3], ev[4]))
                 self._settle()
         elif kind == h2wire.EV_GOAWAY:
-            self.goaway_seen = True
+            self.goaway_seen = self.peer_goaway = True
             self.pool.forget(self)
             last = ev[1]
             for sid in [sid for sid in self.streams if sid > last]:
@@ -296,10 +301,10 @@ class H2Upstream(h2peer.H2Peer, asyncio.Protocol):
         self._settle()
 
     def close(self) -> None:
-        """GOAWAY (unless the connection is gone) and close once written."""
+        """GOAWAY (unless the connection is gone, or the upstream sent its own) and close once written."""
         if self.transport is None or self.transport.is_closing():
             return
-        if not self.closed:
+        if not self.closed and not self.peer_goaway:
             self.goaway()
         self.transport.close()
 

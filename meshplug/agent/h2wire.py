@@ -366,6 +366,8 @@ _KINDS: Final[dict[type, int]] = {
     h2.events.StreamEnded: EV_END,
     h2.events.ConnectionTerminated: EV_GOAWAY,
 }
+#: the client connection preface
+_CLIENT_MAGIC: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: a SETTINGS frame with ACK
 _SETTINGS_ACK: Final = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
 #: what h2 enforces as SETTINGS_MAX_CONCURRENT_STREAMS on a server (the announced limit is applied per stream)
@@ -432,12 +434,13 @@ class PyCodec:
         else:  # the library's own bound, an HPACK bomb's (ENHANCE_YOUR_CALM), far past the head's
             h.decoder.max_header_list_size = conn.header_list_bound = limits.H2_HPACK_BOMB_FACTOR * max_header_bytes
         h.initiate_connection()
+        h.data_to_send()  # h2's SETTINGS: its defaults (push, frame and header list sizes, ...) beside ours
         #: our SETTINGS until written: kept apart so that a connection error in the first read drops what that read
-        #: queued (the ACK of the client's SETTINGS) but not them, as nghttp2 does. A server's carry `settings`
-        #: alone, as nghttp2 writes them (h2 would add its defaults: push, frame and header list sizes)
-        self._preamble = h.data_to_send()
-        if server:
-            self._preamble = bytes(hyperframe.frame.SettingsFrame(0, settings=dict(settings)).serialize())
+        #: queued (the ACK of the client's SETTINGS) but not them, as nghttp2 does; they carry `settings` alone, as
+        #: nghttp2 writes them (a client's after the connection preface)
+        self._preamble = bytes(hyperframe.frame.SettingsFrame(0, settings=dict(settings)).serialize())
+        if not server:
+            self._preamble = _CLIENT_MAGIC + self._preamble
         #: a connection error left nothing to write (`receive`)
         self.silent = False
         #: frames handed over (`data_to_send`), and serialized by `frames_out` but not handed over yet
