@@ -261,7 +261,11 @@ class Connection(h2.connection.H2Connection):
         """h2's receive_data, its connection errors raised as `Broken` with the events gathered before them (and
         what nghttp2 would answer: `nghttp2_goaway`; a flood as `Flood`, nothing queued)."""
         events: list[Any] = []
-        self.incoming_buffer.add_data(data)
+        try:
+            self.incoming_buffer.add_data(data)
+        except h2.exceptions.ProtocolError as exc:  # a client magic that is not HTTP/2's (h2 checks it here): as
+            # nghttp2's BAD_CLIENT_MAGIC, the connection fails with nothing written, not even our SETTINGS
+            raise Broken(str(exc), h2.errors.ErrorCodes.PROTOCOL_ERROR, events, None) from exc
         self.incoming_buffer.max_frame_size = self.max_inbound_frame_size
         current: hyperframe.frame.Frame | None = None  # the frame being handled
         try:

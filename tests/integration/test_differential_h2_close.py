@@ -228,6 +228,25 @@ def test_a_preface_without_settings_ends_as_envoy(bed: h2bed.Bed, name: str, fir
     assert via_agent == via_envoy
 
 
+# name, a connection's first bytes that begin "PRI * HTTP/2" (Envoy's CLIENT_MAGIC_PREFIX: all its codec choice
+# reads) but are no client preface: the HTTP/2 codec refuses the magic, nothing is written, the close comes ~1 s later
+BAD_MAGIC_CASES: list[tuple[str, bytes]] = [
+    ("the preface's tail wrong", b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"),
+    ("HTTP/2.1", b"PRI * HTTP/2.1\r\n\r\nSM\r\n\r\n"),
+    ("the magic prefix then HTTP/1.1", b"PRI * HTTP/2 / HTTP/1.1\r\nHost: a.test\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize(("name", "first"), BAD_MAGIC_CASES, ids=[c[0] for c in BAD_MAGIC_CASES])
+def test_a_bad_magic_ends_as_envoy(bed: h2bed.Bed, name: str, first: bytes) -> None:
+    """First bytes that start like the client preface and are not one: HTTP/2 for both (no HTTP/1.1 400 or 426),
+    nothing written, closed after ~1 s."""
+    via_envoy = ending(bed.envoy_port, first, preface=b"", settings_first=False)
+    via_agent = ending(bed.agent.port, first, preface=b"", settings_first=False)
+    assert (via_envoy.after, via_envoy.end, via_envoy.when) == ((), "eof", "after ~1 s"), via_envoy
+    assert via_agent == via_envoy
+
+
 def test_the_client_closing_first_ends_the_delay(bed: h2bed.Bed) -> None:
     """During the delayed close, a client that shuts its side down gets the connection closed at once by both."""
     got = {}
