@@ -32,7 +32,7 @@ import pytest
 
 from tests.corpus import modules as corpus_modules
 from tests.differential import bed as diff_bed
-from tests.differential import messages, propdump
+from tests.differential import messages, propdump, settingcases
 from tests.differential.propdump import Proxy
 from tests.testbed import envoy as tb_envoy
 from tests.testbed import h2raw, planes, procs, upstream
@@ -252,13 +252,8 @@ CASES: list[tuple[str, str, str, Callable[[int], object]]] = [
 DIFFERS: dict[str, str] = {}
 
 
-def _id(case: tuple[str, str, str, Callable[[int], object]]) -> str:
-    return f"{case[1]}: {case[0]}"
-
-
-def _param(case: tuple[str, str, str, Callable[[int], object]]) -> Any:
-    why = DIFFERS.get(_id(case))
-    return pytest.param(*case, id=_id(case), marks=[pytest.mark.xfail(strict=True, reason=why)] if why else [])
+def _param(case: settingcases.Case) -> Any:
+    return settingcases.param(case, f"{case[1]}: {case[0]}", DIFFERS)
 
 
 @pytest.mark.parametrize(("name", "setting", "listener", "run"), [_param(c) for c in CASES])
@@ -269,11 +264,6 @@ def test_request_timeouts_as_envoy(
     listener: str,
     run: Callable[[int], object],
 ) -> None:
-    got = {}
-    for plane in planes.PLANES:
-        proxy, counter = proxies[f"{plane}/{setting}/{listener}"]
-        before = counter()
-        seen, props = propdump.props_after(proxy, functools.partial(run, proxy.port))
-        got[plane] = (seen, props, counter() - before)
+    got = settingcases.seen_by_planes(proxies, setting, listener, run)
     assert "lg" in got["envoy"][1], got  # Envoy's plugin logged the stream: there is something to compare
     assert got["agent"] == got["envoy"]

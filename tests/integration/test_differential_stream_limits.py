@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from tests.differential import bed as diff_bed
-from tests.differential import messages, propdump
+from tests.differential import messages, propdump, settingcases
 from tests.differential.propdump import Proxy
 from tests.testbed import envoy as tb_envoy
 from tests.testbed import h2raw, planes, procs, upstream
@@ -326,13 +326,8 @@ CASES: list[tuple[str, str, str, Callable[[int], object]]] = [
 DIFFERS: dict[str, str] = {}
 
 
-def _id(case: tuple[str, str, str, Callable[[int], object]]) -> str:
-    return f"{case[1]}/{case[2]}: {case[0]}"
-
-
-def _param(case: tuple[str, str, str, Callable[[int], object]]) -> Any:
-    why = DIFFERS.get(_id(case))
-    return pytest.param(*case, id=_id(case), marks=[pytest.mark.xfail(strict=True, reason=why)] if why else [])
+def _param(case: settingcases.Case) -> Any:
+    return settingcases.param(case, f"{case[1]}/{case[2]}: {case[0]}", DIFFERS)
 
 
 @pytest.mark.parametrize(("name", "setting", "listener", "run"), [_param(c) for c in CASES])
@@ -343,15 +338,7 @@ def test_stream_limits_as_envoy(
     listener: str,
     run: Callable[[int], object],
 ) -> None:
-    got = {}
-    for plane in planes.PLANES:
-        proxy, counter = proxies[f"{plane}/{setting}/{listener}"]
-        before = counter()
-        if listener == "plugin":
-            seen, props = propdump.props_after(proxy, functools.partial(run, proxy.port))
-        else:
-            seen, props = run(proxy.port), {}
-        got[plane] = (seen, props, counter() - before)
+    got = settingcases.seen_by_planes(proxies, setting, listener, run, plugin=listener == "plugin")
     if listener == "plugin":
         assert "lg" in got["envoy"][1], got  # Envoy's plugin logged the stream: there is something to compare
     assert "in window" in str(got["envoy"][0]), got  # the case's window is Envoy's
