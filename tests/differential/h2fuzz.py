@@ -170,7 +170,7 @@ def exchange(port: int, case: H2Case, *, timeout: float = 1.5) -> Seen:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         got = bytearray()
         sock.sendall(h2raw.CLIENT_PREFACE)
-        h2raw._read_until(sock, got, h2raw._settings_acked, time.monotonic() + timeout)
+        h2raw.read_until(sock, got, h2raw.settings_acked, time.monotonic() + timeout)
         sock.sendall(_frame(4, 1, 0, b"") + encode(case.steps))
         deadline = time.monotonic() + timeout
         while not all(s in seen.ended or s in seen.resets for s in streams) and not seen.closed:

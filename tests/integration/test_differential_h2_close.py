@@ -92,22 +92,8 @@ def _when(seconds: float) -> str:
 
 
 def _read(sock: socket.socket, got: bytearray, deadline: float, done: Callable[[bytes], bool] = _never) -> str:
-    """Read into `got` until the server closes ("eof" / "reset"), `deadline` passes or `done(got)` ("open")."""
-    while not done(bytes(got)):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return "open"
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            return "open"
-        except ConnectionResetError:
-            return "reset"
-        if not chunk:
-            return "eof"
-        got += chunk
-    return "open"
+    """`h2raw.read_until`, `done` last: "eof" / "reset" when the server closed, "open" when `deadline` passed."""
+    return h2raw.read_until(sock, got, done, deadline)
 
 
 def _has(kind: int, flags: int = 0) -> Callable[[bytes], bool]:

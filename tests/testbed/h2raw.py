@@ -332,7 +332,8 @@ class Wire:
     end: str
 
 
-def _read_until(sock: socket.socket, got: bytearray, done: Callable[[bytes], bool], deadline: float) -> str:
+def read_until(sock: socket.socket, got: bytearray, done: Callable[[bytes], bool], deadline: float) -> str:
+    """Read into `got` until the server closes ("eof" / "reset"), `deadline` passes or `done(got)` ("open")."""
     while not done(bytes(got)):
         left = deadline - time.monotonic()
         if left <= 0:
@@ -350,7 +351,8 @@ def _read_until(sock: socket.socket, got: bytearray, done: Callable[[bytes], boo
     return "open"
 
 
-def _settings_acked(data: bytes) -> bool:
+def settings_acked(data: bytes) -> bool:
+    """Whether `data` (a server's frames) holds a SETTINGS ACK."""
     return any(t == 4 and flags & 1 for t, flags, _, _ in frames(data))
 
 
@@ -362,11 +364,11 @@ def wire(port: int, bad: bytes, *, settings_first: bool, until_reset: bool = Fal
         before = bytearray()
         if settings_first:
             sock.sendall(CLIENT_PREFACE)
-            _read_until(sock, before, _settings_acked, time.monotonic() + timeout)
+            read_until(sock, before, settings_acked, time.monotonic() + timeout)
             sock.sendall(bad)
         else:
             sock.sendall(CLIENT_PREFACE + bad)
         after = bytearray()
         done = (lambda got: any(f[0] == 3 for f in frames(got))) if until_reset else (lambda _: False)
-        end = _read_until(sock, after, done, time.monotonic() + timeout)
+        end = read_until(sock, after, done, time.monotonic() + timeout)
     return Wire(tuple(frames(bytes(before))), tuple(frames(bytes(after))), end)
