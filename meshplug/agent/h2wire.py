@@ -443,6 +443,8 @@ class PyCodec:
             self._preamble = _CLIENT_MAGIC + self._preamble
         #: a connection error left nothing to write (`receive`)
         self.silent = False
+        #: a server's open streams whose request head had a content-length (`_trailer_lengths`)
+        self._head_lengths: set[int] = set()
         #: frames handed over (`data_to_send`), and serialized by `frames_out` but not handed over yet
         self._count = FrameCount()
         self._unsent = b""
@@ -482,6 +484,8 @@ class PyCodec:
                 self._preamble += f.serialize()
             raise Broken(str(exc), exc.error_code, self._ours(exc.events), exc.goaway) from exc
         good = check_received(events, server=self.server, connect_protocol=self.connect_protocol)
+        if self.server:
+            good = self._trailer_lengths(events, good)
         if good < len(events):
             code = h2.errors.ErrorCodes.PROTOCOL_ERROR
             self.silent = True  # an invalid frame to nghttp2: nothing more is written (see h2conn.nghttp2_goaway)
@@ -493,6 +497,32 @@ class PyCodec:
             ack = out[:9] == _SETTINGS_ACK
             self._preamble += (_SETTINGS_ACK + window + out[9:]) if ack else (window + out)
         return self._ours(events)
+
+    def _trailer_lengths(self, events: list[h2.events.Event], good: int) -> int:
+        """`good`, or the index of the first request trailers whose content-length nghttp2 refuses (its
+        http_request_on_header takes the field in trailers too): a second content-length of the stream, or one
+        that is not the body's length at END_STREAM -- Envoy's codec then fails the read (no GOAWAY)."""
+        for i in range(good):
+            ev = events[i]
+            kind = type(ev)
+            if kind is not h2.events.TrailersReceived and kind is not h2.events.RequestReceived:
+                continue
+            e = cast(Any, ev)
+            declared = [v for n, v in e.headers if n == b"content-length"]
+            sid = int(e.stream_id)
+            if kind is h2.events.RequestReceived:
+                if declared:  # (h2 takes the trailers' content-length as the stream's: the head's is kept here)
+                    self._head_lengths.add(sid)
+                continue
+            in_head = sid in self._head_lengths
+            self._head_lengths.discard(sid)
+            if not declared:
+                continue
+            stream = self.h2.streams.get(sid)
+            received = 0 if stream is None else stream._actual_content_length
+            if in_head or int(declared[0]) != received:
+                return i
+        return good
 
     def _over_limits(self, events: list[h2.events.Event]) -> list[h2.events.Event]:
         """A client's response heads past Envoy's bounds (names and values but cookies, their count): the stream
@@ -640,6 +670,7 @@ class PyCodec:
                 self.on_failed(s.id)
 
     def forget(self, sid: int) -> None:
+        self._head_lengths.discard(sid)
         s = self._out.pop(sid, None)
         if s is not None:
             s.pending.clear()
