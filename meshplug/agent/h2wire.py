@@ -499,9 +499,10 @@ class PyCodec:
         return self._ours(events)
 
     def _trailer_lengths(self, events: list[h2.events.Event], good: int) -> int:
-        """`good`, or the index of the first request trailers whose content-length nghttp2 refuses (its
-        http_request_on_header takes the field in trailers too): a second content-length of the stream, or one
-        that is not the body's length at END_STREAM -- Envoy's codec then fails the read (no GOAWAY)."""
+        """`good`, or the index of the first request head or trailers whose content-length nghttp2 refuses at the
+        stream's end (its http_request_on_header takes the field in trailers too): a head with END_STREAM and a
+        length other than 0, trailers with a second content-length of the stream or one that is not the body's
+        length -- Envoy's codec then fails the read (no GOAWAY)."""
         for i in range(good):
             ev = events[i]
             kind = type(ev)
@@ -511,6 +512,8 @@ class PyCodec:
             declared = [v for n, v in e.headers if n == b"content-length"]
             sid = int(e.stream_id)
             if kind is h2.events.RequestReceived:
+                if declared and e.stream_ended is not None and int(declared[0]) != 0:
+                    return i  # a head that ends the stream declares a body it does not have
                 if declared:  # (h2 takes the trailers' content-length as the stream's: the head's is kept here)
                     self._head_lengths.add(sid)
                 continue
