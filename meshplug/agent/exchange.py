@@ -66,6 +66,18 @@ def note_reset_after_start(stream: agent_chain.Stream, reset_reason: str) -> Non
     stream.code_details = wire.reset_details(reset_reason, started=True)
 
 
+def reply_through_plugins(stream: agent_chain.Stream, reply: agent_chain.LocalReply) -> list[agent_chain.Output]:
+    """A reply the proxy makes, sent through the plugins' response callbacks as Envoy's router sends its local
+    replies (sendLocalReply from the last filter: every plugin that saw the request sees it); the stream's outputs
+    for the shell, taken right here (its progress callback held off meanwhile)."""
+    progress, stream.on_progress = stream.on_progress, None
+    try:
+        agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_proxy_reply(reply)
+    finally:
+        stream.on_progress = progress
+    return stream.take_outputs()
+
+
 def failure_reply(reset_reason: str, *, head_passed: bool = False) -> tuple[int, bytes, str, int]:
     """The reply to a request its upstream failed before answering, as Envoy's router words it: (status, body,
     response.code_details, response.flags) -- 503 for a connect failure or a reset, 502 for a protocol error.

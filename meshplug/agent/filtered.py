@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, hcm, routing, wire
-from meshplug.agent.exchange import Exchange, note_client_gone, note_reset_after_start
+from meshplug.agent.exchange import Exchange, note_client_gone, note_reset_after_start, reply_through_plugins
 from meshplug.agent.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -411,13 +411,9 @@ class FilteredExchange(Exchange):
         self.proxy_made = True
         stream.response_flags |= flags
         reply = agent_chain.LocalReply(status, body=body, details=details, grpc_status=grpc_status)
-        progress, stream.on_progress = stream.on_progress, None  # the outputs are taken right here
-        try:
-            agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_proxy_reply(reply)
-        finally:
-            stream.on_progress = progress
+        outputs = reply_through_plugins(stream, reply)
         stream.response_flags |= log_flags
-        self.perform(stream.take_outputs())
+        self.perform(outputs)
 
     def client_left(self) -> None:
         """The client went away before its answer was complete: its plugins log the stream as Envoy does (DC,

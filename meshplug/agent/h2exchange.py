@@ -19,7 +19,13 @@ import h2.errors
 
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, h2peer, hcm, relay, routing, streamtimeouts, wire
-from meshplug.agent.exchange import failure_reply, log_refusal, note_client_gone, note_reset_after_start
+from meshplug.agent.exchange import (
+    failure_reply,
+    log_refusal,
+    note_client_gone,
+    note_reset_after_start,
+    reply_through_plugins,
+)
 from meshplug.agent.streamapi import RESPONSE_FLAG_STREAM_IDLE_TIMEOUT
 
 if TYPE_CHECKING:
@@ -434,12 +440,7 @@ class H2Exchange:
             return
         stream.response_flags |= flags
         reply = agent_chain.LocalReply(status, body=body, details=details, grpc_status=grpc_status)
-        progress, stream.on_progress = stream.on_progress, None  # the outputs are taken right here
-        try:
-            agent_chain.StreamControl(stream, len(stream.chain.filters) - 1).send_proxy_reply(reply)
-        finally:
-            stream.on_progress = progress
-        self.perform(stream.take_outputs())
+        self.perform(reply_through_plugins(stream, reply))
 
     def local_reply(self, status: int, body: bytes, grpc_status: int | None = None) -> None:
         """Answer straight to the client, past the plugins (a reply they cannot see: their own headers failed)."""
