@@ -23,6 +23,7 @@ from tests.testbed import agent as tb_agent
 from tests.testbed import envoy as tb_envoy
 from tests.testbed import h2raw, procs
 from tests.testbed.h2raw import Part
+from tests.testbed.rawpeer import RawPeer
 
 pytestmark = pytest.mark.integration
 
@@ -39,56 +40,40 @@ _INITIAL_WINDOW_SIZE = 4
 _MAGIC = h2raw.CLIENT_PREFACE[:24]
 
 
-class Recorder:
+class Recorder(RawPeer):
     """An upstream on 127.0.0.1 that answers nothing and keeps the bytes each connection brought (until it closed
     or `READ_S` passed)."""
 
     READ_S = 1.0
 
     def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._sock.getsockname()[1])
-        self._lock = threading.Lock()
+        self._read_one = threading.Condition()
         self.connections: list[bytes] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+        super().__init__(self._read)
 
     def _read(self, conn: socket.socket) -> None:
         got = b""
-        with conn:
-            deadline = time.monotonic() + self.READ_S
-            while (left := deadline - time.monotonic()) > 0:
-                conn.settimeout(left)
-                try:
-                    chunk = conn.recv(65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                got += chunk
-        with self._lock:
+        deadline = time.monotonic() + self.READ_S
+        while (left := deadline - time.monotonic()) > 0:
+            conn.settimeout(left)
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        with self._read_one:
             self.connections.append(got)
+            self._read_one.notify_all()
 
     def first(self, timeout: float = 5.0) -> bytes:
         """The first connection's bytes, once it was read; the list is emptied."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self.connections:
-                    got, self.connections = self.connections[0], []
-                    return got
-            time.sleep(0.02)
-        raise AssertionError("no connection reached the upstream")
-
-    def close(self) -> None:
-        self._sock.close()
+        with self._read_one:
+            if not self._read_one.wait_for(lambda: self.connections, timeout):
+                raise AssertionError("no connection reached the upstream")
+            got, self.connections = self.connections[0], []
+            return got
 
 
 @dataclass(frozen=True)
