@@ -76,7 +76,7 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
     host = b""
     te: list[bytes] | None = None
     content_length = -1
-    grpc = False  # a gRPC request: the proxy's own replies take gRPC's form (the filtered path makes them)
+    ctype: bytes | None = None  # the first content-type (gRPC's tells the filtered path to answer in its form)
     for name, value in headers:
         if name == b"connection":
             extra = _check(conn, framing.nominated, value) - framing.NOT_REMOVED_BY_CONNECTION
@@ -95,8 +95,8 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
             expect_continue = True
         elif name == b"te":
             has_te = True
-        elif name == b"content-type":
-            grpc = headermap.is_grpc_content_type(value)
+        elif name == b"content-type" and ctype is None:
+            ctype = value
     if te is not None and any(n == b"content-length" for n, _ in headers):
         refuse(
             conn, 400, framing.BAD_REQUEST, framing.BOTH_FRAMINGS
@@ -152,6 +152,7 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
         conn.route_limits(decision.route, headers)  # stream idle timeout (meshplug.agent.streamtimeouts)
     http2 = decision.cluster in proxy.h2pools
     filters = None if unroutable else state.filters
+    grpc = ctype is not None and headermap.is_grpc_content_type(ctype)  # as headermap.is_grpc_request reads it
     if filters is None and (http2 or (grpc and not unroutable)):
         # an HTTP/2 cluster: the request goes as a header list (bridge.H2UpExchange); a gRPC request: the replies
         # the proxy makes (no route, connect failure, timeout) are gRPC's, as Envoy's sendLocalReply makes them
