@@ -144,8 +144,6 @@ H2_HEADER_TABLE_SIZE = 4096
 #: (a request beyond either is reset, RST_STREAM, as Envoy does); a header block that decodes past this many
 #: times that size is an HPACK bomb: the connection ends (GOAWAY ENHANCE_YOUR_CALM) without decoding further
 H2_HPACK_BOMB_FACTOR = 4
-#: SETTINGS_MAX_HEADER_LIST_SIZE the agent announces to HTTP/2 clusters (an upstream response head's bound)
-H2_MAX_HEADER_LIST_BYTES = 60 * KiB
 #: rapid-reset protection (Envoy's overload.premature_reset_*): a stream the client resets within this long of
 #: opening it is premature; the connection is closed once half of its closed streams (or, before
 #: H2_PREMATURE_RESET_TOTAL of them closed, H2_PREMATURE_RESET_TOTAL / 2) were premature resets

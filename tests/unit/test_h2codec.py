@@ -25,6 +25,10 @@ pytestmark = pytest.mark.unit
 Header = tuple[bytes, bytes]
 REQUEST: list[Header] = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/svc/M"), (b":authority", b"app")]
 CODECS = ["native", "h2"]
+#: the decoded header-block bounds the agent gives its codecs: a client's request head (h2down: the HPACK bomb
+#: factor times max_request_headers_kb) and an upstream's response head (h2up: max_response_headers_kb)
+_SERVER_HEAD_BOUND = limits.H2_HPACK_BOMB_FACTOR * limits.MAX_REQUEST_HEADER_BYTES
+_CLIENT_HEAD_BOUND = limits.MAX_RESPONSE_HEADERS_KB * 1024
 
 
 def _codec(kind: str, *, server: bool, failed: list[int] | None = None) -> h2wire.Codec:
@@ -34,7 +38,7 @@ def _codec(kind: str, *, server: bool, failed: list[int] | None = None) -> h2wir
         server=server,
         settings=h2down.server_settings() if server else h2up.client_settings(),
         connection_window=limits.H2_INITIAL_CONNECTION_WINDOW,
-        max_header_bytes=4 * 60 * 1024 if server else limits.H2_MAX_HEADER_LIST_BYTES,
+        max_header_bytes=_SERVER_HEAD_BOUND if server else _CLIENT_HEAD_BOUND,
         stream_window=0 if server else limits.H2_INITIAL_STREAM_WINDOW,
         on_failed=(failed if failed is not None else []).append,
         native=kind == "native",

@@ -152,7 +152,7 @@ def _received(native: bool, side: int, part: str, headers: list[Header]) -> list
         server=server,
         settings=h2down.server_settings() if server else h2up.client_settings(),
         connection_window=limits.H2_INITIAL_CONNECTION_WINDOW,
-        max_header_bytes=limits.H2_MAX_HEADER_LIST_BYTES,
+        max_header_bytes=limits.MAX_REQUEST_HEADER_BYTES,  # (a bound past every head here)
         stream_window=0 if server else limits.H2_INITIAL_STREAM_WINDOW,
         on_failed=lambda sid: None,
         native=native,
