@@ -69,6 +69,7 @@ COMPILED: tuple[str, ...] = (
     "meshplug.agent.framing",
     "meshplug.agent.h1peer",
     "meshplug.agent.h1request",
+    "meshplug.agent.h1timers",
     "meshplug.agent.h2down",
     "meshplug.agent.h2exchange",
     "meshplug.agent.h2peer",

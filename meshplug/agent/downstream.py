@@ -5,10 +5,11 @@ Created per accepted connection by `meshplug.agent.server.Proxy`'s HTTP listener
 bytes: the first ones (the HTTP/2 preface hands it to `H2Downstream`), the parser and the bounds of each head as
 it arrives, a Content-Length body read past the parser, the queue of exchanges, refusals in their turn, the
 hand-over to a tunnel, and the connection's flow control (a full write buffer on one side pauses reading on the
-other). It runs one lazy timer for the idle timeout, the request deadlines and the response deadline of the
-exchange being served. What a complete head means -- Envoy's checks and the exchange it starts -- is
-`meshplug.agent.h1request`'s; pausing reads and the batched writes (one send per loop iteration downstream, one
-per parsed read upstream) are its base's, `meshplug.agent.h1peer.H1Peer`.
+other). It holds one lazy timer and the deadlines it watches (the idle timeout, the request deadlines, those of
+the exchange being served); when they pass and what then happens is `meshplug.agent.h1timers`'s. What a complete
+head means -- Envoy's checks and the exchange it starts -- is `meshplug.agent.h1request`'s; pausing reads and the
+batched writes (one send per loop iteration downstream, one per parsed read upstream) are its base's,
+`meshplug.agent.h1peer.H1Peer`.
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ import httptools
 
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, h1request, routing, streamtimeouts, wire
-from meshplug.agent.config import Route
+from meshplug.agent import framing, h1request, h1timers, routing, wire
 from meshplug.agent.exchange import Exchange
 from meshplug.agent.filtered import FilteredExchange
 from meshplug.agent.h1peer import H1Peer
 from meshplug.agent.h2down import PREFACE, H2Downstream
-from meshplug.agent.streamapi import RESPONSE_FLAG_STREAM_IDLE_TIMEOUT
 from meshplug.agent.tunnel import Tunnel
 from meshplug.agent.upstream import Pool
 
@@ -89,25 +88,26 @@ class Downstream(H1Peer, asyncio.Protocol):
         self.eof = False
         self.http11 = True
         self._write_paused = False
-        #: one lazy timer per connection (wire.ConnTimer) for the earliest deadline: the idle timeout
-        #: (`timer.idle_at`), the deadlines of a request still being received (`_stream_at`: stream idle,
-        #: `headers_at`: request headers timeout, `request_at`: request timeout), the connection's end of life
-        #: (`_end_at`) and the response deadline of the
-        #: exchange being served (`Exchange.deadline`)
+        #: one lazy timer per connection (wire.ConnTimer; fired in meshplug.agent.h1timers) for the earliest
+        #: deadline: the idle timeout (`timer.idle_at`), the deadlines of a request still being received
+        #: (`stream_at`: stream idle, `headers_at`: request headers timeout, `request_at`: request timeout), the
+        #: connection's end of life (`end_at`) and the response deadline of the exchange being served
+        #: (`Exchange.deadline`)
         self.timer = wire.ConnTimer(proxy.loop, self._on_timer)
-        self._stream_at = 0.0
+        self.stream_at = 0.0
         self.headers_at = 0.0
         self.request_at = 0.0
         #: the stream idle deadline of the exchange being served once its request ended, until its response starts
         #: (Envoy's idle timer runs on: 504 "stream timeout") and while its response is being sent (a response that
         #: stalls is reset); armed only when its route timeout would not come first. `wrote_at`: the loop time of
         #: the last write while it is armed
-        self._serve_at = self.wrote_at = 0.0
+        self.serve_at = self.wrote_at = 0.0
         #: the stream being received: the loop time of its first byte, its duration deadline (max_stream_duration;
-        #: 0: none) and stream idle timeout until its route changes them (`route_limits`); its exchange takes them
+        #: 0: none) and stream idle timeout until its route changes them (`h1timers.route_limits`); its exchange
+        #: takes them
         self.started_at = self.duration_at = 0.0
         self.idle_s = opts.stream_idle_timeout_s
-        self._end_at = 0.0
+        self.end_at = 0.0
         self.url = b""
         self.headers: wire.Headers = []
         #: the request head's bounds, held while parsing (a head never grows past them, however slowly sent):
@@ -115,14 +115,12 @@ class Downstream(H1Peer, asyncio.Protocol):
         self.in_head = True
         self._head_room = self._max_head = opts.max_request_headers_kb * 1024
         self._max_count = opts.max_headers_count
-        self._headers_timeout = opts.request_headers_timeout_s
-        self._request_timeout = opts.request_timeout_s
         self._count = 0
         self.line_bytes = 0  # a head's (then its trailers') header bytes, counted when each line is whole
         #: bytes of a Content-Length body still to come (a keep-alive request): reads inside it go to the
         #: exchange as they are, past the parser (which would copy them); a fresh parser takes what follows
         self.body_left = 0
-        self._begun = False  # a request has started (its first byte arrived) and is not complete
+        self.begun = False  # a request has started (its first byte arrived) and is not complete
         #: why parsing stopped on purpose (set before raising from a callback): the local reply to give
         self.refusal: framing.Refusal | None = None
         self._stopped = False  # nothing more is read from this connection
@@ -141,14 +139,14 @@ class Downstream(H1Peer, asyncio.Protocol):
         self.proxy.stats.downstream_cx_total += 1
         self.proxy.stats.downstream_cx_active += 1
         if self.opts.max_connection_duration_s:
-            self._end_at = self.proxy.loop.time() + self.opts.max_connection_duration_s
+            self.end_at = self.proxy.loop.time() + self.opts.max_connection_duration_s
         ssl_object = transport.get_extra_info("ssl_object")
         if isinstance(ssl_object, ssl.SSLObject) and ssl_object.selected_alpn_protocol() == "h2":
             self._to_h2(b"", tls=True)
             return
         self.timer.arm_idle(self.proxy.idle_timeout_s)
-        if self._end_at:
-            self.timer.wake_at(self._end_at)
+        if self.end_at:
+            self.timer.wake_at(self.end_at)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -213,8 +211,8 @@ class Downstream(H1Peer, asyncio.Protocol):
                 self._flush_up()
             if self._out:  # what this read's requests were answered with (H1Peer.write scheduled no flush)
                 self.flush()
-        if self._begun and not self._stopped:
-            self._stream_active()
+        if self.begun and not self._stopped:
+            h1timers.stream_active(self)
 
     def _direct_body(self, data: bytes) -> bytes:
         """A read inside a Content-Length body whose head the parser took (`body_left` > 0): the body's bytes
@@ -292,7 +290,7 @@ class Downstream(H1Peer, asyncio.Protocol):
                 return
             if self.in_head and not self._head_room:  # the same head, still not complete at its limit (a head
                 # or trailers begun inside ``part``, after a message or a chunk ended there, have their room back)
-                self._refuse_now(framing.Refusal(431, b"Request Header Fields Too Large", framing.HEADERS_TOO_LARGE))
+                self.refuse_now(framing.Refusal(431, b"Request Header Fields Too Large", framing.HEADERS_TOO_LARGE))
                 return
 
     def _sniff(self, data: bytes) -> bytes:
@@ -356,14 +354,14 @@ class Downstream(H1Peer, asyncio.Protocol):
         methods) and it of the exchange being parsed, so its reference count frees it: nothing per connection
         is left to the cyclic GC (whose passes set the tail latency on a loaded machine)."""
         self.timer.stop()
-        self._stream_at = self._end_at = 0.0
+        self.stream_at = self.end_at = 0.0
         self.parser = _SPENT
         self.current = None
         self.hold = None
 
     def eof_received(self) -> bool | None:
         self.eof = True
-        if self._begun:
+        if self.begun:
             # the client went away in the middle of a request: it can never complete; both sides end now
             self._stopped = True
             self.abort()
@@ -400,18 +398,8 @@ class Downstream(H1Peer, asyncio.Protocol):
         self._count = 0
         self.line_bytes = 0
         self.timer.idle_at = 0.0
-        self._begun = True
-        self.started_at = now = self.proxy.loop.time()
-        opts = self.opts
-        self.idle_s = opts.stream_idle_timeout_s
-        if self._headers_timeout:
-            self.headers_at = now + self._headers_timeout
-        if self._request_timeout:  # Envoy's request_timeout: the whole request within it (watched from its start)
-            self.request_at = at = now + self._request_timeout
-            self.timer.wake_at(at)
-        if opts.max_stream_duration_s:  # the stream's whole life, from its start
-            self.duration_at = at = now + opts.max_stream_duration_s
-            self.timer.wake_at(at)
+        self.begun = True
+        h1timers.stream_begun(self)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -433,19 +421,6 @@ class Downstream(H1Peer, asyncio.Protocol):
     def on_headers_complete(self) -> None:
         h1request.headers_complete(self)
         self.duration_at = 0.0  # its exchange (if any) holds it now
-
-    def route_limits(self, route: Route, headers: wire.Headers) -> None:
-        """The request being received was routed to `route`, which sets its own duration limit or stream idle
-        timeout (meshplug.agent.streamtimeouts): they replace the HCM's, the grpc-timeout header in `headers`
-        may change."""
-        self.duration_at, idle = streamtimeouts.limits_of(route, self.opts, self.started_at, headers)
-        if self.duration_at:
-            self.timer.wake_at(self.duration_at)
-        if route.idle_timeout_s is not None:  # Envoy's idle timer starts again with the route's value
-            self.idle_s = idle
-            self._stream_at = at = self.proxy.loop.time() + idle if idle else 0.0
-            if at:
-                self.timer.wake_at(at)
 
     def on_chunk_header(self) -> None:
         """A chunk's size line: when it is the last chunk's, trailer lines follow, bounded as a head is (Envoy counts
@@ -473,8 +448,8 @@ class Downstream(H1Peer, asyncio.Protocol):
         self.body_left = 0
         self.in_head = True
         self._head_room = self._max_head
-        self._begun = False
-        self._stream_at = self.request_at = 0.0
+        self.begun = False
+        self.stream_at = self.request_at = 0.0
         ex, self.current = self.current, None
         if ex is None:
             return
@@ -488,7 +463,7 @@ class Downstream(H1Peer, asyncio.Protocol):
                 ex.request_trailers(trailers)
         if self.queue and ex is self.queue[0]:
             ex.request_complete()
-            self._watch_serving(ex)
+            h1timers.watch_serving(self, ex)
         else:
             ex.req_done = True
         if not ex.resp_done:
@@ -526,7 +501,7 @@ class Downstream(H1Peer, asyncio.Protocol):
             return
         self._stopped = self._lingering = True  # nothing more is parsed: data_received drops what comes
         self.body_left = 0
-        self._stream_at = self.headers_at = self.request_at = self.duration_at = 0.0
+        self.stream_at = self.headers_at = self.request_at = self.duration_at = 0.0
         transport.write_eof()
         transport.resume_reading()
         self.timer.arm_idle(limits.DOWNSTREAM_DELAYED_CLOSE_S)
@@ -543,13 +518,13 @@ class Downstream(H1Peer, asyncio.Protocol):
     def _parse_error(self, exc: httptools.HttpParserError, data: bytes) -> None:
         if self._lingering:
             return  # the bytes after a request whose answer closes the connection (as Envoy, ignored)
-        if self._stopped and not self._begun and (self.transport is None or self.transport.is_closing()):
+        if self._stopped and not self.begun and (self.transport is None or self.transport.is_closing()):
             return  # the bytes after a request answered with Connection: close (as Envoy, they are ignored)
         refusal, self.refusal = self.refusal, None
         if refusal is None and isinstance(exc.__context__, framing.Refusal):
             refusal = exc.__context__
         if refusal is None:
-            if not self._begun and self.queue and not self.queue[-1].keep_alive:
+            if not self.begun and self.queue and not self.queue[-1].keep_alive:
                 # bytes after a request that ends the connection (Connection: close): that request is
                 # answered, the bytes ignored (as Envoy does)
                 self._stop_reading()
@@ -557,24 +532,24 @@ class Downstream(H1Peer, asyncio.Protocol):
             # the parser's own refusals: malformed framing or syntax (Envoy: 400), an unknown coding (501), a
             # version other than 0.9, 1.x or 2.0 (Envoy: 426)
             refusal = h1request.parser_refusal(str(exc), self.url, data)
-        self._refuse_now(refusal)
+        self.refuse_now(refusal)
 
     def _stop_reading(self) -> None:
         self._stopped = True
         self.body_left = 0
-        self._begun = False
-        self._stream_at = self.headers_at = self.request_at = self.duration_at = 0.0
+        self.begun = False
+        self.stream_at = self.headers_at = self.request_at = self.duration_at = 0.0
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
-    def _refuse_now(self, refusal: framing.Refusal) -> None:
+    def refuse_now(self, refusal: framing.Refusal) -> None:
         """Answer the request being read with `refusal` (in its turn), read nothing more, close after.
         A request whose head already went upstream loses its upstream side; one already being answered is
         reset (as Envoy's codec errors do)."""
         # the method of the request refused, once the parser read it in this message (a reply to HEAD has no body;
         # but Envoy's codec errors with a body send it even to a HEAD)
         codec_body = bool(refusal.body) and refusal.codec
-        method: bytes = self.parser.get_method() if self._begun and self.url and not codec_body else b"GET"
+        method: bytes = self.parser.get_method() if self.begun and self.url and not codec_body else b"GET"
         self._stop_reading()
         cur, self.current = self.current, None
         if cur is not None:
@@ -606,181 +581,23 @@ class Downstream(H1Peer, asyncio.Protocol):
         else:
             ex.refusal = refusal
 
-    def _stream_active(self) -> None:
-        """Bytes of an unfinished request arrived: its stream idle deadline moves (and is watched) -- armed by
-        its first bytes, then moved only by what Envoy's codec hands its stream (the whole head, body bytes),
-        not by a head's lines trickling in (Envoy 1.40: a head sent line by line every 0.1 s gets its 408
-        "stream timeout" at the idle timeout after its first byte)."""
-        idle = self.idle_s
-        if idle and (not self.in_head or not self._stream_at):
-            self._stream_at = at = self.proxy.loop.time() + idle
-            self.timer.wake_at(at)
-        if self.headers_at:
-            self.timer.wake_at(self.headers_at)
-
-    def _watch_serving(self, ex: Exchange) -> None:
-        """`ex` (at the queue's head) has its whole request and waits for its response: its stream idle deadline
-        (until its response ended), unless its route timeout (counted from about now) is no longer."""
-        idle = ex.idle_s
-        if idle and not ex.resp_done:
-            timeout = ex.timeout_s
-            if timeout <= 0 or timeout > idle:
-                self._serve_at = at = self.proxy.loop.time() + idle
-                self.wrote_at = 0.0
-                self.timer.wake_at(at)
-
     def flush(self) -> None:
         """`H1Peer.flush`; while the stream idle timeout watches a response, a write is activity."""
-        if self._serve_at and self._out:
+        if self.serve_at and self._out:
             self.wrote_at = self.loop.time()
         H1Peer.flush(self)
 
-    def _serving_idle(self, now: float) -> float:
-        """The stream idle deadline of the exchange being served (`_serve_at`): acted on when it passed (-1.0) --
-        504 before its response started, a reset once it did (a response that stalled: Envoy's SI,
-        stream_idle_timeout) --, else returned (0: none)."""
-        serve_at = self._serve_at
-        if not serve_at or serve_at > now:
-            return serve_at
-        self._serve_at = 0.0
-        served = self.queue[0] if self.queue else None
-        if served is None or not served.req_done or served.resp_done:
-            return 0.0
-        if served.resp_started and self.wrote_at + served.idle_s > now:  # it wrote since: watched on
-            self._serve_at = serve_at = self.wrote_at + served.idle_s
-            return serve_at
-        self.proxy.stats.downstream_rq_idle_timeout += 1
-        if served.resp_started:
-            self._reset_started(served, "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT)
-            return -1.0
-        served.proxy_reply(504, b"stream timeout", "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT)
-        self.timer.wake_at(now)  # the reply moved the connection on: its other deadlines are read again
-        return -1.0
-
-    def _stream_deadlines(self, now: float) -> float:  # noqa: PLR0912 - one branch per timer of a stream
-        """The deadlines of the requests (Envoy's per-stream timers): the one being served (stream idle until its
-        response starts), the one being received (request timeout, request headers timeout, stream idle). One
-        that passed is acted on (-1.0: the caller stops); else the earliest pending one (0: none)."""
-        earliest = self._serving_idle(now)
-        if earliest < 0:
-            return earliest
-        request_at = self.request_at
-        if request_at and request_at <= now:
-            self.request_at = request_at = 0.0
-            cur = self.current
-            if cur is None or not (cur.resp_started or cur.resp_done):  # a started response disarms it (Envoy)
-                self.proxy.stats.downstream_rq_timeout += 1
-                self._refuse_now(framing.Refusal(408, b"request timeout", "request_overall_timeout", codec=False))
-                return -1.0
-        if request_at and (not earliest or request_at < earliest):
-            earliest = request_at
-        duration_at = self.duration_at  # a stream whose head is not complete yet (then its exchange's `end_by`)
-        if duration_at:
-            if duration_at <= now:
-                self.duration_at = 0.0
-                self.proxy.stats.downstream_rq_max_duration_reached += 1
-                self._refuse_now(framing.Refusal(408, streamtimeouts.BODY, streamtimeouts.DETAILS, codec=False))
-                return -1.0
-            if not earliest or duration_at < earliest:
-                earliest = duration_at
-        for at, status, body, details, flags in (  # as Envoy's HCM: the stream idle timeout flags the stream SI
-            (self.headers_at, 408, b"request header timeout", "request_header_timeout", 0),
-            (self._stream_at, 408, b"stream timeout", "stream_idle_timeout", RESPONSE_FLAG_STREAM_IDLE_TIMEOUT),
-        ):
-            if at:
-                if at <= now:
-                    stats = self.proxy.stats
-                    if flags:
-                        stats.downstream_rq_idle_timeout += 1
-                    else:
-                        stats.downstream_rq_header_timeout += 1
-                    self._refuse_now(framing.Refusal(status, body, details, codec=False, flags=flags))
-                    return -1.0
-                if not earliest or at < earliest:
-                    earliest = at
-        return earliest
-
-    def _on_timer(self) -> None:  # noqa: PLR0912 - one timer per connection: one branch per phase it can fire in
-        if self.closed:
-            return
-        now = self.proxy.loop.time()
-        pending = 0.0
-        for ex in list(self.queue):
-            end_by = ex.end_by
-            if end_by:
-                if end_by <= now:
-                    self._duration_reached(ex)
-                    self.timer.wake_at(now)  # the connection moved on: its deadlines are read again
-                    return
-                if not pending or end_by < pending:
-                    pending = end_by
-            deadline = ex.deadline
-            if deadline:
-                if deadline <= now:
-                    ex._timed_out()
-                elif not pending or deadline < pending:
-                    pending = deadline
-        due = self._stream_deadlines(now)
-        if due < 0:
-            return  # one passed: the connection moved on (its timer is armed again by what follows)
-        if due and (not pending or due < pending):
-            pending = due
-        end_at = self._end_at
-        if end_at:
-            if end_at <= now:  # max_connection_duration: no more requests; close once idle
-                self._end_at = 0.0
-                self.expired = True
-                if not self.queue and not self._begun:
-                    self.close()
-                    return
-            elif not pending or end_at < pending:
-                pending = end_at
-        idle_at = self.timer.idle_at
-        if idle_at:
-            if idle_at <= now:
-                self.timer.idle_at = 0.0
-                self.close()
-                return
-            if not pending or idle_at < pending:
-                pending = idle_at
-        if pending:
-            self.timer.wake_at(pending)
-
-    def _duration_reached(self, ex: Exchange) -> None:
-        """`ex` outlived its duration limit (max_stream_duration): 408 while its request arrives, 504 once it ended,
-        reset once its response started (Envoy's HCM; details max_duration_timeout, no response flag)."""
-        ex.end_by = 0.0
-        if ex.resp_done:
-            return
-        self.proxy.stats.downstream_rq_max_duration_reached += 1
-        if ex.resp_started:
-            self._reset_started(ex, streamtimeouts.DETAILS, 0)
-        elif not ex.req_done and ex is self.current:
-            self._refuse_now(framing.Refusal(408, streamtimeouts.BODY, streamtimeouts.DETAILS, codec=False))
-        elif self.queue and ex is self.queue[0]:
-            ex.proxy_reply(504, streamtimeouts.BODY, streamtimeouts.DETAILS, 0, grpc_status=streamtimeouts.GRPC_STATUS)
-        else:  # queued behind another (pipelined): answered so when its turn comes
-            ex.refusal = framing.Refusal(504, streamtimeouts.BODY, streamtimeouts.DETAILS, codec=False)
-
-    def _reset_started(self, ex: Exchange, details: str, flags: int) -> None:
-        """Reset `ex`, whose response started, for one of the HCM's timers: what was written goes out, the
-        connection closes as after an upstream reset; its plugins log `details` and `flags`."""
-        if isinstance(ex, FilteredExchange):
-            ex.stream.code_details = details
-            ex.stream.response_flags |= flags
-        ex._drop_upstream()
-        ex._cancel_timer()
-        ex.end_by = 0.0
-        self._serve_at = 0.0
-        self.close_after_reset()
+    def _on_timer(self) -> None:
+        """The connection's timer fired (`wire.ConnTimer` holds this bound method until `_release`)."""
+        h1timers.on_timer(self)
 
     def exchange_done(self, ex: Exchange, *, reusable: bool) -> None:
         self.proxy.stats.downstream_rq_active -= 1
-        self._serve_at = 0.0
+        self.serve_at = 0.0
         if self.queue and self.queue[0] is ex:
             self.queue.popleft()
         if not reusable or self.proxy.draining or self.expired or (self.eof and not self.queue):
-            if self._begun and not self.eof:
+            if self.begun and not self.eof:
                 self._delayed_close()  # answered before its request was read to the end
             else:
                 self.close()
@@ -793,7 +610,7 @@ class Downstream(H1Peer, asyncio.Protocol):
                 return
             nxt.start()
             if nxt.req_done:
-                self._watch_serving(nxt)
+                h1timers.watch_serving(self, nxt)
                 return  # still paused for the pipeline: resume once this one is answered
         self.resume(wire.PAUSE_PIPELINE)
         if self._write_paused and self.queue and self.queue[0].up is not None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from meshplug.agent import chain as agent_chain
-from meshplug.agent import framing, hcm, headermap, routing, wire
+from meshplug.agent import framing, h1timers, hcm, headermap, routing, wire
 from meshplug.agent.bridge import EMPTY_CHAIN, H2UpExchange
 from meshplug.agent.exchange import Exchange, log_refusal
 from meshplug.agent.filtered import FilteredExchange
@@ -149,7 +149,7 @@ def headers_complete(conn: Downstream) -> None:  # noqa: PLR0912, PLR0915 - the 
     if unroutable:
         decision = routing.NO_VHOST
     if conn.state.route_limits and decision.route is not None:  # some route sets its own duration limit or
-        conn.route_limits(decision.route, headers)  # stream idle timeout (meshplug.agent.streamtimeouts)
+        h1timers.route_limits(conn, decision.route, headers)  # stream idle timeout (meshplug.agent.streamtimeouts)
     http2 = decision.cluster in proxy.h2pools
     filters = None if unroutable else state.filters
     grpc = ctype is not None and headermap.is_grpc_content_type(ctype)  # as headermap.is_grpc_request reads it
