@@ -42,6 +42,7 @@ class H2UpExchange(FilteredExchange):
             self.proxy_reply(503, wire.reset_body(wire.RESET_PROTOCOL), "cluster_protocol_changed", 0)
             return
         self.timeout_s = route.timeout_s
+        headers = self.route_limits(route, headers)
         if route.prefix_rewrite is not None:
             headers = rewritten(headers, route)
         self.up_end = end_stream

@@ -24,6 +24,7 @@ import httptools
 from meshplug import limits
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, h1request, h1timers, routing, wire
+from meshplug.agent.config import Route
 from meshplug.agent.exchange import Exchange
 from meshplug.agent.filtered import FilteredExchange
 from meshplug.agent.h1peer import H1Peer
@@ -99,9 +100,10 @@ class Downstream(H1Peer, asyncio.Protocol):
         self.request_at = 0.0
         #: the stream idle deadline of the exchange being served once its request ended, until its response starts
         #: (Envoy's idle timer runs on: 504 "stream timeout") and while its response is being sent (a response that
-        #: stalls is reset); armed only when its route timeout would not come first. `wrote_at`: the loop time of
-        #: the last write while it is armed
-        self.serve_at = self.wrote_at = 0.0
+        #: stalls is reset); armed only when its route timeout would not come first. `active_at`: the loop time of
+        #: the stream's last activity while it is armed -- a write to the client, a read of the upstream's body (a
+        #: plugin may hold it: Envoy's filter manager counts it as it arrives)
+        self.serve_at = self.active_at = 0.0
         #: the stream being received: the loop time of its first byte, its duration deadline (max_stream_duration;
         #: 0: none) and stream idle timeout until its route changes them (`h1timers.route_limits`); its exchange
         #: takes them
@@ -584,8 +586,14 @@ class Downstream(H1Peer, asyncio.Protocol):
     def flush(self) -> None:
         """`H1Peer.flush`; while the stream idle timeout watches a response, a write is activity."""
         if self.serve_at and self._out:
-            self.wrote_at = self.loop.time()
+            self.active_at = self.loop.time()
         H1Peer.flush(self)
+
+    def route_refreshed(
+        self, ex: Exchange, route: Route, headers: tuple[tuple[bytes, bytes], ...]
+    ) -> tuple[tuple[bytes, bytes], ...]:
+        """`h1timers.route_refreshed` (for the exchanges, which sit below it)."""
+        return h1timers.route_refreshed(self, ex, route, headers)
 
     def _on_timer(self) -> None:
         """The connection's timer fired (`wire.ConnTimer` holds this bound method until `_release`)."""
@@ -596,6 +604,7 @@ class Downstream(H1Peer, asyncio.Protocol):
         self.serve_at = 0.0
         if self.queue and self.queue[0] is ex:
             self.queue.popleft()
+            h1timers.next_turn(self)
         if not reusable or self.proxy.draining or self.expired or (self.eof and not self.queue):
             if self.begun and not self.eof:
                 self._delayed_close()  # answered before its request was read to the end

@@ -129,6 +129,7 @@ class Exchange:
         "resp_started",
         "retried",
         "sent_at",
+        "started_at",
         "status",
         "timeout_s",
         "up",
@@ -162,6 +163,7 @@ class Exchange:
         #: timeout (the HCM's or its route's), from its connection when its head was complete
         self.end_by = conn.duration_at
         self.idle_s = conn.idle_s
+        self.started_at = conn.started_at  # its stream's start (loop time): what the duration limit counts from
         self.retried = False
         self.sent_at = 0.0  # loop time the request head went to the upstream (x-envoy-upstream-service-time)
         self.up_end = False  # the whole request has been handed to the upstream side

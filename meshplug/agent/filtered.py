@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, hcm, routing, wire
+from meshplug.agent.config import Route
 from meshplug.agent.exchange import Exchange, note_client_gone, note_reset_after_start, reply_through_plugins
 from meshplug.agent.upstream import Upstream
 
@@ -350,6 +351,9 @@ class FilteredExchange(Exchange):
     def up_flush(self) -> None:
         held, self.resp_hold = self.resp_hold, None
         if held is not None and not self.resp_done:
+            conn = self.conn
+            if conn.serve_at:  # the upstream's bytes keep the stream idle timer off, held by a plugin or not (Envoy)
+                conn.active_at = conn.loop.time()
             self._response_data(held, False)
 
     def up_trailers(self, trailers: wire.Headers) -> None:
@@ -469,6 +473,7 @@ class FilteredExchange(Exchange):
         route = decision.route
         pool = self.pool = self.conn.state.pools[decision.cluster]
         timeout_s = self.timeout_s = route.timeout_s  # (read once: a route is an interpreted object)
+        headers = self.route_limits(route, headers)
         if route.prefix_rewrite is not None:
             headers = rewritten(headers, route)
         at = self.req_at
@@ -509,6 +514,17 @@ class FilteredExchange(Exchange):
                 }
             )
             self.conn.proxy.loop.create_task(self._connect(pool, ep))
+
+    def route_limits(self, route: Route, headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+        """The router picked `route` for the request headers a plugin changed (it cleared the route cache): the
+        stream's limits are read again from it (`Downstream.route_refreshed`); the headers to send."""
+        stream = self.stream
+        if not stream.route_refreshed:
+            return headers
+        stream.route_refreshed = False
+        if not self.conn.state.route_limits:
+            return headers
+        return self.conn.route_refreshed(self, route, headers)
 
     def _up_head_lines(self, headers: Sequence[tuple[bytes, bytes]]) -> list[bytes] | None:
         """The upstream head of headers a plugin changed; None when one of them cannot be written."""

@@ -4,7 +4,8 @@ connection manager runs them per stream and per connection, on the connection's 
 The connection keeps the deadlines (loop times; 0: none) and calls in here: when a request's first byte arrives
 (`stream_begun`), when more of it arrives (`stream_active`), when its route sets its own limits (`route_limits`,
 from `meshplug.agent.h1request`), when an exchange has its whole request and waits for its answer
-(`watch_serving`), and when its timer fires (`on_timer`). What fires here:
+(`watch_serving`), when one was answered (`next_turn`), when a plugin's header change re-routed one
+(`route_refreshed`), and when its timer fires (`on_timer`). What fires here:
 
 * per connection: the idle timeout (`timer.idle_at`) and max_connection_duration (`end_at`: no more requests, close
   once idle);
@@ -12,8 +13,8 @@ from `meshplug.agent.h1request`), when an exchange has its whole request and wai
   the stream idle timeout (`stream_at`, 408 "stream timeout", flag SI) and the duration limit while the head is
   not complete (`duration_at`; max_stream_duration, `meshplug.agent.streamtimeouts`);
 * per exchange: the route timeout (`Exchange.deadline`), the duration limit (`Exchange.end_by`: 408, 504 or a reset
-  by the stream's phase) and the stream idle timeout of the one being served (`serve_at`: 504 before its response
-  started, a reset once a started response stalls).
+  by the stream's phase; a pipelined request's counts from its turn, `next_turn`) and the stream idle timeout of the
+  one being served (`serve_at`: 504 before its response started, a reset once a started response stalls).
 
 The connection owns the bytes and the queue; this module owns when they time out. Functions over the connection
 rather than methods (as `meshplug.agent.h1request`): compiled by mypyc in the same group, the calls are native.
@@ -76,6 +77,53 @@ def route_limits(conn: Downstream, route: Route, headers: wire.Headers) -> None:
             conn.timer.wake_at(at)
 
 
+def route_refreshed(
+    conn: Downstream, ex: Exchange, route: Route, headers: tuple[tuple[bytes, bytes], ...]
+) -> tuple[tuple[bytes, bytes], ...]:
+    """A plugin changed `ex`'s request headers (the route cache was cleared) and the router resolved `route` on
+    them: as Envoy's HCM when it caches a route again, the stream's duration limit is computed anew (still from the
+    stream's start; the HCM's unless the route sets its own) and a route's idle_timeout replaces the stream idle
+    timeout, counted again from now. Returns the request headers to send (a gRPC request's grpc-timeout may
+    change)."""
+    fields = list(headers)
+    end_by, idle = streamtimeouts.limits_of(route, conn.opts, ex.started_at, fields)
+    ex.end_by = end_by
+    if end_by:
+        conn.timer.wake_at(end_by)
+    if route.idle_timeout_s is not None:
+        ex.idle_s = idle
+        if ex is conn.current:  # its request still arrives
+            conn.idle_s = idle
+            conn.stream_at = at = conn.proxy.loop.time() + idle if idle else 0.0
+            if at:
+                conn.timer.wake_at(at)
+        elif conn.queue and ex is conn.queue[0] and ex.req_done:
+            conn.serve_at = 0.0
+            watch_serving(conn, ex)
+    return tuple(fields)
+
+
+def next_turn(conn: Downstream) -> None:
+    """The exchange at the queue's head was answered: the next request's stream starts now, its duration counted
+    from here -- Envoy's HTTP/1.1 codec reads a pipelined request only once the one before it was answered (probed
+    on Envoy 1.40: a request sent right behind one answered after 1 s, on a route whose limit is 1 s, is answered
+    by its upstream 0.3 s later). The agent has parsed what came in the same read: its clock moves."""
+    now = conn.proxy.loop.time()
+    if conn.queue:
+        ex = conn.queue[0]
+        waited = now - ex.started_at
+        ex.started_at = now
+        if ex.end_by:
+            ex.end_by += waited
+            conn.timer.wake_at(ex.end_by)
+    elif conn.begun and conn.current is None:  # the next request's head is still arriving
+        waited = now - conn.started_at
+        conn.started_at = now
+        if conn.duration_at:
+            conn.duration_at += waited
+            conn.timer.wake_at(conn.duration_at)
+
+
 def watch_serving(conn: Downstream, ex: Exchange) -> None:
     """`ex` (at the queue's head) has its whole request and waits for its response: its stream idle deadline (until
     its response ended), unless its route timeout (counted from about now) is no longer."""
@@ -84,7 +132,7 @@ def watch_serving(conn: Downstream, ex: Exchange) -> None:
         timeout = ex.timeout_s
         if timeout <= 0 or timeout > idle:
             conn.serve_at = at = conn.proxy.loop.time() + idle
-            conn.wrote_at = 0.0
+            conn.active_at = 0.0
             conn.timer.wake_at(at)
 
 
@@ -96,9 +144,10 @@ def on_timer(conn: Downstream) -> None:  # noqa: PLR0912 - one timer per connect
     now = conn.proxy.loop.time()
     timer = conn.timer
     pending = 0.0
-    for ex in list(conn.queue):
+    queue = conn.queue
+    for ex in list(queue):
         end_by = ex.end_by
-        if end_by:
+        if end_by and ex is queue[0]:  # (a request queued behind another has not started: `next_turn`)
             if end_by <= now:
                 _duration_reached(conn, ex)
                 timer.wake_at(now)  # the connection moved on: its deadlines are read again
@@ -149,8 +198,8 @@ def _serving_idle(conn: Downstream, now: float) -> float:
     served = conn.queue[0] if conn.queue else None
     if served is None or not served.req_done or served.resp_done:
         return 0.0
-    if served.resp_started and conn.wrote_at + served.idle_s > now:  # it wrote since: watched on
-        conn.serve_at = serve_at = conn.wrote_at + served.idle_s
+    if conn.active_at + served.idle_s > now:  # active since (a write, the upstream's bytes): watched on
+        conn.serve_at = serve_at = conn.active_at + served.idle_s
         return serve_at
     conn.proxy.stats.downstream_rq_idle_timeout += 1
     if served.resp_started:
@@ -179,7 +228,7 @@ def _stream_deadlines(conn: Downstream, now: float) -> float:  # noqa: PLR0912 -
     if request_at and (not earliest or request_at < earliest):
         earliest = request_at
     duration_at = conn.duration_at  # a stream whose head is not complete yet (then its exchange's `end_by`)
-    if duration_at:
+    if duration_at and not conn.queue:  # (behind another it has not started: `next_turn`)
         if duration_at <= now:
             conn.duration_at = 0.0
             conn.proxy.stats.downstream_rq_max_duration_reached += 1
@@ -216,10 +265,8 @@ def _duration_reached(conn: Downstream, ex: Exchange) -> None:
         _reset_started(conn, ex, streamtimeouts.DETAILS, 0)
     elif not ex.req_done and ex is conn.current:
         conn.refuse_now(framing.Refusal(408, streamtimeouts.BODY, streamtimeouts.DETAILS, codec=False))
-    elif conn.queue and ex is conn.queue[0]:
+    else:  # (the exchange at the queue's head: those behind it have not started)
         ex.proxy_reply(504, streamtimeouts.BODY, streamtimeouts.DETAILS, 0, grpc_status=streamtimeouts.GRPC_STATUS)
-    else:  # queued behind another (pipelined): answered so when its turn comes
-        ex.refusal = framing.Refusal(504, streamtimeouts.BODY, streamtimeouts.DETAILS, codec=False)
 
 
 def _reset_started(conn: Downstream, ex: Exchange, details: str, flags: int) -> None:

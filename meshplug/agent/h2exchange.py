@@ -19,6 +19,7 @@ import h2.errors
 
 from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, h2peer, hcm, relay, routing, streamtimeouts, wire
+from meshplug.agent.config import Route
 from meshplug.agent.exchange import (
     failure_reply,
     log_refusal,
@@ -207,6 +208,10 @@ class H2Exchange:
         route = decision.route
         assert route is not None
         self.timeout_s = route.timeout_s
+        if stream is not None and stream.route_refreshed:  # a plugin changed the headers: the router re-routed
+            stream.route_refreshed = False
+            if conn.state.route_limits:
+                headers = self._refresh_limits(route, headers)
         if route.prefix_rewrite is not None:
             headers = [
                 *(
@@ -226,6 +231,22 @@ class H2Exchange:
         up.send_headers(out, end_stream)
         if end_stream:
             self._request_sent()
+
+    def _refresh_limits(self, route: Route, headers: Sequence[Header]) -> list[Header]:
+        """The router picked `route` after a plugin cleared the route cache: as Envoy's HCM when it caches a route
+        again, the duration limit is computed anew (from the stream's start) and a route's idle_timeout replaces
+        the stream idle timeout, counted from now (meshplug.agent.streamtimeouts). Returns the headers to send (a
+        gRPC request's grpc-timeout may change)."""
+        conn = self.conn
+        fields = list(headers)
+        self.end_by, idle = streamtimeouts.limits_of(route, conn.proxy.cfg.http, self.created, fields)
+        if route.idle_timeout_s is not None:
+            self.idle_s = idle
+            self.last_active = conn.proxy.loop.time()
+        for at in (self.end_by, self.idle_s and self.last_active + self.idle_s):
+            if at:
+                conn.timer.wake_at(at)
+        return fields
 
     def _send_up_data(self, data: bytes, end_stream: bool) -> None:
         up = self.up

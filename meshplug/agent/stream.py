@@ -147,6 +147,9 @@ class Stream:
     route_constant: Any = None
     _route: Any = None
     _route_info: Any = None
+    #: the router's decision was resolved again after a filter cleared the cache (Envoy's refreshCachedRoute):
+    #: the shell reads the new route's stream limits then (meshplug.agent.streamtimeouts) and sets it back
+    route_refreshed = False
 
     # `info` is built on first use from the base, the start time (-1: the base's) and the upstream fields
     # (`set_upstream_fields`: the shell's mapping, never changed here)
@@ -229,6 +232,8 @@ class Stream:
                 decision = self.route_constant
                 if decision is None:
                     decision = resolver(self.request_headers)
+                if self._route_info is not None:  # resolved before: a filter cleared the cache since
+                    self.route_refreshed = True
                 self._route = self._route_info = decision
         return decision
 

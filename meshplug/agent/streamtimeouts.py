@@ -1,18 +1,21 @@
 """A stream's time limits that depend on its route, as Envoy 1.40's HTTP connection manager sets them: the
 duration limit (max_stream_duration) and the route's stream idle timeout.
 
-Used by the downstream connections (`meshplug.agent.downstream` for HTTP/1.1, `meshplug.agent.h2down` for HTTP/2)
-once a stream's route is known from its request head as received (before the plugins; Envoy refreshes both when
-it caches the route). Everything here is computed, nothing armed: the connections keep the deadlines on their one
-timer.
+Used by the downstream connections (`meshplug.agent.h1timers` for HTTP/1.1, `meshplug.agent.h2exchange` for HTTP/2)
+once a stream's route is known from its request head as received (before the plugins), and again when a plugin
+changed the request headers (clearing the route cache) and the router picked a route anew: Envoy's HCM reads both
+limits again whenever it caches a route. Everything here is computed, nothing armed: the connections keep the
+deadlines on their one timer.
 
 Probed on Envoy 1.40 (tests/integration/test_differential_stream_limits.py holds it):
 
-* The HCM's common_http_protocol_options.max_stream_duration runs from the stream's start (its first byte). When it
-  passes: 408 "downstream duration timeout" while the request is still arriving (the HTTP/1.1 connection closes
-  after it), 504 once the request ended and nothing was answered, a reset (HTTP/1.1: what was sent goes out, then
-  the connection closes) once the response started. response.code_details max_duration_timeout, no response flag;
-  counter downstream_rq_max_duration_reached. A gRPC request gets the gRPC form (200, grpc-status 4).
+* The HCM's common_http_protocol_options.max_stream_duration runs from the stream's start: its first byte, or for
+  an HTTP/1.1 request pipelined behind another, the moment the one before it was answered (Envoy's codec reads it
+  only then). When it passes: 408 "downstream duration timeout" while the request is still arriving (the HTTP/1.1
+  connection closes after it), 504 once the request ended and nothing was answered, a reset (HTTP/1.1: what was
+  sent goes out, then the connection closes) once the response started. response.code_details
+  max_duration_timeout, no response flag; counter downstream_rq_max_duration_reached. A gRPC request gets the gRPC
+  form (200, grpc-status 4).
 * A route's max_stream_duration (RouteAction.MaxStreamDuration) replaces the HCM's for its streams, still counted
   from the stream's start: its `max_stream_duration` (0: no limit at all); when `grpc_timeout_header_max` is set
   and the request carries a valid grpc-timeout (any request, not only gRPC), that header's value capped by the max
@@ -20,7 +23,11 @@ Probed on Envoy 1.40 (tests/integration/test_differential_stream_limits.py holds
   (content-type application/grpc) of such a route goes upstream with grpc-timeout set to the limit in ms, or
   without it when the limit is off and the HCM had one.
 * A route's idle_timeout replaces the HCM's stream_idle_timeout for its streams (0: none), counted again from the
-  moment the route is known.
+  moment the route is known. The timer counts the request's bytes and the response's, as they arrive from the
+  upstream (a plugin holding the response body does not make the stream idle).
+* A plugin that changes the request headers clears the route cache; the route the router then picks sets the limits
+  anew: the duration still from the stream's start (the HCM's when the new route sets none), its idle_timeout (if
+  set) from that moment, a gRPC request's grpc-timeout rewritten to the new limit.
 """
 
 from __future__ import annotations
