@@ -4,9 +4,11 @@ when there is no native build): h2's own state machine, framing and flow control
 
 * h2 4.4.1 (pinned in pyproject) formats every frame it receives (`repr(frame)`: flags sorted, payload
   hexlified) for a trace log that is off: about 6% of the agent's HTTP/2 CPU (bench/h2_vs_envoy.py). Our
-  `Connection._receive_frame` hands the frame to h2's own handler for its type without that, and answers a
-  frame on a closed stream as the library does (RFC 9113 5.1: RST_STREAM STREAM_CLOSED when the stream was
-  reset, a connection error when it had ended).
+  `Connection._receive_frame` hands the frame to h2's own handler for its type without that. A frame on a
+  stream that is not open is answered as nghttp2 answers it, not as the library would: HEADERS or DATA on a
+  request stream never opened (below a higher one) or closed by a reset is dropped (h2: RST_STREAM
+  STREAM_CLOSED), on a stream whose request had ended (half-closed remote) a connection error (h2: RST_STREAM
+  STREAM_CLOSED and on); on a stream both ends had ended, h2's own answer stands.
 * The inbound header checks are nghttp2's as Envoy runs them, in `meshplug.agent.h2wire.received_headers` (the
   configs switch the library's own off; `PyCodec.receive` applies them to every header event).
 * A connection error in `receive_data` (raised as `Broken`) keeps the events of the frames before it: Envoy
@@ -36,6 +38,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.frame_buffer
+import h2.stream
 import hpack.exceptions
 import hyperframe.exceptions
 import hyperframe.frame
@@ -80,6 +83,20 @@ class SettingsExpected(h2.exceptions.ProtocolError):
     """A client's first frame after the preface was not a SETTINGS frame (RFC 9113 3.4)."""
 
 
+class HeadersOnClosed(h2.exceptions.ProtocolError):
+    """A header block on a stream whose request had ended (half-closed remote): nghttp2's connection error
+    "HEADERS: stream closed", reported as an invalid frame (Envoy writes nothing more and closes)."""
+
+    error_code = h2.errors.ErrorCodes.STREAM_CLOSED
+
+
+class DataOnClosed(h2.exceptions.ProtocolError):
+    """A DATA frame on a stream whose request had ended (half-closed remote): nghttp2 ends the connection itself,
+    GOAWAY STREAM_CLOSED "DATA: stream in half-closed(remote)"."""
+
+    error_code = h2.errors.ErrorCodes.STREAM_CLOSED
+
+
 def nghttp2_goaway(exc: Exception, frame_type: int, stream_id: int, idle: bool) -> tuple[int, bytes] | None:
     """The GOAWAY (error code, debug data) nghttp2 answers the connection error `exc` with, raised for a frame of
     `frame_type` on `stream_id` (`idle`: a stream not opened yet), or None for an error it reports as an invalid
@@ -89,6 +106,8 @@ def nghttp2_goaway(exc: Exception, frame_type: int, stream_id: int, idle: bool) 
     codes = h2.errors.ErrorCodes
     if isinstance(exc, SettingsExpected):
         answer = codes.PROTOCOL_ERROR, b"SETTINGS expected"
+    elif isinstance(exc, DataOnClosed):
+        answer = codes.STREAM_CLOSED, b"DATA: stream in half-closed(remote)"
     elif isinstance(exc, h2.exceptions.FrameTooLargeError):
         answer = codes.FRAME_SIZE_ERROR, b"too large frame size"
     elif isinstance(exc, h2.exceptions.FrameDataMissingError):
@@ -150,6 +169,7 @@ class FrameCount:
 _RST_STREAM = 0x3
 _ACKED = (0x4, 0x6)  # SETTINGS, PING
 _BLOCK_OR_DATA = (hyperframe.frame.HeadersFrame, hyperframe.frame.ContinuationFrame, hyperframe.frame.DataFrame)
+_HEADERS_OR_DATA = (hyperframe.frame.HeadersFrame, hyperframe.frame.DataFrame)
 
 
 class FloodGuard:
@@ -294,6 +314,8 @@ class Connection(h2.connection.H2Connection):
         return events
 
     def _receive_frame(self, frame: hyperframe.frame.Frame) -> list[Any]:
+        if isinstance(frame, _HEADERS_OR_DATA) and self._ignored(frame):
+            return []
         handler = self._frame_dispatch_table[frame.__class__]
         try:
             frames, events = handler(frame)
@@ -319,6 +341,33 @@ class Connection(h2.connection.H2Connection):
         self._prepare_for_sending(frames)
         received: list[Any] = events
         return received
+
+    def _ignored(self, frame: hyperframe.frame.Frame) -> bool:
+        """Whether `frame` (HEADERS or DATA) is one nghttp2 reads and drops, on a request stream (odd) at or below
+        the highest opened that is not open: never opened or closed by a reset -- a header block decoded all the
+        same (the HPACK state is the connection's), a DATA frame's length given back to the connection window (h2
+        answers both with RST_STREAM STREAM_CLOSED). One on a stream whose request (or response) had ended
+        (half-closed remote) is nghttp2's connection error: `HeadersOnClosed`, `DataOnClosed`. On a stream closed
+        by both ends' END_STREAM h2's own answer stands."""
+        sid = frame.stream_id
+        stream = self.streams.get(sid)
+        if stream is not None and stream.state_machine.state == h2.stream.StreamState.HALF_CLOSED_REMOTE:
+            if isinstance(frame, hyperframe.frame.DataFrame):
+                raise DataOnClosed(f"DATA on stream {sid} after its END_STREAM")
+            raise HeadersOnClosed(f"HEADERS on stream {sid} after its END_STREAM")
+        highest = self.highest_outbound_stream_id if self.config.client_side else self.highest_inbound_stream_id
+        if sid % 2 == 0 or sid > (highest or 0) or (stream is not None and not stream.closed):
+            return False
+        if self._stream_is_closed_by_end(sid):
+            return False
+        if isinstance(frame, hyperframe.frame.DataFrame):
+            self.state_machine.process_input(h2.connection.ConnectionInputs.RECV_DATA)
+            self._inbound_flow_control_window_manager.window_consumed(frame.flow_controlled_length)
+            self.acknowledge_received_data(frame.flow_controlled_length, sid)
+        elif isinstance(frame, hyperframe.frame.HeadersFrame):
+            self.state_machine.process_input(h2.connection.ConnectionInputs.RECV_HEADERS)
+            h2.connection._decode_headers(self.decoder, frame.data)
+        return True
 
     def _receive_goaway_frame(self, frame: hyperframe.frame.GoAwayFrame) -> tuple[list[Any], list[Any]]:
         """The peer's GOAWAY as an event only: the connection stays open for the streams it will still process
