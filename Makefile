@@ -67,7 +67,7 @@ FALLBACK_TESTS := $(addprefix tests/integration/test_,$(addsuffix .py,\
 	differential_http1 differential_h2 differential_h2_close differential_h2_upstream_conn differential_flags buffer_limit_differential host_corpus corpus_agent \
 	agent_http1_trailers agent_websocket agent_grpc agent_h2_tls_timeouts agent_proxy agent_filtered \
 	agent_server_header agent_hardening agent_lua agent_match agent_istio_fields agent_recycle agent_early_response \
-	differential_stream_limits differential_grpc_replies))
+	differential_stream_limits differential_grpc_replies differential_h2_fuzz))
 integration-fallback: setup system plugins
 	env -u MESHPLUG_REQUIRE_NATIVE MESHPLUG_NATIVE=0 $(BIN)/meshplug version | grep -qx 'dataplane interpreted: MESHPLUG_NATIVE=0'
 	env -u MESHPLUG_REQUIRE_NATIVE MESHPLUG_NATIVE=0 $(BIN)/pytest $(FALLBACK_TESTS) \

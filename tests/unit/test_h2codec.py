@@ -428,3 +428,87 @@ def test_a_response_head_past_envoys_limits_resets_its_stream(kind: str, fields:
         assert [e[0] for e in ours] == [h2wire.EV_RESPONSE, h2wire.EV_DATA]
         assert resets == []
     assert [e[0] for e in _ours(events) if e[1] == 3] == [h2wire.EV_RESPONSE]  # the connection goes on
+
+
+def _frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + sid.to_bytes(4, "big") + payload
+
+
+_GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"app")]
+_PUT_1 = [
+    (b":method", b"PUT"),
+    (b":scheme", b"http"),
+    (b":path", b"/"),
+    (b":authority", b"app"),
+    (b"content-length", b"1"),
+]
+_END, _END_HEADERS = 0x1, 0x4
+
+
+def _on_closed(kind: str, steps: list[tuple[str, int, int, Any]]) -> tuple[list[tuple[int, int]], bool, list[Any]]:
+    """A client's preface then `steps` (("headers" | "data", stream, flags, fields | payload)) in one read: the
+    events (kind, stream), whether the connection broke, and the RST_STREAM / GOAWAY frames (type, stream, code)
+    the codec wrote after."""
+    server = _codec(kind, server=True)
+    encoder = hpack.Encoder()
+    data = _PREFACE
+    for what, sid, flags, arg in steps:
+        if what == "headers":
+            data += _frame(0x1, flags | _END_HEADERS, sid, encoder.encode(arg))
+        else:
+            data += _frame(0x0, flags, sid, arg)
+    try:
+        events = server.receive(data)
+        broke = False
+    except h2wire.PROTOCOL_ERRORS as exc:
+        events, broke = h2wire.events_before(exc), True
+    out, frames = server.data_to_send(), []
+    while len(out) >= 9:
+        size, ftype, sid = int.from_bytes(out[:3], "big"), out[3], int.from_bytes(out[5:9], "big")
+        payload, out = out[9 : 9 + size], out[9 + size :]
+        if ftype == 0x3:
+            frames.append(("rst", sid, int.from_bytes(payload[:4], "big")))
+        elif ftype == 0x7:
+            frames.append(("goaway", int.from_bytes(payload[:4], "big"), int.from_bytes(payload[4:8], "big")))
+    return [(e[0], e[1]) for e in _ours(events)], broke, frames
+
+
+_CLOSED = h2.errors.ErrorCodes.STREAM_CLOSED
+_PROTOCOL = h2.errors.ErrorCodes.PROTOCOL_ERROR
+# name, what the client sends, what nghttp2 (Envoy 1.40's codec) gives: events, connection broken, frames written
+ON_CLOSED = [
+    (
+        "HEADERS after END_STREAM: the connection ends, nothing written",
+        [("headers", 1, _END, _GET), ("headers", 1, _END, _GET)],
+        ([(h2wire.EV_REQUEST, 1)], True, []),
+    ),
+    (
+        "DATA after END_STREAM: GOAWAY STREAM_CLOSED",
+        [("headers", 1, _END, _GET), ("data", 1, _END, b"late")],
+        ([(h2wire.EV_REQUEST, 1)], True, [("goaway", 1, _CLOSED)]),
+    ),
+    (
+        "HEADERS on a lower stream never opened: dropped",
+        [("headers", 5, _END, _GET), ("headers", 3, _END, _GET), ("headers", 7, _END, _GET)],
+        ([(h2wire.EV_REQUEST, 5), (h2wire.EV_REQUEST, 7)], False, []),
+    ),
+    (
+        "DATA on a lower stream never opened: dropped",
+        [("headers", 5, _END, _GET), ("data", 3, _END, b"x")],
+        ([(h2wire.EV_REQUEST, 5)], False, []),
+    ),
+    (
+        "DATA after the codec's reset: dropped",
+        [("headers", 1, 0, _PUT_1), ("data", 1, 0, b"12"), ("data", 1, _END, b"")],
+        ([(h2wire.EV_REQUEST, 1), (h2wire.EV_RESET, 1)], False, [("rst", 1, _PROTOCOL)]),
+    ),
+]
+
+
+@pytest.mark.parametrize("kind", CODECS)
+@pytest.mark.parametrize(("name", "steps", "want"), ON_CLOSED, ids=[c[0] for c in ON_CLOSED])
+def test_frames_on_a_stream_not_open(kind: str, name: str, steps: list[Any], want: Any) -> None:
+    """HEADERS and DATA on a stream that is not open, as nghttp2 answers them (the fallback codec's h2 would reset
+    the stream STREAM_CLOSED, or end the connection for a lower stream id); shown against Envoy by
+    tests/differential/found_h2.yaml's cases in test_differential_h2_fuzz."""
+    assert _on_closed(kind, steps) == want
