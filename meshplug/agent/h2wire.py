@@ -197,6 +197,17 @@ def _regular_field(name: bytes, value: bytes, server: bool, status: int, once: d
     return True
 
 
+def _is_connect(headers: Sequence[Header]) -> bool:
+    """A CONNECT request head without :protocol (a tunnel, not RFC 8441's extended CONNECT)."""
+    method = protocol = False
+    for name, value in headers:
+        if name[:1] != b":":
+            break
+        method = method or (name == b":method" and value == b"CONNECT")
+        protocol = protocol or name == b":protocol"
+    return method and not protocol
+
+
 def _request_pseudo(pseudo: dict[bytes, bytes]) -> None:
     """The pseudo-headers a request needs (nghttp2_http_on_request_headers: RFC 9113 8.3.1, RFC 8441 4)."""
     method = pseudo.get(b":method", b"")
@@ -443,8 +454,8 @@ class PyCodec:
             self._preamble = _CLIENT_MAGIC + self._preamble
         #: a connection error left nothing to write (`receive`)
         self.silent = False
-        #: a server's open streams whose request head had a content-length (`_trailer_lengths`)
-        self._head_lengths: set[int] = set()
+        #: a server's open streams whose request head had a content-length, and its value (`_trailer_lengths`)
+        self._head_lengths: dict[int, int] = {}
         #: frames handed over (`data_to_send`), and serialized by `frames_out` but not handed over yet
         self._count = FrameCount()
         self._unsent = b""
@@ -502,7 +513,9 @@ class PyCodec:
         """`good`, or the index of the first request head or trailers whose content-length nghttp2 refuses at the
         stream's end (its http_request_on_header takes the field in trailers too): a head with END_STREAM and a
         length other than 0, trailers with a second content-length of the stream or one that is not the body's
-        length -- Envoy's codec then fails the read (no GOAWAY)."""
+        length, trailers ending a body shorter than its head's length (h2 checks a length at DATA's END_STREAM
+        only) -- Envoy's codec then fails the read (no GOAWAY). A CONNECT (without :protocol) has no length to
+        nghttp2: it drops the field's value after the head."""
         for i in range(good):
             ev = events[i]
             kind = type(ev)
@@ -512,18 +525,21 @@ class PyCodec:
             declared = [v for n, v in e.headers if n == b"content-length"]
             sid = int(e.stream_id)
             if kind is h2.events.RequestReceived:
+                if declared and _is_connect(e.headers):
+                    continue
                 if declared and e.stream_ended is not None and int(declared[0]) != 0:
                     return i  # a head that ends the stream declares a body it does not have
                 if declared:  # (h2 takes the trailers' content-length as the stream's: the head's is kept here)
-                    self._head_lengths.add(sid)
+                    self._head_lengths[sid] = int(declared[0])
                 continue
-            in_head = sid in self._head_lengths
-            self._head_lengths.discard(sid)
-            if not declared:
+            head = self._head_lengths.pop(sid, None)
+            if not declared and head is None:
                 continue
             stream = self.h2.streams.get(sid)
             received = 0 if stream is None else stream._actual_content_length
-            if in_head or int(declared[0]) != received:
+            if declared and (head is not None or int(declared[0]) != received):
+                return i
+            if head is not None and head != received and e.stream_ended is not None:
                 return i
         return good
 
@@ -673,7 +689,7 @@ class PyCodec:
                 self.on_failed(s.id)
 
     def forget(self, sid: int) -> None:
-        self._head_lengths.discard(sid)
+        self._head_lengths.pop(sid, None)
         s = self._out.pop(sid, None)
         if s is not None:
             s.pending.clear()

@@ -445,7 +445,7 @@ _PUT_1 = [
 _END, _END_HEADERS = 0x1, 0x4
 
 
-def _on_closed(kind: str, steps: list[tuple[str, int, int, Any]]) -> tuple[list[tuple[int, int]], bool, list[Any]]:
+def _served(kind: str, steps: list[tuple[str, int, int, Any]]) -> tuple[list[tuple[int, int]], bool, list[Any]]:
     """A client's preface then `steps` (("headers" | "data", stream, flags, fields | payload)) in one read: the
     events (kind, stream), whether the connection broke, and the RST_STREAM / GOAWAY frames (type, stream, code)
     the codec wrote after."""
@@ -511,4 +511,47 @@ def test_frames_on_a_stream_not_open(kind: str, name: str, steps: list[Any], wan
     """HEADERS and DATA on a stream that is not open, as nghttp2 answers them (the fallback codec's h2 would reset
     the stream STREAM_CLOSED, or end the connection for a lower stream id); shown against Envoy by
     tests/differential/found_h2.yaml's cases in test_differential_h2_fuzz."""
-    assert _on_closed(kind, steps) == want
+    assert _served(kind, steps) == want
+
+
+_POST_5 = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":path", b"/"),
+    (b":authority", b"app"),
+    (b"content-length", b"5"),
+]
+_CONNECT = [(b":method", b"CONNECT"), (b":authority", b"app:80"), (b"content-length", b"05")]
+_GET_6 = [*_GET, (b"content-length", b"6")]
+_TRAILERS = [(b"x-t", b"1")]
+# name, what the client sends, what nghttp2 gives: events, connection broken, frames written
+LENGTHS = [
+    (
+        "trailers end a body shorter than its content-length: the connection ends, nothing written",
+        [("headers", 1, 0, _POST_5), ("data", 1, 0, b"abc"), ("headers", 1, _END, _TRAILERS)],
+        ([(h2wire.EV_REQUEST, 1), (h2wire.EV_DATA, 1)], True, []),
+    ),
+    (
+        "trailers end a body of its content-length",
+        [("headers", 1, 0, _POST_5), ("data", 1, 0, b"abcde"), ("headers", 1, _END, _TRAILERS)],
+        ([(h2wire.EV_REQUEST, 1), (h2wire.EV_DATA, 1), (h2wire.EV_TRAILERS, 1)], False, []),
+    ),
+    (
+        "a head ending the stream with content-length 6: the connection ends, nothing written",
+        [("headers", 1, _END, _GET_6)],
+        ([], True, []),
+    ),
+    (
+        "a CONNECT head ending the stream with a content-length: nghttp2 drops a CONNECT's length",
+        [("headers", 1, _END, _CONNECT)],
+        ([(h2wire.EV_REQUEST, 1)], False, []),
+    ),
+]
+
+
+@pytest.mark.parametrize("kind", CODECS)
+@pytest.mark.parametrize(("name", "steps", "want"), LENGTHS, ids=[c[0] for c in LENGTHS])
+def test_a_request_length_checked_at_its_end(kind: str, name: str, steps: list[Any], want: Any) -> None:
+    """A request's content-length against its body where the stream ends, as nghttp2 checks it (shown against
+    Envoy by found_h2.yaml's cases in test_differential_h2_fuzz)."""
+    assert _served(kind, steps) == want
