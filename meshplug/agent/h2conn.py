@@ -8,7 +8,8 @@ when there is no native build): h2's own state machine, framing and flow control
   stream that is not open is answered as nghttp2 answers it, not as the library would: HEADERS or DATA on a
   request stream never opened (below a higher one) or closed by a reset is dropped (h2: RST_STREAM
   STREAM_CLOSED), on a stream whose request had ended (half-closed remote) a connection error (h2: RST_STREAM
-  STREAM_CLOSED and on); on a stream both ends had ended, h2's own answer stands.
+  STREAM_CLOSED and on); on a stream both ends had ended, h2's own answer stands. A PRIORITY frame making
+  its stream depend on itself is dropped, as Envoy's nghttp2 drops it (h2 ends the connection).
 * The inbound header checks are nghttp2's as Envoy runs them, in `meshplug.agent.h2wire.received_headers` (the
   configs switch the library's own off; `PyCodec.receive` applies them to every header event).
 * A connection error in `receive_data` (raised as `Broken`) keeps the events of the frames before it: Envoy
@@ -368,6 +369,17 @@ class Connection(h2.connection.H2Connection):
             self.state_machine.process_input(h2.connection.ConnectionInputs.RECV_HEADERS)
             h2.connection._decode_headers(self.decoder, frame.data)
         return True
+
+    def _receive_priority_frame(
+        self, frame: hyperframe.frame.HeadersFrame | hyperframe.frame.PriorityFrame
+    ) -> tuple[list[Any], list[Any]]:
+        """A PRIORITY frame making its stream depend on itself is dropped, as the nghttp2 Envoy 1.40 builds drops it
+        (h2, as RFC 9113 5.3.1 reads, ends the connection); HEADERS doing so with their PRIORITY flag still end it,
+        as in Envoy."""
+        if isinstance(frame, hyperframe.frame.PriorityFrame) and frame.depends_on == frame.stream_id:
+            return [], self.state_machine.process_input(h2.connection.ConnectionInputs.RECV_PRIORITY)
+        frames, events = super()._receive_priority_frame(frame)
+        return list(frames), list(events)
 
     def _receive_goaway_frame(self, frame: hyperframe.frame.GoAwayFrame) -> tuple[list[Any], list[Any]]:
         """The peer's GOAWAY as an event only: the connection stays open for the streams it will still process

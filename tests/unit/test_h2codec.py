@@ -442,11 +442,12 @@ _PUT_1 = [
     (b":authority", b"app"),
     (b"content-length", b"1"),
 ]
-_END, _END_HEADERS = 0x1, 0x4
+_END, _END_HEADERS, _PRIORITY_FLAG = 0x1, 0x4, 0x20
 
 
 def _served(kind: str, steps: list[tuple[str, int, int, Any]]) -> tuple[list[tuple[int, int]], bool, list[Any]]:
-    """A client's preface then `steps` (("headers" | "data", stream, flags, fields | payload)) in one read: the
+    """A client's preface then `steps` (("headers" | "data" | "priority", stream, flags, fields | payload | the stream
+    depended on)) in one read: the
     events (kind, stream), whether the connection broke, and the RST_STREAM / GOAWAY frames (type, stream, code)
     the codec wrote after."""
     server = _codec(kind, server=True)
@@ -455,6 +456,12 @@ def _served(kind: str, steps: list[tuple[str, int, int, Any]]) -> tuple[list[tup
     for what, sid, flags, arg in steps:
         if what == "headers":
             data += _frame(0x1, flags | _END_HEADERS, sid, encoder.encode(arg))
+        elif what == "priority":  # `arg`: the stream it depends on (HEADERS' PRIORITY flag when flags has it)
+            weighted = arg.to_bytes(4, "big") + b"\x0f"
+            if flags & _PRIORITY_FLAG:
+                data += _frame(0x1, flags | _END | _END_HEADERS, sid, weighted + encoder.encode(_GET))
+            else:
+                data += _frame(0x2, 0, sid, weighted)
         else:
             data += _frame(0x0, flags, sid, arg)
     try:
@@ -555,3 +562,25 @@ def test_a_request_length_checked_at_its_end(kind: str, name: str, steps: list[A
     """A request's content-length against its body where the stream ends, as nghttp2 checks it (shown against
     Envoy by found_h2.yaml's cases in test_differential_h2_fuzz)."""
     assert _served(kind, steps) == want
+
+
+# name, what the client sends, what the nghttp2 Envoy 1.40 builds gives (Debian's 1.52, the compiled codec's, ends
+# the connection for the PRIORITY frame too: found_h2.yaml's differs_native)
+SELF_DEPENDENT = [
+    (
+        "a PRIORITY frame making stream 1 depend on itself, then a GET on 1: dropped",
+        [("priority", 1, 0, 1), ("headers", 1, _END, _GET)],
+        ([(h2wire.EV_REQUEST, 1)], False, []),
+    ),
+    (
+        "HEADERS whose PRIORITY flag makes stream 1 depend on itself: the connection ends",
+        [("priority", 1, _PRIORITY_FLAG, 1)],
+        ([], True, []),
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "steps", "want"), SELF_DEPENDENT, ids=[c[0] for c in SELF_DEPENDENT])
+def test_a_stream_depending_on_itself_in_the_fallback(name: str, steps: list[Any], want: Any) -> None:
+    """The fallback codec as Envoy (found_h2.yaml's priority-on-itself cases in test_differential_h2_fuzz)."""
+    assert _served("h2", steps) == want
