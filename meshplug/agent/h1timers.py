@@ -107,21 +107,47 @@ def next_turn(conn: Downstream) -> None:
     """The exchange at the queue's head was answered: the next request's stream starts now, its duration counted
     from here -- Envoy's HTTP/1.1 codec reads a pipelined request only once the one before it was answered (probed
     on Envoy 1.40: a request sent right behind one answered after 1 s, on a route whose limit is 1 s, is answered
-    by its upstream 0.3 s later). The agent has parsed what came in the same read: its clock moves."""
+    by its upstream 0.3 s later). The agent has parsed what came in the same read: its clock moves, and, when its
+    request is still arriving, its request headers timeout, request timeout and stream idle timeout start now
+    (`waiting` kept them from firing meanwhile: probed on Envoy 1.40, a request whose head or body ends after its
+    turn is served, however long the one before it took)."""
     now = conn.proxy.loop.time()
+    timer = conn.timer
     if conn.queue:
         ex = conn.queue[0]
         waited = now - ex.started_at
         ex.started_at = now
         if ex.end_by:
             ex.end_by += waited
-            conn.timer.wake_at(ex.end_by)
+            timer.wake_at(ex.end_by)
+        if ex is not conn.current:
+            return
+        conn.started_at = now
     elif conn.begun and conn.current is None:  # the next request's head is still arriving
         waited = now - conn.started_at
         conn.started_at = now
         if conn.duration_at:
             conn.duration_at += waited
-            conn.timer.wake_at(conn.duration_at)
+            timer.wake_at(conn.duration_at)
+    else:
+        return
+    opts = conn.opts
+    if conn.headers_at:
+        conn.headers_at = at = now + opts.request_headers_timeout_s
+        timer.wake_at(at)
+    if conn.request_at:
+        conn.request_at = at = now + opts.request_timeout_s
+        timer.wake_at(at)
+    if conn.stream_at:
+        conn.stream_at = at = now + conn.idle_s
+        timer.wake_at(at)
+
+
+def waiting(conn: Downstream) -> bool:
+    """The request being received waits its turn behind another (parsed in the same read): to Envoy it has not
+    begun (its codec has not read it), so none of its stream's timers runs yet (`next_turn` starts them)."""
+    queue = conn.queue
+    return bool(queue) and conn.current is not queue[0]
 
 
 def watch_serving(conn: Downstream, ex: Exchange) -> None:
@@ -215,7 +241,7 @@ def _stream_deadlines(conn: Downstream, now: float) -> float:  # noqa: PLR0912 -
     response ends), the one being received (request timeout, request headers timeout, stream idle, the duration
     limit). One that passed is acted on (-1.0: the caller stops); else the earliest pending one (0: none)."""
     earliest = _serving_idle(conn, now)
-    if earliest < 0:
+    if earliest < 0 or waiting(conn):
         return earliest
     request_at = conn.request_at
     if request_at and request_at <= now:
@@ -228,7 +254,7 @@ def _stream_deadlines(conn: Downstream, now: float) -> float:  # noqa: PLR0912 -
     if request_at and (not earliest or request_at < earliest):
         earliest = request_at
     duration_at = conn.duration_at  # a stream whose head is not complete yet (then its exchange's `end_by`)
-    if duration_at and not conn.queue:  # (behind another it has not started: `next_turn`)
+    if duration_at:
         if duration_at <= now:
             conn.duration_at = 0.0
             conn.proxy.stats.downstream_rq_max_duration_reached += 1

@@ -18,7 +18,8 @@ after its head is reset at the stream idle timeout (SI, stream_idle_timeout): on
 and the connection closes (1 s later: the delayed close). The idle timer counts the request's body bytes arriving
 during the response and the upstream's body bytes, also those a plugin holds. A plugin that changes :path (the
 route cache cleared) gets the limits of the route the router then picks. An HTTP/1.1 request pipelined behind
-another starts its duration when the one before it was answered.
+another starts its duration when the one before it was answered, and its other timers (request_timeout,
+request_headers_timeout, stream_idle_timeout) then too when its head or body was not whole in the read before.
 
 Each setting is one bootstrap (the agent keeps one set of HCM options) with four listeners: "plugin" (propdump: the
 filtered path), "bare" (no HTTP filter: the agent's fast path on HTTP/1.1), "rewrite" (c/path_rewrite, then
@@ -59,6 +60,8 @@ SETTINGS: dict[str, tuple[dict[str, Any], str]] = {
     "hcm": ({"common_http_protocol_options": {"max_stream_duration": "0.5s"}}, "downstream_rq_max_duration_reached"),
     "route": ({}, "downstream_rq_max_duration_reached"),
     "idle": ({"stream_idle_timeout": "0.5s"}, "downstream_rq_idle_timeout"),
+    "headers": ({"request_headers_timeout": "0.5s"}, "downstream_rq_header_timeout"),
+    "request": ({"request_timeout": "0.5s"}, "downstream_rq_timeout"),
 }
 LISTENERS = ("plugin", "bare", "rewrite", "buffer")
 #: the rewrite listener's plugin (corpus c/path_rewrite, before propdump): /rw/<path> goes upstream as /<path>, so
@@ -227,12 +230,14 @@ def _h1(
     count: int = 1,
     trickle: tuple[bytes, ...] = (),
     closed_in: tuple[float, float] | None = None,
+    after_first: bytes = b"",
 ) -> Callable[[int], object]:
     """Send `request`, read until `count` whole responses (and the close the last announces), the proxy's close or
     DEADLINE_S: the responses (a proxy's reply whole, an upstream's by its status line and the grpc-timeout it saw),
     the status line of a response cut short, whether the proxy closed, and whether its first byte came in `window`.
     `trickle`: more of the request, one part every `TRICKLE_S` after it (whatever comes back meanwhile); `closed_in`:
-    also whether the proxy's close came in that window."""
+    also whether the proxy's close came in that window; `after_first`: the rest of the request, sent once the first
+    response is whole (a pipelined request's end, sent when its turn came)."""
 
     def run(port: int) -> object:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -241,6 +246,7 @@ def _h1(
             raw, closed, first, closed_at = b"", False, 0.0, 0.0
             end_at = sent + DEADLINE_S
             parts = list(trickle)
+            rest_of_request = after_first
             next_part = sent + TRICKLE_S
             while not closed and time.monotonic() < end_at:
                 if parts and time.monotonic() >= next_part:
@@ -265,6 +271,10 @@ def _h1(
                     closed_at = time.monotonic() - sent
                 raw += chunk
                 whole, rest = _parsed(raw, closed)
+                if rest_of_request and whole and not closed:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(rest_of_request)
+                    rest_of_request = b""
                 if len(whole) >= count and not rest and b"close" not in whole[-1].header(b"connection"):
                     break
         whole, rest = _parsed(raw, closed)
@@ -420,6 +430,20 @@ CASES: list[tuple[str, str, str, Callable[[int], object]]] = [
      _h1(_get(b"/__slow/1000/a") + _get(b"/__slow/300/max1"), AT_1, count=2)),
     ("h1 pipelined behind 0.3 s, HCM max 0.5 s", "hcm", "bare",
      _h1(_get(b"/__slow/300/a") + _get(b"/__slow/300/b"), (0.25, 0.5), count=2)),
+    # a pipelined request whose head or body is not whole in the read of the one before it (answered at 1.5 s, past
+    # the 0.5 s timeout): Envoy has not parsed it while it waits -- no stream, no timer --, its end comes once the
+    # first answer is read
+    *[
+        (f"h1 pipelined head ends after its turn ({setting})", setting, listener,
+         _h1(_get(b"/__slow/1500/noidle") + b"GET /ok HTTP/1.1\r\nhost: x\r\n", AT_UP, count=2, after_first=b"\r\n"))
+        for setting in ("idle", "headers", "request") for listener in ("plugin", "bare")
+    ],
+    *[
+        (f"h1 pipelined body ends after its turn ({setting})", setting, listener,
+         _h1(_get(b"/__slow/1500/noidle") + b"POST /ok HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nab", AT_UP,
+             count=2, after_first=b"cd"))
+        for setting in ("idle", "request") for listener in ("plugin", "bare")
+    ],
     # a response that stalls while its request's body still arrives: the body's bytes keep its stream idle timer
     # (0.5 s) from firing (the last at 0.5 s: it fires at 1 s, the connection closes 1 s later, Envoy's delayed
     # close after a reset; counting the response's writes alone it would fire at 0.5 s)
@@ -455,3 +479,4 @@ def test_stream_limits_as_envoy(
         assert "lg" in got["envoy"][1], got  # Envoy's plugin logged the stream: there is something to compare
     assert "outside" not in str(got["envoy"][0]), got  # the case's windows are Envoy's
     assert got["agent"] == got["envoy"]
+
