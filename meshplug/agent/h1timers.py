@@ -22,8 +22,10 @@ rather than methods (as `meshplug.agent.h1request`): compiled by mypyc in the sa
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
+from meshplug.agent import chain as agent_chain
 from meshplug.agent import framing, streamtimeouts, wire
 from meshplug.agent.exchange import Exchange
 from meshplug.agent.filtered import FilteredExchange
@@ -110,7 +112,8 @@ def next_turn(conn: Downstream) -> None:
     by its upstream 0.3 s later). The agent has parsed what came in the same read: its clock moves, and, when its
     request is still arriving, its request headers timeout, request timeout and stream idle timeout start now
     (`waiting` kept them from firing meanwhile: probed on Envoy 1.40, a request whose head or body ends after its
-    turn is served, however long the one before it took)."""
+    turn is served, however long the one before it took). Its plugins' request.time is its turn too (probed: at
+    least the time the one before it took after that one's)."""
     now = conn.proxy.loop.time()
     timer = conn.timer
     if conn.queue:
@@ -120,6 +123,10 @@ def next_turn(conn: Downstream) -> None:
         if ex.end_by:
             ex.end_by += waited
             timer.wake_at(ex.end_by)
+        if isinstance(ex, FilteredExchange):  # (not started: no plugin read its StreamInfo yet)
+            stream = ex.stream
+            stream.started_ns = start_ns = time.time_ns()
+            stream.info = agent_chain.replace_info(stream.info, {"start_time_ns": start_ns})
         if ex is not conn.current:
             return
         conn.started_at = now

@@ -63,7 +63,7 @@ SETTINGS: dict[str, tuple[dict[str, Any], str]] = {
     "headers": ({"request_headers_timeout": "0.5s"}, "downstream_rq_header_timeout"),
     "request": ({"request_timeout": "0.5s"}, "downstream_rq_timeout"),
 }
-LISTENERS = ("plugin", "bare", "rewrite", "buffer")
+LISTENERS = ("plugin", "bare", "rewrite", "buffer", "time")
 #: the rewrite listener's plugin (corpus c/path_rewrite, before propdump): /rw/<path> goes upstream as /<path>, so
 #: its request first matches the catch-all route and, once the plugin changed :path (Envoy clears the route cache),
 #: the route of /<path>
@@ -71,6 +71,8 @@ _REWRITE = ("rewrite", "c/path_rewrite", "^/rw(/.*)$\n\\1")
 #: the buffer listener's plugin (corpus rust/body_rewrite, before propdump): the response's head goes on, its body
 #: is held until its end (then "!" is appended)
 _BUFFER = ("buffer", "rust/body_rewrite", json.dumps({"response_append": "!"}))
+#: the time listener's plugin (corpus c/propdump reading request.time alone): when a stream started, to its plugins
+_TIME = ("timedump", "c/propdump", "request.time")
 
 
 def _limit(**fields: str) -> dict[str, Any]:
@@ -131,6 +133,7 @@ def _bootstrap(setting: str, ports: dict[str, int], admin: int, peers: dict[str,
             "plugin": [propdump.wasm_filter()],
             "rewrite": [_wasm_filter(*_REWRITE), propdump.wasm_filter()],
             "buffer": [_wasm_filter(*_BUFFER), propdump.wasm_filter()],
+            "time": [_wasm_filter(*_TIME)],
         }.get(name, [])
         lst = tb_envoy.http_listener(name, ports[name], cluster="echo", http_filters=chain, routes=routes)
         lst["filter_chains"][0]["filters"][0]["typed_config"].update(hcm_fields)
@@ -480,3 +483,31 @@ def test_stream_limits_as_envoy(
     assert "outside" not in str(got["envoy"][0]), got  # the case's windows are Envoy's
     assert got["agent"] == got["envoy"]
 
+
+def _request_times(proxy: Proxy, before: int, count: int) -> list[int]:
+    """The request.time (ns since the epoch) timedump logged at each stream's request headers after log line
+    `before`, once `count` streams logged it (or 3 s passed)."""
+    until = time.monotonic() + 3.0
+    while True:
+        times = [
+            int.from_bytes(bytes.fromhex(parts[4]), "little")
+            for _, message in proxy.logs()[before:]
+            if len(parts := message.split(" ")) == 5 and parts[:4] == ["prop", "rh", "request.time", "="]
+        ]
+        if len(times) >= count or time.monotonic() > until:
+            return times
+        time.sleep(0.05)  # polls for the log lines (no event to wait on): the loop ends when they are there
+
+
+def test_pipelined_request_time_is_its_turn(proxies: dict[str, tuple[Proxy, Callable[[], int]]]) -> None:
+    """A request pipelined in the same write as one its upstream answers after 1.5 s: its plugins' request.time is
+    when its turn came (Envoy's codec reads it then), at least 1.5 s after the first's -- not when it arrived."""
+    got = {}
+    for plane in planes.PLANES:
+        proxy, _ = proxies[f"{plane}/route/time"]
+        before = len(proxy.logs())
+        seen = _h1(_get(b"/__slow/1500/noidle") + _get(b"/ok"), AT_UP, count=2)(proxy.port)
+        times = _request_times(proxy, before, 2)
+        got[plane] = (seen, len(times), len(times) == 2 and times[1] - times[0] >= 1_500_000_000)
+    assert got["envoy"][1:] == (2, True), got  # both streams logged; the second began after the first's answer
+    assert got["agent"] == got["envoy"]
