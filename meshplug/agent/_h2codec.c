@@ -44,7 +44,9 @@
  * nghttp2 options as Envoy 1.40 sets them (source/common/http/http2/codec_impl.cc, Http2Options): no closed
  * streams kept for priorities, window updates by the application (consumed bytes are acknowledged once the
  * receiving side took them), no leading/trailing whitespace check on values, no send-side header block limit;
- * rapid reset is Envoy's premature-reset rule (in h2down), not the library's token bucket.
+ * rapid reset is Envoy's premature-reset rule (in h2down), not the library's token bucket. The nghttp2 Envoy 1.40 is
+ * built with (1.65 and later) ignores PRIORITY frames, where the 1.52 of Debian ends the connection for one on
+ * stream 0 or depending on its own stream: h2c_receive (_h2inbound.c) takes them out of what it reads first.
  */
 #include "_h2codec.h"
 
@@ -257,6 +259,8 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwds) {
     self->max_empty = max_empty;
     self->max_priority = max_priority;
     self->max_window = max_window;
+    self->in_pass = server ? NGHTTP2_CLIENT_MAGIC_LEN : 0;
+    self->in_first = 1;
     nghttp2_session_callbacks *cb;
     if (nghttp2_session_callbacks_new(&cb)) {
         PyErr_NoMemory();
@@ -365,7 +369,7 @@ static PyObject *Session_receive(Session *self, PyObject *arg) {
         return NULL;
     }
     self->events = events;
-    ssize_t rv = nghttp2_session_mem_recv(self->session, view.buf, (size_t)view.len);
+    ssize_t rv = h2c_receive(self, view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
     int err = 0;
     if (self->flood) { /* nothing more is read or sent: the connection is closed without a GOAWAY (Envoy) */

@@ -66,6 +66,12 @@ typedef struct {
     unsigned long long frames_out, control_out;
     size_t scan_skip, scan_hlen;
     uint8_t scan_hdr[9];
+    /* the scan of the bytes received (h2c_receive): the client magic or current frame's payload to hand over as
+     * it is, a dropped PRIORITY frame's payload to pass, the part of the next frame header seen (held back), the
+     * peer's first frame yet to come, a header block open (CONTINUATION expected) */
+    size_t in_pass, in_drop, in_hlen;
+    uint8_t in_hdr[9];
+    char in_first, in_block;
 } Session;
 
 int h2c_buf_put(buf_t *b, const uint8_t *data, size_t n);
@@ -78,5 +84,9 @@ stream_t *h2c_stream_of(Session *self, int32_t id);
 int h2c_emit(Session *self, int kind, int32_t sid, PyObject *obj, int flag, long long num);
 /* register the receiving callbacks (_h2inbound.c) */
 void h2c_inbound_callbacks(nghttp2_session_callbacks *cb);
+/* hand `n` received bytes to nghttp2 (the RFC 7540 priority signals Envoy's nghttp2 ignores taken out first);
+ * nghttp2_session_mem_recv's result: `n`, or the error the read stopped at (a flood, a callback's failure: their
+ * flags are set) */
+ssize_t h2c_receive(Session *self, const uint8_t *p, size_t n);
 
 #endif

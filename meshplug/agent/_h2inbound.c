@@ -276,3 +276,73 @@ void h2c_inbound_callbacks(nghttp2_session_callbacks *cb) {
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
 }
+
+/* hand bytes to nghttp2; nonzero when the read stops there (its error in *rv, or a flood or a callback's failure) */
+static int feed(Session *self, const uint8_t *p, size_t n, ssize_t *rv) {
+    if (!n) return 0;
+    ssize_t r = nghttp2_session_mem_recv(self->session, p, n);
+    if (r < 0) {
+        *rv = r;
+        return 1;
+    }
+    return self->flood || self->failed;
+}
+
+/* A PRIORITY frame (RFC 7540's priority signal, deprecated by RFC 9113) nghttp2 1.65 and later read and drop --
+ * on any stream, 0 included, whatever it depends on: one of 5 bytes that is neither the peer's first frame (that
+ * must be SETTINGS) nor inside a header block (a CONTINUATION is expected there); both nghttp2s refuse those. */
+#define PRIORITY_PAYLOAD 5 /* RFC 9113 6.3: a dependency (4 bytes) and a weight */
+static int ignored_priority(const Session *self, const uint8_t *h, size_t len) {
+    return h[3] == NGHTTP2_PRIORITY && len == PRIORITY_PAYLOAD && !self->in_first && !self->in_block;
+}
+
+/* The received bytes to nghttp2, each PRIORITY frame it would end the connection for and Envoy's nghttp2 ignores
+ * taken out (counted against the flood limits all the same, as Envoy's on_begin_frame counts them). Frame
+ * headers are scanned as the bytes come, whatever the reads cut: a header cut by the end of a read is held back
+ * until it is whole (nghttp2 could do nothing with its start); the payloads are handed over in place. */
+ssize_t h2c_receive(Session *self, const uint8_t *p, size_t n) {
+    ssize_t rv = (ssize_t)n;
+    const uint8_t *seg = p; /* the bytes not handed over yet start here */
+    while (n) {
+        size_t k;
+        if (self->in_pass || self->in_drop) {
+            size_t *left = self->in_pass ? &self->in_pass : &self->in_drop;
+            k = *left < n ? *left : n;
+            if (left == &self->in_drop) { /* a PRIORITY frame taken out: what came before it goes first */
+                if (feed(self, seg, (size_t)(p - seg), &rv)) return rv;
+                seg = p + k;
+            }
+            *left -= k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        size_t had = self->in_hlen;
+        k = 9 - had < n ? 9 - had : n;
+        memcpy(self->in_hdr + had, p, k);
+        self->in_hlen += k;
+        if (self->in_hlen < 9) break; /* held back: the rest comes with the next read */
+        self->in_hlen = 0;
+        const uint8_t *h = self->in_hdr;
+        size_t len = ((size_t)h[0] << 16) | ((size_t)h[1] << 8) | h[2];
+        if (ignored_priority(self, h, len)) {
+            if (feed(self, seg, (size_t)(p - seg), &rv)) return rv;
+            if (track_inbound(self, NGHTTP2_PRIORITY, h[4], len)) return rv;
+            self->in_drop = len;
+            seg = p + k;
+        } else {
+            if (had) { /* its start came with an earlier read: handed over from the copy (seg == p here) */
+                if (feed(self, h, 9, &rv)) return rv;
+                seg = p + k;
+            }
+            self->in_pass = len;
+            if (h[3] == NGHTTP2_HEADERS || h[3] == NGHTTP2_PUSH_PROMISE || h[3] == NGHTTP2_CONTINUATION)
+                self->in_block = !(h[4] & NGHTTP2_FLAG_END_HEADERS);
+        }
+        self->in_first = 0;
+        p += k;
+        n -= k;
+    }
+    feed(self, seg, (size_t)(p - seg), &rv);
+    return rv;
+}

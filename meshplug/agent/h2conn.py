@@ -21,7 +21,8 @@ when there is no native build): h2's own state machine, framing and flow control
   as nghttp2 does.
 * Envoy's inbound flood limits (its ProtocolConstraints, as meshplug/agent/_h2codec.c applies them to nghttp2):
   `FloodGuard` counts every frame as h2's frame buffer parses it (CONTINUATION frames included, before h2 joins
-  them); a peer past one raises `Flood`, nothing queued for it.
+  them); a peer past one raises `Flood`, nothing queued for it. PRIORITY frames are counted there and dropped:
+  the nghttp2 Envoy 1.40 runs ignores them (`_GuardedFrames.__next__`).
 * A GOAWAY received ends no stream at or below its last-stream-id (RFC 9113 6.8; nghttp2 reads their frames on):
   h2 would close its whole state machine, so the next frame of such a stream (the rest of a response) or our
   answer to it were a connection error, and drop what it had queued to send.
@@ -73,6 +74,9 @@ class Broken(h2.exceptions.ProtocolError):
 
 _DATA = 0x0
 _HEADERS = 0x1
+_PRIORITY = 0x2
+#: a PRIORITY frame's payload (RFC 9113 6.3: a dependency and a weight)
+_PRIORITY_PAYLOAD = 5
 _SETTINGS = 0x4
 _CONTINUATION = 0x9
 #: what h2 raises a header block that does not decode from (its own ProtocolError's cause); an HPACK bomb is a
@@ -201,6 +205,14 @@ class FloodGuard:
             self.window_frames += 1
         else:
             return
+        self._check()
+
+    def priority(self) -> None:
+        """Count a PRIORITY frame taken out before it was parsed; raises Flood when a limit is passed."""
+        self.priority_frames += 1
+        self._check()
+
+    def _check(self) -> None:
         if self.empty_run > limits.H2_MAX_CONSECUTIVE_EMPTY_FRAMES:
             raise Flood("Too many consecutive frames with an empty payload", limits.H2_FLOOD_EMPTY_FRAMES)
         if self.priority_frames > limits.H2_MAX_PRIORITY_FRAMES_PER_STREAM * (1 + self.opened_streams):
@@ -224,14 +236,24 @@ class _GuardedFrames(h2.frame_buffer.FrameBuffer):
 
     def __next__(self) -> hyperframe.frame.Frame:
         """The next frame; its header is checked as nghttp2 checks it, as soon as it is in: a server's first frame
-        a SETTINGS (not an ACK), the length within SETTINGS_MAX_FRAME_SIZE (h2 would wait for the whole frame)."""
+        a SETTINGS (not an ACK), the length within SETTINGS_MAX_FRAME_SIZE (h2 would wait for the whole frame).
+        A PRIORITY frame of 5 bytes outside a header block is counted and dropped unparsed, as the nghttp2 Envoy
+        1.40 is built with (1.65 and later) ignores it on any stream, whatever it depends on (h2 would end the
+        connection for one on stream 0 or depending on its own stream)."""
         head = self._data
-        if len(head) >= 9:
+        while len(head) >= 9:
             if self.first:
                 if head[3] != _SETTINGS or head[4] & 1:
                     raise SettingsExpected("SETTINGS expected")
                 self.first = False
-            self._validate_frame_length(int.from_bytes(head[:3], "big"))
+            length = int.from_bytes(head[:3], "big")
+            self._validate_frame_length(length)
+            if head[3] != _PRIORITY or length != _PRIORITY_PAYLOAD or self._headers_buffer:
+                break
+            if len(head) < 9 + length:
+                raise StopIteration
+            del head[: 9 + length]
+            self.guard.priority()
         return super().__next__()
 
     def _update_header_buffer(self, f: hyperframe.frame.Frame | None) -> hyperframe.frame.Frame | None:
@@ -370,16 +392,15 @@ class Connection(h2.connection.H2Connection):
             h2.connection._decode_headers(self.decoder, frame.data)
         return True
 
-    def _receive_priority_frame(
-        self, frame: hyperframe.frame.HeadersFrame | hyperframe.frame.PriorityFrame
-    ) -> tuple[list[Any], list[Any]]:
-        """A PRIORITY frame making its stream depend on itself is dropped, as the nghttp2 Envoy 1.40 builds drops it
-        (h2, as RFC 9113 5.3.1 reads, ends the connection); HEADERS doing so with their PRIORITY flag still end it,
-        as in Envoy."""
-        if isinstance(frame, hyperframe.frame.PriorityFrame) and frame.depends_on == frame.stream_id:
-            return [], self.state_machine.process_input(h2.connection.ConnectionInputs.RECV_PRIORITY)
-        frames, events = super()._receive_priority_frame(frame)
-        return list(frames), list(events)
+    def _receive_headers_frame(self, frame: hyperframe.frame.HeadersFrame) -> tuple[list[Any], list[Any]]:
+        """h2's own; a dependency on its own stream in the PRIORITY fields of a HEADERS frame ends the connection only
+        on a request's head, as the nghttp2 Envoy 1.40 runs checks it (trailers, a response: ignored; h2 refuses
+        all)."""
+        itself = "PRIORITY" in frame.flags and frame.depends_on == frame.stream_id
+        if itself and (self.config.client_side or frame.stream_id in self.streams):
+            frame.depends_on = 0
+        received: tuple[list[Any], list[Any]] = super()._receive_headers_frame(frame)
+        return received
 
     def _receive_goaway_frame(self, frame: hyperframe.frame.GoAwayFrame) -> tuple[list[Any], list[Any]]:
         """The peer's GOAWAY as an event only: the connection stays open for the streams it will still process
