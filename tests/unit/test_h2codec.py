@@ -564,8 +564,8 @@ def test_a_request_length_checked_at_its_end(kind: str, name: str, steps: list[A
     assert _served(kind, steps) == want
 
 
-# name, what the client sends, what the nghttp2 Envoy 1.40 builds gives (Debian's 1.52, the compiled codec's, ends
-# the connection for the PRIORITY frame too: found_h2.yaml's differs_native)
+# name, what the client sends, what the nghttp2 Envoy 1.40 builds gives (the compiled codec takes the PRIORITY frame
+# out before Debian's 1.52, which would end the connection for it, reads it)
 SELF_DEPENDENT = [
     (
         "a PRIORITY frame making stream 1 depend on itself, then a GET on 1: dropped",
@@ -580,7 +580,76 @@ SELF_DEPENDENT = [
 ]
 
 
+@pytest.mark.parametrize("kind", CODECS)
 @pytest.mark.parametrize(("name", "steps", "want"), SELF_DEPENDENT, ids=[c[0] for c in SELF_DEPENDENT])
-def test_a_stream_depending_on_itself_in_the_fallback(name: str, steps: list[Any], want: Any) -> None:
-    """The fallback codec as Envoy (found_h2.yaml's priority-on-itself cases in test_differential_h2_fuzz)."""
-    assert _served("h2", steps) == want
+def test_a_stream_depending_on_itself(kind: str, name: str, steps: list[Any], want: Any) -> None:
+    """Both codecs as Envoy (found_h2.yaml's priority-on-itself cases in test_differential_h2_fuzz)."""
+    assert _served(kind, steps) == want
+
+
+def _priority(stream_id: int, depends_on: int, *, exclusive: bool = False) -> bytes:
+    """A PRIORITY frame, written by hand (hyperframe makes none on stream 0)."""
+    head = b"\x00\x00\x05\x02\x00" + stream_id.to_bytes(4, "big")
+    return head + (depends_on | (exclusive << 31)).to_bytes(4, "big") + b"\x0f"
+
+
+def _block(stream_id: int, headers: list[Header], enc: hpack.Encoder, *, end: bool) -> bytes:
+    f = HeadersFrame(stream_id)
+    f.data = enc.encode(headers)
+    f.flags.add("END_HEADERS")
+    if end:
+        f.flags.add("END_STREAM")
+    return f.serialize()
+
+
+def _priorities_between() -> tuple[bytes, bytes]:
+    """(a client's bytes with PRIORITY frames nghttp2 1.65+ ignores between its frames -- stream 0, depending on
+    their own stream, on an idle, open and closed stream --, the same bytes without them)"""
+    enc = hpack.Encoder()
+    head = _block(1, REQUEST, enc, end=False)
+    trailers = _block(1, [(b"x-t", b"1")], enc, end=True)
+    get = _block(3, REQUEST, enc, end=True)
+    body = b"\x00\x00\x02\x00\x00\x00\x00\x00\x01hi"
+    parts = [_PREFACE, head, body, trailers, get]
+    ignored = [
+        _priority(1, 1) + _priority(0, 0),
+        _priority(1, 1, exclusive=True),
+        _priority(5, 5) + _priority(1, 3),
+        _priority(1, 1) + _priority(3, 3),
+        _priority(3, 3),
+    ]
+    with_them = b"".join(p + q for p, q in zip(parts, ignored, strict=True))
+    return with_them, b"".join(parts)
+
+
+@pytest.mark.parametrize("kind", CODECS)
+@pytest.mark.parametrize("cut", [1, 5, 9, 13, 14, 23, 24, 33, 10_000])
+def test_priority_frames_are_ignored_as_by_envoys_nghttp2(kind: str, cut: int) -> None:
+    """Envoy 1.40's nghttp2 (1.65+) reads PRIORITY frames and drops them: on stream 0, depending on their own
+    stream (Debian's 1.52 and h2 end the connection for those); the same events as without them, however the
+    reads cut the bytes."""
+    with_them, without = _priorities_between()
+    events = []
+    server = _codec(kind, server=True)
+    for i in range(0, len(with_them), cut):
+        events += server.receive(with_them[i : i + cut])
+    assert _ours(events) == _ours(_codec(kind, server=True).receive(without))
+    assert [e[:2] for e in _ours(events)] == [(1, 1), (4, 1), (3, 1), (1, 3)]
+
+
+#: PRIORITY frames both nghttp2s refuse (a connection error): as a client's first frame (SETTINGS expected), inside
+#: a header block (CONTINUATION expected), of a length other than 5
+REFUSED_PRIORITIES = [
+    ("first frame", _PREFACE[:24] + _priority(1, 0) + _PREFACE[24:]),
+    ("inside a header block", _PREFACE + _POST_HEAD.serialize()[:4] + b"\x00" + _POST_HEAD.serialize()[5:]
+     + _priority(1, 0)),
+    ("4 bytes", _PREFACE + b"\x00\x00\x04\x02\x00\x00\x00\x00\x01\x00\x00\x00\x00"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", CODECS)
+@pytest.mark.parametrize(("name", "data"), REFUSED_PRIORITIES, ids=[c[0] for c in REFUSED_PRIORITIES])
+def test_priority_frames_nghttp2_refuses_end_the_connection(kind: str, name: str, data: bytes) -> None:
+    server = _codec(kind, server=True)
+    with pytest.raises(h2wire.PROTOCOL_ERRORS):
+        server.receive(data)
