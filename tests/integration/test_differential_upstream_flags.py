@@ -77,6 +77,10 @@ CASES: list[tuple[str, Script]] = [
     ("PING of a bad length", (Part(raw=_raw(6, 0, 0, b"\x00" * 7)),)),
     ("zero WINDOW_UPDATE on the connection", (Part(raw=_raw(8, 0, 0, b"\x00" * 4)),)),
     ("HPACK bomb", _answer(_S200, *[(b"x-bomb", b"b" * 4000)] * 30)),
+    # PRIORITY frames the nghttp2 Envoy 1.40 is built with (1.65+) ignores; Debian's 1.52 ends the connection
+    ("PRIORITY on its own stream before the head", (Part(raw=_raw(2, 0, 1, b"\x00\x00\x00\x01\x0f")), *_answer(_S200))),
+    ("PRIORITY on stream 0 mid-body", _answer(_S200, body=(Part(data=b"o"), Part(raw=_raw(2, 0, 0, b"\0\0\0\0\x0f")),
+                                                           Part(data=b"k", end=True)))),
     ("close before the head", (Part(close=True),)),
     ("close after the head", _answer(_S200, body=(Part(close=True),))),
     ("close mid-body", _answer(_S200, body=(Part(data=b"ok"), Part(close=True)))),
