@@ -296,10 +296,12 @@ static int ignored_priority(const Session *self, const uint8_t *h, size_t len) {
     return h[3] == NGHTTP2_PRIORITY && len == PRIORITY_PAYLOAD && !self->in_first && !self->in_block;
 }
 
-/* The received bytes to nghttp2, each PRIORITY frame it would end the connection for and Envoy's nghttp2 ignores
- * taken out (counted against the flood limits all the same, as Envoy's on_begin_frame counts them). Frame
+/* The received bytes to nghttp2, each PRIORITY frame Envoy's nghttp2 ignores taken out (Debian's 1.52 ends the
+ * connection for some; all are counted against the flood limit, as Envoy's on_begin_frame counts them). Frame
  * headers are scanned as the bytes come, whatever the reads cut: a header cut by the end of a read is held back
- * until it is whole (nghttp2 could do nothing with its start); the payloads are handed over in place. */
+ * until it is whole (nghttp2 could do nothing with its start); the payloads are handed over in place.
+ * Known difference: once nghttp2 ended the connection itself (its GOAWAY queued, the rest of the read ignored),
+ * PRIORITY frames later in the same read are still counted here, where Envoy's nghttp2 counts none. */
 ssize_t h2c_receive(Session *self, const uint8_t *p, size_t n) {
     ssize_t rv = (ssize_t)n;
     const uint8_t *seg = p; /* the bytes not handed over yet start here */

@@ -166,9 +166,10 @@ class _Host:
 
 
 class RouteTable:
-    """A listener's compiled routes. `constant` is the decision every request gets when the table cannot
-    tell requests apart (one "*" virtual host whose first route takes every path to one cluster): the data
-    path then skips matching entirely."""
+    """A listener's compiled routes. `constant` is the decision every request whose path begins with "/" gets
+    when the table cannot tell those apart (one "*" virtual host whose first route takes every such path to one
+    cluster): the data path then skips matching entirely. A path without that "/" (HTTP/2 with a :scheme other
+    than http(s), which nghttp2 lets through with any :path) is matched as Envoy matches it: prefix "/" misses it."""
 
     def __init__(self, routes: config.RouteConfig) -> None:
         self.config = routes
@@ -223,7 +224,7 @@ class RouteTable:
         """The decision for a request; `headers` are searched by header matchers (an HTTP/1.1 request's
         lines: its pseudo-headers are made from `method`, `path`, `authority` when a matcher needs them)."""
         constant = self.constant
-        if constant is not None:
+        if constant is not None and path[:1] == b"/":
             return constant
         host = self.host(authority)
         if host is None:
@@ -240,7 +241,11 @@ class RouteTable:
         """`resolve` for a proxy-wasm request map (:authority and :path among the headers)."""
         constant = self.constant
         if constant is not None:
-            return constant
+            for k, v in headers:
+                if k == b":path":
+                    if v[:1] == b"/":
+                        return constant
+                    break
         authority = path = b""
         for k, v in headers:
             if k == b":authority":
