@@ -8,8 +8,9 @@ when there is no native build): h2's own state machine, framing and flow control
   stream that is not open is answered as nghttp2 answers it, not as the library would: HEADERS or DATA on a
   request stream never opened (below a higher one) or closed by a reset is dropped (h2: RST_STREAM
   STREAM_CLOSED), on a stream whose request had ended (half-closed remote) a connection error (h2: RST_STREAM
-  STREAM_CLOSED and on); on a stream both ends had ended, h2's own answer stands. A PRIORITY frame making
-  its stream depend on itself is dropped, as Envoy's nghttp2 drops it (h2 ends the connection).
+  STREAM_CLOSED and on); on a stream both ends had ended, h2's own answer stands. HEADERS whose PRIORITY
+  fields make their stream depend on itself end the connection only on a request's head, as Envoy's nghttp2
+  (h2 ends it for trailers too: `Connection._receive_headers_frame`).
 * The inbound header checks are nghttp2's as Envoy runs them, in `meshplug.agent.h2wire.received_headers` (the
   configs switch the library's own off; `PyCodec.receive` applies them to every header event).
 * A connection error in `receive_data` (raised as `Broken`) keeps the events of the frames before it: Envoy
