@@ -10,7 +10,8 @@ when there is no native build): h2's own state machine, framing and flow control
   STREAM_CLOSED), on a stream whose request had ended (half-closed remote) a connection error (h2: RST_STREAM
   STREAM_CLOSED and on); on a stream both ends had ended, h2's own answer stands. HEADERS whose PRIORITY
   fields make their stream depend on itself end the connection only on a request's head, as Envoy's nghttp2
-  (h2 ends it for trailers too: `Connection._receive_headers_frame`).
+  (h2 ends it for trailers too: `Connection._receive_headers_frame`). An RST_STREAM on an idle stream ends the
+  connection with nothing written, as nghttp2's invalid frame in Envoy (h2 ignores it).
 * The inbound header checks are nghttp2's as Envoy runs them, in `meshplug.agent.h2wire.received_headers` (the
   configs switch the library's own off; `PyCodec.receive` applies them to every header event).
 * A connection error in `receive_data` (raised as `Broken`) keeps the events of the frames before it: Envoy
@@ -401,6 +402,17 @@ class Connection(h2.connection.H2Connection):
         if itself and (self.config.client_side or frame.stream_id in self.streams):
             frame.depends_on = 0
         received: tuple[list[Any], list[Any]] = super()._receive_headers_frame(frame)
+        return received
+
+    def _receive_rst_stream_frame(self, frame: hyperframe.frame.RstStreamFrame) -> tuple[list[Any], list[Any]]:
+        """h2's own, but an RST_STREAM on an idle stream (one not opened yet, by either side) is nghttp2's
+        connection error "RST_STREAM: stream in idle", reported as an invalid frame (Envoy writes nothing more
+        and closes); h2 ignores it."""
+        sid = frame.stream_id
+        mine = (sid % 2 == 1) == bool(self.config.client_side)  # nghttp2's session_detect_idle_stream
+        if sid > ((self.highest_outbound_stream_id or 0) if mine else self.highest_inbound_stream_id):
+            raise h2.exceptions.ProtocolError(f"RST_STREAM: stream {sid} in idle")
+        received: tuple[list[Any], list[Any]] = super()._receive_rst_stream_frame(frame)
         return received
 
     def _receive_goaway_frame(self, frame: hyperframe.frame.GoAwayFrame) -> tuple[list[Any], list[Any]]:
