@@ -229,11 +229,14 @@ class Stream:
         if decision is None:
             resolver = self.route_resolver
             if resolver is not None:
-                decision = self.route_constant
-                if decision is None:
+                if self._route_info is not None:  # resolved before: a filter cleared the cache since, and may
+                    # have set a :path no route takes (one without "/"): the table's one decision is not it
                     decision = resolver(self.request_headers)
-                if self._route_info is not None:  # resolved before: a filter cleared the cache since
                     self.route_refreshed = True
+                else:
+                    decision = self.route_constant
+                    if decision is None:
+                        decision = resolver(self.request_headers)
                 self._route = self._route_info = decision
         return decision
 
