@@ -73,10 +73,15 @@ def route_limits(conn: Downstream, route: Route, headers: wire.Headers) -> None:
     if conn.duration_at:
         conn.timer.wake_at(conn.duration_at)
     if route.idle_timeout_s is not None:  # Envoy's idle timer starts again with the route's value
-        conn.idle_s = idle
-        conn.stream_at = at = conn.proxy.loop.time() + idle if idle else 0.0
-        if at:
-            conn.timer.wake_at(at)
+        _restart_stream_idle(conn, idle)
+
+
+def _restart_stream_idle(conn: Downstream, idle: float) -> None:
+    """The stream being received takes a route's idle_timeout (`idle`, 0: none), counted again from now."""
+    conn.idle_s = idle
+    conn.stream_at = at = conn.proxy.loop.time() + idle if idle else 0.0
+    if at:
+        conn.timer.wake_at(at)
 
 
 def route_refreshed(
@@ -95,10 +100,7 @@ def route_refreshed(
     if route.idle_timeout_s is not None:
         ex.idle_s = idle
         if ex is conn.current:  # its request still arrives
-            conn.idle_s = idle
-            conn.stream_at = at = conn.proxy.loop.time() + idle if idle else 0.0
-            if at:
-                conn.timer.wake_at(at)
+            _restart_stream_idle(conn, idle)
         elif conn.queue and ex is conn.queue[0] and ex.req_done:
             conn.serve_at = 0.0
             watch_serving(conn, ex)
